@@ -1,0 +1,51 @@
+"""Quickstart: open a database, play a few hundred bets, pay a win, audit.
+
+Run: python examples/quickstart.py [--bets N] [--db PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+
+from jackpot import JackpotEngine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bets", type=int, default=500, help="number of bets to play")
+    parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.db or Path(tmp) / "pools.db"
+        run(path, args.bets)
+
+
+def run(path: Path, bets: int) -> None:
+    rng = random.Random(42)
+    stakes = [Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10)]
+    with JackpotEngine.open(path) as engine:  # new file: levels minor, major, mega
+        for spin in range(bets):
+            engine.contribute(rng.choice(stakes), op_id=f"spin-{spin}")  # every level
+        replay = engine.contribute(stakes[0], op_id="spin-0")  # same op_id: no double count
+        win = engine.process_win("minor", op_id="win-1", winner="player-9")
+        print(f"played {bets} bets; replaying spin-0 changed nothing: {replay.replayed}")
+        print(f"player-9 won the minor jackpot: {win.amount} (pool reset to {win.balance})")
+        print()
+        print(f"{'level':<8}{'amount':>18}{'seed':>14}{'version':>9}{'bets':>7}{'won':>14}")
+        for p in engine.pools().values():
+            print(f"{p.name:<8}{p.amount:>18}{p.seed:>14}{p.version:>9}"
+                  f"{p.meters['bets']:>7}{p.meters['won']:>14}")
+        report = engine.verify()
+        print()
+        print(f"audit: {'OK' if report.ok else 'FAILED'} - {report.levels} levels, "
+              f"{report.ledger_rows} ledger rows reconciled to 0.000001")
+        for problem in report.problems:
+            print(f"  problem: {problem}")
+
+
+if __name__ == "__main__":
+    main()

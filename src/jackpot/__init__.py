@@ -1,0 +1,44 @@
+"""jackpot: progressive jackpots for game servers, exact and safe under concurrency.
+
+Only the names in `__all__` are public; every other module may change.
+"""
+
+import logging
+
+from jackpot.domain import GroupConfig
+from jackpot.engine import JackpotEngine
+from jackpot.errors import (
+    ConcurrencyViolationError,
+    EngineClosedError,
+    IdempotencyConflictError,
+    InsufficientFundsError,
+    JackpotError,
+    LockTimeoutError,
+    StorageError,
+    UnknownGroupError,
+    ValidationError,
+)
+from jackpot.results import ConfigResult, Contribution, PoolSnapshot, VerifyReport, Win
+from jackpot.settings import Settings
+
+__all__ = [
+    "ConcurrencyViolationError",
+    "ConfigResult",
+    "Contribution",
+    "EngineClosedError",
+    "GroupConfig",
+    "IdempotencyConflictError",
+    "InsufficientFundsError",
+    "JackpotEngine",
+    "JackpotError",
+    "LockTimeoutError",
+    "PoolSnapshot",
+    "Settings",
+    "StorageError",
+    "UnknownGroupError",
+    "ValidationError",
+    "VerifyReport",
+    "Win",
+]
+
+logging.getLogger("jackpot").addHandler(logging.NullHandler())

@@ -1,0 +1,38 @@
+"""A request's hand-shake between a waiting caller and the actor serving it."""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["Ticket"]
+
+
+class Ticket:
+    """Decides, exactly once, whether a queued request runs or is abandoned.
+
+    A caller that times out abandons its ticket; an actor claims it before
+    doing any work. Whoever comes first wins, so a caller told "timed out"
+    knows the request was never applied, and an actor never applies a request
+    whose caller already gave up.
+    """
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        """Create an open ticket."""
+        self._lock = threading.Lock()
+        self._state = "open"
+
+    def claim(self) -> bool:
+        """Mark the request as being served; False if the caller gave up."""
+        with self._lock:
+            if self._state == "open":
+                self._state = "claimed"
+            return self._state == "claimed"
+
+    def abandon(self) -> bool:
+        """Mark the request as abandoned; False if an actor already claimed it."""
+        with self._lock:
+            if self._state == "open":
+                self._state = "abandoned"
+            return self._state == "abandoned"

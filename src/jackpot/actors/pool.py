@@ -1,0 +1,130 @@
+"""PoolActor: the one owner of a jackpot level's state in this process.
+
+The actor serializes every mutation of its level, keeps the last committed
+state in memory and persists through its own database connection. It never
+waits on another actor; a coordinator may *hold* it (see `hold`) while writing
+several levels in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from jackpot.actors._ticket import Ticket
+from jackpot.domain import LevelState
+from jackpot.errors import JackpotError, LockTimeoutError, StorageError
+from jackpot.service import Operation, execute
+from jackpot.settings import Settings
+from jackpot.stats import Stats
+from jackpot.storage import SQLiteStore
+
+__all__ = ["HoldToken", "PoolActor"]
+
+logger = logging.getLogger("jackpot")
+
+
+class HoldToken:
+    """A coordinator's claim on a pool actor for one multi-level write."""
+
+    __slots__ = ("granted", "new_state", "op_id", "released", "state")
+
+    def __init__(self, op_id: str) -> None:
+        """Create an ungranted hold for operation `op_id`."""
+        self.op_id = op_id
+        self.granted = threading.Event()
+        self.released = threading.Event()
+        self.state: LevelState | None = None
+        self.new_state: LevelState | None = None
+
+
+class PoolActor(pykka.ThreadingActor):
+    """Owns one level: its state, its mutations, its connection."""
+
+    def __init__(
+        self,
+        name: str,
+        open_store: Callable[[], SQLiteStore],
+        settings: Settings,
+        stats: Stats,
+    ) -> None:
+        """Prepare the actor; the connection is opened in the actor's thread."""
+        super().__init__()
+        self.name = name
+        self._open_store = open_store
+        self._settings = settings
+        self._stats = stats
+        self._state: LevelState | None = None
+        self._holder: str | None = None
+        # Longest a coordinator may keep this actor held: its own lock wait
+        # plus every retry. Past it the actor carries on; the version check
+        # catches any write it then misses.
+        retries = settings.max_retry_attempts + 1
+        self._hold_limit = (settings.lock_timeout_ms * (retries + 1)
+                            + settings.retry_delay_ms * 2**retries * 2) / 1000
+
+    def on_start(self) -> None:
+        """Open this actor's connection and load the level."""
+        self._store = self._open_store()
+        self._state = self._store.load_level(self.name)
+
+    def on_stop(self) -> None:
+        """Close this actor's connection."""
+        self._store.close()
+
+    def submit(self, ticket: Ticket, op: Operation) -> Any:
+        """Run a single-level operation; the caller waits on the future."""
+        if not ticket.claim():
+            msg = f"{op.kind} {op.op_id!r} timed out in the queue of level {self.name!r}"
+            raise LockTimeoutError(msg)
+        self._holder = op.op_id if op.pessimistic else None
+        cached = None if self._state is None else {self.name: self._state}
+        try:
+            result, states = execute(self._store, op, cached, settings=self._settings,
+                                     stats=self._stats)
+        except StorageError:
+            self._state = None  # unknown after a storage failure: reload next time
+            raise
+        except JackpotError:
+            raise
+        except Exception:
+            self._state = None
+            raise
+        finally:
+            self._holder = None
+        if self.name in states:
+            self._state = states[self.name]
+        return result
+
+    def hold(self, token: HoldToken) -> None:
+        """Lend the level to a coordinator until it releases the token.
+
+        The actor processes nothing else meanwhile, which is what makes the
+        coordinator's multi-level write atomic with respect to this level's
+        own operations. It adopts the coordinator's committed state, if any.
+        """
+        if token.released.is_set():  # the coordinator gave up before we got here
+            return
+        if self._state is None:
+            self._state = self._store.load_level(self.name)
+        self._holder = token.op_id
+        token.state = self._state
+        token.granted.set()
+        try:
+            if not token.released.wait(self._hold_limit):
+                logger.error("coordinator held level %s past %.1f s; carrying on",
+                             self.name, self._hold_limit,
+                             extra={"op_id": token.op_id, "level": self.name,
+                                    "outcome": "hold_expired"})
+            elif token.new_state is not None:
+                self._state = token.new_state
+        finally:
+            self._holder = None
+
+    def snapshot(self) -> tuple[LevelState | None, str | None]:
+        """Return the cached state and the current lock holder."""
+        return self._state, self._holder

@@ -1,0 +1,81 @@
+"""The error family: every failure the engine reports is a `JackpotError`.
+
+Each message says what was wrong and, where it helps, what to do. Driver
+errors are translated once, at the storage boundary, so callers never see an
+APSW (or any other driver) exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConcurrencyViolationError",
+    "EngineClosedError",
+    "IdempotencyConflictError",
+    "InsufficientFundsError",
+    "JackpotError",
+    "LockTimeoutError",
+    "StorageError",
+    "UnknownGroupError",
+    "ValidationError",
+]
+
+
+class JackpotError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+
+class ValidationError(JackpotError, ValueError):
+    """An argument was refused; nothing was changed."""
+
+
+class UnknownGroupError(JackpotError, KeyError):
+    """The named jackpot level does not exist."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; a message reads better without quotes.
+        return str(self.args[0]) if self.args else ""
+
+
+class InsufficientFundsError(JackpotError):
+    """A win asked for more than the pool holds; nothing was changed."""
+
+
+class ConcurrencyViolationError(JackpotError):
+    """A write lost a version race that retries could not resolve."""
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        operation: str,
+        group: str | None,
+        conflict_details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(msg)
+        self.operation = operation
+        self.group = group
+        self.conflict_details = dict(conflict_details or {})
+
+
+class LockTimeoutError(JackpotError):
+    """A lock (database write lock or level actor) was not had in time.
+
+    Nothing was changed: the operation was not applied.
+    """
+
+
+class IdempotencyConflictError(JackpotError):
+    """An op_id was reused for a different request."""
+
+
+class EngineClosedError(JackpotError):
+    """The engine was closed; open a new one."""
+
+
+class StorageError(JackpotError):
+    """The database failed (I/O error, disk full, corruption).
+
+    The transaction was rolled back: nothing was changed.
+    """

@@ -1,0 +1,157 @@
+"""Exact money: parse and validate amounts, convert Decimal <-> integer units.
+
+Storage holds integers of `UNIT` (one millionth of a currency unit). Rates are
+integers of `RATE_UNIT` (one billionth). A contribution is computed in
+"sub-units" (units x RATE_SCALE) so nothing is rounded: the part finer than one
+unit is carried forward per level (see `split_contribution`).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from jackpot.errors import ValidationError
+
+__all__ = [
+    "MAX_UNITS",
+    "RATE_SCALE",
+    "SCALE",
+    "from_units",
+    "parse_amount",
+    "parse_rate",
+    "rate_to_decimal",
+    "split_contribution",
+]
+
+SCALE = 10**6
+"""Units per currency unit: amounts are exact to 0.000001."""
+
+RATE_SCALE = 10**9
+"""Rate parts per whole: rates are exact to 0.000000001."""
+
+MAX_UNITS = 10**17
+"""Largest amount the engine accepts or holds (100 billion currency units).
+
+Far below SQLite's 2**63 so sums of many amounts never overflow a column.
+"""
+
+_PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?", re.ASCII)
+_MAX_STR = 64
+_UNIT_EXP = 6
+_RATE_EXP = 9
+
+
+def _coerce(value: object, name: str) -> Decimal:
+    # bool is an int subclass: True would silently mean 1.
+    if isinstance(value, bool):
+        msg = f"{name} must be a Decimal, int or decimal string, not bool ({value!r})"
+        raise ValidationError(msg)
+    if isinstance(value, float):
+        msg = (
+            f"{name} must be a Decimal, int or decimal string, not float ({value!r}): "
+            "binary floats cannot hold money exactly; pass Decimal('...') or a string"
+        )
+        raise ValidationError(msg)
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        if len(value) > _MAX_STR or not _PLAIN_DECIMAL.fullmatch(value):
+            msg = (
+                f"{name} must be a plain decimal string such as '2.50' "
+                f"(ASCII digits, no spaces or exponent), got {value[:64]!r}"
+            )
+            raise ValidationError(msg)
+        return Decimal(value)
+    msg = f"{name} must be a Decimal, int or decimal string, not {type(value).__name__}"
+    raise ValidationError(msg)
+
+
+def _scaled_integer(d: Decimal, exp: int, name: str, what: str) -> int:
+    """Return d x 10**exp as an int, refusing anything finer than 10**-exp."""
+    sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)  # finite, checked by the caller
+    n = int("".join(map(str, digits))) if digits else 0
+    shift = exponent + exp
+    if n == 0:
+        return 0
+    value: int
+    if shift >= 0:
+        value = n * 10**shift
+    else:
+        if -shift > len(digits) or n % 10**-shift:
+            msg = f"{name} {d} is finer than the smallest {what} 1E-{exp}"
+            raise ValidationError(msg)
+        value = n // 10**-shift
+    return -value if sign else value
+
+
+def parse_amount(
+    value: object,
+    *,
+    name: str,
+    allow_zero: bool = False,
+    max_units: int = MAX_UNITS,
+) -> int:
+    """Validate a money amount and return it in integer units.
+
+    Args:
+        value: a `Decimal`, `int` or plain decimal `str`.
+        name: the argument's name, used in error messages.
+        allow_zero: accept zero (seeds may be zero; bets may not).
+        max_units: the largest accepted amount, in units.
+
+    Raises:
+        ValidationError: float, bool, NaN, infinity, negative (including -0),
+            zero unless allowed, finer than one unit, or beyond the range.
+
+    """
+    d = _coerce(value, name)
+    if not d.is_finite():
+        msg = f"{name} must be a finite amount, got {d}"
+        raise ValidationError(msg)
+    if d.is_signed():
+        msg = f"{name} must not be negative, got {d}"
+        raise ValidationError(msg)
+    if d > Decimal(max_units) / SCALE:
+        msg = f"{name} {d} is beyond the engine's range (at most {from_units(max_units)})"
+        raise ValidationError(msg)
+    units = _scaled_integer(d, _UNIT_EXP, name, "unit")
+    if units == 0 and not allow_zero:
+        msg = f"{name} must be positive, got {d}"
+        raise ValidationError(msg)
+    return units
+
+
+def parse_rate(value: object, *, name: str, allow_zero: bool = False) -> int:
+    """Validate a rate in (0, 1) (or [0, 1) with allow_zero); return parts of 1e9."""
+    d = _coerce(value, name)
+    if not d.is_finite() or d.is_signed() or d >= 1 or (d == 0 and not allow_zero):
+        bounds = "[0, 1)" if allow_zero else "(0, 1)"
+        msg = f"{name} must be a rate in {bounds}, got {d}"
+        raise ValidationError(msg)
+    return _scaled_integer(d, _RATE_EXP, name, "rate step")
+
+
+def from_units(units: int) -> Decimal:
+    """Return integer units as an exact Decimal with six decimal places."""
+    return Decimal(units).scaleb(-_UNIT_EXP)
+
+
+def rate_to_decimal(parts: int) -> Decimal:
+    """Return a rate held as parts of 1e9 as an exact, normalized Decimal."""
+    d = Decimal(parts).scaleb(-_RATE_EXP)
+    return d.normalize() if d else Decimal(0)
+
+
+def split_contribution(bet_units: int, rate_parts: int, carry: int) -> tuple[int, int]:
+    """Return (whole units, new carry) of bet x rate plus the carried fraction.
+
+    `carry` is the fraction of a unit carried forward, in parts of RATE_SCALE:
+    over any sequence of bets the units credited plus carry/RATE_SCALE equal
+    the exact sum of bet x rate, so no fraction is ever dropped.
+    """
+    whole, rest = divmod(bet_units * rate_parts + carry, RATE_SCALE)
+    return whole, rest

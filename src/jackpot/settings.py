@@ -1,0 +1,105 @@
+"""Engine settings, from code or from JACKPOT_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from jackpot.errors import ValidationError
+
+__all__ = ["Settings"]
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_SYNC_MODES = ("FULL", "EXTRA", "NORMAL")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Tunables of one engine. Every field has a safe default.
+
+    Attributes:
+        max_retry_attempts: retries after a version conflict or busy database.
+        retry_delay_ms: first backoff delay; doubles each retry, with jitter.
+        lock_timeout_ms: longest wait for a database or level-actor lock.
+        concurrency_check_interval_ms: longest poll interval while waiting
+            for the database write lock (polls start finer and back off).
+        enable_metrics: collect metrics.
+        log_level: level of the `jackpot` logger.
+        synchronous: SQLite `synchronous` pragma; FULL makes every commit
+            durable before its result is returned.
+
+    """
+
+    max_retry_attempts: int = 3
+    retry_delay_ms: int = 100
+    lock_timeout_ms: int = 5000
+    concurrency_check_interval_ms: int = 50
+    enable_metrics: bool = True
+    log_level: str = "info"
+    synchronous: str = "FULL"
+
+    def __post_init__(self) -> None:
+        _check_int("max_retry_attempts", self.max_retry_attempts, 0, 100)
+        _check_int("retry_delay_ms", self.retry_delay_ms, 0, 60_000)
+        _check_int("lock_timeout_ms", self.lock_timeout_ms, 1, 3_600_000)
+        _check_int("concurrency_check_interval_ms",
+                   self.concurrency_check_interval_ms, 1, 60_000)
+        if not isinstance(self.enable_metrics, bool):
+            msg = f"enable_metrics must be a bool, got {self.enable_metrics!r}"
+            raise ValidationError(msg)
+        if self.log_level not in _LOG_LEVELS:
+            msg = f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
+            raise ValidationError(msg)
+        if self.synchronous not in _SYNC_MODES:
+            msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {self.synchronous!r}"
+            raise ValidationError(msg)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from JACKPOT_* variables; `overrides` win over them.
+
+        Raises:
+            ValidationError: a variable's value is invalid; the message names it.
+
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            var = f"JACKPOT_{f.name.upper()}"
+            raw = env.get(var)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = _parse(f.name, raw.strip())
+                cls(**{f.name: values[f.name]})  # type: ignore[arg-type]
+            except ValidationError as e:
+                msg = f"environment variable {var}={raw!r} is invalid: {e}"
+                raise ValidationError(msg) from None
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, raw: str) -> object:
+    if name == "enable_metrics":
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        msg = "expected true or false"
+        raise ValidationError(msg)
+    if name == "log_level":
+        return raw.lower()
+    if name == "synchronous":
+        return raw.upper()
+    if not raw.isascii() or not raw.isdigit():
+        msg = "expected a non-negative integer"
+        raise ValidationError(msg)
+    return int(raw)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        msg = f"{name} must be an integer in [{low}, {high}], got {value!r}"
+        raise ValidationError(msg)

@@ -1,0 +1,296 @@
+"""SQLite storage through APSW: the only module that speaks SQL to SQLite.
+
+One `SQLiteStore` wraps one connection and is used by one thread at a time
+(each actor owns its own). Every write runs inside `BEGIN IMMEDIATE`, so the
+database write lock is taken up front and a transaction never has to upgrade
+a read lock (which could fail with SQLITE_BUSY without the busy handler being
+called). The busy handler polls finely (0.1 ms doubling up to the configured
+interval) instead of SQLite's coarse default sleeps, and gives up at the lock
+timeout with `LockTimeoutError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+import apsw.bestpractice
+
+from jackpot.domain import Entry, LevelState, Meters
+from jackpot.errors import LockTimeoutError, StorageError
+from jackpot.storage.schema import MIGRATIONS
+
+__all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
+
+apsw.bestpractice.apply(apsw.bestpractice.recommended)
+
+_LEVEL_COLUMNS = (
+    "name, seed, rate, cap, amount, carry, version, last_modified_at, lock_holder, "
+    "m_bets, m_wagered, m_contributed, m_overflow, m_seeded, m_won, m_wins"
+)
+_INSERT_LEVEL = f"INSERT INTO levels ({_LEVEL_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+_UPDATE_LEVEL = (
+    "UPDATE levels SET seed = ?, rate = ?, cap = ?, amount = ?, carry = ?, version = ?, "
+    "last_modified_at = ?, lock_holder = ?, m_bets = ?, m_wagered = ?, "
+    "m_contributed = ?, m_overflow = ?, m_seeded = ?, m_won = ?, m_wins = ? "
+    "WHERE name = ? AND version = ?"
+)
+_INSERT_ENTRY = (
+    "INSERT INTO ledger (op_id, kind, level, delta, balance_after, version_after, "
+    "paid, funded, overflow, at_ms, who, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class BusyIncidentError(StorageError):
+    """SQLITE_BUSY returned without waiting (a would-be deadlock): retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOperation:
+    """An idempotency record: the first result of an op_id."""
+
+    op_id: str
+    kind: str
+    fingerprint: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One committed ledger row."""
+
+    seq: int
+    op_id: str
+    kind: str
+    level: str
+    delta: int
+    balance_after: int
+    version_after: int
+    paid: int
+    funded: int
+    overflow: int
+    at_ms: int
+    who: str | None
+    detail: dict[str, Any] | None
+
+
+def _level_from_row(row: tuple[Any, ...]) -> LevelState:
+    (name, seed, rate, cap, amount, carry, version, modified, holder, *m) = row
+    return LevelState(name=name, seed=seed, rate=rate, cap=cap, amount=amount,
+                      carry=carry, version=version, last_modified_at=modified,
+                      lock_holder=holder, meters=Meters(*m))
+
+
+def _level_values(s: LevelState) -> tuple[Any, ...]:
+    m = s.meters
+    return (s.seed, s.rate, s.cap, s.amount, s.carry, s.version, s.last_modified_at,
+            s.lock_holder, m.bets, m.wagered, m.contributed, m.overflow, m.seeded,
+            m.won, m.wins)
+
+
+def _ledger_row(row: tuple[Any, ...]) -> LedgerRow:
+    values = dict(zip(LedgerRow.__dataclass_fields__, row, strict=True))
+    if values["detail"] is not None:
+        values["detail"] = json.loads(values["detail"])
+    return LedgerRow(**values)
+
+
+class SQLiteStore:
+    """One APSW connection to a jackpot database, with the engine's queries."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        lock_timeout_ms: int = 5000,
+        poll_interval_ms: int = 50,
+        synchronous: str = "FULL",
+    ) -> None:
+        """Open (creating if needed) the database file at `path`."""
+        self._timeout = lock_timeout_ms / 1000
+        self._poll = poll_interval_ms / 1000
+        self._busy_since = 0.0
+        self._gave_up = False
+        self.busy_wait_seconds = 0.0
+        try:
+            self.conn = apsw.Connection(path)
+            self.conn.set_busy_handler(self._on_busy)
+            self._exec("PRAGMA journal_mode = WAL")
+            self._exec(f"PRAGMA synchronous = {synchronous}")
+        except apsw.Error as e:
+            msg = f"cannot open database {path!r}: {e}"
+            raise StorageError(msg) from e
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self.conn.close()
+
+    # -- low level -------------------------------------------------------
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; every statement of the engine passes here."""
+        return list(self.conn.execute(sql, params))
+
+    def _on_busy(self, prior_calls: int) -> bool:
+        now = time.monotonic()
+        if prior_calls == 0:
+            self._busy_since = now
+        waited = now - self._busy_since
+        if waited >= self._timeout:
+            self._gave_up = True
+            self.busy_wait_seconds += waited
+            return False
+        delay = min(self._poll, 0.0001 * 2 ** min(prior_calls, 20), self._timeout - waited)
+        time.sleep(delay)
+        return True
+
+    def _translate(self, e: apsw.Error) -> Exception:
+        if isinstance(e, apsw.BusyError):
+            if self._gave_up:
+                msg = (
+                    f"database write lock not acquired within {self._timeout * 1000:.0f} ms "
+                    "(another connection holds it); nothing was changed"
+                )
+                return LockTimeoutError(msg)
+            return BusyIncidentError(f"database busy without waiting (would-be deadlock): {e}")
+        return StorageError(f"database error: {type(e).__name__}: {e}")
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """Run the block in one `BEGIN IMMEDIATE` transaction; roll back on any error."""
+        self._gave_up = False
+        started = time.monotonic()
+        try:
+            self._exec("BEGIN IMMEDIATE")
+        except apsw.Error as e:
+            raise self._translate(e) from e
+        self.lock_wait_seconds = time.monotonic() - started
+        try:
+            yield
+            self._exec("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, apsw.Error):
+                raise self._translate(exc) from exc
+            raise
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            # A failed ROLLBACK means SQLite already rolled back (e.g. after an
+            # I/O error); the original error is what the caller needs.
+            with contextlib.suppress(apsw.Error):
+                self.conn.execute("ROLLBACK")
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """Run the block in one read transaction (a consistent snapshot)."""
+        try:
+            self._exec("BEGIN")
+            try:
+                yield
+            finally:
+                self._rollback()
+        except apsw.Error as e:
+            raise self._translate(e) from e
+
+    # -- schema ------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; return that version."""
+        with self.write():
+            (current,) = self._exec("PRAGMA user_version")[0]
+            for number in range(current, len(MIGRATIONS)):
+                self.conn.execute(MIGRATIONS[number])
+            self._exec(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        return len(MIGRATIONS)
+
+    # -- levels --------------------------------------------------------------
+
+    def load_level(self, name: str) -> LevelState | None:
+        """Return the committed state of one level, or None."""
+        rows = self._exec(f"SELECT {_LEVEL_COLUMNS} FROM levels WHERE name = ?", (name,))
+        return _level_from_row(rows[0]) if rows else None
+
+    def load_levels(self) -> dict[str, LevelState]:
+        """Return every level, by name."""
+        rows = self._exec(f"SELECT {_LEVEL_COLUMNS} FROM levels ORDER BY name")
+        return {row[0]: _level_from_row(row) for row in rows}
+
+    def insert_level(self, state: LevelState) -> None:
+        """Insert a new level row."""
+        self._exec(_INSERT_LEVEL, (state.name, *_level_values(state)))
+
+    def update_level(self, state: LevelState, *, expected_version: int) -> bool:
+        """Write `state` if the row is still at `expected_version`; say if it was."""
+        self._exec(_UPDATE_LEVEL, (*_level_values(state), state.name, expected_version))
+        return self.conn.changes() == 1
+
+    def claim_lock(self, name: str, holder: str) -> None:
+        """Record `holder` as the level's lock holder inside this transaction."""
+        self._exec("UPDATE levels SET lock_holder = ? WHERE name = ?", (holder, name))
+
+    # -- ledger and operations ----------------------------------------------
+
+    def append(self, op_id: str, entries: list[Entry]) -> None:
+        """Append ledger rows for `entries` under `op_id`."""
+        rows = [
+            (op_id, e.kind, e.level, e.delta, e.balance_after, e.version_after, e.paid,
+             e.funded, e.overflow, e.at_ms, e.who,
+             None if e.detail is None else json.dumps(e.detail, sort_keys=True))
+            for e in entries
+        ]
+        self.conn.executemany(_INSERT_ENTRY, rows)
+
+    def find_operation(self, op_id: str) -> StoredOperation | None:
+        """Return the stored first result of `op_id`, or None."""
+        rows = self._exec(
+            "SELECT kind, fingerprint, result FROM operations WHERE op_id = ?", (op_id,))
+        if not rows:
+            return None
+        kind, fingerprint, result = rows[0]
+        return StoredOperation(op_id, kind, fingerprint, json.loads(result))
+
+    def record_operation(
+        self, op_id: str, kind: str, fingerprint: str, result: dict[str, Any], at_ms: int
+    ) -> None:
+        """Store the first result of `op_id` (inside the operation's transaction)."""
+        self._exec(
+            "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (op_id, kind, fingerprint, json.dumps(result, sort_keys=True), at_ms))
+
+    def ledger(self, *, level: str | None = None, limit: int | None = None,
+               kinds: tuple[str, ...] | None = None, newest_first: bool = False
+               ) -> list[LedgerRow]:
+        """Return ledger rows, optionally of one level and kinds, oldest first."""
+        where, params = [], []
+        if level is not None:
+            where.append("level = ?")
+            params.append(level)
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            params.extend(kinds)
+        sql = "SELECT * FROM ledger"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_ledger_row(row) for row in self._exec(sql, tuple(params))]
+
+    def operation_ids_without_ledger(self) -> list[str]:
+        """Return op_ids recorded as applied that have no ledger row."""
+        rows = self._exec(
+            "SELECT op_id FROM operations o WHERE NOT EXISTS "
+            "(SELECT 1 FROM ledger l WHERE l.op_id = o.op_id)")
+        return [r[0] for r in rows]
+
+    def integrity_check(self) -> str:
+        """Return SQLite's integrity_check verdict ('ok' when sound)."""
+        return "; ".join(str(r[0]) for r in self._exec("PRAGMA integrity_check"))
