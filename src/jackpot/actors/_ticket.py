@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Ticket"]
+
+Notify = Callable[[Any, BaseException | None], None]
 
 
 class Ticket:
@@ -16,12 +20,22 @@ class Ticket:
     whose caller already gave up.
     """
 
-    __slots__ = ("_lock", "_state")
+    __slots__ = ("_lock", "_notify", "_state")
 
-    def __init__(self) -> None:
-        """Create an open ticket."""
+    def __init__(self, notify: Notify | None = None) -> None:
+        """Create an open ticket; `notify(result, error)` is called when served.
+
+        `notify` runs in the actor's thread and must not block (an asyncio
+        caller passes one that uses `loop.call_soon_threadsafe`).
+        """
         self._lock = threading.Lock()
         self._state = "open"
+        self._notify = notify
+
+    def done(self, result: Any, error: BaseException | None) -> None:
+        """Report the outcome to the notify callback, if any."""
+        if self._notify is not None:
+            self._notify(result, error)
 
     def claim(self) -> bool:
         """Mark the request as being served; False if the caller gave up."""

@@ -55,6 +55,16 @@ class Coordinator(pykka.ThreadingActor):
         self._store.close()
 
     def submit(self, ticket: Ticket, op: Operation) -> Any:
+        """Run a multi-level operation; report through the future and the ticket."""
+        try:
+            result = self._run(ticket, op)
+        except BaseException as e:
+            ticket.done(None, e)
+            raise
+        ticket.done(result, None)
+        return result
+
+    def _run(self, ticket: Ticket, op: Operation) -> Any:
         """Run a multi-level operation with every involved level held."""
         if not ticket.claim():
             msg = f"{op.kind} {op.op_id!r} timed out waiting for the coordinator"

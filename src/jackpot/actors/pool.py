@@ -77,7 +77,16 @@ class PoolActor(pykka.ThreadingActor):
         self._store.close()
 
     def submit(self, ticket: Ticket, op: Operation) -> Any:
-        """Run a single-level operation; the caller waits on the future."""
+        """Run a single-level operation; report through the future and the ticket."""
+        try:
+            result = self._run(ticket, op)
+        except BaseException as e:
+            ticket.done(None, e)
+            raise
+        ticket.done(result, None)
+        return result
+
+    def _run(self, ticket: Ticket, op: Operation) -> Any:
         if not ticket.claim():
             msg = f"{op.kind} {op.op_id!r} timed out in the queue of level {self.name!r}"
             raise LockTimeoutError(msg)

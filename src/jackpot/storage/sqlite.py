@@ -137,6 +137,10 @@ class SQLiteStore:
         """Run one statement; every statement of the engine passes here."""
         return list(self.conn.execute(sql, params))
 
+    def _exec_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run one statement for many rows; the bulk twin of `_exec`."""
+        self.conn.executemany(sql, rows)
+
     def _on_busy(self, prior_calls: int) -> bool:
         now = time.monotonic()
         if prior_calls == 0:
@@ -245,7 +249,7 @@ class SQLiteStore:
              None if e.detail is None else json.dumps(e.detail, sort_keys=True))
             for e in entries
         ]
-        self.conn.executemany(_INSERT_ENTRY, rows)
+        self._exec_many(_INSERT_ENTRY, rows)
 
     def find_operation(self, op_id: str) -> StoredOperation | None:
         """Return the stored first result of `op_id`, or None."""
