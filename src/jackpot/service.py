@@ -102,9 +102,6 @@ def execute(
     while True:
         try:
             result, states = _attempt(store, op, None if fresh else cached)
-            if not states:
-                stats.add("replays", op.kind, ",".join(op.names))
-            return result, states
         except _ConflictError as c:
             stats.add("conflicts", op.kind, c.level)
             logger.info("version conflict on %s (expected version %d)", c.level, c.expected,
@@ -128,6 +125,10 @@ def execute(
                 msg = f"{op.kind} {op.op_id!r}: database stayed busy after {attempt} retries"
                 raise StorageError(msg) from e
             time.sleep(_backoff(settings, attempt))
+        else:
+            if not states:
+                stats.add("replays", op.kind, ",".join(op.names))
+            return result, states
         attempt += 1
         fresh = True
         stats.add("retries", op.kind, ",".join(op.names))
