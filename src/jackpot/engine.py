@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -19,19 +18,18 @@ from typing import Any, Self
 
 import pykka
 
-from jackpot import domain, money
+from jackpot import domain
 from jackpot.actors import Coordinator, PoolActor, Ticket
 from jackpot.audit import audit
-from jackpot.domain import GroupConfig, LevelState
+from jackpot.domain import GroupConfig
 from jackpot.errors import (
-    ConcurrencyViolationError,
     EngineClosedError,
     LockTimeoutError,
-    UnknownGroupError,
     ValidationError,
 )
+from jackpot.requests import Requests
 from jackpot.results import ConfigResult, Contribution, PoolSnapshot, VerifyReport, Win
-from jackpot.service import Operation, fingerprint, now_ms
+from jackpot.service import Operation, now_ms
 from jackpot.settings import Settings
 from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
@@ -40,20 +38,6 @@ __all__ = ["JackpotEngine"]
 
 logger = logging.getLogger("jackpot")
 
-_MAX_TEXT = 256
-
-
-def _check_text(value: object, name: str, *, optional: bool = True) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        msg = f"{name} must be a str, not {type(value).__name__}"
-        raise ValidationError(msg)
-    if not value.strip() or len(value) > _MAX_TEXT or not value.isprintable():
-        msg = (f"{name} must be 1-{_MAX_TEXT} printable characters, not blank, "
-               f"got {value[:40]!r} ({len(value)} chars)")
-        raise ValidationError(msg)
-    return value
 
 
 class JackpotEngine:
@@ -69,6 +53,8 @@ class JackpotEngine:
         self._cond = threading.Condition()
         self._reader = self._open_store()
         self._reader_lock = threading.Lock()
+        self._restart_lock = threading.Lock()
+        self._requests = Requests(names)
         self._pools = {n: PoolActor.start(n, self._open_store, settings, self.stats).proxy()
                        for n in sorted(names)}
         self._coordinator = Coordinator.start(
@@ -181,28 +167,8 @@ class JackpotEngine:
         Returns per level the amount added, the balance and version after.
         Replaying an op_id returns the first result with `replayed=True`.
         """
-        units = money.parse_amount(bet, name="bet")
-        names = self._names(groups)
-        op_id, explicit = self._op_id(op_id)
-        request = {"kind": "contribute", "bet": units,
-                   "groups": "*" if groups is None else list(names)}
-
-        def apply(states: Mapping[str, LevelState], now: int
-                  ) -> tuple[dict[str, LevelState], list[domain.Entry], Contribution]:
-            new, entries = {}, []
-            for name in names:
-                new[name], entry = domain.contribute(states[name], units, now)
-                entries.append(entry)
-            result = Contribution(
-                op_id,
-                {e.level: money.from_units(e.delta) for e in entries},
-                {n: money.from_units(s.amount) for n, s in new.items()},
-                {n: s.version for n, s in new.items()})
-            return new, entries, result
-
-        op = Operation("contribute", op_id, explicit, fingerprint(request), names, apply,
-                       lambda r: Contribution.from_record(r, replayed=True))
-        result: Contribution = self._submit(op)
+        result: Contribution = self._submit(
+            self._requests.contribute(bet, groups=groups, op_id=op_id))
         return result
 
     def process_win(
@@ -223,22 +189,8 @@ class JackpotEngine:
             InsufficientFundsError: `amount` exceeds the pool, or the pool is empty.
 
         """
-        name = self._name(group)
-        units = None if amount is None else money.parse_amount(amount, name="amount")
-        winner = _check_text(winner, "winner")
-        op_id, explicit = self._op_id(op_id)
-        request = {"kind": "win", "group": name, "amount": units, "winner": winner}
-
-        def apply(states: Mapping[str, LevelState], now: int
-                  ) -> tuple[dict[str, LevelState], list[domain.Entry], Win]:
-            new, entry = domain.win(states[name], units, now, winner=winner)
-            result = Win(op_id, name, money.from_units(entry.paid),
-                         money.from_units(new.amount), new.version, winner, units is None)
-            return {name: new}, [entry], result
-
-        op = Operation("win", op_id, explicit, fingerprint(request), (name,), apply,
-                       lambda r: Win.from_record(r, replayed=True), pessimistic=True)
-        result: Win = self._submit(op)
+        result: Win = self._submit(
+            self._requests.win(group, op_id=op_id, amount=amount, winner=winner))
         return result
 
     def update_config(
@@ -255,47 +207,18 @@ class JackpotEngine:
 
         With `expected_version`, the change applies only if the level is still
         at that version; otherwise `ConcurrencyViolationError` (never a silent
-        overwrite). A new seed applies at the next reset; a cap may not be set
-        below the seed or the current amount.
+        overwrite). A cap may not be set below the seed or the current amount.
         """
-        name = self._name(group)
-        if expected_version is not None and (
-                isinstance(expected_version, bool) or not isinstance(expected_version, int)
-                or expected_version < 1):
-            msg = f"expected_version must be a positive int, got {expected_version!r}"
-            raise ValidationError(msg)
-        parsed = domain.parse_changes(changes)
-        who, reason = _check_text(who, "who"), _check_text(reason, "reason")
-        op_id, explicit = self._op_id(op_id)
-        request = {"kind": "config", "group": name, "expected_version": expected_version,
-                   "changes": parsed, "who": who, "reason": reason}
-
-        def apply(states: Mapping[str, LevelState], now: int
-                  ) -> tuple[dict[str, LevelState], list[domain.Entry], ConfigResult]:
-            state = states[name]
-            if expected_version is not None and state.version != expected_version:
-                msg = (f"level {name!r} is at version {state.version}, not the expected "
-                       f"{expected_version}: re-read it and decide again")
-                raise ConcurrencyViolationError(
-                    msg, operation="update_config", group=name,
-                    conflict_details={"expected_version": expected_version,
-                                      "actual_version": state.version})
-            new, entry = domain.reconfigure(state, parsed, now, who=who, reason=reason)
-            assert entry.detail is not None
-            result = ConfigResult(op_id, name, new.version, entry.detail["before"],
-                                  entry.detail["after"])
-            return {name: new}, [entry], result
-
-        op = Operation("config", op_id, explicit, fingerprint(request), (name,), apply,
-                       lambda r: ConfigResult.from_record(r, replayed=True), pessimistic=True)
-        result: ConfigResult = self._submit(op)
+        result: ConfigResult = self._submit(self._requests.config(
+            group, op_id=op_id, expected_version=expected_version, who=who, reason=reason,
+            changes=changes))
         return result
 
     # -- reads -------------------------------------------------------------------
 
     def pool(self, group: str) -> PoolSnapshot:
         """Return the committed state of one level."""
-        name = self._name(group)
+        name = self._requests.name(group)
         return self.pools()[name]
 
     def pools(self) -> dict[str, PoolSnapshot]:
@@ -318,68 +241,74 @@ class JackpotEngine:
             msg = "the engine is closed; open a new one with JackpotEngine.open()"
             raise EngineClosedError(msg)
 
-    def _name(self, group: object) -> str:
-        name = domain.validate_name(group)
-        if name not in self._pools:
-            msg = f"unknown level {name!r}: this engine has {', '.join(self._pools)}"
-            raise UnknownGroupError(msg)
-        return name
-
-    def _names(self, groups: Iterable[str] | str | None) -> tuple[str, ...]:
-        if groups is None:
-            return tuple(self._pools)
-        if isinstance(groups, str):
-            groups = (groups,)
-        if not isinstance(groups, (tuple, list, set, frozenset)):
-            msg = f"groups must be a tuple or list of level names, not {type(groups).__name__}"
-            raise ValidationError(msg)
-        names = [self._name(g) for g in groups]
-        if not names:
-            msg = "groups is empty: name at least one level, or pass None for every level"
-            raise ValidationError(msg)
-        if len(set(names)) != len(names):
-            msg = f"groups names a level twice: {names}"
-            raise ValidationError(msg)
-        return tuple(sorted(names))
-
-    def _op_id(self, op_id: object) -> tuple[str, bool]:
-        if op_id is None:
-            return f"auto-{uuid.uuid4().hex}", False
-        return _check_text(op_id, "op_id", optional=False), True  # type: ignore[return-value]
-
-    def _submit(self, op: Operation) -> Any:
+    @contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """Count an operation as in flight, so `close()` waits for it."""
         with self._cond:
             self._check_open()
             self._inflight += 1
         try:
-            ticket = Ticket()
-            target = self._coordinator if len(op.names) > 1 else self._pools[op.names[0]]
-            future = target.submit(ticket, op)
-            try:
-                return future.get(timeout=self._queue_timeout)
-            except pykka.Timeout:
-                if ticket.abandon():
-                    self.stats.add("lock_timeouts", op.kind, ",".join(op.names))
-                    msg = (f"{op.kind} {op.op_id!r} was not started within "
-                           f"{self._settings.lock_timeout_ms} ms; nothing was changed")
-                    raise LockTimeoutError(msg) from None
-            # Claimed: it is running; its own lock waits and retries bound it.
-            started = time.monotonic()
-            try:
-                return future.get(timeout=self._run_timeout)
-            except pykka.Timeout:
-                msg = (f"{op.kind} {op.op_id!r} did not finish within "
-                       f"{self._run_timeout + time.monotonic() - started:.1f} s; its outcome "
-                       "is unknown: retry with the same op_id to learn it")
-                raise LockTimeoutError(msg) from None
-        except pykka.ActorDeadError as e:
-            self._check_open()
-            msg = f"the actor for {', '.join(op.names)} is not running: {e}"
-            raise EngineClosedError(msg) from e
+            yield
         finally:
             with self._cond:
                 self._inflight -= 1
                 self._cond.notify_all()
+
+    def _send(self, op: Operation, ticket: Ticket) -> pykka.Future[Any]:
+        """Queue `op` at the actor that owns it (the coordinator when it spans levels)."""
+        target = self._coordinator if len(op.names) > 1 else self._pools[op.names[0]]
+        return target.submit(ticket, op)  # type: ignore[no-any-return]
+
+    def _submit(self, op: Operation) -> Any:
+        with self._tracking():
+            for attempt in range(2):
+                ticket = Ticket()
+                future = self._send(op, ticket)
+                try:
+                    return self._wait(op, ticket, future)
+                except pykka.ActorDeadError as e:
+                    self._check_open()
+                    if attempt or not ticket.abandon():
+                        msg = (f"the actor serving {', '.join(op.names)} stopped while "
+                               f"running {op.kind} {op.op_id!r}; retry with the same op_id")
+                        raise EngineClosedError(msg) from e
+                    self._restart_dead_actors()
+            raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    def _wait(self, op: Operation, ticket: Ticket, future: pykka.Future[Any]) -> Any:
+        try:
+            return future.get(timeout=self._queue_timeout)
+        except pykka.Timeout:
+            if ticket.abandon():
+                self.stats.add("lock_timeouts", op.kind, ",".join(op.names))
+                msg = (f"{op.kind} {op.op_id!r} was not started within "
+                       f"{self._settings.lock_timeout_ms} ms; nothing was changed")
+                raise LockTimeoutError(msg) from None
+        # Claimed: it is running, and its own lock waits and retries bound it.
+        try:
+            return future.get(timeout=self._run_timeout)
+        except pykka.Timeout:
+            msg = (f"{op.kind} {op.op_id!r} did not finish within {self._run_timeout:.1f} s "
+                   "after it started; its outcome is unknown: retry with the same op_id "
+                   "to learn it")
+            raise LockTimeoutError(msg) from None
+
+    def _restart_dead_actors(self) -> None:
+        """Replace every stopped actor; each replacement reloads from the database."""
+        with self._restart_lock:
+            for name, proxy in list(self._pools.items()):
+                if not proxy.actor_ref.is_alive():
+                    logger.error("actor of level %s had stopped; starting a replacement",
+                                 name, extra={"level": name, "outcome": "actor_restart"})
+                    self._pools[name] = PoolActor.start(
+                        name, self._open_store, self._settings, self.stats).proxy()
+                    self.stats.add("actor_restarts", "actor", name)
+            if not self._coordinator.actor_ref.is_alive():
+                logger.error("coordinator had stopped; starting a replacement",
+                             extra={"outcome": "actor_restart"})
+                self._coordinator = Coordinator.start(
+                    self._open_store, self._pools, self._settings, self.stats).proxy()
+                self.stats.add("actor_restarts", "actor", "coordinator")
 
 
 def _store(path: str, settings: Settings) -> SQLiteStore:
