@@ -10,6 +10,8 @@ from jackpot.engine import JackpotEngine
 from jackpot.errors import (
     ConcurrencyViolationError,
     EngineClosedError,
+    GroupRetiredError,
+    GroupSuspendedError,
     IdempotencyConflictError,
     InsufficientFundsError,
     JackpotError,
@@ -18,15 +20,27 @@ from jackpot.errors import (
     UnknownGroupError,
     ValidationError,
 )
-from jackpot.results import ConfigResult, Contribution, PoolSnapshot, VerifyReport, Win
+from jackpot.results import (
+    AdminResult,
+    ConfigResult,
+    Contribution,
+    HistoryEntry,
+    PoolSnapshot,
+    VerifyReport,
+    Win,
+)
 from jackpot.settings import Settings
 
 __all__ = [
+    "AdminResult",
     "ConcurrencyViolationError",
     "ConfigResult",
     "Contribution",
     "EngineClosedError",
     "GroupConfig",
+    "GroupRetiredError",
+    "GroupSuspendedError",
+    "HistoryEntry",
     "IdempotencyConflictError",
     "InsufficientFundsError",
     "JackpotEngine",

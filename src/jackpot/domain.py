@@ -1,38 +1,65 @@
 """Pure rules of a jackpot level: configuration, validation, state transitions.
 
 No I/O here. Every transition takes a `LevelState` and returns the next state
-plus the `Entry` that the ledger must record for it; the caller persists both
-in one transaction or neither. Amounts are integer units (see `money`).
+plus the `Entry` rows the ledger must record; the caller persists both in one
+transaction or neither. Amounts are integer units (see `money`). Randomness
+(the must-hit-by trigger) comes in through a `draw(low, high)` callable so the
+rules stay deterministic under test.
+
+When config changes take effect: `seed` and `must_hit_by` wait for the next
+reset (a player never sees the target of a running mystery jackpot move);
+everything else (rates, cap, min_bet, max_contribution, overflow_to) applies
+at once. Pending changes are kept on the state and shown in snapshots.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any
 
 from jackpot import money
-from jackpot.errors import InsufficientFundsError, ValidationError
+from jackpot.errors import (
+    GroupRetiredError,
+    GroupSuspendedError,
+    InsufficientFundsError,
+    ValidationError,
+)
 
 __all__ = [
     "CONFIG_FIELDS",
     "DEFAULT_GROUPS",
+    "Draw",
     "Entry",
     "GroupConfig",
+    "LevelConfig",
     "LevelState",
     "Meters",
+    "adjust",
     "contribute",
     "create",
     "parse_changes",
     "reconfigure",
+    "retire",
+    "set_status",
     "validate_name",
     "win",
 ]
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+Draw = Callable[[int, int], int]
+"""draw(low, high) returns an int uniformly in [low, high]."""
 
-CONFIG_FIELDS = ("seed", "contribution_rate", "cap")
+ACTIVE, SUSPENDED, RETIRED = "active", "suspended", "retired"
+_OVERFLOW_TARGETS = ("meter", "reserve")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_DEFERRED = ("seed", "must_hit_by")
+MAX_HITS_PER_BET = 100
+"""A bet that would trigger more mystery hits than this is refused."""
+
+CONFIG_FIELDS = ("seed", "contribution_rate", "cap", "reserve_rate", "min_bet",
+                 "max_contribution", "must_hit_by", "overflow_to")
 """Fields `update_config` may change."""
 
 
@@ -51,6 +78,49 @@ def validate_name(value: object, *, name: str = "group") -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class LevelConfig:
+    """A level's settings in storage units (amounts in units, rates in 1e-9)."""
+
+    seed: int
+    rate: int
+    cap: int | None = None
+    reserve_rate: int = 0
+    min_bet: int | None = None
+    max_contribution: int | None = None
+    must_hit_by: int | None = None
+    overflow_to: str = "meter"
+
+    def check(self, *, amount: int) -> None:
+        """Raise ValidationError if the settings contradict each other or `amount`."""
+        if self.rate + self.reserve_rate >= money.RATE_SCALE:
+            msg = "contribution_rate + reserve_rate must stay below 1"
+            raise ValidationError(msg)
+        if self.overflow_to not in _OVERFLOW_TARGETS:
+            msg = f"overflow_to must be 'meter' or 'reserve', got {self.overflow_to!r}"
+            raise ValidationError(msg)
+        if self.must_hit_by is not None and self.must_hit_by <= self.seed:
+            msg = (f"must_hit_by {money.from_units(self.must_hit_by)} must be above the "
+                   f"seed {money.from_units(self.seed)}")
+            raise ValidationError(msg)
+        if self.cap is None:
+            return
+        for what, floor in (("seed", self.seed), ("current amount", amount),
+                            ("must_hit_by", self.must_hit_by or 0)):
+            if self.cap < floor:
+                msg = (f"cap {money.from_units(self.cap)} is below the {what} "
+                       f"{money.from_units(floor)}")
+                raise ValidationError(msg)
+
+
+def _units(value: object, name: str, *, zero: bool = False) -> int:
+    return money.parse_amount(value, name=name, allow_zero=zero)
+
+
+def _maybe_units(value: object, name: str) -> int | None:
+    return None if value is None else _units(value, name)
+
+
+@dataclass(frozen=True, slots=True)
 class GroupConfig:
     """How a jackpot level is set up. Validated on construction.
 
@@ -58,8 +128,14 @@ class GroupConfig:
         name: the level's name ("minor", "major", ...).
         seed: the amount the pool starts from and resets to after a win.
         contribution_rate: the share of each bet added to the pool, in (0, 1).
-        cap: optional ceiling; contributions stop there (the excess is metered
-            as overflow). Must not be below the seed.
+        cap: optional ceiling; a contribution stops there and the excess goes
+            to the overflow meter (or the reserve, see `overflow_to`).
+        reserve_rate: a hidden share of each bet that funds the next reset.
+        min_bet: bets below it do not qualify for this level.
+        max_contribution: a bet whose contribution would exceed it is refused.
+        must_hit_by: makes the level a mystery jackpot that hits at a hidden
+            trigger drawn uniformly in (seed, must_hit_by] at every reset.
+        overflow_to: "meter" (default) or "reserve".
 
     """
 
@@ -67,44 +143,106 @@ class GroupConfig:
     seed: Decimal
     contribution_rate: Decimal
     cap: Decimal | None = None
+    reserve_rate: Decimal = Decimal(0)
+    min_bet: Decimal | None = None
+    max_contribution: Decimal | None = None
+    must_hit_by: Decimal | None = None
+    overflow_to: str = "meter"
 
     def __post_init__(self) -> None:
         validate_name(self.name, name="GroupConfig.name")
-        seed = money.parse_amount(self.seed, name="seed", allow_zero=True)
-        rate = money.parse_rate(self.contribution_rate, name="contribution_rate")
-        cap = None if self.cap is None else money.parse_amount(self.cap, name="cap")
-        _check_cap(cap, seed=seed, amount=seed)
+        units = self.to_units()
+        units.check(amount=units.seed)
         # Normalise int/str inputs to exact Decimals so equality is by value.
-        object.__setattr__(self, "seed", money.from_units(seed))
-        object.__setattr__(self, "contribution_rate", money.rate_to_decimal(rate))
-        object.__setattr__(self, "cap", None if cap is None else money.from_units(cap))
+        for key, value in config_view(units).items():
+            object.__setattr__(self, key, value if key == "overflow_to" or value is None
+                               else Decimal(value))
+
+    def to_units(self) -> LevelConfig:
+        """Return the settings in storage units (validating each field)."""
+        return LevelConfig(
+            seed=_units(self.seed, "seed", zero=True),
+            rate=money.parse_rate(self.contribution_rate, name="contribution_rate"),
+            cap=_maybe_units(self.cap, "cap"),
+            reserve_rate=money.parse_rate(self.reserve_rate, name="reserve_rate",
+                                          allow_zero=True),
+            min_bet=_maybe_units(self.min_bet, "min_bet"),
+            max_contribution=_maybe_units(self.max_contribution, "max_contribution"),
+            must_hit_by=_maybe_units(self.must_hit_by, "must_hit_by"),
+            overflow_to=_overflow_to(self.overflow_to),
+        )
+
+
+def _overflow_to(value: object) -> str:
+    if value not in _OVERFLOW_TARGETS:
+        msg = f"overflow_to must be 'meter' or 'reserve', got {value!r}"
+        raise ValidationError(msg)
+    return str(value)
+
+
+def config_view(c: LevelConfig) -> dict[str, str | None]:
+    """Return the settings as public names and decimal strings (for audit rows)."""
+    def amount(v: int | None) -> str | None:
+        return None if v is None else str(money.from_units(v))
+    return {
+        "seed": amount(c.seed),
+        "contribution_rate": str(money.rate_to_decimal(c.rate)),
+        "cap": amount(c.cap),
+        "reserve_rate": str(money.rate_to_decimal(c.reserve_rate)),
+        "min_bet": amount(c.min_bet),
+        "max_contribution": amount(c.max_contribution),
+        "must_hit_by": amount(c.must_hit_by),
+        "overflow_to": c.overflow_to,
+    }
 
 
 @dataclass(frozen=True, slots=True)
 class Meters:
-    """Running totals of a level, in units (counts for `bets` and `wins`)."""
+    """Running totals of a level, in units (counts for bets, wins and hits).
+
+    Identities the audit checks (all from the ledger alone):
+    amount = house_funded + reserve_funded + contributed - overflow - won
+             + adjusted + transferred;
+    reserve = reserve_in - reserve_funded + reserve_transferred.
+    """
 
     bets: int = 0
     wagered: int = 0
     contributed: int = 0
     overflow: int = 0
-    seeded: int = 0
+    reserve_in: int = 0
+    house_funded: int = 0
+    reserve_funded: int = 0
     won: int = 0
     wins: int = 0
+    hits: int = 0
+    adjusted: int = 0
+    transferred: int = 0
+    reserve_transferred: int = 0
+
+
+METER_FIELDS = tuple(f.name for f in fields(Meters))
 
 
 @dataclass(frozen=True, slots=True)
 class LevelState:
-    """A level's whole state, as persisted in one row."""
+    """A level's whole state, as persisted in one row.
+
+    `trigger` is the hidden must-hit-by trigger: never shown in snapshots,
+    results or logs (it is excluded from repr).
+    """
 
     name: str
-    seed: int
-    rate: int
-    cap: int | None
+    config: LevelConfig
     amount: int
-    carry: int
     version: int
     last_modified_at: int
+    status: str = ACTIVE
+    reserve: int = 0
+    carry: int = 0
+    reserve_carry: int = 0
+    trigger: int | None = field(default=None, repr=False)
+    pending: dict[str, int | None] = field(default_factory=dict)
     meters: Meters = field(default_factory=Meters)
     lock_holder: str | None = None
 
@@ -113,160 +251,312 @@ class LevelState:
 class Entry:
     """One ledger row, before the caller adds the op_id.
 
-    `delta` is the net change of the pool; `paid`, `funded` (seed paid in by
-    the house at a reset) and `overflow` (contribution beyond the cap, not in
-    the pool) break it down so the ledger alone can rebuild every meter.
+    `delta` / `reserve_delta` are the net changes of pool / reserve; the other
+    integer fields break them down per meter (see `Meters`).
     """
 
     kind: str
     level: str
     delta: int
     balance_after: int
+    reserve_delta: int
+    reserve_after: int
     version_after: int
     at_ms: int
-    paid: int = 0
-    funded: int = 0
+    contributed: int = 0
     overflow: int = 0
+    reserve_in: int = 0
+    house_funded: int = 0
+    reserve_funded: int = 0
+    paid: int = 0
+    adjusted: int = 0
+    transferred: int = 0
+    reserve_transferred: int = 0
     who: str | None = None
     detail: dict[str, Any] | None = None
 
 
-def _check_cap(cap: int | None, *, seed: int, amount: int) -> None:
-    if cap is None:
-        return
-    if cap < seed:
-        msg = f"cap {money.from_units(cap)} is below the seed {money.from_units(seed)}"
-        raise ValidationError(msg)
-    if cap < amount:
-        msg = (
-            f"cap {money.from_units(cap)} is below the current amount "
-            f"{money.from_units(amount)}"
-        )
-        raise ValidationError(msg)
+def _record(before: LevelState, after: LevelState, kind: str, **parts: Any) -> Entry:
+    """Return the ledger entry that takes `before` to `after`."""
+    return Entry(kind, after.name, after.amount - before.amount, after.amount,
+                 after.reserve - before.reserve, after.reserve, after.version,
+                 after.last_modified_at, **parts)
 
 
-def _bump(state: LevelState, now: int, **changes: Any) -> LevelState:
+def _meter(state: LevelState, **deltas: int) -> Meters:
+    m = state.meters
+    return replace(m, **{k: getattr(m, k) + v for k, v in deltas.items()})
+
+
+def _step(state: LevelState, now: int, **changes: Any) -> LevelState:
     return replace(state, version=state.version + 1, last_modified_at=now, **changes)
 
 
-def create(config: GroupConfig, now: int) -> tuple[LevelState, Entry]:
-    """Return a new level at its seed (version 1) and its creation entry."""
-    seed = money.parse_amount(config.seed, name="seed", allow_zero=True)
-    state = LevelState(
-        name=config.name,
-        seed=seed,
-        rate=money.parse_rate(config.contribution_rate, name="contribution_rate"),
-        cap=None if config.cap is None else money.parse_amount(config.cap, name="cap"),
-        amount=seed,
-        carry=0,
-        version=1,
-        last_modified_at=now,
-        meters=Meters(seeded=seed),
-    )
-    entry = Entry("create", config.name, seed, seed, 1, now, funded=seed,
-                  detail={"config": _config_view(state)})
-    return state, entry
+def check_open(state: LevelState, operation: str, *, allow_suspended: bool = False) -> None:
+    """Raise if the level's status refuses `operation`."""
+    if state.status == RETIRED:
+        msg = f"level {state.name!r} is retired: it refuses {operation}"
+        raise GroupRetiredError(msg)
+    if state.status == SUSPENDED and not allow_suspended:
+        msg = f"level {state.name!r} is suspended: it refuses {operation} until resumed"
+        raise GroupSuspendedError(msg)
 
 
-def contribute(state: LevelState, bet: int, now: int) -> tuple[LevelState, Entry]:
-    """Add bet x rate (plus the carried fraction) to the pool, up to the cap."""
-    if bet <= 0:
-        msg = f"bet must be positive, got {bet} units"
-        raise ValidationError(msg)
-    whole, carry = money.split_contribution(bet, state.rate, state.carry)
-    room = money.MAX_UNITS - state.amount if state.cap is None else state.cap - state.amount
-    added = min(whole, max(room, 0))
-    overflow = whole - added
-    m = state.meters
-    meters = replace(m, bets=m.bets + 1, wagered=m.wagered + bet,
-                     contributed=m.contributed + whole, overflow=m.overflow + overflow)
-    nxt = _bump(state, now, amount=state.amount + added, carry=carry, meters=meters)
-    entry = Entry("contribute", state.name, added, nxt.amount, nxt.version, now,
-                  overflow=overflow, detail={"bet": bet})
-    return nxt, entry
+def _draw_trigger(config: LevelConfig, draw: Draw) -> int | None:
+    if config.must_hit_by is None:
+        return None
+    return draw(config.seed + 1, config.must_hit_by)
+
+
+def create(config: GroupConfig, now: int, draw: Draw) -> tuple[LevelState, Entry]:
+    """Return a new level at its seed (version 1, house-funded) and its entry."""
+    units = config.to_units()
+    blank = LevelState(config.name, units, 0, 0, now)
+    state = replace(blank, amount=units.seed, version=1,
+                    trigger=_draw_trigger(units, draw),
+                    meters=Meters(house_funded=units.seed))
+    return state, _record(blank, state, "create", house_funded=units.seed,
+                          detail={"config": config_view(units)})
+
+
+def _reset(state: LevelState, draw: Draw) -> tuple[LevelState, int, int]:
+    """Apply pending changes and refill to seed: (state, house part, reserve part)."""
+    config = replace(state.config, **state.pending)  # type: ignore[arg-type]
+    from_reserve = min(state.reserve, config.seed)
+    house = config.seed - from_reserve
+    nxt = replace(state, config=config, pending={}, amount=state.amount + config.seed,
+                  reserve=state.reserve - from_reserve, trigger=_draw_trigger(config, draw),
+                  meters=_meter(state, house_funded=house, reserve_funded=from_reserve))
+    return nxt, house, from_reserve
 
 
 def win(
-    state: LevelState, amount: int | None, now: int, *, winner: str | None = None
+    state: LevelState,
+    amount: int | None,
+    now: int,
+    draw: Draw,
+    *,
+    winner: str | None = None,
+    kind: str = "win",
 ) -> tuple[LevelState, Entry]:
     """Pay the whole pool and reset to seed, or pay a fixed part without reset."""
+    check_open(state, "wins")
     if amount is None:
         if state.amount <= 0:
             msg = f"level {state.name!r} has an empty pool: nothing to pay"
             raise InsufficientFundsError(msg)
-        paid, funded = state.amount, state.seed
+        paid = state.amount
     else:
         if amount <= 0:
             msg = f"amount must be positive, got {amount} units"
             raise ValidationError(msg)
         if amount > state.amount:
-            msg = (
-                f"amount {money.from_units(amount)} exceeds the pool of level "
-                f"{state.name!r} ({money.from_units(state.amount)})"
-            )
+            msg = (f"amount {money.from_units(amount)} exceeds the pool of level "
+                   f"{state.name!r} ({money.from_units(state.amount)})")
             raise InsufficientFundsError(msg)
-        paid, funded = amount, 0
-    m = state.meters
-    meters = replace(m, won=m.won + paid, wins=m.wins + 1, seeded=m.seeded + funded)
-    nxt = _bump(state, now, amount=state.amount - paid + funded, meters=meters)
-    entry = Entry("win", state.name, funded - paid, nxt.amount, nxt.version, now,
-                  paid=paid, funded=funded, who=winner,
-                  detail={"reset": amount is None})
-    return nxt, entry
+        paid = amount
+    nxt = _step(state, now, amount=state.amount - paid,
+                meters=_meter(state, won=paid, wins=1, hits=int(kind == "hit")))
+    house = from_reserve = 0
+    if amount is None:
+        nxt, house, from_reserve = _reset(nxt, draw)
+    return nxt, _record(state, nxt, kind, paid=paid, house_funded=house,
+                        reserve_funded=from_reserve, who=winner,
+                        detail={"reset": amount is None})
 
 
-def parse_changes(changes: dict[str, object]) -> dict[str, int | None]:
+def contribute(
+    state: LevelState, bet: int, now: int, draw: Draw
+) -> tuple[LevelState, list[Entry], list[Entry]]:
+    """Add one bet's share: (state, ledger entries, the hit entries among them).
+
+    A bet below `min_bet` does not qualify: no change, no entry. The pool
+    stops at its cap (excess to the overflow meter or the reserve). On a
+    must-hit-by level, reaching the hidden trigger pays the trigger amount,
+    resets, and carries the rest of the contribution into the new pool.
+    """
+    check_open(state, "contributions")
+    c = state.config
+    if bet <= 0:
+        msg = f"bet must be positive, got {bet} units"
+        raise ValidationError(msg)
+    if c.min_bet is not None and bet < c.min_bet:
+        return state, [], []
+    whole, carry = money.split_contribution(bet, c.rate, state.carry)
+    if c.max_contribution is not None and whole > c.max_contribution:
+        msg = (f"bet {money.from_units(bet)} would contribute {money.from_units(whole)} to "
+               f"level {state.name!r}, above its max_contribution "
+               f"{money.from_units(c.max_contribution)}")
+        raise ValidationError(msg)
+    reserve_in, reserve_carry = money.split_contribution(bet, c.reserve_rate,
+                                                         state.reserve_carry)
+    entries: list[Entry] = []
+    hits: list[Entry] = []
+    first = True
+    remaining = whole
+    current = replace(state, carry=carry, reserve_carry=reserve_carry)
+    while first or remaining > 0:
+        nxt, entry, remaining = _add(current, remaining, now, bet if first else 0,
+                                     reserve_in if first else 0)
+        entries.append(entry)
+        first = False
+        current = nxt
+        if current.trigger is not None and current.amount >= current.trigger:
+            if len(hits) >= MAX_HITS_PER_BET:
+                msg = (f"bet {money.from_units(bet)} would trigger more than "
+                       f"{MAX_HITS_PER_BET} hits on level {state.name!r}: set a "
+                       "max_contribution that fits the must-hit-by range")
+                raise ValidationError(msg)
+            current, hit = win(current, None, now, draw, kind="hit")
+            entries.append(hit)
+            hits.append(hit)
+    return current, entries, hits
+
+
+def _add(state: LevelState, units: int, now: int, bet: int, reserve_in: int
+         ) -> tuple[LevelState, Entry, int]:
+    """Add `units` up to the cap and the trigger; return the rest for the next pool."""
+    c = state.config
+    limit = money.MAX_UNITS if c.cap is None else c.cap
+    if state.trigger is not None:
+        limit = min(limit, max(state.trigger, state.amount))
+    room = max(limit - state.amount, 0)
+    added = min(units, room)
+    rest = units - added
+    overflow = 0
+    if state.trigger is None or state.amount + added < state.trigger:
+        overflow, rest = rest, 0  # no hit coming: the excess is overflow
+    to_reserve = reserve_in + (overflow if c.overflow_to == "reserve" else 0)
+    nxt = _step(state, now, amount=state.amount + added,
+                reserve=state.reserve + to_reserve,
+                meters=_meter(state, bets=int(bet > 0), wagered=bet,
+                              contributed=added + overflow, overflow=overflow,
+                              reserve_in=to_reserve))
+    entry = _record(state, nxt, "contribute", contributed=added + overflow,
+                    overflow=overflow, reserve_in=to_reserve,
+                    detail={"bet": bet} if bet else {"carried_over": True})
+    return nxt, entry, rest
+
+
+def parse_changes(changes: dict[str, object]) -> dict[str, Any]:
     """Validate config changes in isolation; return them in storage units."""
     if not changes:
         msg = f"no config change given: pass one or more of {', '.join(CONFIG_FIELDS)}"
         raise ValidationError(msg)
     unknown = sorted(set(changes) - set(CONFIG_FIELDS))
     if unknown:
-        msg = (
-            f"unknown config field(s) {', '.join(map(repr, unknown))}: "
-            f"allowed are {', '.join(CONFIG_FIELDS)}"
-        )
+        msg = (f"unknown config field(s) {', '.join(map(repr, unknown))}: "
+               f"allowed are {', '.join(CONFIG_FIELDS)}")
         raise ValidationError(msg)
-    parsed: dict[str, int | None] = {}
-    if "seed" in changes:
-        parsed["seed"] = money.parse_amount(changes["seed"], name="seed", allow_zero=True)
-    if "contribution_rate" in changes:
-        parsed["contribution_rate"] = money.parse_rate(
-            changes["contribution_rate"], name="contribution_rate")
-    if "cap" in changes:
-        cap = changes["cap"]
-        parsed["cap"] = None if cap is None else money.parse_amount(cap, name="cap")
-    return parsed
+    parsers: dict[str, Callable[[object], Any]] = {
+        "seed": lambda v: _units(v, "seed", zero=True),
+        "contribution_rate": lambda v: money.parse_rate(v, name="contribution_rate"),
+        "reserve_rate": lambda v: money.parse_rate(v, name="reserve_rate", allow_zero=True),
+        "cap": lambda v: _maybe_units(v, "cap"),
+        "min_bet": lambda v: _maybe_units(v, "min_bet"),
+        "max_contribution": lambda v: _maybe_units(v, "max_contribution"),
+        "must_hit_by": lambda v: _maybe_units(v, "must_hit_by"),
+        "overflow_to": _overflow_to,
+    }
+    return {key: parsers[key](value) for key, value in changes.items()}
 
 
 def reconfigure(
     state: LevelState,
-    changes: dict[str, int | None],
+    changes: dict[str, Any],
     now: int,
     *,
     who: str | None = None,
     reason: str | None = None,
 ) -> tuple[LevelState, Entry]:
-    """Apply parsed config changes (see `parse_changes`) against the state."""
-    seed = changes.get("seed", state.seed)
-    rate = changes.get("contribution_rate", state.rate)
-    cap = changes.get("cap", state.cap)
-    assert seed is not None
-    assert rate is not None
-    _check_cap(cap, seed=seed, amount=state.amount)
-    nxt = _bump(state, now, seed=seed, rate=rate, cap=cap)
-    entry = Entry("config", state.name, 0, nxt.amount, nxt.version, now, who=who,
-                  detail={"before": _config_view(state), "after": _config_view(nxt),
-                          "reason": reason})
-    return nxt, entry
+    """Apply parsed changes (see `parse_changes`): deferred ones wait for the reset."""
+    check_open(state, "config changes", allow_suspended=True)
+    fields_ = {("rate" if k == "contribution_rate" else k): v for k, v in changes.items()}
+    pending = {**state.pending, **{k: v for k, v in fields_.items() if k in _DEFERRED}}
+    now_fields = {k: v for k, v in fields_.items() if k not in _DEFERRED}
+    config = replace(state.config, **now_fields)
+    config.check(amount=state.amount)
+    replace(config, **pending).check(amount=state.amount)  # valid after the reset too
+    nxt = _step(state, now, config=config, pending=pending)
+    detail = {"before": config_view(state.config), "after": config_view(config),
+              "pending": _pending_view(pending), "reason": reason}
+    return nxt, _record(state, nxt, "config", who=who, detail=detail)
 
 
-def _config_view(state: LevelState) -> dict[str, str | None]:
-    return {
-        "seed": str(money.from_units(state.seed)),
-        "contribution_rate": str(money.rate_to_decimal(state.rate)),
-        "cap": None if state.cap is None else str(money.from_units(state.cap)),
-    }
+def _pending_view(pending: dict[str, int | None]) -> dict[str, str | None]:
+    return {k: None if v is None else str(money.from_units(v)) for k, v in pending.items()}
+
+
+def pending_view(state: LevelState) -> dict[str, str | None]:
+    """Return the changes waiting for the next reset, as public decimal strings."""
+    return _pending_view(state.pending)
+
+
+def set_status(state: LevelState, status: str, now: int, *, who: str | None = None,
+               reason: str | None = None) -> tuple[LevelState, Entry]:
+    """Suspend or resume a level (retire has its own transition)."""
+    check_open(state, f"being {status}", allow_suspended=True)
+    if state.status == status:
+        msg = f"level {state.name!r} is already {status}"
+        raise ValidationError(msg)
+    nxt = _step(state, now, status=status)
+    return nxt, _record(state, nxt, "suspend" if status == SUSPENDED else "resume",
+                        who=who, detail={"reason": reason})
+
+
+def adjust(state: LevelState, delta: int, now: int, *, who: str | None = None,
+           reason: str | None = None) -> tuple[LevelState, Entry]:
+    """Change the pool by `delta` units (audited); never below zero or past a limit."""
+    check_open(state, "adjustments", allow_suspended=True)
+    if delta == 0:
+        msg = "delta must not be zero"
+        raise ValidationError(msg)
+    after = state.amount + delta
+    if after < 0:
+        msg = (f"adjusting level {state.name!r} by {money.from_units(delta)} would take "
+               f"its pool {money.from_units(state.amount)} below zero")
+        raise InsufficientFundsError(msg)
+    ceiling = min(x for x in (state.config.cap, state.config.must_hit_by, money.MAX_UNITS)
+                  if x is not None)
+    if delta > 0 and after > ceiling:
+        msg = (f"adjusting level {state.name!r} by {money.from_units(delta)} would lift "
+               f"its pool above {money.from_units(ceiling)}")
+        raise ValidationError(msg)
+    nxt = _step(state, now, amount=after, meters=_meter(state, adjusted=delta))
+    return nxt, _record(state, nxt, "adjust", adjusted=delta, who=who,
+                        detail={"reason": reason})
+
+
+def retire(source: LevelState, target: LevelState, now: int, *, who: str | None = None,
+           reason: str | None = None) -> tuple[LevelState, LevelState, list[Entry]]:
+    """Retire `source`, moving its pool and reserve to `target`.
+
+    The pool goes into the target's pool up to the target's cap (and
+    must-hit-by); whatever does not fit goes into the target's reserve.
+    """
+    check_open(source, "retirement", allow_suspended=True)
+    check_open(target, "transfers", allow_suspended=True)
+    if source.name == target.name:
+        msg = "transfer_to must name another level"
+        raise ValidationError(msg)
+    tc = target.config
+    limit = min(x for x in (tc.cap, tc.must_hit_by, money.MAX_UNITS) if x is not None)
+    into_pool = min(source.amount, max(limit - target.amount, 0))
+    into_reserve = source.reserve + source.amount - into_pool
+    src = _step(source, now, status=RETIRED, amount=0, reserve=0,
+                meters=_meter(source, transferred=-source.amount,
+                              reserve_transferred=-source.reserve))
+    tgt = _step(target, now, amount=target.amount + into_pool,
+                reserve=target.reserve + into_reserve,
+                meters=_meter(target, transferred=into_pool,
+                              reserve_transferred=into_reserve))
+    detail = {"reason": reason, "from": source.name, "to": target.name}
+    return src, tgt, [
+        _record(source, src, "retire", transferred=-source.amount,
+                reserve_transferred=-source.reserve, who=who, detail=detail),
+        _record(target, tgt, "transfer_in", transferred=into_pool,
+                reserve_transferred=into_reserve, who=who, detail=detail),
+    ]
 
 
 DEFAULT_GROUPS = (

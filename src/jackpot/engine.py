@@ -18,7 +18,7 @@ from typing import Any, Self
 
 import pykka
 
-from jackpot import domain
+from jackpot import domain, money
 from jackpot.actors import Coordinator, PoolActor, Ticket
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
@@ -27,8 +27,16 @@ from jackpot.errors import (
     LockTimeoutError,
     ValidationError,
 )
-from jackpot.requests import Requests
-from jackpot.results import ConfigResult, Contribution, PoolSnapshot, VerifyReport, Win
+from jackpot.requests import Requests, draw
+from jackpot.results import (
+    AdminResult,
+    ConfigResult,
+    Contribution,
+    HistoryEntry,
+    PoolSnapshot,
+    VerifyReport,
+    Win,
+)
 from jackpot.service import Operation, now_ms
 from jackpot.settings import Settings
 from jackpot.stats import Stats
@@ -37,6 +45,8 @@ from jackpot.storage import SQLiteStore
 __all__ = ["JackpotEngine"]
 
 logger = logging.getLogger("jackpot")
+
+_MAX_HISTORY = 10_000
 
 
 
@@ -105,7 +115,7 @@ class JackpotEngine:
                 wanted = configs if configs is not None or existing else list(domain.DEFAULT_GROUPS)
                 for config in wanted or []:
                     if config.name not in existing:
-                        state, entry = domain.create(config, now_ms())
+                        state, entry = domain.create(config, now_ms(), draw)
                         store.insert_level(state)
                         store.append(f"create:{config.name}", [entry])
                         existing[config.name] = state
@@ -178,19 +188,25 @@ class JackpotEngine:
         op_id: str | None = None,
         amount: Decimal | int | str | None = None,
         winner: str | None = None,
+        expected_version: int | None = None,
+        expected_amount: Decimal | int | str | None = None,
     ) -> Win:
         """Pay a level: the whole pool (then reset to seed), or a fixed `amount`.
 
         Wins are pessimistic: the level's row is locked and read fresh first.
-        Simultaneous wins are served one after the other; each pays what the
-        pool holds at its turn.
+        Simultaneous wins are served strictly one after the other. Without
+        `expected_version` / `expected_amount`, a later win pays what the pool
+        holds at its turn; with either, it is refused with
+        `ConcurrencyViolationError` if the pool moved on.
 
         Raises:
             InsufficientFundsError: `amount` exceeds the pool, or the pool is empty.
+            GroupSuspendedError, GroupRetiredError: the level refuses wins.
 
         """
-        result: Win = self._submit(
-            self._requests.win(group, op_id=op_id, amount=amount, winner=winner))
+        result: Win = self._submit(self._requests.win(
+            group, op_id=op_id, amount=amount, winner=winner,
+            expected_version=expected_version, expected_amount=expected_amount))
         return result
 
     def update_config(
@@ -214,6 +230,43 @@ class JackpotEngine:
             changes=changes))
         return result
 
+    def suspend(self, group: str, *, reason: str, op_id: str | None = None,
+                who: str | None = None) -> AdminResult:
+        """Stop a level taking contributions and wins; its amount is kept exactly."""
+        result: AdminResult = self._submit(
+            self._requests.status("suspend", group, op_id=op_id, who=who, reason=reason))
+        return result
+
+    def resume(self, group: str, *, op_id: str | None = None, who: str | None = None,
+               reason: str | None = None) -> AdminResult:
+        """Let a suspended level take contributions and wins again."""
+        result: AdminResult = self._submit(
+            self._requests.status("resume", group, op_id=op_id, who=who, reason=reason))
+        return result
+
+    def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
+               op_id: str | None = None, who: str | None = None) -> AdminResult:
+        """Change a pool by a signed `delta`, audited with who and why.
+
+        The only way besides a win that a pool goes down; never below zero,
+        never above its cap or must-hit-by.
+        """
+        result: AdminResult = self._submit(
+            self._requests.adjust(group, delta, op_id=op_id, who=who, reason=reason))
+        return result
+
+    def retire(self, group: str, *, transfer_to: str, reason: str,
+               op_id: str | None = None, who: str | None = None) -> AdminResult:
+        """Retire a level, moving its pool and reserve to `transfer_to` atomically.
+
+        The pool goes into the target's pool up to the target's cap (and
+        must-hit-by); the rest goes into the target's reserve. A retired level
+        refuses every later operation.
+        """
+        result: AdminResult = self._submit(self._requests.retire(
+            group, transfer_to=transfer_to, op_id=op_id, who=who, reason=reason))
+        return result
+
     # -- reads -------------------------------------------------------------------
 
     def pool(self, group: str) -> PoolSnapshot:
@@ -227,6 +280,19 @@ class JackpotEngine:
         with self._reader_lock, self._reader.read():
             states = self._reader.load_levels()
         return {n: PoolSnapshot.of(s) for n, s in states.items()}
+
+    def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
+        """Return the level's last `limit` wins and hits, newest first."""
+        name = self._requests.name(group)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
+            msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {limit!r}"
+            raise ValidationError(msg)
+        self._check_open()
+        with self._reader_lock:
+            rows = self._reader.ledger(level=name, kinds=("win", "hit"), limit=limit,
+                                       newest_first=True)
+        return [HistoryEntry(r.at_ms, money.from_units(r.paid), r.op_id, r.who,
+                             r.kind == "hit", r.version_after) for r in rows]
 
     def verify(self) -> VerifyReport:
         """Recompute every level from the ledger and report any difference."""

@@ -12,6 +12,8 @@ from typing import Any
 __all__ = [
     "ConcurrencyViolationError",
     "EngineClosedError",
+    "GroupRetiredError",
+    "GroupSuspendedError",
     "IdempotencyConflictError",
     "InsufficientFundsError",
     "JackpotError",
@@ -79,3 +81,11 @@ class StorageError(JackpotError):
 
     The transaction was rolled back: nothing was changed.
     """
+
+
+class GroupSuspendedError(JackpotError):
+    """The level is suspended: it refuses contributions and wins until resumed."""
+
+
+class GroupRetiredError(JackpotError):
+    """The level is retired: it refuses every operation."""

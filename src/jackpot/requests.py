@@ -7,17 +7,19 @@ raises here and nothing is sent to an actor.
 
 from __future__ import annotations
 
+import secrets
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from jackpot import domain, money
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import ConcurrencyViolationError, UnknownGroupError, ValidationError
-from jackpot.results import ConfigResult, Contribution, Win
+from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation, fingerprint
 
-__all__ = ["Requests", "check_text"]
+__all__ = ["Requests", "check_text", "draw"]
 
 _MAX_TEXT = 256
 _SHOWN = 40
@@ -80,41 +82,63 @@ class Requests:
         return checked, True
 
     def contribute(self, bet: object, *, groups: object, op_id: object) -> Operation:
-        """Build a contribution of `bet` to `groups` (None: every level)."""
+        """Build a contribution of `bet` to `groups` (None: every active level)."""
         units = money.parse_amount(bet, name="bet")
         names = self.group_list(groups)
+        every = groups is None
         oid, explicit = self.op_id(op_id)
-        request = {"kind": "contribute", "bet": units,
-                   "groups": "*" if groups is None else list(names)}
+        request = {"kind": "contribute", "bet": units, "groups": "*" if every else list(names)}
 
         def apply(states: Mapping[str, LevelState], now: int
                   ) -> tuple[dict[str, LevelState], list[Entry], Contribution]:
-            new, entries = {}, []
+            new: dict[str, LevelState] = {}
+            entries: list[Entry] = []
+            hits: list[Win] = []
+            added: dict[str, int] = {}
             for name in names:
-                new[name], entry = domain.contribute(states[name], units, now)
-                entries.append(entry)
+                state = states[name]
+                if every and state.status != domain.ACTIVE:
+                    continue  # "every level" means every level that takes bets
+                after, rows, level_hits = domain.contribute(state, units, now, draw)
+                added[name] = sum(e.contributed - e.overflow for e in rows)
+                if rows:
+                    new[name] = after
+                    entries.extend(rows)
+                hits.extend(Win(oid, h.level, money.from_units(h.paid),
+                                money.from_units(h.balance_after), h.version_after,
+                                reset=True, hit=True) for h in level_hits)
+            after_all = {n: new.get(n, states[n]) for n in added}
             result = Contribution(
-                oid,
-                {e.level: money.from_units(e.delta) for e in entries},
-                {n: money.from_units(s.amount) for n, s in new.items()},
-                {n: s.version for n, s in new.items()})
+                oid, {n: money.from_units(v) for n, v in added.items()},
+                {n: money.from_units(s.amount) for n, s in after_all.items()},
+                {n: s.version for n, s in after_all.items()}, hits=tuple(hits))
             return new, entries, result
 
         return Operation("contribute", oid, explicit, fingerprint(request), names, apply,
                          lambda r: Contribution.from_record(r, replayed=True))
 
-    def win(self, group: object, *, op_id: object, amount: object, winner: object
-            ) -> Operation:
-        """Build a win: the whole pool (amount None) or a fixed amount."""
+    def win(self, group: object, *, op_id: object, amount: object, winner: object,
+            expected_version: object = None, expected_amount: object = None) -> Operation:
+        """Build a win: the whole pool (amount None) or a fixed amount.
+
+        With `expected_version` or `expected_amount` (what the player was
+        shown) the win is refused if the pool moved on.
+        """
         name = self.name(group)
         units = None if amount is None else money.parse_amount(amount, name="amount")
         who = check_text(winner, "winner")
+        version = _check_version(expected_version)
+        shown = None if expected_amount is None else money.parse_amount(
+            expected_amount, name="expected_amount", allow_zero=True)
         oid, explicit = self.op_id(op_id)
-        request = {"kind": "win", "group": name, "amount": units, "winner": who}
+        request = {"kind": "win", "group": name, "amount": units, "winner": who,
+                   "expected_version": version, "expected_amount": shown}
 
         def apply(states: Mapping[str, LevelState], now: int
                   ) -> tuple[dict[str, LevelState], list[Entry], Win]:
-            new, entry = domain.win(states[name], units, now, winner=who)
+            state = states[name]
+            _expect(state, "process_win", version, shown)
+            new, entry = domain.win(state, units, now, draw, winner=who)
             result = Win(oid, name, money.from_units(entry.paid),
                          money.from_units(new.amount), new.version, who, units is None)
             return {name: new}, [entry], result
@@ -126,33 +150,134 @@ class Requests:
                who: object, reason: object, changes: dict[str, Any]) -> Operation:
         """Build a config change, checked against `expected_version` if given."""
         name = self.name(group)
-        if expected_version is not None and (
-                isinstance(expected_version, bool) or not isinstance(expected_version, int)
-                or expected_version < 1):
-            msg = f"expected_version must be a positive int, got {expected_version!r}"
-            raise ValidationError(msg)
+        version = _check_version(expected_version)
         parsed = domain.parse_changes(changes)
         by, why = check_text(who, "who"), check_text(reason, "reason")
         oid, explicit = self.op_id(op_id)
-        request = {"kind": "config", "group": name, "expected_version": expected_version,
+        request = {"kind": "config", "group": name, "expected_version": version,
                    "changes": parsed, "who": by, "reason": why}
 
         def apply(states: Mapping[str, LevelState], now: int
                   ) -> tuple[dict[str, LevelState], list[Entry], ConfigResult]:
             state = states[name]
-            if expected_version is not None and state.version != expected_version:
-                msg = (f"level {name!r} is at version {state.version}, not the expected "
-                       f"{expected_version}: re-read it and decide again")
-                raise ConcurrencyViolationError(
-                    msg, operation="update_config", group=name,
-                    conflict_details={"expected_version": expected_version,
-                                      "actual_version": state.version})
+            _expect(state, "update_config", version, None)
             new, entry = domain.reconfigure(state, parsed, now, who=by, reason=why)
             assert entry.detail is not None
             result = ConfigResult(oid, name, new.version, entry.detail["before"],
-                                  entry.detail["after"])
+                                  entry.detail["after"], pending=entry.detail["pending"])
             return {name: new}, [entry], result
 
         return Operation("config", oid, explicit, fingerprint(request), (name,), apply,
                          lambda r: ConfigResult.from_record(r, replayed=True),
                          pessimistic=True)
+
+    def status(self, action: str, group: object, *, op_id: object, who: object,
+               reason: object) -> Operation:
+        """Build a suspend or resume."""
+        name = self.name(group)
+        by = check_text(who, "who")
+        why = check_text(reason, "reason", optional=action == "resume")
+        status = domain.SUSPENDED if action == "suspend" else domain.ACTIVE
+
+        def change(states: Mapping[str, LevelState], now: int
+                   ) -> tuple[dict[str, LevelState], list[Entry]]:
+            new, entry = domain.set_status(states[name], status, now, who=by, reason=why)
+            return {name: new}, [entry]
+
+        return self._admin(action, name, (name,), op_id,
+                           {"who": by, "reason": why}, change=change)
+
+    def adjust(self, group: object, delta: object, *, op_id: object, who: object,
+               reason: object) -> Operation:
+        """Build an audited adjustment of a pool by a signed `delta`."""
+        name = self.name(group)
+        units = _signed_units(delta)
+        by = check_text(who, "who")
+        why = check_text(reason, "reason", optional=False)
+
+        def change(states: Mapping[str, LevelState], now: int
+                   ) -> tuple[dict[str, LevelState], list[Entry]]:
+            new, entry = domain.adjust(states[name], units, now, who=by, reason=why)
+            return {name: new}, [entry]
+
+        return self._admin("adjust", name, (name,), op_id,
+                           {"delta": units, "who": by, "reason": why}, change=change)
+
+    def retire(self, group: object, *, transfer_to: object, op_id: object, who: object,
+               reason: object) -> Operation:
+        """Build a retirement moving pool and reserve to `transfer_to`."""
+        name = self.name(group)
+        target = self.name(transfer_to)
+        if target == name:
+            msg = f"transfer_to must name another level than {name!r}"
+            raise ValidationError(msg)
+        by = check_text(who, "who")
+        why = check_text(reason, "reason", optional=False)
+
+        def change(states: Mapping[str, LevelState], now: int
+                   ) -> tuple[dict[str, LevelState], list[Entry]]:
+            src, tgt, entries = domain.retire(states[name], states[target], now,
+                                              who=by, reason=why)
+            return {name: src, target: tgt}, entries
+
+        return self._admin("retire", name, tuple(sorted((name, target))), op_id,
+                           {"transfer_to": target, "who": by, "reason": why},
+                           change=change)
+
+    def _admin(self, action: str, name: str, names: tuple[str, ...], op_id: object,
+               args: dict[str, Any], *,
+               change: Callable[[Mapping[str, LevelState], int],
+                                tuple[dict[str, LevelState], list[Entry]]]) -> Operation:
+        oid, explicit = self.op_id(op_id)
+        request = {"kind": action, "group": name, **args}
+
+        def apply(states: Mapping[str, LevelState], now: int
+                  ) -> tuple[dict[str, LevelState], list[Entry], AdminResult]:
+            new, entries = change(states, now)
+            result = AdminResult(oid, action, name,
+                                 {n: money.from_units(s.amount) for n, s in new.items()},
+                                 {n: s.version for n, s in new.items()})
+            return new, entries, result
+
+        return Operation(action, oid, explicit, fingerprint(request), names, apply,
+                         lambda r: AdminResult.from_record(r, replayed=True),
+                         pessimistic=True)
+
+
+def draw(low: int, high: int) -> int:
+    """Return a cryptographically random int in [low, high] (must-hit-by triggers)."""
+    return low + secrets.randbelow(high - low + 1)
+
+
+def _check_version(value: object) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        msg = f"expected_version must be a positive int, got {value!r}"
+        raise ValidationError(msg)
+    return value
+
+
+def _signed_units(value: object) -> int:
+    if isinstance(value, str) and value.startswith("-"):
+        return -money.parse_amount(value[1:], name="delta")
+    if isinstance(value, (Decimal, int)) and not isinstance(value, bool) and value < 0:
+        return -money.parse_amount(-value, name="delta")
+    return money.parse_amount(value, name="delta")
+
+
+def _expect(state: LevelState, operation: str, version: int | None, shown: int | None
+            ) -> None:
+    """Refuse with ConcurrencyViolationError if the level moved past what the caller saw."""
+    if version is not None and state.version != version:
+        msg = (f"level {state.name!r} is at version {state.version}, not the expected "
+               f"{version}: re-read it and decide again")
+        raise ConcurrencyViolationError(
+            msg, operation=operation, group=state.name,
+            conflict_details={"expected_version": version, "actual_version": state.version})
+    if shown is not None and state.amount != shown:
+        msg = (f"level {state.name!r} holds {money.from_units(state.amount)}, not the "
+               f"{money.from_units(shown)} the caller expected")
+        raise ConcurrencyViolationError(
+            msg, operation=operation, group=state.name,
+            conflict_details={"expected_amount": str(money.from_units(shown)),
+                              "actual_amount": str(money.from_units(state.amount))})

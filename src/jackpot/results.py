@@ -11,39 +11,29 @@ from decimal import Decimal
 from typing import Any
 
 from jackpot import money
-from jackpot.domain import LevelState
+from jackpot.domain import METER_FIELDS, LevelState, pending_view
 
-__all__ = ["ConfigResult", "Contribution", "PoolSnapshot", "VerifyReport", "Win"]
+__all__ = ["AdminResult", "ConfigResult", "Contribution", "HistoryEntry", "PoolSnapshot",
+           "VerifyReport", "Win"]
+
+_COUNTS = ("bets", "wins", "hits")
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
-    """What one bet added: per level, the amount, the balance and version after."""
+def _dec(d: dict[str, str]) -> dict[str, Decimal]:
+    return {k: Decimal(v) for k, v in d.items()}
 
-    op_id: str
-    contributions: dict[str, Decimal]
-    balances: dict[str, Decimal]
-    versions: dict[str, int]
-    replayed: bool = False
 
-    def to_record(self) -> dict[str, Any]:
-        """Return the JSON-safe form stored for replays."""
-        return {"op_id": self.op_id,
-                "contributions": {k: str(v) for k, v in self.contributions.items()},
-                "balances": {k: str(v) for k, v in self.balances.items()},
-                "versions": dict(self.versions)}
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any], *, replayed: bool) -> Contribution:
-        """Rebuild a result from its stored form."""
-        return cls(r["op_id"], {k: Decimal(v) for k, v in r["contributions"].items()},
-                   {k: Decimal(v) for k, v in r["balances"].items()},
-                   dict(r["versions"]), replayed)
+def _str(d: dict[str, Decimal]) -> dict[str, str]:
+    return {k: str(v) for k, v in d.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class Win:
-    """A payout: the amount paid, and the level's balance and version after."""
+    """A payout: the amount paid, and the level's balance and version after.
+
+    `reset` says whether the level was reset to its seed (a whole-pool win);
+    `hit` says it was a must-hit-by mystery hit triggered by a bet.
+    """
 
     op_id: str
     group: str
@@ -53,23 +43,57 @@ class Win:
     winner: str | None = None
     reset: bool = True
     replayed: bool = False
+    hit: bool = False
 
     def to_record(self) -> dict[str, Any]:
         """Return the JSON-safe form stored for replays."""
         return {"op_id": self.op_id, "group": self.group, "amount": str(self.amount),
                 "balance": str(self.balance), "version": self.version,
-                "winner": self.winner, "reset": self.reset}
+                "winner": self.winner, "reset": self.reset, "hit": self.hit}
 
     @classmethod
     def from_record(cls, r: dict[str, Any], *, replayed: bool) -> Win:
         """Rebuild a result from its stored form."""
         return cls(r["op_id"], r["group"], Decimal(r["amount"]), Decimal(r["balance"]),
-                   r["version"], r["winner"], r["reset"], replayed)
+                   r["version"], r["winner"], r["reset"], replayed, r["hit"])
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What one bet added: per level, the amount, the balance and version after.
+
+    `hits` are the must-hit-by wins this bet triggered (empty when none). A
+    level the bet did not qualify for (below its min_bet, or suspended when
+    groups=None) shows a contribution of 0 and its unchanged version.
+    """
+
+    op_id: str
+    contributions: dict[str, Decimal]
+    balances: dict[str, Decimal]
+    versions: dict[str, int]
+    replayed: bool = False
+    hits: tuple[Win, ...] = ()
+
+    def to_record(self) -> dict[str, Any]:
+        """Return the JSON-safe form stored for replays."""
+        return {"op_id": self.op_id, "contributions": _str(self.contributions),
+                "balances": _str(self.balances), "versions": dict(self.versions),
+                "hits": [h.to_record() for h in self.hits]}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any], *, replayed: bool) -> Contribution:
+        """Rebuild a result from its stored form."""
+        return cls(r["op_id"], _dec(r["contributions"]), _dec(r["balances"]),
+                   dict(r["versions"]), replayed,
+                   tuple(Win.from_record(h, replayed=replayed) for h in r["hits"]))
 
 
 @dataclass(frozen=True, slots=True)
 class ConfigResult:
-    """A committed config change: the version after and the fields before/after."""
+    """A committed config change: the version after and the fields before/after.
+
+    `pending` lists changes that wait for the next reset (seed, must_hit_by).
+    """
 
     op_id: str
     group: str
@@ -77,24 +101,55 @@ class ConfigResult:
     before: dict[str, str | None]
     after: dict[str, str | None]
     replayed: bool = False
+    pending: dict[str, str | None] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         """Return the JSON-safe form stored for replays."""
         return {"op_id": self.op_id, "group": self.group, "version": self.version,
-                "before": dict(self.before), "after": dict(self.after)}
+                "before": dict(self.before), "after": dict(self.after),
+                "pending": dict(self.pending)}
 
     @classmethod
     def from_record(cls, r: dict[str, Any], *, replayed: bool) -> ConfigResult:
         """Rebuild a result from its stored form."""
-        return cls(r["op_id"], r["group"], r["version"], r["before"], r["after"], replayed)
+        return cls(r["op_id"], r["group"], r["version"], r["before"], r["after"], replayed,
+                   r["pending"])
+
+
+@dataclass(frozen=True, slots=True)
+class AdminResult:
+    """An operator action (suspend, resume, adjust, retire): what changed.
+
+    `balances` and `versions` are per level touched (two for a retirement).
+    """
+
+    op_id: str
+    action: str
+    group: str
+    balances: dict[str, Decimal]
+    versions: dict[str, int]
+    replayed: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        """Return the JSON-safe form stored for replays."""
+        return {"op_id": self.op_id, "action": self.action, "group": self.group,
+                "balances": _str(self.balances), "versions": dict(self.versions)}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any], *, replayed: bool) -> AdminResult:
+        """Rebuild a result from its stored form."""
+        return cls(r["op_id"], r["action"], r["group"], _dec(r["balances"]),
+                   dict(r["versions"]), replayed)
 
 
 @dataclass(frozen=True, slots=True)
 class PoolSnapshot:
-    """A level as committed: config, amount, version and meters.
+    """A level as committed: config, amount, reserve, status, version and meters.
 
     `last_modified_at` is milliseconds since the Unix epoch. `meters` holds
-    counts (`bets`, `wins`) as int and money totals as Decimal.
+    counts (bets, wins, hits) as int and money totals as Decimal.
+    `pending_changes` are config changes waiting for the next reset. The
+    must-hit-by trigger is deliberately absent.
     """
 
     name: str
@@ -105,22 +160,46 @@ class PoolSnapshot:
     version: int
     lock_holder: str | None
     last_modified_at: int
+    reserve: Decimal = Decimal(0)
+    status: str = "active"
+    reserve_rate: Decimal = Decimal(0)
+    min_bet: Decimal | None = None
+    max_contribution: Decimal | None = None
+    must_hit_by: Decimal | None = None
+    overflow_to: str = "meter"
+    pending_changes: dict[str, str | None] = field(default_factory=dict)
     meters: dict[str, Decimal | int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, s: LevelState) -> PoolSnapshot:
         """Return the public snapshot of a level state."""
-        m = s.meters
+        c = s.config
+
+        def dec(v: int | None) -> Decimal | None:
+            return None if v is None else money.from_units(v)
+
         meters: dict[str, Decimal | int] = {
-            "bets": m.bets, "wagered": money.from_units(m.wagered),
-            "contributed": money.from_units(m.contributed),
-            "overflow": money.from_units(m.overflow), "seeded": money.from_units(m.seeded),
-            "won": money.from_units(m.won), "wins": m.wins,
+            k: getattr(s.meters, k) if k in _COUNTS else money.from_units(getattr(s.meters, k))
+            for k in METER_FIELDS
         }
-        return cls(s.name, money.from_units(s.amount), money.from_units(s.seed),
-                   money.rate_to_decimal(s.rate),
-                   None if s.cap is None else money.from_units(s.cap), s.version,
-                   s.lock_holder, s.last_modified_at, meters)
+        return cls(s.name, money.from_units(s.amount), money.from_units(c.seed),
+                   money.rate_to_decimal(c.rate), dec(c.cap), s.version, s.lock_holder,
+                   s.last_modified_at, money.from_units(s.reserve), s.status,
+                   money.rate_to_decimal(c.reserve_rate), dec(c.min_bet),
+                   dec(c.max_contribution), dec(c.must_hit_by), c.overflow_to,
+                   pending_view(s), meters)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One past win of a level (newest first in `engine.history`)."""
+
+    at_ms: int
+    amount: Decimal
+    op_id: str
+    winner: str | None
+    hit: bool
+    version: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,8 @@ def _attempt(
         for name, state in new_states.items():
             if not store.update_level(state, expected_version=states[name].version):
                 raise _ConflictError(name, states[name].version)
+        if not entries:  # e.g. a bet below every level's min_bet: nothing to record
+            return result, new_states
         store.append(op.op_id, entries)
         if op.explicit:
             store.record_operation(op.op_id, op.kind, op.fingerprint, result.to_record(),

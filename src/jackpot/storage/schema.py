@@ -1,31 +1,46 @@
 """The database schema and its migrations, applied under `PRAGMA user_version`.
 
-Ledger and operations tables are append-only: triggers refuse UPDATE and
-DELETE, so not even a bug in this package can rewrite history.
+Amounts are INTEGER units of 1e-6, rates INTEGER parts of 1e-9. Ledger and
+operations tables are append-only: triggers refuse UPDATE and DELETE, so not
+even a bug in this package can rewrite history. Each ledger row carries its
+breakdown per meter so the audit can rebuild every level from the ledger alone.
 """
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS"]
+__all__ = ["LEDGER_PARTS", "METERS", "MIGRATIONS"]
 
-_V1 = """
+METERS = ("bets", "wagered", "contributed", "overflow", "reserve_in", "house_funded",
+          "reserve_funded", "won", "wins", "hits", "adjusted", "transferred",
+          "reserve_transferred")
+LEDGER_PARTS = ("contributed", "overflow", "reserve_in", "house_funded", "reserve_funded",
+                "paid", "adjusted", "transferred", "reserve_transferred")
+
+_METER_COLUMNS = ",\n    ".join(f"m_{m} INTEGER NOT NULL DEFAULT 0" for m in METERS)
+_PART_COLUMNS = ",\n    ".join(f"{p} INTEGER NOT NULL DEFAULT 0" for p in LEDGER_PARTS)
+
+_V1 = f"""
 CREATE TABLE levels (
     name TEXT PRIMARY KEY,
-    seed INTEGER NOT NULL CHECK (seed >= 0),
-    rate INTEGER NOT NULL CHECK (rate > 0 AND rate < 1000000000),
-    cap INTEGER CHECK (cap IS NULL OR cap >= seed),
+    status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'retired')),
     amount INTEGER NOT NULL CHECK (amount >= 0),
+    reserve INTEGER NOT NULL CHECK (reserve >= 0),
     carry INTEGER NOT NULL CHECK (carry >= 0 AND carry < 1000000000),
+    reserve_carry INTEGER NOT NULL CHECK (reserve_carry >= 0 AND reserve_carry < 1000000000),
+    trigger INTEGER,
+    pending TEXT NOT NULL DEFAULT '{{}}',
     version INTEGER NOT NULL CHECK (version >= 1),
     lock_holder TEXT,
     last_modified_at INTEGER NOT NULL,
-    m_bets INTEGER NOT NULL DEFAULT 0,
-    m_wagered INTEGER NOT NULL DEFAULT 0,
-    m_contributed INTEGER NOT NULL DEFAULT 0,
-    m_overflow INTEGER NOT NULL DEFAULT 0,
-    m_seeded INTEGER NOT NULL DEFAULT 0,
-    m_won INTEGER NOT NULL DEFAULT 0,
-    m_wins INTEGER NOT NULL DEFAULT 0
+    seed INTEGER NOT NULL CHECK (seed >= 0),
+    rate INTEGER NOT NULL CHECK (rate > 0 AND rate < 1000000000),
+    cap INTEGER CHECK (cap IS NULL OR cap >= seed),
+    reserve_rate INTEGER NOT NULL CHECK (reserve_rate >= 0 AND reserve_rate < 1000000000),
+    min_bet INTEGER,
+    max_contribution INTEGER,
+    must_hit_by INTEGER CHECK (must_hit_by IS NULL OR must_hit_by > seed),
+    overflow_to TEXT NOT NULL CHECK (overflow_to IN ('meter', 'reserve')),
+    {_METER_COLUMNS}
 ) STRICT;
 
 CREATE TABLE ledger (
@@ -35,17 +50,18 @@ CREATE TABLE ledger (
     level TEXT NOT NULL REFERENCES levels (name),
     delta INTEGER NOT NULL,
     balance_after INTEGER NOT NULL CHECK (balance_after >= 0),
+    reserve_delta INTEGER NOT NULL,
+    reserve_after INTEGER NOT NULL CHECK (reserve_after >= 0),
     version_after INTEGER NOT NULL,
-    paid INTEGER NOT NULL DEFAULT 0,
-    funded INTEGER NOT NULL DEFAULT 0,
-    overflow INTEGER NOT NULL DEFAULT 0,
+    {_PART_COLUMNS},
     at_ms INTEGER NOT NULL,
     who TEXT,
     detail TEXT
 ) STRICT;
--- One row per committed version of a level; also serves history and verify.
+-- One row per committed version of a level; serves history and verify too.
 CREATE UNIQUE INDEX ledger_level_version ON ledger (level, version_after);
 CREATE INDEX ledger_op_id ON ledger (op_id);
+CREATE INDEX ledger_level_kind ON ledger (level, kind, seq);
 
 -- Idempotency: one row per caller-supplied op_id, with the first result.
 CREATE TABLE operations (

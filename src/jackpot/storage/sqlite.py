@@ -16,35 +16,33 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import apsw
 import apsw.bestpractice
 
-from jackpot.domain import Entry, LevelState, Meters
+from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import LockTimeoutError, StorageError
-from jackpot.storage.schema import MIGRATIONS
+from jackpot.storage.schema import LEDGER_PARTS, METERS, MIGRATIONS
 
 __all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
 
 apsw.bestpractice.apply(apsw.bestpractice.recommended)
 
-_LEVEL_COLUMNS = (
-    "name, seed, rate, cap, amount, carry, version, last_modified_at, lock_holder, "
-    "m_bets, m_wagered, m_contributed, m_overflow, m_seeded, m_won, m_wins"
-)
-_INSERT_LEVEL = f"INSERT INTO levels ({_LEVEL_COLUMNS}) VALUES ({', '.join('?' * 16)})"
-_UPDATE_LEVEL = (
-    "UPDATE levels SET seed = ?, rate = ?, cap = ?, amount = ?, carry = ?, version = ?, "
-    "last_modified_at = ?, lock_holder = ?, m_bets = ?, m_wagered = ?, "
-    "m_contributed = ?, m_overflow = ?, m_seeded = ?, m_won = ?, m_wins = ? "
-    "WHERE name = ? AND version = ?"
-)
-_INSERT_ENTRY = (
-    "INSERT INTO ledger (op_id, kind, level, delta, balance_after, version_after, "
-    "paid, funded, overflow, at_ms, who, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_STATE = ("name", "status", "amount", "reserve", "carry", "reserve_carry", "trigger",
+          "pending", "version", "lock_holder", "last_modified_at")
+_CONFIG = tuple(f.name for f in fields(LevelConfig))
+_LEVEL_COLUMNS = (*_STATE, *_CONFIG, *(f"m_{m}" for m in METERS))
+_SELECT_LEVEL = f"SELECT {', '.join(_LEVEL_COLUMNS)} FROM levels"
+_INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(_LEVEL_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(_LEVEL_COLUMNS))})")
+_UPDATE_LEVEL = (f"UPDATE levels SET {', '.join(f'{c} = ?' for c in _LEVEL_COLUMNS[1:])} "
+                 "WHERE name = ? AND version = ?")
+_ENTRY_COLUMNS = ("kind", "level", "delta", "balance_after", "reserve_delta",
+                  "reserve_after", "version_after", *LEDGER_PARTS, "at_ms", "who", "detail")
+_INSERT_ENTRY = (f"INSERT INTO ledger (op_id, {', '.join(_ENTRY_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * (len(_ENTRY_COLUMNS) + 1))})")
 
 
 class BusyIncidentError(StorageError):
@@ -63,7 +61,7 @@ class StoredOperation:
 
 @dataclass(frozen=True, slots=True)
 class LedgerRow:
-    """One committed ledger row."""
+    """One committed ledger row (amounts in units; see `domain.Entry`)."""
 
     seq: int
     op_id: str
@@ -71,27 +69,37 @@ class LedgerRow:
     level: str
     delta: int
     balance_after: int
+    reserve_delta: int
+    reserve_after: int
     version_after: int
-    paid: int
-    funded: int
+    contributed: int
     overflow: int
+    reserve_in: int
+    house_funded: int
+    reserve_funded: int
+    paid: int
+    adjusted: int
+    transferred: int
+    reserve_transferred: int
     at_ms: int
     who: str | None
     detail: dict[str, Any] | None
 
 
 def _level_from_row(row: tuple[Any, ...]) -> LevelState:
-    (name, seed, rate, cap, amount, carry, version, modified, holder, *m) = row
-    return LevelState(name=name, seed=seed, rate=rate, cap=cap, amount=amount,
-                      carry=carry, version=version, last_modified_at=modified,
-                      lock_holder=holder, meters=Meters(*m))
+    n_state, n_config = len(_STATE), len(_CONFIG)
+    state = dict(zip(_STATE, row[:n_state], strict=True))
+    state["pending"] = json.loads(state["pending"])
+    config = LevelConfig(*row[n_state:n_state + n_config])
+    return LevelState(**state, config=config, meters=Meters(*row[n_state + n_config:]))
 
 
 def _level_values(s: LevelState) -> tuple[Any, ...]:
-    m = s.meters
-    return (s.seed, s.rate, s.cap, s.amount, s.carry, s.version, s.last_modified_at,
-            s.lock_holder, m.bets, m.wagered, m.contributed, m.overflow, m.seeded,
-            m.won, m.wins)
+    state = tuple(json.dumps(s.pending, sort_keys=True) if c == "pending" else getattr(s, c)
+                  for c in _STATE)
+    config = tuple(getattr(s.config, c) for c in _CONFIG)
+    meters = tuple(getattr(s.meters, m) for m in METERS)
+    return (*state, *config, *meters)
 
 
 def _ledger_row(row: tuple[Any, ...]) -> LedgerRow:
@@ -218,21 +226,22 @@ class SQLiteStore:
 
     def load_level(self, name: str) -> LevelState | None:
         """Return the committed state of one level, or None."""
-        rows = self._exec(f"SELECT {_LEVEL_COLUMNS} FROM levels WHERE name = ?", (name,))
+        rows = self._exec(f"{_SELECT_LEVEL} WHERE name = ?", (name,))
         return _level_from_row(rows[0]) if rows else None
 
     def load_levels(self) -> dict[str, LevelState]:
         """Return every level, by name."""
-        rows = self._exec(f"SELECT {_LEVEL_COLUMNS} FROM levels ORDER BY name")
+        rows = self._exec(f"{_SELECT_LEVEL} ORDER BY name")
         return {row[0]: _level_from_row(row) for row in rows}
 
     def insert_level(self, state: LevelState) -> None:
         """Insert a new level row."""
-        self._exec(_INSERT_LEVEL, (state.name, *_level_values(state)))
+        self._exec(_INSERT_LEVEL, _level_values(state))
 
     def update_level(self, state: LevelState, *, expected_version: int) -> bool:
         """Write `state` if the row is still at `expected_version`; say if it was."""
-        self._exec(_UPDATE_LEVEL, (*_level_values(state), state.name, expected_version))
+        values = _level_values(state)
+        self._exec(_UPDATE_LEVEL, (*values[1:], state.name, expected_version))
         return self.conn.changes() == 1
 
     def claim_lock(self, name: str, holder: str) -> None:
@@ -244,8 +253,7 @@ class SQLiteStore:
     def append(self, op_id: str, entries: list[Entry]) -> None:
         """Append ledger rows for `entries` under `op_id`."""
         rows = [
-            (op_id, e.kind, e.level, e.delta, e.balance_after, e.version_after, e.paid,
-             e.funded, e.overflow, e.at_ms, e.who,
+            (op_id, *(getattr(e, c) for c in _ENTRY_COLUMNS[:-1]),
              None if e.detail is None else json.dumps(e.detail, sort_keys=True))
             for e in entries
         ]
@@ -280,7 +288,7 @@ class SQLiteStore:
         if kinds:
             where.append(f"kind IN ({', '.join('?' * len(kinds))})")
             params.extend(kinds)
-        sql = "SELECT * FROM ledger"
+        sql = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
