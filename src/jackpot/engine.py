@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -19,12 +20,18 @@ from typing import Any, Self
 import pykka
 
 from jackpot import domain, money
-from jackpot.actors import Coordinator, PoolActor, Ticket
+from jackpot.actors import ActorUnavailableError, Coordinator, PoolActor, Ticket
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
 from jackpot.errors import (
+    ConcurrencyViolationError,
     EngineClosedError,
+    GroupRetiredError,
+    GroupSuspendedError,
+    IdempotencyConflictError,
+    InsufficientFundsError,
     LockTimeoutError,
+    UnknownGroupError,
     ValidationError,
 )
 from jackpot.requests import Requests, draw
@@ -326,20 +333,35 @@ class JackpotEngine:
         return target.submit(ticket, op)  # type: ignore[no-any-return]
 
     def _submit(self, op: Operation) -> Any:
-        with self._tracking():
-            for attempt in range(2):
-                ticket = Ticket()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            with self._tracking():
+                result = self._submit_with_restart(op)
+        except Exception as e:
+            outcome = outcome_of(e)
+            raise
+        else:
+            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
+            return result
+        finally:
+            self.stats.operation(op.kind, outcome, time.perf_counter() - started)
+
+    def _submit_with_restart(self, op: Operation) -> Any:
+        for attempt in range(2):
+            ticket = Ticket()
+            try:
                 future = self._send(op, ticket)
-                try:
-                    return self._wait(op, ticket, future)
-                except pykka.ActorDeadError as e:
-                    self._check_open()
-                    if attempt or not ticket.abandon():
-                        msg = (f"the actor serving {', '.join(op.names)} stopped while "
-                               f"running {op.kind} {op.op_id!r}; retry with the same op_id")
-                        raise EngineClosedError(msg) from e
-                    self._restart_dead_actors()
-            raise AssertionError  # pragma: no cover - the loop returns or raises
+                return self._wait(op, ticket, future)
+            except (pykka.ActorDeadError, ActorUnavailableError) as e:
+                self._check_open()
+                applied_maybe = isinstance(e, pykka.ActorDeadError) and not ticket.abandon()
+                if attempt or applied_maybe:
+                    msg = (f"the actor serving {', '.join(op.names)} stopped while "
+                           f"running {op.kind} {op.op_id!r}; retry with the same op_id")
+                    raise EngineClosedError(msg) from e
+                self._restart_dead_actors()
+        raise AssertionError  # pragma: no cover - the loop returns or raises
 
     def _wait(self, op: Operation, ticket: Ticket, future: pykka.Future[Any]) -> Any:
         try:
@@ -381,3 +403,16 @@ def _store(path: str, settings: Settings) -> SQLiteStore:
     return SQLiteStore(path, lock_timeout_ms=settings.lock_timeout_ms,
                        poll_interval_ms=settings.concurrency_check_interval_ms,
                        synchronous=settings.synchronous)
+
+
+def outcome_of(error: BaseException) -> str:
+    """Classify a failed operation for metrics: rejected, conflict, timeout or error."""
+    if isinstance(error, ConcurrencyViolationError):
+        return "conflict"
+    if isinstance(error, LockTimeoutError):
+        return "timeout"
+    if isinstance(error, (ValidationError, InsufficientFundsError, IdempotencyConflictError,
+                          GroupSuspendedError, GroupRetiredError, UnknownGroupError,
+                          EngineClosedError)):
+        return "rejected"
+    return "error"

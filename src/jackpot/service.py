@@ -101,7 +101,7 @@ def execute(
     fresh = cached is None or op.pessimistic
     while True:
         try:
-            result, states = _attempt(store, op, None if fresh else cached)
+            result, states = _attempt(store, op, None if fresh else cached, stats)
         except _ConflictError as c:
             stats.add("conflicts", op.kind, c.level)
             logger.info("version conflict on %s (expected version %d)", c.level, c.expected,
@@ -135,9 +135,10 @@ def execute(
 
 
 def _attempt(
-    store: SQLiteStore, op: Operation, cached: Mapping[str, LevelState] | None
+    store: SQLiteStore, op: Operation, cached: Mapping[str, LevelState] | None, stats: Stats
 ) -> tuple[Any, dict[str, LevelState]]:
     with store.write():
+        stats.lock_wait("database", op.kind, store.lock_wait_seconds)
         if op.explicit and (stored := store.find_operation(op.op_id)) is not None:
             if stored.kind != op.kind or stored.fingerprint != op.fingerprint:
                 msg = (f"op_id {op.op_id!r} was already used for a different "

@@ -1,27 +1,52 @@
-"""Thread-safe counters of what the engine had to do to stay correct."""
+"""What the engine observes about itself: counters, and hooks for metrics.
+
+`Stats` is the one object the engine, the service layer and the actors report
+to. It always keeps plain counters (cheap, lock-protected) so tests and the
+health check can read them; `observers` (e.g. the Prometheus exporter) receive
+the same events when metrics are enabled, and cost nothing when there are none.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
+from typing import Protocol
 
-__all__ = ["Stats"]
+__all__ = ["Observer", "Stats"]
+
+OUTCOMES = ("ok", "replayed", "rejected", "conflict", "timeout", "error")
+
+
+class Observer(Protocol):
+    """Receives the engine's events (implemented by the metrics exporter)."""
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        """Count `n` occurrences of `event` (conflicts, retries, busy_incidents...)."""
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        """Record one finished operation, its outcome and its latency."""
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        """Record how long an operation waited for a lock ("database" or "coordinator")."""
 
 
 class Stats:
-    """Counts conflicts, retries, busy incidents, timeouts and replays.
+    """Counts conflicts, retries, busy incidents, timeouts, replays and outcomes.
 
-    Keys are "<event>" and "<event>:<operation>:<level>" so a caller can read
-    totals or break them down.
+    Keys of `snapshot()` are "<event>" totals and "<event>:<operation>:<level>"
+    breakdowns. `recent()` gives the outcomes of the last operations, for the
+    health check's rates.
     """
 
     EVENTS = ("conflicts", "retries", "busy_incidents", "lock_timeouts", "replays",
               "actor_restarts")
 
-    def __init__(self) -> None:
-        """Start every counter at zero."""
+    def __init__(self, window: int = 1000) -> None:
+        """Start every counter at zero; keep the last `window` outcomes."""
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._recent: deque[tuple[str, bool]] = deque(maxlen=window)
+        self.observers: list[Observer] = []
 
     def add(self, event: str, operation: str = "", level: str = "", n: int = 1) -> None:
         """Count `n` occurrences of `event` for an operation on a level."""
@@ -29,6 +54,28 @@ class Stats:
             self._counts[event] += n
             if operation:
                 self._counts[f"{event}:{operation}:{level}"] += n
+            if event == "conflicts":
+                self._recent.append(("conflict", True))
+        for o in self.observers:
+            o.on_event(event, operation, level, n)
+
+    def operation(self, operation: str, outcome: str, seconds: float) -> None:
+        """Record a finished operation with its outcome (one of OUTCOMES)."""
+        with self._lock:
+            self._counts[f"operations:{operation}:{outcome}"] += 1
+            self._recent.append((outcome, False))
+        for o in self.observers:
+            o.on_operation(operation, outcome, seconds)
+
+    def lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        """Record a lock wait."""
+        for o in self.observers:
+            o.on_lock_wait(lock, operation, seconds)
+
+    def recent(self) -> list[tuple[str, bool]]:
+        """Return the latest (outcome or "conflict", is_conflict_event) pairs, oldest first."""
+        with self._lock:
+            return list(self._recent)
 
     def snapshot(self) -> dict[str, int]:
         """Return a copy of every counter (totals always present)."""

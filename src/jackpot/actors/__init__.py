@@ -5,7 +5,7 @@
 """
 
 from jackpot.actors._ticket import Ticket
-from jackpot.actors.coordinator import Coordinator
+from jackpot.actors.coordinator import ActorUnavailableError, Coordinator
 from jackpot.actors.pool import HoldToken, PoolActor
 
-__all__ = ["Coordinator", "HoldToken", "PoolActor", "Ticket"]
+__all__ = ["ActorUnavailableError", "Coordinator", "HoldToken", "PoolActor", "Ticket"]

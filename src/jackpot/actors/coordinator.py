@@ -18,15 +18,19 @@ import pykka
 
 from jackpot.actors._ticket import Ticket
 from jackpot.actors.pool import HoldToken, PoolActor
-from jackpot.errors import LockTimeoutError
+from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.service import Operation, execute
 from jackpot.settings import Settings
 from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
 
-__all__ = ["Coordinator"]
+__all__ = ["ActorUnavailableError", "Coordinator"]
 
 logger = logging.getLogger("jackpot")
+
+
+class ActorUnavailableError(JackpotError):
+    """A level's actor stopped before a multi-level operation began: nothing changed."""
 
 
 class Coordinator(pykka.ThreadingActor):
@@ -71,7 +75,9 @@ class Coordinator(pykka.ThreadingActor):
             raise LockTimeoutError(msg)
         attempt = 0
         while True:
+            started = time.perf_counter()
             tokens = self._gather(op)
+            self._stats.lock_wait("coordinator", op.kind, time.perf_counter() - started)
             if tokens is not None:
                 break
             self._stats.add("busy_incidents", op.kind, ",".join(op.names))
@@ -107,7 +113,13 @@ class Coordinator(pykka.ThreadingActor):
         for name in op.names:  # op.names is sorted: the canonical order
             token = HoldToken(op.op_id)
             tokens.append(token)
-            self._pools[name].hold(token)
+            try:
+                self._pools[name].hold(token)
+            except pykka.ActorDeadError as e:
+                for t in tokens:
+                    t.released.set()
+                msg = f"the actor of level {name!r} is not running"
+                raise ActorUnavailableError(msg) from e
             if not token.granted.wait(max(0.0, deadline - time.monotonic())):
                 logger.warning("could not hold level %s in time; releasing all and retrying",
                                name, extra={"op_id": op.op_id, "operation": op.kind,
