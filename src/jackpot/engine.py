@@ -20,7 +20,7 @@ from typing import Any, Self
 import pykka
 
 from jackpot import domain, money
-from jackpot.actors import ActorUnavailableError, Coordinator, PoolActor, Ticket
+from jackpot.actors import DRAIN, ActorUnavailableError, Coordinator, Mailbox, PoolActor, Ticket
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
 from jackpot.errors import (
@@ -54,6 +54,7 @@ __all__ = ["JackpotEngine"]
 logger = logging.getLogger("jackpot")
 
 _MAX_HISTORY = 10_000
+_LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor lives
 
 
 
@@ -72,10 +73,11 @@ class JackpotEngine:
         self._reader_lock = threading.Lock()
         self._restart_lock = threading.Lock()
         self._requests = Requests(names)
-        self._pools = {n: PoolActor.start(n, self._open_store, settings, self.stats).proxy()
-                       for n in sorted(names)}
-        self._coordinator = Coordinator.start(
-            self._open_store, self._pools, settings, self.stats).proxy()
+        # One mailbox per level, and one (key None) for the coordinator.
+        self._mailboxes: dict[str | None, Mailbox] = {n: Mailbox() for n in self._requests.names}
+        self._mailboxes[None] = Mailbox()
+        self._pools = {n: self._start_pool(n) for n in self._requests.names}
+        self._coordinator = self._start_coordinator()
         retries = settings.max_retry_attempts + 1
         self._queue_timeout = settings.lock_timeout_ms / 1000
         self._run_timeout = (settings.lock_timeout_ms * (retries + 2)
@@ -328,9 +330,22 @@ class JackpotEngine:
                 self._cond.notify_all()
 
     def _send(self, op: Operation, ticket: Ticket) -> pykka.Future[Any]:
-        """Queue `op` at the actor that owns it (the coordinator when it spans levels)."""
-        target = self._coordinator if len(op.names) > 1 else self._pools[op.names[0]]
-        return target.submit(ticket, op)  # type: ignore[no-any-return]
+        """Queue `op` for the actor that owns it (the coordinator when it spans levels).
+
+        Returns the ticket's future. Requests queue in the actor's mailbox and
+        are committed in batches (group commit); only the first request after
+        a batch wakes the actor.
+        """
+        level = op.names[0] if len(op.names) == 1 else None
+        if self._mailboxes[level].put(ticket, op):
+            target = self._pools[level] if level is not None else self._coordinator
+            target.actor_ref.tell(DRAIN)
+        return ticket.future
+
+    def _owner_alive(self, op: Operation) -> bool:
+        if len(op.names) > 1 and not self._coordinator.actor_ref.is_alive():
+            return False
+        return all(self._pools[n].actor_ref.is_alive() for n in op.names)
 
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()
@@ -364,14 +379,20 @@ class JackpotEngine:
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     def _wait(self, op: Operation, ticket: Ticket, future: pykka.Future[Any]) -> Any:
-        try:
-            return future.get(timeout=self._queue_timeout)
-        except pykka.Timeout:
-            if ticket.abandon():
-                self.stats.add("lock_timeouts", op.kind, ",".join(op.names))
-                msg = (f"{op.kind} {op.op_id!r} was not started within "
-                       f"{self._settings.lock_timeout_ms} ms; nothing was changed")
-                raise LockTimeoutError(msg) from None
+        """Wait for the outcome; never longer than the timeouts, never on a dead actor."""
+        deadline = time.monotonic() + self._queue_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                return future.get(timeout=min(remaining, _LIVENESS_POLL))
+            except pykka.Timeout:
+                if not self._owner_alive(op):
+                    msg = f"the actor serving {', '.join(op.names)} has stopped"
+                    raise pykka.ActorDeadError(msg) from None
+        if ticket.abandon():
+            self.stats.add("lock_timeouts", op.kind, ",".join(op.names))
+            msg = (f"{op.kind} {op.op_id!r} was not started within "
+                   f"{self._settings.lock_timeout_ms} ms; nothing was changed")
+            raise LockTimeoutError(msg) from None
         # Claimed: it is running, and its own lock waits and retries bound it.
         try:
             return future.get(timeout=self._run_timeout)
@@ -381,6 +402,14 @@ class JackpotEngine:
                    "to learn it")
             raise LockTimeoutError(msg) from None
 
+    def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
+        return PoolActor.start(name, self._open_store, self._settings, self.stats,
+                               self._mailboxes[name]).proxy()
+
+    def _start_coordinator(self) -> pykka.ActorProxy[Coordinator]:
+        return Coordinator.start(self._open_store, self._pools, self._settings, self.stats,
+                                 self._mailboxes[None]).proxy()
+
     def _restart_dead_actors(self) -> None:
         """Replace every stopped actor; each replacement reloads from the database."""
         with self._restart_lock:
@@ -388,15 +417,17 @@ class JackpotEngine:
                 if not proxy.actor_ref.is_alive():
                     logger.error("actor of level %s had stopped; starting a replacement",
                                  name, extra={"level": name, "outcome": "actor_restart"})
-                    self._pools[name] = PoolActor.start(
-                        name, self._open_store, self._settings, self.stats).proxy()
+                    self._pools[name] = self._start_pool(name)
                     self.stats.add("actor_restarts", "actor", name)
+                    if self._mailboxes[name].rewake():
+                        self._pools[name].actor_ref.tell(DRAIN)
             if not self._coordinator.actor_ref.is_alive():
                 logger.error("coordinator had stopped; starting a replacement",
                              extra={"outcome": "actor_restart"})
-                self._coordinator = Coordinator.start(
-                    self._open_store, self._pools, self._settings, self.stats).proxy()
+                self._coordinator = self._start_coordinator()
                 self.stats.add("actor_restarts", "actor", "coordinator")
+                if self._mailboxes[None].rewake():
+                    self._coordinator.actor_ref.tell(DRAIN)
 
 
 def _store(path: str, settings: Settings) -> SQLiteStore:

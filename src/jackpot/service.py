@@ -26,12 +26,18 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from jackpot.domain import Entry, LevelState
-from jackpot.errors import ConcurrencyViolationError, IdempotencyConflictError, StorageError
+from jackpot.errors import (
+    ConcurrencyViolationError,
+    IdempotencyConflictError,
+    JackpotError,
+    LockTimeoutError,
+    StorageError,
+)
 from jackpot.settings import Settings
 from jackpot.stats import Stats
 from jackpot.storage import BusyIncidentError, SQLiteStore
 
-__all__ = ["Operation", "Result", "execute", "fingerprint", "now_ms"]
+__all__ = ["Operation", "Outcome", "Result", "execute", "execute_batch", "fingerprint", "now_ms"]
 
 logger = logging.getLogger("jackpot")
 
@@ -82,6 +88,14 @@ def _backoff(settings: Settings, attempt: int) -> float:
     return base * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not secrets
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What became of one operation of a batch: a result or an error."""
+
+    result: Any = None
+    error: BaseException | None = None
+
+
 def execute(
     store: SQLiteStore,
     op: Operation,
@@ -90,87 +104,149 @@ def execute(
     settings: Settings,
     stats: Stats,
 ) -> tuple[Any, dict[str, LevelState]]:
-    """Run `op` once; return (result, committed states), or the replayed result.
+    """Run one operation alone; return (result, committed states) or raise its error."""
+    outcomes, states = execute_batch(store, [op], cached, settings=settings, stats=stats)
+    if outcomes[0].error is not None:
+        raise outcomes[0].error
+    return outcomes[0].result, states
 
-    `cached` are the caller's last known states; None means read them fresh.
-    A replay returns no states. Raises the operation's own errors unchanged,
-    `ConcurrencyViolationError` when retries run out, `LockTimeoutError` when
-    the write lock is not had in time.
+
+def execute_batch(
+    store: SQLiteStore,
+    ops: list[Operation],
+    cached: Mapping[str, LevelState] | None,
+    *,
+    settings: Settings,
+    stats: Stats,
+) -> tuple[list[Outcome], dict[str, LevelState]]:
+    """Run `ops` in order in one transaction (group commit); one outcome per op.
+
+    Each op still gets its own versions, ledger rows, idempotency record and
+    result, and none is final before the commit. An op refused by its rules
+    (bad state, insufficient funds, idempotency conflict...) fails alone: it
+    has written nothing when it fails. If the shared transaction itself fails
+    (an I/O error, say), every op is retried alone, so none fails that would
+    have succeeded by itself. Returns the committed state of every level the
+    batch changed. `cached` are the caller's last known states (None: read
+    fresh).
     """
+    try:
+        return _with_retries(store, ops, cached, settings=settings, stats=stats)
+    except (ConcurrencyViolationError, LockTimeoutError) as e:
+        return [Outcome(error=e) for _ in ops], {}
+    except StorageError as e:
+        if len(ops) == 1:
+            return [Outcome(error=e)], {}
+    # The shared transaction failed: give each op its own chance.
+    outcomes: list[Outcome] = []
+    changed: dict[str, LevelState] = {}
+    for op in ops:
+        one, states = execute_batch(store, [op], None, settings=settings, stats=stats)
+        outcomes.extend(one)
+        changed.update(states)
+    return outcomes, changed
+
+
+def _with_retries(
+    store: SQLiteStore,
+    ops: list[Operation],
+    cached: Mapping[str, LevelState] | None,
+    *,
+    settings: Settings,
+    stats: Stats,
+) -> tuple[list[Outcome], dict[str, LevelState]]:
     attempt = 0
-    fresh = cached is None or op.pessimistic
+    fresh = cached is None
+    kinds = ",".join(sorted({op.kind for op in ops}))
+    levels = ",".join(sorted({n for op in ops for n in op.names}))
     while True:
         try:
-            result, states = _attempt(store, op, None if fresh else cached, stats)
+            outcomes, states = _attempt(store, ops, None if fresh else cached, stats)
         except _ConflictError as c:
-            stats.add("conflicts", op.kind, c.level)
+            stats.add("conflicts", kinds, c.level)
             logger.info("version conflict on %s (expected version %d)", c.level, c.expected,
-                        extra={"op_id": op.op_id, "operation": op.kind, "level": c.level,
+                        extra={"op_id": ops[0].op_id, "operation": kinds, "level": c.level,
                                "attempt": attempt, "outcome": "conflict"})
-            details = {"level": c.level, "expected_version": c.expected, "attempts": attempt + 1}
             if attempt >= settings.max_retry_attempts:
-                msg = (f"{op.kind} {op.op_id!r}: level {c.level!r} moved past version "
+                msg = (f"{kinds} {ops[0].op_id!r}: level {c.level!r} moved past version "
                        f"{c.expected} and {attempt} retries did not settle it; nothing changed")
+                details = {"level": c.level, "expected_version": c.expected,
+                           "attempts": attempt + 1}
                 raise ConcurrencyViolationError(
-                    msg, operation=op.kind, group=c.level, conflict_details=details) from None
+                    msg, operation=kinds, group=c.level, conflict_details=details) from None
             if attempt > 0:
                 time.sleep(_backoff(settings, attempt - 1))
         except BusyIncidentError as e:
-            stats.add("busy_incidents", op.kind, ",".join(op.names))
+            stats.add("busy_incidents", kinds, levels)
             logger.warning("database busy without waiting: %s", e,
-                           extra={"op_id": op.op_id, "operation": op.kind,
-                                  "level": ",".join(op.names), "attempt": attempt,
-                                  "outcome": "busy"})
+                           extra={"op_id": ops[0].op_id, "operation": kinds, "level": levels,
+                                  "attempt": attempt, "outcome": "busy"})
             if attempt >= settings.max_retry_attempts:
-                msg = f"{op.kind} {op.op_id!r}: database stayed busy after {attempt} retries"
+                msg = f"{kinds} {ops[0].op_id!r}: database stayed busy after {attempt} retries"
                 raise StorageError(msg) from e
             time.sleep(_backoff(settings, attempt))
         else:
-            if not states:
-                stats.add("replays", op.kind, ",".join(op.names))
-            return result, states
+            for op, outcome in zip(ops, outcomes, strict=True):
+                if outcome.error is None and getattr(outcome.result, "replayed", False):
+                    stats.add("replays", op.kind, ",".join(op.names))
+            return outcomes, states
         attempt += 1
         fresh = True
-        stats.add("retries", op.kind, ",".join(op.names))
+        stats.add("retries", kinds, levels)
 
 
 def _attempt(
-    store: SQLiteStore, op: Operation, cached: Mapping[str, LevelState] | None, stats: Stats
-) -> tuple[Any, dict[str, LevelState]]:
+    store: SQLiteStore,
+    ops: list[Operation],
+    cached: Mapping[str, LevelState] | None,
+    stats: Stats,
+) -> tuple[list[Outcome], dict[str, LevelState]]:
+    names = sorted({n for op in ops for n in op.names})
     with store.write():
-        stats.lock_wait("database", op.kind, store.lock_wait_seconds)
+        stats.lock_wait("database", ops[0].kind, store.lock_wait_seconds)
+        # Pessimistic ops (wins, config) read their rows fresh under the lock;
+        # others trust the cache, and the version-checked UPDATE below proves it.
+        pessimistic = {n for op in ops if op.pessimistic for n in op.names}
+        states = {n: _load(store, n) if cached is None or n in pessimistic or n not in cached
+                  else cached[n] for n in names}
+        start = {n: s.version for n, s in states.items()}
+        outcomes = [_apply_one(store, op, states) for op in ops]
+        changed = {n: s for n, s in states.items() if s.version != start[n]}
+        for name, state in changed.items():
+            if not store.update_level(state, expected_version=start[name]):
+                raise _ConflictError(name, start[name])
+        for name in pessimistic - changed.keys():
+            store.claim_lock(name, None)  # refused ops release their claim unchanged
+    return outcomes, changed
+
+
+def _apply_one(store: SQLiteStore, op: Operation, states: dict[str, LevelState]) -> Outcome:
+    """Apply one op inside the batch transaction; update `states` if it succeeds."""
+    try:
         if op.explicit and (stored := store.find_operation(op.op_id)) is not None:
             if stored.kind != op.kind or stored.fingerprint != op.fingerprint:
                 msg = (f"op_id {op.op_id!r} was already used for a different "
                        f"{stored.kind} request; use a new op_id for a new request")
                 raise IdempotencyConflictError(msg)
-            return op.rebuild(stored.result), {}
-        states = _load_fresh(store, op) if cached is None else dict(cached)
-        new_states, entries, result = op.apply(states, now_ms())
-        if op.pessimistic:  # the lock is released with this commit
-            new_states = {n: replace(s, lock_holder=None) for n, s in new_states.items()}
-        for name, state in new_states.items():
-            if not store.update_level(state, expected_version=states[name].version):
-                raise _ConflictError(name, states[name].version)
-        if not entries:  # e.g. a bet below every level's min_bet: nothing to record
-            return result, new_states
+            return Outcome(op.rebuild(stored.result))
+        if op.pessimistic:
+            for name in op.names:
+                store.claim_lock(name, op.op_id)
+        new_states, entries, result = op.apply({n: states[n] for n in op.names}, now_ms())
+    except JackpotError as e:
+        return Outcome(error=e)  # refused before writing anything
+    if entries:  # nothing to record for, e.g., a bet below every min_bet
         store.append(op.op_id, entries)
         if op.explicit:
             store.record_operation(op.op_id, op.kind, op.fingerprint, result.to_record(),
                                    entries[0].at_ms)
-    return result, new_states
+    states.update({n: replace(s, lock_holder=None) for n, s in new_states.items()})
+    return Outcome(result)
 
 
-def _load_fresh(store: SQLiteStore, op: Operation) -> dict[str, LevelState]:
-    """Read the levels inside the write transaction (claiming them if pessimistic)."""
-    if op.pessimistic:
-        for name in op.names:
-            store.claim_lock(name, op.op_id)
-    states = {}
-    for name in op.names:
-        state = store.load_level(name)
-        if state is None:
-            msg = f"level {name!r} vanished from the database"
-            raise StorageError(msg)
-        states[name] = state
-    return states
+def _load(store: SQLiteStore, name: str) -> LevelState:
+    state = store.load_level(name)
+    if state is None:
+        msg = f"level {name!r} vanished from the database"
+        raise StorageError(msg)
+    return state

@@ -4,8 +4,17 @@
 `Ticket` lets a caller abandon a queued request safely on timeout.
 """
 
+from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._ticket import Ticket
 from jackpot.actors.coordinator import ActorUnavailableError, Coordinator
-from jackpot.actors.pool import HoldToken, PoolActor
+from jackpot.actors.pool import DRAIN, HoldToken, PoolActor
 
-__all__ = ["ActorUnavailableError", "Coordinator", "HoldToken", "PoolActor", "Ticket"]
+__all__ = [
+    "DRAIN",
+    "ActorUnavailableError",
+    "Coordinator",
+    "HoldToken",
+    "Mailbox",
+    "PoolActor",
+    "Ticket",
+]

@@ -5,6 +5,10 @@ two gatherers can never wait on each other in a cycle, writes every level in
 one transaction through its own connection, then hands each actor its
 committed state and releases it. On any failure nothing was committed and the
 actors keep the state they had: in memory and on disk, all levels or none.
+
+Requests that arrive while a batch commits wait in the coordinator's mailbox
+and share the next transaction (group commit): the coordinator holds the
+union of their levels, still in sorted order.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 
-from jackpot.actors._ticket import Ticket
-from jackpot.actors.pool import HoldToken, PoolActor
+from jackpot.actors._mailbox import Mailbox
+from jackpot.actors.pool import DRAIN, HoldToken, PoolActor
 from jackpot.errors import JackpotError, LockTimeoutError
-from jackpot.service import Operation, execute
+from jackpot.service import Operation, execute_batch
 from jackpot.settings import Settings
 from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
@@ -38,10 +43,11 @@ class Coordinator(pykka.ThreadingActor):
 
     def __init__(
         self,
-        open_store: Any,
+        open_store: Callable[[], SQLiteStore],
         pools: dict[str, pykka.ActorProxy[PoolActor]],
         settings: Settings,
         stats: Stats,
+        mailbox: Mailbox,
     ) -> None:
         """Prepare the coordinator for the given pool actors."""
         super().__init__()
@@ -49,6 +55,7 @@ class Coordinator(pykka.ThreadingActor):
         self._pools = pools
         self._settings = settings
         self._stats = stats
+        self._mailbox = mailbox
 
     def on_start(self) -> None:
         """Open the coordinator's own connection."""
@@ -58,60 +65,76 @@ class Coordinator(pykka.ThreadingActor):
         """Close the coordinator's connection."""
         self._store.close()
 
-    def submit(self, ticket: Ticket, op: Operation) -> Any:
-        """Run a multi-level operation; report through the future and the ticket."""
-        try:
-            result = self._run(ticket, op)
-        except BaseException as e:
-            ticket.done(None, e)
-            raise
-        ticket.done(result, None)
-        return result
+    def on_receive(self, message: Any) -> Any:
+        """Serve a batch from the mailbox when woken by `DRAIN`."""
+        if message is DRAIN:
+            self._drain()
+            return None
+        return super().on_receive(message)
 
-    def _run(self, ticket: Ticket, op: Operation) -> Any:
-        """Run a multi-level operation with every involved level held."""
-        if not ticket.claim():
-            msg = f"{op.kind} {op.op_id!r} timed out waiting for the coordinator"
-            raise LockTimeoutError(msg)
-        attempt = 0
-        while True:
-            started = time.perf_counter()
-            tokens = self._gather(op)
-            self._stats.lock_wait("coordinator", op.kind, time.perf_counter() - started)
-            if tokens is not None:
-                break
-            self._stats.add("busy_incidents", op.kind, ",".join(op.names))
-            if attempt >= self._settings.max_retry_attempts:
-                msg = (f"{op.kind} {op.op_id!r}: could not hold levels "
-                       f"{', '.join(op.names)} within {self._settings.lock_timeout_ms} ms "
-                       f"after {attempt} retries; nothing was changed")
-                self._stats.add("lock_timeouts", op.kind, ",".join(op.names))
-                raise LockTimeoutError(msg)
-            delay = self._settings.retry_delay_ms / 1000 * 2**attempt
-            time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
-            attempt += 1
-            self._stats.add("retries", op.kind, ",".join(op.names))
+    def _drain(self) -> None:
+        batch, more = self._mailbox.take()
+        if more:
+            self.actor_ref.tell(DRAIN)
+        live = [(t, op) for t, op in batch if t.claim()]
+        if not live:
+            return
+        ops = [op for _, op in live]
         try:
-            cached = {name: t.state for name, t in zip(op.names, tokens, strict=True)}
-            if any(s is None for s in cached.values()):
-                result, states = execute(self._store, op, None, settings=self._settings,
-                                         stats=self._stats)
-            else:
-                result, states = execute(self._store, op, cached,  # type: ignore[arg-type]
-                                         settings=self._settings, stats=self._stats)
-            for name, token in zip(op.names, tokens, strict=True):
+            outcomes = self._run(ops)
+        except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
+            for ticket, _ in live:
+                ticket.settle(None, e)
+            return
+        for (ticket, _), (result, error) in zip(live, outcomes, strict=True):
+            ticket.settle(result, error)
+
+    def _run(self, ops: list[Operation]) -> list[tuple[Any, BaseException | None]]:
+        """Hold every level the batch touches, then run it in one transaction."""
+        names = tuple(sorted({n for op in ops for n in op.names}))
+        label = ",".join(sorted({op.kind for op in ops}))
+        tokens = self._gather_with_retries(names, ops[0].op_id, label)
+        try:
+            cached = {name: t.state for name, t in zip(names, tokens, strict=True)}
+            known = {n: s for n, s in cached.items() if s is not None}
+            outcomes, states = execute_batch(self._store, ops, known or None,
+                                             settings=self._settings, stats=self._stats)
+            for name, token in zip(names, tokens, strict=True):
                 token.new_state = states.get(name)
-            return result
+            return [(o.result, o.error) for o in outcomes]
         finally:
             for token in tokens:
                 token.released.set()
 
-    def _gather(self, op: Operation) -> list[HoldToken] | None:
-        """Hold every level of `op` in sorted order; None (all released) on timeout."""
+    def _gather_with_retries(self, names: tuple[str, ...], op_id: str, label: str
+                             ) -> list[HoldToken]:
+        attempt = 0
+        levels = ",".join(names)
+        while True:
+            started = time.perf_counter()
+            tokens = self._gather(names, op_id, label)
+            self._stats.lock_wait("coordinator", label, time.perf_counter() - started)
+            if tokens is not None:
+                return tokens
+            self._stats.add("busy_incidents", label, levels)
+            if attempt >= self._settings.max_retry_attempts:
+                self._stats.add("lock_timeouts", label, levels)
+                msg = (f"{label} {op_id!r}: could not hold levels {', '.join(names)} "
+                       f"within {self._settings.lock_timeout_ms} ms after {attempt} "
+                       "retries; nothing was changed")
+                raise LockTimeoutError(msg)
+            delay = self._settings.retry_delay_ms / 1000 * 2**attempt
+            time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+            attempt += 1
+            self._stats.add("retries", label, levels)
+
+    def _gather(self, names: tuple[str, ...], op_id: str, label: str
+                ) -> list[HoldToken] | None:
+        """Hold `names` in sorted order; None (all released) on timeout."""
         deadline = time.monotonic() + self._settings.lock_timeout_ms / 1000
         tokens: list[HoldToken] = []
-        for name in op.names:  # op.names is sorted: the canonical order
-            token = HoldToken(op.op_id)
+        for name in names:  # sorted: the canonical order
+            token = HoldToken(op_id)
             tokens.append(token)
             try:
                 self._pools[name].hold(token)
@@ -122,7 +145,7 @@ class Coordinator(pykka.ThreadingActor):
                 raise ActorUnavailableError(msg) from e
             if not token.granted.wait(max(0.0, deadline - time.monotonic())):
                 logger.warning("could not hold level %s in time; releasing all and retrying",
-                               name, extra={"op_id": op.op_id, "operation": op.kind,
+                               name, extra={"op_id": op_id, "operation": label,
                                             "level": name, "outcome": "lock_timeout"})
                 for t in tokens:
                     t.released.set()

@@ -15,15 +15,18 @@ from typing import Any
 
 import pykka
 
-from jackpot.actors._ticket import Ticket
+from jackpot.actors._mailbox import Mailbox
 from jackpot.domain import LevelState
-from jackpot.errors import JackpotError, LockTimeoutError, StorageError
-from jackpot.service import Operation, execute
+from jackpot.errors import JackpotError
+from jackpot.service import execute_batch
 from jackpot.settings import Settings
 from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
 
-__all__ = ["HoldToken", "PoolActor"]
+__all__ = ["DRAIN", "HoldToken", "PoolActor"]
+
+DRAIN = "drain"
+"""The message that wakes an actor to serve its mailbox."""
 
 logger = logging.getLogger("jackpot")
 
@@ -51,10 +54,12 @@ class PoolActor(pykka.ThreadingActor):
         open_store: Callable[[], SQLiteStore],
         settings: Settings,
         stats: Stats,
+        mailbox: Mailbox,
     ) -> None:
         """Prepare the actor; the connection is opened in the actor's thread."""
         super().__init__()
         self.name = name
+        self._mailbox = mailbox
         self._open_store = open_store
         self._settings = settings
         self._stats = stats
@@ -76,38 +81,40 @@ class PoolActor(pykka.ThreadingActor):
         """Close this actor's connection."""
         self._store.close()
 
-    def submit(self, ticket: Ticket, op: Operation) -> Any:
-        """Run a single-level operation; report through the future and the ticket."""
-        try:
-            result = self._run(ticket, op)
-        except BaseException as e:
-            ticket.done(None, e)
-            raise
-        ticket.done(result, None)
-        return result
+    def on_receive(self, message: Any) -> Any:
+        """Serve a batch from the mailbox when woken by `DRAIN`."""
+        if message is DRAIN:
+            self._drain()
+            return None
+        return super().on_receive(message)
 
-    def _run(self, ticket: Ticket, op: Operation) -> Any:
-        if not ticket.claim():
-            msg = f"{op.kind} {op.op_id!r} timed out in the queue of level {self.name!r}"
-            raise LockTimeoutError(msg)
-        self._holder = op.op_id if op.pessimistic else None
+    def _drain(self) -> None:
+        batch, more = self._mailbox.take()
+        if more:
+            self.actor_ref.tell(DRAIN)
+        live = [(t, op) for t, op in batch if t.claim()]
+        if not live:
+            return
+        ops = [op for _, op in live]
+        self._holder = ops[0].op_id if ops[0].pessimistic else None
         cached = None if self._state is None else {self.name: self._state}
         try:
-            result, states = execute(self._store, op, cached, settings=self._settings,
-                                     stats=self._stats)
-        except StorageError:
-            self._state = None  # unknown after a storage failure: reload next time
-            raise
-        except JackpotError:
-            raise
-        except Exception:
-            self._state = None
-            raise
+            outcomes, states = execute_batch(self._store, ops, cached,
+                                             settings=self._settings, stats=self._stats)
+        except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
+            self._state = None  # unknown after an unexpected failure: reload next time
+            for ticket, _ in live:
+                ticket.settle(None, e)
+            return
         finally:
             self._holder = None
         if self.name in states:
             self._state = states[self.name]
-        return result
+        elif any(o.error is not None and not isinstance(o.error, JackpotError)
+                 for o in outcomes):
+            self._state = None
+        for (ticket, _), outcome in zip(live, outcomes, strict=True):
+            ticket.settle(outcome.result, outcome.error)
 
     def hold(self, token: HoldToken) -> None:
         """Lend the level to a coordinator until it releases the token.

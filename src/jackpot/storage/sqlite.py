@@ -244,8 +244,8 @@ class SQLiteStore:
         self._exec(_UPDATE_LEVEL, (*values[1:], state.name, expected_version))
         return self.conn.changes() == 1
 
-    def claim_lock(self, name: str, holder: str) -> None:
-        """Record `holder` as the level's lock holder inside this transaction."""
+    def claim_lock(self, name: str, holder: str | None) -> None:
+        """Record `holder` (None: release) as the level's lock holder in this transaction."""
         self._exec("UPDATE levels SET lock_holder = ? WHERE name = ?", (holder, name))
 
     # -- ledger and operations ----------------------------------------------

@@ -1,0 +1,53 @@
+"""Mailbox: requests waiting for one actor, taken in batches (group commit).
+
+Callers put (ticket, operation) pairs here instead of sending one actor
+message each. Only the first put after a drain wakes the actor; everything
+that arrives while the actor is busy committing waits here and goes into the
+actor's next transaction together. Actor messages (a coordinator's hold, a
+drain) still pass through the actor's own inbox, so they stay serialized.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from jackpot.actors._ticket import Ticket
+from jackpot.service import Operation
+
+__all__ = ["Mailbox"]
+
+
+class Mailbox:
+    """A thread-safe queue of pending requests with a "wake-up sent" flag."""
+
+    def __init__(self, max_batch: int = 512) -> None:
+        """Create an empty mailbox; a batch holds at most `max_batch` requests."""
+        self._lock = threading.Lock()
+        self._items: deque[tuple[Ticket, Operation]] = deque()
+        self._awake = False
+        self.max_batch = max_batch
+
+    def put(self, ticket: Ticket, op: Operation) -> bool:
+        """Queue a request; True if the caller must wake the actor."""
+        with self._lock:
+            self._items.append((ticket, op))
+            if self._awake:
+                return False
+            self._awake = True
+            return True
+
+    def take(self) -> tuple[list[tuple[Ticket, Operation]], bool]:
+        """Take the next batch; the flag says more remain (wake yourself again)."""
+        with self._lock:
+            n = min(len(self._items), self.max_batch)
+            batch = [self._items.popleft() for _ in range(n)]
+            more = bool(self._items)
+            self._awake = more
+            return batch, more
+
+    def rewake(self) -> bool:
+        """After an actor restart: True if requests wait and a wake-up is due."""
+        with self._lock:
+            self._awake = bool(self._items)
+            return self._awake
