@@ -35,7 +35,7 @@ from jackpot.errors import (
 )
 from jackpot.settings import Settings
 from jackpot.stats import Stats
-from jackpot.storage import BusyIncidentError, SQLiteStore
+from jackpot.storage import BusyIncidentError, SQLiteStore, StoredOperation
 
 __all__ = ["Operation", "Outcome", "Result", "execute", "execute_batch", "fingerprint", "now_ms"]
 
@@ -210,7 +210,9 @@ def _attempt(
         states = {n: _load(store, n) if cached is None or n in pessimistic or n not in cached
                   else cached[n] for n in names}
         start = {n: s.version for n, s in states.items()}
-        outcomes = [_apply_one(store, op, states) for op in ops]
+        batch = _Batch(store, [op.op_id for op in ops if op.explicit])
+        outcomes = [batch.apply(op, states) for op in ops]
+        batch.flush()
         changed = {n: s for n, s in states.items() if s.version != start[n]}
         for name, state in changed.items():
             if not store.update_level(state, expected_version=start[name]):
@@ -220,28 +222,49 @@ def _attempt(
     return outcomes, changed
 
 
-def _apply_one(store: SQLiteStore, op: Operation, states: dict[str, LevelState]) -> Outcome:
-    """Apply one op inside the batch transaction; update `states` if it succeeds."""
-    try:
-        if op.explicit and (stored := store.find_operation(op.op_id)) is not None:
-            if stored.kind != op.kind or stored.fingerprint != op.fingerprint:
-                msg = (f"op_id {op.op_id!r} was already used for a different "
-                       f"{stored.kind} request; use a new op_id for a new request")
-                raise IdempotencyConflictError(msg)
-            return Outcome(op.rebuild(stored.result))
-        if op.pessimistic:
-            for name in op.names:
-                store.claim_lock(name, op.op_id)
-        new_states, entries, result = op.apply({n: states[n] for n in op.names}, now_ms())
-    except JackpotError as e:
-        return Outcome(error=e)  # refused before writing anything
-    if entries:  # nothing to record for, e.g., a bet below every min_bet
-        store.append(op.op_id, entries)
-        if op.explicit:
-            store.record_operation(op.op_id, op.kind, op.fingerprint, result.to_record(),
-                                   entries[0].at_ms)
-    states.update({n: replace(s, lock_holder=None) for n, s in new_states.items()})
-    return Outcome(result)
+class _Batch:
+    """The writes of one transaction, gathered so each kind is one statement."""
+
+    def __init__(self, store: SQLiteStore, op_ids: list[str]) -> None:
+        self.store = store
+        # First results of op_ids: those already stored, then those of this batch.
+        self.known = store.find_operations(op_ids) if op_ids else {}
+        self.entries: list[tuple[str, Entry]] = []
+        self.records: list[StoredOperation] = []
+        self.at_ms = now_ms()
+
+    def apply(self, op: Operation, states: dict[str, LevelState]) -> Outcome:
+        """Apply one op; update `states` and queue its rows if it succeeds."""
+        try:
+            if op.explicit and (stored := self.known.get(op.op_id)) is not None:
+                if stored.kind != op.kind or stored.fingerprint != op.fingerprint:
+                    msg = (f"op_id {op.op_id!r} was already used for a different "
+                           f"{stored.kind} request; use a new op_id for a new request")
+                    raise IdempotencyConflictError(msg)
+                return Outcome(op.rebuild(stored.result))
+            if op.pessimistic:
+                for name in op.names:
+                    self.store.claim_lock(name, op.op_id)
+            new_states, entries, result = op.apply({n: states[n] for n in op.names},
+                                                   self.at_ms)
+        except JackpotError as e:
+            return Outcome(error=e)  # refused before writing anything
+        if entries:  # nothing to record for, e.g., a bet below every min_bet
+            self.entries.extend((op.op_id, e) for e in entries)
+            if op.explicit:
+                record = StoredOperation(op.op_id, op.kind, op.fingerprint, result.to_record())
+                self.records.append(record)
+                self.known[op.op_id] = record
+        for n, s in new_states.items():
+            states[n] = s if s.lock_holder is None else replace(s, lock_holder=None)
+        return Outcome(result)
+
+    def flush(self) -> None:
+        """Write the gathered ledger rows and idempotency records."""
+        if self.entries:
+            self.store.append_entries(self.entries)
+        if self.records:
+            self.store.record_operations(self.records, self.at_ms)
 
 
 def _load(store: SQLiteStore, name: str) -> LevelState:

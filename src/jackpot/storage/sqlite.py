@@ -252,30 +252,40 @@ class SQLiteStore:
 
     def append(self, op_id: str, entries: list[Entry]) -> None:
         """Append ledger rows for `entries` under `op_id`."""
+        self.append_entries([(op_id, e) for e in entries])
+
+    def append_entries(self, entries: list[tuple[str, Entry]]) -> None:
+        """Append one ledger row per (op_id, entry), in order."""
         rows = [
             (op_id, *(getattr(e, c) for c in _ENTRY_COLUMNS[:-1]),
              None if e.detail is None else json.dumps(e.detail, sort_keys=True))
-            for e in entries
+            for op_id, e in entries
         ]
         self._exec_many(_INSERT_ENTRY, rows)
 
     def find_operation(self, op_id: str) -> StoredOperation | None:
         """Return the stored first result of `op_id`, or None."""
-        rows = self._exec(
-            "SELECT kind, fingerprint, result FROM operations WHERE op_id = ?", (op_id,))
-        if not rows:
-            return None
-        kind, fingerprint, result = rows[0]
-        return StoredOperation(op_id, kind, fingerprint, json.loads(result))
+        return self.find_operations([op_id]).get(op_id)
 
-    def record_operation(
-        self, op_id: str, kind: str, fingerprint: str, result: dict[str, Any], at_ms: int
-    ) -> None:
-        """Store the first result of `op_id` (inside the operation's transaction)."""
-        self._exec(
+    def find_operations(self, op_ids: list[str]) -> dict[str, StoredOperation]:
+        """Return the stored first results of those `op_ids` that have one."""
+        found: dict[str, StoredOperation] = {}
+        for i in range(0, len(op_ids), 500):  # stay far below SQLite's bound-parameter limit
+            chunk = op_ids[i:i + 500]
+            rows = self._exec(
+                "SELECT op_id, kind, fingerprint, result FROM operations "
+                f"WHERE op_id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
+            for op_id, kind, fingerprint, result in rows:
+                found[op_id] = StoredOperation(op_id, kind, fingerprint, json.loads(result))
+        return found
+
+    def record_operations(self, records: list[StoredOperation], at_ms: int) -> None:
+        """Store the first results of op_ids (inside the operations' transaction)."""
+        self._exec_many(
             "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
             "VALUES (?, ?, ?, ?, ?)",
-            (op_id, kind, fingerprint, json.dumps(result, sort_keys=True), at_ms))
+            [(r.op_id, r.kind, r.fingerprint, json.dumps(r.result, sort_keys=True), at_ms)
+             for r in records])
 
     def ledger(self, *, level: str | None = None, limit: int | None = None,
                kinds: tuple[str, ...] | None = None, newest_first: bool = False
