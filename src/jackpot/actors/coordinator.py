@@ -38,6 +38,9 @@ class ActorUnavailableError(JackpotError):
     """A level's actor stopped before a multi-level operation began: nothing changed."""
 
 
+_LIVENESS_POLL = 0.25  # seconds between checks that a level's actor still lives
+
+
 class Coordinator(pykka.ThreadingActor):
     """Runs multi-level operations; the only actor that waits on others."""
 
@@ -130,20 +133,26 @@ class Coordinator(pykka.ThreadingActor):
 
     def _gather(self, names: tuple[str, ...], op_id: str, label: str
                 ) -> list[HoldToken] | None:
-        """Hold `names` in sorted order; None (all released) on timeout."""
+        """Hold `names`, requested in sorted order; None (all released) on timeout.
+
+        The hold requests go out together (pipelined) and are awaited in the
+        same canonical order. Pool actors never wait on each other and this
+        coordinator is the only actor that waits on several, so no cycle of
+        waits can form; a timeout releases everything and the caller retries.
+        """
         deadline = time.monotonic() + self._settings.lock_timeout_ms / 1000
         tokens: list[HoldToken] = []
         for name in names:  # sorted: the canonical order
             token = HoldToken(op_id)
             tokens.append(token)
-            try:
-                self._pools[name].hold(token)
-            except pykka.ActorDeadError as e:
+            self._pools[name].hold(token)
+        for name, token in zip(names, tokens, strict=True):
+            if not self._await_grant(name, token, deadline):
                 for t in tokens:
                     t.released.set()
                 msg = f"the actor of level {name!r} is not running"
-                raise ActorUnavailableError(msg) from e
-            if not token.granted.wait(max(0.0, deadline - time.monotonic())):
+                raise ActorUnavailableError(msg)
+            if not token.granted.is_set():
                 logger.warning("could not hold level %s in time; releasing all and retrying",
                                name, extra={"op_id": op_id, "operation": label,
                                             "level": name, "outcome": "lock_timeout"})
@@ -151,3 +160,13 @@ class Coordinator(pykka.ThreadingActor):
                     t.released.set()
                 return None
         return tokens
+
+    def _await_grant(self, name: str, token: HoldToken, deadline: float) -> bool:
+        """Wait for `token` until the deadline; False if the level's actor died."""
+        while not token.granted.wait(min(_LIVENESS_POLL,
+                                         max(0.0, deadline - time.monotonic()))):
+            if not self._pools[name].actor_ref.is_alive():
+                return False
+            if time.monotonic() >= deadline:
+                break
+        return True
