@@ -1,0 +1,133 @@
+"""Shared fixtures: a file database in tmp_path, engines that always close, table dumps.
+
+The dump reads the database through its own read-only APSW connection, so a
+test can assert "nothing changed" on what is committed in the file, not on
+what the engine believes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from jackpot import GroupConfig, JackpotEngine, Settings
+
+Dump = dict[str, tuple[tuple[Any, ...], ...]]
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the calling shell's engine settings (JACKPOT_<setting>) out of every test."""
+    for f in dataclasses.fields(Settings):
+        monkeypatch.delenv(f"JACKPOT_{f.name.upper()}", raising=False)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "pools.db"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture
+def open_engine(db_path: Path, settings: Settings) -> Iterator[Callable[..., JackpotEngine]]:
+    """Return open(path=db_path, groups=None, settings=settings); closes all at teardown."""
+    engines: list[JackpotEngine] = []
+
+    def _open(path: Path | str | None = None, groups: list[GroupConfig] | None = None,
+              settings: Settings | None = settings) -> JackpotEngine:
+        engine = JackpotEngine.open(db_path if path is None else path, groups,
+                                    settings=settings)
+        engines.append(engine)
+        return engine
+
+    yield _open
+    for engine in engines:
+        engine.close()
+
+
+@pytest.fixture
+def engine(open_engine: Callable[..., JackpotEngine]) -> JackpotEngine:
+    """An engine on a new file with the default levels minor, major, mega."""
+    return open_engine()
+
+
+def read_tables(path: Path | str) -> Dump:
+    """Return every table's rows (schema included), read in one snapshot, read-only."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.execute("BEGIN")
+        try:
+            # sqlite_stat* hold the query planner's statistics, which
+            # PRAGMA optimize refreshes when a connection closes: not content.
+            dump: Dump = {"sqlite_master": tuple(conn.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master "
+                "WHERE name NOT LIKE 'sqlite_stat%' ORDER BY type, name"))}
+            names = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_stat%' ORDER BY name")]
+            for name in names:
+                rows = conn.execute(f'SELECT * FROM "{name}"').fetchall()
+                dump[name] = tuple(sorted(rows, key=repr))
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    return dump
+
+
+def checksum(dump: Dump) -> str:
+    """Return a digest of a dump: equal digests mean equal content."""
+    return hashlib.sha256(repr(sorted(dump.items())).encode()).hexdigest()
+
+
+@pytest.fixture
+def dump_db(db_path: Path) -> Callable[..., Dump]:
+    """Return dump(path=db_path): every table's content of the file."""
+
+    def _dump(path: Path | str | None = None) -> Dump:
+        return read_tables(db_path if path is None else path)
+
+    return _dump
+
+
+@pytest.fixture
+def db_checksum(db_path: Path) -> Callable[..., str]:
+    """Return checksum(path=db_path): a digest of every table's content of the file."""
+
+    def _checksum(path: Path | str | None = None) -> str:
+        return checksum(read_tables(db_path if path is None else path))
+
+    return _checksum
+
+
+def read_ledger(path: Path | str, level: str | None = None) -> list[dict[str, Any]]:
+    """Return ledger rows as dicts in seq order, optionally of one level."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
+        cols = [d[0] for d in cursor.getdescription()]
+        rows = [dict(zip(cols, r, strict=True)) for r in cursor]
+    finally:
+        conn.close()
+    return [r for r in rows if level is None or r["level"] == level]
+
+
+@pytest.fixture
+def ledger(db_path: Path) -> Callable[..., list[dict[str, Any]]]:
+    """Return ledger(level=None, path=db_path): the file's ledger rows in seq order."""
+
+    def _ledger(level: str | None = None, path: Path | str | None = None
+                ) -> list[dict[str, Any]]:
+        return read_ledger(db_path if path is None else path, level)
+
+    return _ledger

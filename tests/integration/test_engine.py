@@ -1,0 +1,428 @@
+"""The public API on a real file database: results, balances, versions, life cycle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pykka
+import pytest
+
+import jackpot
+from jackpot import (
+    ConfigResult,
+    Contribution,
+    EngineClosedError,
+    GroupConfig,
+    JackpotEngine,
+    JackpotError,
+    PoolSnapshot,
+    Settings,
+    StorageError,
+    UnknownGroupError,
+    ValidationError,
+    Win,
+    domain,
+)
+
+ZERO_METERS = {"bets": 0, "wagered": 0, "contributed": 0, "overflow": 0, "won": 0, "wins": 0}
+CORE_CONFIG = ("seed", "contribution_rate", "cap")
+
+
+def meters(p: PoolSnapshot) -> dict[str, Decimal | int]:
+    """The meters issue 2 relies on (a snapshot may carry more)."""
+    return {k: p.meters[k] for k in ZERO_METERS}
+
+
+def core(view: dict[str, Any]) -> dict[str, Any]:
+    """The config fields of issue 2 in a before/after view (it may carry more)."""
+    return {k: view[k] for k in CORE_CONFIG}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def test_public_names_are_exported() -> None:
+    for name in ("JackpotEngine", "GroupConfig", "Settings", "JackpotError", "ValidationError",
+                 "UnknownGroupError", "InsufficientFundsError", "ConcurrencyViolationError",
+                 "LockTimeoutError", "IdempotencyConflictError", "EngineClosedError"):
+        assert name in jackpot.__all__
+        assert getattr(jackpot, name) is not None
+    for name in ("ValidationError", "UnknownGroupError", "InsufficientFundsError",
+                 "ConcurrencyViolationError", "LockTimeoutError", "IdempotencyConflictError",
+                 "EngineClosedError", "StorageError"):
+        assert issubclass(getattr(jackpot, name), JackpotError)
+    assert issubclass(ValidationError, ValueError)
+
+
+def test_new_file_gets_the_default_levels(open_engine: Callable[..., JackpotEngine],
+                                          ledger: Callable[..., list[dict[str, Any]]]) -> None:
+    before = now_ms()
+    engine = open_engine()
+    after = now_ms()
+    assert engine.groups == ("major", "mega", "minor")
+    pools = engine.pools()
+    assert list(pools) == ["major", "mega", "minor"]
+    for name, seed, rate in (("minor", 100, "0.005"), ("major", 1000, "0.003"),
+                             ("mega", 10000, "0.001")):
+        p = pools[name]
+        assert isinstance(p, PoolSnapshot)
+        assert (p.name, p.amount, p.seed, p.contribution_rate, p.cap, p.version,
+                p.lock_holder) == (name, Decimal(seed), Decimal(seed), Decimal(rate), None, 1,
+                                   None)
+        assert before <= p.last_modified_at <= after
+        assert meters(p) == ZERO_METERS
+        assert engine.pool(name) == p
+    rows = ledger()
+    assert [(r["op_id"], r["kind"], r["level"], r["delta"], r["balance_after"],
+             r["version_after"]) for r in sorted(rows, key=lambda r: r["level"])] == [
+        ("create:major", "create", "major", 1000 * 10**6, 1000 * 10**6, 1),
+        ("create:mega", "create", "mega", 10000 * 10**6, 10000 * 10**6, 1),
+        ("create:minor", "create", "minor", 100 * 10**6, 100 * 10**6, 1),
+    ]
+    report = engine.verify()
+    assert (report.ok, report.problems, report.levels, report.ledger_rows) == (True, [], 3, 3)
+
+
+def test_contribute_to_two_levels(engine: JackpotEngine,
+                                  ledger: Callable[..., list[dict[str, Any]]]) -> None:
+    c = engine.contribute(Decimal("2.50"), groups=("minor", "major"), op_id="spin-42")
+    assert c == Contribution(
+        op_id="spin-42",
+        contributions={"major": Decimal("0.0075"), "minor": Decimal("0.0125")},
+        balances={"major": Decimal("1000.0075"), "minor": Decimal("100.0125")},
+        versions={"major": 2, "minor": 2},
+        replayed=False)
+    pools = engine.pools()
+    assert (pools["minor"].amount, pools["minor"].version) == (Decimal("100.0125"), 2)
+    assert (pools["major"].amount, pools["major"].version) == (Decimal("1000.0075"), 2)
+    assert (pools["mega"].amount, pools["mega"].version) == (Decimal(10000), 1)  # untouched
+    assert meters(pools["minor"]) == {**ZERO_METERS, "bets": 1, "wagered": Decimal("2.5"),
+                                      "contributed": Decimal("0.0125")}
+    rows = [r for r in ledger() if r["op_id"] == "spin-42"]
+    assert sorted((r["kind"], r["level"], r["delta"], r["balance_after"], r["version_after"])
+                  for r in rows) == [
+        ("contribute", "major", 7_500, 1_000_007_500, 2),
+        ("contribute", "minor", 12_500, 100_012_500, 2),
+    ]
+    assert engine.verify().ok
+
+
+def test_contribute_to_every_level_by_default(engine: JackpotEngine) -> None:
+    c = engine.contribute("10")
+    assert c.contributions == {"major": Decimal("0.03"), "mega": Decimal("0.01"),
+                               "minor": Decimal("0.05")}
+    assert c.versions == {"major": 2, "mega": 2, "minor": 2}
+    assert isinstance(c.op_id, str)
+    assert c.op_id
+    assert c.replayed is False
+    other = engine.contribute(10)  # int bets are exact too
+    assert other.op_id != c.op_id  # a generated op_id is never reused
+    assert other.balances == {"major": Decimal("1000.06"), "mega": Decimal("10000.02"),
+                              "minor": Decimal("100.1")}
+    assert other.versions == {"major": 3, "mega": 3, "minor": 3}
+
+
+def test_single_level_by_name(engine: JackpotEngine) -> None:
+    c = engine.contribute(Decimal(1), groups="mega")
+    assert (c.contributions, c.balances, c.versions) == (
+        {"mega": Decimal("0.001")}, {"mega": Decimal("10000.001")}, {"mega": 2})
+    c = engine.contribute(Decimal(1), groups=["mega"])
+    assert c.versions == {"mega": 3}
+
+
+def test_fractions_finer_than_a_unit_are_carried(engine: JackpotEngine) -> None:
+    # 0.000001 x 0.001 is a thousandth of a unit: a thousand of them make one unit
+    for i in range(999):
+        c = engine.contribute("0.000001", groups="mega")
+        assert c.contributions == {"mega": Decimal(0)}
+        assert c.versions == {"mega": 2 + i}  # every bet is still a committed change
+    c = engine.contribute("0.000001", groups="mega")
+    assert c.contributions == {"mega": Decimal("0.000001")}
+    assert engine.pool("mega").amount == Decimal("10000.000001")
+    assert engine.pool("mega").meters["bets"] == 1000
+    assert engine.verify().ok
+
+
+def test_win_of_the_whole_pool(engine: JackpotEngine) -> None:
+    engine.contribute(Decimal(100), groups="minor")  # + 0.5
+    w = engine.process_win("minor", op_id="win-7", winner="player-9")
+    assert w == Win(op_id="win-7", group="minor", amount=Decimal("100.5"),
+                    balance=Decimal(100), version=3, winner="player-9", reset=True,
+                    replayed=False)
+    p = engine.pool("minor")
+    assert (p.amount, p.version, p.lock_holder) == (Decimal(100), 3, None)
+    assert (p.meters["won"], p.meters["wins"]) == (Decimal("100.5"), 1)
+    assert engine.verify().ok
+
+
+def test_win_of_a_fixed_amount(engine: JackpotEngine) -> None:
+    w = engine.process_win("major", amount=Decimal("250.25"))
+    assert (w.group, w.amount, w.balance, w.version, w.reset, w.winner) == (
+        "major", Decimal("250.25"), Decimal("749.75"), 2, False, None)
+    w = engine.process_win("major", amount="749.75")  # the whole rest: pool left at zero
+    assert (w.amount, w.balance, w.version) == (Decimal("749.75"), Decimal(0), 3)
+    assert engine.pool("major").amount == 0
+    c = engine.contribute(Decimal(1000), groups="major")
+    assert c.balances == {"major": Decimal(3)}
+    assert engine.verify().ok
+
+
+def test_update_config(engine: JackpotEngine) -> None:
+    engine.contribute(Decimal(1000), groups="minor")  # 105
+    r = engine.update_config("minor", op_id="cfg-1", expected_version=2, who="ops",
+                             reason="promo", contribution_rate=Decimal("0.02"),
+                             cap=Decimal(110))
+    assert isinstance(r, ConfigResult)
+    assert (r.op_id, r.group, r.version, r.replayed) == ("cfg-1", "minor", 3, False)
+    assert core(r.before) == {"seed": "100.000000", "contribution_rate": "0.005", "cap": None}
+    assert core(r.after) == {"seed": "100.000000", "contribution_rate": "0.02",
+                             "cap": "110.000000"}
+    p = engine.pool("minor")
+    assert (p.contribution_rate, p.cap, p.amount, p.version) == (
+        Decimal("0.02"), Decimal(110), Decimal(105), 3)
+    c = engine.contribute(Decimal(100), groups="minor")  # the new rate: + 2
+    assert c.contributions == {"minor": Decimal(2)}
+    c = engine.contribute(Decimal(1000), groups="minor")  # 20 more, only 3 fit
+    assert (c.contributions, c.balances) == ({"minor": Decimal(3)}, {"minor": Decimal(110)})
+    assert engine.pool("minor").meters["overflow"] == Decimal(17)
+    r = engine.update_config("minor", seed="50", cap=None)
+    assert (r.version, r.after["cap"]) == (6, None)
+    w = engine.process_win("minor")
+    assert (w.amount, w.balance) == (Decimal(110), Decimal(50))  # reset to the new seed
+    assert (engine.pool("minor").seed, engine.pool("minor").cap) == (Decimal(50), None)
+    assert engine.verify().ok
+
+
+def test_unknown_level_in_reads(engine: JackpotEngine) -> None:
+    with pytest.raises(UnknownGroupError, match=r"unknown level 'bonus'"):
+        engine.pool("bonus")
+
+
+def test_verify_reports_a_tampered_level(engine: JackpotEngine, db_path: Path) -> None:
+    engine.contribute(Decimal(10))
+    conn = apsw.Connection(str(db_path))
+    conn.set_busy_timeout(5000)
+    conn.execute("UPDATE levels SET amount = amount + 1 WHERE name = 'minor'")
+    conn.close()
+    report = engine.verify()
+    assert report.ok is False
+    assert report.problems
+    assert all(p.startswith("minor:") for p in report.problems)
+    assert any("ledger sums to 100.050000, level holds 100.050001" in p
+               for p in report.problems)
+
+
+# -- restart and reopening -------------------------------------------------------------
+
+def play(engine: JackpotEngine) -> None:
+    """A mix of every operation, with and without op_ids."""
+    for i in range(20):
+        engine.contribute(Decimal("3.33"), op_id=f"spin-{i}")
+        engine.contribute(Decimal("0.07"), groups=("minor", "mega"))
+    engine.process_win("minor", op_id="win-1", winner="p1")
+    engine.process_win("major", amount=Decimal("1.5"))
+    engine.update_config("mega", op_id="cfg-1", contribution_rate=Decimal("0.0015"))
+    engine.contribute(Decimal("1.01"), groups="mega", op_id="spin-last")
+
+
+def test_restart_keeps_state_and_ledger_identical(
+        open_engine: Callable[..., JackpotEngine], dump_db: Callable[..., Any]) -> None:
+    engine = open_engine()
+    play(engine)
+    pools = engine.pools()
+    report = engine.verify()
+    engine.close()
+    closed = dump_db()
+    assert len(closed["ledger"]) == report.ledger_rows == 3 + 20 * 5 + 4
+
+    reopened = open_engine()
+    assert dump_db() == closed  # opening changed nothing
+    assert reopened.pools() == pools
+    assert reopened.verify() == report
+    # and it carries on from where it was, with the same carried fractions
+    c = reopened.contribute(Decimal("3.33"), op_id="spin-after")
+    assert c.versions == {n: p.version + 1 for n, p in pools.items()}
+    assert reopened.verify().ok
+
+
+def test_restart_state_equals_a_run_without_restart(
+        open_engine: Callable[..., JackpotEngine], tmp_path: Path) -> None:
+    """Carried fractions survive a restart: the amounts match an uninterrupted run."""
+    straight = open_engine(tmp_path / "straight.db")
+    restarted = open_engine(tmp_path / "restarted.db")
+    for i in range(30):
+        straight.contribute("0.000007")
+        restarted.contribute("0.000007")
+        if i % 10 == 9:
+            restarted.close()
+            restarted = open_engine(tmp_path / "restarted.db")
+    assert ({n: (p.amount, p.version) for n, p in straight.pools().items()}
+            == {n: (p.amount, p.version) for n, p in restarted.pools().items()})
+
+
+def test_reopen_keeps_existing_levels_and_creates_missing_ones(
+        open_engine: Callable[..., JackpotEngine],
+        ledger: Callable[..., list[dict[str, Any]]]) -> None:
+    engine = open_engine()
+    engine.contribute(Decimal(100), groups="minor")
+    engine.close()
+    engine = open_engine(groups=[
+        GroupConfig("minor", Decimal(5), Decimal("0.5")),  # exists: kept as it is
+        GroupConfig("bonus", Decimal(20), Decimal("0.01"), cap=Decimal(50)),  # created
+    ])
+    assert engine.groups == ("bonus", "major", "mega", "minor")
+    minor = engine.pool("minor")
+    assert (minor.seed, minor.contribution_rate, minor.amount, minor.version) == (
+        Decimal(100), Decimal("0.005"), Decimal("100.5"), 2)
+    bonus = engine.pool("bonus")
+    assert (bonus.seed, bonus.contribution_rate, bonus.cap, bonus.amount, bonus.version) == (
+        Decimal(20), Decimal("0.01"), Decimal(50), Decimal(20), 1)
+    assert [(r["op_id"], r["kind"], r["version_after"]) for r in ledger("bonus")] == [
+        ("create:bonus", "create", 1)]
+    c = engine.contribute(Decimal(10))
+    assert c.contributions["bonus"] == Decimal("0.1")
+    assert engine.verify().ok
+    engine.close()
+    assert open_engine().groups == ("bonus", "major", "mega", "minor")  # no groups: all kept
+
+
+def test_new_file_with_groups_gets_only_those(open_engine: Callable[..., JackpotEngine]) -> None:
+    engine = open_engine(groups=[GroupConfig("gold", 0, "0.1")])
+    assert engine.groups == ("gold",)
+    assert engine.contribute(5).balances == {"gold": Decimal("0.5")}
+    assert engine.process_win("gold").amount == Decimal("0.5")
+    assert engine.pool("gold").amount == 0
+
+
+def test_open_refuses_duplicated_level_names(open_engine: Callable[..., JackpotEngine],
+                                             db_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"^groups name a level twice: \['minor', 'minor'\]"):
+        open_engine(groups=[GroupConfig("minor", 1, "0.1"), GroupConfig("minor", 2, "0.2")])
+    assert not db_path.exists()
+
+
+def test_open_refuses_what_is_not_a_group_config(open_engine: Callable[..., JackpotEngine],
+                                                db_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"^groups must hold GroupConfig objects, not dict"):
+        open_engine(groups=[{"name": "minor"}])
+    assert not db_path.exists()
+
+
+def test_open_names_a_bad_environment_variable(monkeypatch: pytest.MonkeyPatch,
+                                               db_path: Path) -> None:
+    monkeypatch.setenv("JACKPOT_LOCK_TIMEOUT_MS", "soon")
+    with pytest.raises(ValidationError, match=r"JACKPOT_LOCK_TIMEOUT_MS='soon' is invalid"):
+        JackpotEngine.open(db_path)
+    assert not db_path.exists()
+
+
+def test_open_reads_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                  db_path: Path) -> None:
+    monkeypatch.setenv("JACKPOT_MAX_RETRY_ATTEMPTS", "7")
+    with JackpotEngine.open(db_path) as engine:
+        assert engine.settings.max_retry_attempts == 7
+
+
+def test_open_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are not the pools you are looking for" * 100)
+    with pytest.raises(StorageError):
+        JackpotEngine.open(path, settings=Settings())
+    assert path.read_bytes() == b"these are not the pools you are looking for" * 100
+
+
+# -- closing ----------------------------------------------------------------------------
+
+def test_calls_after_close_raise_engine_closed(engine: JackpotEngine) -> None:
+    engine.contribute(Decimal(1))
+    engine.close()
+    calls = [
+        lambda: engine.contribute(Decimal(1)),
+        lambda: engine.contribute(Decimal(1), groups="minor", op_id="late"),
+        lambda: engine.process_win("minor"),
+        lambda: engine.update_config("minor", seed=Decimal(1)),
+        lambda: engine.pool("minor"),
+        engine.pools,
+        engine.verify,
+    ]
+    for call in calls:
+        with pytest.raises(EngineClosedError, match="closed"):
+            call()
+    engine.close()  # idempotent
+
+
+def test_close_stops_every_actor(open_engine: Callable[..., JackpotEngine]) -> None:
+    before = set(pykka.ActorRegistry.get_all())
+    engine = open_engine()
+    engine.contribute(Decimal(1))
+    started = set(pykka.ActorRegistry.get_all()) - before
+    assert len(started) == 4  # one per level and the coordinator
+    engine.close()
+    assert not any(ref.is_alive() for ref in started)
+    assert set(pykka.ActorRegistry.get_all()) & started == set()
+
+
+def test_engine_is_a_context_manager(db_path: Path, settings: Settings,
+                                     dump_db: Callable[..., Any]) -> None:
+    with JackpotEngine.open(db_path, settings=settings) as engine:
+        c = engine.contribute(Decimal("2.50"), groups=("minor", "major"), op_id="spin-42")
+    with pytest.raises(EngineClosedError):
+        engine.contribute(Decimal(1))
+    with JackpotEngine.open(db_path, settings=settings) as again:
+        assert again.contribute(Decimal("2.50"), groups=("minor", "major"),
+                                op_id="spin-42").balances == c.balances
+
+
+def test_context_manager_closes_on_error(db_path: Path, settings: Settings) -> None:
+    opened: list[JackpotEngine] = []
+
+    def use_and_fail() -> None:
+        with JackpotEngine.open(db_path, settings=settings) as engine:
+            opened.append(engine)
+            msg = "boom"
+            raise RuntimeError(msg)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        use_and_fail()
+    with pytest.raises(EngineClosedError):
+        opened[0].pools()
+
+
+def test_close_waits_for_an_operation_in_flight(engine: JackpotEngine,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                ledger: Callable[..., list[dict[str, Any]]],
+                                                ) -> None:
+    """An operation already started when close() is called still gets its result."""
+    entered, release = threading.Event(), threading.Event()
+    real = domain.contribute
+
+    def slow_contribute(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(domain, "contribute", slow_contribute)
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(
+        engine.contribute(Decimal(2), groups="minor", op_id="in-flight")))
+    worker.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    closer.join(0.2)  # close() must still be waiting for the operation
+    closed_early = not closer.is_alive()
+    release.set()
+    worker.join(10)
+    closer.join(10)
+    assert not closed_early
+    assert [r.balances for r in results] == [{"minor": Decimal("100.01")}]
+    assert [r["op_id"] for r in ledger("minor")] == ["create:minor", "in-flight"]
+    with pytest.raises(EngineClosedError):
+        engine.contribute(Decimal(1))

@@ -1,0 +1,247 @@
+"""Exact money: parsing, refusals, unit conversion and the carried fraction."""
+
+from __future__ import annotations
+
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jackpot import ValidationError
+from jackpot.money import (
+    MAX_UNITS,
+    RATE_SCALE,
+    SCALE,
+    from_units,
+    parse_amount,
+    parse_rate,
+    rate_to_decimal,
+    split_contribution,
+)
+
+MAX = Decimal(MAX_UNITS) / SCALE  # the largest amount, in currency units
+
+
+# -- parse_amount: accepted -------------------------------------------------
+
+@pytest.mark.parametrize(("value", "units"), [
+    (Decimal("2.50"), 2_500_000),
+    ("2.50", 2_500_000),
+    ("+2.5", 2_500_000),
+    (7, 7_000_000),
+    ("0.000001", 1),
+    (Decimal("0.000001"), 1),
+    (Decimal("2.5000000000"), 2_500_000),     # trailing zeros beyond a unit are exact
+    (Decimal("25E-1"), 2_500_000),            # a Decimal's exponent is just notation
+    (Decimal("1E+2"), 100_000_000),
+    (Decimal("1E+11"), MAX_UNITS),            # exactly the top of the range
+    (str(MAX), MAX_UNITS),
+    (10**11, MAX_UNITS),
+    ("00012.340000", 12_340_000),
+])
+def test_parse_amount_accepts_exact_values(value: object, units: int) -> None:
+    assert parse_amount(value, name="bet") == units
+
+
+@pytest.mark.parametrize("value", [0, "0", Decimal(0), Decimal("0E-12"), "0.000000"])
+def test_zero_is_accepted_only_when_allowed(value: object) -> None:
+    assert parse_amount(value, name="seed", allow_zero=True) == 0
+    with pytest.raises(ValidationError, match=r"^bet must be positive"):
+        parse_amount(value, name="bet")
+
+
+def test_max_units_bounds_the_range() -> None:
+    assert parse_amount("5", name="bet", max_units=5 * SCALE) == 5 * SCALE
+    with pytest.raises(ValidationError, match="beyond the engine's range"):
+        parse_amount("5.000001", name="bet", max_units=5 * SCALE)
+
+
+# -- parse_amount: refused ----------------------------------------------------
+
+REFUSED = [
+    # (value, pattern the message must match; each names the argument "bet")
+    pytest.param(2.5, r"^bet .*not float \(2\.5\)", id="float"),
+    pytest.param(0.0, r"^bet .*not float", id="float-zero"),
+    pytest.param(float("nan"), r"^bet .*not float", id="float-nan"),
+    pytest.param(float("inf"), r"^bet .*not float", id="float-inf"),
+    pytest.param(-0.0, r"^bet .*not float", id="float-minus-zero"),
+    pytest.param(True, r"^bet .*not bool \(True\)", id="bool-true"),
+    pytest.param(False, r"^bet .*not bool \(False\)", id="bool-false"),
+    pytest.param(None, r"^bet .*not NoneType", id="none"),
+    pytest.param(b"2.5", r"^bet .*not bytes", id="bytes"),
+    pytest.param(Fraction(1, 2), r"^bet .*not Fraction", id="fraction"),
+    pytest.param([1], r"^bet .*not list", id="list"),
+    pytest.param(Decimal("NaN"), r"^bet must be a finite amount, got NaN", id="nan"),
+    pytest.param(Decimal("-NaN"), r"^bet must be a finite amount", id="minus-nan"),
+    pytest.param(Decimal("sNaN"), r"^bet must be a finite amount, got sNaN", id="snan"),
+    pytest.param(Decimal("Infinity"), r"^bet must be a finite amount, got Infinity", id="inf"),
+    pytest.param(Decimal("-Infinity"), r"^bet must be a finite amount", id="minus-inf"),
+    pytest.param("NaN", r"^bet must be a plain decimal string", id="str-nan"),
+    pytest.param("Infinity", r"^bet must be a plain decimal string", id="str-inf"),
+    pytest.param("inf", r"^bet must be a plain decimal string", id="str-inf-short"),
+    pytest.param(Decimal("-0"), r"^bet must not be negative, got -0", id="minus-zero"),
+    pytest.param("-0", r"^bet must not be negative", id="str-minus-zero"),
+    pytest.param("-0.000000", r"^bet must not be negative", id="str-minus-zero-scaled"),
+    pytest.param(Decimal(-1), r"^bet must not be negative, got -1", id="negative"),
+    pytest.param(-1, r"^bet must not be negative", id="negative-int"),
+    pytest.param("-2.50", r"^bet must not be negative", id="negative-str"),
+    pytest.param("1e3", r"^bet must be a plain decimal string .*'1e3'", id="str-exponent"),
+    pytest.param("1E-3", r"^bet must be a plain decimal string", id="str-exponent-upper"),
+    pytest.param(" 2.5", r"^bet must be a plain decimal string", id="leading-space"),
+    pytest.param("2.5 ", r"^bet must be a plain decimal string", id="trailing-space"),
+    pytest.param("2.5\n", r"^bet must be a plain decimal string", id="trailing-newline"),
+    pytest.param("2 5", r"^bet must be a plain decimal string", id="inner-space"),
+    pytest.param("1_000", r"^bet must be a plain decimal string", id="underscore"),
+    pytest.param("1,5", r"^bet must be a plain decimal string", id="comma"),
+    pytest.param("", r"^bet must be a plain decimal string", id="empty"),
+    pytest.param("abc", r"^bet must be a plain decimal string .*'abc'", id="letters"),
+    pytest.param("0x10", r"^bet must be a plain decimal string", id="hex"),
+    pytest.param(".5", r"^bet must be a plain decimal string", id="no-integer-part"),
+    pytest.param("5.", r"^bet must be a plain decimal string", id="no-fraction-digits"),
+    pytest.param("\u0661\u0662", r"^bet must be a plain decimal string", id="arabic-digits"),
+    pytest.param("\uff15", r"^bet must be a plain decimal string", id="fullwidth-digit"),
+    pytest.param("\u00b2", r"^bet must be a plain decimal string", id="superscript-two"),
+    pytest.param("1" * 65, r"^bet must be a plain decimal string", id="too-long-string"),
+    pytest.param("0.0000001", r"^bet 1E-7 is finer than the smallest unit 1E-6", id="too-fine"),
+    pytest.param(Decimal("2.5000005"), r"^bet 2\.5000005 is finer than", id="too-fine-decimal"),
+    pytest.param(Decimal("1E-1000000"), r"^bet .*is finer than", id="far-too-fine"),
+    pytest.param(Decimal("100000000000.000001"), r"^bet .*beyond the engine's range",
+                 id="just-beyond-range"),
+    pytest.param(10**11 + 1, r"^bet .*beyond the engine's range", id="int-beyond-range"),
+    pytest.param(10**40, r"^bet .*beyond the engine's range", id="huge-int"),
+    pytest.param(Decimal("1E+1000000"), r"^bet .*beyond the engine's range", id="huge-exponent"),
+    pytest.param(str(2**63), r"^bet .*beyond the engine's range", id="beyond-int64"),
+]
+
+
+@pytest.mark.parametrize(("value", "pattern"), REFUSED)
+def test_parse_amount_refuses(value: object, pattern: str) -> None:
+    with pytest.raises(ValidationError, match=pattern) as info:
+        parse_amount(value, name="bet")
+    assert isinstance(info.value, ValueError)  # ValidationError is also a ValueError
+
+
+def test_refusal_uses_the_given_argument_name() -> None:
+    with pytest.raises(ValidationError, match=r"^seed must not be negative"):
+        parse_amount("-1", name="seed", allow_zero=True)
+    with pytest.raises(ValidationError, match=r"^amount .*not float"):
+        parse_amount(1.0, name="amount")
+
+
+def test_float_message_says_what_to_do() -> None:
+    with pytest.raises(ValidationError, match=r"pass Decimal\('\.\.\.'\) or a string"):
+        parse_amount(0.1, name="bet")
+
+
+# -- parse_rate -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "parts"), [
+    ("0.005", 5_000_000),
+    (Decimal("0.000000001"), 1),
+    ("0.999999999", 999_999_999),
+    (Decimal("5E-3"), 5_000_000),
+    (Decimal("0.0050000000000"), 5_000_000),
+])
+def test_parse_rate_accepts(value: object, parts: int) -> None:
+    assert parse_rate(value, name="contribution_rate") == parts
+
+
+@pytest.mark.parametrize(("value", "pattern"), [
+    (0, r"^contribution_rate must be a rate in \(0, 1\), got 0"),
+    ("0", r"^contribution_rate must be a rate in \(0, 1\)"),
+    (1, r"^contribution_rate must be a rate in \(0, 1\), got 1"),
+    ("1.0", r"^contribution_rate must be a rate in \(0, 1\)"),
+    ("1.5", r"^contribution_rate must be a rate in \(0, 1\)"),
+    ("-0.1", r"^contribution_rate must be a rate in \(0, 1\)"),
+    (Decimal("-0"), r"^contribution_rate must be a rate in \(0, 1\)"),
+    (Decimal("NaN"), r"^contribution_rate must be a rate in \(0, 1\)"),
+    (Decimal("Infinity"), r"^contribution_rate must be a rate in \(0, 1\)"),
+    (0.5, r"^contribution_rate .*not float"),
+    (True, r"^contribution_rate .*not bool"),
+    (None, r"^contribution_rate .*not NoneType"),
+    ("half", r"^contribution_rate must be a plain decimal string"),
+    ("0.0000000001", r"^contribution_rate 1E-10 is finer than the smallest rate step 1E-9"),
+])
+def test_parse_rate_refuses(value: object, pattern: str) -> None:
+    with pytest.raises(ValidationError, match=pattern):
+        parse_rate(value, name="contribution_rate")
+
+
+def test_parse_rate_zero_only_when_allowed() -> None:
+    assert parse_rate("0", name="reserve_rate", allow_zero=True) == 0
+    with pytest.raises(ValidationError, match=r"in \[0, 1\)"):
+        parse_rate("1", name="reserve_rate", allow_zero=True)
+
+
+# -- conversions ------------------------------------------------------------------
+
+def test_from_units_is_exact_with_six_places() -> None:
+    assert from_units(1) == Decimal("0.000001")
+    assert str(from_units(2_500_000)) == "2.500000"
+    assert from_units(MAX_UNITS) == MAX
+    assert from_units(0) == 0
+    assert from_units(-12) == Decimal("-0.000012")
+
+
+def test_rate_to_decimal_is_exact_and_normalized() -> None:
+    assert str(rate_to_decimal(5_000_000)) == "0.005"
+    assert rate_to_decimal(1) == Decimal("1E-9")
+    assert rate_to_decimal(0) == 0
+
+
+@given(st.integers(min_value=0, max_value=MAX_UNITS))
+def test_units_round_trip(units: int) -> None:
+    assert parse_amount(from_units(units), name="x", allow_zero=True) == units
+    assert parse_amount(str(from_units(units)), name="x", allow_zero=True) == units
+
+
+@given(st.integers(min_value=1, max_value=RATE_SCALE - 1))
+def test_rate_round_trip(parts: int) -> None:
+    assert parse_rate(rate_to_decimal(parts), name="r") == parts
+
+
+# -- the carried fraction -----------------------------------------------------------
+
+def test_split_contribution_carries_the_fraction() -> None:
+    # 0.000001 x 0.5 = half a unit: nothing credited yet, half carried
+    assert split_contribution(1, RATE_SCALE // 2, 0) == (0, RATE_SCALE // 2)
+    # the second half completes the unit
+    assert split_contribution(1, RATE_SCALE // 2, RATE_SCALE // 2) == (1, 0)
+    # 2.50 x 0.005 = 0.0125 exactly
+    assert split_contribution(2_500_000, 5_000_000, 0) == (12_500, 0)
+    # 0.000003 x 0.333333333 = 0.000000999999999: no unit, everything carried
+    assert split_contribution(3, 333_333_333, 0) == (0, 999_999_999)
+    assert split_contribution(3, 333_333_333, 1) == (1, 0)
+
+
+bets = st.integers(min_value=1, max_value=MAX_UNITS // 1000)
+rates = st.integers(min_value=1, max_value=RATE_SCALE - 1)
+
+
+@given(st.lists(st.tuples(bets, rates), min_size=1, max_size=60))
+def test_credited_units_plus_carry_equal_the_exact_sum(ops: list[tuple[int, int]]) -> None:
+    """Over any bets and rates, units credited + carry/1e9 == sum of bet x rate, exactly."""
+    credited, carry = 0, 0
+    for bet, rate in ops:
+        whole, carry = split_contribution(bet, rate, carry)
+        assert whole >= 0
+        assert 0 <= carry < RATE_SCALE
+        credited += whole
+    with localcontext() as ctx:
+        ctx.prec = 200
+        exact = sum(from_units(bet) * rate_to_decimal(rate) for bet, rate in ops)
+        assert from_units(credited) + Decimal(carry) / RATE_SCALE / SCALE == exact
+    # and the credited part is never a whole unit short of the exact sum
+    assert exact - from_units(credited) < Decimal("0.000001")
+
+
+@given(st.lists(bets, min_size=1, max_size=60), rates)
+def test_constant_rate_credits_floor_of_exact_sum(bet_list: list[int], rate: int) -> None:
+    credited, carry = 0, 0
+    for bet in bet_list:
+        whole, carry = split_contribution(bet, rate, carry)
+        credited += whole
+    assert credited == sum(bet_list) * rate // RATE_SCALE
+    assert carry == sum(bet_list) * rate % RATE_SCALE

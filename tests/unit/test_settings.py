@@ -1,0 +1,105 @@
+"""Settings: safe defaults, validation, and JACKPOT_* variables (errors name the variable)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jackpot import Settings, ValidationError
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert (s.max_retry_attempts, s.retry_delay_ms, s.lock_timeout_ms,
+            s.concurrency_check_interval_ms, s.enable_metrics, s.log_level, s.synchronous) == (
+        3, 100, 5000, 50, True, "info", "FULL")
+
+
+def test_from_empty_environment_gives_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+
+
+def test_from_env_reads_every_variable() -> None:
+    env = {
+        "JACKPOT_MAX_RETRY_ATTEMPTS": "7",
+        "JACKPOT_RETRY_DELAY_MS": " 20 ",
+        "JACKPOT_LOCK_TIMEOUT_MS": "1500",
+        "JACKPOT_CONCURRENCY_CHECK_INTERVAL_MS": "5",
+        "JACKPOT_ENABLE_METRICS": "off",
+        "JACKPOT_LOG_LEVEL": "DEBUG",
+        "JACKPOT_SYNCHRONOUS": "normal",
+        "UNRELATED": "x",
+    }
+    assert Settings.from_env(env) == Settings(
+        max_retry_attempts=7, retry_delay_ms=20, lock_timeout_ms=1500,
+        concurrency_check_interval_ms=5, enable_metrics=False, log_level="debug",
+        synchronous="NORMAL")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1", True), ("true", True), ("YES", True), ("On", True),
+    ("0", False), ("false", False), ("no", False), ("OFF", False),
+])
+def test_enable_metrics_spellings(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"JACKPOT_ENABLE_METRICS": raw}).enable_metrics is expected
+
+
+def test_overrides_win_over_the_environment() -> None:
+    s = Settings.from_env({"JACKPOT_LOCK_TIMEOUT_MS": "1500"}, lock_timeout_ms=200)
+    assert s.lock_timeout_ms == 200
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JACKPOT_MAX_RETRY_ATTEMPTS", "9")
+    assert Settings.from_env().max_retry_attempts == 9
+
+
+@pytest.mark.parametrize(("var", "raw"), [
+    ("JACKPOT_MAX_RETRY_ATTEMPTS", "three"),
+    ("JACKPOT_MAX_RETRY_ATTEMPTS", "-1"),
+    ("JACKPOT_MAX_RETRY_ATTEMPTS", "101"),
+    ("JACKPOT_MAX_RETRY_ATTEMPTS", "2.5"),
+    ("JACKPOT_MAX_RETRY_ATTEMPTS", ""),
+    ("JACKPOT_MAX_RETRY_ATTEMPTS", "\uff13"),  # a full-width digit
+    ("JACKPOT_RETRY_DELAY_MS", "60001"),
+    ("JACKPOT_LOCK_TIMEOUT_MS", "0"),
+    ("JACKPOT_LOCK_TIMEOUT_MS", "5s"),
+    ("JACKPOT_CONCURRENCY_CHECK_INTERVAL_MS", "0"),
+    ("JACKPOT_ENABLE_METRICS", "maybe"),
+    ("JACKPOT_ENABLE_METRICS", ""),
+    ("JACKPOT_LOG_LEVEL", "loud"),
+    ("JACKPOT_SYNCHRONOUS", "OFF"),
+])
+def test_a_bad_variable_is_named_in_the_error(var: str, raw: str) -> None:
+    env = {"JACKPOT_LOG_LEVEL": "warning", var: raw}  # one good neighbour
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env(env)
+    message = str(info.value)
+    assert message.startswith(f"environment variable {var}={raw!r} is invalid: ")
+    assert message.count("JACKPOT_") == 1  # names only the bad one
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"max_retry_attempts": -1}, r"^max_retry_attempts must be an integer in \[0, 100\], got -1"),
+    ({"max_retry_attempts": True}, r"^max_retry_attempts must be an integer"),
+    ({"max_retry_attempts": 2.0}, r"^max_retry_attempts must be an integer"),
+    ({"retry_delay_ms": "100"}, r"^retry_delay_ms must be an integer"),
+    ({"lock_timeout_ms": 0}, r"^lock_timeout_ms must be an integer in \[1, 3600000\]"),
+    ({"concurrency_check_interval_ms": 60_001}, r"^concurrency_check_interval_ms"),
+    ({"enable_metrics": 1}, r"^enable_metrics must be a bool, got 1"),
+    ({"log_level": "INFO"}, r"^log_level must be one of debug, info"),
+    ({"synchronous": "OFF"}, r"^synchronous must be one of FULL, EXTRA, NORMAL"),
+])
+def test_settings_refuse_invalid_values(kwargs: dict[str, object], pattern: str) -> None:
+    with pytest.raises(ValidationError, match=pattern):
+        Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_an_invalid_override_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"^lock_timeout_ms must be an integer"):
+        Settings.from_env({}, lock_timeout_ms=-5)
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(AttributeError):
+        s.lock_timeout_ms = 1  # type: ignore[misc]
