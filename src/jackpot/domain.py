@@ -55,6 +55,8 @@ ACTIVE, SUSPENDED, RETIRED = "active", "suspended", "retired"
 _OVERFLOW_TARGETS = ("meter", "reserve")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _DEFERRED = ("seed", "must_hit_by")
+MAX_METER = 2**63 - 1
+"""Meters are running sums stored as SQLite integers: they must stay below 2**63."""
 MAX_HITS_PER_BET = 100
 """A bet that would trigger more mystery hits than this is refused."""
 
@@ -287,7 +289,12 @@ def _record(before: LevelState, after: LevelState, kind: str, **parts: Any) -> E
 
 def _meter(state: LevelState, **deltas: int) -> Meters:
     m = state.meters
-    return m._replace(**{k: getattr(m, k) + v for k, v in deltas.items()})
+    values = {k: getattr(m, k) + v for k, v in deltas.items()}
+    if max(values.values()) > MAX_METER:
+        msg = (f"level {state.name!r}: meter(s) {', '.join(sorted(values))} would pass the "
+               "storage range; retire the level and open a new one")
+        raise ValidationError(msg)
+    return m._replace(**values)
 
 
 def _step(state: LevelState, now: int, **changes: Any) -> LevelState:

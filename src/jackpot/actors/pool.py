@@ -17,7 +17,7 @@ import pykka
 
 from jackpot.actors._mailbox import Mailbox
 from jackpot.domain import LevelState
-from jackpot.errors import JackpotError
+from jackpot.errors import JackpotError, StorageError
 from jackpot.service import execute_batch
 from jackpot.settings import Settings
 from jackpot.stats import Stats
@@ -110,9 +110,10 @@ class PoolActor(pykka.ThreadingActor):
             self._holder = None
         if self.name in states:
             self._state = states[self.name]
-        elif any(o.error is not None and not isinstance(o.error, JackpotError)
+        elif any(o.error is not None and (isinstance(o.error, StorageError)
+                                          or not isinstance(o.error, JackpotError))
                  for o in outcomes):
-            self._state = None
+            self._state = None  # after a storage failure the cache may be stale: reload
         for (ticket, _), outcome in zip(live, outcomes, strict=True):
             ticket.settle(outcome.result, outcome.error)
 
