@@ -60,8 +60,8 @@ class Requests:
             return self.names
         if isinstance(groups, str):
             groups = (groups,)
-        if not isinstance(groups, (tuple, list, set, frozenset)):
-            msg = f"groups must be a tuple or list of level names, not {type(groups).__name__}"
+        if isinstance(groups, (bytes, Mapping)) or not isinstance(groups, Iterable):
+            msg = f"groups must be an iterable of level names, not {type(groups).__name__}"
             raise ValidationError(msg)
         names = [self.name(g) for g in groups]
         if not names:
