@@ -113,7 +113,7 @@ CASES = [
                  id="duplicated-level"),
     pytest.param(Case(groups(["major", "minor", "major"]), V, r"^groups names a level twice"),
                  id="duplicated-level-list"),
-    pytest.param(Case(groups(5), V, r"^groups must be a tuple or list of level names, not int"),
+    pytest.param(Case(groups(5), V, r"^groups must be an iterable of level names, not int"),
                  id="groups-not-a-list"),
     pytest.param(Case(groups({"minor": 1}), V, r"^groups must be a tuple or list"),
                  id="groups-dict"),
