@@ -115,7 +115,7 @@ CASES = [
                  id="duplicated-level-list"),
     pytest.param(Case(groups(5), V, r"^groups must be an iterable of level names, not int"),
                  id="groups-not-a-list"),
-    pytest.param(Case(groups({"minor": 1}), V, r"^groups must be a tuple or list"),
+    pytest.param(Case(groups({"minor": 1}), V, r"^groups must be an iterable of level names, not dict"),
                  id="groups-dict"),
     # -- the op_id -----------------------------------------------------------------
     pytest.param(Case(op_id(""), V, r"^op_id must be 1-256 printable characters"),
