@@ -20,6 +20,9 @@ from jackpot.errors import (
     UnknownGroupError,
     ValidationError,
 )
+from jackpot.health import HealthCheck, HealthReport
+from jackpot.logs import JSONFormatter, configure_logging
+from jackpot.metrics import serve_metrics
 from jackpot.results import (
     AdminResult,
     ConfigResult,
@@ -40,9 +43,12 @@ __all__ = [
     "GroupConfig",
     "GroupRetiredError",
     "GroupSuspendedError",
+    "HealthCheck",
+    "HealthReport",
     "HistoryEntry",
     "IdempotencyConflictError",
     "InsufficientFundsError",
+    "JSONFormatter",
     "JackpotEngine",
     "JackpotError",
     "LockTimeoutError",
@@ -53,6 +59,8 @@ __all__ = [
     "ValidationError",
     "VerifyReport",
     "Win",
+    "configure_logging",
+    "serve_metrics",
 ]
 
 logging.getLogger("jackpot").addHandler(logging.NullHandler())

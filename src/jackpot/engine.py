@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import pykka
 
-from jackpot import domain, money
+from jackpot import domain, money, tracing
 from jackpot.actors import DRAIN, ActorUnavailableError, Coordinator, Mailbox, PoolActor, Ticket
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
@@ -34,6 +34,9 @@ from jackpot.errors import (
     UnknownGroupError,
     ValidationError,
 )
+from jackpot.health import HealthReport, assess
+from jackpot.logs import log_failure, log_success
+from jackpot.metrics import PrometheusObserver
 from jackpot.requests import Requests, draw
 from jackpot.results import (
     AdminResult,
@@ -82,6 +85,14 @@ class JackpotEngine:
         self._queue_timeout = settings.lock_timeout_ms / 1000
         self._run_timeout = (settings.lock_timeout_ms * (retries + 2)
                              + settings.retry_delay_ms * 2**retries * 2) / 1000
+        self._metrics: PrometheusObserver | None = None
+        self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
+        if settings.enable_metrics:  # off: no observer, nothing on the hot path
+            self._metrics = PrometheusObserver(self)
+            self.stats.observers.append(self._metrics)
+            if (tracer := tracing.observer()) is not None:
+                self.stats.observers.append(tracer)
+                self._trace = tracer.span
 
     # -- life cycle ----------------------------------------------------------
 
@@ -351,13 +362,15 @@ class JackpotEngine:
         started = time.perf_counter()
         outcome = "error"
         try:
-            with self._tracking():
+            with self._tracking(), self._trace(op):
                 result = self._submit_with_restart(op)
         except Exception as e:
             outcome = outcome_of(e)
+            log_failure(op, outcome, e)
             raise
         else:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
+            log_success(op, outcome, result)
             return result
         finally:
             self.stats.operation(op.kind, outcome, time.perf_counter() - started)
@@ -428,6 +441,20 @@ class JackpotEngine:
                 self.stats.add("actor_restarts", "actor", "coordinator")
                 if self._mailboxes[None].rewake():
                     self._coordinator.actor_ref.tell(DRAIN)
+
+    # -- operations view -----------------------------------------------------------
+
+    def metrics_text(self) -> str:
+        """Return this engine's metrics in the Prometheus text format ("" when disabled)."""
+        return "" if self._metrics is None else self._metrics.text()
+
+    def health(self) -> HealthReport:
+        """Check the database (a short probe), the actors and the recent lock and conflict rates."""
+        return assess(path=self._path, settings=self._settings, open_store=_store,
+                      recent=self.stats.recent(),
+                      levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
+                      coordinator_alive=self._coordinator.actor_ref.is_alive(),
+                      closed=self._closed)
 
 
 def _store(path: str, settings: Settings) -> SQLiteStore:

@@ -212,11 +212,11 @@ def _attempt(
         start = {n: s.version for n, s in states.items()}
         batch = _Batch(store, [op.op_id for op in ops if op.explicit])
         outcomes = [batch.apply(op, states) for op in ops]
-        batch.flush()
         changed = {n: s for n, s in states.items() if s.version != start[n]}
         for name, state in changed.items():
             if not store.update_level(state, expected_version=start[name]):
                 raise _ConflictError(name, start[name])
+        batch.flush()  # after the version check: a stale cache is a conflict, not a clash
         for name in pessimistic - changed.keys():
             store.claim_lock(name, None)  # refused ops release their claim unchanged
     return outcomes, changed

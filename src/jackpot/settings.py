@@ -28,6 +28,16 @@ class Settings:
         log_level: level of the `jackpot` logger.
         synchronous: SQLite `synchronous` pragma; FULL makes every commit
             durable before its result is returned.
+        health_probe_timeout_ms: longest wait of the health check's database
+            probe for the write lock (it takes the lock and rolls back).
+        health_min_operations: fewest recent operations before the health
+            check judges the lock and conflict rates (fewer: those checks pass).
+        health_min_lock_success_pct: share of recent operations (in percent)
+            that must get their locks in time; below it health is "degraded".
+        health_failing_lock_success_pct: below this share (percent) health is
+            "failing".
+        health_max_conflict_pct: version conflicts per 100 recent operations
+            above which health is "degraded".
 
     """
 
@@ -38,6 +48,11 @@ class Settings:
     enable_metrics: bool = True
     log_level: str = "info"
     synchronous: str = "FULL"
+    health_probe_timeout_ms: int = 250
+    health_min_operations: int = 20
+    health_min_lock_success_pct: int = 99
+    health_failing_lock_success_pct: int = 90
+    health_max_conflict_pct: int = 10
 
     def __post_init__(self) -> None:
         _check_int("max_retry_attempts", self.max_retry_attempts, 0, 100)
@@ -45,6 +60,12 @@ class Settings:
         _check_int("lock_timeout_ms", self.lock_timeout_ms, 1, 3_600_000)
         _check_int("concurrency_check_interval_ms",
                    self.concurrency_check_interval_ms, 1, 60_000)
+        _check_int("health_probe_timeout_ms", self.health_probe_timeout_ms, 1, 60_000)
+        _check_int("health_min_operations", self.health_min_operations, 1, 1000)
+        _check_int("health_min_lock_success_pct", self.health_min_lock_success_pct, 0, 100)
+        _check_int("health_failing_lock_success_pct",
+                   self.health_failing_lock_success_pct, 0, 100)
+        _check_int("health_max_conflict_pct", self.health_max_conflict_pct, 0, 10_000)
         if not isinstance(self.enable_metrics, bool):
             msg = f"enable_metrics must be a bool, got {self.enable_metrics!r}"
             raise ValidationError(msg)

@@ -28,7 +28,11 @@ from jackpot.storage.schema import LEDGER_PARTS, METERS, MIGRATIONS
 
 __all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
 
-apsw.bestpractice.apply(apsw.bestpractice.recommended)
+# Not connection_optimize: its PRAGMA optimize may need the write lock while the
+# connection still has bestpractice's 100 ms busy timeout, so opening fails with
+# BusyError (killing an actor at start) when other processes are writing.
+apsw.bestpractice.apply(tuple(f for f in apsw.bestpractice.recommended
+                              if f is not apsw.bestpractice.connection_optimize))
 
 _STATE = ("name", "status", "amount", "reserve", "carry", "reserve_carry", "trigger",
           "pending", "version", "lock_holder", "last_modified_at")

@@ -1,0 +1,531 @@
+"""The commands of `jackpot` (click + rich); `jackpot.cli.main` is the entry point.
+
+Every command takes `--db PATH` (or JACKPOT_DB) and `--json`, before or after
+the command name. Settings come from the JACKPOT_* variables, as for
+`JackpotEngine.open`. Exit status: 0 done, 1 the audit (or the health check)
+failed or the system refused (port in use...), 2 a bad argument or an error
+the engine raised; errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from jackpot import money
+from jackpot.domain import GroupConfig
+from jackpot.engine import JackpotEngine, _store
+from jackpot.errors import JackpotError, ValidationError
+from jackpot.metrics import serve_metrics
+from jackpot.results import PoolSnapshot, VerifyReport
+from jackpot.settings import Settings
+
+__all__ = ["app", "run"]
+
+_STAKES = (Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10))
+
+console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console = Console(width=160)  # a pipe or a log file: do not squeeze tables to 80
+
+
+class CommandError(click.ClickException):
+    """A refused command: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
+@dataclass
+class Options:
+    """The options every command shares."""
+
+    db: str | None = None
+    json: bool = False
+
+
+def _shared(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept --db and --json after the command name too."""
+    f = click.option("--json", "as_json", is_flag=True, default=None,
+                     help="Machine-readable output.")(f)
+    return click.option("--db", type=click.Path(dir_okay=False), default=None,
+                        help="Database file (default: $JACKPOT_DB).")(f)
+
+
+def _options(db: str | None, as_json: bool | None) -> Options:
+    ctx = click.get_current_context()
+    top: Options = ctx.find_object(Options) or Options()
+    return Options(db if db is not None else top.db,
+                   as_json if as_json is not None else top.json)
+
+
+def _path(opts: Options, *, must_exist: bool = True) -> str:
+    if not opts.db:
+        msg = "no database given: pass --db PATH or set JACKPOT_DB"
+        raise CommandError(msg)
+    if must_exist and "://" not in opts.db and not Path(opts.db).is_file():
+        msg = f"database {opts.db!r} does not exist: create it with `jackpot init --db {opts.db}`"
+        raise CommandError(msg)
+    return opts.db
+
+
+@contextmanager
+def _engine(opts: Options, groups: list[GroupConfig] | None = None, *,
+            must_exist: bool = True) -> Iterator[JackpotEngine]:
+    path = _path(opts, must_exist=must_exist)
+    with JackpotEngine.open(path, groups, settings=Settings.from_env()) as engine:
+        yield engine
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str, sort_keys=True))
+
+
+def _snapshot_dict(p: PoolSnapshot) -> dict[str, Any]:
+    return dataclasses.asdict(p)
+
+
+def _money(value: Decimal | None) -> str:
+    """Format an amount with its significant decimals (at least 2), grouped."""
+    if value is None:
+        return "-"
+    exponent = value.normalize().as_tuple().exponent
+    places = max(2, -exponent) if isinstance(exponent, int) else 2
+    return f"{value:,.{places}f}"
+
+
+def _pools_table(pools: dict[str, PoolSnapshot], title: str = "levels") -> Table:
+    table = Table(title=title)
+    for name in ("level", "status", "amount", "reserve", "seed", "rate", "cap", "version",
+                 "bets", "wins", "won"):
+        table.add_column(name, justify="left" if name in ("level", "status") else "right",
+                         overflow="fold")
+    for p in pools.values():
+        table.add_row(p.name, p.status, _money(p.amount), _money(p.reserve), _money(p.seed),
+                      str(p.contribution_rate), _money(p.cap), str(p.version),
+                      str(p.meters.get("bets", 0)), str(p.meters.get("wins", 0)),
+                      _money(Decimal(p.meters.get("won", 0))))
+    return table
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _verify_out(report: VerifyReport) -> None:
+    if report.ok:
+        console.print(f"audit OK: {report.levels} levels, {report.ledger_rows} ledger rows "
+                      "reconciled to the smallest unit")
+    else:
+        console.print(f"[bold red]audit FAILED[/]: {len(report.problems)} problems")
+        for problem in report.problems:
+            console.print(f"  {problem}", markup=False)
+
+
+# -- the command group ---------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", type=click.Path(dir_okay=False), envvar="JACKPOT_DB", default=None,
+              help="Database file (or set JACKPOT_DB).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def app(ctx: click.Context, db: str | None, as_json: bool) -> None:
+    """Operate a jackpot database: pools, ledger, audit, health, metrics."""
+    ctx.obj = Options(db, as_json)
+
+
+@app.command()
+@click.option("--level", "levels", multiple=True, metavar="NAME:SEED:RATE[:CAP]",
+              help="A level to create (repeatable); default: minor, major, mega.")
+@_shared
+def init(*, levels: tuple[str, ...], db: str | None, as_json: bool | None) -> None:
+    """Create the database (or add missing levels to it)."""
+    opts = _options(db, as_json)
+    groups = [_parse_level(spec) for spec in levels] or None
+    with _engine(opts, groups, must_exist=False) as engine:
+        pools = engine.pools()
+    if opts.json:
+        _print_json({"db": opts.db, "levels": [_snapshot_dict(p) for p in pools.values()]})
+    else:
+        console.print(_pools_table(pools, title=f"jackpot database {opts.db}"))
+
+
+def _parse_level(spec: str) -> GroupConfig:
+    parts = spec.split(":")
+    if len(parts) not in (3, 4):
+        msg = f"--level {spec!r}: expected NAME:SEED:RATE or NAME:SEED:RATE:CAP"
+        raise CommandError(msg)
+    name, seed, rate, *cap = parts
+    return GroupConfig(name, seed, rate, cap[0] if cap else None)  # type: ignore[arg-type]
+
+
+@app.command()
+@_shared
+def status(*, db: str | None, as_json: bool | None) -> None:
+    """Show every level: amounts, versions, meters."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        pools = engine.pools()
+    if opts.json:
+        _print_json([_snapshot_dict(p) for p in pools.values()])
+    else:
+        console.print(_pools_table(pools))
+
+
+@app.command()
+@click.argument("level")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="How many wins to show.")
+@_shared
+def history(*, level: str, limit: int, db: str | None, as_json: bool | None) -> None:
+    """Show a level's last wins, newest first."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        entries = engine.history(level, limit)
+    if opts.json:
+        _print_json([dataclasses.asdict(e) for e in entries])
+        return
+    table = Table(title=f"wins of {level}")
+    for name in ("time (UTC)", "amount", "winner", "hit", "version", "op_id"):
+        table.add_column(name, overflow="fold")
+    for e in entries:
+        table.add_row(_time(e.at_ms), _money(e.amount), e.winner or "-",
+                      "yes" if e.hit else "", str(e.version), e.op_id)
+    console.print(table)
+
+
+@app.command()
+@click.option("--tail", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="How many of the latest rows.")
+@click.option("--level", default=None, help="Only this level's rows.")
+@_shared
+def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None) -> None:
+    """Show the latest ledger rows, oldest first."""
+    opts = _options(db, as_json)
+    store = _store(_path(opts), Settings.from_env())  # the engine's backend factory
+    try:
+        with store.read():
+            rows = store.ledger(level=level, limit=tail, newest_first=True)
+    finally:
+        store.close()
+    rows.reverse()
+    if opts.json:
+        _print_json([{**dataclasses.asdict(r),
+                      **{k: str(money.from_units(getattr(r, k)))
+                         for k in ("delta", "balance_after", "reserve_delta", "reserve_after")}}
+                     for r in rows])
+        return
+    table = Table(title=f"ledger (last {len(rows)} rows)")
+    for name in ("seq", "time (UTC)", "kind", "level", "delta", "balance", "version", "op_id",
+                 "who"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        table.add_row(str(r.seq), _time(r.at_ms), r.kind, r.level,
+                      _money(money.from_units(r.delta)),
+                      _money(money.from_units(r.balance_after)), str(r.version_after),
+                      r.op_id, r.who or "-")
+    console.print(table)
+
+
+@app.command()
+@_shared
+def verify(*, db: str | None, as_json: bool | None) -> int:
+    """Recompute every level from the ledger; exit status 1 when the audit fails."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        report = engine.verify()
+    if opts.json:
+        _print_json(dataclasses.asdict(report))
+    else:
+        _verify_out(report)
+    return 0 if report.ok else 1
+
+
+@app.command()
+@click.argument("level")
+@click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--expected-version", type=click.IntRange(1), default=None,
+              help="Refuse the change if the level moved past this version.")
+@click.option("--who", default=None, help="Who makes the change (audited).")
+@click.option("--reason", default=None, help="Why (audited).")
+@click.option("--op-id", default=None, help="Idempotency key.")
+@_shared
+def config(*, level: str, changes: tuple[str, ...], expected_version: int | None,
+           who: str | None, reason: str | None, op_id: str | None,
+           db: str | None, as_json: bool | None) -> None:
+    """Change a level's settings, e.g. `jackpot config minor cap=500 contribution_rate=0.004`.
+
+    Keys: seed, contribution_rate, reserve_rate, cap, min_bet, max_contribution,
+    must_hit_by, overflow_to; `none` clears an optional one.
+    """
+    opts = _options(db, as_json)
+    parsed: dict[str, str | None] = {}
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if not sep or not key:
+            msg = f"{change!r} is not KEY=VALUE"
+            raise CommandError(msg)
+        parsed[key] = None if value.lower() == "none" else value
+    with _engine(opts) as engine:
+        result = engine.update_config(level, op_id=op_id, expected_version=expected_version,
+                                      who=who, reason=reason, **parsed)
+    if opts.json:
+        _print_json(dataclasses.asdict(result))
+        return
+    table = Table(title=f"config of {result.group}, now version {result.version}")
+    for name in ("field", "before", "after"):
+        table.add_column(name)
+    for key in result.after:
+        if result.before.get(key) != result.after[key]:
+            table.add_row(key, str(result.before.get(key) or "-"), str(result.after[key]))
+    for key, waiting in result.pending.items():
+        table.add_row(key, "", f"{waiting} (from the next reset)")
+    console.print(table)
+
+
+@app.command()
+@click.argument("bet")
+@click.option("--level", "levels", multiple=True, help="A level (repeatable); default: all.")
+@click.option("--op-id", default=None, help="Idempotency key.")
+@_shared
+def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None,
+               db: str | None, as_json: bool | None) -> None:
+    """Contribute one bet to the levels, by hand."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        result = engine.contribute(bet, groups=list(levels) or None, op_id=op_id)
+    if opts.json:
+        _print_json(dataclasses.asdict(result))
+        return
+    table = Table(title=f"bet {bet} (op {result.op_id}{', replayed' if result.replayed else ''})")
+    for name in ("level", "added", "balance", "version"):
+        table.add_column(name, justify="left" if name == "level" else "right")
+    for name, added in result.contributions.items():
+        table.add_row(name, _money(added), _money(result.balances[name]),
+                      str(result.versions[name]))
+    console.print(table)
+    for hit in result.hits:
+        console.print(f"mystery jackpot hit on {hit.group}: paid {_money(hit.amount)}")
+
+
+@app.command()
+@click.argument("level")
+@click.option("--amount", default=None, help="Pay this part only (default: the whole pool).")
+@click.option("--winner", default=None, help="Who won.")
+@click.option("--op-id", default=None, help="Idempotency key.")
+@_shared
+def win(*, level: str, amount: str | None, winner: str | None, op_id: str | None,
+        db: str | None, as_json: bool | None) -> None:
+    """Pay a level by hand: the whole pool (then reset to seed) or --amount."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        result = engine.process_win(level, op_id=op_id, amount=amount, winner=winner)
+    if opts.json:
+        _print_json(dataclasses.asdict(result))
+        return
+    console.print(f"paid {_money(result.amount)} from {result.group}"
+                  f"{f' to {result.winner}' if result.winner else ''}; balance "
+                  f"{_money(result.balance)}, version {result.version} (op {result.op_id}"
+                  f"{', replayed' if result.replayed else ''})", markup=False)
+
+
+@app.command()
+@_shared
+def health(*, db: str | None, as_json: bool | None) -> int:
+    """Check the database and the engine; exit status 1 when failing."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        report = engine.health()
+    if opts.json:
+        _print_json(report.to_dict())
+    else:
+        colour = {"ok": "green", "degraded": "yellow", "failing": "red"}[report.status]
+        table = Table(title=f"health: [{colour}]{report.status}[/]")
+        for name in ("check", "status", "detail"):
+            table.add_column(name, overflow="fold")
+        for c in report.checks:
+            table.add_row(c.name, c.status, c.detail)
+        console.print(table)
+    return 1 if report.status == "failing" else 0
+
+
+@app.command()
+@click.option("--serve", is_flag=True, help="Serve /metrics over HTTP until interrupted.")
+@click.option("--port", type=click.IntRange(0, 65535), default=9464, show_default=True,
+              help="Port on 127.0.0.1 for --serve (0: any free port).")
+@_shared
+def metrics(*, serve: bool, port: int, db: str | None, as_json: bool | None) -> None:
+    """Print the Prometheus metrics once, or serve them on 127.0.0.1 (--serve)."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        if not serve:
+            text = engine.metrics_text()
+            if not text:
+                msg = "metrics are disabled (JACKPOT_ENABLE_METRICS=false)"
+                raise CommandError(msg)
+            click.echo(text, nl=False)
+            return
+        server, _ = serve_metrics(engine, port)
+        try:
+            url = f"http://127.0.0.1:{server.server_port}/metrics"
+            if opts.json:
+                _print_json({"url": url})
+            else:
+                click.echo(f"serving {url} (Ctrl-C to stop)")
+            _wait_for_signal()
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@app.command()
+@click.option("--bets", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
+              help="How many bets.")
+@click.option("--win-every", type=click.IntRange(0), default=250, show_default=True,
+              help="A win on a random level after every N bets (0: none).")
+@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Concurrent callers.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Random seed.")
+@_shared
+def simulate(*, bets: int, win_every: int, threads: int, seed: int,
+             db: str | None, as_json: bool | None) -> int:
+    """Play a load of bets (and wins), then show the pools, the wins and the audit."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        plan = _plan(bets, win_every, seed, engine.groups)
+        started = time.perf_counter()
+        wins, refused = _play(engine, plan, threads, progress=not opts.json)
+        elapsed = time.perf_counter() - started
+        pools, report = engine.pools(), engine.verify()
+    paid: dict[str, Decimal] = {}
+    for level, amount in wins:
+        paid[level] = paid.get(level, Decimal(0)) + amount
+    summary = {"bets": bets, "wagered": str(sum((s for k, s in plan if k == "bet"), Decimal(0))),
+               "seconds": round(elapsed, 3), "operations_per_second": round(len(plan) / elapsed),
+               "wins": {lvl: {"count": sum(1 for w in wins if w[0] == lvl),
+                              "paid": str(paid[lvl])} for lvl in sorted(paid)},
+               "refused": dict(refused), "pools": [_snapshot_dict(p) for p in pools.values()],
+               "audit": dataclasses.asdict(report)}
+    if opts.json:
+        _print_json(summary)
+        return 0 if report.ok else 1
+    console.print(f"played {bets} bets and {len(wins)} wins with {threads} threads in "
+                  f"{elapsed:.2f} s ({summary['operations_per_second']} operations/s)")
+    console.print(_pools_table(pools, title="pools after the simulation"))
+    table = Table(title="wins")
+    for name in ("level", "count", "paid"):
+        table.add_column(name, justify="left" if name == "level" else "right")
+    for lvl in sorted(paid):
+        table.add_row(lvl, str(summary["wins"][lvl]["count"]), _money(paid[lvl]))  # type: ignore[index]
+    console.print(table)
+    for error, count in sorted(refused.items()):
+        console.print(f"refused: {count} x {error}")
+    _verify_out(report)
+    return 0 if report.ok else 1
+
+
+def _plan(bets: int, win_every: int, seed: int, levels: Sequence[str]
+          ) -> list[tuple[str, Any]]:
+    rng = random.Random(seed)  # noqa: S311 - a reproducible load, not secrets
+    plan: list[tuple[str, Any]] = []
+    for i in range(1, bets + 1):
+        plan.append(("bet", rng.choice(_STAKES)))
+        if win_every and i % win_every == 0:
+            plan.append(("win", rng.choice(levels)))
+    return plan
+
+
+def _play(engine: JackpotEngine, plan: list[tuple[str, Any]], threads: int, *,
+          progress: bool) -> tuple[list[tuple[str, Decimal]], Counter[str]]:
+    wins: list[tuple[str, Decimal]] = []
+    refused: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def one(kind: str, arg: Any) -> None:
+        try:
+            if kind == "bet":
+                engine.contribute(arg)
+            else:
+                w = engine.process_win(arg, winner="simulated")
+                with lock:
+                    wins.append((w.group, w.amount))
+        except JackpotError as e:
+            with lock:
+                refused[type(e).__name__] += 1
+
+    with (Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar,
+          ThreadPoolExecutor(threads) as pool):
+        task = bar.add_task("simulating", total=len(plan))
+        for future in as_completed([pool.submit(one, kind, arg) for kind, arg in plan]):
+            future.result()
+            bar.advance(task)
+    return wins, refused
+
+
+# -- entry point --------------------------------------------------------------------------
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (errors: one line on stderr)."""
+    # SQLite's log goes to the root logger through apsw, whose first message
+    # would otherwise install a default stderr handler (logging.basicConfig):
+    # the command reports every error itself, in one line.
+    logging.getLogger().addHandler(logging.NullHandler())
+    try:
+        status_code = app.main(args=list(argv) if argv is not None else None, prog_name="jackpot",
+                               standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.Abort:
+        _error("interrupted")
+        return 130
+    except click.ClickException as e:
+        _error(e.format_message())
+        return 2
+    except (JackpotError, ValidationError) as e:
+        _error(str(e))
+        return 2
+    except OSError as e:
+        _error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        return 1
+    return status_code if isinstance(status_code, int) else 0
+
+
+def _error(message: str) -> None:
+    click.echo(f"jackpot: error: {' '.join(message.split())}", err=True)

@@ -1,0 +1,218 @@
+"""Health of a running engine: database, actors, and recent lock and conflict rates.
+
+`assess` owns the verdict. Each check says `ok`, `degraded` (the engine still
+serves, but worse than it should: an operator should look) or `failing` (it
+cannot serve); the report's status is the worst of them, and its reasons name
+every check that is not ok. Thresholds come from `Settings` (JACKPOT_HEALTH_*).
+
+The database probe uses its own connection with a short busy timeout and takes
+the write lock the way every writer does (`BEGIN IMMEDIATE`), reads the level
+table, and rolls back: it proves the file is reachable and writable without
+ever writing, and without waiting the engine's full lock timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from jackpot.errors import JackpotError, LockTimeoutError
+from jackpot.settings import Settings
+
+__all__ = ["DEGRADED", "FAILING", "OK", "HealthCheck", "HealthReport", "OpenStore", "ProbeStore",
+           "assess", "probe_database"]
+
+OK, DEGRADED, FAILING = "ok", "degraded", "failing"
+STATUSES = (OK, DEGRADED, FAILING)
+
+
+class ProbeStore(Protocol):
+    """The part of a store (any backend) the database probe uses."""
+
+    def write(self) -> AbstractContextManager[None]:
+        """Open a write transaction that rolls back if the block raises."""
+        ...
+
+    def load_levels(self) -> Mapping[str, Any]:
+        """Read every level."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
+OpenStore = Callable[[str, Settings], ProbeStore]
+"""How the engine opens a store on a target with given settings."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One check: its name, its status and a sentence saying what was seen."""
+
+    name: str
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The engine's health: the worst status of its checks, and why.
+
+    `checks` are database, actors, lock_success and conflicts, in that order;
+    `reasons` holds "<check>: <detail>" for every check that is not ok.
+    """
+
+    status: str
+    checks: tuple[HealthCheck, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every check is ok."""
+        return self.status == OK
+
+    def check(self, name: str) -> HealthCheck:
+        """Return the check called `name` (KeyError if there is none)."""
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe form (for `jackpot health --json`)."""
+        return {"status": self.status, "reasons": list(self.reasons),
+                "checks": {c.name: {"status": c.status, "detail": c.detail}
+                           for c in self.checks}}
+
+
+def report_of(checks: Iterable[HealthCheck]) -> HealthReport:
+    """Combine checks into a report whose status is the worst of theirs."""
+    checks = tuple(checks)
+    status = max((c.status for c in checks), key=STATUSES.index, default=OK)
+    reasons = tuple(f"{c.name}: {c.detail}" for c in checks if c.status != OK)
+    return HealthReport(status, checks, reasons)
+
+
+def assess(
+    *,
+    path: str,
+    settings: Settings,
+    open_store: OpenStore,
+    recent: list[tuple[str, bool]],
+    levels_alive: Mapping[str, bool],
+    coordinator_alive: bool,
+    closed: bool,
+) -> HealthReport:
+    """Run every check and return the report.
+
+    Args:
+        path: the database file (or URL).
+        settings: thresholds (the health_* fields).
+        open_store: opens a store on `path` (the engine's backend factory).
+        recent: `Stats.recent()`: (outcome or "conflict", is_conflict_event).
+        levels_alive: per level, whether its actor is running.
+        coordinator_alive: whether the coordinator actor is running.
+        closed: whether the engine was closed.
+
+    """
+    operations = [outcome for outcome, is_conflict in recent if not is_conflict]
+    conflicts = sum(1 for _, is_conflict in recent if is_conflict)
+    return report_of((
+        probe_database(path, settings, open_store),
+        _actors(levels_alive, coordinator_alive=coordinator_alive, closed=closed),
+        _lock_success(operations, settings),
+        _conflicts(len(operations), conflicts, settings),
+    ))
+
+
+class _ProbeDoneError(Exception):
+    """Raised inside the probe's transaction so that it rolls back."""
+
+
+def _take_lock_and_roll_back(store: ProbeStore) -> None:
+    with store.write():
+        store.load_levels()
+        raise _ProbeDoneError
+
+
+def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:
+    """Take the write lock on a new connection, read the levels, roll back.
+
+    The connection waits at most `settings.health_probe_timeout_ms` for the lock.
+    """
+    timeout_ms = settings.health_probe_timeout_ms
+    if "://" not in path and not Path(path).is_file():  # opening would create it
+        return HealthCheck("database", FAILING, f"database file {path!r} does not exist")
+    probe = replace(settings, lock_timeout_ms=timeout_ms,
+                    concurrency_check_interval_ms=min(10, timeout_ms))
+    try:
+        store = open_store(path, probe)
+    except JackpotError as e:
+        return HealthCheck("database", FAILING, f"cannot open the database: {e}")
+    try:
+        _take_lock_and_roll_back(store)
+    except _ProbeDoneError:
+        return HealthCheck("database", OK, f"reachable and writable ({path})")
+    except LockTimeoutError:
+        return HealthCheck("database", DEGRADED,
+                           f"write lock not had within {timeout_ms} ms: another "
+                           "connection holds it, writes are waiting")
+    except JackpotError as e:
+        return HealthCheck("database", FAILING, f"not writable: {e}")
+    finally:
+        store.close()
+    raise AssertionError  # pragma: no cover - the probe always raises
+
+
+def _actors(alive: Mapping[str, bool], *, coordinator_alive: bool, closed: bool
+            ) -> HealthCheck:
+    if closed:
+        return HealthCheck("actors", FAILING, "the engine is closed")
+    dead = sorted(name for name, up in alive.items() if not up)
+    if not coordinator_alive:
+        dead.append("the coordinator")
+    if dead:
+        return HealthCheck("actors", DEGRADED,
+                           f"stopped: {', '.join(dead)} (restarted on their next operation)")
+    return HealthCheck("actors", OK, f"{len(alive)} level actors and the coordinator running")
+
+
+def _lock_success(operations: list[str], settings: Settings) -> HealthCheck:
+    if len(operations) < settings.health_min_operations:
+        return HealthCheck("lock_success", OK, _too_few(len(operations), settings))
+    timeouts = operations.count("timeout")
+    pct = 100 * (len(operations) - timeouts) / len(operations)
+    detail = (f"{pct:.1f}% of the last {_n(len(operations), 'operation')} got their locks "
+              f"in time ({timeouts} timed out)")
+    if pct < settings.health_failing_lock_success_pct:
+        return HealthCheck("lock_success", FAILING,
+                           f"{detail}; failing below {settings.health_failing_lock_success_pct}%")
+    if pct < settings.health_min_lock_success_pct:
+        return HealthCheck("lock_success", DEGRADED,
+                           f"{detail}; degraded below {settings.health_min_lock_success_pct}%")
+    return HealthCheck("lock_success", OK, detail)
+
+
+def _conflicts(operations: int, conflicts: int, settings: Settings) -> HealthCheck:
+    if operations < settings.health_min_operations:
+        return HealthCheck("conflicts", OK, _too_few(operations, settings))
+    per_100 = 100 * conflicts / operations
+    detail = (f"{_n(conflicts, 'version conflict')} in the last "
+              f"{_n(operations, 'operation')} ({per_100:.1f} per 100)")
+    if per_100 > settings.health_max_conflict_pct:
+        return HealthCheck("conflicts", DEGRADED,
+                           f"{detail}; degraded above {settings.health_max_conflict_pct} per 100")
+    return HealthCheck("conflicts", OK, detail)
+
+
+def _too_few(n: int, settings: Settings) -> str:
+    return (f"{_n(n, 'recent operation')}; rates are judged from "
+            f"{settings.health_min_operations} on")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -1,0 +1,150 @@
+"""Structured logs: the fields every operation record carries, and a JSON-lines formatter.
+
+The library logs under the `jackpot` logger, which has only a `NullHandler`:
+the host application decides where records go. Records about an operation
+carry the structured fields op_id, operation, level, attempt and outcome (as
+`extra`, so any handler can read them; `attempt` is None where the count is
+not known, e.g. on the engine's final record of an operation).
+
+`log_success` / `log_failure` are called by the engine once per operation:
+wins, config changes and operator actions are logged at INFO, business
+refusals at INFO, conflicts and timeouts at WARNING, unexpected errors at
+ERROR. Plain contributions are not logged (they are the hot path) unless they
+triggered a must-hit-by win.
+
+`configure_logging()` attaches a stream handler with `JSONFormatter` (or a
+text format showing the same fields) for operators who want it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from jackpot.results import AdminResult, ConfigResult, Contribution, Win
+from jackpot.service import Operation
+
+__all__ = ["FIELDS", "JSONFormatter", "OperationFields", "configure_logging", "log_failure",
+           "log_success"]
+
+logger = logging.getLogger("jackpot")
+
+FIELDS = ("op_id", "operation", "level", "attempt", "outcome")
+"""The structured fields of a record about an operation."""
+
+TEXT_FORMAT = ("%(asctime)s %(levelname)s %(name)s %(message)s "
+               "[op_id=%(op_id)s operation=%(operation)s level=%(level)s "
+               "attempt=%(attempt)s outcome=%(outcome)s]")
+
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "taskName"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, severity, logger, message, the fields, extras.
+
+    `severity` is the logging level name (`level` is the jackpot level). The
+    five FIELDS are always present (null when a record lacks one); any other
+    `extra` value is added under its own key (non-JSON values as strings).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as one line of JSON."""
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "severity": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            out[name] = getattr(record, name, None)
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class OperationFields(logging.Filter):
+    """Give every record the five FIELDS (None when absent), for text formats."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Fill in the missing fields; never drop a record."""
+        for name in FIELDS:
+            if not hasattr(record, name):
+                setattr(record, name, None)
+        return True
+
+
+def configure_logging(
+    *,
+    level: str | None = None,
+    stream: IO[str] | None = None,
+    json_lines: bool = True,
+) -> logging.Handler:
+    """Send the `jackpot` logger's records to `stream` (stderr), one JSON object per line.
+
+    `level` (debug, info, ...) sets the logger's level; None keeps it (the
+    engine sets it from JACKPOT_LOG_LEVEL when it opens). With
+    `json_lines=False` records are text with the fields in brackets. Returns
+    the handler, so the caller can remove it.
+    """
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JSONFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(OperationFields())
+    logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level.upper())
+    return handler
+
+
+def _fields(op: Operation, outcome: str, level: str | None = None) -> dict[str, Any]:
+    return {"op_id": op.op_id, "operation": op.kind,
+            "level": ",".join(op.names) if level is None else level,
+            "attempt": None, "outcome": outcome}
+
+
+def log_success(op: Operation, outcome: str, result: object) -> None:
+    """Log a finished operation (ok or replayed) that operators need to see.
+
+    Never raises for an unexpected result type: a committed operation must
+    not be reported as failed because its log line could not be built.
+    """
+    if isinstance(result, Contribution):
+        for hit in result.hits:
+            logger.info("mystery jackpot hit on %s: paid %s (op %s)", hit.group, hit.amount,
+                        op.op_id, extra={**_fields(op, outcome, hit.group),
+                                         "amount": str(hit.amount), "version": hit.version})
+    elif isinstance(result, Win):
+        logger.info("win on %s: paid %s to %s (op %s, %s)", result.group, result.amount,
+                    result.winner, op.op_id, outcome,
+                    extra={**_fields(op, outcome), "amount": str(result.amount),
+                           "balance": str(result.balance), "version": result.version,
+                           "winner": result.winner, "reset": result.reset})
+    elif isinstance(result, ConfigResult):
+        logger.info("config of %s changed at version %d (op %s, %s): %s", result.group,
+                    result.version, op.op_id, outcome, result.after,
+                    extra={**_fields(op, outcome), "version": result.version,
+                           "before": result.before, "after": result.after,
+                           "pending": result.pending})
+    elif isinstance(result, AdminResult):
+        logger.info("%s of %s done (op %s, %s)", result.action, result.group, op.op_id,
+                    outcome, extra={**_fields(op, outcome),
+                                    "balances": {k: str(v) for k, v in result.balances.items()},
+                                    "versions": dict(result.versions)})
+    else:
+        logger.info("%s done (op %s, %s)", op.kind, op.op_id, outcome,
+                    extra=_fields(op, outcome))
+
+
+def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
+    """Log a failed operation: refusals at INFO, conflicts and timeouts at WARNING."""
+    severity = {"rejected": logging.INFO, "conflict": logging.WARNING,
+                "timeout": logging.WARNING}.get(outcome, logging.ERROR)
+    logger.log(severity, "%s %s failed (%s): %s", op.kind, op.op_id, outcome, error,
+               exc_info=severity == logging.ERROR,
+               extra={**_fields(op, outcome), "error": type(error).__name__})

@@ -1,0 +1,211 @@
+"""Prometheus metrics of one engine: a `Stats` observer and a scrape-time collector.
+
+Every engine gets its own `CollectorRegistry`, so two engines in one process
+(and the tests) never collide, and nothing is registered in the global
+registry. Counters and histograms are fed by the engine's `Stats` events; the
+levels' amount, reserve and version, and the health status, are read only when
+someone scrapes (`_EngineCollector`), so they cost nothing on the hot path.
+
+Exposed metrics (all prefixed `jackpot_`):
+
+- `operations_total{operation,outcome}`: finished operations; outcome is one
+  of ok, replayed, rejected, conflict, timeout, error.
+- `retries_total{operation,level}`, `version_conflicts_total{operation,level}`:
+  `level` is the level, or the sorted comma-joined levels of a multi-level
+  operation.
+- `busy_incidents_total{operation}`: SQLITE_BUSY without waiting (a would-be
+  deadlock) or a coordinator that could not hold its levels in time.
+- `lock_timeouts_total{operation}`, `actor_restarts_total{actor}`.
+- `operation_duration_seconds{operation}`, `lock_wait_seconds{lock,operation}`
+  (histograms; lock is "database" or "coordinator").
+- `level_amount{level}`, `level_reserve{level}` (currency units),
+  `level_version{level}`, `health_status{status}` (1 for the current status).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from jackpot.errors import JackpotError, ValidationError
+from jackpot.health import STATUSES, HealthReport
+from jackpot.results import PoolSnapshot
+from jackpot.stats import OUTCOMES, Stats
+
+__all__ = ["OPERATIONS", "EngineView", "PrometheusObserver", "serve_metrics"]
+
+OPERATIONS = ("contribute", "win", "config", "suspend", "resume", "adjust", "retire")
+"""Operation kinds, pre-declared so every series exists (at 0) from the start."""
+
+# Operations commit with an fsync (about a millisecond) and wait at most the
+# lock timeout (seconds): buckets span 0.5 ms (0.1 ms for lock waits) to 10 s.
+_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0, 10.0)
+_LOCK_BUCKETS = (0.0001, 0.00025, *_DURATION_BUCKETS)
+
+
+class EngineView(Protocol):
+    """What the scrape-time collector reads from an engine."""
+
+    def pools(self) -> Mapping[str, PoolSnapshot]:
+        """Return every level's committed state."""
+        ...
+
+    def health(self) -> HealthReport:
+        """Return the engine's health."""
+        ...
+
+
+class PrometheusObserver:
+    """Turns `Stats` events into Prometheus series in a registry of its own.
+
+    Attributes:
+        registry: this engine's `CollectorRegistry` (serve it with
+            `prometheus_client.start_http_server(port, registry=...)`).
+
+    """
+
+    def __init__(self, engine: EngineView) -> None:
+        """Create the registry and its metrics; levels are read at scrape time."""
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._operations = Counter(
+            "jackpot_operations", "Finished operations by kind and outcome.",
+            ("operation", "outcome"), registry=r)
+        self._retries = Counter(
+            "jackpot_retries", "Retries after a version conflict or a busy database.",
+            ("operation", "level"), registry=r)
+        self._conflicts = Counter(
+            "jackpot_version_conflicts",
+            "Writes that found the level at another version than cached (then retried).",
+            ("operation", "level"), registry=r)
+        self._busy = Counter(
+            "jackpot_busy_incidents",
+            "Would-be deadlocks: SQLITE_BUSY without waiting, or levels not held in time.",
+            ("operation",), registry=r)
+        self._timeouts = Counter(
+            "jackpot_lock_timeouts", "Operations that did not get a lock in time.",
+            ("operation",), registry=r)
+        self._restarts = Counter(
+            "jackpot_actor_restarts", "Stopped actors replaced by the engine.",
+            ("actor",), registry=r)
+        self._duration = Histogram(
+            "jackpot_operation_duration_seconds", "Latency of operations, queueing included.",
+            ("operation",), buckets=_DURATION_BUCKETS, registry=r)
+        self._lock_wait = Histogram(
+            "jackpot_lock_wait_seconds",
+            "Time spent acquiring the database write lock or the coordinator's level holds.",
+            ("lock", "operation"), buckets=_LOCK_BUCKETS, registry=r)
+        r.register(_EngineCollector(engine))
+        for operation in OPERATIONS:
+            for outcome in OUTCOMES:
+                self._operations.labels(operation, outcome)
+            self._busy.labels(operation)
+            self._timeouts.labels(operation)
+            self._duration.labels(operation)
+        self._events: dict[str, Callable[[str, str, int], None]] = {
+            "retries": lambda op, level, n: self._retries.labels(op, level).inc(n),
+            "conflicts": lambda op, level, n: self._conflicts.labels(op, level).inc(n),
+            "busy_incidents": lambda op, _, n: self._busy.labels(op).inc(n),
+            "lock_timeouts": lambda op, _, n: self._timeouts.labels(op).inc(n),
+            "actor_restarts": lambda _, level, n: self._restarts.labels(level).inc(n),
+        }
+
+    def text(self) -> str:
+        """Return the registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry).decode()
+
+    # -- Observer -------------------------------------------------------------
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        """Count an event; replays are counted as operations with outcome "replayed"."""
+        count = self._events.get(event)
+        if count is not None:
+            count(operation, level, n)
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        """Count a finished operation and observe its latency."""
+        self._operations.labels(operation, outcome).inc()
+        self._duration.labels(operation).observe(seconds)
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        """Observe a lock acquisition time."""
+        self._lock_wait.labels(lock, operation).observe(seconds)
+
+
+class _Engine(EngineView, Protocol):
+    @property
+    def stats(self) -> Stats: ...
+
+
+def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
+                  ) -> tuple[WSGIServer, threading.Thread]:
+    """Serve the engine's metrics at http://addr:port/metrics from a daemon thread.
+
+    Binds to 127.0.0.1 unless told otherwise (put a reverse proxy in front to
+    expose it); port 0 picks a free port (`server.server_port`). Stop it with
+    `server.shutdown()`.
+
+    Raises:
+        ValidationError: the engine runs with metrics disabled.
+
+    """
+    for observer in engine.stats.observers:
+        if isinstance(observer, PrometheusObserver):
+            return start_http_server(port, addr=addr, registry=observer.registry)
+    msg = "metrics are disabled for this engine (JACKPOT_ENABLE_METRICS=false)"
+    raise ValidationError(msg)
+
+
+class _EngineCollector:
+    """Reads the levels and the health when scraped (never on the hot path)."""
+
+    def __init__(self, engine: EngineView) -> None:
+        self._engine = engine
+
+    def describe(self) -> Iterable[Metric]:
+        """Declare the series so registration does not call `collect` early."""
+        return _families()
+
+    def collect(self) -> Iterable[Metric]:
+        """Read every level's committed state and the health status."""
+        amount, reserve, version, health = _families()
+        try:
+            pools = self._engine.pools()
+        except JackpotError:  # closed engine or unreadable file: health says why
+            pools = {}
+        for name, p in pools.items():
+            amount.add_metric([name], float(p.amount))
+            reserve.add_metric([name], float(p.reserve))
+            version.add_metric([name], p.version)
+        status = self._engine.health().status
+        for s in STATUSES:
+            health.add_metric([s], 1.0 if s == status else 0.0)
+        return (amount, reserve, version, health)
+
+
+def _families() -> tuple[GaugeMetricFamily, ...]:
+    return (
+        GaugeMetricFamily("jackpot_level_amount",
+                          "Committed pool amount of a level, in currency units.",
+                          labels=["level"]),
+        GaugeMetricFamily("jackpot_level_reserve",
+                          "Committed reserve of a level (funds the next reset), in currency "
+                          "units.", labels=["level"]),
+        GaugeMetricFamily("jackpot_level_version",
+                          "Committed version of a level (+1 per change).", labels=["level"]),
+        GaugeMetricFamily("jackpot_health_status",
+                          "1 for the engine's current health status, 0 for the others.",
+                          labels=["status"]),
+    )

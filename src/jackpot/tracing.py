@@ -1,0 +1,155 @@
+"""OpenTelemetry spans per operation, when `opentelemetry-api` is installed.
+
+`observer()` returns a `TracingObserver`, or None when OpenTelemetry is not
+importable; the engine then uses `no_span` and registers no observer, so
+tracing costs nothing. Install the `otel` extra and configure a tracer provider
+(the OpenTelemetry SDK) in the host application to record spans.
+
+Each operation is a span `jackpot.<operation>` (a child of the caller's
+current span) with attributes jackpot.op_id, jackpot.operation, jackpot.level
+and, at its end, jackpot.outcome; failed operations record their exception, and
+outcomes error, timeout and conflict set the span's status to ERROR.
+
+Lock waits, retries, version conflicts, busy incidents and lock timeouts are
+span events. They are reported from the actor threads, where the operation's
+span is not current (and `Stats` events carry no op_id), so each is attached
+to the oldest open span of the same operation that shares a level with the
+event (a group-committed batch reports its kinds and levels comma-joined).
+That is exact while one such operation is in flight; when several run at once
+an event may land on a sibling span of the same operation and level.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jackpot.service import Operation
+
+__all__ = ["TracingObserver", "no_span", "observer"]
+
+_ERROR_OUTCOMES = frozenset({"error", "timeout", "conflict"})
+_EVENT_NAMES = {"retries": "jackpot.retry", "conflicts": "jackpot.version_conflict",
+                "busy_incidents": "jackpot.busy_incident", "lock_timeouts": "jackpot.lock_timeout"}
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
+
+
+class Span(Protocol):
+    """The part of `opentelemetry.trace.Span` used here."""
+
+    def set_attribute(self, key: str, value: Any) -> None: ...
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None
+                  ) -> None: ...
+    def record_exception(self, exception: BaseException) -> None: ...
+    def set_status(self, status: Any) -> None: ...
+    def is_recording(self) -> bool: ...
+    def end(self) -> None: ...
+
+
+class Tracer(Protocol):
+    """The part of `opentelemetry.trace.Tracer` used here."""
+
+    def start_span(self, name: str, *, attributes: Mapping[str, Any]) -> Span: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Open:
+    kind: str
+    names: frozenset[str]
+    span: Span
+
+
+# The span a caller opened and that its `Stats.operation` report will end.
+# A context variable, so threads and asyncio tasks each see their own.
+_current: ContextVar[_Open | None] = ContextVar("jackpot_span", default=None)
+
+
+def no_span(_op: Operation) -> AbstractContextManager[None]:
+    """Do nothing (tracing off)."""
+    return _NO_SPAN
+
+
+def observer() -> TracingObserver | None:
+    """Return a tracing observer on the global tracer provider, or None without OpenTelemetry."""
+    try:
+        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    return TracingObserver(trace.get_tracer("jackpot"),
+                           error_status=trace.Status(trace.StatusCode.ERROR))
+
+
+class TracingObserver:
+    """Opens a span per operation (`span`) and fills it from `Stats` events."""
+
+    def __init__(self, tracer: Tracer, *, error_status: Any = None) -> None:
+        """Use `tracer`; `error_status` is set on spans whose outcome is a failure."""
+        self._tracer = tracer
+        self._error_status = error_status
+        self._lock = threading.Lock()
+        self._open: list[_Open] = []
+
+    @contextmanager
+    def span(self, op: Operation) -> Iterator[None]:
+        """Open the operation's span; `on_operation` ends it with the outcome."""
+        span = self._tracer.start_span(f"jackpot.{op.kind}", attributes={
+            "jackpot.op_id": op.op_id, "jackpot.operation": op.kind,
+            "jackpot.level": ",".join(op.names)})
+        entry = _Open(op.kind, frozenset(op.names), span)
+        recording = span.is_recording()
+        if recording:
+            with self._lock:
+                self._open.append(entry)
+        _current.set(entry)
+        try:
+            yield
+        except BaseException as e:
+            if recording:
+                span.record_exception(e)
+            raise
+        finally:
+            if recording:
+                with self._lock:
+                    self._open.remove(entry)
+
+    def _find(self, operation: str, level: str) -> Span | None:
+        # A group-committed batch reports its kinds and levels comma-joined.
+        kinds = operation.split(",")
+        names = frozenset(level.split(",")) if level else None
+        with self._lock:
+            for entry in self._open:
+                if entry.kind in kinds and (names is None or names & entry.names):
+                    return entry.span
+        return None
+
+    # -- Observer -------------------------------------------------------------
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        """Add a retry, conflict, busy incident or lock timeout to the operation's span."""
+        name = _EVENT_NAMES.get(event)
+        span = None if name is None else self._find(operation, level)
+        if span is not None and name is not None:
+            span.add_event(name, {"jackpot.level": level, "jackpot.count": n})
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        """End the caller's span with the outcome."""
+        entry = _current.get()
+        if entry is None or entry.kind != operation:
+            return
+        _current.set(None)
+        entry.span.set_attribute("jackpot.outcome", outcome)
+        entry.span.set_attribute("jackpot.duration_seconds", seconds)
+        if outcome in _ERROR_OUTCOMES and self._error_status is not None:
+            entry.span.set_status(self._error_status)
+        entry.span.end()
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        """Add a lock wait to the operation's span."""
+        span = self._find(operation, "")
+        if span is not None:
+            span.add_event("jackpot.lock_wait",
+                           {"jackpot.lock": lock, "jackpot.wait_seconds": seconds})

@@ -1,0 +1,203 @@
+"""The `jackpot` command end to end, in subprocesses, on a temporary database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from jackpot import JackpotEngine
+
+CLI = [sys.executable, "-m", "jackpot.cli"]
+
+
+def jackpot(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})}, cwd=cwd, check=False)
+
+
+def ok_json(*args: str, **kw: Any) -> Any:
+    done = jackpot(*args, "--json", **kw)
+    assert (done.returncode, done.stderr) == (0, "")
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A database with the default levels (made in-process: quicker than `jackpot init`)."""
+    path = str(tmp_path / "cli.db")
+    JackpotEngine.open(path).close()
+    return path
+
+
+def test_init_creates_the_levels_and_keeps_existing_ones(tmp_path: Path) -> None:
+    path = str(tmp_path / "new.db")
+    done = jackpot("init", "--db", path)
+    assert done.returncode == 0, done.stderr
+    assert f"jackpot database {path}" in done.stdout
+    levels = ok_json("init", "--level", "daily:50:0.01:200", "--db", path)["levels"]
+    assert [(p["name"], p["seed"], p["contribution_rate"], p["cap"]) for p in levels] == [
+        ("daily", "50.000000", "0.01", "200.000000"), ("major", "1000.000000", "0.003", None),
+        ("mega", "10000.000000", "0.001", None), ("minor", "100.000000", "0.005", None)]
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("jackpot")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0
+    for command in ("init", "status", "history", "ledger", "verify", "config", "contribute",
+                    "win", "health", "metrics", "simulate"):
+        assert f"  {command} " in done.stdout
+
+
+def test_a_session_of_manual_operations(db: str) -> None:
+    levels = ok_json("status", "--db", db)
+    assert [(p["name"], p["amount"], p["version"]) for p in levels] == [
+        ("major", "1000.000000", 1), ("mega", "10000.000000", 1), ("minor", "100.000000", 1)]
+
+    bet = ok_json("contribute", "10", "--level", "minor", "--op-id", "b1", "--db", db)
+    assert (bet["contributions"], bet["versions"], bet["replayed"]) == (
+        {"minor": "0.050000"}, {"minor": 2}, False)
+    assert ok_json("contribute", "10", "--level", "minor", "--op-id", "b1", "--db", db)[
+        "replayed"] is True
+
+    won = ok_json("win", "minor", "--winner", "p1", "--op-id", "w1", "--db", db)
+    assert (won["amount"], won["balance"], won["version"]) == ("100.050000", "100.000000", 3)
+
+    history = ok_json("history", "minor", "--db", db)
+    assert [(h["amount"], h["winner"], h["op_id"]) for h in history] == [
+        ("100.050000", "p1", "w1")]
+
+    changed = ok_json("config", "minor", "cap=500", "contribution_rate=0.004", "--who", "ops",
+                      "--reason", "promo", "--db", db)
+    assert (changed["version"], changed["after"]["cap"], changed["after"]["contribution_rate"]) \
+        == (4, "500.000000", "0.004")
+
+    rows = ok_json("ledger", "--tail", "3", "--db", db)
+    assert [(r["kind"], r["level"], r["version_after"], r["op_id"]) for r in rows] == [
+        ("contribute", "minor", 2, "b1"), ("win", "minor", 3, "w1"),
+        ("config", "minor", 4, rows[2]["op_id"])]
+    assert rows[1]["delta"] == "-0.050000"
+
+    assert ok_json("verify", "--db", db) == {"ok": True, "problems": [], "levels": 3,
+                                               "ledger_rows": 6}
+    health = ok_json("health", "--db", db)
+    assert health["status"] == "ok"
+    assert sorted(health["checks"]) == ["actors", "conflicts", "database", "lock_success"]
+
+
+def test_tables_for_people(db: str) -> None:
+    done = jackpot("--db", db, "status")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert any("minor" in line and "100.00" in line and "0.005" in line for line in lines)
+    done = jackpot("--db", db, "verify")
+    assert (done.returncode, done.stdout) == (
+        0, "audit OK: 3 levels, 3 ledger rows reconciled to the smallest unit\n")
+
+
+def test_jackpot_db_from_the_environment(db: str) -> None:
+    levels = ok_json("status", env={"JACKPOT_DB": db})
+    assert len(levels) == 3
+
+
+def test_verify_fails_with_status_1_when_the_books_do_not_balance(db: str) -> None:
+    conn = apsw.Connection(db)
+    conn.execute("UPDATE levels SET amount = amount + 1 WHERE name = 'mega'")
+    conn.close()
+    done = jackpot("verify", "--db", db)
+    assert done.returncode == 1
+    assert done.stdout.startswith("audit FAILED: ")
+    assert "mega" in done.stdout
+
+
+def test_metrics_once(db: str) -> None:
+    done = jackpot("metrics", "--db", db)
+    assert done.returncode == 0
+    assert 'jackpot_level_amount{level="minor"} 100.0\n' in done.stdout
+    assert 'jackpot_health_status{status="ok"} 1.0\n' in done.stdout
+    done = jackpot("metrics", "--db", db, env={"JACKPOT_ENABLE_METRICS": "false"})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "jackpot: error: metrics are disabled (JACKPOT_ENABLE_METRICS=false)\n"
+
+
+def test_metrics_serve_on_a_local_port(db: str) -> None:
+    proc = subprocess.Popen([*CLI, "metrics", "--serve", "--port", "0", "--db", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:")
+        url = line.split()[1]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        assert 'jackpot_level_version{level="mega"} 1.0' in body
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (0, "")
+
+
+def test_simulate(db: str) -> None:
+    summary = ok_json("simulate", "--bets", "40", "--win-every", "10", "--threads", "2",
+                      "--seed", "7", "--db", db)
+    assert summary["bets"] == 40
+    assert sum(w["count"] for w in summary["wins"].values()) == 4
+    assert summary["refused"] == {}
+    assert summary["audit"]["ok"] is True
+    assert sum(p["meters"]["bets"] for p in summary["pools"]) == 120  # 40 bets x 3 levels
+    done = jackpot("simulate", "--bets", "20", "--win-every", "5", "--db", db)
+    assert done.returncode == 0
+    assert "played 20 bets and 4 wins with 4 threads" in done.stdout
+    assert "audit OK" in done.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("status",), "no database given: pass --db PATH or set JACKPOT_DB"),
+    (("status", "--db", "{tmp}/none.db"),
+     "database '{tmp}/none.db' does not exist: create it with `jackpot init --db {tmp}/none.db`"),
+    (("frobnicate", "--db", "{db}"), "No such command 'frobnicate'."),
+    (("status", "--db", "{db}", "--colour"), "No such option '--colour'."),
+    (("history", "--db", "{db}"), "Missing argument 'LEVEL'."),
+    (("history", "jumbo", "--db", "{db}"),
+     "unknown level 'jumbo': this engine has major, mega, minor"),
+    (("ledger", "--tail", "0", "--db", "{db}"),
+     "Invalid value for '--tail': 0 is not in the range 1<=x<=100000."),
+    (("contribute", "1.5.5", "--db", "{db}"),
+     ("bet must be a plain decimal string such as '2.50' (ASCII digits, no spaces or exponent), "
+     "got '1.5.5'")),
+    (("win", "minor", "--amount", "5000", "--db", "{db}"),
+     "amount 5000.000000 exceeds the pool of level 'minor' (100.000000)"),
+    (("config", "minor", "cap", "--db", "{db}"), "'cap' is not KEY=VALUE"),
+    (("config", "minor", "colour=red", "--db", "{db}"),
+     ("unknown config field(s) 'colour': allowed are seed, contribution_rate, cap, reserve_rate, "
+     "min_bet, max_contribution, must_hit_by, overflow_to")),
+    (("init", "--level", "a:b", "--db", "{tmp}/new.db"),
+     "--level 'a:b': expected NAME:SEED:RATE or NAME:SEED:RATE:CAP"),
+    (("init", "--db", "{tmp}/no/such/dir.db"),
+     "cannot open database '{tmp}/no/such/dir.db': unable to open database file"),
+    (("metrics", "--port", "70000", "--db", "{db}"),
+     "Invalid value for '--port': 70000 is not in the range 0<=x<=65535."),
+])
+def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: tuple[str, ...],
+                                                 message: str) -> None:
+    fill = {"db": db, "tmp": str(tmp_path)}
+    done = jackpot(*(a.format(**fill) for a in args))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"jackpot: error: {message.format(**fill)}\n"
+
+
+def test_a_bad_setting_is_one_line_and_status_2(db: str) -> None:
+    done = jackpot("status", "--db", db, env={"JACKPOT_LOCK_TIMEOUT_MS": "soon"})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("jackpot: error: environment variable JACKPOT_LOCK_TIMEOUT_MS='soon' "
+                           "is invalid: expected a non-negative integer\n")

@@ -1,0 +1,172 @@
+"""Health: ok, then degraded or failing for a locked database, a dead actor, bad rates."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jackpot import HealthCheck, HealthReport, JackpotEngine, LockTimeoutError, Settings
+from jackpot.engine import _store
+from jackpot.health import assess
+
+from .conftest import value, write_lock_held
+
+RATES_OK = "0 recent operations; rates are judged from 20 on"
+
+
+def test_a_fresh_engine_is_ok(engine: JackpotEngine) -> None:
+    report = engine.health()
+    assert report == HealthReport("ok", (
+        HealthCheck("database", "ok", f"reachable and writable ({engine._path})"),
+        HealthCheck("actors", "ok", "3 level actors and the coordinator running"),
+        HealthCheck("lock_success", "ok", RATES_OK),
+        HealthCheck("conflicts", "ok", RATES_OK),
+    ), ())
+    assert report.ok
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.status = "failing"  # type: ignore[misc]
+
+
+def test_a_database_locked_by_another_connection_is_degraded(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    engine = open_engine(settings=Settings(health_probe_timeout_ms=50))
+    with write_lock_held(db_path):
+        report = engine.health()
+    assert report.status == "degraded"
+    assert report.check("database") == HealthCheck(
+        "database", "degraded",
+        "write lock not had within 50 ms: another connection holds it, writes are waiting")
+    assert report.reasons == (("database: write lock not had within 50 ms: another connection "
+                              "holds it, writes are waiting"),)
+    assert engine.health().ok  # the lock is gone
+
+
+def test_the_probe_writes_nothing(engine: JackpotEngine, db_path: Path,
+                                  dump_db: Callable[[], object]) -> None:
+    engine.contribute("5")
+    before = dump_db()
+    for _ in range(3):
+        assert engine.health().ok
+    assert dump_db() == before
+
+
+def test_a_missing_database_file_is_failing(engine: JackpotEngine, db_path: Path) -> None:
+    db_path.unlink()
+    report = engine.health()
+    assert report.status == "failing"
+    assert report.check("database") == HealthCheck(
+        "database", "failing", f"database file {str(db_path)!r} does not exist")
+
+
+def test_a_dead_actor_is_degraded_until_it_is_restarted(engine: JackpotEngine) -> None:
+    engine._pools["minor"].actor_ref.stop()
+    report = engine.health()
+    assert report.status == "degraded"
+    assert report.reasons == ("actors: stopped: minor (restarted on their next operation)",)
+    assert value(engine, "jackpot_health_status", status="degraded") == 1
+    engine.contribute("1", groups="minor")  # the engine replaces the stopped actor
+    assert engine.health().ok
+
+
+def test_a_dead_coordinator_is_degraded(engine: JackpotEngine) -> None:
+    engine._coordinator.actor_ref.stop()
+    assert engine.health().reasons == (
+        "actors: stopped: the coordinator (restarted on their next operation)",)
+
+
+def test_a_closed_engine_is_failing(engine: JackpotEngine) -> None:
+    engine.close()
+    report = engine.health()
+    assert report.status == "failing"
+    assert report.reasons == ("actors: the engine is closed",)
+
+
+def test_a_conflict_rate_over_the_threshold_is_degraded(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    settings = Settings(health_min_operations=4, health_max_conflict_pct=20)
+    a, b = open_engine(settings=settings), open_engine(settings=settings)
+    for _ in range(3):
+        a.contribute("1", groups="minor")
+    assert a.health().ok  # 3 operations: too few to judge
+    b.contribute("1", groups="minor")
+    a.contribute("1", groups="minor")  # stale cache: one conflict, then a retry
+    report = a.health()
+    assert report.status == "degraded"
+    assert report.reasons == (("conflicts: 1 version conflict in the last 4 operations "
+                              "(25.0 per 100); degraded above 20 per 100"),)
+    assert report.check("lock_success").detail == (
+        "100.0% of the last 4 operations got their locks in time (0 timed out)")
+
+
+def test_lock_timeouts_past_the_failing_threshold_are_failing(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    engine = open_engine(settings=Settings(lock_timeout_ms=50, health_min_operations=2,
+                                           health_probe_timeout_ms=10))
+    engine.contribute("1", groups="minor")
+    with write_lock_held(db_path):
+        with pytest.raises(LockTimeoutError):
+            engine.contribute("1", groups="minor")
+        report = engine.health()
+    assert report.status == "failing"
+    assert report.reasons == (
+        ("database: write lock not had within 10 ms: another connection holds it, writes "
+        "are waiting"),
+        ("lock_success: 50.0% of the last 2 operations got their locks in time (1 timed out); "
+        "failing below 90%"),
+    )
+    assert value(engine, "jackpot_health_status", status="failing") == 1
+
+
+@pytest.mark.parametrize(("ok", "timeouts", "status"), [
+    (99, 1, "ok"), (98, 2, "degraded"), (90, 10, "degraded"), (89, 11, "failing"),
+])
+def test_lock_success_thresholds(db_path: Path, engine: JackpotEngine, ok: int, timeouts: int,
+                                 status: str) -> None:
+    recent = [("ok", False)] * ok + [("timeout", False)] * timeouts
+    report = assess(path=str(db_path), settings=Settings(), open_store=_store, recent=recent,
+                    levels_alive={"minor": True}, coordinator_alive=True, closed=False)
+    assert report.check("lock_success").status == status
+    assert report.status == status
+
+
+def test_thresholds_come_from_the_environment() -> None:
+    env = {"JACKPOT_HEALTH_PROBE_TIMEOUT_MS": "100", "JACKPOT_HEALTH_MIN_OPERATIONS": "50",
+           "JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT": "95",
+           "JACKPOT_HEALTH_FAILING_LOCK_SUCCESS_PCT": "80",
+           "JACKPOT_HEALTH_MAX_CONFLICT_PCT": "3"}
+    s = Settings.from_env(env)
+    assert (s.health_probe_timeout_ms, s.health_min_operations, s.health_min_lock_success_pct,
+            s.health_failing_lock_success_pct, s.health_max_conflict_pct) == (100, 50, 95, 80, 3)
+    d = Settings()
+    assert (d.health_probe_timeout_ms, d.health_min_operations, d.health_min_lock_success_pct,
+            d.health_failing_lock_success_pct, d.health_max_conflict_pct) == (250, 20, 99, 90, 10)
+
+
+@pytest.mark.parametrize(("var", "raw"), [
+    ("JACKPOT_HEALTH_PROBE_TIMEOUT_MS", "0"),
+    ("JACKPOT_HEALTH_MIN_OPERATIONS", "1001"),
+    ("JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT", "101"),
+    ("JACKPOT_HEALTH_FAILING_LOCK_SUCCESS_PCT", "half"),
+    ("JACKPOT_HEALTH_MAX_CONFLICT_PCT", "-1"),
+])
+def test_a_bad_threshold_names_its_variable(var: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=f"^environment variable {var}={raw!r} is invalid: "):
+        Settings.from_env({var: raw})
+
+
+def test_report_to_dict(engine: JackpotEngine) -> None:
+    engine._pools["mega"].actor_ref.stop()
+    assert engine.health().to_dict() == {
+        "status": "degraded",
+        "reasons": ["actors: stopped: mega (restarted on their next operation)"],
+        "checks": {
+            "database": {"status": "ok", "detail": f"reachable and writable ({engine._path})"},
+            "actors": {"status": "degraded",
+                       "detail": "stopped: mega (restarted on their next operation)"},
+            "lock_success": {"status": "ok", "detail": RATES_OK},
+            "conflicts": {"status": "ok", "detail": RATES_OK},
+        },
+    }

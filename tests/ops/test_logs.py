@@ -1,0 +1,152 @@
+"""Logs: records of operations carry op_id, operation, level, attempt and outcome."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jackpot import (
+    InsufficientFundsError,
+    JackpotEngine,
+    JSONFormatter,
+    LockTimeoutError,
+    Settings,
+    configure_logging,
+)
+from jackpot.logs import FIELDS
+
+from .conftest import write_lock_held
+
+
+def _records(caplog: pytest.LogCaptureFixture, **match: object) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "jackpot"
+            and all(getattr(r, k, object()) == v for k, v in match.items())]
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in FIELDS}
+
+
+def test_a_win_is_logged_with_its_fields(engine: JackpotEngine,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    engine.contribute("10", groups="minor")
+    with caplog.at_level(logging.INFO, logger="jackpot"):
+        engine.process_win("minor", op_id="win-1", winner="p9")
+        engine.process_win("minor", op_id="win-1", winner="p9")  # a replay is logged too
+    first, replay = _records(caplog, operation="win")
+    assert _fields(first) == {"op_id": "win-1", "operation": "win", "level": "minor",
+                              "attempt": None, "outcome": "ok"}
+    assert first.levelno == logging.INFO
+    assert (first.amount, first.balance, first.version, first.winner) == (  # type: ignore[attr-defined]
+        "100.050000", "100.000000", 3, "p9")
+    assert first.getMessage() == "win on minor: paid 100.050000 to p9 (op win-1, ok)"
+    assert _fields(replay)["outcome"] == "replayed"
+
+
+def test_a_config_change_is_logged(engine: JackpotEngine,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="jackpot"):
+        engine.update_config("major", op_id="cfg-1", cap="5000", who="ops", reason="promo")
+    (record,) = _records(caplog, operation="config")
+    assert _fields(record) == {"op_id": "cfg-1", "operation": "config", "level": "major",
+                               "attempt": None, "outcome": "ok"}
+    assert record.before["cap"] is None  # type: ignore[attr-defined]
+    assert record.after["cap"] == "5000.000000"  # type: ignore[attr-defined]
+    assert record.version == 2  # type: ignore[attr-defined]
+
+
+def test_a_refusal_is_logged_at_info(engine: JackpotEngine,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="jackpot"), pytest.raises(InsufficientFundsError):
+        engine.process_win("minor", amount="5000", op_id="big")
+    (record,) = _records(caplog, op_id="big")
+    assert _fields(record) == {"op_id": "big", "operation": "win", "level": "minor",
+                               "attempt": None, "outcome": "rejected"}
+    assert record.levelno == logging.INFO
+    assert record.error == "InsufficientFundsError"  # type: ignore[attr-defined]
+
+
+def test_a_version_conflict_is_logged_with_its_attempt(
+        open_engine: Callable[..., JackpotEngine], caplog: pytest.LogCaptureFixture) -> None:
+    a, b = open_engine(), open_engine()
+    b.contribute("1", groups="minor")
+    with caplog.at_level(logging.INFO, logger="jackpot"):
+        a.contribute("1", groups="minor", op_id="bet-7")
+    (record,) = _records(caplog, outcome="conflict")
+    assert _fields(record) == {"op_id": "bet-7", "operation": "contribute", "level": "minor",
+                               "attempt": 0, "outcome": "conflict"}
+    assert record.getMessage() == "version conflict on minor (expected version 1)"
+
+
+def test_a_lock_timeout_is_logged_at_warning(open_engine: Callable[..., JackpotEngine],
+                                             db_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    engine = open_engine(settings=Settings(lock_timeout_ms=100))
+    with (caplog.at_level(logging.INFO, logger="jackpot"), write_lock_held(db_path),
+          pytest.raises(LockTimeoutError)):
+        engine.contribute("1", groups=("minor", "mega"), op_id="bet-8")
+    (record,) = _records(caplog, outcome="timeout")
+    assert _fields(record) == {"op_id": "bet-8", "operation": "contribute",
+                               "level": "mega,minor", "attempt": None, "outcome": "timeout"}
+    assert record.levelno == logging.WARNING
+    assert record.error == "LockTimeoutError"  # type: ignore[attr-defined]
+
+
+def test_plain_contributions_are_not_logged(engine: JackpotEngine,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="jackpot"):
+        for _ in range(3):
+            engine.contribute("1")
+    assert _records(caplog) == []
+
+
+def test_json_formatter_writes_one_object_per_line_with_every_field(
+        engine: JackpotEngine) -> None:
+    stream = io.StringIO()
+    handler = configure_logging(level="info", stream=stream)
+    try:
+        engine.contribute("10", groups="minor")
+        engine.process_win("minor", op_id="w-json", winner="ann")
+        logging.getLogger("jackpot").info("no operation here")
+    finally:
+        logging.getLogger("jackpot").removeHandler(handler)
+    win, plain = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert {k: win[k] for k in (*FIELDS, "severity", "logger", "amount", "winner")} == {
+        "op_id": "w-json", "operation": "win", "level": "minor", "attempt": None,
+        "outcome": "ok", "severity": "INFO", "logger": "jackpot", "amount": "100.050000",
+        "winner": "ann"}
+    assert win["message"] == "win on minor: paid 100.050000 to ann (op w-json, ok)"
+    assert win["time"].endswith("+00:00")
+    assert {k: plain[k] for k in FIELDS} == dict.fromkeys(FIELDS)
+
+
+def test_json_formatter_keeps_exceptions_and_odd_values() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("jackpot", logging.ERROR, __file__, 1, "failed %s", ("x",),
+                                   exc_info=__import__("sys").exc_info())
+    record.op_id = "op-1"
+    record.detail = {1, 2}  # not JSON: written as its str()
+    out = json.loads(JSONFormatter().format(record))
+    assert out["message"] == "failed x"
+    assert out["op_id"] == "op-1"
+    assert out["operation"] is None
+    assert out["detail"] == "{1, 2}"
+    assert out["exception"].splitlines()[-1] == "ValueError: boom"
+
+
+def test_text_format_shows_the_fields() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(stream=stream, json_lines=False)
+    try:
+        logging.getLogger("jackpot").warning("hello", extra={"op_id": "o", "level": "minor"})
+    finally:
+        logging.getLogger("jackpot").removeHandler(handler)
+    assert stream.getvalue().rstrip().endswith(
+        "WARNING jackpot hello [op_id=o operation=None level=minor attempt=None outcome=None]")

@@ -1,0 +1,125 @@
+"""Tracing: a span per operation with op_id, operation, level; lock waits and retries as events."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jackpot import InsufficientFundsError, JackpotEngine, LockTimeoutError, Settings, tracing
+from jackpot.tracing import TracingObserver
+
+from .conftest import write_lock_held
+
+
+class FakeSpan:
+    def __init__(self, name: str, attributes: Mapping[str, Any]) -> None:
+        self.name = name
+        self.attributes = dict(attributes)
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.exceptions: list[BaseException] = []
+        self.status: Any = None
+        self.ended = 0
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+        self.events.append((name, dict(attributes or {})))
+
+    def record_exception(self, exception: BaseException) -> None:
+        self.exceptions.append(exception)
+
+    def set_status(self, status: Any) -> None:
+        self.status = status
+
+    def is_recording(self) -> bool:
+        return True
+
+    def end(self) -> None:
+        self.ended += 1
+
+
+class FakeTracer:
+    def __init__(self) -> None:
+        self.spans: list[FakeSpan] = []
+
+    def start_span(self, name: str, *, attributes: Mapping[str, Any]) -> FakeSpan:
+        self.spans.append(FakeSpan(name, attributes))
+        return self.spans[-1]
+
+
+def traced(engine: JackpotEngine) -> FakeTracer:
+    """Replace the engine's tracing observer by one on a fake tracer."""
+    tracer = FakeTracer()
+    observer = TracingObserver(tracer, error_status="ERROR")
+    engine.stats.observers = [o for o in engine.stats.observers
+                              if not isinstance(o, TracingObserver)] + [observer]
+    engine._trace = observer.span
+    return tracer
+
+
+def test_each_operation_is_a_span_with_its_identity_and_outcome(engine: JackpotEngine) -> None:
+    tracer = traced(engine)
+    engine.contribute("10", groups=("minor", "major"), op_id="bet-1")
+    engine.contribute("10", groups=("minor", "major"), op_id="bet-1")
+    with pytest.raises(InsufficientFundsError):
+        engine.process_win("mega", amount="99999", op_id="win-1")
+    bet, replay, win = tracer.spans
+    assert (bet.name, win.name) == ("jackpot.contribute", "jackpot.win")
+    assert {k: v for k, v in bet.attributes.items() if k != "jackpot.duration_seconds"} == {
+        "jackpot.op_id": "bet-1", "jackpot.operation": "contribute",
+        "jackpot.level": "major,minor", "jackpot.outcome": "ok"}
+    assert replay.attributes["jackpot.outcome"] == "replayed"
+    assert win.attributes["jackpot.outcome"] == "rejected"
+    assert [type(e) for e in win.exceptions] == [InsufficientFundsError]
+    assert win.status is None  # a refusal is the caller's error, not the engine's
+    assert [s.ended for s in tracer.spans] == [1, 1, 1]
+    assert [name for name, _ in bet.events] == ["jackpot.lock_wait", "jackpot.lock_wait"]
+    assert [e["jackpot.lock"] for _, e in bet.events] == ["coordinator", "database"]
+
+
+def test_a_conflict_and_its_retry_are_events(open_engine: Callable[..., JackpotEngine]) -> None:
+    a, b = open_engine(), open_engine()
+    tracer = traced(a)
+    b.contribute("1", groups="minor")
+    a.contribute("1", groups="minor", op_id="bet-2")
+    (span,) = tracer.spans
+    assert [name for name, _ in span.events] == [
+        "jackpot.lock_wait", "jackpot.version_conflict", "jackpot.retry", "jackpot.lock_wait"]
+    assert span.events[1][1] == {"jackpot.level": "minor", "jackpot.count": 1}
+    assert span.attributes["jackpot.outcome"] == "ok"
+
+
+def test_without_opentelemetry_there_is_no_observer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import fails
+    assert tracing.observer() is None
+
+
+def test_with_opentelemetry_the_observer_uses_the_global_tracer() -> None:
+    observer = tracing.observer()
+    assert isinstance(observer, TracingObserver)
+
+
+def test_an_event_with_no_open_span_is_dropped() -> None:
+    tracer = FakeTracer()
+    observer = TracingObserver(tracer)
+    observer.on_event("retries", "contribute", "minor", 1)
+    observer.on_lock_wait("database", "win", 0.1)
+    observer.on_operation("win", "ok", 0.1)  # no span opened in this context
+    assert tracer.spans == []
+
+
+def test_a_timeout_marks_the_span_as_an_error(open_engine: Callable[..., JackpotEngine],
+                                              db_path: Path) -> None:
+    engine = open_engine(settings=Settings(lock_timeout_ms=50))
+    tracer = traced(engine)
+    with write_lock_held(db_path), pytest.raises(LockTimeoutError):
+        engine.contribute("1", groups="minor", op_id="bet-3")
+    (span,) = tracer.spans
+    assert span.attributes["jackpot.outcome"] == "timeout"
+    assert span.status == "ERROR"
+    assert [type(e) for e in span.exceptions] == [LockTimeoutError]
