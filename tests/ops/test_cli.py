@@ -13,7 +13,7 @@ from typing import Any
 import apsw
 import pytest
 
-from jackpot import JackpotEngine
+from jackpot import JackpotEngine, cli
 
 CLI = [sys.executable, "-m", "jackpot.cli"]
 
@@ -108,6 +108,8 @@ def test_tables_for_people(db: str) -> None:
 def test_jackpot_db_from_the_environment(db: str) -> None:
     levels = ok_json("status", env={"JACKPOT_DB": db})
     assert len(levels) == 3
+    done = jackpot("--json", "verify", env={"JACKPOT_DB": db})  # options before the command
+    assert (done.returncode, json.loads(done.stdout)["ok"]) == (0, True)
 
 
 def test_verify_fails_with_status_1_when_the_books_do_not_balance(db: str) -> None:
@@ -201,3 +203,13 @@ def test_a_bad_setting_is_one_line_and_status_2(db: str) -> None:
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == ("jackpot: error: environment variable JACKPOT_LOCK_TIMEOUT_MS='soon' "
                            "is invalid: expected a non-negative integer\n")
+
+
+def test_without_the_cli_extra_the_command_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "find_spec", lambda name: None if name == "rich" else object())
+    with pytest.raises(SystemExit) as info:
+        cli.main(["status"])
+    assert info.value.code == 1
+    assert capsys.readouterr().err == (
+        "jackpot: error: the command needs rich: pip install 'jackpot[cli]'\n")
