@@ -50,7 +50,7 @@ from jackpot.results import (
 from jackpot.service import Operation, now_ms
 from jackpot.settings import Settings
 from jackpot.stats import Stats
-from jackpot.storage import SQLiteStore
+from jackpot.storage import Store, open_store
 
 __all__ = ["JackpotEngine"]
 
@@ -108,7 +108,9 @@ class JackpotEngine:
 
         Levels in `groups` that the file lacks are created; levels already in
         the file are kept as they are. A new file with no `groups` gets the
-        default levels minor, major and mega.
+        default levels minor, major and mega. `path` may instead be a
+        PostgreSQL URL (``postgresql://user@host:port/dbname``, needs the
+        `postgres` extra): several engines, on several hosts, then share it.
 
         Raises:
             ValidationError: bad settings (naming the JACKPOT_* variable) or groups.
@@ -143,7 +145,7 @@ class JackpotEngine:
             store.close()
         return cls(str(path), settings, existing)
 
-    def _open_store(self) -> SQLiteStore:
+    def _open_store(self) -> Store:
         return _store(self._path, self._settings)
 
     def close(self, timeout: float | None = None) -> None:
@@ -457,10 +459,11 @@ class JackpotEngine:
                       closed=self._closed)
 
 
-def _store(path: str, settings: Settings) -> SQLiteStore:
-    return SQLiteStore(path, lock_timeout_ms=settings.lock_timeout_ms,
-                       poll_interval_ms=settings.concurrency_check_interval_ms,
-                       synchronous=settings.synchronous)
+def _store(path: str, settings: Settings) -> Store:
+    """Open the backend `path` names: a postgresql:// URL, else a SQLite file."""
+    return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
+                      poll_interval_ms=settings.concurrency_check_interval_ms,
+                      synchronous=settings.synchronous)
 
 
 def outcome_of(error: BaseException) -> str:

@@ -35,7 +35,12 @@ from jackpot.errors import (
 )
 from jackpot.settings import Settings
 from jackpot.stats import Stats
-from jackpot.storage import BusyIncidentError, SQLiteStore, StoredOperation
+from jackpot.storage import (
+    BusyIncidentError,
+    SerializationFailureError,
+    SQLiteStore,
+    StoredOperation,
+)
 
 __all__ = ["Operation", "Outcome", "Result", "execute", "execute_batch", "fingerprint", "now_ms"]
 
@@ -182,8 +187,7 @@ def _with_retries(
                            extra={"op_id": ops[0].op_id, "operation": kinds, "level": levels,
                                   "attempt": attempt, "outcome": "busy"})
             if attempt >= settings.max_retry_attempts:
-                msg = f"{kinds} {ops[0].op_id!r}: database stayed busy after {attempt} retries"
-                raise StorageError(msg) from e
+                raise _busy_exhausted(e, kinds, levels, ops[0].op_id, attempt) from e
             time.sleep(_backoff(settings, attempt))
         else:
             for op, outcome in zip(ops, outcomes, strict=True):
@@ -193,6 +197,18 @@ def _with_retries(
         attempt += 1
         fresh = True
         stats.add("retries", kinds, levels)
+
+
+def _busy_exhausted(e: BusyIncidentError, kinds: str, levels: str, op_id: str, attempt: int
+                    ) -> JackpotError:
+    """Return the error once busy retries run out; a lost race is a concurrency violation."""
+    if isinstance(e, SerializationFailureError):  # PostgreSQL: deadlock, 40001, twin op_id
+        msg = (f"{kinds} {op_id!r}: lost to concurrent transactions {attempt + 1} times "
+               f"({e}); nothing changed")
+        return ConcurrencyViolationError(msg, operation=kinds, group=levels,
+                                         conflict_details={"attempts": attempt + 1})
+    msg = f"{kinds} {op_id!r}: database stayed busy after {attempt} retries"
+    return StorageError(msg)
 
 
 def _attempt(

@@ -1,10 +1,66 @@
 """Storage: the only package that speaks SQL.
 
-The engine and actors use the narrow interface of `SQLiteStore` (write/read
+The engine and actors use the narrow interface of `Store` (write/read
 transactions, load/insert/update a level, append ledger rows, idempotency
-records); a second backend implements the same methods.
+records, the audit's queries). Two backends implement it, one module each:
+`SQLiteStore` (a file path; the embedded default) and `PostgresStore` (a
+postgresql:// URL; needs the `postgres` extra, imported only when used).
+`open_store` picks the backend from the target.
 """
 
-from jackpot.storage.sqlite import BusyIncidentError, LedgerRow, SQLiteStore, StoredOperation
+from jackpot.errors import StorageError
+from jackpot.storage.base import (
+    BusyIncidentError,
+    LedgerRow,
+    LedgerTotals,
+    SerializationFailureError,
+    Store,
+    StoredOperation,
+)
+from jackpot.storage.sqlite import SQLiteStore
 
-__all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
+__all__ = [
+    "BusyIncidentError",
+    "LedgerRow",
+    "LedgerTotals",
+    "SQLiteStore",
+    "SerializationFailureError",
+    "Store",
+    "StoredOperation",
+    "is_database_url",
+    "open_store",
+]
+
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(target: str) -> bool:
+    """Say whether `target` names a PostgreSQL database (else it is a SQLite file path)."""
+    return target.startswith(_URL_SCHEMES)
+
+
+def open_store(
+    target: str,
+    *,
+    lock_timeout_ms: int = 5000,
+    poll_interval_ms: int = 50,
+    synchronous: str = "FULL",
+) -> Store:
+    """Open the store for `target`: a postgresql:// URL, or a SQLite file path.
+
+    Raises:
+        StorageError: the database cannot be opened, or the URL needs the
+            `postgres` extra that is not installed.
+
+    """
+    if not is_database_url(target):
+        return SQLiteStore(target, lock_timeout_ms=lock_timeout_ms,
+                           poll_interval_ms=poll_interval_ms, synchronous=synchronous)
+    try:
+        # Imported here: psycopg is an optional extra, needed only for URLs.
+        from jackpot.storage.postgres import PostgresStore  # noqa: PLC0415
+    except ImportError as e:
+        msg = (f"a PostgreSQL URL needs psycopg and psycopg_pool ({e}): "
+               "pip install 'jackpot[postgres]'")
+        raise StorageError(msg) from e
+    return PostgresStore(target, lock_timeout_ms=lock_timeout_ms, synchronous=synchronous)

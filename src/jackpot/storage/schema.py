@@ -1,6 +1,10 @@
-"""The database schema and its migrations, applied under `PRAGMA user_version`.
+"""The database schema and its migrations, one list per backend.
 
-Amounts are INTEGER units of 1e-6, rates INTEGER parts of 1e-9. Ledger and
+SQLite's (`MIGRATIONS`) are applied under `PRAGMA user_version`, PostgreSQL's
+(`POSTGRES_MIGRATIONS`) under the one-row table `jackpot_schema`; both
+describe the same tables, columns and constraints. Amounts are integer units
+of 1e-6 (SQLite INTEGER, PostgreSQL BIGINT: both 64-bit), rates integer parts
+of 1e-9. Ledger and
 operations tables are append-only: triggers refuse UPDATE and DELETE, so not
 even a bug in this package can rewrite history. Each ledger row carries its
 breakdown per meter so the audit can rebuild every level from the ledger alone.
@@ -8,7 +12,7 @@ breakdown per meter so the audit can rebuild every level from the ledger alone.
 
 from __future__ import annotations
 
-__all__ = ["LEDGER_PARTS", "METERS", "MIGRATIONS"]
+__all__ = ["LEDGER_PARTS", "METERS", "MIGRATIONS", "POSTGRES_MIGRATIONS", "POSTGRES_TRIGGERS"]
 
 METERS = ("bets", "wagered", "contributed", "overflow", "reserve_in", "house_funded",
           "reserve_funded", "won", "wins", "hits", "adjusted", "transferred",
@@ -84,3 +88,78 @@ BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END;
 
 MIGRATIONS: tuple[str, ...] = (_V1,)
 """MIGRATIONS[i] takes the schema from user_version i to i + 1."""
+
+
+_PG_METER_COLUMNS = ",\n    ".join(f"m_{m} BIGINT NOT NULL DEFAULT 0" for m in METERS)
+_PG_PART_COLUMNS = ",\n    ".join(f"{p} BIGINT NOT NULL DEFAULT 0" for p in LEDGER_PARTS)
+
+# The same tables as _V1. Differences, each for a reason: BIGINT for every
+# amount (INTEGER is 32-bit here); an identity column for the ledger's seq; one
+# statement-level trigger per append-only table that also refuses TRUNCATE.
+_PG_V1 = f"""
+CREATE TABLE levels (
+    name TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'retired')),
+    amount BIGINT NOT NULL CHECK (amount >= 0),
+    reserve BIGINT NOT NULL CHECK (reserve >= 0),
+    carry BIGINT NOT NULL CHECK (carry >= 0 AND carry < 1000000000),
+    reserve_carry BIGINT NOT NULL CHECK (reserve_carry >= 0 AND reserve_carry < 1000000000),
+    trigger BIGINT,
+    pending TEXT NOT NULL DEFAULT '{{}}',
+    version BIGINT NOT NULL CHECK (version >= 1),
+    lock_holder TEXT,
+    last_modified_at BIGINT NOT NULL,
+    seed BIGINT NOT NULL CHECK (seed >= 0),
+    rate BIGINT NOT NULL CHECK (rate > 0 AND rate < 1000000000),
+    cap BIGINT CHECK (cap IS NULL OR cap >= seed),
+    reserve_rate BIGINT NOT NULL CHECK (reserve_rate >= 0 AND reserve_rate < 1000000000),
+    min_bet BIGINT,
+    max_contribution BIGINT,
+    must_hit_by BIGINT CHECK (must_hit_by IS NULL OR must_hit_by > seed),
+    overflow_to TEXT NOT NULL CHECK (overflow_to IN ('meter', 'reserve')),
+    {_PG_METER_COLUMNS}
+);
+
+CREATE TABLE ledger (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    op_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    level TEXT NOT NULL REFERENCES levels (name),
+    delta BIGINT NOT NULL,
+    balance_after BIGINT NOT NULL CHECK (balance_after >= 0),
+    reserve_delta BIGINT NOT NULL,
+    reserve_after BIGINT NOT NULL CHECK (reserve_after >= 0),
+    version_after BIGINT NOT NULL,
+    {_PG_PART_COLUMNS},
+    at_ms BIGINT NOT NULL,
+    who TEXT,
+    detail TEXT
+);
+CREATE UNIQUE INDEX ledger_level_version ON ledger (level, version_after);
+CREATE INDEX ledger_op_id ON ledger (op_id);
+CREATE INDEX ledger_level_kind ON ledger (level, kind, seq);
+
+CREATE TABLE operations (
+    op_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+
+CREATE FUNCTION jackpot_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
+END
+$$;
+CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only();
+CREATE TRIGGER operations_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON operations
+    FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only();
+"""
+
+POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1,)
+"""POSTGRES_MIGRATIONS[i] takes the schema from jackpot_schema.version i to i + 1."""
+
+POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")
+"""The triggers that make history append-only (checked by the integrity check)."""

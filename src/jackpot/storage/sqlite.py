@@ -16,15 +16,25 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from typing import Any
 
 import apsw
 import apsw.bestpractice
 
-from jackpot.domain import Entry, LevelConfig, LevelState, Meters
+from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
-from jackpot.storage.schema import LEDGER_PARTS, METERS, MIGRATIONS
+from jackpot.storage.base import (
+    ENTRY_COLUMNS,
+    LEVEL_COLUMNS,
+    BusyIncidentError,
+    LedgerRow,
+    Store,
+    StoredOperation,
+    ledger_row,
+    level_from_row,
+    level_values,
+)
+from jackpot.storage.schema import MIGRATIONS
 
 __all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
 
@@ -34,86 +44,16 @@ __all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
 apsw.bestpractice.apply(tuple(f for f in apsw.bestpractice.recommended
                               if f is not apsw.bestpractice.connection_optimize))
 
-_STATE = ("name", "status", "amount", "reserve", "carry", "reserve_carry", "trigger",
-          "pending", "version", "lock_holder", "last_modified_at")
-_CONFIG = tuple(f.name for f in fields(LevelConfig))
-_LEVEL_COLUMNS = (*_STATE, *_CONFIG, *(f"m_{m}" for m in METERS))
-_SELECT_LEVEL = f"SELECT {', '.join(_LEVEL_COLUMNS)} FROM levels"
-_INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(_LEVEL_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(_LEVEL_COLUMNS))})")
-_UPDATE_LEVEL = (f"UPDATE levels SET {', '.join(f'{c} = ?' for c in _LEVEL_COLUMNS[1:])} "
+_SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
+_INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(LEVEL_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(LEVEL_COLUMNS))})")
+_UPDATE_LEVEL = (f"UPDATE levels SET {', '.join(f'{c} = ?' for c in LEVEL_COLUMNS[1:])} "
                  "WHERE name = ? AND version = ?")
-_ENTRY_COLUMNS = ("kind", "level", "delta", "balance_after", "reserve_delta",
-                  "reserve_after", "version_after", *LEDGER_PARTS, "at_ms", "who", "detail")
-_INSERT_ENTRY = (f"INSERT INTO ledger (op_id, {', '.join(_ENTRY_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * (len(_ENTRY_COLUMNS) + 1))})")
+_INSERT_ENTRY = (f"INSERT INTO ledger (op_id, {', '.join(ENTRY_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * (len(ENTRY_COLUMNS) + 1))})")
 
 
-class BusyIncidentError(StorageError):
-    """SQLITE_BUSY returned without waiting (a would-be deadlock): retry."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredOperation:
-    """An idempotency record: the first result of an op_id."""
-
-    op_id: str
-    kind: str
-    fingerprint: str
-    result: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerRow:
-    """One committed ledger row (amounts in units; see `domain.Entry`)."""
-
-    seq: int
-    op_id: str
-    kind: str
-    level: str
-    delta: int
-    balance_after: int
-    reserve_delta: int
-    reserve_after: int
-    version_after: int
-    contributed: int
-    overflow: int
-    reserve_in: int
-    house_funded: int
-    reserve_funded: int
-    paid: int
-    adjusted: int
-    transferred: int
-    reserve_transferred: int
-    at_ms: int
-    who: str | None
-    detail: dict[str, Any] | None
-
-
-def _level_from_row(row: tuple[Any, ...]) -> LevelState:
-    n_state, n_config = len(_STATE), len(_CONFIG)
-    state = dict(zip(_STATE, row[:n_state], strict=True))
-    state["pending"] = json.loads(state["pending"])
-    config = LevelConfig(*row[n_state:n_state + n_config])
-    return LevelState(**state, config=config, meters=Meters(*row[n_state + n_config:]))
-
-
-def _level_values(s: LevelState) -> tuple[Any, ...]:
-    state = tuple(json.dumps(s.pending, sort_keys=True) if c == "pending" else getattr(s, c)
-                  for c in _STATE)
-    config = tuple(getattr(s.config, c) for c in _CONFIG)
-    meters = tuple(getattr(s.meters, m) for m in METERS)
-    return (*state, *config, *meters)
-
-
-def _ledger_row(row: tuple[Any, ...]) -> LedgerRow:
-    values = dict(zip(LedgerRow.__dataclass_fields__, row, strict=True))
-    if values["detail"] is not None:
-        values["detail"] = json.loads(values["detail"])
-    return LedgerRow(**values)
-
-
-class SQLiteStore:
+class SQLiteStore(Store):
     """One APSW connection to a jackpot database, with the engine's queries."""
 
     def __init__(
@@ -231,20 +171,20 @@ class SQLiteStore:
     def load_level(self, name: str) -> LevelState | None:
         """Return the committed state of one level, or None."""
         rows = self._exec(f"{_SELECT_LEVEL} WHERE name = ?", (name,))
-        return _level_from_row(rows[0]) if rows else None
+        return level_from_row(rows[0]) if rows else None
 
     def load_levels(self) -> dict[str, LevelState]:
         """Return every level, by name."""
         rows = self._exec(f"{_SELECT_LEVEL} ORDER BY name")
-        return {row[0]: _level_from_row(row) for row in rows}
+        return {row[0]: level_from_row(row) for row in rows}
 
     def insert_level(self, state: LevelState) -> None:
         """Insert a new level row."""
-        self._exec(_INSERT_LEVEL, _level_values(state))
+        self._exec(_INSERT_LEVEL, level_values(state))
 
     def update_level(self, state: LevelState, *, expected_version: int) -> bool:
         """Write `state` if the row is still at `expected_version`; say if it was."""
-        values = _level_values(state)
+        values = level_values(state)
         self._exec(_UPDATE_LEVEL, (*values[1:], state.name, expected_version))
         return self.conn.changes() == 1
 
@@ -261,7 +201,7 @@ class SQLiteStore:
     def append_entries(self, entries: list[tuple[str, Entry]]) -> None:
         """Append one ledger row per (op_id, entry), in order."""
         rows = [
-            (op_id, *(getattr(e, c) for c in _ENTRY_COLUMNS[:-1]),
+            (op_id, *(getattr(e, c) for c in ENTRY_COLUMNS[:-1]),
              None if e.detail is None else json.dumps(e.detail, sort_keys=True))
             for op_id, e in entries
         ]
@@ -308,7 +248,7 @@ class SQLiteStore:
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_ledger_row(row) for row in self._exec(sql, tuple(params))]
+        return [ledger_row(row) for row in self._exec(sql, tuple(params))]
 
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""

@@ -1,0 +1,292 @@
+"""The storage contract: what the engine needs from a backend, and what they share.
+
+`Store` is the narrow interface the actors, the service and the audit use.
+Each backend (`sqlite.SQLiteStore`, `postgres.PostgresStore`) implements it
+in its own module and translates its driver's errors into the `JackpotError`
+family once, at the transaction boundary. The contract every backend keeps
+(exercised by tests/backends/contract.py against each of them):
+
+- `write()` is one transaction: everything inside commits together or, on
+  any exception, nothing does. `update_level` is version-checked: it writes
+  only if the row is still at `expected_version` and says whether it did.
+- A level row read with `load_level` inside `write()` cannot be changed by
+  another writer until the transaction ends (SQLite: the database write
+  lock; PostgreSQL: the row lock).
+- Waiting for a lock is bounded by the lock timeout (`LockTimeoutError`).
+  A transaction the database aborts to break a deadlock or a lost race
+  raises `BusyIncidentError` (retry it); `SerializationFailureError` marks
+  the lost races, which the service reports as a `ConcurrencyViolationError`
+  once its retries run out.
+- `read()` is one consistent snapshot. The ledger and operations tables are
+  append-only, enforced by the database itself.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, fields
+from typing import Any
+
+from jackpot.domain import Entry, LevelConfig, LevelState, Meters
+from jackpot.errors import StorageError
+from jackpot.storage.schema import LEDGER_PARTS, METERS
+
+__all__ = [
+    "BusyIncidentError",
+    "LedgerRow",
+    "LedgerTotals",
+    "SerializationFailureError",
+    "Store",
+    "StoredOperation",
+]
+
+STATE_COLUMNS = ("name", "status", "amount", "reserve", "carry", "reserve_carry", "trigger",
+                 "pending", "version", "lock_holder", "last_modified_at")
+CONFIG_COLUMNS = tuple(f.name for f in fields(LevelConfig))
+LEVEL_COLUMNS = (*STATE_COLUMNS, *CONFIG_COLUMNS, *(f"m_{m}" for m in METERS))
+ENTRY_COLUMNS = ("kind", "level", "delta", "balance_after", "reserve_delta",
+                 "reserve_after", "version_after", *LEDGER_PARTS, "at_ms", "who", "detail")
+
+
+class BusyIncidentError(StorageError):
+    """The database refused to wait (a would-be deadlock): roll back and retry."""
+
+
+class SerializationFailureError(BusyIncidentError):
+    """The transaction lost a race (deadlock, serialization failure, twin op_id): retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOperation:
+    """An idempotency record: the first result of an op_id."""
+
+    op_id: str
+    kind: str
+    fingerprint: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One committed ledger row (amounts in units; see `domain.Entry`)."""
+
+    seq: int
+    op_id: str
+    kind: str
+    level: str
+    delta: int
+    balance_after: int
+    reserve_delta: int
+    reserve_after: int
+    version_after: int
+    contributed: int
+    overflow: int
+    reserve_in: int
+    house_funded: int
+    reserve_funded: int
+    paid: int
+    adjusted: int
+    transferred: int
+    reserve_transferred: int
+    at_ms: int
+    who: str | None
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """What one level's ledger rows add up to (for the audit)."""
+
+    rows: int
+    min_version: int
+    max_version: int
+    delta: int
+    reserve_delta: int
+    min_balance: int
+    min_reserve: int
+    meters: dict[str, int]
+
+
+# meter -> SQL aggregate over a level's ledger rows (the same text on every backend)
+AUDIT_METER_SUMS = {
+    "bets": "SUM(CASE WHEN kind = 'contribute' AND substr(detail, 1, 7) = '{\"bet\":' "
+            "THEN 1 ELSE 0 END)",
+    "contributed": "SUM(contributed)",
+    "overflow": "SUM(overflow)",
+    "reserve_in": "SUM(reserve_in)",
+    "house_funded": "SUM(house_funded)",
+    "reserve_funded": "SUM(reserve_funded)",
+    "won": "SUM(paid)",
+    "wins": "SUM(CASE WHEN kind IN ('win', 'hit') THEN 1 ELSE 0 END)",
+    "hits": "SUM(CASE WHEN kind = 'hit' THEN 1 ELSE 0 END)",
+    "adjusted": "SUM(adjusted)",
+    "transferred": "SUM(transferred)",
+    "reserve_transferred": "SUM(reserve_transferred)",
+}
+
+_LEDGER_TOTALS = f"""
+SELECT level, COUNT(*), MIN(version_after), MAX(version_after), SUM(delta),
+       SUM(reserve_delta), MIN(balance_after), MIN(reserve_after),
+       {", ".join(AUDIT_METER_SUMS.values())}
+FROM ledger GROUP BY level
+"""
+
+# Rows that break the balance chain or whose deltas are not the sum of their parts.
+_BROKEN_ROWS = """
+SELECT level, version_after, seq FROM (
+    SELECT level, version_after, seq, delta, reserve_delta, balance_after, reserve_after,
+        contributed, overflow, reserve_in, house_funded, reserve_funded, paid, adjusted,
+        transferred, reserve_transferred,
+        LAG(balance_after, 1, 0) OVER w AS prev_balance,
+        LAG(reserve_after, 1, 0) OVER w AS prev_reserve
+    FROM ledger WINDOW w AS (PARTITION BY level ORDER BY version_after)) AS chained
+WHERE balance_after != prev_balance + delta
+   OR reserve_after != prev_reserve + reserve_delta
+   OR delta != contributed - overflow + house_funded + reserve_funded - paid
+               + adjusted + transferred
+   OR reserve_delta != reserve_in - reserve_funded + reserve_transferred
+ORDER BY level, version_after
+"""
+
+OPERATIONS_WITHOUT_LEDGER = (
+    "SELECT op_id FROM operations o WHERE NOT EXISTS "
+    "(SELECT 1 FROM ledger l WHERE l.op_id = o.op_id) ORDER BY op_id")
+
+
+def level_from_row(row: tuple[Any, ...]) -> LevelState:
+    """Rebuild a level from a row of `LEVEL_COLUMNS`."""
+    n_state, n_config = len(STATE_COLUMNS), len(CONFIG_COLUMNS)
+    state = dict(zip(STATE_COLUMNS, row[:n_state], strict=True))
+    state["pending"] = json.loads(state["pending"])
+    config = LevelConfig(*row[n_state:n_state + n_config])
+    return LevelState(**state, config=config, meters=Meters(*row[n_state + n_config:]))
+
+
+def level_values(s: LevelState) -> tuple[Any, ...]:
+    """Return a level's values in `LEVEL_COLUMNS` order."""
+    state = tuple(json.dumps(s.pending, sort_keys=True) if c == "pending" else getattr(s, c)
+                  for c in STATE_COLUMNS)
+    config = tuple(getattr(s.config, c) for c in CONFIG_COLUMNS)
+    meters = tuple(getattr(s.meters, m) for m in METERS)
+    return (*state, *config, *meters)
+
+
+def entry_values(op_id: str, e: Entry) -> tuple[Any, ...]:
+    """Return a ledger row's values: op_id, then `ENTRY_COLUMNS` order."""
+    return (op_id, *(getattr(e, c) for c in ENTRY_COLUMNS[:-1]),
+            None if e.detail is None else json.dumps(e.detail, sort_keys=True))
+
+
+def ledger_row(row: tuple[Any, ...]) -> LedgerRow:
+    """Rebuild a ledger row from the columns of `LedgerRow`, in order."""
+    values = dict(zip(LedgerRow.__dataclass_fields__, row, strict=True))
+    if values["detail"] is not None:
+        values["detail"] = json.loads(values["detail"])
+    return LedgerRow(**values)
+
+
+class Store(ABC):
+    """One connection's worth of the engine's queries, used by one thread at a time."""
+
+    lock_wait_seconds: float = 0.0
+    """How long the last `write()` waited to begin (for the lock-wait metric)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection (idempotent)."""
+
+    @abstractmethod
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement and return its rows."""
+
+    # -- transactions ----------------------------------------------------------
+
+    @abstractmethod
+    def write(self) -> AbstractContextManager[None]:
+        """Run the block in one write transaction; roll back on any error."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[None]:
+        """Run the block in one read-only, consistent snapshot."""
+
+    @abstractmethod
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; return that version."""
+
+    # -- levels ------------------------------------------------------------------
+
+    @abstractmethod
+    def load_level(self, name: str) -> LevelState | None:
+        """Return the committed state of one level (locked inside `write()`), or None."""
+
+    @abstractmethod
+    def load_levels(self) -> dict[str, LevelState]:
+        """Return every level, by name, in name order."""
+
+    @abstractmethod
+    def insert_level(self, state: LevelState) -> None:
+        """Insert a new level row."""
+
+    @abstractmethod
+    def update_level(self, state: LevelState, *, expected_version: int) -> bool:
+        """Write `state` if the row is still at `expected_version`; say if it was."""
+
+    @abstractmethod
+    def claim_lock(self, name: str, holder: str | None) -> None:
+        """Record `holder` (None: release) as the level's lock holder in this transaction."""
+
+    # -- ledger and operations -------------------------------------------------
+
+    def append(self, op_id: str, entries: list[Entry]) -> None:
+        """Append ledger rows for `entries` under `op_id`."""
+        self.append_entries([(op_id, e) for e in entries])
+
+    @abstractmethod
+    def append_entries(self, entries: list[tuple[str, Entry]]) -> None:
+        """Append one ledger row per (op_id, entry), in order."""
+
+    def find_operation(self, op_id: str) -> StoredOperation | None:
+        """Return the stored first result of `op_id`, or None."""
+        return self.find_operations([op_id]).get(op_id)
+
+    @abstractmethod
+    def find_operations(self, op_ids: list[str]) -> dict[str, StoredOperation]:
+        """Return the stored first results of those `op_ids` that have one."""
+
+    @abstractmethod
+    def record_operations(self, records: list[StoredOperation], at_ms: int) -> None:
+        """Store the first results of op_ids (inside the operations' transaction)."""
+
+    @abstractmethod
+    def ledger(self, *, level: str | None = None, limit: int | None = None,
+               kinds: tuple[str, ...] | None = None, newest_first: bool = False
+               ) -> list[LedgerRow]:
+        """Return ledger rows, optionally of one level and kinds, oldest first."""
+
+    # -- audit -------------------------------------------------------------------
+
+    def ledger_totals(self) -> dict[str, LedgerTotals]:
+        """Return, per level that has ledger rows, what its rows add up to."""
+        out: dict[str, LedgerTotals] = {}
+        for level, *values in self._exec(_LEDGER_TOTALS):
+            n = [int(v) for v in values]  # PostgreSQL sums BIGINT as NUMERIC
+            rows, vmin, vmax, delta, reserve_delta, low, low_reserve = n[:7]
+            out[level] = LedgerTotals(rows, vmin, vmax, delta, reserve_delta, low, low_reserve,
+                                      dict(zip(AUDIT_METER_SUMS, n[7:], strict=True)))
+        return out
+
+    def broken_ledger_rows(self, limit: int = 20) -> list[tuple[str, int, int]]:
+        """Return (level, version_after, seq) of rows that do not add up, at most `limit`."""
+        return [(r[0], int(r[1]), int(r[2]))
+                for r in self._exec(f"{_BROKEN_ROWS} LIMIT {int(limit)}")]
+
+    def operation_ids_without_ledger(self) -> list[str]:
+        """Return op_ids recorded as applied that have no ledger row."""
+        return [r[0] for r in self._exec(OPERATIONS_WITHOUT_LEDGER)]
+
+    @abstractmethod
+    def integrity_check(self) -> str:
+        """Return the database's own consistency verdict ('ok' when sound)."""
+

@@ -1,0 +1,452 @@
+"""PostgreSQL storage through psycopg 3: the only module that speaks SQL to PostgreSQL.
+
+`PostgresStore` implements the `Store` contract for engines on several hosts
+sharing one database. Like `SQLiteStore`, one store is used by one thread at a
+time (each actor owns one); its connection comes from a `psycopg_pool` pool
+shared by every store of the process for that URL, checked out for one
+transaction (or one statement) at a time.
+
+Isolation: write transactions run at READ COMMITTED with explicit row locks
+and version checks, not at SERIALIZABLE. Every decision a write makes rests
+on two kinds of reads, and each is protected without predicate locks:
+
+- Level rows. Inside `write()`, `load_level` reads with `SELECT ... FOR
+  UPDATE`, so the row it returns cannot change until the transaction ends
+  (wins, config changes and every fresh re-read after a conflict go through
+  it). A row the caller did not re-read (a cached state, as group commit and
+  the coordinator use) is written with `UPDATE ... WHERE name = %s AND version
+  = %s`: the UPDATE waits for any concurrent writer of the row, then
+  re-evaluates the version against the newest committed row (READ COMMITTED
+  re-check), so a write committed by another process at any moment since the
+  cached read (even inside this transaction's window) leaves 0 rows updated,
+  which the service treats as a version conflict. Every committed change
+  bumps the version, so an equal version proves an unchanged row.
+- The op_id's idempotency record. A twin request committed first by another
+  process is caught by the operations table's primary key when this
+  transaction inserts its own record; that error is translated into
+  `SerializationFailureError`, and the service's retry then finds the stored
+  record and replays it.
+
+Nothing depends on the absence of rows in a range, which is what SERIALIZABLE
+adds over this; at SERIALIZABLE, PostgreSQL's page-granular predicate locks on
+the ledger and operations indexes would abort unrelated contributions with
+false-positive serialization failures. Reads (`read()`: pools, verify) use one
+REPEATABLE READ READ ONLY snapshot, the equivalent of SQLite's read
+transaction.
+
+Lock order and waits: the service reads and writes a transaction's levels in
+sorted name order, so multi-level transactions lock rows in canonical order
+and cannot deadlock each other. Ledger rows and idempotency records are
+buffered and inserted at the end of the transaction, after every level row is
+locked and version-checked: the only writer that can insert version N+1 of a
+level is the one holding that row, so the inserts never wait on another
+transaction's index entries. Every lock wait is bounded by `SET LOCAL
+lock_timeout` (JACKPOT_LOCK_TIMEOUT_MS), then `LockTimeoutError`; so is the
+wait for a pooled connection. Deadlocks (40P01) and serialization failures
+(40001), should PostgreSQL report any, roll back and raise
+`SerializationFailureError`, which the service retries with backoff and
+counts (busy_incidents); when retries run out it raises
+`ConcurrencyViolationError`.
+
+Durability: `synchronous="FULL"` (the default) commits with
+`synchronous_commit = on`, so a result is returned only after its commit is
+flushed; "NORMAL" uses `synchronous_commit = off` (like SQLite's NORMAL: a
+crash may lose the last commits, never half of one).
+
+Schema: `schema.POSTGRES_MIGRATIONS` under the one-row table `jackpot_schema`,
+applied under a transaction-scoped advisory lock so that engines opening one
+database at once migrate it once. Reading all levels inside a write (what
+`JackpotEngine.open` does before creating missing levels) takes the same
+advisory lock, so two engines never create the same level twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from jackpot.domain import Entry, LevelState
+from jackpot.errors import LockTimeoutError, StorageError
+from jackpot.storage.base import (
+    ENTRY_COLUMNS,
+    LEVEL_COLUMNS,
+    LedgerRow,
+    SerializationFailureError,
+    Store,
+    StoredOperation,
+    entry_values,
+    ledger_row,
+    level_from_row,
+    level_values,
+)
+from jackpot.storage.schema import POSTGRES_MIGRATIONS, POSTGRES_TRIGGERS
+
+__all__ = ["PostgresStore"]
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_ADVISORY_KEY = 0x6A61636B706F74  # "jackpot": serializes migrations and level creation
+_SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
+_LOAD_LEVEL = f"{_SELECT_LEVEL} WHERE name = %s"
+_LOCK_LEVEL = f"{_LOAD_LEVEL} FOR UPDATE"
+_LOAD_LEVELS = f'{_SELECT_LEVEL} ORDER BY name COLLATE "C"'  # byte order, as SQLite and sorted()
+_INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(LEVEL_COLUMNS)}) "
+                 f"VALUES ({', '.join(['%s'] * len(LEVEL_COLUMNS))})")
+_UPDATE_LEVEL = (f"UPDATE levels SET {', '.join(f'{c} = %s' for c in LEVEL_COLUMNS[1:])} "
+                 "WHERE name = %s AND version = %s")
+_INSERT_ENTRY = (f"INSERT INTO ledger (op_id, {', '.join(ENTRY_COLUMNS)}) "
+                 f"VALUES ({', '.join(['%s'] * (len(ENTRY_COLUMNS) + 1))})")
+_INSERT_OPERATION = ("INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                     "VALUES (%s, %s, %s, %s, %s)")
+_FIND_OPERATIONS = ("SELECT op_id, kind, fingerprint, result FROM operations "
+                    "WHERE op_id = ANY(%s)")
+_LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger"
+# What a unique violation on these means: another transaction won the race.
+_RACES = {"operations_pkey": "op_id", "ledger_level_version": "level version"}
+
+
+def describe(url: str) -> str:
+    """Return `url` without its password, for messages and logs."""
+    try:
+        d = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "<unparsable PostgreSQL URL>"
+    return (f"postgresql://{d.get('user') or ''}@{d.get('host') or ''}:{d.get('port') or ''}"
+            f"/{d.get('dbname') or ''}")
+
+
+class _Pools:
+    """One connection pool per (process, URL), shared by every store that uses it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[tuple[int, str], tuple[ConnectionPool[Connection], int]] = {}
+
+    def acquire(self, url: str, *, max_size: int, timeout: float) -> ConnectionPool[Connection]:
+        """Return the pool for `url`, creating it (after one test connection) if needed."""
+        key = (os.getpid(), url)  # a forked child never uses its parent's pool
+        with self._lock:
+            if key not in self._pools:
+                # Connect once directly: a bad URL, password or server fails here,
+                # at once and with the server's own words, not as a pool timeout.
+                psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
+                pool: ConnectionPool[Connection] = ConnectionPool(
+                    url, min_size=1, max_size=max_size, kwargs={"autocommit": True},
+                    open=False, name=f"jackpot {describe(url)}", timeout=timeout)
+                pool.open()
+                self._pools[key] = (pool, 0)
+            pool, users = self._pools[key]
+            self._pools[key] = (pool, users + 1)
+            return pool
+
+    def release(self, url: str) -> None:
+        """Drop one user of the pool for `url`; close the pool after its last user."""
+        key = (os.getpid(), url)
+        with self._lock:
+            pool, users = self._pools[key]
+            if users > 1:
+                self._pools[key] = (pool, users - 1)
+                return
+            del self._pools[key]
+        pool.close()
+
+
+_POOLS = _Pools()
+
+
+class PostgresStore(Store):
+    """A jackpot database on a PostgreSQL server, with the engine's queries."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lock_timeout_ms: int = 5000,
+        synchronous: str = "FULL",
+        pool_max_size: int = 16,
+    ) -> None:
+        """Connect to the database at `url` (postgresql://user@host:port/dbname).
+
+        `pool_max_size` bounds the connections this process opens to that
+        database (the first store of a URL sets it for the process).
+        """
+        self._url = url
+        self._where = describe(url)
+        self._timeout_ms = lock_timeout_ms
+        self._begin = ("BEGIN ISOLATION LEVEL READ COMMITTED; "
+                       f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+                       "SET LOCAL synchronous_commit = "
+                       f"{'off' if synchronous == 'NORMAL' else 'on'}")
+        self._conn: Connection | None = None
+        self._writing = False
+        self._entries: list[tuple[Any, ...]] = []
+        self._records: dict[str, StoredOperation] = {}
+        self._at_ms: dict[str, int] = {}
+        self._rowcount = 0
+        self._closed = False
+        try:
+            self._pool = _POOLS.acquire(url, max_size=pool_max_size,
+                                        timeout=lock_timeout_ms / 1000)
+        except (psycopg.Error, PoolTimeout) as e:
+            msg = f"cannot open database {self._where}: {e}"
+            raise StorageError(msg) from e
+
+    def close(self) -> None:
+        """Give this store's share of the connection pool back (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            _POOLS.release(self._url)
+
+    # -- low level -------------------------------------------------------
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; every statement of the engine passes here.
+
+        Inside a transaction, driver errors propagate to the transaction
+        boundary (`write`/`read`), which translates them once; outside, the
+        statement runs alone on a pooled connection and is translated here.
+        """
+        if self._conn is not None:
+            return self._run(self._conn, sql, params)
+        try:
+            with self._pool.connection(timeout=self._timeout_ms / 1000) as conn:
+                return self._run(conn, sql, params)
+        except (psycopg.Error, PoolTimeout) as e:
+            raise self._translate(e) from e
+
+    def _exec_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run one statement for many rows (pipelined); the bulk twin of `_exec`."""
+        assert self._conn is not None, "bulk writes run inside write()"
+        with self._conn.cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def _run(self, conn: Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        cur = conn.execute(sql, params or None)
+        self._rowcount = cur.rowcount
+        return cur.fetchall() if cur.description is not None else []
+
+    def _translate(self, e: BaseException) -> Exception:
+        ms = self._timeout_ms
+        if isinstance(e, PoolTimeout):
+            return LockTimeoutError(
+                f"no connection to {self._where} became free within {ms} ms "
+                "(every pooled connection is busy); nothing was changed")
+        if isinstance(e, pg_errors.LockNotAvailable):
+            return LockTimeoutError(
+                f"row lock not acquired within {ms} ms (another transaction holds it); "
+                "nothing was changed")
+        if isinstance(e, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
+            return SerializationFailureError(
+                f"PostgreSQL aborted the transaction ({e.sqlstate}: {_first_line(e)}); "
+                "nothing was changed: retry")
+        if isinstance(e, pg_errors.UniqueViolation) and e.diag.constraint_name in _RACES:
+            what = _RACES[e.diag.constraint_name]
+            return SerializationFailureError(
+                f"a concurrent transaction committed the same {what} first "
+                f"({_first_line(e)}); nothing was changed: retry")
+        return StorageError(f"database error: {type(e).__name__}: {_first_line(e)}")
+
+    def _checkout(self) -> Connection:
+        try:
+            return self._pool.getconn(timeout=self._timeout_ms / 1000)
+        except (psycopg.Error, PoolTimeout) as e:
+            raise self._translate(e) from e
+
+    @staticmethod
+    def _rollback(conn: Connection) -> None:
+        # A failed ROLLBACK means the connection is gone (the server rolled
+        # back); the pool discards it, and the original error is what matters.
+        with contextlib.suppress(psycopg.Error):
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """Run the block in one READ COMMITTED transaction; roll back on any error."""
+        started = time.monotonic()
+        conn = self._checkout()
+        self._conn, self._writing = conn, True
+        try:
+            try:
+                conn.execute(self._begin)
+                self.lock_wait_seconds = time.monotonic() - started
+                yield
+                self._flush(commit=True)
+            except BaseException as exc:
+                self._rollback(conn)
+                if isinstance(exc, psycopg.Error):
+                    raise self._translate(exc) from exc
+                raise
+        finally:
+            self._conn, self._writing = None, False
+            self._entries, self._records, self._at_ms = [], {}, {}
+            self._pool.putconn(conn)
+
+    def _flush(self, *, commit: bool = False) -> None:
+        """Insert the buffered ledger rows and idempotency records (and commit)."""
+        assert self._conn is not None
+        records = [(r.op_id, r.kind, r.fingerprint, json.dumps(r.result, sort_keys=True),
+                    self._at_ms[r.op_id])
+                   for _, r in sorted(self._records.items())]  # sorted: no lock cycles
+        entries, self._entries, self._records, self._at_ms = self._entries, [], {}, {}
+        if not (entries or records or commit):
+            return
+        with self._conn.pipeline():  # one round trip for the inserts and the COMMIT
+            if entries:
+                self._exec_many(_INSERT_ENTRY, entries)
+            if records:
+                self._exec_many(_INSERT_OPERATION, records)
+            if commit:
+                self._conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """Run the block in one REPEATABLE READ, read-only snapshot."""
+        conn = self._checkout()
+        self._conn = conn
+        try:
+            try:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield
+            finally:
+                self._rollback(conn)
+        except psycopg.Error as e:
+            raise self._translate(e) from e
+        finally:
+            self._conn = None
+            self._pool.putconn(conn)
+
+    # -- schema ------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Bring the schema to the latest version; return that version."""
+        latest = len(POSTGRES_MIGRATIONS)
+        with self.write():
+            self._exec("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
+            self._exec("CREATE TABLE IF NOT EXISTS jackpot_schema (version INTEGER NOT NULL)")
+            rows = self._exec("SELECT version FROM jackpot_schema")
+            current = rows[0][0] if rows else 0
+            if current > latest:
+                msg = (f"database {self._where} has schema version {current}, newer than "
+                       f"this library's {latest}: upgrade jackpot")
+                raise StorageError(msg)
+            for number in range(current, latest):
+                self._exec(POSTGRES_MIGRATIONS[number])
+            if rows:
+                self._exec("UPDATE jackpot_schema SET version = %s", (latest,))
+            else:
+                self._exec("INSERT INTO jackpot_schema (version) VALUES (%s)", (latest,))
+        return latest
+
+    # -- levels --------------------------------------------------------------
+
+    def load_level(self, name: str) -> LevelState | None:
+        """Return one level's committed state, or None; inside `write()`, lock its row."""
+        rows = self._exec(_LOCK_LEVEL if self._writing else _LOAD_LEVEL, (name,))
+        return level_from_row(rows[0]) if rows else None
+
+    def load_levels(self) -> dict[str, LevelState]:
+        """Return every level, by name (inside `write()`: after the creation lock)."""
+        if self._writing:
+            self._exec("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
+        return {row[0]: level_from_row(row) for row in self._exec(_LOAD_LEVELS)}
+
+    def insert_level(self, state: LevelState) -> None:
+        """Insert a new level row."""
+        self._exec(_INSERT_LEVEL, level_values(state))
+
+    def update_level(self, state: LevelState, *, expected_version: int) -> bool:
+        """Write `state` if the row is still at `expected_version`; say if it was."""
+        values = level_values(state)
+        self._exec(_UPDATE_LEVEL, (*values[1:], state.name, expected_version))
+        return self._rowcount == 1
+
+    def claim_lock(self, name: str, holder: str | None) -> None:
+        """Record `holder` (None: release) as the level's lock holder in this transaction."""
+        self._exec("UPDATE levels SET lock_holder = %s WHERE name = %s", (holder, name))
+
+    # -- ledger and operations ----------------------------------------------
+
+    def append_entries(self, entries: list[tuple[str, Entry]]) -> None:
+        """Append one ledger row per (op_id, entry), in order (inserted at commit)."""
+        if not self._writing:
+            with self.write():
+                self.append_entries(entries)
+            return
+        self._entries.extend(entry_values(op_id, e) for op_id, e in entries)
+
+    def find_operations(self, op_ids: list[str]) -> dict[str, StoredOperation]:
+        """Return the stored first results of those `op_ids` that have one."""
+        found = {r[0]: StoredOperation(r[0], r[1], r[2], json.loads(r[3]))
+                 for r in self._exec(_FIND_OPERATIONS, (list(op_ids),))}
+        found.update((i, self._records[i]) for i in op_ids if i in self._records)
+        return found
+
+    def record_operations(self, records: list[StoredOperation], at_ms: int) -> None:
+        """Store the first results of op_ids (inserted when the transaction commits)."""
+        if not self._writing:
+            with self.write():
+                self.record_operations(records, at_ms)
+            return
+        for r in records:
+            if r.op_id in self._records:
+                msg = f"op_id {r.op_id!r} recorded twice in one transaction"
+                raise StorageError(msg)
+            self._records[r.op_id] = r
+            self._at_ms[r.op_id] = at_ms
+
+    def ledger(self, *, level: str | None = None, limit: int | None = None,
+               kinds: tuple[str, ...] | None = None, newest_first: bool = False
+               ) -> list[LedgerRow]:
+        """Return ledger rows, optionally of one level and kinds, oldest first."""
+        if self._writing:
+            self._flush()  # let the transaction see its own rows
+        where: list[str] = []
+        params: list[Any] = []
+        if level is not None:
+            where.append("level = %s")
+            params.append(level)
+        if kinds:
+            where.append("kind = ANY(%s)")
+            params.append(list(kinds))
+        sql = _LEDGER_SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [ledger_row(row) for row in self._exec(sql, tuple(params))]
+
+    def integrity_check(self) -> str:
+        """Return 'ok' when the schema is current, history is append-only, indexes valid."""
+        problems = []
+        version = self._exec("SELECT version FROM jackpot_schema")
+        if version != [(len(POSTGRES_MIGRATIONS),)]:
+            problems.append(f"schema version {version}, expected {len(POSTGRES_MIGRATIONS)}")
+        enabled = {r[0] for r in self._exec(
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace "
+            "AND t.tgenabled <> 'D' AND t.tgname = ANY(%s)", (list(POSTGRES_TRIGGERS),))}
+        problems.extend(f"trigger {t} is missing or disabled: history is not append-only"
+                        for t in POSTGRES_TRIGGERS if t not in enabled)
+        problems.extend(f"index {r[0]} is invalid" for r in self._exec(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace "
+            "AND NOT (i.indisvalid AND i.indisready)"))
+        return "; ".join(problems) or "ok"
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

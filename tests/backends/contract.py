@@ -1,0 +1,480 @@
+"""The storage contract every backend must keep, as one abstract test suite.
+
+`BackendContract` is subclassed once per backend (test_sqlite.py,
+test_postgres.py); a subclass provides the `target` fixture (a file path or a
+postgresql:// URL naming a fresh, empty database) and `hold_level_lock`
+(another connection holding what a writer of that level must wait for).
+Every test then runs unchanged on each backend: first against the narrow
+`Store` interface, then through `JackpotEngine`, whose guarantees
+(idempotency, version conflicts, serialized wins, bounded lock waits, the
+audit) must not depend on the backend.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from jackpot import (
+    ConcurrencyViolationError,
+    GroupConfig,
+    IdempotencyConflictError,
+    JackpotEngine,
+    LockTimeoutError,
+    Settings,
+    StorageError,
+    domain,
+)
+from jackpot.domain import LevelState, Meters
+from jackpot.storage import Store, StoredOperation, open_store
+from jackpot.storage.schema import METERS
+
+MINOR_SEED, MINOR_RATE = Decimal(100), Decimal("0.005")  # domain.DEFAULT_GROUPS
+GROUPS = (
+    GroupConfig("major", Decimal(1000), Decimal("0.0012345")),
+    GroupConfig("mega", Decimal(10000), Decimal("0.0003217")),
+    GroupConfig("minor", Decimal(100), Decimal("0.0051234")),
+)
+
+
+def draw(low: int, high: int) -> int:
+    return low  # deterministic must-hit-by triggers
+
+
+def new_level(name: str, **config: Any) -> LevelState:
+    state, _ = domain.create(GroupConfig(name, Decimal(100), Decimal("0.01"), **config),
+                             1_000, draw)
+    return state
+
+
+def full_level(name: str) -> LevelState:
+    """A level with every optional field set to something other than its default."""
+    state = new_level(name, cap=Decimal(5000), reserve_rate=Decimal("0.002"),
+                      min_bet=Decimal("0.10"), max_contribution=Decimal(50),
+                      must_hit_by=Decimal(4000), overflow_to="reserve")
+    return replace(state, amount=123_456_789, reserve=987_654, carry=999_999_999,
+                   reserve_carry=1, pending={"seed": 150_000_000, "must_hit_by": None},
+                   version=7, lock_holder="op-9", last_modified_at=1_700_000_000_123,
+                   meters=Meters(*(k * 1_000_003 for k in range(1, len(METERS) + 1))))
+
+
+def run_together(*calls: Callable[[], Any]) -> list[Any]:
+    """Run calls in threads released by one barrier; return results or exceptions."""
+    barrier = threading.Barrier(len(calls))
+    out: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait(30)
+        try:
+            out[i] = calls[i]()
+        except Exception as e:  # collected, asserted by the caller
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive(), "a call did not finish in 120 s"
+    return out
+
+
+def snapshot(store: Store) -> tuple[Any, ...]:
+    """Every level and ledger row plus the orphan check: equal means nothing changed."""
+    with store.read():
+        return (store.load_levels(), store.ledger(), store.operation_ids_without_ledger())
+
+
+class BackendContract:
+    """The tests every backend passes. Subclasses: `target`, `hold_level_lock`."""
+
+    @pytest.fixture
+    def target(self) -> str:
+        """A fresh, empty database: a file path or a postgresql:// URL."""
+        raise NotImplementedError
+
+    def hold_level_lock(self, target: str, level: str) -> AbstractContextManager[None]:
+        """Hold, on another connection, the lock a writer of `level` must wait for."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def make_store(self, target: str) -> Iterator[Callable[..., Store]]:
+        stores: list[Store] = []
+
+        def _make(**kwargs: Any) -> Store:
+            store = open_store(target, **kwargs)
+            stores.append(store)
+            return store
+
+        yield _make
+        for store in stores:
+            store.close()
+
+    @pytest.fixture
+    def store(self, make_store: Callable[..., Store]) -> Store:
+        store = make_store()
+        store.migrate()
+        return store
+
+    @pytest.fixture
+    def make_engine(self, target: str) -> Iterator[Callable[..., JackpotEngine]]:
+        engines: list[JackpotEngine] = []
+
+        def _make(groups: Any = None, **settings: Any) -> JackpotEngine:
+            engine = JackpotEngine.open(target, groups, settings=Settings(**settings))
+            engines.append(engine)
+            return engine
+
+        yield _make
+        for engine in engines:
+            engine.close()
+
+    # -- the Store interface ---------------------------------------------------
+
+    def test_migrate_is_idempotent_and_keeps_data(self, store: Store,
+                                                  make_store: Callable[..., Store]) -> None:
+        with store.write():
+            store.insert_level(new_level("minor"))
+        again = make_store()
+        assert again.migrate() == store.migrate() == 1
+        assert list(again.load_levels()) == ["minor"]
+        assert again.integrity_check() == "ok"
+
+    def test_level_round_trips_exactly(self, store: Store) -> None:
+        full, plain = full_level("full"), new_level("plain")
+        with store.write():
+            store.insert_level(full)
+            store.insert_level(plain)
+        assert store.load_level("full") == full
+        assert store.load_level("plain") == plain
+        assert store.load_level("absent") is None
+        assert store.load_levels() == {"full": full, "plain": plain}
+
+    def test_levels_load_in_byte_order_of_names(self, store: Store) -> None:
+        names = ["minor", "Major", "a_1", "a-1", "a.1", "B", "a1"]
+        with store.write():
+            for name in names:
+                store.insert_level(new_level(name))
+        assert list(store.load_levels()) == sorted(names)
+
+    def test_update_is_version_checked(self, store: Store) -> None:
+        level = new_level("minor")
+        with store.write():
+            store.insert_level(level)
+        moved = replace(level, amount=level.amount + 5, version=2)
+        with store.write():
+            assert store.update_level(moved, expected_version=2) is False  # row is at 1
+            assert store.update_level(moved, expected_version=1) is True
+            assert store.update_level(replace(moved, version=3), expected_version=1) is False
+        assert store.load_level("minor") == moved
+
+    def test_a_failed_write_changes_nothing(self, store: Store) -> None:
+        level = new_level("minor")
+        with store.write():
+            store.insert_level(level)
+            store.append("create:minor", [domain.create(
+                GroupConfig("minor", Decimal(100), Decimal("0.01")), 1_000, draw)[1]])
+        before = snapshot(store)
+        state, entries, _ = domain.contribute(level, 10_000_000, 2_000, draw)
+
+        def doomed() -> None:
+            with store.write():
+                assert store.update_level(state, expected_version=1)
+                store.append("bet-1", entries)
+                store.record_operations([StoredOperation("bet-1", "contribute", "f", {})],
+                                        2_000)
+                store.insert_level(new_level("other"))
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            doomed()
+        assert snapshot(store) == before
+        assert store.find_operation("bet-1") is None
+
+    def test_ledger_rows_round_trip_and_filter(self, store: Store) -> None:
+        level = new_level("minor")
+        state, create = level, domain.create(
+            GroupConfig("minor", Decimal(100), Decimal("0.01")), 1_000, draw)[1]
+        with store.write():
+            store.insert_level(level)
+            store.append("create:minor", [create])
+        details = []
+        for i, bet in enumerate((10_000_000, 25_000_000)):
+            new, entries, _ = domain.contribute(state, bet, 2_000 + i, draw)
+            with store.write():
+                assert store.update_level(new, expected_version=state.version)
+                store.append(f"bet-{i}", entries)
+            state = new
+            details.append(entries[0].detail)
+        new, entry = domain.win(state, None, 3_000, draw, winner="player-1")
+        with store.write():
+            assert store.update_level(new, expected_version=state.version)
+            store.append_entries([("win-1", entry)])
+        rows = store.ledger()
+        assert [r.kind for r in rows] == ["create", "contribute", "contribute", "win"]
+        assert [r.version_after for r in rows] == [1, 2, 3, 4]
+        assert [r.op_id for r in rows] == ["create:minor", "bet-0", "bet-1", "win-1"]
+        assert [r.delta for r in rows] == [100_000_000, 100_000, 250_000, -350_000]
+        assert [r.balance_after for r in rows] == [100_000_000, 100_100_000, 100_350_000,
+                                                   100_000_000]
+        assert (rows[-1].paid, rows[-1].house_funded, rows[-1].who) == (
+            100_350_000, 100_000_000, "player-1")
+        assert [r.detail for r in rows[1:3]] == details
+        assert details[0] is not None
+        assert rows == sorted(rows, key=lambda r: r.seq)
+        assert store.ledger(kinds=("win", "hit")) == [rows[-1]]
+        assert store.ledger(level="minor", newest_first=True, limit=2) == rows[:1:-1]
+        assert store.ledger(level="other") == []
+
+    def test_history_is_append_only(self, store: Store) -> None:
+        level = new_level("minor")
+        with store.write():
+            store.insert_level(level)
+            store.append("create:minor", [domain.create(
+                GroupConfig("minor", Decimal(100), Decimal("0.01")), 1_000, draw)[1]])
+            store.record_operations([StoredOperation("op-1", "contribute", "f", {"a": 1})], 5)
+        before = snapshot(store)
+        for sql in ("UPDATE ledger SET delta = 0", "DELETE FROM ledger",
+                    "UPDATE operations SET result = '{}'", "DELETE FROM operations"):
+            with pytest.raises(StorageError, match="append-only"), store.write():
+                store._exec(sql)
+        assert snapshot(store) == before
+        assert store.find_operation("op-1") == StoredOperation("op-1", "contribute", "f",
+                                                                {"a": 1})
+
+    def test_operations_round_trip_and_an_op_id_is_stored_once(self, store: Store) -> None:
+        first = StoredOperation("op-1", "win", "fp-1", {"amount": "1.5", "nested": [1, None]})
+        with store.write():
+            store.record_operations([first, StoredOperation("op-2", "config", "fp-2", {})], 7)
+        assert store.find_operation("op-1") == first
+        assert set(store.find_operations(["op-1", "op-2", "op-3"])) == {"op-1", "op-2"}
+        with pytest.raises(StorageError), store.write():
+            store.record_operations([StoredOperation("op-1", "win", "fp-x", {})], 8)
+        assert store.find_operation("op-1") == first
+
+    def test_find_operations_takes_many_ids(self, store: Store) -> None:
+        records = [StoredOperation(f"op-{i:04d}", "contribute", f"fp-{i}", {"i": i})
+                   for i in range(1_200)]
+        with store.write():
+            store.record_operations(records, 1)
+        asked = [f"op-{i:04d}" for i in range(0, 2_400, 2)]
+        found = store.find_operations(asked)
+        assert sorted(found) == [f"op-{i:04d}" for i in range(0, 1_200, 2)]
+        assert found["op-0010"].result == {"i": 10}
+
+    def test_audit_queries_add_up_the_ledger(self, store: Store) -> None:
+        level = new_level("minor")
+        create = domain.create(GroupConfig("minor", Decimal(100), Decimal("0.01")),
+                               1_000, draw)[1]
+        state, entries, _ = domain.contribute(level, 10_000_000, 2_000, draw)
+        with store.write():
+            store.insert_level(state)
+            store.append("create:minor", [create])
+            store.append("bet-1", entries)
+            store.record_operations([StoredOperation("lost", "contribute", "f", {})], 2)
+        with store.read():
+            totals = store.ledger_totals()
+            broken = store.broken_ledger_rows()
+            orphans = store.operation_ids_without_ledger()
+        t = totals["minor"]
+        assert (t.rows, t.min_version, t.max_version) == (2, 1, 2)
+        assert (t.delta, t.reserve_delta, t.min_balance, t.min_reserve) == (
+            100_100_000, 0, 100_000_000, 0)
+        assert t.meters == {**dict.fromkeys(t.meters, 0), "bets": 1, "contributed": 100_000,
+                            "house_funded": 100_000_000}
+        assert broken == []
+        assert orphans == ["lost"]
+        # A row whose balance does not follow from the previous one is found.
+        bad = replace(entries[0], balance_after=entries[0].balance_after + 1, version_after=3)
+        with store.write():
+            store.append("bad", [bad])
+        assert store.broken_ledger_rows() == [("minor", 3, store.ledger()[-1].seq)]
+
+    def test_integrity_check_says_ok(self, store: Store) -> None:
+        assert store.integrity_check() == "ok"
+
+    def test_a_read_is_one_snapshot(self, store: Store, make_store: Callable[..., Store]
+                                    ) -> None:
+        level = new_level("minor")
+        with store.write():
+            store.insert_level(level)
+        other = make_store()
+        with store.read():
+            assert store.load_level("minor") == level
+            with other.write():
+                assert other.update_level(replace(level, version=2), expected_version=1)
+            assert store.load_level("minor") == level
+            assert store.load_levels() == {"minor": level}
+        assert store.load_level("minor") == replace(level, version=2)
+
+    def test_a_level_read_in_a_write_holds_off_other_writers(
+            self, store: Store, make_store: Callable[..., Store]) -> None:
+        level = new_level("minor")
+        with store.write():
+            store.insert_level(level)
+        other = make_store(lock_timeout_ms=300)
+        with store.write():
+            assert store.load_level("minor") == level
+            started = time.monotonic()
+            with pytest.raises(LockTimeoutError), other.write():
+                other.update_level(replace(level, version=2), expected_version=1)
+            waited = time.monotonic() - started
+            assert store.update_level(replace(level, version=2, amount=7), expected_version=1)
+        assert 0.29 <= waited < 2.0
+        assert store.load_level("minor") == replace(level, version=2, amount=7)
+
+    # -- the engine on this backend -------------------------------------------
+
+    def test_open_creates_the_default_levels_once(
+            self, make_engine: Callable[..., JackpotEngine]) -> None:
+        first = make_engine()
+        assert first.groups == ("major", "mega", "minor")
+        first.close()
+        again = make_engine([GroupConfig("bonus", Decimal(5), Decimal("0.01"))])
+        assert again.groups == ("bonus", "major", "mega", "minor")
+        assert again.pool("minor").amount == MINOR_SEED
+        report = again.verify()
+        assert (report.ok, report.levels, report.ledger_rows) == (True, 4, 4)
+
+    def test_engines_opening_at_once_create_each_level_once(
+            self, make_engine: Callable[..., JackpotEngine], make_store: Callable[..., Store]
+            ) -> None:
+        engines = run_together(*[lambda: make_engine(GROUPS) for _ in range(3)])
+        assert all(isinstance(e, JackpotEngine) for e in engines), engines
+        creates = Counter(r.level for r in make_store().ledger(kinds=("create",)))
+        assert creates == {"major": 1, "mega": 1, "minor": 1}
+        assert engines[0].verify().ok
+
+    def test_operations_history_and_audit(self, make_engine: Callable[..., JackpotEngine]
+                                          ) -> None:
+        engine = make_engine()
+        c = engine.contribute(Decimal("2.50"), groups=("minor", "major"), op_id="spin-1")
+        assert c.contributions == {"major": Decimal("0.0075"), "minor": Decimal("0.0125")}
+        assert c.versions == {"major": 2, "minor": 2}
+        w = engine.process_win("minor", op_id="win-1", winner="player-9")
+        assert (w.amount, w.balance, w.version) == (Decimal("100.0125"), MINOR_SEED, 3)
+        with pytest.raises(ConcurrencyViolationError):
+            engine.update_config("minor", op_id="cfg-stale", expected_version=2,
+                                 contribution_rate="0.01")
+        cfg = engine.update_config("minor", op_id="cfg-1", expected_version=3,
+                                   contribution_rate="0.01", who="ops", reason="promo")
+        assert cfg.version == 4
+        assert engine.contribute(Decimal(10), groups="minor").contributions == {
+            "minor": Decimal("0.1")}
+        history = engine.history("minor")
+        assert [(h.op_id, h.amount, h.winner, h.version) for h in history] == [
+            ("win-1", Decimal("100.0125"), "player-9", 3)]
+        report = engine.verify()
+        assert (report.ok, report.problems, report.ledger_rows) == (True, [], 8)
+
+    def test_an_op_id_applies_once_across_engines(
+            self, make_engine: Callable[..., JackpotEngine]) -> None:
+        one, two = make_engine(), make_engine()
+        first = one.contribute(Decimal(10), groups="minor", op_id="bet-1")
+        again = two.contribute(Decimal(10), groups="minor", op_id="bet-1")
+        assert again.replayed is True
+        assert replace(again, replayed=False) == first
+        with pytest.raises(IdempotencyConflictError):
+            two.contribute(Decimal(11), groups="minor", op_id="bet-1")
+        win = two.process_win("major", op_id="win-1")
+        assert one.process_win("major", op_id="win-1") == replace(win, replayed=True)
+        assert one.pool("minor").version == 2
+        assert one.pool("major").version == 2
+        assert two.verify().ok
+
+    def test_a_stale_cache_is_a_counted_conflict_then_retried(
+            self, make_engine: Callable[..., JackpotEngine]) -> None:
+        one, two = make_engine(), make_engine()  # both have read minor at version 1
+        one.contribute(Decimal(10), groups="minor", op_id="one-1")
+        done = two.contribute(Decimal(20), groups="minor", op_id="two-1")
+        assert done.versions == {"minor": 3}
+        assert done.balances == {"minor": MINOR_SEED + Decimal("0.15")}
+        stats = two.stats.snapshot()
+        assert (stats["conflicts"], stats["retries"]) == (1, 1)
+        assert one.stats.snapshot()["conflicts"] == 0
+        assert two.verify().ok
+
+    def test_a_stale_cache_without_retries_raises_and_changes_nothing(
+            self, make_engine: Callable[..., JackpotEngine], make_store: Callable[..., Store]
+            ) -> None:
+        strict, writer = make_engine(max_retry_attempts=0), make_engine()
+        strict.contribute(Decimal(10), groups=("major", "minor"), op_id="strict-1")
+        writer.contribute(Decimal(20), groups="minor", op_id="writer-1")
+        before = snapshot(make_store())
+        with pytest.raises(ConcurrencyViolationError) as info:
+            strict.contribute(Decimal(30), groups=("major", "mega", "minor"), op_id="strict-2")
+        assert info.value.group == "minor"
+        assert snapshot(make_store()) == before
+        assert strict.stats.snapshot()["conflicts"] == 1
+
+    def test_simultaneous_wins_are_served_one_after_the_other(
+            self, make_engine: Callable[..., JackpotEngine]) -> None:
+        one, two = make_engine(), make_engine()
+        one.contribute(Decimal(1000), groups="minor", op_id="bet")  # pool 105
+        wins = run_together(lambda: one.process_win("minor", op_id="w-1"),
+                            lambda: two.process_win("minor", op_id="w-2"))
+        assert sorted((w.amount, w.version) for w in wins) == [(MINOR_SEED, 4),
+                                                               (Decimal(105), 3)]
+        assert one.pool("minor").amount == MINOR_SEED
+        assert one.verify().ok
+
+    def test_a_held_level_times_out_and_changes_nothing(
+            self, target: str, make_engine: Callable[..., JackpotEngine],
+            make_store: Callable[..., Store]) -> None:
+        engine = make_engine(lock_timeout_ms=400)
+        engine.contribute(Decimal(10), groups="minor", op_id="before")
+        before = snapshot(make_store())
+        with self.hold_level_lock(target, "minor"):
+            started = time.monotonic()
+            with pytest.raises(LockTimeoutError):
+                engine.process_win("minor", op_id="blocked")
+            waited = time.monotonic() - started
+        assert 0.39 <= waited < 3.0
+        assert snapshot(make_store()) == before
+        assert engine.process_win("minor", op_id="blocked").amount == Decimal("100.05")
+
+    def test_threads_of_two_engines_keep_the_books(
+            self, make_engine: Callable[..., JackpotEngine], make_store: Callable[..., Store]
+            ) -> None:
+        engines = [make_engine(GROUPS), make_engine(GROUPS)]
+        plans = [[(k, i) for i in range(25)] for k in range(4)]
+
+        def work(k: int) -> list[Any]:
+            engine, out = engines[k % 2], []
+            for _, i in plans[k]:
+                if i % 8 == 7:
+                    out.append(engine.process_win(("minor", "major")[k % 2],
+                                                  op_id=f"w-{k}-{i}"))
+                else:
+                    groups = (("minor",), ("major", "minor"), ("major", "mega", "minor"))[i % 3]
+                    out.append(engine.contribute(Decimal(f"{17 * i + k}.37"), groups=groups,
+                                                 op_id=f"c-{k}-{i}"))
+            return out
+
+        results = run_together(*[lambda k=k: work(k) for k in range(4)])
+        expected = {g.name: g.seed for g in GROUPS}
+        for out in results:
+            assert isinstance(out, list), out
+            for r in out:
+                if hasattr(r, "contributions"):
+                    for level, added in r.contributions.items():
+                        expected[level] += added
+                else:
+                    expected[r.group] += r.balance - r.amount  # paid out, reset to seed
+        pools = engines[0].pools()
+        assert {n: p.amount for n, p in pools.items()} == expected
+        rows = make_store().ledger()
+        per_op = Counter(r.op_id for r in rows)
+        for k in range(4):
+            for i in range(25):
+                assert per_op[f"w-{k}-{i}" if i % 8 == 7 else f"c-{k}-{i}"] == (
+                    1 if i % 8 == 7 else 1 + i % 3)
+        assert engines[1].verify().ok

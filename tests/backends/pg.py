@@ -1,0 +1,52 @@
+"""The PostgreSQL test server: its URL, and a fresh schema per test.
+
+The server comes from JACKPOT_TEST_PG_URL (scripts/with-postgres starts a
+throwaway cluster and sets it). In CI (CI=true) a missing URL fails the
+PostgreSQL modules, so they can never be skipped there; on a developer's
+machine they are skipped with the command that runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+RUN_LOCALLY = "scripts/with-postgres python -m pytest tests/backends"
+
+
+def require_pg_url() -> str:
+    """Return the test server's URL; fail (in CI) or skip the calling module without it."""
+    url = os.environ.get("JACKPOT_TEST_PG_URL", "").strip()
+    if url:
+        return url
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail("JACKPOT_TEST_PG_URL is not set: CI must run the PostgreSQL tests "
+                    "(.ci/run starts a throwaway cluster and sets it)", pytrace=False)
+    pytest.skip(f"PostgreSQL tests need JACKPOT_TEST_PG_URL; run them with: {RUN_LOCALLY}",
+                allow_module_level=True)
+    raise AssertionError  # pragma: no cover - skip raises
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """Return `url` with `schema` first on its search_path (libpq `options`)."""
+    return f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}')}"
+
+
+@contextmanager
+def fresh_schema(url: str) -> Iterator[str]:
+    """Create an empty schema, yield a URL that works in it, drop it afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield with_search_path(url, name)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '30s'")  # a leaked connection fails, not hangs
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')

@@ -1,0 +1,254 @@
+"""The backend contract on PostgreSQL, plus what only a server with row locks can show.
+
+Each test gets a fresh schema on the server named by JACKPOT_TEST_PG_URL (see
+pg.py: without it this module fails in CI and is skipped elsewhere). Beyond
+the contract: a write committed by another engine inside a batch's window is
+caught by the version check; a twin op_id committed first is replayed, a
+reused one refused; deadlocks and serialization failures are retried,
+counted, and end as ConcurrencyViolationError when retries run out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+
+from jackpot import (
+    ConcurrencyViolationError,
+    IdempotencyConflictError,
+    JackpotEngine,
+    Settings,
+    StorageError,
+)
+from jackpot.storage import SerializationFailureError, Store, open_store
+from jackpot.storage.postgres import PostgresStore
+
+from .contract import MINOR_SEED, BackendContract, new_level, snapshot
+from .pg import fresh_schema, require_pg_url
+
+PG_URL = require_pg_url()
+
+
+@pytest.fixture
+def pg_target() -> Iterator[str]:
+    with fresh_schema(PG_URL) as url:
+        yield url
+
+
+@contextmanager
+def row_locked(target: str, level: str) -> Iterator[psycopg.Connection[Any]]:
+    """Hold `level`'s row lock on a connection of our own until the block ends."""
+    with psycopg.connect(target) as conn:  # not autocommit: the SELECT opens a transaction
+        rows = conn.execute("SELECT name FROM levels WHERE name = %s FOR UPDATE",
+                            (level,)).fetchall()
+        assert rows == [(level,)]
+        yield conn
+        conn.rollback()
+
+
+def wait_until_blocked(target: str, deadline_s: float = 30) -> None:
+    """Return once some session of this test waits for a row lock (polled, bounded)."""
+    deadline = time.monotonic() + deadline_s
+    with psycopg.connect(target, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()").fetchone()
+            if waiting and waiting[0] > 0:
+                return
+            time.sleep(0.005)  # polling a condition, with a deadline
+    raise AssertionError("no session started waiting for a lock in time")
+
+
+class TestPostgresBackend(BackendContract):
+    @pytest.fixture
+    def target(self, pg_target: str) -> str:
+        return pg_target
+
+    def hold_level_lock(self, target: str, level: str) -> Any:
+        return row_locked(target, level)
+
+
+# -- what only PostgreSQL can show --------------------------------------------------
+
+
+@pytest.fixture
+def engines(pg_target: str) -> Iterator[Callable[..., JackpotEngine]]:
+    opened: list[JackpotEngine] = []
+
+    def _open(**settings: Any) -> JackpotEngine:
+        engine = JackpotEngine.open(pg_target, settings=Settings(**settings))
+        opened.append(engine)
+        return engine
+
+    yield _open
+    for engine in opened:
+        engine.close()
+
+
+def intercept_once(monkeypatch: pytest.MonkeyPatch, attr: str,
+                   before: Callable[[], Any]) -> list[Any]:
+    """Run `before()` the first time any PostgresStore calls `attr`; return its result."""
+    real = getattr(PostgresStore, attr)
+    seen: list[Any] = []
+
+    def wrapper(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
+        if not seen:
+            seen.append(None)
+            seen[0] = before()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PostgresStore, attr, wrapper)
+    return seen
+
+
+def test_a_write_committed_inside_a_batch_window_is_a_conflict(
+        engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit checks each level against its version at batch start, at the end."""
+    one, two = engines(), engines()
+    one.contribute(Decimal(10), groups="minor", op_id="one-1")  # one caches version 2
+    # While one's next transaction is open (after its reads, before its
+    # version-checked UPDATE), engine two commits a write to the same level.
+    seen = intercept_once(monkeypatch, "update_level",
+                          lambda: two.contribute(Decimal(20), groups="minor", op_id="two-1"))
+    done = one.contribute(Decimal(30), groups="minor", op_id="one-2")
+    assert seen[0].versions == {"minor": 3}
+    assert done.versions == {"minor": 4}
+    assert done.balances == {"minor": MINOR_SEED + Decimal("0.30")}
+    assert (one.stats.snapshot()["conflicts"], one.stats.snapshot()["retries"]) == (1, 1)
+    assert one.verify().ok
+
+
+def test_a_twin_op_id_committed_first_is_replayed(
+        engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    one, two = engines(), engines()
+    seen = intercept_once(monkeypatch, "update_level",
+                          lambda: two.contribute(Decimal(20), groups="minor", op_id="twin"))
+    replay = one.contribute(Decimal(20), groups="minor", op_id="twin")
+    assert seen[0].replayed is False
+    assert replay.replayed is True
+    assert replay.versions == seen[0].versions == {"minor": 2}
+    assert one.pool("minor").amount == MINOR_SEED + Decimal("0.1")
+    assert one.verify().ok
+
+
+def test_an_op_id_reused_at_the_same_time_on_another_level_is_refused(
+        engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No row in common, so only the operations key sees the clash: retried, then refused."""
+    one, two = engines(), engines()
+    seen = intercept_once(monkeypatch, "update_level",
+                          lambda: two.contribute(Decimal(20), groups="major", op_id="reused"))
+    with pytest.raises(IdempotencyConflictError):
+        one.contribute(Decimal(20), groups="minor", op_id="reused")
+    assert seen[0].versions == {"major": 2}
+    assert one.pool("minor").version == 1
+    stats = one.stats.snapshot()
+    assert (stats["busy_incidents"], stats["retries"]) == (1, 1)
+    assert one.verify().ok
+
+
+def test_a_deadlock_is_broken_and_reported_as_a_lost_race(pg_target: str) -> None:
+    """Two transactions lock two rows in opposite orders: PostgreSQL aborts one."""
+    setup = open_store(pg_target)
+    setup.migrate()
+    with setup.write():
+        setup.insert_level(new_level("a"))
+        setup.insert_level(new_level("b"))
+    first, second = open_store(pg_target), open_store(pg_target)
+    errors: list[BaseException] = []
+    locked_a = threading.Event()
+    go_on = threading.Event()
+
+    def take_a_then_b() -> None:
+        try:
+            with first.write():
+                first.load_level("a")
+                locked_a.set()
+                go_on.wait(30)
+                first.load_level("b")
+        except BaseException as e:  # collected, asserted below
+            errors.append(e)
+
+    thread = threading.Thread(target=take_a_then_b)
+    thread.start()
+    try:
+        assert locked_a.wait(30)
+        with second.write():
+            second.load_level("b")
+            go_on.set()
+            wait_until_blocked(pg_target)  # first now waits for b
+            try:
+                second.load_level("a")  # closes the cycle
+            except pg_errors.DeadlockDetected as e:
+                errors.append(e)
+                raise
+    except SerializationFailureError as e:
+        errors.append(e)
+    finally:
+        thread.join(60)
+    translated = [e for e in errors if isinstance(e, SerializationFailureError)]
+    assert len(translated) == 1, errors
+    assert "40P01" in str(translated[0])
+    for store in (setup, first, second):
+        store.close()
+
+
+def test_serialization_failures_are_retried_counted_then_a_concurrency_violation(
+        engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = engines(max_retry_attempts=2, retry_delay_ms=1)
+    real = PostgresStore._exec
+    failures = [0]
+
+    def failing(self: PostgresStore, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        if sql.startswith("UPDATE levels SET status") and failures[0] < budget[0]:
+            failures[0] += 1
+            raise pg_errors.SerializationFailure("could not serialize access (injected)")
+        return real(self, sql, params)
+
+    budget = [2]  # fails twice, the third attempt commits
+    monkeypatch.setattr(PostgresStore, "_exec", failing)
+    done = engine.contribute(Decimal(10), groups="minor", op_id="bet-1")
+    assert done.versions == {"minor": 2}
+    stats = engine.stats.snapshot()
+    assert (stats["busy_incidents"], stats["retries"]) == (2, 2)
+
+    budget[0], failures[0] = 3, 0  # more than the retries
+    before = engine.pools()
+    with pytest.raises(ConcurrencyViolationError) as info:
+        engine.contribute(Decimal(10), groups="minor", op_id="bet-2")
+    assert info.value.conflict_details == {"attempts": 3}
+    assert failures[0] == 3
+    assert engine.pools() == before
+    assert engine.verify().ok
+
+
+def test_a_bad_url_fails_at_open_without_showing_the_password() -> None:
+    url = "postgresql://jackpot:s3cret@127.0.0.1:1/nowhere"
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="cannot open database") as info:
+        JackpotEngine.open(url)
+    assert "s3cret" not in str(info.value)
+    assert time.monotonic() - started < 5
+
+
+def test_history_refuses_truncate(pg_target: str) -> None:
+    store: Store = open_store(pg_target)
+    try:
+        store.migrate()
+        with store.write():
+            store.insert_level(new_level("minor"))
+        before = snapshot(store)
+        for table in ("ledger", "operations"):
+            with pytest.raises(StorageError, match="append-only"), store.write():
+                store._exec(f"TRUNCATE {table}")
+        assert snapshot(store) == before
+    finally:
+        store.close()

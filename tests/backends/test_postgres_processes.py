@@ -1,0 +1,203 @@
+"""Several engines in separate processes (standing in for hosts) on one PostgreSQL database.
+
+The workers (_engine_worker.py, started with subprocess) are released together
+and run mixed plans: contributions to one to three levels, whole-pool wins,
+seed changes, replays of their own earlier op_ids, and op_ids that every
+worker sends at about the same moment. The parent proves the books from the
+results alone and cross-checks them against the ledger: each op_id was
+applied exactly once (every other call for it got a replay of that very
+result), each committed version of a level went to exactly one result, and
+the money adds up to the smallest unit, carried fractions included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import selectors
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jackpot import GroupConfig, JackpotEngine
+from jackpot.money import RATE_SCALE, SCALE
+from jackpot.storage import open_store
+
+from .pg import fresh_schema, require_pg_url
+
+PG_URL = require_pg_url()
+WORKER = Path(__file__).with_name("_engine_worker.py")
+PROCESSES, OPS = 4, 60
+# Rates with 7 decimals on bets with 2: most contributions leave a fraction of
+# a unit that must be carried, so "to the smallest unit" is really tested.
+GROUPS = (
+    GroupConfig("major", Decimal(1000), Decimal("0.0012345")),
+    GroupConfig("mega", Decimal(10000), Decimal("0.0003217")),
+    GroupConfig("minor", Decimal(100), Decimal("0.0051234")),
+)
+RATES = {g.name: int(g.contribution_rate * RATE_SCALE) for g in GROUPS}
+
+
+@pytest.fixture
+def pg_target() -> Iterator[str]:
+    with fresh_schema(PG_URL) as url:
+        yield url
+
+
+def plan(k: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Worker k's ops: mostly bets, with wins, seed changes, replays and shared op_ids."""
+    ops: list[dict[str, Any]] = []
+    for i in range(OPS):
+        if i % 12 == 3:  # every worker sends this very request at about this point
+            op = {"kind": "contribute", "bet": "7.77", "groups": ["major", "minor"],
+                  "op_id": f"shared-{i}"}
+        elif i % 10 == 9:
+            op = {"kind": "win", "group": ("minor", "major")[(i // 10 + k) % 2],
+                  "op_id": f"p{k}-w{i}"}
+        elif i % 15 == 7:
+            op = {"kind": "config", "group": "minor", "op_id": f"p{k}-cfg{i}",
+                  "changes": {"seed": str(100 + 10 * ((i + k) % 3))}}
+        elif i % 6 == 5:
+            op = dict(ops[rng.randrange(len(ops))])  # a retry of one of its own requests
+        else:
+            groups = sorted(rng.sample(["major", "mega", "minor"], rng.randint(1, 3)))
+            op = {"kind": "contribute", "bet": str(Decimal(rng.randint(1, 200_000)).scaleb(-2)),
+                  "groups": groups, "op_id": f"p{k}-c{i}"}
+        ops.append(op)
+    return ops
+
+
+def read_line(stream: Any, deadline: float) -> bytes:
+    """Read one line from a child's unbuffered pipe, failing at the deadline."""
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while not buf.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no line in time (got {buf!r})"
+            assert sel.select(remaining), f"no line in time (got {buf!r})"
+            chunk = os.read(stream.fileno(), 1)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.strip()
+
+
+def run_workers(tmp_path: Path, target: str, plans: list[list[dict[str, Any]]],
+                timeout: float = 240) -> list[dict[str, Any]]:
+    """Run one worker process per plan, all released at once; return their reports."""
+    procs: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
+    try:
+        for k, ops in enumerate(plans):
+            plan_file, result, err = (tmp_path / f"plan-{k}.json", tmp_path / f"result-{k}.json",
+                                      tmp_path / f"worker-{k}.stderr")
+            plan_file.write_text(json.dumps({"target": target, "settings": {}, "ops": ops}))
+            with err.open("wb") as err_file:
+                proc = subprocess.Popen(
+                    [sys.executable, str(WORKER), str(plan_file), str(result)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, bufsize=0)
+            procs.append((proc, result, err))
+        deadline = time.monotonic() + timeout
+        for proc, _, err in procs:
+            assert proc.stdout is not None
+            line = read_line(proc.stdout, deadline)
+            assert line == b"ready", f"worker did not start: {err.read_text()[-3000:]}"
+        for proc, _, _ in procs:  # release them together
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        for proc, _, err in procs:
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            assert rc == 0, f"worker failed ({rc}): {err.read_text()[-3000:]}"
+    finally:
+        for proc, _, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    return [json.loads(result.read_text()) for _, result, _ in procs]
+
+
+def units(d: str | Decimal) -> int:
+    exact = Decimal(d) * SCALE
+    assert exact == exact.to_integral_value(), d
+    return int(exact)
+
+
+def test_engines_in_separate_processes_keep_the_books(pg_target: str, tmp_path: Path) -> None:
+    with JackpotEngine.open(pg_target, GROUPS):
+        pass
+    rng = random.Random(20_261_129)
+    plans = [plan(k, rng) for k in range(PROCESSES)]
+    reports = run_workers(tmp_path, pg_target, plans)
+
+    # Every call succeeded; per op_id exactly one applied it, all others replayed it.
+    by_op: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for report in reports:
+        stats = report["stats"]  # every conflict and lost race detected was retried
+        assert stats["retries"] == stats["conflicts"] + stats["busy_incidents"], stats
+        for outcome in report["outcomes"]:
+            assert "error" not in outcome, outcome
+            by_op[outcome["op"]["op_id"]].append(outcome)
+    requests = {op["op_id"]: op for ops in plans for op in ops}
+    assert set(by_op) == set(requests)
+    applied: dict[str, dict[str, Any]] = {}
+    for op_id, outcomes in by_op.items():
+        first = [o for o in outcomes if not o["replayed"]]
+        assert len(first) == 1, (op_id, outcomes)
+        applied[op_id] = first[0]["result"]
+        assert all(o["result"] == applied[op_id] for o in outcomes), op_id
+
+    # The books, from the applied results alone.
+    expected = {g.name: units(g.seed) for g in GROUPS}
+    sub_units = dict.fromkeys(expected, 0)  # sum of bet x rate, exact
+    granted: dict[tuple[str, int], str] = {}
+    touched: dict[str, int] = {}
+    for op_id, r in applied.items():
+        request = requests[op_id]
+        if request["kind"] == "contribute":
+            assert r["hits"] == []
+            for level, added in r["contributions"].items():
+                expected[level] += units(added)
+                sub_units[level] += units(request["bet"]) * RATES[level]
+                assert granted.setdefault((level, r["versions"][level]), op_id) == op_id
+            touched[op_id] = len(r["contributions"])
+        elif request["kind"] == "win":
+            expected[r["group"]] += units(r["balance"]) - units(r["amount"])  # paid, reset
+            assert granted.setdefault((r["group"], r["version"]), op_id) == op_id
+            touched[op_id] = 1
+        else:
+            assert granted.setdefault((r["group"], r["version"]), op_id) == op_id
+            touched[op_id] = 1
+
+    store = open_store(pg_target)
+    try:
+        with store.read():
+            levels = store.load_levels()
+            ledger = store.ledger()
+            totals = store.ledger_totals()
+    finally:
+        store.close()
+    assert {n: s.amount for n, s in levels.items()} == expected
+    for name, s in levels.items():
+        # To the smallest unit: credited units plus the carried fraction equal
+        # the exact sum of bet x rate over every bet applied to the level.
+        assert totals[name].meters["contributed"] * RATE_SCALE + s.carry == sub_units[name]
+        assert s.version == 1 + sum(1 for level, _ in granted if level == name)
+    rows_per_op = Counter(r.op_id for r in ledger if r.kind != "create")
+    assert rows_per_op == touched
+    for r in ledger:
+        if r.kind != "create":
+            assert granted[(r.level, r.version_after)] == r.op_id
+    with JackpotEngine.open(pg_target) as engine:
+        report = engine.verify()
+    assert (report.ok, report.problems) == (True, [])
