@@ -1,6 +1,6 @@
 """Quickstart: open a database, play a few hundred bets, pay a win, audit.
 
-Run: python examples/quickstart.py [--bets N] [--db PATH]
+Run: python examples/quickstart.py [--bets N] [--quick] [--db PATH]
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from jackpot import JackpotEngine
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bets", type=int, default=500, help="number of bets to play")
+    parser.add_argument("--quick", action="store_true", help="play 50 bets")
     parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or Path(tmp) / "pools.db"
-        run(path, args.bets)
+        run(path, 50 if args.quick else args.bets)
 
 
 def run(path: Path, bets: int) -> None:

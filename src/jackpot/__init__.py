@@ -5,6 +5,7 @@ Only the names in `__all__` are public; every other module may change.
 
 import logging
 
+from jackpot.aio import AsyncJackpotEngine
 from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine
 from jackpot.errors import (
@@ -36,6 +37,7 @@ from jackpot.settings import Settings
 
 __all__ = [
     "AdminResult",
+    "AsyncJackpotEngine",
     "ConcurrencyViolationError",
     "ConfigResult",
     "Contribution",

@@ -1,0 +1,203 @@
+"""An asyncio game server: players bet over local TCP, the jackpots run in-process.
+
+The server (plain asyncio streams, on 127.0.0.1 and a port the OS picks)
+speaks JSON lines. A player sends {"op": "spin", "player": ..., "round": ...,
+"stake": "1.00"}; the server contributes the bet to the jackpots with
+`AsyncJackpotEngine`, lets its game logic decide whether the spin won a
+jackpot, and replies with what the bet added, any jackpot paid, and the
+meters. The round id makes the op_id, so a player who resends a spin after a
+lost reply gets the same answer and is never charged twice.
+
+Levels: "mystery" is a must-hit-by jackpot (it pays when the pool reaches a
+hidden trigger, at the latest at 8.00); "minor" and "major" pay when the game
+says so (here: by chance, 1 in 250 and 1 in 2,500 spins).
+
+Run: python examples/asyncio_game_server.py [--players N] [--spins N] [--quick] [--db PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from jackpot import AsyncJackpotEngine, Contribution, GroupConfig, JackpotError, Win
+
+LEVELS = [
+    GroupConfig("mystery", seed=Decimal(5), contribution_rate=Decimal("0.02"),
+                must_hit_by=Decimal(8)),
+    GroupConfig("minor", seed=Decimal(100), contribution_rate=Decimal("0.01"),
+                reserve_rate=Decimal("0.002")),
+    GroupConfig("major", seed=Decimal(1000), contribution_rate=Decimal("0.004"),
+                min_bet=Decimal("0.50")),
+]
+WIN_ODDS = {"minor": 250, "major": 2500}  # 1 in N spins pays that level
+STAKES = ["0.20", "0.50", "1.00", "2.00", "5.00"]
+_SHOWN_WINS = 12
+
+
+class GameServer:
+    """Serves spins for any number of connected players."""
+
+    def __init__(self, engine: AsyncJackpotEngine) -> None:
+        self.engine = engine
+        self.spins = 0
+        self.paid: list[Win] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer one player's requests, one JSON line each, until they hang up."""
+        try:
+            while line := await reader.readline():
+                reply = await self.answer(json.loads(line))
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Turn one request into a reply; a refused request says why."""
+        try:
+            if request.get("op") == "spin":
+                return await self.spin(request["player"], request["round"], request["stake"])
+            if request.get("op") == "pools":
+                return {"ok": True, "pools": {n: str(p.amount)
+                                              for n, p in (await self.engine.pools()).items()}}
+        except JackpotError as e:
+            return {"ok": False, "error": type(e).__name__, "message": str(e)}
+        return {"ok": False, "error": "BadRequest", "message": f"unknown op {request!r}"}
+
+    async def spin(self, player: str, round_id: str, stake: str) -> dict[str, Any]:
+        op_id = f"{player}:{round_id}"
+        bet: Contribution = await self.engine.contribute(stake, op_id=op_id)
+        self.spins += not bet.replayed
+        wins = list(bet.hits)  # must-hit-by hits come with the bet that triggered them
+        # The game's outcome is a function of the round, so a resent spin gets
+        # the same outcome, and its win the same op_id: it is paid only once.
+        outcome = random.Random(op_id)
+        for level, odds in WIN_ODDS.items():
+            if outcome.randrange(odds) == 0:
+                wins.append(await self.engine.process_win(level, op_id=f"{op_id}:{level}",
+                                                          winner=player))
+        for w in wins:
+            if not w.replayed:
+                self.paid.append(w)
+                if len(self.paid) <= _SHOWN_WINS:
+                    kind = "mystery hit" if w.hit else "jackpot win"
+                    print(f"  {kind}: {w.group} paid {w.amount:.2f} to {player} (op {w.op_id})")
+                elif len(self.paid) == _SHOWN_WINS + 1:
+                    print("  ... (more jackpots: see the meters below)")
+        return {"ok": True, "replayed": bet.replayed,
+                "added": {n: str(v) for n, v in bet.contributions.items()},
+                "jackpots": [{"level": w.group, "amount": str(w.amount)} for w in wins]}
+
+
+async def play(port: int, player: str, spins: int, seed: int) -> Decimal:
+    """One simulated player: connect, spin `spins` times, return the jackpots won."""
+    rng = random.Random(seed)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    won = Decimal(0)
+
+    async def send(request: dict[str, Any]) -> dict[str, Any]:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        reply: dict[str, Any] = json.loads(await reader.readline())
+        if not reply["ok"]:
+            msg = f"{player}: {request} refused: {reply['message']}"
+            raise RuntimeError(msg)
+        return reply
+
+    try:
+        first: dict[str, Any] = {}
+        for n in range(spins):
+            request = {"op": "spin", "player": player, "round": f"r{n}",
+                       "stake": rng.choice(STAKES)}
+            reply = await send(request)
+            first = first or {"request": request, "reply": reply}
+            won += sum((Decimal(j["amount"]) for j in reply["jackpots"]), Decimal(0))
+            await asyncio.sleep(rng.uniform(0, 0.01))  # the reels spin
+        # Say the first reply was lost: the player resends that spin as it was.
+        again = await send(first["request"])
+        assert again == {**first["reply"], "replayed": True}, "a resent spin must replay"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return won
+
+
+async def show_pools(engine: AsyncJackpotEngine, server: GameServer, started: float,
+                     every: float, stop: asyncio.Event) -> None:
+    """Print the live meters until told to stop."""
+    while True:
+        pools = await engine.pools()
+        line = " | ".join(f"{n} {p.amount:>9.2f}" for n, p in pools.items())
+        print(f"[{time.perf_counter() - started:5.1f}s] spins {server.spins:>6} | {line}")
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+
+
+async def main_async(path: Path, players: int, spins: int) -> None:
+    async with await AsyncJackpotEngine.open(path, LEVELS) as engine:
+        server = GameServer(engine)
+        tcp = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        port = tcp.sockets[0].getsockname()[1]
+        print(f"game server on 127.0.0.1:{port}; {players} players x {spins} spins")
+        started = time.perf_counter()
+        stop = asyncio.Event()
+        meters = asyncio.create_task(show_pools(engine, server, started, 0.5, stop))
+        async with tcp:
+            won = await asyncio.gather(*(play(port, f"player-{i}", spins, seed=100 + i)
+                                         for i in range(players)))
+        stop.set()
+        await meters
+        seconds = time.perf_counter() - started
+        pools = await engine.pools()
+        report = await engine.verify()
+        health = await engine.health()
+
+        print()
+        print(f"{server.spins} spins in {seconds:.1f} s ({server.spins / seconds:.0f}/s); "
+              f"{len(server.paid)} jackpots paid, "
+              f"{sum(w.hit for w in server.paid)} of them mystery hits")
+        print(f"{'level':<9}{'amount':>12}{'bets':>8}{'wagered':>12}{'hits':>6}{'wins':>6}"
+              f"{'won':>12}{'reserve':>10}")
+        for p in pools.values():
+            m = p.meters
+            print(f"{p.name:<9}{p.amount:>12.2f}{m['bets']:>8}{m['wagered']:>12.2f}"
+                  f"{m['hits']:>6}{m['wins']:>6}{m['won']:>12.2f}{p.reserve:>10.2f}")
+        paid_total = sum((w.amount for w in server.paid), Decimal(0))
+        won_total = sum((Decimal(p.meters["won"]) for p in pools.values()), Decimal(0))
+        assert paid_total == sum(won, Decimal(0)) == won_total, "players and meters disagree"
+        assert pools["mystery"].amount <= pools["mystery"].must_hit_by
+        print(f"players were paid {paid_total:.2f}, exactly what the meters say was won")
+        print(f"health: {health.status}")
+        print(f"audit: {'OK' if report.ok else 'FAILED'} - {report.levels} levels, "
+              f"{report.ledger_rows} ledger rows reconciled to 0.000001")
+        for problem in report.problems:
+            print(f"  problem: {problem}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--players", type=int, default=200, help="simulated players")
+    parser.add_argument("--spins", type=int, default=50, help="spins per player")
+    parser.add_argument("--quick", action="store_true", help="20 players x 10 spins")
+    parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
+    args = parser.parse_args()
+    players, spins = (20, 10) if args.quick else (args.players, args.spins)
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main_async(args.db or Path(tmp) / "server.db", players, spins))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""An operator's session: change a level's settings, suspend, resume, adjust, retire, audit.
+
+Players bet for a while, then the operator works through the console the way
+a slot floor manager would. Every action names who did it and why, is applied
+atomically, lands in the ledger, and can be retried with the same op_id
+without being applied twice. The transcript shows each command and what the
+engine answered, refusals included.
+
+Run: python examples/operator_console.py [--bets N] [--quick] [--db PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from jackpot import GroupConfig, JackpotEngine, JackpotError
+
+LEVELS = [
+    GroupConfig("minor", seed=Decimal(100), contribution_rate=Decimal("0.01"),
+                reserve_rate=Decimal("0.002")),
+    GroupConfig("major", seed=Decimal(1000), contribution_rate=Decimal("0.005"),
+                cap=Decimal(1200)),
+    GroupConfig("summer-promo", seed=Decimal(50), contribution_rate=Decimal("0.02")),
+]
+OPERATOR = "manager:alice"
+
+
+def command(line: str, action: Callable[[], Any]) -> Any:
+    """Print a console line, run it, print the answer (or the refusal) and return it."""
+    print(f"\noperator> {line}")
+    try:
+        result = action()
+    except JackpotError as e:
+        print(f"  refused: {type(e).__name__}: {e}")
+        return None
+    return result
+
+
+def show_pools(engine: JackpotEngine) -> None:
+    print(f"  {'level':<14}{'status':<11}{'amount':>10}{'reserve':>9}{'seed':>9}{'rate':>7}"
+          f"{'cap':>9}{'version':>9}  pending")
+    for p in engine.pools().values():
+        cap = "-" if p.cap is None else f"{p.cap:.2f}"
+        pending = ", ".join(f"{k}={v}" for k, v in p.pending_changes.items()) or "-"
+        print(f"  {p.name:<14}{p.status:<11}{p.amount:>10.2f}{p.reserve:>9.2f}{p.seed:>9.2f}"
+              f"{p.contribution_rate:>7}{cap:>9}{p.version:>9}  {pending}")
+
+
+def play(engine: JackpotEngine, bets: int, first: int, groups: tuple[str, ...]) -> None:
+    rng = random.Random(first)
+    for n in range(first, first + bets):
+        engine.contribute(rng.choice(["0.50", "1", "2", "5"]), groups=groups, op_id=f"spin-{n}")
+    print(f"\n[floor] players placed {bets} bets on {', '.join(groups)}")
+
+
+def session(engine: JackpotEngine, bets: int) -> bool:
+    play(engine, bets, 0, ("minor", "major", "summer-promo"))
+
+    command("pools", lambda: show_pools(engine))
+
+    version = engine.pool("minor").version
+    changed = command(
+        f"config minor contribution_rate=0.015 seed=120 --expect-version {version}",
+        lambda: engine.update_config("minor", contribution_rate="0.015", seed=120,
+                                     expected_version=version, who=OPERATOR,
+                                     reason="weekend promotion", op_id="ops-1"))
+    print(f"  done at version {changed.version}: rate {changed.before['contribution_rate']} "
+          f"-> {changed.after['contribution_rate']} now; waits for the next reset: "
+          f"{changed.pending}")
+
+    command(f"config minor cap=150 --expect-version {version}  (a second console, stale)",
+            lambda: engine.update_config("minor", cap=150, expected_version=version,
+                                         who="manager:bob", reason="cap it", op_id="ops-2"))
+
+    suspended = command(
+        'suspend major --reason "meter inspection"',
+        lambda: engine.suspend("major", reason="meter inspection", who=OPERATOR,
+                               op_id="ops-3"))
+    print(f"  major suspended at {suspended.balances['major']:.2f} (version "
+          f"{suspended.versions['major']})")
+    print("\n[floor] a player bets on major while it is suspended:")
+    try:
+        engine.contribute("5", groups=("major",), op_id="spin-suspended")
+    except JackpotError as e:
+        print(f"  the game server is told: {type(e).__name__}: {e}")
+    command("resume major", lambda: engine.resume("major", who=OPERATOR, op_id="ops-4"))
+    print("  major takes bets again")
+
+    topped = command(
+        'adjust major +25.00 --reason "marketing top-up, ticket OPS-42"',
+        lambda: engine.adjust("major", "25.00", reason="marketing top-up, ticket OPS-42",
+                              who=OPERATOR, op_id="ops-5"))
+    print(f"  major now {topped.balances['major']:.2f}")
+    again = command(
+        'adjust major +25.00 --reason "marketing top-up, ticket OPS-42"  (sent twice)',
+        lambda: engine.adjust("major", "25.00", reason="marketing top-up, ticket OPS-42",
+                              who=OPERATOR, op_id="ops-5"))
+    print(f"  replayed: {again.replayed}; major still {again.balances['major']:.2f}")
+    command('adjust major -5000 --reason "typo"',
+            lambda: engine.adjust("major", "-5000", reason="typo", who=OPERATOR,
+                                  op_id="ops-6"))
+
+    win = engine.process_win("minor", op_id="spin-win-1", winner="player-31")
+    print(f"\n[floor] player-31 hits the minor jackpot: paid {win.amount:.2f}, "
+          f"the pool resets to {win.balance:.2f} (the pending seed took effect)")
+
+    retired = command(
+        'retire summer-promo --transfer-to major --reason "promotion ended"',
+        lambda: engine.retire("summer-promo", transfer_to="major", reason="promotion ended",
+                              who=OPERATOR, op_id="ops-7"))
+    print("  moved: " + ", ".join(f"{n} {v:.2f}" for n, v in retired.balances.items()))
+    print("\n[floor] a player bets on the retired level:")
+    try:
+        engine.contribute("1", groups=("summer-promo",), op_id="spin-retired")
+    except JackpotError as e:
+        print(f"  the game server is told: {type(e).__name__}: {e}")
+
+    play(engine, bets, bets, ("minor", "major"))
+    command("pools", lambda: show_pools(engine))
+
+    def history() -> None:
+        for h in engine.history("minor", limit=5):
+            print(f"  version {h.version:>5}  paid {h.amount:>9.2f}  to {h.winner}  "
+                  f"(op {h.op_id}{', mystery hit' if h.hit else ''})")
+
+    command("history minor --limit 5", history)
+
+    health = command("health", engine.health)
+    print(f"  status: {health.status}" + "".join(f"; {r}" for r in health.reasons))
+    report = command("verify", engine.verify)
+    print(f"  audit: {'OK' if report.ok else 'FAILED'} - {report.levels} levels, "
+          f"{report.ledger_rows} ledger rows reconciled to 0.000001")
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    return bool(report.ok)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bets", type=int, default=400, help="bets the players place")
+    parser.add_argument("--quick", action="store_true", help="40 bets")
+    parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
+    args = parser.parse_args()
+    bets = 40 if args.quick else args.bets
+    with tempfile.TemporaryDirectory() as tmp, \
+            JackpotEngine.open(args.db or Path(tmp) / "console.db", LEVELS) as engine:
+        ok = session(engine, bets)
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,593 @@
+"""AsyncJackpotEngine: the engine for asyncio servers, without blocking the loop.
+
+Awaiting a Pykka future calls its blocking `get()` and stalls the whole event
+loop until the actor answers. Here a write is queued at the same actors as a
+`JackpotEngine` write, with a `Ticket` whose notify callback completes an
+asyncio future through `loop.call_soon_threadsafe`: no thread is parked per
+call, and the loop keeps running while the actor works. Reads are short
+database reads and run in the default thread pool (`asyncio.to_thread`).
+
+The async engine wraps a `JackpotEngine` and shares its actors, validation
+(`jackpot.requests`), timeouts, restart policy and stats, so both APIs give
+the same results and the same errors for the same calls.
+
+Each write is a small callback-driven state machine (`_Call`), not a task:
+it is sent when its coroutine starts, and the caller awaits its future
+through `asyncio.shield`, so cancelling the awaiting task never withdraws or
+repeats it (see `AsyncJackpotEngine` for what the caller gets). Answers
+reach the loop through `_Answers`, which hands a batch's answers over in
+slices so that a group commit of hundreds never holds the loop for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pykka
+
+from jackpot.actors import ActorUnavailableError, Ticket
+from jackpot.domain import GroupConfig
+from jackpot.engine import JackpotEngine, outcome_of
+from jackpot.errors import EngineClosedError, LockTimeoutError
+from jackpot.health import HealthReport
+from jackpot.logs import log_failure, log_success
+from jackpot.results import (
+    AdminResult,
+    ConfigResult,
+    Contribution,
+    HistoryEntry,
+    PoolSnapshot,
+    VerifyReport,
+    Win,
+)
+from jackpot.service import Operation
+from jackpot.settings import Settings
+from jackpot.stats import Stats
+
+__all__ = ["AsyncJackpotEngine"]
+
+# While a request waits in its actor's mailbox, check every so often that the
+# actor still lives (as `JackpotEngine._wait` does): an actor that stops with
+# requests queued never answers them.
+_LIVENESS_POLL_S = 0.25
+
+# Most answers the loop settles in one turn (see `_Answers`).
+_SLICE = 32
+
+
+class AsyncJackpotEngine:
+    """A running jackpot engine for asyncio code. Open it with `await AsyncJackpotEngine.open()`.
+
+    Every method takes the same arguments and returns the same results as the
+    `JackpotEngine` method of the same name, as a coroutine. Several event
+    loops (or an event loop and threads, through `sync`) may share one engine.
+
+    Cancellation and retries: bad arguments are refused before anything is
+    sent. Once a write's coroutine has started, the operation is sent to its
+    actor and runs to its end even if the awaiting task is cancelled: it is
+    never withdrawn and never sent twice. The cancelled caller gets
+    `asyncio.CancelledError` and cannot tell from that call whether the
+    operation was applied; its outcome is still recorded (ledger, stats).
+    Retrying with the same `op_id` is always safe: it returns the first result
+    marked `replayed=True` if the first attempt committed, applies it now if
+    the first attempt failed or timed out in the queue, and never applies it
+    twice (a retry sent while the first attempt is still queued waits behind
+    it at the same actor). Without an `op_id` there is nothing to retry by:
+    pass one when a caller may be cancelled.
+
+    Timeouts mirror `JackpotEngine`: a request not started by its actor within
+    `lock_timeout_ms` is withdrawn and raises `LockTimeoutError` (never
+    applied); once started, it is waited for up to the engine's longest
+    operation time, after which `LockTimeoutError` says the outcome is
+    unknown (retry with the same op_id to learn it).
+    """
+
+    def __init__(self, engine: JackpotEngine) -> None:
+        """Wrap an open `JackpotEngine`; use `await AsyncJackpotEngine.open()` instead."""
+        self._engine = engine
+        # asyncio keeps only weak references to tasks: hold the running ones.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._answers: dict[asyncio.AbstractEventLoop, _Answers] = {}
+
+    # -- life cycle ----------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        groups: Iterable[GroupConfig] | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> AsyncJackpotEngine:
+        """Open (or create) the database at `path` and start the engine.
+
+        Same arguments and errors as `JackpotEngine.open`; the file I/O runs in
+        a worker thread.
+        """
+        configs = None if groups is None else list(groups)
+        engine = await asyncio.to_thread(JackpotEngine.open, path, configs, settings=settings)
+        return cls(engine)
+
+    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - as sync
+        """Let in-flight operations finish, stop every actor; later calls fail.
+
+        Idempotent. `timeout` bounds the wait for in-flight operations.
+        """
+        for answers in list(self._answers.values()):
+            if answers.loop_closed():
+                answers.orphan()  # answers that reached a loop after it closed
+        await asyncio.to_thread(self._engine.close, timeout)
+
+    async def __aenter__(self) -> Self:
+        """Return the engine; `await close()` on exit."""
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Close the engine."""
+        await self.close()
+
+    @property
+    def sync(self) -> JackpotEngine:
+        """The threaded engine underneath, for code that runs in threads."""
+        return self._engine
+
+    @property
+    def settings(self) -> Settings:
+        """The settings this engine runs with."""
+        return self._engine.settings
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Names of the levels this engine serves, sorted."""
+        return self._engine.groups
+
+    @property
+    def stats(self) -> Stats:
+        """Counters and observers of the engine (shared with `sync`)."""
+        return self._engine.stats
+
+    # -- operations ------------------------------------------------------------
+
+    async def contribute(
+        self,
+        bet: Decimal | int | str,
+        *,
+        groups: Iterable[str] | str | None = None,
+        op_id: str | None = None,
+    ) -> Contribution:
+        """Add one bet's share to every named level (all when None), atomically.
+
+        See `JackpotEngine.contribute`.
+        """
+        result: Contribution = await self._submit(
+            self._engine._requests.contribute(bet, groups=groups, op_id=op_id))  # noqa: SLF001
+        return result
+
+    async def process_win(
+        self,
+        group: str,
+        *,
+        op_id: str | None = None,
+        amount: Decimal | int | str | None = None,
+        winner: str | None = None,
+        expected_version: int | None = None,
+        expected_amount: Decimal | int | str | None = None,
+    ) -> Win:
+        """Pay a level: the whole pool (then reset to seed), or a fixed `amount`.
+
+        See `JackpotEngine.process_win`.
+        """
+        result: Win = await self._submit(self._engine._requests.win(  # noqa: SLF001
+            group, op_id=op_id, amount=amount, winner=winner,
+            expected_version=expected_version, expected_amount=expected_amount))
+        return result
+
+    async def update_config(
+        self,
+        group: str,
+        *,
+        op_id: str | None = None,
+        expected_version: int | None = None,
+        who: str | None = None,
+        reason: str | None = None,
+        **changes: Any,
+    ) -> ConfigResult:
+        """Change a level's settings, atomically and audited.
+
+        See `JackpotEngine.update_config`.
+        """
+        result: ConfigResult = await self._submit(self._engine._requests.config(  # noqa: SLF001
+            group, op_id=op_id, expected_version=expected_version, who=who, reason=reason,
+            changes=changes))
+        return result
+
+    async def suspend(self, group: str, *, reason: str, op_id: str | None = None,
+                      who: str | None = None) -> AdminResult:
+        """Stop a level taking contributions and wins; its amount is kept exactly."""
+        result: AdminResult = await self._submit(self._engine._requests.status(  # noqa: SLF001
+            "suspend", group, op_id=op_id, who=who, reason=reason))
+        return result
+
+    async def resume(self, group: str, *, op_id: str | None = None, who: str | None = None,
+                     reason: str | None = None) -> AdminResult:
+        """Let a suspended level take contributions and wins again."""
+        result: AdminResult = await self._submit(self._engine._requests.status(  # noqa: SLF001
+            "resume", group, op_id=op_id, who=who, reason=reason))
+        return result
+
+    async def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
+                     op_id: str | None = None, who: str | None = None) -> AdminResult:
+        """Change a pool by a signed `delta`, audited with who and why."""
+        result: AdminResult = await self._submit(self._engine._requests.adjust(  # noqa: SLF001
+            group, delta, op_id=op_id, who=who, reason=reason))
+        return result
+
+    async def retire(self, group: str, *, transfer_to: str, reason: str,
+                     op_id: str | None = None, who: str | None = None) -> AdminResult:
+        """Retire a level, moving its pool and reserve to `transfer_to` atomically."""
+        result: AdminResult = await self._submit(self._engine._requests.retire(  # noqa: SLF001
+            group, transfer_to=transfer_to, op_id=op_id, who=who, reason=reason))
+        return result
+
+    # -- reads -------------------------------------------------------------------
+
+    async def pool(self, group: str) -> PoolSnapshot:
+        """Return the committed state of one level."""
+        return await asyncio.to_thread(self._engine.pool, group)
+
+    async def pools(self) -> dict[str, PoolSnapshot]:
+        """Return every level's committed state, read in one consistent snapshot."""
+        return await asyncio.to_thread(self._engine.pools)
+
+    async def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
+        """Return the level's last `limit` wins and hits, newest first."""
+        return await asyncio.to_thread(self._engine.history, group, limit)
+
+    async def verify(self) -> VerifyReport:
+        """Recompute every level from the ledger and report any difference."""
+        return await asyncio.to_thread(self._engine.verify)
+
+    async def health(self) -> HealthReport:
+        """Check the database, the actors and the recent lock and conflict rates."""
+        return await asyncio.to_thread(self._engine.health)
+
+    # -- internals -----------------------------------------------------------------
+
+    async def _submit(self, op: Operation) -> Any:
+        """Send `op` now; await its outcome through a shield (see the class docstring)."""
+        loop = asyncio.get_running_loop()
+        call = _Call(self, op, loop, self._answers_for(loop))
+        call.start()
+        return await asyncio.shield(call.future)
+
+    def _answers_for(self, loop: asyncio.AbstractEventLoop) -> _Answers:
+        answers = self._answers.get(loop)
+        if answers is None:
+            for old in [lp for lp, a in self._answers.items() if a.loop_closed()]:
+                self._answers.pop(old).orphan()
+            answers = self._answers[loop] = _Answers(loop)
+        return answers
+
+
+class _Answers:
+    """Actors' answers for one event loop, handed over in slices.
+
+    An actor commits requests in batches of up to hundreds and answers them
+    all at once. Each answer is queued here; only the first after a drain
+    wakes the loop (one `call_soon_threadsafe`, so one self-pipe write per
+    burst rather than per answer), and the loop settles at most `_SLICE` per
+    turn before yielding: timers and I/O run between slices, so a burst of
+    answers never holds the loop for longer than one slice.
+    """
+
+    __slots__ = ("_awake", "_items", "_lock", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: deque[tuple[_Call, Ticket, Any, BaseException | None]] = deque()
+        self._awake = False
+
+    def put(self, call: _Call, ticket: Ticket, result: Any, error: BaseException | None
+            ) -> None:
+        """Queue an answer for the loop (any thread); never blocks."""
+        with self._lock:
+            self._items.append((call, ticket, result, error))
+            wake = not self._awake
+            self._awake = True
+        if (wake and not self._wake()) or self._loop.is_closed():
+            self.orphan()
+
+    def _wake(self) -> bool:
+        if self._loop.is_closed():
+            return False
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop closed between the check and the call
+            return False
+        return True
+
+    def loop_closed(self) -> bool:
+        """Whether the loop these answers are for has closed."""
+        return self._loop.is_closed()
+
+    def orphan(self) -> None:
+        """Close the books of every queued answer here, the loop being closed (any thread).
+
+        Nobody awaits these answers any more, but the engine still counts
+        their operations in flight, and `close()` waits for those.
+        """
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._awake = False
+        for call, ticket, result, error in items:
+            call.orphaned(ticket, result, error)
+
+    def _drain(self) -> None:
+        with self._lock:
+            n = min(len(self._items), _SLICE)
+            batch = [self._items.popleft() for _ in range(n)]
+            self._awake = bool(self._items)
+        for call, ticket, result, error in batch:
+            try:
+                call.served(ticket, result, error)
+            except Exception as e:  # noqa: BLE001 - a failing observer must not strand the rest
+                self._loop.call_exception_handler({
+                    "message": f"jackpot: settling {call.op.kind} {call.op.op_id!r} failed",
+                    "exception": e})
+        if self._awake:
+            self._loop.call_soon(self._drain)  # the rest after timers and I/O had a turn
+
+
+class _Call:
+    """One write in flight, driven by callbacks on the loop: no task, no parked thread.
+
+    Mirrors `JackpotEngine._submit`, `_submit_with_restart` and `_wait`: it
+    counts the write in flight and opens its trace span, sends it with a
+    `Ticket` whose notify settles it through `call_soon_threadsafe`, checks
+    that the serving actor lives while the request waits, withdraws it if not
+    started within the queue timeout, resends once after a dead actor, and
+    logs and records its outcome exactly once, whether or not anyone still
+    awaits `future`. Span, logs and stats run in a copy of the caller's
+    context taken at the start, as they would in the caller's thread.
+    """
+
+    __slots__ = ("_answers", "_attempt", "_books", "_books_lock", "_ctx", "_deadline", "_engine",
+                 "_finished", "_loop", "_owner", "_phase", "_span", "_started", "_ticket",
+                 "_timer", "_tracking", "future", "op")
+
+    def __init__(self, owner: AsyncJackpotEngine, op: Operation,
+                 loop: asyncio.AbstractEventLoop, answers: _Answers) -> None:
+        self.op = op
+        self._answers = answers
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self._owner = owner
+        self._engine = owner.sync
+        self._loop = loop
+        self._started = time.perf_counter()
+        self._ctx = contextvars.copy_context()
+        self._tracking: AbstractContextManager[None] | None = None
+        self._span: AbstractContextManager[None] | None = None
+        self._ticket: Ticket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._attempt = 0
+        self._phase = "queue"
+        self._deadline = 0.0
+        self._finished = False
+        # The books (in-flight count, span, log, stats) are closed on the loop,
+        # or in the actor's thread once the loop is closed: exactly once.
+        self._books_lock = threading.Lock()
+        self._books = False
+
+    def start(self) -> None:
+        """Count the write in flight and send it; raise EngineClosedError if closed."""
+        try:
+            self._ctx.run(self._enter)
+        except Exception as e:
+            self._books = True
+            self._ctx.run(self._report, None, e)
+            raise
+        self._send()
+
+    def _enter(self) -> None:
+        """Enter what `JackpotEngine._submit` enters: `_tracking()`, then `_trace(op)`."""
+        tracking = self._engine._tracking()  # noqa: SLF001
+        tracking.__enter__()
+        try:
+            span = self._engine._trace(self.op)  # noqa: SLF001
+            span.__enter__()
+        except BaseException as e:
+            tracking.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._tracking, self._span = tracking, span
+
+    # -- sending and waiting (on the loop) -------------------------------------
+
+    def _send(self) -> None:
+        def notify(result: Any, error: BaseException | None) -> None:
+            self._notified(ticket, result, error)
+
+        ticket = Ticket(notify)
+        self._ticket = ticket
+        try:
+            self._engine._send(self.op, ticket)  # noqa: SLF001
+        except (pykka.ActorDeadError, ActorUnavailableError) as e:
+            self._actor_stopped(e)
+            return
+        except Exception as e:  # noqa: BLE001 - reported to the caller, books closed
+            self._finish(None, e)
+            return
+        self._phase = "queue"
+        self._deadline = self._loop.time() + self._engine._queue_timeout  # noqa: SLF001
+        self._schedule(min(_LIVENESS_POLL_S, self._engine._queue_timeout))  # noqa: SLF001
+
+    def _notified(self, ticket: Ticket, result: Any, error: BaseException | None) -> None:
+        """Hand the actor's answer to the loop (runs in the actor's thread, never blocks)."""
+        self._answers.put(self, ticket, result, error)
+
+    def orphaned(self, ticket: Ticket, result: Any, error: BaseException | None) -> None:
+        """Close the books of an answer whose loop has closed (any thread)."""
+        if ticket is self._ticket:
+            if error is not None and not isinstance(error, Exception):
+                error = _stopped_on(error)
+            self._close_books(result, error)
+
+    def served(self, ticket: Ticket, result: Any, error: BaseException | None) -> None:
+        """Take the actor's answer (on the loop) unless it is stale or already had."""
+        if ticket is self._ticket and not self._finished:
+            self._settle(result, error)
+
+    def _schedule(self, delay: float) -> None:
+        self._timer = self._loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        """Check on a waiting request the way `JackpotEngine._wait` does."""
+        self._timer = None
+        ticket = self._ticket
+        if self._finished or ticket is None or self._peeked(ticket):
+            return
+        now = self._loop.time()
+        if self._phase == "queue" and not self._engine._owner_alive(self.op):  # noqa: SLF001
+            msg = f"the actor serving {', '.join(self.op.names)} has stopped"
+            self._actor_stopped(pykka.ActorDeadError(msg))
+        elif now < self._deadline:
+            self._schedule(min(_LIVENESS_POLL_S, self._deadline - now))
+        elif self._phase == "run":
+            msg = (f"{self.op.kind} {self.op.op_id!r} did not finish within "
+                   f"{self._engine._run_timeout:.1f} s after it started; its "  # noqa: SLF001
+                   "outcome is unknown: retry with the same op_id to learn it")
+            self._finish(None, LockTimeoutError(msg))
+        elif ticket.abandon():
+            self._engine.stats.add("lock_timeouts", self.op.kind, ",".join(self.op.names))
+            msg = (f"{self.op.kind} {self.op.op_id!r} was not started within "
+                   f"{self._engine.settings.lock_timeout_ms} ms; nothing was changed")
+            self._finish(None, LockTimeoutError(msg))
+        else:
+            # Claimed: it is running, and its own lock waits and retries bound it.
+            self._phase = "run"
+            self._deadline = now + self._engine._run_timeout  # noqa: SLF001
+            self._schedule(self._engine._run_timeout)  # noqa: SLF001
+
+    def _peeked(self, ticket: Ticket) -> bool:
+        """Settle from the ticket's future if it holds an outcome; never blocks."""
+        try:
+            value = ticket.future.get(timeout=0)
+        except pykka.Timeout:
+            return False
+        except Exception as e:  # noqa: BLE001 - the actor's error, handed on as is
+            self._settle(None, e)
+        else:
+            self._settle(value, None)
+        return True
+
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        """Act on the actor's answer, whether it came by notify or by peeking."""
+        if error is None:
+            self._finish(result, None)
+        elif not isinstance(error, Exception):
+            self._actor_stopped(_stopped_on(error))
+        elif isinstance(error, (pykka.ActorDeadError, ActorUnavailableError)):
+            self._actor_stopped(error)
+        else:
+            self._finish(None, error)
+
+    def _actor_stopped(self, error: Exception) -> None:
+        """Resend once after restarting dead actors, as `_submit_with_restart` does."""
+        ticket = self._ticket
+        assert ticket is not None
+        try:
+            self._engine._check_open()  # noqa: SLF001
+        except EngineClosedError as e:
+            self._finish(None, e)
+            return
+        applied_maybe = isinstance(error, pykka.ActorDeadError) and not ticket.abandon()
+        if self._attempt or applied_maybe:
+            msg = (f"the actor serving {', '.join(self.op.names)} stopped while running "
+                   f"{self.op.kind} {self.op.op_id!r}; retry with the same op_id")
+            closed = EngineClosedError(msg)
+            closed.__cause__ = error
+            self._finish(None, closed)
+            return
+        self._attempt += 1
+        self._ticket = None  # a late answer to the first attempt is ignored
+        self._cancel_timer()
+        task = self._loop.create_task(self._restart())
+        self._owner._tasks.add(task)  # noqa: SLF001
+        task.add_done_callback(self._owner._tasks.discard)  # noqa: SLF001
+
+    async def _restart(self) -> None:
+        try:
+            await asyncio.to_thread(self._engine._restart_dead_actors)  # noqa: SLF001
+        except asyncio.CancelledError:
+            msg = f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop shut down"
+            self._finish(None, EngineClosedError(msg))
+            raise
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            self._finish(None, e)
+            return
+        self._send()
+
+    # -- finishing ---------------------------------------------------------------
+
+    def _finish(self, result: Any, error: Exception | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._cancel_timer()
+        if not self.future.done():
+            if error is None:
+                self.future.set_result(result)
+            else:
+                self.future.set_exception(error)
+        # The caller resumes in a later callback, so the books are closed before it runs.
+        self._close_books(result, error)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _close_books(self, result: Any, error: Exception | None) -> None:
+        """Leave the in-flight count, end the span, log and record the outcome, once."""
+        with self._books_lock:
+            if self._books:
+                return
+            self._books = True
+        self._ctx.run(self._report, result, error)
+
+    def _report(self, result: Any, error: Exception | None) -> None:
+        """As `JackpotEngine._submit` does after its `with` block, in the caller's context."""
+        exc = (None, None, None) if error is None else (type(error), error, error.__traceback__)
+        try:
+            if self._span is not None:
+                self._span.__exit__(*exc)
+        finally:
+            if self._tracking is not None:
+                self._tracking.__exit__(*exc)
+        if error is None:
+            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
+            log_success(self.op, outcome, result)
+        else:
+            outcome = outcome_of(error)
+            log_failure(self.op, outcome, error)
+        self._engine.stats.operation(self.op.kind, outcome, time.perf_counter() - self._started)
+
+
+def _stopped_on(error: BaseException) -> pykka.ActorDeadError:
+    """Report a KeyboardInterrupt or SystemExit that stopped the actor mid-operation."""
+    msg = f"the actor stopped on {type(error).__name__} while serving the request"
+    dead = pykka.ActorDeadError(msg)
+    dead.__cause__ = error
+    return dead
