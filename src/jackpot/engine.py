@@ -126,6 +126,9 @@ class JackpotEngine:
                     msg = f"groups must hold GroupConfig objects, not {type(g).__name__}"
                     raise ValidationError(msg)
             names = [g.name for g in configs]
+            if not names and not Path(path).exists():
+                msg = "groups is empty: name at least one level (or pass None for the defaults)"
+                raise ValidationError(msg)
             if len(set(names)) != len(names):
                 msg = f"groups name a level twice: {sorted(names)}"
                 raise ValidationError(msg)
@@ -143,6 +146,9 @@ class JackpotEngine:
                         existing[config.name] = state
         finally:
             store.close()
+        if not existing:
+            msg = f"{path} holds no levels and groups names none: name at least one level"
+            raise ValidationError(msg)
         return cls(str(path), settings, existing)
 
     def _open_store(self) -> Store:
