@@ -188,9 +188,9 @@ def config_view(c: LevelConfig) -> dict[str, str | None]:
         return None if v is None else str(money.from_units(v))
     return {
         "seed": amount(c.seed),
-        "contribution_rate": str(money.rate_to_decimal(c.rate)),
+        "contribution_rate": f"{money.rate_to_decimal(c.rate):f}",
         "cap": amount(c.cap),
-        "reserve_rate": str(money.rate_to_decimal(c.reserve_rate)),
+        "reserve_rate": f"{money.rate_to_decimal(c.reserve_rate):f}",
         "min_bet": amount(c.min_bet),
         "max_contribution": amount(c.max_contribution),
         "must_hit_by": amount(c.must_hit_by),
