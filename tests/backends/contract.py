@@ -441,6 +441,27 @@ class BackendContract:
         assert snapshot(make_store()) == before
         assert engine.process_win("minor", op_id="blocked").amount == Decimal("100.05")
 
+    def test_verify_names_a_level_its_ledger_does_not_add_up_to(
+            self, make_engine: Callable[..., JackpotEngine], make_store: Callable[..., Store]
+            ) -> None:
+        engine = make_engine()
+        engine.contribute(Decimal(10), groups="minor", op_id="bet")
+        store = make_store()
+        with store.write():  # what no operation can do: change a pool without a ledger row
+            store._exec("UPDATE levels SET amount = amount + 1 WHERE name = 'minor'")
+        report = engine.verify()
+        assert (report.ok, report.levels, report.ledger_rows) == (False, 3, 4)
+        assert report.problems == [
+            "minor: ledger sums to 100.050000, level holds 100.050001",
+            ("minor: opening + contributions + seed funding + adjustments - wins - overflow "
+             "= 100.050000, pool holds 100.050001"),
+        ]
+
+    def test_health_probes_the_database(self, make_engine: Callable[..., JackpotEngine]
+                                        ) -> None:
+        check = make_engine().health().check("database")
+        assert (check.status, check.detail.startswith("reachable and writable")) == ("ok", True)
+
     def test_threads_of_two_engines_keep_the_books(
             self, make_engine: Callable[..., JackpotEngine], make_store: Callable[..., Store]
             ) -> None:
