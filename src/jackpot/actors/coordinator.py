@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors.pool import DRAIN, HoldToken, PoolActor
+from jackpot.actors.pool import DRAIN, HoldToken, PoolActor, cache_suspect
 from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.service import Operation, execute_batch
 from jackpot.settings import Settings
@@ -102,9 +102,15 @@ class Coordinator(pykka.ThreadingActor):
             known = {n: s for n, s in cached.items() if s is not None}
             outcomes, states = execute_batch(self._store, ops, known or None,
                                              settings=self._settings, stats=self._stats)
+            stale = any(cache_suspect(o.error) for o in outcomes)
             for name, token in zip(names, tokens, strict=True):
                 token.new_state = states.get(name)
+                token.invalidate = stale
             return [(o.result, o.error) for o in outcomes]
+        except BaseException:
+            for token in tokens:
+                token.invalidate = True
+            raise
         finally:
             for token in tokens:
                 token.released.set()

@@ -17,13 +17,13 @@ import pykka
 
 from jackpot.actors._mailbox import Mailbox
 from jackpot.domain import LevelState
-from jackpot.errors import JackpotError, StorageError
+from jackpot.errors import ConcurrencyViolationError, JackpotError, StorageError
 from jackpot.service import execute_batch
 from jackpot.settings import Settings
 from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
 
-__all__ = ["DRAIN", "HoldToken", "PoolActor"]
+__all__ = ["DRAIN", "HoldToken", "PoolActor", "cache_suspect"]
 
 DRAIN = "drain"
 """The message that wakes an actor to serve its mailbox."""
@@ -31,10 +31,22 @@ DRAIN = "drain"
 logger = logging.getLogger("jackpot")
 
 
+def cache_suspect(error: BaseException | None) -> bool:
+    """Say whether an operation's error means the cached level may be stale.
+
+    A version conflict that retries could not settle, a storage failure or an
+    unexpected error: the next operation must read the level afresh.
+    """
+    if error is None:
+        return False
+    return (isinstance(error, (StorageError, ConcurrencyViolationError))
+            or not isinstance(error, JackpotError))
+
+
 class HoldToken:
     """A coordinator's claim on a pool actor for one multi-level write."""
 
-    __slots__ = ("granted", "new_state", "op_id", "released", "state")
+    __slots__ = ("granted", "invalidate", "new_state", "op_id", "released", "state")
 
     def __init__(self, op_id: str) -> None:
         """Create an ungranted hold for operation `op_id`."""
@@ -43,6 +55,7 @@ class HoldToken:
         self.released = threading.Event()
         self.state: LevelState | None = None
         self.new_state: LevelState | None = None
+        self.invalidate = False  # the coordinator learnt the lent state may be stale
 
 
 class PoolActor(pykka.ThreadingActor):
@@ -110,10 +123,8 @@ class PoolActor(pykka.ThreadingActor):
             self._holder = None
         if self.name in states:
             self._state = states[self.name]
-        elif any(o.error is not None and (isinstance(o.error, StorageError)
-                                          or not isinstance(o.error, JackpotError))
-                 for o in outcomes):
-            self._state = None  # after a storage failure the cache may be stale: reload
+        elif any(cache_suspect(o.error) for o in outcomes):
+            self._state = None  # the cache may be stale: read the level afresh next time
         for (ticket, _), outcome in zip(live, outcomes, strict=True):
             ticket.settle(outcome.result, outcome.error)
 
@@ -126,8 +137,8 @@ class PoolActor(pykka.ThreadingActor):
         """
         if token.released.is_set():  # the coordinator gave up before we got here
             return
-        if self._state is None:
-            self._state = self._store.load_level(self.name)
+        # An unknown state (None) is lent as is: the coordinator then reads the
+        # level fresh inside its own transaction, where a failure is reported.
         self._holder = token.op_id
         token.state = self._state
         token.granted.set()
@@ -139,6 +150,8 @@ class PoolActor(pykka.ThreadingActor):
                                     "outcome": "hold_expired"})
             elif token.new_state is not None:
                 self._state = token.new_state
+            elif token.invalidate:
+                self._state = None
         finally:
             self._holder = None
 
