@@ -126,7 +126,7 @@ class JackpotEngine:
                     msg = f"groups must hold GroupConfig objects, not {type(g).__name__}"
                     raise ValidationError(msg)
             names = [g.name for g in configs]
-            if not names and not Path(path).exists():
+            if not names and "://" not in str(path) and not Path(path).exists():
                 msg = "groups is empty: name at least one level (or pass None for the defaults)"
                 raise ValidationError(msg)
             if len(set(names)) != len(names):

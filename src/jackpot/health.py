@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Protocol
 
 from jackpot.errors import JackpotError, LockTimeoutError
@@ -139,6 +140,17 @@ def _take_lock_and_roll_back(store: ProbeStore) -> None:
         raise _ProbeDoneError
 
 
+def redact(path: str) -> str:
+    """Return a database path or URL fit for reports: a URL's password is masked."""
+    if "://" not in path:
+        return path
+    parts = urlsplit(path)
+    if parts.password is None:
+        return path
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:
     """Take the write lock on a new connection, read the levels, roll back.
 
@@ -156,7 +168,7 @@ def probe_database(path: str, settings: Settings, open_store: OpenStore) -> Heal
     try:
         _take_lock_and_roll_back(store)
     except _ProbeDoneError:
-        return HealthCheck("database", OK, f"reachable and writable ({path})")
+        return HealthCheck("database", OK, f"reachable and writable ({redact(path)})")
     except LockTimeoutError:
         return HealthCheck("database", DEGRADED,
                            f"write lock not had within {timeout_ms} ms: another "
