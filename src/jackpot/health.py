@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.settings import Settings
