@@ -38,11 +38,19 @@ from jackpot.storage.schema import MIGRATIONS
 
 __all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
 
-# Not connection_optimize: its PRAGMA optimize may need the write lock while the
-# connection still has bestpractice's 100 ms busy timeout, so opening fails with
-# BusyError (killing an actor at start) when other processes are writing.
-apsw.bestpractice.apply(tuple(f for f in apsw.bestpractice.recommended
-                              if f is not apsw.bestpractice.connection_optimize))
+# apsw's best practices, applied to our own connections only: a library must
+# not change how the host application's other APSW connections behave (as
+# `apsw.bestpractice.apply` would, process-wide). Left out: the 100 ms busy
+# timeout (we install our own busy handler), `connection_optimize` (its PRAGMA
+# optimize may need the write lock before our handler is in place, so opening
+# failed while other processes wrote) and `library_logging` (it configures
+# process-wide SQLite logging through the root logger).
+_BEST_PRACTICE = (
+    apsw.bestpractice.connection_wal,
+    apsw.bestpractice.connection_enable_foreign_keys,
+    apsw.bestpractice.connection_dqs,
+    apsw.bestpractice.connection_recursive_triggers,
+)
 
 _SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
 _INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(LEVEL_COLUMNS)}) "
@@ -73,6 +81,8 @@ class SQLiteStore(Store):
         try:
             self.conn = apsw.Connection(path)
             self.conn.set_busy_handler(self._on_busy)
+            for practice in _BEST_PRACTICE:
+                practice(self.conn)
             self._exec("PRAGMA journal_mode = WAL")
             self._exec(f"PRAGMA synchronous = {synchronous}")
         except apsw.Error as e:
