@@ -1,0 +1,1253 @@
+"""Engine vs the naive baseline, side by side, in one run.
+
+    python benchmarks/compare.py [--quick] [--out DIR] [--only SECTION,...]
+
+Every figure is measured for the engine and for `baseline.NaiveJackpot` in the
+same run, on the same disk, and reported with the ratio engine/baseline, since
+absolute numbers vary from machine to machine. Both run with WAL and
+`synchronous=FULL`: every acknowledged operation is durable. Every operation
+carries a fresh random op_id (an idempotency key, as a game server's round id),
+so both pay the unique-key check.
+
+Sections (in run order):
+
+- rest: single-call latency at rest (one caller, sequential calls).
+- throughput: closed loop, 1 / 16 / 64 caller threads, 1-level and 3-level
+  contributions; capacity = the best of the three.
+- latency: open loop at half of each system's own capacity: a scheduler thread
+  releases requests at fixed times to a pool of 64 worker threads; latency is
+  measured from the scheduled time, so queueing behind a slow call counts
+  (no coordinated omission).
+- mix: game-like, 64 callers: 3-level bets, every 1,000th operation a win,
+  every 10,000th a config change (the first operation is one, so short runs
+  include it).
+- processes: 4 processes x 16 callers on one file against 1 process x 64
+  callers (the same total), 3-level contributions.
+- ledger: 64 callers, 3-level, on a copy of a file whose ledger already holds
+  5 million rows against an empty file; with random op_ids (the headline),
+  then with time-ordered ones (which keep index inserts at the B-tree's edge). The big file is built once (bulk
+  insert of rows extrapolated from two real contributions to a filler level,
+  then checked with the system's own verify()) and cached under OUT/cache.
+- rss: a fresh process per system (the two at once) runs 1 million 1-level
+  contributions with 16 callers after a warm-up; RSS is sampled throughout.
+
+For every workload the engine's counters (conflicts, retries, busy incidents,
+lock timeouts) are reported as the change during it, and every failed call is
+counted as an error (never as throughput). After each workload the file is
+audited with the system's own verify(). The table goes to OUT/results.md and
+OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import apsw
+import psutil
+from baseline import DEFAULT_LEVELS, NaiveJackpot
+
+import jackpot
+from jackpot import GroupConfig, JackpotEngine, Settings
+
+HERE = Path(__file__).resolve().parent
+SYSTEMS = ("engine", "baseline")
+COUNTERS = ("conflicts", "retries", "busy_incidents", "lock_timeouts")
+LEVELS1 = ("minor",)
+LEVELS3 = ("major", "mega", "minor")
+BET = Decimal("1.25")
+FILLER = "filler"
+FILLER_BET = Decimal("0.00001")  # x rate 0.1 = exactly one unit, no carried fraction
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each workload is."""
+
+    warmup_s: float
+    duration_s: float
+    rest_calls: int
+    open_loop_s: float
+    mix_ops: int
+    mp_duration_s: float
+    big_rows: int
+    rss_ops: int
+    rss_warmup: int
+    threads: tuple[int, ...] = (1, 16, 64)
+    open_loop_workers: int = 64
+    mix_callers: int = 64
+    mp_procs: int = 4
+    mp_callers: int = 64
+    big_callers: int = 64
+    rss_callers: int = 16
+    fsync_probe_s: float = 2.0
+
+
+FULL = Sizes(warmup_s=1.0, duration_s=6.0, rest_calls=2000, open_loop_s=15.0, mix_ops=30_000,
+             mp_duration_s=8.0, big_rows=5_000_000, rss_ops=1_000_000, rss_warmup=20_000)
+QUICK = Sizes(warmup_s=0.2, duration_s=0.8, rest_calls=200, open_loop_s=1.5, mix_ops=2_000,
+              mp_duration_s=1.0, big_rows=50_000, rss_ops=10_000, rss_warmup=1_000,
+              fsync_probe_s=0.3)
+SECTIONS = ("rest", "throughput", "latency", "mix", "processes", "ledger", "rss")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def new_op_id() -> str:
+    return os.urandom(16).hex()
+
+
+# -- the two systems behind one face -------------------------------------------
+
+
+def open_system(kind: str, path: Path, *, filler: bool = False) -> Any:
+    """Open the engine or the baseline on `path` with the same three levels."""
+    levels = [*DEFAULT_LEVELS, *([(FILLER, "0", "0.1")] if filler else [])]
+    if kind == "engine":
+        groups = [GroupConfig(n, Decimal(seed), Decimal(rate)) for n, seed, rate in levels]
+        return JackpotEngine.open(path, groups, settings=Settings(synchronous="FULL"))
+    return NaiveJackpot.open(path, levels)
+
+
+def counters(system: Any) -> dict[str, int] | None:
+    if isinstance(system, JackpotEngine):
+        snap = system.stats.snapshot()
+        return {k: snap.get(k, 0) for k in COUNTERS}
+    return None
+
+
+def delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    return {k: after[k] - before[k] for k in COUNTERS}
+
+
+def add_counters(items: list[dict[str, int] | None]) -> dict[str, int] | None:
+    if any(i is None for i in items):
+        return None
+    return {k: sum(i[k] for i in items if i is not None) for k in COUNTERS}
+
+
+def verify(kind: str, path: Path) -> dict[str, Any]:
+    """Audit a file with the system's own verify(); return ok and the first problems."""
+    system = open_system(kind, path)
+    try:
+        if kind == "engine":
+            report = system.verify()
+            return {"ok": report.ok, "problems": list(report.problems)[:5]}
+        problems = system.verify()
+        return {"ok": not problems, "problems": problems[:5]}
+    finally:
+        system.close()
+
+
+_ORDERED = itertools.count()
+
+
+def ordered_op_id() -> str:
+    """A time-ordered op_id: index inserts land at the right edge of the B-tree.
+
+    Starts with "t" so it sorts after every random (hex) op_id.
+    """
+    return f"t{time.time_ns():020d}-{next(_ORDERED):010d}"
+
+
+def contribute_op(system: Any, groups: tuple[str, ...],
+                  op_ids: Callable[[], str] = new_op_id) -> Callable[[int], None]:
+    def op(_worker: int) -> None:
+        system.contribute(BET, groups=groups, op_id=op_ids())
+    return op
+
+
+class Errors:
+    """Failed calls, by exception type, with the first message of each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+
+    def add(self, e: BaseException) -> None:
+        name = type(e).__name__
+        with self._lock:
+            self.counts[name] += 1
+            self.first.setdefault(name, str(e)[:300])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "by_type": dict(self.counts), "first": self.first}
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (nan when empty)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summary_ms(latencies: list[float]) -> dict[str, float]:
+    s = sorted(latencies)
+    return {"p50_ms": pct(s, 0.50) * 1e3, "p99_ms": pct(s, 0.99) * 1e3,
+            "p999_ms": pct(s, 0.999) * 1e3, "max_ms": (s[-1] if s else math.nan) * 1e3,
+            "samples": len(s)}
+
+
+# -- load generators --------------------------------------------------------------
+
+
+def closed_loop(op: Callable[[int], None], threads: int, warmup: float,
+                duration: float) -> dict[str, Any]:
+    """`threads` callers call `op` back to back; count calls that end in the window."""
+    barrier = threading.Barrier(threads + 1)
+    counts = [0] * threads
+    errors = Errors()
+    window: list[float] = []
+
+    def worker(k: int) -> None:
+        barrier.wait()
+        begin, end = window
+        n = 0
+        while True:
+            try:
+                op(k)
+            except Exception as e:
+                errors.add(e)
+                now = time.perf_counter()
+            else:
+                now = time.perf_counter()
+                if now >= begin:
+                    n += 1
+            if now >= end:
+                break
+        counts[k] = n
+
+    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
+    for t in pool:
+        t.start()
+    start = time.perf_counter()
+    window.extend([start + warmup, start + warmup + duration])
+    barrier.wait()
+    time.sleep(max(0.0, window[0] - time.perf_counter()))
+    meter = LoadMeter()
+    time.sleep(max(0.0, window[1] - time.perf_counter()))
+    load = meter.stop()
+    for t in pool:
+        t.join()
+    ops = sum(counts)
+    cpu = load["cpu_cores_busy"] * duration
+    return {"ops": ops, "ops_per_s": ops / duration, "callers": threads,
+            "duration_s": duration, "cpu_us_per_op": cpu / ops * 1e6 if ops else math.nan,
+            **load, "errors": errors.as_dict()}
+
+
+def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU time (user + system) of this process (all threads) or of its reaped children."""
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def _machine_busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
+                 - getattr(t, "guest_nice", 0.0))
+
+
+class LoadMeter:
+    """CPU used by this run (this process and its children) and by everything else.
+
+    The machine may be shared: `other_cores_busy` shows how much CPU other
+    processes took during a measurement, so a disturbed figure can be seen.
+    """
+
+    def __init__(self) -> None:
+        self._t0 = time.perf_counter()
+        self._own0 = _cpu_seconds() + _cpu_seconds(resource.RUSAGE_CHILDREN)
+        self._busy0 = _machine_busy_seconds()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._t0
+        own = _cpu_seconds() + _cpu_seconds(resource.RUSAGE_CHILDREN) - self._own0
+        busy = _machine_busy_seconds() - self._busy0
+        return {"cpu_cores_busy": own / wall, "other_cores_busy": max(0.0, busy - own) / wall}
+
+
+def counted_loop(op: Callable[[int], None], threads: int, total: int,
+                 latencies: list[float] | None = None) -> dict[str, Any]:
+    """`threads` callers share `total` calls of `op(i)` (i = 1..total)."""
+    ticket = itertools.count(1)
+    errors = Errors()
+    lat: list[list[float]] = [[] for _ in range(threads)]
+    counts = [0] * threads
+    timed = latencies is not None  # a million floats would be 32 MB of our own RSS
+
+    def worker(k: int) -> None:
+        mine = lat[k]
+        n = 0
+        while (i := next(ticket)) <= total:
+            t0 = time.perf_counter()
+            try:
+                op(i)
+            except Exception as e:
+                errors.add(e)
+            else:
+                n += 1
+                if timed:
+                    mine.append(time.perf_counter() - t0)
+        counts[k] = n
+
+    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
+    meter = LoadMeter()
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    load = meter.stop()
+    if latencies is not None:
+        for chunk in lat:
+            latencies.extend(chunk)
+    done = sum(counts)
+    return {"ops": done, "ops_per_s": done / elapsed, "elapsed_s": elapsed,
+            "callers": threads, **load, "errors": errors.as_dict()}
+
+
+def open_loop(op: Callable[[int], None], rate: float, duration: float,
+              workers: int) -> dict[str, Any]:
+    """Release calls at fixed times (rate per second); latency from the scheduled time."""
+    n = max(1, int(rate * duration))
+    inbox: queue.SimpleQueue[tuple[int, float] | None] = queue.SimpleQueue()
+    latency = [math.nan] * n
+    errors = Errors()
+
+    def worker(k: int) -> None:
+        while (item := inbox.get()) is not None:
+            i, scheduled = item
+            try:
+                op(k)
+            except Exception as e:
+                errors.add(e)
+            else:
+                latency[i] = time.perf_counter() - scheduled
+
+    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(workers)]
+    for t in pool:
+        t.start()
+    meter = LoadMeter()
+    start = time.perf_counter() + 0.05
+    late = 0.0
+    for i in range(n):
+        scheduled = start + i / rate
+        wait = scheduled - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            late = max(late, -wait)
+        inbox.put((i, scheduled))
+    for _ in pool:
+        inbox.put(None)
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    load = meter.stop()
+    done = [x for x in latency if not math.isnan(x)]
+    return {"offered_per_s": rate, "achieved_per_s": len(done) / elapsed,
+            "max_dispatch_lag_ms": late * 1e3, "workers": workers, **load,
+            **summary_ms(done), "errors": errors.as_dict()}
+
+
+def mix_kind(i: int) -> str:
+    """The game-like mix: a config change per 10,000 (first: op 1), a win per 1,000."""
+    if i % 10_000 == 1:
+        return "config"
+    return "win" if i % 1_000 == 0 else "bet"
+
+
+# -- workloads ---------------------------------------------------------------------
+
+
+class Bench:
+    """One run of the comparison: sizes, places, and the results gathered so far."""
+
+    def __init__(self, sizes: Sizes, out: Path, *, quick: bool) -> None:
+        self.sizes = sizes
+        self.quick = quick
+        self.out = out
+        self.work = out / "work"
+        self.cache = out / "cache"
+        self.results: dict[str, Any] = {}
+        self._serial = itertools.count()
+
+    def fresh_path(self, label: str) -> Path:
+        self.work.mkdir(parents=True, exist_ok=True)
+        path = self.work / f"{next(self._serial):03d}-{label}.db"
+        remove_db(path)
+        return path
+
+    def run(self, kind: str, label: str, body: Callable[[Any], dict[str, Any]], *,
+            path: Path | None = None, audit: bool = True, keep: bool = False,
+            ) -> dict[str, Any]:
+        """Open `kind` on a fresh file, run `body`, add counters and the audit."""
+        path = path if path is not None else self.fresh_path(f"{label}-{kind}")
+        system = open_system(kind, path)
+        try:
+            before = counters(system)
+            result = body(system)
+            result["counters"] = delta(before, counters(system))
+        finally:
+            system.close()
+        if audit:
+            result["verify"] = verify(kind, path)
+        if not keep:
+            remove_db(path)
+        return result
+
+    # rest --------------------------------------------------------------------
+
+    def rest(self) -> None:
+        out = {}
+        for levels in (LEVELS1, LEVELS3):
+            for kind in SYSTEMS:
+                def body(system: Any, levels: tuple[str, ...] = levels) -> dict[str, Any]:
+                    op = contribute_op(system, levels)
+                    for _ in range(50):
+                        op(0)
+                    lat = []
+                    errors = Errors()
+                    meter = LoadMeter()
+                    for _ in range(self.sizes.rest_calls):
+                        t0 = time.perf_counter()
+                        try:
+                            op(0)
+                        except Exception as e:
+                            errors.add(e)
+                        else:
+                            lat.append(time.perf_counter() - t0)
+                    return {**summary_ms(lat), **meter.stop(), "errors": errors.as_dict()}
+                key = f"{len(levels)}-level/{kind}"
+                out[key] = self.run(kind, f"rest-{len(levels)}", body)
+                log(f"rest {key}: p50 {out[key]['p50_ms']:.3f} ms")
+        self.results["rest"] = out
+
+    # throughput ----------------------------------------------------------------
+
+    def throughput(self) -> None:
+        out = {}
+        for levels in (LEVELS1, LEVELS3):
+            for threads in self.sizes.threads:
+                for kind in SYSTEMS:
+                    def body(system: Any, levels: tuple[str, ...] = levels,
+                             threads: int = threads) -> dict[str, Any]:
+                        return closed_loop(contribute_op(system, levels), threads,
+                                           self.sizes.warmup_s, self.sizes.duration_s)
+                    key = f"{len(levels)}-level/{threads}/{kind}"
+                    out[key] = self.run(kind, f"tput-{len(levels)}-{threads}", body)
+                    log(f"throughput {key}: {out[key]['ops_per_s']:.0f} ops/s")
+        self.results["throughput"] = out
+
+    def capacity(self, kind: str, levels: int) -> float:
+        tput = self.results.get("throughput", {})
+        best = [v["ops_per_s"] for k, v in tput.items()
+                if k.startswith(f"{levels}-level/") and k.endswith(f"/{kind}")]
+        if best:
+            return max(best)
+        # Measured here when the throughput section was skipped.
+        group = LEVELS1 if levels == 1 else LEVELS3
+        r = self.run(kind, "capacity", lambda s: closed_loop(
+            contribute_op(s, group), 16, self.sizes.warmup_s, self.sizes.duration_s),
+            audit=False)
+        return float(r["ops_per_s"])
+
+    # latency at half capacity --------------------------------------------------------
+
+    def latency(self) -> None:
+        out = {}
+        for levels in (LEVELS1, LEVELS3):
+            for kind in SYSTEMS:
+                rate = self.capacity(kind, len(levels)) / 2
+
+                def body(system: Any, levels: tuple[str, ...] = levels,
+                         rate: float = rate) -> dict[str, Any]:
+                    op = contribute_op(system, levels)
+                    for _ in range(100):
+                        op(0)
+                    return open_loop(op, rate, self.sizes.open_loop_s,
+                                     self.sizes.open_loop_workers)
+                key = f"{len(levels)}-level/{kind}"
+                out[key] = self.run(kind, f"lat-{len(levels)}", body)
+                r = out[key]
+                log(f"latency {key} at {rate:.0f}/s: p50 {r['p50_ms']:.2f} p99 "
+                    f"{r['p99_ms']:.2f} p999 {r['p999_ms']:.2f} ms")
+        self.results["latency"] = out
+
+    # game-like mix ---------------------------------------------------------------
+
+    def mix(self) -> None:
+        out = {}
+        for kind in SYSTEMS:
+            def body(system: Any) -> dict[str, Any]:
+                def op(i: int) -> None:
+                    kind = mix_kind(i)
+                    if kind == "config":
+                        level = LEVELS3[(i // 10_000) % 3]
+                        rate = Decimal("0.004") if (i // 10_000) % 2 else Decimal("0.002")
+                        system.update_config(level, op_id=new_op_id(), contribution_rate=rate)
+                    elif kind == "win":
+                        system.process_win(LEVELS3[(i // 1_000) % 3], op_id=new_op_id())
+                    else:
+                        system.contribute(BET, groups=LEVELS3, op_id=new_op_id())
+
+                lat: list[float] = []
+                r = counted_loop(op, self.sizes.mix_callers, self.sizes.mix_ops, lat)
+                kinds = Counter(mix_kind(i) for i in range(1, self.sizes.mix_ops + 1))
+                return {**r, **summary_ms(lat), "kinds": dict(kinds)}
+            out[kind] = self.run(kind, "mix", body)
+            log(f"mix {kind}: {out[kind]['ops_per_s']:.0f} ops/s {out[kind]['kinds']}")
+        self.results["mix"] = out
+
+    # several processes on one file -------------------------------------------------
+
+    def processes(self) -> None:
+        out = {}
+        s = self.sizes
+        for kind in SYSTEMS:
+            for procs in (1, s.mp_procs):
+                path = self.fresh_path(f"procs-{procs}-{kind}")
+                open_system(kind, path).close()  # create the file before the race
+                r = run_processes(kind, path, procs=procs, callers=s.mp_callers // procs,
+                                  levels=LEVELS3, warmup=s.warmup_s,
+                                  duration=s.mp_duration_s)
+                r["verify"] = verify(kind, path)
+                remove_db(path)
+                out[f"{procs}/{kind}"] = r
+                log(f"processes {procs} {kind}: {r['ops_per_s']:.0f} ops/s "
+                    f"counters {r['counters']}")
+        self.results["processes"] = out
+
+    # big ledger ------------------------------------------------------------------
+
+    def ledger(self) -> None:
+        out: dict[str, Any] = {"rows": self.sizes.big_rows, "templates": {}}
+        s = self.sizes
+        for kind in SYSTEMS:
+            template, meta = big_template(kind, s.big_rows, self.cache)
+            out["templates"][kind] = meta
+            for size in ("empty", "big"):
+                path = self.fresh_path(f"ledger-{size}-{kind}")
+                if size == "big":
+                    t0 = time.perf_counter()
+                    shutil.copyfile(template, path)
+                    fsync_file(path)  # else its write-back competes with the commits
+                    log(f"copied {template.name} in {time.perf_counter() - t0:.1f} s")
+                # Random op_ids (the headline: what uuid4 round ids cost), then
+                # time-ordered ones on the same file, to tell the ledger's size
+                # from the locality of the keys.
+                for keys, ids in (("random", new_op_id), ("ordered", ordered_op_id)):
+                    key = f"{size}/{kind}" if keys == "random" else f"{size}-ordered/{kind}"
+                    out[key] = self.run(
+                        kind, "ledger", lambda system, ids=ids: closed_loop(
+                            contribute_op(system, LEVELS3, ids), s.big_callers,
+                            s.warmup_s, s.duration_s),
+                        path=path, audit=size == "empty" and keys == "ordered",
+                        keep=keys == "random")
+                    log(f"ledger {size} {keys} op_ids {kind}: "
+                        f"{out[key]['ops_per_s']:.0f} ops/s")
+        self.results["ledger"] = out
+
+    # memory -----------------------------------------------------------------------
+
+    def rss(self) -> None:
+        # Both systems run at once, each in a fresh process of its own: memory is
+        # per process, and a million operations each, one after the other,
+        # would take most of the run. Their throughput here is not a comparison.
+        s = self.sizes
+        paths = {kind: self.fresh_path(f"rss-{kind}") for kind in SYSTEMS}
+        results = in_children({kind: (_rss_child, (kind, str(paths[kind]), s.rss_ops,
+                                                   s.rss_warmup, s.rss_callers))
+                               for kind in SYSTEMS})
+        for kind, r in results.items():
+            r["verify"] = verify(kind, paths[kind])
+            remove_db(paths[kind])
+            log(f"rss {kind}: start {r['rss_start_mb']:.1f} MB, end {r['rss_end_mb']:.1f} MB, "
+                f"peak {r['peak_rss_mb']:.1f} MB over {r['ops']} ops")
+        self.results["rss"] = results
+
+
+# -- child processes --------------------------------------------------------------
+
+
+def quiet_logging() -> None:
+    # APSW logs every SQLite notice (busy, constraint) to the root logger; the
+    # runner counts failures itself.
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
+def _mp_child(kind: str, path: str, callers: int, levels: tuple[str, ...],  # noqa: PLR0917
+              warmup: float, duration: float, ready: Any, go: Any, out: Any) -> None:
+    # Positional: it is a Process target.
+    quiet_logging()
+    try:
+        system = open_system(kind, Path(path))
+        before = counters(system)
+        ready.put(os.getpid())
+        go.wait(60)
+        r = closed_loop(contribute_op(system, levels), callers, warmup, duration)
+        r["counters"] = delta(before, counters(system))
+        system.close()
+        out.put(r)
+    except BaseException as e:
+        ready.put(-1)
+        out.put({"crash": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def run_processes(kind: str, path: Path, *, procs: int, callers: int,
+                  levels: tuple[str, ...], warmup: float, duration: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    children = [ctx.Process(target=_mp_child, args=(kind, str(path), callers, levels, warmup,
+                                                    duration, ready, go, out))
+                for _ in range(procs)]
+    for c in children:
+        c.start()
+    for _ in children:
+        ready.get(timeout=120)
+    meter = LoadMeter()
+    go.set()
+    results = [out.get(timeout=duration + warmup + 300) for _ in children]
+    for c in children:
+        c.join(60)
+    load = meter.stop()  # the window includes the children's warm-up and shutdown
+    crashes = [r["crash"] for r in results if "crash" in r]
+    if crashes:
+        msg = f"{kind} child process failed: {crashes[0]}"
+        raise RuntimeError(msg)
+    errors: Counter[str] = Counter()
+    for r in results:
+        errors.update(r["errors"]["by_type"])
+    ops = sum(r["ops"] for r in results)
+    return {"processes": procs, "callers_per_process": callers, "ops": ops,
+            "ops_per_s": ops / duration, "per_process_ops_per_s":
+            [r["ops_per_s"] for r in results],
+            "counters": add_counters([r["counters"] for r in results]),
+            "other_cores_busy": load["other_cores_busy"],
+            "errors": {"total": sum(errors.values()), "by_type": dict(errors),
+                       "first": {k: v for r in results for k, v in r["errors"]["first"].items()}}}
+
+
+def _child_entry(fn: Callable[..., dict[str, Any]], out: Any, *args: Any) -> None:
+    quiet_logging()
+    try:
+        out.put(fn(*args))
+    except BaseException as e:
+        out.put({"crash": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def in_children(jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]],
+                ) -> dict[str, dict[str, Any]]:
+    """Run each `fn(*args)` at once, each in a fresh spawned process; return the results."""
+    ctx = mp.get_context("spawn")
+    queues = {key: ctx.Queue() for key in jobs}
+    children = {key: ctx.Process(target=_child_entry, args=(fn, queues[key], *args))
+                for key, (fn, args) in jobs.items()}
+    for child in children.values():
+        child.start()
+    results: dict[str, dict[str, Any]] = {key: q.get(timeout=3600) for key, q in queues.items()}
+    for child in children.values():
+        child.join(60)
+    for key, result in results.items():
+        if "crash" in result:
+            msg = f"child process {key} failed: {result['crash']}"
+            raise RuntimeError(msg)
+    return results
+
+
+def _rss_child(kind: str, path: str, ops: int, warmup: int, callers: int) -> dict[str, Any]:
+    proc = psutil.Process()
+    system = open_system(kind, Path(path))
+    try:
+        op = contribute_op(system, LEVELS1)
+        counted_loop(op, callers, warmup)
+        gc.collect()
+        start = proc.memory_info().rss
+        samples: list[tuple[float, int]] = []
+        stop = threading.Event()
+        t0 = time.perf_counter()
+
+        def sample() -> None:
+            while not stop.wait(0.25):
+                samples.append((time.perf_counter() - t0, proc.memory_info().rss))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        before = counters(system)
+        r = counted_loop(op, callers, ops)
+        r["counters"] = delta(before, counters(system))
+        stop.set()
+        sampler.join()
+        gc.collect()
+        end = proc.memory_info().rss
+    finally:
+        system.close()
+    peak = _high_water_rss()
+    step = max(1, len(samples) // 40)
+    return {**r, "warmup_ops": warmup, "rss_start_mb": start / MB, "rss_end_mb": end / MB,
+            "rss_growth_mb": (end - start) / MB,
+            "peak_rss_mb": max([peak, end, *(x for _, x in samples)]) / MB,
+            "samples_mb": [(round(t, 1), round(x / MB, 1)) for t, x in samples[::step]]}
+
+
+def _high_water_rss() -> int:
+    """Peak RSS of this process image in bytes (VmHWM), or 0 where unknown.
+
+    Not ru_maxrss: on Linux that survives fork + exec, so a spawned child
+    would report its parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# -- the big-ledger file -------------------------------------------------------------
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def schema_tag(kind: str, scratch: Path) -> str:
+    """A short digest of the system's schema, so a cached file follows schema changes."""
+    import hashlib  # noqa: PLC0415 - only here
+
+    path = scratch / f"schema-{kind}.db"
+    remove_db(path)
+    open_system(kind, path, filler=True).close()
+    conn = apsw.Connection(str(path))
+    sql = "\n".join(r[0] for r in conn.execute(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"))
+    conn.close()
+    remove_db(path)
+    return hashlib.sha256(sql.encode()).hexdigest()[:12]
+
+
+def _row(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any]:
+    cursor = conn.execute(sql, params)
+    values = cursor.fetchone()
+    names = [d[0] for d in cursor.getdescription()]
+    return dict(zip(names, values, strict=True))
+
+
+def _is_time(column: str) -> bool:
+    return column.endswith(("_ms", "_at"))
+
+
+def _extrapolate_level(s0: dict[str, Any], s1: dict[str, Any], s2: dict[str, Any],
+                       k: int) -> dict[str, Any]:
+    """Level row after `k` more contributions like the last one (each column linear)."""
+    final = {}
+    for c, v2 in s2.items():
+        v0, v1 = s0[c], s1[c]
+        if v0 == v1 == v2 or _is_time(c):
+            continue
+        if (isinstance(v2, int) and isinstance(v1, int) and isinstance(v0, int)
+                and v2 - v1 == v1 - v0):
+            final[c] = v2 + k * (v2 - v1)
+            continue
+        msg = f"level column {c!r} does not grow linearly ({v0!r}, {v1!r}, {v2!r})"
+        raise RuntimeError(msg)
+    return final
+
+
+def _ledger_rows(r1: dict[str, Any], r2: dict[str, Any], ids: list[str],
+                 ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """Columns and rows continuing the ledger after r2, one per op_id in `ids`."""
+    columns = [c for c in r2 if c != "seq"]
+    parts: list[Callable[[int, str], Any]] = []
+    for c in columns:
+        v1, v2 = r1[c], r2[c]
+        if c == "op_id":
+            parts.append(lambda _j, oid: oid)
+        elif v1 == v2 or _is_time(c):
+            parts.append(lambda _j, _oid, v=v2: v)
+        elif isinstance(v1, int) and isinstance(v2, int):
+            parts.append(lambda j, _oid, v=v2, d=v2 - v1: v + j * d)
+        elif isinstance(v2, str) and r2["op_id"] in v2:
+            parts.append(lambda _j, oid, v=v2, old=r2["op_id"]: v.replace(old, oid))
+        else:
+            msg = f"ledger column {c!r} differs between contributions ({v1!r}, {v2!r})"
+            raise RuntimeError(msg)
+    rows = (tuple(p(j, oid) for p in parts) for j, oid in enumerate(ids, start=1))
+    return columns, rows
+
+
+def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any]]:
+    """Return a file whose ledger holds `rows` rows (cached), and how it was made."""
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / f"{kind}-ledger-{rows}-{schema_tag(kind, cache)}.db"
+    meta_path = final.with_suffix(".json")
+    if final.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        log(f"using cached {final.name}")
+        return final, {**meta, "cached": True}
+    log(f"building {final.name} ({rows:,} ledger rows); cached for later runs")
+    t0 = time.perf_counter()
+    tmp = cache / f"{final.name}.building"
+    remove_db(tmp)
+    system = open_system(kind, tmp, filler=True)
+    conn = apsw.Connection(str(tmp))
+    level_sql = f"SELECT * FROM levels WHERE name = '{FILLER}'"
+    ledger_sql = f"SELECT * FROM ledger WHERE level = '{FILLER}' ORDER BY seq DESC LIMIT 1"
+    try:
+        s = [_row(conn, level_sql)]
+        ledger = []
+        for _ in range(2):
+            system.contribute(FILLER_BET, groups=(FILLER,), op_id=new_op_id())
+            s.append(_row(conn, level_sql))
+            ledger.append(_row(conn, ledger_sql))
+    finally:
+        system.close()
+    op2 = _row(conn, "SELECT * FROM operations WHERE op_id = ?", (ledger[1]["op_id"],))
+    (have,) = conn.execute("SELECT COUNT(*) FROM ledger").fetchone()
+    k = max(0, rows - have)
+    level = _extrapolate_level(s[0], s[1], s[2], k)
+    ids = [new_op_id() for _ in range(k)]
+    columns, ledger_rows = _ledger_rows(ledger[0], ledger[1], ids)
+    op_columns = list(op2)
+    old = op2["op_id"]
+
+    def op_rows() -> Iterator[tuple[Any, ...]]:
+        for oid in sorted(ids):  # key order: a compact index, built fast
+            yield tuple(oid if c == "op_id" else
+                        v.replace(old, oid) if isinstance(v, str) else v
+                        for c, v in op2.items())
+
+    conn.execute("PRAGMA synchronous = OFF; PRAGMA foreign_keys = OFF; "
+                 "PRAGMA cache_size = -1000000")
+    with conn:
+        indexes = [r[0] for r in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger' "
+            "AND sql IS NOT NULL")]
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger' "
+            "AND sql IS NOT NULL")]
+        for name in names:
+            conn.execute(f'DROP INDEX "{name}"')
+        conn.executemany(f"INSERT INTO ledger ({', '.join(columns)}) VALUES "
+                         f"({', '.join('?' * len(columns))})", ledger_rows)
+        for sql in indexes:
+            conn.execute(sql)
+        conn.executemany(f"INSERT INTO operations ({', '.join(op_columns)}) VALUES "
+                         f"({', '.join('?' * len(op_columns))})", op_rows())
+        if level:
+            conn.execute(f"UPDATE levels SET {', '.join(f'{c} = ?' for c in level)} "
+                         f"WHERE name = ?", (*level.values(), FILLER))
+    (total,) = conn.execute("SELECT COUNT(*) FROM ledger").fetchone()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    built = time.perf_counter() - t0
+    log(f"inserted {k:,} rows in {built:.0f} s; verifying")
+    t1 = time.perf_counter()
+    report = verify(kind, tmp)
+    if not report["ok"]:
+        msg = f"the built {kind} file does not verify: {report['problems']}"
+        raise RuntimeError(msg)
+    meta = {"ledger_rows": total, "filler_rows": k + 2, "build_s": round(built, 1),
+            "verify_s": round(time.perf_counter() - t1, 1), "verify": report,
+            "size_mb": round(tmp.stat().st_size / MB, 1)}
+    fsync_file(tmp)
+    remove_db(final)
+    tmp.replace(final)
+    remove_db(tmp)
+    meta_path.write_text(json.dumps(meta))
+    log(f"built {final.name}: {meta}")
+    return final, {**meta, "cached": False}
+
+
+# -- the machine ----------------------------------------------------------------------
+
+
+def _cmd(*args: str) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, check=False,
+                              timeout=10).stdout.strip()
+    except OSError:
+        return ""
+
+
+def fsync_rate(directory: Path, seconds: float) -> float:
+    path = directory / "fsync-probe.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+            n += 1
+        return n / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def machine(out: Path, sizes: Sizes) -> dict[str, Any]:
+    lscpu = dict(line.split(":", 1) for line in _cmd("lscpu").splitlines() if ":" in line)
+    source, fstype = ([*_cmd("findmnt", "-no", "SOURCE,FSTYPE", "-T", str(out)).split(), "", ""]
+                      [:2])
+    dev = Path(source).name.rstrip("0123456789") if source else ""
+    rotational = Path(f"/sys/block/{dev}/queue/rotational")
+    src = Path(jackpot.__file__).resolve().parent
+    return {
+        "cpu": lscpu.get("Model name", platform.processor()).strip(),
+        "cores": os.cpu_count(),
+        "hypervisor": lscpu.get("Hypervisor vendor", "").strip() or None,
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "disk": {"device": source, "fs": fstype,
+                 "rotational": rotational.read_text().strip() if rotational.exists() else None,
+                 "fsync_per_s": round(fsync_rate(out, sizes.fsync_probe_s))},
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": apsw.sqlite_lib_version(),
+        "apsw": apsw.apsw_version(),
+        "jackpot": str(src),
+        "commit": _cmd("git", "-C", str(src), "rev-parse", "--short", "HEAD") or "unknown",
+        "src_dirty": bool(_cmd("git", "-C", str(src), "status", "--porcelain", ".")),
+    }
+
+
+# -- the report ------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    section: str
+    figure: str
+    engine: float | None
+    baseline: float | None
+    unit: str
+    better: str  # "higher" or "lower"
+    counters: dict[str, int] | None = None
+    errors: str = ""
+    background: str = ""
+    ratio: float | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.engine is not None and self.baseline:
+            self.ratio = self.engine / self.baseline
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    op: str
+    limit: float
+    detail: str
+
+    @property
+    def passed(self) -> bool | None:
+        if self.value is None or math.isnan(self.value):
+            return None
+        return self.value >= self.limit if self.op == ">=" else (
+            self.value <= self.limit if self.op == "<=" else self.value < self.limit)
+
+
+def _err(*results: dict[str, Any] | None) -> str:
+    return "/".join(str(r["errors"]["total"]) if r else "-" for r in results)
+
+
+def _background(*results: dict[str, Any] | None) -> str:
+    return "/".join(f"{r['other_cores_busy']:.2f}" if r and "other_cores_busy" in r else "-"
+                    for r in results)
+
+
+def build_rows(results: dict[str, Any], sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+
+    def pair(section: str, key: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        sec = results.get(section, {})
+        return sec.get(f"{key}engine"), sec.get(f"{key}baseline")
+
+    def add(section: str, figure: str, e: dict[str, Any] | None,  # noqa: PLR0917
+            b: dict[str, Any] | None, metric: str, unit: str, better: str) -> None:
+        if e is None and b is None:
+            return
+        rows.append(Row(section, figure, e[metric] if e else None, b[metric] if b else None,
+                        unit, better, e.get("counters") if e else None, _err(e, b),
+                        _background(e, b)))
+
+    for lv in (1, 3):
+        e, b = pair("rest", f"{lv}-level/")
+        add("at rest", f"{lv}-level contribute, 1 caller, p50", e, b, "p50_ms", "ms", "lower")
+        add("at rest", f"{lv}-level contribute, 1 caller, p99", e, b, "p99_ms", "ms", "lower")
+    for lv in (1, 3):
+        for t in sizes.threads:
+            e, b = pair("throughput", f"{lv}-level/{t}/")
+            add("throughput", f"{lv}-level contribute, {t} callers", e, b, "ops_per_s",
+                "ops/s", "higher")
+    for lv in (1, 3):
+        t = max(sizes.threads)
+        e, b = pair("throughput", f"{lv}-level/{t}/")
+        add("throughput", f"{lv}-level, {t} callers: CPU time per operation", e, b,
+            "cpu_us_per_op", "us", "lower")
+        add("throughput", f"{lv}-level, {t} callers: CPU cores busy", e, b,
+            "cpu_cores_busy", "cores", "lower")
+    for lv in (1, 3):
+        e, b = pair("latency", f"{lv}-level/")
+        fig = f"{lv}-level at half capacity"
+        add("latency", f"{fig}: offered load", e, b, "offered_per_s", "ops/s", "higher")
+        for p in ("p50", "p99", "p999"):
+            add("latency", f"{fig}: {p}", e, b, f"{p}_ms", "ms", "lower")
+    e, b = pair("mix", "")
+    add("mix", f"3-level bets + wins + config, {sizes.mix_callers} callers", e, b,
+        "ops_per_s", "ops/s", "higher")
+    add("mix", "all operations, p99", e, b, "p99_ms", "ms", "lower")
+    for procs in (1, sizes.mp_procs):
+        e, b = pair("processes", f"{procs}/")
+        add("processes", f"{procs} process(es) x {sizes.mp_callers // procs} callers, 3-level",
+            e, b, "ops_per_s", "ops/s", "higher")
+    e1, b1 = pair("processes", "1/")
+    e4, b4 = pair("processes", f"{sizes.mp_procs}/")
+    if e1 and e4 and b1 and b4:
+        rows.append(Row("processes", f"{sizes.mp_procs} processes / 1 process",
+                        e4["ops_per_s"] / e1["ops_per_s"], b4["ops_per_s"] / b1["ops_per_s"],
+                        "x", "higher"))
+    for keys, suffix in (("random op_ids", ""), ("time-ordered op_ids", "-ordered")):
+        for size, label in (("empty", "empty ledger"),
+                            ("big", f"{sizes.big_rows:,}-row ledger")):
+            e, b = pair("ledger", f"{size}{suffix}/")
+            add("ledger", f"{label}, {keys}, {sizes.big_callers} callers, 3-level", e, b,
+                "ops_per_s", "ops/s", "higher")
+        eb, bb = pair("ledger", f"big{suffix}/")
+        ee, be = pair("ledger", f"empty{suffix}/")
+        if eb and ee and bb and be:
+            rows.append(Row("ledger", f"big / empty, {keys}",
+                            eb["ops_per_s"] / ee["ops_per_s"],
+                            bb["ops_per_s"] / be["ops_per_s"], "x", "higher"))
+    e, b = pair("rss", "")
+    ops = f"{sizes.rss_ops:,} ops"
+    add("rss", f"RSS after warm-up ({sizes.rss_callers} callers, 1-level)", e, b,
+        "rss_start_mb", "MB", "lower")
+    add("rss", f"RSS growth over {ops}", e, b, "rss_growth_mb", "MB", "lower")
+    add("rss", f"peak RSS over {ops}", e, b, "peak_rss_mb", "MB", "lower")
+    return rows
+
+
+def build_targets(results: dict[str, Any], sizes: Sizes) -> list[Target]:
+    def get(*keys: str) -> Any:
+        node: Any = results
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return None
+            node = node[k]
+        return node
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return a / b if a is not None and b else None
+
+    targets = []
+    for lv in (3, 1):
+        e = get("throughput", f"{lv}-level/64/engine", "ops_per_s")
+        b = get("throughput", f"{lv}-level/64/baseline", "ops_per_s")
+        targets.append(Target(f"64 callers, {lv}-level: engine / baseline throughput",
+                              ratio(e, b), ">=", 4.0, f"{_f(e)} vs {_f(b)} ops/s"))
+    for lv in (3, 1):
+        p99 = get("latency", f"{lv}-level/engine", "p99_ms")
+        rest = get("rest", f"{lv}-level/engine", "p50_ms")
+        targets.append(Target(f"{lv}-level p99 at half capacity / single-call p50 at rest",
+                              ratio(p99, rest), "<=", 5.0,
+                              f"p99 {_f(p99, 2)} ms vs {_f(rest, 3)} ms at rest"))
+    one = get("processes", "1/engine", "ops_per_s")
+    many = get("processes", f"{sizes.mp_procs}/engine", "ops_per_s")
+    targets.append(Target(f"{sizes.mp_procs} processes / 1 process (engine, aggregate)",
+                          ratio(many, one), ">=", 0.8, f"{_f(many)} vs {_f(one)} ops/s"))
+    big = get("ledger", "big/engine", "ops_per_s")
+    empty = get("ledger", "empty/engine", "ops_per_s")
+    targets.append(Target(f"{sizes.big_rows:,}-row ledger / empty (engine)",
+                          ratio(big, empty), ">=", 0.8, f"{_f(big)} vs {_f(empty)} ops/s"))
+    growth = get("rss", "engine", "rss_growth_mb")
+    peak = get("rss", "engine", "peak_rss_mb")
+    targets.append(Target(f"RSS growth over {sizes.rss_ops:,} ops (engine), MB", growth, "<",
+                          50.0, f"peak {_f(peak, 1)} MB"))
+    return targets
+
+
+def _f(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def _num(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    digits = 0 if unit in ("ops/s", "us") else 3 if unit == "ms" and abs(x) < 10 else (
+        2 if unit in ("x", "ms", "cores") else 1)
+    return _f(x, digits)
+
+
+def markdown(report: dict[str, Any], rows: list[Row], targets: list[Target]) -> str:
+    m = report["machine"]
+    mode = "quick: shrunk sizes, not target evidence" if report["quick"] else "full"
+    guest = f", {m['hypervisor']} guest" if m["hypervisor"] else ""
+    lines = [
+        "# jackpot: engine vs naive baseline",
+        "",
+        (f"Run {report['started']} ({mode}), {report['elapsed_s']:.0f} s, commit "
+         f"{m['commit']}{' with uncommitted changes in src' if m['src_dirty'] else ''} "
+         f"(jackpot from {m['jackpot']})."),
+        (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB{guest}; disk "
+         f"{m['disk']['device']} ({m['disk']['fs']}, rotational={m['disk']['rotational']}), "
+         f"{m['disk']['fsync_per_s']:,} fsync/s (4 KiB write + fsync); "
+         f"Python {m['python']}, SQLite {m['sqlite']}, APSW {m['apsw']}."),
+        "Both systems: WAL, synchronous=FULL, a fresh random op_id per call.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | limit | result | detail |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
+    for t in targets:
+        verdict = {True: "PASS", False: "**FAIL**", None: "not measured"}[t.passed]
+        lines.append(f"| {t.name} | {_f(t.value, 2)} | {t.op} {t.limit:g} | {verdict} | "
+                     f"{t.detail} |")
+    lines += [
+        "",
+        "## Engine vs baseline",
+        "",
+        ("Counters are the engine's, counted during that workload: conflicts / retries / "
+         "busy incidents / lock timeouts. Errors: failed calls, engine/baseline. "
+         "Background: CPU cores other processes on the machine used meanwhile, "
+         "engine/baseline (near 0 on a quiet machine; 2 cores in all)."),
+        "",
+        ("| section | figure | unit | engine | baseline | engine/baseline | better | "
+         "conflicts/retries/busy/timeouts | errors | background |"),
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        c = "/".join(str(r.counters[k]) for k in COUNTERS) if r.counters else ""
+        lines.append(f"| {r.section} | {r.figure} | {r.unit} | {_num(r.engine, r.unit)} | "
+                     f"{_num(r.baseline, r.unit)} | {_f(r.ratio, 2)} | {r.better} | {c} | "
+                     f"{r.errors} | {r.background} |")
+    audits = report.get("audits", [])
+    bad = [a for a in audits if not a["ok"]]
+    lines += ["", (f"Audits: {len(audits) - len(bad)} of {len(audits)} files verified clean "
+                   "by the system's own verify().")]
+    lines += [f"- **{a['where']}**: {a['problems']}" for a in bad]
+    errors = report.get("error_samples", {})
+    if errors:
+        lines += ["", "First error of each kind:"]
+        lines += [f"- {where}: {msg}" for where, msg in errors.items()]
+    lat = report["results"].get("latency", {})
+    if lat:
+        lines += ["", "Open-loop dispatch: largest lag of the scheduler behind its schedule "
+                  "(counted in the latencies): " + ", ".join(
+                      f"{k} {v['max_dispatch_lag_ms']:.1f} ms" for k, v in lat.items())]
+    return "\n".join(lines) + "\n"
+
+
+def collect_audits(results: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    audits, errors = [], {}
+
+    def walk(node: Any, where: str) -> None:
+        if not isinstance(node, dict):
+            return
+        if isinstance(node.get("verify"), dict):
+            audits.append({"where": where, **node["verify"]})
+        err = node.get("errors")
+        if isinstance(err, dict) and err.get("total"):
+            for kind, msg in err.get("first", {}).items():
+                errors[f"{where} {kind} (x{err['by_type'].get(kind, '?')})"] = msg
+        for k, v in node.items():
+            if k not in ("verify", "errors"):
+                walk(v, f"{where}/{k}" if where else k)
+
+    walk(results, "")
+    return audits, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="shrink every size (about a minute; a smoke test, not evidence)")
+    parser.add_argument("--out", type=Path, default=HERE / "out",
+                        help="directory for results.md, results.json and cached files")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    args = parser.parse_args(argv)
+    quiet_logging()
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    sizes = QUICK if args.quick else FULL
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    t0 = time.perf_counter()
+    bench = Bench(sizes, out, quick=args.quick)
+    info = machine(out, sizes)
+    log(f"machine: {info}")
+    for name in SECTIONS:
+        if name in sections:
+            log(f"== {name}")
+            getattr(bench, name)()
+    shutil.rmtree(bench.work, ignore_errors=True)
+    rows = build_rows(bench.results, sizes)
+    targets = build_targets(bench.results, sizes)
+    audits, error_samples = collect_audits(bench.results)
+    report = {"started": started, "quick": args.quick, "elapsed_s": time.perf_counter() - t0,
+              "machine": info, "sizes": asdict(sizes), "sections": sections,
+              "targets": [{**asdict(t), "passed": t.passed} for t in targets],
+              "rows": [asdict(r) for r in rows], "audits": audits,
+              "error_samples": error_samples, "results": bench.results}
+    text = markdown(report, rows, targets)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    print(text)
+    log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Run the engine under a steady load long enough for a sampling profiler.
+
+    py-spy record --idle --threads --format raw -o out/profile.txt -- \\
+        python benchmarks/profile_engine.py --seconds 20
+    python benchmarks/profile_engine.py --summarize out/profile.txt
+
+The load is compare.py's headline workload: 64 caller threads, 3-level
+contributions, fresh op_ids, WAL + synchronous=FULL. `--summarize` reads
+py-spy's raw (collapsed) output and says where each kind of thread spends its
+samples, and which engine functions hold the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from compare import LEVELS1, LEVELS3, closed_loop, contribute_op, open_system, quiet_logging
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def count_batches() -> Counter[int]:
+    """Count the size of every transaction the engine's actors run (diagnostic only).
+
+    Wraps the internal `execute_batch` where the actors call it; internal
+    names may change, so this degrades to counting nothing.
+    """
+    sizes: Counter[int] = Counter()
+    try:
+        from jackpot.actors import coordinator, pool  # noqa: PLC0415 - optional probe
+    except ImportError:
+        return sizes
+    for module in (coordinator, pool):
+        original = getattr(module, "execute_batch", None)
+        if original is None:
+            continue
+
+        def counted(store: object, ops: list[object], *args: object, _f: Any = original,
+                    **kwargs: object) -> Any:
+            sizes[len(ops)] += 1
+            return _f(store, ops, *args, **kwargs)
+
+        module.execute_batch = counted  # type: ignore[attr-defined]
+    return sizes
+
+
+def run(seconds: float, callers: int, levels: int, kind: str) -> None:
+    quiet_logging()
+    batches = count_batches() if kind == "engine" else Counter()
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+        system = open_system(kind, Path(tmp) / "profile.db")
+        try:
+            r = closed_loop(contribute_op(system, LEVELS3 if levels == 3 else LEVELS1),
+                            callers, 1.0, seconds)
+        finally:
+            system.close()
+    print(f"{kind}, {callers} callers, {levels}-level: {r['ops_per_s']:.0f} ops/s, "
+          f"errors {r['errors']['total']}")
+    if batches:
+        txs = sum(batches.values())
+        ops = sum(k * v for k, v in batches.items())
+        print(f"{txs} transactions for {ops} operations (warm-up included): "
+              f"{ops / txs:.1f} per transaction on average; most common sizes "
+              f"{batches.most_common(8)}")
+
+
+def _thread_kind(stack: list[str]) -> str:
+    text = ";".join(stack)
+    if "coordinator.py" in text:
+        return "coordinator actor"
+    if "pool.py" in text:
+        return "pool actors"
+    if "compare.py" in text and "worker" in text:
+        return "callers"
+    return "other"
+
+
+def _where(frame: str) -> str:
+    m = _FRAME.match(frame)
+    if not m:
+        return frame
+    file = m["file"].rsplit("/", 1)[-1]
+    return f"{m['func']} ({file})"
+
+
+def summarize(path: Path, top: int) -> None:
+    """Print, per thread kind, the share of samples and the heaviest leaves and frames."""
+    by_kind: Counter[str] = Counter()
+    leaves: dict[str, Counter[str]] = defaultdict(Counter)
+    inclusive: dict[str, Counter[str]] = defaultdict(Counter)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        n = int(count_text)
+        frames = [f for f in stack_text.split(";") if f]
+        # py-spy puts "process ..." and "thread ..." first with --threads
+        body = [f for f in frames if not f.startswith(("process ", "thread "))]
+        kind = _thread_kind(body)
+        total += n
+        by_kind[kind] += n
+        if body:
+            leaves[kind][_where(body[-1])] += n
+        for frame in {_where(f) for f in body}:
+            inclusive[kind][frame] += n
+    print(f"{total} samples")
+    for kind, n in by_kind.most_common():
+        print(f"\n== {kind}: {n} samples ({100 * n / total:.1f}%)")
+        print("  leaf (where the thread is when sampled):")
+        for where, m in leaves[kind].most_common(top):
+            print(f"    {100 * m / n:5.1f}%  {where}")
+        print("  inclusive (engine and SQLite-facing frames):")
+        shown = 0
+        for where, m in inclusive[kind].most_common():
+            if any(s in where for s in ("jackpot", "service.py", "sqlite.py", "pool.py",
+                                        "coordinator.py", "_mailbox", "_ticket", "engine.py",
+                                        "requests.py", "domain.py", "money.py", "results.py",
+                                        "stats.py")):
+                print(f"    {100 * m / n:5.1f}%  {where}")
+                shown += 1
+                if shown >= top:
+                    break
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--callers", type=int, default=64)
+    parser.add_argument("--levels", type=int, choices=(1, 3), default=3)
+    parser.add_argument("--system", choices=("engine", "baseline"), default="engine")
+    parser.add_argument("--summarize", type=Path, help="summarize a py-spy raw profile")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    if args.summarize:
+        summarize(args.summarize, args.top)
+    else:
+        run(args.seconds, args.callers, args.levels, args.system)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
