@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 from jackpot import Contribution, GroupConfig, JackpotEngine, JackpotError, Settings
@@ -53,9 +53,11 @@ def machine_settings(*, examples: int, steps: int, slow_examples: int,
     `print_blob=True`: a failure prints `@reproduce_failure(...)` to paste
     above the test class (see the module docstrings).
     """
-    if QUICK:
+    if QUICK:  # fail fast: no shrinking (a mutant is killed by any failure)
         return settings(max_examples=max(examples // 6, 5), stateful_step_count=steps,
                         deadline=None, derandomize=True, database=None,
+                        phases=[Phase.explicit, Phase.generate],
+                        report_multiple_bugs=False,
                         suppress_health_check=list(HealthCheck))
     return settings(
         max_examples=slow_examples if SLOW else examples,
