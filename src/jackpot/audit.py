@@ -12,6 +12,9 @@ runs unchanged on every backend, inside one read snapshot.
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.results import VerifyReport
@@ -27,7 +30,9 @@ def audit(store: Store) -> VerifyReport:
         levels = store.load_levels()
         totals = store.ledger_totals()
         bad_rows = store.broken_ledger_rows(limit=20)
-        orphans = store.operation_ids_without_ledger()
+        orphan_ids = store.operation_ids_without_ledger()
+        orphans = [op for op, record in store.find_operations(orphan_ids).items()
+                   if not _is_empty_bet(record.kind, record.result)]
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():
@@ -45,6 +50,16 @@ def audit(store: Store) -> VerifyReport:
         problems.append(f"integrity_check: {integrity}")
     return VerifyReport(ok=not problems, problems=problems, levels=len(levels),
                         ledger_rows=rows)
+
+
+def _is_empty_bet(kind: str, result: dict[str, Any]) -> bool:
+    """Say whether a recorded operation is a bet that qualified for no level.
+
+    Such a bet changes nothing (no ledger rows) but keeps its op_id, so that a
+    retry replays it; any other operation without ledger rows is a problem.
+    """
+    return (kind == "contribute" and not result.get("hits")
+            and all(Decimal(v) == 0 for v in result.get("contributions", {}).values()))
 
 
 def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:

@@ -268,12 +268,13 @@ class _Batch:
                                                    self.at_ms)
         except JackpotError as e:
             return Outcome(error=e)  # refused before writing anything
-        if entries:  # nothing to record for, e.g., a bet below every min_bet
-            self.entries.extend((op.op_id, e) for e in entries)
-            if op.explicit:
-                record = StoredOperation(op.op_id, op.kind, op.fingerprint, result.to_record())
-                self.records.append(record)
-                self.known[op.op_id] = record
+        # A bet that qualifies for no level has no ledger rows, but its op_id
+        # is still recorded: a retry must replay it, not apply it later.
+        self.entries.extend((op.op_id, e) for e in entries)
+        if op.explicit:
+            record = StoredOperation(op.op_id, op.kind, op.fingerprint, result.to_record())
+            self.records.append(record)
+            self.known[op.op_id] = record
         for n, s in new_states.items():
             states[n] = s if s.lock_holder is None else replace(s, lock_holder=None)
         return Outcome(result)
