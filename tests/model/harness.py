@@ -11,6 +11,7 @@ records, the win history and `verify()`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -41,7 +42,7 @@ QUICK = os.environ.get("JACKPOT_QUICK") == "1"
 """JACKPOT_QUICK=1: a few derandomized examples (the mutation run uses it)."""
 
 LEDGER_COLUMNS = ("seq", "op_id", "kind", "level", "delta", "balance_after", "reserve_delta",
-                  "reserve_after", "version_after", *PARTS, "who")
+                  "reserve_after", "version_after", *PARTS, "who", "detail")
 OPERATIONS = ("contribute", "process_win", "update_config", "suspend", "resume", "adjust",
               "retire")
 
@@ -88,7 +89,10 @@ def ledger_rows(path: str, after_seq: int = 0) -> list[dict[str, Any]]:
     """Committed ledger rows with seq > after_seq, in seq order."""
     rows = _read(path, f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE seq > ? "
                        "ORDER BY seq", (after_seq,))
-    return [dict(zip(LEDGER_COLUMNS, r, strict=True)) for r in rows]
+    out = [dict(zip(LEDGER_COLUMNS, r, strict=True)) for r in rows]
+    for row in out:
+        row["detail"] = None if row["detail"] is None else json.loads(row["detail"])
+    return out
 
 
 def recorded_operations(path: str) -> dict[str, str]:

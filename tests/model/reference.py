@@ -289,7 +289,7 @@ class Model:
         self._new_trigger(lv)
         self.levels[g.name] = lv
         self.ledger.append(self._row(f"create:{g.name}", "create", lv, c.seed, 0,
-                                     house_funded=c.seed))
+                                     detail={"config": c.view()}, house_funded=c.seed))
 
     def _new_trigger(self, lv: Level) -> None:
         c = lv.config
@@ -306,22 +306,27 @@ class Model:
 
     @staticmethod
     def _row(op_id: str, kind: str, lv: Level, delta: int, reserve_delta: int, *,
-             who: str | None = None, **parts: int) -> dict[str, Any]:
+             who: str | None = None, detail: dict[str, Any] | None = None,
+             **parts: int) -> dict[str, Any]:
+        """One ledger row: what changed, why (detail) and by whom, with its breakdown."""
         row = {"op_id": op_id, "kind": kind, "level": lv.name, "delta": delta,
                "balance_after": lv.amount, "reserve_delta": reserve_delta,
-               "reserve_after": lv.reserve, "version_after": lv.version, "who": who}
+               "reserve_after": lv.reserve, "version_after": lv.version, "who": who,
+               "detail": detail}
         row.update({p: parts.get(p, 0) for p in PARTS})
         return row
 
     def _step(self, op_id: str, kind: str, lv: Level, *, amount: int = 0, reserve: int = 0,
-              who: str | None = None, **parts: int) -> None:
+              who: str | None = None, detail: dict[str, Any] | None = None,
+              **parts: int) -> None:
         """Change a level by `amount` / `reserve`: one version, one ledger row."""
         lv.amount += amount
         lv.reserve += reserve
         lv.version += 1
         assert lv.amount >= 0
         assert lv.reserve >= 0
-        self._entries.append(self._row(op_id, kind, lv, amount, reserve, who=who, **parts))
+        self._entries.append(self._row(op_id, kind, lv, amount, reserve, who=who,
+                                       detail=detail, **parts))
 
     def _run(self, kind: str, op_id: str, explicit: bool, request: tuple[Any, ...],
              apply: Callable[[dict[str, Level]], Any]) -> Any:
@@ -360,11 +365,11 @@ class Model:
 
     @staticmethod
     def _open(lv: Level, what: str, *, suspended_ok: bool = False) -> None:
+        """Refuse `what` on a retired level (or a suspended one): the message says what."""
         if lv.status == "retired":
-            raise Refused(GroupRetiredError, "retired")
+            raise Refused(GroupRetiredError, f"retired: it refuses {what}")
         if lv.status == "suspended" and not suspended_ok:
-            raise Refused(GroupSuspendedError, "suspended")
-        del what
+            raise Refused(GroupSuspendedError, f"suspended: it refuses {what}")
 
     @staticmethod
     def _expect(lv: Level, version: int | None, shown: int | None) -> None:
@@ -449,6 +454,7 @@ class Model:
             to_reserve = (reserve_in if first else 0) + \
                 (overflow if c.overflow_to == "reserve" else 0)
             self._step(op_id, "contribute", lv, amount=added, reserve=to_reserve,
+                       detail={"bet": bet} if first else {"carried_over": True},
                        contributed=added + overflow, overflow=overflow, reserve_in=to_reserve)
             m = lv.meters
             m["bets"] += first
@@ -512,7 +518,8 @@ class Model:
             m["reserve_funded"] += from_reserve
             self._new_trigger(lv)
         self._step(op_id, kind, lv, amount=house + from_reserve - paid, reserve=-from_reserve,
-                   who=winner, paid=paid, house_funded=house, reserve_funded=from_reserve)
+                   who=winner, detail={"reset": fixed is None}, paid=paid, house_funded=house,
+                   reserve_funded=from_reserve)
         lv.wins.append((dec(paid), op_id, winner, hit, lv.version))
         return Win(op_id, lv.name, dec(paid), dec(lv.amount), lv.version, winner,
                    fixed is None, False, hit)
@@ -566,7 +573,9 @@ class Model:
                 if problem is not None:
                     raise Refused(ValidationError, problem)
             lv.config, lv.pending = after, pending
-            self._step(oid, "config", lv, who=by)
+            self._step(oid, "config", lv, who=by, detail={
+                "before": before.view(), "after": after.view(),
+                "pending": pending_view(pending), "reason": why})
             return ConfigResult(oid, name, lv.version, before.view(), after.view(), False,
                                 pending_view(pending))
 
@@ -594,11 +603,11 @@ class Model:
 
         def apply(levels: dict[str, Level]) -> AdminResult:
             lv = levels[name]
-            self._open(lv, action, suspended_ok=True)
+            self._open(lv, f"being {status}", suspended_ok=True)
             if lv.status == status:
                 raise Refused(ValidationError, "already")
             lv.status = status
-            self._step(oid, action, lv, who=by)
+            self._step(oid, action, lv, who=by, detail={"reason": why})
             return admin(oid, action, name, [lv])
 
         return self._run(action, oid, explicit, (action, name, by, why), apply)
@@ -620,7 +629,8 @@ class Model:
             if units > 0 and lv.amount + units > lv.ceiling():
                 raise Refused(ValidationError, "above")
             lv.meters["adjusted"] += units
-            self._step(oid, "adjust", lv, amount=units, who=by, adjusted=units)
+            self._step(oid, "adjust", lv, amount=units, who=by, detail={"reason": why},
+                       adjusted=units)
             return admin(oid, "adjust", name, [lv])
 
         return self._run("adjust", oid, explicit, ("adjust", name, units, by, why), apply)
@@ -646,12 +656,14 @@ class Model:
             src.status = "retired"
             src.meters["transferred"] -= pool
             src.meters["reserve_transferred"] -= reserve
+            detail = {"reason": why, "from": name, "to": target}
             self._step(oid, "retire", src, amount=-pool, reserve=-reserve, who=by,
-                       transferred=-pool, reserve_transferred=-reserve)
+                       detail=detail, transferred=-pool, reserve_transferred=-reserve)
             tgt.meters["transferred"] += into_pool
             tgt.meters["reserve_transferred"] += into_reserve
             self._step(oid, "transfer_in", tgt, amount=into_pool, reserve=into_reserve, who=by,
-                       transferred=into_pool, reserve_transferred=into_reserve)
+                       detail=detail, transferred=into_pool,
+                       reserve_transferred=into_reserve)
             return admin(oid, "retire", name, sorted([src, tgt], key=lambda lv: lv.name))
 
         return self._run("retire", oid, explicit, ("retire", name, target, by, why), apply)

@@ -54,7 +54,7 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
         [s("contribute", D(50), op_id="b1"),
          s("suspend", "a", reason="r", op_id="s1"),
          s("suspend", "b", reason="r", op_id="s2"),
-         s("retire", "a", transfer_to="b", reason="r", op_id="r1"),
+         s("retire", "a", transfer_to="b", reason="r", op_id="r1", who="ops"),
          s("resume", "a", op_id="x1"),
          s("resume", "b", op_id="x2"),
          s("contribute", D(10), op_id="b2")]),
@@ -170,6 +170,7 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
          s("contribute", D(10), op_id="b1"),                  # a is skipped
          s("contribute", D(10), groups=["a", "b"], op_id="b2"),  # refused: a suspended
          s("process_win", "a", op_id="w1"),
+         s("adjust", "a", D(1), reason="r", who="ops", op_id="a0"),  # allowed
          s("update_config", "a", contribution_rate=D("0.2"), op_id="c1"),  # allowed
          s("suspend", "a", reason="r", op_id="s2"),
          s("retire", "b", transfer_to="c", reason="r", op_id="r1"),

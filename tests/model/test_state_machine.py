@@ -261,7 +261,7 @@ class EngineMachine(RuleBasedStateMachine):
         name = data.draw(pick, label="group")
         target = data.draw(pick, label="transfer_to")
         self.call("retire", name, transfer_to=target, reason="end of promotion",
-                  op_id=self.op_id(data))
+                  op_id=self.op_id(data), who=data.draw(st.sampled_from([None, "ops"])))
 
     @precondition(lambda self: self.calls)
     @rule(data=st.data())
