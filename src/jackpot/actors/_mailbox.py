@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from jackpot.actors._ticket import Ticket
 from jackpot.service import Operation
@@ -45,6 +46,17 @@ class Mailbox:
             more = bool(self._items)
             self._awake = more
             return batch, more
+
+    def claim_batch(self, wake_again: Callable[[], None]) -> list[tuple[Ticket, Operation]]:
+        """Take the next batch and claim its requests, skipping abandoned ones.
+
+        Calls `wake_again` when more requests wait, so the actor serves them
+        next without starving the other messages in its inbox.
+        """
+        batch, more = self.take()
+        if more:
+            wake_again()
+        return [(t, op) for t, op in batch if t.claim()]
 
     def rewake(self) -> bool:
         """After an actor restart: True if requests wait and a wake-up is due."""

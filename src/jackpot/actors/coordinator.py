@@ -76,10 +76,7 @@ class Coordinator(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _drain(self) -> None:
-        batch, more = self._mailbox.take()
-        if more:
-            self.actor_ref.tell(DRAIN)
-        live = [(t, op) for t, op in batch if t.claim()]
+        live = self._mailbox.claim_batch(lambda: self.actor_ref.tell(DRAIN))
         if not live:
             return
         ops = [op for _, op in live]
