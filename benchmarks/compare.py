@@ -900,6 +900,9 @@ def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any
     tmp.replace(final)
     remove_db(tmp)
     meta_path.write_text(json.dumps(meta))
+    for stale in cache.glob(f"{kind}-ledger-{rows}-*"):  # built for an older schema
+        if stale.name not in (final.name, meta_path.name):
+            stale.unlink()
     log(f"built {final.name}: {meta}")
     return final, {**meta, "cached": False}
 
