@@ -42,6 +42,11 @@ from jackpot import (
 )
 
 V, U = ValidationError, UnknownGroupError
+
+
+def word(name: str) -> str:
+    """A regex for `name` as a whole word: 'XXmin_betXX' does not name min_bet."""
+    return rf"\b{re.escape(name)}\b"
 Call = Callable[[JackpotEngine], object]
 
 
@@ -191,7 +196,7 @@ HOSTILE_NAMES: list[tuple[str, object, type[JackpotError], str]] = [
 
 def _amount_cases(label: str, arg: str, call: Callable[[object], Call], *,
                   valid: tuple[str, ...] = ()) -> list[Case]:
-    return [Case(f"{label}-{vid}", call(value), V, arg)
+    return [Case(f"{label}-{vid}", call(value), V, word(arg))
             for vid, value in HOSTILE_AMOUNTS if vid not in valid]
 
 
@@ -238,7 +243,7 @@ AMOUNT_CASES = [
 
 
 def _text_cases(arg: str, calls: dict[str, Callable[[object], Call]]) -> list[Case]:
-    return [Case(f"{label}-{arg}-{vid}", call(value), V, arg)
+    return [Case(f"{label}-{arg}-{vid}", call(value), V, word(arg))
             for label, call in calls.items() for vid, value in HOSTILE_TEXT]
 
 
@@ -318,7 +323,7 @@ GROUPS_CASES = [
 ]
 
 VERSION_CASES = [
-    Case(f"{label}-expected_version-{vid}", call(value), V, "expected_version")
+    Case(f"{label}-expected_version-{vid}", call(value), V, word("expected_version"))
     for label, call in {
         "win": lambda v: lambda e: e.process_win("minor", expected_version=v),
         "update_config": lambda v: lambda e: e.update_config("minor", seed=Decimal(3),
@@ -427,7 +432,7 @@ REPLAYED_OP_ID_CASES = [
 ]
 
 HISTORY_CASES = [
-    Case(f"history-limit-{vid}", lambda e, v=v: e.history("minor", limit=v), V, "limit")
+    Case(f"history-limit-{vid}", lambda e, v=v: e.history("minor", limit=v), V, word("limit"))
     for vid, v in [("zero", 0), ("negative", -1), ("true", True), ("false", False),
                    ("float", 1.0), ("str", "3"), ("none", None), ("decimal", Decimal(3)),
                    ("too-many", 10_001), ("huge", 10**40)]
@@ -437,7 +442,7 @@ _GOOD = {"name": "fresh", "seed": Decimal(1), "contribution_rate": Decimal("0.1"
 
 GROUPCONFIG_CASES = [
     *[Case(f"GroupConfig-name-{vid}", lambda e, v=v: GroupConfig(**{**_GOOD, "name": v}),
-           V, "name")
+           V, word("name"))
       for vid, v, error, _ in HOSTILE_NAMES if error is V],
     Case("GroupConfig-cap-below-seed", lambda e: GroupConfig(**_GOOD, cap=Decimal("0.5")), V,
          "cap"),
@@ -469,7 +474,8 @@ SETTINGS_FIELDS_INT = ("max_retry_attempts", "retry_delay_ms", "lock_timeout_ms"
                        "health_failing_lock_success_pct", "health_max_conflict_pct")
 
 SETTINGS_CASES = [
-    *[Case(f"Settings-{field}-{vid}", lambda e, f=field, v=v: Settings(**{f: v}), V, field)
+    *[Case(f"Settings-{field}-{vid}", lambda e, f=field, v=v: Settings(**{f: v}), V,
+           word(field))
       for field in SETTINGS_FIELDS_INT
       for vid, v in [("true", True), ("float", 1.5), ("str", "5"), ("none", None),
                      ("negative", -1), ("huge", 10**20), ("decimal", Decimal(5))]],

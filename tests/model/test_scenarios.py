@@ -231,7 +231,11 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
            op_id="c5"),
          s("update_config", "a", overflow_to="reserve", op_id="c6"),
          s("process_win", "a", op_id="w1"),
-         s("update_config", "a", cap=D(15), op_id="c7")]),
+         s("update_config", "a", cap=D(15), op_id="c7"),
+         s("update_config", "a", reserve_rate=0, op_id="c8"),       # zero is allowed
+         s("update_config", "a", reserve_rate="0.000000", op_id="c9"),
+         s("update_config", "a", seed=0, op_id="c10"),               # so is a zero seed
+         s("contribute", D(10), op_id="b2")]),
 }
 
 
