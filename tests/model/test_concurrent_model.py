@@ -94,7 +94,10 @@ class Op:
 @st.composite
 def programs(draw: Callable[..., Any]) -> tuple[list[GroupConfig], int, list[Op]]:
     count = draw(st.integers(2, 3))
-    groups = [dataclasses.replace(draw(group_config(n)), min_bet=None)
+    # No min_bet: the engine does not record the op_id of a bet that qualifies nowhere
+    # (a known bug), and no max_contribution: one refusing level refuses most bets.
+    groups = [dataclasses.replace(draw(group_config(n, min_range=UNIT)), min_bet=None,
+                                  max_contribution=None)
               for n in NAMES[:count]]
     names = [g.name for g in groups]
     threads = draw(st.integers(2, 4))
@@ -130,7 +133,7 @@ def programs(draw: Callable[..., Any]) -> tuple[list[GroupConfig], int, list[Op]
                     {"reason": "correction"})
         if draw(st.integers(0, 9)) == 0:
             op_id = None
-        elif ops and draw(st.integers(0, 4)) == 0:  # reuse another op's op_id
+        elif ops and draw(st.integers(0, 3)) == 0:  # reuse another op's op_id
             other = draw(st.sampled_from(ops))
             if other.kwargs.get("op_id") is not None and not (
                     other.method == "contribute" and other.kwargs.get("groups") is None):
