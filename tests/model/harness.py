@@ -111,7 +111,7 @@ def observed_hits(result: Contribution) -> dict[str, list[int]]:
 # -- side by side ------------------------------------------------------------------------
 
 class Driver:
-    """One engine on one file, and the model it must agree with."""
+    """Engines on one file (usually one; a second plays another process), and the model."""
 
     def __init__(self, path: str, groups: list[GroupConfig], model: Model,
                  engine_draw: CountedDraw | None = None) -> None:
@@ -121,34 +121,38 @@ class Driver:
         self.model = model
         for g in groups:
             model.create(g)
-        self.engine: JackpotEngine | None = JackpotEngine.open(path, groups,
-                                                               settings=engine_settings())
+        self.engines = [JackpotEngine.open(path, groups, settings=engine_settings())]
+        self.shared = False  # a second engine has written: retries may draw again
         self.seq = 0
         self.versions: dict[str, int] = {}
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        while self.engines:
+            self.engines.pop().close()
 
     def reopen(self, groups: list[GroupConfig] | None) -> None:
         self.close()
         for g in groups or []:
             self.model.create(g)
-        self.engine = JackpotEngine.open(self.path, groups, settings=engine_settings())
+        self.engines = [JackpotEngine.open(self.path, groups, settings=engine_settings())]
+
+    def open_another(self) -> None:
+        """A second engine on the same file, as another worker process would have."""
+        self.engines.append(JackpotEngine.open(self.path, settings=engine_settings()))
+        self.shared = True
 
     @property
     def live(self) -> JackpotEngine:
-        assert self.engine is not None
-        return self.engine
+        assert self.engines
+        return self.engines[0]
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Make one call on both; assert they agree; return the engine's result."""
+    def call(self, method: str, *args: Any, via: int = 0, **kwargs: Any) -> Any:
+        """Make one call on both (on engine `via`); assert they agree; return the result."""
         assert method in OPERATIONS
         got: Any = None
         error: JackpotError | None = None
         try:
-            got = getattr(self.live, method)(*args, **kwargs)
+            got = getattr(self.engines[via % len(self.engines)], method)(*args, **kwargs)
         except JackpotError as e:
             error = e
         extra: dict[str, Any] = {}
@@ -180,6 +184,8 @@ class Driver:
         """Everything observable agrees with the model."""
         engine, model = self.live, self.model
         pools = engine.pools()
+        for other in self.engines[1:]:
+            assert other.pools() == pools
         assert sorted(pools) == sorted(model.levels)
         for name, snap in pools.items():
             want = model.snapshot(name, snap.last_modified_at)
@@ -195,7 +201,7 @@ class Driver:
         recorded = recorded_operations(self.path)
         assert set(recorded) <= set(model.ops)
         assert set(model.ops) - model.no_effect <= set(recorded)
-        if self.engine_draw is not None:
+        if self.engine_draw is not None and not self.shared:
             model_draw = self.model.draw
             assert isinstance(model_draw, CountedDraw)
             assert self.engine_draw.calls == model_draw.calls, "triggers drawn unexpectedly"

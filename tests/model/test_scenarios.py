@@ -198,6 +198,12 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
          s("process_win", "a", op_id="b1"),
          s("update_config", "a", seed="5", op_id="c1"),
          s("update_config", "a", seed=D(6), op_id="c1"),
+         s("update_config", "b", contribution_rate=D("0.2"), cap=D(50), who="ops",
+           reason="review", op_id="c2"),
+         s("update_config", "b", reason="review", cap="50.0", who="ops",
+           contribution_rate="0.20", op_id="c2"),  # the same change, spelled otherwise
+         s("update_config", "b", contribution_rate=D("0.2"), cap=D(50), who="ops",
+           op_id="c2"),                             # without the reason: another request
          s("suspend", "a", reason="r", op_id="s1"),
          s("suspend", "a", reason="other", op_id="s1"),
          s("resume", "a", op_id="s1"),
