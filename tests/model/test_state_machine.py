@@ -352,7 +352,7 @@ class TwoWorkers(KnownTriggers):
     workers = 2
     changes_levels = False
     limits = False
-    min_trigger_range = UNIT
+    min_trigger_range = 10 * UNIT  # so no bet comes near MAX_HITS_PER_BET either
 
 
 TestKnownTriggers = KnownTriggers.TestCase
