@@ -85,6 +85,11 @@ class JackpotEngine:
         self._queue_timeout = settings.lock_timeout_ms / 1000
         self._run_timeout = (settings.lock_timeout_ms * (retries + 2)
                              + settings.retry_delay_ms * 2**retries * 2) / 1000
+        # Actors open their connections in their own threads: wait for that,
+        # so open() returns a fully started engine (and reports a failure).
+        for pool in self._pools.values():
+            pool.ready().get(timeout=self._run_timeout)
+        self._coordinator.ready().get(timeout=self._run_timeout)
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path

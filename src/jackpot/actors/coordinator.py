@@ -68,6 +68,10 @@ class Coordinator(pykka.ThreadingActor):
         """Close the coordinator's connection."""
         self._store.close()
 
+    def ready(self) -> bool:
+        """Answer once `on_start` has run (the connection is open)."""
+        return True
+
     def on_receive(self, message: Any) -> Any:
         """Serve a batch from the mailbox when woken by `DRAIN`."""
         if message is DRAIN:

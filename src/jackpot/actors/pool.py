@@ -94,6 +94,10 @@ class PoolActor(pykka.ThreadingActor):
         """Close this actor's connection."""
         self._store.close()
 
+    def ready(self) -> bool:
+        """Answer once `on_start` has run (the connection is open)."""
+        return True
+
     def on_receive(self, message: Any) -> Any:
         """Serve a batch from the mailbox when woken by `DRAIN`."""
         if message is DRAIN:
