@@ -125,6 +125,10 @@ HOSTILE_AMOUNTS: list[tuple[str, object]] = [
     ("tiny-exp-str", "1e-30"),
     ("finer-than-unit", Decimal("0.0000001")),
     ("finer-than-unit-str", "0.0000001"),
+    ("finer-with-trailing-zeros", Decimal("1.0000001000")),
+    ("finer-with-trailing-zeros-str", "2.50000010"),
+    ("finer-than-rate-step", Decimal("0.0000000001")),
+    ("finer-than-rate-step-str", "0.00000000010"),
     ("absurd-exp", Decimal("1E+999999999")),
     ("absurd-neg-exp", Decimal("1E-999999999")),
     ("beyond-range", Decimal("100000000000.000001")),
@@ -203,6 +207,7 @@ def _amount_cases(label: str, arg: str, call: Callable[[object], Call], *,
 def _valid_for(field: str) -> tuple[str, ...]:
     if field.endswith("rate"):  # rates are exact to 1e-9: 1e-7 is a valid rate
         return ("finer-than-unit", "finer-than-unit-str")
+    # (and 1.0000001 is not a rate at all: it is refused as >= 1, by name, too)
     if field in ("cap", "min_bet", "max_contribution", "must_hit_by"):
         return ("none",)  # None removes an optional setting
     return ()
@@ -517,6 +522,43 @@ def test_the_checksum_sees_every_change(tmp_path: Path) -> None:
         e.suspend("minor", reason="r")
         sums.append(checksum(path))
     assert len(set(sums)) == len(sums)
+
+
+VALID_SPELLINGS: list[tuple[str, object, Decimal]] = [
+    ("int", 2, Decimal(2)),
+    ("decimal", Decimal("2.5"), Decimal("2.5")),
+    ("trailing-zeros", Decimal("2.500000000000"), Decimal("2.5")),
+    ("trailing-zeros-str", "2.500000000000", Decimal("2.5")),
+    ("leading-zeros-str", "0002.5", Decimal("2.5")),
+    ("plus-sign-str", "+2.5", Decimal("2.5")),
+    ("exponent-decimal", Decimal("25E-1"), Decimal("2.5")),
+    ("positive-exponent-decimal", Decimal("1E+1"), Decimal(10)),
+    ("64-chars-str", "0" * 62 + "25", Decimal(25)),
+    ("smallest", "0.000001", Decimal("0.000001")),
+    ("largest", Decimal(10**11), Decimal(10**11)),
+]
+
+
+@pytest.mark.parametrize(("vid", "value", "exact"), VALID_SPELLINGS,
+                         ids=[v[0] for v in VALID_SPELLINGS])
+def test_every_valid_spelling_of_an_amount_is_accepted_exactly(
+        tmp_path: Path, vid: str, value: object, exact: Decimal) -> None:
+    """The other side of the catalogue: refusing too much is a bug as well."""
+    del vid
+    levels = [GroupConfig("minor", Decimal(0), Decimal("0.5")),
+              GroupConfig("spare", Decimal(0), Decimal("0.5"))]
+    half = Decimal(int(exact * 10**6) // 2) / 10**6  # what half the bet adds, in units
+    with JackpotEngine.open(tmp_path / "p.db", levels,
+                            settings=Settings(enable_metrics=False)) as e:
+        bet = e.contribute(value, groups="minor", op_id="bet")  # type: ignore[arg-type]
+        assert bet.contributions == {"minor": half}
+        assert e.contribute(exact, groups="minor", op_id="bet").replayed is True
+        assert e.pool("minor").meters["wagered"] == exact
+        e.adjust("spare", value, reason="r")  # type: ignore[arg-type]
+        assert e.pool("spare").amount == exact
+        win = e.process_win("spare", amount=value)  # type: ignore[arg-type]
+        assert (win.amount, win.balance) == (exact, 0)
+        assert e.update_config("spare", cap=value).after["cap"] == f"{exact:.6f}"
 
 
 def test_the_catalogue_has_no_duplicate_ids() -> None:

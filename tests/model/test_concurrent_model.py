@@ -311,3 +311,55 @@ def test_threads_agree_with_a_serial_order(
                 engine.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+CALLS_ONCE: dict[str, Callable[[JackpotEngine, str], Any]] = {
+    "bet-every-level": lambda e, op_id: e.contribute(Decimal(3), op_id=op_id),
+    "bet-one-level": lambda e, op_id: e.contribute(Decimal(3), groups="minor", op_id=op_id),
+    "bet-two-levels": lambda e, op_id: e.contribute(Decimal(3), groups=["minor", "major"],
+                                                    op_id=op_id),
+    "win-part": lambda e, op_id: e.process_win("minor", amount=Decimal(1), op_id=op_id),
+    "adjust": lambda e, op_id: e.adjust("major", Decimal(-1), reason="r", op_id=op_id),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS_ONCE))
+def test_one_op_id_sent_by_many_threads_at_once_is_applied_once(tmp_path: Any,
+                                                                 name: str) -> None:
+    """Requests queued together share a transaction (group commit): still one applies."""
+    call = CALLS_ONCE[name]
+    threads, rounds = 8, 4
+    engine = JackpotEngine.open(tmp_path / "pools.db", [
+        GroupConfig("minor", Decimal(100), Decimal("0.1")),
+        GroupConfig("major", Decimal(200), Decimal("0.01"))], settings=engine_settings())
+    try:
+        model = Model()
+        model.create(GroupConfig("minor", Decimal(100), Decimal("0.1")))
+        model.create(GroupConfig("major", Decimal(200), Decimal("0.01")))
+        for r in range(rounds):
+            barrier = threading.Barrier(threads, timeout=60)
+            results: list[Any] = [None] * threads
+
+            def send(i: int, barrier: threading.Barrier, results: list[Any],
+                     op_id: str) -> None:
+                barrier.wait()
+                results[i] = call(engine, op_id)
+
+            workers = [threading.Thread(target=send, args=(i, barrier, results, f"{name}-{r}"))
+                       for i in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(timeout=120)
+            assert not any(w.is_alive() for w in workers)
+            first = [x for x in results if x is not None and not x.replayed]
+            assert len(first) == 1, results
+            assert first[0] == call(model, f"{name}-{r}")  # type: ignore[arg-type]
+            assert all(x == replayed(first[0]) for x in results if x is not first[0])
+        rows = [{k: v for k, v in row.items() if k != "seq"}
+                for row in ledger_rows(engine._path)]
+        assert rows[2:] == model.ledger[2:]  # after the two create rows: once per round
+        for level, snap in engine.pools().items():
+            assert snap == model.snapshot(level, snap.last_modified_at)
+    finally:
+        engine.close()
