@@ -8,9 +8,9 @@ how the caller waits for the answer:
 - async: `await AsyncJackpotEngine.contribute(...)`. The answer comes back
   through a Ticket notify callback and `call_soon_threadsafe`; the loop runs
   other tasks meanwhile.
-- pykka: `await engine._send(op, Ticket())`, i.e. awaiting the actor's Pykka
-  future. Its `__await__` yields once, then calls the blocking `get()`: the
-  whole loop sleeps until that one answer arrives.
+- pykka: the answer is put in a Pykka future (`Ticket(notify)` setting it)
+  and awaited. Its `__await__` yields once, then calls the blocking `get()`:
+  the whole loop sleeps until that one answer arrives.
 
 Workloads (each in a fresh process, on a fresh file, default levels, every bet
 on a fresh op_id; odd bets go to all three levels through the coordinator,
@@ -46,6 +46,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pykka
+
 from jackpot import AsyncJackpotEngine
 from jackpot.actors import Ticket
 
@@ -55,6 +57,15 @@ SPIN_SECONDS = (0.2, 0.6)
 TICK = 0.001
 STAKES = [Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10)]
 SEEDS = {"minor": Decimal(100), "major": Decimal(1000), "mega": Decimal(10000)}
+
+
+def pykka_settle(future: pykka.ThreadingFuture[Any], result: Any,
+                 error: BaseException | None) -> None:
+    """Put an actor's answer in a Pykka future (in the actor's thread)."""
+    if error is None:
+        future.set(result)
+    else:
+        future.set_exception((type(error), error, error.__traceback__))
 
 
 def quantile(samples: list[float], q: float) -> float:
@@ -87,7 +98,9 @@ async def run_one(mode: str, workload: str, players: int, bets: int, path: Path
                 result = await engine.contribute(stake, groups=groups, op_id=op_id)
             else:
                 op = sync._requests.contribute(stake, groups=groups, op_id=op_id)
-                result = await sync._send(op, Ticket())
+                future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+                sync._send(op, Ticket(lambda r, e, f=future: pykka_settle(f, r, e)))
+                result = await future
             latencies.append(time.perf_counter() - started)
             for name, amount in result.contributions.items():
                 added[name] += amount

@@ -482,14 +482,9 @@ class _Call:
 
     def _peeked(self, ticket: Ticket) -> bool:
         """Settle from the ticket's future if it holds an outcome; never blocks."""
-        try:
-            value = ticket.future.get(timeout=0)
-        except pykka.Timeout:
+        if not ticket.wait(0):
             return False
-        except Exception as e:  # noqa: BLE001 - the actor's error, handed on as is
-            self._settle(None, e)
-        else:
-            self._settle(value, None)
+        self._settle(*ticket.answer)
         return True
 
     def _settle(self, result: Any, error: BaseException | None) -> None:

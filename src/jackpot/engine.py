@@ -340,31 +340,39 @@ class JackpotEngine:
             msg = "the engine is closed; open a new one with JackpotEngine.open()"
             raise EngineClosedError(msg)
 
-    @contextmanager
-    def _tracking(self) -> Iterator[None]:
+    def _enter(self) -> None:
         """Count an operation as in flight, so `close()` waits for it."""
         with self._cond:
             self._check_open()
             self._inflight += 1
+
+    def _leave(self) -> None:
+        """Count an in-flight operation as done (after `_enter`)."""
+        with self._cond:
+            self._inflight -= 1
+            if self._closed and not self._inflight:
+                self._cond.notify_all()
+
+    @contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """`_enter`, then `_leave` when the block ends (for the asyncio engine)."""
+        self._enter()
         try:
             yield
         finally:
-            with self._cond:
-                self._inflight -= 1
-                self._cond.notify_all()
+            self._leave()
 
-    def _send(self, op: Operation, ticket: Ticket) -> pykka.Future[Any]:
+    def _send(self, op: Operation, ticket: Ticket) -> None:
         """Queue `op` for the actor that owns it (the coordinator when it spans levels).
 
-        Returns the ticket's future. Requests queue in the actor's mailbox and
-        are committed in batches (group commit); only the first request after
-        a batch wakes the actor.
+        Requests queue in the actor's mailbox and are committed in batches
+        (group commit); only the first request after a batch wakes the actor.
+        The outcome arrives through `ticket`.
         """
         level = op.names[0] if len(op.names) == 1 else None
         if self._mailboxes[level].put(ticket, op):
             target = self._pools[level] if level is not None else self._coordinator
             target.actor_ref.tell(DRAIN)
-        return ticket.future
 
     def _owner_alive(self, op: Operation) -> bool:
         if len(op.names) > 1 and not self._coordinator.actor_ref.is_alive():
@@ -374,8 +382,9 @@ class JackpotEngine:
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()
         outcome = "error"
+        self._enter()
         try:
-            with self._tracking(), self._trace(op):
+            with self._trace(op):
                 result = self._submit_with_restart(op)
         except Exception as e:
             outcome = outcome_of(e)
@@ -386,14 +395,15 @@ class JackpotEngine:
             log_success(op, outcome, result)
             return result
         finally:
+            self._leave()
             self.stats.operation(op.kind, outcome, time.perf_counter() - started)
 
     def _submit_with_restart(self, op: Operation) -> Any:
         for attempt in range(2):
             ticket = Ticket()
             try:
-                future = self._send(op, ticket)
-                return self._wait(op, ticket, future)
+                self._send(op, ticket)
+                return self._wait(op, ticket)
             except (pykka.ActorDeadError, ActorUnavailableError) as e:
                 self._check_open()
                 applied_maybe = isinstance(e, pykka.ActorDeadError) and not ticket.abandon()
@@ -404,29 +414,29 @@ class JackpotEngine:
                 self._restart_dead_actors()
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
-    def _wait(self, op: Operation, ticket: Ticket, future: pykka.Future[Any]) -> Any:
+    def _wait(self, op: Operation, ticket: Ticket) -> Any:
         """Wait for the outcome; never longer than the timeouts, never on a dead actor."""
+        if ticket.wait(min(self._queue_timeout, _LIVENESS_POLL)):  # the common case
+            return ticket.outcome()
         deadline = time.monotonic() + self._queue_timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                return future.get(timeout=min(remaining, _LIVENESS_POLL))
-            except pykka.Timeout:
-                if not self._owner_alive(op):
-                    msg = f"the actor serving {', '.join(op.names)} has stopped"
-                    raise pykka.ActorDeadError(msg) from None
+            if ticket.wait(min(remaining, _LIVENESS_POLL)):
+                return ticket.outcome()
+            if not self._owner_alive(op):
+                msg = f"the actor serving {', '.join(op.names)} has stopped"
+                raise pykka.ActorDeadError(msg) from None
         if ticket.abandon():
             self.stats.add("lock_timeouts", op.kind, ",".join(op.names))
             msg = (f"{op.kind} {op.op_id!r} was not started within "
                    f"{self._settings.lock_timeout_ms} ms; nothing was changed")
             raise LockTimeoutError(msg) from None
         # Claimed: it is running, and its own lock waits and retries bound it.
-        try:
-            return future.get(timeout=self._run_timeout)
-        except pykka.Timeout:
-            msg = (f"{op.kind} {op.op_id!r} did not finish within {self._run_timeout:.1f} s "
-                   "after it started; its outcome is unknown: retry with the same op_id "
-                   "to learn it")
-            raise LockTimeoutError(msg) from None
+        if ticket.wait(self._run_timeout):
+            return ticket.outcome()
+        msg = (f"{op.kind} {op.op_id!r} did not finish within {self._run_timeout:.1f} s "
+               "after it started; its outcome is unknown: retry with the same op_id "
+               "to learn it")
+        raise LockTimeoutError(msg)
 
     def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
         return PoolActor.start(name, self._open_store, self._settings, self.stats,
