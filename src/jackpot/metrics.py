@@ -108,12 +108,14 @@ class PrometheusObserver:
             "Time spent acquiring the database write lock or the coordinator's level holds.",
             ("lock", "operation"), buckets=_LOCK_BUCKETS, registry=r)
         r.register(_EngineCollector(engine))
+        # The labelled children of the hot path, looked up once: `labels()`
+        # takes the metric's lock and builds a key on every call.
+        self._counted = {(operation, outcome): self._operations.labels(operation, outcome)
+                         for operation in OPERATIONS for outcome in OUTCOMES}
+        self._timed = {operation: self._duration.labels(operation) for operation in OPERATIONS}
         for operation in OPERATIONS:
-            for outcome in OUTCOMES:
-                self._operations.labels(operation, outcome)
             self._busy.labels(operation)
             self._timeouts.labels(operation)
-            self._duration.labels(operation)
         self._events: dict[str, Callable[[str, str, int], None]] = {
             "retries": lambda op, level, n: self._retries.labels(op, level).inc(n),
             "conflicts": lambda op, level, n: self._conflicts.labels(op, level).inc(n),
@@ -136,8 +138,14 @@ class PrometheusObserver:
 
     def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
         """Count a finished operation and observe its latency."""
-        self._operations.labels(operation, outcome).inc()
-        self._duration.labels(operation).observe(seconds)
+        counted = self._counted.get((operation, outcome))
+        if counted is None:
+            counted = self._operations.labels(operation, outcome)
+        counted.inc()
+        timed = self._timed.get(operation)
+        if timed is None:
+            timed = self._duration.labels(operation)
+        timed.observe(seconds)
 
     def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
         """Observe a lock acquisition time."""

@@ -30,6 +30,7 @@ from jackpot.storage.base import (
     LedgerRow,
     Store,
     StoredOperation,
+    entry_values,
     ledger_row,
     level_from_row,
     level_values,
@@ -85,6 +86,7 @@ class SQLiteStore(Store):
                 practice(self.conn)
             self._exec("PRAGMA journal_mode = WAL")
             self._exec(f"PRAGMA synchronous = {synchronous}")
+            self._exec("PRAGMA wal_autocheckpoint = 0")  # EXPERIMENT
         except apsw.Error as e:
             msg = f"cannot open database {path!r}: {e}"
             raise StorageError(msg) from e
@@ -210,12 +212,7 @@ class SQLiteStore(Store):
 
     def append_entries(self, entries: list[tuple[str, Entry]]) -> None:
         """Append one ledger row per (op_id, entry), in order."""
-        rows = [
-            (op_id, *(getattr(e, c) for c in ENTRY_COLUMNS[:-1]),
-             None if e.detail is None else json.dumps(e.detail, sort_keys=True))
-            for op_id, e in entries
-        ]
-        self._exec_many(_INSERT_ENTRY, rows)
+        self._exec_many(_INSERT_ENTRY, [entry_values(op_id, e) for op_id, e in entries])
 
     def find_operation(self, op_id: str) -> StoredOperation | None:
         """Return the stored first result of `op_id`, or None."""
