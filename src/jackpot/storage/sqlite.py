@@ -86,7 +86,6 @@ class SQLiteStore(Store):
                 practice(self.conn)
             self._exec("PRAGMA journal_mode = WAL")
             self._exec(f"PRAGMA synchronous = {synchronous}")
-            self._exec("PRAGMA wal_autocheckpoint = 0")  # EXPERIMENT
         except apsw.Error as e:
             msg = f"cannot open database {path!r}: {e}"
             raise StorageError(msg) from e
