@@ -20,7 +20,15 @@ from typing import Any, Self
 import pykka
 
 from jackpot import domain, money, tracing
-from jackpot.actors import DRAIN, ActorUnavailableError, Coordinator, Mailbox, PoolActor, Ticket
+from jackpot.actors import (
+    DRAIN,
+    ActorUnavailableError,
+    Checkpointer,
+    Coordinator,
+    Mailbox,
+    PoolActor,
+    Ticket,
+)
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
 from jackpot.errors import (
@@ -50,7 +58,7 @@ from jackpot.results import (
 from jackpot.service import Operation, now_ms
 from jackpot.settings import Settings
 from jackpot.stats import Stats
-from jackpot.storage import Store, open_store
+from jackpot.storage import SQLiteStore, Store, is_database_url, open_store
 
 __all__ = ["JackpotEngine"]
 
@@ -72,8 +80,11 @@ class JackpotEngine:
         self._closed = False
         self._inflight = 0
         self._cond = threading.Condition()
-        self._reader = self._open_store()
+        self._reader = _store(path, settings)
         self._reader_lock = threading.Lock()
+        # SQLite: WAL checkpoints run in their own thread, not after a commit.
+        self._checkpointer = (None if is_database_url(path)
+                              else Checkpointer(lambda: _sqlite(path, settings)))
         self._restart_lock = threading.Lock()
         self._requests = Requests(names)
         # One mailbox per level, and one (key None) for the coordinator.
@@ -90,6 +101,8 @@ class JackpotEngine:
         for pool in self._pools.values():
             pool.ready().get(timeout=self._run_timeout)
         self._coordinator.ready().get(timeout=self._run_timeout)
+        if self._checkpointer is not None:
+            self._checkpointer.ready(self._run_timeout)
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path
@@ -157,7 +170,9 @@ class JackpotEngine:
         return cls(str(path), settings, existing)
 
     def _open_store(self) -> Store:
-        return _store(self._path, self._settings)
+        """Open a connection for an actor (its commits report to the checkpointer)."""
+        return _store(self._path, self._settings,
+                      None if self._checkpointer is None else self._checkpointer.note)
 
     def close(self, timeout: float | None = None) -> None:
         """Let in-flight operations finish, stop every actor; later calls fail.
@@ -174,6 +189,8 @@ class JackpotEngine:
         self._coordinator.actor_ref.stop(block=True, timeout=self._run_timeout)
         for proxy in self._pools.values():
             proxy.actor_ref.stop(block=True, timeout=self._run_timeout)
+        if self._checkpointer is not None:
+            self._checkpointer.stop(self._run_timeout)
         with self._reader_lock:
             self._reader.close()
 
@@ -480,11 +497,19 @@ class JackpotEngine:
                       closed=self._closed)
 
 
-def _store(path: str, settings: Settings) -> Store:
+def _sqlite(path: str, settings: Settings) -> SQLiteStore:
+    """Open a plain connection to the SQLite file `path` (for the checkpointer)."""
+    return SQLiteStore(path, lock_timeout_ms=settings.lock_timeout_ms,
+                       poll_interval_ms=settings.concurrency_check_interval_ms,
+                       synchronous=settings.synchronous)
+
+
+def _store(path: str, settings: Settings, on_wal: Callable[[int], None] | None = None
+           ) -> Store:
     """Open the backend `path` names: a postgresql:// URL, else a SQLite file."""
     return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
                       poll_interval_ms=settings.concurrency_check_interval_ms,
-                      synchronous=settings.synchronous)
+                      synchronous=settings.synchronous, on_wal=on_wal)
 
 
 def outcome_of(error: BaseException) -> str:

@@ -363,7 +363,7 @@ def test_close_stops_every_actor(open_engine: Callable[..., JackpotEngine]) -> N
     engine = open_engine()
     engine.contribute(Decimal(1))
     started = set(pykka.ActorRegistry.get_all()) - before
-    assert len(started) == 4  # one per level and the coordinator
+    assert len(started) == 5  # one per level, the coordinator and the WAL checkpointer
     engine.close()
     assert not any(ref.is_alive() for ref in started)
     assert set(pykka.ActorRegistry.get_all()) & started == set()

@@ -8,6 +8,8 @@ postgresql:// URL; needs the `postgres` extra, imported only when used).
 `open_store` picks the backend from the target.
 """
 
+from collections.abc import Callable
+
 from jackpot.errors import StorageError
 from jackpot.storage.base import (
     BusyIncidentError,
@@ -45,8 +47,12 @@ def open_store(
     lock_timeout_ms: int = 5000,
     poll_interval_ms: int = 50,
     synchronous: str = "FULL",
+    on_wal: Callable[[int], None] | None = None,
 ) -> Store:
     """Open the store for `target`: a postgresql:// URL, or a SQLite file path.
+
+    `on_wal` (SQLite only, ignored for PostgreSQL) takes over WAL
+    checkpoints from SQLite's automatic one: see `SQLiteStore`.
 
     Raises:
         StorageError: the database cannot be opened, or the URL needs the
@@ -55,7 +61,8 @@ def open_store(
     """
     if not is_database_url(target):
         return SQLiteStore(target, lock_timeout_ms=lock_timeout_ms,
-                           poll_interval_ms=poll_interval_ms, synchronous=synchronous)
+                           poll_interval_ms=poll_interval_ms, synchronous=synchronous,
+                           on_wal=on_wal)
     try:
         # Imported here: psycopg is an optional extra, needed only for URLs.
         from jackpot.storage.postgres import PostgresStore  # noqa: PLC0415

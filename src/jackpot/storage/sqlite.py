@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,7 +37,7 @@ from jackpot.storage.base import (
 )
 from jackpot.storage.schema import MIGRATIONS
 
-__all__ = ["BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
+__all__ = ["CATCH_UP_PAGES", "BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
 
 # apsw's best practices, applied to our own connections only: a library must
 # not change how the host application's other APSW connections behave (as
@@ -52,6 +52,9 @@ _BEST_PRACTICE = (
     apsw.bestpractice.connection_dqs,
     apsw.bestpractice.connection_recursive_triggers,
 )
+
+CATCH_UP_PAGES = 4_000
+"""WAL size (pages, ~16 MB) past which a writer with `on_wal` checkpoints itself."""
 
 _SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
 _INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(LEVEL_COLUMNS)}) "
@@ -72,13 +75,23 @@ class SQLiteStore(Store):
         lock_timeout_ms: int = 5000,
         poll_interval_ms: int = 50,
         synchronous: str = "FULL",
+        on_wal: Callable[[int], None] | None = None,
     ) -> None:
-        """Open (creating if needed) the database file at `path`."""
+        """Open (creating if needed) the database file at `path`.
+
+        With `on_wal`, SQLite's automatic checkpoint is off for this
+        connection: after each commit `on_wal` gets the WAL's size in pages
+        and is expected to have `checkpoint()` run on another connection
+        (see `jackpot.actors.Checkpointer`). Should that fall far behind, the
+        connection still catches up itself after a commit (`CATCH_UP_PAGES`).
+        """
         self._timeout = lock_timeout_ms / 1000
         self._poll = poll_interval_ms / 1000
         self._busy_since = 0.0
         self._gave_up = False
         self.busy_wait_seconds = 0.0
+        self._on_wal = on_wal
+        self._wal_pages = 0
         try:
             self.conn = apsw.Connection(path)
             self.conn.set_busy_handler(self._on_busy)
@@ -86,6 +99,8 @@ class SQLiteStore(Store):
                 practice(self.conn)
             self._exec("PRAGMA journal_mode = WAL")
             self._exec(f"PRAGMA synchronous = {synchronous}")
+            if on_wal is not None:
+                self.conn.set_wal_hook(self._wal_hook)  # replaces the automatic checkpoint
         except apsw.Error as e:
             msg = f"cannot open database {path!r}: {e}"
             raise StorageError(msg) from e
@@ -103,6 +118,26 @@ class SQLiteStore(Store):
     def _exec_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Run one statement for many rows; the bulk twin of `_exec`."""
         self.conn.executemany(sql, rows)
+
+    def _wal_hook(self, _conn: apsw.Connection, _db: str, pages: int) -> int:
+        self._wal_pages = pages
+        assert self._on_wal is not None
+        self._on_wal(pages)
+        return apsw.SQLITE_OK
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed WAL pages into the database file without blocking anyone.
+
+        A PASSIVE checkpoint: it copies what no reader still needs and never
+        waits for a lock. Returns (pages in the WAL, pages copied); (0, 0)
+        when another connection is checkpointing at that moment.
+        """
+        try:
+            return self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except apsw.BusyError:
+            return 0, 0  # another connection (or process) is checkpointing right now
+        except apsw.Error as e:
+            raise self._translate(e) from e
 
     def _on_busy(self, prior_calls: int) -> bool:
         now = time.monotonic()
@@ -146,6 +181,12 @@ class SQLiteStore(Store):
             if isinstance(exc, apsw.Error):
                 raise self._translate(exc) from exc
             raise
+        if self._wal_pages >= CATCH_UP_PAGES:
+            # The background checkpoint fell far behind (or cannot run): do
+            # what SQLite's automatic checkpoint would, after the commit.
+            self._wal_pages = 0
+            with contextlib.suppress(StorageError):  # the next commit tries again
+                self.checkpoint()
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:

@@ -1,0 +1,105 @@
+"""Checkpointer: copies the SQLite write-ahead log into the database file in the background.
+
+SQLite's automatic checkpoint runs in the thread that commits, right after
+its commit: every ~1,000 WAL pages one unlucky batch also copied them all
+into the database file and synced it, while every request queued behind that
+actor waited. Here the engine's writers have the automatic checkpoint off and
+report the WAL's size after each commit (`note`); once it has grown by
+`EVERY_PAGES` since the last request, this actor runs a PASSIVE checkpoint
+on its own connection, in its own thread (APSW releases the GIL meanwhile),
+while the writers go on committing. A PASSIVE checkpoint never waits for a
+lock and never blocks a writer or reader. If it falls far behind, a writer
+catches up itself (see `SQLiteStore`), so the WAL stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import pykka
+
+from jackpot.errors import JackpotError
+from jackpot.storage import SQLiteStore
+
+__all__ = ["EVERY_PAGES", "Checkpointer"]
+
+logger = logging.getLogger("jackpot")
+
+EVERY_PAGES = 1000
+"""WAL growth (pages) between two background checkpoints: SQLite's own default."""
+
+
+class _CheckpointActor(pykka.ThreadingActor):
+    """Owns the checkpoint connection; runs one checkpoint per request."""
+
+    def __init__(self, open_store: Callable[[], SQLiteStore], done: Callable[[], None]) -> None:
+        super().__init__()
+        self._open_store = open_store
+        self._done = done
+
+    def on_start(self) -> None:
+        self._store = self._open_store()
+
+    def on_stop(self) -> None:
+        self._store.close()
+
+    def ready(self) -> bool:
+        """Answer once `on_start` has run (the connection is open)."""
+        return True
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Run one PASSIVE checkpoint; a failure is logged (the next one retries)."""
+        try:
+            return self._store.checkpoint()
+        except JackpotError as e:
+            logger.warning("background WAL checkpoint failed: %s", e,
+                           extra={"outcome": "checkpoint_failed"})
+            return 0, 0
+        finally:
+            self._done()
+
+
+class Checkpointer:
+    """Decides when the WAL needs a checkpoint and has the actor run it."""
+
+    def __init__(self, open_store: Callable[[], SQLiteStore]) -> None:
+        """Start the checkpoint actor (its connection opens in its own thread)."""
+        self._lock = threading.Lock()
+        self._busy = False
+        self._next = EVERY_PAGES
+        self.runs = 0
+        self._actor = _CheckpointActor.start(open_store, self._finished).proxy()
+
+    def note(self, pages: int) -> None:
+        """Hear a writer's WAL size after its commit (called in the writer's thread)."""
+        with self._lock:
+            if pages < self._next - EVERY_PAGES:  # the WAL was restarted from its start
+                self._next = EVERY_PAGES
+            if self._busy or pages < self._next:
+                return
+            self._busy = True
+            self._next = pages + EVERY_PAGES
+            self.runs += 1
+        try:
+            self._actor.checkpoint()  # a tell in effect: nobody waits for the answer
+        except pykka.ActorDeadError:
+            self._finished()  # stopping: SQLite checkpoints when the last connection closes
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._busy = False
+
+    def flush(self, timeout: float) -> tuple[int, int]:
+        """Run a checkpoint now and wait for it: (pages in the WAL, pages copied)."""
+        result: tuple[int, int] = self._actor.checkpoint().get(timeout=timeout)
+        return result
+
+    def ready(self, timeout: float) -> None:
+        """Return once the actor's connection is open (raises its error if it failed)."""
+        self._actor.ready().get(timeout=timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the actor after the checkpoint it may be running."""
+        self._actor.actor_ref.stop(block=True, timeout=timeout)

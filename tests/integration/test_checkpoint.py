@@ -1,0 +1,121 @@
+"""WAL checkpoints run off the writers' threads, and the WAL stays bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import apsw
+import pytest
+
+import jackpot.actors.checkpoint as checkpoint_module
+import jackpot.storage.sqlite as sqlite_module
+from jackpot import JackpotEngine
+from jackpot.storage import SQLiteStore
+
+
+def _grow(store: SQLiteStore, commits: int) -> None:
+    """Commit `commits` transactions of about one page each."""
+    for _ in range(commits):
+        with store.write():
+            store._exec("INSERT INTO filler VALUES (randomblob(3000))")
+
+
+@pytest.fixture
+def filler_db(tmp_path: Path) -> str:
+    path = str(tmp_path / "wal.db")
+    store = SQLiteStore(path)
+    with store.write():
+        store._exec("CREATE TABLE filler (b BLOB)")
+    store.close()
+    return path
+
+
+def test_a_writer_with_on_wal_reports_every_commit_and_never_checkpoints_alone(
+        filler_db: str) -> None:
+    pages: list[int] = []
+    writer = SQLiteStore(filler_db, on_wal=pages.append, synchronous="NORMAL")
+    try:
+        _grow(writer, 1200)  # SQLite's automatic checkpoint would reset past 1,000 pages
+        assert len(pages) == 1200
+        assert pages == sorted(pages)  # the WAL only grew: no checkpoint ran in the writer
+        assert pages[-1] > 1000
+    finally:
+        writer.close()
+
+
+def test_a_checkpoint_on_another_connection_copies_the_wal_and_the_writer_starts_it_over(
+        filler_db: str) -> None:
+    pages: list[int] = []
+    writer = SQLiteStore(filler_db, on_wal=pages.append, synchronous="NORMAL")
+    other = SQLiteStore(filler_db)
+    try:
+        _grow(writer, 50)
+        size, copied = other.checkpoint()
+        assert size == copied == pages[-1]
+        _grow(writer, 1)
+        assert pages[-1] < 10  # everything was copied: the WAL restarted from its start
+        (rows,) = other._exec("SELECT count(*) FROM filler")[0]
+        assert rows == 51
+    finally:
+        other.close()
+        writer.close()
+
+
+def test_a_writer_catches_up_itself_when_the_background_checkpoint_falls_behind(
+        filler_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_module, "CATCH_UP_PAGES", 40)
+    pages: list[int] = []
+    writer = SQLiteStore(filler_db, on_wal=pages.append, synchronous="NORMAL")
+    try:
+        _grow(writer, 60)
+        assert max(pages) < 50  # bounded: past 40 pages the writer checkpointed
+        assert pages != sorted(pages)  # ... and the WAL started over
+    finally:
+        writer.close()
+
+
+def test_a_checkpoint_while_another_connection_checkpoints_is_skipped_not_an_error(
+        filler_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(filler_db)
+
+    def busy(*_args: object, **_kwargs: object) -> tuple[int, int]:
+        raise apsw.BusyError("database is locked")
+
+    monkeypatch.setattr(store, "conn", _ConnWith(store.conn, wal_checkpoint=busy))
+    try:
+        assert store.checkpoint() == (0, 0)
+    finally:
+        monkeypatch.undo()
+        store.close()
+
+
+class _ConnWith:
+    """An APSW connection with some methods replaced (APSW objects refuse setattr)."""
+
+    def __init__(self, conn: apsw.Connection, **methods: Callable[..., object]) -> None:
+        self._conn = conn
+        self._methods = methods
+
+    def __getattr__(self, name: str) -> object:
+        return self._methods.get(name) or getattr(self._conn, name)
+
+
+def test_the_engine_checkpoints_in_the_background_and_keeps_every_operation(
+        db_path: Path, open_engine: Callable[..., JackpotEngine],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint_module, "EVERY_PAGES", 5)
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    for i in range(60):
+        engine.contribute(Decimal("2.50"), op_id=f"bet-{i}")
+    assert checkpointer.runs >= 1  # requested by the writers' commits, not by us
+    size, copied = checkpointer.flush(timeout=10)
+    assert copied == size > 0
+    assert engine.verify().ok
+    engine.close()
+    with JackpotEngine.open(db_path) as again:
+        assert again.contribute(Decimal("2.50"), op_id="bet-0").replayed
+        assert again.verify().ok
