@@ -53,6 +53,16 @@ Durability: `synchronous="FULL"` (the default) commits with
 flushed; "NORMAL" uses `synchronous_commit = off` (like SQLite's NORMAL: a
 crash may lose the last commits, never half of one).
 
+Lost connections: a pooled connection the server closed while it sat idle
+(a restart, a terminated session) fails its BEGIN, before anything ran, and
+is replaced unseen. A transaction whose connection dies before its COMMIT is
+rolled back by the server: `StorageError` saying nothing was changed. One
+whose connection dies at COMMIT may have committed (a terminated backend
+sends its FATAL after finishing a COMMIT): its transaction id, read with the
+BEGIN, is looked up with `txid_status` on a new connection, so a committed
+transaction is reported applied and an aborted one as nothing changed; when
+the server cannot tell, the error says the outcome is unknown.
+
 Schema: `schema.POSTGRES_MIGRATIONS` under the one-row table `jackpot_schema`,
 applied under a transaction-scoped advisory lock so that engines opening one
 database at once migrate it once. Reading all levels inside a write (what
@@ -190,6 +200,7 @@ class PostgresStore(Store):
                        "SET LOCAL synchronous_commit = "
                        f"{'off' if synchronous == 'NORMAL' else 'on'}")
         self._conn: Connection | None = None
+        self._xid = 0  # of the write transaction in progress
         self._writing = False
         self._entries: list[tuple[Any, ...]] = []
         self._records: dict[str, StoredOperation] = {}
@@ -256,13 +267,43 @@ class PostgresStore(Store):
             return SerializationFailureError(
                 f"a concurrent transaction committed the same {what} first "
                 f"({_first_line(e)}); nothing was changed: retry")
+        if isinstance(e, psycopg.OperationalError) and _connection_lost(e):
+            # Lost at COMMIT is settled in _flush: this is before any COMMIT.
+            return StorageError(
+                f"the connection to {self._where} was lost before the transaction committed "
+                f"({_first_line(e)}); nothing was changed: retry")
         return StorageError(f"database error: {type(e).__name__}: {_first_line(e)}")
 
-    def _checkout(self) -> Connection:
-        try:
-            return self._pool.getconn(timeout=self._timeout_ms / 1000)
-        except (psycopg.Error, PoolTimeout) as e:
-            raise self._translate(e) from e
+    def _checkout(self, begin: str) -> tuple[Connection, list[tuple[Any, ...]]]:
+        """Return a pooled connection with `begin` run on it, and its last result's rows.
+
+        A pooled connection the server closed since it was last used (a
+        restart, a terminated session) fails its first statement, before
+        anything ran: it is dropped and the next one tried.
+        """
+        lost: psycopg.Error | None = None
+        for _ in range(self._pool.max_size + 1):  # each stale one is dropped
+            try:
+                conn = self._pool.getconn(timeout=self._timeout_ms / 1000)
+            except (psycopg.Error, PoolTimeout) as e:
+                raise self._translate(e) from e
+            try:
+                cur = conn.execute(begin)
+                while cur.nextset():  # to the last statement's result
+                    pass
+                rows = cur.fetchall() if cur.description is not None else []
+            except psycopg.Error as e:
+                gone = isinstance(e, psycopg.OperationalError) and _connection_lost(e, conn)
+                if gone:
+                    conn.close()
+                self._pool.putconn(conn)  # the pool discards a closed connection
+                if not gone:
+                    raise self._translate(e) from e
+                lost = e
+                continue
+            return conn, rows
+        assert lost is not None
+        raise self._translate(lost) from lost
 
     @staticmethod
     def _rollback(conn: Connection) -> None:
@@ -276,12 +317,13 @@ class PostgresStore(Store):
     def write(self) -> Iterator[None]:
         """Run the block in one READ COMMITTED transaction; roll back on any error."""
         started = time.monotonic()
-        conn = self._checkout()
+        # The transaction id, taken with the BEGIN (no extra round trip),
+        # settles a commit whose answer the connection lost (_flush).
+        conn, ((self._xid,),) = self._checkout(f"{self._begin}; SELECT txid_current()")
         self._conn, self._writing = conn, True
+        self.lock_wait_seconds = time.monotonic() - started
         try:
             try:
-                conn.execute(self._begin)
-                self.lock_wait_seconds = time.monotonic() - started
                 yield
                 self._flush(commit=True)
             except BaseException as exc:
@@ -303,22 +345,61 @@ class PostgresStore(Store):
         entries, self._entries, self._records, self._at_ms = self._entries, [], {}, {}
         if not (entries or records or commit):
             return
-        with self._conn.pipeline():  # one round trip for the inserts and the COMMIT
-            if entries:
-                self._exec_many(_INSERT_ENTRY, entries)
-            if records:
-                self._exec_many(_INSERT_OPERATION, records)
-            if commit:
-                self._conn.execute("COMMIT")
+        try:
+            with self._conn.pipeline():  # one round trip for the inserts and the COMMIT
+                if entries:
+                    self._exec_many(_INSERT_ENTRY, entries)
+                if records:
+                    self._exec_many(_INSERT_OPERATION, records)
+                if commit:
+                    self._conn.execute("COMMIT")
+        except psycopg.OperationalError as e:
+            if not commit or not _connection_lost(e, self._conn):
+                raise
+            # The connection died at COMMIT: the transaction may have committed
+            # all the same (a terminated backend reports FATAL after a COMMIT
+            # it finished). Say so only if it did; else raise. Closing our end
+            # first makes the server roll back at once what it did not commit.
+            self._conn.close()
+            self._settle_lost_commit(self._xid, e)
+
+    def _settle_lost_commit(self, xid: int, e: Exception) -> None:
+        """Return if the transaction `xid` names committed; else raise `StorageError`.
+
+        Asked on a new connection after the transaction's own connection was
+        lost at COMMIT (PostgreSQL's `txid_status`, made for this question).
+        """
+        lost = f"the connection to {self._where} was lost at COMMIT ({_first_line(e)})"
+        status = "unknown"
+        try:
+            deadline = time.monotonic() + self._timeout_ms / 1000
+            with psycopg.connect(self._url, autocommit=True,
+                                 connect_timeout=max(2, round(self._timeout_ms / 1000))) as conn:
+                while True:  # "in progress": the dying backend is still rolling back
+                    (status,) = conn.execute("SELECT txid_status(%s)", (xid,)).fetchall()[0]
+                    if status != "in progress" or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)
+        except psycopg.Error as check:
+            msg = (f"{lost}, and whether it committed is unknown ({_first_line(check)}): "
+                   "send the operation again with the same op_id to find out")
+            raise StorageError(msg) from e
+        if status == "committed":
+            return
+        if status == "aborted":
+            msg = f"{lost}; the transaction was rolled back and nothing was changed: retry"
+            raise StorageError(msg) from e
+        msg = (f"{lost}, and whether it committed is unknown (transaction status {status!r}): "
+               "send the operation again with the same op_id to find out")
+        raise StorageError(msg) from e
 
     @contextmanager
     def read(self) -> Iterator[None]:
         """Run the block in one REPEATABLE READ, read-only snapshot."""
-        conn = self._checkout()
+        conn, _ = self._checkout("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         self._conn = conn
         try:
             try:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield
             finally:
                 self._rollback(conn)
@@ -446,6 +527,19 @@ class PostgresStore(Store):
             "WHERE c.relnamespace = current_schema()::regnamespace "
             "AND NOT (i.indisvalid AND i.indisready)"))
         return "; ".join(problems) or "ok"
+
+
+def _connection_lost(e: psycopg.Error, conn: Connection | None = None) -> bool:
+    """Say whether `e` means the connection is gone (not an error inside a live session).
+
+    No SQLSTATE: the client library failed (the socket closed, or psycopg
+    could not leave pipeline mode after the server's FATAL); class 08: a
+    connection exception; 57P01-57P03: the server terminated the session.
+    """
+    cause = e.__context__
+    states = [e.sqlstate, cause.sqlstate if isinstance(cause, psycopg.Error) else None]
+    return (conn is not None and conn.broken) or e.sqlstate is None or any(
+        s.startswith(("08", "57P0")) for s in states if s is not None)
 
 
 def _first_line(e: BaseException) -> str:
