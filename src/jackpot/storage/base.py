@@ -151,9 +151,9 @@ WHERE balance_after != prev_balance + delta
 ORDER BY level, version_after
 """
 
+# A set difference: the ledger has no index on op_id (see schema V2).
 OPERATIONS_WITHOUT_LEDGER = (
-    "SELECT op_id FROM operations o WHERE NOT EXISTS "
-    "(SELECT 1 FROM ledger l WHERE l.op_id = o.op_id) ORDER BY op_id")
+    "SELECT op_id FROM operations EXCEPT SELECT op_id FROM ledger ORDER BY op_id")
 
 
 def level_from_row(row: tuple[Any, ...]) -> LevelState:

@@ -86,7 +86,12 @@ CREATE TRIGGER operations_no_delete BEFORE DELETE ON operations
 BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# V2: the ledger's op_id index goes. It cost one random B-tree insert per
+# ledger row (op_ids are often random, e.g. uuid4 round ids), and only the
+# audit's orphan check used it, which a set difference serves as well.
+_V2 = "DROP INDEX IF EXISTS ledger_op_id;"
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """MIGRATIONS[i] takes the schema from user_version i to i + 1."""
 
 
@@ -158,7 +163,7 @@ CREATE TRIGGER operations_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ope
     FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only();
 """
 
-POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1,)
+POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2)
 """POSTGRES_MIGRATIONS[i] takes the schema from jackpot_schema.version i to i + 1."""
 
 POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")

@@ -297,13 +297,6 @@ class SQLiteStore(Store):
             sql += f" LIMIT {int(limit)}"
         return [ledger_row(row) for row in self._exec(sql, tuple(params))]
 
-    def operation_ids_without_ledger(self) -> list[str]:
-        """Return op_ids recorded as applied that have no ledger row."""
-        rows = self._exec(
-            "SELECT op_id FROM operations o WHERE NOT EXISTS "
-            "(SELECT 1 FROM ledger l WHERE l.op_id = o.op_id)")
-        return [r[0] for r in rows]
-
     def integrity_check(self) -> str:
         """Return SQLite's integrity_check verdict ('ok' when sound)."""
         return "; ".join(str(r[0]) for r in self._exec("PRAGMA integrity_check"))
