@@ -82,9 +82,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def fingerprint(request: dict[str, Any]) -> str:
     """Return a stable digest of a normalised request (for idempotency)."""
-    blob = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    blob = _canonical(request)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -156,6 +156,10 @@ OPERATIONS_WITHOUT_LEDGER = (
     "SELECT op_id FROM operations EXCEPT SELECT op_id FROM ledger ORDER BY op_id")
 
 
+to_json = json.JSONEncoder(sort_keys=True).encode
+"""`json.dumps(value, sort_keys=True)`, without building an encoder per call."""
+
+
 def level_from_row(row: tuple[Any, ...]) -> LevelState:
     """Rebuild a level from a row of `LEVEL_COLUMNS`."""
     n_state, n_config = len(STATE_COLUMNS), len(CONFIG_COLUMNS)
@@ -167,7 +171,7 @@ def level_from_row(row: tuple[Any, ...]) -> LevelState:
 
 def level_values(s: LevelState) -> tuple[Any, ...]:
     """Return a level's values in `LEVEL_COLUMNS` order."""
-    state = tuple(json.dumps(s.pending, sort_keys=True) if c == "pending" else getattr(s, c)
+    state = tuple(to_json(s.pending) if c == "pending" else getattr(s, c)
                   for c in STATE_COLUMNS)
     config = tuple(getattr(s.config, c) for c in CONFIG_COLUMNS)
     meters = tuple(getattr(s.meters, m) for m in METERS)
@@ -180,7 +184,7 @@ _entry_fields = operator.attrgetter(*ENTRY_COLUMNS[:-1])  # one C call per row
 def entry_values(op_id: str, e: Entry) -> tuple[Any, ...]:
     """Return a ledger row's values: op_id, then `ENTRY_COLUMNS` order."""
     return (op_id, *_entry_fields(e),
-            None if e.detail is None else json.dumps(e.detail, sort_keys=True))
+            None if e.detail is None else to_json(e.detail))
 
 
 def ledger_row(row: tuple[Any, ...]) -> LedgerRow:

@@ -34,6 +34,7 @@ from jackpot.storage.base import (
     ledger_row,
     level_from_row,
     level_values,
+    to_json,
 )
 from jackpot.storage.schema import MIGRATIONS
 
@@ -275,7 +276,7 @@ class SQLiteStore(Store):
         self._exec_many(
             "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
             "VALUES (?, ?, ?, ?, ?)",
-            [(r.op_id, r.kind, r.fingerprint, json.dumps(r.result, sort_keys=True), at_ms)
+            [(r.op_id, r.kind, r.fingerprint, to_json(r.result), at_ms)
              for r in records])
 
     def ledger(self, *, level: str | None = None, limit: int | None = None,
