@@ -35,7 +35,7 @@ from typing import Any, Self
 
 import pykka
 
-from jackpot.actors import ActorUnavailableError, Ticket
+from jackpot.actors import Ticket
 from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine, outcome_of
 from jackpot.errors import EngineClosedError, LockTimeoutError
@@ -423,7 +423,7 @@ class _Call:
         self._ticket = ticket
         try:
             self._engine._send(self.op, ticket)  # noqa: SLF001
-        except (pykka.ActorDeadError, ActorUnavailableError) as e:
+        except pykka.ActorDeadError as e:
             self._actor_stopped(e)
             return
         except Exception as e:  # noqa: BLE001 - reported to the caller, books closed
@@ -493,7 +493,7 @@ class _Call:
             self._finish(result, None)
         elif not isinstance(error, Exception):
             self._actor_stopped(_stopped_on(error))
-        elif isinstance(error, (pykka.ActorDeadError, ActorUnavailableError)):
+        elif isinstance(error, pykka.ActorDeadError):
             self._actor_stopped(error)
         else:
             self._finish(None, error)

@@ -22,9 +22,9 @@ import pykka
 from jackpot import domain, money, tracing
 from jackpot.actors import (
     DRAIN,
-    ActorUnavailableError,
     Checkpointer,
     Coordinator,
+    LevelGuard,
     Mailbox,
     PoolActor,
     Ticket,
@@ -90,6 +90,7 @@ class JackpotEngine:
         # One mailbox per level, and one (key None) for the coordinator.
         self._mailboxes: dict[str | None, Mailbox] = {n: Mailbox() for n in self._requests.names}
         self._mailboxes[None] = Mailbox()
+        self._guards = {n: LevelGuard(n) for n in self._requests.names}
         self._pools = {n: self._start_pool(n) for n in self._requests.names}
         self._coordinator = self._start_coordinator()
         retries = settings.max_retry_attempts + 1
@@ -421,7 +422,7 @@ class JackpotEngine:
             try:
                 self._send(op, ticket)
                 return self._wait(op, ticket)
-            except (pykka.ActorDeadError, ActorUnavailableError) as e:
+            except pykka.ActorDeadError as e:
                 self._check_open()
                 applied_maybe = isinstance(e, pykka.ActorDeadError) and not ticket.abandon()
                 if attempt or applied_maybe:
@@ -456,11 +457,11 @@ class JackpotEngine:
         raise LockTimeoutError(msg)
 
     def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
-        return PoolActor.start(name, self._open_store, self._settings, self.stats,
-                               self._mailboxes[name]).proxy()
+        return PoolActor.start(self._guards[name], self._open_store, self._settings,
+                               self.stats, self._mailboxes[name]).proxy()
 
     def _start_coordinator(self) -> pykka.ActorProxy[Coordinator]:
-        return Coordinator.start(self._open_store, self._pools, self._settings, self.stats,
+        return Coordinator.start(self._open_store, self._guards, self._settings, self.stats,
                                  self._mailboxes[None]).proxy()
 
     def _restart_dead_actors(self) -> None:

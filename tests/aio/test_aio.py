@@ -35,7 +35,6 @@ from jackpot import (
     UnknownGroupError,
     ValidationError,
 )
-from jackpot.actors import HoldToken
 
 
 @pytest.fixture
@@ -349,25 +348,43 @@ def test_a_stopped_actor_is_restarted_and_the_request_resent(db_path: Path) -> N
     asyncio.run(run())
 
 
+class _Gate:
+    """A level guard's lock that says when someone starts waiting for it."""
+
+    def __init__(self) -> None:
+        self.real = threading.Lock()
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.waiting.set()
+        return self.real.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.real.release()
+
+
 def test_a_request_queued_at_an_actor_that_stops_is_resent_once(db_path: Path) -> None:
     async def run() -> None:
         async with await AsyncJackpotEngine.open(db_path) as engine:
             actor = engine.sync._pools["minor"]
-            token = HoldToken("test")
-            actor.hold(token)  # keeps the actor busy until released
-            assert await asyncio.to_thread(token.granted.wait, 30)
-            actor.actor_ref.stop(block=False)  # it stops as soon as it is released
+            gate = _Gate()
+            gate.real.acquire()  # as a multi-level batch holding the level would
+            engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
+            (first,) = await _sent(engine.contribute("10", groups="minor", op_id="a"))
+            assert await asyncio.to_thread(gate.waiting.wait, 30)  # the actor is busy
+            actor.actor_ref.stop(block=False)  # it stops once its batch is done
             (queued,) = await _sent(engine.contribute("20", groups="minor", op_id="b"))
-            token.released.set()
-            # The request stays in the stopped actor's mailbox; the liveness
-            # check notices, withdraws it, restarts the actor and resends it.
+            gate.release()
+            assert (await first).contributions == {"minor": Decimal("0.05")}
+            # "b" stays in the stopped actor's mailbox; the liveness check
+            # notices, withdraws it, restarts the actor and resends it.
             result = await queued
             assert (result.replayed, result.contributions) == (
                 False, {"minor": Decimal("0.1")})
-            assert (await engine.pool("minor")).amount == Decimal("100.1")
+            assert (await engine.pool("minor")).amount == Decimal("100.15")
             assert engine.stats.snapshot()["actor_restarts"] == 1
             assert (await engine.verify()).ok
-        assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["b"]
+        assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a", "b"]
 
     asyncio.run(run())
 

@@ -1,29 +1,29 @@
 """PoolActor: the one owner of a jackpot level's state in this process.
 
 The actor serializes every mutation of its level, keeps the last committed
-state in memory and persists through its own database connection. It never
-waits on another actor; a coordinator may *hold* it (see `hold`) while writing
-several levels in one transaction.
+state in memory (in the level's `LevelGuard`) and persists through its own
+database connection. It never waits on another actor; while the coordinator
+writes several levels in one transaction it holds their guards, and the
+actor's next batch waits for that one.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import pykka
 
+from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.domain import LevelState
-from jackpot.errors import ConcurrencyViolationError, JackpotError, StorageError
-from jackpot.service import execute_batch
+from jackpot.errors import ConcurrencyViolationError, JackpotError, LockTimeoutError, StorageError
+from jackpot.service import Operation, Outcome, execute_batch
 from jackpot.settings import Settings
 from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
 
-__all__ = ["DRAIN", "HoldToken", "PoolActor", "cache_suspect"]
+__all__ = ["DRAIN", "PoolActor", "cache_suspect"]
 
 DRAIN = "drain"
 """The message that wakes an actor to serve its mailbox."""
@@ -43,27 +43,12 @@ def cache_suspect(error: BaseException | None) -> bool:
             or not isinstance(error, JackpotError))
 
 
-class HoldToken:
-    """A coordinator's claim on a pool actor for one multi-level write."""
-
-    __slots__ = ("granted", "invalidate", "new_state", "op_id", "released", "state")
-
-    def __init__(self, op_id: str) -> None:
-        """Create an ungranted hold for operation `op_id`."""
-        self.op_id = op_id
-        self.granted = threading.Event()
-        self.released = threading.Event()
-        self.state: LevelState | None = None
-        self.new_state: LevelState | None = None
-        self.invalidate = False  # the coordinator learnt the lent state may be stale
-
-
 class PoolActor(pykka.ThreadingActor):
     """Owns one level: its state, its mutations, its connection."""
 
     def __init__(
         self,
-        name: str,
+        guard: LevelGuard,
         open_store: Callable[[], SQLiteStore],
         settings: Settings,
         stats: Stats,
@@ -71,24 +56,27 @@ class PoolActor(pykka.ThreadingActor):
     ) -> None:
         """Prepare the actor; the connection is opened in the actor's thread."""
         super().__init__()
-        self.name = name
+        self.name = guard.name
         self._mailbox = mailbox
         self._open_store = open_store
         self._settings = settings
         self._stats = stats
-        self._state: LevelState | None = None
-        self._holder: str | None = None
-        # Longest a coordinator may keep this actor held: its own lock wait
-        # plus every retry. Past it the actor carries on; the version check
-        # catches any write it then misses.
+        self._guard = guard
+        # Longest the coordinator may keep the guard: its own lock wait plus
+        # every retry. Past it this actor's batch fails, having changed nothing.
         retries = settings.max_retry_attempts + 1
-        self._hold_limit = (settings.lock_timeout_ms * (retries + 1)
-                            + settings.retry_delay_ms * 2**retries * 2) / 1000
+        self._guard_limit = (settings.lock_timeout_ms * (retries + 1)
+                             + settings.retry_delay_ms * 2**retries * 2) / 1000
 
     def on_start(self) -> None:
-        """Open this actor's connection and load the level."""
+        """Open this actor's connection and load the level (unless its guard knows it)."""
         self._store = self._open_store()
-        self._state = self._store.load_level(self.name)
+        if self._guard.lock.acquire(timeout=self._guard_limit):
+            try:
+                if self._guard.state is None:
+                    self._guard.state = self._store.load_level(self.name)
+            finally:
+                self._guard.lock.release()
 
     def on_stop(self) -> None:
         """Close this actor's connection."""
@@ -109,53 +97,38 @@ class PoolActor(pykka.ThreadingActor):
         live = self._mailbox.claim_batch(lambda: self.actor_ref.tell(DRAIN))
         if not live:
             return
-        ops = [op for _, op in live]
-        self._holder = ops[0].op_id if ops[0].pessimistic else None
-        cached = None if self._state is None else {self.name: self._state}
+        if not self._guard.lock.acquire(timeout=self._guard_limit):
+            logger.error("level %s stayed held by a multi-level operation past %.1f s",
+                         self.name, self._guard_limit,
+                         extra={"level": self.name, "outcome": "hold_expired"})
+            msg = (f"level {self.name!r} stayed held by a multi-level operation for "
+                   f"{self._guard_limit:.1f} s; nothing was changed")
+            for ticket, _ in live:
+                ticket.settle(None, LockTimeoutError(msg))
+            return
         try:
-            outcomes, states = execute_batch(self._store, ops, cached,
-                                             settings=self._settings, stats=self._stats)
+            outcomes = self._run([op for _, op in live])
         except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
-            self._state = None  # unknown after an unexpected failure: reload next time
             for ticket, _ in live:
                 ticket.settle(None, e)
             return
         finally:
-            self._holder = None
-        if self.name in states:
-            self._state = states[self.name]
-        elif any(cache_suspect(o.error) for o in outcomes):
-            self._state = None  # the cache may be stale: read the level afresh next time
+            self._guard.lock.release()
         for (ticket, _), outcome in zip(live, outcomes, strict=True):
             ticket.settle(outcome.result, outcome.error)
 
-    def hold(self, token: HoldToken) -> None:
-        """Lend the level to a coordinator until it releases the token.
-
-        The actor processes nothing else meanwhile, which is what makes the
-        coordinator's multi-level write atomic with respect to this level's
-        own operations. It adopts the coordinator's committed state, if any.
-        """
-        if token.released.is_set():  # the coordinator gave up before we got here
-            return
-        # An unknown state (None) is lent as is: the coordinator then reads the
-        # level fresh inside its own transaction, where a failure is reported.
-        self._holder = token.op_id
-        token.state = self._state
-        token.granted.set()
+    def _run(self, ops: list[Operation]) -> list[Outcome]:
+        """Run a batch in one transaction (holding the guard); adopt the committed state."""
+        guard = self._guard
+        cached = None if guard.state is None else {self.name: guard.state}
         try:
-            if not token.released.wait(self._hold_limit):
-                logger.error("coordinator held level %s past %.1f s; carrying on",
-                             self.name, self._hold_limit,
-                             extra={"op_id": token.op_id, "level": self.name,
-                                    "outcome": "hold_expired"})
-            elif token.new_state is not None:
-                self._state = token.new_state
-            elif token.invalidate:
-                self._state = None
-        finally:
-            self._holder = None
-
-    def snapshot(self) -> tuple[LevelState | None, str | None]:
-        """Return the cached state and the current lock holder."""
-        return self._state, self._holder
+            outcomes, states = execute_batch(self._store, ops, cached,
+                                             settings=self._settings, stats=self._stats)
+        except Exception:
+            guard.state = None  # unknown after an unexpected failure: reload next time
+            raise
+        if self.name in states:
+            guard.state = states[self.name]
+        elif any(cache_suspect(o.error) for o in outcomes):
+            guard.state = None  # the cache may be stale: read the level afresh next time
+        return outcomes
