@@ -1,0 +1,43 @@
+"""Storage behaviour the mutation check (tests/model/MUTATION.md) found untested.
+
+On a real file database. Each test's docstring names the mutant it was written
+against, so a future mutation run can be checked against MUTATION.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import apsw
+
+from jackpot import GroupConfig, JackpotEngine, Settings
+
+LEVELS = [GroupConfig("minor", Decimal(10), Decimal("0.1"))]
+
+
+def test_verify_names_the_version_of_a_ledger_row_that_does_not_add_up(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    """An operator must be able to find the broken row: its seq and its level version.
+
+    Kills `Store.broken_ledger_rows` reporting the seq as the version.
+    """
+    engine = open_engine(groups=LEVELS, settings=Settings(enable_metrics=False))
+    engine.contribute(Decimal(50), op_id="b1")  # minor: version 2
+    engine.process_win("minor", op_id="w1")  # version 3
+    assert engine.verify().ok
+    conn = apsw.Connection(str(db_path))  # a forged row: version 9, balance from nowhere
+    try:
+        conn.execute(
+            "INSERT INTO ledger (op_id, kind, level, delta, balance_after, reserve_delta, "
+            "reserve_after, version_after, contributed, overflow, reserve_in, house_funded, "
+            "reserve_funded, paid, adjusted, transferred, reserve_transferred, at_ms, who, "
+            "detail) VALUES ('forged', 'adjust', 'minor', 5, 999, 0, 0, 9, 0, 0, 0, 0, 0, 0, "
+            "0, 0, 0, 0, NULL, ?)", (json.dumps({}),))
+        (seq,) = conn.execute("SELECT seq FROM ledger WHERE op_id = 'forged'").fetchone()
+    finally:
+        conn.close()
+    assert seq == 4  # after the create, bet and win rows: not the version
+    assert "minor: ledger row 4 (version 9) does not add up" in engine.verify().problems

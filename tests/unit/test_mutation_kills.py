@@ -1,0 +1,51 @@
+"""Rules the mutation check (tests/model/MUTATION.md) found untested, pinned down. No I/O.
+
+Each test states a behaviour of the money rules; the mutant it was written
+against is named in its docstring, so a future mutation run can be checked
+against the table in MUTATION.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+import pytest
+
+from jackpot import GroupConfig, ValidationError
+from jackpot.domain import MAX_METER, LevelState, Meters, contribute, create
+
+T0 = 1_700_000_000_000  # a millisecond timestamp
+U = 1_000_000  # units per currency unit
+
+
+def draw(low: int, high: int) -> int:
+    return low
+
+
+def level(**meters: int) -> LevelState:
+    """A level 'minor' (seed 100, rate 0.01) with the given meters."""
+    state, _ = create(GroupConfig("minor", Decimal(100), Decimal("0.01")), T0, draw)
+    return replace(state, meters=Meters(**meters))
+
+
+# -- meters: the storage range ---------------------------------------------------------
+
+def test_a_meter_may_reach_the_storage_maximum_exactly() -> None:
+    """2**63 - 1 still fits an SQLite integer: refusing it would refuse a valid bet.
+
+    Kills `_meter` `> MAX_METER` -> `>= MAX_METER`.
+    """
+    bet = 10 * U
+    s = level(wagered=MAX_METER - bet)
+    nxt, entries, _ = contribute(s, bet, T0, draw)
+    assert nxt.meters.wagered == MAX_METER
+    assert (nxt.amount, nxt.version) == (s.amount + bet // 100, s.version + 1)
+    assert [e.delta for e in entries] == [bet // 100]
+
+
+def test_a_meter_may_not_pass_the_storage_maximum() -> None:
+    bet = 10 * U
+    s = level(wagered=MAX_METER - bet + 1)
+    with pytest.raises(ValidationError, match=r"meter\(s\) .*wagered.* would pass the storage"):
+        contribute(s, bet, T0, draw)
