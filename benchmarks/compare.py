@@ -1,6 +1,6 @@
 """Engine vs the naive baseline, side by side, in one run.
 
-    python benchmarks/compare.py [--quick] [--out DIR] [--only SECTION,...]
+    python benchmarks/compare.py [--quick] [--out DIR] [--only SECTION,...] [--pg URL]
 
 Every figure is measured for the engine and for `baseline.NaiveJackpot` in the
 same run, on the same disk, and reported with the ratio engine/baseline, since
@@ -36,6 +36,14 @@ lock timeouts) are reported as the change during it, and every failed call is
 counted as an error (never as throughput). After each workload the file is
 audited with the system's own verify(). The table goes to OUT/results.md and
 OUT/results.json.
+
+With `--pg URL` (or JACKPOT_BENCH_PG_URL) the table gains a PostgreSQL column:
+the same workloads, run by the engine on that server after every SQLite
+workload has finished (so the SQLite figures are measured as without it), each
+in a fresh schema that is dropped afterwards. Its ratio is to the engine on
+SQLite. The big ledger is filled server-side (INSERT ... SELECT over
+generate_series, extrapolated the same way), in a fresh schema each run. The
+server's CPU is not this process's: a local server shows as background.
 """
 
 from __future__ import annotations
@@ -62,16 +70,21 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import apsw
 import psutil
+import psycopg
 from baseline import DEFAULT_LEVELS, NaiveJackpot
+from psycopg import sql as pgsql
 
 import jackpot
 from jackpot import GroupConfig, JackpotEngine, Settings
+from jackpot.storage.postgres import describe
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ("engine", "baseline")
+PG = "engine-pg"  # the engine on PostgreSQL (--pg): a column of its own
 COUNTERS = ("conflicts", "retries", "busy_incidents", "lock_timeouts")
 LEVELS1 = ("minor",)
 LEVELS3 = ("major", "mega", "minor")
@@ -123,13 +136,14 @@ def new_op_id() -> str:
 # -- the two systems behind one face -------------------------------------------
 
 
-def open_system(kind: str, path: Path, *, filler: bool = False) -> Any:
-    """Open the engine or the baseline on `path` with the same three levels."""
+def open_system(kind: str, path: Path | str, *, filler: bool = False) -> Any:
+    """Open the engine or the baseline on `path` (PG: a URL) with the same three levels."""
     levels = [*DEFAULT_LEVELS, *([(FILLER, "0", "0.1")] if filler else [])]
-    if kind == "engine":
+    if kind in ("engine", PG):
         groups = [GroupConfig(n, Decimal(seed), Decimal(rate)) for n, seed, rate in levels]
-        return JackpotEngine.open(path, groups, settings=Settings(synchronous="FULL"))
-    return NaiveJackpot.open(path, levels)
+        target = str(path) if kind == PG else Path(path)
+        return JackpotEngine.open(target, groups, settings=Settings(synchronous="FULL"))
+    return NaiveJackpot.open(Path(path), levels)
 
 
 def counters(system: Any) -> dict[str, int] | None:
@@ -151,11 +165,11 @@ def add_counters(items: list[dict[str, int] | None]) -> dict[str, int] | None:
     return {k: sum(i[k] for i in items if i is not None) for k in COUNTERS}
 
 
-def verify(kind: str, path: Path) -> dict[str, Any]:
+def verify(kind: str, path: Path | str) -> dict[str, Any]:
     """Audit a file with the system's own verify(); return ok and the first problems."""
     system = open_system(kind, path)
     try:
-        if kind == "engine":
+        if kind in ("engine", PG):
             report = system.verify()
             return {"ok": report.ok, "problems": list(report.problems)[:5]}
         problems = system.verify()
@@ -396,7 +410,8 @@ def mix_kind(i: int) -> str:
 class Bench:
     """One run of the comparison: sizes, places, and the results gathered so far."""
 
-    def __init__(self, sizes: Sizes, out: Path, *, quick: bool) -> None:
+    def __init__(self, sizes: Sizes, out: Path, *, quick: bool,
+                 pg_url: str | None = None) -> None:
         self.sizes = sizes
         self.quick = quick
         self.out = out
@@ -404,6 +419,9 @@ class Bench:
         self.cache = out / "cache"
         self.results: dict[str, Any] = {}
         self._serial = itertools.count()
+        self.pg_url = pg_url
+        self.systems: tuple[str, ...] = SYSTEMS  # those the sections run now
+        self._schemas: dict[str, str] = {}  # PG target URL -> its schema
 
     def fresh_path(self, label: str) -> Path:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -411,11 +429,47 @@ class Bench:
         remove_db(path)
         return path
 
+    def fresh(self, kind: str, label: str) -> Path | str:
+        """A new, empty place for `kind`: a file, or (PG) a new schema's URL."""
+        if kind != PG:
+            return self.fresh_path(f"{label}-{kind}")
+        assert self.pg_url is not None
+        name = f"bench_{os.getpid()}_{next(self._serial):03d}_{label.replace('-', '_')}"
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(name)))
+        target = with_search_path(self.pg_url, name)
+        self._schemas[target] = name
+        return target
+
+    def discard(self, kind: str, target: Path | str) -> None:
+        """Remove a place `fresh` made (a file, or a schema with everything in it)."""
+        if kind != PG:
+            remove_db(Path(target))
+            return
+        assert self.pg_url is not None
+        name = self._schemas.pop(str(target))
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(name)))
+
+    def discard_all(self) -> None:
+        """Drop every schema still left (after a failed workload)."""
+        for target in list(self._schemas):
+            self.discard(PG, target)
+
+    def record(self, section: str, out: dict[str, Any]) -> None:
+        """Add a section's results (each pass of systems adds its own keys)."""
+        merged = self.results.setdefault(section, {})
+        for key, value in out.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+
     def run(self, kind: str, label: str, body: Callable[[Any], dict[str, Any]], *,
-            path: Path | None = None, audit: bool = True, keep: bool = False,
+            path: Path | str | None = None, audit: bool = True, keep: bool = False,
             ) -> dict[str, Any]:
         """Open `kind` on a fresh file, run `body`, add counters and the audit."""
-        path = path if path is not None else self.fresh_path(f"{label}-{kind}")
+        path = path if path is not None else self.fresh(kind, label)
         system = open_system(kind, path)
         try:
             before = counters(system)
@@ -426,7 +480,7 @@ class Bench:
         if audit:
             result["verify"] = verify(kind, path)
         if not keep:
-            remove_db(path)
+            self.discard(kind, path)
         return result
 
     # rest --------------------------------------------------------------------
@@ -434,7 +488,7 @@ class Bench:
     def rest(self) -> None:
         out = {}
         for levels in (LEVELS1, LEVELS3):
-            for kind in SYSTEMS:
+            for kind in self.systems:
                 def body(system: Any, levels: tuple[str, ...] = levels) -> dict[str, Any]:
                     op = contribute_op(system, levels)
                     for _ in range(50):
@@ -454,7 +508,7 @@ class Bench:
                 key = f"{len(levels)}-level/{kind}"
                 out[key] = self.run(kind, f"rest-{len(levels)}", body)
                 log(f"rest {key}: p50 {out[key]['p50_ms']:.3f} ms")
-        self.results["rest"] = out
+        self.record("rest", out)
 
     # throughput ----------------------------------------------------------------
 
@@ -462,7 +516,7 @@ class Bench:
         out = {}
         for levels in (LEVELS1, LEVELS3):
             for threads in self.sizes.threads:
-                for kind in SYSTEMS:
+                for kind in self.systems:
                     def body(system: Any, levels: tuple[str, ...] = levels,
                              threads: int = threads) -> dict[str, Any]:
                         return closed_loop(contribute_op(system, levels), threads,
@@ -470,7 +524,7 @@ class Bench:
                     key = f"{len(levels)}-level/{threads}/{kind}"
                     out[key] = self.run(kind, f"tput-{len(levels)}-{threads}", body)
                     log(f"throughput {key}: {out[key]['ops_per_s']:.0f} ops/s")
-        self.results["throughput"] = out
+        self.record("throughput", out)
 
     def capacity(self, kind: str, levels: int) -> float:
         tput = self.results.get("throughput", {})
@@ -490,7 +544,7 @@ class Bench:
     def latency(self) -> None:
         out = {}
         for levels in (LEVELS1, LEVELS3):
-            for kind in SYSTEMS:
+            for kind in self.systems:
                 rate = self.capacity(kind, len(levels)) / 2
 
                 def body(system: Any, levels: tuple[str, ...] = levels,
@@ -505,13 +559,13 @@ class Bench:
                 r = out[key]
                 log(f"latency {key} at {rate:.0f}/s: p50 {r['p50_ms']:.2f} p99 "
                     f"{r['p99_ms']:.2f} p999 {r['p999_ms']:.2f} ms")
-        self.results["latency"] = out
+        self.record("latency", out)
 
     # game-like mix ---------------------------------------------------------------
 
     def mix(self) -> None:
         out = {}
-        for kind in SYSTEMS:
+        for kind in self.systems:
             def body(system: Any) -> dict[str, Any]:
                 def op(i: int) -> None:
                     kind = mix_kind(i)
@@ -530,38 +584,45 @@ class Bench:
                 return {**r, **summary_ms(lat), "kinds": dict(kinds)}
             out[kind] = self.run(kind, "mix", body)
             log(f"mix {kind}: {out[kind]['ops_per_s']:.0f} ops/s {out[kind]['kinds']}")
-        self.results["mix"] = out
+        self.record("mix", out)
 
     # several processes on one file -------------------------------------------------
 
     def processes(self) -> None:
         out = {}
         s = self.sizes
-        for kind in SYSTEMS:
+        for kind in self.systems:
             for procs in (1, s.mp_procs):
-                path = self.fresh_path(f"procs-{procs}-{kind}")
+                path = self.fresh(kind, f"procs-{procs}")
                 open_system(kind, path).close()  # create the file before the race
                 r = run_processes(kind, path, procs=procs, callers=s.mp_callers // procs,
                                   levels=LEVELS3, warmup=s.warmup_s,
                                   duration=s.mp_duration_s)
                 r["verify"] = verify(kind, path)
-                remove_db(path)
+                self.discard(kind, path)
                 out[f"{procs}/{kind}"] = r
                 log(f"processes {procs} {kind}: {r['ops_per_s']:.0f} ops/s "
                     f"counters {r['counters']}")
-        self.results["processes"] = out
+        self.record("processes", out)
 
     # big ledger ------------------------------------------------------------------
 
     def ledger(self) -> None:
         out: dict[str, Any] = {"rows": self.sizes.big_rows, "templates": {}}
         s = self.sizes
-        for kind in SYSTEMS:
-            template, meta = big_template(kind, s.big_rows, self.cache)
-            out["templates"][kind] = meta
+        for kind in self.systems:
+            if kind != PG:
+                template, meta = big_template(kind, s.big_rows, self.cache)
+                out["templates"][kind] = meta
             for size in ("empty", "big"):
-                path = self.fresh_path(f"ledger-{size}-{kind}")
-                if size == "big":
+                path: Path | str
+                if kind == PG:  # no file to copy: filled server-side in a new schema
+                    path = self.fresh(kind, f"ledger-{size}")
+                    if size == "big":
+                        out["templates"][kind] = big_pg(path, s.big_rows)
+                else:
+                    path = self.fresh_path(f"ledger-{size}-{kind}")
+                if size == "big" and kind != PG:
                     t0 = time.perf_counter()
                     shutil.copyfile(template, path)
                     fsync_file(path)  # else its write-back competes with the commits
@@ -579,7 +640,7 @@ class Bench:
                         keep=keys == "random")
                     log(f"ledger {size} {keys} op_ids {kind}: "
                         f"{out[key]['ops_per_s']:.0f} ops/s")
-        self.results["ledger"] = out
+        self.record("ledger", out)
 
     # memory -----------------------------------------------------------------------
 
@@ -587,17 +648,18 @@ class Bench:
         # Both systems run at once, each in a fresh process of its own: memory is
         # per process, and a million operations each, one after the other,
         # would take most of the run. Their throughput here is not a comparison.
+        # The engine on PostgreSQL runs in a pass of its own, alone.
         s = self.sizes
-        paths = {kind: self.fresh_path(f"rss-{kind}") for kind in SYSTEMS}
+        paths = {kind: self.fresh(kind, "rss") for kind in self.systems}
         results = in_children({kind: (_rss_child, (kind, str(paths[kind]), s.rss_ops,
                                                    s.rss_warmup, s.rss_callers))
-                               for kind in SYSTEMS})
+                               for kind in self.systems})
         for kind, r in results.items():
             r["verify"] = verify(kind, paths[kind])
-            remove_db(paths[kind])
+            self.discard(kind, paths[kind])
             log(f"rss {kind}: start {r['rss_start_mb']:.1f} MB, end {r['rss_end_mb']:.1f} MB, "
                 f"peak {r['peak_rss_mb']:.1f} MB over {r['ops']} ops")
-        self.results["rss"] = results
+        self.record("rss", results)
 
 
 # -- child processes --------------------------------------------------------------
@@ -614,7 +676,7 @@ def _mp_child(kind: str, path: str, callers: int, levels: tuple[str, ...],  # no
     # Positional: it is a Process target.
     quiet_logging()
     try:
-        system = open_system(kind, Path(path))
+        system = open_system(kind, path)
         before = counters(system)
         ready.put(os.getpid())
         go.wait(60)
@@ -628,7 +690,7 @@ def _mp_child(kind: str, path: str, callers: int, levels: tuple[str, ...],  # no
         raise
 
 
-def run_processes(kind: str, path: Path, *, procs: int, callers: int,
+def run_processes(kind: str, path: Path | str, *, procs: int, callers: int,
                   levels: tuple[str, ...], warmup: float, duration: float) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -692,7 +754,7 @@ def in_children(jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, 
 
 def _rss_child(kind: str, path: str, ops: int, warmup: int, callers: int) -> dict[str, Any]:
     proc = psutil.Process()
-    system = open_system(kind, Path(path))
+    system = open_system(kind, path)
     try:
         op = contribute_op(system, LEVELS1)
         counted_loop(op, callers, warmup)
@@ -907,6 +969,142 @@ def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any
     return final, {**meta, "cached": False}
 
 
+# -- PostgreSQL ----------------------------------------------------------------------
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """Return `url` with `schema` first on its search_path (libpq `options`)."""
+    return f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}')}"
+
+
+def _pg_row(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = (),
+            ) -> dict[str, Any]:
+    cursor = conn.execute(query, params)
+    values = cursor.fetchone()
+    assert values is not None, query
+    assert cursor.description is not None, query
+    return dict(zip([d.name for d in cursor.description], values, strict=True))
+
+
+def _pg_fill(conn: psycopg.Connection[Any], table: str, template: dict[str, Any], *,
+             old_id: str, salt: str, k: int, steps: dict[str, int],
+             ordered: bool = False) -> None:
+    """INSERT ... SELECT k rows like `template` from generate_series, on the server.
+
+    Row j (1..k) gets a random-looking op_id (md5 of `salt` and j), `template`'s
+    op_id replaced by it in every text column, and each column in `steps`
+    advanced by j times its step; every other column as in `template`.
+    """
+    types = dict(conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (table,)).fetchall())
+    oid = pgsql.SQL("md5({} || j::text)").format(pgsql.Literal(salt))
+    columns, exprs = [], []
+    for c, v in template.items():
+        if c == "seq":
+            continue
+        cast = pgsql.SQL(types[c])
+        if c == "op_id":
+            expr = oid
+        elif c in steps:
+            expr = pgsql.SQL("({}::{} + j * {})").format(pgsql.Literal(v), cast,
+                                                        pgsql.Literal(steps[c]))
+        elif isinstance(v, str) and old_id in v:
+            expr = pgsql.SQL("replace({}, {}, {})::{}").format(
+                pgsql.Literal(v), pgsql.Literal(old_id), oid, cast)
+        else:
+            expr = pgsql.SQL("{}::{}").format(pgsql.Literal(v), cast)
+        columns.append(pgsql.Identifier(c))
+        exprs.append(expr)
+    conn.execute(pgsql.SQL(
+        "INSERT INTO {} ({}) SELECT {} FROM generate_series(1, {}::bigint) AS j{}").format(
+        pgsql.Identifier(table), pgsql.SQL(", ").join(columns), pgsql.SQL(", ").join(exprs),
+        pgsql.Literal(k), pgsql.SQL(" ORDER BY 1" if ordered else "")))
+
+
+def big_pg(target: str, rows: int) -> dict[str, Any]:
+    """Fill the empty schema at `target` until its ledger holds `rows` rows; say how.
+
+    As `big_template` does for a file: two real contributions to a filler level,
+    the rest extrapolated from them, then the engine's own verify(); but the
+    rows are made by the server (INSERT ... SELECT over generate_series), not
+    sent one by one. Built fresh each run (a schema cannot be copied like a file).
+    """
+    log(f"filling a PostgreSQL ledger to {rows:,} rows, server-side")
+    t0 = time.perf_counter()
+    system = open_system(PG, target, filler=True)
+    level_sql = f"SELECT * FROM levels WHERE name = '{FILLER}'"
+    ledger_sql = f"SELECT * FROM ledger WHERE level = '{FILLER}' ORDER BY seq DESC LIMIT 1"
+    with psycopg.connect(target, autocommit=True) as conn:
+        try:
+            s = [_pg_row(conn, level_sql)]
+            ledger = []
+            for _ in range(2):
+                system.contribute(FILLER_BET, groups=(FILLER,), op_id=new_op_id())
+                s.append(_pg_row(conn, level_sql))
+                ledger.append(_pg_row(conn, ledger_sql))
+        finally:
+            system.close()
+        op2 = _pg_row(conn, "SELECT * FROM operations WHERE op_id = %s", (ledger[1]["op_id"],))
+        have = _pg_row(conn, "SELECT count(*) AS n FROM ledger")["n"]
+        k = max(0, rows - have)
+        level = _extrapolate_level(s[0], s[1], s[2], k)
+        r1, r2 = ledger
+        _ledger_rows(r1, r2, [])  # refuses a column that does not grow linearly
+        steps = {c: r2[c] - r1[c] for c in r2 if c not in ("seq", "op_id") and not _is_time(c)
+                 and isinstance(r2[c], int) and r2[c] != r1[c]}
+        with conn.transaction():
+            # The ledger's secondary indexes are built once after the fill,
+            # not row by row (as big_template does on a file).
+            conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            indexes = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE schemaname = current_schema() AND tablename = 'ledger' AND indexname "
+                "NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = 'ledger'::regclass)"
+            ).fetchall()
+            for name, _ in indexes:
+                conn.execute(pgsql.SQL("DROP INDEX {}").format(pgsql.Identifier(name)))
+            salt = new_op_id()  # the same op_ids in both tables
+            _pg_fill(conn, "ledger", r2, old_id=r2["op_id"], salt=salt, k=k, steps=steps)
+            for _, definition in indexes:
+                conn.execute(definition)
+            _pg_fill(conn, "operations", op2, old_id=op2["op_id"], salt=salt, k=k, steps={},
+                     ordered=True)
+            if level:
+                conn.execute(pgsql.SQL("UPDATE levels SET {} WHERE name = %s").format(
+                    pgsql.SQL(", ").join(pgsql.SQL("{} = %s").format(pgsql.Identifier(c))
+                                         for c in level)), (*level.values(), FILLER))
+        conn.execute("ANALYZE ledger")
+        conn.execute("ANALYZE operations")
+        total = _pg_row(conn, "SELECT count(*) AS n FROM ledger")["n"]
+        size = _pg_row(conn, "SELECT pg_total_relation_size('ledger') + "
+                             "pg_total_relation_size('operations') AS b")["b"]
+    built = time.perf_counter() - t0
+    log(f"inserted {k:,} rows in {built:.0f} s; verifying")
+    t1 = time.perf_counter()
+    report = verify(PG, target)
+    if not report["ok"]:
+        msg = f"the filled PostgreSQL ledger does not verify: {report['problems']}"
+        raise RuntimeError(msg)
+    meta = {"ledger_rows": total, "filler_rows": k + 2, "build_s": round(built, 1),
+            "verify_s": round(time.perf_counter() - t1, 1), "verify": report,
+            "size_mb": round(size / MB, 1), "cached": False,
+            "how": "INSERT ... SELECT over generate_series (server-side)"}
+    log(f"filled the PostgreSQL ledger: {meta}")
+    return meta
+
+
+def pg_info(url: str) -> dict[str, Any]:
+    """The PostgreSQL server the column ran on (no password)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        settings = dict(conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+            (["server_version", "fsync", "synchronous_commit", "wal_sync_method",
+              "shared_buffers", "max_connections"],)).fetchall())
+    return {"where": describe(url), **settings}
+
+
 # -- the machine ----------------------------------------------------------------------
 
 
@@ -973,10 +1171,16 @@ class Row:
     errors: str = ""
     background: str = ""
     ratio: float | None = field(default=None)
+    postgresql: float | None = None  # the engine on PostgreSQL (--pg)
+    pg_counters: dict[str, int] | None = None
+    pg_errors: str = ""
+    pg_ratio: float | None = field(default=None)  # postgresql / engine (on SQLite)
 
     def __post_init__(self) -> None:
         if self.engine is not None and self.baseline:
             self.ratio = self.engine / self.baseline
+        if self.postgresql is not None and self.engine:
+            self.pg_ratio = self.postgresql / self.engine
 
 
 @dataclass
@@ -1011,69 +1215,87 @@ def build_rows(results: dict[str, Any], sizes: Sizes) -> list[Row]:
         sec = results.get(section, {})
         return sec.get(f"{key}engine"), sec.get(f"{key}baseline")
 
+    def pg(section: str, key: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = results.get(section, {}).get(f"{key}{PG}")
+        return result
+
     def add(section: str, figure: str, e: dict[str, Any] | None,  # noqa: PLR0917
-            b: dict[str, Any] | None, metric: str, unit: str, better: str) -> None:
-        if e is None and b is None:
+            b: dict[str, Any] | None, metric: str, unit: str, better: str,
+            p: dict[str, Any] | None = None) -> None:
+        if e is None and b is None and p is None:
             return
         rows.append(Row(section, figure, e[metric] if e else None, b[metric] if b else None,
                         unit, better, e.get("counters") if e else None, _err(e, b),
-                        _background(e, b)))
+                        _background(e, b), postgresql=p[metric] if p else None,
+                        pg_counters=p.get("counters") if p else None,
+                        pg_errors=_err(p) if p else ""))
 
     for lv in (1, 3):
         e, b = pair("rest", f"{lv}-level/")
-        add("at rest", f"{lv}-level contribute, 1 caller, p50", e, b, "p50_ms", "ms", "lower")
-        add("at rest", f"{lv}-level contribute, 1 caller, p99", e, b, "p99_ms", "ms", "lower")
+        p = pg("rest", f"{lv}-level/")
+        add("at rest", f"{lv}-level contribute, 1 caller, p50", e, b, "p50_ms", "ms", "lower", p)
+        add("at rest", f"{lv}-level contribute, 1 caller, p99", e, b, "p99_ms", "ms", "lower", p)
     for lv in (1, 3):
         for t in sizes.threads:
             e, b = pair("throughput", f"{lv}-level/{t}/")
             add("throughput", f"{lv}-level contribute, {t} callers", e, b, "ops_per_s",
-                "ops/s", "higher")
+                "ops/s", "higher", pg("throughput", f"{lv}-level/{t}/"))
     for lv in (1, 3):
         t = max(sizes.threads)
         e, b = pair("throughput", f"{lv}-level/{t}/")
+        p = pg("throughput", f"{lv}-level/{t}/")
         add("throughput", f"{lv}-level, {t} callers: CPU time per operation", e, b,
-            "cpu_us_per_op", "us", "lower")
+            "cpu_us_per_op", "us", "lower", p)
         add("throughput", f"{lv}-level, {t} callers: CPU cores busy", e, b,
-            "cpu_cores_busy", "cores", "lower")
+            "cpu_cores_busy", "cores", "lower", p)
     for lv in (1, 3):
         e, b = pair("latency", f"{lv}-level/")
+        p = pg("latency", f"{lv}-level/")
         fig = f"{lv}-level at half capacity"
-        add("latency", f"{fig}: offered load", e, b, "offered_per_s", "ops/s", "higher")
-        for p in ("p50", "p99", "p999"):
-            add("latency", f"{fig}: {p}", e, b, f"{p}_ms", "ms", "lower")
+        add("latency", f"{fig}: offered load", e, b, "offered_per_s", "ops/s", "higher", p)
+        for q in ("p50", "p99", "p999"):
+            add("latency", f"{fig}: {q}", e, b, f"{q}_ms", "ms", "lower", p)
     e, b = pair("mix", "")
+    p = pg("mix", "")
     add("mix", f"3-level bets + wins + config, {sizes.mix_callers} callers", e, b,
-        "ops_per_s", "ops/s", "higher")
-    add("mix", "all operations, p99", e, b, "p99_ms", "ms", "lower")
+        "ops_per_s", "ops/s", "higher", p)
+    add("mix", "all operations, p99", e, b, "p99_ms", "ms", "lower", p)
     for procs in (1, sizes.mp_procs):
         e, b = pair("processes", f"{procs}/")
         add("processes", f"{procs} process(es) x {sizes.mp_callers // procs} callers, 3-level",
-            e, b, "ops_per_s", "ops/s", "higher")
+            e, b, "ops_per_s", "ops/s", "higher", pg("processes", f"{procs}/"))
     e1, b1 = pair("processes", "1/")
     e4, b4 = pair("processes", f"{sizes.mp_procs}/")
-    if e1 and e4 and b1 and b4:
+    p1, p4 = pg("processes", "1/"), pg("processes", f"{sizes.mp_procs}/")
+    if (e1 and e4 and b1 and b4) or (p1 and p4):
         rows.append(Row("processes", f"{sizes.mp_procs} processes / 1 process",
-                        e4["ops_per_s"] / e1["ops_per_s"], b4["ops_per_s"] / b1["ops_per_s"],
-                        "x", "higher"))
+                        _over(e4, e1), _over(b4, b1), "x", "higher",
+                        postgresql=_over(p4, p1)))
     for keys, suffix in (("random op_ids", ""), ("time-ordered op_ids", "-ordered")):
         for size, label in (("empty", "empty ledger"),
                             ("big", f"{sizes.big_rows:,}-row ledger")):
             e, b = pair("ledger", f"{size}{suffix}/")
             add("ledger", f"{label}, {keys}, {sizes.big_callers} callers, 3-level", e, b,
-                "ops_per_s", "ops/s", "higher")
+                "ops_per_s", "ops/s", "higher", pg("ledger", f"{size}{suffix}/"))
         eb, bb = pair("ledger", f"big{suffix}/")
         ee, be = pair("ledger", f"empty{suffix}/")
-        if eb and ee and bb and be:
-            rows.append(Row("ledger", f"big / empty, {keys}",
-                            eb["ops_per_s"] / ee["ops_per_s"],
-                            bb["ops_per_s"] / be["ops_per_s"], "x", "higher"))
+        pb, pe = pg("ledger", f"big{suffix}/"), pg("ledger", f"empty{suffix}/")
+        if (eb and ee and bb and be) or (pb and pe):
+            rows.append(Row("ledger", f"big / empty, {keys}", _over(eb, ee), _over(bb, be),
+                            "x", "higher", postgresql=_over(pb, pe)))
     e, b = pair("rss", "")
+    p = pg("rss", "")
     ops = f"{sizes.rss_ops:,} ops"
     add("rss", f"RSS after warm-up ({sizes.rss_callers} callers, 1-level)", e, b,
-        "rss_start_mb", "MB", "lower")
-    add("rss", f"RSS growth over {ops}", e, b, "rss_growth_mb", "MB", "lower")
-    add("rss", f"peak RSS over {ops}", e, b, "peak_rss_mb", "MB", "lower")
+        "rss_start_mb", "MB", "lower", p)
+    add("rss", f"RSS growth over {ops}", e, b, "rss_growth_mb", "MB", "lower", p)
+    add("rss", f"peak RSS over {ops}", e, b, "peak_rss_mb", "MB", "lower", p)
     return rows
+
+
+def _over(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+    """Throughput of `a` over that of `b` (None unless both ran)."""
+    return a["ops_per_s"] / b["ops_per_s"] if a and b and b["ops_per_s"] else None
 
 
 def build_targets(results: dict[str, Any], sizes: Sizes) -> list[Target]:
@@ -1129,7 +1351,21 @@ def _num(x: float | None, unit: str) -> str:
     return _f(x, digits)
 
 
+def _pg_header(report: dict[str, Any]) -> str:
+    pg = report["postgresql"]
+    ledger = report["results"].get("ledger", {}).get("templates", {}).get(PG)
+    fill = (f"; its {ledger['ledger_rows']:,}-row ledger filled server-side in "
+            f"{ledger['build_s']} s (INSERT ... SELECT over generate_series)" if ledger else "")
+    return (f"PostgreSQL column: the engine on PostgreSQL {pg.get('server_version', '?')} at "
+            f"{pg['where']} (fsync={pg.get('fsync', '?')}, the engine commits with "
+            f"synchronous_commit=on), run after the SQLite workloads, each workload in a fresh "
+            f"schema{fill}. postgresql/engine compares it with the engine on SQLite. A local "
+            "server's CPU is not the runner's: it shows as background, not in CPU per "
+            "operation.")
+
+
 def markdown(report: dict[str, Any], rows: list[Row], targets: list[Target]) -> str:
+    pg = bool(report.get("postgresql"))
     m = report["machine"]
     mode = "quick: shrunk sizes, not target evidence" if report["quick"] else "full"
     guest = f", {m['hypervisor']} guest" if m["hypervisor"] else ""
@@ -1144,6 +1380,7 @@ def markdown(report: dict[str, Any], rows: list[Row], targets: list[Target]) -> 
          f"{m['disk']['fsync_per_s']:,} fsync/s (4 KiB write + fsync); "
          f"Python {m['python']}, SQLite {m['sqlite']}, APSW {m['apsw']}."),
         "Both systems: WAL, synchronous=FULL, a fresh random op_id per call.",
+        *([_pg_header(report)] if report.get("postgresql") else []),
         "",
         "## Targets",
         "",
@@ -1164,14 +1401,22 @@ def markdown(report: dict[str, Any], rows: list[Row], targets: list[Target]) -> 
          "engine/baseline (near 0 on a quiet machine; 2 cores in all)."),
         "",
         ("| section | figure | unit | engine | baseline | engine/baseline | better | "
-         "conflicts/retries/busy/timeouts | errors | background |"),
-        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
+         "conflicts/retries/busy/timeouts | errors | background |"
+         + (" postgresql | postgresql/engine | postgresql conflicts/retries/busy/timeouts | "
+            "postgresql errors |" if pg else "")),
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |"
+        + (" ---: | ---: | --- | --- |" if pg else ""),
     ]
     for r in rows:
         c = "/".join(str(r.counters[k]) for k in COUNTERS) if r.counters else ""
-        lines.append(f"| {r.section} | {r.figure} | {r.unit} | {_num(r.engine, r.unit)} | "
-                     f"{_num(r.baseline, r.unit)} | {_f(r.ratio, 2)} | {r.better} | {c} | "
-                     f"{r.errors} | {r.background} |")
+        line = (f"| {r.section} | {r.figure} | {r.unit} | {_num(r.engine, r.unit)} | "
+                f"{_num(r.baseline, r.unit)} | {_f(r.ratio, 2)} | {r.better} | {c} | "
+                f"{r.errors} | {r.background} |")
+        if pg:
+            pc = "/".join(str(r.pg_counters[k]) for k in COUNTERS) if r.pg_counters else ""
+            line += (f" {_num(r.postgresql, r.unit)} | {_f(r.pg_ratio, 2)} | {pc} | "
+                     f"{r.pg_errors} |")
+        lines.append(line)
     audits = report.get("audits", [])
     bad = [a for a in audits if not a["ok"]]
     lines += ["", (f"Audits: {len(audits) - len(bad)} of {len(audits)} files verified clean "
@@ -1217,6 +1462,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="directory for results.md, results.json and cached files")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--pg", metavar="URL", default=os.environ.get("JACKPOT_BENCH_PG_URL"),
+                        help="also run every workload with the engine on this PostgreSQL "
+                             "database (a fresh schema each; default: $JACKPOT_BENCH_PG_URL)")
     args = parser.parse_args(argv)
     quiet_logging()
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1228,19 +1476,30 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     t0 = time.perf_counter()
-    bench = Bench(sizes, out, quick=args.quick)
+    pg_url = args.pg or None
+    bench = Bench(sizes, out, quick=args.quick, pg_url=pg_url)
     info = machine(out, sizes)
     log(f"machine: {info}")
-    for name in SECTIONS:
-        if name in sections:
-            log(f"== {name}")
-            getattr(bench, name)()
+    pg = pg_info(pg_url) if pg_url else None
+    if pg:
+        log(f"postgresql: {pg}")
+    # SQLite first, then PostgreSQL: the SQLite figures are measured as without it.
+    try:
+        for systems in (SYSTEMS, *([(PG,)] if pg_url else [])):
+            bench.systems = systems
+            for name in SECTIONS:
+                if name in sections:
+                    log(f"== {name} ({', '.join(systems)})")
+                    getattr(bench, name)()
+    finally:
+        if pg_url:
+            bench.discard_all()
     shutil.rmtree(bench.work, ignore_errors=True)
     rows = build_rows(bench.results, sizes)
     targets = build_targets(bench.results, sizes)
     audits, error_samples = collect_audits(bench.results)
     report = {"started": started, "quick": args.quick, "elapsed_s": time.perf_counter() - t0,
-              "machine": info, "sizes": asdict(sizes), "sections": sections,
+              "machine": info, "postgresql": pg, "sizes": asdict(sizes), "sections": sections,
               "targets": [{**asdict(t), "passed": t.passed} for t in targets],
               "rows": [asdict(r) for r in rows], "audits": audits,
               "error_samples": error_samples, "results": bench.results}

@@ -1,0 +1,68 @@
+"""The benchmark runner's PostgreSQL column, run tiny so that it cannot rot.
+
+benchmarks/compare.py (`--pg URL`) runs every workload with the engine on
+PostgreSQL as well. Here every section runs for the PostgreSQL column only,
+with sizes far too small to measure anything: no timing is asserted, only
+that each workload ran without a failed call, that every row of the table has
+its PostgreSQL figure, that every schema was audited clean by verify() and
+dropped afterwards, and that the big ledger was filled to the row.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import psycopg
+
+from .pg import require_pg_url
+
+PG_URL = require_pg_url()
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # compare.py imports baseline.py as a top-level module
+import compare  # noqa: E402 - after the path it lives on
+
+TINY = compare.Sizes(
+    warmup_s=0.05, duration_s=0.2, rest_calls=10, open_loop_s=0.2, mix_ops=60,
+    mp_duration_s=0.2, big_rows=500, rss_ops=200, rss_warmup=20, threads=(1, 4),
+    open_loop_workers=4, mix_callers=4, mp_procs=2, mp_callers=4, big_callers=4,
+    rss_callers=2, fsync_probe_s=0.05)
+
+
+def bench_schemas() -> set[str]:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT schema_name FROM information_schema.schemata "
+            "WHERE schema_name LIKE 'bench\\_%'")}
+
+
+def test_every_workload_fills_the_postgresql_column(tmp_path: Path) -> None:
+    before = bench_schemas()
+    bench = compare.Bench(TINY, tmp_path, quick=True, pg_url=PG_URL)
+    bench.systems = (compare.PG,)
+    try:
+        for name in compare.SECTIONS:
+            getattr(bench, name)()
+    finally:
+        bench.discard_all()
+    assert bench_schemas() == before
+
+    audits, failed_calls = compare.collect_audits(bench.results)
+    assert failed_calls == {}
+    assert len(audits) >= 10
+    assert [a for a in audits if not a["ok"]] == []
+    filled = bench.results["ledger"]["templates"][compare.PG]
+    assert (filled["ledger_rows"], filled["verify"]["ok"]) == (TINY.big_rows, True)
+
+    rows = compare.build_rows(bench.results, TINY)
+    assert {r.section for r in rows} == {
+        "at rest", "throughput", "latency", "mix", "processes", "ledger", "rss"}
+    assert [r.figure for r in rows if r.postgresql is None] == []
+    assert [r.figure for r in rows if r.engine is not None or r.baseline is not None] == []
+
+    report = {"started": "now", "quick": True, "elapsed_s": 0.0,
+              "machine": compare.machine(tmp_path, TINY),
+              "postgresql": compare.pg_info(PG_URL), "results": bench.results}
+    text = compare.markdown(report, rows, compare.build_targets(bench.results, TINY))
+    assert "| postgresql | postgresql/engine |" in text
+    assert "500-row ledger filled server-side" in text
