@@ -74,13 +74,16 @@ from urllib.parse import quote
 
 import apsw
 import psutil
-import psycopg
 from baseline import DEFAULT_LEVELS, NaiveJackpot
-from psycopg import sql as pgsql
 
 import jackpot
 from jackpot import GroupConfig, JackpotEngine, Settings
-from jackpot.storage.postgres import describe
+
+try:  # only --pg needs psycopg (the postgres extra): without it the rest still runs
+    import psycopg
+    from psycopg import sql as pgsql
+except ImportError:  # pragma: no cover - depends on the installation
+    psycopg = pgsql = None  # type: ignore[assignment]
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ("engine", "baseline")
@@ -1097,6 +1100,8 @@ def big_pg(target: str, rows: int) -> dict[str, Any]:
 
 def pg_info(url: str) -> dict[str, Any]:
     """The PostgreSQL server the column ran on (no password)."""
+    from jackpot.storage.postgres import describe  # noqa: PLC0415 - needs psycopg
+
     with psycopg.connect(url, autocommit=True) as conn:
         settings = dict(conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
@@ -1477,6 +1482,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     t0 = time.perf_counter()
     pg_url = args.pg or None
+    if pg_url and psycopg is None:
+        parser.error("--pg needs psycopg: pip install 'jackpot[postgres]'")
     bench = Bench(sizes, out, quick=args.quick, pg_url=pg_url)
     info = machine(out, sizes)
     log(f"machine: {info}")
