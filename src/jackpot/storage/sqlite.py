@@ -54,8 +54,14 @@ _BEST_PRACTICE = (
     apsw.bestpractice.connection_recursive_triggers,
 )
 
-CATCH_UP_PAGES = 4_000
-"""WAL size (pages, ~16 MB) past which a writer with `on_wal` checkpoints itself."""
+CATCH_UP_PAGES = 8_000
+"""WAL size (pages, ~32 MB) past which a writer with `on_wal` checkpoints itself.
+
+The WAL starts over from its beginning only when a writer begins while every
+page in it has been copied. Under steady load a background checkpoint never
+quite gets there (the next batch has begun before it ends), so a writer does,
+every `CATCH_UP_PAGES`: a short checkpoint of what the background one has
+not copied yet, in the writer's thread, after its commit."""
 
 _SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
 _INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(LEVEL_COLUMNS)}) "
