@@ -226,6 +226,7 @@ class Meters(NamedTuple):
 
 
 METER_FIELDS = Meters._fields
+_METER_INDEX = {name: i for i, name in enumerate(METER_FIELDS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,13 +292,16 @@ def _record(before: LevelState, after: LevelState, kind: str, **parts: Any) -> E
 
 
 def _meter(state: LevelState, **deltas: int) -> Meters:
-    m = state.meters
-    values = {k: getattr(m, k) + v for k, v in deltas.items()}
-    if max(values.values()) > MAX_METER:
-        msg = (f"level {state.name!r}: meter(s) {', '.join(sorted(values))} would pass the "
-               "storage range; retire the level and open a new one")
-        raise ValidationError(msg)
-    return m._replace(**values)
+    """Return the level's meters with `deltas` added (refusing to pass `MAX_METER`)."""
+    values = list(state.meters)
+    for name, delta in deltas.items():
+        i = _METER_INDEX[name]
+        values[i] += delta
+        if values[i] > MAX_METER:
+            msg = (f"level {state.name!r}: meter(s) {', '.join(sorted(deltas))} would pass "
+                   "the storage range; retire the level and open a new one")
+            raise ValidationError(msg)
+    return Meters._make(values)
 
 
 def _step(state: LevelState, now: int, **changes: Any) -> LevelState:
