@@ -14,6 +14,7 @@ from pathlib import Path
 import apsw
 
 from jackpot import GroupConfig, JackpotEngine, Settings
+from jackpot.storage import StoredOperation, open_store
 
 LEVELS = [GroupConfig("minor", Decimal(10), Decimal("0.1"))]
 
@@ -41,3 +42,26 @@ def test_verify_names_the_version_of_a_ledger_row_that_does_not_add_up(
         conn.close()
     assert seq == 4  # after the create, bet and win rows: not the version
     assert "minor: ledger row 4 (version 9) does not add up" in engine.verify().problems
+
+
+def test_every_stored_op_id_is_found_however_many_are_asked_for(db_path: Path) -> None:
+    """Replay detection and the audit's orphan check look op_ids up in bulk.
+
+    The lookup goes in chunks (SQLite bounds the parameters of one statement):
+    an op_id in any chunk, here the fourth, must be found, or its retry would
+    be applied a second time. Kills `find_operations` iterating over the first
+    500 offsets instead of stepping through the list in chunks of 500.
+    """
+    store = open_store(str(db_path))
+    try:
+        store.migrate()
+        records = [StoredOperation(f"op-{i:05d}", "contribute", f"fp-{i}", {"i": i})
+                   for i in range(1_600)]
+        with store.write():
+            store.record_operations(records, 1)
+        asked = [f"op-{i:05d}" for i in range(1_700)]  # 100 never used
+        with store.read():
+            found = store.find_operations(asked)
+        assert found == {r.op_id: r for r in records}
+    finally:
+        store.close()
