@@ -171,9 +171,10 @@ class JackpotEngine:
         return cls(str(path), settings, existing)
 
     def _open_store(self) -> Store:
-        """Open a connection for an actor (its commits report to the checkpointer)."""
+        """Open a writing connection for an actor (its commits report to the checkpointer)."""
         return _store(self._path, self._settings,
-                      None if self._checkpointer is None else self._checkpointer.note)
+                      None if self._checkpointer is None else self._checkpointer.note,
+                      cache_mb=self._settings.page_cache_mb)
 
     def close(self, timeout: float | None = None) -> None:
         """Let in-flight operations finish, stop every actor; later calls fail.
@@ -505,12 +506,12 @@ def _sqlite(path: str, settings: Settings) -> SQLiteStore:
                        synchronous=settings.synchronous)
 
 
-def _store(path: str, settings: Settings, on_wal: Callable[[int], None] | None = None
-           ) -> Store:
+def _store(path: str, settings: Settings, on_wal: Callable[[int], None] | None = None,
+           *, cache_mb: int | None = None) -> Store:
     """Open the backend `path` names: a postgresql:// URL, else a SQLite file."""
     return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
                       poll_interval_ms=settings.concurrency_check_interval_ms,
-                      synchronous=settings.synchronous, on_wal=on_wal)
+                      synchronous=settings.synchronous, on_wal=on_wal, cache_mb=cache_mb)
 
 
 def outcome_of(error: BaseException) -> str:

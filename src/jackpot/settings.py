@@ -28,6 +28,13 @@ class Settings:
         log_level: level of the `jackpot` logger.
         synchronous: SQLite `synchronous` pragma; FULL makes every commit
             durable before its result is returned.
+        page_cache_mb: SQLite page cache of each writing connection (one per
+            level and one for multi-level operations), in MiB. Random op_ids
+            land all over the idempotency index; with the index's inner pages
+            cached, an insert reads one page from the OS instead of three
+            (the 5-million-row benchmark: 0.69 -> 0.80 of an empty file's
+            throughput at 32 MiB). Memory, not a leak: each cache stops
+            growing at this size. SQLite's own default is 2 MiB.
         health_probe_timeout_ms: longest wait of the health check's database
             probe for the write lock (it takes the lock and rolls back).
         health_min_operations: fewest recent operations before the health
@@ -48,6 +55,7 @@ class Settings:
     enable_metrics: bool = True
     log_level: str = "info"
     synchronous: str = "FULL"
+    page_cache_mb: int = 32
     health_probe_timeout_ms: int = 250
     health_min_operations: int = 20
     health_min_lock_success_pct: int = 99
@@ -60,6 +68,7 @@ class Settings:
         _check_int("lock_timeout_ms", self.lock_timeout_ms, 1, 3_600_000)
         _check_int("concurrency_check_interval_ms",
                    self.concurrency_check_interval_ms, 1, 60_000)
+        _check_int("page_cache_mb", self.page_cache_mb, 1, 65_536)
         _check_int("health_probe_timeout_ms", self.health_probe_timeout_ms, 1, 60_000)
         _check_int("health_min_operations", self.health_min_operations, 1, 1000)
         _check_int("health_min_lock_success_pct", self.health_min_lock_success_pct, 0, 100)

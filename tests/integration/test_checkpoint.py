@@ -11,7 +11,7 @@ import pytest
 
 import jackpot.actors.checkpoint as checkpoint_module
 import jackpot.storage.sqlite as sqlite_module
-from jackpot import JackpotEngine
+from jackpot import JackpotEngine, Settings
 from jackpot.storage import SQLiteStore
 
 
@@ -119,3 +119,14 @@ def test_the_engine_checkpoints_in_the_background_and_keeps_every_operation(
     with JackpotEngine.open(db_path) as again:
         assert again.contribute(Decimal("2.50"), op_id="bet-0").replayed
         assert again.verify().ok
+
+
+def test_the_engines_writing_connections_use_the_configured_page_cache(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    engine = open_engine(settings=Settings(page_cache_mb=48))
+    store = engine._open_store()  # what every actor gets
+    try:
+        assert store._exec("PRAGMA cache_size") == [(-48 * 1024,)]
+    finally:
+        store.close()
+    assert engine._reader._exec("PRAGMA cache_size") != [(-48 * 1024,)]  # reads keep the default

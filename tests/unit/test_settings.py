@@ -27,12 +27,13 @@ def test_from_env_reads_every_variable() -> None:
         "JACKPOT_ENABLE_METRICS": "off",
         "JACKPOT_LOG_LEVEL": "DEBUG",
         "JACKPOT_SYNCHRONOUS": "normal",
+        "JACKPOT_PAGE_CACHE_MB": "64",
         "UNRELATED": "x",
     }
     assert Settings.from_env(env) == Settings(
         max_retry_attempts=7, retry_delay_ms=20, lock_timeout_ms=1500,
         concurrency_check_interval_ms=5, enable_metrics=False, log_level="debug",
-        synchronous="NORMAL")
+        synchronous="NORMAL", page_cache_mb=64)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -68,6 +69,8 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
     ("JACKPOT_ENABLE_METRICS", ""),
     ("JACKPOT_LOG_LEVEL", "loud"),
     ("JACKPOT_SYNCHRONOUS", "OFF"),
+    ("JACKPOT_PAGE_CACHE_MB", "0"),
+    ("JACKPOT_PAGE_CACHE_MB", "32MB"),
 ])
 def test_a_bad_variable_is_named_in_the_error(var: str, raw: str) -> None:
     env = {"JACKPOT_LOG_LEVEL": "warning", var: raw}  # one good neighbour
@@ -88,6 +91,7 @@ def test_a_bad_variable_is_named_in_the_error(var: str, raw: str) -> None:
     ({"enable_metrics": 1}, r"^enable_metrics must be a bool, got 1"),
     ({"log_level": "INFO"}, r"^log_level must be one of debug, info"),
     ({"synchronous": "OFF"}, r"^synchronous must be one of FULL, EXTRA, NORMAL"),
+    ({"page_cache_mb": 0}, r"^page_cache_mb must be an integer in \[1, 65536\], got 0"),
 ])
 def test_settings_refuse_invalid_values(kwargs: dict[str, object], pattern: str) -> None:
     with pytest.raises(ValidationError, match=pattern):

@@ -48,11 +48,12 @@ def open_store(
     poll_interval_ms: int = 50,
     synchronous: str = "FULL",
     on_wal: Callable[[int], None] | None = None,
+    cache_mb: int | None = None,
 ) -> Store:
     """Open the store for `target`: a postgresql:// URL, or a SQLite file path.
 
-    `on_wal` (SQLite only, ignored for PostgreSQL) takes over WAL
-    checkpoints from SQLite's automatic one: see `SQLiteStore`.
+    `on_wal` and `cache_mb` (SQLite only, ignored for PostgreSQL): see
+    `SQLiteStore`.
 
     Raises:
         StorageError: the database cannot be opened, or the URL needs the
@@ -62,7 +63,7 @@ def open_store(
     if not is_database_url(target):
         return SQLiteStore(target, lock_timeout_ms=lock_timeout_ms,
                            poll_interval_ms=poll_interval_ms, synchronous=synchronous,
-                           on_wal=on_wal)
+                           on_wal=on_wal, cache_mb=cache_mb)
     try:
         # Imported here: psycopg is an optional extra, needed only for URLs.
         from jackpot.storage.postgres import PostgresStore  # noqa: PLC0415

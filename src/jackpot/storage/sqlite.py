@@ -83,8 +83,11 @@ class SQLiteStore(Store):
         poll_interval_ms: int = 50,
         synchronous: str = "FULL",
         on_wal: Callable[[int], None] | None = None,
+        cache_mb: int | None = None,
     ) -> None:
         """Open (creating if needed) the database file at `path`.
+
+        `cache_mb` sizes this connection's page cache (None: SQLite's default).
 
         With `on_wal`, SQLite's automatic checkpoint is off for this
         connection: after each commit `on_wal` gets the WAL's size in pages
@@ -106,6 +109,8 @@ class SQLiteStore(Store):
                 practice(self.conn)
             self._exec("PRAGMA journal_mode = WAL")
             self._exec(f"PRAGMA synchronous = {synchronous}")
+            if cache_mb is not None:
+                self._exec(f"PRAGMA cache_size = {-int(cache_mb) * 1024}")  # negative: KiB
             if on_wal is not None:
                 self.conn.set_wal_hook(self._wal_hook)  # replaces the automatic checkpoint
         except apsw.Error as e:
