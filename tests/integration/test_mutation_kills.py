@@ -12,8 +12,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import apsw
+import pytest
 
-from jackpot import GroupConfig, JackpotEngine, Settings
+from jackpot import ConcurrencyViolationError, GroupConfig, JackpotEngine, Settings
 from jackpot.storage import StoredOperation, open_store
 
 LEVELS = [GroupConfig("minor", Decimal(10), Decimal("0.1"))]
@@ -65,3 +66,31 @@ def test_every_stored_op_id_is_found_however_many_are_asked_for(db_path: Path) -
         assert found == {r.op_id: r for r in records}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_max_retry_attempts_is_the_number_of_retries_after_a_version_conflict(
+        open_engine: Callable[..., JackpotEngine], retries: int) -> None:
+    """JACKPOT_MAX_RETRY_ATTEMPTS=n: n retries after a conflict, then the error.
+
+    `stale` read minor at version 1; `writer` moves it to 2, so `stale`'s
+    first attempt is one version conflict. With one retry allowed it
+    succeeds at version 3; with none it raises, reporting one attempt. Kills
+    `_with_retries` counting from attempt 1 (one retry fewer than configured).
+    """
+    stale = open_engine(groups=LEVELS, settings=Settings(max_retry_attempts=retries,
+                                                         enable_metrics=False))
+    writer = open_engine(groups=LEVELS, settings=Settings(enable_metrics=False))
+    writer.contribute(Decimal(10), op_id="writer-1")
+    if retries:
+        done = stale.contribute(Decimal(20), op_id="stale-1")
+        assert done.versions == {"minor": 3}
+        assert done.balances == {"minor": Decimal(13)}
+    else:
+        with pytest.raises(ConcurrencyViolationError) as info:
+            stale.contribute(Decimal(20), op_id="stale-1")
+        assert info.value.conflict_details == {"level": "minor", "expected_version": 1,
+                                               "attempts": 1}
+        assert writer.pool("minor").version == 2
+    assert stale.stats.snapshot()["conflicts"] == 1
+    assert writer.verify().ok
