@@ -89,6 +89,7 @@ def test_max_retry_attempts_is_the_number_of_retries_after_a_version_conflict(
     else:
         with pytest.raises(ConcurrencyViolationError) as info:
             stale.contribute(Decimal(20), op_id="stale-1")
+        assert (info.value.operation, info.value.group) == ("contribute", "minor")
         assert info.value.conflict_details == {"level": "minor", "expected_version": 1,
                                                "attempts": 1}
         assert writer.pool("minor").version == 2
