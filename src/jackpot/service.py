@@ -1,9 +1,9 @@
-"""Transaction scripts: run one operation against a store, exactly once.
+"""Transaction scripts: run a batch of operations against a store, each exactly once.
 
-`execute` is the only place that decides how a write is retried. It runs the
-operation's pure `apply` inside one `BEGIN IMMEDIATE` transaction together
-with the idempotency check, the version-checked level updates, the ledger rows
-and the idempotency record, so all of them commit or none does.
+`execute_batch` is the only place that decides how a write is retried. It
+runs each operation's pure `apply` inside one `BEGIN IMMEDIATE` transaction
+together with the idempotency check, the version-checked level updates, the
+ledger rows and the idempotency record, so all of them commit or none does.
 
 Retry policy (why it differs slightly from a textbook optimistic loop): a
 version mismatch means our cached state was stale (another process wrote the
@@ -42,7 +42,7 @@ from jackpot.storage import (
     StoredOperation,
 )
 
-__all__ = ["Operation", "Outcome", "Result", "execute", "execute_batch", "fingerprint", "now_ms"]
+__all__ = ["Operation", "Outcome", "Result", "execute_batch", "fingerprint", "now_ms"]
 
 logger = logging.getLogger("jackpot")
 
@@ -102,21 +102,6 @@ class Outcome:
 
     result: Any = None
     error: BaseException | None = None
-
-
-def execute(
-    store: SQLiteStore,
-    op: Operation,
-    cached: Mapping[str, LevelState] | None,
-    *,
-    settings: Settings,
-    stats: Stats,
-) -> tuple[Any, dict[str, LevelState]]:
-    """Run one operation alone; return (result, committed states) or raise its error."""
-    outcomes, states = execute_batch(store, [op], cached, settings=settings, stats=stats)
-    if outcomes[0].error is not None:
-        raise outcomes[0].error
-    return outcomes[0].result, states
 
 
 def execute_batch(
