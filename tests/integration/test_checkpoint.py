@@ -1,4 +1,4 @@
-"""WAL checkpoints run off the writers' threads, and the WAL stays bounded."""
+"""WAL: checkpoints run off the writers' threads, the WAL stays bounded, WAL mode is set reliably."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import jackpot.actors.checkpoint as checkpoint_module
 import jackpot.storage.sqlite as sqlite_module
-from jackpot import JackpotEngine, Settings
+from jackpot import JackpotEngine, Settings, StorageError
 from jackpot.storage import SQLiteStore
 
 
@@ -130,3 +130,41 @@ def test_the_engines_writing_connections_use_the_configured_page_cache(
     finally:
         store.close()
     assert engine._reader._exec("PRAGMA cache_size") != [(-48 * 1024,)]  # reads keep the default
+
+
+def _busy_first(times: int) -> tuple[list[str], Callable[..., object]]:
+    """An `_exec` that fails the WAL switch `times` times as SQLite does under a race."""
+    seen: list[str] = []
+    real = SQLiteStore._exec
+
+    def _exec(self: SQLiteStore, sql: str, params: tuple[object, ...] = ()) -> object:
+        if sql == "PRAGMA journal_mode = WAL":
+            seen.append(sql)
+            if len(seen) <= times:
+                raise apsw.BusyError("database is locked")
+        return real(self, sql, params)  # type: ignore[arg-type]
+
+    return seen, _exec
+
+
+def test_a_busy_switch_to_wal_when_engines_open_a_new_file_at_once_is_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Opening a brand-new file from several engines at once, SQLite may refuse
+    # the journal-mode switch with SQLITE_BUSY without calling the busy handler.
+    seen, fake = _busy_first(2)
+    monkeypatch.setattr(SQLiteStore, "_exec", fake)
+    store = SQLiteStore(str(tmp_path / "new.db"))
+    try:
+        assert len(seen) == 3
+        assert store._exec("PRAGMA journal_mode") == [("wal",)]
+    finally:
+        store.close()
+
+
+def test_a_switch_to_wal_that_stays_busy_gives_up_at_the_lock_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen, fake = _busy_first(10**9)
+    monkeypatch.setattr(SQLiteStore, "_exec", fake)
+    with pytest.raises(StorageError, match=r"cannot open database .*new\.db.*locked"):
+        SQLiteStore(str(tmp_path / "new.db"), lock_timeout_ms=50)
+    assert len(seen) > 1

@@ -46,9 +46,9 @@ __all__ = ["CATCH_UP_PAGES", "BusyIncidentError", "LedgerRow", "SQLiteStore", "S
 # timeout (we install our own busy handler), `connection_optimize` (its PRAGMA
 # optimize may need the write lock before our handler is in place, so opening
 # failed while other processes wrote) and `library_logging` (it configures
-# process-wide SQLite logging through the root logger).
+# process-wide SQLite logging through the root logger); `connection_wal` is
+# done by `_enable_wal`, which retries a busy switch.
 _BEST_PRACTICE = (
-    apsw.bestpractice.connection_wal,
     apsw.bestpractice.connection_enable_foreign_keys,
     apsw.bestpractice.connection_dqs,
     apsw.bestpractice.connection_recursive_triggers,
@@ -107,7 +107,7 @@ class SQLiteStore(Store):
             self.conn.set_busy_handler(self._on_busy)
             for practice in _BEST_PRACTICE:
                 practice(self.conn)
-            self._exec("PRAGMA journal_mode = WAL")
+            self._enable_wal()
             self._exec(f"PRAGMA synchronous = {synchronous}")
             if cache_mb is not None:
                 self._exec(f"PRAGMA cache_size = {-int(cache_mb) * 1024}")  # negative: KiB
@@ -116,6 +116,28 @@ class SQLiteStore(Store):
         except apsw.Error as e:
             msg = f"cannot open database {path!r}: {e}"
             raise StorageError(msg) from e
+
+    def _enable_wal(self) -> None:
+        """Put the file in WAL mode, retrying while other connections hold it.
+
+        On a brand-new file that several engines open at once, switching the
+        journal mode can fail with SQLITE_BUSY without SQLite ever calling
+        the busy handler (the switch needs an exclusive lock another opener
+        holds for its own switch), so it is retried here, within the lock
+        timeout.
+        """
+        deadline = time.monotonic() + self._timeout
+        delay = 0.0001
+        while True:
+            try:
+                self._exec("PRAGMA journal_mode = WAL")
+            except apsw.BusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, self._poll)
+            else:
+                return
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
