@@ -481,7 +481,7 @@ class _Call:
             self._schedule(self._engine._run_timeout)  # noqa: SLF001
 
     def _peeked(self, ticket: Ticket) -> bool:
-        """Settle from the ticket's future if it holds an outcome; never blocks."""
+        """Settle from the ticket if it holds an outcome already; never blocks."""
         if not ticket.wait(0):
             return False
         self._settle(*ticket.answer)
