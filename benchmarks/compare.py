@@ -886,6 +886,27 @@ def _ledger_rows(r1: dict[str, Any], r2: dict[str, Any], ids: list[str],
     return columns, rows
 
 
+def sample_filler(system: Any, row: Callable[[str], dict[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Make two real contributions to the filler level, then close `system`.
+
+    Returns the filler's level row before and after each, and the two ledger
+    rows, read with `row(sql)`: what a big ledger is extrapolated from.
+    """
+    level_sql = f"SELECT * FROM levels WHERE name = '{FILLER}'"
+    ledger_sql = f"SELECT * FROM ledger WHERE level = '{FILLER}' ORDER BY seq DESC LIMIT 1"
+    try:
+        states = [row(level_sql)]
+        ledger = []
+        for _ in range(2):
+            system.contribute(FILLER_BET, groups=(FILLER,), op_id=new_op_id())
+            states.append(row(level_sql))
+            ledger.append(row(ledger_sql))
+    finally:
+        system.close()
+    return states, ledger
+
+
 def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any]]:
     """Return a file whose ledger holds `rows` rows (cached), and how it was made."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -901,17 +922,7 @@ def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any
     remove_db(tmp)
     system = open_system(kind, tmp, filler=True)
     conn = apsw.Connection(str(tmp))
-    level_sql = f"SELECT * FROM levels WHERE name = '{FILLER}'"
-    ledger_sql = f"SELECT * FROM ledger WHERE level = '{FILLER}' ORDER BY seq DESC LIMIT 1"
-    try:
-        s = [_row(conn, level_sql)]
-        ledger = []
-        for _ in range(2):
-            system.contribute(FILLER_BET, groups=(FILLER,), op_id=new_op_id())
-            s.append(_row(conn, level_sql))
-            ledger.append(_row(conn, ledger_sql))
-    finally:
-        system.close()
+    s, ledger = sample_filler(system, lambda sql: _row(conn, sql))
     op2 = _row(conn, "SELECT * FROM operations WHERE op_id = ?", (ledger[1]["op_id"],))
     (have,) = conn.execute("SELECT COUNT(*) FROM ledger").fetchone()
     k = max(0, rows - have)
@@ -1037,18 +1048,8 @@ def big_pg(target: str, rows: int) -> dict[str, Any]:
     log(f"filling a PostgreSQL ledger to {rows:,} rows, server-side")
     t0 = time.perf_counter()
     system = open_system(PG, target, filler=True)
-    level_sql = f"SELECT * FROM levels WHERE name = '{FILLER}'"
-    ledger_sql = f"SELECT * FROM ledger WHERE level = '{FILLER}' ORDER BY seq DESC LIMIT 1"
     with psycopg.connect(target, autocommit=True) as conn:
-        try:
-            s = [_pg_row(conn, level_sql)]
-            ledger = []
-            for _ in range(2):
-                system.contribute(FILLER_BET, groups=(FILLER,), op_id=new_op_id())
-                s.append(_pg_row(conn, level_sql))
-                ledger.append(_pg_row(conn, ledger_sql))
-        finally:
-            system.close()
+        s, ledger = sample_filler(system, lambda sql: _pg_row(conn, sql))
         op2 = _pg_row(conn, "SELECT * FROM operations WHERE op_id = %s", (ledger[1]["op_id"],))
         have = _pg_row(conn, "SELECT count(*) AS n FROM ledger")["n"]
         k = max(0, rows - have)
