@@ -93,28 +93,33 @@ class TracingObserver:
         self._lock = threading.Lock()
         self._open: list[_Open] = []
 
-    @contextmanager
-    def span(self, op: Operation) -> Iterator[None]:
-        """Open the operation's span; `on_operation` ends it with the outcome."""
+    def span(self, op: Operation) -> AbstractContextManager[None]:
+        """Open the operation's span; `on_operation` ends it with the outcome.
+
+        A span that does not record (OpenTelemetry's API without an SDK, or
+        sampled out) is dropped at once: no bookkeeping on the hot path.
+        """
         span = self._tracer.start_span(f"jackpot.{op.kind}", attributes={
             "jackpot.op_id": op.op_id, "jackpot.operation": op.kind,
             "jackpot.level": ",".join(op.names)})
-        entry = _Open(op.kind, frozenset(op.names), span)
-        recording = span.is_recording()
-        if recording:
-            with self._lock:
-                self._open.append(entry)
+        if not span.is_recording():
+            _current.set(None)
+            return _NO_SPAN
+        return self._recording(_Open(op.kind, frozenset(op.names), span))
+
+    @contextmanager
+    def _recording(self, entry: _Open) -> Iterator[None]:
+        with self._lock:
+            self._open.append(entry)
         _current.set(entry)
         try:
             yield
         except BaseException as e:
-            if recording:
-                span.record_exception(e)
+            entry.span.record_exception(e)
             raise
         finally:
-            if recording:
-                with self._lock:
-                    self._open.remove(entry)
+            with self._lock:
+                self._open.remove(entry)
 
     def _find(self, operation: str, level: str) -> Span | None:
         # A group-committed batch reports its kinds and levels comma-joined.

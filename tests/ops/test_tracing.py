@@ -16,6 +16,8 @@ from .conftest import write_lock_held
 
 
 class FakeSpan:
+    recording = True
+
     def __init__(self, name: str, attributes: Mapping[str, Any]) -> None:
         self.name = name
         self.attributes = dict(attributes)
@@ -37,18 +39,20 @@ class FakeSpan:
         self.status = status
 
     def is_recording(self) -> bool:
-        return True
+        return self.recording
 
     def end(self) -> None:
         self.ended += 1
 
 
 class FakeTracer:
-    def __init__(self) -> None:
+    def __init__(self, *, recording: bool = True) -> None:
         self.spans: list[FakeSpan] = []
+        self.recording = recording
 
     def start_span(self, name: str, *, attributes: Mapping[str, Any]) -> FakeSpan:
         self.spans.append(FakeSpan(name, attributes))
+        self.spans[-1].recording = self.recording
         return self.spans[-1]
 
 
@@ -123,3 +127,19 @@ def test_a_timeout_marks_the_span_as_an_error(open_engine: Callable[..., Jackpot
     assert span.attributes["jackpot.outcome"] == "timeout"
     assert span.status == "ERROR"
     assert [type(e) for e in span.exceptions] == [LockTimeoutError]
+
+
+def test_spans_that_do_not_record_are_dropped_at_once(engine: JackpotEngine) -> None:
+    tracer = FakeTracer(recording=False)  # OpenTelemetry's API without an SDK
+    observer = TracingObserver(tracer, error_status="ERROR")
+    engine.stats.observers = [o for o in engine.stats.observers
+                              if not isinstance(o, TracingObserver)] + [observer]
+    engine._trace = observer.span
+    engine.contribute("10", groups="minor", op_id="bet-1")
+    with pytest.raises(InsufficientFundsError):
+        engine.process_win("mega", amount="99999", op_id="win-1")
+    assert len(tracer.spans) == 2
+    assert all((s.ended, s.events, s.exceptions, s.status) == (0, [], [], None)
+               for s in tracer.spans)  # nothing was written to a span that drops it
+    assert "jackpot.outcome" not in tracer.spans[0].attributes
+    assert observer._open == []
