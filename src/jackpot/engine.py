@@ -39,6 +39,7 @@ from jackpot.errors import (
     IdempotencyConflictError,
     InsufficientFundsError,
     LockTimeoutError,
+    StorageError,
     UnknownGroupError,
     ValidationError,
 )
@@ -91,19 +92,28 @@ class JackpotEngine:
         self._mailboxes: dict[str | None, Mailbox] = {n: Mailbox() for n in self._requests.names}
         self._mailboxes[None] = Mailbox()
         self._guards = {n: LevelGuard(n) for n in self._requests.names}
-        self._pools = {n: self._start_pool(n) for n in self._requests.names}
-        self._coordinator = self._start_coordinator()
         retries = settings.max_retry_attempts + 1
         self._queue_timeout = settings.lock_timeout_ms / 1000
         self._run_timeout = (settings.lock_timeout_ms * (retries + 2)
                              + settings.retry_delay_ms * 2**retries * 2) / 1000
-        # Actors open their connections in their own threads: wait for that,
-        # so open() returns a fully started engine (and reports a failure).
-        for pool in self._pools.values():
-            pool.ready().get(timeout=self._run_timeout)
-        self._coordinator.ready().get(timeout=self._run_timeout)
-        if self._checkpointer is not None:
-            self._checkpointer.ready(self._run_timeout)
+        self._pools: dict[str, pykka.ActorProxy[PoolActor]] = {}
+        try:
+            for name in self._requests.names:
+                self._pools[name] = self._start_pool(name)
+            self._coordinator = self._start_coordinator()
+            # Actors open their connections in their own threads: wait for
+            # that, so open() returns a fully started engine (or its error).
+            for pool in self._pools.values():
+                pool.ready().get(timeout=self._run_timeout)
+            self._coordinator.ready().get(timeout=self._run_timeout)
+            if self._checkpointer is not None:
+                self._checkpointer.ready(self._run_timeout)
+        except BaseException as e:
+            self._stop_everything()  # no actor thread may outlive a failed open()
+            if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged by Pykka)
+                msg = f"the engine's actors could not start (their error is logged): {e}"
+                raise StorageError(msg) from e
+            raise
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path
@@ -188,11 +198,28 @@ class JackpotEngine:
             self._closed = True
             self._cond.wait_for(lambda: self._inflight == 0,
                                 timeout if timeout is not None else self._run_timeout)
-        self._coordinator.actor_ref.stop(block=True, timeout=self._run_timeout)
-        for proxy in self._pools.values():
-            proxy.actor_ref.stop(block=True, timeout=self._run_timeout)
+        self._stop_everything()
+
+    def _stop_everything(self) -> None:
+        """Stop every actor (coordinator, pools, checkpointer), then close the reader.
+
+        Each stop is tried even if an earlier one timed out, so no actor
+        thread or connection is left behind.
+        """
+        refs = [p.actor_ref for p in (getattr(self, "_coordinator", None),
+                                      *self._pools.values()) if p is not None]
+        for ref in refs:
+            try:
+                ref.stop(block=True, timeout=self._run_timeout)
+            except pykka.Timeout:
+                logger.exception("an actor did not stop within %.1f s", self._run_timeout,
+                                 extra={"outcome": "stop_timeout"})
         if self._checkpointer is not None:
-            self._checkpointer.stop(self._run_timeout)
+            try:
+                self._checkpointer.stop(self._run_timeout)
+            except pykka.Timeout:
+                logger.exception("the checkpointer did not stop within %.1f s",
+                                 self._run_timeout, extra={"outcome": "stop_timeout"})
         with self._reader_lock:
             self._reader.close()
 
@@ -483,6 +510,11 @@ class JackpotEngine:
                 self.stats.add("actor_restarts", "actor", "coordinator")
                 if self._mailboxes[None].rewake():
                     self._coordinator.actor_ref.tell(DRAIN)
+            if self._checkpointer is not None and not self._checkpointer.alive():
+                logger.error("checkpointer had stopped; starting a replacement",
+                             extra={"outcome": "actor_restart"})
+                self._checkpointer.restart()
+                self.stats.add("actor_restarts", "actor", "checkpointer")
 
     # -- operations view -----------------------------------------------------------
 

@@ -47,6 +47,10 @@ class _CheckpointActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._store.close()
+        self._done()  # a request still queued will never run: let the next one in
+
+    def on_failure(self, *_exc_info: object) -> None:
+        self._done()
 
     def ready(self) -> bool:
         """Answer once `on_start` has run (the connection is open)."""
@@ -73,22 +77,31 @@ class Checkpointer:
         self._busy = False
         self._next = EVERY_PAGES
         self.runs = 0
+        self._open_store = open_store
         self._actor = _CheckpointActor.start(open_store, self._finished).proxy()
+
+    def alive(self) -> bool:
+        """Say whether the checkpoint actor runs."""
+        return self._actor.actor_ref.is_alive()
+
+    def restart(self) -> None:
+        """Start a new checkpoint actor (after the old one stopped)."""
+        self._finished()
+        self._actor = _CheckpointActor.start(self._open_store, self._finished).proxy()
 
     def note(self, pages: int) -> None:
         """Hear a writer's WAL size after its commit (called in the writer's thread)."""
         with self._lock:
             if pages < self._next - EVERY_PAGES:  # the WAL was restarted from its start
                 self._next = EVERY_PAGES
-            if self._busy or pages < self._next:
-                return
+            if self._busy or pages < self._next or not self.alive():
+                return  # a stopped actor: the writers' own catch-up bounds the WAL
             self._busy = True
             self._next = pages + EVERY_PAGES
             self.runs += 1
-        try:
-            self._actor.checkpoint()  # a tell in effect: nobody waits for the answer
-        except pykka.ActorDeadError:
-            self._finished()  # stopping: SQLite checkpoints when the last connection closes
+        # A tell in effect: nobody waits for the answer. Should the actor stop
+        # before running it, its on_stop (or on_failure) clears `_busy`.
+        self._actor.checkpoint()
 
     def _finished(self) -> None:
         with self._lock:

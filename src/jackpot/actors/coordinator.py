@@ -93,8 +93,9 @@ class Coordinator(pykka.ThreadingActor):
         """Take the guard of every level the batch touches, then run it in one transaction."""
         names = tuple(sorted({n for op in ops for n in op.names}))
         label = ",".join(sorted({op.kind for op in ops}))
-        guards = self._gather_with_retries(names, ops[0].op_id, label)
-        try:
+        guards, waited = self._gather_with_retries(names, ops[0].op_id, label)
+        try:  # entered right after the guards are held: nothing may come between
+            self._stats.lock_wait("coordinator", label, waited)
             known = {g.name: g.state for g in guards if g.state is not None}
             outcomes, states = execute_batch(self._store, ops, known or None,
                                              settings=self._settings, stats=self._stats)
@@ -114,15 +115,24 @@ class Coordinator(pykka.ThreadingActor):
                 guard.lock.release()
 
     def _gather_with_retries(self, names: tuple[str, ...], op_id: str, label: str
-                             ) -> list[LevelGuard]:
+                             ) -> tuple[list[LevelGuard], float]:
+        """Hold the guards of `names`, retrying on timeouts; (guards, seconds waited).
+
+        Returns with the guards held and nothing else done: the caller must
+        release them in its own `finally`.
+        """
         attempt = 0
         levels = ",".join(names)
         while True:
             started = time.perf_counter()
-            guards = self._gather(names, op_id, label)
-            self._stats.lock_wait("coordinator", label, time.perf_counter() - started)
+            guards = self._gather(names)
+            waited = time.perf_counter() - started
             if guards is not None:
-                return guards
+                return guards, waited
+            logger.warning("could not hold levels %s in time; released all, retrying",
+                           levels, extra={"op_id": op_id, "operation": label,
+                                          "level": levels, "outcome": "lock_timeout"})
+            self._stats.lock_wait("coordinator", label, waited)
             self._stats.add("busy_incidents", label, levels)
             if attempt >= self._settings.max_retry_attempts:
                 self._stats.add("lock_timeouts", label, levels)
@@ -135,8 +145,7 @@ class Coordinator(pykka.ThreadingActor):
             attempt += 1
             self._stats.add("retries", label, levels)
 
-    def _gather(self, names: tuple[str, ...], op_id: str, label: str
-                ) -> list[LevelGuard] | None:
+    def _gather(self, names: tuple[str, ...]) -> list[LevelGuard] | None:
         """Take the guards of `names` in sorted order; None (all released) on timeout.
 
         Pool actors only ever take their own guard and this coordinator is
@@ -149,9 +158,6 @@ class Coordinator(pykka.ThreadingActor):
         for name in names:  # sorted: the canonical order
             guard = self._guards[name]
             if not guard.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                logger.warning("could not hold level %s in time; releasing all and retrying",
-                               name, extra={"op_id": op_id, "operation": label,
-                                            "level": name, "outcome": "lock_timeout"})
                 for held in taken:
                     held.lock.release()
                 return None
