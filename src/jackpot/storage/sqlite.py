@@ -114,6 +114,8 @@ class SQLiteStore(Store):
             if on_wal is not None:
                 self.conn.set_wal_hook(self._wal_hook)  # replaces the automatic checkpoint
         except apsw.Error as e:
+            if hasattr(self, "conn"):
+                self.conn.close()  # opened, then failed to set up: do not leak it
             msg = f"cannot open database {path!r}: {e}"
             raise StorageError(msg) from e
 
