@@ -26,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from jackpot import JackpotEngine, JackpotError
+from jackpot import JackpotEngine, JackpotError, StorageError
 
 LEVELS = ("major", "mega", "minor")
 GROUPS: tuple[tuple[str, ...], ...] = (("minor",), ("major", "minor"), LEVELS, ("mega",))
@@ -56,8 +56,24 @@ def send(engine: JackpotEngine, oid: str, req: dict[str, Any]) -> Any:
     return engine.contribute(Decimal(req["bet"]), groups=tuple(req["groups"]), op_id=oid)
 
 
+def open_engine(url: str) -> JackpotEngine:
+    """Open the engine; again if the server ended the session meanwhile, as a client would.
+
+    A session terminated while `open()` runs fails it with StorageError
+    ("nothing was changed: retry"); the parent may strike before every
+    worker has finished opening.
+    """
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            return JackpotEngine.open(url)
+        except StorageError:
+            if attempt == MAX_ATTEMPTS - 1:
+                raise
+    raise AssertionError  # pragma: no cover - the loop returns or raises
+
+
 def main(url: str, log: str, worker: int, start: int, stop: int) -> None:
-    with JackpotEngine.open(url) as engine, Path(log).open("ab") as acks:
+    with open_engine(url) as engine, Path(log).open("ab") as acks:
         def write(line: dict[str, Any]) -> None:
             acks.write(json.dumps(line, sort_keys=True).encode() + b"\n")
             acks.flush()
