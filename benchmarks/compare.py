@@ -907,6 +907,20 @@ def sample_filler(system: Any, row: Callable[[str], dict[str, Any]]
     return states, ledger
 
 
+def verified_meta(kind: str, target: Any, what: str, *, rows: int, filler: int,
+                  built: float, size: int) -> dict[str, Any]:
+    """Verify a freshly filled big ledger with the system's own verify(); describe it."""
+    log(f"inserted {filler - 2:,} rows in {built:.0f} s; verifying")
+    t1 = time.perf_counter()
+    report = verify(kind, target)
+    if not report["ok"]:
+        msg = f"{what} does not verify: {report['problems']}"
+        raise RuntimeError(msg)
+    return {"ledger_rows": rows, "filler_rows": filler, "build_s": round(built, 1),
+            "verify_s": round(time.perf_counter() - t1, 1), "verify": report,
+            "size_mb": round(size / MB, 1)}
+
+
 def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any]]:
     """Return a file whose ledger holds `rows` rows (cached), and how it was made."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -961,16 +975,8 @@ def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any
     (total,) = conn.execute("SELECT COUNT(*) FROM ledger").fetchone()
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    built = time.perf_counter() - t0
-    log(f"inserted {k:,} rows in {built:.0f} s; verifying")
-    t1 = time.perf_counter()
-    report = verify(kind, tmp)
-    if not report["ok"]:
-        msg = f"the built {kind} file does not verify: {report['problems']}"
-        raise RuntimeError(msg)
-    meta = {"ledger_rows": total, "filler_rows": k + 2, "build_s": round(built, 1),
-            "verify_s": round(time.perf_counter() - t1, 1), "verify": report,
-            "size_mb": round(tmp.stat().st_size / MB, 1)}
+    meta = verified_meta(kind, tmp, f"the built {kind} file", rows=total, filler=k + 2,
+                         built=time.perf_counter() - t0, size=tmp.stat().st_size)
     fsync_file(tmp)
     remove_db(final)
     tmp.replace(final)
@@ -1084,17 +1090,9 @@ def big_pg(target: str, rows: int) -> dict[str, Any]:
         total = _pg_row(conn, "SELECT count(*) AS n FROM ledger")["n"]
         size = _pg_row(conn, "SELECT pg_total_relation_size('ledger') + "
                              "pg_total_relation_size('operations') AS b")["b"]
-    built = time.perf_counter() - t0
-    log(f"inserted {k:,} rows in {built:.0f} s; verifying")
-    t1 = time.perf_counter()
-    report = verify(PG, target)
-    if not report["ok"]:
-        msg = f"the filled PostgreSQL ledger does not verify: {report['problems']}"
-        raise RuntimeError(msg)
-    meta = {"ledger_rows": total, "filler_rows": k + 2, "build_s": round(built, 1),
-            "verify_s": round(time.perf_counter() - t1, 1), "verify": report,
-            "size_mb": round(size / MB, 1), "cached": False,
-            "how": "INSERT ... SELECT over generate_series (server-side)"}
+    meta = {**verified_meta(PG, target, "the filled PostgreSQL ledger", rows=total,
+                            filler=k + 2, built=time.perf_counter() - t0, size=size),
+            "cached": False, "how": "INSERT ... SELECT over generate_series (server-side)"}
     log(f"filled the PostgreSQL ledger: {meta}")
     return meta
 
