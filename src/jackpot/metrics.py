@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -113,6 +113,7 @@ class PrometheusObserver:
         self._counted = {(operation, outcome): self._operations.labels(operation, outcome)
                          for operation in OPERATIONS for outcome in OUTCOMES}
         self._timed = {operation: self._duration.labels(operation) for operation in OPERATIONS}
+        self._waited: dict[tuple[str, str], Any] = {}  # filled on first use: levels vary
         for operation in OPERATIONS:
             self._busy.labels(operation)
             self._timeouts.labels(operation)
@@ -149,7 +150,10 @@ class PrometheusObserver:
 
     def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
         """Observe a lock acquisition time."""
-        self._lock_wait.labels(lock, operation).observe(seconds)
+        waited = self._waited.get((lock, operation))
+        if waited is None:
+            waited = self._waited[lock, operation] = self._lock_wait.labels(lock, operation)
+        waited.observe(seconds)
 
 
 class _Engine(EngineView, Protocol):

@@ -169,13 +169,17 @@ def level_from_row(row: tuple[Any, ...]) -> LevelState:
     return LevelState(**state, config=config, meters=Meters(*row[n_state + n_config:]))
 
 
+_PENDING = STATE_COLUMNS.index("pending")
+_state_before = operator.attrgetter(*STATE_COLUMNS[:_PENDING])  # one C call each
+_state_after = operator.attrgetter(*STATE_COLUMNS[_PENDING + 1:])
+_config_fields = operator.attrgetter(*CONFIG_COLUMNS)
+_meter_fields = operator.attrgetter(*METERS)
+
+
 def level_values(s: LevelState) -> tuple[Any, ...]:
     """Return a level's values in `LEVEL_COLUMNS` order."""
-    state = tuple(to_json(s.pending) if c == "pending" else getattr(s, c)
-                  for c in STATE_COLUMNS)
-    config = tuple(getattr(s.config, c) for c in CONFIG_COLUMNS)
-    meters = tuple(getattr(s.meters, m) for m in METERS)
-    return (*state, *config, *meters)
+    return (*_state_before(s), to_json(s.pending), *_state_after(s),
+            *_config_fields(s.config), *_meter_fields(s.meters))
 
 
 _entry_fields = operator.attrgetter(*ENTRY_COLUMNS[:-1])  # one C call per row
