@@ -24,6 +24,9 @@ import apsw
 import pytest
 
 from jackpot import GroupConfig, JackpotEngine, StorageError
+from jackpot.service import execute_batch
+from jackpot.settings import Settings
+from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
 
 GROUPS = (
@@ -313,3 +316,68 @@ def test_a_fault_in_a_shared_transaction_fails_no_operation_twice(
             assert not again.replayed
         report = engine.verify()
         assert report.ok, report.problems
+
+
+def test_a_busy_database_in_the_one_by_one_rerun_is_retried_with_the_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared transaction fails; the first bet's own re-run then finds the database busy.
+
+    The re-run backs off as the settings say and tries again, so both bets
+    are applied, once each, at consecutive versions. Pins the per-op re-run
+    of `execute_batch` passing its settings on (the mutant that passes None
+    there survived the mutation run: tests/model/MUTATION.md).
+    """
+    db = tmp_path / "pools.db"
+    with open_engine(db) as engine:
+        warm(engine, db)
+        ops = [engine._requests.contribute(Decimal(5), groups="minor", op_id=f"bet-{n}")
+               for n in (1, 2)]
+    plan = [("INSERT INTO ledger", apsw.IOError), ("BEGIN", apsw.BusyError)]
+    run_one, run_many = SQLiteStore._exec, SQLiteStore._exec_many
+
+    def strike(sql: str) -> None:
+        if plan and sql.startswith(plan[0][0]):
+            _, error = plan.pop(0)
+            raise error(f"injected: {sql[:40]}")
+
+    def _exec(self: SQLiteStore, sql: str, *args: Any, **kwargs: Any) -> Any:
+        strike(sql)
+        return run_one(self, sql, *args, **kwargs)
+
+    def _exec_many(self: SQLiteStore, sql: str, *args: Any, **kwargs: Any) -> Any:
+        strike(sql)
+        return run_many(self, sql, *args, **kwargs)
+
+    store = SQLiteStore(str(db))
+    try:
+        with store.read():
+            cached = {"minor": store.load_level("minor")}
+        before = cached["minor"]
+        assert before is not None
+        monkeypatch.setattr(SQLiteStore, "_exec", _exec)
+        monkeypatch.setattr(SQLiteStore, "_exec_many", _exec_many)
+        stats = Stats()
+        outcomes, changed = execute_batch(store, ops, cached,
+                                          settings=Settings(retry_delay_ms=1), stats=stats)
+        monkeypatch.undo()
+    finally:
+        store.close()
+
+    assert plan == []  # both faults struck
+    assert [o.error for o in outcomes] == [None, None]
+    assert [o.result.versions["minor"] for o in outcomes] == [before.version + 1,
+                                                               before.version + 2]
+    assert changed["minor"].version == before.version + 2
+    counts = stats.snapshot()
+    assert {k: counts.get(k, 0) for k in ("busy_incidents", "retries")} == {
+        "busy_incidents": 1, "retries": 1}
+    with open_engine(db) as engine:
+        assert engine.pool("minor").version == before.version + 2
+        assert engine.verify().ok
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        rows = conn.execute("SELECT op_id FROM ledger WHERE op_id LIKE 'bet-%' "
+                            "ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    assert rows == [("bet-1",), ("bet-2",)]  # one row each: applied once, in order
