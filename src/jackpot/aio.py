@@ -524,7 +524,8 @@ class _Call:
 
     async def _restart(self) -> None:
         try:
-            await asyncio.to_thread(self._engine._restart_dead_actors)  # noqa: SLF001
+            await asyncio.to_thread(self._engine._restart_before_resending,  # noqa: SLF001
+                                    self.op)
         except asyncio.CancelledError:
             msg = f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop shut down"
             self._finish(None, EngineClosedError(msg))

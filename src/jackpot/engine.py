@@ -83,9 +83,7 @@ class JackpotEngine:
         self._cond = threading.Condition()
         self._reader = _store(path, settings)
         self._reader_lock = threading.Lock()
-        # SQLite: WAL checkpoints run in their own thread, not after a commit.
-        self._checkpointer = (None if is_database_url(path)
-                              else Checkpointer(lambda: _sqlite(path, settings)))
+        self._checkpointer: Checkpointer | None = None
         self._restart_lock = threading.Lock()
         self._requests = Requests(names)
         # One mailbox per level, and one (key None) for the coordinator.
@@ -98,6 +96,9 @@ class JackpotEngine:
                              + settings.retry_delay_ms * 2**retries * 2) / 1000
         self._pools: dict[str, pykka.ActorProxy[PoolActor]] = {}
         try:
+            if not is_database_url(path):
+                # SQLite: WAL checkpoints run in their own thread, not after a commit.
+                self._checkpointer = Checkpointer(lambda: _sqlite(path, settings))
             for name in self._requests.names:
                 self._pools[name] = self._start_pool(name)
             self._coordinator = self._start_coordinator()
@@ -457,7 +458,7 @@ class JackpotEngine:
                     msg = (f"the actor serving {', '.join(op.names)} stopped while "
                            f"running {op.kind} {op.op_id!r}; retry with the same op_id")
                     raise EngineClosedError(msg) from e
-                self._restart_dead_actors()
+                self._restart_before_resending(op)
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     def _wait(self, op: Operation, ticket: Ticket) -> Any:
@@ -492,8 +493,24 @@ class JackpotEngine:
         return Coordinator.start(self._open_store, self._guards, self._settings, self.stats,
                                  self._mailboxes[None]).proxy()
 
+    def _restart_before_resending(self, op: Operation) -> None:
+        """Replace stopped actors before `op` (which changed nothing) is sent again."""
+        try:
+            self._restart_dead_actors()
+        except pykka.ActorDeadError as failed:  # the replacement's on_start failed
+            msg = (f"the actor serving {', '.join(op.names)} stopped and could not be "
+                   f"restarted (its error is logged); {op.kind} {op.op_id!r} changed "
+                   "nothing: retry with the same op_id")
+            raise StorageError(msg) from failed
+
     def _restart_dead_actors(self) -> None:
-        """Replace every stopped actor; each replacement reloads from the database."""
+        """Replace every stopped actor; each replacement reloads from the database.
+
+        Raises `pykka.ActorDeadError` when a level's or the coordinator's
+        replacement fails to start (its error is logged; the next call tries
+        again). A checkpointer that cannot restart is only logged: the
+        writers bound the WAL themselves meanwhile.
+        """
         with self._restart_lock:
             for name, proxy in list(self._pools.items()):
                 if not proxy.actor_ref.is_alive():
@@ -513,8 +530,14 @@ class JackpotEngine:
             if self._checkpointer is not None and not self._checkpointer.alive():
                 logger.error("checkpointer had stopped; starting a replacement",
                              extra={"outcome": "actor_restart"})
-                self._checkpointer.restart()
-                self.stats.add("actor_restarts", "actor", "checkpointer")
+                try:
+                    self._checkpointer.restart()
+                except pykka.ActorDeadError:
+                    logger.exception("the checkpointer's replacement could not start; "
+                                     "writers keep the WAL bounded until the next attempt",
+                                     extra={"outcome": "actor_restart_failed"})
+                else:
+                    self.stats.add("actor_restarts", "actor", "checkpointer")
 
     # -- operations view -----------------------------------------------------------
 

@@ -32,9 +32,11 @@ from jackpot import (
     JackpotEngine,
     LockTimeoutError,
     Settings,
+    StorageError,
     UnknownGroupError,
     ValidationError,
 )
+from jackpot.actors import PoolActor
 
 
 @pytest.fixture
@@ -344,6 +346,34 @@ def test_a_stopped_actor_is_restarted_and_the_request_resent(db_path: Path) -> N
             assert (result.replayed, result.contributions) == (
                 False, {"minor": Decimal("0.05")})
             assert engine.stats.snapshot()["actor_restarts"] == 1
+
+    asyncio.run(run())
+
+
+def test_a_replacement_that_cannot_start_is_a_storage_error_then_recovers(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for the threaded engine: never a raw Pykka error, and the next call recovers."""
+    start = PoolActor.start
+
+    def broken(self: PoolActor) -> None:
+        msg = "cannot open the connection"
+        raise StorageError(msg)
+
+    def start_and_die(*args: Any, **kwargs: Any) -> Any:
+        ref = start(*args, **kwargs)
+        assert ref.actor_stopped.wait(10)  # dead before its proxy is asked for
+        return ref
+
+    async def run() -> None:
+        async with await AsyncJackpotEngine.open(db_path) as engine:
+            engine.sync._pools["minor"].actor_ref.stop(block=True, timeout=10)
+            with monkeypatch.context() as patch:
+                patch.setattr(PoolActor, "on_start", broken)
+                patch.setattr(PoolActor, "start", start_and_die)
+                with pytest.raises(StorageError, match="could not be restarted"):
+                    await engine.contribute("10", groups="minor", op_id="during")
+            result = await engine.contribute("10", groups="minor", op_id="during")
+            assert (result.replayed, result.versions) == (False, {"minor": 2})
 
     asyncio.run(run())
 

@@ -11,6 +11,7 @@ import pytest
 
 from jackpot import JackpotEngine, LockTimeoutError, Settings, StorageError
 from jackpot.actors import PoolActor
+from jackpot.actors.checkpoint import _CheckpointActor
 
 
 def test_a_failed_open_stops_every_actor_it_started(
@@ -89,3 +90,69 @@ def test_a_held_guard_times_out_a_single_level_batch_with_nothing_changed(
     assert engine.pool("minor").version == 1
     assert engine.contribute(Decimal(10), groups="minor", op_id="stuck").versions == {
         "minor": 2}  # not a replay: the first attempt changed nothing
+
+
+def _dead_on_arrival(monkeypatch: pytest.MonkeyPatch, actor: type[pykka.ThreadingActor]) -> None:
+    """Make `actor` fail in on_start, and be dead before its starter asks for a proxy.
+
+    That is the race a failing connection produces at random: the actor's
+    thread fails before the starting thread builds its proxy, which Pykka
+    then refuses with ActorDeadError. Here it always happens.
+    """
+    start = actor.start
+
+    def broken(self: pykka.ThreadingActor) -> None:
+        msg = "cannot open the connection"
+        raise StorageError(msg)
+
+    def start_and_die(*args: object, **kwargs: object) -> pykka.ActorRef[pykka.Actor]:
+        ref = start(*args, **kwargs)
+        assert ref.actor_stopped.wait(10)
+        return ref
+
+    monkeypatch.setattr(actor, "on_start", broken)
+    monkeypatch.setattr(actor, "start", start_and_die)
+
+
+def test_a_checkpointer_that_dies_while_the_engine_opens_is_a_storage_error(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+    _dead_on_arrival(monkeypatch, _CheckpointActor)
+    with pytest.raises(StorageError, match="could not start"):
+        JackpotEngine.open(db_path)
+    assert set(pykka.ActorRegistry.get_all()) == before  # no thread left behind
+
+
+def test_a_replacement_actor_that_cannot_start_is_a_storage_error_then_recovers(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = open_engine()
+    engine.contribute(Decimal(10), groups="minor", op_id="before")
+    engine._pools["minor"].actor_ref.stop(block=True, timeout=10)
+    with monkeypatch.context() as patch:
+        _dead_on_arrival(patch, PoolActor)
+        with pytest.raises(StorageError, match="could not be restarted"):
+            engine.contribute(Decimal(10), groups="minor", op_id="during")
+    # The database is fine again: the next call starts a replacement and is served.
+    assert engine.contribute(Decimal(10), groups="minor", op_id="during").versions == {
+        "minor": 3}
+    assert engine.verify().ok
+
+
+def test_a_checkpointer_that_cannot_restart_never_fails_an_operation(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop(timeout=10)
+    engine._pools["minor"].actor_ref.stop(block=True, timeout=10)  # forces a restart pass
+    with monkeypatch.context() as patch:
+        _dead_on_arrival(patch, _CheckpointActor)
+        # The level's actor is replaced; the checkpointer's replacement dies
+        # (logged): the writers' own WAL catch-up bounds the WAL meanwhile.
+        assert engine.contribute(Decimal(10), groups="minor", op_id="x").versions == {
+            "minor": 2}
+        assert not checkpointer.alive()
+    engine._restart_dead_actors()
+    assert checkpointer.alive()
+    assert engine.verify().ok
