@@ -37,8 +37,8 @@ import pykka
 
 from jackpot.actors import Ticket
 from jackpot.domain import GroupConfig
-from jackpot.engine import JackpotEngine, outcome_of
-from jackpot.errors import EngineClosedError, LockTimeoutError
+from jackpot.engine import JackpotEngine, not_restarted_message, outcome_of
+from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError
 from jackpot.health import HealthReport
 from jackpot.logs import log_failure, log_success
 from jackpot.results import (
@@ -507,13 +507,17 @@ class _Call:
         except EngineClosedError as e:
             self._finish(None, e)
             return
-        applied_maybe = isinstance(error, pykka.ActorDeadError) and not ticket.abandon()
-        if self._attempt or applied_maybe:
+        if not ticket.abandon():  # claimed: it may have been applied
             msg = (f"the actor serving {', '.join(self.op.names)} stopped while running "
                    f"{self.op.kind} {self.op.op_id!r}; retry with the same op_id")
             closed = EngineClosedError(msg)
             closed.__cause__ = error
             self._finish(None, closed)
+            return
+        if self._attempt:  # the replacement stopped too, before taking the request
+            failed = StorageError(not_restarted_message(self.op))
+            failed.__cause__ = error
+            self._finish(None, failed)
             return
         self._attempt += 1
         self._ticket = None  # a late answer to the first attempt is ignored

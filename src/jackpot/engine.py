@@ -28,6 +28,7 @@ from jackpot.actors import (
     Mailbox,
     PoolActor,
     Ticket,
+    wait_ready,
 )
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
@@ -70,6 +71,13 @@ _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor live
 
 
 
+def not_restarted_message(op: Operation) -> str:
+    """Say that `op`'s actor stopped, its replacement could not start, and nothing changed."""
+    return (f"the actor serving {', '.join(op.names)} stopped and could not be restarted "
+            f"(its error is logged); {op.kind} {op.op_id!r} changed nothing: retry with "
+            "the same op_id")
+
+
 class JackpotEngine:
     """A running jackpot engine over one database. Safe to share between threads."""
 
@@ -105,14 +113,18 @@ class JackpotEngine:
             # Actors open their connections in their own threads: wait for
             # that, so open() returns a fully started engine (or its error).
             for pool in self._pools.values():
-                pool.ready().get(timeout=self._run_timeout)
-            self._coordinator.ready().get(timeout=self._run_timeout)
+                wait_ready(pool, self._run_timeout)
+            wait_ready(self._coordinator, self._run_timeout)
             if self._checkpointer is not None:
                 self._checkpointer.ready(self._run_timeout)
         except BaseException as e:
             self._stop_everything()  # no actor thread may outlive a failed open()
             if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged by Pykka)
                 msg = f"the engine's actors could not start (their error is logged): {e}"
+                raise StorageError(msg) from e
+            if isinstance(e, pykka.Timeout):
+                msg = (f"the engine's actors did not open their connections within "
+                       f"{self._run_timeout:.1f} s")
                 raise StorageError(msg) from e
             raise
         self._metrics: PrometheusObserver | None = None
@@ -453,11 +465,12 @@ class JackpotEngine:
                 return self._wait(op, ticket)
             except pykka.ActorDeadError as e:
                 self._check_open()
-                applied_maybe = isinstance(e, pykka.ActorDeadError) and not ticket.abandon()
-                if attempt or applied_maybe:
+                if not ticket.abandon():  # claimed: it may have been applied
                     msg = (f"the actor serving {', '.join(op.names)} stopped while "
                            f"running {op.kind} {op.op_id!r}; retry with the same op_id")
                     raise EngineClosedError(msg) from e
+                if attempt:  # the replacement stopped too, before taking the request
+                    raise StorageError(not_restarted_message(op)) from e
                 self._restart_before_resending(op)
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
@@ -498,10 +511,7 @@ class JackpotEngine:
         try:
             self._restart_dead_actors()
         except pykka.ActorDeadError as failed:  # the replacement's on_start failed
-            msg = (f"the actor serving {', '.join(op.names)} stopped and could not be "
-                   f"restarted (its error is logged); {op.kind} {op.op_id!r} changed "
-                   "nothing: retry with the same op_id")
-            raise StorageError(msg) from failed
+            raise StorageError(not_restarted_message(op)) from failed
 
     def _restart_dead_actors(self) -> None:
         """Replace every stopped actor; each replacement reloads from the database.

@@ -378,6 +378,27 @@ def test_a_replacement_that_cannot_start_is_a_storage_error_then_recovers(
     asyncio.run(run())
 
 
+def test_a_replacement_failing_at_any_moment_of_its_start_is_a_storage_error(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the resend meets the replacement alive or already stopped."""
+    def broken(self: PoolActor) -> None:
+        msg = "cannot open the connection"
+        raise StorageError(msg)
+
+    async def run() -> None:
+        async with await AsyncJackpotEngine.open(db_path) as engine:
+            engine.sync._pools["minor"].actor_ref.stop(block=True, timeout=10)
+            with monkeypatch.context() as patch:
+                patch.setattr(PoolActor, "on_start", broken)
+                for n in range(5):  # the start races the resend differently each time
+                    with pytest.raises(StorageError, match="could not be restarted"):
+                        await engine.contribute("10", groups="minor", op_id=f"during-{n}")
+            result = await engine.contribute("10", groups="minor", op_id="after")
+            assert result.versions == {"minor": 2}
+
+    asyncio.run(run())
+
+
 class _Gate:
     """A level guard's lock that says when someone starts waiting for it."""
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import apsw
 import pykka
 import pytest
 
 from jackpot import JackpotEngine, LockTimeoutError, Settings, StorageError
-from jackpot.actors import PoolActor
+from jackpot.actors import PoolActor, wait_ready
 from jackpot.actors.checkpoint import _CheckpointActor
+from jackpot.storage import SQLiteStore
 
 
 def test_a_failed_open_stops_every_actor_it_started(
@@ -156,3 +161,92 @@ def test_a_checkpointer_that_cannot_restart_never_fails_an_operation(
     engine._restart_dead_actors()
     assert checkpointer.alive()
     assert engine.verify().ok
+
+
+def test_a_replacement_that_fails_at_any_moment_of_its_start_is_a_storage_error(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before or after its proxy exists, before or after the resend: always StorageError."""
+    engine = open_engine()
+    engine._pools["minor"].actor_ref.stop(block=True, timeout=10)
+
+    def broken(self: PoolActor) -> None:
+        msg = "cannot open the connection"
+        raise StorageError(msg)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PoolActor, "on_start", broken)
+        for n in range(5):  # the start races the resend differently each time
+            with pytest.raises(StorageError, match="could not be restarted"):
+                engine.contribute(Decimal(10), groups="minor", op_id=f"during-{n}")
+    assert engine.contribute(Decimal(10), groups="minor", op_id="after").versions == {
+        "minor": 2}
+    assert engine.verify().ok
+
+
+class _Silent:
+    """A proxy whose actor never answers `ready()`; `alive` says whether it still runs."""
+
+    def __init__(self, *, alive: bool) -> None:
+        self.alive = alive
+        self.actor_ref = self
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def ready(self) -> pykka.Future[bool]:
+        return pykka.ThreadingFuture()  # never set: the request was lost with the actor
+
+
+def test_waiting_for_a_stopped_actor_that_never_answers_ends_as_actor_dead() -> None:
+    with pytest.raises(pykka.ActorDeadError, match="stopped while starting"):
+        wait_ready(_Silent(alive=False), timeout=30)  # type: ignore[arg-type]
+
+
+def test_waiting_for_a_live_actor_that_never_answers_times_out() -> None:
+    with pytest.raises(pykka.Timeout):
+        wait_ready(_Silent(alive=True), timeout=0.2)  # type: ignore[arg-type]
+
+
+def test_an_actor_that_does_not_start_in_time_is_a_storage_error(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    JackpotEngine.open(db_path).close()
+    release = threading.Event()
+    start = PoolActor.on_start
+
+    def slow(self: PoolActor) -> None:
+        release.wait(30)
+        start(self)
+
+    monkeypatch.setattr(PoolActor, "on_start", slow)
+    settings = Settings(lock_timeout_ms=20, max_retry_attempts=0, retry_delay_ms=1)
+    try:
+        with pytest.raises(StorageError, match="did not open their connections within"):
+            JackpotEngine.open(db_path, settings=settings)
+    finally:
+        release.set()
+    for ref in pykka.ActorRegistry.get_by_class(PoolActor):
+        ref.stop(block=True, timeout=10)
+
+
+def test_a_level_actor_that_fails_after_opening_its_connection_closes_it(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    JackpotEngine.open(db_path).close()
+    load = SQLiteStore.load_level
+
+    def broken(self: SQLiteStore, name: str) -> Any:
+        if name == "mega":
+            msg = "cannot read the level"
+            raise StorageError(msg)
+        return load(self, name)
+
+    monkeypatch.setattr(SQLiteStore, "load_level", broken)
+    gc.collect()
+    gc.disable()  # a leaked connection must not be hidden by a collection
+    try:
+        before = {id(c) for c in apsw.connections()}
+        with pytest.raises(StorageError):
+            JackpotEngine.open(db_path)
+        leaked = [c for c in apsw.connections() if id(c) not in before]
+    finally:
+        gc.enable()
+    assert leaked == []

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import pykka
 
+from jackpot.actors._start import wait_ready
 from jackpot.errors import JackpotError
 from jackpot.storage import SQLiteStore
 
@@ -114,7 +115,7 @@ class Checkpointer:
 
     def ready(self, timeout: float) -> None:
         """Return once the actor's connection is open (raises its error if it failed)."""
-        self._actor.ready().get(timeout=timeout)
+        wait_ready(self._actor, timeout)
 
     def stop(self, timeout: float) -> None:
         """Stop the actor after the checkpoint it may be running."""

@@ -71,12 +71,16 @@ class PoolActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         """Open this actor's connection and load the level (unless its guard knows it)."""
         self._store = self._open_store()
-        if self._guard.lock.acquire(timeout=self._guard_limit):
-            try:
-                if self._guard.state is None:
-                    self._guard.state = self._store.load_level(self.name)
-            finally:
-                self._guard.lock.release()
+        try:
+            if self._guard.lock.acquire(timeout=self._guard_limit):
+                try:
+                    if self._guard.state is None:
+                        self._guard.state = self._store.load_level(self.name)
+                finally:
+                    self._guard.lock.release()
+        except BaseException:
+            self._store.close()  # Pykka calls no on_stop after a failed on_start
+            raise
 
     def on_stop(self) -> None:
         """Close this actor's connection."""

@@ -1,0 +1,40 @@
+"""Waiting for a started actor to be ready without trusting it to answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pykka
+
+__all__ = ["wait_ready"]
+
+_POLL = 0.05  # seconds between checks that the actor still lives
+
+
+def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
+    """Return once the actor's `ready()` has answered (its `on_start` has run).
+
+    An actor whose `on_start` fails may stop after the `ready()` request
+    passed Pykka's liveness check but before it reached the inbox; nobody
+    would ever answer it. So the wait is cut in short slices, and a stopped
+    actor ends it at once.
+
+    Raises:
+        pykka.ActorDeadError: the actor stopped (its error is logged by Pykka).
+        pykka.Timeout: the actor still lives but did not answer within `timeout`.
+
+    """
+    answer = proxy.ready()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer.get(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
+        except pykka.Timeout:
+            if not proxy.actor_ref.is_alive():
+                msg = f"{proxy.actor_ref} stopped while starting"
+                raise pykka.ActorDeadError(msg) from None
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            return
