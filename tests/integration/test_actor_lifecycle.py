@@ -124,8 +124,16 @@ def test_a_checkpointer_that_dies_while_the_engine_opens_is_a_storage_error(
     JackpotEngine.open(db_path).close()
     before = set(pykka.ActorRegistry.get_all())
     _dead_on_arrival(monkeypatch, _CheckpointActor)
-    with pytest.raises(StorageError, match="could not start"):
-        JackpotEngine.open(db_path)
+    gc.collect()
+    gc.disable()  # a leaked connection (the reader's) must not be hidden by a collection
+    try:
+        connections = {id(c) for c in apsw.connections()}
+        with pytest.raises(StorageError, match="could not start"):
+            JackpotEngine.open(db_path)
+        leaked = [c for c in apsw.connections() if id(c) not in connections]
+    finally:
+        gc.enable()
+    assert leaked == []
     assert set(pykka.ActorRegistry.get_all()) == before  # no thread left behind
 
 
