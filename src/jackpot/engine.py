@@ -7,9 +7,11 @@ coordinator when it spans several) and waits, with a timeout, for the result.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
@@ -71,6 +73,25 @@ _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor live
 
 
 
+_OPEN_ENGINES: weakref.WeakSet[JackpotEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    """At interpreter exit, close every engine the program left open.
+
+    Actor threads are daemon threads, so a program that ends (or crashes)
+    without `close()` still exits; this lets their in-flight batches commit
+    or roll back and closes their connections first.
+    """
+    for engine in list(_OPEN_ENGINES):
+        try:
+            engine.close()
+        except Exception:  # exiting: report it, then close the others
+            logger.exception("closing an engine left open at exit failed",
+                             extra={"outcome": "close_failed"})
+
+
 def not_restarted_message(op: Operation) -> str:
     """Say that `op`'s actor stopped, its replacement could not start, and nothing changed."""
     return (f"the actor serving {', '.join(op.names)} stopped and could not be restarted "
@@ -127,6 +148,7 @@ class JackpotEngine:
                        f"{self._run_timeout:.1f} s")
                 raise StorageError(msg) from e
             raise
+        _OPEN_ENGINES.add(self)
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path
@@ -211,6 +233,7 @@ class JackpotEngine:
             self._closed = True
             self._cond.wait_for(lambda: self._inflight == 0,
                                 timeout if timeout is not None else self._run_timeout)
+        _OPEN_ENGINES.discard(self)
         self._stop_everything()
 
     def _stop_everything(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -258,3 +260,28 @@ def test_a_level_actor_that_fails_after_opening_its_connection_closes_it(
     finally:
         gc.enable()
     assert leaked == []
+
+
+_FORGETFUL = """
+import sys
+from decimal import Decimal
+from jackpot import JackpotEngine
+engine = JackpotEngine.open(sys.argv[1])
+engine.contribute(Decimal(10), groups="minor", op_id="before-the-crash")
+raise RuntimeError("the game server crashed without closing the engine")
+"""
+
+
+def test_a_program_that_never_closes_its_engine_still_exits_and_keeps_its_bets(
+        db_path: Path) -> None:
+    """Actor threads must not keep a crashed program alive; the exit closes the engine."""
+    JackpotEngine.open(db_path).close()
+    done = subprocess.run([sys.executable, "-c", _FORGETFUL, str(db_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "the game server crashed" in done.stderr
+    assert "closing an engine left open at exit failed" not in done.stderr
+    with JackpotEngine.open(db_path) as engine:
+        replay = engine.contribute(Decimal(10), groups="minor", op_id="before-the-crash")
+        assert (replay.replayed, replay.versions) == (True, {"minor": 2})
+        assert engine.verify().ok

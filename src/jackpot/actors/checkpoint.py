@@ -38,6 +38,8 @@ EVERY_PAGES = 1000
 class _CheckpointActor(pykka.ThreadingActor):
     """Owns the checkpoint connection; runs one checkpoint per request."""
 
+    use_daemon_thread = True  # a program that never closes the engine still exits
+
     def __init__(self, open_store: Callable[[], SQLiteStore], done: Callable[[], None]) -> None:
         super().__init__()
         self._open_store = open_store

@@ -40,6 +40,8 @@ logger = logging.getLogger("jackpot")
 class Coordinator(pykka.ThreadingActor):
     """Runs multi-level operations; the only actor that waits on others."""
 
+    use_daemon_thread = True  # a program that never closes the engine still exits
+
     def __init__(
         self,
         open_store: Callable[[], SQLiteStore],

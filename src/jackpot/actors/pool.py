@@ -46,6 +46,8 @@ def cache_suspect(error: BaseException | None) -> bool:
 class PoolActor(pykka.ThreadingActor):
     """Owns one level: its state, its mutations, its connection."""
 
+    use_daemon_thread = True  # a program that never closes the engine still exits
+
     def __init__(
         self,
         guard: LevelGuard,
