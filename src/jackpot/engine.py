@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -73,7 +74,8 @@ _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor live
 
 
 
-_OPEN_ENGINES: weakref.WeakSet[JackpotEngine] = weakref.WeakSet()
+_OPEN_ENGINES: weakref.WeakKeyDictionary[JackpotEngine, int] = weakref.WeakKeyDictionary()
+"""Engines not closed yet, with the process that opened them."""
 
 
 @atexit.register
@@ -84,7 +86,9 @@ def _close_open_engines() -> None:
     without `close()` still exits; this lets their in-flight batches commit
     or roll back and closes their connections first.
     """
-    for engine in list(_OPEN_ENGINES):
+    for engine, pid in list(_OPEN_ENGINES.items()):
+        if pid != os.getpid():  # inherited by a forked child: its threads are not here
+            continue
         try:
             engine.close()
         except Exception:  # exiting: report it, then close the others
@@ -148,7 +152,7 @@ class JackpotEngine:
                        f"{self._run_timeout:.1f} s")
                 raise StorageError(msg) from e
             raise
-        _OPEN_ENGINES.add(self)
+        _OPEN_ENGINES[self] = os.getpid()
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path
@@ -233,7 +237,7 @@ class JackpotEngine:
             self._closed = True
             self._cond.wait_for(lambda: self._inflight == 0,
                                 timeout if timeout is not None else self._run_timeout)
-        _OPEN_ENGINES.discard(self)
+        _OPEN_ENGINES.pop(self, None)
         self._stop_everything()
 
     def _stop_everything(self) -> None:
