@@ -8,6 +8,7 @@ coordinator when it spans several) and waits, with a timeout, for the result.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -75,22 +76,49 @@ _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor live
 
 
 _OPEN_ENGINES: weakref.WeakKeyDictionary[JackpotEngine, int] = weakref.WeakKeyDictionary()
-"""Engines not closed yet, with the process that opened them."""
+"""Engines not closed yet, with the process that opened them (guarded by `_OPEN_LOCK`)."""
+_OPEN_LOCK = threading.Lock()
+_EXIT_SECONDS = 5.0
+"""Longest the exit hook spends closing one engine: its in-flight operations, then its actors."""
 
 
-@atexit.register
+def _opened(engine: JackpotEngine) -> None:
+    """Remember an open engine; the first one registers the exit hook.
+
+    Registered at the first open rather than at import, so that hooks the
+    program registers earlier (a tracer's or a log listener's shutdown) run
+    after the engines are closed.
+    """
+    _register_exit_hook()
+    with _OPEN_LOCK:
+        _OPEN_ENGINES[engine] = os.getpid()
+
+
+@functools.cache
+def _register_exit_hook() -> None:
+    atexit.register(_close_open_engines)
+
+
+def _closing(engine: JackpotEngine) -> None:
+    with _OPEN_LOCK:
+        _OPEN_ENGINES.pop(engine, None)
+
+
 def _close_open_engines() -> None:
     """At interpreter exit, close every engine the program left open.
 
     Actor threads are daemon threads, so a program that ends (or crashes)
     without `close()` still exits; this lets their in-flight batches commit
-    or roll back and closes their connections first.
+    or roll back and closes their connections first, spending at most
+    `_EXIT_SECONDS` per engine (a stuck actor is abandoned: an unfinished
+    transaction rolls back, as after a crash).
     """
-    for engine, pid in list(_OPEN_ENGINES.items()):
-        if pid != os.getpid():  # inherited by a forked child: its threads are not here
-            continue
+    with _OPEN_LOCK:
+        engines = [e for e, pid in _OPEN_ENGINES.items()
+                   if pid == os.getpid()]  # a forked child's: their threads are not here
+    for engine in engines:
         try:
-            engine.close()
+            engine.close(timeout=_EXIT_SECONDS)
         except Exception:  # exiting: report it, then close the others
             logger.exception("closing an engine left open at exit failed",
                              extra={"outcome": "close_failed"})
@@ -152,7 +180,7 @@ class JackpotEngine:
                        f"{self._run_timeout:.1f} s")
                 raise StorageError(msg) from e
             raise
-        _OPEN_ENGINES[self] = os.getpid()
+        _opened(self)
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path
@@ -228,38 +256,42 @@ class JackpotEngine:
     def close(self, timeout: float | None = None) -> None:
         """Let in-flight operations finish, stop every actor; later calls fail.
 
-        Idempotent. `timeout` bounds the wait for in-flight operations
-        (default: the engine's longest operation time).
+        Idempotent. `timeout` bounds the whole close: the wait for in-flight
+        operations, then for the actors to stop (default: the engine's
+        longest operation time for each). An actor still busy then is left
+        to stop by itself (logged).
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._cond.wait_for(lambda: self._inflight == 0,
-                                timeout if timeout is not None else self._run_timeout)
-        _OPEN_ENGINES.pop(self, None)
-        self._stop_everything()
+                                self._run_timeout if deadline is None
+                                else max(0.0, deadline - time.monotonic()))
+        _closing(self)
+        self._stop_everything(deadline)
 
-    def _stop_everything(self) -> None:
+    def _stop_everything(self, deadline: float | None = None) -> None:
         """Stop every actor (coordinator, pools, checkpointer), then close the reader.
 
-        Each stop is tried even if an earlier one timed out, so no actor
-        thread or connection is left behind.
+        Every stop is requested at once, then awaited against one deadline
+        (default: the engine's longest operation time from now), so no
+        actor waits behind a stuck one and none is left unasked.
         """
+        if deadline is None:
+            deadline = time.monotonic() + self._run_timeout
         refs = [p.actor_ref for p in (getattr(self, "_coordinator", None),
                                       *self._pools.values()) if p is not None]
-        for ref in refs:
-            try:
-                ref.stop(block=True, timeout=self._run_timeout)
-            except pykka.Timeout:
-                logger.exception("an actor did not stop within %.1f s", self._run_timeout,
-                                 extra={"outcome": "stop_timeout"})
+        stopping = [(str(ref), ref.stop(block=False)) for ref in refs]
         if self._checkpointer is not None:
+            stopping.append(("the checkpointer", self._checkpointer.stop_soon()))
+        for name, stopped in stopping:
             try:
-                self._checkpointer.stop(self._run_timeout)
+                stopped.get(timeout=max(0.0, deadline - time.monotonic()))
             except pykka.Timeout:
-                logger.exception("the checkpointer did not stop within %.1f s",
-                                 self._run_timeout, extra={"outcome": "stop_timeout"})
+                logger.exception("%s did not stop in time", name,
+                                 extra={"outcome": "stop_timeout"})
         with self._reader_lock:
             self._reader.close()
 

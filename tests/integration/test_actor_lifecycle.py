@@ -285,3 +285,45 @@ def test_a_program_that_never_closes_its_engine_still_exits_and_keeps_its_bets(
         replay = engine.contribute(Decimal(10), groups="minor", op_id="before-the-crash")
         assert (replay.replayed, replay.versions) == (True, {"minor": 2})
         assert engine.verify().ok
+
+
+_STUCK = """
+import logging, sys, threading
+logging.basicConfig(level=logging.WARNING)
+from decimal import Decimal
+import jackpot.actors.pool as pool
+from jackpot import JackpotEngine
+engine = JackpotEngine.open(sys.argv[1])
+engine.contribute(Decimal(10), groups="minor", op_id="acknowledged")
+entered, never = threading.Event(), threading.Event()
+run = pool.execute_batch
+def stuck(*args, **kwargs):
+    entered.set()
+    never.wait()  # the level's actor hangs in the middle of a batch
+    return run(*args, **kwargs)
+pool.execute_batch = stuck
+threading.Thread(target=engine.contribute, args=(Decimal(10),),
+                 kwargs={"groups": "minor", "op_id": "stuck"}, daemon=True).start()
+assert entered.wait(30)
+raise RuntimeError("the game server crashed with a level's actor stuck")
+"""
+
+
+def test_a_stuck_actor_delays_the_exit_only_by_the_exit_bound(db_path: Path) -> None:
+    """The exit hook gives up on a stuck actor (its transaction rolls back, as in a crash).
+
+    Unbounded, the exit would wait for the in-flight call and then for each
+    actor, the engine's whole run timeout each (over a minute by default):
+    past this test's subprocess timeout.
+    """
+    JackpotEngine.open(db_path).close()
+    done = subprocess.run([sys.executable, "-c", _STUCK, str(db_path)],
+                          capture_output=True, text=True, timeout=45, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "the game server crashed" in done.stderr
+    assert "did not stop in time" in done.stderr  # the stuck actor, logged and abandoned
+    with JackpotEngine.open(db_path) as engine:
+        assert engine.contribute(Decimal(10), groups="minor",
+                                 op_id="acknowledged").replayed
+        assert engine.pool("minor").version == 2  # the stuck bet never committed
+        assert engine.verify().ok

@@ -121,4 +121,8 @@ class Checkpointer:
 
     def stop(self, timeout: float) -> None:
         """Stop the actor after the checkpoint it may be running."""
-        self._actor.actor_ref.stop(block=True, timeout=timeout)
+        self.stop_soon().get(timeout=timeout)
+
+    def stop_soon(self) -> pykka.Future[bool]:
+        """Ask the actor to stop after the checkpoint it may be running; wait on the future."""
+        return self._actor.actor_ref.stop(block=False)
