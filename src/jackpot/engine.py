@@ -33,6 +33,7 @@ from jackpot.actors import (
     PoolActor,
     Ticket,
     wait_ready,
+    wait_stopped,
 )
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
@@ -283,15 +284,12 @@ class JackpotEngine:
             deadline = time.monotonic() + self._run_timeout
         refs = [p.actor_ref for p in (getattr(self, "_coordinator", None),
                                       *self._pools.values()) if p is not None]
-        stopping = [(str(ref), ref.stop(block=False)) for ref in refs]
+        stopping = [(ref, ref.stop(block=False)) for ref in refs]
         if self._checkpointer is not None:
-            stopping.append(("the checkpointer", self._checkpointer.stop_soon()))
-        for name, stopped in stopping:
-            try:
-                stopped.get(timeout=max(0.0, deadline - time.monotonic()))
-            except pykka.Timeout:
-                logger.exception("%s did not stop in time", name,
-                                 extra={"outcome": "stop_timeout"})
+            stopping.append(self._checkpointer.stop_soon())
+        for ref, stopped in stopping:
+            if not wait_stopped(ref, stopped, deadline):
+                logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
         with self._reader_lock:
             self._reader.close()
 

@@ -6,6 +6,7 @@ import gc
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,7 @@ import pykka
 import pytest
 
 from jackpot import JackpotEngine, LockTimeoutError, Settings, StorageError
-from jackpot.actors import PoolActor, wait_ready
+from jackpot.actors import PoolActor, wait_ready, wait_stopped
 from jackpot.actors.checkpoint import _CheckpointActor
 from jackpot.storage import SQLiteStore
 
@@ -327,3 +328,30 @@ def test_a_stuck_actor_delays_the_exit_only_by_the_exit_bound(db_path: Path) -> 
                                  op_id="acknowledged").replayed
         assert engine.pool("minor").version == 2  # the stuck bet never committed
         assert engine.verify().ok
+
+
+class _Ref:
+    """An actor reference whose thread has (or has not) stopped."""
+
+    def __init__(self, *, stopped: bool) -> None:
+        self.actor_stopped = threading.Event()
+        if stopped:
+            self.actor_stopped.set()
+
+
+def test_a_stop_request_answered_counts_as_stopped() -> None:
+    answered: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()
+    answered.set(True)
+    assert wait_stopped(_Ref(stopped=True), answered, time.monotonic() + 30)  # type: ignore[arg-type]
+
+
+def test_an_actor_that_stopped_by_itself_is_not_waited_for_until_the_deadline() -> None:
+    """Its stop request was lost with it: after a grace it counts as stopped, not timed out."""
+    lost: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()  # never answered
+    assert wait_stopped(_Ref(stopped=True), lost, time.monotonic() + 60)  # type: ignore[arg-type]
+
+
+def test_a_live_actor_that_does_not_stop_in_time_is_reported() -> None:
+    lost: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()
+    assert not wait_stopped(_Ref(stopped=False), lost,  # type: ignore[arg-type]
+                            time.monotonic() + 0.2)

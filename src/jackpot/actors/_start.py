@@ -1,4 +1,4 @@
-"""Waiting for a started actor to be ready without trusting it to answer."""
+"""Waiting for an actor to start or stop without trusting it to answer."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 
 import pykka
 
-__all__ = ["wait_ready"]
+__all__ = ["wait_ready", "wait_stopped"]
 
 _POLL = 0.05  # seconds between checks that the actor still lives
+_GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
 
 
 def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
@@ -38,3 +39,24 @@ def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
                 raise
         else:
             return
+
+
+def wait_stopped(ref: pykka.ActorRef[Any], stopped: pykka.Future[bool], deadline: float) -> bool:
+    """Wait until `deadline` (monotonic) for `stopped`, from `ref.stop(block=False)`.
+
+    True once the actor has stopped. An actor that stopped by itself just as
+    the stop request was sent never answers it: once its thread says it has
+    stopped, its `on_stop` gets `_GRACE` seconds, then it counts as stopped.
+    """
+    while True:
+        try:
+            stopped.get(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
+        except pykka.Timeout:
+            if ref.actor_stopped.is_set():
+                deadline = min(deadline, time.monotonic() + _GRACE)
+                if time.monotonic() >= deadline:
+                    return True
+            elif time.monotonic() >= deadline:
+                return False
+        else:
+            return True

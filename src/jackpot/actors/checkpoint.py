@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pykka
 
@@ -121,8 +122,8 @@ class Checkpointer:
 
     def stop(self, timeout: float) -> None:
         """Stop the actor after the checkpoint it may be running."""
-        self.stop_soon().get(timeout=timeout)
+        self.stop_soon()[1].get(timeout=timeout)
 
-    def stop_soon(self) -> pykka.Future[bool]:
-        """Ask the actor to stop after the checkpoint it may be running; wait on the future."""
-        return self._actor.actor_ref.stop(block=False)
+    def stop_soon(self) -> tuple[pykka.ActorRef[Any], pykka.Future[bool]]:
+        """Ask the actor to stop after the checkpoint it may be running (see `wait_stopped`)."""
+        return self._actor.actor_ref, self._actor.actor_ref.stop(block=False)
