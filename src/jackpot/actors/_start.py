@@ -13,6 +13,18 @@ _POLL = 0.05  # seconds between checks that the actor still lives
 _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
 
 
+def _answered(future: pykka.Future[Any], deadline: float) -> bool:
+    """Wait one slice (never past `deadline`) for `future`; True once it has an answer.
+
+    An answer that is an error is raised here.
+    """
+    try:
+        future.get(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
+    except pykka.Timeout:
+        return False
+    return True
+
+
 def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
     """Return once the actor's `ready()` has answered (its `on_start` has run).
 
@@ -28,17 +40,13 @@ def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
     """
     answer = proxy.ready()
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            answer.get(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
-        except pykka.Timeout:
-            if not proxy.actor_ref.is_alive():
-                msg = f"{proxy.actor_ref} stopped while starting"
-                raise pykka.ActorDeadError(msg) from None
-            if time.monotonic() >= deadline:
-                raise
-        else:
-            return
+    while not _answered(answer, deadline):
+        if not proxy.actor_ref.is_alive():
+            msg = f"{proxy.actor_ref} stopped while starting"
+            raise pykka.ActorDeadError(msg)
+        if time.monotonic() >= deadline:
+            msg = f"{proxy.actor_ref} did not start within {timeout:.1f} s"
+            raise pykka.Timeout(msg)
 
 
 def wait_stopped(ref: pykka.ActorRef[Any], stopped: pykka.Future[bool], deadline: float) -> bool:
@@ -48,15 +56,9 @@ def wait_stopped(ref: pykka.ActorRef[Any], stopped: pykka.Future[bool], deadline
     the stop request was sent never answers it: once its thread says it has
     stopped, its `on_stop` gets `_GRACE` seconds, then it counts as stopped.
     """
-    while True:
-        try:
-            stopped.get(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
-        except pykka.Timeout:
-            if ref.actor_stopped.is_set():
-                deadline = min(deadline, time.monotonic() + _GRACE)
-                if time.monotonic() >= deadline:
-                    return True
-            elif time.monotonic() >= deadline:
-                return False
-        else:
-            return True
+    while not _answered(stopped, deadline):
+        if ref.actor_stopped.is_set():
+            deadline = min(deadline, time.monotonic() + _GRACE)
+        if time.monotonic() >= deadline:
+            return ref.actor_stopped.is_set()
+    return True
