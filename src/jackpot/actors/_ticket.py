@@ -60,8 +60,12 @@ class Ticket:
         """Deliver the outcome to the waiting caller (once)."""
         self._result, self._error = result, error
         self._done.release()
-        if self._notify is not None:
-            self._notify(result, error)
+        # Dropped once called: an asyncio caller's notify refers back to the
+        # call that holds this ticket, a cycle only the garbage collector
+        # would otherwise break.
+        notify, self._notify = self._notify, None
+        if notify is not None:
+            notify(result, error)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the outcome; True once it is there."""
