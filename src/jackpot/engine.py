@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -125,6 +126,26 @@ def _close_open_engines() -> None:
                              extra={"outcome": "close_failed"})
 
 
+def _close_lost_engine(path: str, parts: dict[str, Any]) -> None:
+    """Close an engine the program dropped without `close()` (it was garbage-collected).
+
+    `parts` is the engine's `__dict__`, which outlives the engine and always
+    holds its current actors (replacements included). Nothing can be in
+    flight: a caller inside an operation holds the engine. This may run in
+    any thread, an actor's included, so it only asks the actors to stop (each
+    closes its own connection) and never waits for them.
+    """
+    warnings.warn(f"JackpotEngine({path!r}) was never closed; closing it now "
+                  "(call close(), or open it in a with block)", ResourceWarning, stacklevel=2)
+    logger.warning("an engine on %s was dropped without close(); closing it", path,
+                   extra={"outcome": "engine_lost"})
+    for proxy in (parts["_coordinator"], *parts["_pools"].values()):
+        proxy.actor_ref.stop(block=False)
+    if parts["_checkpointer"] is not None:
+        parts["_checkpointer"].stop_soon()
+    parts["_reader"].close()  # nobody else can be using it: nobody holds the engine
+
+
 def not_restarted_message(op: Operation) -> str:
     """Say that `op`'s actor stopped, its replacement could not start, and nothing changed."""
     return (f"the actor serving {', '.join(op.names)} stopped and could not be restarted "
@@ -161,6 +182,13 @@ class JackpotEngine:
             if not is_database_url(path):
                 # SQLite: WAL checkpoints run in their own thread, not after a commit.
                 self._checkpointer = Checkpointer(lambda: _sqlite(path, settings))
+            # How an actor opens its writing connection (its commits report to
+            # the checkpointer). Not a bound method: actors must not keep the
+            # engine alive, or a lost engine could never be collected.
+            self._open_store: Callable[[], Store] = functools.partial(
+                _store, path, settings,
+                None if self._checkpointer is None else self._checkpointer.note,
+                cache_mb=settings.page_cache_mb)
             for name in self._requests.names:
                 self._pools[name] = self._start_pool(name)
             self._coordinator = self._start_coordinator()
@@ -182,6 +210,10 @@ class JackpotEngine:
                 raise StorageError(msg) from e
             raise
         _opened(self)
+        # Run if the program drops the engine without closing it (never at exit:
+        # the exit hook closes what is still open, waiting for in-flight batches).
+        self._lost = weakref.finalize(self, _close_lost_engine, path, self.__dict__)
+        self._lost.atexit = False
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path
@@ -248,12 +280,6 @@ class JackpotEngine:
             raise ValidationError(msg)
         return cls(str(path), settings, existing)
 
-    def _open_store(self) -> Store:
-        """Open a writing connection for an actor (its commits report to the checkpointer)."""
-        return _store(self._path, self._settings,
-                      None if self._checkpointer is None else self._checkpointer.note,
-                      cache_mb=self._settings.page_cache_mb)
-
     def close(self, timeout: float | None = None) -> None:
         """Let in-flight operations finish, stop every actor; later calls fail.
 
@@ -270,6 +296,7 @@ class JackpotEngine:
             self._cond.wait_for(lambda: self._inflight == 0,
                                 self._run_timeout if deadline is None
                                 else max(0.0, deadline - time.monotonic()))
+        self._lost.detach()
         _closing(self)
         self._stop_everything(deadline)
 

@@ -25,6 +25,7 @@ Exposed metrics (all prefixed `jackpot_`):
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
@@ -184,7 +185,9 @@ class _EngineCollector:
     """Reads the levels and the health when scraped (never on the hot path)."""
 
     def __init__(self, engine: EngineView) -> None:
-        self._engine = engine
+        # Weak: the engine's actors reach this collector through `Stats`, and
+        # must not keep an engine the program dropped alive (see engine.close).
+        self._engine = weakref.ref(engine)
 
     def describe(self) -> Iterable[Metric]:
         """Declare the series so registration does not call `collect` early."""
@@ -193,15 +196,18 @@ class _EngineCollector:
     def collect(self) -> Iterable[Metric]:
         """Read every level's committed state and the health status."""
         amount, reserve, version, health = _families()
+        engine = self._engine()
+        if engine is None:  # dropped by the program: no series to report
+            return ()
         try:
-            pools = self._engine.pools()
+            pools = engine.pools()
         except JackpotError:  # closed engine or unreadable file: health says why
             pools = {}
         for name, p in pools.items():
             amount.add_metric([name], float(p.amount))
             reserve.add_metric([name], float(p.reserve))
             version.add_metric([name], p.version)
-        status = self._engine.health().status
+        status = engine.health().status
         for s in STATUSES:
             health.add_metric([s], 1.0 if s == status else 0.0)
         return (amount, reserve, version, health)

@@ -514,3 +514,19 @@ def test_a_thousand_players_never_stall_the_event_loop(
                                     "p99": round(p99 * 1000, 2), "max": round(max(lags) * 1000, 2)})
     assert p99 < LAG_P99_LIMIT, (f"loop lag p99 {p99 * 1000:.1f} ms over {len(lags)} ticks "
                                  f"(p50 {p50 * 1000:.2f} ms)")
+
+
+def test_an_async_engine_dropped_without_close_is_closed_and_warned_about(
+        db_path: Path) -> None:
+    async def forget() -> list[Any]:
+        engine = await AsyncJackpotEngine.open(db_path)
+        await engine.contribute("10", groups="minor", op_id="kept")
+        sync = engine.sync
+        return [sync._coordinator.actor_ref, *(p.actor_ref for p in sync._pools.values())]
+
+    with pytest.warns(ResourceWarning, match="was never closed"):
+        refs = asyncio.run(forget())  # the engine is dropped as the coroutine ends
+    for ref in refs:
+        assert ref.actor_stopped.wait(30), ref
+    with JackpotEngine.open(db_path) as again:
+        assert again.contribute("10", groups="minor", op_id="kept").replayed

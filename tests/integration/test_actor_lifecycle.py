@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -355,3 +356,25 @@ def test_a_live_actor_that_does_not_stop_in_time_is_reported() -> None:
     lost: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()
     assert not wait_stopped(_Ref(stopped=False), lost,  # type: ignore[arg-type]
                             time.monotonic() + 0.2)
+
+
+def test_an_engine_dropped_without_close_is_collected_closed_and_warned_about(
+        db_path: Path) -> None:
+    """A program that loses an engine leaks no threads or connections until its exit."""
+    engine = JackpotEngine.open(db_path)
+    engine.contribute(Decimal(10), groups="minor", op_id="kept")
+    assert engine._checkpointer is not None
+    refs = [engine._coordinator.actor_ref, engine._checkpointer._actor.actor_ref,
+            *(p.actor_ref for p in engine._pools.values())]
+    reader = engine._reader.conn
+    lost = weakref.ref(engine)
+    with pytest.warns(ResourceWarning, match="was never closed"):
+        del engine  # the last reference: no cycle keeps it for the collector
+    assert lost() is None  # the actors no longer keep it alive
+    for ref in refs:
+        assert ref.actor_stopped.wait(30), ref  # stopped, each closing its connection
+    with pytest.raises(apsw.ConnectionClosedError):
+        reader.execute("SELECT 1")
+    with JackpotEngine.open(db_path) as again:
+        assert again.contribute(Decimal(10), groups="minor", op_id="kept").replayed
+        assert again.verify().ok
