@@ -8,15 +8,18 @@ coordinator when it spans several) and waits, with a timeout, for the result.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
+import queue
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -50,7 +53,7 @@ from jackpot.errors import (
     UnknownGroupError,
     ValidationError,
 )
-from jackpot.health import HealthReport, assess
+from jackpot.health import HealthReport, assess, redact
 from jackpot.logs import log_failure, log_success
 from jackpot.metrics import PrometheusObserver
 from jackpot.requests import Requests, draw
@@ -85,7 +88,7 @@ _EXIT_SECONDS = 5.0
 
 
 def _opened(engine: JackpotEngine) -> None:
-    """Remember an open engine; the first one registers the exit hook.
+    """Remember an open engine; the first one registers the exit hook and starts the reaper.
 
     Registered at the first open rather than at import, so that hooks the
     program registers earlier (a tracer's or a log listener's shutdown) run
@@ -93,6 +96,7 @@ def _opened(engine: JackpotEngine) -> None:
     """
     _register_exit_hook()
     with _OPEN_LOCK:
+        _start_reaper()
         _OPEN_ENGINES[engine] = os.getpid()
 
 
@@ -126,24 +130,99 @@ def _close_open_engines() -> None:
                              extra={"outcome": "close_failed"})
 
 
-def _close_lost_engine(path: str, parts: dict[str, Any]) -> None:
-    """Close an engine the program dropped without `close()` (it was garbage-collected).
+@dataclass(eq=False)
+class _Actors:
+    """An engine's current actors (replacements included), held apart from the engine.
 
-    `parts` is the engine's `__dict__`, which outlives the engine and always
-    holds its current actors (replacements included). Nothing can be in
-    flight: a caller inside an operation holds the engine. This may run in
-    any thread, an actor's included, so it only asks the actors to stop (each
-    closes its own connection) and never waits for them.
+    Closing an engine the program dropped needs them after the engine is
+    gone, so the engine keeps them here rather than in its own attributes.
     """
-    warnings.warn(f"JackpotEngine({path!r}) was never closed; closing it now "
-                  "(call close(), or open it in a with block)", ResourceWarning, stacklevel=2)
-    logger.warning("an engine on %s was dropped without close(); closing it", path,
-                   extra={"outcome": "engine_lost"})
-    for proxy in (parts["_coordinator"], *parts["_pools"].values()):
-        proxy.actor_ref.stop(block=False)
-    if parts["_checkpointer"] is not None:
-        parts["_checkpointer"].stop_soon()
-    parts["_reader"].close()  # nobody else can be using it: nobody holds the engine
+
+    pools: dict[str, pykka.ActorProxy[PoolActor]] = field(default_factory=dict)
+    coordinator: pykka.ActorProxy[Coordinator] | None = None
+
+
+_Lost = tuple[int, str, _Actors, Checkpointer | None, Store]
+_LOST: queue.SimpleQueue[_Lost] = queue.SimpleQueue()
+_REAPER_PID = 0  # the process whose reaper thread serves _LOST (guarded by _OPEN_LOCK)
+
+
+def _lost(pid: int, where: str, actors: _Actors, checkpointer: Checkpointer | None,
+          reader: Store) -> None:
+    """Hand an engine dropped without `close()` to the reaper (its finalizer).
+
+    This runs inside garbage collection, in whichever thread happened to
+    allocate, which may hold any lock at that moment (a connection pool's, a
+    log handler's, an actor inbox's). So it takes none: `SimpleQueue.put` is
+    safe there (documented for weakref callbacks), and the reaper thread
+    does the rest.
+    """
+    _LOST.put((pid, where, actors, checkpointer, reader))
+
+
+def _start_reaper() -> None:
+    """Start this process's reaper thread, once (again in a forked child); under `_OPEN_LOCK`."""
+    global _REAPER_PID, _LOST  # noqa: PLW0603 - one reaper and queue per process
+    if os.getpid() != _REAPER_PID:
+        if _REAPER_PID:  # a forked child: the parent's queue may be mid-put; start afresh
+            _LOST = queue.SimpleQueue()
+        threading.Thread(target=_reap, name="jackpot-reaper", daemon=True).start()
+        _REAPER_PID = os.getpid()
+
+
+def _reap() -> None:
+    """Close the engines the program dropped: stop their actors, close their reader.
+
+    Each actor closes its own connection as it stops; nothing waits for
+    that. Engines a forked child inherited are left alone: their threads and
+    connections belong to the parent.
+    """
+    while True:
+        pid, where, actors, checkpointer, reader = _LOST.get()
+        if pid != os.getpid():
+            continue
+        try:
+            for proxy in (actors.coordinator, *actors.pools.values()):
+                if proxy is not None:
+                    proxy.actor_ref.stop(block=False)
+            if checkpointer is not None:
+                checkpointer.stop_soon()
+            reader.close()  # nobody else can be using it: nobody holds the engine
+        except Exception:  # the reaper must live on for the next one
+            logger.exception("closing a dropped engine on %s failed", where,
+                             extra={"outcome": "close_failed"})
+        finally:
+            with contextlib.suppress(Warning):  # -W error raises it: the log line says it
+                warnings.warn(f"JackpotEngine({where!r}) was never closed; it is closed now "
+                              "(call close(), or open it in a with block)", ResourceWarning,
+                              stacklevel=1)
+            logger.warning("an engine on %s was dropped without close(); it is closed now",
+                           where, extra={"outcome": "engine_lost"})
+        del actors, checkpointer, reader  # hold nothing of it while waiting for the next
+
+
+class _WeakView:
+    """What the metrics collector reads from an engine, without keeping it alive.
+
+    The actors reach the collector through `Stats`; a strong reference there
+    would keep a dropped engine alive for as long as its actors run.
+    """
+
+    def __init__(self, engine: JackpotEngine) -> None:
+        self._engine = weakref.ref(engine)
+
+    def _get(self) -> JackpotEngine:
+        engine = self._engine()
+        if engine is None:
+            msg = "the engine was dropped without close()"
+            raise EngineClosedError(msg)
+        return engine
+
+    def pools(self) -> dict[str, PoolSnapshot]:
+        return self._get().pools()
+
+    def health(self) -> HealthReport:
+        return self._get().health()
 
 
 def not_restarted_message(op: Operation) -> str:
@@ -177,7 +256,8 @@ class JackpotEngine:
         self._queue_timeout = settings.lock_timeout_ms / 1000
         self._run_timeout = (settings.lock_timeout_ms * (retries + 2)
                              + settings.retry_delay_ms * 2**retries * 2) / 1000
-        self._pools: dict[str, pykka.ActorProxy[PoolActor]] = {}
+        self._actors = _Actors()
+        self._pools = self._actors.pools
         try:
             if not is_database_url(path):
                 # SQLite: WAL checkpoints run in their own thread, not after a commit.
@@ -191,7 +271,7 @@ class JackpotEngine:
                 cache_mb=settings.page_cache_mb)
             for name in self._requests.names:
                 self._pools[name] = self._start_pool(name)
-            self._coordinator = self._start_coordinator()
+            self._actors.coordinator = self._start_coordinator()
             # Actors open their connections in their own threads: wait for
             # that, so open() returns a fully started engine (or its error).
             for pool in self._pools.values():
@@ -212,12 +292,13 @@ class JackpotEngine:
         _opened(self)
         # Run if the program drops the engine without closing it (never at exit:
         # the exit hook closes what is still open, waiting for in-flight batches).
-        self._lost = weakref.finalize(self, _close_lost_engine, path, self.__dict__)
+        self._lost = weakref.finalize(self, _lost, os.getpid(), redact(path), self._actors,
+                                      self._checkpointer, self._reader)
         self._lost.atexit = False
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
         if settings.enable_metrics:  # off: no observer, nothing on the hot path
-            self._metrics = PrometheusObserver(self)
+            self._metrics = PrometheusObserver(_WeakView(self))
             self.stats.observers.append(self._metrics)
             if (tracer := tracing.observer()) is not None:
                 self.stats.observers.append(tracer)
@@ -309,7 +390,7 @@ class JackpotEngine:
         """
         if deadline is None:
             deadline = time.monotonic() + self._run_timeout
-        refs = [p.actor_ref for p in (getattr(self, "_coordinator", None),
+        refs = [p.actor_ref for p in (self._actors.coordinator,
                                       *self._pools.values()) if p is not None]
         stopping = [(ref, ref.stop(block=False)) for ref in refs]
         if self._checkpointer is not None:
@@ -333,6 +414,12 @@ class JackpotEngine:
     def settings(self) -> Settings:
         """The settings this engine runs with."""
         return self._settings
+
+    @property
+    def _coordinator(self) -> pykka.ActorProxy[Coordinator]:
+        coordinator = self._actors.coordinator
+        assert coordinator is not None  # started in __init__, or open() failed
+        return coordinator
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -617,7 +704,7 @@ class JackpotEngine:
             if not self._coordinator.actor_ref.is_alive():
                 logger.error("coordinator had stopped; starting a replacement",
                              extra={"outcome": "actor_restart"})
-                self._coordinator = self._start_coordinator()
+                self._actors.coordinator = self._start_coordinator()
                 self.stats.add("actor_restarts", "actor", "coordinator")
                 if self._mailboxes[None].rewake():
                     self._coordinator.actor_ref.tell(DRAIN)

@@ -25,7 +25,6 @@ Exposed metrics (all prefixed `jackpot_`):
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
@@ -39,7 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from jackpot.errors import JackpotError, ValidationError
+from jackpot.errors import EngineClosedError, JackpotError, ValidationError
 from jackpot.health import STATUSES, HealthReport
 from jackpot.results import PoolSnapshot
 from jackpot.stats import OUTCOMES, Stats
@@ -185,9 +184,7 @@ class _EngineCollector:
     """Reads the levels and the health when scraped (never on the hot path)."""
 
     def __init__(self, engine: EngineView) -> None:
-        # Weak: the engine's actors reach this collector through `Stats`, and
-        # must not keep an engine the program dropped alive (see engine.close).
-        self._engine = weakref.ref(engine)
+        self._engine = engine
 
     def describe(self) -> Iterable[Metric]:
         """Declare the series so registration does not call `collect` early."""
@@ -196,18 +193,18 @@ class _EngineCollector:
     def collect(self) -> Iterable[Metric]:
         """Read every level's committed state and the health status."""
         amount, reserve, version, health = _families()
-        engine = self._engine()
-        if engine is None:  # dropped by the program: no series to report
-            return ()
         try:
-            pools = engine.pools()
+            pools = self._engine.pools()
         except JackpotError:  # closed engine or unreadable file: health says why
             pools = {}
         for name, p in pools.items():
             amount.add_metric([name], float(p.amount))
             reserve.add_metric([name], float(p.reserve))
             version.add_metric([name], p.version)
-        status = engine.health().status
+        try:
+            status = self._engine.health().status
+        except EngineClosedError:  # the engine was dropped (its view holds it weakly)
+            return (amount, reserve, version)
         for s in STATUSES:
             health.add_metric([s], 1.0 if s == status else 0.0)
         return (amount, reserve, version, health)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import logging
 import math
 import random
 import threading
@@ -516,17 +518,69 @@ def test_a_thousand_players_never_stall_the_event_loop(
                                  f"(p50 {p50 * 1000:.2f} ms)")
 
 
-def test_an_async_engine_dropped_without_close_is_closed_and_warned_about(
-        db_path: Path) -> None:
+def _dropped_report() -> tuple[threading.Event, logging.Handler]:
+    reported = threading.Event()
+
+    class Reported(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "dropped without close()" in record.getMessage():
+                reported.set()
+
+    return reported, Reported()
+
+
+def test_an_async_engine_dropped_without_close_is_closed(db_path: Path) -> None:
     async def forget() -> list[Any]:
         engine = await AsyncJackpotEngine.open(db_path)
         await engine.contribute("10", groups="minor", op_id="kept")
         sync = engine.sync
         return [sync._coordinator.actor_ref, *(p.actor_ref for p in sync._pools.values())]
 
-    with pytest.warns(ResourceWarning, match="was never closed"):
+    reported, handler = _dropped_report()
+    logging.getLogger("jackpot").addHandler(handler)
+    try:
         refs = asyncio.run(forget())  # the engine is dropped as the coroutine ends
+        assert reported.wait(30)
+    finally:
+        logging.getLogger("jackpot").removeHandler(handler)
     for ref in refs:
         assert ref.actor_stopped.wait(30), ref
     with JackpotEngine.open(db_path) as again:
         assert again.contribute("10", groups="minor", op_id="kept").replayed
+
+
+def test_an_async_engine_dropped_after_a_failed_restart_is_closed(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request withdrawn from the mailbox must not lead back to the engine."""
+    import jackpot.engine  # noqa: PLC0415 - patched where the engine looks it up
+
+    real = jackpot.engine.open_store
+    broken = threading.Event()
+
+    def open_store(*args: Any, **kwargs: Any) -> Any:
+        if broken.is_set():
+            msg = "injected: the database is briefly unreachable"
+            raise StorageError(msg)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jackpot.engine, "open_store", open_store)
+
+    async def forget() -> list[Any]:
+        # Logging off: pytest keeps a test's log records, and the failure's
+        # record holds its traceback (whose frames hold the engine).
+        engine = await AsyncJackpotEngine.open(db_path,
+                                               settings=Settings(log_level="critical"))
+        sync = engine.sync
+        refs = [sync._coordinator.actor_ref,
+                *(p.actor_ref for n, p in sync._pools.items() if n != "minor")]
+        sync._pools["minor"].actor_ref.stop()  # the level's actor crashed
+        broken.set()  # and its replacement cannot open the database
+        with pytest.raises(StorageError, match="could not be restarted"):
+            await engine.contribute("10", groups="minor", op_id="x")
+        broken.clear()
+        return refs
+
+    refs = asyncio.run(forget())
+    gc.collect()
+    for ref in refs:  # they ran until the engine was lost
+        assert ref.actor_stopped.wait(30), ref

@@ -10,12 +10,15 @@ counted, and end as ConcurrencyViolationError when retries run out.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -252,3 +255,35 @@ def test_history_refuses_truncate(pg_target: str) -> None:
         assert snapshot(store) == before
     finally:
         store.close()
+
+
+def test_an_engine_dropped_without_close_is_closed_without_showing_the_password(
+        pg_target: str) -> None:
+    parts = urlsplit(pg_target)  # the test server trusts any password
+    url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:s3cret@"
+                                           f"{parts.hostname}:{parts.port}"))
+    engine = JackpotEngine.open(url)
+    refs = [engine._coordinator.actor_ref, *(p.actor_ref for p in engine._pools.values())]
+    reports: list[str] = []
+    reported = threading.Event()
+
+    class Reported(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "dropped without close()" in record.getMessage():
+                reports.append(record.getMessage())
+                reported.set()
+
+    handler = Reported()
+    logging.getLogger("jackpot").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del engine
+            assert reported.wait(30)
+    finally:
+        logging.getLogger("jackpot").removeHandler(handler)
+    for ref in refs:
+        assert ref.actor_stopped.wait(30), ref  # each returned its pooled connection
+    said = [*reports, *(str(w.message) for w in caught)]
+    assert len(said) == 2
+    assert all(":***@" in s and "s3cret" not in s for s in said), said

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gc
+import logging
 import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,15 @@ from typing import Any
 import apsw
 import pykka
 import pytest
+from prometheus_client import generate_latest
 
-from jackpot import JackpotEngine, LockTimeoutError, Settings, StorageError
+from jackpot import (
+    InsufficientFundsError,
+    JackpotEngine,
+    LockTimeoutError,
+    Settings,
+    StorageError,
+)
 from jackpot.actors import PoolActor, wait_ready, wait_stopped
 from jackpot.actors.checkpoint import _CheckpointActor
 from jackpot.storage import SQLiteStore
@@ -358,6 +368,31 @@ def test_a_live_actor_that_does_not_stop_in_time_is_reported() -> None:
                             time.monotonic() + 0.2)
 
 
+class _Heard(logging.Handler):
+    """Sets `heard` when the "jackpot" logger says `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.heard = threading.Event()
+        self.times = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.times += 1
+            self.heard.set()
+
+
+@contextmanager
+def _listening(text: str) -> Iterator[_Heard]:
+    heard = _Heard(text)
+    logging.getLogger("jackpot").addHandler(heard)
+    try:
+        yield heard
+    finally:
+        logging.getLogger("jackpot").removeHandler(heard)
+
+
 def test_an_engine_dropped_without_close_is_collected_closed_and_warned_about(
         db_path: Path) -> None:
     """A program that loses an engine leaks no threads or connections until its exit."""
@@ -367,14 +402,97 @@ def test_an_engine_dropped_without_close_is_collected_closed_and_warned_about(
     refs = [engine._coordinator.actor_ref, engine._checkpointer._actor.actor_ref,
             *(p.actor_ref for p in engine._pools.values())]
     reader = engine._reader.conn
+    assert engine._metrics is not None
+    registry = engine._metrics.registry
     lost = weakref.ref(engine)
-    with pytest.warns(ResourceWarning, match="was never closed"):
+    with _listening("dropped without close()") as said, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         del engine  # the last reference: no cycle keeps it for the collector
-    assert lost() is None  # the actors no longer keep it alive
+        assert lost() is None  # the actors and the metrics no longer keep it alive
+        assert said.heard.wait(30)
+    expected = (f"JackpotEngine({str(db_path)!r}) was never closed; it is closed now "
+                "(call close(), or open it in a with block)")
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == [expected]
     for ref in refs:
         assert ref.actor_stopped.wait(30), ref  # stopped, each closing its connection
     with pytest.raises(apsw.ConnectionClosedError):
         reader.execute("SELECT 1")
+    scraped = generate_latest(registry).decode()  # a scrape after the loss still works
+    assert "jackpot_operations_total" in scraped
+    assert "jackpot_level_amount{" not in scraped
     with JackpotEngine.open(db_path) as again:
         assert again.contribute(Decimal(10), groups="minor", op_id="kept").replayed
         assert again.verify().ok
+
+
+def test_a_dropped_engine_is_closed_even_when_its_warning_is_an_error(
+        db_path: Path) -> None:
+    """Under -W error the warning raises: the actors are stopped all the same."""
+    engine = JackpotEngine.open(db_path)
+    engine.contribute(Decimal(10), groups="minor", op_id="kept")
+    refs = [engine._coordinator.actor_ref, *(p.actor_ref for p in engine._pools.values())]
+    reader = engine._reader.conn
+    with _listening("dropped without close()") as said, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del engine
+        assert said.heard.wait(30)
+    for ref in refs:
+        assert ref.actor_stopped.wait(30), ref
+    with pytest.raises(apsw.ConnectionClosedError):
+        reader.execute("SELECT 1")
+
+
+def test_an_engine_dropped_after_a_refused_operation_is_closed_by_the_collector(
+        db_path: Path) -> None:
+    """A refused call leaves a cycle (error, traceback, frame): the collector frees it."""
+    # Not at INFO: pytest keeps the log records of a test, and a refusal's
+    # record holds the error (and so its traceback's frames) until the end.
+    engine = JackpotEngine.open(db_path, settings=Settings(log_level="warning"))
+    with pytest.raises(InsufficientFundsError):
+        engine.process_win("minor", amount=Decimal(10**6))
+    refs = [p.actor_ref for p in engine._pools.values()]
+    with _listening("dropped without close()") as said:
+        del engine
+        gc.collect()
+        assert said.heard.wait(30)
+    for ref in refs:
+        assert ref.actor_stopped.wait(30), ref
+
+
+_FORKED = """
+import logging, os, sys, threading
+from decimal import Decimal
+from jackpot import JackpotEngine
+logging.basicConfig(level=logging.WARNING, format="%(process)d %(message)s")
+engine = JackpotEngine.open(sys.argv[1])
+engine.contribute(Decimal(10), groups="minor", op_id="before-the-fork")
+child = os.fork()
+if child == 0:  # a pre-fork worker drops the engine it inherited, then loses its own
+    reported = threading.Event()
+    class Reported(logging.Handler):
+        def emit(self, record):
+            if "dropped without close()" in record.getMessage():
+                reported.set()
+    logging.getLogger("jackpot").addHandler(Reported())
+    engine = None
+    own = JackpotEngine.open(sys.argv[2])
+    own = None
+    os._exit(0 if reported.wait(30) else 3)
+_, status = os.waitpid(child, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+print("parent", engine.contribute(Decimal(10), groups="minor", op_id="after").versions,
+      engine.verify().ok, flush=True)
+engine.close()
+"""
+
+
+def test_an_engine_a_forked_child_drops_is_left_to_its_parent(tmp_path: Path) -> None:
+    """The child must not close (or warn about) what belongs to the parent's threads."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED, str(tmp_path / "a.db"), str(tmp_path / "b.db")],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child 0", "parent {'minor': 3} True"], done.stderr
+    assert str(tmp_path / "b.db") in done.stderr  # the child's own engine: reported
+    assert str(tmp_path / "a.db") not in done.stderr  # the parent's: left alone

@@ -54,6 +54,7 @@ class Ticket:
         with self._claim:
             if self._state == "open":
                 self._state = "abandoned"
+                self._notify = None  # never settled now: drop the way back to the caller
             return self._state == "abandoned"
 
     def settle(self, result: Any, error: BaseException | None) -> None:
