@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -87,49 +88,6 @@ _EXIT_SECONDS = 5.0
 """Longest the exit hook spends closing one engine: its in-flight operations, then its actors."""
 
 
-def _opened(engine: JackpotEngine) -> None:
-    """Remember an open engine; the first one registers the exit hook and starts the reaper.
-
-    Registered at the first open rather than at import, so that hooks the
-    program registers earlier (a tracer's or a log listener's shutdown) run
-    after the engines are closed.
-    """
-    _register_exit_hook()
-    with _OPEN_LOCK:
-        _start_reaper()
-        _OPEN_ENGINES[engine] = os.getpid()
-
-
-@functools.cache
-def _register_exit_hook() -> None:
-    atexit.register(_close_open_engines)
-
-
-def _closing(engine: JackpotEngine) -> None:
-    with _OPEN_LOCK:
-        _OPEN_ENGINES.pop(engine, None)
-
-
-def _close_open_engines() -> None:
-    """At interpreter exit, close every engine the program left open.
-
-    Actor threads are daemon threads, so a program that ends (or crashes)
-    without `close()` still exits; this lets their in-flight batches commit
-    or roll back and closes their connections first, spending at most
-    `_EXIT_SECONDS` per engine (a stuck actor is abandoned: an unfinished
-    transaction rolls back, as after a crash).
-    """
-    with _OPEN_LOCK:
-        engines = [e for e, pid in _OPEN_ENGINES.items()
-                   if pid == os.getpid()]  # a forked child's: their threads are not here
-    for engine in engines:
-        try:
-            engine.close(timeout=_EXIT_SECONDS)
-        except Exception:  # exiting: report it, then close the others
-            logger.exception("closing an engine left open at exit failed",
-                             extra={"outcome": "close_failed"})
-
-
 @dataclass(eq=False)
 class _Actors:
     """An engine's current actors (replacements included), held apart from the engine.
@@ -143,8 +101,82 @@ class _Actors:
 
 
 _Lost = tuple[int, str, _Actors, Checkpointer | None, Store]
-_LOST: queue.SimpleQueue[_Lost] = queue.SimpleQueue()
-_REAPER_PID = 0  # the process whose reaper thread serves _LOST (guarded by _OPEN_LOCK)
+_LOST: queue.SimpleQueue[_Lost | None] = queue.SimpleQueue()
+"""Engines dropped without `close()`, for the reaper thread (None: the exit's stop sign)."""
+_REAPER: threading.Thread | None = None  # this process's reaper (guarded by _OPEN_LOCK)
+
+
+def _prepare_process() -> None:
+    """Before an engine starts anything: register the exit hook, have a live reaper thread.
+
+    The hook is registered at the first open rather than at import, so that
+    hooks the program registers earlier (a tracer's or a log listener's
+    shutdown) run after the engines are closed.
+    """
+    global _REAPER  # noqa: PLW0603 - one reaper per process
+    _register_exit_hook()
+    with _OPEN_LOCK:
+        if _REAPER is None or not _REAPER.is_alive():
+            reaper = threading.Thread(target=_reap, name="jackpot-reaper", daemon=True)
+            reaper.start()
+            _REAPER = reaper
+
+
+def _after_fork_in_child() -> None:
+    """Reset a forked child: none of its parent's threads (the reaper) came with it."""
+    global _REAPER, _LOST, _OPEN_LOCK
+    _REAPER, _LOST, _OPEN_LOCK = None, queue.SimpleQueue(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@functools.cache
+def _register_exit_hook() -> None:
+    atexit.register(_close_open_engines)
+
+
+def _opened(engine: JackpotEngine) -> None:
+    """Remember an open engine, for the exit hook."""
+    with _OPEN_LOCK:
+        _OPEN_ENGINES[engine] = os.getpid()
+
+
+def _closing(engine: JackpotEngine) -> None:
+    with _OPEN_LOCK:
+        _OPEN_ENGINES.pop(engine, None)
+
+
+def _close_open_engines() -> None:
+    """At interpreter exit, close every engine the program left open, then those it dropped.
+
+    Actor threads are daemon threads, so a program that ends (or crashes)
+    without `close()` still exits; this lets their in-flight batches commit
+    or roll back and closes their connections first, spending at most
+    `_EXIT_SECONDS` per engine (a stuck actor is abandoned: an unfinished
+    transaction rolls back, as after a crash). Engines dropped without
+    `close()` that the reaper has not closed yet are closed too.
+    """
+    with _OPEN_LOCK:
+        engines = [e for e, pid in _OPEN_ENGINES.items()
+                   if pid == os.getpid()]  # a forked child's: their threads are not here
+        reaper = _REAPER
+    for engine in engines:
+        try:
+            engine.close(timeout=_EXIT_SECONDS)
+        except Exception:  # exiting: report it, then close the others
+            logger.exception("closing an engine left open at exit failed",
+                             extra={"outcome": "close_failed"})
+    if reaper is not None and reaper.is_alive():
+        _LOST.put(None)  # after the dropped engines queued so far
+        reaper.join(_EXIT_SECONDS)
+    while True:  # what a slow or dead reaper left
+        try:
+            item = _LOST.get_nowait()
+        except queue.Empty:
+            return
+        if item is not None:
+            _close_lost(item)
 
 
 def _lost(pid: int, where: str, actors: _Actors, checkpointer: Checkpointer | None,
@@ -160,45 +192,54 @@ def _lost(pid: int, where: str, actors: _Actors, checkpointer: Checkpointer | No
     _LOST.put((pid, where, actors, checkpointer, reader))
 
 
-def _start_reaper() -> None:
-    """Start this process's reaper thread, once (again in a forked child); under `_OPEN_LOCK`."""
-    global _REAPER_PID, _LOST  # noqa: PLW0603 - one reaper and queue per process
-    if os.getpid() != _REAPER_PID:
-        if _REAPER_PID:  # a forked child: the parent's queue may be mid-put; start afresh
-            _LOST = queue.SimpleQueue()
-        threading.Thread(target=_reap, name="jackpot-reaper", daemon=True).start()
-        _REAPER_PID = os.getpid()
-
-
 def _reap() -> None:
-    """Close the engines the program dropped: stop their actors, close their reader.
+    """Close the engines the program dropped, one by one, until the exit's stop sign."""
+    while (item := _LOST.get()) is not None:
+        _close_lost(item)
+        del item  # hold nothing of it while waiting for the next
 
-    Each actor closes its own connection as it stops; nothing waits for
-    that. Engines a forked child inherited are left alone: their threads and
+
+def _close_lost(item: _Lost) -> None:
+    """Stop a dropped engine's actors, close its reader, say so; never raises.
+
+    Engines a forked child inherited are left alone: their threads and
     connections belong to the parent.
     """
-    while True:
-        pid, where, actors, checkpointer, reader = _LOST.get()
-        if pid != os.getpid():
-            continue
-        try:
-            for proxy in (actors.coordinator, *actors.pools.values()):
-                if proxy is not None:
-                    proxy.actor_ref.stop(block=False)
-            if checkpointer is not None:
-                checkpointer.stop_soon()
-            reader.close()  # nobody else can be using it: nobody holds the engine
-        except Exception:  # the reaper must live on for the next one
-            logger.exception("closing a dropped engine on %s failed", where,
-                             extra={"outcome": "close_failed"})
-        finally:
-            with contextlib.suppress(Warning):  # -W error raises it: the log line says it
-                warnings.warn(f"JackpotEngine({where!r}) was never closed; it is closed now "
-                              "(call close(), or open it in a with block)", ResourceWarning,
-                              stacklevel=1)
-            logger.warning("an engine on %s was dropped without close(); it is closed now",
-                           where, extra={"outcome": "engine_lost"})
-        del actors, checkpointer, reader  # hold nothing of it while waiting for the next
+    pid, where, actors, checkpointer, reader = item
+    if pid != os.getpid():
+        return
+    try:
+        _shut_down(actors, checkpointer, reader, contextlib.nullcontext(),
+                   time.monotonic() + _EXIT_SECONDS)
+        with contextlib.suppress(Warning):  # -W error raises it: the log line says it
+            warnings.warn(f"JackpotEngine({where!r}) was never closed; it is closed now "
+                          "(call close(), or open it in a with block)", ResourceWarning,
+                          stacklevel=1)
+        logger.warning("an engine on %s was dropped without close(); it is closed now",
+                       where, extra={"outcome": "engine_lost"})
+    except Exception:  # noqa: BLE001 - a raising log filter must not end the reaper
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"jackpot: closing an engine on {where} that was dropped "
+                             "without close() failed or could not be logged\n")
+
+
+def _shut_down(actors: _Actors, checkpointer: Checkpointer | None, reader: Store,
+               reader_lock: AbstractContextManager[Any], deadline: float) -> None:
+    """Stop the actors (coordinator, levels, checkpointer), then close the reader.
+
+    Every stop is requested at once, then awaited against one deadline, so
+    no actor waits behind a stuck one and none is left unasked.
+    """
+    refs = [p.actor_ref for p in (actors.coordinator, *actors.pools.values())
+            if p is not None]
+    stopping = [(ref, ref.stop(block=False)) for ref in refs]
+    if checkpointer is not None:
+        stopping.append(checkpointer.stop_soon())
+    for ref, stopped in stopping:
+        if not wait_stopped(ref, stopped, deadline):
+            logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
+    with reader_lock:
+        reader.close()
 
 
 class _WeakView:
@@ -237,6 +278,7 @@ class JackpotEngine:
 
     def __init__(self, path: str, settings: Settings, names: Iterable[str]) -> None:
         """Start actors for `names`; use `JackpotEngine.open` instead."""
+        _prepare_process()  # before anything starts: nothing to undo if it fails
         self._path = path
         self._settings = settings
         self.stats = Stats()
@@ -295,9 +337,13 @@ class JackpotEngine:
         self._lost = weakref.finalize(self, _lost, os.getpid(), redact(path), self._actors,
                                       self._checkpointer, self._reader)
         self._lost.atexit = False
+        self._observe(settings)
+
+    def _observe(self, settings: Settings) -> None:
+        """Attach metrics and tracing to `stats` (off: nothing on the hot path)."""
         self._metrics: PrometheusObserver | None = None
         self._trace: Callable[[Operation], AbstractContextManager[None]] = tracing.no_span
-        if settings.enable_metrics:  # off: no observer, nothing on the hot path
+        if settings.enable_metrics:
             self._metrics = PrometheusObserver(_WeakView(self))
             self.stats.observers.append(self._metrics)
             if (tracer := tracing.observer()) is not None:
@@ -382,24 +428,9 @@ class JackpotEngine:
         self._stop_everything(deadline)
 
     def _stop_everything(self, deadline: float | None = None) -> None:
-        """Stop every actor (coordinator, pools, checkpointer), then close the reader.
-
-        Every stop is requested at once, then awaited against one deadline
-        (default: the engine's longest operation time from now), so no
-        actor waits behind a stuck one and none is left unasked.
-        """
-        if deadline is None:
-            deadline = time.monotonic() + self._run_timeout
-        refs = [p.actor_ref for p in (self._actors.coordinator,
-                                      *self._pools.values()) if p is not None]
-        stopping = [(ref, ref.stop(block=False)) for ref in refs]
-        if self._checkpointer is not None:
-            stopping.append(self._checkpointer.stop_soon())
-        for ref, stopped in stopping:
-            if not wait_stopped(ref, stopped, deadline):
-                logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
-        with self._reader_lock:
-            self._reader.close()
+        """Stop every actor, then close the reader (default deadline: the longest operation)."""
+        _shut_down(self._actors, self._checkpointer, self._reader, self._reader_lock,
+                   time.monotonic() + self._run_timeout if deadline is None else deadline)
 
     def __enter__(self) -> Self:
         """Return the engine; `close()` on exit."""

@@ -13,12 +13,12 @@ ever writing, and without waiting the engine's full lock timeout.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.settings import Settings
@@ -140,15 +140,20 @@ def _take_lock_and_roll_back(store: ProbeStore) -> None:
         raise _ProbeDoneError
 
 
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):.*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
+
+
 def redact(path: str) -> str:
-    """Return a database path or URL fit for reports: a URL's password is masked."""
+    """Return a database path or URL fit for reports and logs: no password in it.
+
+    Masks the password after the user name, also when it holds characters
+    libpq accepts unencoded there (`#`, `?`, `@`: up to the last `@`, so more
+    rather than less is masked), and a `password=` query parameter.
+    """
     if "://" not in path:
         return path
-    parts = urlsplit(path)
-    if parts.password is None:
-        return path
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", path, count=1))
 
 
 def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:

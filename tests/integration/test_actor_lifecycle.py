@@ -496,3 +496,76 @@ def test_an_engine_a_forked_child_drops_is_left_to_its_parent(tmp_path: Path) ->
     assert done.stdout.splitlines() == ["child 0", "parent {'minor': 3} True"], done.stderr
     assert str(tmp_path / "b.db") in done.stderr  # the child's own engine: reported
     assert str(tmp_path / "a.db") not in done.stderr  # the parent's: left alone
+
+
+class _RaisingFilter(logging.Filter):
+    """A log filter that fails (as one reading an unset context variable would)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "dropped without close()" in record.getMessage():
+            msg = "no request id in this thread"
+            raise LookupError(msg)
+        return True
+
+
+def test_the_reaper_outlives_a_log_filter_that_raises(tmp_path: Path) -> None:
+    failing = _RaisingFilter()
+    logging.getLogger("jackpot").addFilter(failing)
+    try:
+        first = JackpotEngine.open(tmp_path / "a.db")
+        refs = [p.actor_ref for p in first._pools.values()]
+        del first  # its report fails in the filter
+        for ref in refs:
+            assert ref.actor_stopped.wait(30), ref
+    finally:
+        logging.getLogger("jackpot").removeFilter(failing)
+    second = JackpotEngine.open(tmp_path / "b.db")
+    refs = [p.actor_ref for p in second._pools.values()]
+    with _listening("dropped without close()") as said:
+        del second
+        assert said.heard.wait(30)  # the same reaper, still serving
+    for ref in refs:
+        assert ref.actor_stopped.wait(30), ref
+
+
+def test_an_open_that_cannot_start_the_reaper_starts_nothing(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jackpot.engine  # noqa: PLC0415 - its reaper is replaced for this test
+
+    JackpotEngine.open(db_path).close()
+    start = threading.Thread.start
+
+    def refuse_the_reaper(thread: threading.Thread) -> None:
+        if thread.name == "jackpot-reaper":
+            msg = "can't start new thread"
+            raise RuntimeError(msg)
+        start(thread)
+
+    monkeypatch.setattr(jackpot.engine, "_REAPER", None)  # as if it had died
+    monkeypatch.setattr(threading.Thread, "start", refuse_the_reaper)
+    before = set(pykka.ActorRegistry.get_all())
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        JackpotEngine.open(db_path)
+    assert set(pykka.ActorRegistry.get_all()) == before
+
+
+_DROPPED_AT_EXIT = """
+import logging, sys
+from decimal import Decimal
+from jackpot import JackpotEngine
+logging.basicConfig(level=logging.WARNING)
+def main():
+    engine = JackpotEngine.open(sys.argv[1])
+    engine.contribute(Decimal(10), groups="minor", op_id="kept")
+main()  # returns without close(): the engine is dropped as the program ends
+"""
+
+
+def test_an_engine_dropped_just_before_exit_is_closed_and_reported(db_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _DROPPED_AT_EXIT, str(db_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "was dropped without close(); it is closed now" in done.stderr
+    with JackpotEngine.open(db_path) as engine:
+        assert engine.contribute(Decimal(10), groups="minor", op_id="kept").replayed
+        assert engine.verify().ok

@@ -10,7 +10,7 @@ import pytest
 
 from jackpot import HealthCheck, HealthReport, JackpotEngine, LockTimeoutError, Settings
 from jackpot.engine import _store
-from jackpot.health import assess
+from jackpot.health import assess, redact
 
 from .conftest import value, write_lock_held
 
@@ -170,3 +170,17 @@ def test_report_to_dict(engine: JackpotEngine) -> None:
             "conflicts": {"status": "ok", "detail": RATES_OK},
         },
     }
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u:s3#cret@h/db", "postgresql://u:***@h/db"),  # libpq takes these unencoded
+    ("postgresql://u:s3?cret@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:s3@cret@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u@h/db?sslmode=off&password=s3cret", "postgresql://u@h/db?sslmode=off&password=***"),
+    ("postgresql://u@h:5432/db", "postgresql://u@h:5432/db"),
+    ("postgresql://h:5432/db", "postgresql://h:5432/db"),
+    ("/srv/jackpot/pools.db", "/srv/jackpot/pools.db"),
+])
+def test_reports_never_show_a_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
