@@ -104,6 +104,7 @@ _Lost = tuple[int, str, _Actors, Checkpointer | None, Store]
 _LOST: queue.SimpleQueue[_Lost | None] = queue.SimpleQueue()
 """Engines dropped without `close()`, for the reaper thread (None: the exit's stop sign)."""
 _REAPER: threading.Thread | None = None  # this process's reaper (guarded by _OPEN_LOCK)
+_REAPED = 0  # engines the reaper has begun to close (the exit hook watches it progress)
 
 
 def _prepare_process() -> None:
@@ -169,7 +170,10 @@ def _close_open_engines() -> None:
                              extra={"outcome": "close_failed"})
     if reaper is not None and reaper.is_alive():
         _LOST.put(None)  # after the dropped engines queued so far
-        reaper.join(_EXIT_SECONDS)
+        seen = -1
+        while reaper.is_alive() and seen != _REAPED:  # a budget per engine, not in all
+            seen = _REAPED
+            reaper.join(_EXIT_SECONDS + 1)
     while True:  # what a slow or dead reaper left
         try:
             item = _LOST.get_nowait()
@@ -194,7 +198,9 @@ def _lost(pid: int, where: str, actors: _Actors, checkpointer: Checkpointer | No
 
 def _reap() -> None:
     """Close the engines the program dropped, one by one, until the exit's stop sign."""
+    global _REAPED  # noqa: PLW0603 - only this thread writes it
     while (item := _LOST.get()) is not None:
+        _REAPED += 1
         _close_lost(item)
         del item  # hold nothing of it while waiting for the next
 
@@ -208,19 +214,30 @@ def _close_lost(item: _Lost) -> None:
     pid, where, actors, checkpointer, reader = item
     if pid != os.getpid():
         return
+    done = "closing it failed"
     try:
         _shut_down(actors, checkpointer, reader, contextlib.nullcontext(),
                    time.monotonic() + _EXIT_SECONDS)
+        done = "it is closed now"
+    except Exception:  # noqa: BLE001 - reported; the reaper goes on with the next
+        _say(logger.exception, "closing a dropped engine on %s failed", where,
+             outcome="close_failed")
+    finally:
         with contextlib.suppress(Warning):  # -W error raises it: the log line says it
-            warnings.warn(f"JackpotEngine({where!r}) was never closed; it is closed now "
+            warnings.warn(f"JackpotEngine({where!r}) was never closed; {done} "
                           "(call close(), or open it in a with block)", ResourceWarning,
                           stacklevel=1)
-        logger.warning("an engine on %s was dropped without close(); it is closed now",
-                       where, extra={"outcome": "engine_lost"})
-    except Exception:  # noqa: BLE001 - a raising log filter must not end the reaper
+        _say(logger.warning, f"an engine on %s was dropped without close(); {done}",
+             where, outcome="engine_lost")
+
+
+def _say(log: Callable[..., None], msg: str, where: str, *, outcome: str) -> None:
+    """Log from the reaper; a failing log filter or handler falls back to stderr."""
+    try:
+        log(msg, where, extra={"outcome": outcome})
+    except Exception:  # noqa: BLE001 - the reaper must live on
         with contextlib.suppress(Exception):
-            sys.stderr.write(f"jackpot: closing an engine on {where} that was dropped "
-                             "without close() failed or could not be logged\n")
+            sys.stderr.write(f"jackpot: {msg % where} (and logging it failed)\n")
 
 
 def _shut_down(actors: _Actors, checkpointer: Checkpointer | None, reader: Store,
@@ -237,7 +254,8 @@ def _shut_down(actors: _Actors, checkpointer: Checkpointer | None, reader: Store
         stopping.append(checkpointer.stop_soon())
     for ref, stopped in stopping:
         if not wait_stopped(ref, stopped, deadline):
-            logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
+            with contextlib.suppress(Exception):  # a failing log must not keep the reader open
+                logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
     with reader_lock:
         reader.close()
 
@@ -403,7 +421,8 @@ class JackpotEngine:
         finally:
             store.close()
         if not existing:
-            msg = f"{path} holds no levels and groups names none: name at least one level"
+            msg = (f"{redact(str(path))} holds no levels and groups names none: name at "
+                   "least one level")
             raise ValidationError(msg)
         return cls(str(path), settings, existing)
 

@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.settings import Settings
@@ -140,20 +141,28 @@ def _take_lock_and_roll_back(store: ProbeStore) -> None:
         raise _ProbeDoneError
 
 
-_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):.*@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*")
+# The password after the user name: libpq takes the user information to end
+# at the last "@" before the first "/", whatever else it holds ("#", "?", "@").
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^/]*@")
+_PARAMETER = re.compile(r"([?&])([^=&]*)=([^&]*)")
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+
+
+def _mask_parameter(m: re.Match[str]) -> str:
+    if unquote(m.group(2)).lower() in _SECRET_KEYS:  # libpq decodes keys too
+        return f"{m.group(1)}{m.group(2)}=***"
+    return m.group(0)
 
 
 def redact(path: str) -> str:
     """Return a database path or URL fit for reports and logs: no password in it.
 
-    Masks the password after the user name, also when it holds characters
-    libpq accepts unencoded there (`#`, `?`, `@`: up to the last `@`, so more
-    rather than less is masked), and a `password=` query parameter.
+    Masks the password in the user information and the `password` and
+    `sslpassword` parameters, however libpq would read them.
     """
     if "://" not in path:
         return path
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", path, count=1))
+    return _PARAMETER.sub(_mask_parameter, _USERINFO_PASSWORD.sub(r"\1:***@", path, count=1))
 
 
 def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:

@@ -569,3 +569,58 @@ def test_an_engine_dropped_just_before_exit_is_closed_and_reported(db_path: Path
     with JackpotEngine.open(db_path) as engine:
         assert engine.contribute(Decimal(10), groups="minor", op_id="kept").replayed
         assert engine.verify().ok
+
+
+def test_a_dropped_engine_that_fails_to_close_is_reported_with_its_error(
+        db_path: Path) -> None:
+    engine = JackpotEngine.open(db_path)
+    reader = engine._reader
+    close = reader.close
+
+    def failing() -> None:
+        close()
+        msg = "the disk went away"
+        raise OSError(msg)
+
+    reader.close = failing  # type: ignore[method-assign]
+    with _listening("closing a dropped engine on") as failed, \
+            _listening("dropped without close(); closing it failed") as said, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del engine
+        assert said.heard.wait(30)
+    assert failed.times == 1
+    assert any("was never closed; closing it failed" in str(w.message) for w in caught)
+
+
+_STUCK_AT_EXIT = """
+import logging, sys, threading
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+import jackpot.actors.pool as pool
+import jackpot.engine
+from jackpot import JackpotEngine
+jackpot.engine._EXIT_SECONDS = 1.0  # the budget per engine, shortened for the test
+never = threading.Event()
+pool.PoolActor.hang = lambda self: never.wait()  # a level's actor that never finishes
+first_done = threading.Event()
+class FirstDone(logging.Handler):
+    def emit(self, record):
+        if "dropped without close()" in record.getMessage():
+            first_done.set()
+logging.getLogger("jackpot").addHandler(FirstDone())
+engines = [JackpotEngine.open(f"{sys.argv[1]}/{n}.db") for n in ("a", "b", "c")]
+for engine in engines:
+    engine._pools["minor"].hang()
+del engine
+engines.clear()  # all three dropped, each with a stuck actor
+assert first_done.wait(30)  # the exit begins with the reaper busy on the second
+"""
+
+
+def test_at_exit_every_dropped_engine_gets_its_own_budget(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _STUCK_AT_EXIT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for name in "abc":
+        assert f"{tmp_path / name}.db was dropped without close()" in done.stderr, done.stderr
+    assert done.stderr.count("did not stop in time") == 3, done.stderr
