@@ -37,6 +37,7 @@ from jackpot import money
 from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine, _store
 from jackpot.errors import JackpotError, ValidationError
+from jackpot.health import redact
 from jackpot.metrics import serve_metrics
 from jackpot.results import PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
@@ -165,10 +166,11 @@ def init(*, levels: tuple[str, ...], db: str | None, as_json: bool | None) -> No
     groups = [_parse_level(spec) for spec in levels] or None
     with _engine(opts, groups, must_exist=False) as engine:
         pools = engine.pools()
+    shown = redact(_path(opts, must_exist=False))  # a URL's password is never printed
     if opts.json:
-        _print_json({"db": opts.db, "levels": [_snapshot_dict(p) for p in pools.values()]})
+        _print_json({"db": shown, "levels": [_snapshot_dict(p) for p in pools.values()]})
     else:
-        console.print(_pools_table(pools, title=f"jackpot database {opts.db}"))
+        console.print(_pools_table(pools, title=f"jackpot database {shown}"))
 
 
 def _parse_level(spec: str) -> GroupConfig:

@@ -141,11 +141,14 @@ def _take_lock_and_roll_back(store: ProbeStore) -> None:
         raise _ProbeDoneError
 
 
-# The password after the user name: libpq takes the user information to end
-# at the last "@" before the first "/", whatever else it holds ("#", "?", "@").
+# The password after the user name: libpq ends the user information at the
+# first "@" before the first "/", whatever else it holds ("#", "?"); masking
+# up to the last such "@" hides more, never less.
 _USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^/]*@")
-_PARAMETER = re.compile(r"([?&])([^=&]*)=([^&]*)")
-_SECRET_KEYS = frozenset({"password", "sslpassword"})
+# A parameter ends at "&" or "?": a "?" in a user or database name before the
+# query must not hide the real "?password=" inside a would-be value.
+_PARAMETER = re.compile(r"([?&])([^=&?]*)=([^&?]*)")
+_SECRET_KEYS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 
 
 def _mask_parameter(m: re.Match[str]) -> str:
@@ -157,8 +160,9 @@ def _mask_parameter(m: re.Match[str]) -> str:
 def redact(path: str) -> str:
     """Return a database path or URL fit for reports and logs: no password in it.
 
-    Masks the password in the user information and the `password` and
-    `sslpassword` parameters, however libpq would read them.
+    Masks the password in the user information and the `password`,
+    `sslpassword` and `oauth_client_secret` parameters, however libpq would
+    read them.
     """
     if "://" not in path:
         return path

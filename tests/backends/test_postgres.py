@@ -11,6 +11,8 @@ counted, and end as ConcurrencyViolationError when retries run out.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -287,3 +289,27 @@ def test_an_engine_dropped_without_close_is_closed_without_showing_the_password(
     said = [*reports, *(str(w.message) for w in caught)]
     assert len(said) == 2
     assert all(":***@" in s and "s3cret" not in s for s in said), said
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://jackpot:50%off@127.0.0.1:1/db",  # an unencoded % in the password
+    "postgresql://jackpot@127.0.0.1:1/db?password=s3&cret",  # an unencoded &
+])
+def test_a_malformed_url_is_refused_without_quoting_any_of_it(url: str) -> None:
+    with pytest.raises(StorageError, match="the PostgreSQL URL is malformed") as info:
+        JackpotEngine.open(url)
+    assert "off" not in str(info.value)
+    assert "cret" not in str(info.value)
+    assert info.value.__cause__ is None  # the driver's message (which quotes it) is not chained
+
+
+def test_the_cli_never_prints_the_password(pg_target: str) -> None:
+    parts = urlsplit(pg_target)  # the test server trusts any password
+    url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:s3cret@"
+                                           f"{parts.hostname}:{parts.port}"))
+    for args in (("init", "--db", url, "--json"), ("init", "--db", url),
+                 ("status", "--db", url), ("health", "--db", url, "--json")):
+        done = subprocess.run([sys.executable, "-m", "jackpot.cli", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode in (0, 1), done.stderr  # health may report "degraded"
+        assert "s3cret" not in done.stdout + done.stderr, args

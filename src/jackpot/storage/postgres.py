@@ -192,6 +192,12 @@ class PostgresStore(Store):
         `pool_max_size` bounds the connections this process opens to that
         database (the first store of a URL sets it for the process).
         """
+        try:
+            conninfo_to_dict(url)
+        except psycopg.Error:  # libpq's message quotes the bad fragment: maybe the password
+            msg = ("cannot open database: the PostgreSQL URL is malformed (percent-encode "
+                   "characters such as %, &, @ or / in the password)")
+            raise StorageError(msg) from None
         self._url = url
         self._where = describe(url)
         self._timeout_ms = lock_timeout_ms
