@@ -219,7 +219,17 @@ def _serial_order(applied: list[Op], rows: list[dict[str, Any]]) -> list[Op]:
 
 
 def _request(op: Op) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
-    return op.method, op.args, {k: v for k, v in op.kwargs.items() if k != "op_id"}
+    """The request as the engine compares it: every form of one amount (str, int,
+    Decimal) and every spelling of one set of levels is the same request."""
+    args, kwargs = op.args, {k: v for k, v in op.kwargs.items() if k != "op_id"}
+    if op.method == "contribute":
+        args = (Decimal(args[0]),)
+        groups = kwargs["groups"]
+        if groups is not None:
+            kwargs["groups"] = tuple(sorted([groups] if isinstance(groups, str) else groups))
+    elif op.method == "process_win" and kwargs["amount"] is not None:
+        kwargs["amount"] = Decimal(kwargs["amount"])
+    return op.method, args, kwargs
 
 
 def _check(engine: JackpotEngine, path: str, groups: list[GroupConfig], draw_fn: Any,
