@@ -13,7 +13,6 @@ ever writing, and without waiting the engine's full lock timeout.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -141,32 +140,54 @@ def _take_lock_and_roll_back(store: ProbeStore) -> None:
         raise _ProbeDoneError
 
 
-# The password after the user name: libpq ends the user information at the
-# first "@" before the first "/", whatever else it holds ("#", "?"); masking
-# up to the last such "@" hides more, never less.
-_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^/]*@")
-# A parameter ends at "&" or "?": a "?" in a user or database name before the
-# query must not hide the real "?password=" inside a would-be value.
-_PARAMETER = re.compile(r"([?&])([^=&?]*)=([^&?]*)")
 _SECRET_KEYS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 
 
-def _mask_parameter(m: re.Match[str]) -> str:
-    if unquote(m.group(2)).lower() in _SECRET_KEYS:  # libpq decodes keys too
-        return f"{m.group(1)}{m.group(2)}=***"
-    return m.group(0)
+def _userinfo_end(rest: str) -> int:
+    """Return where a URL's user information ends (its last "@"), or -1 if it has none.
+
+    libpq ends it at the first "@" before the first "/". A password with an
+    unencoded "@" or "/" is misread by libpq (and refused by the store); here
+    it is masked all the same, to the last "@" that can still belong to it.
+    """
+    slash = rest.find("/")
+    authority = rest if slash < 0 else rest[:slash]
+    at = authority.find("@")
+    if at >= 0:  # extend over "@"s the password may hold, up to the query
+        query = authority.find("?", at)
+        return authority.rfind("@", 0, len(authority) if query < 0 else query)
+    query = rest.find("?")
+    before_query = rest if query < 0 else rest[:query]
+    at = before_query.rfind("@")
+    return at if at >= 0 and ":" in authority else -1  # "user:pa/ss@host"
+
+
+def _mask_parameter(item: str) -> str:
+    key, eq, _ = item.partition("=")
+    if eq and unquote(key).lower() in _SECRET_KEYS:  # libpq decodes keys too
+        return f"{key}=***"
+    return item
 
 
 def redact(path: str) -> str:
     """Return a database path or URL fit for reports and logs: no password in it.
 
     Masks the password in the user information and the `password`,
-    `sslpassword` and `oauth_client_secret` parameters, however libpq would
-    read them.
+    `sslpassword` and `oauth_client_secret` parameters of the query (which
+    starts at the first "?" after the user information; libpq splits it on
+    "&" only, so a value runs to the next "&").
     """
     if "://" not in path:
         return path
-    return _PARAMETER.sub(_mask_parameter, _USERINFO_PASSWORD.sub(r"\1:***@", path, count=1))
+    scheme, rest = path.split("://", 1)
+    end = _userinfo_end(rest)
+    userinfo, after = (rest[:end], rest[end + 1:]) if end >= 0 else ("", rest)
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    base, mark, query = after.partition("?")
+    if mark:
+        query = "&".join(_mask_parameter(item) for item in query.split("&"))
+    return f"{scheme}://{userinfo + '@' if end >= 0 else ''}{base}{mark}{query}"
 
 
 def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:

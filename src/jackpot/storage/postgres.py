@@ -75,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -125,6 +126,24 @@ _FIND_OPERATIONS = ("SELECT op_id, kind, fingerprint, result FROM operations "
 _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger"
 # What a unique violation on these means: another transaction won the race.
 _RACES = {"operations_pkey": "op_id", "ledger_level_version": "level version"}
+
+
+def _misread(url: str) -> bool:
+    """Say if libpq cannot parse `url`, or parses a password into the host or port.
+
+    An unencoded "@" in a password ends the user information early (the rest
+    becomes part of the host), an unencoded "/" ends the host (the password's
+    start becomes the port): the connection error would then show it.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return True
+    host, port = str(params.get("host") or ""), str(params.get("port") or "")
+    return "@" in host or not _PORTS.fullmatch(port)
+
+
+_PORTS = re.compile(r"[0-9,]*")
 
 
 def describe(url: str) -> str:
@@ -192,9 +211,7 @@ class PostgresStore(Store):
         `pool_max_size` bounds the connections this process opens to that
         database (the first store of a URL sets it for the process).
         """
-        try:
-            conninfo_to_dict(url)
-        except psycopg.Error:  # libpq's message quotes the bad fragment: maybe the password
+        if _misread(url):  # libpq's message would quote a fragment of it: maybe the password
             msg = ("cannot open database: the PostgreSQL URL is malformed (percent-encode "
                    "characters such as %, &, @ or / in the password)")
             raise StorageError(msg) from None
