@@ -137,7 +137,7 @@ def _misread(url: str) -> bool:
     """
     try:
         params = conninfo_to_dict(url)
-    except psycopg.Error:
+    except (psycopg.Error, UnicodeError):  # e.g. "%90": not UTF-8 once decoded
         return True
     host, port = str(params.get("host") or ""), str(params.get("port") or "")
     return "@" in host or not _PORTS.fullmatch(port)
