@@ -300,7 +300,9 @@ class JackpotEngine:
         self._path = path
         self._settings = settings
         self.stats = Stats()
-        self._closed = False
+        self._closed = False  # new calls refused (set first by close())
+        self._shut = False  # actors stopped and reader closed (set last by close())
+        self._close_lock = threading.Lock()
         self._inflight = 0
         self._cond = threading.Condition()
         self._reader = _store(path, settings)
@@ -436,20 +438,31 @@ class JackpotEngine:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            if self._closed:
-                return
-            self._closed = True
+            self._closed = True  # from now on, new calls are refused
             self._cond.wait_for(lambda: self._inflight == 0,
                                 self._run_timeout if deadline is None
                                 else max(0.0, deadline - time.monotonic()))
-        self._lost.detach()
-        _closing(self)
-        self._stop_everything(deadline)
+        # A close interrupted before this point (Ctrl-C while waiting) left
+        # everything running: a later close(), or the exit hook, finishes it.
+        # A second close() meanwhile waits for the first one to finish.
+        with self._close_lock:
+            if self._shut:
+                return
+            self._stop_everything(deadline)
+            self._shut = True
+            self._lost.detach()
+            _closing(self)
 
     def _stop_everything(self, deadline: float | None = None) -> None:
-        """Stop every actor, then close the reader (default deadline: the longest operation)."""
-        _shut_down(self._actors, self._checkpointer, self._reader, self._reader_lock,
-                   time.monotonic() + self._run_timeout if deadline is None else deadline)
+        """Stop every actor, then close the reader (default deadline: the longest operation).
+
+        Under the restart lock: an actor restart that raced the close either
+        finished first (and its replacement is stopped here) or sees the
+        engine closed and starts nothing.
+        """
+        with self._restart_lock:
+            _shut_down(self._actors, self._checkpointer, self._reader, self._reader_lock,
+                       time.monotonic() + self._run_timeout if deadline is None else deadline)
 
     def __enter__(self) -> Self:
         """Return the engine; `close()` on exit."""
@@ -743,6 +756,7 @@ class JackpotEngine:
         writers bound the WAL themselves meanwhile.
         """
         with self._restart_lock:
+            self._check_open()  # closed meanwhile: start nothing that close() cannot stop
             for name, proxy in list(self._pools.items()):
                 if not proxy.actor_ref.is_alive():
                     logger.error("actor of level %s had stopped; starting a replacement",

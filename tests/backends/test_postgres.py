@@ -297,6 +297,7 @@ def test_an_engine_dropped_without_close_is_closed_without_showing_the_password(
     "postgresql://jackpot:p@cret@127.0.0.1:1/db",  # an unencoded @: "cret@..." read as host
     "postgresql://jackpot:ab/cret@127.0.0.1:1/db",  # an unencoded /: "ab" read as the port
     "postgresql://jackpot:%90cret@127.0.0.1:1/db",  # not UTF-8 once decoded
+    "postgresql://jackpot:2024/Summ3rcret@127.0.0.1:1/db",  # "2024" read as the port
 ])
 def test_a_malformed_url_is_refused_without_quoting_any_of_it(url: str) -> None:
     with pytest.raises(StorageError, match="the PostgreSQL URL is malformed") as info:

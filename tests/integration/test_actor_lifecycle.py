@@ -22,8 +22,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from jackpot import (
+    EngineClosedError,
     InsufficientFundsError,
     JackpotEngine,
+    JackpotError,
     LockTimeoutError,
     Settings,
     StorageError,
@@ -624,3 +626,84 @@ def test_at_exit_every_dropped_engine_gets_its_own_budget(tmp_path: Path) -> Non
     for name in "abc":
         assert f"{tmp_path / name}.db was dropped without close()" in done.stderr, done.stderr
     assert done.stderr.count("did not stop in time") == 3, done.stderr
+
+
+def test_a_close_interrupted_while_waiting_is_finished_by_the_next_close(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = JackpotEngine.open(db_path)
+    refs = [engine._coordinator.actor_ref, *(p.actor_ref for p in engine._pools.values())]
+
+    def interrupted(*_args: Any, **_kwargs: Any) -> bool:
+        raise KeyboardInterrupt  # Ctrl-C while close() waits for calls in flight
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine._cond, "wait_for", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            engine.close()
+    assert all(ref.is_alive() for ref in refs)  # interrupted before it stopped anything
+    with pytest.raises(EngineClosedError):
+        engine.contribute(Decimal(10), groups="minor")
+    engine.close()  # finishes the interrupted close
+    assert not any(ref.is_alive() for ref in refs)
+
+
+class _WatchedLock:
+    """A lock that reports when a thread other than its current holder asks for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder: int | None = None
+        self.contended = threading.Event()
+
+    def __enter__(self) -> None:
+        if self.holder is not None and self.holder != threading.get_ident():
+            self.contended.set()
+        self._lock.acquire()
+        self.holder = threading.get_ident()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.holder = None
+        self._lock.release()
+
+
+def test_an_actor_restart_racing_close_leaves_no_actor_running(db_path: Path) -> None:
+    """close() stops the replacement a restart in progress starts (or the restart starts none)."""
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+    engine = JackpotEngine.open(db_path)
+    engine._restart_lock = _WatchedLock()  # type: ignore[assignment]
+    entered, release = threading.Event(), threading.Event()
+    start_pool = engine._start_pool
+
+    def slow_start(name: str) -> Any:
+        entered.set()
+        assert release.wait(30)  # a slow reconnect, with the restart lock held
+        return start_pool(name)
+
+    engine._start_pool = slow_start  # type: ignore[method-assign]
+    engine._pools["minor"].actor_ref.stop()  # the level's actor crashed
+    outcome: list[BaseException | None] = []
+
+    def bet() -> None:
+        try:
+            engine.contribute(Decimal(10), groups="minor", op_id="racing")
+        except JackpotError as e:
+            outcome.append(e)
+        else:
+            outcome.append(None)
+
+    better = threading.Thread(target=bet)
+    better.start()
+    assert entered.wait(30)
+    closer = threading.Thread(target=engine.close, kwargs={"timeout": 0.1})
+    closer.start()  # its wait for the call in flight times out; then it stops the actors
+    assert engine._restart_lock.contended.wait(30)  # close() waits for the restart
+    release.set()
+    closer.join(60)
+    better.join(60)
+    assert not closer.is_alive()
+    assert not better.is_alive()
+    assert set(pykka.ActorRegistry.get_all()) == before  # the replacement was stopped too
+    assert len(outcome) == 1
+    with JackpotEngine.open(db_path) as again:
+        assert again.verify().ok

@@ -140,7 +140,14 @@ def _misread(url: str) -> bool:
     except (psycopg.Error, UnicodeError):  # e.g. "%90": not UTF-8 once decoded
         return True
     host, port = str(params.get("host") or ""), str(params.get("port") or "")
-    return "@" in host or not _PORTS.fullmatch(port)
+    if "@" in host or not _PORTS.fullmatch(port):
+        return True
+    # "user:2024/pa@ss@host/db": no "@" before the first "/", so libpq reads
+    # "user" as the host, "2024" as the port and the rest as the database.
+    rest = url.split("://", 1)[-1]
+    authority, slash, path = rest.partition("/")
+    return bool(slash) and ":" in authority and "@" not in authority and (
+        "@" in path.split("?", 1)[0])
 
 
 _PORTS = re.compile(r"[0-9,]*")
