@@ -389,10 +389,11 @@ class JackpotEngine:
         `postgres` extra): several engines, on several hosts, then share it.
 
         Raises:
-            ValidationError: bad settings (naming the JACKPOT_* variable) or groups.
+            ValidationError: bad settings (naming the JACKPOT_* variable), groups or path.
             StorageError: the file cannot be opened as a jackpot database.
 
         """
+        _check_path(path)
         settings = settings if settings is not None else Settings.from_env()
         logger.setLevel(settings.log_level.upper())
         configs = list(groups) if groups is not None else None
@@ -797,6 +798,16 @@ class JackpotEngine:
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
                       coordinator_alive=self._coordinator.actor_ref.is_alive(),
                       closed=self._closed)
+
+
+def _check_path(path: object) -> None:
+    """Refuse what cannot name a database, before anything is opened."""
+    if not isinstance(path, (str, os.PathLike)):
+        msg = f"path must be a file path or a postgresql:// URL, not {type(path).__name__}"
+        raise ValidationError(msg)
+    if "\x00" in str(path):
+        msg = "path must not contain a NUL character"
+        raise ValidationError(msg)
 
 
 def _sqlite(path: str, settings: Settings) -> SQLiteStore:

@@ -629,3 +629,17 @@ def test_the_engine_still_works_after_the_catalogue(shared: tuple[JackpotEngine,
     assert result.balances == {"minor": before.amount + Decimal("0.5")}
     report = engine.verify()
     assert report.ok, report.problems
+
+
+@pytest.mark.parametrize(("path", "says"), [
+    ("pools\x00.db", "NUL"),
+    ("postgresql://u@h/db\x00", "NUL"),
+    (b"pools.db", "not bytes"),
+    (None, "not NoneType"),
+])
+def test_open_refuses_a_hostile_path_with_a_validation_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: object, says: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=says):
+        JackpotEngine.open(path)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []  # nothing created
