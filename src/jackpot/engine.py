@@ -445,14 +445,19 @@ class JackpotEngine:
                                 else max(0.0, deadline - time.monotonic()))
         # A close interrupted before this point (Ctrl-C while waiting) left
         # everything running: a later close(), or the exit hook, finishes it.
-        # A second close() meanwhile waits for the first one to finish.
-        with self._close_lock:
+        # A second close() meanwhile waits for the first, within its own timeout.
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._close_lock.acquire(timeout=wait):
+            return  # another close() is stopping the actors, within its own deadline
+        try:
             if self._shut:
                 return
             self._stop_everything(deadline)
             self._shut = True
             self._lost.detach()
             _closing(self)
+        finally:
+            self._close_lock.release()
 
     def _stop_everything(self, deadline: float | None = None) -> None:
         """Stop every actor, then close the reader (default deadline: the longest operation).

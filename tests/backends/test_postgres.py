@@ -34,7 +34,7 @@ from jackpot import (
     StorageError,
 )
 from jackpot.storage import SerializationFailureError, Store, open_store
-from jackpot.storage.postgres import PostgresStore
+from jackpot.storage.postgres import PostgresStore, _misread
 
 from .contract import MINOR_SEED, BackendContract, new_level, snapshot
 from .pg import fresh_schema, require_pg_url
@@ -317,3 +317,17 @@ def test_the_cli_never_prints_the_password(pg_target: str) -> None:
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode in (0, 1), done.stderr  # health may report "degraded"
         assert "s3cret" not in done.stdout + done.stderr, args
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://h:5432/db",
+    "postgresql:///db?host=/var/run/postgresql",
+    "postgresql://u@h:5432,h2:5433/db",
+    "postgresql://u:pw@[::1]:5432/db",
+    "postgresql://h/my%40db",
+    "postgresql://u:p%40ss@h/db",
+    "postgresql://h:5432?sslrootcert=/etc/ssl/ca.pem&user=me@srv",  # Azure-style user names
+    "postgresql://h:5432/db?user=me@srv&sslrootcert=/etc/ssl/ca.pem",
+])
+def test_valid_urls_are_not_taken_for_malformed_ones(url: str) -> None:
+    assert not _misread(url)

@@ -707,3 +707,19 @@ def test_an_actor_restart_racing_close_leaves_no_actor_running(db_path: Path) ->
     assert len(outcome) == 1
     with JackpotEngine.open(db_path) as again:
         assert again.verify().ok
+
+
+def test_a_second_close_keeps_to_its_own_timeout(db_path: Path) -> None:
+    """While one close() is held up stopping the actors, another close(timeout) returns."""
+    engine = JackpotEngine.open(db_path)
+    held = _WatchedLock()
+    engine._restart_lock = held  # type: ignore[assignment]
+    with held:  # an actor restart in progress holds the first close() up
+        first = threading.Thread(target=engine.close)
+        first.start()
+        assert held.contended.wait(30)  # the first close() now waits, holding the close lock
+        engine.close(timeout=0.2)  # gives up waiting for the first one after 0.2 s
+        assert first.is_alive()  # so it returned while the first was still held up
+    first.join(60)
+    assert not first.is_alive()
+    assert not any(p.actor_ref.is_alive() for p in engine._pools.values())

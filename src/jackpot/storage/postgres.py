@@ -144,10 +144,9 @@ def _misread(url: str) -> bool:
         return True
     # "user:2024/pa@ss@host/db": no "@" before the first "/", so libpq reads
     # "user" as the host, "2024" as the port and the rest as the database.
-    rest = url.split("://", 1)[-1]
+    rest = url.split("://", 1)[-1].split("?", 1)[0]  # not the query: "?user=me@srv"
     authority, slash, path = rest.partition("/")
-    return bool(slash) and ":" in authority and "@" not in authority and (
-        "@" in path.split("?", 1)[0])
+    return bool(slash) and ":" in authority and "@" not in authority and "@" in path
 
 
 _PORTS = re.compile(r"[0-9,]*")
