@@ -302,7 +302,7 @@ class JackpotEngine:
         self.stats = Stats()
         self._closed = False  # new calls refused (set first by close())
         self._shut = False  # actors stopped and reader closed (set last by close())
-        self._close_lock = threading.Lock()
+        self._stopping = False  # a close() is stopping the actors (guarded by _cond)
         self._inflight = 0
         self._cond = threading.Condition()
         self._reader = _store(path, settings)
@@ -438,26 +438,30 @@ class JackpotEngine:
         to stop by itself (logged).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._closed = True  # from now on, new calls are refused
-            self._cond.wait_for(lambda: self._inflight == 0,
-                                self._run_timeout if deadline is None
-                                else max(0.0, deadline - time.monotonic()))
-        # A close interrupted before this point (Ctrl-C while waiting) left
-        # everything running: a later close(), or the exit hook, finishes it.
-        # A second close() meanwhile waits for the first, within its own timeout.
-        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._close_lock.acquire(timeout=wait):
-            return  # another close() is stopping the actors, within its own deadline
+        mine = False
         try:
-            if self._shut:
-                return
+            with self._cond:
+                self._closed = True  # from now on, new calls are refused
+                self._cond.wait_for(lambda: self._inflight == 0,
+                                    self._run_timeout if deadline is None else _left(deadline))
+                # A close interrupted before this point (Ctrl-C while waiting) left
+                # everything running: a later close(), or the exit hook, finishes
+                # it. While another close() is stopping the actors, wait for it,
+                # within this one's own timeout.
+                self._cond.wait_for(lambda: not self._stopping,
+                                    None if deadline is None else _left(deadline))
+                if self._stopping or self._shut:
+                    return
+                self._stopping = mine = True
             self._stop_everything(deadline)
             self._shut = True
             self._lost.detach()
             _closing(self)
         finally:
-            self._close_lock.release()
+            if mine:
+                with self._cond:
+                    self._stopping = False
+                    self._cond.notify_all()
 
     def _stop_everything(self, deadline: float | None = None) -> None:
         """Stop every actor, then close the reader (default deadline: the longest operation).
@@ -803,6 +807,11 @@ class JackpotEngine:
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
                       coordinator_alive=self._coordinator.actor_ref.is_alive(),
                       closed=self._closed)
+
+
+def _left(deadline: float) -> float:
+    """Return the seconds until `deadline`, within what a lock wait accepts."""
+    return min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
 
 
 def _check_path(path: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import subprocess
 import sys
 import threading
@@ -722,4 +723,30 @@ def test_a_second_close_keeps_to_its_own_timeout(db_path: Path) -> None:
         assert first.is_alive()  # so it returned while the first was still held up
     first.join(60)
     assert not first.is_alive()
+    assert not any(p.actor_ref.is_alive() for p in engine._pools.values())
+
+
+def test_a_close_without_limit_waits_for_another_one_in_progress(db_path: Path) -> None:
+    """close(timeout=inf) waits for a close() in progress (no OverflowError), then returns."""
+    engine = JackpotEngine.open(db_path)
+    held = _WatchedLock()
+    engine._restart_lock = held  # type: ignore[assignment]
+    errors: list[BaseException] = []
+
+    def close_without_limit() -> None:
+        try:
+            engine.close(timeout=math.inf)
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+
+    with held:
+        first = threading.Thread(target=engine.close)
+        first.start()
+        assert held.contended.wait(30)
+        second = threading.Thread(target=close_without_limit)
+        second.start()
+    first.join(60)
+    second.join(60)
+    assert not second.is_alive()
+    assert errors == []
     assert not any(p.actor_ref.is_alive() for p in engine._pools.values())
