@@ -371,6 +371,13 @@ def test_a_live_actor_that_does_not_stop_in_time_is_reported() -> None:
                             time.monotonic() + 0.2)
 
 
+def _assert_kept(db_path: Path) -> None:
+    """The bet "kept" committed before the engine was lost: it replays, the books balance."""
+    with JackpotEngine.open(db_path) as engine:
+        assert engine.contribute(Decimal(10), groups="minor", op_id="kept").replayed
+        assert engine.verify().ok
+
+
 class _Heard(logging.Handler):
     """Sets `heard` when the "jackpot" logger says `text`."""
 
@@ -424,9 +431,7 @@ def test_an_engine_dropped_without_close_is_collected_closed_and_warned_about(
     scraped = generate_latest(registry).decode()  # a scrape after the loss still works
     assert "jackpot_operations_total" in scraped
     assert "jackpot_level_amount{" not in scraped
-    with JackpotEngine.open(db_path) as again:
-        assert again.contribute(Decimal(10), groups="minor", op_id="kept").replayed
-        assert again.verify().ok
+    _assert_kept(db_path)
 
 
 def test_a_dropped_engine_is_closed_even_when_its_warning_is_an_error(
@@ -569,9 +574,7 @@ def test_an_engine_dropped_just_before_exit_is_closed_and_reported(db_path: Path
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "was dropped without close(); it is closed now" in done.stderr
-    with JackpotEngine.open(db_path) as engine:
-        assert engine.contribute(Decimal(10), groups="minor", op_id="kept").replayed
-        assert engine.verify().ok
+    _assert_kept(db_path)
 
 
 def test_a_dropped_engine_that_fails_to_close_is_reported_with_its_error(
