@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from decimal import Decimal
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -37,7 +38,7 @@ import pykka
 
 from jackpot.actors import Ticket
 from jackpot.domain import GroupConfig
-from jackpot.engine import JackpotEngine, not_restarted_message, outcome_of
+from jackpot.engine import JackpotEngine, not_restarted_message, outcome_of, stopped_midway
 from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError
 from jackpot.health import HealthReport
 from jackpot.logs import log_failure, log_success
@@ -98,34 +99,41 @@ class AsyncJackpotEngine:
         # asyncio keeps only weak references to tasks: hold the running ones.
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answers: dict[asyncio.AbstractEventLoop, _Answers] = {}
+        self._answers_lock = threading.Lock()
+        # An answer queued for a loop that then closed without running it is
+        # stranded: `close()`, even the sync one, sweeps such answers up.
+        engine._sweeps.append(weakref.WeakMethod(self._orphan_closed_loops))  # noqa: SLF001
 
     # -- life cycle ----------------------------------------------------------
 
     @classmethod
     async def open(
         cls,
-        path: str | Path,
+        path: str | os.PathLike[str],
         groups: Iterable[GroupConfig] | None = None,
         *,
         settings: Settings | None = None,
-    ) -> AsyncJackpotEngine:
+    ) -> Self:
         """Open (or create) the database at `path` and start the engine.
 
         Same arguments and errors as `JackpotEngine.open`; the file I/O runs in
-        a worker thread.
+        a worker thread. Cancelled while opening, the engine it was opening is
+        closed once it is open (in that thread): nothing is left running.
         """
-        configs = None if groups is None else list(groups)
-        engine = await asyncio.to_thread(JackpotEngine.open, path, configs, settings=settings)
+        handover = _Handover()
+        try:
+            engine = await asyncio.to_thread(handover.open, path, groups, settings)
+        except asyncio.CancelledError:
+            handover.cancel()
+            raise
         return cls(engine)
 
     async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - as sync
         """Let in-flight operations finish, stop every actor; later calls fail.
 
-        Idempotent. `timeout` bounds the wait for in-flight operations.
+        Idempotent. `timeout` bounds the whole close, as in `JackpotEngine.close`.
         """
-        for answers in list(self._answers.values()):
-            if answers.loop_closed():
-                answers.orphan()  # answers that reached a loop after it closed
+        self._orphan_closed_loops()
         await asyncio.to_thread(self._engine.close, timeout)
 
     async def __aenter__(self) -> Self:
@@ -269,15 +277,65 @@ class AsyncJackpotEngine:
         loop = asyncio.get_running_loop()
         call = _Call(self, op, loop, self._answers_for(loop))
         call.start()
+        # Marks the error as retrieved: a cancelled caller no longer awaits
+        # it, and asyncio would log "Future exception was never retrieved".
+        call.future.add_done_callback(_retrieved)
         return await asyncio.shield(call.future)
 
     def _answers_for(self, loop: asyncio.AbstractEventLoop) -> _Answers:
-        answers = self._answers.get(loop)
+        answers = self._answers.get(loop)  # one dict read: safe without the lock
         if answers is None:
-            for old in [lp for lp, a in self._answers.items() if a.loop_closed()]:
-                self._answers.pop(old).orphan()
-            answers = self._answers[loop] = _Answers(loop)
+            with self._answers_lock:  # loops in several threads may get here at once
+                answers = self._answers.get(loop)
+                if answers is None:
+                    answers = self._answers[loop] = _Answers(loop)
+            self._orphan_closed_loops()
         return answers
+
+    def _orphan_closed_loops(self) -> None:
+        """Close the books of answers that reached loops which have closed since."""
+        with self._answers_lock:
+            gone = [self._answers.pop(lp) for lp, a in list(self._answers.items())
+                    if a.loop_closed()]
+        for answers in gone:
+            answers.orphan()
+
+
+class _Handover:
+    """An engine opened in a worker thread, for a caller that may stop waiting.
+
+    Whichever comes second closes the engine: the thread that opened it, when
+    the caller was cancelled first, or the cancelled caller, when the engine
+    was already handed over (closed then in a thread of its own, off the loop).
+    """
+
+    __slots__ = ("_cancelled", "_engine", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engine: JackpotEngine | None = None
+        self._cancelled = False
+
+    def open(self, path: str | os.PathLike[str], groups: Iterable[GroupConfig] | None,
+             settings: Settings | None) -> JackpotEngine:
+        """Open the engine (in the worker thread); close it at once if nobody waits."""
+        engine = JackpotEngine.open(path, groups, settings=settings)
+        with self._lock:
+            if not self._cancelled:
+                self._engine = engine
+                return engine
+        engine.close()
+        msg = "the open was cancelled; the engine it opened is closed"
+        raise EngineClosedError(msg)
+
+    def cancel(self) -> None:
+        """Note that the caller stopped waiting; close the engine if it was opened already."""
+        with self._lock:
+            self._cancelled = True
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            threading.Thread(target=engine.close, name="jackpot-close-unwanted",
+                             daemon=True).start()
 
 
 class _Answers:
@@ -338,17 +396,25 @@ class _Answers:
     def _drain(self) -> None:
         with self._lock:
             n = min(len(self._items), _SLICE)
-            batch = [self._items.popleft() for _ in range(n)]
+            batch = deque(self._items.popleft() for _ in range(n))
             self._awake = bool(self._items)
-        for call, ticket, result, error in batch:
-            try:
-                call.served(ticket, result, error)
-            except Exception as e:  # noqa: BLE001 - a failing observer must not strand the rest
-                self._loop.call_exception_handler({
-                    "message": f"jackpot: settling {call.op.kind} {call.op.op_id!r} failed",
-                    "exception": e})
-        if self._awake:
-            self._loop.call_soon(self._drain)  # the rest after timers and I/O had a turn
+        try:
+            while batch:
+                call, ticket, result, error = batch.popleft()
+                try:
+                    call.served(ticket, result, error)
+                except Exception as e:  # noqa: BLE001 - a failing observer must not strand the rest
+                    self._loop.call_exception_handler({
+                        "message": f"jackpot: settling {call.op.kind} {call.op.op_id!r} failed",
+                        "exception": e})
+        finally:
+            # Also after a KeyboardInterrupt out of an observer: what was not
+            # served goes back, and the loop is woken again for it.
+            with self._lock:
+                self._items.extendleft(reversed(batch))
+                again = self._awake = bool(self._items)
+            if again:
+                self._loop.call_soon(self._drain)  # the rest after timers and I/O had a turn
 
 
 class _Call:
@@ -392,26 +458,32 @@ class _Call:
         self._books = False
 
     def start(self) -> None:
-        """Count the write in flight and send it; raise EngineClosedError if closed."""
+        """Count the write in flight and send it; raise EngineClosedError if closed.
+
+        As in `JackpotEngine._submit`: a call refused because the engine is
+        closed is neither logged nor counted; one whose trace span fails to
+        open is both.
+        """
+        tracking = self._engine._tracking()  # noqa: SLF001
+        tracking.__enter__()  # EngineClosedError: nothing entered, nothing to report
+        self._tracking = tracking
         try:
-            self._ctx.run(self._enter)
+            self._ctx.run(self._enter_span)
         except Exception as e:
             self._books = True
             self._ctx.run(self._report, None, e)
             raise
-        self._send()
-
-    def _enter(self) -> None:
-        """Enter what `JackpotEngine._submit` enters: `_tracking()`, then `_trace(op)`."""
-        tracking = self._engine._tracking()  # noqa: SLF001
-        tracking.__enter__()
-        try:
-            span = self._engine._trace(self.op)  # noqa: SLF001
-            span.__enter__()
         except BaseException as e:
+            self._books = True
             tracking.__exit__(type(e), e, e.__traceback__)
             raise
-        self._tracking, self._span = tracking, span
+        self._send()
+
+    def _enter_span(self) -> None:
+        """Open the trace span, as `JackpotEngine._submit` does (in the caller's context)."""
+        span = self._engine._trace(self.op)  # noqa: SLF001
+        span.__enter__()
+        self._span = span
 
     # -- sending and waiting (on the loop) -------------------------------------
 
@@ -502,17 +574,15 @@ class _Call:
         """Resend once after restarting dead actors, as `_submit_with_restart` does."""
         ticket = self._ticket
         assert ticket is not None
-        try:
+        if not ticket.abandon():  # claimed: it may have been applied
+            midway = stopped_midway(self.op, closed=self._engine._closed)  # noqa: SLF001
+            midway.__cause__ = error
+            self._finish(None, midway)
+            return
+        try:  # withdrawn, so nothing changed: "closed" is the whole story
             self._engine._check_open()  # noqa: SLF001
         except EngineClosedError as e:
             self._finish(None, e)
-            return
-        if not ticket.abandon():  # claimed: it may have been applied
-            msg = (f"the actor serving {', '.join(self.op.names)} stopped while running "
-                   f"{self.op.kind} {self.op.op_id!r}; retry with the same op_id")
-            closed = EngineClosedError(msg)
-            closed.__cause__ = error
-            self._finish(None, closed)
             return
         if self._attempt:  # the replacement stopped too, before taking the request
             failed = StorageError(not_restarted_message(self.op))
@@ -583,6 +653,12 @@ class _Call:
             outcome = outcome_of(error)
             log_failure(self.op, outcome, error)
         self._engine.stats.operation(self.op.kind, outcome, time.perf_counter() - self._started)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Take a finished future's error, which its outcome books already hold."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _stopped_on(error: BaseException) -> pykka.ActorDeadError:

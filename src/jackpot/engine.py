@@ -78,6 +78,7 @@ logger = logging.getLogger("jackpot")
 
 _MAX_HISTORY = 10_000
 _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor lives
+_SWEEP_INTERVAL_S = 0.1  # seconds between sweeps while close() waits for calls in flight
 
 
 
@@ -284,6 +285,14 @@ class _WeakView:
         return self._get().health()
 
 
+def stopped_midway(op: Operation, *, closed: bool) -> EngineClosedError:
+    """Return the error for an operation whose actor stopped after taking it (outcome unknown)."""
+    msg = (f"the actor serving {', '.join(op.names)} stopped while running {op.kind} "
+           f"{op.op_id!r}; it may have been applied: retry with the same op_id"
+           f"{' on a new engine (this one is closed)' if closed else ''} to learn its outcome")
+    return EngineClosedError(msg, outcome_unknown=True)
+
+
 def not_restarted_message(op: Operation) -> str:
     """Say that `op`'s actor stopped, its replacement could not start, and nothing changed."""
     return (f"the actor serving {', '.join(op.names)} stopped and could not be restarted "
@@ -305,6 +314,10 @@ class JackpotEngine:
         self._stopping = False  # a close() is stopping the actors (guarded by _cond)
         self._inflight = 0
         self._cond = threading.Condition()
+        # Called while close() waits for calls in flight: the asyncio engine's
+        # sweep of answers stranded on event loops that closed (weak: the
+        # engine must not keep its wrapper alive).
+        self._sweeps: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._reader = _store(path, settings)
         self._reader_lock = threading.Lock()
         self._checkpointer: Checkpointer | None = None
@@ -375,11 +388,11 @@ class JackpotEngine:
     @classmethod
     def open(
         cls,
-        path: str | Path,
+        path: str | os.PathLike[str],
         groups: Iterable[GroupConfig] | None = None,
         *,
         settings: Settings | None = None,
-    ) -> JackpotEngine:
+    ) -> Self:
         """Open (or create) the database at `path` and start the engine.
 
         Levels in `groups` that the file lacks are created; levels already in
@@ -396,6 +409,9 @@ class JackpotEngine:
         _check_path(path)
         settings = settings if settings is not None else Settings.from_env()
         logger.setLevel(settings.log_level.upper())
+        if groups is not None and not isinstance(groups, Iterable):
+            msg = f"groups must be an iterable of GroupConfig objects, not {type(groups).__name__}"
+            raise ValidationError(msg)
         configs = list(groups) if groups is not None else None
         if configs is not None:
             for g in configs:
@@ -442,8 +458,9 @@ class JackpotEngine:
         try:
             with self._cond:
                 self._closed = True  # from now on, new calls are refused
-                self._cond.wait_for(lambda: self._inflight == 0,
-                                    self._run_timeout if deadline is None else _left(deadline))
+            self._await_inflight(time.monotonic() + self._run_timeout if deadline is None
+                                 else deadline)
+            with self._cond:
                 # A close interrupted before this point (Ctrl-C while waiting) left
                 # everything running: a later close(), or the exit hook, finishes
                 # it. While another close() is stopping the actors, wait for it,
@@ -462,6 +479,20 @@ class JackpotEngine:
                 with self._cond:
                     self._stopping = False
                     self._cond.notify_all()
+
+    def _await_inflight(self, deadline: float) -> None:
+        """Wait until no call is in flight or `deadline` passes, sweeping now and then."""
+        while True:
+            for ref in list(self._sweeps):
+                sweep = ref()
+                if sweep is not None:
+                    sweep()
+            with self._cond:
+                if self._cond.wait_for(lambda: self._inflight == 0,
+                                       min(_SWEEP_INTERVAL_S, _left(deadline))):
+                    return
+            if _left(deadline) <= 0:
+                return
 
     def _stop_everything(self, deadline: float | None = None) -> None:
         """Stop every actor, then close the reader (default deadline: the longest operation).
@@ -640,7 +671,7 @@ class JackpotEngine:
 
     def _check_open(self) -> None:
         if self._closed:
-            msg = "the engine is closed; open a new one with JackpotEngine.open()"
+            msg = "the engine is closed; open a new one to go on"
             raise EngineClosedError(msg)
 
     def _enter(self) -> None:
@@ -678,9 +709,10 @@ class JackpotEngine:
             target.actor_ref.tell(DRAIN)
 
     def _owner_alive(self, op: Operation) -> bool:
-        if len(op.names) > 1 and not self._coordinator.actor_ref.is_alive():
-            return False
-        return all(self._pools[n].actor_ref.is_alive() for n in op.names)
+        """Whether the actor that serves `op` lives (the coordinator for several levels)."""
+        if len(op.names) > 1:
+            return self._coordinator.actor_ref.is_alive()
+        return self._pools[op.names[0]].actor_ref.is_alive()
 
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()
@@ -708,11 +740,9 @@ class JackpotEngine:
                 self._send(op, ticket)
                 return self._wait(op, ticket)
             except pykka.ActorDeadError as e:
-                self._check_open()
                 if not ticket.abandon():  # claimed: it may have been applied
-                    msg = (f"the actor serving {', '.join(op.names)} stopped while "
-                           f"running {op.kind} {op.op_id!r}; retry with the same op_id")
-                    raise EngineClosedError(msg) from e
+                    raise stopped_midway(op, closed=self._closed) from e
+                self._check_open()  # withdrawn, so nothing changed: "closed" is the whole story
                 if attempt:  # the replacement stopped too, before taking the request
                     raise StorageError(not_restarted_message(op)) from e
                 self._restart_before_resending(op)
@@ -845,6 +875,8 @@ def outcome_of(error: BaseException) -> str:
         return "conflict"
     if isinstance(error, LockTimeoutError):
         return "timeout"
+    if isinstance(error, EngineClosedError) and error.outcome_unknown:
+        return "error"
     if isinstance(error, (ValidationError, InsufficientFundsError, IdempotencyConflictError,
                           GroupSuspendedError, GroupRetiredError, UnknownGroupError,
                           EngineClosedError)):

@@ -73,7 +73,17 @@ class IdempotencyConflictError(JackpotError):
 
 
 class EngineClosedError(JackpotError):
-    """The engine was closed; open a new one."""
+    """The engine was closed, or an actor stopped in the middle of the operation.
+
+    `outcome_unknown` is False when the operation was refused before it
+    started (nothing was changed), True when the actor serving it stopped
+    after taking it: it may have been applied, and resending it with the same
+    op_id (on a new engine if this one is closed) tells which.
+    """
+
+    def __init__(self, msg: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(msg)
+        self.outcome_unknown = outcome_unknown
 
 
 class StorageError(JackpotError):

@@ -1,0 +1,390 @@
+"""AsyncJackpotEngine at its edges: close mid-operation, loops that stop or race, Ctrl-C.
+
+Each test comes from a reviewed defect and fails on the code before its fix.
+Where an operation must be in flight the test holds the database write lock
+(nothing commits until it lets go); where it must know that something
+happened in another thread it waits on an event set by a wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jackpot import (
+    AsyncJackpotEngine,
+    Contribution,
+    EngineClosedError,
+    JackpotEngine,
+    ValidationError,
+)
+from jackpot.actors import Ticket
+
+from .test_aio import OperationDone, _sent, read_ledger, write_lock
+
+BOTH = ("minor", "major")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "pools.db"
+
+
+@pytest.fixture
+def claimed(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set once an actor has claimed a request (taken it to run)."""
+    event = threading.Event()
+    real = Ticket.claim
+
+    def claim(self: Ticket) -> bool:
+        taken = real(self)
+        event.set()
+        return taken
+
+    monkeypatch.setattr(Ticket, "claim", claim)
+    return event
+
+
+@pytest.fixture
+def pools_seen_dead(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set once a waiting caller checked its actor with every level's actor dead."""
+    event = threading.Event()
+    real = JackpotEngine._owner_alive
+
+    def owner_alive(self: JackpotEngine, op: Any) -> bool:
+        alive = real(self, op)
+        if not any(p.actor_ref.is_alive() for p in self._pools.values()):
+            event.set()
+        return alive
+
+    monkeypatch.setattr(JackpotEngine, "_owner_alive", owner_alive)
+    return event
+
+
+def _bet_rows(path: Path, op_id: str) -> list[tuple[str, int]]:
+    return sorted((r["level"], r["delta"]) for r in read_ledger(path) if r["op_id"] == op_id)
+
+
+# -- close() while a multi-level operation runs at the coordinator -------------------
+
+
+def test_close_with_a_timeout_lets_a_running_multi_level_bet_report_its_commit(
+        db_path: Path, claimed: threading.Event, pools_seen_dead: threading.Event) -> None:
+    """close(timeout) stops the level actors; the coordinator, busy, still commits.
+
+    The caller used to be told "the engine is closed" (a refusal, counted
+    "rejected") while the bet committed right after.
+    """
+    engine = JackpotEngine.open(db_path)
+    outcome: list[Any] = []
+
+    def bet() -> None:
+        try:
+            outcome.append(engine.contribute("10", groups=BOTH, op_id="bet-1"))
+        except Exception as e:
+            outcome.append(e)
+
+    with write_lock(db_path):
+        caller = threading.Thread(target=bet)
+        caller.start()
+        assert claimed.wait(10)  # the coordinator holds it, waiting for the write lock
+        engine.close(timeout=0.2)  # gives up on the coordinator, stops the rest
+        assert pools_seen_dead.wait(30)  # the caller looked while the coordinator still ran
+    caller.join(30)
+    assert not caller.is_alive()
+    (result,) = outcome
+    assert isinstance(result, Contribution), result
+    assert not result.replayed
+    assert _bet_rows(db_path, "bet-1") == [("major", 30_000), ("minor", 50_000)]
+    assert engine.stats.snapshot().get("operations:contribute:ok") == 1
+    with JackpotEngine.open(db_path) as again:
+        assert again.contribute("10", groups=BOTH, op_id="bet-1").replayed
+        assert again.verify().ok
+
+
+def test_async_close_with_a_timeout_lets_a_running_multi_level_bet_report_its_commit(
+        db_path: Path, claimed: threading.Event, pools_seen_dead: threading.Event) -> None:
+    async def run() -> None:
+        engine = await AsyncJackpotEngine.open(db_path)
+        with write_lock(db_path):
+            (task,) = await _sent(engine.contribute("10", groups=BOTH, op_id="bet-1"))
+            assert await asyncio.to_thread(claimed.wait, 10)
+            await engine.close(timeout=0.2)
+            assert await asyncio.to_thread(pools_seen_dead.wait, 30)
+        result = await task
+        assert isinstance(result, Contribution)
+        assert not result.replayed
+        assert engine.stats.snapshot().get("operations:contribute:ok") == 1
+
+    asyncio.run(run())
+    assert _bet_rows(db_path, "bet-1") == [("major", 30_000), ("minor", 50_000)]
+
+
+def test_an_actor_stopping_after_taking_a_request_says_the_outcome_is_unknown(
+        db_path: Path, claimed: threading.Event) -> None:
+    """Claimed, then the serving actor is gone: "retry with the same op_id", counted as error."""
+    engine = JackpotEngine.open(db_path)
+    outcome: list[BaseException] = []
+
+    def bet() -> None:
+        try:
+            engine.contribute("10", groups="minor", op_id="bet-1")
+        except Exception as e:
+            outcome.append(e)
+
+    with write_lock(db_path):
+        caller = threading.Thread(target=bet)
+        caller.start()
+        assert claimed.wait(10)
+        engine.close(timeout=0.2)  # the level's actor is left running, then...
+        engine._pools["minor"].actor_ref.actor_stopped.set()  # ...looks stopped to the caller
+        caller.join(30)
+    (error,) = outcome
+    assert isinstance(error, EngineClosedError)
+    assert error.outcome_unknown
+    assert "may have been applied: retry with the same op_id on a new engine" in str(error)
+    assert engine.stats.snapshot().get("operations:contribute:error") == 1
+
+
+# -- answers that reach a loop which then closes without running them ------------------
+
+
+def test_close_sweeps_up_an_answer_stranded_on_a_loop_closed_unrun(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer's `call_soon_threadsafe` is dropped by `loop.close()`: close() must not wait."""
+    from jackpot import aio  # noqa: PLC0415 - the internal hand-over is what is observed
+
+    queued = threading.Event()
+    real_put = aio._Answers.put
+
+    def put(self: Any, *args: Any) -> None:
+        real_put(self, *args)
+        queued.set()
+
+    monkeypatch.setattr(aio._Answers, "put", put)
+    engine = asyncio.run(AsyncJackpotEngine.open(db_path))
+    loop = asyncio.new_event_loop()
+
+    async def send() -> asyncio.Task[Contribution]:
+        (task,) = await _sent(engine.contribute("10", groups="minor", op_id="x"))
+        return task
+
+    task = loop.run_until_complete(send())  # the loop stops with the call in flight
+    assert queued.wait(30)  # the answer waits for a loop that will never run again
+    task.cancel()
+    loop.close()
+    assert engine.sync._inflight == 1
+    engine.sync.close(timeout=20)
+    assert engine.sync._inflight == 0
+    assert engine.stats.snapshot().get("operations:contribute:ok") == 1
+
+
+# -- Ctrl-C while the loop hands over a burst of answers --------------------------------
+
+
+class InterruptOnce(OperationDone):
+    """Raises KeyboardInterrupt from the first operation it sees once armed."""
+
+    armed = False
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+def test_a_keyboard_interrupt_while_settling_a_burst_strands_no_answer(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jackpot import aio  # noqa: PLC0415 - the internal hand-over is what is observed
+
+    burst = 40
+    puts: list[int] = []
+    all_queued = threading.Event()
+    real_put = aio._Answers.put
+
+    def put(self: Any, *args: Any) -> None:
+        real_put(self, *args)
+        puts.append(1)
+        if len(puts) == burst:
+            all_queued.set()
+
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    interrupt = InterruptOnce()
+    engine.stats.observers.append(interrupt)
+    monkeypatch.setattr(aio._Answers, "put", put)
+
+    tasks: list[asyncio.Task[Contribution]] = []
+
+    async def burst_then_settle() -> list[Contribution]:
+        tasks.extend(await _sent(*(engine.contribute("1", groups="minor", op_id=f"b{i}")
+                                   for i in range(burst))))
+        assert all_queued.wait(30)  # the loop is held here while every answer queues up
+        interrupt.armed = True
+        return await settle()
+
+    async def settle() -> list[Contribution]:
+        return await asyncio.gather(*tasks)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(burst_then_settle())
+        answers = engine._answers[loop]
+        # The ones not served when Ctrl-C struck are queued again, and the loop
+        # is woken for them: no call has to wait for its liveness timer.
+        results = loop.run_until_complete(settle())
+        assert sorted(r.versions["minor"] for r in results) == list(range(2, burst + 2))
+        assert (answers._awake, len(answers._items)) == (False, 0)
+        later = loop.run_until_complete(engine.contribute("1", groups="minor", op_id="later"))
+        assert later.versions == {"minor": burst + 2}
+        assert (answers._awake, len(answers._items)) == (False, 0)
+    finally:
+        loop.run_until_complete(engine.close())
+        loop.close()
+
+
+# -- several loops in several threads on one engine ----------------------------------
+
+
+@pytest.fixture
+def frequent_switches() -> Iterator[None]:
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # a thread switch at almost every bytecode
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_loops_in_several_threads_share_one_engine(db_path: Path,
+                                                   frequent_switches: None) -> None:
+    """Each thread runs short `asyncio.run` calls: the per-loop answers map is shared."""
+    engine = asyncio.run(AsyncJackpotEngine.open(db_path))
+    threads, rounds = 4, 1500
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def worker(w: int) -> None:
+        start.wait()
+        for i in range(rounds):
+            try:
+                asyncio.run(engine.contribute("1", groups="minor", op_id=f"{w}-{i}"))
+            except BaseException as e:
+                errors.append(e)
+
+    pool = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert errors == []
+    assert engine.sync.pool("minor").version == 1 + threads * rounds
+    asyncio.run(engine.close())
+
+
+# -- small differences from the threaded engine -----------------------------------------
+
+
+def test_a_cancelled_caller_of_a_failing_operation_leaves_no_unretrieved_error(
+        db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        async with await AsyncJackpotEngine.open(db_path) as engine:
+            done = OperationDone()
+            engine.stats.observers.append(done)
+            with write_lock(db_path):
+                (task,) = await _sent(engine.process_win("minor", op_id="w", amount=10**6))
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert await asyncio.to_thread(done.done.wait, 30)
+            assert done.outcomes == [("win", "rejected")]
+            del task
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(run())
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def test_a_call_on_a_closed_async_engine_is_refused_as_the_threaded_one_is(
+        db_path: Path) -> None:
+    async def run() -> None:
+        engine = await AsyncJackpotEngine.open(db_path)
+        await engine.close()
+        with pytest.raises(EngineClosedError, match="the engine is closed"):
+            await engine.contribute("1", op_id="late")
+        assert not {k for k in engine.stats.snapshot() if k.startswith("operations:")}
+
+    asyncio.run(run())
+    threaded = JackpotEngine.open(db_path)
+    threaded.close()
+    with pytest.raises(EngineClosedError, match="the engine is closed"):
+        threaded.contribute("1", op_id="late")
+    assert not {k for k in threaded.stats.snapshot() if k.startswith("operations:")}
+
+
+@pytest.mark.parametrize(("path", "groups", "message"), [
+    (5, None, "path must be a file path"),
+    (5, 5, "path must be a file path"),
+    ("pools.db", 5, "groups must be an iterable of GroupConfig objects, not int"),
+])
+def test_open_refuses_bad_arguments_alike_in_both_apis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any, groups: Any,
+        message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=message):
+        JackpotEngine.open(path, groups)
+    with pytest.raises(ValidationError, match=message):
+        asyncio.run(AsyncJackpotEngine.open(path, groups))
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_a_cancelled_open_leaves_no_engine_running(db_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open goes on in its thread; the engine it opens is closed, not handed to nobody."""
+    reached = threading.Event()
+    proceed = threading.Event()
+    shut = threading.Event()
+    opened: list[JackpotEngine] = []
+    real_open: Callable[..., JackpotEngine] = JackpotEngine.open
+
+    def slow_open(*args: Any, **kwargs: Any) -> JackpotEngine:
+        reached.set()
+        assert proceed.wait(30)
+        engine = real_open(*args, **kwargs)
+        real_close = engine.close
+
+        def close(timeout: float | None = None) -> None:
+            real_close(timeout)
+            shut.set()
+
+        engine.close = close  # type: ignore[method-assign]
+        opened.append(engine)
+        return engine
+
+    monkeypatch.setattr(JackpotEngine, "open", slow_open)
+
+    async def run() -> None:
+        opening = asyncio.ensure_future(AsyncJackpotEngine.open(db_path))
+        assert await asyncio.to_thread(reached.wait, 30)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        proceed.set()  # the open goes on in its thread, for nobody now
+
+    asyncio.run(run())  # its shut-down waits for the worker thread
+    assert shut.wait(30)
+    (engine,) = opened
+    assert engine._shut
+    assert not any(proxy.actor_ref.is_alive() for proxy in engine._pools.values())
+    with JackpotEngine.open(db_path) as again:
+        assert again.pool("minor").amount == Decimal(100)
