@@ -178,8 +178,8 @@ class AsyncJackpotEngine:
 
         See `JackpotEngine.contribute`.
         """
-        result: Contribution = await self._submit(
-            self._engine._requests.contribute(bet, groups=groups, op_id=op_id))  # noqa: SLF001
+        result: Contribution = await self._submit(self._build(
+            "contribute", op_id, "contribute", bet, groups=groups, op_id=op_id))
         return result
 
     async def process_win(
@@ -196,8 +196,8 @@ class AsyncJackpotEngine:
 
         See `JackpotEngine.process_win`.
         """
-        result: Win = await self._submit(self._engine._requests.win(  # noqa: SLF001
-            group, op_id=op_id, amount=amount, winner=winner,
+        result: Win = await self._submit(self._build(
+            "win", op_id, "win", group, op_id=op_id, amount=amount, winner=winner,
             expected_version=expected_version, expected_amount=expected_amount))
         return result
 
@@ -215,37 +215,38 @@ class AsyncJackpotEngine:
 
         See `JackpotEngine.update_config`.
         """
-        result: ConfigResult = await self._submit(self._engine._requests.config(  # noqa: SLF001
-            group, op_id=op_id, expected_version=expected_version, who=who, reason=reason,
-            changes=changes))
+        result: ConfigResult = await self._submit(self._build(
+            "config", op_id, "config", group, op_id=op_id, expected_version=expected_version,
+            who=who, reason=reason, changes=changes))
         return result
 
     async def suspend(self, group: str, *, reason: str, op_id: str | None = None,
                       who: str | None = None) -> AdminResult:
         """Stop a level taking contributions and wins; its amount is kept exactly."""
-        result: AdminResult = await self._submit(self._engine._requests.status(  # noqa: SLF001
-            "suspend", group, op_id=op_id, who=who, reason=reason))
+        result: AdminResult = await self._submit(self._build(
+            "suspend", op_id, "status", "suspend", group, op_id=op_id, who=who, reason=reason))
         return result
 
     async def resume(self, group: str, *, op_id: str | None = None, who: str | None = None,
                      reason: str | None = None) -> AdminResult:
         """Let a suspended level take contributions and wins again."""
-        result: AdminResult = await self._submit(self._engine._requests.status(  # noqa: SLF001
-            "resume", group, op_id=op_id, who=who, reason=reason))
+        result: AdminResult = await self._submit(self._build(
+            "resume", op_id, "status", "resume", group, op_id=op_id, who=who, reason=reason))
         return result
 
     async def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
                      op_id: str | None = None, who: str | None = None) -> AdminResult:
         """Change a pool by a signed `delta`, audited with who and why."""
-        result: AdminResult = await self._submit(self._engine._requests.adjust(  # noqa: SLF001
-            group, delta, op_id=op_id, who=who, reason=reason))
+        result: AdminResult = await self._submit(self._build(
+            "adjust", op_id, "adjust", group, delta, op_id=op_id, who=who, reason=reason))
         return result
 
     async def retire(self, group: str, *, transfer_to: str, reason: str,
                      op_id: str | None = None, who: str | None = None) -> AdminResult:
         """Retire a level, moving its pool and reserve to `transfer_to` atomically."""
-        result: AdminResult = await self._submit(self._engine._requests.retire(  # noqa: SLF001
-            group, transfer_to=transfer_to, op_id=op_id, who=who, reason=reason))
+        result: AdminResult = await self._submit(self._build(
+            "retire", op_id, "retire", group, transfer_to=transfer_to, op_id=op_id, who=who,
+            reason=reason))
         return result
 
     # -- reads -------------------------------------------------------------------
@@ -271,6 +272,13 @@ class AsyncJackpotEngine:
         return await asyncio.to_thread(self._engine.health)
 
     # -- internals -----------------------------------------------------------------
+
+    def _build(self, kind: str, op_id: object, builder: str, /, *args: Any, **kwargs: Any
+               ) -> Operation:
+        """Build the request as `JackpotEngine._build` does (a refusal is logged and counted)."""
+        engine = self._engine
+        return engine._build(kind, op_id, getattr(engine._requests, builder),  # noqa: SLF001
+                             *args, **kwargs)
 
     async def _submit(self, op: Operation) -> Any:
         """Send `op` now; await its outcome through a shield (see the class docstring)."""
@@ -349,13 +357,24 @@ class _Answers:
     answers never holds the loop for longer than one slice.
     """
 
-    __slots__ = ("_awake", "_items", "_lock", "_loop")
+    __slots__ = ("_awake", "_calls", "_items", "_lock", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
         self._items: deque[tuple[_Call, Ticket, Any, BaseException | None]] = deque()
         self._awake = False
+        self._calls: set[_Call] = set()  # in flight from this loop, books not yet closed
+
+    def track(self, call: _Call) -> None:
+        """Remember a call in flight from this loop (until its books are closed)."""
+        with self._lock:
+            self._calls.add(call)
+
+    def untrack(self, call: _Call) -> None:
+        """Forget a call whose books are closed."""
+        with self._lock:
+            self._calls.discard(call)
 
     def put(self, call: _Call, ticket: Ticket, result: Any, error: BaseException | None
             ) -> None:
@@ -392,6 +411,10 @@ class _Answers:
             self._awake = False
         for call, ticket, result, error in items:
             call.orphaned(ticket, result, error)
+        with self._lock:
+            pending = list(self._calls)
+        for call in pending:  # no answer queued: their timers died with the loop
+            call.loop_gone()
 
     def _drain(self) -> None:
         with self._lock:
@@ -467,6 +490,7 @@ class _Call:
         tracking = self._engine._tracking()  # noqa: SLF001
         tracking.__enter__()  # EngineClosedError: nothing entered, nothing to report
         self._tracking = tracking
+        self._answers.track(self)
         try:
             self._ctx.run(self._enter_span)
         except Exception as e:
@@ -515,6 +539,30 @@ class _Call:
             if error is not None and not isinstance(error, Exception):
                 error = _stopped_on(error)
             self._close_books(result, error)
+
+    def loop_gone(self) -> None:
+        """Settle what can be settled of a call whose loop closed before it was answered.
+
+        Its liveness timer died with the loop. An answer already there closes
+        its books; a request whose actor has stopped is withdrawn (or, if the
+        actor had taken it, reported as of unknown outcome). A request its
+        live actor still holds is answered in time (`orphaned`).
+        """
+        ticket = self._ticket
+        if ticket is None:  # between attempts; the restart task died with the loop
+            msg = f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop closed"
+            self._close_books(None, EngineClosedError(msg))
+        elif ticket.wait(0):
+            self.orphaned(ticket, *ticket.answer)
+        elif not self._engine._owner_alive(self.op):  # noqa: SLF001
+            if ticket.abandon():
+                msg = (f"the actor serving {', '.join(self.op.names)} stopped and the event "
+                       f"loop closed before {self.op.kind} {self.op.op_id!r} could be resent; "
+                       "nothing was changed")
+                self._close_books(None, EngineClosedError(msg))
+            else:
+                self._close_books(None, stopped_midway(
+                    self.op, closed=self._engine._closed))  # noqa: SLF001
 
     def served(self, ticket: Ticket, result: Any, error: BaseException | None) -> None:
         """Take the actor's answer (on the loop) unless it is stale or already had."""
@@ -635,6 +683,7 @@ class _Call:
             if self._books:
                 return
             self._books = True
+        self._answers.untrack(self)
         self._ctx.run(self._report, result, error)
 
     def _report(self, result: Any, error: Exception | None) -> None:

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import math
 import os
 import queue
 import sys
@@ -37,6 +38,7 @@ from jackpot.actors import (
     Mailbox,
     PoolActor,
     Ticket,
+    in_actor_thread,
     wait_ready,
     wait_stopped,
 )
@@ -49,13 +51,14 @@ from jackpot.errors import (
     GroupSuspendedError,
     IdempotencyConflictError,
     InsufficientFundsError,
+    JackpotError,
     LockTimeoutError,
     StorageError,
     UnknownGroupError,
     ValidationError,
 )
 from jackpot.health import HealthReport, assess, redact
-from jackpot.logs import log_failure, log_success
+from jackpot.logs import log_failure, log_refusal, log_success
 from jackpot.metrics import PrometheusObserver
 from jackpot.requests import Requests, draw
 from jackpot.results import (
@@ -217,8 +220,8 @@ def _close_lost(item: _Lost) -> None:
         return
     done = "closing it failed"
     try:
-        _shut_down(actors, checkpointer, reader, contextlib.nullcontext(),
-                   time.monotonic() + _EXIT_SECONDS)
+        _log_late(_shut_down(actors, checkpointer, lambda _deadline: reader.close(),
+                             time.monotonic() + _EXIT_SECONDS))
         done = "it is closed now"
     except Exception:  # noqa: BLE001 - reported; the reaper goes on with the next
         _say(logger.exception, "closing a dropped engine on %s failed", where,
@@ -241,24 +244,29 @@ def _say(log: Callable[..., None], msg: str, where: str, *, outcome: str) -> Non
             sys.stderr.write(f"jackpot: {msg % where} (and logging it failed)\n")
 
 
-def _shut_down(actors: _Actors, checkpointer: Checkpointer | None, reader: Store,
-               reader_lock: AbstractContextManager[Any], deadline: float) -> None:
+def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
+               close_reader: Callable[[float], None], deadline: float) -> list[str]:
     """Stop the actors (coordinator, levels, checkpointer), then close the reader.
 
     Every stop is requested at once, then awaited against one deadline, so
-    no actor waits behind a stuck one and none is left unasked.
+    no actor waits behind a stuck one and none is left unasked. Returns the
+    actors that did not stop in time, for the caller to log once it holds
+    no lock (a log handler may do anything, call close() included).
     """
     refs = [p.actor_ref for p in (actors.coordinator, *actors.pools.values())
             if p is not None]
     stopping = [(ref, ref.stop(block=False)) for ref in refs]
     if checkpointer is not None:
         stopping.append(checkpointer.stop_soon())
-    for ref, stopped in stopping:
-        if not wait_stopped(ref, stopped, deadline):
-            with contextlib.suppress(Exception):  # a failing log must not keep the reader open
-                logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
-    with reader_lock:
-        reader.close()
+    late = [str(ref) for ref, stopped in stopping if not wait_stopped(ref, stopped, deadline)]
+    close_reader(deadline)
+    return late
+
+
+def _log_late(late: list[str]) -> None:
+    for ref in late:
+        with contextlib.suppress(Exception):  # a failing log must not fail the close
+            logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
 
 
 class _WeakView:
@@ -309,17 +317,10 @@ class JackpotEngine:
         self._path = path
         self._settings = settings
         self.stats = Stats()
-        self._closed = False  # new calls refused (set first by close())
-        self._shut = False  # actors stopped and reader closed (set last by close())
-        self._stopping = False  # a close() is stopping the actors (guarded by _cond)
-        self._inflight = 0
-        self._cond = threading.Condition()
-        # Called while close() waits for calls in flight: the asyncio engine's
-        # sweep of answers stranded on event loops that closed (weak: the
-        # engine must not keep its wrapper alive).
-        self._sweeps: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._init_lifecycle()
         self._reader = _store(path, settings)
         self._reader_lock = threading.Lock()
+        self._reader_close_pending = False
         self._checkpointer: Checkpointer | None = None
         self._restart_lock = threading.Lock()
         self._requests = Requests(names)
@@ -355,7 +356,7 @@ class JackpotEngine:
             if self._checkpointer is not None:
                 self._checkpointer.ready(self._run_timeout)
         except BaseException as e:
-            self._stop_everything()  # no actor thread may outlive a failed open()
+            _log_late(self._stop_everything())  # no actor thread may outlive a failed open()
             if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged by Pykka)
                 msg = f"the engine's actors could not start (their error is logged): {e}"
                 raise StorageError(msg) from e
@@ -371,6 +372,21 @@ class JackpotEngine:
                                       self._checkpointer, self._reader)
         self._lost.atexit = False
         self._observe(settings)
+
+    def _init_lifecycle(self) -> None:
+        """Set up what close() and the in-flight count share."""
+        self._closed = False  # new calls refused (set first by close())
+        self._shut = False  # actors stopped and reader closed (set last by close())
+        self._stopping = False  # a close() is stopping the actors (guarded by _cond)
+        self._stopper: int | None = None  # the thread of that close()
+        self._inflight = 0
+        self._own = threading.local()  # .n: sync calls in flight in the current thread
+        self._cond = threading.Condition()
+        self._pid = os.getpid()
+        # Called while close() waits for calls in flight: the asyncio engine's
+        # sweep of answers stranded on event loops that closed (weak: the
+        # engine must not keep its wrapper alive).
+        self._sweeps: list[weakref.WeakMethod[Callable[[], None]]] = []
 
     def _observe(self, settings: Settings) -> None:
         """Attach metrics and tracing to `stats` (off: nothing on the hot path)."""
@@ -448,62 +464,119 @@ class JackpotEngine:
     def close(self, timeout: float | None = None) -> None:
         """Let in-flight operations finish, stop every actor; later calls fail.
 
-        Idempotent. `timeout` bounds the whole close: the wait for in-flight
-        operations, then for the actors to stop (default: the engine's
-        longest operation time for each). An actor still busy then is left
-        to stop by itself (logged).
+        Idempotent. `timeout` (seconds, or None) bounds the whole close: the
+        wait for in-flight operations, then for the actors to stop (None: the
+        engine's longest operation time for each). An actor still busy then
+        is left to stop by itself (logged); a read still running closes the
+        reader when it ends.
+
+        Called from one of the engine's own threads (a log handler or stats
+        observer running in an actor), it refuses new calls at once and
+        leaves the rest to a thread of its own, since an actor cannot wait
+        for itself to stop. In a forked child it only refuses new calls: the
+        actors and connections are the parent's.
+
+        Raises:
+            ValidationError: `timeout` is not a number of seconds (or is NaN).
+
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
+        if self._pid != os.getpid() or in_actor_thread():
+            with self._cond:
+                self._closed = True  # from now on, new calls are refused
+            if self._pid == os.getpid():
+                threading.Thread(target=self.close, args=(timeout,), name="jackpot-close",
+                                 daemon=True).start()
+            return
+        if self._stopper == threading.get_ident():
+            return  # called back (by a log handler) from this thread's own close(): it is closing
+        wait_limit = time.monotonic() + self._run_timeout if deadline is None else deadline
         mine = False
+        late: list[str] = []
         try:
             with self._cond:
                 self._closed = True  # from now on, new calls are refused
-            self._await_inflight(time.monotonic() + self._run_timeout if deadline is None
-                                 else deadline)
+            self._await_inflight(wait_limit)
             with self._cond:
                 # A close interrupted before this point (Ctrl-C while waiting) left
                 # everything running: a later close(), or the exit hook, finishes
                 # it. While another close() is stopping the actors, wait for it,
-                # within this one's own timeout.
-                self._cond.wait_for(lambda: not self._stopping,
-                                    None if deadline is None else _left(deadline))
+                # within this one's own limit; in slices, so a lost wake-up (a
+                # Ctrl-C in the other's notify) cannot strand this one.
+                if deadline is None:
+                    wait_limit = time.monotonic() + self._run_timeout
+                while self._stopping and (left := _left(wait_limit)) > 0:
+                    self._cond.wait(min(_SWEEP_INTERVAL_S, left))
                 if self._stopping or self._shut:
                     return
-                self._stopping = mine = True
-            self._stop_everything(deadline)
-            self._shut = True
+                mine = True
+                self._stopping, self._stopper = True, threading.get_ident()
+            late = self._stop_everything(deadline)
             self._lost.detach()
             _closing(self)
+            self._shut = True
         finally:
             if mine:
                 with self._cond:
-                    self._stopping = False
+                    self._stopping, self._stopper = False, None
                     self._cond.notify_all()
+        _log_late(late)
 
     def _await_inflight(self, deadline: float) -> None:
         """Wait until no call is in flight or `deadline` passes, sweeping now and then."""
+        own = getattr(self._own, "n", 0)
         while True:
             for ref in list(self._sweeps):
                 sweep = ref()
                 if sweep is not None:
                     sweep()
             with self._cond:
-                if self._cond.wait_for(lambda: self._inflight == 0,
+                # Not for calls in flight in this very thread (a log handler
+                # closing the engine): they cannot end while this one waits.
+                if self._cond.wait_for(lambda: self._inflight <= own,
                                        min(_SWEEP_INTERVAL_S, _left(deadline))):
                     return
             if _left(deadline) <= 0:
                 return
 
-    def _stop_everything(self, deadline: float | None = None) -> None:
+    def _stop_everything(self, deadline: float | None = None) -> list[str]:
         """Stop every actor, then close the reader (default deadline: the longest operation).
 
         Under the restart lock: an actor restart that raced the close either
         finished first (and its replacement is stopped here) or sees the
-        engine closed and starts nothing.
+        engine closed and starts nothing. Returns the actors that did not
+        stop in time.
         """
         with self._restart_lock:
-            _shut_down(self._actors, self._checkpointer, self._reader, self._reader_lock,
-                       time.monotonic() + self._run_timeout if deadline is None else deadline)
+            return _shut_down(self._actors, self._checkpointer, self._close_reader,
+                              time.monotonic() + self._run_timeout if deadline is None
+                              else deadline)
+
+    def _close_reader(self, deadline: float) -> None:
+        """Close the reader now, or, if a read holds it past `deadline`, when that read ends."""
+        if not self._reader_lock.acquire(timeout=_left(deadline)):
+            self._reader_close_pending = True  # the read in progress closes it (`_reading`)
+            if not self._reader_lock.acquire(blocking=False):
+                return
+        try:  # the read ended (or there was none): close it here
+            self._reader.close()
+        finally:
+            self._reader_lock.release()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Store]:
+        """Hold the reader for one read; refused once the engine is closed.
+
+        Checked under the reader's lock: a close() racing this read closes
+        the reader only after it, never under it.
+        """
+        with self._reader_lock:
+            self._check_open()
+            try:
+                yield self._reader
+            finally:
+                if self._reader_close_pending:  # close() gave up waiting for this read
+                    self._reader.close()
 
     def __enter__(self) -> Self:
         """Return the engine; `close()` on exit."""
@@ -544,8 +617,8 @@ class JackpotEngine:
         Returns per level the amount added, the balance and version after.
         Replaying an op_id returns the first result with `replayed=True`.
         """
-        result: Contribution = self._submit(
-            self._requests.contribute(bet, groups=groups, op_id=op_id))
+        result: Contribution = self._submit(self._build(
+            "contribute", op_id, self._requests.contribute, bet, groups=groups, op_id=op_id))
         return result
 
     def process_win(
@@ -571,8 +644,8 @@ class JackpotEngine:
             GroupSuspendedError, GroupRetiredError: the level refuses wins.
 
         """
-        result: Win = self._submit(self._requests.win(
-            group, op_id=op_id, amount=amount, winner=winner,
+        result: Win = self._submit(self._build(
+            "win", op_id, self._requests.win, group, op_id=op_id, amount=amount, winner=winner,
             expected_version=expected_version, expected_amount=expected_amount))
         return result
 
@@ -592,23 +665,25 @@ class JackpotEngine:
         at that version; otherwise `ConcurrencyViolationError` (never a silent
         overwrite). A cap may not be set below the seed or the current amount.
         """
-        result: ConfigResult = self._submit(self._requests.config(
-            group, op_id=op_id, expected_version=expected_version, who=who, reason=reason,
-            changes=changes))
+        result: ConfigResult = self._submit(self._build(
+            "config", op_id, self._requests.config, group, op_id=op_id,
+            expected_version=expected_version, who=who, reason=reason, changes=changes))
         return result
 
     def suspend(self, group: str, *, reason: str, op_id: str | None = None,
                 who: str | None = None) -> AdminResult:
         """Stop a level taking contributions and wins; its amount is kept exactly."""
         result: AdminResult = self._submit(
-            self._requests.status("suspend", group, op_id=op_id, who=who, reason=reason))
+            self._build("suspend", op_id, self._requests.status, "suspend", group, op_id=op_id,
+                        who=who, reason=reason))
         return result
 
     def resume(self, group: str, *, op_id: str | None = None, who: str | None = None,
                reason: str | None = None) -> AdminResult:
         """Let a suspended level take contributions and wins again."""
         result: AdminResult = self._submit(
-            self._requests.status("resume", group, op_id=op_id, who=who, reason=reason))
+            self._build("resume", op_id, self._requests.status, "resume", group, op_id=op_id,
+                        who=who, reason=reason))
         return result
 
     def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
@@ -619,7 +694,8 @@ class JackpotEngine:
         never above its cap or must-hit-by.
         """
         result: AdminResult = self._submit(
-            self._requests.adjust(group, delta, op_id=op_id, who=who, reason=reason))
+            self._build("adjust", op_id, self._requests.adjust, group, delta, op_id=op_id,
+                        who=who, reason=reason))
         return result
 
     def retire(self, group: str, *, transfer_to: str, reason: str,
@@ -630,7 +706,7 @@ class JackpotEngine:
         must-hit-by); the rest goes into the target's reserve. A retired level
         refuses every later operation.
         """
-        result: AdminResult = self._submit(self._requests.retire(
+        result: AdminResult = self._submit(self._build("retire", op_id, self._requests.retire,
             group, transfer_to=transfer_to, op_id=op_id, who=who, reason=reason))
         return result
 
@@ -643,9 +719,8 @@ class JackpotEngine:
 
     def pools(self) -> dict[str, PoolSnapshot]:
         """Return every level's committed state, read in one consistent snapshot."""
-        self._check_open()
-        with self._reader_lock, self._reader.read():
-            states = self._reader.load_levels()
+        with self._reading() as reader, reader.read():
+            states = reader.load_levels()
         return {n: PoolSnapshot.of(s) for n, s in states.items()}
 
     def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
@@ -654,18 +729,16 @@ class JackpotEngine:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
             msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {limit!r}"
             raise ValidationError(msg)
-        self._check_open()
-        with self._reader_lock:
-            rows = self._reader.ledger(level=name, kinds=("win", "hit"), limit=limit,
+        with self._reading() as reader:
+            rows = reader.ledger(level=name, kinds=("win", "hit"), limit=limit,
                                        newest_first=True)
         return [HistoryEntry(r.at_ms, money.from_units(r.paid), r.op_id, r.who,
                              r.kind == "hit", r.version_after) for r in rows]
 
     def verify(self) -> VerifyReport:
         """Recompute every level from the ledger and report any difference."""
-        self._check_open()
-        with self._reader_lock:
-            return audit(self._reader)
+        with self._reading() as reader:
+            return audit(reader)
 
     # -- internals -----------------------------------------------------------------
 
@@ -684,7 +757,7 @@ class JackpotEngine:
         """Count an in-flight operation as done (after `_enter`)."""
         with self._cond:
             self._inflight -= 1
-            if self._closed and not self._inflight:
+            if self._closed:
                 self._cond.notify_all()
 
     @contextmanager
@@ -714,13 +787,36 @@ class JackpotEngine:
             return self._coordinator.actor_ref.is_alive()
         return self._pools[op.names[0]].actor_ref.is_alive()
 
+    def _build(self, kind: str, op_id: object, make: Callable[..., Operation], /, *args: Any,
+               **kwargs: Any) -> Operation:
+        """Build a request with `make`; a refusal (bad arguments) is logged and counted.
+
+        Like a refusal by the rules, it changed nothing: INFO in the log and
+        `rejected` in the operation counts.
+        """
+        started = time.perf_counter()
+        try:
+            return make(*args, **kwargs)
+        except JackpotError as e:
+            log_refusal(kind, op_id if isinstance(op_id, str) else None, e)
+            self.stats.operation(kind, outcome_of(e), time.perf_counter() - started)
+            raise
+
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()
         outcome = "error"
         self._enter()
+        own = self._own
+        own.n = getattr(own, "n", 0) + 1
         try:
-            with self._trace(op):
-                result = self._submit_with_restart(op)
+            try:
+                with self._trace(op):
+                    result = self._submit_with_restart(op)
+            finally:
+                # Out of flight before the log and the observers hear of it: a
+                # handler that closes the engine must not wait for this call.
+                own.n -= 1
+                self._leave()
         except Exception as e:
             outcome = outcome_of(e)
             log_failure(op, outcome, e)
@@ -730,7 +826,6 @@ class JackpotEngine:
             log_success(op, outcome, result)
             return result
         finally:
-            self._leave()
             self.stats.operation(op.kind, outcome, time.perf_counter() - started)
 
     def _submit_with_restart(self, op: Operation) -> Any:
@@ -793,36 +888,52 @@ class JackpotEngine:
         Raises `pykka.ActorDeadError` when a level's or the coordinator's
         replacement fails to start (its error is logged; the next call tries
         again). A checkpointer that cannot restart is only logged: the
-        writers bound the WAL themselves meanwhile.
+        writers bound the WAL themselves meanwhile. What happened is logged
+        and counted after the restart lock is released: a log handler or
+        observer may do anything, close the engine included.
         """
-        with self._restart_lock:
-            self._check_open()  # closed meanwhile: start nothing that close() cannot stop
-            for name, proxy in list(self._pools.items()):
-                if not proxy.actor_ref.is_alive():
-                    logger.error("actor of level %s had stopped; starting a replacement",
-                                 name, extra={"level": name, "outcome": "actor_restart"})
-                    self._pools[name] = self._start_pool(name)
-                    self.stats.add("actor_restarts", "actor", name)
-                    if self._mailboxes[name].rewake():
-                        self._pools[name].actor_ref.tell(DRAIN)
-            if not self._coordinator.actor_ref.is_alive():
-                logger.error("coordinator had stopped; starting a replacement",
-                             extra={"outcome": "actor_restart"})
-                self._actors.coordinator = self._start_coordinator()
-                self.stats.add("actor_restarts", "actor", "coordinator")
-                if self._mailboxes[None].rewake():
-                    self._coordinator.actor_ref.tell(DRAIN)
-            if self._checkpointer is not None and not self._checkpointer.alive():
-                logger.error("checkpointer had stopped; starting a replacement",
-                             extra={"outcome": "actor_restart"})
-                try:
-                    self._checkpointer.restart()
-                except pykka.ActorDeadError:
-                    logger.exception("the checkpointer's replacement could not start; "
-                                     "writers keep the WAL bounded until the next attempt",
-                                     extra={"outcome": "actor_restart_failed"})
-                else:
-                    self.stats.add("actor_restarts", "actor", "checkpointer")
+        restarted: list[str] = []
+        failed: list[BaseException] = []
+        try:
+            with self._restart_lock:
+                self._check_open()  # closed meanwhile: start nothing close() cannot stop
+                self._replace_dead(restarted, failed)
+        finally:
+            for error in failed:
+                logger.error("the checkpointer had stopped and its replacement could not "
+                             "start; writers keep the WAL bounded until the next attempt",
+                             exc_info=error, extra={"outcome": "actor_restart_failed"})
+            for name in restarted:
+                level = {} if name in ("coordinator", "checkpointer") else {"level": name}
+                logger.error("%s had stopped; a replacement was started",
+                             f"actor of level {name}" if level else name,
+                             extra={"outcome": "actor_restart", **level})
+                self.stats.add("actor_restarts", "actor", name)
+
+    def _replace_dead(self, restarted: list[str], failed: list[BaseException]) -> None:
+        """Start a replacement for each stopped actor (under the restart lock); note it.
+
+        A level's or the coordinator's replacement that fails to start
+        raises; the checkpointer's failure is only noted in `failed`.
+        """
+        for name, proxy in list(self._pools.items()):
+            if not proxy.actor_ref.is_alive():
+                self._pools[name] = self._start_pool(name)
+                restarted.append(name)
+                if self._mailboxes[name].rewake():
+                    self._pools[name].actor_ref.tell(DRAIN)
+        if not self._coordinator.actor_ref.is_alive():
+            self._actors.coordinator = self._start_coordinator()
+            restarted.append("coordinator")
+            if self._mailboxes[None].rewake():
+                self._coordinator.actor_ref.tell(DRAIN)
+        if self._checkpointer is not None and not self._checkpointer.alive():
+            try:
+                self._checkpointer.restart()
+            except pykka.ActorDeadError as e:
+                failed.append(e)
+            else:
+                restarted.append("checkpointer")
 
     # -- operations view -----------------------------------------------------------
 
@@ -837,6 +948,16 @@ class JackpotEngine:
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
                       coordinator_alive=self._coordinator.actor_ref.is_alive(),
                       closed=self._closed)
+
+
+def _deadline(timeout: object) -> float | None:
+    """Return the monotonic deadline `timeout` seconds from now (None: no timeout given)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+        msg = f"timeout must be a number of seconds or None, not {timeout!r}"
+        raise ValidationError(msg)
+    return time.monotonic() + timeout
 
 
 def _left(deadline: float) -> float:

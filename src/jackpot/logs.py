@@ -28,7 +28,7 @@ from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation
 
 __all__ = ["FIELDS", "JSONFormatter", "OperationFields", "configure_logging", "log_failure",
-           "log_success"]
+           "log_refusal", "log_success"]
 
 logger = logging.getLogger("jackpot")
 
@@ -148,3 +148,10 @@ def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
     logger.log(severity, "%s %s failed (%s): %s", op.kind, op.op_id, outcome, error,
                exc_info=severity == logging.ERROR,
                extra={**_fields(op, outcome), "error": type(error).__name__})
+
+
+def log_refusal(kind: str, op_id: str | None, error: BaseException) -> None:
+    """Log a request refused before it was built (bad arguments): at INFO, like any refusal."""
+    logger.info("%s %s refused: %s", kind, op_id, error,
+                extra={"op_id": op_id, "operation": kind, "level": None, "attempt": None,
+                       "outcome": "rejected", "error": type(error).__name__})

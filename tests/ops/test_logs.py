@@ -13,6 +13,7 @@ import pytest
 from jackpot import (
     InsufficientFundsError,
     JackpotEngine,
+    JackpotError,
     JSONFormatter,
     LockTimeoutError,
     Settings,
@@ -69,6 +70,33 @@ def test_a_refusal_is_logged_at_info(engine: JackpotEngine,
                                "attempt": None, "outcome": "rejected"}
     assert record.levelno == logging.INFO
     assert record.error == "InsufficientFundsError"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("call", "operation", "error"), [
+    (lambda e: e.contribute("-1", op_id="neg"), "contribute", "ValidationError"),
+    (lambda e: e.contribute(1.5, op_id="flt"), "contribute", "ValidationError"),
+    (lambda e: e.contribute("1", groups=("nosuch",), op_id="grp"), "contribute",
+     "UnknownGroupError"),
+    (lambda e: e.process_win("nosuch", op_id="w"), "win", "UnknownGroupError"),
+    (lambda e: e.process_win("minor", amount="NaN", op_id="nan"), "win", "ValidationError"),
+    (lambda e: e.update_config("minor", bogus="1", op_id="cfg"), "config", "ValidationError"),
+    (lambda e: e.suspend("minor", reason="", op_id="s"), "suspend", "ValidationError"),
+    (lambda e: e.adjust("minor", "x", reason="r", op_id="a"), "adjust", "ValidationError"),
+    (lambda e: e.retire("minor", transfer_to="minor", reason="r", op_id="t"), "retire",
+     "ValidationError"),
+])
+def test_a_refusal_of_bad_arguments_is_logged_and_counted(
+        engine: JackpotEngine, caplog: pytest.LogCaptureFixture,
+        call: Callable[[JackpotEngine], object], operation: str, error: str) -> None:
+    """Refused before any request is built, and still an operator's refusal to see."""
+    with caplog.at_level(logging.INFO, logger="jackpot"), pytest.raises(JackpotError):
+        call(engine)
+    (record,) = _records(caplog, operation=operation)
+    assert record.outcome == "rejected"  # type: ignore[attr-defined]
+    assert record.error == error  # type: ignore[attr-defined]
+    assert record.levelno == logging.INFO
+    assert engine.stats.snapshot()[f"operations:{operation}:rejected"] == 1
+    assert engine.pools()["minor"].version == 1  # and nothing changed
 
 
 def test_a_version_conflict_is_logged_with_its_attempt(

@@ -8,7 +8,7 @@ taking the levels' `LevelGuard`s in canonical order;
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors._start import wait_ready, wait_stopped
+from jackpot.actors._start import in_actor_thread, mark_actor_thread, wait_ready, wait_stopped
 from jackpot.actors._ticket import Ticket
 from jackpot.actors.checkpoint import Checkpointer
 from jackpot.actors.coordinator import Coordinator
@@ -22,6 +22,8 @@ __all__ = [
     "Mailbox",
     "PoolActor",
     "Ticket",
+    "in_actor_thread",
+    "mark_actor_thread",
     "wait_ready",
     "wait_stopped",
 ]

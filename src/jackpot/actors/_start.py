@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pykka
 
-__all__ = ["wait_ready", "wait_stopped"]
+__all__ = ["in_actor_thread", "mark_actor_thread", "wait_ready", "wait_stopped"]
 
 _POLL = 0.05  # seconds between checks that the actor still lives
 _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
+
+_THREAD = threading.local()
+
+
+def mark_actor_thread() -> None:
+    """Mark the calling thread as an actor's own (called from each actor's `on_start`)."""
+    _THREAD.actor = True
+
+
+def in_actor_thread() -> bool:
+    """Whether the calling thread is an actor's (say, a log handler or observer runs in it)."""
+    return getattr(_THREAD, "actor", False)
 
 
 def _answered(future: pykka.Future[Any], deadline: float) -> bool:

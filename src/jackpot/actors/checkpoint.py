@@ -24,7 +24,7 @@ from typing import Any
 
 import pykka
 
-from jackpot.actors._start import wait_ready
+from jackpot.actors._start import mark_actor_thread, wait_ready
 from jackpot.errors import JackpotError
 from jackpot.storage import SQLiteStore
 
@@ -47,6 +47,7 @@ class _CheckpointActor(pykka.ThreadingActor):
         self._done = done
 
     def on_start(self) -> None:
+        mark_actor_thread()
         self._store = self._open_store()
 
     def on_stop(self) -> None:

@@ -25,6 +25,7 @@ import pykka
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
+from jackpot.actors._start import mark_actor_thread
 from jackpot.actors.pool import DRAIN, cache_suspect
 from jackpot.errors import LockTimeoutError
 from jackpot.service import Operation, execute_batch
@@ -60,6 +61,7 @@ class Coordinator(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         """Open the coordinator's own connection."""
+        mark_actor_thread()
         self._store: SQLiteStore = self._open_store()
 
     def on_stop(self) -> None:

@@ -17,6 +17,7 @@ import pykka
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
+from jackpot.actors._start import mark_actor_thread
 from jackpot.errors import ConcurrencyViolationError, JackpotError, LockTimeoutError, StorageError
 from jackpot.service import Operation, Outcome, execute_batch
 from jackpot.settings import Settings
@@ -72,6 +73,7 @@ class PoolActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         """Open this actor's connection and load the level (unless its guard knows it)."""
+        mark_actor_thread()
         self._store = self._open_store()
         try:
             if self._guard.lock.acquire(timeout=self._guard_limit):

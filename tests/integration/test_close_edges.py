@@ -1,0 +1,361 @@
+"""close() called from awkward places: log handlers, observers, actor threads, forks.
+
+Each test comes from a reviewed defect (a hang, a timeout not kept, a read
+on a closed connection, a misleading report) and fails on the code before
+its fix. Nothing here guesses timing: threads wait on events, and a close
+that should return is joined with a generous bound that only a hang reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from jackpot import (
+    AsyncJackpotEngine,
+    EngineClosedError,
+    JackpotEngine,
+    Settings,
+    ValidationError,
+)
+from jackpot import engine as engine_module
+from jackpot.actors import PoolActor
+
+HANG = 30  # seconds: only a hang waits this long
+
+
+def _in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run `target` in a thread; its result or error lands in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(target())
+        except BaseException as e:
+            out.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _actors_stopped(engine: JackpotEngine) -> bool:
+    refs = [p.actor_ref for p in engine._pools.values()]
+    refs.append(engine._coordinator.actor_ref)
+    return all(ref.actor_stopped.wait(HANG) for ref in refs)
+
+
+class _Closer(logging.Handler):
+    """A log handler that closes the engine when it sees a record with `outcome`."""
+
+    def __init__(self, outcome: str, timeout: float | None = None) -> None:
+        super().__init__()
+        self.outcome, self.timeout = outcome, timeout
+        self.engine: JackpotEngine | None = None
+        self.closed = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "outcome", None) == self.outcome and self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.close(timeout=self.timeout)
+            self.closed.set()
+
+
+@contextmanager
+def _handler(handler: logging.Handler) -> Iterator[None]:
+    log = logging.getLogger("jackpot")
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
+def test_a_log_handler_closing_the_engine_during_an_actor_restart_does_not_deadlock(
+        db_path: Path) -> None:
+    engine = JackpotEngine.open(db_path)
+    closer = _Closer("actor_restart", timeout=1)
+    closer.engine = engine
+    engine._pools["minor"].actor_ref.stop()  # the level's actor crashed
+    with _handler(closer):
+        thread, out = _in_thread(lambda: engine.contribute("10", groups="minor", op_id="b1"))
+        thread.join(HANG)
+    assert not thread.is_alive()
+    assert closer.closed.is_set()
+    (outcome,) = out
+    assert isinstance(outcome, EngineClosedError)  # refused, never sent: nothing changed
+    assert not outcome.outcome_unknown
+    assert _actors_stopped(engine)
+    with JackpotEngine.open(db_path) as again:
+        assert again.pool("minor").version == 1
+
+
+def test_a_log_handler_closing_the_engine_on_its_own_calls_line_does_not_wait_for_it(
+        db_path: Path) -> None:
+    """The call is out of flight before it is logged; close() keeps no one waiting."""
+    engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=60_000))
+    closer = _Closer("ok")  # close() without a timeout: would wait minutes for itself
+    closer.engine = engine
+    with _handler(closer):
+        thread, out = _in_thread(lambda: engine.process_win("minor", op_id="w1"))
+        thread.join(HANG)
+    assert not thread.is_alive()
+    assert out[0].amount == Decimal(100)
+    assert engine._shut
+    assert _actors_stopped(engine)
+
+
+class _CloseOnLockWait:
+    """A Stats observer that closes the engine from inside an actor's transaction."""
+
+    def __init__(self, engine: JackpotEngine) -> None:
+        self.engine: JackpotEngine | None = engine
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        pass
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        if lock == "database" and self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.close()  # in the actor's thread, with the write lock held
+
+
+def test_close_from_an_actor_thread_hands_the_shut_down_to_a_thread_of_its_own(
+        db_path: Path) -> None:
+    engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=60_000))
+    engine.stats.observers.append(_CloseOnLockWait(engine))
+    thread, out = _in_thread(lambda: engine.contribute("10", groups="minor", op_id="b1"))
+    thread.join(HANG)
+    assert not thread.is_alive()
+    assert out[0].versions == {"minor": 2}  # the batch in hand committed and was answered
+    for closer in [t for t in threading.enumerate() if t.name == "jackpot-close"]:
+        closer.join(HANG)
+    assert engine._shut
+    assert _actors_stopped(engine)
+    with pytest.raises(EngineClosedError):
+        engine.contribute("10", groups="minor")
+
+
+@pytest.mark.parametrize("timeout", [math.nan, "1", True, Decimal(1)])
+def test_close_refuses_a_timeout_that_is_not_a_number_of_seconds(
+        db_path: Path, timeout: Any) -> None:
+    engine = JackpotEngine.open(db_path)
+    try:
+        with pytest.raises(ValidationError, match="timeout must be a number of seconds"):
+            engine.close(timeout=timeout)
+        assert engine.contribute("1", groups="minor").versions == {"minor": 2}  # still open
+    finally:
+        engine.close()
+
+
+class _PausingLock:
+    """The reader's lock, made to pause the first reader before it takes it."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self.reader = threading.Event()
+        self.go_on = threading.Event()
+        self._paused = False
+
+    def __enter__(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.reader.set()
+            assert self.go_on.wait(HANG)
+        self._lock.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._lock.release()
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        return bool(self._lock.acquire(*args, **kwargs))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("read", ["pools", "history", "verify"])
+def test_a_read_racing_close_is_refused_with_a_jackpot_error(db_path: Path, read: str) -> None:
+    engine = JackpotEngine.open(db_path)
+    lock = _PausingLock(engine._reader_lock)
+    engine._reader_lock = lock  # type: ignore[assignment]
+    call: Callable[[], Any] = {"pools": engine.pools, "verify": engine.verify,
+                               "history": lambda: engine.history("minor")}[read]
+    thread, out = _in_thread(call)
+    assert lock.reader.wait(HANG)  # past any check made before taking the lock
+    engine.close()
+    lock.go_on.set()
+    thread.join(HANG)
+    (outcome,) = out
+    assert isinstance(outcome, EngineClosedError), repr(outcome)
+
+
+def test_close_keeps_its_timeout_while_a_long_read_runs_and_the_read_closes_the_reader(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = JackpotEngine.open(db_path)
+    reading, finish = threading.Event(), threading.Event()
+    real_audit = engine_module.audit
+
+    def slow_audit(store: Any) -> Any:
+        reading.set()
+        assert finish.wait(HANG)  # a big ledger
+        return real_audit(store)
+
+    monkeypatch.setattr(engine_module, "audit", slow_audit)
+    reader, report = _in_thread(engine.verify)
+    assert reading.wait(HANG)
+    closer, _ = _in_thread(lambda: engine.close(timeout=0.2))
+    closer.join(HANG)
+    assert not closer.is_alive()  # returned while the read still runs
+    assert reader.is_alive()
+    finish.set()
+    reader.join(HANG)
+    assert report[0].ok  # the read begun before close() finished normally
+    with pytest.raises(apsw.ConnectionClosedError):  # and the reader was closed after it
+        engine._reader.load_levels()
+    assert _actors_stopped(engine)
+
+
+def test_a_second_close_without_timeout_is_not_stranded_by_a_lost_wake_up(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the first close()'s notify_all: the waiting one still sees it finish."""
+    engine = JackpotEngine.open(db_path)
+    hold = threading.Lock()
+    hold.acquire()
+    engine._restart_lock = hold  # type: ignore[assignment]
+    first_stopping = threading.Event()
+    real_stop = engine._stop_everything
+
+    def stop(deadline: float | None = None) -> list[str]:
+        first_stopping.set()
+        return real_stop(deadline)
+
+    monkeypatch.setattr(engine, "_stop_everything", stop)
+    notify = engine._cond.notify_all
+    interrupted: list[bool] = []
+
+    def interrupt_once() -> None:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        notify()
+
+    first, first_out = _in_thread(engine.close)
+    assert first_stopping.wait(HANG)  # it holds the shut-down, waiting for the restart lock
+    second, second_out = _in_thread(engine.close)  # waits for the first, without limit
+    monkeypatch.setattr(engine._cond, "notify_all", interrupt_once)
+    hold.release()
+    first.join(HANG)
+    second.join(HANG)
+    assert isinstance(first_out[0], KeyboardInterrupt)
+    assert not second.is_alive()
+    assert second_out == [None]
+    assert engine._shut
+
+
+class _InterruptingFinalizer:
+    """Stands in for the engine's finalizer; its first detach() is hit by a Ctrl-C."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.hit = False
+
+    def detach(self) -> Any:
+        if not self.hit:
+            self.hit = True
+            raise KeyboardInterrupt
+        return self.real.detach()
+
+
+def test_a_close_interrupted_at_the_end_is_finished_by_the_next_one(db_path: Path) -> None:
+    engine = JackpotEngine.open(db_path)
+    finalizer = _InterruptingFinalizer(engine._lost)
+    engine._lost = finalizer  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        engine.close()
+    engine.close()
+    assert engine._shut
+    assert not finalizer.real.alive  # dropping it now reports nothing
+    assert engine not in engine_module._OPEN_ENGINES
+
+
+_FORK_CLOSE = """
+import logging, os, sys
+from decimal import Decimal
+from jackpot import JackpotEngine, Settings
+engine = JackpotEngine.open(sys.argv[1], settings=Settings(lock_timeout_ms=60_000))
+engine.contribute(Decimal(10), groups="minor", op_id="before-the-fork")
+child = os.fork()
+if child == 0:  # a worker closes the engine it inherited: nothing there is its own
+    said = []
+    class Said(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+    logging.getLogger("jackpot").addHandler(Said())
+    engine.close()  # would wait minutes for the parent's actors, and stop nothing
+    try:
+        engine.contribute(Decimal(10), groups="minor")
+    except Exception as e:
+        said.append(type(e).__name__)
+    print("child", said, flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+print("parent", engine.contribute(Decimal(10), groups="minor", op_id="after").versions,
+      engine.verify().ok, flush=True)
+engine.close()
+"""
+
+
+def test_close_in_a_forked_child_only_refuses_calls_there(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _FORK_CLOSE, str(tmp_path / "a.db")],
+                          capture_output=True, text=True, timeout=HANG * 2, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "child ['EngineClosedError']", "parent {'minor': 3} True"], done.stderr
+
+
+def test_an_async_write_stranded_at_a_stopped_actor_by_a_closed_loop_does_not_hold_close(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued at an actor that stopped; the loop ends before its liveness check."""
+    engine = asyncio.run(AsyncJackpotEngine.open(db_path))
+    actor = engine.sync._pools["minor"]
+    stopped = threading.Event()
+    real_drain = PoolActor.on_receive
+
+    def stop_instead(self: PoolActor, message: Any) -> Any:
+        stopped.set()
+        self.stop()  # the actor goes away without serving what is queued
+        return None
+
+    monkeypatch.setattr(PoolActor, "on_receive", stop_instead)
+
+    async def send_and_leave() -> None:
+        task = asyncio.ensure_future(engine.contribute("10", groups="minor", op_id="late"))
+        await asyncio.sleep(0)  # sent: queued at the actor
+        assert await asyncio.to_thread(stopped.wait, HANG)
+        assert await asyncio.to_thread(actor.actor_ref.actor_stopped.wait, HANG)
+        task.cancel()  # the program ends; the loop closes before any check ran
+
+    asyncio.run(send_and_leave())
+    monkeypatch.setattr(PoolActor, "on_receive", real_drain)
+    assert engine.sync._inflight == 1
+    engine.sync.close(timeout=HANG)
+    assert engine.sync._inflight == 0  # withdrawn (never applied), its books closed
+    assert engine.stats.snapshot().get("operations:contribute:rejected") == 1
+    with JackpotEngine.open(db_path) as again:
+        assert again.pool("minor").version == 1
