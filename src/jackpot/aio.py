@@ -100,6 +100,7 @@ class AsyncJackpotEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answers: dict[asyncio.AbstractEventLoop, _Answers] = {}
         self._answers_lock = threading.Lock()
+        self._gone: list[_Answers] = []  # closed loops' answers with calls not yet settled
         # An answer queued for a loop that then closed without running it is
         # stranded: `close()`, even the sync one, sweeps such answers up.
         engine._sweeps.append(weakref.WeakMethod(self._orphan_closed_loops))  # noqa: SLF001
@@ -301,12 +302,20 @@ class AsyncJackpotEngine:
         return answers
 
     def _orphan_closed_loops(self) -> None:
-        """Close the books of answers that reached loops which have closed since."""
+        """Close the books of calls from loops which have closed since they were sent.
+
+        A closed loop's calls stay here until every one is settled: one whose
+        live actor still holds it is looked at again by the next sweep (its
+        actor may yet stop without answering).
+        """
         with self._answers_lock:
-            gone = [self._answers.pop(lp) for lp, a in list(self._answers.items())
-                    if a.loop_closed()]
+            for lp in [lp for lp, a in self._answers.items() if a.loop_closed()]:
+                self._gone.append(self._answers.pop(lp))
+            gone = list(self._gone)
         for answers in gone:
             answers.orphan()
+        with self._answers_lock:
+            self._gone = [a for a in self._gone if a.pending()]
 
 
 class _Handover:
@@ -375,6 +384,11 @@ class _Answers:
         """Forget a call whose books are closed."""
         with self._lock:
             self._calls.discard(call)
+
+    def pending(self) -> bool:
+        """Whether a call from this loop still has its books open."""
+        with self._lock:
+            return bool(self._calls)
 
     def put(self, call: _Call, ticket: Ticket, result: Any, error: BaseException | None
             ) -> None:
@@ -490,7 +504,6 @@ class _Call:
         tracking = self._engine._tracking()  # noqa: SLF001
         tracking.__enter__()  # EngineClosedError: nothing entered, nothing to report
         self._tracking = tracking
-        self._answers.track(self)
         try:
             self._ctx.run(self._enter_span)
         except Exception as e:
@@ -501,6 +514,7 @@ class _Call:
             self._books = True
             tracking.__exit__(type(e), e, e.__traceback__)
             raise
+        self._answers.track(self)  # until its books are closed (see `_Answers.orphan`)
         self._send()
 
     def _enter_span(self) -> None:

@@ -337,7 +337,7 @@ class JackpotEngine:
         try:
             if not is_database_url(path):
                 # SQLite: WAL checkpoints run in their own thread, not after a commit.
-                self._checkpointer = Checkpointer(lambda: _sqlite(path, settings))
+                self._checkpointer = Checkpointer(lambda: _sqlite(path, settings), self.stats)
             # How an actor opens its writing connection (its commits report to
             # the checkpointer). Not a bound method: actors must not keep the
             # engine alive, or a lost engine could never be collected.
@@ -481,7 +481,7 @@ class JackpotEngine:
 
         """
         deadline = _deadline(timeout)
-        if self._pid != os.getpid() or in_actor_thread():
+        if self._pid != os.getpid() or in_actor_thread(self.stats):
             with self._cond:
                 self._closed = True  # from now on, new calls are refused
             if self._pid == os.getpid():
@@ -571,10 +571,10 @@ class JackpotEngine:
         the reader only after it, never under it.
         """
         with self._reader_lock:
-            self._check_open()
             try:
+                self._check_open()
                 yield self._reader
-            finally:
+            finally:  # also when refused: close() may have left the closing to it
                 if self._reader_close_pending:  # close() gave up waiting for this read
                     self._reader.close()
 
@@ -798,25 +798,23 @@ class JackpotEngine:
         try:
             return make(*args, **kwargs)
         except JackpotError as e:
-            log_refusal(kind, op_id if isinstance(op_id, str) else None, e)
-            self.stats.operation(kind, outcome_of(e), time.perf_counter() - started)
+            if not self._closed:  # on a closed engine, as a well-formed call: not counted
+                log_refusal(kind, op_id, e)
+                self.stats.operation(kind, outcome_of(e), time.perf_counter() - started,
+                                     judged=False)
             raise
 
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()
         outcome = "error"
         self._enter()
+        # Counted per thread too: a log handler or observer closing the engine
+        # in this thread must not wait for this very call (close() skips it).
         own = self._own
         own.n = getattr(own, "n", 0) + 1
         try:
-            try:
-                with self._trace(op):
-                    result = self._submit_with_restart(op)
-            finally:
-                # Out of flight before the log and the observers hear of it: a
-                # handler that closes the engine must not wait for this call.
-                own.n -= 1
-                self._leave()
+            with self._trace(op):
+                result = self._submit_with_restart(op)
         except Exception as e:
             outcome = outcome_of(e)
             log_failure(op, outcome, e)
@@ -826,7 +824,11 @@ class JackpotEngine:
             log_success(op, outcome, result)
             return result
         finally:
-            self.stats.operation(op.kind, outcome, time.perf_counter() - started)
+            try:
+                self.stats.operation(op.kind, outcome, time.perf_counter() - started)
+            finally:
+                own.n -= 1
+                self._leave()
 
     def _submit_with_restart(self, op: Operation) -> Any:
         for attempt in range(2):

@@ -150,8 +150,20 @@ def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
                extra={**_fields(op, outcome), "error": type(error).__name__})
 
 
-def log_refusal(kind: str, op_id: str | None, error: BaseException) -> None:
-    """Log a request refused before it was built (bad arguments): at INFO, like any refusal."""
-    logger.info("%s %s refused: %s", kind, op_id, error,
-                extra={"op_id": op_id, "operation": kind, "level": None, "attempt": None,
+_MAX_OP_ID = 256  # as jackpot.requests accepts
+_SHOWN = 40
+
+
+def log_refusal(kind: str, op_id: object, error: BaseException) -> None:
+    """Log a request refused before it was built (bad arguments): at INFO, like any refusal.
+
+    The op_id may be what was refused: one that is not short printable text
+    is shown cut and quoted, never raw (no forged or giant log lines).
+    """
+    shown: str | None = None
+    if isinstance(op_id, str):
+        ok = len(op_id) <= _MAX_OP_ID and op_id.isprintable()
+        shown = op_id if ok else f"{op_id[:_SHOWN]!r}... ({len(op_id)} chars)"
+    logger.info("%s %s refused: %s", kind, shown, error,
+                extra={"op_id": shown, "operation": kind, "level": None, "attempt": None,
                        "outcome": "rejected", "error": type(error).__name__})

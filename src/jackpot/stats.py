@@ -59,11 +59,17 @@ class Stats:
         for o in self.observers:
             o.on_event(event, operation, level, n)
 
-    def operation(self, operation: str, outcome: str, seconds: float) -> None:
-        """Record a finished operation with its outcome (one of OUTCOMES)."""
+    def operation(self, operation: str, outcome: str, seconds: float, *,
+                  judged: bool = True) -> None:
+        """Record a finished operation with its outcome (one of OUTCOMES).
+
+        `judged=False` keeps it out of `recent()` (the health check's window):
+        a call refused for its arguments never queued for a lock.
+        """
         with self._lock:
             self._counts[f"operations:{operation}:{outcome}"] += 1
-            self._recent.append((outcome, False))
+            if judged:
+                self._recent.append((outcome, False))
         for o in self.observers:
             o.on_operation(operation, outcome, seconds)
 

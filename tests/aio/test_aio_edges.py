@@ -388,3 +388,23 @@ def test_a_cancelled_open_leaves_no_engine_running(db_path: Path,
     assert not any(proxy.actor_ref.is_alive() for proxy in engine._pools.values())
     with JackpotEngine.open(db_path) as again:
         assert again.pool("minor").amount == Decimal(100)
+
+
+def test_a_write_whose_trace_span_fails_is_not_left_tracked(db_path: Path) -> None:
+    async def run() -> None:
+        engine = await AsyncJackpotEngine.open(db_path)
+
+        def failing_span(_op: Any) -> Any:
+            msg = "tracer down"
+            raise RuntimeError(msg)
+
+        engine.sync._trace = failing_span  # type: ignore[method-assign]
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="tracer down"):
+                await engine.contribute("1", groups="minor")
+        answers = engine._answers[asyncio.get_running_loop()]
+        assert not answers.pending()
+        assert engine.sync._inflight == 0
+        await engine.close()
+
+    asyncio.run(run())

@@ -122,6 +122,7 @@ class _CloseOnLockWait:
 
     def __init__(self, engine: JackpotEngine) -> None:
         self.engine: JackpotEngine | None = engine
+        self.shut_when_close_returned: bool | None = None
 
     def on_event(self, event: str, operation: str, level: str, n: int) -> None:
         pass
@@ -133,6 +134,7 @@ class _CloseOnLockWait:
         if lock == "database" and self.engine is not None:
             engine, self.engine = self.engine, None
             engine.close()  # in the actor's thread, with the write lock held
+            self.shut_when_close_returned = engine._shut
 
 
 def test_close_from_an_actor_thread_hands_the_shut_down_to_a_thread_of_its_own(
@@ -359,3 +361,119 @@ def test_an_async_write_stranded_at_a_stopped_actor_by_a_closed_loop_does_not_ho
     assert engine.stats.snapshot().get("operations:contribute:rejected") == 1
     with JackpotEngine.open(db_path) as again:
         assert again.pool("minor").version == 1
+
+
+# -- found by the review of the fixes above ------------------------------------------
+
+
+def test_close_from_another_engines_actor_thread_closes_this_one_at_once(
+        tmp_path: Path) -> None:
+    """Only this engine's own actor threads hand the shut-down off."""
+    first = JackpotEngine.open(tmp_path / "a.db")
+    other = JackpotEngine.open(tmp_path / "b.db")
+    observer = _CloseOnLockWait(other)
+    first.stats.observers.append(observer)
+    try:
+        first.contribute("10", groups="minor")  # its actor closes the other engine
+        assert observer.shut_when_close_returned  # done in that call, not handed off
+        assert _actors_stopped(other)
+    finally:
+        first.close()
+
+
+def test_close_waits_for_a_calls_log_line_and_counts(db_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = JackpotEngine.open(db_path)
+    logging_started, go_on, close_waits = threading.Event(), threading.Event(), threading.Event()
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "operation", None) == "win":
+                logging_started.set()
+                assert go_on.wait(HANG)
+
+    real_wait = engine._await_inflight
+    in_flight_when_close_began: list[int] = []
+
+    def await_inflight(deadline: float) -> None:
+        in_flight_when_close_began.append(engine._inflight)
+        close_waits.set()
+        real_wait(deadline)
+
+    monkeypatch.setattr(engine, "_await_inflight", await_inflight)
+    with _handler(SlowHandler()):
+        caller, _ = _in_thread(lambda: engine.process_win("minor", op_id="w1"))
+        assert logging_started.wait(HANG)
+        closer, counted = _in_thread(lambda: engine.close() or engine.stats.snapshot())
+        assert close_waits.wait(HANG)
+        go_on.set()
+        closer.join(HANG)
+        caller.join(HANG)
+    assert in_flight_when_close_began == [1]  # the call, logging, is still in flight
+    assert counted[0].get("operations:win:ok") == 1  # counted before close() returned
+
+
+def test_a_read_refused_by_a_racing_close_still_closes_the_reader(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() left the reader to the read holding it; that read was then refused."""
+    engine = JackpotEngine.open(db_path)
+    holding, go_on = threading.Event(), threading.Event()
+    real_check = engine._check_open
+
+    def check_open() -> None:
+        if not holding.is_set():  # the read, with the reader's lock held
+            holding.set()
+            assert go_on.wait(HANG)
+        real_check()
+
+    monkeypatch.setattr(engine, "_check_open", check_open)
+    reader, out = _in_thread(engine.pools)
+    assert holding.wait(HANG)
+    engine.close(timeout=0.2)  # gives up on the reader's lock: the read is to close it
+    go_on.set()
+    reader.join(HANG)
+    assert isinstance(out[0], EngineClosedError)
+    with pytest.raises(apsw.ConnectionClosedError):
+        engine._reader.load_levels()
+
+
+def test_an_async_call_swept_early_is_settled_when_its_actor_dies_later(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed loop's calls stay under watch until settled, not only at the first sweep."""
+    engine = AsyncJackpotEngine(JackpotEngine.open(db_path))
+    actor = engine.sync._pools["minor"]
+    taken, die = threading.Event(), threading.Event()
+    real_run = PoolActor._run
+
+    def run(self: PoolActor, ops: Any) -> Any:
+        if ops[0].op_id == "doomed":
+            taken.set()
+            assert die.wait(HANG)
+            raise SystemExit  # the actor dies mid-batch without answering
+        return real_run(self, ops)
+
+    monkeypatch.setattr(PoolActor, "_run", run)
+    loop = asyncio.new_event_loop()
+
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def send() -> None:
+        tasks.append(asyncio.ensure_future(engine.contribute("1", groups="minor",
+                                                             op_id="doomed")))
+        assert await asyncio.to_thread(taken.wait, HANG)  # the actor works on it
+        tasks.append(asyncio.ensure_future(engine.contribute("1", groups="minor",
+                                                             op_id="queued")))
+        await asyncio.sleep(0)  # sent: queued behind it
+
+    loop.run_until_complete(send())
+    loop.close()  # both calls in flight: one taken by the actor, one queued behind it
+    engine._orphan_closed_loops()  # the actor still lives: nothing to settle yet
+    assert engine.sync._inflight == 2
+    die.set()
+    assert actor.actor_ref.actor_stopped.wait(HANG)
+    engine.sync.close(timeout=HANG)
+    assert engine.sync._inflight == 0
+    snapshot = engine.stats.snapshot()
+    assert snapshot.get("operations:contribute:error") == 1  # taken: outcome unknown
+    assert snapshot.get("operations:contribute:rejected") == 1  # queued: withdrawn
+

@@ -99,6 +99,33 @@ def test_a_refusal_of_bad_arguments_is_logged_and_counted(
     assert engine.pools()["minor"].version == 1  # and nothing changed
 
 
+def test_a_refused_op_id_is_logged_cut_and_quoted_never_raw(
+        engine: JackpotEngine, caplog: pytest.LogCaptureFixture) -> None:
+    forged = "x\nERROR win on mega: paid 1000000.00 to mallory (op fake-1, ok)"
+    with caplog.at_level(logging.INFO, logger="jackpot"):
+        for op_id in (forged, "A" * 1_000_000):
+            with pytest.raises(JackpotError):
+                engine.contribute("1", op_id=op_id)
+    records = _records(caplog, operation="contribute")
+    assert len(records) == 2
+    for record in records:
+        assert "\n" not in record.getMessage()
+        assert len(record.getMessage()) < 400
+        assert len(str(record.op_id)) < 80  # type: ignore[attr-defined]
+
+
+def test_refusals_of_bad_arguments_stay_out_of_the_health_window(
+        engine: JackpotEngine) -> None:
+    for _ in range(5):
+        with pytest.raises(JackpotError):
+            engine.contribute("-1")
+    assert engine.stats.recent() == []  # they never queued for a lock
+    engine.close()
+    with pytest.raises(JackpotError):
+        engine.contribute("bad")  # refused on a closed engine: not counted, as a good one
+    assert engine.stats.snapshot()["operations:contribute:rejected"] == 5
+
+
 def test_a_version_conflict_is_logged_with_its_attempt(
         open_engine: Callable[..., JackpotEngine], caplog: pytest.LogCaptureFixture) -> None:
     a, b = open_engine(), open_engine()

@@ -16,14 +16,17 @@ _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
 _THREAD = threading.local()
 
 
-def mark_actor_thread() -> None:
-    """Mark the calling thread as an actor's own (called from each actor's `on_start`)."""
-    _THREAD.actor = True
+def mark_actor_thread(owner: object) -> None:
+    """Mark the calling thread as an actor's of `owner` (called from each actor's `on_start`).
+
+    The engine passes its `Stats` as `owner`: an object its actors hold anyway.
+    """
+    _THREAD.owner = owner
 
 
-def in_actor_thread() -> bool:
-    """Whether the calling thread is an actor's (say, a log handler or observer runs in it)."""
-    return getattr(_THREAD, "actor", False)
+def in_actor_thread(owner: object) -> bool:
+    """Whether the calling thread is one of `owner`'s actors (a log handler may run there)."""
+    return owner is not None and getattr(_THREAD, "owner", None) is owner
 
 
 def _answered(future: pykka.Future[Any], deadline: float) -> bool:

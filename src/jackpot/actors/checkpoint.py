@@ -41,13 +41,15 @@ class _CheckpointActor(pykka.ThreadingActor):
 
     use_daemon_thread = True  # a program that never closes the engine still exits
 
-    def __init__(self, open_store: Callable[[], SQLiteStore], done: Callable[[], None]) -> None:
+    def __init__(self, open_store: Callable[[], SQLiteStore], done: Callable[[], None],
+                 owner: object) -> None:
         super().__init__()
         self._open_store = open_store
         self._done = done
+        self._owner = owner
 
     def on_start(self) -> None:
-        mark_actor_thread()
+        mark_actor_thread(self._owner)
         self._store = self._open_store()
 
     def on_stop(self) -> None:
@@ -76,14 +78,18 @@ class _CheckpointActor(pykka.ThreadingActor):
 class Checkpointer:
     """Decides when the WAL needs a checkpoint and has the actor run it."""
 
-    def __init__(self, open_store: Callable[[], SQLiteStore]) -> None:
-        """Start the checkpoint actor (its connection opens in its own thread)."""
+    def __init__(self, open_store: Callable[[], SQLiteStore], owner: object = None) -> None:
+        """Start the checkpoint actor (its connection opens in its own thread).
+
+        `owner` marks its thread (see `mark_actor_thread`).
+        """
+        self._owner = owner
         self._lock = threading.Lock()
         self._busy = False
         self._next = EVERY_PAGES
         self.runs = 0
         self._open_store = open_store
-        self._actor = _CheckpointActor.start(open_store, self._finished).proxy()
+        self._actor = _CheckpointActor.start(open_store, self._finished, owner).proxy()
 
     def alive(self) -> bool:
         """Say whether the checkpoint actor runs."""
@@ -92,7 +98,7 @@ class Checkpointer:
     def restart(self) -> None:
         """Start a new checkpoint actor (after the old one stopped)."""
         self._finished()
-        self._actor = _CheckpointActor.start(self._open_store, self._finished).proxy()
+        self._actor = _CheckpointActor.start(self._open_store, self._finished, self._owner).proxy()
 
     def note(self, pages: int) -> None:
         """Hear a writer's WAL size after its commit (called in the writer's thread)."""

@@ -61,7 +61,7 @@ class Coordinator(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         """Open the coordinator's own connection."""
-        mark_actor_thread()
+        mark_actor_thread(self._stats)
         self._store: SQLiteStore = self._open_store()
 
     def on_stop(self) -> None:

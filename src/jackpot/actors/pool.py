@@ -73,7 +73,7 @@ class PoolActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         """Open this actor's connection and load the level (unless its guard knows it)."""
-        mark_actor_thread()
+        mark_actor_thread(self._stats)
         self._store = self._open_store()
         try:
             if self._guard.lock.acquire(timeout=self._guard_limit):
