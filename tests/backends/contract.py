@@ -105,6 +105,14 @@ class BackendContract:
         """Hold, on another connection, the lock a writer of `level` must wait for."""
         raise NotImplementedError
 
+    def set_schema_version(self, target: str, version: int) -> None:
+        """Record `version` as the database's schema version, behind the store's back."""
+        raise NotImplementedError
+
+    def raw_schema_version(self, target: str) -> int:
+        """Read the database's schema version on a connection of the test's own."""
+        raise NotImplementedError
+
     @pytest.fixture
     def make_store(self, target: str) -> Iterator[Callable[..., Store]]:
         stores: list[Store] = []
@@ -147,6 +155,32 @@ class BackendContract:
         assert again.migrate() == store.migrate() == 2  # the latest schema version
         assert list(again.load_levels()) == ["minor"]
         assert again.integrity_check() == "ok"
+
+    def test_a_newer_schema_is_refused_and_left_as_it_was(
+            self, target: str, make_engine: Callable[..., JackpotEngine],
+            make_store: Callable[..., Store]) -> None:
+        make_engine().close()
+        self.set_schema_version(target, 99)
+        newer = "has schema version 99, newer than this library's 2: upgrade jackpot"
+        with pytest.raises(StorageError, match=newer):
+            JackpotEngine.open(target)
+        with pytest.raises(StorageError, match=newer):
+            make_store().migrate()  # SQLite refuses at open, PostgreSQL at the latest here
+        with pytest.raises(StorageError, match=newer):
+            open_store(target, read_only=True)
+        assert self.raw_schema_version(target) == 99
+
+    def test_a_read_only_store_reads_and_refuses_to_write(
+            self, target: str, make_engine: Callable[..., JackpotEngine],
+            make_store: Callable[..., Store]) -> None:
+        make_engine().close()
+        reader = make_store(read_only=True)
+        assert reader.schema_version() == 2
+        with reader.read():
+            assert list(reader.load_levels()) == ["major", "mega", "minor"]
+        with pytest.raises(StorageError, match="read-only: nothing was changed"), \
+                reader.write():
+            pass  # pragma: no cover - refused before the block
 
     def test_level_round_trips_exactly(self, store: Store) -> None:
         full, plain = full_level("full"), new_level("plain")

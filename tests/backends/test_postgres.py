@@ -81,6 +81,15 @@ class TestPostgresBackend(BackendContract):
     def hold_level_lock(self, target: str, level: str) -> Any:
         return row_locked(target, level)
 
+    def set_schema_version(self, target: str, version: int) -> None:
+        with psycopg.connect(target) as conn:
+            conn.execute("UPDATE jackpot_schema SET version = %s", (version,))
+
+    def raw_schema_version(self, target: str) -> int:
+        with psycopg.connect(target) as conn:
+            rows = conn.execute("SELECT version FROM jackpot_schema").fetchall()
+        return int(rows[0][0])
+
 
 # -- what only PostgreSQL can show --------------------------------------------------
 

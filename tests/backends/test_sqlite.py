@@ -1,13 +1,25 @@
-"""The backend contract on SQLite: a fresh database file per test."""
+"""The backend contract on SQLite, a fresh database file per test; then what only a file shows.
+
+Beyond the contract: a file that is not a jackpot database (another
+application's, or a newer schema) is refused before anything in it changes,
+and a read-only store never writes, never creates a file beside the database
+and never waits for the write lock.
+"""
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import apsw
 import pytest
+
+from jackpot import JackpotEngine, StorageError
+from jackpot.audit import audit
+from jackpot.storage import StaleReadError, open_store
 
 from .contract import BackendContract
 
@@ -27,3 +39,158 @@ class TestSQLiteBackend(BackendContract):
             conn.execute("ROLLBACK")
         finally:
             conn.close()
+
+    def set_schema_version(self, target: str, version: int) -> None:
+        run_sql(target, f"PRAGMA user_version = {version}")
+
+    def raw_schema_version(self, target: str) -> int:
+        return int(run_sql(target, "PRAGMA user_version")[0][0])
+
+
+def run_sql(path: str, sql: str) -> list[tuple[object, ...]]:
+    """Run `sql` on a plain connection of the test's own; return its rows."""
+    conn = apsw.Connection(path)
+    try:
+        return list(conn.execute(sql))
+    finally:
+        conn.close()
+
+
+def file_state(path: str) -> tuple[bytes, int, list[str]]:
+    """The file's bytes, its mtime and the files beside it: equal means untouched."""
+    p = Path(path)
+    return p.read_bytes(), p.stat().st_mtime_ns, sorted(x.name for x in p.parent.iterdir())
+
+
+# -- only a file whose schema the store knows is used; nothing else is touched --------
+
+
+@pytest.mark.parametrize(("sql", "refusal"), [
+    ("CREATE TABLE t (x)", "is not a jackpot database (user_version 0, tables: t)"),
+    ("CREATE TABLE t (x); PRAGMA user_version = 7",
+     "is not a jackpot database (user_version 7, tables: t)"),
+    ("CREATE TABLE levels (x); PRAGMA user_version = 1",
+     "is not a jackpot database (user_version 1, tables: levels)"),
+])
+def test_another_applications_file_is_refused_untouched(tmp_path: Path, sql: str,
+                                                        refusal: str) -> None:
+    path = str(tmp_path / "theirs.db")
+    run_sql(path, sql)
+    before = file_state(path)
+    for opening in (lambda: JackpotEngine.open(path),
+                    lambda: open_store(path, read_only=True),
+                    lambda: open_store(path, create=False)):
+        with pytest.raises(StorageError, match=re.escape(refusal)):
+            opening()
+    assert file_state(path) == before  # not even switched to WAL
+    assert run_sql(path, "PRAGMA journal_mode") == [("delete",)]
+
+
+def test_a_newer_jackpot_schema_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    path = str(tmp_path / "newer.db")
+    JackpotEngine.open(path).close()
+    run_sql(path, "PRAGMA user_version = 3")
+    before = file_state(path)
+    with pytest.raises(StorageError, match="schema version 3, newer than this library's 2"):
+        JackpotEngine.open(path)
+    assert file_state(path) == before
+
+
+def test_a_new_or_empty_file_becomes_a_jackpot_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (str(empty), str(tmp_path / "new.db")):
+        with JackpotEngine.open(path) as engine:
+            assert list(engine.pools()) == ["major", "mega", "minor"]
+
+
+def test_create_false_wants_an_existing_jackpot_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(StorageError, match="holds no jackpot database"):
+        open_store(str(empty), create=False)
+    assert empty.read_bytes() == b""
+    with pytest.raises(StorageError, match="unable to open database file"):
+        open_store(str(tmp_path / "none.db"), create=False)
+    assert not (tmp_path / "none.db").exists()
+
+
+# -- a read-only store never writes, never waits for the write lock -----------------------
+
+
+@pytest.fixture
+def closed_db(tmp_path: Path) -> str:
+    """A jackpot database nobody has open (no -wal, no -shm beside it)."""
+    path = str(tmp_path / "pools.db")
+    with JackpotEngine.open(path) as engine:
+        engine.contribute("10", op_id="b1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pools.db"]
+    return path
+
+
+def test_a_read_only_store_leaves_a_closed_file_untouched(closed_db: str) -> None:
+    before = file_state(closed_db)
+    store = open_store(closed_db, read_only=True)
+    try:
+        with store.read():
+            assert store.load_levels()["minor"].version == 2
+        assert audit(store).ok
+    finally:
+        store.close()
+    assert file_state(closed_db) == before  # nothing created beside it either
+
+
+def test_a_read_only_store_reads_the_wal_of_a_running_writer(closed_db: str) -> None:
+    with JackpotEngine.open(closed_db) as engine:
+        engine.contribute("10", op_id="b2")  # committed to the WAL only (still open)
+        store = open_store(closed_db, read_only=True)
+        try:
+            with store.read():
+                assert store.load_levels()["minor"].version == 3
+        finally:
+            store.close()
+
+
+def test_a_read_only_store_does_not_wait_for_the_write_lock(closed_db: str) -> None:
+    conn = apsw.Connection(closed_db)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        store = open_store(closed_db, read_only=True, lock_timeout_ms=5000)
+        try:
+            with store.read():
+                assert len(store.load_levels()) == 3
+        finally:
+            store.close()
+        assert time.monotonic() - started < 1
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_an_immutable_read_of_a_file_that_changed_meanwhile_is_stale(closed_db: str) -> None:
+    store = open_store(closed_db, read_only=True)  # nobody has it open: read as immutable
+    try:
+        with JackpotEngine.open(closed_db) as engine:  # a writer starts, writes, checkpoints
+            engine.contribute("10", op_id="b2")
+        with pytest.raises(StaleReadError, match="changed while it was read"), store.read():
+            store.load_levels()
+    finally:
+        store.close()
+    again = open_store(closed_db, read_only=True)
+    try:
+        with again.read():
+            assert again.load_levels()["minor"].version == 3
+    finally:
+        again.close()
+
+
+def test_a_read_only_store_of_an_empty_file_says_version_0(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    store = open_store(str(empty), read_only=True)
+    try:
+        assert store.schema_version() == 0
+    finally:
+        store.close()
+    assert empty.read_bytes() == b""

@@ -19,7 +19,7 @@ from jackpot.storage.base import (
     Store,
     StoredOperation,
 )
-from jackpot.storage.sqlite import SQLiteStore
+from jackpot.storage.sqlite import SQLiteStore, StaleReadError
 
 __all__ = [
     "BusyIncidentError",
@@ -27,6 +27,7 @@ __all__ = [
     "LedgerTotals",
     "SQLiteStore",
     "SerializationFailureError",
+    "StaleReadError",
     "Store",
     "StoredOperation",
     "is_database_url",
@@ -49,21 +50,26 @@ def open_store(
     synchronous: str = "FULL",
     on_wal: Callable[[int], None] | None = None,
     cache_mb: int | None = None,
+    create: bool = True,
+    read_only: bool = False,
 ) -> Store:
     """Open the store for `target`: a postgresql:// URL, or a SQLite file path.
 
-    `on_wal` and `cache_mb` (SQLite only, ignored for PostgreSQL): see
-    `SQLiteStore`.
+    `on_wal`, `cache_mb` and `create` (SQLite only, ignored for PostgreSQL):
+    see `SQLiteStore`. `read_only`: a store that never writes (for
+    inspecting a database); see `SQLiteStore` and `PostgresStore`.
 
     Raises:
-        StorageError: the database cannot be opened, or the URL needs the
-            `postgres` extra that is not installed.
+        StorageError: the database cannot be opened, is not a jackpot
+            database, has a newer schema, or the URL needs the `postgres`
+            extra that is not installed.
 
     """
     if not is_database_url(target):
         return SQLiteStore(target, lock_timeout_ms=lock_timeout_ms,
                            poll_interval_ms=poll_interval_ms, synchronous=synchronous,
-                           on_wal=on_wal, cache_mb=cache_mb)
+                           on_wal=on_wal, cache_mb=cache_mb, create=create,
+                           read_only=read_only)
     try:
         # Imported here: psycopg is an optional extra, needed only for URLs.
         from jackpot.storage.postgres import PostgresStore  # noqa: PLC0415
@@ -71,4 +77,5 @@ def open_store(
         msg = (f"a PostgreSQL URL needs psycopg and psycopg_pool ({e}): "
                "pip install 'jackpot[postgres]'")
         raise StorageError(msg) from e
-    return PostgresStore(target, lock_timeout_ms=lock_timeout_ms, synchronous=synchronous)
+    return PostgresStore(target, lock_timeout_ms=lock_timeout_ms, synchronous=synchronous,
+                         read_only=read_only)

@@ -224,8 +224,24 @@ class Store(ABC):
         """Run the block in one read-only, consistent snapshot."""
 
     @abstractmethod
+    def schema_version(self) -> int:
+        """Return the database's schema version (0: no jackpot schema yet).
+
+        Raises:
+            StorageError: the database is not a jackpot database, or has a
+                schema newer than this library knows (nothing is changed).
+
+        """
+
+    @abstractmethod
     def migrate(self) -> int:
-        """Bring the schema to the latest version; return that version."""
+        """Bring the schema to the latest version; return that version.
+
+        Raises:
+            StorageError: the schema is newer than this library knows; the
+                database is left as it was.
+
+        """
 
     # -- levels ------------------------------------------------------------------
 

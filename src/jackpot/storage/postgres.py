@@ -211,11 +211,19 @@ class PostgresStore(Store):
         lock_timeout_ms: int = 5000,
         synchronous: str = "FULL",
         pool_max_size: int = 16,
+        read_only: bool = False,
     ) -> None:
         """Connect to the database at `url` (postgresql://user@host:port/dbname).
 
         `pool_max_size` bounds the connections this process opens to that
-        database (the first store of a URL sets it for the process).
+        database (the first store of a URL sets it for the process). With
+        `read_only`, `write()` is refused and a newer schema is refused at
+        once (otherwise `migrate()` refuses it).
+
+        Raises:
+            StorageError: the database cannot be reached, or (read-only) has
+                a newer schema.
+
         """
         if _misread(url):  # libpq's message would quote a fragment of it: maybe the password
             msg = ("cannot open database: the PostgreSQL URL is malformed (percent-encode "
@@ -236,12 +244,19 @@ class PostgresStore(Store):
         self._at_ms: dict[str, int] = {}
         self._rowcount = 0
         self._closed = False
+        self._read_only = read_only
         try:
             self._pool = _POOLS.acquire(url, max_size=pool_max_size,
                                         timeout=lock_timeout_ms / 1000)
         except (psycopg.Error, PoolTimeout) as e:
             msg = f"cannot open database {self._where}: {e}"
             raise StorageError(msg) from e
+        if read_only:
+            try:
+                self.schema_version()
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Give this store's share of the connection pool back (idempotent)."""
@@ -345,6 +360,9 @@ class PostgresStore(Store):
     @contextmanager
     def write(self) -> Iterator[None]:
         """Run the block in one READ COMMITTED transaction; roll back on any error."""
+        if self._read_only:
+            msg = f"database {self._where} was opened read-only: nothing was changed"
+            raise StorageError(msg)
         started = time.monotonic()
         # The transaction id, taken with the BEGIN (no extra round trip),
         # settles a commit whose answer the connection lost (_flush).
@@ -440,6 +458,16 @@ class PostgresStore(Store):
 
     # -- schema ------------------------------------------------------------
 
+    def schema_version(self) -> int:
+        """Return the schema version in `jackpot_schema` (0: none yet); refuse a newer one."""
+        with self.read():
+            if self._exec("SELECT to_regclass('jackpot_schema')") == [(None,)]:
+                return 0
+            rows = self._exec("SELECT version FROM jackpot_schema")
+        current = int(rows[0][0]) if rows else 0
+        _refuse_newer(current, self._where)
+        return current
+
     def migrate(self) -> int:
         """Bring the schema to the latest version; return that version."""
         latest = len(POSTGRES_MIGRATIONS)
@@ -448,10 +476,7 @@ class PostgresStore(Store):
             self._exec("CREATE TABLE IF NOT EXISTS jackpot_schema (version INTEGER NOT NULL)")
             rows = self._exec("SELECT version FROM jackpot_schema")
             current = rows[0][0] if rows else 0
-            if current > latest:
-                msg = (f"database {self._where} has schema version {current}, newer than "
-                       f"this library's {latest}: upgrade jackpot")
-                raise StorageError(msg)
+            _refuse_newer(current, self._where)
             for number in range(current, latest):
                 self._exec(POSTGRES_MIGRATIONS[number])
             if rows:
@@ -556,6 +581,14 @@ class PostgresStore(Store):
             "WHERE c.relnamespace = current_schema()::regnamespace "
             "AND NOT (i.indisvalid AND i.indisready)"))
         return "; ".join(problems) or "ok"
+
+
+def _refuse_newer(version: int, where: str) -> None:
+    latest = len(POSTGRES_MIGRATIONS)
+    if version > latest:
+        msg = (f"database {where} has schema version {version}, newer than this library's "
+               f"{latest}: upgrade jackpot (nothing was changed)")
+        raise StorageError(msg)
 
 
 def _connection_lost(e: psycopg.Error, conn: Connection | None = None) -> bool:

@@ -7,6 +7,20 @@ a read lock (which could fail with SQLITE_BUSY without the busy handler being
 called). The busy handler polls finely (0.1 ms doubling up to the configured
 interval) instead of SQLite's coarse default sleeps, and gives up at the lock
 timeout with `LockTimeoutError`.
+
+Before it changes anything (the switch to WAL, a migration), a store checks
+that the file is ours: empty (a new database), or holding the jackpot tables
+under a `user_version` this library knows. Another application's file, or a
+jackpot database of a newer schema, is refused with `StorageError` and left
+exactly as it was.
+
+A read-only store (`read_only=True`, for inspecting a database) never writes:
+no WAL switch, no migration, no lock taken. SQLite needs the `-shm` file to
+read a WAL database; while one exists (the game server has the database
+open) it is used, read-only if need be. When neither `-wal`, `-shm` nor
+`-journal` exists (nobody has the file open), the file is read as immutable,
+which creates no file beside it; should the file change during such a read
+(a writer started), the read raises `StaleReadError`: read again.
 """
 
 from __future__ import annotations
@@ -16,7 +30,9 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import apsw
 import apsw.bestpractice
@@ -38,7 +54,8 @@ from jackpot.storage.base import (
 )
 from jackpot.storage.schema import MIGRATIONS
 
-__all__ = ["CATCH_UP_PAGES", "BusyIncidentError", "LedgerRow", "SQLiteStore", "StoredOperation"]
+__all__ = ["CATCH_UP_PAGES", "BusyIncidentError", "LedgerRow", "SQLiteStore", "StaleReadError",
+           "StoredOperation"]
 
 # apsw's best practices, applied to our own connections only: a library must
 # not change how the host application's other APSW connections behave (as
@@ -47,7 +64,7 @@ __all__ = ["CATCH_UP_PAGES", "BusyIncidentError", "LedgerRow", "SQLiteStore", "S
 # optimize may need the write lock before our handler is in place, so opening
 # failed while other processes wrote) and `library_logging` (it configures
 # process-wide SQLite logging through the root logger); `connection_wal` is
-# done by `_enable_wal`, which retries a busy switch.
+# done at open through `_retry_busy`, which retries a busy switch.
 _BEST_PRACTICE = (
     apsw.bestpractice.connection_enable_foreign_keys,
     apsw.bestpractice.connection_dqs,
@@ -62,6 +79,17 @@ page in it has been copied. Under steady load a background checkpoint never
 quite gets there (the next batch has begun before it ends), so a writer does,
 every `CATCH_UP_PAGES`: a short checkpoint of what the background one has
 not copied yet, in the writer's thread, after its commit."""
+
+_TABLES = frozenset({"levels", "ledger", "operations"})
+"""The tables that, with a known `user_version`, make a file a jackpot database."""
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+_T = TypeVar("_T")
+
+
+class StaleReadError(StorageError):
+    """A read-only store read a file that changed meanwhile (a writer started): read again."""
+
 
 _SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
 _INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(LEVEL_COLUMNS)}) "
@@ -84,6 +112,8 @@ class SQLiteStore(Store):
         synchronous: str = "FULL",
         on_wal: Callable[[int], None] | None = None,
         cache_mb: int | None = None,
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         """Open (creating if needed) the database file at `path`.
 
@@ -94,7 +124,18 @@ class SQLiteStore(Store):
         and is expected to have `checkpoint()` run on another connection
         (see `jackpot.actors.Checkpointer`). Should that fall far behind, the
         connection still catches up itself after a commit (`CATCH_UP_PAGES`).
+
+        With `create=False` the file must exist and already be a jackpot
+        database. With `read_only=True` the file must exist and is never
+        written (see the module's docstring); an empty one opens, with
+        `schema_version() == 0`.
+
+        Raises:
+            StorageError: the file cannot be opened, is not a jackpot
+                database, or has a newer schema (nothing is changed then).
+
         """
+        self._path = path
         self._timeout = lock_timeout_ms / 1000
         self._poll = poll_interval_ms / 1000
         self._busy_since = 0.0
@@ -102,44 +143,105 @@ class SQLiteStore(Store):
         self.busy_wait_seconds = 0.0
         self._on_wal = on_wal
         self._wal_pages = 0
+        self._read_only = read_only
+        self._stamp: tuple[int, int, int] | None = None  # the file as an immutable read found it
         try:
-            self.conn = apsw.Connection(path)
+            self.conn = self._connect(path, create=create and not read_only)
             self.conn.set_busy_handler(self._on_busy)
             for practice in _BEST_PRACTICE:
                 practice(self.conn)
-            self._enable_wal()
-            self._exec(f"PRAGMA synchronous = {synchronous}")
+            # First of all: refuse a file that is not ours.
+            self._retry_busy(lambda: self._recognise(allow_empty=create or read_only))
+            if not read_only:
+                self._retry_busy(lambda: self._exec("PRAGMA journal_mode = WAL"))
+                self._exec(f"PRAGMA synchronous = {synchronous}")
             if cache_mb is not None:
                 self._exec(f"PRAGMA cache_size = {-int(cache_mb) * 1024}")  # negative: KiB
-            if on_wal is not None:
+            if on_wal is not None and not read_only:
                 self.conn.set_wal_hook(self._wal_hook)  # replaces the automatic checkpoint
-        except apsw.Error as e:
+        except BaseException as e:
             if hasattr(self, "conn"):
                 self.conn.close()  # opened, then failed to set up: do not leak it
+            if not isinstance(e, apsw.Error):
+                raise
             msg = f"cannot open database {path!r}: {e}"
             raise StorageError(msg) from e
 
-    def _enable_wal(self) -> None:
-        """Put the file in WAL mode, retrying while other connections hold it.
+    def _connect(self, path: str, *, create: bool) -> apsw.Connection:
+        if not self._read_only:
+            flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+            return apsw.Connection(path, flags=flags)
+        if any(Path(path + suffix).exists() for suffix in _SIDE_FILES):
+            # Someone has (or had) it open: read through its -shm, as a reader.
+            return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        # Nobody has it open: read the file as it stands, creating nothing
+        # beside it (a read-only -shm cannot be created in a directory we may
+        # not write); `read()` then checks that it did not change meanwhile.
+        self._stamp = self._file_stamp()
+        uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro&immutable=1"
+        return apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+
+    def _file_stamp(self) -> tuple[int, int, int]:
+        st = Path(self._path).stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def schema_version(self) -> int:
+        """Return the schema version of the file: 0 when empty (new), else 1..latest.
+
+        Raises:
+            StorageError: the file is not a jackpot database (another
+                application's), or a jackpot database of a newer schema.
+
+        """
+        try:
+            return self._recognise(allow_empty=True)
+        except apsw.Error as e:
+            raise self._translate(e) from e
+
+    def _recognise(self, *, allow_empty: bool) -> int:
+        """`schema_version`, letting SQLite's own errors through (for `__init__`)."""
+        self._exec("BEGIN")  # one snapshot of both
+        try:
+            (version,) = self._exec("PRAGMA user_version")[0]
+            objects = self._exec("SELECT type, name FROM sqlite_master")
+        finally:
+            self._rollback()
+        tables = {name for kind, name in objects if kind == "table"}
+        latest = len(MIGRATIONS)
+        if version == 0 and not objects:
+            if not allow_empty:
+                msg = f"cannot open database {self._path!r}: it holds no jackpot database"
+                raise StorageError(msg)
+            return 0
+        if tables >= _TABLES and 1 <= version <= latest:
+            return int(version)
+        if tables >= _TABLES and version > latest:
+            msg = (f"database {self._path!r} has schema version {version}, newer than this "
+                   f"library's {latest}: upgrade jackpot (nothing was changed)")
+            raise StorageError(msg)
+        msg = (f"{self._path!r} is not a jackpot database (user_version {version}, tables: "
+               f"{', '.join(sorted(tables)) or 'none'}): refusing to use it; nothing was changed")
+        raise StorageError(msg)
+
+    def _retry_busy(self, step: Callable[[], _T]) -> _T:
+        """Run a step of opening, retrying while other connections hold the file.
 
         On a brand-new file that several engines open at once, switching the
-        journal mode can fail with SQLITE_BUSY without SQLite ever calling
-        the busy handler (the switch needs an exclusive lock another opener
-        holds for its own switch), so it is retried here, within the lock
-        timeout.
+        journal mode (or reading while another opener switches it) can fail
+        with SQLITE_BUSY without SQLite ever calling the busy handler (the
+        switch needs an exclusive lock another opener holds for its own
+        switch), so it is retried here, within the lock timeout.
         """
         deadline = time.monotonic() + self._timeout
         delay = 0.0001
         while True:
             try:
-                self._exec("PRAGMA journal_mode = WAL")
+                return step()
             except apsw.BusyError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, self._poll)
-            else:
-                return
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -202,6 +304,9 @@ class SQLiteStore(Store):
     @contextmanager
     def write(self) -> Iterator[None]:
         """Run the block in one `BEGIN IMMEDIATE` transaction; roll back on any error."""
+        if self._read_only:
+            msg = f"database {self._path!r} was opened read-only: nothing was changed"
+            raise StorageError(msg)
         self._gave_up = False
         started = time.monotonic()
         try:
@@ -233,7 +338,13 @@ class SQLiteStore(Store):
 
     @contextmanager
     def read(self) -> Iterator[None]:
-        """Run the block in one read transaction (a consistent snapshot)."""
+        """Run the block in one read transaction (a consistent snapshot).
+
+        Raises:
+            StaleReadError: (read-only store reading an immutable file) the
+                file changed during the read: what was read may be torn.
+
+        """
         try:
             self._exec("BEGIN")
             try:
@@ -242,13 +353,27 @@ class SQLiteStore(Store):
                 self._rollback()
         except apsw.Error as e:
             raise self._translate(e) from e
+        if self._stamp is not None and self._file_stamp() != self._stamp:
+            msg = (f"database {self._path!r} changed while it was read (a writer opened "
+                   "it): read it again")
+            raise StaleReadError(msg)
 
     # -- schema ------------------------------------------------------------
 
     def migrate(self) -> int:
-        """Bring the schema to the latest version; return that version."""
+        """Bring the schema to the latest version; return that version.
+
+        Raises:
+            StorageError: the file has a newer schema (nothing is changed).
+
+        """
         with self.write():
             (current,) = self._exec("PRAGMA user_version")[0]
+            if current > len(MIGRATIONS):  # a newer library migrated it since we opened
+                msg = (f"database {self._path!r} has schema version {current}, newer than "
+                       f"this library's {len(MIGRATIONS)}: upgrade jackpot (nothing was "
+                       "changed)")
+                raise StorageError(msg)
             for number in range(current, len(MIGRATIONS)):
                 self.conn.execute(MIGRATIONS[number])
             self._exec(f"PRAGMA user_version = {len(MIGRATIONS)}")
