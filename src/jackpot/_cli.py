@@ -5,6 +5,13 @@ the command name. Settings come from the JACKPOT_* variables, as for
 `JackpotEngine.open`. Exit status: 0 done, 1 the audit (or the health check)
 failed or the system refused (port in use...), 2 a bad argument or an error
 the engine raised; errors are one line on stderr, never a traceback.
+
+The commands that only look (status, history, ledger, verify, metrics) run no
+engine: they read through a read-only store (`open_store(read_only=True)`),
+so they never migrate, write, create a file or wait for the game server's
+write lock, and they refuse a file that is not a jackpot database. Only
+`init` creates a database; the other commands that change something open an
+engine on an existing jackpot database.
 """
 
 from __future__ import annotations
@@ -26,25 +33,29 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from jackpot import money
+from jackpot import money, reads
+from jackpot.audit import audit
 from jackpot.domain import GroupConfig
-from jackpot.engine import JackpotEngine, _store
+from jackpot.engine import JackpotEngine
 from jackpot.errors import JackpotError, ValidationError
 from jackpot.health import redact
 from jackpot.metrics import serve_metrics
 from jackpot.results import PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
+from jackpot.storage import StaleReadError, Store, open_store
 
 __all__ = ["app", "run"]
 
 _STAKES = (Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10))
+_READ_ATTEMPTS = 3  # a read that saw the file change (a writer started) is read again
+_T = TypeVar("_T")
 
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -94,8 +105,40 @@ def _path(opts: Options, *, must_exist: bool = True) -> str:
 def _engine(opts: Options, groups: list[GroupConfig] | None = None, *,
             must_exist: bool = True) -> Iterator[JackpotEngine]:
     path = _path(opts, must_exist=must_exist)
+    if must_exist:
+        _read(opts, lambda _: None)  # a jackpot database already: never create one here
     with JackpotEngine.open(path, groups, settings=Settings.from_env()) as engine:
         yield engine
+
+
+def _reader(path: str, settings: Settings) -> Store:
+    return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
+                      poll_interval_ms=settings.concurrency_check_interval_ms, read_only=True)
+
+
+def _read(opts: Options, reading: Callable[[Store], _T]) -> _T:
+    """Run `reading` on a read-only store of the database: no engine, no write, no lock.
+
+    Refuses (exit 2) a file that does not exist, is empty, or is not a
+    jackpot database of a schema this library knows.
+    """
+    path = _path(opts)
+    settings = Settings.from_env()
+    for attempt in range(1, _READ_ATTEMPTS + 1):
+        store = _reader(path, settings)
+        try:
+            if store.schema_version() == 0:
+                shown = redact(path)
+                msg = (f"database {shown!r} holds no jackpot database: create one with "
+                       f"`jackpot init --db {shown}`")
+                raise CommandError(msg)
+            return reading(store)
+        except StaleReadError:
+            if attempt == _READ_ATTEMPTS:
+                raise
+        finally:
+            store.close()
+    raise AssertionError  # pragma: no cover - the loop returns or raises
 
 
 def _print_json(data: Any) -> None:
@@ -185,10 +228,9 @@ def _parse_level(spec: str) -> GroupConfig:
 @app.command()
 @_shared
 def status(*, db: str | None, as_json: bool | None) -> None:
-    """Show every level: amounts, versions, meters."""
+    """Show every level: amounts, versions, meters (read-only)."""
     opts = _options(db, as_json)
-    with _engine(opts) as engine:
-        pools = engine.pools()
+    pools = _read(opts, reads.pools)
     if opts.json:
         _print_json([_snapshot_dict(p) for p in pools.values()])
     else:
@@ -201,10 +243,9 @@ def status(*, db: str | None, as_json: bool | None) -> None:
               help="How many wins to show.")
 @_shared
 def history(*, level: str, limit: int, db: str | None, as_json: bool | None) -> None:
-    """Show a level's last wins, newest first."""
+    """Show a level's last wins, newest first (read-only)."""
     opts = _options(db, as_json)
-    with _engine(opts) as engine:
-        entries = engine.history(level, limit)
+    entries = _read(opts, lambda store: reads.history(store, level, limit))
     if opts.json:
         _print_json([dataclasses.asdict(e) for e in entries])
         return
@@ -223,15 +264,9 @@ def history(*, level: str, limit: int, db: str | None, as_json: bool | None) -> 
 @click.option("--level", default=None, help="Only this level's rows.")
 @_shared
 def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None) -> None:
-    """Show the latest ledger rows, oldest first."""
+    """Show the latest ledger rows, oldest first (read-only)."""
     opts = _options(db, as_json)
-    store = _store(_path(opts), Settings.from_env())  # the engine's backend factory
-    try:
-        with store.read():
-            rows = store.ledger(level=level, limit=tail, newest_first=True)
-    finally:
-        store.close()
-    rows.reverse()
+    rows = _read(opts, lambda store: reads.ledger(store, level=level, limit=tail))
     if opts.json:
         _print_json([{**dataclasses.asdict(r),
                       **{k: str(money.from_units(getattr(r, k)))
@@ -253,10 +288,9 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
 @app.command()
 @_shared
 def verify(*, db: str | None, as_json: bool | None) -> int:
-    """Recompute every level from the ledger; exit status 1 when the audit fails."""
+    """Recompute every level from the ledger; exit status 1 when the audit fails (read-only)."""
     opts = _options(db, as_json)
-    with _engine(opts) as engine:
-        report = engine.verify()
+    report = _read(opts, audit)
     if opts.json:
         _print_json(dataclasses.asdict(report))
     else:

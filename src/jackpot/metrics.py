@@ -20,6 +20,11 @@ Exposed metrics (all prefixed `jackpot_`):
   (histograms; lock is "database" or "coordinator").
 - `level_amount{level}`, `level_reserve{level}` (currency units),
   `level_version{level}`, `health_status{status}` (1 for the current status).
+
+Counters, histograms and the health status belong to one engine, in one
+process: scrape the game server's own (`engine.metrics_text()`,
+`serve_metrics`). `database_registry` serves what the database alone holds,
+the level gauges, for the `jackpot metrics` command, which runs no engine.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from jackpot.health import STATUSES, HealthReport
 from jackpot.results import PoolSnapshot
 from jackpot.stats import OUTCOMES, Stats
 
-__all__ = ["OPERATIONS", "EngineView", "PrometheusObserver", "serve_metrics"]
+__all__ = ["OPERATIONS", "EngineView", "PrometheusObserver", "database_registry",
+           "serve_metrics", "serve_registry"]
 
 OPERATIONS = ("contribute", "win", "config", "suspend", "resume", "adjust", "retire")
 """Operation kinds, pre-declared so every series exists (at 0) from the start."""
@@ -175,9 +181,50 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
     """
     for observer in engine.stats.observers:
         if isinstance(observer, PrometheusObserver):
-            return start_http_server(port, addr=addr, registry=observer.registry)
+            return serve_registry(observer.registry, port, addr=addr)
     msg = "metrics are disabled for this engine (JACKPOT_ENABLE_METRICS=false)"
     raise ValidationError(msg)
+
+
+def serve_registry(registry: CollectorRegistry, port: int, *, addr: str = "127.0.0.1"
+                   ) -> tuple[WSGIServer, threading.Thread]:
+    """Serve `registry` at http://addr:port/metrics from a daemon thread (see `serve_metrics`).
+
+    Raises:
+        OSError: the port cannot be bound; the message names the address and port.
+
+    """
+    try:
+        return start_http_server(port, addr=addr, registry=registry)
+    except OSError as e:
+        msg = f"cannot serve metrics on {addr}:{port}: {e.strerror or e}"
+        raise OSError(e.errno, msg) from e
+
+
+def database_registry(read_pools: Callable[[], Mapping[str, PoolSnapshot]]
+                      ) -> CollectorRegistry:
+    """Return a registry of the level gauges alone, read by `read_pools` at each scrape.
+
+    No counter, histogram or health status: those are an engine's, per process.
+    """
+    registry = CollectorRegistry()
+    registry.register(_LevelCollector(read_pools))
+    return registry
+
+
+class _LevelCollector:
+    """Reads the levels' amount, reserve and version from the database when scraped."""
+
+    def __init__(self, read_pools: Callable[[], Mapping[str, PoolSnapshot]]) -> None:
+        self._read_pools = read_pools
+
+    def describe(self) -> Iterable[Metric]:
+        """Declare the series so registration does not call `collect` early."""
+        return _families()[:3]
+
+    def collect(self) -> Iterable[Metric]:
+        """Read every level's committed state (no sample when the database cannot be read)."""
+        return _level_gauges(self._read_pools)
 
 
 class _EngineCollector:
@@ -192,22 +239,30 @@ class _EngineCollector:
 
     def collect(self) -> Iterable[Metric]:
         """Read every level's committed state and the health status."""
-        amount, reserve, version, health = _families()
-        try:
-            pools = self._engine.pools()
-        except JackpotError:  # closed engine or unreadable file: health says why
-            pools = {}
-        for name, p in pools.items():
-            amount.add_metric([name], float(p.amount))
-            reserve.add_metric([name], float(p.reserve))
-            version.add_metric([name], p.version)
+        levels = _level_gauges(self._engine.pools)
+        health = _families()[3]
         try:
             status = self._engine.health().status
         except EngineClosedError:  # the engine was dropped (its view holds it weakly)
-            return (amount, reserve, version)
+            return levels
         for s in STATUSES:
             health.add_metric([s], 1.0 if s == status else 0.0)
-        return (amount, reserve, version, health)
+        return (*levels, health)
+
+
+def _level_gauges(read_pools: Callable[[], Mapping[str, PoolSnapshot]]
+                  ) -> tuple[GaugeMetricFamily, ...]:
+    """Return the amount, reserve and version gauges, read now."""
+    amount, reserve, version, _ = _families()
+    try:
+        pools = read_pools()
+    except JackpotError:  # closed engine or unreadable file: health says why
+        pools = {}
+    for name, p in pools.items():
+        amount.add_metric([name], float(p.amount))
+        reserve.add_metric([name], float(p.reserve))
+        version.add_metric([name], p.version)
+    return (amount, reserve, version)
 
 
 def _families() -> tuple[GaugeMetricFamily, ...]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,14 @@ import pytest
 
 from jackpot import JackpotEngine, cli
 
+from .conftest import write_lock_held
+
 CLI = [sys.executable, "-m", "jackpot.cli"]
 
 
-def jackpot(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
+def jackpot(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=cwd, check=False)
 
 
@@ -171,7 +175,7 @@ def test_simulate(db: str) -> None:
     (("status", "--db", "{db}", "--colour"), "No such option '--colour'."),
     (("history", "--db", "{db}"), "Missing argument 'LEVEL'."),
     (("history", "jumbo", "--db", "{db}"),
-     "unknown level 'jumbo': this engine has major, mega, minor"),
+     "unknown level 'jumbo': this database has major, mega, minor"),
     (("ledger", "--tail", "0", "--db", "{db}"),
      "Invalid value for '--tail': 0 is not in the range 1<=x<=100000."),
     (("contribute", "1.5.5", "--db", "{db}"),
@@ -213,3 +217,88 @@ def test_without_the_cli_extra_the_command_says_what_to_install(
     assert info.value.code == 1
     assert capsys.readouterr().err == (
         "jackpot: error: the command needs rich: pip install 'jackpot[cli]'\n")
+
+
+# -- the commands that look run no engine: they never write, create or wait ------------
+
+READ_ONLY_COMMANDS = [("status",), ("verify",), ("history", "minor"), ("ledger",)]
+
+
+def file_state(path: str) -> tuple[bytes, int, list[str]]:
+    """The file's bytes, its mtime and the files beside it: equal means untouched."""
+    p = Path(path)
+    return p.read_bytes(), p.stat().st_mtime_ns, sorted(x.name for x in p.parent.iterdir())
+
+
+def sql(path: str, statements: str) -> None:
+    conn = apsw.Connection(path)
+    try:
+        conn.execute(statements)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: sql(p, "CREATE TABLE t (x)"),
+     ("'{db}' is not a jackpot database (user_version 0, tables: t): refusing to use it; "
+     "nothing was changed")),
+    (lambda p: sql(p, "CREATE TABLE t (x); PRAGMA user_version = 7"),
+     ("'{db}' is not a jackpot database (user_version 7, tables: t): refusing to use it; "
+     "nothing was changed")),
+    (lambda p: (JackpotEngine.open(p).close(), sql(p, "PRAGMA user_version = 3")),
+     ("database '{db}' has schema version 3, newer than this library's 2: upgrade jackpot "
+     "(nothing was changed)")),
+    (lambda p: Path(p).touch(),
+     "database '{db}' holds no jackpot database: create one with `jackpot init --db {db}`"),
+], ids=["foreign", "foreign-user-version-7", "newer-schema", "empty"])
+@pytest.mark.parametrize("command", [*READ_ONLY_COMMANDS, ("metrics",),
+                                     ("contribute", "1")])
+def test_a_file_that_is_not_a_jackpot_database_is_refused_untouched(
+        tmp_path: Path, make: Any, message: str, command: tuple[str, ...]) -> None:
+    path = str(tmp_path / "other.db")
+    make(path)
+    before = file_state(path)
+    done = jackpot(*command, "--db", path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"jackpot: error: {message.format(db=path)}\n"
+    assert file_state(path) == before
+
+
+def test_looking_leaves_a_closed_database_untouched(db: str) -> None:
+    before = file_state(db)
+    for command in READ_ONLY_COMMANDS:
+        done = jackpot(*command, "--db", db)
+        assert done.returncode == 0, done.stderr
+    assert file_state(db) == before  # no migration, no -wal or -shm left beside it
+
+
+def test_looking_does_not_wait_for_the_game_servers_write_lock(db: str) -> None:
+    with write_lock_held(db):
+        for command in READ_ONLY_COMMANDS:
+            done = jackpot(*command, "--json", "--db", db, env={"JACKPOT_LOCK_TIMEOUT_MS": "60000"},
+                           timeout=30)
+            assert done.returncode == 0, done.stderr
+
+
+def test_looking_needs_no_write_access(db: str) -> None:
+    """A reader who may not write the file nor its directory still sees the pools."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run as another user")
+    shared = Path(tempfile.mkdtemp(prefix="jackpot-ro-"))  # reachable by another user
+    try:
+        path = shared / "pools.db"
+        shutil.copy(db, path)
+        path.chmod(0o444)
+        shared.chmod(0o555)
+        before = file_state(str(path))
+        as_reader = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                     if os.geteuid() == 0 else [])
+        for command in READ_ONLY_COMMANDS:
+            done = subprocess.run([*as_reader, *CLI, *command, "--db", str(path)],
+                                  capture_output=True, text=True, timeout=60, check=False,
+                                  cwd="/")
+            assert done.returncode == 0, (command, done.stderr)
+        assert file_state(str(path)) == before
+    finally:
+        shared.chmod(0o755)
+        shutil.rmtree(shared)

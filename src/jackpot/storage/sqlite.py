@@ -20,7 +20,9 @@ read a WAL database; while one exists (the game server has the database
 open) it is used, read-only if need be. When neither `-wal`, `-shm` nor
 `-journal` exists (nobody has the file open), the file is read as immutable,
 which creates no file beside it; should the file change during such a read
-(a writer started), the read raises `StaleReadError`: read again.
+(a writer started), the read raises `StaleReadError`: read again. What cannot
+be read: a `-wal` without its `-shm` in a directory the reader may not write
+(SQLite would have to create the `-shm`); the error says so.
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ class SQLiteStore(Store):
             if not isinstance(e, apsw.Error):
                 raise
             msg = f"cannot open database {path!r}: {e}"
+            if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
+                msg += (" (reading a WAL database needs its -shm file, which is missing and "
+                        "cannot be created here: read it as the user that writes it)")
             raise StorageError(msg) from e
 
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
