@@ -45,7 +45,7 @@ from jackpot.audit import audit
 from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine
 from jackpot.errors import JackpotError, ValidationError
-from jackpot.health import redact
+from jackpot.health import probe_database, redact, report_of
 from jackpot.metrics import serve_metrics
 from jackpot.results import PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
@@ -389,10 +389,14 @@ def win(*, level: str, amount: str | None, winner: str | None, op_id: str | None
 @app.command()
 @_shared
 def health(*, db: str | None, as_json: bool | None) -> int:
-    """Check the database and the engine; exit status 1 when failing."""
+    """Probe the database as a writer would; exit status 1 when failing.
+
+    Only the database check: the actors and the lock and conflict rates are a
+    running engine's (`engine.health()` in the game server's process).
+    """
     opts = _options(db, as_json)
-    with _engine(opts) as engine:
-        report = engine.health()
+    path = _path(opts, must_exist=False)  # a missing file is a failing check, not an error
+    report = report_of([probe_database(path, Settings.from_env(), _existing_store)])
     if opts.json:
         _print_json(report.to_dict())
     else:
@@ -404,6 +408,13 @@ def health(*, db: str | None, as_json: bool | None) -> int:
             table.add_row(c.name, c.status, c.detail)
         console.print(table)
     return 1 if report.status == "failing" else 0
+
+
+def _existing_store(path: str, settings: Settings) -> Store:
+    """Open a writer's store on an existing jackpot database (never create one)."""
+    return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
+                      poll_interval_ms=settings.concurrency_check_interval_ms,
+                      synchronous=settings.synchronous, create=False)
 
 
 @app.command()

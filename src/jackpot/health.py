@@ -13,6 +13,7 @@ ever writing, and without waiting the engine's full lock timeout.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -198,6 +199,10 @@ def probe_database(path: str, settings: Settings, open_store: OpenStore) -> Heal
     timeout_ms = settings.health_probe_timeout_ms
     if "://" not in path and not Path(path).is_file():  # opening would create it
         return HealthCheck("database", FAILING, f"database file {path!r} does not exist")
+    if "://" not in path and not os.access(path, os.R_OK | os.W_OK):
+        # Opening it anyway would leave -wal and -shm files behind, unusable.
+        return HealthCheck("database", FAILING,
+                           f"not writable: this user may not write {path!r} (permissions)")
     probe = replace(settings, lock_timeout_ms=timeout_ms,
                     concurrency_check_interval_ms=min(10, timeout_ms))
     try:
