@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import click
+from prometheus_client import generate_latest
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -46,7 +47,7 @@ from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine
 from jackpot.errors import JackpotError, ValidationError
 from jackpot.health import probe_database, redact, report_of
-from jackpot.metrics import serve_metrics
+from jackpot.metrics import database_registry, serve_registry
 from jackpot.results import PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
 from jackpot.storage import StaleReadError, Store, open_store
@@ -423,27 +424,32 @@ def _existing_store(path: str, settings: Settings) -> Store:
               help="Port on 127.0.0.1 for --serve (0: any free port).")
 @_shared
 def metrics(*, serve: bool, port: int, db: str | None, as_json: bool | None) -> None:
-    """Print the Prometheus metrics once, or serve them on 127.0.0.1 (--serve)."""
+    """Print what the database holds as Prometheus gauges, or serve them (--serve).
+
+    Only the level gauges (amount, reserve, version), read from the database
+    at each scrape. Operation counters, latencies and the health status are
+    per process: scrape them from the game server's own engine.
+    """
     opts = _options(db, as_json)
-    with _engine(opts) as engine:
-        if not serve:
-            text = engine.metrics_text()
-            if not text:
-                msg = "metrics are disabled (JACKPOT_ENABLE_METRICS=false)"
-                raise CommandError(msg)
-            click.echo(text, nl=False)
-            return
-        server, _ = serve_metrics(engine, port)
-        try:
-            url = f"http://127.0.0.1:{server.server_port}/metrics"
-            if opts.json:
-                _print_json({"url": url})
-            else:
-                click.echo(f"serving {url} (Ctrl-C to stop)")
-            _wait_for_signal()
-        finally:
-            server.shutdown()
-            server.server_close()
+    if not Settings.from_env().enable_metrics:
+        msg = "metrics are disabled (JACKPOT_ENABLE_METRICS=false)"
+        raise CommandError(msg)
+    _read(opts, lambda _: None)  # refuse a file that is not a jackpot database, up front
+    registry = database_registry(lambda: _read(opts, reads.pools))
+    if not serve:
+        click.echo(generate_latest(registry).decode(), nl=False)
+        return
+    server, _ = serve_registry(registry, port)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        if opts.json:
+            _print_json({"url": url})
+        else:
+            click.echo(f"serving {url} (Ctrl-C to stop)")
+        _wait_for_signal()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _wait_for_signal() -> None:

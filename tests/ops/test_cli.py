@@ -130,10 +130,19 @@ def test_metrics_once(db: str) -> None:
     done = jackpot("metrics", "--db", db)
     assert done.returncode == 0
     assert 'jackpot_level_amount{level="minor"} 100.0\n' in done.stdout
-    assert 'jackpot_health_status{status="ok"} 1.0\n' in done.stdout
     done = jackpot("metrics", "--db", db, env={"JACKPOT_ENABLE_METRICS": "false"})
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "jackpot: error: metrics are disabled (JACKPOT_ENABLE_METRICS=false)\n"
+
+
+def test_metrics_are_only_what_the_database_holds(db: str) -> None:
+    """No per-process counter of the command's own idle engine: they would always be 0."""
+    with JackpotEngine.open(db) as engine:
+        engine.contribute("10", op_id="b1")
+    families = [line.split()[2] for line in jackpot("metrics", "--db", db).stdout.splitlines()
+                if line.startswith("# TYPE ")]
+    assert families == ["jackpot_level_amount", "jackpot_level_reserve", "jackpot_level_version"]
+    assert 'jackpot_level_version{level="minor"} 2.0' in jackpot("metrics", "--db", db).stdout
 
 
 def test_metrics_serve_on_a_local_port(db: str) -> None:
