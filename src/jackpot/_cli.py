@@ -51,10 +51,13 @@ from jackpot.metrics import database_registry, serve_registry
 from jackpot.results import PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
 from jackpot.storage import StaleReadError, Store, open_store
+from jackpot.storage.schema import LEDGER_PARTS
 
 __all__ = ["app", "run"]
 
 _STAKES = (Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10))
+_LEDGER_AMOUNTS = ("delta", "balance_after", "reserve_delta", "reserve_after", *LEDGER_PARTS)
+"""The amounts of a ledger row (integer units in the store, decimal strings in --json)."""
 _READ_ATTEMPTS = 3  # a read that saw the file change (a writer started) is read again
 _T = TypeVar("_T")
 
@@ -270,8 +273,7 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
     rows = _read(opts, lambda store: reads.ledger(store, level=level, limit=tail))
     if opts.json:
         _print_json([{**dataclasses.asdict(r),
-                      **{k: str(money.from_units(getattr(r, k)))
-                         for k in ("delta", "balance_after", "reserve_delta", "reserve_after")}}
+                      **{k: str(money.from_units(getattr(r, k))) for k in _LEDGER_AMOUNTS}}
                      for r in rows])
         return
     table = Table(title=f"ledger (last {len(rows)} rows)")

@@ -99,6 +99,22 @@ def test_a_session_of_manual_operations(db: str) -> None:
     assert list(health["checks"]) == ["database"]  # the others are a running engine's
 
 
+def test_every_ledger_amount_is_a_decimal_string(db: str) -> None:
+    ok_json("win", "minor", "--db", db)
+    ok_json("contribute", "10", "--level", "minor", "--db", db)
+    win, bet = ok_json("ledger", "--tail", "2", "--db", db)
+    assert (win["kind"], win["paid"], win["delta"], win["house_funded"]) == (
+        "win", "100.000000", "0.000000", "100.000000")  # paid 100, the seed funded again
+    assert (bet["kind"], bet["contributed"], bet["delta"], bet["balance_after"]) == (
+        "contribute", "0.050000", "0.050000", "100.050000")
+    for row in (win, bet):
+        assert all(isinstance(row[k], str) for k in (
+            "delta", "balance_after", "reserve_delta", "reserve_after", "contributed",
+            "overflow", "reserve_in", "house_funded", "reserve_funded", "paid", "adjusted",
+            "transferred", "reserve_transferred"))
+        assert all(isinstance(row[k], int) for k in ("seq", "version_after", "at_ms"))
+
+
 def test_tables_for_people(db: str) -> None:
     done = jackpot("--db", db, "status")
     assert done.returncode == 0
