@@ -39,8 +39,15 @@ def history(store: Store, level: str, limit: int) -> list[HistoryEntry]:
 
 
 def ledger(store: Store, *, level: str | None, limit: int) -> list[LedgerRow]:
-    """Return the latest `limit` ledger rows (of `level` only, if given), oldest first."""
+    """Return the latest `limit` ledger rows (of `level` only, if given), oldest first.
+
+    Raises:
+        UnknownGroupError: the database has no level `level`.
+
+    """
     with store.read():
+        if level is not None:
+            _known(store, level)
         rows = store.ledger(level=level, limit=limit, newest_first=True)
     rows.reverse()
     return rows

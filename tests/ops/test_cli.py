@@ -201,6 +201,8 @@ def test_simulate(db: str) -> None:
     (("history", "--db", "{db}"), "Missing argument 'LEVEL'."),
     (("history", "jumbo", "--db", "{db}"),
      "unknown level 'jumbo': this database has major, mega, minor"),
+    (("ledger", "--level", "nosuch", "--db", "{db}"),
+     "unknown level 'nosuch': this database has major, mega, minor"),
     (("ledger", "--tail", "0", "--db", "{db}"),
      "Invalid value for '--tail': 0 is not in the range 1<=x<=100000."),
     (("contribute", "1.5.5", "--db", "{db}"),
