@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +58,7 @@ __all__ = ["app", "run"]
 _STAKES = (Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10))
 _LEDGER_AMOUNTS = ("delta", "balance_after", "reserve_delta", "reserve_after", *LEDGER_PARTS)
 """The amounts of a ledger row (integer units in the store, decimal strings in --json)."""
+_WINDOW = 4  # simulate: operations submitted and not finished, per thread
 _READ_ATTEMPTS = 3  # a read that saw the file change (a writer started) is read again
 _T = TypeVar("_T")
 
@@ -480,28 +481,38 @@ def _wait_for_signal() -> None:
 @_shared
 def simulate(*, bets: int, win_every: int, threads: int, seed: int,
              db: str | None, as_json: bool | None) -> int:
-    """Play a load of bets (and wins), then show the pools, the wins and the audit."""
+    """Play bets and wins for real INTO the database, then show the pools, wins and audit.
+
+    Every bet and win is a real, committed operation: the pools, meters and
+    ledger of the database change for good. Run it on a copy or a test
+    database, never on the one a game server uses. Ctrl-C stops it promptly:
+    what was sent is committed (or refused), and the counts say how much.
+    """
     opts = _options(db, as_json)
     with _engine(opts) as engine:
-        plan = _plan(bets, win_every, seed, engine.groups)
         started = time.perf_counter()
-        wins, refused = _play(engine, plan, threads, progress=not opts.json)
+        tally = _play(engine, _plan(bets, win_every, seed, engine.groups), threads,
+                      total=bets + (bets // win_every if win_every else 0),
+                      progress=not opts.json)
         elapsed = time.perf_counter() - started
+        if tally.interrupted:
+            return _interrupted(opts, tally, bets)
         pools, report = engine.pools(), engine.verify()
-    paid: dict[str, Decimal] = {}
-    for level, amount in wins:
-        paid[level] = paid.get(level, Decimal(0)) + amount
-    summary = {"bets": bets, "wagered": str(sum((s for k, s in plan if k == "bet"), Decimal(0))),
-               "seconds": round(elapsed, 3), "operations_per_second": round(len(plan) / elapsed),
-               "wins": {lvl: {"count": sum(1 for w in wins if w[0] == lvl),
+    paid = tally.paid()
+    operations = tally.bets + len(tally.wins) + sum(tally.refused.values())
+    summary = {"bets": tally.bets, "wagered": str(tally.wagered),
+               "seconds": round(elapsed, 3),
+               "operations_per_second": round(operations / elapsed) if elapsed else 0,
+               "wins": {lvl: {"count": sum(1 for w in tally.wins if w[0] == lvl),
                               "paid": str(paid[lvl])} for lvl in sorted(paid)},
-               "refused": dict(refused), "pools": [_snapshot_dict(p) for p in pools.values()],
+               "refused": dict(tally.refused),
+               "pools": [_snapshot_dict(p) for p in pools.values()],
                "audit": dataclasses.asdict(report)}
     if opts.json:
         _print_json(summary)
         return 0 if report.ok else 1
-    console.print(f"played {bets} bets and {len(wins)} wins with {threads} threads in "
-                  f"{elapsed:.2f} s ({summary['operations_per_second']} operations/s)")
+    console.print(f"played {tally.bets} bets and {len(tally.wins)} wins with {threads} threads "
+                  f"in {elapsed:.2f} s ({summary['operations_per_second']} operations/s)")
     console.print(_pools_table(pools, title="pools after the simulation"))
     table = Table(title="wins")
     for name in ("level", "count", "paid"):
@@ -509,27 +520,62 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
     for lvl in sorted(paid):
         table.add_row(lvl, str(summary["wins"][lvl]["count"]), _money(paid[lvl]))  # type: ignore[index]
     console.print(table)
-    for error, count in sorted(refused.items()):
+    for error, count in sorted(tally.refused.items()):
         console.print(f"refused: {count} x {error}")
     _verify_out(report)
     return 0 if report.ok else 1
 
 
+def _interrupted(opts: Options, tally: _Tally, planned: int) -> int:
+    """Say how much an interrupted simulation played; exit status 130 (as for SIGINT)."""
+    if opts.json:
+        _print_json({"interrupted": True, "planned_bets": planned, "bets": tally.bets,
+                     "wagered": str(tally.wagered), "wins": len(tally.wins),
+                     "refused": dict(tally.refused)})
+    else:
+        click.echo(f"interrupted: played {tally.bets} of {planned} bets and {len(tally.wins)} "
+                   f"wins ({sum(tally.refused.values())} refused); each one sent was committed "
+                   "or refused whole: `jackpot verify` audits the books", err=True)
+    return 130
+
+
+@dataclass
+class _Tally:
+    """What a simulation played (every count is of operations that finished)."""
+
+    bets: int = 0
+    wagered: Decimal = Decimal(0)
+    wins: list[tuple[str, Decimal]] = dataclasses.field(default_factory=list)
+    refused: Counter[str] = dataclasses.field(default_factory=Counter)
+    interrupted: bool = False
+
+    def paid(self) -> dict[str, Decimal]:
+        out: dict[str, Decimal] = {}
+        for level, amount in self.wins:
+            out[level] = out.get(level, Decimal(0)) + amount
+        return out
+
+
 def _plan(bets: int, win_every: int, seed: int, levels: Sequence[str]
-          ) -> list[tuple[str, Any]]:
+          ) -> Iterator[tuple[str, Any]]:
+    """Yield the operations one at a time: a plan of millions is never held whole."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible load, not secrets
-    plan: list[tuple[str, Any]] = []
     for i in range(1, bets + 1):
-        plan.append(("bet", rng.choice(_STAKES)))
+        yield "bet", rng.choice(_STAKES)
         if win_every and i % win_every == 0:
-            plan.append(("win", rng.choice(levels)))
-    return plan
+            yield "win", rng.choice(levels)
 
 
-def _play(engine: JackpotEngine, plan: list[tuple[str, Any]], threads: int, *,
-          progress: bool) -> tuple[list[tuple[str, Decimal]], Counter[str]]:
-    wins: list[tuple[str, Decimal]] = []
-    refused: Counter[str] = Counter()
+def _play(engine: JackpotEngine, plan: Iterator[tuple[str, Any]], threads: int, *,
+          total: int, progress: bool) -> _Tally:
+    """Run the plan on `threads` callers, at most a few operations queued per caller.
+
+    Bounded: only `_WINDOW` operations per thread are ever submitted and not
+    finished, so memory does not grow with --bets and Ctrl-C (KeyboardInterrupt
+    in this, the main, thread) stops it at once: what is queued is dropped,
+    what is running finishes, and the tally counts exactly what finished.
+    """
+    tally = _Tally()
     lock = threading.Lock()
 
     def one(kind: str, arg: Any) -> None:
@@ -538,19 +584,38 @@ def _play(engine: JackpotEngine, plan: list[tuple[str, Any]], threads: int, *,
                 engine.contribute(arg)
             else:
                 w = engine.process_win(arg, winner="simulated")
-                with lock:
-                    wins.append((w.group, w.amount))
         except JackpotError as e:
             with lock:
-                refused[type(e).__name__] += 1
+                tally.refused[type(e).__name__] += 1
+            return
+        with lock:
+            if kind == "bet":
+                tally.bets += 1
+                tally.wagered += arg
+            else:
+                tally.wins.append((w.group, w.amount))
 
-    with (Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar,
-          ThreadPoolExecutor(threads) as pool):
-        task = bar.add_task("simulating", total=len(plan))
-        for future in as_completed([pool.submit(one, kind, arg) for kind, arg in plan]):
-            future.result()
-            bar.advance(task)
-    return wins, refused
+    pool = ThreadPoolExecutor(threads)
+    pending: set[Future[None]] = set()
+    try:
+        with Progress(console=Console(stderr=True), transient=True,
+                      disable=not progress) as bar:
+            task = bar.add_task("simulating", total=total)
+            for kind, arg in plan:
+                while len(pending) >= threads * _WINDOW:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                        bar.advance(task)
+                pending.add(pool.submit(one, kind, arg))
+            for future in as_completed(pending):
+                future.result()
+                bar.advance(task)
+    except KeyboardInterrupt:
+        tally.interrupted = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # the running ones finish, in bounds
+    return tally
 
 
 # -- entry point --------------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,38 @@ def test_simulate(db: str) -> None:
     assert done.returncode == 0
     assert "played 20 bets and 4 wins with 4 threads" in done.stdout
     assert "audit OK" in done.stdout
+
+
+def ledger_count(path: str, kind: str) -> int:
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM ledger WHERE kind = ?",
+                                (kind,)).fetchall()[0][0])
+    finally:
+        conn.close()
+
+
+def test_simulate_stops_at_ctrl_c_and_says_how_much_it_played(db: str) -> None:
+    proc = subprocess.Popen([*CLI, "simulate", "--bets", "100000", "--win-every", "0",
+                             "--threads", "2", "--json", "--db", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while ledger_count(db, "contribute") < 300:  # 100 bets on 3 levels
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)  # not the whole plan: it stops
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (130, "")
+    summary = json.loads(out)
+    assert summary["interrupted"] is True
+    assert summary["planned_bets"] == 100_000
+    assert 100 <= summary["bets"] < 100_000
+    assert ledger_count(db, "contribute") == 3 * summary["bets"]  # each counted one committed
+    assert ok_json("verify", "--db", db)["ok"] is True
 
 
 @pytest.mark.parametrize(("args", "message"), [
