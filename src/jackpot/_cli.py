@@ -50,7 +50,7 @@ from jackpot.health import probe_database, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
 from jackpot.results import PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
-from jackpot.storage import StaleReadError, Store, open_store
+from jackpot.storage import StaleReadError, Store, is_database_url, open_store
 from jackpot.storage.schema import LEDGER_PARTS
 
 __all__ = ["app", "run"]
@@ -209,16 +209,37 @@ def app(ctx: click.Context, db: str | None, as_json: bool) -> None:
               help="A level to create (repeatable); default: minor, major, mega.")
 @_shared
 def init(*, levels: tuple[str, ...], db: str | None, as_json: bool | None) -> None:
-    """Create the database (or add missing levels to it)."""
+    """Create the database (or add missing levels to it; existing levels are kept as they are)."""
     opts = _options(db, as_json)
     groups = [_parse_level(spec) for spec in levels] or None
+    path = _path(opts, must_exist=False)
+    before = _existing_levels(path)
     with _engine(opts, groups, must_exist=False) as engine:
         pools = engine.pools()
-    shown = redact(_path(opts, must_exist=False))  # a URL's password is never printed
+    kept = [g.name for g in groups or () if g.name in before]
+    shown = redact(path)  # a URL's password is never printed
     if opts.json:
-        _print_json({"db": shown, "levels": [_snapshot_dict(p) for p in pools.values()]})
-    else:
-        console.print(_pools_table(pools, title=f"jackpot database {shown}"))
+        _print_json({"db": shown, "levels": [_snapshot_dict(p) for p in pools.values()],
+                     "created": sorted(set(pools) - before), "kept": kept})
+        return
+    console.print(_pools_table(pools, title=f"jackpot database {shown}"))
+    for name in kept:
+        console.print(f"kept {name} as it was, not changed: it already exists and --level does "
+                      f"not change a level (use `jackpot config {name} KEY=VALUE...`)",
+                      markup=False)
+
+
+def _existing_levels(path: str) -> set[str]:
+    """Return the levels the database already has (none when it is new or empty)."""
+    if not is_database_url(path) and not Path(path).is_file():
+        return set()
+    store = _reader(path, Settings.from_env())  # refuses a file that is not ours
+    try:
+        if store.schema_version() == 0:
+            return set()
+        return set(reads.pools(store))
+    finally:
+        store.close()
 
 
 def _parse_level(spec: str) -> GroupConfig:
@@ -325,6 +346,9 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
         key, sep, value = change.partition("=")
         if not sep or not key:
             msg = f"{change!r} is not KEY=VALUE"
+            raise CommandError(msg)
+        if key in parsed:
+            msg = f"{key} is given twice: give each key once"
             raise CommandError(msg)
         parsed[key] = None if value.lower() == "none" else value
     with _engine(opts) as engine:

@@ -55,6 +55,20 @@ def test_init_creates_the_levels_and_keeps_existing_ones(tmp_path: Path) -> None
         ("mega", "10000.000000", "0.001", None), ("minor", "100.000000", "0.005", None)]
 
 
+def test_init_says_which_levels_it_kept_rather_than_changed(tmp_path: Path) -> None:
+    path = str(tmp_path / "new.db")
+    first = ok_json("init", "--level", "minor:100:0.005", "--db", path)
+    assert (first["created"], first["kept"]) == (["minor"], [])
+    again = ok_json("init", "--level", "minor:50:0.01", "--level", "daily:5:0.01", "--db", path)
+    assert (again["created"], again["kept"]) == (["daily"], ["minor"])
+    minor = next(p for p in again["levels"] if p["name"] == "minor")
+    assert (minor["seed"], minor["contribution_rate"]) == ("100.000000", "0.005")
+    done = jackpot("init", "--level", "minor:50:0.01", "--db", path)
+    assert done.returncode == 0
+    assert ("kept minor as it was, not changed: it already exists and --level does not change "
+            "a level (use `jackpot config minor KEY=VALUE...`)") in " ".join(done.stdout.split())
+
+
 def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).with_name("jackpot")
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
@@ -245,6 +259,8 @@ def test_simulate_stops_at_ctrl_c_and_says_how_much_it_played(db: str) -> None:
     (("win", "minor", "--amount", "5000", "--db", "{db}"),
      "amount 5000.000000 exceeds the pool of level 'minor' (100.000000)"),
     (("config", "minor", "cap", "--db", "{db}"), "'cap' is not KEY=VALUE"),
+    (("config", "minor", "cap=600", "cap=700", "--db", "{db}"),
+     "cap is given twice: give each key once"),
     (("config", "minor", "colour=red", "--db", "{db}"),
      ("unknown config field(s) 'colour': allowed are seed, contribution_rate, cap, reserve_rate, "
      "min_bet, max_contribution, must_hit_by, overflow_to")),
