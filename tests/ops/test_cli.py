@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,17 @@ def test_metrics_serve_on_a_local_port(db: str) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert (proc.returncode, err) == (0, "")
+
+
+def test_a_port_in_use_is_named(db: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = jackpot("metrics", "--serve", "--port", str(port), "--db", db)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (f"jackpot: error: cannot serve metrics on 127.0.0.1:{port}: "
+                           "Address already in use\n")
 
 
 def test_simulate(db: str) -> None:
