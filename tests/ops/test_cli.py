@@ -206,6 +206,13 @@ def test_a_port_in_use_is_named(db: str) -> None:
                            "Address already in use\n")
 
 
+def test_python_dash_m_jackpot_runs_the_command(db: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "jackpot", "verify", "--db", db],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("audit OK")
+
+
 def test_simulate(db: str) -> None:
     summary = ok_json("simulate", "--bets", "40", "--win-every", "10", "--threads", "2",
                       "--seed", "7", "--db", db)
