@@ -3,8 +3,10 @@
 Players bet for a while, then the operator works through the console the way
 a slot floor manager would. Every action names who did it and why, is applied
 atomically, lands in the ledger, and can be retried with the same op_id
-without being applied twice. The transcript shows each command and what the
-engine answered, refusals included.
+without being applied twice. The transcript shows each action as the
+`jackpot` command that does it (with JACKPOT_DB set to the database) and what
+the engine answered, refusals included; the example itself calls the
+engine's methods, which the commands call too.
 
 Run: python examples/operator_console.py [--bets N] [--quick] [--db PATH]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shlex
 import tempfile
 from collections.abc import Callable
 from decimal import Decimal
@@ -29,6 +32,11 @@ LEVELS = [
     GroupConfig("summer-promo", seed=Decimal(50), contribution_rate=Decimal("0.02")),
 ]
 OPERATOR = "manager:alice"
+
+
+def jackpot(*args: str, note: str = "") -> str:
+    """Return the `jackpot` command line that does what the next action does."""
+    return f"jackpot {shlex.join(args)}" + (f"   # {note}" if note else "")
 
 
 def command(line: str, action: Callable[[], Any]) -> Any:
@@ -62,11 +70,13 @@ def play(engine: JackpotEngine, bets: int, first: int, groups: tuple[str, ...]) 
 def session(engine: JackpotEngine, bets: int) -> bool:
     play(engine, bets, 0, ("minor", "major", "summer-promo"))
 
-    command("pools", lambda: show_pools(engine))
+    command(jackpot("status"), lambda: show_pools(engine))
 
     version = engine.pool("minor").version
     changed = command(
-        f"config minor contribution_rate=0.015 seed=120 --expect-version {version}",
+        jackpot("config", "minor", "contribution_rate=0.015", "seed=120",
+                "--expected-version", str(version), "--who", OPERATOR,
+                "--reason", "weekend promotion", "--op-id", "ops-1"),
         lambda: engine.update_config("minor", contribution_rate="0.015", seed=120,
                                      expected_version=version, who=OPERATOR,
                                      reason="weekend promotion", op_id="ops-1"))
@@ -74,12 +84,15 @@ def session(engine: JackpotEngine, bets: int) -> bool:
           f"-> {changed.after['contribution_rate']} now; waits for the next reset: "
           f"{changed.pending}")
 
-    command(f"config minor cap=150 --expect-version {version}  (a second console, stale)",
+    command(jackpot("config", "minor", "cap=150", "--expected-version", str(version),
+                    "--who", "manager:bob", "--reason", "cap it", "--op-id", "ops-2",
+                    note="a second console, stale"),
             lambda: engine.update_config("minor", cap=150, expected_version=version,
                                          who="manager:bob", reason="cap it", op_id="ops-2"))
 
     suspended = command(
-        'suspend major --reason "meter inspection"',
+        jackpot("suspend", "major", "--reason", "meter inspection", "--who", OPERATOR,
+                "--op-id", "ops-3"),
         lambda: engine.suspend("major", reason="meter inspection", who=OPERATOR,
                                op_id="ops-3"))
     print(f"  major suspended at {suspended.balances['major']:.2f} (version "
@@ -89,20 +102,24 @@ def session(engine: JackpotEngine, bets: int) -> bool:
         engine.contribute("5", groups=("major",), op_id="spin-suspended")
     except JackpotError as e:
         print(f"  the game server is told: {type(e).__name__}: {e}")
-    command("resume major", lambda: engine.resume("major", who=OPERATOR, op_id="ops-4"))
+    command(jackpot("resume", "major", "--who", OPERATOR, "--op-id", "ops-4"),
+            lambda: engine.resume("major", who=OPERATOR, op_id="ops-4"))
     print("  major takes bets again")
 
+    top_up = ("adjust", "major", "+25.00", "--reason", "marketing top-up, ticket OPS-42",
+              "--who", OPERATOR, "--op-id", "ops-5")
     topped = command(
-        'adjust major +25.00 --reason "marketing top-up, ticket OPS-42"',
+        jackpot(*top_up),
         lambda: engine.adjust("major", "25.00", reason="marketing top-up, ticket OPS-42",
                               who=OPERATOR, op_id="ops-5"))
     print(f"  major now {topped.balances['major']:.2f}")
     again = command(
-        'adjust major +25.00 --reason "marketing top-up, ticket OPS-42"  (sent twice)',
+        jackpot(*top_up, note="sent twice"),
         lambda: engine.adjust("major", "25.00", reason="marketing top-up, ticket OPS-42",
                               who=OPERATOR, op_id="ops-5"))
     print(f"  replayed: {again.replayed}; major still {again.balances['major']:.2f}")
-    command('adjust major -5000 --reason "typo"',
+    command(jackpot("adjust", "major", "-5000", "--reason", "typo", "--who", OPERATOR,
+                    "--op-id", "ops-6"),
             lambda: engine.adjust("major", "-5000", reason="typo", who=OPERATOR,
                                   op_id="ops-6"))
 
@@ -111,7 +128,8 @@ def session(engine: JackpotEngine, bets: int) -> bool:
           f"the pool resets to {win.balance:.2f} (the pending seed took effect)")
 
     retired = command(
-        'retire summer-promo --transfer-to major --reason "promotion ended"',
+        jackpot("retire", "summer-promo", "--transfer-to", "major", "--reason",
+                "promotion ended", "--who", OPERATOR, "--op-id", "ops-7"),
         lambda: engine.retire("summer-promo", transfer_to="major", reason="promotion ended",
                               who=OPERATOR, op_id="ops-7"))
     print("  moved: " + ", ".join(f"{n} {v:.2f}" for n, v in retired.balances.items()))
@@ -122,18 +140,18 @@ def session(engine: JackpotEngine, bets: int) -> bool:
         print(f"  the game server is told: {type(e).__name__}: {e}")
 
     play(engine, bets, bets, ("minor", "major"))
-    command("pools", lambda: show_pools(engine))
+    command(jackpot("status"), lambda: show_pools(engine))
 
     def history() -> None:
         for h in engine.history("minor", limit=5):
             print(f"  version {h.version:>5}  paid {h.amount:>9.2f}  to {h.winner}  "
                   f"(op {h.op_id}{', mystery hit' if h.hit else ''})")
 
-    command("history minor --limit 5", history)
+    command(jackpot("history", "minor", "--limit", "5"), history)
 
-    health = command("health", engine.health)
+    health = command(jackpot("health"), engine.health)
     print(f"  status: {health.status}" + "".join(f"; {r}" for r in health.reasons))
-    report = command("verify", engine.verify)
+    report = command(jackpot("verify"), engine.verify)
     print(f"  audit: {'OK' if report.ok else 'FAILED'} - {report.levels} levels, "
           f"{report.ledger_rows} ledger rows reconciled to 0.000001")
     for problem in report.problems:
@@ -149,9 +167,11 @@ def main() -> None:
     parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
     args = parser.parse_args()
     bets = 40 if args.quick else args.bets
-    with tempfile.TemporaryDirectory() as tmp, \
-            JackpotEngine.open(args.db or Path(tmp) / "console.db", LEVELS) as engine:
-        ok = session(engine, bets)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or Path(tmp) / "console.db"
+        print(f"the operator's console: export JACKPOT_DB={shlex.quote(str(db))}")
+        with JackpotEngine.open(db, LEVELS) as engine:
+            ok = session(engine, bets)
     raise SystemExit(0 if ok else 1)
 
 

@@ -7,6 +7,9 @@ exit 0 and print what it promises, ending with a clean audit.
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +101,24 @@ def test_operator_console(tmp_path: Path) -> None:
     assert "summer-promo  retired" in out
     assert "status: ok" in out
     assert "audit: OK - 3 levels, 210 ledger rows reconciled to 0.000001" in out
+
+
+def test_the_operator_consoles_commands_are_real_jackpot_commands(tmp_path: Path) -> None:
+    """Each printed command runs; run again afterwards, it is replayed or refused as it was."""
+    db = tmp_path / "console.db"
+    out = run_example("operator_console.py", "--quick", "--db", str(db), cwd=tmp_path)
+    assert f"export JACKPOT_DB={db}" in out
+    steps = out.split("\noperator> ")[1:]
+    assert len(steps) == 13
+    for step in steps:
+        line, _, answer = step.partition("\n")
+        args = shlex.split(line, comments=True)
+        assert args[0] == "jackpot", line
+        done = subprocess.run([sys.executable, "-m", "jackpot", *args[1:]], cwd=tmp_path,
+                              env={**os.environ, "JACKPOT_DB": str(db)},
+                              capture_output=True, text=True, timeout=60, check=False)
+        refused = answer.startswith("  refused: ")
+        assert done.returncode == (2 if refused else 0), (line, done.stderr)
+        if refused:  # the same refusal (amounts and versions have moved), not a usage error
+            said = re.sub(r"[0-9.]+", "N", done.stderr.split(": ", 2)[2].strip())
+            assert said in re.sub(r"[0-9.]+", "N", answer), (line, done.stderr)

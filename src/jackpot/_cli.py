@@ -48,7 +48,7 @@ from jackpot.engine import JackpotEngine
 from jackpot.errors import JackpotError, ValidationError
 from jackpot.health import probe_database, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
-from jackpot.results import PoolSnapshot, VerifyReport
+from jackpot.results import AdminResult, PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
 from jackpot.storage import StaleReadError, Store, is_database_url, open_store
 from jackpot.storage.schema import LEDGER_PARTS
@@ -411,6 +411,81 @@ def win(*, level: str, amount: str | None, winner: str | None, op_id: str | None
     console.print(f"paid {_money(result.amount)} from {result.group}"
                   f"{f' to {result.winner}' if result.winner else ''}; balance "
                   f"{_money(result.balance)}, version {result.version} (op {result.op_id}"
+                  f"{', replayed' if result.replayed else ''})", markup=False)
+
+
+@app.command()
+@click.argument("level")
+@click.option("--reason", required=True, help="Why (audited).")
+@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--op-id", default=None, help="Idempotency key.")
+@_shared
+def suspend(*, level: str, reason: str, who: str | None, op_id: str | None,
+            db: str | None, as_json: bool | None) -> None:
+    """Stop a level taking bets and wins; its amount is kept exactly."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        result = engine.suspend(level, reason=reason, who=who, op_id=op_id)
+    _admin_out(opts, result)
+
+
+@app.command()
+@click.argument("level")
+@click.option("--reason", default=None, help="Why (audited).")
+@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--op-id", default=None, help="Idempotency key.")
+@_shared
+def resume(*, level: str, reason: str | None, who: str | None, op_id: str | None,
+           db: str | None, as_json: bool | None) -> None:
+    """Let a suspended level take bets and wins again."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        result = engine.resume(level, reason=reason, who=who, op_id=op_id)
+    _admin_out(opts, result)
+
+
+# ignore_unknown_options: a negative DELTA such as -5 is the argument, not an option.
+@app.command(context_settings={"ignore_unknown_options": True})
+@click.argument("level")
+@click.argument("delta", metavar="DELTA")
+@click.option("--reason", required=True, help="Why (audited).")
+@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--op-id", default=None, help="Idempotency key.")
+@_shared
+def adjust(*, level: str, delta: str, reason: str, who: str | None, op_id: str | None,
+           db: str | None, as_json: bool | None) -> None:
+    """Change a pool by a signed DELTA (+25.00, -5), audited; never below 0 or above its cap."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        result = engine.adjust(level, delta, reason=reason, who=who, op_id=op_id)
+    _admin_out(opts, result)
+
+
+@app.command()
+@click.argument("level")
+@click.option("--transfer-to", required=True, metavar="LEVEL",
+              help="The level that receives the pool and the reserve.")
+@click.option("--reason", required=True, help="Why (audited).")
+@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--op-id", default=None, help="Idempotency key.")
+@_shared
+def retire(*, level: str, transfer_to: str, reason: str, who: str | None, op_id: str | None,
+           db: str | None, as_json: bool | None) -> None:
+    """Retire a level for good, moving its pool and reserve to --transfer-to atomically."""
+    opts = _options(db, as_json)
+    with _engine(opts) as engine:
+        result = engine.retire(level, transfer_to=transfer_to, reason=reason, who=who,
+                               op_id=op_id)
+    _admin_out(opts, result)
+
+
+def _admin_out(opts: Options, result: AdminResult) -> None:
+    if opts.json:
+        _print_json(dataclasses.asdict(result))
+        return
+    levels = ", ".join(f"{name} {_money(balance)} at version {result.versions[name]}"
+                       for name, balance in result.balances.items())
+    console.print(f"{result.action} {result.group}: {levels} (op {result.op_id}"
                   f"{', replayed' if result.replayed else ''})", markup=False)
 
 

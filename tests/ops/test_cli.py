@@ -76,7 +76,8 @@ def test_the_console_script_is_installed() -> None:
                           check=False)
     assert done.returncode == 0
     for command in ("init", "status", "history", "ledger", "verify", "config", "contribute",
-                    "win", "health", "metrics", "simulate"):
+                    "win", "suspend", "resume", "adjust", "retire", "health", "metrics",
+                    "simulate"):
         assert f"  {command} " in done.stdout
 
 
@@ -114,6 +115,58 @@ def test_a_session_of_manual_operations(db: str) -> None:
     health = ok_json("health", "--db", db)
     assert health["status"] == "ok"
     assert list(health["checks"]) == ["database"]  # the others are a running engine's
+
+
+def test_operator_actions_suspend_resume_adjust_retire(db: str) -> None:
+    who = ("--who", "ops:alice")
+    done = ok_json("suspend", "major", "--reason", "meter inspection", *who, "--op-id", "o1",
+                   "--db", db)
+    assert (done["action"], done["balances"], done["versions"]) == (
+        "suspend", {"major": "1000.000000"}, {"major": 2})
+    refused = jackpot("contribute", "5", "--level", "major", "--db", db)
+    assert (refused.returncode, refused.stderr) == (2, (
+        "jackpot: error: level 'major' is suspended: it refuses contributions until resumed\n"))
+    assert ok_json("resume", "major", *who, "--db", db)["versions"] == {"major": 3}
+
+    up = ok_json("adjust", "major", "+25.00", "--reason", "top-up", *who, "--op-id", "o2",
+                 "--db", db)
+    assert (up["balances"], up["replayed"]) == ({"major": "1025.000000"}, False)
+    assert ok_json("adjust", "major", "+25.00", "--reason", "top-up", *who, "--op-id", "o2",
+                   "--db", db)["replayed"] is True
+    down = ok_json("adjust", "major", "-5", "--reason", "typo fixed", "--db", db)
+    assert down["balances"] == {"major": "1020.000000"}
+    too_much = jackpot("adjust", "major", "-5000", "--reason", "typo", "--db", db)
+    assert (too_much.returncode, too_much.stderr) == (2, (
+        "jackpot: error: adjusting level 'major' by -5000.000000 would take its pool "
+        "1020.000000 below zero\n"))
+
+    moved = ok_json("retire", "mega", "--transfer-to", "major", "--reason", "ended", *who,
+                    "--db", db)
+    assert moved["balances"] == {"mega": "0.000000", "major": "11020.000000"}
+    text = jackpot("suspend", "major", "--reason", "again", "--op-id", "o3", "--db", db)
+    assert text.stdout == "suspend major: major 11,020.00 at version 7 (op o3)\n"
+
+    rows = ok_json("ledger", "--tail", "7", "--db", db)
+    assert [(r["kind"], r["level"], r["who"]) for r in rows] == [
+        ("suspend", "major", "ops:alice"), ("resume", "major", "ops:alice"),
+        ("adjust", "major", "ops:alice"), ("adjust", "major", None),
+        ("retire", "mega", "ops:alice"), ("transfer_in", "major", "ops:alice"),
+        ("suspend", "major", None)]
+    assert ok_json("verify", "--db", db)["ok"] is True
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("suspend", "major"), "Missing option '--reason'."),
+    (("adjust", "major", "5"), "Missing option '--reason'."),
+    (("retire", "mega", "--reason", "x"), "Missing option '--transfer-to'."),
+    (("adjust", "major", "ten", "--reason", "x"),
+     ("delta must be a plain decimal string such as '2.50' (ASCII digits, no spaces or "
+      "exponent), got 'ten'")),
+])
+def test_operator_actions_refuse_what_is_missing(db: str, args: tuple[str, ...],
+                                                 message: str) -> None:
+    done = jackpot(*args, "--db", db)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"jackpot: error: {message}\n")
 
 
 def test_every_ledger_amount_is_a_decimal_string(db: str) -> None:
