@@ -6,6 +6,12 @@ records, the audit's queries). Two backends implement it, one module each:
 `SQLiteStore` (a file path; the embedded default) and `PostgresStore` (a
 postgresql:// URL; needs the `postgres` extra, imported only when used).
 `open_store` picks the backend from the target.
+
+Every store checks what it opened before changing anything: a database that
+is not a jackpot database, or has a newer schema, is refused with
+`StorageError` and left as it was. `open_store(read_only=True)` gives a store
+that never writes (no migration, no WAL switch, no write lock), for the
+commands that only look.
 """
 
 from collections.abc import Callable
