@@ -26,6 +26,7 @@ def _grow(store: SQLiteStore, commits: int) -> None:
 def filler_db(tmp_path: Path) -> str:
     path = str(tmp_path / "wal.db")
     store = SQLiteStore(path)
+    store.migrate()  # a jackpot database (a store refuses any other file), plus a table
     with store.write():
         store._exec("CREATE TABLE filler (b BLOB)")
     store.close()
