@@ -441,7 +441,7 @@ class JackpotEngine:
             if len(set(names)) != len(names):
                 msg = f"groups name a level twice: {sorted(names)}"
                 raise ValidationError(msg)
-        store = _store(str(path), settings)
+        store = _store(str(path), settings, create=True)
         try:
             store.migrate()
             with store.write():
@@ -978,18 +978,24 @@ def _check_path(path: object) -> None:
 
 
 def _sqlite(path: str, settings: Settings) -> SQLiteStore:
-    """Open a plain connection to the SQLite file `path` (for the checkpointer)."""
+    """Open a plain connection to the existing SQLite file `path` (for the checkpointer)."""
     return SQLiteStore(path, lock_timeout_ms=settings.lock_timeout_ms,
                        poll_interval_ms=settings.concurrency_check_interval_ms,
-                       synchronous=settings.synchronous)
+                       synchronous=settings.synchronous, create=False)
 
 
 def _store(path: str, settings: Settings, on_wal: Callable[[int], None] | None = None,
-           *, cache_mb: int | None = None) -> Store:
-    """Open the backend `path` names: a postgresql:// URL, else a SQLite file."""
+           *, cache_mb: int | None = None, create: bool = False) -> Store:
+    """Open the backend `path` names: a postgresql:// URL, else a SQLite file.
+
+    Only `open()` creates a database (`create=True`); every later connection
+    (the reader, the actors, a restarted actor, the health probe) refuses a
+    file that has gone missing or been emptied rather than make a new one.
+    """
     return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
                       poll_interval_ms=settings.concurrency_check_interval_ms,
-                      synchronous=settings.synchronous, on_wal=on_wal, cache_mb=cache_mb)
+                      synchronous=settings.synchronous, on_wal=on_wal, cache_mb=cache_mb,
+                      create=create)
 
 
 def outcome_of(error: BaseException) -> str:
