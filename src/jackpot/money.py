@@ -4,12 +4,30 @@ Storage holds integers of `UNIT` (one millionth of a currency unit). Rates are
 integers of `RATE_UNIT` (one billionth). A contribution is computed in
 "sub-units" (units x RATE_SCALE) so nothing is rounded: the part finer than one
 unit is carried forward per level (see `split_contribution`).
+
+No result here depends on the caller's `decimal` context: the host may lower
+the thread's precision or exponent range (or `DefaultContext`, which every new
+thread, the actors' included, starts from). Parsing only compares Decimals and
+reads their digits (both exact in any context); building a Decimal goes
+through `_EXACT`, a private context wide enough that nothing rounds, with
+`Inexact` trapped to prove it.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import (
+    MAX_EMAX,
+    MAX_PREC,
+    MIN_EMIN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+)
 
 from jackpot.errors import ValidationError
 
@@ -40,6 +58,9 @@ _PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?", re.ASCII)
 _MAX_STR = 64
 _UNIT_EXP = 6
 _RATE_EXP = 9
+_EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX,
+                 capitals=1, clamp=0,
+                 traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
 
 
 def _coerce(value: object, name: str) -> Decimal:
@@ -115,7 +136,7 @@ def parse_amount(
     if d.is_signed():
         msg = f"{name} must not be negative, got {d}"
         raise ValidationError(msg)
-    if d > Decimal(max_units) / SCALE:
+    if d > from_units(max_units):  # a comparison is exact in any context
         msg = f"{name} {d} is beyond the engine's range (at most {from_units(max_units)})"
         raise ValidationError(msg)
     units = _scaled_integer(d, _UNIT_EXP, name, "unit")
@@ -137,13 +158,13 @@ def parse_rate(value: object, *, name: str, allow_zero: bool = False) -> int:
 
 def from_units(units: int) -> Decimal:
     """Return integer units as an exact Decimal with six decimal places."""
-    return Decimal(units).scaleb(-_UNIT_EXP)
+    return Decimal(units).scaleb(-_UNIT_EXP, _EXACT)
 
 
 def rate_to_decimal(parts: int) -> Decimal:
     """Return a rate held as parts of 1e9 as an exact, normalized Decimal."""
-    d = Decimal(parts).scaleb(-_RATE_EXP)
-    return d.normalize() if d else Decimal(0)
+    d = Decimal(parts).scaleb(-_RATE_EXP, _EXACT)
+    return d.normalize(_EXACT) if d else Decimal(0)
 
 
 def split_contribution(bet_units: int, rate_parts: int, carry: int) -> tuple[int, int]:

@@ -262,7 +262,10 @@ def _check_version(value: object) -> int | None:
 def _signed_units(value: object) -> int:
     if isinstance(value, str) and value.startswith("-"):
         return -money.parse_amount(value[1:], name="delta")
-    if isinstance(value, (Decimal, int)) and not isinstance(value, bool) and value < 0:
+    if isinstance(value, Decimal) and value < 0:
+        # copy_abs, not unary minus: it is exact whatever the caller's context
+        return -money.parse_amount(value.copy_abs(), name="delta")
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
         return -money.parse_amount(-value, name="delta")
     return money.parse_amount(value, name="delta")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
+import decimal
+from decimal import Context, Decimal, localcontext
 from fractions import Fraction
 
 import pytest
@@ -200,6 +201,44 @@ def test_units_round_trip(units: int) -> None:
 @given(st.integers(min_value=1, max_value=RATE_SCALE - 1))
 def test_rate_round_trip(parts: int) -> None:
     assert parse_rate(rate_to_decimal(parts), name="r") == parts
+
+
+# -- independent of the caller's decimal context ----------------------------------------
+
+HOSTILE_CONTEXTS = [
+    pytest.param(Context(prec=4, Emax=5, Emin=-5, rounding=decimal.ROUND_DOWN,
+                         traps=[decimal.Inexact, decimal.Rounded, decimal.Overflow,
+                                decimal.Underflow, decimal.Subnormal, decimal.Clamped,
+                                decimal.InvalidOperation]), id="low-precision-all-traps"),
+    pytest.param(Context(prec=1, Emax=1, Emin=-1, rounding=decimal.ROUND_UP, traps=[]),
+                 id="one-digit-no-traps"),
+]
+
+
+@pytest.mark.parametrize("context", HOSTILE_CONTEXTS)
+def test_conversions_do_not_depend_on_the_callers_context(context: Context) -> None:
+    with localcontext(context):
+        assert str(from_units(1_000_123_456)) == "1000.123456"
+        assert str(from_units(MAX_UNITS)) == "100000000000.000000"
+        assert str(from_units(-12)) == "-0.000012"
+        assert str(from_units(0)) == "0.000000"
+        assert str(rate_to_decimal(123_456_789)) == "0.123456789"
+        assert str(rate_to_decimal(5_000_000)) == "0.005"
+
+
+@pytest.mark.parametrize("context", HOSTILE_CONTEXTS)
+def test_parsing_does_not_depend_on_the_callers_context(context: Context) -> None:
+    with localcontext(context):
+        assert parse_amount("1000.123456", name="bet") == 1_000_123_456
+        assert parse_amount(Decimal("99999999999.999999"), name="bet") == MAX_UNITS - 1
+        assert parse_amount(10**11, name="bet") == MAX_UNITS
+        assert parse_rate("0.123456789", name="r") == 123_456_789
+        with pytest.raises(ValidationError, match="beyond the engine's range"):
+            parse_amount("100000000000.000001", name="bet")
+        with pytest.raises(ValidationError, match="finer than the smallest unit"):
+            parse_amount("1000.1234567", name="bet")
+        with pytest.raises(ValidationError, match="finer than the smallest rate step"):
+            parse_rate("0.1234567891", name="r")
 
 
 # -- the carried fraction -----------------------------------------------------------
