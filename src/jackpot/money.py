@@ -58,6 +58,7 @@ _PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?", re.ASCII)
 _MAX_STR = 64
 _UNIT_EXP = 6
 _RATE_EXP = 9
+_DIGIT_CHARS = bytes.maketrans(bytes(range(10)), b"0123456789")
 _EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX,
                  capitals=1, clamp=0,
                  traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
@@ -90,23 +91,32 @@ def _coerce(value: object, name: str) -> Decimal:
     raise ValidationError(msg)
 
 
-def _scaled_integer(d: Decimal, exp: int, name: str, what: str) -> int:
-    """Return d x 10**exp as an int, refusing anything finer than 10**-exp."""
-    sign, digits, exponent = d.as_tuple()
+def _scaled_integer(d: Decimal, exp: int, name: str, what: str, max_digits: int) -> int:
+    """Return d x 10**exp as an int, refusing anything finer than 10**-exp.
+
+    The caller has checked that `d` is finite and within its range, so an
+    exact value has at most `max_digits` significant digits: more (after
+    trailing zeros, which are only notation) means a fraction finer than one
+    step. Only those few digits are turned into an int, so Python's limit of
+    4300 digits on int-from-string is never reached, however long `d` is.
+    """
+    _, digits, exponent = d.as_tuple()
     assert isinstance(exponent, int)  # finite, checked by the caller
-    n = int("".join(map(str, digits))) if digits else 0
-    shift = exponent + exp
-    if n == 0:
+    significant = bytes(digits).rstrip(b"\0")
+    if not significant:
         return 0
-    value: int
-    if shift >= 0:
-        value = n * 10**shift
-    else:
-        if -shift > len(digits) or n % 10**-shift:
-            msg = f"{name} {d} is finer than the smallest {what} 1E-{exp}"
-            raise ValidationError(msg)
-        value = n // 10**-shift
-    return -value if sign else value
+    shift = exponent + len(digits) - len(significant) + exp
+    if shift < 0 or len(significant) > max_digits:  # no trailing zero left to absorb it
+        msg = f"{name} {_shown(d)} is finer than the smallest {what} 1E-{exp}"
+        raise ValidationError(msg)
+    value: int = int(significant.translate(_DIGIT_CHARS)) * 10**shift
+    return value
+
+
+def _shown(d: Decimal) -> str:
+    """Return `d` for an error message, shortened if it is very long."""
+    text = str(d)
+    return text if len(text) <= _MAX_STR else f"{text[:_MAX_STR]}... ({len(text)} chars)"
 
 
 def parse_amount(
@@ -131,17 +141,18 @@ def parse_amount(
     """
     d = _coerce(value, name)
     if not d.is_finite():
-        msg = f"{name} must be a finite amount, got {d}"
+        msg = f"{name} must be a finite amount, got {_shown(d)}"
         raise ValidationError(msg)
     if d.is_signed():
-        msg = f"{name} must not be negative, got {d}"
+        msg = f"{name} must not be negative, got {_shown(d)}"
         raise ValidationError(msg)
     if d > from_units(max_units):  # a comparison is exact in any context
-        msg = f"{name} {d} is beyond the engine's range (at most {from_units(max_units)})"
+        msg = (f"{name} {_shown(d)} is beyond the engine's range "
+               f"(at most {from_units(max_units)})")
         raise ValidationError(msg)
-    units = _scaled_integer(d, _UNIT_EXP, name, "unit")
+    units = _scaled_integer(d, _UNIT_EXP, name, "unit", len(str(max_units)))
     if units == 0 and not allow_zero:
-        msg = f"{name} must be positive, got {d}"
+        msg = f"{name} must be positive, got {_shown(d)}"
         raise ValidationError(msg)
     return units
 
@@ -151,9 +162,9 @@ def parse_rate(value: object, *, name: str, allow_zero: bool = False) -> int:
     d = _coerce(value, name)
     if not d.is_finite() or d.is_signed() or d >= 1 or (d == 0 and not allow_zero):
         bounds = "[0, 1)" if allow_zero else "(0, 1)"
-        msg = f"{name} must be a rate in {bounds}, got {d}"
+        msg = f"{name} must be a rate in {bounds}, got {_shown(d)}"
         raise ValidationError(msg)
-    return _scaled_integer(d, _RATE_EXP, name, "rate step")
+    return _scaled_integer(d, _RATE_EXP, name, "rate step", _RATE_EXP)
 
 
 def from_units(units: int) -> Decimal:

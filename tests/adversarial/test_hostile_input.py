@@ -149,6 +149,10 @@ HOSTILE_AMOUNTS: list[tuple[str, object]] = [
     ("empty", ""),
     ("letters", "abc"),
     ("long-digits-str", "1" * 10_240),
+    # past Python's 4300-digit limit on str -> int: refused by name, not a ValueError
+    ("over-4300-digits-finer", Decimal("1." + "0" * 5000 + "1")),
+    ("over-4300-digits-beyond", Decimal("9" * 5000)),
+    ("over-4300-digits-beyond-int", 10**5000 - 1),
     ("true", True),
     ("false", False),
     ("none", None),

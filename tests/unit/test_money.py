@@ -39,6 +39,9 @@ MAX = Decimal(MAX_UNITS) / SCALE  # the largest amount, in currency units
     (Decimal("1E+2"), 100_000_000),
     (Decimal("1E+11"), MAX_UNITS),            # exactly the top of the range
     (str(MAX), MAX_UNITS),
+    (Decimal("1." + "0" * 5000), 1_000_000),  # more than 4300 digits, exactly 1
+    (Decimal("12.5" + "0" * 5000), 12_500_000),
+    (Decimal("1" + "0" * 5000 + "E-4990"), MAX_UNITS // 10),
     (10**11, MAX_UNITS),
     ("00012.340000", 12_340_000),
 ])
@@ -114,6 +117,14 @@ REFUSED = [
     pytest.param(10**40, r"^bet .*beyond the engine's range", id="huge-int"),
     pytest.param(Decimal("1E+1000000"), r"^bet .*beyond the engine's range", id="huge-exponent"),
     pytest.param(str(2**63), r"^bet .*beyond the engine's range", id="beyond-int64"),
+    pytest.param(Decimal("1." + "0" * 5000 + "1"),
+                 r"^bet 1\.0{62}\.\.\. \(5003 chars\) is finer than the smallest unit",
+                 id="over-4300-digits-finer"),
+    pytest.param(Decimal("0." + "0" * 5000 + "1"), r"^bet .* is finer than the smallest unit",
+                 id="over-4300-zeros-finer"),
+    pytest.param(Decimal("9" * 5000), r"^bet 9{64}\.\.\. \(5000 chars\) is beyond the engine",
+                 id="over-4300-digits-beyond"),
+    pytest.param(10**5000 - 1, r"^bet .* is beyond the engine's range", id="over-4300-digit-int"),
 ]
 
 
@@ -144,6 +155,7 @@ def test_float_message_says_what_to_do() -> None:
     ("0.999999999", 999_999_999),
     (Decimal("5E-3"), 5_000_000),
     (Decimal("0.0050000000000"), 5_000_000),
+    (Decimal("0.5" + "0" * 5000), 500_000_000),  # more than 4300 digits, exactly 0.5
 ])
 def test_parse_rate_accepts(value: object, parts: int) -> None:
     assert parse_rate(value, name="contribution_rate") == parts
@@ -164,6 +176,8 @@ def test_parse_rate_accepts(value: object, parts: int) -> None:
     (None, r"^contribution_rate .*not NoneType"),
     ("half", r"^contribution_rate must be a plain decimal string"),
     ("0.0000000001", r"^contribution_rate 1E-10 is finer than the smallest rate step 1E-9"),
+    (Decimal("0." + "1" * 5000), r"^contribution_rate 0\.1{62}\.\.\. \(5002 chars\) is finer"),
+    (Decimal("1" * 5000), r"^contribution_rate must be a rate in \(0, 1\), got 1{64}\.\.\."),
 ])
 def test_parse_rate_refuses(value: object, pattern: str) -> None:
     with pytest.raises(ValidationError, match=pattern):
