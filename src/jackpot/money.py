@@ -38,6 +38,7 @@ __all__ = [
     "from_units",
     "parse_amount",
     "parse_rate",
+    "parse_signed_amount",
     "rate_to_decimal",
     "split_contribution",
 ]
@@ -155,6 +156,22 @@ def parse_amount(
         msg = f"{name} must be positive, got {_shown(d)}"
         raise ValidationError(msg)
     return units
+
+
+def parse_signed_amount(value: object, *, name: str, max_units: int = MAX_UNITS) -> int:
+    """Validate a signed amount (an adjustment) and return it in integer units.
+
+    The sign belongs to the number: -5, '-5' and Decimal('-5') are accepted,
+    '-+5' and '--5' are not numbers and are refused like any malformed string.
+    Its size obeys `parse_amount` (positive, a whole number of units, in range).
+    """
+    d = _coerce(value, name)
+    if not d.is_finite():
+        msg = f"{name} must be a finite amount, got {_shown(d)}"
+        raise ValidationError(msg)
+    # copy_abs, not unary minus: exact whatever the caller's decimal context
+    units = parse_amount(d.copy_abs(), name=name, max_units=max_units)
+    return -units if d.is_signed() else units
 
 
 def parse_rate(value: object, *, name: str, allow_zero: bool = False) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from typing import Any
 
 from jackpot import domain, money
@@ -193,7 +192,7 @@ class Requests:
                reason: object) -> Operation:
         """Build an audited adjustment of a pool by a signed `delta`."""
         name = self.name(group)
-        units = _signed_units(delta)
+        units = money.parse_signed_amount(delta, name="delta")
         by = check_text(who, "who")
         why = check_text(reason, "reason", optional=False)
 
@@ -257,17 +256,6 @@ def _check_version(value: object) -> int | None:
         msg = f"expected_version must be a positive int, got {value!r}"
         raise ValidationError(msg)
     return value
-
-
-def _signed_units(value: object) -> int:
-    if isinstance(value, str) and value.startswith("-"):
-        return -money.parse_amount(value[1:], name="delta")
-    if isinstance(value, Decimal) and value < 0:
-        # copy_abs, not unary minus: it is exact whatever the caller's context
-        return -money.parse_amount(value.copy_abs(), name="delta")
-    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-        return -money.parse_amount(-value, name="delta")
-    return money.parse_amount(value, name="delta")
 
 
 def _expect(state: LevelState, operation: str, version: int | None, shown: int | None

@@ -63,8 +63,9 @@ class Contribution:
     """What one bet added: per level, the amount, the balance and version after.
 
     `hits` are the must-hit-by wins this bet triggered (empty when none). A
-    level the bet did not qualify for (below its min_bet, or suspended when
-    groups=None) shows a contribution of 0 and its unchanged version.
+    level the bet did not qualify for (below its min_bet) shows a contribution
+    of 0 and its unchanged balance and version. With groups=None, levels that
+    take no bets (suspended or retired) are left out altogether.
     """
 
     op_id: str

@@ -18,6 +18,7 @@ from jackpot.money import (
     from_units,
     parse_amount,
     parse_rate,
+    parse_signed_amount,
     rate_to_decimal,
     split_contribution,
 )
@@ -145,6 +146,36 @@ def test_refusal_uses_the_given_argument_name() -> None:
 def test_float_message_says_what_to_do() -> None:
     with pytest.raises(ValidationError, match=r"pass Decimal\('\.\.\.'\) or a string"):
         parse_amount(0.1, name="bet")
+
+
+# -- parse_signed_amount (adjustments) ------------------------------------------------
+
+@pytest.mark.parametrize(("value", "units"), [
+    ("-5", -5_000_000), ("+5", 5_000_000), ("5", 5_000_000), (-5, -5_000_000),
+    (Decimal("-2.500000"), -2_500_000), (Decimal("1E+2"), 100_000_000),
+    (Decimal("-1." + "0" * 5000), -1_000_000), (-(10**11), -MAX_UNITS),
+])
+def test_parse_signed_amount_accepts(value: object, units: int) -> None:
+    assert parse_signed_amount(value, name="delta") == units
+
+
+@pytest.mark.parametrize(("value", "pattern"), [
+    ("-+5", r"^delta must be a plain decimal string .*'-\+5'"),
+    ("+-5", r"^delta must be a plain decimal string .*'\+-5'"),
+    ("--5", r"^delta must be a plain decimal string .*'--5'"),
+    ("- 5", r"^delta must be a plain decimal string"),
+    (Decimal("NaN"), r"^delta must be a finite amount, got NaN"),
+    (Decimal("-sNaN"), r"^delta must be a finite amount"),
+    (Decimal("-Infinity"), r"^delta must be a finite amount"),
+    ("-0", r"^delta must be positive, got 0"),
+    (Decimal("-0.0000001"), r"^delta 1E-7 is finer than the smallest unit"),
+    (-(10**11) - 1, r"^delta .*beyond the engine's range"),
+    (-1.5, r"^delta .*not float"),
+    (True, r"^delta .*not bool"),
+])
+def test_parse_signed_amount_refuses(value: object, pattern: str) -> None:
+    with pytest.raises(ValidationError, match=pattern):
+        parse_signed_amount(value, name="delta")
 
 
 # -- parse_rate -----------------------------------------------------------------
