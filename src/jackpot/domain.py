@@ -304,6 +304,20 @@ def _meter(state: LevelState, **deltas: int) -> Meters:
     return Meters._make(values)
 
 
+def _check_reserve(state: LevelState, reserve: int, what: str) -> None:
+    """Refuse a reserve past `money.MAX_UNITS`, the most the engine holds in one figure.
+
+    A pool stops at that limit by itself (the excess is overflow); the
+    reserve has no such stop, and a retirement adds a whole second reserve to
+    it, so without this check it could pass what a 64-bit column stores.
+    """
+    if reserve > money.MAX_UNITS:
+        msg = (f"{what} would lift the reserve of level {state.name!r} to "
+               f"{money.from_units(reserve)}, beyond the engine's range (at most "
+               f"{money.from_units(money.MAX_UNITS)}); nothing was applied")
+        raise ValidationError(msg)
+
+
 def _step(state: LevelState, now: int, **changes: Any) -> LevelState:
     """Return `state` one version on, with `changes`.
 
@@ -459,6 +473,9 @@ def _add(state: LevelState, units: int, now: int, bet: int, reserve_in: int,
     if state.trigger is None or state.amount + added < state.trigger:
         overflow, rest = rest, 0  # no hit coming: the excess is overflow
     to_reserve = reserve_in + (overflow if c.overflow_to == "reserve" else 0)
+    if to_reserve:
+        _check_reserve(state, state.reserve + to_reserve,
+                       f"a bet of {money.from_units(bet)}" if bet else "a bet")
     nxt = _step(state, now, amount=state.amount + added,
                 reserve=state.reserve + to_reserve,
                 meters=_meter(state, bets=int(bet > 0), wagered=bet,
@@ -575,6 +592,8 @@ def retire(source: LevelState, target: LevelState, now: int, *, who: str | None 
     limit = min(x for x in (tc.cap, tc.must_hit_by, money.MAX_UNITS) if x is not None)
     into_pool = min(source.amount, max(limit - target.amount, 0))
     into_reserve = source.reserve + source.amount - into_pool
+    _check_reserve(target, target.reserve + into_reserve,
+                   f"retiring level {source.name!r} into it")
     src = _step(source, now, status=RETIRED, amount=0, reserve=0,
                 meters=_meter(source, transferred=-source.amount,
                               reserve_transferred=-source.reserve))

@@ -296,6 +296,24 @@ def test_retire_moves_pool_and_reserve_in_one_transaction(
         reopened.close()
 
 
+def test_a_reserve_past_the_engine_range_is_refused_and_nothing_changes(
+        open_engine: Callable[..., JackpotEngine], db_checksum: Callable[..., str]) -> None:
+    hoard = {"seed": Decimal(0), "contribution_rate": Decimal("0.000000001"),
+             "reserve_rate": Decimal("0.999999998")}
+    engine = open_engine(groups=[GroupConfig("x", **hoard), GroupConfig("y", **hoard)])
+    top = Decimal(10**11)  # the largest bet: each reserve takes almost all of it
+    engine.contribute(top, groups=("x", "y"), op_id="b1")
+    digest = db_checksum()
+    with pytest.raises(ValidationError, match=r"would lift the reserve of level 'x' to "
+                                              r"199999999600\.000000, beyond the engine's range"):
+        engine.contribute(top, groups=("x", "y"), op_id="b2")
+    with pytest.raises(ValidationError, match=r"^retiring level 'x' into it would lift the "
+                                              r"reserve of level 'y' to 199999999600\.000000"):
+        engine.retire("x", transfer_to="y", reason="merge", op_id="r1")
+    assert db_checksum() == digest
+    verified(engine)
+
+
 # -- pending changes -------------------------------------------------------------------------
 
 def test_seed_waits_for_the_reset_and_rates_apply_at_once(

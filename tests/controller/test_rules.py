@@ -39,7 +39,7 @@ from jackpot.domain import (
     set_status,
     win,
 )
-from jackpot.money import RATE_SCALE
+from jackpot.money import MAX_UNITS, RATE_SCALE
 
 T0 = 1_700_000_000_000
 U = 1_000_000  # units per currency unit
@@ -684,6 +684,47 @@ def test_retire_works_from_and_into_suspended_levels_but_not_into_itself() -> No
     assert (src.status, tgt.status, tgt.amount) == ("retired", "suspended", 30 * U)
     with pytest.raises(ValidationError, match=r"^transfer_to must name another level"):
         retire(new(), new(), T0)
+
+
+def _hoard(name: str, reserve_rate: str = "0.999999998") -> LevelState:
+    """A level whose reserve took almost all of the largest bet."""
+    config = GroupConfig(name, 0, "0.000000001", reserve_rate=reserve_rate)  # type: ignore[arg-type]
+    state, _ = create(config, T0, no_draw)
+    return bet(state, MAX_UNITS)[0]
+
+
+def test_a_reserve_may_reach_the_engine_range_but_not_pass_it() -> None:
+    half = _hoard("minor", reserve_rate="0.5")
+    full, _, _ = bet(half, MAX_UNITS)
+    assert full.reserve == MAX_UNITS  # exactly the top of the range
+    books_balance(full)
+    with pytest.raises(ValidationError, match=(
+            r"^a bet of 0\.000002 would lift the reserve of level 'minor' to "
+            r"100000000000\.000001, beyond the engine's range \(at most "
+            r"100000000000\.000000\); nothing was applied")):
+        bet(full, 2)
+
+
+def test_a_bet_overflowing_into_a_full_reserve_is_refused() -> None:
+    config = GroupConfig("minor", 0, "0.5", cap=1, overflow_to="reserve")  # type: ignore[arg-type]
+    state, _ = create(config, T0, no_draw)
+    full, _, _ = bet(bet(state, MAX_UNITS)[0], MAX_UNITS)  # overflow: twice half of the top
+    assert (full.amount, full.reserve) == (U, MAX_UNITS - 2 * U + U)
+    with pytest.raises(ValidationError, match=r"beyond the engine's range"):
+        bet(full, 4 * U)
+
+
+def test_a_retirement_that_would_pass_the_range_in_the_reserve_is_refused() -> None:
+    source, target = _hoard("minor"), _hoard("major")
+    assert source.reserve + target.reserve > MAX_UNITS
+    with pytest.raises(ValidationError, match=(
+            r"^retiring level 'minor' into it would lift the reserve of level 'major' to "
+            r"199999999600\.000000, beyond the engine's range")):
+        retire(source, target, T0)
+    # into a level with room, the same reserve moves
+    _, tgt, _ = retire(source, _hoard("other", reserve_rate="0"), T0)
+    assert tgt.reserve == source.reserve
+    books_balance(tgt)
 
 
 def _retired() -> tuple[LevelState, LevelState]:

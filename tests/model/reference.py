@@ -453,6 +453,8 @@ class Model:
                 remaining = 0
             to_reserve = (reserve_in if first else 0) + \
                 (overflow if c.overflow_to == "reserve" else 0)
+            if to_reserve and lv.reserve + to_reserve > MAX_UNITS:
+                raise Refused(ValidationError, "reserve")  # beyond the engine's range
             self._step(op_id, "contribute", lv, amount=added, reserve=to_reserve,
                        detail={"bet": bet} if first else {"carried_over": True},
                        contributed=added + overflow, overflow=overflow, reserve_in=to_reserve)
@@ -653,6 +655,8 @@ class Model:
             pool, reserve = src.amount, src.reserve
             into_pool = min(pool, max(tgt.ceiling() - tgt.amount, 0))
             into_reserve = reserve + pool - into_pool
+            if tgt.reserve + into_reserve > MAX_UNITS:
+                raise Refused(ValidationError, "reserve")  # beyond the engine's range
             src.status = "retired"
             src.meters["transferred"] -= pool
             src.meters["reserve_transferred"] -= reserve
