@@ -578,10 +578,16 @@ def adjust(state: LevelState, delta: int, now: int, *, who: str | None = None,
 
 def retire(source: LevelState, target: LevelState, now: int, *, who: str | None = None,
            reason: str | None = None) -> tuple[LevelState, LevelState, list[Entry]]:
-    """Retire `source`, moving its pool and reserve to `target`.
+    """Retire `source`, moving its pool, reserve and carried fractions to `target`.
 
     The pool goes into the target's pool up to the target's cap (and
-    must-hit-by); whatever does not fit goes into the target's reserve.
+    must-hit-by); whatever does not fit goes into the target's reserve. The
+    fractions of a unit the source carried (see `money.split_contribution`)
+    are money players paid in: they join the target's own carried fractions,
+    and where the two add up to a whole unit, that unit moves with the pool
+    (or the reserve). Both rows record the moved fractions and the units they
+    made under `detail["carried"]` (only when there were any), so the audit
+    can account for every fraction.
     """
     check_open(source, "retirement", allow_suspended=True)
     check_open(target, "transfers", allow_suspended=True)
@@ -590,18 +596,26 @@ def retire(source: LevelState, target: LevelState, now: int, *, who: str | None 
         raise ValidationError(msg)
     tc = target.config
     limit = min(x for x in (tc.cap, tc.must_hit_by, money.MAX_UNITS) if x is not None)
-    into_pool = min(source.amount, max(limit - target.amount, 0))
-    into_reserve = source.reserve + source.amount - into_pool
+    units, carry = divmod(target.carry + source.carry, money.RATE_SCALE)
+    reserve_units, reserve_carry = divmod(target.reserve_carry + source.reserve_carry,
+                                          money.RATE_SCALE)
+    moved = source.amount + units
+    into_pool = min(moved, max(limit - target.amount, 0))
+    into_reserve = source.reserve + reserve_units + moved - into_pool
     _check_reserve(target, target.reserve + into_reserve,
                    f"retiring level {source.name!r} into it")
-    src = _step(source, now, status=RETIRED, amount=0, reserve=0,
+    src = _step(source, now, status=RETIRED, amount=0, reserve=0, carry=0, reserve_carry=0,
                 meters=_meter(source, transferred=-source.amount,
                               reserve_transferred=-source.reserve))
     tgt = _step(target, now, amount=target.amount + into_pool,
-                reserve=target.reserve + into_reserve,
+                reserve=target.reserve + into_reserve, carry=carry,
+                reserve_carry=reserve_carry,
                 meters=_meter(target, transferred=into_pool,
                               reserve_transferred=into_reserve))
-    detail = {"reason": reason, "from": source.name, "to": target.name}
+    detail: dict[str, Any] = {"reason": reason, "from": source.name, "to": target.name}
+    if source.carry or source.reserve_carry:
+        detail["carried"] = {"carry": source.carry, "reserve_carry": source.reserve_carry,
+                             "units": units, "reserve_units": reserve_units}
     return src, tgt, [
         _record(source, src, "retire", transferred=-source.amount,
                 reserve_transferred=-source.reserve, who=who, detail=detail),

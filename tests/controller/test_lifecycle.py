@@ -296,6 +296,35 @@ def test_retire_moves_pool_and_reserve_in_one_transaction(
         reopened.close()
 
 
+def test_retire_moves_the_carried_fractions_and_records_them(
+        open_engine: Callable[..., JackpotEngine], ledger: Ledger, db_path: Path) -> None:
+    engine = open_engine(groups=[
+        GroupConfig("old", Decimal(0), Decimal("0.333333333"),
+                    reserve_rate=Decimal("0.333333333")),
+        GroupConfig("new", Decimal(0), Decimal("0.5"))])
+    # 0.000003 x 0.333333333: 0.999999999 of a unit owed to the pool and to the reserve
+    engine.contribute(Decimal("0.000003"), groups="old", op_id="b1")
+    engine.contribute(Decimal("0.000001"), groups="new", op_id="b2")  # half a unit carried
+    engine.retire("old", transfer_to="new", reason="merge", op_id="r1")
+    carried = {"carry": 999_999_999, "reserve_carry": 999_999_999, "units": 1,
+               "reserve_units": 0}
+    detail = {"reason": "merge", "from": "old", "to": "new", "carried": carried}
+    assert rows(ledger, "r1") == [
+        row("retire", "old", delta=0, balance=0, version=3, detail=detail),
+        row("transfer_in", "new", delta=1, balance=1, version=3, transferred=1,
+            detail=detail),
+    ]
+    conn = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        carries = {r[0]: r[1:] for r in conn.execute(
+            "SELECT name, carry, reserve_carry FROM levels")}
+    finally:
+        conn.close()
+    assert carries == {"old": (0, 0), "new": (499_999_999, 999_999_999)}
+    assert engine.pool("new").amount == Decimal("0.000001")
+    verified(engine)
+
+
 def test_a_reserve_past_the_engine_range_is_refused_and_nothing_changes(
         open_engine: Callable[..., JackpotEngine], db_checksum: Callable[..., str]) -> None:
     hoard = {"seed": Decimal(0), "contribution_rate": Decimal("0.000000001"),

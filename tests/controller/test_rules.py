@@ -686,6 +686,74 @@ def test_retire_works_from_and_into_suspended_levels_but_not_into_itself() -> No
         retire(new(), new(), T0)
 
 
+def _worth(*levels: LevelState) -> int:
+    """Everything the levels hold, in parts of a unit: pools, reserves and carried fractions."""
+    return sum((s.amount + s.reserve) * RATE_SCALE + s.carry + s.reserve_carry for s in levels)
+
+
+def _carrying(name: str, rate: str, reserve_rate: str, bet_units: int, **kwargs: object
+              ) -> LevelState:
+    config = GroupConfig(name, 0, rate, reserve_rate=reserve_rate, **kwargs)  # type: ignore[arg-type]
+    state, _ = create(config, T0, no_draw)
+    return bet(state, bet_units)[0]
+
+
+def test_retire_moves_the_carried_fractions_with_the_pool() -> None:
+    # 0.000003 x 0.333333333 = 0.000000999999999: no unit yet, all of it carried
+    source = _carrying("minor", "0.333333333", "0.333333333", 3)
+    target = _carrying("major", "0.5", "0", 2)  # exactly 1 unit, nothing carried
+    assert (source.carry, source.reserve_carry, target.carry) == (999_999_999,) * 2 + (0,)
+    src, tgt, [out, into] = retire(source, target, T0, reason="merge")
+    assert (src.carry, src.reserve_carry) == (0, 0)
+    assert (tgt.carry, tgt.reserve_carry, tgt.amount, tgt.reserve) == (
+        999_999_999, 999_999_999, 1, 0)
+    carried = {"carry": 999_999_999, "reserve_carry": 999_999_999, "units": 0,
+               "reserve_units": 0}
+    assert out.detail == into.detail == {"reason": "merge", "from": "minor", "to": "major",
+                                         "carried": carried}
+    assert _worth(src, tgt) == _worth(source, target)
+    books_balance(src)
+    books_balance(tgt)
+
+
+def test_carried_fractions_that_complete_a_unit_move_as_that_unit() -> None:
+    source = _carrying("minor", "0.333333333", "0.333333333", 3)
+    # 0.000004 x 0.4 = 1.6 units: 1 in the pool (at its cap), 0.6 carried;
+    # 0.000004 x 0.125 = 0.5 unit carried for the reserve
+    target = _carrying("major", "0.4", "0.125", 4, cap=Decimal("0.000001"))
+    assert (target.amount, target.carry, target.reserve_carry) == (1, 600_000_000, 500_000_000)
+    src, tgt, [_, into] = retire(source, target, T0)
+    # 0.6 + 0.999999999 makes a unit, which finds no room under the cap: to the reserve
+    assert (tgt.carry, tgt.reserve_carry) == (599_999_999, 499_999_999)
+    assert (tgt.amount, tgt.reserve) == (1, 2)
+    assert (into.transferred, into.reserve_transferred) == (0, 2)
+    assert into.detail is not None
+    assert into.detail["carried"] == {"carry": 999_999_999, "reserve_carry": 999_999_999,
+                                      "units": 1, "reserve_units": 1}
+    assert _worth(src, tgt) == _worth(source, target)
+    books_balance(tgt)
+    roomy = _carrying("major", "0.4", "0", 1)
+    _, tgt2, _ = retire(source, roomy, T0)
+    assert (tgt2.amount, tgt2.carry, tgt2.reserve_carry) == (1, 399_999_999, 999_999_999)
+
+
+levels = st.tuples(st.integers(1, 10**9), st.integers(1, 499), st.integers(0, 499))
+
+
+@given(levels, levels)
+@settings(max_examples=200, deadline=None)
+def test_retire_never_loses_a_fraction(a: tuple[int, int, int], b: tuple[int, int, int]
+                                       ) -> None:
+    (bet_a, rate_a, reserve_a), (bet_b, rate_b, reserve_b) = a, b
+    source = _carrying("minor", f"0.{rate_a:03d}000001", f"0.{reserve_a:03d}000007", bet_a)
+    target = _carrying("major", f"0.{rate_b:03d}000003", f"0.{reserve_b:03d}000009", bet_b)
+    src, tgt, _ = retire(source, target, T0)
+    assert _worth(src, tgt) == _worth(source, target)
+    assert (src.amount, src.reserve, src.carry, src.reserve_carry) == (0, 0, 0, 0)
+    books_balance(src)
+    books_balance(tgt)
+
+
 def _hoard(name: str, reserve_rate: str = "0.999999998") -> LevelState:
     """A level whose reserve took almost all of the largest bet."""
     config = GroupConfig(name, 0, "0.000000001", reserve_rate=reserve_rate)  # type: ignore[arg-type]

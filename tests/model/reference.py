@@ -233,7 +233,7 @@ class Level:
     status: str = "active"
     reserve: int = 0
     pending: dict[str, int | None] = field(default_factory=dict)
-    accrued: int = 0          # exact sum of bet x rate, in parts (never rounded)
+    accrued: int = 0          # exact sum of bet x rate (and fractions moved in), in parts
     credited: int = 0         # whole units of `accrued` added so far
     reserve_accrued: int = 0
     reserve_credited: int = 0
@@ -653,14 +653,28 @@ class Model:
             self._open(src, "retirement", suspended_ok=True)
             self._open(tgt, "transfers", suspended_ok=True)
             pool, reserve = src.amount, src.reserve
-            into_pool = min(pool, max(tgt.ceiling() - tgt.amount, 0))
-            into_reserve = reserve + pool - into_pool
+            # the source's fractions of a unit join the target's; whole units move on
+            carry = src.accrued - src.credited * RATE
+            reserve_carry = src.reserve_accrued - src.reserve_credited * RATE
+            src.accrued -= carry
+            src.reserve_accrued -= reserve_carry
+            tgt.accrued += carry
+            tgt.reserve_accrued += reserve_carry
+            units = tgt.accrued // RATE - tgt.credited
+            reserve_units = tgt.reserve_accrued // RATE - tgt.reserve_credited
+            tgt.credited += units
+            tgt.reserve_credited += reserve_units
+            into_pool = min(pool + units, max(tgt.ceiling() - tgt.amount, 0))
+            into_reserve = reserve + reserve_units + pool + units - into_pool
             if tgt.reserve + into_reserve > MAX_UNITS:
                 raise Refused(ValidationError, "reserve")  # beyond the engine's range
             src.status = "retired"
             src.meters["transferred"] -= pool
             src.meters["reserve_transferred"] -= reserve
-            detail = {"reason": why, "from": name, "to": target}
+            detail: dict[str, Any] = {"reason": why, "from": name, "to": target}
+            if carry or reserve_carry:
+                detail["carried"] = {"carry": carry, "reserve_carry": reserve_carry,
+                                     "units": units, "reserve_units": reserve_units}
             self._step(oid, "retire", src, amount=-pool, reserve=-reserve, who=by,
                        detail=detail, transferred=-pool, reserve_transferred=-reserve)
             tgt.meters["transferred"] += into_pool
