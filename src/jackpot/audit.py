@@ -3,7 +3,8 @@
 Checks, per level: versions 1..N with no gap; each row's balance and reserve
 equal the previous row's plus its deltas; each row's deltas equal the sum of
 its parts (contributed, overflow, seed funding, payouts, adjustments,
-transfers); every meter equals the sum of its ledger column; the pool and the
+transfers); every meter equals the sum of its ledger column (`wagered`: of the
+bets the rows record); the pool and the
 reserve satisfy the identities in `domain.Meters`; every recorded op_id has
 ledger rows; the database's own integrity check is ok. The queries live in
 the store (`Store.ledger_totals`, `Store.broken_ledger_rows`), so the audit

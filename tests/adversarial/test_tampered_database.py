@@ -88,7 +88,7 @@ def test_a_pool_rewritten_in_place(engine: JackpotEngine) -> None:
     assert all(p.startswith("major:") for p in found), found
 
 
-@pytest.mark.parametrize("meter", ["bets", "contributed", "overflow", "reserve_in",
+@pytest.mark.parametrize("meter", ["bets", "wagered", "contributed", "overflow", "reserve_in",
                                    "house_funded", "reserve_funded", "won", "wins", "hits",
                                    "adjusted", "transferred", "reserve_transferred"])
 def test_a_meter_rewritten_in_place(engine: JackpotEngine, meter: str) -> None:

@@ -110,10 +110,17 @@ class LedgerTotals:
     meters: dict[str, int]
 
 
+# The bet of a ledger row: only a bet's first row records it, as detail
+# '{"bet": <units>}' (written by `to_json`, so always in that form); 0 for any
+# other row. Read with substr and CAST, the same text on every backend.
+LEDGER_BET = ("CASE WHEN kind = 'contribute' AND substr(detail, 1, 7) = '{\"bet\":' "
+              "THEN CAST(substr(detail, 8, length(detail) - 8) AS BIGINT) ELSE 0 END")
+
 # meter -> SQL aggregate over a level's ledger rows (the same text on every backend)
 AUDIT_METER_SUMS = {
     "bets": "SUM(CASE WHEN kind = 'contribute' AND substr(detail, 1, 7) = '{\"bet\":' "
             "THEN 1 ELSE 0 END)",
+    "wagered": f"SUM({LEDGER_BET})",
     "contributed": "SUM(contributed)",
     "overflow": "SUM(overflow)",
     "reserve_in": "SUM(reserve_in)",
