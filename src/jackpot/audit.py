@@ -4,10 +4,12 @@ Checks, per level: versions 1..N with no gap; each row's balance and reserve
 equal the previous row's plus its deltas; each row's deltas equal the sum of
 its parts (contributed, overflow, seed funding, payouts, adjustments,
 transfers); every meter equals the sum of its ledger column (`wagered`: of the
-bets the rows record); the pool and the
-reserve satisfy the identities in `domain.Meters`; every recorded op_id has
-ledger rows; the database's own integrity check is ok. The queries live in
-the store (`Store.ledger_totals`, `Store.broken_ledger_rows`), so the audit
+bets the rows record); the pool and the reserve satisfy the identities in
+`domain.Meters`; the carried fractions are what the ledger's bets, rates and
+retirements leave, and each retirement's two rows agree (see
+`_audit_fractions`); every recorded op_id has ledger rows; the database's own
+integrity check is ok. The queries live in the store (`Store.ledger_totals`,
+`Store.broken_ledger_rows`, `Store.contributions_by_period`...), so the audit
 runs unchanged on every backend, inside one read snapshot.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from jackpot._audit_fractions import Fractions, check_retirements
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.results import VerifyReport
@@ -34,6 +37,9 @@ def audit(store: Store) -> VerifyReport:
         orphan_ids = store.operation_ids_without_ledger()
         orphans = [op for op, record in store.find_operations(orphan_ids).items()
                    if not _is_empty_bet(record.kind, record.result)]
+        transfers = store.ledger(kinds=("retire", "transfer_in"))
+        fractions = Fractions(store.ledger(kinds=("create", "config")), transfers,
+                              store.contributions_by_period())
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():
@@ -42,10 +48,13 @@ def audit(store: Store) -> VerifyReport:
             continue
         rows += totals[name].rows
         problems.extend(_check_level(s, totals[name]))
+        problems.extend(fractions.check(s, totals[name]))
     problems.extend(f"{name}: no such level, yet {totals[name].rows} ledger rows"
                     for name in sorted(totals.keys() - levels.keys()))
     problems.extend(f"{lvl}: ledger row {seq} (version {v}) does not add up"
                     for lvl, v, seq in bad_rows)
+    problems.extend(fractions.problems)
+    problems.extend(check_retirements(transfers))
     problems.extend(f"operation {op!r} recorded without ledger rows" for op in orphans)
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")

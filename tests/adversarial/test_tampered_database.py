@@ -108,3 +108,130 @@ def test_a_forged_ledger_row_that_does_not_add_up(engine: JackpotEngine) -> None
     tamper(engine, sql, params)
     found = problems(engine)
     assert any("does not add up" in p and p.startswith("minor:") for p in found), found
+
+
+# -- carried fractions and retirements -------------------------------------------------------
+
+def carried(level: str, which: str, held: int, want: int) -> str:
+    """The problem verify() reports for a carried fraction (`which`: pool or reserve)."""
+    return (f"{level}: the {which}'s carried fraction is {held} billionths of a unit, but "
+            f"the ledger's bets, rates and retirements leave {want}")
+
+
+@pytest.mark.parametrize(("column", "which"), [("carry", "pool"), ("reserve_carry", "reserve")])
+def test_a_carried_fraction_rewritten_in_place(engine: JackpotEngine, column: str,
+                                               which: str) -> None:
+    # still within its range (0 <= carry < 1e9), so only the ledger can tell
+    tamper(engine, f"UPDATE levels SET {column} = {column} + 7 WHERE name = 'minor'")
+    assert problems(engine) == [carried("minor", which, 7, 0)]
+
+
+def test_a_rewritten_carry_is_found_after_later_bets(tmp_path: Path) -> None:
+    """The review's case: a carry pushed up then used by the next bet to credit a unit."""
+    path = tmp_path / "pools.db"
+    levels = [GroupConfig("minor", Decimal(100), Decimal("0.333333333"))]
+    settings = Settings(enable_metrics=False, log_level="error")
+    with JackpotEngine.open(path, levels, settings=settings) as e:
+        e.contribute(Decimal("1.000001"), groups="minor", op_id="bet-1")  # carry 0.666333333
+    conn = apsw.Connection(str(path))
+    conn.execute("UPDATE levels SET carry = 999999999")
+    conn.close()
+    with JackpotEngine.open(path, settings=settings) as e:
+        # the share of 0.000001 is 0.333333333 of a unit: the forged carry completes one
+        assert e.contribute(Decimal("0.000001"), groups="minor",
+                            op_id="bet-2").contributions == {"minor": Decimal("0.000001")}
+        assert e.verify().problems == [
+            carried("minor", "pool", 333333332, -333334)]
+
+
+def test_carries_follow_rate_changes_and_overflow_to_the_reserve(tmp_path: Path) -> None:
+    levels = [GroupConfig("minor", Decimal(1), Decimal("0.333333333"), cap=Decimal(2),
+                          reserve_rate=Decimal("0.000000007"), overflow_to="reserve")]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal("1.000001"), op_id="b1")
+        e.update_config("minor", contribution_rate=Decimal("0.1234567"),
+                        reserve_rate=Decimal("0.000000011"), overflow_to="meter")
+        e.contribute(Decimal("9.999999"), op_id="b2")  # past the cap: overflow to the meter
+        e.update_config("minor", overflow_to="reserve", cap=Decimal(3))
+        e.contribute(Decimal("17.000003"), op_id="b3")  # past the cap: overflow to the reserve
+        assert e.pool("minor").reserve > 1  # the reserve shares alone are far below a unit
+        e.process_win("minor", op_id="w1")
+        e.contribute(Decimal("0.000003"), op_id="b4")
+        report = e.verify()
+        assert report.ok, report.problems
+
+
+@pytest.fixture
+def retired(tmp_path: Path) -> Iterator[JackpotEngine]:
+    """An engine where 'old' (carrying fractions) was retired into 'new'."""
+    levels = [GroupConfig("old", Decimal(0), Decimal("0.333333333"),
+                          reserve_rate=Decimal("0.333333333")),
+              GroupConfig("new", Decimal(0), Decimal("0.5"))]
+    e = JackpotEngine.open(tmp_path / "pools.db", levels,
+                           settings=Settings(enable_metrics=False, log_level="error"))
+    e.contribute(Decimal("0.000003"), groups="old", op_id="b1")  # 0.999999999 carried, twice
+    e.contribute(Decimal("0.000001"), groups="new", op_id="b2")  # 0.5 carried
+    e.retire("old", transfer_to="new", reason="merge", op_id="r1")
+    yield e
+    e.close()
+
+
+def test_the_untouched_retirement_verifies(retired: JackpotEngine) -> None:
+    assert problems(retired) == []
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("UPDATE levels SET carry = 999999999 WHERE name = 'old'",
+     carried("old", "pool", 999999999, 0)),
+    ("UPDATE levels SET reserve_carry = 0 WHERE name = 'new'",
+     carried("new", "reserve", 0, 999999999)),
+])
+def test_a_carry_rewritten_after_a_retirement(retired: JackpotEngine, sql: str,
+                                              expected: str) -> None:
+    tamper(retired, sql)
+    assert problems(retired) == [expected]
+
+
+def test_a_forged_transfer_without_its_retirement(retired: JackpotEngine) -> None:
+    sql, params = ledger_row(op_id="forged", kind="transfer_in", level="new", delta=5,
+                             balance_after=6, reserve_after=0, version_after=4,
+                             transferred=5)
+    tamper(retired, sql, params)
+    tamper(retired, "UPDATE levels SET amount = 6, version = 4, m_transferred = 6 "
+                    "WHERE name = 'new'")
+    assert problems(retired) == [
+        "retirement 'forged': rows transfer_in, expected one retire and one transfer_in"]
+
+
+def test_a_forged_second_transfer_in_a_retirement(retired: JackpotEngine) -> None:
+    sql, params = ledger_row(op_id="r1", kind="transfer_in", level="new", delta=5,
+                             balance_after=6, reserve_after=0, version_after=4,
+                             transferred=5, detail=json.dumps({"reason": "merge"}))
+    tamper(retired, sql, params)
+    tamper(retired, "UPDATE levels SET amount = 6, version = 4, m_transferred = 6 "
+                    "WHERE name = 'new'")
+    rows = "rows retire, transfer_in, transfer_in"
+    assert problems(retired) == [
+        f"retirement 'r1': {rows}, expected one retire and one transfer_in"]
+
+
+def test_a_forged_transfer_claiming_units_made_of_fractions(retired: JackpotEngine) -> None:
+    moved = {"carry": 999_999_999, "reserve_carry": 999_999_999, "units": 3,
+             "reserve_units": 0}
+    detail = json.dumps({"reason": "merge", "from": "old", "to": "new", "carried": moved})
+    for kind, level, units in (("retire", "old", 0), ("transfer_in", "new", 3)):
+        sql, params = ledger_row(op_id="r2", kind=kind, level=level, delta=units,
+                                 balance_after=1 + units if units else 0, reserve_after=0,
+                                 version_after=4, transferred=units, detail=detail)
+        tamper(retired, sql, params)
+    tamper(retired, "UPDATE levels SET version = 4 WHERE name = 'old'")
+    tamper(retired, "UPDATE levels SET amount = 4, version = 4, m_transferred = 4 "
+                    "WHERE name = 'new'")
+    # the pair agrees with itself (3 units made of fractions, 3 received); the
+    # fractions it claims to move were never there: both levels' carries say so
+    assert problems(retired) == [
+        carried("new", "pool", 499999999, -1500000002),
+        carried("new", "reserve", 999999999, 1999999998),
+        carried("old", "pool", 0, -999999999),
+        carried("old", "reserve", 0, -999999999)]

@@ -158,6 +158,20 @@ WHERE balance_after != prev_balance + delta
 ORDER BY level, version_after
 """
 
+# Per level and per rate period, what its contributions add up to: a period
+# starts at each create or config row (the only rows that change a rate or
+# overflow_to), so every bet in it was shared out at that row's rates.
+_CONTRIBUTIONS_BY_PERIOD = f"""
+SELECT level, period, SUM(bet), SUM(overflow) FROM (
+    SELECT level, kind, overflow, {LEDGER_BET} AS bet,
+        SUM(CASE WHEN kind IN ('create', 'config') THEN 1 ELSE 0 END) OVER (
+            PARTITION BY level ORDER BY version_after
+            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS period
+    FROM ledger) AS numbered
+WHERE kind = 'contribute'
+GROUP BY level, period
+"""
+
 # A set difference: the ledger has no index on op_id (see schema V2).
 OPERATIONS_WITHOUT_LEDGER = (
     "SELECT op_id FROM operations EXCEPT SELECT op_id FROM ledger ORDER BY op_id")
@@ -316,6 +330,17 @@ class Store(ABC):
         """Return (level, version_after, seq) of rows that do not add up, at most `limit`."""
         return [(r[0], int(r[1]), int(r[2]))
                 for r in self._exec(f"{_BROKEN_ROWS} LIMIT {int(limit)}")]
+
+    def contributions_by_period(self) -> dict[str, dict[int, tuple[int, int]]]:
+        """Return, per level and rate period, (sum of bets, sum of overflow) of its bets.
+
+        Period n runs from the level's n-th create or config row (by version)
+        to the next; the rates of each are in that row's detail.
+        """
+        out: dict[str, dict[int, tuple[int, int]]] = {}
+        for level, period, bets, overflow in self._exec(_CONTRIBUTIONS_BY_PERIOD):
+            out.setdefault(level, {})[int(period)] = (int(bets), int(overflow))
+        return out
 
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""
