@@ -821,6 +821,12 @@ def remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+# Bumped when big_template changes what it writes, so older cached files are
+# rebuilt: 2 = each extrapolated operation's stored result repeats its own
+# ledger row (verify() checks stored results since then).
+TEMPLATE_FORMAT = 2
+
+
 def schema_tag(kind: str, scratch: Path) -> str:
     """A short digest of the system's schema, so a cached file follows schema changes."""
     import hashlib  # noqa: PLC0415 - only here
@@ -833,7 +839,7 @@ def schema_tag(kind: str, scratch: Path) -> str:
         "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"))
     conn.close()
     remove_db(path)
-    return hashlib.sha256(sql.encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{TEMPLATE_FORMAT}\n{sql}".encode()).hexdigest()[:12]
 
 
 def _row(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any]:
@@ -884,6 +890,27 @@ def _ledger_rows(r1: dict[str, Any], r2: dict[str, Any], ids: list[str],
             raise RuntimeError(msg)
     rows = (tuple(p(j, oid) for p in parts) for j, oid in enumerate(ids, start=1))
     return columns, rows
+
+
+_VERSION, _BALANCE = "@version@", "@balance@"
+
+
+def _result_template(result: str) -> str:
+    """Return a stored bet result with the filler's version and balance as slots.
+
+    Each extrapolated operation's stored result must repeat its own ledger row
+    (verify() checks what a replay would return), not the sampled one's.
+    """
+    record = json.loads(result)
+    record["versions"][FILLER] = _VERSION
+    record["balances"][FILLER] = _BALANCE
+    return json.dumps(record, sort_keys=True).replace(f'"{_VERSION}"', _VERSION)
+
+
+def _result_for(template: str, old_id: str, oid: str, version: int, balance: int) -> str:
+    """Fill a `_result_template` for one extrapolated operation."""
+    return (template.replace(old_id, oid).replace(_VERSION, str(version))
+            .replace(_BALANCE, f"{balance // 1_000_000}.{balance % 1_000_000:06d}"))
 
 
 def sample_filler(system: Any, row: Callable[[str], dict[str, Any]]
@@ -945,10 +972,18 @@ def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any
     columns, ledger_rows = _ledger_rows(ledger[0], ledger[1], ids)
     op_columns = list(op2)
     old = op2["op_id"]
+    template = _result_template(op2["result"])
+    r1, r2 = ledger
+    step = {c: r2[c] - r1[c] for c in ("version_after", "balance_after")}
 
     def op_rows() -> Iterator[tuple[Any, ...]]:
-        for oid in sorted(ids):  # key order: a compact index, built fast
-            yield tuple(oid if c == "op_id" else
+        # key order: a compact index, built fast; row j's result repeats ledger row j
+        for j in sorted(range(1, k + 1), key=lambda j: ids[j - 1]):
+            oid = ids[j - 1]
+            result = _result_for(template, old, oid,
+                                 r2["version_after"] + j * step["version_after"],
+                                 r2["balance_after"] + j * step["balance_after"])
+            yield tuple(oid if c == "op_id" else result if c == "result" else
                         v.replace(old, oid) if isinstance(v, str) else v
                         for c, v in op2.items())
 
@@ -1008,24 +1043,30 @@ def _pg_row(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] =
 
 def _pg_fill(conn: psycopg.Connection[Any], table: str, template: dict[str, Any], *,
              old_id: str, salt: str, k: int, steps: dict[str, int],
-             ordered: bool = False) -> None:
+             ordered: bool = False,
+             computed: Callable[[pgsql.Composable], dict[str, pgsql.Composable]] | None = None
+             ) -> None:
     """INSERT ... SELECT k rows like `template` from generate_series, on the server.
 
     Row j (1..k) gets a random-looking op_id (md5 of `salt` and j), `template`'s
     op_id replaced by it in every text column, and each column in `steps`
-    advanced by j times its step; every other column as in `template`.
+    advanced by j times its step; `computed(op_id expression)` may give other
+    columns an expression of their own; every other column as in `template`.
     """
     types = dict(conn.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
         (table,)).fetchall())
     oid = pgsql.SQL("md5({} || j::text)").format(pgsql.Literal(salt))
+    own = computed(oid) if computed is not None else {}
     columns, exprs = [], []
     for c, v in template.items():
         if c == "seq":
             continue
         cast = pgsql.SQL(types[c])
-        if c == "op_id":
+        if c in own:
+            expr = own[c]
+        elif c == "op_id":
             expr = oid
         elif c in steps:
             expr = pgsql.SQL("({}::{} + j * {})").format(pgsql.Literal(v), cast,
@@ -1079,8 +1120,23 @@ def big_pg(target: str, rows: int) -> dict[str, Any]:
             _pg_fill(conn, "ledger", r2, old_id=r2["op_id"], salt=salt, k=k, steps=steps)
             for _, definition in indexes:
                 conn.execute(definition)
+            template = _result_template(op2["result"])
+
+            def result(oid: pgsql.Composable) -> dict[str, pgsql.Composable]:
+                """Row j's stored result, repeating ledger row j's version and balance."""
+                version = pgsql.SQL("({} + j * {})").format(
+                    pgsql.Literal(r2["version_after"]), pgsql.Literal(steps["version_after"]))
+                balance = pgsql.SQL("({}::bigint + j * {})").format(
+                    pgsql.Literal(r2["balance_after"]), pgsql.Literal(steps["balance_after"]))
+                text = pgsql.SQL("(({} / 1000000)::text || '.' || "
+                                 "lpad(({} % 1000000)::text, 6, '0'))").format(balance, balance)
+                return {"result": pgsql.SQL(
+                    "replace(replace(replace({}, {}, {}), {}, {}::text), {}, {})").format(
+                        pgsql.Literal(template), pgsql.Literal(op2["op_id"]), oid,
+                        pgsql.Literal(_VERSION), version, pgsql.Literal(_BALANCE), text)}
+
             _pg_fill(conn, "operations", op2, old_id=op2["op_id"], salt=salt, k=k, steps={},
-                     ordered=True)
+                     ordered=True, computed=result)
             if level:
                 conn.execute(pgsql.SQL("UPDATE levels SET {} WHERE name = %s").format(
                     pgsql.SQL(", ").join(pgsql.SQL("{} = %s").format(pgsql.Identifier(c))

@@ -7,18 +7,20 @@ transfers); every meter equals the sum of its ledger column (`wagered`: of the
 bets the rows record); the pool and the reserve satisfy the identities in
 `domain.Meters`; the carried fractions are what the ledger's bets, rates and
 retirements leave, and each retirement's two rows agree (see
-`_audit_fractions`); every recorded op_id has ledger rows; the database's own
-integrity check is ok. The queries live in the store (`Store.ledger_totals`,
-`Store.broken_ledger_rows`, `Store.contributions_by_period`...), so the audit
-runs unchanged on every backend, inside one read snapshot.
+`_audit_fractions`). Every recorded op_id has ledger rows, and its stored
+result (what a replay returns) repeats what they say (see `_audit_results`).
+The database's own integrity check is ok. The queries live in the store
+(`Store.ledger_totals`, `Store.contributions_by_period`,
+`Store.recorded_results`...), so the audit runs unchanged on every backend,
+inside one read snapshot.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from jackpot._audit_fractions import Fractions, check_retirements
+from jackpot._audit_results import check_results, units_of
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.results import VerifyReport
@@ -40,6 +42,7 @@ def audit(store: Store) -> VerifyReport:
         transfers = store.ledger(kinds=("retire", "transfer_in"))
         fractions = Fractions(store.ledger(kinds=("create", "config")), transfers,
                               store.contributions_by_period())
+        results = check_results(store.recorded_results(), store.recorded_hits())
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():
@@ -56,6 +59,7 @@ def audit(store: Store) -> VerifyReport:
     problems.extend(fractions.problems)
     problems.extend(check_retirements(transfers))
     problems.extend(f"operation {op!r} recorded without ledger rows" for op in orphans)
+    problems.extend(results)
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     return VerifyReport(ok=not problems, problems=problems, levels=len(levels),
@@ -69,7 +73,7 @@ def _is_empty_bet(kind: str, result: dict[str, Any]) -> bool:
     retry replays it; any other operation without ledger rows is a problem.
     """
     return (kind == "contribute" and not result.get("hits")
-            and all(Decimal(v) == 0 for v in result.get("contributions", {}).values()))
+            and all(units_of(v) == 0 for v in result.get("contributions", {}).values()))
 
 
 def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:

@@ -9,9 +9,10 @@ connection; `verify()` must stop being ok and name the level, meter or op_id.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -213,7 +214,9 @@ def test_a_forged_second_transfer_in_a_retirement(retired: JackpotEngine) -> Non
                     "WHERE name = 'new'")
     rows = "rows retire, transfer_in, transfer_in"
     assert problems(retired) == [
-        f"retirement 'r1': {rows}, expected one retire and one transfer_in"]
+        f"retirement 'r1': {rows}, expected one retire and one transfer_in",
+        # and what a replay of r1 would return no longer matches its rows
+        "operation 'r1': its stored result says new is at version 3, the ledger 4"]
 
 
 def test_a_forged_transfer_claiming_units_made_of_fractions(retired: JackpotEngine) -> None:
@@ -235,3 +238,121 @@ def test_a_forged_transfer_claiming_units_made_of_fractions(retired: JackpotEngi
         carried("new", "reserve", 999999999, 1999999998),
         carried("old", "pool", 0, -999999999),
         carried("old", "reserve", 0, -999999999)]
+
+
+# -- stored results (what a replay returns) ------------------------------------------------
+
+def rewrite_result(engine: JackpotEngine, op_id: str,
+                   change: Callable[[dict[str, Any]], object]) -> None:
+    """Rewrite a stored first result, as a writer that drops the append-only trigger can."""
+    conn = apsw.Connection(engine._path)
+    try:
+        (trigger,) = conn.execute("SELECT sql FROM sqlite_master "
+                                  "WHERE name = 'operations_no_update'").fetchone()
+        (text,) = conn.execute("SELECT result FROM operations WHERE op_id = ?",
+                               (op_id,)).fetchone()
+        result = json.loads(text)
+        change(result)
+        with conn:
+            conn.execute("DROP TRIGGER operations_no_update")
+            conn.execute("UPDATE operations SET result = ? WHERE op_id = ?",
+                         (json.dumps(result), op_id))
+            conn.execute(trigger)
+    finally:
+        conn.close()
+
+
+def test_a_rewritten_win_result_is_what_a_replay_pays(engine: JackpotEngine) -> None:
+    rewrite_result(engine, "w1", lambda r: r.update(amount="1000.000000"))
+    replay = engine.process_win("minor", op_id="w1")
+    assert (replay.replayed, replay.amount) == (True, Decimal(1000))  # the danger
+    assert problems(engine) == [
+        "operation 'w1': its stored result says minor paid 1000.000000, the ledger 15.000000"]
+
+
+@pytest.mark.parametrize(("op_id", "change", "problem"), [
+    ("w1", lambda r: r.update(balance="11.000000"),
+     "says minor balance 11.000000, the ledger 10.000000"),
+    ("w1", lambda r: r.update(version=9), "says minor is at version 9, the ledger 3"),
+    ("w1", lambda r: r.update(group="major"),
+     "names levels major, its ledger rows are of minor"),
+    ("b1", lambda r: r["contributions"].update(minor="5.000001"),
+     "says minor credited 5.000001, the ledger 5.000000"),
+    ("b1", lambda r: r["balances"].update(major="100.000000"),
+     "says major balance 100.000000, the ledger 100.500000"),
+    ("b1", lambda r: r["versions"].update(major=1), "says major is at version 1, the ledger 2"),
+    ("b1", lambda r: r["contributions"].pop("major"),
+     "names levels minor, its ledger rows are of major, minor"),
+    ("b1", lambda r: r["contributions"].update(mega="1.000000"),
+     "says mega got 1.000000, the ledger has no row of it there"),
+    ("b1", lambda r: r["balances"].update(minor="15.0000001"),
+     "says minor balance 15.0000001, the ledger 15.000000"),
+    ("b1", lambda r: r.update(contributions=None), "its stored result is unreadable"),
+])
+def test_a_rewritten_result_is_found(engine: JackpotEngine, op_id: str,
+                                     change: Callable[[dict[str, Any]], object],
+                                     problem: str) -> None:
+    rewrite_result(engine, op_id, change)
+    found = problems(engine)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"operation {op_id!r}: ")
+    assert problem in found[0], found
+
+
+def test_a_forged_result_for_an_operation_without_a_caller_op_id(
+        engine: JackpotEngine) -> None:
+    engine.contribute(Decimal(10), groups="major")  # auto op_id: no stored result
+    (auto,) = {r.op_id for r in engine._reader.ledger(level="major") if r.op_id != "b1"
+               and r.kind == "contribute"}
+    result = {"op_id": auto, "contributions": {"major": "0.100000"},
+              "balances": {"major": "900.600000"}, "versions": {"major": 3}, "hits": []}
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES (?, 'contribute', 'x', ?, 0)", (auto, json.dumps(result)))
+    assert problems(engine) == [
+        (f"operation {auto!r}: its stored result says major balance 900.600000, "
+        "the ledger 100.600000")]
+
+
+def test_a_rewritten_admin_and_config_result_is_found(engine: JackpotEngine) -> None:
+    engine.adjust("major", "-0.5", reason="fix", op_id="a1")
+    engine.update_config("major", cap=Decimal(500), op_id="c1")
+    assert problems(engine) == []
+    rewrite_result(engine, "a1", lambda r: r["balances"].update(major="100.500000"))
+    rewrite_result(engine, "c1", lambda r: r.update(version=3))
+    assert problems(engine) == [
+        ("operation 'a1': its stored result says major balance 100.500000, the ledger "
+        "100.000000"),
+        "operation 'c1': its stored result says major is at version 3, the ledger 4"]
+
+
+def test_the_hits_of_a_stored_bet_result_are_checked(tmp_path: Path) -> None:
+    # must_hit_by one unit above the seed: the trigger can only be that, the first bet hits
+    levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
+                          must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        assert len(e.contribute(Decimal("0.00001"), op_id="b1").hits) == 1  # 1 unit
+        assert e.verify().ok
+        rewrite_result(e, "b1", lambda r: r.update(hits=[]))
+        assert e.verify().problems == [
+            ("operation 'b1': its stored result lists hits [], the ledger has "
+            "[mystery v3 10.000001]")]
+
+
+def test_past_twenty_contradicted_results_the_rest_are_counted(tmp_path: Path) -> None:
+    with JackpotEngine.open(tmp_path / "pools.db", LEVELS,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        for i in range(23):
+            e.contribute(Decimal(1), groups="major", op_id=f"b{i:02d}")
+        for i in range(23):
+            rewrite_result(e, f"b{i:02d}", lambda r: r["versions"].update(major=99))
+        found = e.verify().problems
+    assert len(found) == 21
+    assert found[-1] == "... and 3 more stored results the ledger contradicts"
+
+
+def test_an_unreadable_empty_bet_record_is_an_orphan_not_a_crash(engine: JackpotEngine) -> None:
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES ('ghost-bet', 'contribute', 'x', ?, 0)",
+           (json.dumps({"contributions": {"minor": "abc"}, "hits": []}),))
+    assert problems(engine) == ["operation 'ghost-bet' recorded without ledger rows"]

@@ -12,6 +12,7 @@ audit) must not depend on the backend.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -304,6 +305,34 @@ class BackendContract:
         assert sorted(found) == [f"op-{i:04d}" for i in range(0, 1_200, 2)]
         assert found["op-0010"].result == {"i": 10}
 
+    def test_audit_queries_of_rate_periods_and_stored_results(self, store: Store) -> None:
+        created = domain.create(GroupConfig("minor", Decimal(100), Decimal("0.01")), 1_000,
+                                draw)
+        state, first, _ = domain.contribute(created[0], 10_000_000, 2_000, draw)
+        state, config = domain.reconfigure(state, {"contribution_rate": 20_000_000}, 3_000)
+        state, second, _ = domain.contribute(state, 3_000_000, 4_000, draw)
+        state, third, _ = domain.contribute(state, 1_000_000, 5_000, draw)
+        result = {"op_id": "bet-2", "contributions": {"minor": "0.060000"},
+                  "balances": {"minor": "100.160000"}, "versions": {"minor": 4}, "hits": []}
+        with store.write():
+            store.insert_level(state)
+            store.append("create:minor", [created[1]])
+            store.append("bet-1", first)
+            store.append("config-1", [config])
+            store.append("bet-2", second)
+            store.append("bet-3", third)
+            store.record_operations([StoredOperation("bet-2", "contribute", "f", result)], 4)
+        with store.read():
+            periods = store.contributions_by_period()
+            recorded = list(store.recorded_results())
+            hits = store.recorded_hits()
+        assert periods == {"minor": {1: (10_000_000, 0), 2: (4_000_000, 0)}}
+        [bet_2] = recorded
+        assert (bet_2.op_id, bet_2.kind) == ("bet-2", "contribute")
+        assert json.loads(bet_2.result) == result
+        assert bet_2.levels == {"minor": (4, 100_160_000, 60_000, 0)}
+        assert hits == {}
+
     def test_audit_queries_add_up_the_ledger(self, store: Store) -> None:
         level = new_level("minor")
         create = domain.create(GroupConfig("minor", Decimal(100), Decimal("0.01")),
@@ -322,8 +351,8 @@ class BackendContract:
         assert (t.rows, t.min_version, t.max_version) == (2, 1, 2)
         assert (t.delta, t.reserve_delta, t.min_balance, t.min_reserve) == (
             100_100_000, 0, 100_000_000, 0)
-        assert t.meters == {**dict.fromkeys(t.meters, 0), "bets": 1, "contributed": 100_000,
-                            "house_funded": 100_000_000}
+        assert t.meters == {**dict.fromkeys(t.meters, 0), "bets": 1, "wagered": 10_000_000,
+                            "contributed": 100_000, "house_funded": 100_000_000}
         assert broken == []
         assert orphans == ["lost"]
         # A row whose balance does not follow from the previous one is found.

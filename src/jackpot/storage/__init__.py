@@ -19,8 +19,10 @@ from collections.abc import Callable
 from jackpot.errors import StorageError
 from jackpot.storage.base import (
     BusyIncidentError,
+    LedgerFigures,
     LedgerRow,
     LedgerTotals,
+    RecordedResult,
     SerializationFailureError,
     Store,
     StoredOperation,
@@ -29,8 +31,10 @@ from jackpot.storage.sqlite import SQLiteStore, StaleReadError
 
 __all__ = [
     "BusyIncidentError",
+    "LedgerFigures",
     "LedgerRow",
     "LedgerTotals",
+    "RecordedResult",
     "SQLiteStore",
     "SerializationFailureError",
     "StaleReadError",

@@ -23,12 +23,14 @@ family once, at the transaction boundary. The contract every backend keeps
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import StorageError
@@ -36,8 +38,10 @@ from jackpot.storage.schema import LEDGER_PARTS, METERS
 
 __all__ = [
     "BusyIncidentError",
+    "LedgerFigures",
     "LedgerRow",
     "LedgerTotals",
+    "RecordedResult",
     "SerializationFailureError",
     "Store",
     "StoredOperation",
@@ -94,6 +98,25 @@ class LedgerRow:
     at_ms: int
     who: str | None
     detail: dict[str, Any] | None
+
+
+class LedgerFigures(NamedTuple):
+    """What one operation's ledger rows of one level say (for the audit)."""
+
+    version: int
+    balance: int
+    credited: int
+    paid: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedResult:
+    """A stored first result, raw, and its operation's ledger figures per level."""
+
+    op_id: str
+    kind: str
+    result: str
+    levels: dict[str, LedgerFigures]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +195,29 @@ WHERE kind = 'contribute'
 GROUP BY level, period
 """
 
+# Per recorded operation and level: what its ledger rows say, the figures its
+# stored result must repeat (the version and balance after its last row there,
+# what it credited, what it paid). The ledger has no op_id index (schema V2):
+# the inner join reads the ledger once and looks each op_id up in the
+# operations table's key.
+_RECORDED_RESULTS = """
+SELECT g.op_id, o.kind, o.result, g.level, g.version, b.balance_after, g.credited, g.paid
+FROM (SELECT l.op_id, l.level, MAX(l.version_after) AS version,
+             SUM(l.contributed - l.overflow) AS credited, SUM(l.paid) AS paid
+      FROM ledger AS l JOIN operations AS k ON k.op_id = l.op_id
+      GROUP BY l.op_id, l.level) AS g
+JOIN operations AS o ON o.op_id = g.op_id
+JOIN ledger AS b ON b.level = g.level AND b.version_after = g.version
+ORDER BY g.op_id, g.level
+"""
+
+# The must-hit-by hits of recorded operations (a bet's result lists each).
+_RECORDED_HITS = """
+SELECT l.op_id, l.level, l.version_after, l.paid, l.balance_after
+FROM ledger AS l JOIN operations AS o ON o.op_id = l.op_id
+WHERE l.kind = 'hit'
+"""
+
 # A set difference: the ledger has no index on op_id (see schema V2).
 OPERATIONS_WITHOUT_LEDGER = (
     "SELECT op_id FROM operations EXCEPT SELECT op_id FROM ledger ORDER BY op_id")
@@ -233,6 +279,10 @@ class Store(ABC):
     @abstractmethod
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows."""
+
+    def _stream(self, sql: str, params: tuple[Any, ...] = ()) -> Iterable[tuple[Any, ...]]:
+        """Run one statement and yield its rows; a backend that can streams them."""
+        return self._exec(sql, params)
 
     # -- transactions ----------------------------------------------------------
 
@@ -340,6 +390,24 @@ class Store(ABC):
         out: dict[str, dict[int, tuple[int, int]]] = {}
         for level, period, bets, overflow in self._exec(_CONTRIBUTIONS_BY_PERIOD):
             out.setdefault(level, {})[int(period)] = (int(bets), int(overflow))
+        return out
+
+    def recorded_results(self) -> Iterator[RecordedResult]:
+        """Yield each recorded operation that has ledger rows, with what they say.
+
+        Streamed where the backend can (there is one per caller-supplied op_id).
+        """
+        rows = self._stream(_RECORDED_RESULTS)
+        for op_id, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+            first = next(group)
+            levels = {r[3]: LedgerFigures(*(int(v) for v in r[4:])) for r in (first, *group)}
+            yield RecordedResult(op_id, first[1], first[2], levels)
+
+    def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int]]]:
+        """Return, per recorded op_id, its hits: (level, version, paid, balance after)."""
+        out: dict[str, list[tuple[str, int, int, int]]] = {}
+        for op_id, level, version, paid, balance in self._exec(_RECORDED_HITS):
+            out.setdefault(op_id, []).append((level, int(version), int(paid), int(balance)))
         return out
 
     def operation_ids_without_ledger(self) -> list[str]:

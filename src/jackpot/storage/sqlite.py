@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -257,6 +257,10 @@ class SQLiteStore(Store):
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; every statement of the engine passes here."""
         return list(self.conn.execute(sql, params))
+
+    def _stream(self, sql: str, params: tuple[Any, ...] = ()) -> Iterable[tuple[Any, ...]]:
+        """Run one statement and yield its rows as SQLite produces them (for the audit)."""
+        return self.conn.execute(sql, params)
 
     def _exec_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Run one statement for many rows; the bulk twin of `_exec`."""

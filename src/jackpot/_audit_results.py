@@ -1,0 +1,125 @@
+"""The audit of stored first results: a replay must repeat what the ledger says.
+
+A retried op_id gets its stored result back, not a fresh one, so a stored
+result that differs from the ledger would be paid out or shown as if true.
+For each recorded operation with ledger rows, its result must name exactly
+the levels its rows changed (a bet may also name levels it did not qualify
+for, with a contribution of 0), and repeat, per level, the version and
+balance after its last row there, what it credited (bets) or paid (wins,
+and each must-hit-by hit of a bet).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from jackpot.errors import ValidationError
+from jackpot.money import SCALE, from_units, parse_amount
+from jackpot.storage import LedgerFigures, RecordedResult
+
+__all__ = ["check_results", "units_of"]
+
+_SHOWN = 20
+_STORED = re.compile(r"([0-9]{1,12})\.([0-9]{6})", re.ASCII)  # as `from_units` writes them
+_ADMIN = ("suspend", "resume", "adjust", "retire")
+Hits = Mapping[str, list[tuple[str, int, int, int]]]
+
+
+def units_of(text: object) -> int | None:
+    """Return a stored amount ('12.500000') in units, or None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    if (m := _STORED.fullmatch(text)) is not None:  # how results store them: fast
+        return int(m[1]) * SCALE + int(m[2])
+    try:
+        return parse_amount(text, name="stored amount", allow_zero=True)
+    except ValidationError:
+        return None
+
+
+def check_results(records: Iterable[RecordedResult], hits: Hits) -> list[str]:
+    """Return a problem per stored result that the ledger contradicts (the first 20)."""
+    problems: list[str] = []
+    wrong = 0
+    for record in records:
+        problem = _check(record, hits.get(record.op_id, []))
+        if problem is not None:
+            wrong += 1
+            if wrong <= _SHOWN:
+                problems.append(f"operation {record.op_id!r}: {problem}")
+    if wrong > _SHOWN:
+        problems.append(f"... and {wrong - _SHOWN} more stored results the ledger "
+                        "contradicts")
+    return problems
+
+
+def _check(record: RecordedResult, hits: list[tuple[str, int, int, int]]) -> str | None:
+    try:
+        r = json.loads(record.result)
+        if record.kind == "win":
+            return _same_levels(record, {r["group"]}) or _figures(
+                record.levels[r["group"]], r["group"], version=r["version"],
+                balance=r["balance"], paid=r["amount"])
+        if record.kind == "config":
+            return _same_levels(record, {r["group"]}) or _figures(
+                record.levels[r["group"]], r["group"], version=r["version"])
+        if record.kind in _ADMIN:
+            return _same_levels(record, set(r["versions"]) | set(r["balances"])) or next(
+                (p for level, f in record.levels.items()
+                 if (p := _figures(f, level, version=r["versions"][level],
+                                   balance=r["balances"][level])) is not None), None)
+        if record.kind == "contribute":
+            return _check_bet(record, r, hits)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return "its stored result is unreadable"
+    return f"its stored result is of an unknown kind {record.kind!r}"
+
+
+def _check_bet(record: RecordedResult, r: dict[str, Any],
+               hits: list[tuple[str, int, int, int]]) -> str | None:
+    contributions = r["contributions"]
+    if not record.levels.keys() <= contributions.keys():
+        return _same_levels(record, set(contributions))
+    for level, given in contributions.items():
+        f = record.levels.get(level)
+        if f is None and units_of(given) != 0:
+            return (f"its stored result says {level} got {given}, "
+                    "the ledger has no row of it there")
+        if f is not None and (p := _figures(f, level, version=r["versions"][level],
+                                            balance=r["balances"][level],
+                                            credited=given)) is not None:
+            return p
+    stored = sorted((h["group"], h["version"], units_of(h["amount"]), units_of(h["balance"]))
+                    for h in r["hits"])
+    if stored != sorted(hits):
+        return (f"its stored result lists hits {_hits(stored)}, "
+                f"the ledger has {_hits(sorted(hits))}")
+    return None
+
+
+def _same_levels(record: RecordedResult, named: set[str]) -> str | None:
+    if named == record.levels.keys():
+        return None
+    return (f"its stored result names levels {', '.join(sorted(named))}, its ledger rows "
+            f"are of {', '.join(sorted(record.levels))}")
+
+
+def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object
+             ) -> str | None:
+    """Compare a result's figures for one level with the ledger's; describe the first miss."""
+    if version != f.version:
+        return f"its stored result says {level} is at version {version}, the ledger {f.version}"
+    for what, given in amounts.items():
+        held = getattr(f, what)
+        if units_of(given) != held:
+            return (f"its stored result says {level} {what} {given}, "
+                    f"the ledger {from_units(held)}")
+    return None
+
+
+def _hits(hits: list[tuple[str, int, int | None, int | None]]) -> str:
+    return "[" + ", ".join(f"{level} v{v} {'?' if paid is None else from_units(paid)}"
+                           for level, v, paid, _ in hits) + "]"
