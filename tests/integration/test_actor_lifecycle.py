@@ -482,7 +482,9 @@ if child == 0:  # a pre-fork worker drops the engine it inherited, then loses it
         def emit(self, record):
             if "dropped without close()" in record.getMessage():
                 reported.set()
-    logging.getLogger("jackpot").addHandler(Reported())
+    # On the root logger, after basicConfig's stream handler: set only once
+    # the line is on stderr (os._exit below does not wait for the reaper).
+    logging.getLogger().addHandler(Reported())
     engine = None
     own = JackpotEngine.open(sys.argv[2])
     own = None
