@@ -55,6 +55,8 @@ MODES = ("async", "pykka")
 WORKLOADS = ("paced", "saturated")
 SPIN_SECONDS = (0.2, 0.6)
 TICK = 0.001
+LAG_P99_LIMIT_MS = 20.0
+"""The target: at the paced load, the async engine keeps the loop's lag p99 under this."""
 STAKES = [Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10)]
 SEEDS = {"minor": Decimal(100), "major": Decimal(1000), "mega": Decimal(10000)}
 
@@ -186,10 +188,16 @@ def main() -> None:
     print(f"event-loop lag, {players} players x {bets} bets, {os.cpu_count()} CPUs, "
           f"ticker sleeps {TICK * 1000:.0f} ms")
     print(table(rows))
+    paced = next(r for r in rows if r["workload"] == "paced" and r["mode"] == "async")
+    met = paced["lag_p99_ms"] < LAG_P99_LIMIT_MS
+    print(f"target: paced async lag p99 {paced['lag_p99_ms']:.2f} ms < "
+          f"{LAG_P99_LIMIT_MS:.0f} ms: {'PASS' if met else 'FAIL'}")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if not all(r["verify_ok"] and r["accounted"] for r in rows):
         sys.exit("audit FAILED")
+    if not met:
+        sys.exit("lag target FAILED")
 
 
 if __name__ == "__main__":

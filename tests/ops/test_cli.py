@@ -282,6 +282,7 @@ def test_simulate(db: str) -> None:
 
 def ledger_count(path: str, kind: str) -> int:
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    conn.set_busy_timeout(10_000)  # the simulation writes meanwhile (a WAL reset locks briefly)
     try:
         return int(conn.execute("SELECT COUNT(*) FROM ledger WHERE kind = ?",
                                 (kind,)).fetchall()[0][0])
