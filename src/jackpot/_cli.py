@@ -158,7 +158,7 @@ def _money(value: Decimal | None) -> str:
     """Format an amount with its significant decimals (at least 2), grouped."""
     if value is None:
         return "-"
-    exponent = value.normalize().as_tuple().exponent
+    exponent = money.EXACT.normalize(value).as_tuple().exponent  # not the caller's context
     places = max(2, -exponent) if isinstance(exponent, int) else 2
     return f"{value:,.{places}f}"
 
@@ -651,7 +651,7 @@ class _Tally:
     def paid(self) -> dict[str, Decimal]:
         out: dict[str, Decimal] = {}
         for level, amount in self.wins:
-            out[level] = out.get(level, Decimal(0)) + amount
+            out[level] = money.EXACT.add(out.get(level, Decimal(0)), amount)
         return out
 
 
@@ -690,7 +690,7 @@ def _play(engine: JackpotEngine, plan: Iterator[tuple[str, Any]], threads: int, 
         with lock:
             if kind == "bet":
                 tally.bets += 1
-                tally.wagered += arg
+                tally.wagered = money.EXACT.add(tally.wagered, arg)
             else:
                 tally.wins.append((w.group, w.amount))
 

@@ -17,16 +17,20 @@ inside one read snapshot.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from jackpot._audit_fractions import Fractions, check_retirements
 from jackpot._audit_results import check_results, units_of
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.results import VerifyReport
-from jackpot.storage import LedgerTotals, Store
+from jackpot.storage import LedgerRow, LedgerTotals, Store
 
 __all__ = ["audit"]
+
+_T = TypeVar("_T")
 
 
 def audit(store: Store) -> VerifyReport:
@@ -39,10 +43,13 @@ def audit(store: Store) -> VerifyReport:
         orphan_ids = store.operation_ids_without_ledger()
         orphans = [op for op, record in store.find_operations(orphan_ids).items()
                    if not _is_empty_bet(record.kind, record.result)]
-        transfers = store.ledger(kinds=("retire", "transfer_in"))
-        fractions = Fractions(store.ledger(kinds=("create", "config")), transfers,
-                              store.contributions_by_period())
-        results = check_results(store.recorded_results(), store.recorded_hits())
+        transfers = _unreadable(problems, "retirement rows", list[LedgerRow](),
+                                lambda: store.ledger(kinds=("retire", "transfer_in")))
+        fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
+            store.ledger(kinds=("create", "config")), transfers,
+            store.contributions_by_period()))
+        results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
+            store.recorded_results(), store.recorded_hits()))
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():
@@ -51,19 +58,38 @@ def audit(store: Store) -> VerifyReport:
             continue
         rows += totals[name].rows
         problems.extend(_check_level(s, totals[name]))
-        problems.extend(fractions.check(s, totals[name]))
+        if fractions is not None:
+            problems.extend(_unreadable(problems, f"{name}: carried fractions", list[str](),
+                                        functools.partial(fractions.check, s, totals[name])))
     problems.extend(f"{name}: no such level, yet {totals[name].rows} ledger rows"
                     for name in sorted(totals.keys() - levels.keys()))
     problems.extend(f"{lvl}: ledger row {seq} (version {v}) does not add up"
                     for lvl, v, seq in bad_rows)
-    problems.extend(fractions.problems)
-    problems.extend(check_retirements(transfers))
+    if fractions is not None:
+        problems.extend(fractions.problems)
+    problems.extend(_unreadable(problems, "retirement rows", list[str](),
+                                lambda: check_retirements(transfers)))
     problems.extend(f"operation {op!r} recorded without ledger rows" for op in orphans)
     problems.extend(results)
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     return VerifyReport(ok=not problems, problems=problems, levels=len(levels),
                         ledger_rows=rows)
+
+
+def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], _T]) -> _T:
+    """Return `read()`; data the engine never writes (a tampered file) is a problem, not a crash.
+
+    Ledger details and stored results are JSON the engine wrote; one that is
+    not (not JSON, the wrong shape) makes the check that reads it fail. That
+    is reported as what it is, and `instead` stands in for what was not read.
+    """
+    try:
+        return read()
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        problems.append(f"{what} cannot be read as the engine writes them "
+                        f"({type(e).__name__}: {e})")
+        return instead
 
 
 def _is_empty_bet(kind: str, result: dict[str, Any]) -> bool:

@@ -32,6 +32,7 @@ from decimal import (
 from jackpot.errors import ValidationError
 
 __all__ = [
+    "EXACT",
     "MAX_UNITS",
     "RATE_SCALE",
     "SCALE",
@@ -63,6 +64,9 @@ _DIGIT_CHARS = bytes.maketrans(bytes(range(10)), b"0123456789")
 _EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX,
                  capitals=1, clamp=0,
                  traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+EXACT = _EXACT
+"""For Decimal arithmetic elsewhere in the package (`EXACT.add(a, b)`): never the
+caller's context, and Inexact is trapped, so nothing is ever rounded silently."""
 
 
 def _coerce(value: object, name: str) -> Decimal:

@@ -38,6 +38,12 @@ def check_text(value: object, name: str, *, optional: bool = True) -> str | None
     return value
 
 
+RESERVED_OP_ID_PREFIXES = ("auto-", "create:")
+"""The engine's own op_ids: generated ones (`auto-...`) and each level's creation
+(`create:<level>`). A caller's op_id may not look like one: its ledger rows would
+be mistaken for theirs."""
+
+
 class Requests:
     """Builds operations against a fixed set of level names."""
 
@@ -80,6 +86,10 @@ class Requests:
             return f"auto-{time.time_ns():016x}-{secrets.token_hex(6)}", False
         checked = check_text(op_id, "op_id", optional=False)
         assert checked is not None
+        if checked.startswith(RESERVED_OP_ID_PREFIXES):
+            msg = (f"op_id must not start with {' or '.join(map(repr, RESERVED_OP_ID_PREFIXES))}"
+                   f" (the engine's own op_ids), got {checked[:_SHOWN]!r}")
+            raise ValidationError(msg)
         return checked, True
 
     def contribute(self, bet: object, *, groups: object, op_id: object) -> Operation:

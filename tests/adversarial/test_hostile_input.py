@@ -649,3 +649,14 @@ def test_open_refuses_a_hostile_path_with_a_validation_error(
     with pytest.raises(ValidationError, match=says):
         JackpotEngine.open(path)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("op_id", ["create:minor", "create:anything", "auto-1", "auto-"])
+def test_an_op_id_that_looks_like_the_engines_own_is_refused(tmp_path: Path,
+                                                             op_id: str) -> None:
+    """Its ledger rows would be mistaken for the level's creation, or a generated op's."""
+    with JackpotEngine.open(tmp_path / "p.db") as engine:
+        with pytest.raises(ValidationError, match="must not start with 'auto-' or 'create:'"):
+            engine.contribute("5", groups="major", op_id=op_id)
+        assert engine.pools()["major"].version == 1
+        assert engine.verify().ok

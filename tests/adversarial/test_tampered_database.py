@@ -356,3 +356,27 @@ def test_an_unreadable_empty_bet_record_is_an_orphan_not_a_crash(engine: Jackpot
                    "VALUES ('ghost-bet', 'contribute', 'x', ?, 0)",
            (json.dumps({"contributions": {"minor": "abc"}, "hits": []}),))
     assert problems(engine) == ["operation 'ghost-bet' recorded without ledger rows"]
+
+
+@pytest.mark.parametrize(("where", "detail"), [
+    ("kind = 'create' AND level = 'minor'", "{not json"),
+    ("kind = 'create' AND level = 'minor'", "[1, 2]"),
+    ("kind = 'contribute' AND level = 'minor'", '{"bet": " 1e6"}'),
+    ("kind = 'contribute' AND level = 'major'", '{"bet": "x"}'),
+])
+def test_a_ledger_detail_the_engine_never_wrote_is_reported_not_a_crash(
+        engine: JackpotEngine, where: str, detail: str) -> None:
+    """verify() reads details in Python and in SQL: a forged one is a problem, never an error."""
+    tamper(engine, "DROP TRIGGER ledger_no_update")
+    tamper(engine, f"UPDATE ledger SET detail = ? WHERE {where}", (detail,))
+    found = problems(engine)  # no exception
+    assert found, detail
+
+
+def test_a_retirement_whose_carried_detail_is_not_an_object_is_reported(
+        retired: JackpotEngine) -> None:
+    tamper(retired, "DROP TRIGGER ledger_no_update")
+    tamper(retired, "UPDATE ledger SET detail = json_set(detail, '$.carried', json('[1]')) "
+                    "WHERE kind = 'retire'")
+    found = problems(retired)
+    assert any("cannot be read as the engine writes them" in p for p in found), found

@@ -136,8 +136,14 @@ class LedgerTotals:
 # The bet of a ledger row: only a bet's first row records it, as detail
 # '{"bet": <units>}' (written by `to_json`, so always in that form); 0 for any
 # other row. Read with substr and CAST, the same text on every backend.
+_BET_TEXT = "substr(detail, 8, length(detail) - 8)"
+# Only digits are cast (PostgreSQL raises on anything else, which would stop
+# the whole audit): a tampered bet detail adds 0, and the wagered meter's
+# check reports the difference.
 LEDGER_BET = ("CASE WHEN kind = 'contribute' AND substr(detail, 1, 7) = '{\"bet\":' "
-              "THEN CAST(substr(detail, 8, length(detail) - 8) AS BIGINT) ELSE 0 END")
+              f"AND length(trim({_BET_TEXT})) BETWEEN 1 AND 18 "
+              f"AND ltrim({_BET_TEXT}, ' 0123456789') = '' "
+              f"THEN CAST(trim({_BET_TEXT}) AS BIGINT) ELSE 0 END")
 
 # meter -> SQL aggregate over a level's ledger rows (the same text on every backend)
 AUDIT_METER_SUMS = {
