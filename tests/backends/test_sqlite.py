@@ -185,6 +185,20 @@ def test_an_immutable_read_of_a_file_that_changed_meanwhile_is_stale(closed_db: 
         again.close()
 
 
+def test_an_immutable_read_torn_by_a_writer_is_stale_not_corrupt(closed_db: str) -> None:
+    """A writer's checkpoint mid-read can leave pages SQLite calls malformed: read again."""
+    store = open_store(closed_db, read_only=True)  # nobody has it open: read as immutable
+    size = Path(closed_db).stat().st_size
+    try:
+        with pytest.raises(StaleReadError, match="changed while it was read"), store.read():
+            with Path(closed_db).open("r+b") as f:  # what a checkpoint half-way looks like
+                f.seek(4096)
+                f.write(b"\xff" * (size - 4096))
+            store.ledger()
+    finally:
+        store.close()
+
+
 def test_a_read_only_store_of_an_empty_file_says_version_0(tmp_path: Path) -> None:
     empty = tmp_path / "empty.db"
     empty.touch()

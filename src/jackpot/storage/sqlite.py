@@ -360,12 +360,30 @@ class SQLiteStore(Store):
                 yield
             finally:
                 self._rollback()
-        except apsw.Error as e:
-            raise self._translate(e) from e
-        if self._stamp is not None and self._file_stamp() != self._stamp:
-            msg = (f"database {self._path!r} changed while it was read (a writer opened "
-                   "it): read it again")
-            raise StaleReadError(msg)
+        except Exception as e:
+            # An immutable read of a file a writer changed meanwhile may see
+            # torn pages: SQLite then says "malformed". Stale, not corrupt.
+            if self._changed():
+                raise self._stale() from e
+            if isinstance(e, apsw.Error):
+                raise self._translate(e) from e
+            raise
+        if self._changed():
+            raise self._stale()
+
+    def _changed(self) -> bool:
+        """Whether the file an immutable read began on has changed since."""
+        if self._stamp is None:
+            return False
+        try:
+            return self._file_stamp() != self._stamp
+        except OSError:  # gone or replaced meanwhile
+            return True
+
+    def _stale(self) -> StaleReadError:
+        msg = (f"database {self._path!r} changed while it was read (a writer opened "
+               "it): read it again")
+        return StaleReadError(msg)
 
     # -- schema ------------------------------------------------------------
 
