@@ -26,14 +26,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import click
 from prometheus_client import generate_latest
@@ -597,12 +597,12 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
         if tally.interrupted:
             return _interrupted(opts, tally, bets)
         pools, report = engine.pools(), engine.verify()
-    paid = tally.paid()
-    operations = tally.bets + len(tally.wins) + sum(tally.refused.values())
+    paid = tally.paid
+    operations = tally.bets + tally.win_count() + sum(tally.refused.values())
     summary = {"bets": tally.bets, "wagered": str(tally.wagered),
                "seconds": round(elapsed, 3),
                "operations_per_second": round(operations / elapsed) if elapsed else 0,
-               "wins": {lvl: {"count": sum(1 for w in tally.wins if w[0] == lvl),
+               "wins": {lvl: {"count": tally.wins[lvl],
                               "paid": str(paid[lvl])} for lvl in sorted(paid)},
                "refused": dict(tally.refused),
                "pools": [_snapshot_dict(p) for p in pools.values()],
@@ -610,7 +610,7 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
     if opts.json:
         _print_json(summary)
         return 0 if report.ok else 1
-    console.print(f"played {tally.bets} bets and {len(tally.wins)} wins with {threads} threads "
+    console.print(f"played {tally.bets} bets and {tally.win_count()} wins with {threads} threads "
                   f"in {elapsed:.2f} s ({summary['operations_per_second']} operations/s)")
     console.print(_pools_table(pools, title="pools after the simulation"))
     table = Table(title="wins")
@@ -629,10 +629,10 @@ def _interrupted(opts: Options, tally: _Tally, planned: int) -> int:
     """Say how much an interrupted simulation played; exit status 130 (as for SIGINT)."""
     if opts.json:
         _print_json({"interrupted": True, "planned_bets": planned, "bets": tally.bets,
-                     "wagered": str(tally.wagered), "wins": len(tally.wins),
+                     "wagered": str(tally.wagered), "wins": tally.win_count(),
                      "refused": dict(tally.refused)})
     else:
-        click.echo(f"interrupted: played {tally.bets} of {planned} bets and {len(tally.wins)} "
+        click.echo(f"interrupted: played {tally.bets} of {planned} bets and {tally.win_count()} "
                    f"wins ({sum(tally.refused.values())} refused); each one sent was committed "
                    "or refused whole: `jackpot verify` audits the books", err=True)
     return 130
@@ -644,15 +644,18 @@ class _Tally:
 
     bets: int = 0
     wagered: Decimal = Decimal(0)
-    wins: list[tuple[str, Decimal]] = dataclasses.field(default_factory=list)
+    wins: Counter[str] = dataclasses.field(default_factory=Counter)  # per level
+    paid: dict[str, Decimal] = dataclasses.field(default_factory=dict)  # per level
     refused: Counter[str] = dataclasses.field(default_factory=Counter)
     interrupted: bool = False
 
-    def paid(self) -> dict[str, Decimal]:
-        out: dict[str, Decimal] = {}
-        for level, amount in self.wins:
-            out[level] = money.EXACT.add(out.get(level, Decimal(0)), amount)
-        return out
+    def win_count(self) -> int:
+        return sum(self.wins.values())
+
+    def add_win(self, level: str, amount: Decimal) -> None:
+        """Count one win (constant memory, however many)."""
+        self.wins[level] += 1
+        self.paid[level] = money.EXACT.add(self.paid.get(level, Decimal(0)), amount)
 
 
 def _plan(bets: int, win_every: int, seed: int, levels: Sequence[str]
@@ -692,29 +695,73 @@ def _play(engine: JackpotEngine, plan: Iterator[tuple[str, Any]], threads: int, 
                 tally.bets += 1
                 tally.wagered = money.EXACT.add(tally.wagered, arg)
             else:
-                tally.wins.append((w.group, w.amount))
+                tally.add_win(w.group, w.amount)
 
     pool = ThreadPoolExecutor(threads)
     pending: set[Future[None]] = set()
+    stop = _StopOnCtrlC()
     try:
-        with Progress(console=Console(stderr=True), transient=True,
-                      disable=not progress) as bar:
+        with stop, Progress(console=Console(stderr=True), transient=True,
+                            disable=not progress) as bar:
             task = bar.add_task("simulating", total=total)
             for kind, arg in plan:
-                while len(pending) >= threads * _WINDOW:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                        bar.advance(task)
+                while len(pending) >= threads * _WINDOW and not stop.asked:
+                    pending = _settle(pending, bar, task)
+                if stop.asked:
+                    break
                 pending.add(pool.submit(one, kind, arg))
-            for future in as_completed(pending):
-                future.result()
-                bar.advance(task)
-    except KeyboardInterrupt:
-        tally.interrupted = True
+            while pending:
+                pending = _settle(pending, bar, task, cancel=stop.asked)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # the running ones finish, in bounds
+    tally.interrupted = stop.asked
     return tally
+
+
+def _settle(pending: set[Future[None]], bar: Progress, task: Any, *,
+            cancel: bool = False) -> set[Future[None]]:
+    """Wait a moment for some of `pending`; raise what failed; return the rest.
+
+    With `cancel`, what is queued and not begun is dropped first.
+    """
+    if cancel:
+        for future in pending:
+            future.cancel()
+    done, rest = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+    for future in done:
+        if not future.cancelled():
+            future.result()
+            bar.advance(task)
+    return rest
+
+
+class _StopOnCtrlC:
+    """Turn the first Ctrl-C into a request to stop (checked between operations).
+
+    A KeyboardInterrupt raised at any bytecode could land inside
+    concurrent.futures' own locking and hang the shut-down; a flag cannot.
+    A second Ctrl-C quits at once (exit status 130, nothing more reported):
+    each operation sent was committed or refused whole either way.
+    """
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, _signum: int, _frame: object) -> None:
+        if self.asked:
+            _error("interrupted again: quitting without waiting")
+            os._exit(130)
+        self.asked = True
 
 
 # -- entry point --------------------------------------------------------------------------
