@@ -45,7 +45,7 @@ from jackpot import money, reads
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine
-from jackpot.errors import JackpotError, ValidationError
+from jackpot.errors import JackpotError, StorageError, ValidationError
 from jackpot.health import probe_database, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
 from jackpot.results import AdminResult, PoolSnapshot, VerifyReport
@@ -537,7 +537,14 @@ def metrics(*, serve: bool, port: int, db: str | None, as_json: bool | None) -> 
         msg = "metrics are disabled (JACKPOT_ENABLE_METRICS=false)"
         raise CommandError(msg)
     _read(opts, lambda _: None)  # refuse a file that is not a jackpot database, up front
-    registry = database_registry(lambda: _read(opts, reads.pools))
+
+    def read_pools() -> dict[str, PoolSnapshot]:
+        try:
+            return _read(opts, reads.pools)
+        except CommandError as e:  # moved away or emptied since: no sample, no traceback
+            raise StorageError(e.format_message()) from e
+
+    registry = database_registry(read_pools)
     if not serve:
         click.echo(generate_latest(registry).decode(), nl=False)
         return

@@ -189,12 +189,17 @@ def test_an_immutable_read_torn_by_a_writer_is_stale_not_corrupt(closed_db: str)
     """A writer's checkpoint mid-read can leave pages SQLite calls malformed: read again."""
     store = open_store(closed_db, read_only=True)  # nobody has it open: read as immutable
     size = Path(closed_db).stat().st_size
-    try:
-        with pytest.raises(StaleReadError, match="changed while it was read"), store.read():
+
+    def torn_read() -> None:
+        with store.read():
             with Path(closed_db).open("r+b") as f:  # what a checkpoint half-way looks like
                 f.seek(4096)
                 f.write(b"\xff" * (size - 4096))
             store.ledger()
+
+    try:
+        with pytest.raises(StaleReadError, match="changed while it was read"):
+            torn_read()
     finally:
         store.close()
 

@@ -248,6 +248,26 @@ def test_metrics_serve_on_a_local_port(db: str) -> None:
     assert (proc.returncode, err) == (0, "")
 
 
+def test_metrics_serve_survives_the_file_going_away(db: str) -> None:
+    """A scrape after the file was moved or emptied has no level samples, and no traceback."""
+    proc = subprocess.Popen([*CLI, "metrics", "--serve", "--port", "0", "--db", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[1]
+        Path(db).rename(f"{db}.moved")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+            assert "jackpot_level_amount{" not in response.read().decode()
+        Path(db).write_bytes(b"")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (0, "")
+
+
 def test_a_port_in_use_is_named(db: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
