@@ -171,6 +171,19 @@ class BackendContract:
             open_store(target, read_only=True)
         assert self.raw_schema_version(target) == 99
 
+    def test_a_schema_made_newer_under_a_running_engine_fails_its_health(
+            self, target: str, make_engine: Callable[..., JackpotEngine]) -> None:
+        """A newer library migrated the database: this engine's new connections refuse it."""
+        engine = make_engine()
+        try:
+            self.set_schema_version(target, 99)
+            (database,) = [c for c in engine.health().checks if c.name == "database"]
+            assert database.status == "failing"
+            assert "newer than this library's 2" in database.detail
+        finally:
+            engine.close()
+        assert self.raw_schema_version(target) == 99
+
     def test_a_read_only_store_reads_and_refuses_to_write(
             self, target: str, make_engine: Callable[..., JackpotEngine],
             make_store: Callable[..., Store]) -> None:

@@ -65,9 +65,11 @@ def open_store(
 ) -> Store:
     """Open the store for `target`: a postgresql:// URL, or a SQLite file path.
 
-    `on_wal`, `cache_mb` and `create` (SQLite only, ignored for PostgreSQL):
-    see `SQLiteStore`. `read_only`: a store that never writes (for
-    inspecting a database); see `SQLiteStore` and `PostgresStore`.
+    `on_wal` and `cache_mb` (SQLite only, ignored for PostgreSQL): see
+    `SQLiteStore`. `create=False`: the database must already be a jackpot
+    database of a schema this library knows (SQLite: the file must exist).
+    `read_only`: a store that never writes (for inspecting a database); see
+    `SQLiteStore` and `PostgresStore`.
 
     Raises:
         StorageError: the database cannot be opened, is not a jackpot
@@ -88,4 +90,4 @@ def open_store(
                "pip install 'jackpot[postgres]'")
         raise StorageError(msg) from e
     return PostgresStore(target, lock_timeout_ms=lock_timeout_ms, synchronous=synchronous,
-                         read_only=read_only)
+                         read_only=read_only, existing=not create)

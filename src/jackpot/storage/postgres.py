@@ -212,17 +212,20 @@ class PostgresStore(Store):
         synchronous: str = "FULL",
         pool_max_size: int = 16,
         read_only: bool = False,
+        existing: bool = False,
     ) -> None:
         """Connect to the database at `url` (postgresql://user@host:port/dbname).
 
         `pool_max_size` bounds the connections this process opens to that
         database (the first store of a URL sets it for the process). With
-        `read_only`, `write()` is refused and a newer schema is refused at
-        once (otherwise `migrate()` refuses it).
+        `read_only`, `write()` is refused. With `read_only` or `existing`
+        (every connection an engine opens after `open()`: its actors, the
+        health probe), a newer schema is refused at once; otherwise
+        `migrate()` refuses it.
 
         Raises:
-            StorageError: the database cannot be reached, or (read-only) has
-                a newer schema.
+            StorageError: the database cannot be reached, or (read-only or
+                existing) has a newer schema.
 
         """
         if _misread(url):  # libpq's message would quote a fragment of it: maybe the password
@@ -251,7 +254,7 @@ class PostgresStore(Store):
         except (psycopg.Error, PoolTimeout) as e:
             msg = f"cannot open database {self._where}: {e}"
             raise StorageError(msg) from e
-        if read_only:
+        if read_only or existing:
             try:
                 self.schema_version()
             except BaseException:
