@@ -29,7 +29,7 @@ from typing import Any, Self
 
 import pykka
 
-from jackpot import domain, money, tracing
+from jackpot import domain, reads, tracing
 from jackpot.actors import (
     DRAIN,
     Checkpointer,
@@ -719,9 +719,8 @@ class JackpotEngine:
 
     def pools(self) -> dict[str, PoolSnapshot]:
         """Return every level's committed state, read in one consistent snapshot."""
-        with self._reading() as reader, reader.read():
-            states = reader.load_levels()
-        return {n: PoolSnapshot.of(s) for n, s in states.items()}
+        with self._reading() as reader:
+            return reads.pools(reader)
 
     def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
         """Return the level's last `limit` wins and hits, newest first."""
@@ -730,10 +729,7 @@ class JackpotEngine:
             msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {limit!r}"
             raise ValidationError(msg)
         with self._reading() as reader:
-            rows = reader.ledger(level=name, kinds=("win", "hit"), limit=limit,
-                                       newest_first=True)
-        return [HistoryEntry(r.at_ms, money.from_units(r.paid), r.op_id, r.who,
-                             r.kind == "hit", r.version_after) for r in rows]
+            return reads.history(reader, name, limit)
 
     def verify(self) -> VerifyReport:
         """Recompute every level from the ledger and report any difference."""
