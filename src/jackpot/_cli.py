@@ -112,7 +112,9 @@ def _engine(opts: Options, groups: list[GroupConfig] | None = None, *,
     path = _path(opts, must_exist=must_exist)
     if must_exist:
         _read(opts, lambda _: None)  # a jackpot database already: never create one here
-    with JackpotEngine.open(path, groups, settings=Settings.from_env()) as engine:
+    # create=False as well: a file that vanished since the check is refused, not remade empty
+    with JackpotEngine.open(path, groups, settings=Settings.from_env(),
+                            create=not must_exist) as engine:
         yield engine
 
 

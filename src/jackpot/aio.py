@@ -114,6 +114,7 @@ class AsyncJackpotEngine:
         groups: Iterable[GroupConfig] | None = None,
         *,
         settings: Settings | None = None,
+        create: bool = True,
     ) -> Self:
         """Open (or create) the database at `path` and start the engine.
 
@@ -123,7 +124,7 @@ class AsyncJackpotEngine:
         """
         handover = _Handover()
         try:
-            engine = await asyncio.to_thread(handover.open, path, groups, settings)
+            engine = await asyncio.to_thread(handover.open, path, groups, settings, create)
         except asyncio.CancelledError:
             handover.cancel()
             raise
@@ -334,9 +335,9 @@ class _Handover:
         self._cancelled = False
 
     def open(self, path: str | os.PathLike[str], groups: Iterable[GroupConfig] | None,
-             settings: Settings | None) -> JackpotEngine:
+             settings: Settings | None, create: bool) -> JackpotEngine:
         """Open the engine (in the worker thread); close it at once if nobody waits."""
-        engine = JackpotEngine.open(path, groups, settings=settings)
+        engine = JackpotEngine.open(path, groups, settings=settings, create=create)
         with self._lock:
             if not self._cancelled:
                 self._engine = engine

@@ -408,6 +408,7 @@ class JackpotEngine:
         groups: Iterable[GroupConfig] | None = None,
         *,
         settings: Settings | None = None,
+        create: bool = True,
     ) -> Self:
         """Open (or create) the database at `path` and start the engine.
 
@@ -416,32 +417,25 @@ class JackpotEngine:
         default levels minor, major and mega. `path` may instead be a
         PostgreSQL URL (``postgresql://user@host:port/dbname``, needs the
         `postgres` extra): several engines, on several hosts, then share it.
+        With `create=False` the database must already exist and hold a
+        jackpot schema: a missing or empty one is refused, not created (an
+        operator's tool should not make a new, empty jackpot database when
+        a path is mistyped or the file was moved).
 
         Raises:
             ValidationError: bad settings (naming the JACKPOT_* variable), groups or path.
-            StorageError: the file cannot be opened as a jackpot database.
+            StorageError: the file cannot be opened as a jackpot database
+                (with `create=False`: also when it does not exist or is empty).
 
         """
         _check_path(path)
         settings = settings if settings is not None else Settings.from_env()
         logger.setLevel(settings.log_level.upper())
-        if groups is not None and not isinstance(groups, Iterable):
-            msg = f"groups must be an iterable of GroupConfig objects, not {type(groups).__name__}"
+        configs = _configs(path, groups)
+        if not isinstance(create, bool):
+            msg = f"create must be True or False, not {create!r}"
             raise ValidationError(msg)
-        configs = list(groups) if groups is not None else None
-        if configs is not None:
-            for g in configs:
-                if not isinstance(g, GroupConfig):
-                    msg = f"groups must hold GroupConfig objects, not {type(g).__name__}"
-                    raise ValidationError(msg)
-            names = [g.name for g in configs]
-            if not names and "://" not in str(path) and not Path(path).exists():
-                msg = "groups is empty: name at least one level (or pass None for the defaults)"
-                raise ValidationError(msg)
-            if len(set(names)) != len(names):
-                msg = f"groups name a level twice: {sorted(names)}"
-                raise ValidationError(msg)
-        store = _store(str(path), settings, create=True)
+        store = _store(str(path), settings, create=create)
         try:
             store.migrate()
             with store.write():
@@ -971,6 +965,29 @@ def _check_path(path: object) -> None:
     if "\x00" in str(path):
         msg = "path must not contain a NUL character"
         raise ValidationError(msg)
+
+
+def _configs(path: str | os.PathLike[str],
+             groups: Iterable[GroupConfig] | None) -> list[GroupConfig] | None:
+    """Check `open()`'s `groups`: GroupConfig objects, each level named once."""
+    if groups is None:
+        return None
+    if not isinstance(groups, Iterable):
+        msg = f"groups must be an iterable of GroupConfig objects, not {type(groups).__name__}"
+        raise ValidationError(msg)
+    configs = list(groups)
+    for g in configs:
+        if not isinstance(g, GroupConfig):
+            msg = f"groups must hold GroupConfig objects, not {type(g).__name__}"
+            raise ValidationError(msg)
+    names = [g.name for g in configs]
+    if not names and "://" not in str(path) and not Path(path).exists():
+        msg = "groups is empty: name at least one level (or pass None for the defaults)"
+        raise ValidationError(msg)
+    if len(set(names)) != len(names):
+        msg = f"groups name a level twice: {sorted(names)}"
+        raise ValidationError(msg)
+    return configs
 
 
 def _sqlite(path: str, settings: Settings) -> SQLiteStore:

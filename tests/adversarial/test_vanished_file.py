@@ -7,11 +7,13 @@ restart cannot start counting pools from a fresh, empty ledger.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jackpot import JackpotEngine, StorageError
+from jackpot import AsyncJackpotEngine, JackpotEngine, StorageError, ValidationError
 
 
 @pytest.mark.parametrize("how", ["removed", "emptied"])
@@ -34,3 +36,60 @@ def test_a_restarted_actor_does_not_recreate_a_vanished_file(db_path: Path, how:
             assert db_path.stat().st_size == 0
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_open_with_create_false_refuses_a_missing_or_empty_file(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "gone.db"
+    if how == "empty":
+        path.write_bytes(b"")
+    with pytest.raises(StorageError) as info:
+        JackpotEngine.open(path, create=False)
+    if how == "missing":
+        assert str(info.value) == f"cannot open database {str(path)!r}: it does not exist"
+        assert not path.exists()
+    else:
+        assert "holds no jackpot database" in str(info.value)
+        assert path.stat().st_size == 0
+    assert not Path(f"{path}-wal").exists()
+
+
+def test_open_with_create_false_opens_an_existing_database(db_path: Path) -> None:
+    JackpotEngine.open(db_path).close()
+    with JackpotEngine.open(db_path, create=False) as engine:
+        assert engine.groups == ("major", "mega", "minor")
+
+
+def test_open_refuses_a_create_that_is_not_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="create must be True or False, not 'no'"):
+        JackpotEngine.open(tmp_path / "x.db", create="no")  # type: ignore[arg-type]
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_async_open_passes_create_through(tmp_path: Path) -> None:
+    path = tmp_path / "gone.db"
+    with pytest.raises(StorageError, match="it does not exist"):
+        asyncio.run(AsyncJackpotEngine.open(path, create=False))
+    assert not path.exists()
+
+
+def test_a_cli_write_command_does_not_recreate_a_file_that_vanished_after_its_check(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from jackpot import _cli  # noqa: PLC0415 - the command's internals, for the race
+
+    JackpotEngine.open(db_path).close()
+    checked = _cli._read
+
+    def check_then_vanish(opts: Any, reading: Any) -> Any:
+        done = checked(opts, reading)  # the file was there when the command looked
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        return done
+
+    monkeypatch.setattr(_cli, "_read", check_then_vanish)
+    status = _cli.run(["contribute", "10", "--level", "minor", "--db", str(db_path)])
+    assert status == 2
+    assert capsys.readouterr().err == (
+        f"jackpot: error: cannot open database {str(db_path)!r}: it does not exist\n")
+    assert not db_path.exists()

@@ -167,6 +167,8 @@ class SQLiteStore(Store):
             if not isinstance(e, apsw.Error):
                 raise
             msg = f"cannot open database {path!r}: {e}"
+            if not create and not Path(path).exists():
+                msg = f"cannot open database {path!r}: it does not exist"
             if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
                 msg += (" (reading a WAL database needs its -shm file, which is missing and "
                         "cannot be created here: read it as the user that writes it)")
