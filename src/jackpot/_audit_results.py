@@ -6,7 +6,8 @@ For each recorded operation with ledger rows, its result must name exactly
 the levels its rows changed (a bet may also name levels it did not qualify
 for, with a contribution of 0), and repeat, per level, the version and
 balance after its last row there, what it credited (bets) or paid (wins,
-and each must-hit-by hit of a bet).
+and each must-hit-by hit of a bet); a win's winner and reset, and a config
+change's fields before, after and pending, as its ledger row records them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from jackpot.errors import ValidationError
 from jackpot.money import SCALE, from_units, parse_amount
-from jackpot.storage import LedgerFigures, RecordedResult
+from jackpot.storage import LedgerFigures, RecordedDetail, RecordedResult
 
 __all__ = ["check_results", "units_of"]
 
@@ -40,12 +41,13 @@ def units_of(text: object) -> int | None:
         return None
 
 
-def check_results(records: Iterable[RecordedResult], hits: Hits) -> list[str]:
+def check_results(records: Iterable[RecordedResult], hits: Hits,
+                  details: Mapping[str, RecordedDetail]) -> list[str]:
     """Return a problem per stored result that the ledger contradicts (the first 20)."""
     problems: list[str] = []
     wrong = 0
     for record in records:
-        problem = _check(record, hits.get(record.op_id, []))
+        problem = _check(record, hits.get(record.op_id, []), details.get(record.op_id))
         if problem is not None:
             wrong += 1
             if wrong <= _SHOWN:
@@ -56,16 +58,18 @@ def check_results(records: Iterable[RecordedResult], hits: Hits) -> list[str]:
     return problems
 
 
-def _check(record: RecordedResult, hits: list[tuple[str, int, int, int]]) -> str | None:
+def _check(record: RecordedResult, hits: list[tuple[str, int, int, int]],
+           detail: RecordedDetail | None) -> str | None:
     try:
         r = json.loads(record.result)
         if record.kind == "win":
             return _same_levels(record, {r["group"]}) or _figures(
                 record.levels[r["group"]], r["group"], version=r["version"],
-                balance=r["balance"], paid=r["amount"])
+                balance=r["balance"], paid=r["amount"]) or _win_detail(r, detail)
         if record.kind == "config":
             return _same_levels(record, {r["group"]}) or _figures(
-                record.levels[r["group"]], r["group"], version=r["version"])
+                record.levels[r["group"]], r["group"], version=r["version"]) or _said(
+                r, detail, "config", ("before", "after", "pending"))
         if record.kind in _ADMIN:
             return _same_levels(record, set(r["versions"]) | set(r["balances"])) or next(
                 (p for level, f in record.levels.items()
@@ -92,11 +96,40 @@ def _check_bet(record: RecordedResult, r: dict[str, Any],
                                             balance=r["balances"][level],
                                             credited=given)) is not None:
             return p
+    for h in r["hits"]:
+        if (h["winner"], h["reset"], h["hit"]) != (None, True, True):
+            return (f"its stored result lists a hit of {h['group']} with winner "
+                    f"{h['winner']!r}, reset {h['reset']!r}, hit {h['hit']!r}: a must-hit-by "
+                    "hit has no winner, resets the level and is a hit")
     stored = sorted((h["group"], h["version"], units_of(h["amount"]), units_of(h["balance"]))
                     for h in r["hits"])
     if stored != sorted(hits):
         return (f"its stored result lists hits {_hits(stored)}, "
                 f"the ledger has {_hits(sorted(hits))}")
+    return None
+
+
+def _win_detail(r: dict[str, Any], detail: RecordedDetail | None) -> str | None:
+    if detail is None or detail.kind != "win":
+        return "its ledger has no win row for it"
+    if r["winner"] != detail.who:
+        return (f"its stored result says the winner is {r['winner']!r}, "
+                f"the ledger {detail.who!r}")
+    if r["hit"] is not False:
+        return f"its stored result says hit {r['hit']!r}: a win asked for is not a hit"
+    return _said(r, detail, "win", ("reset",))
+
+
+def _said(r: dict[str, Any], detail: RecordedDetail | None, kind: str,
+          keys: tuple[str, ...]) -> str | None:
+    """Compare the result's `keys` with the ledger row's detail of the same names."""
+    if detail is None or detail.kind != kind:
+        return f"its ledger has no {kind} row for it"
+    held = json.loads(detail.detail or "null")
+    for key in keys:
+        if r[key] != held[key]:
+            return (f"its stored result says {key} {r[key]!r}, "
+                    f"the ledger {held[key]!r}")
     return None
 
 

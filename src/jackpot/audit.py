@@ -49,7 +49,7 @@ def audit(store: Store) -> VerifyReport:
             store.ledger(kinds=("create", "config")), transfers,
             store.contributions_by_period()))
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
-            store.recorded_results(), store.recorded_hits()))
+            store.recorded_results(), store.recorded_hits(), store.recorded_details()))
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():

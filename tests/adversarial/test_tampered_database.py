@@ -339,6 +339,51 @@ def test_the_hits_of_a_stored_bet_result_are_checked(tmp_path: Path) -> None:
             "[mystery v3 10.000001]")]
 
 
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda r: r.update(winner="mallory"),
+     "its stored result says the winner is 'mallory', the ledger 'alice'"),
+    (lambda r: r.update(reset=False), "its stored result says reset False, the ledger True"),
+    (lambda r: r.update(hit=True),
+     "its stored result says hit True: a win asked for is not a hit"),
+])
+def test_a_rewritten_winner_or_reset_is_found(engine: JackpotEngine,
+                                              change: Callable[[dict[str, Any]], object],
+                                              problem: str) -> None:
+    engine.process_win("major", winner="alice", op_id="w2")
+    engine.process_win("major", amount=Decimal(1), op_id="w3")  # no reset, no winner
+    assert problems(engine) == []
+    rewrite_result(engine, "w2", change)
+    assert problems(engine) == [f"operation 'w2': {problem}"]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("before", {"cap": "1.000000"}), ("after", {}), ("pending", {"seed": "5.000000"})])
+def test_a_rewritten_config_before_after_or_pending_is_found(
+        engine: JackpotEngine, key: str, value: dict[str, str]) -> None:
+    engine.update_config("major", cap=Decimal(500), seed=Decimal(50), op_id="c1")
+    assert problems(engine) == []
+    held = engine.update_config("major", cap=Decimal(500), seed=Decimal(50), op_id="c1")
+    rewrite_result(engine, "c1", lambda r: r.update({key: value}))
+    found = problems(engine)
+    shown = {"before": held.before, "after": held.after, "pending": held.pending}[key]
+    assert found == [(f"operation 'c1': its stored result says {key} {value!r}, "
+                     f"the ledger {shown!r}")]
+
+
+def test_a_hit_in_a_stored_bet_result_rewritten_as_someone_s_win_is_found(
+        tmp_path: Path) -> None:
+    levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
+                          must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal("0.00001"), op_id="b1")
+        rewrite_result(e, "b1", lambda r: r["hits"][0].update(winner="mallory"))
+        assert e.verify().problems == [
+            ("operation 'b1': its stored result lists a hit of mystery with winner "
+             "'mallory', reset True, hit True: a must-hit-by hit has no winner, resets the "
+             "level and is a hit")]
+
+
 def test_past_twenty_contradicted_results_the_rest_are_counted(tmp_path: Path) -> None:
     with JackpotEngine.open(tmp_path / "pools.db", LEVELS,
                             settings=Settings(enable_metrics=False, log_level="error")) as e:

@@ -110,7 +110,7 @@ def test_create_false_wants_an_existing_jackpot_database(tmp_path: Path) -> None
     with pytest.raises(StorageError, match="holds no jackpot database"):
         open_store(str(empty), create=False)
     assert empty.read_bytes() == b""
-    with pytest.raises(StorageError, match="unable to open database file"):
+    with pytest.raises(StorageError, match="it does not exist"):
         open_store(str(tmp_path / "none.db"), create=False)
     assert not (tmp_path / "none.db").exists()
 

@@ -41,6 +41,7 @@ __all__ = [
     "LedgerFigures",
     "LedgerRow",
     "LedgerTotals",
+    "RecordedDetail",
     "RecordedResult",
     "SerializationFailureError",
     "Store",
@@ -107,6 +108,15 @@ class LedgerFigures(NamedTuple):
     balance: int
     credited: int
     paid: int
+
+
+class RecordedDetail(NamedTuple):
+    """A win's or config change's ledger row: who made it and its detail (JSON text)."""
+
+    level: str
+    kind: str
+    who: str | None
+    detail: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +232,15 @@ _RECORDED_HITS = """
 SELECT l.op_id, l.level, l.version_after, l.paid, l.balance_after
 FROM ledger AS l JOIN operations AS o ON o.op_id = l.op_id
 WHERE l.kind = 'hit'
+"""
+
+# Who won and whether the level reset (wins), the fields before and after
+# (config changes): what their stored results repeat. Wins and config changes
+# are few (the ledger's (level, kind, seq) index finds them).
+_RECORDED_DETAILS = """
+SELECT l.op_id, l.level, l.kind, l.who, l.detail
+FROM ledger AS l JOIN operations AS o ON o.op_id = l.op_id
+WHERE l.kind IN ('win', 'config')
 """
 
 # A set difference: the ledger has no index on op_id (see schema V2).
@@ -415,6 +434,11 @@ class Store(ABC):
         for op_id, level, version, paid, balance in self._exec(_RECORDED_HITS):
             out.setdefault(op_id, []).append((level, int(version), int(paid), int(balance)))
         return out
+
+    def recorded_details(self) -> dict[str, RecordedDetail]:
+        """Return, per recorded win or config change, its ledger row's who and detail."""
+        return {op_id: RecordedDetail(level, kind, who, detail)
+                for op_id, level, kind, who, detail in self._exec(_RECORDED_DETAILS)}
 
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""
