@@ -33,7 +33,7 @@ from jackpot import (
     Settings,
     StorageError,
 )
-from jackpot.storage import SerializationFailureError, Store, open_store
+from jackpot.storage import SerializationFailureError, Store, open_store, postgres
 from jackpot.storage.postgres import PostgresStore, _misread
 
 from .contract import MINOR_SEED, BackendContract, new_level, snapshot
@@ -340,3 +340,56 @@ def test_the_cli_never_prints_the_password(pg_target: str) -> None:
 ])
 def test_valid_urls_are_not_taken_for_malformed_ones(url: str) -> None:
     assert not _misread(url)
+
+
+# -- the audit on PostgreSQL: streamed, and never aborted by a forged row ------------------
+
+
+def _tamper(target: str, table: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Run `sql` with `table`'s append-only trigger off, as a hostile owner could."""
+    trigger = f"{table}_append_only"
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
+        try:
+            conn.execute(sql, params)
+        finally:
+            conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+
+
+def test_the_audit_streams_stored_results_through_a_server_side_cursor(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres, "_STREAM_CHUNK", 2)  # 5 operations: three fetches
+    ids = [f"b{i}" for i in range(5)]
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        for op_id in ids:
+            engine.contribute(Decimal(10), groups="minor", op_id=op_id)
+        assert engine.verify().ok
+        store = open_store(pg_target, create=False, read_only=True)
+        try:
+            with store.read():
+                records = store.recorded_results()
+                first = next(iter(records))
+                cursors = store._exec("SELECT name FROM pg_cursors")
+                rest = list(records)
+        finally:
+            store.close()
+        assert cursors == [("jackpot_stream",)]  # the rows come a chunk at a time
+        assert [r.op_id for r in (first, *rest)] == ids
+        _tamper(pg_target, "operations",
+                "UPDATE operations SET result = replace(result, '\"minor\": 6', "
+                "'\"minor\": 9') WHERE op_id = 'b4'")
+        assert engine.verify().problems == [
+            "operation 'b4': its stored result says minor is at version 9, the ledger 6"]
+
+
+@pytest.mark.parametrize("detail", ['{"bet": "x"}', '{"bet": " 1e6"}', '{"bet": 99999999999999999999}'])
+def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
+                                                               detail: str) -> None:
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        engine.contribute(Decimal(10), groups="minor", op_id="b2")
+        _tamper(pg_target, "ledger", "UPDATE ledger SET detail = %s WHERE op_id = 'b2'",
+                (detail,))
+        report = engine.verify()  # no exception: the cast of a forged bet must not abort it
+        assert not report.ok
+        assert "minor: meter wagered is 20000000, ledger says 10000000" in report.problems

@@ -78,7 +78,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -108,6 +108,7 @@ __all__ = ["PostgresStore"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
+_STREAM_CHUNK = 2000  # rows per FETCH of a server-side cursor (the audit's big queries)
 _ADVISORY_KEY = 0x6A61636B706F74  # "jackpot": serializes migrations and level creation
 _SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
 _LOAD_LEVEL = f"{_SELECT_LEVEL} WHERE name = %s"
@@ -283,6 +284,25 @@ class PostgresStore(Store):
                 return self._run(conn, sql, params)
         except (psycopg.Error, PoolTimeout) as e:
             raise self._translate(e) from e
+
+    def _stream(self, sql: str, params: tuple[Any, ...] = ()) -> Iterable[tuple[Any, ...]]:
+        """Yield the rows of one query; inside a transaction, through a server-side cursor.
+
+        The audit streams one row per recorded operation and level: fetched
+        all at once, a ledger of millions of operations would be held in
+        memory whole.
+        """
+        if self._conn is None:
+            return self._exec(sql, params)
+        return self._fetch_in_chunks(self._conn, sql, params)
+
+    @staticmethod
+    def _fetch_in_chunks(conn: Connection, sql: str, params: tuple[Any, ...]
+                         ) -> Iterator[tuple[Any, ...]]:
+        with conn.cursor(name="jackpot_stream") as cur:
+            cur.itersize = _STREAM_CHUNK
+            cur.execute(sql, params or None)
+            yield from cur
 
     def _exec_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Run one statement for many rows (pipelined); the bulk twin of `_exec`."""
