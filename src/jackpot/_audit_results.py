@@ -7,14 +7,16 @@ the levels its rows changed (a bet may also name levels it did not qualify
 for, with a contribution of 0), and repeat, per level, the version and
 balance after its last row there, what it credited (bets) or paid (wins,
 and each must-hit-by hit of a bet); a win's winner and reset, and a config
-change's fields before, after and pending, as its ledger row records them.
+change's fields before, after and pending, as its ledger row records them;
+and for a level a bet skipped (below its min_bet), the balance the ledger
+had at the version the result shows.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from jackpot.errors import ValidationError
@@ -24,6 +26,7 @@ from jackpot.storage import LedgerFigures, RecordedDetail, RecordedResult
 __all__ = ["check_results", "units_of"]
 
 _SHOWN = 20
+_SKIPPED_CHUNK = 5000  # skipped levels' views looked up per batch of queries
 _STORED = re.compile(r"([0-9]{1,12})\.([0-9]{6})", re.ASCII)  # as `from_units` writes them
 _ADMIN = ("suspend", "resume", "adjust", "retire")
 Hits = Mapping[str, list[tuple[str, int, int, int]]]
@@ -42,24 +45,69 @@ def units_of(text: object) -> int | None:
 
 
 def check_results(records: Iterable[RecordedResult], hits: Hits,
-                  details: Mapping[str, RecordedDetail]) -> list[str]:
-    """Return a problem per stored result that the ledger contradicts (the first 20)."""
-    problems: list[str] = []
-    wrong = 0
+                  details: Mapping[str, RecordedDetail],
+                  balances_at: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
+                  ) -> list[str]:
+    """Return a problem per stored result that the ledger contradicts (the first 20).
+
+    `balances_at` looks up the balance at (level, version) pairs: what a bet
+    shows for a level it skipped (below min_bet, no ledger row of its own)
+    must be that level as the ledger had it at the version shown. Those are
+    checked in chunks, so memory stays bounded on any ledger.
+    """
+    found = _Found()
+    skipped: list[Skipped] = []
     for record in records:
-        problem = _check(record, hits.get(record.op_id, []), details.get(record.op_id))
+        problem = _check(record, hits.get(record.op_id, []), details.get(record.op_id),
+                         skipped)
         if problem is not None:
-            wrong += 1
-            if wrong <= _SHOWN:
-                problems.append(f"operation {record.op_id!r}: {problem}")
-    if wrong > _SHOWN:
-        problems.append(f"... and {wrong - _SHOWN} more stored results the ledger "
-                        "contradicts")
-    return problems
+            found.add(record.op_id, problem)
+        if len(skipped) >= _SKIPPED_CHUNK:
+            _check_skipped(skipped, balances_at, found)
+    _check_skipped(skipped, balances_at, found)
+    return found.problems()
+
+
+Skipped = tuple[str, str, int, int | None, str]
+"""A bet's view of a level it skipped: (op_id, level, version, balance in units, as shown)."""
+
+
+class _Found:
+    """The problems found, the first `_SHOWN` of them told, the rest counted."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.wrong = 0
+
+    def add(self, op_id: str, problem: str) -> None:
+        self.wrong += 1
+        if self.wrong <= _SHOWN:
+            self.shown.append(f"operation {op_id!r}: {problem}")
+
+    def problems(self) -> list[str]:
+        if self.wrong > _SHOWN:
+            return [*self.shown, (f"... and {self.wrong - _SHOWN} more stored results the "
+                    "ledger contradicts")]
+        return self.shown
+
+
+def _check_skipped(skipped: list[Skipped],
+                   balances_at: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
+                   found: _Found) -> None:
+    held = balances_at(sorted({(level, version) for _, level, version, _, _ in skipped}))
+    for op_id, level, version, balance, shown in skipped:
+        at = held.get((level, version))
+        if at is None:
+            found.add(op_id, f"its stored result shows {level} at version {version}, "
+                             "which the ledger never had")
+        elif balance != at:
+            found.add(op_id, f"its stored result says {level} balance {shown} at version "
+                             f"{version}, the ledger {from_units(at)}")
+    skipped.clear()
 
 
 def _check(record: RecordedResult, hits: list[tuple[str, int, int, int]],
-           detail: RecordedDetail | None) -> str | None:
+           detail: RecordedDetail | None, skipped: list[Skipped]) -> str | None:
     try:
         r = json.loads(record.result)
         if record.kind == "win":
@@ -76,22 +124,26 @@ def _check(record: RecordedResult, hits: list[tuple[str, int, int, int]],
                  if (p := _figures(f, level, version=r["versions"][level],
                                    balance=r["balances"][level])) is not None), None)
         if record.kind == "contribute":
-            return _check_bet(record, r, hits)
+            return _check_bet(record, r, hits, skipped)
     except (ValueError, TypeError, KeyError, AttributeError):
         return "its stored result is unreadable"
     return f"its stored result is of an unknown kind {record.kind!r}"
 
 
 def _check_bet(record: RecordedResult, r: dict[str, Any],
-               hits: list[tuple[str, int, int, int]]) -> str | None:
+               hits: list[tuple[str, int, int, int]], skipped: list[Skipped]) -> str | None:
     contributions = r["contributions"]
     if not record.levels.keys() <= contributions.keys():
         return _same_levels(record, set(contributions))
+    seen: list[Skipped] = []
     for level, given in contributions.items():
         f = record.levels.get(level)
         if f is None and units_of(given) != 0:
             return (f"its stored result says {level} got {given}, "
                     "the ledger has no row of it there")
+        if f is None:  # skipped: checked against the ledger later, in a chunk
+            version, shown = _version(r["versions"][level]), r["balances"][level]
+            seen.append((record.op_id, level, version, units_of(shown), str(shown)))
         if f is not None and (p := _figures(f, level, version=r["versions"][level],
                                             balance=r["balances"][level],
                                             credited=given)) is not None:
@@ -106,6 +158,7 @@ def _check_bet(record: RecordedResult, r: dict[str, Any],
     if stored != sorted(hits):
         return (f"its stored result lists hits {_hits(stored)}, "
                 f"the ledger has {_hits(sorted(hits))}")
+    skipped.extend(seen)
     return None
 
 
@@ -131,6 +184,13 @@ def _said(r: dict[str, Any], detail: RecordedDetail | None, kind: str,
             return (f"its stored result says {key} {r[key]!r}, "
                     f"the ledger {held[key]!r}")
     return None
+
+
+def _version(value: object) -> int:
+    if type(value) is not int:  # not bool, not a string of digits: not what the engine writes
+        msg = f"a version must be an integer, not {value!r}"
+        raise TypeError(msg)
+    return value
 
 
 def _same_levels(record: RecordedResult, named: set[str]) -> str | None:

@@ -49,7 +49,8 @@ def audit(store: Store) -> VerifyReport:
             store.ledger(kinds=("create", "config")), transfers,
             store.contributions_by_period()))
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
-            store.recorded_results(), store.recorded_hits(), store.recorded_details()))
+            store.recorded_results(), store.recorded_hits(), store.recorded_details(),
+            store.balances_at))
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():

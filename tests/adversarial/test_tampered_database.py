@@ -384,6 +384,47 @@ def test_a_hit_in_a_stored_bet_result_rewritten_as_someone_s_win_is_found(
              "level and is a hit")]
 
 
+@pytest.fixture
+def skipping(tmp_path: Path) -> Iterator[JackpotEngine]:
+    """Bets of 5 reach minor only: major (min_bet 10) is skipped, shown as it stood."""
+    levels = [GroupConfig("minor", Decimal(10), Decimal("0.1")),
+              GroupConfig("major", Decimal(100), Decimal("0.01"), min_bet=Decimal(10))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal(20), op_id="big")  # major moves to version 2
+        for i in range(7):
+            r = e.contribute(Decimal(5), op_id=f"small{i}")
+            assert (r.contributions["major"], r.versions["major"]) == (0, 2)
+        yield e
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5000])
+def test_a_skipped_level_s_view_is_checked_against_the_ledger(
+        skipping: JackpotEngine, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    from jackpot import _audit_results  # noqa: PLC0415 - the chunk size, made small
+    from jackpot.storage import base  # noqa: PLC0415
+
+    monkeypatch.setattr(_audit_results, "_SKIPPED_CHUNK", chunk)
+    monkeypatch.setattr(base, "_BALANCES_CHUNK", max(1, chunk - 1))
+    assert problems(skipping) == []
+    rewrite_result(skipping, "small2", lambda r: r["balances"].update(major="100.300000"))
+    rewrite_result(skipping, "small5", lambda r: r["versions"].update(major=1))
+    rewrite_result(skipping, "small6", lambda r: r["versions"].update(major=99))
+    assert sorted(problems(skipping)) == [
+        ("operation 'small2': its stored result says major balance 100.300000 at version 2, "
+         "the ledger 100.200000"),
+        ("operation 'small5': its stored result says major balance 100.200000 at version 1, "
+         "the ledger 100.000000"),
+        ("operation 'small6': its stored result shows major at version 99, which the ledger "
+         "never had")]
+
+
+def test_a_skipped_level_s_version_that_is_not_a_number_is_unreadable(
+        skipping: JackpotEngine) -> None:
+    rewrite_result(skipping, "small0", lambda r: r["versions"].update(major="2"))
+    assert problems(skipping) == ["operation 'small0': its stored result is unreadable"]
+
+
 def test_past_twenty_contradicted_results_the_rest_are_counted(tmp_path: Path) -> None:
     with JackpotEngine.open(tmp_path / "pools.db", LEVELS,
                             settings=Settings(enable_metrics=False, log_level="error")) as e:

@@ -451,6 +451,27 @@ class BackendContract:
         report = engine.verify()
         assert (report.ok, report.problems, report.ledger_rows) == (True, [], 8)
 
+    def test_the_audit_checks_winners_configs_and_skipped_levels(
+            self, make_engine: Callable[..., JackpotEngine]) -> None:
+        engine = make_engine([GroupConfig("minor", Decimal(100), Decimal("0.01")),
+                              GroupConfig("major", Decimal(1000), Decimal("0.01"),
+                                          min_bet=Decimal(10))])
+        engine.contribute(Decimal(20), op_id="big")
+        small = engine.contribute(Decimal(5), op_id="small")
+        assert (small.contributions["major"], small.versions["major"]) == (0, 2)
+        engine.process_win("minor", op_id="w1", winner="p-9")
+        engine.update_config("minor", op_id="c1", contribution_rate="0.02", who="ops")
+        store = engine._reader
+        with store.read():
+            details = store.recorded_details()
+            balances = store.balances_at([("major", 2), ("major", 1), ("major", 99),
+                                          ("nosuch", 1)])
+        assert {k: (d.level, d.kind, d.who) for k, d in details.items()} == {
+            "w1": ("minor", "win", "p-9"), "c1": ("minor", "config", "ops")}
+        assert json.loads(details["w1"].detail or "") == {"reset": True}
+        assert balances == {("major", 2): 1_000_200_000, ("major", 1): 1_000_000_000}
+        assert engine.verify().problems == []
+
     def test_an_op_id_applies_once_across_engines(
             self, make_engine: Callable[..., JackpotEngine]) -> None:
         one, two = make_engine(), make_engine()

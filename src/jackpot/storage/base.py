@@ -243,6 +243,8 @@ FROM ledger AS l JOIN operations AS o ON o.op_id = l.op_id
 WHERE l.kind IN ('win', 'config')
 """
 
+_BALANCES_CHUNK = 500  # (level, version) pairs per query of `balances_at`
+
 # A set difference: the ledger has no index on op_id (see schema V2).
 OPERATIONS_WITHOUT_LEDGER = (
     "SELECT op_id FROM operations EXCEPT SELECT op_id FROM ledger ORDER BY op_id")
@@ -296,6 +298,9 @@ class Store(ABC):
 
     lock_wait_seconds: float = 0.0
     """How long the last `write()` waited to begin (for the lock-wait metric)."""
+
+    _PARAM = "?"
+    """The backend's parameter placeholder (for the few queries written here)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -439,6 +444,20 @@ class Store(ABC):
         """Return, per recorded win or config change, its ledger row's who and detail."""
         return {op_id: RecordedDetail(level, kind, who, detail)
                 for op_id, level, kind, who, detail in self._exec(_RECORDED_DETAILS)}
+
+    def balances_at(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Return the balance after each (level, version) that has a ledger row."""
+        out: dict[tuple[str, int], int] = {}
+        p = self._PARAM
+        for start in range(0, len(keys), _BALANCES_CHUNK):
+            chunk = keys[start:start + _BALANCES_CHUNK]
+            values = ", ".join([f"({p}, {p})"] * len(chunk))
+            sql = ("SELECT l.level, l.version_after, l.balance_after FROM ledger AS l "
+                   f"JOIN (VALUES {values}) AS k ON l.level = k.column1 "
+                   "AND l.version_after = k.column2")
+            params = tuple(v for key in chunk for v in key)
+            out.update(((level, int(v)), int(b)) for level, v, b in self._exec(sql, params))
+        return out
 
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""

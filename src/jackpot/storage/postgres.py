@@ -205,6 +205,8 @@ _POOLS = _Pools()
 class PostgresStore(Store):
     """A jackpot database on a PostgreSQL server, with the engine's queries."""
 
+    _PARAM = "%s"
+
     def __init__(
         self,
         url: str,
