@@ -120,8 +120,8 @@ def execute_batch(
     has written nothing when it fails. If the shared transaction itself fails
     (an I/O error, say), every op is retried alone, so none fails that would
     have succeeded by itself. Returns the committed state of every level the
-    batch changed. `cached` are the caller's last known states (None: read
-    fresh).
+    batch changed or read afresh. `cached` are the caller's last known states
+    (None: read fresh).
     """
     try:
         return _with_retries(store, ops, cached, settings=settings, stats=stats)
@@ -214,8 +214,10 @@ def _attempt(
         # Pessimistic ops (wins, config) read their rows fresh under the lock;
         # others trust the cache, and the version-checked UPDATE below proves it.
         pessimistic = {n for op in ops if op.pessimistic for n in op.names}
-        states = {n: _load(store, n) if cached is None or n in pessimistic or n not in cached
-                  else cached[n] for n in names}
+        trusted = set() if cached is None else {n for n in names
+                                                if n not in pessimistic and n in cached}
+        states = {n: cached[n] if cached is not None and n in trusted else _load(store, n)
+                  for n in names}
         start = {n: s.version for n, s in states.items()}
         batch = _Batch(store, [op.op_id for op in ops if op.explicit])
         outcomes = [batch.apply(op, states) for op in ops]
@@ -223,10 +225,21 @@ def _attempt(
         for name, state in changed.items():
             if not store.update_level(state, expected_version=start[name]):
                 raise _ConflictError(name, start[name])
+        # A decision taken on a cached level that the batch then left unchanged
+        # (a refusal, a bet below min_bet, a level groups=None skipped) wrote no
+        # version-checked row: check its version too, or a level another
+        # process resumed or reconfigured would be judged by its old state.
+        # (A replay reads no level: it needs no check.)
+        for name in sorted((trusted & batch.consulted) - changed.keys()):
+            if _load(store, name).version != start[name]:
+                raise _ConflictError(name, start[name])
         batch.flush()  # after the version check: a stale cache is a conflict, not a clash
         for name in pessimistic - changed.keys():
             store.claim_lock(name, None)  # refused ops release their claim unchanged
-    return outcomes, changed
+    # What the caller may cache: the levels written, and those read fresh under
+    # the write lock (a stale cache that a conflict reloaded is replaced even
+    # when the retry changed nothing, or every later batch would conflict).
+    return outcomes, {n: s for n, s in states.items() if n in changed or n not in trusted}
 
 
 class _Batch:
@@ -238,6 +251,8 @@ class _Batch:
         self.known = store.find_operations(op_ids) if op_ids else {}
         self.entries: list[tuple[str, Entry]] = []
         self.records: list[StoredOperation] = []
+        self.consulted: set[str] = set()
+        """Levels whose state an op's rules read (all but replays and op_id clashes)."""
         self.at_ms = now_ms()
 
     def apply(self, op: Operation, states: dict[str, LevelState]) -> Outcome:
@@ -249,6 +264,7 @@ class _Batch:
                            f"{stored.kind} request; use a new op_id for a new request")
                     raise IdempotencyConflictError(msg)
                 return Outcome(op.rebuild(stored.result))
+            self.consulted.update(op.names)
             if op.pessimistic:
                 for name in op.names:
                     self.store.claim_lock(name, op.op_id)

@@ -1,0 +1,86 @@
+"""Decisions taken on a cached level that the batch leaves unchanged are version-checked.
+
+Two engines on one file stand for two processes (each has its own actors,
+guards and connections). The first engine's cache of a level goes stale when
+the second changes it; a refusal, a bet below `min_bet` or a level that
+`groups=None` skips writes no version-checked row of that level, so without a
+check the stale state would decide (and an explicit op_id would record that
+decision for good).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from jackpot import GroupConfig, GroupSuspendedError, JackpotEngine, Settings
+
+GROUPS = (
+    GroupConfig("major", Decimal(1000), Decimal("0.01")),
+    GroupConfig("minor", Decimal(100), Decimal("0.01")),
+)
+
+
+def test_a_level_resumed_by_another_process_takes_bets_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db, GROUPS) as server:
+        server.suspend("minor", reason="maintenance")  # the server caches "suspended"
+        with JackpotEngine.open(db) as other:
+            other.resume("minor", reason="done")
+        one = server.contribute("10", groups="minor", op_id="bet-1")
+        assert one.contributions == {"minor": Decimal("0.1")}
+        assert one.versions == {"minor": 4}
+        every = server.contribute("10", op_id="bet-2")  # groups=None: every active level
+        assert every.contributions == {"major": Decimal("0.1"), "minor": Decimal("0.1")}
+        assert every.versions == {"major": 2, "minor": 5}
+        assert server.pool("minor").version == 5
+        assert server.verify().ok
+
+
+def test_a_min_bet_lowered_by_another_process_lets_the_bet_qualify(tmp_path: Path) -> None:
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db, GROUPS) as server:
+        server.update_config("major", min_bet=Decimal(50), who="op", reason="raise")
+        with JackpotEngine.open(db) as other:
+            other.update_config("major", min_bet=Decimal(1), who="op", reason="lower")
+        bet = server.contribute("10", groups="major", op_id="bet-1")
+        assert bet.contributions == {"major": Decimal("0.1")}
+        assert bet.versions == {"major": 4}
+        again = server.contribute("10", groups="major", op_id="bet-1")
+        assert again.replayed
+        assert again.contributions == {"major": Decimal("0.1")}
+        pool = server.pool("major")
+        assert (pool.version, pool.amount) == (4, Decimal("1000.1"))
+        assert server.verify().ok
+
+
+def test_a_refusal_after_a_reload_refreshes_the_cache(tmp_path: Path) -> None:
+    """The reload that a stale refusal caused is kept, so the next bet does not conflict again."""
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db, GROUPS) as server:
+        server.suspend("minor", reason="maintenance")
+        with JackpotEngine.open(db) as other:
+            other.resume("minor", reason="done")
+            other.suspend("minor", reason="again")  # suspended, two versions later
+        for op_id in ("bet-1", "bet-2", "bet-3"):
+            with pytest.raises(GroupSuspendedError):
+                server.contribute("10", groups="minor", op_id=op_id)
+        counts = server.stats.snapshot()
+        assert (counts["conflicts"], counts["retries"]) == (1, 1)
+        assert server.pool("minor").version == 4
+        assert server.verify().ok
+
+
+def test_a_replay_on_a_stale_cache_needs_no_retry(tmp_path: Path) -> None:
+    """A replay reads no level: a stale cache is no conflict for it, even with no retries."""
+    db = tmp_path / "pools.db"
+    JackpotEngine.open(db, GROUPS).close()
+    with JackpotEngine.open(db, settings=Settings(max_retry_attempts=0)) as strict:
+        first = strict.contribute("10", groups="minor", op_id="a")
+        with JackpotEngine.open(db) as other:
+            other.contribute("10", groups="minor", op_id="b")
+        again = strict.contribute("10", groups="minor", op_id="a")
+        assert (again.replayed, again.versions) == (True, first.versions)
+        assert strict.stats.snapshot()["conflicts"] == 0
