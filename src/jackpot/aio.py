@@ -53,7 +53,7 @@ from jackpot.results import (
 )
 from jackpot.service import Operation
 from jackpot.settings import Settings
-from jackpot.stats import Stats
+from jackpot.stats import Stats, after_the_fact
 
 __all__ = ["AsyncJackpotEngine"]
 
@@ -712,11 +712,12 @@ class _Call:
                 self._tracking.__exit__(*exc)
         if error is None:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
-            log_success(self.op, outcome, result)
+            after_the_fact(log_success, self.op, outcome, result)
         else:
             outcome = outcome_of(error)
-            log_failure(self.op, outcome, error)
-        self._engine.stats.operation(self.op.kind, outcome, time.perf_counter() - self._started)
+            after_the_fact(log_failure, self.op, outcome, error)
+        after_the_fact(self._engine.stats.operation, self.op.kind, outcome,
+                       time.perf_counter() - self._started)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -72,7 +72,7 @@ from jackpot.results import (
 )
 from jackpot.service import Operation, now_ms
 from jackpot.settings import Settings
-from jackpot.stats import Stats
+from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import SQLiteStore, Store, is_database_url, open_store
 
 __all__ = ["JackpotEngine"]
@@ -807,15 +807,16 @@ class JackpotEngine:
                 result = self._submit_with_restart(op)
         except Exception as e:
             outcome = outcome_of(e)
-            log_failure(op, outcome, e)
+            after_the_fact(log_failure, op, outcome, e)
             raise
         else:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
-            log_success(op, outcome, result)
+            after_the_fact(log_success, op, outcome, result)
             return result
         finally:
-            try:
-                self.stats.operation(op.kind, outcome, time.perf_counter() - started)
+            try:  # the outcome is final: reporting it must not change it
+                after_the_fact(self.stats.operation, op.kind, outcome,
+                               time.perf_counter() - started)
             finally:
                 own.n -= 1
                 self._leave()

@@ -34,7 +34,7 @@ from jackpot.errors import (
     StorageError,
 )
 from jackpot.settings import Settings
-from jackpot.stats import Stats
+from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import (
     BusyIncidentError,
     SerializationFailureError,
@@ -183,7 +183,8 @@ def _with_retries(
         else:
             for op, outcome in zip(ops, outcomes, strict=True):
                 if outcome.error is None and getattr(outcome.result, "replayed", False):
-                    stats.add("replays", op.kind, ",".join(op.names))
+                    # Committed already: a failing observer must not fail the batch.
+                    after_the_fact(stats.add, "replays", op.kind, ",".join(op.names))
             return outcomes, states
         attempt += 1
         fresh = True

@@ -8,11 +8,16 @@ the same events when metrics are enabled, and cost nothing when there are none.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections import Counter, deque
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-__all__ = ["Observer", "Stats"]
+__all__ = ["Observer", "Stats", "after_the_fact"]
+
+logger = logging.getLogger("jackpot")
 
 OUTCOMES = ("ok", "replayed", "rejected", "conflict", "timeout", "error")
 
@@ -89,3 +94,19 @@ class Stats:
             out = dict.fromkeys(self.EVENTS, 0)
             out.update(self._counts)
             return out
+
+
+def after_the_fact(report: Callable[..., Any], *args: Any) -> None:
+    """Run `report(*args)` (a log line, an observer event) about an outcome already final.
+
+    The operation has committed (or failed) by then: a failing observer or
+    log filter must not turn a committed operation into an error for its
+    caller (who might send it again without an op_id), nor replace the error
+    of a failed one. Its failure is logged instead, if logging works.
+    """
+    try:
+        report(*args)
+    except Exception:  # the outcome stands; its report failing is logged below
+        with contextlib.suppress(Exception):
+            logger.exception("reporting an operation's outcome failed; the outcome stands",
+                             extra={"outcome": "report_failed"})
