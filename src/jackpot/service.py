@@ -264,13 +264,18 @@ class _Batch:
                     msg = (f"op_id {op.op_id!r} was already used for a different "
                            f"{stored.kind} request; use a new op_id for a new request")
                     raise IdempotencyConflictError(msg)
-                return Outcome(op.rebuild(stored.result))
+                return Outcome(_rebuild(op, stored))
             self.consulted.update(op.names)
             if op.pessimistic:
                 for name in op.names:
                     self.store.claim_lock(name, op.op_id)
-            new_states, entries, result = op.apply({n: states[n] for n in op.names},
-                                                   self.at_ms)
+            try:
+                new_states, entries, result = op.apply({n: states[n] for n in op.names},
+                                                       self.at_ms)
+            except JackpotError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a broken pure rule fails its op, not its batch
+                return Outcome(error=e)
         except JackpotError as e:
             return Outcome(error=e)  # refused before writing anything
         # A bet that qualifies for no level has no ledger rows, but its op_id
@@ -290,6 +295,20 @@ class _Batch:
             self.store.append_entries(self.entries)
         if self.records:
             self.store.record_operations(self.records, self.at_ms)
+
+
+def _rebuild(op: Operation, stored: StoredOperation) -> Any:
+    """Return the first result of `op` from its stored form (what a replay returns).
+
+    A record the engine cannot read (tampered, or not written by it) fails
+    this replay alone, with a `StorageError`, not every op sharing its batch.
+    """
+    try:
+        return op.rebuild(stored.result)
+    except Exception as e:
+        msg = (f"op_id {op.op_id!r}: its stored first result cannot be read "
+               f"({type(e).__name__}: {e}); nothing was changed: run verify()")
+        raise StorageError(msg) from e
 
 
 def _load(store: SQLiteStore, name: str) -> LevelState:
