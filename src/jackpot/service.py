@@ -232,7 +232,7 @@ def _attempt(
         # process resumed or reconfigured would be judged by its old state.
         # (A replay reads no level: it needs no check.)
         for name in sorted((trusted & batch.consulted) - changed.keys()):
-            if _load(store, name).version != start[name]:
+            if store.level_version(name) != start[name]:  # a plain read: no row lock
                 raise _ConflictError(name, start[name])
         batch.flush()  # after the version check: a stale cache is a conflict, not a clash
         for name in pessimistic - changed.keys():

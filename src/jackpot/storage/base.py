@@ -355,6 +355,10 @@ class Store(ABC):
         """Return every level, by name, in name order."""
 
     @abstractmethod
+    def level_version(self, name: str) -> int | None:
+        """Return the committed version of one level (None: no such level), locking nothing."""
+
+    @abstractmethod
     def insert_level(self, state: LevelState) -> None:
         """Insert a new level row."""
 

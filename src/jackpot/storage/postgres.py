@@ -517,6 +517,16 @@ class PostgresStore(Store):
         rows = self._exec(_LOCK_LEVEL if self._writing else _LOAD_LEVEL, (name,))
         return level_from_row(rows[0]) if rows else None
 
+    def level_version(self, name: str) -> int | None:
+        """Return the committed version of one level (None: no such level), locking nothing.
+
+        Inside `write()` a plain read is enough: it checks that a decision
+        taken on a cached row (a refusal, a skip) rests on the row as committed
+        now; a writer that commits after it is ordered after this operation.
+        """
+        rows = self._exec("SELECT version FROM levels WHERE name = %s", (name,))
+        return int(rows[0][0]) if rows else None
+
     def load_levels(self) -> dict[str, LevelState]:
         """Return every level, by name (inside `write()`: after the creation lock)."""
         if self._writing:

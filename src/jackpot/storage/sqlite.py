@@ -433,6 +433,11 @@ class SQLiteStore(Store):
         rows = self._exec(f"{_SELECT_LEVEL} ORDER BY name")
         return {row[0]: level_from_row(row) for row in rows}
 
+    def level_version(self, name: str) -> int | None:
+        """Return the committed version of one level (None: no such level)."""
+        rows = self._exec("SELECT version FROM levels WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else None
+
     def insert_level(self, state: LevelState) -> None:
         """Insert a new level row."""
         self._exec(_INSERT_LEVEL, level_values(state))
