@@ -89,8 +89,16 @@ class EngineClosedError(JackpotError):
 class StorageError(JackpotError):
     """The database failed (I/O error, disk full, corruption).
 
-    The transaction was rolled back: nothing was changed.
+    `outcome_unknown` is False when the transaction was rolled back: nothing
+    was changed. It is True when the failure came while committing (say, the
+    sync of the write-ahead log failed): the transaction may still be in the
+    file after a crash, so resend the operation with the same op_id to learn
+    whether it was applied.
     """
+
+    def __init__(self, msg: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(msg)
+        self.outcome_unknown = outcome_unknown
 
 
 class GroupSuspendedError(JackpotError):

@@ -133,11 +133,16 @@ def execute_batch(
     except StorageError as e:
         if len(ops) == 1:
             return [Outcome(error=e)], {}
+        unknown = e if e.outcome_unknown else None
     # The shared transaction failed: give each op its own chance.
     outcomes: list[Outcome] = []
     changed: dict[str, LevelState] = {}
     for op in ops:
         one, states = execute_batch(store, [op], None, settings=settings, stats=stats)
+        if unknown is not None and one[0].error is not None:
+            # Until a later commit reuses its place in the WAL, the failed one
+            # may still reach the file (see SQLiteStore): say so, not "refused".
+            one = [Outcome(error=unknown)]
         outcomes.extend(one)
         changed.update(states)
     return outcomes, changed

@@ -340,11 +340,17 @@ class SQLiteStore(Store):
         self.lock_wait_seconds = time.monotonic() - started
         try:
             yield
-            self._exec("COMMIT")
         except BaseException as exc:
             self._rollback()
             if isinstance(exc, apsw.Error):
                 raise self._translate(exc) from exc
+            raise
+        try:
+            self._exec("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, apsw.Error):
+                raise self._commit_failed(exc) from exc
             raise
         if self._wal_pages >= CATCH_UP_PAGES:
             # The background checkpoint fell far behind (or cannot run): do
@@ -352,6 +358,25 @@ class SQLiteStore(Store):
             self._wal_pages = 0
             with contextlib.suppress(StorageError):  # the next commit tries again
                 self.checkpoint()
+
+    def _commit_failed(self, e: apsw.Error) -> Exception:
+        """Translate an error of COMMIT: past its first WAL write, the outcome is unknown.
+
+        SQLite writes the transaction's frames, the last one marked as the
+        commit, then syncs the WAL. If that sync (or a write SQLite cannot
+        tell went through) fails, COMMIT reports the error and this process
+        no longer sees the transaction, but the frames may be in the file:
+        should the process die before the next write reuses that space, the
+        recovery of the next opener replays them and the transaction is
+        there. So the caller may not be told "nothing changed". A busy
+        database or a full disk stops before the commit frame is written.
+        """
+        if isinstance(e, (apsw.BusyError, apsw.FullError)):
+            return self._translate(e)
+        msg = (f"database error while committing: {type(e).__name__}: {e}; the "
+               "transaction may have reached the file all the same (its outcome is "
+               "unknown): resend the operation with the same op_id to learn it")
+        return StorageError(msg, outcome_unknown=True)
 
     def _rollback(self) -> None:
         if self.conn.in_transaction:
