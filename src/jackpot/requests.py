@@ -14,7 +14,12 @@ from typing import Any
 
 from jackpot import domain, money
 from jackpot.domain import Entry, LevelState
-from jackpot.errors import ConcurrencyViolationError, UnknownGroupError, ValidationError
+from jackpot.errors import (
+    ConcurrencyViolationError,
+    GroupSuspendedError,
+    UnknownGroupError,
+    ValidationError,
+)
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation, fingerprint
 
@@ -42,6 +47,22 @@ RESERVED_OP_ID_PREFIXES = ("auto-", "create:")
 """The engine's own op_ids: generated ones (`auto-...`) and each level's creation
 (`create:<level>`). A caller's op_id may not look like one: its ledger rows would
 be mistaken for theirs."""
+
+
+def _refuse_every_level_closed(states: Mapping[str, LevelState]) -> None:
+    """Refuse a bet on "every level" when none takes bets, rather than succeed empty.
+
+    Recorded as applied with nothing contributed, its op_id would be used up
+    and replay that empty result after the levels reopen. (Some level is
+    always suspended then: a retirement needs a level to move its pool to.)
+    """
+    suspended = sorted(n for n, s in states.items() if s.status == domain.SUSPENDED)
+    retired = sorted(n for n, s in states.items() if s.status == domain.RETIRED)
+    msg = "a bet on every level, but no level takes bets: " + "; ".join(
+        f"{what} {', '.join(names)}" for what, names in (("suspended", suspended),
+                                                         ("retired", retired)) if names)
+    msg += " (resume a level first)"
+    raise GroupSuspendedError(msg)
 
 
 class Requests:
@@ -118,6 +139,8 @@ class Requests:
                 hits.extend(Win(oid, h.level, money.from_units(h.paid),
                                 money.from_units(h.balance_after), h.version_after,
                                 reset=True, hit=True) for h in level_hits)
+            if every and not added:
+                _refuse_every_level_closed(states)
             after_all = {n: new.get(n, states[n]) for n in added}
             result = Contribution(
                 oid, {n: money.from_units(v) for n, v in added.items()},

@@ -65,7 +65,8 @@ class Contribution:
     `hits` are the must-hit-by wins this bet triggered (empty when none). A
     level the bet did not qualify for (below its min_bet) shows a contribution
     of 0 and its unchanged balance and version. With groups=None, levels that
-    take no bets (suspended or retired) are left out altogether.
+    take no bets (suspended or retired) are left out altogether (and a bet
+    that no level takes is refused, never an empty result).
     """
 
     op_id: str

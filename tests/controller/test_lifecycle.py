@@ -198,6 +198,25 @@ def test_suspend_keeps_the_amount_and_refuses_bets_and_wins_until_resumed(
     verified(engine)
 
 
+def test_a_bet_on_every_level_when_none_takes_bets_is_refused_not_an_empty_success(
+        open_engine: Callable[..., JackpotEngine], db_checksum: Callable[..., str]) -> None:
+    engine = open_engine(groups=[GroupConfig("minor", Decimal(10), Decimal("0.1")),
+                                 GroupConfig("major", Decimal(50), Decimal("0.2")),
+                                 GroupConfig("old", Decimal(5), Decimal("0.1"))])
+    engine.retire("old", transfer_to="major", reason="merged")
+    engine.suspend("minor", reason="fault")
+    engine.suspend("major", reason="fault")
+    digest = db_checksum()
+    with pytest.raises(GroupSuspendedError, match=(
+            r"^a bet on every level, but no level takes bets: suspended major, minor; "
+            r"retired old \(resume a level first\)$")):
+        engine.contribute("10", op_id="b1")
+    assert db_checksum() == digest  # the op_id is not used up
+    engine.resume("major")
+    assert engine.contribute("10", op_id="b1").contributions == {"major": 2}
+    verified(engine)
+
+
 # -- adjust ------------------------------------------------------------------------------
 
 def test_adjustments_are_audited_and_bounded(open_engine: Callable[..., JackpotEngine],

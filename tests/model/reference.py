@@ -399,6 +399,8 @@ class Model:
                 if every and lv.status != "active":
                     continue
                 added[name] = self._contribute(lv, units, oid, hits)
+            if every and not added:  # no level takes bets: refused, not an empty success
+                raise Refused(GroupSuspendedError, "no level takes bets")
             if self._observed and self.draw is None:  # (known triggers: results compared)
                 left = {k: v for k, v in self._observed.items() if v}
                 if left:
