@@ -393,3 +393,48 @@ def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
         report = engine.verify()  # no exception: the cast of a forged bet must not abort it
         assert not report.ok
         assert "minor: meter wagered is 20000000, ledger says 10000000" in report.problems
+
+
+# -- a connection lost at COMMIT: settled by the transaction's status ----------------------
+
+
+def test_a_commit_whose_answer_was_lost_is_settled_by_the_transaction_status(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(pg_target)
+    try:
+        store.migrate()
+        assert isinstance(store, PostgresStore)
+        lost = OSError("server closed the connection unexpectedly")
+        with store.write():
+            committed = store._xid
+        store._settle_lost_commit(committed, lost)  # committed: the caller gets its result
+        aborted = _rolled_back_xid(store)
+        with pytest.raises(StorageError, match="was rolled back and nothing was changed") as no:
+            store._settle_lost_commit(aborted, lost)
+        assert no.value.outcome_unknown is False
+        with psycopg.connect(pg_target) as other:  # a transaction still open elsewhere
+            (running,) = other.execute("SELECT txid_current()").fetchall()[0]
+            monkeypatch.setattr(store, "_timeout_ms", 50)
+            with pytest.raises(StorageError, match=r"unknown \(transaction status "
+                                                   r"'in progress'\)") as unknown:
+                store._settle_lost_commit(running, lost)
+            assert unknown.value.outcome_unknown is True
+            other.rollback()
+        with monkeypatch.context() as m:  # the server cannot be asked
+            m.setattr(store, "_url", "postgresql://nobody@127.0.0.1:1/none")
+            with pytest.raises(StorageError, match="whether it committed is unknown") as down:
+                store._settle_lost_commit(committed, lost)
+        assert down.value.outcome_unknown is True
+    finally:
+        store.close()
+
+
+def _rolled_back_xid(store: PostgresStore) -> int:
+    xid = 0
+    try:
+        with store.write():
+            xid = store._xid
+            raise RuntimeError  # the block fails: the write rolls back
+    except RuntimeError:
+        return xid
+    raise AssertionError

@@ -455,7 +455,7 @@ class PostgresStore(Store):
         except psycopg.Error as check:
             msg = (f"{lost}, and whether it committed is unknown ({_first_line(check)}): "
                    "send the operation again with the same op_id to find out")
-            raise StorageError(msg) from e
+            raise StorageError(msg, outcome_unknown=True) from e
         if status == "committed":
             return
         if status == "aborted":
@@ -463,7 +463,7 @@ class PostgresStore(Store):
             raise StorageError(msg) from e
         msg = (f"{lost}, and whether it committed is unknown (transaction status {status!r}): "
                "send the operation again with the same op_id to find out")
-        raise StorageError(msg) from e
+        raise StorageError(msg, outcome_unknown=True) from e
 
     @contextmanager
     def read(self) -> Iterator[None]:
