@@ -119,9 +119,11 @@ def execute_batch(
     (bad state, insufficient funds, idempotency conflict...) fails alone: it
     has written nothing when it fails. If the shared transaction itself fails
     (an I/O error, say), every op is retried alone, so none fails that would
-    have succeeded by itself. Returns the committed state of every level the
-    batch changed or read afresh. `cached` are the caller's last known states
-    (None: read fresh).
+    have succeeded by itself; if its outcome is unknown (it may have
+    committed), only the ops with the caller's op_id are retried (a committed
+    one replays), the others fail with that unknown outcome. Returns the
+    committed state of every level the batch changed or read afresh. `cached`
+    are the caller's last known states (None: read fresh).
     """
     try:
         return _with_retries(store, ops, cached, settings=settings, stats=stats)
@@ -138,6 +140,12 @@ def execute_batch(
     outcomes: list[Outcome] = []
     changed: dict[str, LevelState] = {}
     for op in ops:
+        if unknown is not None and not op.explicit:
+            # The shared transaction may have committed (PostgreSQL: a COMMIT
+            # whose answer was lost), and an op without the caller's op_id
+            # cannot find its own record: run again, it would apply twice.
+            outcomes.append(Outcome(error=unknown))
+            continue
         one, states = execute_batch(store, [op], None, settings=settings, stats=stats)
         if unknown is not None and one[0].error is not None:
             # Until a later commit reuses its place in the WAL, the failed one

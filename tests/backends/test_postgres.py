@@ -438,3 +438,58 @@ def _rolled_back_xid(store: PostgresStore) -> int:
     except RuntimeError:
         return xid
     raise AssertionError
+
+
+# -- open(create=False) --------------------------------------------------------------------
+
+
+def test_open_with_create_false_refuses_a_database_without_a_jackpot_schema(
+        pg_target: str) -> None:
+    with pytest.raises(StorageError, match=r"holds no jackpot schema \(opened with "
+                                           r"create=False: nothing was created\)$"):
+        JackpotEngine.open(pg_target, create=False)
+    with psycopg.connect(pg_target) as conn:  # no table, no level was made
+        assert conn.execute("SELECT to_regclass('jackpot_schema'), to_regclass('levels')"
+                            ).fetchall() == [(None, None)]
+    with JackpotEngine.open(pg_target) as engine:  # create=True (the default) makes it
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+    with JackpotEngine.open(pg_target, create=False) as engine:  # and it opens from then on
+        assert engine.contribute(Decimal(10), groups="minor", op_id="b1").replayed
+
+
+def test_a_shared_batch_whose_commit_is_unknown_never_runs_an_auto_op_id_twice(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jackpot.requests import Requests  # noqa: PLC0415
+    from jackpot.service import execute_batch  # noqa: PLC0415
+    from jackpot.stats import Stats  # noqa: PLC0415
+
+    JackpotEngine.open(pg_target).close()
+    store = open_store(pg_target, create=False)
+    real_flush = PostgresStore._flush
+    armed = [True]
+
+    def flush(self: PostgresStore, *, commit: bool = False) -> None:
+        xid = self._xid
+        real_flush(self, commit=commit)  # the COMMIT reaches the server...
+        if commit and armed and armed.pop():  # ...its answer is lost, and the server too
+            assert self._conn is not None
+            self._conn.close()
+            with monkeypatch.context() as m:
+                m.setattr(self, "_url", "postgresql://nobody@127.0.0.1:1/none")
+                self._settle_lost_commit(xid, OSError("server closed the connection"))
+
+    monkeypatch.setattr(PostgresStore, "_flush", flush)
+    requests = Requests(["major", "mega", "minor"])
+    ops = [requests.contribute(Decimal(100), groups=("minor",), op_id=op_id)
+           for op_id in (None, "bet-1", None)]
+    try:
+        outcomes, _ = execute_batch(store, ops, None, settings=Settings(), stats=Stats())
+    finally:
+        store.close()
+    auto = [outcomes[0].error, outcomes[2].error]
+    assert all(isinstance(e, StorageError) and e.outcome_unknown for e in auto)
+    assert outcomes[1].error is None
+    assert outcomes[1].result.replayed  # it committed: the retry found its record
+    with JackpotEngine.open(pg_target, create=False) as engine:
+        assert engine.pool("minor").amount == MINOR_SEED + Decimal("1.5")  # 3 bets, once each
+        assert engine.verify().ok
