@@ -224,11 +224,12 @@ class PostgresStore(Store):
         `read_only`, `write()` is refused. With `read_only` or `existing`
         (every connection an engine opens after `open()`: its actors, the
         health probe), a newer schema is refused at once; otherwise
-        `migrate()` refuses it.
+        `migrate()` refuses it. With `existing` (and not `read_only`), a
+        database without a jackpot schema is refused too.
 
         Raises:
             StorageError: the database cannot be reached, or (read-only or
-                existing) has a newer schema.
+                existing) has a newer schema, or (existing) none at all.
 
         """
         if _misread(url):  # libpq's message would quote a fragment of it: maybe the password
@@ -259,10 +260,21 @@ class PostgresStore(Store):
             raise StorageError(msg) from e
         if read_only or existing:
             try:
-                self.schema_version()
+                self._check_schema(existing=existing and not read_only)
             except BaseException:
                 self.close()
                 raise
+
+    def _check_schema(self, *, existing: bool) -> None:
+        """Refuse a newer schema; with `existing`, also none at all.
+
+        `open(create=False)`: an empty database is refused, never given a
+        schema by the `migrate()` that follows.
+        """
+        if self.schema_version() == 0 and existing:
+            msg = (f"database {self._where} holds no jackpot schema (opened with "
+                   "create=False: nothing was created)")
+            raise StorageError(msg)
 
     def close(self) -> None:
         """Give this store's share of the connection pool back (idempotent)."""
