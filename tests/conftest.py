@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import apsw
 import pytest
 
 from jackpot import GroupConfig, JackpotEngine, Settings
+from jackpot.results import Contribution
 
 Dump = dict[str, tuple[tuple[Any, ...], ...]]
 
@@ -131,3 +134,59 @@ def ledger(db_path: Path) -> Callable[..., list[dict[str, Any]]]:
         return read_ledger(db_path if path is None else path, level)
 
     return _ledger
+
+
+OneBatch = Callable[[JackpotEngine, str, dict[str, "str | None"]],
+                    dict[str, "Contribution | BaseException"]]
+
+
+@pytest.fixture
+def one_batch() -> OneBatch:
+    """Return run(engine, level, {key: op_id}): bets of 10 that share one batch of `level`.
+
+    A first bet ("blocker") is taken by the level's actor, which then waits
+    for the level's guard (held here, as a multi-level batch would hold it);
+    the bets of `ops` queue meanwhile, and all go into the actor's next
+    transaction once the guard is released. Returns each key's result or error.
+    """
+
+    def run(engine: JackpotEngine, level: str, ops: dict[str, str | None]
+            ) -> dict[str, Contribution | BaseException]:
+        guard, box = engine._guards[level], engine._mailboxes[level]
+        taken = threading.Event()
+        real_take = box.take
+
+        def take() -> object:
+            got = real_take()
+            taken.set()
+            return got
+
+        results: dict[str, Contribution | BaseException] = {}
+
+        def call(key: str, op_id: str | None) -> None:
+            try:
+                results[key] = engine.contribute("10", groups=level, op_id=op_id)
+            except Exception as e:  # recorded for the assertions
+                results[key] = e
+
+        box.take = take  # type: ignore[method-assign]
+        threads = [threading.Thread(target=call, args=("blocker", "blocker"))]
+        guard.lock.acquire()
+        try:
+            threads[0].start()
+            assert taken.wait(30)  # the actor holds "blocker" and waits for the guard
+            threads += [threading.Thread(target=call, args=item) for item in ops.items()]
+            for t in threads[1:]:
+                t.start()
+            deadline = time.monotonic() + 30
+            while len(box._items) < len(ops):  # all queued behind "blocker": one batch
+                assert time.monotonic() < deadline, "the bets did not queue"
+                threading.Event().wait(0.001)
+        finally:
+            guard.lock.release()
+            box.take = real_take  # type: ignore[method-assign]
+        for t in threads:
+            t.join(30)
+        return results
+
+    return run

@@ -7,9 +7,8 @@ operation in it (each of which would have succeeded alone) with a raw KeyError.
 
 from __future__ import annotations
 
-import threading
-from decimal import Decimal
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
@@ -21,7 +20,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_an_unreadable_stored_result_fails_its_replay_alone(tmp_path: Path) -> None:
+def test_an_unreadable_stored_result_fails_its_replay_alone(
+        tmp_path: Path, one_batch: Callable[..., dict[str, Any]]) -> None:
     db = tmp_path / "pools.db"
     JackpotEngine.open(db).close()
     request = {"kind": "contribute", "bet": money.parse_amount("10", name="bet"),
@@ -31,36 +31,7 @@ def test_an_unreadable_stored_result_fails_its_replay_alone(tmp_path: Path) -> N
                  "VALUES ('forged', 'contribute', ?, '{}', 0)", (fingerprint(request),))
     conn.close()
     with JackpotEngine.open(db) as engine:
-        guard, box = engine._guards["minor"], engine._mailboxes["minor"]
-        taken = threading.Event()
-        real_take = box.take
-
-        def take() -> object:
-            got = real_take()
-            taken.set()
-            return got
-
-        box.take = take  # type: ignore[method-assign]
-        results: dict[str, Contribution | BaseException] = {}
-
-        def call(op_id: str) -> None:
-            try:
-                results[op_id] = engine.contribute(Decimal(10), groups="minor", op_id=op_id)
-            except Exception as e:  # recorded for the assertions
-                results[op_id] = e
-
-        guard.lock.acquire()  # as a multi-level batch would: the actor waits for it
-        blocker = threading.Thread(target=call, args=("blocker",))
-        blocker.start()
-        assert taken.wait(30)  # the actor holds "blocker" and waits for the guard
-        pair = [threading.Thread(target=call, args=(op_id,)) for op_id in ("forged", "fine")]
-        for t in pair:
-            t.start()
-        while len(box._items) < 2:  # both queued behind "blocker": one batch
-            threading.Event().wait(0.001)
-        guard.lock.release()
-        for t in (blocker, *pair):
-            t.join(30)
+        results = one_batch(engine, "minor", {"forged": "forged", "fine": "fine"})
         forged, fine = results["forged"], results["fine"]
         assert isinstance(forged, StorageError)
         assert "'forged'" in str(forged)

@@ -8,9 +8,10 @@ twice) or the original error.
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,42 +61,12 @@ def test_a_refusal_keeps_its_error_though_its_observer_raises(tmp_path: Path) ->
 
 
 def test_a_replay_event_that_raises_fails_no_operation_of_the_committed_batch(
-        tmp_path: Path) -> None:
+        tmp_path: Path, one_batch: Callable[..., dict[str, Any]]) -> None:
     """A replay and a new bet share one batch; the 'replays' report comes after the commit."""
     with JackpotEngine.open(tmp_path / "p.db") as engine:
         engine.contribute(Decimal(10), groups="minor", op_id="spin-1")
         engine.stats.observers.append(_Raising("replays"))
-        guard, box = engine._guards["minor"], engine._mailboxes["minor"]
-        taken = threading.Event()
-        real_take = box.take
-
-        def take() -> object:
-            got = real_take()
-            taken.set()
-            return got
-
-        box.take = take  # type: ignore[method-assign]
-        results: dict[str, Contribution | BaseException] = {}
-
-        def call(key: str, op_id: str | None) -> None:
-            try:
-                results[key] = engine.contribute(Decimal(10), groups="minor", op_id=op_id)
-            except Exception as e:  # recorded for the assertions
-                results[key] = e
-
-        guard.lock.acquire()  # as a multi-level batch would: the actor waits for it
-        blocker = threading.Thread(target=call, args=("blocker", "blocker"))
-        blocker.start()
-        assert taken.wait(30)  # the actor holds "blocker" and waits for the guard
-        pair = [threading.Thread(target=call, args=("replay", "spin-1")),
-                threading.Thread(target=call, args=("new", None))]
-        for t in pair:
-            t.start()
-        while len(box._items) < 2:  # both queued behind "blocker": one batch
-            threading.Event().wait(0.001)
-        guard.lock.release()
-        for t in (blocker, *pair):
-            t.join(30)
+        results = one_batch(engine, "minor", {"replay": "spin-1", "new": None})
         replay, new = results["replay"], results["new"]
         assert isinstance(replay, Contribution)
         assert isinstance(new, Contribution)
