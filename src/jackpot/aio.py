@@ -605,7 +605,8 @@ class _Call:
                    "outcome is unknown: retry with the same op_id to learn it")
             self._finish(None, LockTimeoutError(msg))
         elif ticket.abandon():
-            self._engine.stats.add("lock_timeouts", self.op.kind, ",".join(self.op.names))
+            after_the_fact(self._engine.stats.add, "lock_timeouts", self.op.kind,
+                           ",".join(self.op.names))
             msg = (f"{self.op.kind} {self.op.op_id!r} was not started within "
                    f"{self._engine.settings.lock_timeout_ms} ms; nothing was changed")
             self._finish(None, LockTimeoutError(msg))

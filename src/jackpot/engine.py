@@ -848,7 +848,7 @@ class JackpotEngine:
                 msg = f"the actor serving {', '.join(op.names)} has stopped"
                 raise pykka.ActorDeadError(msg) from None
         if ticket.abandon():
-            self.stats.add("lock_timeouts", op.kind, ",".join(op.names))
+            after_the_fact(self.stats.add, "lock_timeouts", op.kind, ",".join(op.names))
             msg = (f"{op.kind} {op.op_id!r} was not started within "
                    f"{self._settings.lock_timeout_ms} ms; nothing was changed")
             raise LockTimeoutError(msg) from None

@@ -129,8 +129,8 @@ def execute_batch(
         return _with_retries(store, ops, cached, settings=settings, stats=stats)
     except (ConcurrencyViolationError, LockTimeoutError) as e:
         if isinstance(e, LockTimeoutError):
-            stats.add("lock_timeouts", ",".join(sorted({op.kind for op in ops})),
-                      ",".join(sorted({n for op in ops for n in op.names})))
+            after_the_fact(stats.add, "lock_timeouts", ",".join(sorted({op.kind for op in ops})),
+                           ",".join(sorted({n for op in ops for n in op.names})))
         return [Outcome(error=e) for _ in ops], {}
     except StorageError as e:
         if len(ops) == 1:

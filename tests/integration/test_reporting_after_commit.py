@@ -8,6 +8,9 @@ twice) or the original error.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from jackpot import InsufficientFundsError, JackpotEngine
+from jackpot import (
+    AsyncJackpotEngine,
+    InsufficientFundsError,
+    JackpotEngine,
+    LockTimeoutError,
+    Settings,
+)
 from jackpot.results import Contribution
 
 
@@ -74,3 +83,59 @@ def test_a_replay_event_that_raises_fails_no_operation_of_the_committed_batch(
         assert (new.replayed, new.versions) == (False, {"minor": 4})
         assert engine.pool("minor").version == 4
         assert engine.verify().ok
+
+
+def _queued_behind_a_held_level(engine: JackpotEngine) -> tuple[threading.Thread, object]:
+    """Hold minor's guard, let its actor take a first bet and wait: the next one queues."""
+    guard, box = engine._guards["minor"], engine._mailboxes["minor"]
+    taken = threading.Event()
+    real_take = box.take
+
+    def take() -> object:
+        got = real_take()
+        taken.set()
+        return got
+
+    box.take = take  # type: ignore[method-assign]
+    guard.lock.acquire()
+    first = threading.Thread(target=lambda: _quietly(engine, "first"))
+    first.start()
+    assert taken.wait(30)  # the actor holds "first" and waits for the guard
+    return first, guard.lock
+
+
+def _quietly(engine: JackpotEngine, op_id: str) -> None:
+    with contextlib.suppress(Exception):  # its outcome is not what these tests look at
+        engine.contribute(Decimal(10), groups="minor", op_id=op_id)
+
+
+def test_a_lock_timeout_keeps_its_error_though_its_observer_raises(tmp_path: Path) -> None:
+    settings = Settings(lock_timeout_ms=200, max_retry_attempts=0)
+    with JackpotEngine.open(tmp_path / "p.db", settings=settings) as engine:
+        engine.stats.observers.append(_Raising("lock_timeouts"))
+        first, held = _queued_behind_a_held_level(engine)
+        try:
+            with pytest.raises(LockTimeoutError, match="was not started within 200 ms"):
+                engine.contribute(Decimal(10), groups="minor", op_id="late")
+        finally:
+            held.release()  # type: ignore[attr-defined]
+            first.join(30)
+        assert engine.contribute(Decimal(10), groups="minor", op_id="late").versions == {
+            "minor": 3}  # it changed nothing: sent again, it applies once
+
+
+def test_an_async_lock_timeout_is_reported_though_its_observer_raises(tmp_path: Path) -> None:
+    async def run() -> None:
+        settings = Settings(lock_timeout_ms=200, max_retry_attempts=0)
+        async with await AsyncJackpotEngine.open(tmp_path / "p.db", settings=settings) as engine:
+            engine.stats.observers.append(_Raising("lock_timeouts"))
+            first, held = _queued_behind_a_held_level(engine.sync)
+            try:
+                with pytest.raises(LockTimeoutError, match="was not started within 200 ms"):
+                    await asyncio.wait_for(  # without the fix the call never ends
+                        engine.contribute(Decimal(10), groups="minor", op_id="late"), 30)
+            finally:
+                held.release()  # type: ignore[attr-defined]
+                await asyncio.to_thread(first.join, 30)
+
+    asyncio.run(run())

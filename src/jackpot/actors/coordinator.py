@@ -30,7 +30,7 @@ from jackpot.actors.pool import DRAIN, cache_suspect
 from jackpot.errors import LockTimeoutError
 from jackpot.service import Operation, execute_batch
 from jackpot.settings import Settings
-from jackpot.stats import Stats
+from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import SQLiteStore
 
 __all__ = ["Coordinator"]
@@ -139,7 +139,7 @@ class Coordinator(pykka.ThreadingActor):
             self._stats.lock_wait("coordinator", label, waited)
             self._stats.add("busy_incidents", label, levels)
             if attempt >= self._settings.max_retry_attempts:
-                self._stats.add("lock_timeouts", label, levels)
+                after_the_fact(self._stats.add, "lock_timeouts", label, levels)
                 msg = (f"{label} {op_id!r}: could not hold levels {', '.join(names)} "
                        f"within {self._settings.lock_timeout_ms} ms after {attempt} "
                        "retries; nothing was changed")
