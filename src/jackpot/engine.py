@@ -891,17 +891,18 @@ class JackpotEngine:
             with self._restart_lock:
                 self._check_open()  # closed meanwhile: start nothing close() cannot stop
                 self._replace_dead(restarted, failed)
-        finally:
+        finally:  # done: reporting it must not fail the operation that asked for it
             for error in failed:
-                logger.error("the checkpointer had stopped and its replacement could not "
-                             "start; writers keep the WAL bounded until the next attempt",
-                             exc_info=error, extra={"outcome": "actor_restart_failed"})
+                after_the_fact(logger.error, "the checkpointer had stopped and its "
+                               "replacement could not start; writers keep the WAL bounded "
+                               "until the next attempt", exc_info=error,
+                               extra={"outcome": "actor_restart_failed"})
             for name in restarted:
                 level = {} if name in ("coordinator", "checkpointer") else {"level": name}
-                logger.error("%s had stopped; a replacement was started",
-                             f"actor of level {name}" if level else name,
-                             extra={"outcome": "actor_restart", **level})
-                self.stats.add("actor_restarts", "actor", name)
+                after_the_fact(logger.error, "%s had stopped; a replacement was started",
+                               f"actor of level {name}" if level else name,
+                               extra={"outcome": "actor_restart", **level})
+                after_the_fact(self.stats.add, "actor_restarts", "actor", name)
 
     def _replace_dead(self, restarted: list[str], failed: list[BaseException]) -> None:
         """Start a replacement for each stopped actor (under the restart lock); note it.

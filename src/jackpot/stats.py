@@ -96,7 +96,7 @@ class Stats:
             return out
 
 
-def after_the_fact(report: Callable[..., Any], *args: Any) -> None:
+def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Run `report(*args)` (a log line, an observer event) about an outcome already final.
 
     The operation has committed (or failed) by then: a failing observer or
@@ -105,7 +105,7 @@ def after_the_fact(report: Callable[..., Any], *args: Any) -> None:
     of a failed one. Its failure is logged instead, if logging works.
     """
     try:
-        report(*args)
+        report(*args, **kwargs)
     except Exception:  # the outcome stands; its report failing is logged below
         with contextlib.suppress(Exception):
             logger.exception("reporting an operation's outcome failed; the outcome stands",

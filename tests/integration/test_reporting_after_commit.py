@@ -139,3 +139,14 @@ def test_an_async_lock_timeout_is_reported_though_its_observer_raises(tmp_path: 
                 await asyncio.to_thread(first.join, 30)
 
     asyncio.run(run())
+
+
+def test_a_restart_reported_to_a_raising_observer_still_resends_the_operation(
+        tmp_path: Path) -> None:
+    with JackpotEngine.open(tmp_path / "p.db") as engine:
+        engine.stats.observers.append(_Raising("actor_restarts"))
+        engine._pools["minor"].actor_ref.stop()  # the next bet finds it dead: restart, resend
+        result = engine.contribute(Decimal(10), groups="minor", op_id="after")
+        assert (result.replayed, result.versions) == (False, {"minor": 2})
+        assert engine.stats.snapshot()["actor_restarts"] == 1
+        assert engine.verify().ok
