@@ -138,6 +138,44 @@ def ledger(db_path: Path) -> Callable[..., list[dict[str, Any]]]:
 
 OneBatch = Callable[[JackpotEngine, str, dict[str, "str | None"]],
                     dict[str, "Contribution | BaseException"]]
+BusyActor = Callable[[JackpotEngine, str, Callable[[], object]], threading.Thread]
+
+
+def _busy_actor(engine: JackpotEngine, level: str, first: Callable[[], object]
+                ) -> threading.Thread:
+    """Hold `level`'s guard, run `first` (a call on `level`) in a thread; return it.
+
+    Returns once the level's actor has taken that call and waits for the
+    guard (held here, as a multi-level batch would hold it): calls made now
+    queue in its mailbox. The caller releases `engine._guards[level].lock`.
+    """
+    guard, box = engine._guards[level], engine._mailboxes[level]
+    taken = threading.Event()
+    real_take = box.take
+
+    def take() -> object:
+        got = real_take()
+        taken.set()
+        return got
+
+    box.take = take  # type: ignore[method-assign]
+    guard.lock.acquire()
+    thread = threading.Thread(target=first)
+    try:
+        thread.start()
+        assert taken.wait(30)  # the actor holds the first call and waits for the guard
+    except BaseException:
+        guard.lock.release()
+        raise
+    finally:
+        box.take = real_take  # type: ignore[method-assign]
+    return thread
+
+
+@pytest.fixture
+def busy_actor() -> BusyActor:
+    """Return `_busy_actor(engine, level, first)`: the level's actor busy, the guard held."""
+    return _busy_actor
 
 
 @pytest.fixture
@@ -145,22 +183,13 @@ def one_batch() -> OneBatch:
     """Return run(engine, level, {key: op_id}): bets of 10 that share one batch of `level`.
 
     A first bet ("blocker") is taken by the level's actor, which then waits
-    for the level's guard (held here, as a multi-level batch would hold it);
-    the bets of `ops` queue meanwhile, and all go into the actor's next
-    transaction once the guard is released. Returns each key's result or error.
+    for the level's guard (see `busy_actor`); the bets of `ops` queue
+    meanwhile, and all go into the actor's next transaction once the guard
+    is released. Returns each key's result or error.
     """
 
     def run(engine: JackpotEngine, level: str, ops: dict[str, str | None]
             ) -> dict[str, Contribution | BaseException]:
-        guard, box = engine._guards[level], engine._mailboxes[level]
-        taken = threading.Event()
-        real_take = box.take
-
-        def take() -> object:
-            got = real_take()
-            taken.set()
-            return got
-
         results: dict[str, Contribution | BaseException] = {}
 
         def call(key: str, op_id: str | None) -> None:
@@ -169,12 +198,9 @@ def one_batch() -> OneBatch:
             except Exception as e:  # recorded for the assertions
                 results[key] = e
 
-        box.take = take  # type: ignore[method-assign]
-        threads = [threading.Thread(target=call, args=("blocker", "blocker"))]
-        guard.lock.acquire()
+        box, guard = engine._mailboxes[level], engine._guards[level]
+        threads = [_busy_actor(engine, level, lambda: call("blocker", "blocker"))]
         try:
-            threads[0].start()
-            assert taken.wait(30)  # the actor holds "blocker" and waits for the guard
             threads += [threading.Thread(target=call, args=item) for item in ops.items()]
             for t in threads[1:]:
                 t.start()
@@ -184,7 +210,6 @@ def one_batch() -> OneBatch:
                 threading.Event().wait(0.001)
         finally:
             guard.lock.release()
-            box.take = real_take  # type: ignore[method-assign]
         for t in threads:
             t.join(30)
         return results

@@ -85,57 +85,42 @@ def test_a_replay_event_that_raises_fails_no_operation_of_the_committed_batch(
         assert engine.verify().ok
 
 
-def _queued_behind_a_held_level(engine: JackpotEngine) -> tuple[threading.Thread, object]:
-    """Hold minor's guard, let its actor take a first bet and wait: the next one queues."""
-    guard, box = engine._guards["minor"], engine._mailboxes["minor"]
-    taken = threading.Event()
-    real_take = box.take
-
-    def take() -> object:
-        got = real_take()
-        taken.set()
-        return got
-
-    box.take = take  # type: ignore[method-assign]
-    guard.lock.acquire()
-    first = threading.Thread(target=lambda: _quietly(engine, "first"))
-    first.start()
-    assert taken.wait(30)  # the actor holds "first" and waits for the guard
-    return first, guard.lock
-
-
 def _quietly(engine: JackpotEngine, op_id: str) -> None:
     with contextlib.suppress(Exception):  # its outcome is not what these tests look at
         engine.contribute(Decimal(10), groups="minor", op_id=op_id)
 
 
-def test_a_lock_timeout_keeps_its_error_though_its_observer_raises(tmp_path: Path) -> None:
+def test_a_lock_timeout_keeps_its_error_though_its_observer_raises(
+        tmp_path: Path, busy_actor: Callable[..., threading.Thread]) -> None:
     settings = Settings(lock_timeout_ms=200, max_retry_attempts=0)
     with JackpotEngine.open(tmp_path / "p.db", settings=settings) as engine:
         engine.stats.observers.append(_Raising("lock_timeouts"))
-        first, held = _queued_behind_a_held_level(engine)
+        first = busy_actor(engine, "minor", lambda: _quietly(engine, "first"))
+        held = engine._guards["minor"].lock
         try:
             with pytest.raises(LockTimeoutError, match="was not started within 200 ms"):
                 engine.contribute(Decimal(10), groups="minor", op_id="late")
         finally:
-            held.release()  # type: ignore[attr-defined]
+            held.release()
             first.join(30)
         assert engine.contribute(Decimal(10), groups="minor", op_id="late").versions == {
             "minor": 3}  # it changed nothing: sent again, it applies once
 
 
-def test_an_async_lock_timeout_is_reported_though_its_observer_raises(tmp_path: Path) -> None:
+def test_an_async_lock_timeout_is_reported_though_its_observer_raises(
+        tmp_path: Path, busy_actor: Callable[..., threading.Thread]) -> None:
     async def run() -> None:
         settings = Settings(lock_timeout_ms=200, max_retry_attempts=0)
         async with await AsyncJackpotEngine.open(tmp_path / "p.db", settings=settings) as engine:
             engine.stats.observers.append(_Raising("lock_timeouts"))
-            first, held = _queued_behind_a_held_level(engine.sync)
+            first = busy_actor(engine.sync, "minor", lambda: _quietly(engine.sync, "first"))
+            held = engine.sync._guards["minor"].lock
             try:
                 with pytest.raises(LockTimeoutError, match="was not started within 200 ms"):
                     await asyncio.wait_for(  # without the fix the call never ends
                         engine.contribute(Decimal(10), groups="minor", op_id="late"), 30)
             finally:
-                held.release()  # type: ignore[attr-defined]
+                held.release()
                 await asyncio.to_thread(first.join, 30)
 
     asyncio.run(run())
