@@ -936,7 +936,7 @@ class JackpotEngine:
         return "" if self._metrics is None else self._metrics.text()
 
     def health(self) -> HealthReport:
-        """Check the database (a short probe), the actors and the recent lock and conflict rates."""
+        """Check the database (a probe), the actors and the recent lock, conflict, error rates."""
         return assess(path=self._path, settings=self._settings, open_store=_store,
                       recent=self.stats.recent(),
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},

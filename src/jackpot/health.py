@@ -1,4 +1,4 @@
-"""Health of a running engine: database, actors, and recent lock and conflict rates.
+"""Health of a running engine: database, actors, and recent lock, conflict and error rates.
 
 `assess` owns the verdict. Each check says `ok`, `degraded` (the engine still
 serves, but worse than it should: an operator should look) or `failing` (it
@@ -64,7 +64,7 @@ class HealthCheck:
 class HealthReport:
     """The engine's health: the worst status of its checks, and why.
 
-    `checks` are database, actors, lock_success and conflicts, in that order;
+    `checks` are database, actors, lock_success, conflicts and errors, in that order;
     `reasons` holds "<check>: <detail>" for every check that is not ok.
     """
 
@@ -128,6 +128,7 @@ def assess(
         _actors(levels_alive, coordinator_alive=coordinator_alive, closed=closed),
         _lock_success(operations, settings),
         _conflicts(len(operations), conflicts, settings),
+        _errors(operations, settings),
     ))
 
 
@@ -263,6 +264,28 @@ def _conflicts(operations: int, conflicts: int, settings: Settings) -> HealthChe
         return HealthCheck("conflicts", DEGRADED,
                            f"{detail}; degraded above {settings.health_max_conflict_pct} per 100")
     return HealthCheck("conflicts", OK, detail)
+
+
+def _errors(operations: list[str], settings: Settings) -> HealthCheck:
+    """Judge the share of recent operations that did not fail with an unexpected error.
+
+    The probe cannot see every failure (a full disk lets it take the lock and
+    roll back, yet every commit fails), so the engine's own outcomes count
+    too, against the lock_success thresholds.
+    """
+    if len(operations) < settings.health_min_operations:
+        return HealthCheck("errors", OK, _too_few(len(operations), settings))
+    errors = operations.count("error")
+    pct = 100 * (len(operations) - errors) / len(operations)
+    detail = (f"{errors} of the last {_n(len(operations), 'operation')} failed with an "
+              f"unexpected error ({pct:.1f}% did not)")
+    if pct < settings.health_failing_lock_success_pct:
+        return HealthCheck("errors", FAILING,
+                           f"{detail}; failing below {settings.health_failing_lock_success_pct}%")
+    if pct < settings.health_min_lock_success_pct:
+        return HealthCheck("errors", DEGRADED,
+                           f"{detail}; degraded below {settings.health_min_lock_success_pct}%")
+    return HealthCheck("errors", OK, detail)
 
 
 def _too_few(n: int, settings: Settings) -> str:

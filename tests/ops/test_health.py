@@ -5,16 +5,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import apsw
 import psycopg
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from jackpot import HealthCheck, HealthReport, JackpotEngine, LockTimeoutError, Settings
+from jackpot import (
+    HealthCheck,
+    HealthReport,
+    JackpotEngine,
+    LockTimeoutError,
+    Settings,
+    StorageError,
+)
 from jackpot.engine import _store
 from jackpot.health import assess, redact
+from jackpot.storage import SQLiteStore
 from jackpot.storage.postgres import _misread
 
 from .conftest import value, write_lock_held
@@ -29,6 +39,7 @@ def test_a_fresh_engine_is_ok(engine: JackpotEngine) -> None:
         HealthCheck("actors", "ok", "3 level actors and the coordinator running"),
         HealthCheck("lock_success", "ok", RATES_OK),
         HealthCheck("conflicts", "ok", RATES_OK),
+        HealthCheck("errors", "ok", RATES_OK),
     ), ())
     assert report.ok
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -137,6 +148,42 @@ def test_lock_success_thresholds(db_path: Path, engine: JackpotEngine, ok: int, 
     assert report.status == status
 
 
+@pytest.mark.parametrize(("ok", "errors", "status"), [
+    (99, 1, "ok"), (98, 2, "degraded"), (90, 10, "degraded"), (89, 11, "failing"),
+])
+def test_error_rate_thresholds(db_path: Path, engine: JackpotEngine, ok: int, errors: int,
+                               status: str) -> None:
+    recent = [("ok", False)] * ok + [("error", False)] * errors
+    report = assess(path=str(db_path), settings=Settings(), open_store=_store, recent=recent,
+                    levels_alive={"minor": True}, coordinator_alive=True, closed=False)
+    assert report.check("errors").status == status
+    assert report.status == status
+
+
+def test_a_full_disk_that_fails_every_commit_is_failing(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe takes the lock and rolls back, which a full disk allows: the outcomes tell."""
+    engine = open_engine(settings=Settings(health_min_operations=4))
+    engine.contribute("1", groups="minor")
+    run = SQLiteStore._exec
+
+    def full_disk(self: SQLiteStore, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if sql.strip().upper().startswith("COMMIT"):
+            raise apsw.FullError("database or disk is full")
+        return run(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteStore, "_exec", full_disk)
+    for _ in range(3):
+        with pytest.raises(StorageError):
+            engine.contribute("1", groups="minor")
+    report = engine.health()
+    assert report.check("database").status == "ok"  # the probe alone cannot see it
+    assert report.status == "failing"
+    assert report.reasons == (
+        ("errors: 3 of the last 4 operations failed with an unexpected error (25.0% did not); "
+         "failing below 90%"),)
+
+
 def test_thresholds_come_from_the_environment() -> None:
     env = {"JACKPOT_HEALTH_PROBE_TIMEOUT_MS": "100", "JACKPOT_HEALTH_MIN_OPERATIONS": "50",
            "JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT": "95",
@@ -173,6 +220,7 @@ def test_report_to_dict(engine: JackpotEngine) -> None:
                        "detail": "stopped: mega (restarted on their next operation)"},
             "lock_success": {"status": "ok", "detail": RATES_OK},
             "conflicts": {"status": "ok", "detail": RATES_OK},
+            "errors": {"status": "ok", "detail": RATES_OK},
         },
     }
 
