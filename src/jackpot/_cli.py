@@ -297,7 +297,8 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
     rows = _read(opts, lambda store: reads.ledger(store, level=level, limit=tail))
     if opts.json:
         _print_json([{**dataclasses.asdict(r),
-                      **{k: str(money.from_units(getattr(r, k))) for k in _LEDGER_AMOUNTS}}
+                      **{k: str(money.from_units(getattr(r, k))) for k in _LEDGER_AMOUNTS},
+                      "detail": _detail_json(r.detail)}
                      for r in rows])
         return
     table = Table(title=f"ledger (last {len(rows)} rows)")
@@ -310,6 +311,27 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
                       _money(money.from_units(r.balance_after)), str(r.version_after),
                       r.op_id, r.who or "-")
     console.print(table)
+
+
+def _detail_json(detail: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return a ledger row's detail with its amounts as decimal strings, as every amount.
+
+    The store keeps a bet (`{"bet": units}`) and a retirement's carried
+    fractions (`carried`: units, and parts of a unit in 1e-9) as integers.
+    """
+    if not detail:
+        return detail
+    out = dict(detail)
+    if isinstance(out.get("bet"), int):
+        out["bet"] = str(money.from_units(out["bet"]))
+    carried = out.get("carried")
+    if isinstance(carried, dict):
+        out["carried"] = {
+            k: (str(money.from_units(v)) if k.endswith("units")
+                else f"{money.from_units(v).scaleb(-9, money.EXACT):f}")
+            if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in carried.items()}
+    return out
 
 
 @app.command()

@@ -185,6 +185,20 @@ def test_every_ledger_amount_is_a_decimal_string(db: str) -> None:
         assert all(isinstance(row[k], int) for k in ("seq", "version_after", "at_ms"))
 
 
+def test_the_amounts_in_ledger_details_are_decimal_strings(db: str) -> None:
+    with JackpotEngine.open(db) as engine:
+        engine.contribute("2.50", groups="minor", op_id="b1")
+        engine.contribute("0.000003", groups="mega", op_id="b2")  # x 0.001: 3e-9 carried
+        engine.retire("mega", transfer_to="major", reason="ended", op_id="r1")
+    rows = ok_json("ledger", "--tail", "4", "--db", db)
+    retirement = {"reason": "ended", "from": "mega", "to": "major",
+                  "carried": {"carry": "0.000000003000000",
+                              "reserve_carry": "0.000000000000000",
+                              "units": "0.000000", "reserve_units": "0.000000"}}
+    assert [r["detail"] for r in rows] == [{"bet": "2.500000"}, {"bet": "0.000003"},
+                                           retirement, retirement]
+
+
 def test_tables_for_people(db: str) -> None:
     done = jackpot("--db", db, "status")
     assert done.returncode == 0
