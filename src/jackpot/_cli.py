@@ -153,7 +153,13 @@ def _print_json(data: Any) -> None:
 
 
 def _snapshot_dict(p: PoolSnapshot) -> dict[str, Any]:
-    return dataclasses.asdict(p)
+    return {**dataclasses.asdict(p), "contribution_rate": _rate(p.contribution_rate),
+            "reserve_rate": _rate(p.reserve_rate)}
+
+
+def _rate(value: Decimal) -> str:
+    """Format a rate as a plain decimal (1E-7 is 0.0000001), as `config` takes it back."""
+    return f"{value:f}"
 
 
 def _money(value: Decimal | None) -> str:
@@ -173,7 +179,7 @@ def _pools_table(pools: dict[str, PoolSnapshot], title: str = "levels") -> Table
                          overflow="fold")
     for p in pools.values():
         table.add_row(p.name, p.status, _money(p.amount), _money(p.reserve), _money(p.seed),
-                      str(p.contribution_rate), _money(p.cap), str(p.version),
+                      _rate(p.contribution_rate), _money(p.cap), str(p.version),
                       str(p.meters.get("bets", 0)), str(p.meters.get("wins", 0)),
                       _money(Decimal(p.meters.get("won", 0))))
     return table

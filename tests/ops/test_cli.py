@@ -199,6 +199,22 @@ def test_the_amounts_in_ledger_details_are_decimal_strings(db: str) -> None:
                                            retirement, retirement]
 
 
+def test_a_small_rate_is_shown_as_a_plain_decimal_that_config_takes_back(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "rates.db")
+    ok_json("init", "--level", "tiny:1:0.0000001", "--db", path)
+    done = ok_json("config", "tiny", "reserve_rate=0.00000002", "--db", path)
+    assert done["after"]["reserve_rate"] == "0.00000002"
+    (tiny,) = ok_json("status", "--db", path)
+    assert (tiny["contribution_rate"], tiny["reserve_rate"]) == ("0.0000001", "0.00000002")
+    again = jackpot("config", "tiny", f"contribution_rate={tiny['contribution_rate']}",
+                    "--db", path)
+    assert (again.returncode, again.stderr) == (0, "")
+    table = jackpot("status", "--db", path, env={"COLUMNS": "200"}).stdout
+    assert "│ 0.0000001 │" in table
+    assert "E-" not in table
+
+
 def test_tables_for_people(db: str) -> None:
     done = jackpot("--db", db, "status")
     assert done.returncode == 0
