@@ -37,7 +37,8 @@ def audit(store: Store) -> VerifyReport:
     """Recompute every level from the ledger and list every difference."""
     problems: list[str] = []
     with store.read():
-        levels = store.load_levels()
+        read_levels = _unreadable(problems, "levels", None, store.load_levels)
+        levels = read_levels or {}
         totals = store.ledger_totals()
         bad_rows = store.broken_ledger_rows(limit=20)
         orphan_ids = store.operation_ids_without_ledger()
@@ -63,7 +64,7 @@ def audit(store: Store) -> VerifyReport:
             problems.extend(_unreadable(problems, f"{name}: carried fractions", list[str](),
                                         functools.partial(fractions.check, s, totals[name])))
     problems.extend(f"{name}: no such level, yet {totals[name].rows} ledger rows"
-                    for name in sorted(totals.keys() - levels.keys()))
+                    for name in sorted(totals.keys() - levels.keys()) if read_levels is not None)
     problems.extend(f"{lvl}: ledger row {seq} (version {v}) does not add up"
                     for lvl, v, seq in bad_rows)
     if fractions is not None:

@@ -363,6 +363,44 @@ def test_simulate_stops_at_ctrl_c_and_says_how_much_it_played(db: str) -> None:
     assert ok_json("verify", "--db", db)["ok"] is True
 
 
+def tamper(path: str, *statements: str) -> None:
+    """Change the file behind the engine's back (the append-only triggers dropped first)."""
+    conn = apsw.Connection(path)
+    try:
+        for trigger in ("ledger_no_update", "operations_no_update"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        for sql in statements:
+            conn.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("pending", ["garbage", "[]", '{"seed": "5"}'])
+def test_unreadable_pending_changes_are_one_line_and_a_failed_audit(db: str,
+                                                                   pending: str) -> None:
+    tamper(db, f"UPDATE levels SET pending = '{pending}' WHERE name = 'minor'")
+    message = (f"level 'minor': its pending changes {pending!r} are not what the engine writes "
+               "(a damaged or tampered database)")
+    for args in (("status",), ("history", "major")):
+        done = jackpot(*args, "--db", db)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            2, "", f"jackpot: error: {message}\n")
+    assert jackpot("verify", "--json", "--db", db).returncode == 1
+    report = json.loads(jackpot("verify", "--json", "--db", db).stdout)
+    assert report == {"ok": False, "levels": 0, "ledger_rows": 0, "problems": [
+        f"levels cannot be read as the engine writes them (UnreadableRowError: {message})"]}
+
+
+def test_an_unreadable_ledger_detail_is_one_line_and_a_failed_audit(db: str) -> None:
+    ok_json("contribute", "5", "--level", "minor", "--db", db)
+    tamper(db, "UPDATE ledger SET detail = 'not json' WHERE kind = 'contribute'")
+    done = jackpot("ledger", "--db", db)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", (
+        "jackpot: error: ledger row 4: its detail 'not json' is not what the engine writes "
+        "(a damaged or tampered database)\n"))
+    assert jackpot("verify", "--db", db).returncode == 1
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("status",), "no database given: pass --db PATH or set JACKPOT_DB"),
     (("status", "--db", "{tmp}/none.db"),

@@ -46,6 +46,7 @@ __all__ = [
     "SerializationFailureError",
     "Store",
     "StoredOperation",
+    "UnreadableRowError",
 ]
 
 STATE_COLUMNS = ("name", "status", "amount", "reserve", "carry", "reserve_carry", "trigger",
@@ -254,11 +255,38 @@ to_json = json.JSONEncoder(sort_keys=True).encode
 """`json.dumps(value, sort_keys=True)`, without building an encoder per call."""
 
 
+class UnreadableRowError(StorageError, ValueError):
+    """A row holds JSON the engine never writes (a damaged or tampered file).
+
+    A `StorageError` (one line from the `jackpot` command) and a
+    `ValueError` (a problem the audit reports, not a crash).
+    """
+
+
+def _pending(name: object, text: str) -> dict[str, int | None]:
+    try:
+        pending = json.loads(text)
+    except ValueError:
+        pending = None
+    if not (isinstance(pending, dict) and all(
+            isinstance(k, str) and (v is None or (isinstance(v, int) and not isinstance(v, bool)))
+            for k, v in pending.items())):
+        msg = (f"level {name!r}: its pending changes {text[:80]!r} are not what the engine "
+               "writes (a damaged or tampered database)")
+        raise UnreadableRowError(msg)
+    return pending
+
+
 def level_from_row(row: tuple[Any, ...]) -> LevelState:
-    """Rebuild a level from a row of `LEVEL_COLUMNS`."""
+    """Rebuild a level from a row of `LEVEL_COLUMNS`.
+
+    Raises:
+        UnreadableRowError: its pending changes are not what the engine writes.
+
+    """
     n_state, n_config = len(STATE_COLUMNS), len(CONFIG_COLUMNS)
     state = dict(zip(STATE_COLUMNS, row[:n_state], strict=True))
-    state["pending"] = json.loads(state["pending"])
+    state["pending"] = _pending(state["name"], state["pending"])
     config = LevelConfig(*row[n_state:n_state + n_config])
     return LevelState(**state, config=config, meters=Meters(*row[n_state + n_config:]))
 
@@ -289,7 +317,12 @@ def ledger_row(row: tuple[Any, ...]) -> LedgerRow:
     """Rebuild a ledger row from the columns of `LedgerRow`, in order."""
     values = dict(zip(LedgerRow.__dataclass_fields__, row, strict=True))
     if values["detail"] is not None:
-        values["detail"] = json.loads(values["detail"])
+        try:
+            values["detail"] = json.loads(values["detail"])
+        except ValueError:
+            msg = (f"ledger row {values['seq']}: its detail {values['detail'][:80]!r} is not "
+                   "what the engine writes (a damaged or tampered database)")
+            raise UnreadableRowError(msg) from None
     return LedgerRow(**values)
 
 
