@@ -31,6 +31,7 @@ from jackpot.storage import LedgerRow, LedgerTotals, Store
 __all__ = ["audit"]
 
 _T = TypeVar("_T")
+_COUNTS = frozenset({"bets", "wins", "hits"})  # the meters that count; the others are amounts
 
 
 def audit(store: Store) -> VerifyReport:
@@ -124,8 +125,9 @@ def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:
         problems.append(f"{name}: a carried fraction is out of range")
     for meter, value in t.meters.items():
         if getattr(m, meter) != value:
-            problems.append(f"{name}: meter {meter} is {getattr(m, meter)}, "
-                            f"ledger says {value}")
+            shown = str if meter in _COUNTS else from_units  # counts, else amounts
+            problems.append(f"{name}: meter {meter} is {shown(getattr(m, meter))}, "
+                            f"ledger says {shown(value)}")
     pool = (m.house_funded + m.reserve_funded + m.contributed - m.overflow - m.won
             + m.adjusted + m.transferred)
     if pool != s.amount:

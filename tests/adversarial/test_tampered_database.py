@@ -89,6 +89,18 @@ def test_a_pool_rewritten_in_place(engine: JackpotEngine) -> None:
     assert all(p.startswith("major:") for p in found), found
 
 
+def test_a_meter_problem_gives_amounts_in_currency_and_counts_as_counts(
+        engine: JackpotEngine) -> None:
+    before = engine.pool("minor").meters
+    tamper(engine, "UPDATE levels SET m_wagered = m_wagered + 1500000, m_bets = m_bets + 1 "
+                   "WHERE name = 'minor'")
+    wagered, bets = Decimal(before["wagered"]), before["bets"]
+    found = problems(engine)
+    assert f"minor: meter wagered is {wagered + Decimal('1.5'):f}, ledger says {wagered:f}" \
+        in found, found
+    assert f"minor: meter bets is {bets + 1}, ledger says {bets}" in found, found
+
+
 @pytest.mark.parametrize("meter", ["bets", "wagered", "contributed", "overflow", "reserve_in",
                                    "house_funded", "reserve_funded", "won", "wins", "hits",
                                    "adjusted", "transferred", "reserve_transferred"])

@@ -392,7 +392,7 @@ def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
                 (detail,))
         report = engine.verify()  # no exception: the cast of a forged bet must not abort it
         assert not report.ok
-        assert "minor: meter wagered is 20000000, ledger says 10000000" in report.problems
+        assert "minor: meter wagered is 20.000000, ledger says 10.000000" in report.problems
 
 
 # -- a connection lost at COMMIT: settled by the transaction's status ----------------------
