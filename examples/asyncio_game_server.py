@@ -13,6 +13,10 @@ hidden trigger, at the latest at 8.00); "minor" and "major" pay when the game
 says so (here: by chance, 1 in 250 and 1 in 2,500 spins).
 
 Run: python examples/asyncio_game_server.py [--players N] [--spins N] [--quick] [--db PATH]
+
+--db keeps the database in a new file (an existing one is refused: the
+round ids, and so the op_ids, are the same on every run, and the check of
+what players were paid against the meters counts this run only).
 """
 
 from __future__ import annotations
@@ -192,8 +196,11 @@ def main() -> None:
     parser.add_argument("--players", type=int, default=200, help="simulated players")
     parser.add_argument("--spins", type=int, default=50, help="spins per player")
     parser.add_argument("--quick", action="store_true", help="20 players x 10 spins")
-    parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="a new database file to keep (default: a temporary one)")
     args = parser.parse_args()
+    if args.db is not None and args.db.exists():
+        parser.error(f"--db {args.db}: the file exists; give a new path")
     players, spins = (20, 10) if args.quick else (args.players, args.spins)
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(main_async(args.db or Path(tmp) / "server.db", players, spins))

@@ -13,7 +13,11 @@ level's meters, checks them against what the banks say they paid, runs the
 audit, and draws the pool amounts over time (a PNG, if matplotlib is installed:
 pip install 'jackpot[charts]').
 
-Run: python examples/casino_floor.py [--machines N] [--spins N] [--quick] [--chart PATH]
+Run: python examples/casino_floor.py [--machines N] [--spins N] [--quick] [--chart PATH] [--db PATH]
+
+--db keeps the database in a new file (an existing one is refused: the spins'
+op_ids are the same on every run, and the check of what the banks paid
+against the meters counts this run only).
 """
 
 from __future__ import annotations
@@ -184,8 +188,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 machines x 40 spins per bank")
     parser.add_argument("--chart", type=Path, default=Path("casino_floor.png"),
                         help="where to write the PNG chart (default: ./casino_floor.png)")
-    parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="a new database file to keep (default: a temporary one)")
     args = parser.parse_args()
+    if args.db is not None and args.db.exists():
+        parser.error(f"--db {args.db}: the file exists; give a new path")
     machines, spins = (2, 40) if args.quick else (args.machines, args.spins)
     with tempfile.TemporaryDirectory() as tmp:
         run(args.db or Path(tmp) / "floor.db", machines, spins, args.chart)

@@ -9,6 +9,9 @@ the engine answered, refusals included; the example itself calls the
 engine's methods, which the commands call too.
 
 Run: python examples/operator_console.py [--bets N] [--quick] [--db PATH]
+
+--db keeps the database in a new file (an existing one is refused: the
+session's op_ids and expected versions are fixed).
 """
 
 from __future__ import annotations
@@ -164,8 +167,11 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bets", type=int, default=400, help="bets the players place")
     parser.add_argument("--quick", action="store_true", help="40 bets")
-    parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="a new database file to keep (default: a temporary one)")
     args = parser.parse_args()
+    if args.db is not None and args.db.exists():
+        parser.error(f"--db {args.db}: the file exists; give a new path")
     bets = 40 if args.quick else args.bets
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "console.db"

@@ -14,10 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import pytest
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -122,3 +120,18 @@ def test_the_operator_consoles_commands_are_real_jackpot_commands(tmp_path: Path
         if refused:  # the same refusal (amounts and versions have moved), not a usage error
             said = re.sub(r"[0-9.]+", "N", done.stderr.split(": ", 2)[2].strip())
             assert said in re.sub(r"[0-9.]+", "N", answer), (line, done.stderr)
+
+
+@pytest.mark.parametrize("name", ["asyncio_game_server.py", "casino_floor.py",
+                                  "operator_console.py"])
+def test_an_example_refuses_an_existing_database(tmp_path: Path, name: str) -> None:
+    """Their op_ids and checks are a fresh run's: a second run on the same file would fail."""
+    db = tmp_path / "kept.db"
+    db.write_bytes(b"")
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick", "--db", str(db)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.endswith(f"error: --db {db}: the file exists; give a new path\n")
+    assert done.stdout == ""
+    assert db.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.db"]
