@@ -186,7 +186,10 @@ def _pools_table(pools: dict[str, PoolSnapshot], title: str = "levels") -> Table
 
 
 def _time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except (ValueError, OverflowError, OSError):  # no date (a damaged file): the raw value
+        return f"at_ms {ms}"
 
 
 def _verify_out(report: VerifyReport) -> None:

@@ -401,6 +401,16 @@ def test_an_unreadable_ledger_detail_is_one_line_and_a_failed_audit(db: str) -> 
     assert jackpot("verify", "--db", db).returncode == 1
 
 
+@pytest.mark.parametrize("at_ms", [99_999_999_999_999_999, -99_999_999_999_999_999])
+def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
+    ok_json("win", "minor", "--op-id", "w1", "--db", db)
+    tamper(db, f"UPDATE ledger SET at_ms = {at_ms} WHERE op_id = 'w1'")
+    for args in (("ledger", "--tail", "1"), ("history", "minor")):
+        done = jackpot(*args, "--db", db, env={"COLUMNS": "300"})
+        assert (done.returncode, done.stderr) == (0, ""), args
+        assert f"│ at_ms {at_ms} " in done.stdout, done.stdout
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("status",), "no database given: pass --db PATH or set JACKPOT_DB"),
     (("status", "--db", "{tmp}/none.db"),
