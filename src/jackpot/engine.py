@@ -782,16 +782,17 @@ class JackpotEngine:
         """Build a request with `make`; a refusal (bad arguments) is logged and counted.
 
         Like a refusal by the rules, it changed nothing: INFO in the log and
-        `rejected` in the operation counts.
+        `rejected` in the operation counts. Reporting it (a log filter, an
+        observer) never replaces the refusal the caller gets.
         """
         started = time.perf_counter()
         try:
             return make(*args, **kwargs)
         except JackpotError as e:
             if not self._closed:  # on a closed engine, as a well-formed call: not counted
-                log_refusal(kind, op_id, e)
-                self.stats.operation(kind, outcome_of(e), time.perf_counter() - started,
-                                     judged=False)
+                after_the_fact(log_refusal, kind, op_id, e)
+                after_the_fact(self.stats.operation, kind, outcome_of(e),
+                               time.perf_counter() - started, judged=False)
             raise
 
     def _submit(self, op: Operation) -> Any:

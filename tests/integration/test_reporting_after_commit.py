@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -24,6 +25,7 @@ from jackpot import (
     JackpotEngine,
     LockTimeoutError,
     Settings,
+    ValidationError,
 )
 from jackpot.results import Contribution
 
@@ -67,6 +69,39 @@ def test_a_refusal_keeps_its_error_though_its_observer_raises(tmp_path: Path) ->
         with pytest.raises(InsufficientFundsError):
             engine.process_win("minor", amount=Decimal(1000))
         assert engine.pool("minor").version == 1
+
+
+class _RaisingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+def test_a_bad_argument_keeps_its_validation_error_though_its_report_raises(
+        tmp_path: Path) -> None:
+    """A call refused for its arguments (before anything is sent): same error, both APIs."""
+    log = logging.getLogger("jackpot")
+    with JackpotEngine.open(tmp_path / "p.db") as engine:
+        engine.stats.observers.append(_Raising("operation:rejected"))
+        with pytest.raises(ValidationError, match="float"):
+            engine.contribute(1.5, groups="minor", op_id="float-bet")
+        raising = _RaisingFilter()
+        log.addFilter(raising)
+        try:
+            with pytest.raises(ValidationError, match="bet"):
+                engine.contribute("-1", groups="minor", op_id="negative-bet")
+        finally:
+            log.removeFilter(raising)
+
+    async def run() -> None:
+        async with await AsyncJackpotEngine.open(tmp_path / "p.db") as engine:
+            engine.stats.observers.append(_Raising("operation:rejected"))
+            with pytest.raises(ValidationError, match="float"):
+                await engine.contribute(1.5, groups="minor", op_id="float-bet")
+
+    asyncio.run(run())
+    with JackpotEngine.open(tmp_path / "p.db") as engine:
+        assert engine.pool("minor").version == 1  # nothing was applied
 
 
 def test_a_replay_event_that_raises_fails_no_operation_of_the_committed_batch(
