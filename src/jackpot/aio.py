@@ -104,6 +104,9 @@ class AsyncJackpotEngine:
         # An answer queued for a loop that then closed without running it is
         # stranded: `close()`, even the sync one, sweeps such answers up.
         engine._sweeps.append(weakref.WeakMethod(self._orphan_closed_loops))  # noqa: SLF001
+        # A close() on a loop's thread (an observer, a log handler) cannot wait
+        # for that loop's calls: their answers need the loop it blocks.
+        engine._loop_calls.append(weakref.WeakMethod(self._calls_of_this_loop))  # noqa: SLF001
 
     # -- life cycle ----------------------------------------------------------
 
@@ -302,6 +305,15 @@ class AsyncJackpotEngine:
             self._orphan_closed_loops()
         return answers
 
+    def _calls_of_this_loop(self) -> int:
+        """Return how many calls the event loop running in this thread has in flight."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs in this thread
+            return 0
+        answers = self._answers.get(loop)  # one dict read: safe without the lock
+        return 0 if answers is None else answers.in_flight()
+
     def _orphan_closed_loops(self) -> None:
         """Close the books of calls from loops which have closed since they were sent.
 
@@ -385,6 +397,11 @@ class _Answers:
         """Forget a call whose books are closed."""
         with self._lock:
             self._calls.discard(call)
+
+    def in_flight(self) -> int:
+        """Return how many calls from this loop still have their books open."""
+        with self._lock:
+            return len(self._calls)
 
     def pending(self) -> bool:
         """Whether a call from this loop still has its books open."""

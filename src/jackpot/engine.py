@@ -387,6 +387,10 @@ class JackpotEngine:
         # sweep of answers stranded on event loops that closed (weak: the
         # engine must not keep its wrapper alive).
         self._sweeps: list[weakref.WeakMethod[Callable[[], None]]] = []
+        # How many asyncio calls the event loop running in the current thread
+        # has in flight: only that loop can finish them, so a close() from
+        # its thread (an observer or log handler) must not wait for them.
+        self._loop_calls: list[weakref.WeakMethod[Callable[[], int]]] = []
 
     def _observe(self, settings: Settings) -> None:
         """Attach metrics and tracing to `stats` (off: nothing on the hot path)."""
@@ -464,6 +468,11 @@ class JackpotEngine:
         is left to stop by itself (logged); a read still running closes the
         reader when it ends.
 
+        Called from a thread with calls of its own in flight (a log handler
+        or stats observer running in a caller's thread, or on an event loop
+        that an `AsyncJackpotEngine` answers), it does not wait for those: they
+        cannot end while it waits.
+
         Called from one of the engine's own threads (a log handler or stats
         observer running in an actor), it refuses new calls at once and
         leaves the rest to a thread of its own, since an actor cannot wait
@@ -517,8 +526,16 @@ class JackpotEngine:
         _log_late(late)
 
     def _await_inflight(self, deadline: float) -> None:
-        """Wait until no call is in flight or `deadline` passes, sweeping now and then."""
+        """Wait until no call is in flight or `deadline` passes, sweeping now and then.
+
+        Calls that only the current thread can finish are not waited for: its
+        own sync calls, and the asyncio calls of the event loop it runs.
+        """
         own = getattr(self._own, "n", 0)
+        for counter in list(self._loop_calls):
+            count = counter()
+            if count is not None:
+                own += count()
         while True:
             for ref in list(self._sweeps):
                 sweep = ref()

@@ -13,6 +13,7 @@ import gc
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +26,7 @@ from jackpot import (
     Contribution,
     EngineClosedError,
     JackpotEngine,
+    Settings,
     ValidationError,
 )
 from jackpot.actors import Ticket
@@ -408,3 +410,46 @@ def test_a_write_whose_trace_span_fails_is_not_left_tracked(db_path: Path) -> No
         await engine.close()
 
     asyncio.run(run())
+
+
+def test_close_from_an_observer_on_the_loop_does_not_wait_for_that_loops_calls(
+        db_path: Path) -> None:
+    """An observer (run on the loop) closes the engine while the loop has another call out.
+
+    That call's answer needs the loop the close() blocks: waiting for it
+    froze the loop for the engine's longest operation time (over a minute here).
+    """
+    hang = 30  # seconds: only a hang waits this long
+    settings = Settings(lock_timeout_ms=10_000)
+
+    async def run() -> tuple[list[int], list[float], list[Any], bool]:
+        engine = await AsyncJackpotEngine.open(db_path, settings=settings)
+        assert engine.sync._run_timeout > 2 * hang
+        in_flight: list[int] = []
+        took: list[float] = []
+
+        class CloseOnFirst:
+            def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+                pass
+
+            def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+                pass
+
+            def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+                if not took:
+                    in_flight.append(engine.sync._inflight)
+                    started = time.monotonic()
+                    engine.sync.close()
+                    took.append(time.monotonic() - started)
+
+        engine.stats.observers.append(CloseOnFirst())
+        results = await asyncio.gather(engine.contribute("1", groups="minor", op_id="a"),
+                                       engine.contribute("1", groups="major", op_id="b"))
+        return in_flight, took, list(results), engine.sync._shut
+
+    in_flight, took, results, shut = asyncio.run(run())
+    assert in_flight == [1]  # the other call was out when the observer closed
+    assert took[0] < hang
+    assert shut
+    assert [type(r) for r in results] == [Contribution, Contribution]
+    assert [r.versions for r in results] == [{"minor": 2}, {"major": 2}]
