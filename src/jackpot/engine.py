@@ -743,9 +743,19 @@ class JackpotEngine:
             return reads.history(reader, name, limit)
 
     def verify(self) -> VerifyReport:
-        """Recompute every level from the ledger and report any difference."""
-        with self._reading() as reader:
-            return audit(reader)
+        """Recompute every level from the ledger and report any difference.
+
+        On a big ledger this takes a while, so it reads through a connection
+        of its own (closed when it ends), not the reader that `pools()`,
+        `pool()` and `history()` share: those never wait for an audit.
+        """
+        self._check_open()
+        store = _store(self._path, self._settings)
+        try:
+            self._check_open()  # a close() that raced the connect: refused like any read
+            return audit(store)
+        finally:
+            store.close()
 
     # -- internals -----------------------------------------------------------------
 

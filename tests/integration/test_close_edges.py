@@ -191,12 +191,12 @@ class _PausingLock:
         self._lock.release()
 
 
-@pytest.mark.parametrize("read", ["pools", "history", "verify"])
+@pytest.mark.parametrize("read", ["pools", "history"])
 def test_a_read_racing_close_is_refused_with_a_jackpot_error(db_path: Path, read: str) -> None:
     engine = JackpotEngine.open(db_path)
     lock = _PausingLock(engine._reader_lock)
     engine._reader_lock = lock  # type: ignore[assignment]
-    call: Callable[[], Any] = {"pools": engine.pools, "verify": engine.verify,
+    call: Callable[[], Any] = {"pools": engine.pools,
                                "history": lambda: engine.history("minor")}[read]
     thread, out = _in_thread(call)
     assert lock.reader.wait(HANG)  # past any check made before taking the lock
@@ -205,6 +205,73 @@ def test_a_read_racing_close_is_refused_with_a_jackpot_error(db_path: Path, read
     thread.join(HANG)
     (outcome,) = out
     assert isinstance(outcome, EngineClosedError), repr(outcome)
+
+
+def test_a_verify_racing_close_is_refused_and_closes_its_connection(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = JackpotEngine.open(db_path)
+    connected, go_on = threading.Event(), threading.Event()
+    opened: list[Any] = []
+    real_store = engine_module._store
+
+    def store(*args: Any, **kwargs: Any) -> Any:
+        opened.append(real_store(*args, **kwargs))
+        connected.set()  # past the check made before connecting
+        assert go_on.wait(HANG)
+        return opened[-1]
+
+    monkeypatch.setattr(engine_module, "_store", store)
+    thread, out = _in_thread(engine.verify)
+    assert connected.wait(HANG)
+    engine.close()
+    go_on.set()
+    thread.join(HANG)
+    (outcome,) = out
+    assert isinstance(outcome, EngineClosedError), repr(outcome)
+    with pytest.raises(apsw.ConnectionClosedError):
+        opened[0].load_levels()
+
+
+def test_reads_do_not_wait_for_a_long_verify(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify() on a big ledger held the reader every pools()/pool()/history() needs.
+
+    In the asyncio engine each waiting read also held a worker of the loop's
+    default thread pool (which close(), restarts and getaddrinfo need).
+    """
+    reading, finish = threading.Event(), threading.Event()
+    real_audit = engine_module.audit
+
+    def slow_audit(store: Any) -> Any:
+        reading.set()
+        assert finish.wait(2 * HANG)  # a big ledger
+        return real_audit(store)
+
+    monkeypatch.setattr(engine_module, "audit", slow_audit)
+    engine = JackpotEngine.open(db_path)
+    try:
+        auditor, report = _in_thread(engine.verify)
+        assert reading.wait(HANG)
+        reader, out = _in_thread(lambda: (engine.pool("minor").version,
+                                          engine.history("minor")))
+        reader.join(HANG)
+        done_while_auditing = not reader.is_alive() and not finish.is_set()
+        assert done_while_auditing
+        assert out == [(1, [])]
+
+        async def read_async() -> int:
+            aengine = AsyncJackpotEngine(engine)
+            snapshot = await asyncio.wait_for(aengine.pool("major"), HANG)
+            return snapshot.version
+
+        assert asyncio.run(read_async()) == 1
+        assert not finish.is_set()  # the audit still runs
+        finish.set()
+        auditor.join(HANG)
+        assert report[0].ok
+    finally:
+        finish.set()
+        engine.close()
 
 
 def test_close_keeps_its_timeout_while_a_long_read_runs_and_the_read_closes_the_reader(
