@@ -972,11 +972,18 @@ class JackpotEngine:
                       closed=self._closed)
 
 
+_MAX_SECONDS = 10**18
+"""Longer than any wait means (about 3e10 years); an int timeout beyond it is clamped."""
+
+
 def _deadline(timeout: object) -> float | None:
     """Return the monotonic deadline `timeout` seconds from now (None: no timeout given)."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+    if isinstance(timeout, int) and not isinstance(timeout, bool):
+        # Beyond any float (10**400 s) is still a number of seconds: clamp it.
+        timeout = float(max(-_MAX_SECONDS, min(timeout, _MAX_SECONDS)))
+    if not isinstance(timeout, float) or math.isnan(timeout):
         msg = f"timeout must be a number of seconds or None, not {timeout!r}"
         raise ValidationError(msg)
     return time.monotonic() + timeout

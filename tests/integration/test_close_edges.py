@@ -165,6 +165,17 @@ def test_close_refuses_a_timeout_that_is_not_a_number_of_seconds(
         engine.close()
 
 
+@pytest.mark.parametrize("timeout", [10**400, -(10**400)])
+def test_close_takes_an_int_timeout_too_big_for_a_float(db_path: Path, timeout: int) -> None:
+    """A number of seconds, though no float holds it: no OverflowError, the engine closes."""
+    engine = JackpotEngine.open(db_path)
+    engine.close(timeout=timeout)
+    assert engine._shut
+    assert _actors_stopped(engine)
+    with pytest.raises(EngineClosedError):
+        engine.contribute("1", groups="minor")
+
+
 class _PausingLock:
     """The reader's lock, made to pause the first reader before it takes it."""
 
