@@ -12,6 +12,7 @@ __all__ = ["Settings"]
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SYNC_MODES = ("FULL", "EXTRA", "NORMAL")
+_MAX_DIGITS = 18
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +127,11 @@ def _parse(name: str, raw: str) -> object:
     if not raw.isascii() or not raw.isdigit():
         msg = "expected a non-negative integer"
         raise ValidationError(msg)
-    return int(raw)
+    digits = raw.lstrip("0") or "0"  # int() refuses more than 4300 digits, zeros included
+    if len(digits) > _MAX_DIGITS:
+        msg = f"expected a non-negative integer of at most {_MAX_DIGITS} digits"
+        raise ValidationError(msg)
+    return int(digits)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -107,3 +107,14 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.lock_timeout_ms = 1  # type: ignore[misc]
+
+
+def test_a_variable_too_long_for_an_int_is_named_in_the_error() -> None:
+    raw = "9" * 5000  # int() itself refuses more than 4300 digits, with a bare ValueError
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({"JACKPOT_LOCK_TIMEOUT_MS": raw})
+    assert str(info.value).startswith("environment variable JACKPOT_LOCK_TIMEOUT_MS=")
+    assert str(info.value).endswith("is invalid: expected a non-negative integer of at "
+                                    "most 18 digits")
+    # leading zeros are only notation
+    assert Settings.from_env({"JACKPOT_LOCK_TIMEOUT_MS": "0" * 5000 + "7"}).lock_timeout_ms == 7
