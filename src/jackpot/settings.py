@@ -13,6 +13,20 @@ __all__ = ["Settings"]
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SYNC_MODES = ("FULL", "EXTRA", "NORMAL")
 _MAX_DIGITS = 18
+_MAX_BACKOFF_MS = 3_600_000
+"""Longest single backoff delay (retry_delay_ms doubled per retry) a setting may ask for."""
+_INT_RANGES = {
+    "max_retry_attempts": (0, 100),
+    "retry_delay_ms": (0, 60_000),
+    "lock_timeout_ms": (1, 3_600_000),
+    "concurrency_check_interval_ms": (1, 60_000),
+    "page_cache_mb": (1, 65_536),
+    "health_probe_timeout_ms": (1, 60_000),
+    "health_min_operations": (1, 1000),
+    "health_min_lock_success_pct": (0, 100),
+    "health_failing_lock_success_pct": (0, 100),
+    "health_max_conflict_pct": (0, 10_000),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -20,7 +34,8 @@ class Settings:
     """Tunables of one engine. Every field has a safe default.
 
     Attributes:
-        max_retry_attempts: retries after a version conflict or busy database.
+        max_retry_attempts: retries after a version conflict or busy database
+            (with `retry_delay_ms`, the last backoff may not pass one hour).
         retry_delay_ms: first backoff delay; doubles each retry, with jitter.
         lock_timeout_ms: longest wait for a database or level-actor lock.
         concurrency_check_interval_ms: longest poll interval while waiting
@@ -64,27 +79,9 @@ class Settings:
     health_max_conflict_pct: int = 10
 
     def __post_init__(self) -> None:
-        _check_int("max_retry_attempts", self.max_retry_attempts, 0, 100)
-        _check_int("retry_delay_ms", self.retry_delay_ms, 0, 60_000)
-        _check_int("lock_timeout_ms", self.lock_timeout_ms, 1, 3_600_000)
-        _check_int("concurrency_check_interval_ms",
-                   self.concurrency_check_interval_ms, 1, 60_000)
-        _check_int("page_cache_mb", self.page_cache_mb, 1, 65_536)
-        _check_int("health_probe_timeout_ms", self.health_probe_timeout_ms, 1, 60_000)
-        _check_int("health_min_operations", self.health_min_operations, 1, 1000)
-        _check_int("health_min_lock_success_pct", self.health_min_lock_success_pct, 0, 100)
-        _check_int("health_failing_lock_success_pct",
-                   self.health_failing_lock_success_pct, 0, 100)
-        _check_int("health_max_conflict_pct", self.health_max_conflict_pct, 0, 10_000)
-        if not isinstance(self.enable_metrics, bool):
-            msg = f"enable_metrics must be a bool, got {self.enable_metrics!r}"
-            raise ValidationError(msg)
-        if self.log_level not in _LOG_LEVELS:
-            msg = f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
-            raise ValidationError(msg)
-        if self.synchronous not in _SYNC_MODES:
-            msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {self.synchronous!r}"
-            raise ValidationError(msg)
+        for f in fields(self):
+            _check_field(f.name, getattr(self, f.name))
+        _check_retry_budget(self.max_retry_attempts, self.retry_delay_ms)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -103,7 +100,7 @@ class Settings:
                 continue
             try:
                 values[f.name] = _parse(f.name, raw.strip())
-                cls(**{f.name: values[f.name]})  # type: ignore[arg-type]
+                _check_field(f.name, values[f.name])
             except ValidationError as e:
                 msg = f"environment variable {var}={raw!r} is invalid: {e}"
                 raise ValidationError(msg) from None
@@ -132,6 +129,36 @@ def _parse(name: str, raw: str) -> object:
         msg = f"expected a non-negative integer of at most {_MAX_DIGITS} digits"
         raise ValidationError(msg)
     return int(digits)
+
+
+def _check_field(name: str, value: object) -> None:
+    """Raise ValidationError if one setting is invalid on its own."""
+    if name in _INT_RANGES:
+        _check_int(name, value, *_INT_RANGES[name])
+    elif name == "enable_metrics" and not isinstance(value, bool):
+        msg = f"enable_metrics must be a bool, got {value!r}"
+        raise ValidationError(msg)
+    elif name == "log_level" and value not in _LOG_LEVELS:
+        msg = f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
+        raise ValidationError(msg)
+    elif name == "synchronous" and value not in _SYNC_MODES:
+        msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {value!r}"
+        raise ValidationError(msg)
+
+
+def _check_retry_budget(attempts: int, delay_ms: int) -> None:
+    """Refuse retries whose backoff, doubling each time, outgrows `_MAX_BACKOFF_MS`.
+
+    The engine sizes its waits (for an actor, a level's guard, an operation)
+    on the longest run of backoffs, so an unbounded one cannot even start
+    its actors (a wait past what the platform's clock holds).
+    """
+    if attempts > 0 and delay_ms * 2 ** (attempts - 1) > _MAX_BACKOFF_MS:
+        msg = (f"max_retry_attempts {attempts} with retry_delay_ms {delay_ms} "
+               f"(JACKPOT_MAX_RETRY_ATTEMPTS, JACKPOT_RETRY_DELAY_MS): the last retry would "
+               f"wait {delay_ms * 2 ** (attempts - 1)} ms, more than {_MAX_BACKOFF_MS} ms "
+               "(retry_delay_ms x 2**(max_retry_attempts - 1)); lower either")
+        raise ValidationError(msg)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from decimal import Decimal
+
 import pytest
 
-from jackpot import Settings, ValidationError
+from jackpot import JackpotEngine, Settings, ValidationError
 
 
 def test_defaults() -> None:
@@ -118,3 +121,33 @@ def test_a_variable_too_long_for_an_int_is_named_in_the_error() -> None:
                                     "most 18 digits")
     # leading zeros are only notation
     assert Settings.from_env({"JACKPOT_LOCK_TIMEOUT_MS": "0" * 5000 + "7"}).lock_timeout_ms == 7
+
+
+@pytest.mark.parametrize(("attempts", "delay_ms"), [(17, 100), (40, 100), (100, 1), (7, 60_000)])
+def test_retries_whose_backoff_outgrows_an_hour_are_refused(attempts: int,
+                                                             delay_ms: int) -> None:
+    # each value is in its own range; together the engine would size its waits past
+    # what the clock holds (40 retries at 100 ms: open() failed to start its actors)
+    with pytest.raises(ValidationError) as info:
+        Settings(max_retry_attempts=attempts, retry_delay_ms=delay_ms)
+    assert str(info.value) == (
+        f"max_retry_attempts {attempts} with retry_delay_ms {delay_ms} "
+        "(JACKPOT_MAX_RETRY_ATTEMPTS, JACKPOT_RETRY_DELAY_MS): the last retry would wait "
+        f"{delay_ms * 2 ** (attempts - 1)} ms, more than 3600000 ms "
+        "(retry_delay_ms x 2**(max_retry_attempts - 1)); lower either")
+
+
+def test_the_retry_budget_is_judged_on_both_variables_together() -> None:
+    env = {"JACKPOT_MAX_RETRY_ATTEMPTS": "100", "JACKPOT_RETRY_DELAY_MS": "0"}
+    assert Settings.from_env(env).max_retry_attempts == 100
+    with pytest.raises(ValidationError, match=r"^max_retry_attempts 40 with retry_delay_ms 100 "):
+        Settings.from_env({"JACKPOT_MAX_RETRY_ATTEMPTS": "40"})
+
+
+@pytest.mark.parametrize(("attempts", "delay_ms"), [(16, 100), (100, 0), (6, 60_000)])
+def test_an_engine_opens_with_the_largest_retry_budget(
+        open_engine: Callable[..., JackpotEngine], attempts: int, delay_ms: int) -> None:
+    engine = open_engine(settings=Settings(max_retry_attempts=attempts,
+                                           retry_delay_ms=delay_ms))
+    assert engine.contribute(10, groups="minor", op_id="b1").contributions == {
+        "minor": Decimal("0.050000")}
