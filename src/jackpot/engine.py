@@ -439,7 +439,9 @@ class JackpotEngine:
         if not isinstance(create, bool):
             msg = f"create must be True or False, not {create!r}"
             raise ValidationError(msg)
-        store = _store(str(path), settings, create=create)
+        # `groups=[]` creates no level, so it may not make a jackpot database of an
+        # empty file either: it would be refused below, after writing the schema.
+        store = _store(str(path), settings, create=create and configs != [])
         try:
             store.migrate()
             with store.write():

@@ -54,6 +54,20 @@ def test_open_with_create_false_refuses_a_missing_or_empty_file(tmp_path: Path, 
     assert not Path(f"{path}-wal").exists()
 
 
+
+def test_open_with_no_groups_refuses_an_empty_file_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with pytest.raises(StorageError) as info:
+        JackpotEngine.open(path, [])
+    assert str(info.value) == f"cannot open database {str(path)!r}: it holds no jackpot database"
+    assert path.stat().st_size == 0  # was: the schema written, in WAL mode, then refused
+    assert not Path(f"{path}-wal").exists()
+    # so a server's create=False still refuses it, instead of creating the default levels
+    with pytest.raises(StorageError, match="holds no jackpot database"):
+        JackpotEngine.open(path, create=False)
+    assert path.stat().st_size == 0
+
 def test_open_with_create_false_opens_an_existing_database(db_path: Path) -> None:
     JackpotEngine.open(db_path).close()
     with JackpotEngine.open(db_path, create=False) as engine:
