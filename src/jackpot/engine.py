@@ -429,16 +429,17 @@ class JackpotEngine:
         Raises:
             ValidationError: bad settings (naming the JACKPOT_* variable), groups or path.
             StorageError: the file cannot be opened as a jackpot database
-                (with `create=False`: also when it does not exist or is empty).
+                (with `create=False`: also when it does not exist, is empty or
+                holds no level).
 
         """
         _check_path(path)
         settings = settings if settings is not None else Settings.from_env()
-        logger.setLevel(settings.log_level.upper())
         configs = _configs(path, groups)
         if not isinstance(create, bool):
             msg = f"create must be True or False, not {create!r}"
             raise ValidationError(msg)
+        logger.setLevel(settings.log_level.upper())  # once the arguments are known good
         # `groups=[]` creates no level, so it may not make a jackpot database of an
         # empty file either: it would be refused below, after writing the schema.
         store = _store(str(path), settings, create=create and configs != [])
@@ -446,6 +447,12 @@ class JackpotEngine:
             store.migrate()
             with store.write():
                 existing = store.load_levels()
+                if not existing and not create:
+                    # The schema without a level: its first open stopped before
+                    # creating them. As empty as a new file, so refused as one.
+                    msg = (f"cannot open database {redact(str(path))!r}: it holds no levels "
+                           "(with create=False none are created)")
+                    raise StorageError(msg)
                 wanted = configs if configs is not None or existing else list(domain.DEFAULT_GROUPS)
                 for config in wanted or []:
                     if config.name not in existing:

@@ -8,12 +8,14 @@ restart cannot start counting pools from a fresh, empty ledger.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jackpot import AsyncJackpotEngine, JackpotEngine, StorageError, ValidationError
+from jackpot import AsyncJackpotEngine, JackpotEngine, Settings, StorageError, ValidationError
+from jackpot.storage import open_store
 
 
 @pytest.mark.parametrize("how", ["removed", "emptied"])
@@ -67,6 +69,38 @@ def test_open_with_no_groups_refuses_an_empty_file_untouched(tmp_path: Path) -> 
     with pytest.raises(StorageError, match="holds no jackpot database"):
         JackpotEngine.open(path, create=False)
     assert path.stat().st_size == 0
+
+def test_open_with_create_false_refuses_a_schema_without_levels(tmp_path: Path) -> None:
+    # What a first open leaves when it stops between the schema and the levels.
+    path = tmp_path / "half.db"
+    store = open_store(str(path))
+    store.migrate()
+    store.close()
+    with pytest.raises(StorageError) as info:
+        JackpotEngine.open(path, create=False)
+    assert str(info.value) == (f"cannot open database {str(path)!r}: it holds no levels "
+                               "(with create=False none are created)")
+    store = open_store(str(path), create=False)
+    try:
+        with store.read():
+            assert store.load_levels() == {}  # was: minor, major and mega created
+    finally:
+        store.close()
+    with JackpotEngine.open(path) as engine:  # create=True finishes what the first open began
+        assert engine.groups == ("major", "mega", "minor")
+
+
+def test_a_refused_open_leaves_the_jackpot_logger_level_alone(tmp_path: Path) -> None:
+    log = logging.getLogger("jackpot")
+    before = log.level
+    quiet = Settings(log_level="critical", enable_metrics=False)
+    with pytest.raises(ValidationError, match="groups must be"):
+        JackpotEngine.open(tmp_path / "x.db", 5, settings=quiet)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="create must be"):
+        JackpotEngine.open(tmp_path / "x.db", settings=quiet, create="no")  # type: ignore[arg-type]
+    assert log.level == before
+    assert not (tmp_path / "x.db").exists()
+
 
 def test_open_with_create_false_opens_an_existing_database(db_path: Path) -> None:
     JackpotEngine.open(db_path).close()
