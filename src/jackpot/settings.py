@@ -82,16 +82,28 @@ class Settings:
         for f in fields(self):
             _check_field(f.name, getattr(self, f.name))
         _check_retry_budget(self.max_retry_attempts, self.retry_delay_ms)
+        if self.health_failing_lock_success_pct > self.health_min_lock_success_pct:
+            msg = (f"health_failing_lock_success_pct {self.health_failing_lock_success_pct} "
+                   f"is above health_min_lock_success_pct {self.health_min_lock_success_pct} "
+                   "(JACKPOT_HEALTH_FAILING_LOCK_SUCCESS_PCT, "
+                   "JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT): health would go from ok straight "
+                   "to failing; the failing threshold must be the lower one")
+            raise ValidationError(msg)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from JACKPOT_* variables; `overrides` win over them.
 
         Raises:
-            ValidationError: a variable's value is invalid; the message names it.
+            ValidationError: a variable's value is invalid (the message names
+                it), or an override names no setting.
 
         """
         env = os.environ if environ is None else environ
+        unknown = sorted(overrides.keys() - {f.name for f in fields(cls)})
+        if unknown:
+            msg = f"no such setting: {', '.join(unknown)}"
+            raise ValidationError(msg)
         values: dict[str, object] = {}
         for f in fields(cls):
             var = f"JACKPOT_{f.name.upper()}"
