@@ -401,7 +401,9 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
     console.print(table)
 
 
-@app.command()
+# ignore_unknown_options: a negative BET such as -1 is the argument (refused as negative),
+# not an unknown option.
+@app.command(context_settings={"ignore_unknown_options": True})
 @click.argument("bet")
 @click.option("--level", "levels", multiple=True, help="A level (repeatable); default: all.")
 @click.option("--op-id", default=None, help="Idempotency key.")

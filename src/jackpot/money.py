@@ -167,11 +167,14 @@ def parse_signed_amount(value: object, *, name: str, max_units: int = MAX_UNITS)
 
     The sign belongs to the number: -5, '-5' and Decimal('-5') are accepted,
     '-+5' and '--5' are not numbers and are refused like any malformed string.
-    Its size obeys `parse_amount` (positive, a whole number of units, in range).
+    Its size obeys `parse_amount` (not zero, a whole number of units, in range).
     """
     d = _coerce(value, name)
     if not d.is_finite():
         msg = f"{name} must be a finite amount, got {_shown(d)}"
+        raise ValidationError(msg)
+    if d.is_zero():  # "must be positive" would misstate a signed amount
+        msg = f"{name} must not be zero, got {_shown(d)}"
         raise ValidationError(msg)
     # copy_abs, not unary minus: exact whatever the caller's decimal context
     units = parse_amount(d.copy_abs(), name=name, max_units=max_units)

@@ -242,7 +242,7 @@ def test_adjustments_are_audited_and_bounded(open_engine: Callable[..., JackpotE
         engine.adjust("minor", "-0.000001", reason="x")
     with pytest.raises(ValidationError, match=r"would lift its pool above 20\.000000"):
         engine.adjust("minor", "20.000001", reason="x")
-    with pytest.raises(ValidationError, match=r"^delta must be positive"):
+    with pytest.raises(ValidationError, match=r"^delta must not be zero, got 0$"):
         engine.adjust("minor", 0, reason="x")
     with pytest.raises(InsufficientFundsError, match=r"has an empty pool"):
         engine.process_win("minor")

@@ -135,6 +135,9 @@ def test_operator_actions_suspend_resume_adjust_retire(db: str) -> None:
                    "--db", db)["replayed"] is True
     down = ok_json("adjust", "major", "-5", "--reason", "typo fixed", "--db", db)
     assert down["balances"] == {"major": "1020.000000"}
+    nothing = jackpot("adjust", "major", "0", "--reason", "typo", "--db", db)
+    assert (nothing.returncode, nothing.stderr) == (
+        2, "jackpot: error: delta must not be zero, got 0\n")
     too_much = jackpot("adjust", "major", "-5000", "--reason", "typo", "--db", db)
     assert (too_much.returncode, too_much.stderr) == (2, (
         "jackpot: error: adjusting level 'major' by -5000.000000 would take its pool "
@@ -607,3 +610,10 @@ def test_health_of_a_file_this_user_may_not_write_is_failing(db: str) -> None:
     finally:
         shared.chmod(0o755)
         shutil.rmtree(shared)
+
+
+def test_a_negative_bet_is_refused_as_negative_not_as_an_unknown_option(db: str) -> None:
+    done = jackpot("contribute", "-1", "--level", "minor", "--db", db)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", "jackpot: error: bet must not be negative, got -1\n")
+    assert {p["name"]: p["version"] for p in ok_json("status", "--db", db)}["minor"] == 1
