@@ -162,7 +162,9 @@ class PrometheusObserver:
         waited.observe(seconds)
 
 
-class _Engine(EngineView, Protocol):
+class _Engine(Protocol):
+    """What `serve_metrics` needs of an engine (sync or asyncio): its stats."""
+
     @property
     def stats(self) -> Stats: ...
 

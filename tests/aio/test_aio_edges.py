@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +29,7 @@ from jackpot import (
     JackpotEngine,
     Settings,
     ValidationError,
+    serve_metrics,
 )
 from jackpot.actors import Ticket
 
@@ -453,3 +455,26 @@ def test_close_from_an_observer_on_the_loop_does_not_wait_for_that_loops_calls(
     assert shut
     assert [type(r) for r in results] == [Contribution, Contribution]
     assert [r.versions for r in results] == [{"minor": 2}, {"major": 2}]
+
+
+def test_serve_metrics_serves_an_asyncio_engine(db_path: Path) -> None:
+    # Typed for it too: serve_metrics asks only for the engine's stats.
+    async def run() -> str:
+        engine = await AsyncJackpotEngine.open(db_path)
+        try:
+            await engine.contribute("1", groups="minor", op_id="b1")
+            server, thread = serve_metrics(engine, 0)
+            try:
+                url = f"http://127.0.0.1:{server.server_port}/metrics"
+                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: ASYNC210
+                    return str(response.read().decode())
+            finally:
+                server.shutdown()
+                server.server_close()
+                thread.join(5)
+        finally:
+            await engine.close()
+
+    body = asyncio.run(run())
+    assert 'jackpot_operations_total{operation="contribute",outcome="ok"} 1.0' in body
+    assert 'jackpot_level_version{level="minor"} 2.0' in body
