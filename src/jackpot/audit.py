@@ -7,8 +7,11 @@ transfers); every meter equals the sum of its ledger column (`wagered`: of the
 bets the rows record); the pool and the reserve satisfy the identities in
 `domain.Meters`; the carried fractions are what the ledger's bets, rates and
 retirements leave, and each retirement's two rows agree (see
-`_audit_fractions`). Every recorded op_id has ledger rows, and its stored
-result (what a replay returns) repeats what they say (see `_audit_results`).
+`_audit_fractions`); the settings, the changes waiting for a reset and the
+status are what the create, config, reset and status rows leave, and the
+must-hit-by trigger lies within the settings (see `_audit_config`). Every
+recorded op_id has ledger rows, and its stored result (what a replay
+returns) repeats what they say (see `_audit_results`).
 The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
@@ -21,6 +24,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from jackpot._audit_config import CONFIG_KINDS, check_config
 from jackpot._audit_fractions import Fractions, check_retirements
 from jackpot._audit_results import check_results, units_of
 from jackpot.domain import LevelState
@@ -53,6 +57,8 @@ def audit(store: Store) -> VerifyReport:
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
             store.recorded_results(), store.recorded_hits(), store.recorded_details(),
             store.balances_at))
+        configs = {name: _unreadable(problems, f"{name}: settings rows", None, functools.partial(
+            store.ledger, level=name, kinds=CONFIG_KINDS)) for name in levels}
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():
@@ -61,6 +67,10 @@ def audit(store: Store) -> VerifyReport:
             continue
         rows += totals[name].rows
         problems.extend(_check_level(s, totals[name]))
+        rows_of = configs[name]
+        if rows_of is not None:
+            problems.extend(_unreadable(problems, f"{name}: settings rows", list[str](),
+                                        functools.partial(check_config, s, rows_of)))
         if fractions is not None:
             problems.extend(_unreadable(problems, f"{name}: carried fractions", list[str](),
                                         functools.partial(fractions.check, s, totals[name])))

@@ -478,3 +478,58 @@ def test_a_retirement_whose_carried_detail_is_not_an_object_is_reported(
                     "WHERE kind = 'retire'")
     found = problems(retired)
     assert any("cannot be read as the engine writes them" in p for p in found), found
+
+
+# -- a level's settings, waiting changes, status and trigger -----------------------------
+
+@pytest.mark.parametrize(("sql", "problem"), [
+    ("UPDATE levels SET rate = 200000000 WHERE name = 'minor'",
+     "minor: setting contribution_rate is 0.2, the ledger says 0.1"),
+    ("UPDATE levels SET min_bet = 1000000 WHERE name = 'major'",
+     "major: setting min_bet is 1.000000, the ledger says none"),
+    ("UPDATE levels SET cap = NULL WHERE name = 'minor'",
+     "minor: setting cap is none, the ledger says 30.000000"),
+    ("UPDATE levels SET overflow_to = 'reserve' WHERE name = 'minor'",
+     "minor: setting overflow_to is reserve, the ledger says meter"),
+    ("UPDATE levels SET status = 'suspended' WHERE name = 'major'",
+     "major: status is suspended, the ledger says active"),
+    ("UPDATE levels SET pending = '{\"seed\": 5000000}' WHERE name = 'minor'",
+     "minor: changes waiting for the next reset are {'seed': '5.000000'}, the ledger says {}"),
+])
+def test_a_level_edited_outside_the_engine_is_reported_before_any_bet(
+        tmp_path: Path, sql: str, problem: str) -> None:
+    levels = [GroupConfig("minor", Decimal(10), Decimal("0.1"), cap=Decimal(30)),
+              GroupConfig("major", Decimal(100), Decimal("0.01"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal(50), op_id="b1")
+        assert e.verify().ok
+        tamper(e, sql)
+        assert problems(e) == [problem]
+
+
+def test_settings_replayed_through_changes_resets_and_status_verify(tmp_path: Path) -> None:
+    levels = [GroupConfig("minor", Decimal(10), Decimal("0.1"), must_hit_by=Decimal(20)),
+              GroupConfig("major", Decimal(100), Decimal("0.01"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.update_config("minor", seed=Decimal(12), contribution_rate=Decimal("0.2"))
+        assert e.verify().ok  # the seed waits for the reset, the rate applies at once
+        e.process_win("minor", amount=Decimal(1))  # a partial win: no reset
+        e.update_config("minor", must_hit_by=Decimal(40))
+        assert e.verify().ok
+        e.process_win("minor")  # the reset applies seed 12 and must_hit_by 40
+        assert e.pool("minor").seed == Decimal(12)
+        e.suspend("major", reason="inspection")
+        assert e.verify().ok
+        e.resume("major")
+        hits = sum(len(e.contribute(Decimal(10), groups="minor", op_id=f"b{i}").hits)
+                   for i in range(40))  # 2.00 a bet: past the trigger again and again
+        assert hits >= 2  # each a reset
+        e.retire("major", transfer_to="minor", reason="ended")
+        assert e.verify().problems == []
+        tamper(e, "UPDATE levels SET seed = 10000000 WHERE name = 'minor'")
+        assert problems(e) == ["minor: setting seed is 10.000000, the ledger says 12.000000"]
+        tamper(e, "UPDATE levels SET seed = 12000000, trigger = 12000000 WHERE name = 'minor'")
+        assert problems(e) == [
+            "minor: must-hit-by trigger 12.000000 is outside (seed, must_hit_by] of its settings"]
