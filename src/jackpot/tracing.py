@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jackpot.service import Operation
+from jackpot.stats import after_the_fact
 
 __all__ = ["TracingObserver", "no_span", "observer"]
 
@@ -115,7 +116,8 @@ class TracingObserver:
         try:
             yield
         except BaseException as e:
-            entry.span.record_exception(e)
+            # A report on a final outcome: a failing tracer must not replace the error.
+            after_the_fact(entry.span.record_exception, e)
             raise
         finally:
             with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -9,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from jackpot import InsufficientFundsError, JackpotEngine, LockTimeoutError, Settings, tracing
+from jackpot import (
+    AsyncJackpotEngine,
+    InsufficientFundsError,
+    JackpotEngine,
+    LockTimeoutError,
+    Settings,
+    tracing,
+)
 from jackpot.tracing import TracingObserver
 
 from .conftest import write_lock_held
@@ -143,3 +151,35 @@ def test_spans_that_do_not_record_are_dropped_at_once(engine: JackpotEngine) -> 
                for s in tracer.spans)  # nothing was written to a span that drops it
     assert "jackpot.outcome" not in tracer.spans[0].attributes
     assert observer._open == []
+
+
+class BrokenSpan(FakeSpan):
+    def record_exception(self, exception: BaseException) -> None:
+        msg = "exporter down"
+        raise RuntimeError(msg)
+
+
+def test_a_tracer_failing_to_record_an_error_does_not_replace_it(
+        engine: JackpotEngine, caplog: pytest.LogCaptureFixture) -> None:
+    tracer = traced(engine)
+    tracer.start_span = lambda name, *, attributes: BrokenSpan(name, attributes)  # type: ignore[method-assign]
+    with pytest.raises(InsufficientFundsError):  # was: RuntimeError('exporter down')
+        engine.process_win("mega", amount="99999", op_id="win-1")
+    assert any(getattr(r, "outcome", None) == "report_failed" for r in caplog.records)
+
+
+def test_an_asyncio_call_keeps_its_error_and_its_books_when_the_tracer_fails(
+        db_path: Path) -> None:
+    async def run() -> int:
+        engine = await AsyncJackpotEngine.open(db_path)
+        try:
+            tracer = traced(engine.sync)
+            tracer.start_span = lambda name, *, attributes: BrokenSpan(  # type: ignore[method-assign]
+                name, attributes)
+            with pytest.raises(InsufficientFundsError):  # was: RuntimeError('exporter down')
+                await engine.process_win("mega", amount="99999", op_id="win-1")
+            return engine.sync.stats.snapshot().get("operations:win:rejected", 0)
+        finally:
+            await engine.close(timeout=5)
+
+    assert asyncio.run(run()) == 1  # its books closed: counted as the refusal it was
