@@ -276,6 +276,14 @@ class AsyncJackpotEngine:
         """Check the database, the actors and the recent lock and conflict rates."""
         return await asyncio.to_thread(self._engine.health)
 
+    async def metrics_text(self) -> str:
+        """Return the engine's metrics in the Prometheus text format ("" when disabled).
+
+        A scrape reads the levels and probes the database's health, so it
+        runs in the default thread pool like the other reads.
+        """
+        return await asyncio.to_thread(self._engine.metrics_text)
+
     # -- internals -----------------------------------------------------------------
 
     def _build(self, kind: str, op_id: object, builder: str, /, *args: Any, **kwargs: Any

@@ -478,3 +478,14 @@ def test_serve_metrics_serves_an_asyncio_engine(db_path: Path) -> None:
     body = asyncio.run(run())
     assert 'jackpot_operations_total{operation="contribute",outcome="ok"} 1.0' in body
     assert 'jackpot_level_version{level="minor"} 2.0' in body
+
+
+def test_an_asyncio_engine_gives_its_metrics_text(db_path: Path) -> None:
+    async def run() -> str:
+        async with await AsyncJackpotEngine.open(db_path) as engine:
+            await engine.contribute("1", groups="minor", op_id="b1")
+            return await engine.metrics_text()
+
+    text = asyncio.run(run())
+    assert 'jackpot_operations_total{operation="contribute",outcome="ok"} 1.0' in text
+    assert 'jackpot_level_amount{level="minor"} 100.005' in text  # seed 100 + 0.5% of 1
