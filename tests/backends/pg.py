@@ -41,11 +41,21 @@ def with_search_path(url: str, schema: str) -> str:
 @contextmanager
 def fresh_schema(url: str) -> Iterator[str]:
     """Create an empty schema, yield a URL that works in it, drop it afterwards."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
+    with fresh_schema_named(url) as name:
+        yield with_search_path(url, name)
+
+
+@contextmanager
+def fresh_schema_named(url: str, prefix: str = "t_") -> Iterator[str]:
+    """Create an empty schema whose name starts with `prefix`, yield its name, drop it after.
+
+    The name is quoted wherever it is used: `prefix` may need quoting.
+    """
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{name}"')
     try:
-        yield with_search_path(url, name)
+        yield name
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '30s'")  # a leaked connection fails, not hangs

@@ -37,7 +37,7 @@ from jackpot.storage import SerializationFailureError, Store, open_store, postgr
 from jackpot.storage.postgres import PostgresStore, _misread
 
 from .contract import MINOR_SEED, BackendContract, new_level, snapshot
-from .pg import fresh_schema, require_pg_url
+from .pg import fresh_schema, fresh_schema_named, require_pg_url, with_search_path
 
 PG_URL = require_pg_url()
 
@@ -493,3 +493,29 @@ def test_a_shared_batch_whose_commit_is_unknown_never_runs_an_auto_op_id_twice(
     with JackpotEngine.open(pg_target, create=False) as engine:
         assert engine.pool("minor").amount == MINOR_SEED + Decimal("1.5")  # 3 bets, once each
         assert engine.verify().ok
+
+
+# -- schemas and the search_path ---------------------------------------------------------
+
+
+def test_a_jackpot_schema_further_down_the_search_path_is_not_taken_for_this_one() -> None:
+    # Tables are created in the first schema of the search_path: a jackpot
+    # schema in a later one is another database, not this one.
+    with fresh_schema_named(PG_URL) as first, fresh_schema_named(PG_URL) as second:
+        with JackpotEngine.open(with_search_path(PG_URL, second)) as engine:
+            engine.contribute(Decimal(1000), groups="minor", op_id="b1")
+        url = with_search_path(PG_URL, f"{first},{second}")
+        reader = open_store(url, read_only=True)
+        try:
+            assert reader.schema_version() == 0
+        finally:
+            reader.close()
+        with pytest.raises(StorageError, match=r"holds no jackpot schema \(opened with "
+                                               r"create=False: nothing was created\)$"):
+            JackpotEngine.open(url, create=False)
+        with psycopg.connect(PG_URL) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+                                (first,)).fetchall() == [(0,)]
+        with JackpotEngine.open(with_search_path(PG_URL, second), create=False) as engine:
+            assert engine.pool("minor").amount == MINOR_SEED + Decimal(5)
+            assert engine.verify().ok

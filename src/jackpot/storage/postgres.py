@@ -125,6 +125,8 @@ _INSERT_OPERATION = ("INSERT INTO operations (op_id, kind, fingerprint, result, 
 _FIND_OPERATIONS = ("SELECT op_id, kind, fingerprint, result FROM operations "
                     "WHERE op_id = ANY(%s)")
 _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger"
+_HAS_SCHEMA_TABLE = ("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema() "
+                     "AND tablename = 'jackpot_schema')")
 # What a unique violation on these means: another transaction won the race.
 _RACES = {"operations_pkey": "op_id", "ledger_level_version": "level version"}
 
@@ -498,7 +500,11 @@ class PostgresStore(Store):
     def schema_version(self) -> int:
         """Return the schema version in `jackpot_schema` (0: none yet); refuse a newer one."""
         with self.read():
-            if self._exec("SELECT to_regclass('jackpot_schema')") == [(None,)]:
+            # In the schema the tables are created in (the first existing one of
+            # the search_path), not anywhere on the path: a jackpot schema
+            # further down it is another database, and taking its version for
+            # this one's would let open(create=False) create a new one here.
+            if self._exec(_HAS_SCHEMA_TABLE) == [(False,)]:
                 return 0
             rows = self._exec("SELECT version FROM jackpot_schema")
         current = int(rows[0][0]) if rows else 0
