@@ -519,3 +519,17 @@ def test_a_jackpot_schema_further_down_the_search_path_is_not_taken_for_this_one
         with JackpotEngine.open(with_search_path(PG_URL, second), create=False) as engine:
             assert engine.pool("minor").amount == MINOR_SEED + Decimal(5)
             assert engine.verify().ok
+
+
+@pytest.mark.parametrize("prefix", ["Jackpot_", "jackpot schema "])
+def test_verify_works_in_a_schema_whose_name_needs_quoting(prefix: str) -> None:
+    with fresh_schema_named(PG_URL, prefix) as name:
+        quoted = '"' + name.replace(" ", "\\ ") + '"'  # libpq options: a backslash keeps a space
+        with JackpotEngine.open(with_search_path(PG_URL, quoted)) as engine:
+            engine.contribute(Decimal(10), groups="minor", op_id="b1")
+            report = engine.verify()
+        assert report.problems == []
+        assert report.ok
+        with psycopg.connect(PG_URL) as conn:  # the tables are in that schema
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+                                (name,)).fetchall() == [(4,)]

@@ -125,6 +125,10 @@ _INSERT_OPERATION = ("INSERT INTO operations (op_id, kind, fingerprint, result, 
 _FIND_OPERATIONS = ("SELECT op_id, kind, fingerprint, result FROM operations "
                     "WHERE op_id = ANY(%s)")
 _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger"
+# The oid of the schema the tables are in. Not `current_schema()::regnamespace`:
+# that cast parses the name as SQL, so a schema whose name needs quoting
+# ("Jackpot", "two words") would be read as another name, or not at all.
+_CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
 _HAS_SCHEMA_TABLE = ("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema() "
                      "AND tablename = 'jackpot_schema')")
 # What a unique violation on these means: another transaction won the race.
@@ -625,13 +629,13 @@ class PostgresStore(Store):
             problems.append(f"schema version {version}, expected {len(POSTGRES_MIGRATIONS)}")
         enabled = {r[0] for r in self._exec(
             "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "WHERE c.relnamespace = current_schema()::regnamespace "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "
             "AND t.tgenabled <> 'D' AND t.tgname = ANY(%s)", (list(POSTGRES_TRIGGERS),))}
         problems.extend(f"trigger {t} is missing or disabled: history is not append-only"
                         for t in POSTGRES_TRIGGERS if t not in enabled)
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relnamespace = current_schema()::regnamespace "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "
             "AND NOT (i.indisvalid AND i.indisready)"))
         return "; ".join(problems) or "ok"
 
