@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from jackpot import (
     ConcurrencyViolationError,
     IdempotencyConflictError,
     JackpotEngine,
+    LockTimeoutError,
     Settings,
     StorageError,
 )
@@ -533,3 +535,50 @@ def test_verify_works_in_a_schema_whose_name_needs_quoting(prefix: str) -> None:
         with psycopg.connect(PG_URL) as conn:  # the tables are in that schema
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
                                 (name,)).fetchall() == [(4,)]
+
+
+# -- no connection to be had ---------------------------------------------------------------
+
+
+def test_a_server_refusing_new_connections_is_not_reported_as_a_busy_pool(
+        pg_target: str) -> None:
+    role = f"jackpot_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_target, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    user_url = urlunsplit(urlsplit(pg_target)._replace(
+        netloc=f"{role}@{urlsplit(pg_target).netloc.rpartition('@')[2]}"))
+    try:
+        JackpotEngine.open(user_url).close()
+        store = PostgresStore(user_url, lock_timeout_ms=300)
+        try:
+            with psycopg.connect(pg_target, autocommit=True) as admin:  # locked out
+                admin.execute(f"ALTER ROLE {role} NOLOGIN")
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE usename = %s", (role,))
+            with pytest.raises(StorageError) as info, store.write():
+                raise AssertionError("no transaction can begin")
+            assert not isinstance(info.value, LockTimeoutError)
+            assert "busy" not in str(info.value)
+            assert f'role "{role}" is not permitted to log in' in str(info.value)
+            assert str(info.value).endswith("; nothing was changed")
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(pg_target, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            admin.execute(f"DROP OWNED BY {role}")  # the tables it made in this test's schema
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:
+    JackpotEngine.open(pg_target).close()
+    holder = PostgresStore(pg_target, lock_timeout_ms=300, pool_max_size=1)
+    waiter = PostgresStore(pg_target, lock_timeout_ms=300)
+    try:
+        busy = r"no connection to .* became free within 300 ms \(every pooled connection is busy\)"
+        with holder.write(), pytest.raises(LockTimeoutError, match=busy):
+            waiter.load_levels()
+    finally:
+        waiter.close()
+        holder.close()

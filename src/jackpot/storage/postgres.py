@@ -338,9 +338,7 @@ class PostgresStore(Store):
     def _translate(self, e: BaseException) -> Exception:
         ms = self._timeout_ms
         if isinstance(e, PoolTimeout):
-            return LockTimeoutError(
-                f"no connection to {self._where} became free within {ms} ms "
-                "(every pooled connection is busy); nothing was changed")
+            return self._no_connection()
         if isinstance(e, pg_errors.LockNotAvailable):
             return LockTimeoutError(
                 f"row lock not acquired within {ms} ms (another transaction holds it); "
@@ -360,6 +358,26 @@ class PostgresStore(Store):
                 f"the connection to {self._where} was lost before the transaction committed "
                 f"({_first_line(e)}); nothing was changed: retry")
         return StorageError(f"database error: {type(e).__name__}: {_first_line(e)}")
+
+    def _no_connection(self) -> StorageError | LockTimeoutError:
+        """Return the error for a pool that gave no connection in time.
+
+        The pool times out alike whether its connections are all in use or
+        it cannot make new ones (the server is down, refuses this role, is
+        out of connection slots): one direct attempt tells which, so that an
+        unreachable server is not reported as a busy pool. (libpq's message
+        never holds the password; the pool logs the same one.)
+        """
+        try:
+            psycopg.connect(self._url, connect_timeout=max(2, round(self._timeout_ms / 1000))
+                            ).close()
+        except psycopg.Error as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            return StorageError(f"cannot connect to {self._where} ({reason}); "
+                                "nothing was changed")
+        return LockTimeoutError(
+            f"no connection to {self._where} became free within {self._timeout_ms} ms "
+            "(every pooled connection is busy); nothing was changed")
 
     def _checkout(self, begin: str) -> tuple[Connection, list[tuple[Any, ...]]]:
         """Return a pooled connection with `begin` run on it, and its last result's rows.
