@@ -174,8 +174,8 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
     """Serve the engine's metrics at http://addr:port/metrics from a daemon thread.
 
     Binds to 127.0.0.1 unless told otherwise (put a reverse proxy in front to
-    expose it); port 0 picks a free port (`server.server_port`). Stop it with
-    `server.shutdown()`.
+    expose it); port 0 picks a free port (`server.server_port`). Returns
+    `(server, thread)`; stop it with `server.shutdown()`.
 
     Raises:
         ValidationError: the engine runs with metrics disabled.
