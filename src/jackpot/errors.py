@@ -64,7 +64,10 @@ class ConcurrencyViolationError(JackpotError):
 class LockTimeoutError(JackpotError):
     """A lock (database write lock or level actor) was not had in time.
 
-    Nothing was changed: the operation was not applied.
+    Usually nothing was changed: the operation was not applied. One case
+    differs, and its message says so: an operation that started but did not
+    finish within the engine's longest operation time has an unknown
+    outcome; resend it with the same op_id to learn it.
     """
 
 
