@@ -41,7 +41,11 @@ class UnknownGroupError(JackpotError, KeyError):
 
 
 class InsufficientFundsError(JackpotError):
-    """A win asked for more than the pool holds; nothing was changed."""
+    """A pool cannot pay or give up that much; nothing was changed.
+
+    A win asks for more than the pool holds (or the pool is empty), or an
+    adjustment would take the pool below zero.
+    """
 
 
 class ConcurrencyViolationError(JackpotError):
