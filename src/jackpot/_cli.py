@@ -356,7 +356,7 @@ def verify(*, db: str | None, as_json: bool | None) -> int:
     return 0 if report.ok else 1
 
 
-@app.command()
+@app.command(short_help="Change a level's settings (KEY=VALUE...), audited.")
 @click.argument("level")
 @click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.option("--expected-version", type=click.IntRange(1), default=None,

@@ -81,6 +81,14 @@ def test_the_console_script_is_installed() -> None:
         assert f"  {command} " in done.stdout
 
 
+def test_the_command_list_does_not_cut_a_summary_mid_sentence() -> None:
+    done = jackpot("--help")
+    assert done.returncode == 0
+    config = next(line for line in done.stdout.splitlines() if line.strip().startswith("config "))
+    assert "e.g." not in config
+    assert "Change a level's settings (KEY=VALUE...), audited." in config
+
+
 def test_a_session_of_manual_operations(db: str) -> None:
     levels = ok_json("status", "--db", db)
     assert [(p["name"], p["amount"], p["version"]) for p in levels] == [
