@@ -628,7 +628,7 @@ class _Call:
             msg = (f"{self.op.kind} {self.op.op_id!r} did not finish within "
                    f"{self._engine._run_timeout:.1f} s after it started; its "  # noqa: SLF001
                    "outcome is unknown: retry with the same op_id to learn it")
-            self._finish(None, LockTimeoutError(msg))
+            self._finish(None, LockTimeoutError(msg, outcome_unknown=True))
         elif ticket.abandon():
             after_the_fact(self._engine.stats.add, "lock_timeouts", self.op.kind,
                            ",".join(self.op.names))

@@ -895,7 +895,7 @@ class JackpotEngine:
         msg = (f"{op.kind} {op.op_id!r} did not finish within {self._run_timeout:.1f} s "
                "after it started; its outcome is unknown: retry with the same op_id "
                "to learn it")
-        raise LockTimeoutError(msg)
+        raise LockTimeoutError(msg, outcome_unknown=True)
 
     def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
         return PoolActor.start(self._guards[name], self._open_store, self._settings,

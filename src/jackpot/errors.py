@@ -68,11 +68,16 @@ class ConcurrencyViolationError(JackpotError):
 class LockTimeoutError(JackpotError):
     """A lock (database write lock or level actor) was not had in time.
 
-    Usually nothing was changed: the operation was not applied. One case
-    differs, and its message says so: an operation that started but did not
-    finish within the engine's longest operation time has an unknown
-    outcome; resend it with the same op_id to learn it.
+    Usually nothing was changed: the operation was not applied
+    (`outcome_unknown` is False). One case differs: an operation that
+    started but did not finish within the engine's longest operation time
+    has an unknown outcome (`outcome_unknown` is True, and the message says
+    so); resend it with the same op_id to learn it.
     """
+
+    def __init__(self, msg: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(msg)
+        self.outcome_unknown = outcome_unknown
 
 
 class IdempotencyConflictError(JackpotError):

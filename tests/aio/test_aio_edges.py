@@ -27,6 +27,7 @@ from jackpot import (
     Contribution,
     EngineClosedError,
     JackpotEngine,
+    LockTimeoutError,
     Settings,
     ValidationError,
     serve_metrics,
@@ -489,3 +490,51 @@ def test_an_asyncio_engine_gives_its_metrics_text(db_path: Path) -> None:
     text = asyncio.run(run())
     assert 'jackpot_operations_total{operation="contribute",outcome="ok"} 1.0' in text
     assert 'jackpot_level_amount{level="minor"} 100.005' in text  # seed 100 + 0.5% of 1
+
+
+def test_an_operation_that_overran_after_it_started_says_its_outcome_is_unknown(
+        db_path: Path, busy_actor: Any) -> None:
+    # Taken by the level's actor, which then waits (for the level's guard, held here)
+    # longer than the caller waits: the caller cannot say whether it was applied.
+    def overrun(engine: JackpotEngine, call: Callable[[], object]) -> Any:
+        engine._queue_timeout = engine._run_timeout = 0.2
+        caught: list[BaseException] = []
+
+        def first() -> None:
+            try:
+                call()
+            except LockTimeoutError as e:
+                caught.append(e)
+
+        thread = busy_actor(engine, "minor", first)
+        try:
+            thread.join(30)
+        finally:
+            engine._guards["minor"].lock.release()
+        (error,) = caught
+        return error
+
+    with JackpotEngine.open(db_path) as engine:
+        error = overrun(engine, lambda: engine.contribute("10", groups="minor", op_id="b1"))
+        assert error.outcome_unknown is True
+        assert "its outcome is unknown: retry with the same op_id" in str(error)
+        assert engine.contribute("10", groups="minor", op_id="b1").replayed  # it was applied
+
+    async def run() -> LockTimeoutError:
+        engine = await AsyncJackpotEngine.open(db_path)
+        loop = asyncio.get_running_loop()
+        try:
+            def call() -> object:
+                return asyncio.run_coroutine_threadsafe(
+                    engine.contribute("10", groups="minor", op_id="b2"), loop).result(30)
+            error = await asyncio.to_thread(overrun, engine.sync, call)
+            assert (await engine.contribute("10", groups="minor", op_id="b2")).replayed
+            return error
+        finally:
+            await engine.close()
+
+    error = asyncio.run(run())
+    assert error.outcome_unknown is True
+    assert "its outcome is unknown" in str(error)
+    # one that never started changed nothing, and says so
+    assert LockTimeoutError("x").outcome_unknown is False
