@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -582,3 +582,22 @@ def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str
     finally:
         waiter.close()
         holder.close()
+
+
+def test_a_statement_timeout_of_the_role_is_a_lock_timeout_that_changed_nothing(
+        pg_target: str) -> None:
+    # A statement_timeout below the engine's lock_timeout cancels the wait for a row
+    # lock first: QueryCanceled, not a bare "database error".
+    url = pg_target.replace("options=", "options=" + quote("-cstatement_timeout=300 "), 1)
+    with JackpotEngine.open(url, settings=Settings(lock_timeout_ms=5000)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="before")
+        with row_locked(pg_target, "minor"), pytest.raises(LockTimeoutError) as info:
+            engine.process_win("minor", op_id="blocked")
+        assert str(info.value) == (
+            "PostgreSQL canceled a statement (canceling statement due to statement timeout: "
+            "a statement_timeout set on the server, database or role, or pg_cancel_backend); "
+            "nothing was changed")
+        assert not info.value.outcome_unknown
+        assert engine.pool("minor").amount == Decimal("100.05")  # nothing was paid
+        assert engine.process_win("minor", op_id="blocked").amount == Decimal("100.05")
+        assert engine.verify().ok

@@ -339,10 +339,8 @@ class PostgresStore(Store):
         ms = self._timeout_ms
         if isinstance(e, PoolTimeout):
             return self._no_connection()
-        if isinstance(e, pg_errors.LockNotAvailable):
-            return LockTimeoutError(
-                f"row lock not acquired within {ms} ms (another transaction holds it); "
-                "nothing was changed")
+        if isinstance(e, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+            return _timed_out(e, ms)
         if isinstance(e, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
             return SerializationFailureError(
                 f"PostgreSQL aborted the transaction ({e.sqlstate}: {_first_line(e)}); "
@@ -677,6 +675,22 @@ def _connection_lost(e: psycopg.Error, conn: Connection | None = None) -> bool:
     states = [e.sqlstate, cause.sqlstate if isinstance(cause, psycopg.Error) else None]
     return (conn is not None and conn.broken) or e.sqlstate is None or any(
         s.startswith(("08", "57P0")) for s in states if s is not None)
+
+
+def _timed_out(e: BaseException, ms: int) -> LockTimeoutError:
+    """Return the error for a statement PostgreSQL gave up on; nothing was changed.
+
+    Raised before COMMIT (a COMMIT is not cancelled once its record is
+    written), so the transaction is void: the engine's own `lock_timeout`
+    (LockNotAvailable), or a `statement_timeout` of the server, database or
+    role, or a `pg_cancel_backend` (QueryCanceled).
+    """
+    if isinstance(e, pg_errors.LockNotAvailable):
+        return LockTimeoutError(f"row lock not acquired within {ms} ms (another transaction "
+                                "holds it); nothing was changed")
+    return LockTimeoutError(
+        f"PostgreSQL canceled a statement ({_first_line(e)}: a statement_timeout set on the "
+        "server, database or role, or pg_cancel_backend); nothing was changed")
 
 
 def _first_line(e: BaseException) -> str:
