@@ -533,3 +533,21 @@ def test_settings_replayed_through_changes_resets_and_status_verify(tmp_path: Pa
         tamper(e, "UPDATE levels SET seed = 12000000, trigger = 12000000 WHERE name = 'minor'")
         assert problems(e) == [
             "minor: must-hit-by trigger 12.000000 is outside (seed, must_hit_by] of its settings"]
+
+
+# -- the schema's guards: triggers and indexes ---------------------------------------------
+
+@pytest.mark.parametrize(("sql", "problem"), [
+    ("DROP TRIGGER ledger_no_delete",
+     "integrity_check: trigger ledger_no_delete is missing: history is not append-only"),
+    ("DROP TRIGGER operations_no_update",
+     "integrity_check: trigger operations_no_update is missing: history is not append-only"),
+    ("DROP INDEX ledger_level_kind", "integrity_check: index ledger_level_kind is missing"),
+    (("DROP INDEX ledger_level_version; "
+      "CREATE INDEX ledger_level_version ON ledger (level, version_after)"),
+     "integrity_check: index ledger_level_version is not unique: a level's versions may repeat"),
+])
+def test_a_dropped_guard_of_the_schema_is_reported(engine: JackpotEngine, sql: str,
+                                                   problem: str) -> None:
+    tamper(engine, sql)
+    assert problems(engine) == [problem]

@@ -601,3 +601,18 @@ def test_a_statement_timeout_of_the_role_is_a_lock_timeout_that_changed_nothing(
         assert engine.pool("minor").amount == Decimal("100.05")  # nothing was paid
         assert engine.process_win("minor", op_id="blocked").amount == Decimal("100.05")
         assert engine.verify().ok
+
+
+@pytest.mark.parametrize(("sql", "problem"), [
+    ("DROP INDEX ledger_level_kind", "integrity_check: index ledger_level_kind is missing"),
+    (("DROP INDEX ledger_level_version; "
+      "CREATE INDEX ledger_level_version ON ledger (level, version_after)"),
+     "integrity_check: index ledger_level_version is not unique: a level's versions may repeat"),
+])
+def test_a_dropped_index_is_reported(pg_target: str, sql: str, problem: str) -> None:
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            for statement in sql.split("; "):
+                conn.execute(statement)
+        assert engine.verify().problems == [problem]

@@ -399,7 +399,9 @@ def test_unreadable_pending_changes_are_one_line_and_a_failed_audit(db: str,
     assert jackpot("verify", "--json", "--db", db).returncode == 1
     report = json.loads(jackpot("verify", "--json", "--db", db).stdout)
     assert report == {"ok": False, "levels": 0, "ledger_rows": 0, "problems": [
-        f"levels cannot be read as the engine writes them (UnreadableRowError: {message})"]}
+        f"levels cannot be read as the engine writes them (UnreadableRowError: {message})",
+        ("integrity_check: trigger ledger_no_update is missing: history is not append-only; "
+         "trigger operations_no_update is missing: history is not append-only")]}
 
 
 def test_an_unreadable_ledger_detail_is_one_line_and_a_failed_audit(db: str) -> None:

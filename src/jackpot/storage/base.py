@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import StorageError
-from jackpot.storage.schema import LEDGER_PARTS, METERS
+from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS
 
 __all__ = [
     "BusyIncidentError",
@@ -253,6 +253,14 @@ OPERATIONS_WITHOUT_LEDGER = (
 
 to_json = json.JSONEncoder(sort_keys=True).encode
 """`json.dumps(value, sort_keys=True)`, without building an encoder per call."""
+
+
+def index_problems(unique: dict[str, bool]) -> list[str]:
+    """Name each index of `INDEXES` missing from `unique` (name: is unique), or not unique."""
+    return [f"index {name} is missing" if name not in unique else
+            f"index {name} is not unique: a level's versions may repeat"
+            for name, must in INDEXES.items()
+            if name not in unique or (must and not unique[name])]
 
 
 class UnreadableRowError(StorageError, ValueError):

@@ -98,6 +98,7 @@ from jackpot.storage.base import (
     Store,
     StoredOperation,
     entry_values,
+    index_problems,
     ledger_row,
     level_from_row,
     level_values,
@@ -649,6 +650,11 @@ class PostgresStore(Store):
             "AND t.tgenabled <> 'D' AND t.tgname = ANY(%s)", (list(POSTGRES_TRIGGERS),))}
         problems.extend(f"trigger {t} is missing or disabled: history is not append-only"
                         for t in POSTGRES_TRIGGERS if t not in enabled)
+        problems.extend(index_problems({r[0]: bool(r[1]) for r in self._exec(
+            "SELECT c.relname, i.indisunique FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
+            f"pg_class WHERE relname = 'ledger' AND relnamespace = {_CURRENT_SCHEMA})")}))
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "

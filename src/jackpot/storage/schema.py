@@ -12,7 +12,8 @@ breakdown per meter so the audit can rebuild every level from the ledger alone.
 
 from __future__ import annotations
 
-__all__ = ["LEDGER_PARTS", "METERS", "MIGRATIONS", "POSTGRES_MIGRATIONS", "POSTGRES_TRIGGERS"]
+__all__ = ["INDEXES", "LEDGER_PARTS", "METERS", "MIGRATIONS", "POSTGRES_MIGRATIONS",
+           "POSTGRES_TRIGGERS", "SQLITE_TRIGGERS"]
 
 METERS = ("bets", "wagered", "contributed", "overflow", "reserve_in", "house_funded",
           "reserve_funded", "won", "wins", "hits", "adjusted", "transferred",
@@ -168,3 +169,14 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2)
 
 POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")
 """The triggers that make history append-only (checked by the integrity check)."""
+
+SQLITE_TRIGGERS = ("ledger_no_update", "ledger_no_delete", "operations_no_update",
+                   "operations_no_delete")
+"""The SQLite triggers that make history append-only (checked by the integrity check)."""
+
+INDEXES = {"ledger_level_version": True, "ledger_level_kind": False}
+"""The indexes of the current schema on both backends, and whether each is unique.
+
+The unique one makes a level's versions unique in its ledger; the other
+serves history and the audit. The integrity check reports one missing.
+"""

@@ -50,12 +50,13 @@ from jackpot.storage.base import (
     Store,
     StoredOperation,
     entry_values,
+    index_problems,
     ledger_row,
     level_from_row,
     level_values,
     to_json,
 )
-from jackpot.storage.schema import MIGRATIONS
+from jackpot.storage.schema import MIGRATIONS, SQLITE_TRIGGERS
 
 __all__ = ["CATCH_UP_PAGES", "BusyIncidentError", "LedgerRow", "SQLiteStore", "StaleReadError",
            "StoredOperation"]
@@ -531,5 +532,15 @@ class SQLiteStore(Store):
         return [ledger_row(row) for row in self._exec(sql, tuple(params))]
 
     def integrity_check(self) -> str:
-        """Return SQLite's integrity_check verdict ('ok' when sound)."""
-        return "; ".join(str(r[0]) for r in self._exec("PRAGMA integrity_check"))
+        """Return 'ok' when SQLite's integrity_check passes and no trigger or index is missing."""
+        problems = [str(r[0]) for r in self._exec("PRAGMA integrity_check")]
+        if problems == ["ok"]:
+            problems = []
+        triggers = {r[0] for r in self._exec(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        problems.extend(f"trigger {t} is missing: history is not append-only"
+                        for t in SQLITE_TRIGGERS if t not in triggers)
+        unique = {r[1]: bool(r[2]) for r in self._exec("PRAGMA index_list(ledger)")}
+        problems.extend(index_problems(unique))
+        return "; ".join(problems) or "ok"
+
