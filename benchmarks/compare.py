@@ -241,7 +241,11 @@ def summary_ms(latencies: list[float]) -> dict[str, float]:
 
 def closed_loop(op: Callable[[int], None], threads: int, warmup: float,
                 duration: float) -> dict[str, Any]:
-    """`threads` callers call `op` back to back; count calls that end in the window."""
+    """`threads` callers call `op` back to back; count calls that end in the window.
+
+    A call that ends after the window is not counted: each caller's last call
+    would otherwise add one operation per caller that the window did not hold.
+    """
     barrier = threading.Barrier(threads + 1)
     counts = [0] * threads
     errors = Errors()
@@ -259,7 +263,7 @@ def closed_loop(op: Callable[[int], None], threads: int, warmup: float,
                 now = time.perf_counter()
             else:
                 now = time.perf_counter()
-                if now >= begin:
+                if begin <= now < end:
                     n += 1
             if now >= end:
                 break
