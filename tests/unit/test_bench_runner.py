@@ -23,3 +23,33 @@ def test_closed_loop_counts_only_calls_that_end_in_the_window() -> None:
     r = compare.closed_loop(op, threads=4, warmup=0.0, duration=0.12)
     # every caller's last call ended at or after the window's end
     assert r["ops"] == len(calls) - 4
+
+
+def test_baseline_pays_no_index_the_engine_dropped(tmp_path: Path) -> None:
+    # The engine's schema v2 has no index on the ledger's op_id; the baseline
+    # must not pay a random B-tree insert per ledger row that the engine does not.
+    import apsw  # noqa: PLC0415 - only here
+
+    names = {}
+    for kind in compare.SYSTEMS:
+        path = tmp_path / f"{kind}.db"
+        compare.open_system(kind, path).close()
+        conn = apsw.Connection(str(path))
+        names[kind] = {r[0] for r in conn.execute(
+            "SELECT il.name FROM sqlite_master m, pragma_index_list(m.name) il "
+            "WHERE m.name = 'ledger' AND EXISTS (SELECT 1 FROM pragma_index_info(il.name) ii "
+            "WHERE ii.name = 'op_id')")}
+        conn.close()
+    assert names == {"engine": set(), "baseline": set()}
+
+
+def test_baseline_verify_still_finds_an_orphan_operation(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.db"
+    system = compare.open_system("baseline", path)
+    try:
+        system.contribute(compare.BET, groups=compare.LEVELS3, op_id="a")
+        assert system.verify() == []
+        system.conn.execute("INSERT INTO operations VALUES ('orphan', 'contribute', '', '{}', 0)")
+        assert system.verify() == ["1 operations without ledger rows"]
+    finally:
+        system.close()
