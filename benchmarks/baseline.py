@@ -156,12 +156,16 @@ def _now_ms() -> int:
 class NaiveJackpot:
     """A jackpot over one SQLite file, one lock, one transaction per operation."""
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = 5000,
+                 cache_mb: int | None = None) -> None:
+        """Open `path`; `cache_mb` sizes the page cache (None: SQLite's 2 MiB default)."""
         self._lock = threading.Lock()
         self.conn = apsw.Connection(path)
         self.conn.set_busy_timeout(busy_timeout_ms)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
+        if cache_mb is not None:
+            self.conn.execute(f"PRAGMA cache_size = {-int(cache_mb) * 1024}")  # KiB
         self.conn.execute("PRAGMA foreign_keys = ON")
         with self._transaction():
             (version,) = self.conn.execute("PRAGMA user_version").fetchone()
@@ -173,9 +177,10 @@ class NaiveJackpot:
 
     @classmethod
     def open(cls, path: str | Path,
-             groups: Iterable[tuple[str, str, str]] | None = None) -> NaiveJackpot:
+             groups: Iterable[tuple[str, str, str]] | None = None, *,
+             cache_mb: int | None = None) -> NaiveJackpot:
         """Open (or create) the file; levels in `groups` that it lacks are created."""
-        self = cls(str(path))
+        self = cls(str(path), cache_mb=cache_mb)
         wanted = list(groups) if groups is not None else (
             [] if self.names else list(DEFAULT_LEVELS))
         with self._transaction():

@@ -95,6 +95,8 @@ BET = Decimal("1.25")
 FILLER = "filler"
 FILLER_BET = Decimal("0.00001")  # x rate 0.1 = exactly one unit, no carried fraction
 MB = 1024 * 1024
+SETTINGS = Settings(synchronous="FULL")
+"""The engine's settings; the baseline gets the same page cache (a one-line PRAGMA)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,8 @@ def open_system(kind: str, path: Path | str, *, filler: bool = False) -> Any:
     if kind in ("engine", PG):
         groups = [GroupConfig(n, Decimal(seed), Decimal(rate)) for n, seed, rate in levels]
         target = str(path) if kind == PG else Path(path)
-        return JackpotEngine.open(target, groups, settings=Settings(synchronous="FULL"))
-    return NaiveJackpot.open(Path(path), levels)
+        return JackpotEngine.open(target, groups, settings=SETTINGS)
+    return NaiveJackpot.open(Path(path), levels, cache_mb=SETTINGS.page_cache_mb)
 
 
 def counters(system: Any) -> dict[str, int] | None:

@@ -53,3 +53,14 @@ def test_baseline_verify_still_finds_an_orphan_operation(tmp_path: Path) -> None
         assert system.verify() == ["1 operations without ledger rows"]
     finally:
         system.close()
+
+
+def test_baseline_gets_the_engines_page_cache(tmp_path: Path) -> None:
+    # The engine's writers run with Settings.page_cache_mb (32 MiB); the
+    # baseline must not be left at SQLite's 2 MiB on the 5-million-row file.
+    system = compare.open_system("baseline", tmp_path / "baseline.db")
+    try:
+        (cache,) = system.conn.execute("PRAGMA cache_size").fetchone()
+    finally:
+        system.close()
+    assert cache == -compare.SETTINGS.page_cache_mb * 1024
