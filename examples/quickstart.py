@@ -1,6 +1,9 @@
 """Quickstart: open a database, play a few hundred bets, pay a win, audit.
 
 Run: python examples/quickstart.py [--bets N] [--quick] [--db PATH]
+
+--db keeps the database in a new file (an existing one is refused: the spins'
+op_ids are the same on every run, so a second run would only replay them).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bets", type=int, default=500, help="number of bets to play")
     parser.add_argument("--quick", action="store_true", help="play 50 bets")
-    parser.add_argument("--db", type=Path, default=None, help="database file (default: temp)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="a new database file to keep (default: a temporary one)")
     args = parser.parse_args()
+    if args.db is not None and args.db.exists():
+        parser.error(f"--db {args.db}: the file exists; give a new path")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or Path(tmp) / "pools.db"
         run(path, 50 if args.quick else args.bets)

@@ -122,7 +122,7 @@ def test_the_operator_consoles_commands_are_real_jackpot_commands(tmp_path: Path
             assert said in re.sub(r"[0-9.]+", "N", answer), (line, done.stderr)
 
 
-@pytest.mark.parametrize("name", ["asyncio_game_server.py", "casino_floor.py",
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py", "casino_floor.py",
                                   "operator_console.py"])
 def test_an_example_refuses_an_existing_database(tmp_path: Path, name: str) -> None:
     """Their op_ids and checks are a fresh run's: a second run on the same file would fail."""

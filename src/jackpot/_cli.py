@@ -631,8 +631,11 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
     """
     opts = _options(db, as_json)
     with _engine(opts) as engine:
+        # Wins go to levels that can still pay: a retired one refuses all for good.
+        open_levels = [name for name, p in engine.pools().items() if p.status != "retired"]
         started = time.perf_counter()
-        tally = _play(engine, _plan(bets, win_every, seed, engine.groups), threads,
+        tally = _play(engine, _plan(bets, win_every, seed, open_levels or engine.groups),
+                      threads,
                       total=bets + (bets // win_every if win_every else 0),
                       progress=not opts.json)
         elapsed = time.perf_counter() - started

@@ -341,6 +341,16 @@ def test_simulate(db: str) -> None:
     assert "audit OK" in done.stdout
 
 
+def test_simulate_sends_no_win_to_a_retired_level(db: str) -> None:
+    ok_json("retire", "mega", "--transfer-to", "major", "--reason", "ended", "--db", db)
+    summary = ok_json("simulate", "--bets", "40", "--win-every", "2", "--seed", "7",
+                      "--db", db)
+    assert summary["refused"] == {}  # was: wins on mega refused with GroupRetiredError
+    assert summary["wins"].get("mega", {"count": 0})["count"] == 0
+    assert sum(w["count"] for w in summary["wins"].values()) == 20
+    assert summary["audit"]["ok"] is True
+
+
 def ledger_count(path: str, kind: str) -> int:
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     conn.set_busy_timeout(10_000)  # the simulation writes meanwhile (a WAL reset locks briefly)
