@@ -551,3 +551,13 @@ def test_a_dropped_guard_of_the_schema_is_reported(engine: JackpotEngine, sql: s
                                                    problem: str) -> None:
     tamper(engine, sql)
     assert problems(engine) == [problem]
+
+
+@pytest.mark.parametrize("column", ["overflow", "paid", "delta"])
+def test_a_forged_amount_near_two_to_the_63_is_a_problem_not_a_crash(
+        engine: JackpotEngine, column: str) -> None:
+    tamper(engine, "DROP TRIGGER ledger_no_update")
+    tamper(engine, f"UPDATE ledger SET {column} = -9223372036854775807 "
+                   "WHERE op_id = 'b1' AND level = 'minor'")
+    found = problems(engine)  # no exception
+    assert any("does not add up" in p for p in found), found

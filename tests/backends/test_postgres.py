@@ -616,3 +616,15 @@ def test_a_dropped_index_is_reported(pg_target: str, sql: str, problem: str) -> 
             for statement in sql.split("; "):
                 conn.execute(statement)
         assert engine.verify().problems == [problem]
+
+
+@pytest.mark.parametrize("column", ["overflow", "paid"])
+def test_a_forged_amount_near_two_to_the_63_is_a_problem_not_an_overflow(
+        pg_target: str, column: str) -> None:
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        _tamper(pg_target, "ledger", f"UPDATE ledger SET {column} = -9223372036854775807 "
+                                     "WHERE op_id = 'b1'")
+        report = engine.verify()  # was: StorageError ... NumericValueOutOfRange
+    assert not report.ok
+    assert "minor: ledger row 4 (version 2) does not add up" in report.problems

@@ -184,11 +184,14 @@ FROM ledger GROUP BY level
 # Rows that break the balance chain or whose deltas are not the sum of their parts.
 _BROKEN_ROWS = """
 SELECT level, version_after, seq FROM (
-    SELECT level, version_after, seq, delta, reserve_delta, balance_after, reserve_after,
-        contributed, overflow, reserve_in, house_funded, reserve_funded, paid, adjusted,
-        transferred, reserve_transferred,
-        LAG(balance_after, 1, 0) OVER w AS prev_balance,
-        LAG(reserve_after, 1, 0) OVER w AS prev_reserve
+    SELECT level, version_after, seq, delta{n} AS delta, reserve_delta{n} AS reserve_delta,
+        balance_after{n} AS balance_after, reserve_after{n} AS reserve_after,
+        contributed{n} AS contributed, overflow{n} AS overflow, reserve_in{n} AS reserve_in,
+        house_funded{n} AS house_funded, reserve_funded{n} AS reserve_funded, paid{n} AS paid,
+        adjusted{n} AS adjusted, transferred{n} AS transferred,
+        reserve_transferred{n} AS reserve_transferred,
+        LAG(balance_after{n}, 1, 0) OVER w AS prev_balance,
+        LAG(reserve_after{n}, 1, 0) OVER w AS prev_reserve
     FROM ledger WINDOW w AS (PARTITION BY level ORDER BY version_after)) AS chained
 WHERE balance_after != prev_balance + delta
    OR reserve_after != prev_reserve + reserve_delta
@@ -197,6 +200,9 @@ WHERE balance_after != prev_balance + delta
    OR reserve_delta != reserve_in - reserve_funded + reserve_transferred
 ORDER BY level, version_after
 """
+"""Rows that do not add up; `{n}` casts each amount (PostgreSQL: to NUMERIC, so that a
+forged amount near 2**63 is a row that does not add up, not a BIGINT overflow that
+stops the audit; SQLite turns an overflowing sum into a REAL, which differs too)."""
 
 # Per level and per rate period, what its contributions add up to: a period
 # starts at each create or config row (the only rows that change a rate or
@@ -216,11 +222,11 @@ GROUP BY level, period
 # stored result must repeat (the version and balance after its last row there,
 # what it credited, what it paid). The ledger has no op_id index (schema V2):
 # the inner join reads the ledger once and looks each op_id up in the
-# operations table's key.
+# operations table's key. `{n}` casts amounts as in _BROKEN_ROWS.
 _RECORDED_RESULTS = """
 SELECT g.op_id, o.kind, o.result, g.level, g.version, b.balance_after, g.credited, g.paid
 FROM (SELECT l.op_id, l.level, MAX(l.version_after) AS version,
-             SUM(l.contributed - l.overflow) AS credited, SUM(l.paid) AS paid
+             SUM(l.contributed{n} - l.overflow{n}) AS credited, SUM(l.paid) AS paid
       FROM ledger AS l JOIN operations AS k ON k.op_id = l.op_id
       GROUP BY l.op_id, l.level) AS g
 JOIN operations AS o ON o.op_id = g.op_id
@@ -341,6 +347,7 @@ class Store(ABC):
     """How long the last `write()` waited to begin (for the lock-wait metric)."""
 
     _PARAM = "?"
+    _AMOUNT_CAST = ""  # appended to each amount in the audit's arithmetic (see _BROKEN_ROWS)
     """The backend's parameter placeholder (for the few queries written here)."""
 
     @abstractmethod
@@ -454,7 +461,8 @@ class Store(ABC):
     def broken_ledger_rows(self, limit: int = 20) -> list[tuple[str, int, int]]:
         """Return (level, version_after, seq) of rows that do not add up, at most `limit`."""
         return [(r[0], int(r[1]), int(r[2]))
-                for r in self._exec(f"{_BROKEN_ROWS} LIMIT {int(limit)}")]
+                for r in self._exec(f"{_BROKEN_ROWS.format(n=self._AMOUNT_CAST)} "
+                                    f"LIMIT {int(limit)}")]
 
     def contributions_by_period(self) -> dict[str, dict[int, tuple[int, int]]]:
         """Return, per level and rate period, (sum of bets, sum of overflow) of its bets.
@@ -472,7 +480,7 @@ class Store(ABC):
 
         Streamed where the backend can (there is one per caller-supplied op_id).
         """
-        rows = self._stream(_RECORDED_RESULTS)
+        rows = self._stream(_RECORDED_RESULTS.format(n=self._AMOUNT_CAST))
         for op_id, group in itertools.groupby(rows, key=operator.itemgetter(0)):
             first = next(group)
             levels = {r[3]: LedgerFigures(*(int(v) for v in r[4:])) for r in (first, *group)}

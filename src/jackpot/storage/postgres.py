@@ -213,6 +213,7 @@ class PostgresStore(Store):
     """A jackpot database on a PostgreSQL server, with the engine's queries."""
 
     _PARAM = "%s"
+    _AMOUNT_CAST = "::numeric"  # a forged amount near 2**63 must not overflow the audit
 
     def __init__(
         self,
