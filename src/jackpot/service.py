@@ -37,6 +37,7 @@ from jackpot.settings import Settings
 from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import (
     BusyIncidentError,
+    ConnectionUnavailableError,
     SerializationFailureError,
     SQLiteStore,
     StoredOperation,
@@ -121,7 +122,9 @@ def execute_batch(
     (an I/O error, say), every op is retried alone, so none fails that would
     have succeeded by itself; if its outcome is unknown (it may have
     committed), only the ops with the caller's op_id are retried (a committed
-    one replays), the others fail with that unknown outcome. Returns the
+    one replays), the others fail with that unknown outcome. When no
+    connection could be had at all (`ConnectionUnavailableError`), every op
+    fails with it at once: nothing ran. Returns the
     committed state of every level the batch changed or read afresh. `cached`
     are the caller's last known states (None: read fresh).
     """
@@ -133,8 +136,9 @@ def execute_batch(
                            ",".join(sorted({n for op in ops for n in op.names})))
         return [Outcome(error=e) for _ in ops], {}
     except StorageError as e:
-        if len(ops) == 1:
-            return [Outcome(error=e)], {}
+        if len(ops) == 1 or isinstance(e, ConnectionUnavailableError):
+            # No connection: nothing ran, and alone each op would wait for one again.
+            return [Outcome(error=e) for _ in ops], {}
         unknown = e if e.outcome_unknown else None
     # The shared transaction failed: give each op its own chance.
     outcomes: list[Outcome] = []

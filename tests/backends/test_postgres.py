@@ -628,3 +628,55 @@ def test_a_forged_amount_near_two_to_the_63_is_a_problem_not_an_overflow(
         report = engine.verify()  # was: StorageError ... NumericValueOutOfRange
     assert not report.ok
     assert "minor: ledger row 4 (version 2) does not add up" in report.problems
+
+
+def test_a_batch_with_no_connection_to_be_had_fails_at_once_not_op_by_op(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shared transaction that fails is retried op by op; one that could not
+    # even get a connection was retried too, each op waiting the pool timeout
+    # again: a group commit of N bets took N timeouts, and its callers, tired
+    # of waiting, were told the outcome was unknown.
+    from jackpot.requests import Requests  # noqa: PLC0415
+    from jackpot.service import execute_batch  # noqa: PLC0415
+    from jackpot.stats import Stats  # noqa: PLC0415
+
+    role = f"jackpot_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_target, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    user_url = urlunsplit(urlsplit(pg_target)._replace(
+        netloc=f"{role}@{urlsplit(pg_target).netloc.rpartition('@')[2]}"))
+    asked: list[None] = []
+    real = PostgresStore._no_connection
+
+    def no_connection(self: PostgresStore) -> Any:
+        asked.append(None)
+        return real(self)
+
+    monkeypatch.setattr(PostgresStore, "_no_connection", no_connection)
+    try:
+        JackpotEngine.open(user_url).close()
+        store = PostgresStore(user_url, lock_timeout_ms=300)
+        try:
+            with psycopg.connect(pg_target, autocommit=True) as admin:  # locked out
+                admin.execute(f"ALTER ROLE {role} NOLOGIN")
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE usename = %s", (role,))
+            requests = Requests(["major", "mega", "minor"])
+            ops = [requests.contribute(Decimal(100), groups=("minor",), op_id=f"bet-{i}")
+                   for i in range(5)]
+            outcomes, changed = execute_batch(store, ops, None, settings=Settings(),
+                                              stats=Stats())
+        finally:
+            store.close()
+        assert changed == {}
+        errors = [o.error for o in outcomes]
+        assert all(isinstance(e, StorageError) and not e.outcome_unknown for e in errors)
+        assert len({id(e) for e in errors}) == 1  # one failure, shared by the batch
+        assert f'role "{role}" is not permitted to log in' in str(errors[0])
+        assert len(asked) == 1  # was 6: the shared attempt, then one per op
+    finally:
+        with psycopg.connect(pg_target, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE usename = %s", (role,))
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from jackpot.errors import StorageError
 from jackpot.storage.base import (
     BusyIncidentError,
+    ConnectionUnavailableError,
     LedgerFigures,
     LedgerRow,
     LedgerTotals,
@@ -32,6 +33,7 @@ from jackpot.storage.sqlite import SQLiteStore, StaleReadError
 
 __all__ = [
     "BusyIncidentError",
+    "ConnectionUnavailableError",
     "LedgerFigures",
     "LedgerRow",
     "LedgerTotals",

@@ -38,6 +38,7 @@ from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS
 
 __all__ = [
     "BusyIncidentError",
+    "ConnectionUnavailableError",
     "LedgerFigures",
     "LedgerRow",
     "LedgerTotals",
@@ -63,6 +64,15 @@ class BusyIncidentError(StorageError):
 
 class SerializationFailureError(BusyIncidentError):
     """The transaction lost a race (deadlock, serialization failure, twin op_id): retry."""
+
+
+class ConnectionUnavailableError(StorageError):
+    """No connection to the database could be had (the server cannot be reached).
+
+    Nothing ran, and no operation of the batch is at fault: running each
+    operation alone (as after an error inside a shared transaction) would
+    only wait for a connection once per operation.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,7 @@ from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
+    ConnectionUnavailableError,
     LedgerRow,
     SerializationFailureError,
     Store,
@@ -373,8 +374,8 @@ class PostgresStore(Store):
                             ).close()
         except psycopg.Error as e:
             reason = " ".join(str(e).split()) or type(e).__name__
-            return StorageError(f"cannot connect to {self._where} ({reason}); "
-                                "nothing was changed")
+            return ConnectionUnavailableError(f"cannot connect to {self._where} ({reason}); "
+                                              "nothing was changed")
         return LockTimeoutError(
             f"no connection to {self._where} became free within {self._timeout_ms} ms "
             "(every pooled connection is busy); nothing was changed")
