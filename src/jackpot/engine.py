@@ -439,10 +439,23 @@ class JackpotEngine:
         if not isinstance(create, bool):
             msg = f"create must be True or False, not {create!r}"
             raise ValidationError(msg)
-        logger.setLevel(settings.log_level.upper())  # once the arguments are known good
+        # Once the arguments are known good; a refused open (no file, no
+        # levels, actors that cannot start) puts the level back as it was.
+        previous = logger.level
+        logger.setLevel(settings.log_level.upper())
+        try:
+            return cls._open(str(path), configs, settings, create=create)
+        except BaseException:
+            logger.setLevel(previous)
+            raise
+
+    @classmethod
+    def _open(cls, path: str, configs: list[GroupConfig] | None, settings: Settings, *,
+              create: bool) -> Self:
+        """Create what the database lacks, then start the engine (`open` past its checks)."""
         # `groups=[]` creates no level, so it may not make a jackpot database of an
         # empty file either: it would be refused below, after writing the schema.
-        store = _store(str(path), settings, create=create and configs != [])
+        store = _store(path, settings, create=create and configs != [])
         try:
             store.migrate()
             with store.write():
@@ -450,7 +463,7 @@ class JackpotEngine:
                 if not existing and not create:
                     # The schema without a level: its first open stopped before
                     # creating them. As empty as a new file, so refused as one.
-                    msg = (f"cannot open database {redact(str(path))!r}: it holds no levels "
+                    msg = (f"cannot open database {redact(path)!r}: it holds no levels "
                            "(with create=False none are created)")
                     raise StorageError(msg)
                 wanted = configs if configs is not None or existing else list(domain.DEFAULT_GROUPS)
@@ -463,10 +476,10 @@ class JackpotEngine:
         finally:
             store.close()
         if not existing:
-            msg = (f"{redact(str(path))} holds no levels and groups names none: name at "
+            msg = (f"{redact(path)} holds no levels and groups names none: name at "
                    "least one level")
             raise ValidationError(msg)
-        return cls(str(path), settings, existing)
+        return cls(path, settings, existing)
 
     def close(self, timeout: float | None = None) -> None:
         """Let in-flight operations finish, stop every actor; later calls fail.

@@ -102,6 +102,29 @@ def test_a_refused_open_leaves_the_jackpot_logger_level_alone(tmp_path: Path) ->
     assert not (tmp_path / "x.db").exists()
 
 
+def test_an_open_refused_by_the_database_leaves_the_jackpot_logger_level_alone(
+        tmp_path: Path) -> None:
+    log = logging.getLogger("jackpot")
+    before = log.level
+    loud = Settings(log_level="debug", enable_metrics=False)
+    half = tmp_path / "half.db"  # a schema without levels
+    store = open_store(str(half))
+    store.migrate()
+    store.close()
+    try:
+        log.setLevel(logging.WARNING)
+        with pytest.raises(StorageError, match="it does not exist"):
+            JackpotEngine.open(tmp_path / "gone.db", settings=loud, create=False)
+        assert log.level == logging.WARNING  # was DEBUG: set before the file was looked at
+        with pytest.raises(StorageError, match="it holds no levels"):
+            JackpotEngine.open(half, settings=loud, create=False)
+        assert log.level == logging.WARNING
+        with JackpotEngine.open(tmp_path / "new.db", settings=loud):
+            assert log.level == logging.DEBUG  # an open that succeeds sets it, as before
+    finally:
+        log.setLevel(before)
+
+
 def test_open_with_create_false_opens_an_existing_database(db_path: Path) -> None:
     JackpotEngine.open(db_path).close()
     with JackpotEngine.open(db_path, create=False) as engine:
