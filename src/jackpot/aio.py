@@ -26,7 +26,6 @@ import contextvars
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -102,11 +101,10 @@ class AsyncJackpotEngine:
         self._answers_lock = threading.Lock()
         self._gone: list[_Answers] = []  # closed loops' answers with calls not yet settled
         # An answer queued for a loop that then closed without running it is
-        # stranded: `close()`, even the sync one, sweeps such answers up.
-        engine._sweeps.append(weakref.WeakMethod(self._orphan_closed_loops))  # noqa: SLF001
-        # A close() on a loop's thread (an observer, a log handler) cannot wait
+        # stranded: `close()`, even the sync one, sweeps such answers up. And a
+        # close() on a loop's thread (an observer, a log handler) cannot wait
         # for that loop's calls: their answers need the loop it blocks.
-        engine._loop_calls.append(weakref.WeakMethod(self._calls_of_this_loop))  # noqa: SLF001
+        engine._attach(self._orphan_closed_loops, self._calls_of_this_loop)  # noqa: SLF001
 
     # -- life cycle ----------------------------------------------------------
 

@@ -392,6 +392,19 @@ class JackpotEngine:
         # its thread (an observer or log handler) must not wait for them.
         self._loop_calls: list[weakref.WeakMethod[Callable[[], int]]] = []
 
+    def _attach(self, sweep: Callable[[], None], loop_calls: Callable[[], int]) -> None:
+        """Hold an asyncio wrapper's sweep and loop-call count, weakly (see `_init_lifecycle`).
+
+        The references of wrappers since collected are dropped here: an
+        engine wrapped anew for every request would otherwise keep two dead
+        references per wrapper for as long as it runs.
+        """
+        with self._cond:
+            self._sweeps[:] = [r for r in self._sweeps if r() is not None]
+            self._loop_calls[:] = [r for r in self._loop_calls if r() is not None]
+            self._sweeps.append(weakref.WeakMethod(sweep))
+            self._loop_calls.append(weakref.WeakMethod(loop_calls))
+
     def _observe(self, settings: Settings) -> None:
         """Attach metrics and tracing to `stats` (off: nothing on the hot path)."""
         self._metrics: PrometheusObserver | None = None
