@@ -321,6 +321,7 @@ class JackpotEngine:
         self._reader = _store(path, settings)
         self._reader_lock = threading.Lock()
         self._reader_close_pending = False
+        self._verify_lock = threading.Lock()  # one audit at a time (see `verify`)
         self._checkpointer: Checkpointer | None = None
         self._restart_lock = threading.Lock()
         self._requests = Requests(names)
@@ -782,15 +783,20 @@ class JackpotEngine:
 
         On a big ledger this takes a while, so it reads through a connection
         of its own (closed when it ends), not the reader that `pools()`,
-        `pool()` and `history()` share: those never wait for an audit.
+        `pool()` and `history()` share: those never wait for an audit. Audits
+        run one at a time: each holds its connection (on PostgreSQL, one of
+        the pool the actors draw from) for its whole run, so calls that
+        overlap wait for the one running rather than take one each.
         """
         self._check_open()
-        store = _store(self._path, self._settings)
-        try:
-            self._check_open()  # a close() that raced the connect: refused like any read
-            return audit(store)
-        finally:
-            store.close()
+        with self._verify_lock:
+            self._check_open()  # closed while waiting for another audit
+            store = _store(self._path, self._settings)
+            try:
+                self._check_open()  # a close() that raced the connect: refused like any read
+                return audit(store)
+            finally:
+                store.close()
 
     # -- internals -----------------------------------------------------------------
 

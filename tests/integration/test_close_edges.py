@@ -285,6 +285,46 @@ def test_reads_do_not_wait_for_a_long_verify(
         engine.close()
 
 
+def test_overlapping_verifies_hold_one_connection_not_one_each(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each verify() opened a connection of its own and held it for the whole audit.
+
+    On PostgreSQL those come from the pool the actors draw from: sixteen
+    overlapping audits took every pooled connection, and every bet failed
+    with LockTimeoutError until they ended.
+    """
+    inside, finish = threading.Event(), threading.Event()
+    opened: list[Any] = []
+    real_store, real_audit = engine_module._store, engine_module.audit
+
+    def store(*args: Any, **kwargs: Any) -> Any:
+        opened.append(None)
+        return real_store(*args, **kwargs)
+
+    def slow_audit(store: Any) -> Any:
+        inside.set()
+        assert finish.wait(HANG)  # a big ledger
+        return real_audit(store)
+
+    engine = JackpotEngine.open(db_path)
+    monkeypatch.setattr(engine_module, "_store", store)
+    monkeypatch.setattr(engine_module, "audit", slow_audit)
+    try:
+        started = [_in_thread(engine.verify) for _ in range(3)]
+        assert inside.wait(HANG)
+        for thread, _ in started:
+            thread.join(0.3)  # time for the others to connect, were they going to
+        assert len(opened) == 1
+        finish.set()
+        for thread, _ in started:
+            thread.join(HANG)
+        assert [out[0].ok for _, out in started] == [True, True, True]
+        assert len(opened) == 3  # one after the other
+    finally:
+        finish.set()
+        engine.close()
+
+
 def test_close_keeps_its_timeout_while_a_long_read_runs_and_the_read_closes_the_reader(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = JackpotEngine.open(db_path)
