@@ -57,8 +57,9 @@ def audit(store: Store) -> VerifyReport:
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
             store.recorded_results(), store.recorded_hits(), store.recorded_details(),
             store.balances_at))
+        # Replayed as the rows stream by: a level's wins and hits may be millions.
         configs = {name: _unreadable(problems, f"{name}: settings rows", None, functools.partial(
-            store.ledger, level=name, kinds=CONFIG_KINDS)) for name in levels}
+            _check_config, store, s)) for name, s in levels.items()}
         integrity = store.integrity_check()
     rows = 0
     for name, s in levels.items():
@@ -67,10 +68,7 @@ def audit(store: Store) -> VerifyReport:
             continue
         rows += totals[name].rows
         problems.extend(_check_level(s, totals[name]))
-        rows_of = configs[name]
-        if rows_of is not None:
-            problems.extend(_unreadable(problems, f"{name}: settings rows", list[str](),
-                                        functools.partial(check_config, s, rows_of)))
+        problems.extend(configs[name] or [])
         if fractions is not None:
             problems.extend(_unreadable(problems, f"{name}: carried fractions", list[str](),
                                         functools.partial(fractions.check, s, totals[name])))
@@ -88,6 +86,15 @@ def audit(store: Store) -> VerifyReport:
         problems.append(f"integrity_check: {integrity}")
     return VerifyReport(ok=not problems, problems=problems, levels=len(levels),
                         ledger_rows=rows)
+
+
+def _check_config(store: Store, level: LevelState) -> list[str]:
+    """`check_config` on the level's settings rows, streamed (inside the audit's snapshot)."""
+    rows = store.ledger_stream(level=level.name, kinds=CONFIG_KINDS)
+    try:
+        return check_config(level, rows)
+    finally:
+        rows.close()  # a row check_config refused: end the query (PostgreSQL: its cursor)
 
 
 def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], _T]) -> _T:

@@ -426,3 +426,35 @@ def test_close_waits_for_an_operation_in_flight(engine: JackpotEngine,
     assert [r["op_id"] for r in ledger("minor")] == ["create:minor", "in-flight"]
     with pytest.raises(EngineClosedError):
         engine.contribute(Decimal(1))
+
+
+def test_verify_replays_settings_rows_without_holding_every_win_and_hit(tmp_path: Path) -> None:
+    # The settings check read every win and hit row of every level into a list
+    # before replaying them (~500 bytes a row): a mystery level that hits often
+    # made verify() need gigabytes on a long-running database.
+    import tracemalloc  # noqa: PLC0415
+
+    from jackpot.audit import audit  # noqa: PLC0415
+    from jackpot.storage import open_store  # noqa: PLC0415
+
+    path = tmp_path / "hits.db"
+    mini = GroupConfig("mini", Decimal(0), Decimal("0.00009"),
+                        must_hit_by=Decimal("0.000002"))  # every bet: 45 to 90 hits
+    with JackpotEngine.open(path, [mini]) as engine:
+        for _ in range(300):
+            engine.contribute(Decimal(1))
+        hits = len(engine.history("mini", limit=10_000))
+    assert hits == 10_000  # and many more
+    store = open_store(str(path), create=False)
+    try:
+        tracemalloc.start()
+        try:
+            report = audit(store)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        store.close()
+    assert report.ok, report.problems
+    assert report.ledger_rows > 30_000
+    assert peak < 2_000_000  # was ~18 MB: the rows of 36,000 hits

@@ -27,7 +27,7 @@ import itertools
 import json
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
@@ -457,6 +457,19 @@ class Store(ABC):
         """Return ledger rows, optionally of one level and kinds, oldest first."""
 
     # -- audit -------------------------------------------------------------------
+
+    def ledger_stream(self, *, level: str, kinds: tuple[str, ...]
+                      ) -> Generator[LedgerRow, None, None]:
+        """Yield the level's ledger rows of `kinds`, oldest first, streamed where the backend can.
+
+        For the audit: a level's wins and hits may number millions, and
+        `ledger()` would hold them all at once.
+        """
+        p = self._PARAM
+        sql = (f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger "
+               f"WHERE level = {p} AND kind IN ({', '.join([p] * len(kinds))}) ORDER BY seq")
+        for row in self._stream(sql, (level, *kinds)):
+            yield ledger_row(row)
 
     def ledger_totals(self) -> dict[str, LedgerTotals]:
         """Return, per level that has ledger rows, what its rows add up to."""
