@@ -14,6 +14,7 @@ drawn at each reset, must lie in (seed, must_hit_by] of the settings.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from jackpot.domain import LevelState, config_view, pending_view
@@ -42,8 +43,10 @@ def check_config(level: LevelState, rows: Iterable[LedgerRow]) -> list[str]:
     held = config_view(level.config)
     problems = [
         f"{name}: setting {key} is {_shown(held.get(key))}, the ledger says {_shown(value)}"
-        for key, value in sorted(config.items()) if held.get(key) != value]
-    if pending_view(level) != pending:
+        for key, value in sorted(config.items()) if not _same(held.get(key), value)]
+    held_pending = pending_view(level)
+    if held_pending.keys() != pending.keys() or not all(
+            _same(held_pending[k], pending[k]) for k in pending):
         problems.append(f"{name}: changes waiting for the next reset are "
                         f"{pending_view(level)}, the ledger says {pending}")
     if level.status != status:
@@ -84,6 +87,22 @@ def _trigger_fits(level: LevelState) -> bool:
     if c.must_hit_by is None or trigger is None:
         return c.must_hit_by is None and trigger is None
     return c.seed < trigger <= c.must_hit_by
+
+
+def _same(held: object, recorded: object) -> bool:
+    """Whether a setting as held equals the ledger's view of it, compared as numbers.
+
+    The views are decimal strings; an older engine wrote a small rate as
+    '2E-7' where this one writes '0.0000002': the same setting.
+    """
+    if held == recorded:
+        return True
+    if not (isinstance(held, str) and isinstance(recorded, str)):
+        return False
+    try:
+        return Decimal(held) == Decimal(recorded)
+    except ArithmeticError:  # not numbers (overflow_to): the strings differ
+        return False
 
 
 def _shown(value: object) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from jackpot.domain import LevelState
@@ -54,12 +55,28 @@ def _carried(row: LedgerRow) -> tuple[int, int, int, int]:
     return values
 
 
+def _recorded(value: Any) -> Any:
+    """Read a rate as a row records it: a decimal string, plain or with an exponent.
+
+    An engine before e40ab7a wrote a rate below 1e-6 as '2E-7' (now
+    '0.0000002'); both are the same rate. Anything else is left for
+    `parse_rate` to refuse.
+    """
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except ArithmeticError:
+            return value
+    return value
+
+
 def _rates(row: LedgerRow) -> _Rates:
     """Return the rates a create or config row set (ValueError if unreadable)."""
     view: Any = (row.detail or {}).get("config" if row.kind == "create" else "after")
     try:
-        return (parse_rate(view["contribution_rate"], name="contribution_rate"),
-                parse_rate(view["reserve_rate"], name="reserve_rate", allow_zero=True),
+        return (parse_rate(_recorded(view["contribution_rate"]), name="contribution_rate"),
+                parse_rate(_recorded(view["reserve_rate"]), name="reserve_rate",
+                           allow_zero=True),
                 view["overflow_to"] == "reserve")
     except (TypeError, KeyError, ValidationError) as e:
         msg = f"{row.kind} row at version {row.version_after} records no readable rates"

@@ -564,3 +564,25 @@ def test_a_forged_amount_near_two_to_the_63_is_a_problem_not_a_crash(
                    "WHERE op_id = 'b1' AND level = 'minor'")
     found = problems(engine)  # no exception
     assert any("does not add up" in p for p in found), found
+
+
+def test_a_setting_recorded_in_another_decimal_form_is_the_same_setting(tmp_path: Path) -> None:
+    # Before e40ab7a the create row wrote a rate below 1e-6 as '2E-7' (now '0.0000002').
+    levels = [GroupConfig("tiny", Decimal(10), Decimal("0.0000002"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        conn = apsw.Connection(e._path)
+        try:
+            (trigger,) = conn.execute("SELECT sql FROM sqlite_master "
+                                      "WHERE name = 'ledger_no_update'").fetchone()
+            with conn:
+                conn.execute("DROP TRIGGER ledger_no_update")
+                conn.execute("UPDATE ledger SET detail = replace(detail, '\"0.0000002\"', "
+                             "'\"2E-7\"') WHERE kind = 'create'")
+                conn.execute(trigger)
+            (detail,) = conn.execute("SELECT detail FROM ledger WHERE kind = 'create'"
+                                     ).fetchone()
+        finally:
+            conn.close()
+        assert '"contribution_rate": "2E-7"' in detail
+        assert problems(e) == []
