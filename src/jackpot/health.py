@@ -245,13 +245,22 @@ def _lock_success(operations: list[str], settings: Settings) -> HealthCheck:
     pct = 100 * (len(operations) - timeouts) / len(operations)
     detail = (f"{pct:.1f}% of the last {_n(len(operations), 'operation')} got their locks "
               f"in time ({timeouts} timed out)")
-    if pct < settings.health_failing_lock_success_pct:
-        return HealthCheck("lock_success", FAILING,
-                           f"{detail}; failing below {settings.health_failing_lock_success_pct}%")
-    if pct < settings.health_min_lock_success_pct:
-        return HealthCheck("lock_success", DEGRADED,
-                           f"{detail}; degraded below {settings.health_min_lock_success_pct}%")
-    return HealthCheck("lock_success", OK, detail)
+    return _share("lock_success", pct, detail, settings)
+
+
+def _share(check: str, pct: float, detail: str, settings: Settings) -> HealthCheck:
+    """Judge a share of good operations against the lock-success thresholds.
+
+    The failing threshold never exceeds the degraded one: setting only
+    the degraded one below the failing default lowers both.
+    """
+    degraded = settings.health_min_lock_success_pct
+    failing = min(settings.health_failing_lock_success_pct, degraded)
+    if pct < failing:
+        return HealthCheck(check, FAILING, f"{detail}; failing below {failing}%")
+    if pct < degraded:
+        return HealthCheck(check, DEGRADED, f"{detail}; degraded below {degraded}%")
+    return HealthCheck(check, OK, detail)
 
 
 def _conflicts(operations: int, conflicts: int, settings: Settings) -> HealthCheck:
@@ -279,13 +288,7 @@ def _errors(operations: list[str], settings: Settings) -> HealthCheck:
     pct = 100 * (len(operations) - errors) / len(operations)
     detail = (f"{errors} of the last {_n(len(operations), 'operation')} failed with an "
               f"unexpected error ({pct:.1f}% did not)")
-    if pct < settings.health_failing_lock_success_pct:
-        return HealthCheck("errors", FAILING,
-                           f"{detail}; failing below {settings.health_failing_lock_success_pct}%")
-    if pct < settings.health_min_lock_success_pct:
-        return HealthCheck("errors", DEGRADED,
-                           f"{detail}; degraded below {settings.health_min_lock_success_pct}%")
-    return HealthCheck("errors", OK, detail)
+    return _share("errors", pct, detail, settings)
 
 
 def _too_few(n: int, settings: Settings) -> str:

@@ -82,13 +82,6 @@ class Settings:
         for f in fields(self):
             _check_field(f.name, getattr(self, f.name))
         _check_retry_budget(self.max_retry_attempts, self.retry_delay_ms)
-        if self.health_failing_lock_success_pct > self.health_min_lock_success_pct:
-            msg = (f"health_failing_lock_success_pct {self.health_failing_lock_success_pct} "
-                   f"is above health_min_lock_success_pct {self.health_min_lock_success_pct} "
-                   "(JACKPOT_HEALTH_FAILING_LOCK_SUCCESS_PCT, "
-                   "JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT): health would go from ok straight "
-                   "to failing; the failing threshold must be the lower one")
-            raise ValidationError(msg)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

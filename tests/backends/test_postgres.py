@@ -447,8 +447,7 @@ def _rolled_back_xid(store: PostgresStore) -> int:
 
 def test_open_with_create_false_refuses_a_database_without_a_jackpot_schema(
         pg_target: str) -> None:
-    with pytest.raises(StorageError, match=r"holds no jackpot schema \(opened with "
-                                           r"create=False: nothing was created\)$"):
+    with pytest.raises(StorageError, match=r"holds no jackpot schema; nothing was created$"):
         JackpotEngine.open(pg_target, create=False)
     with psycopg.connect(pg_target) as conn:  # no table, no level was made
         assert conn.execute("SELECT to_regclass('jackpot_schema'), to_regclass('levels')"
@@ -512,8 +511,7 @@ def test_a_jackpot_schema_further_down_the_search_path_is_not_taken_for_this_one
             assert reader.schema_version() == 0
         finally:
             reader.close()
-        with pytest.raises(StorageError, match=r"holds no jackpot schema \(opened with "
-                                               r"create=False: nothing was created\)$"):
+        with pytest.raises(StorageError, match=r"holds no jackpot schema; nothing was created$"):
             JackpotEngine.open(url, create=False)
         with psycopg.connect(PG_URL) as conn:
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",

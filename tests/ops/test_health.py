@@ -148,6 +148,22 @@ def test_lock_success_thresholds(db_path: Path, engine: JackpotEngine, ok: int, 
     assert report.status == status
 
 
+@pytest.mark.parametrize(("ok", "timeouts", "status"), [
+    (60, 40, "ok"), (50, 50, "ok"), (49, 51, "failing"),
+])
+def test_a_degraded_threshold_below_the_failing_one_lowers_both(
+        db_path: Path, engine: JackpotEngine, ok: int, timeouts: int, status: str) -> None:
+    # Only JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT=50 set: the failing default (90) is above it,
+    # so 50 is both thresholds; such settings are accepted as before, not refused at open().
+    settings = Settings.from_env({"JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT": "50"})
+    recent = [("ok", False)] * ok + [("timeout", False)] * timeouts
+    report = assess(path=str(db_path), settings=settings, open_store=_store, recent=recent,
+                    levels_alive={"minor": True}, coordinator_alive=True, closed=False)
+    assert report.check("lock_success").status == status
+    if status == "failing":
+        assert report.check("lock_success").detail.endswith("; failing below 50%")
+
+
 @pytest.mark.parametrize(("ok", "errors", "status"), [
     (99, 1, "ok"), (98, 2, "degraded"), (90, 10, "degraded"), (89, 11, "failing"),
 ])

@@ -153,18 +153,6 @@ def test_an_engine_opens_with_the_largest_retry_budget(
         "minor": Decimal("0.050000")}
 
 
-def test_a_failing_health_threshold_above_the_degraded_one_is_refused() -> None:
-    assert Settings(health_min_lock_success_pct=90,
-                    health_failing_lock_success_pct=90).health_min_lock_success_pct == 90
-    with pytest.raises(ValidationError) as info:
-        Settings.from_env({"JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT": "50"})  # failing stays 90
-    assert str(info.value) == (
-        "health_failing_lock_success_pct 90 is above health_min_lock_success_pct 50 "
-        "(JACKPOT_HEALTH_FAILING_LOCK_SUCCESS_PCT, JACKPOT_HEALTH_MIN_LOCK_SUCCESS_PCT): "
-        "health would go from ok straight to failing; the failing threshold must be the "
-        "lower one")
-
-
 def test_an_override_naming_no_setting_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"^no such setting: lock_timeout, retries$"):
         Settings.from_env({}, retries=3, lock_timeout=10)

@@ -281,8 +281,7 @@ class PostgresStore(Store):
         schema by the `migrate()` that follows.
         """
         if self.schema_version() == 0 and existing:
-            msg = (f"database {self._where} holds no jackpot schema (opened with "
-                   "create=False: nothing was created)")
+            msg = f"database {self._where} holds no jackpot schema; nothing was created"
             raise StorageError(msg)
 
     def close(self) -> None:
