@@ -538,8 +538,14 @@ def test_verify_works_in_a_schema_whose_name_needs_quoting(prefix: str) -> None:
 # -- no connection to be had ---------------------------------------------------------------
 
 
-def test_a_server_refusing_new_connections_is_not_reported_as_a_busy_pool(
-        pg_target: str) -> None:
+@contextmanager
+def locked_out_store(pg_target: str) -> Iterator[tuple[str, PostgresStore]]:
+    """Yield (role, store): a store of a new role whose login was then revoked.
+
+    The jackpot schema is made by the role first; then it may not log in and
+    its sessions are ended, so the store's pool can make no connection. The
+    role and what it owns are dropped afterwards.
+    """
     role = f"jackpot_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_target, autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
@@ -553,12 +559,7 @@ def test_a_server_refusing_new_connections_is_not_reported_as_a_busy_pool(
                 admin.execute(f"ALTER ROLE {role} NOLOGIN")
                 admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE usename = %s", (role,))
-            with pytest.raises(StorageError) as info, store.write():
-                raise AssertionError("no transaction can begin")
-            assert not isinstance(info.value, LockTimeoutError)
-            assert "busy" not in str(info.value)
-            assert f'role "{role}" is not permitted to log in' in str(info.value)
-            assert str(info.value).endswith("; nothing was changed")
+            yield role, store
         finally:
             store.close()
     finally:
@@ -567,6 +568,17 @@ def test_a_server_refusing_new_connections_is_not_reported_as_a_busy_pool(
                           "WHERE usename = %s", (role,))
             admin.execute(f"DROP OWNED BY {role}")  # the tables it made in this test's schema
             admin.execute(f"DROP ROLE {role}")
+
+
+def test_a_server_refusing_new_connections_is_not_reported_as_a_busy_pool(
+        pg_target: str) -> None:
+    with locked_out_store(pg_target) as (role, store):
+        with pytest.raises(StorageError) as info, store.write():
+            raise AssertionError("no transaction can begin")
+        assert not isinstance(info.value, LockTimeoutError)
+        assert "busy" not in str(info.value)
+        assert f'role "{role}" is not permitted to log in' in str(info.value)
+        assert str(info.value).endswith("; nothing was changed")
 
 
 def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:
@@ -638,11 +650,6 @@ def test_a_batch_with_no_connection_to_be_had_fails_at_once_not_op_by_op(
     from jackpot.service import execute_batch  # noqa: PLC0415
     from jackpot.stats import Stats  # noqa: PLC0415
 
-    role = f"jackpot_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_target, autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
-    user_url = urlunsplit(urlsplit(pg_target)._replace(
-        netloc=f"{role}@{urlsplit(pg_target).netloc.rpartition('@')[2]}"))
     asked: list[None] = []
     real = PostgresStore._no_connection
 
@@ -651,30 +658,15 @@ def test_a_batch_with_no_connection_to_be_had_fails_at_once_not_op_by_op(
         return real(self)
 
     monkeypatch.setattr(PostgresStore, "_no_connection", no_connection)
-    try:
-        JackpotEngine.open(user_url).close()
-        store = PostgresStore(user_url, lock_timeout_ms=300)
-        try:
-            with psycopg.connect(pg_target, autocommit=True) as admin:  # locked out
-                admin.execute(f"ALTER ROLE {role} NOLOGIN")
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE usename = %s", (role,))
-            requests = Requests(["major", "mega", "minor"])
-            ops = [requests.contribute(Decimal(100), groups=("minor",), op_id=f"bet-{i}")
-                   for i in range(5)]
-            outcomes, changed = execute_batch(store, ops, None, settings=Settings(),
-                                              stats=Stats())
-        finally:
-            store.close()
+    with locked_out_store(pg_target) as (role, store):
+        requests = Requests(["major", "mega", "minor"])
+        ops = [requests.contribute(Decimal(100), groups=("minor",), op_id=f"bet-{i}")
+               for i in range(5)]
+        outcomes, changed = execute_batch(store, ops, None, settings=Settings(),
+                                          stats=Stats())
         assert changed == {}
         errors = [o.error for o in outcomes]
         assert all(isinstance(e, StorageError) and not e.outcome_unknown for e in errors)
         assert len({id(e) for e in errors}) == 1  # one failure, shared by the batch
         assert f'role "{role}" is not permitted to log in' in str(errors[0])
         assert len(asked) == 1  # was 6: the shared attempt, then one per op
-    finally:
-        with psycopg.connect(pg_target, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE usename = %s", (role,))
-            admin.execute(f"DROP OWNED BY {role}")
-            admin.execute(f"DROP ROLE {role}")
