@@ -566,6 +566,18 @@ def test_a_forged_amount_near_two_to_the_63_is_a_problem_not_a_crash(
     assert any("does not add up" in p for p in found), found
 
 
+def test_forged_bet_amounts_whose_sum_overflows_are_a_problem_not_a_crash(
+        engine: JackpotEngine) -> None:
+    # Two bets of one rate period: their overflow sums past 2**63 in the
+    # per-period sums too (contributions_by_period), not only in the totals.
+    engine.contribute(Decimal(50), op_id="b2")
+    tamper(engine, "DROP TRIGGER ledger_no_update")
+    tamper(engine, f"UPDATE ledger SET overflow = {2**62} "
+                   "WHERE op_id IN ('b1', 'b2') AND level = 'minor'")
+    found = problems(engine)  # no exception
+    assert any("does not add up" in p for p in found), found
+
+
 def test_a_setting_recorded_in_another_decimal_form_is_the_same_setting(tmp_path: Path) -> None:
     # Before e40ab7a the create row wrote a rate below 1e-6 as '2E-7' (now '0.0000002').
     levels = [GroupConfig("tiny", Decimal(10), Decimal("0.0000002"))]

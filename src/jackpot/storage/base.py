@@ -217,14 +217,18 @@ stops the audit; SQLite turns an overflowing sum into a REAL, which differs too)
 # Per level and per rate period, what its contributions add up to: a period
 # starts at each create or config row (the only rows that change a rate or
 # overflow_to), so every bet in it was shared out at that row's rates.
-_CONTRIBUTIONS_BY_PERIOD = f"""
-SELECT level, period, SUM(bet), SUM(overflow) FROM (
+CONTRIBUTION_ROWS = f"""
+SELECT level, period, bet, overflow FROM (
     SELECT level, kind, overflow, {LEDGER_BET} AS bet,
         SUM(CASE WHEN kind IN ('create', 'config') THEN 1 ELSE 0 END) OVER (
             PARTITION BY level ORDER BY version_after
             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS period
     FROM ledger) AS numbered
 WHERE kind = 'contribute'
+"""
+"""Each bet row's level, rate period, bet and overflow (what `contributions_by_period` sums)."""
+_CONTRIBUTIONS_BY_PERIOD = f"""
+SELECT level, period, SUM(bet), SUM(overflow) FROM ({CONTRIBUTION_ROWS}) AS bets
 GROUP BY level, period
 """
 

@@ -44,6 +44,7 @@ from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage.base import (
     AUDIT_METER_SUMS,
+    CONTRIBUTION_ROWS,
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
     BusyIncidentError,
@@ -543,10 +544,27 @@ class SQLiteStore(Store):
         try:
             return super().ledger_totals()
         except (apsw.SQLError, StorageError) as e:
-            cause = e if isinstance(e, apsw.SQLError) else e.__cause__
-            if not (isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)):
+            if not _sum_overflowed(e):
                 raise
         return self._ledger_totals_exactly()
+
+    def contributions_by_period(self) -> dict[str, dict[int, tuple[int, int]]]:
+        """Return, per level and rate period, (sum of bets, sum of overflow) of its bets.
+
+        As `ledger_totals`: should a forged amount make SQLite's SUM overflow,
+        the sums are made exactly in Python instead.
+        """
+        try:
+            return super().contributions_by_period()
+        except (apsw.SQLError, StorageError) as e:
+            if not _sum_overflowed(e):
+                raise
+        sums: dict[str, dict[int, tuple[int, int]]] = {}
+        for level, period, bet, overflow in self._exec(CONTRIBUTION_ROWS):
+            periods = sums.setdefault(level, {})
+            bets, overflows = periods.get(period, (0, 0))
+            periods[period] = (bets + bet, overflows + overflow)
+        return sums
 
     def _ledger_totals_exactly(self) -> dict[str, LedgerTotals]:
         terms = [v.removeprefix("SUM(").removesuffix(")") for v in AUDIT_METER_SUMS.values()]
@@ -583,3 +601,8 @@ class SQLiteStore(Store):
         problems.extend(index_problems(unique))
         return "; ".join(problems) or "ok"
 
+
+def _sum_overflowed(e: BaseException) -> bool:
+    """Whether `e` (or the error it translates) is SQLite's SUM overflowing past 2**63."""
+    cause = e if isinstance(e, apsw.SQLError) else e.__cause__
+    return isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)
