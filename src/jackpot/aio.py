@@ -22,6 +22,7 @@ slices so that a group commit of hundreds never holds the loop for long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import threading
@@ -267,8 +268,38 @@ class AsyncJackpotEngine:
         return await asyncio.to_thread(self._engine.history, group, limit)
 
     async def verify(self) -> VerifyReport:
-        """Recompute every level from the ledger and report any difference."""
-        return await asyncio.to_thread(self._engine.verify)
+        """Recompute every level from the ledger and report any difference.
+
+        Runs in a thread of its own, not the default thread pool: audits run
+        one at a time (`JackpotEngine.verify`), and calls waiting their turn
+        there would hold the pool's threads that every other read (and
+        `close()`) of the loop needs.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[VerifyReport] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def settle(report: VerifyReport | None, error: BaseException | None) -> None:
+            if done.done():  # the caller was cancelled
+                return
+            if error is not None:
+                done.set_exception(error)
+            else:
+                assert report is not None
+                done.set_result(report)
+
+        def run() -> None:
+            report: VerifyReport | None = None
+            error: BaseException | None = None
+            try:
+                report = context.run(self._engine.verify)
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
+                error = e
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, report, error)
+
+        threading.Thread(target=run, name="jackpot-verify", daemon=True).start()
+        return await done
 
     async def health(self) -> HealthReport:
         """Check the database, the actors and the recent lock and conflict rates."""

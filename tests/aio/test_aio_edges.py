@@ -9,6 +9,7 @@ happened in another thread it waits on an event set by a wrapper.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import jackpot.engine
 from jackpot import (
     AsyncJackpotEngine,
     Contribution,
@@ -562,3 +564,34 @@ def test_wrapping_an_engine_anew_per_request_keeps_no_reference_per_wrapper(
         assert engine._loop_calls[0]() == last._calls_of_this_loop
     finally:
         engine.close()
+
+
+def test_verify_calls_waiting_their_turn_hold_no_thread_of_the_default_pool(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Audits run one at a time (34f9fd0); async ones waiting their turn each
+    # held a thread of the loop's default pool, so every other read (and
+    # close()) waited behind all of them.
+    real_audit = jackpot.engine.audit
+
+    def slow_audit(store: Any) -> Any:  # a ledger that takes a while to audit
+        time.sleep(0.5)
+        return real_audit(store)
+
+    monkeypatch.setattr(jackpot.engine, "audit", slow_audit)
+
+    async def main() -> float:
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=2))
+        engine = await AsyncJackpotEngine.open(db_path)
+        try:
+            audits = [asyncio.create_task(engine.verify()) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await engine.pools()
+            took = time.monotonic() - started
+            assert all(r.ok for r in await asyncio.gather(*audits))
+            return took
+        finally:
+            await engine.close()
+
+    assert asyncio.run(main()) < 0.3
