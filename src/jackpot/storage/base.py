@@ -361,8 +361,9 @@ class Store(ABC):
     """How long the last `write()` waited to begin (for the lock-wait metric)."""
 
     _PARAM = "?"
-    _AMOUNT_CAST = ""  # appended to each amount in the audit's arithmetic (see _BROKEN_ROWS)
     """The backend's parameter placeholder (for the few queries written here)."""
+    _AMOUNT_CAST = ""
+    """Appended to each amount in the audit's arithmetic (see `_BROKEN_ROWS`)."""
 
     @abstractmethod
     def close(self) -> None:
