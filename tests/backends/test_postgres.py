@@ -670,3 +670,22 @@ def test_a_batch_with_no_connection_to_be_had_fails_at_once_not_op_by_op(
         assert len({id(e) for e in errors}) == 1  # one failure, shared by the batch
         assert f'role "{role}" is not permitted to log in' in str(errors[0])
         assert len(asked) == 1  # was 6: the shared attempt, then one per op
+
+
+def test_pooled_connections_bound_a_wait_on_a_vanished_server(pg_target: str) -> None:
+    # keepalives and tcp_user_timeout: a server host that drops off the network (no FIN)
+    # ends a wait within about a minute instead of the kernel's many; the URL's own win.
+    JackpotEngine.open(pg_target).close()
+    for url, idle in ((pg_target, "30"), (f"{pg_target}&keepalives_idle=5", "5")):
+        store = PostgresStore(url)
+        try:
+            with store._pool.connection() as conn:
+                given = conn.info.get_parameters()
+        finally:
+            store.close()
+        assert (given["keepalives"], given["keepalives_idle"], given["keepalives_interval"],
+                given["keepalives_count"], given["tcp_user_timeout"]) == (
+            "1", idle, "10", "3", "60000")
+    assert postgres.network_defaults("postgresql://u@h/db?tcp_user_timeout=5000") == {
+        "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+        "keepalives_count": "3"}

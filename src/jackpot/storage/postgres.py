@@ -171,6 +171,24 @@ def describe(url: str) -> str:
             f"/{d.get('dbname') or ''}")
 
 
+NETWORK_DEFAULTS = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                    "keepalives_count": "3", "tcp_user_timeout": "60000"}
+"""libpq settings that bound a wait on a server that vanished without closing.
+
+A server host that crashes or drops off the network sends no FIN: without
+them a pooled connection waits for its answer until the kernel gives up on
+TCP (many minutes), holding its level's actor meanwhile. With them an idle
+wait ends after about a minute of unanswered keepalives, and data the server
+does not acknowledge after 60 s. The URL's own values win.
+"""
+
+
+def network_defaults(url: str) -> dict[str, str]:
+    """Return the `NETWORK_DEFAULTS` that `url` does not set itself."""
+    given = conninfo_to_dict(url)
+    return {k: v for k, v in NETWORK_DEFAULTS.items() if k not in given}
+
+
 class _Pools:
     """One connection pool per (process, URL), shared by every store that uses it."""
 
@@ -187,7 +205,8 @@ class _Pools:
                 # at once and with the server's own words, not as a pool timeout.
                 psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
                 pool: ConnectionPool[Connection] = ConnectionPool(
-                    url, min_size=1, max_size=max_size, kwargs={"autocommit": True},
+                    url, min_size=1, max_size=max_size,
+                    kwargs={"autocommit": True, **network_defaults(url)},
                     open=False, name=f"jackpot {describe(url)}", timeout=timeout)
                 pool.open()
                 self._pools[key] = (pool, 0)
