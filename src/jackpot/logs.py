@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -90,16 +91,28 @@ def configure_logging(
 
     `level` (debug, info, ...) sets the logger's level; None keeps it (the
     engine sets it from JACKPOT_LOG_LEVEL when it opens). With
-    `json_lines=False` records are text with the fields in brackets. Returns
-    the handler, so the caller can remove it.
+    `json_lines=False` records are text with the fields in brackets. Called
+    again, it replaces the handler it added before (records are never
+    written twice); handlers of your own are left alone. Returns the
+    handler, so the caller can remove it.
     """
+    global _configured  # noqa: PLW0603 - the one handler this function manages
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JSONFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(OperationFields())
-    logger.addHandler(handler)
+    with _configure_lock:
+        if _configured is not None:
+            logger.removeHandler(_configured)
+        logger.addHandler(handler)
+        _configured = handler
     if level is not None:
         logger.setLevel(level.upper())
     return handler
+
+
+_configured: logging.Handler | None = None
+"""The handler `configure_logging` added last (replaced by its next call)."""
+_configure_lock = threading.Lock()
 
 
 def _fields(op: Operation, outcome: str, level: str | None = None) -> dict[str, Any]:

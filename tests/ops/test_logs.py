@@ -205,3 +205,22 @@ def test_text_format_shows_the_fields() -> None:
         logging.getLogger("jackpot").removeHandler(handler)
     assert stream.getvalue().rstrip().endswith(
         "WARNING jackpot hello [op_id=o operation=None level=minor attempt=None outcome=None]")
+
+
+def test_configure_logging_again_replaces_its_handler_and_leaves_others_alone() -> None:
+    log = logging.getLogger("jackpot")
+    first, second, own = io.StringIO(), io.StringIO(), io.StringIO()
+    mine = logging.StreamHandler(own)
+    log.addHandler(mine)
+    handler = None
+    try:
+        configure_logging(stream=first)
+        handler = configure_logging(stream=second, json_lines=False)
+        log.warning("once")
+    finally:
+        log.removeHandler(mine)
+        if handler is not None:
+            log.removeHandler(handler)
+    assert first.getvalue() == ""  # was: every record written to both streams
+    assert second.getvalue().count("once") == 1
+    assert own.getvalue() == "once\n"
