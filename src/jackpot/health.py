@@ -239,21 +239,24 @@ def _actors(alive: Mapping[str, bool], *, coordinator_alive: bool, closed: bool
 
 
 def _lock_success(operations: list[str], settings: Settings) -> HealthCheck:
-    if len(operations) < settings.health_min_operations:
-        return HealthCheck("lock_success", OK, _too_few(len(operations), settings))
-    timeouts = operations.count("timeout")
-    pct = 100 * (len(operations) - timeouts) / len(operations)
-    detail = (f"{pct:.1f}% of the last {_n(len(operations), 'operation')} got their locks "
-              f"in time ({timeouts} timed out)")
-    return _share("lock_success", pct, detail, settings)
+    return _share("lock_success", operations, "timeout", settings, lambda bad, pct: (
+        f"{pct:.1f}% of the last {_n(len(operations), 'operation')} got their locks "
+        f"in time ({bad} timed out)"))
 
 
-def _share(check: str, pct: float, detail: str, settings: Settings) -> HealthCheck:
-    """Judge a share of good operations against the lock-success thresholds.
+def _share(check: str, operations: list[str], bad_outcome: str, settings: Settings,
+           describe: Callable[[int, float], str]) -> HealthCheck:
+    """Judge the share of recent operations not ending in `bad_outcome` (lock-success limits).
 
-    The failing threshold never exceeds the degraded one: setting only
-    the degraded one below the failing default lowers both.
+    `describe(bad, pct)` words the detail. The failing threshold never
+    exceeds the degraded one: setting only the degraded one below the
+    failing default lowers both.
     """
+    if len(operations) < settings.health_min_operations:
+        return HealthCheck(check, OK, _too_few(len(operations), settings))
+    bad = operations.count(bad_outcome)
+    pct = 100 * (len(operations) - bad) / len(operations)
+    detail = describe(bad, pct)
     degraded = settings.health_min_lock_success_pct
     failing = min(settings.health_failing_lock_success_pct, degraded)
     if pct < failing:
@@ -282,13 +285,9 @@ def _errors(operations: list[str], settings: Settings) -> HealthCheck:
     roll back, yet every commit fails), so the engine's own outcomes count
     too, against the lock_success thresholds.
     """
-    if len(operations) < settings.health_min_operations:
-        return HealthCheck("errors", OK, _too_few(len(operations), settings))
-    errors = operations.count("error")
-    pct = 100 * (len(operations) - errors) / len(operations)
-    detail = (f"{errors} of the last {_n(len(operations), 'operation')} failed with an "
-              f"unexpected error ({pct:.1f}% did not)")
-    return _share("errors", pct, detail, settings)
+    return _share("errors", operations, "error", settings, lambda bad, pct: (
+        f"{bad} of the last {_n(len(operations), 'operation')} failed with an "
+        f"unexpected error ({pct:.1f}% did not)"))
 
 
 def _too_few(n: int, settings: Settings) -> str:
