@@ -12,6 +12,15 @@ holding the database write lock, so the row cannot move again; sleeping before
 that first retry would only hold up every other writer. Later retries (which
 mean something is writing without taking the lock) and retries after a busy
 incident back off exponentially with jitter.
+
+When the store can tell that another connection committed since its own
+previous write (SQLite's `data_version`, `Store.others_committed`), the
+cached levels' versions are compared as soon as the write lock is held,
+before anything is applied: a moved level is a conflict (counted, within the
+same retry budget) re-read and retried in the same transaction. Without that,
+writers of several processes that take turns (`jackpot.storage._turns`)
+would each find their cache stale on every turn, apply the batch for
+nothing, roll back and queue again.
 """
 
 from __future__ import annotations
@@ -168,44 +177,74 @@ def _with_retries(
     settings: Settings,
     stats: Stats,
 ) -> tuple[list[Outcome], dict[str, LevelState]]:
-    attempt = 0
+    budget = _Retries(ops, settings, stats)
     fresh = cached is None
-    kinds = ",".join(sorted({op.kind for op in ops}))
-    levels = ",".join(sorted({n for op in ops for n in op.names}))
     while True:
         try:
-            outcomes, states = _attempt(store, ops, None if fresh else cached, stats)
+            outcomes, states = _attempt(store, ops, None if fresh else cached, stats,
+                                        budget.reread)
         except _ConflictError as c:
-            stats.add("conflicts", kinds, c.level)
-            logger.info("version conflict on %s (expected version %d)", c.level, c.expected,
-                        extra={"op_id": ops[0].op_id, "operation": kinds, "level": c.level,
-                               "attempt": attempt, "outcome": "conflict"})
-            if attempt >= settings.max_retry_attempts:
-                msg = (f"{kinds} {ops[0].op_id!r}: level {c.level!r} moved past version "
-                       f"{c.expected} and {attempt} retries did not settle it; nothing changed")
-                details = {"level": c.level, "expected_version": c.expected,
-                           "attempts": attempt + 1}
-                raise ConcurrencyViolationError(
-                    msg, operation=kinds, group=c.level, conflict_details=details) from None
-            if attempt > 0:
-                time.sleep(_backoff(settings, attempt - 1))
+            budget.conflict(c.level, c.expected)
+            if budget.attempt > 0:
+                time.sleep(_backoff(settings, budget.attempt - 1))
         except BusyIncidentError as e:
-            stats.add("busy_incidents", kinds, levels)
-            logger.warning("database busy without waiting: %s", e,
-                           extra={"op_id": ops[0].op_id, "operation": kinds, "level": levels,
-                                  "attempt": attempt, "outcome": "busy"})
-            if attempt >= settings.max_retry_attempts:
-                raise _busy_exhausted(e, kinds, levels, ops[0].op_id, attempt) from e
-            time.sleep(_backoff(settings, attempt))
+            budget.busy(e)
+            time.sleep(_backoff(settings, budget.attempt))
         else:
             for op, outcome in zip(ops, outcomes, strict=True):
                 if outcome.error is None and getattr(outcome.result, "replayed", False):
                     # Committed already: a failing observer must not fail the batch.
                     after_the_fact(stats.add, "replays", op.kind, ",".join(op.names))
             return outcomes, states
-        attempt += 1
+        budget.retried()
         fresh = True
-        stats.add("retries", kinds, levels)
+
+
+class _Retries:
+    """One batch's retries: counts conflicts, busy incidents and retries; raises when spent."""
+
+    def __init__(self, ops: list[Operation], settings: Settings, stats: Stats) -> None:
+        self.attempt = 0
+        self._op_id = ops[0].op_id
+        self._kinds = ",".join(sorted({op.kind for op in ops}))
+        self._levels = ",".join(sorted({n for op in ops for n in op.names}))
+        self._settings = settings
+        self._stats = stats
+
+    def conflict(self, level: str, expected: int) -> None:
+        """Count a version conflict; raise if no retry is left for it."""
+        self._stats.add("conflicts", self._kinds, level)
+        logger.info("version conflict on %s (expected version %d)", level, expected,
+                    extra={"op_id": self._op_id, "operation": self._kinds, "level": level,
+                           "attempt": self.attempt, "outcome": "conflict"})
+        if self.attempt >= self._settings.max_retry_attempts:
+            msg = (f"{self._kinds} {self._op_id!r}: level {level!r} moved past version "
+                   f"{expected} and {self.attempt} retries did not settle it; nothing changed")
+            details = {"level": level, "expected_version": expected,
+                       "attempts": self.attempt + 1}
+            raise ConcurrencyViolationError(
+                msg, operation=self._kinds, group=level, conflict_details=details) from None
+
+    def reread(self, level: str, expected: int) -> None:
+        """Count a conflict found before anything was applied, retried in place."""
+        self.conflict(level, expected)
+        self.retried()
+
+    def busy(self, e: BusyIncidentError) -> None:
+        """Count a busy incident; raise if no retry is left for it."""
+        self._stats.add("busy_incidents", self._kinds, self._levels)
+        logger.warning("database busy without waiting: %s", e,
+                       extra={"op_id": self._op_id, "operation": self._kinds,
+                              "level": self._levels, "attempt": self.attempt,
+                              "outcome": "busy"})
+        if self.attempt >= self._settings.max_retry_attempts:
+            raise _busy_exhausted(e, self._kinds, self._levels, self._op_id,
+                                  self.attempt) from e
+
+    def retried(self) -> None:
+        """Count one retry."""
+        self.attempt += 1
+        self._stats.add("retries", self._kinds, self._levels)
 
 
 def _busy_exhausted(e: BusyIncidentError, kinds: str, levels: str, op_id: str, attempt: int
@@ -225,6 +264,7 @@ def _attempt(
     ops: list[Operation],
     cached: Mapping[str, LevelState] | None,
     stats: Stats,
+    reread: Callable[[str, int], None],
 ) -> tuple[list[Outcome], dict[str, LevelState]]:
     names = sorted({n for op in ops for n in op.names})
     with store.write():
@@ -236,8 +276,10 @@ def _attempt(
                                                 if n not in pessimistic and n in cached}
         states = {n: cached[n] if cached is not None and n in trusted else _load(store, n)
                   for n in names}
-        start = {n: s.version for n, s in states.items()}
         batch = _Batch(store, [op.op_id for op in ops if op.explicit])
+        if trusted and store.others_committed:
+            _recheck(store, ops, states, trusted=trusted, known=batch.known, reread=reread)
+        start = {n: s.version for n, s in states.items()}
         outcomes = [batch.apply(op, states) for op in ops]
         changed = {n: s for n, s in states.items() if s.version != start[n]}
         for name, state in changed.items():
@@ -258,6 +300,26 @@ def _attempt(
     # the write lock (a stale cache that a conflict reloaded is replaced even
     # when the retry changed nothing, or every later batch would conflict).
     return outcomes, {n: s for n, s in states.items() if n in changed or n not in trusted}
+
+
+def _recheck(store: SQLiteStore, ops: list[Operation], states: dict[str, LevelState], *,
+             trusted: set[str], known: Mapping[str, StoredOperation],
+             reread: Callable[[str, int], None]) -> None:
+    """Compare the trusted levels with the stored rows; re-read (and count) those that moved.
+
+    Another writer committed since our last write, so the cache may be stale:
+    find out now, before anything is applied, rather than at the UPDATE. A
+    moved level is a conflict, retried here under the lock already held. A
+    replay reads no level: the levels only replays name need no check.
+    """
+    needed = sorted(trusted & {n for op in ops if not (op.explicit and op.op_id in known)
+                               for n in op.names})
+    stored = store.level_versions(needed) if needed else {}
+    for name in needed:
+        if stored.get(name) != states[name].version:
+            reread(name, states[name].version)
+            states[name] = _load(store, name)
+            trusted.discard(name)
 
 
 class _Batch:

@@ -120,11 +120,11 @@ def test_create_false_wants_an_existing_jackpot_database(tmp_path: Path) -> None
 
 @pytest.fixture
 def closed_db(tmp_path: Path) -> str:
-    """A jackpot database nobody has open (no -wal, no -shm beside it)."""
+    """A jackpot database nobody has open: no -wal, no -shm (the writers' lock file stays)."""
     path = str(tmp_path / "pools.db")
     with JackpotEngine.open(path) as engine:
         engine.contribute("10", op_id="b1")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pools.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pools.db", "pools.db-lock"]
     return path
 
 

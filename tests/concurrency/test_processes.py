@@ -1,8 +1,10 @@
 """Several engines on one database file: in other processes, and side by side.
 
 Each engine caches its levels; another process writing a level makes that cache
-stale. The engine must notice (the version-checked UPDATE touches no row),
-count a conflict, re-read under the write lock and retry, never overwrite. The
+stale. The engine must notice (as it takes the write lock, it sees that another
+connection committed and compares its cache with the rows; failing that, the
+version-checked UPDATE touches no row), count a conflict, re-read under the
+write lock and retry, never overwrite. The
 multi-process tests release real worker processes together (tests/concurrency/
 _worker.py, started with subprocess), collect every result they were given and
 prove the books from those results alone, cross-checked row by row against the

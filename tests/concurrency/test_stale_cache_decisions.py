@@ -17,6 +17,8 @@ import pytest
 
 from jackpot import GroupConfig, GroupSuspendedError, JackpotEngine, Settings
 
+pytestmark = pytest.mark.usefixtures("stale_detection")  # both ways (see conftest)
+
 GROUPS = (
     GroupConfig("major", Decimal(1000), Decimal("0.01")),
     GroupConfig("minor", Decimal(100), Decimal("0.01")),

@@ -19,6 +19,8 @@ import pytest
 
 from jackpot import GroupConfig, GroupSuspendedError, JackpotEngine
 
+pytestmark = pytest.mark.usefixtures("stale_detection")  # both ways (see conftest)
+
 LEVELS = (
     GroupConfig("minor", seed=Decimal(100), contribution_rate=Decimal("0.01"),
                 min_bet=Decimal(5), max_contribution=Decimal(1)),

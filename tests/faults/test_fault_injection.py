@@ -131,8 +131,10 @@ def warm_and_apply(engine: JackpotEngine, path: Path) -> None:
 def warm_then_stale(engine: JackpotEngine, path: Path) -> None:
     warm(engine, path)
     # Another engine (another process, in effect) moves two levels on: this
-    # engine's cached versions are stale, so its next write conflicts,
-    # re-reads under the lock and retries. The faults hit both attempts.
+    # engine's cached versions are stale. Its next write sees that another
+    # connection committed, compares the cached versions with the rows and
+    # re-reads the moved levels, in the same transaction, before applying
+    # anything. The faults hit each of those statements too.
     with JackpotEngine.open(path) as other:
         other.contribute(Decimal("1.11"), groups=("major", "minor"), op_id="elsewhere")
 
@@ -147,7 +149,7 @@ class Scenario:
     run: Callable[[JackpotEngine, str], Any]
     prepare: Callable[[JackpotEngine, Path], None] = warm
     comparable: Callable[[Any], Any] = lambda r: r
-    attempts: int = 1  # transactions of the clean run (2: a conflict, then the retry)
+    rechecks: bool = False  # the clean run compares cached versions with the rows
 
 
 SCENARIOS = (
@@ -174,10 +176,10 @@ SCENARIOS = (
              prepare=warm_and_apply),
     Scenario("contribution-one-level-stale-cache",
              lambda e, op: e.contribute(Decimal("12.34"), groups="minor", op_id=op),
-             prepare=warm_then_stale, attempts=2),
+             prepare=warm_then_stale, rechecks=True),
     Scenario("contribution-two-levels-stale-cache",
              lambda e, op: e.contribute(Decimal("12.34"), groups=("major", "minor"), op_id=op),
-             prepare=warm_then_stale, attempts=2),
+             prepare=warm_then_stale, rechecks=True),
 )
 
 
@@ -243,7 +245,9 @@ def test_a_failing_statement_changes_nothing_and_the_engine_keeps_serving(
     assert len(statements) >= 3, statements
     assert statements[0].startswith("BEGIN"), statements
     assert statements[-1] == "COMMIT", statements
-    assert sum(s.startswith("BEGIN") for s in statements) == scenario.attempts, statements
+    assert sum(s.startswith("BEGIN") for s in statements) == 1, statements
+    if scenario.rechecks:
+        assert any(s.startswith("SELECT name, version FROM levels") for s in statements)
     for n in range(1, len(statements) + 1):
         check_fault_at(tmp_path / f"fault-{n}", scenario, faults, n=n, error=error,
                        statements=statements)

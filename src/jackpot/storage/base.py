@@ -359,6 +359,12 @@ class Store(ABC):
 
     lock_wait_seconds: float = 0.0
     """How long the last `write()` waited to begin (for the lock-wait metric)."""
+    others_committed: bool = False
+    """Set by each `write()`: whether another connection committed since this
+    connection's previous `write()` began, as far as it can tell (SQLite's
+    `data_version`). False when none did or the backend cannot tell
+    (PostgreSQL); a cache it trusts is still proven by the version-checked
+    UPDATE."""
 
     _PARAM = "?"
     """The backend's parameter placeholder (for the few queries written here)."""
@@ -420,6 +426,13 @@ class Store(ABC):
     @abstractmethod
     def level_version(self, name: str) -> int | None:
         """Return the committed version of one level (None: no such level), locking nothing."""
+
+    def level_versions(self, names: list[str]) -> dict[str, int]:
+        """Return the committed versions of those levels of `names` that exist, locking nothing."""
+        marks = ", ".join([self._PARAM] * len(names))
+        rows = self._exec(f"SELECT name, version FROM levels WHERE name IN ({marks})",
+                          tuple(names))
+        return {str(name): int(version) for name, version in rows}
 
     @abstractmethod
     def insert_level(self, state: LevelState) -> None:

@@ -4,8 +4,11 @@ One `SQLiteStore` wraps one connection and is used by one thread at a time
 (each actor owns its own). Every write runs inside `BEGIN IMMEDIATE`, so the
 database write lock is taken up front and a transaction never has to upgrade
 a read lock (which could fail with SQLITE_BUSY without the busy handler being
-called). The busy handler polls finely (0.1 ms doubling up to the configured
-interval) instead of SQLite's coarse default sleeps, and gives up at the lock
+called). Before it, the writer takes its turn among the file's writers
+(`jackpot.storage._turns`: an `flock` the kernel hands on, so writers of
+several processes do not starve one another). The busy handler polls finely
+(0.1 ms doubling up to the configured interval) instead of SQLite's coarse
+default sleeps; the turn and the busy wait together give up at the lock
 timeout with `LockTimeoutError`.
 
 Before it changes anything (the switch to WAL, a migration), a store checks
@@ -42,6 +45,7 @@ import apsw.bestpractice
 
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
+from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     AUDIT_METER_SUMS,
     CONTRIBUTION_ROWS,
@@ -148,7 +152,10 @@ class SQLiteStore(Store):
         self._timeout = lock_timeout_ms / 1000
         self._poll = poll_interval_ms / 1000
         self._busy_since = 0.0
+        self._deadline: float | None = None  # of the write() waiting, for the busy handler
         self._gave_up = False
+        self._turns: WriterTurns | None = None  # opened by the first write()
+        self._data_version: int | None = None
         self.busy_wait_seconds = 0.0
         self._on_wal = on_wal
         self._wal_pages = 0
@@ -259,6 +266,8 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
+        if self._turns is not None:
+            self._turns.close()
         self.conn.close()
 
     # -- low level -------------------------------------------------------
@@ -309,59 +318,85 @@ class SQLiteStore(Store):
         now = time.monotonic()
         if prior_calls == 0:
             self._busy_since = now
-        waited = now - self._busy_since
-        if waited >= self._timeout:
+        deadline = self._busy_since + self._timeout if self._deadline is None else self._deadline
+        if now >= deadline:
             self._gave_up = True
-            self.busy_wait_seconds += waited
+            self.busy_wait_seconds += now - self._busy_since
             return False
-        delay = min(self._poll, 0.0001 * 2 ** min(prior_calls, 20), self._timeout - waited)
+        delay = min(self._poll, 0.0001 * 2 ** min(prior_calls, 20), deadline - now)
         time.sleep(delay)
         return True
 
     def _translate(self, e: apsw.Error) -> Exception:
         if isinstance(e, apsw.BusyError):
             if self._gave_up:
-                msg = (
-                    f"database write lock not acquired within {self._timeout * 1000:.0f} ms "
-                    "(another connection holds it); nothing was changed"
-                )
-                return LockTimeoutError(msg)
+                return self._lock_timeout()
             return BusyIncidentError(f"database busy without waiting (would-be deadlock): {e}")
         return StorageError(f"database error: {type(e).__name__}: {e}")
 
+    def _lock_timeout(self) -> LockTimeoutError:
+        msg = (f"database write lock not acquired within {self._timeout * 1000:.0f} ms "
+               "(another connection holds it); nothing was changed")
+        return LockTimeoutError(msg)
+
     @contextmanager
     def write(self) -> Iterator[None]:
-        """Run the block in one `BEGIN IMMEDIATE` transaction; roll back on any error."""
+        """Run the block in one `BEGIN IMMEDIATE` transaction; roll back on any error.
+
+        The writer first takes its turn among the file's writers (see
+        `jackpot.storage._turns`), then SQLite's write lock; the two waits
+        together are bounded by the lock timeout. Sets `others_committed`.
+        """
         if self._read_only:
             msg = f"database {self._path!r} was opened read-only: nothing was changed"
             raise StorageError(msg)
         self._gave_up = False
         started = time.monotonic()
+        if self._turns is None:
+            self._turns = WriterTurns(self._path)
+        if not self._turns.acquire(self._timeout):
+            self._gave_up = True
+            raise self._lock_timeout()
         try:
-            self._exec("BEGIN IMMEDIATE")
-        except apsw.Error as e:
-            raise self._translate(e) from e
-        self.lock_wait_seconds = time.monotonic() - started
-        try:
-            yield
-        except BaseException as exc:
-            self._rollback()
-            if isinstance(exc, apsw.Error):
-                raise self._translate(exc) from exc
-            raise
-        try:
-            self._exec("COMMIT")
-        except BaseException as exc:
-            self._rollback()
-            if isinstance(exc, apsw.Error):
-                raise self._commit_failed(exc) from exc
-            raise
+            self._begin(started)
+            try:
+                yield
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, apsw.Error):
+                    raise self._translate(exc) from exc
+                raise
+            try:
+                self._exec("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, apsw.Error):
+                    raise self._commit_failed(exc) from exc
+                raise
+        finally:
+            self._turns.release()
         if self._wal_pages >= CATCH_UP_PAGES:
             # The background checkpoint fell far behind (or cannot run): do
             # what SQLite's automatic checkpoint would, after the commit.
             self._wal_pages = 0
             with contextlib.suppress(StorageError):  # the next commit tries again
                 self.checkpoint()
+
+    def _begin(self, started: float) -> None:
+        """BEGIN IMMEDIATE by the lock timeout counted from `started`; note others' commits."""
+        self._deadline = started + self._timeout
+        try:
+            self._exec("BEGIN IMMEDIATE")
+            # Changes whenever another connection commits (not for our own commits).
+            ((version,),) = self._exec("PRAGMA data_version")
+        except apsw.Error as e:
+            self._rollback()
+            raise self._translate(e) from e
+        finally:
+            self._deadline = None
+        self.others_committed = version != self._data_version
+        self._data_version = version
+        self.lock_wait_seconds = time.monotonic() - started
 
     def _commit_failed(self, e: apsw.Error) -> Exception:
         """Translate an error of COMMIT: past its first WAL write, the outcome is unknown.

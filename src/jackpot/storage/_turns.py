@@ -1,0 +1,171 @@
+"""Writers of one SQLite file take the write lock in turn.
+
+SQLite's write lock has no queue. A writer that finds it taken sleeps (the
+busy handler backs off up to `concurrency_check_interval_ms`) and tries
+again, so the writer that has just committed, ready with its next batch,
+takes the lock straight back while the others sleep, over and over. With
+several processes on one file that starves some of them. Measured (4
+processes x 16 callers, 3-level bets, 2-core VM, three rounds): one process
+doing 360 operations per second beside another's 1,424, per-process p99
+67-2,021 ms, the slowest calls 1.2-3.2 s (the lock timeout is 5 s).
+
+So before `BEGIN IMMEDIATE` every writing connection takes an exclusive
+`flock` on a file beside the database (`<database>-lock`): the kernel keeps
+its waiters and wakes them the moment it is released, with no polling, and
+the writers take turns. Same workload: every process within 4% of the
+others, p99 28-35 ms, the slowest call 48 ms.
+
+Correctness never rests on it: SQLite's own lock still guards every write
+(a writer that does not take turns, such as the `sqlite3` shell, is waited
+for by the busy handler as before), and the lock goes with its holder's
+process, however that ends. Where it cannot be had (no `fcntl`: Windows; a
+lock file that cannot be opened) writers simply queue on SQLite's lock
+alone, as before. Each connection has its own open file (an `flock` belongs
+to an open file), so the writers within one process take turns too.
+
+`flock` has no timeout. An uncontended turn is taken at once, without
+blocking; a contended one is waited for by a helper thread (one per
+connection, started on first need), while the connection's thread waits for
+it with the lock timeout. A turn given up on is released by the helper when
+it arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: writers queue on SQLite's lock alone
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK_SUFFIX", "WriterTurns"]
+
+logger = logging.getLogger("jackpot")
+
+LOCK_SUFFIX = "-lock"
+"""The lock file's name is the database's with this appended."""
+
+
+class WriterTurns:
+    """One connection's place in the queue of a database file's writers."""
+
+    def __init__(self, database: str) -> None:
+        """Open the lock file beside `database` (creating it like SQLite's -wal).
+
+        If it cannot be opened, `acquire` always succeeds at once and the
+        writer relies on SQLite's lock alone (logged once, as a warning).
+        """
+        self._fd: int | None = None
+        self._cond = threading.Condition(threading.Lock())
+        self._wanted = False  # the helper is (to be) blocked in flock for us
+        self._granted = False  # the helper holds the lock for us
+        self._abandoned = False  # we gave up: release it when it comes
+        self._closed = False
+        self._helper: threading.Thread | None = None
+        if fcntl is None:  # pragma: no cover - Windows
+            return
+        path = database + LOCK_SUFFIX
+        try:
+            mode = Path(database).stat().st_mode & 0o666  # who may write the database
+        except OSError:
+            mode = 0o644
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+        except OSError as e:
+            logger.warning("cannot open the writers' lock file %s (%s): writers of this "
+                           "database wait for its write lock without taking turns", path, e)
+
+    def acquire(self, timeout: float) -> bool:
+        """Take this connection's turn; False if it did not come within `timeout` seconds."""
+        if self._fd is None:
+            return True
+        assert fcntl is not None
+        with self._cond:
+            # Not while the helper still waits for a turn given up on: on the
+            # same open file it would then "get" the lock this call took and,
+            # seeing it abandoned, release it mid-turn.
+            if not self._wanted:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self._wanted = True
+                    self._start_helper()
+                    self._cond.notify_all()
+                except OSError:  # not seen on a local lock file; never fail a write on it
+                    logger.exception("taking the writers' lock file failed: writers of "
+                                     "this database no longer take turns")
+                    fd, self._fd = self._fd, None
+                    os.close(fd)
+                    return True
+                else:
+                    return True
+            self._abandoned = False  # a turn given up on and still coming is now ours
+            if self._cond.wait_for(lambda: self._granted, max(0.0, timeout)):
+                self._granted = False
+                return True
+            self._abandoned = True  # the helper releases it when it comes
+            return False
+
+    def release(self) -> None:
+        """End this connection's turn (after its COMMIT or ROLLBACK)."""
+        if self._fd is not None:
+            assert fcntl is not None
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (idempotent); a helper still waiting closes it when done."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            if self._wanted:
+                return  # the helper is in flock on the file: it closes it
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _start_helper(self) -> None:
+        if self._helper is None:
+            self._helper = threading.Thread(target=self._serve, name="jackpot-writer-turns",
+                                            daemon=True)
+            self._helper.start()
+
+    def _serve(self) -> None:
+        """Wait in `flock` whenever the connection's thread asks, then hand the lock over."""
+        assert fcntl is not None
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._wanted or self._closed)
+                if self._closed and not self._wanted:
+                    return
+                fd = self._fd
+            assert fd is not None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # not seen on a local lock file; never hang the writer on it
+                logger.exception("waiting for the writers' lock file failed: writers of "
+                                 "this database no longer take turns")
+                locked = False
+            else:
+                locked = True
+            with self._cond:
+                self._wanted = False
+                if self._closed or not locked:
+                    self._fd = None  # from now on every turn is granted at once
+                    with contextlib.suppress(OSError):
+                        os.close(fd)  # releases the lock, if held
+                    if self._closed:
+                        return
+                    self._granted = not self._abandoned
+                elif self._abandoned:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                else:
+                    self._granted = True
+                self._abandoned = False
+                self._cond.notify_all()

@@ -1,0 +1,166 @@
+"""Writers of one SQLite file take turns (jackpot.storage._turns).
+
+The turn is an `flock` on `<database>-lock`, taken before `BEGIN IMMEDIATE`.
+These tests hold it from another process (a real one, which the kernel
+releases however it ends) or another `WriterTurns`, and check the promises:
+a turn that does not come within the lock timeout is a `LockTimeoutError`
+that changed nothing, a turn given up on is released when it comes, closing
+never hangs, and a lock file that cannot be opened only costs the turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from jackpot import JackpotEngine, LockTimeoutError, Settings
+from jackpot.storage._turns import LOCK_SUFFIX, WriterTurns
+
+_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()  # until the test closes our stdin (or kills us)
+"""
+
+
+@contextmanager
+def held_by_another_process(database: Path) -> Iterator[subprocess.Popen[str]]:
+    """Hold the writers' lock of `database` in a child process until the block ends."""
+    child = subprocess.Popen([sys.executable, "-c", _HOLDER, f"{database}{LOCK_SUFFIX}"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "held\n"
+        yield child
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(30)
+
+
+def test_a_writer_waits_for_its_turn_no_longer_than_the_lock_timeout(tmp_path: Path) -> None:
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db, settings=Settings(lock_timeout_ms=200)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="before")
+        before = engine.pools()
+        with held_by_another_process(db):
+            with pytest.raises(LockTimeoutError, match="nothing was changed"):
+                engine.contribute(Decimal(10), groups="minor", op_id="held-out")
+            assert engine.pools() == before
+        # The holder has gone: the same request is applied now, once.
+        result = engine.contribute(Decimal(10), groups="minor", op_id="held-out")
+        assert not result.replayed
+        assert engine.verify().ok
+
+
+def test_a_killed_holder_frees_the_turn(tmp_path: Path) -> None:
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db) as engine:  # lock timeout 5 s: the kill comes first
+        with held_by_another_process(db) as holder:
+            done = threading.Event()
+            results = []
+
+            def bet() -> None:
+                results.append(engine.contribute(Decimal(3), groups="minor", op_id="waiting"))
+                done.set()
+
+            waiter = threading.Thread(target=bet)
+            waiter.start()
+            assert not done.wait(0.2)  # it waits for the turn the child holds
+            holder.send_signal(signal.SIGKILL)
+            waiter.join(30)
+            assert done.is_set()
+        assert results[0].versions == {"minor": 2}
+        assert engine.verify().ok
+
+
+def test_a_turn_given_up_on_is_released_when_it_comes(tmp_path: Path) -> None:
+    db = str(tmp_path / "pools.db")
+    holder, quitter, third = WriterTurns(db), WriterTurns(db), WriterTurns(db)
+    try:
+        assert holder.acquire(1)
+        assert not quitter.acquire(0.05)  # its helper still waits in flock
+        holder.release()
+        # The quitter's helper gets the lock and, the turn abandoned, releases
+        # it: a third writer then gets it (were it kept, this would time out).
+        assert third.acquire(10)
+        third.release()
+    finally:
+        for turns in (holder, quitter, third):
+            turns.close()
+
+
+def test_a_turn_given_up_on_and_asked_for_again_is_handed_over(tmp_path: Path) -> None:
+    db = str(tmp_path / "pools.db")
+    holder, writer = WriterTurns(db), WriterTurns(db)
+    try:
+        assert holder.acquire(1)
+        assert not writer.acquire(0.05)
+        got = []
+        asking = threading.Thread(target=lambda: got.append(writer.acquire(10)))
+        asking.start()
+        holder.release()
+        asking.join(30)
+        assert got == [True]
+        assert not holder.acquire(0.05)  # the writer holds it now
+        writer.release()
+        assert holder.acquire(10)
+        holder.release()
+    finally:
+        holder.close()
+        writer.close()
+
+
+def test_closing_while_the_helper_waits_does_not_hang(tmp_path: Path) -> None:
+    db = str(tmp_path / "pools.db")
+    holder, writer = WriterTurns(db), WriterTurns(db)
+    try:
+        assert holder.acquire(1)
+        assert not writer.acquire(0.05)
+        helper = writer._helper  # the thread under test
+        assert helper is not None
+        writer.close()  # returns at once: the helper still waits in flock
+        assert helper.is_alive()
+        holder.release()
+        helper.join(30)  # it got the lock, closed the file (which released it) and ended
+        assert not helper.is_alive()
+        assert holder.acquire(10)
+        holder.release()
+        assert writer.acquire(0)  # closed: no turns any more, never a wait
+    finally:
+        holder.close()
+
+
+def test_a_lock_file_that_cannot_be_opened_only_costs_the_turns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "pools.db"
+    Path(f"{db}{LOCK_SUFFIX}").mkdir()  # a directory where the lock file should be
+    with caplog.at_level(logging.WARNING, logger="jackpot"), JackpotEngine.open(db) as engine:
+        result = engine.contribute(Decimal(10), groups="minor", op_id="bet")
+        assert result.versions == {"minor": 2}
+        assert engine.verify().ok
+    assert any("cannot open the writers' lock file" in r.getMessage() for r in caplog.records)
+
+
+def test_the_lock_file_gets_the_database_files_permissions(tmp_path: Path) -> None:
+    db = tmp_path / "pools.db"
+    JackpotEngine.open(db).close()
+    db.chmod(0o660)
+    Path(f"{db}{LOCK_SUFFIX}").unlink()
+    with JackpotEngine.open(db) as engine:
+        engine.contribute(Decimal(1), groups="minor")
+    umask = os.umask(0o022)  # reading it means setting it: put it back at once
+    os.umask(umask)
+    assert Path(f"{db}{LOCK_SUFFIX}").stat().st_mode & 0o777 == 0o660 & ~umask
