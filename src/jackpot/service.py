@@ -121,6 +121,7 @@ def execute_batch(
     *,
     settings: Settings,
     stats: Stats,
+    top_up: Callable[[], list[Operation]] | None = None,
 ) -> tuple[list[Outcome], dict[str, LevelState]]:
     """Run `ops` in order in one transaction (group commit); one outcome per op.
 
@@ -136,9 +137,17 @@ def execute_batch(
     fails with it at once: nothing ran. Returns the
     committed state of every level the batch changed or read afresh. `cached`
     are the caller's last known states (None: read fresh).
+
+    `top_up`, called once the first attempt holds the write lock, returns
+    requests that queued meanwhile (on levels of this batch only): they are
+    appended to `ops` in place and share the transaction, so the outcomes
+    follow the extended `ops`. Writers that take turns (several processes)
+    may wait a while for the lock; what queued in that time need not wait
+    for a turn of its own.
     """
     try:
-        return _with_retries(store, ops, cached, settings=settings, stats=stats)
+        return _with_retries(store, ops, cached, settings=settings, stats=stats,
+                             top_up=top_up)
     except (ConcurrencyViolationError, LockTimeoutError) as e:
         if isinstance(e, LockTimeoutError):
             after_the_fact(stats.add, "lock_timeouts", ",".join(sorted({op.kind for op in ops})),
@@ -176,13 +185,15 @@ def _with_retries(
     *,
     settings: Settings,
     stats: Stats,
+    top_up: Callable[[], list[Operation]] | None,
 ) -> tuple[list[Outcome], dict[str, LevelState]]:
     budget = _Retries(ops, settings, stats)
     fresh = cached is None
     while True:
+        once, top_up = top_up, None  # only the first attempt: a retry keeps its batch
         try:
             outcomes, states = _attempt(store, ops, None if fresh else cached, stats,
-                                        budget.reread)
+                                        reread=budget.reread, top_up=once)
         except _ConflictError as c:
             budget.conflict(c.level, c.expected)
             if budget.attempt > 0:
@@ -264,11 +275,15 @@ def _attempt(
     ops: list[Operation],
     cached: Mapping[str, LevelState] | None,
     stats: Stats,
+    *,
     reread: Callable[[str, int], None],
+    top_up: Callable[[], list[Operation]] | None,
 ) -> tuple[list[Outcome], dict[str, LevelState]]:
-    names = sorted({n for op in ops for n in op.names})
     with store.write():
         stats.lock_wait("database", ops[0].kind, store.lock_wait_seconds)
+        if top_up is not None:
+            ops.extend(top_up())
+        names = sorted({n for op in ops for n in op.names})
         # Pessimistic ops (wins, config) read their rows fresh under the lock;
         # others trust the cache, and the version-checked UPDATE below proves it.
         pessimistic = {n for op in ops if op.pessimistic for n in op.names}

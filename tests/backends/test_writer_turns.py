@@ -16,14 +16,20 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from jackpot import JackpotEngine, LockTimeoutError, Settings
+from jackpot.actors._mailbox import Mailbox
+from jackpot.actors._ticket import Ticket
 from jackpot.storage._turns import LOCK_SUFFIX, WriterTurns
 
 _HOLDER = """
@@ -164,3 +170,75 @@ def test_the_lock_file_gets_the_database_files_permissions(tmp_path: Path) -> No
     umask = os.umask(0o022)  # reading it means setting it: put it back at once
     os.umask(umask)
     assert Path(f"{db}{LOCK_SUFFIX}").stat().st_mode & 0o777 == 0o660 & ~umask
+
+
+# -- what queues while a batch waits for its turn joins it ---------------------------
+
+
+def database_lock_waits(engine: JackpotEngine) -> float:
+    """How many transactions the engine began (one lock-wait sample each)."""
+    return sum(s.value for family in text_string_to_metric_families(engine.metrics_text())
+               for s in family.samples
+               if s.name == "jackpot_lock_wait_seconds_count" and s.labels["lock"] == "database")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        threading.Event().wait(0.001)
+
+
+@pytest.mark.parametrize("groups", ["minor", ("major", "minor")], ids=["one-level", "two-levels"])
+def test_requests_that_queue_while_a_batch_waits_for_its_turn_join_it(
+        tmp_path: Path, groups: str | tuple[str, ...]) -> None:
+    db = tmp_path / "pools.db"
+    n = 8
+    with JackpotEngine.open(db) as engine:
+        first = engine.contribute(Decimal(1), groups=groups, op_id="warm")
+        mailbox = engine._mailboxes["minor" if isinstance(groups, str) else None]
+        put, all_put = mailbox.put, threading.Event()
+        puts = []
+
+        def counting_put(*args: Any) -> bool:
+            puts.append(1)
+            if len(puts) == n:
+                all_put.set()
+            return put(*args)
+
+        mailbox.put = counting_put  # type: ignore[method-assign]
+        before = database_lock_waits(engine)
+        results: list[Any] = []
+        bets = [threading.Thread(target=lambda i=i: results.append(
+            engine.contribute(Decimal(2), groups=groups, op_id=f"bet-{i}"))) for i in range(n)]
+        with held_by_another_process(db):
+            bets[0].start()
+            wait_until(lambda: len(puts) == 1 and not mailbox._items)  # claimed: it waits
+            for t in bets[1:]:
+                t.start()
+            assert all_put.wait(30)  # the other seven queue behind it
+        for t in bets:
+            t.join(30)
+        assert len(results) == n
+        assert database_lock_waits(engine) - before == 1  # one transaction for all eight
+        start = first.versions["minor"]
+        assert sorted(r.versions["minor"] for r in results) == list(range(start + 1,
+                                                                          start + n + 1))
+        assert engine.verify().ok
+
+
+def test_claim_more_takes_what_fits_and_keeps_the_rest_in_order() -> None:
+    mailbox = Mailbox(max_batch=3)
+    ops = [SimpleNamespace(names=names) for names in
+           (("a",), ("b",), ("a",), ("a",), ("a", "b"), ("a",))]
+    tickets = [Ticket() for _ in ops]
+    for ticket, op in zip(tickets, ops, strict=True):
+        mailbox.put(ticket, op)  # type: ignore[arg-type]
+    assert tickets[2].abandon()  # its caller gave up: skipped, not claimed
+    taken = mailbox.claim_more(lambda op: set(op.names) <= {"a"}, room=3)
+    assert [op for _, op in taken] == [ops[0], ops[3]]  # the room counts the abandoned one
+    assert not tickets[3].abandon()  # claimed: its caller waits for the outcome
+    rest, more = mailbox.take()
+    assert [op for _, op in rest] == [ops[1], ops[4], ops[5]]
+    assert not more
+    assert mailbox.claim_more(lambda op: True, room=3) == []

@@ -563,12 +563,12 @@ def test_an_async_call_swept_early_is_settled_when_its_actor_dies_later(
     taken, die = threading.Event(), threading.Event()
     real_run = PoolActor._run
 
-    def run(self: PoolActor, ops: Any) -> Any:
+    def run(self: PoolActor, ops: Any, *rest: Any) -> Any:
         if ops[0].op_id == "doomed":
             taken.set()
             assert die.wait(HANG)
             raise SystemExit  # the actor dies mid-batch without answering
-        return real_run(self, ops)
+        return real_run(self, ops, *rest)
 
     monkeypatch.setattr(PoolActor, "_run", run)
     loop = asyncio.new_event_loop()

@@ -3,8 +3,10 @@
 Callers put (ticket, operation) pairs here instead of sending one actor
 message each. Only the first put after a drain wakes the actor; everything
 that arrives while the actor is busy committing waits here and goes into the
-actor's next transaction together. Actor messages (a coordinator's hold, a
-drain) still pass through the actor's own inbox, so they stay serialized.
+actor's next transaction together; those that arrive while a batch waits
+for the database's write lock join that batch once it holds the lock
+(`claim_more`). Actor messages (a coordinator's hold, a drain) still pass
+through the actor's own inbox, so they stay serialized.
 """
 
 from __future__ import annotations
@@ -57,6 +59,26 @@ class Mailbox:
         if more:
             wake_again()
         return [(t, op) for t, op in batch if t.claim()]
+
+    def claim_more(self, fits: Callable[[Operation], bool], room: int
+                   ) -> list[tuple[Ticket, Operation]]:
+        """Take and claim up to `room` queued requests that `fits` accepts; keep the rest in order.
+
+        For a batch that has just got the database's write lock: the requests
+        that queued while it waited join its transaction.
+        """
+        taken: list[tuple[Ticket, Operation]] = []
+        with self._lock:
+            if not self._items or room <= 0:
+                return taken
+            kept: deque[tuple[Ticket, Operation]] = deque()
+            for item in self._items:
+                if len(taken) < room and fits(item[1]):
+                    taken.append(item)
+                else:
+                    kept.append(item)
+            self._items = kept
+        return [(t, op) for t, op in taken if t.claim()]
 
     def rewake(self) -> bool:
         """After an actor restart: True if requests wait and a wake-up is due."""

@@ -10,7 +10,9 @@ none.
 
 Requests that arrive while a batch commits wait in the coordinator's mailbox
 and share the next transaction (group commit): the coordinator takes the
-union of their levels, still in sorted order.
+union of their levels, still in sorted order. Those that arrive while a batch
+waits for the database's write lock join it once it holds the lock, if their
+levels are among those it holds.
 """
 
 from __future__ import annotations
@@ -84,8 +86,18 @@ class Coordinator(pykka.ThreadingActor):
         if not live:
             return
         ops = [op for _, op in live]
+        held = frozenset(n for op in ops for n in op.names)
+
+        def top_up() -> list[Operation]:
+            # Requests on the levels already held join (their order kept):
+            # the guards were taken for these, in the canonical order.
+            more = self._mailbox.claim_more(lambda op: held.issuperset(op.names),
+                                            self._mailbox.max_batch - len(live))
+            live.extend(more)
+            return [op for _, op in more]
+
         try:
-            outcomes = self._run(ops)
+            outcomes = self._run(ops, top_up)
         except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
             for ticket, _ in live:
                 ticket.settle(None, e)
@@ -93,7 +105,8 @@ class Coordinator(pykka.ThreadingActor):
         for (ticket, _), (result, error) in zip(live, outcomes, strict=True):
             ticket.settle(result, error)
 
-    def _run(self, ops: list[Operation]) -> list[tuple[Any, BaseException | None]]:
+    def _run(self, ops: list[Operation], top_up: Callable[[], list[Operation]]
+             ) -> list[tuple[Any, BaseException | None]]:
         """Take the guard of every level the batch touches, then run it in one transaction."""
         names = tuple(sorted({n for op in ops for n in op.names}))
         label = ",".join(sorted({op.kind for op in ops}))
@@ -102,7 +115,8 @@ class Coordinator(pykka.ThreadingActor):
             self._stats.lock_wait("coordinator", label, waited)
             known = {g.name: g.state for g in guards if g.state is not None}
             outcomes, states = execute_batch(self._store, ops, known or None,
-                                             settings=self._settings, stats=self._stats)
+                                             settings=self._settings, stats=self._stats,
+                                             top_up=top_up)
             stale = any(cache_suspect(o.error) for o in outcomes)
             for guard in guards:
                 if guard.name in states:

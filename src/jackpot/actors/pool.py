@@ -114,8 +114,14 @@ class PoolActor(pykka.ThreadingActor):
             for ticket, _ in live:
                 ticket.settle(None, LockTimeoutError(msg))
             return
+        def top_up() -> list[Operation]:
+            more = self._mailbox.claim_more(lambda op: set(op.names) <= {self.name},
+                                            self._mailbox.max_batch - len(live))
+            live.extend(more)
+            return [op for _, op in more]
+
         try:
-            outcomes = self._run([op for _, op in live])
+            outcomes = self._run([op for _, op in live], top_up)
         except Exception as e:  # noqa: BLE001 - every waiting caller must hear of it
             for ticket, _ in live:
                 ticket.settle(None, e)
@@ -125,13 +131,15 @@ class PoolActor(pykka.ThreadingActor):
         for (ticket, _), outcome in zip(live, outcomes, strict=True):
             ticket.settle(outcome.result, outcome.error)
 
-    def _run(self, ops: list[Operation]) -> list[Outcome]:
+    def _run(self, ops: list[Operation], top_up: Callable[[], list[Operation]]
+             ) -> list[Outcome]:
         """Run a batch in one transaction (holding the guard); adopt the committed state."""
         guard = self._guard
         cached = None if guard.state is None else {self.name: guard.state}
         try:
             outcomes, states = execute_batch(self._store, ops, cached,
-                                             settings=self._settings, stats=self._stats)
+                                             settings=self._settings, stats=self._stats,
+                                             top_up=top_up)
         except Exception:
             guard.state = None  # unknown after an unexpected failure: reload next time
             raise
