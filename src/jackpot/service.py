@@ -323,16 +323,18 @@ def _recheck(store: SQLiteStore, ops: list[Operation], states: dict[str, LevelSt
     """Compare the trusted levels with the stored rows; re-read (and count) those that moved.
 
     Another writer committed since our last write, so the cache may be stale:
-    find out now, before anything is applied, rather than at the UPDATE. A
-    moved level is a conflict, retried here under the lock already held. A
-    replay reads no level: the levels only replays name need no check.
+    find out now, before anything is applied, rather than at the UPDATE.
+    Levels that moved are one conflict, retried here under the lock already
+    held (re-reading them). A replay reads no level: the levels only replays
+    name need no check.
     """
     needed = sorted(trusted & {n for op in ops if not (op.explicit and op.op_id in known)
                                for n in op.names})
     stored = store.level_versions(needed) if needed else {}
-    for name in needed:
-        if stored.get(name) != states[name].version:
-            reread(name, states[name].version)
+    moved = [name for name in needed if stored.get(name) != states[name].version]
+    if moved:  # one conflict and one retry, however many levels moved (as at the UPDATE)
+        reread(moved[0], states[moved[0]].version)
+        for name in moved:
             states[name] = _load(store, name)
             trusted.discard(name)
 

@@ -86,3 +86,18 @@ def test_a_replay_on_a_stale_cache_needs_no_retry(tmp_path: Path) -> None:
         again = strict.contribute("10", groups="minor", op_id="a")
         assert (again.replayed, again.versions) == (True, first.versions)
         assert strict.stats.snapshot()["conflicts"] == 0
+
+
+def test_several_stale_levels_are_one_conflict_and_one_retry(tmp_path: Path) -> None:
+    """However many of a batch's cached levels another process moved, one retry settles it."""
+    db = tmp_path / "pools.db"
+    levels = (*GROUPS, GroupConfig("mega", Decimal(5000), Decimal("0.01")))
+    with JackpotEngine.open(db, levels, settings=Settings(max_retry_attempts=1)) as server:
+        server.contribute("10", op_id="warm")  # every level cached, at version 2
+        with JackpotEngine.open(db) as other:
+            other.contribute("10", op_id="elsewhere")  # every level at version 3
+        result = server.contribute("10", op_id="bet")
+        assert result.versions == {"major": 4, "mega": 4, "minor": 4}
+        counts = server.stats.snapshot()
+        assert (counts["conflicts"], counts["retries"]) == (1, 1)
+        assert server.verify().ok
