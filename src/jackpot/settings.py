@@ -39,7 +39,9 @@ class Settings:
         retry_delay_ms: first backoff delay; doubles each retry, with jitter.
         lock_timeout_ms: longest wait for a database or level-actor lock.
         concurrency_check_interval_ms: longest poll interval while waiting
-            for the database write lock (polls start finer and back off).
+            for SQLite's write lock (polls start finer and back off). The
+            engine's own writers take turns without polling; this is the
+            wait for a lock held by something else (the `sqlite3` shell).
         enable_metrics: collect metrics.
         log_level: level of the `jackpot` logger.
         synchronous: SQLite `synchronous` pragma; FULL makes every commit
