@@ -12,6 +12,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from jackpot import GroupConfig, JackpotEngine, Settings
 from jackpot.results import Contribution
+from jackpot.storage import SQLiteStore
 
 Dump = dict[str, tuple[tuple[Any, ...], ...]]
 
@@ -29,6 +31,55 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the calling shell's engine settings (JACKPOT_<setting>) out of every test."""
     for f in dataclasses.fields(Settings):
         monkeypatch.delenv(f"JACKPOT_{f.name.upper()}", raising=False)
+
+
+@contextmanager
+def _blind_to_other_writers() -> Iterator[None]:
+    """Make every SQLite write believe no other connection committed since its last.
+
+    A write then trusts its cache as a PostgreSQL write does (it cannot
+    tell), and only the version checks can find the cache stale: a conflict
+    and a retry, where the check as the lock is taken would have reloaded.
+    """
+    begin = SQLiteStore._begin  # the step under test
+
+    def blind_begin(self: SQLiteStore, started: float) -> None:
+        begin(self, started)
+        self.others_committed = False
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SQLiteStore, "_begin", blind_begin)
+        yield
+
+
+@pytest.fixture(scope="session")
+def blinded() -> Callable[[], AbstractContextManager[None]]:
+    """Return a context manager in which SQLite writes cannot tell that others committed."""
+    return _blind_to_other_writers
+
+
+@pytest.fixture
+def blind_to_other_writers() -> Iterator[None]:
+    """Only the version-checked UPDATE (and version reads) can find a cache stale."""
+    with _blind_to_other_writers():
+        yield
+
+
+@pytest.fixture(params=["found-on-taking-the-lock", "found-by-the-version-checks"])
+def stale_detection(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test both ways a stale cache is found.
+
+    A SQLite writer knows when another connection has committed since its
+    last write (`others_committed`) and compares its cache with the rows
+    before applying anything (a reload). The version-checked UPDATE (and the
+    version read of a level a batch consulted but left unchanged) must still
+    catch what that misses (a conflict): the second way blinds the first.
+    """
+    if request.param == "found-by-the-version-checks":
+        with _blind_to_other_writers():
+            yield request.param
+    else:
+        yield request.param
 
 
 @pytest.fixture

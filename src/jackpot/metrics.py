@@ -13,6 +13,9 @@ Exposed metrics (all prefixed `jackpot_`):
 - `retries_total{operation,level}`, `version_conflicts_total{operation,level}`:
   `level` is the level, or the sorted comma-joined levels of a multi-level
   operation.
+- `cache_reloads_total{operation,level}`: cached levels another connection
+  changed, found as the write lock was taken and re-read before anything was
+  applied (writers of several processes; not a conflict).
 - `busy_incidents_total{operation}`: SQLITE_BUSY without waiting (a would-be
   deadlock) or a coordinator that could not hold its levels in time.
 - `lock_timeouts_total{operation}`, `actor_restarts_total{actor}`.
@@ -96,6 +99,11 @@ class PrometheusObserver:
             "jackpot_version_conflicts",
             "Writes that found the level at another version than cached (then retried).",
             ("operation", "level"), registry=r)
+        self._reloads = Counter(
+            "jackpot_cache_reloads",
+            "Cached levels found changed by another connection as the write lock was taken "
+            "(re-read before anything was applied; not a conflict).",
+            ("operation", "level"), registry=r)
         self._busy = Counter(
             "jackpot_busy_incidents",
             "Would-be deadlocks: SQLITE_BUSY without waiting, or levels not held in time.",
@@ -126,6 +134,7 @@ class PrometheusObserver:
         self._events: dict[str, Callable[[str, str, int], None]] = {
             "retries": lambda op, level, n: self._retries.labels(op, level).inc(n),
             "conflicts": lambda op, level, n: self._conflicts.labels(op, level).inc(n),
+            "reloads": lambda op, level, n: self._reloads.labels(op, level).inc(n),
             "busy_incidents": lambda op, _, n: self._busy.labels(op).inc(n),
             "lock_timeouts": lambda op, _, n: self._timeouts.labels(op).inc(n),
             "actor_restarts": lambda _, level, n: self._restarts.labels(level).inc(n),

@@ -16,11 +16,13 @@ incident back off exponentially with jitter.
 When the store can tell that another connection committed since its own
 previous write (SQLite's `data_version`, `Store.others_committed`), the
 cached levels' versions are compared as soon as the write lock is held,
-before anything is applied: a moved level is a conflict (counted, within the
-same retry budget) re-read and retried in the same transaction. Without that,
-writers of several processes that take turns (`jackpot.storage._turns`)
-would each find their cache stale on every turn, apply the batch for
-nothing, roll back and queue again.
+before anything is applied, and a moved level is re-read in the same
+transaction: a reload, counted as such, not a conflict (nothing was lost, no
+retry is spent). Without that, writers of several processes that take turns
+(`jackpot.storage._turns`) would each find their cache stale on nearly every
+turn, apply the batch for nothing, roll back and queue again. A conflict is
+then what the version checks still catch: on PostgreSQL, which cannot tell,
+every stale cache; on SQLite, the safety net.
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ def _with_retries(
         once, top_up = top_up, None  # only the first attempt: a retry keeps its batch
         try:
             outcomes, states = _attempt(store, ops, None if fresh else cached, stats,
-                                        reread=budget.reread, top_up=once)
+                                        top_up=once)
         except _ConflictError as c:
             budget.conflict(c.level, c.expected)
             if budget.attempt > 0:
@@ -236,11 +238,6 @@ class _Retries:
             raise ConcurrencyViolationError(
                 msg, operation=self._kinds, group=level, conflict_details=details) from None
 
-    def reread(self, level: str, expected: int) -> None:
-        """Count a conflict found before anything was applied, retried in place."""
-        self.conflict(level, expected)
-        self.retried()
-
     def busy(self, e: BusyIncidentError) -> None:
         """Count a busy incident; raise if no retry is left for it."""
         self._stats.add("busy_incidents", self._kinds, self._levels)
@@ -276,7 +273,6 @@ def _attempt(
     cached: Mapping[str, LevelState] | None,
     stats: Stats,
     *,
-    reread: Callable[[str, int], None],
     top_up: Callable[[], list[Operation]] | None,
 ) -> tuple[list[Outcome], dict[str, LevelState]]:
     with store.write():
@@ -293,7 +289,7 @@ def _attempt(
                   for n in names}
         batch = _Batch(store, [op.op_id for op in ops if op.explicit])
         if trusted and store.others_committed:
-            _recheck(store, ops, states, trusted=trusted, known=batch.known, reread=reread)
+            _recheck(store, ops, states, trusted=trusted, known=batch.known, stats=stats)
         start = {n: s.version for n, s in states.items()}
         outcomes = [batch.apply(op, states) for op in ops]
         changed = {n: s for n, s in states.items() if s.version != start[n]}
@@ -318,23 +314,28 @@ def _attempt(
 
 
 def _recheck(store: SQLiteStore, ops: list[Operation], states: dict[str, LevelState], *,
-             trusted: set[str], known: Mapping[str, StoredOperation],
-             reread: Callable[[str, int], None]) -> None:
-    """Compare the trusted levels with the stored rows; re-read (and count) those that moved.
+             trusted: set[str], known: Mapping[str, StoredOperation], stats: Stats) -> None:
+    """Compare the trusted levels with the stored rows; re-read those that moved.
 
     Another writer committed since our last write, so the cache may be stale:
-    find out now, before anything is applied, rather than at the UPDATE.
-    Levels that moved are one conflict, retried here under the lock already
-    held (re-reading them). A replay reads no level: the levels only replays
-    name need no check.
+    find out now, under the write lock and before anything is applied, rather
+    than at the UPDATE. A level that moved is re-read here and counted as a
+    reload, not as a conflict: no work was lost and no retry is spent (writers
+    of several processes that take turns find their cache stale on nearly every
+    turn; that is no contention worth an alert). A replay reads no level: the
+    levels only replays name need no check.
     """
     needed = sorted(trusted & {n for op in ops if not (op.explicit and op.op_id in known)
                                for n in op.names})
     stored = store.level_versions(needed) if needed else {}
-    moved = [name for name in needed if stored.get(name) != states[name].version]
-    if moved:  # one conflict and one retry, however many levels moved (as at the UPDATE)
-        reread(moved[0], states[moved[0]].version)
-        for name in moved:
+    kinds = ",".join(sorted({op.kind for op in ops}))
+    for name in needed:
+        if stored.get(name) != states[name].version:
+            logger.debug("level %s changed elsewhere (cached version %d, stored %s): re-read",
+                         name, states[name].version, stored.get(name),
+                         extra={"op_id": ops[0].op_id, "operation": kinds, "level": name,
+                                "outcome": "reload"})
+            stats.add("reloads", kinds, name)
             states[name] = _load(store, name)
             trusted.discard(name)
 

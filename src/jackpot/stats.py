@@ -36,7 +36,7 @@ class Observer(Protocol):
 
 
 class Stats:
-    """Counts conflicts, retries, busy incidents, timeouts, replays and outcomes.
+    """Counts conflicts, retries, busy incidents, timeouts, replays, reloads and outcomes.
 
     Keys of `snapshot()` are "<event>" totals and "<event>:<operation>:<level>"
     breakdowns. `recent()` gives the outcomes of the last operations, for the
@@ -44,7 +44,7 @@ class Stats:
     """
 
     EVENTS = ("conflicts", "retries", "busy_incidents", "lock_timeouts", "replays",
-              "actor_restarts")
+              "actor_restarts", "reloads")
 
     def __init__(self, window: int = 1000) -> None:
         """Start every counter at zero; keep the last `window` outcomes."""

@@ -35,7 +35,8 @@ __all__ = ["TracingObserver", "no_span", "observer"]
 
 _ERROR_OUTCOMES = frozenset({"error", "timeout", "conflict"})
 _EVENT_NAMES = {"retries": "jackpot.retry", "conflicts": "jackpot.version_conflict",
-                "busy_incidents": "jackpot.busy_incident", "lock_timeouts": "jackpot.lock_timeout"}
+                "busy_incidents": "jackpot.busy_incident", "lock_timeouts": "jackpot.lock_timeout",
+                "reloads": "jackpot.cache_reload"}
 _NO_SPAN: AbstractContextManager[None] = nullcontext()
 
 

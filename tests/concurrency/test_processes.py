@@ -276,10 +276,13 @@ def test_two_processes_contend_on_the_same_levels_without_lost_updates(
         # and since no operation failed, every one of them was resolved.
         assert s["retries"] == s["conflicts"] + s["busy_incidents"], s
     conflicts, retries = sum(s["conflicts"] for s in stats), sum(s["retries"] for s in stats)
+    reloads = sum(s["reloads"] for s in stats)
     record_property("conflicts", conflicts)
     record_property("retries", retries)
-    assert conflicts > 0, "the two processes never raced: the test proved nothing"
-    assert retries > 0
+    record_property("reloads", reloads)
+    # Each process found levels the other had changed, as it took the write
+    # lock (a reload; the version checks would count what that missed).
+    assert reloads + conflicts > 0, "the two processes never raced: the test proved nothing"
 
     applied, kinds = first_results(reports, warm)
     assert len(applied) == 1 + 2 * n
@@ -292,7 +295,26 @@ def test_two_processes_contend_on_the_same_levels_without_lost_updates(
 # -- one process, two engines: the deterministic conflict ---------------------------
 
 
+def test_a_stale_writer_reloads_as_it_takes_the_lock_even_with_no_retries(
+        tmp_path: Path) -> None:
+    db = tmp_path / "pools.db"
+    create_db(db)
+    with JackpotEngine.open(db, settings=Settings(max_retry_attempts=0)) as strict:
+        strict.contribute("10", groups=("major", "minor"), op_id="strict-1")  # both at v2
+        with JackpotEngine.open(db) as writer:
+            moved = writer.contribute("20", groups="minor", op_id="writer-1")
+        bet = strict.contribute("30", groups=("major", "minor"), op_id="strict-2")
+        assert bet.versions == {"major": 3, "minor": 4}
+        assert bet.balances["minor"] == moved.balances["minor"] + bet.contributions["minor"]
+        counts = strict.stats.snapshot()
+        assert (counts["conflicts"], counts["retries"], counts["reloads"]) == (0, 0, 1)
+        assert counts["reloads:contribute:minor"] == 1  # minor moved; major had not
+        assert strict.verify().ok
+
+
+@pytest.mark.usefixtures("blind_to_other_writers")
 def test_stale_writer_conflicts_once_never_overwrites(tmp_path: Path) -> None:
+    """Where a write cannot tell that another committed, the version-checked UPDATE catches it."""
     db = tmp_path / "pools.db"
     create_db(db)
     opened: list[JackpotEngine] = []
@@ -341,6 +363,7 @@ def test_stale_writer_conflicts_once_never_overwrites(tmp_path: Path) -> None:
             e.close()
 
 
+@pytest.mark.usefixtures("blind_to_other_writers")
 def test_stale_multi_level_writer_changes_no_level(tmp_path: Path) -> None:
     db = tmp_path / "pools.db"
     create_db(db)
@@ -377,8 +400,13 @@ def run_together(*calls: Callable[[], Any]) -> list[Any]:
     return out
 
 
+@pytest.mark.usefixtures("blind_to_other_writers")
 def test_two_writers_at_the_same_version_exactly_one_wins(tmp_path: Path) -> None:
-    """Both engines hold version v, both write at once: one commits, one conflicts."""
+    """Both engines hold version v, both write at once: one commits, one conflicts.
+
+    (With the check as the lock is taken, the second reloads and commits v + 2:
+    see `test_a_stale_writer_reloads_as_it_takes_the_lock_even_with_no_retries`.)
+    """
     db = tmp_path / "pools.db"
     create_db(db)
     rounds = 40 if SLOW else 8

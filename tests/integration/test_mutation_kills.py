@@ -68,6 +68,7 @@ def test_every_stored_op_id_is_found_however_many_are_asked_for(db_path: Path) -
         store.close()
 
 
+@pytest.mark.usefixtures("blind_to_other_writers")  # else a reload, which spends no retry
 @pytest.mark.parametrize("retries", [0, 1])
 def test_max_retry_attempts_is_the_number_of_retries_after_a_version_conflict(
         open_engine: Callable[..., JackpotEngine], retries: int) -> None:

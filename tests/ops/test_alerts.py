@@ -6,6 +6,8 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,16 @@ SELECTOR = re.compile(r"(\bjackpot_[a-z_]+)\{([^}]*)\}")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+def exported(tmp_path_factory: pytest.TempPathFactory,
+             blinded: Callable[[], AbstractContextManager[None]]) -> dict[str, set[str]]:
     """Every series name an engine exports, with its label names, after exercising each one."""
     path = tmp_path_factory.mktemp("alerts") / "pools.db"
     with JackpotEngine.open(path) as a, JackpotEngine.open(path) as b:
         b.contribute("1", groups="minor")
-        a.contribute("1", groups="minor")            # a version conflict and a retry
+        a.contribute("1", groups="minor")            # a reload as the lock is taken
+        with blinded():
+            b.contribute("1", groups="minor")
+            a.contribute("1", groups="minor")        # a version conflict and a retry
         a._pools["mega"].actor_ref.stop()
         a.contribute("1", groups="mega")             # an actor restart
         a.process_win("major")
@@ -60,6 +66,7 @@ def test_the_exporter_exposes_the_documented_series(exported: dict[str, set[str]
         "jackpot_operations_total": {"operation", "outcome"},
         "jackpot_retries_total": {"operation", "level"},
         "jackpot_version_conflicts_total": {"operation", "level"},
+        "jackpot_cache_reloads_total": {"operation", "level"},
         "jackpot_busy_incidents_total": {"operation"},
         "jackpot_lock_timeouts_total": {"operation"},
         "jackpot_actor_restarts_total": {"actor"},

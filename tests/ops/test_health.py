@@ -100,6 +100,7 @@ def test_a_closed_engine_is_failing(engine: JackpotEngine) -> None:
     assert report.reasons == ("actors: the engine is closed",)
 
 
+@pytest.mark.usefixtures("blind_to_other_writers")  # a conflict, not a reload
 def test_a_conflict_rate_over_the_threshold_is_degraded(
         open_engine: Callable[..., JackpotEngine]) -> None:
     settings = Settings(health_min_operations=4, health_max_conflict_pct=20)

@@ -126,6 +126,7 @@ def test_refusals_of_bad_arguments_stay_out_of_the_health_window(
     assert engine.stats.snapshot()["operations:contribute:rejected"] == 5
 
 
+@pytest.mark.usefixtures("blind_to_other_writers")  # a conflict, not a reload
 def test_a_version_conflict_is_logged_with_its_attempt(
         open_engine: Callable[..., JackpotEngine], caplog: pytest.LogCaptureFixture) -> None:
     a, b = open_engine(), open_engine()
@@ -136,6 +137,21 @@ def test_a_version_conflict_is_logged_with_its_attempt(
     assert _fields(record) == {"op_id": "bet-7", "operation": "contribute", "level": "minor",
                                "attempt": 0, "outcome": "conflict"}
     assert record.getMessage() == "version conflict on minor (expected version 1)"
+
+
+def test_a_reload_is_logged_at_debug(open_engine: Callable[..., JackpotEngine],
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    a, b = open_engine(), open_engine()
+    b.contribute("1", groups="minor")
+    with caplog.at_level(logging.DEBUG, logger="jackpot"):
+        a.contribute("1", groups="minor", op_id="bet-9")
+    (record,) = _records(caplog, outcome="reload")
+    assert record.levelno == logging.DEBUG
+    assert {name: getattr(record, name) for name in ("op_id", "operation", "level",
+                                                     "outcome")} == {
+        "op_id": "bet-9", "operation": "contribute", "level": "minor", "outcome": "reload"}
+    assert record.getMessage() == "level minor changed elsewhere (cached version 1, stored 2): re-read"
+    assert not _records(caplog, outcome="conflict")
 
 
 def test_a_lock_timeout_is_logged_at_warning(open_engine: Callable[..., JackpotEngine],

@@ -77,6 +77,7 @@ def test_level_gauges_are_read_at_scrape_time(engine: JackpotEngine) -> None:
     assert value(engine, "jackpot_health_status", status="failing") == 0
 
 
+@pytest.mark.usefixtures("blind_to_other_writers")  # found by the version-checked UPDATE
 def test_a_stale_cache_counts_one_conflict_and_one_retry(
         open_engine: Callable[..., JackpotEngine]) -> None:
     a, b = open_engine(), open_engine()  # two engines (two "processes") on one file
@@ -86,14 +87,28 @@ def test_a_stale_cache_counts_one_conflict_and_one_retry(
     assert value(a, "jackpot_version_conflicts_total", operation="contribute", level="minor") == 1
     assert value(a, "jackpot_retries_total", operation="contribute", level="minor") == 1
     assert value(a, "jackpot_operations_total", operation="contribute", outcome="ok") == 1
-    # Found on taking the lock, before anything was applied: retried in the same transaction.
     assert value(a, "jackpot_lock_wait_seconds_count", lock="database",
-                 operation="contribute") == 1
+                 operation="contribute") == 2  # the conflicting attempt and the retry
     # The two engines' registries are separate: b saw no conflict, one operation of its own.
     assert ("jackpot_version_conflicts_total",
             frozenset({("operation", "contribute"), ("level", "minor")})) not in samples(b)
     assert value(b, "jackpot_operations_total", operation="contribute", outcome="ok") == 1
     assert value(b, "jackpot_level_version", level="minor") == 3
+
+
+def test_a_level_another_engine_moved_is_one_reload_not_a_conflict(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    a, b = open_engine(), open_engine()
+    b.contribute("10", groups="minor")     # a's actor still caches minor at version 1
+    result = a.contribute("10", groups=("major", "minor"))  # major: unchanged, minor: moved
+    assert result.versions == {"major": 2, "minor": 3}
+    assert value(a, "jackpot_cache_reloads_total", operation="contribute", level="minor") == 1
+    assert ("jackpot_cache_reloads_total",
+            frozenset({("operation", "contribute"), ("level", "major")})) not in samples(a)
+    assert ("jackpot_version_conflicts_total",
+            frozenset({("operation", "contribute"), ("level", "minor")})) not in samples(a)
+    assert value(a, "jackpot_lock_wait_seconds_count", lock="database",
+                 operation="contribute") == 1  # re-read in the same transaction
 
 
 def test_a_held_write_lock_gives_a_timeout(open_engine: Callable[..., JackpotEngine],

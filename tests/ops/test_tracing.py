@@ -94,15 +94,26 @@ def test_each_operation_is_a_span_with_its_identity_and_outcome(engine: JackpotE
     assert [e["jackpot.lock"] for _, e in bet.events] == ["coordinator", "database"]
 
 
+@pytest.mark.usefixtures("blind_to_other_writers")  # found by the version-checked UPDATE
 def test_a_conflict_and_its_retry_are_events(open_engine: Callable[..., JackpotEngine]) -> None:
     a, b = open_engine(), open_engine()
     tracer = traced(a)
     b.contribute("1", groups="minor")
     a.contribute("1", groups="minor", op_id="bet-2")
     (span,) = tracer.spans
-    # Found on taking the lock, before anything was applied: retried in the same transaction.
     assert [name for name, _ in span.events] == [
-        "jackpot.lock_wait", "jackpot.version_conflict", "jackpot.retry"]
+        "jackpot.lock_wait", "jackpot.version_conflict", "jackpot.retry", "jackpot.lock_wait"]
+    assert span.events[1][1] == {"jackpot.level": "minor", "jackpot.count": 1}
+    assert span.attributes["jackpot.outcome"] == "ok"
+
+
+def test_a_reload_is_an_event(open_engine: Callable[..., JackpotEngine]) -> None:
+    a, b = open_engine(), open_engine()
+    tracer = traced(a)
+    b.contribute("1", groups="minor")
+    a.contribute("1", groups="minor", op_id="bet-3")
+    (span,) = tracer.spans
+    assert [name for name, _ in span.events] == ["jackpot.lock_wait", "jackpot.cache_reload"]
     assert span.events[1][1] == {"jackpot.level": "minor", "jackpot.count": 1}
     assert span.attributes["jackpot.outcome"] == "ok"
 
