@@ -64,3 +64,18 @@ def test_baseline_gets_the_engines_page_cache(tmp_path: Path) -> None:
     finally:
         system.close()
     assert cache == -compare.SETTINGS.page_cache_mb * 1024
+
+
+def test_fairness_reports_every_process(tmp_path: Path) -> None:
+    """benchmarks/fairness.py runs and prints one row per process, none with errors."""
+    import subprocess  # noqa: PLC0415 - only here
+
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fairness.py"), "--procs", "2", "--callers", "4",
+         "--seconds", "0.3"], capture_output=True, text=True, timeout=300, check=True,
+        cwd=tmp_path).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and
+            line.split("|")[1].strip().isdigit()]
+    assert [r[1].strip() for r in rows] == ["1", "2"], out
+    assert all(r[7].strip() == "0" for r in rows), out  # no failed calls
+    assert out.startswith("engine: 2 processes x 2 callers, 3-level"), out
