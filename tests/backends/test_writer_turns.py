@@ -92,6 +92,42 @@ def test_a_killed_holder_frees_the_turn(tmp_path: Path) -> None:
         assert engine.verify().ok
 
 
+_FORKING_HOLDER = """
+import os, sys
+from jackpot.storage import SQLiteStore
+store = SQLiteStore(sys.argv[1], create=False)
+with store.write():
+    pass  # the lock file is open now
+child = os.fork()
+if child == 0:  # unrelated work in a forked child (multiprocessing's fork, a pre-fork server)
+    sys.stdin.read()
+    os._exit(0)
+print(child, flush=True)
+with store.write():  # the parent dies while it holds its turn
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_killed_holder_frees_the_turn_though_it_forked(tmp_path: Path) -> None:
+    """A forked child shares its parent's open lock file, and with it the lock:
+    it must not keep the turn of a parent that died holding it."""
+    db = tmp_path / "pools.db"
+    JackpotEngine.open(db).close()
+    holder = subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(db)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        assert holder.stdout.readline() == "held\n"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+        with JackpotEngine.open(db, settings=Settings(lock_timeout_ms=2000)) as engine:
+            assert engine.contribute(Decimal(1), groups="minor").versions == {"minor": 2}
+    finally:
+        os.kill(child, signal.SIGKILL)  # its stdin is the dead holder's pipe: it would wait on
+
+
 def test_a_turn_given_up_on_is_released_when_it_comes(tmp_path: Path) -> None:
     db = str(tmp_path / "pools.db")
     holder, quitter, third = WriterTurns(db), WriterTurns(db), WriterTurns(db)

@@ -28,6 +28,12 @@ blocking; a contended one is waited for by a helper thread (one per
 connection, started on first need), while the connection's thread waits for
 it with the lock timeout. A turn given up on is released by the helper when
 it arrives.
+
+A forked child inherits the parent's open lock file, and an `flock` belongs
+to the open file, not the process: were the child to keep it, a parent that
+died holding its turn would leave it held for as long as the child lives,
+and every writer of the file would time out. So a forked child closes its
+copies at once (closing, not unlocking: the lock is still the parent's).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import contextlib
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 
 try:
@@ -49,6 +56,18 @@ logger = logging.getLogger("jackpot")
 
 LOCK_SUFFIX = "-lock"
 """The lock file's name is the database's with this appended."""
+
+_OPEN: weakref.WeakSet[WriterTurns] = weakref.WeakSet()
+"""Every `WriterTurns` with its lock file open in this process (for a forked child)."""
+
+
+def _after_fork_in_child() -> None:
+    for turns in list(_OPEN):
+        turns.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class WriterTurns:
@@ -79,6 +98,8 @@ class WriterTurns:
         except OSError as e:
             logger.warning("cannot open the writers' lock file %s (%s): writers of this "
                            "database wait for its write lock without taking turns", path, e)
+        else:
+            _OPEN.add(self)
 
     def acquire(self, timeout: float) -> bool:
         """Take this connection's turn; False if it did not come within `timeout` seconds."""
@@ -129,6 +150,16 @@ class WriterTurns:
             fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's lock file without unlocking it."""
+        self._cond = threading.Condition(threading.Lock())  # another thread may have held it
+        self._helper = None  # not in this process
+        self._wanted = self._granted = self._abandoned = False
+        fd, self._fd = self._fd, None  # this copy takes no turns: the connection is the parent's
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the parent's lock, if held, is kept until it releases it
 
     def _start_helper(self) -> None:
         if self._helper is None:
