@@ -46,6 +46,7 @@ def _blind_to_other_writers() -> Iterator[None]:
     def blind_begin(self: SQLiteStore, started: float) -> None:
         begin(self, started)
         self.others_committed = False
+        self.seen_versions = None  # as on PostgreSQL: no cached level is known current
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SQLiteStore, "_begin", blind_begin)

@@ -13,14 +13,15 @@ that first retry would only hold up every other writer. Later retries (which
 mean something is writing without taking the lock) and retries after a busy
 incident back off exponentially with jitter.
 
-When the store can tell that another connection committed since its own
-previous write (SQLite's `data_version`, `Store.others_committed`), the
-cached levels' versions are compared as soon as the write lock is held,
-before anything is applied, and a moved level is re-read in the same
-transaction: a reload, counted as such, not a conflict (nothing was lost, no
-retry is spent). Without that, writers of several processes that take turns
-(`jackpot.storage._turns`) would each find their cache stale on nearly every
-turn, apply the batch for nothing, roll back and queue again. A conflict is
+When the store can tell which levels' versions it has seen committed since
+another connection last committed (SQLite's `data_version`,
+`Store.seen_versions`), the other cached levels' versions are compared as
+soon as the write lock is held, before anything is applied, and a moved
+level is re-read in the same transaction: a reload, counted as such, not a
+conflict (nothing was lost, no retry is spent). Without that, writers of
+several processes that take turns (`jackpot.storage._turns`) would each find
+their cache stale on nearly every turn, apply the batch for nothing, roll
+back and queue again. A conflict is
 then what the version checks still catch: on PostgreSQL, which cannot tell,
 every stale cache; on SQLite, the safety net.
 """
@@ -288,8 +289,12 @@ def _attempt(
         states = {n: cached[n] if cached is not None and n in trusted else _load(store, n)
                   for n in names}
         batch = _Batch(store, [op.op_id for op in ops if op.explicit])
-        if trusted and store.others_committed:
-            _recheck(store, ops, states, trusted=trusted, known=batch.known, stats=stats)
+        seen = store.seen_versions  # after BEGIN: emptied if others committed
+        if seen is not None:
+            if trusted:
+                _recheck(store, ops, states, trusted=trusted, known=batch.known, stats=stats,
+                         seen=seen)
+            seen.update((n, s.version) for n, s in states.items() if n not in trusted)
         start = {n: s.version for n, s in states.items()}
         outcomes = [batch.apply(op, states) for op in ops]
         changed = {n: s for n, s in states.items() if s.version != start[n]}
@@ -307,6 +312,8 @@ def _attempt(
         batch.flush()  # after the version check: a stale cache is a conflict, not a clash
         for name in pessimistic - changed.keys():
             store.claim_lock(name, None)  # refused ops release their claim unchanged
+    if seen is not None:  # committed
+        seen.update((n, s.version) for n, s in changed.items())
     # What the caller may cache: the levels written, and those read fresh under
     # the write lock (a stale cache that a conflict reloaded is replaced even
     # when the retry changed nothing, or every later batch would conflict).
@@ -314,23 +321,32 @@ def _attempt(
 
 
 def _recheck(store: SQLiteStore, ops: list[Operation], states: dict[str, LevelState], *,
-             trusted: set[str], known: Mapping[str, StoredOperation], stats: Stats) -> None:
+             trusted: set[str], known: Mapping[str, StoredOperation], stats: Stats,
+             seen: dict[str, int]) -> None:
     """Compare the trusted levels with the stored rows; re-read those that moved.
 
-    Another writer committed since our last write, so the cache may be stale:
-    find out now, under the write lock and before anything is applied, rather
-    than at the UPDATE. A level that moved is re-read here and counted as a
+    A cached level this connection has not `seen` at its version since
+    another connection last committed may be stale (another writer, or a
+    cache filled through another connection): find out now, under the write
+    lock and before anything is applied, rather than at the UPDATE. Each level
+    found current is `seen`. A level that moved is re-read here and counted as a
     reload, not as a conflict: no work was lost and no retry is spent (writers
     of several processes that take turns find their cache stale on nearly every
     turn; that is no contention worth an alert). A replay reads no level: the
     levels only replays name need no check.
     """
-    needed = sorted(trusted & {n for op in ops if not (op.explicit and op.op_id in known)
-                               for n in op.names})
-    stored = store.level_versions(needed) if needed else {}
+    needed = sorted(n for n in trusted & {n for op in ops
+                                          if not (op.explicit and op.op_id in known)
+                                          for n in op.names}
+                    if seen.get(n) != states[n].version)
+    if not needed:
+        return
+    stored = store.level_versions(needed)
     kinds = ",".join(sorted({op.kind for op in ops}))
     for name in needed:
-        if stored.get(name) != states[name].version:
+        if stored.get(name) == states[name].version:
+            seen[name] = states[name].version
+        else:
             logger.debug("level %s changed elsewhere (cached version %d, stored %s): re-read",
                          name, states[name].version, stored.get(name),
                          extra={"op_id": ops[0].op_id, "operation": kinds, "level": name,

@@ -116,3 +116,37 @@ def test_several_stale_levels_need_at_most_one_retry(tmp_path: Path,
         lock_taken = stale_detection == "found-on-taking-the-lock"
         assert counted(server) == ((0, 0, 3) if lock_taken else (1, 1, 0))
         assert server.verify().ok
+
+
+def test_a_level_left_stale_by_a_replay_is_still_found_as_the_lock_is_taken(
+        tmp_path: Path, stale_detection: str) -> None:
+    """A batch of replays checks no level; the next batch must still check the cache.
+
+    Whether another connection committed is known per connection, since its
+    previous write; that write, only replays, checked nothing.
+    """
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db, GROUPS) as server:
+        server.contribute("10", groups="minor", op_id="a")
+        with JackpotEngine.open(db) as other:
+            other.contribute("10", groups="minor", op_id="b")
+        assert server.contribute("10", groups="minor", op_id="a").replayed
+        assert server.contribute("10", groups="minor", op_id="c").versions == {"minor": 4}
+        assert counted(server) == noticed(stale_detection)
+        assert server.verify().ok
+
+
+def test_a_level_the_previous_batch_did_not_hold_is_still_found_as_the_lock_is_taken(
+        tmp_path: Path, stale_detection: str) -> None:
+    """The coordinator's previous batch, on other levels, checked only those."""
+    db = tmp_path / "pools.db"
+    levels = (*GROUPS, GroupConfig("mega", Decimal(5000), Decimal("0.01")))
+    with JackpotEngine.open(db, levels) as server:
+        server.contribute("10", groups=("major", "minor"), op_id="w1")
+        with JackpotEngine.open(db) as other:
+            other.contribute("10", groups="major", op_id="elsewhere")
+        server.contribute("10", groups=("mega", "minor"), op_id="w2")
+        w3 = server.contribute("10", groups=("major", "minor"), op_id="w3")
+        assert w3.versions == {"major": 4, "minor": 4}
+        assert counted(server) == noticed(stale_detection)
+        assert server.verify().ok

@@ -365,6 +365,16 @@ class Store(ABC):
     `data_version`). False when none did or the backend cannot tell
     (PostgreSQL); a cache it trusts is still proven by the version-checked
     UPDATE."""
+    seen_versions: dict[str, int] | None = None
+    """Levels' versions this connection has seen committed (read under its
+    write lock, or committed by it) since another connection last committed:
+    a cached level at one of these versions is current. Emptied by `write()`
+    when `others_committed`; kept by the caller (`jackpot.service`). None: the
+    backend cannot tell (PostgreSQL), so no cached level is known current.
+
+    Per connection, not per level: a cache may come from another connection,
+    or from a level this connection's last batch did not check, so
+    `others_committed` alone cannot say that a cached level is current."""
 
     _PARAM = "?"
     """The backend's parameter placeholder (for the few queries written here)."""

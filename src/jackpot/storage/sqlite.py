@@ -156,6 +156,7 @@ class SQLiteStore(Store):
         self._gave_up = False
         self._turns: WriterTurns | None = None  # opened by the first write()
         self._data_version: int | None = None
+        self.seen_versions: dict[str, int] | None = {}
         self.busy_wait_seconds = 0.0
         self._on_wal = on_wal
         self._wal_pages = 0
@@ -396,6 +397,8 @@ class SQLiteStore(Store):
             self._deadline = None
         self.others_committed = version != self._data_version
         self._data_version = version
+        if self.others_committed or self.seen_versions is None:
+            self.seen_versions = {}  # what this connection saw may have moved since
         self.lock_wait_seconds = time.monotonic() - started
 
     def _commit_failed(self, e: apsw.Error) -> Exception:
