@@ -137,6 +137,8 @@ def test_a_turn_given_up_on_is_released_when_it_comes(tmp_path: Path) -> None:
         holder.release()
         # The quitter's helper gets the lock and, the turn abandoned, releases
         # it: a third writer then gets it (were it kept, this would time out).
+        # Only once the helper has had it: else the third may take it first.
+        wait_until(lambda: not quitter._wanted)
         assert third.acquire(10)
         third.release()
     finally:
@@ -278,3 +280,4 @@ def test_claim_more_takes_what_fits_and_keeps_the_rest_in_order() -> None:
     assert [op for _, op in rest] == [ops[1], ops[4], ops[5]]
     assert not more
     assert mailbox.claim_more(lambda op: True, room=3) == []
+
