@@ -281,3 +281,56 @@ def test_claim_more_takes_what_fits_and_keeps_the_rest_in_order() -> None:
     assert not more
     assert mailbox.claim_more(lambda op: True, room=3) == []
 
+
+def test_a_wait_for_the_turn_interrupted_gives_the_turn_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (any BaseException) in the wait: the turn, when it comes, is released."""
+    db = str(tmp_path / "pools.db")
+    holder, writer, third = WriterTurns(db), WriterTurns(db), WriterTurns(db)
+    try:
+        assert holder.acquire(1)
+
+        wait_for, me = writer._cond.wait_for, threading.current_thread()
+
+        def interrupted(*args: Any, **kwargs: Any) -> bool:
+            if threading.current_thread() is me:  # not the helper's wait
+                raise KeyboardInterrupt
+            return wait_for(*args, **kwargs)
+
+        monkeypatch.setattr(writer._cond, "wait_for", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            writer.acquire(10)
+        monkeypatch.undo()
+        holder.release()
+        wait_until(lambda: not writer._wanted)  # its helper has had the lock
+        assert third.acquire(10)  # were the turn kept for the interrupted writer: a timeout
+        third.release()
+    finally:
+        for turns in (holder, writer, third):
+            turns.close()
+
+
+def test_no_thread_to_wait_with_costs_the_turn_not_the_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = str(tmp_path / "pools.db")
+    holder, writer = WriterTurns(db), WriterTurns(db)
+    try:
+        assert holder.acquire(1)
+        start = threading.Thread.start
+
+        def no_thread(self: threading.Thread) -> None:
+            if self.name == "jackpot-writer-turns":
+                raise RuntimeError("can't start new thread")
+            start(self)
+
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        assert writer.acquire(10)  # at once: this write waits on SQLite's lock alone
+        writer.release()
+        monkeypatch.undo()
+        assert not writer.acquire(0.05)  # a helper now: it takes turns again
+        holder.release()
+        assert writer.acquire(10)
+        writer.release()
+    finally:
+        holder.close()
+        writer.close()

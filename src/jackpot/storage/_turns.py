@@ -114,8 +114,13 @@ class WriterTurns:
                 try:
                     fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
+                    try:
+                        self._start_helper()
+                    except RuntimeError:  # no thread to wait with: never fail a write on it
+                        logger.exception("cannot start a thread to wait for the writers' "
+                                         "lock file: this write waits without its turn")
+                        return True
                     self._wanted = True
-                    self._start_helper()
                     self._cond.notify_all()
                 except OSError:  # not seen on a local lock file; never fail a write on it
                     logger.exception("taking the writers' lock file failed: writers of "
@@ -125,12 +130,26 @@ class WriterTurns:
                     return True
                 else:
                     return True
-            self._abandoned = False  # a turn given up on and still coming is now ours
+            return self._wait_for_turn(timeout)
+
+    def _wait_for_turn(self, timeout: float) -> bool:
+        """Wait (holding the condition) for the helper to hand the lock over."""
+        assert fcntl is not None
+        self._abandoned = False  # a turn given up on and still coming is now ours
+        try:
             if self._cond.wait_for(lambda: self._granted, max(0.0, timeout)):
                 self._granted = False
                 return True
-            self._abandoned = True  # the helper releases it when it comes
-            return False
+        except BaseException:  # Ctrl-C in the wait: the turn is given up on too
+            if self._granted:  # (the wait re-took the condition's lock)
+                self._granted = False
+                if self._fd is not None:  # (None: the helper's flock failed)
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+            else:
+                self._abandoned = True
+            raise
+        self._abandoned = True  # the helper releases it when it comes
+        return False
 
     def release(self) -> None:
         """End this connection's turn (after its COMMIT or ROLLBACK)."""
@@ -163,9 +182,10 @@ class WriterTurns:
 
     def _start_helper(self) -> None:
         if self._helper is None:
-            self._helper = threading.Thread(target=self._serve, name="jackpot-writer-turns",
-                                            daemon=True)
-            self._helper.start()
+            helper = threading.Thread(target=self._serve, name="jackpot-writer-turns",
+                                      daemon=True)
+            helper.start()
+            self._helper = helper  # once started: one that failed to start is tried again
 
     def _serve(self) -> None:
         """Wait in `flock` whenever the connection's thread asks, then hand the lock over."""
