@@ -88,7 +88,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ("engine", "baseline")
 PG = "engine-pg"  # the engine on PostgreSQL (--pg): a column of its own
-COUNTERS = ("conflicts", "retries", "busy_incidents", "lock_timeouts")
+COUNTERS = ("conflicts", "retries", "busy_incidents", "lock_timeouts", "reloads")
 LEVELS1 = ("minor",)
 LEVELS3 = ("major", "mega", "minor")
 BET = Decimal("1.25")
@@ -1462,13 +1462,14 @@ def markdown(report: dict[str, Any], rows: list[Row], targets: list[Target]) -> 
         "## Engine vs baseline",
         "",
         ("Counters are the engine's, counted during that workload: conflicts / retries / "
-         "busy incidents / lock timeouts. Errors: failed calls, engine/baseline. "
+         "busy incidents / lock timeouts / reloads (cached levels another process moved, "
+         "re-read as the write lock was taken). Errors: failed calls, engine/baseline. "
          "Background: CPU cores other processes on the machine used meanwhile, "
          "engine/baseline (near 0 on a quiet machine; 2 cores in all)."),
         "",
         ("| section | figure | unit | engine | baseline | engine/baseline | better | "
-         "conflicts/retries/busy/timeouts | errors | background |"
-         + (" postgresql | postgresql/engine | postgresql conflicts/retries/busy/timeouts | "
+         "conflicts/retries/busy/timeouts/reloads | errors | background |"
+         + (" postgresql | postgresql/engine | postgresql conflicts/retries/busy/timeouts/reloads | "
             "postgresql errors |" if pg else "")),
         "| --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |"
         + (" ---: | ---: | --- | --- |" if pg else ""),

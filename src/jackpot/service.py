@@ -219,11 +219,18 @@ class _Retries:
 
     def __init__(self, ops: list[Operation], settings: Settings, stats: Stats) -> None:
         self.attempt = 0
+        self._ops = ops  # extended in place by a top-up: labels are read when needed
         self._op_id = ops[0].op_id
-        self._kinds = ",".join(sorted({op.kind for op in ops}))
-        self._levels = ",".join(sorted({n for op in ops for n in op.names}))
         self._settings = settings
         self._stats = stats
+
+    @property
+    def _kinds(self) -> str:
+        return ",".join(sorted({op.kind for op in self._ops}))
+
+    @property
+    def _levels(self) -> str:
+        return ",".join(sorted({n for op in self._ops for n in op.names}))
 
     def conflict(self, level: str, expected: int) -> None:
         """Count a version conflict; raise if no retry is left for it."""
