@@ -45,7 +45,6 @@ def _blind_to_other_writers() -> Iterator[None]:
 
     def blind_begin(self: SQLiteStore, started: float) -> None:
         begin(self, started)
-        self.others_committed = False
         self.seen_versions = None  # as on PostgreSQL: no cached level is known current
 
     with pytest.MonkeyPatch.context() as patch:
@@ -71,7 +70,7 @@ def stale_detection(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a test both ways a stale cache is found.
 
     A SQLite writer knows when another connection has committed since its
-    last write (`others_committed`) and compares its cache with the rows
+    last write (`seen_versions`) and compares its cache with the rows
     before applying anything (a reload). The version-checked UPDATE (and the
     version read of a level a batch consulted but left unchanged) must still
     catch what that misses (a conflict): the second way blinds the first.

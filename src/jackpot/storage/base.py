@@ -359,22 +359,18 @@ class Store(ABC):
 
     lock_wait_seconds: float = 0.0
     """How long the last `write()` waited to begin (for the lock-wait metric)."""
-    others_committed: bool = False
-    """Set by each `write()`: whether another connection committed since this
-    connection's previous `write()` began, as far as it can tell (SQLite's
-    `data_version`). False when none did or the backend cannot tell
-    (PostgreSQL); a cache it trusts is still proven by the version-checked
-    UPDATE."""
     seen_versions: dict[str, int] | None = None
     """Levels' versions this connection has seen committed (read under its
     write lock, or committed by it) since another connection last committed:
     a cached level at one of these versions is current. Emptied by `write()`
-    when `others_committed`; kept by the caller (`jackpot.service`). None: the
+    when another connection has committed since this connection's previous
+    write (SQLite's `data_version`); kept by the caller (`jackpot.service`). None: the
     backend cannot tell (PostgreSQL), so no cached level is known current.
 
     Per connection, not per level: a cache may come from another connection,
-    or from a level this connection's last batch did not check, so
-    `others_committed` alone cannot say that a cached level is current."""
+    or from a level this connection's last batch did not check, so "nobody
+    else committed since my last write" alone cannot say that a cached level
+    is current."""
 
     _PARAM = "?"
     """The backend's parameter placeholder (for the few queries written here)."""

@@ -346,7 +346,7 @@ class SQLiteStore(Store):
 
         The writer first takes its turn among the file's writers (see
         `jackpot.storage._turns`), then SQLite's write lock; the two waits
-        together are bounded by the lock timeout. Sets `others_committed`.
+        together are bounded by the lock timeout. Keeps `seen_versions`.
         """
         if self._read_only:
             msg = f"database {self._path!r} was opened read-only: nothing was changed"
@@ -395,10 +395,9 @@ class SQLiteStore(Store):
             raise self._translate(e) from e
         finally:
             self._deadline = None
-        self.others_committed = version != self._data_version
+        if version != self._data_version or self.seen_versions is None:
+            self.seen_versions = {}  # another committed: what this one saw may have moved
         self._data_version = version
-        if self.others_committed or self.seen_versions is None:
-            self.seen_versions = {}  # what this connection saw may have moved since
         self.lock_wait_seconds = time.monotonic() - started
 
     def _commit_failed(self, e: apsw.Error) -> Exception:
