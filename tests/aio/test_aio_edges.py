@@ -570,28 +570,36 @@ def test_verify_calls_waiting_their_turn_hold_no_thread_of_the_default_pool(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Audits run one at a time (34f9fd0); async ones waiting their turn each
     # held a thread of the loop's default pool, so every other read (and
-    # close()) waited behind all of them.
+    # close()) waited behind all of them. Here the audit running holds its
+    # thread until the test lets it go: a read must complete meanwhile.
     real_audit = jackpot.engine.audit
+    auditing, release = threading.Event(), threading.Event()
 
-    def slow_audit(store: Any) -> Any:  # a ledger that takes a while to audit
-        time.sleep(0.5)
+    def held_audit(store: Any) -> Any:  # a ledger that takes a while to audit
+        auditing.set()
+        assert release.wait(60)
         return real_audit(store)
 
-    monkeypatch.setattr(jackpot.engine, "audit", slow_audit)
+    monkeypatch.setattr(jackpot.engine, "audit", held_audit)
 
-    async def main() -> float:
-        asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=2))
         engine = await AsyncJackpotEngine.open(db_path)
         try:
             audits = [asyncio.create_task(engine.verify()) for _ in range(3)]
-            await asyncio.sleep(0.1)
-            started = time.monotonic()
-            await engine.pools()
-            took = time.monotonic() - started
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as waiter:
+                assert await loop.run_in_executor(waiter, auditing.wait, 30)
+            # One audit runs, two wait their turn: were they holding threads of
+            # the default pool (2), this read would wait for the audits, which
+            # wait for the test: a timeout.
+            pools = await asyncio.wait_for(engine.pools(), 30)
+            assert not release.is_set()
+            assert set(pools) == {"minor", "major", "mega"}
+            release.set()
             assert all(r.ok for r in await asyncio.gather(*audits))
-            return took
         finally:
+            release.set()
             await engine.close()
 
-    assert asyncio.run(main()) < 0.3
+    asyncio.run(main())
