@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jackpot import JackpotEngine, LockTimeoutError, Settings
 from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._ticket import Ticket
+from jackpot.storage import open_store
 from jackpot.storage._turns import LOCK_SUFFIX, WriterTurns
 
 _HOLDER = """
@@ -334,3 +335,46 @@ def test_no_thread_to_wait_with_costs_the_turn_not_the_write(
     finally:
         holder.close()
         writer.close()
+
+
+def test_a_closed_writer_whose_helper_still_waits_is_not_kept_waiting(tmp_path: Path) -> None:
+    db = str(tmp_path / "pools.db")
+    holder, writer = WriterTurns(db), WriterTurns(db)
+    try:
+        assert holder.acquire(1)
+        assert not writer.acquire(0.05)  # its helper now waits in flock
+        writer.close()
+        # No more turns once closed (its connection fails the write itself):
+        # this waited for a turn that could only come with the holder's release.
+        assert writer.acquire(10)
+    finally:
+        holder.close()
+        writer.close()
+
+
+def test_an_interrupt_as_the_turn_is_taken_gives_it_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C just after `acquire` returned, before the transaction began."""
+    db = str(tmp_path / "pools.db")
+    store, other = open_store(db), WriterTurns(db)
+    try:
+        with store.write():
+            pass  # the store's turns exist from its first write
+        turns = store._turns  # type: ignore[attr-defined]
+        acquire = turns.acquire
+
+        def interrupted_after(timeout: float) -> bool:
+            assert acquire(timeout)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(turns, "acquire", interrupted_after)
+        with pytest.raises(KeyboardInterrupt), store.write():
+            pytest.fail("the block ran")
+        monkeypatch.undo()
+        assert other.acquire(0.05)  # were the turn kept, this would wait for the next write
+        other.release()
+        with store.write():
+            pass
+    finally:
+        store.close()
+        other.close()

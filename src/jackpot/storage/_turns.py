@@ -85,6 +85,7 @@ class WriterTurns:
         self._granted = False  # the helper holds the lock for us
         self._abandoned = False  # we gave up: release it when it comes
         self._closed = False
+        self._held = False  # this connection holds its turn (release() gives it back)
         self._helper: threading.Thread | None = None
         if fcntl is None:  # pragma: no cover - Windows
             return
@@ -107,6 +108,8 @@ class WriterTurns:
             return True
         assert fcntl is not None
         with self._cond:
+            if self._closed:  # no more turns: the closed connection fails the write itself
+                return True
             # Not while the helper still waits for a turn given up on: on the
             # same open file it would then "get" the lock this call took and,
             # seeing it abandoned, release it mid-turn.
@@ -129,6 +132,7 @@ class WriterTurns:
                     os.close(fd)
                     return True
                 else:
+                    self._held = True
                     return True
             return self._wait_for_turn(timeout)
 
@@ -139,6 +143,7 @@ class WriterTurns:
         try:
             if self._cond.wait_for(lambda: self._granted, max(0.0, timeout)):
                 self._granted = False
+                self._held = True
                 return True
         except BaseException:  # Ctrl-C in the wait: the turn is given up on too
             if self._granted:  # (the wait re-took the condition's lock)
@@ -152,10 +157,17 @@ class WriterTurns:
         return False
 
     def release(self) -> None:
-        """End this connection's turn (after its COMMIT or ROLLBACK)."""
-        if self._fd is not None:
-            assert fcntl is not None
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        """End this connection's turn, if it holds one (after its COMMIT or ROLLBACK).
+
+        Safe to call whatever `acquire` did (False, an exception, a write
+        without its turn): only a turn held is released, never one the
+        helper still holds for a turn given up on.
+        """
+        if self._held:
+            self._held = False
+            if self._fd is not None:
+                assert fcntl is not None
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Close the lock file (idempotent); a helper still waiting closes it when done."""
@@ -174,7 +186,7 @@ class WriterTurns:
         """In a forked child: drop the parent's lock file without unlocking it."""
         self._cond = threading.Condition(threading.Lock())  # another thread may have held it
         self._helper = None  # not in this process
-        self._wanted = self._granted = self._abandoned = False
+        self._wanted = self._granted = self._abandoned = self._held = False
         fd, self._fd = self._fd, None  # this copy takes no turns: the connection is the parent's
         if fd is not None:
             with contextlib.suppress(OSError):

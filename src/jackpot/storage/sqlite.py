@@ -355,10 +355,10 @@ class SQLiteStore(Store):
         started = time.monotonic()
         if self._turns is None:
             self._turns = WriterTurns(self._path)
-        if not self._turns.acquire(self._timeout):
-            self._gave_up = True
-            raise self._lock_timeout()
-        try:
+        try:  # (acquire inside: a Ctrl-C as it returns still gives the turn back)
+            if not self._turns.acquire(self._timeout):
+                self._gave_up = True
+                raise self._lock_timeout()
             self._begin(started)
             try:
                 yield
