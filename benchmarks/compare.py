@@ -73,7 +73,12 @@ from typing import Any
 from urllib.parse import quote
 
 import apsw
-import psutil
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - depends on the installation
+    sys.exit("benchmarks/compare.py needs psutil (to measure RSS): "
+             "pip install -e '.[test]' installs it with the rest of what the benchmarks use")
 from baseline import DEFAULT_LEVELS, NaiveJackpot
 
 import jackpot
