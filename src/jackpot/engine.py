@@ -804,6 +804,11 @@ class JackpotEngine:
         if self._closed:
             msg = "the engine is closed; open a new one to go on"
             raise EngineClosedError(msg)
+        if self._pid != os.getpid():  # inherited across fork: its actors are not here
+            msg = (f"this engine was opened in process {self._pid}, not in this one "
+                   f"({os.getpid()}): its actors and connections stay in that process. "
+                   "Open an engine in each process after it starts (after the fork)")
+            raise EngineClosedError(msg)
 
     def _enter(self) -> None:
         """Count an operation as in flight, so `close()` waits for it."""

@@ -449,6 +449,44 @@ def test_close_in_a_forked_child_only_refuses_calls_there(tmp_path: Path) -> Non
         "child ['EngineClosedError']", "parent {'minor': 3} True"], done.stderr
 
 
+_FORK_CALLS = """
+import os, sys
+from decimal import Decimal
+from jackpot import EngineClosedError, JackpotEngine, Settings
+engine = JackpotEngine.open(sys.argv[1], settings=Settings(lock_timeout_ms=2_000))
+engine.contribute(Decimal(10), groups="minor", op_id="before-the-fork")
+child = os.fork()
+if child == 0:  # a worker uses the engine it inherited (gunicorn --preload, say)
+    said = []
+    for call in (lambda: engine.contribute(Decimal(10), groups="minor", op_id="child"),
+                 lambda: engine.contribute(Decimal(10), groups=None, op_id="child-3"),
+                 engine.pools, engine.verify, lambda: engine.history("minor")):
+        try:
+            call()
+            said.append("ran")
+        except EngineClosedError as e:
+            said.append("refused" if f"opened in process {os.getppid()}" in str(e) else str(e))
+    print("child", said, flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+print("parent", engine.contribute(Decimal(10), groups="minor", op_id="after").versions,
+      engine.verify().ok, flush=True)
+engine.close()
+"""
+
+
+def test_calls_on_an_engine_inherited_across_fork_are_refused_at_once(tmp_path: Path) -> None:
+    # They waited the lock timeout (2 s here) for the parent's actors, which
+    # are not in the child, then reported a LockTimeoutError; reads went
+    # through the parent's SQLite connection, which SQLite forbids.
+    done = subprocess.run([sys.executable, "-c", _FORK_CALLS, str(tmp_path / "a.db")],
+                          capture_output=True, text=True, timeout=HANG * 2, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "child ['refused', 'refused', 'refused', 'refused', 'refused']",
+        "parent {'minor': 3} True"], done.stderr
+
+
 def test_an_async_write_stranded_at_a_stopped_actor_by_a_closed_loop_does_not_hold_close(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Queued at an actor that stopped; the loop ends before its liveness check."""
