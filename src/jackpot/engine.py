@@ -445,9 +445,15 @@ class JackpotEngine:
             StorageError: the file cannot be opened as a jackpot database
                 (with `create=False`: also when it does not exist, is empty or
                 holds no level).
+            LockTimeoutError: creating or migrating the database (or its
+                levels) waited longer than the lock timeout for another
+                writer; nothing was changed.
 
         """
         _check_path(path)
+        if settings is not None and not isinstance(settings, Settings):
+            msg = f"settings must be a jackpot.Settings (or None), not {type(settings).__name__}"
+            raise ValidationError(msg)
         settings = settings if settings is not None else Settings.from_env()
         configs = _configs(path, groups)
         if not isinstance(create, bool):
@@ -1047,6 +1053,9 @@ def _check_path(path: object) -> None:
         raise ValidationError(msg)
     if "\x00" in str(path):
         msg = "path must not contain a NUL character"
+        raise ValidationError(msg)
+    if not str(path):
+        msg = "path is empty: name a database file or a postgresql:// URL"
         raise ValidationError(msg)
 
 

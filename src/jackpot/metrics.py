@@ -187,10 +187,17 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
     `(server, thread)`; stop it with `server.shutdown()`.
 
     Raises:
-        ValidationError: the engine runs with metrics disabled.
+        ValidationError: the engine runs with metrics disabled, or `port` is
+            not a port number (0-65535) or `addr` not a string.
+        OSError: the port cannot be bound; the message names the address and port.
 
     """
-    for observer in engine.stats.observers:
+    _check_port(port, addr)
+    observers = getattr(getattr(engine, "stats", None), "observers", None)
+    if not isinstance(observers, list):
+        msg = f"engine must be a JackpotEngine or AsyncJackpotEngine, not {type(engine).__name__}"
+        raise ValidationError(msg)
+    for observer in observers:
         if isinstance(observer, PrometheusObserver):
             return serve_registry(observer.registry, port, addr=addr)
     msg = "metrics are disabled for this engine (JACKPOT_ENABLE_METRICS=false)"
@@ -202,14 +209,25 @@ def serve_registry(registry: CollectorRegistry, port: int, *, addr: str = "127.0
     """Serve `registry` at http://addr:port/metrics from a daemon thread (see `serve_metrics`).
 
     Raises:
+        ValidationError: `port` is not a port number (0-65535) or `addr` not a string.
         OSError: the port cannot be bound; the message names the address and port.
 
     """
+    _check_port(port, addr)
     try:
         return start_http_server(port, addr=addr, registry=registry)
     except OSError as e:
         msg = f"cannot serve metrics on {addr}:{port}: {e.strerror or e}"
         raise OSError(e.errno, msg) from e
+
+
+def _check_port(port: object, addr: object) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:  # noqa: PLR2004
+        msg = f"port must be a port number from 0 to 65535 (0: any free port), not {port!r}"
+        raise ValidationError(msg)
+    if not isinstance(addr, str):
+        msg = f"addr must be a host name or IP address string, not {type(addr).__name__}"
+        raise ValidationError(msg)
 
 
 def database_registry(read_pools: Callable[[], Mapping[str, PoolSnapshot]]

@@ -642,12 +642,20 @@ def test_the_engine_still_works_after_the_catalogue(shared: tuple[JackpotEngine,
     ("postgresql://u@h/db\x00", "NUL"),
     (b"pools.db", "not bytes"),
     (None, "not NoneType"),
+    ("", "path is empty"),  # was "holds no jackpot database", leaving a file named -lock
 ])
 def test_open_refuses_a_hostile_path_with_a_validation_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: object, says: str) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValidationError, match=says):
         JackpotEngine.open(path)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+@pytest.mark.parametrize("settings", [{"lock_timeout_ms": 100}, "fast", 5])
+def test_open_refuses_settings_that_are_not_settings(tmp_path: Path, settings: object) -> None:
+    with pytest.raises(ValidationError, match=r"settings must be a jackpot\.Settings"):
+        JackpotEngine.open(tmp_path / "p.db", settings=settings)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 

@@ -154,6 +154,22 @@ def test_disabled_by_environment_registers_no_observer(
             serve_metrics(engine, 0)
 
 
+@pytest.mark.parametrize(("engine_arg", "port", "addr", "says"), [
+    (None, "abc", "127.0.0.1", "port must be a port number"),  # was an OSError
+    (None, 70000, "127.0.0.1", "port must be a port number"),  # was an OverflowError
+    (None, -1, "127.0.0.1", "port must be a port number"),
+    (None, True, "127.0.0.1", "port must be a port number"),
+    (None, 0, 127, "addr must be a host name"),
+    (object(), 0, "127.0.0.1", "engine must be a JackpotEngine"),  # was an AttributeError
+])
+def test_serve_metrics_refuses_bad_arguments_with_a_validation_error(
+        engine: JackpotEngine, engine_arg: object, port: object, addr: object,
+        says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        serve_metrics(engine if engine_arg is None else engine_arg,  # type: ignore[arg-type]
+                      port, addr=addr)  # type: ignore[arg-type]
+
+
 def test_enabled_registers_the_prometheus_and_tracing_observers(engine: JackpotEngine) -> None:
     kinds = [type(o).__name__ for o in engine.stats.observers]
     assert kinds == ["PrometheusObserver", "TracingObserver"]  # opentelemetry-api is installed
