@@ -755,3 +755,57 @@ def test_a_close_without_limit_waits_for_another_one_in_progress(db_path: Path) 
     assert not second.is_alive()
     assert errors == []
     assert not any(p.actor_ref.is_alive() for p in engine._pools.values())
+
+
+class _TimingOutGuard:
+    """A level guard whose every acquire waits for the test, then times out."""
+
+    def __init__(self) -> None:
+        self.entered, self.time_out = threading.Event(), threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.entered.set()
+        assert self.time_out.wait(30)
+        return False
+
+    def release(self) -> None:
+        raise AssertionError("never held")
+
+
+def test_a_batch_that_cannot_hold_its_levels_names_no_other_callers_op_id(
+        db_path: Path) -> None:
+    # The coordinator's "could not hold levels" error is shared by its batch;
+    # it named the first op_id, so every other caller's error (and log line)
+    # named someone else's operation.
+    settings = Settings(max_retry_attempts=0)
+    with JackpotEngine.open(db_path, settings=settings) as engine:
+        gate = _TimingOutGuard()
+        engine._guards["minor"].lock = gate  # type: ignore[assignment]
+        errors: dict[str, BaseException] = {}
+
+        def bet(op_id: str) -> None:
+            try:
+                engine.contribute("10", groups=("major", "minor"), op_id=op_id)
+            except LockTimeoutError as e:
+                errors[op_id] = e
+
+        threads = [threading.Thread(target=bet, args=("blocker",))]
+        threads[0].start()
+        assert gate.entered.wait(30)  # the coordinator is busy with "blocker"
+        threads += [threading.Thread(target=bet, args=(op_id,)) for op_id in ("a", "b")]
+        for t in threads[1:]:
+            t.start()
+        box = engine._mailboxes[None]
+        deadline = time.monotonic() + 30
+        while len(box._items) < 2:  # "a" and "b" queue: the coordinator's next batch
+            assert time.monotonic() < deadline, "the bets did not queue"
+            threading.Event().wait(0.001)
+        gate.time_out.set()
+        for t in threads:
+            t.join(30)
+        assert sorted(errors) == ["a", "b", "blocker"]
+        assert str(errors["blocker"]).startswith("contribute 'blocker': could not hold levels")
+        for op_id in ("a", "b"):
+            assert str(errors[op_id]).startswith(
+                "contribute (a batch of 2): could not hold levels major, minor")
+        assert engine.pools()["minor"].version == 1  # nothing was changed

@@ -110,7 +110,9 @@ class Coordinator(pykka.ThreadingActor):
         """Take the guard of every level the batch touches, then run it in one transaction."""
         names = tuple(sorted({n for op in ops for n in op.names}))
         label = ",".join(sorted({op.kind for op in ops}))
-        guards, waited = self._gather_with_retries(names, ops[0].op_id, label)
+        # The error is shared by the batch: it names an op_id only when it is the one.
+        what = f"{label} {ops[0].op_id!r}" if len(ops) == 1 else f"{label} (a batch of {len(ops)})"
+        guards, waited = self._gather_with_retries(names, ops[0].op_id, label, what)
         try:  # entered right after the guards are held: nothing may come between
             self._stats.lock_wait("coordinator", label, waited)
             known = {g.name: g.state for g in guards if g.state is not None}
@@ -132,8 +134,8 @@ class Coordinator(pykka.ThreadingActor):
             for guard in guards:
                 guard.lock.release()
 
-    def _gather_with_retries(self, names: tuple[str, ...], op_id: str, label: str
-                             ) -> tuple[list[LevelGuard], float]:
+    def _gather_with_retries(self, names: tuple[str, ...], op_id: str, label: str,
+                             what: str) -> tuple[list[LevelGuard], float]:
         """Hold the guards of `names`, retrying on timeouts; (guards, seconds waited).
 
         Returns with the guards held and nothing else done: the caller must
@@ -154,7 +156,7 @@ class Coordinator(pykka.ThreadingActor):
             self._stats.add("busy_incidents", label, levels)
             if attempt >= self._settings.max_retry_attempts:
                 after_the_fact(self._stats.add, "lock_timeouts", label, levels)
-                msg = (f"{label} {op_id!r}: could not hold levels {', '.join(names)} "
+                msg = (f"{what}: could not hold levels {', '.join(names)} "
                        f"within {self._settings.lock_timeout_ms} ms after {attempt} "
                        "retries; nothing was changed")
                 raise LockTimeoutError(msg)
