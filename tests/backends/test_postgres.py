@@ -36,6 +36,7 @@ from jackpot import (
     StorageError,
 )
 from jackpot.storage import SerializationFailureError, Store, open_store, postgres
+from jackpot.storage.base import ConnectionUnavailableError
 from jackpot.storage.postgres import PostgresStore, _misread
 
 from .contract import MINOR_SEED, BackendContract, new_level, snapshot
@@ -539,7 +540,8 @@ def test_verify_works_in_a_schema_whose_name_needs_quoting(prefix: str) -> None:
 
 
 @contextmanager
-def locked_out_store(pg_target: str) -> Iterator[tuple[str, PostgresStore]]:
+def locked_out_store(pg_target: str, *, pool_max_size: int = 16
+                     ) -> Iterator[tuple[str, PostgresStore]]:
     """Yield (role, store): a store of a new role whose login was then revoked.
 
     The jackpot schema is made by the role first; then it may not log in and
@@ -553,7 +555,7 @@ def locked_out_store(pg_target: str) -> Iterator[tuple[str, PostgresStore]]:
         netloc=f"{role}@{urlsplit(pg_target).netloc.rpartition('@')[2]}"))
     try:
         JackpotEngine.open(user_url).close()
-        store = PostgresStore(user_url, lock_timeout_ms=300)
+        store = PostgresStore(user_url, lock_timeout_ms=300, pool_max_size=pool_max_size)
         try:
             with psycopg.connect(pg_target, autocommit=True) as admin:  # locked out
                 admin.execute(f"ALTER ROLE {role} NOLOGIN")
@@ -579,6 +581,35 @@ def test_a_server_refusing_new_connections_is_not_reported_as_a_busy_pool(
         assert "busy" not in str(info.value)
         assert f'role "{role}" is not permitted to log in' in str(info.value)
         assert str(info.value).endswith("; nothing was changed")
+
+
+def test_a_pool_still_reconnecting_is_not_reported_busy(pg_target: str) -> None:
+    # After an outage the pool remakes its connections with a growing delay
+    # (1, 2, 4 s...); a call in that window, the server reachable again, was
+    # told "every pooled connection is busy" (a LockTimeoutError) by a pool
+    # that had none in use. Measured against a real network cut: 5-15 s of it.
+    # (One connection at most: the pool's only attempts are then the delayed ones.)
+    with locked_out_store(pg_target, pool_max_size=1) as (role, store):
+        with pytest.raises(StorageError):  # its connection is gone: the pool remakes it
+            store.load_levels()
+        deadline = time.monotonic() + 60
+        while store._pool.get_stats().get("connections_errors", 0) < 3:  # delay now ~4 s
+            assert time.monotonic() < deadline, "the pool made no attempts"
+            threading.Event().wait(0.01)
+        with psycopg.connect(pg_target, autocommit=True) as admin:  # the server is back
+            admin.execute(f"ALTER ROLE {role} LOGIN")
+        with pytest.raises(ConnectionUnavailableError) as info:
+            store.load_levels()
+        assert "the pool has 0 of its" in str(info.value)
+        assert "is still making the others" in str(info.value)
+        assert not info.value.outcome_unknown
+        deadline = time.monotonic() + 60  # and once the pool has reconnected, calls work
+        while True:
+            try:
+                assert len(store.load_levels()) == 3
+                break
+            except ConnectionUnavailableError:
+                assert time.monotonic() < deadline, "the pool never reconnected"
 
 
 def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:
@@ -684,8 +715,8 @@ def test_pooled_connections_bound_a_wait_on_a_vanished_server(pg_target: str) ->
         finally:
             store.close()
         assert (given["keepalives"], given["keepalives_idle"], given["keepalives_interval"],
-                given["keepalives_count"], given["tcp_user_timeout"]) == (
-            "1", idle, "10", "3", "60000")
+                given["keepalives_count"], given["tcp_user_timeout"],
+                given["connect_timeout"]) == ("1", idle, "10", "3", "60000", "10")
     assert postgres.network_defaults("postgresql://u@h/db?tcp_user_timeout=5000") == {
         "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
-        "keepalives_count": "3"}
+        "keepalives_count": "3", "connect_timeout": "10"}

@@ -172,15 +172,49 @@ def describe(url: str) -> str:
 
 
 NETWORK_DEFAULTS = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
-                    "keepalives_count": "3", "tcp_user_timeout": "60000"}
+                    "keepalives_count": "3", "tcp_user_timeout": "60000",
+                    "connect_timeout": "10"}
 """libpq settings that bound a wait on a server that vanished without closing.
 
 A server host that crashes or drops off the network sends no FIN: without
 them a pooled connection waits for its answer until the kernel gives up on
 TCP (many minutes), holding its level's actor meanwhile. With them an idle
 wait ends after about a minute of unanswered keepalives, and data the server
-does not acknowledge after 60 s. The URL's own values win.
+does not acknowledge after 60 s. A new connection gives up after 10 s
+(the kernel's SYN retries take about two minutes), so that the pool's
+reconnection after an outage is not stuck in an attempt made during it.
+The URL's own values win.
 """
+
+
+class _CountingPool(ConnectionPool[Connection]):
+    """A pool that knows how many of its connections callers hold.
+
+    When no connection comes in time, that tells a pool whose connections
+    are all in use (busy: a lock timeout) from one still making them (after
+    an outage it reconnects with a growing delay: the server is unavailable
+    to this process meanwhile, though a new connection may already work).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._out_lock = threading.Lock()
+        self.out = 0
+
+    def getconn(self, timeout: float | None = None) -> Connection:
+        """Return a connection (see `ConnectionPool.getconn`), counted as out."""
+        conn = super().getconn(timeout)
+        with self._out_lock:
+            self.out += 1
+        return conn
+
+    def putconn(self, conn: Connection) -> None:
+        """Give a connection back (see `ConnectionPool.putconn`)."""
+        try:
+            super().putconn(conn)
+        finally:
+            with self._out_lock:
+                self.out -= 1
 
 
 def network_defaults(url: str) -> dict[str, str]:
@@ -194,9 +228,9 @@ class _Pools:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pools: dict[tuple[int, str], tuple[ConnectionPool[Connection], int]] = {}
+        self._pools: dict[tuple[int, str], tuple[_CountingPool, int]] = {}
 
-    def acquire(self, url: str, *, max_size: int, timeout: float) -> ConnectionPool[Connection]:
+    def acquire(self, url: str, *, max_size: int, timeout: float) -> _CountingPool:
         """Return the pool for `url`, creating it (after one test connection) if needed."""
         key = (os.getpid(), url)  # a forked child never uses its parent's pool
         with self._lock:
@@ -204,7 +238,7 @@ class _Pools:
                 # Connect once directly: a bad URL, password or server fails here,
                 # at once and with the server's own words, not as a pool timeout.
                 psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
-                pool: ConnectionPool[Connection] = ConnectionPool(
+                pool = _CountingPool(
                     url, min_size=1, max_size=max_size,
                     kwargs={"autocommit": True, **network_defaults(url)},
                     open=False, name=f"jackpot {describe(url)}", timeout=timeout)
@@ -394,6 +428,12 @@ class PostgresStore(Store):
             reason = " ".join(str(e).split()) or type(e).__name__
             return ConnectionUnavailableError(f"cannot connect to {self._where} ({reason}); "
                                               "nothing was changed")
+        if self._pool.out < self._pool.max_size:  # not all in use: some could not be made
+            return ConnectionUnavailableError(
+                f"no connection to {self._where} within {self._timeout_ms} ms: the pool "
+                f"has {self._pool.out} of its {self._pool.max_size} in use and is still "
+                "making the others (it reconnects with a growing delay after the server "
+                "was unreachable; a new connection works again); nothing was changed")
         return LockTimeoutError(
             f"no connection to {self._where} became free within {self._timeout_ms} ms "
             "(every pooled connection is busy); nothing was changed")
