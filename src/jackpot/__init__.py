@@ -4,6 +4,7 @@ Only the names in `__all__` are public; every other module may change.
 """
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
 
 from jackpot.aio import AsyncJackpotEngine
 from jackpot.domain import GroupConfig
@@ -61,8 +62,14 @@ __all__ = [
     "ValidationError",
     "VerifyReport",
     "Win",
+    "__version__",
     "configure_logging",
     "serve_metrics",
 ]
+
+try:
+    __version__ = version("jackpot")
+except PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
+    __version__ = "0+unknown"
 
 logging.getLogger("jackpot").addHandler(logging.NullHandler())

@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from jackpot import money, reads
+from jackpot import __version__, money, reads
 from jackpot.audit import audit
 from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine
@@ -206,6 +206,8 @@ def _verify_out(report: VerifyReport) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="jackpot",
+                      message="%(prog)s %(version)s")
 @click.option("--db", type=click.Path(dir_okay=False), envvar="JACKPOT_DB", default=None,
               help="Database file (or set JACKPOT_DB).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -390,7 +392,8 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
     if opts.json:
         _print_json(dataclasses.asdict(result))
         return
-    table = Table(title=f"config of {result.group}, now version {result.version}")
+    table = Table(title=f"config of {result.group}, now version {result.version}"
+                        f"{' (op ' + result.op_id + ', replayed)' if result.replayed else ''}")
     for name in ("field", "before", "after"):
         table.add_column(name)
     for key in result.after:
@@ -827,7 +830,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         _error("interrupted")
         return 130
     except click.ClickException as e:
-        _error(e.format_message())
+        if isinstance(e, click.exceptions.NoArgsIsHelpError) and e.ctx is not None:
+            click.echo(e.ctx.get_help())  # `jackpot` alone: the help, as written
+        else:
+            _error(e.format_message())
         return 2
     except (JackpotError, ValidationError) as e:
         _error(str(e))

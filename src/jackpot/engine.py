@@ -712,11 +712,16 @@ class JackpotEngine:
         reason: str | None = None,
         **changes: Any,
     ) -> ConfigResult:
-        """Change a level's seed, contribution_rate and/or cap, atomically and audited.
+        """Change a level's settings, atomically and audited (who, why, before, after).
 
-        With `expected_version`, the change applies only if the level is still
+        `changes` are any of seed, contribution_rate, cap, reserve_rate,
+        min_bet, max_contribution, must_hit_by and overflow_to (None clears
+        an optional one). seed and must_hit_by wait for the level's next
+        reset (`ConfigResult.pending`); the others apply at once. With
+        `expected_version`, the change applies only if the level is still
         at that version; otherwise `ConcurrencyViolationError` (never a silent
-        overwrite). A cap may not be set below the seed or the current amount.
+        overwrite). A cap may not be set below the seed, the must-hit-by or
+        the current amount.
         """
         result: ConfigResult = self._submit(self._build(
             "config", op_id, self._requests.config, group, op_id=op_id,

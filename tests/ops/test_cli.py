@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 import apsw
 import pytest
 
+import jackpot as jackpot_module
 from jackpot import JackpotEngine, cli
 
 from .conftest import write_lock_held
@@ -87,6 +89,26 @@ def test_the_command_list_does_not_cut_a_summary_mid_sentence() -> None:
     config = next(line for line in done.stdout.splitlines() if line.strip().startswith("config "))
     assert "e.g." not in config
     assert "Change a level's settings (KEY=VALUE...), audited." in config
+
+
+def test_the_command_alone_prints_its_help_as_written_and_version_says_which() -> None:
+    done = jackpot()
+    assert (done.returncode, done.stderr) == (2, "")  # was one line on stderr: the help, flattened
+    assert done.stdout.startswith("Usage: jackpot [OPTIONS] COMMAND [ARGS]...\n")
+    assert "\n  status " in done.stdout
+    done = jackpot("--version")
+    assert (done.returncode, done.stdout) == (0, f"jackpot {jackpot_module.__version__}\n")
+    assert jackpot_module.__version__ == importlib.metadata.version("jackpot")
+
+
+def test_a_config_change_sent_again_says_replayed(db: str) -> None:
+    args = ("config", "minor", "cap=500", "--op-id", "c1", "--db", db)
+    first = jackpot(*args, env={"COLUMNS": "200"})
+    again = jackpot(*args, env={"COLUMNS": "200"})
+    assert (first.returncode, again.returncode) == (0, 0)
+    assert "config of minor, now version 2" in first.stdout
+    assert "replayed" not in first.stdout
+    assert "config of minor, now version 2 (op c1, replayed)" in " ".join(again.stdout.split())
 
 
 def test_a_session_of_manual_operations(db: str) -> None:
