@@ -261,7 +261,7 @@ def _parse_level(spec: str) -> GroupConfig:
         msg = f"--level {spec!r}: expected NAME:SEED:RATE or NAME:SEED:RATE:CAP"
         raise CommandError(msg)
     name, seed, rate, *cap = parts
-    return GroupConfig(name, seed, rate, cap[0] if cap else None)  # type: ignore[arg-type]
+    return GroupConfig(name, seed, rate, cap[0] if cap else None)
 
 
 @app.command()

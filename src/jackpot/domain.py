@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jackpot import money
 from jackpot.errors import (
@@ -150,6 +150,15 @@ class GroupConfig:
     max_contribution: Decimal | None = None
     must_hit_by: Decimal | None = None
     overflow_to: str = "meter"
+
+    if TYPE_CHECKING:  # what the constructor takes: amounts and rates as Decimal, int or str
+        def __init__(  # noqa: PLR0917 - positional as the dataclass fields are
+            self, name: str, seed: Decimal | int | str,
+            contribution_rate: Decimal | int | str, cap: Decimal | int | str | None = None,
+            reserve_rate: Decimal | int | str = ..., min_bet: Decimal | int | str | None = None,
+            max_contribution: Decimal | int | str | None = None,
+            must_hit_by: Decimal | int | str | None = None, overflow_to: str = "meter",
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         validate_name(self.name, name="GroupConfig.name")
