@@ -720,3 +720,27 @@ def test_pooled_connections_bound_a_wait_on_a_vanished_server(pg_target: str) ->
     assert postgres.network_defaults("postgresql://u@h/db?tcp_user_timeout=5000") == {
         "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
         "keepalives_count": "3", "connect_timeout": "10"}
+
+
+def test_pooled_sessions_are_ended_by_the_server_when_their_client_is_gone(
+        pg_target: str) -> None:
+    # A host whose network dies mid-transaction left the transaction open on
+    # the server, holding its level's row lock for every other host until the
+    # server's TCP gave up (two hours by default): the server now ends a
+    # session idle in a transaction after a minute, and probes idle clients.
+    # A value the URL (or the role, or the database) sets is kept.
+    JackpotEngine.open(pg_target).close()
+    own = pg_target.replace(
+        "options=", "options=" + quote("-cidle_in_transaction_session_timeout=5000 "), 1)
+    for url, idle_in_transaction in ((pg_target, "1min"), (own, "5s")):
+        store = PostgresStore(url)
+        try:
+            with store._pool.connection() as conn:
+                given = conn.execute(
+                    "SELECT current_setting('idle_in_transaction_session_timeout'), "
+                    "current_setting('tcp_keepalives_idle'), "
+                    "current_setting('tcp_keepalives_interval'), "
+                    "current_setting('tcp_keepalives_count')").fetchone()
+        finally:
+            store.close()
+        assert given == (idle_in_transaction, "30", "10", "3")

@@ -223,6 +223,32 @@ def network_defaults(url: str) -> dict[str, str]:
     return {k: v for k, v in NETWORK_DEFAULTS.items() if k not in given}
 
 
+SESSION_DEFAULTS = {"idle_in_transaction_session_timeout": "60000", "tcp_keepalives_idle": "30",
+                    "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+"""Server settings of every pooled session, where nobody set them (still at their default).
+
+The client's keepalives (`NETWORK_DEFAULTS`) end the client's wait; the
+server's session lives on. A host whose network dies in the middle of a
+transaction leaves that transaction open on the server, holding its row
+locks (a level's `FOR UPDATE`): every other host's writes of that level
+would time out until the server's TCP gives up, two hours by default. So
+the server ends a session idle in a transaction for a minute (the engine's
+transactions never wait between statements) and probes its idle clients
+as the client probes the server. A value the URL's `options`, the role,
+the database or the server's configuration sets is kept.
+"""
+
+_SET_SESSION_DEFAULTS = (
+    "SELECT set_config(d.name, d.value, false) FROM (VALUES "
+    + ", ".join(f"('{k}', '{v}')" for k, v in SESSION_DEFAULTS.items())
+    + ") AS d(name, value) JOIN pg_settings USING (name) WHERE source = 'default'")
+
+
+def _configure_session(conn: Connection) -> None:
+    """Apply `SESSION_DEFAULTS` to a new pooled connection (the pool's configure callback)."""
+    conn.execute(_SET_SESSION_DEFAULTS)
+
+
 class _Pools:
     """One connection pool per (process, URL), shared by every store that uses it."""
 
@@ -241,7 +267,8 @@ class _Pools:
                 pool = _CountingPool(
                     url, min_size=1, max_size=max_size,
                     kwargs={"autocommit": True, **network_defaults(url)},
-                    open=False, name=f"jackpot {describe(url)}", timeout=timeout)
+                    configure=_configure_session, open=False,
+                    name=f"jackpot {describe(url)}", timeout=timeout)
                 pool.open()
                 self._pools[key] = (pool, 0)
             pool, users = self._pools[key]
