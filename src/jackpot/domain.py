@@ -55,6 +55,8 @@ ACTIVE, SUSPENDED, RETIRED = "active", "suspended", "retired"
 _OVERFLOW_TARGETS = ("meter", "reserve")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _DEFERRED = ("seed", "must_hit_by")
+_CLEARABLE = ("cap", "min_bet", "max_contribution", "must_hit_by")
+"""The optional settings: `None` clears them; the others always have a value."""
 MAX_METER = 2**63 - 1
 """Meters are running sums stored as SQLite integers: they must stay below 2**63."""
 MAX_HITS_PER_BET = 100
@@ -505,6 +507,11 @@ def parse_changes(changes: dict[str, object]) -> dict[str, Any]:
     if unknown:
         msg = (f"unknown config field(s) {', '.join(map(repr, unknown))}: "
                f"allowed are {', '.join(CONFIG_FIELDS)}")
+        raise ValidationError(msg)
+    fixed = sorted(k for k, v in changes.items() if v is None and k not in _CLEARABLE)
+    if fixed:
+        msg = (f"{', '.join(fixed)} cannot be cleared (None): only "
+               f"{', '.join(_CLEARABLE)} can; give a value instead")
         raise ValidationError(msg)
     parsers: dict[str, Callable[[object], Any]] = {
         "seed": lambda v: _units(v, "seed", zero=True),
