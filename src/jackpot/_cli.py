@@ -261,7 +261,11 @@ def _parse_level(spec: str) -> GroupConfig:
         msg = f"--level {spec!r}: expected NAME:SEED:RATE or NAME:SEED:RATE:CAP"
         raise CommandError(msg)
     name, seed, rate, *cap = parts
-    return GroupConfig(name, seed, rate, cap[0] if cap else None)
+    try:
+        return GroupConfig(name, seed, rate, cap[0] if cap else None)
+    except ValidationError as e:  # named by the option the operator typed
+        msg = f"--level {spec!r}: {str(e).removeprefix('GroupConfig.')}"
+        raise CommandError(msg) from e
 
 
 @app.command()

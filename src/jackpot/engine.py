@@ -1081,8 +1081,9 @@ def _configs(path: str | os.PathLike[str],
     if not names and "://" not in str(path) and not Path(path).exists():
         msg = "groups is empty: name at least one level (or pass None for the defaults)"
         raise ValidationError(msg)
-    if len(set(names)) != len(names):
-        msg = f"groups name a level twice: {sorted(names)}"
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        msg = f"groups name a level twice: {', '.join(map(repr, twice))} (each level once)"
         raise ValidationError(msg)
     return configs
 

@@ -303,7 +303,7 @@ def test_new_file_with_groups_gets_only_those(open_engine: Callable[..., Jackpot
 
 def test_open_refuses_duplicated_level_names(open_engine: Callable[..., JackpotEngine],
                                              db_path: Path) -> None:
-    with pytest.raises(ValidationError, match=r"^groups name a level twice: \['minor', 'minor'\]"):
+    with pytest.raises(ValidationError, match=r"^groups name a level twice: 'minor' \(each level once\)$"):
         open_engine(groups=[GroupConfig("minor", 1, "0.1"), GroupConfig("minor", 2, "0.2")])
     assert not db_path.exists()
 

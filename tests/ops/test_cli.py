@@ -482,6 +482,14 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
      "min_bet, max_contribution, must_hit_by, overflow_to")),
     (("init", "--level", "a:b", "--db", "{tmp}/new.db"),
      "--level 'a:b': expected NAME:SEED:RATE or NAME:SEED:RATE:CAP"),
+    (("init", "--level", "bad name:1:0.1", "--db", "{tmp}/new.db"),
+     ("--level 'bad name:1:0.1': name 'bad name' is not a valid level name: use 1-64 ASCII "
+      "letters, digits, '_', '.' or '-', starting with a letter or digit")),
+    (("init", "--level", "a:1:0.1", "--level", "a:2:0.1", "--db", "{tmp}/new.db"),
+     "groups name a level twice: 'a' (each level once)"),
+    (("config", "minor", "contribution_rate=none", "--db", "{db}"),
+     ("contribution_rate cannot be cleared (None): only cap, min_bet, max_contribution, "
+      "must_hit_by can; give a value instead")),
     (("init", "--db", "{tmp}/no/such/dir.db"),
      "cannot open database '{tmp}/no/such/dir.db': unable to open database file"),
     (("metrics", "--port", "70000", "--db", "{db}"),
