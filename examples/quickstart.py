@@ -35,9 +35,10 @@ def run(path: Path, bets: int) -> None:
     rng = random.Random(42)
     stakes = [Decimal("0.20"), Decimal("1.00"), Decimal("2.50"), Decimal(10)]
     with JackpotEngine.open(path) as engine:  # new file: levels minor, major, mega
-        for spin in range(bets):
-            engine.contribute(rng.choice(stakes), op_id=f"spin-{spin}")  # every level
-        replay = engine.contribute(stakes[0], op_id="spin-0")  # same op_id: no double count
+        played = [rng.choice(stakes) for _ in range(bets)]
+        for spin, stake in enumerate(played):
+            engine.contribute(stake, op_id=f"spin-{spin}")  # every level
+        replay = engine.contribute(played[0], op_id="spin-0")  # same op_id: no double count
         win = engine.process_win("minor", op_id="win-1", winner="player-9")
         print(f"played {bets} bets; replaying spin-0 changed nothing: {replay.replayed}")
         print(f"player-9 won the minor jackpot: {win.amount} (pool reset to {win.balance})")
