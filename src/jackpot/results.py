@@ -151,7 +151,10 @@ class PoolSnapshot:
     `last_modified_at` is milliseconds since the Unix epoch. `meters` holds
     counts (bets, wins, hits) as int and money totals as Decimal.
     `pending_changes` are config changes waiting for the next reset. The
-    must-hit-by trigger is deliberately absent.
+    must-hit-by trigger is deliberately absent. `lock_holder` is the
+    operation holding the level's row during a win or config change; it is
+    set and cleared inside that one transaction, so a committed snapshot
+    shows None.
     """
 
     name: str
