@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jackpot import JackpotEngine, LockTimeoutError, Settings
 from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._ticket import Ticket
+from jackpot.storage import _turns as turns_module
 from jackpot.storage import open_store
 from jackpot.storage._turns import LOCK_SUFFIX, WriterTurns
 
@@ -375,6 +376,37 @@ def test_an_interrupt_as_the_turn_is_taken_gives_it_back(
         other.release()
         with store.write():
             pass
+    finally:
+        store.close()
+        other.close()
+
+
+def test_an_interrupt_as_the_uncontended_flock_returns_gives_the_turn_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signals are handled right after a builtin returns: the lock is taken by then."""
+    db = str(tmp_path / "pools.db")
+    store, other = open_store(db), WriterTurns(db)
+    try:
+        with store.write():
+            pass  # the store's turns exist from its first write
+        real = turns_module.fcntl
+
+        class InterruptedAfterFlock:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            @staticmethod
+            def flock(fd: int, operation: int) -> None:
+                real.flock(fd, operation)
+                if operation & real.LOCK_NB:
+                    raise KeyboardInterrupt
+
+        monkeypatch.setattr(turns_module, "fcntl", InterruptedAfterFlock())
+        with pytest.raises(KeyboardInterrupt), store.write():
+            pytest.fail("the block ran")
+        monkeypatch.undo()
+        assert other.acquire(0.05)  # were the turn kept, this would wait for the next write
+        other.release()
     finally:
         store.close()
         other.close()

@@ -114,9 +114,14 @@ class WriterTurns:
             # same open file it would then "get" the lock this call took and,
             # seeing it abandoned, release it mid-turn.
             if not self._wanted:
+                # Held from before the call: a Ctrl-C landing as flock returns
+                # (signals are handled right after it) still leaves the turn
+                # to release(); unlocking what this file does not hold is a no-op.
+                self._held = True
                 try:
                     fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
+                    self._held = False
                     try:
                         self._start_helper()
                     except RuntimeError:  # no thread to wait with: never fail a write on it
@@ -126,13 +131,13 @@ class WriterTurns:
                     self._wanted = True
                     self._cond.notify_all()
                 except OSError:  # not seen on a local lock file; never fail a write on it
+                    self._held = False
                     logger.exception("taking the writers' lock file failed: writers of "
                                      "this database no longer take turns")
                     fd, self._fd = self._fd, None
                     os.close(fd)
                     return True
                 else:
-                    self._held = True
                     return True
             return self._wait_for_turn(timeout)
 
@@ -164,10 +169,10 @@ class WriterTurns:
         helper still holds for a turn given up on.
         """
         if self._held:
-            self._held = False
             if self._fd is not None:
                 assert fcntl is not None
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._held = False  # after: interrupted before, the next release() unlocks
 
     def close(self) -> None:
         """Close the lock file (idempotent); a helper still waiting closes it when done."""
