@@ -623,6 +623,7 @@ class JackpotEngine:
         Checked under the reader's lock: a close() racing this read closes
         the reader only after it, never under it.
         """
+        self._check_process()  # before the lock: a fork may have copied it held
         with self._reader_lock:
             try:
                 self._check_open()
@@ -815,6 +816,10 @@ class JackpotEngine:
         if self._closed:
             msg = "the engine is closed; open a new one to go on"
             raise EngineClosedError(msg)
+        self._check_process()
+
+    def _check_process(self) -> None:
+        """Refuse a call in a forked child; takes no lock (the parent's may be held forever)."""
         if self._pid != os.getpid():  # inherited across fork: its actors are not here
             msg = (f"this engine was opened in process {self._pid}, not in this one "
                    f"({os.getpid()}): its actors and connections stay in that process. "
@@ -823,6 +828,7 @@ class JackpotEngine:
 
     def _enter(self) -> None:
         """Count an operation as in flight, so `close()` waits for it."""
+        self._check_process()  # before the lock: a fork may have copied it held
         with self._cond:
             self._check_open()
             self._inflight += 1
@@ -1018,10 +1024,17 @@ class JackpotEngine:
 
     def metrics_text(self) -> str:
         """Return this engine's metrics in the Prometheus text format ("" when disabled)."""
+        self._check_process()  # a forked child's copy counts nothing: not these figures
         return "" if self._metrics is None else self._metrics.text()
 
     def health(self) -> HealthReport:
-        """Check the database (a probe), the actors and the recent lock, conflict, error rates."""
+        """Check the database (a probe), the actors and the recent lock, conflict, error rates.
+
+        Raises:
+            EngineClosedError: called in a forked child (the actors are the parent's).
+
+        """
+        self._check_process()
         return assess(path=self._path, settings=self._settings, open_store=_store,
                       recent=self.stats.recent(),
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
