@@ -834,7 +834,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         _error("interrupted")
         return 130
     except click.ClickException as e:
-        if isinstance(e, click.exceptions.NoArgsIsHelpError) and e.ctx is not None:
+        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click 8.2+
+        if isinstance(e, no_args) and e.ctx is not None:
             click.echo(e.ctx.get_help())  # `jackpot` alone: the help, as written
         else:
             _error(e.format_message())
