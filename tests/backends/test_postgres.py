@@ -600,8 +600,8 @@ def test_a_pool_still_reconnecting_is_not_reported_busy(pg_target: str) -> None:
             admin.execute(f"ALTER ROLE {role} LOGIN")
         with pytest.raises(ConnectionUnavailableError) as info:
             store.load_levels()
-        assert "the pool has 0 of its" in str(info.value)
-        assert "is still making the others" in str(info.value)
+        assert ("the pool has 0 of its 1 in use and could not make another in time, "
+                "though a direct connection just worked") in str(info.value)
         assert not info.value.outcome_unknown
         deadline = time.monotonic() + 60  # and once the pool has reconnected, calls work
         while True:
@@ -744,3 +744,23 @@ def test_pooled_sessions_are_ended_by_the_server_when_their_client_is_gone(
         finally:
             store.close()
         assert given == (idle_in_transaction, "30", "10", "3")
+
+
+def test_session_defaults_the_server_refuses_cost_nothing_but_a_warning(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Raised from the pool's configure callback, any error made the pool
+    # discard every connection it made: reported as a pool "reconnecting"
+    # while nothing could connect (e.g. a role that may not read pg_settings).
+    monkeypatch.setattr(postgres, "_SET_SESSION_DEFAULTS", "SELECT jackpot_no_such_function()")
+    monkeypatch.setattr(postgres, "_configure_failed", threading.Event())
+    with caplog.at_level(logging.WARNING, logger="jackpot"), \
+            JackpotEngine.open(pg_target, settings=Settings(lock_timeout_ms=2000)) as engine:
+        assert engine.contribute(Decimal(10), groups="minor", op_id="bet").versions == {
+            "minor": 2}
+        assert engine.contribute(Decimal(10), groups=None, op_id="bet-3").replayed is False
+        assert engine.verify().ok
+    said = [r.getMessage() for r in caplog.records
+            if "could not set the server-side session defaults" in r.getMessage()]
+    assert len(said) == 1, said  # once per process, not per connection
+    assert "jackpot_no_such_function" in said[0]

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import threading
@@ -109,6 +110,7 @@ from jackpot.storage.schema import POSTGRES_MIGRATIONS, POSTGRES_TRIGGERS
 __all__ = ["PostgresStore"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+logger = logging.getLogger("jackpot")
 
 _STREAM_CHUNK = 2000  # rows per FETCH of a server-side cursor (the audit's big queries)
 _ADVISORY_KEY = 0x6A61636B706F74  # "jackpot": serializes migrations and level creation
@@ -235,7 +237,10 @@ would time out until the server's TCP gives up, two hours by default. So
 the server ends a session idle in a transaction for a minute (the engine's
 transactions never wait between statements) and probes its idle clients
 as the client probes the server. A value the URL's `options`, the role,
-the database or the server's configuration sets is kept.
+the database or the server's configuration sets is kept (so `ALTER ROLE ...
+SET idle_in_transaction_session_timeout = 0` turns it off). Behind a
+transaction-pooling PgBouncer they land on PgBouncer's server connections,
+which clients of the same database and role share.
 """
 
 _SET_SESSION_DEFAULTS = (
@@ -244,9 +249,23 @@ _SET_SESSION_DEFAULTS = (
     + ") AS d(name, value) JOIN pg_settings USING (name) WHERE source = 'default'")
 
 
+_configure_failed = threading.Event()  # warned once per process
+
+
 def _configure_session(conn: Connection) -> None:
-    """Apply `SESSION_DEFAULTS` to a new pooled connection (the pool's configure callback)."""
-    conn.execute(_SET_SESSION_DEFAULTS)
+    """Apply `SESSION_DEFAULTS` to a new pooled connection (the pool's configure callback).
+
+    Best effort: a server that refuses (`pg_settings` not readable by the
+    role, say) keeps its own settings, with one warning per process. Raising
+    here would make the pool discard every connection it makes.
+    """
+    try:
+        conn.execute(_SET_SESSION_DEFAULTS)
+    except psycopg.Error as e:  # autocommit: the connection is idle and usable
+        if not _configure_failed.is_set():
+            _configure_failed.set()
+            logger.warning("could not set the server-side session defaults (%s): sessions "
+                           "keep the server's own settings", " ".join(str(e).split()))
 
 
 class _Pools:
@@ -458,9 +477,10 @@ class PostgresStore(Store):
         if self._pool.out < self._pool.max_size:  # not all in use: some could not be made
             return ConnectionUnavailableError(
                 f"no connection to {self._where} within {self._timeout_ms} ms: the pool "
-                f"has {self._pool.out} of its {self._pool.max_size} in use and is still "
-                "making the others (it reconnects with a growing delay after the server "
-                "was unreachable; a new connection works again); nothing was changed")
+                f"has {self._pool.out} of its {self._pool.max_size} in use and could not "
+                "make another in time, though a direct connection just worked (after "
+                "failed attempts, as in an outage, it reconnects with a growing delay; "
+                "the psycopg.pool log has them); nothing was changed")
         return LockTimeoutError(
             f"no connection to {self._where} became free within {self._timeout_ms} ms "
             "(every pooled connection is busy); nothing was changed")
