@@ -773,7 +773,7 @@ class _TimingOutGuard:
 
 
 def test_a_batch_that_cannot_hold_its_levels_names_no_other_callers_op_id(
-        db_path: Path) -> None:
+        db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # The coordinator's "could not hold levels" error is shared by its batch;
     # it named the first op_id, so every other caller's error (and log line)
     # named someone else's operation.
@@ -809,3 +809,11 @@ def test_a_batch_that_cannot_hold_its_levels_names_no_other_callers_op_id(
             assert str(errors[op_id]).startswith(
                 "contribute (a batch of 2): could not hold levels major, minor")
         assert engine.pools()["minor"].version == 1  # nothing was changed
+    said = [(r.getMessage(), getattr(r, "op_id", "-")) for r in caplog.records
+            if "could not hold levels" in r.getMessage() and r.levelno == logging.WARNING
+            and r.name == "jackpot" and "failed" not in r.getMessage()]
+    assert said == [
+        ("contribute 'blocker': could not hold levels major,minor in time; released all",
+         "blocker"),
+        ("contribute (a batch of 2): could not hold levels major,minor in time; released all",
+         None)]

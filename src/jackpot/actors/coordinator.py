@@ -112,7 +112,8 @@ class Coordinator(pykka.ThreadingActor):
         label = ",".join(sorted({op.kind for op in ops}))
         # The error is shared by the batch: it names an op_id only when it is the one.
         what = f"{label} {ops[0].op_id!r}" if len(ops) == 1 else f"{label} (a batch of {len(ops)})"
-        guards, waited = self._gather_with_retries(names, ops[0].op_id, label, what)
+        guards, waited = self._gather_with_retries(
+            names, ops[0].op_id if len(ops) == 1 else None, label, what)
         try:  # entered right after the guards are held: nothing may come between
             self._stats.lock_wait("coordinator", label, waited)
             known = {g.name: g.state for g in guards if g.state is not None}
@@ -134,7 +135,7 @@ class Coordinator(pykka.ThreadingActor):
             for guard in guards:
                 guard.lock.release()
 
-    def _gather_with_retries(self, names: tuple[str, ...], op_id: str, label: str,
+    def _gather_with_retries(self, names: tuple[str, ...], op_id: str | None, label: str,
                              what: str) -> tuple[list[LevelGuard], float]:
         """Hold the guards of `names`, retrying on timeouts; (guards, seconds waited).
 
@@ -149,8 +150,8 @@ class Coordinator(pykka.ThreadingActor):
             waited = time.perf_counter() - started
             if guards is not None:
                 return guards, waited
-            logger.warning("could not hold levels %s in time; released all, retrying",
-                           levels, extra={"op_id": op_id, "operation": label,
+            logger.warning("%s: could not hold levels %s in time; released all",
+                           what, levels, extra={"op_id": op_id, "operation": label,
                                           "level": levels, "outcome": "lock_timeout"})
             self._stats.lock_wait("coordinator", label, waited)
             self._stats.add("busy_incidents", label, levels)
