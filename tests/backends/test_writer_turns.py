@@ -353,22 +353,45 @@ def test_a_closed_writer_whose_helper_still_waits_is_not_kept_waiting(tmp_path: 
         writer.close()
 
 
+def _as_acquire_returns(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    turns = store._turns
+    acquire = turns.acquire
+
+    def interrupted_after(timeout: float) -> bool:
+        assert acquire(timeout)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(turns, "acquire", interrupted_after)
+
+
+def _as_flock_returns(_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = turns_module.fcntl
+
+    class InterruptedAfterFlock:  # signals are handled right after a builtin returns
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def flock(fd: int, operation: int) -> None:
+            real.flock(fd, operation)
+            if operation & real.LOCK_NB:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(turns_module, "fcntl", InterruptedAfterFlock())
+
+
+@pytest.mark.parametrize("interrupt", [_as_acquire_returns, _as_flock_returns],
+                         ids=["as-acquire-returns", "as-flock-returns"])
 def test_an_interrupt_as_the_turn_is_taken_gives_it_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C just after `acquire` returned, before the transaction began."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        interrupt: Callable[[Any, pytest.MonkeyPatch], None]) -> None:
+    """Ctrl-C landing as the turn is taken, before the transaction began."""
     db = str(tmp_path / "pools.db")
     store, other = open_store(db), WriterTurns(db)
     try:
         with store.write():
             pass  # the store's turns exist from its first write
-        turns = store._turns  # type: ignore[attr-defined]
-        acquire = turns.acquire
-
-        def interrupted_after(timeout: float) -> bool:
-            assert acquire(timeout)
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(turns, "acquire", interrupted_after)
+        interrupt(store, monkeypatch)
         with pytest.raises(KeyboardInterrupt), store.write():
             pytest.fail("the block ran")
         monkeypatch.undo()
@@ -376,37 +399,6 @@ def test_an_interrupt_as_the_turn_is_taken_gives_it_back(
         other.release()
         with store.write():
             pass
-    finally:
-        store.close()
-        other.close()
-
-
-def test_an_interrupt_as_the_uncontended_flock_returns_gives_the_turn_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Signals are handled right after a builtin returns: the lock is taken by then."""
-    db = str(tmp_path / "pools.db")
-    store, other = open_store(db), WriterTurns(db)
-    try:
-        with store.write():
-            pass  # the store's turns exist from its first write
-        real = turns_module.fcntl
-
-        class InterruptedAfterFlock:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-            @staticmethod
-            def flock(fd: int, operation: int) -> None:
-                real.flock(fd, operation)
-                if operation & real.LOCK_NB:
-                    raise KeyboardInterrupt
-
-        monkeypatch.setattr(turns_module, "fcntl", InterruptedAfterFlock())
-        with pytest.raises(KeyboardInterrupt), store.write():
-            pytest.fail("the block ran")
-        monkeypatch.undo()
-        assert other.acquire(0.05)  # were the turn kept, this would wait for the next write
-        other.release()
     finally:
         store.close()
         other.close()
