@@ -29,7 +29,9 @@ _SHOWN = 20
 _SKIPPED_CHUNK = 5000  # skipped levels' views looked up per batch of queries
 _STORED = re.compile(r"([0-9]{1,12})\.([0-9]{6})", re.ASCII)  # as `from_units` writes them
 _ADMIN = ("suspend", "resume", "adjust", "retire")
-Hits = Mapping[str, list[tuple[str, int, int, int]]]
+Hit = tuple[str, int, int, int, str | None]
+"""A must-hit-by hit as the ledger has it: (level, version, paid, balance after, winner)."""
+Hits = Mapping[str, list[Hit]]
 
 
 def units_of(text: object) -> int | None:
@@ -106,7 +108,7 @@ def _check_skipped(skipped: list[Skipped],
     skipped.clear()
 
 
-def _check(record: RecordedResult, hits: list[tuple[str, int, int, int]],
+def _check(record: RecordedResult, hits: list[Hit],
            detail: RecordedDetail | None, skipped: list[Skipped]) -> str | None:
     try:
         r = json.loads(record.result)
@@ -131,7 +133,7 @@ def _check(record: RecordedResult, hits: list[tuple[str, int, int, int]],
 
 
 def _check_bet(record: RecordedResult, r: dict[str, Any],
-               hits: list[tuple[str, int, int, int]], skipped: list[Skipped]) -> str | None:
+               hits: list[Hit], skipped: list[Skipped]) -> str | None:
     contributions = r["contributions"]
     if not record.levels.keys() <= contributions.keys():
         return _same_levels(record, set(contributions))
@@ -149,15 +151,15 @@ def _check_bet(record: RecordedResult, r: dict[str, Any],
                                             credited=given)) is not None:
             return p
     for h in r["hits"]:
-        if (h["winner"], h["reset"], h["hit"]) != (None, True, True):
-            return (f"its stored result lists a hit of {h['group']} with winner "
-                    f"{h['winner']!r}, reset {h['reset']!r}, hit {h['hit']!r}: a must-hit-by "
-                    "hit has no winner, resets the level and is a hit")
-    stored = sorted((h["group"], h["version"], units_of(h["amount"]), units_of(h["balance"]))
-                    for h in r["hits"])
-    if stored != sorted(hits):
+        if (h["reset"], h["hit"]) != (True, True):
+            return (f"its stored result lists a hit of {h['group']} with reset "
+                    f"{h['reset']!r}, hit {h['hit']!r}: a must-hit-by hit resets the "
+                    "level and is a hit")
+    stored = sorted(((h["group"], h["version"], units_of(h["amount"]), units_of(h["balance"]),
+                      h["winner"]) for h in r["hits"]), key=_order)
+    if stored != sorted(hits, key=_order):
         return (f"its stored result lists hits {_hits(stored)}, "
-                f"the ledger has {_hits(sorted(hits))}")
+                f"the ledger has {_hits(sorted(hits, key=_order))}")
     skipped.extend(seen)
     return None
 
@@ -213,6 +215,12 @@ def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object
     return None
 
 
-def _hits(hits: list[tuple[str, int, int | None, int | None]]) -> str:
-    return "[" + ", ".join(f"{level} v{v} {'?' if paid is None else from_units(paid)}"
-                           for level, v, paid, _ in hits) + "]"
+def _order(hit: tuple[Any, ...]) -> tuple[str, int]:
+    return hit[0], hit[1]  # a level's versions are unique: no winner (maybe None) compared
+
+
+def _hits(hits: list[tuple[str, int, int | None, int | None, str | None]]) -> str:
+    return "[" + ", ".join(
+        f"{level} v{v} {'?' if paid is None else from_units(paid)}"
+        f"{'' if winner is None else f' to {winner}'}"
+        for level, v, paid, _, winner in hits) + "]"

@@ -414,13 +414,14 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
 @click.argument("bet")
 @click.option("--level", "levels", multiple=True, help="A level (repeatable); default: all.")
 @click.option("--op-id", default=None, help="Idempotency key.")
+@click.option("--player", default=None, help="Who bet (the winner of a mystery hit).")
 @_shared
-def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None,
+def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None, player: str | None,
                db: str | None, as_json: bool | None) -> None:
     """Contribute one bet to the levels, by hand."""
     opts = _options(db, as_json)
     with _engine(opts) as engine:
-        result = engine.contribute(bet, groups=list(levels) or None, op_id=op_id)
+        result = engine.contribute(bet, groups=list(levels) or None, op_id=op_id, player=player)
     if opts.json:
         _print_json(dataclasses.asdict(result))
         return
@@ -432,7 +433,9 @@ def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None,
                       str(result.versions[name]))
     console.print(table)
     for hit in result.hits:
-        console.print(f"mystery jackpot hit on {hit.group}: paid {_money(hit.amount)}")
+        to = "" if hit.winner is None else f" to {hit.winner}"
+        console.print(f"mystery jackpot hit on {hit.group}: paid {_money(hit.amount)}{to}",
+                      markup=False)
 
 
 @app.command()

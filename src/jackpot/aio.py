@@ -177,13 +177,15 @@ class AsyncJackpotEngine:
         *,
         groups: Iterable[str] | str | None = None,
         op_id: str | None = None,
+        player: str | None = None,
     ) -> Contribution:
         """Add one bet's share to every named level (all when None), atomically.
 
         See `JackpotEngine.contribute`.
         """
         result: Contribution = await self._submit(self._build(
-            "contribute", op_id, "contribute", bet, groups=groups, op_id=op_id))
+            "contribute", op_id, "contribute", bet, groups=groups, op_id=op_id,
+            player=player))
         return result
 
     async def process_win(

@@ -422,9 +422,11 @@ def win(
 
 
 def contribute(
-    state: LevelState, bet: int, now: int, draw: Draw
+    state: LevelState, bet: int, now: int, draw: Draw, *, player: str | None = None
 ) -> tuple[LevelState, list[Entry], list[Entry]]:
     """Add one bet's share: (state, ledger entries, the hit entries among them).
+
+    `player`, who placed the bet, is recorded as the winner of any hit it triggers.
 
     A bet below `min_bet` does not qualify: no change, no entry. The pool
     stops at its cap (excess to the overflow meter or the reserve). On a
@@ -464,7 +466,7 @@ def contribute(
                        f"{MAX_HITS_PER_BET} hits on level {state.name!r}: set a "
                        "max_contribution that fits the must-hit-by range")
                 raise ValidationError(msg)
-            current, hit = win(current, None, now, draw, kind="hit")
+            current, hit = win(current, None, now, draw, winner=player, kind="hit")
             entries.append(hit)
             hits.append(hit)
     return current, entries, hits

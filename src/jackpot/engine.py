@@ -665,14 +665,18 @@ class JackpotEngine:
         *,
         groups: Iterable[str] | str | None = None,
         op_id: str | None = None,
+        player: str | None = None,
     ) -> Contribution:
         """Add one bet's share to every named level (all levels when None), atomically.
 
         Returns per level the amount added, the balance and version after.
         Replaying an op_id returns the first result with `replayed=True`.
+        `player`, who placed the bet, is recorded as the winner of any
+        must-hit-by hit the bet triggers (in `hits`, the ledger and history).
         """
         result: Contribution = self._submit(self._build(
-            "contribute", op_id, self._requests.contribute, bet, groups=groups, op_id=op_id))
+            "contribute", op_id, self._requests.contribute, bet, groups=groups, op_id=op_id,
+            player=player))
         return result
 
     def process_win(

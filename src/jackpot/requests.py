@@ -113,13 +113,18 @@ class Requests:
             raise ValidationError(msg)
         return checked, True
 
-    def contribute(self, bet: object, *, groups: object, op_id: object) -> Operation:
+    def contribute(self, bet: object, *, groups: object, op_id: object,
+                   player: object = None) -> Operation:
         """Build a contribution of `bet` to `groups` (None: every active level)."""
         units = money.parse_amount(bet, name="bet")
         names = self.group_list(groups)
         every = groups is None
+        who = check_text(player, "player")
         oid, explicit = self.op_id(op_id)
-        request = {"kind": "contribute", "bet": units, "groups": "*" if every else list(names)}
+        request: dict[str, Any] = {"kind": "contribute", "bet": units,
+                                   "groups": "*" if every else list(names)}
+        if who is not None:  # (absent otherwise: bets recorded before it keep their fingerprint)
+            request["player"] = who
 
         def apply(states: Mapping[str, LevelState], now: int
                   ) -> tuple[dict[str, LevelState], list[Entry], Contribution]:
@@ -131,14 +136,14 @@ class Requests:
                 state = states[name]
                 if every and state.status != domain.ACTIVE:
                     continue  # "every level" means every level that takes bets
-                after, rows, level_hits = domain.contribute(state, units, now, draw)
+                after, rows, level_hits = domain.contribute(state, units, now, draw, player=who)
                 added[name] = sum(e.contributed - e.overflow for e in rows)
                 if rows:
                     new[name] = after
                     entries.extend(rows)
                 hits.extend(Win(oid, h.level, money.from_units(h.paid),
                                 money.from_units(h.balance_after), h.version_after,
-                                reset=True, hit=True) for h in level_hits)
+                                winner=who, reset=True, hit=True) for h in level_hits)
             if every and not added:
                 _refuse_every_level_closed(states)
             after_all = {n: new.get(n, states[n]) for n in added}

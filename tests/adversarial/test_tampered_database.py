@@ -389,11 +389,26 @@ def test_a_hit_in_a_stored_bet_result_rewritten_as_someone_s_win_is_found(
     with JackpotEngine.open(tmp_path / "pools.db", levels,
                             settings=Settings(enable_metrics=False, log_level="error")) as e:
         e.contribute(Decimal("0.00001"), op_id="b1")
+        e.contribute(Decimal("0.00001"), op_id="b2", player="p-7")
         rewrite_result(e, "b1", lambda r: r["hits"][0].update(winner="mallory"))
+        rewrite_result(e, "b2", lambda r: r["hits"][0].update(winner="mallory"))
         assert e.verify().problems == [
-            ("operation 'b1': its stored result lists a hit of mystery with winner "
-             "'mallory', reset True, hit True: a must-hit-by hit has no winner, resets the "
-             "level and is a hit")]
+            ("operation 'b1': its stored result lists hits [mystery v3 10.000001 to mallory], "
+             "the ledger has [mystery v3 10.000001]"),
+            ("operation 'b2': its stored result lists hits [mystery v5 10.000001 to mallory], "
+             "the ledger has [mystery v5 10.000001 to p-7]")]
+
+
+def test_a_hit_in_a_stored_bet_result_that_does_not_reset_is_found(tmp_path: Path) -> None:
+    levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
+                          must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal("0.00001"), op_id="b1")
+        rewrite_result(e, "b1", lambda r: r["hits"][0].update(reset=False))
+        assert e.verify().problems == [
+            ("operation 'b1': its stored result lists a hit of mystery with reset False, "
+             "hit True: a must-hit-by hit resets the level and is a hit")]
 
 
 @pytest.fixture

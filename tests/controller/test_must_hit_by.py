@@ -29,6 +29,7 @@ from typing import Any
 import apsw
 import pytest
 
+import jackpot
 import jackpot.requests
 from jackpot import (
     Contribution,
@@ -366,3 +367,27 @@ def test_the_trigger_is_never_shown(open_engine: Callable[..., JackpotEngine], d
     public = (PoolSnapshot, HistoryEntry, Win, Contribution)
     assert all("trigger" not in {f.name for f in dataclasses.fields(t)} for t in public)
     assert "trigger" not in engine.pool("mystery").meters
+
+
+def test_the_player_whose_bet_triggers_a_hit_is_its_winner(tmp_path: Path) -> None:
+    # A hit had no winner anywhere: history, the ledger and the result said None.
+    levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
+                          must_hit_by=Decimal("10.000001"))]  # the first unit hits
+    with JackpotEngine.open(tmp_path / "pools.db", levels) as engine:
+        result = engine.contribute(Decimal("0.00001"), op_id="b1", player="p-7")
+        assert [(h.group, h.winner, h.hit) for h in result.hits] == [("mystery", "p-7", True)]
+        replay = engine.contribute(Decimal("0.00001"), op_id="b1", player="p-7")
+        assert (replay.replayed, replay.hits[0].winner) == (True, "p-7")
+        assert [(h.op_id, h.winner, h.hit) for h in engine.history("mystery")] == [
+            ("b1", "p-7", True)]
+        anonymous = engine.contribute(Decimal("0.00001"), op_id="b2")  # as before: no winner
+        assert [h.winner for h in anonymous.hits] == [None]
+        with pytest.raises(jackpot.IdempotencyConflictError):  # the player is the request's
+            engine.contribute(Decimal("0.00001"), op_id="b1", player="p-8")
+        with pytest.raises(ValidationError, match=r"^player must be 1-256 printable"):
+            engine.contribute(Decimal("0.00001"), op_id="b3", player=" ")
+        assert engine.pool("mystery").version == 5  # the refusals changed nothing
+        assert engine.verify().ok
+    with apsw.Connection(str(tmp_path / "pools.db")) as conn:
+        assert list(conn.execute("SELECT op_id, who FROM ledger WHERE kind = 'hit' "
+                                 "ORDER BY version_after")) == [("b1", "p-7"), ("b2", None)]

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import apsw
 import pytest
 
 import jackpot as jackpot_module
-from jackpot import JackpotEngine, cli
+from jackpot import GroupConfig, JackpotEngine, cli
 
 from .conftest import write_lock_held
 
@@ -109,6 +110,18 @@ def test_a_config_change_sent_again_says_replayed(db: str) -> None:
     assert "config of minor, now version 2" in first.stdout
     assert "replayed" not in first.stdout
     assert "config of minor, now version 2 (op c1, replayed)" in " ".join(again.stdout.split())
+
+
+def test_a_bet_by_hand_names_its_player_as_a_mystery_hits_winner(tmp_path: Path) -> None:
+    path = str(tmp_path / "mystery.db")
+    levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
+                          must_hit_by=Decimal("10.000001"))]  # the first unit hits
+    JackpotEngine.open(path, levels).close()
+    done = jackpot("contribute", "0.00001", "--player", "p-[7]", "--op-id", "b1", "--db", path)
+    assert done.returncode == 0, done.stderr
+    assert "mystery jackpot hit on mystery: paid 10.000001 to p-[7]\n" in done.stdout
+    (hit,) = ok_json("history", "mystery", "--db", path)
+    assert (hit["winner"], hit["hit"], hit["op_id"]) == ("p-[7]", True, "b1")
 
 
 def test_a_session_of_manual_operations(db: str) -> None:

@@ -250,7 +250,7 @@ ORDER BY g.op_id, g.level
 
 # The must-hit-by hits of recorded operations (a bet's result lists each).
 _RECORDED_HITS = """
-SELECT l.op_id, l.level, l.version_after, l.paid, l.balance_after
+SELECT l.op_id, l.level, l.version_after, l.paid, l.balance_after, l.who
 FROM ledger AS l JOIN operations AS o ON o.op_id = l.op_id
 WHERE l.kind = 'hit'
 """
@@ -533,11 +533,12 @@ class Store(ABC):
             levels = {r[3]: LedgerFigures(*(int(v) for v in r[4:])) for r in (first, *group)}
             yield RecordedResult(op_id, first[1], first[2], levels)
 
-    def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int]]]:
-        """Return, per recorded op_id, its hits: (level, version, paid, balance after)."""
-        out: dict[str, list[tuple[str, int, int, int]]] = {}
-        for op_id, level, version, paid, balance in self._exec(_RECORDED_HITS):
-            out.setdefault(op_id, []).append((level, int(version), int(paid), int(balance)))
+    def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int, str | None]]]:
+        """Return, per recorded op_id, its hits: (level, version, paid, balance after, winner)."""
+        out: dict[str, list[tuple[str, int, int, int, str | None]]] = {}
+        for op_id, level, version, paid, balance, who in self._exec(_RECORDED_HITS):
+            out.setdefault(op_id, []).append(
+                (level, int(version), int(paid), int(balance), who))
         return out
 
     def recorded_details(self) -> dict[str, RecordedDetail]:
