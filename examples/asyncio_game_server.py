@@ -80,7 +80,8 @@ class GameServer:
 
     async def spin(self, player: str, round_id: str, stake: str) -> dict[str, Any]:
         op_id = f"{player}:{round_id}"
-        bet: Contribution = await self.engine.contribute(stake, op_id=op_id)
+        # The player is recorded as the winner of any mystery hit this bet triggers.
+        bet: Contribution = await self.engine.contribute(stake, op_id=op_id, player=player)
         self.spins += not bet.replayed
         wins = list(bet.hits)  # must-hit-by hits come with the bet that triggered them
         # The game's outcome is a function of the round, so a resent spin gets
