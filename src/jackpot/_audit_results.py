@@ -150,17 +150,28 @@ def _check_bet(record: RecordedResult, r: dict[str, Any],
                                             balance=r["balances"][level],
                                             credited=given)) is not None:
             return p
-    for h in r["hits"]:
+    if (p := _check_hits(r["hits"], hits)) is not None:
+        return p
+    skipped.extend(seen)
+    return None
+
+
+def _check_hits(given: list[dict[str, Any]], hits: list[Hit]) -> str | None:
+    """Compare a bet's stored hits with the ledger's: the same hits, one winner."""
+    winners = [h["winner"] for h in given]
+    if any(w != winners[0] for w in winners):  # (a list: forged winners may be unhashable)
+        return (f"its stored result gives its hits different winners {winners!r}: "
+                "a bet has one player")
+    for h in given:
         if (h["reset"], h["hit"]) != (True, True):
             return (f"its stored result lists a hit of {h['group']} with reset "
                     f"{h['reset']!r}, hit {h['hit']!r}: a must-hit-by hit resets the "
                     "level and is a hit")
     stored = sorted(((h["group"], h["version"], units_of(h["amount"]), units_of(h["balance"]),
-                      h["winner"]) for h in r["hits"]), key=_order)
+                      h["winner"]) for h in given), key=_order)
     if stored != sorted(hits, key=_order):
         return (f"its stored result lists hits {_hits(stored)}, "
                 f"the ledger has {_hits(sorted(hits, key=_order))}")
-    skipped.extend(seen)
     return None
 
 

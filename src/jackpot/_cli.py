@@ -40,6 +40,7 @@ from prometheus_client import generate_latest
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from jackpot import __version__, money, reads
 from jackpot.audit import audit
@@ -296,8 +297,8 @@ def history(*, level: str, limit: int, db: str | None, as_json: bool | None) -> 
     for name in ("time (UTC)", "amount", "winner", "hit", "version", "op_id"):
         table.add_column(name, overflow="fold")
     for e in entries:
-        table.add_row(_time(e.at_ms), _money(e.amount), e.winner or "-",
-                      "yes" if e.hit else "", str(e.version), e.op_id)
+        table.add_row(_time(e.at_ms), _money(e.amount), Text(e.winner or "-"),
+                      "yes" if e.hit else "", str(e.version), Text(e.op_id))
     console.print(table)
 
 
@@ -324,7 +325,7 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
         table.add_row(str(r.seq), _time(r.at_ms), r.kind, r.level,
                       _money(money.from_units(r.delta)),
                       _money(money.from_units(r.balance_after)), str(r.version_after),
-                      r.op_id, r.who or "-")
+                      Text(r.op_id), Text(r.who or "-"))
     console.print(table)
 
 

@@ -129,9 +129,10 @@ def log_success(op: Operation, outcome: str, result: object) -> None:
     """
     if isinstance(result, Contribution):
         for hit in result.hits:
-            logger.info("mystery jackpot hit on %s: paid %s (op %s)", hit.group, hit.amount,
-                        op.op_id, extra={**_fields(op, outcome, hit.group),
-                                         "amount": str(hit.amount), "version": hit.version})
+            logger.info("mystery jackpot hit on %s: paid %s to %s (op %s)", hit.group,
+                        hit.amount, hit.winner, op.op_id,
+                        extra={**_fields(op, outcome, hit.group), "amount": str(hit.amount),
+                               "version": hit.version, "winner": hit.winner})
     elif isinstance(result, Win):
         logger.info("win on %s: paid %s to %s (op %s, %s)", result.group, result.amount,
                     result.winner, op.op_id, outcome,

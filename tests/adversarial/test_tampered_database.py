@@ -399,6 +399,36 @@ def test_a_hit_in_a_stored_bet_result_rewritten_as_someone_s_win_is_found(
              "the ledger has [mystery v5 10.000001 to p-7]")]
 
 
+def test_one_hit_of_a_bet_given_to_another_player_in_both_tables_is_found(
+        tmp_path: Path) -> None:
+    # Result and ledger agreeing is not enough: a bet has one player, so all
+    # of its hits (3 per level here, on two levels) have one winner.
+    levels = [GroupConfig(name, Decimal(10), Decimal("0.1"), must_hit_by=Decimal("10.000001"))
+              for name in ("a", "b")]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        bet = e.contribute(Decimal("0.00003"), op_id="m1", player="p-7")
+        assert [(h.group, h.winner) for h in bet.hits] == [("a", "p-7")] * 3 + [("b", "p-7")] * 3
+        assert e.verify().ok
+        last = bet.hits[-1]
+        conn = apsw.Connection(e._path)
+        try:  # as a writer that drops the append-only trigger and puts it back can
+            (trigger,) = conn.execute("SELECT sql FROM sqlite_master "
+                                      "WHERE name = 'ledger_no_update'").fetchone()
+            with conn:
+                conn.execute("DROP TRIGGER ledger_no_update")
+                conn.execute("UPDATE ledger SET who = 'mallory' WHERE op_id = 'm1' AND "
+                             "kind = 'hit' AND level = ? AND version_after = ?",
+                             (last.group, last.version))
+                conn.execute(trigger)
+        finally:
+            conn.close()
+        rewrite_result(e, "m1", lambda r: r["hits"][-1].update(winner="mallory"))
+        assert e.verify().problems == [
+            ("operation 'm1': its stored result gives its hits different winners "
+             "['p-7', 'p-7', 'p-7', 'p-7', 'p-7', 'mallory']: a bet has one player")]
+
+
 def test_a_hit_in_a_stored_bet_result_that_does_not_reset_is_found(tmp_path: Path) -> None:
     levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
                           must_hit_by=Decimal("10.000001"))]

@@ -117,11 +117,16 @@ def test_a_bet_by_hand_names_its_player_as_a_mystery_hits_winner(tmp_path: Path)
     levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
                           must_hit_by=Decimal("10.000001"))]  # the first unit hits
     JackpotEngine.open(path, levels).close()
-    done = jackpot("contribute", "0.00001", "--player", "p-[7]", "--op-id", "b1", "--db", path)
+    player = "p-[bold]7[/bold]"  # shown as typed, never as rich markup
+    done = jackpot("contribute", "0.00001", "--player", player, "--op-id", "b1", "--db", path)
     assert done.returncode == 0, done.stderr
-    assert "mystery jackpot hit on mystery: paid 10.000001 to p-[7]\n" in done.stdout
+    assert f"mystery jackpot hit on mystery: paid 10.000001 to {player}\n" in done.stdout
     (hit,) = ok_json("history", "mystery", "--db", path)
-    assert (hit["winner"], hit["hit"], hit["op_id"]) == ("p-[7]", True, "b1")
+    assert (hit["winner"], hit["hit"], hit["op_id"]) == (player, True, "b1")
+    for command in ("history", "ledger"):
+        table = jackpot(command, *(["mystery"] if command == "history" else []), "--db", path,
+                        env={"COLUMNS": "250"}).stdout
+        assert player in table, table
 
 
 def test_a_session_of_manual_operations(db: str) -> None:
