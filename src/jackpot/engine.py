@@ -817,10 +817,13 @@ class JackpotEngine:
     # -- internals -----------------------------------------------------------------
 
     def _check_open(self) -> None:
+        self._check_not_closed()
+        self._check_process()
+
+    def _check_not_closed(self) -> None:
         if self._closed:
             msg = "the engine is closed; open a new one to go on"
             raise EngineClosedError(msg)
-        self._check_process()
 
     def _check_process(self) -> None:
         """Refuse a call in a forked child; takes no lock (the parent's may be held forever)."""
@@ -834,7 +837,7 @@ class JackpotEngine:
         """Count an operation as in flight, so `close()` waits for it."""
         self._check_process()  # before the lock: a fork may have copied it held
         with self._cond:
-            self._check_open()
+            self._check_not_closed()
             self._inflight += 1
 
     def _leave(self) -> None:
