@@ -127,7 +127,7 @@ def _check(record: RecordedResult, hits: list[Hit],
                                    balance=r["balances"][level])) is not None), None)
         if record.kind == "contribute":
             return _check_bet(record, r, hits, skipped)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return "its stored result is unreadable"
     return f"its stored result is of an unknown kind {record.kind!r}"
 
@@ -167,8 +167,8 @@ def _check_hits(given: list[dict[str, Any]], hits: list[Hit]) -> str | None:
             return (f"its stored result lists a hit of {h['group']} with reset "
                     f"{h['reset']!r}, hit {h['hit']!r}: a must-hit-by hit resets the "
                     "level and is a hit")
-    stored = sorted(((h["group"], h["version"], units_of(h["amount"]), units_of(h["balance"]),
-                      h["winner"]) for h in given), key=_order)
+    stored = sorted(((h["group"], _version(h["version"]), units_of(h["amount"]),
+                      units_of(h["balance"]), h["winner"]) for h in given), key=_order)
     if stored != sorted(hits, key=_order):
         return (f"its stored result lists hits {_hits(stored)}, "
                 f"the ledger has {_hits(sorted(hits, key=_order))}")
@@ -216,8 +216,8 @@ def _same_levels(record: RecordedResult, named: set[str]) -> str | None:
 def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object
              ) -> str | None:
     """Compare a result's figures for one level with the ledger's; describe the first miss."""
-    if version != f.version:
-        return f"its stored result says {level} is at version {version}, the ledger {f.version}"
+    if type(version) is not int or version != f.version:  # 3.0 and True are not versions
+        return f"its stored result says {level} is at version {version!r}, the ledger {f.version}"
     for what, given in amounts.items():
         held = getattr(f, what)
         if units_of(given) != held:

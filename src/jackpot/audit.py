@@ -47,8 +47,9 @@ def audit(store: Store) -> VerifyReport:
         totals = store.ledger_totals()
         bad_rows = store.broken_ledger_rows(limit=20)
         orphan_ids = store.operation_ids_without_ledger()
-        orphans = [op for op, record in store.find_operations(orphan_ids).items()
-                   if not _is_empty_bet(record.kind, record.result)]
+        orphans = [(op, record.result is None)
+                   for op, record in store.find_operations(orphan_ids).items()
+                   if record.result is None or not _is_empty_bet(record.kind, record.result)]
         transfers = _unreadable(problems, "retirement rows", list[LedgerRow](),
                                 lambda: store.ledger(kinds=("retire", "transfer_in")))
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
@@ -80,7 +81,9 @@ def audit(store: Store) -> VerifyReport:
         problems.extend(fractions.problems)
     problems.extend(_unreadable(problems, "retirement rows", list[str](),
                                 lambda: check_retirements(transfers)))
-    problems.extend(f"operation {op!r} recorded without ledger rows" for op in orphans)
+    problems.extend(f"operation {op!r} recorded without ledger rows"
+                    + (" (its stored result cannot be read)" if unreadable else "")
+                    for op, unreadable in orphans)
     problems.extend(results)
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
@@ -106,7 +109,7 @@ def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], 
     """
     try:
         return read()
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as e:
         problems.append(f"{what} cannot be read as the engine writes them "
                         f"({type(e).__name__}: {e})")
         return instead
@@ -118,8 +121,9 @@ def _is_empty_bet(kind: str, result: dict[str, Any]) -> bool:
     Such a bet changes nothing (no ledger rows) but keeps its op_id, so that a
     retry replays it; any other operation without ledger rows is a problem.
     """
-    return (kind == "contribute" and not result.get("hits")
-            and all(units_of(v) == 0 for v in result.get("contributions", {}).values()))
+    contributions = result.get("contributions")
+    return (kind == "contribute" and not result.get("hits") and isinstance(contributions, dict)
+            and all(units_of(v) == 0 for v in contributions.values()))
 
 
 def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:

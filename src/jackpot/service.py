@@ -423,6 +423,10 @@ def _rebuild(op: Operation, stored: StoredOperation) -> Any:
     A record the engine cannot read (tampered, or not written by it) fails
     this replay alone, with a `StorageError`, not every op sharing its batch.
     """
+    if stored.result is None:
+        msg = (f"op_id {op.op_id!r}: its stored first result is not the JSON object the "
+               "engine writes; nothing was changed: run verify()")
+        raise StorageError(msg)
     try:
         return op.rebuild(stored.result)
     except Exception as e:

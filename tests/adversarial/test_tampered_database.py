@@ -19,6 +19,9 @@ import pytest
 
 from jackpot import GroupConfig, JackpotEngine, Settings
 
+DEEP = "[" * 100_000 + "]" * 100_000
+"""JSON nested deeper than Python's parser (or SQLite's) goes: a RecursionError, not a ValueError."""
+
 LEVELS = [GroupConfig("minor", Decimal(10), Decimal("0.1"), reserve_rate=Decimal("0.01")),
           GroupConfig("major", Decimal(100), Decimal("0.01"))]
 
@@ -71,6 +74,20 @@ def test_an_idempotency_record_without_ledger_rows(engine: JackpotEngine) -> Non
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
                    "VALUES ('ghost', 'win', 'x', '{}', 0)")
     assert problems(engine) == ["operation 'ghost' recorded without ledger rows"]
+
+
+@pytest.mark.parametrize(("kind", "result"), [
+    ("contribute", "not json"), ("contribute", DEEP), ("contribute", "[]"), ("win", "3"),
+    ("contribute", "{}"), ("contribute", '{"contributions": [], "hits": []}')])
+def test_an_idempotency_record_the_engine_never_wrote_is_reported_not_a_crash(
+        engine: JackpotEngine, kind: str, result: str) -> None:
+    # Not an empty bet (those keep their op_id without ledger rows): that
+    # needs the contributions, each of them zero, and no hits.
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES ('ghost', ?, 'x', ?, 0)", (kind, result))
+    readable = result.startswith("{")
+    assert problems(engine) == ["operation 'ghost' recorded without ledger rows"
+                                + ("" if readable else " (its stored result cannot be read)")]
 
 
 def test_two_idempotency_records_without_ledger_rows(engine: JackpotEngine) -> None:
@@ -300,6 +317,9 @@ def test_a_rewritten_win_result_is_what_a_replay_pays(engine: JackpotEngine) -> 
     ("b1", lambda r: r["balances"].update(minor="15.0000001"),
      "says minor balance 15.0000001, the ledger 15.000000"),
     ("b1", lambda r: r.update(contributions=None), "its stored result is unreadable"),
+    ("w1", lambda r: r.update(version=3.0), "says minor is at version 3.0, the ledger 3"),
+    ("b1", lambda r: r["versions"].update(minor=2.0),
+     "says minor is at version 2.0, the ledger 2"),
 ])
 def test_a_rewritten_result_is_found(engine: JackpotEngine, op_id: str,
                                      change: Callable[[dict[str, Any]], object],
@@ -343,12 +363,17 @@ def test_the_hits_of_a_stored_bet_result_are_checked(tmp_path: Path) -> None:
                           must_hit_by=Decimal("10.000001"))]
     with JackpotEngine.open(tmp_path / "pools.db", levels,
                             settings=Settings(enable_metrics=False, log_level="error")) as e:
-        assert len(e.contribute(Decimal("0.00001"), op_id="b1").hits) == 1  # 1 unit
+        hits = [h.to_record() for h in e.contribute(Decimal("0.00001"), op_id="b1").hits]
+        assert len(hits) == 1  # 1 unit
         assert e.verify().ok
         rewrite_result(e, "b1", lambda r: r.update(hits=[]))
         assert e.verify().problems == [
             ("operation 'b1': its stored result lists hits [], the ledger has "
             "[mystery v3 10.000001]")]
+        rewrite_result(e, "b1", lambda r: r.update(hits=hits))
+        assert e.verify().ok
+        rewrite_result(e, "b1", lambda r: r.update(hits=[{**hits[0], "version": 3.0}]))
+        assert e.verify().problems == ["operation 'b1': its stored result is unreadable"]
 
 
 @pytest.mark.parametrize(("change", "problem"), [
@@ -506,6 +531,8 @@ def test_an_unreadable_empty_bet_record_is_an_orphan_not_a_crash(engine: Jackpot
     ("kind = 'create' AND level = 'minor'", "[1, 2]"),
     ("kind = 'contribute' AND level = 'minor'", '{"bet": " 1e6"}'),
     ("kind = 'contribute' AND level = 'major'", '{"bet": "x"}'),
+    ("kind = 'create' AND level = 'minor'", DEEP),
+    ("kind = 'contribute' AND level = 'minor'", DEEP),
 ])
 def test_a_ledger_detail_the_engine_never_wrote_is_reported_not_a_crash(
         engine: JackpotEngine, where: str, detail: str) -> None:

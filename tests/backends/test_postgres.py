@@ -398,6 +398,19 @@ def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
         assert "minor: meter wagered is 20.000000, ledger says 10.000000" in report.problems
 
 
+@pytest.mark.parametrize("stored", ["not json", "[" * 100_000 + "]" * 100_000])
+def test_a_stored_result_that_is_not_json_fails_its_replay_and_is_a_problem(
+        pg_target: str, stored: str) -> None:
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        _tamper(pg_target, "operations", "UPDATE operations SET result = %s WHERE op_id = 'b1'",
+                (stored,))
+        with pytest.raises(StorageError, match="'b1': its stored first result is not the JSON"):
+            engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        assert engine.contribute(Decimal(10), groups="minor", op_id="b2").versions == {"minor": 3}
+        assert engine.verify().problems == ["operation 'b1': its stored result is unreadable"]
+
+
 # -- a connection lost at COMMIT: settled by the transaction's status ----------------------
 
 

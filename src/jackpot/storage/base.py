@@ -82,7 +82,8 @@ class StoredOperation:
     op_id: str
     kind: str
     fingerprint: str
-    result: dict[str, Any]
+    result: dict[str, Any] | None
+    """The result as stored; None where its text is not a JSON object (see `stored_result`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,10 +292,23 @@ class UnreadableRowError(StorageError, ValueError):
     """
 
 
+def stored_result(text: str) -> dict[str, Any] | None:
+    """Return a stored first result, or None where it is not the JSON object the engine writes.
+
+    A damaged record must fail its own replay (and show in the audit), not
+    the lookup of every op_id of the batch it was found in.
+    """
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON; nested deeper than the parser goes
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _pending(name: object, text: str) -> dict[str, int | None]:
     try:
         pending = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pending = None
     if not (isinstance(pending, dict) and all(
             isinstance(k, str) and (v is None or (isinstance(v, int) and not isinstance(v, bool)))
@@ -347,7 +361,7 @@ def ledger_row(row: tuple[Any, ...]) -> LedgerRow:
     if values["detail"] is not None:
         try:
             values["detail"] = json.loads(values["detail"])
-        except ValueError:
+        except (ValueError, RecursionError):
             msg = (f"ledger row {values['seq']}: its detail {values['detail'][:80]!r} is not "
                    "what the engine writes (a damaged or tampered database)")
             raise UnreadableRowError(msg) from None

@@ -104,6 +104,7 @@ from jackpot.storage.base import (
     ledger_row,
     level_from_row,
     level_values,
+    stored_result,
 )
 from jackpot.storage.schema import POSTGRES_MIGRATIONS, POSTGRES_TRIGGERS
 
@@ -705,7 +706,7 @@ class PostgresStore(Store):
 
     def find_operations(self, op_ids: list[str]) -> dict[str, StoredOperation]:
         """Return the stored first results of those `op_ids` that have one."""
-        found = {r[0]: StoredOperation(r[0], r[1], r[2], json.loads(r[3]))
+        found = {r[0]: StoredOperation(r[0], r[1], r[2], stored_result(r[3]))
                  for r in self._exec(_FIND_OPERATIONS, (list(op_ids),))}
         found.update((i, self._records[i]) for i in op_ids if i in self._records)
         return found

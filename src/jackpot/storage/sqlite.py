@@ -31,7 +31,6 @@ be read: a `-wal` without its `-shm` in a directory the reader may not write
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -61,6 +60,7 @@ from jackpot.storage.base import (
     ledger_row,
     level_from_row,
     level_values,
+    stored_result,
     to_json,
 )
 from jackpot.storage.schema import MIGRATIONS, SQLITE_TRIGGERS
@@ -541,7 +541,7 @@ class SQLiteStore(Store):
                 "SELECT op_id, kind, fingerprint, result FROM operations "
                 f"WHERE op_id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
             for op_id, kind, fingerprint, result in rows:
-                found[op_id] = StoredOperation(op_id, kind, fingerprint, json.loads(result))
+                found[op_id] = StoredOperation(op_id, kind, fingerprint, stored_result(result))
         return found
 
     def record_operations(self, records: list[StoredOperation], at_ms: int) -> None:
