@@ -11,7 +11,8 @@ retirements leave, and each retirement's two rows agree (see
 status are what the create, config, reset and status rows leave, and the
 must-hit-by trigger lies within the settings (see `_audit_config`). Every
 recorded op_id has ledger rows, and its stored result (what a replay
-returns) repeats what they say (see `_audit_results`).
+returns) repeats what they say (see `_audit_results`); a bet without one
+(no caller's op_id) still has one winner for all of its hits.
 The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
@@ -46,6 +47,7 @@ def audit(store: Store) -> VerifyReport:
         levels = read_levels or {}
         totals = store.ledger_totals()
         bad_rows = store.broken_ledger_rows(limit=20)
+        split = store.split_hit_winners(limit=20)
         orphan_ids = store.operation_ids_without_ledger()
         orphans = [(op, record.result is None)
                    for op, record in store.find_operations(orphan_ids).items()
@@ -85,6 +87,8 @@ def audit(store: Store) -> VerifyReport:
                     + (" (its stored result cannot be read)" if unreadable else "")
                     for op, unreadable in orphans)
     problems.extend(results)
+    problems.extend(f"operation {op!r}: its hit rows name different winners: a bet has one "
+                    "player" for op in split)
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     return VerifyReport(ok=not problems, problems=problems, levels=len(levels),

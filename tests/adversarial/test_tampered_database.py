@@ -454,6 +454,31 @@ def test_one_hit_of_a_bet_given_to_another_player_in_both_tables_is_found(
              "['p-7', 'p-7', 'p-7', 'p-7', 'p-7', 'mallory']: a bet has one player")]
 
 
+@pytest.mark.parametrize("player", ["p-7", None])
+def test_one_hit_of_a_bet_without_a_stored_result_given_to_another_player_is_found(
+        tmp_path: Path, player: str | None) -> None:
+    # No caller's op_id: no stored result to compare with, only the ledger.
+    levels = [GroupConfig("a", Decimal(10), Decimal("0.1"), must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal("0.00002"), player="p-1")  # two hits, one winner: fine
+        bet = e.contribute(Decimal("0.00003"), player=player)
+        assert [h.winner for h in bet.hits] == [player] * 3
+        assert e.verify().ok
+        (op_id,) = {r.op_id for r in e._reader.ledger(level="a", kinds=("hit",))
+                    if r.who == player}
+        conn = apsw.Connection(e._path)
+        try:
+            conn.execute("DROP TRIGGER ledger_no_update")
+            conn.execute("UPDATE ledger SET who = 'mallory' WHERE op_id = ? AND kind = 'hit' "
+                         "AND version_after = ?", (op_id, bet.hits[1].version))
+        finally:
+            conn.close()
+        found = e.verify().problems
+        assert (f"operation {op_id!r}: its hit rows name different winners: a bet has one "
+                "player") in found, found
+
+
 def test_a_hit_in_a_stored_bet_result_that_does_not_reset_is_found(tmp_path: Path) -> None:
     levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
                           must_hit_by=Decimal("10.000001"))]

@@ -268,6 +268,16 @@ WHERE l.kind IN ('win', 'config')
 _BALANCES_CHUNK = 500  # (level, version) pairs per query of `balances_at`
 
 # A set difference: the ledger has no index on op_id (see schema V2).
+# Bets without a caller's op_id store no result to compare their hits with;
+# what the ledger alone says still holds: one bet, one player, one winner.
+_SPLIT_HIT_WINNERS = """
+SELECT op_id FROM ledger
+WHERE kind = 'hit' AND op_id NOT IN (SELECT op_id FROM operations)
+GROUP BY op_id
+HAVING COUNT(DISTINCT who) + MAX(CASE WHEN who IS NULL THEN 1 ELSE 0 END) > 1
+ORDER BY op_id
+"""
+
 OPERATIONS_WITHOUT_LEDGER = (
     "SELECT op_id FROM operations EXCEPT SELECT op_id FROM ledger ORDER BY op_id")
 
@@ -573,6 +583,10 @@ class Store(ABC):
             params = tuple(v for key in chunk for v in key)
             out.update(((level, int(v)), int(b)) for level, v, b in self._exec(sql, params))
         return out
+
+    def split_hit_winners(self, limit: int = 20) -> list[str]:
+        """Return op_ids without a stored result whose hit rows name several winners."""
+        return [r[0] for r in self._exec(f"{_SPLIT_HIT_WINNERS} LIMIT {int(limit)}")]
 
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""
