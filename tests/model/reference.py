@@ -381,13 +381,16 @@ class Model:
     # -- contribute -----------------------------------------------------------------
 
     def contribute(self, bet: object, *, groups: object = None, op_id: object = None,
-                   observed: dict[str, list[int]] | None = None,
+                   player: object = None, observed: dict[str, list[int]] | None = None,
                    auto_op_id: str | None = None) -> Contribution:
         units = units_of(bet, "bet")
         names = self._groups(groups)
+        who = text_of(player, "player")
         oid, explicit = self._op_id(op_id, auto_op_id)
         every = groups is None
-        request = ("contribute", units, "*" if every else names)
+        # The player is part of the request only when given (older bets replay as before).
+        request = ("contribute", units, "*" if every else names,
+                   *(() if who is None else (who,)))
 
         def apply(levels: dict[str, Level]) -> Contribution:
             self._observed = None if observed is None else {k: list(v)
@@ -398,7 +401,7 @@ class Model:
                 lv = levels[name]
                 if every and lv.status != "active":
                     continue
-                added[name] = self._contribute(lv, units, oid, hits)
+                added[name] = self._contribute(lv, units, oid, hits, who)
             if every and not added:  # no level takes bets: refused, not an empty success
                 raise Refused(GroupSuspendedError, "no level takes bets")
             if self._observed and self.draw is None:  # (known triggers: results compared)
@@ -424,8 +427,12 @@ class Model:
             raise Refused(ValidationError, "groups")
         return tuple(sorted(names))
 
-    def _contribute(self, lv: Level, bet: int, op_id: str, hits: list[Win]) -> int:
-        """One bet on one level; return what it added to the pool (hits included)."""
+    def _contribute(self, lv: Level, bet: int, op_id: str, hits: list[Win],
+                    player: str | None) -> int:
+        """One bet on one level; return what it added to the pool (hits included).
+
+        The bet's `player` is the winner of any hit it triggers.
+        """
         self._open(lv, "contributions")
         c = lv.config
         if c.min_bet is not None and bet < c.min_bet:
@@ -472,7 +479,7 @@ class Model:
                 if level_hits == MAX_HITS_PER_BET:
                     raise Refused(ValidationError, "hits")
                 level_hits += 1
-                hits.append(self._pay(lv, None, op_id, None, hit=True))
+                hits.append(self._pay(lv, None, op_id, player, hit=True))
             c = lv.config  # a hit applies pending changes
         return total_added
 

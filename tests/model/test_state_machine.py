@@ -192,7 +192,9 @@ class EngineMachine(RuleBasedStateMachine):
         elif kind == "bad":
             groups = data.draw(st.sampled_from([[], [names[0], names[0]], ["nope"], [""], 7,
                                                 {"x": 1}]))
-        self.call("contribute", bet, groups=groups, op_id=self.op_id(data))
+        player = data.draw(st.sampled_from([None, None, "player-7", "table 3", "", 7, "x" * 257]),
+                           label="player")
+        self.call("contribute", bet, groups=groups, op_id=self.op_id(data), player=player)
 
     @rule(data=st.data())
     def win(self, data: st.DataObject) -> None:
