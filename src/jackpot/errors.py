@@ -49,7 +49,13 @@ class InsufficientFundsError(JackpotError):
 
 
 class ConcurrencyViolationError(JackpotError):
-    """A write lost a version race that retries could not resolve."""
+    """A write lost a version race that retries could not resolve.
+
+    `operation` is the kind of operation as logs and metrics name it
+    (`contribute`, `win`, `config`, `adjust`...; kinds that shared the lost
+    transaction are joined by commas), `group` the level (or levels) it
+    concerned and `conflict_details` what was expected and found.
+    """
 
     def __init__(
         self,

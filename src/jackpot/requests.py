@@ -176,7 +176,7 @@ class Requests:
         def apply(states: Mapping[str, LevelState], now: int
                   ) -> tuple[dict[str, LevelState], list[Entry], Win]:
             state = states[name]
-            _expect(state, "process_win", version, shown)
+            _expect(state, "win", version, shown)
             new, entry = domain.win(state, units, now, draw, winner=who)
             result = Win(oid, name, money.from_units(entry.paid),
                          money.from_units(new.amount), new.version, who, units is None)
@@ -199,7 +199,7 @@ class Requests:
         def apply(states: Mapping[str, LevelState], now: int
                   ) -> tuple[dict[str, LevelState], list[Entry], ConfigResult]:
             state = states[name]
-            _expect(state, "update_config", version, None)
+            _expect(state, "config", version, None)
             new, entry = domain.reconfigure(state, parsed, now, who=by, reason=why)
             assert entry.detail is not None
             result = ConfigResult(oid, name, new.version, entry.detail["before"],

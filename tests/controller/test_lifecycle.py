@@ -458,7 +458,7 @@ def test_wins_with_a_stale_version_or_amount_are_refused(
     with pytest.raises(ConcurrencyViolationError, match=r"at version 2, not the expected 1") as e:
         engine.process_win("minor", expected_version=shown.version, op_id="late")
     assert (e.value.operation, e.value.group, e.value.conflict_details) == (
-        "process_win", "minor", {"expected_version": 1, "actual_version": 2})
+        "win", "minor", {"expected_version": 1, "actual_version": 2})
     with pytest.raises(ConcurrencyViolationError,
                        match=r"holds 11\.000000, not the 10\.000000 the caller expected") as e:
         engine.process_win("minor", expected_amount=shown.amount, amount="1")

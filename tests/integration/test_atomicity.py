@@ -174,7 +174,7 @@ def test_stale_expected_version_is_a_concurrency_violation(
         engine.update_config("minor", op_id="cfg-1", expected_version=version,
                              contribution_rate=Decimal("0.02"))
     e = info.value
-    assert (e.operation, e.group) == ("update_config", "minor")
+    assert (e.operation, e.group) == ("config", "minor")
     assert e.conflict_details == {"expected_version": version, "actual_version": version + 1}
     assert f"expected {version}" in str(e)
     assert dump_db() == before  # never a silent overwrite
