@@ -295,10 +295,12 @@ def closed_loop(op: Callable[[int], None], threads: int, warmup: float,
             **load, "errors": errors.as_dict()}
 
 
-def _cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
-    """CPU time (user + system) of this process (all threads) or of its reaped children."""
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
+def _own_usage() -> tuple[float, float, int]:
+    """(user CPU s, system CPU s, blocks read from the disk) of this process and its children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return (me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime,
+            me.ru_inblock + kids.ru_inblock)
 
 
 def _machine_busy_seconds() -> float:
@@ -311,19 +313,28 @@ class LoadMeter:
     """CPU used by this run (this process and its children) and by everything else.
 
     The machine may be shared: `other_cores_busy` shows how much CPU other
-    processes took during a measurement, so a disturbed figure can be seen.
+    processes took during a measurement, so a disturbed figure can be seen;
+    `steal_cores` how much the hypervisor kept from this guest. Diagnostics
+    for a figure out of line: `system_share` (the kernel's part of this
+    run's CPU) and `disk_read_mb` (what this run read from the disk, not the
+    page cache).
     """
 
     def __init__(self) -> None:
         self._t0 = time.perf_counter()
-        self._own0 = _cpu_seconds() + _cpu_seconds(resource.RUSAGE_CHILDREN)
+        self._own0 = _own_usage()
         self._busy0 = _machine_busy_seconds()
+        self._steal0 = getattr(psutil.cpu_times(), "steal", 0.0)
 
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self._t0
-        own = _cpu_seconds() + _cpu_seconds(resource.RUSAGE_CHILDREN) - self._own0
+        user, system, blocks = (b - a for a, b in zip(self._own0, _own_usage(), strict=True))
+        own = user + system
         busy = _machine_busy_seconds() - self._busy0
-        return {"cpu_cores_busy": own / wall, "other_cores_busy": max(0.0, busy - own) / wall}
+        steal = getattr(psutil.cpu_times(), "steal", 0.0) - self._steal0
+        return {"cpu_cores_busy": own / wall, "other_cores_busy": max(0.0, busy - own) / wall,
+                "steal_cores": steal / wall, "system_share": system / own if own else 0.0,
+                "disk_read_mb": blocks * 512 / 1e6}
 
 
 def counted_loop(op: Callable[[int], None], threads: int, total: int,
@@ -652,8 +663,11 @@ class Bench:
                             s.warmup_s, s.duration_s),
                         path=path, audit=size == "empty" and keys == "ordered",
                         keep=keys == "random")
-                    log(f"ledger {size} {keys} op_ids {kind}: "
-                        f"{out[key]['ops_per_s']:.0f} ops/s")
+                    r = out[key]
+                    log(f"ledger {size} {keys} op_ids {kind}: {r['ops_per_s']:.0f} ops/s, "
+                        f"{r['cpu_us_per_op']:.0f} us CPU/op ({r['system_share']:.0%} kernel), "
+                        f"{r['disk_read_mb']:.1f} MB read from disk, "
+                        f"steal {r['steal_cores']:.2f}")
         self.record("ledger", out)
 
     # memory -----------------------------------------------------------------------
