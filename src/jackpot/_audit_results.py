@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from jackpot.errors import ValidationError
@@ -167,11 +167,11 @@ def _check_hits(given: list[dict[str, Any]], hits: list[Hit]) -> str | None:
             return (f"its stored result lists a hit of {h['group']} with reset "
                     f"{h['reset']!r}, hit {h['hit']!r}: a must-hit-by hit resets the "
                     "level and is a hit")
-    stored = sorted(((h["group"], _version(h["version"]), units_of(h["amount"]),
-                      units_of(h["balance"]), h["winner"]) for h in given), key=_order)
-    if stored != sorted(hits, key=_order):
-        return (f"its stored result lists hits {_hits(stored)}, "
-                f"the ledger has {_hits(sorted(hits, key=_order))}")
+    # In order: a replay must return them as the first call did, in the ledger's order.
+    stored = [(h["group"], _version(h["version"]), units_of(h["amount"]),
+               units_of(h["balance"]), h["winner"]) for h in given]
+    if stored != hits:
+        return f"its stored result lists hits {_hits(stored)}, the ledger has {_hits(hits)}"
     return None
 
 
@@ -226,11 +226,7 @@ def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object
     return None
 
 
-def _order(hit: tuple[Any, ...]) -> tuple[str, int]:
-    return hit[0], hit[1]  # a level's versions are unique: no winner (maybe None) compared
-
-
-def _hits(hits: list[tuple[str, int, int | None, int | None, str | None]]) -> str:
+def _hits(hits: Sequence[tuple[str, int, int | None, int | None, str | None]]) -> str:
     return "[" + ", ".join(
         f"{level} v{v} {'?' if paid is None else from_units(paid)}"
         f"{'' if winner is None else f' to {winner}'}"

@@ -479,6 +479,27 @@ def test_one_hit_of_a_bet_without_a_stored_result_given_to_another_player_is_fou
                 "player") in found, found
 
 
+def test_the_hits_of_a_stored_bet_result_in_another_order_are_found(tmp_path: Path) -> None:
+    # A replay returns the stored result: its hits in the order the first call gave them.
+    levels = [GroupConfig(name, Decimal(10), Decimal("0.1"), must_hit_by=Decimal("10.000001"))
+              for name in ("a", "b")]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        bet = e.contribute(Decimal("0.00002"), op_id="m1", player="p-7")
+        assert [(h.group, h.version) for h in bet.hits] == [("a", 3), ("a", 5), ("b", 3),
+                                                             ("b", 5)]
+        assert e.verify().ok
+        rewrite_result(e, "m1", lambda r: r["hits"].reverse())
+        assert [(h.group, h.version) for h in e.contribute(
+            Decimal("0.00002"), op_id="m1", player="p-7").hits] == [("b", 5), ("b", 3),
+                                                                     ("a", 5), ("a", 3)]
+        assert e.verify().problems == [
+            ("operation 'm1': its stored result lists hits [b v5 10.000001 to p-7, "
+             "b v3 10.000001 to p-7, a v5 10.000001 to p-7, a v3 10.000001 to p-7], the ledger "
+             "has [a v3 10.000001 to p-7, a v5 10.000001 to p-7, b v3 10.000001 to p-7, "
+             "b v5 10.000001 to p-7]")]
+
+
 def test_a_hit_in_a_stored_bet_result_that_does_not_reset_is_found(tmp_path: Path) -> None:
     levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
                           must_hit_by=Decimal("10.000001"))]

@@ -477,6 +477,18 @@ class BackendContract:
         assert balances == {("major", 2): 1_000_200_000, ("major", 1): 1_000_000_000}
         assert engine.verify().problems == []
 
+    def test_a_bet_s_hits_on_several_levels_verify_in_the_ledger_s_order(
+            self, make_engine: Callable[..., JackpotEngine]) -> None:
+        # The audit compares a stored result's hits with the ledger's in order.
+        engine = make_engine([GroupConfig(name, Decimal(10), Decimal("0.1"),
+                                          must_hit_by=Decimal("10.000001"))
+                              for name in ("b", "a")])
+        bet = engine.contribute(Decimal("0.00002"), op_id="m1", player="p-7")
+        assert [(h.group, h.version, h.winner) for h in bet.hits] == [
+            ("a", 3, "p-7"), ("a", 5, "p-7"), ("b", 3, "p-7"), ("b", 5, "p-7")]
+        engine.contribute(Decimal("0.00001"), groups=["b", "a"], op_id="m2")
+        assert engine.verify().problems == []
+
     def test_an_op_id_applies_once_across_engines(
             self, make_engine: Callable[..., JackpotEngine]) -> None:
         one, two = make_engine(), make_engine()

@@ -254,6 +254,7 @@ _RECORDED_HITS = """
 SELECT l.op_id, l.level, l.version_after, l.paid, l.balance_after, l.who
 FROM ledger AS l JOIN operations AS o ON o.op_id = l.op_id
 WHERE l.kind = 'hit'
+ORDER BY l.seq
 """
 
 # Who won and whether the level reset (wins), the fields before and after
@@ -558,7 +559,10 @@ class Store(ABC):
             yield RecordedResult(op_id, first[1], first[2], levels)
 
     def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int, str | None]]]:
-        """Return, per recorded op_id, its hits: (level, version, paid, balance after, winner)."""
+        """Return, per recorded op_id, its hits: (level, version, paid, balance after, winner).
+
+        In the ledger's order, which is the order of the bet's result.
+        """
         out: dict[str, list[tuple[str, int, int, int, str | None]]] = {}
         for op_id, level, version, paid, balance, who in self._exec(_RECORDED_HITS):
             out.setdefault(op_id, []).append(
