@@ -9,7 +9,9 @@ balance after its last row there, what it credited (bets) or paid (wins,
 and each must-hit-by hit of a bet); a win's winner and reset, and a config
 change's fields before, after and pending, as its ledger row records them;
 and for a level a bet skipped (below its min_bet), the balance the ledger
-had at the version the result shows.
+had at the version the result shows. Its rows must be of the kinds an
+operation of its recorded kind writes, and the result must name its own
+op_id and be readable as a replay reads it.
 """
 
 from __future__ import annotations
@@ -21,14 +23,28 @@ from typing import Any
 
 from jackpot.errors import ValidationError
 from jackpot.money import SCALE, from_units, parse_amount
+from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.storage import LedgerFigures, RecordedDetail, RecordedResult
 
-__all__ = ["check_results", "units_of"]
+__all__ = ["check_results", "units_of", "unreadable"]
 
 _SHOWN = 20
 _SKIPPED_CHUNK = 5000  # skipped levels' views looked up per batch of queries
 _STORED = re.compile(r"([0-9]{1,12})\.([0-9]{6})", re.ASCII)  # as `from_units` writes them
 _ADMIN = ("suspend", "resume", "adjust", "retire")
+_KINDS_SHOWN = 2  # a level's first and last kind: all of them, unless there are more
+_MAX_VERSION = 2**63 - 1  # a version is a 64-bit integer in both backends
+_WRITES = {"contribute": frozenset({"contribute", "hit"}), "win": frozenset({"win"}),
+           "config": frozenset({"config"}), "suspend": frozenset({"suspend"}),
+           "resume": frozenset({"resume"}), "adjust": frozenset({"adjust"}),
+           "retire": frozenset({"retire", "transfer_in"})}
+"""The kinds of ledger rows an operation of each recorded kind writes."""
+_REPLAY: dict[str, Callable[[dict[str, Any]], object]] = {
+    "contribute": lambda r: Contribution.from_record(r, replayed=True),
+    "win": lambda r: Win.from_record(r, replayed=True),
+    "config": lambda r: ConfigResult.from_record(r, replayed=True),
+    **dict.fromkeys(_ADMIN, lambda r: AdminResult.from_record(r, replayed=True))}
+"""How a replay of each kind reads its stored result (as `requests` builds them)."""
 Hit = tuple[str, int, int, int, str | None]
 """A must-hit-by hit as the ledger has it: (level, version, paid, balance after, winner)."""
 Hits = Mapping[str, list[Hit]]
@@ -108,27 +124,57 @@ def _check_skipped(skipped: list[Skipped],
     skipped.clear()
 
 
+def unreadable(kind: str, op_id: str, r: dict[str, Any]) -> str | None:
+    """Say why a replay could not return `r` as the first result of `op_id`, or None.
+
+    A replay rebuilds the result from its stored form; one it cannot rebuild,
+    or one that names another op_id (its own or a hit's), is not what the
+    engine wrote.
+    """
+    replay = _REPLAY.get(kind)
+    if replay is None:
+        return f"its stored result is of an unknown kind {kind!r}"
+    try:
+        replay(r)
+    except Exception as e:  # noqa: BLE001 - whatever stops a replay, told as what it is
+        return f"its stored result cannot be read as a replay reads it ({type(e).__name__}: {e})"
+    named = [r["op_id"], *(h["op_id"] for h in r["hits"])] if kind == "contribute" else [
+        r["op_id"]]
+    if any(n != op_id for n in named):
+        return f"its stored result names op_id {next(n for n in named if n != op_id)!r}"
+    return None
+
+
 def _check(record: RecordedResult, hits: list[Hit],
            detail: RecordedDetail | None, skipped: list[Skipped]) -> str | None:
     try:
         r = json.loads(record.result)
-        if record.kind == "win":
-            return _same_levels(record, {r["group"]}) or _figures(
-                record.levels[r["group"]], r["group"], version=r["version"],
-                balance=r["balance"], paid=r["amount"]) or _win_detail(r, detail)
-        if record.kind == "config":
-            return _same_levels(record, {r["group"]}) or _figures(
-                record.levels[r["group"]], r["group"], version=r["version"]) or _said(
-                r, detail, "config", ("before", "after", "pending"))
-        if record.kind in _ADMIN:
-            return _same_levels(record, set(r["versions"]) | set(r["balances"])) or next(
-                (p for level, f in record.levels.items()
-                 if (p := _figures(f, level, version=r["versions"][level],
-                                   balance=r["balances"][level])) is not None), None)
-        if record.kind == "contribute":
-            return _check_bet(record, r, hits, skipped)
+        if not isinstance(r, dict):
+            return "its stored result is unreadable"
+        return unreadable(record.kind, record.op_id, r) or _kinds(record) or _repeats(
+            record, r, hits, detail, skipped)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return "its stored result is unreadable"
+
+
+def _repeats(record: RecordedResult, r: dict[str, Any], hits: list[Hit],
+             detail: RecordedDetail | None, skipped: list[Skipped]) -> str | None:
+    """Compare what a readable stored result says with what the ledger says."""
+    if record.kind == "win":
+        return _same_levels(record, {r["group"]}) or _figures(
+            record.levels[r["group"]], r["group"], version=r["version"],
+            balance=r["balance"], paid=r["amount"]) or _win_detail(r, detail)
+    if record.kind == "config":
+        return _same_levels(record, {r["group"]}) or _figures(
+            record.levels[r["group"]], r["group"], version=r["version"]) or _said(
+            r, detail, "config", ("before", "after", "pending"))
+    if record.kind in _ADMIN:
+        return _same_levels(record, set(r["versions"]) | set(r["balances"])) or next(
+            (p for level, f in record.levels.items()
+             if (p := _figures(f, level, version=r["versions"][level],
+                               balance=r["balances"][level])) is not None), None)
+    if record.kind == "contribute":
+        return _check_bet(record, r, hits, skipped)
     return f"its stored result is of an unknown kind {record.kind!r}"
 
 
@@ -203,7 +249,21 @@ def _version(value: object) -> int:
     if type(value) is not int:  # not bool, not a string of digits: not what the engine writes
         msg = f"a version must be an integer, not {value!r}"
         raise TypeError(msg)
+    if not 1 <= value <= _MAX_VERSION:  # (it is looked up in the ledger: it must bind)
+        msg = f"a version must be between 1 and {_MAX_VERSION}, not {value}"
+        raise ValueError(msg)
     return value
+
+
+def _kinds(record: RecordedResult) -> str | None:
+    """Hold the record's ledger rows to the kinds an operation of its kind writes."""
+    writes = _WRITES[record.kind]
+    if record.kinds <= writes and record.most_kinds <= len(writes):
+        return None
+    many = (f" and more ({record.most_kinds} kinds on one level)"
+            if record.most_kinds > _KINDS_SHOWN else "")
+    return (f"its ledger rows are of kinds {', '.join(sorted(record.kinds))}{many}; "
+            f"{record.kind!r} operations write {', '.join(sorted(writes))}")
 
 
 def _same_levels(record: RecordedResult, named: set[str]) -> str | None:

@@ -10,9 +10,11 @@ retirements leave, and each retirement's two rows agree (see
 `_audit_fractions`); the settings, the changes waiting for a reset and the
 status are what the create, config, reset and status rows leave, and the
 must-hit-by trigger lies within the settings (see `_audit_config`). Every
-recorded op_id has ledger rows, and its stored result (what a replay
-returns) repeats what they say (see `_audit_results`); a bet without one
-(no caller's op_id) still has one winner for all of its hits.
+recorded op_id has ledger rows of the kinds its operation writes, and its
+stored result (what a replay returns) can be rebuilt and repeats what they
+say (see `_audit_results`); a recorded bet without ledger rows (it
+qualified for no level) is one a replay can return; every bet, with a
+stored result or not, has one winner for all of its hits.
 The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
@@ -27,7 +29,7 @@ from typing import Any, TypeVar
 
 from jackpot._audit_config import CONFIG_KINDS, check_config
 from jackpot._audit_fractions import Fractions, check_retirements
-from jackpot._audit_results import check_results, units_of
+from jackpot._audit_results import check_results, units_of, unreadable
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.results import VerifyReport
@@ -36,6 +38,7 @@ from jackpot.storage import LedgerRow, LedgerTotals, Store
 __all__ = ["audit"]
 
 _T = TypeVar("_T")
+_SHOWN = 20  # problems of one sort told one by one; the rest counted
 _COUNTS = frozenset({"bets", "wins", "hits"})  # the meters that count; the others are amounts
 
 
@@ -49,9 +52,11 @@ def audit(store: Store) -> VerifyReport:
         bad_rows = store.broken_ledger_rows(limit=20)
         split = store.split_hit_winners(limit=20)
         orphan_ids = store.operation_ids_without_ledger()
-        orphans = [(op, record.result is None)
-                   for op, record in store.find_operations(orphan_ids).items()
-                   if record.result is None or not _is_empty_bet(record.kind, record.result)]
+        orphans = [(op, unreadable_result)
+                   for op, record in sorted(store.find_operations(orphan_ids).items())
+                   if (unreadable_result := record.result is None or unreadable(
+                       record.kind, op, record.result) is not None)
+                   or not _is_empty_bet(record.kind, record.result)]
         transfers = _unreadable(problems, "retirement rows", list[LedgerRow](),
                                 lambda: store.ledger(kinds=("retire", "transfer_in")))
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
@@ -85,7 +90,10 @@ def audit(store: Store) -> VerifyReport:
                                 lambda: check_retirements(transfers)))
     problems.extend(f"operation {op!r} recorded without ledger rows"
                     + (" (its stored result cannot be read)" if unreadable else "")
-                    for op, unreadable in orphans)
+                    for op, unreadable in orphans[:_SHOWN])
+    if len(orphans) > _SHOWN:
+        problems.append(f"... and {len(orphans) - _SHOWN} more operations recorded without "
+                        "ledger rows")
     problems.extend(results)
     problems.extend(f"operation {op!r}: its hit rows name different winners: a bet has one "
                     "player" for op in split)
@@ -119,12 +127,14 @@ def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], 
         return instead
 
 
-def _is_empty_bet(kind: str, result: dict[str, Any]) -> bool:
+def _is_empty_bet(kind: str, result: dict[str, Any] | None) -> bool:
     """Say whether a recorded operation is a bet that qualified for no level.
 
     Such a bet changes nothing (no ledger rows) but keeps its op_id, so that a
     retry replays it; any other operation without ledger rows is a problem.
     """
+    if result is None:
+        return False
     contributions = result.get("contributions")
     return (kind == "contribute" and not result.get("hits") and isinstance(contributions, dict)
             and all(units_of(v) == 0 for v in contributions.values()))

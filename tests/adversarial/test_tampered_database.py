@@ -18,6 +18,7 @@ import apsw
 import pytest
 
 from jackpot import GroupConfig, JackpotEngine, Settings
+from jackpot.storage import LedgerRow
 
 DEEP = "[" * 100_000 + "]" * 100_000
 """JSON nested deeper than Python's parser (or SQLite's) goes: a RecursionError, not a ValueError."""
@@ -70,32 +71,67 @@ def test_the_untouched_database_verifies(engine: JackpotEngine) -> None:
     assert (report.levels, report.ledger_rows) == (2, 2 + 2 + 1)
 
 
+def ghost_win(op_id: str) -> str:
+    """A win's stored result as the engine writes one, for a win that never happened."""
+    return json.dumps({"op_id": op_id, "group": "minor", "amount": "1.000000",
+                       "balance": "10.000000", "version": 9, "winner": None, "reset": True,
+                       "hit": False})
+
+
 def test_an_idempotency_record_without_ledger_rows(engine: JackpotEngine) -> None:
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES ('ghost', 'win', 'x', '{}', 0)")
+                   "VALUES ('ghost', 'win', 'x', ?, 0)", (ghost_win("ghost"),))
     assert problems(engine) == ["operation 'ghost' recorded without ledger rows"]
+
+
+EMPTY_BET = {"op_id": "ghost", "contributions": {"minor": "0.000000"},
+             "balances": {"minor": "10.000000"}, "versions": {"minor": 1}, "hits": []}
 
 
 @pytest.mark.parametrize(("kind", "result"), [
     ("contribute", "not json"), ("contribute", DEEP), ("contribute", "[]"), ("win", "3"),
-    ("contribute", "{}"), ("contribute", '{"contributions": [], "hits": []}')])
+    ("contribute", "{}"), ("contribute", '{"contributions": [], "hits": []}'),
+    ("win", "{}"),
+    # Shaped like an empty bet, but a replay could not return it: no op_id,
+    # balances or versions; another op_id; an amount that is not one.
+    ("contribute", '{"contributions": {"minor": "0.000000"}, "hits": []}'),
+    ("contribute", json.dumps({**EMPTY_BET, "op_id": "someone-else"})),
+    ("contribute", json.dumps({**EMPTY_BET, "balances": {"minor": "ten"}})),
+    ("adjust", json.dumps(EMPTY_BET))])
 def test_an_idempotency_record_the_engine_never_wrote_is_reported_not_a_crash(
         engine: JackpotEngine, kind: str, result: str) -> None:
-    # Not an empty bet (those keep their op_id without ledger rows): that
-    # needs the contributions, each of them zero, and no hits.
+    # Not an empty bet (those keep their op_id without ledger rows), nor
+    # anything a replay could return as the first result of 'ghost'.
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
                    "VALUES ('ghost', ?, 'x', ?, 0)", (kind, result))
-    readable = result.startswith("{")
-    assert problems(engine) == ["operation 'ghost' recorded without ledger rows"
-                                + ("" if readable else " (its stored result cannot be read)")]
+    assert problems(engine) == [
+        "operation 'ghost' recorded without ledger rows (its stored result cannot be read)"]
+
+
+def test_an_empty_bet_as_the_engine_writes_it_is_not_a_problem(
+        engine: JackpotEngine) -> None:
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES ('ghost', 'contribute', 'x', ?, 0)", (json.dumps(EMPTY_BET),))
+    assert problems(engine) == []
 
 
 def test_two_idempotency_records_without_ledger_rows(engine: JackpotEngine) -> None:
     for op_id in ("ghost-1", "ghost-2"):
         tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                       "VALUES (?, 'win', 'x', '{}', 0)", (op_id,))
+                       "VALUES (?, 'win', 'x', ?, 0)", (op_id, ghost_win(op_id)))
     assert sorted(problems(engine)) == ["operation 'ghost-1' recorded without ledger rows",
                                         "operation 'ghost-2' recorded without ledger rows"]
+
+
+def test_past_twenty_records_without_ledger_rows_the_rest_are_counted(
+        engine: JackpotEngine) -> None:
+    for i in range(23):
+        tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                       "VALUES (?, 'win', 'x', ?, 0)", (f"ghost-{i:02}", ghost_win(f"ghost-{i:02}")))
+    found = problems(engine)
+    assert found == [*(f"operation 'ghost-{i:02}' recorded without ledger rows"
+                       for i in range(20)),
+                     "... and 3 more operations recorded without ledger rows"]
 
 
 def test_a_pool_rewritten_in_place(engine: JackpotEngine) -> None:
@@ -316,7 +352,15 @@ def test_a_rewritten_win_result_is_what_a_replay_pays(engine: JackpotEngine) -> 
      "says mega got 1.000000, the ledger has no row of it there"),
     ("b1", lambda r: r["balances"].update(minor="15.0000001"),
      "says minor balance 15.0000001, the ledger 15.000000"),
-    ("b1", lambda r: r.update(contributions=None), "its stored result is unreadable"),
+    ("b1", lambda r: r.update(contributions=None),
+     "its stored result cannot be read as a replay reads it (AttributeError"),
+    ("b1", lambda r: r.update(op_id="someone-else"),
+     "its stored result names op_id 'someone-else'"),
+    ("w1", lambda r: r.update(op_id="x"), "its stored result names op_id 'x'"),
+    ("w1", lambda r: r.pop("reset"),
+     "its stored result cannot be read as a replay reads it (KeyError"),
+    ("w1", lambda r: r.update(amount="lots"),
+     "its stored result cannot be read as a replay reads it (InvalidOperation"),
     ("w1", lambda r: r.update(version=3.0), "says minor is at version 3.0, the ledger 3"),
     ("b1", lambda r: r["versions"].update(minor=2.0),
      "says minor is at version 2.0, the ledger 2"),
@@ -451,7 +495,8 @@ def test_one_hit_of_a_bet_given_to_another_player_in_both_tables_is_found(
         rewrite_result(e, "m1", lambda r: r["hits"][-1].update(winner="mallory"))
         assert e.verify().problems == [
             ("operation 'm1': its stored result gives its hits different winners "
-             "['p-7', 'p-7', 'p-7', 'p-7', 'p-7', 'mallory']: a bet has one player")]
+             "['p-7', 'p-7', 'p-7', 'p-7', 'p-7', 'mallory']: a bet has one player"),
+            "operation 'm1': its hit rows name different winners: a bet has one player"]
 
 
 @pytest.mark.parametrize("player", ["p-7", None])
@@ -477,6 +522,69 @@ def test_one_hit_of_a_bet_without_a_stored_result_given_to_another_player_is_fou
         found = e.verify().problems
         assert (f"operation {op_id!r}: its hit rows name different winners: a bet has one "
                 "player") in found, found
+
+
+def auto_bet_with_hits(e: JackpotEngine) -> tuple[str, list[LedgerRow]]:
+    """Place a bet without a caller's op_id that triggers three hits; its op_id and rows."""
+    bet = e.contribute(Decimal("0.00003"), player="p-7")
+    assert len(bet.hits) == 3
+    rows = [r for r in e._reader.ledger(level="a") if r.who == "p-7"]
+    (op_id,) = {r.op_id for r in rows}
+    return op_id, rows
+
+
+def past_trigger(e: JackpotEngine, trigger: str, sql: str, params: tuple[object, ...]) -> None:
+    """Run `sql` as a writer that drops an append-only trigger and puts it back can."""
+    conn = apsw.Connection(e._path)
+    try:
+        (create,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?",
+                                 (trigger,)).fetchone()
+        with conn:
+            conn.execute(f"DROP TRIGGER {trigger}")
+            conn.execute(sql, params)
+            conn.execute(create)
+    finally:
+        conn.close()
+
+
+def give_hit_to(e: JackpotEngine, op_id: str, version: int, who: str) -> None:
+    past_trigger(e, "ledger_no_update", "UPDATE ledger SET who = ? WHERE op_id = ? AND "
+                 "kind = 'hit' AND version_after = ?", (who, op_id, version))
+
+
+def test_a_record_inserted_for_a_bet_without_one_does_not_hide_its_split_winners(
+        tmp_path: Path) -> None:
+    # A record of another kind (or a bet's own) inserted for the auto op_id
+    # once let its hit rows out of the one-winner check.
+    levels = [GroupConfig("a", Decimal(10), Decimal("0.1"), must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        op_id, rows = auto_bet_with_hits(e)
+        give_hit_to(e, op_id, rows[-1].version_after, "mallory")
+        last = rows[-1]
+        forged = {"op_id": op_id, "action": "adjust", "group": "a",
+                  "balances": {"a": str(Decimal(last.balance_after).scaleb(-6))},
+                  "versions": {"a": last.version_after}}
+        tamper(e, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                  "VALUES (?, 'adjust', 'x', ?, 0)", (op_id, json.dumps(forged)))
+        assert e.verify().problems == [
+            (f"operation {op_id!r}: its ledger rows are of kinds contribute, hit; "
+             "'adjust' operations write adjust"),
+            f"operation {op_id!r}: its hit rows name different winners: a bet has one player"]
+
+
+def test_a_record_of_another_kind_than_its_ledger_rows_is_found(
+        engine: JackpotEngine) -> None:
+    # A win's record on a bet's rows: a replay of the win would return it.
+    minor = next(r for r in engine._reader.ledger(level="minor") if r.op_id == "b1")
+    win = {"op_id": "b1", "group": "minor", "amount": "0.000000",
+           "balance": str(Decimal(minor.balance_after).scaleb(-6)),
+           "version": minor.version_after, "winner": None, "reset": False, "hit": False}
+    past_trigger(engine, "operations_no_update",
+                 "UPDATE operations SET kind = 'win', result = ? WHERE op_id = 'b1'",
+                 (json.dumps(win),))
+    assert problems(engine) == [
+        "operation 'b1': its ledger rows are of kinds contribute; 'win' operations write win"]
 
 
 def test_the_hits_of_a_stored_bet_result_in_another_order_are_found(tmp_path: Path) -> None:
@@ -547,9 +655,11 @@ def test_a_skipped_level_s_view_is_checked_against_the_ledger(
          "never had")]
 
 
-def test_a_skipped_level_s_version_that_is_not_a_number_is_unreadable(
-        skipping: JackpotEngine) -> None:
-    rewrite_result(skipping, "small0", lambda r: r["versions"].update(major="2"))
+@pytest.mark.parametrize("version", ["2", 0, 2**63, 10**30])
+def test_a_skipped_level_s_version_that_is_not_a_version_is_unreadable(
+        skipping: JackpotEngine, version: object) -> None:
+    # (2**63 and above cannot even be looked up: SQLite's integers are 64-bit.)
+    rewrite_result(skipping, "small0", lambda r: r["versions"].update(major=version))
     assert problems(skipping) == ["operation 'small0': its stored result is unreadable"]
 
 
@@ -569,7 +679,8 @@ def test_an_unreadable_empty_bet_record_is_an_orphan_not_a_crash(engine: Jackpot
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
                    "VALUES ('ghost-bet', 'contribute', 'x', ?, 0)",
            (json.dumps({"contributions": {"minor": "abc"}, "hits": []}),))
-    assert problems(engine) == ["operation 'ghost-bet' recorded without ledger rows"]
+    assert problems(engine) == [("operation 'ghost-bet' recorded without ledger rows "
+                                 "(its stored result cannot be read)")]
 
 
 @pytest.mark.parametrize(("where", "detail"), [

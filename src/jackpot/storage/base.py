@@ -139,6 +139,10 @@ class RecordedResult:
     kind: str
     result: str
     levels: dict[str, LedgerFigures]
+    kinds: frozenset[str]
+    """The kinds of its ledger rows (each level's first and last by name)."""
+    most_kinds: int
+    """The most distinct kinds its rows have on one level (more than `kinds` holds if > 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +241,16 @@ GROUP BY level, period
 # stored result must repeat (the version and balance after its last row there,
 # what it credited, what it paid). The ledger has no op_id index (schema V2):
 # the inner join reads the ledger once and looks each op_id up in the
-# operations table's key. `{n}` casts amounts as in _BROKEN_ROWS.
+# operations table's key. `{n}` casts amounts as in _BROKEN_ROWS. The kinds of
+# the rows (the first and last by name and how many) let the audit hold them
+# to what an operation of the recorded kind writes.
 _RECORDED_RESULTS = """
-SELECT g.op_id, o.kind, o.result, g.level, g.version, b.balance_after, g.credited, g.paid
+SELECT g.op_id, o.kind, o.result, g.level, g.first_kind, g.last_kind, g.kinds,
+       g.version, b.balance_after, g.credited, g.paid
 FROM (SELECT l.op_id, l.level, MAX(l.version_after) AS version,
-             SUM(l.contributed{n} - l.overflow{n}) AS credited, SUM(l.paid) AS paid
+             SUM(l.contributed{n} - l.overflow{n}) AS credited, SUM(l.paid) AS paid,
+             MIN(l.kind) AS first_kind, MAX(l.kind) AS last_kind,
+             COUNT(DISTINCT l.kind) AS kinds
       FROM ledger AS l JOIN operations AS k ON k.op_id = l.op_id
       GROUP BY l.op_id, l.level) AS g
 JOIN operations AS o ON o.op_id = g.op_id
@@ -270,12 +279,13 @@ WHERE l.kind IN ('win', 'config')
 
 _BALANCES_CHUNK = 500  # (level, version) pairs per query of `balances_at`
 
-# A set difference: the ledger has no index on op_id (see schema V2).
-# Bets without a caller's op_id store no result to compare their hits with;
-# what the ledger alone says still holds: one bet, one player, one winner.
+# Every bet's hits, with a stored result or not (bets without a caller's op_id
+# store none): what the ledger alone says holds either way: one bet, one
+# player, one winner. (Not limited to op_ids without a record: a record
+# inserted for an op_id, of whatever kind, must not hide its rows from this.)
 _SPLIT_HIT_WINNERS = """
 SELECT op_id FROM ledger
-WHERE kind = 'hit' AND op_id NOT IN (SELECT op_id FROM operations)
+WHERE kind = 'hit'
 GROUP BY op_id
 HAVING COUNT(DISTINCT who) + MAX(CASE WHEN who IS NULL THEN 1 ELSE 0 END) > 1
 ORDER BY op_id
@@ -556,9 +566,12 @@ class Store(ABC):
         """
         rows = self._stream(_RECORDED_RESULTS.format(n=self._AMOUNT_CAST))
         for op_id, group in itertools.groupby(rows, key=operator.itemgetter(0)):
-            first = next(group)
-            levels = {r[3]: LedgerFigures(*(int(v) for v in r[4:])) for r in (first, *group)}
-            yield RecordedResult(op_id, first[1], first[2], levels)
+            rows_of = list(group)
+            first = rows_of[0]
+            levels = {r[3]: LedgerFigures(*(int(v) for v in r[7:])) for r in rows_of}
+            yield RecordedResult(op_id, first[1], first[2], levels,
+                                 frozenset(k for r in rows_of for k in r[4:6]),
+                                 max(int(r[6]) for r in rows_of))
 
     def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int, str | None]]]:
         """Return, per recorded op_id, its hits: (level, version, paid, balance after, winner).
@@ -591,7 +604,7 @@ class Store(ABC):
         return out
 
     def split_hit_winners(self, limit: int = 20) -> list[str]:
-        """Return op_ids without a stored result whose hit rows name several winners."""
+        """Return op_ids whose hit rows name several winners (a bet has one player)."""
         return [r[0] for r in self._exec(f"{_SPLIT_HIT_WINNERS} LIMIT {int(limit)}")]
 
     def operation_ids_without_ledger(self) -> list[str]:
