@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # compare.py imports baseline.py as a top-level module
@@ -79,3 +80,49 @@ def test_fairness_reports_every_process(tmp_path: Path) -> None:
     assert [r[1].strip() for r in rows] == ["1", "2"], out
     assert all(r[7].strip() == "0" for r in rows), out  # no failed calls
     assert out.startswith("engine: 2 processes x 2 callers, 3-level"), out
+
+
+def _round(ops: float, errors: dict[str, int] | None = None,
+           conflicts: int = 0) -> dict[str, Any]:
+    by_type = errors or {}
+    return {"ops_per_s": ops,
+            "errors": {"total": sum(by_type.values()), "by_type": by_type,
+                       "first": {name: f"{name} here" for name in by_type}},
+            "counters": {**dict.fromkeys(compare.COUNTERS, 0), "conflicts": conflicts},
+            "verify": {"ok": not by_type, "problems": []}}
+
+
+def test_the_median_round_keeps_every_round_s_failures_counters_and_audits() -> None:
+    # A round full of failed calls is the slowest: it must not vanish with it.
+    kept = compare.median_round([_round(3000, {"StorageError": 412}, conflicts=5),
+                                 _round(4000), _round(4100, {"LockTimeoutError": 1})])
+    assert kept["ops_per_s"] == 4000
+    assert kept["rounds_ops_per_s"] == [3000, 4000, 4100]
+    assert kept["errors"]["total"] == 413
+    assert kept["errors"]["by_type"] == {"StorageError": 412, "LockTimeoutError": 1}
+    assert kept["counters"]["conflicts"] == 5
+    audits, errors = compare.collect_audits({"ledger": {"empty/engine": kept}})
+    assert [a["ok"] for a in audits] == [False, True, False]
+    assert sorted(errors) == ["ledger/empty/engine LockTimeoutError (x1)",
+                              "ledger/empty/engine StorageError (x412)"]
+
+
+def test_the_big_ledger_ratio_is_the_median_of_the_rounds_ratios() -> None:
+    # Rounds alternate the files: each ratio pairs two windows of one round.
+    big, empty = [3445, 4001, 4172], [4512, 5287, 4100]
+    # ratios 0.764, 0.757, 1.018: the median 0.764; the medians 4001 / 4512 = 0.887
+    assert compare.paired_ratio(big, empty) == 3445 / 4512
+    results = {"ledger": {
+        "big/engine": compare.median_round([_round(x) for x in big]),
+        "empty/engine": compare.median_round([_round(x) for x in empty]),
+        "big/baseline": compare.median_round([_round(2000)]),
+        "empty/baseline": compare.median_round([_round(2500)]),
+        "ratio/engine": {"rounds": [b / e for b, e in zip(big, empty, strict=True)],
+                         "median": compare.paired_ratio(big, empty)}}}
+    sizes = compare.FULL
+    (target,) = [t for t in compare.build_targets(results, sizes) if "ledger" in t.name]
+    assert target.value == 3445 / 4512
+    assert "0.76, 0.76, 1.02" in target.detail
+    (row,) = [r for r in compare.build_rows(results, sizes)
+              if r.figure == "big / empty, random op_ids"]
+    assert (row.engine, row.baseline) == (3445 / 4512, 2000 / 2500)
