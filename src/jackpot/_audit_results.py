@@ -8,10 +8,13 @@ for, with a contribution of 0), and repeat, per level, the version and
 balance after its last row there, what it credited (bets) or paid (wins,
 and each must-hit-by hit of a bet); a win's winner and reset, and a config
 change's fields before, after and pending, as its ledger row records them;
-and for a level a bet skipped (below its min_bet), the balance the ledger
-had at the version the result shows. Its rows must be of the kinds an
-operation of its recorded kind writes, and the result must name its own
-op_id and be readable as a replay reads it.
+an operator action's own action and the level it acted on; and for a level
+a bet skipped (below its min_bet), the balance the ledger had at the version
+the result shows. A bet names the same levels in its contributions,
+balances and versions. Its rows must be of the kinds an operation of its
+recorded kind writes, and the result must name its own op_id and be
+readable as a replay reads it. A bet that qualified for no level (no ledger
+rows) comes here as a record without levels: all of it is skipped levels.
 """
 
 from __future__ import annotations
@@ -172,10 +175,25 @@ def _repeats(record: RecordedResult, r: dict[str, Any], hits: list[Hit],
         return _same_levels(record, set(r["versions"]) | set(r["balances"])) or next(
             (p for level, f in record.levels.items()
              if (p := _figures(f, level, version=r["versions"][level],
-                               balance=r["balances"][level])) is not None), None)
-    if record.kind == "contribute":
-        return _check_bet(record, r, hits, skipped)
-    return f"its stored result is of an unknown kind {record.kind!r}"
+                               balance=r["balances"][level])) is not None), None) or _acted(
+            record, r)
+    return _check_bet(record, r, hits, skipped)  # (`unreadable` refused any other kind)
+
+
+def _acted(record: RecordedResult, r: dict[str, Any]) -> str | None:
+    """Hold an operator action's result to its own action and the level it acted on.
+
+    That level is its only one; a retirement's is the one with the 'retire' row
+    (the other has the 'transfer_in').
+    """
+    if r["action"] != record.kind:
+        return f"its stored result says action {r['action']!r}, the operation is {record.kind!r}"
+    acted = sorted(level for level, kinds in record.level_kinds.items()
+                   if record.kind in kinds)
+    if acted != [r["group"]]:
+        return (f"its stored result says it acted on {r['group']!r}, its {record.kind} "
+                f"row is of {', '.join(acted) or 'no level'}")
+    return None
 
 
 def _check_bet(record: RecordedResult, r: dict[str, Any],
@@ -196,6 +214,11 @@ def _check_bet(record: RecordedResult, r: dict[str, Any],
                                             balance=r["balances"][level],
                                             credited=given)) is not None:
             return p
+    if not contributions.keys() == r["balances"].keys() == r["versions"].keys():
+        return (f"its stored result names levels {', '.join(sorted(contributions))} in "
+                f"contributions, {', '.join(sorted(r['balances']))} in balances and "
+                f"{', '.join(sorted(r['versions']))} in versions: a bet shows each level "
+                "it names in all three")
     if (p := _check_hits(r["hits"], hits)) is not None:
         return p
     skipped.extend(seen)

@@ -13,8 +13,9 @@ must-hit-by trigger lies within the settings (see `_audit_config`). Every
 recorded op_id has ledger rows of the kinds its operation writes, and its
 stored result (what a replay returns) can be rebuilt and repeats what they
 say (see `_audit_results`); a recorded bet without ledger rows (it
-qualified for no level) is one a replay can return; every bet, with a
-stored result or not, has one winner for all of its hits.
+qualified for no level) is one a replay can return, showing each level as
+the ledger had it; every bet, with a stored result or not, has one winner
+for all of its hits.
 The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
@@ -24,6 +25,8 @@ inside one read snapshot.
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,7 +36,7 @@ from jackpot._audit_results import check_results, units_of, unreadable
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.results import VerifyReport
-from jackpot.storage import LedgerRow, LedgerTotals, Store
+from jackpot.storage import LedgerRow, LedgerTotals, RecordedResult, Store
 
 __all__ = ["audit"]
 
@@ -51,19 +54,15 @@ def audit(store: Store) -> VerifyReport:
         totals = store.ledger_totals()
         bad_rows = store.broken_ledger_rows(limit=20)
         split = store.split_hit_winners(limit=20)
-        orphan_ids = store.operation_ids_without_ledger()
-        orphans = [(op, unreadable_result)
-                   for op, record in sorted(store.find_operations(orphan_ids).items())
-                   if (unreadable_result := record.result is None or unreadable(
-                       record.kind, op, record.result) is not None)
-                   or not _is_empty_bet(record.kind, record.result)]
+        orphans, empty_bets = _without_ledger(store)
         transfers = _unreadable(problems, "retirement rows", list[LedgerRow](),
                                 lambda: store.ledger(kinds=("retire", "transfer_in")))
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
             store.ledger(kinds=("create", "config")), transfers,
             store.contributions_by_period()))
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
-            store.recorded_results(), store.recorded_hits(), store.recorded_details(),
+            itertools.chain(store.recorded_results(), empty_bets), store.recorded_hits(),
+            store.recorded_details(),
             store.balances_at))
         # Replayed as the rows stream by: a level's wins and hits may be millions.
         configs = {name: _unreadable(problems, f"{name}: settings rows", None, functools.partial(
@@ -125,6 +124,27 @@ def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], 
         problems.append(f"{what} cannot be read as the engine writes them "
                         f"({type(e).__name__}: {e})")
         return instead
+
+
+def _without_ledger(store: Store) -> tuple[list[tuple[str, bool]], list[RecordedResult]]:
+    """Split the recorded operations without ledger rows: problems, and empty bets.
+
+    A problem is told with whether its stored result cannot be read. An empty
+    bet's result still shows each level's balance and version as it stood:
+    returned as a record without ledger rows, for `check_results` to hold
+    them to the ledger like any skipped level's.
+    """
+    orphans: list[tuple[str, bool]] = []
+    empty_bets: list[RecordedResult] = []
+    for op, record in sorted(store.find_operations(store.operation_ids_without_ledger()).items()):
+        if record.result is None or unreadable(record.kind, op, record.result) is not None:
+            orphans.append((op, True))
+        elif _is_empty_bet(record.kind, record.result):
+            empty_bets.append(RecordedResult(op, record.kind, json.dumps(record.result), {},
+                                             {}, 0))
+        else:
+            orphans.append((op, False))
+    return orphans, empty_bets
 
 
 def _is_empty_bet(kind: str, result: dict[str, Any] | None) -> bool:

@@ -364,6 +364,13 @@ def test_a_rewritten_win_result_is_what_a_replay_pays(engine: JackpotEngine) -> 
     ("w1", lambda r: r.update(version=3.0), "says minor is at version 3.0, the ledger 3"),
     ("b1", lambda r: r["versions"].update(minor=2.0),
      "says minor is at version 2.0, the ledger 2"),
+    # Levels a replay would return that the bet never named (nor touched).
+    ("b1", lambda r: r["balances"].update(mega="1.000000"),
+     ("names levels major, minor in contributions, major, mega, minor in balances and "
+     "major, minor in versions: a bet shows each level it names in all three")),
+    ("b1", lambda r: r["versions"].update(mega=1),
+     ("names levels major, minor in contributions, major, minor in balances and "
+     "major, mega, minor in versions")),
 ])
 def test_a_rewritten_result_is_found(engine: JackpotEngine, op_id: str,
                                      change: Callable[[dict[str, Any]], object],
@@ -399,6 +406,48 @@ def test_a_rewritten_admin_and_config_result_is_found(engine: JackpotEngine) -> 
         ("operation 'a1': its stored result says major balance 100.500000, the ledger "
         "100.000000"),
         "operation 'c1': its stored result says major is at version 3, the ledger 4"]
+
+
+@pytest.mark.parametrize(("op_id", "change", "problem"), [
+    ("s1", lambda r: r.update(action="resume"),
+     "says action 'resume', the operation is 'suspend'"),
+    ("p1", lambda r: r.update(action="suspend"),
+     "says action 'suspend', the operation is 'resume'"),
+    ("a1", lambda r: r.update(group="minor"),
+     "says it acted on 'minor', its adjust row is of major"),
+    ("a1", lambda r: r.update(action="retire"),
+     "says action 'retire', the operation is 'adjust'"),
+])
+def test_an_admin_result_naming_another_action_or_level_is_found(
+        engine: JackpotEngine, op_id: str, change: Callable[[dict[str, Any]], object],
+        problem: str) -> None:
+    engine.suspend("major", reason="check", op_id="s1")
+    engine.resume("major", op_id="p1")
+    engine.adjust("major", "-0.5", reason="fix", op_id="a1")
+    assert problems(engine) == []
+    rewrite_result(engine, op_id, change)
+    assert problems(engine) == [f"operation {op_id!r}: its stored result {problem}"]
+
+
+def test_a_retirement_result_naming_the_level_it_moved_to_is_found(
+        retired: JackpotEngine) -> None:
+    rewrite_result(retired, "r1", lambda r: r.update(group="new"))
+    assert problems(retired) == [
+        "operation 'r1': its stored result says it acted on 'new', its retire row is of old"]
+
+
+def test_an_empty_bet_s_view_of_the_levels_is_checked_against_the_ledger(
+        skipping: JackpotEngine) -> None:
+    skipping.contribute(Decimal(5), groups="major", op_id="none")  # below major's min_bet
+    assert problems(skipping) == []
+    rewrite_result(skipping, "none", lambda r: r["balances"].update(major="900.000000"))
+    assert problems(skipping) == [
+        ("operation 'none': its stored result says major balance 900.000000 at version 2, "
+         "the ledger 100.200000")]
+    rewrite_result(skipping, "none", lambda r: r["versions"].update(major=7))
+    assert problems(skipping) == [
+        ("operation 'none': its stored result shows major at version 7, which the ledger "
+        "never had")]
 
 
 def test_the_hits_of_a_stored_bet_result_are_checked(tmp_path: Path) -> None:

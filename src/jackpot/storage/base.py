@@ -139,10 +139,15 @@ class RecordedResult:
     kind: str
     result: str
     levels: dict[str, LedgerFigures]
-    kinds: frozenset[str]
-    """The kinds of its ledger rows (each level's first and last by name)."""
+    level_kinds: dict[str, frozenset[str]]
+    """Per level, the kinds of its ledger rows there (the first and last by name)."""
     most_kinds: int
     """The most distinct kinds its rows have on one level (more than `kinds` holds if > 2)."""
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of its ledger rows (each level's first and last by name)."""
+        return frozenset().union(*self.level_kinds.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,7 +575,7 @@ class Store(ABC):
             first = rows_of[0]
             levels = {r[3]: LedgerFigures(*(int(v) for v in r[7:])) for r in rows_of}
             yield RecordedResult(op_id, first[1], first[2], levels,
-                                 frozenset(k for r in rows_of for k in r[4:6]),
+                                 {r[3]: frozenset(r[4:6]) for r in rows_of},
                                  max(int(r[6]) for r in rows_of))
 
     def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int, str | None]]]:
