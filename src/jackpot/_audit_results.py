@@ -35,7 +35,6 @@ _SHOWN = 20
 _SKIPPED_CHUNK = 5000  # skipped levels' views looked up per batch of queries
 _STORED = re.compile(r"([0-9]{1,12})\.([0-9]{6})", re.ASCII)  # as `from_units` writes them
 _ADMIN = ("suspend", "resume", "adjust", "retire")
-_KINDS_SHOWN = 2  # a level's first and last kind: all of them, unless there are more
 _MAX_VERSION = 2**63 - 1  # a version is a 64-bit integer in both backends
 _WRITES = {"contribute": frozenset({"contribute", "hit"}), "win": frozenset({"win"}),
            "config": frozenset({"config"}), "suspend": frozenset({"suspend"}),
@@ -281,11 +280,9 @@ def _version(value: object) -> int:
 def _kinds(record: RecordedResult) -> str | None:
     """Hold the record's ledger rows to the kinds an operation of its kind writes."""
     writes = _WRITES[record.kind]
-    if record.kinds <= writes and record.most_kinds <= len(writes):
+    if record.kinds <= writes:
         return None
-    many = (f" and more ({record.most_kinds} kinds on one level)"
-            if record.most_kinds > _KINDS_SHOWN else "")
-    return (f"its ledger rows are of kinds {', '.join(sorted(record.kinds))}{many}; "
+    return (f"its ledger rows are of kinds {', '.join(sorted(record.kinds))}; "
             f"{record.kind!r} operations write {', '.join(sorted(writes))}")
 
 

@@ -141,7 +141,7 @@ def _without_ledger(store: Store) -> tuple[list[tuple[str, bool]], list[Recorded
             orphans.append((op, True))
         elif _is_empty_bet(record.kind, record.result):
             empty_bets.append(RecordedResult(op, record.kind, json.dumps(record.result), {},
-                                             {}, 0))
+                                             {}))
         else:
             orphans.append((op, False))
     return orphans, empty_bets

@@ -636,6 +636,19 @@ def test_a_record_of_another_kind_than_its_ledger_rows_is_found(
         "operation 'b1': its ledger rows are of kinds contribute; 'win' operations write win"]
 
 
+@pytest.mark.parametrize(("kind", "told"), [
+    # Read as a list of kinds, a comma must not make one forged kind two valid ones.
+    ("contribute,hit", "contribute, contribute;hit"), ("win", "contribute, win")])
+def test_a_bet_row_of_a_kind_a_bet_does_not_write_is_found(
+        engine: JackpotEngine, kind: str, told: str) -> None:
+    # b1's major row made another kind; minor keeps its contribute row.
+    past_trigger(engine, "ledger_no_update",
+                 "UPDATE ledger SET kind = ? WHERE op_id = 'b1' AND level = 'major'", (kind,))
+    found = [p for p in problems(engine) if p.startswith("operation ")]
+    assert found == [(f"operation 'b1': its ledger rows are of kinds {told}; 'contribute' "
+                     "operations write contribute, hit")]
+
+
 def test_the_hits_of_a_stored_bet_result_in_another_order_are_found(tmp_path: Path) -> None:
     # A replay returns the stored result: its hits in the order the first call gave them.
     levels = [GroupConfig(name, Decimal(10), Decimal("0.1"), must_hit_by=Decimal("10.000001"))

@@ -349,7 +349,7 @@ class BackendContract:
         assert (bet_2.op_id, bet_2.kind) == ("bet-2", "contribute")
         assert json.loads(bet_2.result) == result
         assert bet_2.levels == {"minor": (4, 100_160_000, 60_000, 0)}
-        assert (bet_2.kinds, bet_2.most_kinds) == ({"contribute"}, 1)
+        assert bet_2.level_kinds == {"minor": {"contribute"}}
         assert hits == {}
 
     def test_audit_queries_add_up_the_ledger(self, store: Store) -> None:

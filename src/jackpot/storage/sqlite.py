@@ -53,6 +53,7 @@ from jackpot.storage.base import (
     BusyIncidentError,
     LedgerRow,
     LedgerTotals,
+    RecordedSQL,
     Store,
     StoredOperation,
     entry_values,
@@ -115,6 +116,17 @@ _INSERT_ENTRY = (f"INSERT INTO ledger (op_id, {', '.join(ENTRY_COLUMNS)}) "
 
 class SQLiteStore(Store):
     """One APSW connection to a jackpot database, with the engine's queries."""
+
+    # SQLite joins by looking each row up: grouping the whole ledger first,
+    # in op_id order, then looks the groups up in the operations table's key
+    # in that order, not at random; and the balance after an operation's last
+    # row on a level comes from that row itself: with MAX() the only min/max
+    # aggregate of a query, SQLite takes a bare column from the row that has
+    # the maximum (documented behaviour). On run 8's file (5 million recorded
+    # bets): 31 s, the portable form 122 s. (SQLite's string_agg takes no
+    # DISTINCT.)
+    _RECORDED = RecordedSQL("g.balance", " l.balance_after AS balance,",
+                            "group_concat(DISTINCT replace(l.kind, ',', ';'))", "", "")
 
     def __init__(
         self,
