@@ -15,7 +15,8 @@ stored result (what a replay returns) can be rebuilt and repeats what they
 say (see `_audit_results`); a recorded bet without ledger rows (it
 qualified for no level) is one a replay can return, showing each level as
 the ledger had it; every bet, with a stored result or not, has one winner
-for all of its hits.
+for all of its hits; no record has an op_id of the engine's own (`auto-`,
+`create:`), which it never records.
 The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
@@ -35,6 +36,7 @@ from jackpot._audit_fractions import Fractions, check_retirements
 from jackpot._audit_results import check_results, units_of, unreadable
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
+from jackpot.requests import RESERVED_OP_ID_PREFIXES
 from jackpot.results import VerifyReport
 from jackpot.storage import LedgerRow, LedgerTotals, RecordedResult, Store
 
@@ -55,6 +57,7 @@ def audit(store: Store) -> VerifyReport:
         bad_rows = store.broken_ledger_rows(limit=20)
         split = store.split_hit_winners(limit=20)
         orphans, empty_bets = _without_ledger(store)
+        reserved = store.operation_ids_starting(RESERVED_OP_ID_PREFIXES, limit=_SHOWN + 1)
         transfers = _unreadable(problems, "retirement rows", list[LedgerRow](),
                                 lambda: store.ledger(kinds=("retire", "transfer_in")))
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
@@ -94,6 +97,11 @@ def audit(store: Store) -> VerifyReport:
         problems.append(f"... and {len(orphans) - _SHOWN} more operations recorded without "
                         "ledger rows")
     problems.extend(results)
+    own = ", ".join(f"{prefix}..." for prefix in RESERVED_OP_ID_PREFIXES)
+    problems.extend(f"operation {op!r} recorded under an op_id the engine keeps for its own "
+                    f"({own}): it never records one" for op in reserved[:_SHOWN])
+    if len(reserved) > _SHOWN:
+        problems.append("... and more operations recorded under the engine's own op_ids")
     problems.extend(f"operation {op!r}: its hit rows name different winners: a bet has one "
                     "player" for op in split)
     if integrity != "ok":

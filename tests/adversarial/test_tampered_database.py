@@ -393,7 +393,37 @@ def test_a_forged_result_for_an_operation_without_a_caller_op_id(
                    "VALUES (?, 'contribute', 'x', ?, 0)", (auto, json.dumps(result)))
     assert problems(engine) == [
         (f"operation {auto!r}: its stored result says major balance 900.600000, "
-        "the ledger 100.600000")]
+        "the ledger 100.600000"), own_op_id(auto)]
+
+
+def own_op_id(op_id: str) -> str:
+    return (f"operation {op_id!r} recorded under an op_id the engine keeps for its own "
+            "(auto-..., create:...): it never records one")
+
+
+@pytest.mark.parametrize("op_id", ["auto", "create:minor", "create:major"])
+def test_a_record_under_an_op_id_the_engine_keeps_for_its_own_is_found(
+        engine: JackpotEngine, op_id: str) -> None:
+    # Even one that agrees with the ledger: the engine records none, no caller can use one.
+    if op_id == "auto":
+        engine.contribute(Decimal(10), groups="major")
+        (op_id,) = {r.op_id for r in engine._reader.ledger(level="major")
+                    if r.op_id.startswith("auto-")}
+        result = {"op_id": op_id, "contributions": {"major": "0.100000"},
+                  "balances": {"major": "100.600000"}, "versions": {"major": 3}, "hits": []}
+    else:
+        level = op_id.removeprefix("create:")
+        row = next(r for r in engine._reader.ledger(level=level) if r.op_id == op_id)
+        result = {"op_id": op_id, "action": "adjust", "group": level,
+                  "balances": {level: str(Decimal(row.balance_after).scaleb(-6))},
+                  "versions": {level: 1}}
+    kind = "contribute" if "contributions" in result else "adjust"
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES (?, ?, 'x', ?, 0)", (op_id, kind, json.dumps(result)))
+    # (A creation's rows are of kind 'create', which no recorded kind writes.)
+    kinds = [(f"operation {op_id!r}: its ledger rows are of kinds create; 'adjust' "
+             "operations write adjust")] if kind == "adjust" else []
+    assert problems(engine) == [*kinds, own_op_id(op_id)]
 
 
 def test_a_rewritten_admin_and_config_result_is_found(engine: JackpotEngine) -> None:
@@ -619,6 +649,7 @@ def test_a_record_inserted_for_a_bet_without_one_does_not_hide_its_split_winners
         assert e.verify().problems == [
             (f"operation {op_id!r}: its ledger rows are of kinds contribute, hit; "
              "'adjust' operations write adjust"),
+            own_op_id(op_id),
             f"operation {op_id!r}: its hit rows name different winners: a bet has one player"]
 
 

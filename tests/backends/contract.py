@@ -323,6 +323,16 @@ class BackendContract:
         assert sorted(found) == [f"op-{i:04d}" for i in range(0, 1_200, 2)]
         assert found["op-0010"].result == {"i": 10}
 
+    def test_op_ids_are_found_by_prefix_exactly(self, store: Store) -> None:
+        ids = ["AUTO-1", "auto-2", "auto_3", "autox", "create:a", "create-b", "zauto-4",
+               "auto-5", "auto-6", "auto%7"]
+        with store.write():
+            store.record_operations([StoredOperation(i, "win", "f", {}) for i in ids], 1)
+        assert store.operation_ids_starting(("auto-", "create:")) == [
+            "auto-2", "auto-5", "auto-6", "create:a"]
+        assert store.operation_ids_starting(("auto-",), limit=2) == ["auto-2", "auto-5"]
+        assert store.operation_ids_starting(()) == []
+
     def test_audit_queries_of_rate_periods_and_stored_results(self, store: Store) -> None:
         created = domain.create(GroupConfig("minor", Decimal(100), Decimal("0.01")), 1_000,
                                 draw)

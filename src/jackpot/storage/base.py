@@ -636,6 +636,15 @@ class Store(ABC):
         """Return op_ids whose hit rows name several winners (a bet has one player)."""
         return [r[0] for r in self._exec(f"{_SPLIT_HIT_WINNERS} LIMIT {int(limit)}")]
 
+    def operation_ids_starting(self, prefixes: Iterable[str], limit: int = 20) -> list[str]:
+        """Return recorded op_ids that start with one of `prefixes`, at most `limit`."""
+        prefixes = list(prefixes)
+        p = self._PARAM
+        where = " OR ".join([f"substr(op_id, 1, {len(x)}) = {p}" for x in prefixes])
+        return [r[0] for r in self._exec(
+            f"SELECT op_id FROM operations WHERE {where} ORDER BY op_id LIMIT {int(limit)}",
+            tuple(prefixes))] if prefixes else []
+
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""
         return [r[0] for r in self._exec(OPERATIONS_WITHOUT_LEDGER)]
