@@ -273,7 +273,6 @@ class Model:
         self.levels: dict[str, Level] = {}
         self.ops: dict[str, tuple[tuple[Any, ...], Any]] = {}  # op_id -> (request, result)
         self.ledger: list[dict[str, Any]] = []
-        self.no_effect: set[str] = set()  # op_ids whose call changed nothing
         self._entries: list[dict[str, Any]] = []
         self._observed: dict[str, list[int]] | None = None
 
@@ -339,11 +338,9 @@ class Model:
         work = copy.deepcopy(self.levels)
         self._entries = []
         result = apply(work)
-        if self._entries:
+        if self._entries:  # (a bet that qualified for no level changes nothing)
             self.levels = work
             self.ledger.extend(self._entries)
-        else:
-            self.no_effect.add(op_id)
         if explicit:  # the rules: a later call with this op_id gets this result back
             self.ops[op_id] = (request, result)
         return result
