@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from jackpot.domain import validate_name
 from jackpot.errors import ValidationError
 from jackpot.money import SCALE, from_units, parse_amount
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
@@ -198,20 +199,13 @@ def _acted(record: RecordedResult, r: dict[str, Any]) -> str | None:
 def _check_bet(record: RecordedResult, r: dict[str, Any],
                hits: list[Hit], skipped: list[Skipped]) -> str | None:
     contributions = r["contributions"]
+    if not contributions:  # (one the engine would refuse: no level takes bets)
+        return "its stored result names no level: a bet no level takes is refused"
     if not record.levels.keys() <= contributions.keys():
         return _same_levels(record, set(contributions))
     seen: list[Skipped] = []
     for level, given in contributions.items():
-        f = record.levels.get(level)
-        if f is None and units_of(given) != 0:
-            return (f"its stored result says {level} got {given}, "
-                    "the ledger has no row of it there")
-        if f is None:  # skipped: checked against the ledger later, in a chunk
-            version, shown = _version(r["versions"][level]), r["balances"][level]
-            seen.append((record.op_id, level, version, units_of(shown), str(shown)))
-        if f is not None and (p := _figures(f, level, version=r["versions"][level],
-                                            balance=r["balances"][level],
-                                            credited=given)) is not None:
+        if (p := _bet_level(record, r, level, given, seen)) is not None:
             return p
     if not contributions.keys() == r["balances"].keys() == r["versions"].keys():
         return (f"its stored result names levels {', '.join(sorted(contributions))} in "
@@ -221,6 +215,23 @@ def _check_bet(record: RecordedResult, r: dict[str, Any],
     if (p := _check_hits(r["hits"], hits)) is not None:
         return p
     skipped.extend(seen)
+    return None
+
+
+def _bet_level(record: RecordedResult, r: dict[str, Any], level: str, given: object,
+               seen: list[Skipped]) -> str | None:
+    """Check what a bet's result says of one level; a skipped one is kept in `seen`."""
+    f = record.levels.get(level)
+    if f is not None:
+        return _figures(f, level, version=r["versions"][level], balance=r["balances"][level],
+                        credited=given)
+    if units_of(given) != 0:
+        return f"its stored result says {level} got {given}, the ledger has no row of it there"
+    if not _is_name(level):  # (not looked up: it could not even bind on PostgreSQL)
+        return f"its stored result names {level[:80]!r}, which is no level name"
+    # Skipped: checked against the ledger later, in a chunk.
+    version, shown = _version(r["versions"][level]), r["balances"][level]
+    seen.append((record.op_id, level, version, units_of(shown), str(shown)))
     return None
 
 
@@ -265,6 +276,14 @@ def _said(r: dict[str, Any], detail: RecordedDetail | None, kind: str,
             return (f"its stored result says {key} {r[key]!r}, "
                     f"the ledger {held[key]!r}")
     return None
+
+
+def _is_name(level: str) -> bool:
+    try:
+        validate_name(level)
+    except ValidationError:
+        return False
+    return True
 
 
 def _version(value: object) -> int:

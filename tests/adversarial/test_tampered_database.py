@@ -480,6 +480,28 @@ def test_an_empty_bet_s_view_of_the_levels_is_checked_against_the_ledger(
         "never had")]
 
 
+def _add_level(name: str) -> Callable[[dict[str, Any]], None]:
+    def change(r: dict[str, Any]) -> None:
+        r["contributions"][name], r["balances"][name], r["versions"][name] = "0.000000", \
+            "10.000000", 1
+    return change
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda r: [r[k].clear() for k in ("contributions", "balances", "versions")],
+     "its stored result names no level: a bet no level takes is refused"),
+    # (PostgreSQL cannot even look a name with a NUL up: it must not be tried.)
+    (_add_level("mi\x00nor"), "its stored result names 'mi\\x00nor', which is no level name"),
+    (_add_level("x" * 65), f"its stored result names {'x' * 65!r}, which is no level name"),
+])
+def test_an_empty_bet_naming_no_level_or_no_level_name_is_found(
+        skipping: JackpotEngine, change: Callable[[dict[str, Any]], object],
+        problem: str) -> None:
+    skipping.contribute(Decimal(5), groups="major", op_id="none")
+    rewrite_result(skipping, "none", change)
+    assert problems(skipping) == [f"operation 'none': {problem}"]
+
+
 def test_the_hits_of_a_stored_bet_result_are_checked(tmp_path: Path) -> None:
     # must_hit_by one unit above the seed: the trigger can only be that, the first bet hits
     levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
