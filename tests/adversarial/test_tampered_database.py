@@ -890,6 +890,16 @@ def test_settings_replayed_through_changes_resets_and_status_verify(tmp_path: Pa
     (("DROP INDEX ledger_level_version; "
       "CREATE INDEX ledger_level_version ON ledger (level, version_after)"),
      "integrity_check: index ledger_level_version is not unique: a level's versions may repeat"),
+    # One of the name that no longer guards what it should: its columns, a WHERE.
+    (("DROP INDEX ledger_level_version; "
+      "CREATE UNIQUE INDEX ledger_level_version ON ledger (seq)"),
+     "integrity_check: index ledger_level_version is not on (level, version_after) for every row"),
+    (("DROP INDEX ledger_level_version; CREATE UNIQUE INDEX ledger_level_version "
+      "ON ledger (level, version_after) WHERE kind = 'create'"),
+     "integrity_check: index ledger_level_version is not on (level, version_after) for every row"),
+    (("DROP INDEX ledger_level_kind; "
+      "CREATE INDEX ledger_level_kind ON ledger (level, lower(kind), seq)"),
+     "integrity_check: index ledger_level_kind is not on (level, kind, seq) for every row"),
 ])
 def test_a_dropped_guard_of_the_schema_is_reported(engine: JackpotEngine, sql: str,
                                                    problem: str) -> None:

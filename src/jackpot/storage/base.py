@@ -39,6 +39,7 @@ from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS
 __all__ = [
     "BusyIncidentError",
     "ConnectionUnavailableError",
+    "IndexShape",
     "LedgerFigures",
     "LedgerRow",
     "LedgerTotals",
@@ -325,12 +326,28 @@ to_json = json.JSONEncoder(sort_keys=True).encode
 """`json.dumps(value, sort_keys=True)`, without building an encoder per call."""
 
 
-def index_problems(unique: dict[str, bool]) -> list[str]:
-    """Name each index of `INDEXES` missing from `unique` (name: is unique), or not unique."""
-    return [f"index {name} is missing" if name not in unique else
-            f"index {name} is not unique: a level's versions may repeat"
-            for name, must in INDEXES.items()
-            if name not in unique or (must and not unique[name])]
+class IndexShape(NamedTuple):
+    """What an index of the ledger is, as the integrity check compares it."""
+
+    unique: bool
+    columns: tuple[str | None, ...]
+    """Its columns in order (None for an expression)."""
+    partial: bool
+    """It has a WHERE: it leaves rows out."""
+
+
+def index_problems(found: dict[str, IndexShape]) -> list[str]:
+    """Name each index of `INDEXES` missing from `found`, or not the one the schema has."""
+    problems = []
+    for name, (unique, columns) in INDEXES.items():
+        shape = found.get(name)
+        if shape is None:
+            problems.append(f"index {name} is missing")
+        elif unique and not shape.unique:
+            problems.append(f"index {name} is not unique: a level's versions may repeat")
+        elif shape.columns != columns or shape.partial:
+            problems.append(f"index {name} is not on ({', '.join(columns)}) for every row")
+    return problems
 
 
 class UnreadableRowError(StorageError, ValueError):

@@ -95,6 +95,7 @@ from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
     ConnectionUnavailableError,
+    IndexShape,
     LedgerRow,
     SerializationFailureError,
     Store,
@@ -134,6 +135,15 @@ _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledge
 # that cast parses the name as SQL, so a schema whose name needs quoting
 # ("Jackpot", "two words") would be read as another name, or not at all.
 _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+# The ledger's indexes: name, unique, columns in order (NULL for an expression),
+# partial (has a WHERE).
+_LEDGER_INDEXES = (
+    "SELECT c.relname, i.indisunique, ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) "
+    "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid "
+    "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL "
+    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
+    f"pg_class WHERE relname = 'ledger' AND relnamespace = {_CURRENT_SCHEMA})")
 _HAS_SCHEMA_TABLE = ("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema() "
                      "AND tablename = 'jackpot_schema')")
 # What a unique violation on these means: another transaction won the race.
@@ -758,11 +768,8 @@ class PostgresStore(Store):
             "AND t.tgenabled <> 'D' AND t.tgname = ANY(%s)", (list(POSTGRES_TRIGGERS),))}
         problems.extend(f"trigger {t} is missing or disabled: history is not append-only"
                         for t in POSTGRES_TRIGGERS if t not in enabled)
-        problems.extend(index_problems({r[0]: bool(r[1]) for r in self._exec(
-            "SELECT c.relname, i.indisunique FROM pg_index i "
-            "JOIN pg_class c ON c.oid = i.indexrelid "
-            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
-            f"pg_class WHERE relname = 'ledger' AND relnamespace = {_CURRENT_SCHEMA})")}))
+        problems.extend(index_problems({r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]))
+                                        for r in self._exec(_LEDGER_INDEXES)}))
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "

@@ -174,9 +174,11 @@ SQLITE_TRIGGERS = ("ledger_no_update", "ledger_no_delete", "operations_no_update
                    "operations_no_delete")
 """The SQLite triggers that make history append-only (checked by the integrity check)."""
 
-INDEXES = {"ledger_level_version": True, "ledger_level_kind": False}
-"""The indexes of the current schema on both backends, and whether each is unique.
+INDEXES = {"ledger_level_version": (True, ("level", "version_after")),
+           "ledger_level_kind": (False, ("level", "kind", "seq"))}
+"""The indexes of the current schema on both backends: whether each is unique, its columns.
 
 The unique one makes a level's versions unique in its ledger; the other
-serves history and the audit. The integrity check reports one missing.
+serves history and the audit. The integrity check reports one missing, or
+one of that name that is not what it should be (its columns, a WHERE).
 """

@@ -51,6 +51,7 @@ from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
     BusyIncidentError,
+    IndexShape,
     LedgerRow,
     LedgerTotals,
     RecordedSQL,
@@ -646,8 +647,11 @@ class SQLiteStore(Store):
             "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         problems.extend(f"trigger {t} is missing: history is not append-only"
                         for t in SQLITE_TRIGGERS if t not in triggers)
-        unique = {r[1]: bool(r[2]) for r in self._exec("PRAGMA index_list(ledger)")}
-        problems.extend(index_problems(unique))
+        problems.extend(index_problems({name: IndexShape(bool(unique), tuple(
+            c[0] for c in self._exec("SELECT name FROM pragma_index_info(?) ORDER BY seqno",
+                                     (name,))), bool(partial))
+            for name, unique, partial in self._exec(
+                "SELECT name, \"unique\", partial FROM pragma_index_list('ledger')")}))
         return "; ".join(problems) or "ok"
 
 
