@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
@@ -631,8 +632,12 @@ def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str
     waiter = PostgresStore(pg_target, lock_timeout_ms=300)
     try:
         busy = r"no connection to .* became free within 300 ms \(every pooled connection is busy\)"
-        with holder.write(), pytest.raises(LockTimeoutError, match=busy):
+        direct = mock.Mock(wraps=psycopg.connect)
+        with holder.write(), mock.patch.object(psycopg, "connect", direct), \
+                pytest.raises(LockTimeoutError, match=busy):
             waiter.load_levels()
+        # Told from the pool's own count: no extra connection to a server that is busy.
+        assert direct.call_count == 0
     finally:
         waiter.close()
         holder.close()

@@ -474,10 +474,14 @@ class PostgresStore(Store):
 
         The pool times out alike whether its connections are all in use or
         it cannot make new ones (the server is down, refuses this role, is
-        out of connection slots): one direct attempt tells which, so that an
-        unreachable server is not reported as a busy pool. (libpq's message
-        never holds the password; the pool logs the same one.)
+        out of connection slots): with every connection in use it is busy;
+        otherwise one direct attempt tells which, so that an unreachable
+        server is not reported as a busy pool. (libpq's message never holds
+        the password; the pool logs the same one.) A busy pool costs the
+        server no extra connection: that is when it can least spare one.
         """
+        if self._pool.out >= self._pool.max_size:
+            return self._busy()
         try:
             psycopg.connect(self._url, connect_timeout=max(2, round(self._timeout_ms / 1000))
                             ).close()
@@ -492,6 +496,9 @@ class PostgresStore(Store):
                 "make another in time, though a direct connection just worked (after "
                 "failed attempts, as in an outage, it reconnects with a growing delay; "
                 "the psycopg.pool log has them); nothing was changed")
+        return self._busy()
+
+    def _busy(self) -> LockTimeoutError:
         return LockTimeoutError(
             f"no connection to {self._where} became free within {self._timeout_ms} ms "
             "(every pooled connection is busy); nothing was changed")
