@@ -401,7 +401,19 @@ def own_op_id(op_id: str) -> str:
             "(auto-..., create:...): it never records one")
 
 
-@pytest.mark.parametrize("op_id", ["auto", "create:minor", "create:major"])
+@pytest.mark.parametrize("op_id", ["auto-round-1", "create:bonus", "auto-0123", "create:"])
+def test_a_caller_s_op_id_of_the_engine_s_prefixes_before_they_were_reserved_is_no_problem(
+        engine: JackpotEngine, op_id: str) -> None:
+    # Before 2ac3f92 a caller could use these, and they were recorded; only the
+    # shapes the engine itself makes (never recorded) are reported.
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES (?, 'contribute', 'x', ?, 0)",
+           (op_id, json.dumps({**EMPTY_BET, "op_id": op_id})))
+    assert problems(engine) == []
+
+
+@pytest.mark.parametrize("op_id", ["auto", "create:minor", "create:major",
+                                   "auto-0123456789abcdef0123456789abcdef"])
 def test_a_record_under_an_op_id_the_engine_keeps_for_its_own_is_found(
         engine: JackpotEngine, op_id: str) -> None:
     # Even one that agrees with the ledger: the engine records none, no caller can use one.
@@ -411,6 +423,8 @@ def test_a_record_under_an_op_id_the_engine_keeps_for_its_own_is_found(
                     if r.op_id.startswith("auto-")}
         result = {"op_id": op_id, "contributions": {"major": "0.100000"},
                   "balances": {"major": "100.600000"}, "versions": {"major": 3}, "hits": []}
+    elif op_id.startswith("auto-"):  # as generated before d1cd417: an empty bet's record
+        result = {**EMPTY_BET, "op_id": op_id}
     else:
         level = op_id.removeprefix("create:")
         row = next(r for r in engine._reader.ledger(level=level) if r.op_id == op_id)

@@ -653,14 +653,20 @@ class Store(ABC):
         """Return op_ids whose hit rows name several winners (a bet has one player)."""
         return [r[0] for r in self._exec(f"{_SPLIT_HIT_WINNERS} LIMIT {int(limit)}")]
 
-    def operation_ids_starting(self, prefixes: Iterable[str], limit: int = 20) -> list[str]:
-        """Return recorded op_ids that start with one of `prefixes`, at most `limit`."""
+    def operation_ids_starting(self, prefixes: Iterable[str]) -> Iterator[str]:
+        """Yield the recorded op_ids that start with one of `prefixes`, in no order.
+
+        (Unordered: PostgreSQL would otherwise walk the whole primary key in
+        order, filtering, instead of one scan.)
+        """
         prefixes = list(prefixes)
+        if not prefixes:
+            return
         p = self._PARAM
         where = " OR ".join([f"substr(op_id, 1, {len(x)}) = {p}" for x in prefixes])
-        return [r[0] for r in self._exec(
-            f"SELECT op_id FROM operations WHERE {where} ORDER BY op_id LIMIT {int(limit)}",
-            tuple(prefixes))] if prefixes else []
+        for (op_id,) in self._stream(f"SELECT op_id FROM operations WHERE {where}",
+                                     tuple(prefixes)):
+            yield op_id
 
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""
