@@ -114,6 +114,8 @@ __all__ = ["PostgresStore"]
 Connection = psycopg.Connection[tuple[Any, ...]]
 logger = logging.getLogger("jackpot")
 
+_PROBE_EVERY = 5.0
+"""Seconds: with every pooled connection in use, how often a timeout tries the server directly."""
 _STREAM_CHUNK = 2000  # rows per FETCH of a server-side cursor (the audit's big queries)
 _ADVISORY_KEY = 0x6A61636B706F74  # "jackpot": serializes migrations and level creation
 _SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
@@ -358,6 +360,8 @@ class PostgresStore(Store):
         self._url = url
         self._where = describe(url)
         self._timeout_ms = lock_timeout_ms
+        self._probed: tuple[float, ConnectionUnavailableError | None] | None = None
+        """When the server was last tried directly, and what that said (`_no_connection`)."""
         self._begin = ("BEGIN ISOLATION LEVEL READ COMMITTED; "
                        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
                        "SET LOCAL synchronous_commit = "
@@ -474,21 +478,23 @@ class PostgresStore(Store):
 
         The pool times out alike whether its connections are all in use or
         it cannot make new ones (the server is down, refuses this role, is
-        out of connection slots): with every connection in use it is busy;
-        otherwise one direct attempt tells which, so that an unreachable
-        server is not reported as a busy pool. (libpq's message never holds
-        the password; the pool logs the same one.) A busy pool costs the
-        server no extra connection: that is when it can least spare one.
+        out of connection slots): one direct attempt tells which, so that an
+        unreachable server is not reported as a busy pool. (libpq's message
+        never holds the password; the pool logs the same one.) While every
+        pooled connection is in use, that attempt is made at most every
+        `_PROBE_EVERY` seconds and its verdict reused meanwhile: a busy
+        server is offered no extra connection per timed-out call, and one
+        that stopped answering (all connections stuck on it) is still told.
         """
-        if self._pool.out >= self._pool.max_size:
-            return self._busy()
-        try:
-            psycopg.connect(self._url, connect_timeout=max(2, round(self._timeout_ms / 1000))
-                            ).close()
-        except psycopg.Error as e:
-            reason = " ".join(str(e).split()) or type(e).__name__
-            return ConnectionUnavailableError(f"cannot connect to {self._where} ({reason}); "
-                                              "nothing was changed")
+        probed = self._probed
+        if (self._pool.out >= self._pool.max_size and probed is not None
+                and time.monotonic() - probed[0] < _PROBE_EVERY):
+            unreachable = probed[1]
+        else:
+            unreachable = self._probe()
+            self._probed = (time.monotonic(), unreachable)
+        if unreachable is not None:
+            return unreachable
         if self._pool.out < self._pool.max_size:  # not all in use: some could not be made
             return ConnectionUnavailableError(
                 f"no connection to {self._where} within {self._timeout_ms} ms: the pool "
@@ -497,6 +503,17 @@ class PostgresStore(Store):
                 "failed attempts, as in an outage, it reconnects with a growing delay; "
                 "the psycopg.pool log has them); nothing was changed")
         return self._busy()
+
+    def _probe(self) -> ConnectionUnavailableError | None:
+        """Connect once directly: the error if the server cannot be reached, else None."""
+        try:
+            psycopg.connect(self._url, connect_timeout=max(2, round(self._timeout_ms / 1000))
+                            ).close()
+        except psycopg.Error as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            return ConnectionUnavailableError(f"cannot connect to {self._where} ({reason}); "
+                                              "nothing was changed")
+        return None
 
     def _busy(self) -> LockTimeoutError:
         return LockTimeoutError(
