@@ -137,10 +137,12 @@ _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledge
 # that cast parses the name as SQL, so a schema whose name needs quoting
 # ("Jackpot", "two words") would be read as another name, or not at all.
 _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
-# The ledger's indexes: name, unique, columns in order (NULL for an expression),
-# partial (has a WHERE).
+# The ledger's indexes: name, unique, key columns in order (NULL for an
+# expression; a covering index's INCLUDE columns are not keys), partial (has a
+# WHERE).
 _LEDGER_INDEXES = (
-    "SELECT c.relname, i.indisunique, ARRAY(SELECT a.attname FROM unnest(i.indkey::int2[]) "
+    "SELECT c.relname, i.indisunique, ARRAY(SELECT a.attname FROM "
+    "unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
     "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL "
     "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
