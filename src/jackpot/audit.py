@@ -15,8 +15,8 @@ stored result (what a replay returns) can be rebuilt and repeats what they
 say (see `_audit_results`); a recorded bet without ledger rows (it
 qualified for no level) is one a replay can return, showing each level as
 the ledger had it; every bet, with a stored result or not, has one winner
-for all of its hits; no record has an op_id of the engine's own (`auto-`,
-`create:`), which it never records.
+for all of its hits; no record has an op_id the engine generates for itself
+(`auto-...`, `create:<level>`), which it never records.
 The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
