@@ -626,23 +626,30 @@ def test_a_pool_still_reconnecting_is_not_reported_busy(pg_target: str) -> None:
                 assert time.monotonic() < deadline, "the pool never reconnected"
 
 
-def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:
+@contextmanager
+def saturated_pool(pg_target: str, connect: mock.Mock) -> Iterator[PostgresStore]:
+    """Yield a store whose pool's only connection another holds, `psycopg.connect` mocked."""
     JackpotEngine.open(pg_target).close()
     holder = PostgresStore(pg_target, lock_timeout_ms=300, pool_max_size=1)
     waiter = PostgresStore(pg_target, lock_timeout_ms=300)
     try:
-        busy = r"no connection to .* became free within 300 ms \(every pooled connection is busy\)"
-        direct = mock.Mock(wraps=psycopg.connect)
-        with holder.write(), mock.patch.object(psycopg, "connect", direct):
-            for _ in range(3):
-                with pytest.raises(LockTimeoutError, match=busy):
-                    waiter.load_levels()
-        # One direct attempt said the server answers; the next timeouts reuse it:
-        # no extra connection per timed-out call to a server that is busy.
-        assert direct.call_count == 1
+        with holder.write(), mock.patch.object(psycopg, "connect", connect):
+            yield waiter
     finally:
         waiter.close()
         holder.close()
+
+
+def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:
+    busy = r"no connection to .* became free within 300 ms \(every pooled connection is busy\)"
+    direct = mock.Mock(wraps=psycopg.connect)
+    with saturated_pool(pg_target, direct) as waiter:
+        for _ in range(3):
+            with pytest.raises(LockTimeoutError, match=busy):
+                waiter.load_levels()
+    # One direct attempt said the server answers; the next timeouts reuse it:
+    # no extra connection per timed-out call to a server that is busy.
+    assert direct.call_count == 1
 
 
 def test_a_pool_whose_connections_are_all_stuck_on_a_silent_server_is_not_called_busy(
@@ -650,20 +657,13 @@ def test_a_pool_whose_connections_are_all_stuck_on_a_silent_server_is_not_called
     # Every pooled connection held while the server stops answering (a frozen
     # host, a network cut): the direct attempt fails, and says so, also for
     # the timeouts that reuse its verdict.
-    JackpotEngine.open(pg_target).close()
-    holder = PostgresStore(pg_target, lock_timeout_ms=300, pool_max_size=1)
-    waiter = PostgresStore(pg_target, lock_timeout_ms=300)
     silent = mock.Mock(side_effect=psycopg.OperationalError("connection timeout expired"))
-    try:
-        with holder.write(), mock.patch.object(psycopg, "connect", silent):
-            for _ in range(2):
-                with pytest.raises(ConnectionUnavailableError,
-                                   match=r"cannot connect to .* \(connection timeout expired\)"):
-                    waiter.load_levels()
-        assert silent.call_count == 1
-    finally:
-        waiter.close()
-        holder.close()
+    with saturated_pool(pg_target, silent) as waiter:
+        for _ in range(2):
+            with pytest.raises(ConnectionUnavailableError,
+                               match=r"cannot connect to .* \(connection timeout expired\)"):
+                waiter.load_levels()
+    assert silent.call_count == 1
 
 
 def test_a_statement_timeout_of_the_role_is_a_lock_timeout_that_changed_nothing(

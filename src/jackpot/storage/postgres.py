@@ -504,7 +504,9 @@ class PostgresStore(Store):
                 "make another in time, though a direct connection just worked (after "
                 "failed attempts, as in an outage, it reconnects with a growing delay; "
                 "the psycopg.pool log has them); nothing was changed")
-        return self._busy()
+        return LockTimeoutError(
+            f"no connection to {self._where} became free within {self._timeout_ms} ms "
+            "(every pooled connection is busy); nothing was changed")
 
     def _probe(self) -> ConnectionUnavailableError | None:
         """Connect once directly: the error if the server cannot be reached, else None."""
@@ -516,11 +518,6 @@ class PostgresStore(Store):
             return ConnectionUnavailableError(f"cannot connect to {self._where} ({reason}); "
                                               "nothing was changed")
         return None
-
-    def _busy(self) -> LockTimeoutError:
-        return LockTimeoutError(
-            f"no connection to {self._where} became free within {self._timeout_ms} ms "
-            "(every pooled connection is busy); nothing was changed")
 
     def _checkout(self, begin: str) -> tuple[Connection, list[tuple[Any, ...]]]:
         """Return a pooled connection with `begin` run on it, and its last result's rows.
