@@ -13,17 +13,18 @@ that first retry would only hold up every other writer. Later retries (which
 mean something is writing without taking the lock) and retries after a busy
 incident back off exponentially with jitter.
 
-When the store can tell which levels' versions it has seen committed since
-another connection last committed (SQLite's `data_version`,
-`Store.seen_versions`), the other cached levels' versions are compared as
-soon as the write lock is held, before anything is applied, and a moved
-level is re-read in the same transaction: a reload, counted as such, not a
-conflict (nothing was lost, no retry is spent). Without that, writers of
-several processes that take turns (`jackpot.storage._turns`) would each find
-their cache stale on nearly every turn, apply the batch for nothing, roll
-back and queue again. A conflict is
-then what the version checks still catch: on PostgreSQL, which cannot tell,
-every stale cache; on SQLite, the safety net.
+A cache another process made stale is found before anything is applied,
+and the moved level is re-read in the same transaction: a reload, counted as
+such, not a conflict (nothing was lost, no retry is spent). On SQLite, the
+store tells which levels' versions it has seen committed since another
+connection last committed (`data_version`, `Store.seen_versions`); the other
+cached levels' versions are compared as soon as the write lock is held. On
+PostgreSQL, which has no database-wide write lock to say that, every write
+locks its levels' rows as it begins and reads them fresh
+(`Store.lock_levels`). Without this, writers of several processes (or hosts)
+would find their cache stale on nearly every turn, apply the batch for
+nothing, roll back and queue again. A conflict is then what the version
+checks still catch: the safety net.
 """
 
 from __future__ import annotations
@@ -293,9 +294,8 @@ def _attempt(
         pessimistic = {n for op in ops if op.pessimistic for n in op.names}
         trusted = set() if cached is None else {n for n in names
                                                 if n not in pessimistic and n in cached}
-        states = {n: cached[n] if cached is not None and n in trusted else _load(store, n)
-                  for n in names}
         batch = _Batch(store, [op.op_id for op in ops if op.explicit])
+        states = _states(store, ops, names, cached=cached, trusted=trusted, stats=stats)
         seen = store.seen_versions  # after BEGIN: emptied if others committed
         if seen is not None:
             if trusted:
@@ -349,18 +349,49 @@ def _recheck(store: SQLiteStore, ops: list[Operation], states: dict[str, LevelSt
     if not needed:
         return
     stored = store.level_versions(needed)
-    kinds = ",".join(sorted({op.kind for op in ops}))
     for name in needed:
         if stored.get(name) == states[name].version:
             seen[name] = states[name].version
         else:
-            logger.debug("level %s changed elsewhere (cached version %d, stored %s): re-read",
-                         name, states[name].version, stored.get(name),
-                         extra={"op_id": ops[0].op_id, "operation": kinds, "level": name,
-                                "outcome": "reload"})
-            stats.add("reloads", kinds, name)
+            _reloaded(ops, name, states[name].version, stored.get(name), stats)
             states[name] = _load(store, name)
             trusted.discard(name)
+
+
+def _states(store: SQLiteStore, ops: list[Operation], names: list[str], *,
+            cached: Mapping[str, LevelState] | None, trusted: set[str], stats: Stats,
+            ) -> dict[str, LevelState]:
+    """Return the batch's levels: the trusted from the cache, the others read under the lock.
+
+    A backend that locks the rows instead (`Store.lock_levels`: PostgreSQL)
+    reads them all, before anything is decided; a trusted cached level found
+    moved is a reload, and none stays trusted (`trusted` is emptied).
+    """
+    locked = store.lock_levels(names)
+    if locked is None:
+        return {n: cached[n] if cached is not None and n in trusted else _load(store, n)
+                for n in names}
+    states: dict[str, LevelState] = {}
+    for name in names:
+        if (state := locked.get(name)) is None:
+            msg = f"level {name!r} vanished from the database"
+            raise StorageError(msg)
+        if cached is not None and name in trusted and cached[name].version != state.version:
+            _reloaded(ops, name, cached[name].version, state.version, stats)
+        states[name] = state
+    trusted.clear()
+    return states
+
+
+def _reloaded(ops: list[Operation], name: str, cached: int, stored: int | None,
+              stats: Stats) -> None:
+    """Log and count a cached level found moved as the write began (not a conflict)."""
+    kinds = ",".join(sorted({op.kind for op in ops}))
+    logger.debug("level %s changed elsewhere (cached version %d, stored %s): re-read",
+                 name, cached, stored,
+                 extra={"op_id": ops[0].op_id, "operation": kinds, "level": name,
+                        "outcome": "reload"})
+    stats.add("reloads", kinds, name)
 
 
 class _Batch:

@@ -30,6 +30,7 @@ from psycopg import errors as pg_errors
 
 from jackpot import (
     ConcurrencyViolationError,
+    Contribution,
     IdempotencyConflictError,
     JackpotEngine,
     LockTimeoutError,
@@ -128,27 +129,37 @@ def intercept_once(monkeypatch: pytest.MonkeyPatch, attr: str,
     return seen
 
 
-def test_a_write_committed_inside_a_batch_window_is_a_conflict(
-        engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Group commit checks each level against its version at batch start, at the end."""
-    one, two = engines(), engines()
+def test_a_write_waits_for_the_levels_another_engine_is_writing(
+        engines: Callable[..., JackpotEngine], pg_target: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write locks its levels' rows as it begins: another host's write waits, then re-reads."""
+    one, two = engines(), engines()  # both cache minor at version 1
     one.contribute(Decimal(10), groups="minor", op_id="one-1")  # one caches version 2
-    # While one's next transaction is open (after its reads, before its
-    # version-checked UPDATE), engine two commits a write to the same level.
-    seen = intercept_once(monkeypatch, "update_level",
-                          lambda: two.contribute(Decimal(20), groups="minor", op_id="two-1"))
+    waiting: list[Contribution] = []
+    other = threading.Thread(target=lambda: waiting.append(
+        two.contribute(Decimal(20), groups="minor", op_id="two-1")))
+
+    def two_writes_meanwhile() -> None:  # in one's transaction, its batch applied
+        other.start()
+        wait_until_blocked(pg_target)  # two waits for the row one holds
+
+    intercept_once(monkeypatch, "update_level", two_writes_meanwhile)
     done = one.contribute(Decimal(30), groups="minor", op_id="one-2")
-    assert seen[0].versions == {"minor": 3}
-    assert done.versions == {"minor": 4}
-    assert done.balances == {"minor": MINOR_SEED + Decimal("0.30")}
-    assert (one.stats.snapshot()["conflicts"], one.stats.snapshot()["retries"]) == (1, 1)
+    other.join(timeout=30)
+    assert done.versions == {"minor": 3}
+    assert [c.versions for c in waiting] == [{"minor": 4}]
+    assert waiting[0].balances == {"minor": MINOR_SEED + Decimal("0.30")}
+    one_counts, two_counts = one.stats.snapshot(), two.stats.snapshot()
+    assert (one_counts["conflicts"], one_counts["retries"]) == (0, 0)
+    assert (two_counts["conflicts"], two_counts["retries"], two_counts["reloads"]) == (0, 0, 1)
     assert one.verify().ok
 
 
 def test_a_twin_op_id_committed_first_is_replayed(
         engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     one, two = engines(), engines()
-    seen = intercept_once(monkeypatch, "update_level",
+    # Between one's lookup of the op_id and its lock of the level's row.
+    seen = intercept_once(monkeypatch, "lock_levels",
                           lambda: two.contribute(Decimal(20), groups="minor", op_id="twin"))
     replay = one.contribute(Decimal(20), groups="minor", op_id="twin")
     assert seen[0].replayed is False

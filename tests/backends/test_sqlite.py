@@ -25,8 +25,6 @@ from .contract import BackendContract
 
 
 class TestSQLiteBackend(BackendContract):
-    reloads_stale_cache = True
-
     @pytest.fixture
     def target(self, tmp_path: Path) -> str:
         return str(tmp_path / "pools.db")

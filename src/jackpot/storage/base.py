@@ -522,6 +522,16 @@ class Store(ABC):
                           tuple(names))
         return {str(name): int(version) for name, version in rows}
 
+    def lock_levels(self, names: list[str]) -> dict[str, LevelState] | None:
+        """Inside `write()`: lock those levels' rows, in name order, and return them as committed.
+
+        None (the default): this backend's write transaction already keeps
+        every other writer out (SQLite's `BEGIN IMMEDIATE`), so a cached level
+        is checked against `seen_versions` instead of read again.
+        """
+        del names  # (unused here)
+        return None
+
     @abstractmethod
     def insert_level(self, state: LevelState) -> None:
         """Insert a new level row."""

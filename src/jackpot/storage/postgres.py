@@ -10,17 +10,19 @@ Isolation: write transactions run at READ COMMITTED with explicit row locks
 and version checks, not at SERIALIZABLE. Every decision a write makes rests
 on two kinds of reads, and each is protected without predicate locks:
 
-- Level rows. Inside `write()`, `load_level` reads with `SELECT ... FOR
-  UPDATE`, so the row it returns cannot change until the transaction ends
-  (wins, config changes and every fresh re-read after a conflict go through
-  it). A row the caller did not re-read (a cached state, as group commit and
-  the coordinator use) is written with `UPDATE ... WHERE name = %s AND version
-  = %s`: the UPDATE waits for any concurrent writer of the row, then
-  re-evaluates the version against the newest committed row (READ COMMITTED
-  re-check), so a write committed by another process at any moment since the
-  cached read (even inside this transaction's window) leaves 0 rows updated,
-  which the service treats as a version conflict. Every committed change
-  bumps the version, so an equal version proves an unchanged row.
+- Level rows. Inside `write()`, the service first locks every level of the
+  transaction (`lock_levels`: one `SELECT ... WHERE name = ANY(...) ORDER BY
+  name FOR UPDATE`) and reads it as committed, before it decides anything;
+  wins and config changes need it, and for contributions it means a cache
+  another host made stale is re-read there (counted as a reload) instead
+  of applied for nothing and found out at the UPDATE. No row it returns can
+  change until the transaction ends. Writes are still version-checked
+  (`UPDATE ... WHERE name = %s AND version = %s`, which waits for any
+  concurrent writer of the row and then re-evaluates the version against
+  the newest committed row: READ COMMITTED re-check), so a row changed
+  without the lock would leave 0 rows updated, which the service treats as
+  a version conflict. Every committed change bumps the version, so an equal
+  version proves an unchanged row.
 - The op_id's idempotency record. A twin request committed first by another
   process is caught by the operations table's primary key when this
   transaction inserts its own record; that error is translated into
@@ -122,6 +124,8 @@ _SELECT_LEVEL = f"SELECT {', '.join(LEVEL_COLUMNS)} FROM levels"
 _LOAD_LEVEL = f"{_SELECT_LEVEL} WHERE name = %s"
 _LOCK_LEVEL = f"{_LOAD_LEVEL} FOR UPDATE"
 _LOAD_LEVELS = f'{_SELECT_LEVEL} ORDER BY name COLLATE "C"'  # byte order, as SQLite and sorted()
+_LOCK_LEVELS = f'{_SELECT_LEVEL} WHERE name = ANY(%s) ORDER BY name COLLATE "C" FOR UPDATE'
+# (PostgreSQL locks the rows as the sorted ones come up: in name order, like every write.)
 _INSERT_LEVEL = (f"INSERT INTO levels ({', '.join(LEVEL_COLUMNS)}) "
                  f"VALUES ({', '.join(['%s'] * len(LEVEL_COLUMNS))})")
 _UPDATE_LEVEL = (f"UPDATE levels SET {', '.join(f'{c} = %s' for c in LEVEL_COLUMNS[1:])} "
@@ -696,6 +700,18 @@ class PostgresStore(Store):
         """Return one level's committed state, or None; inside `write()`, lock its row."""
         rows = self._exec(_LOCK_LEVEL if self._writing else _LOAD_LEVEL, (name,))
         return level_from_row(rows[0]) if rows else None
+
+    def lock_levels(self, names: list[str]) -> dict[str, LevelState]:
+        """Lock those levels' rows in name order and return them as committed (in `write()`).
+
+        Each write does this as it begins, so that what it decides rests on
+        rows nobody else can change before it commits: another host's write
+        since this engine cached a level is a reload, not a conflict found at
+        the UPDATE after the batch was applied for nothing. (Rows another
+        transaction holds are waited for, up to the lock timeout; at READ
+        COMMITTED the row returned is the one that transaction committed.)
+        """
+        return {row[0]: level_from_row(row) for row in self._exec(_LOCK_LEVELS, (names,))}
 
     def level_version(self, name: str) -> int | None:
         """Return the committed version of one level (None: no such level), locking nothing.
