@@ -25,8 +25,10 @@ import threading
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from jackpot.errors import ValidationError
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation
+from jackpot.settings import LOG_LEVELS
 
 __all__ = ["FIELDS", "JSONFormatter", "OperationFields", "configure_logging", "log_failure",
            "log_refusal", "log_success"]
@@ -97,6 +99,9 @@ def configure_logging(
     handler, so the caller can remove it.
     """
     global _configured  # noqa: PLW0603 - the one handler this function manages
+    if level is not None and (not isinstance(level, str) or level.lower() not in LOG_LEVELS):
+        msg = f"level must be one of {', '.join(LOG_LEVELS)} or None, not {level!r}"
+        raise ValidationError(msg)  # before anything is changed
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JSONFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(OperationFields())

@@ -8,9 +8,10 @@ from dataclasses import dataclass, fields
 
 from jackpot.errors import ValidationError
 
-__all__ = ["Settings"]
+__all__ = ["LOG_LEVELS", "Settings"]
 
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+"""The `jackpot` logger levels a setting accepts (`configure_logging` takes them in any case)."""
 _SYNC_MODES = ("FULL", "EXTRA", "NORMAL")
 _MAX_DIGITS = 18
 _MAX_BACKOFF_MS = 3_600_000
@@ -145,8 +146,8 @@ def _check_field(name: str, value: object) -> None:
     elif name == "enable_metrics" and not isinstance(value, bool):
         msg = f"enable_metrics must be a bool, got {value!r}"
         raise ValidationError(msg)
-    elif name == "log_level" and value not in _LOG_LEVELS:
-        msg = f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
+    elif name == "log_level" and value not in LOG_LEVELS:
+        msg = f"log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}"
         raise ValidationError(msg)
     elif name == "synchronous" and value not in _SYNC_MODES:
         msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {value!r}"

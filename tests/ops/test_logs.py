@@ -17,6 +17,7 @@ from jackpot import (
     JSONFormatter,
     LockTimeoutError,
     Settings,
+    ValidationError,
     configure_logging,
 )
 from jackpot.logs import FIELDS
@@ -240,3 +241,12 @@ def test_configure_logging_again_replaces_its_handler_and_leaves_others_alone() 
     assert first.getvalue() == ""  # was: every record written to both streams
     assert second.getvalue().count("once") == 1
     assert own.getvalue() == "once\n"
+
+
+@pytest.mark.parametrize("level", ["verbose", 10, ""])
+def test_configure_logging_refuses_a_bad_level_and_changes_nothing(level: object) -> None:
+    log = logging.getLogger("jackpot")
+    handlers, before = list(log.handlers), log.level
+    with pytest.raises(ValidationError, match="level must be one of debug, info, warning"):
+        configure_logging(level=level, stream=io.StringIO())  # type: ignore[arg-type]
+    assert (log.handlers, log.level) == (handlers, before)  # was: a new handler left installed
