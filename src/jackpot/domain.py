@@ -309,8 +309,8 @@ def _meter(state: LevelState, **deltas: int) -> Meters:
         i = _METER_INDEX[name]
         values[i] += delta
         if values[i] > MAX_METER:
-            msg = (f"level {state.name!r}: meter(s) {', '.join(sorted(deltas))} would pass "
-                   "the storage range; retire the level and open a new one")
+            msg = (f"level {state.name!r}: its {name} meter would pass the storage range "
+                   f"({MAX_METER}); retire the level and open a new one")
             raise ValidationError(msg)
     return Meters._make(values)
 

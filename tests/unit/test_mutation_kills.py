@@ -47,5 +47,8 @@ def test_a_meter_may_reach_the_storage_maximum_exactly() -> None:
 def test_a_meter_may_not_pass_the_storage_maximum() -> None:
     bet = 10 * U
     s = level(wagered=MAX_METER - bet + 1)
-    with pytest.raises(ValidationError, match=r"meter\(s\) .*wagered.* would pass the storage"):
+    with pytest.raises(ValidationError) as info:
         contribute(s, bet, T0, draw)
+    # Only the meter that overflowed (was: every meter the bet moves, bets included).
+    assert str(info.value) == (f"level 'minor': its wagered meter would pass the storage range "
+                               f"({MAX_METER}); retire the level and open a new one")
