@@ -61,7 +61,8 @@ def _refuse_every_level_closed(states: Mapping[str, LevelState]) -> None:
     msg = "a bet on every level, but no level takes bets: " + "; ".join(
         f"{what} {', '.join(names)}" for what, names in (("suspended", suspended),
                                                          ("retired", retired)) if names)
-    msg += " (resume a level first)"
+    msg += (" (resume a suspended level first)" if suspended else
+            " (a retired level never takes bets again: open the engine with a new level)")
     raise GroupSuspendedError(msg)
 
 

@@ -209,12 +209,24 @@ def test_a_bet_on_every_level_when_none_takes_bets_is_refused_not_an_empty_succe
     digest = db_checksum()
     with pytest.raises(GroupSuspendedError, match=(
             r"^a bet on every level, but no level takes bets: suspended major, minor; "
-            r"retired old \(resume a level first\)$")):
+            r"retired old \(resume a suspended level first\)$")):
         engine.contribute("10", op_id="b1")
     assert db_checksum() == digest  # the op_id is not used up
     engine.resume("major")
     assert engine.contribute("10", op_id="b1").contributions == {"major": 2}
     verified(engine)
+
+
+def test_a_bet_on_every_level_when_all_are_retired_does_not_say_resume(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    # Only possible when the pool went to a level another engine added.
+    engine = open_engine(groups=[GroupConfig("minor", Decimal(10), Decimal("0.1"))])
+    with JackpotEngine.open(db_path, [GroupConfig("bonus", Decimal(1), Decimal("0.1"))]) as other:
+        other.retire("minor", transfer_to="bonus", reason="merged")
+    with pytest.raises(GroupSuspendedError, match=(
+            r"^a bet on every level, but no level takes bets: retired minor \(a retired level "
+            r"never takes bets again: open the engine with a new level\)$")):
+        engine.contribute("10", op_id="b1")
 
 
 # -- adjust ------------------------------------------------------------------------------
