@@ -175,15 +175,19 @@ def _money(value: Decimal | None) -> str:
 def _pools_table(pools: dict[str, PoolSnapshot], title: str = "levels") -> Table:
     table = Table(title=title)
     for name in ("level", "status", "amount", "reserve", "seed", "rate", "cap", "version",
-                 "bets", "wins", "won"):
-        table.add_column(name, justify="left" if name in ("level", "status") else "right",
+                 "bets", "wins", "won", "pending (next reset)"):
+        table.add_column(name, justify="right" if name in _NUMBERS else "left",
                          overflow="fold")
     for p in pools.values():
         table.add_row(p.name, p.status, _money(p.amount), _money(p.reserve), _money(p.seed),
                       _rate(p.contribution_rate), _money(p.cap), str(p.version),
                       str(p.meters.get("bets", 0)), str(p.meters.get("wins", 0)),
-                      _money(Decimal(p.meters.get("won", 0))))
+                      _money(Decimal(p.meters.get("won", 0))),
+                      Text(", ".join(f"{k}={v}" for k, v in p.pending_changes.items())))
     return table
+
+
+_NUMBERS = ("amount", "reserve", "seed", "rate", "cap", "version", "bets", "wins", "won")
 
 
 def _time(ms: int) -> str:
@@ -405,7 +409,7 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
         if result.before.get(key) != result.after[key]:
             table.add_row(key, str(result.before.get(key) or "-"), str(result.after[key]))
     for key, waiting in result.pending.items():
-        table.add_row(key, "", f"{waiting} (from the next reset)")
+        table.add_row(key, str(result.before.get(key) or "-"), f"{waiting} (from the next reset)")
     console.print(table)
 
 

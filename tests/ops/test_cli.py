@@ -112,6 +112,15 @@ def test_a_config_change_sent_again_says_replayed(db: str) -> None:
     assert "config of minor, now version 2 (op c1, replayed)" in " ".join(again.stdout.split())
 
 
+def test_a_change_from_the_next_reset_shows_the_value_it_replaces(db: str) -> None:
+    done = jackpot("config", "minor", "seed=120", "cap=500", "--db", db, env={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+            for line in done.stdout.splitlines() if line.count("│") == 4}
+    assert rows["cap"] == ["-", "500.000000"]
+    assert rows["seed"] == ["100.000000", "120.000000 (from the next reset)"]  # was: before blank
+
+
 def test_a_bet_by_hand_names_its_player_as_a_mystery_hits_winner(tmp_path: Path) -> None:
     path = str(tmp_path / "mystery.db")
     levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
