@@ -696,6 +696,51 @@ def test_a_statement_timeout_of_the_role_is_a_lock_timeout_that_changed_nothing(
         assert engine.verify().ok
 
 
+def test_a_role_that_may_only_use_the_tables_runs_an_engine(pg_target: str) -> None:
+    # Migrating is the schema owner's job: opening an up-to-date schema created
+    # a table "if not exists", which needs CREATE on the schema even when it exists.
+    JackpotEngine.open(pg_target).close()  # the owner creates and migrates
+    role = f"app_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_target, autocommit=True) as admin:
+        (schema,) = admin.execute("SELECT current_schema()").fetchone() or ("",)
+        admin.execute(f'CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA "{schema}" TO {role}; '
+                      f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO {role}; '
+                      f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}')
+    try:
+        parts = urlsplit(pg_target)
+        url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        with JackpotEngine.open(url, create=False) as engine:  # was: permission denied
+            engine.contribute(Decimal(10), groups="minor", op_id="app-1")
+            assert engine.verify().ok
+    finally:
+        with psycopg.connect(pg_target, autocommit=True) as admin:
+            admin.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema}" FROM {role}; '
+                          f'REVOKE ALL ON ALL SEQUENCES IN SCHEMA "{schema}" FROM {role}; '
+                          f'REVOKE ALL ON SCHEMA "{schema}" FROM {role}; DROP ROLE {role}')
+
+
+@pytest.mark.parametrize("table", ["levels", "ledger"])
+def test_a_read_waits_for_a_table_lock_no_longer_than_the_lock_timeout(
+        pg_target: str, table: str) -> None:
+    # VACUUM FULL, ALTER TABLE, REINDEX: a read waited for them without a limit,
+    # and a close() with a timeout returned with the read still waiting.
+    with JackpotEngine.open(pg_target, settings=Settings(lock_timeout_ms=300)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="before")
+        with psycopg.connect(pg_target) as holder:
+            holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            reads = [engine.pools, engine.verify] if table == "levels" else [
+                lambda: engine.history("minor"), engine.verify]
+            for read in reads:
+                with pytest.raises(LockTimeoutError) as info:
+                    read()
+                assert str(info.value).startswith("lock not acquired within 300 ms (another "
+                                                  "transaction holds a row or the table: ")
+                assert str(info.value).endswith("; nothing was read")
+            holder.rollback()
+        assert engine.pool("minor").version == 2
+        assert engine.verify().ok
+
+
 @pytest.mark.parametrize(("sql", "problem"), [
     ("DROP INDEX ledger_level_kind", "integrity_check: index ledger_level_kind is missing"),
     (("DROP INDEX ledger_level_version; "

@@ -462,7 +462,7 @@ class PostgresStore(Store):
         if isinstance(e, PoolTimeout):
             return self._no_connection()
         if isinstance(e, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
-            return _timed_out(e, ms)
+            return _timed_out(e, ms, writing=self._writing)
         if isinstance(e, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
             return SerializationFailureError(
                 f"PostgreSQL aborted the transaction ({e.sqlstate}: {_first_line(e)}); "
@@ -648,7 +648,10 @@ class PostgresStore(Store):
     @contextmanager
     def read(self) -> Iterator[None]:
         """Run the block in one REPEATABLE READ, read-only snapshot."""
-        conn, _ = self._checkout("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # Bounded like a write's: a table lock (VACUUM FULL, ALTER TABLE, REINDEX)
+        # would otherwise hold a read, and a close() waiting for it, for as long.
+        conn, _ = self._checkout("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                                 f"SET LOCAL lock_timeout = {int(self._timeout_ms)}")
         self._conn = conn
         try:
             try:
@@ -678,8 +681,14 @@ class PostgresStore(Store):
         return current
 
     def migrate(self) -> int:
-        """Bring the schema to the latest version; return that version."""
+        """Bring the schema to the latest version; return that version.
+
+        A schema already at the latest version is only read: a role without
+        the CREATE privilege on it (one that may only use the tables) opens it.
+        """
         latest = len(POSTGRES_MIGRATIONS)
+        if self.schema_version() == latest:
+            return latest
         with self.write():
             self._exec("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
             self._exec("CREATE TABLE IF NOT EXISTS jackpot_schema (version INTEGER NOT NULL)")
@@ -837,7 +846,7 @@ def _connection_lost(e: psycopg.Error, conn: Connection | None = None) -> bool:
         s.startswith(("08", "57P0")) for s in states if s is not None)
 
 
-def _timed_out(e: BaseException, ms: int) -> LockTimeoutError:
+def _timed_out(e: BaseException, ms: int, *, writing: bool) -> LockTimeoutError:
     """Return the error for a statement PostgreSQL gave up on; nothing was changed.
 
     Raised before COMMIT (a COMMIT is not cancelled once its record is
@@ -845,12 +854,13 @@ def _timed_out(e: BaseException, ms: int) -> LockTimeoutError:
     (LockNotAvailable), or a `statement_timeout` of the server, database or
     role, or a `pg_cancel_backend` (QueryCanceled).
     """
+    void = "nothing was changed" if writing else "nothing was read"
     if isinstance(e, pg_errors.LockNotAvailable):
-        return LockTimeoutError(f"row lock not acquired within {ms} ms (another transaction "
-                                "holds it); nothing was changed")
+        return LockTimeoutError(f"lock not acquired within {ms} ms (another transaction holds "
+                                f"a row or the table: {_first_line(e)}); {void}")
     return LockTimeoutError(
         f"PostgreSQL canceled a statement ({_first_line(e)}: a statement_timeout set on the "
-        "server, database or role, or pg_cancel_backend); nothing was changed")
+        f"server, database or role, or pg_cancel_backend); {void}")
 
 
 def _first_line(e: BaseException) -> str:
