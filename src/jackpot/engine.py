@@ -464,7 +464,7 @@ class JackpotEngine:
         previous = logger.level
         logger.setLevel(settings.log_level.upper())
         try:
-            return cls._open(str(path), configs, settings, create=create)
+            return cls._open(_absolute(str(path)), configs, settings, create=create)
         except BaseException:
             logger.setLevel(previous)
             raise
@@ -1046,7 +1046,7 @@ class JackpotEngine:
                       recent=self.stats.recent(),
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
                       coordinator_alive=self._coordinator.actor_ref.is_alive(),
-                      closed=self._closed)
+                      closed=self._closed, refused=self._reader.write_refusal())
 
 
 _MAX_SECONDS = 10**18
@@ -1082,6 +1082,21 @@ def _check_path(path: object) -> None:
     if not str(path):
         msg = "path is empty: name a database file or a postgresql:// URL"
         raise ValidationError(msg)
+    if "://" in str(path) and not is_database_url(str(path)):
+        msg = (f"path {str(path).split('://')[0]}://... is a URL of no database this library "
+               "opens: name a SQLite file path or a postgresql:// URL")
+        raise ValidationError(msg)
+
+
+def _absolute(path: str) -> str:
+    """Return a SQLite file's path with symlinks resolved (a URL as it is).
+
+    Every connection the engine opens later (its actors, a restarted one, the
+    health probe) and the writers' lock file beside the database then name the
+    same file, whatever the process's working directory is by then, and two
+    spellings of one file (a symlink) share their writers' turns.
+    """
+    return path if is_database_url(path) else os.path.realpath(path)
 
 
 def _configs(path: str | os.PathLike[str],

@@ -108,6 +108,7 @@ def assess(
     levels_alive: Mapping[str, bool],
     coordinator_alive: bool,
     closed: bool,
+    refused: str | None = None,
 ) -> HealthReport:
     """Run every check and return the report.
 
@@ -119,12 +120,15 @@ def assess(
         levels_alive: per level, whether its actor is running.
         coordinator_alive: whether the coordinator actor is running.
         closed: whether the engine was closed.
+        refused: why the engine's connections refuse every write (a moved file, a failed disk).
 
     """
     operations = [outcome for outcome, is_conflict in recent if not is_conflict]
     conflicts = sum(1 for _, is_conflict in recent if is_conflict)
     return report_of((
-        probe_database(path, settings, open_store),
+        HealthCheck("database", FAILING, f"writes are refused: {refused}")
+        if refused is not None and Path(path).exists()  # (a missing file: the probe says so)
+        else probe_database(path, settings, open_store),
         _actors(levels_alive, coordinator_alive=coordinator_alive, closed=closed),
         _lock_success(operations, settings),
         _conflicts(len(operations), conflicts, settings),

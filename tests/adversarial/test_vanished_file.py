@@ -164,3 +164,124 @@ def test_a_cli_write_command_does_not_recreate_a_file_that_vanished_after_its_ch
     assert capsys.readouterr().err == (
         f"jackpot: error: cannot open database {str(db_path)!r}: it does not exist\n")
     assert not db_path.exists()
+
+
+def _ledger_rows(path: Path) -> int:
+    store = open_store(str(path), create=False, read_only=True)
+    try:
+        with store.read():
+            return len(store.ledger())
+    finally:
+        store.close()
+
+
+SIDE = ("", "-wal", "-shm")
+
+
+@pytest.mark.parametrize("groups", ["minor", ("major", "minor")])
+def test_a_running_engine_refuses_to_write_while_its_files_are_moved_away(
+        tmp_path: Path, groups: str | tuple[str, ...]) -> None:
+    """Its connections keep the moved file open: an acknowledged write there would be lost."""
+    path, away = tmp_path / "pools.db", tmp_path / "moved.db"
+    with JackpotEngine.open(path) as engine:
+        engine.contribute("10", groups=groups, op_id="before")
+        rows = _ledger_rows(path)
+        for suffix in SIDE:
+            Path(f"{path}{suffix}").rename(f"{away}{suffix}")
+        with pytest.raises(StorageError, match="no longer the file this engine opened"):
+            engine.contribute("10", groups=groups, op_id="gone")
+        report = engine.health()
+        assert report.checks[0].status == "failing"
+        assert report.checks[0].detail == f"database file {str(path)!r} does not exist"
+        assert not path.exists()  # nothing recreated it
+        for suffix in SIDE:
+            Path(f"{away}{suffix}").rename(f"{path}{suffix}")
+        engine.contribute("10", groups=groups, op_id="back")  # put back: it writes again
+        assert engine.verify().ok
+        assert engine.health().ok
+    assert _ledger_rows(path) == rows + (1 if groups == "minor" else 2)
+
+
+@pytest.mark.parametrize("groups", ["minor", ("major", "minor")])
+def test_a_running_engine_refuses_to_write_once_its_file_is_replaced(
+        tmp_path: Path, groups: str | tuple[str, ...]) -> None:
+    path = tmp_path / "pools.db"
+    with JackpotEngine.open(path) as engine:
+        engine.contribute("10", groups=groups, op_id="before")
+        for suffix in SIDE:
+            Path(f"{path}{suffix}").unlink()
+        JackpotEngine.open(path).close()  # a new database under the same name
+        with pytest.raises(StorageError, match="no longer the file this engine opened"):
+            engine.contribute("10", groups=groups, op_id="after")  # was: acknowledged, lost
+        report = engine.health()
+        assert report.checks[0].status == "failing"  # was: ok (the probe opened the new file)
+        assert report.checks[0].detail == (f"writes are refused: database {str(path)!r} is no "
+                                           "longer the file this engine opened (removed, "
+                                           "renamed or replaced since)")
+    assert _ledger_rows(path) == len(GROUPS_CREATED)  # the new file: its creation rows only
+    with JackpotEngine.open(path, create=False) as fresh:
+        assert fresh.pool("minor").version == 1
+
+
+GROUPS_CREATED = ("major", "mega", "minor")
+
+
+def test_a_relative_path_keeps_naming_the_same_file_after_a_chdir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with JackpotEngine.open("pools.db") as engine:
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        engine.contribute("10", groups="minor", op_id="after-chdir")
+        engine._pools["minor"].actor_ref.stop()  # a restarted actor reopens the same file
+        engine.contribute("10", groups="minor", op_id="after-restart")
+        assert engine.verify().ok
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == []
+    assert _ledger_rows(tmp_path / "here" / "pools.db") == len(GROUPS_CREATED) + 2
+
+
+def test_two_spellings_of_one_file_share_the_writers_lock_file(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "pools.db"
+    real.parent.mkdir()
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    with JackpotEngine.open(real) as one, JackpotEngine.open(link) as two:
+        one.contribute("10", groups="minor", op_id="one")
+        two.contribute("10", groups="minor", op_id="two")
+    assert (tmp_path / "data" / "pools.db-lock").exists()
+    assert not (tmp_path / "link.db-lock").exists()  # was: a second lock file, turns not shared
+
+
+@pytest.mark.parametrize("url", ["sqlite:///pools.db", "mysql://db/jackpots", "file://x.db"])
+def test_a_url_of_another_database_is_refused_as_such(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      url: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="URL of no database this library opens"):
+        JackpotEngine.open(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+@pytest.mark.parametrize("side", ["-wal", "-shm"])
+def test_a_running_engine_refuses_to_write_once_its_wal_or_shm_is_gone(
+        tmp_path: Path, side: str, how: str) -> None:
+    # A removed -wal takes every commit not yet copied into the file with it when
+    # the process dies (was: 70 acknowledged bets lost); a new -shm lets another
+    # process write beside this one's (was: a corrupt database).
+    path = tmp_path / "pools.db"
+    with JackpotEngine.open(path) as engine:
+        engine.contribute("10", groups="minor", op_id="before")
+        engine.contribute("10", groups=("major", "minor"), op_id="before-2")  # the files exist
+        Path(f"{path}{side}").unlink()
+        if how == "replaced":
+            Path(f"{path}{side}").write_bytes(b"")
+        for groups in ("minor", ("major", "minor")):
+            with pytest.raises(StorageError, match=f"the {side} file of .* was removed or "
+                                                   "replaced since this engine opened it"):
+                engine.contribute("10", groups=groups, op_id="after")
+        assert not engine.health().ok
+    with JackpotEngine.open(path, create=False) as again:  # closed cleanly: nothing lost
+        assert again.pool("minor").version == 3
+        assert again.verify().ok

@@ -12,6 +12,7 @@ same amounts, balances and versions), keep `verify()` ok, and keep serving.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
@@ -203,7 +204,9 @@ def check_fault_at(base: Path, scenario: Scenario, faults: StatementFaults, *, n
     where = f"{scenario.name}, {error.__name__} at statement {n} ({statements[n - 1][:50]})"
     base.mkdir()
     db, twin_db = base / "pools.db", base / "twin.db"
-    with open_engine(db) as engine, open_engine(twin_db) as twin:
+    with contextlib.ExitStack() as opened:
+        engine = opened.enter_context(open_engine(db))
+        twin = opened.enter_context(open_engine(twin_db))
         scenario.prepare(engine, db)
         scenario.prepare(twin, twin_db)
         content, state = table_dump(db), books(engine)
@@ -222,6 +225,14 @@ def check_fault_at(base: Path, scenario: Scenario, faults: StatementFaults, *, n
         report = engine.verify()
         assert report.ok, (where, report.problems)
 
+        if error is apsw.IOError and statements[n - 1] == "COMMIT":
+            # A write the storage failed: this process writes there no more until
+            # every engine on the file is closed (see jackpot.storage._files).
+            with pytest.raises(StorageError, match="reported an I/O error"):
+                scenario.run(engine, "op-1")
+            assert not engine.health().ok, where
+            engine.close()
+            engine = opened.enter_context(open_engine(db))  # reads the file afresh
         # The caller retries the same request: it is applied now, exactly
         # once, exactly as on the twin that never failed. An engine that kept
         # any of the failed attempt in memory would hand out other versions.
@@ -300,7 +311,8 @@ def test_a_fault_in_a_shared_transaction_fails_no_operation_twice(
         assert not any(t.is_alive() for t in threads)
 
         failed = [i for i, o in enumerate(outcomes) if isinstance(o, Exception)]
-        assert len(failed) <= 1, outcomes
+        if statement != "COMMIT":  # (after a write the storage failed, none of this process)
+            assert len(failed) <= 1, outcomes
         assert all(isinstance(outcomes[i], StorageError) for i in failed), outcomes
         done = [o for o in outcomes if not isinstance(o, Exception)]
         assert sorted(o.versions["minor"] for o in done) == list(
@@ -315,6 +327,7 @@ def test_a_fault_in_a_shared_transaction_fails_no_operation_twice(
         finally:
             conn.close()
         assert applied == sorted(o.op_id for o in done)
+    with open_engine(db) as engine:  # (after an I/O error at COMMIT, only a new one writes)
         for i in failed:  # the caller's retry is applied, once
             again = engine.contribute(bets[i], groups="minor", op_id=f"bet-{i}")
             assert not again.replayed
@@ -385,3 +398,45 @@ def test_a_busy_database_in_the_one_by_one_rerun_is_retried_with_the_settings(
     finally:
         conn.close()
     assert rows == [("bet-1",), ("bet-2",)]  # one row each: applied once, in order
+
+
+class _WriteError(apsw.IOError):
+    """An I/O error as SQLite reports a failed write (SQLITE_IOERR_WRITE) mid-transaction."""
+
+    extendedresult = apsw.SQLITE_IOERR_WRITE
+
+
+@pytest.mark.parametrize(("statement", "error"), [
+    ("COMMIT", apsw.IOError), ("INSERT INTO ledger", _WriteError)])
+def test_after_the_storage_fails_a_write_this_process_writes_there_no_more_until_reopened(
+        tmp_path: Path, faults: StatementFaults, statement: str,
+        error: type[apsw.Error]) -> None:
+    """Linux reports a failed writeback once, then a later fsync succeeds: nothing is trusted."""
+    db = tmp_path / "pools.db"
+    with open_engine(db) as engine:
+        warm(engine, db)
+        faults.arm(fail_at=1, error=error, only=statement)
+        try:
+            with pytest.raises(StorageError):
+                engine.contribute(Decimal(5), groups="minor", op_id="failed")
+        finally:
+            faults.disarm()
+        for write in (lambda: engine.contribute(Decimal(5), groups="major", op_id="later"),
+                      lambda: engine.process_win("mega", op_id="win")):
+            with pytest.raises(StorageError, match="reported an I/O error") as info:
+                write()  # was: served, its commit trusted to a storage that failed one
+            assert not info.value.outcome_unknown
+        other = SQLiteStore(str(db))  # any connection of this process to that file
+        try:
+            with pytest.raises(StorageError, match="reported an I/O error"):
+                other.checkpoint()  # its fsync would be trusted too
+        finally:
+            other.close()
+        report = engine.health()
+        assert report.checks[0].status == "failing"
+        assert "reported an I/O error" in report.checks[0].detail
+    assert Path(f"{db}-wal").exists()  # the last close kept the WAL, not folded it in
+    with open_engine(db) as engine:  # every engine closed: a new one writes again
+        assert not engine.contribute(Decimal(5), groups="minor", op_id="failed").replayed
+        assert engine.contribute(Decimal(5), groups="major", op_id="later").versions
+        assert engine.verify().ok

@@ -522,6 +522,10 @@ class Store(ABC):
                           tuple(names))
         return {str(name): int(version) for name, version in rows}
 
+    def write_refusal(self) -> str | None:
+        """Say why writes are refused whatever they are (SQLite: a moved file, a failed disk)."""
+        return None
+
     def lock_levels(self, names: list[str]) -> dict[str, LevelState] | None:
         """Inside `write()`: lock those levels' rows, in name order, and return them as committed.
 

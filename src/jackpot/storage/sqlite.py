@@ -44,6 +44,7 @@ import apsw.bestpractice
 
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
+from jackpot.storage._files import FileGuard
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     AUDIT_METER_SUMS,
@@ -98,6 +99,10 @@ logger = logging.getLogger("jackpot")
 _TABLES = frozenset({"levels", "ledger", "operations"})
 """The tables that, with a known `user_version`, make a file a jackpot database."""
 
+_LOST_WRITES = frozenset({apsw.SQLITE_IOERR_WRITE, apsw.SQLITE_IOERR_FSYNC,
+                          apsw.SQLITE_IOERR_DIR_FSYNC, apsw.SQLITE_IOERR_TRUNCATE})
+"""Extended I/O error codes of a write the storage may have lost (see `_files`); any I/O
+error of a COMMIT or a checkpoint counts too."""
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 _T = TypeVar("_T")
 
@@ -175,6 +180,7 @@ class SQLiteStore(Store):
         self._wal_pages = 0
         self._read_only = read_only
         self._stamp: tuple[int, int, int] | None = None  # the file as an immutable read found it
+        self._guard: FileGuard | None = None  # a writing connection's files (see _files)
         try:
             self.conn = self._connect(path, create=create and not read_only)
             self.conn.set_busy_handler(self._on_busy)
@@ -205,7 +211,9 @@ class SQLiteStore(Store):
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
         if not self._read_only:
             flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
-            return apsw.Connection(path, flags=flags)
+            conn = apsw.Connection(path, flags=flags)
+            self._guard = FileGuard(path)  # the files every write checks it still has
+            return conn
         if any(Path(path + suffix).exists() for suffix in _SIDE_FILES):
             # Someone has (or had) it open: read through its -shm, as a reader.
             return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
@@ -215,6 +223,10 @@ class SQLiteStore(Store):
         self._stamp = self._file_stamp()
         uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro&immutable=1"
         return apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+
+    def write_refusal(self) -> str | None:
+        """Say why this connection's writes are refused (a moved file, a failed disk), or None."""
+        return None if self._guard is None else self._guard.refusal()
 
     def _file_stamp(self) -> tuple[int, int, int]:
         st = Path(self._path).stat()
@@ -279,9 +291,18 @@ class SQLiteStore(Store):
                 delay = min(delay * 2, self._poll)
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent).
+
+        After an I/O error of the storage, the last connection does not fold
+        the `-wal` into the database file as it closes: it stays for recovery.
+        """
         if self._turns is not None:
             self._turns.close()
+        if self._guard is not None:
+            if self._guard.has_failed():
+                with contextlib.suppress(apsw.Error):
+                    self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+            self._guard.close()
         self.conn.close()
 
     # -- low level -------------------------------------------------------
@@ -321,11 +342,15 @@ class SQLiteStore(Store):
         waits for a lock. Returns (pages in the WAL, pages copied); (0, 0)
         when another connection is checkpointing at that moment.
         """
+        if self._guard is not None and self._guard.has_failed():
+            raise StorageError(str(self._guard.refusal()))  # (fsync can no longer be trusted)
         try:
             return self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
         except apsw.BusyError:
             return 0, 0  # another connection (or process) is checkpointing right now
         except apsw.Error as e:
+            if isinstance(e, apsw.IOError) and self._guard is not None:
+                self._guard.failed(e)  # it writes and syncs the database file
             raise self._translate(e) from e
 
     def _on_busy(self, prior_calls: int) -> bool:
@@ -342,6 +367,8 @@ class SQLiteStore(Store):
         return True
 
     def _translate(self, e: apsw.Error) -> Exception:
+        if getattr(e, "extendedresult", None) in _LOST_WRITES and self._guard is not None:
+            self._guard.failed(e)
         if isinstance(e, apsw.BusyError):
             if self._gave_up:
                 return self._lock_timeout()
@@ -393,8 +420,11 @@ class SQLiteStore(Store):
             # The background checkpoint fell far behind (or cannot run): do
             # what SQLite's automatic checkpoint would, after the commit.
             self._wal_pages = 0
-            with contextlib.suppress(StorageError):  # the next commit tries again
+            try:
                 self.checkpoint()
+            except StorageError as e:  # the commit stands; the next one tries again
+                logger.warning("a catch-up checkpoint of %s failed: %s", self._path, e,
+                               extra={"outcome": "checkpoint_failed"})
 
     def _begin(self, started: float) -> None:
         """BEGIN IMMEDIATE by the lock timeout counted from `started`; note others' commits."""
@@ -403,9 +433,14 @@ class SQLiteStore(Store):
             self._exec("BEGIN IMMEDIATE")
             # Changes whenever another connection commits (not for our own commits).
             ((version,),) = self._exec("PRAGMA data_version")
+            if self._guard is not None:
+                self._guard.check()
         except apsw.Error as e:
             self._rollback()
             raise self._translate(e) from e
+        except StorageError:
+            self._rollback()
+            raise
         finally:
             self._deadline = None
         if version != self._data_version or self.seen_versions is None:
@@ -427,6 +462,8 @@ class SQLiteStore(Store):
         """
         if isinstance(e, (apsw.BusyError, apsw.FullError)):
             return self._translate(e)
+        if isinstance(e, apsw.IOError) and self._guard is not None:
+            self._guard.failed(e)
         msg = (f"database error while committing: {type(e).__name__}: {e}; the "
                "transaction may have reached the file all the same (its outcome is "
                "unknown): resend the operation with the same op_id to learn it")

@@ -1,0 +1,118 @@
+"""Guards on a SQLite database's files: a moved file, a failed disk.
+
+Two ways a commit can be acknowledged and still be lost, which SQLite does not
+stop by itself:
+
+- The files were removed, renamed or replaced under running connections. A
+  connection keeps the files it opened: its commits land in a file, or a
+  write-ahead log, that nobody will find again (the next `open()` of the path
+  starts from another ledger or an empty one; a removed `-wal` goes with the
+  process). So a writer checks, as it takes the write lock, that the path and
+  its `-wal` and `-shm` still name the files it has open.
+- The storage reported an I/O error (a failed write or fsync). Linux reports
+  a failed writeback once per open file and then forgets it: a later fsync
+  of the same file succeeds although the earlier pages never reached the
+  disk ("fsyncgate"), and SQLite's checkpoints trust it. So after the first
+  I/O error on a database, no connection of this process writes to it or
+  checkpoints it again until every one of them is closed (and the last close
+  leaves the `-wal` in place rather than fold it into the file), as
+  PostgreSQL stops on a failed fsync. The operator checks the storage and
+  opens the database again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+from jackpot.errors import StorageError
+
+__all__ = ["FileGuard"]
+
+Identity = tuple[int, int]
+"""A file's (device, inode)."""
+
+_SIDE = ("-wal", "-shm")
+_lock = threading.Lock()
+_failed: dict[Identity, str] = {}
+"""Databases (by file) whose storage reported an I/O error to this process, and the error."""
+_sides: dict[Identity, dict[str, Identity]] = {}
+"""The `-wal` and `-shm` files of each database, as this process's connections first saw them."""
+_open: Counter[Identity] = Counter()
+"""Writing connections of this process per database file (forgotten, with the above, at 0)."""
+
+
+def _identity(path: str) -> Identity | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class FileGuard:
+    """The files one writing connection has open, and what it may still do with them."""
+
+    def __init__(self, path: str) -> None:
+        """Note the file `path` names now (just opened by the connection)."""
+        self.path = path
+        self.file = _identity(path)
+        if self.file is not None:
+            with _lock:
+                _open[self.file] += 1
+
+    def refusal(self) -> str | None:
+        """Say why this connection may not write now (None: it may)."""
+        if self.file is None:
+            return None
+        with _lock:
+            failed = _failed.get(self.file)
+        if failed is not None:
+            return (f"the storage of {self.path!r} reported an I/O error ({failed}); since then "
+                    "no write of this process can be trusted to reach the disk (a failed write "
+                    "is reported once, then forgotten): writes are refused until every "
+                    "engine on it is closed; check the storage, open the database again and "
+                    "run verify()")
+        if _identity(self.path) != self.file:
+            return (f"database {self.path!r} is no longer the file this engine opened "
+                    "(removed, renamed or replaced since)")
+        for suffix in _SIDE:
+            now = _identity(self.path + suffix)
+            with _lock:  # (SQLite makes them at the first read: noted when first seen)
+                known = _sides.setdefault(self.file, {}).setdefault(suffix, now) \
+                    if now is not None else _sides.get(self.file, {}).get(suffix)
+            if known is not None and now != known:
+                return (f"the {suffix} file of {self.path!r} was removed or replaced since "
+                        "this engine opened it (what was committed to it is still in the "
+                        "engine's hands: close the engine to keep it)")
+        return None
+
+    def check(self) -> None:
+        """Raise `StorageError` (nothing was changed) if this connection may not write now."""
+        if (why := self.refusal()) is not None:
+            msg = f"{why}: nothing was changed"
+            raise StorageError(msg)
+
+    def failed(self, error: BaseException) -> None:
+        """Note an I/O error of the storage: no connection of this process writes there again."""
+        if self.file is not None:
+            with _lock:
+                _failed.setdefault(self.file, f"{type(error).__name__}: {error}")
+
+    def has_failed(self) -> bool:
+        """Whether the storage of this database reported an I/O error to this process."""
+        with _lock:
+            return self.file is not None and self.file in _failed
+
+    def close(self) -> None:
+        """Forget this connection; the last one of a database forgets its failure too."""
+        if self.file is None:
+            return
+        with _lock:
+            _open[self.file] -= 1
+            if _open[self.file] <= 0:
+                del _open[self.file]
+                _failed.pop(self.file, None)
+                _sides.pop(self.file, None)
+        self.file = None
