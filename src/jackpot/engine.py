@@ -21,7 +21,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -487,6 +487,7 @@ class JackpotEngine:
                            "(with create=False none are created)")
                     raise StorageError(msg)
                 wanted = configs if configs is not None or existing else list(domain.DEFAULT_GROUPS)
+                kept = {c.name: c for c in wanted or [] if c.name in existing}
                 for config in wanted or []:
                     if config.name not in existing:
                         state, entry = domain.create(config, now_ms(), draw)
@@ -495,6 +496,8 @@ class JackpotEngine:
                         existing[config.name] = state
         finally:
             store.close()
+        for name, config in kept.items():
+            _warn_if_kept_differs(path, config, existing[name])
         if not existing:
             msg = (f"{redact(path)} holds no levels and groups names none: name at "
                    "least one level")
@@ -776,9 +779,19 @@ class JackpotEngine:
     # -- reads -------------------------------------------------------------------
 
     def pool(self, group: str) -> PoolSnapshot:
-        """Return the committed state of one level."""
-        name = self._requests.name(group)
-        return self.pools()[name]
+        """Return the committed state of one level of the database (as `pools()` has it).
+
+        Raises:
+            ValidationError: `group` is not a level name.
+            UnknownGroupError: the database has no such level.
+
+        """
+        name = domain.validate_name(group)
+        found = self.pools()
+        if name not in found:
+            msg = f"unknown level {name!r}: this database has {', '.join(found)}"
+            raise UnknownGroupError(msg)
+        return found[name]
 
     def pools(self) -> dict[str, PoolSnapshot]:
         """Return every level's committed state, read in one consistent snapshot."""
@@ -786,8 +799,8 @@ class JackpotEngine:
             return reads.pools(reader)
 
     def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
-        """Return the level's last `limit` wins and hits, newest first."""
-        name = self._requests.name(group)
+        """Return the last `limit` wins and hits of a level of the database, newest first."""
+        name = domain.validate_name(group)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
             msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {limit!r}"
             raise ValidationError(msg)
@@ -1069,6 +1082,20 @@ def _deadline(timeout: object) -> float | None:
 def _left(deadline: float) -> float:
     """Return the seconds until `deadline`, within what a lock wait accepts."""
     return min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+
+
+def _warn_if_kept_differs(path: str, config: GroupConfig, state: domain.LevelState) -> None:
+    """Warn that `open()` kept a level as stored although `config` asks for other settings."""
+    given = domain.config_view(config.to_units())
+    held = domain.config_view(state.config)
+    after_reset = domain.config_view(replace(state.config, **state.pending))  # type: ignore[arg-type]
+    if given in (held, after_reset):
+        return
+    differs = ", ".join(f"{k} {held[k]} (given {given[k]})" for k in given if given[k] != held[k])
+    logger.warning("level %s already exists in %s and is kept as it is there: %s; open() "
+                   "creates missing levels only (change a level's settings with update_config)",
+                   config.name, redact(path), differs,
+                   extra={"level": config.name, "outcome": "kept"})
 
 
 def _check_path(path: object) -> None:

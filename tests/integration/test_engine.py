@@ -458,3 +458,36 @@ def test_verify_replays_settings_rows_without_holding_every_win_and_hit(tmp_path
     assert report.ok, report.problems
     assert report.ledger_rows > 30_000
     assert peak < 2_000_000  # was ~18 MB: the rows of 36,000 hits
+
+
+def test_a_level_another_engine_added_is_read_like_pools_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "two.db"
+    with JackpotEngine.open(path, [GroupConfig("minor", Decimal(100), Decimal("0.01"))]) as one:
+        with JackpotEngine.open(path, [GroupConfig("bonus", Decimal(1), Decimal("0.1"))]) as two:
+            two.contribute(Decimal(10), groups="bonus", op_id="b-1")
+            two.process_win("bonus", op_id="w-1", winner="p")
+        assert list(one.pools()) == ["bonus", "minor"]
+        assert one.pool("bonus") == one.pools()["bonus"]  # was: UnknownGroupError
+        assert [e.op_id for e in one.history("bonus")] == ["w-1"]
+        with pytest.raises(UnknownGroupError, match=r"^unknown level 'nope': this database "
+                                                    r"has bonus, minor$"):
+            one.pool("nope")
+        with pytest.raises(ValidationError):
+            one.pool("no pe")
+
+
+def test_open_warns_when_it_keeps_a_level_whose_given_settings_differ(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "kept.db"
+    JackpotEngine.open(path, [GroupConfig("minor", Decimal(100), Decimal("0.01"))]).close()
+    with caplog.at_level("WARNING", logger="jackpot"):
+        JackpotEngine.open(path, [GroupConfig("minor", Decimal(100), Decimal("0.01"))]).close()
+        assert caplog.records == []  # the same settings: nothing to say
+        with JackpotEngine.open(path, [GroupConfig("minor", Decimal(100), Decimal("0.5"),
+                                                   cap=Decimal(600))]) as engine:
+            assert engine.pool("minor").contribution_rate == Decimal("0.01")  # kept
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"level minor already exists in {path} and is kept as it is there: contribution_rate "
+        "0.01 (given 0.5), cap None (given 600.000000); open() creates missing levels only "
+        "(change a level's settings with update_config)")
