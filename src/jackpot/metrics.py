@@ -184,7 +184,8 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
 
     Binds to 127.0.0.1 unless told otherwise (put a reverse proxy in front to
     expose it); port 0 picks a free port (`server.server_port`). Returns
-    `(server, thread)`; stop it with `server.shutdown()`.
+    `(server, thread)`; stop it with `server.shutdown()`, then free its port with
+    `server.server_close()`.
 
     Raises:
         ValidationError: the engine runs with metrics disabled, or `port` is
