@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -46,11 +47,14 @@ class Stats:
     EVENTS = ("conflicts", "retries", "busy_incidents", "lock_timeouts", "replays",
               "actor_restarts", "reloads")
 
-    def __init__(self, window: int = 1000) -> None:
-        """Start every counter at zero; keep the last `window` outcomes."""
+    def __init__(self, window: int = 1000, horizon: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """Start every counter at zero; keep the last `window` outcomes of `horizon` seconds."""
+        self._clock = clock
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._recent: deque[tuple[str, bool]] = deque(maxlen=window)
+        self._recent: deque[tuple[float, str, bool]] = deque(maxlen=window)
+        self._horizon = horizon
         self.observers: list[Observer] = []
 
     def add(self, event: str, operation: str = "", level: str = "", n: int = 1) -> None:
@@ -60,7 +64,7 @@ class Stats:
             if operation:
                 self._counts[f"{event}:{operation}:{level}"] += n
             if event == "conflicts":
-                self._recent.append(("conflict", True))
+                self._recent.append((self._clock(), "conflict", True))
         for o in self.observers:
             o.on_event(event, operation, level, n)
 
@@ -74,7 +78,7 @@ class Stats:
         with self._lock:
             self._counts[f"operations:{operation}:{outcome}"] += 1
             if judged:
-                self._recent.append((outcome, False))
+                self._recent.append((self._clock(), outcome, False))
         for o in self.observers:
             o.on_operation(operation, outcome, seconds)
 
@@ -84,9 +88,16 @@ class Stats:
             o.on_lock_wait(lock, operation, seconds)
 
     def recent(self) -> list[tuple[str, bool]]:
-        """Return the latest (outcome or "conflict", is_conflict_event) pairs, oldest first."""
+        """Return the latest (outcome or "conflict", is_conflict_event) pairs, oldest first.
+
+        At most the last `window` of them, and only those of the last `horizon`
+        seconds: a burst of failures long past does not keep a quiet engine
+        unhealthy until a thousand operations have succeeded since.
+        """
+        since = self._clock() - self._horizon
         with self._lock:
-            return list(self._recent)
+            return [(outcome, conflict) for at, outcome, conflict in self._recent
+                    if at >= since]
 
     def snapshot(self) -> dict[str, int]:
         """Return a copy of every counter (totals always present)."""

@@ -33,3 +33,20 @@ def test_requests_that_joined_the_batch_are_in_its_labels() -> None:
     assert info.value.operation == "adjust,contribute"
     assert info.value.conflict_details == {"level": "minor", "expected_version": 4,
                                            "attempts": 2}
+
+
+def test_the_health_window_forgets_outcomes_older_than_its_horizon() -> None:
+    # A burst of failures kept a quiet engine "failing" until 1,000 operations
+    # had succeeded since, however long ago the burst was.
+    now = [1000.0]
+    stats = Stats(window=1000, horizon=300.0, clock=lambda: now[0])
+    for _ in range(400):
+        stats.operation("contribute", "error", 0.001)
+    stats.add("conflicts", "contribute", "minor")
+    now[0] += 299.0
+    assert len(stats.recent()) == 401
+    now[0] += 2.0
+    assert stats.recent() == []
+    stats.operation("contribute", "ok", 0.001)
+    assert stats.recent() == [("ok", False)]
+    assert stats.snapshot()["operations:contribute:error"] == 400  # the counters keep all
