@@ -47,7 +47,7 @@ from jackpot.audit import audit
 from jackpot.domain import GroupConfig
 from jackpot.engine import JackpotEngine
 from jackpot.errors import JackpotError, StorageError, ValidationError
-from jackpot.health import probe_database, redact, report_of
+from jackpot.health import bounded_probe, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
 from jackpot.results import AdminResult, PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
@@ -549,7 +549,7 @@ def health(*, db: str | None, as_json: bool | None) -> int:
     """
     opts = _options(db, as_json)
     path = _path(opts, must_exist=False)  # a missing file is a failing check, not an error
-    report = report_of([probe_database(path, Settings.from_env(), _existing_store)])
+    report = report_of([bounded_probe(path, Settings.from_env(), _existing_store)])
     if opts.json:
         _print_json(report.to_dict())
     else:

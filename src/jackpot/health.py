@@ -14,6 +14,7 @@ ever writing, and without waiting the engine's full lock timeout.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.settings import Settings
 
 __all__ = ["DEGRADED", "FAILING", "OK", "HealthCheck", "HealthReport", "OpenStore", "ProbeStore",
-           "assess", "probe_database"]
+           "assess", "bounded_probe", "probe_database"]
 
 OK, DEGRADED, FAILING = "ok", "degraded", "failing"
 STATUSES = (OK, DEGRADED, FAILING)
@@ -128,7 +129,7 @@ def assess(
     return report_of((
         HealthCheck("database", FAILING, f"writes are refused: {refused}")
         if refused is not None and Path(path).exists()  # (a missing file: the probe says so)
-        else probe_database(path, settings, open_store),
+        else bounded_probe(path, settings, open_store),
         _actors(levels_alive, coordinator_alive=coordinator_alive, closed=closed),
         _lock_success(operations, settings),
         _conflicts(len(operations), conflicts, settings),
@@ -194,6 +195,46 @@ def redact(path: str) -> str:
     if mark:
         query = "&".join(_mask_parameter(item) for item in query.split("&"))
     return f"{scheme}://{userinfo + '@' if end >= 0 else ''}{base}{mark}{query}"
+
+
+_PROBE_MARGIN = 2.0
+"""Seconds a probe may take beyond its lock wait (opening the connection, the reads)."""
+_stuck: dict[str, threading.Thread] = {}
+"""Per database, a probe that never returned (a hung disk), not to be piled on."""
+_stuck_lock = threading.Lock()
+
+
+def bounded_probe(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:
+    """Run `probe_database` in a thread of its own, waiting at most its timeout plus a margin.
+
+    Storage that stops answering (a frozen filesystem, a hung network mount)
+    holds a probe in the kernel for as long: the caller of `health()` (a
+    liveness probe) gets "failing" instead of waiting with it. A probe that
+    has not returned is not started again; the next check reports it.
+    """
+    limit = settings.health_probe_timeout_ms / 1000 + _PROBE_MARGIN
+    with _stuck_lock:
+        running = _stuck.get(path)
+        if running is not None and running.is_alive():
+            return HealthCheck("database", FAILING, f"an earlier probe has not returned: the "
+                               f"storage of {redact(path)} is not answering")
+        found: list[HealthCheck] = []
+
+        def run() -> None:
+            try:
+                found.append(probe_database(path, settings, open_store))
+            except Exception as e:  # noqa: BLE001 - whatever stopped it is the verdict
+                found.append(HealthCheck("database", FAILING,
+                                         f"the probe failed: {type(e).__name__}: {e}"))
+
+        probe = threading.Thread(target=run, name="jackpot-health-probe", daemon=True)
+        probe.start()
+        _stuck[path] = probe
+    probe.join(limit)
+    if found:
+        return found[0]
+    return HealthCheck("database", FAILING, f"the probe did not return within "
+                       f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not answering")
 
 
 def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,30 @@ def test_a_password_libpq_reads_is_never_shown(password: str, user: str, form: s
         read = None  # unparsable: the store refuses it without quoting it
     assume(read is not None and len(read) >= 3 and not _misread(url))
     assert read not in redact(url)
+
+
+def test_a_probe_the_storage_does_not_answer_is_failing_not_a_hung_health_check(
+        db_path: Path, engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A frozen filesystem held health() (a liveness probe) in the kernel for minutes.
+    from jackpot import health  # noqa: PLC0415 - its margin, shortened for the test
+
+    monkeypatch.setattr(health, "_PROBE_MARGIN", 0.05)
+    answer, entered = threading.Event(), threading.Event()
+
+    def hung_open(path: str, settings: Settings) -> Any:
+        entered.set()
+        answer.wait(30)  # the storage answers only when told
+        return _store(path, settings)
+
+    quick = Settings(health_probe_timeout_ms=1)
+    check = health.bounded_probe(str(db_path), quick, hung_open)
+    assert entered.is_set()
+    assert (check.status, check.detail) == ("failing", (
+        f"the probe did not return within 51 ms: the storage of {db_path} is not answering"))
+    again = health.bounded_probe(str(db_path), quick, hung_open)  # not a second stuck probe
+    assert again.detail == (f"an earlier probe has not returned: the storage of {db_path} is "
+                            "not answering")
+    answer.set()
+    health._stuck[str(db_path)].join(30)
+    assert health.bounded_probe(str(db_path), quick, _store).status == "ok"
+    assert engine.health().ok
