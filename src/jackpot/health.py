@@ -43,6 +43,10 @@ class ProbeStore(Protocol):
         """Read every level."""
         ...
 
+    def probe_writable(self) -> None:
+        """Inside `write()`: raise if this transaction may not write, writing nothing."""
+        ...
+
     def close(self) -> None:
         """Close the connection."""
         ...
@@ -144,6 +148,7 @@ class _ProbeDoneError(Exception):
 def _take_lock_and_roll_back(store: ProbeStore) -> None:
     with store.write():
         store.load_levels()
+        store.probe_writable()
         raise _ProbeDoneError
 
 

@@ -719,6 +719,23 @@ def test_a_role_that_may_only_use_the_tables_runs_an_engine(pg_target: str) -> N
                           f'REVOKE ALL ON SCHEMA "{schema}" FROM {role}; DROP ROLE {role}')
 
 
+def test_health_of_a_server_that_refuses_writes_is_failing(pg_target: str) -> None:
+    # A demoted primary, or a server set read-only for maintenance: BEGIN, the
+    # advisory lock and the reads all pass, so health said "writable".
+    JackpotEngine.open(pg_target).close()
+    url = pg_target.replace("options=", "options=" + quote(
+        "-cdefault_transaction_read_only=on "), 1)
+    with JackpotEngine.open(url, create=False) as engine:
+        with pytest.raises(StorageError, match="read-only transaction"):
+            engine.contribute(Decimal(10), groups="minor", op_id="refused")
+        check = engine.health().checks[0]
+        assert check.status == "failing"
+        assert "cannot execute UPDATE in a read-only transaction" in check.detail
+    with JackpotEngine.open(pg_target) as engine:
+        assert engine.health().ok  # and it writes nothing
+        assert engine.pool("minor").version == 1
+
+
 @pytest.mark.parametrize("table", ["levels", "ledger"])
 def test_a_read_waits_for_a_table_lock_no_longer_than_the_lock_timeout(
         pg_target: str, table: str) -> None:

@@ -522,6 +522,14 @@ class Store(ABC):
                           tuple(names))
         return {str(name): int(version) for name, version in rows}
 
+    def probe_writable(self) -> None:
+        """Inside `write()`: raise if this transaction may not write, writing nothing.
+
+        SQLite's `BEGIN IMMEDIATE` has proved it already (a read-only file
+        refuses it).
+        """
+        return
+
     def write_refusal(self) -> str | None:
         """Say why writes are refused whatever they are (SQLite: a moved file, a failed disk)."""
         return None

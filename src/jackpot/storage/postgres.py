@@ -710,6 +710,13 @@ class PostgresStore(Store):
         rows = self._exec(_LOCK_LEVEL if self._writing else _LOAD_LEVEL, (name,))
         return level_from_row(rows[0]) if rows else None
 
+    def probe_writable(self) -> None:
+        """Raise if this transaction may not write (a read-only server or role, no UPDATE right).
+
+        Neither BEGIN nor a read says so: an UPDATE of no row does, and locks no row.
+        """
+        self._exec("UPDATE levels SET version = version WHERE false")
+
     def lock_levels(self, names: list[str]) -> dict[str, LevelState]:
         """Lock those levels' rows in name order and return them as committed (in `write()`).
 
