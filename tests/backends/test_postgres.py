@@ -736,6 +736,38 @@ def test_health_of_a_server_that_refuses_writes_is_failing(pg_target: str) -> No
         assert engine.pool("minor").version == 1
 
 
+def test_a_session_the_server_ends_for_idling_in_a_transaction_changed_nothing(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = pg_target.replace("options=", "options=" + quote(
+        "-cidle_in_transaction_session_timeout=100 "), 1)
+    with JackpotEngine.open(url) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="before")
+        real = PostgresStore.update_level
+
+        def idle_until_ended(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
+            assert self._conn is not None
+            pid = self._conn.info.backend_pid
+            monkeypatch.setattr(PostgresStore, "update_level", real)  # once
+            deadline = time.monotonic() + 30
+            with psycopg.connect(pg_target, autocommit=True) as admin:
+                while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                    (pid,)).fetchone() != (0,):
+                    assert time.monotonic() < deadline, "the server did not end the session"
+                    time.sleep(0.01)  # polling a condition, with a deadline
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(PostgresStore, "update_level", idle_until_ended)
+        with pytest.raises(StorageError) as info:
+            engine.contribute(Decimal(10), groups="minor", op_id="idle")
+        assert "idle_in_transaction_session_timeout" in str(info.value)
+        assert "nothing was changed: retry" in str(info.value)  # was: a bare "database error"
+        assert not info.value.outcome_unknown
+        assert engine.pool("minor").version == 2
+        assert engine.contribute(Decimal(10), groups="minor", op_id="idle").versions == {
+            "minor": 3}
+        assert engine.verify().ok
+
+
 @pytest.mark.parametrize("table", ["levels", "ledger"])
 def test_a_read_waits_for_a_table_lock_no_longer_than_the_lock_timeout(
         pg_target: str, table: str) -> None:

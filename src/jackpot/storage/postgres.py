@@ -472,11 +472,14 @@ class PostgresStore(Store):
             return SerializationFailureError(
                 f"a concurrent transaction committed the same {what} first "
                 f"({_first_line(e)}); nothing was changed: retry")
-        if isinstance(e, psycopg.OperationalError) and _connection_lost(e):
+        idle = isinstance(e, pg_errors.IdleInTransactionSessionTimeout)  # (ended before COMMIT)
+        if idle or (isinstance(e, psycopg.OperationalError) and _connection_lost(e)):
             # Lost at COMMIT is settled in _flush: this is before any COMMIT.
+            why = (": the transaction sat idle longer than idle_in_transaction_session_timeout "
+                   "allows (raise it if this recurs)") if idle else ""
             return StorageError(
                 f"the connection to {self._where} was lost before the transaction committed "
-                f"({_first_line(e)}); nothing was changed: retry")
+                f"({_first_line(e)}{why}); nothing was changed: retry")
         return StorageError(f"database error: {type(e).__name__}: {_first_line(e)}")
 
     def _no_connection(self) -> StorageError | LockTimeoutError:
