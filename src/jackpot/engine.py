@@ -39,6 +39,7 @@ from jackpot.actors import (
     PoolActor,
     Ticket,
     in_actor_thread,
+    proxy_of,
     wait_ready,
     wait_stopped,
 )
@@ -336,6 +337,7 @@ class JackpotEngine:
         self._actors = _Actors()
         self._pools = self._actors.pools
         try:
+            self._observe(settings)  # (inside: what it imports can fail, too)
             if not is_database_url(path):
                 # SQLite: WAL checkpoints run in their own thread, not after a commit.
                 self._checkpointer = Checkpointer(lambda: _sqlite(path, settings), self.stats)
@@ -365,6 +367,9 @@ class JackpotEngine:
                 msg = (f"the engine's actors did not open their connections within "
                        f"{self._run_timeout:.1f} s")
                 raise StorageError(msg) from e
+            if isinstance(e, OSError):  # out of file descriptors, say
+                msg = f"the engine could not start: {type(e).__name__}: {e}"
+                raise StorageError(msg) from e
             raise
         _opened(self)
         # Run if the program drops the engine without closing it (never at exit:
@@ -372,7 +377,6 @@ class JackpotEngine:
         self._lost = weakref.finalize(self, _lost, os.getpid(), redact(path), self._actors,
                                       self._checkpointer, self._reader)
         self._lost.atexit = False
-        self._observe(settings)
 
     def _init_lifecycle(self) -> None:
         """Set up what close() and the in-flight count share."""
@@ -972,12 +976,12 @@ class JackpotEngine:
         raise LockTimeoutError(msg, outcome_unknown=True)
 
     def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
-        return PoolActor.start(self._guards[name], self._open_store, self._settings,
-                               self.stats, self._mailboxes[name]).proxy()
+        return proxy_of(PoolActor.start(self._guards[name], self._open_store, self._settings,
+                                        self.stats, self._mailboxes[name]))
 
     def _start_coordinator(self) -> pykka.ActorProxy[Coordinator]:
-        return Coordinator.start(self._open_store, self._guards, self._settings, self.stats,
-                                 self._mailboxes[None]).proxy()
+        return proxy_of(Coordinator.start(self._open_store, self._guards, self._settings,
+                                          self.stats, self._mailboxes[None]))
 
     def _restart_before_resending(self, op: Operation) -> None:
         """Replace stopped actors before `op` (which changed nothing) is sent again."""

@@ -22,6 +22,7 @@ import pykka
 import pytest
 from prometheus_client import generate_latest
 
+import jackpot.engine
 from jackpot import (
     EngineClosedError,
     InsufficientFundsError,
@@ -31,7 +32,7 @@ from jackpot import (
     Settings,
     StorageError,
 )
-from jackpot.actors import PoolActor, wait_ready, wait_stopped
+from jackpot.actors import Coordinator, PoolActor, wait_ready, wait_stopped
 from jackpot.actors.checkpoint import _CheckpointActor
 from jackpot.storage import SQLiteStore
 
@@ -817,3 +818,55 @@ def test_a_batch_that_cannot_hold_its_levels_names_no_other_callers_op_id(
          "blocker"),
         ("contribute (a batch of 2): could not hold levels major,minor in time; released all",
          None)]
+
+
+@pytest.mark.parametrize("before_its_proxy", [False, True])
+@pytest.mark.parametrize("actor", ["PoolActor", "Coordinator", "_CheckpointActor"])
+def test_an_actor_that_cannot_open_its_connection_at_open_names_the_reason(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str, before_its_proxy: bool
+        ) -> None:
+    # Was only "PoolActor (urn:uuid:...) not found": the cause went to Pykka's log.
+    JackpotEngine.open(db_path).close()
+    if before_its_proxy:  # the actor dies before the engine builds its proxy
+        cls = {"PoolActor": PoolActor, "Coordinator": Coordinator,
+               "_CheckpointActor": _CheckpointActor}[actor]
+        start = cls.start
+
+        def start_and_die(*args: object, **kwargs: object) -> pykka.ActorRef[pykka.Actor]:
+            ref = start(*args, **kwargs)
+            assert ref.actor_stopped.wait(10)
+            return ref
+
+        monkeypatch.setattr(cls, "start", start_and_die)
+    for opener in ("_store", "_sqlite"):  # (the checkpointer's)
+        real = getattr(jackpot.engine, opener)
+
+        def refused(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            if threading.current_thread().name.startswith(f"{actor}-"):
+                msg = "out of file descriptors (as the test says)"
+                raise StorageError(msg)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(jackpot.engine, opener, refused)
+    with pytest.raises(StorageError, match=(
+            rf"^the engine's actors could not start \(their error is logged\): {actor} "
+            r"\(urn:uuid:[-0-9a-f]+\) stopped while starting: StorageError: out of file "
+            r"descriptors \(as the test says\)$")):
+        JackpotEngine.open(db_path)
+
+
+def test_an_os_error_while_the_engine_starts_is_a_storage_error_and_leaves_nothing_running(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Out of file descriptors, opentelemetry's lazy import raised a bare OSError after
+    # the actors had started, and they ran on until garbage collection.
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+
+    def no_descriptors() -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(jackpot.engine.tracing, "observer", no_descriptors)
+    with pytest.raises(StorageError, match=r"^the engine could not start: OSError: \[Errno 24\] "
+                                           r"Too many open files$"):
+        JackpotEngine.open(db_path)
+    assert set(pykka.ActorRegistry.get_all()) == before

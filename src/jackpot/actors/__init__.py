@@ -8,7 +8,13 @@ taking the levels' `LevelGuard`s in canonical order;
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors._start import in_actor_thread, mark_actor_thread, wait_ready, wait_stopped
+from jackpot.actors._start import (
+    in_actor_thread,
+    mark_actor_thread,
+    proxy_of,
+    wait_ready,
+    wait_stopped,
+)
 from jackpot.actors._ticket import Ticket
 from jackpot.actors.checkpoint import Checkpointer
 from jackpot.actors.coordinator import Coordinator
@@ -24,6 +30,7 @@ __all__ = [
     "Ticket",
     "in_actor_thread",
     "mark_actor_thread",
+    "proxy_of",
     "wait_ready",
     "wait_stopped",
 ]

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 
-__all__ = ["in_actor_thread", "mark_actor_thread", "wait_ready", "wait_stopped"]
+__all__ = ["in_actor_thread", "mark_actor_thread", "proxy_of", "start_failed", "wait_ready",
+           "wait_stopped"]
 
 _POLL = 0.05  # seconds between checks that the actor still lives
 _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
 
 _THREAD = threading.local()
+A = TypeVar("A", bound=pykka.Actor)
+_START_ERRORS: dict[str, str] = {}
+"""Why an actor's `on_start` failed, by actor URN, until `wait_ready` reports it."""
+_KEPT = 64  # the most remembered (restarts nobody waited for are forgotten first)
+_errors_lock = threading.Lock()
+
+
+def start_failed(urn: str, error: BaseException) -> None:
+    """Remember why an actor's `on_start` failed (called there, before it re-raises).
+
+    Pykka logs it and stops the actor; the caller waiting for the actor to
+    start only sees that it stopped. `wait_ready` tells it why.
+    """
+    with _errors_lock:
+        _START_ERRORS[urn] = f"{type(error).__name__}: {error}"
+        while len(_START_ERRORS) > _KEPT:
+            del _START_ERRORS[next(iter(_START_ERRORS))]
+
+
+def _why(ref: pykka.ActorRef[Any]) -> str:
+    with _errors_lock:
+        error = _START_ERRORS.pop(getattr(ref, "actor_urn", ""), None)
+    return "" if error is None else f": {error}"
 
 
 def mark_actor_thread(owner: object) -> None:
@@ -41,6 +65,15 @@ def _answered(future: pykka.Future[Any], deadline: float) -> bool:
     return True
 
 
+def proxy_of(ref: pykka.ActorRef[A]) -> pykka.ActorProxy[A]:
+    """Return `ref`'s proxy; an actor already stopped (its `on_start` failed) says why."""
+    try:
+        return ref.proxy()
+    except pykka.ActorDeadError as e:
+        msg = f"{ref} stopped while starting{_why(ref)}"
+        raise pykka.ActorDeadError(msg) from e
+
+
 def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
     """Return once the actor's `ready()` has answered (its `on_start` has run).
 
@@ -54,14 +87,21 @@ def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
         pykka.Timeout: the actor still lives but did not answer within `timeout`.
 
     """
-    answer = proxy.ready()
+    ref = proxy.actor_ref
+    try:
+        _wait_answer(proxy.ready(), ref, timeout)
+    except pykka.ActorDeadError as e:  # (also: stopped before ready() was even sent)
+        msg = f"{ref} stopped while starting{_why(ref)}"
+        raise pykka.ActorDeadError(msg) from e
+
+
+def _wait_answer(answer: pykka.Future[Any], ref: pykka.ActorRef[Any], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not _answered(answer, deadline):
-        if not proxy.actor_ref.is_alive():
-            msg = f"{proxy.actor_ref} stopped while starting"
-            raise pykka.ActorDeadError(msg)
+        if not ref.is_alive():
+            raise pykka.ActorDeadError(str(ref))
         if time.monotonic() >= deadline:
-            msg = f"{proxy.actor_ref} did not start within {timeout:.1f} s"
+            msg = f"{ref} did not start within {timeout:.1f} s"
             raise pykka.Timeout(msg)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pykka
 
-from jackpot.actors._start import mark_actor_thread, wait_ready
+from jackpot.actors._start import mark_actor_thread, proxy_of, start_failed, wait_ready
 from jackpot.errors import JackpotError
 from jackpot.storage import SQLiteStore
 
@@ -50,7 +50,11 @@ class _CheckpointActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         mark_actor_thread(self._owner)
-        self._store = self._open_store()
+        try:
+            self._store = self._open_store()
+        except Exception as e:
+            start_failed(self.actor_urn, e)
+            raise
 
     def on_stop(self) -> None:
         self._store.close()
@@ -89,7 +93,7 @@ class Checkpointer:
         self._next = EVERY_PAGES
         self.runs = 0
         self._open_store = open_store
-        self._actor = _CheckpointActor.start(open_store, self._finished, owner).proxy()
+        self._actor = proxy_of(_CheckpointActor.start(open_store, self._finished, owner))
 
     def alive(self) -> bool:
         """Say whether the checkpoint actor runs."""
@@ -98,7 +102,8 @@ class Checkpointer:
     def restart(self) -> None:
         """Start a new checkpoint actor (after the old one stopped)."""
         self._finished()
-        self._actor = _CheckpointActor.start(self._open_store, self._finished, self._owner).proxy()
+        self._actor = proxy_of(_CheckpointActor.start(self._open_store, self._finished,
+                                                      self._owner))
 
     def note(self, pages: int) -> None:
         """Hear a writer's WAL size after its commit (called in the writer's thread)."""

@@ -27,7 +27,7 @@ import pykka
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors._start import mark_actor_thread
+from jackpot.actors._start import mark_actor_thread, start_failed
 from jackpot.actors.pool import DRAIN, cache_suspect
 from jackpot.errors import LockTimeoutError
 from jackpot.service import Operation, execute_batch
@@ -64,7 +64,11 @@ class Coordinator(pykka.ThreadingActor):
     def on_start(self) -> None:
         """Open the coordinator's own connection."""
         mark_actor_thread(self._stats)
-        self._store: SQLiteStore = self._open_store()
+        try:
+            self._store: SQLiteStore = self._open_store()
+        except Exception as e:
+            start_failed(self.actor_urn, e)
+            raise
 
     def on_stop(self) -> None:
         """Close the coordinator's connection."""

@@ -17,7 +17,7 @@ import pykka
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors._start import mark_actor_thread
+from jackpot.actors._start import mark_actor_thread, start_failed
 from jackpot.errors import ConcurrencyViolationError, JackpotError, LockTimeoutError, StorageError
 from jackpot.service import Operation, Outcome, execute_batch
 from jackpot.settings import Settings
@@ -74,7 +74,11 @@ class PoolActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         """Open this actor's connection and load the level (unless its guard knows it)."""
         mark_actor_thread(self._stats)
-        self._store = self._open_store()
+        try:
+            self._store = self._open_store()
+        except Exception as e:
+            start_failed(self.actor_urn, e)
+            raise
         try:
             if self._guard.lock.acquire(timeout=self._guard_limit):
                 try:
@@ -82,7 +86,9 @@ class PoolActor(pykka.ThreadingActor):
                         self._guard.state = self._store.load_level(self.name)
                 finally:
                     self._guard.lock.release()
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, Exception):
+                start_failed(self.actor_urn, e)
             self._store.close()  # Pykka calls no on_stop after a failed on_start
             raise
 
