@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -161,12 +162,40 @@ def log_success(op: Operation, outcome: str, result: object) -> None:
 
 
 def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
-    """Log a failed operation: refusals at INFO, conflicts and timeouts at WARNING."""
+    """Log a failed operation: refusals at INFO, conflicts and timeouts at WARNING.
+
+    Errors at ERROR, with their traceback the first time in a minute that the
+    same error (type and message) is logged: a failing disk fails every
+    operation alike, and a traceback each (about 40 lines) would bury the
+    log, often on that same disk.
+    """
     severity = {"rejected": logging.INFO, "conflict": logging.WARNING,
                 "timeout": logging.WARNING}.get(outcome, logging.ERROR)
-    logger.log(severity, "%s %s failed (%s): %s", op.kind, op.op_id, outcome, error,
-               exc_info=severity == logging.ERROR,
-               extra={**_fields(op, outcome), "error": type(error).__name__})
+    traced = severity == logging.ERROR and _first_in_a_while(error)
+    logger.log(severity, "%s %s failed (%s): %s%s", op.kind, op.op_id, outcome, error,
+               "" if traced or severity != logging.ERROR else
+               " (traceback logged once a minute for this error)",
+               exc_info=traced, extra={**_fields(op, outcome), "error": type(error).__name__})
+
+
+_TRACE_EVERY = 60.0  # seconds between two tracebacks of the same error
+_TRACED_KEPT = 256  # errors remembered (bounded: the stalest half goes when full)
+_traced: dict[str, float] = {}
+_traced_lock = threading.Lock()
+_clock = time.monotonic
+
+
+def _first_in_a_while(error: BaseException) -> bool:
+    """Say whether this error's traceback is due (none logged for it in `_TRACE_EVERY`)."""
+    key, now = f"{type(error).__name__}: {error}"[:300], _clock()
+    with _traced_lock:
+        if now - _traced.get(key, -_TRACE_EVERY) < _TRACE_EVERY:
+            return False
+        if len(_traced) >= _TRACED_KEPT:
+            for old in sorted(_traced, key=_traced.__getitem__)[:_TRACED_KEPT // 2]:
+                del _traced[old]
+        _traced[key] = now
+        return True
 
 
 _MAX_OP_ID = 256  # as jackpot.requests accepts

@@ -17,6 +17,7 @@ from jackpot import (
     JSONFormatter,
     LockTimeoutError,
     Settings,
+    StorageError,
     ValidationError,
     configure_logging,
 )
@@ -250,3 +251,36 @@ def test_configure_logging_refuses_a_bad_level_and_changes_nothing(level: object
     with pytest.raises(ValidationError, match="level must be one of debug, info, warning"):
         configure_logging(level=level, stream=io.StringIO())  # type: ignore[arg-type]
     assert (log.handlers, log.level) == (handlers, before)  # was: a new handler left installed
+
+
+def test_the_same_error_gets_its_traceback_once_a_minute(caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full disk failed every operation with a ~40-line traceback each: 75,000 lines
+    # in 10 s with 4 threads, often written to that same disk.
+    from jackpot import logs  # noqa: PLC0415 - its clock, moved for the test
+    from jackpot.requests import Requests  # noqa: PLC0415
+
+    now = [5000.0]
+    monkeypatch.setattr(logs, "_clock", lambda: now[0])
+    monkeypatch.setattr(logs, "_traced", {})
+    op = Requests(["minor"]).contribute(1, groups="minor", op_id="o", player=None)
+    full, other = StorageError("database or disk is full"), StorageError("disk I/O error")
+
+    def traced(error: BaseException) -> bool:
+        caplog.clear()
+        try:
+            raise error
+        except StorageError as e:
+            logs.log_failure(op, "error", e)
+        [record] = caplog.records
+        assert record.levelname == "ERROR"
+        return bool(record.exc_info)
+
+    with caplog.at_level("ERROR", logger="jackpot"):
+        assert [traced(full), traced(full), traced(other)] == [True, False, True]
+        assert caplog.records[0].getMessage().endswith("disk I/O error")
+        traced(full)
+        assert caplog.records[0].getMessage().endswith(
+            "(traceback logged once a minute for this error)")
+        now[0] += 61
+        assert [traced(full), traced(full)] == [True, False]
