@@ -237,6 +237,9 @@ def bounded_probe(path: str, settings: Settings, open_store: OpenStore) -> Healt
         _stuck[path] = probe
     probe.join(limit)
     if found:
+        with _stuck_lock:
+            if _stuck.get(path) is probe:
+                del _stuck[path]
         return found[0]
     return HealthCheck("database", FAILING, f"the probe did not return within "
                        f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not answering")

@@ -285,3 +285,38 @@ def test_a_running_engine_refuses_to_write_once_its_wal_or_shm_is_gone(
     with JackpotEngine.open(path, create=False) as again:  # closed cleanly: nothing lost
         assert again.pool("minor").version == 3
         assert again.verify().ok
+
+
+def _registered(path: Path) -> bool:
+    from jackpot.storage import _files  # noqa: PLC0415 - the process's registry of files
+
+    st = path.stat()
+    return (st.st_dev, st.st_ino) in _files._open
+
+
+def test_a_refused_open_leaves_the_file_unregistered(tmp_path: Path) -> None:
+    # Its count kept the registry of the file alive after every engine closed: the
+    # -wal and -shm SQLite makes anew later were then taken for replaced ones.
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with pytest.raises(StorageError, match="holds no jackpot database"):
+        JackpotEngine.open(path, create=False)
+    assert not _registered(path)
+    with JackpotEngine.open(path) as engine:
+        engine.contribute("10", groups="minor", op_id="one")
+        assert _registered(path)
+    assert not _registered(path)
+
+
+def test_a_forked_child_starts_with_no_registered_files(tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+
+    path = tmp_path / "pools.db"
+    with JackpotEngine.open(path) as engine:
+        engine.contribute("10", groups="minor", op_id="parent")
+        assert _registered(path)
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's connections are not its own
+            os._exit(3 if _registered(path) else 0)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -327,3 +327,10 @@ def test_a_probe_the_storage_does_not_answer_is_failing_not_a_hung_health_check(
     health._stuck[str(db_path)].join(30)
     assert health.bounded_probe(str(db_path), quick, _store).status == "ok"
     assert engine.health().ok
+
+
+def test_a_probe_that_returned_is_not_kept(db_path: Path, engine: JackpotEngine) -> None:
+    from jackpot import health  # noqa: PLC0415
+
+    assert engine.health().ok
+    assert str(db_path) not in health._stuck  # was: one finished thread per path, forever

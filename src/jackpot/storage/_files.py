@@ -22,6 +22,7 @@ stop by itself:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -41,6 +42,19 @@ _sides: dict[Identity, dict[str, Identity]] = {}
 """The `-wal` and `-shm` files of each database, as this process's connections first saw them."""
 _open: Counter[Identity] = Counter()
 """Writing connections of this process per database file (forgotten, with the above, at 0)."""
+
+
+def _after_fork_in_child() -> None:
+    """Start a forked child with no connections of its own (the parent's stay the parent's)."""
+    global _lock  # noqa: PLW0603 - a lock the parent may have held at the fork
+    _lock = threading.Lock()
+    _failed.clear()
+    _sides.clear()
+    _open.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _identity(path: str) -> Identity | None:

@@ -196,8 +196,7 @@ class SQLiteStore(Store):
             if on_wal is not None and not read_only:
                 self.conn.set_wal_hook(self._wal_hook)  # replaces the automatic checkpoint
         except BaseException as e:
-            if hasattr(self, "conn"):
-                self.conn.close()  # opened, then failed to set up: do not leak it
+            self._abandon()
             if not isinstance(e, apsw.Error):
                 raise
             msg = f"cannot open database {path!r}: {e}"
@@ -207,6 +206,13 @@ class SQLiteStore(Store):
                 msg += (" (reading a WAL database needs its -shm file, which is missing and "
                         "cannot be created here: read it as the user that writes it)")
             raise StorageError(msg) from e
+
+    def _abandon(self) -> None:
+        """Undo a connection that opened, then failed to set up: leave nothing behind."""
+        if self._guard is not None:
+            self._guard.close()  # (its count would keep the file's registry alive)
+        if hasattr(self, "conn"):
+            self.conn.close()
 
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
         if not self._read_only:
@@ -296,14 +302,16 @@ class SQLiteStore(Store):
         After an I/O error of the storage, the last connection does not fold
         the `-wal` into the database file as it closes: it stays for recovery.
         """
-        if self._turns is not None:
-            self._turns.close()
-        if self._guard is not None:
-            if self._guard.has_failed():
-                with contextlib.suppress(apsw.Error):
-                    self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-            self._guard.close()
-        self.conn.close()
+        try:
+            if self._turns is not None:
+                self._turns.close()
+        finally:
+            if self._guard is not None:
+                if self._guard.has_failed():
+                    with contextlib.suppress(apsw.Error):
+                        self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+                self._guard.close()
+            self.conn.close()
 
     # -- low level -------------------------------------------------------
 
