@@ -320,3 +320,17 @@ def test_a_forked_child_starts_with_no_registered_files(tmp_path: Path) -> None:
             os._exit(3 if _registered(path) else 0)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_store_never_closed_is_unregistered_once_collected(tmp_path: Path) -> None:
+    import gc  # noqa: PLC0415
+
+    from jackpot.storage import SQLiteStore  # noqa: PLC0415
+
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    store = SQLiteStore(str(path), create=False)
+    assert _registered(path)
+    del store
+    gc.collect()
+    assert not _registered(path)

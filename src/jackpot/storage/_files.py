@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class FileGuard:
         if self.file is not None:
             with _lock:
                 _open[self.file] += 1
+        # Released by close(), or when the guard is collected (a store never closed).
+        self._release = weakref.finalize(self, _release, self.file)
 
     def refusal(self) -> str | None:
         """Say why this connection may not write now (None: it may)."""
@@ -121,12 +124,16 @@ class FileGuard:
 
     def close(self) -> None:
         """Forget this connection; the last one of a database forgets its failure too."""
-        if self.file is None:
-            return
-        with _lock:
-            _open[self.file] -= 1
-            if _open[self.file] <= 0:
-                del _open[self.file]
-                _failed.pop(self.file, None)
-                _sides.pop(self.file, None)
+        self._release()
         self.file = None
+
+
+def _release(file: Identity | None) -> None:
+    if file is None:
+        return
+    with _lock:
+        _open[file] -= 1
+        if _open[file] <= 0:
+            del _open[file]
+            _failed.pop(file, None)
+            _sides.pop(file, None)
