@@ -77,7 +77,7 @@ class FileGuard:
             with _lock:
                 _open[self.file] += 1
         # Released by close(), or when the guard is collected (a store never closed).
-        self._release = weakref.finalize(self, _release, self.file)
+        self._release = weakref.finalize(self, _release, self.file, os.getpid())
 
     def refusal(self) -> str | None:
         """Say why this connection may not write now (None: it may)."""
@@ -128,8 +128,8 @@ class FileGuard:
         self.file = None
 
 
-def _release(file: Identity | None) -> None:
-    if file is None:
+def _release(file: Identity | None, pid: int) -> None:
+    if file is None or pid != os.getpid():  # (a forked child's registry never counted it)
         return
     with _lock:
         _open[file] -= 1
