@@ -24,6 +24,7 @@ import random
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -88,6 +89,27 @@ def _shared(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Machine-readable output.")(f)
     return click.option("--db", type=click.Path(dir_okay=False), default=None,
                         help="Database file (default: $JACKPOT_DB).")(f)
+
+
+_sent_op_id: list[str] = []
+"""The op_id of the write this run sends (for the message of an unknown outcome)."""
+
+
+def _new_op_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    """Return the op_id given, or a new one: a caller's (cli-...), so it can be sent again.
+
+    The engine's own (auto-...) may not be sent by a caller: a write by hand
+    whose outcome is unknown could then never be resolved.
+    """
+    op_id = value if value is not None else f"cli-{uuid.uuid4().hex}"
+    _sent_op_id[:] = [op_id]
+    return op_id
+
+
+_op_id_option = click.option(
+    "--op-id", default=None, callback=_new_op_id,
+    help="Idempotency key (default: a new cli-... one, named in the output: give it again "
+         "to retry the same request safely).")
 
 
 def _options(db: str | None, as_json: bool | None) -> Options:
@@ -374,7 +396,7 @@ def verify(*, db: str | None, as_json: bool | None) -> int:
               help="Refuse the change if the level moved past this version.")
 @click.option("--who", default=None, help="Who makes the change (audited).")
 @click.option("--reason", default=None, help="Why (audited).")
-@click.option("--op-id", default=None, help="Idempotency key.")
+@_op_id_option
 @_shared
 def config(*, level: str, changes: tuple[str, ...], expected_version: int | None,
            who: str | None, reason: str | None, op_id: str | None,
@@ -418,7 +440,7 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
 @app.command(context_settings={"ignore_unknown_options": True})
 @click.argument("bet")
 @click.option("--level", "levels", multiple=True, help="A level (repeatable); default: all.")
-@click.option("--op-id", default=None, help="Idempotency key.")
+@_op_id_option
 @click.option("--player", default=None, help="Who bet (the winner of a mystery hit).")
 @_shared
 def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None, player: str | None,
@@ -447,7 +469,7 @@ def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None, player: 
 @click.argument("level")
 @click.option("--amount", default=None, help="Pay this part only (default: the whole pool).")
 @click.option("--winner", default=None, help="Who won.")
-@click.option("--op-id", default=None, help="Idempotency key.")
+@_op_id_option
 @_shared
 def win(*, level: str, amount: str | None, winner: str | None, op_id: str | None,
         db: str | None, as_json: bool | None) -> None:
@@ -468,7 +490,7 @@ def win(*, level: str, amount: str | None, winner: str | None, op_id: str | None
 @click.argument("level")
 @click.option("--reason", required=True, help="Why (audited).")
 @click.option("--who", default=None, help="Who does it (audited).")
-@click.option("--op-id", default=None, help="Idempotency key.")
+@_op_id_option
 @_shared
 def suspend(*, level: str, reason: str, who: str | None, op_id: str | None,
             db: str | None, as_json: bool | None) -> None:
@@ -483,7 +505,7 @@ def suspend(*, level: str, reason: str, who: str | None, op_id: str | None,
 @click.argument("level")
 @click.option("--reason", default=None, help="Why (audited).")
 @click.option("--who", default=None, help="Who does it (audited).")
-@click.option("--op-id", default=None, help="Idempotency key.")
+@_op_id_option
 @_shared
 def resume(*, level: str, reason: str | None, who: str | None, op_id: str | None,
            db: str | None, as_json: bool | None) -> None:
@@ -500,7 +522,7 @@ def resume(*, level: str, reason: str | None, who: str | None, op_id: str | None
 @click.argument("delta", metavar="DELTA")
 @click.option("--reason", required=True, help="Why (audited).")
 @click.option("--who", default=None, help="Who does it (audited).")
-@click.option("--op-id", default=None, help="Idempotency key.")
+@_op_id_option
 @_shared
 def adjust(*, level: str, delta: str, reason: str, who: str | None, op_id: str | None,
            db: str | None, as_json: bool | None) -> None:
@@ -517,7 +539,7 @@ def adjust(*, level: str, delta: str, reason: str, who: str | None, op_id: str |
               help="The level that receives the pool and the reserve.")
 @click.option("--reason", required=True, help="Why (audited).")
 @click.option("--who", default=None, help="Who does it (audited).")
-@click.option("--op-id", default=None, help="Idempotency key.")
+@_op_id_option
 @_shared
 def retire(*, level: str, transfer_to: str, reason: str, who: str | None, op_id: str | None,
            db: str | None, as_json: bool | None) -> None:
@@ -833,6 +855,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     # would otherwise install a default stderr handler (logging.basicConfig):
     # the command reports every error itself, in one line.
     logging.getLogger().addHandler(logging.NullHandler())
+    _sent_op_id.clear()
     try:
         status_code = app.main(args=list(argv) if argv is not None else None, prog_name="jackpot",
                                standalone_mode=False)
@@ -849,7 +872,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             _error(e.format_message())
         return 2
     except (JackpotError, ValidationError) as e:
-        _error(str(e))
+        if getattr(e, "outcome_unknown", False) and _sent_op_id:
+            _error(f"{e} (this command's op_id: {_sent_op_id[0]}; to learn the outcome, run it "
+                   f"again with --op-id {_sent_op_id[0]})")
+        else:
+            _error(str(e))
         return 2
     except OSError as e:
         _error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))

@@ -694,3 +694,30 @@ def test_a_negative_bet_is_refused_as_negative_not_as_an_unknown_option(db: str)
     assert (done.returncode, done.stdout, done.stderr) == (
         2, "", "jackpot: error: bet must not be negative, got -1\n")
     assert {p["name"]: p["version"] for p in ok_json("status", "--db", db)}["minor"] == 1
+
+
+def test_a_write_by_hand_gets_an_op_id_it_can_be_sent_again_with(db: str) -> None:
+    # Was an engine-generated auto-... op_id, which a caller may not send: a manual
+    # payout whose outcome was unknown could not be resolved, and a retry paid again.
+    paid = ok_json("win", "minor", "--amount", "1", "--db", db)
+    assert paid["op_id"].startswith("cli-")
+    again = ok_json("win", "minor", "--amount", "1", "--op-id", paid["op_id"], "--db", db)
+    assert again["replayed"] is True
+    assert again["balance"] == paid["balance"]  # paid once
+
+
+def test_an_unknown_outcome_names_the_op_id_to_send_again(
+        db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from jackpot import StorageError, _cli  # noqa: PLC0415 - the command, in-process
+
+    def unknown(*_args: Any, **_kwargs: Any) -> Any:
+        msg = "the commit's answer was lost; resend with the same op_id to learn it"
+        raise StorageError(msg, outcome_unknown=True)
+
+    monkeypatch.setattr(JackpotEngine, "adjust", unknown)
+    status = _cli.run(["adjust", "minor", "5", "--reason", "fix", "--db", db])
+    err = capsys.readouterr().err
+    assert status == 2
+    op_id = err.split("this command's op_id: ")[1].split(";")[0]
+    assert op_id.startswith("cli-")
+    assert err.rstrip().endswith(f"to learn the outcome, run it again with --op-id {op_id})")
