@@ -165,13 +165,14 @@ def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
     """Log a failed operation: refusals at INFO, conflicts and timeouts at WARNING.
 
     Errors at ERROR, with their traceback the first time in a minute that the
-    same error (type and message) is logged: a failing disk fails every
+    same error (type and message, whatever the op_id) is logged: a failing disk fails every
     operation alike, and a traceback each (about 40 lines) would bury the
     log, often on that same disk.
     """
     severity = {"rejected": logging.INFO, "conflict": logging.WARNING,
                 "timeout": logging.WARNING}.get(outcome, logging.ERROR)
-    traced = severity == logging.ERROR and _first_in_a_while(error)
+    traced = severity == logging.ERROR and _first_in_a_while(
+        f"{type(error).__name__}: {str(error).replace(repr(op.op_id), '<op_id>')}")
     logger.log(severity, "%s %s failed (%s): %s%s", op.kind, op.op_id, outcome, error,
                "" if traced or severity != logging.ERROR else
                " (traceback logged once a minute for this error)",
@@ -185,9 +186,13 @@ _traced_lock = threading.Lock()
 _clock = time.monotonic
 
 
-def _first_in_a_while(error: BaseException) -> bool:
-    """Say whether this error's traceback is due (none logged for it in `_TRACE_EVERY`)."""
-    key, now = f"{type(error).__name__}: {error}"[:300], _clock()
+def _first_in_a_while(error: str) -> bool:
+    """Say whether this error's traceback is due (none logged for it in `_TRACE_EVERY`).
+
+    `error` is its type and message, the op_id masked: the same failure of
+    another operation is the same error.
+    """
+    key, now = error[:300], _clock()
     with _traced_lock:
         if now - _traced.get(key, -_TRACE_EVERY) < _TRACE_EVERY:
             return False

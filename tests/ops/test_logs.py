@@ -266,12 +266,12 @@ def test_the_same_error_gets_its_traceback_once_a_minute(caplog: pytest.LogCaptu
     op = Requests(["minor"]).contribute(1, groups="minor", op_id="o", player=None)
     full, other = StorageError("database or disk is full"), StorageError("disk I/O error")
 
-    def traced(error: BaseException) -> bool:
+    def traced(error: BaseException, of: object = op) -> bool:
         caplog.clear()
         try:
             raise error
         except StorageError as e:
-            logs.log_failure(op, "error", e)
+            logs.log_failure(of, "error", e)  # type: ignore[arg-type]
         [record] = caplog.records
         assert record.levelname == "ERROR"
         return bool(record.exc_info)
@@ -284,3 +284,9 @@ def test_the_same_error_gets_its_traceback_once_a_minute(caplog: pytest.LogCaptu
             "(traceback logged once a minute for this error)")
         now[0] += 61
         assert [traced(full), traced(full)] == [True, False]
+        # The same failure of another operation (its op_id in the message) is the same error.
+        one, two = (Requests(["minor"]).contribute(1, groups="minor", op_id=f"bet-{n}",
+                                                   player=None) for n in (1, 2))
+        assert [traced(StorageError("contribute 'bet-1' ran out of retries"), one),
+                traced(StorageError("contribute 'bet-2' ran out of retries"), two)] == [
+            True, False]
