@@ -41,7 +41,7 @@ from jackpot.storage import SerializationFailureError, Store, open_store, postgr
 from jackpot.storage.base import ConnectionUnavailableError
 from jackpot.storage.postgres import PostgresStore, _misread
 
-from .contract import MINOR_SEED, BackendContract, new_level, snapshot
+from .contract import MINOR_SEED, BackendContract, new_level, run_together, snapshot
 from .pg import fresh_schema, fresh_schema_named, require_pg_url, with_search_path
 
 PG_URL = require_pg_url()
@@ -766,6 +766,26 @@ def test_a_session_the_server_ends_for_idling_in_a_transaction_changed_nothing(
         assert engine.contribute(Decimal(10), groups="minor", op_id="idle").versions == {
             "minor": 3}
         assert engine.verify().ok
+
+
+def test_a_pipeline_that_failed_leaves_no_statement_half_prepared(
+        engines: Callable[..., JackpotEngine]) -> None:
+    # A twin op_id failing the batch's pipeline left psycopg counting a statement
+    # as prepared that the server had skipped: later batches on that connection
+    # failed with "prepared statement _pg3_3 does not exist" (from round 2 on).
+    one, two = engines(), engines()
+    refused: list[str] = []
+    for r in range(40):
+        twin = f"twin-{r}"
+        twins = run_together(
+            lambda t=twin: one.contribute(Decimal(3), groups="minor", op_id=t),
+            lambda t=twin: two.contribute(Decimal(3), groups=("major", "mega"), op_id=t))
+        refused += [type(t).__name__ for t in twins if isinstance(t, Exception)]
+        for k in range(3):  # every later write on those connections goes through
+            one.contribute(Decimal(3), groups=("mega", "minor"), op_id=f"one-{r}-{k}")
+            two.contribute(Decimal(3), groups=("major", "minor"), op_id=f"two-{r}-{k}")
+    assert refused == ["IdempotencyConflictError"] * 40  # one of each twin, as it should
+    assert one.verify().ok
 
 
 @pytest.mark.parametrize("table", ["levels", "ledger"])

@@ -208,6 +208,18 @@ The URL's own values win.
 """
 
 
+_NO_PREPARED_STATEMENTS = None
+"""The pool's `prepare_threshold`: psycopg prepares no statement on its own.
+
+A statement psycopg prepares as it runs for the fifth time, inside the
+pipeline that inserts a batch's rows and commits, is skipped by the server
+when an earlier statement of that pipeline failed (a twin op_id another host
+committed first); psycopg still counted it as prepared, and the connection's
+next use of it failed with "prepared statement ... does not exist" (seen in
+the several-process test). Not preparing also keeps a transaction-pooling
+PgBouncer usable."""
+
+
 class _CountingPool(ConnectionPool[Connection]):
     """A pool that knows how many of its connections callers hold.
 
@@ -304,7 +316,8 @@ class _Pools:
                 psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
                 pool = _CountingPool(
                     url, min_size=1, max_size=max_size,
-                    kwargs={"autocommit": True, **network_defaults(url)},
+                    kwargs={"autocommit": True, "prepare_threshold": _NO_PREPARED_STATEMENTS,
+                            **network_defaults(url)},
                     configure=_configure_session, open=False,
                     name=f"jackpot {describe(url)}", timeout=timeout)
                 pool.open()
