@@ -208,18 +208,6 @@ The URL's own values win.
 """
 
 
-_NO_PREPARED_STATEMENTS = None
-"""The pool's `prepare_threshold`: psycopg prepares no statement on its own.
-
-A statement psycopg prepares as it runs for the fifth time, inside the
-pipeline that inserts a batch's rows and commits, is skipped by the server
-when an earlier statement of that pipeline failed (a twin op_id another host
-committed first); psycopg still counted it as prepared, and the connection's
-next use of it failed with "prepared statement ... does not exist" (seen in
-the several-process test). Not preparing also keeps a transaction-pooling
-PgBouncer usable."""
-
-
 class _CountingPool(ConnectionPool[Connection]):
     """A pool that knows how many of its connections callers hold.
 
@@ -316,8 +304,7 @@ class _Pools:
                 psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
                 pool = _CountingPool(
                     url, min_size=1, max_size=max_size,
-                    kwargs={"autocommit": True, "prepare_threshold": _NO_PREPARED_STATEMENTS,
-                            **network_defaults(url)},
+                    kwargs={"autocommit": True, **network_defaults(url)},
                     configure=_configure_session, open=False,
                     name=f"jackpot {describe(url)}", timeout=timeout)
                 pool.open()
@@ -387,6 +374,7 @@ class PostgresStore(Store):
                        f"{'off' if synchronous == 'NORMAL' else 'on'}")
         self._conn: Connection | None = None
         self._xid = 0  # of the write transaction in progress
+        self._spoiled = False  # its connection is not to be used again (see _flush)
         self._writing = False
         self._entries: list[tuple[Any, ...]] = []
         self._records: dict[str, StoredOperation] = {}
@@ -602,6 +590,9 @@ class PostgresStore(Store):
         finally:
             self._conn, self._writing = None, False
             self._entries, self._records, self._at_ms = [], {}, {}
+            if self._spoiled:
+                self._spoiled = False
+                conn.close()  # (the pool replaces a closed connection)
             self._pool.putconn(conn)
 
     def _flush(self, *, commit: bool = False) -> None:
@@ -621,7 +612,14 @@ class PostgresStore(Store):
                     self._exec_many(_INSERT_OPERATION, records)
                 if commit:
                     self._conn.execute("COMMIT")
-        except psycopg.OperationalError as e:
+        except psycopg.Error as e:
+            # After an error the server skips the rest of the pipeline, a statement
+            # psycopg was preparing on its fifth use included, which psycopg then
+            # takes for prepared: the connection's next use of it would fail with
+            # "prepared statement ... does not exist". Not returned to the pool.
+            self._spoiled = True
+            if not isinstance(e, psycopg.OperationalError):
+                raise
             if not commit or not _connection_lost(e, self._conn):
                 raise
             # The connection died at COMMIT: the transaction may have committed
