@@ -357,8 +357,7 @@ class SQLiteStore(Store):
         except apsw.BusyError:
             return 0, 0  # another connection (or process) is checkpointing right now
         except apsw.Error as e:
-            if isinstance(e, apsw.IOError) and self._guard is not None:
-                self._guard.failed(e)  # it writes and syncs the database file
+            self._storage_failed(e, writing=True)  # it writes and syncs the database file
             raise self._translate(e) from e
 
     def _on_busy(self, prior_calls: int) -> bool:
@@ -374,9 +373,19 @@ class SQLiteStore(Store):
         time.sleep(delay)
         return True
 
-    def _translate(self, e: apsw.Error) -> Exception:
-        if getattr(e, "extendedresult", None) in _LOST_WRITES and self._guard is not None:
+    def _storage_failed(self, e: apsw.Error, *, writing: bool) -> None:
+        """Latch the database (see `_files`) on an I/O error that may have lost a write.
+
+        `writing`: the error came from a COMMIT or a checkpoint, where any I/O
+        error counts; elsewhere only the codes of a failed write (`_LOST_WRITES`).
+        """
+        lost = isinstance(e, apsw.IOError) if writing else (
+            getattr(e, "extendedresult", None) in _LOST_WRITES)
+        if lost and self._guard is not None:
             self._guard.failed(e)
+
+    def _translate(self, e: apsw.Error) -> Exception:
+        self._storage_failed(e, writing=False)
         if isinstance(e, apsw.BusyError):
             if self._gave_up:
                 return self._lock_timeout()
@@ -470,8 +479,7 @@ class SQLiteStore(Store):
         """
         if isinstance(e, (apsw.BusyError, apsw.FullError)):
             return self._translate(e)
-        if isinstance(e, apsw.IOError) and self._guard is not None:
-            self._guard.failed(e)
+        self._storage_failed(e, writing=True)
         msg = (f"database error while committing: {type(e).__name__}: {e}; the "
                "transaction may have reached the file all the same (its outcome is "
                "unknown): resend the operation with the same op_id to learn it")
