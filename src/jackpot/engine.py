@@ -466,7 +466,11 @@ class JackpotEngine:
         # Once the arguments are known good; a refused open (no file, no
         # levels, actors that cannot start) puts the level back as it was.
         previous = logger.level
-        logger.setLevel(settings.log_level.upper())
+        level = settings.log_level
+        if level is None and previous == logging.NOTSET:
+            level = "info"  # the application set no level of its own
+        if level is not None:
+            logger.setLevel(level.upper())
         try:
             return cls._open(_absolute(str(path)), configs, settings, create=create)
         except BaseException:

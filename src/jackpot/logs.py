@@ -92,8 +92,9 @@ def configure_logging(
 ) -> logging.Handler:
     """Send the `jackpot` logger's records to `stream` (stderr), one JSON object per line.
 
-    `level` (debug, info, ...) sets the logger's level; None keeps it (the
-    engine sets it from JACKPOT_LOG_LEVEL when it opens). With
+    `level` (debug, info, ...) sets the logger's level; None keeps it (an
+    engine's `open()` changes it only when JACKPOT_LOG_LEVEL or
+    `Settings.log_level` is given, or to info when no level is set). With
     `json_lines=False` records are text with the fields in brackets. Called
     again, it replaces the handler it added before (records are never
     written twice); handlers of your own are left alone. Returns the

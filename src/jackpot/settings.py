@@ -44,7 +44,9 @@ class Settings:
             engine's own writers take turns without polling; this is the
             wait for a lock held by something else (the `sqlite3` shell).
         enable_metrics: collect metrics.
-        log_level: level of the `jackpot` logger.
+        log_level: level `open()` gives the `jackpot` logger. None (the
+            default, JACKPOT_LOG_LEVEL unset) keeps a level the application
+            set on that logger, and sets info where it set none.
         synchronous: SQLite `synchronous` pragma; FULL makes every commit
             durable before its result is returned.
         page_cache_mb: SQLite page cache of each writing connection (one per
@@ -72,7 +74,7 @@ class Settings:
     lock_timeout_ms: int = 5000
     concurrency_check_interval_ms: int = 50
     enable_metrics: bool = True
-    log_level: str = "info"
+    log_level: str | None = None
     synchronous: str = "FULL"
     page_cache_mb: int = 32
     health_probe_timeout_ms: int = 250
@@ -146,8 +148,8 @@ def _check_field(name: str, value: object) -> None:
     elif name == "enable_metrics" and not isinstance(value, bool):
         msg = f"enable_metrics must be a bool, got {value!r}"
         raise ValidationError(msg)
-    elif name == "log_level" and value not in LOG_LEVELS:
-        msg = f"log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}"
+    elif name == "log_level" and value is not None and value not in LOG_LEVELS:
+        msg = f"log_level must be one of {', '.join(LOG_LEVELS)} or None, got {value!r}"
         raise ValidationError(msg)
     elif name == "synchronous" and value not in _SYNC_MODES:
         msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {value!r}"

@@ -494,7 +494,7 @@ SETTINGS_CASES = [
            "enable_metrics")
       for vid, v in [("int", 1), ("str", "true"), ("none", None)]],
     *[Case(f"Settings-log_level-{vid}", lambda e, v=v: Settings(log_level=v), V, "log_level")
-      for vid, v in [("upper", "INFO"), ("empty", ""), ("none", None), ("list", ["info"]),
+      for vid, v in [("upper", "INFO"), ("empty", ""), ("list", ["info"]),
                      ("unknown", "loud")]],
     *[Case(f"Settings-synchronous-{vid}", lambda e, v=v: Settings(synchronous=v), V,
            "synchronous")

@@ -334,3 +334,22 @@ def test_a_store_never_closed_is_unregistered_once_collected(tmp_path: Path) -> 
     del store
     gc.collect()
     assert not _registered(path)
+
+
+def test_open_keeps_a_level_the_application_set_unless_one_is_given(tmp_path: Path) -> None:
+    log = logging.getLogger("jackpot")
+    before = log.level
+    unset = Settings(enable_metrics=False)  # JACKPOT_LOG_LEVEL not set
+    try:
+        log.setLevel(logging.NOTSET)
+        with JackpotEngine.open(tmp_path / "a.db", settings=unset):
+            assert log.level == logging.INFO  # no level of the application's: info
+        log.setLevel(logging.WARNING)  # the application's own choice
+        with JackpotEngine.open(tmp_path / "a.db", settings=unset):
+            assert log.level == logging.WARNING  # was INFO: open() overrode it
+        with JackpotEngine.open(tmp_path / "a.db",
+                                settings=Settings.from_env({"JACKPOT_LOG_LEVEL": "error"},
+                                                           enable_metrics=False)):
+            assert log.level == logging.ERROR  # an explicit setting wins
+    finally:
+        log.setLevel(before)

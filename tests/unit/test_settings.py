@@ -14,7 +14,7 @@ def test_defaults() -> None:
     s = Settings()
     assert (s.max_retry_attempts, s.retry_delay_ms, s.lock_timeout_ms,
             s.concurrency_check_interval_ms, s.enable_metrics, s.log_level, s.synchronous) == (
-        3, 100, 5000, 50, True, "info", "FULL")
+        3, 100, 5000, 50, True, None, "FULL")
 
 
 def test_from_empty_environment_gives_defaults() -> None:
