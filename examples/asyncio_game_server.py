@@ -180,9 +180,11 @@ async def main_async(path: Path, players: int, spins: int) -> None:
             print(f"{p.name:<9}{p.amount:>12.2f}{m['bets']:>8}{m['wagered']:>12.2f}"
                   f"{m['hits']:>6}{m['wins']:>6}{m['won']:>12.2f}{p.reserve:>10.2f}")
         paid_total = sum((w.amount for w in server.paid), Decimal(0))
-        won_total = sum((Decimal(p.meters["won"]) for p in pools.values()), Decimal(0))
+        won_total = sum((p.meters["won"] for p in pools.values()), Decimal(0))
         assert paid_total == sum(won, Decimal(0)) == won_total, "players and meters disagree"
-        assert pools["mystery"].amount <= pools["mystery"].must_hit_by
+        must_hit_by = pools["mystery"].must_hit_by
+        assert must_hit_by is not None
+        assert pools["mystery"].amount <= must_hit_by
         print(f"players were paid {paid_total:.2f}, exactly what the meters say was won")
         print(f"health: {health.status}")
         print(f"audit: {'OK' if report.ok else 'FAILED'} - {report.levels} levels, "

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -98,15 +99,14 @@ def play_machine(engine: JackpotEngine, bank: Bank, machine: int, spins: int,
     for n in range(spins):
         op_id = f"{bank.name}-m{machine}-s{n}"
         stake = Decimal(rng.choice(bank.stakes))
-        bet = retrying(lambda stake=stake, op_id=op_id: engine.contribute(
-            stake, groups=bank.levels, op_id=op_id))
+        bet = retrying(partial(engine.contribute, stake, groups=bank.levels, op_id=op_id))
         wagered += stake
         paid.extend(h for h in bet.hits if not h.replayed)
         outcome = random.Random(op_id)  # the game's outcome is a function of the round
         for level, odds in bank.odds.items():
             if outcome.randrange(odds) == 0:
-                win = retrying(lambda level=level, op_id=op_id: engine.process_win(
-                    level, op_id=f"{op_id}:{level}", winner=f"{bank.name}-{machine}"))
+                win = retrying(partial(engine.process_win, level, op_id=f"{op_id}:{level}",
+                                       winner=f"{bank.name}-{machine}"))
                 if not win.replayed:
                     paid.append(win)
     return wagered

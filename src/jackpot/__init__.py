@@ -7,7 +7,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from jackpot.aio import AsyncJackpotEngine
-from jackpot.domain import GroupConfig
+from jackpot.domain import ConfigChanges, GroupConfig
 from jackpot.engine import JackpotEngine
 from jackpot.errors import (
     ConcurrencyViolationError,
@@ -30,6 +30,7 @@ from jackpot.results import (
     ConfigResult,
     Contribution,
     HistoryEntry,
+    PoolMeters,
     PoolSnapshot,
     VerifyReport,
     Win,
@@ -40,6 +41,7 @@ __all__ = [
     "AdminResult",
     "AsyncJackpotEngine",
     "ConcurrencyViolationError",
+    "ConfigChanges",
     "ConfigResult",
     "Contribution",
     "EngineClosedError",
@@ -55,6 +57,7 @@ __all__ = [
     "JackpotEngine",
     "JackpotError",
     "LockTimeoutError",
+    "PoolMeters",
     "PoolSnapshot",
     "Settings",
     "StorageError",

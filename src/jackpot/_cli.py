@@ -407,7 +407,7 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
     must_hit_by, overflow_to; `none` clears an optional one.
     """
     opts = _options(db, as_json)
-    parsed: dict[str, str | None] = {}
+    parsed: dict[str, Any] = {}  # the engine names an unknown key
     for change in changes:
         key, sep, value = change.partition("=")
         if not sep or not key:

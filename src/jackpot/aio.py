@@ -32,12 +32,12 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import pykka
 
 from jackpot.actors import Ticket
-from jackpot.domain import GroupConfig
+from jackpot.domain import ConfigChanges, GroupConfig
 from jackpot.engine import JackpotEngine, not_restarted_message, outcome_of, stopped_midway
 from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError
 from jackpot.health import HealthReport
@@ -215,7 +215,7 @@ class AsyncJackpotEngine:
         expected_version: int | None = None,
         who: str | None = None,
         reason: str | None = None,
-        **changes: Any,
+        **changes: Unpack[ConfigChanges],
     ) -> ConfigResult:
         """Change a level's settings, atomically and audited.
 

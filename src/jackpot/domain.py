@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from jackpot import money
 from jackpot.errors import (
@@ -31,6 +31,7 @@ from jackpot.errors import (
 __all__ = [
     "CONFIG_FIELDS",
     "DEFAULT_GROUPS",
+    "ConfigChanges",
     "Draw",
     "Entry",
     "GroupConfig",
@@ -122,6 +123,23 @@ def _units(value: object, name: str, *, zero: bool = False) -> int:
 
 def _maybe_units(value: object, name: str) -> int | None:
     return None if value is None else _units(value, name)
+
+
+class ConfigChanges(TypedDict, total=False):
+    """The settings `update_config` may change (as keyword arguments).
+
+    Amounts and rates as Decimal, int or decimal string; None clears an
+    optional one. Type checkers then catch a misspelt setting.
+    """
+
+    seed: Decimal | int | str
+    contribution_rate: Decimal | int | str
+    cap: Decimal | int | str | None
+    reserve_rate: Decimal | int | str
+    min_bet: Decimal | int | str | None
+    max_contribution: Decimal | int | str | None
+    must_hit_by: Decimal | int | str | None
+    overflow_to: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import pykka
 
@@ -44,7 +44,7 @@ from jackpot.actors import (
     wait_stopped,
 )
 from jackpot.audit import audit
-from jackpot.domain import GroupConfig
+from jackpot.domain import ConfigChanges, GroupConfig
 from jackpot.errors import (
     ConcurrencyViolationError,
     EngineClosedError,
@@ -726,7 +726,7 @@ class JackpotEngine:
         expected_version: int | None = None,
         who: str | None = None,
         reason: str | None = None,
-        **changes: Any,
+        **changes: Unpack[ConfigChanges],
     ) -> ConfigResult:
         """Change a level's settings, atomically and audited (who, why, before, after).
 

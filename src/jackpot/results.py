@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from jackpot import money
-from jackpot.domain import METER_FIELDS, LevelState, pending_view
+from jackpot.domain import LevelState, pending_view
 
-__all__ = ["AdminResult", "ConfigResult", "Contribution", "HistoryEntry", "PoolSnapshot",
-           "VerifyReport", "Win"]
-
-_COUNTS = ("bets", "wins", "hits")
+__all__ = ["AdminResult", "ConfigResult", "Contribution", "HistoryEntry", "PoolMeters",
+           "PoolSnapshot", "VerifyReport", "Win"]
 
 
 def _dec(d: dict[str, str]) -> dict[str, Decimal]:
@@ -144,6 +142,36 @@ class AdminResult:
                    dict(r["versions"]), replayed)
 
 
+class PoolMeters(TypedDict):
+    """A level's running totals since it was created (`PoolSnapshot.meters`).
+
+    bets, wins and hits are counts; the others are money. A plain dict at
+    run time: `p.meters["won"]`.
+    """
+
+    bets: int
+    wagered: Decimal
+    contributed: Decimal
+    overflow: Decimal
+    reserve_in: Decimal
+    house_funded: Decimal
+    reserve_funded: Decimal
+    won: Decimal
+    wins: int
+    hits: int
+    adjusted: Decimal
+    transferred: Decimal
+    reserve_transferred: Decimal
+
+
+def zero_meters() -> PoolMeters:
+    """Return the meters of a level that has taken nothing yet."""
+    zero = Decimal(0)
+    return PoolMeters(bets=0, wagered=zero, contributed=zero, overflow=zero, reserve_in=zero,
+                      house_funded=zero, reserve_funded=zero, won=zero, wins=0, hits=0,
+                      adjusted=zero, transferred=zero, reserve_transferred=zero)
+
+
 @dataclass(frozen=True, slots=True)
 class PoolSnapshot:
     """A level as committed: config, amount, reserve, status, version and meters.
@@ -173,7 +201,7 @@ class PoolSnapshot:
     must_hit_by: Decimal | None = None
     overflow_to: str = "meter"
     pending_changes: dict[str, str | None] = field(default_factory=dict)
-    meters: dict[str, Decimal | int] = field(default_factory=dict)
+    meters: PoolMeters = field(default_factory=zero_meters)
 
     @classmethod
     def of(cls, s: LevelState) -> PoolSnapshot:
@@ -183,10 +211,13 @@ class PoolSnapshot:
         def dec(v: int | None) -> Decimal | None:
             return None if v is None else money.from_units(v)
 
-        meters: dict[str, Decimal | int] = {
-            k: getattr(s.meters, k) if k in _COUNTS else money.from_units(getattr(s.meters, k))
-            for k in METER_FIELDS
-        }
+        m, u = s.meters, money.from_units
+        meters = PoolMeters(
+            bets=m.bets, wagered=u(m.wagered), contributed=u(m.contributed),
+            overflow=u(m.overflow), reserve_in=u(m.reserve_in),
+            house_funded=u(m.house_funded), reserve_funded=u(m.reserve_funded),
+            won=u(m.won), wins=m.wins, hits=m.hits, adjusted=u(m.adjusted),
+            transferred=u(m.transferred), reserve_transferred=u(m.reserve_transferred))
         return cls(s.name, money.from_units(s.amount), money.from_units(c.seed),
                    money.rate_to_decimal(c.rate), dec(c.cap), s.version, s.lock_holder,
                    s.last_modified_at, money.from_units(s.reserve), s.status,

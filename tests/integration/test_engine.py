@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import typing
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -59,6 +60,23 @@ def test_public_names_are_exported() -> None:
                  "EngineClosedError", "StorageError"):
         assert issubclass(getattr(jackpot, name), JackpotError)
     assert issubclass(ValidationError, ValueError)
+
+
+def test_pool_meters_type_names_every_meter_with_its_kind(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    from jackpot.domain import METER_FIELDS  # noqa: PLC0415 - the domain's own list
+
+    assert tuple(jackpot.PoolMeters.__annotations__) == METER_FIELDS
+    engine = open_engine()
+    engine.contribute(Decimal(3), groups="minor", op_id="m-1")
+    m = engine.pool("minor").meters
+    assert list(m) == list(METER_FIELDS)
+    hints = typing.get_type_hints(jackpot.PoolMeters)
+    assert {hints[name] for name in hints} == {int, Decimal}
+    for name, kind in hints.items():
+        assert type(m[name]) is kind, name  # type: ignore[literal-required]
+    assert PoolSnapshot("x", Decimal(1), Decimal(1), Decimal("0.1"), None, 1, None, 0).meters == (
+        jackpot.results.zero_meters())
 
 
 def test_new_file_gets_the_default_levels(open_engine: Callable[..., JackpotEngine],
