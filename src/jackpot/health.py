@@ -130,10 +130,21 @@ def assess(
     """
     operations = [outcome for outcome, is_conflict in recent if not is_conflict]
     conflicts = sum(1 for _, is_conflict in recent if is_conflict)
+    if refused is not None and Path(path).exists():  # (a missing file: the probe says so)
+        database = HealthCheck("database", FAILING, f"writes are refused: {refused}")
+    else:
+        database = bounded_probe(path, settings, open_store)
+        if database.status == FAILING and not closed and _may_not_write(path):
+            # Its connections were opened before: they still write (the errors
+            # check says if not). Failing would have a supervisor restart a
+            # process that serves into one that cannot.
+            database = HealthCheck(
+                "database", DEGRADED,
+                f"this user may no longer write {path!r} (permissions): the engine still "
+                "writes through the connections it opened, but an actor that restarts, "
+                "and a new engine, cannot open it")
     return report_of((
-        HealthCheck("database", FAILING, f"writes are refused: {refused}")
-        if refused is not None and Path(path).exists()  # (a missing file: the probe says so)
-        else bounded_probe(path, settings, open_store),
+        database,
         _actors(levels_alive, coordinator_alive=coordinator_alive, closed=closed),
         _lock_success(operations, settings),
         _conflicts(len(operations), conflicts, settings),
@@ -245,6 +256,12 @@ def bounded_probe(path: str, settings: Settings, open_store: OpenStore) -> Healt
                        f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not answering")
 
 
+def _may_not_write(path: str) -> bool:
+    """Say whether `path` is a file (it exists) this process's user may not read and write."""
+    return ("://" not in path and Path(path).is_file()
+            and not os.access(path, os.R_OK | os.W_OK))
+
+
 def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:
     """Take the write lock on a new connection, read the levels, roll back.
 
@@ -253,7 +270,7 @@ def probe_database(path: str, settings: Settings, open_store: OpenStore) -> Heal
     timeout_ms = settings.health_probe_timeout_ms
     if "://" not in path and not Path(path).is_file():  # opening would create it
         return HealthCheck("database", FAILING, f"database file {path!r} does not exist")
-    if "://" not in path and not os.access(path, os.R_OK | os.W_OK):
+    if _may_not_write(path):
         # Opening it anyway would leave -wal and -shm files behind, unusable.
         return HealthCheck("database", FAILING,
                            f"not writable: this user may not write {path!r} (permissions)")

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -334,3 +340,58 @@ def test_a_probe_that_returned_is_not_kept(db_path: Path, engine: JackpotEngine)
 
     assert engine.health().ok
     assert str(db_path) not in health._stuck  # was: one finished thread per path, forever
+
+
+_UNWRITABLE_SCRIPT = r"""
+import json, os, sys
+from decimal import Decimal
+from jackpot import JackpotEngine, Settings, StorageError
+path = sys.argv[1]
+quiet = Settings(enable_metrics=False, log_level="critical")
+with JackpotEngine.open(path, settings=quiet) as engine:
+    engine.contribute(Decimal(10), groups="minor", op_id="before")
+    os.chmod(path, 0o444)  # the file's owner takes its own write permission away
+    report = engine.health()
+    engine.contribute(Decimal(10), groups="minor", op_id="after")  # still serves
+    try:
+        JackpotEngine.open(path, settings=quiet).close()
+        reopened = "opened"
+    except StorageError as e:
+        reopened = type(e).__name__
+    print(json.dumps({"status": report.status, "database": report.check("database").detail,
+                      "minor": str(engine.pool("minor").amount), "reopened": reopened}))
+"""
+
+
+def test_a_file_made_unwritable_under_a_serving_engine_is_degraded_not_failing() -> None:
+    """Failing would have a supervisor restart a process that serves into one that cannot."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run as another user")  # root may write any file
+    shared = Path(tempfile.mkdtemp(prefix="jackpot-ro-"))
+    try:
+        shared.chmod(0o777)
+        path = shared / "pools.db"
+        as_user = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                   if os.geteuid() == 0 else [])
+        done = subprocess.run([*as_user, sys.executable, "-c", _UNWRITABLE_SCRIPT, str(path)],
+                              capture_output=True, text=True, timeout=60, check=False, cwd="/")
+        assert (done.returncode, done.stderr) == (0, "")
+        assert json.loads(done.stdout) == {
+            "status": "degraded",  # was failing
+            "database": (f"this user may no longer write {str(path)!r} (permissions): the engine "
+                         "still writes through the connections it opened, but an actor that "
+                         "restarts, and a new engine, cannot open it"),
+            "minor": "100.100000", "reopened": "StorageError"}
+    finally:
+        shared.chmod(0o755)
+        shutil.rmtree(shared)
+
+
+def test_a_missing_file_under_a_serving_engine_stays_failing(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    engine = open_engine()
+    db_path.unlink()
+    report = engine.health()
+    assert report.status == "failing"
+    assert report.check("database") == HealthCheck(
+        "database", "failing", f"database file {str(db_path)!r} does not exist")
