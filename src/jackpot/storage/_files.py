@@ -26,7 +26,6 @@ import os
 import threading
 import weakref
 from collections import Counter
-from pathlib import Path
 
 from jackpot.errors import StorageError
 
@@ -60,7 +59,7 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows onl
 
 def _identity(path: str) -> Identity | None:
     try:
-        st = Path(path).stat()
+        st = os.stat(path)  # noqa: PTH116 - a third of Path.stat's cost; three run per write
     except OSError:
         return None
     return st.st_dev, st.st_ino
