@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,22 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the calling shell's engine settings (JACKPOT_<setting>) out of every test."""
     for f in dataclasses.fields(Settings):
         monkeypatch.delenv(f"JACKPOT_{f.name.upper()}", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_jackpot_logger_level() -> Iterator[None]:
+    """Start every test with no level on the `jackpot` logger, as a new process has.
+
+    `open()` keeps a level set before it: one test's `log_level="critical"`
+    would otherwise silence the records the next test looks for.
+    """
+    log = logging.getLogger("jackpot")
+    before = log.level
+    log.setLevel(logging.NOTSET)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 @contextmanager

@@ -45,10 +45,10 @@ from rich.text import Text
 
 from jackpot import __version__, money, reads
 from jackpot.audit import audit
-from jackpot.domain import GroupConfig
+from jackpot.domain import CONFIG_FIELDS, GroupConfig
 from jackpot.engine import JackpotEngine
 from jackpot.errors import JackpotError, StorageError, ValidationError
-from jackpot.health import bounded_probe, redact, report_of
+from jackpot.health import bounded_checks, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
 from jackpot.results import AdminResult, PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
@@ -63,6 +63,8 @@ _LEDGER_AMOUNTS = ("delta", "balance_after", "reserve_delta", "reserve_after", *
 _WINDOW = 4  # simulate: operations submitted and not finished, per thread
 _READ_ATTEMPTS = 3  # a read that saw the file change (a writer started) is read again
 _T = TypeVar("_T")
+_NOT_SETTINGS = frozenset({"group", "op_id", "expected_version", "who", "reason"})
+"""Keywords of `update_config` that `config KEY=VALUE` must not pass as settings."""
 
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -416,6 +418,9 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
         if key in parsed:
             msg = f"{key} is given twice: give each key once"
             raise CommandError(msg)
+        if key in _NOT_SETTINGS:  # (a keyword of update_config itself: the engine never sees it)
+            msg = f"unknown config field(s) {key!r}: allowed are {', '.join(CONFIG_FIELDS)}"
+            raise CommandError(msg)
         parsed[key] = None if value.lower() == "none" else value
     with _engine(opts) as engine:
         result = engine.update_config(level, op_id=op_id, expected_version=expected_version,
@@ -566,12 +571,12 @@ def _admin_out(opts: Options, result: AdminResult) -> None:
 def health(*, db: str | None, as_json: bool | None) -> int:
     """Probe the database as a writer would; exit status 1 when failing.
 
-    Only the database check: the actors and the lock and conflict rates are a
-    running engine's (`engine.health()` in the game server's process).
+    Only the database and disk checks: the actors and the lock and conflict
+    rates are a running engine's (`engine.health()` in the game server's process).
     """
     opts = _options(db, as_json)
     path = _path(opts, must_exist=False)  # a missing file is a failing check, not an error
-    report = report_of([bounded_probe(path, Settings.from_env(), _existing_store)])
+    report = report_of(bounded_checks(path, Settings.from_env(), _existing_store))
     if opts.json:
         _print_json(report.to_dict())
     else:

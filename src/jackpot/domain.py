@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
 
 from jackpot import money
 from jackpot.errors import (
@@ -139,7 +139,7 @@ class ConfigChanges(TypedDict, total=False):
     min_bet: Decimal | int | str | None
     max_contribution: Decimal | int | str | None
     must_hit_by: Decimal | int | str | None
-    overflow_to: str
+    overflow_to: Literal["meter", "reserve"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Health of a running engine: database, actors, and recent lock, conflict and error rates.
+"""Health of a running engine: database, disk space, actors, recent lock, conflict, error rates.
 
 `assess` owns the verdict. Each check says `ok`, `degraded` (the engine still
 serves, but worse than it should: an operator should look) or `failing` (it
@@ -69,7 +69,7 @@ class HealthCheck:
 class HealthReport:
     """The engine's health: the worst status of its checks, and why.
 
-    `checks` are database, actors, lock_success, conflicts and errors, in that order;
+    `checks` are database, disk, actors, lock_success, conflicts and errors, in that order;
     `reasons` holds "<check>: <detail>" for every check that is not ok.
     """
 
@@ -132,19 +132,12 @@ def assess(
     conflicts = sum(1 for _, is_conflict in recent if is_conflict)
     if refused is not None and Path(path).exists():  # (a missing file: the probe says so)
         database = HealthCheck("database", FAILING, f"writes are refused: {refused}")
+        disk = HealthCheck("disk", OK, "not checked: the database refuses writes")
     else:
-        database = bounded_probe(path, settings, open_store)
-        if database.status == FAILING and not closed and _may_not_write(path):
-            # Its connections were opened before: they still write (the errors
-            # check says if not). Failing would have a supervisor restart a
-            # process that serves into one that cannot.
-            database = HealthCheck(
-                "database", DEGRADED,
-                f"this user may no longer write {path!r} (permissions): the engine still "
-                "writes through the connections it opened, but an actor that restarts, "
-                "and a new engine, cannot open it")
+        database, disk = bounded_checks(path, settings, open_store, serving=not closed)
     return report_of((
         database,
+        disk,
         _actors(levels_alive, coordinator_alive=coordinator_alive, closed=closed),
         _lock_success(operations, settings),
         _conflicts(len(operations), conflicts, settings),
@@ -221,27 +214,37 @@ _stuck_lock = threading.Lock()
 
 
 def bounded_probe(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:
-    """Run `probe_database` in a thread of its own, waiting at most its timeout plus a margin.
+    """Return the database check of `bounded_checks` (no engine serving)."""
+    return bounded_checks(path, settings, open_store)[0]
+
+
+def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
+                   serving: bool = False) -> tuple[HealthCheck, HealthCheck]:
+    """Run `probe_database`, then `disk_space`, in a thread; wait at most its timeout plus a margin.
 
     Storage that stops answering (a frozen filesystem, a hung network mount)
     holds a probe in the kernel for as long: the caller of `health()` (a
     liveness probe) gets "failing" instead of waiting with it. A probe that
     has not returned is not started again; the next check reports it.
+    Returns the database and disk checks; `serving`: an open engine asks
+    (see `probe_database`).
     """
+    unchecked = HealthCheck("disk", OK, "not checked: the storage is not answering")
     limit = settings.health_probe_timeout_ms / 1000 + _PROBE_MARGIN
     with _stuck_lock:
         running = _stuck.get(path)
         if running is not None and running.is_alive():
             return HealthCheck("database", FAILING, f"an earlier probe has not returned: the "
-                               f"storage of {redact(path)} is not answering")
-        found: list[HealthCheck] = []
+                               f"storage of {redact(path)} is not answering"), unchecked
+        found: list[tuple[HealthCheck, HealthCheck]] = []
 
         def run() -> None:
             try:
-                found.append(probe_database(path, settings, open_store))
+                database = probe_database(path, settings, open_store, serving=serving)
             except Exception as e:  # noqa: BLE001 - whatever stopped it is the verdict
-                found.append(HealthCheck("database", FAILING,
-                                         f"the probe failed: {type(e).__name__}: {e}"))
+                database = HealthCheck("database", FAILING,
+                                       f"the probe failed: {type(e).__name__}: {e}")
+            found.append((database, disk_space(path, settings)))
 
         probe = threading.Thread(target=run, name="jackpot-health-probe", daemon=True)
         probe.start()
@@ -253,7 +256,34 @@ def bounded_probe(path: str, settings: Settings, open_store: OpenStore) -> Healt
                 del _stuck[path]
         return found[0]
     return HealthCheck("database", FAILING, f"the probe did not return within "
-                       f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not answering")
+                       f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not "
+                       "answering"), unchecked
+
+
+def disk_space(path: str, settings: Settings) -> HealthCheck:
+    """Judge the space left on the filesystem of a database file (its directory).
+
+    A full disk fails every commit, and the database probe cannot see it
+    coming (it writes nothing); `jackpot health`, which has no operations to
+    judge, would say ok until then. Degraded below
+    `settings.health_min_free_mb` (0: not checked).
+    """
+    minimum = settings.health_min_free_mb
+    if "://" in path:
+        return HealthCheck("disk", OK, "not checked: the database is on a server")
+    if minimum == 0:
+        return HealthCheck("disk", OK, "not checked (health_min_free_mb is 0)")
+    try:
+        st = os.statvfs(Path(path).parent)
+    except OSError as e:
+        return HealthCheck("disk", DEGRADED, f"free space unknown: {e}")
+    free_mb = st.f_bavail * st.f_frsize / 2**20
+    shown = f"{free_mb:,.0f} MB" if free_mb >= 1 else f"{free_mb:.2f} MB"
+    if free_mb < minimum:
+        return HealthCheck("disk", DEGRADED,
+                           f"{shown} free beside {redact(path)}, below {minimum:,} MB: commits "
+                           "fail when it runs out (free space or move the database)")
+    return HealthCheck("disk", OK, f"{shown} free")
 
 
 def _may_not_write(path: str) -> bool:
@@ -262,18 +292,33 @@ def _may_not_write(path: str) -> bool:
             and not os.access(path, os.R_OK | os.W_OK))
 
 
-def probe_database(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:
+def _unwritable(path: str, *, serving: bool) -> HealthCheck:
+    if serving:
+        return HealthCheck(
+            "database", DEGRADED,
+            f"this user may no longer write {path!r} (permissions): the engine still "
+            "writes through the connections it opened, but a new engine (or a "
+            "restarted actor) may not be able to open it")
+    return HealthCheck("database", FAILING,
+                       f"not writable: this user may not write {path!r} (permissions)")
+
+
+def probe_database(path: str, settings: Settings, open_store: OpenStore, *,
+                   serving: bool = False) -> HealthCheck:
     """Take the write lock on a new connection, read the levels, roll back.
 
     The connection waits at most `settings.health_probe_timeout_ms` for the lock.
+    `serving`: an open engine asks; a file whose permissions no longer let
+    this user write it is then degraded, not failing: the engine's
+    connections, opened before, still write (its errors check says if not),
+    and failing would have a supervisor restart a process that serves into
+    one that cannot open the file.
     """
     timeout_ms = settings.health_probe_timeout_ms
     if "://" not in path and not Path(path).is_file():  # opening would create it
         return HealthCheck("database", FAILING, f"database file {path!r} does not exist")
-    if _may_not_write(path):
-        # Opening it anyway would leave -wal and -shm files behind, unusable.
-        return HealthCheck("database", FAILING,
-                           f"not writable: this user may not write {path!r} (permissions)")
+    if _may_not_write(path):  # (opening it anyway would leave -wal and -shm files behind)
+        return _unwritable(path, serving=serving)
     probe = replace(settings, lock_timeout_ms=timeout_ms,
                     concurrency_check_interval_ms=min(10, timeout_ms))
     try:

@@ -27,6 +27,7 @@ _INT_RANGES = {
     "health_min_lock_success_pct": (0, 100),
     "health_failing_lock_success_pct": (0, 100),
     "health_max_conflict_pct": (0, 10_000),
+    "health_min_free_mb": (0, 1 << 30),
 }
 
 
@@ -66,6 +67,8 @@ class Settings:
             "failing".
         health_max_conflict_pct: version conflicts per 100 recent operations
             above which health is "degraded".
+        health_min_free_mb: free space (MiB, for this user) on the database
+            file's filesystem below which health is "degraded" (0: not checked).
 
     """
 
@@ -82,6 +85,7 @@ class Settings:
     health_min_lock_success_pct: int = 99
     health_failing_lock_success_pct: int = 90
     health_max_conflict_pct: int = 10
+    health_min_free_mb: int = 100
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -128,6 +132,9 @@ def _parse(name: str, raw: str) -> object:
         msg = "expected true or false"
         raise ValidationError(msg)
     if name == "log_level":
+        if raw.lower() not in LOG_LEVELS:  # (None is for code: unset, the variable is absent)
+            msg = f"expected one of {', '.join(LOG_LEVELS)}"
+            raise ValidationError(msg)
         return raw.lower()
     if name == "synchronous":
         return raw.upper()

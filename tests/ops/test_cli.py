@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -171,7 +172,7 @@ def test_a_session_of_manual_operations(db: str) -> None:
                                                "ledger_rows": 6}
     health = ok_json("health", "--db", db)
     assert health["status"] == "ok"
-    assert list(health["checks"]) == ["database"]  # the others are a running engine's
+    assert list(health["checks"]) == ["database", "disk"]  # the others are a running engine's
 
 
 def test_operator_actions_suspend_resume_adjust_retire(db: str) -> None:
@@ -507,6 +508,10 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
     (("config", "minor", "colour=red", "--db", "{db}"),
      ("unknown config field(s) 'colour': allowed are seed, contribution_rate, cap, reserve_rate, "
      "min_bet, max_contribution, must_hit_by, overflow_to")),
+    *[(("config", "minor", f"{key}=x", "--db", "{db}"),  # was a TypeError's traceback
+       (f"unknown config field(s) '{key}': allowed are seed, contribution_rate, cap, "
+        "reserve_rate, min_bet, max_contribution, must_hit_by, overflow_to"))
+      for key in ("who", "reason", "op_id", "expected_version", "group")],
     (("init", "--level", "a:b", "--db", "{tmp}/new.db"),
      "--level 'a:b': expected NAME:SEED:RATE or NAME:SEED:RATE:CAP"),
     (("init", "--level", "bad name:1:0.1", "--db", "{tmp}/new.db"),
@@ -661,9 +666,12 @@ def test_health_of_a_database_that_cannot_serve_is_failing_with_status_1(
     before = sorted(tmp_path.iterdir()), Path(path).exists() and Path(path).read_bytes()
     done = jackpot("health", "--json", "--db", path)
     assert (done.returncode, done.stderr) == (1, "")
-    assert json.loads(done.stdout) == {
+    report = json.loads(done.stdout)
+    assert re.fullmatch(r"[\d,]+ MB free", report["checks"]["disk"]["detail"])
+    assert report == {
         "status": "failing", "reasons": [f"database: {detail.format(db=path)}"],
-        "checks": {"database": {"status": "failing", "detail": detail.format(db=path)}}}
+        "checks": {"database": {"status": "failing", "detail": detail.format(db=path)},
+                   "disk": {"status": "ok", "detail": report["checks"]["disk"]["detail"]}}}
     assert (sorted(tmp_path.iterdir()), Path(path).exists() and Path(path).read_bytes()) == before
 
 

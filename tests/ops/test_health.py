@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,22 @@ from .conftest import value, write_lock_held
 RATES_OK = "0 recent operations; rates are judged from 20 on"
 
 
+FREE = re.compile(r"[\d,]+ MB free")
+
+
+def disk_ok(report: HealthReport) -> HealthCheck:
+    """The report's disk check, once it is seen to be an ok one (its figure varies)."""
+    disk = report.check("disk")
+    assert disk.status == "ok"
+    assert FREE.fullmatch(disk.detail), disk.detail
+    return disk
+
+
 def test_a_fresh_engine_is_ok(engine: JackpotEngine) -> None:
     report = engine.health()
     assert report == HealthReport("ok", (
         HealthCheck("database", "ok", f"reachable and writable ({engine._path})"),
+        disk_ok(report),
         HealthCheck("actors", "ok", "3 level actors and the coordinator running"),
         HealthCheck("lock_success", "ok", RATES_OK),
         HealthCheck("conflicts", "ok", RATES_OK),
@@ -235,11 +248,13 @@ def test_a_bad_threshold_names_its_variable(var: str, raw: str) -> None:
 
 def test_report_to_dict(engine: JackpotEngine) -> None:
     engine._pools["mega"].actor_ref.stop()
-    assert engine.health().to_dict() == {
+    report = engine.health()
+    assert report.to_dict() == {
         "status": "degraded",
         "reasons": ["actors: stopped: mega (restarted on their next operation)"],
         "checks": {
             "database": {"status": "ok", "detail": f"reachable and writable ({engine._path})"},
+            "disk": {"status": "ok", "detail": disk_ok(report).detail},
             "actors": {"status": "degraded",
                        "detail": "stopped: mega (restarted on their next operation)"},
             "lock_success": {"status": "ok", "detail": RATES_OK},
@@ -379,8 +394,8 @@ def test_a_file_made_unwritable_under_a_serving_engine_is_degraded_not_failing()
         assert json.loads(done.stdout) == {
             "status": "degraded",  # was failing
             "database": (f"this user may no longer write {str(path)!r} (permissions): the engine "
-                         "still writes through the connections it opened, but an actor that "
-                         "restarts, and a new engine, cannot open it"),
+                         "still writes through the connections it opened, but a new engine "
+                         "(or a restarted actor) may not be able to open it"),
             "minor": "100.100000", "reopened": "StorageError"}
     finally:
         shared.chmod(0o755)
@@ -395,3 +410,36 @@ def test_a_missing_file_under_a_serving_engine_stays_failing(
     assert report.status == "failing"
     assert report.check("database") == HealthCheck(
         "database", "failing", f"database file {str(db_path)!r} does not exist")
+
+
+def test_too_little_free_space_beside_the_file_is_degraded(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    """A full disk fails every commit; the probe (it writes nothing) cannot see it coming."""
+    engine = open_engine(settings=Settings(health_min_free_mb=1 << 30))  # a petabyte and more
+    report = engine.health()
+    assert report.status == "degraded"
+    disk = report.check("disk")
+    assert disk.status == "degraded"
+    assert re.fullmatch(
+        rf"[\d,]+ MB free beside {re.escape(str(db_path))}, below 1,073,741,824 MB: commits fail "
+        r"when it runs out \(free space or move the database\)", disk.detail), disk.detail
+    assert report.reasons == (f"disk: {disk.detail}",)
+
+
+def test_free_space_is_not_checked_when_the_setting_is_zero(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    report = open_engine(settings=Settings(health_min_free_mb=0)).health()
+    assert report.check("disk") == HealthCheck("disk", "ok",
+                                               "not checked (health_min_free_mb is 0)")
+
+
+def test_the_command_reports_too_little_free_space_as_degraded(db_path: Path) -> None:
+    JackpotEngine.open(db_path).close()
+    done = subprocess.run(
+        [sys.executable, "-m", "jackpot.cli", "health", "--json", "--db", str(db_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "JACKPOT_HEALTH_MIN_FREE_MB": str(1 << 30)})
+    assert (done.returncode, done.stderr) == (0, "")  # degraded is reported, failing is 1
+    report = json.loads(done.stdout)
+    assert (report["status"], report["checks"]["database"]["status"],
+            report["checks"]["disk"]["status"]) == ("degraded", "ok", "degraded")

@@ -57,6 +57,20 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
     assert Settings.from_env().max_retry_attempts == 9
 
 
+def test_a_log_level_variable_of_none_is_not_offered_none() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({"JACKPOT_LOG_LEVEL": "None"})
+    assert str(info.value) == ("environment variable JACKPOT_LOG_LEVEL='None' is invalid: "
+                               "expected one of debug, info, warning, error, critical")
+
+
+def test_health_min_free_mb_from_the_environment() -> None:
+    assert Settings.from_env({"JACKPOT_HEALTH_MIN_FREE_MB": "0"}).health_min_free_mb == 0
+    assert Settings().health_min_free_mb == 100
+    with pytest.raises(ValidationError, match="JACKPOT_HEALTH_MIN_FREE_MB='-1'"):
+        Settings.from_env({"JACKPOT_HEALTH_MIN_FREE_MB": "-1"})
+
+
 @pytest.mark.parametrize(("var", "raw"), [
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "three"),
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "-1"),
