@@ -11,6 +11,7 @@ counted, and end as ConcurrencyViolationError when retries run out.
 from __future__ import annotations
 
 import logging
+import select
 import subprocess
 import sys
 import threading
@@ -785,6 +786,48 @@ def test_a_pipeline_that_failed_leaves_no_statement_half_prepared(
             one.contribute(Decimal(3), groups=("mega", "minor"), op_id=f"one-{r}-{k}")
             two.contribute(Decimal(3), groups=("major", "minor"), op_id=f"two-{r}-{k}")
     assert refused == ["IdempotencyConflictError"] * 40  # one of each twin, as it should
+    assert one.verify().ok
+
+
+@pytest.mark.parametrize("answered_early", [False, True])
+def test_a_twin_op_id_is_replayed_without_a_word_from_psycopg(
+        engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, answered_early: bool) -> None:
+    # A twin op_id fails the pipeline that inserts the batch's rows and commits:
+    # a normal event, which the engine replays. When the server's error came
+    # in before the COMMIT was queued (a busy client, a batch of many rows:
+    # forced here), the error left the pipeline block, and psycopg logged a
+    # WARNING "error ignored terminating Pipeline ... pipeline aborted" for the
+    # COMMIT the server skipped: 20 in 20 rounds.
+    one, two = engines(), engines()
+    real_lock, real_many = PostgresStore.lock_levels, PostgresStore._exec_many
+    twins: list[str] = []
+    doomed: list[PostgresStore] = []  # the store of one's transaction, once two committed
+
+    def lock_levels(self: PostgresStore, names: list[str]) -> Any:
+        if twins:  # in one's transaction: two commits the same op_id first
+            two.contribute(Decimal(20), groups="minor", op_id=twins.pop())
+            doomed.append(self)
+        return real_lock(self, names)
+
+    def exec_many(self: PostgresStore, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        real_many(self, sql, rows)
+        if sql == postgres._INSERT_OPERATION and self in doomed:  # wait for its error
+            doomed.remove(self)
+            assert self._conn is not None
+            assert select.select([self._conn.fileno()], [], [], 30)[0], "no answer in 30 s"
+
+    monkeypatch.setattr(PostgresStore, "lock_levels", lock_levels)
+    if answered_early:
+        monkeypatch.setattr(PostgresStore, "_exec_many", exec_many)
+    rounds = 20
+    with caplog.at_level(logging.WARNING, logger="psycopg"):
+        for r in range(rounds):
+            twins.append(f"twin-{r}")
+            assert one.contribute(Decimal(20), groups="minor", op_id=f"twin-{r}").replayed
+    assert [r.getMessage() for r in caplog.records if r.name == "psycopg"] == []
+    assert one.stats.snapshot()["busy_incidents"] == rounds  # each one did fail its pipeline
+    assert one.pool("minor").amount == MINOR_SEED + rounds * Decimal("0.1")
     assert one.verify().ok
 
 

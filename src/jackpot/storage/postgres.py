@@ -604,30 +604,51 @@ class PostgresStore(Store):
         entries, self._entries, self._records, self._at_ms = self._entries, [], {}, {}
         if not (entries or records or commit):
             return
-        try:
-            with self._conn.pipeline():  # one round trip for the inserts and the COMMIT
-                if entries:
-                    self._exec_many(_INSERT_ENTRY, entries)
-                if records:
-                    self._exec_many(_INSERT_OPERATION, records)
-                if commit:
-                    self._conn.execute("COMMIT")
-        except psycopg.Error as e:
+        e = self._pipeline(entries, records, commit=commit)
+        if e is not None:
             # After an error the server skips the rest of the pipeline, a statement
             # psycopg was preparing on its fifth use included, which psycopg then
             # takes for prepared: the connection's next use of it would fail with
             # "prepared statement ... does not exist". Not returned to the pool.
             self._spoiled = True
             if not isinstance(e, psycopg.OperationalError):
-                raise
+                raise e
             if not commit or not _connection_lost(e, self._conn):
-                raise
+                raise e
             # The connection died at COMMIT: the transaction may have committed
             # all the same (a terminated backend reports FATAL after a COMMIT
             # it finished). Say so only if it did; else raise. Closing our end
             # first makes the server roll back at once what it did not commit.
             self._conn.close()
             self._settle_lost_commit(self._xid, e)
+
+    def _pipeline(self, entries: list[tuple[Any, ...]], records: list[tuple[Any, ...]], *,
+                  commit: bool) -> psycopg.Error | None:
+        """Run the inserts (and the COMMIT) in one pipeline; return its first error, if any.
+
+        The error is caught inside the pipeline block, not let out of it: a
+        block left with an error makes psycopg log "error ignored terminating
+        Pipeline ... pipeline aborted" (a WARNING of the `psycopg` logger) for
+        the statements the server then skipped, on every twin op_id. The
+        skipped ones are reported as the block ends (`PipelineAborted`), and
+        only the first error matters.
+        """
+        assert self._conn is not None
+        first: psycopg.Error | None = None
+        try:
+            with self._conn.pipeline():  # one round trip for the inserts and the COMMIT
+                try:
+                    if entries:
+                        self._exec_many(_INSERT_ENTRY, entries)
+                    if records:
+                        self._exec_many(_INSERT_OPERATION, records)
+                    if commit:
+                        self._conn.execute("COMMIT")
+                except psycopg.Error as e:
+                    first = e
+        except psycopg.Error as e:  # the results that came back only as the pipeline ended
+            first = first or e
+        return first
 
     def _settle_lost_commit(self, xid: int, e: Exception) -> None:
         """Return if the transaction `xid` names committed; else raise `StorageError`.
