@@ -63,7 +63,10 @@ whose connection dies at COMMIT may have committed (a terminated backend
 sends its FATAL after finishing a COMMIT): its transaction id, read with the
 BEGIN, is looked up with `txid_status` on a new connection, so a committed
 transaction is reported applied and an aborted one as nothing changed; when
-the server cannot tell, the error says the outcome is unknown.
+the server cannot tell, the error says the outcome is unknown. After an
+outage the pool (`_pg_pool.JackpotPool`) tries the server about once a
+second while calls wait for a connection, so they are served again about a
+second after it is back, however long it was away.
 
 Schema: `schema.POSTGRES_MIGRATIONS` under the one-row table `jackpot_schema`,
 applied under a transaction-scoped advisory lock so that engines opening one
@@ -89,10 +92,11 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
+from jackpot.storage._pg_pool import JackpotPool
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
@@ -208,36 +212,6 @@ The URL's own values win.
 """
 
 
-class _CountingPool(ConnectionPool[Connection]):
-    """A pool that knows how many of its connections callers hold.
-
-    When no connection comes in time, that tells a pool whose connections
-    are all in use (busy: a lock timeout) from one still making them (after
-    an outage it reconnects with a growing delay: the server is unavailable
-    to this process meanwhile, though a new connection may already work).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._out_lock = threading.Lock()
-        self.out = 0
-
-    def getconn(self, timeout: float | None = None) -> Connection:
-        """Return a connection (see `ConnectionPool.getconn`), counted as out."""
-        conn = super().getconn(timeout)
-        with self._out_lock:
-            self.out += 1
-        return conn
-
-    def putconn(self, conn: Connection) -> None:
-        """Give a connection back (see `ConnectionPool.putconn`)."""
-        try:
-            super().putconn(conn)
-        finally:
-            with self._out_lock:
-                self.out -= 1
-
-
 def network_defaults(url: str) -> dict[str, str]:
     """Return the `NETWORK_DEFAULTS` that `url` does not set itself."""
     given = conninfo_to_dict(url)
@@ -292,9 +266,9 @@ class _Pools:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pools: dict[tuple[int, str], tuple[_CountingPool, int]] = {}
+        self._pools: dict[tuple[int, str], tuple[JackpotPool, int]] = {}
 
-    def acquire(self, url: str, *, max_size: int, timeout: float) -> _CountingPool:
+    def acquire(self, url: str, *, max_size: int, timeout: float) -> JackpotPool:
         """Return the pool for `url`, creating it (after one test connection) if needed."""
         key = (os.getpid(), url)  # a forked child never uses its parent's pool
         with self._lock:
@@ -302,11 +276,10 @@ class _Pools:
                 # Connect once directly: a bad URL, password or server fails here,
                 # at once and with the server's own words, not as a pool timeout.
                 psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
-                pool = _CountingPool(
-                    url, min_size=1, max_size=max_size,
+                pool = JackpotPool(
+                    url, where=describe(url), min_size=1, max_size=max_size,
                     kwargs={"autocommit": True, **network_defaults(url)},
-                    configure=_configure_session, open=False,
-                    name=f"jackpot {describe(url)}", timeout=timeout)
+                    configure=_configure_session, open=False, timeout=timeout)
                 pool.open()
                 self._pools[key] = (pool, 0)
             pool, users = self._pools[key]
@@ -510,8 +483,8 @@ class PostgresStore(Store):
                 f"no connection to {self._where} within {self._timeout_ms} ms: the pool "
                 f"has {self._pool.out} of its {self._pool.max_size} in use and could not "
                 "make another in time, though a direct connection just worked (after "
-                "failed attempts, as in an outage, it reconnects with a growing delay; "
-                "the psycopg.pool log has them); nothing was changed")
+                "an outage it tries about once a second; the psycopg.pool log has its "
+                "failed attempts); nothing was changed")
         return LockTimeoutError(
             f"no connection to {self._where} became free within {self._timeout_ms} ms "
             "(every pooled connection is busy); nothing was changed")
