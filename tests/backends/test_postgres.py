@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -694,15 +695,19 @@ OUTAGE_S = 36.0
 SERVED_WITHIN_S = 8.0
 
 
-def test_calls_are_served_again_soon_after_a_long_outage(pg_target: str) -> None:
+def test_calls_are_served_again_soon_after_a_long_outage(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     # psycopg_pool retried a lost connection with a delay doubling from 1 s (at
     # 1, 3, 7, 15, 31, 63 s, give or take 10%), and a call waiting for a
     # connection started no attempt of its own: after this 36 s outage the
     # first call was served 20.7-33.3 s after the server was back (measured
     # against a stopped server: 19.4 s after a 40 s outage, 44.6 s after 90 s).
     # Now the pool tries about once a second while calls wait for a connection.
+    monkeypatch.setattr(_pg_pool._LOG_FILTER, "_seen", {})  # what earlier tests logged
     with login_role(pg_target) as (role, url), \
-            JackpotEngine.open(url) as engine:
+            JackpotEngine.open(url) as engine, \
+            caplog.at_level(logging.WARNING, logger="psycopg"):
         engine.contribute(Decimal(10), groups="minor", op_id="before")
         [pool] = [p for (_, u), (p, _) in postgres._POOLS._pools.items() if u == url]
         errors = pool.get_stats().get("connections_errors", 0)
@@ -731,6 +736,11 @@ def test_calls_are_served_again_soon_after_a_long_outage(pg_target: str) -> None
         assert attempts <= 2 * OUTAGE_S  # about once a second: never a busy loop
         assert engine.pool("minor").amount == MINOR_SEED + Decimal("0.1")  # "before", bet-n
         assert engine.verify().ok
+    # psycopg_pool warned of every failed attempt, every connection it found
+    # closed and every attempt it gave up; now the first of each kind a minute.
+    said = Counter(r.msg for r in caplog.records if r.name.startswith("psycopg"))
+    assert said == {"error connecting in %r: %s": 1, "discarding closed connection: %s": 1,
+                    "reconnection attempt in pool %r failed after %s sec": 1}
 
 
 @contextmanager
@@ -889,11 +899,12 @@ def test_a_twin_op_id_is_replayed_without_a_word_from_psycopg(
         engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, answered_early: bool) -> None:
     # A twin op_id fails the pipeline that inserts the batch's rows and commits:
-    # a normal event, which the engine replays. When the server's error came
-    # in before the COMMIT was queued (a busy client, a batch of many rows:
-    # forced here), the error left the pipeline block, and psycopg logged a
-    # WARNING "error ignored terminating Pipeline ... pipeline aborted" for the
-    # COMMIT the server skipped: 20 in 20 rounds.
+    # a normal event, which the engine replays. psycopg_pool logged a WARNING
+    # "discarding closed connection" each time (the engine closes that
+    # connection on purpose). And when the server's error came in before the
+    # COMMIT was queued (a busy client, a batch of many rows: forced here), the
+    # error left the pipeline block, and psycopg logged another, "error ignored
+    # terminating Pipeline ... pipeline aborted": 20 or 40 in 20 rounds.
     one, two = engines(), engines()
     real_lock, real_many = PostgresStore.lock_levels, PostgresStore._exec_many
     twins: list[str] = []
@@ -920,7 +931,7 @@ def test_a_twin_op_id_is_replayed_without_a_word_from_psycopg(
         for r in range(rounds):
             twins.append(f"twin-{r}")
             assert one.contribute(Decimal(20), groups="minor", op_id=f"twin-{r}").replayed
-    assert [r.getMessage() for r in caplog.records if r.name == "psycopg"] == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
     assert one.stats.snapshot()["busy_incidents"] == rounds  # each one did fail its pipeline
     assert one.pool("minor").amount == MINOR_SEED + rounds * Decimal("0.1")
     assert one.verify().ok

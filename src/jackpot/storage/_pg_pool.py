@@ -1,4 +1,4 @@
-"""The connection pool of the PostgreSQL stores: psycopg_pool's, with bounded reconnection.
+"""The connection pool of the PostgreSQL stores: psycopg_pool's, with bounded reconnection and logs.
 
 `JackpotPool` is the `psycopg_pool.ConnectionPool` that every `PostgresStore`
 of a process shares for one URL. Beyond psycopg_pool's, it:
@@ -21,18 +21,26 @@ of a process shares for one URL. Beyond psycopg_pool's, it:
   (and only while) the engine wants a connection, the server is tried about
   once a second, and served about a second after it is back, however long
   it was away. An idle engine does not try at all; its next request does.
+- keeps psycopg_pool's warnings about it to the first of each kind per
+  minute (`PoolLogFilter`), and none for a connection the engine closed on
+  purpose (`discard`).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-__all__ = ["NAME_PREFIX", "RECONNECT_TIMEOUT", "RETRY_AFTER", "JackpotPool"]
+__all__ = ["LOG_EVERY", "NAME_PREFIX", "RECONNECT_TIMEOUT", "RETRY_AFTER", "JackpotPool",
+           "PoolLogFilter", "install_log_filter"]
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -40,8 +48,26 @@ RECONNECT_TIMEOUT = 2.0
 """Seconds psycopg_pool keeps trying to replace one lost connection before it gives up."""
 RETRY_AFTER = (0.5, 1.5)
 """Seconds (drawn uniformly) before trying again after giving up, while callers wait."""
+LOG_EVERY = 60.0
+"""Seconds for which later warnings of one kind about a jackpot pool are counted, not logged."""
 NAME_PREFIX = "jackpot "
-"""Of every jackpot pool's name (and of its threads': psycopg_pool names them after it)."""
+"""Of every jackpot pool's name, hence of its threads' names (psycopg_pool names them after it)."""
+POOL_LOGGER = "psycopg.pool"
+
+_KINDS_KEPT = 1000  # distinct kinds of messages are few; more are forgotten once old
+
+_local = threading.local()
+"""`inside`: a call of a jackpot pool runs in this thread; `discarding`: `discard()` runs."""
+
+
+@contextmanager
+def _flagged(name: str) -> Iterator[None]:
+    before = getattr(_local, name, False)
+    setattr(_local, name, True)
+    try:
+        yield
+    finally:
+        setattr(_local, name, before)
 
 
 class JackpotPool(ConnectionPool[Connection]):
@@ -61,7 +87,8 @@ class JackpotPool(ConnectionPool[Connection]):
         with self._lock_out:
             self._waiting_callers += 1
         try:
-            conn = super().getconn(timeout)
+            with _flagged("inside"):
+                conn = super().getconn(timeout)
         finally:
             with self._lock_out:
                 self._waiting_callers -= 1
@@ -72,10 +99,22 @@ class JackpotPool(ConnectionPool[Connection]):
     def putconn(self, conn: Connection) -> None:
         """Give a connection back (see `ConnectionPool.putconn`)."""
         try:
-            super().putconn(conn)
+            with _flagged("inside"):
+                super().putconn(conn)
         finally:
             with self._lock_out:
                 self.out -= 1
+
+    def discard(self, conn: Connection) -> None:
+        """Close `conn` and give it back: the pool replaces it, and is not to warn about it.
+
+        psycopg_pool has no call for this; a closed connection given back is
+        replaced, with a warning ("discarding closed connection") that is
+        true of a connection found closed, not of one the engine closed.
+        """
+        conn.close()
+        with _flagged("discarding"):
+            self.putconn(conn)
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool (see `ConnectionPool.close`), and forget a retry to come."""
@@ -113,3 +152,61 @@ def _gave_up(pool: ConnectionPool[Any]) -> None:
     """psycopg_pool's `reconnect_failed` callback (run in one of the pool's workers)."""
     if isinstance(pool, JackpotPool):
         pool._retry_later()  # noqa: SLF001 - the pool's own callback
+
+
+class PoolLogFilter(logging.Filter):
+    """Let through the first of each kind of psycopg_pool warning about a jackpot pool per minute.
+
+    Attached to the `psycopg.pool` logger (psycopg_pool logs every pool's
+    records there), it only looks at WARNING and above about a jackpot pool:
+    logged by the pool's own threads (named after the pool) or while one of
+    its calls runs in the caller's thread. Records of the application's own
+    pools, and every record once the application sets that logger's level
+    to INFO or lower (to debug the pool), pass untouched. Of the others, the
+    first of a kind (same message, same text in its arguments) passes; the
+    same kind is then counted, not logged, for `every` seconds, and the
+    next one that passes says how many were left out. A connection the
+    engine closed on purpose (`JackpotPool.discard`) is not warned about.
+    """
+
+    def __init__(self, every: float = LOG_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every, self._clock = every, clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[Any, ...], tuple[float, int]] = {}  # kind: (passed at, left out)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Say whether the record is logged (adding the count of those left out before it)."""
+        if record.levelno < logging.WARNING or not (
+                getattr(_local, "inside", False)
+                or (record.threadName or "").startswith(NAME_PREFIX)):
+            return True
+        if getattr(_local, "discarding", False):
+            return False
+        if logging.NOTSET < logging.getLogger(POOL_LOGGER).level <= logging.INFO:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        kind = (record.levelno, record.msg,
+                *(str(a) for a in args if isinstance(a, (str, int, float, BaseException))))
+        now = self._clock()
+        with self._lock:
+            passed, left_out = self._seen.get(kind, (now - self._every, 0))
+            if now - passed < self._every:
+                self._seen[kind] = (passed, left_out + 1)
+                return False
+            if len(self._seen) > _KINDS_KEPT:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._every}
+            self._seen[kind] = (now, 0)
+        if left_out and args:
+            record.msg = f"{record.msg} (%d more like it in the last %.0f s were not logged)"
+            record.args = (*args, left_out, now - passed)
+        return True
+
+
+_LOG_FILTER = PoolLogFilter()
+
+
+def install_log_filter() -> None:
+    """Attach the process's `PoolLogFilter` to the `psycopg.pool` logger (once)."""
+    logging.getLogger(POOL_LOGGER).addFilter(_LOG_FILTER)  # (a filter already there is kept)

@@ -96,7 +96,7 @@ from psycopg_pool import PoolTimeout
 
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
-from jackpot.storage._pg_pool import JackpotPool
+from jackpot.storage._pg_pool import JackpotPool, install_log_filter
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
@@ -276,6 +276,7 @@ class _Pools:
                 # Connect once directly: a bad URL, password or server fails here,
                 # at once and with the server's own words, not as a pool timeout.
                 psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
+                install_log_filter()
                 pool = JackpotPool(
                     url, where=describe(url), min_size=1, max_size=max_size,
                     kwargs={"autocommit": True, **network_defaults(url)},
@@ -565,8 +566,9 @@ class PostgresStore(Store):
             self._entries, self._records, self._at_ms = [], {}, {}
             if self._spoiled:
                 self._spoiled = False
-                conn.close()  # (the pool replaces a closed connection)
-            self._pool.putconn(conn)
+                self._pool.discard(conn)  # (the pool replaces it)
+            else:
+                self._pool.putconn(conn)
 
     def _flush(self, *, commit: bool = False) -> None:
         """Insert the buffered ledger rows and idempotency records (and commit)."""
