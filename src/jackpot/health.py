@@ -26,7 +26,7 @@ from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.settings import Settings
 
 __all__ = ["DEGRADED", "FAILING", "OK", "HealthCheck", "HealthReport", "OpenStore", "ProbeStore",
-           "assess", "bounded_probe", "probe_database"]
+           "assess", "bounded_checks", "probe_database"]
 
 OK, DEGRADED, FAILING = "ok", "degraded", "failing"
 STATUSES = (OK, DEGRADED, FAILING)
@@ -213,11 +213,6 @@ _stuck: dict[str, threading.Thread] = {}
 _stuck_lock = threading.Lock()
 
 
-def bounded_probe(path: str, settings: Settings, open_store: OpenStore) -> HealthCheck:
-    """Return the database check of `bounded_checks` (no engine serving)."""
-    return bounded_checks(path, settings, open_store)[0]
-
-
 def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
                    serving: bool = False) -> tuple[HealthCheck, HealthCheck]:
     """Run `probe_database`, then `disk_space`, in a thread; wait at most its timeout plus a margin.
@@ -287,9 +282,8 @@ def disk_space(path: str, settings: Settings) -> HealthCheck:
 
 
 def _may_not_write(path: str) -> bool:
-    """Say whether `path` is a file (it exists) this process's user may not read and write."""
-    return ("://" not in path and Path(path).is_file()
-            and not os.access(path, os.R_OK | os.W_OK))
+    """Say whether `path` is a file this process's user may not read and write."""
+    return "://" not in path and not os.access(path, os.R_OK | os.W_OK)
 
 
 def _unwritable(path: str, *, serving: bool) -> HealthCheck:

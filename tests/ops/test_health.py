@@ -337,16 +337,16 @@ def test_a_probe_the_storage_does_not_answer_is_failing_not_a_hung_health_check(
         return _store(path, settings)
 
     quick = Settings(health_probe_timeout_ms=1)
-    check = health.bounded_probe(str(db_path), quick, hung_open)
+    check = health.bounded_checks(str(db_path), quick, hung_open)[0]
     assert entered.is_set()
     assert (check.status, check.detail) == ("failing", (
         f"the probe did not return within 51 ms: the storage of {db_path} is not answering"))
-    again = health.bounded_probe(str(db_path), quick, hung_open)  # not a second stuck probe
+    again = health.bounded_checks(str(db_path), quick, hung_open)[0]  # not a second stuck probe
     assert again.detail == (f"an earlier probe has not returned: the storage of {db_path} is "
                             "not answering")
     answer.set()
     health._stuck[str(db_path)].join(30)
-    assert health.bounded_probe(str(db_path), quick, _store).status == "ok"
+    assert health.bounded_checks(str(db_path), quick, _store)[0].status == "ok"
     assert engine.health().ok
 
 
