@@ -22,10 +22,10 @@ import json
 import logging
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from jackpot._throttle import Throttle
 from jackpot.errors import ValidationError
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation
@@ -181,10 +181,7 @@ def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
 
 
 _TRACE_EVERY = 60.0  # seconds between two tracebacks of the same error
-_TRACED_KEPT = 256  # errors remembered (bounded: the stalest half goes when full)
-_traced: dict[str, float] = {}
-_traced_lock = threading.Lock()
-_clock = time.monotonic
+_TRACEBACKS = Throttle(_TRACE_EVERY, kept=256)
 
 
 def _first_in_a_while(error: str) -> bool:
@@ -193,15 +190,7 @@ def _first_in_a_while(error: str) -> bool:
     `error` is its type and message, the op_id masked: the same failure of
     another operation is the same error.
     """
-    key, now = error[:300], _clock()
-    with _traced_lock:
-        if now - _traced.get(key, -_TRACE_EVERY) < _TRACE_EVERY:
-            return False
-        if len(_traced) >= _TRACED_KEPT:
-            for old in sorted(_traced, key=_traced.__getitem__)[:_TRACED_KEPT // 2]:
-                del _traced[old]
-        _traced[key] = now
-        return True
+    return _TRACEBACKS.admit(error[:300]) is not None
 
 
 _MAX_OP_ID = 256  # as jackpot.requests accepts

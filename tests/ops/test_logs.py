@@ -258,11 +258,11 @@ def test_the_same_error_gets_its_traceback_once_a_minute(caplog: pytest.LogCaptu
     # A full disk failed every operation with a ~40-line traceback each: 75,000 lines
     # in 10 s with 4 threads, often written to that same disk.
     from jackpot import logs  # noqa: PLC0415 - its clock, moved for the test
+    from jackpot._throttle import Throttle  # noqa: PLC0415
     from jackpot.requests import Requests  # noqa: PLC0415
 
     now = [5000.0]
-    monkeypatch.setattr(logs, "_clock", lambda: now[0])
-    monkeypatch.setattr(logs, "_traced", {})
+    monkeypatch.setattr(logs, "_TRACEBACKS", Throttle(60, kept=256, clock=lambda: now[0]))
     op = Requests(["minor"]).contribute(1, groups="minor", op_id="o", player=None)
     full, other = StorageError("database or disk is full"), StorageError("disk I/O error")
 

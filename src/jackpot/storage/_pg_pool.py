@@ -39,6 +39,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from jackpot._throttle import Throttle
+
 __all__ = ["LOG_EVERY", "NAME_PREFIX", "RECONNECT_TIMEOUT", "RETRY_AFTER", "JackpotPool",
            "PoolLogFilter", "install_log_filter"]
 
@@ -172,9 +174,7 @@ class PoolLogFilter(logging.Filter):
     def __init__(self, every: float = LOG_EVERY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._every, self._clock = every, clock
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[Any, ...], tuple[float, int]] = {}  # kind: (passed at, left out)
+        self._throttle = Throttle(every, kept=_KINDS_KEPT, clock=clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Say whether the record is logged (adding the count of those left out before it)."""
@@ -187,20 +187,14 @@ class PoolLogFilter(logging.Filter):
         if logging.NOTSET < logging.getLogger(POOL_LOGGER).level <= logging.INFO:
             return True
         args = record.args if isinstance(record.args, tuple) else ()
-        kind = (record.levelno, record.msg,
-                *(str(a) for a in args if isinstance(a, (str, int, float, BaseException))))
-        now = self._clock()
-        with self._lock:
-            passed, left_out = self._seen.get(kind, (now - self._every, 0))
-            if now - passed < self._every:
-                self._seen[kind] = (passed, left_out + 1)
-                return False
-            if len(self._seen) > _KINDS_KEPT:
-                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self._every}
-            self._seen[kind] = (now, 0)
-        if left_out and args:
+        passed = self._throttle.admit((
+            record.levelno, record.msg,
+            *(str(a) for a in args if isinstance(a, (str, int, float, BaseException)))))
+        if passed is None:
+            return False
+        if passed.held_back and args:
             record.msg = f"{record.msg} (%d more like it in the last %.0f s were not logged)"
-            record.args = (*args, left_out, now - passed)
+            record.args = (*args, passed.held_back, passed.seconds)
         return True
 
 
