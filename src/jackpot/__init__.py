@@ -36,6 +36,7 @@ from jackpot.results import (
     Win,
 )
 from jackpot.settings import Settings
+from jackpot.stats import Observer, Stats
 
 __all__ = [
     "AdminResult",
@@ -57,9 +58,11 @@ __all__ = [
     "JackpotEngine",
     "JackpotError",
     "LockTimeoutError",
+    "Observer",
     "PoolMeters",
     "PoolSnapshot",
     "Settings",
+    "Stats",
     "StorageError",
     "UnknownGroupError",
     "ValidationError",

@@ -16,6 +16,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from jackpot._throttle import Throttle
+
 __all__ = ["Observer", "Stats", "after_the_fact"]
 
 logger = logging.getLogger("jackpot")
@@ -24,7 +26,12 @@ OUTCOMES = ("ok", "replayed", "rejected", "conflict", "timeout", "error")
 
 
 class Observer(Protocol):
-    """Receives the engine's events (implemented by the metrics exporter)."""
+    """Receives the engine's events (implemented by the metrics exporter).
+
+    Called in the engine's threads as events happen, some of them while an
+    operation holds a lock: keep each call quick. An observer that raises is
+    logged and changes no operation's outcome.
+    """
 
     def on_event(self, event: str, operation: str, level: str, n: int) -> None:
         """Count `n` occurrences of `event` (conflicts, retries, busy_incidents...)."""
@@ -66,7 +73,10 @@ class Stats:
             if event == "conflicts":
                 self._recent.append((self._clock(), "conflict", True))
         for o in self.observers:
-            o.on_event(event, operation, level, n)
+            try:
+                o.on_event(event, operation, level, n)
+            except Exception as e:  # noqa: BLE001 - logged; an observer never fails an operation
+                _observer_failed(o, e)
 
     def operation(self, operation: str, outcome: str, seconds: float, *,
                   judged: bool = True) -> None:
@@ -80,12 +90,18 @@ class Stats:
             if judged:
                 self._recent.append((self._clock(), outcome, False))
         for o in self.observers:
-            o.on_operation(operation, outcome, seconds)
+            try:
+                o.on_operation(operation, outcome, seconds)
+            except Exception as e:  # noqa: BLE001 - as above
+                _observer_failed(o, e)
 
     def lock_wait(self, lock: str, operation: str, seconds: float) -> None:
         """Record a lock wait."""
         for o in self.observers:
-            o.on_lock_wait(lock, operation, seconds)
+            try:
+                o.on_lock_wait(lock, operation, seconds)
+            except Exception as e:  # noqa: BLE001 - as above
+                _observer_failed(o, e)
 
     def recent(self) -> list[tuple[str, bool]]:
         """Return the latest (outcome or "conflict", is_conflict_event) pairs, oldest first.
@@ -105,6 +121,25 @@ class Stats:
             out = dict.fromkeys(self.EVENTS, 0)
             out.update(self._counts)
             return out
+
+
+_OBSERVER_FAILURES = Throttle(60.0, kept=64)
+
+
+def _observer_failed(observer: Observer, error: Exception) -> None:
+    """Log an observer's failure (with its traceback once a minute per observer and error).
+
+    Observers are told of events in the middle of an operation too (lock
+    waits, conflicts, retries, before the commit): one that raises must not
+    fail a bet, nor leave a transaction half done.
+    """
+    kind = (type(observer).__qualname__, type(error).__name__, str(error)[:300])
+    traced = _OBSERVER_FAILURES.admit(kind) is not None
+    with contextlib.suppress(Exception):  # a failing log handler changes nothing either
+        logger.error("stats observer %s failed: %s: %s%s", kind[0], kind[1], error,
+                     "" if traced else " (traceback logged once a minute for this error)",
+                     exc_info=error if traced else None,
+                     extra={"outcome": "report_failed"})
 
 
 def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

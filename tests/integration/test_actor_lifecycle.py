@@ -52,30 +52,25 @@ def test_a_failed_open_stops_every_actor_it_started(
     assert set(pykka.ActorRegistry.get_all()) == before  # no thread left behind
 
 
-class _RaisingObserver:
-    """A metrics observer that fails on the coordinator's lock-wait report."""
+def test_a_failure_once_the_levels_are_held_never_leaves_one_held(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    from jackpot.actors import coordinator  # noqa: PLC0415 - its batch, made to fail
 
-    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
-        pass
-
-    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
-        pass
-
-    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
-        if lock == "coordinator":
-            msg = "observer failed"
-            raise RuntimeError(msg)
-
-
-def test_an_observer_that_raises_never_leaves_a_level_held(
-        open_engine: Callable[..., JackpotEngine]) -> None:
     engine = open_engine()
-    engine.stats.observers.append(_RaisingObserver())
-    with pytest.raises(RuntimeError, match="observer failed"):
+
+    def failing(*_args: object, **_kwargs: object) -> None:
+        msg = "batch failed"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(coordinator, "execute_batch", failing)
+    with pytest.raises(RuntimeError, match="batch failed"):
         engine.contribute(Decimal(10), groups=("major", "minor"), op_id="multi")
     assert not any(g.lock.locked() for g in engine._guards.values())
+    monkeypatch.undo()
     assert engine.contribute(Decimal(10), groups="minor", op_id="single").versions == {
         "minor": 2}  # the multi-level batch failed before writing anything
+    assert engine.contribute(Decimal(10), groups=("major", "minor"), op_id="multi").versions == {
+        "major": 2, "minor": 3}
     assert engine.verify().ok
 
 

@@ -52,7 +52,8 @@ def now_ms() -> int:
 def test_public_names_are_exported() -> None:
     for name in ("JackpotEngine", "GroupConfig", "Settings", "JackpotError", "ValidationError",
                  "UnknownGroupError", "InsufficientFundsError", "ConcurrencyViolationError",
-                 "LockTimeoutError", "IdempotencyConflictError", "EngineClosedError"):
+                 "LockTimeoutError", "IdempotencyConflictError", "EngineClosedError", "Stats",
+                 "Observer"):
         assert name in jackpot.__all__
         assert getattr(jackpot, name) is not None
     for name in ("ValidationError", "UnknownGroupError", "InsufficientFundsError",

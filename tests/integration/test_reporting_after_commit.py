@@ -3,7 +3,8 @@
 An observer in `engine.stats.observers` runs after the operation has
 committed or failed: if it raises, the caller must still get the committed
 result (a caller told "failed" may send it again without an op_id and pay
-twice) or the original error.
+twice) or the original error. Told of an event in the middle of an operation
+(a lock wait, a reload), one that raises must not fail it either.
 """
 
 from __future__ import annotations
@@ -169,4 +170,49 @@ def test_a_restart_reported_to_a_raising_observer_still_resends_the_operation(
         result = engine.contribute(Decimal(10), groups="minor", op_id="after")
         assert (result.replayed, result.versions) == (False, {"minor": 2})
         assert engine.stats.snapshot()["actor_restarts"] == 1
+        assert engine.verify().ok
+
+
+class _AlwaysRaising:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _fail(self) -> None:
+        self.calls += 1
+        msg = "metrics backend down"
+        raise ConnectionError(msg)
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        self._fail()
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        self._fail()
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        self._fail()
+
+
+def test_an_observer_failing_in_the_middle_of_operations_fails_none_of_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Lock waits and reloads are reported while the write lock is held, before
+    # the commit: an observer raising there used to fail the bet with its error.
+    path = tmp_path / "p.db"
+    with JackpotEngine.open(path) as engine, JackpotEngine.open(path) as other:
+        observer = _AlwaysRaising()
+        engine.stats.observers.append(observer)
+        with caplog.at_level(logging.ERROR, logger="jackpot"):
+            other.contribute(Decimal(10), groups="minor", op_id="elsewhere")  # a reload next
+            assert engine.contribute(Decimal(10), groups="minor", op_id="one").versions == {
+                "minor": 3}
+            assert engine.contribute(Decimal(10), groups=("major", "minor"),
+                                     op_id="two").versions == {"major": 2, "minor": 4}
+            assert engine.process_win("minor", op_id="win").version == 5
+        assert engine.stats.snapshot()["reloads"] >= 1
+        assert observer.calls >= 7  # 3 operations, their lock waits, the reload
+        failed = [r for r in caplog.records if "stats observer" in r.getMessage()]
+        assert len(failed) == observer.calls
+        assert failed[0].getMessage() == (
+            "stats observer _AlwaysRaising failed: ConnectionError: metrics backend down")
+        assert failed[0].exc_info is not None
+        assert all(r.exc_info is None for r in failed[1:])  # one traceback a minute
         assert engine.verify().ok
