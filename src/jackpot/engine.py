@@ -1121,6 +1121,15 @@ def _check_path(path: object) -> None:
         msg = (f"path {str(path).split('://')[0]}://... is a URL of no database this library "
                "opens: name a SQLite file path or a postgresql:// URL")
         raise ValidationError(msg)
+    if str(path) == ":memory:" or str(path).startswith("file:"):
+        # SQLite's own spellings of an in-memory or URI database: the engine
+        # opens them as plain file names (every actor has a connection of its
+        # own, all on one file), so ":memory:" would be a lasting file of that
+        # name in the working directory, its ledger there on the next run.
+        msg = (f"path {str(path)[:40]!r} is SQLite's in-memory or URI syntax, which the "
+               "engine does not use: it keeps one file shared by its connections; name a "
+               "file (for a throwaway database, one in a temporary directory)")
+        raise ValidationError(msg)
 
 
 def _absolute(path: str) -> str:

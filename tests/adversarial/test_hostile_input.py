@@ -643,6 +643,10 @@ def test_the_engine_still_works_after_the_catalogue(shared: tuple[JackpotEngine,
     (b"pools.db", "not bytes"),
     (None, "not NoneType"),
     ("", "path is empty"),  # was "holds no jackpot database", leaving a file named -lock
+    # was a lasting file named ':memory:' in the working directory, its ledger there next run
+    (":memory:", "in-memory or URI syntax"),
+    ("file::memory:?cache=shared", "in-memory or URI syntax"),
+    ("file:pools.db?mode=rwc", "in-memory or URI syntax"),
 ])
 def test_open_refuses_a_hostile_path_with_a_validation_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: object, says: str) -> None:
