@@ -346,12 +346,15 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
                      for r in rows])
         return
     table = Table(title=f"ledger (last {len(rows)} rows)")
-    for name in ("seq", "time (UTC)", "kind", "level", "delta", "balance", "version", "op_id",
-                 "who"):
+    # `paid` beside `delta`: a whole-pool win's delta is the pool's net change
+    # (paid out, then the seed funded), so without it the payout shows nowhere.
+    for name in ("seq", "time (UTC)", "kind", "level", "delta", "paid", "balance", "version",
+                 "op_id", "who"):
         table.add_column(name, overflow="fold")
     for r in rows:
         table.add_row(str(r.seq), _time(r.at_ms), r.kind, r.level,
                       _money(money.from_units(r.delta)),
+                      _money(money.from_units(r.paid)) if r.paid else "-",
                       _money(money.from_units(r.balance_after)), str(r.version_after),
                       Text(r.op_id), Text(r.who or "-"))
     console.print(table)

@@ -474,6 +474,17 @@ def test_an_unreadable_ledger_detail_is_one_line_and_a_failed_audit(db: str) -> 
     assert jackpot("verify", "--db", db).returncode == 1
 
 
+def test_the_ledger_table_shows_what_a_win_paid(db: str) -> None:
+    """A whole-pool win's delta is the net change (paid, then the seed funded): not the payout."""
+    ok_json("contribute", "5", "--level", "minor", "--db", db)  # minor: 100.025
+    ok_json("win", "minor", "--op-id", "w1", "--winner", "p-9", "--db", db)
+    done = jackpot("ledger", "--tail", "1", "--db", db, env={"COLUMNS": "300"})
+    assert (done.returncode, done.stderr) == (0, "")
+    row = next(line for line in done.stdout.splitlines() if "w1" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells[2:7] == ["win", "minor", "-0.025", "100.025", "100.00"], row
+
+
 @pytest.mark.parametrize("at_ms", [99_999_999_999_999_999, -99_999_999_999_999_999])
 def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
     ok_json("win", "minor", "--op-id", "w1", "--db", db)
