@@ -193,11 +193,20 @@ async def main_async(path: Path, players: int, spins: int) -> None:
             print(f"  problem: {problem}")
 
 
+def _count(text: str) -> int:
+    """Argparse type: a whole number of at least 1 (with none there is nothing to show)."""
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--players", type=int, default=200, help="simulated players")
-    parser.add_argument("--spins", type=int, default=50, help="spins per player")
+    parser.add_argument("--players", type=_count, default=200, help="simulated players")
+    parser.add_argument("--spins", type=_count, default=50, help="spins per player")
     parser.add_argument("--quick", action="store_true", help="20 players x 10 spins")
     parser.add_argument("--db", type=Path, default=None,
                         help="a new database file to keep (default: a temporary one)")

@@ -180,11 +180,20 @@ def chart(timeline: list[tuple[float, dict[str, Decimal]]], limits: dict[str, De
     return f"chart: pool amounts over time written to {out}"
 
 
+def _count(text: str) -> int:
+    """Argparse type: a whole number of at least 1 (with none there is nothing to show)."""
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--machines", type=int, default=6, help="machines (threads) per bank")
-    parser.add_argument("--spins", type=int, default=300, help="spins per machine")
+    parser.add_argument("--machines", type=_count, default=6, help="machines (threads) per bank")
+    parser.add_argument("--spins", type=_count, default=300, help="spins per machine")
     parser.add_argument("--quick", action="store_true", help="2 machines x 40 spins per bank")
     parser.add_argument("--chart", type=Path, default=Path("casino_floor.png"),
                         help="where to write the PNG chart (default: ./casino_floor.png)")

@@ -17,9 +17,18 @@ from pathlib import Path
 from jackpot import JackpotEngine
 
 
+def _count(text: str) -> int:
+    """Argparse type: a whole number of at least 1 (with none there is nothing to show)."""
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bets", type=int, default=500, help="number of bets to play")
+    parser.add_argument("--bets", type=_count, default=500, help="number of bets to play")
     parser.add_argument("--quick", action="store_true", help="play 50 bets")
     parser.add_argument("--db", type=Path, default=None,
                         help="a new database file to keep (default: a temporary one)")

@@ -135,3 +135,19 @@ def test_an_example_refuses_an_existing_database(tmp_path: Path, name: str) -> N
     assert done.stdout == ""
     assert db.read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.db"]
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("quickstart.py", ("--bets", "0")),  # was an IndexError traceback
+    ("asyncio_game_server.py", ("--spins", "0")),  # was a KeyError traceback
+    ("casino_floor.py", ("--machines", "0")),  # was a ValueError traceback
+    ("casino_floor.py", ("--spins", "-2")),
+])
+def test_a_count_below_one_is_a_usage_error(tmp_path: Path, name: str,
+                                            args: tuple[str, ...]) -> None:
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "must be at least 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything was opened
