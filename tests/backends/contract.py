@@ -36,7 +36,10 @@ from jackpot import (
 )
 from jackpot.domain import LevelState, Meters
 from jackpot.storage import Store, StoredOperation, open_store
-from jackpot.storage.schema import METERS
+from jackpot.storage.schema import METERS, MIGRATIONS, POSTGRES_MIGRATIONS
+
+assert len(MIGRATIONS) == len(POSTGRES_MIGRATIONS)  # one number, one schema
+LATEST = len(MIGRATIONS)
 
 MINOR_SEED, MINOR_RATE = Decimal(100), Decimal("0.005")  # domain.DEFAULT_GROUPS
 GROUPS = (
@@ -153,7 +156,7 @@ class BackendContract:
         with store.write():
             store.insert_level(new_level("minor"))
         again = make_store()
-        assert again.migrate() == store.migrate() == 2  # the latest schema version
+        assert again.migrate() == store.migrate() == LATEST  # the latest schema version
         assert list(again.load_levels()) == ["minor"]
         assert again.integrity_check() == "ok"
 
@@ -162,7 +165,7 @@ class BackendContract:
             make_store: Callable[..., Store]) -> None:
         make_engine().close()
         self.set_schema_version(target, 99)
-        newer = "has schema version 99, newer than this library's 2: upgrade jackpot"
+        newer = f"has schema version 99, newer than this library's {LATEST}: upgrade jackpot"
         with pytest.raises(StorageError, match=newer):
             JackpotEngine.open(target)
         with pytest.raises(StorageError, match=newer):
@@ -179,7 +182,7 @@ class BackendContract:
             self.set_schema_version(target, 99)
             (database,) = [c for c in engine.health().checks if c.name == "database"]
             assert database.status == "failing"
-            assert "newer than this library's 2" in database.detail
+            assert f"newer than this library's {LATEST}" in database.detail
         finally:
             engine.close()
         assert self.raw_schema_version(target) == 99
@@ -189,7 +192,7 @@ class BackendContract:
             make_store: Callable[..., Store]) -> None:
         make_engine().close()
         reader = make_store(read_only=True)
-        assert reader.schema_version() == 2
+        assert reader.schema_version() == LATEST
         with reader.read():
             assert list(reader.load_levels()) == ["major", "mega", "minor"]
         with pytest.raises(StorageError, match="read-only: nothing was changed"), \

@@ -20,6 +20,7 @@ import pytest
 from jackpot import JackpotEngine, StorageError
 from jackpot.audit import audit
 from jackpot.storage import StaleReadError, open_store
+from jackpot.storage.schema import MIGRATIONS
 
 from .contract import BackendContract
 
@@ -89,9 +90,10 @@ def test_another_applications_file_is_refused_untouched(tmp_path: Path, sql: str
 def test_a_newer_jackpot_schema_is_refused_before_anything_changes(tmp_path: Path) -> None:
     path = str(tmp_path / "newer.db")
     JackpotEngine.open(path).close()
-    run_sql(path, "PRAGMA user_version = 3")
+    run_sql(path, f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     before = file_state(path)
-    with pytest.raises(StorageError, match="schema version 3, newer than this library's 2"):
+    with pytest.raises(StorageError, match=f"schema version {len(MIGRATIONS) + 1}, newer than "
+                                           f"this library's {len(MIGRATIONS)}"):
         JackpotEngine.open(path)
     assert file_state(path) == before
 

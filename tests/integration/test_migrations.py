@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from pathlib import Path
 
 import apsw
+import pytest
 
 from jackpot import JackpotEngine
+from jackpot.storage import SQLiteStore
 from jackpot.storage.schema import MIGRATIONS
 
 
@@ -38,3 +41,82 @@ def test_a_version_1_database_loses_the_ledger_op_id_index_and_keeps_everything(
     conn.close()
     assert "ledger_op_id" not in _indexes(db_path)
     assert {"ledger_level_version", "ledger_level_kind"} <= _indexes(db_path)
+
+
+_OPERATIONS_V2 = """
+CREATE TABLE operations_v2 (
+    op_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO operations_v2 SELECT op_id, kind, fingerprint, result, at_ms FROM operations;
+DROP TABLE operations;
+ALTER TABLE operations_v2 RENAME TO operations;
+CREATE TRIGGER operations_no_update BEFORE UPDATE ON operations
+BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END;
+CREATE TRIGGER operations_no_delete BEFORE DELETE ON operations
+BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END;
+PRAGMA user_version = 2;
+"""
+
+
+def _operations_sql(path: Path) -> str:
+    conn = apsw.Connection(str(path))
+    try:
+        return str(conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'operations'").fetchall()[0][0])
+    finally:
+        conn.close()
+
+
+def test_a_version_2_database_gets_its_operations_in_rowid_order_and_keeps_every_result(
+        db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with JackpotEngine.open(db_path) as engine:
+        bets = [engine.contribute(Decimal("5.00"), op_id=f"bet-{n}") for n in range(50)]
+        win = engine.process_win("minor", op_id="win-1")
+    conn = apsw.Connection(str(db_path))
+    conn.execute(_OPERATIONS_V2)  # the operations table as schema version 2 made it
+    conn.close()
+    assert "WITHOUT ROWID" in _operations_sql(db_path)
+
+    caplog.set_level(logging.INFO, logger="jackpot")
+    with JackpotEngine.open(db_path) as engine:
+        said = [r.getMessage() for r in caplog.records if "migrat" in r.getMessage()]
+        assert len(said) == 2
+        assert said[0].startswith(f"migrating {db_path} from schema 2 to {len(MIGRATIONS)} ")
+        assert said[1].startswith(f"migrated {db_path} to schema {len(MIGRATIONS)} in ")
+        # Every stored first result is still there: the same op_ids replay, unchanged.
+        again = [engine.contribute(Decimal("5.00"), op_id=f"bet-{n}") for n in range(50)]
+        assert [(b.replayed, b.versions, b.balances) for b in again] == [
+            (True, b.versions, b.balances) for b in bets]
+        assert engine.process_win("minor", op_id="win-1").amount == win.amount
+        assert engine.contribute(Decimal("5.00"), op_id="bet-new").replayed is False
+        assert engine.verify().ok
+    assert "WITHOUT ROWID" not in _operations_sql(db_path)
+    assert "operations_op_id" in _indexes(db_path)
+    conn = apsw.Connection(str(db_path))
+    try:
+        assert conn.execute("PRAGMA user_version").fetchall() == [(len(MIGRATIONS),)]
+        assert conn.execute("SELECT count(*) FROM operations").fetchall() == [(52,)]
+        with pytest.raises(apsw.ConstraintError, match="append-only"):
+            conn.execute("DELETE FROM operations WHERE op_id = 'bet-1'")
+        with pytest.raises(apsw.ConstraintError, match="UNIQUE"):
+            conn.execute("INSERT INTO operations SELECT * FROM operations WHERE op_id = 'bet-1'")
+    finally:
+        conn.close()
+
+
+def test_the_integrity_check_names_a_missing_op_id_index(db_path: Path) -> None:
+    with JackpotEngine.open(db_path) as engine:
+        engine.contribute(Decimal("5.00"), op_id="bet-1")
+    conn = apsw.Connection(str(db_path))
+    conn.execute("DROP INDEX operations_op_id")
+    conn.close()
+    store = SQLiteStore(str(db_path))
+    try:
+        assert store.integrity_check() == (
+            "operations has no unique index on (op_id): an op_id could be applied twice")
+    finally:
+        store.close()

@@ -23,6 +23,7 @@ import pytest
 
 import jackpot as jackpot_module
 from jackpot import GroupConfig, JackpotEngine, cli
+from jackpot.storage.schema import MIGRATIONS
 
 from .conftest import write_lock_held
 
@@ -566,6 +567,7 @@ def test_without_the_cli_extra_the_command_says_what_to_install(
 # -- the commands that look run no engine: they never write, create or wait ------------
 
 READ_ONLY_COMMANDS = [("status",), ("verify",), ("history", "minor"), ("ledger",)]
+NEWER = len(MIGRATIONS) + 1  # a schema version from a later jackpot
 
 
 def file_state(path: str) -> tuple[bytes, int, list[str]]:
@@ -589,9 +591,9 @@ def sql(path: str, statements: str) -> None:
     (lambda p: sql(p, "CREATE TABLE t (x); PRAGMA user_version = 7"),
      ("'{db}' is not a jackpot database (user_version 7, tables: t): refusing to use it; "
      "nothing was changed")),
-    (lambda p: (JackpotEngine.open(p).close(), sql(p, "PRAGMA user_version = 3")),
-     ("database '{db}' has schema version 3, newer than this library's 2: upgrade jackpot "
-     "(nothing was changed)")),
+    (lambda p: (JackpotEngine.open(p).close(), sql(p, f"PRAGMA user_version = {NEWER}")),
+     (f"database '{{db}}' has schema version {NEWER}, newer than this library's "
+      f"{len(MIGRATIONS)}: upgrade jackpot (nothing was changed)")),
     (lambda p: Path(p).touch(),
      "database '{db}' holds no jackpot database: create one with `jackpot init --db {db}`"),
 ], ids=["foreign", "foreign-user-version-7", "newer-schema", "empty"])

@@ -92,7 +92,35 @@ BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END;
 # audit's orphan check used it, which a set difference serves as well.
 _V2 = "DROP INDEX IF EXISTS ledger_op_id;"
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# V3 (SQLite): the operations table keeps its rows in rowid order, with a unique
+# index on op_id. WITHOUT ROWID kept each whole row (~290 bytes, the stored
+# result) in the op_id B-tree: every new random op_id (a uuid4 round id)
+# dirtied a random page of a tree as big as all the results (1.6 GB at 5
+# million), which the page cache missed, the WAL wrote and the checkpoint
+# wrote again. Now the random insert lands in an index of op_ids alone (~210
+# MB at 5 million) and the row is appended. The copy keeps op_id order, the
+# order the audit's joins read it in. (PostgreSQL's table already has this
+# shape: a heap and its primary-key index.)
+_V3 = """
+CREATE TABLE operations_v3 (
+    op_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+INSERT INTO operations_v3 (op_id, kind, fingerprint, result, at_ms)
+    SELECT op_id, kind, fingerprint, result, at_ms FROM operations ORDER BY op_id;
+DROP TABLE operations;
+ALTER TABLE operations_v3 RENAME TO operations;
+CREATE UNIQUE INDEX operations_op_id ON operations (op_id);
+CREATE TRIGGER operations_no_update BEFORE UPDATE ON operations
+BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END;
+CREATE TRIGGER operations_no_delete BEFORE DELETE ON operations
+BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 """MIGRATIONS[i] takes the schema from user_version i to i + 1."""
 
 
@@ -164,7 +192,11 @@ CREATE TRIGGER operations_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ope
     FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only();
 """
 
-POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2)
+# V3 changed only SQLite's operations table: PostgreSQL's had that shape from V1.
+# The step keeps one version number meaning one schema on both backends.
+_PG_V3 = "SELECT 1"
+
+POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2, _PG_V3)
 """POSTGRES_MIGRATIONS[i] takes the schema from jackpot_schema.version i to i + 1."""
 
 POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")

@@ -548,9 +548,18 @@ class SQLiteStore(Store):
                        f"this library's {len(MIGRATIONS)}: upgrade jackpot (nothing was "
                        "changed)")
                 raise StorageError(msg)
+            started = time.perf_counter()
+            if 0 < current < len(MIGRATIONS):  # (a new file's steps take no time)
+                logger.info("migrating %s from schema %d to %d (under the write lock; "
+                            "schema 3 rebuilds the operations table: about a minute per 5 "
+                            "million stored results)", self._path, current, len(MIGRATIONS),
+                            extra={"outcome": "migrating"})
             for number in range(current, len(MIGRATIONS)):
                 self.conn.execute(MIGRATIONS[number])
             self._exec(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        if 0 < current < len(MIGRATIONS):
+            logger.info("migrated %s to schema %d in %.1f s", self._path, len(MIGRATIONS),
+                        time.perf_counter() - started, extra={"outcome": "migrated"})
         return len(MIGRATIONS)
 
     # -- levels --------------------------------------------------------------
@@ -700,12 +709,19 @@ class SQLiteStore(Store):
             "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         problems.extend(f"trigger {t} is missing: history is not append-only"
                         for t in SQLITE_TRIGGERS if t not in triggers)
-        problems.extend(index_problems({name: IndexShape(bool(unique), tuple(
+        problems.extend(index_problems(self._indexes("ledger")))
+        unique_op_id = IndexShape(unique=True, columns=("op_id",), partial=False)
+        if unique_op_id not in self._indexes("operations").values():
+            problems.append("operations has no unique index on (op_id): an op_id could be "
+                            "applied twice")
+        return "; ".join(problems) or "ok"
+
+    def _indexes(self, table: str) -> dict[str, IndexShape]:
+        return {name: IndexShape(bool(unique), tuple(
             c[0] for c in self._exec("SELECT name FROM pragma_index_info(?) ORDER BY seqno",
                                      (name,))), bool(partial))
             for name, unique, partial in self._exec(
-                "SELECT name, \"unique\", partial FROM pragma_index_list('ledger')")}))
-        return "; ".join(problems) or "ok"
+                'SELECT name, "unique", partial FROM pragma_index_list(?)', (table,))}
 
 
 def _sum_overflowed(e: BaseException) -> bool:
