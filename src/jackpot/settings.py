@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -9,6 +11,8 @@ from dataclasses import dataclass, fields
 from jackpot.errors import ValidationError
 
 __all__ = ["LOG_LEVELS", "Settings"]
+
+logger = logging.getLogger("jackpot")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 """The `jackpot` logger levels a setting accepts (`configure_logging` takes them in any case)."""
@@ -88,6 +92,11 @@ class Settings:
     health_min_free_mb: int = 100
 
     def __post_init__(self) -> None:
+        # In any case, as JACKPOT_LOG_LEVEL, JACKPOT_SYNCHRONOUS and configure_logging take them.
+        if isinstance(self.log_level, str):
+            object.__setattr__(self, "log_level", self.log_level.lower())
+        if isinstance(self.synchronous, str):
+            object.__setattr__(self, "synchronous", self.synchronous.upper())
         for f in fields(self):
             _check_field(f.name, getattr(self, f.name))
         _check_retry_budget(self.max_retry_attempts, self.retry_delay_ms)
@@ -107,10 +116,11 @@ class Settings:
             msg = f"no such setting: {', '.join(unknown)}"
             raise ValidationError(msg)
         values: dict[str, object] = {}
+        _warn_of_near_misses(env, cls)
         for f in fields(cls):
             var = f"JACKPOT_{f.name.upper()}"
             raw = env.get(var)
-            if raw is None:
+            if raw is None or not raw.strip():  # set but empty, as container templates do: unset
                 continue
             try:
                 values[f.name] = _parse(f.name, raw.strip())
@@ -120,6 +130,18 @@ class Settings:
                 raise ValidationError(msg) from None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _warn_of_near_misses(env: Mapping[str, str], cls: type[Settings]) -> None:
+    """Log a JACKPOT_* variable that is no setting but nearly spells one (a typo is ignored)."""
+    known = [f"JACKPOT_{f.name.upper()}" for f in fields(cls)]
+    for var in env:
+        if var.startswith("JACKPOT_") and var not in known:
+            near = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+            if near:
+                logger.warning("environment variable %s is not a jackpot setting and is "
+                               "ignored: did you mean %s?", var, near[0],
+                               extra={"outcome": "unknown_setting"})
 
 
 def _parse(name: str, raw: str) -> object:

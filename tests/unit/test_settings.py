@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from decimal import Decimal
 
 import pytest
@@ -76,14 +77,12 @@ def test_health_min_free_mb_from_the_environment() -> None:
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "-1"),
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "101"),
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "2.5"),
-    ("JACKPOT_MAX_RETRY_ATTEMPTS", ""),
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "\uff13"),  # a full-width digit
     ("JACKPOT_RETRY_DELAY_MS", "60001"),
     ("JACKPOT_LOCK_TIMEOUT_MS", "0"),
     ("JACKPOT_LOCK_TIMEOUT_MS", "5s"),
     ("JACKPOT_CONCURRENCY_CHECK_INTERVAL_MS", "0"),
     ("JACKPOT_ENABLE_METRICS", "maybe"),
-    ("JACKPOT_ENABLE_METRICS", ""),
     ("JACKPOT_LOG_LEVEL", "loud"),
     ("JACKPOT_SYNCHRONOUS", "OFF"),
     ("JACKPOT_PAGE_CACHE_MB", "0"),
@@ -106,13 +105,39 @@ def test_a_bad_variable_is_named_in_the_error(var: str, raw: str) -> None:
     ({"lock_timeout_ms": 0}, r"^lock_timeout_ms must be an integer in \[1, 3600000\]"),
     ({"concurrency_check_interval_ms": 60_001}, r"^concurrency_check_interval_ms"),
     ({"enable_metrics": 1}, r"^enable_metrics must be a bool, got 1"),
-    ({"log_level": "INFO"}, r"^log_level must be one of debug, info"),
+    ({"log_level": "LOUD"}, r"^log_level must be one of debug, info.*got 'loud'"),
     ({"synchronous": "OFF"}, r"^synchronous must be one of FULL, EXTRA, NORMAL"),
     ({"page_cache_mb": 0}, r"^page_cache_mb must be an integer in \[1, 65536\], got 0"),
 ])
 def test_settings_refuse_invalid_values(kwargs: dict[str, object], pattern: str) -> None:
     with pytest.raises(ValidationError, match=pattern):
         Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_levels_and_sync_modes_are_taken_in_any_case_from_code_too() -> None:
+    # As JACKPOT_LOG_LEVEL, JACKPOT_SYNCHRONOUS and configure_logging take them.
+    s = Settings(log_level="INFO", synchronous="normal")
+    assert (s.log_level, s.synchronous) == ("info", "NORMAL")
+    assert s == Settings(log_level="info", synchronous="NORMAL")
+
+
+@pytest.mark.parametrize("raw", ["", " ", "\t"])
+def test_a_variable_set_but_empty_counts_as_unset(raw: str) -> None:
+    # Container templates set JACKPOT_X=${X} whether X is given or not.
+    env = {f"JACKPOT_{f.name.upper()}": raw for f in fields(Settings)}
+    assert Settings.from_env(env) == Settings()
+
+
+def test_a_variable_that_nearly_spells_a_setting_is_logged_not_silently_ignored(
+        caplog: pytest.LogCaptureFixture) -> None:
+    env = {"JACKPOT_LOCK_TIMEOUT": "2000", "JACKPOT_LOGLEVEL": "debug",
+           "JACKPOT_DB": "pools.db", "JACKPOT_TEST_PG_URL": "postgresql://x", "JACKPOT_X": "1"}
+    with caplog.at_level("WARNING", logger="jackpot"):
+        assert Settings.from_env(env) == Settings()
+    ignored = "is not a jackpot setting and is ignored: did you mean"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"environment variable JACKPOT_LOCK_TIMEOUT {ignored} JACKPOT_LOCK_TIMEOUT_MS?",
+        f"environment variable JACKPOT_LOGLEVEL {ignored} JACKPOT_LOG_LEVEL?"]
 
 
 def test_an_invalid_override_is_refused() -> None:
