@@ -50,7 +50,7 @@ from jackpot.engine import JackpotEngine
 from jackpot.errors import JackpotError, StorageError, ValidationError
 from jackpot.health import bounded_checks, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
-from jackpot.results import AdminResult, PoolSnapshot, VerifyReport
+from jackpot.results import AdminResult, ConfigResult, PoolSnapshot, VerifyReport
 from jackpot.settings import Settings
 from jackpot.storage import StaleReadError, Store, is_database_url, open_store
 from jackpot.storage.schema import LEDGER_PARTS
@@ -431,16 +431,30 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
     if opts.json:
         _print_json(dataclasses.asdict(result))
         return
+    _print_config_change(result, given=list(parsed))
+
+
+def _print_config_change(result: ConfigResult, *, given: list[str]) -> None:
     table = Table(title=f"config of {result.group}, now version {result.version}"
                         f"{' (op ' + result.op_id + ', replayed)' if result.replayed else ''}")
     for name in ("field", "before", "after"):
         table.add_column(name)
     for key in result.after:
         if result.before.get(key) != result.after[key]:
-            table.add_row(key, str(result.before.get(key) or "-"), str(result.after[key]))
+            table.add_row(key, _cell(result.before.get(key)), _cell(result.after[key]))
     for key, waiting in result.pending.items():
-        table.add_row(key, str(result.before.get(key) or "-"), f"{waiting} (from the next reset)")
-    console.print(table)
+        table.add_row(key, _cell(result.before.get(key)), f"{waiting} (from the next reset)")
+    if table.row_count:
+        console.print(table)
+        return
+    # Every field given already had its value: say so rather than print an empty table.
+    values = ", ".join(f"{key}={_cell(result.after.get(key))}" for key in given)
+    console.print(f"config of {result.group}, now version {result.version}: no field changed "
+                  f"({values} already)", markup=False)
+
+
+def _cell(value: str | None) -> str:
+    return "-" if value is None else value
 
 
 # ignore_unknown_options: a negative BET such as -1 is the argument (refused as negative),

@@ -85,10 +85,14 @@ def _coerce(value: object, name: str) -> Decimal:
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, str):
-        if len(value) > _MAX_STR or not _PLAIN_DECIMAL.fullmatch(value):
+        if len(value) > _MAX_STR:
+            msg = (f"{name} must be a decimal string of at most {_MAX_STR} characters, got "
+                   f"{len(value)} ({value[:_MAX_STR]!r}...)")
+            raise ValidationError(msg)
+        if not _PLAIN_DECIMAL.fullmatch(value):
             msg = (
                 f"{name} must be a plain decimal string such as '2.50' "
-                f"(ASCII digits, no spaces or exponent), got {value[:64]!r}"
+                f"(ASCII digits, no spaces or exponent), got {value!r}"
             )
             raise ValidationError(msg)
         return Decimal(value)

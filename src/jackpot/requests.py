@@ -77,7 +77,8 @@ class Requests:
         """Return a known level name or raise ValidationError/UnknownGroupError."""
         name = domain.validate_name(group)
         if name not in self.names:
-            msg = f"unknown level {name!r}: this engine has {', '.join(self.names)}"
+            msg = (f"unknown level {name!r}: this engine has {', '.join(self.names)} (a level "
+                   "added to the database after this engine opened needs it opened again)")
             raise UnknownGroupError(msg)
         return name
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jackpot._throttle import Throttle
 
@@ -25,6 +25,7 @@ logger = logging.getLogger("jackpot")
 OUTCOMES = ("ok", "replayed", "rejected", "conflict", "timeout", "error")
 
 
+@runtime_checkable
 class Observer(Protocol):
     """Receives the engine's events (implemented by the metrics exporter).
 

@@ -25,6 +25,7 @@ from jackpot import (
     InsufficientFundsError,
     JackpotEngine,
     LockTimeoutError,
+    Observer,
     Settings,
     ValidationError,
 )
@@ -199,6 +200,7 @@ def test_an_observer_failing_in_the_middle_of_operations_fails_none_of_them(
     path = tmp_path / "p.db"
     with JackpotEngine.open(path) as engine, JackpotEngine.open(path) as other:
         observer = _AlwaysRaising()
+        assert isinstance(observer, Observer)  # the protocol is checkable at run time
         engine.stats.observers.append(observer)
         with caplog.at_level(logging.ERROR, logger="jackpot"):
             other.contribute(Decimal(10), groups="minor", op_id="elsewhere")  # a reload next

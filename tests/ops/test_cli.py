@@ -114,6 +114,18 @@ def test_a_config_change_sent_again_says_replayed(db: str) -> None:
     assert "config of minor, now version 2 (op c1, replayed)" in " ".join(again.stdout.split())
 
 
+def test_a_config_change_that_changes_nothing_says_so(db: str) -> None:
+    jackpot("config", "minor", "cap=500", "--db", db)
+    done = jackpot("config", "minor", "cap=500", "--db", db, env={"COLUMNS": "200"})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == ("config of minor, now version 3: no field changed "
+                           "(cap=500.000000 already)\n")  # was: an empty table
+    done = jackpot("config", "minor", "cap=none", "--db", db, env={"COLUMNS": "200"})
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+            for line in done.stdout.splitlines() if line.count("│") == 4}
+    assert rows["cap"] == ["500.000000", "-"]  # was: None
+
+
 def test_a_change_from_the_next_reset_shows_the_value_it_replaces(db: str) -> None:
     done = jackpot("config", "minor", "seed=120", "cap=500", "--db", db, env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr

@@ -108,7 +108,10 @@ REFUSED = [
     pytest.param("\u0661\u0662", r"^bet must be a plain decimal string", id="arabic-digits"),
     pytest.param("\uff15", r"^bet must be a plain decimal string", id="fullwidth-digit"),
     pytest.param("\u00b2", r"^bet must be a plain decimal string", id="superscript-two"),
-    pytest.param("1" * 65, r"^bet must be a plain decimal string", id="too-long-string"),
+    pytest.param("1" * 65, r"^bet must be a decimal string of at most 64 characters, got 65 "
+                 r"\('1{64}'\.\.\.\)$", id="too-long-string"),
+    pytest.param("0" * 5000 + "1", r"^bet must be a decimal string of at most 64 characters, "
+                 r"got 5001", id="long-plain-string"),
     pytest.param("0.0000001", r"^bet 1E-7 is finer than the smallest unit 1E-6", id="too-fine"),
     pytest.param(Decimal("2.5000005"), r"^bet 2\.5000005 is finer than", id="too-fine-decimal"),
     pytest.param(Decimal("1E-1000000"), r"^bet .*is finer than", id="far-too-fine"),
