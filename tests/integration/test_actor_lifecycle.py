@@ -32,8 +32,16 @@ from jackpot import (
     Settings,
     StorageError,
 )
-from jackpot.actors import Coordinator, PoolActor, wait_ready, wait_stopped
+from jackpot.actors import (
+    Coordinator,
+    LevelGuard,
+    Mailbox,
+    PoolActor,
+    wait_ready,
+    wait_stopped,
+)
 from jackpot.actors.checkpoint import _CheckpointActor
+from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
 
 
@@ -271,6 +279,51 @@ def test_a_level_actor_that_fails_after_opening_its_connection_closes_it(
     finally:
         gc.enable()
     assert leaked == []
+
+
+
+def _attributes_set_by_on_start(actor: pykka.Actor) -> set[str]:
+    """Run `actor`'s on_start, then on_stop, in a thread of their own; return what on_start added."""
+    before = set(vars(actor))
+    added: list[set[str]] = []
+
+    def life() -> None:
+        actor.on_start()
+        added.append(set(vars(actor)) - before)
+        actor.on_stop()
+
+    thread = threading.Thread(target=life)
+    thread.start()
+    thread.join()
+    assert added, "on_start or on_stop raised (see the thread's traceback)"
+    return added[0]
+
+
+def test_no_actor_adds_an_attribute_to_itself_as_it_starts(db_path: Path) -> None:
+    """on_start only rebinds attributes that __init__ made: it adds none.
+
+    Pykka builds an actor's proxy in the caller's thread, copying the actor's
+    `__dict__` (`dir(actor)`) while the actor's thread already runs
+    `on_start`. On CPython 3.11, copying an instance dict allocates, which may
+    run a garbage collection, whose finalizers may let another thread run: a
+    key added by `on_start` just then can turn the dict into another layout
+    and free the memory the copy goes on to read: a segmentation fault. Only
+    rebinding an existing key leaves that memory in place.
+    """
+    JackpotEngine.open(db_path).close()  # the file and its levels exist
+    settings = Settings()
+
+    def open_store() -> SQLiteStore:
+        return SQLiteStore(str(db_path), create=False)
+
+    guards = {"minor": LevelGuard("minor")}
+    actors: list[pykka.Actor] = [
+        PoolActor(guards["minor"], open_store, settings, Stats(), Mailbox()),
+        Coordinator(open_store, guards, settings, Stats(), Mailbox()),
+        _CheckpointActor(open_store, lambda: None, object()),
+    ]
+    for actor in actors:
+        assert _attributes_set_by_on_start(actor) == set(), type(actor).__name__
 
 
 _FORGETFUL = """

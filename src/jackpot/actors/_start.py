@@ -66,7 +66,18 @@ def _answered(future: pykka.Future[Any], deadline: float) -> bool:
 
 
 def proxy_of(ref: pykka.ActorRef[A]) -> pykka.ActorProxy[A]:
-    """Return `ref`'s proxy; an actor already stopped (its `on_start` failed) says why."""
+    """Return `ref`'s proxy; an actor already stopped (its `on_start` failed) says why.
+
+    Pykka builds the proxy here, in the caller's thread, from `dir(actor)`,
+    while the actor's thread may already run `on_start`. So `on_start` must
+    add no attribute to the actor, only rebind those its `__init__` made: on
+    CPython 3.11 the copy of the instance dict that `dir()` makes allocates,
+    which may run a garbage collection, whose finalizers may let the actor's
+    thread run; a key added just then can turn the (split) instance dict
+    into a combined one and free the values the copy goes on to read: a
+    segmentation fault (seen once in CI; reproduced with frequent
+    collections).
+    """
     try:
         return ref.proxy()
     except pykka.ActorDeadError as e:

@@ -47,6 +47,8 @@ class _CheckpointActor(pykka.ThreadingActor):
         self._open_store = open_store
         self._done = done
         self._owner = owner
+        # Opened by on_start; made here, for on_start may add no attribute (see `proxy_of`).
+        self._store: SQLiteStore | None = None
 
     def on_start(self) -> None:
         mark_actor_thread(self._owner)
@@ -57,7 +59,8 @@ class _CheckpointActor(pykka.ThreadingActor):
             raise
 
     def on_stop(self) -> None:
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
         self._done()  # a request still queued will never run: let the next one in
 
     def on_failure(self, *_exc_info: object) -> None:
@@ -69,6 +72,7 @@ class _CheckpointActor(pykka.ThreadingActor):
 
     def checkpoint(self) -> tuple[int, int]:
         """Run one PASSIVE checkpoint; a failure is logged (the next one retries)."""
+        assert self._store is not None  # (on_start opened it before any message)
         try:
             return self._store.checkpoint()
         except JackpotError as e:

@@ -60,19 +60,22 @@ class Coordinator(pykka.ThreadingActor):
         self._settings = settings
         self._stats = stats
         self._mailbox = mailbox
+        # Opened by on_start; made here, for on_start may add no attribute (see `proxy_of`).
+        self._store: SQLiteStore | None = None
 
     def on_start(self) -> None:
         """Open the coordinator's own connection."""
         mark_actor_thread(self._stats)
         try:
-            self._store: SQLiteStore = self._open_store()
+            self._store = self._open_store()
         except Exception as e:
             start_failed(self.actor_urn, e)
             raise
 
     def on_stop(self) -> None:
         """Close the coordinator's connection."""
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
 
     def ready(self) -> bool:
         """Answer once `on_start` has run (the connection is open)."""
@@ -112,6 +115,8 @@ class Coordinator(pykka.ThreadingActor):
     def _run(self, ops: list[Operation], top_up: Callable[[], list[Operation]]
              ) -> list[tuple[Any, BaseException | None]]:
         """Take the guard of every level the batch touches, then run it in one transaction."""
+        store = self._store
+        assert store is not None  # (on_start opened it before any message)
         names = tuple(sorted({n for op in ops for n in op.names}))
         label = ",".join(sorted({op.kind for op in ops}))
         # The error is shared by the batch: it names an op_id only when it is the one.
@@ -121,7 +126,7 @@ class Coordinator(pykka.ThreadingActor):
         try:  # entered right after the guards are held: nothing may come between
             self._stats.lock_wait("coordinator", label, waited)
             known = {g.name: g.state for g in guards if g.state is not None}
-            outcomes, states = execute_batch(self._store, ops, known or None,
+            outcomes, states = execute_batch(store, ops, known or None,
                                              settings=self._settings, stats=self._stats,
                                              top_up=top_up)
             stale = any(cache_suspect(o.error) for o in outcomes)

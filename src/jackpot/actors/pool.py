@@ -65,6 +65,8 @@ class PoolActor(pykka.ThreadingActor):
         self._settings = settings
         self._stats = stats
         self._guard = guard
+        # Opened by on_start; made here, for on_start may add no attribute (see `proxy_of`).
+        self._store: SQLiteStore | None = None
         # Longest the coordinator may keep the guard: its own lock wait plus
         # every retry. Past it this actor's batch fails, having changed nothing.
         retries = settings.max_retry_attempts + 1
@@ -75,7 +77,7 @@ class PoolActor(pykka.ThreadingActor):
         """Open this actor's connection and load the level (unless its guard knows it)."""
         mark_actor_thread(self._stats)
         try:
-            self._store = self._open_store()
+            self._store = store = self._open_store()
         except Exception as e:
             start_failed(self.actor_urn, e)
             raise
@@ -83,18 +85,19 @@ class PoolActor(pykka.ThreadingActor):
             if self._guard.lock.acquire(timeout=self._guard_limit):
                 try:
                     if self._guard.state is None:
-                        self._guard.state = self._store.load_level(self.name)
+                        self._guard.state = store.load_level(self.name)
                 finally:
                     self._guard.lock.release()
         except BaseException as e:
             if isinstance(e, Exception):
                 start_failed(self.actor_urn, e)
-            self._store.close()  # Pykka calls no on_stop after a failed on_start
+            store.close()  # Pykka calls no on_stop after a failed on_start
             raise
 
     def on_stop(self) -> None:
         """Close this actor's connection."""
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
 
     def ready(self) -> bool:
         """Answer once `on_start` has run (the connection is open)."""
@@ -140,10 +143,11 @@ class PoolActor(pykka.ThreadingActor):
     def _run(self, ops: list[Operation], top_up: Callable[[], list[Operation]]
              ) -> list[Outcome]:
         """Run a batch in one transaction (holding the guard); adopt the committed state."""
-        guard = self._guard
+        guard, store = self._guard, self._store
+        assert store is not None  # (on_start opened it before any message)
         cached = None if guard.state is None else {self.name: guard.state}
         try:
-            outcomes, states = execute_batch(self._store, ops, cached,
+            outcomes, states = execute_batch(store, ops, cached,
                                              settings=self._settings, stats=self._stats,
                                              top_up=top_up)
         except Exception:
