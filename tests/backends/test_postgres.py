@@ -40,9 +40,11 @@ from jackpot import (
     Settings,
     StorageError,
 )
+from jackpot.audit import audit
 from jackpot.storage import SerializationFailureError, Store, _pg_pool, open_store, postgres
 from jackpot.storage.base import ConnectionUnavailableError
 from jackpot.storage.postgres import PostgresStore, _misread
+from jackpot.storage.schema import POSTGRES_MIGRATIONS
 
 from .contract import MINOR_SEED, BackendContract, new_level, run_together, snapshot
 from .pg import fresh_schema, fresh_schema_named, require_pg_url, with_search_path
@@ -472,6 +474,27 @@ def _rolled_back_xid(store: PostgresStore) -> int:
 
 
 # -- open(create=False) --------------------------------------------------------------------
+
+
+def test_a_reader_audits_the_previous_schema_as_it_is(pg_target: str) -> None:
+    # Step 3 changed nothing on PostgreSQL: a database the previous release made
+    # differs only in its version number. The commands that only look read it
+    # without migrating it (README, "Upgrading"), so their audit passes.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+    previous = len(POSTGRES_MIGRATIONS) - 1
+    with psycopg.connect(pg_target) as conn:
+        conn.execute("UPDATE jackpot_schema SET version = %s", (previous,))
+    reader = open_store(pg_target, read_only=True)
+    try:
+        assert reader.schema_version() == previous
+        report = audit(reader)
+    finally:
+        reader.close()
+    assert report.problems == []
+    assert report.ok
+    with psycopg.connect(pg_target) as conn:
+        assert conn.execute("SELECT version FROM jackpot_schema").fetchall() == [(previous,)]
 
 
 def test_open_with_create_false_refuses_a_database_without_a_jackpot_schema(
