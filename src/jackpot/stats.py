@@ -134,13 +134,22 @@ def _observer_failed(observer: Observer, error: Exception) -> None:
     waits, conflicts, retries, before the commit): one that raises must not
     fail a bet, nor leave a transaction half done.
     """
-    kind = (type(observer).__qualname__, type(error).__name__, str(error)[:300])
+    shown = _shown(error)
+    kind = (type(observer).__qualname__, type(error).__name__, shown[:300])
     traced = _OBSERVER_FAILURES.admit(kind) is not None
     with contextlib.suppress(Exception):  # a failing log handler changes nothing either
-        logger.error("stats observer %s failed: %s: %s%s", kind[0], kind[1], error,
+        logger.error("stats observer %s failed: %s: %s%s", kind[0], kind[1], shown,
                      "" if traced else " (traceback logged once a minute for this error)",
                      exc_info=error if traced else None,
                      extra={"outcome": "report_failed"})
+
+
+def _shown(error: Exception) -> str:
+    """Return `str(error)`, or a stand-in if even that raises (it is the observer's code)."""
+    try:
+        return str(error)
+    except Exception as e:  # noqa: BLE001 - the failure being contained must not escape here
+        return f"<str() failed: {type(e).__name__}>"
 
 
 def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

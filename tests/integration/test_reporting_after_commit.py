@@ -218,3 +218,32 @@ def test_an_observer_failing_in_the_middle_of_operations_fails_none_of_them(
         assert failed[0].exc_info is not None
         assert all(r.exc_info is None for r in failed[1:])  # one traceback a minute
         assert engine.verify().ok
+
+
+class _Unprintable(Exception):  # noqa: N818 - named for what it is
+    def __str__(self) -> str:
+        msg = "an error that cannot be shown"
+        raise RuntimeError(msg)
+
+
+class _RaisingUnprintable(_AlwaysRaising):
+    def _fail(self) -> None:
+        self.calls += 1
+        raise _Unprintable
+
+
+def test_an_observer_error_that_cannot_be_shown_fails_no_operation_either(
+        db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Naming the error (str) for the log line is part of containing it.
+    with JackpotEngine.open(db_path) as engine:
+        observer = _RaisingUnprintable()
+        engine.stats.observers.append(observer)
+        with caplog.at_level(logging.ERROR, logger="jackpot"):
+            assert engine.contribute(Decimal(10), groups="minor", op_id="one").versions == {
+                "minor": 2}
+        assert observer.calls >= 2  # the lock wait (before the commit), the outcome
+        failed = [r.getMessage() for r in caplog.records if "stats observer" in r.getMessage()]
+        assert len(failed) == observer.calls
+        assert failed[0].startswith("stats observer _RaisingUnprintable failed: _Unprintable: "
+                                    "<str() failed: RuntimeError>")
+        assert engine.verify().ok
