@@ -727,7 +727,7 @@ def test_calls_are_served_again_soon_after_a_long_outage(
     # first call was served 20.7-33.3 s after the server was back (measured
     # against a stopped server: 19.4 s after a 40 s outage, 44.6 s after 90 s).
     # Now the pool tries about once a second while calls wait for a connection.
-    monkeypatch.setattr(_pg_pool._LOG_FILTER, "_seen", {})  # what earlier tests logged
+    monkeypatch.setattr(_pg_pool._LOG_FILTER._throttle, "_seen", {})  # what earlier tests logged
     with login_role(pg_target) as (role, url), \
             JackpotEngine.open(url) as engine, \
             caplog.at_level(logging.WARNING, logger="psycopg"):
