@@ -494,19 +494,19 @@ SETTINGS_CASES = [
            "enable_metrics")
       for vid, v in [("int", 1), ("str", "true"), ("none", None)]],
     *[Case(f"Settings-log_level-{vid}", lambda e, v=v: Settings(log_level=v), V, "log_level")
-      for vid, v in [("upper", "INFO"), ("empty", ""), ("list", ["info"]),
+      for vid, v in [("upper-unknown", "LOUD"), ("empty", ""), ("list", ["info"]),
                      ("unknown", "loud")]],
     *[Case(f"Settings-synchronous-{vid}", lambda e, v=v: Settings(synchronous=v), V,
            "synchronous")
-      for vid, v in [("off", "OFF"), ("lower", "full"), ("none", None), ("sql", "FULL; --")]],
+      for vid, v in [("off", "OFF"), ("lower-off", "off"), ("none", None), ("sql", "FULL; --")]],
     *[Case(f"Settings-from_env-{var}-{vid}",
            lambda e, var=var, v=v: Settings.from_env({var: v}), V, var)
       for var, values in [
           ("JACKPOT_LOCK_TIMEOUT_MS", [("fullwidth", "\uff15\uff10"), ("negative", "-5"),
-                                       ("exponent", "1e3"), ("blank", " "), ("word", "abc"),
+                                       ("exponent", "1e3"), ("inner-blank", "5 0"), ("word", "abc"),
                                        ("float", "5.0"), ("zero", "0")]),
           ("JACKPOT_MAX_RETRY_ATTEMPTS", [("arabic-indic", "\u0663"), ("huge", "9" * 40)]),
-          ("JACKPOT_ENABLE_METRICS", [("maybe", "maybe"), ("empty", "")]),
+          ("JACKPOT_ENABLE_METRICS", [("maybe", "maybe"), ("two-words", "yes please")]),
           ("JACKPOT_LOG_LEVEL", [("loud", "loud")]),
           ("JACKPOT_SYNCHRONOUS", [("off", "off")]),
       ]
@@ -647,6 +647,9 @@ def test_the_engine_still_works_after_the_catalogue(shared: tuple[JackpotEngine,
     (":memory:", "in-memory or URI syntax"),
     ("file::memory:?cache=shared", "in-memory or URI syntax"),
     ("file:pools.db?mode=rwc", "in-memory or URI syntax"),
+    # was a SQLite file named after the connection string
+    ("dbname=pools user=app", "looks like a libpq connection string"),
+    ("host=db.internal port=5432 dbname=pools", "looks like a libpq connection string"),
 ])
 def test_open_refuses_a_hostile_path_with_a_validation_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: object, says: str) -> None:

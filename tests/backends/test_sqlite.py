@@ -26,6 +26,8 @@ from .contract import BackendContract
 
 
 class TestSQLiteBackend(BackendContract):
+    latest_schema = len(MIGRATIONS)
+
     @pytest.fixture
     def target(self, tmp_path: Path) -> str:
         return str(tmp_path / "pools.db")

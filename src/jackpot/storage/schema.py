@@ -192,11 +192,11 @@ CREATE TRIGGER operations_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ope
     FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only();
 """
 
-# V3 changed only SQLite's operations table: PostgreSQL's had that shape from V1.
-# The step keeps one version number meaning one schema on both backends.
-_PG_V3 = "SELECT 1"
-
-POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2, _PG_V3)
+# (SQLite's V3 has no PostgreSQL step: the table already had that shape, and a
+# version bump alone would make every host of a deployment upgrade in step,
+# and its first open after the upgrade need the CREATE privilege, for nothing.
+# Each backend numbers its own schema.)
+POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2)
 """POSTGRES_MIGRATIONS[i] takes the schema from jackpot_schema.version i to i + 1."""
 
 POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")
