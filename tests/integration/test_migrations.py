@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
 
-from jackpot import JackpotEngine
+from jackpot import JackpotEngine, StorageError
 from jackpot.storage import SQLiteStore
 from jackpot.storage.schema import MIGRATIONS
 
@@ -120,3 +121,33 @@ def test_the_integrity_check_names_a_missing_op_id_index(db_path: Path) -> None:
             "operations has no unique index on (op_id): an op_id could be applied twice")
     finally:
         store.close()
+
+
+def test_a_migration_that_fails_at_commit_says_to_open_again_not_to_resend_an_op_id(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with JackpotEngine.open(db_path) as engine:
+        engine.contribute(Decimal("5.00"), op_id="bet-1")
+    conn = apsw.Connection(str(db_path))
+    conn.execute(_OPERATIONS_V2)
+    conn.close()
+    real_exec = SQLiteStore._exec
+
+    def failing_commit(self: SQLiteStore, sql: str, params: tuple[object, ...] = ()) -> Any:
+        if sql == "COMMIT":
+            msg = "disk I/O error"
+            raise apsw.IOError(msg)
+        return real_exec(self, sql, params)
+
+    monkeypatch.setattr(SQLiteStore, "_exec", failing_commit)
+    with pytest.raises(StorageError) as failed:
+        JackpotEngine.open(db_path)
+    assert str(failed.value) == (
+        f"migrating database {str(db_path)!r} to schema {len(MIGRATIONS)} failed while "
+        "committing (IOError: disk I/O error); the file holds the old schema or the new one, "
+        "whole: open it again (an open migrates it if it was not)")  # was: resend an op_id
+    monkeypatch.undo()
+    assert "WITHOUT ROWID" in _operations_sql(db_path)  # rolled back: schema 2, whole
+    with JackpotEngine.open(db_path) as engine:
+        assert engine.contribute(Decimal("5.00"), op_id="bet-1").replayed
+        assert engine.verify().ok
+    assert "WITHOUT ROWID" not in _operations_sql(db_path)

@@ -538,9 +538,24 @@ class SQLiteStore(Store):
         """Bring the schema to the latest version; return that version.
 
         Raises:
-            StorageError: the file has a newer schema (nothing is changed).
+            StorageError: the file has a newer schema (nothing is changed), or
+                the migration failed (rolled back; or, failing at COMMIT, the
+                file is at the old schema or the new one, whole).
 
         """
+        try:
+            return self._migrate()
+        except StorageError as e:
+            if not e.outcome_unknown:
+                raise
+            cause = e.__cause__ or e
+            msg = (f"migrating database {self._path!r} to schema {len(MIGRATIONS)} failed "
+                   f"while committing ({type(cause).__name__}: {cause}); the file holds the "
+                   "old schema or the new one, whole: open it again (an open migrates it if "
+                   "it was not)")
+            raise StorageError(msg) from e
+
+    def _migrate(self) -> int:
         with self.write():
             (current,) = self._exec("PRAGMA user_version")[0]
             if current > len(MIGRATIONS):  # a newer library migrated it since we opened
