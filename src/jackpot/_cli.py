@@ -46,7 +46,7 @@ from rich.text import Text
 from jackpot import __version__, money, reads
 from jackpot.audit import audit
 from jackpot.domain import CONFIG_FIELDS, GroupConfig
-from jackpot.engine import JackpotEngine
+from jackpot.engine import JackpotEngine, check_path
 from jackpot.errors import JackpotError, StorageError, ValidationError
 from jackpot.health import bounded_checks, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
@@ -125,6 +125,7 @@ def _path(opts: Options, *, must_exist: bool = True) -> str:
     if not opts.db:
         msg = "no database given: pass --db PATH or set JACKPOT_DB"
         raise CommandError(msg)
+    check_path(opts.db)  # (":memory:" would otherwise be told to `jackpot init` itself)
     if must_exist and "://" not in opts.db and not Path(opts.db).is_file():
         msg = f"database {opts.db!r} does not exist: create it with `jackpot init --db {opts.db}`"
         raise CommandError(msg)

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -76,7 +77,7 @@ from jackpot.settings import Settings
 from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import SQLiteStore, Store, is_database_url, open_store
 
-__all__ = ["JackpotEngine"]
+__all__ = ["JackpotEngine", "check_path"]
 
 logger = logging.getLogger("jackpot")
 
@@ -454,7 +455,7 @@ class JackpotEngine:
                 writer; nothing was changed.
 
         """
-        _check_path(path)
+        check_path(path)
         if settings is not None and not isinstance(settings, Settings):
             msg = f"settings must be a jackpot.Settings (or None), not {type(settings).__name__}"
             raise ValidationError(msg)
@@ -1106,8 +1107,8 @@ def _warn_if_kept_differs(path: str, config: GroupConfig, state: domain.LevelSta
                    extra={"level": config.name, "outcome": "kept"})
 
 
-def _check_path(path: object) -> None:
-    """Refuse what cannot name a database, before anything is opened."""
+def check_path(path: object) -> None:
+    """Refuse what cannot name a database, before anything is opened (the CLI's check too)."""
     if not isinstance(path, (str, os.PathLike)):
         msg = f"path must be a file path or a postgresql:// URL, not {type(path).__name__}"
         raise ValidationError(msg)
@@ -1130,6 +1131,14 @@ def _check_path(path: object) -> None:
                "engine does not use: it keeps one file shared by its connections; name a "
                "file (for a throwaway database, one in a temporary directory)")
         raise ValidationError(msg)
+    if _CONNINFO.match(str(path)):
+        # "dbname=pools user=app" would otherwise be a SQLite file of that name.
+        msg = (f"path {str(path)[:40]!r} looks like a libpq connection string: the engine "
+               "takes PostgreSQL as a postgresql:// URL (postgresql://USER@HOST/DBNAME)")
+        raise ValidationError(msg)
+
+
+_CONNINFO = re.compile(r"\s*(host|hostaddr|port|dbname|user|password|service|sslmode)\s*=")
 
 
 def _absolute(path: str) -> str:

@@ -622,6 +622,19 @@ def test_a_file_that_is_not_a_jackpot_database_is_refused_untouched(
     assert file_state(path) == before
 
 
+@pytest.mark.parametrize("path", [":memory:", "file:pools.db", "dbname=pools user=app"])
+@pytest.mark.parametrize("command", [("status",), ("init",), ("contribute", "1")])
+def test_a_path_the_engine_refuses_is_refused_by_every_command(
+        tmp_path: Path, path: str, command: tuple[str, ...]) -> None:
+    # `status --db :memory:` said to create it with `jackpot init --db :memory:`,
+    # which then refused it.
+    done = jackpot(*command, "--db", path, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"jackpot: error: path {path!r} ")
+    assert "jackpot init" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
 def test_looking_leaves_a_closed_database_untouched(db: str) -> None:
     before = file_state(db)
     for command in READ_ONLY_COMMANDS:
