@@ -97,6 +97,7 @@ not copied yet, in the writer's thread, after its commit."""
 logger = logging.getLogger("jackpot")
 
 _TABLES = frozenset({"levels", "ledger", "operations"})
+_REBUILT_OPERATIONS = 3  # the schema whose migration copies the operations table
 """The tables that, with a known `user_version`, make a file a jackpot database."""
 
 _LOST_WRITES = frozenset({apsw.SQLITE_IOERR_WRITE, apsw.SQLITE_IOERR_FSYNC,
@@ -565,9 +566,10 @@ class SQLiteStore(Store):
                 raise StorageError(msg)
             started = time.perf_counter()
             if 0 < current < len(MIGRATIONS):  # (a new file's steps take no time)
-                logger.info("migrating %s from schema %d to %d (under the write lock; "
-                            "schema 3 rebuilds the operations table: about a minute per 5 "
-                            "million stored results)", self._path, current, len(MIGRATIONS),
+                logger.info("migrating %s from schema %d to %d under the write lock%s",
+                            self._path, current, len(MIGRATIONS),
+                            " (schema 3 rebuilds the operations table: about a minute per 5 "
+                            "million stored results)" if current < _REBUILT_OPERATIONS else "",
                             extra={"outcome": "migrating"})
             for number in range(current, len(MIGRATIONS)):
                 self.conn.execute(MIGRATIONS[number])
