@@ -322,6 +322,49 @@ def test_a_forked_child_starts_with_no_registered_files(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+_FORKED_WHILE_OPEN = """
+import os, sys
+from jackpot import JackpotEngine, JackpotError, Settings
+from jackpot.storage import SQLiteStore
+store = SQLiteStore(sys.argv[1], create=False)
+ready, go = os.pipe()
+with store.write():  # a batch in flight as the process forks
+    child = os.fork()
+    if child == 0:  # a worker of a pre-fork server opens an engine of its own
+        os.close(go)
+        os.read(ready, 1)  # the parent has committed and closed its connection
+        try:
+            with JackpotEngine.open(sys.argv[1], settings=Settings(lock_timeout_ms=500)) as e:
+                print("child", e.contribute("1", groups="minor", op_id="child").versions,
+                      flush=True)
+        except JackpotError as e:
+            print("child", type(e).__name__, "forked" in str(e), flush=True)
+        os._exit(0)
+store.close()
+os.write(go, b"x")
+os.waitpid(child, 0)
+"""
+
+
+def test_a_child_forked_while_the_database_was_open_may_not_open_it(tmp_path: Path) -> None:
+    # SQLite keeps its locks' books per process; the child's copy of them says the
+    # parent's connections still hold their locks, which the kernel never gave the
+    # child. Its engine's writes then waited forever on a write lock nobody held
+    # (here), or, its locks unseen by others, a closing engine elsewhere could fold
+    # and delete the -wal under it, taking acknowledged commits with it.
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    db = tmp_path / "pools.db"
+    JackpotEngine.open(db).close()
+    done = subprocess.run([sys.executable, "-c", _FORKED_WHILE_OPEN, str(db)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child StorageError True"], done.stderr
+    with JackpotEngine.open(db) as engine:  # a process of its own opens it as ever
+        assert engine.contribute("1", groups="minor", op_id="after").versions == {"minor": 2}
+
+
 def test_a_store_never_closed_is_unregistered_once_collected(tmp_path: Path) -> None:
     import gc  # noqa: PLC0415
 

@@ -18,6 +18,15 @@ stop by itself:
   leaves the `-wal` in place rather than fold it into the file), as
   PostgreSQL stops on a failed fsync. The operator checks the storage and
   opens the database again.
+
+And one way a connection never gets the locks it believes it holds: SQLite
+keeps the books of its locks per process, and a child forked while the
+parent had the database open copies them, so the child's own connections
+count the parent's locks as theirs, locks the kernel never gave the child.
+Its writes then wait forever on a write lock the parent held at the fork, or,
+its locks unseen by the other processes, an engine closing elsewhere folds
+and deletes the `-wal` under it, acknowledged commits included. So such a
+child (and its own children) may not open that database at all.
 """
 
 from __future__ import annotations
@@ -42,12 +51,15 @@ _sides: dict[Identity, dict[str, Identity]] = {}
 """The `-wal` and `-shm` files of each database, as this process's connections first saw them."""
 _open: Counter[Identity] = Counter()
 """Writing connections of this process per database file (forgotten, with the above, at 0)."""
+_inherited: set[Identity] = set()
+"""Databases a parent (or an earlier ancestor) of this process had open when it forked."""
 
 
 def _after_fork_in_child() -> None:
     """Start a forked child with no connections of its own (the parent's stay the parent's)."""
     global _lock  # noqa: PLW0603 - a lock the parent may have held at the fork
     _lock = threading.Lock()
+    _inherited.update(_open)
     _failed.clear()
     _sides.clear()
     _open.clear()
@@ -72,6 +84,14 @@ class FileGuard:
         """Note the file `path` names now (just opened by the connection)."""
         self.path = path
         self.file = _identity(path)
+        if self.file in _inherited:
+            msg = (f"this process was forked while its parent had database {path!r} open: "
+                   "SQLite's locks do not survive fork (this process would count the "
+                   "parent's as its own), so it may not open that database; open it in a "
+                   "process that had no connection to it when it forked (open the engine "
+                   "after the fork, or start the workers with the 'spawn' method); nothing "
+                   "was changed")
+            raise StorageError(msg)
         if self.file is not None:
             with _lock:
                 _open[self.file] += 1

@@ -219,7 +219,11 @@ class SQLiteStore(Store):
         if not self._read_only:
             flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
             conn = apsw.Connection(path, flags=flags)
-            self._guard = FileGuard(path)  # the files every write checks it still has
+            try:
+                self._guard = FileGuard(path)  # the files every write checks it still has
+            except StorageError:  # (a forked child's: not its own to open)
+                conn.close()
+                raise
             return conn
         if any(Path(path + suffix).exists() for suffix in _SIDE_FILES):
             # Someone has (or had) it open: read through its -shm, as a reader.
