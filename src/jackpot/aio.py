@@ -327,6 +327,8 @@ class AsyncJackpotEngine:
     async def _submit(self, op: Operation) -> Any:
         """Send `op` now; await its outcome through a shield (see the class docstring)."""
         loop = asyncio.get_running_loop()
+        # Before any lock, as `JackpotEngine._enter`: a fork may have copied one held.
+        self._engine._check_process()  # noqa: SLF001
         call = _Call(self, op, loop, self._answers_for(loop))
         call.start()
         # Marks the error as retrieved: a cancelled caller no longer awaits
@@ -358,8 +360,12 @@ class AsyncJackpotEngine:
 
         A closed loop's calls stay here until every one is settled: one whose
         live actor still holds it is looked at again by the next sweep (its
-        actor may yet stop without answering).
+        actor may yet stop without answering). In a forked child there is
+        nothing to sweep: the calls, and the locks, are the parent's (a fork
+        may have copied a lock held).
         """
+        if self._engine._pid != os.getpid():  # noqa: SLF001
+            return
         with self._answers_lock:
             for lp in [lp for lp, a in self._answers.items() if a.loop_closed()]:
                 self._gone.append(self._answers.pop(lp))

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import gc
 import logging
+import subprocess
 import sys
 import threading
 import time
@@ -603,3 +604,56 @@ def test_verify_calls_waiting_their_turn_hold_no_thread_of_the_default_pool(
             await engine.close()
 
     asyncio.run(main())
+
+
+_FORK_CALLS = """
+import asyncio, os, signal, sys
+from decimal import Decimal
+from jackpot import AsyncJackpotEngine, EngineClosedError, Settings
+
+async def parent():
+    engine = await AsyncJackpotEngine.open(sys.argv[1], settings=Settings(lock_timeout_ms=2_000))
+    await engine.contribute(Decimal(10), groups="minor", op_id="before-the-fork")
+    engine._answers_lock.acquire()  # a loop's first call in another thread as the process forks
+    child = os.fork()
+    if child == 0:  # a worker uses the engine it inherited (gunicorn --preload, say)
+        signal.alarm(int(sys.argv[2]))  # a hung child ends, and says nothing
+        said = []
+
+        async def calls():
+            for call in (lambda: engine.contribute(Decimal(10), groups="minor", op_id="child"),
+                         lambda: engine.contribute(Decimal(10), op_id="child-3"),
+                         lambda: engine.process_win("minor", op_id="child-win"),
+                         engine.pools, engine.verify, engine.close):
+                try:
+                    await call()
+                    said.append("ran")
+                except EngineClosedError as e:
+                    said.append("refused" if f"opened in process {os.getppid()}" in str(e)
+                                else str(e))
+
+        asyncio.run(calls())
+        print("child", said, flush=True)
+        os._exit(0)
+    engine._answers_lock.release()
+    await asyncio.to_thread(os.waitpid, child, 0)
+    after = await engine.contribute(Decimal(10), groups="minor", op_id="after")
+    print("parent", after.versions, (await engine.verify()).ok, flush=True)
+    await engine.close()
+
+asyncio.run(parent())
+"""
+
+
+def test_async_calls_on_an_engine_inherited_across_fork_are_refused_at_once(
+        db_path: Path) -> None:
+    # The sync engine refuses these before touching a lock (a fork copies a
+    # lock another thread held, held for ever); the asyncio one took its
+    # answers' lock first, and the child hung there instead of being refused.
+    hang = 30  # seconds: only a hang waits this long
+    done = subprocess.run([sys.executable, "-c", _FORK_CALLS, str(db_path), str(hang)],
+                          capture_output=True, text=True, timeout=hang * 3, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "child ['refused', 'refused', 'refused', 'refused', 'refused', 'ran']",
+        "parent {'minor': 3} True"], done.stderr
