@@ -538,12 +538,16 @@ class JackpotEngine:
 
         """
         deadline = _deadline(timeout)
-        if self._pid != os.getpid() or in_actor_thread(self.stats):
+        if self._pid != os.getpid():
+            # Without the lock: a fork may have copied it held. Calls here are
+            # refused before they would take it (`_check_process`).
+            self._closed = True
+            return
+        if in_actor_thread(self.stats):
             with self._cond:
                 self._closed = True  # from now on, new calls are refused
-            if self._pid == os.getpid():
-                threading.Thread(target=self.close, args=(timeout,), name="jackpot-close",
-                                 daemon=True).start()
+            threading.Thread(target=self.close, args=(timeout,), name="jackpot-close",
+                             daemon=True).start()
             return
         if self._stopper == threading.get_ident():
             return  # called back (by a log handler) from this thread's own close(): it is closing
@@ -904,6 +908,9 @@ class JackpotEngine:
         `rejected` in the operation counts. Reporting it (a log filter, an
         observer) never replaces the refusal the caller gets.
         """
+        # Refused at once in a forked child, before its refusal is counted
+        # under a lock that a fork may have copied held.
+        self._check_process()
         started = time.perf_counter()
         try:
             return make(*args, **kwargs)

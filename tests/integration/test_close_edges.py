@@ -491,6 +491,56 @@ def test_calls_on_an_engine_inherited_across_fork_are_refused_at_once(tmp_path: 
         "parent {'minor': 3} True"], done.stderr
 
 
+_FORK_HELD = """
+import os, signal, sys, threading
+from decimal import Decimal
+from jackpot import EngineClosedError, JackpotEngine, Settings
+engine = JackpotEngine.open(sys.argv[1], settings=Settings(lock_timeout_ms=2_000))
+engine.contribute(Decimal(10), groups="minor", op_id="before-the-fork")
+held, forked = threading.Event(), threading.Event()
+
+def hold():  # another thread's call entering, and an actor counting, as the process forks
+    with engine._cond, engine.stats._lock:
+        held.set()
+        forked.wait()
+
+threading.Thread(target=hold).start()
+held.wait()
+child = os.fork()
+if child == 0:  # a worker given bad arguments, then closing what it inherited
+    signal.alarm(int(sys.argv[2]))  # a hung child ends, and says nothing
+    said = []
+    for call in (lambda: engine.contribute(10.5, groups="minor"),
+                 lambda: engine.process_win("nowhere"), engine.close):
+        try:
+            call()
+            said.append("ran")
+        except EngineClosedError as e:
+            said.append("refused" if f"opened in process {os.getppid()}" in str(e) else str(e))
+        except Exception as e:
+            said.append(type(e).__name__)
+    print("child", said, flush=True)
+    os._exit(0)
+forked.set()
+os.waitpid(child, 0)
+print("parent", engine.contribute(Decimal(10), groups="minor", op_id="after").versions,
+      engine.verify().ok, flush=True)
+engine.close()
+"""
+
+
+def test_a_forked_child_takes_no_lock_of_its_parents_engine(tmp_path: Path) -> None:
+    # A call with bad arguments logged and counted its refusal (the stats'
+    # lock) and close() took the engine's condition before either looked at
+    # the process: a lock another thread held as the process forked is held
+    # for ever in the child, which hung there.
+    done = subprocess.run([sys.executable, "-c", _FORK_HELD, str(tmp_path / "a.db"), str(HANG)],
+                          capture_output=True, text=True, timeout=HANG * 3, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "child ['refused', 'refused', 'ran']", "parent {'minor': 3} True"], done.stderr
+
+
 def test_an_async_write_stranded_at_a_stopped_actor_by_a_closed_loop_does_not_hold_close(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Queued at an actor that stopped; the loop ends before its liveness check."""
