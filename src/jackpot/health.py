@@ -213,6 +213,17 @@ _stuck: dict[str, threading.Thread] = {}
 _stuck_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """Start a forked child with no probe running (the parent's threads are not here)."""
+    global _stuck_lock  # noqa: PLW0603 - a lock the parent may have held at the fork
+    _stuck_lock = threading.Lock()
+    _stuck.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
                    serving: bool = False) -> tuple[HealthCheck, HealthCheck]:
     """Run `probe_database`, then `disk_space`, in a thread; wait at most its timeout plus a margin.

@@ -357,6 +357,42 @@ def test_a_probe_that_returned_is_not_kept(db_path: Path, engine: JackpotEngine)
     assert str(db_path) not in health._stuck  # was: one finished thread per path, forever
 
 
+_FORKED_HEALTH = r"""
+import os, signal, sys, threading
+from jackpot import JackpotEngine, health
+parent = JackpotEngine.open(sys.argv[1])
+held, forked = threading.Event(), threading.Event()
+
+def check():  # a health check starting its probe in another thread as the process forks
+    with health._stuck_lock:
+        held.set()
+        forked.wait()
+
+threading.Thread(target=check).start()
+held.wait()
+child = os.fork()
+if child == 0:  # a worker opens its own engine, as it should, and is probed
+    signal.alarm(int(sys.argv[2]))  # a hung child ends, and says nothing
+    with JackpotEngine.open(sys.argv[1]) as own:
+        print("child", own.health().status, flush=True)
+    os._exit(0)
+forked.set()
+os.waitpid(child, 0)
+print("parent", parent.health().status, flush=True)
+parent.close()
+"""
+
+
+def test_a_forked_childs_own_engine_answers_its_health_check(db_path: Path) -> None:
+    # The lock guarding the probes not to pile on was copied held by the
+    # fork; every health() of the child (its liveness probe) hung on it.
+    hang = 30  # seconds: only a hang waits this long
+    done = subprocess.run([sys.executable, "-c", _FORKED_HEALTH, str(db_path), str(hang)],
+                          capture_output=True, text=True, timeout=hang * 3, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child ok", "parent ok"], done.stderr
+
+
 _UNWRITABLE_SCRIPT = r"""
 import json, os, sys
 from decimal import Decimal
