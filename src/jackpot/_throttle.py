@@ -9,12 +9,27 @@ about the engine's own pools (`jackpot.storage._pg_pool`).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 __all__ = ["Passed", "Throttle"]
+
+_ALL: weakref.WeakSet[Throttle] = weakref.WeakSet()
+"""Every throttle of this process (for a forked child)."""
+
+
+def _after_fork_in_child() -> None:
+    """Renew every throttle's lock: another thread of the parent may have held one at the fork."""
+    for throttle in list(_ALL):
+        throttle._lock = threading.Lock()  # noqa: SLF001
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Passed(NamedTuple):
@@ -38,6 +53,7 @@ class Throttle:
         self._every, self._kept, self._clock = every, kept, clock
         self._lock = threading.Lock()
         self._seen: dict[Hashable, tuple[float, int]] = {}  # kind: (passed at, held back)
+        _ALL.add(self)
 
     def admit(self, kind: Hashable) -> Passed | None:
         """Return how many of `kind` were held back if it passes now; None (and count it) if not."""

@@ -557,6 +557,67 @@ def test_an_engine_a_forked_child_drops_is_left_to_its_parent(tmp_path: Path) ->
     assert str(tmp_path / "a.db") not in done.stderr  # the parent's: left alone
 
 
+_FORKED_FAILING = """
+import os, signal, sys, threading
+from jackpot import JackpotEngine, JackpotError, logs, stats
+from jackpot.actors import _start
+parent = JackpotEngine.open(sys.argv[1])
+lock = {"traceback": logs._TRACEBACKS._lock, "observer": stats._OBSERVER_FAILURES._lock,
+        "start": _start._errors_lock}[sys.argv[3]]
+held, forked = threading.Event(), threading.Event()
+
+def hold():  # the parent reporting a failure of its own as the process forks
+    with lock:
+        held.set()
+        forked.wait()
+
+threading.Thread(target=hold).start()
+held.wait()
+child = os.fork()
+if child == 0:  # a worker opens its own engine, which fails and reports it
+    signal.alarm(int(sys.argv[4]))  # a hung child ends, and says nothing
+    own = JackpotEngine.open(sys.argv[2])
+
+    class Failing:
+        def on_event(self, *args): pass
+        def on_lock_wait(self, *args): pass
+        def on_operation(self, *args): raise RuntimeError("observer down")
+
+    if sys.argv[3] == "observer":  # its failure is logged (throttled)
+        own.stats.observers.append(Failing())
+        said = own.contribute("1", groups="minor").versions
+    else:  # a failed write's traceback is logged (throttled); a replacement fails to start
+        own._pools["minor"].actor_ref.stop()
+        os.remove(sys.argv[2])
+        try:
+            own.contribute("1", groups="minor")
+        except JackpotError as e:
+            said = type(e).__name__
+    own.close()
+    print("child", said, flush=True)
+    os._exit(0)
+forked.set()
+os.waitpid(child, 0)
+parent.close()
+"""
+
+
+@pytest.mark.parametrize(("lock", "said"), [
+    ("traceback", "StorageError"), ("observer", "{'minor': 2}"), ("start", "StorageError")])
+def test_a_forked_childs_own_engine_reports_its_failures(tmp_path: Path, lock: str,
+                                                         said: str) -> None:
+    # The locks of the failure reports (throttled tracebacks, observer
+    # failures, why an actor could not start) are module-wide: one the
+    # parent held as it forked stayed held in the child, whose first such
+    # report hung the call making it.
+    hang = 30  # seconds: only a hang waits this long
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED_FAILING, str(tmp_path / "a.db"), str(tmp_path / "b.db"),
+         lock, str(hang)], capture_output=True, text=True, timeout=hang * 3, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"child {said}"], done.stderr
+
+
 class _RaisingFilter(logging.Filter):
     """A log filter that fails (as one reading an unset context variable would)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, TypeVar
@@ -20,6 +21,17 @@ _START_ERRORS: dict[str, str] = {}
 """Why an actor's `on_start` failed, by actor URN, until `wait_ready` reports it."""
 _KEPT = 64  # the most remembered (restarts nobody waited for are forgotten first)
 _errors_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Start a forked child with no start failures (the parent's actors are not here)."""
+    global _errors_lock  # noqa: PLW0603 - a lock the parent may have held at the fork
+    _errors_lock = threading.Lock()
+    _START_ERRORS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start_failed(urn: str, error: BaseException) -> None:
