@@ -657,6 +657,8 @@ class _Call:
             return
         now = self._loop.time()
         if self._phase == "queue" and not self._engine._owner_alive(self.op):  # noqa: SLF001
+            if self._peeked(ticket):  # answered before it stopped: that is the outcome
+                return
             msg = f"the actor serving {', '.join(self.op.names)} has stopped"
             self._actor_stopped(pykka.ActorDeadError(msg))
         elif now < self._deadline:

@@ -972,6 +972,8 @@ class JackpotEngine:
             if ticket.wait(min(remaining, _LIVENESS_POLL)):
                 return ticket.outcome()
             if not self._owner_alive(op):
+                if ticket.wait(0):  # answered before it stopped: that is the outcome
+                    return ticket.outcome()
                 msg = f"the actor serving {', '.join(op.names)} has stopped"
                 raise pykka.ActorDeadError(msg) from None
         if ticket.abandon():

@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 import jackpot.engine
@@ -161,6 +162,67 @@ def test_an_actor_stopping_after_taking_a_request_says_the_outcome_is_unknown(
     assert error.outcome_unknown
     assert "may have been applied: retry with the same op_id on a new engine" in str(error)
     assert engine.stats.snapshot().get("operations:contribute:error") == 1
+
+
+class _AnsweredThenStopped:
+    """`_owner_alive` for a caller that looks just as its actor answers, then stops.
+
+    The first look after the request was claimed is held until the actor
+    has committed it (the write lock let go), answered, and stopped (as
+    close(timeout) stops an actor it gave up on): the actor is dead, but
+    its answer is there.
+    """
+
+    def __init__(self, engine: JackpotEngine, db_path: Path, claimed: threading.Event) -> None:
+        self.engine, self.claimed = engine, claimed
+        self.real = engine._owner_alive
+        self.lock = apsw.Connection(str(db_path))
+        self.lock.execute("BEGIN IMMEDIATE")  # nothing commits until the look
+        self.looked = False
+
+    def __call__(self, op: Any) -> bool:
+        if self.claimed.is_set() and not self.looked:
+            self.looked = True
+            actor = self.engine._pools["minor"].actor_ref
+            actor.stop(block=False)  # after the batch it is running
+            self.lock.execute("ROLLBACK")
+            assert actor.actor_stopped.wait(30)
+        return self.real(op)
+
+
+def test_an_answer_there_when_its_actor_is_seen_stopped_is_the_outcome(
+        db_path: Path, claimed: threading.Event) -> None:
+    """The bet committed and was answered: it is not "may have been applied"."""
+    engine = JackpotEngine.open(db_path)
+    look = _AnsweredThenStopped(engine, db_path, claimed)
+    engine._owner_alive = look  # type: ignore[method-assign]
+    try:
+        result = engine.contribute("10", groups="minor", op_id="bet-1")
+    finally:
+        engine.close()
+    assert look.looked
+    assert isinstance(result, Contribution)
+    assert result.versions == {"minor": 2}
+    assert engine.stats.snapshot().get("operations:contribute:ok") == 1
+
+
+def test_an_answer_there_when_its_actor_is_seen_stopped_is_the_async_outcome(
+        db_path: Path, claimed: threading.Event) -> None:
+    async def run() -> tuple[Contribution, bool]:
+        engine = await AsyncJackpotEngine.open(db_path)
+        look = _AnsweredThenStopped(engine.sync, db_path, claimed)
+        engine.sync._owner_alive = look  # type: ignore[method-assign]
+        try:
+            result = await engine.contribute("10", groups="minor", op_id="bet-1")
+        finally:
+            await engine.close()
+        assert engine.stats.snapshot().get("operations:contribute:ok") == 1
+        return result, look.looked
+
+    result, looked = asyncio.run(run())
+    assert looked
+    assert isinstance(result, Contribution)
+    assert result.versions == {"minor": 2}
 
 
 # -- answers that reach a loop which then closes without running them ------------------
