@@ -5,7 +5,9 @@ loop until the actor answers. Here a write is queued at the same actors as a
 `JackpotEngine` write, with a `Ticket` whose notify callback completes an
 asyncio future through `loop.call_soon_threadsafe`: no thread is parked per
 call, and the loop keeps running while the actor works. Reads are short
-database reads and run in the default thread pool (`asyncio.to_thread`).
+database reads and run in the default thread pool (`asyncio.to_thread`);
+`health()`, `verify()` and `close()`, which must not wait behind them, run
+in threads of their own.
 
 The async engine wraps a `JackpotEngine` and shares its actors, validation
 (`jackpot.requests`), timeouts, restart policy and stats, so both APIs give
@@ -28,11 +30,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 import pykka
 
@@ -56,6 +58,8 @@ from jackpot.settings import Settings
 from jackpot.stats import Stats, after_the_fact
 
 __all__ = ["AsyncJackpotEngine"]
+
+_T = TypeVar("_T")
 
 # While a request waits in its actor's mailbox, check every so often that the
 # actor still lives (as `JackpotEngine._wait` does): an actor that stops with
@@ -136,9 +140,10 @@ class AsyncJackpotEngine:
         """Let in-flight operations finish, stop every actor; later calls fail.
 
         Idempotent. `timeout` bounds the whole close, as in `JackpotEngine.close`.
+        Runs in a thread of its own, as `health()` does.
         """
         self._orphan_closed_loops()
-        await asyncio.to_thread(self._engine.close, timeout)
+        await _in_own_thread("jackpot-close", self._engine.close, timeout)
 
     async def __aenter__(self) -> Self:
         """Return the engine; `await close()` on exit."""
@@ -274,38 +279,20 @@ class AsyncJackpotEngine:
 
         Runs in a thread of its own, not the default thread pool: audits run
         one at a time (`JackpotEngine.verify`), and calls waiting their turn
-        there would hold the pool's threads that every other read (and
-        `close()`) of the loop needs.
+        there would hold the pool's threads that every other read of the
+        loop needs.
         """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[VerifyReport] = loop.create_future()
-        context = contextvars.copy_context()
-
-        def settle(report: VerifyReport | None, error: BaseException | None) -> None:
-            if done.done():  # the caller was cancelled
-                return
-            if error is not None:
-                done.set_exception(error)
-            else:
-                assert report is not None
-                done.set_result(report)
-
-        def run() -> None:
-            report: VerifyReport | None = None
-            error: BaseException | None = None
-            try:
-                report = context.run(self._engine.verify)
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
-                error = e
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, report, error)
-
-        threading.Thread(target=run, name="jackpot-verify", daemon=True).start()
-        return await done
+        return await _in_own_thread("jackpot-verify", self._engine.verify)
 
     async def health(self) -> HealthReport:
-        """Check the database, the actors and the recent lock and conflict rates."""
-        return await asyncio.to_thread(self._engine.health)
+        """Check the database, the actors and the recent lock and conflict rates.
+
+        Runs in a thread of its own, not the default thread pool: reads queue
+        there for the reader, and behind one the storage does not answer (a
+        frozen mount) they can hold every thread of the pool, while a health
+        check is to say "failing" within its probe's bound.
+        """
+        return await _in_own_thread("jackpot-health", self._engine.health)
 
     async def metrics_text(self) -> str:
         """Return the engine's metrics in the Prometheus text format ("" when disabled).
@@ -783,6 +770,38 @@ class _Call:
             after_the_fact(log_failure, self.op, outcome, error)
         after_the_fact(self._engine.stats.operation, self.op.kind, outcome,
                        time.perf_counter() - self._started)
+
+
+async def _in_own_thread(name: str, call: Callable[..., _T], *args: Any) -> _T:
+    """Run `call(*args)` in a new thread (in the caller's context) and await its outcome.
+
+    For what must not wait for a thread of the loop's default pool. A
+    cancelled caller stops waiting; the call runs to its end.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():  # the caller was cancelled
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = context.run(call, *args)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

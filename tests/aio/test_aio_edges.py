@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import logging
 import subprocess
@@ -719,3 +720,55 @@ def test_async_calls_on_an_engine_inherited_across_fork_are_refused_at_once(
     assert done.stdout.splitlines() == [
         "child ['refused', 'refused', 'refused', 'refused', 'refused', 'ran']",
         "parent {'minor': 3} True"], done.stderr
+
+
+def test_health_and_close_never_wait_behind_reads_the_storage_does_not_answer(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads queue for the reader (one at a time) in the loop's default pool.
+    # Behind one the storage does not answer (a frozen mount), they held every
+    # thread of that pool, and health() (which is to say "failing" within its
+    # probe's bound) and close(timeout) waited there for ever.
+    real_pools = jackpot.engine.reads.pools
+    hung, release = threading.Event(), threading.Event()
+
+    def stuck_pools(reader: Any) -> Any:
+        if not hung.is_set():  # the first read: the storage stops answering
+            hung.set()
+            assert release.wait(60)
+        return real_pools(reader)
+
+    monkeypatch.setattr(jackpot.engine.reads, "pools", stuck_pools)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+        engine = await AsyncJackpotEngine.open(db_path)
+        real_reading = engine.sync._reading
+        entered: list[None] = []
+        all_in = threading.Event()
+
+        @contextlib.contextmanager
+        def reading() -> Iterator[Any]:
+            entered.append(None)
+            if len(entered) == 2:  # every thread of the pool is in a read
+                all_in.set()
+            with real_reading() as reader:
+                yield reader
+
+        monkeypatch.setattr(engine.sync, "_reading", reading)
+        reads = [asyncio.create_task(engine.pools()) for _ in range(3)]
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as waiter:
+                assert await loop.run_in_executor(waiter, all_in.wait, 30)
+            report = await asyncio.wait_for(engine.health(), 30)
+            assert report.check("actors").status == "ok"
+            await asyncio.wait_for(engine.close(timeout=0.5), 30)
+            assert engine.sync._shut
+            assert not release.is_set()  # the reads were stuck all along
+        finally:
+            release.set()
+            outcomes = await asyncio.gather(*reads, return_exceptions=True)
+            await engine.close()
+        assert all(isinstance(o, (dict, EngineClosedError)) for o in outcomes), outcomes
+
+    asyncio.run(main())
