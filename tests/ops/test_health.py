@@ -359,7 +359,8 @@ def test_a_probe_that_returned_is_not_kept(db_path: Path, engine: JackpotEngine)
 
 _FORKED_HEALTH = r"""
 import os, signal, sys, threading
-from jackpot import JackpotEngine, health
+from decimal import Decimal
+from jackpot import GroupConfig, JackpotEngine, health
 parent = JackpotEngine.open(sys.argv[1])
 held, forked = threading.Event(), threading.Event()
 
@@ -373,7 +374,9 @@ held.wait()
 child = os.fork()
 if child == 0:  # a worker opens its own engine, as it should, and is probed
     signal.alarm(int(sys.argv[2]))  # a hung child ends, and says nothing
-    with JackpotEngine.open(sys.argv[1]) as own:
+    # (on a file of its own: one its parent had open when it forked is refused)
+    own_db = sys.argv[1] + "-child.db"
+    with JackpotEngine.open(own_db, [GroupConfig("minor", Decimal(10), Decimal("0.01"))]) as own:
         print("child", own.health().status, flush=True)
     os._exit(0)
 forked.set()
