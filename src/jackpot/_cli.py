@@ -631,6 +631,10 @@ def metrics(*, serve: bool, port: int, db: str | None, as_json: bool | None) -> 
     if not Settings.from_env().enable_metrics:
         msg = "metrics are disabled (JACKPOT_ENABLE_METRICS=false)"
         raise CommandError(msg)
+    if not serve:  # read once: a database that cannot be read is an error, not "no sample"
+        pools = _read(opts, reads.pools)
+        click.echo(generate_latest(database_registry(lambda: pools)).decode(), nl=False)
+        return
     _read(opts, lambda _: None)  # refuse a file that is not a jackpot database, up front
 
     def read_pools() -> dict[str, PoolSnapshot]:
@@ -639,11 +643,7 @@ def metrics(*, serve: bool, port: int, db: str | None, as_json: bool | None) -> 
         except CommandError as e:  # moved away or emptied since: no sample, no traceback
             raise StorageError(e.format_message()) from e
 
-    registry = database_registry(read_pools)
-    if not serve:
-        click.echo(generate_latest(registry).decode(), nl=False)
-        return
-    server, _ = serve_registry(registry, port)
+    server, _ = serve_registry(database_registry(read_pools), port)
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
         if opts.json:

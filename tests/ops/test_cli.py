@@ -335,6 +335,16 @@ def test_metrics_are_only_what_the_database_holds(db: str) -> None:
     assert 'jackpot_level_version{level="minor"} 2.0' in jackpot("metrics", "--db", db).stdout
 
 
+def test_metrics_once_on_a_database_it_cannot_read_is_an_error(db: str) -> None:
+    """Printing the gauges once: an unreadable level row is named (exit 2), not an empty 0."""
+    conn = apsw.Connection(db)
+    conn.execute("UPDATE levels SET pending = 'not json' WHERE name = 'minor'")
+    conn.close()
+    done = jackpot("metrics", "--db", db)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("jackpot: error: level 'minor': its pending changes ")
+
+
 def test_metrics_serve_on_a_local_port(db: str) -> None:
     proc = subprocess.Popen([*CLI, "metrics", "--serve", "--port", "0", "--db", db],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
