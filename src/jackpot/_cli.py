@@ -439,7 +439,7 @@ def _print_config_change(result: ConfigResult, *, given: list[str]) -> None:
     table = Table(title=f"config of {result.group}, now version {result.version}"
                         f"{' (op ' + result.op_id + ', replayed)' if result.replayed else ''}")
     for name in ("field", "before", "after"):
-        table.add_column(name)
+        table.add_column(name, overflow="fold")
     for key in result.after:
         if result.before.get(key) != result.after[key]:
             table.add_row(key, _cell(result.before.get(key)), _cell(result.after[key]))
@@ -477,7 +477,8 @@ def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None, player: 
         return
     table = Table(title=f"bet {bet} (op {result.op_id}{', replayed' if result.replayed else ''})")
     for name in ("level", "added", "balance", "version"):
-        table.add_column(name, justify="left" if name == "level" else "right")
+        table.add_column(name, justify="left" if name == "level" else "right",
+                         overflow="fold")
     for name, added in result.contributions.items():
         table.add_row(name, _money(added), _money(result.balances[name]),
                       str(result.versions[name]))
@@ -720,7 +721,8 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
     console.print(_pools_table(pools, title="pools after the simulation"))
     table = Table(title="wins")
     for name in ("level", "count", "paid"):
-        table.add_column(name, justify="left" if name == "level" else "right")
+        table.add_column(name, justify="left" if name == "level" else "right",
+                         overflow="fold")
     for lvl in sorted(paid):
         table.add_row(lvl, str(summary["wins"][lvl]["count"]), _money(paid[lvl]))  # type: ignore[index]
     console.print(table)

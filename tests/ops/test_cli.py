@@ -152,6 +152,27 @@ def test_a_bet_by_hand_names_its_player_as_a_mystery_hits_winner(tmp_path: Path)
         assert player in table, table
 
 
+def _columns(table: str) -> list[str]:
+    """Return each column of a rich table's body, its cells joined (a folded cell included)."""
+    body = table.split("┩", 1)[1].splitlines()
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in body if line.count("│") > 1]
+    return ["".join(column) for column in zip(*cells, strict=True)]
+
+
+def test_a_bet_by_hand_on_a_narrow_terminal_cuts_no_name_or_figure(tmp_path: Path) -> None:
+    path = str(tmp_path / "narrow.db")
+    long_name = "floor-wide-progressive-jackpot-of-the-whole-casino-floor"
+    levels = [GroupConfig("b", Decimal("1000000.5"), Decimal("0.999999")),
+              GroupConfig(long_name, Decimal("99999999999.123456"), Decimal("0.5"))]
+    JackpotEngine.open(path, levels).close()
+    done = jackpot("contribute", "1234567.123457", "--op-id", "b1", "--db", path,
+                   env={"COLUMNS": "60"})
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout  # was: "level-with-a…", "1,234,565.888…", "100,000,000,…"
+    assert _columns(done.stdout) == [
+        f"b{long_name}", "1,234,565.8888890.876544", "2,234,566.388889100,000,000,000.00", "22"]
+
+
 def test_a_session_of_manual_operations(db: str) -> None:
     levels = ok_json("status", "--db", db)
     assert [(p["name"], p["amount"], p["version"]) for p in levels] == [
