@@ -631,8 +631,12 @@ class Store(ABC):
 
         Streamed where the backend can (there is one per caller-supplied op_id).
         """
-        rows = self._stream(_RECORDED_RESULTS.format(n=self._AMOUNT_CAST,
-                                                     **self._RECORDED._asdict()))
+        return self._recorded_results("SUM")
+
+    def _recorded_results(self, total: str) -> Iterator[RecordedResult]:
+        """`recorded_results`, its sums made by the aggregate function `total`."""
+        sql = _RECORDED_RESULTS.format(n=self._AMOUNT_CAST, **self._RECORDED._asdict())
+        rows = self._stream(sql.replace("SUM(", f"{total}("))
         for op_id, group in itertools.groupby(rows, key=operator.itemgetter(0)):
             levels: dict[str, LedgerFigures] = {}
             kinds: dict[str, frozenset[str]] = {}

@@ -55,6 +55,7 @@ from jackpot.storage.base import (
     IndexShape,
     LedgerRow,
     LedgerTotals,
+    RecordedResult,
     RecordedSQL,
     Store,
     StoredOperation,
@@ -699,6 +700,27 @@ class SQLiteStore(Store):
             periods[period] = (bets + bet, overflows + overflow)
         return sums
 
+    def recorded_results(self) -> Iterator[RecordedResult]:
+        """Yield each recorded operation that has ledger rows, with what they say.
+
+        As `ledger_totals`: should a forged amount make SQLite's SUM overflow,
+        the operations not yielded yet are summed again, exactly, in Python.
+        """
+        last: str | None = None
+        try:
+            for result in super().recorded_results():
+                last = result.op_id
+                yield result
+        except (apsw.SQLError, StorageError) as e:
+            if not _sum_overflowed(e):
+                raise
+        else:
+            return
+        self.conn.create_aggregate_function("jackpot_exact_sum", _ExactSum, 1)
+        for result in self._recorded_results("jackpot_exact_sum"):
+            if last is None or result.op_id > last:  # (in op_id order, as the first pass)
+                yield result
+
     def _ledger_totals_exactly(self) -> dict[str, LedgerTotals]:
         terms = [v.removeprefix("SUM(").removesuffix(")") for v in AUDIT_METER_SUMS.values()]
         sql = (f"SELECT level, version_after, delta, reserve_delta, balance_after, "
@@ -743,6 +765,23 @@ class SQLiteStore(Store):
                                      (name,))), bool(partial))
             for name, unique, partial in self._exec(
                 'SELECT name, "unique", partial FROM pragma_index_list(?)', (table,))}
+
+
+class _ExactSum:
+    """SUM without SQLite's 64-bit limit, for the audit of a ledger with a forged amount."""
+
+    def __init__(self) -> None:
+        self.total: int | float = 0
+
+    def step(self, *values: apsw.SQLiteValue) -> None:
+        """Add one row's value (a REAL where SQLite's own arithmetic overflowed)."""
+        (value,) = values
+        if isinstance(value, (int, float)):  # (STRICT INTEGER columns: nothing else comes)
+            self.total += value
+
+    def final(self) -> str | float:
+        """Return the sum; an int as text (past 2**63 it is no SQLite integer; int() reads it)."""
+        return str(self.total) if isinstance(self.total, int) else self.total
 
 
 def _sum_overflowed(e: BaseException) -> bool:
