@@ -637,16 +637,26 @@ class JackpotEngine:
         """Hold the reader for one read; refused once the engine is closed.
 
         Checked under the reader's lock: a close() racing this read closes
-        the reader only after it, never under it.
+        the reader only after it, never under it. Reads take turns on the
+        one reader: a read waits at most the lock timeout for the one before
+        it (`LockTimeoutError`), so one read the storage never answers does
+        not hang every caller that reads after it.
         """
         self._check_process()  # before the lock: a fork may have copied it held
-        with self._reader_lock:
+        if not self._reader_lock.acquire(timeout=self._settings.lock_timeout_ms / 1000):
+            self._check_open()  # closed meanwhile: that is the whole story
+            msg = (f"a read waited {self._settings.lock_timeout_ms} ms for the read before it "
+                   "to end (the storage answers slowly, or not at all); nothing was read")
+            raise LockTimeoutError(msg)
+        try:
+            self._check_open()
+            yield self._reader
+        finally:  # also when refused: close() may have left the closing to it
             try:
-                self._check_open()
-                yield self._reader
-            finally:  # also when refused: close() may have left the closing to it
                 if self._reader_close_pending:  # close() gave up waiting for this read
                     self._reader.close()
+            finally:
+                self._reader_lock.release()
 
     def __enter__(self) -> Self:
         """Return the engine; `close()` on exit."""
@@ -797,6 +807,8 @@ class JackpotEngine:
         Raises:
             ValidationError: `group` is not a level name.
             UnknownGroupError: the database has no such level.
+            LockTimeoutError: the read before it (reads take turns) did not end
+                within the lock timeout; nothing was read.
 
         """
         name = domain.validate_name(group)
@@ -807,7 +819,13 @@ class JackpotEngine:
         return found[name]
 
     def pools(self) -> dict[str, PoolSnapshot]:
-        """Return every level's committed state, read in one consistent snapshot."""
+        """Return every level's committed state, read in one consistent snapshot.
+
+        Raises:
+            LockTimeoutError: the read before it (reads take turns) did not end
+                within the lock timeout; nothing was read.
+
+        """
         with self._reading() as reader:
             return reads.pools(reader)
 

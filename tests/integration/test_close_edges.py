@@ -185,17 +185,21 @@ class _PausingLock:
         self.go_on = threading.Event()
         self._paused = False
 
-    def __enter__(self) -> None:
+    def _pause_the_first(self) -> None:
         if not self._paused:
             self._paused = True
             self.reader.set()
             assert self.go_on.wait(HANG)
+
+    def __enter__(self) -> None:
+        self._pause_the_first()
         self._lock.acquire()
 
     def __exit__(self, *_exc: object) -> None:
         self._lock.release()
 
     def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        self._pause_the_first()
         return bool(self._lock.acquire(*args, **kwargs))
 
     def release(self) -> None:

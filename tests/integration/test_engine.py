@@ -22,6 +22,7 @@ from jackpot import (
     GroupConfig,
     JackpotEngine,
     JackpotError,
+    LockTimeoutError,
     PoolSnapshot,
     Settings,
     StorageError,
@@ -510,3 +511,31 @@ def test_open_warns_when_it_keeps_a_level_whose_given_settings_differ(
         f"level minor already exists in {path} and is kept as it is there: contribution_rate "
         "0.01 (given 0.5), cap None (given 600.000000); open() creates missing levels only "
         "(change a level's settings with update_config)")
+
+
+def test_a_read_waits_for_the_one_before_it_at_most_the_lock_timeout(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads share one connection, one at a time: behind a read the storage
+    # never answers (a frozen mount), every later read hung with it.
+    engine = open_engine(settings=Settings(lock_timeout_ms=200))
+    reading, release = threading.Event(), threading.Event()
+    real = jackpot.reads.pools
+
+    def stuck(reader: Any) -> Any:
+        reading.set()
+        assert release.wait(60)
+        return real(reader)
+
+    monkeypatch.setattr(jackpot.reads, "pools", stuck)
+    first: list[Any] = []
+    t = threading.Thread(target=lambda: first.append(engine.pools()))
+    t.start()
+    assert reading.wait(60)
+    monkeypatch.setattr(jackpot.reads, "pools", real)
+    with pytest.raises(LockTimeoutError, match=r"a read waited 200 ms .* nothing was read"):
+        engine.pool("minor")
+    with pytest.raises(LockTimeoutError):
+        engine.history("minor")
+    release.set()
+    t.join()
+    assert sorted(first[0]) == sorted(engine.pools())  # the slow read ended well, and so do later ones
