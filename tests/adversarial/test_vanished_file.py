@@ -365,6 +365,50 @@ def test_a_child_forked_while_the_database_was_open_may_not_open_it(tmp_path: Pa
         assert engine.contribute("1", groups="minor", op_id="after").versions == {"minor": 2}
 
 
+_FORKED_AS_IT_CLOSES = """
+import os, sys
+from jackpot import JackpotEngine, JackpotError
+from jackpot.storage import SQLiteStore
+store = SQLiteStore(sys.argv[1], create=False)
+with store.write():
+    pass
+real = store.conn
+
+class ForkingClose:  # another thread of the process forks as this store closes
+    def __getattr__(self, name):
+        return getattr(real, name)
+
+    def close(self):
+        child = os.fork()  # the connection is still open: the child copies it so
+        if child == 0:
+            try:
+                JackpotEngine.open(sys.argv[1]).close()
+                print("child opened it", flush=True)
+            except JackpotError as e:
+                print("child", type(e).__name__, "forked" in str(e), flush=True)
+            os._exit(0)
+        os.waitpid(child, 0)
+        real.close()
+
+store.conn = ForkingClose()
+store.close()
+"""
+
+
+def test_a_child_forked_as_the_last_connection_closes_may_not_open_it(tmp_path: Path) -> None:
+    # The store forgot its connection (FileGuard.close) before closing it: a fork
+    # in between copied SQLite's books with the connection open, unrefused.
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    db = tmp_path / "pools.db"
+    JackpotEngine.open(db).close()
+    done = subprocess.run([sys.executable, "-c", _FORKED_AS_IT_CLOSES, str(db)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child StorageError True"], done.stderr
+
+
 def test_a_store_never_closed_is_unregistered_once_collected(tmp_path: Path) -> None:
     import gc  # noqa: PLC0415
 

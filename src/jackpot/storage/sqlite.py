@@ -211,10 +211,12 @@ class SQLiteStore(Store):
 
     def _abandon(self) -> None:
         """Undo a connection that opened, then failed to set up: leave nothing behind."""
-        if self._guard is not None:
-            self._guard.close()  # (its count would keep the file's registry alive)
-        if hasattr(self, "conn"):
-            self.conn.close()
+        try:
+            if hasattr(self, "conn"):
+                self.conn.close()
+        finally:  # after it, as in close()
+            if self._guard is not None:
+                self._guard.close()  # (its count would keep the file's registry alive)
 
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
         if not self._read_only:
@@ -312,12 +314,14 @@ class SQLiteStore(Store):
             if self._turns is not None:
                 self._turns.close()
         finally:
-            if self._guard is not None:
-                if self._guard.has_failed():
-                    with contextlib.suppress(apsw.Error):
-                        self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-                self._guard.close()
-            self.conn.close()
+            if self._guard is not None and self._guard.has_failed():
+                with contextlib.suppress(apsw.Error):
+                    self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+            try:
+                self.conn.close()
+            finally:  # after it: a fork until then copies the connection open (see _files)
+                if self._guard is not None:
+                    self._guard.close()
 
     # -- low level -------------------------------------------------------
 
