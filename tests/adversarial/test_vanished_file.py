@@ -409,6 +409,46 @@ def test_a_child_forked_as_the_last_connection_closes_may_not_open_it(tmp_path: 
     assert done.stdout.splitlines() == ["child StorageError True"], done.stderr
 
 
+_FORKED_WHILE_READING = """
+import os, sys
+from jackpot import JackpotEngine, JackpotError, reads
+from jackpot.storage import SQLiteStore
+store = SQLiteStore(sys.argv[1], create=False, read_only=True)  # through the -shm: it is open
+assert reads.pools(store)["minor"].version == 1
+child = os.fork()
+if child == 0:
+    try:
+        JackpotEngine.open(sys.argv[1]).close()
+        print("child opened it", flush=True)
+    except JackpotError as e:
+        print("child", type(e).__name__, "forked" in str(e), flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+store.close()
+from jackpot.storage import _files
+assert not _files._reading, _files._reading  # forgotten once closed
+"""
+
+
+def test_a_child_forked_while_a_read_only_store_was_open_may_not_open_it(
+        tmp_path: Path) -> None:
+    # A read-only connection reading through the -shm is in SQLite's books as
+    # much as a writer: the child's engine shared the parent's -shm record, so
+    # the lock that tells others it uses the -wal was never its own. Seen: an
+    # engine of a third process, closing as the last one it could see, folded
+    # and deleted the -wal under the child (every later write of the child's a
+    # StorageError, its reads stale).
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db):  # another process has it open: -wal and -shm are there
+        done = subprocess.run([sys.executable, "-c", _FORKED_WHILE_READING, str(db)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child StorageError True"], done.stderr
+
+
 def test_a_store_never_closed_is_unregistered_once_collected(tmp_path: Path) -> None:
     import gc  # noqa: PLC0415
 

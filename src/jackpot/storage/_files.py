@@ -26,7 +26,9 @@ count the parent's locks as theirs, locks the kernel never gave the child.
 Its writes then wait forever on a write lock the parent held at the fork, or,
 its locks unseen by the other processes, an engine closing elsewhere folds
 and deletes the `-wal` under it, acknowledged commits included. So such a
-child (and its own children) may not open that database at all.
+child (and its own children) may not open that database at all. A read-only
+connection reading through the `-shm` (`ReaderMark`) counts as having it
+open: SQLite's books hold it as they hold a writer.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collections import Counter
 
 from jackpot.errors import StorageError
 
-__all__ = ["FileGuard"]
+__all__ = ["FileGuard", "ReaderMark"]
 
 Identity = tuple[int, int]
 """A file's (device, inode)."""
@@ -51,6 +53,8 @@ _sides: dict[Identity, dict[str, Identity]] = {}
 """The `-wal` and `-shm` files of each database, as this process's connections first saw them."""
 _open: Counter[Identity] = Counter()
 """Writing connections of this process per database file (forgotten, with the above, at 0)."""
+_reading: Counter[Identity] = Counter()
+"""Read-only connections of this process, reading through the -shm, per database file."""
 _inherited: set[Identity] = set()
 """Databases a parent (or an earlier ancestor) of this process had open when it forked."""
 
@@ -60,6 +64,8 @@ def _after_fork_in_child() -> None:
     global _lock  # noqa: PLW0603 - a lock the parent may have held at the fork
     _lock = threading.Lock()
     _inherited.update(_open)
+    _inherited.update(_reading)
+    _reading.clear()
     _failed.clear()
     _sides.clear()
     _open.clear()
@@ -145,6 +151,31 @@ class FileGuard:
         """Forget this connection; the last one of a database forgets its failure too."""
         self._release()
         self.file = None
+
+
+class ReaderMark:
+    """A read-only connection that reads a database through its `-shm` (a fork copies it open)."""
+
+    def __init__(self, path: str) -> None:
+        """Count the file `path` names now (just opened by the connection) until `close()`."""
+        file = _identity(path)
+        if file is not None:
+            with _lock:
+                _reading[file] += 1
+        self._release = weakref.finalize(self, _forget_reader, file, os.getpid())
+
+    def close(self) -> None:
+        """Forget this connection (idempotent)."""
+        self._release()
+
+
+def _forget_reader(file: Identity | None, pid: int) -> None:
+    if file is None or pid != os.getpid():  # (a forked child's registry never counted it)
+        return
+    with _lock:
+        _reading[file] -= 1
+        if _reading[file] <= 0:
+            del _reading[file]
 
 
 def _release(file: Identity | None, pid: int) -> None:

@@ -44,7 +44,7 @@ import apsw.bestpractice
 
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
-from jackpot.storage._files import FileGuard
+from jackpot.storage._files import FileGuard, ReaderMark
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     AUDIT_METER_SUMS,
@@ -183,6 +183,7 @@ class SQLiteStore(Store):
         self._read_only = read_only
         self._stamp: tuple[int, int, int] | None = None  # the file as an immutable read found it
         self._guard: FileGuard | None = None  # a writing connection's files (see _files)
+        self._mark: ReaderMark | None = None  # a reader's, through the -shm (see _files)
         try:
             self.conn = self._connect(path, create=create and not read_only)
             self.conn.set_busy_handler(self._on_busy)
@@ -217,6 +218,8 @@ class SQLiteStore(Store):
         finally:  # after it, as in close()
             if self._guard is not None:
                 self._guard.close()  # (its count would keep the file's registry alive)
+            if self._mark is not None:
+                self._mark.close()
 
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
         if not self._read_only:
@@ -230,7 +233,9 @@ class SQLiteStore(Store):
             return conn
         if any(Path(path + suffix).exists() for suffix in _SIDE_FILES):
             # Someone has (or had) it open: read through its -shm, as a reader.
-            return apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            self._mark = ReaderMark(path)
+            return conn
         # Nobody has it open: read the file as it stands, creating nothing
         # beside it (a read-only -shm cannot be created in a directory we may
         # not write); `read()` then checks that it did not change meanwhile.
@@ -322,6 +327,8 @@ class SQLiteStore(Store):
             finally:  # after it: a fork until then copies the connection open (see _files)
                 if self._guard is not None:
                     self._guard.close()
+                if self._mark is not None:
+                    self._mark.close()
 
     # -- low level -------------------------------------------------------
 
