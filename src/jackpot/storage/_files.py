@@ -26,7 +26,8 @@ count the parent's locks as theirs, locks the kernel never gave the child.
 Its writes then wait forever on a write lock the parent held at the fork, or,
 its locks unseen by the other processes, an engine closing elsewhere folds
 and deletes the `-wal` under it, acknowledged commits included. So such a
-child (and its own children) may not open that database at all. A read-only
+child (and its own children) may not open a writing connection to that
+database (its read-only ones are not refused here). A read-only
 connection reading through the `-shm` (`ReaderMark`) counts as having it
 open: SQLite's books hold it as they hold a writer.
 """
