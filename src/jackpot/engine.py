@@ -830,7 +830,15 @@ class JackpotEngine:
             return reads.pools(reader)
 
     def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
-        """Return the last `limit` wins and hits of a level of the database, newest first."""
+        """Return the last `limit` wins and hits of a level of the database, newest first.
+
+        Raises:
+            ValidationError: `group` is not a level name, or `limit` is out of range.
+            UnknownGroupError: the database has no such level.
+            LockTimeoutError: the read before it (reads take turns) did not end
+                within the lock timeout; nothing was read.
+
+        """
         name = domain.validate_name(group)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
             msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {limit!r}"

@@ -43,7 +43,8 @@ class Settings:
         max_retry_attempts: retries after a version conflict or busy database
             (with `retry_delay_ms`, the last backoff may not pass one hour).
         retry_delay_ms: first backoff delay; doubles each retry, with jitter.
-        lock_timeout_ms: longest wait for a database or level-actor lock.
+        lock_timeout_ms: longest wait for a database or level-actor lock, or
+            for the read before a read (reads take turns).
         concurrency_check_interval_ms: longest poll interval while waiting
             for SQLite's write lock (polls start finer and back off). The
             engine's own writers take turns without polling; this is the
