@@ -618,6 +618,46 @@ def test_a_forked_childs_own_engine_reports_its_failures(tmp_path: Path, lock: s
     assert done.stdout.splitlines() == [f"child {said}"], done.stderr
 
 
+_FORKED_REGISTRY = """
+import os, signal, sys, threading
+from pykka import ActorRegistry
+from jackpot import JackpotEngine
+parent = JackpotEngine.open(sys.argv[1])
+held, forked = threading.Event(), threading.Event()
+
+def hold():  # an actor of the parent registering or leaving as the process forks
+    with ActorRegistry._actor_refs_lock:
+        held.set()
+        forked.wait()
+
+threading.Thread(target=hold).start()
+held.wait()
+child = os.fork()
+if child == 0:  # a worker opens its own engine, as the README says to
+    signal.alarm(int(sys.argv[3]))  # a hung child ends, and says nothing
+    with JackpotEngine.open(sys.argv[2]) as own:
+        print("child", own.contribute("1", groups="minor").versions, flush=True)
+    os._exit(0)
+forked.set()
+os.waitpid(child, 0)
+parent.close()
+"""
+
+
+def test_a_forked_childs_own_engine_starts_though_pykkas_registry_was_held(
+        tmp_path: Path) -> None:
+    # Every actor start and stop goes through Pykka's registry, under a lock
+    # of the whole process: one the parent held as it forked (an actor of its
+    # engine starting or stopping) stayed held in the child, whose own
+    # engine then hung starting its first actor.
+    hang = 30  # seconds: only a hang waits this long
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED_REGISTRY, str(tmp_path / "a.db"), str(tmp_path / "b.db"),
+         str(hang)], capture_output=True, text=True, timeout=hang * 3, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child {'minor': 2}"], done.stderr
+
+
 class _RaisingFilter(logging.Filter):
     """A log filter that fails (as one reading an unset context variable would)."""
 

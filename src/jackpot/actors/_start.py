@@ -24,10 +24,16 @@ _errors_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    """Start a forked child with no start failures (the parent's actors are not here)."""
+    """Start a forked child with no start failures (the parent's actors are not here).
+
+    Pykka's registry gets a new lock too; its refs (the application's too) stay.
+    """
     global _errors_lock  # noqa: PLW0603 - a lock the parent may have held at the fork
     _errors_lock = threading.Lock()
     _START_ERRORS.clear()
+    # Every actor start and stop takes Pykka's registry lock: an actor of the
+    # parent starting or stopping as it forked left it held for ever here.
+    pykka.ActorRegistry._actor_refs_lock = threading.RLock()  # noqa: SLF001
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
