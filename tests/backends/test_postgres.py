@@ -475,6 +475,43 @@ def _rolled_back_xid(store: PostgresStore) -> int:
     raise AssertionError
 
 
+def test_a_lost_commit_is_not_settled_by_a_transaction_that_reused_its_id(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that crashes before the COMMIT reaches its WAL forgets the
+    # transaction id, and hands it out again once it is back: asked after
+    # that (a client learns of a crashed host from its keepalives, 30 s or
+    # more later), txid_status says "committed", of another transaction.
+    # (Seen with pg_ctl stop -m immediate: the next transaction after the
+    # restart got the lost one's id.) Here the session is ended before its
+    # COMMIT, and the id it asks about is one another transaction committed.
+    with JackpotEngine.open(pg_target) as engine:
+        engine.contribute(Decimal(100), groups="minor", op_id="b1")
+        real_flush = PostgresStore._flush
+
+        def flush(self: PostgresStore, *, commit: bool = False) -> None:
+            if commit and self._conn is not None:
+                monkeypatch.setattr(PostgresStore, "_flush", real_flush)
+                with psycopg.connect(pg_target, autocommit=True) as admin:
+                    pid = self._conn.info.backend_pid
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                        (pid,)).fetchone() != (0,):
+                        time.sleep(0.005)  # polling a condition: the session is gone
+                    with admin.transaction():  # committed: the id the crash gave away
+                        (self._xid,) = admin.execute("SELECT txid_current()").fetchall()[0]
+            real_flush(self, commit=commit)
+
+        monkeypatch.setattr(PostgresStore, "_flush", flush)
+        with pytest.raises(StorageError) as lost:
+            engine.contribute(Decimal(100), groups="minor", op_id="b2")
+        assert lost.value.outcome_unknown is True
+        assert engine.pool("minor").amount == MINOR_SEED + Decimal("0.5")  # b1 only
+        again = engine.contribute(Decimal(100), groups="minor", op_id="b2")
+        assert again.replayed is False  # it had not committed: applied now, once
+        assert engine.pool("minor").amount == MINOR_SEED + Decimal(1)
+        assert engine.verify().ok
+
+
 # -- open(create=False) --------------------------------------------------------------------
 
 

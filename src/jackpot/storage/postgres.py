@@ -63,7 +63,9 @@ whose connection dies at COMMIT may have committed (a terminated backend
 sends its FATAL after finishing a COMMIT): its transaction id, read with the
 BEGIN, is looked up with `txid_status` on a new connection, so a committed
 transaction is reported applied and an aborted one as nothing changed; when
-the server cannot tell, the error says the outcome is unknown. After an
+the server cannot tell, the error says the outcome is unknown. ("committed"
+counts only with a row the transaction inserted there under that id: after a
+crash the server gives the ids it lost to new transactions.) After an
 outage the pool (`_pg_pool.JackpotPool`) tries the server about once a
 second while calls wait for a connection, so they are served again about a
 second after it is back, however long it was away.
@@ -158,6 +160,13 @@ _LEDGER_INDEXES = (
     f"pg_class WHERE relname = 'ledger' AND relnamespace = {_CURRENT_SCHEMA})")
 _HAS_SCHEMA_TABLE = ("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema() "
                      "AND tablename = 'jackpot_schema')")
+# A row a write transaction inserted, by its key, with the id of the transaction
+# that inserted it (xmin: 32 bits, as text). History is append-only, so the row
+# of a transaction that committed stays there with its xmin.
+_WROTE_ENTRY = "SELECT xmin::text FROM ledger WHERE level = %s AND version_after = %s"
+_WROTE_RECORD = "SELECT xmin::text FROM operations WHERE op_id = %s"
+_ENTRY_LEVEL = 1 + ENTRY_COLUMNS.index("level")  # (entry_values: op_id first)
+_ENTRY_VERSION = 1 + ENTRY_COLUMNS.index("version_after")
 # What a unique violation on these means: another transaction won the race.
 _RACES = {"operations_pkey": "op_id", "ledger_level_version": "level version"}
 
@@ -348,6 +357,8 @@ class PostgresStore(Store):
                        f"{'off' if synchronous == 'NORMAL' else 'on'}")
         self._conn: Connection | None = None
         self._xid = 0  # of the write transaction in progress
+        self._wrote: tuple[str, tuple[Any, ...]] | None = None
+        """A row the write transaction in progress inserted: its query, by key (_flush)."""
         self._spoiled = False  # its connection is not to be used again (see _flush)
         self._writing = False
         self._entries: list[tuple[Any, ...]] = []
@@ -564,6 +575,7 @@ class PostgresStore(Store):
         finally:
             self._conn, self._writing = None, False
             self._entries, self._records, self._at_ms = [], {}, {}
+            self._wrote = None
             if self._spoiled:
                 self._spoiled = False
                 self._pool.discard(conn)  # (the pool replaces it)
@@ -579,6 +591,9 @@ class PostgresStore(Store):
         entries, self._entries, self._records, self._at_ms = self._entries, [], {}, {}
         if not (entries or records or commit):
             return
+        if self._wrote is None and (entries or records):
+            self._wrote = ((_WROTE_ENTRY, (entries[0][_ENTRY_LEVEL], entries[0][_ENTRY_VERSION]))
+                           if entries else (_WROTE_RECORD, (records[0][0],)))
         e = self._pipeline(entries, records, commit=commit)
         if e is not None:
             # After an error the server skips the rest of the pipeline, a statement
@@ -630,6 +645,11 @@ class PostgresStore(Store):
 
         Asked on a new connection after the transaction's own connection was
         lost at COMMIT (PostgreSQL's `txid_status`, made for this question).
+        "committed" alone is no proof: a server that crashed before the COMMIT
+        reached its WAL forgets the id and gives it to the next transaction
+        once it is back (seen with `pg_ctl stop -m immediate`), and a client
+        may learn of the crash only then (a host's keepalives: 30 s or more).
+        So a row the transaction inserted must be there, inserted by that id.
         """
         lost = f"the connection to {self._where} was lost at COMMIT ({_first_line(e)})"
         status = "unknown"
@@ -642,6 +662,10 @@ class PostgresStore(Store):
                     if status != "in progress" or time.monotonic() > deadline:
                         break
                     time.sleep(0.005)
+                if status == "committed" and self._wrote is not None:
+                    sql, key = self._wrote
+                    if conn.execute(sql, key).fetchall() != [(str(xid % 2**32),)]:
+                        status = "reused"
         except psycopg.Error as check:
             msg = (f"{lost}, and whether it committed is unknown ({_first_line(check)}): "
                    "send the operation again with the same op_id to find out")
@@ -651,7 +675,10 @@ class PostgresStore(Store):
         if status == "aborted":
             msg = f"{lost}; the transaction was rolled back and nothing was changed: retry"
             raise StorageError(msg) from e
-        msg = (f"{lost}, and whether it committed is unknown (transaction status {status!r}): "
+        why = (f"transaction status {status!r}" if status != "reused" else
+               "its transaction id committed without the rows it wrote: the server "
+               "restarted and gave the id to another transaction")
+        msg = (f"{lost}, and whether it committed is unknown ({why}): "
                "send the operation again with the same op_id to find out")
         raise StorageError(msg, outcome_unknown=True) from e
 
