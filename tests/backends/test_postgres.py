@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 
 from jackpot import (
     ConcurrencyViolationError,
@@ -462,6 +463,35 @@ def test_a_commit_whose_answer_was_lost_is_settled_by_the_transaction_status(
         assert down.value.outcome_unknown is True
     finally:
         store.close()
+
+
+def test_the_lookup_of_a_lost_commit_is_bounded_like_a_pooled_connection(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It runs just after a connection was lost, when the server host or its
+    # network is the likeliest to fail again: without keepalives and
+    # tcp_user_timeout its query would wait for the kernel to give up on TCP
+    # (about 15 minutes), holding its level's actor all that time.
+    store = open_store(pg_target)
+    try:
+        store.migrate()
+        assert isinstance(store, PostgresStore)
+        with store.write():
+            committed = store._xid
+        opened: list[dict[str, Any]] = []
+        real = psycopg.connect
+
+        def connect(conninfo: str, **kwargs: Any) -> Any:
+            opened.append({**conninfo_to_dict(conninfo), **kwargs})
+            return real(conninfo, **kwargs)
+
+        with mock.patch.object(psycopg, "connect", connect):
+            store._settle_lost_commit(committed, OSError("server closed the connection"))
+    finally:
+        store.close()
+    assert len(opened) == 1
+    assert {k: str(v) for k, v in opened[0].items() if k.startswith(("keepalives", "tcp_"))} == {
+        "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+        "keepalives_count": "3", "tcp_user_timeout": "60000"}
 
 
 def _rolled_back_xid(store: PostgresStore) -> int:

@@ -92,7 +92,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import PoolTimeout
 
@@ -655,8 +655,12 @@ class PostgresStore(Store):
         status = "unknown"
         try:
             deadline = time.monotonic() + self._timeout_ms / 1000
-            with psycopg.connect(self._url, autocommit=True,
-                                 connect_timeout=max(2, round(self._timeout_ms / 1000))) as conn:
+            # Bounded as pooled connections are (NETWORK_DEFAULTS): the server
+            # that just lost a connection is the likeliest to go silent next.
+            bounded = make_conninfo(self._url, **{
+                **network_defaults(self._url),
+                "connect_timeout": str(max(2, round(self._timeout_ms / 1000)))})
+            with psycopg.connect(bounded, autocommit=True) as conn:
                 while True:  # "in progress": the dying backend is still rolling back
                     (status,) = conn.execute("SELECT txid_status(%s)", (xid,)).fetchall()[0]
                     if status != "in progress" or time.monotonic() > deadline:
