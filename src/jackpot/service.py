@@ -294,8 +294,11 @@ def _attempt(
         pessimistic = {n for op in ops if op.pessimistic for n in op.names}
         trusted = set() if cached is None else {n for n in names
                                                 if n not in pessimistic and n in cached}
-        batch = _Batch(store, [op.op_id for op in ops if op.explicit])
         states = _states(store, ops, names, cached=cached, trusted=trusted, stats=stats)
+        # op_ids are looked up once the levels are locked (PostgreSQL: their
+        # rows): a twin that another host committed while this one waited for
+        # them is replayed, not judged by the state it left and refused.
+        batch = _Batch(store, [op.op_id for op in ops if op.explicit])
         seen = store.seen_versions  # after BEGIN: emptied if others committed
         if seen is not None:
             if trusted:

@@ -166,7 +166,7 @@ def test_a_write_waits_for_the_levels_another_engine_is_writing(
 def test_a_twin_op_id_committed_first_is_replayed(
         engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     one, two = engines(), engines()
-    # Between one's lookup of the op_id and its lock of the level's row.
+    # While one waits for the level's row (its op_id is looked up once it has it).
     seen = intercept_once(monkeypatch, "lock_levels",
                           lambda: two.contribute(Decimal(20), groups="minor", op_id="twin"))
     replay = one.contribute(Decimal(20), groups="minor", op_id="twin")
@@ -174,6 +174,27 @@ def test_a_twin_op_id_committed_first_is_replayed(
     assert replay.replayed is True
     assert replay.versions == seen[0].versions == {"minor": 2}
     assert one.pool("minor").amount == MINOR_SEED + Decimal("0.1")
+    assert one.verify().ok
+
+
+@pytest.mark.parametrize("terms", [{"amount": Decimal(80)}, {"expected_version": 2}])
+def test_a_twin_op_id_committed_while_waiting_for_the_row_is_replayed_not_refused(
+        engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch,
+        terms: dict[str, Any]) -> None:
+    # A win resent to another host (its first call's outcome unknown) waits for
+    # the row the first one holds. Its op_id was looked up before that wait:
+    # judged by the pool the first one left (80 is more than it holds now; the
+    # version moved on), it was refused, "nothing changed", though that very
+    # request had just been paid. The lookup follows the row locks now.
+    one, two = engines(), engines()
+    one.contribute(Decimal(10), groups="minor", op_id="bet")  # minor at version 2
+    seen = intercept_once(monkeypatch, "lock_levels",
+                          lambda: two.process_win("minor", op_id="twin", **terms))
+    replay = one.process_win("minor", op_id="twin", **terms)
+    assert seen[0].replayed is False
+    assert replay.replayed is True
+    assert replay.to_record() == seen[0].to_record()
+    assert one.pool("minor").version == 3  # paid once
     assert one.verify().ok
 
 
@@ -986,26 +1007,30 @@ def test_a_pipeline_that_failed_leaves_no_statement_half_prepared(
 
 
 @pytest.mark.parametrize("answered_early", [False, True])
-def test_a_twin_op_id_is_replayed_without_a_word_from_psycopg(
+def test_an_op_id_clash_failing_the_pipeline_costs_no_word_from_psycopg(
         engines: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture, answered_early: bool) -> None:
-    # A twin op_id fails the pipeline that inserts the batch's rows and commits:
-    # a normal event, which the engine replays. psycopg_pool logged a WARNING
-    # "discarding closed connection" each time (the engine closes that
+    # An op_id another host committed since this transaction looked it up fails
+    # the pipeline that inserts the batch's rows and commits: a normal event,
+    # which the engine retries (and then refuses or replays). psycopg_pool logged
+    # a WARNING "discarding closed connection" each time (the engine closes that
     # connection on purpose). And when the server's error came in before the
     # COMMIT was queued (a busy client, a batch of many rows: forced here), the
     # error left the pipeline block, and psycopg logged another, "error ignored
-    # terminating Pipeline ... pipeline aborted": 20 or 40 in 20 rounds.
+    # terminating Pipeline ... pipeline aborted": 20 or 40 in 20 rounds. (The
+    # op_id is looked up with the levels locked: only a request on other levels
+    # can commit it in between.)
     one, two = engines(), engines()
-    real_lock, real_many = PostgresStore.lock_levels, PostgresStore._exec_many
+    real_find, real_many = PostgresStore.find_operations, PostgresStore._exec_many
     twins: list[str] = []
     doomed: list[PostgresStore] = []  # the store of one's transaction, once two committed
 
-    def lock_levels(self: PostgresStore, names: list[str]) -> Any:
+    def find_operations(self: PostgresStore, op_ids: list[str]) -> Any:
+        found = real_find(self, op_ids)
         if twins:  # in one's transaction: two commits the same op_id first
-            two.contribute(Decimal(20), groups="minor", op_id=twins.pop())
+            two.contribute(Decimal(20), groups="major", op_id=twins.pop())
             doomed.append(self)
-        return real_lock(self, names)
+        return found
 
     def exec_many(self: PostgresStore, sql: str, rows: list[tuple[Any, ...]]) -> None:
         real_many(self, sql, rows)
@@ -1014,17 +1039,18 @@ def test_a_twin_op_id_is_replayed_without_a_word_from_psycopg(
             assert self._conn is not None
             assert select.select([self._conn.fileno()], [], [], 30)[0], "no answer in 30 s"
 
-    monkeypatch.setattr(PostgresStore, "lock_levels", lock_levels)
+    monkeypatch.setattr(PostgresStore, "find_operations", find_operations)
     if answered_early:
         monkeypatch.setattr(PostgresStore, "_exec_many", exec_many)
     rounds = 20
     with caplog.at_level(logging.WARNING, logger="psycopg"):
         for r in range(rounds):
             twins.append(f"twin-{r}")
-            assert one.contribute(Decimal(20), groups="minor", op_id=f"twin-{r}").replayed
+            with pytest.raises(IdempotencyConflictError):
+                one.contribute(Decimal(20), groups="minor", op_id=f"twin-{r}")
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
     assert one.stats.snapshot()["busy_incidents"] == rounds  # each one did fail its pipeline
-    assert one.pool("minor").amount == MINOR_SEED + rounds * Decimal("0.1")
+    assert (one.pool("minor").version, one.pool("major").version) == (1, 1 + rounds)
     assert one.verify().ok
 
 

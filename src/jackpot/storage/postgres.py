@@ -23,11 +23,13 @@ on two kinds of reads, and each is protected without predicate locks:
   without the lock would leave 0 rows updated, which the service treats as
   a version conflict. Every committed change bumps the version, so an equal
   version proves an unchanged row.
-- The op_id's idempotency record. A twin request committed first by another
-  process is caught by the operations table's primary key when this
-  transaction inserts its own record; that error is translated into
-  `SerializationFailureError`, and the service's retry then finds the stored
-  record and replays it.
+- The op_id's idempotency record. The service looks op_ids up once the
+  levels are locked, so a twin request (same levels) that another process
+  committed while this one waited for them is found and replayed. One that
+  commits after the lookup (a request on other levels) is caught by the
+  operations table's primary key when this transaction inserts its own
+  record; that error is translated into `SerializationFailureError`, and
+  the service's retry then finds the stored record.
 
 Nothing depends on the absence of rows in a range, which is what SERIALIZABLE
 adds over this; at SERIALIZABLE, PostgreSQL's page-granular predicate locks on
