@@ -526,6 +526,26 @@ def _rolled_back_xid(store: PostgresStore) -> int:
     raise AssertionError
 
 
+def lose_the_next_commit_to_a_reused_id(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """End the session of the next COMMIT before it; have its id committed by another."""
+    real_flush = PostgresStore._flush
+
+    def flush(self: PostgresStore, *, commit: bool = False) -> None:
+        if commit and self._conn is not None:
+            monkeypatch.setattr(PostgresStore, "_flush", real_flush)
+            with psycopg.connect(target, autocommit=True) as admin:
+                pid = self._conn.info.backend_pid
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                    (pid,)).fetchone() != (0,):
+                    time.sleep(0.005)  # polling a condition: the session is gone
+                with admin.transaction():  # committed: the id the crash gave away
+                    (self._xid,) = admin.execute("SELECT txid_current()").fetchall()[0]
+        real_flush(self, commit=commit)
+
+    monkeypatch.setattr(PostgresStore, "_flush", flush)
+
+
 def test_a_lost_commit_is_not_settled_by_a_transaction_that_reused_its_id(
         pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # A server that crashes before the COMMIT reaches its WAL forgets the
@@ -537,22 +557,7 @@ def test_a_lost_commit_is_not_settled_by_a_transaction_that_reused_its_id(
     # COMMIT, and the id it asks about is one another transaction committed.
     with JackpotEngine.open(pg_target) as engine:
         engine.contribute(Decimal(100), groups="minor", op_id="b1")
-        real_flush = PostgresStore._flush
-
-        def flush(self: PostgresStore, *, commit: bool = False) -> None:
-            if commit and self._conn is not None:
-                monkeypatch.setattr(PostgresStore, "_flush", real_flush)
-                with psycopg.connect(pg_target, autocommit=True) as admin:
-                    pid = self._conn.info.backend_pid
-                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                    while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                        (pid,)).fetchone() != (0,):
-                        time.sleep(0.005)  # polling a condition: the session is gone
-                    with admin.transaction():  # committed: the id the crash gave away
-                        (self._xid,) = admin.execute("SELECT txid_current()").fetchall()[0]
-            real_flush(self, commit=commit)
-
-        monkeypatch.setattr(PostgresStore, "_flush", flush)
+        lose_the_next_commit_to_a_reused_id(monkeypatch, pg_target)
         with pytest.raises(StorageError) as lost:
             engine.contribute(Decimal(100), groups="minor", op_id="b2")
         assert lost.value.outcome_unknown is True
@@ -561,6 +566,22 @@ def test_a_lost_commit_is_not_settled_by_a_transaction_that_reused_its_id(
         assert again.replayed is False  # it had not committed: applied now, once
         assert engine.pool("minor").amount == MINOR_SEED + Decimal(1)
         assert engine.verify().ok
+
+
+def test_a_lost_migration_is_not_settled_by_a_transaction_that_reused_its_id(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As above, for the transaction that creates the schema (no ledger row):
+    # it said "migrated", and the open failed next on a missing table.
+    store = open_store(pg_target)
+    try:
+        lose_the_next_commit_to_a_reused_id(monkeypatch, pg_target)
+        with pytest.raises(StorageError) as lost:
+            store.migrate()
+        assert lost.value.outcome_unknown is True
+        assert store.schema_version() == 0
+        assert store.migrate() == len(POSTGRES_MIGRATIONS)
+    finally:
+        store.close()
 
 
 # -- open(create=False) --------------------------------------------------------------------

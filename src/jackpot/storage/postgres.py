@@ -360,7 +360,8 @@ class PostgresStore(Store):
         self._conn: Connection | None = None
         self._xid = 0  # of the write transaction in progress
         self._wrote: tuple[str, tuple[Any, ...]] | None = None
-        """A row the write transaction in progress inserted: its query, by key (_flush)."""
+        """A row the write transaction in progress wrote and no later one changes: the
+        query of its xmin, by key (`_flush`: the first ledger row or record; `migrate`)."""
         self._spoiled = False  # its connection is not to be used again (see _flush)
         self._writing = False
         self._entries: list[tuple[Any, ...]] = []
@@ -744,6 +745,7 @@ class PostgresStore(Store):
                 self._exec("UPDATE jackpot_schema SET version = %s", (latest,))
             else:
                 self._exec("INSERT INTO jackpot_schema (version) VALUES (%s)", (latest,))
+            self._wrote = ("SELECT xmin::text FROM jackpot_schema", ())  # (_settle_lost_commit)
         return latest
 
     # -- levels --------------------------------------------------------------
