@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +324,14 @@ def test_a_forked_child_starts_with_no_registered_files(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def _child_says(script: str, db: Path) -> list[str]:
+    """Run a script that forks (in a process of its own); return what its child printed."""
+    done = subprocess.run([sys.executable, "-c", script, str(db)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
 _FORKED_WHILE_OPEN = """
 import os, sys
 from jackpot import JackpotEngine, JackpotError, Settings
@@ -352,15 +362,9 @@ def test_a_child_forked_while_the_database_was_open_may_not_open_it(tmp_path: Pa
     # child. Its engine's writes then waited forever on a write lock nobody held
     # (here), or, its locks unseen by others, a closing engine elsewhere could fold
     # and delete the -wal under it, taking acknowledged commits with it.
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     db = tmp_path / "pools.db"
     JackpotEngine.open(db).close()
-    done = subprocess.run([sys.executable, "-c", _FORKED_WHILE_OPEN, str(db)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["child StorageError True"], done.stderr
+    assert _child_says(_FORKED_WHILE_OPEN, db) == ["child StorageError True"]
     with JackpotEngine.open(db) as engine:  # a process of its own opens it as ever
         assert engine.contribute("1", groups="minor", op_id="after").versions == {"minor": 2}
 
@@ -398,15 +402,9 @@ store.close()
 def test_a_child_forked_as_the_last_connection_closes_may_not_open_it(tmp_path: Path) -> None:
     # The store forgot its connection (FileGuard.close) before closing it: a fork
     # in between copied SQLite's books with the connection open, unrefused.
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     db = tmp_path / "pools.db"
     JackpotEngine.open(db).close()
-    done = subprocess.run([sys.executable, "-c", _FORKED_AS_IT_CLOSES, str(db)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["child StorageError True"], done.stderr
+    assert _child_says(_FORKED_AS_IT_CLOSES, db) == ["child StorageError True"]
 
 
 _FORKED_WHILE_READING = """
@@ -438,15 +436,9 @@ def test_a_child_forked_while_a_read_only_store_was_open_may_not_open_it(
     # engine of a third process, closing as the last one it could see, folded
     # and deleted the -wal under the child (every later write of the child's a
     # StorageError, its reads stale).
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     db = tmp_path / "pools.db"
     with JackpotEngine.open(db):  # another process has it open: -wal and -shm are there
-        done = subprocess.run([sys.executable, "-c", _FORKED_WHILE_READING, str(db)],
-                              capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["child StorageError True"], done.stderr
+        assert _child_says(_FORKED_WHILE_READING, db) == ["child StorageError True"]
 
 
 def test_a_store_never_closed_is_unregistered_once_collected(tmp_path: Path) -> None:
