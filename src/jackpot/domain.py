@@ -59,7 +59,8 @@ _DEFERRED = ("seed", "must_hit_by")
 _CLEARABLE = ("cap", "min_bet", "max_contribution", "must_hit_by")
 """The optional settings: `None` clears them; the others always have a value."""
 MAX_METER = 2**63 - 1
-"""Meters are running sums stored as SQLite integers: they must stay below 2**63."""
+"""Meters are running sums stored as SQLite integers: they must stay within +-MAX_METER
+(adjusted and transferred go negative: an adjustment down moves them towards -2**63)."""
 MAX_HITS_PER_BET = 100
 """A bet that would trigger more mystery hits than this is refused."""
 
@@ -321,12 +322,12 @@ def _record(before: LevelState, after: LevelState, kind: str, **parts: Any) -> E
 
 
 def _meter(state: LevelState, **deltas: int) -> Meters:
-    """Return the level's meters with `deltas` added (refusing to pass `MAX_METER`)."""
+    """Return the level's meters with `deltas` added (refusing to pass +-`MAX_METER`)."""
     values = list(state.meters)
     for name, delta in deltas.items():
         i = _METER_INDEX[name]
         values[i] += delta
-        if values[i] > MAX_METER:
+        if not -MAX_METER <= values[i] <= MAX_METER:
             msg = (f"level {state.name!r}: its {name} meter would pass the storage range "
                    f"({MAX_METER}); retire the level and open a new one")
             raise ValidationError(msg)

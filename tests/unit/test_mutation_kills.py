@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from jackpot import GroupConfig, ValidationError
-from jackpot.domain import MAX_METER, LevelState, Meters, contribute, create
+from jackpot.domain import MAX_METER, LevelState, Meters, adjust, contribute, create
 
 T0 = 1_700_000_000_000  # a millisecond timestamp
 U = 1_000_000  # units per currency unit
@@ -52,3 +52,18 @@ def test_a_meter_may_not_pass_the_storage_maximum() -> None:
     # Only the meter that overflowed (was: every meter the bet moves, bets included).
     assert str(info.value) == (f"level 'minor': its wagered meter would pass the storage range "
                                f"({MAX_METER}); retire the level and open a new one")
+
+
+def test_a_negative_meter_may_not_pass_the_storage_minimum() -> None:
+    """An adjustment down moves `adjusted` towards -2**63: past it, a clear refusal.
+
+    It was an OverflowError from the storage driver (not a JackpotError): a
+    level reset by the house and emptied by adjustments again and again gets there.
+    """
+    s = replace(level(adjusted=-MAX_METER + 5), amount=10)
+    nxt, _ = adjust(s, -5, T0, reason="r")
+    assert nxt.meters.adjusted == -MAX_METER
+    with pytest.raises(ValidationError) as info:
+        adjust(s, -6, T0, reason="r")
+    assert str(info.value) == (f"level 'minor': its adjusted meter would pass the storage "
+                               f"range ({MAX_METER}); retire the level and open a new one")
