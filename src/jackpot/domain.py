@@ -329,7 +329,7 @@ def _meter(state: LevelState, **deltas: int) -> Meters:
         values[i] += delta
         if not -MAX_METER <= values[i] <= MAX_METER:
             msg = (f"level {state.name!r}: its {name} meter would pass the storage range "
-                   f"({MAX_METER}); retire the level and open a new one")
+                   f"({-MAX_METER} to {MAX_METER}); retire the level and open a new one")
             raise ValidationError(msg)
     return Meters._make(values)
 

@@ -51,7 +51,7 @@ def test_a_meter_may_not_pass_the_storage_maximum() -> None:
         contribute(s, bet, T0, draw)
     # Only the meter that overflowed (was: every meter the bet moves, bets included).
     assert str(info.value) == (f"level 'minor': its wagered meter would pass the storage range "
-                               f"({MAX_METER}); retire the level and open a new one")
+                               f"({-MAX_METER} to {MAX_METER}); retire the level and open a new one")
 
 
 def test_a_negative_meter_may_not_pass_the_storage_minimum() -> None:
@@ -66,4 +66,5 @@ def test_a_negative_meter_may_not_pass_the_storage_minimum() -> None:
     with pytest.raises(ValidationError) as info:
         adjust(s, -6, T0, reason="r")
     assert str(info.value) == (f"level 'minor': its adjusted meter would pass the storage "
-                               f"range ({MAX_METER}); retire the level and open a new one")
+                               f"range ({-MAX_METER} to {MAX_METER}); retire the level and open a new "
+                               "one")
