@@ -1019,3 +1019,51 @@ def test_an_os_error_while_the_engine_starts_is_a_storage_error_and_leaves_nothi
                                            r"Too many open files$"):
         JackpotEngine.open(db_path)
     assert set(pykka.ActorRegistry.get_all()) == before
+
+
+@pytest.mark.parametrize("groups", ["minor", ("major", "minor")], ids=["level", "coordinator"])
+def test_an_actor_that_crashes_on_a_message_closes_its_connection(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch,
+        groups: str | tuple[str, ...]) -> None:
+    """An exception out of `on_receive` stops the actor; Pykka then calls no `on_stop`.
+
+    Its connection must be closed all the same: left open, it holds the file
+    in this process for ever (an I/O error's latch, say, is lifted only once
+    every connection to the file is closed), one more for every crash.
+    """
+    opened: list[SQLiteStore] = []
+    closed: list[SQLiteStore] = []
+    init, close = SQLiteStore.__init__, SQLiteStore.close
+
+    def tracked_init(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    def tracked_close(self: SQLiteStore) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(SQLiteStore, "__init__", tracked_init)
+    monkeypatch.setattr(SQLiteStore, "close", tracked_close)
+    engine = open_engine()
+    engine.contribute(Decimal(10), groups=groups, op_id="before")
+    take = Mailbox.take
+    crashed = threading.Event()
+
+    def crash_once(self: Mailbox) -> tuple[list[Any], bool]:
+        if not crashed.is_set():
+            crashed.set()
+            msg = "a bug in the actor"
+            raise RuntimeError(msg)
+        return take(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Mailbox, "take", crash_once)
+        # The actor crashes on the request's wake-up, before taking it: the
+        # caller withdraws it, restarts the actor and sends it again.
+        again = engine.contribute(Decimal(10), groups=groups, op_id="after")
+    assert crashed.is_set()
+    assert not again.replayed
+    assert engine.stats.snapshot()["actor_restarts"] == 1
+    engine.close()
+    assert [s for s in opened if s not in closed] == []

@@ -77,6 +77,10 @@ class Coordinator(pykka.ThreadingActor):
         if self._store is not None:
             self._store.close()
 
+    def on_failure(self, *_exc_info: object) -> None:
+        """Close the connection: Pykka calls no `on_stop` after an error out of `on_receive`."""
+        self.on_stop()
+
     def ready(self) -> bool:
         """Answer once `on_start` has run (the connection is open)."""
         return True
