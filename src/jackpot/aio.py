@@ -643,7 +643,7 @@ class _Call:
         if self._finished or ticket is None or self._peeked(ticket):
             return
         now = self._loop.time()
-        if self._phase == "queue" and not self._engine._owner_alive(self.op):  # noqa: SLF001
+        if not self._engine._owner_alive(self.op):  # noqa: SLF001 - in either phase
             if self._peeked(ticket):  # answered before it stopped: that is the outcome
                 return
             msg = f"the actor serving {', '.join(self.op.names)} has stopped"
@@ -663,9 +663,10 @@ class _Call:
             self._finish(None, LockTimeoutError(msg))
         else:
             # Claimed: it is running, and its own lock waits and retries bound it.
+            # Its actor is still watched: one that stops (crashed) never answers.
             self._phase = "run"
             self._deadline = now + self._engine._run_timeout  # noqa: SLF001
-            self._schedule(self._engine._run_timeout)  # noqa: SLF001
+            self._schedule(min(_LIVENESS_POLL_S, self._engine._run_timeout))  # noqa: SLF001
 
     def _peeked(self, ticket: Ticket) -> bool:
         """Settle from the ticket if it holds an outcome already; never blocks."""

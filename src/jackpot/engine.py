@@ -993,27 +993,38 @@ class JackpotEngine:
         """Wait for the outcome; never longer than the timeouts, never on a dead actor."""
         if ticket.wait(min(self._queue_timeout, _LIVENESS_POLL)):  # the common case
             return ticket.outcome()
-        deadline = time.monotonic() + self._queue_timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            if ticket.wait(min(remaining, _LIVENESS_POLL)):
-                return ticket.outcome()
-            if not self._owner_alive(op):
-                if ticket.wait(0):  # answered before it stopped: that is the outcome
-                    return ticket.outcome()
-                msg = f"the actor serving {', '.join(op.names)} has stopped"
-                raise pykka.ActorDeadError(msg) from None
+        if self._answered(op, ticket, self._queue_timeout):
+            return ticket.outcome()
         if ticket.abandon():
             after_the_fact(self.stats.add, "lock_timeouts", op.kind, ",".join(op.names))
             msg = (f"{op.kind} {op.op_id!r} was not started within "
                    f"{self._settings.lock_timeout_ms} ms; nothing was changed")
             raise LockTimeoutError(msg) from None
         # Claimed: it is running, and its own lock waits and retries bound it.
-        if ticket.wait(self._run_timeout):
+        # An actor that stops meanwhile (it crashed) never answers: the wait ends.
+        if self._answered(op, ticket, self._run_timeout):
             return ticket.outcome()
         msg = (f"{op.kind} {op.op_id!r} did not finish within {self._run_timeout:.1f} s "
                "after it started; its outcome is unknown: retry with the same op_id "
                "to learn it")
         raise LockTimeoutError(msg, outcome_unknown=True)
+
+    def _answered(self, op: Operation, ticket: Ticket, seconds: float) -> bool:
+        """Wait up to `seconds` for `ticket`'s outcome; True once it is there.
+
+        Raises `pykka.ActorDeadError` once the actor serving `op` has stopped
+        without answering.
+        """
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if ticket.wait(min(remaining, _LIVENESS_POLL)):
+                return True
+            if not self._owner_alive(op):
+                if ticket.wait(0):  # answered before it stopped: that is the outcome
+                    return True
+                msg = f"the actor serving {', '.join(op.names)} has stopped"
+                raise pykka.ActorDeadError(msg) from None
+        return False
 
     def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
         return proxy_of(PoolActor.start(self._guards[name], self._open_store, self._settings,

@@ -37,6 +37,7 @@ from jackpot.actors import (
     LevelGuard,
     Mailbox,
     PoolActor,
+    Ticket,
     wait_ready,
     wait_stopped,
 )
@@ -1067,3 +1068,72 @@ def test_an_actor_that_crashes_on_a_message_closes_its_connection(
     assert engine.stats.snapshot()["actor_restarts"] == 1
     engine.close()
     assert [s for s in opened if s not in closed] == []
+
+
+class _CrashingGuardLock:
+    """A level's guard lock whose acquire waits for `go`, then fails (a crash in `on_receive`)."""
+
+    def __init__(self, go: threading.Event) -> None:
+        self.go = go
+
+    def acquire(self, timeout: float = -1) -> bool:
+        assert self.go.wait(60)
+        msg = "the actor crashed while serving a claimed batch"
+        raise RuntimeError(msg)
+
+    def locked(self) -> bool:
+        return False
+
+    def release(self) -> None:  # pragma: no cover - never acquired
+        raise AssertionError
+
+
+def test_a_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the queue timeout a claimed request's caller still watches the actor.
+
+    The actor took the request, then crashed before answering: nobody ever
+    will. The caller hears so (the actor stopped; outcome unknown, it was
+    taken) rather than waiting out the run timeout on a dead actor and then
+    hearing only that it took too long.
+    """
+    engine = open_engine(settings=Settings(lock_timeout_ms=100, max_retry_attempts=2,
+                                           retry_delay_ms=1000))
+    assert engine._run_timeout > 10 * engine._queue_timeout
+    engine.contribute(Decimal(10), groups="minor", op_id="before")
+    in_run_phase = threading.Event()
+    abandon = Ticket.abandon
+
+    def watched_abandon(self: Ticket) -> bool:
+        withdrawn = abandon(self)
+        if not withdrawn:  # claimed: the caller waits for it to run
+            in_run_phase.set()
+        return withdrawn
+
+    monkeypatch.setattr(Ticket, "abandon", watched_abandon)
+    guard = engine._guards["minor"]
+    real_lock = guard.lock
+    guard.lock = _CrashingGuardLock(in_run_phase)  # type: ignore[assignment]
+    outcome: list[BaseException | None] = []
+
+    def bet() -> None:
+        try:
+            engine.contribute(Decimal(10), groups="minor", op_id="claimed")
+        except Exception as e:
+            outcome.append(e)
+        else:
+            outcome.append(None)
+
+    caller = threading.Thread(target=bet)
+    caller.start()
+    caller.join(60)  # (a hang guard; the run timeout is far shorter)
+    assert not caller.is_alive()
+    guard.lock = real_lock
+    [error] = outcome
+    assert isinstance(error, EngineClosedError), error  # was: LockTimeoutError, much later
+    assert "stopped while running" in str(error)
+    assert error.outcome_unknown
+    monkeypatch.undo()
+    # Nothing was applied: the same op_id is applied now, once.
+    assert not engine.contribute(Decimal(10), groups="minor", op_id="claimed").replayed
+    assert engine.verify().ok
