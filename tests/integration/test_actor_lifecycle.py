@@ -1137,3 +1137,37 @@ def test_a_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
     # Nothing was applied: the same op_id is applied now, once.
     assert not engine.contribute(Decimal(10), groups="minor", op_id="claimed").replayed
     assert engine.verify().ok
+
+
+class _RaisingLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+@pytest.mark.parametrize("groups", ["minor", ("major", "minor")], ids=["level", "coordinator"])
+def test_a_held_level_times_out_with_nothing_changed_though_logging_it_raises(
+        open_engine: Callable[..., JackpotEngine], groups: str | tuple[str, ...]) -> None:
+    """The lock-timeout log line is a report: a log filter that raises changes no outcome.
+
+    It crashed the level's actor, the requests it had taken unanswered (their
+    callers told they might have been applied), or replaced the coordinator's
+    LockTimeoutError with the filter's error.
+    """
+    engine = open_engine(settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
+                                           retry_delay_ms=1))
+    guard = engine._guards["minor"]
+    log = logging.getLogger("jackpot")
+    raising = _RaisingLogFilter()
+    guard.lock.acquire()  # as a multi-level batch that never ends would
+    log.addFilter(raising)
+    try:
+        with pytest.raises(LockTimeoutError, match="nothing was changed"):
+            engine.contribute(Decimal(10), groups=groups, op_id="stuck")
+    finally:
+        log.removeFilter(raising)
+        guard.lock.release()
+    assert engine.pool("minor").version == 1
+    assert engine.stats.snapshot()["actor_restarts"] == 0  # no actor crashed
+    assert not engine.contribute(Decimal(10), groups=groups, op_id="stuck").replayed
+    assert engine.verify().ok

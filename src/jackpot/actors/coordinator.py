@@ -163,9 +163,11 @@ class Coordinator(pykka.ThreadingActor):
             waited = time.perf_counter() - started
             if guards is not None:
                 return guards, waited
-            logger.warning("%s: could not hold levels %s in time; released all",
+            # A report: a raising log filter must not replace the outcome (a retry or
+            # the LockTimeoutError below).
+            after_the_fact(logger.warning, "%s: could not hold levels %s in time; released all",
                            what, levels, extra={"op_id": op_id, "operation": label,
-                                          "level": levels, "outcome": "lock_timeout"})
+                                                "level": levels, "outcome": "lock_timeout"})
             self._stats.lock_wait("coordinator", label, waited)
             self._stats.add("busy_incidents", label, levels)
             if attempt >= self._settings.max_retry_attempts:

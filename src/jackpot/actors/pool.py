@@ -21,7 +21,7 @@ from jackpot.actors._start import mark_actor_thread, start_failed
 from jackpot.errors import ConcurrencyViolationError, JackpotError, LockTimeoutError, StorageError
 from jackpot.service import Operation, Outcome, execute_batch
 from jackpot.settings import Settings
-from jackpot.stats import Stats
+from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import SQLiteStore
 
 __all__ = ["DRAIN", "PoolActor", "cache_suspect"]
@@ -119,9 +119,12 @@ class PoolActor(pykka.ThreadingActor):
         if not live:
             return
         if not self._guard.lock.acquire(timeout=self._guard_limit):
-            logger.error("level %s stayed held by a multi-level operation past %.1f s",
-                         self.name, self._guard_limit,
-                         extra={"level": self.name, "outcome": "hold_expired"})
+            # Reported, not part of the outcome: a raising log filter must not
+            # crash the actor with these requests taken and never answered.
+            after_the_fact(logger.error,
+                           "level %s stayed held by a multi-level operation past %.1f s",
+                           self.name, self._guard_limit,
+                           extra={"level": self.name, "outcome": "hold_expired"})
             msg = (f"level {self.name!r} stayed held by a multi-level operation for "
                    f"{self._guard_limit:.1f} s; nothing was changed")
             for ticket, _ in live:
