@@ -236,9 +236,11 @@ class _Retries:
     def conflict(self, level: str, expected: int) -> None:
         """Count a version conflict; raise if no retry is left for it."""
         self._stats.add("conflicts", self._kinds, level)
-        logger.info("version conflict on %s (expected version %d)", level, expected,
-                    extra={"op_id": self._op_id, "operation": self._kinds, "level": level,
-                           "attempt": self.attempt, "outcome": "conflict"})
+        # Reports (as the counts): a raising log filter must not fail the batch.
+        after_the_fact(logger.info, "version conflict on %s (expected version %d)", level,
+                       expected, extra={"op_id": self._op_id, "operation": self._kinds,
+                                        "level": level, "attempt": self.attempt,
+                                        "outcome": "conflict"})
         if self.attempt >= self._settings.max_retry_attempts:
             msg = (f"{self._kinds} {self._op_id!r}: level {level!r} moved past version "
                    f"{expected} and {self.attempt} retries did not settle it; nothing changed")
@@ -250,7 +252,7 @@ class _Retries:
     def busy(self, e: BusyIncidentError) -> None:
         """Count a busy incident; raise if no retry is left for it."""
         self._stats.add("busy_incidents", self._kinds, self._levels)
-        logger.warning("database busy without waiting: %s", e,
+        after_the_fact(logger.warning, "database busy without waiting: %s", e,
                        extra={"op_id": self._op_id, "operation": self._kinds,
                               "level": self._levels, "attempt": self.attempt,
                               "outcome": "busy"})
@@ -390,10 +392,10 @@ def _reloaded(ops: list[Operation], name: str, cached: int, stored: int | None,
               stats: Stats) -> None:
     """Log and count a cached level found moved as the write began (not a conflict)."""
     kinds = ",".join(sorted({op.kind for op in ops}))
-    logger.debug("level %s changed elsewhere (cached version %d, stored %s): re-read",
-                 name, cached, stored,
-                 extra={"op_id": ops[0].op_id, "operation": kinds, "level": name,
-                        "outcome": "reload"})
+    after_the_fact(logger.debug,
+                   "level %s changed elsewhere (cached version %d, stored %s): re-read",
+                   name, cached, stored, extra={"op_id": ops[0].op_id, "operation": kinds,
+                                                "level": name, "outcome": "reload"})
     stats.add("reloads", kinds, name)
 
 

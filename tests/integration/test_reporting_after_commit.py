@@ -247,3 +247,26 @@ def test_an_observer_error_that_cannot_be_shown_fails_no_operation_either(
         assert failed[0].startswith("stats observer _RaisingUnprintable failed: _Unprintable: "
                                     "<str() failed: RuntimeError>")
         assert engine.verify().ok
+
+
+@pytest.mark.usefixtures("blind_to_other_writers")
+def test_a_conflict_is_retried_though_logging_it_raises(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    """The 'version conflict' log line is a report: a raising filter must not fail the batch.
+
+    It replaced the retry (which succeeds) with the filter's error, for every
+    request of the batch, none of them applied.
+    """
+    a, b = open_engine(), open_engine()
+    a.contribute("1", groups="minor", op_id="warm")  # a caches the level
+    b.contribute("1", groups="minor")  # and its cache is stale now
+    log = logging.getLogger("jackpot")
+    raising = _RaisingFilter()
+    log.addFilter(raising)
+    try:
+        result = a.contribute("1", groups="minor", op_id="bet-7")
+    finally:
+        log.removeFilter(raising)
+    assert result.versions == {"minor": 4}
+    assert a.stats.snapshot()["conflicts"] == 1
+    assert a.verify().ok
