@@ -270,3 +270,34 @@ def test_a_conflict_is_retried_though_logging_it_raises(
     assert result.versions == {"minor": 4}
     assert a.stats.snapshot()["conflicts"] == 1
     assert a.verify().ok
+
+
+def test_a_committed_batch_is_returned_though_logging_its_failed_catch_up_raises(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the COMMIT, a catch-up checkpoint that fails is logged: that log line is a report.
+
+    A raising log filter there failed the committed bet: its caller, told it
+    failed, may send it again without an op_id and pay twice.
+    """
+    from jackpot.storage import SQLiteStore, StorageError, sqlite  # noqa: PLC0415
+
+    engine = open_engine()
+    engine.contribute("1", groups="minor", op_id="warm")
+
+    def failing(self: SQLiteStore) -> tuple[int, int]:
+        msg = "checkpoint failed"
+        raise StorageError(msg)
+
+    monkeypatch.setattr(sqlite, "CATCH_UP_PAGES", 0)  # every commit catches up
+    monkeypatch.setattr(SQLiteStore, "checkpoint", failing)
+    log = logging.getLogger("jackpot")
+    raising = _RaisingFilter()
+    log.addFilter(raising)
+    try:
+        result = engine.contribute("1", groups="minor")  # no op_id: a resend pays twice
+    finally:
+        log.removeFilter(raising)
+        monkeypatch.undo()
+    assert result.versions == {"minor": 3}
+    assert engine.pool("minor").version == 3
+    assert engine.verify().ok

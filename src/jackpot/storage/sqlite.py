@@ -457,8 +457,9 @@ class SQLiteStore(Store):
             try:
                 self.checkpoint()
             except StorageError as e:  # the commit stands; the next one tries again
-                logger.warning("a catch-up checkpoint of %s failed: %s", self._path, e,
-                               extra={"outcome": "checkpoint_failed"})
+                with contextlib.suppress(Exception):  # (so it does, whatever a log filter does)
+                    logger.warning("a catch-up checkpoint of %s failed: %s", self._path, e,
+                                   extra={"outcome": "checkpoint_failed"})
 
     def _begin(self, started: float) -> None:
         """BEGIN IMMEDIATE by the lock timeout counted from `started`; note others' commits."""
