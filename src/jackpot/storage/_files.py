@@ -170,21 +170,25 @@ class ReaderMark:
         self._release()
 
 
-def _forget_reader(file: Identity | None, pid: int) -> None:
+def _count_down(counts: Counter[Identity], file: Identity | None, pid: int) -> bool:
+    """Count one connection of `file` fewer (under `_lock`); True when it was the last."""
     if file is None or pid != os.getpid():  # (a forked child's registry never counted it)
-        return
+        return False
+    counts[file] -= 1
+    if counts[file] > 0:
+        return False
+    del counts[file]
+    return True
+
+
+def _forget_reader(file: Identity | None, pid: int) -> None:
     with _lock:
-        _reading[file] -= 1
-        if _reading[file] <= 0:
-            del _reading[file]
+        _count_down(_reading, file, pid)
 
 
 def _release(file: Identity | None, pid: int) -> None:
-    if file is None or pid != os.getpid():  # (a forked child's registry never counted it)
-        return
     with _lock:
-        _open[file] -= 1
-        if _open[file] <= 0:
-            del _open[file]
+        if _count_down(_open, file, pid):
+            assert file is not None
             _failed.pop(file, None)
             _sides.pop(file, None)
