@@ -155,7 +155,8 @@ class GroupConfig:
             to the overflow meter (or the reserve, see `overflow_to`).
         reserve_rate: a hidden share of each bet that funds the next reset.
         min_bet: bets below it do not qualify for this level.
-        max_contribution: a bet whose contribution would exceed it is refused.
+        max_contribution: a bet whose exact contribution (bet x rate) would
+            exceed it is refused.
         must_hit_by: makes the level a mystery jackpot that hits at a hidden
             trigger drawn uniformly in (seed, must_hit_by] at every reset.
         overflow_to: "meter" (default) or "reserve".
@@ -459,12 +460,16 @@ def contribute(
         raise ValidationError(msg)
     if c.min_bet is not None and bet < c.min_bet:
         return state, [], []
-    whole, carry = money.split_contribution(bet, c.rate, state.carry)
-    if c.max_contribution is not None and whole > c.max_contribution:
-        msg = (f"bet {money.from_units(bet)} would contribute {money.from_units(whole)} to "
-               f"level {state.name!r}, above its max_contribution "
-               f"{money.from_units(c.max_contribution)}")
+    # The bet's own share, exactly, against the limit: not the whole units it
+    # would credit, which include the fraction carried from earlier bets, so
+    # that the same bet is always accepted or always refused. A share at most
+    # the limit never credits more than it (the carry is under one unit).
+    if c.max_contribution is not None and bet * c.rate > c.max_contribution * money.RATE_SCALE:
+        msg = (f"bet {money.from_units(bet)} would contribute "
+               f"{money.contribution_to_decimal(bet, c.rate):f} to level {state.name!r}, "
+               f"above its max_contribution {money.from_units(c.max_contribution)}")
         raise ValidationError(msg)
+    whole, carry = money.split_contribution(bet, c.rate, state.carry)
     reserve_in, reserve_carry = money.split_contribution(bet, c.reserve_rate,
                                                          state.reserve_carry)
     entries: list[Entry] = []

@@ -60,6 +60,7 @@ _PLAIN_DECIMAL = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?", re.ASCII)
 _MAX_STR = 64
 _UNIT_EXP = 6
 _RATE_EXP = 9
+_SIX_PLACES = Decimal(1).scaleb(-_UNIT_EXP)
 _DIGIT_CHARS = bytes.maketrans(bytes(range(10)), b"0123456789")
 _EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX,
                  capitals=1, clamp=0,
@@ -204,6 +205,14 @@ def rate_to_decimal(parts: int) -> Decimal:
     """Return a rate held as parts of 1e9 as an exact, normalized Decimal."""
     d = Decimal(parts).scaleb(-_RATE_EXP, _EXACT)
     return d.normalize(_EXACT) if d else Decimal(0)
+
+
+def contribution_to_decimal(bet_units: int, rate_parts: int) -> Decimal:
+    """Return bet x rate exactly: six decimals, or as many more as it takes."""
+    d = Decimal(bet_units * rate_parts).scaleb(-_UNIT_EXP - _RATE_EXP, _EXACT).normalize(_EXACT)
+    if int(d.as_tuple().exponent) > -_UNIT_EXP:
+        d = d.quantize(_SIX_PLACES, context=_EXACT)  # adds zeros only: exact
+    return d
 
 
 def split_contribution(bet_units: int, rate_parts: int, carry: int) -> tuple[int, int]:

@@ -324,6 +324,20 @@ def test_max_contribution_refuses_a_bet_that_would_contribute_more() -> None:
         bet(at_max, 100 * U + 100)  # no draw either: refused before anything is added
 
 
+def test_max_contribution_judges_the_bet_not_the_carried_fraction() -> None:
+    # A share 0.0000005 over the limit: with no carry it would credit exactly
+    # the limit, with half a unit carried one unit more. Refused either way.
+    s = new(rate="0.01", max_contribution=1)
+    carried, _, _ = bet(s, 50)  # leaves half a unit to carry
+    assert (s.carry, carried.carry) == (0, RATE_SCALE // 2)
+    for state in (s, carried):
+        with pytest.raises(ValidationError, match=r"^bet 100\.000050 would contribute "
+                           r"1\.0000005 to level 'minor', above its max_contribution"):
+            bet(state, 100 * U + 50)
+    at_max, [e], _ = bet(carried, 100 * U)  # exactly the limit, carry and all: accepted
+    assert (e.contributed, at_max.carry) == (U, RATE_SCALE // 2)
+
+
 def test_a_max_contribution_change_applies_at_once() -> None:
     s, _ = reconfigure(new(), parse_changes({"max_contribution": "0.5"}), T0)
     assert (s.config.max_contribution, s.pending) == (500_000, {})

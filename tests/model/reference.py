@@ -434,10 +434,10 @@ class Model:
         c = lv.config
         if c.min_bet is not None and bet < c.min_bet:
             return 0  # does not qualify: nothing happens
+        if c.max_contribution is not None and bet * c.contribution_rate > c.max_contribution * RATE:
+            raise Refused(ValidationError, "max_contribution")  # the bet's exact share
         accrued = lv.accrued + bet * c.contribution_rate
         whole = accrued // RATE - lv.credited
-        if c.max_contribution is not None and whole > c.max_contribution:
-            raise Refused(ValidationError, "max_contribution")
         lv.accrued, lv.credited = accrued, lv.credited + whole
         reserve_accrued = lv.reserve_accrued + bet * c.reserve_rate
         reserve_in = reserve_accrued // RATE - lv.reserve_credited
