@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from datetime import UTC, datetime
@@ -110,8 +111,10 @@ def configure_logging(
     with _configure_lock:
         if _configured is not None:
             logger.removeHandler(_configured)
-        logger.addHandler(handler)
+        # Named before it is added: a process forked in between then finds no
+        # handler of ours attached that it does not know of (never two).
         _configured = handler
+        logger.addHandler(handler)
     if level is not None:
         logger.setLevel(level.upper())
     return handler
@@ -120,6 +123,16 @@ def configure_logging(
 _configured: logging.Handler | None = None
 """The handler `configure_logging` added last (replaced by its next call)."""
 _configure_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Renew the lock: another thread of the parent may have held it at the fork."""
+    global _configure_lock  # noqa: PLW0603 - a lock the parent may have held at the fork
+    _configure_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _fields(op: Operation, outcome: str, level: str | None = None) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -251,6 +253,54 @@ def test_configure_logging_refuses_a_bad_level_and_changes_nothing(level: object
     with pytest.raises(ValidationError, match="level must be one of debug, info, warning"):
         configure_logging(level=level, stream=io.StringIO())  # type: ignore[arg-type]
     assert (log.handlers, log.level) == (handlers, before)  # was: a new handler left installed
+
+
+_FORKED_CONFIGURE = """
+import io, logging, os, signal, sys, threading
+from jackpot import configure_logging, logs
+log = logging.getLogger("jackpot")
+held, forked = threading.Event(), threading.Event()
+add = log.addHandler
+
+def adding(handler):  # configure_logging paused with its new handler just added
+    add(handler)
+    held.set()
+    forked.wait()
+
+def configure():  # a thread of the parent configuring its logs as the process forks
+    if sys.argv[1] == "lock":
+        with logs._configure_lock:
+            held.set()
+            forked.wait()
+    else:
+        log.addHandler = adding
+        configure_logging(stream=io.StringIO())
+
+threading.Thread(target=configure).start()
+held.wait()
+child = os.fork()
+if child == 0:  # a worker configures its own logs
+    signal.alarm(int(sys.argv[2]))  # a hung child ends, and says nothing
+    vars(log).pop("addHandler", None)
+    configure_logging(stream=io.StringIO())
+    print("child", sum(isinstance(h, logging.StreamHandler) for h in log.handlers), flush=True)
+    os._exit(0)
+forked.set()
+os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.parametrize("when", ["lock", "adding"])
+def test_a_forked_child_configures_its_logging_once(when: str) -> None:
+    # The lock of configure_logging was copied held by the fork: the child's
+    # configure_logging hung on it. And one fork-copied just after the
+    # parent's handler was added, before it was remembered, left the child
+    # two handlers (every record written twice).
+    hang = 30  # seconds: only a hang waits this long
+    done = subprocess.run([sys.executable, "-c", _FORKED_CONFIGURE, when, str(hang)],
+                          capture_output=True, text=True, timeout=hang * 3, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child 1"], done.stderr
 
 
 def test_the_same_error_gets_its_traceback_once_a_minute(caplog: pytest.LogCaptureFixture,
