@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -120,6 +121,41 @@ def test_the_engine_checkpoints_in_the_background_and_keeps_every_operation(
     with JackpotEngine.open(db_path) as again:
         assert again.contribute(Decimal("2.50"), op_id="bet-0").replayed
         assert again.verify().ok
+
+
+class _RaisingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+def test_a_failed_background_checkpoint_is_skipped_though_logging_it_raises(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure's log line is a report: the checkpoint is skipped (0, 0), never an error.
+
+    A raising log filter there made the checkpoint's answer the filter's error.
+    """
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    engine.contribute(Decimal(1), groups="minor")
+
+    def failing(_store: SQLiteStore) -> tuple[int, int]:
+        msg = "checkpoint failed"
+        raise StorageError(msg)
+
+    monkeypatch.setattr(SQLiteStore, "checkpoint", failing)
+    log = logging.getLogger("jackpot")
+    raising = _RaisingFilter()
+    log.addFilter(raising)
+    try:
+        assert checkpointer.flush(timeout=10) == (0, 0)
+    finally:
+        log.removeFilter(raising)
+        monkeypatch.undo()
+    size, copied = checkpointer.flush(timeout=10)  # the same actor, taking requests
+    assert copied == size > 0
+    assert checkpointer.alive()
 
 
 def test_the_engines_writing_connections_use_the_configured_page_cache(
