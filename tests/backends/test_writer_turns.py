@@ -402,3 +402,91 @@ def test_an_interrupt_as_the_turn_is_taken_gives_it_back(
     finally:
         store.close()
         other.close()
+
+
+# -- a raising log filter costs no write ----------------------------------------------
+
+
+class _RaisingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+@contextmanager
+def raising_log_filter() -> Iterator[None]:
+    """Have every record of the `jackpot` logger fail in a filter while the block runs."""
+    log, raising = logging.getLogger("jackpot"), _RaisingFilter()
+    log.addFilter(raising)
+    try:
+        yield
+    finally:
+        log.removeFilter(raising)
+
+
+def test_a_lock_file_that_cannot_be_opened_costs_no_write_though_logging_it_raises(
+        tmp_path: Path) -> None:
+    # The warning escaped the first write, which made the turns: that write
+    # failed, and the next, and every write of the connection after.
+    db = tmp_path / "pools.db"
+    Path(f"{db}{LOCK_SUFFIX}").mkdir()
+    with raising_log_filter(), JackpotEngine.open(db) as engine:
+        assert engine.contribute(Decimal(10), groups="minor").versions == {"minor": 2}
+        assert engine.contribute(Decimal(10), groups="minor").versions == {"minor": 3}
+        assert engine.verify().ok
+
+
+def _no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        if self.name == "jackpot-writer-turns":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+
+
+def _flock_failing(*, blocking: bool) -> Callable[[pytest.MonkeyPatch], None]:
+    """Make the connection's `flock` (the helper's if `blocking`) fail with an OSError."""
+    def sabotage(monkeypatch: pytest.MonkeyPatch) -> None:
+        real = turns_module.fcntl
+
+        class Failing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            @staticmethod
+            def flock(fd: int, operation: int) -> None:
+                if operation != real.LOCK_UN and bool(operation & real.LOCK_NB) != blocking:
+                    raise OSError(37, "No locks available")
+                real.flock(fd, operation)
+
+        monkeypatch.setattr(turns_module, "fcntl", Failing())
+    return sabotage
+
+
+@pytest.mark.parametrize(("sabotage", "turns_after"), [
+    (_no_thread, True), (_flock_failing(blocking=False), False),
+    (_flock_failing(blocking=True), False)], ids=["no-thread", "flock", "helpers-flock"])
+def test_a_turn_that_cannot_be_waited_for_costs_no_write_though_logging_it_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        sabotage: Callable[[pytest.MonkeyPatch], None], turns_after: bool) -> None:
+    # Each failure is logged, then the write goes on without its turn. The
+    # log line raising failed that write (no thread, flock), or ended the
+    # helper with the turn still wanted: this write, and every later one
+    # of the connection, waited the whole lock timeout and gave up.
+    db = str(tmp_path / "pools.db")
+    holder, writer = WriterTurns(db), WriterTurns(db)
+    try:
+        assert holder.acquire(1)
+        sabotage(monkeypatch)
+        with raising_log_filter():
+            assert writer.acquire(10)  # at once: this write waits on SQLite's lock alone
+            writer.release()
+        monkeypatch.undo()
+        assert writer.acquire(0.05) is not turns_after  # a turn (held) again, or none at all
+        writer.release()
+    finally:
+        holder.close()
+        writer.close()

@@ -97,8 +97,10 @@ class WriterTurns:
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
         except OSError as e:
-            logger.warning("cannot open the writers' lock file %s (%s): writers of this "
-                           "database wait for its write lock without taking turns", path, e)
+            with contextlib.suppress(Exception):  # (so they do, whatever a log filter does)
+                logger.warning("cannot open the writers' lock file %s (%s): writers of this "
+                               "database wait for its write lock without taking turns",
+                               path, e)
         else:
             _OPEN.add(self)
 
@@ -125,15 +127,17 @@ class WriterTurns:
                     try:
                         self._start_helper()
                     except RuntimeError:  # no thread to wait with: never fail a write on it
-                        logger.exception("cannot start a thread to wait for the writers' "
-                                         "lock file: this write waits without its turn")
+                        with contextlib.suppress(Exception):  # (nor on a raising log filter)
+                            logger.exception("cannot start a thread to wait for the writers' "
+                                             "lock file: this write waits without its turn")
                         return True
                     self._wanted = True
                     self._cond.notify_all()
                 except OSError:  # not seen on a local lock file; never fail a write on it
                     self._held = False
-                    logger.exception("taking the writers' lock file failed: writers of "
-                                     "this database no longer take turns")
+                    with contextlib.suppress(Exception):  # (nor on a raising log filter)
+                        logger.exception("taking the writers' lock file failed: writers of "
+                                         "this database no longer take turns")
                     fd, self._fd = self._fd, None
                     os.close(fd)
                     return True
@@ -217,8 +221,11 @@ class WriterTurns:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError:  # not seen on a local lock file; never hang the writer on it
-                logger.exception("waiting for the writers' lock file failed: writers of "
-                                 "this database no longer take turns")
+                # Nor a raising log filter: this thread would end with the turn
+                # still wanted, and every write of the connection time out.
+                with contextlib.suppress(Exception):
+                    logger.exception("waiting for the writers' lock file failed: writers of "
+                                     "this database no longer take turns")
                 locked = False
             else:
                 locked = True
