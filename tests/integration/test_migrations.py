@@ -111,6 +111,41 @@ def test_a_version_2_database_gets_its_operations_in_rowid_order_and_keeps_every
         conn.close()
 
 
+class _RaisingOn(logging.Filter):
+    """A log filter that fails on the records of one outcome."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "outcome", None) == self.outcome:
+            msg = "log filter failed"
+            raise RuntimeError(msg)
+        return True
+
+
+@pytest.mark.parametrize("outcome", ["migrating", "migrated"])
+def test_a_migration_is_applied_though_logging_it_raises(db_path: Path, outcome: str) -> None:
+    # The two log lines are reports. Raising, the first rolled the migration
+    # back and the second failed an open whose migration had committed: both
+    # opens failed with the filter's error.
+    with JackpotEngine.open(db_path) as engine:
+        first = engine.contribute(Decimal("5.00"), op_id="bet-1")
+    conn = apsw.Connection(str(db_path))
+    conn.execute("CREATE INDEX ledger_op_id ON ledger (op_id); PRAGMA user_version = 1")
+    conn.close()
+    log, raising = logging.getLogger("jackpot"), _RaisingOn(outcome)
+    log.addFilter(raising)
+    try:
+        with JackpotEngine.open(db_path) as engine:
+            assert engine.contribute(Decimal("5.00"), op_id="bet-1").versions == first.versions
+            assert engine.verify().ok
+    finally:
+        log.removeFilter(raising)
+    assert "ledger_op_id" not in _indexes(db_path)
+
+
 def test_the_integrity_check_names_a_missing_op_id_index(db_path: Path) -> None:
     with JackpotEngine.open(db_path) as engine:
         engine.contribute(Decimal("5.00"), op_id="bet-1")

@@ -583,17 +583,23 @@ class SQLiteStore(Store):
                 raise StorageError(msg)
             started = time.perf_counter()
             if 0 < current < len(MIGRATIONS):  # (a new file's steps take no time)
-                logger.info("migrating %s from schema %d to %d under the write lock%s",
-                            self._path, current, len(MIGRATIONS),
-                            " (schema 3 rebuilds the operations table: about a minute per 5 "
-                            "million stored results)" if current < _REBUILT_OPERATIONS else "",
-                            extra={"outcome": "migrating"})
+                # Reports, this one and the one after the COMMIT: a raising log
+                # filter must neither roll the migration back nor fail an open
+                # whose migration committed.
+                with contextlib.suppress(Exception):
+                    logger.info("migrating %s from schema %d to %d under the write lock%s",
+                                self._path, current, len(MIGRATIONS),
+                                " (schema 3 rebuilds the operations table: about a minute "
+                                "per 5 million stored results)"
+                                if current < _REBUILT_OPERATIONS else "",
+                                extra={"outcome": "migrating"})
             for number in range(current, len(MIGRATIONS)):
                 self.conn.execute(MIGRATIONS[number])
             self._exec(f"PRAGMA user_version = {len(MIGRATIONS)}")
         if 0 < current < len(MIGRATIONS):
-            logger.info("migrated %s to schema %d in %.1f s", self._path, len(MIGRATIONS),
-                        time.perf_counter() - started, extra={"outcome": "migrated"})
+            with contextlib.suppress(Exception):
+                logger.info("migrated %s to schema %d in %.1f s", self._path, len(MIGRATIONS),
+                            time.perf_counter() - started, extra={"outcome": "migrated"})
         return len(MIGRATIONS)
 
     # -- levels --------------------------------------------------------------
