@@ -1147,9 +1147,10 @@ def _warn_if_kept_differs(path: str, config: GroupConfig, state: domain.LevelSta
     if given in (held, after_reset):
         return
     differs = ", ".join(f"{k} {held[k]} (given {given[k]})" for k in given if given[k] != held[k])
-    logger.warning("level %s already exists in %s and is kept as it is there: %s; open() "
-                   "creates missing levels only (change a level's settings with update_config)",
-                   config.name, redact(path), differs,
+    # A report on levels already created or kept: a raising log filter must not fail the open.
+    after_the_fact(logger.warning, "level %s already exists in %s and is kept as it is there: "
+                   "%s; open() creates missing levels only (change a level's settings with "
+                   "update_config)", config.name, redact(path), differs,
                    extra={"level": config.name, "outcome": "kept"})
 
 

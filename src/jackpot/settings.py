@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -140,9 +141,11 @@ def _warn_of_near_misses(env: Mapping[str, str], cls: type[Settings]) -> None:
         if var.startswith("JACKPOT_") and var not in known:
             near = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
             if near:
-                logger.warning("environment variable %s is not a jackpot setting and is "
-                               "ignored: did you mean %s?", var, near[0],
-                               extra={"outcome": "unknown_setting"})
+                # Ignored it is: a raising log filter must not fail the settings (or open()).
+                with contextlib.suppress(Exception):
+                    logger.warning("environment variable %s is not a jackpot setting and is "
+                                   "ignored: did you mean %s?", var, near[0],
+                                   extra={"outcome": "unknown_setting"})
 
 
 def _parse(name: str, raw: str) -> object:

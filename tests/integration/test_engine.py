@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import typing
@@ -511,6 +512,30 @@ def test_open_warns_when_it_keeps_a_level_whose_given_settings_differ(
         f"level minor already exists in {path} and is kept as it is there: contribution_rate "
         "0.01 (given 0.5), cap None (given 600.000000); open() creates missing levels only "
         "(change a level's settings with update_config)")
+
+
+class _RaisingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+def test_open_keeps_a_level_and_creates_the_others_though_warning_of_it_raises(
+        tmp_path: Path) -> None:
+    # The warning comes after the new levels are committed: raising, it
+    # failed an open that had done its work, with the filter's error.
+    path = tmp_path / "kept.db"
+    JackpotEngine.open(path, [GroupConfig("minor", Decimal(100), Decimal("0.01"))]).close()
+    log, raising = logging.getLogger("jackpot"), _RaisingFilter()
+    log.addFilter(raising)
+    try:
+        with JackpotEngine.open(path, [
+                GroupConfig("minor", Decimal(100), Decimal("0.5")),
+                GroupConfig("major", Decimal(1000), Decimal("0.01"))]) as engine:
+            assert engine.pool("minor").contribution_rate == Decimal("0.01")  # kept
+            assert engine.pool("major").amount == Decimal(1000)  # created
+    finally:
+        log.removeFilter(raising)
 
 
 def test_a_read_waits_for_the_one_before_it_at_most_the_lock_timeout(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import fields
 from decimal import Decimal
@@ -138,6 +139,22 @@ def test_a_variable_that_nearly_spells_a_setting_is_logged_not_silently_ignored(
     assert [r.getMessage() for r in caplog.records] == [
         f"environment variable JACKPOT_LOCK_TIMEOUT {ignored} JACKPOT_LOCK_TIMEOUT_MS?",
         f"environment variable JACKPOT_LOGLEVEL {ignored} JACKPOT_LOG_LEVEL?"]
+
+
+class _RaisingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+def test_a_variable_that_nearly_spells_a_setting_is_ignored_though_logging_it_raises() -> None:
+    # Raising, the warning failed the settings, and every open() given none.
+    log, raising = logging.getLogger("jackpot"), _RaisingFilter()
+    log.addFilter(raising)
+    try:
+        assert Settings.from_env({"JACKPOT_LOCK_TIMEOUT": "2000"}) == Settings()
+    finally:
+        log.removeFilter(raising)
 
 
 def test_an_invalid_override_is_refused() -> None:
