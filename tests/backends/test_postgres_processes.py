@@ -201,3 +201,40 @@ def test_engines_in_separate_processes_keep_the_books(pg_target: str, tmp_path: 
     with JackpotEngine.open(pg_target) as engine:
         report = engine.verify()
     assert (report.ok, report.problems) == (True, [])
+
+
+_FORKED_OPEN = """
+import os, signal, sys, threading
+from jackpot import JackpotEngine
+from jackpot.storage import postgres
+held, forked = threading.Event(), threading.Event()
+
+def opening():  # the parent opening an engine (a first connection, over the network)
+    with postgres._POOLS._lock:
+        held.set()
+        forked.wait()
+
+threading.Thread(target=opening).start()
+held.wait()
+child = os.fork()
+if child == 0:  # a worker opens its own engine, as the README says to
+    signal.alarm(int(sys.argv[2]))  # a hung child ends, and says nothing
+    with JackpotEngine.open(sys.argv[1]) as own:
+        print("child", own.contribute("1", groups="minor").versions, flush=True)
+    os._exit(0)
+forked.set()
+os.waitpid(child, 0)
+with JackpotEngine.open(sys.argv[1]) as engine:
+    print("parent", engine.contribute("1", groups="minor").versions, flush=True)
+"""
+
+
+def test_a_forked_childs_own_engine_opens_though_a_pool_was_opening(pg_target: str) -> None:
+    # The lock over the process's pools is held while one opens: one the
+    # parent held as it forked stayed held in the child, whose own engine
+    # then hung opening (a forked child may not use its parent's pools).
+    hang = 30  # seconds: only a hang waits this long
+    done = subprocess.run([sys.executable, "-c", _FORKED_OPEN, pg_target, str(hang)],
+                          capture_output=True, text=True, timeout=hang * 3, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child {'minor': 2}", "parent {'minor': 3}"], done.stderr

@@ -313,6 +313,19 @@ class _Pools:
 _POOLS = _Pools()
 
 
+def _after_fork_in_child() -> None:
+    """Renew the pools' lock: another thread of the parent may have held it at the fork.
+
+    It is held while a pool opens, through a first connection over the
+    network. The parent's pools stay listed: keyed by process, none is used here.
+    """
+    _POOLS._lock = threading.Lock()  # noqa: SLF001
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class PostgresStore(Store):
     """A jackpot database on a PostgreSQL server, with the engine's queries."""
 
