@@ -172,8 +172,9 @@ def _close_open_engines() -> None:
         try:
             engine.close(timeout=_EXIT_SECONDS)
         except Exception:  # exiting: report it, then close the others
-            logger.exception("closing an engine left open at exit failed",
-                             extra={"outcome": "close_failed"})
+            with contextlib.suppress(Exception):  # (whatever a log filter does)
+                logger.exception("closing an engine left open at exit failed",
+                                 extra={"outcome": "close_failed"})
     if reaper is not None and reaper.is_alive():
         _LOST.put(None)  # after the dropped engines queued so far
         seen = -1
