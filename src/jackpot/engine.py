@@ -230,7 +230,9 @@ def _close_lost(item: _Lost) -> None:
         _say(logger.exception, "closing a dropped engine on %s failed", where,
              outcome="close_failed")
     finally:
-        with contextlib.suppress(Warning):  # -W error raises it: the log line says it
+        # -W error raises it, and a hook may raise anything (a log filter under
+        # logging.captureWarnings): the log line below says it all the same.
+        with contextlib.suppress(Exception):
             warnings.warn(f"JackpotEngine({where!r}) was never closed; {done} "
                           "(call close(), or open it in a with block)", ResourceWarning,
                           stacklevel=1)

@@ -536,6 +536,31 @@ def test_a_dropped_engine_is_closed_even_when_its_warning_is_an_error(
         reader.execute("SELECT 1")
 
 
+def test_the_reaper_outlives_a_warning_hook_that_raises(tmp_path: Path) -> None:
+    """Warnings sent to logging (captureWarnings), where a filter raises: the reaper lives on.
+
+    The warning's failure ended the reaper: that engine's loss was never
+    logged, and no engine dropped after it was closed.
+    """
+    raising, warned = _RaisingLogFilter(), logging.getLogger("py.warnings")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logging.captureWarnings(True)
+        warned.addFilter(raising)
+        try:
+            for name in ("a.db", "b.db"):
+                engine = JackpotEngine.open(tmp_path / name)
+                refs = [p.actor_ref for p in engine._pools.values()]
+                with _listening("dropped without close()") as said:
+                    del engine
+                    assert said.heard.wait(30), name
+                for ref in refs:
+                    assert ref.actor_stopped.wait(30), ref
+        finally:
+            warned.removeFilter(raising)
+            logging.captureWarnings(False)
+
+
 def test_an_engine_dropped_after_a_refused_operation_is_closed_by_the_collector(
         db_path: Path) -> None:
     """A refused call leaves a cycle (error, traceback, frame): the collector frees it."""
