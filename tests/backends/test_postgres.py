@@ -1240,3 +1240,25 @@ def test_session_defaults_the_server_refuses_cost_nothing_but_a_warning(
             if "could not set the server-side session defaults" in r.getMessage()]
     assert len(said) == 1, said  # once per process, not per connection
     assert "jackpot_no_such_function" in said[0]
+
+
+class _RaisingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+def test_session_defaults_the_server_refuses_cost_no_connection_though_warning_raises(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The warning raising escaped the pool's configure callback: the pool
+    # discarded the new connection, and the caller waited for its retry.
+    monkeypatch.setattr(postgres, "_SET_SESSION_DEFAULTS", "SELECT jackpot_no_such_function()")
+    monkeypatch.setattr(postgres, "_configure_failed", threading.Event())
+    log, raising = logging.getLogger("jackpot"), _RaisingFilter()
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        log.addFilter(raising)
+        try:
+            postgres._configure_session(conn)
+        finally:
+            log.removeFilter(raising)
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -268,8 +268,10 @@ def _configure_session(conn: Connection) -> None:
     except psycopg.Error as e:  # autocommit: the connection is idle and usable
         if not _configure_failed.is_set():
             _configure_failed.set()
-            logger.warning("could not set the server-side session defaults (%s): sessions "
-                           "keep the server's own settings", " ".join(str(e).split()))
+            with contextlib.suppress(Exception):  # nor may a raising log filter
+                logger.warning("could not set the server-side session defaults (%s): "
+                               "sessions keep the server's own settings",
+                               " ".join(str(e).split()))
 
 
 class _Pools:
