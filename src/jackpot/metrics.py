@@ -32,6 +32,7 @@ the level gauges, for the `jackpot metrics` command, which runs no engine.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -88,6 +89,7 @@ class PrometheusObserver:
     def __init__(self, engine: EngineView) -> None:
         """Create the registry and its metrics; levels are read at scrape time."""
         self.registry = CollectorRegistry()
+        self._pid = os.getpid()  # the engine's process: a forked child's copy counts nothing
         r = self.registry
         self._operations = Counter(
             "jackpot_operations", "Finished operations by kind and outcome.",
@@ -144,6 +146,19 @@ class PrometheusObserver:
         """Return the registry in the Prometheus text exposition format."""
         return generate_latest(self.registry).decode()
 
+    def check_process(self) -> None:
+        """Refuse to serve in a forked child: its copy holds the parent's counts, frozen.
+
+        The copy's counters never move again (the actors are the parent's),
+        and its level and health series are refused there: served, it would
+        look like a healthy engine that stopped working.
+        """
+        if self._pid != os.getpid():
+            msg = (f"this engine was opened in process {self._pid}, not in this one "
+                   f"({os.getpid()}): its metrics count what that process does, so serve "
+                   "them there. Open an engine in each process after it starts (after the fork)")
+            raise EngineClosedError(msg)
+
     # -- Observer -------------------------------------------------------------
 
     def on_event(self, event: str, operation: str, level: str, n: int) -> None:
@@ -190,6 +205,8 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
     Raises:
         ValidationError: the engine runs with metrics disabled, or `port` is
             not a port number (0-65535) or `addr` not a string.
+        EngineClosedError: called in a forked child on an engine the parent
+            opened (its metrics are the parent's).
         OSError: the port cannot be bound; the message names the address and port.
 
     """
@@ -200,6 +217,7 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
         raise ValidationError(msg)
     for observer in observers:
         if isinstance(observer, PrometheusObserver):
+            observer.check_process()
             return serve_registry(observer.registry, port, addr=addr)
     msg = "metrics are disabled for this engine (JACKPOT_ENABLE_METRICS=false)"
     raise ValidationError(msg)

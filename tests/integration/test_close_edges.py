@@ -495,6 +495,41 @@ def test_calls_on_an_engine_inherited_across_fork_are_refused_at_once(tmp_path: 
         "parent {'minor': 3} True"], done.stderr
 
 
+_FORK_SERVE = """
+import os, sys
+from decimal import Decimal
+from jackpot import AsyncJackpotEngine, EngineClosedError, JackpotEngine, serve_metrics
+engine = JackpotEngine.open(sys.argv[1])
+engine.contribute(Decimal(10), groups="minor", op_id="before-the-fork")
+wrapped = AsyncJackpotEngine(engine)
+child = os.fork()
+if child == 0:  # a worker serves the metrics of the engine it inherited
+    said = []
+    for served in (engine, wrapped):
+        try:
+            server, _ = serve_metrics(served, 0)
+            server.shutdown()
+            server.server_close()
+            said.append("served")
+        except EngineClosedError as e:
+            said.append("refused" if f"opened in process {os.getppid()}" in str(e) else str(e))
+    print("child", said, flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+engine.close()
+"""
+
+
+def test_serving_the_metrics_of_an_engine_inherited_across_fork_is_refused(
+        tmp_path: Path) -> None:
+    # It served the parent's counters as they were at the fork, frozen, and
+    # no level or health series (metrics_text() there is refused for that).
+    done = subprocess.run([sys.executable, "-c", _FORK_SERVE, str(tmp_path / "a.db")],
+                          capture_output=True, text=True, timeout=HANG * 2, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child ['refused', 'refused']"], done.stderr
+
+
 _FORK_HELD = """
 import os, signal, sys, threading
 from decimal import Decimal
