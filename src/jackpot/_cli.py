@@ -436,8 +436,11 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
 
 
 def _print_config_change(result: ConfigResult, *, given: list[str]) -> None:
-    table = Table(title=f"config of {result.group}, now version {result.version}"
-                        f"{' (op ' + result.op_id + ', replayed)' if result.replayed else ''}")
+    # The op_id always (a change whose outcome is in doubt is resent with it), on a
+    # line of its own: a title is wrapped to the table's width, which can cut the op_id.
+    done = (f"config of {result.group}, now version {result.version} (op {result.op_id}"
+            f"{', replayed' if result.replayed else ''})")
+    table = Table()
     for name in ("field", "before", "after"):
         table.add_column(name, overflow="fold")
     for key in result.after:
@@ -446,12 +449,12 @@ def _print_config_change(result: ConfigResult, *, given: list[str]) -> None:
     for key, waiting in result.pending.items():
         table.add_row(key, _cell(result.before.get(key)), f"{waiting} (from the next reset)")
     if table.row_count:
+        console.print(done, markup=False, soft_wrap=True)
         console.print(table)
         return
     # Every field given already had its value: say so rather than print an empty table.
     values = ", ".join(f"{key}={_cell(result.after.get(key))}" for key in given)
-    console.print(f"config of {result.group}, now version {result.version}: no field changed "
-                  f"({values} already)", markup=False)
+    console.print(f"{done}: no field changed ({values} already)", markup=False, soft_wrap=True)
 
 
 def _cell(value: str | None) -> str:

@@ -114,11 +114,26 @@ def test_a_config_change_sent_again_says_replayed(db: str) -> None:
     assert "config of minor, now version 2 (op c1, replayed)" in " ".join(again.stdout.split())
 
 
-def test_a_config_change_that_changes_nothing_says_so(db: str) -> None:
-    jackpot("config", "minor", "cap=500", "--db", db)
+def test_a_config_change_by_hand_names_the_op_id_it_can_be_sent_again_with(db: str) -> None:
+    # The title named the op_id only on a replay: a change by hand whose
+    # outcome was in doubt had no op_id to resend (every other write names its own).
     done = jackpot("config", "minor", "cap=500", "--db", db, env={"COLUMNS": "200"})
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == ("config of minor, now version 3: no field changed "
+    heading = done.stdout.splitlines()[0]
+    assert heading.startswith("config of minor, now version 2 (op cli-"), heading
+    op_id = heading.removeprefix("config of minor, now version 2 (op ").removesuffix(")")
+    again = jackpot("config", "minor", "cap=500", "--op-id", op_id, "--db", db,
+                    env={"COLUMNS": "40"})  # narrower than the heading: not cut
+    assert again.stdout.splitlines()[0] == (
+        f"config of minor, now version 2 (op {op_id}, replayed)")
+
+
+def test_a_config_change_that_changes_nothing_says_so(db: str) -> None:
+    jackpot("config", "minor", "cap=500", "--db", db)
+    done = jackpot("config", "minor", "cap=500", "--op-id", "c2", "--db", db,
+                   env={"COLUMNS": "200"})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == ("config of minor, now version 3 (op c2): no field changed "
                            "(cap=500.000000 already)\n")  # was: an empty table
     done = jackpot("config", "minor", "cap=none", "--db", db, env={"COLUMNS": "200"})
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
