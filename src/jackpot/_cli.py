@@ -198,7 +198,8 @@ def _money(value: Decimal | None) -> str:
 
 
 def _pools_table(pools: dict[str, PoolSnapshot], title: str = "levels") -> Table:
-    table = Table(title=title)
+    """Return the levels as a table; `title` is shown as given (brackets are not markup)."""
+    table = Table(title=Text(title))
     for name in ("level", "status", "amount", "reserve", "seed", "rate", "cap", "version",
                  "bets", "wins", "won", "pending (next reset)"):
         table.add_column(name, justify="right" if name in _NUMBERS else "left",
@@ -478,7 +479,11 @@ def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None, player: 
     if opts.json:
         _print_json(dataclasses.asdict(result))
         return
-    table = Table(title=f"bet {bet} (op {result.op_id}{', replayed' if result.replayed else ''})")
+    # The op_id on a line of its own, as given: a table title is wrapped to the
+    # table's width (which can cut it) and read as markup (where "[/b]" raised).
+    console.print(f"bet {bet} (op {result.op_id}{', replayed' if result.replayed else ''})",
+                  markup=False, soft_wrap=True)
+    table = Table()
     for name in ("level", "added", "balance", "version"):
         table.add_column(name, justify="left" if name == "level" else "right",
                          overflow="fold")
@@ -603,11 +608,11 @@ def health(*, db: str | None, as_json: bool | None) -> int:
         _print_json(report.to_dict())
     else:
         colour = {"ok": "green", "degraded": "yellow", "failing": "red"}[report.status]
-        table = Table(title=f"health: [{colour}]{report.status}[/]")
+        table = Table(title=Text.assemble("health: ", (report.status, colour)))
         for name in ("check", "status", "detail"):
             table.add_column(name, overflow="fold")
         for c in report.checks:
-            table.add_row(c.name, c.status, c.detail)
+            table.add_row(c.name, c.status, Text(c.detail))  # it names the path
         console.print(table)
     return 1 if report.status == "failing" else 0
 
@@ -730,7 +735,7 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
         table.add_row(lvl, str(summary["wins"][lvl]["count"]), _money(paid[lvl]))  # type: ignore[index]
     console.print(table)
     for error, count in sorted(tally.refused.items()):
-        console.print(f"refused: {count} x {error}")
+        console.print(f"refused: {count} x {error}", markup=False)
     _verify_out(report)
     return 0 if report.ok else 1
 

@@ -781,6 +781,25 @@ def test_health_of_a_file_this_user_may_not_write_is_failing(db: str) -> None:
         shutil.rmtree(shared)
 
 
+def test_brackets_in_an_op_id_or_a_path_are_printed_as_given(tmp_path: Path) -> None:
+    # They were read as rich markup: "[/b]" crashed the command with a traceback
+    # after the bet had committed, and "[bold]" vanished from the op_id shown,
+    # so the op_id to resend was not the one printed.
+    folder = tmp_path / "x[" / "y]"  # the path holds "[/y]"
+    folder.mkdir(parents=True)
+    path = str(folder / "pools.db")
+    wide = {"COLUMNS": "250"}
+    for args in (("init",), ("health",), ("contribute", "1", "--level", "minor",
+                                          "--op-id", "round[/b]7"),
+                 ("contribute", "1", "--level", "minor", "--op-id", "r[bold]8[/bold]"),
+                 ("config", "minor", "cap=500", "--op-id", "c[/b]9")):
+        done = jackpot(*args, "--db", path, env=wide)
+        assert (done.returncode, done.stderr) == (0, ""), args
+        shown = {"init": path, "health": path, "contribute": args[-1],
+                 "config": args[-1]}[args[0]]
+        assert shown in done.stdout, (args, done.stdout)
+
+
 def test_a_negative_bet_is_refused_as_negative_not_as_an_unknown_option(db: str) -> None:
     done = jackpot("contribute", "-1", "--level", "minor", "--db", db)
     assert (done.returncode, done.stdout, done.stderr) == (
