@@ -618,7 +618,7 @@ class _Call:
             self._close_books(None, EngineClosedError(msg))
         elif ticket.wait(0):
             self.orphaned(ticket, *ticket.answer)
-        elif not self._engine._owner_alive(self.op):  # noqa: SLF001
+        elif not self._engine._owner_alive(self.op, ticket):  # noqa: SLF001
             if ticket.abandon():
                 msg = (f"the actor serving {', '.join(self.op.names)} stopped and the event "
                        f"loop closed before {self.op.kind} {self.op.op_id!r} could be resent; "
@@ -643,7 +643,7 @@ class _Call:
         if self._finished or ticket is None or self._peeked(ticket):
             return
         now = self._loop.time()
-        if not self._engine._owner_alive(self.op):  # noqa: SLF001 - in either phase
+        if not self._engine._owner_alive(self.op, ticket):  # noqa: SLF001 - in either phase
             if self._peeked(ticket):  # answered before it stopped: that is the outcome
                 return
             msg = f"the actor serving {', '.join(self.op.names)} has stopped"

@@ -923,11 +923,26 @@ class JackpotEngine:
             target = self._pools[level] if level is not None else self._coordinator
             target.actor_ref.tell(DRAIN)
 
-    def _owner_alive(self, op: Operation) -> bool:
-        """Whether the actor that serves `op` lives (the coordinator for several levels)."""
-        if len(op.names) > 1:
-            return self._coordinator.actor_ref.is_alive()
-        return self._pools[op.names[0]].actor_ref.is_alive()
+    def _owner_alive(self, op: Operation, ticket: Ticket) -> bool:
+        """Whether a live actor holds `op`'s request (`ticket`), or will take it.
+
+        Once claimed, only the actor that claimed it can answer: a
+        replacement started since (another caller restarting the level) never
+        will. While queued, the level's current actor (the coordinator for
+        several levels) takes it, a replacement too (it drains the mailbox it
+        inherits). When that one has stopped, the request is withdrawn here,
+        so that no replacement takes it once this has said False.
+        """
+        owner = ticket.owner
+        if owner is None:
+            current = self._coordinator if len(op.names) > 1 else self._pools[op.names[0]]
+            if current.actor_ref.is_alive():
+                return True
+            if ticket.abandon():
+                return False
+            owner = ticket.owner  # claimed meanwhile, by it or by a replacement
+            assert owner is not None  # (set together with the claim)
+        return owner.is_alive()
 
     def _build(self, kind: str, op_id: object, make: Callable[..., Operation], /, *args: Any,
                **kwargs: Any) -> Operation:
@@ -1022,7 +1037,7 @@ class JackpotEngine:
         while (remaining := deadline - time.monotonic()) > 0:
             if ticket.wait(min(remaining, _LIVENESS_POLL)):
                 return True
-            if not self._owner_alive(op):
+            if not self._owner_alive(op, ticket):
                 if ticket.wait(0):  # answered before it stopped: that is the outcome
                     return True
                 msg = f"the actor serving {', '.join(op.names)} has stopped"

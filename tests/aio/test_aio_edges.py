@@ -37,7 +37,7 @@ from jackpot import (
     ValidationError,
     serve_metrics,
 )
-from jackpot.actors import Ticket
+from jackpot.actors import Mailbox, Ticket
 
 from .test_aio import OperationDone, _sent, read_ledger, write_lock
 
@@ -55,8 +55,8 @@ def claimed(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     event = threading.Event()
     real = Ticket.claim
 
-    def claim(self: Ticket) -> bool:
-        taken = real(self)
+    def claim(self: Ticket, owner: Any) -> bool:
+        taken = real(self, owner)
         event.set()
         return taken
 
@@ -70,8 +70,8 @@ def pools_seen_dead(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     event = threading.Event()
     real = JackpotEngine._owner_alive
 
-    def owner_alive(self: JackpotEngine, op: Any) -> bool:
-        alive = real(self, op)
+    def owner_alive(self: JackpotEngine, op: Any, ticket: Ticket) -> bool:
+        alive = real(self, op, ticket)
         if not any(p.actor_ref.is_alive() for p in self._pools.values()):
             event.set()
         return alive
@@ -181,14 +181,14 @@ class _AnsweredThenStopped:
         self.lock.execute("BEGIN IMMEDIATE")  # nothing commits until the look
         self.looked = False
 
-    def __call__(self, op: Any) -> bool:
+    def __call__(self, op: Any, ticket: Ticket) -> bool:
         if self.claimed.is_set() and not self.looked:
             self.looked = True
             actor = self.engine._pools["minor"].actor_ref
             actor.stop(block=False)  # after the batch it is running
             self.lock.execute("ROLLBACK")
             assert actor.actor_stopped.wait(30)
-        return self.real(op)
+        return self.real(op, ticket)
 
 
 def test_an_answer_there_when_its_actor_is_seen_stopped_is_the_outcome(
@@ -224,6 +224,73 @@ def test_an_answer_there_when_its_actor_is_seen_stopped_is_the_async_outcome(
     assert looked
     assert isinstance(result, Contribution)
     assert result.versions == {"minor": 2}
+
+
+@pytest.mark.parametrize("groups", ["minor", BOTH], ids=["level", "coordinator"])
+def test_an_async_claimed_request_whose_actor_was_replaced_is_told_at_once(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, groups: str | tuple[str, ...]) -> None:
+    """The loop watches the actor that took the request, not the level's current one.
+
+    The actor took the request and crashed; before the loop looked again, a
+    thread's call restarted the level. The loop saw the live replacement,
+    which never answers a request it did not take, and waited out the whole
+    run timeout (here over a minute) to report only that the outcome is
+    unknown.
+    """
+    settings = Settings(lock_timeout_ms=100, max_retry_attempts=2, retry_delay_ms=4000)
+    in_run_phase = threading.Event()  # the loop knows the request was taken
+    restarted = threading.Event()  # a thread's call replaced the actor
+    abandon, claim_batch = Ticket.abandon, Mailbox.claim_batch
+    loop_thread = threading.current_thread()
+
+    def watched_abandon(self: Ticket) -> bool:
+        withdrawn = abandon(self)
+        if not withdrawn and threading.current_thread() is loop_thread:
+            in_run_phase.set()
+            assert restarted.wait(60)  # the loop looks again only after the restart
+        return withdrawn
+
+    def crash_after_claiming(self: Mailbox, *args: Any, **kwargs: Any) -> list[Any]:
+        live = claim_batch(self, *args, **kwargs)
+        if any(op.op_id == "claimed" for _, op in live):
+            assert in_run_phase.wait(60)
+            msg = "the actor crashed with a claimed request"
+            raise RuntimeError(msg)
+        return live
+
+    def restart(engine: JackpotEngine, first: Any) -> None:
+        assert first.actor_stopped.wait(60)  # crashed, the request taken and unanswered
+        engine.contribute(Decimal(10), groups=groups, op_id="other")  # restarts it
+        restarted.set()
+
+    async def run() -> None:
+        async with await AsyncJackpotEngine.open(db_path, settings=settings) as engine:
+            sync = engine.sync
+            assert sync._run_timeout > 60  # the wait below is a sixth of it
+            await engine.contribute(Decimal(10), groups=groups, op_id="before")
+            first = (sync._pools[groups] if isinstance(groups, str)
+                     else sync._coordinator).actor_ref
+            monkeypatch.setattr(Ticket, "abandon", watched_abandon)
+            monkeypatch.setattr(Mailbox, "claim_batch", crash_after_claiming)
+            restarter = threading.Thread(target=restart, args=(sync, first), daemon=True)
+            restarter.start()
+            (call,) = await _sent(engine.contribute(Decimal(10), groups=groups,
+                                                    op_id="claimed"))
+            done, _ = await asyncio.wait({call}, timeout=10)  # was: only after the run timeout
+            assert done == {call}
+            error = call.exception()
+            assert isinstance(error, EngineClosedError), error  # was: LockTimeoutError
+            assert "stopped while running contribute 'claimed'" in str(error)
+            assert error.outcome_unknown
+            restarter.join(10)
+            assert sync.stats.snapshot()["actor_restarts"] == 1
+            monkeypatch.undo()
+            # Nothing was applied: the same op_id is applied now, once.
+            again = await engine.contribute(Decimal(10), groups=groups, op_id="claimed")
+            assert not again.replayed
+            assert (await engine.verify()).ok
+
+    asyncio.run(run())
 
 
 # -- answers that reach a loop which then closes without running them ------------------

@@ -275,13 +275,16 @@ def test_claim_more_takes_what_fits_and_keeps_the_rest_in_order() -> None:
     for ticket, op in zip(tickets, ops, strict=True):
         mailbox.put(ticket, op)  # type: ignore[arg-type]
     assert tickets[2].abandon()  # its caller gave up: skipped, not claimed
-    taken = mailbox.claim_more(lambda op: set(op.names) <= {"a"}, room=3)
+    owner: Any = object()  # an actor's ref, as the ticket records it
+    taken = mailbox.claim_more(lambda op: set(op.names) <= {"a"}, room=3, owner=owner)
     assert [op for _, op in taken] == [ops[0], ops[3]]  # the room counts the abandoned one
     assert not tickets[3].abandon()  # claimed: its caller waits for the outcome
+    assert [t.owner for t, _ in taken] == [owner, owner]
+    assert tickets[2].owner is None
     rest, more = mailbox.take()
     assert [op for _, op in rest] == [ops[1], ops[4], ops[5]]
     assert not more
-    assert mailbox.claim_more(lambda op: True, room=3) == []
+    assert mailbox.claim_more(lambda op: True, room=3, owner=owner) == []
 
 
 def test_a_wait_for_the_turn_interrupted_gives_the_turn_up(

@@ -1199,6 +1199,82 @@ def test_a_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
     assert engine.verify().ok
 
 
+@pytest.mark.parametrize("groups", ["minor", ("major", "minor")], ids=["level", "coordinator"])
+def test_a_claimed_request_whose_actor_was_replaced_is_told_at_once(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch,
+        groups: str | tuple[str, ...]) -> None:
+    """The caller watches the actor that took its request, not the level's current one.
+
+    The actor took the request and crashed; before its caller looked again,
+    another caller's operation restarted the level. The caller saw the live
+    replacement, which will never answer a request it did not take, and
+    waited out the whole run timeout (here over a minute) to hear only that
+    the outcome is unknown.
+    """
+    engine = open_engine(settings=Settings(lock_timeout_ms=100, max_retry_attempts=2,
+                                           retry_delay_ms=4000))
+    assert engine._run_timeout > 60  # the wait below is a sixth of it
+    engine.contribute(Decimal(10), groups=groups, op_id="before")
+    in_run_phase = threading.Event()  # the caller knows its request was taken
+    restarted = threading.Event()  # another caller's operation replaced the actor
+    abandon, wait, claim_batch = Ticket.abandon, Ticket.wait, Mailbox.claim_batch
+    caller_thread: list[threading.Thread] = []
+
+    def watched_abandon(self: Ticket) -> bool:
+        withdrawn = abandon(self)
+        if not withdrawn:  # claimed: the caller waits for it to run
+            in_run_phase.set()
+        return withdrawn
+
+    def late_wait(self: Ticket, timeout: float) -> bool:
+        if threading.current_thread() in caller_thread and in_run_phase.is_set():
+            assert restarted.wait(60)  # the caller looks again only after the restart
+        return wait(self, timeout)
+
+    def crash_after_claiming(self: Mailbox, *args: Any, **kwargs: Any) -> list[Any]:
+        live = claim_batch(self, *args, **kwargs)
+        if any(op.op_id == "claimed" for _, op in live):
+            assert in_run_phase.wait(60)
+            msg = "the actor crashed with a claimed request"
+            raise RuntimeError(msg)
+        return live
+
+    monkeypatch.setattr(Ticket, "abandon", watched_abandon)
+    monkeypatch.setattr(Ticket, "wait", late_wait)
+    monkeypatch.setattr(Mailbox, "claim_batch", crash_after_claiming)
+    first = (engine._pools[groups] if isinstance(groups, str) else engine._coordinator).actor_ref
+    outcome: list[BaseException | None] = []
+    told = threading.Event()
+
+    def bet() -> None:
+        try:
+            engine.contribute(Decimal(10), groups=groups, op_id="claimed")
+        except Exception as e:
+            outcome.append(e)
+        else:
+            outcome.append(None)
+        told.set()
+
+    caller = threading.Thread(target=bet, daemon=True)
+    caller_thread.append(caller)
+    caller.start()
+    assert first.actor_stopped.wait(60)  # crashed, the request taken and unanswered
+    # Another caller finds the actor dead and restarts it.
+    assert not engine.contribute(Decimal(10), groups=groups, op_id="other").replayed
+    assert engine.stats.snapshot()["actor_restarts"] == 1
+    restarted.set()
+    assert told.wait(10)  # was: only after the run timeout
+    caller.join(10)
+    [error] = outcome
+    assert isinstance(error, EngineClosedError), error  # was: LockTimeoutError
+    assert "stopped while running contribute 'claimed'" in str(error)
+    assert error.outcome_unknown
+    monkeypatch.undo()
+    # Nothing was applied: the same op_id is applied now, once.
+    assert not engine.contribute(Decimal(10), groups=groups, op_id="claimed").replayed
+    assert engine.verify().ok
+
+
 class _RaisingLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = "log filter failed"

@@ -14,9 +14,13 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from jackpot.actors._ticket import Ticket
 from jackpot.service import Operation
+
+if TYPE_CHECKING:
+    import pykka
 
 __all__ = ["Mailbox"]
 
@@ -49,8 +53,9 @@ class Mailbox:
             self._awake = more
             return batch, more
 
-    def claim_batch(self, wake_again: Callable[[], None]) -> list[tuple[Ticket, Operation]]:
-        """Take the next batch and claim its requests, skipping abandoned ones.
+    def claim_batch(self, wake_again: Callable[[], None], owner: pykka.ActorRef[Any]
+                    ) -> list[tuple[Ticket, Operation]]:
+        """Take the next batch and claim its requests for `owner`, skipping abandoned ones.
 
         Calls `wake_again` when more requests wait, so the actor serves them
         next without starving the other messages in its inbox.
@@ -58,14 +63,15 @@ class Mailbox:
         batch, more = self.take()
         if more:
             wake_again()
-        return [(t, op) for t, op in batch if t.claim()]
+        return [(t, op) for t, op in batch if t.claim(owner)]
 
-    def claim_more(self, fits: Callable[[Operation], bool], room: int
-                   ) -> list[tuple[Ticket, Operation]]:
-        """Take and claim up to `room` queued requests that `fits` accepts; keep the rest in order.
+    def claim_more(self, fits: Callable[[Operation], bool], room: int,
+                   owner: pykka.ActorRef[Any]) -> list[tuple[Ticket, Operation]]:
+        """Take and claim for `owner` up to `room` queued requests that `fits` accepts.
 
-        For a batch that has just got the database's write lock: the requests
-        that queued while it waited join its transaction.
+        The rest stay queued, in order. For a batch that has just got the
+        database's write lock: the requests that queued while it waited join
+        its transaction.
         """
         taken: list[tuple[Ticket, Operation]] = []
         with self._lock:
@@ -78,7 +84,7 @@ class Mailbox:
                 else:
                     kept.append(item)
             self._items = kept
-        return [(t, op) for t, op in taken if t.claim()]
+        return [(t, op) for t, op in taken if t.claim(owner)]
 
     def rewake(self) -> bool:
         """After an actor restart: True if requests wait and a wake-up is due."""

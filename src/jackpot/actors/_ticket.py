@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pykka
 
 __all__ = ["Ticket"]
 
@@ -19,6 +22,9 @@ class Ticket:
     knows the request was never applied, and an actor never applies a request
     whose caller already gave up. A thread waits for the outcome with `wait`
     and takes it with `outcome`; an asyncio caller passes `notify` instead.
+    The ticket names the actor that claimed it (`owner`): only that one can
+    answer, so it is the one the caller watches, even after a replacement
+    took over the level.
 
     The outcome is signalled by releasing a lock taken at creation: the
     cheapest hand-off between two threads that CPython has (no Python-level
@@ -26,7 +32,7 @@ class Ticket:
     a batch of hundreds of requests after one commit.
     """
 
-    __slots__ = ("_claim", "_done", "_error", "_notify", "_result", "_state")
+    __slots__ = ("_claim", "_done", "_error", "_notify", "_result", "_state", "owner")
 
     def __init__(self, notify: Notify | None = None) -> None:
         """Create an open ticket; `notify(result, error)` is called when served.
@@ -41,12 +47,14 @@ class Ticket:
         self._done.acquire()  # released once, by settle()
         self._result: Any = None
         self._error: BaseException | None = None
+        self.owner: pykka.ActorRef[Any] | None = None  # set once, by `claim`
 
-    def claim(self) -> bool:
-        """Mark the request as being served; False if the caller gave up."""
+    def claim(self, owner: pykka.ActorRef[Any]) -> bool:
+        """Mark the request as being served by `owner`; False if the caller gave up."""
         with self._claim:
             if self._state == "open":
                 self._state = "claimed"
+                self.owner = owner
             return self._state == "claimed"
 
     def abandon(self) -> bool:

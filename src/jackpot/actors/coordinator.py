@@ -93,7 +93,7 @@ class Coordinator(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _drain(self) -> None:
-        live = self._mailbox.claim_batch(lambda: self.actor_ref.tell(DRAIN))
+        live = self._mailbox.claim_batch(lambda: self.actor_ref.tell(DRAIN), self.actor_ref)
         if not live:
             return
         ops = [op for _, op in live]
@@ -103,7 +103,8 @@ class Coordinator(pykka.ThreadingActor):
             # Requests on the levels already held join (their order kept):
             # the guards were taken for these, in the canonical order.
             more = self._mailbox.claim_more(lambda op: held.issuperset(op.names),
-                                            self._mailbox.max_batch - len(live))
+                                            self._mailbox.max_batch - len(live),
+                                            self.actor_ref)
             live.extend(more)
             return [op for _, op in more]
 

@@ -115,7 +115,7 @@ class PoolActor(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _drain(self) -> None:
-        live = self._mailbox.claim_batch(lambda: self.actor_ref.tell(DRAIN))
+        live = self._mailbox.claim_batch(lambda: self.actor_ref.tell(DRAIN), self.actor_ref)
         if not live:
             return
         if not self._guard.lock.acquire(timeout=self._guard_limit):
@@ -132,7 +132,8 @@ class PoolActor(pykka.ThreadingActor):
             return
         def top_up() -> list[Operation]:
             more = self._mailbox.claim_more(lambda op: set(op.names) <= {self.name},
-                                            self._mailbox.max_batch - len(live))
+                                            self._mailbox.max_batch - len(live),
+                                            self.actor_ref)
             live.extend(more)
             return [op for _, op in more]
 
