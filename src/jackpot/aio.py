@@ -106,9 +106,10 @@ class AsyncJackpotEngine:
         self._answers_lock = threading.Lock()
         self._gone: list[_Answers] = []  # closed loops' answers with calls not yet settled
         # An answer queued for a loop that then closed without running it is
-        # stranded: `close()`, even the sync one, sweeps such answers up. And a
-        # close() on a loop's thread (an observer, a log handler) cannot wait
-        # for that loop's calls: their answers need the loop it blocks.
+        # stranded, and one queued for a stopped loop may be: `close()`, even
+        # the sync one, sweeps such answers up. And a close() on a loop's
+        # thread (an observer, a log handler) cannot wait for that loop's
+        # calls: their answers need the loop it blocks.
         engine._attach(self._orphan_closed_loops, self._calls_of_this_loop)  # noqa: SLF001
 
     # -- life cycle ----------------------------------------------------------
@@ -343,13 +344,14 @@ class AsyncJackpotEngine:
         return 0 if answers is None else answers.in_flight()
 
     def _orphan_closed_loops(self) -> None:
-        """Close the books of calls from loops which have closed since they were sent.
+        """Close the books of calls from loops which have closed, or stopped, since they were sent.
 
         A closed loop's calls stay here until every one is settled: one whose
         live actor still holds it is looked at again by the next sweep (its
-        actor may yet stop without answering). In a forked child there is
-        nothing to sweep: the calls, and the locks, are the parent's (a fork
-        may have copied a lock held).
+        actor may yet stop without answering). Of a stopped loop's calls,
+        those answered are settled (`_Answers.settle_answered`). In a forked
+        child there is nothing to sweep: the calls, and the locks, are the
+        parent's (a fork may have copied a lock held).
         """
         if self._engine._pid != os.getpid():  # noqa: SLF001
             return
@@ -357,8 +359,11 @@ class AsyncJackpotEngine:
             for lp in [lp for lp, a in self._answers.items() if a.loop_closed()]:
                 self._gone.append(self._answers.pop(lp))
             gone = list(self._gone)
+            stopped = [a for a in self._answers.values() if a.loop_stopped()]
         for answers in gone:
             answers.orphan()
+        for answers in stopped:
+            answers.settle_answered()
         with self._answers_lock:
             self._gone = [a for a in self._gone if a.pending()]
 
@@ -462,6 +467,24 @@ class _Answers:
     def loop_closed(self) -> bool:
         """Whether the loop these answers are for has closed."""
         return self._loop.is_closed()
+
+    def loop_stopped(self) -> bool:
+        """Whether the loop these answers are for is not running (stopped or not yet run)."""
+        return not self._loop.is_running()
+
+    def settle_answered(self) -> None:
+        """Close the books of the calls answered while their loop is stopped (any thread).
+
+        The loop hands each caller its answer if it runs again; the outcome
+        is known meanwhile, and close() must not wait for a loop that may
+        never run again, or cannot while close() holds its thread (one that
+        `run_until_complete` left stopped with calls in flight). Calls not
+        answered yet stay in flight: their actors still hold them.
+        """
+        with self._lock:
+            pending = list(self._calls)
+        for call in pending:
+            call.answered_meanwhile()
 
     def orphan(self) -> None:
         """Close the books of every queued answer here, the loop being closed (any thread).
@@ -603,6 +626,12 @@ class _Call:
             if error is not None and not isinstance(error, Exception):
                 error = _stopped_on(error)
             self._close_books(result, error)
+
+    def answered_meanwhile(self) -> None:
+        """Close the books of a call whose answer is there, its loop stopped (any thread)."""
+        ticket = self._ticket
+        if ticket is not None and ticket.wait(0):
+            self.orphaned(ticket, *ticket.answer)
 
     def loop_gone(self) -> None:
         """Settle what can be settled of a call whose loop closed before it was answered.

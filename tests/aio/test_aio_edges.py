@@ -326,6 +326,63 @@ def test_close_sweeps_up_an_answer_stranded_on_a_loop_closed_unrun(
     assert engine.stats.snapshot().get("operations:contribute:ok") == 1
 
 
+def test_a_sync_close_on_the_thread_of_a_stopped_loop_sweeps_up_its_answered_calls(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop stopped (not closed), its call answered: close() there must not wait for it.
+
+    The answer waits for the loop, which cannot run while its own thread is
+    in close(); the sweep took only closed loops' answers, so close() waited
+    out the whole run timeout (here over a minute) for the call to leave.
+    Its outcome is known: its books are closed, and the caller still gets it
+    if the loop runs again.
+    """
+    from jackpot import aio  # noqa: PLC0415 - the internal hand-over is what is observed
+
+    queued = threading.Event()
+    real_put = aio._Answers.put
+
+    def put(self: Any, *args: Any) -> None:
+        real_put(self, *args)
+        queued.set()
+
+    monkeypatch.setattr(aio._Answers, "put", put)
+    settings = Settings(lock_timeout_ms=12_000, max_retry_attempts=2, retry_delay_ms=100)
+    engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
+    assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
+    closed = threading.Event()
+    outcome: list[Any] = []
+
+    async def send() -> asyncio.Task[Contribution]:
+        (task,) = await _sent(engine.contribute("10", groups="minor", op_id="x"))
+        return task
+
+    def on_the_loops_thread() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            with write_lock(db_path):  # nothing commits while the loop runs
+                task = loop.run_until_complete(send())  # it stops with the call in flight
+            assert queued.wait(30)  # answered, the answer waiting for the stopped loop
+            outcome.append(engine.sync._inflight)
+            engine.sync.close()
+            closed.set()
+            outcome.append(loop.run_until_complete(task))  # the loop runs again
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=on_the_loops_thread, daemon=True)
+    thread.start()
+    assert closed.wait(10)  # was: only after the run timeout
+    thread.join(30)
+    assert not thread.is_alive()
+    inflight, result = outcome
+    assert inflight == 1
+    assert isinstance(result, Contribution)
+    assert not result.replayed
+    assert engine.sync._inflight == 0
+    assert engine.stats.snapshot().get("operations:contribute:ok") == 1
+    assert _bet_rows(db_path, "x") == [("minor", 50_000)]
+
+
 # -- Ctrl-C while the loop hands over a burst of answers --------------------------------
 
 
