@@ -349,9 +349,9 @@ class AsyncJackpotEngine:
         A closed loop's calls stay here until every one is settled: one whose
         live actor still holds it is looked at again by the next sweep (its
         actor may yet stop without answering). Of a stopped loop's calls,
-        those answered are settled (`_Answers.settle_answered`). In a forked
-        child there is nothing to sweep: the calls, and the locks, are the
-        parent's (a fork may have copied a lock held).
+        those whose outcome is decided are settled (`_Answers.settle_decided`).
+        In a forked child there is nothing to sweep: the calls, and the locks,
+        are the parent's (a fork may have copied a lock held).
         """
         if self._engine._pid != os.getpid():  # noqa: SLF001
             return
@@ -363,7 +363,7 @@ class AsyncJackpotEngine:
         for answers in gone:
             answers.orphan()
         for answers in stopped:
-            answers.settle_answered()
+            answers.settle_decided()
         with self._answers_lock:
             self._gone = [a for a in self._gone if a.pending()]
 
@@ -472,19 +472,19 @@ class _Answers:
         """Whether the loop these answers are for is not running (stopped or not yet run)."""
         return not self._loop.is_running()
 
-    def settle_answered(self) -> None:
-        """Close the books of the calls answered while their loop is stopped (any thread).
+    def settle_decided(self) -> None:
+        """Close the books of the calls decided while their loop is stopped (any thread).
 
-        The loop hands each caller its answer if it runs again; the outcome
+        The loop hands each caller its outcome if it runs again; the outcome
         is known meanwhile, and close() must not wait for a loop that may
         never run again, or cannot while close() holds its thread (one that
-        `run_until_complete` left stopped with calls in flight). Calls not
-        answered yet stay in flight: their actors still hold them.
+        `run_until_complete` left stopped with calls in flight). Calls still
+        undecided stay in flight: live actors hold them, or may yet take them.
         """
         with self._lock:
             pending = list(self._calls)
         for call in pending:
-            call.answered_meanwhile()
+            call.decided_meanwhile()
 
     def orphan(self) -> None:
         """Close the books of every queued answer here, the loop being closed (any thread).
@@ -627,11 +627,22 @@ class _Call:
                 error = _stopped_on(error)
             self._close_books(result, error)
 
-    def answered_meanwhile(self) -> None:
-        """Close the books of a call whose answer is there, its loop stopped (any thread)."""
+    def decided_meanwhile(self) -> None:
+        """Close the books of a call whose outcome is decided, its loop stopped (any thread).
+
+        Decided: its answer is there, or the actor that took it has stopped
+        without answering (outcome unknown, as the loop, run again, says).
+        """
         ticket = self._ticket
-        if ticket is not None and ticket.wait(0):
+        if ticket is None:
+            return
+        owner = ticket.owner
+        stopped = owner is not None and not owner.is_alive()  # before the look: it cannot answer
+        if ticket.wait(0):
             self.orphaned(ticket, *ticket.answer)
+        elif stopped:
+            self._close_books(None, stopped_midway(
+                self.op, closed=self._engine._closed))  # noqa: SLF001
 
     def loop_gone(self) -> None:
         """Settle what can be settled of a call whose loop closed before it was answered.
