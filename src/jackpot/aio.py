@@ -630,19 +630,31 @@ class _Call:
     def decided_meanwhile(self) -> None:
         """Close the books of a call whose outcome is decided, its loop stopped (any thread).
 
-        Decided: its answer is there, or the actor that took it has stopped
-        without answering (outcome unknown, as the loop, run again, says).
+        Decided: its answer is there; or the actor that took it has stopped
+        without answering (outcome unknown, as the loop, run again, says);
+        or, the engine closed, the level's actor stopped before taking it
+        (withdrawn here: the loop, run again, could not resend it). Until
+        the engine closes, a request still queued is left to the loop: a
+        replacement actor may take it, or the loop resend it.
         """
+        engine = self._engine
         ticket = self._ticket
         if ticket is None:
             return
-        owner = ticket.owner
-        stopped = owner is not None and not owner.is_alive()  # before the look: it cannot answer
-        if ticket.wait(0):
+        if not ticket.wait(0):
+            if ticket.owner is None and not engine._closed:  # noqa: SLF001
+                return
+            if engine._owner_alive(self.op, ticket):  # noqa: SLF001
+                return
+        if ticket.wait(0):  # (answered before its actor stopped, maybe): that is the outcome
             self.orphaned(ticket, *ticket.answer)
-        elif stopped:
-            self._close_books(None, stopped_midway(
-                self.op, closed=self._engine._closed))  # noqa: SLF001
+        elif ticket.owner is None:  # withdrawn by `_owner_alive`
+            msg = (f"the actor serving {', '.join(self.op.names)} stopped before taking "
+                   f"{self.op.kind} {self.op.op_id!r}, and the engine closed; nothing "
+                   "was changed")
+            self._close_books(None, EngineClosedError(msg))
+        else:
+            self._close_books(None, stopped_midway(self.op, closed=engine._closed))  # noqa: SLF001
 
     def loop_gone(self) -> None:
         """Settle what can be settled of a call whose loop closed before it was answered.

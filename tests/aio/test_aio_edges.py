@@ -442,6 +442,61 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_settles_a_call_its_actor_d
     assert _bet_rows(db_path, "x") == []
 
 
+def test_a_sync_close_on_the_thread_of_a_stopped_loop_withdraws_a_call_no_actor_took(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop stopped, its call queued at an actor that crashed: close() must not wait for it.
+
+    Only the loop's liveness check would withdraw and resend it, and the
+    loop cannot run while close() holds its thread: close() waited out the
+    whole run timeout (here over a minute). The engine is closing, so it is
+    never resent: nothing was changed.
+    """
+    settings = Settings(lock_timeout_ms=12_000, max_retry_attempts=2, retry_delay_ms=100)
+    engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
+    assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
+    first = engine.sync._pools["minor"].actor_ref
+    loop_stopped, closed = threading.Event(), threading.Event()
+
+    def crash_before_taking(self: Mailbox) -> Any:
+        assert loop_stopped.wait(60)
+        msg = "the actor crashed before taking its requests"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(Mailbox, "take", crash_before_taking)
+    outcome: list[Any] = []
+
+    async def send() -> asyncio.Task[Contribution]:
+        (task,) = await _sent(engine.contribute("10", groups="minor", op_id="x"))
+        return task
+
+    def on_the_loops_thread() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.run_until_complete(send())  # it stops with the call in flight
+            loop_stopped.set()
+            assert first.actor_stopped.wait(60)  # woken for the call, it crashed
+            outcome.append(engine.sync._inflight)
+            engine.sync.close()
+            closed.set()
+            loop.run_until_complete(asyncio.wait({task}))  # the loop runs again
+            outcome.append(task.exception())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=on_the_loops_thread, daemon=True)
+    thread.start()
+    assert closed.wait(10)  # was: only after the run timeout
+    thread.join(30)
+    assert not thread.is_alive()
+    inflight, error = outcome
+    assert inflight == 1
+    assert isinstance(error, EngineClosedError), error
+    assert not error.outcome_unknown
+    assert engine.sync._inflight == 0
+    assert engine.stats.snapshot().get("operations:contribute:rejected") == 1
+    assert _bet_rows(db_path, "x") == []
+
+
 # -- Ctrl-C while the loop hands over a burst of answers --------------------------------
 
 
