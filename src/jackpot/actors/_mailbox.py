@@ -5,8 +5,8 @@ message each. Only the first put after a drain wakes the actor; everything
 that arrives while the actor is busy committing waits here and goes into the
 actor's next transaction together; those that arrive while a batch waits
 for the database's write lock join that batch once it holds the lock
-(`claim_more`). Actor messages (a coordinator's hold, a drain) still pass
-through the actor's own inbox, so they stay serialized.
+(`claim_more`). The wake-up itself (`DRAIN`) and any other actor message
+still pass through the actor's own inbox, so they stay serialized.
 """
 
 from __future__ import annotations
