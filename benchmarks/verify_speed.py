@@ -1,0 +1,169 @@
+"""How long `JackpotEngine.verify()` takes on a big ledger (a script, not a test).
+
+    python benchmarks/verify_speed.py [--rows N] [--cache DIR] [--runs 3] [SRC ...]
+
+Builds (once, cached in DIR) a SQLite file whose ledger holds about N rows
+through the engine's own API, as a game server fills it: 32 caller threads,
+bets on three or four levels (one with a minimum bet, one a must-hit-by
+mystery level), most with a caller's op_id (a stored result), some
+without; a win every 2,000th call, a config change every 50,000th. With
+`--extrapolated`, the file is compare.py's big ledger instead (two real
+contributions to one filler level, the rest extrapolated: quicker to build,
+one level, one row per operation). Then times verify() on a copy of it. With one or more source trees SRC (a clone of the
+repository), each run times every tree's verify() in a fresh process with
+that tree's `src` first on the path, the trees alternating run by run: the
+machine's noise falls on all of them alike. Prints each run and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import apsw
+from compare import big_template, new_op_id, quiet_logging, remove_db
+
+from jackpot import ConcurrencyViolationError, GroupConfig, JackpotEngine, Settings
+
+HERE = Path(__file__).resolve().parent
+
+
+LEVELS = (GroupConfig("minor", Decimal(10), Decimal("0.01")),
+          GroupConfig("major", Decimal(100), Decimal("0.005"), reserve_rate=Decimal("0.001")),
+          GroupConfig("mega", Decimal(1000), Decimal("0.002"), min_bet=Decimal(2)),
+          GroupConfig("mystery", Decimal(50), Decimal("0.003"), must_hit_by=Decimal(80)))
+CALLERS = 32
+
+
+def change_rate(engine: JackpotEngine, rate: Decimal) -> None:
+    """Change minor's rate, again while bets move its version on."""
+    while True:
+        try:
+            engine.update_config("minor", op_id=new_op_id(),
+                                 expected_version=engine.pool("minor").version,
+                                 contribution_rate=rate)
+        except ConcurrencyViolationError:
+            continue
+        return
+
+
+def build_real(rows: int, cache: Path) -> Path:
+    """Return a file (cached) whose ledger holds about `rows` rows, made through the API."""
+    final = cache / f"real-ledger-{rows}.db"
+    if final.exists():
+        return final
+    tmp = cache / f"{final.name}.building"
+    remove_db(tmp)
+    engine = JackpotEngine.open(tmp, LEVELS, settings=Settings(synchronous="NORMAL"))
+    calls = itertools.count()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def caller() -> None:
+        try:
+            while not done.is_set():
+                i = next(calls)
+                if i % 50_000 == 49_999:
+                    change_rate(engine, Decimal("0.01") + Decimal(i % 7) / 1000)
+                elif i % 2_000 == 1_999:
+                    engine.process_win(("minor", "major")[i % 2], op_id=new_op_id(),
+                                       winner=f"p{i % 97}")
+                else:
+                    bet = Decimal(1 + i % 5) / 2
+                    groups = ("minor", "major", "mega", "mystery")[:3 + i % 2]
+                    engine.contribute(bet, groups=groups, player=f"p{i % 97}",
+                                      op_id=None if i % 10 == 0 else new_op_id())
+        except BaseException as e:
+            errors.append(e)
+            done.set()
+
+    threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
+    for t in threads:
+        t.start()
+    conn = apsw.Connection(str(tmp), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        while not done.wait(5):
+            (have,) = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger").fetchone()
+            print(f"{have:,} ledger rows", flush=True)
+            if have >= rows:
+                done.set()
+    finally:
+        conn.close()
+        done.set()
+        for t in threads:
+            t.join()
+        engine.close()
+    if errors:
+        raise errors[0]
+    tmp.replace(final)
+    remove_db(tmp)
+    return final
+
+
+def time_verify(path: Path) -> float:
+    """Open the engine on `path`, time one verify() (not the open), and refuse a failed one."""
+    system = JackpotEngine.open(path)
+    try:
+        started = time.perf_counter()
+        report = system.verify()
+        took = time.perf_counter() - started
+    finally:
+        system.close()
+    if not report.ok:
+        msg = f"verify() found problems: {report.problems[:5]}"
+        raise RuntimeError(msg)
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--cache", type=Path, default=Path("out/verify-cache"))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--extrapolated", action="store_true")
+    parser.add_argument("--time", type=Path, help=argparse.SUPPRESS)  # (a child's one run)
+    parser.add_argument("trees", nargs="*", type=Path)
+    args = parser.parse_args()
+    quiet_logging()
+    if args.time is not None:
+        print(f"{time_verify(args.time):.3f}")
+        return
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.extrapolated:
+        template, _ = big_template("engine", args.rows, args.cache)
+    else:
+        template = build_real(args.rows, args.cache)
+    print(f"template {template} ({template.stat().st_size / 2**20:.0f} MB)")
+    work = args.cache / "verify-work.db"
+    remove_db(work)
+    shutil.copyfile(template, work)
+    trees = args.trees or [None]
+    times: dict[str, list[float]] = {str(t): [] for t in trees}
+    for run in range(args.runs):
+        for tree in trees:
+            if tree is None:
+                took = time_verify(work)
+            else:
+                env = {**os.environ, "PYTHONPATH": f"{tree.resolve() / 'src'}"}
+                out = subprocess.run([sys.executable, __file__, "--time", str(work)], env=env,
+                                     capture_output=True, text=True, check=True)
+                took = float(out.stdout.split()[-1])
+            times[str(tree)].append(took)
+            print(f"run {run + 1}: {tree}: {took:.1f} s", flush=True)
+    for tree, values in times.items():
+        print(f"median {tree}: {statistics.median(values):.1f} s "
+              f"({', '.join(f'{v:.1f}' for v in values)})")
+    remove_db(work)
+
+
+if __name__ == "__main__":
+    main()
