@@ -20,7 +20,8 @@ for all of its hits; no record has an op_id the engine generates for itself
 The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
-inside one read snapshot.
+inside one read snapshot; the per-row sums, the balance chain and the bets
+per rate period come from one walk of the ledger (`Store.ledger_pass`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,7 @@ def audit(store: Store) -> VerifyReport:
     with store.read():
         read_levels = _unreadable(problems, "levels", None, store.load_levels)
         levels = read_levels or {}
-        totals = store.ledger_totals()
-        bad_rows = store.broken_ledger_rows(limit=20)
+        totals, bad_rows, periods = store.ledger_pass(limit=20)
         split = store.split_hit_winners(limit=20)
         orphans, empty_bets = _without_ledger(store)
         reserved = sorted(op for op in store.operation_ids_starting(RESERVED_OP_ID_PREFIXES)
@@ -69,7 +69,7 @@ def audit(store: Store) -> VerifyReport:
                                 lambda: store.ledger(kinds=("retire", "transfer_in")))
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
             store.ledger(kinds=("create", "config")), transfers,
-            store.contributions_by_period()))
+            periods))
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
             itertools.chain(store.recorded_results(), empty_bets), store.recorded_hits(),
             store.recorded_details(),

@@ -389,6 +389,48 @@ class BackendContract:
             store.append("bad", [bad])
         assert store.broken_ledger_rows() == [("minor", 3, store.ledger()[-1].seq)]
 
+    def test_the_audit_s_one_pass_reads_what_its_three_queries_read(self, store: Store) -> None:
+        # `ledger_pass` walks the ledger once for the totals, the broken rows and
+        # the bets per rate period: the same as the three queries, rows that do
+        # not add up included (found by the query that names them).
+        config = GroupConfig("minor", Decimal(100), Decimal("0.01"))
+        minor, created = domain.create(config, 1_000, draw)
+        major, major_created = domain.create(replace(config, name="major"), 1_000, draw)
+        with store.write():
+            store.insert_level(minor)
+            store.insert_level(major)
+            store.append("create:minor", [created])
+            store.append("create:major", [major_created])
+        for i, bet in enumerate((10_000_000, 3_000_000, 1_000_000, 7_000_000)):
+            minor, entries, _ = domain.contribute(minor, bet, 2_000 + i, draw)
+            major, major_entries, _ = domain.contribute(major, bet * 2, 2_000 + i, draw)
+            if i == 1:
+                minor, config_entry = domain.reconfigure(minor, {"contribution_rate": 20_000_000},
+                                                         3_000)
+                entries = [*entries, config_entry]
+            with store.write():
+                store.append(f"bet-{i}", [*entries, *major_entries])
+
+        def apart() -> tuple[object, ...]:
+            return (store.ledger_totals(), store.broken_ledger_rows(limit=1),
+                    store.contributions_by_period())
+
+        with store.read():
+            passed, three = store.ledger_pass(limit=1), apart()
+        assert tuple(passed) == three
+        assert passed.periods == {"minor": {1: (13_000_000, 0), 2: (8_000_000, 0)},
+                                  "major": {1: (42_000_000, 0)}}
+        assert passed.totals["minor"].rows == 6
+        last = minor.version
+        bad = replace(entries[0], balance_after=entries[0].balance_after + 1,
+                      version_after=last + 1)
+        with store.write():
+            store.append("bad", [bad, replace(bad, version_after=last + 2)])
+        with store.read():
+            passed, three = store.ledger_pass(limit=1), apart()
+        assert tuple(passed) == three
+        assert passed.broken == [("minor", last + 1, store.ledger()[-2].seq)]
+
     def test_integrity_check_says_ok(self, store: Store) -> None:
         assert store.integrity_check() == "ok"
 
