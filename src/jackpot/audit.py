@@ -66,9 +66,9 @@ def audit(store: Store) -> VerifyReport:
                           if _GENERATED.fullmatch(op) or (
                               op.startswith("create:") and op[len("create:"):] in levels))
         transfers = _unreadable(problems, "retirement rows", list[LedgerRow](),
-                                lambda: store.ledger(kinds=("retire", "transfer_in")))
+                                lambda: store.ledger_of_kinds(("retire", "transfer_in")))
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
-            store.ledger(kinds=("create", "config")), transfers,
+            store.ledger_of_kinds(("create", "config")), transfers,
             periods))
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
             itertools.chain(store.recorded_results(), empty_bets), store.recorded_hits(),

@@ -431,6 +431,31 @@ class BackendContract:
         assert tuple(passed) == three
         assert passed.broken == [("minor", last + 1, store.ledger()[-2].seq)]
 
+    def test_the_audit_s_rows_of_a_few_kinds_are_every_level_s(self, store: Store) -> None:
+        # `ledger_of_kinds` finds them level by level through the index: the
+        # same rows, in the same order, as `ledger(kinds=...)` reading them all.
+        config = GroupConfig("minor", Decimal(100), Decimal("0.01"))
+        states = {}
+        with store.write():
+            for name in ("minor", "major", "mega"):
+                states[name], created = domain.create(replace(config, name=name), 1_000, draw)
+                store.insert_level(states[name])
+                store.append(f"create:{name}", [created])
+        for i, name in enumerate(("mega", "minor", "major", "mega")):
+            state, bet, _ = domain.contribute(states[name], 10_000_000, 2_000 + i, draw)
+            states[name], change = domain.reconfigure(
+                state, {"contribution_rate": 20_000_000 + i}, 3_000 + i)
+            with store.write():
+                store.append(f"bet-{i}", bet)
+                store.append(f"config-{i}", [change])
+        with store.read():
+            found = store.ledger_of_kinds(("create", "config"))
+            assert found == store.ledger(kinds=("create", "config"))
+            assert store.ledger_of_kinds(("win",)) == []
+        assert [(r.level, r.kind) for r in found] == [
+            ("minor", "create"), ("major", "create"), ("mega", "create"),
+            ("mega", "config"), ("minor", "config"), ("major", "config"), ("mega", "config")]
+
     def test_integrity_check_says_ok(self, store: Store) -> None:
         assert store.integrity_check() == "ok"
 

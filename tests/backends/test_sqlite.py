@@ -217,3 +217,38 @@ def test_a_read_only_store_of_an_empty_file_says_version_0(tmp_path: Path) -> No
     finally:
         store.close()
     assert empty.read_bytes() == b""
+
+
+def test_the_audit_looks_its_few_rows_up_without_reading_the_whole_ledger(
+        tmp_path: Path) -> None:
+    # Hits, wins, config changes and retirements are few in a ledger of
+    # millions of rows: each of the audit's queries of them must seek them in
+    # the (level, kind, seq) index, not scan the ledger (as without ANALYZE
+    # statistics SQLite would for a kind alone).
+    path = str(tmp_path / "pools.db")
+    JackpotEngine.open(path).close()
+    store = open_store(path)
+    queries: list[tuple[str, tuple[object, ...]]] = []
+    real_exec = store._exec  # (the statements the audit's reads run)
+
+    def logged(sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        queries.append((sql, params))
+        return real_exec(sql, params)
+
+    store._exec = logged  # type: ignore[method-assign]
+    conn = apsw.Connection(path)
+    try:
+        with store.read():
+            queries.clear()  # (BEGIN)
+            store.ledger_of_kinds(("retire", "transfer_in"))
+            store.recorded_hits()
+            store.recorded_details()
+            store.split_hit_winners()
+        assert len(queries) == 4
+        for sql, params in queries:
+            plan = [str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            assert not [step for step in plan if re.match(r"SCAN (ledger|l)\b", step)], plan
+            assert any("ledger_level_kind" in step for step in plan), plan
+    finally:
+        conn.close()
+        store.close()
