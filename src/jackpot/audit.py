@@ -21,7 +21,9 @@ The database's own integrity check is ok. The queries live in the store
 (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
 inside one read snapshot; the per-row sums, the balance chain and the bets
-per rate period come from one walk of the ledger (`Store.ledger_pass`).
+per rate period come from one walk of the ledger (`Store.ledger_pass`), and
+the recorded operations without ledger rows are looked for only when counting
+those with rows, as they stream by, shows some missing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import functools
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from jackpot._audit_config import CONFIG_KINDS, check_config
@@ -61,7 +63,6 @@ def audit(store: Store) -> VerifyReport:
         levels = read_levels or {}
         totals, bad_rows, periods = store.ledger_pass(limit=20)
         split = store.split_hit_winners(limit=20)
-        orphans, empty_bets = _without_ledger(store)
         reserved = sorted(op for op in store.operation_ids_starting(RESERVED_OP_ID_PREFIXES)
                           if _GENERATED.fullmatch(op) or (
                               op.startswith("create:") and op[len("create:"):] in levels))
@@ -70,10 +71,12 @@ def audit(store: Store) -> VerifyReport:
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
             store.ledger_of_kinds(("create", "config")), transfers,
             periods))
+        recorded = _Recorded(store)
         results = _unreadable(problems, "stored results", list[str](), lambda: check_results(
-            itertools.chain(store.recorded_results(), empty_bets), store.recorded_hits(),
+            itertools.chain(recorded, recorded.empty_bets()), store.recorded_hits(),
             store.recorded_details(),
             store.balances_at))
+        orphans = recorded.orphans()
         # Replayed as the rows stream by: a level's wins and hits may be millions.
         configs = {name: _unreadable(problems, f"{name}: settings rows", None, functools.partial(
             _check_config, store, s)) for name, s in levels.items()}
@@ -140,6 +143,46 @@ def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], 
         problems.append(f"{what} cannot be read as the engine writes them "
                         f"({type(e).__name__}: {e})")
         return instead
+
+
+class _Recorded:
+    """The recorded operations with ledger rows, then those without (`_without_ledger`).
+
+    Finding the operations without ledger rows reads every ledger row's op_id
+    (a set difference); when every recorded operation came with ledger rows,
+    as counting them as they stream by shows, there are none to find.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.seen = 0  # distinct op_ids yielded (each once: they come in op_id order)
+        self.done = False
+        self.without: tuple[list[tuple[str, bool]], list[RecordedResult]] | None = None
+
+    def __iter__(self) -> Iterator[RecordedResult]:
+        last = None
+        for record in self.store.recorded_results():
+            if record.op_id != last:
+                self.seen += 1
+                last = record.op_id
+            yield record
+        self.done = True
+
+    def empty_bets(self) -> Iterator[RecordedResult]:
+        """Yield the recorded bets without ledger rows (after the others, as they stream)."""
+        yield from self._without()[1]
+
+    def orphans(self) -> list[tuple[str, bool]]:
+        """Return the other recorded operations without ledger rows (see `_without_ledger`)."""
+        return self._without()[0]
+
+    def _without(self) -> tuple[list[tuple[str, bool]], list[RecordedResult]]:
+        if self.without is None:
+            if self.done and self.seen == self.store.operation_count():
+                self.without = [], []
+            else:
+                self.without = _without_ledger(self.store)
+        return self.without
 
 
 def _without_ledger(store: Store) -> tuple[list[tuple[str, bool]], list[RecordedResult]]:

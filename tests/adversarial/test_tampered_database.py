@@ -18,7 +18,7 @@ import apsw
 import pytest
 
 from jackpot import GroupConfig, JackpotEngine, Settings
-from jackpot.storage import LedgerRow
+from jackpot.storage import LedgerRow, Store
 
 DEEP = "[" * 100_000 + "]" * 100_000
 """JSON nested deeper than Python's parser (or SQLite's) goes: a RecursionError, not a ValueError."""
@@ -132,6 +132,22 @@ def test_past_twenty_records_without_ledger_rows_the_rest_are_counted(
     assert found == [*(f"operation 'ghost-{i:02}' recorded without ledger rows"
                        for i in range(20)),
                      "... and 3 more operations recorded without ledger rows"]
+
+
+def test_records_without_ledger_rows_are_looked_for_only_when_some_are_missing(
+        engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Looking for them reads every ledger row's op_id; when every record
+    # streamed by with its ledger rows (counted), there is none to look for.
+    calls: list[list[str]] = []
+    look = Store.operation_ids_without_ledger
+    monkeypatch.setattr(Store, "operation_ids_without_ledger",
+                        lambda store: calls.append(look(store)) or calls[-1])
+    assert problems(engine) == []
+    assert calls == []
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES ('ghost', 'win', 'x', ?, 0)", (ghost_win("ghost"),))
+    assert problems(engine) == ["operation 'ghost' recorded without ledger rows"]
+    assert calls == [["ghost"]]
 
 
 def test_a_pool_rewritten_in_place(engine: JackpotEngine) -> None:

@@ -803,6 +803,10 @@ class Store(ABC):
                                      tuple(prefixes)):
             yield op_id
 
+    def operation_count(self) -> int:
+        """Return how many operations are recorded (rows of the operations table)."""
+        return int(self._exec("SELECT COUNT(*) FROM operations")[0][0])
+
     def operation_ids_without_ledger(self) -> list[str]:
         """Return op_ids recorded as applied that have no ledger row."""
         return [r[0] for r in self._exec(OPERATIONS_WITHOUT_LEDGER)]
