@@ -27,6 +27,7 @@ import apsw
 import pytest
 
 import jackpot.engine
+from _helpers import in_thread
 from jackpot import (
     AsyncJackpotEngine,
     Contribution,
@@ -95,17 +96,9 @@ def test_close_with_a_timeout_lets_a_running_multi_level_bet_report_its_commit(
     "rejected") while the bet committed right after.
     """
     engine = JackpotEngine.open(db_path)
-    outcome: list[Any] = []
-
-    def bet() -> None:
-        try:
-            outcome.append(engine.contribute("10", groups=BOTH, op_id="bet-1"))
-        except Exception as e:
-            outcome.append(e)
-
     with write_lock(db_path):
-        caller = threading.Thread(target=bet)
-        caller.start()
+        caller, outcome = in_thread(
+            lambda: engine.contribute("10", groups=BOTH, op_id="bet-1"))
         assert claimed.wait(10)  # the coordinator holds it, waiting for the write lock
         engine.close(timeout=0.2)  # gives up on the coordinator, stops the rest
         assert pools_seen_dead.wait(30)  # the caller looked while the coordinator still ran
@@ -143,17 +136,9 @@ def test_an_actor_stopping_after_taking_a_request_says_the_outcome_is_unknown(
         db_path: Path, claimed: threading.Event) -> None:
     """Claimed, then the serving actor is gone: "retry with the same op_id", counted as error."""
     engine = JackpotEngine.open(db_path)
-    outcome: list[BaseException] = []
-
-    def bet() -> None:
-        try:
-            engine.contribute("10", groups="minor", op_id="bet-1")
-        except Exception as e:
-            outcome.append(e)
-
     with write_lock(db_path):
-        caller = threading.Thread(target=bet)
-        caller.start()
+        caller, outcome = in_thread(
+            lambda: engine.contribute("10", groups="minor", op_id="bet-1"))
         assert claimed.wait(10)
         engine.close(timeout=0.2)  # the level's actor is left running, then...
         engine._pools["minor"].actor_ref.actor_stopped.set()  # ...looks stopped to the caller

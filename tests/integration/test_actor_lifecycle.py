@@ -23,6 +23,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import jackpot.engine
+from _helpers import in_thread
 from jackpot import (
     EngineClosedError,
     InsufficientFundsError,
@@ -899,18 +900,8 @@ def test_an_actor_restart_racing_close_leaves_no_actor_running(db_path: Path) ->
 
     engine._start_pool = slow_start  # type: ignore[method-assign]
     engine._pools["minor"].actor_ref.stop()  # the level's actor crashed
-    outcome: list[BaseException | None] = []
-
-    def bet() -> None:
-        try:
-            engine.contribute(Decimal(10), groups="minor", op_id="racing")
-        except JackpotError as e:
-            outcome.append(e)
-        else:
-            outcome.append(None)
-
-    better = threading.Thread(target=bet)
-    better.start()
+    better, outcome = in_thread(
+        lambda: engine.contribute(Decimal(10), groups="minor", op_id="racing"))
     assert entered.wait(30)
     closer = threading.Thread(target=engine.close, kwargs={"timeout": 0.1})
     closer.start()  # its wait for the call in flight times out; then it stops the actors
@@ -921,7 +912,8 @@ def test_an_actor_restart_racing_close_leaves_no_actor_running(db_path: Path) ->
     assert not closer.is_alive()
     assert not better.is_alive()
     assert set(pykka.ActorRegistry.get_all()) == before  # the replacement was stopped too
-    assert len(outcome) == 1
+    [result] = outcome  # applied, or refused with a JackpotError: nothing else
+    assert not isinstance(result, BaseException) or isinstance(result, JackpotError), result
     with JackpotEngine.open(db_path) as again:
         assert again.verify().ok
 
@@ -947,24 +939,15 @@ def test_a_close_without_limit_waits_for_another_one_in_progress(db_path: Path) 
     engine = JackpotEngine.open(db_path)
     held = _WatchedLock()
     engine._restart_lock = held  # type: ignore[assignment]
-    errors: list[BaseException] = []
-
-    def close_without_limit() -> None:
-        try:
-            engine.close(timeout=math.inf)
-        except BaseException as e:  # reported by the assertion below
-            errors.append(e)
-
     with held:
         first = threading.Thread(target=engine.close)
         first.start()
         assert held.contended.wait(30)
-        second = threading.Thread(target=close_without_limit)
-        second.start()
+        second, outcome = in_thread(lambda: engine.close(timeout=math.inf))
     first.join(60)
     second.join(60)
     assert not second.is_alive()
-    assert errors == []
+    assert outcome == [None]  # returned, raised nothing
     assert not any(p.actor_ref.is_alive() for p in engine._pools.values())
 
 
@@ -1174,18 +1157,8 @@ def test_a_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
     guard = engine._guards["minor"]
     real_lock = guard.lock
     guard.lock = _CrashingGuardLock(in_run_phase)  # type: ignore[assignment]
-    outcome: list[BaseException | None] = []
-
-    def bet() -> None:
-        try:
-            engine.contribute(Decimal(10), groups="minor", op_id="claimed")
-        except Exception as e:
-            outcome.append(e)
-        else:
-            outcome.append(None)
-
-    caller = threading.Thread(target=bet)
-    caller.start()
+    caller, outcome = in_thread(
+        lambda: engine.contribute(Decimal(10), groups="minor", op_id="claimed"))
     caller.join(60)  # (a hang guard; the run timeout is far shorter)
     assert not caller.is_alive()
     guard.lock = real_lock

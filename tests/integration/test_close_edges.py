@@ -23,6 +23,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import in_thread
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
@@ -34,21 +35,6 @@ from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
 
 HANG = 30  # seconds: only a hang waits this long
-
-
-def _in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    """Run `target` in a thread; its result or error lands in the list."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(target())
-        except BaseException as e:
-            out.append(e)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, out
 
 
 def _actors_stopped(engine: JackpotEngine) -> bool:
@@ -90,7 +76,7 @@ def test_a_log_handler_closing_the_engine_during_an_actor_restart_does_not_deadl
     closer.engine = engine
     engine._pools["minor"].actor_ref.stop()  # the level's actor crashed
     with _handler(closer):
-        thread, out = _in_thread(lambda: engine.contribute("10", groups="minor", op_id="b1"))
+        thread, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="b1"))
         thread.join(HANG)
     assert not thread.is_alive()
     assert closer.closed.is_set()
@@ -109,7 +95,7 @@ def test_a_log_handler_closing_the_engine_on_its_own_calls_line_does_not_wait_fo
     closer = _Closer("ok")  # close() without a timeout: would wait minutes for itself
     closer.engine = engine
     with _handler(closer):
-        thread, out = _in_thread(lambda: engine.process_win("minor", op_id="w1"))
+        thread, out = in_thread(lambda: engine.process_win("minor", op_id="w1"))
         thread.join(HANG)
     assert not thread.is_alive()
     assert out[0].amount == Decimal(100)
@@ -141,7 +127,7 @@ def test_close_from_an_actor_thread_hands_the_shut_down_to_a_thread_of_its_own(
         db_path: Path) -> None:
     engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=60_000))
     engine.stats.observers.append(_CloseOnLockWait(engine))
-    thread, out = _in_thread(lambda: engine.contribute("10", groups="minor", op_id="b1"))
+    thread, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="b1"))
     thread.join(HANG)
     assert not thread.is_alive()
     assert out[0].versions == {"minor": 2}  # the batch in hand committed and was answered
@@ -213,7 +199,7 @@ def test_a_read_racing_close_is_refused_with_a_jackpot_error(db_path: Path, read
     engine._reader_lock = lock  # type: ignore[assignment]
     call: Callable[[], Any] = {"pools": engine.pools,
                                "history": lambda: engine.history("minor")}[read]
-    thread, out = _in_thread(call)
+    thread, out = in_thread(call)
     assert lock.reader.wait(HANG)  # past any check made before taking the lock
     engine.close()
     lock.go_on.set()
@@ -236,7 +222,7 @@ def test_a_verify_racing_close_is_refused_and_closes_its_connection(
         return opened[-1]
 
     monkeypatch.setattr(engine_module, "_store", store)
-    thread, out = _in_thread(engine.verify)
+    thread, out = in_thread(engine.verify)
     assert connected.wait(HANG)
     engine.close()
     go_on.set()
@@ -265,9 +251,9 @@ def test_reads_do_not_wait_for_a_long_verify(
     monkeypatch.setattr(engine_module, "audit", slow_audit)
     engine = JackpotEngine.open(db_path)
     try:
-        auditor, report = _in_thread(engine.verify)
+        auditor, report = in_thread(engine.verify)
         assert reading.wait(HANG)
-        reader, out = _in_thread(lambda: (engine.pool("minor").version,
+        reader, out = in_thread(lambda: (engine.pool("minor").version,
                                           engine.history("minor")))
         reader.join(HANG)
         done_while_auditing = not reader.is_alive() and not finish.is_set()
@@ -314,7 +300,7 @@ def test_overlapping_verifies_hold_one_connection_not_one_each(
     monkeypatch.setattr(engine_module, "_store", store)
     monkeypatch.setattr(engine_module, "audit", slow_audit)
     try:
-        started = [_in_thread(engine.verify) for _ in range(3)]
+        started = [in_thread(engine.verify) for _ in range(3)]
         assert inside.wait(HANG)
         for thread, _ in started:
             thread.join(0.3)  # time for the others to connect, were they going to
@@ -341,9 +327,9 @@ def test_close_keeps_its_timeout_while_a_long_read_runs_and_the_read_closes_the_
         return real_audit(store)
 
     monkeypatch.setattr(engine_module, "audit", slow_audit)
-    reader, report = _in_thread(engine.verify)
+    reader, report = in_thread(engine.verify)
     assert reading.wait(HANG)
-    closer, _ = _in_thread(lambda: engine.close(timeout=0.2))
+    closer, _ = in_thread(lambda: engine.close(timeout=0.2))
     closer.join(HANG)
     assert not closer.is_alive()  # returned while the read still runs
     assert reader.is_alive()
@@ -379,9 +365,9 @@ def test_a_second_close_without_timeout_is_not_stranded_by_a_lost_wake_up(
             raise KeyboardInterrupt
         notify()
 
-    first, first_out = _in_thread(engine.close)
+    first, first_out = in_thread(engine.close)
     assert first_stopping.wait(HANG)  # it holds the shut-down, waiting for the restart lock
-    second, second_out = _in_thread(engine.close)  # waits for the first, without limit
+    second, second_out = in_thread(engine.close)  # waits for the first, without limit
     monkeypatch.setattr(engine._cond, "notify_all", interrupt_once)
     hold.release()
     first.join(HANG)
@@ -651,9 +637,9 @@ def test_close_waits_for_a_calls_log_line_and_counts(db_path: Path,
 
     monkeypatch.setattr(engine, "_await_inflight", await_inflight)
     with _handler(SlowHandler()):
-        caller, _ = _in_thread(lambda: engine.process_win("minor", op_id="w1"))
+        caller, _ = in_thread(lambda: engine.process_win("minor", op_id="w1"))
         assert logging_started.wait(HANG)
-        closer, counted = _in_thread(lambda: engine.close() or engine.stats.snapshot())
+        closer, counted = in_thread(lambda: engine.close() or engine.stats.snapshot())
         assert close_waits.wait(HANG)
         go_on.set()
         closer.join(HANG)
@@ -676,7 +662,7 @@ def test_a_read_refused_by_a_racing_close_still_closes_the_reader(
         real_check()
 
     monkeypatch.setattr(engine, "_check_open", check_open)
-    reader, out = _in_thread(engine.pools)
+    reader, out = in_thread(engine.pools)
     assert holding.wait(HANG)
     engine.close(timeout=0.2)  # gives up on the reader's lock: the read is to close it
     go_on.set()
