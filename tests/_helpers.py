@@ -1,4 +1,4 @@
-"""Scaffolding several test files share: a call run in a thread, child processes.
+"""Scaffolding several test files share: a call run in a thread, worker processes.
 
 A plain module, not fixtures: tests/ is on sys.path (tests/conftest.py puts it
 there), so any test file imports it as `_helpers`.
@@ -6,8 +6,15 @@ there), so any test file imports it as `_helpers`.
 
 from __future__ import annotations
 
+import json
+import os
+import selectors
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -28,3 +35,63 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, out
+
+
+def read_line(stream: Any, deadline: float, what: str = "line") -> bytes:
+    """Read one line from a child's unbuffered pipe; b"" if it ended first.
+
+    Fails (naming `what` it waited for) once the deadline passes.
+    """
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while not buf.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {what} in time (got {buf!r})"
+            assert sel.select(remaining), f"no {what} in time (got {buf!r})"
+            chunk = os.read(stream.fileno(), 1)
+            if not chunk:
+                return b""
+            buf += chunk
+    return buf.strip()
+
+
+def run_workers(tmp_path: Path, worker: Path, plans: list[dict[str, Any]],
+                timeout: float = 240) -> list[dict[str, Any]]:
+    """Run `worker` once per plan, all released at once; return their reports.
+
+    Each worker gets its plan (written as JSON) and a result path, prints
+    "ready" once it can start, waits for a line on stdin (sent to all of them
+    together), then writes its report to the result path and exits 0.
+    """
+    procs: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
+    try:
+        for k, plan in enumerate(plans):
+            plan_file, result, err = (tmp_path / f"plan-{k}.json", tmp_path / f"result-{k}.json",
+                                      tmp_path / f"worker-{k}.stderr")
+            plan_file.write_text(json.dumps(plan))
+            with err.open("wb") as err_file:
+                proc = subprocess.Popen(
+                    [sys.executable, str(worker), str(plan_file), str(result)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, bufsize=0)
+            procs.append((proc, result, err))
+        deadline = time.monotonic() + timeout
+        for proc, _, err in procs:
+            assert proc.stdout is not None
+            line = read_line(proc.stdout, deadline)
+            assert line == b"ready", f"worker did not start: {err.read_text()[-3000:]}"
+        for proc, _, _ in procs:  # release them together
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        for proc, _, err in procs:
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            assert rc == 0, f"worker failed ({rc}): {err.read_text()[-3000:]}"
+    finally:
+        for proc, _, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    return [json.loads(result.read_text()) for _, result, _ in procs]

@@ -12,13 +12,9 @@ the money adds up to the smallest unit, carried fractions included.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import selectors
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from _helpers import run_workers
 from jackpot import GroupConfig, JackpotEngine
 from jackpot.money import RATE_SCALE, SCALE
 from jackpot.storage import open_store
@@ -75,58 +72,6 @@ def plan(k: int, rng: random.Random) -> list[dict[str, Any]]:
     return ops
 
 
-def read_line(stream: Any, deadline: float) -> bytes:
-    """Read one line from a child's unbuffered pipe, failing at the deadline."""
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while not buf.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no line in time (got {buf!r})"
-            assert sel.select(remaining), f"no line in time (got {buf!r})"
-            chunk = os.read(stream.fileno(), 1)
-            if not chunk:
-                break
-            buf += chunk
-    return buf.strip()
-
-
-def run_workers(tmp_path: Path, target: str, plans: list[list[dict[str, Any]]],
-                timeout: float = 240) -> list[dict[str, Any]]:
-    """Run one worker process per plan, all released at once; return their reports."""
-    procs: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
-    try:
-        for k, ops in enumerate(plans):
-            plan_file, result, err = (tmp_path / f"plan-{k}.json", tmp_path / f"result-{k}.json",
-                                      tmp_path / f"worker-{k}.stderr")
-            plan_file.write_text(json.dumps({"target": target, "settings": {}, "ops": ops}))
-            with err.open("wb") as err_file:
-                proc = subprocess.Popen(
-                    [sys.executable, str(WORKER), str(plan_file), str(result)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, bufsize=0)
-            procs.append((proc, result, err))
-        deadline = time.monotonic() + timeout
-        for proc, _, err in procs:
-            assert proc.stdout is not None
-            line = read_line(proc.stdout, deadline)
-            assert line == b"ready", f"worker did not start: {err.read_text()[-3000:]}"
-        for proc, _, _ in procs:  # release them together
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.close()
-        for proc, _, err in procs:
-            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            assert rc == 0, f"worker failed ({rc}): {err.read_text()[-3000:]}"
-    finally:
-        for proc, _, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-    return [json.loads(result.read_text()) for _, result, _ in procs]
-
-
 def units(d: str | Decimal) -> int:
     exact = Decimal(d) * SCALE
     assert exact == exact.to_integral_value(), d
@@ -138,7 +83,8 @@ def test_engines_in_separate_processes_keep_the_books(pg_target: str, tmp_path: 
         pass
     rng = random.Random(20_261_129)
     plans = [plan(k, rng) for k in range(PROCESSES)]
-    reports = run_workers(tmp_path, pg_target, plans)
+    reports = run_workers(tmp_path, WORKER,
+                          [{"target": pg_target, "settings": {}, "ops": ops} for ops in plans])
 
     # Every call succeeded; per op_id exactly one applied it, all others replayed it.
     by_op: dict[str, list[dict[str, Any]]] = defaultdict(list)

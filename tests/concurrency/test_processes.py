@@ -16,14 +16,9 @@ Sizes grow with JACKPOT_SLOW=1 (the soak); the default run uses the short form.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import selectors
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from decimal import Decimal
@@ -33,6 +28,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import run_workers
 from jackpot import (
     ConcurrencyViolationError,
     ConfigResult,
@@ -106,60 +102,6 @@ def table_dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
                     for n in names}
     finally:
         conn.close()
-
-
-def read_line(stream: Any, deadline: float) -> bytes:
-    """Read one line from a child's unbuffered pipe, failing at the deadline."""
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while not buf.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no line in time (got {buf!r})"
-            assert sel.select(remaining), f"no line in time (got {buf!r})"
-            chunk = os.read(stream.fileno(), 1)
-            if not chunk:
-                break
-            buf += chunk
-    return buf.strip()
-
-
-def run_workers(tmp_path: Path, db: Path, plans: list[list[dict[str, Any]]],
-                settings: dict[str, Any] | None = None, timeout: float = 240
-                ) -> list[dict[str, Any]]:
-    """Run one worker process per plan, all released at once; return their reports."""
-    procs: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
-    try:
-        for k, ops in enumerate(plans):
-            plan, result, err = (tmp_path / f"plan-{k}.json", tmp_path / f"result-{k}.json",
-                                 tmp_path / f"worker-{k}.stderr")
-            plan.write_text(json.dumps({"db": str(db), "settings": settings or {},
-                                        "ops": ops}))
-            with err.open("wb") as err_file:
-                proc = subprocess.Popen(
-                    [sys.executable, str(WORKER), str(plan), str(result)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, bufsize=0)
-            procs.append((proc, result, err))
-        deadline = time.monotonic() + timeout
-        for proc, _, err in procs:
-            assert proc.stdout is not None
-            line = read_line(proc.stdout, deadline)
-            assert line == b"ready", f"worker did not start: {err.read_text()[-3000:]}"
-        for proc, _, _ in procs:  # release them together
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.close()
-        for proc, _, err in procs:
-            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            assert rc == 0, f"worker failed ({rc}): {err.read_text()[-3000:]}"
-    finally:
-        for proc, _, _ in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-    return [json.loads(result.read_text()) for _, result, _ in procs]
 
 
 def bet(rng: random.Random) -> str:
@@ -266,7 +208,9 @@ def test_two_processes_contend_on_the_same_levels_without_lost_updates(
     warm = create_shared_db(db, groups)
     n = 3000 if SLOW else 400
     rng = random.Random(4)
-    reports = run_workers(tmp_path, db, [contention_plan(k, n, rng) for k in range(2)])
+    reports = run_workers(tmp_path, WORKER, [{"db": str(db), "settings": {},
+                                              "ops": contention_plan(k, n, rng)}
+                                             for k in range(2)])
 
     failures = [o for r in reports for o in r["outcomes"] if "error" in o]
     assert not failures, f"{len(failures)} operations failed, first: {failures[:3]}"
@@ -525,8 +469,9 @@ def test_four_processes_mixed_operations_conserve_money_and_apply_each_op_once(
     db = tmp_path / "pools.db"
     warm = create_shared_db(db)
     n = 800 if SLOW else 150
-    reports = run_workers(tmp_path, db, mixed_plans(n, random.Random(11)),
-                          settings={"retry_delay_ms": 5})
+    reports = run_workers(tmp_path, WORKER, [
+        {"db": str(db), "settings": {"retry_delay_ms": 5}, "ops": ops}
+        for ops in mixed_plans(n, random.Random(11))])
 
     by_op_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for k, report in enumerate(reports):

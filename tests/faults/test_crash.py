@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
-import selectors
 import signal
 import subprocess
 import sys
@@ -27,11 +26,11 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import apsw
 import pytest
 
+from _helpers import read_line
 from jackpot import GroupConfig, JackpotEngine
 
 SLOW = os.environ.get("JACKPOT_SLOW") == "1"
@@ -56,22 +55,6 @@ GROUPS = (
     GroupConfig("mega", Decimal(10000), Decimal("0.0003217")),
     GroupConfig("minor", Decimal(100), Decimal("0.0051234")),
 )
-
-
-def read_line(stream: Any, deadline: float) -> bytes:
-    """Read one line from the child's unbuffered pipe; b"" if it ended."""
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while not buf.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no acknowledgement in time (got {buf!r})"
-            assert sel.select(remaining), f"no acknowledgement in time (got {buf!r})"
-            chunk = os.read(stream.fileno(), 1)
-            if not chunk:
-                return b""
-            buf += chunk
-    return buf.strip()
 
 
 def acknowledged(log: Path) -> list[str]:
@@ -127,7 +110,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_operation(tmp_path: Pat
             assert proc.stdout is not None
             deadline = time.monotonic() + 60
             for _ in range(wanted):
-                line = read_line(proc.stdout, deadline)
+                line = read_line(proc.stdout, deadline, "acknowledgement")
                 assert line, f"{where}: the worker died: {err.read_text()[-3000:]}"
             # Let the child run on for a random part of an operation, so the
             # kill lands anywhere in it (any moment is a valid test; this only
