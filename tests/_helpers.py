@@ -95,3 +95,14 @@ def run_workers(tmp_path: Path, worker: Path, plans: list[dict[str, Any]],
             if proc.stdout is not None:
                 proc.stdout.close()
     return [json.loads(result.read_text()) for _, result, _ in procs]
+
+
+def run_python(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a new Python process (`python -c script *args`); return what it did.
+
+    For what needs a process of its own (a fork, an exit, a crash): the
+    caller asserts on the return code and the captured stdout and stderr
+    (text). `timeout` bounds a hang; it raises subprocess.TimeoutExpired.
+    """
+    return subprocess.run([sys.executable, "-c", script, *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)

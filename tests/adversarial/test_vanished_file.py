@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from _helpers import run_python
 from jackpot import AsyncJackpotEngine, JackpotEngine, Settings, StorageError, ValidationError
 from jackpot.storage import open_store
 
@@ -326,8 +325,7 @@ def test_a_forked_child_starts_with_no_registered_files(tmp_path: Path) -> None:
 
 def _child_says(script: str, db: Path) -> list[str]:
     """Run a script that forks (in a process of its own); return what its child printed."""
-    done = subprocess.run([sys.executable, "-c", script, str(db)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = run_python(script, str(db), timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 

@@ -13,8 +13,6 @@ the money adds up to the smallest unit, carried fractions included.
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import run_workers
+from _helpers import run_python, run_workers
 from jackpot import GroupConfig, JackpotEngine
 from jackpot.money import RATE_SCALE, SCALE
 from jackpot.storage import open_store
@@ -180,7 +178,6 @@ def test_a_forked_childs_own_engine_opens_though_a_pool_was_opening(pg_target: s
     # parent held as it forked stayed held in the child, whose own engine
     # then hung opening (a forked child may not use its parent's pools).
     hang = 30  # seconds: only a hang waits this long
-    done = subprocess.run([sys.executable, "-c", _FORKED_OPEN, pg_target, str(hang)],
-                          capture_output=True, text=True, timeout=hang * 3, check=False)
+    done = run_python(_FORKED_OPEN, pg_target, str(hang), timeout=hang * 3)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child {'minor': 2}", "parent {'minor': 3}"], done.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -23,7 +21,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import jackpot.engine
-from _helpers import in_thread
+from _helpers import in_thread, run_python
 from jackpot import (
     EngineClosedError,
     InsufficientFundsError,
@@ -342,8 +340,7 @@ def test_a_program_that_never_closes_its_engine_still_exits_and_keeps_its_bets(
         db_path: Path) -> None:
     """Actor threads must not keep a crashed program alive; the exit closes the engine."""
     JackpotEngine.open(db_path).close()
-    done = subprocess.run([sys.executable, "-c", _FORGETFUL, str(db_path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = run_python(_FORGETFUL, str(db_path), timeout=120)
     assert done.returncode == 1, done.stderr
     assert "the game server crashed" in done.stderr
     assert "closing an engine left open at exit failed" not in done.stderr
@@ -381,9 +378,8 @@ def test_the_exit_closes_every_engine_though_reporting_a_failed_close_raises(
     # The exit hook logs an engine it could not close and goes on with the
     # next: a raising log filter there ended it, the other engines unclosed
     # (their actors abandoned mid-batch, as in a crash).
-    done = subprocess.run([sys.executable, "-c", _FAILING_AT_EXIT, str(tmp_path / "a.db"),
-                           str(tmp_path / "b.db")],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = run_python(_FAILING_AT_EXIT, str(tmp_path / "a.db"), str(tmp_path / "b.db"),
+                      timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["second stopped True"], done.stderr
 
@@ -418,8 +414,7 @@ def test_a_stuck_actor_delays_the_exit_only_by_the_exit_bound(db_path: Path) -> 
     past this test's subprocess timeout.
     """
     JackpotEngine.open(db_path).close()
-    done = subprocess.run([sys.executable, "-c", _STUCK, str(db_path)],
-                          capture_output=True, text=True, timeout=45, check=False)
+    done = run_python(_STUCK, str(db_path), timeout=45)
     assert done.returncode == 1, done.stderr
     assert "the game server crashed" in done.stderr
     assert "did not stop in time" in done.stderr  # the stuck actor, logged and abandoned
@@ -610,9 +605,7 @@ engine.close()
 
 def test_an_engine_a_forked_child_drops_is_left_to_its_parent(tmp_path: Path) -> None:
     """The child must not close (or warn about) what belongs to the parent's threads."""
-    done = subprocess.run(
-        [sys.executable, "-c", _FORKED, str(tmp_path / "a.db"), str(tmp_path / "b.db")],
-        capture_output=True, text=True, timeout=120, check=False)
+    done = run_python(_FORKED, str(tmp_path / "a.db"), str(tmp_path / "b.db"), timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child 0", "parent {'minor': 3} True"], done.stderr
     assert str(tmp_path / "b.db") in done.stderr  # the child's own engine: reported
@@ -673,9 +666,8 @@ def test_a_forked_childs_own_engine_reports_its_failures(tmp_path: Path, lock: s
     # parent held as it forked stayed held in the child, whose first such
     # report hung the call making it.
     hang = 30  # seconds: only a hang waits this long
-    done = subprocess.run(
-        [sys.executable, "-c", _FORKED_FAILING, str(tmp_path / "a.db"), str(tmp_path / "b.db"),
-         lock, str(hang)], capture_output=True, text=True, timeout=hang * 3, check=False)
+    done = run_python(_FORKED_FAILING, str(tmp_path / "a.db"), str(tmp_path / "b.db"), lock,
+                      str(hang), timeout=hang * 3)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"child {said}"], done.stderr
 
@@ -713,9 +705,8 @@ def test_a_forked_childs_own_engine_starts_though_pykkas_registry_was_held(
     # engine starting or stopping) stayed held in the child, whose own
     # engine then hung starting its first actor.
     hang = 30  # seconds: only a hang waits this long
-    done = subprocess.run(
-        [sys.executable, "-c", _FORKED_REGISTRY, str(tmp_path / "a.db"), str(tmp_path / "b.db"),
-         str(hang)], capture_output=True, text=True, timeout=hang * 3, check=False)
+    done = run_python(_FORKED_REGISTRY, str(tmp_path / "a.db"), str(tmp_path / "b.db"),
+                      str(hang), timeout=hang * 3)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child {'minor': 2}"], done.stderr
 
@@ -784,8 +775,7 @@ main()  # returns without close(): the engine is dropped as the program ends
 
 
 def test_an_engine_dropped_just_before_exit_is_closed_and_reported(db_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _DROPPED_AT_EXIT, str(db_path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = run_python(_DROPPED_AT_EXIT, str(db_path), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "was dropped without close(); it is closed now" in done.stderr
     _assert_kept(db_path)
@@ -838,8 +828,7 @@ assert first_done.wait(30)  # the exit begins with the reaper busy on the second
 
 
 def test_at_exit_every_dropped_engine_gets_its_own_budget(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _STUCK_AT_EXIT, str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = run_python(_STUCK_AT_EXIT, str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr
     for name in "abc":
         assert f"{tmp_path / name}.db was dropped without close()" in done.stderr, done.stderr

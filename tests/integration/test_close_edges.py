@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +21,7 @@ from typing import Any
 import apsw
 import pytest
 
-from _helpers import in_thread
+from _helpers import in_thread, run_python
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
@@ -432,8 +430,7 @@ engine.close()
 
 
 def test_close_in_a_forked_child_only_refuses_calls_there(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _FORK_CLOSE, str(tmp_path / "a.db")],
-                          capture_output=True, text=True, timeout=HANG * 2, check=False)
+    done = run_python(_FORK_CLOSE, str(tmp_path / "a.db"), timeout=HANG * 2)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "child ['EngineClosedError']", "parent {'minor': 3} True"], done.stderr
@@ -473,8 +470,7 @@ def test_calls_on_an_engine_inherited_across_fork_are_refused_at_once(tmp_path: 
     # are not in the child, then reported a LockTimeoutError; reads went
     # through the parent's SQLite connection, which SQLite forbids (or hung, on a
     # lock a read in flight held as the process forked); health() said "ok".
-    done = subprocess.run([sys.executable, "-c", _FORK_CALLS, str(tmp_path / "a.db")],
-                          capture_output=True, text=True, timeout=HANG * 2, check=False)
+    done = run_python(_FORK_CALLS, str(tmp_path / "a.db"), timeout=HANG * 2)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "child ['refused', 'refused', 'refused', 'refused', 'refused', 'refused', 'refused']",
@@ -510,8 +506,7 @@ def test_serving_the_metrics_of_an_engine_inherited_across_fork_is_refused(
         tmp_path: Path) -> None:
     # It served the parent's counters as they were at the fork, frozen, and
     # no level or health series (metrics_text() there is refused for that).
-    done = subprocess.run([sys.executable, "-c", _FORK_SERVE, str(tmp_path / "a.db")],
-                          capture_output=True, text=True, timeout=HANG * 2, check=False)
+    done = run_python(_FORK_SERVE, str(tmp_path / "a.db"), timeout=HANG * 2)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child ['refused', 'refused']"], done.stderr
 
@@ -559,8 +554,7 @@ def test_a_forked_child_takes_no_lock_of_its_parents_engine(tmp_path: Path) -> N
     # lock) and close() took the engine's condition before either looked at
     # the process: a lock another thread held as the process forked is held
     # for ever in the child, which hung there.
-    done = subprocess.run([sys.executable, "-c", _FORK_HELD, str(tmp_path / "a.db"), str(HANG)],
-                          capture_output=True, text=True, timeout=HANG * 3, check=False)
+    done = run_python(_FORK_HELD, str(tmp_path / "a.db"), str(HANG), timeout=HANG * 3)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "child ['refused', 'refused', 'ran']", "parent {'minor': 3} True"], done.stderr

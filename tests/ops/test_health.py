@@ -22,6 +22,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
+from _helpers import run_python
 from jackpot import (
     HealthCheck,
     HealthReport,
@@ -390,8 +391,7 @@ def test_a_forked_childs_own_engine_answers_its_health_check(db_path: Path) -> N
     # The lock guarding the probes not to pile on was copied held by the
     # fork; every health() of the child (its liveness probe) hung on it.
     hang = 30  # seconds: only a hang waits this long
-    done = subprocess.run([sys.executable, "-c", _FORKED_HEALTH, str(db_path), str(hang)],
-                          capture_output=True, text=True, timeout=hang * 3, check=False)
+    done = run_python(_FORKED_HEALTH, str(db_path), str(hang), timeout=hang * 3)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child ok", "parent ok"], done.stderr
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from _helpers import run_python
 from jackpot import (
     InsufficientFundsError,
     JackpotEngine,
@@ -297,8 +296,7 @@ def test_a_forked_child_configures_its_logging_once(when: str) -> None:
     # parent's handler was added, before it was remembered, left the child
     # two handlers (every record written twice).
     hang = 30  # seconds: only a hang waits this long
-    done = subprocess.run([sys.executable, "-c", _FORKED_CONFIGURE, when, str(hang)],
-                          capture_output=True, text=True, timeout=hang * 3, check=False)
+    done = run_python(_FORKED_CONFIGURE, when, str(hang), timeout=hang * 3)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child 1"], done.stderr
 
