@@ -1,4 +1,4 @@
-"""The PostgreSQL test server: its URL, and a fresh schema per test.
+"""The PostgreSQL test server: its URL, a fresh schema per test, the books as stored.
 
 The server comes from JACKPOT_TEST_PG_URL (scripts/with-postgres starts a
 throwaway cluster and sets it). In CI (CI=true) a missing URL fails the
@@ -16,6 +16,10 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+
+from jackpot.domain import LevelState
+from jackpot.storage import open_store
+from jackpot.storage.base import LedgerRow, LedgerTotals
 
 RUN_LOCALLY = "scripts/with-postgres python -m pytest tests/backends"
 
@@ -60,3 +64,16 @@ def fresh_schema_named(url: str, prefix: str = "t_") -> Iterator[str]:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '30s'")  # a leaked connection fails, not hangs
             conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def read_books(url: str) -> tuple[dict[str, LevelState], list[LedgerRow], dict[str, LedgerTotals]]:
+    """Return the levels, the ledger rows and the ledger's totals, in one read.
+
+    Through a store of its own: what is committed, not what an engine believes.
+    """
+    store = open_store(url)
+    try:
+        with store.read():
+            return store.load_levels(), store.ledger(), store.ledger_totals()
+    finally:
+        store.close()

@@ -24,9 +24,8 @@ import pytest
 from _helpers import run_python, run_workers
 from jackpot import GroupConfig, JackpotEngine
 from jackpot.money import RATE_SCALE, SCALE
-from jackpot.storage import open_store
 
-from .pg import fresh_schema, require_pg_url
+from .pg import fresh_schema, read_books, require_pg_url
 
 PG_URL = require_pg_url()
 WORKER = Path(__file__).with_name("_engine_worker.py")
@@ -123,14 +122,7 @@ def test_engines_in_separate_processes_keep_the_books(pg_target: str, tmp_path: 
             assert granted.setdefault((r["group"], r["version"]), op_id) == op_id
             touched[op_id] = 1
 
-    store = open_store(pg_target)
-    try:
-        with store.read():
-            levels = store.load_levels()
-            ledger = store.ledger()
-            totals = store.ledger_totals()
-    finally:
-        store.close()
+    levels, ledger, totals = read_books(pg_target)
     assert {n: s.amount for n, s in levels.items()} == expected
     for name, s in levels.items():
         # To the smallest unit: credited units plus the carried fraction equal

@@ -58,7 +58,6 @@ import pytest
 
 from jackpot import GroupConfig, JackpotEngine, StorageError
 from jackpot.money import RATE_SCALE, SCALE
-from jackpot.storage import open_store
 
 HERE = Path(__file__).resolve().parent
 
@@ -252,14 +251,7 @@ def check_books(url: str, acked: dict[str, dict[str, Any]]) -> None:
                 exact[level] += units(req["bet"]) * RATES[level]
                 assert granted.setdefault((level, r["versions"][level]), oid) == oid
 
-    store = open_store(url)
-    try:
-        with store.read():
-            levels = store.load_levels()
-            ledger = store.ledger()
-            totals = store.ledger_totals()
-    finally:
-        store.close()
+    levels, ledger, totals = pg.read_books(url)
     assert Counter(r.op_id for r in ledger if r.kind != "create") == {
         oid: rows_of(oid) for oid in acked}
     for r in ledger:
