@@ -58,6 +58,23 @@ def held_by_another_process(database: Path) -> Iterator[subprocess.Popen[str]]:
         child.wait(30)
 
 
+Turns = Callable[[int], list[WriterTurns]]
+
+
+@pytest.fixture
+def writer_turns(tmp_path: Path) -> Iterator[Turns]:
+    """Make `n` WriterTurns of one database file (as writers of it); close them all after."""
+    made: list[WriterTurns] = []
+
+    def make(n: int) -> list[WriterTurns]:
+        made.extend(WriterTurns(str(tmp_path / "pools.db")) for _ in range(n))
+        return made[-n:]
+
+    yield make
+    for turns in made:
+        turns.close()
+
+
 def test_a_writer_waits_for_its_turn_no_longer_than_the_lock_timeout(tmp_path: Path) -> None:
     db = tmp_path / "pools.db"
     with JackpotEngine.open(db, settings=Settings(lock_timeout_ms=200)) as engine:
@@ -130,63 +147,49 @@ def test_a_killed_holder_frees_the_turn_though_it_forked(tmp_path: Path) -> None
         os.kill(child, signal.SIGKILL)  # its stdin is the dead holder's pipe: it would wait on
 
 
-def test_a_turn_given_up_on_is_released_when_it_comes(tmp_path: Path) -> None:
-    db = str(tmp_path / "pools.db")
-    holder, quitter, third = WriterTurns(db), WriterTurns(db), WriterTurns(db)
-    try:
-        assert holder.acquire(1)
-        assert not quitter.acquire(0.05)  # its helper still waits in flock
-        holder.release()
-        # The quitter's helper gets the lock and, the turn abandoned, releases
-        # it: a third writer then gets it (were it kept, this would time out).
-        # Only once the helper has had it: else the third may take it first.
-        wait_until(lambda: not quitter._wanted)
-        assert third.acquire(10)
-        third.release()
-    finally:
-        for turns in (holder, quitter, third):
-            turns.close()
+def test_a_turn_given_up_on_is_released_when_it_comes(writer_turns: Turns) -> None:
+    holder, quitter, third = writer_turns(3)
+    assert holder.acquire(1)
+    assert not quitter.acquire(0.05)  # its helper still waits in flock
+    holder.release()
+    # The quitter's helper gets the lock and, the turn abandoned, releases
+    # it: a third writer then gets it (were it kept, this would time out).
+    # Only once the helper has had it: else the third may take it first.
+    wait_until(lambda: not quitter._wanted)
+    assert third.acquire(10)
+    third.release()
 
 
-def test_a_turn_given_up_on_and_asked_for_again_is_handed_over(tmp_path: Path) -> None:
-    db = str(tmp_path / "pools.db")
-    holder, writer = WriterTurns(db), WriterTurns(db)
-    try:
-        assert holder.acquire(1)
-        assert not writer.acquire(0.05)
-        got = []
-        asking = threading.Thread(target=lambda: got.append(writer.acquire(10)))
-        asking.start()
-        holder.release()
-        asking.join(30)
-        assert got == [True]
-        assert not holder.acquire(0.05)  # the writer holds it now
-        writer.release()
-        assert holder.acquire(10)
-        holder.release()
-    finally:
-        holder.close()
-        writer.close()
+def test_a_turn_given_up_on_and_asked_for_again_is_handed_over(writer_turns: Turns) -> None:
+    holder, writer = writer_turns(2)
+    assert holder.acquire(1)
+    assert not writer.acquire(0.05)
+    got = []
+    asking = threading.Thread(target=lambda: got.append(writer.acquire(10)))
+    asking.start()
+    holder.release()
+    asking.join(30)
+    assert got == [True]
+    assert not holder.acquire(0.05)  # the writer holds it now
+    writer.release()
+    assert holder.acquire(10)
+    holder.release()
 
 
-def test_closing_while_the_helper_waits_does_not_hang(tmp_path: Path) -> None:
-    db = str(tmp_path / "pools.db")
-    holder, writer = WriterTurns(db), WriterTurns(db)
-    try:
-        assert holder.acquire(1)
-        assert not writer.acquire(0.05)
-        helper = writer._helper  # the thread under test
-        assert helper is not None
-        writer.close()  # returns at once: the helper still waits in flock
-        assert helper.is_alive()
-        holder.release()
-        helper.join(30)  # it got the lock, closed the file (which released it) and ended
-        assert not helper.is_alive()
-        assert holder.acquire(10)
-        holder.release()
-        assert writer.acquire(0)  # closed: no turns any more, never a wait
-    finally:
-        holder.close()
+def test_closing_while_the_helper_waits_does_not_hang(writer_turns: Turns) -> None:
+    holder, writer = writer_turns(2)
+    assert holder.acquire(1)
+    assert not writer.acquire(0.05)
+    helper = writer._helper  # the thread under test
+    assert helper is not None
+    writer.close()  # returns at once: the helper still waits in flock
+    assert helper.is_alive()
+    holder.release()
+    helper.join(30)  # it got the lock, closed the file (which released it) and ended
+    assert not helper.is_alive()
+    assert holder.acquire(10)
+    holder.release()
+    assert writer.acquire(0)  # closed: no turns any more, never a wait
 
 
 def test_a_lock_file_that_cannot_be_opened_only_costs_the_turns(
@@ -288,72 +291,58 @@ def test_claim_more_takes_what_fits_and_keeps_the_rest_in_order() -> None:
 
 
 def test_a_wait_for_the_turn_interrupted_gives_the_turn_up(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        writer_turns: Turns, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C (any BaseException) in the wait: the turn, when it comes, is released."""
-    db = str(tmp_path / "pools.db")
-    holder, writer, third = WriterTurns(db), WriterTurns(db), WriterTurns(db)
-    try:
-        assert holder.acquire(1)
+    holder, writer, third = writer_turns(3)
+    assert holder.acquire(1)
 
-        wait_for, me = writer._cond.wait_for, threading.current_thread()
+    wait_for, me = writer._cond.wait_for, threading.current_thread()
 
-        def interrupted(*args: Any, **kwargs: Any) -> bool:
-            if threading.current_thread() is me:  # not the helper's wait
-                raise KeyboardInterrupt
-            return wait_for(*args, **kwargs)
+    def interrupted(*args: Any, **kwargs: Any) -> bool:
+        if threading.current_thread() is me:  # not the helper's wait
+            raise KeyboardInterrupt
+        return wait_for(*args, **kwargs)
 
-        monkeypatch.setattr(writer._cond, "wait_for", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            writer.acquire(10)
-        monkeypatch.undo()
-        holder.release()
-        wait_until(lambda: not writer._wanted)  # its helper has had the lock
-        assert third.acquire(10)  # were the turn kept for the interrupted writer: a timeout
-        third.release()
-    finally:
-        for turns in (holder, writer, third):
-            turns.close()
+    monkeypatch.setattr(writer._cond, "wait_for", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.acquire(10)
+    monkeypatch.undo()
+    holder.release()
+    wait_until(lambda: not writer._wanted)  # its helper has had the lock
+    assert third.acquire(10)  # were the turn kept for the interrupted writer: a timeout
+    third.release()
 
 
 def test_no_thread_to_wait_with_costs_the_turn_not_the_write(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = str(tmp_path / "pools.db")
-    holder, writer = WriterTurns(db), WriterTurns(db)
-    try:
-        assert holder.acquire(1)
-        start = threading.Thread.start
+        writer_turns: Turns, monkeypatch: pytest.MonkeyPatch) -> None:
+    holder, writer = writer_turns(2)
+    assert holder.acquire(1)
+    start = threading.Thread.start
 
-        def no_thread(self: threading.Thread) -> None:
-            if self.name == "jackpot-writer-turns":
-                raise RuntimeError("can't start new thread")
-            start(self)
+    def no_thread(self: threading.Thread) -> None:
+        if self.name == "jackpot-writer-turns":
+            raise RuntimeError("can't start new thread")
+        start(self)
 
-        monkeypatch.setattr(threading.Thread, "start", no_thread)
-        assert writer.acquire(10)  # at once: this write waits on SQLite's lock alone
-        writer.release()
-        monkeypatch.undo()
-        assert not writer.acquire(0.05)  # a helper now: it takes turns again
-        holder.release()
-        assert writer.acquire(10)
-        writer.release()
-    finally:
-        holder.close()
-        writer.close()
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    assert writer.acquire(10)  # at once: this write waits on SQLite's lock alone
+    writer.release()
+    monkeypatch.undo()
+    assert not writer.acquire(0.05)  # a helper now: it takes turns again
+    holder.release()
+    assert writer.acquire(10)
+    writer.release()
 
 
-def test_a_closed_writer_whose_helper_still_waits_is_not_kept_waiting(tmp_path: Path) -> None:
-    db = str(tmp_path / "pools.db")
-    holder, writer = WriterTurns(db), WriterTurns(db)
-    try:
-        assert holder.acquire(1)
-        assert not writer.acquire(0.05)  # its helper now waits in flock
-        writer.close()
-        # No more turns once closed (its connection fails the write itself):
-        # this waited for a turn that could only come with the holder's release.
-        assert writer.acquire(10)
-    finally:
-        holder.close()
-        writer.close()
+def test_a_closed_writer_whose_helper_still_waits_is_not_kept_waiting(
+        writer_turns: Turns) -> None:
+    holder, writer = writer_turns(2)
+    assert holder.acquire(1)
+    assert not writer.acquire(0.05)  # its helper now waits in flock
+    writer.close()
+    # No more turns once closed (its connection fails the write itself):
+    # this waited for a turn that could only come with the holder's release.
+    assert writer.acquire(10)
 
 
 def _as_acquire_returns(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -473,23 +462,18 @@ def _flock_failing(*, blocking: bool) -> Callable[[pytest.MonkeyPatch], None]:
     (_no_thread, True), (_flock_failing(blocking=False), False),
     (_flock_failing(blocking=True), False)], ids=["no-thread", "flock", "helpers-flock"])
 def test_a_turn_that_cannot_be_waited_for_costs_no_write_though_logging_it_raises(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        writer_turns: Turns, monkeypatch: pytest.MonkeyPatch,
         sabotage: Callable[[pytest.MonkeyPatch], None], turns_after: bool) -> None:
     # Each failure is logged, then the write goes on without its turn. The
     # log line raising failed that write (no thread, flock), or ended the
     # helper with the turn still wanted: this write, and every later one
     # of the connection, waited the whole lock timeout and gave up.
-    db = str(tmp_path / "pools.db")
-    holder, writer = WriterTurns(db), WriterTurns(db)
-    try:
-        assert holder.acquire(1)
-        sabotage(monkeypatch)
-        with raising_log_filter():
-            assert writer.acquire(10)  # at once: this write waits on SQLite's lock alone
-            writer.release()
-        monkeypatch.undo()
-        assert writer.acquire(0.05) is not turns_after  # a turn (held) again, or none at all
+    holder, writer = writer_turns(2)
+    assert holder.acquire(1)
+    sabotage(monkeypatch)
+    with raising_log_filter():
+        assert writer.acquire(10)  # at once: this write waits on SQLite's lock alone
         writer.release()
-    finally:
-        holder.close()
-        writer.close()
+    monkeypatch.undo()
+    assert writer.acquire(0.05) is not turns_after  # a turn (held) again, or none at all
+    writer.release()
