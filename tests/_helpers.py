@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 
 def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     """Run `target` in a started thread; its result or error lands in the list.
@@ -35,6 +37,22 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, out
+
+
+def read_ledger(path: Path | str, level: str | None = None) -> list[dict[str, Any]]:
+    """Return the file's ledger rows as dicts in seq order, optionally of one level.
+
+    Through a read-only APSW connection of its own, never the stdlib sqlite3:
+    two SQLite libraries in one process do not see each other's POSIX locks.
+    """
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
+        cols = [d[0] for d in cursor.getdescription()]
+        rows = [dict(zip(cols, r, strict=True)) for r in cursor]
+    finally:
+        conn.close()
+    return [r for r in rows if level is None or r["level"] == level]
 
 
 def read_line(stream: Any, deadline: float, what: str = "line") -> bytes:

@@ -20,6 +20,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import read_ledger
 from jackpot import GroupConfig, JackpotEngine, Settings
 from jackpot.results import Contribution
 from jackpot.storage import SQLiteStore
@@ -179,18 +180,6 @@ def db_checksum(db_path: Path) -> Callable[..., str]:
         return checksum(read_tables(db_path if path is None else path))
 
     return _checksum
-
-
-def read_ledger(path: Path | str, level: str | None = None) -> list[dict[str, Any]]:
-    """Return ledger rows as dicts in seq order, optionally of one level."""
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
-        cols = [d[0] for d in cursor.getdescription()]
-        rows = [dict(zip(cols, r, strict=True)) for r in cursor]
-    finally:
-        conn.close()
-    return [r for r in rows if level is None or r["level"] == level]
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import read_ledger
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
@@ -44,18 +45,6 @@ from jackpot.actors import PoolActor
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "pools.db"
-
-
-def read_ledger(path: Path, level: str | None = None) -> list[dict[str, Any]]:
-    """The file's ledger rows in seq order (optionally of one level), read-only."""
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
-        columns = [d[0] for d in cursor.getdescription()]
-        rows = [dict(zip(columns, r, strict=True)) for r in cursor]
-    finally:
-        conn.close()
-    return [r for r in rows if level is None or r["level"] == level]
 
 
 GROUPS = [

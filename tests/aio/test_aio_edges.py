@@ -27,7 +27,7 @@ import apsw
 import pytest
 
 import jackpot.engine
-from _helpers import in_thread
+from _helpers import in_thread, read_ledger
 from jackpot import (
     AsyncJackpotEngine,
     Contribution,
@@ -40,7 +40,7 @@ from jackpot import (
 )
 from jackpot.actors import Mailbox, Ticket
 
-from .test_aio import OperationDone, _sent, read_ledger, write_lock
+from .test_aio import OperationDone, _sent, write_lock
 
 BOTH = ("minor", "major")
 

@@ -28,7 +28,7 @@ from typing import Any
 import apsw
 import pytest
 
-from _helpers import run_workers
+from _helpers import read_ledger, run_workers
 from jackpot import (
     ConcurrencyViolationError,
     ConfigResult,
@@ -77,17 +77,6 @@ def read_only(path: Path) -> apsw.Connection:
     # see each other's POSIX locks, and one closing the file can unmap the WAL
     # index under the other (SIGBUS) or checkpoint under its feet.
     return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-
-
-def read_ledger(path: Path) -> list[dict[str, Any]]:
-    """Return the file's ledger rows in seq order (its own read-only connection)."""
-    conn = read_only(path)
-    try:
-        cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
-        cols = [d[0] for d in cursor.getdescription()]
-        return [dict(zip(cols, row, strict=True)) for row in cursor]
-    finally:
-        conn.close()
 
 
 def table_dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:

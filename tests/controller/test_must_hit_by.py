@@ -31,6 +31,7 @@ import pytest
 
 import jackpot
 import jackpot.requests
+from _helpers import read_ledger
 from jackpot import (
     Contribution,
     GroupConfig,
@@ -175,7 +176,7 @@ def test_no_pool_passes_must_hit_by_and_every_trigger_fires_exactly_once(
 
     # Walk the ledger: each reset consumes the trigger in force and the next one drawn.
     triggers = [first] + [value for _, _, value in recorded_draws]
-    rows = [r for r in read_ledger_rows(db_path) if r["level"] == "mystery"]
+    rows = read_ledger(db_path, "mystery")
     current = 0
     for r in rows:
         assert r["balance_after"] <= 2 * U
@@ -199,16 +200,6 @@ def test_no_pool_passes_must_hit_by_and_every_trigger_fires_exactly_once(
     assert [h.op_id for h in reported] == [r["op_id"] for r in hit_rows]
     assert len(set(triggers)) > 20
     assert engine.verify().ok
-
-
-def read_ledger_rows(path: Path) -> list[dict[str, Any]]:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
-        cols = [d[0] for d in cursor.getdescription()]
-        return [dict(zip(cols, r, strict=True)) for r in cursor]
-    finally:
-        conn.close()
 
 
 # -- the trigger survives a restart ---------------------------------------------------------

@@ -33,6 +33,7 @@ import apsw
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from _helpers import read_ledger
 from jackpot import (
     GroupConfig,
     GroupSuspendedError,
@@ -285,16 +286,6 @@ def _read_levels(path: Path) -> dict[str, tuple[int, int]]:
         conn.close()
 
 
-def _read_ledger(path: Path) -> list[dict[str, Any]]:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
-        cols = [d[0] for d in cursor.getdescription()]
-        return [dict(zip(cols, r, strict=True)) for r in cursor]
-    finally:
-        conn.close()
-
-
 def _units(d: Decimal) -> int:
     units = int(d * U)
     assert units == d * U
@@ -341,7 +332,7 @@ def test_engine_books_balance_and_no_fraction_is_lost(
         report = engine.verify()
         assert report.ok, report.problems
         _reconcile(path, engine, exact, to_reserve)
-        for r in _read_ledger(path):
+        for r in read_ledger(path):
             for column in ("overflow", "reserve_funded", "adjusted"):
                 if r[column]:
                     event(f"engine: {column}")
@@ -363,7 +354,7 @@ def _engine() -> Iterator[tuple[Path, JackpotEngine]]:
 
 def _reconcile(path: Path, engine: JackpotEngine, exact: dict[str, Exact],
                to_reserve: dict[tuple[str, str], bool]) -> None:
-    rows = _read_ledger(path)
+    rows = read_ledger(path)
     carries = _read_levels(path)
     for name, snap in engine.pools().items():
         mine = [r for r in rows if r["level"] == name]
