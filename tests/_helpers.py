@@ -39,13 +39,19 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
-def read_ledger(path: Path | str, level: str | None = None) -> list[dict[str, Any]]:
-    """Return the file's ledger rows as dicts in seq order, optionally of one level.
+def read_only(path: Path | str) -> apsw.Connection:
+    """Open `path` read-only, for a test to look at what is committed.
 
-    Through a read-only APSW connection of its own, never the stdlib sqlite3:
-    two SQLite libraries in one process do not see each other's POSIX locks.
+    APSW, never the stdlib sqlite3: two SQLite libraries in one process do not
+    see each other's POSIX locks, and one closing the file can unmap the WAL
+    index under the other (SIGBUS) or checkpoint under its feet.
     """
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+
+
+def read_ledger(path: Path | str, level: str | None = None) -> list[dict[str, Any]]:
+    """Return the file's ledger rows as dicts in seq order, optionally of one level."""
+    conn = read_only(path)
     try:
         cursor = conn.execute("SELECT * FROM ledger ORDER BY seq")
         cols = [d[0] for d in cursor.getdescription()]
@@ -53,6 +59,29 @@ def read_ledger(path: Path | str, level: str | None = None) -> list[dict[str, An
     finally:
         conn.close()
     return [r for r in rows if level is None or r["level"] == level]
+
+
+def table_rows(conn: apsw.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Return every table's rows, sorted, in one read snapshot of `conn`.
+
+    Equal dumps mean equal committed content (sqlite_stat* are the query
+    planner's statistics, not content).
+    """
+    with conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_stat%' ORDER BY name")]
+        return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr)
+                for n in names}
+
+
+def table_dump(path: Path | str) -> dict[str, list[tuple[Any, ...]]]:
+    """Return `table_rows` of the file, through a read-only connection of its own."""
+    conn = read_only(path)
+    try:
+        return table_rows(conn)
+    finally:
+        conn.close()
 
 
 def read_line(stream: Any, deadline: float, what: str = "line") -> bytes:

@@ -25,10 +25,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
 
-from _helpers import read_ledger, run_workers
+from _helpers import read_ledger, run_workers, table_dump
 from jackpot import (
     ConcurrencyViolationError,
     ConfigResult,
@@ -70,27 +69,6 @@ def create_shared_db(path: Path, groups: tuple[GroupConfig, ...] = GROUPS
     with JackpotEngine.open(path, groups) as engine:
         warm = engine.contribute(Decimal(1), groups=None, op_id=WARM_UP)
     return {**warm.to_record(), "replayed": False}
-
-
-def read_only(path: Path) -> apsw.Connection:
-    # APSW, never the stdlib sqlite3: two SQLite libraries in one process do not
-    # see each other's POSIX locks, and one closing the file can unmap the WAL
-    # index under the other (SIGBUS) or checkpoint under its feet.
-    return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-
-
-def table_dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Return every table's rows, sorted: equal dumps mean equal committed content."""
-    conn = read_only(path)
-    try:
-        with conn:  # one read snapshot for every table
-            names = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_stat%' ORDER BY name")]
-            return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr)
-                    for n in names}
-    finally:
-        conn.close()
 
 
 def bet(rng: random.Random) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import table_dump
 from jackpot import GroupConfig, JackpotEngine, StorageError
 from jackpot.service import execute_batch
 from jackpot.settings import Settings
@@ -87,20 +88,6 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> StatementFaults:
     monkeypatch.setattr(SQLiteStore, "_exec", _exec)
     monkeypatch.setattr(SQLiteStore, "_exec_many", _exec_many)
     return plan
-
-
-def table_dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Return every table's rows, sorted, read in one snapshot (read-only APSW)."""
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        with conn:
-            names = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_stat%' ORDER BY name")]
-            return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr)
-                    for n in names}
-    finally:
-        conn.close()
 
 
 def books(engine: JackpotEngine) -> dict[str, Any]:

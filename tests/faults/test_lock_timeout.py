@@ -20,6 +20,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import table_rows
 from jackpot import GroupConfig, JackpotEngine, LockTimeoutError, Settings
 from jackpot.storage import SQLiteStore
 
@@ -43,16 +44,6 @@ OPERATIONS: dict[str, Callable[[JackpotEngine, str], Any]] = {
     "config-change":
         lambda e, op: e.update_config("major", op_id=op, contribution_rate=Decimal("0.002")),
 }
-
-
-def table_dump(conn: apsw.Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table's rows, sorted, in one read snapshot of `conn`."""
-    with conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' "
-            "AND name NOT LIKE 'sqlite_stat%' ORDER BY name")]
-        return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr)
-                for n in names}
 
 
 @pytest.fixture
@@ -108,14 +99,14 @@ def test_gives_up_after_about_the_lock_timeout_and_changes_nothing(
         db: Path, reader: apsw.Connection, lock: WriteLock, name: str) -> None:
     run = OPERATIONS[name]
     with open_engine(db) as engine:
-        content, pools = table_dump(reader), engine.pools()
+        content, pools = table_rows(reader), engine.pools()
         lock.take()
         started = time.monotonic()
         with pytest.raises(LockTimeoutError):
             run(engine, "op-1")
         elapsed = time.monotonic() - started
         assert EARLIEST <= elapsed <= LATEST, f"gave up after {elapsed:.3f} s"
-        assert table_dump(reader) == content
+        assert table_rows(reader) == content
         assert engine.pools() == pools
 
         lock.release()
