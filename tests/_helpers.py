@@ -39,6 +39,31 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+def run_together(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls in threads released by one barrier; return results or exceptions.
+
+    In the calls' order; an Exception a call raised stands in its place, for
+    the caller to assert on.
+    """
+    barrier = threading.Barrier(len(calls))
+    out: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait(30)
+        try:
+            out[i] = calls[i]()
+        except Exception as e:  # collected, asserted by the caller
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive(), "a call did not finish in 120 s"
+    return out
+
+
 def read_only(path: Path | str) -> apsw.Connection:
     """Open `path` read-only, for a test to look at what is committed.
 

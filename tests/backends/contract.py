@@ -13,7 +13,6 @@ audit) must not depend on the backend.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from _helpers import run_together
 from jackpot import (
     ConcurrencyViolationError,
     GroupConfig,
@@ -65,27 +65,6 @@ def full_level(name: str) -> LevelState:
                    reserve_carry=1, pending={"seed": 150_000_000, "must_hit_by": None},
                    version=7, lock_holder="op-9", last_modified_at=1_700_000_000_123,
                    meters=Meters(*(k * 1_000_003 for k in range(1, len(METERS) + 1))))
-
-
-def run_together(*calls: Callable[[], Any]) -> list[Any]:
-    """Run calls in threads released by one barrier; return results or exceptions."""
-    barrier = threading.Barrier(len(calls))
-    out: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait(30)
-        try:
-            out[i] = calls[i]()
-        except Exception as e:  # collected, asserted by the caller
-            out[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-        assert not t.is_alive(), "a call did not finish in 120 s"
-    return out
 
 
 def snapshot(store: Store) -> tuple[Any, ...]:

@@ -32,6 +32,7 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
+from _helpers import run_together
 from jackpot import (
     ConcurrencyViolationError,
     Contribution,
@@ -47,7 +48,7 @@ from jackpot.storage.base import ConnectionUnavailableError
 from jackpot.storage.postgres import PostgresStore, _misread
 from jackpot.storage.schema import POSTGRES_MIGRATIONS
 
-from .contract import MINOR_SEED, BackendContract, new_level, run_together, snapshot
+from .contract import MINOR_SEED, BackendContract, new_level, snapshot
 from .pg import fresh_schema, fresh_schema_named, require_pg_url, with_search_path
 
 PG_URL = require_pg_url()

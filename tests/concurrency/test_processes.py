@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from decimal import Decimal
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import read_ledger, run_workers, table_dump
+from _helpers import read_ledger, run_together, run_workers, table_dump
 from jackpot import (
     ConcurrencyViolationError,
     ConfigResult,
@@ -288,27 +287,6 @@ def test_stale_multi_level_writer_changes_no_level(tmp_path: Path) -> None:
             assert info.value.group == "minor"
             assert table_dump(db) == before  # major and mega untouched too
             assert strict.stats.snapshot()["conflicts"] == 1
-
-
-def run_together(*calls: Callable[[], Any]) -> list[Any]:
-    """Run calls in threads released by one barrier; return results or exceptions."""
-    barrier = threading.Barrier(len(calls))
-    out: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait(30)
-        try:
-            out[i] = calls[i]()
-        except Exception as e:
-            out[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    return out
 
 
 @pytest.mark.usefixtures("blind_to_other_writers")

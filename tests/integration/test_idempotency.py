@@ -7,13 +7,13 @@ a new engine after close and reopen (the records live in the database).
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from _helpers import run_together
 from jackpot import (
     ConfigResult,
     Contribution,
@@ -197,33 +197,12 @@ def test_operations_without_op_id_are_never_replayed(engine: JackpotEngine) -> N
 
 # -- across threads ----------------------------------------------------------------------
 
-def run_together(n: int, fn: Callable[[int], Any]) -> list[Any]:
-    """Run fn(i) in n threads released together; return results or exceptions by i."""
-    barrier = threading.Barrier(n)
-    out: list[Any] = [None] * n
-
-    def worker(i: int) -> None:
-        barrier.wait(10)
-        try:
-            out[i] = fn(i)
-        except Exception as e:  # collected and asserted on by the caller
-            out[i] = e
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    return out
-
-
 @pytest.mark.parametrize("groups", [("minor",), ("major", "mega", "minor")])
 def test_same_op_id_from_many_threads_applies_once(
         engine: JackpotEngine, again: Callable[..., JackpotEngine],
         ledger: Callable[..., list[dict[str, Any]]], groups: tuple[str, ...]) -> None:
-    results = run_together(16, lambda i: engine.contribute(Decimal(10), groups=groups,
-                                                           op_id="spin-1"))
+    results = run_together(
+        *[lambda: engine.contribute(Decimal(10), groups=groups, op_id="spin-1")] * 16)
     assert all(isinstance(r, Contribution) for r in results), results
     assert sorted(r.replayed for r in results) == [False] + [True] * 15
     first = next(r for r in results if not r.replayed)
@@ -242,8 +221,8 @@ def test_same_op_id_on_different_levels_at_once_applies_exactly_one(
     names = ("major", "mega", "minor")
     for round_ in range(10):
         oid = f"race-{round_}"
-        results = run_together(6, lambda i, oid=oid: engine.contribute(
-            Decimal(1), groups=names[i % 3], op_id=oid))
+        results = run_together(*[lambda i=i, oid=oid: engine.contribute(
+            Decimal(1), groups=names[i % 3], op_id=oid) for i in range(6)])
         applied = [r for r in results if isinstance(r, Contribution) and not r.replayed]
         assert len(applied) == 1, results
         (level,) = applied[0].versions
@@ -260,8 +239,8 @@ def test_same_op_id_on_different_levels_at_once_applies_exactly_one(
 def test_same_op_id_different_bets_at_once_applies_exactly_one(
         engine: JackpotEngine, ledger: Callable[..., list[dict[str, Any]]]) -> None:
     """Requests queued together (one batch) still see each other's op_id."""
-    results = run_together(8, lambda i: engine.contribute(Decimal(i + 1), groups="minor",
-                                                          op_id="spin-1"))
+    results = run_together(*[lambda i=i: engine.contribute(Decimal(i + 1), groups="minor",
+                                                           op_id="spin-1") for i in range(8)])
     applied = [r for r in results if isinstance(r, Contribution)]
     assert len(applied) == 1, results
     assert applied[0].replayed is False
