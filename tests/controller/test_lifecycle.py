@@ -33,6 +33,8 @@ from jackpot import (
     Win,
 )
 
+from .test_must_hit_by import read_level
+
 U = 1_000_000
 PARTS = ("contributed", "overflow", "reserve_in", "house_funded", "reserve_funded", "paid",
          "adjusted", "transferred", "reserve_transferred")
@@ -410,16 +412,6 @@ def test_seed_waits_for_the_reset_and_rates_apply_at_once(
 
 
 # -- history --------------------------------------------------------------------------------
-
-def read_level(path: Path, name: str) -> tuple[int, int]:
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        ((amount, trigger),) = conn.execute(
-            "SELECT amount, trigger FROM levels WHERE name = ?", (name,)).fetchall()
-    finally:
-        conn.close()
-    return amount, trigger
-
 
 def test_history_lists_wins_and_hits_newest_first(
         open_engine: Callable[..., JackpotEngine], ledger: Ledger, db_path: Path) -> None:
