@@ -15,9 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
+
+from jackpot.actors import Ticket
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
@@ -37,6 +42,45 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, out
+
+
+class _CrashingGuardLock:
+    """A level's guard lock whose acquire waits for `go`, then fails (a crash in `on_receive`)."""
+
+    def __init__(self, go: threading.Event) -> None:
+        self.go = go
+
+    def acquire(self, timeout: float = -1) -> bool:
+        assert self.go.wait(60)
+        msg = "the actor crashed while serving a claimed batch"
+        raise RuntimeError(msg)
+
+    def locked(self) -> bool:
+        return False
+
+    def release(self) -> None:  # pragma: no cover - never acquired
+        raise AssertionError
+
+
+def crash_once_claimed(monkeypatch: pytest.MonkeyPatch, guard: Any) -> None:
+    """Make the actor behind `guard` crash serving its next request, once that is claimed.
+
+    Claimed: the caller's queue wait ended and its ticket could not be
+    withdrawn (it is running), so the caller now waits in the run phase. The
+    guard's lock then fails as a crash in the actor would. `monkeypatch.undo()`
+    puts the lock and `Ticket.abandon` back.
+    """
+    in_run_phase = threading.Event()
+    abandon = Ticket.abandon
+
+    def watched_abandon(self: Ticket) -> bool:
+        withdrawn = abandon(self)
+        if not withdrawn:  # claimed: the caller waits for it to run
+            in_run_phase.set()
+        return withdrawn
+
+    monkeypatch.setattr(Ticket, "abandon", watched_abandon)
+    monkeypatch.setattr(guard, "lock", _CrashingGuardLock(in_run_phase))
 
 
 def run_together(*calls: Callable[[], Any]) -> list[Any]:

@@ -27,7 +27,7 @@ import apsw
 import pytest
 
 import jackpot.engine
-from _helpers import in_thread, read_ledger
+from _helpers import crash_once_claimed, in_thread, read_ledger
 from jackpot import (
     AsyncJackpotEngine,
     Contribution,
@@ -1000,20 +1000,6 @@ def test_health_and_close_never_wait_behind_reads_the_storage_does_not_answer(
 def test_an_async_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As `JackpotEngine._wait`: past the queue timeout, the run phase still watches the actor."""
-    in_run_phase = threading.Event()
-    abandon = Ticket.abandon
-
-    def watched_abandon(self: Ticket) -> bool:
-        withdrawn = abandon(self)
-        if not withdrawn:  # claimed: the call waits for it to run
-            in_run_phase.set()
-        return withdrawn
-
-    class CrashingLock:
-        def acquire(self, timeout: float = -1) -> bool:
-            assert in_run_phase.wait(60)
-            msg = "the actor crashed while serving a claimed batch"
-            raise RuntimeError(msg)
 
     async def run() -> BaseException:
         engine = await AsyncJackpotEngine.open(db_path, settings=Settings(
@@ -1021,10 +1007,7 @@ def test_an_async_caller_whose_claimed_request_dies_with_its_actor_is_told_at_on
         try:
             assert engine.sync._run_timeout > 10 * engine.sync._queue_timeout
             await engine.contribute("10", groups="minor", op_id="before")
-            guard = engine.sync._guards["minor"]
-            real_lock = guard.lock
-            monkeypatch.setattr(Ticket, "abandon", watched_abandon)
-            guard.lock = CrashingLock()  # type: ignore[assignment]
+            crash_once_claimed(monkeypatch, engine.sync._guards["minor"])
             try:
                 await asyncio.wait_for(
                     engine.contribute("10", groups="minor", op_id="claimed"), 60)
@@ -1032,8 +1015,7 @@ def test_an_async_caller_whose_claimed_request_dies_with_its_actor_is_told_at_on
                 error: BaseException = e
             else:
                 pytest.fail("the crashed actor's request was reported applied")
-            guard.lock = real_lock
-            monkeypatch.undo()
+            monkeypatch.undo()  # the guard's own lock again
             again = await engine.contribute("10", groups="minor", op_id="claimed")
             assert not again.replayed  # nothing had been applied
         finally:

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import jackpot.engine
-from _helpers import in_thread, run_python
+from _helpers import crash_once_claimed, in_thread, run_python
 from jackpot import (
     EngineClosedError,
     InsufficientFundsError,
@@ -1102,24 +1102,6 @@ def test_an_actor_that_crashes_on_a_message_closes_its_connection(
     assert [s for s in opened if s not in closed] == []
 
 
-class _CrashingGuardLock:
-    """A level's guard lock whose acquire waits for `go`, then fails (a crash in `on_receive`)."""
-
-    def __init__(self, go: threading.Event) -> None:
-        self.go = go
-
-    def acquire(self, timeout: float = -1) -> bool:
-        assert self.go.wait(60)
-        msg = "the actor crashed while serving a claimed batch"
-        raise RuntimeError(msg)
-
-    def locked(self) -> bool:
-        return False
-
-    def release(self) -> None:  # pragma: no cover - never acquired
-        raise AssertionError
-
-
 def test_a_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
         open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the queue timeout a claimed request's caller still watches the actor.
@@ -1133,29 +1115,16 @@ def test_a_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
                                            retry_delay_ms=1000))
     assert engine._run_timeout > 10 * engine._queue_timeout
     engine.contribute(Decimal(10), groups="minor", op_id="before")
-    in_run_phase = threading.Event()
-    abandon = Ticket.abandon
-
-    def watched_abandon(self: Ticket) -> bool:
-        withdrawn = abandon(self)
-        if not withdrawn:  # claimed: the caller waits for it to run
-            in_run_phase.set()
-        return withdrawn
-
-    monkeypatch.setattr(Ticket, "abandon", watched_abandon)
-    guard = engine._guards["minor"]
-    real_lock = guard.lock
-    guard.lock = _CrashingGuardLock(in_run_phase)  # type: ignore[assignment]
+    crash_once_claimed(monkeypatch, engine._guards["minor"])
     caller, outcome = in_thread(
         lambda: engine.contribute(Decimal(10), groups="minor", op_id="claimed"))
     caller.join(60)  # (a hang guard; the run timeout is far shorter)
     assert not caller.is_alive()
-    guard.lock = real_lock
+    monkeypatch.undo()  # the guard's own lock again
     [error] = outcome
     assert isinstance(error, EngineClosedError), error  # was: LockTimeoutError, much later
     assert "stopped while running" in str(error)
     assert error.outcome_unknown
-    monkeypatch.undo()
     # Nothing was applied: the same op_id is applied now, once.
     assert not engine.contribute(Decimal(10), groups="minor", op_id="claimed").replayed
     assert engine.verify().ok
