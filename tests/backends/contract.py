@@ -45,6 +45,26 @@ GROUPS = (
     GroupConfig("minor", Decimal(100), Decimal("0.0051234")),
 )
 
+# The schema's ledger indexes dropped or rebuilt to guard less (SQL, run as
+# `; `-separated statements), and the problem verify() then reports: the same
+# on every backend (adversarial/test_tampered_database.py, test_postgres.py).
+WEAKENED_INDEXES = [
+    ("DROP INDEX ledger_level_kind", "integrity_check: index ledger_level_kind is missing"),
+    (("DROP INDEX ledger_level_version; "
+      "CREATE INDEX ledger_level_version ON ledger (level, version_after)"),
+     "integrity_check: index ledger_level_version is not unique: a level's versions may repeat"),
+    # One of the name that no longer guards what it should: its columns, a WHERE.
+    (("DROP INDEX ledger_level_version; "
+      "CREATE UNIQUE INDEX ledger_level_version ON ledger (seq)"),
+     "integrity_check: index ledger_level_version is not on (level, version_after) for every row"),
+    (("DROP INDEX ledger_level_version; CREATE UNIQUE INDEX ledger_level_version "
+      "ON ledger (level, version_after) WHERE kind = 'create'"),
+     "integrity_check: index ledger_level_version is not on (level, version_after) for every row"),
+    (("DROP INDEX ledger_level_kind; "
+      "CREATE INDEX ledger_level_kind ON ledger (level, lower(kind), seq)"),
+     "integrity_check: index ledger_level_kind is not on (level, kind, seq) for every row"),
+]
+
 
 def draw(low: int, high: int) -> int:
     return low  # deterministic must-hit-by triggers

@@ -48,7 +48,7 @@ from jackpot.storage.base import ConnectionUnavailableError
 from jackpot.storage.postgres import PostgresStore, _misread
 from jackpot.storage.schema import POSTGRES_MIGRATIONS
 
-from .contract import MINOR_SEED, BackendContract, new_level, snapshot
+from .contract import MINOR_SEED, WEAKENED_INDEXES, BackendContract, new_level, snapshot
 from .pg import fresh_schema, fresh_schema_named, require_pg_url, with_search_path
 
 PG_URL = require_pg_url()
@@ -1098,22 +1098,7 @@ def test_a_read_waits_for_a_table_lock_no_longer_than_the_lock_timeout(
         assert engine.verify().ok
 
 
-@pytest.mark.parametrize(("sql", "problem"), [
-    ("DROP INDEX ledger_level_kind", "integrity_check: index ledger_level_kind is missing"),
-    (("DROP INDEX ledger_level_version; "
-      "CREATE INDEX ledger_level_version ON ledger (level, version_after)"),
-     "integrity_check: index ledger_level_version is not unique: a level's versions may repeat"),
-    # One of the name that no longer guards what it should: its columns, a WHERE.
-    (("DROP INDEX ledger_level_version; "
-      "CREATE UNIQUE INDEX ledger_level_version ON ledger (seq)"),
-     "integrity_check: index ledger_level_version is not on (level, version_after) for every row"),
-    (("DROP INDEX ledger_level_version; CREATE UNIQUE INDEX ledger_level_version "
-      "ON ledger (level, version_after) WHERE kind = 'create'"),
-     "integrity_check: index ledger_level_version is not on (level, version_after) for every row"),
-    (("DROP INDEX ledger_level_kind; "
-      "CREATE INDEX ledger_level_kind ON ledger (level, lower(kind), seq)"),
-     "integrity_check: index ledger_level_kind is not on (level, kind, seq) for every row"),
-])
+@pytest.mark.parametrize(("sql", "problem"), WEAKENED_INDEXES)
 def test_a_dropped_index_is_reported(pg_target: str, sql: str, problem: str) -> None:
     _index_problems(pg_target, sql, [problem])
 
