@@ -10,7 +10,6 @@ read-only connection), on the snapshot's meters, and with `verify()`.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import run_together
 from jackpot import (
     AdminResult,
     ConcurrencyViolationError,
@@ -27,7 +27,6 @@ from jackpot import (
     GroupSuspendedError,
     InsufficientFundsError,
     JackpotEngine,
-    JackpotError,
     UnknownGroupError,
     ValidationError,
     Win,
@@ -490,27 +489,9 @@ def test_simultaneous_guarded_wins_pay_exactly_once(
     engine.contribute("55", groups="minor")
     shown = engine.pool("minor")
     players = 8
-    barrier = threading.Barrier(players, timeout=10)
-    outcomes: list[Win | JackpotError] = []
-    lock = threading.Lock()
-
-    def play(i: int) -> None:
-        barrier.wait()
-        try:
-            outcome: Win | JackpotError = engine.process_win(
-                "minor", expected_version=shown.version, expected_amount=shown.amount,
-                winner=f"p{i}", op_id=f"win-{i}")
-        except JackpotError as e:
-            outcome = e
-        with lock:
-            outcomes.append(outcome)
-
-    threads = [threading.Thread(target=play, args=(i,)) for i in range(players)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
+    outcomes = run_together(*[lambda i=i: engine.process_win(
+        "minor", expected_version=shown.version, expected_amount=shown.amount,
+        winner=f"p{i}", op_id=f"win-{i}") for i in range(players)])
     wins = [o for o in outcomes if isinstance(o, Win)]
     refused = [o for o in outcomes if not isinstance(o, Win)]
     assert len(wins) == 1
@@ -529,27 +510,9 @@ def test_simultaneous_unguarded_wins_are_served_in_turn(
     engine = open_engine(groups=[GroupConfig("minor", Decimal(10), Decimal("0.1"))])
     engine.contribute("55", groups="minor")
     players = 6
-    barrier = threading.Barrier(players, timeout=10)
-    paid: list[Win] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def play(i: int) -> None:
-        barrier.wait()
-        try:
-            w = engine.process_win("minor", op_id=f"win-{i}")
-        except BaseException as e:  # re-raised below
-            with lock:
-                errors.append(e)
-        else:
-            with lock:
-                paid.append(w)
-
-    threads = [threading.Thread(target=play, args=(i,)) for i in range(players)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    paid = run_together(*[lambda i=i: engine.process_win("minor", op_id=f"win-{i}")
+                          for i in range(players)])
+    errors = [w for w in paid if not isinstance(w, Win)]
     assert not errors, errors
     # one after the other: the first takes the pool, each later one the seed it found
     assert sorted(w.version for w in paid) == list(range(3, 3 + players))
