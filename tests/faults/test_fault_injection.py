@@ -24,7 +24,7 @@ from typing import Any
 import apsw
 import pytest
 
-from _helpers import table_dump
+from _helpers import run_together, table_dump
 from jackpot import GroupConfig, JackpotEngine, StorageError
 from jackpot.service import execute_batch
 from jackpot.settings import Settings
@@ -276,26 +276,13 @@ def test_a_fault_in_a_shared_transaction_fails_no_operation_twice(
     with open_engine(db) as engine:
         warm(engine, db)
         before = engine.pool("minor")
-        barrier = threading.Barrier(len(bets))
-        outcomes: list[Any] = [None] * len(bets)
-
-        def bet(i: int) -> None:
-            barrier.wait(30)
-            try:
-                outcomes[i] = engine.contribute(bets[i], groups="minor", op_id=f"bet-{i}")
-            except Exception as e:
-                outcomes[i] = e
-
-        threads = [threading.Thread(target=bet, args=(i,)) for i in range(len(bets))]
         faults.arm(fail_at=fail_at, only=statement)
         try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
+            outcomes = run_together(*[
+                lambda i=i: engine.contribute(bets[i], groups="minor", op_id=f"bet-{i}")
+                for i in range(len(bets))])
         finally:
             faults.disarm()
-        assert not any(t.is_alive() for t in threads)
 
         failed = [i for i, o in enumerate(outcomes) if isinstance(o, Exception)]
         if statement != "COMMIT":  # (after a write the storage failed, none of this process)

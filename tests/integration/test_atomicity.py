@@ -12,6 +12,7 @@ from typing import Any
 import apsw
 import pytest
 
+from _helpers import run_together
 from jackpot import (
     ConcurrencyViolationError,
     Contribution,
@@ -189,23 +190,10 @@ def test_stale_expected_version_is_a_concurrency_violation(
 def test_two_config_writers_on_one_version_exactly_one_wins(engine: JackpotEngine) -> None:
     for round_ in range(10):
         version = engine.pool("major").version
-        barrier = threading.Barrier(2)
-        outcomes: list[Any] = [None, None]
-
-        def writer(i: int, version: int = version, barrier: threading.Barrier = barrier,
-                   outcomes: list[Any] = outcomes) -> None:
-            barrier.wait(10)
-            try:
-                outcomes[i] = engine.update_config("major", expected_version=version,
-                                                   seed=Decimal(1000 + i))
-            except ConcurrencyViolationError as e:
-                outcomes[i] = e
-
-        threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        outcomes = run_together(*[
+            lambda i=i, version=version: engine.update_config(
+                "major", expected_version=version, seed=Decimal(1000 + i))
+            for i in range(2)])
         lost = [o for o in outcomes if isinstance(o, ConcurrencyViolationError)]
         won = [o for o in outcomes if not isinstance(o, ConcurrencyViolationError)]
         assert (len(won), len(lost)) == (1, 1), (round_, outcomes)
