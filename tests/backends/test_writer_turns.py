@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from _helpers import in_thread
 from jackpot import JackpotEngine, LockTimeoutError, Settings
 from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._ticket import Ticket
@@ -164,9 +165,7 @@ def test_a_turn_given_up_on_and_asked_for_again_is_handed_over(writer_turns: Tur
     holder, writer = writer_turns(2)
     assert holder.acquire(1)
     assert not writer.acquire(0.05)
-    got = []
-    asking = threading.Thread(target=lambda: got.append(writer.acquire(10)))
-    asking.start()
+    asking, got = in_thread(lambda: writer.acquire(10))
     holder.release()
     asking.join(30)
     assert got == [True]

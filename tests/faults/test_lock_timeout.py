@@ -20,7 +20,7 @@ from typing import Any
 import apsw
 import pytest
 
-from _helpers import table_rows
+from _helpers import in_thread, table_rows
 from jackpot import GroupConfig, JackpotEngine, LockTimeoutError, Settings
 from jackpot.storage import SQLiteStore
 
@@ -135,10 +135,8 @@ def test_waits_for_the_lock_and_proceeds_when_it_is_released(
         engine.contribute(Decimal(250), groups=None, op_id="warm-up")
         before = engine.pool("minor")
         lock.take()
-        done: list[Any] = []
-        worker = threading.Thread(target=lambda: done.append(
-            engine.contribute(Decimal(10), groups="minor", op_id="op-1")))
-        worker.start()
+        worker, done = in_thread(
+            lambda: engine.contribute(Decimal(10), groups="minor", op_id="op-1"))
         try:
             assert waiting.wait(10), "the contribution never waited for the lock"
         finally:

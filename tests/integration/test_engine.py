@@ -16,6 +16,7 @@ import pykka
 import pytest
 
 import jackpot
+from _helpers import in_thread
 from jackpot import (
     ConfigResult,
     Contribution,
@@ -430,10 +431,8 @@ def test_close_waits_for_an_operation_in_flight(engine: JackpotEngine,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(domain, "contribute", slow_contribute)
-    results: list[Any] = []
-    worker = threading.Thread(target=lambda: results.append(
-        engine.contribute(Decimal(2), groups="minor", op_id="in-flight")))
-    worker.start()
+    worker, results = in_thread(
+        lambda: engine.contribute(Decimal(2), groups="minor", op_id="in-flight"))
     assert entered.wait(10)
     closer = threading.Thread(target=engine.close)
     closer.start()
@@ -552,9 +551,7 @@ def test_a_read_waits_for_the_one_before_it_at_most_the_lock_timeout(
         return real(reader)
 
     monkeypatch.setattr(jackpot.reads, "pools", stuck)
-    first: list[Any] = []
-    t = threading.Thread(target=lambda: first.append(engine.pools()))
-    t.start()
+    t, first = in_thread(engine.pools)
     assert reading.wait(60)
     monkeypatch.setattr(jackpot.reads, "pools", real)
     with pytest.raises(LockTimeoutError, match=r"a read waited 200 ms .* nothing was read"):
