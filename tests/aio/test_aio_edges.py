@@ -311,6 +311,48 @@ def test_close_sweeps_up_an_answer_stranded_on_a_loop_closed_unrun(
     assert engine.stats.snapshot().get("operations:contribute:ok") == 1
 
 
+def _close_on_the_thread_of_a_stopped_loop(
+        engine: AsyncJackpotEngine, after_the_loop_stopped: Callable[[], None], *,
+        sending: contextlib.AbstractContextManager[Any] | None = None,
+) -> tuple[int, asyncio.Task[Contribution]]:
+    """Stop a loop with a call in flight, then close() the engine on that loop's thread.
+
+    On a new loop in a thread of its own: send contribute("10", groups="minor",
+    op_id="x") (inside `sending`, if given) and stop the loop with it in
+    flight; run `after_the_loop_stopped`; close() the engine there (the loop
+    cannot run meanwhile); run the loop again until the call ends. Return the
+    calls in flight as close() began and the call's (done) task.
+    """
+    closed = threading.Event()
+    outcome: list[Any] = []
+
+    async def send() -> asyncio.Task[Contribution]:
+        (task,) = await _sent(engine.contribute("10", groups="minor", op_id="x"))
+        return task
+
+    def on_the_loops_thread() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            with sending or contextlib.nullcontext():
+                task = loop.run_until_complete(send())  # it stops with the call in flight
+            after_the_loop_stopped()
+            outcome.append(engine.sync._inflight)
+            engine.sync.close()
+            closed.set()
+            loop.run_until_complete(asyncio.wait({task}))  # the loop runs again
+            outcome.append(task)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=on_the_loops_thread, daemon=True)
+    thread.start()
+    assert closed.wait(10)  # was: only after the run timeout
+    thread.join(30)
+    assert not thread.is_alive()
+    inflight, task = outcome
+    return inflight, task
+
+
 def test_a_sync_close_on_the_thread_of_a_stopped_loop_sweeps_up_its_answered_calls(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loop stopped (not closed), its call answered: close() there must not wait for it.
@@ -334,32 +376,13 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_sweeps_up_its_answered_cal
     settings = Settings(lock_timeout_ms=12_000, max_retry_attempts=2, retry_delay_ms=100)
     engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
     assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
-    closed = threading.Event()
-    outcome: list[Any] = []
 
-    async def send() -> asyncio.Task[Contribution]:
-        (task,) = await _sent(engine.contribute("10", groups="minor", op_id="x"))
-        return task
+    def answered() -> None:
+        assert queued.wait(30)  # answered, the answer waiting for the stopped loop
 
-    def on_the_loops_thread() -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            with write_lock(db_path):  # nothing commits while the loop runs
-                task = loop.run_until_complete(send())  # it stops with the call in flight
-            assert queued.wait(30)  # answered, the answer waiting for the stopped loop
-            outcome.append(engine.sync._inflight)
-            engine.sync.close()
-            closed.set()
-            outcome.append(loop.run_until_complete(task))  # the loop runs again
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=on_the_loops_thread, daemon=True)
-    thread.start()
-    assert closed.wait(10)  # was: only after the run timeout
-    thread.join(30)
-    assert not thread.is_alive()
-    inflight, result = outcome
+    inflight, task = _close_on_the_thread_of_a_stopped_loop(
+        engine, answered, sending=write_lock(db_path))  # nothing commits while the loop runs
+    result = task.result()
     assert inflight == 1
     assert isinstance(result, Contribution)
     assert not result.replayed
@@ -380,7 +403,7 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_settles_a_call_its_actor_d
     engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
     assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
     first = engine.sync._pools["minor"].actor_ref
-    loop_stopped, closed = threading.Event(), threading.Event()
+    loop_stopped = threading.Event()
     claim_batch = Mailbox.claim_batch
 
     def crash_after_claiming(self: Mailbox, *args: Any, **kwargs: Any) -> list[Any]:
@@ -392,32 +415,13 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_settles_a_call_its_actor_d
         return live
 
     monkeypatch.setattr(Mailbox, "claim_batch", crash_after_claiming)
-    outcome: list[Any] = []
 
-    async def send() -> asyncio.Task[Contribution]:
-        (task,) = await _sent(engine.contribute("10", groups="minor", op_id="x"))
-        return task
+    def crashed() -> None:
+        loop_stopped.set()
+        assert first.actor_stopped.wait(60)  # it took the call, then crashed
 
-    def on_the_loops_thread() -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            task = loop.run_until_complete(send())  # it stops with the call in flight
-            loop_stopped.set()
-            assert first.actor_stopped.wait(60)  # it took the call, then crashed
-            outcome.append(engine.sync._inflight)
-            engine.sync.close()
-            closed.set()
-            loop.run_until_complete(asyncio.wait({task}))  # the loop runs again
-            outcome.append(task.exception())
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=on_the_loops_thread, daemon=True)
-    thread.start()
-    assert closed.wait(10)  # was: only after the run timeout
-    thread.join(30)
-    assert not thread.is_alive()
-    inflight, error = outcome
+    inflight, task = _close_on_the_thread_of_a_stopped_loop(engine, crashed)
+    error = task.exception()
     assert inflight == 1
     assert isinstance(error, EngineClosedError), error
     assert error.outcome_unknown
@@ -440,7 +444,7 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_withdraws_a_call_no_actor_
     engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
     assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
     first = engine.sync._pools["minor"].actor_ref
-    loop_stopped, closed = threading.Event(), threading.Event()
+    loop_stopped = threading.Event()
 
     def crash_before_taking(self: Mailbox) -> Any:
         assert loop_stopped.wait(60)
@@ -448,32 +452,13 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_withdraws_a_call_no_actor_
         raise RuntimeError(msg)
 
     monkeypatch.setattr(Mailbox, "take", crash_before_taking)
-    outcome: list[Any] = []
 
-    async def send() -> asyncio.Task[Contribution]:
-        (task,) = await _sent(engine.contribute("10", groups="minor", op_id="x"))
-        return task
+    def crashed() -> None:
+        loop_stopped.set()
+        assert first.actor_stopped.wait(60)  # woken for the call, it crashed
 
-    def on_the_loops_thread() -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            task = loop.run_until_complete(send())  # it stops with the call in flight
-            loop_stopped.set()
-            assert first.actor_stopped.wait(60)  # woken for the call, it crashed
-            outcome.append(engine.sync._inflight)
-            engine.sync.close()
-            closed.set()
-            loop.run_until_complete(asyncio.wait({task}))  # the loop runs again
-            outcome.append(task.exception())
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=on_the_loops_thread, daemon=True)
-    thread.start()
-    assert closed.wait(10)  # was: only after the run timeout
-    thread.join(30)
-    assert not thread.is_alive()
-    inflight, error = outcome
+    inflight, task = _close_on_the_thread_of_a_stopped_loop(engine, crashed)
+    error = task.exception()
     assert inflight == 1
     assert isinstance(error, EngineClosedError), error
     assert not error.outcome_unknown
