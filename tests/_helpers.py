@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from jackpot.actors import Ticket
+from jackpot.actors import Mailbox, Ticket
 
 if TYPE_CHECKING:
     import pytest
@@ -81,6 +81,26 @@ def crash_once_claimed(monkeypatch: pytest.MonkeyPatch, guard: Any) -> None:
 
     monkeypatch.setattr(Ticket, "abandon", watched_abandon)
     monkeypatch.setattr(guard, "lock", _CrashingGuardLock(in_run_phase))
+
+
+def crash_after_claiming(monkeypatch: pytest.MonkeyPatch, op_id: str,
+                         go: threading.Event) -> None:
+    """Make the actor that claims `op_id`'s request crash right after, once `go` is set.
+
+    Claimed, the request can no longer be withdrawn by its caller, and the
+    crashed actor never answers it: its outcome is unknown.
+    """
+    claim_batch = Mailbox.claim_batch
+
+    def crashing(self: Mailbox, *args: Any, **kwargs: Any) -> list[Any]:
+        live = claim_batch(self, *args, **kwargs)
+        if any(op.op_id == op_id for _, op in live):
+            assert go.wait(60)
+            msg = "the actor crashed with a claimed request"
+            raise RuntimeError(msg)
+        return live
+
+    monkeypatch.setattr(Mailbox, "claim_batch", crashing)
 
 
 def run_together(*calls: Callable[[], Any]) -> list[Any]:

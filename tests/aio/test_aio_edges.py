@@ -27,7 +27,7 @@ import apsw
 import pytest
 
 import jackpot.engine
-from _helpers import crash_once_claimed, in_thread, read_ledger
+from _helpers import crash_after_claiming, crash_once_claimed, in_thread, read_ledger
 from jackpot import (
     AsyncJackpotEngine,
     Contribution,
@@ -225,7 +225,7 @@ def test_an_async_claimed_request_whose_actor_was_replaced_is_told_at_once(
     settings = Settings(lock_timeout_ms=100, max_retry_attempts=2, retry_delay_ms=4000)
     in_run_phase = threading.Event()  # the loop knows the request was taken
     restarted = threading.Event()  # a thread's call replaced the actor
-    abandon, claim_batch = Ticket.abandon, Mailbox.claim_batch
+    abandon = Ticket.abandon
     loop_thread = threading.current_thread()
 
     def watched_abandon(self: Ticket) -> bool:
@@ -234,14 +234,6 @@ def test_an_async_claimed_request_whose_actor_was_replaced_is_told_at_once(
             in_run_phase.set()
             assert restarted.wait(60)  # the loop looks again only after the restart
         return withdrawn
-
-    def crash_after_claiming(self: Mailbox, *args: Any, **kwargs: Any) -> list[Any]:
-        live = claim_batch(self, *args, **kwargs)
-        if any(op.op_id == "claimed" for _, op in live):
-            assert in_run_phase.wait(60)
-            msg = "the actor crashed with a claimed request"
-            raise RuntimeError(msg)
-        return live
 
     def restart(engine: JackpotEngine, first: Any) -> None:
         assert first.actor_stopped.wait(60)  # crashed, the request taken and unanswered
@@ -256,7 +248,7 @@ def test_an_async_claimed_request_whose_actor_was_replaced_is_told_at_once(
             first = (sync._pools[groups] if isinstance(groups, str)
                      else sync._coordinator).actor_ref
             monkeypatch.setattr(Ticket, "abandon", watched_abandon)
-            monkeypatch.setattr(Mailbox, "claim_batch", crash_after_claiming)
+            crash_after_claiming(monkeypatch, "claimed", in_run_phase)
             restarter = threading.Thread(target=restart, args=(sync, first), daemon=True)
             restarter.start()
             (call,) = await _sent(engine.contribute(Decimal(10), groups=groups,
@@ -404,17 +396,7 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_settles_a_call_its_actor_d
     assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
     first = engine.sync._pools["minor"].actor_ref
     loop_stopped = threading.Event()
-    claim_batch = Mailbox.claim_batch
-
-    def crash_after_claiming(self: Mailbox, *args: Any, **kwargs: Any) -> list[Any]:
-        live = claim_batch(self, *args, **kwargs)
-        if any(op.op_id == "x" for _, op in live):
-            assert loop_stopped.wait(60)
-            msg = "the actor crashed with a claimed request"
-            raise RuntimeError(msg)
-        return live
-
-    monkeypatch.setattr(Mailbox, "claim_batch", crash_after_claiming)
+    crash_after_claiming(monkeypatch, "x", loop_stopped)
 
     def crashed() -> None:
         loop_stopped.set()

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import jackpot.engine
-from _helpers import crash_once_claimed, in_thread, run_python
+from _helpers import crash_after_claiming, crash_once_claimed, in_thread, run_python
 from jackpot import (
     EngineClosedError,
     InsufficientFundsError,
@@ -1148,7 +1148,7 @@ def test_a_claimed_request_whose_actor_was_replaced_is_told_at_once(
     engine.contribute(Decimal(10), groups=groups, op_id="before")
     in_run_phase = threading.Event()  # the caller knows its request was taken
     restarted = threading.Event()  # another caller's operation replaced the actor
-    abandon, wait, claim_batch = Ticket.abandon, Ticket.wait, Mailbox.claim_batch
+    abandon, wait = Ticket.abandon, Ticket.wait
     caller_thread: list[threading.Thread] = []
 
     def watched_abandon(self: Ticket) -> bool:
@@ -1162,17 +1162,9 @@ def test_a_claimed_request_whose_actor_was_replaced_is_told_at_once(
             assert restarted.wait(60)  # the caller looks again only after the restart
         return wait(self, timeout)
 
-    def crash_after_claiming(self: Mailbox, *args: Any, **kwargs: Any) -> list[Any]:
-        live = claim_batch(self, *args, **kwargs)
-        if any(op.op_id == "claimed" for _, op in live):
-            assert in_run_phase.wait(60)
-            msg = "the actor crashed with a claimed request"
-            raise RuntimeError(msg)
-        return live
-
     monkeypatch.setattr(Ticket, "abandon", watched_abandon)
     monkeypatch.setattr(Ticket, "wait", late_wait)
-    monkeypatch.setattr(Mailbox, "claim_batch", crash_after_claiming)
+    crash_after_claiming(monkeypatch, "claimed", in_run_phase)
     first = (engine._pools[groups] if isinstance(groups, str) else engine._coordinator).actor_ref
     outcome: list[BaseException | None] = []
     told = threading.Event()
