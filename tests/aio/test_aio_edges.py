@@ -273,9 +273,8 @@ def test_an_async_claimed_request_whose_actor_was_replaced_is_told_at_once(
 # -- answers that reach a loop which then closes without running them ------------------
 
 
-def test_close_sweeps_up_an_answer_stranded_on_a_loop_closed_unrun(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The answer's `call_soon_threadsafe` is dropped by `loop.close()`: close() must not wait."""
+def _answer_queued(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Return an event set once an answer is queued for its loop (aio's internal hand-over)."""
     from jackpot import aio  # noqa: PLC0415 - the internal hand-over is what is observed
 
     queued = threading.Event()
@@ -286,6 +285,21 @@ def test_close_sweeps_up_an_answer_stranded_on_a_loop_closed_unrun(
         queued.set()
 
     monkeypatch.setattr(aio._Answers, "put", put)
+    return queued
+
+
+def _engine_with_a_long_run_timeout(db_path: Path) -> AsyncJackpotEngine:
+    """Open an engine whose run timeout is over a minute: a wait for it shows as a hang."""
+    settings = Settings(lock_timeout_ms=12_000, max_retry_attempts=2, retry_delay_ms=100)
+    engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
+    assert engine.sync._run_timeout > 60  # the waits in the tests are a sixth of it
+    return engine
+
+
+def test_close_sweeps_up_an_answer_stranded_on_a_loop_closed_unrun(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer's `call_soon_threadsafe` is dropped by `loop.close()`: close() must not wait."""
+    queued = _answer_queued(monkeypatch)
     engine = asyncio.run(AsyncJackpotEngine.open(db_path))
     loop = asyncio.new_event_loop()
 
@@ -355,19 +369,8 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_sweeps_up_its_answered_cal
     Its outcome is known: its books are closed, and the caller still gets it
     if the loop runs again.
     """
-    from jackpot import aio  # noqa: PLC0415 - the internal hand-over is what is observed
-
-    queued = threading.Event()
-    real_put = aio._Answers.put
-
-    def put(self: Any, *args: Any) -> None:
-        real_put(self, *args)
-        queued.set()
-
-    monkeypatch.setattr(aio._Answers, "put", put)
-    settings = Settings(lock_timeout_ms=12_000, max_retry_attempts=2, retry_delay_ms=100)
-    engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
-    assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
+    queued = _answer_queued(monkeypatch)
+    engine = _engine_with_a_long_run_timeout(db_path)
 
     def answered() -> None:
         assert queued.wait(30)  # answered, the answer waiting for the stopped loop
@@ -391,9 +394,7 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_settles_a_call_its_actor_d
     run while close() holds its thread: close() waited out the whole run
     timeout (here over a minute). The outcome is unknown, and known to be.
     """
-    settings = Settings(lock_timeout_ms=12_000, max_retry_attempts=2, retry_delay_ms=100)
-    engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
-    assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
+    engine = _engine_with_a_long_run_timeout(db_path)
     first = engine.sync._pools["minor"].actor_ref
     loop_stopped = threading.Event()
     crash_after_claiming(monkeypatch, "x", loop_stopped)
@@ -422,9 +423,7 @@ def test_a_sync_close_on_the_thread_of_a_stopped_loop_withdraws_a_call_no_actor_
     whole run timeout (here over a minute). The engine is closing, so it is
     never resent: nothing was changed.
     """
-    settings = Settings(lock_timeout_ms=12_000, max_retry_attempts=2, retry_delay_ms=100)
-    engine = asyncio.run(AsyncJackpotEngine.open(db_path, settings=settings))
-    assert engine.sync._run_timeout > 60  # the wait below is a sixth of it
+    engine = _engine_with_a_long_run_timeout(db_path)
     first = engine.sync._pools["minor"].actor_ref
     loop_stopped = threading.Event()
 
