@@ -982,3 +982,28 @@ def test_a_setting_recorded_in_another_decimal_form_is_the_same_setting(tmp_path
             conn.close()
         assert '"contribution_rate": "2E-7"' in detail
         assert problems(e) == []
+
+
+def without_not_null_on_level(e: JackpotEngine) -> None:
+    """Rewrite the ledger's schema so that its level may be NULL, as a hostile writer can."""
+    conn = apsw.Connection(e._path)
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_schema SET sql = replace(sql, 'level TEXT NOT NULL', "
+                     "'level TEXT') WHERE name = 'ledger'")
+        conn.execute("PRAGMA writable_schema = OFF")
+    finally:
+        conn.close()
+
+
+def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
+        engine: JackpotEngine) -> None:
+    # The hit, win, config and retirement rows are looked up level by level;
+    # a row whose level is NULL is at no level, and was once missed there.
+    without_not_null_on_level(engine)
+    tamper(engine, *ledger_row(op_id="x", kind="hit", version_after=4, who="al"))
+    tamper(engine, *ledger_row(op_id="x", kind="hit", level=None, who="bob"))
+    found = problems(engine)
+    assert "None: no such level, yet 1 ledger rows" in found
+    assert ("operation 'x': its hit rows name different winners: a bet has one player"
+            in found), found

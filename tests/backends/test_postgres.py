@@ -440,6 +440,26 @@ def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
         assert "minor: meter wagered is 20.000000, ledger says 10.000000" in report.problems
 
 
+def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
+        pg_target: str) -> None:
+    # The audit looks hits up level by level: a row whose level is NULL (its
+    # NOT NULL dropped, as the table's owner can) is at no level, and was
+    # once left out of the check that a bet's hits name one player.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        forged = ("INSERT INTO ledger (op_id, kind, level, delta, balance_after, reserve_delta, "
+                  "reserve_after, version_after, at_ms, who, detail) "
+                  "VALUES ('x', 'hit', %s, 0, 0, 0, 0, %s, 0, %s, '{}')")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            conn.execute("ALTER TABLE ledger ALTER COLUMN level DROP NOT NULL")
+            conn.execute(forged, ("minor", 9, "al"))
+            conn.execute(forged, (None, 1, "bob"))
+        problems = engine.verify().problems
+        assert "None: no such level, yet 1 ledger rows" in problems
+        assert ("operation 'x': its hit rows name different winners: a bet has one player"
+                in problems), problems
+
+
 @pytest.mark.parametrize("stored", ["not json", "[" * 100_000 + "]" * 100_000])
 def test_a_stored_result_that_is_not_json_fails_its_replay_and_is_a_problem(
         pg_target: str, stored: str) -> None:

@@ -244,8 +244,11 @@ def test_the_audit_looks_its_few_rows_up_without_reading_the_whole_ledger(
             store.recorded_hits()
             store.recorded_details()
             store.split_hit_winners()
-        assert len(queries) == 4
-        for sql, params in queries:
+        # Each first asks whether a row has no level (a forged one): SQLite,
+        # knowing the column NOT NULL, plans a scan of an index it never runs.
+        probes = [q for q in queries if q[0] == "SELECT 1 FROM ledger WHERE level IS NULL LIMIT 1"]
+        assert (len(probes), len(queries)) == (4, 8)
+        for sql, params in [q for q in queries if q not in probes]:
             plan = [str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
             assert not [step for step in plan if re.match(r"SCAN (ledger|l)\b", step)], plan
             assert any("ledger_level_kind" in step for step in plan), plan

@@ -343,12 +343,19 @@ _EACH_LEVEL = """WITH RECURSIVE each_level (level) AS (
 """
 _OF_KINDS = "each_level CROSS JOIN ledger AS l"
 """The ledger's rows (`l`) through `_EACH_LEVEL`; the query adds `l.level = each_level.level`."""
+_AT_EACH_LEVEL = "l.level = each_level.level AND "
+
+# A row whose level is NULL is at none of `_EACH_LEVEL`'s levels. The schema
+# forbids one, but a forged database need not keep that constraint: where
+# one is there, the queries of a few kinds read the whole ledger as before.
+# (One index probe; SQLite, knowing the column NOT NULL, reads nothing.)
+_ANY_ROW_WITHOUT_LEVEL = "SELECT 1 FROM ledger WHERE level IS NULL LIMIT 1"
 
 # The must-hit-by hits of recorded operations (a bet's result lists each).
 _RECORDED_HITS = f"""{_EACH_LEVEL}
 SELECT l.op_id, l.level, l.version_after, l.paid, l.balance_after, l.who
 FROM {_OF_KINDS} JOIN operations AS o ON o.op_id = l.op_id
-WHERE l.level = each_level.level AND l.kind = 'hit'
+WHERE {_AT_EACH_LEVEL}l.kind = 'hit'
 ORDER BY l.seq
 """
 
@@ -358,7 +365,7 @@ ORDER BY l.seq
 _RECORDED_DETAILS = f"""{_EACH_LEVEL}
 SELECT l.op_id, l.level, l.kind, l.who, l.detail
 FROM {_OF_KINDS} JOIN operations AS o ON o.op_id = l.op_id
-WHERE l.level = each_level.level AND l.kind IN ('win', 'config')
+WHERE {_AT_EACH_LEVEL}l.kind IN ('win', 'config')
 ORDER BY l.seq
 """
 
@@ -373,7 +380,7 @@ _BALANCES_CHUNK = 500  # (level, version) pairs per query of `balances_at`
 # inserted for an op_id, of whatever kind, must not hide its rows from this.)
 _SPLIT_HIT_WINNERS = f"""{_EACH_LEVEL}
 SELECT l.op_id FROM {_OF_KINDS}
-WHERE l.level = each_level.level AND l.kind = 'hit'
+WHERE {_AT_EACH_LEVEL}l.kind = 'hit'
 GROUP BY l.op_id
 HAVING COUNT(DISTINCT l.who) + MAX(CASE WHEN l.who IS NULL THEN 1 ELSE 0 END) > 1
 ORDER BY l.op_id
@@ -670,9 +677,20 @@ class Store(ABC):
         p = self._PARAM
         columns = ", ".join(f"l.{c}" for c in LedgerRow.__dataclass_fields__)
         sql = (f"{_EACH_LEVEL}SELECT {columns} FROM {_OF_KINDS} "
-               f"WHERE l.level = each_level.level AND l.kind IN ({', '.join([p] * len(kinds))}) "
+               f"WHERE {_AT_EACH_LEVEL}l.kind IN ({', '.join([p] * len(kinds))}) "
                "ORDER BY l.seq")
-        return [ledger_row(row) for row in self._exec(sql, kinds)]
+        return [ledger_row(row) for row in self._exec(self._of_kinds(sql), kinds)]
+
+    def _of_kinds(self, sql: str) -> str:
+        """Return `sql`, a query through `_EACH_LEVEL`; its whole-ledger form if a row has no level.
+
+        The rows are the same, those without a level included
+        (`_ANY_ROW_WITHOUT_LEVEL`).
+        """
+        if not self._exec(_ANY_ROW_WITHOUT_LEVEL):
+            return sql
+        return (sql.replace(_EACH_LEVEL, "").replace(_OF_KINDS, "ledger AS l")
+                .replace(_AT_EACH_LEVEL, ""))
 
     def ledger_totals(self) -> dict[str, LedgerTotals]:
         """Return, per level that has ledger rows, what its rows add up to."""
@@ -760,15 +778,17 @@ class Store(ABC):
         In the ledger's order, which is the order of the bet's result.
         """
         out: dict[str, list[tuple[str, int, int, int, str | None]]] = {}
-        for op_id, level, version, paid, balance, who in self._exec(_RECORDED_HITS):
+        rows = self._exec(self._of_kinds(_RECORDED_HITS))
+        for op_id, level, version, paid, balance, who in rows:
             out.setdefault(op_id, []).append(
                 (level, int(version), int(paid), int(balance), who))
         return out
 
     def recorded_details(self) -> dict[str, RecordedDetail]:
         """Return, per recorded win or config change, its ledger row's who and detail."""
+        rows = self._exec(self._of_kinds(_RECORDED_DETAILS))
         return {op_id: RecordedDetail(level, kind, who, detail)
-                for op_id, level, kind, who, detail in self._exec(_RECORDED_DETAILS)}
+                for op_id, level, kind, who, detail in rows}
 
     def balances_at(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Return the balance after each (level, version) that has a ledger row."""
@@ -786,7 +806,8 @@ class Store(ABC):
 
     def split_hit_winners(self, limit: int = 20) -> list[str]:
         """Return op_ids whose hit rows name several winners (a bet has one player)."""
-        return [r[0] for r in self._exec(f"{_SPLIT_HIT_WINNERS} LIMIT {int(limit)}")]
+        sql = f"{self._of_kinds(_SPLIT_HIT_WINNERS)} LIMIT {int(limit)}"
+        return [r[0] for r in self._exec(sql)]
 
     def operation_ids_starting(self, prefixes: Iterable[str]) -> Iterator[str]:
         """Yield the recorded op_ids that start with one of `prefixes`, in no order.
