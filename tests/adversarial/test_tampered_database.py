@@ -1007,3 +1007,33 @@ def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
     assert "None: no such level, yet 1 ledger rows" in found
     assert ("operation 'x': its hit rows name different winners: a bet has one player"
             in found), found
+
+
+def test_fractions_of_a_unit_forged_into_a_non_strict_ledger_are_not_lost_per_rate_period(
+        tmp_path: Path) -> None:
+    # A ledger rebuilt without STRICT takes a REAL amount. Half a unit in each
+    # of two rate periods adds up to one unit the level does not hold: the
+    # ledger's totals, summed per period, once dropped each half on the way.
+    with JackpotEngine.open(tmp_path / "pools.db", [GroupConfig("a", Decimal(10), Decimal("0.1"))],
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.adjust("a", Decimal(1), reason="r", op_id="a1")
+        e.update_config("a", contribution_rate=Decimal("0.2"), op_id="c1")
+        e.adjust("a", Decimal(1), reason="r", op_id="a2")
+        conn = apsw.Connection(e._path)
+        try:
+            conn.execute("PRAGMA writable_schema = ON")
+            conn.execute("UPDATE sqlite_schema SET sql = replace(sql, ') STRICT', ')') "
+                         "WHERE name = 'ledger'")
+            conn.execute("PRAGMA writable_schema = OFF")
+        finally:
+            conn.close()
+        half = ("UPDATE ledger SET delta = delta + 0.5, adjusted = adjusted + 0.5, "
+                "balance_after = balance_after + ? WHERE op_id = ?")
+        past_trigger(e, "ledger_no_update", half, (0.5, "a1"))
+        past_trigger(e, "ledger_no_update", "UPDATE ledger SET balance_after = "
+                     "balance_after + 0.5 WHERE op_id = 'c1'", ())
+        past_trigger(e, "ledger_no_update", half, (1, "a2"))
+        past_trigger(e, "operations_no_update", "UPDATE operations SET result = "
+                     "replace(result, '12.000000', '12.000001') WHERE op_id = 'a2'", ())
+        assert problems(e) == ["a: ledger sums to 12.000001, level holds 12.000000",
+                               "a: meter adjusted is 2.000000, ledger says 2.000001"]

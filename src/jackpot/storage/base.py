@@ -706,9 +706,10 @@ class Store(ABC):
         """Return `ledger_totals`, `broken_ledger_rows(limit)` and `contributions_by_period`.
 
         One walk of the ledger instead of three (the audit's biggest reads).
-        Where a row does not add up, or a level's versions repeat (their
-        order is then the database's choice), the three queries run as they
-        are instead, so what the audit reports of a damaged ledger is theirs.
+        Where a row does not add up, a level's versions repeat (their order
+        is then the database's choice), or a sum is not whole, the three
+        queries run as they are instead, so what the audit reports of a
+        damaged ledger is theirs.
         """
         sql = _LEDGER_PASS.replace("{n}", self._AMOUNT_CAST)  # (not format: the bet's braces)
         sums: dict[str, list[int]] = {}
@@ -716,7 +717,10 @@ class Store(ABC):
         for level, period, *values in self._exec(sql):
             n = [int(v) for v in values]  # PostgreSQL sums BIGINT as NUMERIC
             *totals, contributions, overflow, broken, dup = n
-            if broken or dup:
+            # A sum that is not whole (REAL amounts in a ledger rebuilt without
+            # STRICT) must not lose its fraction period by period, as int()
+            # here would: the queries apart sum each level whole first.
+            if broken or dup or n != values:
                 return LedgerPass(self.ledger_totals(), self.broken_ledger_rows(limit),
                                   self.contributions_by_period())
             if contributions:  # (a period of no bets is none of `contributions_by_period`)
