@@ -1037,3 +1037,40 @@ def test_fractions_of_a_unit_forged_into_a_non_strict_ledger_are_not_lost_per_ra
                      "replace(result, '12.000000', '12.000001') WHERE op_id = 'a2'", ())
         assert problems(e) == ["a: ledger sums to 12.000001, level holds 12.000000",
                                "a: meter adjusted is 2.000000, ledger says 2.000001"]
+
+
+def without_strict(e: JackpotEngine, table: str) -> None:
+    """Rebuild `table` without STRICT and NOT NULL: it then holds any value of any type."""
+    conn = apsw.Connection(e._path)
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_schema SET sql = replace(replace(sql, ') STRICT', ')'), "
+                     "' NOT NULL', '') WHERE name = ?", (table,))
+        conn.execute("PRAGMA writable_schema = OFF")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("level", "shown"), [(b"\x00", "b'\\x00'"), (None, "None")])
+def test_a_forged_level_of_another_type_than_text_next_to_a_text_one_is_reported(
+        engine: JackpotEngine, level: object, shown: str) -> None:
+    # The levels without a level row are listed in order: bytes and None once
+    # failed to sort among text. (A number in a TEXT column is stored as text.)
+    without_strict(engine, "ledger")
+    tamper(engine, *ledger_row(op_id="x", version_after=1, level="ghost"))
+    tamper(engine, *ledger_row(op_id="y", version_after=1, level=level))
+    found = problems(engine)
+    assert "ghost: no such level, yet 1 ledger rows" in found
+    assert f"{shown}: no such level, yet 1 ledger rows" in found, found
+
+
+@pytest.mark.parametrize(("op_id", "shown"), [(b"\x00", "b'\\x00'"), (None, "None")])
+def test_a_forged_op_id_of_another_type_than_text_next_to_a_text_one_is_reported(
+        engine: JackpotEngine, op_id: object, shown: str) -> None:
+    # The records without ledger rows are told in op_id order.
+    without_strict(engine, "operations")
+    for forged in ("zz", op_id):
+        tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                       "VALUES (?, 'adjust', 'f', '{}', 0)", (forged,))
+    unread = "recorded without ledger rows (its stored result cannot be read)"
+    assert problems(engine) == [f"operation 'zz' {unread}", f"operation {shown} {unread}"]
