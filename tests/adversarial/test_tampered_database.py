@@ -1074,3 +1074,26 @@ def test_a_forged_op_id_of_another_type_than_text_next_to_a_text_one_is_reported
                        "VALUES (?, 'adjust', 'f', '{}', 0)", (forged,))
     unread = "recorded without ledger rows (its stored result cannot be read)"
     assert problems(engine) == [f"operation 'zz' {unread}", f"operation {shown} {unread}"]
+
+
+@pytest.mark.parametrize(("version", "shown"), [("x", "x"), (b"\x00", "b'\\x00'")])
+def test_a_forged_version_that_is_not_a_number_is_reported(
+        engine: JackpotEngine, version: object, shown: str) -> None:
+    # The ledger's versions are summed up as numbers: text and a BLOB (greater
+    # than any number in SQLite's order) once failed int().
+    without_strict(engine, "ledger")
+    tamper(engine, *ledger_row(op_id="x", version_after=version))
+    assert problems(engine) == [
+        f"minor: ledger versions 1..{shown} in 4 rows, level is at version 3 (expected 1..3)",
+        f"minor: ledger row 6 (version {shown}) does not add up"]
+
+
+def test_a_forged_version_that_is_null_is_reported(engine: JackpotEngine) -> None:
+    # NULL comes first in the level's order of versions: the row after it
+    # does not follow from it either.
+    without_strict(engine, "ledger")
+    tamper(engine, *ledger_row(op_id="x", version_after=None))
+    assert problems(engine) == [
+        "minor: ledger versions 1..3 in 4 rows, level is at version 3 (expected 1..3)",
+        "minor: ledger row 6 (version None) does not add up",
+        "minor: ledger row 1 (version 1) does not add up"]

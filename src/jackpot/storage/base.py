@@ -30,6 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple
 
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
@@ -489,6 +490,16 @@ def entry_values(op_id: str, e: Entry) -> tuple[Any, ...]:
             None if e.detail is None else to_json(e.detail))
 
 
+def _whole(value: Any) -> Any:
+    """Return a number the ledger's SQL gave as an int (PostgreSQL sums BIGINT as NUMERIC).
+
+    Anything else (text, a BLOB, NULL: a version in a ledger rebuilt without
+    STRICT, and so its MIN or MAX) is returned as it is, for the audit to
+    show as what it is rather than fail on.
+    """
+    return int(value) if isinstance(value, (int, float, Decimal)) else value
+
+
 def ledger_row(row: tuple[Any, ...]) -> LedgerRow:
     """Rebuild a ledger row from the columns of `LedgerRow`, in order."""
     values = dict(zip(LedgerRow.__dataclass_fields__, row, strict=True))
@@ -696,7 +707,7 @@ class Store(ABC):
         """Return, per level that has ledger rows, what its rows add up to."""
         out: dict[str, LedgerTotals] = {}
         for level, *values in self._exec(_LEDGER_TOTALS):
-            n = [int(v) for v in values]  # PostgreSQL sums BIGINT as NUMERIC
+            n = [_whole(v) for v in values]
             rows, vmin, vmax, delta, reserve_delta, low, low_reserve = n[:7]
             out[level] = LedgerTotals(rows, vmin, vmax, delta, reserve_delta, low, low_reserve,
                                       dict(zip(AUDIT_METER_SUMS, n[7:], strict=True)))
@@ -715,12 +726,13 @@ class Store(ABC):
         sums: dict[str, list[int]] = {}
         periods: dict[str, dict[int, tuple[int, int]]] = {}
         for level, period, *values in self._exec(sql):
-            n = [int(v) for v in values]  # PostgreSQL sums BIGINT as NUMERIC
+            n = [_whole(v) for v in values]
             *totals, contributions, overflow, broken, dup = n
             # A sum that is not whole (REAL amounts in a ledger rebuilt without
             # STRICT) must not lose its fraction period by period, as int()
-            # here would: the queries apart sum each level whole first.
-            if broken or dup or n != values:
+            # here would: the queries apart sum each level whole first. Nor can
+            # a version that is not a number be taken the min or max of here.
+            if broken or dup or n != values or not all(type(v) is int for v in n):
                 return LedgerPass(self.ledger_totals(), self.broken_ledger_rows(limit),
                                   self.contributions_by_period())
             if contributions:  # (a period of no bets is none of `contributions_by_period`)
@@ -742,7 +754,7 @@ class Store(ABC):
 
     def broken_ledger_rows(self, limit: int = 20) -> list[tuple[str, int, int]]:
         """Return (level, version_after, seq) of rows that do not add up, at most `limit`."""
-        return [(r[0], int(r[1]), int(r[2]))
+        return [(r[0], _whole(r[1]), int(r[2]))
                 for r in self._exec(f"{_BROKEN_ROWS.format(n=self._AMOUNT_CAST)} "
                                     f"LIMIT {int(limit)}")]
 
