@@ -1097,3 +1097,23 @@ def test_a_forged_version_that_is_null_is_reported(engine: JackpotEngine) -> Non
         "minor: ledger versions 1..3 in 4 rows, level is at version 3 (expected 1..3)",
         "minor: ledger row 6 (version None) does not add up",
         "minor: ledger row 1 (version 1) does not add up"]
+
+
+FIGURES = [("amount", "amount"), ("carry", "carry"), ("seed", "setting seed"),
+           ("trigger", "must-hit-by trigger"), ("m_won", "meter won")]
+
+
+@pytest.mark.parametrize(("column", "what", "value"), [
+    (column, what, value) for column, what in FIGURES for value in ("x", b"\x00", None)
+    if (column, value) != ("trigger", None)])  # (no must_hit_by: no trigger, as written)
+def test_a_level_s_figure_forged_as_something_else_than_a_number_is_reported(
+        engine: JackpotEngine, column: str, what: str, value: object) -> None:
+    # The level's figures are compared and shown as amounts: text, a BLOB or
+    # a NULL there once failed the comparison (TypeError) or the formatting
+    # (decimal.InvalidOperation) instead.
+    without_strict(engine, "levels")
+    tamper(engine, f"PRAGMA ignore_check_constraints = ON; "
+                   f"UPDATE levels SET {column} = ? WHERE name = 'minor'", (value,))
+    found = problems(engine)
+    assert found[0] == f"minor: its {what} in the levels table is {value!r}, not a number"
+    assert not [p for p in found if p.startswith("major")], found
