@@ -1117,3 +1117,18 @@ def test_a_level_s_figure_forged_as_something_else_than_a_number_is_reported(
     found = problems(engine)
     assert found[0] == f"minor: its {what} in the levels table is {value!r}, not a number"
     assert not [p for p in found if p.startswith("major")], found
+
+
+def test_a_win_row_forged_without_a_kind_is_reported_and_the_other_results_checked(
+        engine: JackpotEngine) -> None:
+    # A ledger rebuilt without NOT NULL: w1's only row has no kind. Its kinds
+    # once came back as NULL, and the check of every stored result failed.
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update",
+                 "UPDATE ledger SET kind = NULL WHERE op_id = 'w1'", ())
+    rewrite_result(engine, "b1", lambda r: r["versions"].update(mega=1))
+    found = [p for p in problems(engine) if p.startswith(("operation ", "stored "))]
+    assert len(found) == 2, found
+    assert found[0].startswith("operation 'b1': its stored result names levels "), found
+    assert found[1] == ("operation 'w1': its ledger rows are of kinds NULL; "
+                        "'win' operations write win")

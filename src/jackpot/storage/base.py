@@ -785,7 +785,9 @@ class Store(ABC):
             kinds: dict[str, frozenset[str]] = {}
             for r in group:
                 levels[r[3]] = LedgerFigures._make(map(int, r[5:]))
-                kinds[r[3]] = frozenset(r[4].split(","))
+                # NULL: every row of the group has a NULL kind (a ledger rebuilt
+                # without NOT NULL), told as such by the audit.
+                kinds[r[3]] = frozenset(("NULL",) if r[4] is None else r[4].split(","))
             yield RecordedResult(op_id, r[1], r[2], levels, kinds)
 
     def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int, str | None]]]:
