@@ -1132,3 +1132,13 @@ def test_a_win_row_forged_without_a_kind_is_reported_and_the_other_results_check
     assert found[0].startswith("operation 'b1': its stored result names levels "), found
     assert found[1] == ("operation 'w1': its ledger rows are of kinds NULL; "
                         "'win' operations write win")
+
+
+def test_a_level_s_pending_changes_forged_as_null_name_the_level(engine: JackpotEngine) -> None:
+    # json.loads(None) raises TypeError: once told as such, naming no level.
+    without_strict(engine, "levels")
+    tamper(engine, "UPDATE levels SET pending = NULL WHERE name = 'minor'")
+    assert problems(engine) == [
+        ("levels cannot be read as the engine writes them (UnreadableRowError: level 'minor': "
+         "its pending changes None are not what the engine writes (a damaged or tampered "
+         "database))")]

@@ -443,12 +443,13 @@ def stored_result(text: str) -> dict[str, Any] | None:
 def _pending(name: object, text: str) -> dict[str, int | None]:
     try:
         pending = json.loads(text)
-    except (ValueError, RecursionError):
+    except (ValueError, TypeError, RecursionError):  # TypeError: NULL (no NOT NULL, forged)
         pending = None
     if not (isinstance(pending, dict) and all(
             isinstance(k, str) and (v is None or (isinstance(v, int) and not isinstance(v, bool)))
             for k, v in pending.items())):
-        msg = (f"level {name!r}: its pending changes {text[:80]!r} are not what the engine "
+        shown = text[:80] if isinstance(text, (str, bytes)) else text
+        msg = (f"level {name!r}: its pending changes {shown!r} are not what the engine "
                "writes (a damaged or tampered database)")
         raise UnreadableRowError(msg)
     return pending
