@@ -734,8 +734,7 @@ class Store(ABC):
             # here would: the queries apart sum each level whole first. Nor can
             # a version that is not a number be taken the min or max of here.
             if broken or dup or n != values or not all(type(v) is int for v in n):
-                return LedgerPass(self.ledger_totals(), self.broken_ledger_rows(limit),
-                                  self.contributions_by_period())
+                return self._ledger_apart(limit)
             if contributions:  # (a period of no bets is none of `contributions_by_period`)
                 periods.setdefault(level, {})[int(period)] = (totals[_WAGERED], overflow)
             a = sums.get(level)
@@ -752,6 +751,11 @@ class Store(ABC):
         return LedgerPass({level: LedgerTotals(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
                                                dict(zip(AUDIT_METER_SUMS, a[7:], strict=True)))
                            for level, a in sums.items()}, [], periods)
+
+    def _ledger_apart(self, limit: int) -> LedgerPass:
+        """Return what `ledger_pass` does from its three queries, each run as it is."""
+        return LedgerPass(self.ledger_totals(), self.broken_ledger_rows(limit),
+                          self.contributions_by_period())
 
     def broken_ledger_rows(self, limit: int = 20) -> list[tuple[str, int, int]]:
         """Return (level, version_after, seq) of rows that do not add up, at most `limit`."""

@@ -712,8 +712,7 @@ class SQLiteStore(Store):
         except (apsw.SQLError, StorageError) as e:
             if not _sum_overflowed(e):
                 raise
-        return LedgerPass(self.ledger_totals(), self.broken_ledger_rows(limit),
-                          self.contributions_by_period())
+        return self._ledger_apart(limit)
 
     def contributions_by_period(self) -> dict[str, dict[int, tuple[int, int]]]:
         """Return, per level and rate period, (sum of bets, sum of overflow) of its bets.
