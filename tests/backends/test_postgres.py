@@ -547,8 +547,19 @@ def _rolled_back_xid(store: PostgresStore) -> int:
     raise AssertionError
 
 
-def lose_the_next_commit_to_a_reused_id(monkeypatch: pytest.MonkeyPatch, target: str) -> None:
-    """End the session of the next COMMIT before it; have its id committed by another."""
+def _commit_another_transaction(target: str) -> int:
+    with psycopg.connect(target, autocommit=True) as admin, admin.transaction():
+        (xid,) = admin.execute("SELECT txid_current()").fetchall()[0]
+    return int(xid)
+
+
+def lose_the_next_commit_to_a_reused_id(
+        monkeypatch: pytest.MonkeyPatch, target: str,
+        reuse: Callable[[str], int] = _commit_another_transaction) -> None:
+    """End the session of the next COMMIT before it; have its id committed by another.
+
+    `reuse(target)` commits that other transaction and returns its id.
+    """
     real_flush = PostgresStore._flush
 
     def flush(self: PostgresStore, *, commit: bool = False) -> None:
@@ -560,8 +571,7 @@ def lose_the_next_commit_to_a_reused_id(monkeypatch: pytest.MonkeyPatch, target:
                 while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
                                     (pid,)).fetchone() != (0,):
                     time.sleep(0.005)  # polling a condition: the session is gone
-                with admin.transaction():  # committed: the id the crash gave away
-                    (self._xid,) = admin.execute("SELECT txid_current()").fetchall()[0]
+            self._xid = reuse(target)  # committed: the id the crash gave away
         real_flush(self, commit=commit)
 
     monkeypatch.setattr(PostgresStore, "_flush", flush)
@@ -586,6 +596,34 @@ def test_a_lost_commit_is_not_settled_by_a_transaction_that_reused_its_id(
         again = engine.contribute(Decimal(100), groups="minor", op_id="b2")
         assert again.replayed is False  # it had not committed: applied now, once
         assert engine.pool("minor").amount == MINOR_SEED + Decimal(1)
+        assert engine.verify().ok
+
+
+def test_a_lost_commit_is_not_settled_by_another_hosts_write_of_the_same_level_version(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As above, but the transaction that got the lost id back is another
+    # host's bet on the same level: the first write of it after the restart,
+    # so it wrote the very level and version the lost one would have. That
+    # row, inserted under the id, is no proof that the lost bet committed.
+    with JackpotEngine.open(pg_target) as engine, JackpotEngine.open(pg_target) as other:
+        engine.contribute(Decimal(100), groups="minor", op_id="b1")
+
+        def other_host_bets(target: str) -> int:
+            other.contribute(Decimal(100), groups="minor", op_id="elsewhere")
+            with psycopg.connect(target, autocommit=True) as conn:
+                (xid,) = conn.execute(
+                    "SELECT (txid_current() >> 32 << 32) + xmin::text::bigint FROM ledger "
+                    "WHERE op_id = 'elsewhere'").fetchall()[0]
+            return int(xid)
+
+        lose_the_next_commit_to_a_reused_id(monkeypatch, pg_target, other_host_bets)
+        with pytest.raises(StorageError) as lost:
+            engine.contribute(Decimal(100), groups="minor", op_id="b2")
+        assert lost.value.outcome_unknown is True
+        again = engine.contribute(Decimal(100), groups="minor", op_id="b2")
+        assert again.replayed is False  # it had not committed: applied now, once
+        assert again.versions == {"minor": 4}
+        assert engine.pool("minor").amount == MINOR_SEED + Decimal("1.5")
         assert engine.verify().ok
 
 

@@ -164,8 +164,11 @@ _HAS_SCHEMA_TABLE = ("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = cu
                      "AND tablename = 'jackpot_schema')")
 # A row a write transaction inserted, by its key, with the id of the transaction
 # that inserted it (xmin: 32 bits, as text). History is append-only, so the row
-# of a transaction that committed stays there with its xmin.
-_WROTE_ENTRY = "SELECT xmin::text FROM ledger WHERE level = %s AND version_after = %s"
+# of a transaction that committed stays there with its xmin. A ledger row is
+# matched by its op_id as well: the transaction that reused a lost id may be
+# another host's write of the same level, which wrote that very version.
+_WROTE_ENTRY = ("SELECT xmin::text FROM ledger "
+                "WHERE level = %s AND version_after = %s AND op_id = %s")
 _WROTE_RECORD = "SELECT xmin::text FROM operations WHERE op_id = %s"
 _ENTRY_LEVEL = 1 + ENTRY_COLUMNS.index("level")  # (entry_values: op_id first)
 _ENTRY_VERSION = 1 + ENTRY_COLUMNS.index("version_after")
@@ -610,7 +613,8 @@ class PostgresStore(Store):
         if not (entries or records or commit):
             return
         if self._wrote is None and (entries or records):
-            self._wrote = ((_WROTE_ENTRY, (entries[0][_ENTRY_LEVEL], entries[0][_ENTRY_VERSION]))
+            self._wrote = ((_WROTE_ENTRY, (entries[0][_ENTRY_LEVEL], entries[0][_ENTRY_VERSION],
+                                           entries[0][0]))
                            if entries else (_WROTE_RECORD, (records[0][0],)))
         e = self._pipeline(entries, records, commit=commit)
         if e is not None:
@@ -667,7 +671,8 @@ class PostgresStore(Store):
         reached its WAL forgets the id and gives it to the next transaction
         once it is back (seen with `pg_ctl stop -m immediate`), and a client
         may learn of the crash only then (a host's keepalives: 30 s or more).
-        So a row the transaction inserted must be there, inserted by that id.
+        So a row the transaction inserted must be there, inserted by that id
+        (a ledger row: its own op_id's, at its level and version).
         """
         lost = f"the connection to {self._where} was lost at COMMIT ({_first_line(e)})"
         status = "unknown"
