@@ -102,6 +102,60 @@ def test_a_stopped_checkpointer_is_restarted_and_takes_requests_again(
     assert engine.verify().ok
 
 
+def test_a_replaced_checkpointer_stopping_late_leaves_its_successors_request_busy(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old checkpoint actor whose `on_stop` ends late clears no flag but its own.
+
+    Pykka counts an actor stopped before its `on_stop` runs, so the engine may
+    already have replaced it. Its `on_stop` used to clear the "busy" flag the
+    replacement's request had set: the next commit asked for a second
+    checkpoint while the first still ran.
+    """
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    old = checkpointer._actor.actor_ref.actor_urn
+    stopping, let_stop, stopped = threading.Event(), threading.Event(), threading.Event()
+    running, let_run = threading.Event(), threading.Event()
+    on_stop, checkpoint = _CheckpointActor.on_stop, SQLiteStore.checkpoint
+
+    def late_on_stop(self: _CheckpointActor) -> None:
+        if self.actor_urn != old:
+            on_stop(self)
+            return
+        stopping.set()
+        try:
+            if let_stop.wait(60):
+                on_stop(self)
+        finally:
+            stopped.set()
+
+    def held_checkpoint(self: SQLiteStore) -> tuple[int, int]:
+        running.set()
+        assert let_run.wait(60)
+        return checkpoint(self)
+
+    monkeypatch.setattr(_CheckpointActor, "on_stop", late_on_stop)
+    monkeypatch.setattr(SQLiteStore, "checkpoint", held_checkpoint)
+    checkpointer.stop_soon()
+    try:
+        assert stopping.wait(60)  # stopped for Pykka; its on_stop has not run yet
+        assert not checkpointer.alive()
+        engine._restart_dead_actors()
+        assert checkpointer.alive()
+        checkpointer.note(50_000)
+        assert running.wait(60)  # the replacement runs the checkpoint asked for
+        let_stop.set()
+        assert stopped.wait(60)  # the old actor's on_stop has ended
+        checkpointer.note(100_000)
+        assert checkpointer.runs == 1  # still busy with the first: no second request
+    finally:
+        let_stop.set()
+        let_run.set()
+    size, copied = checkpointer.flush(timeout=10)  # the replacement serves requests
+    assert copied == size
+
+
 def test_a_held_guard_times_out_a_single_level_batch_with_nothing_changed(
         open_engine: Callable[..., JackpotEngine]) -> None:
     engine = open_engine(settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
@@ -320,7 +374,7 @@ def test_no_actor_adds_an_attribute_to_itself_as_it_starts(db_path: Path) -> Non
     actors: list[pykka.Actor] = [
         PoolActor(guards["minor"], open_store, settings, Stats(), Mailbox()),
         Coordinator(open_store, guards, settings, Stats(), Mailbox()),
-        _CheckpointActor(open_store, lambda: None, object()),
+        _CheckpointActor(open_store, lambda _urn: None, object()),
     ]
     for actor in actors:
         assert _attributes_set_by_on_start(actor) == set(), type(actor).__name__

@@ -42,7 +42,7 @@ class _CheckpointActor(pykka.ThreadingActor):
 
     use_daemon_thread = True  # a program that never closes the engine still exits
 
-    def __init__(self, open_store: Callable[[], SQLiteStore], done: Callable[[], None],
+    def __init__(self, open_store: Callable[[], SQLiteStore], done: Callable[[str], None],
                  owner: object) -> None:
         super().__init__()
         self._open_store = open_store
@@ -62,10 +62,10 @@ class _CheckpointActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         if self._store is not None:
             self._store.close()
-        self._done()  # a request still queued will never run: let the next one in
+        self._done(self.actor_urn)  # a request still queued will never run: let the next one in
 
     def on_failure(self, *_exc_info: object) -> None:
-        self._done()
+        self._done(self.actor_urn)
 
     def ready(self) -> bool:
         """Answer once `on_start` has run (the connection is open)."""
@@ -83,7 +83,7 @@ class _CheckpointActor(pykka.ThreadingActor):
                            extra={"outcome": "checkpoint_failed"})
             return 0, 0
         finally:
-            self._done()
+            self._done(self.actor_urn)
 
 
 class Checkpointer:
@@ -96,7 +96,11 @@ class Checkpointer:
         """
         self._owner = owner
         self._lock = threading.Lock()
-        self._busy = False
+        # The urn of the actor asked for the checkpoint now due, or None. Only
+        # that actor clears it: Pykka counts an actor stopped before its
+        # on_stop runs, so a replaced one may end late, while its replacement
+        # runs the next request.
+        self._busy: str | None = None
         self._next = EVERY_PAGES
         self.runs = 0
         self._open_store = open_store
@@ -108,7 +112,8 @@ class Checkpointer:
 
     def restart(self) -> None:
         """Start a new checkpoint actor (after the old one stopped)."""
-        self._finished()
+        with self._lock:
+            self._busy = None  # the stopped actor runs no request it may still hold
         self._actor = proxy_of(_CheckpointActor.start(self._open_store, self._finished,
                                                       self._owner))
 
@@ -117,18 +122,20 @@ class Checkpointer:
         with self._lock:
             if pages < self._next - EVERY_PAGES:  # the WAL was restarted from its start
                 self._next = EVERY_PAGES
-            if self._busy or pages < self._next or not self.alive():
+            actor = self._actor
+            if self._busy is not None or pages < self._next or not self.alive():
                 return  # a stopped actor: the writers' own catch-up bounds the WAL
-            self._busy = True
+            self._busy = actor.actor_ref.actor_urn
             self._next = pages + EVERY_PAGES
             self.runs += 1
         # A tell in effect: nobody waits for the answer. Should the actor stop
         # before running it, its on_stop (or on_failure) clears `_busy`.
-        self._actor.checkpoint()
+        actor.checkpoint()
 
-    def _finished(self) -> None:
+    def _finished(self, urn: str) -> None:
         with self._lock:
-            self._busy = False
+            if self._busy == urn:
+                self._busy = None
 
     def flush(self, timeout: float) -> tuple[int, int]:
         """Run a checkpoint now and wait for it: (pages in the WAL, pages copied)."""
