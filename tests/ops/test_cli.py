@@ -523,6 +523,32 @@ def test_unreadable_pending_changes_are_one_line_and_a_failed_audit(db: str,
          "trigger operations_no_update is missing: history is not append-only")]}
 
 
+def test_pending_changes_forged_as_null_are_one_line_naming_the_level(db: str) -> None:
+    # The column is NOT NULL in a STRICT table: a NULL needs the schema rewritten by hand.
+    # json.loads(None) raised TypeError, a traceback rather than a one-line error.
+    conn = apsw.Connection(db)
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_schema SET sql = replace(replace(sql, ') STRICT', ')'), "
+                     "' NOT NULL', '') WHERE name = 'levels'")
+        conn.execute("PRAGMA writable_schema = OFF")
+    finally:
+        conn.close()
+    tamper(db, "UPDATE levels SET pending = NULL WHERE name = 'minor'")
+    message = ("level 'minor': its pending changes None are not what the engine writes "
+               "(a damaged or tampered database)")
+    for args in (("status",), ("status", "--json"), ("history", "major")):
+        done = jackpot(*args, "--db", db)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            2, "", f"jackpot: error: {message}\n")
+    done = jackpot("verify", "--json", "--db", db)
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {"ok": False, "levels": 0, "ledger_rows": 0, "problems": [
+        f"levels cannot be read as the engine writes them (UnreadableRowError: {message})",
+        ("integrity_check: trigger ledger_no_update is missing: history is not append-only; "
+         "trigger operations_no_update is missing: history is not append-only")]}
+
+
 def test_an_unreadable_ledger_detail_is_one_line_and_a_failed_audit(db: str) -> None:
     ok_json("contribute", "5", "--level", "minor", "--db", db)
     tamper(db, "UPDATE ledger SET detail = 'not json' WHERE kind = 'contribute'")
