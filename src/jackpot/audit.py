@@ -16,14 +16,17 @@ say (see `_audit_results`); a recorded bet without ledger rows (it
 qualified for no level) is one a replay can return, showing each level as
 the ledger had it; every bet, with a stored result or not, has one winner
 for all of its hits; no record has an op_id the engine generates for itself
-(`auto-...`, `create:<level>`), which it never records.
-The database's own integrity check is ok. The queries live in the store
-(`Store.ledger_totals`, `Store.contributions_by_period`,
-`Store.recorded_results`...), so the audit runs unchanged on every backend,
-inside one read snapshot; the per-row sums, the balance chain and the bets
-per rate period come from one walk of the ledger (`Store.ledger_pass`), and
-the recorded operations without ledger rows are looked for only when counting
-those with rows, as they stream by, shows some missing.
+(`auto-...`, `create:<level>`), which it never records; every recorded
+request's fingerprint has the shape the engine writes (see `_Fingerprints`),
+and no level's row holds a lock holder (set and cleared inside one
+transaction, it is never committed). The database's own integrity check is
+ok. The queries live in the store (`Store.ledger_totals`,
+`Store.contributions_by_period`, `Store.recorded_results`...), so the audit
+runs unchanged on every backend, inside one read snapshot; the per-row sums,
+the balance chain and the bets per rate period come from one walk of the
+ledger (`Store.ledger_pass`), and the recorded operations without ledger rows
+are looked for only when counting those with rows, as they stream by, shows
+some missing.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ __all__ = ["audit"]
 _T = TypeVar("_T")
 _SHOWN = 20  # problems of one sort told one by one; the rest counted
 _COUNTS = frozenset({"bets", "wins", "hits"})  # the meters that count; the others are amounts
+_DIGEST = re.compile(r"[0-9a-f]{64}", re.ASCII)
+"""A request's fingerprint as the engine writes it (`service.fingerprint`: SHA-256, hex)."""
 _GENERATED = re.compile(r"auto-(?:[0-9a-f]{16}-[0-9a-f]{12}|[0-9a-f]{32})", re.ASCII)
 """The op_ids the engine generates (and never records): as now, and before d1cd417.
 Callers could use other `auto-...` and `create:...` op_ids before 2ac3f92 reserved
@@ -85,6 +90,10 @@ def audit(store: Store) -> VerifyReport:
     rows = 0
     for name, s in levels.items():
         problems.extend(forged[name])
+        if s.lock_holder is not None:  # (a committed win or config change left it NULL)
+            problems.append(f"{name}: its lock holder in the levels table is "
+                            f"{_shown(s.lock_holder)!r}; the engine clears it in the "
+                            "transaction that sets it, so a committed row holds none")
         if name not in totals:
             problems.append(f"{name}: no ledger rows")
             continue
@@ -112,6 +121,7 @@ def audit(store: Store) -> VerifyReport:
         problems.append(f"... and {len(orphans) - _SHOWN} more operations recorded without "
                         "ledger rows")
     problems.extend(results)
+    problems.extend(recorded.fingerprints.problems())
     own = ", ".join(f"{prefix}..." for prefix in RESERVED_OP_ID_PREFIXES)
     problems.extend(f"operation {op!r} recorded under an op_id the engine keeps for its own "
                     f"({own}): it never records one" for op in reserved[:_SHOWN])
@@ -159,12 +169,48 @@ def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], 
         return instead
 
 
+def _shown(value: object) -> object:
+    """Return a forged value as a problem shows it: text or bytes cut short, else as is."""
+    return value[:80] if isinstance(value, (str, bytes)) else value
+
+
+class _Fingerprints:
+    """The recorded requests' fingerprints the engine never writes: the first `_SHOWN` told.
+
+    A retry compares its request's fingerprint with the stored one; a stored
+    one of another shape never matches, so the retry is refused as a
+    conflict instead of replayed. (Whether it is the digest of the very
+    request cannot be told: the request is not stored, only its result.)
+    """
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.wrong = 0
+
+    def check(self, op_id: str, fingerprint: object) -> None:
+        if isinstance(fingerprint, str) and _DIGEST.fullmatch(fingerprint):
+            return
+        self.wrong += 1
+        if self.wrong <= _SHOWN:
+            self.shown.append(f"operation {op_id!r}: its request fingerprint "
+                              f"{_shown(fingerprint)!r} is not what the engine writes (64 "
+                              "hexadecimal digits): a retry of its request would be refused "
+                              "as a conflict")
+
+    def problems(self) -> list[str]:
+        more = self.wrong - _SHOWN
+        if more <= 0:
+            return self.shown
+        return [*self.shown, f"... and {more} more request fingerprints the engine never writes"]
+
+
 class _Recorded:
     """The recorded operations with ledger rows, then those without (`_without_ledger`).
 
     Finding the operations without ledger rows reads every ledger row's op_id
     (a set difference); when every recorded operation came with ledger rows,
-    as counting them as they stream by shows, there are none to find.
+    as counting them as they stream by shows, there are none to find. Each
+    one's fingerprint is checked as it goes by (see `_Fingerprints`).
     """
 
     def __init__(self, store: Store) -> None:
@@ -172,6 +218,7 @@ class _Recorded:
         self.seen = 0  # distinct op_ids yielded (each once: they come in op_id order)
         self.done = False
         self.without: tuple[list[tuple[str, bool]], list[RecordedResult]] | None = None
+        self.fingerprints = _Fingerprints()
 
     def __iter__(self) -> Iterator[RecordedResult]:
         last = None
@@ -179,6 +226,7 @@ class _Recorded:
             if record.op_id != last:
                 self.seen += 1
                 last = record.op_id
+                self.fingerprints.check(record.op_id, record.fingerprint)
             yield record
         self.done = True
 
@@ -195,11 +243,12 @@ class _Recorded:
             if self.done and self.seen == self.store.operation_count():
                 self.without = [], []
             else:
-                self.without = _without_ledger(self.store)
+                self.without = _without_ledger(self.store, self.fingerprints)
         return self.without
 
 
-def _without_ledger(store: Store) -> tuple[list[tuple[str, bool]], list[RecordedResult]]:
+def _without_ledger(store: Store, fingerprints: _Fingerprints,
+                    ) -> tuple[list[tuple[str, bool]], list[RecordedResult]]:
     """Split the recorded operations without ledger rows: problems, and empty bets.
 
     A problem is told with whether its stored result cannot be read (nor can
@@ -207,7 +256,8 @@ def _without_ledger(store: Store) -> tuple[list[tuple[str, bool]], list[Recorded
     NULL holds and no lookup finds: told, not left out). An empty bet's
     result still shows each level's balance and version as it stood:
     returned as a record without ledger rows, for `check_results` to hold
-    them to the ledger like any skipped level's.
+    them to the ledger like any skipped level's. Each found record's
+    fingerprint goes to `fingerprints`.
     """
     orphans: list[tuple[str, bool]] = []
     empty_bets: list[RecordedResult] = []
@@ -215,12 +265,14 @@ def _without_ledger(store: Store) -> tuple[list[tuple[str, bool]], list[Recorded
     found = store.find_operations(op_ids)
     for op in sorted(op_ids, key=_order):
         record = found.get(op)  # None: a NULL op_id (forged), which no lookup finds
+        if record is not None:
+            fingerprints.check(op, record.fingerprint)
         if (record is None or record.result is None
                 or unreadable(record.kind, op, record.result) is not None):
             orphans.append((op, True))
         elif _is_empty_bet(record.kind, record.result):
             empty_bets.append(RecordedResult(op, record.kind, json.dumps(record.result), {},
-                                             {}))
+                                             {}, record.fingerprint))
         else:
             orphans.append((op, False))
     return orphans, empty_bets

@@ -4,6 +4,8 @@ The ledger and the idempotency records are append-only (triggers refuse
 UPDATE and DELETE), but a hostile or broken writer can still insert rows or
 rewrite a level's row. Each tampering here is done through a separate
 connection; `verify()` must stop being ok and name the level, meter or op_id.
+A forged idempotency record carries a fingerprint of the shape the engine
+writes (`hex(zeroblob(32))`: 64 hexadecimal digits) unless the test is about it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def ghost_win(op_id: str) -> str:
 
 def test_an_idempotency_record_without_ledger_rows(engine: JackpotEngine) -> None:
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES ('ghost', 'win', 'x', ?, 0)", (ghost_win("ghost"),))
+                   "VALUES ('ghost', 'win', hex(zeroblob(32)), ?, 0)", (ghost_win("ghost"),))
     assert problems(engine) == ["operation 'ghost' recorded without ledger rows"]
 
 
@@ -104,7 +106,7 @@ def test_an_idempotency_record_the_engine_never_wrote_is_reported_not_a_crash(
     # Not an empty bet (those keep their op_id without ledger rows), nor
     # anything a replay could return as the first result of 'ghost'.
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES ('ghost', ?, 'x', ?, 0)", (kind, result))
+                   "VALUES ('ghost', ?, hex(zeroblob(32)), ?, 0)", (kind, result))
     assert problems(engine) == [
         "operation 'ghost' recorded without ledger rows (its stored result cannot be read)"]
 
@@ -112,14 +114,15 @@ def test_an_idempotency_record_the_engine_never_wrote_is_reported_not_a_crash(
 def test_an_empty_bet_as_the_engine_writes_it_is_not_a_problem(
         engine: JackpotEngine) -> None:
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES ('ghost', 'contribute', 'x', ?, 0)", (json.dumps(EMPTY_BET),))
+                   "VALUES ('ghost', 'contribute', hex(zeroblob(32)), ?, 0)",
+           (json.dumps(EMPTY_BET),))
     assert problems(engine) == []
 
 
 def test_two_idempotency_records_without_ledger_rows(engine: JackpotEngine) -> None:
     for op_id in ("ghost-1", "ghost-2"):
         tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                       "VALUES (?, 'win', 'x', ?, 0)", (op_id, ghost_win(op_id)))
+                       "VALUES (?, 'win', hex(zeroblob(32)), ?, 0)", (op_id, ghost_win(op_id)))
     assert sorted(problems(engine)) == ["operation 'ghost-1' recorded without ledger rows",
                                         "operation 'ghost-2' recorded without ledger rows"]
 
@@ -128,7 +131,8 @@ def test_past_twenty_records_without_ledger_rows_the_rest_are_counted(
         engine: JackpotEngine) -> None:
     for i in range(23):
         tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                       "VALUES (?, 'win', 'x', ?, 0)", (f"ghost-{i:02}", ghost_win(f"ghost-{i:02}")))
+                       "VALUES (?, 'win', hex(zeroblob(32)), ?, 0)",
+               (f"ghost-{i:02}", ghost_win(f"ghost-{i:02}")))
     found = problems(engine)
     assert found == [*(f"operation 'ghost-{i:02}' recorded without ledger rows"
                        for i in range(20)),
@@ -146,7 +150,7 @@ def test_records_without_ledger_rows_are_looked_for_only_when_some_are_missing(
     assert problems(engine) == []
     assert calls == []
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES ('ghost', 'win', 'x', ?, 0)", (ghost_win("ghost"),))
+                   "VALUES ('ghost', 'win', hex(zeroblob(32)), ?, 0)", (ghost_win("ghost"),))
     assert problems(engine) == ["operation 'ghost' recorded without ledger rows"]
     assert calls == [["ghost"]]
 
@@ -407,7 +411,7 @@ def test_a_forged_result_for_an_operation_without_a_caller_op_id(
     result = {"op_id": auto, "contributions": {"major": "0.100000"},
               "balances": {"major": "900.600000"}, "versions": {"major": 3}, "hits": []}
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES (?, 'contribute', 'x', ?, 0)", (auto, json.dumps(result)))
+                   "VALUES (?, 'contribute', hex(zeroblob(32)), ?, 0)", (auto, json.dumps(result)))
     assert problems(engine) == [
         (f"operation {auto!r}: its stored result says major balance 900.600000, "
         "the ledger 100.600000"), own_op_id(auto)]
@@ -424,7 +428,7 @@ def test_a_caller_s_op_id_of_the_engine_s_prefixes_before_they_were_reserved_is_
     # Before 2ac3f92 a caller could use these, and they were recorded; only the
     # shapes the engine itself makes (never recorded) are reported.
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES (?, 'contribute', 'x', ?, 0)",
+                   "VALUES (?, 'contribute', hex(zeroblob(32)), ?, 0)",
            (op_id, json.dumps({**EMPTY_BET, "op_id": op_id})))
     assert problems(engine) == []
 
@@ -450,7 +454,7 @@ def test_a_record_under_an_op_id_the_engine_keeps_for_its_own_is_found(
                   "versions": {level: 1}}
     kind = "contribute" if "contributions" in result else "adjust"
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES (?, ?, 'x', ?, 0)", (op_id, kind, json.dumps(result)))
+                   "VALUES (?, ?, hex(zeroblob(32)), ?, 0)", (op_id, kind, json.dumps(result)))
     # (A creation's rows are of kind 'create', which no recorded kind writes.)
     kinds = [(f"operation {op_id!r}: its ledger rows are of kinds create; 'adjust' "
              "operations write adjust")] if kind == "adjust" else []
@@ -698,7 +702,7 @@ def test_a_record_inserted_for_a_bet_without_one_does_not_hide_its_split_winners
                   "balances": {"a": str(Decimal(last.balance_after).scaleb(-6))},
                   "versions": {"a": last.version_after}}
         tamper(e, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                  "VALUES (?, 'adjust', 'x', ?, 0)", (op_id, json.dumps(forged)))
+                  "VALUES (?, 'adjust', hex(zeroblob(32)), ?, 0)", (op_id, json.dumps(forged)))
         assert e.verify().problems == [
             (f"operation {op_id!r}: its ledger rows are of kinds contribute, hit; "
              "'adjust' operations write adjust"),
@@ -823,7 +827,7 @@ def test_past_twenty_contradicted_results_the_rest_are_counted(tmp_path: Path) -
 
 def test_an_unreadable_empty_bet_record_is_an_orphan_not_a_crash(engine: JackpotEngine) -> None:
     tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                   "VALUES ('ghost-bet', 'contribute', 'x', ?, 0)",
+                   "VALUES ('ghost-bet', 'contribute', hex(zeroblob(32)), ?, 0)",
            (json.dumps({"contributions": {"minor": "abc"}, "hits": []}),))
     assert problems(engine) == [("operation 'ghost-bet' recorded without ledger rows "
                                  "(its stored result cannot be read)")]
@@ -1071,7 +1075,7 @@ def test_a_forged_op_id_of_another_type_than_text_next_to_a_text_one_is_reported
     without_strict(engine, "operations")
     for forged in ("zz", op_id):
         tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
-                       "VALUES (?, 'adjust', 'f', '{}', 0)", (forged,))
+                       "VALUES (?, 'adjust', hex(zeroblob(32)), '{}', 0)", (forged,))
     unread = "recorded without ledger rows (its stored result cannot be read)"
     assert problems(engine) == [f"operation 'zz' {unread}", f"operation {shown} {unread}"]
 
@@ -1142,3 +1146,66 @@ def test_a_level_s_pending_changes_forged_as_null_name_the_level(engine: Jackpot
         ("levels cannot be read as the engine writes them (UnreadableRowError: level 'minor': "
          "its pending changes None are not what the engine writes (a damaged or tampered "
          "database))")]
+
+
+def rewrite_fingerprint(engine: JackpotEngine, op_id: str, fingerprint: object) -> None:
+    """Set a recorded operation's fingerprint (the append-only trigger put back after)."""
+    without_strict(engine, "operations")  # any value of any type
+    conn = apsw.Connection(engine._path)
+    try:
+        (trigger,) = conn.execute("SELECT sql FROM sqlite_master "
+                                  "WHERE name = 'operations_no_update'").fetchone()
+        with conn:
+            conn.execute("DROP TRIGGER operations_no_update")
+            conn.execute("UPDATE operations SET fingerprint = ? WHERE op_id LIKE ?",
+                         (fingerprint, op_id))
+            conn.execute(trigger)
+    finally:
+        conn.close()
+
+
+FORGED_FINGERPRINTS = [("x", "'x'"), ("A" * 64, repr("A" * 64)), ("0" * 65, repr("0" * 65)),
+                       (b"\x00" * 32, repr(b"\x00" * 32)), (None, "None"),
+                       (1.5, "'1.5'")]  # (a TEXT column stores a number as text)
+
+
+@pytest.mark.parametrize(("fingerprint", "shown"), FORGED_FINGERPRINTS)
+def test_a_recorded_fingerprint_the_engine_never_writes_is_reported(
+        engine: JackpotEngine, fingerprint: object, shown: str) -> None:
+    # A retry of the bet would be refused as a conflict: its digest never matches.
+    rewrite_fingerprint(engine, "b1", fingerprint)
+    assert problems(engine) == [
+        (f"operation 'b1': its request fingerprint {shown} is not what the engine writes "
+         "(64 hexadecimal digits): a retry of its request would be refused as a conflict")]
+
+
+def test_the_fingerprint_of_a_record_without_ledger_rows_is_checked_too(
+        engine: JackpotEngine) -> None:
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES ('ghost', 'win', 'x', ?, 0)", (ghost_win("ghost"),))
+    assert problems(engine) == [
+        "operation 'ghost' recorded without ledger rows",
+        ("operation 'ghost': its request fingerprint 'x' is not what the engine writes "
+         "(64 hexadecimal digits): a retry of its request would be refused as a conflict")]
+
+
+def test_past_twenty_forged_fingerprints_the_rest_are_counted(engine: JackpotEngine) -> None:
+    for i in range(22):
+        engine.contribute(Decimal(1), op_id=f"bet-{i:02}")
+    rewrite_fingerprint(engine, "%", "x")  # (a LIKE pattern: every record)
+    found = problems(engine)
+    assert found == [*(f"operation {op!r}: its request fingerprint 'x' is not what the engine "
+                       "writes (64 hexadecimal digits): a retry of its request would be refused "
+                       "as a conflict" for op in ["b1", *(f"bet-{i:02}" for i in range(19))]),
+                     "... and 4 more request fingerprints the engine never writes"]
+
+
+@pytest.mark.parametrize(("holder", "shown"), [
+    ("w1", "'w1'"), ("", "''"), (b"\x00", "b'\\x00'"), (1.5, "'1.5'")])
+def test_a_lock_holder_left_on_a_committed_level_is_reported(
+        engine: JackpotEngine, holder: object, shown: str) -> None:
+    without_strict(engine, "levels")
+    tamper(engine, "UPDATE levels SET lock_holder = ? WHERE name = 'minor'", (holder,))
+    assert problems(engine) == [
+        (f"minor: its lock holder in the levels table is {shown}; the engine clears it in "
+         "the transaction that sets it, so a committed row holds none")]

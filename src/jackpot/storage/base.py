@@ -146,6 +146,8 @@ class RecordedResult(NamedTuple):
     levels: dict[str, LedgerFigures]
     level_kinds: dict[str, frozenset[str]]
     """Per level, the kinds of its ledger rows there."""
+    fingerprint: str
+    """Its request's fingerprint, raw (what a retry's must equal)."""
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -291,10 +293,12 @@ GROUP BY level, period
 # stored result must repeat (the version and balance after its last row there,
 # what it credited, what it paid) and the kinds of its rows (for the audit to
 # hold them to what an operation of the recorded kind writes; a forged kind
-# with a comma in it keeps its own name, with a ';'). `{n}` casts amounts as
-# in _BROKEN_ROWS; the backend completes the rest (`RecordedSQL`).
+# with a comma in it keeps its own name, with a ';'), and the request's
+# fingerprint (read with the record anyway). `{n}` casts amounts as in
+# _BROKEN_ROWS; the backend completes the rest (`RecordedSQL`).
 _RECORDED_RESULTS = """
-SELECT g.op_id, o.kind, o.result, g.level, g.kinds, g.version, {balance}, g.credited, g.paid
+SELECT g.op_id, o.kind, o.result, o.fingerprint, g.level, g.kinds, g.version, {balance},
+       g.credited, g.paid
 FROM (SELECT l.op_id, l.level, MAX(l.version_after) AS version,{last_balance}
              SUM(l.contributed{n} - l.overflow{n}) AS credited, SUM(l.paid) AS paid,
              {kinds} AS kinds
@@ -789,11 +793,11 @@ class Store(ABC):
             levels: dict[str, LedgerFigures] = {}
             kinds: dict[str, frozenset[str]] = {}
             for r in group:
-                levels[r[3]] = LedgerFigures._make(map(int, r[5:]))
+                levels[r[4]] = LedgerFigures._make(map(int, r[6:]))
                 # NULL: every row of the group has a NULL kind (a ledger rebuilt
                 # without NOT NULL), told as such by the audit.
-                kinds[r[3]] = frozenset(("NULL",) if r[4] is None else r[4].split(","))
-            yield RecordedResult(op_id, r[1], r[2], levels, kinds)
+                kinds[r[4]] = frozenset(("NULL",) if r[5] is None else r[5].split(","))
+            yield RecordedResult(op_id, r[1], r[2], levels, kinds, r[3])
 
     def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int, str | None]]]:
         """Return, per recorded op_id, its hits: (level, version, paid, balance after, winner).
