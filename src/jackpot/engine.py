@@ -364,7 +364,7 @@ class JackpotEngine:
                 self._checkpointer.ready(self._run_timeout)
         except BaseException as e:
             _log_late(self._stop_everything())  # no actor thread may outlive a failed open()
-            if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged by Pykka)
+            if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged: `start_failed`)
                 msg = f"the engine's actors could not start (their error is logged): {e}"
                 raise StorageError(msg) from e
             if isinstance(e, pykka.Timeout):

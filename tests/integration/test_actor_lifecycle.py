@@ -60,6 +60,69 @@ def test_a_failed_open_stops_every_actor_it_started(
     assert set(pykka.ActorRegistry.get_all()) == before  # no thread left behind
 
 
+class _RaisingPykkaFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = "log filter failed"
+        raise RuntimeError(msg)
+
+
+@contextmanager
+def _pykka_logging_raises() -> Iterator[None]:
+    log = logging.getLogger("pykka")
+    raising = _RaisingPykkaFilter()
+    log.addFilter(raising)
+    try:
+        yield
+    finally:
+        log.removeFilter(raising)
+
+
+def test_an_actor_that_cannot_start_is_told_though_logging_on_pykka_raises(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed `on_start` stops its actor without Pykka's log line.
+
+    Raised to Pykka, the error was logged on the `pykka` logger before the
+    actor was marked stopped: a raising filter there ended its thread with
+    the actor still registered and alive. open() then waited out its
+    timeouts, told "did not open their connections" instead of why, and
+    left the actors registered for ever.
+    """
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+
+    def broken(self: SQLiteStore, name: str) -> None:
+        msg = "cannot load the level"
+        raise StorageError(msg)
+
+    monkeypatch.setattr(SQLiteStore, "load_level", broken)
+    with _pykka_logging_raises(), pytest.raises(
+            StorageError, match=r"^the engine's actors could not start \(their error is logged\): "
+                                r"PoolActor \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
+                                r"StorageError: cannot load the level$"):
+        JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
+                                                      retry_delay_ms=1))
+    assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
+
+
+def test_a_checkpointer_that_cannot_restart_stops_though_logging_on_pykka_raises(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    # Its thread ended while it still counted as alive: never replaced again.
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    checkpointer.stop(timeout=10)
+
+    def failing() -> SQLiteStore:
+        msg = "cannot open the checkpoint connection"
+        raise StorageError(msg)
+
+    checkpointer._open_store = failing
+    with _pykka_logging_raises():
+        engine._restart_dead_actors()
+        assert checkpointer._actor.actor_ref.actor_stopped.wait(10)
+    assert not checkpointer.alive()  # the next call tries again
+
+
 def test_a_failure_once_the_levels_are_held_never_leaves_one_held(
         open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     from jackpot.actors import coordinator  # noqa: PLC0415 - its batch, made to fail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -9,12 +10,15 @@ from typing import Any, TypeVar
 
 import pykka
 
+from jackpot.stats import after_the_fact
+
 __all__ = ["in_actor_thread", "mark_actor_thread", "proxy_of", "start_failed", "wait_ready",
            "wait_stopped"]
 
 _POLL = 0.05  # seconds between checks that the actor still lives
 _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
 
+logger = logging.getLogger("jackpot")
 _THREAD = threading.local()
 A = TypeVar("A", bound=pykka.Actor)
 _START_ERRORS: dict[str, str] = {}
@@ -40,16 +44,25 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows onl
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def start_failed(urn: str, error: BaseException) -> None:
-    """Remember why an actor's `on_start` failed (called there, before it re-raises).
+def start_failed(actor: pykka.Actor, error: Exception) -> None:
+    """Stop an actor whose `on_start` failed (called there, which then returns).
 
-    Pykka logs it and stops the actor; the caller waiting for the actor to
-    start only sees that it stopped. `wait_ready` tells it why.
+    The caller waiting for the actor to start only sees that it stopped:
+    the error is kept for `wait_ready` to tell, and logged. Not raised to
+    Pykka: it logs on its own logger before it marks the actor stopped, so a
+    log filter or handler that raises there ended the thread with the actor
+    still registered and alive for everyone, never answering (nor replaced).
+    Marked stopped here as Pykka would, its inbox is answered with
+    `ActorDeadError` when `on_start` returns.
     """
     with _errors_lock:
-        _START_ERRORS[urn] = f"{type(error).__name__}: {error}"
+        _START_ERRORS[actor.actor_urn] = f"{type(error).__name__}: {error}"
         while len(_START_ERRORS) > _KEPT:
             del _START_ERRORS[next(iter(_START_ERRORS))]
+    pykka.ActorRegistry.unregister(actor.actor_ref)
+    actor.actor_stopped.set()
+    after_the_fact(logger.error, "%s could not start", actor, exc_info=error,
+                   extra={"outcome": "actor_start_failed"})
 
 
 def _why(ref: pykka.ActorRef[Any]) -> str:
@@ -112,7 +125,7 @@ def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
     actor ends it at once.
 
     Raises:
-        pykka.ActorDeadError: the actor stopped (its error is logged by Pykka).
+        pykka.ActorDeadError: the actor stopped (its error is logged).
         pykka.Timeout: the actor still lives but did not answer within `timeout`.
 
     """

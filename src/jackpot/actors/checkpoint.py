@@ -55,9 +55,8 @@ class _CheckpointActor(pykka.ThreadingActor):
         mark_actor_thread(self._owner)
         try:
             self._store = self._open_store()
-        except Exception as e:
-            start_failed(self.actor_urn, e)
-            raise
+        except Exception as e:  # noqa: BLE001 - told by `start_failed`, not raised to Pykka
+            start_failed(self, e)
 
     def on_stop(self) -> None:
         if self._store is not None:

@@ -68,9 +68,8 @@ class Coordinator(pykka.ThreadingActor):
         mark_actor_thread(self._stats)
         try:
             self._store = self._open_store()
-        except Exception as e:
-            start_failed(self.actor_urn, e)
-            raise
+        except Exception as e:  # noqa: BLE001 - told by `start_failed`, not raised to Pykka
+            start_failed(self, e)
 
     def on_stop(self) -> None:
         """Close the coordinator's connection."""

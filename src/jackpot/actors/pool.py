@@ -78,9 +78,9 @@ class PoolActor(pykka.ThreadingActor):
         mark_actor_thread(self._stats)
         try:
             self._store = store = self._open_store()
-        except Exception as e:
-            start_failed(self.actor_urn, e)
-            raise
+        except Exception as e:  # noqa: BLE001 - told by `start_failed`, not raised to Pykka
+            start_failed(self, e)
+            return
         try:
             if self._guard.lock.acquire(timeout=self._guard_limit):
                 try:
@@ -88,10 +88,13 @@ class PoolActor(pykka.ThreadingActor):
                         self._guard.state = store.load_level(self.name)
                 finally:
                     self._guard.lock.release()
-        except BaseException as e:
-            if isinstance(e, Exception):
-                start_failed(self.actor_urn, e)
-            store.close()  # Pykka calls no on_stop after a failed on_start
+        except Exception as e:  # noqa: BLE001 - told by `start_failed`, not raised to Pykka
+            try:
+                store.close()  # Pykka calls no on_stop after a failed on_start
+            finally:
+                start_failed(self, e)
+        except BaseException:
+            store.close()
             raise
 
     def on_stop(self) -> None:
