@@ -26,6 +26,7 @@ from jackpot.errors import (
     GroupSuspendedError,
     InsufficientFundsError,
     ValidationError,
+    shown,
 )
 
 __all__ = [
@@ -208,7 +209,7 @@ class GroupConfig:
 
 def _overflow_to(value: object) -> str:
     if value not in _OVERFLOW_TARGETS:
-        msg = f"overflow_to must be 'meter' or 'reserve', got {value!r}"
+        msg = f"overflow_to must be 'meter' or 'reserve', got {shown(value)}"
         raise ValidationError(msg)
     return str(value)
 

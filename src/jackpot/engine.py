@@ -58,6 +58,7 @@ from jackpot.errors import (
     StorageError,
     UnknownGroupError,
     ValidationError,
+    shown,
 )
 from jackpot.health import HealthReport, assess, redact
 from jackpot.logs import log_failure, log_refusal, log_success
@@ -465,7 +466,7 @@ class JackpotEngine:
         settings = settings if settings is not None else Settings.from_env()
         configs = _configs(path, groups)
         if not isinstance(create, bool):
-            msg = f"create must be True or False, not {create!r}"
+            msg = f"create must be True or False, not {shown(create)}"
             raise ValidationError(msg)
         # Once the arguments are known good; a refused open (no file, no
         # levels, actors that cannot start) puts the level back as it was.
@@ -844,7 +845,7 @@ class JackpotEngine:
         """
         name = domain.validate_name(group)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
-            msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {limit!r}"
+            msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {shown(limit)}"
             raise ValidationError(msg)
         with self._reading() as reader:
             return reads.history(reader, name, limit)
@@ -1147,7 +1148,7 @@ def _deadline(timeout: object) -> float | None:
         # Beyond any float (10**400 s) is still a number of seconds: clamp it.
         timeout = float(max(-_MAX_SECONDS, min(timeout, _MAX_SECONDS)))
     if not isinstance(timeout, float) or math.isnan(timeout):
-        msg = f"timeout must be a number of seconds or None, not {timeout!r}"
+        msg = f"timeout must be a number of seconds or None, not {shown(timeout)}"
         raise ValidationError(msg)
     return time.monotonic() + timeout
 

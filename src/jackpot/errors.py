@@ -21,7 +21,29 @@ __all__ = [
     "StorageError",
     "UnknownGroupError",
     "ValidationError",
+    "shown",
 ]
+
+_SHOWN = 64
+_SHOWN_BITS = 200  # ~60 digits: a longer int is shown by its size
+
+
+def shown(value: object) -> str:
+    """Return `repr(value)` for an error message: shortened, and never raising.
+
+    A refusal must name its argument whatever it was given: `repr` of an int
+    past 4300 digits raises ValueError (Python's limit on int-to-str), and a
+    caller's object may have a `__repr__` that raises. Neither may turn the
+    `ValidationError` into another exception.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and (
+            value.bit_length() > _SHOWN_BITS):
+        return f"an int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - the caller's repr: whatever it raises, say so
+        return f"a {type(value).__name__} whose repr() failed"
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} chars)"
 
 
 class JackpotError(Exception):

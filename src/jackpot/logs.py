@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from jackpot._throttle import Throttle
-from jackpot.errors import ValidationError
+from jackpot.errors import ValidationError, shown
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation
 from jackpot.settings import LOG_LEVELS
@@ -103,7 +103,7 @@ def configure_logging(
     """
     global _configured  # noqa: PLW0603 - the one handler this function manages
     if level is not None and (not isinstance(level, str) or level.lower() not in LOG_LEVELS):
-        msg = f"level must be one of {', '.join(LOG_LEVELS)} or None, not {level!r}"
+        msg = f"level must be one of {', '.join(LOG_LEVELS)} or None, not {shown(level)}"
         raise ValidationError(msg)  # before anything is changed
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JSONFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))

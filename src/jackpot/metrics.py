@@ -47,7 +47,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from jackpot.errors import EngineClosedError, JackpotError, ValidationError
+from jackpot.errors import EngineClosedError, JackpotError, ValidationError, shown
 from jackpot.health import STATUSES, HealthReport
 from jackpot.results import PoolSnapshot
 from jackpot.stats import OUTCOMES, Stats
@@ -242,7 +242,7 @@ def serve_registry(registry: CollectorRegistry, port: int, *, addr: str = "127.0
 
 def _check_port(port: object, addr: object) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:  # noqa: PLR2004
-        msg = f"port must be a port number from 0 to 65535 (0: any free port), not {port!r}"
+        msg = f"port must be a port number from 0 to 65535 (0: any free port), not {shown(port)}"
         raise ValidationError(msg)
     if not isinstance(addr, str):
         msg = f"addr must be a host name or IP address string, not {type(addr).__name__}"

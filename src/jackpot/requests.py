@@ -19,6 +19,7 @@ from jackpot.errors import (
     GroupSuspendedError,
     UnknownGroupError,
     ValidationError,
+    shown,
 )
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation, fingerprint
@@ -290,10 +291,24 @@ def draw(low: int, high: int) -> int:
     return low + secrets.randbelow(high - low + 1)
 
 
+MAX_VERSION = 2**63 - 1
+"""No level's version passes what a SQLite (or PostgreSQL bigint) column holds."""
+
+
 def _check_version(value: object) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < 1):
-        msg = f"expected_version must be a positive int, got {value!r}"
+    """Return a version a level can be at (or None); anything else is refused by name.
+
+    Bounded so the request's fingerprint (JSON) and messages can always show it:
+    an int past 4300 digits cannot even be turned into text.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"expected_version must be a positive int, got {shown(value)}"
+        raise ValidationError(msg)
+    if value > MAX_VERSION:
+        msg = (f"expected_version {shown(value)} is beyond any level's version "
+               f"(at most {MAX_VERSION})")
         raise ValidationError(msg)
     return value
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from jackpot.errors import ValidationError
+from jackpot.errors import ValidationError, shown
 
 __all__ = ["LOG_LEVELS", "Settings"]
 
@@ -179,13 +179,13 @@ def _check_field(name: str, value: object) -> None:
     if name in _INT_RANGES:
         _check_int(name, value, *_INT_RANGES[name])
     elif name == "enable_metrics" and not isinstance(value, bool):
-        msg = f"enable_metrics must be a bool, got {value!r}"
+        msg = f"enable_metrics must be a bool, got {shown(value)}"
         raise ValidationError(msg)
     elif name == "log_level" and value is not None and value not in LOG_LEVELS:
-        msg = f"log_level must be one of {', '.join(LOG_LEVELS)} or None, got {value!r}"
+        msg = f"log_level must be one of {', '.join(LOG_LEVELS)} or None, got {shown(value)}"
         raise ValidationError(msg)
     elif name == "synchronous" and value not in _SYNC_MODES:
-        msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {value!r}"
+        msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {shown(value)}"
         raise ValidationError(msg)
 
 
@@ -206,5 +206,5 @@ def _check_retry_budget(attempts: int, delay_ms: int) -> None:
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        msg = f"{name} must be an integer in [{low}, {high}], got {value!r}"
+        msg = f"{name} must be an integer in [{low}, {high}], got {shown(value)}"
         raise ValidationError(msg)

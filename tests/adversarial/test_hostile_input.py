@@ -16,6 +16,7 @@ does (tested apart); unknown config fields are a ValidationError.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,9 +40,26 @@ from jackpot import (
     Settings,
     UnknownGroupError,
     ValidationError,
+    configure_logging,
+    serve_metrics,
 )
 
 V, U = ValidationError, UnknownGroupError
+
+HUGE_INT = 10**5000
+"""Past Python's 4300-digit limit on int -> str: its repr() raises ValueError."""
+
+
+class BadRepr:
+    """A caller's object whose repr() raises: the refusal must still name the argument."""
+
+    def __repr__(self) -> str:
+        msg = "no repr"
+        raise RuntimeError(msg)
+
+
+UNPRINTABLE: list[tuple[str, object]] = [("over-4300-digits", HUGE_INT), ("bad-repr", BadRepr())]
+"""Values an error message cannot show with repr()."""
 
 
 def word(name: str) -> str:
@@ -342,7 +360,9 @@ VERSION_CASES = [
     }.items()
     for vid, value in [("true", True), ("false", False), ("zero", 0), ("negative", -1),
                        ("float", 1.0), ("str", "3"), ("decimal", Decimal(3)),
-                       ("list", [3]), ("huge-float", 1e300)]
+                       ("list", [3]), ("huge-float", 1e300),
+                       # no level passes what SQLite's integers hold: was a ConcurrencyViolationError
+                       ("beyond-int64", 2**63), *UNPRINTABLE]
 ]
 
 CONFIG_CASES = [
@@ -374,7 +394,7 @@ CONFIG_CASES = [
     *[Case(f"config-overflow_to-{vid}", lambda e, v=v: e.update_config("minor", overflow_to=v),
            V, "overflow_to")
       for vid, v in [("none", None), ("empty", ""), ("upper", "METER"), ("list", ["meter"]),
-                     ("int", 1), ("true", True), ("sql", "meter'; --")]],
+                     ("int", 1), ("true", True), ("sql", "meter'; --"), *UNPRINTABLE]],
     Case("config-retired", lambda e: e.update_config("gone", seed=Decimal(3)),
          GroupRetiredError, "retired"),
     Case("config-stale-version", lambda e: e.update_config("minor", seed=Decimal(3),
@@ -446,7 +466,7 @@ HISTORY_CASES = [
     Case(f"history-limit-{vid}", lambda e, v=v: e.history("minor", limit=v), V, word("limit"))
     for vid, v in [("zero", 0), ("negative", -1), ("true", True), ("false", False),
                    ("float", 1.0), ("str", "3"), ("none", None), ("decimal", Decimal(3)),
-                   ("too-many", 10_001), ("huge", 10**40)]
+                   ("too-many", 10_001), ("huge", 10**40), *UNPRINTABLE]
 ]
 
 _GOOD = {"name": "fresh", "seed": Decimal(1), "contribution_rate": Decimal("0.1")}
@@ -465,7 +485,8 @@ GROUPCONFIG_CASES = [
          V, "reserve_rate"),
     *[Case(f"GroupConfig-overflow_to-{vid}",
            lambda e, v=v: GroupConfig(**_GOOD, overflow_to=v), V, "overflow_to")
-      for vid, v in [("none", None), ("upper", "RESERVE"), ("list", ["meter"]), ("int", 0)]],
+      for vid, v in [("none", None), ("upper", "RESERVE"), ("list", ["meter"]), ("int", 0),
+                     *UNPRINTABLE]],
 ]
 
 
@@ -489,16 +510,21 @@ SETTINGS_CASES = [
            word(field))
       for field in SETTINGS_FIELDS_INT
       for vid, v in [("true", True), ("float", 1.5), ("str", "5"), ("none", None),
-                     ("negative", -1), ("huge", 10**20), ("decimal", Decimal(5))]],
+                     ("negative", -1), ("huge", 10**20), ("decimal", Decimal(5)),
+                     *UNPRINTABLE]],
     *[Case(f"Settings-enable_metrics-{vid}", lambda e, v=v: Settings(enable_metrics=v), V,
            "enable_metrics")
-      for vid, v in [("int", 1), ("str", "true"), ("none", None)]],
+      for vid, v in [("int", 1), ("str", "true"), ("none", None), *UNPRINTABLE]],
     *[Case(f"Settings-log_level-{vid}", lambda e, v=v: Settings(log_level=v), V, "log_level")
       for vid, v in [("upper-unknown", "LOUD"), ("empty", ""), ("list", ["info"]),
-                     ("unknown", "loud")]],
+                     ("unknown", "loud"), *UNPRINTABLE]],
     *[Case(f"Settings-synchronous-{vid}", lambda e, v=v: Settings(synchronous=v), V,
            "synchronous")
-      for vid, v in [("off", "OFF"), ("lower-off", "off"), ("none", None), ("sql", "FULL; --")]],
+      for vid, v in [("off", "OFF"), ("lower-off", "off"), ("none", None), ("sql", "FULL; --"),
+                     *UNPRINTABLE]],
+    *[Case(f"Settings-from_env-override-{vid}",
+           lambda e, v=v: Settings.from_env({}, lock_timeout_ms=v), V, "lock_timeout_ms")
+      for vid, v in UNPRINTABLE],
     *[Case(f"Settings-from_env-{var}-{vid}",
            lambda e, var=var, v=v: Settings.from_env({var: v}), V, var)
       for var, values in [
@@ -675,3 +701,26 @@ def test_an_op_id_that_looks_like_the_engines_own_is_refused(tmp_path: Path,
             engine.contribute("5", groups="major", op_id=op_id)
         assert engine.pools()["major"].version == 1
         assert engine.verify().ok
+
+
+
+def _serve(path: Path, port: object) -> object:
+    with JackpotEngine.open(path) as engine:
+        return serve_metrics(engine, port)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("vid", "value"), UNPRINTABLE, ids=[v[0] for v in UNPRINTABLE])
+@pytest.mark.parametrize(("call", "names"), [
+    (lambda path, v: JackpotEngine.open(path, create=v), "create"),
+    (lambda path, v: configure_logging(level=v), "level"),
+    (_serve, "port"),
+], ids=["open-create", "configure_logging-level", "serve_metrics-port"])
+def test_calls_outside_an_engine_refuse_a_value_no_message_can_show(
+        tmp_path: Path, vid: str, value: object, call: Callable[[Path, object], object],
+        names: str) -> None:
+    """As the catalogue: a ValidationError naming the argument, not the ValueError of repr()."""
+    del vid
+    handlers = list(logging.getLogger("jackpot").handlers)
+    with pytest.raises(ValidationError, match=word(names)):
+        call(tmp_path / "p.db", value)
+    assert logging.getLogger("jackpot").handlers == handlers  # nothing configured
