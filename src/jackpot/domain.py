@@ -71,10 +71,16 @@ CONFIG_FIELDS = ("seed", "contribution_rate", "cap", "reserve_rate", "min_bet",
 
 
 def validate_name(value: object, *, name: str = "group") -> str:
-    """Return a valid level name or raise ValidationError naming the problem."""
+    """Return a valid level name (a plain str) or raise ValidationError naming the problem.
+
+    A str subclass (an enum member of str, say) is taken as the text it
+    holds: its own `__str__` and `__format__` may print something else
+    ('Level.MINOR'), and the name goes into op_ids, messages and results.
+    """
     if not isinstance(value, str):
         msg = f"{name} must be a level name (str), not {type(value).__name__}"
         raise ValidationError(msg)
+    value = str.__str__(value)  # the text itself, whatever the subclass prints
     if not _NAME.fullmatch(value):
         msg = (
             f"{name} {value[:80]!r} is not a valid level name: use 1-64 ASCII "
@@ -184,7 +190,7 @@ class GroupConfig:
         ) -> None: ...
 
     def __post_init__(self) -> None:
-        validate_name(self.name, name="GroupConfig.name")
+        object.__setattr__(self, "name", validate_name(self.name, name="GroupConfig.name"))
         units = self.to_units()
         units.check(amount=units.seed)
         # Normalise int/str inputs to exact Decimals so equality is by value.
@@ -208,10 +214,10 @@ class GroupConfig:
 
 
 def _overflow_to(value: object) -> str:
-    if value not in _OVERFLOW_TARGETS:
+    if not isinstance(value, str) or value not in _OVERFLOW_TARGETS:
         msg = f"overflow_to must be 'meter' or 'reserve', got {shown(value)}"
         raise ValidationError(msg)
-    return str(value)
+    return str.__str__(value)  # the text, not what a str subclass prints (as validate_name)
 
 
 def config_view(c: LevelConfig) -> dict[str, str | None]:

@@ -31,12 +31,17 @@ _SHOWN = 40
 
 
 def check_text(value: object, name: str, *, optional: bool = True) -> str | None:
-    """Return a short printable text (op_id, winner, reason) or raise naming it."""
+    """Return a short printable text (op_id, winner, reason) or raise naming it.
+
+    A plain str: a str subclass is taken as the text it holds (see
+    `domain.validate_name`), so results equal their replays in type too.
+    """
     if value is None and optional:
         return None
     if not isinstance(value, str):
         msg = f"{name} must be a str, not {type(value).__name__}"
         raise ValidationError(msg)
+    value = str.__str__(value)  # checked as the text it is, whatever a subclass overrides
     if not value.strip() or len(value) > _MAX_TEXT or not value.isprintable():
         msg = (f"{name} must be 1-{_MAX_TEXT} printable characters, not blank, "
                f"got {value[:_SHOWN]!r} ({len(value)} chars)")

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import Enum
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -724,3 +725,61 @@ def test_calls_outside_an_engine_refuse_a_value_no_message_can_show(
     with pytest.raises(ValidationError, match=word(names)):
         call(tmp_path / "p.db", value)
     assert logging.getLogger("jackpot").handlers == handlers  # nothing configured
+
+
+class Level(str, Enum):  # noqa: UP042 - the mix-in whose str() is not its value
+    """How a game server may name its levels: a str whose str() is 'Level.MINOR'."""
+
+    MINOR = "minor"
+    SPARE = "spare"
+
+
+class Overflow(str, Enum):  # noqa: UP042 - as Level
+    RESERVE = "reserve"
+
+
+class Tag(str):
+    """A str subclass that prints otherwise (as an ORM's or a framework's may)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "<tag>"
+
+
+def test_a_str_subclass_is_taken_as_the_text_it_holds(tmp_path: Path) -> None:
+    """An enum member of str (or any str subclass) means its value, everywhere.
+
+    Was: the level's creation recorded as op_id 'create:Level.MINOR' (an
+    f-string of the member), `overflow_to=Overflow.RESERVE` refused as
+    'Overflow.RESERVE', and results holding the caller's objects where a
+    replay of the same request holds plain str.
+    """
+    path = tmp_path / "p.db"
+    config = GroupConfig(Level.MINOR, Decimal(10), Decimal("0.1"))
+    assert type(config.name) is str
+    with JackpotEngine.open(path, [config, GroupConfig("spare", Decimal(1), Decimal("0.1"))],
+                            settings=Settings(enable_metrics=False)) as e:
+        bet = e.contribute(Decimal(5), groups=[Level.MINOR], op_id=Tag("round-1"),
+                           player=Tag("p-9"))
+        again = e.contribute(Decimal(5), groups="minor", op_id="round-1", player="p-9")
+        assert again.replayed
+        assert type(bet.op_id) is str
+        assert [type(k) for k in (*bet.contributions, *bet.balances, *bet.versions)] == [str] * 3
+        win = e.process_win(Level.SPARE, amount=Decimal(1), winner=Tag("p-9"),
+                            op_id=Tag("win-1"))
+        assert (type(win.group), type(win.winner), type(win.op_id)) == (str, str, str)
+        admin = e.adjust(Level.SPARE, Decimal(1), reason=Tag("r"), who=Tag("ops"))
+        assert type(admin.group) is str
+        assert [type(k) for k in (*admin.balances, *admin.versions)] == [str, str]
+        changed = e.update_config(Level.MINOR, overflow_to=Overflow.RESERVE)
+        assert changed.after["overflow_to"] == "reserve"
+        assert e.verify().ok
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        rows = sorted(conn.execute("SELECT op_id, level, who FROM ledger WHERE op_id NOT LIKE "
+                                   "'auto-%'"))
+    finally:
+        conn.close()
+    assert rows == [("create:minor", "minor", None), ("create:spare", "spare", None),
+                    ("round-1", "minor", None), ("win-1", "spare", "p-9")]
