@@ -113,6 +113,7 @@ class Settings:
 
         """
         env = os.environ if environ is None else environ
+        _check_environ(env)
         unknown = sorted(overrides.keys() - {f.name for f in fields(cls)})
         if unknown:
             msg = f"no such setting: {', '.join(unknown)}"
@@ -132,6 +133,27 @@ class Settings:
                 raise ValidationError(msg) from None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _check_environ(env: object) -> None:
+    """Refuse an `environ` that is not str -> str (for our variables), by name.
+
+    `from_env(environ)` is how code passes its own environment (a container's,
+    a test's): an int where a string belongs is named here, not an
+    AttributeError from deep inside the parsing.
+    """
+    if not isinstance(env, Mapping):
+        msg = ("environ must be a mapping of variable names to values (as os.environ), "
+               f"not {type(env).__name__}")
+        raise ValidationError(msg)
+    for var, raw in env.items():
+        if not isinstance(var, str):
+            msg = (f"environ must map variable names (str) to values, not "
+                   f"{type(var).__name__} to {type(raw).__name__}")
+            raise ValidationError(msg)
+        if var.startswith("JACKPOT_") and not isinstance(raw, str):
+            msg = f"environment variable {var} must be a str, not {type(raw).__name__}"
+            raise ValidationError(msg)
 
 
 def _warn_of_near_misses(env: Mapping[str, str], cls: type[Settings]) -> None:

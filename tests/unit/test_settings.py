@@ -212,3 +212,20 @@ def test_an_engine_opens_with_the_largest_retry_budget(
 def test_an_override_naming_no_setting_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"^no such setting: lock_timeout, retries$"):
         Settings.from_env({}, retries=3, lock_timeout=10)
+
+
+@pytest.mark.parametrize(("environ", "says"), [
+    # were AttributeErrors: 'int' object has no attribute 'strip' / 'startswith', and
+    # 'str' object has no attribute 'get'
+    ({"JACKPOT_LOCK_TIMEOUT_MS": 2000},
+     r"^environment variable JACKPOT_LOCK_TIMEOUT_MS must be a str, not int"),
+    ({"JACKPOT_LOCK_TIMEOUT_MS": b"2000"}, r"JACKPOT_LOCK_TIMEOUT_MS must be a str, not bytes"),
+    ({"JACKPOT_ENABLE_METRICS": True}, r"JACKPOT_ENABLE_METRICS must be a str, not bool"),
+    ({5: "5"}, r"^environ must map variable names \(str\) to values, not int to str"),
+    ("JACKPOT_LOCK_TIMEOUT_MS=10", r"^environ must be a mapping .*, not str"),
+    ([("JACKPOT_LOCK_TIMEOUT_MS", "10")], r"^environ must be a mapping .*, not list"),
+])
+def test_an_environment_of_other_things_than_strs_is_refused_by_name(
+        environ: object, says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        Settings.from_env(environ)  # type: ignore[arg-type]
