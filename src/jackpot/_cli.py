@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -69,6 +70,26 @@ _NOT_SETTINGS = frozenset({"group", "op_id", "expected_version", "who", "reason"
 console = Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
     console = Console(width=160)  # a pipe or a log file: do not squeeze tables to 80
+
+
+class _Integer(click.IntRange):
+    """An integer option in plain ASCII digits, as the JACKPOT_* variables take them.
+
+    click's own `int()` also reads '١٢' (Arabic-Indic digits), '1_000' and
+    ' 5 ': an `--expected-version` or a `--tail` typed so is refused, not
+    read as some number the operator may not have meant.
+    """
+
+    name = "integer"
+    _PLAIN = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        """Refuse a string that is not plain digits, then check the range as IntRange does."""
+        if isinstance(value, str) and not self._PLAIN.fullmatch(value):
+            self.fail(f"{value[:40]!r} is not a whole number of at most 18 ASCII digits.",
+                      param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class CommandError(click.ClickException):
@@ -313,7 +334,7 @@ def status(*, db: str | None, as_json: bool | None) -> None:
 
 @app.command()
 @click.argument("level")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=10, show_default=True,
+@click.option("--limit", type=_Integer(1, 10_000), default=10, show_default=True,
               help="How many wins to show.")
 @_shared
 def history(*, level: str, limit: int, db: str | None, as_json: bool | None) -> None:
@@ -333,7 +354,7 @@ def history(*, level: str, limit: int, db: str | None, as_json: bool | None) -> 
 
 
 @app.command()
-@click.option("--tail", type=click.IntRange(1, 100_000), default=20, show_default=True,
+@click.option("--tail", type=_Integer(1, 100_000), default=20, show_default=True,
               help="How many of the latest rows.")
 @click.option("--level", default=None, help="Only this level's rows.")
 @_shared
@@ -399,7 +420,7 @@ def verify(*, db: str | None, as_json: bool | None) -> int:
 @app.command(short_help="Change a level's settings (KEY=VALUE...), audited.")
 @click.argument("level")
 @click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE...")
-@click.option("--expected-version", type=click.IntRange(1), default=None,
+@click.option("--expected-version", type=_Integer(1), default=None,
               help="Refuse the change if the level moved past this version.")
 @click.option("--who", default=None, help="Who makes the change (audited).")
 @click.option("--reason", default=None, help="Why (audited).")
@@ -626,7 +647,7 @@ def _existing_store(path: str, settings: Settings) -> Store:
 
 @app.command()
 @click.option("--serve", is_flag=True, help="Serve /metrics over HTTP until interrupted.")
-@click.option("--port", type=click.IntRange(0, 65535), default=9464, show_default=True,
+@click.option("--port", type=_Integer(0, 65535), default=9464, show_default=True,
               help="Port on 127.0.0.1 for --serve (0: any free port).")
 @_shared
 def metrics(*, serve: bool, port: int, db: str | None, as_json: bool | None) -> None:
@@ -681,13 +702,13 @@ def _wait_for_signal() -> None:
 
 
 @app.command()
-@click.option("--bets", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
+@click.option("--bets", type=_Integer(1, 10_000_000), default=1000, show_default=True,
               help="How many bets.")
-@click.option("--win-every", type=click.IntRange(0), default=250, show_default=True,
+@click.option("--win-every", type=_Integer(0), default=250, show_default=True,
               help="A win on a random level after every N bets (0: none).")
-@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
+@click.option("--threads", type=_Integer(1, 64), default=4, show_default=True,
               help="Concurrent callers.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Random seed.")
+@click.option("--seed", type=_Integer(), default=42, show_default=True, help="Random seed.")
 @_shared
 def simulate(*, bets: int, win_every: int, threads: int, seed: int,
              db: str | None, as_json: bool | None) -> int:

@@ -622,6 +622,16 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
      "cannot open database '{tmp}/no/such/dir.db': unable to open database file"),
     (("metrics", "--port", "70000", "--db", "{db}"),
      "Invalid value for '--port': 70000 is not in the range 0<=x<=65535."),
+    # were read by int() as 12, 10, 5, 9464 and 42 (as JACKPOT_* variables they are refused)
+    *[(args, (f"Invalid value for '{args[-4]}': {args[-3]!r} is not a whole number of at most "
+              "18 ASCII digits."))
+      for args in [("config", "minor", "cap=600", "--expected-version", "\u0661\u0662", "--db",
+                    "{db}"),
+                   ("ledger", "--tail", "1_0", "--db", "{db}"),
+                   ("history", "minor", "--limit", " 5", "--db", "{db}"),
+                   ("metrics", "--port", "\u0669\u0664\u0666\u0664", "--db", "{db}"),
+                   ("simulate", "--seed", "4_2", "--db", "{db}"),
+                   ("ledger", "--tail", "9" * 19, "--db", "{db}")]],
 ])
 def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: tuple[str, ...],
                                                  message: str) -> None:
