@@ -468,6 +468,8 @@ class JackpotEngine:
         if not isinstance(create, bool):
             msg = f"create must be True or False, not {shown(create)}"
             raise ValidationError(msg)
+        absolute = _absolute(str(path))
+        _check_utf8(absolute)  # a relative path takes the working directory's name in
         # Once the arguments are known good; a refused open (no file, no
         # levels, actors that cannot start) puts the level back as it was.
         previous = logger.level
@@ -477,7 +479,7 @@ class JackpotEngine:
         if level is not None:
             logger.setLevel(level.upper())
         try:
-            return cls._open(_absolute(str(path)), configs, settings, create=create)
+            return cls._open(absolute, configs, settings, create=create)
         except BaseException:
             logger.setLevel(previous)
             raise
@@ -1181,6 +1183,7 @@ def check_path(path: object) -> None:
     if "\x00" in str(path):
         msg = "path must not contain a NUL character"
         raise ValidationError(msg)
+    _check_utf8(str(path))
     if not str(path):
         msg = "path is empty: name a database file or a postgresql:// URL"
         raise ValidationError(msg)
@@ -1202,6 +1205,21 @@ def check_path(path: object) -> None:
         msg = (f"path {str(path)[:40]!r} looks like a libpq connection string: the engine "
                "takes PostgreSQL as a postgresql:// URL (postgresql://USER@HOST/DBNAME)")
         raise ValidationError(msg)
+
+
+def _check_utf8(path: str) -> None:
+    r"""Refuse a path SQLite cannot be given: it takes file names in UTF-8.
+
+    A lone surrogate cannot be encoded at all, and a name the file system
+    holds in another encoding (os.fsdecode's surrogates, such as '\udc80' for
+    the byte 0x80) not as UTF-8: the driver would raise UnicodeEncodeError.
+    """
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        msg = (f"path {path!r} cannot be written in UTF-8, as SQLite takes file names "
+               "(a lone surrogate, or a name in another encoding): rename the file or its folder")
+        raise ValidationError(msg) from None
 
 
 _CONNINFO = re.compile(r"\s*(host|hostaddr|port|dbname|user|password|service|sslmode)\s*=")

@@ -677,6 +677,10 @@ def test_the_engine_still_works_after_the_catalogue(shared: tuple[JackpotEngine,
     # was a SQLite file named after the connection string
     ("dbname=pools user=app", "looks like a libpq connection string"),
     ("host=db.internal port=5432 dbname=pools", "looks like a libpq connection string"),
+    # were a UnicodeEncodeError from the driver: SQLite takes its file names in UTF-8
+    # (built with chr(): ruff reads both surrogates as one character, a "duplicate")
+    (f"pools{chr(0xD800)}.db", "cannot be written in UTF-8"),  # a lone surrogate
+    (f"pools{chr(0xDC80)}.db", "cannot be written in UTF-8"),  # the byte 0x80, as os.fsdecode
 ])
 def test_open_refuses_a_hostile_path_with_a_validation_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: object, says: str) -> None:
@@ -783,3 +787,14 @@ def test_a_str_subclass_is_taken_as_the_text_it_holds(tmp_path: Path) -> None:
         conn.close()
     assert rows == [("create:minor", "minor", None), ("create:spare", "spare", None),
                     ("round-1", "minor", None), ("win-1", "spare", "p-9")]
+
+
+def test_open_refuses_a_working_directory_whose_name_is_not_utf8(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path is resolved in the working directory; its name may not be UTF-8."""
+    folder = tmp_path / "room-\udc80"  # a folder named with the byte 0x80
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    with pytest.raises(ValidationError, match="cannot be written in UTF-8"):
+        JackpotEngine.open("pools.db")
+    assert list(folder.iterdir()) == []  # nothing created

@@ -620,6 +620,10 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
       "must_hit_by can; give a value instead")),
     (("init", "--db", "{tmp}/no/such/dir.db"),
      "cannot open database '{tmp}/no/such/dir.db': unable to open database file"),
+    # was a traceback (UnicodeEncodeError) and exit status 1
+    (("init", "--db", "{tmp}/q\udc80.db"),
+     ("path '{tmp}/q\\udc80.db' cannot be written in UTF-8, as SQLite takes file names (a "
+      "lone surrogate, or a name in another encoding): rename the file or its folder")),
     (("metrics", "--port", "70000", "--db", "{db}"),
      "Invalid value for '--port': 70000 is not in the range 0<=x<=65535."),
     # were read by int() as 12, 10, 5, 9464 and 42 (as JACKPOT_* variables they are refused)
