@@ -247,6 +247,22 @@ def _check_port(port: object, addr: object) -> None:
     if not isinstance(addr, str):
         msg = f"addr must be a host name or IP address string, not {type(addr).__name__}"
         raise ValidationError(msg)
+    if "\x00" in addr or not _encodes_as_host(addr):
+        msg = f"addr must be a host name or IP address, not {shown(addr)}"
+        raise ValidationError(msg)
+
+
+def _encodes_as_host(addr: str) -> bool:
+    """Say whether the socket can encode `addr` as a host name (IDNA).
+
+    A surrogate, or a label past 63 characters, is a UnicodeError there (a
+    NUL, refused apart, would cut the name short).
+    """
+    try:
+        addr.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def database_registry(read_pools: Callable[[], Mapping[str, PoolSnapshot]]

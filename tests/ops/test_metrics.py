@@ -160,6 +160,10 @@ def test_disabled_by_environment_registers_no_observer(
     (None, -1, "127.0.0.1", "port must be a port number"),
     (None, True, "127.0.0.1", "port must be a port number"),
     (None, 0, 127, "addr must be a host name"),
+    # were a UnicodeError from the socket's host name encoding (idna)
+    (None, 0, f"host{chr(0xD800)}", "addr must be a host name"),
+    (None, 0, "h" * 300, "addr must be a host name"),
+    (None, 0, "127.0.0.1\x00evil", "addr must be a host name"),  # was served on 127.0.0.1
     (object(), 0, "127.0.0.1", "engine must be a JackpotEngine"),  # was an AttributeError
 ])
 def test_serve_metrics_refuses_bad_arguments_with_a_validation_error(
