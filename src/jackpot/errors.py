@@ -38,11 +38,11 @@ def shown(value: object) -> str:
     """
     if isinstance(value, int) and not isinstance(value, bool) and (
             value.bit_length() > _SHOWN_BITS):
-        return f"an int of {value.bit_length()} bits"
+        return f"<an int of {value.bit_length()} bits>"
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001 - the caller's repr: whatever it raises, say so
-        return f"a {type(value).__name__} whose repr() failed"
+        return f"<a {type(value).__name__} whose repr() failed>"
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} chars)"
 
 
