@@ -82,7 +82,9 @@ def _coerce(value: object, name: str) -> Decimal:
         )
         raise ValidationError(msg)
     if isinstance(value, Decimal):
-        return value
+        # A subclass (a money library's) is read as the number it holds: its own
+        # comparisons and str() are not ours. Decimal(d) copies it exactly, in any context.
+        return value if type(value) is Decimal else Decimal(value)
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, str):

@@ -334,3 +334,37 @@ def test_constant_rate_credits_floor_of_exact_sum(bet_list: list[int], rate: int
         credited += whole
     assert credited == sum(bet_list) * rate // RATE_SCALE
     assert carry == sum(bet_list) * rate % RATE_SCALE
+
+
+class Money(Decimal):
+    """A currency-tagged Decimal, as a money library may make one: it compares only with
+    its own kind and prints its currency."""
+
+    __slots__ = ()
+
+    def _same(self, other: object) -> None:
+        if not isinstance(other, Money):
+            msg = "compare Money with Money only"
+            raise TypeError(msg)
+
+    def __gt__(self, other: object) -> bool:
+        self._same(other)
+        return super().__gt__(other)  # type: ignore[operator]
+
+    def __ge__(self, other: object) -> bool:
+        self._same(other)
+        return super().__ge__(other)  # type: ignore[operator]
+
+    def __str__(self) -> str:
+        return f"EUR {super().__str__()}"
+
+
+def test_a_decimal_subclass_is_read_as_the_number_it_holds() -> None:
+    """Its own comparisons and str() are not the engine's: was a TypeError, and 'EUR NaN'."""
+    assert parse_amount(Money("2.50"), name="bet") == 2_500_000
+    assert parse_signed_amount(Money("-2.50"), name="delta") == -2_500_000
+    assert parse_rate(Money("0.01"), name="rate") == 10_000_000
+    with pytest.raises(ValidationError, match=r"^bet 1\.0000001 is finer than"):
+        parse_amount(Money("1.0000001"), name="bet")
+    with pytest.raises(ValidationError, match=r"^bet must be a finite amount, got NaN$"):
+        parse_amount(Money("NaN"), name="bet")
