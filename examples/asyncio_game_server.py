@@ -6,7 +6,11 @@ speaks JSON lines. A player sends {"op": "spin", "player": ..., "round": ...,
 `AsyncJackpotEngine`, lets its game logic decide whether the spin won a
 jackpot, and replies with what the bet added, any jackpot paid, and the
 meters. The round id makes the op_id, so a player who resends a spin after a
-lost reply gets the same answer and is never charged twice.
+lost reply gets the same answer and is never charged twice. The player picks
+the round id, so the round's outcome is drawn from it with a secret only the
+server holds: a player who knows this code still cannot pick rounds that win.
+A request that is not what the server speaks gets a refusal, not a dropped
+connection.
 
 Levels: "mystery" is a must-hit-by jackpot (it pays when the pool reaches a
 hidden trigger, at the latest at 8.00); "minor" and "major" pay when the game
@@ -24,8 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import random
+import secrets
 import tempfile
 import time
 from decimal import Decimal
@@ -54,20 +61,39 @@ class GameServer:
         self.engine = engine
         self.spins = 0
         self.paid: list[Win] = []
+        # A real server keeps this secret the same across restarts (or stores
+        # each round's outcome before it answers), so that a spin resent after a
+        # restart gets the outcome it had.
+        self._secret = secrets.token_bytes(32)
+
+    def outcome(self, op_id: str) -> random.Random:
+        """Return the round's draw: the same for a resent spin, unknowable to the player."""
+        return random.Random(hmac.digest(self._secret, op_id.encode(), hashlib.sha256))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer one player's requests, one JSON line each, until they hang up."""
         try:
             while line := await reader.readline():
-                reply = await self.answer(json.loads(line))
+                try:
+                    request = json.loads(line)
+                except ValueError:  # not JSON, or not UTF-8
+                    request = None
+                reply = await self.answer(request)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         finally:
             writer.close()
             await writer.wait_closed()
 
-    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def answer(self, request: object) -> dict[str, Any]:
         """Turn one request into a reply; a refused request says why."""
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "BadRequest",
+                    "message": 'send one JSON object per line, such as {"op": "pools"}'}
+        missing = [k for k in ("player", "round", "stake") if k not in request]
+        if request.get("op") == "spin" and missing:
+            return {"ok": False, "error": "BadRequest",
+                    "message": f"a spin needs {', '.join(missing)}"}
         try:
             if request.get("op") == "spin":
                 return await self.spin(request["player"], request["round"], request["stake"])
@@ -86,7 +112,7 @@ class GameServer:
         wins = list(bet.hits)  # must-hit-by hits come with the bet that triggered them
         # The game's outcome is a function of the round, so a resent spin gets
         # the same outcome, and its win the same op_id: it is paid only once.
-        outcome = random.Random(op_id)
+        outcome = self.outcome(op_id)
         for level, odds in WIN_ODDS.items():
             if outcome.randrange(odds) == 0:
                 wins.append(await self.engine.process_win(level, op_id=f"{op_id}:{level}",

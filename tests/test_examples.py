@@ -6,16 +6,23 @@ exit 0 and print what it promises, ending with a clean audit.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import itertools
+import json
 import os
+import random
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+
+from jackpot import AsyncJackpotEngine
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -45,6 +52,64 @@ def test_asyncio_game_server(tmp_path: Path) -> None:
     assert "health: ok" in out
     assert out.rstrip().endswith("reconciled to 0.000001")
     assert "audit: OK - 3 levels, " in out
+
+
+def _rounds_an_unkeyed_draw_would_pay(player: str, odds: int, count: int) -> list[str]:
+    """Round ids whose op_id alone, as a seed, wins the first level: what a player could compute."""
+    rounds = (f"r{n}" for n in range(1_000_000))
+    return list(itertools.islice(
+        (r for r in rounds if random.Random(f"{player}:{r}").randrange(odds) == 0), count))
+
+
+def test_a_player_cannot_pick_the_rounds_that_win(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The player sends the round id: the outcome must not be computable from it alone."""
+    game = _load("asyncio_game_server.py", monkeypatch)
+    assert next(iter(game.WIN_ODDS)) == "minor"  # the level the server draws first
+    rounds = _rounds_an_unkeyed_draw_would_pay("p-1", game.WIN_ODDS["minor"], 20)
+
+    async def play() -> int:
+        async with await AsyncJackpotEngine.open(tmp_path / "s.db", game.LEVELS) as engine:
+            server = game.GameServer(engine)
+            wins = 0
+            for r in rounds:
+                reply = await server.spin("p-1", r, "1.00")
+                wins += [j["level"] for j in reply["jackpots"]].count("minor")
+            return wins
+
+    # Drawn with the server's secret, each round pays minor 1 time in 250:
+    # all 20 of them would be a chance of 250**-20; seeded by the op_id, all 20 paid.
+    assert asyncio.run(play()) < len(rounds)
+
+
+def test_the_game_server_refuses_a_bad_request_and_keeps_the_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    game = _load("asyncio_game_server.py", monkeypatch)
+
+    async def talk() -> list[dict[str, Any]]:
+        async with await AsyncJackpotEngine.open(tmp_path / "s.db", game.LEVELS) as engine:
+            tcp = await asyncio.start_server(game.GameServer(engine).handle, "127.0.0.1", 0)
+            async with tcp:
+                port = tcp.sockets[0].getsockname()[1]
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                replies = []
+                for line in (b"not json", b"\xff\xfe", b"[1, 2]", b'{"op": "spin", "player": "p"}',
+                             b'{"op": "spin", "player": "p", "round": "r1", "stake": 1.5}',
+                             b'{"op": "spin", "player": "p", "round": "r1", "stake": "1.00"}'):
+                    writer.write(line + b"\n")
+                    await writer.drain()
+                    replies.append(json.loads(await asyncio.wait_for(reader.readline(), 30)))
+                writer.close()
+                await writer.wait_closed()
+                return replies
+
+    *refused, spun = asyncio.run(talk())
+    assert [(r["ok"], r["error"]) for r in refused] == [
+        (False, "BadRequest"), (False, "BadRequest"), (False, "BadRequest"),
+        (False, "BadRequest"), (False, "ValidationError")]
+    assert refused[3]["message"] == "a spin needs round, stake"
+    assert spun["ok"] is True
+    assert spun["replayed"] is False
 
 
 def test_casino_floor(tmp_path: Path) -> None:
