@@ -6,7 +6,9 @@ several banks (a floor-wide progressive and a must-hit-by mystery jackpot),
 so processes contend for the same rows. Every process opens its own engine
 on the same file; the engine's version checks and the database's write lock
 keep the books exact. A machine whose call times out or loses a race resends
-it with the same op_id: it is never applied twice.
+it with the same op_id: it is never applied twice. A spin's outcome is drawn
+from its round with a secret of the bank's process, so it is the same for a
+resent spin but cannot be foretold from the machine and the spin number.
 
 The parent process samples the pools while the floor plays, then prints each
 level's meters, checks them against what the banks say they paid, runs the
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
+import hmac
 import multiprocessing
 import random
+import secrets
 import tempfile
 import threading
 import time
@@ -91,8 +96,8 @@ def retrying(call: Callable[[], T]) -> T:
     return call()
 
 
-def play_machine(engine: JackpotEngine, bank: Bank, machine: int, spins: int,
-                 paid: list[Win]) -> Decimal:
+def play_machine(engine: JackpotEngine, bank: Bank, machine: int, spins: int,  # noqa: PLR0917
+                 paid: list[Win], secret: bytes) -> Decimal:
     """One machine: `spins` bets; returns the amount wagered. Appends what it paid."""
     rng = random.Random(f"{bank.name}-{machine}")
     wagered = Decimal(0)
@@ -102,7 +107,9 @@ def play_machine(engine: JackpotEngine, bank: Bank, machine: int, spins: int,
         bet = retrying(partial(engine.contribute, stake, groups=bank.levels, op_id=op_id))
         wagered += stake
         paid.extend(h for h in bet.hits if not h.replayed)
-        outcome = random.Random(op_id)  # the game's outcome is a function of the round
+        # The outcome is a function of the round (a resent spin gets the same
+        # one) and of the secret (no one can work out which spins will pay).
+        outcome = random.Random(hmac.digest(secret, op_id.encode(), hashlib.sha256))
         for level, odds in bank.odds.items():
             if outcome.randrange(odds) == 0:
                 win = retrying(partial(engine.process_win, level, op_id=f"{op_id}:{level}",
@@ -129,9 +136,13 @@ class BankReport:
 def run_bank(path: str, bank: Bank, machines: int, spins: int) -> BankReport:
     """A worker process: its own engine on the shared file, one thread per machine."""
     paid: list[Win] = []
+    # A real floor keeps its secret the same across restarts (or stores each
+    # round's outcome), so that a spin resent after a restart keeps its outcome.
+    secret = secrets.token_bytes(32)
     with JackpotEngine.open(path, LEVELS) as engine, \
             concurrent.futures.ThreadPoolExecutor(machines) as pool:
-        jobs = [pool.submit(play_machine, engine, bank, m, spins, paid) for m in range(machines)]
+        jobs = [pool.submit(play_machine, engine, bank, m, spins, paid, secret)
+                for m in range(machines)]
         wagered = sum((j.result() for j in jobs), Decimal(0))
         stats = engine.stats.snapshot()
     report = BankReport(bank.name, machines * spins, wagered, jackpots=len(paid),
