@@ -162,10 +162,19 @@ def session(engine: JackpotEngine, bets: int) -> bool:
     return bool(report.ok)
 
 
+def _count(text: str) -> int:
+    """Argparse type: a whole number of at least 1 (with none there is nothing to show)."""
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bets", type=int, default=400, help="bets the players place")
+    parser.add_argument("--bets", type=_count, default=400, help="bets the players place")
     parser.add_argument("--quick", action="store_true", help="40 bets")
     parser.add_argument("--db", type=Path, default=None,
                         help="a new database file to keep (default: a temporary one)")
@@ -175,7 +184,11 @@ def main() -> None:
     bets = 40 if args.quick else args.bets
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "console.db"
-        print(f"the operator's console: export JACKPOT_DB={shlex.quote(str(db))}")
+        # Without --db the file goes at the end: say so, or a reader copies
+        # the export and finds no database for the commands below.
+        kept = "" if args.db else (" (a temporary file, removed at the end: "
+                                   "give --db PATH to keep it and run these commands yourself)")
+        print(f"the operator's console: export JACKPOT_DB={shlex.quote(str(db))}{kept}")
         with JackpotEngine.open(db, LEVELS) as engine:
             ok = session(engine, bets)
     raise SystemExit(0 if ok else 1)

@@ -172,6 +172,11 @@ def test_casino_floor_without_matplotlib_skips_the_chart(
 
 def test_operator_console(tmp_path: Path) -> None:
     out = run_example("operator_console.py", "--quick", cwd=tmp_path)
+    first = out.splitlines()[0]  # the database is a temporary one, and the reader is told
+    assert first.startswith("the operator's console: export JACKPOT_DB=")
+    assert first.endswith(" (a temporary file, removed at the end: "
+                          "give --db PATH to keep it and run these commands yourself)")
+    assert not Path(first.split("=", 1)[1].split(" (", 1)[0]).exists()
     assert "rate 0.01 -> 0.015 now; waits for the next reset: {'seed': '120.000000'}" in out
     assert "refused: ConcurrencyViolationError: level 'minor' is at version 42" in out
     assert "GroupSuspendedError: level 'major' is suspended" in out
@@ -188,7 +193,7 @@ def test_the_operator_consoles_commands_are_real_jackpot_commands(tmp_path: Path
     """Each printed command runs; run again afterwards, it is replayed or refused as it was."""
     db = tmp_path / "console.db"
     out = run_example("operator_console.py", "--quick", "--db", str(db), cwd=tmp_path)
-    assert f"export JACKPOT_DB={db}" in out
+    assert out.startswith(f"the operator's console: export JACKPOT_DB={db}\n")
     steps = out.split("\noperator> ")[1:]
     assert len(steps) == 13
     for step in steps:
@@ -225,6 +230,7 @@ def test_an_example_refuses_an_existing_database(tmp_path: Path, name: str) -> N
     ("asyncio_game_server.py", ("--spins", "0")),  # was a KeyError traceback
     ("casino_floor.py", ("--machines", "0")),  # was a ValueError traceback
     ("casino_floor.py", ("--spins", "-2")),
+    ("operator_console.py", ("--bets", "0")),  # was a session with no bets
 ])
 def test_a_count_below_one_is_a_usage_error(tmp_path: Path, name: str,
                                             args: tuple[str, ...]) -> None:
