@@ -54,11 +54,23 @@ def _child(kind: str, path: str, callers: int, seconds: float, ready: Any, go: A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, default=4)
-    parser.add_argument("--callers", type=int, default=64, help="in all, split evenly")
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--procs", type=int, default=4, help="processes (default: 4)")
+    parser.add_argument("--callers", type=int, default=64,
+                        help="callers in all, split evenly between the processes (default: 64)")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="measured seconds (default: 8)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="run the naive baseline instead of the engine")
     args = parser.parse_args()
+    # A process with no caller has no latency to report: it failed, and the
+    # parent waited minutes for its figures before a traceback.
+    if args.procs < 1:
+        parser.error(f"--procs must be at least 1, got {args.procs}")
+    if args.callers < args.procs:
+        parser.error(f"--callers must be at least --procs ({args.procs}): every process "
+                     f"needs a caller, got {args.callers}")
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be above 0, got {args.seconds}")
     kind = "baseline" if args.baseline else "engine"
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "pools.db")

@@ -82,6 +82,20 @@ def test_fairness_reports_every_process(tmp_path: Path) -> None:
     assert out.startswith("engine: 2 processes x 2 callers, 3-level"), out
 
 
+def test_fairness_refuses_a_process_without_callers(tmp_path: Path) -> None:
+    """--callers below --procs left a process with none: it failed after a 5-minute wait."""
+    import subprocess  # noqa: PLC0415 - only here
+
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fairness.py"), "--procs", "2", "--callers", "1",
+         "--seconds", "0.3"], capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.endswith("error: --callers must be at least --procs (2): every process "
+                                "needs a caller, got 1\n")
+    assert done.stdout == ""
+
+
 def _round(ops: float, errors: dict[str, int] | None = None,
            conflicts: int = 0) -> dict[str, Any]:
     by_type = errors or {}
