@@ -128,19 +128,44 @@ def time_verify(path: Path) -> tuple[float, float]:
     return took, cpu
 
 
-def main() -> None:
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Return the command line's parser (the cache sits under benchmarks/out, which git ignores)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--cache", type=Path, default=Path("out/verify-cache"))
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--extrapolated", action="store_true")
+    parser.add_argument("--rows", type=_at_least_one, default=1_000_000,
+                        help="about how many ledger rows the file holds (default: 1000000)")
+    parser.add_argument("--cache", type=Path, default=HERE / "out" / "verify-cache",
+                        help="where the built file is kept for later runs "
+                             "(default: benchmarks/out/verify-cache)")
+    parser.add_argument("--runs", type=_at_least_one, default=3,
+                        help="timed runs of each tree (default: 3)")
+    parser.add_argument("--extrapolated", action="store_true",
+                        help="time compare.py's extrapolated one-level ledger instead")
     parser.add_argument("--time", type=Path, help=argparse.SUPPRESS)  # (a child's one run)
-    parser.add_argument("trees", nargs="*", type=Path)
+    parser.add_argument("trees", nargs="*", type=Path, metavar="SRC",
+                        help="clones of the repository whose verify() to time (default: the "
+                             "jackpot this script imports)")
+    return parser
+
+
+def main() -> None:
+    parser = make_parser()
     args = parser.parse_args()
     quiet_logging()
     if args.time is not None:
         print("{:.3f} {:.3f}".format(*time_verify(args.time)))
         return
+    # A tree without src/jackpot would time the installed jackpot under its name.
+    for tree in args.trees:
+        if not (tree / "src" / "jackpot" / "__init__.py").is_file():
+            parser.error(f"{tree}: not a clone of jackpot (no src/jackpot/__init__.py)")
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.extrapolated:
         template, _ = big_template("engine", args.rows, args.cache)
@@ -151,7 +176,8 @@ def main() -> None:
     remove_db(work)
     shutil.copyfile(template, work)
     trees = args.trees or [None]
-    times: dict[str, list[tuple[float, float]]] = {str(t): [] for t in trees}
+    label = {t: "the imported jackpot" if t is None else str(t) for t in trees}
+    times: dict[str, list[tuple[float, float]]] = {label[t]: [] for t in trees}
     for run in range(args.runs):
         for tree in trees:
             if tree is None:
@@ -161,8 +187,8 @@ def main() -> None:
                 out = subprocess.run([sys.executable, __file__, "--time", str(work)], env=env,
                                      capture_output=True, text=True, check=True)
                 took, cpu = map(float, out.stdout.split()[-2:])
-            times[str(tree)].append((took, cpu))
-            print(f"run {run + 1}: {tree}: {took:.1f} s ({cpu:.1f} s CPU)", flush=True)
+            times[label[tree]].append((took, cpu))
+            print(f"run {run + 1}: {label[tree]}: {took:.1f} s ({cpu:.1f} s CPU)", flush=True)
     for tree, values in times.items():
         walls, cpus = [v[0] for v in values], [v[1] for v in values]
         print(f"median {tree}: {statistics.median(walls):.1f} s "

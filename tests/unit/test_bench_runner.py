@@ -96,6 +96,28 @@ def test_fairness_refuses_a_process_without_callers(tmp_path: Path) -> None:
     assert done.stdout == ""
 
 
+def test_verify_speed_keeps_its_cache_under_benchmarks_out() -> None:
+    """Run from the repository's root as documented, it wrote out/ there, which git tracks."""
+    import verify_speed  # noqa: PLC0415 - only here
+
+    assert verify_speed.make_parser().parse_args([]).cache == BENCHMARKS / "out" / "verify-cache"
+
+
+def test_verify_speed_refuses_a_tree_that_is_not_a_clone(tmp_path: Path) -> None:
+    """A mistyped SRC timed the installed jackpot under that name."""
+    import subprocess  # noqa: PLC0415 - only here
+
+    cache = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "verify_speed.py"), "--rows", "100", "--runs", "1",
+         "--cache", str(cache), str(tmp_path / "no-such-clone")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.endswith(f"error: {tmp_path / 'no-such-clone'}: not a clone of jackpot "
+                                "(no src/jackpot/__init__.py)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing built
+
+
 def _round(ops: float, errors: dict[str, int] | None = None,
            conflicts: int = 0) -> dict[str, Any]:
     by_type = errors or {}
