@@ -167,12 +167,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _at_least_one(text: str) -> int:
+    """Argparse type: with no player or no bet a workload has nothing to measure."""
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 players, 2 bets each")
-    parser.add_argument("--players", type=int, default=1000)
-    parser.add_argument("--bets", type=int, default=3, help="bets per player")
+    parser.add_argument("--players", type=_at_least_one, default=1000,
+                        help="player tasks (default: 1000)")
+    parser.add_argument("--bets", type=_at_least_one, default=3,
+                        help="bets per player (default: 3)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()

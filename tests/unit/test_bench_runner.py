@@ -118,6 +118,17 @@ def test_verify_speed_refuses_a_tree_that_is_not_a_clone(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing built
 
 
+def test_aio_lag_refuses_no_players_before_it_starts_a_workload(tmp_path: Path) -> None:
+    """--players 0 was a workload process failing, then the runner's traceback."""
+    import subprocess  # noqa: PLC0415 - only here
+
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "aio_lag.py"), "--players", "0"],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.endswith("error: argument --players: must be at least 1, got 0\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _round(ops: float, errors: dict[str, int] | None = None,
            conflicts: int = 0) -> dict[str, Any]:
     by_type = errors or {}
