@@ -239,6 +239,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.db is not None and args.db.exists():
         parser.error(f"--db {args.db}: the file exists; give a new path")
+    if args.db is not None and not args.db.parent.is_dir():
+        parser.error(f"--db {args.db}: no directory {args.db.parent}; create it first")
     players, spins = (20, 10) if args.quick else (args.players, args.spins)
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(main_async(args.db or Path(tmp) / "server.db", players, spins))

@@ -213,6 +213,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.db is not None and args.db.exists():
         parser.error(f"--db {args.db}: the file exists; give a new path")
+    if args.db is not None and not args.db.parent.is_dir():
+        parser.error(f"--db {args.db}: no directory {args.db.parent}; create it first")
+    if not args.chart.parent.is_dir():  # found now, not when the floor has played
+        parser.error(f"--chart {args.chart}: no directory {args.chart.parent}; create it first")
     machines, spins = (2, 40) if args.quick else (args.machines, args.spins)
     with tempfile.TemporaryDirectory() as tmp:
         run(args.db or Path(tmp) / "floor.db", machines, spins, args.chart)

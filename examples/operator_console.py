@@ -181,6 +181,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.db is not None and args.db.exists():
         parser.error(f"--db {args.db}: the file exists; give a new path")
+    if args.db is not None and not args.db.parent.is_dir():
+        parser.error(f"--db {args.db}: no directory {args.db.parent}; create it first")
     bets = 40 if args.quick else args.bets
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "console.db"

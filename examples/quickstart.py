@@ -35,6 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.db is not None and args.db.exists():
         parser.error(f"--db {args.db}: the file exists; give a new path")
+    if args.db is not None and not args.db.parent.is_dir():
+        parser.error(f"--db {args.db}: no directory {args.db.parent}; create it first")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.db or Path(tmp) / "pools.db"
         run(path, 50 if args.quick else args.bets)

@@ -225,6 +225,22 @@ def test_an_example_refuses_an_existing_database(tmp_path: Path, name: str) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.db"]
 
 
+@pytest.mark.parametrize(("name", "option"), [
+    ("quickstart.py", "--db"), ("asyncio_game_server.py", "--db"), ("casino_floor.py", "--db"),
+    ("operator_console.py", "--db"), ("casino_floor.py", "--chart")])
+def test_an_example_refuses_a_path_in_a_missing_directory(tmp_path: Path, name: str,
+                                                          option: str) -> None:
+    """--db was a StorageError traceback (--chart a matplotlib one, after the whole run)."""
+    path = tmp_path / "no-dir" / "x"
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick", option, str(path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.endswith(
+        f"error: {option} {path}: no directory {path.parent}; create it first\n")
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("name", "args"), [
     ("quickstart.py", ("--bets", "0")),  # was an IndexError traceback
     ("asyncio_game_server.py", ("--spins", "0")),  # was a KeyError traceback
