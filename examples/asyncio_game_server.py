@@ -176,7 +176,8 @@ async def show_pools(engine: AsyncJackpotEngine, server: GameServer, started: fl
             await asyncio.wait_for(stop.wait(), every)
 
 
-async def main_async(path: Path, players: int, spins: int) -> None:
+async def main_async(path: Path, players: int, spins: int) -> bool:
+    """Serve the players' spins, print the meters and the audit; return whether it passed."""
     async with await AsyncJackpotEngine.open(path, LEVELS) as engine:
         server = GameServer(engine)
         tcp = await asyncio.start_server(server.handle, "127.0.0.1", 0)
@@ -217,6 +218,7 @@ async def main_async(path: Path, players: int, spins: int) -> None:
               f"{report.ledger_rows} ledger rows reconciled to 0.000001")
         for problem in report.problems:
             print(f"  problem: {problem}")
+        return report.ok
 
 
 def _count(text: str) -> int:
@@ -243,7 +245,8 @@ def main() -> None:
         parser.error(f"--db {args.db}: no directory {args.db.parent}; create it first")
     players, spins = (20, 10) if args.quick else (args.players, args.spins)
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(main_async(args.db or Path(tmp) / "server.db", players, spins))
+        ok = asyncio.run(main_async(args.db or Path(tmp) / "server.db", players, spins))
+    raise SystemExit(0 if ok else 1)  # a script that runs it learns the audit's verdict
 
 
 if __name__ == "__main__":

@@ -219,10 +219,12 @@ def main() -> None:
         parser.error(f"--chart {args.chart}: no directory {args.chart.parent}; create it first")
     machines, spins = (2, 40) if args.quick else (args.machines, args.spins)
     with tempfile.TemporaryDirectory() as tmp:
-        run(args.db or Path(tmp) / "floor.db", machines, spins, args.chart)
+        ok = run(args.db or Path(tmp) / "floor.db", machines, spins, args.chart)
+    raise SystemExit(0 if ok else 1)  # a script that runs it learns the audit's verdict
 
 
-def run(path: Path, machines: int, spins: int, chart_path: Path) -> None:
+def run(path: Path, machines: int, spins: int, chart_path: Path) -> bool:
+    """Play the floor, print the meters, the chart and the audit; return whether it passed."""
     print(f"casino floor: {len(BANKS)} banks (one process each) x {machines} machines "
           f"x {spins} spins, on {path.name}")
     with JackpotEngine.open(path, LEVELS) as engine:  # creates the levels once
@@ -277,6 +279,7 @@ def run(path: Path, machines: int, spins: int, chart_path: Path) -> None:
           f"{report.ledger_rows} ledger rows reconciled to 0.000001")
     for problem in report.problems:
         print(f"  problem: {problem}")
+    return report.ok
 
 
 if __name__ == "__main__":

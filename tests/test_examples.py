@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from jackpot import AsyncJackpotEngine, JackpotEngine
+from jackpot import AsyncJackpotEngine, JackpotEngine, VerifyReport
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -223,6 +223,23 @@ def test_an_example_refuses_an_existing_database(tmp_path: Path, name: str) -> N
     assert done.stdout == ""
     assert db.read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.db"]
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py"])
+def test_an_example_whose_audit_fails_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str],
+                                              name: str) -> None:
+    """It printed 'audit: FAILED' and exited 0, so a script running it saw a success."""
+    example = _load(name, monkeypatch)
+    failed = VerifyReport(ok=False, problems=["level 'minor': forged"], levels=3, ledger_rows=0)
+    monkeypatch.setattr(JackpotEngine, "verify", lambda _self: failed)
+    monkeypatch.setattr(sys, "argv", [name, "--quick", "--db", str(tmp_path / "x.db")])
+    with pytest.raises(SystemExit) as exited:
+        example.main()
+    assert exited.value.code == 1
+    out = capsys.readouterr().out
+    assert out.endswith("audit: FAILED - 3 levels, 0 ledger rows reconciled to 0.000001\n"
+                        "  problem: level 'minor': forged\n")
 
 
 @pytest.mark.parametrize(("name", "option"), [
