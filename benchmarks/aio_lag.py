@@ -169,7 +169,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def _at_least_one(text: str) -> int:
     """Argparse type: with no player or no bet a workload has nothing to measure."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # argparse would say "invalid _count value", naming this function
+        msg = f"must be a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     if value < 1:
         msg = f"must be at least 1, got {value}"
         raise argparse.ArgumentTypeError(msg)

@@ -129,7 +129,11 @@ def time_verify(path: Path) -> tuple[float, float]:
 
 
 def _at_least_one(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # argparse would say "invalid _count value", naming this function
+        msg = f"must be a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     if value < 1:
         msg = f"must be at least 1, got {value}"
         raise argparse.ArgumentTypeError(msg)

@@ -223,7 +223,11 @@ async def main_async(path: Path, players: int, spins: int) -> bool:
 
 def _count(text: str) -> int:
     """Argparse type: a whole number of at least 1 (with none there is nothing to show)."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # argparse would say "invalid _count value", naming this function
+        msg = f"must be a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     if value < 1:
         msg = f"must be at least 1, got {value}"
         raise argparse.ArgumentTypeError(msg)

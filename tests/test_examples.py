@@ -258,6 +258,17 @@ def test_an_example_refuses_a_path_in_a_missing_directory(tmp_path: Path, name: 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("name", "option"), [
+    ("quickstart.py", "--bets"), ("asyncio_game_server.py", "--players"),
+    ("casino_floor.py", "--machines"), ("operator_console.py", "--bets")])
+def test_a_count_that_is_not_a_number_is_named_as_such(tmp_path: Path, name: str,
+                                                       option: str) -> None:
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), option, "ten"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.endswith(f"error: argument {option}: must be a whole number, got 'ten'\n")
+
+
 @pytest.mark.parametrize(("name", "args"), [
     ("quickstart.py", ("--bets", "0")),  # was an IndexError traceback
     ("asyncio_game_server.py", ("--spins", "0")),  # was a KeyError traceback
