@@ -72,18 +72,22 @@ class GameServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer one player's requests, one JSON line each, until they hang up."""
+        # A player whose connection drops is routine, not a server error: a spin
+        # in flight was applied or not, and resending its round tells which.
         try:
-            while line := await reader.readline():
-                try:
-                    request = json.loads(line)
-                except ValueError:  # not JSON, or not UTF-8
-                    request = None
-                reply = await self.answer(request)
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                while line := await reader.readline():
+                    try:
+                        request = json.loads(line)
+                    except ValueError:  # not JSON, or not UTF-8
+                        request = None
+                    reply = await self.answer(request)
+                    writer.write(json.dumps(reply).encode() + b"\n")
+                    await writer.drain()
         finally:
             writer.close()
-            await writer.wait_closed()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     async def answer(self, request: object) -> dict[str, Any]:
         """Turn one request into a reply; a refused request says why."""

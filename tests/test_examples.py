@@ -113,6 +113,49 @@ def test_the_game_server_refuses_a_bad_request_and_keeps_the_connection(
     assert spun["replayed"] is False
 
 
+def test_the_game_server_takes_a_dropped_connection_in_its_stride(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A player who vanished mid-spin was a ConnectionResetError out of the handler."""
+    game = _load("asyncio_game_server.py", monkeypatch)
+    spin = b'{"op": "spin", "player": "p", "round": "r%d", "stake": "1.00"}\n'
+
+    async def drop_then_play() -> tuple[list[BaseException], dict[str, Any], bool]:
+        async with await AsyncJackpotEngine.open(tmp_path / "s.db", game.LEVELS) as engine:
+            server = game.GameServer(engine)
+            errors: list[BaseException] = []
+            ended = asyncio.Event()
+
+            async def handle(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+                try:
+                    await server.handle(reader, writer)
+                except Exception as e:  # what the server let escape
+                    errors.append(e)
+                finally:
+                    ended.set()
+
+            tcp = await asyncio.start_server(handle, "127.0.0.1", 0)
+            async with tcp:
+                port = tcp.sockets[0].getsockname()[1]
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"".join(spin % n for n in range(50)))
+                await writer.drain()
+                writer.transport.abort()  # the connection drops with its replies unread
+                await asyncio.wait_for(ended.wait(), 30)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(spin % 0)  # the player is back and resends the first round
+                await writer.drain()
+                again = json.loads(await asyncio.wait_for(reader.readline(), 30))
+                writer.close()
+                await writer.wait_closed()
+            return errors, again, (await engine.verify()).ok
+
+    errors, again, audited = asyncio.run(drop_then_play())
+    assert errors == []
+    assert again["ok"] is True  # applied before the drop (then replayed) or now
+    assert audited
+
+
 def test_casino_floor(tmp_path: Path) -> None:
     png = tmp_path / "floor.png"
     out = run_example("casino_floor.py", "--quick", "--chart", str(png), cwd=tmp_path)
