@@ -223,14 +223,16 @@ def main() -> None:
         parser.error(f"--chart {args.chart}: no directory {args.chart.parent}; create it first")
     machines, spins = (2, 40) if args.quick else (args.machines, args.spins)
     with tempfile.TemporaryDirectory() as tmp:
-        ok = run(args.db or Path(tmp) / "floor.db", machines, spins, args.chart)
+        ok = run(args.db or Path(tmp) / "floor.db", machines, spins, args.chart,
+                 kept=args.db is not None)
     raise SystemExit(0 if ok else 1)  # a script that runs it learns the audit's verdict
 
 
-def run(path: Path, machines: int, spins: int, chart_path: Path) -> bool:
+def run(path: Path, machines: int, spins: int, chart_path: Path, *, kept: bool) -> bool:
     """Play the floor, print the meters, the chart and the audit; return whether it passed."""
+    where = str(path) if kept else "a temporary file (--db PATH keeps one)"
     print(f"casino floor: {len(BANKS)} banks (one process each) x {machines} machines "
-          f"x {spins} spins, on {path.name}")
+          f"x {spins} spins, on {where}")
     with JackpotEngine.open(path, LEVELS) as engine:  # creates the levels once
         timeline: list[tuple[float, dict[str, Decimal]]] = []
         stop = threading.Event()

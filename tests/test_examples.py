@@ -159,7 +159,8 @@ def test_the_game_server_takes_a_dropped_connection_in_its_stride(
 def test_casino_floor(tmp_path: Path) -> None:
     png = tmp_path / "floor.png"
     out = run_example("casino_floor.py", "--quick", "--chart", str(png), cwd=tmp_path)
-    assert "4 banks (one process each) x 2 machines x 40 spins" in out
+    assert out.startswith("casino floor: 4 banks (one process each) x 2 machines x 40 spins, "
+                          "on a temporary file (--db PATH keeps one)\n")  # was "on floor.db"
     assert "\n320 spins in " in out
     assert "every level's 'won' meter equals what the banks paid out" in out
     assert "never past its must-hit-by 60.00" in out
