@@ -1,8 +1,9 @@
 """Run the engine under a steady load long enough for a sampling profiler.
 
-    py-spy record --idle --threads --format raw -o out/profile.txt -- \\
+    mkdir -p benchmarks/out   # git ignores it
+    py-spy record --idle --threads --format raw -o benchmarks/out/profile.txt -- \\
         python benchmarks/profile_engine.py --seconds 20
-    python benchmarks/profile_engine.py --summarize out/profile.txt
+    python benchmarks/profile_engine.py --summarize benchmarks/out/profile.txt
 
 The load is compare.py's headline workload: 64 caller threads, 3-level
 contributions, fresh op_ids, WAL + synchronous=FULL. `--summarize` reads
