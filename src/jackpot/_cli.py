@@ -110,7 +110,7 @@ def _shared(f: Callable[..., Any]) -> Callable[..., Any]:
     """Accept --db and --json after the command name too."""
     f = click.option("--json", "as_json", is_flag=True, default=None,
                      help="Machine-readable output.")(f)
-    return click.option("--db", type=click.Path(dir_okay=False), default=None,
+    return click.option("--db", type=click.Path(), default=None,  # checked by _path
                         help="Database file (default: $JACKPOT_DB).")(f)
 
 
@@ -147,6 +147,9 @@ def _path(opts: Options, *, must_exist: bool = True) -> str:
         msg = "no database given: pass --db PATH or set JACKPOT_DB"
         raise CommandError(msg)
     check_path(opts.db)  # (":memory:" would otherwise be told to `jackpot init` itself)
+    if "://" not in opts.db and Path(opts.db).is_dir():  # click's own check named --db alone
+        msg = f"{opts.db!r} is a directory: --db (or JACKPOT_DB) names the database file"
+        raise CommandError(msg)
     if must_exist and "://" not in opts.db and not Path(opts.db).is_file():
         msg = f"database {opts.db!r} does not exist: create it with `jackpot init --db {opts.db}`"
         raise CommandError(msg)
@@ -260,7 +263,7 @@ def _verify_out(report: VerifyReport) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="jackpot",
                       message="%(prog)s %(version)s")
-@click.option("--db", type=click.Path(dir_okay=False), envvar="JACKPOT_DB", default=None,
+@click.option("--db", type=click.Path(), envvar="JACKPOT_DB", default=None,  # checked by _path
               help="Database file (or set JACKPOT_DB).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -278,6 +281,9 @@ def init(*, levels: tuple[str, ...], db: str | None, as_json: bool | None) -> No
     opts = _options(db, as_json)
     groups = [_parse_level(spec) for spec in levels] or None
     path = _path(opts, must_exist=False)
+    if not is_database_url(path) and not Path(path).parent.is_dir():  # SQLite: "unable to open"
+        msg = f"cannot create database {path!r}: no directory {str(Path(path).parent)!r}"
+        raise CommandError(msg)
     before = _existing_levels(path)
     with _engine(opts, groups, must_exist=False) as engine:
         pools = engine.pools()

@@ -618,8 +618,10 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
     (("config", "minor", "contribution_rate=none", "--db", "{db}"),
      ("contribution_rate cannot be cleared (None): only cap, min_bet, max_contribution, "
       "must_hit_by can; give a value instead")),
-    (("init", "--db", "{tmp}/no/such/dir.db"),
-     "cannot open database '{tmp}/no/such/dir.db': unable to open database file"),
+    (("init", "--db", "{tmp}/no/such/dir.db"),  # was SQLite's "unable to open database file"
+     "cannot create database '{tmp}/no/such/dir.db': no directory '{tmp}/no/such'"),
+    (("status", "--db", "{tmp}"),
+     "'{tmp}' is a directory: --db (or JACKPOT_DB) names the database file"),
     # was a traceback (UnicodeEncodeError) and exit status 1
     (("init", "--db", "{tmp}/q\udc80.db"),
      ("path '{tmp}/q\\udc80.db' cannot be written in UTF-8, as SQLite takes file names (a "
@@ -643,6 +645,16 @@ def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: 
     done = jackpot(*(a.format(**fill) for a in args))
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"jackpot: error: {message.format(**fill)}\n"
+
+
+@pytest.mark.parametrize("command", ["status", "init", "health"])
+def test_a_directory_in_jackpot_db_is_named_as_such(tmp_path: Path, command: str) -> None:
+    """Click's check said "Invalid value for '--db'" to one who had set JACKPOT_DB."""
+    done = jackpot(command, env={"JACKPOT_DB": str(tmp_path)})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"jackpot: error: {str(tmp_path)!r} is a directory: --db (or "
+                           "JACKPOT_DB) names the database file\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bad_setting_is_one_line_and_status_2(db: str) -> None:
