@@ -31,8 +31,10 @@ def _count(text: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bets", type=_count, default=500, help="number of bets to play")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bets", type=_count, default=500,
+                        help="number of bets to play (default: 500)")
     parser.add_argument("--quick", action="store_true", help="play 50 bets")
     parser.add_argument("--db", type=Path, default=None,
                         help="a new database file to keep (default: a temporary one)")

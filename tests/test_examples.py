@@ -302,6 +302,15 @@ def test_an_example_refuses_a_path_in_a_missing_directory(tmp_path: Path, name: 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py", "casino_floor.py",
+                                  "operator_console.py"])
+def test_an_examples_help_keeps_its_docstrings_lines(tmp_path: Path, name: str) -> None:
+    """The quickstart's --help ran its docstring's paragraphs and usage line together."""
+    out = run_example(name, "--help", cwd=tmp_path)
+    assert f"\nRun: python examples/{name} [" in out
+    assert "\n--db keeps the database in a new file" in out
+
+
 @pytest.mark.parametrize(("name", "option"), [
     ("quickstart.py", "--bets"), ("asyncio_game_server.py", "--players"),
     ("casino_floor.py", "--machines"), ("operator_console.py", "--bets")])
