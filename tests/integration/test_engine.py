@@ -360,6 +360,17 @@ def test_open_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert path.read_bytes() == b"these are not the pools you are looking for" * 100
 
 
+def test_open_names_a_directory_or_a_missing_one(tmp_path: Path) -> None:
+    # SQLite says only "unable to open database file" for both
+    with pytest.raises(StorageError, match="it is a directory, not a file"):
+        JackpotEngine.open(tmp_path, settings=Settings())
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(StorageError,
+                       match=f"there is no directory '{missing}' to create it in"):
+        JackpotEngine.open(missing / "pools.db", settings=Settings())
+    assert not (tmp_path / "no").exists()
+
+
 # -- closing ----------------------------------------------------------------------------
 
 def test_calls_after_close_raise_engine_closed(engine: JackpotEngine) -> None:

@@ -203,12 +203,7 @@ class SQLiteStore(Store):
             self._abandon()
             if not isinstance(e, apsw.Error):
                 raise
-            msg = f"cannot open database {path!r}: {e}"
-            if not create and not Path(path).exists():
-                msg = f"cannot open database {path!r}: it does not exist"
-            if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
-                msg += (" (reading a WAL database needs its -shm file, which is missing and "
-                        "cannot be created here: read it as the user that writes it)")
+            msg = _why_not_opened(path, e, create=create, read_only=read_only)
             raise StorageError(msg) from e
 
     def _abandon(self) -> None:
@@ -820,3 +815,19 @@ def _sum_overflowed(e: BaseException) -> bool:
     """Whether `e` (or the error it translates) is SQLite's SUM overflowing past 2**63."""
     cause = e if isinstance(e, apsw.SQLError) else e.__cause__
     return isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)
+
+
+def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool) -> str:
+    """Say why SQLite could not open `path`, where its own message does not."""
+    msg = f"cannot open database {path!r}: {e}"
+    if not create and not Path(path).exists():
+        msg = f"cannot open database {path!r}: it does not exist"
+    elif Path(path).is_dir():  # SQLite says only "unable to open database file"
+        msg = f"cannot open database {path!r}: it is a directory, not a file"
+    elif not Path(path).parent.is_dir():
+        msg = (f"cannot open database {path!r}: there is no directory "
+               f"{str(Path(path).parent)!r} to create it in")
+    if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
+        msg += (" (reading a WAL database needs its -shm file, which is missing and "
+                "cannot be created here: read it as the user that writes it)")
+    return msg
