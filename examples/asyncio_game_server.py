@@ -76,7 +76,7 @@ class GameServer:
         # in flight was applied or not, and resending its round tells which.
         try:
             with contextlib.suppress(ConnectionError):
-                while line := await reader.readline():
+                while line := await self._next_line(reader, writer):
                     try:
                         request = json.loads(line)
                     except ValueError:  # not JSON, or not UTF-8
@@ -88,6 +88,17 @@ class GameServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+    @staticmethod
+    async def _next_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """Return the player's next line (b"" once they hang up, or sent one too long)."""
+        try:
+            return await reader.readline()
+        except ValueError:  # past the stream's limit (64 KiB): no request is that long
+            writer.write(json.dumps({"ok": False, "error": "BadRequest",
+                                     "message": "line too long: goodbye"}).encode() + b"\n")
+            await writer.drain()
+            return b""
 
     async def answer(self, request: object) -> dict[str, Any]:
         """Turn one request into a reply; a refused request says why."""

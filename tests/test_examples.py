@@ -113,6 +113,46 @@ def test_the_game_server_refuses_a_bad_request_and_keeps_the_connection(
     assert spun["replayed"] is False
 
 
+def test_the_game_server_hangs_up_on_a_line_too_long_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line past the stream's 64 KiB limit was a ValueError out of the handler."""
+    game = _load("asyncio_game_server.py", monkeypatch)
+
+    async def talk() -> tuple[list[BaseException], dict[str, Any], bytes]:
+        errors: list[BaseException] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: errors.append(context.get("exception")))
+        async with await AsyncJackpotEngine.open(tmp_path / "s.db", game.LEVELS) as engine:
+            server = game.GameServer(engine)
+            ended = asyncio.Event()
+
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                try:
+                    await server.handle(reader, writer)
+                except BaseException as e:
+                    errors.append(e)
+                    raise
+                finally:
+                    ended.set()
+
+            tcp = await asyncio.start_server(handle, "127.0.0.1", 0)
+            async with tcp:
+                port = tcp.sockets[0].getsockname()[1]
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"x" * 100_000 + b"\n")
+                await writer.drain()
+                reply = json.loads(await asyncio.wait_for(reader.readline(), 30))
+                rest = await asyncio.wait_for(reader.read(), 30)  # b"": the server hung up
+                await asyncio.wait_for(ended.wait(), 30)
+                writer.close()
+                return errors, reply, rest
+
+    errors, reply, rest = asyncio.run(talk())
+    assert errors == []
+    assert reply == {"ok": False, "error": "BadRequest", "message": "line too long: goodbye"}
+    assert rest == b""
+
+
 def test_the_game_server_takes_a_dropped_connection_in_its_stride(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A player who vanished mid-spin was a ConnectionResetError out of the handler."""
