@@ -818,11 +818,8 @@ class JackpotEngine:
 
         """
         name = domain.validate_name(group)
-        found = self.pools()
-        if name not in found:
-            msg = f"unknown level {name!r}: this database has {', '.join(found)}"
-            raise UnknownGroupError(msg)
-        return found[name]
+        with self._reading() as reader:
+            return reads.pool(reader, name)
 
     def pools(self) -> dict[str, PoolSnapshot]:
         """Return every level's committed state, read in one consistent snapshot.

@@ -9,12 +9,14 @@ never writes and never waits for the game server's write lock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from jackpot import money
 from jackpot.errors import UnknownGroupError
 from jackpot.results import HistoryEntry, PoolSnapshot
 from jackpot.storage import LedgerRow, Store
 
-__all__ = ["history", "ledger", "pools"]
+__all__ = ["history", "ledger", "pool", "pools"]
 
 
 def pools(store: Store) -> dict[str, PoolSnapshot]:
@@ -22,6 +24,20 @@ def pools(store: Store) -> dict[str, PoolSnapshot]:
     with store.read():
         states = store.load_levels()
     return {name: PoolSnapshot.of(s) for name, s in states.items()}
+
+
+def pool(store: Store, level: str) -> PoolSnapshot:
+    """Return one level's committed state (reading that level's row alone).
+
+    Raises:
+        UnknownGroupError: the database has no level `level`.
+
+    """
+    with store.read():
+        state = store.load_level(level)
+        if state is None:
+            raise _unknown(level, store.load_levels())
+    return PoolSnapshot.of(state)
 
 
 def history(store: Store, level: str, limit: int) -> list[HistoryEntry]:
@@ -54,7 +70,10 @@ def ledger(store: Store, *, level: str | None, limit: int) -> list[LedgerRow]:
 
 
 def _known(store: Store, level: str) -> None:
-    names = list(store.load_levels())
+    names = store.load_levels()
     if level not in names:
-        msg = f"unknown level {level!r}: this database has {', '.join(names)}"
-        raise UnknownGroupError(msg)
+        raise _unknown(level, names)
+
+
+def _unknown(level: str, names: Iterable[str]) -> UnknownGroupError:
+    return UnknownGroupError(f"unknown level {level!r}: this database has {', '.join(names)}")
