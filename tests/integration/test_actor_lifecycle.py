@@ -104,6 +104,38 @@ def test_an_actor_that_cannot_start_is_told_though_logging_on_pykka_raises(
     assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
 
 
+# Re-raised on purpose once the actor is stopped: it ends the thread, as Pykka lets it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize(("where", "error"), [("__init__", SystemExit),
+                                               ("load_level", KeyboardInterrupt)])
+def test_an_actor_whose_start_raises_a_base_exception_is_stopped_and_told(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
+        error: type[BaseException]) -> None:
+    """A KeyboardInterrupt or SystemExit out of `on_start` still stops the actor.
+
+    Pykka lets it end the thread without marking the actor stopped: open()
+    waited out its timeouts ("did not open their connections") and left the
+    dead actors registered and alive for ever.
+    """
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+    main = threading.current_thread()
+    real = getattr(SQLiteStore, where)
+
+    def raising(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is not main:  # an actor's, as it starts
+            raise error
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteStore, where, raising)
+    with pytest.raises(StorageError, match=r"^the engine's actors could not start \(their error "
+                       r"is logged\): \w+ \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
+                       rf"{error.__name__}: $"):
+        JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
+                                                      retry_delay_ms=1))
+    assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
+
+
 def test_a_checkpointer_that_cannot_restart_stops_though_logging_on_pykka_raises(
         open_engine: Callable[..., JackpotEngine]) -> None:
     # Its thread ended while it still counted as alive: never replaced again.

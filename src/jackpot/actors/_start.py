@@ -44,7 +44,7 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows onl
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def start_failed(actor: pykka.Actor, error: Exception) -> None:
+def start_failed(actor: pykka.Actor, error: BaseException) -> None:
     """Stop an actor whose `on_start` failed (called there, which then returns).
 
     The caller waiting for the actor to start only sees that it stopped:
@@ -54,6 +54,12 @@ def start_failed(actor: pykka.Actor, error: Exception) -> None:
     still registered and alive for everyone, never answering (nor replaced).
     Marked stopped here as Pykka would, its inbox is answered with
     `ActorDeadError` when `on_start` returns.
+
+    A KeyboardInterrupt or SystemExit is told here too, then re-raised by
+    `on_start`: Pykka lets it end the thread without marking the actor
+    stopped, so it stayed registered and alive, never answering. open()
+    waited out its timeouts and left it registered; a restart found the
+    level's actor "alive" and never replaced it.
     """
     with _errors_lock:
         _START_ERRORS[actor.actor_urn] = f"{type(error).__name__}: {error}"

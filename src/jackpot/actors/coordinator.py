@@ -70,6 +70,9 @@ class Coordinator(pykka.ThreadingActor):
             self._store = self._open_store()
         except Exception as e:  # noqa: BLE001 - told by `start_failed`, not raised to Pykka
             start_failed(self, e)
+        except BaseException as e:  # (KeyboardInterrupt...): stopped, then on up
+            start_failed(self, e)
+            raise
 
     def on_stop(self) -> None:
         """Close the coordinator's connection."""

@@ -81,6 +81,9 @@ class PoolActor(pykka.ThreadingActor):
         except Exception as e:  # noqa: BLE001 - told by `start_failed`, not raised to Pykka
             start_failed(self, e)
             return
+        except BaseException as e:  # (KeyboardInterrupt...): stopped, then on up
+            start_failed(self, e)
+            raise
         try:
             if self._guard.lock.acquire(timeout=self._guard_limit):
                 try:
@@ -93,8 +96,11 @@ class PoolActor(pykka.ThreadingActor):
                 store.close()  # Pykka calls no on_stop after a failed on_start
             finally:
                 start_failed(self, e)
-        except BaseException:
-            store.close()
+        except BaseException as e:  # (KeyboardInterrupt...): stopped, then on up
+            try:
+                store.close()
+            finally:
+                start_failed(self, e)
             raise
 
     def on_stop(self) -> None:
