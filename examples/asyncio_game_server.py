@@ -79,7 +79,7 @@ class GameServer:
                 while line := await self._next_line(reader, writer):
                     try:
                         request = json.loads(line)
-                    except ValueError:  # not JSON, or not UTF-8
+                    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
                         request = None
                     reply = await self.answer(request)
                     writer.write(json.dumps(reply).encode() + b"\n")

@@ -94,7 +94,9 @@ def test_the_game_server_refuses_a_bad_request_and_keeps_the_connection(
                 port = tcp.sockets[0].getsockname()[1]
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 replies = []
-                for line in (b"not json", b"\xff\xfe", b"[1, 2]", b'{"op": "spin", "player": "p"}',
+                for line in (b"not json", b"\xff\xfe", b"[1, 2]",
+                             b"[" * 10_000,  # nested past the parser's recursion limit
+                             b'{"op": "spin", "player": "p"}',
                              b'{"op": "spin", "player": "p", "round": "r1", "stake": 1.5}',
                              b'{"op": "spin", "player": "p", "round": "r1", "stake": "1.00"}'):
                     writer.write(line + b"\n")
@@ -107,8 +109,9 @@ def test_the_game_server_refuses_a_bad_request_and_keeps_the_connection(
     *refused, spun = asyncio.run(talk())
     assert [(r["ok"], r["error"]) for r in refused] == [
         (False, "BadRequest"), (False, "BadRequest"), (False, "BadRequest"),
-        (False, "BadRequest"), (False, "ValidationError")]
-    assert refused[3]["message"] == "a spin needs round, stake"
+        (False, "BadRequest"), (False, "BadRequest"), (False, "ValidationError")]
+    assert refused[3]["message"] == refused[0]["message"]  # told as any line that is not JSON
+    assert refused[4]["message"] == "a spin needs round, stake"
     assert spun["ok"] is True
     assert spun["replayed"] is False
 
