@@ -1214,8 +1214,14 @@ def _check_utf8(path: str) -> None:
     try:
         path.encode()
     except UnicodeEncodeError:
-        msg = (f"path {path!r} cannot be written in UTF-8, as SQLite takes file names "
-               "(a lone surrogate, or a name in another encoding): rename the file or its folder")
+        if "://" in path:  # a URL: libpq takes it in UTF-8 too; its password is not shown
+            msg = (f"path {redact(path)!r} cannot be written in UTF-8 (a lone surrogate, or "
+                   "text in another encoding): a postgresql:// URL is UTF-8 text; "
+                   "percent-encode any other byte")
+        else:
+            msg = (f"path {path!r} cannot be written in UTF-8, as SQLite takes file names "
+                   "(a lone surrogate, or a name in another encoding): rename the file or its "
+                   "folder")
         raise ValidationError(msg) from None
 
 

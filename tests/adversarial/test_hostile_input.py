@@ -690,6 +690,17 @@ def test_open_refuses_a_hostile_path_with_a_validation_error(
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 
+def test_a_database_url_that_is_not_utf8_is_refused_without_its_password() -> None:
+    """The refusal showed the whole URL, password and all, and said SQLite takes it."""
+    url = f"postgresql://app:s3cret@db.internal/pools{chr(0xDC80)}"
+    with pytest.raises(ValidationError) as refused:
+        JackpotEngine.open(url)
+    assert str(refused.value) == (
+        r"path 'postgresql://app:***@db.internal/pools\udc80' cannot be written in UTF-8 "
+        "(a lone surrogate, or text in another encoding): a postgresql:// URL is UTF-8 "
+        "text; percent-encode any other byte")
+
+
 @pytest.mark.parametrize("settings", [{"lock_timeout_ms": 100}, "fast", 5])
 def test_open_refuses_settings_that_are_not_settings(tmp_path: Path, settings: object) -> None:
     with pytest.raises(ValidationError, match=r"settings must be a jackpot\.Settings"):
