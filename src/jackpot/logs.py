@@ -218,6 +218,7 @@ def log_refusal(kind: str, op_id: object, error: BaseException) -> None:
     """
     shown: str | None = None
     if isinstance(op_id, str):
+        op_id = str.__str__(op_id)  # the text itself, as an accepted op_id is (a str subclass)
         ok = len(op_id) <= _MAX_OP_ID and op_id.isprintable()
         shown = op_id if ok else f"{op_id[:_SHOWN]!r}... ({len(op_id)} chars)"
     logger.info("%s %s refused: %s", kind, shown, error,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import io
 import json
 import logging
@@ -115,6 +116,21 @@ def test_a_refused_op_id_is_logged_cut_and_quoted_never_raw(
         assert "\n" not in record.getMessage()
         assert len(record.getMessage()) < 400
         assert len(str(record.op_id)) < 80  # type: ignore[attr-defined]
+
+
+def test_a_refused_op_id_of_a_str_subclass_is_logged_as_the_text_it_holds(
+        engine: JackpotEngine, caplog: pytest.LogCaptureFixture) -> None:
+    """As an accepted one is: an enum member's own str() ('Round.FIRST') is not its op_id."""
+
+    class Round(str, enum.Enum):  # noqa: UP042 - not StrEnum: its str() is not the value
+        FIRST = "round-1"
+
+    with caplog.at_level(logging.INFO, logger="jackpot"), pytest.raises(JackpotError):
+        engine.contribute("-1", op_id=Round.FIRST)
+    (record,) = _records(caplog, operation="contribute")
+    assert record.getMessage() == "contribute round-1 refused: bet must not be negative, got -1"
+    assert type(record.op_id) is str  # type: ignore[attr-defined]
+    assert record.op_id == "round-1"  # type: ignore[attr-defined]
 
 
 def test_refusals_of_bad_arguments_stay_out_of_the_health_window(
