@@ -371,6 +371,17 @@ def test_open_names_a_directory_or_a_missing_one(tmp_path: Path) -> None:
     assert not (tmp_path / "no").exists()
 
 
+
+def test_open_of_a_name_the_file_system_cannot_look_up_is_a_storage_error(
+        tmp_path: Path) -> None:
+    """Asking the file system why SQLite failed may fail too (a name too long, a folder
+    the user may not search): that was an OSError instead of the StorageError."""
+    path = tmp_path / f"{'x' * 300}.db"  # past any file system's 255-byte name
+    with pytest.raises(StorageError, match=r"^cannot open database '.+\.db': unable to open "
+                                           r"database file$"):
+        JackpotEngine.open(path, settings=Settings())
+    assert list(tmp_path.iterdir()) == []
+
 # -- closing ----------------------------------------------------------------------------
 
 def test_calls_after_close_raise_engine_closed(engine: JackpotEngine) -> None:

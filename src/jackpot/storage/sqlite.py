@@ -818,16 +818,23 @@ def _sum_overflowed(e: BaseException) -> bool:
 
 
 def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool) -> str:
-    """Say why SQLite could not open `path`, where its own message does not."""
+    """Say why SQLite could not open `path`, where its own message does not.
+
+    Looking may fail as the open did (a name too long, a folder this user may
+    not search: an OSError from `stat`); SQLite's message then stands alone.
+    """
     msg = f"cannot open database {path!r}: {e}"
-    if not create and not Path(path).exists():
-        msg = f"cannot open database {path!r}: it does not exist"
-    elif Path(path).is_dir():  # SQLite says only "unable to open database file"
-        msg = f"cannot open database {path!r}: it is a directory, not a file"
-    elif not Path(path).parent.is_dir():
-        msg = (f"cannot open database {path!r}: there is no directory "
-               f"{str(Path(path).parent)!r} to create it in")
-    if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
-        msg += (" (reading a WAL database needs its -shm file, which is missing and "
-                "cannot be created here: read it as the user that writes it)")
+    try:
+        if not create and not Path(path).exists():
+            msg = f"cannot open database {path!r}: it does not exist"
+        elif Path(path).is_dir():  # SQLite says only "unable to open database file"
+            msg = f"cannot open database {path!r}: it is a directory, not a file"
+        elif not Path(path).parent.is_dir():
+            msg = (f"cannot open database {path!r}: there is no directory "
+                   f"{str(Path(path).parent)!r} to create it in")
+        if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
+            msg += (" (reading a WAL database needs its -shm file, which is missing and "
+                    "cannot be created here: read it as the user that writes it)")
+    except OSError:
+        pass  # (the message so far is all that is known)
     return msg
