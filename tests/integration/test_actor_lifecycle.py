@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import re
 import threading
 import time
 import warnings
@@ -102,6 +103,49 @@ def test_an_actor_that_cannot_start_is_told_though_logging_on_pykka_raises(
         JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
                                                       retry_delay_ms=1))
     assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
+
+
+class _StillRegistered(logging.Handler):
+    """Note each "could not start" record, and whether its actor was still registered then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, bool]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "outcome", None) == "actor_start_failed":
+            actor = record.args[0]  # type: ignore[index]
+            self.seen.append((record.getMessage(), pykka.ActorRegistry.get_by_urn(
+                actor.actor_urn) is not None))
+
+
+def test_open_refused_as_actors_could_not_start_has_logged_their_error_by_then(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open() says "their error is logged": it is, before the actor counts as stopped.
+
+    The log line was written after the actor was marked stopped, so open()
+    could raise (and the caller read the log) before it was there.
+    """
+    JackpotEngine.open(db_path).close()
+
+    def broken(self: SQLiteStore, name: str) -> None:
+        msg = "cannot load the level"
+        raise StorageError(msg)
+
+    monkeypatch.setattr(SQLiteStore, "load_level", broken)
+    handler = _StillRegistered()
+    log = logging.getLogger("jackpot")
+    log.addHandler(handler)
+    try:
+        with pytest.raises(StorageError, match="could not start"):
+            JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100,
+                                                          max_retry_attempts=0, retry_delay_ms=1))
+    finally:
+        log.removeHandler(handler)
+    assert handler.seen  # (one per level whose actor had started by then)
+    for message, registered in handler.seen:
+        assert re.fullmatch(r"PoolActor \(urn:uuid:[-0-9a-f]+\) could not start", message)
+        assert registered
 
 
 # Re-raised on purpose once the actor is stopped: it ends the thread, as Pykka lets it.

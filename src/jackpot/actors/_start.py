@@ -48,10 +48,11 @@ def start_failed(actor: pykka.Actor, error: BaseException) -> None:
     """Stop an actor whose `on_start` failed (called there, which then returns).
 
     The caller waiting for the actor to start only sees that it stopped:
-    the error is kept for `wait_ready` to tell, and logged. Not raised to
-    Pykka: it logs on its own logger before it marks the actor stopped, so a
-    log filter or handler that raises there ended the thread with the actor
-    still registered and alive for everyone, never answering (nor replaced).
+    the error is kept for `wait_ready` to tell, and logged before the actor
+    counts as stopped. Not raised to Pykka: it logs on its own logger before
+    it marks the actor stopped, without a `finally`, so a log filter or
+    handler that raises there ended the thread with the actor still
+    registered and alive for everyone, never answering (nor replaced).
     Marked stopped here as Pykka would, its inbox is answered with
     `ActorDeadError` when `on_start` returns.
 
@@ -65,10 +66,12 @@ def start_failed(actor: pykka.Actor, error: BaseException) -> None:
         _START_ERRORS[actor.actor_urn] = f"{type(error).__name__}: {error}"
         while len(_START_ERRORS) > _KEPT:
             del _START_ERRORS[next(iter(_START_ERRORS))]
-    pykka.ActorRegistry.unregister(actor.actor_ref)
-    actor.actor_stopped.set()
-    after_the_fact(logger.error, "%s could not start", actor, exc_info=error,
-                   extra={"outcome": "actor_start_failed"})
+    try:  # logged first: whoever sees it stopped ("their error is logged") finds the line
+        after_the_fact(logger.error, "%s could not start", actor, exc_info=error,
+                       extra={"outcome": "actor_start_failed"})
+    finally:  # whatever the logging raised
+        pykka.ActorRegistry.unregister(actor.actor_ref)
+        actor.actor_stopped.set()
 
 
 def _why(ref: pykka.ActorRef[Any]) -> str:
