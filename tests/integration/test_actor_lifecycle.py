@@ -150,10 +150,12 @@ def test_open_refused_as_actors_could_not_start_has_logged_their_error_by_then(
 
 # Re-raised on purpose once the actor is stopped: it ends the thread, as Pykka lets it.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.parametrize(("where", "error"), [("__init__", SystemExit),
-                                               ("load_level", KeyboardInterrupt)])
+@pytest.mark.parametrize(("actor", "where", "error"), [
+    ("PoolActor", "__init__", SystemExit), ("PoolActor", "load_level", KeyboardInterrupt),
+    ("Coordinator", "__init__", KeyboardInterrupt), ("_CheckpointActor", "__init__", SystemExit),
+])
 def test_an_actor_whose_start_raises_a_base_exception_is_stopped_and_told(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str, where: str,
         error: type[BaseException]) -> None:
     """A KeyboardInterrupt or SystemExit out of `on_start` still stops the actor.
 
@@ -163,17 +165,16 @@ def test_an_actor_whose_start_raises_a_base_exception_is_stopped_and_told(
     """
     JackpotEngine.open(db_path).close()
     before = set(pykka.ActorRegistry.get_all())
-    main = threading.current_thread()
     real = getattr(SQLiteStore, where)
 
     def raising(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not main:  # an actor's, as it starts
+        if threading.current_thread().name.startswith(f"{actor}-"):  # (Pykka's thread names)
             raise error
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(SQLiteStore, where, raising)
     with pytest.raises(StorageError, match=r"^the engine's actors could not start \(their error "
-                       r"is logged\): \w+ \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
+                       rf"is logged\): {actor} \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
                        rf"{error.__name__}: $"):
         JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
                                                       retry_delay_ms=1))
