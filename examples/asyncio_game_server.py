@@ -105,10 +105,8 @@ class GameServer:
         if not isinstance(request, dict):
             return {"ok": False, "error": "BadRequest",
                     "message": 'send one JSON object per line, such as {"op": "pools"}'}
-        missing = [k for k in ("player", "round", "stake") if k not in request]
-        if request.get("op") == "spin" and missing:
-            return {"ok": False, "error": "BadRequest",
-                    "message": f"a spin needs {', '.join(missing)}"}
+        if request.get("op") == "spin" and (why := _bad_spin(request)):
+            return {"ok": False, "error": "BadRequest", "message": why}
         try:
             if request.get("op") == "spin":
                 return await self.spin(request["player"], request["round"], request["stake"])
@@ -117,7 +115,10 @@ class GameServer:
                                               for n, p in (await self.engine.pools()).items()}}
         except JackpotError as e:
             return {"ok": False, "error": type(e).__name__, "message": str(e)}
-        return {"ok": False, "error": "BadRequest", "message": f"unknown op {request!r}"}
+        op = request.get("op")  # (shown only as text: the repr of a deep list recurses)
+        shown = repr(op[:40]) if isinstance(op, str) else f"of type {type(op).__name__}"
+        return {"ok": False, "error": "BadRequest",
+                "message": f'unknown op {shown}: send "spin" or "pools"'}
 
     async def spin(self, player: str, round_id: str, stake: str) -> dict[str, Any]:
         op_id = f"{player}:{round_id}"
@@ -143,6 +144,18 @@ class GameServer:
         return {"ok": True, "replayed": bet.replayed,
                 "added": {n: str(v) for n, v in bet.contributions.items()},
                 "jackpots": [{"level": w.group, "amount": str(w.amount)} for w in wins]}
+
+
+def _bad_spin(request: dict[str, Any]) -> str:
+    """Say what a spin request lacks ("" if nothing)."""
+    missing = [k for k in ("player", "round", "stake") if k not in request]
+    if missing:
+        return f"a spin needs {', '.join(missing)}"
+    # They make its op_id: a list or an object is no id (and one nested deep
+    # enough that it parsed fails str() here).
+    if not all(isinstance(request[k], (str, int)) for k in ("player", "round")):
+        return "a spin's player and round are text or whole numbers"
+    return ""
 
 
 async def play(port: int, player: str, spins: int, seed: int) -> Decimal:

@@ -116,6 +116,35 @@ def test_the_game_server_refuses_a_bad_request_and_keeps_the_connection(
     assert spun["replayed"] is False
 
 
+def test_the_game_server_refuses_a_request_nested_too_deep_to_print(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What json.loads returns for a line nested just short of its limit.
+
+    repr() or str() of it, a few calls deeper, raises RecursionError: out of
+    the handler as a traceback, for an unknown op or a spin's player.
+    """
+    game = _load("asyncio_game_server.py", monkeypatch)
+    deep: list[Any] = []
+    for _ in range(5_000):
+        deep = [deep]
+
+    async def ask() -> list[dict[str, Any]]:
+        async with await AsyncJackpotEngine.open(tmp_path / "s.db", game.LEVELS) as engine:
+            server = game.GameServer(engine)
+            return [await server.answer({"op": deep}),
+                    await server.answer({"op": "spin", "player": deep, "round": "r1",
+                                         "stake": "1.00"}),
+                    await server.answer({"op": "spin", "player": "p", "round": 7,
+                                         "stake": "1.00"})]
+
+    unknown, spin, spun = asyncio.run(ask())
+    assert unknown == {"ok": False, "error": "BadRequest",
+                       "message": 'unknown op of type list: send "spin" or "pools"'}
+    assert spin == {"ok": False, "error": "BadRequest",
+                    "message": "a spin's player and round are text or whole numbers"}
+    assert spun["ok"] is True  # a round numbered, not named, is still a round
+
+
 def test_the_game_server_hangs_up_on_a_line_too_long_without_a_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A line past the stream's 64 KiB limit was a ValueError out of the handler."""
