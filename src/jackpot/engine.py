@@ -1236,7 +1236,13 @@ def _absolute(path: str) -> str:
     same file, whatever the process's working directory is by then, and two
     spellings of one file (a symlink) share their writers' turns.
     """
-    return path if is_database_url(path) else os.path.realpath(path)
+    if is_database_url(path):
+        return path
+    try:
+        return os.path.realpath(path)
+    except OSError as e:  # a relative path in a working directory that was deleted
+        msg = f"cannot open database {path!r}: its path cannot be resolved ({e.strerror})"
+        raise StorageError(msg) from e
 
 
 def _configs(path: str | os.PathLike[str],

@@ -360,6 +360,17 @@ def test_open_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert path.read_bytes() == b"these are not the pools you are looking for" * 100
 
 
+def test_open_of_a_relative_path_in_a_deleted_working_directory_is_a_storage_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(StorageError, match=r"cannot open database 'pools.db': its path cannot "
+                                           r"be resolved \(No such file or directory\)"):
+        JackpotEngine.open("pools.db", settings=Settings())
+
+
 def test_open_names_a_directory_or_a_missing_one(tmp_path: Path) -> None:
     # SQLite says only "unable to open database file" for both
     with pytest.raises(StorageError, match="it is a directory, not a file"):
