@@ -69,8 +69,8 @@ def main() -> None:
     if args.callers < args.procs:
         parser.error(f"--callers must be at least --procs ({args.procs}): every process "
                      f"needs a caller, got {args.callers}")
-    if not args.seconds > 0:
-        parser.error(f"--seconds must be above 0, got {args.seconds}")
+    if not 0 < args.seconds <= 3600:  # (inf ran for ever)
+        parser.error(f"--seconds must be above 0 and at most 3600, got {args.seconds}")
     kind = "baseline" if args.baseline else "engine"
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "pools.db")

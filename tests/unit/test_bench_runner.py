@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # compare.py imports baseline.py as a top-level module
 import compare  # noqa: E402 - after the path it lives on
@@ -94,6 +96,21 @@ def test_fairness_refuses_a_process_without_callers(tmp_path: Path) -> None:
     assert done.stderr.endswith("error: --callers must be at least --procs (2): every process "
                                 "needs a caller, got 1\n")
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "0"])
+def test_fairness_refuses_a_run_that_would_never_end_or_never_start(tmp_path: Path,
+                                                                    seconds: str) -> None:
+    """--seconds inf was taken, and the run lasted for ever."""
+    import subprocess  # noqa: PLC0415 - only here
+
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "fairness.py"), "--procs", "1", "--callers", "1",
+         "--seconds", seconds], capture_output=True, text=True, timeout=60, check=False,
+        cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.endswith("error: --seconds must be above 0 and at most 3600, got "
+                                f"{float(seconds)}\n")
 
 
 def test_verify_speed_keeps_its_cache_under_benchmarks_out() -> None:
