@@ -183,3 +183,87 @@ def test_a_batch_that_cannot_hold_every_level_releases_those_it_held(db_path: Pa
         assert engine.contribute(Decimal(10), groups="major", op_id="major-only").versions == {
             "major": 2}
         assert engine.verify().ok
+
+
+# -- verify(): checks no other test reached ------------------------------------------------
+
+def _tamper(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    conn = apsw.Connection(str(path))
+    try:
+        conn.execute("PRAGMA ignore_check_constraints = ON")  # as a forger can
+        with conn:
+            for sql, params in statements:
+                conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def test_a_retirement_whose_reserve_fractions_make_a_unit_verifies(
+        open_engine: Opener) -> None:
+    """The two reserve carries add up to a whole unit, which the target's reserve receives.
+
+    verify() must count that unit as made of fractions, not report it as
+    received from nowhere. Kills `check_retirements` leaving out the reserve
+    units (`moved[3]`).
+    """
+    levels = [GroupConfig("old", Decimal(0), Decimal("0.333333333"),
+                          reserve_rate=Decimal("0.333333333")),
+              GroupConfig("new", Decimal(0), Decimal("0.25"), reserve_rate=Decimal("0.5"))]
+    engine = open_engine(groups=levels, settings=QUIET)
+    engine.contribute(Decimal("0.000003"), groups="old", op_id="b1")  # 0.999999999 carried, twice
+    engine.contribute(Decimal("0.000001"), groups="new", op_id="b2")  # 0.25 and 0.5 carried
+    engine.retire("old", transfer_to="new", reason="merge", op_id="r1")
+    new = engine.pool("new")
+    assert (new.amount, new.reserve) == (Decimal("0.000001"), Decimal("0.000001"))
+    report = engine.verify()
+    assert report.problems == []
+    assert report.ok
+
+
+LEVEL = [GroupConfig("minor", Decimal(10), Decimal("0.1"), reserve_rate=Decimal("0.01"))]
+
+
+def test_a_carried_fraction_of_a_whole_unit_is_out_of_range(
+        open_engine: Opener, db_path: Path) -> None:
+    """A carry is under one unit (1e9 billionths); exactly one unit is out of range.
+
+    Forged past the schema's CHECK (as `PRAGMA ignore_check_constraints` lets
+    anyone): the audit says which level and what, besides integrity_check.
+    Kills verify()'s range check accepting `carry == RATE_SCALE`.
+    """
+    engine = open_engine(groups=LEVEL, settings=QUIET)
+    engine.contribute(Decimal(50), op_id="b1")
+    _tamper(db_path, ("UPDATE levels SET carry = 1000000000 WHERE name = 'minor'", ()))
+    problems = engine.verify().problems
+    assert problems == [
+        "minor: a carried fraction is out of range",
+        ("minor: the pool's carried fraction is 1000000000 billionths of a unit, but the "
+         "ledger's bets, rates and retirements leave 0"),
+        "integrity_check: CHECK constraint failed in levels"]
+
+
+def test_a_reserve_that_went_negative_in_the_ledger_is_reported(
+        open_engine: Opener, db_path: Path) -> None:
+    """Two forged rows take the reserve below zero and back: each adds up, the sums agree.
+
+    Forged past the schema's CHECK on `reserve_after`. Only the lowest reserve
+    the ledger records tells which level. Kills verify() leaving
+    the ledger's lowest reserve out of its "a balance went negative" check.
+    """
+    engine = open_engine(groups=LEVEL, settings=QUIET)
+    engine.contribute(Decimal(50), op_id="b1")  # minor: version 2, pool 15, reserve 0.5
+    columns = ("op_id, kind, level, delta, balance_after, reserve_delta, reserve_after, "
+               "version_after, contributed, overflow, reserve_in, house_funded, "
+               "reserve_funded, paid, adjusted, transferred, reserve_transferred, at_ms, who, "
+               "detail")
+    sql = f"INSERT INTO ledger ({columns}) VALUES ({', '.join('?' * 20)})"
+    _tamper(db_path,
+            (sql, ("forged", "adjust", "minor", 0, 15_000_000, -600_000, -100_000, 3,
+                   0, 0, 0, 0, 0, 0, 0, 0, -600_000, 0, None, "{}")),
+            (sql, ("forged", "adjust", "minor", 0, 15_000_000, 600_000, 500_000, 4,
+                   0, 0, 0, 0, 0, 0, 0, 0, 600_000, 0, None, "{}")),
+            ("UPDATE levels SET version = 4 WHERE name = 'minor'", ()))
+    problems = engine.verify().problems
+    # (integrity_check names the table only: the audit's own line names the level)
+    assert problems == ["minor: a balance went negative",
+                        "integrity_check: CHECK constraint failed in ledger"]
