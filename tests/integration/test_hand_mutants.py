@@ -267,3 +267,24 @@ def test_a_reserve_that_went_negative_in_the_ledger_is_reported(
     # (integrity_check names the table only: the audit's own line names the level)
     assert problems == ["minor: a balance went negative",
                         "integrity_check: CHECK constraint failed in ledger"]
+
+
+def test_an_op_id_record_keeps_the_time_of_its_operation(open_engine: Opener,
+                                                          db_path: Path) -> None:
+    """The idempotency record's `at_ms` is when its operation was applied, as its ledger rows say.
+
+    Nothing in the engine reads it back; an operator pruning or tracing old
+    op_ids does. Kills `record_operations` writing another time than the batch's.
+    """
+    engine = open_engine(groups=LEVEL, settings=QUIET)
+    engine.contribute(Decimal(50), op_id="b1")
+    engine.process_win("minor", op_id="w1")
+    conn = read_only(db_path)
+    try:
+        rows = conn.execute(
+            "SELECT o.op_id, o.at_ms, l.at_ms FROM operations o JOIN ledger l USING (op_id) "
+            "ORDER BY l.seq").fetchall()
+    finally:
+        conn.close()
+    assert [op for op, _, _ in rows] == ["b1", "w1"]
+    assert all(recorded == applied > 0 for _, recorded, applied in rows), rows
