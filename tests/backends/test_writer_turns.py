@@ -269,6 +269,51 @@ def test_requests_that_queue_while_a_batch_waits_for_its_turn_join_it(
         assert engine.verify().ok
 
 
+def test_a_request_on_a_level_the_waiting_batch_does_not_hold_waits_for_its_own_batch(
+        tmp_path: Path) -> None:
+    """Only requests on the levels the coordinator holds join its waiting batch.
+
+    "other" names mega, whose guard the waiting batch does not hold: joining,
+    it would write mega behind the back of mega's actor, whose cached state
+    then goes stale (found again only as a reload). It gets a transaction of
+    its own. Kills the coordinator's top-up taking any queued request
+    (tests/model/MUTATION.md, the hand-made run).
+    """
+    db = tmp_path / "pools.db"
+    with JackpotEngine.open(db) as engine:
+        engine.contribute(Decimal(1), groups=("major", "minor"), op_id="warm")
+        mailbox = engine._mailboxes[None]
+        put, puts = mailbox.put, []
+
+        def counting_put(*args: Any) -> bool:
+            puts.append(1)
+            return put(*args)
+
+        mailbox.put = counting_put  # type: ignore[method-assign]
+        before = database_lock_waits(engine)
+        results: dict[str, Any] = {}
+
+        def bet(op_id: str, groups: tuple[str, ...]) -> None:
+            results[op_id] = engine.contribute(Decimal(2), groups=groups, op_id=op_id)
+
+        held = threading.Thread(target=bet, args=("held", ("major", "minor")))
+        other = threading.Thread(target=bet, args=("other", ("mega", "minor")))
+        with held_by_another_process(db):
+            held.start()
+            wait_until(lambda: len(puts) == 1 and not mailbox._items)  # claimed: it waits
+            other.start()
+            wait_until(lambda: len(puts) == 2)  # queued while the first batch waits
+        held.join(30)
+        other.join(30)
+        assert database_lock_waits(engine) - before == 2  # a transaction each
+        assert results["held"].versions == {"major": 3, "minor": 3}
+        assert results["other"].versions == {"mega": 2, "minor": 4}
+        assert engine.contribute(Decimal(2), groups="mega", op_id="mega-only").versions == {
+            "mega": 3}
+        assert engine.stats.snapshot().get("reloads", 0) == 0  # mega's actor knew version 2
+        assert engine.verify().ok
+
+
 def test_claim_more_takes_what_fits_and_keeps_the_rest_in_order() -> None:
     mailbox = Mailbox(max_batch=3)
     ops = [SimpleNamespace(names=names) for names in
