@@ -17,6 +17,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -145,6 +146,19 @@ def test_the_game_server_refuses_a_request_nested_too_deep_to_print(
     assert spun["ok"] is True  # a round numbered, not named, is still a round
 
 
+def _watched(server: Any, errors: list[BaseException], ended: asyncio.Event,
+             ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """Wrap the game server's handler: what it lets escape goes to `errors`; `ended` once done."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await server.handle(reader, writer)
+        except Exception as e:  # what the server let escape
+            errors.append(e)
+        finally:
+            ended.set()
+    return handle
+
+
 def test_the_game_server_hangs_up_on_a_line_too_long_without_a_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A line past the stream's 64 KiB limit was a ValueError out of the handler."""
@@ -153,20 +167,11 @@ def test_the_game_server_hangs_up_on_a_line_too_long_without_a_traceback(
     async def talk() -> tuple[list[BaseException], dict[str, Any], bytes]:
         errors: list[BaseException] = []
         asyncio.get_running_loop().set_exception_handler(
-            lambda _loop, context: errors.append(context.get("exception")))
+            lambda _loop, context: errors.append(context.get("exception")
+                                                 or RuntimeError(context["message"])))
         async with await AsyncJackpotEngine.open(tmp_path / "s.db", game.LEVELS) as engine:
-            server = game.GameServer(engine)
             ended = asyncio.Event()
-
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                try:
-                    await server.handle(reader, writer)
-                except BaseException as e:
-                    errors.append(e)
-                    raise
-                finally:
-                    ended.set()
-
+            handle = _watched(game.GameServer(engine), errors, ended)
             tcp = await asyncio.start_server(handle, "127.0.0.1", 0)
             async with tcp:
                 port = tcp.sockets[0].getsockname()[1]
@@ -193,19 +198,9 @@ def test_the_game_server_takes_a_dropped_connection_in_its_stride(
 
     async def drop_then_play() -> tuple[list[BaseException], dict[str, Any], bool]:
         async with await AsyncJackpotEngine.open(tmp_path / "s.db", game.LEVELS) as engine:
-            server = game.GameServer(engine)
             errors: list[BaseException] = []
             ended = asyncio.Event()
-
-            async def handle(reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-                try:
-                    await server.handle(reader, writer)
-                except Exception as e:  # what the server let escape
-                    errors.append(e)
-                finally:
-                    ended.set()
-
+            handle = _watched(game.GameServer(engine), errors, ended)
             tcp = await asyncio.start_server(handle, "127.0.0.1", 0)
             async with tcp:
                 port = tcp.sockets[0].getsockname()[1]
