@@ -1202,6 +1202,14 @@ def check_path(path: object) -> None:
         msg = (f"path {str(path)[:40]!r} looks like a libpq connection string: the engine "
                "takes PostgreSQL as a postgresql:// URL (postgresql://USER@HOST/DBNAME)")
         raise ValidationError(msg)
+    if not is_database_url(str(path)) and str(path).endswith(_SEPARATORS):
+        # realpath drops the separator: "data/" would be a new file named "data".
+        msg = (f"path {str(path)[:80]!r} ends with a separator, so it names a directory: "
+               "name the database file in it")
+        raise ValidationError(msg)
+
+
+_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)
 
 
 def _check_utf8(path: str) -> None:

@@ -371,6 +371,17 @@ def test_open_of_a_relative_path_in_a_deleted_working_directory_is_a_storage_err
         JackpotEngine.open("pools.db", settings=Settings())
 
 
+@pytest.mark.parametrize("name", ["data/", "pools.db/"])
+def test_open_refuses_a_path_ending_with_a_separator(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # realpath dropped the separator: "data/" became a new file named "data"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=f"path '{name}' ends with a separator, so it "
+                                              "names a directory: name the database file in it"):
+        JackpotEngine.open(name, settings=Settings())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_open_names_a_directory_or_a_missing_one(tmp_path: Path) -> None:
     # SQLite says only "unable to open database file" for both
     with pytest.raises(StorageError, match="it is a directory, not a file"):
