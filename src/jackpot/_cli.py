@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import re
+import shlex
 import signal
 import threading
 import time
@@ -151,7 +152,9 @@ def _path(opts: Options, *, must_exist: bool = True) -> str:
         msg = f"{opts.db!r} is a directory: --db (or JACKPOT_DB) names the database file"
         raise CommandError(msg)
     if must_exist and "://" not in opts.db and not Path(opts.db).is_file():
-        msg = f"database {opts.db!r} does not exist: create it with `jackpot init --db {opts.db}`"
+        # Quoted for a shell; a name with control characters is not printed raw.
+        shown = shlex.quote(opts.db) if opts.db.isprintable() else "PATH"
+        msg = f"database {opts.db!r} does not exist: create it with `jackpot init --db {shown}`"
         raise CommandError(msg)
     return opts.db
 

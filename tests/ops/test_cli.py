@@ -584,6 +584,13 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
     (("status",), "no database given: pass --db PATH or set JACKPOT_DB"),
     (("status", "--db", "{tmp}/none.db"),
      "database '{tmp}/none.db' does not exist: create it with `jackpot init --db {tmp}/none.db`"),
+    # the hint printed the name raw: an escape sequence reached the terminal
+    (("status", "--db", "{tmp}/n\x1b[2J.db"),
+     ("database '{tmp}/n\\x1b[2J.db' does not exist: create it with "
+      "`jackpot init --db PATH`")),
+    (("status", "--db", "{tmp}/my pools.db"),
+     ("database '{tmp}/my pools.db' does not exist: create it with "
+      "`jackpot init --db '{tmp}/my pools.db'`")),
     (("frobnicate", "--db", "{db}"), "No such command 'frobnicate'."),
     (("status", "--db", "{db}", "--colour"), "No such option '--colour'."),
     (("history", "--db", "{db}"), "Missing argument 'LEVEL'."),
