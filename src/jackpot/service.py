@@ -153,9 +153,9 @@ def execute_batch(
         return _with_retries(store, ops, cached, settings=settings, stats=stats,
                              top_up=top_up)
     except (ConcurrencyViolationError, LockTimeoutError) as e:
-        if isinstance(e, LockTimeoutError):
+        if isinstance(e, LockTimeoutError):  # one per operation that gave up, not per batch
             after_the_fact(stats.add, "lock_timeouts", ",".join(sorted({op.kind for op in ops})),
-                           ",".join(sorted({n for op in ops for n in op.names})))
+                           ",".join(sorted({n for op in ops for n in op.names})), len(ops))
         return [Outcome(error=e) for _ in ops], {}
     except StorageError as e:
         if len(ops) == 1 or isinstance(e, ConnectionUnavailableError):

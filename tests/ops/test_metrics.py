@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 import pytest
 
+from _helpers import in_thread
 from jackpot import (
     ConcurrencyViolationError,
     InsufficientFundsError,
@@ -20,9 +23,13 @@ from jackpot import (
     serve_metrics,
 )
 from jackpot.metrics import OPERATIONS, PrometheusObserver
-from jackpot.stats import OUTCOMES
+from jackpot.service import execute_batch
+from jackpot.stats import OUTCOMES, Stats
+from jackpot.storage import SQLiteStore
 
 from .conftest import samples, value, write_lock_held
+
+QUIET = Settings(enable_metrics=False)
 
 
 def test_a_known_sequence_gives_exact_counts(engine: JackpotEngine) -> None:
@@ -124,6 +131,118 @@ def test_a_held_write_lock_gives_a_timeout(open_engine: Callable[..., JackpotEng
     assert value(engine, "jackpot_lock_timeouts_total",
                  operation="contribute") == engine.stats.snapshot()["lock_timeouts"]
     assert value(engine, "jackpot_level_version", level="minor") == 1  # nothing changed
+
+
+def test_a_batch_that_times_out_counts_one_lock_timeout_per_operation(db_path: Path) -> None:
+    """Three bets in one transaction give up on a held write lock: three lock timeouts.
+
+    `jackpot_lock_timeouts_total` counts operations that gave up, as the
+    operations' `timeout` outcomes do; a group-committed batch counted one.
+    """
+    with JackpotEngine.open(db_path, settings=QUIET) as engine:  # makes the file and requests
+        ops = [engine._requests.contribute(Decimal(1), groups="minor", op_id=f"bet-{i}")
+               for i in range(3)]
+    stats = Stats()
+    store = SQLiteStore(str(db_path))
+    try:
+        with write_lock_held(db_path):
+            outcomes, changed = execute_batch(store, ops, None,
+                                              settings=Settings(lock_timeout_ms=50),
+                                              stats=stats)
+    finally:
+        store.close()
+    assert [type(o.error) for o in outcomes] == [LockTimeoutError] * 3
+    assert changed == {}
+    counts = stats.snapshot()
+    assert (counts["lock_timeouts"], counts["lock_timeouts:contribute:minor"]) == (3, 3)
+
+
+def test_a_level_held_past_its_limit_counts_its_lock_timeouts(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    """A level actor that cannot get its level's guard fails its batch: counted as timeouts."""
+    engine = open_engine(settings=Settings(max_retry_attempts=0))
+    guard = engine._guards["minor"]
+    real = guard.lock
+    guard.lock = _NeverFree()  # type: ignore[assignment]
+    try:
+        with pytest.raises(LockTimeoutError, match="stayed held"):
+            engine.contribute("1", groups="minor", op_id="held")
+    finally:
+        guard.lock = real
+    assert engine.stats.snapshot()["lock_timeouts:contribute:minor"] == 1
+    assert value(engine, "jackpot_lock_timeouts_total", operation="contribute") == 1
+    assert value(engine, "jackpot_operations_total", operation="contribute",
+                 outcome="timeout") == 1
+
+
+def test_a_coordinator_batch_that_cannot_hold_its_levels_counts_each_operation(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    """Two multi-level bets queued together, then refused their levels: two lock timeouts.
+
+    The first bet's coordinator waits in `minor`'s guard while the next two
+    queue; released, the guard refuses every hold, so the first times out
+    alone and the other two as one batch: three operations, three timeouts.
+    """
+    engine = open_engine(settings=Settings(max_retry_attempts=0))
+    entered, release, queued = threading.Event(), threading.Event(), threading.Event()
+    guard = engine._guards["minor"]
+    real = guard.lock
+    guard.lock = _HeldUntil(entered, release)  # type: ignore[assignment]
+    mailbox = engine._mailboxes[None]
+    put = mailbox.put
+    puts: list[int] = []
+
+    def counted_put(*args: Any) -> bool:
+        woke = put(*args)
+        puts.append(1)
+        if len(puts) == 3:
+            queued.set()
+        return woke
+
+    mailbox.put = counted_put  # type: ignore[method-assign]
+    def bet(i: int) -> tuple[threading.Thread, list[Any]]:
+        return in_thread(lambda: engine.contribute("1", groups=("major", "minor"),
+                                                   op_id=f"both-{i}"))
+
+    bets = [bet(0)]
+    try:
+        assert entered.wait(10)
+        bets += [bet(1), bet(2)]
+        assert queued.wait(10)
+    finally:
+        release.set()
+        for thread, _ in bets:
+            thread.join(30)
+        guard.lock = real
+        mailbox.put = put  # type: ignore[method-assign]
+    assert [type(out[0]) for _, out in bets] == [LockTimeoutError] * 3
+    assert engine.stats.snapshot()["lock_timeouts:contribute:major,minor"] == 3
+    assert value(engine, "jackpot_lock_timeouts_total", operation="contribute") == 3
+
+
+class _HeldUntil:
+    """A level guard that is never free: the first acquire waits for `release`, then all fail."""
+
+    def __init__(self, entered: threading.Event, release: threading.Event) -> None:
+        self._entered, self._release = entered, release
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self._entered.set()
+        assert self._release.wait(30)
+        return False
+
+    def release(self) -> None:
+        raise AssertionError("never held")
+
+
+class _NeverFree:
+    """A level guard that is never free: every acquire times out at once."""
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return False
+
+    def release(self) -> None:
+        raise AssertionError("never held")
 
 
 def test_two_engines_in_one_process_do_not_collide(

@@ -129,7 +129,7 @@ class Coordinator(pykka.ThreadingActor):
         # The error is shared by the batch: it names an op_id only when it is the one.
         what = f"{label} {ops[0].op_id!r}" if len(ops) == 1 else f"{label} (a batch of {len(ops)})"
         guards, waited = self._gather_with_retries(
-            names, ops[0].op_id if len(ops) == 1 else None, label, what)
+            names, ops[0].op_id if len(ops) == 1 else None, label, what, len(ops))
         try:  # entered right after the guards are held: nothing may come between
             self._stats.lock_wait("coordinator", label, waited)
             known = {g.name: g.state for g in guards if g.state is not None}
@@ -152,11 +152,11 @@ class Coordinator(pykka.ThreadingActor):
                 guard.lock.release()
 
     def _gather_with_retries(self, names: tuple[str, ...], op_id: str | None, label: str,
-                             what: str) -> tuple[list[LevelGuard], float]:
-        """Hold the guards of `names`, retrying on timeouts; (guards, seconds waited).
+                             what: str, count: int) -> tuple[list[LevelGuard], float]:
+        """Hold the guards of `names` for `count` operations, retrying on timeouts.
 
-        Returns with the guards held and nothing else done: the caller must
-        release them in its own `finally`.
+        Returns (guards, seconds waited) with the guards held and nothing else
+        done: the caller must release them in its own `finally`.
         """
         attempt = 0
         levels = ",".join(names)
@@ -174,7 +174,8 @@ class Coordinator(pykka.ThreadingActor):
             self._stats.lock_wait("coordinator", label, waited)
             self._stats.add("busy_incidents", label, levels)
             if attempt >= self._settings.max_retry_attempts:
-                after_the_fact(self._stats.add, "lock_timeouts", label, levels)
+                # One per operation that gives up (as the outcomes), not one per batch.
+                after_the_fact(self._stats.add, "lock_timeouts", label, levels, count)
                 msg = (f"{what}: could not hold levels {', '.join(names)} "
                        f"within {self._settings.lock_timeout_ms} ms after {attempt} "
                        "retries; nothing was changed")

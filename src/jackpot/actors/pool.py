@@ -136,6 +136,8 @@ class PoolActor(pykka.ThreadingActor):
                            extra={"level": self.name, "outcome": "hold_expired"})
             msg = (f"level {self.name!r} stayed held by a multi-level operation for "
                    f"{self._guard_limit:.1f} s; nothing was changed")
+            after_the_fact(self._stats.add, "lock_timeouts",
+                           ",".join(sorted({op.kind for _, op in live})), self.name, len(live))
             for ticket, _ in live:
                 ticket.settle(None, LockTimeoutError(msg))
             return
