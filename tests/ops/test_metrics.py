@@ -134,14 +134,16 @@ def test_a_held_write_lock_gives_a_timeout(open_engine: Callable[..., JackpotEng
 
 
 def test_a_batch_that_times_out_counts_one_lock_timeout_per_operation(db_path: Path) -> None:
-    """Three bets in one transaction give up on a held write lock: three lock timeouts.
+    """Two bets and a win in one transaction give up on a held write lock: three timeouts.
 
-    `jackpot_lock_timeouts_total` counts operations that gave up, as the
-    operations' `timeout` outcomes do; a group-committed batch counted one.
+    `jackpot_lock_timeouts_total` counts operations that gave up, under
+    their own kind, as the operations' `timeout` outcomes are counted: a
+    group-committed batch counted one, under "contribute,win".
     """
     with JackpotEngine.open(db_path, settings=QUIET) as engine:  # makes the file and requests
         ops = [engine._requests.contribute(Decimal(1), groups="minor", op_id=f"bet-{i}")
-               for i in range(3)]
+               for i in range(2)]
+        ops.append(engine._requests.win("minor", op_id="win-1", amount=None, winner=None))
     stats = Stats()
     store = SQLiteStore(str(db_path))
     try:
@@ -153,8 +155,8 @@ def test_a_batch_that_times_out_counts_one_lock_timeout_per_operation(db_path: P
         store.close()
     assert [type(o.error) for o in outcomes] == [LockTimeoutError] * 3
     assert changed == {}
-    counts = stats.snapshot()
-    assert (counts["lock_timeouts"], counts["lock_timeouts:contribute:minor"]) == (3, 3)
+    assert {k: n for k, n in stats.snapshot().items() if k.startswith("lock_timeouts")} == {
+        "lock_timeouts": 3, "lock_timeouts:contribute:minor": 2, "lock_timeouts:win:minor": 1}
 
 
 def test_a_level_held_past_its_limit_counts_its_lock_timeouts(

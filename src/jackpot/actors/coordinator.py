@@ -30,7 +30,7 @@ from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._start import mark_actor_thread, start_failed
 from jackpot.actors.pool import DRAIN, cache_suspect
 from jackpot.errors import LockTimeoutError
-from jackpot.service import Operation, execute_batch
+from jackpot.service import Operation, count_lock_timeouts, execute_batch
 from jackpot.settings import Settings
 from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import SQLiteStore
@@ -129,7 +129,7 @@ class Coordinator(pykka.ThreadingActor):
         # The error is shared by the batch: it names an op_id only when it is the one.
         what = f"{label} {ops[0].op_id!r}" if len(ops) == 1 else f"{label} (a batch of {len(ops)})"
         guards, waited = self._gather_with_retries(
-            names, ops[0].op_id if len(ops) == 1 else None, label, what, len(ops))
+            names, ops, label, what)
         try:  # entered right after the guards are held: nothing may come between
             self._stats.lock_wait("coordinator", label, waited)
             known = {g.name: g.state for g in guards if g.state is not None}
@@ -151,15 +151,16 @@ class Coordinator(pykka.ThreadingActor):
             for guard in guards:
                 guard.lock.release()
 
-    def _gather_with_retries(self, names: tuple[str, ...], op_id: str | None, label: str,
-                             what: str, count: int) -> tuple[list[LevelGuard], float]:
-        """Hold the guards of `names` for `count` operations, retrying on timeouts.
+    def _gather_with_retries(self, names: tuple[str, ...], ops: list[Operation], label: str,
+                             what: str) -> tuple[list[LevelGuard], float]:
+        """Hold the guards of `names` for the batch `ops`, retrying on timeouts.
 
         Returns (guards, seconds waited) with the guards held and nothing else
         done: the caller must release them in its own `finally`.
         """
         attempt = 0
         levels = ",".join(names)
+        op_id = ops[0].op_id if len(ops) == 1 else None  # the batch's only one, or none
         while True:
             started = time.perf_counter()
             guards = self._gather(names)
@@ -174,8 +175,7 @@ class Coordinator(pykka.ThreadingActor):
             self._stats.lock_wait("coordinator", label, waited)
             self._stats.add("busy_incidents", label, levels)
             if attempt >= self._settings.max_retry_attempts:
-                # One per operation that gives up (as the outcomes), not one per batch.
-                after_the_fact(self._stats.add, "lock_timeouts", label, levels, count)
+                count_lock_timeouts(self._stats, ops)  # one per operation, as the outcomes
                 msg = (f"{what}: could not hold levels {', '.join(names)} "
                        f"within {self._settings.lock_timeout_ms} ms after {attempt} "
                        "retries; nothing was changed")

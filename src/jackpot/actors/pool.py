@@ -19,7 +19,7 @@ from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._start import mark_actor_thread, start_failed
 from jackpot.errors import ConcurrencyViolationError, JackpotError, LockTimeoutError, StorageError
-from jackpot.service import Operation, Outcome, execute_batch
+from jackpot.service import Operation, Outcome, count_lock_timeouts, execute_batch
 from jackpot.settings import Settings
 from jackpot.stats import Stats, after_the_fact
 from jackpot.storage import SQLiteStore
@@ -136,8 +136,7 @@ class PoolActor(pykka.ThreadingActor):
                            extra={"level": self.name, "outcome": "hold_expired"})
             msg = (f"level {self.name!r} stayed held by a multi-level operation for "
                    f"{self._guard_limit:.1f} s; nothing was changed")
-            after_the_fact(self._stats.add, "lock_timeouts",
-                           ",".join(sorted({op.kind for _, op in live})), self.name, len(live))
+            count_lock_timeouts(self._stats, [op for _, op in live])
             for ticket, _ in live:
                 ticket.settle(None, LockTimeoutError(msg))
             return
