@@ -35,7 +35,8 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -299,8 +300,7 @@ def _attempt(
     *,
     top_up: Callable[[], list[Operation]] | None,
 ) -> tuple[list[Outcome], dict[str, LevelState]]:
-    with store.write():
-        stats.lock_wait("database", ops[0].kind, store.lock_wait_seconds)
+    with _writing(store, stats, ops[0].kind):
         if top_up is not None:
             ops.extend(top_up())
         names = sorted({n for op in ops for n in op.names})
@@ -343,6 +343,27 @@ def _attempt(
     # the write lock (a stale cache that a conflict reloaded is replaced even
     # when the retry changed nothing, or every later batch would conflict).
     return outcomes, {n: s for n, s in states.items() if n in changed or n not in trusted}
+
+
+@contextmanager
+def _writing(store: SQLiteStore, stats: Stats, kind: str) -> Iterator[None]:
+    """Run the block in `store.write()`; record how long it waited for the write lock.
+
+    A wait that ends in a timeout is recorded too, as long as it lasted: those
+    are the longest, and a lock-wait panel that left them out would look
+    quiet while every writer gives up.
+    """
+    started = time.monotonic()
+    held = False
+    try:
+        with store.write():
+            held = True
+            stats.lock_wait("database", kind, store.lock_wait_seconds)
+            yield
+    except LockTimeoutError:
+        if not held:
+            stats.lock_wait("database", kind, time.monotonic() - started)
+        raise
 
 
 def _recheck(store: SQLiteStore, ops: list[Operation], states: dict[str, LevelState], *,

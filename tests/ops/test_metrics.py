@@ -159,6 +159,26 @@ def test_a_batch_that_times_out_counts_one_lock_timeout_per_operation(db_path: P
         "lock_timeouts": 3, "lock_timeouts:contribute:minor": 2, "lock_timeouts:win:minor": 1}
 
 
+def test_a_wait_for_the_write_lock_that_times_out_is_recorded_as_long_as_it_lasted(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    """Only waits that ended holding the lock were recorded: the longest never were.
+
+    A lock-wait panel then looked quiet while every writer gave up.
+    """
+    engine = open_engine(settings=Settings(lock_timeout_ms=200))
+    engine.contribute("1", groups="minor")
+    before = value(engine, "jackpot_lock_wait_seconds_sum", lock="database",
+                   operation="contribute")
+    with write_lock_held(db_path), pytest.raises(LockTimeoutError):
+        engine.contribute("1", groups="minor", op_id="gave-up")
+    assert value(engine, "jackpot_lock_wait_seconds_count", lock="database",
+                 operation="contribute") == 2
+    waited = value(engine, "jackpot_lock_wait_seconds_sum", lock="database",
+                   operation="contribute") - before
+    assert waited >= 0.2  # the whole lock timeout, at least: it gave up only after it
+    assert value(engine, "jackpot_lock_timeouts_total", operation="contribute") == 1
+
+
 def test_a_level_held_past_its_limit_counts_its_lock_timeouts(
         open_engine: Callable[..., JackpotEngine]) -> None:
     """A level actor that cannot get its level's guard fails its batch: counted as timeouts."""
