@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pykka
+from compare import at_least_one
 
 from jackpot import AsyncJackpotEngine
 from jackpot.actors import Ticket
@@ -167,26 +168,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _at_least_one(text: str) -> int:
-    """Argparse type: with no player or no bet a workload has nothing to measure."""
-    try:
-        value = int(text)
-    except ValueError:  # argparse would say "invalid _count value", naming this function
-        msg = f"must be a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value < 1:
-        msg = f"must be at least 1, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 players, 2 bets each")
-    parser.add_argument("--players", type=_at_least_one, default=1000,
+    parser.add_argument("--players", type=at_least_one, default=1000,
                         help="player tasks (default: 1000)")
-    parser.add_argument("--bets", type=_at_least_one, default=3,
+    parser.add_argument("--bets", type=at_least_one, default=3,
                         help="bets per player (default: 3)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "WORKLOAD"), help=argparse.SUPPRESS)

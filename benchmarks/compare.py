@@ -416,6 +416,22 @@ def counted_loop(op: Callable[[int], None], threads: int, total: int,
             "callers": threads, **load, "errors": errors.as_dict()}
 
 
+def at_least_one(text: str) -> int:
+    """Argparse type for the benchmark scripts' counts: a whole number, at least 1.
+
+    With no player, bet or row a workload has nothing to measure.
+    """
+    try:
+        value = int(text)
+    except ValueError:  # argparse would say "invalid at_least_one value", naming this function
+        msg = f"must be a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def open_loop(op: Callable[[int], None], rate: float, duration: float,
               workers: int) -> dict[str, Any]:
     """Release calls at fixed times (rate per second); latency from the scheduled time."""

@@ -30,7 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import apsw
-from compare import big_template, new_op_id, quiet_logging, remove_db
+from compare import at_least_one, big_template, new_op_id, quiet_logging, remove_db
 
 from jackpot import ConcurrencyViolationError, GroupConfig, JackpotEngine, Settings
 
@@ -128,27 +128,15 @@ def time_verify(path: Path) -> tuple[float, float]:
     return took, cpu
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:  # argparse would say "invalid _count value", naming this function
-        msg = f"must be a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value < 1:
-        msg = f"must be at least 1, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
 def make_parser() -> argparse.ArgumentParser:
     """Return the command line's parser (the cache sits under benchmarks/out, which git ignores)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=_at_least_one, default=1_000_000,
+    parser.add_argument("--rows", type=at_least_one, default=1_000_000,
                         help="about how many ledger rows the file holds (default: 1000000)")
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "verify-cache",
                         help="where the built file is kept for later runs "
                              "(default: benchmarks/out/verify-cache)")
-    parser.add_argument("--runs", type=_at_least_one, default=3,
+    parser.add_argument("--runs", type=at_least_one, default=3,
                         help="timed runs of each tree (default: 3)")
     parser.add_argument("--extrapolated", action="store_true",
                         help="time compare.py's extrapolated one-level ledger instead")
