@@ -58,6 +58,7 @@ from jackpot.errors import (
     StorageError,
     UnknownGroupError,
     ValidationError,
+    exact_int,
     shown,
 )
 from jackpot.health import HealthReport, assess, redact
@@ -843,11 +844,12 @@ class JackpotEngine:
 
         """
         name = domain.validate_name(group)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
+        count = exact_int(limit)
+        if count is None or not 1 <= count <= _MAX_HISTORY:
             msg = f"limit must be an int in [1, {_MAX_HISTORY}], got {shown(limit)}"
             raise ValidationError(msg)
         with self._reading() as reader:
-            return reads.history(reader, name, limit)
+            return reads.history(reader, name, count)
 
     def verify(self) -> VerifyReport:
         """Recompute every level from the ledger and report any difference.
@@ -1143,9 +1145,10 @@ def _deadline(timeout: object) -> float | None:
     """Return the monotonic deadline `timeout` seconds from now (None: no timeout given)."""
     if timeout is None:
         return None
-    if isinstance(timeout, int) and not isinstance(timeout, bool):
+    whole = exact_int(timeout)  # an int, or an exact integer of another kind (numpy.int64)
+    if whole is not None:
         # Beyond any float (10**400 s) is still a number of seconds: clamp it.
-        timeout = float(max(-_MAX_SECONDS, min(timeout, _MAX_SECONDS)))
+        timeout = float(max(-_MAX_SECONDS, min(whole, _MAX_SECONDS)))
     if not isinstance(timeout, float) or math.isnan(timeout):
         msg = f"timeout must be a number of seconds or None, not {shown(timeout)}"
         raise ValidationError(msg)

@@ -7,7 +7,8 @@ APSW (or any other driver) exception.
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Any, SupportsIndex
 
 __all__ = [
     "ConcurrencyViolationError",
@@ -21,6 +22,7 @@ __all__ = [
     "StorageError",
     "UnknownGroupError",
     "ValidationError",
+    "exact_int",
     "shown",
 ]
 
@@ -44,6 +46,25 @@ def shown(value: object) -> str:
     except Exception:  # noqa: BLE001 - the caller's repr: whatever it raises, say so
         return f"<a {type(value).__name__} whose repr() failed>"
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} chars)"
+
+
+def exact_int(value: object) -> int | None:
+    """Return `value` as a plain int if it is an exact integer, else None (refuse it).
+
+    An int, or any type that declares itself an integer through `__index__`
+    (numpy.int64, an integer from another library): `operator.index` reads
+    it losslessly, as a list index does. Floats, numpy's included, and
+    Decimal have no `__index__`, so they never pass here. bool never does
+    either: True would silently mean 1.
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        return None
+    try:
+        return operator.index(value)  # a plain int, even of an int subclass
+    except TypeError:  # numpy.bool_ and the like: declared, then refused
+        return None
 
 
 class JackpotError(Exception):

@@ -47,7 +47,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from jackpot.errors import EngineClosedError, JackpotError, ValidationError, shown
+from jackpot.errors import EngineClosedError, JackpotError, ValidationError, exact_int, shown
 from jackpot.health import STATUSES, HealthReport
 from jackpot.results import PoolSnapshot
 from jackpot.stats import OUTCOMES, Stats
@@ -210,7 +210,7 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
         OSError: the port cannot be bound; the message names the address and port.
 
     """
-    _check_port(port, addr)
+    port = _check_port(port, addr)
     observers = getattr(getattr(engine, "stats", None), "observers", None)
     if not isinstance(observers, list):
         msg = f"engine must be a JackpotEngine or AsyncJackpotEngine, not {type(engine).__name__}"
@@ -232,7 +232,7 @@ def serve_registry(registry: CollectorRegistry, port: int, *, addr: str = "127.0
         OSError: the port cannot be bound; the message names the address and port.
 
     """
-    _check_port(port, addr)
+    port = _check_port(port, addr)
     try:
         return start_http_server(port, addr=addr, registry=registry)
     except OSError as e:
@@ -240,8 +240,10 @@ def serve_registry(registry: CollectorRegistry, port: int, *, addr: str = "127.0
         raise OSError(e.errno, msg) from e
 
 
-def _check_port(port: object, addr: object) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:  # noqa: PLR2004
+def _check_port(port: object, addr: object) -> int:
+    """Return `port` as an int (numpy.int64 too); refuse it, or `addr`, by name."""
+    number = exact_int(port)
+    if number is None or not 0 <= number <= 65535:  # noqa: PLR2004
         msg = f"port must be a port number from 0 to 65535 (0: any free port), not {shown(port)}"
         raise ValidationError(msg)
     if not isinstance(addr, str):
@@ -250,6 +252,7 @@ def _check_port(port: object, addr: object) -> None:
     if "\x00" in addr or not _encodes_as_host(addr):
         msg = f"addr must be a host name or IP address, not {shown(addr)}"
         raise ValidationError(msg)
+    return number
 
 
 def _encodes_as_host(addr: str) -> bool:

@@ -29,7 +29,7 @@ from decimal import (
     Overflow,
 )
 
-from jackpot.errors import ValidationError
+from jackpot.errors import ValidationError, exact_int
 
 __all__ = [
     "EXACT",
@@ -99,6 +99,9 @@ def _coerce(value: object, name: str) -> Decimal:
             )
             raise ValidationError(msg)
         return Decimal(value)
+    whole = exact_int(value)  # an exact integer of another kind (numpy.int64)
+    if whole is not None:
+        return Decimal(whole)
     msg = f"{name} must be a Decimal, int or decimal string, not {type(value).__name__}"
     raise ValidationError(msg)
 

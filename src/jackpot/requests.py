@@ -19,6 +19,7 @@ from jackpot.errors import (
     GroupSuspendedError,
     UnknownGroupError,
     ValidationError,
+    exact_int,
     shown,
 )
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
@@ -308,14 +309,15 @@ def _check_version(value: object) -> int | None:
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    version = exact_int(value)
+    if version is None or version < 1:
         msg = f"expected_version must be a positive int, got {shown(value)}"
         raise ValidationError(msg)
-    if value > MAX_VERSION:
-        msg = (f"expected_version {shown(value)} is beyond any level's version "
+    if version > MAX_VERSION:
+        msg = (f"expected_version {shown(version)} is beyond any level's version "
                f"(at most {MAX_VERSION})")
         raise ValidationError(msg)
-    return value
+    return version
 
 
 def _expect(state: LevelState, operation: str, version: int | None, shown: int | None

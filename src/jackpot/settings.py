@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from jackpot.errors import ValidationError, shown
+from jackpot.errors import ValidationError, exact_int, shown
 
 __all__ = ["LOG_LEVELS", "Settings"]
 
@@ -100,7 +100,8 @@ class Settings:
         if isinstance(self.synchronous, str):
             object.__setattr__(self, "synchronous", self.synchronous.upper())
         for f in fields(self):
-            _check_field(f.name, getattr(self, f.name))
+            # An exact integer of another kind (numpy.int64) is kept as the int it is.
+            object.__setattr__(self, f.name, _check_field(f.name, getattr(self, f.name)))
         _check_retry_budget(self.max_retry_attempts, self.retry_delay_ms)
 
     @classmethod
@@ -196,19 +197,20 @@ def _parse(name: str, raw: str) -> object:
     return int(digits)
 
 
-def _check_field(name: str, value: object) -> None:
-    """Raise ValidationError if one setting is invalid on its own."""
+def _check_field(name: str, value: object) -> object:
+    """Return one setting's value (an integer as int); raise ValidationError if it is invalid."""
     if name in _INT_RANGES:
-        _check_int(name, value, *_INT_RANGES[name])
-    elif name == "enable_metrics" and not isinstance(value, bool):
+        return _check_int(name, value, *_INT_RANGES[name])
+    if name == "enable_metrics" and not isinstance(value, bool):
         msg = f"enable_metrics must be a bool, got {shown(value)}"
         raise ValidationError(msg)
-    elif name == "log_level" and value is not None and value not in LOG_LEVELS:
+    if name == "log_level" and value is not None and value not in LOG_LEVELS:
         msg = f"log_level must be one of {', '.join(LOG_LEVELS)} or None, got {shown(value)}"
         raise ValidationError(msg)
-    elif name == "synchronous" and value not in _SYNC_MODES:
+    if name == "synchronous" and value not in _SYNC_MODES:
         msg = f"synchronous must be one of {', '.join(_SYNC_MODES)}, got {shown(value)}"
         raise ValidationError(msg)
+    return value
 
 
 def _check_retry_budget(attempts: int, delay_ms: int) -> None:
@@ -226,7 +228,9 @@ def _check_retry_budget(attempts: int, delay_ms: int) -> None:
         raise ValidationError(msg)
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    whole = exact_int(value)
+    if whole is None or not low <= whole <= high:
         msg = f"{name} must be an integer in [{low}, {high}], got {shown(value)}"
         raise ValidationError(msg)
+    return whole
