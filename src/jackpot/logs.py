@@ -18,6 +18,7 @@ text format showing the same fields) for operators who want it.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -100,11 +101,17 @@ def configure_logging(
     again, it replaces the handler it added before (records are never
     written twice); handlers of your own are left alone. Returns the
     handler, so the caller can remove it.
+
+    Raises:
+        ValidationError: `level` is not a level name, or `stream` is no text
+            stream (it has no write(), or takes bytes); nothing is changed.
+
     """
     global _configured  # noqa: PLW0603 - the one handler this function manages
     if level is not None and (not isinstance(level, str) or level.lower() not in LOG_LEVELS):
         msg = f"level must be one of {', '.join(LOG_LEVELS)} or None, not {shown(level)}"
         raise ValidationError(msg)  # before anything is changed
+    _check_stream(stream)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JSONFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(OperationFields())
@@ -118,6 +125,24 @@ def configure_logging(
     if level is not None:
         logger.setLevel(level.upper())
     return handler
+
+
+def _check_stream(stream: object) -> None:
+    """Refuse, at the call, a stream that records could not be written to.
+
+    logging would take it and fail only at the first record, and then only
+    as a "--- Logging error ---" on stderr: the records would be lost.
+    """
+    if stream is None:
+        return
+    if not callable(getattr(stream, "write", None)):
+        msg = (f"stream must be a text stream with a write() method (sys.stderr, a file "
+               f"opened for text, io.StringIO) or None, not {type(stream).__name__}")
+        raise ValidationError(msg)
+    if isinstance(stream, (io.RawIOBase, io.BufferedIOBase)):
+        msg = (f"stream must be a text stream, not the binary {type(stream).__name__}: "
+               "records are text (wrap it in io.TextIOWrapper)")
+        raise ValidationError(msg)
 
 
 _configured: logging.Handler | None = None

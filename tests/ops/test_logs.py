@@ -354,3 +354,18 @@ def test_the_same_error_gets_its_traceback_once_a_minute(caplog: pytest.LogCaptu
         assert [traced(StorageError("contribute 'bet-1' ran out of retries"), one),
                 traced(StorageError("contribute 'bet-2' ran out of retries"), two)] == [
             True, False]
+
+
+@pytest.mark.parametrize(("stream", "says"), [
+    (5, r"^stream must be a text stream with a write\(\) method .* not int$"),
+    ("stderr", r"^stream must be a text stream with a write\(\) method .* not str$"),
+    (io.BytesIO(), r"^stream must be a text stream, not the binary BytesIO"),
+])
+def test_configure_logging_refuses_a_stream_it_cannot_write_to_and_changes_nothing(
+        stream: object, says: str) -> None:
+    """Refused at the call: it was taken, and every record then failed to be written."""
+    log = logging.getLogger("jackpot")
+    handlers, before = list(log.handlers), log.level
+    with pytest.raises(ValidationError, match=says):
+        configure_logging(level="debug", stream=stream)  # type: ignore[arg-type]
+    assert (log.handlers, log.level) == (handlers, before)
