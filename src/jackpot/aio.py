@@ -190,7 +190,7 @@ class AsyncJackpotEngine:
         See `JackpotEngine.contribute`.
         """
         result: Contribution = await self._submit(self._build(
-            "contribute", op_id, "contribute", bet, groups=groups, op_id=op_id,
+            "contribute", op_id, groups, "contribute", bet, groups=groups, op_id=op_id,
             player=player))
         return result
 
@@ -209,7 +209,7 @@ class AsyncJackpotEngine:
         See `JackpotEngine.process_win`.
         """
         result: Win = await self._submit(self._build(
-            "win", op_id, "win", group, op_id=op_id, amount=amount, winner=winner,
+            "win", op_id, group, "win", group, op_id=op_id, amount=amount, winner=winner,
             expected_version=expected_version, expected_amount=expected_amount))
         return result
 
@@ -228,7 +228,7 @@ class AsyncJackpotEngine:
         See `JackpotEngine.update_config`.
         """
         result: ConfigResult = await self._submit(self._build(
-            "config", op_id, "config", group, op_id=op_id, expected_version=expected_version,
+            "config", op_id, group, "config", group, op_id=op_id, expected_version=expected_version,
             who=who, reason=reason, changes=changes))
         return result
 
@@ -236,29 +236,30 @@ class AsyncJackpotEngine:
                       who: str | None = None) -> AdminResult:
         """Stop a level taking contributions and wins; its amount is kept exactly."""
         result: AdminResult = await self._submit(self._build(
-            "suspend", op_id, "status", "suspend", group, op_id=op_id, who=who, reason=reason))
+            "suspend", op_id, group, "status", "suspend", group, op_id=op_id, who=who,
+            reason=reason))
         return result
 
     async def resume(self, group: str, *, op_id: str | None = None, who: str | None = None,
                      reason: str | None = None) -> AdminResult:
         """Let a suspended level take contributions and wins again."""
         result: AdminResult = await self._submit(self._build(
-            "resume", op_id, "status", "resume", group, op_id=op_id, who=who, reason=reason))
+            "resume", op_id, group, "status", "resume", group, op_id=op_id, who=who, reason=reason))
         return result
 
     async def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
                      op_id: str | None = None, who: str | None = None) -> AdminResult:
         """Change a pool by a signed `delta`, audited with who and why."""
         result: AdminResult = await self._submit(self._build(
-            "adjust", op_id, "adjust", group, delta, op_id=op_id, who=who, reason=reason))
+            "adjust", op_id, group, "adjust", group, delta, op_id=op_id, who=who, reason=reason))
         return result
 
     async def retire(self, group: str, *, transfer_to: str, reason: str,
                      op_id: str | None = None, who: str | None = None) -> AdminResult:
         """Retire a level, moving its pool and reserve to `transfer_to` atomically."""
         result: AdminResult = await self._submit(self._build(
-            "retire", op_id, "retire", group, transfer_to=transfer_to, op_id=op_id, who=who,
-            reason=reason))
+            "retire", op_id, (group, transfer_to), "retire", group, transfer_to=transfer_to,
+            op_id=op_id, who=who, reason=reason))
         return result
 
     # -- reads -------------------------------------------------------------------
@@ -305,12 +306,12 @@ class AsyncJackpotEngine:
 
     # -- internals -----------------------------------------------------------------
 
-    def _build(self, kind: str, op_id: object, builder: str, /, *args: Any, **kwargs: Any
-               ) -> Operation:
+    def _build(self, kind: str, op_id: object, named: object, builder: str, /, *args: Any,
+               **kwargs: Any) -> Operation:
         """Build the request as `JackpotEngine._build` does (a refusal is logged and counted)."""
         engine = self._engine
-        return engine._build(kind, op_id, getattr(engine._requests, builder),  # noqa: SLF001
-                             *args, **kwargs)
+        return engine._build(kind, op_id, named,  # noqa: SLF001
+                             getattr(engine._requests, builder), *args, **kwargs)  # noqa: SLF001
 
     async def _submit(self, op: Operation) -> Any:
         """Send `op` now; await its outcome through a shield (see the class docstring)."""

@@ -708,7 +708,7 @@ class JackpotEngine:
         must-hit-by hit the bet triggers (in `hits`, the ledger and history).
         """
         result: Contribution = self._submit(self._build(
-            "contribute", op_id, self._requests.contribute, bet, groups=groups, op_id=op_id,
+            "contribute", op_id, groups, self._requests.contribute, bet, groups=groups, op_id=op_id,
             player=player))
         return result
 
@@ -736,8 +736,8 @@ class JackpotEngine:
 
         """
         result: Win = self._submit(self._build(
-            "win", op_id, self._requests.win, group, op_id=op_id, amount=amount, winner=winner,
-            expected_version=expected_version, expected_amount=expected_amount))
+            "win", op_id, group, self._requests.win, group, op_id=op_id, amount=amount,
+            winner=winner, expected_version=expected_version, expected_amount=expected_amount))
         return result
 
     def update_config(
@@ -762,7 +762,7 @@ class JackpotEngine:
         the current amount.
         """
         result: ConfigResult = self._submit(self._build(
-            "config", op_id, self._requests.config, group, op_id=op_id,
+            "config", op_id, group, self._requests.config, group, op_id=op_id,
             expected_version=expected_version, who=who, reason=reason, changes=changes))
         return result
 
@@ -770,16 +770,16 @@ class JackpotEngine:
                 who: str | None = None) -> AdminResult:
         """Stop a level taking contributions and wins; its amount is kept exactly."""
         result: AdminResult = self._submit(
-            self._build("suspend", op_id, self._requests.status, "suspend", group, op_id=op_id,
-                        who=who, reason=reason))
+            self._build("suspend", op_id, group, self._requests.status, "suspend", group,
+                        op_id=op_id, who=who, reason=reason))
         return result
 
     def resume(self, group: str, *, op_id: str | None = None, who: str | None = None,
                reason: str | None = None) -> AdminResult:
         """Let a suspended level take contributions and wins again."""
         result: AdminResult = self._submit(
-            self._build("resume", op_id, self._requests.status, "resume", group, op_id=op_id,
-                        who=who, reason=reason))
+            self._build("resume", op_id, group, self._requests.status, "resume", group,
+                        op_id=op_id, who=who, reason=reason))
         return result
 
     def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
@@ -790,8 +790,8 @@ class JackpotEngine:
         never above its cap or must-hit-by.
         """
         result: AdminResult = self._submit(
-            self._build("adjust", op_id, self._requests.adjust, group, delta, op_id=op_id,
-                        who=who, reason=reason))
+            self._build("adjust", op_id, group, self._requests.adjust, group, delta,
+                        op_id=op_id, who=who, reason=reason))
         return result
 
     def retire(self, group: str, *, transfer_to: str, reason: str,
@@ -802,8 +802,9 @@ class JackpotEngine:
         must-hit-by); the rest goes into the target's reserve. A retired level
         refuses every later operation.
         """
-        result: AdminResult = self._submit(self._build("retire", op_id, self._requests.retire,
-            group, transfer_to=transfer_to, op_id=op_id, who=who, reason=reason))
+        result: AdminResult = self._submit(self._build(
+            "retire", op_id, (group, transfer_to), self._requests.retire, group,
+            transfer_to=transfer_to, op_id=op_id, who=who, reason=reason))
         return result
 
     # -- reads -------------------------------------------------------------------
@@ -946,13 +947,14 @@ class JackpotEngine:
             assert owner is not None  # (set together with the claim)
         return owner.is_alive()
 
-    def _build(self, kind: str, op_id: object, make: Callable[..., Operation], /, *args: Any,
-               **kwargs: Any) -> Operation:
+    def _build(self, kind: str, op_id: object, named: object, make: Callable[..., Operation],
+               /, *args: Any, **kwargs: Any) -> Operation:
         """Build a request with `make`; a refusal (bad arguments) is logged and counted.
 
         Like a refusal by the rules, it changed nothing: INFO in the log and
         `rejected` in the operation counts. Reporting it (a log filter, an
-        observer) never replaces the refusal the caller gets.
+        observer) never replaces the refusal the caller gets. `named` is the
+        call's level argument, logged as the refusal's level (`log_refusal`).
         """
         # Refused at once in a forked child, before its refusal is counted
         # under a lock that a fork may have copied held.
@@ -962,7 +964,7 @@ class JackpotEngine:
             return make(*args, **kwargs)
         except JackpotError as e:
             if not self._closed:  # on a closed engine, as a well-formed call: not counted
-                after_the_fact(log_refusal, kind, op_id, e)
+                after_the_fact(log_refusal, kind, op_id, e, named)
                 after_the_fact(self.stats.operation, kind, outcome_of(e),
                                time.perf_counter() - started, judged=False)
             raise

@@ -18,16 +18,19 @@ text format showing the same fields) for operators who want it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from jackpot._throttle import Throttle
+from jackpot.domain import validate_name
 from jackpot.errors import ValidationError, shown
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation
@@ -235,11 +238,13 @@ _MAX_OP_ID = 256  # as jackpot.requests accepts
 _SHOWN = 40
 
 
-def log_refusal(kind: str, op_id: object, error: BaseException) -> None:
+def log_refusal(kind: str, op_id: object, error: BaseException, named: object = None) -> None:
     """Log a request refused before it was built (bad arguments): at INFO, like any refusal.
 
     The op_id may be what was refused: one that is not short printable text
     is shown cut and quoted, never raw (no forged or giant log lines).
+    `named` is the call's level argument (`group`, `groups`, or both levels
+    of a retire): its valid names are the record's `level` (see `_named_levels`).
     """
     shown: str | None = None
     if isinstance(op_id, str):
@@ -247,5 +252,29 @@ def log_refusal(kind: str, op_id: object, error: BaseException) -> None:
         ok = len(op_id) <= _MAX_OP_ID and op_id.isprintable()
         shown = op_id if ok else f"{op_id[:_SHOWN]!r}... ({len(op_id)} chars)"
     logger.info("%s %s refused: %s", kind, shown, error,
-                extra={"op_id": shown, "operation": kind, "level": None, "attempt": None,
+                extra={"op_id": shown, "operation": kind, "level": _named_levels(named),
+                       "attempt": None,
                        "outcome": "rejected", "error": type(error).__name__})
+
+
+def _named_levels(named: object) -> str | None:
+    """Return the valid level names a refused call named, as the record's `level` (or None).
+
+    Joined and sorted as an applied operation's are, so a refused win on
+    "minor" is found with the others on "minor". Only a str or a plain
+    list, tuple or set is read: a generator was consumed (or not) by the
+    refused builder, and read now it would yield what comes next, not what
+    was named; a subclass's own iteration could raise. Names that are not
+    valid are left out: they may be what was refused (never raw in a log).
+    """
+    if isinstance(named, str):
+        values: Iterable[object] = (named,)
+    elif type(named) in {list, tuple, set, frozenset}:
+        values = cast("Iterable[object]", named)
+    else:
+        return None
+    valid = set()
+    for value in values:
+        with contextlib.suppress(ValidationError):
+            valid.add(validate_name(value))
+    return ",".join(sorted(valid)) or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import io
 import json
@@ -13,6 +14,7 @@ import pytest
 
 from _helpers import run_python
 from jackpot import (
+    AsyncJackpotEngine,
     InsufficientFundsError,
     JackpotEngine,
     JackpotError,
@@ -76,31 +78,64 @@ def test_a_refusal_is_logged_at_info(engine: JackpotEngine,
     assert record.error == "InsufficientFundsError"  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("call", "operation", "error"), [
-    (lambda e: e.contribute("-1", op_id="neg"), "contribute", "ValidationError"),
-    (lambda e: e.contribute(1.5, op_id="flt"), "contribute", "ValidationError"),
+@pytest.mark.parametrize(("call", "operation", "expected"), [
+    (lambda e: e.contribute("-1", op_id="neg"), "contribute", ("ValidationError", None)),
+    (lambda e: e.contribute(1.5, op_id="flt"), "contribute", ("ValidationError", None)),
     (lambda e: e.contribute("1", groups=("nosuch",), op_id="grp"), "contribute",
-     "UnknownGroupError"),
-    (lambda e: e.process_win("nosuch", op_id="w"), "win", "UnknownGroupError"),
-    (lambda e: e.process_win("minor", amount="NaN", op_id="nan"), "win", "ValidationError"),
-    (lambda e: e.update_config("minor", bogus="1", op_id="cfg"), "config", "ValidationError"),
-    (lambda e: e.suspend("minor", reason="", op_id="s"), "suspend", "ValidationError"),
-    (lambda e: e.adjust("minor", "x", reason="r", op_id="a"), "adjust", "ValidationError"),
+     ("UnknownGroupError", "nosuch")),
+    (lambda e: e.contribute("-1", groups=["minor", "major"], op_id="two"), "contribute",
+     ("ValidationError", "major,minor")),  # joined and sorted, as an applied one's
+    (lambda e: e.contribute("1", groups=("minor", "bad\nname"), op_id="bad"), "contribute",
+     ("ValidationError", "minor")),  # the valid names only: never the refused one, raw
+    (lambda e: e.contribute("-1", groups=(g for g in ["minor"]), op_id="gen"), "contribute",
+     ("ValidationError", None)),  # a generator is not read again: it may have been consumed
+    (lambda e: e.process_win("nosuch", op_id="w"), "win", ("UnknownGroupError", "nosuch")),
+    (lambda e: e.process_win("minor", amount="NaN", op_id="nan"), "win", ("ValidationError",
+     "minor")),
+    (lambda e: e.update_config("minor", bogus="1", op_id="cfg"), "config", ("ValidationError",
+     "minor")),
+    (lambda e: e.suspend("minor", reason="", op_id="s"), "suspend", ("ValidationError", "minor")),
+    (lambda e: e.adjust("minor", "x", reason="r", op_id="a"), "adjust", ("ValidationError",
+     "minor")),
     (lambda e: e.retire("minor", transfer_to="minor", reason="r", op_id="t"), "retire",
-     "ValidationError"),
+     ("ValidationError", "minor")),
+    (lambda e: e.retire("minor", transfer_to="major", reason="", op_id="t2"), "retire",
+     ("ValidationError", "major,minor")),
 ])
 def test_a_refusal_of_bad_arguments_is_logged_and_counted(
         engine: JackpotEngine, caplog: pytest.LogCaptureFixture,
-        call: Callable[[JackpotEngine], object], operation: str, error: str) -> None:
-    """Refused before any request is built, and still an operator's refusal to see."""
+        call: Callable[[JackpotEngine], object], operation: str,
+        expected: tuple[str, str | None]) -> None:
+    """Refused before any request is built, and still an operator's refusal to see.
+
+    Its level is the one the call named (was null, whatever the call named).
+    """
     with caplog.at_level(logging.INFO, logger="jackpot"), pytest.raises(JackpotError):
         call(engine)
     (record,) = _records(caplog, operation=operation)
     assert record.outcome == "rejected"  # type: ignore[attr-defined]
-    assert record.error == error  # type: ignore[attr-defined]
+    assert (record.error, record.level) == expected  # type: ignore[attr-defined]
     assert record.levelno == logging.INFO
     assert engine.stats.snapshot()[f"operations:{operation}:rejected"] == 1
     assert engine.pools()["minor"].version == 1  # and nothing changed
+
+
+def test_the_async_engine_logs_the_level_a_refused_call_named(
+        db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def refused() -> None:
+        engine = await AsyncJackpotEngine.open(db_path)
+        try:
+            with pytest.raises(ValidationError):
+                await engine.process_win("mega", amount="NaN", op_id="w")
+            with pytest.raises(ValidationError):
+                await engine.retire("minor", transfer_to="major", reason="", op_id="r")
+        finally:
+            await engine.close()
+
+    with caplog.at_level(logging.INFO, logger="jackpot"):
+        asyncio.run(refused())
+    assert [(r.operation, r.level) for r in _records(caplog, outcome="rejected")] == [  # type: ignore[attr-defined]
+        ("win", "mega"), ("retire", "major,minor")]
 
 
 def test_a_refused_op_id_is_logged_cut_and_quoted_never_raw(
