@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -205,3 +206,50 @@ def test_a_switch_to_wal_that_stays_busy_gives_up_at_the_lock_timeout(
     with pytest.raises(StorageError, match=r"cannot open database .*new\.db.*locked"):
         SQLiteStore(str(tmp_path / "new.db"), lock_timeout_ms=50)
     assert len(seen) > 1
+
+
+def test_a_flush_leaves_the_checkpoint_the_writers_asked_for_busy_until_it_ran(
+        filler_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the requested checkpoint ends the request: no second one is asked for meanwhile.
+
+    A flush's checkpoint ending first cleared the flag of the one queued
+    behind it, and the next writer's note asked for a redundant checkpoint.
+    """
+    started = [threading.Event() for _ in range(3)]
+    release = [threading.Event() for _ in range(3)]
+    calls: list[int] = []
+    run = SQLiteStore.checkpoint
+
+    def held(store: SQLiteStore) -> tuple[int, int]:
+        n = len(calls)
+        calls.append(n)
+        if n < len(started):
+            started[n].set()
+            assert release[n].wait(timeout=10)
+        return run(store)
+
+    checkpointer = checkpoint_module.Checkpointer(lambda: SQLiteStore(filler_db))
+    try:
+        checkpointer.ready(timeout=10)
+        monkeypatch.setattr(SQLiteStore, "checkpoint", held)
+        flushed: list[tuple[int, int]] = []
+        flush = threading.Thread(target=lambda: flushed.append(checkpointer.flush(timeout=10)))
+        flush.start()
+        assert started[0].wait(timeout=10)  # the flush's checkpoint runs ...
+        checkpointer.note(checkpoint_module.EVERY_PAGES)  # ... and the writers' is queued
+        assert checkpointer.runs == 1
+        release[0].set()
+        flush.join(timeout=10)
+        assert flushed == [(0, 0)]  # an empty WAL
+        assert started[1].wait(timeout=10)  # the writers' checkpoint runs now
+        checkpointer.note(2 * checkpoint_module.EVERY_PAGES)  # due, but one is running
+        assert checkpointer.runs == 1  # was 2: the flush had ended the request
+        release[1].set()
+        release[2].set()
+        assert checkpointer.flush(timeout=10) == (0, 0)  # after the writers' one ended
+        checkpointer.note(3 * checkpoint_module.EVERY_PAGES)
+        assert checkpointer.runs == 2  # ended, the next one is asked for
+    finally:
+        for event in release:
+            event.set()
+        checkpointer.stop(timeout=10)

@@ -73,8 +73,13 @@ class _CheckpointActor(pykka.ThreadingActor):
         """Answer once `on_start` has run (the connection is open)."""
         return True
 
-    def checkpoint(self) -> tuple[int, int]:
-        """Run one PASSIVE checkpoint; a failure is logged (the next one retries)."""
+    def checkpoint(self, *, requested: bool = False) -> tuple[int, int]:
+        """Run one PASSIVE checkpoint; a failure is logged (the next one retries).
+
+        `requested`: the one `Checkpointer.note` asked for, whose end lets the
+        next one be asked for. Another (a `flush`) ending first must not: the
+        requested one may still be queued behind it.
+        """
         assert self._store is not None  # (on_start opened it before any message)
         try:
             return self._store.checkpoint()
@@ -85,7 +90,8 @@ class _CheckpointActor(pykka.ThreadingActor):
                            extra={"outcome": "checkpoint_failed"})
             return 0, 0
         finally:
-            self._done(self.actor_urn)
+            if requested:
+                self._done(self.actor_urn)
 
 
 class Checkpointer:
@@ -132,7 +138,7 @@ class Checkpointer:
             self.runs += 1
         # A tell in effect: nobody waits for the answer. Should the actor stop
         # before running it, its on_stop (or on_failure) clears `_busy`.
-        actor.checkpoint()
+        actor.checkpoint(requested=True)
 
     def _finished(self, urn: str) -> None:
         with self._lock:
