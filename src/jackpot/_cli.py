@@ -93,6 +93,29 @@ class _Integer(click.IntRange):
         return super().convert(value, param, ctx)
 
 
+class _Seed(click.types.IntParamType):
+    """simulate's --seed: a whole number in ASCII digits, of any sign, as `random.Random` takes.
+
+    A seed names a run; it counts nothing, so no range bounds it: a 64-bit
+    one (20 digits) or '+7' is as exact as '7'. Not money either: no
+    fraction. Plain ASCII digits, as the other integer options; at most 64,
+    as many as a decimal amount's string may have (`int()` refuses past 4300).
+    """
+
+    name = "integer"
+    _PLAIN = re.compile(r"[+-]?[0-9]{1,64}", re.ASCII)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        """Return the seed as an int; refuse anything but signed plain digits."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value  # the default
+        if not isinstance(value, str) or not self._PLAIN.fullmatch(value):
+            self.fail(f"{str(value)[:40]!r} is not a whole number of at most 64 ASCII digits "
+                      "(with an optional sign).", param, ctx)
+        return int(value)
+
+
 class CommandError(click.ClickException):
     """A refused command: one line on stderr, exit status 2."""
 
@@ -717,7 +740,8 @@ def _wait_for_signal() -> None:
               help="A win on a random level after every N bets (0: none).")
 @click.option("--threads", type=_Integer(1, 64), default=4, show_default=True,
               help="Concurrent callers.")
-@click.option("--seed", type=_Integer(), default=42, show_default=True, help="Random seed.")
+@click.option("--seed", type=_Seed(), default=42, show_default=True,
+              help="Random seed: the same one plans the same bets and wins.")
 @_shared
 def simulate(*, bets: int, win_every: int, threads: int, seed: int,
              db: str | None, as_json: bool | None) -> int:

@@ -450,6 +450,30 @@ def test_simulate(db: str) -> None:
     assert "audit OK" in done.stdout
 
 
+@pytest.mark.parametrize("seed", ["+18446744073709551615", "-18446744073709551615"])
+def test_simulate_takes_any_whole_seed(db: str, tmp_path: Path, seed: str) -> None:
+    """A seed counts nothing: a 64-bit one (20 digits) or a signed one is as exact as 42.
+
+    Both were refused as not 'a whole number of at most 18 ASCII digits'.
+    """
+    other = str(tmp_path / "other.db")
+    JackpotEngine.open(other).close()
+    first = ok_json("simulate", "--bets", "30", "--win-every", "0", "--seed", seed, "--db", db)
+    again = ok_json("simulate", "--bets", "30", "--win-every", "0", "--seed", seed.lstrip("+"),
+                    "--db", other)
+    assert first["bets"] == again["bets"] == 30
+    assert first["wagered"] == again["wagered"]  # the same seed, the same stakes
+    assert first["audit"]["ok"] is True
+
+
+@pytest.mark.parametrize("seed", ["4_2", " 42", "\u0664\u0662", "4.2", "++42", "9" * 65])
+def test_simulate_refuses_a_seed_that_is_not_plain_digits(db: str, seed: str) -> None:
+    done = jackpot("simulate", "--seed", seed, "--db", db)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"jackpot: error: Invalid value for '--seed': {seed[:40]!r} is not "
+                           "a whole number of at most 64 ASCII digits (with an optional sign).\n")
+
+
 def test_simulate_sends_no_win_to_a_retired_level(db: str) -> None:
     ok_json("retire", "mega", "--transfer-to", "major", "--reason", "ended", "--db", db)
     summary = ok_json("simulate", "--bets", "40", "--win-every", "2", "--seed", "7",
@@ -635,7 +659,7 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
       "lone surrogate, or a name in another encoding): rename the file or its folder")),
     (("metrics", "--port", "70000", "--db", "{db}"),
      "Invalid value for '--port': 70000 is not in the range 0<=x<=65535."),
-    # were read by int() as 12, 10, 5, 9464 and 42 (as JACKPOT_* variables they are refused)
+    # were read by int() as 12, 10, 5 and 9464 (as JACKPOT_* variables they are refused)
     *[(args, (f"Invalid value for '{args[-4]}': {args[-3]!r} is not a whole number of at most "
               "18 ASCII digits."))
       for args in [("config", "minor", "cap=600", "--expected-version", "\u0661\u0662", "--db",
@@ -643,7 +667,6 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
                    ("ledger", "--tail", "1_0", "--db", "{db}"),
                    ("history", "minor", "--limit", " 5", "--db", "{db}"),
                    ("metrics", "--port", "\u0669\u0664\u0666\u0664", "--db", "{db}"),
-                   ("simulate", "--seed", "4_2", "--db", "{db}"),
                    ("ledger", "--tail", "9" * 19, "--db", "{db}")]],
 ])
 def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: tuple[str, ...],
