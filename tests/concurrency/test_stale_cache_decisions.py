@@ -10,12 +10,16 @@ decision for good).
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import apsw
 import pytest
 
-from jackpot import GroupConfig, GroupSuspendedError, JackpotEngine, Settings
+from jackpot import GroupConfig, GroupSuspendedError, JackpotEngine, Settings, StorageError
+from jackpot.storage import SQLiteStore
 
 pytestmark = pytest.mark.usefixtures("stale_detection")  # both ways (see conftest)
 
@@ -148,5 +152,65 @@ def test_a_level_the_previous_batch_did_not_hold_is_still_found_as_the_lock_is_t
         server.contribute("10", groups=("mega", "minor"), op_id="w2")
         w3 = server.contribute("10", groups=("major", "minor"), op_id="w3")
         assert w3.versions == {"major": 4, "minor": 4}
+        assert counted(server) == noticed(stale_detection)
+        assert server.verify().ok
+
+
+class FailOnce:
+    """Make the next ledger write of any connection fail once armed (a full disk, or a bug)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.armed = threading.Event()
+        self.failed = threading.Event()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        append = SQLiteStore.append_entries
+
+        def failing(store: SQLiteStore, entries: list[Any]) -> None:
+            if self.armed.is_set() and not self.failed.is_set():
+                self.failed.set()
+                raise self.error
+            append(store, entries)
+
+        monkeypatch.setattr(SQLiteStore, "append_entries", failing)
+
+
+FULL_DISK = apsw.FullError("database or disk is full")  # reaches the caller as a StorageError
+A_BUG = RuntimeError("a bug under the engine")  # reaches the caller as it is
+
+
+@pytest.mark.parametrize(("groups", "error"), [
+    (("minor",), FULL_DISK), (("minor",), A_BUG),
+    (("major", "minor"), FULL_DISK), (("major", "minor"), A_BUG),
+], ids=["one-level-storage-error", "one-level-unexpected-error",
+        "two-levels-storage-error", "two-levels-unexpected-error"])
+def test_a_cache_found_stale_by_a_failed_write_is_noticed_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale_detection: str,
+        groups: tuple[str, ...], error: BaseException) -> None:
+    """A write that failed after it found the cache stale leaves no cache to be found stale again.
+
+    The failed write re-read the moved level (a reload, or a conflict and a
+    retry) and then committed nothing, so what it read is not adopted: the
+    cache is dropped, and the next bet reads the level afresh instead of
+    noticing the same stale row a second time. The counts pin that: one
+    level (its pool actor) and two (the coordinator), a storage error (an
+    outcome) and an unexpected one (raised through the batch).
+    """
+    db = tmp_path / "pools.db"
+    fail = FailOnce(error)
+    fail.install(monkeypatch)
+    with JackpotEngine.open(db, GROUPS) as server:
+        server.contribute("10", groups=groups, op_id="warm")  # cached at version 2
+        with JackpotEngine.open(db) as other:
+            other.contribute("10", groups="minor", op_id="elsewhere")  # minor at 3
+        fail.armed.set()
+        with pytest.raises(StorageError if error is FULL_DISK else RuntimeError) as failed:
+            server.contribute("10", groups=groups, op_id="failed")
+        assert fail.failed.is_set()
+        assert error is FULL_DISK or failed.value is error
+        assert counted(server) == noticed(stale_detection)
+        bet = server.contribute("10", groups=groups, op_id="next")
+        assert bet.versions == {n: 3 + (n == "minor") for n in groups}
         assert counted(server) == noticed(stale_detection)
         assert server.verify().ok

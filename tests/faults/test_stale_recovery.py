@@ -23,6 +23,11 @@ GROUPS = (
 )
 
 
+def counted(engine: JackpotEngine) -> tuple[int, int, int]:
+    counts = engine.stats.snapshot()
+    return counts["conflicts"], counts["retries"], counts["reloads"]
+
+
 def create_db(path: Path) -> None:
     with JackpotEngine.open(path, GROUPS):
         pass
@@ -41,8 +46,10 @@ def test_stale_writer_recovers_on_its_next_call_without_retries(
             writer.contribute("20", groups="minor", op_id="writer-1")
         with pytest.raises(ConcurrencyViolationError):
             strict.contribute("30", groups=groups, op_id="strict-2")
+        assert counted(strict) == (1, 0, 0)  # one conflict, no retry allowed
         # Nobody writes any more: the same request now succeeds, once.
         done = strict.contribute("30", groups=groups, op_id="strict-2")
+        assert counted(strict) == (1, 0, 0)  # read afresh: no second conflict
         assert not done.replayed
         assert done.versions == {n: first.versions[n] + 1 + (n == "minor") for n in groups}
         assert strict.verify().ok
