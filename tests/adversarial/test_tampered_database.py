@@ -942,6 +942,25 @@ def test_a_forged_amount_near_two_to_the_63_is_a_problem_not_a_crash(
     assert any("does not add up" in p for p in found), found
 
 
+def test_what_a_recorded_bet_credited_past_two_to_the_63_is_shown_exactly(
+        engine: JackpotEngine) -> None:
+    """A bet credits contributed - overflow: past 2**63, not rounded through a float.
+
+    SQLite turns an integer subtraction that overflows into a REAL: the
+    figure the stored result is compared with came out 831 units off.
+    """
+    tamper(engine, "DROP TRIGGER ledger_no_update")
+    tamper(engine, f"UPDATE ledger SET overflow = {-(2**63 - 1)} "
+                   "WHERE op_id = 'b1' AND level = 'minor'")
+    assert problems(engine) == [
+        "minor: meter overflow is 0.000000, ledger says -9223372036854.775807",
+        "minor: ledger row 4 (version 2) does not add up",
+        ("operation 'b1': its stored result says minor credited 5.000000, the ledger "
+         "9223372036859.775807"),  # 5_000_000 + 2**63 - 1 units
+        ("integrity_check: trigger ledger_no_update is missing: history is not "
+         "append-only")]
+
+
 def test_forged_bet_amounts_whose_sum_overflows_are_a_problem_not_a_crash(
         engine: JackpotEngine) -> None:
     # Two bets of one rate period: their overflow sums past 2**63 in the

@@ -295,12 +295,16 @@ GROUP BY level, period
 # hold them to what an operation of the recorded kind writes; a forged kind
 # with a comma in it keeps its own name, with a ';'), and the request's
 # fingerprint (read with the record anyway). `{n}` casts amounts as in
-# _BROKEN_ROWS; the backend completes the rest (`RecordedSQL`).
+# _BROKEN_ROWS; the backend completes the rest (`RecordedSQL`). What a bet
+# credited (contributed - overflow) is subtracted in Python: SQLite turns a
+# subtraction that overflows (forged amounts) into an inexact REAL, where an
+# overflowing SUM raises and is summed again exactly (`SQLiteStore`).
 _RECORDED_RESULTS = """
 SELECT g.op_id, o.kind, o.result, o.fingerprint, g.level, g.kinds, g.version, {balance},
-       g.credited, g.paid
+       g.contributed, g.overflow, g.paid
 FROM (SELECT l.op_id, l.level, MAX(l.version_after) AS version,{last_balance}
-             SUM(l.contributed{n} - l.overflow{n}) AS credited, SUM(l.paid) AS paid,
+             SUM(l.contributed{n}) AS contributed, SUM(l.overflow{n}) AS overflow,
+             SUM(l.paid) AS paid,
              {kinds} AS kinds
       FROM ledger AS l{recorded}
       GROUP BY l.op_id, l.level) AS g
@@ -793,7 +797,8 @@ class Store(ABC):
             levels: dict[str, LedgerFigures] = {}
             kinds: dict[str, frozenset[str]] = {}
             for r in group:
-                levels[r[4]] = LedgerFigures._make(map(int, r[6:]))
+                version, balance, contributed, overflow, paid = map(int, r[6:])
+                levels[r[4]] = LedgerFigures(version, balance, contributed - overflow, paid)
                 # NULL: every row of the group has a NULL kind (a ledger rebuilt
                 # without NOT NULL), told as such by the audit.
                 kinds[r[4]] = frozenset(("NULL",) if r[5] is None else r[5].split(","))
