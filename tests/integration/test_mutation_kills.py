@@ -42,7 +42,10 @@ def test_verify_names_the_version_of_a_ledger_row_that_does_not_add_up(
     finally:
         conn.close()
     assert seq == 4  # after the create, bet and win rows: not the version
-    assert "minor: ledger row 4 (version 9) does not add up" in engine.verify().problems
+    assert engine.verify().problems == [
+        "minor: ledger versions 1..9 in 4 rows, level is at version 3 (expected 1..3)",
+        "minor: ledger sums to 10.000005, level holds 10.000000",
+        "minor: ledger row 4 (version 9) does not add up"]
 
 
 def test_every_stored_op_id_is_found_however_many_are_asked_for(db_path: Path) -> None:
