@@ -262,11 +262,32 @@ def test_carries_follow_rate_changes_and_overflow_to_the_reserve(tmp_path: Path)
         e.contribute(Decimal("9.999999"), op_id="b2")  # past the cap: overflow to the meter
         e.update_config("minor", overflow_to="reserve", cap=Decimal(3))
         e.contribute(Decimal("17.000003"), op_id="b3")  # past the cap: overflow to the reserve
-        assert e.pool("minor").reserve > 1  # the reserve shares alone are far below a unit
-        e.process_win("minor", op_id="w1")
-        e.contribute(Decimal("0.000003"), op_id="b4")
-        report = e.verify()
-        assert report.ok, report.problems
+        # b1 0.333333 + carry .666333333, b2 1.234567 (0.5679 overflows to the meter),
+        # b3 2.098764 (1.098764 overflows to the reserve): the reserve shares alone
+        # (7e-9, 1.1e-8 of a bet) stay in its carry, 0.304000029 of a unit.
+        pool = e.pool("minor")
+        assert (pool.amount, pool.reserve) == (Decimal(3), Decimal("1.098764"))
+        assert (pool.meters["contributed"], pool.meters["overflow"]) == (
+            Decimal("3.666664"), Decimal("1.666664"))
+        assert carries(e) == (813_246_733, 304_000_029)
+        e.process_win("minor", op_id="w1")  # the reserve funds the seed
+        b4 = e.contribute(Decimal("0.000003"), op_id="b4")  # .3703701 + .813246733: one unit
+        assert (b4.contributions, b4.balances) == ({"minor": Decimal("0.000001")},
+                                                   {"minor": Decimal("1.000001")})
+        assert e.pool("minor").reserve == Decimal("0.098764")
+        assert carries(e) == (183_616_833, 304_000_062)
+        assert problems(e) == []
+
+
+def carries(e: JackpotEngine) -> tuple[int, int]:
+    """The committed (carry, reserve_carry) of the level 'minor', in billionths of a unit."""
+    conn = apsw.Connection(e._path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        ((carry, reserve_carry),) = conn.execute(
+            "SELECT carry, reserve_carry FROM levels WHERE name = 'minor'").fetchall()
+    finally:
+        conn.close()
+    return carry, reserve_carry
 
 
 @pytest.fixture
