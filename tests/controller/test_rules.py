@@ -685,8 +685,9 @@ def test_retire_into_a_mystery_level_fills_it_to_must_hit_by_at_most() -> None:
         15 * U, 15 * U, 5 * U, 15 * U)
     # the pool now sits past its trigger: the next bet fires it before anything else
     after, _, hits = bet(tgt, 10, draws)
-    assert len(hits) == 1
-    assert after.amount < 15 * U
+    assert [(h.kind, h.paid, h.balance_after) for h in hits] == [("hit", 15 * U, 10 * U)]
+    # reset to the seed from the reserve, then the bet's share (1 unit), below the new trigger
+    assert (after.amount, after.reserve, after.trigger) == (10 * U + 1, 5 * U, 11 * U)
     books_balance(after)
 
 
