@@ -32,7 +32,11 @@ def test_a_restarted_actor_does_not_recreate_a_vanished_file(db_path: Path, how:
         with pytest.raises(StorageError):
             engine.contribute("10", groups="minor", op_id="after")
         report = engine.health()
-        assert not report.ok
+        database = (f"database file {str(db_path)!r} does not exist" if how == "removed" else
+                    f"writes are refused: database {str(db_path)!r} is no longer the file "
+                    "this engine opened (removed, renamed or replaced since)")
+        assert (report.status, report.reasons) == ("failing", (
+            f"database: {database}", "actors: stopped: minor (restarted on their next operation)"))
         if how == "removed":
             assert not db_path.exists()  # neither the restart nor the probe made a new one
         else:
@@ -282,7 +286,11 @@ def test_a_running_engine_refuses_to_write_once_its_wal_or_shm_is_gone(
             with pytest.raises(StorageError, match=f"the {side} file of .* was removed or "
                                                    "replaced since this engine opened it"):
                 engine.contribute("10", groups=groups, op_id="after")
-        assert not engine.health().ok
+        report = engine.health()
+        refused = (f"database: writes are refused: the {side} file of {str(path)!r} was "
+                   "removed or replaced since this engine opened it (what was committed to it "
+                   "is still in the engine's hands: close the engine to keep it)")
+        assert (report.status, report.reasons) == ("failing", (refused,))
     with JackpotEngine.open(path, create=False) as again:  # closed cleanly: nothing lost
         assert again.pool("minor").version == 3
         assert again.verify().ok
