@@ -260,9 +260,10 @@ def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
     actors that did not stop in time, for the caller to log once it holds
     no lock (a log handler may do anything, call close() included).
     """
-    refs = [p.actor_ref for p in (actors.coordinator, *actors.pools.values())
-            if p is not None]
-    stopping = [(ref, ref.stop(block=False)) for ref in refs]
+    # Each closes its connection in a request of its own (`close_and_stop`), not
+    # in Pykka's stop, which may never reach `on_stop` (see `stop_and_close`).
+    stopping = [(p.actor_ref, p.close_and_stop())
+                for p in (actors.coordinator, *actors.pools.values()) if p is not None]
     if checkpointer is not None:
         stopping.append(checkpointer.stop_soon())
     late = [str(ref) for ref, stopped in stopping if not wait_stopped(ref, stopped, deadline)]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import pykka
 import pytest
 
 from _helpers import in_thread, run_python
@@ -27,10 +28,12 @@ from jackpot import (
     EngineClosedError,
     JackpotEngine,
     Settings,
+    StorageError,
     ValidationError,
 )
 from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
+from jackpot.storage import SQLiteStore
 
 HANG = 30  # seconds: only a hang waits this long
 
@@ -706,3 +709,115 @@ def test_an_async_call_swept_early_is_settled_when_its_actor_dies_later(
     assert snapshot.get("operations:contribute:error") == 1  # taken: outcome unknown
     assert snapshot.get("operations:contribute:rejected") == 1  # queued: withdrawn
 
+
+
+class _RaisingOn(logging.Filter):
+    """A filter that raises on the records whose message starts with one of `starts`."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.starts):
+            msg = "log filter failed"
+            raise RuntimeError(msg)
+        return True
+
+
+@contextmanager
+def _pykka_debug_raising_on(*starts: str) -> Iterator[None]:
+    """Put the `pykka` logger at DEBUG, with a filter that raises on the lines `starts`."""
+    log = logging.getLogger("pykka")
+    level, raising = log.level, _RaisingOn(*starts)
+    log.setLevel(logging.DEBUG)
+    log.addFilter(raising)
+    try:
+        yield
+    finally:
+        log.removeFilter(raising)
+        log.setLevel(level)
+
+
+class _Outcomes(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.outcomes.append(getattr(record, "outcome", ""))
+
+
+# Pykka's stop logs "Unregistered", then "Stopped", then calls on_stop; a raising
+# line is answered to the stopper ("Exception returned ..."), or, if that line
+# raises too, ends the actor's thread unanswered.
+@pytest.mark.parametrize("starts", [
+    ("Stopped",), ("Stopped", "Exception returned"),
+    ("Unregistered",), ("Unregistered", "Exception returned"),
+], ids=["stopped", "stopped-then-answer", "unregistered", "unregistered-then-answer"])
+def test_close_closes_every_connection_though_pykkas_stop_logging_raises(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, starts: tuple[str, ...]) -> None:
+    """Each actor closes its connection in a request of its own, then stops.
+
+    Closed in `on_stop`, after Pykka's log lines: with the `pykka` logger at
+    DEBUG and a filter raising there, close() raised the filter's error (the
+    reader and the other actors left open), or waited out its timeout for an
+    actor whose thread had ended; either way the connections stayed open.
+    """
+    opened: list[SQLiteStore] = []
+    closed: list[SQLiteStore] = []
+    init, close = SQLiteStore.__init__, SQLiteStore.close
+
+    def tracked_init(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    def tracked_close(self: SQLiteStore) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(SQLiteStore, "__init__", tracked_init)
+    monkeypatch.setattr(SQLiteStore, "close", tracked_close)
+    before = set(pykka.ActorRegistry.get_all())
+    engine = JackpotEngine.open(db_path)
+    engine.contribute(Decimal(10), groups=("major", "minor"), op_id="bet")  # the WAL holds it
+    actors = [*engine._pools.values(), engine._coordinator]
+    assert engine._checkpointer is not None
+    actors.append(engine._checkpointer._actor)
+    heard = _Outcomes()
+    with _pykka_debug_raising_on(*starts), _handler(heard):
+        engine.close(timeout=HANG)
+    assert "stop_timeout" not in heard.outcomes  # no actor was waited for until the deadline
+    assert all(p.actor_ref.actor_stopped.is_set() for p in actors)
+    assert set(pykka.ActorRegistry.get_all()) == before
+    assert len(opened) == 7  # the open's, the reader, 3 levels, the coordinator, the checkpointer
+    assert [s for s in opened if s not in closed] == []
+    # The last connection to close copied the WAL into the file and removed it.
+    assert not Path(f"{db_path}-wal").exists()
+    with JackpotEngine.open(db_path) as again:
+        assert again.pools()["minor"].version == 2  # (created, then the bet)
+
+
+def test_an_actor_that_cannot_start_stops_though_pykkas_unregister_log_raises(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed `on_start` marks its actor stopped though Pykka's "Unregistered" line raises.
+
+    The actor was marked stopped after that line, without a `finally`: it
+    stayed alive for ever with its thread ended, and open() waited out its
+    timeout ("did not open their connections") instead of telling why.
+    """
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+
+    def broken(self: SQLiteStore, name: str) -> None:
+        msg = "cannot load the level"
+        raise StorageError(msg)
+
+    monkeypatch.setattr(SQLiteStore, "load_level", broken)
+    with _pykka_debug_raising_on("Unregistered"), pytest.raises(
+            StorageError, match=r"^the engine's actors could not start \(their error is logged\): "
+                                r"PoolActor \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
+                                r"StorageError: cannot load the level$"):
+        JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
+                                                      retry_delay_ms=1))
+    assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered

@@ -12,8 +12,8 @@ import pykka
 
 from jackpot.stats import after_the_fact
 
-__all__ = ["in_actor_thread", "mark_actor_thread", "proxy_of", "start_failed", "wait_ready",
-           "wait_stopped"]
+__all__ = ["in_actor_thread", "mark_actor_thread", "proxy_of", "start_failed",
+           "stop_and_close", "wait_ready", "wait_stopped"]
 
 _POLL = 0.05  # seconds between checks that the actor still lives
 _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
@@ -70,7 +70,39 @@ def start_failed(actor: pykka.Actor, error: BaseException) -> None:
         after_the_fact(logger.error, "%s could not start", actor, exc_info=error,
                        extra={"outcome": "actor_start_failed"})
     finally:  # whatever the logging raised
-        pykka.ActorRegistry.unregister(actor.actor_ref)
+        _mark_stopped(actor)
+
+
+def stop_and_close(actor: pykka.Actor) -> None:
+    """Mark `actor` stopped, then run its `on_stop` (close its connection), as Pykka's stop.
+
+    Each actor's `close_and_stop` (the request close() sends) runs this in
+    the actor's thread, as an ordinary message: after every request queued
+    before it; Pykka's loop ends once it returns. Not Pykka's own stop: that
+    logs on the `pykka` logger (at DEBUG, "Unregistered" then "Stopped")
+    before it calls `on_stop`, without a `finally`. With that logger at
+    DEBUG, a log filter or handler that raised there ended the thread, or
+    answered the stop with its error (raised out of close()), before
+    `on_stop` ran: close() waited out its timeout or failed, and the
+    connections were left open for ever.
+    """
+    _mark_stopped(actor)
+    try:
+        actor.on_stop()
+    except Exception as e:  # noqa: BLE001 - reported, as Pykka does; it is stopped all the same
+        after_the_fact(logger.error, "%s could not close its connection", actor, exc_info=e,
+                       extra={"outcome": "close_failed"})
+
+
+def _mark_stopped(actor: pykka.Actor) -> None:
+    """Unregister `actor` and mark it stopped, as Pykka does, whatever logging raises.
+
+    Pykka's `unregister` logs "Unregistered" (DEBUG, `pykka` logger) after
+    it removed the actor: a failure of that line is only reported.
+    """
+    try:
+        after_the_fact(pykka.ActorRegistry.unregister, actor.actor_ref)
+    finally:
         actor.actor_stopped.set()
 
 
@@ -156,16 +188,22 @@ def _wait_answer(answer: pykka.Future[Any], ref: pykka.ActorRef[Any], timeout: f
             raise pykka.Timeout(msg)
 
 
-def wait_stopped(ref: pykka.ActorRef[Any], stopped: pykka.Future[bool], deadline: float) -> bool:
-    """Wait until `deadline` (monotonic) for `stopped`, from `ref.stop(block=False)`.
+def wait_stopped(ref: pykka.ActorRef[Any], stopped: pykka.Future[Any], deadline: float) -> bool:
+    """Wait until `deadline` (monotonic) for `stopped`, the answer to a stop request.
 
-    True once the actor has stopped. An actor that stopped by itself just as
-    the stop request was sent never answers it: once its thread says it has
-    stopped, its `on_stop` gets `_GRACE` seconds, then it counts as stopped.
+    The request is an actor's `close_and_stop` (or `ref.stop(block=False)`).
+    True once the actor has stopped. An actor that stopped by itself before
+    it took the request answers `ActorDeadError`: stopped. One that stopped
+    just as the request was sent never answers it: once its thread says it
+    has stopped, its `on_stop` gets `_GRACE` seconds, then it counts as
+    stopped.
     """
-    while not _answered(stopped, deadline):
-        if ref.actor_stopped.is_set():
-            deadline = min(deadline, time.monotonic() + _GRACE)
-        if time.monotonic() >= deadline:
-            return ref.actor_stopped.is_set()
+    try:
+        while not _answered(stopped, deadline):
+            if ref.actor_stopped.is_set():
+                deadline = min(deadline, time.monotonic() + _GRACE)
+            if time.monotonic() >= deadline:
+                return ref.actor_stopped.is_set()
+    except pykka.ActorDeadError:
+        return True
     return True

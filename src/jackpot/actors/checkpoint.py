@@ -24,7 +24,13 @@ from typing import Any
 
 import pykka
 
-from jackpot.actors._start import mark_actor_thread, proxy_of, start_failed, wait_ready
+from jackpot.actors._start import (
+    mark_actor_thread,
+    proxy_of,
+    start_failed,
+    stop_and_close,
+    wait_ready,
+)
 from jackpot.errors import JackpotError
 from jackpot.stats import after_the_fact
 from jackpot.storage import SQLiteStore
@@ -68,6 +74,10 @@ class _CheckpointActor(pykka.ThreadingActor):
 
     def on_failure(self, *_exc_info: object) -> None:
         self._done(self.actor_urn)
+
+    def close_and_stop(self) -> None:
+        """Stop, closing the connection: close()'s request (see `stop_and_close`)."""
+        stop_and_close(self)
 
     def ready(self) -> bool:
         """Answer once `on_start` has run (the connection is open)."""
@@ -158,6 +168,6 @@ class Checkpointer:
         """Stop the actor after the checkpoint it may be running."""
         self.stop_soon()[1].get(timeout=timeout)
 
-    def stop_soon(self) -> tuple[pykka.ActorRef[Any], pykka.Future[bool]]:
+    def stop_soon(self) -> tuple[pykka.ActorRef[Any], pykka.Future[None]]:
         """Ask the actor to stop after the checkpoint it may be running (see `wait_stopped`)."""
-        return self._actor.actor_ref, self._actor.actor_ref.stop(block=False)
+        return self._actor.actor_ref, self._actor.close_and_stop()

@@ -17,7 +17,7 @@ import pykka
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors._start import mark_actor_thread, start_failed
+from jackpot.actors._start import mark_actor_thread, start_failed, stop_and_close
 from jackpot.errors import ConcurrencyViolationError, JackpotError, LockTimeoutError, StorageError
 from jackpot.service import Operation, Outcome, count_lock_timeouts, execute_batch
 from jackpot.settings import Settings
@@ -111,6 +111,10 @@ class PoolActor(pykka.ThreadingActor):
     def on_failure(self, *_exc_info: object) -> None:
         """Close the connection: Pykka calls no `on_stop` after an error out of `on_receive`."""
         self.on_stop()
+
+    def close_and_stop(self) -> None:
+        """Stop, closing the connection: close()'s request (see `stop_and_close`)."""
+        stop_and_close(self)
 
     def ready(self) -> bool:
         """Answer once `on_start` has run (the connection is open)."""
