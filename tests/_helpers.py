@@ -7,13 +7,15 @@ there), so any test file imports it as `_helpers`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -242,3 +244,31 @@ def run_python(script: str, *args: str, timeout: float) -> subprocess.CompletedP
     """
     return subprocess.run([sys.executable, "-c", script, *args],
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class _RaisingOn(logging.Filter):
+    """A filter that raises on the records whose message starts with one of `starts`."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.starts):
+            msg = "log filter failed"
+            raise RuntimeError(msg)
+        return True
+
+
+@contextmanager
+def pykka_debug_raising_on(*starts: str) -> Iterator[None]:
+    """Put the `pykka` logger at DEBUG, with a filter that raises on the lines `starts`."""
+    log = logging.getLogger("pykka")
+    level, raising = log.level, _RaisingOn(*starts)
+    log.setLevel(logging.DEBUG)
+    log.addFilter(raising)
+    try:
+        yield
+    finally:
+        log.removeFilter(raising)
+        log.setLevel(level)

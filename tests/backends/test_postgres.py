@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import select
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
-from _helpers import run_together
+from _helpers import pykka_debug_raising_on, run_together
 from jackpot import (
     ConcurrencyViolationError,
     Contribution,
@@ -343,6 +344,25 @@ def test_an_engine_dropped_without_close_is_closed_without_showing_the_password(
     said = [*reports, *(str(w.message) for w in caught)]
     assert len(said) == 2
     assert all(":***@" in s and "s3cret" not in s for s in said), said
+
+
+def test_close_gives_back_every_pooled_connection_though_pykkas_stop_logging_raises(
+        pg_target: str) -> None:
+    """Each actor gives its connections back in a request of its own, then stops.
+
+    Given back in `on_stop`, after Pykka's "Stopped" line: with the `pykka`
+    logger at DEBUG and a filter raising there, close() raised the filter's
+    error and the pool stayed open with the actors' connections (see the
+    SQLite twin in tests/integration/test_close_edges.py).
+    """
+    engine = JackpotEngine.open(pg_target)
+    engine.contribute(Decimal(10), groups=("major", "minor"), op_id="bet")
+    with pykka_debug_raising_on("Stopped"):
+        engine.close(timeout=30)
+    # The last store released closes the pool: every store gave its share back.
+    assert (os.getpid(), pg_target) not in postgres._POOLS._pools
+    with JackpotEngine.open(pg_target) as again:
+        assert again.pools()["minor"].version == 2  # (created, then the bet)
 
 
 @pytest.mark.parametrize("url", [

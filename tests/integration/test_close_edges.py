@@ -22,7 +22,7 @@ import apsw
 import pykka
 import pytest
 
-from _helpers import in_thread, run_python
+from _helpers import in_thread, pykka_debug_raising_on, run_python
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
@@ -711,34 +711,6 @@ def test_an_async_call_swept_early_is_settled_when_its_actor_dies_later(
 
 
 
-class _RaisingOn(logging.Filter):
-    """A filter that raises on the records whose message starts with one of `starts`."""
-
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith(self.starts):
-            msg = "log filter failed"
-            raise RuntimeError(msg)
-        return True
-
-
-@contextmanager
-def _pykka_debug_raising_on(*starts: str) -> Iterator[None]:
-    """Put the `pykka` logger at DEBUG, with a filter that raises on the lines `starts`."""
-    log = logging.getLogger("pykka")
-    level, raising = log.level, _RaisingOn(*starts)
-    log.setLevel(logging.DEBUG)
-    log.addFilter(raising)
-    try:
-        yield
-    finally:
-        log.removeFilter(raising)
-        log.setLevel(level)
-
-
 class _Outcomes(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -785,7 +757,7 @@ def test_close_closes_every_connection_though_pykkas_stop_logging_raises(
     assert engine._checkpointer is not None
     actors.append(engine._checkpointer._actor)
     heard = _Outcomes()
-    with _pykka_debug_raising_on(*starts), _handler(heard):
+    with pykka_debug_raising_on(*starts), _handler(heard):
         engine.close(timeout=HANG)
     assert "stop_timeout" not in heard.outcomes  # no actor was waited for until the deadline
     assert all(p.actor_ref.actor_stopped.is_set() for p in actors)
@@ -814,7 +786,7 @@ def test_an_actor_that_cannot_start_stops_though_pykkas_unregister_log_raises(
         raise StorageError(msg)
 
     monkeypatch.setattr(SQLiteStore, "load_level", broken)
-    with _pykka_debug_raising_on("Unregistered"), pytest.raises(
+    with pykka_debug_raising_on("Unregistered"), pytest.raises(
             StorageError, match=r"^the engine's actors could not start \(their error is logged\): "
                                 r"PoolActor \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
                                 r"StorageError: cannot load the level$"):
