@@ -74,6 +74,12 @@ def file_state(path: str) -> tuple[bytes, int, list[str]]:
      "is not a jackpot database (user_version 7, tables: t)"),
     ("CREATE TABLE levels (x); PRAGMA user_version = 1",
      "is not a jackpot database (user_version 1, tables: levels)"),
+    # The three table names and a user_version of ours, but none of our
+    # columns: the migration changed the file, then failed on a column.
+    (("CREATE TABLE levels (x); CREATE TABLE ledger (x); CREATE TABLE operations (x); "
+      "PRAGMA user_version = 2"),
+     ("is not a jackpot database (user_version 2, tables: ledger, levels, operations; "
+      "without the columns levels.name, levels.status, levels.amount and ")),
 ])
 def test_another_applications_file_is_refused_untouched(tmp_path: Path, sql: str,
                                                         refusal: str) -> None:

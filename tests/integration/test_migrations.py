@@ -188,3 +188,65 @@ def test_a_migration_that_fails_at_commit_says_to_open_again_not_to_resend_an_op
         assert engine.contribute(Decimal("5.00"), op_id="bet-1").replayed
         assert engine.verify().ok
     assert "WITHOUT ROWID" not in _operations_sql(db_path)
+
+
+# The tables of the engine's first commit (never released), under user_version 1
+# as schema 1 later was: other columns in levels and ledger.
+_FIRST_COMMIT_V1 = """
+CREATE TABLE levels (
+    name TEXT PRIMARY KEY, seed INTEGER NOT NULL, rate INTEGER NOT NULL, cap INTEGER,
+    amount INTEGER NOT NULL, carry INTEGER NOT NULL, version INTEGER NOT NULL,
+    lock_holder TEXT, last_modified_at INTEGER NOT NULL,
+    m_bets INTEGER NOT NULL DEFAULT 0, m_wagered INTEGER NOT NULL DEFAULT 0,
+    m_contributed INTEGER NOT NULL DEFAULT 0, m_overflow INTEGER NOT NULL DEFAULT 0,
+    m_seeded INTEGER NOT NULL DEFAULT 0, m_won INTEGER NOT NULL DEFAULT 0,
+    m_wins INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, op_id TEXT NOT NULL, kind TEXT NOT NULL,
+    level TEXT NOT NULL REFERENCES levels (name), delta INTEGER NOT NULL,
+    balance_after INTEGER NOT NULL, version_after INTEGER NOT NULL,
+    paid INTEGER NOT NULL DEFAULT 0, funded INTEGER NOT NULL DEFAULT 0,
+    overflow INTEGER NOT NULL DEFAULT 0, at_ms INTEGER NOT NULL, who TEXT, detail TEXT
+) STRICT;
+CREATE UNIQUE INDEX ledger_level_version ON ledger (level, version_after);
+CREATE INDEX ledger_op_id ON ledger (op_id);
+CREATE TABLE operations (
+    op_id TEXT PRIMARY KEY, kind TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL, at_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+INSERT INTO levels (name, seed, rate, cap, amount, carry, version, last_modified_at)
+    VALUES ('minor', 100000000, 5000000, NULL, 100025000, 0, 2, 1);
+INSERT INTO ledger (op_id, kind, level, delta, balance_after, version_after, at_ms)
+    VALUES ('create:minor', 'create', 'minor', 100000000, 100000000, 1, 1),
+           ('b1', 'contribute', 'minor', 25000, 100025000, 2, 1);
+INSERT INTO operations VALUES ('b1', 'contribute', 'f', '{}', 1);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_file_without_schema_1s_columns_is_refused_not_migrated(
+        db_path: Path) -> None:
+    # Such a file (the first commit's, or another application's with tables of
+    # our names) was migrated to the latest schema, then the open failed with
+    # "no such column: status": the file was changed and marked as the latest.
+    conn = apsw.Connection(str(db_path))
+    conn.execute(_FIRST_COMMIT_V1)
+    conn.close()
+    before = db_path.read_bytes()
+    for opening in (lambda: JackpotEngine.open(db_path),
+                    lambda: SQLiteStore(str(db_path), read_only=True)):
+        with pytest.raises(StorageError) as refused:
+            opening()
+        assert str(refused.value) == (
+            f"{str(db_path)!r} is not a jackpot database (user_version 1, tables: ledger, "
+            "levels, operations, sqlite_sequence; without the columns levels.status, "
+            "levels.reserve, levels.reserve_carry and 23 more): refusing to use it; nothing "
+            "was changed")
+    assert db_path.read_bytes() == before
+    conn = apsw.Connection(str(db_path))
+    try:
+        assert conn.execute("PRAGMA user_version").fetchall() == [(1,)]
+        assert "ledger_op_id" in _indexes(db_path)
+    finally:
+        conn.close()

@@ -12,8 +12,8 @@ default sleeps; the turn and the busy wait together give up at the lock
 timeout with `LockTimeoutError`.
 
 Before it changes anything (the switch to WAL, a migration), a store checks
-that the file is ours: empty (a new database), or holding the jackpot tables
-under a `user_version` this library knows. Another application's file, or a
+that the file is ours: empty (a new database), or holding the jackpot tables with their
+columns under a `user_version` this library knows. Another application's file, or a
 jackpot database of a newer schema, is refused with `StorageError` and left
 exactly as it was.
 
@@ -99,8 +99,18 @@ not copied yet, in the writer's thread, after its commit."""
 logger = logging.getLogger("jackpot")
 
 _TABLES = frozenset({"levels", "ledger", "operations"})
-_REBUILT_OPERATIONS = 3  # the schema whose migration copies the operations table
 """The tables that, with a known `user_version`, make a file a jackpot database."""
+_COLUMNS = {"levels": LEVEL_COLUMNS, "ledger": ("seq", "op_id", *ENTRY_COLUMNS),
+            "operations": ("op_id", "kind", "fingerprint", "result", "at_ms")}
+"""The columns those tables have in every schema this library knows (1 to latest).
+
+Table names and a small `user_version` alone are not enough: another
+application's file may have a `levels` table at user_version 1 (as may a
+file of the engine's first, unreleased commit, whose tables had other
+columns). Migrating such a file would change it, then fail on a missing
+column, leaving it marked as the latest schema."""
+_COLUMNS_NAMED = 3  # of the missing columns, the refusal names the first few
+_REBUILT_OPERATIONS = 3  # the schema whose migration copies the operations table
 
 _LOST_WRITES = frozenset({apsw.SQLITE_IOERR_WRITE, apsw.SQLITE_IOERR_FSYNC,
                           apsw.SQLITE_IOERR_DIR_FSYNC, apsw.SQLITE_IOERR_TRUNCATE})
@@ -266,6 +276,8 @@ class SQLiteStore(Store):
         try:
             (version,) = self._exec("PRAGMA user_version")[0]
             objects = self._exec("SELECT type, name FROM sqlite_master")
+            columns = {table: {r[0] for r in self._exec(
+                "SELECT name FROM pragma_table_info(?)", (table,))} for table in _COLUMNS}
         finally:
             self._rollback()
         tables = {name for kind, name in objects if kind == "table"}
@@ -275,14 +287,22 @@ class SQLiteStore(Store):
                 msg = f"cannot open database {self._path!r}: it holds no jackpot database"
                 raise StorageError(msg)
             return 0
-        if tables >= _TABLES and 1 <= version <= latest:
+        missing = [f"{table}.{c}" for table, wanted in _COLUMNS.items()
+                   for c in wanted if c not in columns[table]]
+        if tables >= _TABLES and 1 <= version <= latest and not missing:
             return int(version)
         if tables >= _TABLES and version > latest:
             msg = (f"database {self._path!r} has schema version {version}, newer than this "
                    f"library's {latest}: upgrade jackpot (nothing was changed)")
             raise StorageError(msg)
+        lacking = ""
+        if tables >= _TABLES and 1 <= version <= latest:
+            more = len(missing) - _COLUMNS_NAMED
+            lacking = (f"; without the columns {', '.join(missing[:_COLUMNS_NAMED])}"
+                       f"{f' and {more} more' if more > 0 else ''}")
         msg = (f"{self._path!r} is not a jackpot database (user_version {version}, tables: "
-               f"{', '.join(sorted(tables)) or 'none'}): refusing to use it; nothing was changed")
+               f"{', '.join(sorted(tables)) or 'none'}{lacking}): refusing to use it; nothing "
+               "was changed")
         raise StorageError(msg)
 
     def _retry_busy(self, step: Callable[[], _T]) -> _T:
