@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import apsw
 import pytest
 
-from jackpot import JackpotEngine, StorageError
+from jackpot import JackpotEngine, LockTimeoutError, Settings, StorageError
 from jackpot.storage import SQLiteStore
 from jackpot.storage.schema import MIGRATIONS
 
@@ -250,3 +251,43 @@ def test_a_schema_1_file_without_schema_1s_columns_is_refused_not_migrated(
         assert "ledger_op_id" in _indexes(db_path)
     finally:
         conn.close()
+
+
+def test_an_open_that_waits_out_another_processs_migration_says_so(db_path: Path) -> None:
+    # It said only "database write lock not acquired within 100 ms (another
+    # connection holds it)": an operator who had just upgraded could not tell
+    # a migration in progress (minutes, on a large file) from a stuck writer.
+    with JackpotEngine.open(db_path) as engine:
+        engine.contribute(Decimal("5.00"), op_id="bet-1")
+    conn = apsw.Connection(str(db_path))
+    conn.execute(_OPERATIONS_V2)
+    conn.close()
+    migrating, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:  # as a migrating process does
+        store = SQLiteStore(str(db_path))
+        try:
+            with store.write():
+                migrating.set()
+                release.wait(30)
+        finally:
+            store.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert migrating.wait(30)
+        with pytest.raises(LockTimeoutError) as waited:
+            JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100))
+    finally:
+        release.set()
+        holder.join(30)
+    assert str(waited.value) == (
+        "database write lock not acquired within 100 ms (another connection holds it); "
+        f"nothing was changed: the database is at schema 2 and this library needs "
+        f"{len(MIGRATIONS)}; another process may be migrating it (the log of the one that "
+        "does says when it started and when it ends): open it again once it has, or set "
+        "JACKPOT_LOCK_TIMEOUT_MS to wait longer")
+    assert "WITHOUT ROWID" in _operations_sql(db_path)  # nothing changed
+    with JackpotEngine.open(db_path) as engine:
+        assert engine.contribute(Decimal("5.00"), op_id="bet-1").replayed

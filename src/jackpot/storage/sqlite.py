@@ -575,10 +575,15 @@ class SQLiteStore(Store):
             StorageError: the file has a newer schema (nothing is changed), or
                 the migration failed (rolled back; or, failing at COMMIT, the
                 file is at the old schema or the new one, whole).
+            LockTimeoutError: another connection held the write lock (of an
+                older schema, the message says another process may be
+                migrating it).
 
         """
         try:
             return self._migrate()
+        except LockTimeoutError as e:
+            raise self._migration_awaited(e) from e
         except StorageError as e:
             if not e.outcome_unknown:
                 raise
@@ -588,6 +593,24 @@ class SQLiteStore(Store):
                    "old schema or the new one, whole: open it again (an open migrates it if "
                    "it was not)")
             raise StorageError(msg) from e
+
+    def _migration_awaited(self, e: LockTimeoutError) -> LockTimeoutError:
+        """Say why an open of an older schema waited: likely another process migrating it.
+
+        The bare lock timeout leaves an operator who has just upgraded
+        guessing; the migration of a large file holds the lock for minutes.
+        """
+        try:
+            current = self._recognise(allow_empty=True)
+        except (apsw.Error, StorageError):
+            return e
+        if not 0 < current < len(MIGRATIONS):
+            return e  # (migrated meanwhile: the wait was another writer's)
+        msg = (f"{e}: the database is at schema {current} and this library needs "
+               f"{len(MIGRATIONS)}; another process may be migrating it (the log of the "
+               "one that does says when it started and when it ends): open it again once it "
+               "has, or set JACKPOT_LOCK_TIMEOUT_MS to wait longer")
+        return LockTimeoutError(msg)
 
     def _migrate(self) -> int:
         with self.write():
