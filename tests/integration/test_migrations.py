@@ -291,3 +291,32 @@ def test_an_open_that_waits_out_another_processs_migration_says_so(db_path: Path
     assert "WITHOUT ROWID" in _operations_sql(db_path)  # nothing changed
     with JackpotEngine.open(db_path) as engine:
         assert engine.contribute(Decimal("5.00"), op_id="bet-1").replayed
+
+
+def test_a_migration_that_runs_out_of_space_says_it_was_rolled_back(db_path: Path) -> None:
+    # It said only "database error: FullError: database or disk is full".
+    with JackpotEngine.open(db_path) as engine:
+        for n in range(50):
+            engine.contribute(Decimal("5.00"), op_id=f"bet-{n}")
+    conn = apsw.Connection(str(db_path))
+    conn.execute(_OPERATIONS_V2)
+    conn.execute("VACUUM")  # no free page left in the file for the copy
+    conn.close()
+    store = SQLiteStore(str(db_path))
+    try:
+        (pages,) = store.conn.execute("PRAGMA page_count").fetchall()[0]
+        store.conn.execute(f"PRAGMA max_page_count = {pages}").fetchall()  # a full disk
+        with pytest.raises(StorageError) as failed:
+            store.migrate()
+    finally:
+        store.close()
+    assert str(failed.value) == (
+        f"migrating database {str(db_path)!r} from schema 2 to {len(MIGRATIONS)} failed "
+        "(database error: FullError: database or disk is full); it was rolled back: the "
+        "database is at schema 2, whole. A migration needs free disk (see Upgrading in "
+        "jackpot's README): free some and open it again")
+    assert "WITHOUT ROWID" in _operations_sql(db_path)
+    with JackpotEngine.open(db_path) as engine:
+        assert engine.contribute(Decimal("5.00"), op_id="bet-1").replayed
+        assert engine.verify().ok
+    assert "WITHOUT ROWID" not in _operations_sql(db_path)

@@ -612,6 +612,18 @@ class SQLiteStore(Store):
                "has, or set JACKPOT_LOCK_TIMEOUT_MS to wait longer")
         return LockTimeoutError(msg)
 
+    def _migration_failed(self, e: apsw.Error, current: int) -> StorageError:
+        """Say that a migration failed before its COMMIT, and so was rolled back whole.
+
+        The bare "database or disk is full" at an open after an upgrade named
+        neither the migration nor the schema the file is still at.
+        """
+        msg = (f"migrating database {self._path!r} from schema {current} to "
+               f"{len(MIGRATIONS)} failed ({self._translate(e)}); it was rolled back: the "
+               f"database is at schema {current}, whole. A migration needs free disk (see "
+               "Upgrading in jackpot's README): free some and open it again")
+        return StorageError(msg)
+
     def _migrate(self) -> int:
         with self.write():
             (current,) = self._exec("PRAGMA user_version")[0]
@@ -632,9 +644,12 @@ class SQLiteStore(Store):
                                 "per 5 million stored results)"
                                 if current < _REBUILT_OPERATIONS else "",
                                 extra={"outcome": "migrating"})
-            for number in range(current, len(MIGRATIONS)):
-                self.conn.execute(MIGRATIONS[number])
-            self._exec(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            try:
+                for number in range(current, len(MIGRATIONS)):
+                    self.conn.execute(MIGRATIONS[number])
+                self._exec(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            except apsw.Error as e:
+                raise self._migration_failed(e, current) from e
         if 0 < current < len(MIGRATIONS):
             with contextlib.suppress(Exception):
                 logger.info("migrated %s to schema %d in %.1f s", self._path, len(MIGRATIONS),
