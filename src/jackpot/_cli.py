@@ -79,17 +79,24 @@ class _Integer(click.IntRange):
     click's own `int()` also reads '١٢' (Arabic-Indic digits), '1_000' and
     ' 5 ': an `--expected-version` or a `--tail` typed so is refused, not
     read as some number the operator may not have meant.
+
+    Leading zeros do not count (as in the variables): 19 digits past them
+    reach every version a level can have (up to 2**63 - 1), so a version
+    too high is refused by the library, naming the limit.
     """
 
     name = "integer"
-    _PLAIN = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+    _PLAIN = re.compile(r"-?0*[0-9]{1,19}", re.ASCII)
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
         """Refuse a string that is not plain digits, then check the range as IntRange does."""
-        if isinstance(value, str) and not self._PLAIN.fullmatch(value):
-            self.fail(f"{value[:40]!r} is not a whole number of at most 18 ASCII digits.",
-                      param, ctx)
+        if isinstance(value, str):
+            if not self._PLAIN.fullmatch(value):
+                self.fail(f"{value[:40]!r} is not a whole number of at most 19 ASCII digits.",
+                          param, ctx)
+            digits = value.lstrip("-").lstrip("0") or "0"  # (int() counts zeros to its limit)
+            value = -int(digits) if value.startswith("-") else int(digits)
         return super().convert(value, param, ctx)
 
 

@@ -661,13 +661,18 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
      "Invalid value for '--port': 70000 is not in the range 0<=x<=65535."),
     # were read by int() as 12, 10, 5 and 9464 (as JACKPOT_* variables they are refused)
     *[(args, (f"Invalid value for '{args[-4]}': {args[-3]!r} is not a whole number of at most "
-              "18 ASCII digits."))
+              "19 ASCII digits."))
       for args in [("config", "minor", "cap=600", "--expected-version", "\u0661\u0662", "--db",
                     "{db}"),
                    ("ledger", "--tail", "1_0", "--db", "{db}"),
                    ("history", "minor", "--limit", " 5", "--db", "{db}"),
                    ("metrics", "--port", "\u0669\u0664\u0666\u0664", "--db", "{db}"),
-                   ("ledger", "--tail", "9" * 19, "--db", "{db}")]],
+                   ("ledger", "--tail", "9" * 20, "--db", "{db}")]],
+    (("ledger", "--tail", "9" * 19, "--db", "{db}"),
+     f"Invalid value for '--tail': {'9' * 19} is not in the range 1<=x<=100000."),
+    # a version past 18 digits was refused as not a number; the library names its limit
+    (("config", "minor", "cap=600", "--expected-version", str(2**63), "--db", "{db}"),
+     f"expected_version {2**63} is beyond any level's version (at most {2**63 - 1})"),
 ])
 def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: tuple[str, ...],
                                                  message: str) -> None:
@@ -675,6 +680,15 @@ def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: 
     done = jackpot(*(a.format(**fill) for a in args))
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"jackpot: error: {message.format(**fill)}\n"
+
+
+def test_leading_zeros_do_not_count_towards_an_integer_options_digits(db: str) -> None:
+    """As in the JACKPOT_* variables: '0...02' is 2, however many zeros (they were counted)."""
+    rows = ok_json("ledger", "--tail", "0" * 5000 + "2", "--db", db)
+    assert len(rows) == 2
+    done = ok_json("config", "minor", "cap=600", "--expected-version", "0" * 20 + "1",
+                   "--db", db)
+    assert done["after"]["cap"] == "600.000000"
 
 
 @pytest.mark.parametrize("command", ["status", "init", "health"])
