@@ -287,7 +287,7 @@ class AsyncJackpotEngine:
         return await _in_own_thread("jackpot-verify", self._engine.verify)
 
     async def health(self) -> HealthReport:
-        """Check the database, the actors and the recent lock and conflict rates.
+        """Check the database, the actors and the recent lock, conflict and error rates.
 
         Runs in a thread of its own, not the default thread pool: reads queue
         there for the reader, and behind one the storage does not answer (a

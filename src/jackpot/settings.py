@@ -66,9 +66,10 @@ class Settings:
         health_probe_timeout_ms: longest wait of the health check's database
             probe for the write lock (it takes the lock and rolls back).
         health_min_operations: fewest recent operations before the health
-            check judges the lock and conflict rates (fewer: those checks pass).
+            check judges the lock, conflict and error rates (fewer: those checks pass).
         health_min_lock_success_pct: share of recent operations (in percent)
-            that must get their locks in time; below it health is "degraded".
+            that must get their locks in time (and, apart, not fail with an
+            unexpected error); below it health is "degraded".
         health_failing_lock_success_pct: below this share (percent) health is
             "failing".
         health_max_conflict_pct: version conflicts per 100 recent operations

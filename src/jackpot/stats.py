@@ -45,11 +45,11 @@ class Observer(Protocol):
 
 
 class Stats:
-    """Counts conflicts, retries, busy incidents, timeouts, replays, reloads and outcomes.
+    """Counts conflicts, retries, busy incidents, timeouts, replays, reloads, restarts, outcomes.
 
-    Keys of `snapshot()` are "<event>" totals and "<event>:<operation>:<level>"
-    breakdowns. `recent()` gives the outcomes of the last operations, for the
-    health check's rates.
+    Keys of `snapshot()` are "<event>" totals, "<event>:<operation>:<level>"
+    breakdowns and "operations:<operation>:<outcome>" counts. `recent()` gives
+    the outcomes of the last operations, for the health check's rates.
     """
 
     EVENTS = ("conflicts", "retries", "busy_incidents", "lock_timeouts", "replays",
