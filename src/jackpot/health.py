@@ -284,10 +284,11 @@ def disk_space(path: str, settings: Settings) -> HealthCheck:
     except OSError as e:
         return HealthCheck("disk", DEGRADED, f"free space unknown: {e}")
     free_mb = st.f_bavail * st.f_frsize / 2**20
-    shown = f"{free_mb:,.0f} MB" if free_mb >= 1 else f"{free_mb:.2f} MB"
+    # MiB, as the setting counts (2**20 bytes), not the 10**6 bytes "MB" would say.
+    shown = f"{free_mb:,.0f} MiB" if free_mb >= 1 else f"{free_mb:.2f} MiB"
     if free_mb < minimum:
         return HealthCheck("disk", DEGRADED,
-                           f"{shown} free beside {redact(path)}, below {minimum:,} MB: commits "
+                           f"{shown} free beside {redact(path)}, below {minimum:,} MiB: commits "
                            "fail when it runs out (free space or move the database)")
     return HealthCheck("disk", OK, f"{shown} free")
 

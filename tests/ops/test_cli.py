@@ -847,7 +847,7 @@ def test_health_of_a_database_that_cannot_serve_is_failing_with_status_1(
     done = jackpot("health", "--json", "--db", path)
     assert (done.returncode, done.stderr) == (1, "")
     report = json.loads(done.stdout)
-    assert re.fullmatch(r"[\d,]+ MB free", report["checks"]["disk"]["detail"])
+    assert re.fullmatch(r"[\d,]+ MiB free", report["checks"]["disk"]["detail"])
     assert report == {
         "status": "failing", "reasons": [f"database: {detail.format(db=path)}"],
         "checks": {"database": {"status": "failing", "detail": detail.format(db=path)},

@@ -41,7 +41,7 @@ from .conftest import value, write_lock_held
 RATES_OK = "0 recent operations; rates are judged from 20 on"
 
 
-FREE = re.compile(r"[\d,]+ MB free")
+FREE = re.compile(r"[\d,]+ MiB free")
 
 
 def disk_ok(report: HealthReport) -> HealthCheck:
@@ -460,7 +460,7 @@ def test_too_little_free_space_beside_the_file_is_degraded(
     disk = report.check("disk")
     assert disk.status == "degraded"
     assert re.fullmatch(
-        rf"[\d,]+ MB free beside {re.escape(str(db_path))}, below 1,073,741,824 MB: commits fail "
+        rf"[\d,]+ MiB free beside {re.escape(str(db_path))}, below 1,073,741,824 MiB: commits fail "
         r"when it runs out \(free space or move the database\)", disk.detail), disk.detail
     assert report.reasons == (f"disk: {disk.detail}",)
 
