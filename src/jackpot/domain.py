@@ -156,8 +156,9 @@ class GroupConfig:
 
     Attributes:
         name: the level's name ("minor", "major", ...).
-        seed: the amount the pool starts from and resets to after a win.
-        contribution_rate: the share of each bet added to the pool, in (0, 1).
+        seed: the amount the pool starts from and resets to after a whole-pool win.
+        contribution_rate: the share of each bet added to the pool, in (0, 1)
+            (with `reserve_rate`, below 1 in all).
         cap: optional ceiling; a contribution stops there and the excess goes
             to the overflow meter (or the reserve, see `overflow_to`).
         reserve_rate: a hidden share of each bet that funds the next reset.
