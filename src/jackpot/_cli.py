@@ -947,8 +947,19 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (errors: one line on stderr)."""
     # SQLite's log goes to the root logger through apsw, whose first message
     # would otherwise install a default stderr handler (logging.basicConfig):
-    # the command reports every error itself, in one line.
-    logging.getLogger().addHandler(logging.NullHandler())
+    # the command reports every error itself, in one line. Taken off again at
+    # the end: a program (a test suite) that runs the command in-process many
+    # times would otherwise gain a handler on its root logger per run.
+    quiet = logging.NullHandler()
+    logging.getLogger().addHandler(quiet)
+    try:
+        return _run(argv)
+    finally:
+        logging.getLogger().removeHandler(quiet)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """`run`, with the root logger quietened."""
     _sent_op_id.clear()
     try:
         status_code = app.main(args=list(argv) if argv is not None else None, prog_name="jackpot",

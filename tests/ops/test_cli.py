@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import shutil
@@ -928,3 +929,17 @@ def test_an_unknown_outcome_names_the_op_id_to_send_again(
     op_id = err.split("this command's op_id: ")[1].split(";")[0]
     assert op_id.startswith("cli-")
     assert err.rstrip().endswith(f"to learn the outcome, run it again with --op-id {op_id})")
+
+
+def test_the_command_run_in_process_leaves_the_root_loggers_handlers_as_they_were(
+        db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from jackpot import _cli  # noqa: PLC0415 - the command, in-process
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    statuses = [_cli.run(argv) for argv in (["status", "--db", db], ["contribute", "1", "--db", db],
+                                            ["status", "--db", f"{db}-missing"])]
+    statuses += [_cli.run(["verify", "--db", db]) for _ in range(3)]
+    capsys.readouterr()
+    assert statuses == [0, 0, 2, 0, 0, 0]
+    assert root.handlers == before
