@@ -251,6 +251,11 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
                 database = HealthCheck("database", FAILING,
                                        f"the probe failed: {type(e).__name__}: {e}")
             found.append((database, disk_space(path, settings)))
+            # Returned after its caller gave up: no caller will take it off the
+            # list, and a path checked no more (an engine closed) kept it forever.
+            with _stuck_lock:
+                if _stuck.get(path) is threading.current_thread():
+                    del _stuck[path]
 
         probe = threading.Thread(target=run, name="jackpot-health-probe", daemon=True)
         probe.start()

@@ -345,8 +345,9 @@ def test_a_probe_the_storage_does_not_answer_is_failing_not_a_hung_health_check(
     again = health.bounded_checks(str(db_path), quick, hung_open)[0]  # not a second stuck probe
     assert again.detail == (f"an earlier probe has not returned: the storage of {db_path} is "
                             "not answering")
+    probe = health._stuck[str(db_path)]
     answer.set()
-    health._stuck[str(db_path)].join(30)
+    probe.join(30)
     assert health.bounded_checks(str(db_path), quick, _store)[0].status == "ok"
     assert engine.health().ok
 
@@ -356,6 +357,32 @@ def test_a_probe_that_returned_is_not_kept(db_path: Path, engine: JackpotEngine)
 
     assert engine.health().ok
     assert str(db_path) not in health._stuck  # was: one finished thread per path, forever
+
+
+def test_a_probe_that_returned_after_its_caller_gave_up_is_not_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One engine per tenant: a slow probe on each, then the engines closed.
+    from jackpot import health  # noqa: PLC0415 - its margin, shortened for the test
+
+    monkeypatch.setattr(health, "_PROBE_MARGIN", 0.05)
+    answer = threading.Event()
+
+    def hung_open(path: str, settings: Settings) -> Any:
+        answer.wait(30)  # the storage answers only when told
+        return _store(path, settings)
+
+    quick = Settings(health_probe_timeout_ms=1)
+    paths = []
+    for n in range(3):
+        path = tmp_path / f"tenant-{n}.db"
+        JackpotEngine.open(path).close()
+        assert health.bounded_checks(str(path), quick, hung_open)[0].status == "failing"
+        paths.append(str(path))
+    probes = [health._stuck[p] for p in paths]
+    answer.set()
+    for probe in probes:
+        probe.join(30)
+    assert [p for p in paths if p in health._stuck] == []  # was: all three, until checked again
 
 
 _FORKED_HEALTH = r"""
