@@ -56,14 +56,19 @@ def exact_int(value: object) -> int | None:
     it losslessly, as a list index does. Floats, numpy's included, and
     Decimal have no `__index__`, so they never pass here. bool never does
     either: True would silently mean 1.
+
+    An object that cannot say (its `__index__`, or its `__getattr__` asked
+    for `__index__`, raises anything) is no exact integer either: refused by
+    the caller's ValidationError, as before `__index__` was read, never
+    raised to the caller as its own error.
     """
     if type(value) is int:
         return value
-    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
-        return None
     try:
+        if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+            return None
         return operator.index(value)  # a plain int, even of an int subclass
-    except TypeError:  # numpy.bool_ and the like: declared, then refused
+    except Exception:  # noqa: BLE001 - numpy.bool_ (TypeError), or a broken __index__: refused
         return None
 
 

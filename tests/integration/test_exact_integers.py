@@ -95,3 +95,44 @@ def test_serve_metrics_takes_a_port_of_another_integer_kind(engine: JackpotEngin
         thread.join(timeout=10)
     assert not thread.is_alive()
 
+
+
+class BrokenIndex:
+    """Declares `__index__`, which fails with an error of its own."""
+
+    def __index__(self) -> int:
+        msg = "broken __index__"
+        raise ValueError(msg)
+
+
+class AnswersNothing:
+    """Any attribute asked of it, `__index__` included, raises."""
+
+    def __getattr__(self, name: str) -> object:
+        msg = f"no {name} here"
+        raise RuntimeError(msg)
+
+
+@pytest.mark.parametrize("value", [BrokenIndex(), AnswersNothing()],
+                         ids=["index-raises", "getattr-raises"])
+def test_an_object_that_cannot_say_it_is_an_integer_is_refused_as_before(
+        engine: JackpotEngine, value: object) -> None:
+    """Refused with the parameter's ValidationError, not its own error raised through.
+
+    Reading `__index__` let the object's ValueError (or the RuntimeError of
+    a `__getattr__` asked for `__index__` by the protocol check) out of
+    contribute, history, close... where it was a ValidationError before.
+    """
+    kind = type(value).__name__
+    with pytest.raises(ValidationError, match=rf"^bet must be a Decimal, int or decimal "
+                                              rf"string, not {kind}$"):
+        engine.contribute(value, groups="minor")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"^limit must be an int in \[1, 10000\]"):
+        engine.history("minor", limit=value)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"^expected_version must be a positive int"):
+        engine.update_config("minor", expected_version=value, seed=1)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"^lock_timeout_ms must be an integer"):
+        Settings(lock_timeout_ms=value)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"^timeout must be a number of seconds"):
+        engine.close(timeout=value)  # type: ignore[arg-type]
+    assert engine.pools()["minor"].version == 1  # nothing changed
