@@ -236,6 +236,7 @@ def _first_in_a_while(error: str) -> bool:
 
 _MAX_OP_ID = 256  # as jackpot.requests accepts
 _SHOWN = 40
+_MAX_NAMED = 64  # the most level names a refusal's record reads (`_named_levels`)
 
 
 def log_refusal(kind: str, op_id: object, error: BaseException, named: object = None) -> None:
@@ -266,11 +267,17 @@ def _named_levels(named: object) -> str | None:
     refused builder, and read now it would yield what comes next, not what
     was named; a subclass's own iteration could raise. Names that are not
     valid are left out: they may be what was refused (never raw in a log).
+    A collection of more than `_MAX_NAMED` names is not read at all (level
+    None): each valid name, known to the engine or not, would go into the
+    one record (200,000 names: a 1.5 MB line and most of a second, for a
+    call refused at its first unknown name).
     """
     if isinstance(named, str):
         values: Iterable[object] = (named,)
     elif type(named) in {list, tuple, set, frozenset}:
-        values = cast("Iterable[object]", named)
+        values = cast("list[object]", named)
+        if len(values) > _MAX_NAMED:
+            return None
     else:
         return None
     valid = set()

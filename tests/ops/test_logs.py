@@ -22,6 +22,7 @@ from jackpot import (
     LockTimeoutError,
     Settings,
     StorageError,
+    UnknownGroupError,
     ValidationError,
     configure_logging,
 )
@@ -118,6 +119,26 @@ def test_a_refusal_of_bad_arguments_is_logged_and_counted(
     assert record.levelno == logging.INFO
     assert engine.stats.snapshot()[f"operations:{operation}:rejected"] == 1
     assert engine.pools()["minor"].version == 1  # and nothing changed
+
+
+def test_a_refusal_naming_thousands_of_levels_is_logged_without_them(
+        engine: JackpotEngine, caplog: pytest.LogCaptureFixture) -> None:
+    """Its record's level is None, not every valid name it gave, joined.
+
+    Each valid name went into the record: 100,000 unknown names made a
+    one-line record of 700 KB for a call refused at its first name.
+    """
+    names = [f"level{i}" for i in range(100_000)]
+    with caplog.at_level(logging.INFO, logger="jackpot"), pytest.raises(
+            UnknownGroupError, match=r"^unknown level 'level0'"):
+        engine.contribute("1", groups=names, op_id="many")
+    (record,) = _records(caplog, operation="contribute")
+    assert (record.outcome, record.level) == ("rejected", None)  # type: ignore[attr-defined]
+    # 64 names are still a call's levels, all of them.
+    with caplog.at_level(logging.INFO, logger="jackpot"), pytest.raises(UnknownGroupError):
+        engine.contribute("1", groups=["minor", *names[:63]], op_id="some")
+    (record,) = _records(caplog, op_id="some")
+    assert record.level == ",".join(sorted(["minor", *names[:63]]))  # type: ignore[attr-defined]
 
 
 def test_the_async_engine_logs_the_level_a_refused_call_named(
