@@ -272,9 +272,22 @@ def _named_levels(named: object) -> str | None:
     one record (200,000 names: a 1.5 MB line and most of a second, for a
     call refused at its first unknown name).
     """
+    try:
+        return _valid_names(named)
+    except Exception:  # noqa: BLE001 - the refusal is logged all the same, without a level
+        return None
+
+
+def _valid_names(named: object) -> str | None:
+    """`_named_levels`, letting what an argument raises when looked at through.
+
+    Such an argument (a `__class__` property, a metaclass `__hash__` that
+    raises) made the record's `after_the_fact` log "reporting failed" in
+    place of the refusal itself.
+    """
     if isinstance(named, str):
         values: Iterable[object] = (named,)
-    elif type(named) in {list, tuple, set, frozenset}:
+    elif any(type(named) is kind for kind in (list, tuple, set, frozenset)):  # (never its hash)
         values = cast("list[object]", named)
         if len(values) > _MAX_NAMED:
             return None

@@ -141,6 +141,40 @@ def test_a_refusal_naming_thousands_of_levels_is_logged_without_them(
     assert record.level == ",".join(sorted(["minor", *names[:63]]))  # type: ignore[attr-defined]
 
 
+class _UnhashableKind(type):
+    def __hash__(cls) -> int:
+        msg = "no hash for this kind"
+        raise RuntimeError(msg)
+
+
+class _Groups(metaclass=_UnhashableKind):
+    """An argument whose type cannot be hashed (looked up in a set of types)."""
+
+
+class _Masked:
+    """An argument whose `__class__` raises (asked by isinstance)."""
+
+    @property
+    def __class__(self) -> type:  # type: ignore[override]
+        msg = "no class to show"
+        raise RuntimeError(msg)
+
+
+@pytest.mark.parametrize("groups", [_Groups(), [_Masked()]], ids=["type-hash", "class"])
+def test_a_refusal_whose_level_argument_raises_when_read_is_still_logged(
+        engine: JackpotEngine, caplog: pytest.LogCaptureFixture, groups: object) -> None:
+    """The refusal is logged with level None, not replaced by "reporting ... failed".
+
+    Reading the level argument for the record raised: `after_the_fact` then
+    logged its failure instead of the refusal.
+    """
+    with caplog.at_level(logging.INFO, logger="jackpot"), pytest.raises(
+            ValidationError, match=r"^bet must not be negative, got -1$"):
+        engine.contribute("-1", groups=groups, op_id="odd")  # type: ignore[arg-type]
+    assert [(r.outcome, r.level) for r in _records(caplog)] == [  # type: ignore[attr-defined]
+        ("rejected", None)]
+
+
 def test_the_async_engine_logs_the_level_a_refused_call_named(
         db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def refused() -> None:
