@@ -138,7 +138,11 @@ def _check_stream(stream: object) -> None:
     """
     if stream is None:
         return
-    if not callable(getattr(stream, "write", None)):
+    try:  # an object whose __getattr__ raises has no write() to use either
+        write = getattr(stream, "write", None)
+    except Exception:  # noqa: BLE001 - refused below, by name, not raised through
+        write = None
+    if not callable(write):
         msg = (f"stream must be a text stream with a write() method (sys.stderr, a file "
                f"opened for text, io.StringIO) or None, not {type(stream).__name__}")
         raise ValidationError(msg)

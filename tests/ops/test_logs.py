@@ -446,10 +446,23 @@ def test_the_same_error_gets_its_traceback_once_a_minute(caplog: pytest.LogCaptu
             True, False]
 
 
+class _AnswersNothing:
+    """Any plain attribute asked of it, `write` included, raises."""
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__"):  # (pytest asks for __name__)
+            raise AttributeError(name)
+        msg = f"no {name} here"
+        raise RuntimeError(msg)
+
+
 @pytest.mark.parametrize(("stream", "says"), [
     (5, r"^stream must be a text stream with a write\(\) method .* not int$"),
     ("stderr", r"^stream must be a text stream with a write\(\) method .* not str$"),
     (io.BytesIO(), r"^stream must be a text stream, not the binary BytesIO"),
+    # Its __getattr__ raising (was raised through: a RuntimeError, not this).
+    (_AnswersNothing(), (r"^stream must be a text stream with a write\(\) method .* "
+                         r"not _AnswersNothing$")),
 ])
 def test_configure_logging_refuses_a_stream_it_cannot_write_to_and_changes_nothing(
         stream: object, says: str) -> None:
