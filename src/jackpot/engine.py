@@ -978,12 +978,20 @@ class JackpotEngine:
         # in this thread must not wait for this very call (close() skips it).
         own = self._own
         own.n = getattr(own, "n", 0) + 1
+        queued: list[Ticket] = []  # the request's ticket, once it is at its actor
         try:
             with self._trace(op):
-                result = self._submit_with_restart(op)
+                result = self._submit_with_restart(op, queued)
         except Exception as e:
             outcome = outcome_of(e)
             after_the_fact(log_failure, op, outcome, e)
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
+            # request was queued or running: it goes on without its caller.
+            # Its real outcome is reported when it comes, not as an error now.
+            if queued and self._report_when_answered(op, queued[-1], started):
+                outcome = ""
             raise
         else:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
@@ -991,17 +999,68 @@ class JackpotEngine:
             return result
         finally:
             try:  # the outcome is final: reporting it must not change it
-                after_the_fact(self.stats.operation, op.kind, outcome,
-                               time.perf_counter() - started)
+                if outcome:
+                    after_the_fact(self.stats.operation, op.kind, outcome,
+                                   time.perf_counter() - started)
             finally:
                 own.n -= 1
                 self._leave()
 
-    def _submit_with_restart(self, op: Operation) -> Any:
+    def _report_when_answered(self, op: Operation, ticket: Ticket, started: float) -> bool:
+        """Log and count `op`'s outcome from a thread of its own, once it is known.
+
+        Its caller was interrupted while waiting, but the request may still be
+        applied: a win paid then must be logged and counted as paid, not as
+        an error. The request stays in flight meanwhile, so `close()` (and
+        the exit) waits for it within its bound. False if no thread could
+        start (the interpreter is shutting down): the caller counts it then.
+        """
+        with self._cond:
+            self._inflight += 1
+        try:
+            threading.Thread(target=self._report_answer, args=(op, ticket, started),
+                             name="jackpot-interrupted", daemon=True).start()
+        except RuntimeError:  # can't start new thread (at shutdown): it never ran
+            self._leave()
+            return False
+        return True
+
+    def _report_answer(self, op: Operation, ticket: Ticket, started: float) -> None:
+        """Wait for `op`'s outcome as its caller would have, then log and count it."""
+        outcome = "error"
+        try:
+            try:
+                result = self._wait(op, ticket)
+            except pykka.ActorDeadError as e:
+                if not ticket.abandon():
+                    raise stopped_midway(op, closed=self._closed) from e
+                msg = (f"the actor serving {', '.join(op.names)} stopped before it took "
+                       f"{op.kind} {op.op_id!r}, whose caller was interrupted; it "
+                       "changed nothing")
+                raise EngineClosedError(msg) from e
+        except Exception as e:  # noqa: BLE001 - reported: its caller is gone
+            outcome = outcome_of(e)
+            after_the_fact(log_failure, op, outcome, e)
+        else:
+            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
+            after_the_fact(log_success, op, outcome, result)
+        finally:
+            try:
+                after_the_fact(self.stats.operation, op.kind, outcome,
+                               time.perf_counter() - started)
+            finally:
+                self._leave()
+
+    def _submit_with_restart(self, op: Operation, queued: list[Ticket]) -> Any:
+        """Send `op` and wait for it (again once, to a replacement of a dead actor).
+
+        `queued` gets each ticket once its request is at an actor.
+        """
         for attempt in range(2):
             ticket = Ticket()
             try:
                 self._send(op, ticket)
+                queued.append(ticket)
                 return self._wait(op, ticket)
             except pykka.ActorDeadError as e:
                 if not ticket.abandon():  # claimed: it may have been applied

@@ -1,0 +1,75 @@
+"""A caller interrupted while it waits (Ctrl-C, SystemExit from a signal handler).
+
+The interrupt reaches the caller; the request it had queued goes on and its
+real outcome is logged and counted once known, as the asyncio engine does for
+a cancelled caller. Each test runs a process of its own, sends it a real
+signal while its main thread waits inside the engine, and fails on the code
+before the fix.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from _helpers import run_python
+from jackpot import JackpotEngine
+
+_INTERRUPTED_WIN = """
+import logging, os, signal, sys, threading
+from decimal import Decimal
+import jackpot.actors.pool as pool
+from jackpot import JackpotEngine
+
+said = []
+class Said(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+log = logging.getLogger("jackpot")
+log.addHandler(Said())
+log.setLevel(logging.INFO)
+if sys.argv[2] == "SIGTERM":  # a server whose SIGTERM handler exits
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+engine = JackpotEngine.open(sys.argv[1])
+engine.contribute(Decimal(100), groups="minor", op_id="bet")
+entered, go = threading.Event(), threading.Event()
+run = pool.execute_batch
+def held(*args, **kwargs):  # the win's batch waits until its caller was interrupted
+    entered.set()
+    assert go.wait(60)
+    return run(*args, **kwargs)
+pool.execute_batch = held
+def interrupt():
+    assert entered.wait(60)
+    os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+threading.Thread(target=interrupt).start()
+try:
+    engine.process_win("minor", op_id="win", winner="p1")
+except (KeyboardInterrupt, SystemExit) as e:
+    print("interrupted", type(e).__name__)
+go.set()
+engine.close()
+stats = engine.stats.snapshot()
+print(stats.get("operations:win:ok"), stats.get("operations:win:error"))
+print([m for m in said if m.startswith("win on minor")])
+"""
+
+
+@pytest.mark.parametrize(("sig", "raised"), [("SIGINT", "KeyboardInterrupt"),
+                                             ("SIGTERM", "SystemExit")])
+def test_a_win_whose_caller_is_interrupted_is_logged_and_counted_as_paid(
+        db_path: Path, sig: str, raised: str) -> None:
+    """Before: counted as an error (health's error rate) and never logged as paid."""
+    JackpotEngine.open(db_path).close()
+    done = run_python(_INTERRUPTED_WIN, str(db_path), sig, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with JackpotEngine.open(db_path) as engine:
+        resent = engine.process_win("minor", op_id="win", winner="p1")
+        assert resent.replayed
+        assert engine.verify().ok
+    assert done.stdout.splitlines() == [
+        f"interrupted {raised}", "1 None",
+        f"['win on minor: paid {resent.amount} to p1 (op win, ok)']"], done.stderr
+    assert resent.amount > Decimal(0)
