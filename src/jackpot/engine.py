@@ -392,7 +392,7 @@ class JackpotEngine:
         self._stopping = False  # a close() is stopping the actors (guarded by _cond)
         self._stopper: int | None = None  # the thread of that close()
         self._inflight = 0
-        self._own = threading.local()  # .n: sync calls in flight in the current thread
+        self._own = threading.local()  # .n: sync calls in flight in this thread; .reading
         self._cond = threading.Condition()
         self._pid = os.getpid()
         # Called while close() waits for calls in flight: the asyncio engine's
@@ -531,8 +531,9 @@ class JackpotEngine:
         reader when it ends.
 
         Called from a thread with calls of its own in flight (a log handler
-        or stats observer running in a caller's thread, or on an event loop
-        that an `AsyncJackpotEngine` answers), it does not wait for those: they
+        or stats observer running in a caller's thread, a signal handler that
+        ran in the middle of a call or a read, or on an event loop that an
+        `AsyncJackpotEngine` answers), it does not wait for those: they
         cannot end while it waits.
 
         Called from one of the engine's own threads (a log handler or stats
@@ -631,6 +632,12 @@ class JackpotEngine:
 
     def _close_reader(self, deadline: float) -> None:
         """Close the reader now, or, if a read holds it past `deadline`, when that read ends."""
+        if getattr(self._own, "reading", False):
+            # close() called inside this thread's own read (a signal handler
+            # that ran in the middle of it): that read cannot end while this
+            # waits, so it closes the reader when it ends.
+            self._reader_close_pending = True
+            return
         if not self._reader_lock.acquire(timeout=_left(deadline)):
             self._reader_close_pending = True  # the read in progress closes it (`_reading`)
             if not self._reader_lock.acquire(blocking=False):
@@ -657,10 +664,12 @@ class JackpotEngine:
                    "to end (the storage answers slowly, or not at all); nothing was read")
             raise LockTimeoutError(msg)
         try:
+            self._own.reading = True  # a close() in this thread must not wait for this read
             self._check_open()
             yield self._reader
         finally:  # also when refused: close() may have left the closing to it
             try:
+                self._own.reading = False
                 if self._reader_close_pending:  # close() gave up waiting for this read
                     self._reader.close()
             finally:

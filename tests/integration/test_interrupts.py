@@ -73,3 +73,36 @@ def test_a_win_whose_caller_is_interrupted_is_logged_and_counted_as_paid(
         f"interrupted {raised}", "1 None",
         f"['win on minor: paid {resent.amount} to p1 (op win, ok)']"], done.stderr
     assert resent.amount > Decimal(0)
+
+
+_CLOSED_BY_A_SIGNAL_HANDLER_MID_READ = """
+import os, signal, sys
+import apsw
+from jackpot import JackpotEngine, Settings
+# A long lock timeout: a close() that waited for the read it interrupted
+# would stall for minutes (its whole run timeout), past the test's bound.
+engine = JackpotEngine.open(sys.argv[1], settings=Settings(lock_timeout_ms=60_000))
+signal.signal(signal.SIGTERM, lambda *_: (engine.close(), print("closed", flush=True)))
+reader = type(engine._reader)
+load = reader.load_levels
+def load_levels(self, *args, **kwargs):  # SIGTERM arrives in the middle of the read
+    os.kill(os.getpid(), signal.SIGTERM)
+    return load(self, *args, **kwargs)
+reader.load_levels = load_levels
+print(sorted(engine.pools()))
+reader.load_levels = load
+try:
+    engine._reader.load_levels()
+except apsw.ConnectionClosedError:
+    print("reader closed after the read")
+"""
+
+
+def test_close_from_a_signal_handler_in_the_middle_of_a_read_does_not_wait_for_it(
+        db_path: Path) -> None:
+    """Before: close() waited for the read it interrupted until its deadline ran out."""
+    JackpotEngine.open(db_path).close()
+    done = run_python(_CLOSED_BY_A_SIGNAL_HANDLER_MID_READ, str(db_path), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["closed", "['major', 'mega', 'minor']",
+                                        "reader closed after the read"], done.stderr
