@@ -932,9 +932,17 @@ class JackpotEngine:
         The outcome arrives through `ticket`.
         """
         level = op.names[0] if len(op.names) == 1 else None
-        if self._mailboxes[level].put(ticket, op):
-            target = self._pools[level] if level is not None else self._coordinator
-            target.actor_ref.tell(DRAIN)
+        target = self._pools[level] if level is not None else self._coordinator
+        try:
+            if self._mailboxes[level].put(ticket, op):
+                target.actor_ref.tell(DRAIN)
+        except (KeyboardInterrupt, SystemExit):
+            # Interrupted between marking the mailbox awake and waking the
+            # actor, nothing would ever wake it again: every later request on
+            # the level would time out unstarted. A spare wake-up is harmless.
+            with contextlib.suppress(pykka.ActorDeadError):
+                target.actor_ref.tell(DRAIN)
+            raise
 
     def _owner_alive(self, op: Operation, ticket: Ticket) -> bool:
         """Whether a live actor holds `op`'s request (`ticket`), or will take it.
@@ -987,7 +995,7 @@ class JackpotEngine:
         # in this thread must not wait for this very call (close() skips it).
         own = self._own
         own.n = getattr(own, "n", 0) + 1
-        queued: list[Ticket] = []  # the request's ticket, once it is at its actor
+        queued: list[Ticket] = []  # the request's ticket, as it is sent
         try:
             with self._trace(op):
                 result = self._submit_with_restart(op, queued)
@@ -1063,13 +1071,13 @@ class JackpotEngine:
     def _submit_with_restart(self, op: Operation, queued: list[Ticket]) -> Any:
         """Send `op` and wait for it (again once, to a replacement of a dead actor).
 
-        `queued` gets each ticket once its request is at an actor.
+        `queued` gets each ticket as its request is sent.
         """
         for attempt in range(2):
             ticket = Ticket()
             try:
+                queued.append(ticket)  # (before: an interrupt may come as it is queued)
                 self._send(op, ticket)
-                queued.append(ticket)
                 return self._wait(op, ticket)
             except pykka.ActorDeadError as e:
                 if not ticket.abandon():  # claimed: it may have been applied

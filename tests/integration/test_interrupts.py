@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import run_python
-from jackpot import JackpotEngine
+from _helpers import in_thread, run_python
+from jackpot import JackpotEngine, Settings
+from jackpot.actors import Mailbox, Ticket
+from jackpot.service import Operation
+
+HANG = 30  # seconds: only a hang waits this long
 
 _INTERRUPTED_WIN = """
 import logging, os, signal, sys, threading
@@ -106,3 +110,32 @@ def test_close_from_a_signal_handler_in_the_middle_of_a_read_does_not_wait_for_i
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["closed", "['major', 'mega', 'minor']",
                                         "reader closed after the read"], done.stderr
+
+
+def test_an_interrupt_between_queueing_a_request_and_waking_its_actor_wedges_no_level(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the mailbox stayed marked awake with no wake-up sent; every later request
+    on the level waited in vain and timed out as "not started"."""
+    engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=2000))
+    try:
+        put = Mailbox.put
+
+        def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+            wake = put(self, ticket, op)
+            if op.op_id == "interrupted":  # Ctrl-C lands as put returns, before the wake-up
+                raise KeyboardInterrupt
+            return wake
+
+        monkeypatch.setattr(Mailbox, "put", interrupted_put)
+        thread, out = in_thread(lambda: engine.contribute("10", groups="minor",
+                                                          op_id="interrupted"))
+        thread.join(HANG)
+        assert isinstance(out[0], KeyboardInterrupt)
+        monkeypatch.undo()
+        after = engine.contribute("10", groups="minor", op_id="after")
+        assert not after.replayed
+        resent = engine.contribute("10", groups="minor", op_id="interrupted")
+        assert resent.replayed  # applied once, by the wake-up the interrupt did not lose
+        assert engine.verify().ok
+    finally:
+        engine.close()
