@@ -139,3 +139,13 @@ def test_an_interrupt_between_queueing_a_request_and_waking_its_actor_wedges_no_
         assert engine.verify().ok
     finally:
         engine.close()
+
+
+def test_a_wait_interrupted_as_it_took_the_outcome_leaves_it_there_for_the_next() -> None:
+    """Before: the interrupted wait kept the ticket's lock, so every later wait (the
+    report of the interrupted caller's outcome) saw no outcome and timed out."""
+    ticket = Ticket()
+    ticket.settle("result", None)
+    assert ticket._done.acquire(timeout=0)  # as a wait interrupted before its release
+    assert ticket.wait(0)
+    assert ticket.outcome() == "result"

@@ -32,7 +32,8 @@ class Ticket:
     a batch of hundreds of requests after one commit.
     """
 
-    __slots__ = ("_claim", "_done", "_error", "_notify", "_result", "_state", "owner")
+    __slots__ = ("_claim", "_done", "_error", "_notify", "_result", "_settled", "_state",
+                 "owner")
 
     def __init__(self, notify: Notify | None = None) -> None:
         """Create an open ticket; `notify(result, error)` is called when served.
@@ -45,6 +46,7 @@ class Ticket:
         self._notify = notify
         self._done = threading.Lock()
         self._done.acquire()  # released once, by settle()
+        self._settled = False  # set by settle(), before the release
         self._result: Any = None
         self._error: BaseException | None = None
         self.owner: pykka.ActorRef[Any] | None = None  # set once, by `claim`
@@ -68,6 +70,7 @@ class Ticket:
     def settle(self, result: Any, error: BaseException | None) -> None:
         """Deliver the outcome to the waiting caller (once)."""
         self._result, self._error = result, error
+        self._settled = True
         self._done.release()
         # Dropped once called: an asyncio caller's notify refers back to the
         # call that holds this ticket, a cycle only the garbage collector
@@ -77,7 +80,14 @@ class Ticket:
             notify(result, error)
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the outcome; True once it is there."""
+        """Wait up to `timeout` seconds for the outcome; True once it is there.
+
+        An interrupt (Ctrl-C) between the acquire and the release below would
+        leave the lock held: `_settled` still tells later waits (the one that
+        reports an interrupted caller's outcome) that the outcome is there.
+        """
+        if self._settled:
+            return True
         if self._done.acquire(timeout=timeout):
             self._done.release()  # stay settled for later waits
             return True
