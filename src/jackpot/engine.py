@@ -990,13 +990,14 @@ class JackpotEngine:
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()
         outcome = "error"
-        self._enter()
         # Counted per thread too: a log handler or observer closing the engine
         # in this thread must not wait for this very call (close() skips it).
         own = self._own
-        own.n = getattr(own, "n", 0) + 1
+        before = getattr(own, "n", 0)
         queued: list[Ticket] = []  # the request's ticket, as it is sent
-        try:
+        self._enter()
+        try:  # at once: an interrupt before it would leave the call in flight for good
+            own.n = before + 1
             with self._trace(op):
                 result = self._submit_with_restart(op, queued)
         except Exception as e:
@@ -1007,8 +1008,8 @@ class JackpotEngine:
             # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
             # request was queued or running: it goes on without its caller.
             # Its real outcome is reported when it comes, not as an error now.
-            if queued and self._report_when_answered(op, queued[-1], started):
-                outcome = ""
+            if not queued or self._report_when_answered(op, queued[-1], started):
+                outcome = ""  # never sent (nothing to count), or counted when it ends
             raise
         else:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
@@ -1020,7 +1021,7 @@ class JackpotEngine:
                     after_the_fact(self.stats.operation, op.kind, outcome,
                                    time.perf_counter() - started)
             finally:
-                own.n -= 1
+                own.n = before
                 self._leave()
 
     def _report_when_answered(self, op: Operation, ticket: Ticket, started: float) -> bool:

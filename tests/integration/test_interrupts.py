@@ -149,3 +149,29 @@ def test_a_wait_interrupted_as_it_took_the_outcome_leaves_it_there_for_the_next(
     assert ticket._done.acquire(timeout=0)  # as a wait interrupted before its release
     assert ticket.wait(0)
     assert ticket.outcome() == "result"
+
+
+class _InterruptedCount:
+    """Stands in for the engine's per-thread call count; Ctrl-C lands as it is first set."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "hit", False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if not self.hit:
+            object.__setattr__(self, "hit", True)
+            raise KeyboardInterrupt
+        object.__setattr__(self, name, value)
+
+
+def test_an_interrupt_as_a_call_starts_does_not_leave_it_in_flight(db_path: Path) -> None:
+    """Before: counted in flight for good, so every close() waited its whole bound for it."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        engine._own = _InterruptedCount()  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        assert engine._inflight == 0
+        assert engine.stats.snapshot().get("operations:contribute:error") is None
+    finally:
+        engine.close()
