@@ -1099,6 +1099,28 @@ def test_forged_bet_amounts_whose_sum_overflows_are_a_problem_not_a_crash(
         NO_UPDATE_TRIGGER]
 
 
+@pytest.mark.parametrize(("delta", "told"), [(1024, True), (1000, False)])
+def test_a_row_past_two_to_the_63_adds_up_exactly_not_in_floating_point(
+        engine: JackpotEngine, delta: int, told: bool) -> None:
+    """contributed - overflow - paid = (2**63 - 1) + 1 - (2**63 - 1000) = 1000 units, exactly.
+
+    SQLite turns the integer sum that overflows into a REAL, which gave 1024:
+    a forged row of delta 1024 seemed to add up, one of delta 1000 not.
+    """
+    tamper(engine, *ledger_row(version_after=4, delta=delta, balance_after=10_000_000 + delta,
+                               reserve_after=0, contributed=2**63 - 1, overflow=-1,
+                               paid=2**63 - 1000))
+    assert problems(engine) == [
+        "minor: ledger versions 1..4 in 4 rows, level is at version 3 (expected 1..3)",
+        f"minor: ledger sums to 10.00{delta:04d}, level holds 10.000000",
+        "minor: meter contributed is 5.000000, ledger says 9223372036859.775807",
+        "minor: meter overflow is 0.000000, ledger says -0.000001",
+        f"minor: meter won is 15.000000, ledger says {Decimal(15 * 10**6 + 2**63 - 1000) / 10**6}",
+        ("minor: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
+         "rates and retirements leave -9223372036854775807000000000"),
+        *(["minor: ledger row 6 (version 4) does not add up"] if told else [])]
+
+
 @pytest.mark.parametrize(("op_id", "kind", "column", "meters"), [
     ("w1", "win", "paid", [
         unreadable("minor: settings", "KeyError: 'reset'"),  # (a forged win's detail: {})

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, ClassVar, NamedTuple
 
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
@@ -217,28 +219,52 @@ SELECT level, COUNT(*), MIN(version_after), MAX(version_after), SUM(delta),
 FROM ledger GROUP BY level
 """
 
-# Rows that break the balance chain or whose deltas are not the sum of their parts.
-_BROKEN_ROWS = """
-SELECT level, version_after, seq FROM (
-    SELECT level, version_after, seq, delta{n} AS delta, reserve_delta{n} AS reserve_delta,
-        balance_after{n} AS balance_after, reserve_after{n} AS reserve_after,
-        contributed{n} AS contributed, overflow{n} AS overflow, reserve_in{n} AS reserve_in,
-        house_funded{n} AS house_funded, reserve_funded{n} AS reserve_funded, paid{n} AS paid,
-        adjusted{n} AS adjusted, transferred{n} AS transferred,
-        reserve_transferred{n} AS reserve_transferred,
-        LAG(balance_after{n}, 1, 0) OVER w AS prev_balance,
-        LAG(reserve_after{n}, 1, 0) OVER w AS prev_reserve
+# What each row's figures must equal: the previous row's balance and reserve
+# plus its deltas, and the sum of its parts. `{n}` casts each amount
+# (PostgreSQL: to NUMERIC, so that a forged amount near 2**63 is a row that
+# does not add up, not a BIGINT overflow that stops the audit); `{prev_balance}`
+# and `{prev_reserve}` are the previous row's.
+_ROW_SUMS = {
+    "balance_after{n}": "{prev_balance} + delta{n}",
+    "reserve_after{n}": "{prev_reserve} + reserve_delta{n}",
+    "delta{n}": ("contributed{n} - overflow{n} + house_funded{n} + reserve_funded{n} - paid{n} "
+                 "+ adjusted{n} + transferred{n}"),
+    "reserve_delta{n}": "reserve_in{n} - reserve_funded{n} + reserve_transferred{n}",
+}
+
+
+def row_checks(cast: str, inexact: str | None, prev_balance: str, prev_reserve: str,
+               ) -> tuple[str, str]:
+    """Return SQL for "a row does not add up" and for "its arithmetic left the integers".
+
+    `inexact` is the backend's test of one sum (`Store._INEXACT`); None: its
+    arithmetic is exact, and the second is FALSE.
+    """
+    def fill(text: str) -> str:
+        return (text.replace("{n}", cast).replace("{prev_balance}", prev_balance)
+                .replace("{prev_reserve}", prev_reserve))
+    wrong = " OR ".join(f"{fill(figure)} != {fill(s)}" for figure, s in _ROW_SUMS.items())
+    if inexact is None:
+        return f"({wrong})", "(1 = 0)"
+    return f"({wrong})", f"({' OR '.join(inexact.format(fill(s)) for s in _ROW_SUMS.values())})"
+
+
+ROW_FIGURES = ("delta", "reserve_delta", "balance_after", "reserve_after", *LEDGER_PARTS)
+
+# Rows that break the balance chain or whose deltas are not the sum of their parts,
+# or whose arithmetic was not exact (`{unsure}`: checked again in Python), with
+# their figures and the previous row's balance and reserve.
+_BROKEN_ROWS = f"""
+SELECT level, version_after, seq, {{unsure}}, {", ".join(ROW_FIGURES)},
+       prev_balance, prev_reserve FROM (
+    SELECT level, version_after, seq, {", ".join(f"{c}{{n}} AS {c}" for c in ROW_FIGURES)},
+        LAG(balance_after{{n}}, 1, 0) OVER w AS prev_balance,
+        LAG(reserve_after{{n}}, 1, 0) OVER w AS prev_reserve
     FROM ledger WINDOW w AS (PARTITION BY level ORDER BY version_after)) AS chained
-WHERE balance_after != prev_balance + delta
-   OR reserve_after != prev_reserve + reserve_delta
-   OR delta != contributed - overflow + house_funded + reserve_funded - paid
-               + adjusted + transferred
-   OR reserve_delta != reserve_in - reserve_funded + reserve_transferred
+WHERE {{wrong}} OR {{unsure}}
 ORDER BY level, version_after
 """
-"""Rows that do not add up; `{n}` casts each amount (PostgreSQL: to NUMERIC, so that a
-forged amount near 2**63 is a row that does not add up, not a BIGINT overflow that
-stops the audit; SQLite turns an overflowing sum into a REAL, which differs too)."""
+"""Rows that do not add up, or may not (see `Store.broken_ledger_rows`)."""
 
 # Per level and per rate period, what its contributions add up to: a period
 # starts at each create or config row (the only rows that change a rate or
@@ -261,7 +287,8 @@ GROUP BY level, period
 # `_LEDGER_TOTALS`, `_BROKEN_ROWS` (counted) and `_CONTRIBUTIONS_BY_PERIOD` in
 # one walk of the ledger in (level, version) order, grouped by level and rate
 # period (`Store.ledger_pass`): each row is read once, not three times. Each
-# row's test is `_BROKEN_ROWS`' own; `dup` marks a row whose version repeats
+# row's test is `_BROKEN_ROWS`' own (a row whose arithmetic was not exact
+# counts as broken: `_BROKEN_ROWS` checks it again); `dup` marks a row whose version repeats
 # the previous one's (a file without its unique index), where the order of
 # the two, and so what LAG and the period count see, is the database's choice.
 _LEDGER_PASS = f"""
@@ -272,15 +299,7 @@ SELECT level, period, COUNT(*), MIN(version_after), MAX(version_after), SUM(delt
        SUM(CASE WHEN kind = 'contribute' THEN overflow ELSE 0 END), SUM(broken), SUM(dup)
 FROM (SELECT level, kind, version_after, delta, reserve_delta, balance_after, reserve_after,
              detail, {", ".join(LEDGER_PARTS)}, {LEDGER_BET} AS bet,
-             CASE WHEN balance_after{{n}} != LAG(balance_after{{n}}, 1, 0) OVER w + delta{{n}}
-                    OR reserve_after{{n}} != LAG(reserve_after{{n}}, 1, 0) OVER w
-                                             + reserve_delta{{n}}
-                    OR delta{{n}} != contributed{{n}} - overflow{{n}} + house_funded{{n}}
-                                   + reserve_funded{{n}} - paid{{n}} + adjusted{{n}}
-                                   + transferred{{n}}
-                    OR reserve_delta{{n}} != reserve_in{{n}} - reserve_funded{{n}}
-                                           + reserve_transferred{{n}}
-                  THEN 1 ELSE 0 END AS broken,
+             CASE WHEN {{wrong}} OR {{unsure}} THEN 1 ELSE 0 END AS broken,
              CASE WHEN version_after = LAG(version_after) OVER w THEN 1 ELSE 0 END AS dup,
              SUM(CASE WHEN kind IN ('create', 'config') THEN 1 ELSE 0 END) OVER w AS period
       FROM ledger
@@ -295,7 +314,7 @@ GROUP BY level, period
 # hold them to what an operation of the recorded kind writes; a forged kind
 # with a comma in it keeps its own name, with a ';'), and the request's
 # fingerprint (read with the record anyway). `{n}` casts amounts as in
-# _BROKEN_ROWS; the backend completes the rest (`RecordedSQL`). What a bet
+# _ROW_SUMS; the backend completes the rest (`RecordedSQL`). What a bet
 # credited (contributed - overflow) is subtracted in Python: SQLite turns a
 # subtraction that overflows (forged amounts) into an inexact REAL, where an
 # overflowing SUM raises and is summed again exactly (`SQLiteStore`).
@@ -509,6 +528,25 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, (int, float, Decimal)) else value
 
 
+def _adds_up_exactly(figures: list[Any]) -> bool:
+    """Say whether a row's figures (`ROW_FIGURES`, then the previous balance and reserve) add up.
+
+    Exactly, as rationals: a REAL (a table rebuilt without STRICT) counts as
+    the number it is. Anything that is no finite number does not add up.
+    """
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in figures):
+        return False
+    f = dict(zip((*ROW_FIGURES, "prev_balance", "prev_reserve"), map(Fraction, figures),
+                 strict=True))
+    return (f["balance_after"] == f["prev_balance"] + f["delta"]
+            and f["reserve_after"] == f["prev_reserve"] + f["reserve_delta"]
+            and f["delta"] == (f["contributed"] - f["overflow"] + f["house_funded"]
+                               + f["reserve_funded"] - f["paid"] + f["adjusted"]
+                               + f["transferred"])
+            and f["reserve_delta"] == (f["reserve_in"] - f["reserve_funded"]
+                                       + f["reserve_transferred"]))
+
+
 def ledger_row(row: tuple[Any, ...]) -> LedgerRow:
     """Rebuild a ledger row from the columns of `LedgerRow`, in order."""
     values = dict(zip(LedgerRow.__dataclass_fields__, row, strict=True))
@@ -544,6 +582,9 @@ class Store(ABC):
     """The backend's parameter placeholder (for the few queries written here)."""
     _AMOUNT_CAST = ""
     """Appended to each amount in the audit's arithmetic (see `_BROKEN_ROWS`)."""
+    _INEXACT: ClassVar[str | None] = None
+    """SQL that is true where a sum (`{}`) of the audit's arithmetic was not exact; None:
+    the backend's arithmetic is (see `broken_ledger_rows`)."""
     _RECORDED: ClassVar[RecordedSQL] = PORTABLE_RECORDED
     """How the backend completes the recorded-results query."""
 
@@ -731,7 +772,11 @@ class Store(ABC):
         queries run as they are instead, so what the audit reports of a
         damaged ledger is theirs.
         """
-        sql = _LEDGER_PASS.replace("{n}", self._AMOUNT_CAST)  # (not format: the bet's braces)
+        wrong, unsure = row_checks(self._AMOUNT_CAST, self._INEXACT,
+                                   f"LAG(balance_after{self._AMOUNT_CAST}, 1, 0) OVER w",
+                                   f"LAG(reserve_after{self._AMOUNT_CAST}, 1, 0) OVER w")
+        # (not format: the bet's braces)
+        sql = _LEDGER_PASS.replace("{wrong}", wrong).replace("{unsure}", unsure)
         sums: dict[str, list[int]] = {}
         periods: dict[str, dict[int, tuple[int, int]]] = {}
         for level, period, *values in self._exec(sql):
@@ -766,10 +811,31 @@ class Store(ABC):
                           self.contributions_by_period())
 
     def broken_ledger_rows(self, limit: int = 20) -> list[tuple[str, int, int]]:
-        """Return (level, version_after, seq) of rows that do not add up, at most `limit`."""
-        return [(r[0], _whole(r[1]), int(r[2]))
-                for r in self._exec(f"{_BROKEN_ROWS.format(n=self._AMOUNT_CAST)} "
-                                    f"LIMIT {int(limit)}")]
+        """Return (level, version_after, seq) of rows that do not add up, at most `limit`.
+
+        A row whose arithmetic in SQL was not exact (SQLite turns an integer
+        sum past 2**63 into a REAL: only forged amounts make one) is checked
+        again exactly here, and told only if it does not add up then: in
+        floating point a forged row could seem to add up, or a sound one not.
+        """
+        wrong, unsure = row_checks(self._AMOUNT_CAST, self._INEXACT, "prev_balance",
+                                   "prev_reserve")
+        sql = _BROKEN_ROWS.format(n=self._AMOUNT_CAST, wrong=wrong, unsure=unsure)
+        if self._INEXACT is None:  # (every row found is one to tell)
+            sql += f" LIMIT {int(limit)}"
+        out: list[tuple[str, int, int]] = []
+        rows = self._stream(sql)
+        try:
+            for level, version, seq, inexact, *figures in rows:
+                if len(out) >= limit:
+                    break
+                if not inexact or not _adds_up_exactly(figures):
+                    out.append((level, _whole(version), int(seq)))
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:  # (a row past `limit`: end the query)
+                close()
+        return out
 
     def contributions_by_period(self) -> dict[str, dict[int, tuple[int, int]]]:
         """Return, per level and rate period, (sum of bets, sum of overflow) of its bets.
