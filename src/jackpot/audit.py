@@ -4,29 +4,28 @@ Checks, per level: versions 1..N with no gap; each row's balance and reserve
 equal the previous row's plus its deltas; each row's deltas equal the sum of
 its parts (contributed, overflow, seed funding, payouts, adjustments,
 transfers); every meter equals the sum of its ledger column (`wagered`: of the
-bets the rows record); the pool and the reserve satisfy the identities in
-`domain.Meters`; the carried fractions are what the ledger's bets, rates and
-retirements leave, and each retirement's two rows agree (see
-`_audit_fractions`); the settings, the changes waiting for a reset and the
-status are what the create, config, reset and status rows leave, and the
-must-hit-by trigger lies within the settings (see `_audit_config`). Every
-recorded op_id has ledger rows of the kinds its operation writes, and its
-stored result (what a replay returns) can be rebuilt and repeats what they
-say (see `_audit_results`); a recorded bet without ledger rows (it
-qualified for no level) is one a replay can return, showing each level as
-the ledger had it; every bet, with a stored result or not, has one winner
+bets the rows record, each bet row's detail one the engine writes); the pool
+and the reserve satisfy the identities in `domain.Meters`; the carried
+fractions are what the ledger's bets, rates and retirements leave, and each
+retirement's two rows agree (see `_audit_fractions`); the settings, the changes
+waiting for a reset and the status are what the create, config, reset and
+status rows leave, and the must-hit-by trigger lies within the settings (see
+`_audit_config`). Every recorded op_id has ledger rows of the kinds its
+operation writes, and its stored result (what a replay returns) can be rebuilt
+and repeats what they say (see `_audit_results`); a recorded bet without ledger
+rows (it qualified for no level) is one a replay can return, showing each level
+as the ledger had it; every bet, with a stored result or not, has one winner
 for all of its hits; no record has an op_id the engine generates for itself
 (`auto-...`, `create:<level>`), which it never records; every recorded
 request's fingerprint has the shape the engine writes (see `_Fingerprints`),
-and no level's row holds a lock holder (set and cleared inside one
-transaction, it is never committed). The database's own integrity check is
-ok. The queries live in the store (`Store.ledger_totals`,
-`Store.contributions_by_period`, `Store.recorded_results`...), so the audit
-runs unchanged on every backend, inside one read snapshot; the per-row sums,
-the balance chain and the bets per rate period come from one walk of the
-ledger (`Store.ledger_pass`), and the recorded operations without ledger rows
-are looked for only when counting those with rows, as they stream by, shows
-some missing.
+and no level's row holds a lock holder (set and cleared inside one transaction,
+it is never committed). The database's own integrity check is ok. The queries
+live in the store (`Store.ledger_totals`, `Store.contributions_by_period`,
+`Store.recorded_results`...), so the audit runs unchanged on every backend,
+inside one read snapshot; the per-row sums, the balance chain and the bets per
+rate period come from one walk of the ledger (`Store.ledger_pass`), and the
+recorded operations without ledger rows are looked for only when counting those
+with rows, as they stream by, shows some missing.
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ def audit(store: Store) -> VerifyReport:
     with store.read():
         read_levels = _unreadable(problems, "levels", None, store.load_levels)
         levels = read_levels or {}
-        totals, bad_rows, periods = store.ledger_pass(limit=20)
+        totals, bad_rows, periods, unread_bets = store.ledger_pass(limit=20)
         split = store.split_hit_winners(limit=20)
         reserved = sorted(op for op in store.operation_ids_starting(RESERVED_OP_ID_PREFIXES)
                           if _GENERATED.fullmatch(op) or (
@@ -110,6 +109,9 @@ def audit(store: Store) -> VerifyReport:
                     if read_levels is not None)
     problems.extend(f"{lvl}: ledger row {seq} (version {v}) does not add up"
                     for lvl, v, seq in bad_rows)
+    problems.extend(f"{lvl}: ledger row {seq} (version {v}) cannot be read as the engine "
+                    f"writes it: its detail {_shown(detail)!r} is no bet's (a damaged or "
+                    "tampered database; read as no bet)" for lvl, v, seq, detail in unread_bets)
     if fractions is not None:
         problems.extend(fractions.problems)
     problems.extend(_unreadable(problems, "retirement rows", list[str](),

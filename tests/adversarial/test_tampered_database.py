@@ -899,6 +899,13 @@ def not_written(detail: str) -> str:
 
 NO_UPDATE_TRIGGER = ("integrity_check: trigger ledger_no_update is missing: history is not "
                      "append-only")
+
+
+def bet_unread(where: str, detail: str) -> str:
+    """What verify() reports of a bet row (`where`: level, seq, version) whose detail is forged."""
+    return (f"{where} cannot be read as the engine writes it: its detail {detail[:80]!r} is "
+            "no bet's (a damaged or tampered database; read as no bet)")
+
 MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry)
     "minor: meter wagered is 50.000000, ledger says 0.000000",
     ("minor: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
@@ -915,17 +922,27 @@ MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry
      [unreadable("rate and retirement", "AttributeError: 'list' object has no attribute 'get'"),
       unreadable("minor: settings",
                  "TypeError: list indices must be integers or slices, not str")]),
-    ("kind = 'contribute' AND level = 'minor'", '{"bet": " 1e6"}', MINOR_BET_UNREAD),
+    ("kind = 'contribute' AND level = 'minor'", '{"bet": " 1e6"}',
+     [*MINOR_BET_UNREAD, bet_unread("minor: ledger row 4 (version 2)", '{"bet": " 1e6"}')]),
     ("kind = 'contribute' AND level = 'major'", '{"bet": "x"}',
      ["major: meter wagered is 50.000000, ledger says 0.000000",
       ("major: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
-       "rates and retirements leave -500000000000000")]),
+       "rates and retirements leave -500000000000000"),
+      bet_unread("major: ledger row 3 (version 2)", '{"bet": "x"}')]),
     ("kind = 'create' AND level = 'minor'", DEEP,
      [unreadable("rate and retirement", not_written(DEEP)),
       unreadable("minor: settings", not_written(DEEP))]),
     # Too deep for SQL's JSON too: not even a bet.
     ("kind = 'contribute' AND level = 'minor'", DEEP,
-     ["minor: meter bets is 1, ledger says 0", *MINOR_BET_UNREAD]),
+     ["minor: meter bets is 1, ledger says 0", *MINOR_BET_UNREAD,
+      bet_unread("minor: ledger row 4 (version 2)", DEEP)]),
+    # The part of a bet carried over from the level before, forged: told, once.
+    ("kind = 'contribute' AND level = 'major'", '{"carried_over": 1}',
+     ["major: meter bets is 1, ledger says 0",
+      "major: meter wagered is 50.000000, ledger says 0.000000",
+      ("major: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
+       "rates and retirements leave -500000000000000"),
+      bet_unread("major: ledger row 3 (version 2)", '{"carried_over": 1}')]),
 ])
 def test_a_ledger_detail_the_engine_never_wrote_is_reported_not_a_crash(
         engine: JackpotEngine, where: str, detail: str, found: list[str]) -> None:
@@ -1136,7 +1153,9 @@ def test_forged_amounts_of_one_recorded_operation_whose_sum_overflows_are_a_prob
         engine: JackpotEngine, op_id: str, kind: str, column: str, meters: list[str]) -> None:
     # A recorded operation's rows on a level are summed as well (what its stored
     # result must repeat): past 2**63 that sum stopped the audit with StorageError.
-    tamper(engine, *ledger_row(op_id=op_id, kind=kind, version_after=4, **{column: 2**63 - 1}))
+    detail = {"carried_over": True} if kind == "contribute" else {}  # (a bet's part, as written)
+    tamper(engine, *ledger_row(op_id=op_id, kind=kind, version_after=4, detail=json.dumps(detail),
+                               **{column: 2**63 - 1}))
     assert problems(engine) == [  # no exception
         *meters, "minor: ledger row 6 (version 4) does not add up",
         (f"operation {op_id!r}: its stored result says minor is at version "

@@ -389,8 +389,8 @@ class BackendContract:
         assert store.broken_ledger_rows() == [("minor", 3, store.ledger()[-1].seq)]
 
     def test_the_audit_s_one_pass_reads_what_its_three_queries_read(self, store: Store) -> None:
-        # `ledger_pass` walks the ledger once for the totals, the broken rows and
-        # the bets per rate period: the same as the three queries, rows that do
+        # `ledger_pass` walks the ledger once for the totals, the broken rows,
+        # the bets per rate period and the unreadable bets: the same as the queries apart, rows that do
         # not add up included (found by the query that names them).
         config = GroupConfig("minor", Decimal(100), Decimal("0.01"))
         minor, created = domain.create(config, 1_000, draw)
@@ -412,7 +412,7 @@ class BackendContract:
 
         def apart() -> tuple[object, ...]:
             return (store.ledger_totals(), store.broken_ledger_rows(limit=1),
-                    store.contributions_by_period())
+                    store.contributions_by_period(), store.unreadable_bets(limit=1))
 
         with store.read():
             passed, three = store.ledger_pass(limit=1), apart()

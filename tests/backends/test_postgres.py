@@ -460,7 +460,9 @@ def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
         assert report.problems == [  # (the forged bet read as none: nothing wagered or carried)
             "minor: meter wagered is 20.000000, ledger says 10.000000",
             ("minor: the pool's carried fraction is 0 billionths of a unit, but the ledger's "
-             "bets, rates and retirements leave -50000000000000")]
+             "bets, rates and retirements leave -50000000000000"),
+            (f"minor: ledger row 5 (version 3) cannot be read as the engine writes it: its "
+             f"detail {detail!r} is no bet's (a damaged or tampered database; read as no bet)")]
 
 
 def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(

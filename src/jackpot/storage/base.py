@@ -166,6 +166,8 @@ class LedgerPass(NamedTuple):
     """As `Store.broken_ledger_rows`."""
     periods: dict[str, dict[int, tuple[int, int]]]
     """As `Store.contributions_by_period`."""
+    unread_bets: list[tuple[str, int, int, object]]
+    """As `Store.unreadable_bets`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +190,16 @@ class LedgerTotals:
 _BET_TEXT = "substr(detail, 8, length(detail) - 8)"
 # Only digits are cast (PostgreSQL raises on anything else, which would stop
 # the whole audit): a tampered bet detail adds 0, and the wagered meter's
-# check reports the difference.
-LEDGER_BET = ("CASE WHEN kind = 'contribute' AND substr(detail, 1, 7) = '{\"bet\":' "
-              f"AND length(trim({_BET_TEXT})) BETWEEN 1 AND 18 "
-              f"AND ltrim({_BET_TEXT}, ' 0123456789') = '' "
+# check reports the difference, as `UNREAD_BET` reports the row.
+_BET_READ = (f"substr(detail, 1, 7) = '{{\"bet\":' AND length(trim({_BET_TEXT})) BETWEEN 1 AND 18 "
+             f"AND ltrim({_BET_TEXT}, ' 0123456789') = ''")
+LEDGER_BET = (f"CASE WHEN kind = 'contribute' AND {_BET_READ} "
               f"THEN CAST(trim({_BET_TEXT}) AS BIGINT) ELSE 0 END")
+_NOT_CARRIED = "(detail IS NULL OR detail != '{\"carried_over\": true}')"
+UNREAD_BET = f"kind = 'contribute' AND ({LEDGER_BET}) = 0 AND {_NOT_CARRIED}"
+"""A bet row whose detail is neither a bet `LEDGER_BET` reads (the engine writes
+none of 0) nor the part of one carried over from the level before
+(`domain._add`): read as no bet, and told."""
 
 # meter -> SQL aggregate over a level's ledger rows (the same text on every backend)
 AUDIT_METER_SUMS = {
@@ -296,7 +303,9 @@ SELECT level, period, COUNT(*), MIN(version_after), MAX(version_after), SUM(delt
        SUM(reserve_delta), MIN(balance_after), MIN(reserve_after),
        {", ".join(AUDIT_METER_SUMS.values()).replace(f"SUM({LEDGER_BET})", "SUM(bet)")},
        SUM(CASE WHEN kind = 'contribute' THEN 1 ELSE 0 END),
-       SUM(CASE WHEN kind = 'contribute' THEN overflow ELSE 0 END), SUM(broken), SUM(dup)
+       SUM(CASE WHEN kind = 'contribute' THEN overflow ELSE 0 END),
+       SUM(CASE WHEN kind = 'contribute' AND bet = 0 AND {_NOT_CARRIED} THEN 1 ELSE 0 END),
+       SUM(broken), SUM(dup)
 FROM (SELECT level, kind, version_after, delta, reserve_delta, balance_after, reserve_after,
              detail, {", ".join(LEDGER_PARTS)}, {LEDGER_BET} AS bet,
              CASE WHEN {{wrong}} OR {{unsure}} THEN 1 ELSE 0 END AS broken,
@@ -779,15 +788,17 @@ class Store(ABC):
         sql = _LEDGER_PASS.replace("{wrong}", wrong).replace("{unsure}", unsure)
         sums: dict[str, list[int]] = {}
         periods: dict[str, dict[int, tuple[int, int]]] = {}
+        unread_bets = 0
         for level, period, *values in self._exec(sql):
             n = [_whole(v) for v in values]
-            *totals, contributions, overflow, broken, dup = n
+            *totals, contributions, overflow, unread, broken, dup = n
             # A sum that is not whole (REAL amounts in a ledger rebuilt without
             # STRICT) must not lose its fraction period by period, as int()
             # here would: the queries apart sum each level whole first. Nor can
             # a version that is not a number be taken the min or max of here.
             if broken or dup or n != values or not all(type(v) is int for v in n):
                 return self._ledger_apart(limit)
+            unread_bets += unread
             if contributions:  # (a period of no bets is none of `contributions_by_period`)
                 periods.setdefault(level, {})[int(period)] = (totals[_WAGERED], overflow)
             a = sums.get(level)
@@ -803,12 +814,22 @@ class Store(ABC):
                 a[i] += totals[i]
         return LedgerPass({level: LedgerTotals(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
                                                dict(zip(AUDIT_METER_SUMS, a[7:], strict=True)))
-                           for level, a in sums.items()}, [], periods)
+                           for level, a in sums.items()}, [], periods,
+                          self.unreadable_bets(limit) if unread_bets else [])
 
     def _ledger_apart(self, limit: int) -> LedgerPass:
         """Return what `ledger_pass` does from its three queries, each run as it is."""
         return LedgerPass(self.ledger_totals(), self.broken_ledger_rows(limit),
-                          self.contributions_by_period())
+                          self.contributions_by_period(), self.unreadable_bets(limit))
+
+    def unreadable_bets(self, limit: int = 20) -> list[tuple[str, int, int, object]]:
+        """Return (level, version_after, seq, detail) of bet rows whose detail is no bet's.
+
+        At most `limit`, in (level, version) order (see `UNREAD_BET`).
+        """
+        sql = (f"SELECT level, version_after, seq, detail FROM ledger WHERE {UNREAD_BET} "
+               f"ORDER BY level, version_after LIMIT {int(limit)}")
+        return [(r[0], _whole(r[1]), int(r[2]), r[3]) for r in self._exec(sql)]
 
     def broken_ledger_rows(self, limit: int = 20) -> list[tuple[str, int, int]]:
         """Return (level, version_after, seq) of rows that do not add up, at most `limit`.
