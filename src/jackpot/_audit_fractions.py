@@ -45,13 +45,21 @@ class _Moved:
 
 
 def _carried(row: LedgerRow) -> tuple[int, int, int, int]:
-    """Return (carry, reserve_carry, units, reserve_units) a retirement row moved."""
-    carried = (row.detail or {}).get("carried") or {}
+    """Return (carry, reserve_carry, units, reserve_units) a retirement row moved.
+
+    Raises:
+        ValueError: the row's detail is not what the engine writes (of any shape).
+
+    """
+    detail = row.detail or {}
+    carried = (detail.get("carried") if isinstance(detail, dict) else detail) or {}
     values = tuple(carried.get(k, 0) for k in ("carry", "reserve_carry", "units",
-                                                "reserve_units"))
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+                                                "reserve_units")
+                   ) if isinstance(carried, dict) else ()
+    if not (values and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                           for v in values)):
         msg = f"unreadable carried fractions {carried!r}"
-        raise ValueError(msg)
+        raise ValueError(msg)  # (told once: see `check_retirements`)
     return values
 
 
@@ -99,12 +107,15 @@ class Fractions:
                 self.rates[row.level].append(None)
                 self.problems.append(f"{row.level}: {e}")
         self.moved: dict[str, _Moved] = defaultdict(_Moved)
+        self.unread: set[str] = set()
+        """Levels with a retirement row whose fractions cannot be read (told, not checked)."""
         for row in transfers:
             try:
                 carry, reserve_carry, units, reserve_units = _carried(row)
             except ValueError as e:
                 self.problems.append(f"{row.level}: {row.kind} row at version "
                                      f"{row.version_after}: {e}")
+                self.unread.add(row.level)
                 continue
             m = self.moved[row.level]
             sign = -1 if row.kind == "retire" else 1
@@ -115,8 +126,14 @@ class Fractions:
                 m.reserve_units += reserve_units
 
     def check(self, s: LevelState, t: LedgerTotals) -> list[str]:
-        """Compare one level's carried fractions with what its ledger leaves."""
+        """Compare one level's carried fractions with what its ledger leaves.
+
+        Not where a retirement row's fractions cannot be read: what it moved
+        is unknown, and the row is told already (`problems`).
+        """
         name, rates = s.name, self.rates.get(s.name, [])
+        if name in self.unread:
+            return []
         shares = reserve_shares = overflow_to_reserve = 0
         for period, (bets, overflow) in sorted(self.periods.get(name, {}).items()):
             period_rates = rates[period - 1] if 1 <= period <= len(rates) else None
@@ -138,8 +155,12 @@ class Fractions:
                 if held != want]
 
 
-def check_retirements(rows: Iterable[LedgerRow]) -> list[str]:
-    """Check that each retirement's two rows agree on what moved."""
+def check_retirements(rows: Iterable[LedgerRow], *, told: bool) -> list[str]:
+    """Check that each retirement's two rows agree on what moved.
+
+    A row whose fractions cannot be read is told by `Fractions` (`told`), or
+    else here: once either way.
+    """
     by_op: dict[str, list[LedgerRow]] = defaultdict(list)
     for row in rows:
         by_op[row.op_id].append(row)
@@ -157,8 +178,10 @@ def check_retirements(rows: Iterable[LedgerRow]) -> list[str]:
                 problems.append(f"retirement {op_id!r}: its two rows record different "
                                 "carried fractions")
                 continue
-        except ValueError:
-            continue  # reported by Fractions
+        except ValueError as e:
+            if not told:
+                problems.append(f"retirement {op_id!r}: {e}")
+            continue
         given = -(out.transferred + out.reserve_transferred)
         received = into.transferred + into.reserve_transferred
         if received != given + moved[2] + moved[3]:

@@ -115,7 +115,8 @@ def audit(store: Store) -> VerifyReport:
     if fractions is not None:
         problems.extend(fractions.problems)
     problems.extend(_unreadable(problems, "retirement rows", list[str](),
-                                lambda: check_retirements(transfers)))
+                                lambda: check_retirements(transfers,
+                                                          told=fractions is not None)))
     problems.extend(f"operation {op!r} recorded without ledger rows"
                     + (" (its stored result cannot be read)" if unreadable else "")
                     for op, unreadable in orphans[:_SHOWN])

@@ -952,14 +952,34 @@ def test_a_ledger_detail_the_engine_never_wrote_is_reported_not_a_crash(
     assert problems(engine) == [*found, NO_UPDATE_TRIGGER]  # no exception
 
 
-def test_a_retirement_whose_carried_detail_is_not_an_object_is_reported(
+@pytest.mark.parametrize(("kind", "detail", "level"), [
+    ("retire", "json_set(detail, '$.carried', json('[1]'))", "old"),
+    ("transfer_in", "json_set(detail, '$.carried', json('[1]'))", "new"),
+    ("retire", "'[1]'", "old"),  # (the whole detail)
+])
+def test_a_retirement_whose_carried_detail_is_not_an_object_is_reported_once(
+        retired: JackpotEngine, kind: str, detail: str, level: str) -> None:
+    # Once, by the row, not again by the check of the retirement's two rows,
+    # and without the level's carries, which what it moved leaves unknown.
+    tamper(retired, "DROP TRIGGER ledger_no_update")
+    tamper(retired, f"UPDATE ledger SET detail = {detail} WHERE kind = '{kind}'")
+    assert problems(retired) == [
+        f"{level}: {kind} row at version 3: unreadable carried fractions [1]",
+        NO_UPDATE_TRIGGER]
+
+
+def test_an_unreadable_retirement_is_told_where_the_rates_cannot_be_read(
         retired: JackpotEngine) -> None:
+    # The fractions are not checked at all (a create row cannot be read): the
+    # check of the retirement's two rows tells its row then, once.
     tamper(retired, "DROP TRIGGER ledger_no_update")
     tamper(retired, "UPDATE ledger SET detail = json_set(detail, '$.carried', json('[1]')) "
                     "WHERE kind = 'retire'")
-    why = "AttributeError: 'list' object has no attribute 'get'"
-    assert problems(retired) == [unreadable("rate and retirement", why),
-                                 unreadable("retirement", why), NO_UPDATE_TRIGGER]
+    tamper(retired, "UPDATE ledger SET detail = '[1, 2]' WHERE kind = 'create' AND level = 'new'")
+    assert problems(retired) == [
+        unreadable("rate and retirement", "AttributeError: 'list' object has no attribute 'get'"),
+        unreadable("new: settings", "TypeError: list indices must be integers or slices, not str"),
+        "retirement 'r1': unreadable carried fractions [1]", NO_UPDATE_TRIGGER]
 
 
 # -- a level's settings, waiting changes, status and trigger -----------------------------
