@@ -258,7 +258,9 @@ def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
     Every stop is requested at once, then awaited against one deadline, so
     no actor waits behind a stuck one and none is left unasked. Returns the
     actors that did not stop in time, for the caller to log once it holds
-    no lock (a log handler may do anything, call close() included).
+    no lock (a log handler may do anything, call close() included). Asked
+    once `deadline` has passed (calls in flight used up close()'s timeout),
+    none was given any time, idle ones included: none is called late then.
     """
     # Each closes its connection in a request of its own (`close_and_stop`), not
     # in Pykka's stop, which may never reach `on_stop` (see `stop_and_close`).
@@ -266,7 +268,8 @@ def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
                 for p in (actors.coordinator, *actors.pools.values()) if p is not None]
     if checkpointer is not None:
         stopping.append(checkpointer.stop_soon())
-    late = [str(ref) for ref, stopped in stopping if not wait_stopped(ref, stopped, deadline)]
+    late = [] if time.monotonic() >= deadline else [
+        str(ref) for ref, stopped in stopping if not wait_stopped(ref, stopped, deadline)]
     close_reader(deadline)
     return late
 
@@ -275,6 +278,26 @@ def _log_late(late: list[str]) -> None:
     for ref in late:
         with contextlib.suppress(Exception):  # a failing log must not fail the close
             logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
+
+
+def _log_left_in_flight(calls: int, bound: float | None) -> None:
+    """Say that close() stopped waiting for `calls` still in flight.
+
+    `bound`: the default wait of a close() given no timeout (its actors then
+    got a wait of their own); None: its timeout ran out, leaving them none.
+    """
+    if not calls:
+        return
+    held = f"{calls} call{'' if calls == 1 else 's'} still in flight"
+    with contextlib.suppress(Exception):  # a failing log must not fail the close
+        if bound is None:
+            logger.warning("close() timed out with %s: the actors were asked to stop after "
+                           "their work, with no time left to wait for that", held,
+                           extra={"outcome": "close_timeout"})
+        else:
+            logger.warning("close() stopped waiting after %.1f s with %s: the actors were "
+                           "asked to stop after their work", bound, held,
+                           extra={"outcome": "close_timeout"})
 
 
 class _WeakView:
@@ -528,7 +551,11 @@ class JackpotEngine:
         wait for in-flight operations, then for the actors to stop (None: the
         engine's longest operation time for each). An actor still busy then
         is left to stop by itself (logged); a read still running closes the
-        reader when it ends.
+        reader when it ends. Calls still in flight when the wait for them
+        ends go on to their outcome (one WARNING says how many); the actors
+        stop after them. If that wait used up the whole `timeout`, the actors
+        are asked to stop with no time left to wait: none is logged as late
+        then, since none, idle or busy, was given any time.
 
         Called from a thread with calls of its own in flight (a log handler
         or stats observer running in a caller's thread, a signal handler that
@@ -563,10 +590,11 @@ class JackpotEngine:
         wait_limit = time.monotonic() + self._run_timeout if deadline is None else deadline
         mine = False
         late: list[str] = []
+        left_in_flight = 0
         try:
             with self._cond:
                 self._closed = True  # from now on, new calls are refused
-            self._await_inflight(wait_limit)
+            left_in_flight = self._await_inflight(wait_limit)
             with self._cond:
                 # A close interrupted before this point (Ctrl-C while waiting) left
                 # everything running: a later close(), or the exit hook, finishes
@@ -578,7 +606,7 @@ class JackpotEngine:
                 while self._stopping and (left := _left(wait_limit)) > 0:
                     self._cond.wait(min(_SWEEP_INTERVAL_S, left))
                 if self._stopping or self._shut:
-                    return
+                    return  # (the close() that stopped them tells what it left)
                 mine = True
                 self._stopping, self._stopper = True, threading.get_ident()
             late = self._stop_everything(deadline)
@@ -590,13 +618,16 @@ class JackpotEngine:
                 with self._cond:
                     self._stopping, self._stopper = False, None
                     self._cond.notify_all()
+        if mine:
+            _log_left_in_flight(left_in_flight, self._run_timeout if deadline is None else None)
         _log_late(late)
 
-    def _await_inflight(self, deadline: float) -> None:
+    def _await_inflight(self, deadline: float) -> int:
         """Wait until no call is in flight or `deadline` passes, sweeping now and then.
 
         Calls that only the current thread can finish are not waited for: its
         own sync calls, and the asyncio calls of the event loop it runs.
+        Returns how many others were still in flight at `deadline` (0: none).
         """
         own = getattr(self._own, "n", 0)
         for counter in list(self._loop_calls):
@@ -613,9 +644,10 @@ class JackpotEngine:
                 # closing the engine): they cannot end while this one waits.
                 if self._cond.wait_for(lambda: self._inflight <= own,
                                        min(_SWEEP_INTERVAL_S, _left(deadline))):
-                    return
+                    return 0
+                left = self._inflight - own
             if _left(deadline) <= 0:
-                return
+                return left
 
     def _stop_everything(self, deadline: float | None = None) -> list[str]:
         """Stop every actor, then close the reader (default deadline: the longest operation).

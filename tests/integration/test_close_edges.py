@@ -627,10 +627,10 @@ def test_close_waits_for_a_calls_log_line_and_counts(db_path: Path,
     real_wait = engine._await_inflight
     in_flight_when_close_began: list[int] = []
 
-    def await_inflight(deadline: float) -> None:
+    def await_inflight(deadline: float) -> int:
         in_flight_when_close_began.append(engine._inflight)
         close_waits.set()
-        real_wait(deadline)
+        return real_wait(deadline)
 
     monkeypatch.setattr(engine, "_await_inflight", await_inflight)
     with _handler(SlowHandler()):
@@ -793,3 +793,56 @@ def test_an_actor_that_cannot_start_stops_though_pykkas_unregister_log_raises(
         JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
                                                       retry_delay_ms=1))
     assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
+
+
+# -- closing and interrupts: the log tells what happened -----------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def said(self, outcome: str) -> list[tuple[str, str]]:
+        return [(r.levelname, r.getMessage()) for r in self.records
+                if getattr(r, "outcome", None) == outcome]
+
+
+def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: every actor, idle ones too, was logged "did not stop in time" (ERROR).
+
+    The wait for the call in flight took the whole timeout, so each was asked to
+    stop with the deadline already past and given no time at all.
+    """
+    from jackpot.actors import pool  # noqa: PLC0415 - its batch, held busy
+
+    engine = JackpotEngine.open(db_path)
+    engine.contribute("10", groups="minor", op_id="warm-up")
+    entered, go = threading.Event(), threading.Event()
+    run = pool.execute_batch
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # as a write lock another connection holds
+        entered.set()
+        assert go.wait(HANG)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "execute_batch", held)
+    heard = _Records()
+    try:
+        caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
+        assert entered.wait(HANG)
+        with _handler(heard):
+            engine.close(timeout=0.3)
+    finally:
+        go.set()
+    caller.join(HANG)
+    assert out[0].versions == {"minor": 3}  # it ran on to its outcome
+    assert heard.said("stop_timeout") == []
+    assert heard.said("close_timeout") == [
+        ("WARNING", ("close() timed out with 1 call still in flight: the actors were asked "
+                     "to stop after their work, with no time left to wait for that"))]
+    assert _actors_stopped(engine)
