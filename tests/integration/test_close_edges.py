@@ -846,3 +846,19 @@ def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
         ("WARNING", ("close() timed out with 1 call still in flight: the actors were asked "
                      "to stop after their work, with no time left to wait for that"))]
     assert _actors_stopped(engine)
+
+
+def test_pykkas_unregistered_line_failing_at_close_is_told_as_what_it_is(
+        db_path: Path) -> None:
+    """Before: "reporting an operation's outcome failed", though no operation was involved."""
+    engine = JackpotEngine.open(db_path)
+    actors = [engine._coordinator, *engine._pools.values()]
+    assert engine._checkpointer is not None
+    actors.append(engine._checkpointer._actor)
+    heard = _Records()
+    with pykka_debug_raising_on("Unregistered"), _handler(heard):
+        engine.close(timeout=HANG)
+    told = "Pykka's log line on unregistering {} failed; the actor is stopped all the same"
+    assert sorted(heard.said("report_failed")) == sorted(
+        ("ERROR", told.format(p.actor_ref)) for p in actors)
+    assert all(p.actor_ref.actor_stopped.is_set() for p in actors)

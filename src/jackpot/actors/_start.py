@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -98,10 +99,15 @@ def _mark_stopped(actor: pykka.Actor) -> None:
     """Unregister `actor` and mark it stopped, as Pykka does, whatever logging raises.
 
     Pykka's `unregister` logs "Unregistered" (DEBUG, `pykka` logger) after
-    it removed the actor: a failure of that line is only reported.
+    it removed the actor: a failure of that line is only reported, as what
+    it is (not as an operation's report: no operation is involved).
     """
     try:
-        after_the_fact(pykka.ActorRegistry.unregister, actor.actor_ref)
+        pykka.ActorRegistry.unregister(actor.actor_ref)
+    except Exception:  # reported (its traceback too); the actor is unregistered already
+        with contextlib.suppress(Exception):  # (whatever our own logging raises too)
+            logger.exception("Pykka's log line on unregistering %s failed; the actor is "
+                             "stopped all the same", actor, extra={"outcome": "report_failed"})
     finally:
         actor.actor_stopped.set()
 
