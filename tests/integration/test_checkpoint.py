@@ -253,3 +253,14 @@ def test_a_flush_leaves_the_checkpoint_the_writers_asked_for_busy_until_it_ran(
         for event in release:
             event.set()
         checkpointer.stop(timeout=10)
+
+
+def test_stopping_a_checkpointer_that_has_stopped_already_returns(filler_db: str) -> None:
+    """Before: `ActorDeadError` (its stop request went to a dead actor); Pykka's stop said so
+    by returning instead, as the checkpointer did before its actor closed on a request."""
+    checkpointer = checkpoint_module.Checkpointer(lambda: SQLiteStore(filler_db))
+    checkpointer.ready(timeout=10)
+    checkpointer.stop(timeout=10)
+    assert not checkpointer.alive()
+    checkpointer.stop(timeout=10)  # stopped already: nothing to do
+    assert not checkpointer.alive()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from jackpot.actors._start import (
     start_failed,
     stop_and_close,
     wait_ready,
+    wait_stopped,
 )
 from jackpot.errors import JackpotError
 from jackpot.stats import after_the_fact
@@ -165,8 +167,16 @@ class Checkpointer:
         wait_ready(self._actor, timeout)
 
     def stop(self, timeout: float) -> None:
-        """Stop the actor after the checkpoint it may be running."""
-        self.stop_soon()[1].get(timeout=timeout)
+        """Stop the actor after the checkpoint it may be running; one stopped already is left.
+
+        Raises:
+            pykka.Timeout: it had not stopped within `timeout` (it stops after its checkpoint).
+
+        """
+        ref, stopped = self.stop_soon()
+        if not wait_stopped(ref, stopped, time.monotonic() + timeout):
+            msg = f"{ref} did not stop within {timeout:.1f} s"
+            raise pykka.Timeout(msg)
 
     def stop_soon(self) -> tuple[pykka.ActorRef[Any], pykka.Future[None]]:
         """Ask the actor to stop after the checkpoint it may be running (see `wait_stopped`)."""
