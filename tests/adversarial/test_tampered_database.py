@@ -936,6 +936,15 @@ MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry
     ("kind = 'contribute' AND level = 'minor'", DEEP,
      ["minor: meter bets is 1, ledger says 0", *MINOR_BET_UNREAD,
       bet_unread("minor: ledger row 4 (version 2)", DEEP)]),
+    # Not exactly the '{"bet": <digits>}' the engine writes: once read as a bet
+    # of 50 (or of 5), whatever followed the digits or stood between them.
+    *(("kind = 'contribute' AND level = 'major'", detail,
+       ["major: meter wagered is 50.000000, ledger says 0.000000",
+        ("major: the pool's carried fraction is 0 billionths of a unit, but the ledger's "
+         "bets, rates and retirements leave -500000000000000"),
+        bet_unread("major: ledger row 3 (version 2)", detail)])
+      for detail in ('{"bet": 50000000x', '{"bet": 50000000]', '{"bet":50000000 }',
+                     '{"bet": 050000000}', '{"bet": 5 0000000}')),
     # The part of a bet carried over from the level before, forged: told, once.
     ("kind = 'contribute' AND level = 'major'", '{"carried_over": 1}',
      ["major: meter bets is 1, ledger says 0",

@@ -447,7 +447,11 @@ def test_the_audit_streams_stored_results_through_a_server_side_cursor(
             "operation 'b4': its stored result says minor is at version 9, the ledger 6"]
 
 
-@pytest.mark.parametrize("detail", ['{"bet": "x"}', '{"bet": " 1e6"}', '{"bet": 99999999999999999999}'])
+@pytest.mark.parametrize("detail", [
+    '{"bet": "x"}', '{"bet": " 1e6"}', '{"bet": 99999999999999999999}',
+    # Digits and a space (once cast, and refused by PostgreSQL); no closing
+    # brace (once read as a bet of 10).
+    '{"bet": 1 0000000}', '{"bet": 10000000x'])
 def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
                                                                detail: str) -> None:
     with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:

@@ -185,16 +185,19 @@ class LedgerTotals:
 
 
 # The bet of a ledger row: only a bet's first row records it, as detail
-# '{"bet": <units>}' (written by `to_json`, so always in that form); 0 for any
-# other row. Read with substr and CAST, the same text on every backend.
-_BET_TEXT = "substr(detail, 8, length(detail) - 8)"
-# Only digits are cast (PostgreSQL raises on anything else, which would stop
-# the whole audit): a tampered bet detail adds 0, and the wagered meter's
-# check reports the difference, as `UNREAD_BET` reports the row.
-_BET_READ = (f"substr(detail, 1, 7) = '{{\"bet\":' AND length(trim({_BET_TEXT})) BETWEEN 1 AND 18 "
-             f"AND ltrim({_BET_TEXT}, ' 0123456789') = ''")
+# '{"bet": <units>}' (written by `to_json`, so always in exactly that form: 1
+# to 18 digits, the first not 0); 0 for any other row. Read with substr and
+# CAST, the same text on every backend, and only in that form: anything else
+# (another key after it, text after the digits, spaces, a leading 0) is no bet
+# the engine wrote. Only digits are cast (PostgreSQL raises on anything else,
+# which would stop the whole audit), and no substr is given a length that may
+# be negative (PostgreSQL raises on that too, whatever order it tests the
+# conditions in): a tampered bet detail adds 0, and the wagered meter's check
+# reports the difference, as `UNREAD_BET` reports the row.
+_BET_READ = ("length(detail) BETWEEN 10 AND 27 AND substr(detail, 1, 8) = '{\"bet\": ' "
+             "AND substr(detail, 9, 1) != '0' AND ltrim(substr(detail, 9), '0123456789') = '}'")
 LEDGER_BET = (f"CASE WHEN kind = 'contribute' AND {_BET_READ} "
-              f"THEN CAST(trim({_BET_TEXT}) AS BIGINT) ELSE 0 END")
+              "THEN CAST(substr(detail, 9, length(detail) - 9) AS BIGINT) ELSE 0 END")
 _NOT_CARRIED = "(detail IS NULL OR detail != '{\"carried_over\": true}')"
 UNREAD_BET = f"kind = 'contribute' AND ({LEDGER_BET}) = 0 AND {_NOT_CARRIED}"
 """A bet row whose detail is neither a bet `LEDGER_BET` reads (the engine writes
