@@ -319,7 +319,7 @@ def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object
         return f"its stored result says {level} is at version {version!r}, the ledger {f.version}"
     for what, given in amounts.items():
         held = getattr(f, what)
-        if units_of(given) != held:
+        if held is not None and units_of(given) != held:  # (None: a NULL, told by its row)
             return (f"its stored result says {level} {what} {given}, "
                     f"the ledger {from_units(held)}")
     return None

@@ -1285,6 +1285,24 @@ def without_strict(e: JackpotEngine, table: str) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize(("level", "column", "found"), [
+    *(("major", column, ["major: ledger row 3 (version 2) does not add up"])
+      for column in ("adjusted", "reserve_transferred", "reserve_after", "balance_after",
+                     "paid", "overflow")),
+    # The row after it does not follow from it either.
+    ("minor", "balance_after", ["minor: ledger row 4 (version 2) does not add up",
+                                "minor: ledger row 5 (version 3) does not add up"])])
+def test_a_forged_null_amount_is_a_row_that_does_not_add_up(
+        engine: JackpotEngine, level: str, column: str, found: list[str]) -> None:
+    # In SQL a comparison with NULL is never true: a NULL amount (where the
+    # engine always writes an integer) once passed the row's check unseen, or
+    # stopped the check of every stored result (or the audit) on int(None).
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = NULL "
+                 "WHERE kind = 'contribute' AND level = ?", (level,))
+    assert problems(engine) == found
+
+
 @pytest.mark.parametrize(("level", "shown"), [(b"\x00", "b'\\x00'"), (None, "None")])
 def test_a_forged_level_of_another_type_than_text_next_to_a_text_one_is_reported(
         engine: JackpotEngine, level: object, shown: str) -> None:

@@ -119,12 +119,16 @@ class LedgerRow:
 
 
 class LedgerFigures(NamedTuple):
-    """What one operation's ledger rows of one level say (for the audit)."""
+    """What one operation's ledger rows of one level say (for the audit).
 
-    version: int
-    balance: int
-    credited: int
-    paid: int
+    None: a NULL there (a ledger rebuilt without NOT NULL, whose row is told
+    as one that does not add up), so nothing to compare a stored result with.
+    """
+
+    version: int | None
+    balance: int | None
+    credited: int | None
+    paid: int | None
 
 
 class RecordedDetail(NamedTuple):
@@ -253,7 +257,12 @@ def row_checks(cast: str, inexact: str | None, prev_balance: str, prev_reserve: 
     def fill(text: str) -> str:
         return (text.replace("{n}", cast).replace("{prev_balance}", prev_balance)
                 .replace("{prev_reserve}", prev_reserve))
+    # IS NOT FALSE: a NULL amount (a ledger rebuilt without NOT NULL) makes a
+    # comparison NULL, never true, and the row would pass; the engine writes
+    # an integer in each, so such a row does not add up (nor the row after
+    # it, whose previous balance is NULL).
     wrong = " OR ".join(f"{fill(figure)} != {fill(s)}" for figure, s in _ROW_SUMS.items())
+    wrong = f"({wrong}) IS NOT FALSE"
     if inexact is None:
         return f"({wrong})", "(1 = 0)"
     return f"({wrong})", f"({' OR '.join(inexact.format(fill(s)) for s in _ROW_SUMS.values())})"
@@ -869,7 +878,9 @@ class Store(ABC):
         """
         out: dict[str, dict[int, tuple[int, int]]] = {}
         for level, period, bets, overflow in self._exec(_CONTRIBUTIONS_BY_PERIOD):
-            out.setdefault(level, {})[int(period)] = (int(bets), int(overflow))
+            # (NULL: every bet of the period has a NULL overflow, a ledger rebuilt
+            # without NOT NULL: as SUM leaves out a NULL, and its rows are told.)
+            out.setdefault(level, {})[int(period)] = (int(bets), int(overflow or 0))
         return out
 
     def recorded_results(self) -> Iterator[RecordedResult]:
@@ -887,8 +898,11 @@ class Store(ABC):
             levels: dict[str, LedgerFigures] = {}
             kinds: dict[str, frozenset[str]] = {}
             for r in group:
-                version, balance, contributed, overflow, paid = map(int, r[6:])
-                levels[r[4]] = LedgerFigures(version, balance, contributed - overflow, paid)
+                version, balance, contributed, overflow, paid = (
+                    None if v is None else int(v) for v in r[6:])
+                credited = None if contributed is None or overflow is None else (
+                    contributed - overflow)
+                levels[r[4]] = LedgerFigures(version, balance, credited, paid)
                 # NULL: every row of the group has a NULL kind (a ledger rebuilt
                 # without NOT NULL), told as such by the audit.
                 kinds[r[4]] = frozenset(("NULL",) if r[5] is None else r[5].split(","))
