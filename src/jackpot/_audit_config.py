@@ -19,7 +19,7 @@ from typing import Any
 
 from jackpot.domain import LevelState, config_view, pending_view
 from jackpot.money import from_units
-from jackpot.storage import LedgerRow
+from jackpot.storage import LedgerRow, UnreadDetail
 
 __all__ = ["CONFIG_KINDS", "check_config"]
 
@@ -32,8 +32,9 @@ _STATUS = {"suspend": "suspended", "resume": "active", "retire": "retired"}
 def check_config(level: LevelState, rows: Iterable[LedgerRow]) -> list[str]:
     """Compare `level`'s settings, waiting changes, status and trigger with its rows.
 
-    `rows` are the level's rows of `CONFIG_KINDS`, oldest first. Raises
-    ValueError (or KeyError, TypeError) on a row the engine never writes.
+    `rows` are the level's rows of `CONFIG_KINDS`, oldest first (a detail
+    that is not JSON kept, as `UnreadDetail`). Raises ValueError (or KeyError,
+    TypeError) on a row the engine never writes.
     """
     replayed = _replay(rows)
     if replayed is None:
@@ -65,6 +66,8 @@ def _replay(rows: Iterable[LedgerRow]) -> tuple[dict[str, Any], dict[str, Any], 
     status = "active"
     for row in rows:
         detail = row.detail or {}
+        if isinstance(detail, UnreadDetail) and row.kind not in _STATUS:
+            raise detail.error  # (a status row's detail is not read: its kind says it all)
         if row.kind == "create":
             config, pending, status = dict(detail["config"]), {}, "active"
         elif config is None:

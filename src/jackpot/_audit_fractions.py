@@ -58,7 +58,7 @@ def _carried(row: LedgerRow) -> tuple[int, int, int, int]:
                    ) if isinstance(carried, dict) else ()
     if not (values and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                            for v in values)):
-        msg = f"unreadable carried fractions {carried!r}"
+        msg = f"unreadable carried fractions {carried!r:.80}"  # (not JSON: its text)
         raise ValueError(msg)  # (told once: see `check_retirements`)
     return values
 

@@ -70,8 +70,10 @@ def audit(store: Store) -> VerifyReport:
         reserved = sorted(op for op in store.operation_ids_starting(RESERVED_OP_ID_PREFIXES)
                           if _GENERATED.fullmatch(op) or (
                               op.startswith("create:") and op[len("create:"):] in levels))
+        # (A row whose detail is not JSON is kept: told by the checks, once.)
         transfers = _unreadable(problems, "retirement rows", list[LedgerRow](),
-                                lambda: store.ledger_of_kinds(("retire", "transfer_in")))
+                                lambda: store.ledger_of_kinds(("retire", "transfer_in"),
+                                                              keep_unread=True))
         fractions = _unreadable(problems, "rate and retirement rows", None, lambda: Fractions(
             store.ledger_of_kinds(("create", "config")), transfers,
             periods))
@@ -150,7 +152,7 @@ def _order(name: object) -> tuple[bool, str]:
 
 def _check_config(store: Store, level: LevelState) -> list[str]:
     """`check_config` on the level's settings rows, streamed (inside the audit's snapshot)."""
-    rows = store.ledger_stream(level=level.name, kinds=CONFIG_KINDS)
+    rows = store.ledger_stream(level=level.name, kinds=CONFIG_KINDS, keep_unread=True)
     try:
         return check_config(level, rows)
     finally:

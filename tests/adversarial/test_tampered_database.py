@@ -977,6 +977,21 @@ def test_a_retirement_whose_carried_detail_is_not_an_object_is_reported_once(
         NO_UPDATE_TRIGGER]
 
 
+@pytest.mark.parametrize(("kind", "level"), [("retire", "old"), ("transfer_in", "new")])
+def test_a_retirement_row_whose_detail_is_not_json_is_reported_once(
+        retired: JackpotEngine, kind: str, level: str) -> None:
+    # As a detail that is JSON of the wrong shape (above): told once, by the
+    # row; the level's carries, which what it moved leaves unknown, not
+    # checked. It once emptied every retirement row: both levels' carries were
+    # then found wrong, and the retired level's settings unreadable (its
+    # status row), whose detail they do not read.
+    tamper(retired, "DROP TRIGGER ledger_no_update")
+    tamper(retired, f"UPDATE ledger SET detail = '{{not json' WHERE kind = '{kind}'")
+    assert problems(retired) == [
+        f"{level}: {kind} row at version 3: unreadable carried fractions '{{not json'",
+        NO_UPDATE_TRIGGER]
+
+
 def test_an_unreadable_retirement_is_told_where_the_rates_cannot_be_read(
         retired: JackpotEngine) -> None:
     # The fractions are not checked at all (a create row cannot be read): the

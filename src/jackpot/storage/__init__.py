@@ -28,6 +28,7 @@ from jackpot.storage.base import (
     SerializationFailureError,
     Store,
     StoredOperation,
+    UnreadDetail,
 )
 from jackpot.storage.sqlite import SQLiteStore, StaleReadError
 
@@ -44,6 +45,7 @@ __all__ = [
     "StaleReadError",
     "Store",
     "StoredOperation",
+    "UnreadDetail",
     "is_database_url",
     "open_store",
 ]

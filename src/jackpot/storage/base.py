@@ -52,6 +52,7 @@ __all__ = [
     "SerializationFailureError",
     "Store",
     "StoredOperation",
+    "UnreadDetail",
     "UnreadableRowError",
 ]
 
@@ -116,6 +117,7 @@ class LedgerRow:
     at_ms: int
     who: str | None
     detail: dict[str, Any] | None
+    """As written (JSON); for the audit, where asked, an `UnreadDetail` (see `ledger_row`)."""
 
 
 class LedgerFigures(NamedTuple):
@@ -568,8 +570,26 @@ def _adds_up_exactly(figures: list[Any]) -> bool:
                                        + f["reserve_transferred"]))
 
 
-def ledger_row(row: tuple[Any, ...]) -> LedgerRow:
-    """Rebuild a ledger row from the columns of `LedgerRow`, in order."""
+class UnreadDetail(str):
+    """A ledger row's detail that is not JSON, kept as its text (`ledger_row(keep_unread=True)`).
+
+    For the audit: a check that reads the detail tells it (raising `error`,
+    or as a detail of no shape it reads); one that needs only the row's kind
+    goes on.
+    """
+
+    __slots__ = ("error",)
+    error: UnreadableRowError
+
+
+def ledger_row(row: tuple[Any, ...], *, keep_unread: bool = False) -> LedgerRow:
+    """Rebuild a ledger row from the columns of `LedgerRow`, in order.
+
+    Raises:
+        UnreadableRowError: its detail is not JSON (unless `keep_unread`: then
+            its detail is an `UnreadDetail`).
+
+    """
     values = dict(zip(LedgerRow.__dataclass_fields__, row, strict=True))
     if values["detail"] is not None:
         try:
@@ -577,7 +597,11 @@ def ledger_row(row: tuple[Any, ...]) -> LedgerRow:
         except (ValueError, RecursionError):
             msg = (f"ledger row {values['seq']}: its detail {values['detail'][:80]!r} is not "
                    "what the engine writes (a damaged or tampered database)")
-            raise UnreadableRowError(msg) from None
+            if not keep_unread:
+                raise UnreadableRowError(msg) from None
+            unread = UnreadDetail(values["detail"])
+            unread.error = UnreadableRowError(msg)
+            values["detail"] = unread
     return LedgerRow(**values)
 
 
@@ -736,32 +760,34 @@ class Store(ABC):
 
     # -- audit -------------------------------------------------------------------
 
-    def ledger_stream(self, *, level: str, kinds: tuple[str, ...]
+    def ledger_stream(self, *, level: str, kinds: tuple[str, ...], keep_unread: bool = False,
                       ) -> Generator[LedgerRow, None, None]:
         """Yield the level's ledger rows of `kinds`, oldest first, streamed where the backend can.
 
         For the audit: a level's wins and hits may number millions, and
-        `ledger()` would hold them all at once.
+        `ledger()` would hold them all at once. `keep_unread`: as `ledger_row`'s.
         """
         p = self._PARAM
         sql = (f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger "
                f"WHERE level = {p} AND kind IN ({', '.join([p] * len(kinds))}) ORDER BY seq")
         for row in self._stream(sql, (level, *kinds)):
-            yield ledger_row(row)
+            yield ledger_row(row, keep_unread=keep_unread)
 
-    def ledger_of_kinds(self, kinds: tuple[str, ...]) -> list[LedgerRow]:
+    def ledger_of_kinds(self, kinds: tuple[str, ...], *, keep_unread: bool = False,
+                        ) -> list[LedgerRow]:
         """Return every level's ledger rows of `kinds`, oldest first (as `ledger(kinds=...)`).
 
         For the audit: the few rows of those kinds are looked up level by level
         in the (level, kind, seq) index (`_EACH_LEVEL`), not found by reading
-        the whole ledger.
+        the whole ledger. `keep_unread`: as `ledger_row`'s.
         """
         p = self._PARAM
         columns = ", ".join(f"l.{c}" for c in LedgerRow.__dataclass_fields__)
         sql = (f"{_EACH_LEVEL}SELECT {columns} FROM {_OF_KINDS} "
                f"WHERE {_AT_EACH_LEVEL}l.kind IN ({', '.join([p] * len(kinds))}) "
                "ORDER BY l.seq")
-        return [ledger_row(row) for row in self._exec(self._of_kinds(sql), kinds)]
+        return [ledger_row(row, keep_unread=keep_unread)
+                for row in self._exec(self._of_kinds(sql), kinds)]
 
     def _of_kinds(self, sql: str) -> str:
         """Return `sql`, a query through `_EACH_LEVEL`; its whole-ledger form if a row has no level.
