@@ -469,6 +469,18 @@ def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
              f"detail {detail!r} is no bet's (a damaged or tampered database; read as no bet)")]
 
 
+@pytest.mark.parametrize("column", ["adjusted", "paid", "balance_after"])
+def test_a_forged_null_amount_is_a_row_that_does_not_add_up(pg_target: str,
+                                                            column: str) -> None:
+    # (A comparison with NULL is never true: the row once passed its check.)
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        engine.contribute(Decimal(10), groups="minor", op_id="b2")
+        _tamper(pg_target, "ledger", f"ALTER TABLE ledger ALTER COLUMN {column} DROP NOT NULL")
+        _tamper(pg_target, "ledger", f"UPDATE ledger SET {column} = NULL WHERE op_id = 'b2'")
+        assert engine.verify().problems == ["minor: ledger row 5 (version 3) does not add up"]
+
+
 def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
         pg_target: str) -> None:
     # The audit looks hits up level by level: a row whose level is NULL (its
