@@ -598,6 +598,31 @@ def test_the_hits_of_a_stored_bet_result_are_checked(tmp_path: Path) -> None:
         assert e.verify().problems == ["operation 'b1': its stored result is unreadable"]
 
 
+@pytest.mark.parametrize(("column", "found"), [
+    ("paid", ["mystery: meter won is 10.000001, ledger says 0.000000",
+              "mystery: ledger row 3 (version 3) does not add up"]),
+    ("balance_after", ["mystery: ledger row 3 (version 3) does not add up"])])
+def test_a_null_amount_of_a_hit_is_told_by_its_row_not_as_unreadable_stored_results(
+        tmp_path: Path, column: str, found: list[str]) -> None:
+    # Once int(None): "stored results cannot be read", and no stored result
+    # checked. A NULL amount is told by its row and compared with nothing.
+    levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
+                          must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal("0.00001"), op_id="b1")  # one hit (as above)
+        without_strict(e, "ledger")
+        past_trigger(e, "ledger_no_update", f"UPDATE ledger SET {column} = NULL "
+                     "WHERE kind = 'hit'", ())
+        assert problems(e) == found
+        # The hit's other figures are still compared.
+        rewrite_result(e, "b1", lambda r: r["hits"][0].update(winner="mallory"))
+        assert problems(e) == [*found, (
+            "operation 'b1': its stored result lists hits [mystery v3 10.000001 to mallory], "
+            "the ledger has "
+            f"[mystery v3 {'?' if column == 'paid' else '10.000001'}]")]
+
+
 @pytest.mark.parametrize(("change", "problem"), [
     (lambda r: r.update(winner="mallory"),
      "its stored result says the winner is 'mallory', the ledger 'alice'"),

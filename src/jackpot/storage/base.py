@@ -934,16 +934,19 @@ class Store(ABC):
                 kinds[r[4]] = frozenset(("NULL",) if r[5] is None else r[5].split(","))
             yield RecordedResult(op_id, r[1], r[2], levels, kinds, r[3])
 
-    def recorded_hits(self) -> dict[str, list[tuple[str, int, int, int, str | None]]]:
+    def recorded_hits(self,
+                      ) -> dict[str, list[tuple[str, int, int | None, int | None, str | None]]]:
         """Return, per recorded op_id, its hits: (level, version, paid, balance after, winner).
 
-        In the ledger's order, which is the order of the bet's result.
+        In the ledger's order, which is the order of the bet's result. None: a
+        NULL amount (as in `LedgerFigures`).
         """
-        out: dict[str, list[tuple[str, int, int, int, str | None]]] = {}
+        out: dict[str, list[tuple[str, int, int | None, int | None, str | None]]] = {}
         rows = self._exec(self._of_kinds(_RECORDED_HITS))
         for op_id, level, version, paid, balance, who in rows:
             out.setdefault(op_id, []).append(
-                (level, int(version), int(paid), int(balance), who))
+                (level, int(version), None if paid is None else int(paid),
+                 None if balance is None else int(balance), who))
         return out
 
     def recorded_details(self) -> dict[str, RecordedDetail]:
