@@ -53,6 +53,8 @@ Hit = tuple[str, int, int | None, int | None, str | None]
 
 None: a NULL amount (told by its row), which a stored result is not compared with."""
 Hits = Mapping[str, list[Hit]]
+BalancesAt = Callable[[list[tuple[str, int]]], dict[tuple[str, int], int | None]]
+"""`Store.balances_at`: the balance after each (level, version); None: a NULL (not compared)."""
 
 
 def units_of(text: object) -> int | None:
@@ -69,7 +71,7 @@ def units_of(text: object) -> int | None:
 
 def check_results(records: Iterable[RecordedResult], hits: Hits,
                   details: Mapping[str, RecordedDetail],
-                  balances_at: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
+                  balances_at: BalancesAt,
                   ) -> list[str]:
     """Return a problem per stored result that the ledger contradicts (the first 20).
 
@@ -115,15 +117,16 @@ class _Found:
 
 
 def _check_skipped(skipped: list[Skipped],
-                   balances_at: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
+                   balances_at: BalancesAt,
                    found: _Found) -> None:
     held = balances_at(sorted({(level, version) for _, level, version, _, _ in skipped}))
     for op_id, level, version, balance, shown in skipped:
-        at = held.get((level, version))
-        if at is None:
+        if (level, version) not in held:
             found.add(op_id, f"its stored result shows {level} at version {version}, "
                              "which the ledger never had")
-        elif balance != at:
+            continue
+        at = held[level, version]
+        if at is not None and balance != at:  # (None: a NULL, told by its row)
             found.add(op_id, f"its stored result says {level} balance {shown} at version "
                              f"{version}, the ledger {from_units(at)}")
     skipped.clear()

@@ -882,6 +882,19 @@ def test_a_skipped_level_s_view_is_checked_against_the_ledger(
          "never had")]
 
 
+def test_a_null_balance_a_skipped_level_s_view_shows_is_told_by_its_row(
+        skipping: JackpotEngine) -> None:
+    # Once int(None): "stored results cannot be read", and none checked.
+    without_strict(skipping, "ledger")
+    past_trigger(skipping, "ledger_no_update", "UPDATE ledger SET balance_after = NULL "
+                 "WHERE op_id = 'big' AND level = 'major'", ())
+    rewrite_result(skipping, "small6", lambda r: r["versions"].update(major=99))
+    assert problems(skipping) == [
+        "major: ledger row 3 (version 2) does not add up",
+        ("operation 'small6': its stored result shows major at version 99, which the ledger "
+         "never had")]
+
+
 @pytest.mark.parametrize("version", ["2", 0, 2**63, 10**30])
 def test_a_skipped_level_s_version_that_is_not_a_version_is_unreadable(
         skipping: JackpotEngine, version: object) -> None:

@@ -955,9 +955,12 @@ class Store(ABC):
         return {op_id: RecordedDetail(level, kind, who, detail)
                 for op_id, level, kind, who, detail in rows}
 
-    def balances_at(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """Return the balance after each (level, version) that has a ledger row."""
-        out: dict[tuple[str, int], int] = {}
+    def balances_at(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """Return the balance after each (level, version) that has a ledger row.
+
+        None: a NULL balance (as in `LedgerFigures`).
+        """
+        out: dict[tuple[str, int], int | None] = {}
         p = self._PARAM
         for start in range(0, len(keys), _BALANCES_CHUNK):
             chunk = keys[start:start + _BALANCES_CHUNK]
@@ -966,7 +969,8 @@ class Store(ABC):
                    f"JOIN (VALUES {values}) AS k ON l.level = k.column1 "
                    "AND l.version_after = k.column2")
             params = tuple(v for key in chunk for v in key)
-            out.update(((level, int(v)), int(b)) for level, v, b in self._exec(sql, params))
+            out.update(((level, int(v)), None if b is None else int(b))
+                       for level, v, b in self._exec(sql, params))
         return out
 
     def split_hit_winners(self, limit: int = 20) -> list[str]:
