@@ -62,7 +62,7 @@ from jackpot.errors import (
     shown,
 )
 from jackpot.health import HealthReport, assess, redact
-from jackpot.logs import log_failure, log_refusal, log_success, log_withdrawn
+from jackpot.logs import log_failure, log_refusal, log_success
 from jackpot.metrics import PrometheusObserver
 from jackpot.requests import Requests, draw
 from jackpot.results import (
@@ -1040,11 +1040,8 @@ class JackpotEngine:
             # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
             # request was queued or running: it goes on without its caller.
             # Its real outcome is reported when it comes, not as an error now.
-            if not queued:  # never sent: nothing to count
-                outcome = ""
-                after_the_fact(log_withdrawn, op)
-            elif self._report_when_answered(op, queued[-1], started):
-                outcome = ""  # reported (and counted, if it was sent) when it ends
+            if not queued or self._report_when_answered(op, queued[-1], started):
+                outcome = ""  # never sent (nothing to count), or counted when it ends
             raise
         else:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
@@ -1079,17 +1076,9 @@ class JackpotEngine:
         return True
 
     def _report_answer(self, op: Operation, ticket: Ticket, started: float) -> None:
-        """Wait for `op`'s outcome as its caller would have, then log and count it.
-
-        A request its caller never got into the mailbox is withdrawn and told
-        as such, not counted: no actor ever saw it (nor will: it is abandoned).
-        """
+        """Wait for `op`'s outcome as its caller would have, then log and count it."""
         outcome = "error"
         try:
-            if self._withdrawn_unsent(op, ticket):
-                outcome = ""  # nothing to count
-                after_the_fact(log_withdrawn, op)
-                return
             try:
                 result = self._wait(op, ticket)
             except pykka.ActorDeadError as e:
@@ -1107,21 +1096,10 @@ class JackpotEngine:
             after_the_fact(log_success, op, outcome, result)
         finally:
             try:
-                if outcome:
-                    after_the_fact(self.stats.operation, op.kind, outcome,
-                                   time.perf_counter() - started)
+                after_the_fact(self.stats.operation, op.kind, outcome,
+                               time.perf_counter() - started)
             finally:
                 self._leave()
-
-    def _withdrawn_unsent(self, op: Operation, ticket: Ticket) -> bool:
-        """Withdraw `ticket` if its interrupted caller never queued it; True if withdrawn.
-
-        Its caller is gone, so it can no longer be queued: neither in the
-        mailbox now nor being taken from it, it never was queued, or an actor
-        claimed it. Abandoning it settles which (a claimed one is not).
-        """
-        level = op.names[0] if len(op.names) == 1 else None
-        return not self._mailboxes[level].holds(ticket) and ticket.abandon()
 
     def _submit_with_restart(self, op: Operation, queued: list[Ticket]) -> Any:
         """Send `op` and wait for it (again once, to a replacement of a dead actor).

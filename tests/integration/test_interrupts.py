@@ -9,11 +9,8 @@ before the fix.
 
 from __future__ import annotations
 
-import logging
-import threading
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -178,101 +175,3 @@ def test_an_interrupt_as_a_call_starts_does_not_leave_it_in_flight(db_path: Path
         assert engine.stats.snapshot().get("operations:contribute:error") is None
     finally:
         engine.close()
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.said: list[tuple[str, str, object]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "op_id", None) == "bet-1":
-            self.said.append((record.levelname, record.getMessage(),
-                              getattr(record, "outcome", None)))
-
-
-@pytest.mark.parametrize("where", ["as it starts", "before it is queued"])
-def test_a_request_whose_caller_is_interrupted_before_it_is_sent_is_told_as_withdrawn(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """Before: "before it is queued", its report waited the lock timeout for a request
-    that was never queued, then logged and counted a lock timeout (WARNING, health's
-    timeout rate) though the caller had simply given up; "as it starts": not told at all."""
-    engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=1000))
-    if where == "as it starts":
-        engine._own = _InterruptedCount()  # type: ignore[assignment]
-    else:
-        put = Mailbox.put
-
-        def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
-            if op.op_id == "bet-1":  # Ctrl-C lands before the request is queued
-                raise KeyboardInterrupt
-            return put(self, ticket, op)
-
-        monkeypatch.setattr(Mailbox, "put", interrupted_put)
-    heard = _Records()
-    log = logging.getLogger("jackpot")
-    log.addHandler(heard)
-    try:
-        thread, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="bet-1"))
-        thread.join(HANG)
-        assert isinstance(out[0], KeyboardInterrupt)
-        engine.close(timeout=HANG)  # once the interrupted call's report is done
-    finally:
-        log.removeHandler(heard)
-    assert heard.said == [
-        ("INFO", ("contribute bet-1 withdrawn: its caller was interrupted before the request "
-                  "was taken up; nothing was changed"), "interrupted")]
-    snapshot = engine.stats.snapshot()
-    assert [k for k in snapshot if k.startswith("operations:")] == []  # nothing counted
-    assert snapshot["lock_timeouts"] == 0
-    assert engine.stats.recent() == []  # nor judged by health
-    monkeypatch.undo()
-    with JackpotEngine.open(db_path) as again:
-        assert not again.contribute("10", groups="minor", op_id="bet-1").replayed
-
-
-def test_a_request_sent_as_its_caller_is_interrupted_is_not_withdrawn_as_it_is_taken(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sent, then taken by the actor but not claimed yet: the report must not take it for
-    one never queued (withdrawn, the request would be dropped though it was sent)."""
-    engine = JackpotEngine.open(db_path)
-    sent: list[Ticket] = []
-    claiming, checked = threading.Event(), threading.Event()
-    put, claim = Mailbox.put, Ticket.claim
-    withdrawn_unsent = engine._withdrawn_unsent
-    told: list[bool] = []
-
-    def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
-        wake = put(self, ticket, op)
-        if op.op_id == "bet-1":  # Ctrl-C lands as put returns: queued, a wake-up follows
-            sent.append(ticket)
-            raise KeyboardInterrupt
-        return wake
-
-    def held_claim(self: Ticket, owner: Any) -> bool:
-        if self in sent:  # taken from the mailbox; the report looks now
-            claiming.set()
-            assert checked.wait(HANG)
-        return claim(self, owner)
-
-    def withdrawn_after_the_take(op: Operation, ticket: Ticket) -> bool:
-        assert claiming.wait(HANG)
-        told.append(withdrawn_unsent(op, ticket))
-        checked.set()
-        return told[-1]
-
-    monkeypatch.setattr(Mailbox, "put", interrupted_put)
-    monkeypatch.setattr(Ticket, "claim", held_claim)
-    monkeypatch.setattr(engine, "_withdrawn_unsent", withdrawn_after_the_take)
-    try:
-        thread, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="bet-1"))
-        thread.join(HANG)
-        assert isinstance(out[0], KeyboardInterrupt)
-    finally:
-        engine.close(timeout=HANG)  # once the interrupted call's report is done
-        checked.set()
-    assert told == [False]
-    assert engine.stats.snapshot().get("operations:contribute:ok") == 1
-    monkeypatch.undo()
-    with JackpotEngine.open(db_path) as again:
-        assert again.contribute("10", groups="minor", op_id="bet-1").replayed

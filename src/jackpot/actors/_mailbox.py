@@ -32,10 +32,6 @@ class Mailbox:
         """Create an empty mailbox; a batch holds at most `max_batch` requests."""
         self._lock = threading.Lock()
         self._items: deque[tuple[Ticket, Operation]] = deque()
-        # Taken by the actor (its only consumer), not yet claimed: still
-        # "here" for `holds`, or an interrupted caller's report could withdraw
-        # a request that was sent.
-        self._taking: list[tuple[Ticket, Operation]] = []
         self._awake = False
         self.max_batch = max_batch
 
@@ -48,15 +44,6 @@ class Mailbox:
             self._awake = True
             return True
 
-    def holds(self, ticket: Ticket) -> bool:
-        """Say whether `ticket`'s request waits here, or is being taken (not claimed yet).
-
-        False: it was never queued, or it was claimed (`ticket.owner`) or
-        skipped as abandoned.
-        """
-        with self._lock:
-            return any(t is ticket for t, _ in (*self._items, *self._taking))
-
     def take(self) -> tuple[list[tuple[Ticket, Operation]], bool]:
         """Take the next batch; the flag says more remain (wake yourself again)."""
         with self._lock:
@@ -64,7 +51,6 @@ class Mailbox:
             batch = [self._items.popleft() for _ in range(n)]
             more = bool(self._items)
             self._awake = more
-            self._taking = batch
             return batch, more
 
     def claim_batch(self, wake_again: Callable[[], None], owner: pykka.ActorRef[Any]
@@ -75,12 +61,9 @@ class Mailbox:
         next without starving the other messages in its inbox.
         """
         batch, more = self.take()
-        try:
-            if more:
-                wake_again()
-            return [(t, op) for t, op in batch if t.claim(owner)]
-        finally:
-            self._taking = []
+        if more:
+            wake_again()
+        return [(t, op) for t, op in batch if t.claim(owner)]
 
     def claim_more(self, fits: Callable[[Operation], bool], room: int,
                    owner: pykka.ActorRef[Any]) -> list[tuple[Ticket, Operation]]:
@@ -101,11 +84,7 @@ class Mailbox:
                 else:
                     kept.append(item)
             self._items = kept
-            self._taking = taken
-        try:
-            return [(t, op) for t, op in taken if t.claim(owner)]
-        finally:
-            self._taking = []
+        return [(t, op) for t, op in taken if t.claim(owner)]
 
     def rewake(self) -> bool:
         """After an actor restart: True if requests wait and a wake-up is due."""
