@@ -175,3 +175,54 @@ def test_an_interrupt_as_a_call_starts_does_not_leave_it_in_flight(db_path: Path
         assert engine.stats.snapshot().get("operations:contribute:error") is None
     finally:
         engine.close()
+
+
+def test_an_interrupt_before_the_request_is_queued_reports_no_timeout(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: its report waited the queue timeout for a request never queued, then
+    counted and logged a lock timeout that never happened (health's lock rate)."""
+    engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=HANG * 1000))
+    try:
+        put = Mailbox.put
+
+        def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+            if op.op_id == "interrupted":  # Ctrl-C while it waits for the mailbox's lock
+                raise KeyboardInterrupt
+            return put(self, ticket, op)
+
+        monkeypatch.setattr(Mailbox, "put", interrupted_put)
+        with pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        monkeypatch.undo()
+        assert engine._inflight == 0  # nothing left to wait for
+        assert not engine.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        engine.close()
+    stats = engine.stats.snapshot()
+    assert stats["lock_timeouts"] == 0
+    assert stats["operations:contribute:ok"] == 1
+    assert [k for k in stats if k.startswith("operations:contribute:")] == [
+        "operations:contribute:ok"]
+
+
+def test_an_interrupt_while_a_dead_actor_is_replaced_reports_nothing(db_path: Path) -> None:
+    """Before: the first attempt, withdrawn from the dead actor, was waited for again
+    and logged and counted as a failure, though its caller was gone and nothing ran."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        engine._pools["minor"].actor_ref.stop()
+
+        def interrupted(op: Operation) -> None:  # Ctrl-C as the replacement starts
+            raise KeyboardInterrupt
+
+        engine._restart_before_resending = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        del engine._restart_before_resending
+        assert engine._inflight == 0
+        assert not engine.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        engine.close()
+    stats = engine.stats.snapshot()
+    assert [k for k in stats if k.startswith("operations:contribute:")] == [
+        "operations:contribute:ok"]

@@ -86,6 +86,20 @@ class Mailbox:
             self._items = kept
         return [(t, op) for t, op in taken if t.claim(owner)]
 
+    def withdraw_unless_queued(self, ticket: Ticket) -> bool:
+        """Withdraw `ticket` if it does not wait here; True if it will never run.
+
+        For a caller interrupted (Ctrl-C) around its `put`: a request that
+        never reached the mailbox, or was withdrawn already (a first attempt
+        whose actor had stopped), has no outcome to wait for; waiting would
+        end in a "not started" timeout that never happened. One still queued
+        goes on (False), and so does one an actor has claimed.
+        """
+        with self._lock:
+            if any(t is ticket for t, _ in self._items):
+                return ticket.abandoned
+        return ticket.abandon()
+
     def rewake(self) -> bool:
         """After an actor restart: True if requests wait and a wake-up is due."""
         with self._lock:

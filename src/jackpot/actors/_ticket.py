@@ -67,6 +67,11 @@ class Ticket:
                 self._notify = None  # never settled now: drop the way back to the caller
             return self._state == "abandoned"
 
+    @property
+    def abandoned(self) -> bool:
+        """Whether the request was abandoned (it will never run)."""
+        return self._state == "abandoned"
+
     def settle(self, result: Any, error: BaseException | None) -> None:
         """Deliver the outcome to the waiting caller (once)."""
         self._result, self._error = result, error
