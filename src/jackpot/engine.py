@@ -1040,7 +1040,7 @@ class JackpotEngine:
             # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
             # request was queued or running: it goes on without its caller.
             # Its real outcome is reported when it comes, not as an error now.
-            if (not queued or self._withdrawn(op, queued[-1])
+            if (not queued or queued[-1].withdraw_unsent()
                     or self._report_when_answered(op, queued[-1], started)):
                 outcome = ""  # never sent (nothing to count), or counted when it ends
             raise
@@ -1056,16 +1056,6 @@ class JackpotEngine:
             finally:
                 own.n = before
                 self._leave()
-
-    def _withdrawn(self, op: Operation, ticket: Ticket) -> bool:
-        """Whether `op`'s request, its caller interrupted, will never run (see `_submit`).
-
-        Interrupted before its request was queued (or while a dead actor was
-        replaced): nothing changed and nothing will, so there is no outcome
-        to wait for and report.
-        """
-        level = op.names[0] if len(op.names) == 1 else None
-        return self._mailboxes[level].withdraw_unless_queued(ticket)
 
     def _report_when_answered(self, op: Operation, ticket: Ticket, started: float) -> bool:
         """Log and count `op`'s outcome from a thread of its own, once it is known.

@@ -9,8 +9,10 @@ before the fix.
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,3 +228,38 @@ def test_an_interrupt_while_a_dead_actor_is_replaced_reports_nothing(db_path: Pa
     stats = engine.stats.snapshot()
     assert [k for k in stats if k.startswith("operations:contribute:")] == [
         "operations:contribute:ok"]
+
+
+def test_a_request_taken_but_not_yet_claimed_when_its_caller_is_interrupted_goes_on(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that was sent is never withdrawn (README), even one its actor has just
+    taken from the mailbox and not yet claimed: it is applied and counted once."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        taken, go = threading.Event(), threading.Event()
+        claim = Ticket.claim
+
+        def held_claim(self: Ticket, owner: Any) -> bool:
+            taken.set()
+            assert go.wait(HANG)
+            return claim(self, owner)
+
+        wait, caller = engine._wait, threading.get_ident()
+
+        def interrupted_wait(op: Operation, ticket: Ticket) -> Any:
+            if threading.get_ident() != caller:  # the report of its outcome
+                return wait(op, ticket)
+            assert taken.wait(HANG)  # taken from the mailbox, not yet claimed
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(Ticket, "claim", held_claim)
+        monkeypatch.setattr(engine, "_wait", interrupted_wait)
+        with pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        go.set()
+        monkeypatch.undo()
+        assert engine.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        engine.close()
+    stats = engine.stats.snapshot()
+    assert (stats["operations:contribute:ok"], stats["operations:contribute:replayed"]) == (1, 1)

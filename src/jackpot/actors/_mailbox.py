@@ -39,6 +39,7 @@ class Mailbox:
         """Queue a request; True if the caller must wake the actor."""
         with self._lock:
             self._items.append((ticket, op))
+            ticket.queued = True  # (after: an interrupt before it withdraws the request)
             if self._awake:
                 return False
             self._awake = True
@@ -85,20 +86,6 @@ class Mailbox:
                     kept.append(item)
             self._items = kept
         return [(t, op) for t, op in taken if t.claim(owner)]
-
-    def withdraw_unless_queued(self, ticket: Ticket) -> bool:
-        """Withdraw `ticket` if it does not wait here; True if it will never run.
-
-        For a caller interrupted (Ctrl-C) around its `put`: a request that
-        never reached the mailbox, or was withdrawn already (a first attempt
-        whose actor had stopped), has no outcome to wait for; waiting would
-        end in a "not started" timeout that never happened. One still queued
-        goes on (False), and so does one an actor has claimed.
-        """
-        with self._lock:
-            if any(t is ticket for t, _ in self._items):
-                return ticket.abandoned
-        return ticket.abandon()
 
     def rewake(self) -> bool:
         """After an actor restart: True if requests wait and a wake-up is due."""

@@ -33,7 +33,7 @@ class Ticket:
     """
 
     __slots__ = ("_claim", "_done", "_error", "_notify", "_result", "_settled", "_state",
-                 "owner")
+                 "owner", "queued")
 
     def __init__(self, notify: Notify | None = None) -> None:
         """Create an open ticket; `notify(result, error)` is called when served.
@@ -50,6 +50,7 @@ class Ticket:
         self._result: Any = None
         self._error: BaseException | None = None
         self.owner: pykka.ActorRef[Any] | None = None  # set once, by `claim`
+        self.queued = False  # set by `Mailbox.put`
 
     def claim(self, owner: pykka.ActorRef[Any]) -> bool:
         """Mark the request as being served by `owner`; False if the caller gave up."""
@@ -67,10 +68,17 @@ class Ticket:
                 self._notify = None  # never settled now: drop the way back to the caller
             return self._state == "abandoned"
 
-    @property
-    def abandoned(self) -> bool:
-        """Whether the request was abandoned (it will never run)."""
-        return self._state == "abandoned"
+    def withdraw_unsent(self) -> bool:
+        """Abandon the request unless a mailbox holds it; True if it will never run.
+
+        For a caller interrupted (Ctrl-C) around its send: a request never
+        queued, or already withdrawn (a first attempt whose actor had
+        stopped), has no outcome to wait for; waiting would end in a "not
+        started" timeout that never happened. One queued goes on (False).
+        """
+        if self.queued and self._state != "abandoned":
+            return False
+        return self.abandon()
 
     def settle(self, result: Any, error: BaseException | None) -> None:
         """Deliver the outcome to the waiting caller (once)."""
