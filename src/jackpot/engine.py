@@ -86,6 +86,7 @@ logger = logging.getLogger("jackpot")
 _MAX_HISTORY = 10_000
 _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor lives
 _SWEEP_INTERVAL_S = 0.1  # seconds between sweeps while close() waits for calls in flight
+_CALLER, _REPORTER = "caller", "reporter"  # who counts an interrupted call (`_submit`)
 
 
 
@@ -1027,6 +1028,7 @@ class JackpotEngine:
         own = self._own
         before = getattr(own, "n", 0)
         queued: list[Ticket] = []  # the request's ticket, as it is sent
+        reporter: list[str] | None = None  # set once handed to a reporting thread
         self._enter()
         try:  # at once: an interrupt before it would leave the call in flight for good
             own.n = before + 1
@@ -1040,44 +1042,57 @@ class JackpotEngine:
             # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
             # request was queued or running: it goes on without its caller.
             # Its real outcome is reported when it comes, not as an error now.
-            if (not queued or queued[-1].withdraw_unsent()
-                    or self._report_when_answered(op, queued[-1], started)):
-                outcome = ""  # never sent (nothing to count), or counted when it ends
+            if not queued or queued[-1].withdraw_unsent():
+                outcome = ""  # never sent, or never to run: nothing to count
+            else:
+                reporter = []
+                self._report_when_answered(op, queued[-1], started, reporter)
             raise
         else:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
             after_the_fact(log_success, op, outcome, result)
             return result
         finally:
-            try:  # the outcome is final: reporting it must not change it
-                if outcome:
-                    after_the_fact(self.stats.operation, op.kind, outcome,
-                                   time.perf_counter() - started)
-            finally:
-                own.n = before
-                self._leave()
+            own.n = before
+            # Handed to a reporting thread, unless a second interrupt stopped the
+            # hand-over before the thread claimed the call: the first to claim it
+            # counts it and ends it (`_report_when_answered`), never both.
+            if reporter is not None:
+                reporter.append(_CALLER)
+            if reporter is None or reporter[0] is _CALLER:
+                try:  # the outcome is final: reporting it must not change it
+                    if outcome:
+                        after_the_fact(self.stats.operation, op.kind, outcome,
+                                       time.perf_counter() - started)
+                finally:
+                    self._leave()
 
-    def _report_when_answered(self, op: Operation, ticket: Ticket, started: float) -> bool:
+    def _report_when_answered(self, op: Operation, ticket: Ticket, started: float,
+                              reporter: list[str]) -> None:
         """Log and count `op`'s outcome from a thread of its own, once it is known.
 
         Its caller was interrupted while waiting, but the request may still be
         applied: a win paid then must be logged and counted as paid, not as
-        an error. The request stays in flight meanwhile, so `close()` (and
-        the exit) waits for it within its bound. False if no thread could
-        start (the interpreter is shutting down): the caller counts it then.
-        """
-        with self._cond:
-            self._inflight += 1
-        try:
-            threading.Thread(target=self._report_answer, args=(op, ticket, started),
-                             name="jackpot-interrupted", daemon=True).start()
-        except RuntimeError:  # can't start new thread (at shutdown): it never ran
-            self._leave()
-            return False
-        return True
+        an error. The call stays in flight meanwhile, so `close()` (and the
+        exit) waits for it within its bound.
 
-    def _report_answer(self, op: Operation, ticket: Ticket, started: float) -> None:
+        Who counts the call and ends it is whoever appends to `reporter`
+        first (an append is atomic): the thread, or this method on its behalf
+        once the thread has started, or else the caller (`_submit`), when
+        another interrupt, or the interpreter's shutdown, stopped the thread
+        from starting or from claiming the call in time.
+        """
+        with contextlib.suppress(RuntimeError):  # can't start new thread (at shutdown)
+            threading.Thread(target=self._report_answer, args=(op, ticket, started, reporter),
+                             name="jackpot-interrupted", daemon=True).start()
+            reporter.append(_REPORTER)
+
+    def _report_answer(self, op: Operation, ticket: Ticket, started: float,
+                       reporter: list[str]) -> None:
         """Wait for `op`'s outcome as its caller would have, then log and count it."""
+        reporter.append(_REPORTER)
+        if reporter[0] is not _REPORTER:  # the caller counted it (see `_report_when_answered`)
+            return
         outcome = "error"
         try:
             try:

@@ -263,3 +263,64 @@ def test_a_request_taken_but_not_yet_claimed_when_its_caller_is_interrupted_goes
         engine.close()
     stats = engine.stats.snapshot()
     assert (stats["operations:contribute:ok"], stats["operations:contribute:replayed"]) == (1, 1)
+
+
+def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, *,
+                           started: bool) -> None:
+    """Interrupt a contribute as it waits, and again as its reporting thread starts.
+
+    `started`: the second interrupt lands once that thread has run to its
+    end (in `Thread.start`'s wait for it), else before the thread starts.
+    """
+    wait, caller = engine._wait, threading.get_ident()
+
+    def interrupted_wait(op: Operation, ticket: Ticket) -> Any:
+        if threading.get_ident() != caller:  # the report of its outcome
+            return wait(op, ticket)
+        raise KeyboardInterrupt
+
+    start = threading.Thread.start
+
+    def interrupted_start(self: threading.Thread) -> None:
+        if self.name == "jackpot-interrupted":
+            if started:
+                start(self)
+                self.join(HANG)
+            raise KeyboardInterrupt
+        start(self)
+
+    monkeypatch.setattr(engine, "_wait", interrupted_wait)
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        engine.contribute("10", groups="minor", op_id="interrupted")
+    monkeypatch.undo()
+
+
+def test_a_second_interrupt_as_the_report_starts_does_not_count_the_call_twice(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the reporting thread counted it ok, and its caller, interrupted in the
+    hand-over, counted it again, as an error."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        _interrupted_hand_over(engine, monkeypatch, started=True)
+        assert engine._inflight == 0
+        assert engine.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        engine.close()
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
+        ("operations:contribute:ok", 1), ("operations:contribute:replayed", 1)]
+
+
+def test_a_second_interrupt_before_the_report_starts_leaves_nothing_in_flight(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: counted in flight for good (every close() then waited its whole bound)."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        _interrupted_hand_over(engine, monkeypatch, started=False)
+        assert engine._inflight == 0
+    finally:
+        engine.close()
+    stats = engine.stats.snapshot()  # (counted by its caller, as it could not know)
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
+        ("operations:contribute:error", 1)]
