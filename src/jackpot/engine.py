@@ -62,7 +62,7 @@ from jackpot.errors import (
     shown,
 )
 from jackpot.health import HealthReport, assess, redact
-from jackpot.logs import log_failure, log_refusal, log_success
+from jackpot.logs import log_failure, log_refusal, log_success, log_withdrawn
 from jackpot.metrics import PrometheusObserver
 from jackpot.requests import Requests, draw
 from jackpot.results import (
@@ -1044,6 +1044,7 @@ class JackpotEngine:
             # Its real outcome is reported when it comes, not as an error now.
             if not queued or queued[-1].withdraw_unsent():
                 outcome = ""  # never sent, or never to run: nothing to count
+                after_the_fact(log_withdrawn, op)
             else:
                 reporter = []
                 self._report_when_answered(op, queued[-1], started, reporter)

@@ -37,7 +37,7 @@ from jackpot.service import Operation
 from jackpot.settings import LOG_LEVELS
 
 __all__ = ["FIELDS", "JSONFormatter", "OperationFields", "configure_logging", "log_failure",
-           "log_refusal", "log_success"]
+           "log_refusal", "log_success", "log_withdrawn"]
 
 logger = logging.getLogger("jackpot")
 
@@ -223,6 +223,16 @@ def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
                "" if traced or severity != logging.ERROR else
                " (traceback logged once a minute for this error)",
                exc_info=traced, extra={**_fields(op, outcome), "error": type(error).__name__})
+
+
+def log_withdrawn(op: Operation) -> None:
+    """Log a request withdrawn unsent because its caller was interrupted (Ctrl-C) as it sent it.
+
+    At INFO, like a refusal: it changed nothing, and the engine did not fail
+    it (no timeout, no error: it is not counted as an operation either).
+    """
+    logger.info("%s %s withdrawn: its caller was interrupted before the request was queued; "
+                "nothing was changed", op.kind, op.op_id, extra=_fields(op, "interrupted"))
 
 
 _TRACE_EVERY = 60.0  # seconds between two tracebacks of the same error

@@ -9,6 +9,7 @@ before the fix.
 
 from __future__ import annotations
 
+import logging
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -324,3 +325,41 @@ def test_a_second_interrupt_before_the_report_starts_leaves_nothing_in_flight(
     stats = engine.stats.snapshot()  # (counted by its caller, as it could not know)
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
         ("operations:contribute:error", 1)]
+
+
+@pytest.mark.parametrize("where", ["as it starts", "before it is queued"])
+def test_a_request_withdrawn_as_its_caller_is_interrupted_is_told_once_at_info(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Withdrawn unsent, it was told nowhere: an operator saw a bet neither applied nor refused."""
+    engine = JackpotEngine.open(db_path)
+    if where == "as it starts":
+        engine._own = _InterruptedCount()  # type: ignore[assignment]
+    else:
+        put = Mailbox.put
+
+        def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+            if op.op_id == "bet-1":  # Ctrl-C while it waits for the mailbox's lock
+                raise KeyboardInterrupt
+            return put(self, ticket, op)
+
+        monkeypatch.setattr(Mailbox, "put", interrupted_put)
+    said: list[tuple[str, str, object, object]] = []
+
+    class Heard(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append((record.levelname, record.getMessage(), getattr(record, "op_id", None),
+                         getattr(record, "outcome", None)))
+
+    heard = Heard()
+    log = logging.getLogger("jackpot")
+    log.addHandler(heard)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="bet-1")
+    finally:
+        log.removeHandler(heard)
+        engine.close(timeout=HANG)
+    assert said == [("INFO", ("contribute bet-1 withdrawn: its caller was interrupted before "
+                              "the request was queued; nothing was changed"), "bet-1",
+                     "interrupted")]
+    assert [k for k in engine.stats.snapshot() if k.startswith("operations:")] == []
