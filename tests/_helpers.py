@@ -27,6 +27,27 @@ if TYPE_CHECKING:
     import pytest
 
 
+def track_stores(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """Record every SQLiteStore opened and every close() called, from now on: (opened, closed)."""
+    from jackpot.storage import SQLiteStore  # noqa: PLC0415 - as the tests import it
+
+    opened: list[Any] = []
+    closed: list[Any] = []
+    init, close = SQLiteStore.__init__, SQLiteStore.close
+
+    def tracked_init(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    def tracked_close(self: SQLiteStore) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(SQLiteStore, "__init__", tracked_init)
+    monkeypatch.setattr(SQLiteStore, "close", tracked_close)
+    return opened, closed
+
+
 def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     """Run `target` in a started thread; its result or error lands in the list.
 

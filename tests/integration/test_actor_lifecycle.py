@@ -11,7 +11,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,14 @@ import pytest
 from prometheus_client import generate_latest
 
 import jackpot.engine
-from _helpers import crash_after_claiming, crash_once_claimed, in_thread, run_python
+from _helpers import (
+    crash_after_claiming,
+    crash_once_claimed,
+    in_thread,
+    pykka_debug_raising_on,
+    run_python,
+    track_stores,
+)
 from jackpot import (
     EngineClosedError,
     InsufficientFundsError,
@@ -78,15 +85,21 @@ def _pykka_logging_raises() -> Iterator[None]:
         log.removeFilter(raising)
 
 
+@pytest.mark.parametrize("raising", [_pykka_logging_raises,
+                                     lambda: pykka_debug_raising_on("Unregistered")],
+                         ids=["any line", "the Unregistered line at DEBUG"])
 def test_an_actor_that_cannot_start_is_told_though_logging_on_pykka_raises(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        db_path: Path, monkeypatch: pytest.MonkeyPatch,
+        raising: Callable[[], AbstractContextManager[None]]) -> None:
     """A failed `on_start` stops its actor without Pykka's log line.
 
     Raised to Pykka, the error was logged on the `pykka` logger before the
     actor was marked stopped: a raising filter there ended its thread with
     the actor still registered and alive. open() then waited out its
     timeouts, told "did not open their connections" instead of why, and
-    left the actors registered for ever.
+    left the actors registered for ever. And the actor was marked stopped
+    after Pykka's "Unregistered" line, without a `finally`: with that line
+    raising, the same.
     """
     JackpotEngine.open(db_path).close()
     before = set(pykka.ActorRegistry.get_all())
@@ -96,7 +109,7 @@ def test_an_actor_that_cannot_start_is_told_though_logging_on_pykka_raises(
         raise StorageError(msg)
 
     monkeypatch.setattr(SQLiteStore, "load_level", broken)
-    with _pykka_logging_raises(), pytest.raises(
+    with raising(), pytest.raises(
             StorageError, match=r"^the engine's actors could not start \(their error is logged\): "
                                 r"PoolActor \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
                                 r"StorageError: cannot load the level$"):
@@ -1261,20 +1274,7 @@ def test_an_actor_that_crashes_on_a_message_closes_its_connection(
     in this process for ever (an I/O error's latch, say, is lifted only once
     every connection to the file is closed), one more for every crash.
     """
-    opened: list[SQLiteStore] = []
-    closed: list[SQLiteStore] = []
-    init, close = SQLiteStore.__init__, SQLiteStore.close
-
-    def tracked_init(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        opened.append(self)
-
-    def tracked_close(self: SQLiteStore) -> None:
-        closed.append(self)
-        close(self)
-
-    monkeypatch.setattr(SQLiteStore, "__init__", tracked_init)
-    monkeypatch.setattr(SQLiteStore, "close", tracked_close)
+    opened, closed = track_stores(monkeypatch)
     engine = open_engine()
     engine.contribute(Decimal(10), groups=groups, op_id="before")
     take = Mailbox.take

@@ -22,18 +22,16 @@ import apsw
 import pykka
 import pytest
 
-from _helpers import in_thread, pykka_debug_raising_on, run_python
+from _helpers import in_thread, pykka_debug_raising_on, run_python, track_stores
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
     JackpotEngine,
     Settings,
-    StorageError,
     ValidationError,
 )
 from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
-from jackpot.storage import SQLiteStore
 
 HANG = 30  # seconds: only a hang waits this long
 
@@ -736,20 +734,7 @@ def test_close_closes_every_connection_though_pykkas_stop_logging_raises(
     reader and the other actors left open), or waited out its timeout for an
     actor whose thread had ended; either way the connections stayed open.
     """
-    opened: list[SQLiteStore] = []
-    closed: list[SQLiteStore] = []
-    init, close = SQLiteStore.__init__, SQLiteStore.close
-
-    def tracked_init(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        opened.append(self)
-
-    def tracked_close(self: SQLiteStore) -> None:
-        closed.append(self)
-        close(self)
-
-    monkeypatch.setattr(SQLiteStore, "__init__", tracked_init)
-    monkeypatch.setattr(SQLiteStore, "close", tracked_close)
+    opened, closed = track_stores(monkeypatch)
     before = set(pykka.ActorRegistry.get_all())
     engine = JackpotEngine.open(db_path)
     engine.contribute(Decimal(10), groups=("major", "minor"), op_id="bet")  # the WAL holds it
@@ -768,31 +753,6 @@ def test_close_closes_every_connection_though_pykkas_stop_logging_raises(
     assert not Path(f"{db_path}-wal").exists()
     with JackpotEngine.open(db_path) as again:
         assert again.pools()["minor"].version == 2  # (created, then the bet)
-
-
-def test_an_actor_that_cannot_start_stops_though_pykkas_unregister_log_raises(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failed `on_start` marks its actor stopped though Pykka's "Unregistered" line raises.
-
-    The actor was marked stopped after that line, without a `finally`: it
-    stayed alive for ever with its thread ended, and open() waited out its
-    timeout ("did not open their connections") instead of telling why.
-    """
-    JackpotEngine.open(db_path).close()
-    before = set(pykka.ActorRegistry.get_all())
-
-    def broken(self: SQLiteStore, name: str) -> None:
-        msg = "cannot load the level"
-        raise StorageError(msg)
-
-    monkeypatch.setattr(SQLiteStore, "load_level", broken)
-    with pykka_debug_raising_on("Unregistered"), pytest.raises(
-            StorageError, match=r"^the engine's actors could not start \(their error is logged\): "
-                                r"PoolActor \(urn:uuid:[-0-9a-f]+\) stopped while starting: "
-                                r"StorageError: cannot load the level$"):
-        JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
-                                                      retry_delay_ms=1))
-    assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
 
 
 # -- closing and interrupts: the log tells what happened -----------------------------

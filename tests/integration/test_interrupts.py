@@ -154,6 +154,18 @@ def test_a_wait_interrupted_as_it_took_the_outcome_leaves_it_there_for_the_next(
     assert ticket.outcome() == "result"
 
 
+def interrupt_put(monkeypatch: pytest.MonkeyPatch, op_id: str) -> None:
+    """Ctrl-C lands on `op_id`'s caller while it waits for the mailbox's lock (never queued)."""
+    put = Mailbox.put
+
+    def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+        if op.op_id == op_id:
+            raise KeyboardInterrupt
+        return put(self, ticket, op)
+
+    monkeypatch.setattr(Mailbox, "put", interrupted_put)
+
+
 class _InterruptedCount:
     """Stands in for the engine's per-thread call count; Ctrl-C lands as it is first set."""
 
@@ -186,14 +198,7 @@ def test_an_interrupt_before_the_request_is_queued_reports_no_timeout(
     counted and logged a lock timeout that never happened (health's lock rate)."""
     engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=HANG * 1000))
     try:
-        put = Mailbox.put
-
-        def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
-            if op.op_id == "interrupted":  # Ctrl-C while it waits for the mailbox's lock
-                raise KeyboardInterrupt
-            return put(self, ticket, op)
-
-        monkeypatch.setattr(Mailbox, "put", interrupted_put)
+        interrupt_put(monkeypatch, "interrupted")
         with pytest.raises(KeyboardInterrupt):
             engine.contribute("10", groups="minor", op_id="interrupted")
         monkeypatch.undo()
@@ -335,14 +340,7 @@ def test_a_request_withdrawn_as_its_caller_is_interrupted_is_told_once_at_info(
     if where == "as it starts":
         engine._own = _InterruptedCount()  # type: ignore[assignment]
     else:
-        put = Mailbox.put
-
-        def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
-            if op.op_id == "bet-1":  # Ctrl-C while it waits for the mailbox's lock
-                raise KeyboardInterrupt
-            return put(self, ticket, op)
-
-        monkeypatch.setattr(Mailbox, "put", interrupted_put)
+        interrupt_put(monkeypatch, "bet-1")
     said: list[tuple[str, str, object, object]] = []
 
     class Heard(logging.Handler):
