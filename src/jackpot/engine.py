@@ -417,7 +417,13 @@ class JackpotEngine:
         self._stopper: int | None = None  # the thread of that close()
         self._inflight = 0
         self._own = threading.local()  # .n: sync calls in flight in this thread; .reading
-        self._cond = threading.Condition()
+        # Taken with `with self._lock_state`, never `with self._cond`: the C lock's
+        # own __exit__ releases it, where Condition.__exit__ is Python, at whose
+        # start CPython may run a pending signal's handler (Ctrl-C): its
+        # KeyboardInterrupt would leave the lock held, and every later call
+        # (and close()) waiting for it for ever.
+        self._lock_state = threading.RLock()
+        self._cond = threading.Condition(self._lock_state)
         self._pid = os.getpid()
         # Called while close() waits for calls in flight: the asyncio engine's
         # sweep of answers stranded on event loops that closed (weak: the
@@ -435,7 +441,7 @@ class JackpotEngine:
         engine wrapped anew for every request would otherwise keep two dead
         references per wrapper for as long as it runs.
         """
-        with self._cond:
+        with self._lock_state:
             self._sweeps[:] = [r for r in self._sweeps if r() is not None]
             self._loop_calls[:] = [r for r in self._loop_calls if r() is not None]
             self._sweeps.append(weakref.WeakMethod(sweep))
@@ -581,7 +587,7 @@ class JackpotEngine:
             self._closed = True
             return
         if in_actor_thread(self.stats):
-            with self._cond:
+            with self._lock_state:
                 self._closed = True  # from now on, new calls are refused
             threading.Thread(target=self.close, args=(timeout,), name="jackpot-close",
                              daemon=True).start()
@@ -593,10 +599,10 @@ class JackpotEngine:
         late: list[str] = []
         left_in_flight = 0
         try:
-            with self._cond:
+            with self._lock_state:
                 self._closed = True  # from now on, new calls are refused
             left_in_flight = self._await_inflight(wait_limit)
-            with self._cond:
+            with self._lock_state:
                 # A close interrupted before this point (Ctrl-C while waiting) left
                 # everything running: a later close(), or the exit hook, finishes
                 # it. While another close() is stopping the actors, wait for it,
@@ -616,7 +622,7 @@ class JackpotEngine:
             self._shut = True
         finally:
             if mine:
-                with self._cond:
+                with self._lock_state:
                     self._stopping, self._stopper = False, None
                     self._cond.notify_all()
         if mine:
@@ -640,7 +646,7 @@ class JackpotEngine:
                 sweep = ref()
                 if sweep is not None:
                     sweep()
-            with self._cond:
+            with self._lock_state:
                 # Not for calls in flight in this very thread (a log handler
                 # closing the engine): they cannot end while this one waits.
                 if self._cond.wait_for(lambda: self._inflight <= own,
@@ -937,13 +943,13 @@ class JackpotEngine:
     def _enter(self) -> None:
         """Count an operation as in flight, so `close()` waits for it."""
         self._check_process()  # before the lock: a fork may have copied it held
-        with self._cond:
+        with self._lock_state:
             self._check_not_closed()
             self._inflight += 1
 
     def _leave(self) -> None:
         """Count an in-flight operation as done (after `_enter`)."""
-        with self._cond:
+        with self._lock_state:
             self._inflight -= 1
             if self._closed:
                 self._cond.notify_all()

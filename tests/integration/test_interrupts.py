@@ -361,3 +361,44 @@ def test_a_request_withdrawn_as_its_caller_is_interrupted_is_told_once_at_info(
                               "the request was queued; nothing was changed"), "bet-1",
                      "interrupted")]
     assert [k for k in engine.stats.snapshot() if k.startswith("operations:")] == []
+
+
+class _InterruptedExit(threading.Condition):
+    """Ctrl-C lands as a `with` block calls `__exit__`, before the lock is released.
+
+    CPython runs a pending signal's handler at the start of a Python-level
+    function, and `Condition.__exit__` is one: its KeyboardInterrupt leaves
+    the lock held.
+    """
+
+    armed = False
+
+    def __exit__(self, *exc: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        super().__exit__(*exc)
+
+
+def test_an_interrupt_as_the_engines_lock_is_released_wedges_no_later_call(
+        db_path: Path) -> None:
+    """Before: the lock stayed held by the interrupted thread; every other thread's
+    call (and close()) waited for it for ever."""
+    engine = JackpotEngine.open(db_path)
+    interrupted = _InterruptedExit(engine._cond._lock)  # type: ignore[attr-defined]
+    engine._cond = interrupted
+    thread: threading.Thread | None = None
+    try:
+        interrupted.armed = True
+        # (before: KeyboardInterrupt as the call entered, the lock left held)
+        assert not engine.contribute("10", groups="minor", op_id="first").replayed
+        interrupted.armed = False
+        thread, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="next"))
+        thread.join(HANG)
+        assert not thread.is_alive()
+        assert not out[0].replayed
+        assert engine._inflight == 0
+    finally:
+        interrupted.armed = False
+        if thread is None or not thread.is_alive():  # (else its lock is held for good)
+            engine.close(timeout=HANG)
