@@ -20,7 +20,7 @@ import apsw
 import pytest
 
 from backends.contract import WEAKENED_INDEXES
-from jackpot import GroupConfig, JackpotEngine, Settings
+from jackpot import GroupConfig, JackpotEngine, Settings, ValidationError
 from jackpot.storage import LedgerRow, Store
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -982,7 +982,10 @@ MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry
          "bets, rates and retirements leave -500000000000000"),
         bet_unread("major: ledger row 3 (version 2)", detail)])
       for detail in ('{"bet": 50000000x', '{"bet": 50000000]', '{"bet":50000000 }',
-                     '{"bet": 050000000}', '{"bet": 5 0000000}')),
+                     '{"bet": 050000000}', '{"bet": 5 0000000}',
+                     # Past the largest bet the engine takes (money.MAX_UNITS): once
+                     # read as a bet of 100000000000.000001, and not told.
+                     '{"bet": 100000000000000001}', '{"bet": 999999999999999999}')),
     # The part of a bet carried over from the level before, forged: told, once.
     ("kind = 'contribute' AND level = 'major'", '{"carried_over": 1}',
      ["major: meter bets is 1, ledger says 0",
@@ -997,6 +1000,24 @@ def test_a_ledger_detail_the_engine_never_wrote_is_reported_not_a_crash(
     tamper(engine, "DROP TRIGGER ledger_no_update")
     tamper(engine, f"UPDATE ledger SET detail = ? WHERE {where}", (detail,))
     assert problems(engine) == [*found, NO_UPDATE_TRIGGER]  # no exception
+
+
+def test_the_largest_bet_the_engine_takes_is_read_as_a_bet(tmp_path: Path) -> None:
+    # The other side of the bound above: a bet of money.MAX_UNITS (18 digits)
+    # is one the engine writes, and verify() reads it as one.
+    with JackpotEngine.open(tmp_path / "pools.db", LEVELS,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        with pytest.raises(ValidationError, match="beyond the engine's range"):
+            e.contribute(Decimal("100000000000.000001"), op_id="too-big")
+        e.contribute(Decimal(100_000_000_000), op_id="b1")
+        conn = apsw.Connection(e._path)
+        try:
+            details = conn.execute("SELECT detail FROM ledger WHERE kind = 'contribute'"
+                                   ).fetchall()
+        finally:
+            conn.close()
+        assert details == [('{"bet": 100000000000000000}',)] * 2
+        assert problems(e) == []
 
 
 @pytest.mark.parametrize(("kind", "detail", "level"), [

@@ -451,7 +451,9 @@ def test_the_audit_streams_stored_results_through_a_server_side_cursor(
     '{"bet": "x"}', '{"bet": " 1e6"}', '{"bet": 99999999999999999999}',
     # Digits and a space (once cast, and refused by PostgreSQL); no closing
     # brace (once read as a bet of 10).
-    '{"bet": 1 0000000}', '{"bet": 10000000x'])
+    '{"bet": 1 0000000}', '{"bet": 10000000x',
+    # Past the largest bet the engine takes (money.MAX_UNITS): once read as a bet.
+    '{"bet": 100000000000000001}'])
 def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
                                                                detail: str) -> None:
     with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:

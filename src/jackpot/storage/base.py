@@ -37,6 +37,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import StorageError
+from jackpot.money import MAX_UNITS
 from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS
 
 __all__ = [
@@ -192,16 +193,22 @@ class LedgerTotals:
 
 # The bet of a ledger row: only a bet's first row records it, as detail
 # '{"bet": <units>}' (written by `to_json`, so always in exactly that form: 1
-# to 18 digits, the first not 0); 0 for any other row. Read with substr and
-# CAST, the same text on every backend, and only in that form: anything else
-# (another key after it, text after the digits, spaces, a leading 0) is no bet
-# the engine wrote. Only digits are cast (PostgreSQL raises on anything else,
-# which would stop the whole audit), and no substr is given a length that may
-# be negative (PostgreSQL raises on that too, whatever order it tests the
-# conditions in): a tampered bet detail adds 0, and the wagered meter's check
-# reports the difference, as `UNREAD_BET` reports the row.
-_BET_READ = ("length(detail) BETWEEN 10 AND 27 AND substr(detail, 1, 8) = '{\"bet\": ' "
-             "AND substr(detail, 9, 1) != '0' AND ltrim(substr(detail, 9), '0123456789') = '}'")
+# to 18 digits, the first not 0, at most `money.MAX_UNITS`, the largest bet
+# `parse_amount` takes); 0 for any other row. Read with substr and CAST, the
+# same text on every backend, and only in that form: anything else (another
+# key after it, text after the digits, spaces, a leading 0, a bet past
+# MAX_UNITS) is no bet the engine wrote. Only digits are cast (PostgreSQL
+# raises on anything else, which would stop the whole audit), and no substr is
+# given a length that may be negative (PostgreSQL raises on that too, whatever
+# order it tests the conditions in): a tampered bet detail adds 0, and the
+# wagered meter's check reports the difference, as `UNREAD_BET` reports the
+# row. (MAX_UNITS is a power of 10: every other number of as many digits is
+# past it, so a detail of that length is a bet only if it is MAX_UNITS's.)
+_MAX_BET = f'{{"bet": {MAX_UNITS}}}'
+_BET_READ = (f"length(detail) BETWEEN 10 AND {len(_MAX_BET)} "
+             "AND substr(detail, 1, 8) = '{\"bet\": ' "
+             "AND substr(detail, 9, 1) != '0' AND ltrim(substr(detail, 9), '0123456789') = '}' "
+             f"AND (length(detail) < {len(_MAX_BET)} OR detail = '{_MAX_BET}')")
 LEDGER_BET = (f"CASE WHEN kind = 'contribute' AND {_BET_READ} "
               "THEN CAST(substr(detail, 9, length(detail) - 9) AS BIGINT) ELSE 0 END")
 _NOT_CARRIED = "(detail IS NULL OR detail != '{\"carried_over\": true}')"
