@@ -944,7 +944,8 @@ def bet_unread(where: str, detail: str) -> str:
     return (f"{where} cannot be read as the engine writes it: its detail {detail[:80]!r} is "
             "no bet's (a damaged or tampered database; read as no bet)")
 
-MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry)
+MINOR_BET_UNREAD = [  # (its bet read as none: no bet, nothing wagered, nothing to carry)
+    "minor: meter bets is 1, ledger says 0",
     "minor: meter wagered is 50.000000, ledger says 0.000000",
     ("minor: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
      "rates and retirements leave -5000000000000000"),
@@ -952,6 +953,8 @@ MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry
      "rates and retirements leave -500000000000000")]
 
 
+# A bet row read as no bet is no bet for the bets meter either: it once counted
+# every detail that starts '{"bet":', so that only the wagered meter differed.
 @pytest.mark.parametrize(("where", "detail", "found"), [
     ("kind = 'create' AND level = 'minor'", "{not json",
      [unreadable("rate and retirement", not_written("{not json")),
@@ -963,7 +966,8 @@ MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry
     ("kind = 'contribute' AND level = 'minor'", '{"bet": " 1e6"}',
      [*MINOR_BET_UNREAD, bet_unread("minor: ledger row 4 (version 2)", '{"bet": " 1e6"}')]),
     ("kind = 'contribute' AND level = 'major'", '{"bet": "x"}',
-     ["major: meter wagered is 50.000000, ledger says 0.000000",
+     ["major: meter bets is 1, ledger says 0",
+      "major: meter wagered is 50.000000, ledger says 0.000000",
       ("major: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
        "rates and retirements leave -500000000000000"),
       bet_unread("major: ledger row 3 (version 2)", '{"bet": "x"}')]),
@@ -972,12 +976,12 @@ MINOR_BET_UNREAD = [  # (its bet read as none: nothing wagered, nothing to carry
       unreadable("minor: settings", not_written(DEEP))]),
     # Too deep for SQL's JSON too: not even a bet.
     ("kind = 'contribute' AND level = 'minor'", DEEP,
-     ["minor: meter bets is 1, ledger says 0", *MINOR_BET_UNREAD,
-      bet_unread("minor: ledger row 4 (version 2)", DEEP)]),
+     [*MINOR_BET_UNREAD, bet_unread("minor: ledger row 4 (version 2)", DEEP)]),
     # Not exactly the '{"bet": <digits>}' the engine writes: once read as a bet
     # of 50 (or of 5), whatever followed the digits or stood between them.
     *(("kind = 'contribute' AND level = 'major'", detail,
-       ["major: meter wagered is 50.000000, ledger says 0.000000",
+       ["major: meter bets is 1, ledger says 0",
+        "major: meter wagered is 50.000000, ledger says 0.000000",
         ("major: the pool's carried fraction is 0 billionths of a unit, but the ledger's "
          "bets, rates and retirements leave -500000000000000"),
         bet_unread("major: ledger row 3 (version 2)", detail)])

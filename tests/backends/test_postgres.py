@@ -463,7 +463,8 @@ def test_a_forged_bet_detail_is_a_problem_not_an_aborted_audit(pg_target: str,
                 (detail,))
         report = engine.verify()  # no exception: the cast of a forged bet must not abort it
         assert not report.ok
-        assert report.problems == [  # (the forged bet read as none: nothing wagered or carried)
+        assert report.problems == [  # (the forged bet read as none: no bet, nothing wagered
+            "minor: meter bets is 2, ledger says 1",  # or carried)
             "minor: meter wagered is 20.000000, ledger says 10.000000",
             ("minor: the pool's carried fraction is 0 billionths of a unit, but the ledger's "
              "bets, rates and retirements leave -50000000000000"),

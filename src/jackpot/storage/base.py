@@ -217,10 +217,11 @@ UNREAD_BET = f"kind = 'contribute' AND ({LEDGER_BET}) = 0 AND {_NOT_CARRIED}"
 none of 0) nor the part of one carried over from the level before
 (`domain._add`): read as no bet, and told."""
 
-# meter -> SQL aggregate over a level's ledger rows (the same text on every backend)
+# meter -> SQL aggregate over a level's ledger rows (the same text on every backend).
+# The bets are the rows `LEDGER_BET` reads as bets, those whose bets `wagered`
+# sums: a row whose detail only starts like a bet's is none (told by `UNREAD_BET`).
 AUDIT_METER_SUMS = {
-    "bets": "SUM(CASE WHEN kind = 'contribute' AND substr(detail, 1, 7) = '{\"bet\":' "
-            "THEN 1 ELSE 0 END)",
+    "bets": f"SUM(CASE WHEN ({LEDGER_BET}) != 0 THEN 1 ELSE 0 END)",
     "wagered": f"SUM({LEDGER_BET})",
     "contributed": "SUM(contributed)",
     "overflow": "SUM(overflow)",
@@ -322,7 +323,7 @@ GROUP BY level, period
 _LEDGER_PASS = f"""
 SELECT level, period, COUNT(*), MIN(version_after), MAX(version_after), SUM(delta),
        SUM(reserve_delta), MIN(balance_after), MIN(reserve_after),
-       {", ".join(AUDIT_METER_SUMS.values()).replace(f"SUM({LEDGER_BET})", "SUM(bet)")},
+       {", ".join(AUDIT_METER_SUMS.values()).replace(LEDGER_BET, "bet")},
        SUM(CASE WHEN kind = 'contribute' THEN 1 ELSE 0 END),
        SUM(CASE WHEN kind = 'contribute' THEN overflow ELSE 0 END),
        SUM(CASE WHEN kind = 'contribute' AND bet = 0 AND {_NOT_CARRIED} THEN 1 ELSE 0 END),
