@@ -309,9 +309,10 @@ WHERE kind = 'contribute'
 """
 """Each bet row's level, rate period, bet and overflow (what `contributions_by_period` sums)."""
 _CONTRIBUTIONS_BY_PERIOD = f"""
-SELECT level, period, SUM(bet), SUM(overflow) FROM ({CONTRIBUTION_ROWS}) AS bets
+SELECT level, period, {{total}}(bet), {{total}}(overflow) FROM ({CONTRIBUTION_ROWS}) AS bets
 GROUP BY level, period
 """
+"""`{total}`: the aggregate that sums (not the window's SUM, which only counts periods)."""
 
 # `_LEDGER_TOTALS`, `_BROKEN_ROWS` (counted) and `_CONTRIBUTIONS_BY_PERIOD` in
 # one walk of the ledger in (level, version) order, grouped by level and rate
@@ -557,6 +558,18 @@ def _whole(value: Any) -> Any:
     show as what it is rather than fail on.
     """
     return int(value) if isinstance(value, (int, float, Decimal)) else value
+
+
+_NOT_SUMS = frozenset({0, 1, 2, 5, 6})
+"""The figures of a `_LEDGER_TOTALS` row (after its level) that are no sum: COUNT, MIN, MAX."""
+
+
+def _summed(value: Any) -> Any:
+    """Return a sum the ledger's SQL gave as `_whole` does; text is a whole sum's digits.
+
+    (An exact sum past 2**63 is no SQL integer: `SQLiteStore`'s comes as text.)
+    """
+    return int(value) if isinstance(value, str) else _whole(value)
 
 
 def _adds_up_exactly(figures: list[Any]) -> bool:
@@ -810,9 +823,13 @@ class Store(ABC):
 
     def ledger_totals(self) -> dict[str, LedgerTotals]:
         """Return, per level that has ledger rows, what its rows add up to."""
+        return self._ledger_totals("SUM")
+
+    def _ledger_totals(self, total: str) -> dict[str, LedgerTotals]:
+        """`ledger_totals`, its sums made by the aggregate function `total` (see `_summed`)."""
         out: dict[str, LedgerTotals] = {}
-        for level, *values in self._exec(_LEDGER_TOTALS):
-            n = [_whole(v) for v in values]
+        for level, *values in self._exec(_LEDGER_TOTALS.replace("SUM(", f"{total}(")):
+            n = [_whole(v) if i in _NOT_SUMS else _summed(v) for i, v in enumerate(values)]
             rows, vmin, vmax, delta, reserve_delta, low, low_reserve = n[:7]
             out[level] = LedgerTotals(rows, vmin, vmax, delta, reserve_delta, low, low_reserve,
                                       dict(zip(AUDIT_METER_SUMS, n[7:], strict=True)))
@@ -910,8 +927,13 @@ class Store(ABC):
         Period n runs from the level's n-th create or config row (by version)
         to the next; the rates of each are in that row's detail.
         """
+        return self._contributions_by_period("SUM")
+
+    def _contributions_by_period(self, total: str) -> dict[str, dict[int, tuple[int, int]]]:
+        """`contributions_by_period`, its sums made by the aggregate function `total`."""
         out: dict[str, dict[int, tuple[int, int]]] = {}
-        for level, period, bets, overflow in self._exec(_CONTRIBUTIONS_BY_PERIOD):
+        for level, period, bets, overflow in self._exec(
+                _CONTRIBUTIONS_BY_PERIOD.replace("{total}", total)):
             # (NULL: every bet of the period has a NULL overflow, a ledger rebuilt
             # without NOT NULL: as SUM leaves out a NULL, and its rows are told.)
             out.setdefault(level, {})[int(period)] = (int(bets), int(overflow or 0))

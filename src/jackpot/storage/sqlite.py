@@ -47,8 +47,6 @@ from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage._files import FileGuard, ReaderMark
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
-    AUDIT_METER_SUMS,
-    CONTRIBUTION_ROWS,
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
     BusyIncidentError,
@@ -782,12 +780,8 @@ class SQLiteStore(Store):
         except (apsw.SQLError, StorageError) as e:
             if not _sum_overflowed(e):
                 raise
-        sums: dict[str, dict[int, tuple[int, int]]] = {}
-        for level, period, bet, overflow in self._exec(CONTRIBUTION_ROWS):
-            periods = sums.setdefault(level, {})
-            bets, overflows = periods.get(period, (0, 0))
-            periods[period] = (bets + bet, overflows + overflow)
-        return sums
+        self.conn.create_aggregate_function("jackpot_exact_sum", _ExactSum, 1)
+        return self._contributions_by_period("jackpot_exact_sum")
 
     def recorded_results(self) -> Iterator[RecordedResult]:
         """Yield each recorded operation that has ledger rows, with what they say.
@@ -811,26 +805,11 @@ class SQLiteStore(Store):
                 yield result
 
     def _ledger_totals_exactly(self) -> dict[str, LedgerTotals]:
-        terms = [v.removeprefix("SUM(").removesuffix(")") for v in AUDIT_METER_SUMS.values()]
-        sql = (f"SELECT level, version_after, delta, reserve_delta, balance_after, "
-               f"reserve_after, {', '.join(terms)} FROM ledger")
-        acc: dict[str, list[int]] = {}
-        for level, version, delta, reserve_delta, balance, reserve, *meters in self._exec(sql):
-            a = acc.get(level)
-            if a is None:
-                acc[level] = [1, version, version, delta, reserve_delta, balance, reserve,
-                              *meters]
-                continue
-            a[0] += 1
-            a[1], a[2] = min(a[1], version), max(a[2], version)
-            a[3] += delta
-            a[4] += reserve_delta
-            a[5], a[6] = min(a[5], balance), min(a[6], reserve)
-            for i, value in enumerate(meters, start=7):
-                a[i] += value
-        return {level: LedgerTotals(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
-                                    dict(zip(AUDIT_METER_SUMS, a[7:], strict=True)))
-                for level, a in acc.items()}
+        # The same query with exact sums: its counts, minima and maxima are
+        # SQL's own, whatever a table rebuilt without STRICT and NOT NULL holds
+        # (a NULL, text), as the query that overflowed would have had them.
+        self.conn.create_aggregate_function("jackpot_exact_sum", _ExactSum, 1)
+        return self._ledger_totals("jackpot_exact_sum")
 
     def integrity_check(self) -> str:
         """Return 'ok' when SQLite's integrity_check passes and no trigger or index is missing."""
@@ -857,18 +836,23 @@ class SQLiteStore(Store):
 
 
 class _ExactSum:
-    """SUM without SQLite's 64-bit limit, for the audit of a ledger with a forged amount."""
+    """SUM without SQLite's 64-bit limit, for the audit of a ledger with a forged amount.
+
+    As SUM, it leaves out a NULL, and is NULL when every value was (a table
+    rebuilt without NOT NULL holds them); what is no number (text or a BLOB
+    in a table rebuilt without STRICT) is left out too.
+    """
 
     def __init__(self) -> None:
-        self.total: int | float = 0
+        self.total: int | float | None = None
 
     def step(self, *values: apsw.SQLiteValue) -> None:
         """Add one row's value (a REAL where SQLite's own arithmetic overflowed)."""
         (value,) = values
-        if isinstance(value, (int, float)):  # (STRICT INTEGER columns: nothing else comes)
-            self.total += value
+        if isinstance(value, (int, float)):
+            self.total = value if self.total is None else self.total + value
 
-    def final(self) -> str | float:
+    def final(self) -> str | float | None:
         """Return the sum; an int as text (past 2**63 it is no SQLite integer; int() reads it)."""
         return str(self.total) if isinstance(self.total, int) else self.total
 
