@@ -481,7 +481,10 @@ def test_a_forged_null_amount_is_a_row_that_does_not_add_up(pg_target: str,
         engine.contribute(Decimal(10), groups="minor", op_id="b2")
         _tamper(pg_target, "ledger", f"ALTER TABLE ledger ALTER COLUMN {column} DROP NOT NULL")
         _tamper(pg_target, "ledger", f"UPDATE ledger SET {column} = NULL WHERE op_id = 'b2'")
-        assert engine.verify().problems == ["minor: ledger row 5 (version 3) does not add up"]
+        assert engine.verify().problems == [
+            "minor: ledger row 5 (version 3) does not add up",
+            # (The dropped NOT NULL itself: once not reported.)
+            f"integrity_check: table ledger takes a NULL in column {column} (its NOT NULL is gone)"]
 
 
 def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
@@ -506,7 +509,8 @@ def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
             "minor: meter hits is 0, ledger says 1",
             "None: no such level, yet 1 ledger rows",
             "minor: ledger row 5 (version 9) does not add up",
-            "operation 'x': its hit rows name different winners: a bet has one player"]
+            "operation 'x': its hit rows name different winners: a bet has one player",
+            "integrity_check: table ledger takes a NULL in column level (its NOT NULL is gone)"]
 
 
 @pytest.mark.parametrize("stored", ["not json", "[" * 100_000 + "]" * 100_000])

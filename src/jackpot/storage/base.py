@@ -38,7 +38,7 @@ from typing import Any, ClassVar, NamedTuple
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import StorageError
 from jackpot.money import MAX_UNITS
-from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS
+from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS, NULLABLE
 
 __all__ = [
     "BusyIncidentError",
@@ -476,6 +476,36 @@ def index_problems(found: dict[str, IndexShape]) -> list[str]:
         elif shape.columns != columns or shape.partial:
             problems.append(f"index {name} is not on ({', '.join(columns)}) for every row")
     return problems
+
+
+def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str, str]],
+                        ) -> list[str]:
+    """Name each table rebuilt without STRICT, and its columns that lost their NOT NULL.
+
+    `not_strict`: the tables of `STRICT_TABLES` that are not (SQLite; none on
+    PostgreSQL, which has no such thing); `nullable`: (table, column) of
+    every column of the three tables that may be NULL, primary keys aside.
+    A tool that copies a table (or a hand-edited schema) can drop them: the
+    engine still writes what it always did, but the table then takes a
+    value of any type, or a NULL, that the engine never writes, and the
+    other checks can only find such values where they change a figure.
+    """
+    problems = [f"table {t} is not STRICT: it takes values of any type, not only those "
+                "of its columns" for t in sorted(not_strict)]
+    lost: dict[str, list[str]] = {}
+    for table, column in nullable:
+        if column not in NULLABLE[table]:
+            lost.setdefault(table, []).append(column)
+    for table, columns in sorted(lost.items()):
+        more = len(columns) - _COLUMNS_NAMED
+        named = f"{', '.join(columns[:_COLUMNS_NAMED])}{f' and {more} more' if more > 0 else ''}"
+        problems.append(f"table {table} takes a NULL in column {named} (its NOT NULL is gone)"
+                        if len(columns) == 1 else
+                        f"table {table} takes a NULL in columns {named} (their NOT NULL is gone)")
+    return problems
+
+
+_COLUMNS_NAMED = 3
 
 
 class UnreadableRowError(StorageError, ValueError):

@@ -110,6 +110,7 @@ from jackpot.storage.base import (
     SerializationFailureError,
     Store,
     StoredOperation,
+    constraint_problems,
     entry_values,
     index_problems,
     ledger_row,
@@ -117,7 +118,7 @@ from jackpot.storage.base import (
     level_values,
     stored_result,
 )
-from jackpot.storage.schema import POSTGRES_MIGRATIONS, POSTGRES_TRIGGERS
+from jackpot.storage.schema import NULLABLE, POSTGRES_MIGRATIONS, POSTGRES_TRIGGERS
 
 __all__ = ["PostgresStore"]
 
@@ -899,6 +900,12 @@ class PostgresStore(Store):
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "
             "AND NOT (i.indisvalid AND i.indisready)"))
+        problems.extend(constraint_problems((), ((r[0], r[1]) for r in self._exec(
+            "SELECT c.relname, a.attname FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull "
+            "ORDER BY c.relname, a.attnum", (list(NULLABLE),)))))
         return "; ".join(problems) or "ok"
 
 

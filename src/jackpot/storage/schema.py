@@ -12,8 +12,8 @@ breakdown per meter so the audit can rebuild every level from the ledger alone.
 
 from __future__ import annotations
 
-__all__ = ["INDEXES", "LEDGER_PARTS", "METERS", "MIGRATIONS", "POSTGRES_MIGRATIONS",
-           "POSTGRES_TRIGGERS", "SQLITE_TRIGGERS"]
+__all__ = ["INDEXES", "LEDGER_PARTS", "METERS", "MIGRATIONS", "NULLABLE", "POSTGRES_MIGRATIONS",
+           "POSTGRES_TRIGGERS", "SQLITE_TRIGGERS", "STRICT_TABLES"]
 
 METERS = ("bets", "wagered", "contributed", "overflow", "reserve_in", "house_funded",
           "reserve_funded", "won", "wins", "hits", "adjusted", "transferred",
@@ -214,3 +214,13 @@ The unique one makes a level's versions unique in its ledger; the other
 serves history and the audit. The integrity check reports one missing, or
 one of that name that is not what it should be (its columns, a WHERE).
 """
+
+STRICT_TABLES = ("levels", "ledger", "operations")
+"""The tables every schema version creates STRICT on SQLite (checked by the integrity check)."""
+
+NULLABLE = {"levels": frozenset({"trigger", "lock_holder", "cap", "min_bet", "max_contribution",
+                                 "must_hit_by"}),
+            "ledger": frozenset({"who", "detail"}),
+            "operations": frozenset[str]()}
+"""Per table, the only columns (beside a primary key) that the schema lets be NULL, on both
+backends and in every version; every other is NOT NULL (checked by the integrity check)."""

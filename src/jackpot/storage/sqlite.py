@@ -58,6 +58,7 @@ from jackpot.storage.base import (
     RecordedSQL,
     Store,
     StoredOperation,
+    constraint_problems,
     entry_values,
     index_problems,
     ledger_row,
@@ -66,7 +67,7 @@ from jackpot.storage.base import (
     stored_result,
     to_json,
 )
-from jackpot.storage.schema import MIGRATIONS, SQLITE_TRIGGERS
+from jackpot.storage.schema import MIGRATIONS, SQLITE_TRIGGERS, STRICT_TABLES
 
 __all__ = ["CATCH_UP_PAGES", "BusyIncidentError", "LedgerRow", "SQLiteStore", "StaleReadError",
            "StoredOperation"]
@@ -812,7 +813,10 @@ class SQLiteStore(Store):
         return self._ledger_totals("jackpot_exact_sum")
 
     def integrity_check(self) -> str:
-        """Return 'ok' when SQLite's integrity_check passes and no trigger or index is missing."""
+        """Return 'ok' when SQLite's integrity_check passes and nothing of the schema is missing.
+
+        Not a trigger, an index, nor a table's STRICT or NOT NULL (`constraint_problems`).
+        """
         problems = [str(r[0]) for r in self._exec("PRAGMA integrity_check")]
         if problems == ["ok"]:
             problems = []
@@ -825,6 +829,14 @@ class SQLiteStore(Store):
         if unique_op_id not in self._indexes("operations").values():
             problems.append("operations has no unique index on (op_id): an op_id could be "
                             "applied twice")
+        tables = ", ".join("?" * len(STRICT_TABLES))
+        problems.extend(constraint_problems(
+            (r[0] for r in self._exec("SELECT name FROM pragma_table_list "
+                                      f"WHERE schema = 'main' AND name IN ({tables}) "
+                                      "AND NOT strict", STRICT_TABLES)),
+            ((t, r[0]) for t in STRICT_TABLES for r in self._exec(
+                'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull" AND pk = 0',
+                (t,)))))
         return "; ".join(problems) or "ok"
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
