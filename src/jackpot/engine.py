@@ -1035,6 +1035,7 @@ class JackpotEngine:
         before = getattr(own, "n", 0)
         queued: list[Ticket] = []  # the request's ticket, as it is sent
         reporter: list[str] | None = None  # set once handed to a reporting thread
+        interrupted = False
         self._enter()
         try:  # at once: an interrupt before it would leave the call in flight for good
             own.n = before + 1
@@ -1048,10 +1049,10 @@ class JackpotEngine:
             # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
             # request was queued or running: it goes on without its caller.
             # Its real outcome is reported when it comes, not as an error now.
-            if not queued or queued[-1].withdraw_unsent():
-                outcome = ""  # never sent, or never to run: nothing to count
-                after_the_fact(log_withdrawn, op)
-            else:
+            # Set first, before any call: whatever a second interrupt cuts
+            # short below, the `finally` tells from the ticket what is left.
+            interrupted = True
+            if queued and not queued[-1].withdraw_unsent():
                 reporter = []
                 self._report_when_answered(op, queued[-1], started, reporter)
             raise
@@ -1068,11 +1069,27 @@ class JackpotEngine:
                 reporter.append(_CALLER)
             if reporter is None or reporter[0] is _CALLER:
                 try:  # the outcome is final: reporting it must not change it
+                    if interrupted:  # no reporting thread follows it: tell what is known
+                        outcome = self._tell_interrupted(op, queued)
                     if outcome:
                         after_the_fact(self.stats.operation, op.kind, outcome,
                                        time.perf_counter() - started)
                 finally:
                     self._leave()
+
+    def _tell_interrupted(self, op: Operation, queued: list[Ticket]) -> str:
+        """Log an interrupted call's outcome as far as it is known now; return what to count.
+
+        For a call its caller counts itself: withdrawn unsent (or never
+        sent), nothing runs: told once, not counted (""). Else the request
+        goes on and no thread follows it (a second interrupt stopped the
+        hand-over): counted as an error.
+        """
+        # (Withdrawn again here: a second interrupt may have cut the first try short.)
+        if not queued or queued[-1].withdraw_unsent():
+            after_the_fact(log_withdrawn, op)
+            return ""
+        return "error"
 
     def _report_when_answered(self, op: Operation, ticket: Ticket, started: float,
                               reporter: list[str]) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -271,6 +273,25 @@ def test_a_request_taken_but_not_yet_claimed_when_its_caller_is_interrupted_goes
     assert (stats["operations:contribute:ok"], stats["operations:contribute:replayed"]) == (1, 1)
 
 
+@contextmanager
+def hearing() -> Iterator[list[tuple[str, str, object, object]]]:
+    """Collect the `jackpot` logger's records: (severity, message, op_id, outcome)."""
+    said: list[tuple[str, str, object, object]] = []
+
+    class Heard(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append((record.levelname, record.getMessage(), getattr(record, "op_id", None),
+                         getattr(record, "outcome", None)))
+
+    heard = Heard()
+    log = logging.getLogger("jackpot")
+    log.addHandler(heard)
+    try:
+        yield said
+    finally:
+        log.removeHandler(heard)
+
+
 def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, *,
                            started: bool) -> None:
     """Interrupt a contribute as it waits, and again as its reporting thread starts.
@@ -330,6 +351,39 @@ def test_a_second_interrupt_before_the_report_starts_leaves_nothing_in_flight(
     stats = engine.stats.snapshot()  # (counted by its caller, as it could not know)
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
         ("operations:contribute:error", 1)]
+
+
+def test_an_interrupt_as_a_request_is_withdrawn_counts_nothing_and_says_so_once(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second Ctrl-C as the withdrawal of a request never queued returns. Before: counted
+    as an error (health's error rate) though nothing ran, and the withdrawal told nowhere."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        interrupt_put(monkeypatch, "interrupted")
+        withdraw = Ticket.withdraw_unsent
+        armed = [True]
+
+        def interrupted_withdraw(self: Ticket) -> bool:
+            withdrawn = withdraw(self)
+            if armed.pop() if armed else False:
+                raise KeyboardInterrupt
+            return withdrawn
+
+        monkeypatch.setattr(Ticket, "withdraw_unsent", interrupted_withdraw)
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        monkeypatch.undo()
+        assert not armed  # (the interrupt landed)
+        assert engine._inflight == 0
+        assert not engine.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        engine.close()
+    assert said == [("INFO", ("contribute interrupted withdrawn: its caller was interrupted "
+                              "before the request was queued; nothing was changed"),
+                     "interrupted", "interrupted")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
+        ("operations:contribute:ok", 1)]
 
 
 @pytest.mark.parametrize("where", ["as it starts", "before it is queued"])
