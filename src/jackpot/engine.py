@@ -62,7 +62,13 @@ from jackpot.errors import (
     shown,
 )
 from jackpot.health import HealthReport, assess, redact
-from jackpot.logs import log_failure, log_refusal, log_success, log_withdrawn
+from jackpot.logs import (
+    log_failure,
+    log_refusal,
+    log_success,
+    log_unfollowed,
+    log_withdrawn,
+)
 from jackpot.metrics import PrometheusObserver
 from jackpot.requests import Requests, draw
 from jackpot.results import (
@@ -1083,13 +1089,26 @@ class JackpotEngine:
         For a call its caller counts itself: withdrawn unsent (or never
         sent), nothing runs: told once, not counted (""). Else the request
         goes on and no thread follows it (a second interrupt stopped the
-        hand-over): counted as an error.
+        hand-over): answered already, it is what it was (a win paid is
+        paid); not yet, it may still be applied, and "unknown" says so,
+        rather than an error that did not happen. Never blocks.
         """
         # (Withdrawn again here: a second interrupt may have cut the first try short.)
         if not queued or queued[-1].withdraw_unsent():
             after_the_fact(log_withdrawn, op)
             return ""
-        return "error"
+        ticket = queued[-1]
+        if not ticket.wait(0):
+            after_the_fact(log_unfollowed, op)
+            return "unknown"
+        result, error = ticket.answer
+        if error is not None:
+            outcome = outcome_of(error)
+            after_the_fact(log_failure, op, outcome, error)
+        else:
+            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
+            after_the_fact(log_success, op, outcome, result)
+        return outcome
 
     def _report_when_answered(self, op: Operation, ticket: Ticket, started: float,
                               reporter: list[str]) -> None:

@@ -37,7 +37,7 @@ from jackpot.service import Operation
 from jackpot.settings import LOG_LEVELS
 
 __all__ = ["FIELDS", "JSONFormatter", "OperationFields", "configure_logging", "log_failure",
-           "log_refusal", "log_success", "log_withdrawn"]
+           "log_refusal", "log_success", "log_unfollowed", "log_withdrawn"]
 
 logger = logging.getLogger("jackpot")
 
@@ -233,6 +233,18 @@ def log_withdrawn(op: Operation) -> None:
     """
     logger.info("%s %s withdrawn: its caller was interrupted before the request was queued; "
                 "nothing was changed", op.kind, op.op_id, extra=_fields(op, "interrupted"))
+
+
+def log_unfollowed(op: Operation) -> None:
+    """Log a request that goes on with neither its interrupted caller nor a thread to follow it.
+
+    At WARNING, its outcome `unknown`: it may still be applied, and no one
+    will report it; resending it with the same op_id tells.
+    """
+    logger.warning("%s %r on %s: its caller was interrupted while the request was queued or "
+                   "running, and nothing could follow it to its end: it may still be applied; "
+                   "resend it with the same op_id to learn its outcome", op.kind, op.op_id,
+                   ", ".join(op.names), extra=_fields(op, "unknown"))
 
 
 _TRACE_EVERY = 60.0  # seconds between two tracebacks of the same error

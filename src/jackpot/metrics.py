@@ -9,7 +9,8 @@ someone scrapes (`_EngineCollector`), so they cost nothing on the hot path.
 Exposed metrics (all prefixed `jackpot_`):
 
 - `operations_total{operation,outcome}`: finished operations; outcome is one
-  of ok, replayed, rejected, conflict, timeout, error.
+  of ok, replayed, rejected, conflict, timeout, error, unknown (a caller
+  interrupted twice, whose request may still be applied: see the README).
 - `retries_total{operation,level}`, `version_conflicts_total{operation,level}`:
   `level` is the level, or the sorted comma-joined levels of a multi-level
   operation.

@@ -22,7 +22,7 @@ __all__ = ["Observer", "Stats", "after_the_fact"]
 
 logger = logging.getLogger("jackpot")
 
-OUTCOMES = ("ok", "replayed", "rejected", "conflict", "timeout", "error")
+OUTCOMES = ("ok", "replayed", "rejected", "conflict", "timeout", "error", "unknown")
 
 
 @runtime_checkable

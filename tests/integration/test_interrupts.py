@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -292,18 +292,35 @@ def hearing() -> Iterator[list[tuple[str, str, object, object]]]:
         log.removeHandler(heard)
 
 
+def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Hold every actor as it claims a request it took: (taken, go), set `go` to let it on."""
+    taken, go = threading.Event(), threading.Event()
+    claim = Ticket.claim
+
+    def held_claim(self: Ticket, owner: Any) -> bool:
+        taken.set()
+        assert go.wait(HANG)
+        return claim(self, owner)
+
+    monkeypatch.setattr(Ticket, "claim", held_claim)
+    return taken, go
+
+
 def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, *,
-                           started: bool) -> None:
-    """Interrupt a contribute as it waits, and again as its reporting thread starts.
+                           started: bool, call: Callable[[], object] | None = None,
+                           first: Callable[[Ticket], object] = lambda _ticket: None) -> None:
+    """Interrupt a call (a contribute) as it waits, and again as its reporting thread starts.
 
     `started`: the second interrupt lands once that thread has run to its
     end (in `Thread.start`'s wait for it), else before the thread starts.
+    `first(ticket)` runs just before the first interrupt.
     """
     wait, caller = engine._wait, threading.get_ident()
 
     def interrupted_wait(op: Operation, ticket: Ticket) -> Any:
         if threading.get_ident() != caller:  # the report of its outcome
             return wait(op, ticket)
+        first(ticket)
         raise KeyboardInterrupt
 
     start = threading.Thread.start
@@ -318,8 +335,11 @@ def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(engine, "_wait", interrupted_wait)
     monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    if call is None:
+        def call() -> object:
+            return engine.contribute("10", groups="minor", op_id="interrupted")
     with pytest.raises(KeyboardInterrupt):
-        engine.contribute("10", groups="minor", op_id="interrupted")
+        call()
     monkeypatch.undo()
 
 
@@ -339,18 +359,46 @@ def test_a_second_interrupt_as_the_report_starts_does_not_count_the_call_twice(
         ("operations:contribute:ok", 1), ("operations:contribute:replayed", 1)]
 
 
-def test_a_second_interrupt_before_the_report_starts_leaves_nothing_in_flight(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: counted in flight for good (every close() then waited its whole bound)."""
+@pytest.mark.parametrize("answered", [True, False], ids=["answered", "unanswered"])
+def test_a_second_interrupt_before_the_report_starts_counts_the_call_as_what_it_is(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, answered: bool) -> None:
+    """Its caller counts it and ends it: no reporting thread will. Before: counted as an
+    error, whether paid (and then never logged as paid) or still on its way."""
     engine = JackpotEngine.open(db_path)
     try:
-        _interrupted_hand_over(engine, monkeypatch, started=False)
-        assert engine._inflight == 0
+        engine.contribute("100", groups="minor", op_id="bet")
+        if answered:
+            def first(ticket: Ticket) -> None:  # its outcome is there as Ctrl-C lands
+                assert ticket.wait(HANG)
+        else:
+            taken, go = hold_claims(monkeypatch)
+
+            def first(ticket: Ticket) -> None:  # taken, still to be applied
+                assert taken.wait(HANG)
+        with hearing() as said:
+            _interrupted_hand_over(engine, monkeypatch, started=False, first=first, call=lambda:
+                                   engine.process_win("minor", op_id="win", winner="p1"))
+        assert engine._inflight == 0  # its caller ended it: close() has nothing to wait for
+        if not answered:
+            go.set()
+        resent = engine.process_win("minor", op_id="win", winner="p1")
+        assert resent.replayed  # applied once, either way
     finally:
+        if not answered:
+            go.set()
         engine.close()
-    stats = engine.stats.snapshot()  # (counted by its caller, as it could not know)
-    assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
-        ("operations:contribute:error", 1)]
+    if answered:
+        assert said == [("INFO", f"win on minor: paid {resent.amount} to p1 (op win, ok)",
+                         "win", "ok")]
+    else:
+        assert said == [("WARNING", (
+            "win 'win' on minor: its caller was interrupted while the request was queued or "
+            "running, and nothing could follow it to its end: it may still be applied; "
+            "resend it with the same op_id to learn its outcome"), "win", "unknown")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+        (f"operations:win:{'ok' if answered else 'unknown'}", 1),
+        ("operations:win:replayed", 1)]
 
 
 def test_an_interrupt_as_a_request_is_withdrawn_counts_nothing_and_says_so_once(
