@@ -93,6 +93,7 @@ _MAX_HISTORY = 10_000
 _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor lives
 _SWEEP_INTERVAL_S = 0.1  # seconds between sweeps while close() waits for calls in flight
 _CALLER, _REPORTER = "caller", "reporter"  # who counts an interrupted call (`_submit`)
+_NAMED = 10  # interrupted calls a close() names, at most, of those it left unreported
 
 
 
@@ -287,11 +288,14 @@ def _log_late(late: list[str]) -> None:
             logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
 
 
-def _log_left_in_flight(calls: int, bound: float | None) -> None:
+def _log_left_in_flight(calls: int, bound: float | None, unreported: list[Operation]) -> None:
     """Say that close() stopped waiting for `calls` still in flight.
 
     `bound`: the default wait of a close() given no timeout (its actors then
     got a wait of their own); None: its timeout ran out, leaving them none.
+    `unreported`: those of them whose callers were interrupted, named: no
+    caller will learn their outcomes, and an exit right after close() ends
+    the threads that would log them.
     """
     if not calls:
         return
@@ -305,6 +309,21 @@ def _log_left_in_flight(calls: int, bound: float | None) -> None:
             logger.warning("close() stopped waiting after %.1f s with %s: the actors were "
                            "asked to stop after their work", bound, held,
                            extra={"outcome": "close_timeout"})
+    if not unreported:
+        return
+    named = "; ".join(f"{op.kind} {op.op_id!r} on {', '.join(op.names)}"
+                      for op in unreported[:_NAMED])
+    more = len(unreported) - _NAMED
+    one = len(unreported) == 1
+    with contextlib.suppress(Exception):  # (as above)
+        logger.warning(
+            "close() left %d interrupted call%s whose outcome%s not known yet: %s%s. %s "
+            "logged when %s, unless the process ends first: resend %s with the same op_id "
+            "to learn it", len(unreported), "" if one else "s", " was" if one else "s were",
+            named, f"; and {more} more" if more > 0 else "",
+            "Its outcome is" if one else "Their outcomes are", "it comes" if one else "they come",
+            "it" if one else "each", extra={"outcome": "close_timeout",
+                                            "op_ids": [op.op_id for op in unreported]})
 
 
 class _WeakView:
@@ -422,6 +441,11 @@ class JackpotEngine:
         self._stopping = False  # a close() is stopping the actors (guarded by _cond)
         self._stopper: int | None = None  # the thread of that close()
         self._inflight = 0
+        # Interrupted calls whose reporting thread has not told their outcome
+        # yet, by id of their `reporter` (guarded by _lock_state): a close()
+        # that stops waiting names them, as an exit right after it ends those
+        # (daemon) threads before they tell it.
+        self._unreported: dict[int, Operation] = {}
         self._own = threading.local()  # .n: sync calls in flight in this thread; .reading
         # Taken with `with self._lock_state`, never `with self._cond`: the C lock's
         # own __exit__ releases it, where Condition.__exit__ is Python, at whose
@@ -604,11 +628,14 @@ class JackpotEngine:
         mine = False
         late: list[str] = []
         left_in_flight = 0
+        unreported: list[Operation] = []
         try:
             with self._lock_state:
                 self._closed = True  # from now on, new calls are refused
             left_in_flight = self._await_inflight(wait_limit)
             with self._lock_state:
+                if left_in_flight:
+                    unreported = list(self._unreported.values())
                 # A close interrupted before this point (Ctrl-C while waiting) left
                 # everything running: a later close(), or the exit hook, finishes
                 # it. While another close() is stopping the actors, wait for it,
@@ -632,7 +659,8 @@ class JackpotEngine:
                     self._stopping, self._stopper = False, None
                     self._cond.notify_all()
         if mine:
-            _log_left_in_flight(left_in_flight, self._run_timeout if deadline is None else None)
+            _log_left_in_flight(left_in_flight, self._run_timeout if deadline is None else None,
+                                unreported)
         _log_late(late)
 
     def _await_inflight(self, deadline: float) -> int:
@@ -960,6 +988,19 @@ class JackpotEngine:
             if self._closed:
                 self._cond.notify_all()
 
+    def _leave_interrupted(self, reporter: list[str] | None) -> None:
+        """`_leave` for an interrupted call, whose outcome is told now (or never will be).
+
+        A call handed to a reporting thread (`reporter`) is no longer one
+        whose outcome `close()` names as not known yet.
+        """
+        with self._lock_state:
+            if reporter is not None:
+                self._unreported.pop(id(reporter), None)
+            self._inflight -= 1
+            if self._closed:
+                self._cond.notify_all()
+
     @contextmanager
     def _tracking(self) -> Iterator[None]:
         """`_enter`, then `_leave` when the block ends (for the asyncio engine)."""
@@ -1081,7 +1122,10 @@ class JackpotEngine:
                         after_the_fact(self.stats.operation, op.kind, outcome,
                                        time.perf_counter() - started)
                 finally:
-                    self._leave()
+                    if interrupted:
+                        self._leave_interrupted(reporter)
+                    else:
+                        self._leave()
 
     def _tell_interrupted(self, op: Operation, queued: list[Ticket]) -> str:
         """Log an interrupted call's outcome as far as it is known now; return what to count.
@@ -1125,6 +1169,8 @@ class JackpotEngine:
         another interrupt, or the interpreter's shutdown, stopped the thread
         from starting or from claiming the call in time.
         """
+        with self._lock_state:
+            self._unreported[id(reporter)] = op
         with contextlib.suppress(RuntimeError):  # can't start new thread (at shutdown)
             threading.Thread(target=self._report_answer, args=(op, ticket, started, reporter),
                              name="jackpot-interrupted", daemon=True).start()
@@ -1158,7 +1204,7 @@ class JackpotEngine:
                 after_the_fact(self.stats.operation, op.kind, outcome,
                                time.perf_counter() - started)
             finally:
-                self._leave()
+                self._leave_interrupted(reporter)
 
     def _submit_with_restart(self, op: Operation, queued: list[Ticket]) -> Any:
         """Send `op` and wait for it (again once, to a replacement of a dead actor).

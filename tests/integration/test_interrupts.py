@@ -504,3 +504,71 @@ def test_an_interrupt_as_the_engines_lock_is_released_wedges_no_later_call(
         interrupted.armed = False
         if thread is None or not thread.is_alive():  # (else its lock is held for good)
             engine.close(timeout=HANG)
+
+
+def test_a_close_that_stops_waiting_names_the_interrupted_calls_it_leaves_unknown(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their outcomes are logged by daemon threads, which an exit right after close()
+    ends. Before: nothing said which calls those were, or that their callers were gone."""
+    engine = JackpotEngine.open(db_path)
+    go = threading.Event()
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        taken, go = hold_claims(monkeypatch)
+        wait, caller = engine._wait, threading.get_ident()
+
+        def interrupted_wait(op: Operation, ticket: Ticket) -> Any:
+            if threading.get_ident() != caller:  # the report of its outcome
+                return wait(op, ticket)
+            assert taken.wait(HANG)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(engine, "_wait", interrupted_wait)
+        with pytest.raises(KeyboardInterrupt):
+            engine.process_win("minor", op_id="win", winner="p1")
+        [reporting] = [t for t in threading.enumerate() if t.name == "jackpot-interrupted"]
+        with hearing() as said:
+            engine.close(timeout=0)  # the win is held: its outcome is not known yet
+        go.set()
+        reporting.join(HANG)
+        assert not reporting.is_alive()
+    finally:
+        go.set()
+        engine.close()
+    assert said == [
+        ("WARNING", ("close() timed out with 1 call still in flight: the actors were asked "
+                     "to stop after their work, with no time left to wait for that"),
+         None, "close_timeout"),
+        ("WARNING", ("close() left 1 interrupted call whose outcome was not known yet: win "
+                     "'win' on minor. Its outcome is logged when it comes, unless the process "
+                     "ends first: resend it with the same op_id to learn it"),
+         None, "close_timeout")]
+    assert engine.stats.snapshot()["operations:win:ok"] == 1  # (it came: logged, counted)
+
+
+def test_a_close_names_at_most_ten_interrupted_calls_and_all_their_op_ids() -> None:
+    """One line, however many: the first ten named, the rest counted; every op_id a field."""
+    from jackpot.engine import _log_left_in_flight  # noqa: PLC0415 - private, this test only
+
+    ops = [Operation(kind="contribute", op_id=f"bet-{i}", explicit=True, fingerprint="",
+                     names=("major", "mega"), apply=None, rebuild=dict)  # type: ignore[arg-type]
+           for i in range(12)]
+    records: list[logging.LogRecord] = []
+
+    class Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    kept = Kept()
+    logging.getLogger("jackpot").addHandler(kept)
+    try:
+        _log_left_in_flight(12, None, ops)
+    finally:
+        logging.getLogger("jackpot").removeHandler(kept)
+    unreported = records[1]
+    assert unreported.getMessage() == (
+        "close() left 12 interrupted calls whose outcomes were not known yet: "
+        + "; ".join(f"contribute 'bet-{i}' on major, mega" for i in range(10))
+        + "; and 2 more. Their outcomes are logged when they come, unless the process ends "
+        "first: resend each with the same op_id to learn it")
+    assert unreported.op_ids == [f"bet-{i}" for i in range(12)]  # type: ignore[attr-defined]
