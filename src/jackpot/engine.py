@@ -1088,6 +1088,9 @@ class JackpotEngine:
             own.n = before + 1
             with self._trace(op):
                 result = self._submit_with_restart(op, queued)
+            # Here, not in `else`: an interrupt as the answer is read is then
+            # one like any other (its answer is there: told and counted as it is).
+            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
         except Exception as e:
             outcome = outcome_of(e)
             after_the_fact(log_failure, op, outcome, e)
@@ -1104,7 +1107,6 @@ class JackpotEngine:
                 self._report_when_answered(op, queued[-1], started, reporter)
             raise
         else:
-            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
             after_the_fact(log_success, op, outcome, result)
             return result
         finally:

@@ -434,6 +434,45 @@ def test_an_interrupt_as_a_request_is_withdrawn_counts_nothing_and_says_so_once(
         ("operations:contribute:ok", 1)]
 
 
+def test_an_interrupt_as_the_caller_reads_its_answer_counts_it_as_what_it_was(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C lands as the caller reads the answer it got (after a builtin call, where
+    CPython runs pending signal handlers). Before: counted as an error, though paid,
+    and never logged as paid."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        submit = engine._submit_with_restart
+
+        class Interrupting:  # the answer, as Ctrl-C lands while it is read
+            @property
+            def replayed(self) -> bool:
+                raise KeyboardInterrupt
+
+        def answered(op: Operation, queued: list[Ticket]) -> Any:
+            submit(op, queued)
+            return Interrupting()
+
+        monkeypatch.setattr(engine, "_submit_with_restart", answered)
+        with hearing() as said:
+            with pytest.raises(KeyboardInterrupt):
+                engine.process_win("minor", op_id="win", winner="p1")
+            monkeypatch.undo()
+            for reporting in threading.enumerate():
+                if reporting.name == "jackpot-interrupted":
+                    reporting.join(HANG)
+            assert engine._inflight == 0
+            resent = engine.process_win("minor", op_id="win", winner="p1")
+        assert resent.replayed
+    finally:
+        engine.close()
+    assert said == [("INFO", f"win on minor: paid {resent.amount} to p1 (op win, {outcome})",
+                     "win", outcome) for outcome in ("ok", "replayed")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+        ("operations:win:ok", 1), ("operations:win:replayed", 1)]
+
+
 @pytest.mark.parametrize("where", ["as it starts", "before it is queued"])
 def test_a_request_withdrawn_as_its_caller_is_interrupted_is_told_once_at_info(
         db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
