@@ -106,8 +106,9 @@ def configure_logging(
     handler, so the caller can remove it.
 
     Raises:
-        ValidationError: `level` is not a level name, or `stream` is no text
-            stream (it has no write(), or takes bytes); nothing is changed.
+        ValidationError: `level` is not a level name, `stream` is no text
+            stream (it has no write(), or takes bytes), or `json_lines` is not
+            True or False; nothing is changed.
 
     """
     global _configured  # noqa: PLW0603 - the one handler this function manages
@@ -115,6 +116,9 @@ def configure_logging(
         msg = f"level must be one of {', '.join(LOG_LEVELS)} or None, not {shown(level)}"
         raise ValidationError(msg)  # before anything is changed
     _check_stream(stream)
+    if not isinstance(json_lines, bool):  # "no" is truthy: it would have meant JSON
+        msg = f"json_lines must be True or False, not {shown(json_lines)}"
+        raise ValidationError(msg)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JSONFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(OperationFields())

@@ -360,6 +360,18 @@ def test_configure_logging_refuses_a_bad_level_and_changes_nothing(level: object
     assert (log.handlers, log.level) == (handlers, before)  # was: a new handler left installed
 
 
+@pytest.mark.parametrize("json_lines", ["no", 0, None, 1])
+def test_configure_logging_refuses_a_json_lines_that_is_not_a_bool_and_changes_nothing(
+        json_lines: object) -> None:
+    # Any truthy value was taken: json_lines="no" gave JSON lines.
+    log = logging.getLogger("jackpot")
+    handlers, before = list(log.handlers), log.level
+    with pytest.raises(ValidationError, match=r"^json_lines must be True or False, not "):
+        configure_logging(level="debug", stream=io.StringIO(),
+                          json_lines=json_lines)  # type: ignore[arg-type]
+    assert (log.handlers, log.level) == (handlers, before)
+
+
 _FORKED_CONFIGURE = """
 import io, logging, os, signal, sys, threading
 from jackpot import configure_logging, logs
