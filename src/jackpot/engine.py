@@ -343,6 +343,11 @@ class _WeakView:
             raise EngineClosedError(msg)
         return engine
 
+    @property
+    def closed(self) -> bool:
+        engine = self._engine()
+        return engine is None or engine._closed  # noqa: SLF001 - the engine's own view
+
     def pools(self) -> dict[str, PoolSnapshot]:
         return self._get().pools()
 

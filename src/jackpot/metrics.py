@@ -77,6 +77,11 @@ class EngineView(Protocol):
         """Return the engine's health."""
         ...
 
+    @property
+    def closed(self) -> bool:
+        """Whether the engine was closed (or dropped)."""
+        ...
+
 
 class PrometheusObserver:
     """Turns `Stats` events into Prometheus series in a registry of its own.
@@ -90,6 +95,7 @@ class PrometheusObserver:
     def __init__(self, engine: EngineView) -> None:
         """Create the registry and its metrics; levels are read at scrape time."""
         self.registry = CollectorRegistry()
+        self._engine = engine
         self._pid = os.getpid()  # the engine's process: a forked child's copy counts nothing
         r = self.registry
         self._operations = Counter(
@@ -160,6 +166,16 @@ class PrometheusObserver:
                    "them there. Open an engine in each process after it starts (after the fork)")
             raise EngineClosedError(msg)
 
+    def check_open(self) -> None:
+        """Refuse to start serving a closed engine: its figures would never move again.
+
+        A server started before the close goes on serving (see `serve_metrics`).
+        """
+        if self._engine.closed:
+            msg = ("the engine is closed: its metrics no longer change; serve those of "
+                   "the engine opened in its place")
+            raise EngineClosedError(msg)
+
     # -- Observer -------------------------------------------------------------
 
     def on_event(self, event: str, operation: str, level: str, n: int) -> None:
@@ -203,11 +219,18 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
     `(server, thread)`; stop it with `server.shutdown()`, then free its port with
     `server.server_close()`.
 
+    Closing the engine does not stop the server (it is the caller's): it goes
+    on answering, with the counters and histograms as they were at the close,
+    `jackpot_health_status` failing ("the engine is closed") and no level
+    gauges, so a scrape still succeeds and the health alert says why the
+    figures stopped. Stop it when you close the engine.
+
     Raises:
         ValidationError: the engine runs with metrics disabled, or `port` is
             not a port number (0-65535) or `addr` not a string.
-        EngineClosedError: called in a forked child on an engine the parent
-            opened (its metrics are the parent's).
+        EngineClosedError: the engine is closed (no port is bound), or called
+            in a forked child on an engine the parent opened (its metrics are
+            the parent's).
         OSError: the port cannot be bound; the message names the address and port.
 
     """
@@ -219,6 +242,7 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
     for observer in observers:
         if isinstance(observer, PrometheusObserver):
             observer.check_process()
+            observer.check_open()
             return serve_registry(observer.registry, port, addr=addr)
     msg = "metrics are disabled for this engine (JACKPOT_ENABLE_METRICS=false)"
     raise ValidationError(msg)

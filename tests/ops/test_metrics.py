@@ -14,7 +14,9 @@ import pytest
 
 from _helpers import in_thread
 from jackpot import (
+    AsyncJackpotEngine,
     ConcurrencyViolationError,
+    EngineClosedError,
     InsufficientFundsError,
     JackpotEngine,
     LockTimeoutError,
@@ -342,3 +344,38 @@ def test_a_closed_engine_exports_failing_health_and_no_levels(engine: JackpotEng
     found = samples(engine)
     assert found[("jackpot_health_status", frozenset({("status", "failing")}))] == 1
     assert not any(name == "jackpot_level_amount" for name, _ in found)
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["sync", "asyncio"])
+def test_serve_metrics_refuses_a_closed_engine_and_a_served_one_closed_keeps_its_last_counts(
+        engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, wrapped: bool) -> None:
+    # It bound the port and served an engine that would never count again.
+    bound: list[int] = []
+
+    def start(port: int, **kwargs: Any) -> Any:
+        bound.append(port)
+        return prometheus_client.start_http_server(port, **kwargs)
+
+    monkeypatch.setattr("jackpot.metrics.start_http_server", start)
+    served = AsyncJackpotEngine(engine) if wrapped else engine
+    engine.contribute("1", groups="minor", op_id="c1")
+    server, thread = serve_metrics(served, 0)
+    try:
+        engine.close()
+        # One served before the close goes on: the last counts, failing health, no levels.
+        body = _scrape(server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert 'jackpot_operations_total{operation="contribute",outcome="ok"} 1.0' in body
+    assert 'jackpot_health_status{status="failing"} 1.0' in body
+    assert "jackpot_level_amount{" not in body
+    with pytest.raises(EngineClosedError, match=r"^the engine is closed: "):
+        serve_metrics(served, 0)
+    assert bound == [0]  # only the server started before the close
