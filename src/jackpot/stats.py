@@ -144,6 +144,15 @@ def _observer_failed(observer: Observer, error: Exception) -> None:
                      extra={"outcome": "report_failed"})
 
 
+def _named(report: object) -> str:
+    """Return the report's qualified name (`Logger.warning`), or its type's; never raises."""
+    try:
+        name = getattr(report, "__qualname__", None)
+        return name if isinstance(name, str) else type(report).__qualname__
+    except Exception:  # noqa: BLE001 - a caller's callable: its failure is not the one told
+        return type(report).__qualname__
+
+
 def _shown(error: Exception) -> str:
     """Return `str(error)`, or a stand-in if even that raises (it is the observer's code)."""
     try:
@@ -153,16 +162,19 @@ def _shown(error: Exception) -> str:
 
 
 def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Run `report(*args)` (a log line, an observer event) about an outcome already final.
+    """Run `report(*args)` (a log line, an observer event) about what has already happened.
 
-    The operation has committed (or failed) by then: a failing observer or
-    log filter must not turn a committed operation into an error for its
-    caller (who might send it again without an op_id), nor replace the error
-    of a failed one. Its failure is logged instead, if logging works.
+    An operation's outcome, mostly: the operation has committed (or failed)
+    by then, and a failing observer or log filter must not turn a committed
+    operation into an error for its caller (who might send it again without
+    an op_id), nor replace the error of a failed one. Its failure is logged
+    instead, if logging works, in words that fit every caller (an actor's
+    start, stop or restart, a level `open()` kept, a hold that expired:
+    no operation there), naming the report that failed.
     """
     try:
         report(*args, **kwargs)
-    except Exception:  # the outcome stands; its report failing is logged below
+    except Exception:  # what happened stands; its report failing is logged below
         with contextlib.suppress(Exception):
-            logger.exception("reporting an operation's outcome failed; the outcome stands",
-                             extra={"outcome": "report_failed"})
+            logger.exception("a report failed (%s); what it was reporting stands all the same",
+                             _named(report), extra={"outcome": "report_failed"})

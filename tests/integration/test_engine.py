@@ -582,6 +582,35 @@ def test_open_keeps_a_level_and_creates_the_others_though_warning_of_it_raises(
         log.removeFilter(raising)
 
 
+class _RaisingOnKept(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "outcome", None) == "kept":
+            msg = "log filter failed"
+            raise RuntimeError(msg)
+        return True
+
+
+def test_a_failed_report_that_involves_no_operation_is_not_told_as_an_operations(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Was "reporting an operation's outcome failed; the outcome stands": open()
+    # keeping a level is no operation (nor is an actor's start, stop or restart).
+    path = tmp_path / "kept.db"
+    JackpotEngine.open(path, [GroupConfig("minor", Decimal(100), Decimal("0.01"))]).close()
+    log, raising = logging.getLogger("jackpot"), _RaisingOnKept()
+    log.addFilter(raising)
+    try:
+        with caplog.at_level("WARNING", logger="jackpot"):
+            JackpotEngine.open(path, [GroupConfig("minor", Decimal(100), Decimal("0.5"))]).close()
+    finally:
+        log.removeFilter(raising)
+    [record] = caplog.records
+    assert (record.levelname, record.getMessage(), record.outcome) == (  # type: ignore[attr-defined]
+        "ERROR", "a report failed (Logger.warning); what it was reporting stands all the same",
+        "report_failed")
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "log filter failed"
+
+
 def test_a_read_waits_for_the_one_before_it_at_most_the_lock_timeout(
         open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     # Reads share one connection, one at a time: behind a read the storage
