@@ -259,8 +259,12 @@ def _say(log: Callable[..., None], msg: str, where: str, *, outcome: str) -> Non
             sys.stderr.write(f"jackpot: {msg % where} (and logging it failed)\n")
 
 
+_Late = list[tuple[str, str | None]]
+"""Actors still running after close()'s wait: what each is ("coordinator"), and its level."""
+
+
 def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
-               close_reader: Callable[[float], None], deadline: float) -> list[str]:
+               close_reader: Callable[[float], None], deadline: float) -> _Late:
     """Stop the actors (coordinator, levels, checkpointer), then close the reader.
 
     Every stop is requested at once, then awaited against one deadline, so
@@ -272,20 +276,28 @@ def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
     """
     # Each closes its connection in a request of its own (`close_and_stop`), not
     # in Pykka's stop, which may never reach `on_stop` (see `stop_and_close`).
-    stopping = [(p.actor_ref, p.close_and_stop())
-                for p in (actors.coordinator, *actors.pools.values()) if p is not None]
+    # Each is named as an operator knows it (an urn tells nothing to act on):
+    # (what, level) as `_log_late` tells it.
+    stopping: list[tuple[tuple[str, str | None], pykka.ActorRef[Any], pykka.Future[None]]] = []
+    if actors.coordinator is not None:
+        stopping.append((("coordinator", None), actors.coordinator.actor_ref,
+                         actors.coordinator.close_and_stop()))
+    stopping += [((f"actor of level {name}", name), p.actor_ref, p.close_and_stop())
+                 for name, p in actors.pools.items()]
     if checkpointer is not None:
-        stopping.append(checkpointer.stop_soon())
+        stopping.append((("checkpointer", None), *checkpointer.stop_soon()))
     late = [] if time.monotonic() >= deadline else [
-        str(ref) for ref, stopped in stopping if not wait_stopped(ref, stopped, deadline)]
+        named for named, ref, stopped in stopping if not wait_stopped(ref, stopped, deadline)]
     close_reader(deadline)
     return late
 
 
-def _log_late(late: list[str]) -> None:
-    for ref in late:
+def _log_late(late: _Late) -> None:
+    for what, level in late:
         with contextlib.suppress(Exception):  # a failing log must not fail the close
-            logger.error("%s did not stop in time", ref, extra={"outcome": "stop_timeout"})
+            logger.error("%s did not stop in time: it is still running a request, and stops "
+                         "when that ends", what,
+                         extra={"outcome": "stop_timeout", **({"level": level} if level else {})})
 
 
 def _log_left_in_flight(calls: int, bound: float | None, unreported: list[Operation]) -> None:
@@ -631,7 +643,7 @@ class JackpotEngine:
             return  # called back (by a log handler) from this thread's own close(): it is closing
         wait_limit = time.monotonic() + self._run_timeout if deadline is None else deadline
         mine = False
-        late: list[str] = []
+        late: _Late = []
         left_in_flight = 0
         unreported: list[Operation] = []
         try:
@@ -695,7 +707,7 @@ class JackpotEngine:
             if _left(deadline) <= 0:
                 return left
 
-    def _stop_everything(self, deadline: float | None = None) -> list[str]:
+    def _stop_everything(self, deadline: float | None = None) -> _Late:
         """Stop every actor, then close the reader (default deadline: the longest operation).
 
         Under the restart lock: an actor restart that raced the close either

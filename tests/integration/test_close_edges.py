@@ -808,6 +808,44 @@ def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
     assert _actors_stopped(engine)
 
 
+def test_an_actor_that_does_not_stop_in_time_is_named_by_what_it_serves(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: "ActorRef (urn:uuid:...) did not stop in time": no level, nothing to act on."""
+    from jackpot.actors import Coordinator  # noqa: PLC0415 - each kind of actor, held busy
+    from jackpot.actors.checkpoint import _CheckpointActor  # noqa: PLC0415
+
+    release = threading.Event()
+    busy = [threading.Event() for _ in range(3)]
+
+    def held(n: int) -> Callable[[Any], None]:
+        def hang(_actor: Any) -> None:  # a request that outlasts close()'s timeout
+            busy[n].set()
+            release.wait(HANG)
+        return hang
+
+    for n, kind in enumerate((PoolActor, Coordinator, _CheckpointActor)):
+        monkeypatch.setattr(kind, "hang", held(n), raising=False)
+    engine = JackpotEngine.open(db_path)
+    assert engine._checkpointer is not None
+    for proxy in (engine._pools["minor"], engine._coordinator, engine._checkpointer._actor):
+        proxy.hang()
+    assert all(b.wait(HANG) for b in busy)
+    heard = _Records()
+    try:
+        with _handler(heard):
+            engine.close(timeout=0.5)
+    finally:
+        release.set()
+    late = "did not stop in time: it is still running a request, and stops when that ends"
+    assert sorted(heard.said("stop_timeout")) == [
+        ("ERROR", f"actor of level minor {late}"), ("ERROR", f"checkpointer {late}"),
+        ("ERROR", f"coordinator {late}")]
+    assert [getattr(r, "level", None) for r in heard.records
+            if getattr(r, "outcome", None) == "stop_timeout"].count("minor") == 1
+    assert _actors_stopped(engine)
+    assert engine._checkpointer._actor.actor_ref.actor_stopped.wait(HANG)
+
+
 def test_pykkas_unregistered_line_failing_at_close_is_told_as_what_it_is(
         db_path: Path) -> None:
     """Before: "reporting an operation's outcome failed", though no operation was involved."""
