@@ -374,16 +374,16 @@ def status(*, db: str | None, as_json: bool | None) -> None:
 @app.command()
 @click.argument("level")
 @click.option("--limit", type=_Integer(1, 10_000), default=10, show_default=True,
-              help="How many wins to show.")
+              help="How many wins and hits to show.")
 @_shared
 def history(*, level: str, limit: int, db: str | None, as_json: bool | None) -> None:
-    """Show a level's last wins, newest first (read-only)."""
+    """Show a level's last wins and must-hit-by hits, newest first (read-only)."""
     opts = _options(db, as_json)
     entries = _read(opts, lambda store: reads.history(store, level, limit))
     if opts.json:
         _print_json([dataclasses.asdict(e) for e in entries])
         return
-    table = Table(title=f"wins of {level}")
+    table = Table(title=f"wins and hits of {level}")
     for name in ("time (UTC)", "amount", "winner", "hit", "version", "op_id"):
         table.add_column(name, overflow="fold")
     for e in entries:

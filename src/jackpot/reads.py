@@ -1,7 +1,7 @@
 """Reads of a jackpot database through any store, with no engine running.
 
 What the read-only `jackpot` commands (status, history, ledger, verify,
-metrics) need: every level's snapshot, a level's last wins, the ledger, each
+metrics) need: every level's snapshot, a level's last wins and hits, the ledger, each
 read in one consistent snapshot of the store. They take a store opened with
 `open_store(..., read_only=True)`, so inspecting a database never migrates,
 never writes and never waits for the game server's write lock.

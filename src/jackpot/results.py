@@ -228,7 +228,15 @@ class PoolSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One past win of a level (newest first in `engine.history`)."""
+    """One past payout of a level: a win, or a must-hit-by hit (newest first in `engine.history`).
+
+    `hit` is False for a `process_win` (whole pool or a fixed `amount`) and
+    True for a mystery hit a bet triggered, whose `op_id` is that bet's and
+    `winner` its `player` (None when it named none). `amount` is what was
+    paid, `at_ms` when (ms since the epoch), `version` the level's version
+    after the payout. Adjustments, transfers and contributions are not
+    listed (the ledger has them).
+    """
 
     at_ms: int
     amount: Decimal
