@@ -447,6 +447,48 @@ def test_a_child_forked_while_a_read_only_store_was_open_may_not_open_it(
         assert _child_says(_FORKED_WHILE_READING, db) == ["child StorageError True"]
 
 
+_REFUSED_KEEPS_NO_FD = """
+import os, sys
+from jackpot import JackpotEngine, JackpotError
+
+def held():  # the descriptors this process has open on the database file
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == sys.argv[1]:
+                fds.append(int(fd))
+        except OSError:  # (the listing's own descriptor, closed by now)
+            pass
+    return sorted(fds)
+
+engine = JackpotEngine.open(sys.argv[1])
+child = os.fork()
+if child == 0:
+    before = held()  # the parent's connections, copied by the fork
+    said = []
+    for _ in range(2):
+        try:
+            JackpotEngine.open(sys.argv[1]).close()
+            said.append("opened")
+        except JackpotError as e:
+            said.append(type(e).__name__)
+    print("child", said, len(before) > 0, held() == before, flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+engine.close()
+"""
+
+
+def test_a_refused_open_in_a_forked_child_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    # The refusal came after SQLite had opened the file: its close, with the
+    # parent's locks in SQLite's copied books, is deferred by SQLite (a
+    # descriptor kept for as long as the child runs, reused by the next open).
+    db = tmp_path / "pools.db"
+    JackpotEngine.open(db).close()
+    assert _child_says(_REFUSED_KEEPS_NO_FD, db) == [
+        "child ['StorageError', 'StorageError'] True True"]
+
+
 def test_a_store_never_closed_is_unregistered_once_collected(tmp_path: Path) -> None:
     import gc  # noqa: PLC0415
 

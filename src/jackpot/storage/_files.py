@@ -41,7 +41,7 @@ from collections import Counter
 
 from jackpot.errors import StorageError
 
-__all__ = ["FileGuard", "ReaderMark"]
+__all__ = ["FileGuard", "ReaderMark", "refuse_inherited"]
 
 Identity = tuple[int, int]
 """A file's (device, inode)."""
@@ -84,6 +84,35 @@ def _identity(path: str) -> Identity | None:
     return st.st_dev, st.st_ino
 
 
+def refuse_inherited(path: str) -> None:
+    """Refuse, before SQLite opens it, a database this process inherited open across fork.
+
+    Refused only after the open, the connection's close leaves a descriptor
+    open: SQLite's copied books say the parent's connections hold locks on
+    the file, and SQLite defers closing a file that its process has locks
+    on (closing any descriptor of it would drop them all), keeping the
+    descriptor for its next connection to that file. That descriptor is
+    SQLite's: never ours to close. `FileGuard` checks again on the file
+    then opened (the path may name another one by then).
+
+    Raises:
+        StorageError: `path` names such a database.
+
+    """
+    _refuse_inherited(path, _identity(path))
+
+
+def _refuse_inherited(path: str, file: Identity | None) -> None:
+    if file in _inherited:
+        msg = (f"this process was forked while its parent had database {path!r} open: "
+               "SQLite's locks do not survive fork (this process would count the "
+               "parent's as its own), so it may not open that database; open it in a "
+               "process that had no connection to it when it forked (open the engine "
+               "after the fork, or start the workers with the 'spawn' method); nothing "
+               "was changed")
+        raise StorageError(msg)
+
+
 class FileGuard:
     """The files one writing connection has open, and what it may still do with them."""
 
@@ -91,14 +120,7 @@ class FileGuard:
         """Note the file `path` names now (just opened by the connection)."""
         self.path = path
         self.file = _identity(path)
-        if self.file in _inherited:
-            msg = (f"this process was forked while its parent had database {path!r} open: "
-                   "SQLite's locks do not survive fork (this process would count the "
-                   "parent's as its own), so it may not open that database; open it in a "
-                   "process that had no connection to it when it forked (open the engine "
-                   "after the fork, or start the workers with the 'spawn' method); nothing "
-                   "was changed")
-            raise StorageError(msg)
+        _refuse_inherited(path, self.file)  # (the file opened, if replaced since the check)
         if self.file is not None:
             with _lock:
                 _open[self.file] += 1

@@ -44,7 +44,7 @@ import apsw.bestpractice
 
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
-from jackpot.storage._files import FileGuard, ReaderMark
+from jackpot.storage._files import FileGuard, ReaderMark, refuse_inherited
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
@@ -232,6 +232,7 @@ class SQLiteStore(Store):
 
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
         if not self._read_only:
+            refuse_inherited(path)  # before SQLite opens it: see there
             flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
             conn = apsw.Connection(path, flags=flags)
             try:
