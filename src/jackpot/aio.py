@@ -43,7 +43,7 @@ from jackpot.domain import ConfigChanges, GroupConfig
 from jackpot.engine import JackpotEngine, not_restarted_message, outcome_of, stopped_midway
 from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError
 from jackpot.health import HealthReport
-from jackpot.logs import log_failure, log_success
+from jackpot.logs import log_failure, log_success, log_withdrawn
 from jackpot.results import (
     AdminResult,
     ConfigResult,
@@ -319,10 +319,11 @@ class AsyncJackpotEngine:
         # Before any lock, as `JackpotEngine._enter`: a fork may have copied one held.
         self._engine._check_process()  # noqa: SLF001
         call = _Call(self, op, loop, self._answers_for(loop))
-        call.start()
-        # Marks the error as retrieved: a cancelled caller no longer awaits
-        # it, and asyncio would log "Future exception was never retrieved".
+        # Marks the error as retrieved: a cancelled (or interrupted) caller no
+        # longer awaits it, and asyncio would log "Future exception was never
+        # retrieved".
         call.future.add_done_callback(_retrieved)
+        call.start()
         return await asyncio.shield(call.future)
 
     def _answers_for(self, loop: asyncio.AbstractEventLoop) -> _Answers:
@@ -589,7 +590,11 @@ class _Call:
             tracking.__exit__(type(e), e, e.__traceback__)
             raise
         self._answers.track(self)  # until its books are closed (see `_Answers.orphan`)
-        self._send()
+        try:
+            self._send()
+        except BaseException:
+            self._send_interrupted()
+            raise
 
     def _enter_span(self) -> None:
         """Open the trace span, as `JackpotEngine._submit` does (in the caller's context)."""
@@ -616,6 +621,28 @@ class _Call:
         self._phase = "queue"
         self._deadline = self._loop.time() + self._engine._queue_timeout  # noqa: SLF001
         self._schedule(min(_LIVENESS_POLL_S, self._engine._queue_timeout))  # noqa: SLF001
+
+    def _send_interrupted(self) -> None:
+        """Follow or withdraw a request whose sending a KeyboardInterrupt (SystemExit) cut short.
+
+        Raised on the loop (a second Ctrl-C under `asyncio.run`, or any in a
+        plain `run_until_complete`), it ends the caller's task, and the loop
+        with it. A request not queued yet never runs: withdrawn now, it is
+        told once and not counted, as `JackpotEngine._submit` does; left
+        alone it would stay in flight for good (no actor answers it, no
+        timer watches it), and a close() would wait its whole bound for it.
+        A queued one goes on: watched as any other from here (its answer, or
+        its actor stopping, settles it when the loop runs again, or the sweep
+        of a loop that stopped or closed does).
+        """
+        ticket = self._ticket
+        if ticket is None or ticket.withdraw_unsent():
+            self._finished = True
+            self._close_books(None, None, withdrawn=True)
+        elif self._timer is None:
+            self._phase = "queue"
+            self._deadline = self._loop.time() + self._engine._queue_timeout  # noqa: SLF001
+            self._schedule(min(_LIVENESS_POLL_S, self._engine._queue_timeout))  # noqa: SLF001
 
     def _notified(self, ticket: Ticket, result: Any, error: BaseException | None) -> None:
         """Hand the actor's answer to the loop (runs in the actor's thread, never blocks)."""
@@ -798,17 +825,22 @@ class _Call:
             self._timer.cancel()
             self._timer = None
 
-    def _close_books(self, result: Any, error: Exception | None) -> None:
+    def _close_books(self, result: Any, error: Exception | None, *,
+                     withdrawn: bool = False) -> None:
         """Leave the in-flight count, end the span, log and record the outcome, once."""
         with self._books_lock:
             if self._books:
                 return
             self._books = True
         self._answers.untrack(self)
-        self._ctx.run(self._report, result, error)
+        self._ctx.run(self._report, result, error, withdrawn)
 
-    def _report(self, result: Any, error: Exception | None) -> None:
-        """As `JackpotEngine._submit` does after its `with` block, in the caller's context."""
+    def _report(self, result: Any, error: Exception | None, withdrawn: bool = False) -> None:
+        """As `JackpotEngine._submit` does after its `with` block, in the caller's context.
+
+        `withdrawn`: its sending was interrupted before the request was
+        queued; it never runs: told once, not counted (`_send_interrupted`).
+        """
         exc = (None, None, None) if error is None else (type(error), error, error.__traceback__)
         try:
             if self._span is not None:
@@ -816,6 +848,9 @@ class _Call:
         finally:
             if self._tracking is not None:
                 self._tracking.__exit__(*exc)
+        if withdrawn:
+            after_the_fact(log_withdrawn, self.op)
+            return
         if error is None:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
             after_the_fact(log_success, self.op, outcome, result)

@@ -1,0 +1,189 @@
+"""AsyncJackpotEngine callers that are cancelled or interrupted while their request is out.
+
+The asyncio counterpart of tests/integration/test_interrupts.py: every call is
+counted once, as what it was; a request withdrawn before it ran is told once
+and not counted; a close() that stops waiting names the calls whose callers
+are gone and whose outcomes are not known yet. Threads meet on events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _helpers import read_ledger
+from jackpot import AsyncJackpotEngine
+from jackpot.actors import Mailbox, Ticket
+from jackpot.service import Operation
+
+HANG = 30  # seconds: only a hang waits this long
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "pools.db"
+
+
+@contextmanager
+def hearing() -> Iterator[list[tuple[str, str, object, object]]]:
+    """Collect the `jackpot` logger's records: (severity, message, op_id, outcome)."""
+    said: list[tuple[str, str, object, object]] = []
+
+    class Heard(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append((record.levelname, record.getMessage(), getattr(record, "op_id", None),
+                         getattr(record, "outcome", None)))
+
+    heard = Heard()
+    log = logging.getLogger("jackpot")
+    level = log.level
+    log.addHandler(heard)
+    log.setLevel(logging.INFO)
+    try:
+        yield said
+    finally:
+        log.removeHandler(heard)
+        log.setLevel(level)
+
+
+def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Hold every actor as it claims a request it took: (taken, go), set `go` to let it on."""
+    taken, go = threading.Event(), threading.Event()
+    claim = Ticket.claim
+
+    def held_claim(self: Ticket, owner: Any) -> bool:
+        taken.set()
+        assert go.wait(HANG)
+        return claim(self, owner)
+
+    monkeypatch.setattr(Ticket, "claim", held_claim)
+    return taken, go
+
+
+def _interrupt_put(monkeypatch: pytest.MonkeyPatch, *, queued: bool) -> None:
+    """Raise KeyboardInterrupt in the loop's thread as request "interrupted" is queued.
+
+    `queued`: once it is in the mailbox (before its actor is woken), else before.
+    """
+    put = Mailbox.put
+
+    def interrupted_put(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+        if op.op_id == "interrupted" and not queued:
+            raise KeyboardInterrupt
+        wake = put(self, ticket, op)
+        if op.op_id == "interrupted":
+            raise KeyboardInterrupt
+        return wake
+
+    monkeypatch.setattr(Mailbox, "put", interrupted_put)
+
+
+class WinTold:
+    """A Stats observer: `told` is set once a win's outcome is counted (any thread)."""
+
+    def __init__(self) -> None:
+        self.told = threading.Event()
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        pass
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        pass
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        if operation == "win":
+            self.told.set()
+
+
+def _counted(engine: AsyncJackpotEngine, kind: str) -> dict[str, int]:
+    return {k: v for k, v in engine.stats.snapshot().items()
+            if k.startswith(f"operations:{kind}:")}
+
+
+def test_a_call_interrupted_before_its_request_is_queued_is_told_once_and_not_counted(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt on the loop (a second Ctrl-C under asyncio.run) as the request
+    is sent. Before: the call stayed counted in flight for good (a close() waited its whole
+    bound for it, then warned of a call still in flight) and was told nowhere."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        _interrupt_put(monkeypatch, queued=False)
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                      op_id="interrupted"))
+        monkeypatch.undo()
+        assert engine.sync._inflight == 0
+        assert said == [("INFO", ("contribute interrupted withdrawn: its caller was interrupted "
+                                  "before the request was queued; nothing was changed"),
+                         "interrupted", "interrupted")]
+        after = loop.run_until_complete(engine.contribute("10", groups="minor", op_id="after"))
+        assert not after.replayed
+        with hearing() as closing:
+            engine.sync.close(timeout=0)  # nothing in flight: nothing to wait for or tell
+        assert closing == []
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1}
+    finally:
+        engine.sync.close()
+        loop.close()
+    assert [r["op_id"] for r in read_ledger(db_path) if r["kind"] == "contribute"] == ["after"]
+
+
+def test_a_call_interrupted_once_its_request_is_queued_is_counted_as_what_it_was(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request goes on; run again, the loop settles it: counted once, as applied.
+    (Right before the fix too.)"""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        _interrupt_put(monkeypatch, queued=True)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                      op_id="interrupted"))
+        monkeypatch.undo()
+        again = loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                          op_id="interrupted"))
+        assert again.replayed  # the first one was applied, and has been counted
+        engine.sync.close(timeout=HANG)
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1,
+                                                  "operations:contribute:replayed": 1}
+    finally:
+        engine.sync.close()
+        loop.close()
+
+
+def test_a_win_whose_caller_is_cancelled_is_logged_and_counted_as_paid(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The asyncio engine was right here before the fix: the win goes on without its
+    caller and is told once, as paid, on the loop."""
+    async def run() -> None:
+        async with await AsyncJackpotEngine.open(db_path) as engine:
+            await engine.contribute("100", groups="minor", op_id="bet")
+            taken, go = hold_claims(monkeypatch)
+            win = WinTold()
+            engine.stats.observers.append(win)
+            with hearing() as said:
+                task = asyncio.ensure_future(engine.process_win("minor", op_id="win",
+                                                                winner="p1"))
+                assert await asyncio.to_thread(taken.wait, HANG)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                go.set()
+                assert await asyncio.to_thread(win.told.wait, HANG)
+            monkeypatch.undo()
+            resent = await engine.process_win("minor", op_id="win", winner="p1")
+            assert resent.replayed
+            assert said == [("INFO", f"win on minor: paid {resent.amount} to p1 (op win, ok)",
+                             "win", "ok")]
+            assert _counted(engine, "win") == {"operations:win:ok": 1,
+                                               "operations:win:replayed": 1}
+
+    asyncio.run(run())
