@@ -110,7 +110,8 @@ class AsyncJackpotEngine:
         # the sync one, sweeps such answers up. And a close() on a loop's
         # thread (an observer, a log handler) cannot wait for that loop's
         # calls: their answers need the loop it blocks.
-        engine._attach(self._orphan_closed_loops, self._calls_of_this_loop)  # noqa: SLF001
+        engine._attach(self._orphan_closed_loops, self._calls_of_this_loop,  # noqa: SLF001
+                       self._callers_gone)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -324,7 +325,11 @@ class AsyncJackpotEngine:
         # retrieved".
         call.future.add_done_callback(_retrieved)
         call.start()
-        return await asyncio.shield(call.future)
+        try:
+            return await asyncio.shield(call.future)
+        except asyncio.CancelledError:
+            call.caller_gone = True  # a close() that stops waiting names it
+            raise
 
     def _answers_for(self, loop: asyncio.AbstractEventLoop) -> _Answers:
         answers = self._answers.get(loop)  # one dict read: safe without the lock
@@ -344,6 +349,16 @@ class AsyncJackpotEngine:
             return 0
         answers = self._answers.get(loop)  # one dict read: safe without the lock
         return 0 if answers is None else answers.in_flight()
+
+    def _callers_gone(self) -> list[Operation]:
+        """Return the calls in flight whose callers are gone: cancelled, or their loop closed.
+
+        Nobody will learn their outcomes but the log: a close() that stops
+        waiting for them names them (`JackpotEngine.close`).
+        """
+        with self._answers_lock:
+            answers = [*self._answers.values(), *self._gone]
+        return [op for a in answers for op in a.callers_gone()]
 
     def _orphan_closed_loops(self) -> None:
         """Close the books of calls from loops which have closed, or stopped, since they were sent.
@@ -441,6 +456,12 @@ class _Answers:
         """Return how many calls from this loop still have their books open."""
         with self._lock:
             return len(self._calls)
+
+    def callers_gone(self) -> list[Operation]:
+        """Return the operations of this loop's calls in flight that nobody awaits any more."""
+        closed = self._loop.is_closed()
+        with self._lock:
+            return [c.op for c in self._calls if closed or c.caller_gone]
 
     def pending(self) -> bool:
         """Whether a call from this loop still has its books open."""
@@ -544,7 +565,7 @@ class _Call:
 
     __slots__ = ("_answers", "_attempt", "_books", "_books_lock", "_ctx", "_deadline", "_engine",
                  "_finished", "_loop", "_owner", "_phase", "_span", "_started", "_ticket",
-                 "_timer", "_tracking", "future", "op")
+                 "_timer", "_tracking", "caller_gone", "future", "op")
 
     def __init__(self, owner: AsyncJackpotEngine, op: Operation,
                  loop: asyncio.AbstractEventLoop, answers: _Answers) -> None:
@@ -568,6 +589,7 @@ class _Call:
         # or in the actor's thread once the loop is closed: exactly once.
         self._books_lock = threading.Lock()
         self._books = False
+        self.caller_gone = False  # set (on the loop) once its awaiting task is cancelled
 
     def start(self) -> None:
         """Count the write in flight and send it; raise EngineClosedError if closed.

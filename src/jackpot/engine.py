@@ -480,9 +480,16 @@ class JackpotEngine:
         # has in flight: only that loop can finish them, so a close() from
         # its thread (an observer or log handler) must not wait for them.
         self._loop_calls: list[weakref.WeakMethod[Callable[[], int]]] = []
+        # The asyncio calls in flight whose callers are gone (cancelled, or
+        # their loop closed): named, as `_unreported`, by a close() that stops
+        # waiting for them.
+        self._callers_gone: list[weakref.WeakMethod[Callable[[], list[Operation]]]] = []
 
-    def _attach(self, sweep: Callable[[], None], loop_calls: Callable[[], int]) -> None:
-        """Hold an asyncio wrapper's sweep and loop-call count, weakly (see `_init_lifecycle`).
+    def _attach(self, sweep: Callable[[], None], loop_calls: Callable[[], int],
+                callers_gone: Callable[[], list[Operation]]) -> None:
+        """Hold an asyncio wrapper's sweep, loop-call count and callers gone, weakly.
+
+        (See `_init_lifecycle`.)
 
         The references of wrappers since collected are dropped here: an
         engine wrapped anew for every request would otherwise keep two dead
@@ -491,8 +498,10 @@ class JackpotEngine:
         with self._lock_state:
             self._sweeps[:] = [r for r in self._sweeps if r() is not None]
             self._loop_calls[:] = [r for r in self._loop_calls if r() is not None]
+            self._callers_gone[:] = [r for r in self._callers_gone if r() is not None]
             self._sweeps.append(weakref.WeakMethod(sweep))
             self._loop_calls.append(weakref.WeakMethod(loop_calls))
+            self._callers_gone.append(weakref.WeakMethod(callers_gone))
 
     def _observe(self, settings: Settings) -> None:
         """Attach metrics and tracing to `stats` (off: nothing on the hot path)."""
@@ -650,9 +659,11 @@ class JackpotEngine:
             with self._lock_state:
                 self._closed = True  # from now on, new calls are refused
             left_in_flight = self._await_inflight(wait_limit)
+            # (Asked before taking the state lock: the asyncio engine takes its own.)
+            gone = self._asyncio_callers_gone() if left_in_flight else []
             with self._lock_state:
                 if left_in_flight:
-                    unreported = list(self._unreported.values())
+                    unreported = [*self._unreported.values(), *gone]
                 # A close interrupted before this point (Ctrl-C while waiting) left
                 # everything running: a later close(), or the exit hook, finishes
                 # it. While another close() is stopping the actors, wait for it,
@@ -679,6 +690,15 @@ class JackpotEngine:
             _log_left_in_flight(left_in_flight, self._run_timeout if deadline is None else None,
                                 unreported)
         _log_late(late)
+
+    def _asyncio_callers_gone(self) -> list[Operation]:
+        """Return the asyncio calls in flight whose callers are gone (see `_attach`)."""
+        gone: list[Operation] = []
+        for ref in list(self._callers_gone):
+            callers_gone = ref()
+            if callers_gone is not None:
+                gone += callers_gone()
+        return gone
 
     def _await_inflight(self, deadline: float) -> int:
         """Wait until no call is in flight or `deadline` passes, sweeping now and then.

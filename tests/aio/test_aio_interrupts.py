@@ -25,6 +25,14 @@ from jackpot.service import Operation
 
 HANG = 30  # seconds: only a hang waits this long
 
+_CLOSE_TIMED_OUT = ("WARNING", ("close() timed out with 1 call still in flight: the actors "
+                                "were asked to stop after their work, with no time left to "
+                                "wait for that"), None, "close_timeout")
+_WIN_LEFT_UNKNOWN = ("WARNING", ("close() left 1 interrupted call whose outcome was not known "
+                                 "yet: win 'win' on minor. Its outcome is logged when it comes, "
+                                 "unless the process ends first: resend it with the same op_id "
+                                 "to learn it"), None, "close_timeout")
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
@@ -157,6 +165,88 @@ def test_a_call_interrupted_once_its_request_is_queued_is_counted_as_what_it_was
     finally:
         engine.sync.close()
         loop.close()
+
+
+@pytest.mark.parametrize("closing", ["async", "sync"])
+def test_a_close_that_stops_waiting_names_the_cancelled_calls_it_leaves_unknown(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, closing: str) -> None:
+    """A cancelled caller's win goes on; its outcome is logged on the loop when it comes.
+    Before: a close() that stopped waiting only said how many calls were in flight, not
+    which ones nobody waits for. The win, once it came, was logged and counted as paid
+    (right before too)."""
+    async def run() -> list[tuple[str, str, object, object]]:
+        engine = await AsyncJackpotEngine.open(db_path)
+        await engine.contribute("100", groups="minor", op_id="bet")
+        taken, go = hold_claims(monkeypatch)
+        win = WinTold()
+        engine.stats.observers.append(win)
+        try:
+            with hearing() as said:
+                task = asyncio.ensure_future(engine.process_win("minor", op_id="win",
+                                                                winner="p1"))
+                assert await asyncio.to_thread(taken.wait, HANG)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                if closing == "async":
+                    await engine.close(timeout=0)
+                else:
+                    await asyncio.to_thread(engine.sync.close, 0)
+                closed = list(said)
+                go.set()
+                # The win comes, and is told on this loop (free while this waits).
+                assert await asyncio.to_thread(win.told.wait, HANG)
+            assert _counted(engine, "win") == {"operations:win:ok": 1}
+            paid = [s for s in said if s[2] == "win"]
+            assert len(paid) == 1
+            assert paid[0][1].startswith("win on minor: paid ")
+            assert paid[0][1].endswith(" to p1 (op win, ok)")
+            return closed
+        finally:
+            go.set()
+            await engine.close()
+
+    assert asyncio.run(run()) == [_CLOSE_TIMED_OUT, _WIN_LEFT_UNKNOWN]
+
+
+def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_that_closed(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop ended by a KeyboardInterrupt, then closed, with a win in flight: nobody awaits
+    it; its outcome is logged from the actor's thread when it comes. Before: a close() that
+    stopped waiting did not say which call that was."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    go = threading.Event()
+    try:
+        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
+        taken, go = hold_claims(monkeypatch)
+        win = WinTold()
+        engine.stats.observers.append(win)
+
+        held: list[asyncio.Task[Any]] = []  # (asyncio holds tasks weakly)
+
+        async def interrupted() -> None:
+            held.append(asyncio.ensure_future(engine.process_win("minor", op_id="win",
+                                                                   winner="p1")))
+            assert await asyncio.to_thread(taken.wait, HANG)
+            raise KeyboardInterrupt  # (as Ctrl-C in a plain run_until_complete)
+
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(interrupted())
+        loop.close()
+        with hearing() as said:
+            engine.sync.close(timeout=0)
+            closed = list(said)
+            go.set()
+            assert win.told.wait(HANG)  # the win comes, and is told from the actor's thread
+        assert closed == [_CLOSE_TIMED_OUT, _WIN_LEFT_UNKNOWN]
+        assert _counted(engine, "win") == {"operations:win:ok": 1}
+        assert [s[1].startswith("win on minor: paid ") for s in said if s[2] == "win"] == [True]
+    finally:
+        go.set()
+        engine.sync.close()
+        if not loop.is_closed():
+            loop.close()
 
 
 def test_a_win_whose_caller_is_cancelled_is_logged_and_counted_as_paid(
