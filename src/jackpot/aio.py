@@ -644,7 +644,7 @@ class _Call:
         self._deadline = self._loop.time() + self._engine._queue_timeout  # noqa: SLF001
         self._schedule(min(_LIVENESS_POLL_S, self._engine._queue_timeout))  # noqa: SLF001
 
-    def _send_interrupted(self) -> None:
+    def _send_interrupted(self, *, resending: bool = False) -> None:
         """Follow or withdraw a request whose sending a KeyboardInterrupt (SystemExit) cut short.
 
         Raised on the loop (a second Ctrl-C under `asyncio.run`, or any in a
@@ -656,9 +656,18 @@ class _Call:
         A queued one goes on: watched as any other from here (its answer, or
         its actor stopping, settles it when the loop runs again, or the sweep
         of a loop that stopped or closed does).
+
+        `resending`: interrupted in `_restart`, whose task is not the
+        caller's: the caller still awaits, and is told (as when that task is
+        cancelled) that the request was not resent.
         """
         ticket = self._ticket
         if ticket is None or ticket.withdraw_unsent():
+            if resending:
+                msg = (f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop was "
+                       "interrupted as it resent it; nothing was changed")
+                self._finish(None, EngineClosedError(msg))
+                return
             self._finished = True
             self._close_books(None, None, withdrawn=True)
         elif self._timer is None:
@@ -813,6 +822,7 @@ class _Call:
         task = self._loop.create_task(self._restart())
         self._owner._tasks.add(task)  # noqa: SLF001
         task.add_done_callback(self._owner._tasks.discard)  # noqa: SLF001
+        task.add_done_callback(_retrieved)  # (an interrupt it ended on went up the loop)
 
     async def _restart(self) -> None:
         try:
@@ -825,7 +835,11 @@ class _Call:
         except Exception as e:  # noqa: BLE001 - reported to the caller
             self._finish(None, e)
             return
-        self._send()
+        try:
+            self._send()
+        except BaseException:
+            self._send_interrupted(resending=True)
+            raise
 
     # -- finishing ---------------------------------------------------------------
 

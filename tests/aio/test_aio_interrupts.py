@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from _helpers import read_ledger
-from jackpot import AsyncJackpotEngine
+from jackpot import AsyncJackpotEngine, EngineClosedError
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
 
@@ -277,3 +277,39 @@ def test_a_win_whose_caller_is_cancelled_is_logged_and_counted_as_paid(
                                                "operations:win:replayed": 1}
 
     asyncio.run(run())
+
+
+def test_a_resend_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_in_flight(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request was withdrawn from a stopped actor; a KeyboardInterrupt on the loop
+    lands as the restart task resends it, before it is queued. Before: the call stayed in
+    flight for good and its caller, awaiting in another task, waited for ever."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        engine.sync._pools["minor"].actor_ref.stop()
+        put, puts = Mailbox.put, []
+
+        def interrupted_resend(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+            puts.append(op.op_id)
+            if puts == ["interrupted", "interrupted"]:  # the resend, before it is queued
+                raise KeyboardInterrupt
+            return put(self, ticket, op)
+
+        monkeypatch.setattr(Mailbox, "put", interrupted_resend)
+        caller = loop.create_task(engine.contribute("10", groups="minor", op_id="interrupted"))
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(caller)
+        monkeypatch.undo()
+        with pytest.raises(EngineClosedError) as told:
+            loop.run_until_complete(asyncio.wait_for(caller, HANG))  # (only a hang waits)
+        assert str(told.value) == ("contribute 'interrupted' was not resent: the event loop "
+                                   "was interrupted as it resent it; nothing was changed")
+        assert engine.sync._inflight == 0
+        assert _counted(engine, "contribute") == {"operations:contribute:rejected": 1}
+        after = loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                          op_id="interrupted"))
+        assert not after.replayed  # the first attempt changed nothing
+    finally:
+        engine.sync.close()
+        loop.close()
