@@ -887,14 +887,16 @@ class _Call:
         if withdrawn:
             after_the_fact(log_withdrawn, self.op)
             return
-        if error is None:
-            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
-            after_the_fact(log_success, self.op, outcome, result)
-        else:
-            outcome = outcome_of(error)
-            after_the_fact(log_failure, self.op, outcome, error)
-        after_the_fact(self._engine.stats.operation, self.op.kind, outcome,
-                       time.perf_counter() - self._started)
+        outcome = outcome_of(error) if error else (
+            "replayed" if getattr(result, "replayed", False) else "ok")
+        try:
+            if error is None:
+                after_the_fact(log_success, self.op, outcome, result)
+            else:
+                after_the_fact(log_failure, self.op, outcome, error)
+        finally:  # counted even if an interrupt (Ctrl-C in a log handler) cuts the log short
+            after_the_fact(self._engine.stats.operation, self.op.kind, outcome,
+                           time.perf_counter() - self._started)
 
 
 async def _in_own_thread(name: str, call: Callable[..., _T], *args: Any) -> _T:

@@ -313,3 +313,36 @@ def test_a_resend_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_
     finally:
         engine.sync.close()
         loop.close()
+
+
+def test_an_interrupt_in_a_log_handler_as_a_win_is_told_does_not_leave_it_uncounted(
+        db_path: Path) -> None:
+    """Ctrl-C landing in the log handler that writes "paid" (on the loop). Before: the
+    win was paid but counted nowhere (no ok, no error); the sync engine counts it."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+
+    class Interrupting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "op_id", None) == "win":
+                raise KeyboardInterrupt
+
+    interrupting = Interrupting()
+    log = logging.getLogger("jackpot")
+    level = log.level
+    try:
+        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
+        log.addHandler(interrupting)
+        log.setLevel(logging.INFO)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(engine.process_win("minor", op_id="win", winner="p1"))
+        log.removeHandler(interrupting)
+        assert engine.sync._inflight == 0
+        assert _counted(engine, "win") == {"operations:win:ok": 1}
+        resent = loop.run_until_complete(engine.process_win("minor", op_id="win", winner="p1"))
+        assert resent.replayed
+    finally:
+        log.removeHandler(interrupting)
+        log.setLevel(level)
+        engine.sync.close()
+        loop.close()
