@@ -767,11 +767,13 @@ class _Call:
                    "outcome is unknown: retry with the same op_id to learn it")
             self._finish(None, LockTimeoutError(msg, outcome_unknown=True))
         elif ticket.abandon():
-            after_the_fact(self._engine.stats.add, "lock_timeouts", self.op.kind,
-                           ",".join(self.op.names))
             msg = (f"{self.op.kind} {self.op.op_id!r} was not started within "
                    f"{self._engine.settings.lock_timeout_ms} ms; nothing was changed")
-            self._finish(None, LockTimeoutError(msg))
+            try:
+                after_the_fact(self._engine.stats.add, "lock_timeouts", self.op.kind,
+                               ",".join(self.op.names))
+            finally:  # withdrawn: an interrupt in an observer must not leave it unfinished
+                self._finish(None, LockTimeoutError(msg))
         else:
             # Claimed: it is running, and its own lock waits and retries bound it.
             # Its actor is still watched: one that stops (crashed) never answers.

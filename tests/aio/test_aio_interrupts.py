@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from _helpers import read_ledger
-from jackpot import AsyncJackpotEngine, EngineClosedError
+from jackpot import AsyncJackpotEngine, EngineClosedError, LockTimeoutError, Settings
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
 
@@ -346,3 +346,53 @@ def test_an_interrupt_in_a_log_handler_as_a_win_is_told_does_not_leave_it_uncoun
         log.setLevel(level)
         engine.sync.close()
         loop.close()
+
+
+def test_an_interrupt_in_an_observer_as_a_request_times_out_in_the_queue_leaves_nothing_hanging(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing in a stats observer told of the lock timeout, once the request was
+    withdrawn from the queue. Before: the call stayed in flight for good (a close() waited
+    its whole bound) and its caller, when the loop ran again, waited for ever."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(
+        db_path, settings=Settings(lock_timeout_ms=200)))
+
+    class Interrupting(WinTold):
+        def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+            if event == "lock_timeouts":
+                raise KeyboardInterrupt
+
+    go = threading.Event()
+    try:
+        taken, go = threading.Event(), threading.Event()
+        claim = Ticket.claim
+
+        def claim_then_hold(self: Ticket, owner: Any) -> bool:
+            claimed = claim(self, owner)
+            taken.set()
+            assert go.wait(HANG)
+            return claimed
+
+        # The actor holds "first", claimed (it runs); "queued" waits behind it.
+        monkeypatch.setattr(Ticket, "claim", claim_then_hold)
+        first = loop.create_task(engine.contribute("10", groups="minor", op_id="first"))
+        assert loop.run_until_complete(asyncio.to_thread(taken.wait, HANG))
+        engine.stats.observers.append(Interrupting())
+        queued = loop.create_task(engine.contribute("10", groups="minor", op_id="queued"))
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(queued)  # its queue timeout comes first
+        engine.stats.observers.pop()
+        with pytest.raises(LockTimeoutError) as told:
+            loop.run_until_complete(asyncio.wait_for(queued, HANG))  # (only a hang waits)
+        assert str(told.value) == ("contribute 'queued' was not started within 200 ms; "
+                                   "nothing was changed")
+        go.set()
+        loop.run_until_complete(first)
+        assert engine.sync._inflight == 0
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1,
+                                                  "operations:contribute:timeout": 1}
+    finally:
+        go.set()
+        engine.sync.close()
+        loop.close()
+    assert [r["op_id"] for r in read_ledger(db_path) if r["kind"] == "contribute"] == ["first"]
