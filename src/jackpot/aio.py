@@ -351,7 +351,7 @@ class AsyncJackpotEngine:
         return 0 if answers is None else answers.in_flight()
 
     def _callers_gone(self) -> list[Operation]:
-        """Return the calls in flight whose callers are gone: cancelled, or their loop closed.
+        """Return the calls in flight whose callers are gone: cancelled, or their loop ended.
 
         Nobody will learn their outcomes but the log: a close() that stops
         waiting for them names them (`JackpotEngine.close`).
@@ -458,10 +458,16 @@ class _Answers:
             return len(self._calls)
 
     def callers_gone(self) -> list[Operation]:
-        """Return the operations of this loop's calls in flight that nobody awaits any more."""
-        closed = self._loop.is_closed()
+        """Return the operations of this loop's calls in flight that nobody may learn.
+
+        Those whose awaiting task was cancelled, and all of them once the loop
+        has closed, or stopped (`run_until_complete` ended by Ctrl-C): their
+        callers learn them only if it runs again, and an answer for it waits
+        for that, or for a close() sweep, to be logged.
+        """
+        idle = not self._loop.is_running()
         with self._lock:
-            return [c.op for c in self._calls if closed or c.caller_gone]
+            return [c.op for c in self._calls if idle or c.caller_gone]
 
     def pending(self) -> bool:
         """Whether a call from this loop still has its books open."""

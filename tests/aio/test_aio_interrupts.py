@@ -396,3 +396,31 @@ def test_an_interrupt_in_an_observer_as_a_request_times_out_in_the_queue_leaves_
         engine.sync.close()
         loop.close()
     assert [r["op_id"] for r in read_ledger(db_path) if r["kind"] == "contribute"] == ["first"]
+
+
+def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_left_stopped(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run_until_complete` returned (as Ctrl-C ends it) with a win in flight, its task
+    pending: its answer waits for the loop to run again. Before: a close() that stopped
+    waiting did not say which call that was. Run again, the loop tells it as paid."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    go = threading.Event()
+    try:
+        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
+        taken, go = hold_claims(monkeypatch)
+        task = loop.create_task(engine.process_win("minor", op_id="win", winner="p1"))
+        assert loop.run_until_complete(asyncio.to_thread(taken.wait, HANG))
+        with hearing() as said:
+            engine.sync.close(timeout=0)
+            closed = list(said)
+            go.set()
+            win = loop.run_until_complete(task)
+        assert closed == [_CLOSE_TIMED_OUT, _WIN_LEFT_UNKNOWN]
+        assert said[2:] == [("INFO", f"win on minor: paid {win.amount} to p1 (op win, ok)",
+                             "win", "ok")]
+        assert _counted(engine, "win") == {"operations:win:ok": 1}
+    finally:
+        go.set()
+        engine.sync.close()
+        loop.close()
