@@ -754,8 +754,26 @@ class _Call:
         self._timer = self._loop.call_later(delay, self._tick)
 
     def _tick(self) -> None:
-        """Check on a waiting request the way `JackpotEngine._wait` does."""
+        """Check on a waiting request the way `JackpotEngine._wait` does.
+
+        An interrupt (Ctrl-C in an observer or a log handler, or anywhere in
+        a plain `run_until_complete`) that cuts a check short goes up the
+        loop; the call is checked again on the loop's next turn, if it runs
+        again: a check left halfway (a request withdrawn from a stopped actor
+        but not resent) would otherwise leave it, and its caller, waiting
+        for good. Taken again, its steps that were taken (a withdrawal, a
+        liveness check) come to the same.
+        """
         self._timer = None
+        try:
+            self._check()
+        except BaseException:
+            if not self._finished and self._timer is None and self._ticket is not None:
+                with contextlib.suppress(RuntimeError):  # (the loop has closed)
+                    self._schedule(0)
+            raise
+
+    def _check(self) -> None:
         ticket = self._ticket
         if self._finished or ticket is None or self._peeked(ticket):
             return

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -424,3 +425,57 @@ def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_left_stopped(
         go.set()
         engine.sync.close()
         loop.close()
+
+
+class _Gate:
+    """A level guard's lock that says when someone starts waiting for it."""
+
+    def __init__(self) -> None:
+        self.real = threading.Lock()
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.waiting.set()
+        return self.real.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.real.release()
+
+
+def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_nothing_hanging(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The liveness check finds the actor of a queued request stopped and withdraws the
+    request; a KeyboardInterrupt lands before it is resent. Before: nothing watched the
+    call any more: it stayed in flight for good and its caller, when the loop ran again,
+    waited for ever. Now checked again, it is resent and applied once."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        actor = engine.sync._pools["minor"]
+        gate = _Gate()
+        gate.real.acquire()  # as a multi-level batch holding the level would
+        engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
+        engine.sync._mailboxes["minor"].claim_more = lambda *_: []  # type: ignore[method-assign]
+        first = loop.create_task(engine.contribute("10", groups="minor", op_id="a"))
+        assert loop.run_until_complete(asyncio.to_thread(gate.waiting.wait, HANG))
+        actor.actor_ref.stop(block=False)  # it stops once its batch is done
+        queued = loop.create_task(engine.contribute("20", groups="minor", op_id="b"))
+        check_open = engine.sync._check_open
+
+        def interrupted_once() -> None:  # (called once the request was withdrawn)
+            monkeypatch.setattr(engine.sync, "_check_open", check_open)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(engine.sync, "_check_open", interrupted_once)
+        gate.release()
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(queued)
+        result = loop.run_until_complete(asyncio.wait_for(queued, HANG))  # (only a hang waits)
+        assert (result.replayed, result.contributions) == (False, {"minor": Decimal("0.1")})
+        assert loop.run_until_complete(first).contributions == {"minor": Decimal("0.05")}
+        assert engine.sync._inflight == 0
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 2}
+    finally:
+        engine.sync.close()
+        loop.close()
+    assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a", "b"]
