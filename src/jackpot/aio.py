@@ -873,14 +873,17 @@ class _Call:
         if self._finished:
             return
         self._finished = True
-        self._cancel_timer()
         if not self.future.done():
             if error is None:
                 self.future.set_result(result)
             else:
                 self.future.set_exception(error)
-        # The caller resumes in a later callback, so the books are closed before it runs.
-        self._close_books(result, error)
+        # The caller resumes in a later callback, so the books are closed before it runs;
+        # also when an interrupt cuts this short (a timer left is harmless: finished).
+        try:
+            self._cancel_timer()
+        finally:
+            self._close_books(result, error)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -479,3 +479,36 @@ def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_noth
         engine.sync.close()
         loop.close()
     assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a", "b"]
+
+
+def test_an_interrupt_as_a_call_is_finished_still_closes_its_books(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt on the loop as the answered call stops its liveness timer.
+    Before: its books stayed open: still counted in flight (for good while the loop
+    runs: a close() waited its whole bound), the win neither logged nor counted."""
+    from jackpot.aio import _Call  # noqa: PLC0415 - private, this test only
+
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        cancel_timer = _Call._cancel_timer
+
+        def interrupted(self: _Call) -> None:
+            cancel_timer(self)
+            if self.op.op_id == "x":
+                raise KeyboardInterrupt
+
+        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
+        monkeypatch.setattr(_Call, "_cancel_timer", interrupted)
+        with hearing() as said:
+            caller = loop.create_task(engine.process_win("minor", op_id="x", winner="p1"))
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(caller)
+        monkeypatch.undo()
+        assert engine.sync._inflight == 0
+        assert _counted(engine, "win") == {"operations:win:ok": 1}
+        win = loop.run_until_complete(caller)  # its caller gets its result
+        assert said == [("INFO", f"win on minor: paid {win.amount} to p1 (op x, ok)", "x", "ok")]
+    finally:
+        engine.sync.close()
+        loop.close()
