@@ -916,7 +916,7 @@ class _Call:
         if withdrawn:
             after_the_fact(log_withdrawn, self.op)
             return
-        outcome = outcome_of(error) if error else (
+        outcome = outcome_of(error) if error is not None else (
             "replayed" if getattr(result, "replayed", False) else "ok")
         try:
             if error is None:
