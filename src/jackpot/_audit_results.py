@@ -48,10 +48,10 @@ _REPLAY: dict[str, Callable[[dict[str, Any]], object]] = {
     "config": lambda r: ConfigResult.from_record(r, replayed=True),
     **dict.fromkeys(_ADMIN, lambda r: AdminResult.from_record(r, replayed=True))}
 """How a replay of each kind reads its stored result (as `requests` builds them)."""
-Hit = tuple[str, int, int | None, int | None, str | None]
+Hit = tuple[str, int | None, int | None, int | None, str | None]
 """A must-hit-by hit as the ledger has it: (level, version, paid, balance after, winner).
 
-None: a NULL amount (told by its row), which a stored result is not compared with."""
+None: no number there (see `LedgerFigures`), which a stored result is not compared with."""
 Hits = Mapping[str, list[Hit]]
 BalancesAt = Callable[[list[tuple[str, int]]], dict[tuple[str, int], int | None]]
 """`Store.balances_at`: the balance after each (level, version); None: a NULL (not compared)."""
@@ -261,8 +261,8 @@ def _check_hits(given: list[dict[str, Any]], hits: list[Hit]) -> str | None:
 
 
 def _same_hit(stored: tuple[object, ...], hit: Hit) -> bool:
-    """Whether a stored hit is the ledger's; a NULL amount there (None) is not compared."""
-    return all((held is None and i in (2, 3)) or given == held
+    """Whether a stored hit is the ledger's; no number there (None) is not compared."""
+    return all((held is None and i in (1, 2, 3)) or given == held
                for i, (given, held) in enumerate(zip(stored, hit, strict=True)))
 
 
@@ -327,7 +327,8 @@ def _same_levels(record: RecordedResult, named: set[str]) -> str | None:
 def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object
              ) -> str | None:
     """Compare a result's figures for one level with the ledger's; describe the first miss."""
-    if type(version) is not int or version != f.version:  # 3.0 and True are not versions
+    # 3.0 and True are not versions; None: no number in the ledger (told by the level)
+    if type(version) is not int or (f.version is not None and version != f.version):
         return f"its stored result says {level} is at version {version!r}, the ledger {f.version}"
     for what, given in amounts.items():
         held = getattr(f, what)
@@ -337,8 +338,8 @@ def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object
     return None
 
 
-def _hits(hits: Sequence[tuple[str, int, int | None, int | None, str | None]]) -> str:
+def _hits(hits: Sequence[tuple[str, int | None, int | None, int | None, str | None]]) -> str:
     return "[" + ", ".join(
-        f"{level} v{v} {'?' if paid is None else from_units(paid)}"
+        f"{level} v{'?' if v is None else v} {'?' if paid is None else from_units(paid)}"
         f"{'' if winner is None else f' to {winner}'}"
         for level, v, paid, _, winner in hits) + "]"

@@ -319,25 +319,31 @@ def _not_numbers(s: LevelState) -> list[str]:
 
 
 def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:
-    """Compare one level's row with what its ledger rows add up to."""
+    """Compare one level's row with what its ledger rows add up to.
+
+    A total that is None is no number: SQL's sum of nothing but NULLs, or of a
+    REAL infinity and its negative (a ledger rebuilt without STRICT and NOT
+    NULL). Its rows are told, as ones that do not add up; it is not compared.
+    """
     name, m = s.name, s.meters
     problems = []
     if (t.min_version, t.max_version, t.rows) != (1, s.version, s.version):
         problems.append(f"{name}: ledger versions {t.min_version}..{t.max_version} in "
                         f"{t.rows} rows, "
                         f"level is at version {s.version} (expected 1..{s.version})")
-    if t.delta != s.amount:
+    if t.delta is not None and t.delta != s.amount:
         problems.append(f"{name}: ledger sums to {from_units(t.delta)}, "
                         f"level holds {from_units(s.amount)}")
-    if t.reserve_delta != s.reserve:
+    if t.reserve_delta is not None and t.reserve_delta != s.reserve:
         problems.append(f"{name}: ledger reserve sums to {from_units(t.reserve_delta)}, "
                         f"level holds {from_units(s.reserve)}")
-    if min(t.min_balance, t.min_reserve, s.amount, s.reserve) < 0:
+    if any(isinstance(v, (int, float)) and v < 0  # (a MIN of text: no number, told by its row)
+           for v in (t.min_balance, t.min_reserve, s.amount, s.reserve)):
         problems.append(f"{name}: a balance went negative")
     if not (0 <= s.carry < RATE_SCALE and 0 <= s.reserve_carry < RATE_SCALE):
         problems.append(f"{name}: a carried fraction is out of range")
     for meter, value in t.meters.items():
-        if getattr(m, meter) != value:
+        if value is not None and getattr(m, meter) != value:
             shown = str if meter in _COUNTS else from_units  # counts, else amounts
             problems.append(f"{name}: meter {meter} is {shown(getattr(m, meter))}, "
                             f"ledger says {shown(value)}")

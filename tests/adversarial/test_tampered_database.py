@@ -623,6 +623,37 @@ def test_a_null_amount_of_a_hit_is_told_by_its_row_not_as_unreadable_stored_resu
             f"[mystery v3 {'?' if column == 'paid' else '10.000001'}]"), weakened("ledger")]
 
 
+@pytest.mark.parametrize(("column", "value", "found"), [
+    ("paid", 9e999, ["mystery: meter won is 10.000001, ledger says Infinity",
+                     "mystery: ledger row 3 (version 3) does not add up"]),
+    ("paid", "x", ["mystery: meter won is 10.000001, ledger says 0.000000",
+                   "mystery: ledger row 3 (version 3) does not add up"]),
+    ("balance_after", 9e999, ["mystery: ledger row 3 (version 3) does not add up"]),
+    ("balance_after", "x", ["mystery: ledger row 3 (version 3) does not add up"]),
+    ("version_after", "x", [
+        "mystery: ledger versions 1..x in 3 rows, level is at version 3 (expected 1..3)"])])
+def test_a_figure_of_a_hit_that_is_no_number_is_told_by_its_row_not_a_crash(
+        tmp_path: Path, column: str, value: object, found: list[str]) -> None:
+    # Once int(): OverflowError (an infinity) stopped the audit, or ValueError
+    # (text) told "stored results cannot be read" and checked none. Told by
+    # its row (or its level's versions) and compared with nothing.
+    levels = [GroupConfig("mystery", Decimal(10), Decimal("0.1"),
+                          must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(tmp_path / "pools.db", levels,
+                            settings=Settings(enable_metrics=False, log_level="error")) as e:
+        e.contribute(Decimal("0.00001"), op_id="b1")  # one hit (as above)
+        without_strict(e, "ledger")
+        past_trigger(e, "ledger_no_update", f"UPDATE ledger SET {column} = ? "
+                     "WHERE kind = 'hit'", (value,))
+        assert problems(e) == [*found, weakened("ledger")]
+        # The hit's other figures are still compared.
+        rewrite_result(e, "b1", lambda r: r["hits"][0].update(winner="mallory"))
+        held = {"paid": "v3 ?", "balance_after": "v3 10.000001", "version_after": "v? 10.000001"}
+        assert problems(e) == [*found, (
+            "operation 'b1': its stored result lists hits [mystery v3 10.000001 to mallory], "
+            f"the ledger has [mystery {held[column]}]"), weakened("ledger")]
+
+
 @pytest.mark.parametrize(("change", "problem"), [
     (lambda r: r.update(winner="mallory"),
      "its stored result says the winner is 'mallory', the ledger 'alice'"),
@@ -1448,6 +1479,96 @@ def test_a_forged_null_amount_is_a_row_that_does_not_add_up(
     past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = NULL "
                  "WHERE kind = 'contribute' AND level = ?", (level,))
     assert problems(engine) == [*found, weakened("ledger")]
+
+
+INFINITE_AMOUNTS = {  # (column, 9e999 or -9e999 in b1's row of major): what verify() finds
+    ("delta", 1): ["major: ledger sums to Infinity, level holds 100.500000"],
+    ("delta", -1): ["major: ledger sums to -Infinity, level holds 100.500000"],
+    ("contributed", 1): ["major: meter contributed is 0.500000, ledger says Infinity"],
+    ("contributed", -1): ["major: meter contributed is 0.500000, ledger says -Infinity"],
+    ("overflow", 1): ["major: meter overflow is 0.000000, ledger says Infinity"],
+    ("overflow", -1): ["major: meter overflow is 0.000000, ledger says -Infinity"],
+    ("paid", 1): ["major: meter won is 0.000000, ledger says Infinity"],
+    ("reserve_delta", -1): ["major: ledger reserve sums to -Infinity, level holds 0.000000"],
+    ("balance_after", 1): []}
+
+
+@pytest.mark.parametrize(("column", "sign"), list(INFINITE_AMOUNTS))
+def test_a_forged_infinite_amount_is_a_row_that_does_not_add_up_not_a_crash(
+        engine: JackpotEngine, column: str, sign: int) -> None:
+    # A ledger rebuilt without STRICT takes a REAL infinity (9e999 in SQL): its
+    # sums, and the bet's figures its stored result is compared with, once
+    # stopped the audit on int() (OverflowError). The row does not add up,
+    # its level's sum is shown as what it is, the stored result is not
+    # compared with it (nor the carried fraction: no fraction is left).
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = {sign * 9}e999 "
+                 "WHERE op_id = 'b1' AND level = 'major'", ())
+    assert problems(engine) == [  # no exception
+        *INFINITE_AMOUNTS[column, sign], "major: ledger row 3 (version 2) does not add up",
+        weakened("ledger")]
+
+
+def test_a_forged_infinite_amount_where_a_sum_overflows_is_a_problem_not_a_crash(
+        engine: JackpotEngine) -> None:
+    # Past 2**63 the sums are made again exactly (`_ExactSum`): an infinity
+    # there stopped the audit on int() as well.
+    engine.contribute(Decimal(50), op_id="b2")
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET overflow = {2**62} "
+                 "WHERE op_id IN ('b1', 'b2') AND level = 'minor'", ())
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET overflow = 9e999 "
+                 "WHERE op_id = 'b2' AND level = 'major'", ())
+    assert problems(engine) == [  # no exception
+        "major: meter overflow is 0.000000, ledger says Infinity",
+        "minor: meter overflow is 0.000000, ledger says 9223372036854.775808",
+        "major: ledger row 6 (version 3) does not add up",
+        "minor: ledger row 4 (version 2) does not add up",
+        "minor: ledger row 7 (version 4) does not add up",
+        credited("-4611686018422.387904"),
+        credited("-4611686018422.387904").replace("'b1'", "'b2'"), weakened("ledger")]
+
+
+@pytest.mark.parametrize(("column", "set_to", "found"), [
+    # +inf and -inf sum to NaN, which SQL gives as NULL; so does a column of
+    # nothing but NULLs (the sum, or the least balance, of none).
+    ("overflow", {"b1": "9e999", "b2": "-9e999"}, []),
+    ("delta", {"b1": "9e999", "b2": "-9e999"}, []),
+    *((column, {"%": "NULL"}, ["major: ledger row 2 (version 1) does not add up"])
+      for column in ("paid", "balance_after"))])
+def test_a_level_s_sum_of_no_number_is_told_by_its_rows_not_a_crash(
+        engine: JackpotEngine, column: str, set_to: dict[str, str], found: list[str]) -> None:
+    # Once from_units(None) (TypeError) or min() of a None: the audit stopped.
+    engine.contribute(Decimal(50), op_id="b2")
+    without_strict(engine, "ledger")
+    for op_id, value in set_to.items():  # (a LIKE pattern: '%' is every row of major)
+        past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = {value} "
+                     "WHERE level = 'major' AND op_id LIKE ?", (op_id,))
+    assert problems(engine) == [
+        *found, "major: ledger row 3 (version 2) does not add up",
+        "major: ledger row 6 (version 3) does not add up", weakened("ledger")]
+
+
+@pytest.mark.parametrize(("column", "value", "found"), [
+    ("balance_after", "x", ["major: ledger row 3 (version 2) does not add up"]),
+    ("balance_after", b"\x00", ["major: ledger row 3 (version 2) does not add up"]),
+    ("version_after", "x", [
+        "major: ledger versions 1..x in 2 rows, level is at version 2 (expected 1..2)"]),
+    ("version_after", 9e999, [
+        "major: ledger versions 1..inf in 2 rows, level is at version 2 (expected 1..2)"])])
+def test_a_bet_s_figure_that_is_no_number_is_told_by_its_row_not_as_unreadable_results(
+        engine: JackpotEngine, column: str, value: object, found: list[str]) -> None:
+    # Once int('x') (ValueError): "stored results cannot be read as the engine
+    # writes them", naming neither the row nor the operation, and no stored
+    # result checked. Told by its row (or its level's versions), the stored
+    # result not compared with it; the others still are.
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = ? "
+                 "WHERE op_id = 'b1' AND level = 'major'", (value,))
+    rewrite_result(engine, "w1", lambda r: r.update(balance="1.000000"))
+    assert problems(engine) == [
+        *found, ("operation 'w1': its stored result says minor balance 1.000000, the ledger "
+                 "10.000000"), weakened("ledger")]
 
 
 @pytest.mark.parametrize(("level", "shown"), [(b"\x00", "b'\\x00'"), (None, "None")])

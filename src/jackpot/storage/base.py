@@ -124,8 +124,10 @@ class LedgerRow:
 class LedgerFigures(NamedTuple):
     """What one operation's ledger rows of one level say (for the audit).
 
-    None: a NULL there (a ledger rebuilt without NOT NULL, whose row is told
-    as one that does not add up), so nothing to compare a stored result with.
+    None: a NULL there, or another value of no number (text, a BLOB, a REAL
+    infinity) a ledger rebuilt without NOT NULL or STRICT holds; its row is
+    told (as one that does not add up, or by its level's versions), and a
+    stored result is not compared with it.
     """
 
     version: int | None
@@ -584,10 +586,28 @@ def _whole(value: Any) -> Any:
     """Return a number the ledger's SQL gave as an int (PostgreSQL sums BIGINT as NUMERIC).
 
     Anything else (text, a BLOB, NULL: a version in a ledger rebuilt without
-    STRICT, and so its MIN or MAX) is returned as it is, for the audit to
+    STRICT, and so its MIN or MAX; a REAL infinity there, or a sum of such
+    REALs, which int() cannot take) is returned as it is, for the audit to
     show as what it is rather than fail on.
     """
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
     return int(value) if isinstance(value, (int, float, Decimal)) else value
+
+
+def _figure(value: Any) -> int | None:
+    """Return a figure of a recorded operation's ledger rows as an int; None if it is no number.
+
+    None: a NULL, or what a table rebuilt without STRICT holds instead of an
+    integer (text, a BLOB, a REAL infinity): nothing a stored result can be
+    compared with; its row is told, as one that does not add up (an amount)
+    or by its level's versions (a version).
+    """
+    if type(value) is int:  # (what the engine writes: first)
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if isinstance(value, (int, float, Decimal)) else None
 
 
 _NOT_SUMS = frozenset({0, 1, 2, 5, 6})
@@ -966,7 +986,7 @@ class Store(ABC):
                 _CONTRIBUTIONS_BY_PERIOD.replace("{total}", total)):
             # (NULL: every bet of the period has a NULL overflow, a ledger rebuilt
             # without NOT NULL: as SUM leaves out a NULL, and its rows are told.)
-            out.setdefault(level, {})[int(period)] = (int(bets), int(overflow or 0))
+            out.setdefault(level, {})[int(period)] = (int(bets), _whole(overflow or 0))
         return out
 
     def recorded_results(self) -> Iterator[RecordedResult]:
@@ -984,8 +1004,7 @@ class Store(ABC):
             levels: dict[str, LedgerFigures] = {}
             kinds: dict[str, frozenset[str]] = {}
             for r in group:
-                version, balance, contributed, overflow, paid = (
-                    None if v is None else int(v) for v in r[6:])
+                version, balance, contributed, overflow, paid = map(_figure, r[6:])
                 credited = None if contributed is None or overflow is None else (
                     contributed - overflow)
                 levels[r[4]] = LedgerFigures(version, balance, credited, paid)
@@ -995,18 +1014,18 @@ class Store(ABC):
             yield RecordedResult(op_id, r[1], r[2], levels, kinds, r[3])
 
     def recorded_hits(self,
-                      ) -> dict[str, list[tuple[str, int, int | None, int | None, str | None]]]:
+                      ) -> dict[str, list[tuple[str, int | None, int | None, int | None,
+                                                str | None]]]:
         """Return, per recorded op_id, its hits: (level, version, paid, balance after, winner).
 
-        In the ledger's order, which is the order of the bet's result. None: a
-        NULL amount (as in `LedgerFigures`).
+        In the ledger's order, which is the order of the bet's result. None: no
+        number there (as in `LedgerFigures`).
         """
-        out: dict[str, list[tuple[str, int, int | None, int | None, str | None]]] = {}
+        out: dict[str, list[tuple[str, int | None, int | None, int | None, str | None]]] = {}
         rows = self._exec(self._of_kinds(_RECORDED_HITS))
         for op_id, level, version, paid, balance, who in rows:
             out.setdefault(op_id, []).append(
-                (level, int(version), None if paid is None else int(paid),
-                 None if balance is None else int(balance), who))
+                (level, _figure(version), _figure(paid), _figure(balance), who))
         return out
 
     def recorded_details(self) -> dict[str, RecordedDetail]:
@@ -1018,7 +1037,7 @@ class Store(ABC):
     def balances_at(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
         """Return the balance after each (level, version) that has a ledger row.
 
-        None: a NULL balance (as in `LedgerFigures`).
+        None: no number there (as in `LedgerFigures`).
         """
         out: dict[tuple[str, int], int | None] = {}
         p = self._PARAM
@@ -1029,7 +1048,7 @@ class Store(ABC):
                    f"JOIN (VALUES {values}) AS k ON l.level = k.column1 "
                    "AND l.version_after = k.column2")
             params = tuple(v for key in chunk for v in key)
-            out.update(((level, int(v)), None if b is None else int(b))
+            out.update(((level, int(v)), _figure(b))
                        for level, v, b in self._exec(sql, params))
         return out
 
