@@ -320,8 +320,11 @@ def _kinds(record: RecordedResult) -> str | None:
 def _same_levels(record: RecordedResult, named: set[str]) -> str | None:
     if named == record.levels.keys():
         return None
+    # A row's level may be a NULL or a BLOB (a ledger rebuilt without NOT NULL or
+    # STRICT): shown as such, not failing the sort among the names.
+    held = sorted("NULL" if level is None else str(level) for level in record.levels)
     return (f"its stored result names levels {', '.join(sorted(named))}, its ledger rows "
-            f"are of {', '.join(sorted(record.levels))}")
+            f"are of {', '.join(held)}")
 
 
 def _figures(f: LedgerFigures, level: str, *, version: object, **amounts: object

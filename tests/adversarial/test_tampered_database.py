@@ -1587,6 +1587,27 @@ def test_a_forged_level_of_another_type_than_text_next_to_a_text_one_is_reported
         *(broken if level is None else broken[::-1]), weakened("ledger")]
 
 
+def test_a_bet_row_forged_without_a_level_is_told_against_its_operation(
+        engine: JackpotEngine) -> None:
+    # b1's row of major has no level: its result names a level its rows are
+    # not of. Sorting a None among the names once failed: "its stored result
+    # is unreadable", which it is not.
+    without_not_null_on_level(engine)
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET level = NULL "
+                 "WHERE op_id = 'b1' AND level = 'major'", ())
+    assert problems(engine) == [
+        "major: ledger versions 1..1 in 1 rows, level is at version 2 (expected 1..2)",
+        "major: ledger sums to 100.000000, level holds 100.500000",
+        "major: meter bets is 1, ledger says 0",
+        "major: meter wagered is 50.000000, ledger says 0.000000",
+        "major: meter contributed is 0.500000, ledger says 0.000000",
+        "None: no such level, yet 1 ledger rows",
+        "None: ledger row 3 (version 2) does not add up",
+        ("operation 'b1': its stored result names levels major, minor, its ledger rows are "
+         "of NULL, minor"),
+        "integrity_check: table ledger takes a NULL in column level (its NOT NULL is gone)"]
+
+
 @pytest.mark.parametrize(("op_id", "shown"), [(b"\x00", "b'\\x00'"), (None, "None")])
 def test_a_forged_op_id_of_another_type_than_text_next_to_a_text_one_is_reported(
         engine: JackpotEngine, op_id: object, shown: str) -> None:
