@@ -1419,8 +1419,18 @@ def _left(deadline: float) -> float:
 def _warn_if_kept_differs(path: str, config: GroupConfig, state: domain.LevelState) -> None:
     """Warn that `open()` kept a level as stored although `config` asks for other settings."""
     given = domain.config_view(config.to_units())
-    held = domain.config_view(state.config)
-    after_reset = domain.config_view(replace(state.config, **state.pending))  # type: ignore[arg-type]
+    try:
+        held = domain.config_view(state.config)
+        after_reset = domain.config_view(replace(state.config, **state.pending))  # type: ignore[arg-type]
+    except (ArithmeticError, TypeError):
+        # A setting that is no number (text, a BLOB, a NULL in a levels table
+        # rebuilt without STRICT and NOT NULL) has no view to compare: said
+        # so, not a crash of an open that has committed its new levels.
+        after_the_fact(logger.warning, "level %s already exists in %s and is kept as it is "
+                       "there, though not all its settings there are numbers (a damaged or "
+                       "tampered database: verify() tells which)", config.name, redact(path),
+                       extra={"level": config.name, "outcome": "kept"})
+        return
     if given in (held, after_reset):
         return
     differs = ", ".join(f"{k} {held[k]} (given {given[k]})" for k in given if given[k] != held[k])

@@ -1666,6 +1666,32 @@ def test_a_level_s_figure_forged_as_something_else_than_a_number_is_reported(
         weakened("levels", *checked)]
 
 
+@pytest.mark.parametrize(("column", "what", "value"), [
+    ("seed", "setting seed", "x"), ("rate", "setting rate", "x"),
+    ("rate", "setting rate", None), ("reserve_rate", "setting reserve_rate", b"\x00")])
+def test_opening_a_level_whose_setting_is_forged_as_no_number_warns_and_verify_tells_it(
+        engine: JackpotEngine, caplog: pytest.LogCaptureFixture, column: str, what: str,
+        value: object) -> None:
+    # open() with the level's settings compares them with those held, for its
+    # warning: text, a NULL or a BLOB there once failed the open with
+    # decimal.InvalidOperation or TypeError (after it had committed).
+    engine.close()
+    without_strict(engine, "levels")
+    tamper(engine, f"PRAGMA ignore_check_constraints = ON; "
+                   f"UPDATE levels SET {column} = ? WHERE name = 'minor'", (value,))
+    with caplog.at_level("WARNING", logger="jackpot"), JackpotEngine.open(
+            engine._path, LEVELS, settings=Settings(enable_metrics=False)) as e:
+        # (The CHECK on a rate (0 < rate < 1e9) fails for text and a BLOB, not for NULL.)
+        checked = ["CHECK constraint failed in levels"] * (column != "seed" and value is not None)
+        assert problems(e) == [f"minor: its {what} in the levels table is {value!r}, not a number",
+                               weakened("levels", *checked)]
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"level minor already exists in {engine._path} and is kept as it is there, though not "
+        "all its settings there are numbers (a damaged or tampered database: verify() tells "
+        "which)")
+
+
 def test_a_win_row_forged_without_a_kind_is_reported_and_the_other_results_checked(
         engine: JackpotEngine) -> None:
     # A ledger rebuilt without NOT NULL: w1's only row has no kind. Its kinds
