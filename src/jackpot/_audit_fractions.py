@@ -92,6 +92,21 @@ def _rates(row: LedgerRow) -> _Rates:
         raise ValueError(msg) from e
 
 
+def _sql_order(value: object) -> tuple[int, Any]:
+    """Sort a value as SQLite does: NULL, numbers, text, BLOBs.
+
+    A ledger rebuilt without STRICT or NOT NULL may hold any of them as a
+    row's level or version; each rate period begins where the ledger's own
+    order (that SQLite gives `periods`) puts its row, and a sort of mixed
+    types must not fail.
+    """
+    if value is None:
+        return 0, 0
+    if isinstance(value, (int, float)):
+        return 1, value
+    return (2, value) if isinstance(value, str) else (3, value)
+
+
 class Fractions:
     """What the ledger says each level's carried fractions must be."""
 
@@ -101,7 +116,8 @@ class Fractions:
         self.problems: list[str] = []
         self.periods = periods
         self.rates: dict[str, list[_Rates | None]] = defaultdict(list)
-        for row in sorted(configs, key=lambda r: (r.level, r.version_after)):
+        for row in sorted(configs, key=lambda r: (_sql_order(r.level),
+                                                  _sql_order(r.version_after))):
             try:
                 self.rates[row.level].append(_rates(row))
             except ValueError as e:
@@ -164,7 +180,8 @@ def check_retirements(rows: Iterable[LedgerRow], *, told: bool) -> list[str]:
     """Check that each retirement's two rows agree on what moved.
 
     A row whose fractions cannot be read is told by `Fractions` (`told`), or
-    else here: once either way.
+    else here: once either way. A row whose units moved are no whole number
+    (a ledger rebuilt without STRICT) is told here, against its retirement.
     """
     by_op: dict[str, list[LedgerRow]] = defaultdict(list)
     for row in rows:
@@ -186,6 +203,14 @@ def check_retirements(rows: Iterable[LedgerRow], *, told: bool) -> list[str]:
         except ValueError as e:
             if not told:
                 problems.append(f"retirement {op_id!r}: {e}")
+            continue
+        forged = next(((r.kind, f, v) for r in (out, into)
+                       for f in ("transferred", "reserve_transferred")
+                       if type(v := getattr(r, f)) is not int), None)
+        if forged is not None:  # (text, a REAL: a ledger rebuilt without STRICT)
+            kind, figure, value = forged
+            problems.append(f"retirement {op_id!r}: its {kind} row's {figure} is {value!r}, "
+                            "not a whole number of units")
             continue
         given = -(out.transferred + out.reserve_transferred)
         received = into.transferred + into.reserve_transferred

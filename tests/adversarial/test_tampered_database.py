@@ -1587,6 +1587,56 @@ def test_a_forged_level_of_another_type_than_text_next_to_a_text_one_is_reported
         *(broken if level is None else broken[::-1]), weakened("ledger")]
 
 
+def retired_major(engine: JackpotEngine) -> None:
+    """Change major's rate, bet, and retire major into minor (rows: config, bet, retire)."""
+    engine.update_config("major", contribution_rate=Decimal("0.02"), op_id="c1")
+    engine.contribute(Decimal(50), op_id="b2")
+    engine.retire("major", transfer_to="minor", reason="r", op_id="r1")
+
+
+@pytest.mark.parametrize(("version", "shown"), [("x", "x"), (b"\x00", "b'\\x00'")])
+def test_a_config_row_s_version_that_is_no_number_does_not_hide_the_rates(
+        engine: JackpotEngine, version: object, shown: str) -> None:
+    # The create and config rows are sorted by version: text among the
+    # integers failed the sort, told as "rate and retirement rows cannot be
+    # read" (TypeError), and no level's carried fractions were checked. (As
+    # SQLite orders them: numbers, then text, then BLOBs.)
+    retired_major(engine)
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET version_after = ? "
+                 "WHERE kind = 'config'", (version,))
+    # Last in major's order, the config row leaves b2 at the rate before it.
+    assert problems(engine) == [
+        f"major: ledger versions 1..{shown} in 5 rows, level is at version 5 (expected 1..5)",
+        ("major: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
+         "rates and retirements leave -500000000000000"),
+        f"major: ledger row 6 (version {shown}) does not add up", weakened("ledger")]
+
+
+RETIRE_ROW = "major: ledger row 9 (version 5) does not add up"
+
+
+@pytest.mark.parametrize(("kind", "column", "value", "found"), [
+    ("retire", "transferred", "x", [
+        "major: meter transferred is -101.500000, ledger says 0.000000", RETIRE_ROW]),
+    ("transfer_in", "reserve_transferred", "x", []),
+    ("retire", "transferred", 9e999, [
+        "major: meter transferred is -101.500000, ledger says Infinity", RETIRE_ROW])])
+def test_a_retirement_s_figure_that_is_no_number_is_told_against_the_retirement(
+        engine: JackpotEngine, kind: str, column: str, value: object,
+        found: list[str]) -> None:
+    # Text once made the check of what moved fail: "retirement rows cannot be
+    # read as the engine writes them (TypeError: ...)", naming no retirement;
+    # an infinity was compared as units ("major gave -inf units").
+    retired_major(engine)
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = ? "
+                 "WHERE kind = ?", (value, kind))
+    assert problems(engine) == [
+        *found, (f"retirement 'r1': its {kind} row's {column} is {value!r}, not a whole number "
+                 "of units"), weakened("ledger")]
+
+
 def test_a_bet_row_forged_without_a_level_is_told_against_its_operation(
         engine: JackpotEngine) -> None:
     # b1's row of major has no level: its result names a level its rows are
