@@ -1555,7 +1555,10 @@ def test_a_level_s_sum_of_no_number_is_told_by_its_rows_not_a_crash(
     ("version_after", "x", [
         "major: ledger versions 1..x in 2 rows, level is at version 2 (expected 1..2)"]),
     ("version_after", 9e999, [
-        "major: ledger versions 1..inf in 2 rows, level is at version 2 (expected 1..2)"])])
+        "major: ledger versions 1..inf in 2 rows, level is at version 2 (expected 1..2)"]),
+    # (Once read as version 1: the stored result's 2 was said to differ from it.)
+    ("version_after", 1.5, [
+        "major: ledger versions 1..1.5 in 2 rows, level is at version 2 (expected 1..2)"])])
 def test_a_bet_s_figure_that_is_no_number_is_told_by_its_row_not_as_unreadable_results(
         engine: JackpotEngine, column: str, value: object, found: list[str]) -> None:
     # Once int('x') (ValueError): "stored results cannot be read as the engine
@@ -1585,6 +1588,18 @@ def test_a_forged_level_of_another_type_than_text_next_to_a_text_one_is_reported
     assert problems(engine) == [
         "ghost: no such level, yet 1 ledger rows", f"{shown}: no such level, yet 1 ledger rows",
         *(broken if level is None else broken[::-1]), weakened("ledger")]
+
+
+def test_a_version_forged_as_a_real_that_is_no_whole_number_is_shown_as_it_is(
+        engine: JackpotEngine) -> None:
+    # int() cut major's create row's version 1.5 to 1: versions 1..2, as
+    # written, and nothing told of the row.
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET version_after = 1.5 "
+                 "WHERE kind = 'create' AND level = 'major'", ())
+    assert problems(engine) == [
+        "major: ledger versions 1.5..2 in 2 rows, level is at version 2 (expected 1..2)",
+        weakened("ledger")]
 
 
 def retired_major(engine: JackpotEngine) -> None:

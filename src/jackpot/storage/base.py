@@ -586,11 +586,12 @@ def _whole(value: Any) -> Any:
     """Return a number the ledger's SQL gave as an int (PostgreSQL sums BIGINT as NUMERIC).
 
     Anything else (text, a BLOB, NULL: a version in a ledger rebuilt without
-    STRICT, and so its MIN or MAX; a REAL infinity there, or a sum of such
-    REALs, which int() cannot take) is returned as it is, for the audit to
-    show as what it is rather than fail on.
+    STRICT, and so its MIN or MAX; a REAL there that is no whole number, an
+    infinity or 1.5, or a sum of such REALs) is returned as it is, for the
+    audit to show as what it is rather than fail on (int() of an infinity)
+    or cut short (a version of 1.5 is none, not 1).
     """
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and not value.is_integer():
         return value
     return int(value) if isinstance(value, (int, float, Decimal)) else value
 
@@ -599,13 +600,13 @@ def _figure(value: Any) -> int | None:
     """Return a figure of a recorded operation's ledger rows as an int; None if it is no number.
 
     None: a NULL, or what a table rebuilt without STRICT holds instead of an
-    integer (text, a BLOB, a REAL infinity): nothing a stored result can be
-    compared with; its row is told, as one that does not add up (an amount)
-    or by its level's versions (a version).
+    integer (text, a BLOB, a REAL that is no whole number: an infinity,
+    1.5): nothing a stored result can be compared with; its row is told, as
+    one that does not add up (an amount) or by its level's versions (a version).
     """
     if type(value) is int:  # (what the engine writes: first)
         return value
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and not value.is_integer():
         return None
     return int(value) if isinstance(value, (int, float, Decimal)) else None
 
