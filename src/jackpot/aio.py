@@ -861,6 +861,12 @@ class _Call:
         except Exception as e:  # noqa: BLE001 - reported to the caller
             self._finish(None, e)
             return
+        except BaseException:
+            # An interrupt in this task's step before the resend (as it hands
+            # the restart to a thread, or takes its result): nothing was
+            # sent, no timer watches the call, and its caller still awaits.
+            self._send_interrupted(resending=True)
+            raise
         try:
             self._send()
         except BaseException:

@@ -316,6 +316,42 @@ def test_a_resend_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_
         loop.close()
 
 
+def test_a_restart_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_in_flight(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, but the KeyboardInterrupt lands as the restart task hands the actor's
+    restart to a thread, before any resend. Before: only an interrupt in the resend
+    itself was caught; this one left the call in flight for good (no ticket, no timer),
+    its caller waiting for ever once the loop ran again."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        engine.sync._pools["minor"].actor_ref.stop()
+        to_thread = asyncio.to_thread
+
+        def interrupted_restart(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+            if func == engine.sync._restart_before_resending:
+                raise KeyboardInterrupt  # (in the restart task's step, on the loop)
+            return to_thread(func, *args, **kwargs)
+
+        monkeypatch.setattr(asyncio, "to_thread", interrupted_restart)
+        caller = loop.create_task(engine.contribute("10", groups="minor", op_id="interrupted"))
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(caller)
+        monkeypatch.undo()
+        with pytest.raises(EngineClosedError) as told:
+            loop.run_until_complete(asyncio.wait_for(caller, HANG))  # (only a hang waits)
+        assert str(told.value) == ("contribute 'interrupted' was not resent: the event loop "
+                                   "was interrupted as it resent it; nothing was changed")
+        assert engine.sync._inflight == 0
+        assert _counted(engine, "contribute") == {"operations:contribute:rejected": 1}
+        after = loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                          op_id="interrupted"))
+        assert not after.replayed  # the first attempt changed nothing
+    finally:
+        engine.sync.close()
+        loop.close()
+
+
 def test_an_interrupt_in_a_log_handler_as_a_win_is_told_does_not_leave_it_uncounted(
         db_path: Path) -> None:
     """Ctrl-C landing in the log handler that writes "paid" (on the loop). Before: the
