@@ -867,6 +867,11 @@ class _Call:
             # sent, no timer watches the call, and its caller still awaits.
             self._send_interrupted(resending=True)
             raise
+        if self._finished:
+            # Its books were closed meanwhile: an interrupt right after this
+            # task was created told the call withdrawn (`_send_interrupted`),
+            # and nothing may be sent for it now ("nothing was changed").
+            return
         try:
             self._send()
         except BaseException:

@@ -352,6 +352,44 @@ def test_a_restart_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing
         loop.close()
 
 
+def test_a_call_told_withdrawn_as_its_restart_task_starts_is_not_resent_by_that_task(
+        db_path: Path) -> None:
+    """The level's actor had stopped: the send found it dead, withdrew the request and
+    started the task that restarts the actor and resends it; a KeyboardInterrupt on the loop
+    lands right after. The caller's books are closed as withdrawn ("nothing was changed").
+    Before: the restart task, run when the loop ran again, resent the request anyway: the
+    bet was applied, yet told as withdrawn and counted nowhere."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    started: list[asyncio.Task[Any]] = []
+
+    class Interrupting(set[asyncio.Task[Any]]):
+        def add(self, task: asyncio.Task[Any]) -> None:
+            super().add(task)
+            started.append(task)
+            if len(started) == 1:
+                raise KeyboardInterrupt  # (right after the restart task is created)
+
+    try:
+        engine.sync._pools["minor"].actor_ref.stop()
+        engine._tasks = Interrupting(engine._tasks)
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                      op_id="interrupted"))
+        # The loop runs again: the restart task runs to its end.
+        loop.run_until_complete(asyncio.wait_for(
+            asyncio.gather(*started, return_exceptions=True), HANG))
+        assert engine.sync._inflight == 0
+        assert said == [("INFO", ("contribute interrupted withdrawn: its caller was interrupted "
+                                  "before the request was queued; nothing was changed"),
+                         "interrupted", "interrupted")]
+        assert _counted(engine, "contribute") == {}
+    finally:
+        engine.sync.close()
+        loop.close()
+    assert [r["op_id"] for r in read_ledger(db_path) if r["kind"] == "contribute"] == []
+
+
 def test_an_interrupt_in_a_log_handler_as_a_win_is_told_does_not_leave_it_uncounted(
         db_path: Path) -> None:
     """Ctrl-C landing in the log handler that writes "paid" (on the loop). Before: the
