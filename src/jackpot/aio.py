@@ -767,10 +767,13 @@ class _Call:
         self._timer = None
         try:
             self._check()
-        except BaseException:
+        except BaseException as e:
             if not self._finished and self._timer is None and self._ticket is not None:
+                # At once after an interrupt; after an error (a raising observer,
+                # say), at the usual pace: a check failing every time must not
+                # spin the loop.
                 with contextlib.suppress(RuntimeError):  # (the loop has closed)
-                    self._schedule(0)
+                    self._schedule(_LIVENESS_POLL_S if isinstance(e, Exception) else 0)
             raise
 
     def _check(self) -> None:
