@@ -520,3 +520,40 @@ def test_open_keeps_a_level_the_application_set_unless_one_is_given(tmp_path: Pa
             assert log.level == logging.ERROR  # an explicit setting wins
     finally:
         log.setLevel(before)
+
+
+@pytest.mark.parametrize("when", ["opening", "running"])
+def test_an_engine_closing_as_another_opens_the_file_leaves_it_writable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    # The old engine's last connection closes between a new connection's open and its
+    # first read: holding no lock yet, the new one does not stop SQLite from folding and
+    # deleting the -wal and -shm, which its first read then makes anew. Was: taken for
+    # files replaced by someone else, every write refused (open() itself, for the store
+    # it migrates with; or the running engine's writes until it was closed).
+    from jackpot.storage import SQLiteStore  # noqa: PLC0415
+
+    path = tmp_path / "pools.db"
+    old = JackpotEngine.open(path)
+    old.contribute("10", groups="minor", op_id="old")  # its writes noted the -wal and -shm
+    recognise = SQLiteStore._recognise
+    calls = 0
+
+    def first_read(store: SQLiteStore, *, allow_empty: bool) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == (1 if when == "opening" else 2):  # open()'s own store; the engine's reader
+            for suffix in ("-wal", "-shm"):  # (kept linked: the new ones get other inodes)
+                (tmp_path / f"kept{suffix}").hardlink_to(f"{path}{suffix}")
+            old.close()  # its last connection folds the -wal and deletes both
+            assert not Path(f"{path}-wal").exists()
+            assert not Path(f"{path}-shm").exists()
+        return recognise(store, allow_empty=allow_empty)
+
+    monkeypatch.setattr(SQLiteStore, "_recognise", first_read)
+    with JackpotEngine.open(path, create=False) as new:
+        assert calls > 2
+        new.contribute("10", groups="minor", op_id="new")  # was: StorageError, refused
+        new.contribute("10", groups=("major", "minor"), op_id="both")
+        assert new.health().ok
+        assert new.verify().ok
+    assert _ledger_rows(path) == len(GROUPS_CREATED) + 4  # one row per level a bet paid

@@ -8,7 +8,11 @@ stop by itself:
   write-ahead log, that nobody will find again (the next `open()` of the path
   starts from another ledger or an empty one; a removed `-wal` goes with the
   process). So a writer checks, as it takes the write lock, that the path and
-  its `-wal` and `-shm` still name the files it has open.
+  its `-wal` and `-shm` still name the files it has open. SQLite itself
+  deletes the `-wal` and `-shm` as the last connection holding them closes,
+  and the next one's first read makes them anew: what this process noted of
+  them is forgotten as its last connection holding them lets go (a
+  connection opened that has not read yet holds nothing, so keeps nothing).
 - The storage reported an I/O error (a failed write or fsync). Linux reports
   a failed writeback once per open file and then forgets it: a later fsync
   of the same file succeeds although the earlier pages never reached the
@@ -52,6 +56,8 @@ _failed: dict[Identity, str] = {}
 """Databases (by file) whose storage reported an I/O error to this process, and the error."""
 _sides: dict[Identity, dict[str, Identity]] = {}
 """The `-wal` and `-shm` files of each database, as this process's connections first saw them."""
+_holding: Counter[Identity] = Counter()
+"""Writing connections of this process that have read the database (`_sides` forgotten at 0)."""
 _open: Counter[Identity] = Counter()
 """Writing connections of this process per database file (forgotten, with the above, at 0)."""
 _reading: Counter[Identity] = Counter()
@@ -67,6 +73,7 @@ def _after_fork_in_child() -> None:
     _inherited.update(_open)
     _inherited.update(_reading)
     _reading.clear()
+    _holding.clear()
     _failed.clear()
     _sides.clear()
     _open.clear()
@@ -124,8 +131,41 @@ class FileGuard:
         if self.file is not None:
             with _lock:
                 _open[self.file] += 1
+        self._holds: list[Identity] = []  # the file, from `holding()` to `letting_go()`
+        self._pid = os.getpid()
         # Released by close(), or when the guard is collected (a store never closed).
-        self._release = weakref.finalize(self, _release, self.file, os.getpid())
+        self._release = weakref.finalize(self, _release, self.file, self._holds, self._pid)
+
+    def holding(self) -> None:
+        """Note that the connection has read: it holds the `-wal` and `-shm` until it closes.
+
+        From its first read to its close, a connection in WAL mode keeps a
+        shared lock on the database file, so no connection's close (of any
+        process) can fold the `-wal` and delete it and the `-shm` meanwhile:
+        only someone else can remove or replace them then. Before its first
+        read it holds nothing: the last closing connection deletes them, and
+        this one's first read makes them anew, legitimately.
+        """
+        if self.file is not None and not self._holds and self._pid == os.getpid():
+            with _lock:
+                _holding[self.file] += 1
+                self._holds.append(self.file)
+
+    def letting_go(self) -> None:
+        """Note, just before the connection closes, that it may delete the `-wal` and `-shm`.
+
+        SQLite's close deletes them when no connection holds them any more
+        (after folding the `-wal` into the file: nothing is lost), and the
+        next connection's first read makes them anew, with other inodes. So
+        the last of this process's connections holding them forgets them as
+        it lets go, before SQLite may delete them: were they forgotten after,
+        a connection that read in between (they were made anew) would keep
+        the old ones noted, its writes refused as if someone else had
+        replaced them. Forgotten before, a connection reading in between
+        holds them first (the close then deletes nothing) and notes them again.
+        """
+        with _lock:
+            _let_go(self._holds, self._pid)
 
     def refusal(self) -> str | None:
         """Say why this connection may not write now (None: it may)."""
@@ -171,7 +211,7 @@ class FileGuard:
             return self.file is not None and self.file in _failed
 
     def close(self) -> None:
-        """Forget this connection; the last one of a database forgets its failure too."""
+        """Forget this connection (closed); the last one of a database forgets its failure too."""
         self._release()
         self.file = None
 
@@ -208,8 +248,15 @@ def _forget_reader(file: Identity | None, pid: int) -> None:
         _count_down(_reading, file, pid)
 
 
-def _release(file: Identity | None, pid: int) -> None:
+def _let_go(holds: list[Identity], pid: int) -> None:
+    """Count the connection with `holds` out of `_holding` (under `_lock`; idempotent)."""
+    if holds and _count_down(_holding, file := holds.pop(), pid):
+        _sides.pop(file, None)
+
+
+def _release(file: Identity | None, holds: list[Identity], pid: int) -> None:
     with _lock:
+        _let_go(holds, pid)
         if _count_down(_open, file, pid):
             assert file is not None
             _failed.pop(file, None)

@@ -212,6 +212,8 @@ class SQLiteStore(Store):
                 self._exec(f"PRAGMA cache_size = {-int(cache_mb) * 1024}")  # negative: KiB
             if on_wal is not None and not read_only:
                 self.conn.set_wal_hook(self._wal_hook)  # replaces the automatic checkpoint
+            if self._guard is not None:
+                self._guard.holding()  # (it has read: it holds the -wal and -shm now)
         except BaseException as e:
             self._abandon()
             if not isinstance(e, apsw.Error):
@@ -342,6 +344,8 @@ class SQLiteStore(Store):
             if self._guard is not None and self._guard.has_failed():
                 with contextlib.suppress(apsw.Error):
                     self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+            if self._guard is not None:
+                self._guard.letting_go()  # before it: its close may delete the -wal (see there)
             try:
                 self.conn.close()
             finally:  # after it: a fork until then copies the connection open (see _files)
