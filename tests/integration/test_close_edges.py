@@ -860,3 +860,70 @@ def test_pykkas_unregistered_line_failing_at_close_is_told_as_what_it_is(
     assert sorted(heard.said("report_failed")) == sorted(
         ("ERROR", told.format(p.actor_ref)) for p in actors)
     assert all(p.actor_ref.actor_stopped.is_set() for p in actors)
+
+
+def test_a_new_engine_writes_though_a_timed_out_close_ends_as_it_opens(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload: close(timeout) gives up on a busy actor; the new engine opens meanwhile.
+
+    The old actor's connection, the last, closed as the new engine's first
+    connection had opened the file and not yet read it: SQLite folded and
+    deleted the -wal and -shm, the new connection made them anew. Was: taken
+    for files someone else replaced, open() refused with StorageError ("the
+    -wal file ... was removed or replaced since this engine opened it").
+    """
+    from jackpot.storage import SQLiteStore  # noqa: PLC0415 - as the engine opens it
+
+    release, busy = threading.Event(), threading.Event()
+
+    def hang(_actor: Any) -> None:  # a request that outlasts close()'s timeout
+        busy.set()
+        release.wait(HANG)
+
+    monkeypatch.setattr(PoolActor, "hang", hang, raising=False)
+    opened: list[SQLiteStore] = []
+    closed: set[int] = set()
+    changed = threading.Condition()
+    init, close, recognise = SQLiteStore.__init__, SQLiteStore.close, SQLiteStore._recognise
+
+    def tracked_init(store: SQLiteStore, *args: Any, **kwargs: Any) -> None:
+        init(store, *args, **kwargs)
+        opened.append(store)
+
+    def tracked_close(store: SQLiteStore) -> None:
+        close(store)
+        with changed:
+            closed.add(id(store))
+            changed.notify_all()
+
+    monkeypatch.setattr(SQLiteStore, "__init__", tracked_init)
+    monkeypatch.setattr(SQLiteStore, "close", tracked_close)
+    old = JackpotEngine.open(db_path)
+    old.contribute(Decimal(10), groups="minor", op_id="old")  # its write noted the -wal and -shm
+    old_stores = list(opened)
+    old._pools["minor"].hang()
+    assert busy.wait(HANG)
+    old.close(timeout=0.2)  # gives up on the busy actor: its connection stays open
+    first_read = threading.Event()
+
+    def first_read_ends_the_old(store: SQLiteStore, *, allow_empty: bool) -> int:
+        if not first_read.is_set():  # the new open()'s first connection, not read yet
+            first_read.set()
+            for suffix in ("-wal", "-shm"):  # (kept linked: the new ones get other inodes)
+                (db_path.parent / f"kept{suffix}").hardlink_to(f"{db_path}{suffix}")
+            release.set()  # the busy actor ends its request, stops, closes its connection
+            with changed:
+                assert changed.wait_for(lambda: {id(s) for s in old_stores} <= closed, HANG)
+            assert not Path(f"{db_path}-wal").exists()  # the last close folded it, deleted it
+            assert not Path(f"{db_path}-shm").exists()
+        return recognise(store, allow_empty=allow_empty)
+
+    monkeypatch.setattr(SQLiteStore, "_recognise", first_read_ends_the_old)
+    try:
+        with JackpotEngine.open(db_path) as new:  # was: StorageError, "-wal ... replaced"
+            assert first_read.is_set()
+            new.contribute(Decimal(10), groups="minor", op_id="new")
+            assert new.health().ok
+            assert new.pools()["minor"].version == 3  # (created, then both bets)
+    finally:
+        release.set()
