@@ -557,3 +557,24 @@ def test_an_engine_closing_as_another_opens_the_file_leaves_it_writable(
         assert new.health().ok
         assert new.verify().ok
     assert _ledger_rows(path) == len(GROUPS_CREATED) + 4  # one row per level a bet paid
+
+
+def test_a_connection_that_made_the_file_holds_its_wal_until_it_closes(tmp_path: Path) -> None:
+    # It read the new file before switching it to WAL, so held no lock on it: an engine's
+    # close deleted the -wal and -shm, the connection's next read made them anew and its
+    # writes were refused, the old ones (noted by the engine) taken for replaced.
+    from jackpot.storage import SQLiteStore  # noqa: PLC0415
+
+    path = tmp_path / "pools.db"
+    first = SQLiteStore(str(path))  # a brand-new file
+    try:
+        with JackpotEngine.open(path) as engine:
+            engine.contribute("10", groups="minor", op_id="one")  # noted the -wal and -shm
+            for suffix in ("-wal", "-shm"):  # (kept linked: new ones would get other inodes)
+                (tmp_path / f"kept{suffix}").hardlink_to(f"{path}{suffix}")
+        assert Path(f"{path}-wal").exists()  # was: deleted by the engine's last close
+        with first.write():  # was: StorageError, the -wal "removed or replaced"
+            assert first.load_levels()["minor"].version == 2
+    finally:
+        first.close()
+    assert not Path(f"{path}-wal").exists()  # the last close folded it in

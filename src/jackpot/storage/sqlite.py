@@ -213,6 +213,9 @@ class SQLiteStore(Store):
             if on_wal is not None and not read_only:
                 self.conn.set_wal_hook(self._wal_hook)  # replaces the automatic checkpoint
             if self._guard is not None:
+                # A file just switched to WAL (new, or a restored backup) was read
+                # before: the connection holds its -wal once it reads in WAL mode.
+                self._retry_busy(lambda: self._exec("PRAGMA schema_version"))
                 self._guard.holding()  # (it has read: it holds the -wal and -shm now)
         except BaseException as e:
             self._abandon()
