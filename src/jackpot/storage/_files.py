@@ -59,7 +59,7 @@ _sides: dict[Identity, dict[str, Identity]] = {}
 _holding: Counter[Identity] = Counter()
 """Writing connections of this process that have read the database (`_sides` forgotten at 0)."""
 _open: Counter[Identity] = Counter()
-"""Writing connections of this process per database file (forgotten, with the above, at 0)."""
+"""Writing connections of this process per database file (`_failed` forgotten at 0)."""
 _reading: Counter[Identity] = Counter()
 """Read-only connections of this process, reading through the -shm, per database file."""
 _inherited: set[Identity] = set()
