@@ -26,6 +26,8 @@ from jackpot.actors import Mailbox, Ticket
 if TYPE_CHECKING:
     import pytest
 
+HANG = 30  # seconds: only a hang waits this long
+
 
 def track_stores(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
     """Record every SQLiteStore opened and every close() called, from now on: (opened, closed)."""
@@ -293,3 +295,39 @@ def pykka_debug_raising_on(*starts: str) -> Iterator[None]:
     finally:
         log.removeFilter(raising)
         log.setLevel(level)
+
+
+@contextmanager
+def hearing() -> Iterator[list[tuple[str, str, object, object]]]:
+    """Collect the `jackpot` logger's records: (severity, message, op_id, outcome)."""
+    said: list[tuple[str, str, object, object]] = []
+
+    class Heard(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append((record.levelname, record.getMessage(), getattr(record, "op_id", None),
+                         getattr(record, "outcome", None)))
+
+    heard = Heard()
+    log = logging.getLogger("jackpot")
+    level = log.level
+    log.addHandler(heard)
+    log.setLevel(logging.INFO)
+    try:
+        yield said
+    finally:
+        log.removeHandler(heard)
+        log.setLevel(level)
+
+
+def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Hold every actor as it claims a request it took: (taken, go), set `go` to let it on."""
+    taken, go = threading.Event(), threading.Event()
+    claim = Ticket.claim
+
+    def held_claim(self: Ticket, owner: Any) -> bool:
+        taken.set()
+        assert go.wait(HANG)
+        return claim(self, owner)
+
+    monkeypatch.setattr(Ticket, "claim", held_claim)
+    return taken, go

@@ -11,20 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _helpers import read_ledger
+from _helpers import HANG, hearing, hold_claims, read_ledger
 from jackpot import AsyncJackpotEngine, EngineClosedError, LockTimeoutError, Settings
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
-
-HANG = 30  # seconds: only a hang waits this long
 
 _CLOSE_TIMED_OUT = ("WARNING", ("close() timed out with 1 call still in flight: the actors "
                                 "were asked to stop after their work, with no time left to "
@@ -38,42 +34,6 @@ _WIN_LEFT_UNKNOWN = ("WARNING", ("close() left 1 interrupted call whose outcome 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "pools.db"
-
-
-@contextmanager
-def hearing() -> Iterator[list[tuple[str, str, object, object]]]:
-    """Collect the `jackpot` logger's records: (severity, message, op_id, outcome)."""
-    said: list[tuple[str, str, object, object]] = []
-
-    class Heard(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            said.append((record.levelname, record.getMessage(), getattr(record, "op_id", None),
-                         getattr(record, "outcome", None)))
-
-    heard = Heard()
-    log = logging.getLogger("jackpot")
-    level = log.level
-    log.addHandler(heard)
-    log.setLevel(logging.INFO)
-    try:
-        yield said
-    finally:
-        log.removeHandler(heard)
-        log.setLevel(level)
-
-
-def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Hold every actor as it claims a request it took: (taken, go), set `go` to let it on."""
-    taken, go = threading.Event(), threading.Event()
-    claim = Ticket.claim
-
-    def held_claim(self: Ticket, owner: Any) -> bool:
-        taken.set()
-        assert go.wait(HANG)
-        return claim(self, owner)
-
-    monkeypatch.setattr(Ticket, "claim", held_claim)
-    return taken, go
 
 
 def _interrupt_put(monkeypatch: pytest.MonkeyPatch, *, queued: bool) -> None:

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _helpers import in_thread, run_python
+from _helpers import HANG, hearing, hold_claims, in_thread, run_python
 from jackpot import JackpotEngine, Settings
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
-
-HANG = 30  # seconds: only a hang waits this long
 
 _INTERRUPTED_WIN = """
 import logging, os, signal, sys, threading
@@ -273,39 +270,6 @@ def test_a_request_taken_but_not_yet_claimed_when_its_caller_is_interrupted_goes
     assert (stats["operations:contribute:ok"], stats["operations:contribute:replayed"]) == (1, 1)
 
 
-@contextmanager
-def hearing() -> Iterator[list[tuple[str, str, object, object]]]:
-    """Collect the `jackpot` logger's records: (severity, message, op_id, outcome)."""
-    said: list[tuple[str, str, object, object]] = []
-
-    class Heard(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            said.append((record.levelname, record.getMessage(), getattr(record, "op_id", None),
-                         getattr(record, "outcome", None)))
-
-    heard = Heard()
-    log = logging.getLogger("jackpot")
-    log.addHandler(heard)
-    try:
-        yield said
-    finally:
-        log.removeHandler(heard)
-
-
-def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Hold every actor as it claims a request it took: (taken, go), set `go` to let it on."""
-    taken, go = threading.Event(), threading.Event()
-    claim = Ticket.claim
-
-    def held_claim(self: Ticket, owner: Any) -> bool:
-        taken.set()
-        assert go.wait(HANG)
-        return claim(self, owner)
-
-    monkeypatch.setattr(Ticket, "claim", held_claim)
-    return taken, go
-
-
 def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, *,
                            started: bool, call: Callable[[], object] | None = None,
                            first: Callable[[Ticket], object] = lambda _ticket: None) -> None:
@@ -482,21 +446,10 @@ def test_a_request_withdrawn_as_its_caller_is_interrupted_is_told_once_at_info(
         engine._own = _InterruptedCount()  # type: ignore[assignment]
     else:
         interrupt_put(monkeypatch, "bet-1")
-    said: list[tuple[str, str, object, object]] = []
-
-    class Heard(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            said.append((record.levelname, record.getMessage(), getattr(record, "op_id", None),
-                         getattr(record, "outcome", None)))
-
-    heard = Heard()
-    log = logging.getLogger("jackpot")
-    log.addHandler(heard)
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
             engine.contribute("10", groups="minor", op_id="bet-1")
     finally:
-        log.removeHandler(heard)
         engine.close(timeout=HANG)
     assert said == [("INFO", ("contribute bet-1 withdrawn: its caller was interrupted before "
                               "the request was queued; nothing was changed"), "bet-1",
