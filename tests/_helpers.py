@@ -331,3 +331,18 @@ def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threa
 
     monkeypatch.setattr(Ticket, "claim", held_claim)
     return taken, go
+
+
+class Gate:
+    """A level guard's lock that says when someone starts waiting for it."""
+
+    def __init__(self) -> None:
+        self.real = threading.Lock()
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.waiting.set()
+        return self.real.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.real.release()

@@ -25,7 +25,7 @@ from typing import Any
 import apsw
 import pytest
 
-from _helpers import read_ledger
+from _helpers import Gate, read_ledger
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
@@ -391,26 +391,11 @@ def test_a_replacement_failing_at_any_moment_of_its_start_is_a_storage_error(
     asyncio.run(run())
 
 
-class _Gate:
-    """A level guard's lock that says when someone starts waiting for it."""
-
-    def __init__(self) -> None:
-        self.real = threading.Lock()
-        self.waiting = threading.Event()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        self.waiting.set()
-        return self.real.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        self.real.release()
-
-
 def test_a_request_queued_at_an_actor_that_stops_is_resent_once(db_path: Path) -> None:
     async def run() -> None:
         async with await AsyncJackpotEngine.open(db_path) as engine:
             actor = engine.sync._pools["minor"]
-            gate = _Gate()
+            gate = Gate()
             gate.real.acquire()  # as a multi-level batch holding the level would
             engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
             # "b" must not join "a"'s transaction (as a request arriving once

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import HANG, hearing, hold_claims, read_ledger
+from _helpers import HANG, Gate, hearing, hold_claims, read_ledger
 from jackpot import AsyncJackpotEngine, EngineClosedError, LockTimeoutError, Settings
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
@@ -461,21 +461,6 @@ def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_left_stopped(
         loop.close()
 
 
-class _Gate:
-    """A level guard's lock that says when someone starts waiting for it."""
-
-    def __init__(self) -> None:
-        self.real = threading.Lock()
-        self.waiting = threading.Event()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        self.waiting.set()
-        return self.real.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        self.real.release()
-
-
 def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_nothing_hanging(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The liveness check finds the actor of a queued request stopped and withdraws the
@@ -486,7 +471,7 @@ def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_noth
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
         actor = engine.sync._pools["minor"]
-        gate = _Gate()
+        gate = Gate()
         gate.real.acquire()  # as a multi-level batch holding the level would
         engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
         engine.sync._mailboxes["minor"].claim_more = lambda *_: []  # type: ignore[method-assign]
