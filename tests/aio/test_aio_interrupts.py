@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -240,24 +241,18 @@ def test_a_win_whose_caller_is_cancelled_is_logged_and_counted_as_paid(
     asyncio.run(run())
 
 
-def test_a_resend_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_in_flight(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The request was withdrawn from a stopped actor; a KeyboardInterrupt on the loop
-    lands as the restart task resends it, before it is queued. Before: the call stayed in
-    flight for good and its caller, awaiting in another task, waited for ever."""
+def _assert_a_cut_short_resend_is_told_and_leaves_nothing_in_flight(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch,
+        interrupt: Callable[[AsyncJackpotEngine], None]) -> None:
+    """Stop minor's actor, let `interrupt(engine)` patch where a KeyboardInterrupt lands in
+    the restart task, and send contribute "interrupted": the interrupt reaches the loop, the
+    caller is then told its call was not resent, nothing stays in flight, it is counted once
+    as rejected, and a resend with the same op_id is applied afresh."""
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
         engine.sync._pools["minor"].actor_ref.stop()
-        put, puts = Mailbox.put, []
-
-        def interrupted_resend(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
-            puts.append(op.op_id)
-            if puts == ["interrupted", "interrupted"]:  # the resend, before it is queued
-                raise KeyboardInterrupt
-            return put(self, ticket, op)
-
-        monkeypatch.setattr(Mailbox, "put", interrupted_resend)
+        interrupt(engine)
         caller = loop.create_task(engine.contribute("10", groups="minor", op_id="interrupted"))
         with pytest.raises(KeyboardInterrupt):
             loop.run_until_complete(caller)
@@ -274,6 +269,26 @@ def test_a_resend_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_
     finally:
         engine.sync.close()
         loop.close()
+
+
+def test_a_resend_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_in_flight(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request was withdrawn from a stopped actor; a KeyboardInterrupt on the loop
+    lands as the restart task resends it, before it is queued. Before: the call stayed in
+    flight for good and its caller, awaiting in another task, waited for ever."""
+    put, puts = Mailbox.put, []
+
+    def interrupted_resend(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+        puts.append(op.op_id)
+        if puts == ["interrupted", "interrupted"]:  # the resend, before it is queued
+            raise KeyboardInterrupt
+        return put(self, ticket, op)
+
+    def interrupt(engine: AsyncJackpotEngine) -> None:
+        monkeypatch.setattr(Mailbox, "put", interrupted_resend)
+
+    _assert_a_cut_short_resend_is_told_and_leaves_nothing_in_flight(db_path, monkeypatch,
+                                                                    interrupt)
 
 
 def test_a_restart_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_in_flight(
@@ -282,34 +297,18 @@ def test_a_restart_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing
     restart to a thread, before any resend. Before: only an interrupt in the resend
     itself was caught; this one left the call in flight for good (no ticket, no timer),
     its caller waiting for ever once the loop ran again."""
-    loop = asyncio.new_event_loop()
-    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
-    try:
-        engine.sync._pools["minor"].actor_ref.stop()
-        to_thread = asyncio.to_thread
+    to_thread = asyncio.to_thread
 
+    def interrupt(engine: AsyncJackpotEngine) -> None:
         def interrupted_restart(func: Any, /, *args: Any, **kwargs: Any) -> Any:
             if func == engine.sync._restart_before_resending:
                 raise KeyboardInterrupt  # (in the restart task's step, on the loop)
             return to_thread(func, *args, **kwargs)
 
         monkeypatch.setattr(asyncio, "to_thread", interrupted_restart)
-        caller = loop.create_task(engine.contribute("10", groups="minor", op_id="interrupted"))
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(caller)
-        monkeypatch.undo()
-        with pytest.raises(EngineClosedError) as told:
-            loop.run_until_complete(asyncio.wait_for(caller, HANG))  # (only a hang waits)
-        assert str(told.value) == ("contribute 'interrupted' was not resent: the event loop "
-                                   "was interrupted as it resent it; nothing was changed")
-        assert engine.sync._inflight == 0
-        assert _counted(engine, "contribute") == {"operations:contribute:rejected": 1}
-        after = loop.run_until_complete(engine.contribute("10", groups="minor",
-                                                          op_id="interrupted"))
-        assert not after.replayed  # the first attempt changed nothing
-    finally:
-        engine.sync.close()
-        loop.close()
+
+    _assert_a_cut_short_resend_is_told_and_leaves_nothing_in_flight(db_path, monkeypatch,
+                                                                    interrupt)
 
 
 def test_a_call_told_withdrawn_as_its_restart_task_starts_is_not_resent_by_that_task(
