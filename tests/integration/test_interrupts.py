@@ -241,14 +241,7 @@ def test_a_request_taken_but_not_yet_claimed_when_its_caller_is_interrupted_goes
     taken from the mailbox and not yet claimed: it is applied and counted once."""
     engine = JackpotEngine.open(db_path)
     try:
-        taken, go = threading.Event(), threading.Event()
-        claim = Ticket.claim
-
-        def held_claim(self: Ticket, owner: Any) -> bool:
-            taken.set()
-            assert go.wait(HANG)
-            return claim(self, owner)
-
+        taken, go = hold_claims(monkeypatch)
         wait, caller = engine._wait, threading.get_ident()
 
         def interrupted_wait(op: Operation, ticket: Ticket) -> Any:
@@ -257,7 +250,6 @@ def test_a_request_taken_but_not_yet_claimed_when_its_caller_is_interrupted_goes
             assert taken.wait(HANG)  # taken from the mailbox, not yet claimed
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(Ticket, "claim", held_claim)
         monkeypatch.setattr(engine, "_wait", interrupted_wait)
         with pytest.raises(KeyboardInterrupt):
             engine.contribute("10", groups="minor", op_id="interrupted")
