@@ -129,6 +129,15 @@ def test_a_call_interrupted_once_its_request_is_queued_is_counted_as_what_it_was
         loop.close()
 
 
+async def _cancel_a_win_once_taken(engine: AsyncJackpotEngine, taken: threading.Event) -> None:
+    """Send win "win" on minor and cancel its caller once an actor has taken the request."""
+    task = asyncio.ensure_future(engine.process_win("minor", op_id="win", winner="p1"))
+    assert await asyncio.to_thread(taken.wait, HANG)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 @pytest.mark.parametrize("closing", ["async", "sync"])
 def test_a_close_that_stops_waiting_names_the_cancelled_calls_it_leaves_unknown(
         db_path: Path, monkeypatch: pytest.MonkeyPatch, closing: str) -> None:
@@ -144,12 +153,7 @@ def test_a_close_that_stops_waiting_names_the_cancelled_calls_it_leaves_unknown(
         engine.stats.observers.append(win)
         try:
             with hearing() as said:
-                task = asyncio.ensure_future(engine.process_win("minor", op_id="win",
-                                                                winner="p1"))
-                assert await asyncio.to_thread(taken.wait, HANG)
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+                await _cancel_a_win_once_taken(engine, taken)
                 if closing == "async":
                     await engine.close(timeout=0)
                 else:
@@ -222,12 +226,7 @@ def test_a_win_whose_caller_is_cancelled_is_logged_and_counted_as_paid(
             win = WinTold()
             engine.stats.observers.append(win)
             with hearing() as said:
-                task = asyncio.ensure_future(engine.process_win("minor", op_id="win",
-                                                                winner="p1"))
-                assert await asyncio.to_thread(taken.wait, HANG)
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+                await _cancel_a_win_once_taken(engine, taken)
                 go.set()
                 assert await asyncio.to_thread(win.told.wait, HANG)
             monkeypatch.undo()
