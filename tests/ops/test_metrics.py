@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 import pytest
@@ -323,18 +325,28 @@ def test_enabled_registers_the_prometheus_and_tracing_observers(engine: JackpotE
     assert isinstance(engine.stats.observers[0], PrometheusObserver)
 
 
-def test_serve_metrics_serves_the_engine_registry(engine: JackpotEngine) -> None:
-    engine.contribute("1", groups="minor")
+@contextmanager
+def _serving(engine: JackpotEngine | AsyncJackpotEngine) -> Iterator[WSGIServer]:
+    """serve_metrics(engine, 0) on 127.0.0.1; shut down, closed and joined on the way out."""
     server, thread = serve_metrics(engine, 0)
     try:
-        assert server.server_address[0] == "127.0.0.1"
-        url = f"http://127.0.0.1:{server.server_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = response.read().decode()
+        yield server
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_serve_metrics_serves_the_engine_registry(engine: JackpotEngine) -> None:
+    engine.contribute("1", groups="minor")
+    with _serving(engine) as server:
+        assert server.server_address[0] == "127.0.0.1"
+        body = _scrape(server.server_port)
     assert 'jackpot_operations_total{operation="contribute",outcome="ok"} 1.0' in body
     assert 'jackpot_level_version{level="minor"} 2.0' in body
 
@@ -344,11 +356,6 @@ def test_a_closed_engine_exports_failing_health_and_no_levels(engine: JackpotEng
     found = samples(engine)
     assert found[("jackpot_health_status", frozenset({("status", "failing")}))] == 1
     assert not any(name == "jackpot_level_amount" for name, _ in found)
-
-
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["sync", "asyncio"])
@@ -364,15 +371,10 @@ def test_serve_metrics_refuses_a_closed_engine_and_a_served_one_closed_keeps_its
     monkeypatch.setattr("jackpot.metrics.start_http_server", start)
     served = AsyncJackpotEngine(engine) if wrapped else engine
     engine.contribute("1", groups="minor", op_id="c1")
-    server, thread = serve_metrics(served, 0)
-    try:
+    with _serving(served) as server:
         engine.close()
         # One served before the close goes on: the last counts, failing health, no levels.
         body = _scrape(server.server_port)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert 'jackpot_operations_total{operation="contribute",outcome="ok"} 1.0' in body
     assert 'jackpot_health_status{status="failing"} 1.0' in body
     assert "jackpot_level_amount{" not in body
