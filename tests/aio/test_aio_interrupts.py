@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -175,17 +176,31 @@ def test_a_close_that_stops_waiting_names_the_cancelled_calls_it_leaves_unknown(
     assert asyncio.run(run()) == [_CLOSE_TIMED_OUT, _WIN_LEFT_UNKNOWN]
 
 
-def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_that_closed(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A loop ended by a KeyboardInterrupt, then closed, with a win in flight: nobody awaits
-    it; its outcome is logged from the actor's thread when it comes. Before: a close() that
-    stopped waiting did not say which call that was."""
+@contextmanager
+def _a_bet_then_claims_held(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
+        tuple[asyncio.AbstractEventLoop, AsyncJackpotEngine, threading.Event, threading.Event]]:
+    """An engine on a loop of its own, a bet on minor, then every claim held (hold_claims):
+    (loop, engine, taken, go). On the way out `go` is set, the engine closed, the loop too."""
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     go = threading.Event()
     try:
         loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
         taken, go = hold_claims(monkeypatch)
+        yield loop, engine, taken, go
+    finally:
+        go.set()
+        engine.sync.close()
+        if not loop.is_closed():
+            loop.close()
+
+
+def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_that_closed(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop ended by a KeyboardInterrupt, then closed, with a win in flight: nobody awaits
+    it; its outcome is logged from the actor's thread when it comes. Before: a close() that
+    stopped waiting did not say which call that was."""
+    with _a_bet_then_claims_held(db_path, monkeypatch) as (loop, engine, taken, go):
         win = WinTold()
         engine.stats.observers.append(win)
 
@@ -208,11 +223,6 @@ def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_that_closed(
         assert closed == [_CLOSE_TIMED_OUT, _WIN_LEFT_UNKNOWN]
         assert _counted(engine, "win") == {"operations:win:ok": 1}
         assert [s[1].startswith("win on minor: paid ") for s in said if s[2] == "win"] == [True]
-    finally:
-        go.set()
-        engine.sync.close()
-        if not loop.is_closed():
-            loop.close()
 
 
 def test_a_win_whose_caller_is_cancelled_is_logged_and_counted_as_paid(
@@ -436,12 +446,7 @@ def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_left_stopped(
     """`run_until_complete` returned (as Ctrl-C ends it) with a win in flight, its task
     pending: its answer waits for the loop to run again. Before: a close() that stopped
     waiting did not say which call that was. Run again, the loop tells it as paid."""
-    loop = asyncio.new_event_loop()
-    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
-    go = threading.Event()
-    try:
-        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
-        taken, go = hold_claims(monkeypatch)
+    with _a_bet_then_claims_held(db_path, monkeypatch) as (loop, engine, taken, go):
         task = loop.create_task(engine.process_win("minor", op_id="win", winner="p1"))
         assert loop.run_until_complete(asyncio.to_thread(taken.wait, HANG))
         with hearing() as said:
@@ -453,10 +458,6 @@ def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_left_stopped(
         assert said[2:] == [("INFO", f"win on minor: paid {win.amount} to p1 (op win, ok)",
                              "win", "ok")]
         assert _counted(engine, "win") == {"operations:win:ok": 1}
-    finally:
-        go.set()
-        engine.sync.close()
-        loop.close()
 
 
 def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_nothing_hanging(
