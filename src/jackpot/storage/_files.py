@@ -145,11 +145,21 @@ class FileGuard:
         only someone else can remove or replace them then. Before its first
         read it holds nothing: the last closing connection deletes them, and
         this one's first read makes them anew, legitimately.
+
+        So the files it holds are noted now, not at the first write: a `-wal`
+        removed before the process's first write was otherwise never noted,
+        and the writes went on into the removed one (lost with the process).
         """
         if self.file is not None and not self._holds and self._pid == os.getpid():
+            ours = _identity(self.path) == self.file  # (not another file's, renamed in)
+            sides = {suffix: now for suffix in _SIDE
+                     if ours and (now := _identity(self.path + suffix)) is not None}
             with _lock:
                 _holding[self.file] += 1
                 self._holds.append(self.file)
+                noted = _sides.setdefault(self.file, {})
+                for suffix, now in sides.items():
+                    noted.setdefault(suffix, now)
 
     def letting_go(self) -> None:
         """Note, just before the connection closes, that it may delete the `-wal` and `-shm`.
