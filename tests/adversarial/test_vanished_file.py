@@ -594,3 +594,42 @@ def test_a_connection_that_made_the_file_holds_its_wal_until_it_closes(tmp_path:
     finally:
         first.close()
     assert not Path(f"{path}-wal").exists()  # the last close folded it in
+
+
+def test_a_refusal_asked_of_a_closing_connection_notes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # health() asks the engine's reader for its refusal without waiting for close(): asked
+    # after the reader let go of the -wal and -shm and before its close deleted them, it
+    # noted them again, and a connection opening meanwhile (a reload) kept that note of
+    # the deleted files, its writes refused as if someone had replaced them.
+    from jackpot.storage import SQLiteStore  # noqa: PLC0415
+
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    old = SQLiteStore(str(path), create=False)
+    assert old._guard is not None
+    letting_go = old._guard.letting_go
+
+    def asked_meanwhile() -> None:
+        letting_go()
+        assert old.write_refusal() is None  # a health() racing the close
+
+    monkeypatch.setattr(old._guard, "letting_go", asked_meanwhile)
+    recognise = SQLiteStore._recognise
+
+    def first_read(store: SQLiteStore, *, allow_empty: bool) -> int:
+        if store is not old and old._guard is not None and old._guard.file is not None:
+            for suffix in ("-wal", "-shm"):  # (kept linked: the new ones get other inodes)
+                (tmp_path / f"kept{suffix}").hardlink_to(f"{path}{suffix}")
+            old.close()  # the last connection: deletes the -wal and -shm
+            assert not Path(f"{path}-wal").exists()
+        return recognise(store, allow_empty=allow_empty)
+
+    monkeypatch.setattr(SQLiteStore, "_recognise", first_read)
+    new = SQLiteStore(str(path), create=False)  # its first read makes them anew
+    try:
+        assert new.write_refusal() is None  # was: the -wal "removed or replaced"
+        with new.write():
+            pass
+    finally:
+        new.close()

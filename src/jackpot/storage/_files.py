@@ -194,9 +194,10 @@ class FileGuard:
                     "(removed, renamed or replaced since)")
         for suffix in _SIDE:
             now = _identity(self.path + suffix)
-            with _lock:  # (SQLite makes them at the first read: noted when first seen)
+            with _lock:  # (noted when first seen by a connection holding them; one
+                # that let go, closing, may see files its close is about to delete)
                 known = _sides.setdefault(self.file, {}).setdefault(suffix, now) \
-                    if now is not None else _sides.get(self.file, {}).get(suffix)
+                    if now is not None and self._holds else _sides.get(self.file, {}).get(suffix)
             if known is not None and now != known:
                 return (f"the {suffix} file of {self.path!r} was removed or replaced since "
                         "this engine opened it (what was committed to it is still in the "
