@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -208,8 +209,20 @@ def redact(path: str) -> str:
 
 _PROBE_MARGIN = 2.0
 """Seconds a probe may take beyond its lock wait (opening the connection, the reads)."""
-_stuck: dict[str, threading.Thread] = {}
-"""Per database, a probe that never returned (a hung disk), not to be piled on."""
+
+
+class _Probe(threading.Thread):
+    """A probe's thread, the moment its caller stops waiting for it, and what it found."""
+
+    def __init__(self, target: Callable[[], None], deadline: float, *, serving: bool) -> None:
+        super().__init__(target=target, name="jackpot-health-probe", daemon=True)
+        self.deadline = deadline
+        self.serving = serving
+        self.found: list[tuple[HealthCheck, HealthCheck]] = []
+
+
+_stuck: dict[str, _Probe] = {}
+"""Per database, the probe running, or one that never returned (a hung disk), not to be piled on."""
 _stuck_lock = threading.Lock()
 
 
@@ -237,30 +250,26 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
     """
     unchecked = HealthCheck("disk", OK, "not checked: the storage is not answering")
     limit = settings.health_probe_timeout_ms / 1000 + _PROBE_MARGIN
-    with _stuck_lock:
-        running = _stuck.get(path)
-        if running is not None and running.is_alive():
+    while True:
+        with _stuck_lock:
+            running = _stuck.get(path)
+            if running is None or not running.is_alive():
+                probe = _start_probe(path, settings, open_store, serving=serving, limit=limit)
+                break
+        # Another caller's probe of this database is running (two probes at
+        # once: a liveness and a readiness check, two engines on one file). Not
+        # stuck while within its own bound: its answer is this caller's too.
+        left = running.deadline - time.monotonic()
+        if left > 0:
+            running.join(left)
+        if running.is_alive():
             return HealthCheck("database", FAILING, f"an earlier probe has not returned: the "
                                f"storage of {redact(path)} is not answering"), unchecked
-        found: list[tuple[HealthCheck, HealthCheck]] = []
-
-        def run() -> None:
-            try:
-                database = probe_database(path, settings, open_store, serving=serving)
-            except Exception as e:  # noqa: BLE001 - whatever stopped it is the verdict
-                database = HealthCheck("database", FAILING,
-                                       f"the probe failed: {type(e).__name__}: {e}")
-            found.append((database, disk_space(path, settings)))
-            # Returned after its caller gave up: no caller will take it off the
-            # list, and a path checked no more (an engine closed) kept it forever.
-            with _stuck_lock:
-                if _stuck.get(path) is threading.current_thread():
-                    del _stuck[path]
-
-        probe = threading.Thread(target=run, name="jackpot-health-probe", daemon=True)
-        probe.start()
-        _stuck[path] = probe
+        if running.found and running.serving == serving:
+            return running.found[0]
+        # (It asked for another kind of check: this caller runs its own.)
     probe.join(limit)
+    found = probe.found
     if found:
         with _stuck_lock:
             if _stuck.get(path) is probe:
@@ -269,6 +278,29 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
     return HealthCheck("database", FAILING, f"the probe did not return within "
                        f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not "
                        "answering"), unchecked
+
+
+def _start_probe(path: str, settings: Settings, open_store: OpenStore, *, serving: bool,
+                 limit: float) -> _Probe:
+    """Start a probe of `path` in a thread of its own, noted in `_stuck` (hold `_stuck_lock`)."""
+
+    def run() -> None:
+        try:
+            database = probe_database(path, settings, open_store, serving=serving)
+        except Exception as e:  # noqa: BLE001 - whatever stopped it is the verdict
+            database = HealthCheck("database", FAILING,
+                                   f"the probe failed: {type(e).__name__}: {e}")
+        probe.found.append((database, disk_space(path, settings)))
+        # Returned after its caller gave up: no caller will take it off the
+        # list, and a path checked no more (an engine closed) kept it forever.
+        with _stuck_lock:
+            if _stuck.get(path) is probe:
+                del _stuck[path]
+
+    probe = _Probe(run, time.monotonic() + limit, serving=serving)
+    probe.start()
+    _stuck[path] = probe
+    return probe
 
 
 def disk_space(path: str, settings: Settings) -> HealthCheck:

@@ -385,6 +385,57 @@ def test_a_probe_that_returned_after_its_caller_gave_up_is_not_kept(
     assert [p for p in paths if p in health._stuck] == []  # was: all three, until checked again
 
 
+
+def test_a_probe_asked_for_while_another_runs_shares_its_answer(
+        db_path: Path, engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two checks at once (a liveness and a readiness probe) are no stuck storage.
+
+    Before: the second caller was told "an earlier probe has not returned"
+    (failing) while the first probe was well within its bound.
+    """
+    from jackpot import health  # noqa: PLC0415
+
+    answer, entered, decided = threading.Event(), threading.Event(), threading.Event()
+    opened: list[str] = []
+
+    def slow_open(path: str, settings: Settings) -> Any:
+        opened.append(path)
+        entered.set()
+        assert answer.wait(30)  # the storage answers when told
+        return _store(path, settings)
+
+    lock = health._stuck_lock
+
+    class Watched:  # says when the second caller has looked at the probe running
+        def __enter__(self) -> None:
+            lock.acquire()
+
+        def __exit__(self, *_exc: object) -> None:
+            lock.release()
+            if threading.current_thread().name == "second":
+                decided.set()
+
+    monkeypatch.setattr(health, "_stuck_lock", Watched())
+    calm = Settings(health_probe_timeout_ms=30_000)
+    checks: dict[str, tuple[str, str]] = {}
+
+    def check(name: str) -> None:
+        database, _disk = health.bounded_checks(str(db_path), calm, slow_open)
+        checks[name] = (database.status, database.detail)
+
+    first = threading.Thread(target=check, args=("first",), name="first")
+    first.start()
+    assert entered.wait(30)
+    second = threading.Thread(target=check, args=("second",), name="second")
+    second.start()
+    assert decided.wait(30)  # it saw the first probe running, and chose
+    answer.set()
+    first.join(30)
+    second.join(30)
+    assert checks["first"][0] == "ok"
+    assert checks["second"] == checks["first"]
+    assert opened == [str(db_path)]  # one probe for both
+
 _FORKED_HEALTH = r"""
 import os, signal, sys, threading
 from decimal import Decimal
