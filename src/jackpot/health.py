@@ -214,9 +214,11 @@ _PROBE_MARGIN = 2.0
 class _Probe(threading.Thread):
     """A probe's thread, the moment its caller stops waiting for it, and what it found."""
 
-    def __init__(self, target: Callable[[], None], deadline: float, *, serving: bool) -> None:
+    def __init__(self, target: Callable[[], None], deadline: float, settings: Settings, *,
+                 serving: bool) -> None:
         super().__init__(target=target, name="jackpot-health-probe", daemon=True)
         self.deadline = deadline
+        self.settings = settings
         self.serving = serving
         self.found: list[tuple[HealthCheck, HealthCheck]] = []
 
@@ -250,6 +252,9 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
     """
     unchecked = HealthCheck("disk", OK, "not checked: the storage is not answering")
     limit = settings.health_probe_timeout_ms / 1000 + _PROBE_MARGIN
+    # This caller's own bound, whatever other callers' probes take: theirs
+    # may have a longer one (another engine's settings), or be of another kind.
+    deadline = time.monotonic() + limit
     while True:
         with _stuck_lock:
             running = _stuck.get(path)
@@ -259,25 +264,36 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
         # Another caller's probe of this database is running (two probes at
         # once: a liveness and a readiness check, two engines on one file). Not
         # stuck while within its own bound: its answer is this caller's too.
-        left = running.deadline - time.monotonic()
+        left = min(running.deadline, deadline) - time.monotonic()
         if left > 0:
             running.join(left)
         if running.is_alive():
+            if time.monotonic() < running.deadline:
+                return _not_answering(path, limit), unchecked
             return HealthCheck("database", FAILING, f"an earlier probe has not returned: the "
                                f"storage of {redact(path)} is not answering"), unchecked
-        if running.found and running.serving == serving:
+        # Shared only if it judged as this caller would: other settings (a
+        # higher health_min_free_mb) could pass what this caller's would fail.
+        if running.found and running.serving == serving and running.settings == settings:
             return running.found[0]
-        # (It asked for another kind of check: this caller runs its own.)
-    probe.join(limit)
+        # (It asked for another kind of check, or with other settings: this
+        # caller runs its own, unless other callers' probes used up its bound.)
+        if time.monotonic() >= deadline:
+            return _not_answering(path, limit), unchecked
+    probe.join(max(0.0, deadline - time.monotonic()))
     found = probe.found
     if found:
         with _stuck_lock:
             if _stuck.get(path) is probe:
                 del _stuck[path]
         return found[0]
+    return _not_answering(path, limit), unchecked
+
+
+def _not_answering(path: str, limit: float) -> HealthCheck:
+    """Say the storage did not answer a caller within its bound (`limit` seconds)."""
     return HealthCheck("database", FAILING, f"the probe did not return within "
-                       f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not "
-                       "answering"), unchecked
+                       f"{limit * 1000:.0f} ms: the storage of {redact(path)} is not answering")
 
 
 def _start_probe(path: str, settings: Settings, open_store: OpenStore, *, serving: bool,
@@ -297,7 +313,7 @@ def _start_probe(path: str, settings: Settings, open_store: OpenStore, *, servin
             if _stuck.get(path) is probe:
                 del _stuck[path]
 
-    probe = _Probe(run, time.monotonic() + limit, serving=serving)
+    probe = _Probe(run, time.monotonic() + limit, settings, serving=serving)
     probe.start()
     _stuck[path] = probe
     return probe

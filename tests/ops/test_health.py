@@ -436,6 +436,107 @@ def test_a_probe_asked_for_while_another_runs_shares_its_answer(
     assert checks["second"] == checks["first"]
     assert opened == [str(db_path)]  # one probe for both
 
+
+def _second_caller_watched(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set the event returned once the thread named "second" has looked at the probe running."""
+    from jackpot import health  # noqa: PLC0415
+
+    decided = threading.Event()
+    lock = health._stuck_lock
+
+    class Watched:
+        def __enter__(self) -> None:
+            lock.acquire()
+
+        def __exit__(self, *_exc: object) -> None:
+            lock.release()
+            if threading.current_thread().name == "second":
+                decided.set()
+
+    monkeypatch.setattr(health, "_stuck_lock", Watched())
+    return decided
+
+
+def test_a_check_waiting_on_another_callers_probe_keeps_its_own_bound(
+        db_path: Path, engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller with a short timeout is not held for another engine's longer one.
+
+    Before: the second caller waited until the first probe's deadline (its
+    60 s timeout), far past its own 1 ms (plus the margin).
+    """
+    from jackpot import health  # noqa: PLC0415
+
+    answer, entered = threading.Event(), threading.Event()
+
+    def slow_open(path: str, settings: Settings) -> Any:
+        entered.set()
+        assert answer.wait(120)  # the storage answers when told
+        return _store(path, settings)
+
+    monkeypatch.setattr(health, "_PROBE_MARGIN", 0.0)
+    checks: dict[str, tuple[str, str]] = {}
+
+    def check(name: str, timeout_ms: int) -> None:
+        database, _disk = health.bounded_checks(
+            str(db_path), Settings(health_probe_timeout_ms=timeout_ms), slow_open)
+        checks[name] = (database.status, database.detail)
+
+    first = threading.Thread(target=check, args=("first", 60_000), name="first")
+    first.start()
+    try:
+        assert entered.wait(30)
+        second = threading.Thread(target=check, args=("second", 1), name="second")
+        second.start()
+        second.join(30)
+        assert not second.is_alive()  # was: still waiting on the first probe
+    finally:
+        answer.set()
+        first.join(30)
+        second.join(30)
+    assert checks["second"] == ("failing", (f"the probe did not return within 1 ms: the "
+                                            f"storage of {db_path} is not answering"))
+    assert checks["first"][0] == "ok"
+
+
+def test_a_probe_run_with_other_settings_is_not_shared(
+        db_path: Path, engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two engines on one file, one asking for more free space: each is judged by its own.
+
+    Before: the second caller took the first probe's disk verdict (not
+    checked, health_min_free_mb 0) and said ok with too little free space.
+    """
+    from jackpot import health  # noqa: PLC0415
+
+    answer, entered = threading.Event(), threading.Event()
+    opened: list[str] = []
+
+    def slow_open(path: str, settings: Settings) -> Any:
+        opened.append(path)
+        entered.set()
+        assert answer.wait(30)  # the storage answers when told
+        return _store(path, settings)
+
+    decided = _second_caller_watched(monkeypatch)
+    lax = Settings(health_probe_timeout_ms=30_000, health_min_free_mb=0)
+    strict = Settings(health_probe_timeout_ms=30_000, health_min_free_mb=1 << 30)
+    disks: dict[str, str] = {}
+
+    def check(name: str, settings: Settings) -> None:
+        _database, disk = health.bounded_checks(str(db_path), settings, slow_open)
+        disks[name] = disk.status
+
+    first = threading.Thread(target=check, args=("first", lax), name="first")
+    first.start()
+    assert entered.wait(30)
+    second = threading.Thread(target=check, args=("second", strict), name="second")
+    second.start()
+    assert decided.wait(30)  # it saw the first probe running, and chose
+    answer.set()
+    first.join(30)
+    second.join(30)
+    assert disks == {"first": "ok", "second": "degraded"}  # was: "ok" for both
+    assert opened == [str(db_path)] * 2  # one probe each
+
 _FORKED_HEALTH = r"""
 import os, signal, sys, threading
 from decimal import Decimal
