@@ -38,6 +38,8 @@ log.addHandler(Said())
 log.setLevel(logging.INFO)
 if sys.argv[2] == "SIGTERM":  # a server whose SIGTERM handler exits
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+else:  # Ctrl-C as Python takes it, even if this test runs with SIGINT ignored (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 engine = JackpotEngine.open(sys.argv[1])
 engine.contribute(Decimal(100), groups="minor", op_id="bet")
 entered, go = threading.Event(), threading.Event()
