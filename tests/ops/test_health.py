@@ -393,45 +393,9 @@ def test_a_probe_asked_for_while_another_runs_shares_its_answer(
     Before: the second caller was told "an earlier probe has not returned"
     (failing) while the first probe was well within its bound.
     """
-    from jackpot import health  # noqa: PLC0415
-
-    answer, entered, decided = threading.Event(), threading.Event(), threading.Event()
-    opened: list[str] = []
-
-    def slow_open(path: str, settings: Settings) -> Any:
-        opened.append(path)
-        entered.set()
-        assert answer.wait(30)  # the storage answers when told
-        return _store(path, settings)
-
-    lock = health._stuck_lock
-
-    class Watched:  # says when the second caller has looked at the probe running
-        def __enter__(self) -> None:
-            lock.acquire()
-
-        def __exit__(self, *_exc: object) -> None:
-            lock.release()
-            if threading.current_thread().name == "second":
-                decided.set()
-
-    monkeypatch.setattr(health, "_stuck_lock", Watched())
     calm = Settings(health_probe_timeout_ms=30_000)
-    checks: dict[str, tuple[str, str]] = {}
-
-    def check(name: str) -> None:
-        database, _disk = health.bounded_checks(str(db_path), calm, slow_open)
-        checks[name] = (database.status, database.detail)
-
-    first = threading.Thread(target=check, args=("first",), name="first")
-    first.start()
-    assert entered.wait(30)
-    second = threading.Thread(target=check, args=("second",), name="second")
-    second.start()
-    assert decided.wait(30)  # it saw the first probe running, and chose
-    answer.set()
-    first.join(30)
-    second.join(30)
+    found, opened = _two_checks_at_once(db_path, monkeypatch, calm, calm)
+    checks = {name: (database.status, database.detail) for name, (database, _) in found.items()}
     assert checks["first"][0] == "ok"
     assert checks["second"] == checks["first"]
     assert opened == [str(db_path)]  # one probe for both
@@ -455,6 +419,42 @@ def _second_caller_watched(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
     monkeypatch.setattr(health, "_stuck_lock", Watched())
     return decided
+
+
+def _two_checks_at_once(db_path: Path, monkeypatch: pytest.MonkeyPatch, first: Settings,
+                        second: Settings) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
+    """Check `db_path` with `first`, then, while that probe is held, with `second`.
+
+    The first probe answers only once the second caller has looked at it
+    running. Returns each caller's (database, disk) checks and the probes opened.
+    """
+    from jackpot import health  # noqa: PLC0415
+
+    answer, entered = threading.Event(), threading.Event()
+    opened: list[str] = []
+
+    def slow_open(path: str, settings: Settings) -> Any:
+        opened.append(path)
+        entered.set()
+        assert answer.wait(30)  # the storage answers when told
+        return _store(path, settings)
+
+    decided = _second_caller_watched(monkeypatch)
+    found: dict[str, tuple[Any, Any]] = {}
+
+    def check(name: str, settings: Settings) -> None:
+        found[name] = health.bounded_checks(str(db_path), settings, slow_open)
+
+    one = threading.Thread(target=check, args=("first", first), name="first")
+    one.start()
+    assert entered.wait(30)
+    two = threading.Thread(target=check, args=("second", second), name="second")
+    two.start()
+    assert decided.wait(30)  # it saw the first probe running, and chose
+    answer.set()
+    one.join(30)
+    two.join(30)
+    return found, opened
 
 
 def test_a_check_waiting_on_another_callers_probe_keeps_its_own_bound(
@@ -505,37 +505,13 @@ def test_a_probe_run_with_other_settings_is_not_shared(
     Before: the second caller took the first probe's disk verdict (not
     checked, health_min_free_mb 0) and said ok with too little free space.
     """
-    from jackpot import health  # noqa: PLC0415
-
-    answer, entered = threading.Event(), threading.Event()
-    opened: list[str] = []
-
-    def slow_open(path: str, settings: Settings) -> Any:
-        opened.append(path)
-        entered.set()
-        assert answer.wait(30)  # the storage answers when told
-        return _store(path, settings)
-
-    decided = _second_caller_watched(monkeypatch)
     lax = Settings(health_probe_timeout_ms=30_000, health_min_free_mb=0)
     strict = Settings(health_probe_timeout_ms=30_000, health_min_free_mb=1 << 30)
-    disks: dict[str, str] = {}
-
-    def check(name: str, settings: Settings) -> None:
-        _database, disk = health.bounded_checks(str(db_path), settings, slow_open)
-        disks[name] = disk.status
-
-    first = threading.Thread(target=check, args=("first", lax), name="first")
-    first.start()
-    assert entered.wait(30)
-    second = threading.Thread(target=check, args=("second", strict), name="second")
-    second.start()
-    assert decided.wait(30)  # it saw the first probe running, and chose
-    answer.set()
-    first.join(30)
-    second.join(30)
+    found, opened = _two_checks_at_once(db_path, monkeypatch, lax, strict)
+    disks = {name: disk.status for name, (_, disk) in found.items()}
     assert disks == {"first": "ok", "second": "degraded"}  # was: "ok" for both
     assert opened == [str(db_path)] * 2  # one probe each
+
 
 _FORKED_HEALTH = r"""
 import os, signal, sys, threading
