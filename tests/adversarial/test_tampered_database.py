@@ -1452,6 +1452,20 @@ def test_a_table_rebuilt_without_strict_and_not_null_is_reported(
     assert problems(engine) == [weakened(table)]
 
 
+@pytest.mark.parametrize("table", ["ledger", "levels", "operations"])
+def test_a_column_an_operator_added_is_no_lost_not_null(engine: JackpotEngine,
+                                                        table: str) -> None:
+    # An added column (an operator's note) takes a NULL because the engine's
+    # schema never had it, not because a constraint of the engine's was lost:
+    # the engine never reads it, and once it was told as a NOT NULL gone.
+    # Only the engine's own columns are held to the schema's NOT NULL.
+    tamper(engine, f"ALTER TABLE {table} ADD COLUMN note TEXT")
+    engine.contribute(Decimal(50), op_id="b2")  # (the engine writes on beside it)
+    assert problems(engine) == []
+    without_strict(engine, table)
+    assert problems(engine) == [weakened(table)]
+
+
 def test_a_table_copied_by_a_tool_is_reported_with_all_it_lost(engine: JackpotEngine) -> None:
     # CREATE TABLE ... AS SELECT keeps the rows and drops all the rest: the
     # STRICT, the NOT NULL, the unique index and the append-only triggers.

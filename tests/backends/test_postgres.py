@@ -487,6 +487,17 @@ def test_a_forged_null_amount_is_a_row_that_does_not_add_up(pg_target: str,
             f"integrity_check: table ledger takes a NULL in column {column} (its NOT NULL is gone)"]
 
 
+@pytest.mark.parametrize("table", ["ledger", "levels", "operations"])
+def test_a_column_an_operator_added_is_no_lost_not_null(pg_target: str, table: str) -> None:
+    # (Once told as "takes a NULL in column note (its NOT NULL is gone)": the
+    # engine's schema never had it.)
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN note TEXT")
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        assert engine.verify().problems == []
+
+
 def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
         pg_target: str) -> None:
     # The audit looks hits up level by level: a row whose level is NULL (its

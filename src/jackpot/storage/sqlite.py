@@ -49,6 +49,7 @@ from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEVEL_COLUMNS,
+    TABLE_COLUMNS,
     BusyIncidentError,
     IndexShape,
     LedgerPass,
@@ -99,15 +100,12 @@ logger = logging.getLogger("jackpot")
 
 _TABLES = frozenset({"levels", "ledger", "operations"})
 """The tables that, with a known `user_version`, make a file a jackpot database."""
-_COLUMNS = {"levels": LEVEL_COLUMNS, "ledger": ("seq", "op_id", *ENTRY_COLUMNS),
-            "operations": ("op_id", "kind", "fingerprint", "result", "at_ms")}
-"""The columns those tables have in every schema this library knows (1 to latest).
-
-Table names and a small `user_version` alone are not enough: another
-application's file may have a `levels` table at user_version 1 (as may a
-file of the engine's first, unreleased commit, whose tables had other
-columns). Migrating such a file would change it, then fail on a missing
-column, leaving it marked as the latest schema."""
+# Those tables must have their columns (`TABLE_COLUMNS`) too. Table names and
+# a small `user_version` alone are not enough: another application's file may
+# have a `levels` table at user_version 1 (as may a file of the engine's
+# first, unreleased commit, whose tables had other columns). Migrating such a
+# file would change it, then fail on a missing column, leaving it marked as
+# the latest schema.
 _COLUMNS_NAMED = 3  # of the missing columns, the refusal names the first few
 _REBUILT_OPERATIONS = 3  # the schema whose migration copies the operations table
 
@@ -286,7 +284,7 @@ class SQLiteStore(Store):
             (version,) = self._exec("PRAGMA user_version")[0]
             objects = self._exec("SELECT type, name FROM sqlite_master")
             columns = {table: {r[0] for r in self._exec(
-                "SELECT name FROM pragma_table_info(?)", (table,))} for table in _COLUMNS}
+                "SELECT name FROM pragma_table_info(?)", (table,))} for table in TABLE_COLUMNS}
         finally:
             self._rollback()
         tables = {name for kind, name in objects if kind == "table"}
@@ -296,7 +294,7 @@ class SQLiteStore(Store):
                 msg = f"cannot open database {self._path!r}: it holds no jackpot database"
                 raise StorageError(msg)
             return 0
-        missing = [f"{table}.{c}" for table, wanted in _COLUMNS.items()
+        missing = [f"{table}.{c}" for table, wanted in TABLE_COLUMNS.items()
                    for c in wanted if c not in columns[table]]
         if tables >= _TABLES and 1 <= version <= latest and not missing:
             return int(version)
