@@ -19,7 +19,10 @@ for all of its hits; no record has an op_id the engine generates for itself
 (`auto-...`, `create:<level>`), which it never records; every recorded
 request's fingerprint has the shape the engine writes (see `_Fingerprints`),
 and no level's row holds a lock holder (set and cleared inside one transaction,
-it is never committed). The database's own integrity check is ok. The queries
+it is never committed); every ledger row holds an integer in each integer
+column the audit checks (`LEDGER_INTEGERS`: a table rebuilt without STRICT
+takes anything) and no time before 1970 (see `untyped_sql`). The database's
+own integrity check is ok. The queries
 live in the store (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
 inside one read snapshot; the per-row sums, the balance chain and the bets per
@@ -65,7 +68,7 @@ def audit(store: Store) -> VerifyReport:
     with store.read():
         read_levels = _unreadable(problems, "levels", None, store.load_levels)
         levels = read_levels or {}
-        totals, bad_rows, periods, unread_bets = store.ledger_pass(limit=20)
+        totals, bad_rows, periods, unread_bets, untyped = store.ledger_pass(limit=20)
         split = store.split_hit_winners(limit=20)
         reserved = sorted(op for op in store.operation_ids_starting(RESERVED_OP_ID_PREFIXES)
                           if _GENERATED.fullmatch(op) or (
@@ -111,6 +114,8 @@ def audit(store: Store) -> VerifyReport:
                     if read_levels is not None)
     problems.extend(f"{lvl}: ledger row {seq} (version {v}) does not add up"
                     for lvl, v, seq in bad_rows)
+    problems.extend(f"{lvl}: ledger row {seq} (version {v}) holds what the engine never "
+                    f"writes: {_untyped(cells)}" for lvl, v, seq, cells in untyped)
     problems.extend(f"{lvl}: ledger row {seq} (version {v}) cannot be read as the engine "
                     f"writes it: its detail {_shown(detail)!r} is no bet's (a damaged or "
                     "tampered database; read as no bet)" for lvl, v, seq, detail in unread_bets)
@@ -172,6 +177,13 @@ def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], 
         problems.append(f"{what} cannot be read as the engine writes them "
                         f"({type(e).__name__}: {e})")
         return instead
+
+
+def _untyped(cells: dict[str, object]) -> str:
+    """Say what a ledger row holds in its integer cells instead (`Store.untyped_ledger_rows`)."""
+    return "; ".join(f"its {column} is {value}, a time before 1970" if type(value) is int
+                     else f"its {column} is {_shown(value)!r}, not an integer"
+                     for column, value in cells.items())
 
 
 def _shown(value: object) -> object:

@@ -1466,6 +1466,24 @@ def test_a_column_an_operator_added_is_no_lost_not_null(engine: JackpotEngine,
     assert problems(engine) == [weakened(table)]
 
 
+@pytest.mark.parametrize(("value", "told"), [
+    (None, "its at_ms is None, not an integer"), ("abc", "its at_ms is 'abc', not an integer"),
+    (1.5, "its at_ms is 1.5, not an integer"), (b"\x00", "its at_ms is b'\\x00', not an integer"),
+    (-1, "its at_ms is -1, a time before 1970")])
+def test_a_forged_time_of_a_ledger_row_is_told_against_its_row(
+        engine: JackpotEngine, value: object, told: str) -> None:
+    # No figure sums a row's time: a time the engine never writes (it writes
+    # the host's clock, ms since 1970, an integer) once passed the audit.
+    strict = value == -1  # (a negative time fits the STRICT table)
+    if not strict:
+        without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET at_ms = ? "
+                 "WHERE op_id = 'b1' AND level = 'major'", (value,))
+    assert problems(engine) == [
+        f"major: ledger row 3 (version 2) holds what the engine never writes: {told}",
+        *([] if strict else [weakened("ledger")])]
+
+
 def test_a_table_copied_by_a_tool_is_reported_with_all_it_lost(engine: JackpotEngine) -> None:
     # CREATE TABLE ... AS SELECT keeps the rows and drops all the rest: the
     # STRICT, the NOT NULL, the unique index and the append-only triggers.

@@ -412,7 +412,8 @@ class BackendContract:
 
         def apart() -> tuple[object, ...]:
             return (store.ledger_totals(), store.broken_ledger_rows(limit=1),
-                    store.contributions_by_period(), store.unreadable_bets(limit=1))
+                    store.contributions_by_period(), store.unreadable_bets(limit=1),
+                    store.untyped_ledger_rows(limit=1))
 
         with store.read():
             passed, three = store.ledger_pass(limit=1), apart()

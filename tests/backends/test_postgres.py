@@ -498,6 +498,21 @@ def test_a_column_an_operator_added_is_no_lost_not_null(pg_target: str, table: s
         assert engine.verify().problems == []
 
 
+@pytest.mark.parametrize(("value", "told"), [(None, "its at_ms is None, not an integer"),
+                                             (-1, "its at_ms is -1, a time before 1970")])
+def test_a_forged_time_of_a_ledger_row_is_told_against_its_row(
+        pg_target: str, value: int | None, told: str) -> None:
+    # (As on SQLite: no figure sums a row's time, and such a row once passed.)
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        _tamper(pg_target, "ledger", "ALTER TABLE ledger ALTER COLUMN at_ms DROP NOT NULL")
+        _tamper(pg_target, "ledger", "UPDATE ledger SET at_ms = %s WHERE op_id = 'b1'",
+                (value,))
+        assert engine.verify().problems == [
+            f"minor: ledger row 4 (version 2) holds what the engine never writes: {told}",
+            "integrity_check: table ledger takes a NULL in column at_ms (its NOT NULL is gone)"]
+
+
 def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
         pg_target: str) -> None:
     # The audit looks hits up level by level: a row whose level is NULL (its

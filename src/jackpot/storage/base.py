@@ -182,6 +182,8 @@ class LedgerPass(NamedTuple):
     """As `Store.contributions_by_period`."""
     unread_bets: list[tuple[str, int, int, object]]
     """As `Store.unreadable_bets`."""
+    untyped: list[tuple[str, int, int, dict[str, object]]]
+    """As `Store.untyped_ledger_rows`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,13 +323,38 @@ GROUP BY level, period
 """
 """`{total}`: the aggregate that sums (not the window's SUM, which only counts periods)."""
 
+LEDGER_INTEGERS = ("at_ms",)
+"""The ledger's integer columns each of whose cells the audit holds to being an integer."""
+
+
+def untyped_sql(not_integer: str) -> str:
+    """Return SQL true where a ledger row holds what the engine never writes in an integer column.
+
+    `not_integer` is the backend's test of one cell (`Store._NOT_INTEGER`):
+    a table rebuilt without STRICT or NOT NULL takes text, a BLOB, a REAL or
+    a NULL there. Nor is a time (`at_ms`: the host's clock, in ms since
+    1970) ever negative. Such a cell may change no figure the other checks
+    sum (a time, or text that SQL's arithmetic reads as 0): told against its
+    row (`Store.untyped_ledger_rows`).
+    """
+    tests = [not_integer.format(c) for c in LEDGER_INTEGERS]
+    return f"({' OR '.join([*tests, 'at_ms < 0'])})"
+
+
+def untyped_cells(cells: dict[str, object]) -> dict[str, object]:
+    """Return those of a ledger row's integer cells that are not what the engine writes."""
+    return {c: v for c, v in cells.items()
+            if type(v) is not int or (c == "at_ms" and v < 0)}
+
+
 # `_LEDGER_TOTALS`, `_BROKEN_ROWS` (counted) and `_CONTRIBUTIONS_BY_PERIOD` in
 # one walk of the ledger in (level, version) order, grouped by level and rate
 # period (`Store.ledger_pass`): each row is read once, not three times. Each
 # row's test is `_BROKEN_ROWS`' own (a row whose arithmetic was not exact
 # counts as broken: `_BROKEN_ROWS` checks it again); `dup` marks a row whose version repeats
 # the previous one's (a file without its unique index), where the order of
-# the two, and so what LAG and the period count see, is the database's choice.
+# the two, and so what LAG and the period count see, is the database's choice;
+# `untyped` counts the rows `untyped_sql` finds (listed only if there are any).
 _LEDGER_PASS = f"""
 SELECT level, period, COUNT(*), MIN(version_after), MAX(version_after), SUM(delta),
        SUM(reserve_delta), MIN(balance_after), MIN(reserve_after),
@@ -335,10 +362,11 @@ SELECT level, period, COUNT(*), MIN(version_after), MAX(version_after), SUM(delt
        SUM(CASE WHEN kind = 'contribute' THEN 1 ELSE 0 END),
        SUM(CASE WHEN kind = 'contribute' THEN overflow ELSE 0 END),
        SUM(CASE WHEN kind = 'contribute' AND bet = 0 AND {_NOT_CARRIED} THEN 1 ELSE 0 END),
-       SUM(broken), SUM(dup)
+       SUM(broken), SUM(dup), SUM(untyped)
 FROM (SELECT level, kind, version_after, delta, reserve_delta, balance_after, reserve_after,
              detail, {", ".join(LEDGER_PARTS)}, {LEDGER_BET} AS bet,
              CASE WHEN {{wrong}} OR {{unsure}} THEN 1 ELSE 0 END AS broken,
+             CASE WHEN {{untyped}} THEN 1 ELSE 0 END AS untyped,
              CASE WHEN version_after = LAG(version_after) OVER w THEN 1 ELSE 0 END AS dup,
              SUM(CASE WHEN kind IN ('create', 'config') THEN 1 ELSE 0 END) OVER w AS period
       FROM ledger
@@ -715,6 +743,9 @@ class Store(ABC):
     the backend's arithmetic is (see `broken_ledger_rows`)."""
     _RECORDED: ClassVar[RecordedSQL] = PORTABLE_RECORDED
     """How the backend completes the recorded-results query."""
+    _NOT_INTEGER: ClassVar[str] = "{} IS NULL"
+    """SQL that is true where a ledger cell (`{}`) of an integer column holds no integer
+    (see `untyped_sql`): of a BIGINT column, only a NULL (its NOT NULL dropped)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -910,13 +941,14 @@ class Store(ABC):
                                    f"LAG(balance_after{self._AMOUNT_CAST}, 1, 0) OVER w",
                                    f"LAG(reserve_after{self._AMOUNT_CAST}, 1, 0) OVER w")
         # (not format: the bet's braces)
-        sql = _LEDGER_PASS.replace("{wrong}", wrong).replace("{unsure}", unsure)
+        sql = (_LEDGER_PASS.replace("{wrong}", wrong).replace("{unsure}", unsure)
+               .replace("{untyped}", untyped_sql(self._NOT_INTEGER)))
         sums: dict[str, list[int]] = {}
         periods: dict[str, dict[int, tuple[int, int]]] = {}
-        unread_bets = 0
+        unread_bets = untyped = 0
         for level, period, *values in self._exec(sql):
             n = [_whole(v) for v in values]
-            *totals, contributions, overflow, unread, broken, dup = n
+            *totals, contributions, overflow, unread, broken, dup, untyped_here = n
             # A sum that is not whole (REAL amounts in a ledger rebuilt without
             # STRICT) must not lose its fraction period by period, as int()
             # here would: the queries apart sum each level whole first. Nor can
@@ -924,6 +956,7 @@ class Store(ABC):
             if broken or dup or n != values or not all(type(v) is int for v in n):
                 return self._ledger_apart(limit)
             unread_bets += unread
+            untyped += untyped_here
             if contributions:  # (a period of no bets is none of `contributions_by_period`)
                 periods.setdefault(level, {})[int(period)] = (totals[_WAGERED], overflow)
             a = sums.get(level)
@@ -940,12 +973,29 @@ class Store(ABC):
         return LedgerPass({level: LedgerTotals(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
                                                dict(zip(AUDIT_METER_SUMS, a[7:], strict=True)))
                            for level, a in sums.items()}, [], periods,
-                          self.unreadable_bets(limit) if unread_bets else [])
+                          self.unreadable_bets(limit) if unread_bets else [],
+                          self.untyped_ledger_rows(limit) if untyped else [])
 
     def _ledger_apart(self, limit: int) -> LedgerPass:
         """Return what `ledger_pass` does from its three queries, each run as it is."""
         return LedgerPass(self.ledger_totals(), self.broken_ledger_rows(limit),
-                          self.contributions_by_period(), self.unreadable_bets(limit))
+                          self.contributions_by_period(), self.unreadable_bets(limit),
+                          self.untyped_ledger_rows(limit))
+
+    def untyped_ledger_rows(self, limit: int = 20,
+                            ) -> list[tuple[str, int, int, dict[str, object]]]:
+        """Return (level, version_after, seq, cells) of rows holding what the engine never writes.
+
+        At most `limit`, in (level, version) order; `cells`: each integer
+        column of the row that holds no integer the engine writes, and what
+        it holds (see `untyped_sql`).
+        """
+        sql = (f"SELECT level, version_after, seq, {', '.join(LEDGER_INTEGERS)} FROM ledger "
+               f"WHERE {untyped_sql(self._NOT_INTEGER)} ORDER BY level, version_after, seq "
+               f"LIMIT {int(limit)}")
+        return [(r[0], _whole(r[1]), int(r[2]),
+                 untyped_cells(dict(zip(LEDGER_INTEGERS, r[3:], strict=True))))
+                for r in self._exec(sql)]
 
     def unreadable_bets(self, limit: int = 20) -> list[tuple[str, int, int, object]]:
         """Return (level, version_after, seq, detail) of bet rows whose detail is no bet's.

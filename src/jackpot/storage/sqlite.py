@@ -145,6 +145,8 @@ class SQLiteStore(Store):
     # such a row's sums are checked again exactly (`Store.broken_ledger_rows`).
     # A REAL amount (a table rebuilt without STRICT) makes one too.
     _INEXACT = "typeof({}) = 'real'"
+    # A table rebuilt without STRICT takes any type in any column.
+    _NOT_INTEGER = "typeof({}) != 'integer'"
     _RECORDED = RecordedSQL("g.balance", " l.balance_after AS balance,",
                             "group_concat(DISTINCT replace(l.kind, ',', ';'))", "", "")
 
