@@ -11,6 +11,7 @@ writes (`hex(zeroblob(32))`: 64 hexadecimal digits) unless the test is about it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -614,6 +615,7 @@ def test_a_null_amount_of_a_hit_is_told_by_its_row_not_as_unreadable_stored_resu
         without_strict(e, "ledger")
         past_trigger(e, "ledger_no_update", f"UPDATE ledger SET {column} = NULL "
                      "WHERE kind = 'hit'", ())
+        found = [*found, holds("mystery", 3, 3, column, None)]
         assert problems(e) == [*found, weakened("ledger")]
         # The hit's other figures are still compared.
         rewrite_result(e, "b1", lambda r: r["hits"][0].update(winner="mallory"))
@@ -645,6 +647,8 @@ def test_a_figure_of_a_hit_that_is_no_number_is_told_by_its_row_not_a_crash(
         without_strict(e, "ledger")
         past_trigger(e, "ledger_no_update", f"UPDATE ledger SET {column} = ? "
                      "WHERE kind = 'hit'", (value,))
+        found = [*found, holds("mystery", 3, value if column == "version_after" else 3, column,
+                               value)]
         assert problems(e) == [*found, weakened("ledger")]
         # The hit's other figures are still compared.
         rewrite_result(e, "b1", lambda r: r["hits"][0].update(winner="mallory"))
@@ -922,6 +926,7 @@ def test_a_null_balance_a_skipped_level_s_view_shows_is_told_by_its_row(
     rewrite_result(skipping, "small6", lambda r: r["versions"].update(major=99))
     assert problems(skipping) == [
         "major: ledger row 3 (version 2) does not add up",
+        holds("major", 3, 2, "balance_after", None),
         ("operation 'small6': its stored result shows major at version 99, which the ledger "
          "never had"), weakened("ledger")]
 
@@ -1379,9 +1384,16 @@ def test_fractions_of_a_unit_forged_into_a_non_strict_ledger_are_not_lost_per_ra
         past_trigger(e, "ledger_no_update", half, (1, "a2"))
         past_trigger(e, "operations_no_update", "UPDATE operations SET result = "
                      "replace(result, '12.000000', '12.000001') WHERE op_id = 'a2'", ())
-        assert problems(e) == ["a: ledger sums to 12.000001, level holds 12.000000",
-                               "a: meter adjusted is 2.000000, ledger says 2.000001",
-                               f"integrity_check: {not_strict('ledger')}"]
+        assert problems(e) == [
+            "a: ledger sums to 12.000001, level holds 12.000000",
+            "a: meter adjusted is 2.000000, ledger says 2.000001",
+            ("a: ledger row 2 (version 2) holds what the engine never writes: its delta is "
+             "1000000.5, not an integer; its balance_after is 11000000.5, not an integer; its "
+             "adjusted is 1000000.5, not an integer"),
+            holds("a", 3, 3, "balance_after", 11000000.5),
+            ("a: ledger row 4 (version 4) holds what the engine never writes: its delta is "
+             "1000000.5, not an integer; its adjusted is 1000000.5, not an integer"),
+            f"integrity_check: {not_strict('ledger')}"]
 
 
 def without_strict(e: JackpotEngine, table: str) -> None:
@@ -1406,6 +1418,12 @@ WEAKENED = {table: f"{not_strict(table)}; table {table} takes a NULL in columns 
                                    ("levels", "status, amount, reserve and 22 more"),
                                    ("operations", "op_id, kind, fingerprint and 2 more"))}
 """What the integrity check says of a table `without_strict` rebuilt (its own NOT NULL columns)."""
+
+
+def holds(level: str, seq: int, version: object, column: str, value: object) -> str:
+    """verify()'s problem with one cell of a ledger row's integer columns the engine never writes."""
+    return (f"{level}: ledger row {seq} (version {version}) holds what the engine never writes: "
+            f"its {column} is {value!r}, not an integer")
 
 
 def weakened(table: str, *first: str) -> str:
@@ -1437,6 +1455,7 @@ def test_a_forged_null_amount_where_a_sum_overflows_is_a_problem_not_a_crash(
         "major: ledger row 6 (version 3) does not add up",
         "minor: ledger row 4 (version 2) does not add up",
         "minor: ledger row 7 (version 4) does not add up",
+        holds("major", 6, 3, column, None),
         credited("-4611686018422.387904"),
         credited("-4611686018422.387904").replace("'b1'", "'b2'"), weakened("ledger")]
 
@@ -1484,6 +1503,43 @@ def test_a_forged_time_of_a_ledger_row_is_told_against_its_row(
         *([] if strict else [weakened("ledger")])]
 
 
+@pytest.mark.parametrize("value", ["abc", "", b"\x00"])
+@pytest.mark.parametrize("column", ["reserve_delta", "adjusted", "transferred"])
+def test_text_where_the_engine_wrote_a_zero_is_told_against_its_row(
+        engine: JackpotEngine, column: str, value: object) -> None:
+    # SQL's arithmetic reads it as 0, the engine's figure there: every sum and
+    # every row's check came out as written, and only the table's lost STRICT
+    # was told, not the row.
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = ? "
+                 "WHERE op_id = 'b1' AND level = 'major'", (value,))
+    # (Beside the sums, reserve_delta is compared with them as it is: text
+    # is no number there, and the row does not add up.)
+    broken = ["major: ledger row 3 (version 2) does not add up"] * (column == "reserve_delta")
+    assert problems(engine) == [*broken, holds("major", 3, 2, column, value),
+                                weakened("ledger")]
+
+
+def test_a_null_in_a_strict_ledger_that_lost_only_its_not_null_is_told_against_its_row(
+        engine: JackpotEngine) -> None:
+    # STRICT keeps every cell an integer or a NULL: only the columns that
+    # lost their NOT NULL are tested cell by cell (on a sound ledger none is).
+    conn = apsw.Connection(engine._path)
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_schema SET sql = replace(sql, 'adjusted INTEGER NOT NULL', "
+                     "'adjusted INTEGER') WHERE name = 'ledger'")
+        conn.execute("PRAGMA writable_schema = OFF")
+    finally:
+        conn.close()
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET adjusted = NULL "
+                 "WHERE op_id = 'b1' AND level = 'major'", ())
+    assert problems(engine) == [
+        "major: ledger row 3 (version 2) does not add up",
+        holds("major", 3, 2, "adjusted", None),
+        "integrity_check: table ledger takes a NULL in column adjusted (its NOT NULL is gone)"]
+
+
 def test_a_table_copied_by_a_tool_is_reported_with_all_it_lost(engine: JackpotEngine) -> None:
     # CREATE TABLE ... AS SELECT keeps the rows and drops all the rest: the
     # STRICT, the NOT NULL, the unique index and the append-only triggers.
@@ -1510,7 +1566,9 @@ def test_a_forged_null_amount_is_a_row_that_does_not_add_up(
     without_strict(engine, "ledger")
     past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = NULL "
                  "WHERE kind = 'contribute' AND level = ?", (level,))
-    assert problems(engine) == [*found, weakened("ledger")]
+    seq, version = {"major": (3, 2), "minor": (4, 2)}[level]
+    assert problems(engine) == [*found, holds(level, seq, version, column, None),
+                                weakened("ledger")]
 
 
 INFINITE_AMOUNTS = {  # (column, 9e999 or -9e999 in b1's row of major): what verify() finds
@@ -1538,7 +1596,7 @@ def test_a_forged_infinite_amount_is_a_row_that_does_not_add_up_not_a_crash(
                  "WHERE op_id = 'b1' AND level = 'major'", ())
     assert problems(engine) == [  # no exception
         *INFINITE_AMOUNTS[column, sign], "major: ledger row 3 (version 2) does not add up",
-        weakened("ledger")]
+        holds("major", 3, 2, column, sign * math.inf), weakened("ledger")]
 
 
 def test_a_forged_infinite_amount_where_a_sum_overflows_is_a_problem_not_a_crash(
@@ -1557,6 +1615,7 @@ def test_a_forged_infinite_amount_where_a_sum_overflows_is_a_problem_not_a_crash
         "major: ledger row 6 (version 3) does not add up",
         "minor: ledger row 4 (version 2) does not add up",
         "minor: ledger row 7 (version 4) does not add up",
+        holds("major", 6, 3, "overflow", math.inf),
         credited("-4611686018422.387904"),
         credited("-4611686018422.387904").replace("'b1'", "'b2'"), weakened("ledger")]
 
@@ -1576,9 +1635,14 @@ def test_a_level_s_sum_of_no_number_is_told_by_its_rows_not_a_crash(
     for op_id, value in set_to.items():  # (a LIKE pattern: '%' is every row of major)
         past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = {value} "
                      "WHERE level = 'major' AND op_id LIKE ?", (op_id,))
+    forged = {"9e999": math.inf, "-9e999": -math.inf, "NULL": None}
+    rows = {"%": [(2, 1), (3, 2), (6, 3)], "b1": [(3, 2)], "b2": [(6, 3)]}
     assert problems(engine) == [
         *found, "major: ledger row 3 (version 2) does not add up",
-        "major: ledger row 6 (version 3) does not add up", weakened("ledger")]
+        "major: ledger row 6 (version 3) does not add up",
+        *(holds("major", seq, version, column, forged[value])
+          for op_id, value in set_to.items() for seq, version in rows[op_id]),
+        weakened("ledger")]
 
 
 @pytest.mark.parametrize(("column", "value", "found"), [
@@ -1602,8 +1666,9 @@ def test_a_bet_s_figure_that_is_no_number_is_told_by_its_row_not_as_unreadable_r
                  "WHERE op_id = 'b1' AND level = 'major'", (value,))
     rewrite_result(engine, "w1", lambda r: r.update(balance="1.000000"))
     assert problems(engine) == [
-        *found, ("operation 'w1': its stored result says minor balance 1.000000, the ledger "
-                 "10.000000"), weakened("ledger")]
+        *found, holds("major", 3, value if column == "version_after" else 2, column, value),
+        ("operation 'w1': its stored result says minor balance 1.000000, the ledger "
+         "10.000000"), weakened("ledger")]
 
 
 @pytest.mark.parametrize(("level", "shown"), [(b"\x00", "b'\\x00'"), (None, "None")])
@@ -1631,7 +1696,7 @@ def test_a_version_forged_as_a_real_that_is_no_whole_number_is_shown_as_it_is(
                  "WHERE kind = 'create' AND level = 'major'", ())
     assert problems(engine) == [
         "major: ledger versions 1.5..2 in 2 rows, level is at version 2 (expected 1..2)",
-        weakened("ledger")]
+        holds("major", 2, 1.5, "version_after", 1.5), weakened("ledger")]
 
 
 def retired_major(engine: JackpotEngine) -> None:
@@ -1657,7 +1722,8 @@ def test_a_config_row_s_version_that_is_no_number_does_not_hide_the_rates(
         f"major: ledger versions 1..{shown} in 5 rows, level is at version 5 (expected 1..5)",
         ("major: the pool's carried fraction is 0 billionths of a unit, but the ledger's bets, "
          "rates and retirements leave -500000000000000"),
-        f"major: ledger row 6 (version {shown}) does not add up", weakened("ledger")]
+        f"major: ledger row 6 (version {shown}) does not add up",
+        holds("major", 6, shown, "version_after", version), weakened("ledger")]
 
 
 RETIRE_ROW = "major: ledger row 9 (version 5) does not add up"
@@ -1679,9 +1745,11 @@ def test_a_retirement_s_figure_that_is_no_number_is_told_against_the_retirement(
     without_strict(engine, "ledger")
     past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = ? "
                  "WHERE kind = ?", (value, kind))
+    row = {"retire": holds("major", 9, 5, column, value),
+           "transfer_in": holds("minor", 10, 5, column, value)}[kind]
     assert problems(engine) == [
-        *found, (f"retirement 'r1': its {kind} row's {column} is {value!r}, not a whole number "
-                 "of units"), weakened("ledger")]
+        *found, row, (f"retirement 'r1': its {kind} row's {column} is {value!r}, not a whole "
+                      "number of units"), weakened("ledger")]
 
 
 def test_a_bet_row_forged_without_a_level_is_told_against_its_operation(
@@ -1727,7 +1795,8 @@ def test_a_forged_version_that_is_not_a_number_is_reported(
     tamper(engine, *ledger_row(op_id="x", version_after=version))
     assert problems(engine) == [
         f"minor: ledger versions 1..{shown} in 4 rows, level is at version 3 (expected 1..3)",
-        f"minor: ledger row 6 (version {shown}) does not add up", weakened("ledger")]
+        f"minor: ledger row 6 (version {shown}) does not add up",
+        holds("minor", 6, shown, "version_after", version), weakened("ledger")]
 
 
 def test_a_forged_version_that_is_null_is_reported(engine: JackpotEngine) -> None:
@@ -1738,7 +1807,8 @@ def test_a_forged_version_that_is_null_is_reported(engine: JackpotEngine) -> Non
     assert problems(engine) == [
         "minor: ledger versions 1..3 in 4 rows, level is at version 3 (expected 1..3)",
         "minor: ledger row 6 (version None) does not add up",
-        "minor: ledger row 1 (version 1) does not add up", weakened("ledger")]
+        "minor: ledger row 1 (version 1) does not add up",
+        holds("minor", 6, None, "version_after", None), weakened("ledger")]
 
 
 FIGURES = [("amount", "amount"), ("carry", "carry"), ("seed", "setting seed"),

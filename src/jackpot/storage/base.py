@@ -323,21 +323,28 @@ GROUP BY level, period
 """
 """`{total}`: the aggregate that sums (not the window's SUM, which only counts periods)."""
 
-LEDGER_INTEGERS = ("at_ms",)
-"""The ledger's integer columns each of whose cells the audit holds to being an integer."""
+LEDGER_INTEGERS = (*ROW_FIGURES, "version_after", "at_ms")
+"""The ledger's integer columns (its key aside) each of whose cells the audit holds to being one.
+
+Text there reads as 0 in SQL's arithmetic (`'abc'` where the engine wrote a
+0): only this check tells it. (Text that reads as an integer, `'0'`, is
+stored as one by the INTEGER column of a table rebuilt without STRICT.)"""
 
 
-def untyped_sql(not_integer: str) -> str:
+def untyped_sql(not_integer: str, columns: Iterable[str]) -> str:
     """Return SQL true where a ledger row holds what the engine never writes in an integer column.
 
-    `not_integer` is the backend's test of one cell (`Store._NOT_INTEGER`):
-    a table rebuilt without STRICT or NOT NULL takes text, a BLOB, a REAL or
-    a NULL there. Nor is a time (`at_ms`: the host's clock, in ms since
-    1970) ever negative. Such a cell may change no figure the other checks
-    sum (a time, or text that SQL's arithmetic reads as 0): told against its
-    row (`Store.untyped_ledger_rows`).
+    `not_integer` is the backend's test of one cell (`Store._NOT_INTEGER`),
+    made on `columns`, those of `LEDGER_INTEGERS` whose type or NOT NULL the
+    database no longer keeps itself (`Store._unkept_integers`): a table
+    rebuilt without STRICT or NOT NULL takes text, a BLOB, a REAL or a NULL
+    there. On a sound table that is none, and this costs nothing per row
+    (17 tests of each of millions of rows would). Nor is a time (`at_ms`:
+    the host's clock, in ms since 1970) ever negative. Such a cell may
+    change no figure the other checks sum (a time, or text that SQL's
+    arithmetic reads as 0): told against its row (`Store.untyped_ledger_rows`).
     """
-    tests = [not_integer.format(c) for c in LEDGER_INTEGERS]
+    tests = [not_integer.format(c) for c in columns]
     return f"({' OR '.join([*tests, 'at_ms < 0'])})"
 
 
@@ -942,7 +949,7 @@ class Store(ABC):
                                    f"LAG(reserve_after{self._AMOUNT_CAST}, 1, 0) OVER w")
         # (not format: the bet's braces)
         sql = (_LEDGER_PASS.replace("{wrong}", wrong).replace("{unsure}", unsure)
-               .replace("{untyped}", untyped_sql(self._NOT_INTEGER)))
+               .replace("{untyped}", self._untyped()))
         sums: dict[str, list[int]] = {}
         periods: dict[str, dict[int, tuple[int, int]]] = {}
         unread_bets = untyped = 0
@@ -991,11 +998,23 @@ class Store(ABC):
         it holds (see `untyped_sql`).
         """
         sql = (f"SELECT level, version_after, seq, {', '.join(LEDGER_INTEGERS)} FROM ledger "
-               f"WHERE {untyped_sql(self._NOT_INTEGER)} ORDER BY level, version_after, seq "
+               f"WHERE {self._untyped()} ORDER BY level, version_after, seq "
                f"LIMIT {int(limit)}")
         return [(r[0], _whole(r[1]), int(r[2]),
                  untyped_cells(dict(zip(LEDGER_INTEGERS, r[3:], strict=True))))
                 for r in self._exec(sql)]
+
+    def _untyped(self) -> str:
+        """Return `untyped_sql` for this database (see `_unkept_integers`)."""
+        return untyped_sql(self._NOT_INTEGER, self._unkept_integers())
+
+    def _unkept_integers(self) -> tuple[str, ...]:
+        """Return the columns of `LEDGER_INTEGERS` the database no longer holds to integers.
+
+        Those whose type it does not enforce, or whose NOT NULL is gone.
+        This default: all of them (each cell tested, as a backend that cannot tell must).
+        """
+        return LEDGER_INTEGERS
 
     def unreadable_bets(self, limit: int = 20) -> list[tuple[str, int, int, object]]:
         """Return (level, version_after, seq, detail) of bet rows whose detail is no bet's.

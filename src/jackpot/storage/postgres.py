@@ -103,6 +103,7 @@ from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage._pg_pool import JackpotPool, install_log_filter
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
+    LEDGER_INTEGERS,
     LEVEL_COLUMNS,
     ConnectionUnavailableError,
     IndexShape,
@@ -876,6 +877,17 @@ class PostgresStore(Store):
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [ledger_row(row) for row in self._exec(sql, tuple(params))]
+
+    def _unkept_integers(self) -> tuple[str, ...]:
+        """Return the ledger's integer columns whose NOT NULL is gone (see `Store`).
+
+        (Each is a BIGINT: only a NULL there is no integer.)
+        """
+        nullable = {r[0] for r in self._exec(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = 'ledger' "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull")}
+        return tuple(c for c in LEDGER_INTEGERS if c in nullable)
 
     def integrity_check(self) -> str:
         """Return 'ok' when the schema is one this library reads, history append-only, indexes ok.

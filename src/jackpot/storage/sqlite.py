@@ -48,6 +48,7 @@ from jackpot.storage._files import FileGuard, ReaderMark, refuse_inherited
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
+    LEDGER_INTEGERS,
     LEVEL_COLUMNS,
     TABLE_COLUMNS,
     BusyIncidentError,
@@ -846,6 +847,19 @@ class SQLiteStore(Store):
                 'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull" AND pk = 0',
                 (t,)))))
         return "; ".join(problems) or "ok"
+
+    def _unkept_integers(self) -> tuple[str, ...]:
+        """Return the ledger's integer columns SQLite no longer holds to integers (see `Store`).
+
+        All of them once the table is not STRICT; else those whose NOT NULL is gone.
+        """
+        strict = self._exec("SELECT strict FROM pragma_table_list "
+                            "WHERE schema = 'main' AND name = 'ledger'")
+        if not (strict and strict[0][0]):
+            return LEDGER_INTEGERS
+        nullable = {r[0] for r in self._exec(
+            'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull"', ("ledger",))}
+        return tuple(c for c in LEDGER_INTEGERS if c in nullable)
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
         return {name: IndexShape(bool(unique), tuple(
