@@ -18,7 +18,6 @@ the units those fractions made.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -166,14 +165,15 @@ class Fractions:
         carry = shares + m.carry - RATE_SCALE * (t.meters["contributed"] + m.units)
         reserve_carry = reserve_shares + m.reserve_carry - RATE_SCALE * (
             t.meters["reserve_in"] - overflow_to_reserve + m.reserve_units)
-        # An infinite sum (a REAL infinity in a ledger rebuilt without STRICT) leaves
-        # no fraction to compare with: its row is told as one that does not add up.
+        # A sum with a REAL in it (a ledger rebuilt without STRICT) is inexact, or
+        # infinite: it leaves no fraction to compare with. The REAL is told
+        # against its row (`Store.untyped_ledger_rows`).
         return [f"{name}: {what} is {held} billionths of a unit, but the ledger's bets, "
                 f"rates and retirements leave {want}"
                 for what, held, want in (("the pool's carried fraction", s.carry, carry),
                                          ("the reserve's carried fraction", s.reserve_carry,
                                           reserve_carry))
-                if held != want and not (isinstance(want, float) and not math.isfinite(want))]
+                if held != want and not isinstance(want, float)]
 
 
 def check_retirements(rows: Iterable[LedgerRow], *, told: bool) -> list[str]:

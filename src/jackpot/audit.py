@@ -36,8 +36,10 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from jackpot._audit_config import CONFIG_KINDS, check_config
@@ -177,6 +179,18 @@ def _unreadable(problems: list[str], what: str, instead: _T, read: Callable[[], 
         problems.append(f"{what} cannot be read as the engine writes them "
                         f"({type(e).__name__}: {e})")
         return instead
+
+
+def _amount(units: float) -> object:
+    """Show units as an amount; a REAL's (a table rebuilt without STRICT) as about so much.
+
+    A sum with a REAL in it is made in floating point, inexact, and a whole
+    REAL as units in full can be 300 digits (1e300): shown short, and as
+    what it is; the REAL itself is told against its row.
+    """
+    if isinstance(units, int):
+        return from_units(units)
+    return f"about {units / 10**6!r}" if math.isfinite(units) else Decimal(units)
 
 
 def _untyped(cells: dict[str, object]) -> str:
@@ -344,11 +358,11 @@ def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:
                         f"{t.rows} rows, "
                         f"level is at version {s.version} (expected 1..{s.version})")
     if t.delta is not None and t.delta != s.amount:
-        problems.append(f"{name}: ledger sums to {from_units(t.delta)}, "
-                        f"level holds {from_units(s.amount)}")
+        problems.append(f"{name}: ledger sums to {_amount(t.delta)}, "
+                        f"level holds {_amount(s.amount)}")
     if t.reserve_delta is not None and t.reserve_delta != s.reserve:
-        problems.append(f"{name}: ledger reserve sums to {from_units(t.reserve_delta)}, "
-                        f"level holds {from_units(s.reserve)}")
+        problems.append(f"{name}: ledger reserve sums to {_amount(t.reserve_delta)}, "
+                        f"level holds {_amount(s.reserve)}")
     if any(isinstance(v, (int, float)) and v < 0  # (a MIN of text: no number, told by its row)
            for v in (t.min_balance, t.min_reserve, s.amount, s.reserve)):
         problems.append(f"{name}: a balance went negative")
@@ -356,15 +370,15 @@ def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:
         problems.append(f"{name}: a carried fraction is out of range")
     for meter, value in t.meters.items():
         if value is not None and getattr(m, meter) != value:
-            shown = str if meter in _COUNTS else from_units  # counts, else amounts
+            shown = str if meter in _COUNTS else _amount  # counts, else amounts
             problems.append(f"{name}: meter {meter} is {shown(getattr(m, meter))}, "
                             f"ledger says {shown(value)}")
     pool = (m.house_funded + m.reserve_funded + m.contributed - m.overflow - m.won
             + m.adjusted + m.transferred)
     if pool != s.amount:
         problems.append(f"{name}: opening + contributions + seed funding + adjustments "
-                        f"- wins - overflow = {from_units(pool)}, pool holds "
-                        f"{from_units(s.amount)}")
+                        f"- wins - overflow = {_amount(pool)}, pool holds "
+                        f"{_amount(s.amount)}")
     if m.reserve_in - m.reserve_funded + m.reserve_transferred != s.reserve:
         problems.append(f"{name}: reserve meters do not add up to the reserve")
     return problems

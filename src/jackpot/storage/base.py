@@ -632,29 +632,28 @@ def _whole(value: Any) -> Any:
     """Return a number the ledger's SQL gave as an int (PostgreSQL sums BIGINT as NUMERIC).
 
     Anything else (text, a BLOB, NULL: a version in a ledger rebuilt without
-    STRICT, and so its MIN or MAX; a REAL there that is no whole number, an
-    infinity or 1.5, or a sum of such REALs) is returned as it is, for the
-    audit to show as what it is rather than fail on (int() of an infinity)
-    or cut short (a version of 1.5 is none, not 1).
+    STRICT, and so its MIN or MAX; a REAL there, or a sum with a REAL in it)
+    is returned as it is, for the audit to show as what it is rather than
+    fail on (int() of an infinity), cut short (a version of 1.5 is none, not
+    1) or show as exact: a REAL's sum is made in floating point (1e19 plus
+    100 units is 1e19 again), and a whole one can be 300 digits long (1e300).
+    Only SQLite has REALs, and only in a cell the engine never wrote, which
+    the audit tells against its row (`Store.untyped_ledger_rows`).
     """
-    if isinstance(value, float) and not value.is_integer():
-        return value
-    return int(value) if isinstance(value, (int, float, Decimal)) else value
+    return int(value) if isinstance(value, (int, Decimal)) else value
 
 
 def _figure(value: Any) -> int | None:
     """Return a figure of a recorded operation's ledger rows as an int; None if it is no number.
 
     None: a NULL, or what a table rebuilt without STRICT holds instead of an
-    integer (text, a BLOB, a REAL that is no whole number: an infinity,
-    1.5): nothing a stored result can be compared with; its row is told, as
-    one that does not add up (an amount) or by its level's versions (a version).
+    integer (text, a BLOB, a REAL: an infinity, 1.5, 1e300, or a sum with
+    one in it, inexact): nothing a stored result can be compared with; its
+    row is told (`Store.untyped_ledger_rows`).
     """
     if type(value) is int:  # (what the engine writes: first)
         return value
-    if isinstance(value, float) and not value.is_integer():
-        return None
-    return int(value) if isinstance(value, (int, float, Decimal)) else None
+    return int(value) if isinstance(value, Decimal) else None
 
 
 _NOT_SUMS = frozenset({0, 1, 2, 5, 6})
