@@ -1473,7 +1473,7 @@ def test_a_table_rebuilt_without_strict_and_not_null_is_reported(
 
 
 @pytest.mark.parametrize("table", ["ledger", "levels", "operations"])
-def test_a_column_an_operator_added_is_no_lost_not_null(engine: JackpotEngine,
+def test_a_column_an_operator_added_is_not_told_as_a_lost_not_null(engine: JackpotEngine,
                                                         table: str) -> None:
     # An added column (an operator's note) takes a NULL because the engine's
     # schema never had it, not because a constraint of the engine's was lost:

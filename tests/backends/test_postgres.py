@@ -490,7 +490,7 @@ def test_a_forged_null_amount_is_a_row_that_does_not_add_up(pg_target: str,
 
 
 @pytest.mark.parametrize("table", ["ledger", "levels", "operations"])
-def test_a_column_an_operator_added_is_no_lost_not_null(pg_target: str, table: str) -> None:
+def test_a_column_an_operator_added_is_not_told_as_a_lost_not_null(pg_target: str, table: str) -> None:
     # (Once told as "takes a NULL in column note (its NOT NULL is gone)": the
     # engine's schema never had it.)
     with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
