@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import apsw
+import pykka
 import pytest
 
 import jackpot.actors.checkpoint as checkpoint_module
@@ -263,4 +264,31 @@ def test_stopping_a_checkpointer_that_has_stopped_already_returns(filler_db: str
     checkpointer.stop(timeout=10)
     assert not checkpointer.alive()
     checkpointer.stop(timeout=10)  # stopped already: nothing to do
+    assert not checkpointer.alive()
+
+
+def test_a_checkpointer_that_does_not_stop_in_time_is_named_as_close_names_it(
+        filler_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: "ActorRef (urn:uuid:...) did not stop within 0.2 s": nothing to act on."""
+    running, release = threading.Event(), threading.Event()
+    run = SQLiteStore.checkpoint
+
+    def held(store: SQLiteStore) -> tuple[int, int]:
+        running.set()
+        assert release.wait(timeout=60)
+        return run(store)
+
+    checkpointer = checkpoint_module.Checkpointer(lambda: SQLiteStore(filler_db))
+    checkpointer.ready(timeout=10)
+    monkeypatch.setattr(SQLiteStore, "checkpoint", held)
+    checkpointer.note(checkpoint_module.EVERY_PAGES)
+    assert running.wait(timeout=10)
+    try:
+        with pytest.raises(pykka.Timeout) as late:
+            checkpointer.stop(timeout=0.2)
+    finally:
+        release.set()
+    assert str(late.value) == ("checkpointer did not stop within 0.2 s: it is still running "
+                               "a request, and stops when that ends")
+    checkpointer.stop(timeout=10)
     assert not checkpointer.alive()

@@ -175,7 +175,9 @@ class Checkpointer:
         """
         ref, stopped = self.stop_soon()
         if not wait_stopped(ref, stopped, time.monotonic() + timeout):
-            msg = f"{ref} did not stop within {timeout:.1f} s"
+            # Named as close() names it (an urn gives an operator nothing to act on).
+            msg = (f"checkpointer did not stop within {timeout:.1f} s: it is still running "
+                   "a request, and stops when that ends")
             raise pykka.Timeout(msg)
 
     def stop_soon(self) -> tuple[pykka.ActorRef[Any], pykka.Future[None]]:
