@@ -7,13 +7,13 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
@@ -487,7 +487,7 @@ def test_simulate_sends_no_win_to_a_retired_level(db: str) -> None:
 
 def ledger_count(path: str, kind: str) -> int:
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-    conn.set_busy_timeout(10_000)  # the simulation writes meanwhile (a WAL reset locks briefly)
+    conn.set_busy_timeout(10_000)  # a wait, bounded, should anyone hold a lock on it
     try:
         return int(conn.execute("SELECT COUNT(*) FROM ledger WHERE kind = ?",
                                 (kind,)).fetchall()[0][0])
@@ -495,20 +495,39 @@ def ledger_count(path: str, kind: str) -> int:
         conn.close()
 
 
+_SIMULATE_TELLING = """
+import os, sys, threading
+from jackpot import JackpotEngine, cli
+told, lock, done = int(sys.argv[1]), threading.Lock(), [0]
+contribute = JackpotEngine.contribute
+def counted(self, *args, **kwargs):  # says, once, that 100 bets have committed
+    result = contribute(self, *args, **kwargs)
+    with lock:
+        done[0] += 1
+        if done[0] == 100:
+            os.write(told, b"x")
+    return result
+JackpotEngine.contribute = counted
+cli.main(sys.argv[2:])
+"""
+
+
 def test_simulate_stops_at_ctrl_c_and_says_how_much_it_played(db: str) -> None:
-    proc = subprocess.Popen([*CLI, "simulate", "--bets", "100000", "--win-every", "0",
-                             "--threads", "2", "--json", "--db", db],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    told, tell = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", _SIMULATE_TELLING, str(tell), "simulate",
+                             "--bets", "100000", "--win-every", "0", "--threads", "2",
+                             "--json", "--db", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            pass_fds=(tell,))
+    os.close(tell)  # the child's copy only: it ending (a crash) ends the wait below
     try:
-        deadline = time.monotonic() + 60
-        while ledger_count(db, "contribute") < 300:  # 100 bets on 3 levels
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        assert select.select([told], [], [], 60)[0], "100 bets not played in 60 s"
+        assert os.read(told, 1) == b"x"  # 100 bets committed (not the child ending early)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)  # not the whole plan: it stops
     finally:
         proc.kill()
+        os.close(told)
     assert (proc.returncode, err) == (130, "")
     summary = json.loads(out)
     assert summary["interrupted"] is True
