@@ -678,10 +678,15 @@ def health(*, db: str | None, as_json: bool | None) -> int:
 
 
 def _existing_store(path: str, settings: Settings) -> Store:
-    """Open a writer's store on an existing jackpot database (never create one)."""
+    """Open a writer's store on an existing jackpot database (never create one).
+
+    Nor the writers' lock file beside it: health is run from monitoring, perhaps
+    as a user who may not leave files there; the -wal and -shm the probe makes
+    go as it closes (as SQLite's last connection), the lock file would stay.
+    """
     return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
                       poll_interval_ms=settings.concurrency_check_interval_ms,
-                      synchronous=settings.synchronous, create=False)
+                      synchronous=settings.synchronous, create=False, make_lock_file=False)
 
 
 @app.command()

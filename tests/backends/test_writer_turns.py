@@ -10,6 +10,7 @@ never hangs, and a lock file that cannot be opened only costs the turns.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -212,6 +213,31 @@ def test_the_lock_file_gets_the_database_files_permissions(tmp_path: Path) -> No
     umask = os.umask(0o022)  # reading it means setting it: put it back at once
     os.umask(umask)
     assert Path(f"{db}{LOCK_SUFFIX}").stat().st_mode & 0o777 == 0o660 & ~umask
+
+
+def test_the_health_command_takes_its_turn_and_makes_no_lock_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its probe waits for a turn held elsewhere, as a writer does; with no lock file, it
+    makes none (a look must leave nothing beside the database) and says nothing of it."""
+    db = tmp_path / "pools.db"
+    JackpotEngine.open(db).close()
+    health = [sys.executable, "-m", "jackpot.cli", "health", "--json", "--db", str(db)]
+    with held_by_another_process(db):
+        done = subprocess.run(health, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout)["checks"]["database"] == {
+        "status": "degraded", "detail": ("write lock not had within 250 ms: another "
+                                         "connection holds it, writes are waiting")}
+    Path(f"{db}{LOCK_SUFFIX}").unlink()
+    with caplog.at_level(logging.DEBUG, logger="jackpot"):
+        probe = WriterTurns(str(db), create=False)
+        try:
+            assert probe.acquire(0)  # no turn to wait for: nobody takes turns
+            probe.release()
+        finally:
+            probe.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pools.db"]
+    assert caplog.records == []
 
 
 # -- what queues while a batch waits for its turn joins it ---------------------------

@@ -878,6 +878,21 @@ def test_health_of_a_database_that_cannot_serve_is_failing_with_status_1(
     assert (sorted(tmp_path.iterdir()), Path(path).exists() and Path(path).read_bytes()) == before
 
 
+@pytest.mark.parametrize("command", [("health",), *READ_ONLY_COMMANDS, ("metrics",)])
+def test_looking_at_a_database_no_writer_has_opened_leaves_no_file_beside_it(
+        db: str, command: tuple[str, ...]) -> None:
+    """A restored backup, say: no writers' lock file yet.
+
+    Before: `health` left `<database>-lock` beside it (its probe takes the
+    write lock as a writer does, and the writers' turn file was made for it).
+    """
+    Path(f"{db}-lock").unlink()
+    before = file_state(db)
+    done = jackpot(*command, "--db", db)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert file_state(db) == before
+
+
 def test_health_of_a_file_this_user_may_not_write_is_failing(db: str) -> None:
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("needs setpriv to run as another user")

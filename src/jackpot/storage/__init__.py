@@ -68,6 +68,7 @@ def open_store(
     cache_mb: int | None = None,
     create: bool = True,
     read_only: bool = False,
+    make_lock_file: bool = True,
 ) -> Store:
     """Open the store for `target`: a postgresql:// URL, or a SQLite file path.
 
@@ -75,7 +76,8 @@ def open_store(
     `SQLiteStore`. `create=False`: the database must already be a jackpot
     database of a schema this library knows (SQLite: the file must exist).
     `read_only`: a store that never writes (for inspecting a database); see
-    `SQLiteStore` and `PostgresStore`.
+    `SQLiteStore` and `PostgresStore`. `make_lock_file=False` (SQLite only):
+    never create the writers' lock file (see `SQLiteStore`).
 
     Raises:
         StorageError: the database cannot be opened, is not a jackpot
@@ -87,7 +89,7 @@ def open_store(
         return SQLiteStore(target, lock_timeout_ms=lock_timeout_ms,
                            poll_interval_ms=poll_interval_ms, synchronous=synchronous,
                            on_wal=on_wal, cache_mb=cache_mb, create=create,
-                           read_only=read_only)
+                           read_only=read_only, make_lock_file=make_lock_file)
     try:
         # Imported here: psycopg is an optional extra, needed only for URLs.
         from jackpot.storage.postgres import PostgresStore  # noqa: PLC0415

@@ -73,11 +73,15 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows onl
 class WriterTurns:
     """One connection's place in the queue of a database file's writers."""
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, *, create: bool = True) -> None:
         """Open the lock file beside `database` (creating it like SQLite's -wal).
 
         If it cannot be opened, `acquire` always succeeds at once and the
         writer relies on SQLite's lock alone (logged once, as a warning).
+        `create=False` (a health probe: a look that must leave no file beside
+        the database): a lock file that does not exist is not made, and this
+        writer waits on SQLite's lock alone, unlogged (every writer makes the
+        file as it first writes: with none, no writer is taking turns).
         """
         self._fd: int | None = None
         self._cond = threading.Condition(threading.Lock())
@@ -95,12 +99,14 @@ class WriterTurns:
         except OSError:
             mode = 0o644
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+            self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0),
+                               mode)
         except OSError as e:
-            with contextlib.suppress(Exception):  # (so they do, whatever a log filter does)
-                logger.warning("cannot open the writers' lock file %s (%s): writers of this "
-                               "database wait for its write lock without taking turns",
-                               path, e)
+            if create or not isinstance(e, FileNotFoundError):  # (not made: nobody takes turns)
+                with contextlib.suppress(Exception):  # (so they do, whatever a log filter does)
+                    logger.warning("cannot open the writers' lock file %s (%s): writers of "
+                                   "this database wait for its write lock without taking "
+                                   "turns", path, e)
         else:
             _OPEN.add(self)
 

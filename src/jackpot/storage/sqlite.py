@@ -162,6 +162,7 @@ class SQLiteStore(Store):
         cache_mb: int | None = None,
         create: bool = True,
         read_only: bool = False,
+        make_lock_file: bool = True,
     ) -> None:
         """Open (creating if needed) the database file at `path`.
 
@@ -176,7 +177,9 @@ class SQLiteStore(Store):
         With `create=False` the file must exist and already be a jackpot
         database. With `read_only=True` the file must exist and is never
         written (see the module's docstring); an empty one opens, with
-        `schema_version() == 0`.
+        `schema_version() == 0`. With `make_lock_file=False` (a health
+        probe) its writes take turns only if the writers' lock file exists:
+        it is never made (see `WriterTurns`).
 
         Raises:
             StorageError: the file cannot be opened, is not a jackpot
@@ -190,6 +193,7 @@ class SQLiteStore(Store):
         self._deadline: float | None = None  # of the write() waiting, for the busy handler
         self._gave_up = False
         self._turns: WriterTurns | None = None  # opened by the first write()
+        self._make_lock_file = make_lock_file
         self._data_version: int | None = None
         self.seen_versions: dict[str, int] | None = {}
         self.busy_wait_seconds = 0.0
@@ -456,7 +460,7 @@ class SQLiteStore(Store):
         self._gave_up = False
         started = time.monotonic()
         if self._turns is None:
-            self._turns = WriterTurns(self._path)
+            self._turns = WriterTurns(self._path, create=self._make_lock_file)
         try:  # (acquire inside: a Ctrl-C as it returns still gives the turn back)
             if not self._turns.acquire(self._timeout):
                 self._gave_up = True
