@@ -221,6 +221,7 @@ class _Probe(threading.Thread):
         self.settings = settings
         self.serving = serving
         self.found: list[tuple[HealthCheck, HealthCheck]] = []
+        self.ended_by: BaseException | None = None  # what ended it without an answer
 
 
 _stuck: dict[str, _Probe] = {}
@@ -281,13 +282,27 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
         if time.monotonic() >= deadline:
             return _not_answering(path, limit), unchecked
     probe.join(max(0.0, deadline - time.monotonic()))
-    found = probe.found
-    if found:
+    return _answer(probe, path, limit)
+
+
+def _answer(probe: _Probe, path: str, limit: float) -> tuple[HealthCheck, HealthCheck]:
+    """Say what this caller's own probe found, its wait over (`limit` seconds at most)."""
+    if probe.found:
         with _stuck_lock:
             if _stuck.get(path) is probe:
                 del _stuck[path]
-        return found[0]
-    return _not_answering(path, limit), unchecked
+        return probe.found[0]
+    if not probe.is_alive():  # it returned, with no answer: not a storage that does not answer
+        return _ended(probe), HealthCheck("disk", OK, "not checked: the probe gave no answer")
+    return _not_answering(path, limit), HealthCheck("disk", OK,
+                                                    "not checked: the storage is not answering")
+
+
+def _ended(probe: _Probe) -> HealthCheck:
+    """Say what ended a probe that gave no answer (a BaseException it raised, and raises on)."""
+    e = probe.ended_by
+    why = "" if e is None else f": {type(e).__name__}{f': {e}' if str(e) else ''}"
+    return HealthCheck("database", FAILING, f"the probe ended without an answer{why}")
 
 
 def _not_answering(path: str, limit: float) -> HealthCheck:
@@ -302,16 +317,21 @@ def _start_probe(path: str, settings: Settings, open_store: OpenStore, *, servin
 
     def run() -> None:
         try:
-            database = probe_database(path, settings, open_store, serving=serving)
-        except Exception as e:  # noqa: BLE001 - whatever stopped it is the verdict
-            database = HealthCheck("database", FAILING,
-                                   f"the probe failed: {type(e).__name__}: {e}")
-        probe.found.append((database, disk_space(path, settings)))
-        # Returned after its caller gave up: no caller will take it off the
-        # list, and a path checked no more (an engine closed) kept it forever.
-        with _stuck_lock:
-            if _stuck.get(path) is probe:
-                del _stuck[path]
+            try:
+                database = probe_database(path, settings, open_store, serving=serving)
+            except Exception as e:  # noqa: BLE001 - whatever stopped it is the verdict
+                database = HealthCheck("database", FAILING,
+                                       f"the probe failed: {type(e).__name__}: {e}")
+            probe.found.append((database, disk_space(path, settings)))
+        except BaseException as e:  # (a KeyboardInterrupt raised in it...): told, then on up
+            probe.ended_by = e
+            raise
+        finally:
+            # Returned after its caller gave up: no caller will take it off the
+            # list, and a path checked no more (an engine closed) kept it forever.
+            with _stuck_lock:
+                if _stuck.get(path) is probe:
+                    del _stuck[path]
 
     probe = _Probe(run, time.monotonic() + limit, settings, serving=serving)
     probe.start()

@@ -352,6 +352,38 @@ def test_a_probe_the_storage_does_not_answer_is_failing_not_a_hung_health_check(
     assert engine.health().ok
 
 
+@pytest.mark.parametrize(("raised", "told"), [
+    (KeyboardInterrupt("in the probe"), "KeyboardInterrupt: in the probe"),
+    (SystemExit(), "SystemExit")])
+def test_a_probe_that_ends_without_an_answer_says_what_ended_it(
+        db_path: Path, engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch,
+        raised: BaseException, told: str) -> None:
+    """Before: "the probe did not return within 2250 ms: the storage ... is not answering",
+    of a probe that had ended at once, and kept as the path's running probe."""
+    from jackpot import health  # noqa: PLC0415
+
+    def raising_open(_path: str, _settings: Settings) -> Any:
+        raise raised
+
+    ended: list[BaseException | None] = []
+    heard = threading.Event()
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        ended.append(args.exc_value)
+        heard.set()
+
+    monkeypatch.setattr(threading, "excepthook", hook)
+    database, disk = health.bounded_checks(str(db_path), Settings(), raising_open)
+    assert (database.status, database.detail) == (
+        "failing", f"the probe ended without an answer: {told}")
+    assert disk == HealthCheck("disk", "ok", "not checked: the probe gave no answer")
+    if isinstance(raised, KeyboardInterrupt):  # raised on, not swallowed (a thread's
+        assert heard.wait(30)  # SystemExit ends it quietly, as Python has it)
+        assert ended == [raised]
+    assert str(db_path) not in health._stuck
+    assert engine.health().ok  # the next check runs a probe of its own
+
+
 def test_a_probe_that_returned_is_not_kept(db_path: Path, engine: JackpotEngine) -> None:
     from jackpot import health  # noqa: PLC0415
 
