@@ -23,6 +23,7 @@ from prometheus_client import generate_latest
 
 import jackpot.engine
 from _helpers import (
+    HANG,
     crash_after_claiming,
     crash_once_claimed,
     in_thread,
@@ -159,6 +160,53 @@ def test_open_refused_as_actors_could_not_start_has_logged_their_error_by_then(
     for message, registered in handler.seen:
         assert re.fullmatch(r"PoolActor \(urn:uuid:[-0-9a-f]+\) could not start", message)
         assert registered
+
+
+def test_open_refused_as_an_actor_could_not_start_says_why_though_its_log_line_is_held(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log handler that blocks on the "could not start" line (a slow or stuck sink).
+
+    Before: the actor, logging, still counted as alive: open() waited out
+    its timeout and said "did not open their connections within 0.3 s".
+    """
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+    real = SQLiteStore.load_level
+
+    def broken(self: SQLiteStore, name: str) -> Any:
+        if name == "minor":
+            msg = "cannot load the level"
+            raise StorageError(msg)
+        return real(self, name)
+
+    held, release = threading.Event(), threading.Event()
+
+    class Holding(logging.Handler):
+        def handle(self, record: logging.LogRecord) -> bool:  # (not under the handler's lock)
+            if getattr(record, "outcome", None) == "actor_start_failed":
+                held.set()
+                release.wait(HANG)
+            return True
+
+    monkeypatch.setattr(SQLiteStore, "load_level", broken)
+    log = logging.getLogger("jackpot")
+    handler = Holding()
+    log.addHandler(handler)
+    try:
+        with pytest.raises(StorageError, match=(
+                r"^the engine's actors could not start \(their error is logged\): PoolActor "
+                r"\(urn:uuid:[-0-9a-f]+\) could not start: StorageError: cannot load the level "
+                r"\(a log handler held its error's line back: it stops once the line is "
+                r"written\)$")):
+            JackpotEngine.open(db_path, settings=Settings(
+                lock_timeout_ms=100, max_retry_attempts=0, retry_delay_ms=1))
+        assert held.is_set()
+    finally:
+        release.set()
+        log.removeHandler(handler)
+    for ref in set(pykka.ActorRegistry.get_all()) - before:  # it stops once its line is out
+        assert ref.actor_stopped.wait(HANG)
+    assert set(pykka.ActorRegistry.get_all()) == before
 
 
 # Re-raised on purpose once the actor is stopped: it ends the thread, as Pykka lets it.

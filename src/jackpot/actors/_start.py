@@ -118,6 +118,16 @@ def _why(ref: pykka.ActorRef[Any]) -> str:
     return "" if error is None else f": {error}"
 
 
+def _start_failed_yet(ref: pykka.ActorRef[Any]) -> bool:
+    """Whether `ref`'s `on_start` has failed (`start_failed` keeps why before it logs it)."""
+    with _errors_lock:
+        return getattr(ref, "actor_urn", "") in _START_ERRORS
+
+
+class _StillTellingError(pykka.ActorDeadError):
+    """Its start failed, and it is still logging why (a log handler that blocks)."""
+
+
 def mark_actor_thread(owner: object) -> None:
     """Mark the calling thread as an actor's of `owner` (called from each actor's `on_start`).
 
@@ -172,13 +182,18 @@ def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
     actor ends it at once.
 
     Raises:
-        pykka.ActorDeadError: the actor stopped (its error is logged).
+        pykka.ActorDeadError: the actor stopped (its error is logged), or its
+            start failed and a log handler holds the line telling it back.
         pykka.Timeout: the actor still lives but did not answer within `timeout`.
 
     """
     ref = proxy.actor_ref
     try:
         _wait_answer(proxy.ready(), ref, timeout)
+    except _StillTellingError as e:
+        msg = (f"{ref} could not start{_why(ref)} (a log handler held its error's line "
+               "back: it stops once the line is written)")
+        raise pykka.ActorDeadError(msg) from e
     except pykka.ActorDeadError as e:  # (also: stopped before ready() was even sent)
         msg = f"{ref} stopped while starting{_why(ref)}"
         raise pykka.ActorDeadError(msg) from e
@@ -186,10 +201,19 @@ def wait_ready(proxy: pykka.ActorProxy[Any], timeout: float) -> None:
 
 def _wait_answer(answer: pykka.Future[Any], ref: pykka.ActorRef[Any], timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    failed = False
     while not _answered(answer, deadline):
         if not ref.is_alive():
             raise pykka.ActorDeadError(str(ref))
+        if not failed and _start_failed_yet(ref):
+            # It logs why, then stops: a moment for the line to be written
+            # first, no more. A log handler that blocks (a slow sink) turned
+            # the start error into "did not start within" the whole timeout.
+            failed = True
+            deadline = min(deadline, time.monotonic() + _GRACE)
         if time.monotonic() >= deadline:
+            if failed:
+                raise _StillTellingError(str(ref))
             msg = f"{ref} did not start within {timeout:.1f} s"
             raise pykka.Timeout(msg)
 
