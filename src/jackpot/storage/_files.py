@@ -56,8 +56,8 @@ _failed: dict[Identity, str] = {}
 """Databases (by file) whose storage reported an I/O error to this process, and the error."""
 _sides: dict[Identity, dict[str, Identity]] = {}
 """The `-wal` and `-shm` files of each database, as this process's connections first saw them."""
-_holding: Counter[Identity] = Counter()
-"""Writing connections of this process that have read the database (`_sides` forgotten at 0)."""
+_holding: dict[Identity, set[object]] = {}
+"""Writing connections of this process that have read the database (`_sides` forgotten at none)."""
 _open: Counter[Identity] = Counter()
 """Writing connections of this process per database file (`_failed` forgotten at 0)."""
 _reading: Counter[Identity] = Counter()
@@ -120,21 +120,15 @@ def _refuse_inherited(path: str, file: Identity | None) -> None:
         raise StorageError(msg)
 
 
-class FileGuard:
-    """The files one writing connection has open, and what it may still do with them."""
+class _Holder:
+    """A connection of this process, and whether it holds the database's `-wal` and `-shm`."""
 
-    def __init__(self, path: str) -> None:
-        """Note the file `path` names now (just opened by the connection)."""
+    def __init__(self, path: str, file: Identity | None) -> None:
         self.path = path
-        self.file = _identity(path)
-        _refuse_inherited(path, self.file)  # (the file opened, if replaced since the check)
-        if self.file is not None:
-            with _lock:
-                _open[self.file] += 1
-        self._holds: list[Identity] = []  # the file, from `holding()` to `letting_go()`
+        self.file = file
+        self._token = object()  # its place among `_holding`'s, from `holding()` to `letting_go()`
         self._pid = os.getpid()
-        # Released by close(), or when the guard is collected (a store never closed).
-        self._release = weakref.finalize(self, _release, self.file, self._holds, self._pid)
+        self._gave_up: dict[str, Identity] | None = None  # what `letting_go()` let go of
 
     def holding(self) -> None:
         """Note that the connection has read: it holds the `-wal` and `-shm` until it closes.
@@ -149,17 +143,23 @@ class FileGuard:
         So the files it holds are noted now, not at the first write: a `-wal`
         removed before the process's first write was otherwise never noted,
         and the writes went on into the removed one (lost with the process).
+
+        An interrupt anywhere in here leaves nothing wrong: `letting_go()`
+        takes the connection out of `_holding` whether it got in or not.
         """
-        if self.file is not None and not self._holds and self._pid == os.getpid():
+        if self.file is not None and self._pid == os.getpid():
             ours = _identity(self.path) == self.file  # (not another file's, renamed in)
             sides = {suffix: now for suffix in _SIDE
                      if ours and (now := _identity(self.path + suffix)) is not None}
             with _lock:
-                _holding[self.file] += 1
-                self._holds.append(self.file)
+                _holding.setdefault(self.file, set()).add(self._token)
                 noted = _sides.setdefault(self.file, {})
                 for suffix, now in sides.items():
                     noted.setdefault(suffix, now)
+
+    def holds(self) -> bool:
+        """Whether the connection holds the `-wal` and `-shm` (under `_lock`)."""
+        return self._token in _holding.get(self.file, ()) if self.file is not None else False
 
     def letting_go(self) -> None:
         """Note, just before the connection closes, that it may delete the `-wal` and `-shm`.
@@ -175,7 +175,34 @@ class FileGuard:
         holds them first (the close then deletes nothing) and notes them again.
         """
         with _lock:
-            _let_go(self._holds, self._pid)
+            self._gave_up = _let_go(self.file, self._token, self._pid)
+
+    def still_holding(self) -> None:
+        """Note that the close after `letting_go()` failed: the connection still holds them.
+
+        Its lock kept anyone's close from deleting them meanwhile, so what it
+        let go of is noted again, over what a connection that read in
+        between noted (the same files, unless someone replaced them since).
+        """
+        if (gave_up := self._gave_up) is not None and self.file is not None:
+            self._gave_up = None
+            with _lock:
+                _holding.setdefault(self.file, set()).add(self._token)
+                _sides.setdefault(self.file, {}).update(gave_up)
+
+
+class FileGuard(_Holder):
+    """The files one writing connection has open, and what it may still do with them."""
+
+    def __init__(self, path: str) -> None:
+        """Note the file `path` names now (just opened by the connection)."""
+        super().__init__(path, _identity(path))
+        _refuse_inherited(path, self.file)  # (the file opened, if replaced since the check)
+        if self.file is not None:
+            with _lock:
+                _open[self.file] += 1
+        # Released by close(), or when the guard is collected (a store never closed).
+        self._release = weakref.finalize(self, _release, self.file, self._token, self._pid)
 
     def refusal(self) -> str | None:
         """Say why this connection may not write now (None: it may)."""
@@ -197,7 +224,7 @@ class FileGuard:
             with _lock:  # (noted when first seen by a connection holding them; one
                 # that let go, closing, may see files its close is about to delete)
                 known = _sides.setdefault(self.file, {}).setdefault(suffix, now) \
-                    if now is not None and self._holds else _sides.get(self.file, {}).get(suffix)
+                    if now is not None and self.holds() else _sides.get(self.file, {}).get(suffix)
             if known is not None and now != known:
                 return (f"the {suffix} file of {self.path!r} was removed or replaced since "
                         "this engine opened it (what was committed to it is still in the "
@@ -259,15 +286,29 @@ def _forget_reader(file: Identity | None, pid: int) -> None:
         _count_down(_reading, file, pid)
 
 
-def _let_go(holds: list[Identity], pid: int) -> None:
-    """Count the connection with `holds` out of `_holding` (under `_lock`; idempotent)."""
-    if holds and _count_down(_holding, file := holds.pop(), pid):
-        _sides.pop(file, None)
+def _let_go(file: Identity | None, token: object, pid: int) -> dict[str, Identity] | None:
+    """Take the connection `token` out of `_holding` (under `_lock`; idempotent).
+
+    Returns what it let go of: the files noted, if it was the last holding
+    them ({} if not); None if it held nothing.
+    """
+    if file is None or pid != os.getpid():  # (a forked child's registry never counted it)
+        return None
+    holders = _holding.get(file)
+    if holders is None:
+        return None
+    held = token in holders
+    holders.discard(token)
+    if holders:
+        return {} if held else None
+    del _holding[file]  # (also an empty set an interrupted `holding()` left)
+    gave_up = _sides.pop(file, None)
+    return (gave_up or {}) if held else None
 
 
-def _release(file: Identity | None, holds: list[Identity], pid: int) -> None:
+def _release(file: Identity | None, token: object, pid: int) -> None:
     with _lock:
-        _let_go(holds, pid)
+        _let_go(file, token, pid)
         if _count_down(_open, file, pid):
             assert file is not None
             _failed.pop(file, None)

@@ -356,11 +356,14 @@ class SQLiteStore(Store):
                 self._guard.letting_go()  # before it: its close may delete the -wal (see there)
             try:
                 self.conn.close()
-            finally:  # after it: a fork until then copies the connection open (see _files)
-                if self._guard is not None:
-                    self._guard.close()
-                if self._mark is not None:
-                    self._mark.close()
+            finally:
+                if _closed(self.conn):  # after it: a fork until then copies it open (see _files)
+                    if self._guard is not None:
+                        self._guard.close()
+                    if self._mark is not None:
+                        self._mark.close()
+                elif self._guard is not None:  # its close failed: it still holds its files,
+                    self._guard.still_holding()  # and a close() again may release them
 
     # -- low level -------------------------------------------------------
 
@@ -893,6 +896,15 @@ class _ExactSum:
     def final(self) -> str | float | None:
         """Return the sum; an int as text (past 2**63 it is no SQLite integer; int() reads it)."""
         return str(self.total) if isinstance(self.total, int) else self.total
+
+
+def _closed(conn: apsw.Connection) -> bool:
+    """Whether `conn` is closed (its `close()` may have raised before or after closing it)."""
+    try:
+        _ = conn.filename
+    except apsw.ConnectionClosedError:
+        return True
+    return False
 
 
 def _sum_overflowed(e: BaseException) -> bool:
