@@ -11,7 +11,9 @@ its inode number.
 
 from __future__ import annotations
 
+import linecache
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,103 @@ def test_a_connection_whose_close_failed_still_holds_its_wal(tmp_path: Path) -> 
     assert _recorded(path) == (True, True, True)  # still open: still counted
     store.close()  # a close() again releases it
     assert _recorded(path) == (False, False, False)
+
+
+class _ClosingHook:
+    """A connection whose close() runs `then` just after SQLite closed it."""
+
+    def __init__(self, conn: apsw.Connection, then: Any) -> None:
+        self.conn = conn
+        self.then = then
+
+    def close(self) -> None:
+        self.conn.close()
+        self.then()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_an_open_interrupted_after_its_first_read_lets_go_before_its_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An interrupt just after the connection noted the -wal and -shm it had read: the open is
+    # abandoned, and its close (the last connection) deleted them before it let go, so a
+    # connection reading in between (another thread's) made them anew while the old ones were
+    # still noted: its writes were refused as if someone had replaced them.
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    connect, holding = SQLiteStore._connect, _files.FileGuard.holding
+    between: list[SQLiteStore] = []
+    kept = tmp_path / "kept-wal"
+
+    def open_another() -> None:
+        assert not Path(f"{path}-wal").exists()  # the last close deleted them
+        between.append(SQLiteStore(str(path), create=False))  # its first read makes them anew
+
+    def hooked(store: SQLiteStore, path_: str, *, create: bool) -> Any:
+        conn = connect(store, path_, create=create)
+        return conn if kept.exists() else _ClosingHook(conn, open_another)
+
+    def interrupted(guard: _files.FileGuard) -> None:
+        holding(guard)
+        if not kept.exists():
+            for suffix in ("-wal", "-shm"):  # (kept linked: the new ones get other inodes)
+                (tmp_path / f"kept{suffix}").hardlink_to(f"{path}{suffix}")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SQLiteStore, "_connect", hooked)
+    monkeypatch.setattr(_files.FileGuard, "holding", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        SQLiteStore(str(path), create=False)
+    (other,) = between
+    try:
+        _write(other)  # was: StorageError, the -wal "removed or replaced"
+    finally:
+        other.close()
+    assert _recorded(path) == (False, False, False)
+
+
+def test_an_interrupt_anywhere_in_holding_leaves_nothing_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An interrupt (Ctrl-C: a signal handler's exception, raised between any two lines)
+    # after the connection was counted among those holding the files, before it noted
+    # that it was: the abandoned open's close did not count it out, and the record of
+    # the -wal and -shm stayed for good, taking the next ones SQLite made for replaced.
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    holding = _files.FileGuard.holding
+    at: list[int] = []  # the line event to interrupt at (none: count them)
+    lines = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal lines
+        if frame.f_code.co_filename != _files.__file__:
+            return None
+        # (Not at a `with` line: its event also comes as the block ends, before the lock's
+        # release, which an interrupt there skips: CPython's own limit, bpo-29988.)
+        if event == "line" and not linecache.getline(
+                frame.f_code.co_filename, frame.f_lineno).lstrip().startswith("with "):
+            lines += 1
+            if at and lines == at[0]:
+                raise KeyboardInterrupt
+        return tracer
+
+    def traced(guard: _files.FileGuard) -> None:
+        sys.settrace(tracer)
+        try:
+            holding(guard)
+        finally:
+            sys.settrace(None)
+
+    monkeypatch.setattr(_files.FileGuard, "holding", traced)
+    SQLiteStore(str(path), create=False).close()
+    assert lines > 5
+    for line in range(1, lines + 1):
+        at[:], lines = [line], 0
+        with pytest.raises(KeyboardInterrupt):
+            SQLiteStore(str(path), create=False)
+        assert _recorded(path) == (False, False, False), f"interrupted at line event {line}"
+    monkeypatch.undo()
+    with JackpotEngine.open(path, create=False) as engine:
+        engine.contribute("10", groups="minor", op_id="after")
+        assert engine.verify().ok

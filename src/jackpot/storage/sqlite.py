@@ -230,15 +230,17 @@ class SQLiteStore(Store):
             raise StorageError(msg) from e
 
     def _abandon(self) -> None:
-        """Undo a connection that opened, then failed to set up: leave nothing behind."""
-        try:
-            if hasattr(self, "conn"):
-                self.conn.close()
-        finally:  # after it, as in close()
-            if self._guard is not None:
-                self._guard.close()  # (its count would keep the file's registry alive)
-            if self._mark is not None:
-                self._mark.close()
+        """Undo a connection that opened, then failed to set up: leave nothing behind.
+
+        As in `close()`: it may have read (an interrupt just after `holding()`),
+        so it lets go before its close may delete the `-wal` and `-shm`.
+        """
+        if hasattr(self, "conn"):
+            self._close_connection()
+            return
+        for held in (self._guard, self._mark):  # (interrupted in `_connect`: it has not read)
+            if held is not None:
+                held.close()
 
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
         if not self._read_only:
@@ -352,18 +354,21 @@ class SQLiteStore(Store):
             if self._guard is not None and self._guard.has_failed():
                 with contextlib.suppress(apsw.Error):
                     self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-            if self._guard is not None:
-                self._guard.letting_go()  # before it: its close may delete the -wal (see there)
-            try:
-                self.conn.close()
-            finally:
-                if _closed(self.conn):  # after it: a fork until then copies it open (see _files)
-                    if self._guard is not None:
-                        self._guard.close()
-                    if self._mark is not None:
-                        self._mark.close()
-                elif self._guard is not None:  # its close failed: it still holds its files,
-                    self._guard.still_holding()  # and a close() again may release them
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._guard is not None:
+            self._guard.letting_go()  # before it: its close may delete the -wal (see there)
+        try:
+            self.conn.close()
+        finally:
+            if _closed(self.conn):  # after it: a fork until then copies it open (see _files)
+                if self._guard is not None:
+                    self._guard.close()  # (its count would keep the file's registry alive)
+                if self._mark is not None:
+                    self._mark.close()
+            elif self._guard is not None:  # its close failed: it still holds its files,
+                self._guard.still_holding()  # and a close() again may release them
 
     # -- low level -------------------------------------------------------
 
