@@ -12,6 +12,7 @@ its inode number.
 from __future__ import annotations
 
 import linecache
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import apsw
 import pytest
 
 from jackpot import JackpotEngine, StorageError
-from jackpot.storage import SQLiteStore, _files
+from jackpot.storage import SQLiteStore, _files, sqlite
 
 REPLACED = "the -wal file of .* was removed or replaced since this engine opened it"
 
@@ -182,3 +183,36 @@ def test_an_interrupt_anywhere_in_holding_leaves_nothing_recorded(
     with JackpotEngine.open(path, create=False) as engine:
         engine.contribute("10", groups="minor", op_id="after")
         assert engine.verify().ok
+
+
+def test_a_file_not_found_as_it_was_opened_is_never_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Renamed away just after the connection opened it and back before its first read, the
+    # file had no identity to check: every write was let through, also once it was moved
+    # away for good (into a file nobody would find again).
+    path, away = tmp_path / "pools.db", tmp_path / "moved.db"
+    JackpotEngine.open(path).close()
+
+    class NotThereAsOpened(_files.FileGuard):
+        def __init__(self, path_: str) -> None:
+            Path(path_).rename(away)
+            try:
+                super().__init__(path_)
+            finally:
+                away.rename(path_)
+
+    monkeypatch.setattr(sqlite, "FileGuard", NotThereAsOpened)
+    store = SQLiteStore(str(path), create=False)
+    monkeypatch.undo()
+    refused = (f"database {str(path)!r} was not there as this engine opened it (removed or "
+               "renamed meanwhile), so its writes could land in a file nobody finds again: "
+               "close the engine and open the database again")
+    try:
+        assert store.write_refusal() == refused  # was: None
+        with pytest.raises(StorageError, match=re.escape(f"{refused}: nothing was changed")):
+            _write(store)
+        path.rename(away)
+        with pytest.raises(StorageError, match=re.escape(refused)):
+            _write(store)  # was: accepted, into the moved file
+    finally:
+        store.close()

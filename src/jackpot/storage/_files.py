@@ -197,6 +197,10 @@ class FileGuard(_Holder):
     def __init__(self, path: str) -> None:
         """Note the file `path` names now (just opened by the connection)."""
         super().__init__(path, _identity(path))
+        # Not found, the file was removed or renamed as the connection opened
+        # it: the connection has a file nobody may find again, and nothing to
+        # tell it by should the path name a file again (another one, maybe).
+        self.unidentified = self.file is None
         _refuse_inherited(path, self.file)  # (the file opened, if replaced since the check)
         if self.file is not None:
             with _lock:
@@ -206,6 +210,10 @@ class FileGuard(_Holder):
 
     def refusal(self) -> str | None:
         """Say why this connection may not write now (None: it may)."""
+        if self.unidentified:
+            return (f"database {self.path!r} was not there as this engine opened it "
+                    "(removed or renamed meanwhile), so its writes could land in a file "
+                    "nobody finds again: close the engine and open the database again")
         if self.file is None:
             return None
         with _lock:
