@@ -216,3 +216,33 @@ def test_a_file_not_found_as_it_was_opened_is_never_written(
             _write(store)  # was: accepted, into the moved file
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("side", ["-wal", "-shm"])
+def test_a_reader_keeps_the_record_after_the_last_writer_closes(tmp_path: Path, side: str) -> None:
+    # The record was kept by writing connections only: once the last one closed (the files
+    # not deleted, the reader holding them), a -wal or -shm replaced meanwhile was noted by
+    # the next writer of the process as its own, its writes accepted (beside the -shm SQLite
+    # shares in the process with the reader, which has the old one open).
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    writer = SQLiteStore(str(path), create=False)
+    reader = SQLiteStore(str(path), read_only=True)  # it reads through the -shm
+    try:
+        writer.close()
+        assert Path(f"{path}-wal").exists()  # the reader holds them: not deleted
+        _replace(path, side)
+        later = SQLiteStore(str(path), create=False)
+        try:
+            with pytest.raises(StorageError, match=f"the {side} file of .* was removed or "
+                                                   "replaced since this engine opened it"):
+                _write(later)  # was: accepted
+        finally:
+            later.close()
+        assert _recorded(path) == (False, True, True)
+    finally:
+        reader.close()
+    assert _recorded(path) == (False, False, False)
+    with JackpotEngine.open(path, create=False) as engine:  # nothing kept: it writes again
+        engine.contribute("10", groups="minor", op_id="after")
+        assert engine.verify().ok

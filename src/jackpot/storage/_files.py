@@ -57,7 +57,7 @@ _failed: dict[Identity, str] = {}
 _sides: dict[Identity, dict[str, Identity]] = {}
 """The `-wal` and `-shm` files of each database, as this process's connections first saw them."""
 _holding: dict[Identity, set[object]] = {}
-"""Writing connections of this process that have read the database (`_sides` forgotten at none)."""
+"""Connections of this process that have read the database (`_sides` forgotten when none is)."""
 _open: Counter[Identity] = Counter()
 """Writing connections of this process per database file (`_failed` forgotten at 0)."""
 _reading: Counter[Identity] = Counter()
@@ -143,6 +143,11 @@ class _Holder:
         So the files it holds are noted now, not at the first write: a `-wal`
         removed before the process's first write was otherwise never noted,
         and the writes went on into the removed one (lost with the process).
+        A read-only connection reading through the `-shm` holds them too:
+        were they forgotten as the last writer let go, a writer opening later
+        in the process would note whatever then stood at the path, though
+        SQLite gives it the `-shm` the reader still has open (it shares one
+        per database file in a process).
 
         An interrupt anywhere in here leaves nothing wrong: `letting_go()`
         takes the connection out of `_holding` whether it got in or not.
@@ -262,16 +267,21 @@ class FileGuard(_Holder):
         self.file = None
 
 
-class ReaderMark:
-    """A read-only connection that reads a database through its `-shm` (a fork copies it open)."""
+class ReaderMark(_Holder):
+    """A read-only connection that reads a database through its `-shm` (a fork copies it open).
+
+    It holds the `-wal` and `-shm` from its first read as a writer does (see
+    `holding()`), so it keeps the record of them after the last writer of
+    the process closes.
+    """
 
     def __init__(self, path: str) -> None:
         """Count the file `path` names now (just opened by the connection) until `close()`."""
-        file = _identity(path)
-        if file is not None:
+        super().__init__(path, _identity(path))
+        if self.file is not None:
             with _lock:
-                _reading[file] += 1
-        self._release = weakref.finalize(self, _forget_reader, file, os.getpid())
+                _reading[self.file] += 1
+        self._release = weakref.finalize(self, _forget_reader, self.file, self._token, self._pid)
 
     def close(self) -> None:
         """Forget this connection (idempotent)."""
@@ -289,8 +299,9 @@ def _count_down(counts: Counter[Identity], file: Identity | None, pid: int) -> b
     return True
 
 
-def _forget_reader(file: Identity | None, pid: int) -> None:
+def _forget_reader(file: Identity | None, token: object, pid: int) -> None:
     with _lock:
+        _let_go(file, token, pid)
         _count_down(_reading, file, pid)
 
 
@@ -320,4 +331,3 @@ def _release(file: Identity | None, token: object, pid: int) -> None:
         if _count_down(_open, file, pid):
             assert file is not None
             _failed.pop(file, None)
-            _sides.pop(file, None)

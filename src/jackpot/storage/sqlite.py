@@ -222,6 +222,8 @@ class SQLiteStore(Store):
                 # before: the connection holds its -wal once it reads in WAL mode.
                 self._retry_busy(lambda: self._exec("PRAGMA schema_version"))
                 self._guard.holding()  # (it has read: it holds the -wal and -shm now)
+            elif self._mark is not None:
+                self._mark.holding()  # (read through the -shm: it holds them as a writer does)
         except BaseException as e:
             self._abandon()
             if not isinstance(e, apsw.Error):
@@ -357,18 +359,17 @@ class SQLiteStore(Store):
             self._close_connection()
 
     def _close_connection(self) -> None:
-        if self._guard is not None:
-            self._guard.letting_go()  # before it: its close may delete the -wal (see there)
+        held = self._guard or self._mark
+        if held is not None:
+            held.letting_go()  # before it: its close may delete the -wal (see there)
         try:
             self.conn.close()
         finally:
             if _closed(self.conn):  # after it: a fork until then copies it open (see _files)
-                if self._guard is not None:
-                    self._guard.close()  # (its count would keep the file's registry alive)
-                if self._mark is not None:
-                    self._mark.close()
-            elif self._guard is not None:  # its close failed: it still holds its files,
-                self._guard.still_holding()  # and a close() again may release them
+                if held is not None:
+                    held.close()  # (its count would keep the file's registry alive)
+            elif held is not None:  # its close failed: it still holds its files,
+                held.still_holding()  # and a close() again may release them
 
     # -- low level -------------------------------------------------------
 
