@@ -14,13 +14,17 @@ from __future__ import annotations
 import linecache
 import re
 import shutil
+import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import apsw
 import pytest
 
+from _helpers import HANG, read_ledger, read_line
 from jackpot import JackpotEngine, StorageError
 from jackpot.storage import SQLiteStore, _files, sqlite
 
@@ -246,3 +250,80 @@ def test_a_reader_keeps_the_record_after_the_last_writer_closes(tmp_path: Path, 
     with JackpotEngine.open(path, create=False) as engine:  # nothing kept: it writes again
         engine.contribute("10", groups="minor", op_id="after")
         assert engine.verify().ok
+
+
+WRITER = """
+import select, sys
+from jackpot import JackpotEngine
+
+engine = JackpotEngine.open(sys.argv[1], create=False)
+engine.contribute("10", groups="minor", op_id="a-open")  # it holds the -wal and -shm
+print("open", flush=True)
+assert select.select([sys.stdin], [], [], 60)[0], "no word to write"
+assert sys.stdin.readline() == "write\\n"
+for i in range(int(sys.argv[2])):
+    engine.contribute("10", groups="minor", op_id=f"a-{i}")
+    print(f"acked a-{i}", flush=True)
+engine.close()  # the last connection holding them: folds the -wal, deletes both
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["opening", "running"])
+def test_an_engine_opening_as_another_process_writes_and_closes_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    # Another process writes and closes between a connection's open and its first read
+    # (open()'s own store; or the engine's reader, the levels already loaded before those
+    # writes): its close deletes the -wal and -shm, the first read makes them anew, and the
+    # engine reloads the levels it holds stale. No acknowledged bet of either is lost, and
+    # the new -wal is not taken for a replaced one.
+    path, err = tmp_path / "pools.db", tmp_path / "writer.stderr"
+    JackpotEngine.open(path).close()
+    writes = 5
+    with err.open("wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(writes)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file,
+                                bufsize=0)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    acked: list[str] = []
+    recognise = SQLiteStore._recognise
+    calls = 0
+    deadline = time.monotonic() + HANG
+
+    def first_read(store: SQLiteStore, *, allow_empty: bool) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == (1 if when == "opening" else 2):
+            for suffix in ("-wal", "-shm"):  # (kept linked: the new ones get other inodes)
+                (tmp_path / f"kept{suffix}").hardlink_to(f"{path}{suffix}")
+            proc.stdin.write(b"write\n")
+            while (line := read_line(proc.stdout, deadline, "acknowledgement")) != b"closed":
+                assert line.startswith(b"acked "), f"{line!r}: {err.read_text()[-3000:]}"
+                acked.append(line.removeprefix(b"acked ").decode())
+            assert not Path(f"{path}-wal").exists()  # its close deleted them
+        return recognise(store, allow_empty=allow_empty)
+
+    try:
+        assert read_line(proc.stdout, deadline, "open") == b"open", err.read_text()[-3000:]
+        monkeypatch.setattr(SQLiteStore, "_recognise", first_read)
+        with JackpotEngine.open(path, create=False) as engine:
+            monkeypatch.undo()
+            engine.contribute("10", groups="minor", op_id="b-0")  # (running: a stale level)
+            engine.contribute("10", groups=("major", "minor"), op_id="b-1")
+            assert engine.pool("minor").version == 1 + 1 + writes + 2
+            assert engine.health().ok
+            assert engine.verify().ok
+        assert proc.wait(timeout=HANG) == 0, err.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+    assert acked == [f"a-{i}" for i in range(writes)]
+    rows = Counter(row["op_id"] for row in read_ledger(path) if row["kind"] != "create")
+    assert rows == {"a-open": 1, **dict.fromkeys(acked, 1), "b-0": 1, "b-1": 2}
+    with JackpotEngine.open(path, create=False) as again:
+        assert again.pool("minor").version == 1 + 1 + writes + 2
+        assert again.verify().ok
