@@ -359,6 +359,7 @@ class SQLiteStore(Store):
             self._close_connection()
 
     def _close_connection(self) -> None:
+        """Close the connection, letting go of its files first (see `_files`)."""
         held = self._guard or self._mark
         if held is not None:
             held.letting_go()  # before it: its close may delete the -wal (see there)
