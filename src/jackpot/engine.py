@@ -367,6 +367,17 @@ class _WeakView:
         return self._get().health()
 
 
+def _tell(op: Operation, result: object, error: BaseException | None) -> str:
+    """Log `op`'s outcome as its caller got it (`result`, or `error`); return what to count."""
+    if error is not None:
+        outcome = outcome_of(error)
+        after_the_fact(log_failure, op, outcome, error)
+    else:
+        outcome = "replayed" if getattr(result, "replayed", False) else "ok"
+        after_the_fact(log_success, op, outcome, result)
+    return outcome
+
+
 def stopped_midway(op: Operation, *, closed: bool) -> EngineClosedError:
     """Return the error for an operation whose actor stopped after taking it (outcome unknown)."""
     msg = (f"the actor serving {', '.join(op.names)} stopped while running {op.kind} "
@@ -1120,6 +1131,10 @@ class JackpotEngine:
         queued: list[Ticket] = []  # the request's ticket, as it is sent
         reporter: list[str] | None = None  # set once handed to a reporting thread
         interrupted = False
+        # A refusal or failure the caller got, until it is told (logged): an
+        # interrupt that cuts the telling short (at the start of `outcome_of`, in a
+        # log handler) leaves it to the `finally`, which tells it as what it was.
+        untold: Exception | None = None
         self._enter()
         try:  # at once: an interrupt before it would leave the call in flight for good
             own.n = before + 1
@@ -1129,8 +1144,9 @@ class JackpotEngine:
             # one like any other (its answer is there: told and counted as it is).
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
         except Exception as e:
-            outcome = outcome_of(e)
-            after_the_fact(log_failure, op, outcome, e)
+            untold = e  # (a plain store, no call: no interrupt lands before it)
+            outcome = _tell(op, None, e)
+            untold = None
             raise
         except BaseException:
             # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
@@ -1155,8 +1171,8 @@ class JackpotEngine:
                 reporter.append(_CALLER)
             if reporter is None or reporter[0] is _CALLER:
                 try:  # the outcome is final: reporting it must not change it
-                    if interrupted:  # no reporting thread follows it: tell what is known
-                        outcome = self._tell_interrupted(op, queued)
+                    outcome = self._tell_left(op, queued, outcome, untold,
+                                              interrupted=interrupted)
                     if outcome:
                         after_the_fact(self.stats.operation, op.kind, outcome,
                                        time.perf_counter() - started)
@@ -1165,6 +1181,20 @@ class JackpotEngine:
                         self._leave_interrupted(reporter)
                     else:
                         self._leave()
+
+    def _tell_left(self, op: Operation, queued: list[Ticket], outcome: str,
+                   untold: Exception | None, *, interrupted: bool) -> str:
+        """Tell what is left untold of a call its caller counts; return what to count.
+
+        Interrupted while its request was out, no reporting thread follows
+        it (`_tell_interrupted`). Else its outcome is `outcome`, told already
+        unless an interrupt cut that short (`untold`): told now.
+        """
+        if interrupted:
+            return self._tell_interrupted(op, queued)
+        if untold is not None:
+            return _tell(op, None, untold)
+        return outcome
 
     def _tell_interrupted(self, op: Operation, queued: list[Ticket]) -> str:
         """Log an interrupted call's outcome as far as it is known now; return what to count.
@@ -1184,14 +1214,7 @@ class JackpotEngine:
         if not ticket.wait(0):
             after_the_fact(log_unfollowed, op)
             return "unknown"
-        result, error = ticket.answer
-        if error is not None:
-            outcome = outcome_of(error)
-            after_the_fact(log_failure, op, outcome, error)
-        else:
-            outcome = "replayed" if getattr(result, "replayed", False) else "ok"
-            after_the_fact(log_success, op, outcome, result)
-        return outcome
+        return _tell(op, *ticket.answer)
 
     def _report_when_answered(self, op: Operation, ticket: Ticket, started: float,
                               reporter: list[str]) -> None:

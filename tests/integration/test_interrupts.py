@@ -558,3 +558,35 @@ def test_a_close_names_at_most_ten_interrupted_calls_and_all_their_op_ids() -> N
         + "; and 2 more. Their outcomes are logged when they come, unless the process ends "
         "first: resend each with the same op_id to learn it")
     assert unreported.op_ids == [f"bet-{i}" for i in range(12)]  # type: ignore[attr-defined]
+
+
+def test_an_interrupt_as_a_refusal_is_classified_counts_and_logs_it_as_a_refusal(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C lands at the start of `outcome_of` (a Python call: CPython runs a pending
+    signal's handler there) as the caller's refusal is told. Before: counted as an error
+    (health's error rate), and its log line never written."""
+    from jackpot import engine as engine_module  # noqa: PLC0415 - its module global, patched
+
+    engine = JackpotEngine.open(db_path)
+    try:
+        classify, armed = engine_module.outcome_of, [True]
+
+        def interrupted(error: BaseException) -> str:
+            if armed:
+                armed.pop()
+                raise KeyboardInterrupt
+            return classify(error)
+
+        monkeypatch.setattr(engine_module, "outcome_of", interrupted)
+        with hearing() as said, pytest.raises(KeyboardInterrupt) as caught:
+            engine.process_win("minor", op_id="win", amount="1000")
+        monkeypatch.undo()
+        refusal = caught.value.__context__
+        assert type(refusal).__name__ == "InsufficientFundsError"
+        assert engine._inflight == 0
+    finally:
+        engine.close()
+    assert said == [("INFO", f"win win failed (rejected): {refusal}", "win", "rejected")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+        ("operations:win:rejected", 1)]
