@@ -1131,20 +1131,22 @@ class JackpotEngine:
         queued: list[Ticket] = []  # the request's ticket, as it is sent
         reporter: list[str] | None = None  # set once handed to a reporting thread
         interrupted = False
-        # A refusal or failure the caller got, until it is told (logged): an
-        # interrupt that cuts the telling short (at the start of `outcome_of`, in a
-        # log handler) leaves it to the `finally`, which tells it as what it was.
-        untold: Exception | None = None
+        # The answer the caller got (result, error), until it is told (logged):
+        # an interrupt that cuts the telling short (at the start of `outcome_of`,
+        # in a log handler) leaves it to the `finally`, which tells it then. A
+        # win paid is logged as paid at least once: the operator's record of it.
+        untold: tuple[object, Exception | None] | None = None
         self._enter()
         try:  # at once: an interrupt before it would leave the call in flight for good
             own.n = before + 1
             with self._trace(op):
                 result = self._submit_with_restart(op, queued)
+            untold = (result, None)  # (not told yet: see `else`)
             # Here, not in `else`: an interrupt as the answer is read is then
             # one like any other (its answer is there: told and counted as it is).
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
         except Exception as e:
-            untold = e  # (a plain store, no call: no interrupt lands before it)
+            untold = (None, e)  # (plain stores, no call: no interrupt lands before them)
             outcome = _tell(op, None, e)
             untold = None
             raise
@@ -1161,6 +1163,7 @@ class JackpotEngine:
             raise
         else:
             after_the_fact(log_success, op, outcome, result)
+            untold = None
             return result
         finally:
             own.n = before
@@ -1183,7 +1186,8 @@ class JackpotEngine:
                         self._leave()
 
     def _tell_left(self, op: Operation, queued: list[Ticket], outcome: str,
-                   untold: Exception | None, *, interrupted: bool) -> str:
+                   untold: tuple[object, Exception | None] | None, *,
+                   interrupted: bool) -> str:
         """Tell what is left untold of a call its caller counts; return what to count.
 
         Interrupted while its request was out, no reporting thread follows
@@ -1193,7 +1197,7 @@ class JackpotEngine:
         if interrupted:
             return self._tell_interrupted(op, queued)
         if untold is not None:
-            return _tell(op, None, untold)
+            return _tell(op, *untold)
         return outcome
 
     def _tell_interrupted(self, op: Operation, queued: list[Ticket]) -> str:

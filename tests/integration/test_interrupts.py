@@ -590,3 +590,43 @@ def test_an_interrupt_as_a_refusal_is_classified_counts_and_logs_it_as_a_refusal
     stats = engine.stats.snapshot()
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
         ("operations:win:rejected", 1)]
+
+
+class _InterruptOnce(logging.Filter):
+    """A `jackpot` logger filter: Ctrl-C lands as the first record of `op_id` is handled."""
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__()
+        self.op_id, self.armed = op_id, True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.armed and getattr(record, "op_id", None) == self.op_id:
+            self.armed = False
+            raise KeyboardInterrupt
+        return True
+
+
+def test_an_interrupt_as_a_paid_win_is_logged_still_logs_it_as_paid(db_path: Path) -> None:
+    """Ctrl-C lands in logging as the "paid" line is written (before any handler has it).
+    Before: counted ok, but the operator's record of the money paid was never written."""
+    engine = JackpotEngine.open(db_path)
+    interrupting = _InterruptOnce("win")
+    log = logging.getLogger("jackpot")
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        log.addFilter(interrupting)
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            engine.process_win("minor", op_id="win", winner="p1")
+        log.removeFilter(interrupting)
+        assert not interrupting.armed  # (the interrupt landed)
+        assert engine._inflight == 0
+        resent = engine.process_win("minor", op_id="win", winner="p1")
+        assert resent.replayed
+    finally:
+        log.removeFilter(interrupting)
+        engine.close()
+    assert said == [("INFO", f"win on minor: paid {resent.amount} to p1 (op win, ok)",
+                     "win", "ok")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+        ("operations:win:ok", 1), ("operations:win:replayed", 1)]
