@@ -731,8 +731,9 @@ class _Call:
         """
         ticket = self._ticket
         if ticket is None:  # between attempts; the restart task died with the loop
+            # Its caller went with the loop: withdrawn, as when the task is cancelled.
             msg = f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop closed"
-            self._close_books(None, EngineClosedError(msg))
+            self._close_books(None, EngineClosedError(msg), withdrawn=True)
         elif ticket.wait(0):
             self.orphaned(ticket, *ticket.answer)
         elif not self._engine._owner_alive(self.op, ticket):  # noqa: SLF001
@@ -858,12 +859,22 @@ class _Call:
             await asyncio.to_thread(self._engine._restart_before_resending,  # noqa: SLF001
                                     self.op)
         except asyncio.CancelledError:
+            # Only the loop's shutdown cancels this task (asyncio.run cancels every
+            # task, the caller's too): the caller is gone, as the sync engine's
+            # caller interrupted while the actor is replaced, and its call is told
+            # as that one is: withdrawn (nothing was sent), not counted. The engine
+            # refused nothing: counting it "rejected" would say it did.
             msg = f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop shut down"
-            self._finish(None, EngineClosedError(msg))
+            self._finish(None, EngineClosedError(msg), withdrawn=True)
             raise
         except Exception as e:  # noqa: BLE001 - reported to the caller
             self._finish(None, e)
             return
+        except GeneratorExit:
+            # Closed unfinished: the task was destroyed pending, its loop closed
+            # under it. No interrupt: the sweep of closed loops tells the call
+            # (`loop_gone`), from a thread that may take locks (not a finalizer's).
+            raise
         except BaseException:
             # An interrupt in this task's step before the resend (as it hands
             # the restart to a thread, or takes its result): nothing was
@@ -883,7 +894,8 @@ class _Call:
 
     # -- finishing ---------------------------------------------------------------
 
-    def _finish(self, result: Any, error: Exception | None) -> None:
+    def _finish(self, result: Any, error: Exception | None, *, withdrawn: bool = False) -> None:
+        """Hand the caller its outcome and close the books (`withdrawn`: see `_report`)."""
         if self._finished:
             return
         self._finished = True
@@ -897,7 +909,7 @@ class _Call:
         try:
             self._cancel_timer()
         finally:
-            self._close_books(result, error)
+            self._close_books(result, error, withdrawn=withdrawn)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -918,7 +930,8 @@ class _Call:
         """As `JackpotEngine._submit` does after its `with` block, in the caller's context.
 
         `withdrawn`: its sending was interrupted before the request was
-        queued; it never runs: told once, not counted (`_send_interrupted`).
+        queued (`_send_interrupted`), or its resend cut off with its loop
+        (`_restart`, `loop_gone`); it never runs: told once, not counted.
         """
         exc = (None, None, None) if error is None else (type(error), error, error.__traceback__)
         try:

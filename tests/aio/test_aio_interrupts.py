@@ -530,3 +530,109 @@ def test_an_interrupt_as_a_call_is_finished_still_closes_its_books(
     finally:
         engine.sync.close()
         loop.close()
+
+
+class _Told(logging.Handler):
+    """A log handler: `told` is set once a record of `op_id` is handled (any thread)."""
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__()
+        self.op_id, self.told = op_id, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "op_id", None) == self.op_id:
+            self.told.set()
+
+
+def test_a_resend_cut_off_by_asyncio_runs_shutdown_is_withdrawn_and_not_counted(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The level's actor had stopped: the request, withdrawn from it, waits in the restart
+    task for the replacement when `asyncio.run` ends and cancels every task, its caller's
+    too. As the sync engine's caller interrupted in the same spot: told withdrawn once,
+    counted nowhere (nothing ran, and the engine refused nothing). Before: counted and
+    logged as rejected, a refusal that never happened."""
+    opened: list[AsyncJackpotEngine] = []
+    told = _Told("interrupted")
+    held: list[asyncio.Task[Any]] = []  # (asyncio holds tasks weakly)
+
+    async def main() -> None:
+        engine = await AsyncJackpotEngine.open(db_path)
+        opened.append(engine)
+        engine.sync._pools["minor"].actor_ref.stop()
+        restart, restarting = engine.sync._restart_before_resending, threading.Event()
+
+        def held_restart(op: Operation) -> None:  # (in the restart task's worker thread)
+            restarting.set()
+            assert told.told.wait(HANG)  # until the cut-off call is told
+            restart(op)
+
+        monkeypatch.setattr(engine.sync, "_restart_before_resending", held_restart)
+        held.append(asyncio.ensure_future(engine.contribute("10", groups="minor",
+                                                            op_id="interrupted")))
+        assert await asyncio.to_thread(restarting.wait, HANG)
+        # Returning, main ends the run: asyncio.run cancels the caller and the restart task.
+
+    log = logging.getLogger("jackpot")
+    log.addHandler(told)
+    try:
+        with hearing() as said:
+            asyncio.run(main())
+        (engine,) = opened
+        monkeypatch.undo()
+        assert held[0].cancelled()
+        assert engine.sync._inflight == 0
+        assert not engine.sync.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        log.removeHandler(told)
+        for engine in opened:
+            engine.sync.close()
+    assert [s for s in said if s[2] == "interrupted"] == [
+        ("INFO", ("contribute interrupted withdrawn: its caller was interrupted before the "
+                  "request was queued; nothing was changed"), "interrupted", "interrupted")]
+    assert _counted(engine, "contribute") == {"operations:contribute:ok": 1}
+
+
+def test_a_resend_whose_loop_closed_under_it_is_withdrawn_and_not_counted(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, but the loop is interrupted (Ctrl-C in a plain `run_until_complete`) and
+    closed with the restart task pending: a close() sweeps the call up. Its caller went
+    with the loop: told withdrawn once, counted nowhere. Before: counted as rejected."""
+    told = _Told("interrupted")
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    log = logging.getLogger("jackpot")
+    log.addHandler(told)
+    try:
+        engine.sync._pools["minor"].actor_ref.stop()
+        restart, restarting = engine.sync._restart_before_resending, threading.Event()
+
+        def held_restart(op: Operation) -> None:  # (in the restart task's worker thread)
+            restarting.set()
+            assert told.told.wait(HANG)  # until the cut-off call is told
+            restart(op)
+
+        monkeypatch.setattr(engine.sync, "_restart_before_resending", held_restart)
+        held: list[asyncio.Task[Any]] = []  # (asyncio holds tasks weakly)
+
+        async def interrupted() -> None:
+            held.append(asyncio.ensure_future(engine.contribute("10", groups="minor",
+                                                                op_id="interrupted")))
+            assert await asyncio.to_thread(restarting.wait, HANG)
+            raise KeyboardInterrupt  # (as Ctrl-C in a plain run_until_complete)
+
+        with hearing() as said:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(interrupted())
+            loop.close()
+            engine.sync.close(timeout=HANG)  # its sweep settles the call of the closed loop
+        assert engine.sync._inflight == 0
+    finally:
+        log.removeHandler(told)
+        engine.sync.close()
+        if not loop.is_closed():
+            loop.close()
+    assert [s for s in said if s[2] == "interrupted"] == [
+        ("INFO", ("contribute interrupted withdrawn: its caller was interrupted before the "
+                  "request was queued; nothing was changed"), "interrupted", "interrupted")]
+    assert _counted(engine, "contribute") == {}
+    assert [r["op_id"] for r in read_ledger(db_path) if r["kind"] == "contribute"] == []
