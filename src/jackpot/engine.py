@@ -716,13 +716,19 @@ class JackpotEngine:
 
         Calls that only the current thread can finish are not waited for: its
         own sync calls, and the asyncio calls of the event loop it runs.
-        Returns how many others were still in flight at `deadline` (0: none).
+        Returns how many calls were still in flight at `deadline` (0: none
+        but those): the loop's calls among them, once there are others (they
+        were never waited for, so are still in flight, and a close() names
+        those whose callers are gone), but not the thread's own sync calls,
+        which its caller is in the middle of reporting.
         """
         own = getattr(self._own, "n", 0)
+        loops = 0
         for counter in list(self._loop_calls):
             count = counter()
             if count is not None:
-                own += count()
+                loops += count()
+        mine = own + loops
         while True:
             for ref in list(self._sweeps):
                 sweep = ref()
@@ -731,7 +737,7 @@ class JackpotEngine:
             with self._lock_state:
                 # Not for calls in flight in this very thread (a log handler
                 # closing the engine): they cannot end while this one waits.
-                if self._cond.wait_for(lambda: self._inflight <= own,
+                if self._cond.wait_for(lambda: self._inflight <= mine,
                                        min(_SWEEP_INTERVAL_S, _left(deadline))):
                     return 0
                 left = self._inflight - own

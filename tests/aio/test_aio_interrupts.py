@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import HANG, Gate, hearing, hold_claims, read_ledger
+from _helpers import HANG, Gate, hearing, hold_claims, in_thread, read_ledger
 from jackpot import AsyncJackpotEngine, EngineClosedError, LockTimeoutError, Settings
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
@@ -636,3 +636,53 @@ def test_a_resend_whose_loop_closed_under_it_is_withdrawn_and_not_counted(
                   "request was queued; nothing was changed"), "interrupted", "interrupted")]
     assert _counted(engine, "contribute") == {}
     assert [r["op_id"] for r in read_ledger(db_path) if r["kind"] == "contribute"] == []
+
+
+def test_a_close_on_a_loops_thread_counts_that_loops_calls_it_names(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() runs on the loop's thread (a coroutine, an observer, a log handler on it)
+    with a call of that loop whose caller was cancelled and a call of another thread, both
+    held by their actors. It cannot wait for the loop's call (the loop waits for it); when
+    it stops waiting, both are still in flight. Before: "1 call still in flight", though it
+    named the loop's call, which that count left out."""
+    async def run() -> list[tuple[str, str, object, object]]:
+        engine = await AsyncJackpotEngine.open(db_path)
+        await engine.contribute("100", groups="minor", op_id="bet")
+        claims: list[Ticket] = []
+        both_taken, go = threading.Event(), threading.Event()
+        claim = Ticket.claim
+
+        def held_claim(self: Ticket, owner: Any) -> bool:
+            claims.append(self)
+            if len(claims) == 2:
+                both_taken.set()
+            assert go.wait(HANG)
+            return claim(self, owner)
+
+        monkeypatch.setattr(Ticket, "claim", held_claim)
+        win = WinTold()
+        engine.stats.observers.append(win)
+        other, _ = in_thread(lambda: engine.sync.contribute("10", groups="major", op_id="other"))
+        try:
+            task = asyncio.ensure_future(engine.process_win("minor", op_id="win", winner="p1"))
+            assert await asyncio.to_thread(both_taken.wait, HANG)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            with hearing() as said:
+                engine.sync.close(timeout=0)  # on the loop's thread
+            go.set()
+            assert await asyncio.to_thread(win.told.wait, HANG)  # told on this loop
+            other.join(HANG)
+            assert not other.is_alive()
+            assert _counted(engine, "win") == {"operations:win:ok": 1}
+            return said
+        finally:
+            go.set()
+            await engine.close()
+
+    assert asyncio.run(run()) == [
+        ("WARNING", ("close() timed out with 2 calls still in flight: the actors were asked "
+                     "to stop after their work, with no time left to wait for that"),
+         None, "close_timeout"),
+        _WIN_LEFT_UNKNOWN]
