@@ -40,10 +40,16 @@ import pykka
 
 from jackpot.actors import Ticket
 from jackpot.domain import ConfigChanges, GroupConfig
-from jackpot.engine import JackpotEngine, not_restarted_message, outcome_of, stopped_midway
+from jackpot.engine import (
+    JackpotEngine,
+    answer_outcome,
+    not_restarted_message,
+    stopped_midway,
+    tell_outcome,
+)
 from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError
 from jackpot.health import HealthReport
-from jackpot.logs import log_failure, log_success, log_withdrawn
+from jackpot.logs import log_withdrawn
 from jackpot.results import (
     AdminResult,
     ConfigResult,
@@ -943,16 +949,21 @@ class _Call:
         if withdrawn:
             after_the_fact(log_withdrawn, self.op)
             return
-        outcome = outcome_of(error) if error is not None else (
-            "replayed" if getattr(result, "replayed", False) else "ok")
+        told = ""
         try:
-            if error is None:
-                after_the_fact(log_success, self.op, outcome, result)
-            else:
-                after_the_fact(log_failure, self.op, outcome, error)
-        finally:  # counted even if an interrupt (Ctrl-C in a log handler) cuts the log short
-            after_the_fact(self._engine.stats.operation, self.op.kind, outcome,
-                           time.perf_counter() - self._started)
+            told = tell_outcome(self.op, result, error)
+        finally:
+            # An interrupt (Ctrl-C at the start of `outcome_of`, in a log handler)
+            # that cuts the telling short: told again, so a win paid is logged as
+            # paid at least once, as `JackpotEngine._submit` does; and counted,
+            # even if a second one cuts that short too.
+            try:
+                if not told:
+                    told = tell_outcome(self.op, result, error)
+            finally:
+                after_the_fact(self._engine.stats.operation, self.op.kind,
+                               told or answer_outcome(result, error),
+                               time.perf_counter() - self._started)
 
 
 async def _in_own_thread(name: str, call: Callable[..., _T], *args: Any) -> _T:

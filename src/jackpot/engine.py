@@ -367,13 +367,19 @@ class _WeakView:
         return self._get().health()
 
 
-def _tell(op: Operation, result: object, error: BaseException | None) -> str:
-    """Log `op`'s outcome as its caller got it (`result`, or `error`); return what to count."""
+def answer_outcome(result: object, error: BaseException | None) -> str:
+    """Return what to count for an operation answered with `result`, or failed with `error`."""
     if error is not None:
-        outcome = outcome_of(error)
+        return outcome_of(error)
+    return "replayed" if getattr(result, "replayed", False) else "ok"
+
+
+def tell_outcome(op: Operation, result: object, error: BaseException | None) -> str:
+    """Log `op`'s outcome as its caller got it (`result`, or `error`); return what to count."""
+    outcome = answer_outcome(result, error)
+    if error is not None:
         after_the_fact(log_failure, op, outcome, error)
     else:
-        outcome = "replayed" if getattr(result, "replayed", False) else "ok"
         after_the_fact(log_success, op, outcome, result)
     return outcome
 
@@ -1153,7 +1159,7 @@ class JackpotEngine:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
         except Exception as e:
             untold = (None, e)  # (plain stores, no call: no interrupt lands before them)
-            outcome = _tell(op, None, e)
+            outcome = tell_outcome(op, None, e)
             untold = None
             raise
         except BaseException:
@@ -1203,7 +1209,7 @@ class JackpotEngine:
         if interrupted:
             return self._tell_interrupted(op, queued)
         if untold is not None:
-            return _tell(op, *untold)
+            return tell_outcome(op, *untold)
         return outcome
 
     def _tell_interrupted(self, op: Operation, queued: list[Ticket]) -> str:
@@ -1224,7 +1230,7 @@ class JackpotEngine:
         if not ticket.wait(0):
             after_the_fact(log_unfollowed, op)
             return "unknown"
-        return _tell(op, *ticket.answer)
+        return tell_outcome(op, *ticket.answer)
 
     def _report_when_answered(self, op: Operation, ticket: Ticket, started: float,
                               reporter: list[str]) -> None:

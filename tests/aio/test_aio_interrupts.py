@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from _helpers import HANG, Gate, hearing, hold_claims, in_thread, read_ledger
-from jackpot import AsyncJackpotEngine, EngineClosedError, LockTimeoutError, Settings
+from jackpot import (
+    AsyncJackpotEngine,
+    EngineClosedError,
+    InsufficientFundsError,
+    LockTimeoutError,
+    Settings,
+)
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
 
@@ -686,3 +692,83 @@ def test_a_close_on_a_loops_thread_counts_that_loops_calls_it_names(
                      "to stop after their work, with no time left to wait for that"),
          None, "close_timeout"),
         _WIN_LEFT_UNKNOWN]
+
+
+def test_an_interrupt_as_a_refusal_is_classified_on_the_loop_counts_and_logs_it(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C lands at the start of `outcome_of` as the loop closes a refused call's books
+    (CPython runs a pending signal's handler at a Python call). Before: the call was
+    neither logged nor counted, its books closed all the same."""
+    from jackpot import aio as aio_module  # noqa: PLC0415 - their module globals, patched
+    from jackpot import engine as engine_module  # noqa: PLC0415
+
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        classify, armed = engine_module.outcome_of, [True]
+
+        def interrupted(error: BaseException) -> str:
+            if armed:
+                armed.pop()
+                raise KeyboardInterrupt
+            return classify(error)
+
+        monkeypatch.setattr(engine_module, "outcome_of", interrupted)
+        monkeypatch.setattr(aio_module, "outcome_of", interrupted, raising=False)
+        with hearing() as said:
+            caller = loop.create_task(engine.process_win("minor", op_id="win", amount="1000"))
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(caller)
+            monkeypatch.undo()
+            with pytest.raises(InsufficientFundsError) as refused:
+                loop.run_until_complete(caller)  # its caller gets its refusal
+        assert not armed  # (the interrupt landed)
+        assert engine.sync._inflight == 0
+        assert said == [("INFO", f"win win failed (rejected): {refused.value}", "win",
+                         "rejected")]
+        assert _counted(engine, "win") == {"operations:win:rejected": 1}
+    finally:
+        engine.sync.close()
+        loop.close()
+
+
+class _InterruptOnce(logging.Filter):
+    """A `jackpot` logger filter: Ctrl-C lands as the first record of `op_id` is handled."""
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__()
+        self.op_id, self.armed = op_id, True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.armed and getattr(record, "op_id", None) == self.op_id:
+            self.armed = False
+            raise KeyboardInterrupt
+        return True
+
+
+def test_an_interrupt_as_a_paid_win_is_logged_on_the_loop_still_logs_it_as_paid(
+        db_path: Path) -> None:
+    """Ctrl-C lands in logging as the loop writes the "paid" line (before any handler has
+    it). Before: counted ok, but the operator's record of the money paid never written."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    interrupting = _InterruptOnce("win")
+    log = logging.getLogger("jackpot")
+    try:
+        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
+        log.addFilter(interrupting)
+        with hearing() as said:
+            caller = loop.create_task(engine.process_win("minor", op_id="win", winner="p1"))
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(caller)
+            log.removeFilter(interrupting)
+            win = loop.run_until_complete(caller)  # its caller gets its result
+        assert not interrupting.armed  # (the interrupt landed)
+        assert engine.sync._inflight == 0
+        assert said == [("INFO", f"win on minor: paid {win.amount} to p1 (op win, ok)",
+                         "win", "ok")]
+        assert _counted(engine, "win") == {"operations:win:ok": 1}
+    finally:
+        log.removeFilter(interrupting)
+        engine.sync.close()
+        loop.close()
