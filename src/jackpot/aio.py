@@ -905,17 +905,26 @@ class _Call:
         if self._finished:
             return
         self._finished = True
+        # The caller resumes in a later callback, so the books are closed before it runs.
+        # Once finished, nothing checks on the call again: an interrupt (after a builtin
+        # call, such as the future's) that cuts this short must still leave the caller
+        # its outcome and the books closed (a timer left is harmless: finished).
+        try:
+            self._hand_over(result, error)
+            self._cancel_timer()
+        finally:
+            try:
+                self._hand_over(result, error)  # (done already, unless cut short above)
+            finally:
+                self._close_books(result, error, withdrawn=withdrawn)
+
+    def _hand_over(self, result: Any, error: Exception | None) -> None:
+        """Give the caller's future its outcome, unless it has one (or was cancelled)."""
         if not self.future.done():
             if error is None:
                 self.future.set_result(result)
             else:
                 self.future.set_exception(error)
-        # The caller resumes in a later callback, so the books are closed before it runs;
-        # also when an interrupt cuts this short (a timer left is harmless: finished).
-        try:
-            self._cancel_timer()
-        finally:
-            self._close_books(result, error, withdrawn=withdrawn)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -772,3 +772,51 @@ def test_an_interrupt_as_a_paid_win_is_logged_on_the_loop_still_logs_it_as_paid(
         log.removeFilter(interrupting)
         engine.sync.close()
         loop.close()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_an_interrupt_as_a_call_hands_its_caller_the_outcome_still_closes_its_books(
+        db_path: Path, where: str) -> None:
+    """Ctrl-C lands on the loop right before or after the call's future gets its result
+    (after a builtin call, where CPython runs a pending signal's handler). Before: the
+    call, marked finished, had its books left open: in flight for good (a close() waited
+    its whole bound), the win neither logged nor counted; and, cut short before, its
+    caller never got its result."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    armed = [True]
+
+    class Interrupting(asyncio.Future[Any]):  # the call's future
+        def set_result(self, result: Any) -> None:
+            if where == "before" and armed:
+                armed.pop()
+                raise KeyboardInterrupt
+            super().set_result(result)
+            if armed:
+                armed.pop()
+                raise KeyboardInterrupt
+
+    create_future = loop.create_future
+    made: list[asyncio.Future[Any]] = []
+
+    def first_interrupting() -> asyncio.Future[Any]:
+        made.append(Interrupting(loop=loop) if not made else create_future())
+        return made[-1]
+
+    try:
+        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
+        with hearing() as said:
+            loop.create_future = first_interrupting  # type: ignore[method-assign]
+            caller = loop.create_task(engine.process_win("minor", op_id="win", winner="p1"))
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(caller)
+            del loop.create_future
+            assert not armed  # (the interrupt landed)
+            assert engine.sync._inflight == 0
+            assert _counted(engine, "win") == {"operations:win:ok": 1}
+            win = loop.run_until_complete(asyncio.wait_for(caller, HANG))  # (only a hang waits)
+        assert said == [("INFO", f"win on minor: paid {win.amount} to p1 (op win, ok)",
+                         "win", "ok")]
+    finally:
+        engine.sync.close()
+        loop.close()
