@@ -576,8 +576,8 @@ class _Call:
     """
 
     __slots__ = ("_answers", "_attempt", "_books", "_books_lock", "_ctx", "_deadline", "_engine",
-                 "_finished", "_loop", "_owner", "_phase", "_span", "_started", "_ticket",
-                 "_timer", "_tracking", "caller_gone", "future", "op")
+                 "_finished", "_loop", "_owner", "_phase", "_restarting", "_span", "_started",
+                 "_ticket", "_timer", "_tracking", "caller_gone", "future", "op")
 
     def __init__(self, owner: AsyncJackpotEngine, op: Operation,
                  loop: asyncio.AbstractEventLoop, answers: _Answers) -> None:
@@ -594,6 +594,7 @@ class _Call:
         self._ticket: Ticket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._attempt = 0
+        self._restarting: asyncio.Task[None] | None = None  # the task resending it, once started
         self._phase = "queue"
         self._deadline = 0.0
         self._finished = False
@@ -755,7 +756,23 @@ class _Call:
     def served(self, ticket: Ticket, result: Any, error: BaseException | None) -> None:
         """Take the actor's answer (on the loop) unless it is stale or already had."""
         if ticket is self._ticket and not self._finished:
-            self._settle(result, error)
+            try:
+                self._settle(result, error)
+            except BaseException:
+                self._stranded()
+                raise
+
+    def _stranded(self) -> None:
+        """Finish a call an interrupt left between attempts with no task to resend it.
+
+        `_actor_stopped` drops the ticket, then starts the restart task: cut
+        short in between, nothing would ever check on the call again (no
+        ticket, no timer, no task). Told as when the interrupt lands in that
+        task (`_send_interrupted`); a task started all the same, its name
+        not stored yet, sees the call finished and sends nothing.
+        """
+        if not self._finished and self._ticket is None and self._restarting is None:
+            self._send_interrupted(resending=True)
 
     def _schedule(self, delay: float) -> None:
         self._timer = self._loop.call_later(delay, self._tick)
@@ -781,6 +798,8 @@ class _Call:
                 # spin the loop.
                 with contextlib.suppress(RuntimeError):  # (the loop has closed)
                     self._schedule(_LIVENESS_POLL_S if isinstance(e, Exception) else 0)
+            else:
+                self._stranded()
             raise
 
     def _check(self) -> None:
@@ -855,7 +874,7 @@ class _Call:
         self._attempt += 1
         self._ticket = None  # a late answer to the first attempt is ignored
         self._cancel_timer()
-        task = self._loop.create_task(self._restart())
+        task = self._restarting = self._loop.create_task(self._restart())
         self._owner._tasks.add(task)  # noqa: SLF001
         task.add_done_callback(self._owner._tasks.discard)  # noqa: SLF001
         task.add_done_callback(_retrieved)  # (an interrupt it ended on went up the loop)

@@ -820,3 +820,53 @@ def test_an_interrupt_as_a_call_hands_its_caller_the_outcome_still_closes_its_bo
     finally:
         engine.sync.close()
         loop.close()
+
+
+def test_an_interrupt_as_a_restart_task_is_started_leaves_no_call_hanging(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The liveness check finds the actor of a queued request stopped, withdraws it and
+    drops its ticket to start the task that restarts the actor and resends it; a
+    KeyboardInterrupt on the loop lands in between. Its caller, awaiting in another task,
+    is told it was not resent (as when the interrupt lands in that task). Before: no
+    ticket, no timer, no task: the call stayed in flight for good and its caller, when
+    the loop ran again, waited for ever."""
+    from jackpot.aio import _Call  # noqa: PLC0415 - private, this test only
+
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        actor = engine.sync._pools["minor"]
+        gate = Gate()
+        gate.real.acquire()  # as a multi-level batch holding the level would
+        engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
+        engine.sync._mailboxes["minor"].claim_more = lambda *_: []  # type: ignore[method-assign]
+        first = loop.create_task(engine.contribute("10", groups="minor", op_id="a"))
+        assert loop.run_until_complete(asyncio.to_thread(gate.waiting.wait, HANG))
+        actor.actor_ref.stop(block=False)  # it stops once its batch is done
+        queued = loop.create_task(engine.contribute("20", groups="minor", op_id="b"))
+        cancel_timer, armed = _Call._cancel_timer, [True]
+
+        def interrupted(self: _Call) -> None:  # (in `_actor_stopped`, its ticket dropped)
+            if armed and self.op.op_id == "b" and self._ticket is None:
+                armed.pop()
+                raise KeyboardInterrupt
+            cancel_timer(self)
+
+        monkeypatch.setattr(_Call, "_cancel_timer", interrupted)
+        gate.release()
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(queued)
+        monkeypatch.undo()
+        assert not armed  # (the interrupt landed)
+        with pytest.raises(EngineClosedError) as told:
+            loop.run_until_complete(asyncio.wait_for(queued, HANG))  # (only a hang waits)
+        assert str(told.value) == ("contribute 'b' was not resent: the event loop was "
+                                   "interrupted as it resent it; nothing was changed")
+        assert loop.run_until_complete(first).contributions == {"minor": Decimal("0.05")}
+        assert engine.sync._inflight == 0
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1,
+                                                  "operations:contribute:rejected": 1}
+    finally:
+        engine.sync.close()
+        loop.close()
+    assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a"]
