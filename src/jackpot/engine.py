@@ -1035,11 +1035,24 @@ class JackpotEngine:
             raise EngineClosedError(msg)
 
     def _enter(self) -> None:
-        """Count an operation as in flight, so `close()` waits for it."""
+        """Count an operation as in flight, so `close()` waits for it.
+
+        An interrupt as the lock is released (after the C `__exit__`
+        returns, where CPython runs a pending signal's handler) would leave
+        it counted with no caller to end it: every close() would wait its
+        whole bound. It is then not counted after all, as if it came first.
+        """
         self._check_process()  # before the lock: a fork may have copied it held
-        with self._lock_state:
-            self._check_not_closed()
-            self._inflight += 1
+        counted = False
+        try:
+            with self._lock_state:
+                self._check_not_closed()
+                self._inflight += 1
+                counted = True  # (no call in between: no interrupt lands there)
+        except BaseException:
+            if counted:
+                self._leave()
+            raise
 
     def _leave(self) -> None:
         """Count an in-flight operation as done (after `_enter`)."""

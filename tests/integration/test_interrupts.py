@@ -630,3 +630,48 @@ def test_an_interrupt_as_a_paid_win_is_logged_still_logs_it_as_paid(db_path: Pat
     stats = engine.stats.snapshot()
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
         ("operations:win:ok", 1), ("operations:win:replayed", 1)]
+
+
+class _InterruptedAfterRelease:
+    """The engine's state lock, where Ctrl-C lands once its `with` block has released it.
+
+    CPython runs a pending signal's handler after a builtin call returns: the
+    C lock's `__exit__` has released the lock, and the statement after the
+    block has not run.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        self.lock, self.armed = lock, False
+
+    def __enter__(self) -> Any:
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.__exit__(*exc)
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_as_a_call_is_counted_in_flight_does_not_leave_it_there(
+        db_path: Path) -> None:
+    """Ctrl-C lands as `_enter` releases the lock, the call counted in flight, before
+    `_submit`'s try. Before: counted in flight for good, so every close() waited its
+    whole bound for it (then warned of a call still in flight)."""
+    engine = JackpotEngine.open(db_path)
+    interrupting = _InterruptedAfterRelease(engine._lock_state)
+    try:
+        engine._lock_state = interrupting  # type: ignore[assignment]
+        interrupting.armed = True
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        assert not interrupting.armed  # (the interrupt landed)
+        assert engine._inflight == 0
+        assert not engine.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        interrupting.armed = False
+        engine.close(timeout=HANG)
+    assert said == []  # nothing was sent: nothing to tell
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
+        ("operations:contribute:ok", 1)]
