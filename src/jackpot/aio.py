@@ -624,8 +624,8 @@ class _Call:
             self._books = True
             tracking.__exit__(type(e), e, e.__traceback__)
             raise
-        self._answers.track(self)  # until its books are closed (see `_Answers.orphan`)
-        try:
+        try:  # (tracked inside: an interrupt as it is tracked leaves nothing in flight)
+            self._answers.track(self)  # until its books are closed (see `_Answers.orphan`)
             self._send()
         except BaseException:
             self._send_interrupted()

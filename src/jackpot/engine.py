@@ -367,6 +367,26 @@ class _WeakView:
         return self._get().health()
 
 
+class _InFlight:
+    """`JackpotEngine._tracking`: a call counted in flight while the block runs.
+
+    Not a generator context manager: its entry returns through the builtin
+    `next()`, after which CPython runs a pending signal's handler, and Ctrl-C
+    there went up with the call counted and nobody holding it to end it.
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: JackpotEngine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> None:
+        self._engine._enter()  # noqa: SLF001 - the engine's own count
+
+    def __exit__(self, *exc: object) -> None:
+        self._engine._leave()  # noqa: SLF001
+
+
 def answer_outcome(result: object, error: BaseException | None) -> str:
     """Return what to count for an operation answered with `result`, or failed with `error`."""
     if error is not None:
@@ -1074,14 +1094,9 @@ class JackpotEngine:
             if self._closed:
                 self._cond.notify_all()
 
-    @contextmanager
-    def _tracking(self) -> Iterator[None]:
+    def _tracking(self) -> AbstractContextManager[None]:
         """`_enter`, then `_leave` when the block ends (for the asyncio engine)."""
-        self._enter()
-        try:
-            yield
-        finally:
-            self._leave()
+        return _InFlight(self)
 
     def _send(self, op: Operation, ticket: Ticket) -> None:
         """Queue `op` for the actor that owns it (the coordinator when it spans levels).

@@ -870,3 +870,59 @@ def test_an_interrupt_as_a_restart_task_is_started_leaves_no_call_hanging(
         engine.sync.close()
         loop.close()
     assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a"]
+
+
+@pytest.mark.parametrize("where", ["as it is counted in flight", "as it is tracked"])
+def test_an_interrupt_as_a_call_starts_on_the_loop_does_not_leave_it_in_flight(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A KeyboardInterrupt on the loop as the call starts: right after it is counted in
+    flight (after the builtin `next()` in a generator context manager's entry, where CPython
+    runs a pending signal's handler), or as it is tracked for its loop. Before: counted in
+    flight for good, never sent nor told (every close() waited its whole bound)."""
+    import contextlib as contextlib_module  # noqa: PLC0415 - its class, patched
+
+    from jackpot.aio import _Answers  # noqa: PLC0415 - private, this test only
+
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    armed = [True]
+    if where == "as it is tracked":
+        track = _Answers.track
+
+        def interrupted_track(self: _Answers, call: Any) -> None:
+            if armed:
+                armed.pop()
+                raise KeyboardInterrupt
+            track(self, call)
+
+        monkeypatch.setattr(_Answers, "track", interrupted_track)
+    else:
+        enter = contextlib_module._GeneratorContextManager.__enter__
+
+        def interrupted_enter(self: Any) -> Any:
+            entered = enter(self)
+            if armed and self.gen.gi_code.co_name == "_tracking":  # the engine's count
+                armed.pop()
+                raise KeyboardInterrupt
+            return entered
+
+        monkeypatch.setattr(contextlib_module._GeneratorContextManager, "__enter__",
+                            interrupted_enter)
+    try:
+        # (Since the fix, no generator context manager counts the call: no interrupt there.)
+        with hearing() as said, contextlib_module.suppress(KeyboardInterrupt):
+            loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                      op_id="interrupted"))
+        monkeypatch.undo()
+        assert engine.sync._inflight == 0
+        told = [s for s in said if s[2] == "interrupted"]
+        if armed:  # the call went through
+            assert _counted(engine, "contribute") == {"operations:contribute:ok": 1}
+        else:
+            assert told == [("INFO", ("contribute interrupted withdrawn: its caller was "
+                                      "interrupted before the request was queued; nothing "
+                                      "was changed"), "interrupted", "interrupted")]
+            assert _counted(engine, "contribute") == {}
+    finally:
+        engine.sync.close(timeout=HANG)
+        loop.close()
