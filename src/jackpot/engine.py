@@ -1156,10 +1156,27 @@ class JackpotEngine:
             return make(*args, **kwargs)
         except JackpotError as e:
             if not self._closed:  # on a closed engine, as a well-formed call: not counted
-                after_the_fact(log_refusal, kind, op_id, e, named)
-                after_the_fact(self.stats.operation, kind, outcome_of(e),
-                               time.perf_counter() - started, judged=False)
+                self._tell_refusal(kind, op_id, e, named, time.perf_counter() - started)
             raise
+
+    def _tell_refusal(self, kind: str, op_id: object, error: JackpotError, named: object,
+                      seconds: float) -> None:
+        """Log and count a call `_build` refused, even if an interrupt cuts its log line short.
+
+        Counted "rejected", as its line says: no call (`outcome_of`) before
+        the count, where an interrupt could land. Cut short, the line is
+        written again (at least once), then the call counted.
+        """
+        told = False
+        try:
+            after_the_fact(log_refusal, kind, op_id, error, named)
+            told = True
+        finally:
+            try:
+                if not told:  # an interrupt (Ctrl-C in a log filter or handler) cut it short
+                    after_the_fact(log_refusal, kind, op_id, error, named)
+            finally:
+                after_the_fact(self.stats.operation, kind, "rejected", seconds, judged=False)
 
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()

@@ -675,3 +675,27 @@ def test_an_interrupt_as_a_call_is_counted_in_flight_does_not_leave_it_there(
     stats = engine.stats.snapshot()
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
         ("operations:contribute:ok", 1)]
+
+
+def test_an_interrupt_as_a_refusal_of_bad_arguments_is_logged_still_logs_and_counts_it(
+        db_path: Path) -> None:
+    """Ctrl-C lands in logging as a call refused for its arguments is told (before any
+    handler has it). Before: neither logged nor counted (the count came after the log)."""
+    engine = JackpotEngine.open(db_path)
+    interrupting = _InterruptOnce("bad")
+    log = logging.getLogger("jackpot")
+    try:
+        log.addFilter(interrupting)
+        with hearing() as said, pytest.raises(KeyboardInterrupt) as caught:
+            engine.contribute("-1", groups="minor", op_id="bad")
+        log.removeFilter(interrupting)
+        assert not interrupting.armed  # (the interrupt landed)
+        refusal = caught.value.__context__
+        assert type(refusal).__name__ == "ValidationError"
+    finally:
+        log.removeFilter(interrupting)
+        engine.close()
+    assert said == [("INFO", f"contribute bad refused: {refusal}", "bad", "rejected")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
+        ("operations:contribute:rejected", 1)]
