@@ -1074,14 +1074,23 @@ class JackpotEngine:
                 self._leave()
             raise
 
-    def _leave(self) -> None:
-        """Count an in-flight operation as done (after `_enter`)."""
+    def _leave(self, *, own_before: int | None = None) -> None:
+        """Count an in-flight operation as done (after `_enter`).
+
+        `own_before`: this thread's own count of sync calls to set with it
+        (`_submit`), in the same block: no interrupt lands in between, where
+        a close() from a signal handler would take another thread's call
+        for this one.
+        """
         with self._lock_state:
             self._inflight -= 1
+            if own_before is not None:
+                self._own.n = own_before
             if self._closed:
                 self._cond.notify_all()
 
-    def _leave_interrupted(self, reporter: list[str] | None) -> None:
+    def _leave_interrupted(self, reporter: list[str] | None, *,
+                           own_before: int | None = None) -> None:
         """`_leave` for an interrupted call, whose outcome is told now (or never will be).
 
         A call handed to a reporting thread (`reporter`) is no longer one
@@ -1091,6 +1100,8 @@ class JackpotEngine:
             if reporter is not None:
                 self._unreported.pop(id(reporter), None)
             self._inflight -= 1
+            if own_before is not None:
+                self._own.n = own_before
             if self._closed:
                 self._cond.notify_all()
 
@@ -1223,7 +1234,6 @@ class JackpotEngine:
             untold = None
             return result
         finally:
-            own.n = before
             # Handed to a reporting thread, unless a second interrupt stopped the
             # hand-over before the thread claimed the call: the first to claim it
             # counts it and ends it (`_report_when_answered`), never both.
@@ -1237,10 +1247,15 @@ class JackpotEngine:
                         after_the_fact(self.stats.operation, op.kind, outcome,
                                        time.perf_counter() - started)
                 finally:
+                    # This thread's own count is taken back as the call leaves
+                    # (under the lock): an observer or log handler closing the
+                    # engine as it is told must not wait for it.
                     if interrupted:
-                        self._leave_interrupted(reporter)
+                        self._leave_interrupted(reporter, own_before=before)
                     else:
-                        self._leave()
+                        self._leave(own_before=before)
+            else:
+                own.n = before
 
     def _tell_left(self, op: Operation, queued: list[Ticket], outcome: str,
                    untold: tuple[object, Exception | None] | None, *,

@@ -102,6 +102,49 @@ def test_a_log_handler_closing_the_engine_on_its_own_calls_line_does_not_wait_fo
     assert _actors_stopped(engine)
 
 
+class _CloseOnItsOwnCount:
+    """A Stats observer that closes the engine as its caller's call is counted."""
+
+    def __init__(self, engine: JackpotEngine) -> None:
+        self.engine: JackpotEngine | None = engine
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        pass
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        if operation == "win" and self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.close()  # in the caller's thread, its call not yet ended
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        pass
+
+
+def test_an_observer_closing_the_engine_on_its_own_calls_count_does_not_wait_for_it(
+        db_path: Path) -> None:
+    """As a log handler on its own call's line: close() keeps no one waiting. Before:
+    the call was counted after its thread's own-call count was taken back, so close()
+    waited for it (it could not end meanwhile) its whole bound, here minutes."""
+    engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=60_000))
+    engine.stats.observers.append(_CloseOnItsOwnCount(engine))
+    warned: list[str] = []
+
+    class Warned(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                warned.append(record.getMessage())
+
+    with _handler(Warned()):
+        thread, out = in_thread(lambda: engine.process_win("minor", op_id="w1"))
+        thread.join(HANG)
+    assert not thread.is_alive()
+    assert out[0].amount == Decimal(100)
+    assert engine._shut
+    assert _actors_stopped(engine)
+    assert warned == []  # nothing left in flight but the call in hand
+    assert engine.stats.snapshot()["operations:win:ok"] == 1
+
+
 class _CloseOnLockWait:
     """A Stats observer that closes the engine from inside an actor's transaction."""
 
