@@ -620,9 +620,11 @@ class _Call:
             self._books = True
             self._ctx.run(self._report, None, e)
             raise
-        except BaseException as e:
-            self._books = True
-            tracking.__exit__(type(e), e, e.__traceback__)
+        except BaseException:
+            # Interrupted as the span opens, before anything is sent: withdrawn,
+            # told once and not counted, as `JackpotEngine._submit` tells it;
+            # the span, if it opened, ends with it.
+            self._close_books(None, None, withdrawn=True)
             raise
         try:  # (tracked inside: an interrupt as it is tracked leaves nothing in flight)
             self._answers.track(self)  # until its books are closed (see `_Answers.orphan`)

@@ -926,3 +926,49 @@ def test_an_interrupt_as_a_call_starts_on_the_loop_does_not_leave_it_in_flight(
     finally:
         engine.sync.close(timeout=HANG)
         loop.close()
+
+
+def test_an_interrupt_as_a_calls_trace_span_opens_tells_it_withdrawn_and_ends_the_span(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt on the loop right after the call's trace span opened (after the
+    builtin `Context.run`), before anything was sent. As the sync engine does for its
+    caller interrupted there: told withdrawn once, not counted, its span ended. Before:
+    told nowhere, and the span left open for good."""
+    from jackpot.aio import _Call  # noqa: PLC0415 - private, this test only
+
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    spans: list[str] = []
+
+    @contextmanager
+    def recorded(op: Operation) -> Iterator[None]:
+        spans.append(f"open {op.op_id}")
+        try:
+            yield
+        finally:
+            spans.append(f"end {op.op_id}")
+
+    enter_span, armed = _Call._enter_span, [True]
+
+    def interrupted(self: _Call) -> None:
+        enter_span(self)
+        if armed:
+            armed.pop()
+            raise KeyboardInterrupt
+
+    try:
+        engine.sync._trace = recorded  # type: ignore[method-assign]
+        monkeypatch.setattr(_Call, "_enter_span", interrupted)
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                      op_id="interrupted"))
+        assert not armed  # (the interrupt landed)
+        assert engine.sync._inflight == 0
+        assert spans == ["open interrupted", "end interrupted"]
+        assert said == [("INFO", ("contribute interrupted withdrawn: its caller was interrupted "
+                                  "before the request was queued; nothing was changed"),
+                         "interrupted", "interrupted")]
+        assert _counted(engine, "contribute") == {}
+    finally:
+        engine.sync.close()
+        loop.close()
