@@ -61,7 +61,7 @@ from jackpot.results import (
 )
 from jackpot.service import Operation
 from jackpot.settings import Settings
-from jackpot.stats import Stats, after_the_fact
+from jackpot.stats import Stats, after_the_fact, count_once
 
 __all__ = ["AsyncJackpotEngine"]
 
@@ -980,20 +980,22 @@ class _Call:
             after_the_fact(log_withdrawn, self.op)
             return
         told = ""
+        counted: list[bool] = []
         try:
             told = tell_outcome(self.op, result, error)
+            count_once(self._engine.stats, self.op.kind, told, self._started, counted)
         finally:
-            # An interrupt (Ctrl-C at the start of `outcome_of`, in a log handler)
-            # that cuts the telling short: told again, so a win paid is logged as
-            # paid at least once, as `JackpotEngine._submit` does; and counted,
-            # even if a second one cuts that short too.
+            # An interrupt (Ctrl-C at the start of `outcome_of`, in a log handler,
+            # as the count starts) that cuts the telling or the count short: told
+            # again, so a win paid is logged as paid at least once, as
+            # `JackpotEngine._submit` does; and counted once, even if a second
+            # one cuts the retelling short too.
             try:
                 if not told:
                     told = tell_outcome(self.op, result, error)
             finally:
-                after_the_fact(self._engine.stats.operation, self.op.kind,
-                               told or answer_outcome(result, error),
-                               time.perf_counter() - self._started)
+                count_once(self._engine.stats, self.op.kind,
+                           told or answer_outcome(result, error), self._started, counted)
 
 
 async def _in_own_thread(name: str, call: Callable[..., _T], *args: Any) -> _T:

@@ -82,7 +82,7 @@ from jackpot.results import (
 )
 from jackpot.service import Operation, now_ms
 from jackpot.settings import Settings
-from jackpot.stats import Stats, after_the_fact
+from jackpot.stats import Stats, after_the_fact, count_once
 from jackpot.storage import SQLiteStore, Store, is_database_url, open_store
 
 __all__ = ["JackpotEngine", "check_path"]
@@ -1167,38 +1167,39 @@ class JackpotEngine:
             return make(*args, **kwargs)
         except JackpotError as e:
             if not self._closed:  # on a closed engine, as a well-formed call: not counted
-                self._tell_refusal(kind, op_id, e, named, time.perf_counter() - started)
+                self._tell_refusal(kind, op_id, e, named, started)
             raise
 
     def _tell_refusal(self, kind: str, op_id: object, error: JackpotError, named: object,
-                      seconds: float) -> None:
-        """Log and count a call `_build` refused, even if an interrupt cuts its log line short.
+                      started: float) -> None:
+        """Log and count a call `_build` refused, even if an interrupt cuts either short.
 
         Counted "rejected", as its line says: no call (`outcome_of`) before
         the count, where an interrupt could land. Cut short, the line is
-        written again (at least once), then the call counted.
+        written again (at least once), and the call counted once.
         """
         told = False
+        counted: list[bool] = []
         try:
             after_the_fact(log_refusal, kind, op_id, error, named)
             told = True
+            count_once(self.stats, kind, "rejected", started, counted, judged=False)
         finally:
             try:
                 if not told:  # an interrupt (Ctrl-C in a log filter or handler) cut it short
                     after_the_fact(log_refusal, kind, op_id, error, named)
             finally:
-                after_the_fact(self.stats.operation, kind, "rejected", seconds, judged=False)
+                count_once(self.stats, kind, "rejected", started, counted, judged=False)
 
     def _submit(self, op: Operation) -> Any:
         started = time.perf_counter()
-        outcome = "error"
+        outcome, interrupted = "error", False  # (interrupted: set by its handler below)
         # Counted per thread too: a log handler or observer closing the engine
         # in this thread must not wait for this very call (close() skips it).
         own = self._own
         before = getattr(own, "n", 0)
         queued: list[Ticket] = []  # the request's ticket, as it is sent
         reporter: list[str] | None = None  # set once handed to a reporting thread
-        interrupted = False
         # The answer the caller got (result, error), until it is told (logged):
         # an interrupt that cuts the telling short (at the start of `outcome_of`,
         # in a log handler) leaves it to the `finally`, which tells it then. A
@@ -1240,20 +1241,22 @@ class JackpotEngine:
             if reporter is not None:
                 reporter.append(_CALLER)
             if reporter is None or reporter[0] is _CALLER:
+                counted: list[bool] = []
                 try:  # the outcome is final: reporting it must not change it
                     outcome = self._tell_left(op, queued, outcome, untold,
                                               interrupted=interrupted)
-                    if outcome:
-                        after_the_fact(self.stats.operation, op.kind, outcome,
-                                       time.perf_counter() - started)
+                    count_once(self.stats, op.kind, outcome, started, counted)
                 finally:
-                    # This thread's own count is taken back as the call leaves
-                    # (under the lock): an observer or log handler closing the
-                    # engine as it is told must not wait for it.
-                    if interrupted:
-                        self._leave_interrupted(reporter, own_before=before)
-                    else:
-                        self._leave(own_before=before)
+                    try:  # (again if an interrupt cut the count short; else nothing)
+                        count_once(self.stats, op.kind, outcome, started, counted)
+                    finally:
+                        # This thread's own count is taken back as the call leaves
+                        # (under the lock): an observer or log handler closing the
+                        # engine as it is told must not wait for it.
+                        if interrupted:
+                            self._leave_interrupted(reporter, own_before=before)
+                        else:
+                            self._leave(own_before=before)
             else:
                 own.n = before
 

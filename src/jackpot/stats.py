@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from jackpot._throttle import Throttle
 
-__all__ = ["Observer", "Stats", "after_the_fact"]
+__all__ = ["Observer", "Stats", "after_the_fact", "count_once"]
 
 logger = logging.getLogger("jackpot")
 
@@ -80,14 +80,19 @@ class Stats:
                 _observer_failed(o, e)
 
     def operation(self, operation: str, outcome: str, seconds: float, *,
-                  judged: bool = True) -> None:
+                  judged: bool = True, receipt: list[bool] | None = None) -> None:
         """Record a finished operation with its outcome (one of OUTCOMES).
 
         `judged=False` keeps it out of `recent()` (the health check's window):
-        a call refused for its arguments never queued for a lock.
+        a call refused for its arguments never queued for a lock. `receipt`
+        gets True as it is counted (with no call in between, where an
+        interrupt could land): a caller whose count an interrupt cut short
+        learns whether to count it again (`count_once`).
         """
         with self._lock:
             self._counts[f"operations:{operation}:{outcome}"] += 1
+            if receipt is not None:
+                receipt.append(True)
             if judged:
                 self._recent.append((self._clock(), outcome, False))
         for o in self.observers:
@@ -159,6 +164,21 @@ def _shown(error: Exception) -> str:
         return str(error)
     except Exception as e:  # noqa: BLE001 - the failure being contained must not escape here
         return f"<str() failed: {type(e).__name__}>"
+
+
+def count_once(stats: Stats, operation: str, outcome: str, started: float,
+               receipt: list[bool], *, judged: bool = True) -> None:
+    """Count a finished operation (`Stats.operation`) unless `receipt` says it is counted.
+
+    Called in a `try`, then again in its `finally`: an interrupt (Ctrl-C)
+    that lands as the first count starts, before anything was counted,
+    leaves the second to count it; one that lands after (in an observer)
+    does not count it twice. `started`: its `time.perf_counter()` start;
+    `judged`: as `Stats.operation`'s.
+    """
+    if outcome and not receipt:
+        after_the_fact(stats.operation, operation, outcome, time.perf_counter() - started,
+                       judged=judged, receipt=receipt)
 
 
 def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

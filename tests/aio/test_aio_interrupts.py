@@ -972,3 +972,35 @@ def test_an_interrupt_as_a_calls_trace_span_opens_tells_it_withdrawn_and_ends_th
     finally:
         engine.sync.close()
         loop.close()
+
+
+def test_an_interrupt_as_a_paid_win_is_counted_on_the_loop_still_counts_it(
+        db_path: Path) -> None:
+    """Ctrl-C lands at the start of the call's count on the loop, its "paid" line
+    written. Before: counted nowhere, its books closed all the same."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
+        count, armed = engine.stats.operation, [True]
+
+        def interrupted(*args: Any, **kwargs: Any) -> None:
+            if armed:
+                armed.pop()
+                raise KeyboardInterrupt
+            count(*args, **kwargs)
+
+        engine.stats.operation = interrupted  # type: ignore[method-assign]
+        with hearing() as said:
+            caller = loop.create_task(engine.process_win("minor", op_id="win", winner="p1"))
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(caller)
+            del engine.stats.operation
+            loop.run_until_complete(caller)
+        assert not armed  # (the interrupt landed)
+        assert engine.sync._inflight == 0
+        assert [s[1].startswith("win on minor: paid ") for s in said] == [True]
+        assert _counted(engine, "win") == {"operations:win:ok": 1}
+    finally:
+        engine.sync.close()
+        loop.close()

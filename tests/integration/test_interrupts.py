@@ -699,3 +699,42 @@ def test_an_interrupt_as_a_refusal_of_bad_arguments_is_logged_still_logs_and_cou
     stats = engine.stats.snapshot()
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
         ("operations:contribute:rejected", 1)]
+
+
+@pytest.mark.parametrize("call", ["paid win", "refused bet"])
+def test_an_interrupt_as_a_call_is_counted_still_counts_it(db_path: Path, call: str) -> None:
+    """Ctrl-C lands at the start of the call's count (a Python call: CPython runs a pending
+    signal's handler there), its log line written: a win paid, or a bet refused for its
+    arguments. Before: counted nowhere (the metrics, and for the win the health check's
+    window, missed it)."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        count, armed = engine.stats.operation, [True]
+
+        def interrupted(*args: Any, **kwargs: Any) -> None:
+            if armed:
+                armed.pop()
+                raise KeyboardInterrupt
+            count(*args, **kwargs)
+
+        engine.stats.operation = interrupted  # type: ignore[method-assign]
+        sent: Callable[[], object] = (
+            (lambda: engine.process_win("minor", op_id="win", winner="p1"))
+            if call == "paid win" else (lambda: engine.contribute("-1", groups="minor",
+                                                                  op_id="bad")))
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            sent()
+        del engine.stats.operation
+        assert not armed  # (the interrupt landed)
+        assert engine._inflight == 0
+    finally:
+        engine.close()
+    stats = engine.stats.snapshot()
+    if call == "paid win":
+        assert [s[1].startswith("win on minor: paid ") for s in said] == [True]
+        assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+            ("operations:win:ok", 1)]
+    else:
+        assert [s[1].startswith("contribute bad refused: ") for s in said] == [True]
+        assert stats["operations:contribute:rejected"] == 1
