@@ -287,12 +287,16 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
 
 def _answer(probe: _Probe, path: str, limit: float) -> tuple[HealthCheck, HealthCheck]:
     """Say what this caller's own probe found, its wait over (`limit` seconds at most)."""
+    # Asked first: it answers before it ends, so one found ended now had no
+    # answer to give. Asked after the answer was looked for, a probe that
+    # answered (and ended) in between was told as ending without one.
+    ended = not probe.is_alive()
     if probe.found:
         with _stuck_lock:
             if _stuck.get(path) is probe:
                 del _stuck[path]
         return probe.found[0]
-    if not probe.is_alive():  # it returned, with no answer: not a storage that does not answer
+    if ended:  # it returned, with no answer: not a storage that does not answer
         return _ended(probe), HealthCheck("disk", OK, "not checked: the probe gave no answer")
     return _not_answering(path, limit), HealthCheck("disk", OK,
                                                     "not checked: the storage is not answering")

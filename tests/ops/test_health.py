@@ -384,6 +384,38 @@ def test_a_probe_that_ends_without_an_answer_says_what_ended_it(
     assert engine.health().ok  # the next check runs a probe of its own
 
 
+def test_a_probe_that_answers_as_its_caller_stops_waiting_is_not_told_as_ended_unanswered(
+        db_path: Path, engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: its caller, the wait over, found no answer yet, then the probe answered and
+    ended before the caller asked whether it was still running: "the probe ended without
+    an answer" (failing), of a probe that answered ok."""
+    from jackpot import health  # noqa: PLC0415 - its margin, shortened for the test
+
+    monkeypatch.setattr(health, "_PROBE_MARGIN", 0.05)
+    answer = threading.Event()
+
+    def slow_open(path: str, settings: Settings) -> Any:
+        answer.wait(30)  # the storage answers only when told
+        return _store(path, settings)
+
+    is_alive = health._Probe.is_alive
+
+    def answering_now(probe: health._Probe) -> bool:
+        if not answer.is_set():  # the caller's wait is over: the probe answers just now
+            answer.set()
+            probe.join(30)
+        return is_alive(probe)
+
+    monkeypatch.setattr(health._Probe, "is_alive", answering_now)
+    database, disk = health.bounded_checks(str(db_path), Settings(health_probe_timeout_ms=1),
+                                           slow_open)
+    assert answer.is_set()
+    assert database.status == "ok", database.detail
+    assert disk.status == "ok"
+    assert not disk.detail.startswith("not checked")
+    assert engine.health().ok
+
+
 def test_a_probe_that_returned_is_not_kept(db_path: Path, engine: JackpotEngine) -> None:
     from jackpot import health  # noqa: PLC0415
 
