@@ -1541,6 +1541,26 @@ def test_a_null_in_a_strict_ledger_that_lost_only_its_not_null_is_told_against_i
         "integrity_check: table ledger takes a NULL in column adjusted (its NOT NULL is gone)"]
 
 
+def test_text_in_a_strict_ledger_whose_integer_column_was_made_any_is_told_against_its_row(
+        engine: JackpotEngine) -> None:
+    # STRICT keeps a column's cells of its declared type only: a column
+    # redeclared ANY (its NOT NULL kept) takes text, which SQL's arithmetic
+    # reads as the 0 the engine wrote, and SQLite's integrity check finds
+    # nothing (of a TEXT column it tells the integers). Its cells were taken
+    # as kept integer, never tested: verify() passed.
+    conn = apsw.Connection(engine._path)
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_schema SET sql = replace(sql, 'adjusted INTEGER NOT NULL', "
+                     "'adjusted ANY NOT NULL') WHERE name = 'ledger'")
+        conn.execute("PRAGMA writable_schema = OFF")
+    finally:
+        conn.close()
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET adjusted = 'forged' "
+                 "WHERE op_id = 'b1' AND level = 'major'", ())
+    assert problems(engine) == [holds("major", 3, 2, "adjusted", "forged")]
+
+
 def test_a_table_copied_by_a_tool_is_reported_with_all_it_lost(engine: JackpotEngine) -> None:
     # CREATE TABLE ... AS SELECT keeps the rows and drops all the rest: the
     # STRICT, the NOT NULL, the unique index and the append-only triggers.

@@ -865,15 +865,18 @@ class SQLiteStore(Store):
     def _unkept_integers(self) -> tuple[str, ...]:
         """Return the ledger's integer columns SQLite no longer holds to integers (see `Store`).
 
-        All of them once the table is not STRICT; else those whose NOT NULL is gone.
+        All of them once the table is not STRICT; else those whose NOT NULL is
+        gone, or that are declared another type than an integer: STRICT keeps
+        a cell of its column's declared type, and ANY or TEXT takes text.
         """
         strict = self._exec("SELECT strict FROM pragma_table_list "
                             "WHERE schema = 'main' AND name = 'ledger'")
         if not (strict and strict[0][0]):
             return LEDGER_INTEGERS
-        nullable = {r[0] for r in self._exec(
-            'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull"', ("ledger",))}
-        return tuple(c for c in LEDGER_INTEGERS if c in nullable)
+        unkept = {r[0] for r in self._exec(
+            "SELECT name FROM pragma_table_info(?) "
+            """WHERE NOT "notnull" OR upper(type) NOT IN ('INTEGER', 'INT')""", ("ledger",))}
+        return tuple(c for c in LEDGER_INTEGERS if c in unkept)
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
         return {name: IndexShape(bool(unique), tuple(
