@@ -186,11 +186,18 @@ def _amount(units: float) -> object:
 
     A sum with a REAL in it is made in floating point, inexact, and a whole
     REAL as units in full can be 300 digits (1e300): shown short, and as
-    what it is; the REAL itself is told against its row.
+    what it is; the REAL itself is told against its row. Its digits are
+    the REAL's own (1.5 units: about 0.0000015), in full up to 10**21 units.
     """
     if isinstance(units, int):
         return from_units(units)
-    return f"about {units / 10**6!r}" if math.isfinite(units) else Decimal(units)
+    if not math.isfinite(units):
+        return Decimal(units)
+    shown = Decimal(repr(units)).scaleb(-6).normalize()
+    return f"about {shown:f}" if abs(units) < _SHOWN_IN_FULL else f"about {shown:e}"
+
+
+_SHOWN_IN_FULL = 1e21
 
 
 def _untyped(cells: dict[str, object]) -> str:

@@ -629,7 +629,7 @@ def test_a_null_amount_of_a_hit_is_told_by_its_row_not_as_unreadable_stored_resu
     ("paid", 9e999, ["mystery: meter won is 10.000001, ledger says Infinity",
                      "mystery: ledger row 3 (version 3) does not add up"]),
     # (SQL's sum of text is a REAL: not shown as exact.)
-    ("paid", "x", ["mystery: meter won is 10.000001, ledger says about 0.0",
+    ("paid", "x", ["mystery: meter won is 10.000001, ledger says about 0",
                    "mystery: ledger row 3 (version 3) does not add up"]),
     ("balance_after", 9e999, ["mystery: ledger row 3 (version 3) does not add up"]),
     ("balance_after", "x", ["mystery: ledger row 3 (version 3) does not add up"]),
@@ -1633,7 +1633,7 @@ ROW_3 = "major: ledger row 3 (version 2) does not add up"
         "major: ledger versions 1..1e+300 in 2 rows, level is at version 2 (expected 1..2)"]),
     # 1e19 units and major's 100 of seed funding sum in floating point to 1e19 + 99.999744
     ("house_funded", 1e19, [
-        "major: meter house_funded is 100.000000, ledger says about 10000000000100.0", ROW_3])])
+        "major: meter house_funded is 100.000000, ledger says about 10000000000100", ROW_3])])
 def test_a_forged_huge_real_amount_is_shown_short_and_as_inexact(
         engine: JackpotEngine, column: str, value: float, found: list[str]) -> None:
     # A REAL that is a whole number (a ledger rebuilt without STRICT) was
@@ -1783,7 +1783,7 @@ RETIRE_ROW = "major: ledger row 9 (version 5) does not add up"
 
 @pytest.mark.parametrize(("kind", "column", "value", "found"), [
     ("retire", "transferred", "x", [
-        "major: meter transferred is -101.500000, ledger says about 0.0", RETIRE_ROW]),
+        "major: meter transferred is -101.500000, ledger says about 0", RETIRE_ROW]),
     ("transfer_in", "reserve_transferred", "x", []),
     ("retire", "transferred", 9e999, [
         "major: meter transferred is -101.500000, ledger says Infinity", RETIRE_ROW])])
@@ -2001,3 +2001,16 @@ def test_a_lock_holder_left_on_a_committed_level_is_reported(
     assert problems(engine) == [
         (f"minor: its lock holder in the levels table is {shown}; the engine clears it in "
          "the transaction that sets it, so a committed row holds none"), weakened("levels")]
+
+
+def test_a_real_meter_in_the_levels_table_is_shown_with_its_own_digits(
+        engine: JackpotEngine) -> None:
+    # A REAL of 1.5 units where the engine wrote an integer: its digits as
+    # they are (about 0.0000015), beside the exact figures, not in exponent
+    # form (about 1.5e-06, as a first version of the short REAL display said).
+    engine.contribute(Decimal(5), op_id="b2")
+    without_strict(engine, "levels")
+    tamper(engine, "UPDATE levels SET m_contributed = 1.5 WHERE name = 'minor'")
+    found = problems(engine)
+    assert "minor: meter contributed is about 0.0000015, ledger says 5.500000" in found
+    assert weakened("levels") in found
