@@ -1225,7 +1225,9 @@ class JackpotEngine:
             # Its real outcome is reported when it comes, not as an error now.
             # Set first, before any call: whatever a second interrupt cuts
             # short below, the `finally` tells from the ticket what is left.
-            interrupted = True
+            # Counted only as told there (`_tell_interrupted`): cut short too,
+            # a call withdrawn unsent (nothing ran) is not counted an error.
+            outcome, interrupted = "", True
             if queued and not queued[-1].withdraw_unsent():
                 reporter = []
                 self._report_when_answered(op, queued[-1], started, reporter)

@@ -738,3 +738,29 @@ def test_an_interrupt_as_a_call_is_counted_still_counts_it(db_path: Path, call: 
     else:
         assert [s[1].startswith("contribute bad refused: ") for s in said] == [True]
         assert stats["operations:contribute:rejected"] == 1
+
+
+def test_a_second_interrupt_as_a_withdrawn_request_is_told_does_not_count_it_an_error(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C lands on the caller as it queues its request (withdrawn unsent), then again
+    in logging as the withdrawal is told. Nothing ran: nothing to count. Before: the
+    count retried in the `finally` counted it an error (health's error rate)."""
+    engine = JackpotEngine.open(db_path)
+    interrupting = _InterruptOnce("interrupted")
+    log = logging.getLogger("jackpot")
+    try:
+        interrupt_put(monkeypatch, "interrupted")
+        log.addFilter(interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        log.removeFilter(interrupting)
+        monkeypatch.undo()
+        assert not interrupting.armed  # (the second interrupt landed)
+        assert engine._inflight == 0
+        assert not engine.contribute("10", groups="minor", op_id="interrupted").replayed
+    finally:
+        log.removeFilter(interrupting)
+        engine.close()
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
+        ("operations:contribute:ok", 1)]
