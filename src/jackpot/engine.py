@@ -1074,18 +1074,10 @@ class JackpotEngine:
                 self._leave()
             raise
 
-    def _leave(self, *, own_before: int | None = None) -> None:
-        """Count an in-flight operation as done (after `_enter`).
-
-        `own_before`: this thread's own count of sync calls to set with it
-        (`_submit`), in the same block: no interrupt lands in between, where
-        a close() from a signal handler would take another thread's call
-        for this one.
-        """
+    def _leave(self) -> None:
+        """Count an in-flight operation as done (after `_enter`)."""
         with self._lock_state:
             self._inflight -= 1
-            if own_before is not None:
-                self._own.n = own_before
             if self._closed:
                 self._cond.notify_all()
 
@@ -1094,7 +1086,11 @@ class JackpotEngine:
         """`_leave` for an interrupted call, whose outcome is told now (or never will be).
 
         A call handed to a reporting thread (`reporter`) is no longer one
-        whose outcome `close()` names as not known yet.
+        whose outcome `close()` names as not known yet. With no `reporter`,
+        it is `_leave` (`_submit` ends every call it counts here). `own_before`:
+        this thread's own count of sync calls to set with it (`_submit`), in
+        the same block: no interrupt lands in between, where a close() from
+        a signal handler would take another thread's call for this one.
         """
         with self._lock_state:
             if reporter is not None:
@@ -1239,28 +1235,29 @@ class JackpotEngine:
         finally:
             # Handed to a reporting thread, unless a second interrupt stopped the
             # hand-over before the thread claimed the call: the first to claim it
-            # counts it and ends it (`_report_when_answered`), never both.
-            if reporter is not None:
-                reporter.append(_CALLER)
-            if reporter is None or reporter[0] is _CALLER:
-                counted: list[bool] = []
-                try:  # the outcome is final: reporting it must not change it
-                    outcome = self._tell_left(op, queued, outcome, untold,
-                                              interrupted=interrupted)
-                    count_once(self.stats, op.kind, outcome, started, counted)
-                finally:
-                    try:  # (again if an interrupt cut the count short; else nothing)
+            # counts it and ends it (`_report_when_answered`), never both. The
+            # claim is acted on also if an interrupt lands as it returns: else
+            # the call, or this thread's own count, would stay in flight for good.
+            try:
+                if reporter is not None:
+                    reporter.append(_CALLER)
+            finally:
+                if reporter is None or reporter[0] is _CALLER:
+                    counted: list[bool] = []
+                    try:  # the outcome is final: reporting it must not change it
+                        outcome = self._tell_left(op, queued, outcome, untold,
+                                                  interrupted=interrupted)
                         count_once(self.stats, op.kind, outcome, started, counted)
                     finally:
-                        # This thread's own count is taken back as the call leaves
-                        # (under the lock): an observer or log handler closing the
-                        # engine as it is told must not wait for it.
-                        if interrupted:
+                        try:  # (again if an interrupt cut the count short; else nothing)
+                            count_once(self.stats, op.kind, outcome, started, counted)
+                        finally:
+                            # This thread's own count is taken back as the call leaves
+                            # (under the lock): an observer or log handler closing the
+                            # engine as it is told must not wait for it.
                             self._leave_interrupted(reporter, own_before=before)
-                        else:
-                            self._leave(own_before=before)
-            else:
-                own.n = before
+                else:
+                    own.n = before
 
     def _tell_left(self, op: Operation, queued: list[Ticket], outcome: str,
                    untold: tuple[object, Exception | None] | None, *,

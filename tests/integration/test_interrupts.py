@@ -10,6 +10,7 @@ before the fix.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -764,3 +765,62 @@ def test_a_second_interrupt_as_a_withdrawn_request_is_told_does_not_count_it_an_
     stats = engine.stats.snapshot()
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
         ("operations:contribute:ok", 1)]
+
+
+@pytest.mark.parametrize("claimed_by", ["reporter", "caller"])
+def test_an_interrupt_as_the_caller_claims_its_interrupted_call_leaves_nothing_behind(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, claimed_by: str) -> None:
+    """Ctrl-C again right after the caller's claim on its interrupted call (the builtin
+    `append` returns; CPython runs a pending signal's handler there). Claimed by the
+    reporting thread, before: the caller's own-call count stayed up for good, so a
+    later close() in that thread took another thread's call for its own and did not
+    wait for it. Claimed by the caller (the thread never started): in flight for good,
+    never counted."""
+    engine = JackpotEngine.open(db_path)
+    armed: list[bool] = []
+
+    def interrupt_after_claim(frame: Any, event: str, arg: Any) -> None:
+        if (event == "c_return" and armed and frame.f_code.co_name == "_submit"
+                and getattr(arg, "__name__", "") == "append"):
+            armed.pop()
+            raise KeyboardInterrupt
+
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+
+        def first(ticket: Ticket) -> None:  # answered as Ctrl-C lands
+            assert ticket.wait(HANG)
+            armed.append(True)
+            sys.setprofile(interrupt_after_claim)
+
+        try:
+            if claimed_by == "reporter":
+                wait, caller = engine._wait, threading.get_ident()
+
+                def interrupted_wait(op: Operation, ticket: Ticket) -> Any:
+                    if threading.get_ident() != caller:  # the report of its outcome
+                        return wait(op, ticket)
+                    first(ticket)
+                    raise KeyboardInterrupt
+
+                monkeypatch.setattr(engine, "_wait", interrupted_wait)
+                with pytest.raises(KeyboardInterrupt):
+                    engine.process_win("minor", op_id="win", winner="p1")
+            else:
+                _interrupted_hand_over(engine, monkeypatch, started=False, first=first,
+                                       call=lambda: engine.process_win(
+                                           "minor", op_id="win", winner="p1"))
+        finally:
+            sys.setprofile(None)
+        monkeypatch.undo()
+        assert not armed  # (the last interrupt landed)
+        for reporting in threading.enumerate():
+            if reporting.name == "jackpot-interrupted":
+                reporting.join(HANG)
+        assert engine._inflight == 0
+        assert getattr(engine._own, "n", 0) == 0
+    finally:
+        engine.close(timeout=HANG)
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+        ("operations:win:ok", 1)]
