@@ -333,6 +333,34 @@ def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threa
     return taken, go
 
 
+class InterruptOnce(logging.Filter):
+    """A `jackpot` logger filter: Ctrl-C lands as the first record of `op_id` is handled."""
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__()
+        self.op_id, self.armed = op_id, True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.armed and getattr(record, "op_id", None) == self.op_id:
+            self.armed = False
+            raise KeyboardInterrupt
+        return True
+
+
+def interrupting_once(call: Callable[..., Any]) -> tuple[Callable[..., Any], list[bool]]:
+    """Return `call` wrapped to raise KeyboardInterrupt at its first call (Ctrl-C landing as
+    it starts), and `armed`, emptied once it has."""
+    armed = [True]
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        if armed:
+            armed.pop()
+            raise KeyboardInterrupt
+        return call(*args, **kwargs)
+
+    return interrupted, armed
+
+
 class Gate:
     """A level guard's lock that says when someone starts waiting for it."""
 

@@ -19,7 +19,16 @@ from typing import Any
 
 import pytest
 
-from _helpers import HANG, Gate, hearing, hold_claims, in_thread, read_ledger
+from _helpers import (
+    HANG,
+    Gate,
+    InterruptOnce,
+    hearing,
+    hold_claims,
+    in_thread,
+    interrupting_once,
+    read_ledger,
+)
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
@@ -466,6 +475,24 @@ def test_a_close_that_stops_waiting_names_the_calls_of_a_loop_left_stopped(
         assert _counted(engine, "win") == {"operations:win:ok": 1}
 
 
+def _queued_behind_a_stopping_actor(
+        loop: asyncio.AbstractEventLoop, engine: AsyncJackpotEngine,
+) -> tuple[Gate, asyncio.Task[Any], asyncio.Task[Any]]:
+    """Bet 'a' held in minor's batch (until the gate is released), its actor stopping
+    once that batch is done, and bet 'b' queued behind it: (gate, a, b).
+
+    Once released, the liveness check finds 'b's actor stopped and withdraws it, to
+    restart the actor and resend it."""
+    gate = Gate()
+    gate.real.acquire()  # as a multi-level batch holding the level would
+    engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
+    engine.sync._mailboxes["minor"].claim_more = lambda *_: []  # type: ignore[method-assign]
+    first = loop.create_task(engine.contribute("10", groups="minor", op_id="a"))
+    assert loop.run_until_complete(asyncio.to_thread(gate.waiting.wait, HANG))
+    engine.sync._pools["minor"].actor_ref.stop(block=False)  # it stops once its batch is done
+    return gate, first, loop.create_task(engine.contribute("20", groups="minor", op_id="b"))
+
+
 def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_nothing_hanging(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The liveness check finds the actor of a queued request stopped and withdraws the
@@ -475,15 +502,7 @@ def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_noth
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
-        actor = engine.sync._pools["minor"]
-        gate = Gate()
-        gate.real.acquire()  # as a multi-level batch holding the level would
-        engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
-        engine.sync._mailboxes["minor"].claim_more = lambda *_: []  # type: ignore[method-assign]
-        first = loop.create_task(engine.contribute("10", groups="minor", op_id="a"))
-        assert loop.run_until_complete(asyncio.to_thread(gate.waiting.wait, HANG))
-        actor.actor_ref.stop(block=False)  # it stops once its batch is done
-        queued = loop.create_task(engine.contribute("20", groups="minor", op_id="b"))
+        gate, first, queued = _queued_behind_a_stopping_actor(loop, engine)
         check_open = engine.sync._check_open
 
         def interrupted_once() -> None:  # (called once the request was withdrawn)
@@ -705,14 +724,7 @@ def test_an_interrupt_as_a_refusal_is_classified_on_the_loop_counts_and_logs_it(
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
-        classify, armed = engine_module.outcome_of, [True]
-
-        def interrupted(error: BaseException) -> str:
-            if armed:
-                armed.pop()
-                raise KeyboardInterrupt
-            return classify(error)
-
+        interrupted, armed = interrupting_once(engine_module.outcome_of)
         monkeypatch.setattr(engine_module, "outcome_of", interrupted)
         monkeypatch.setattr(aio_module, "outcome_of", interrupted, raising=False)
         with hearing() as said:
@@ -732,27 +744,13 @@ def test_an_interrupt_as_a_refusal_is_classified_on_the_loop_counts_and_logs_it(
         loop.close()
 
 
-class _InterruptOnce(logging.Filter):
-    """A `jackpot` logger filter: Ctrl-C lands as the first record of `op_id` is handled."""
-
-    def __init__(self, op_id: str) -> None:
-        super().__init__()
-        self.op_id, self.armed = op_id, True
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.armed and getattr(record, "op_id", None) == self.op_id:
-            self.armed = False
-            raise KeyboardInterrupt
-        return True
-
-
 def test_an_interrupt_as_a_paid_win_is_logged_on_the_loop_still_logs_it_as_paid(
         db_path: Path) -> None:
     """Ctrl-C lands in logging as the loop writes the "paid" line (before any handler has
     it). Before: counted ok, but the operator's record of the money paid never written."""
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
-    interrupting = _InterruptOnce("win")
+    interrupting = InterruptOnce("win")
     log = logging.getLogger("jackpot")
     try:
         loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
@@ -835,15 +833,7 @@ def test_an_interrupt_as_a_restart_task_is_started_leaves_no_call_hanging(
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
-        actor = engine.sync._pools["minor"]
-        gate = Gate()
-        gate.real.acquire()  # as a multi-level batch holding the level would
-        engine.sync._guards["minor"].lock = gate  # type: ignore[assignment]
-        engine.sync._mailboxes["minor"].claim_more = lambda *_: []  # type: ignore[method-assign]
-        first = loop.create_task(engine.contribute("10", groups="minor", op_id="a"))
-        assert loop.run_until_complete(asyncio.to_thread(gate.waiting.wait, HANG))
-        actor.actor_ref.stop(block=False)  # it stops once its batch is done
-        queued = loop.create_task(engine.contribute("20", groups="minor", op_id="b"))
+        gate, first, queued = _queued_behind_a_stopping_actor(loop, engine)
         cancel_timer, armed = _Call._cancel_timer, [True]
 
         def interrupted(self: _Call) -> None:  # (in `_actor_stopped`, its ticket dropped)

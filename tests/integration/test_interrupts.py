@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from _helpers import HANG, hearing, hold_claims, in_thread, run_python
+from _helpers import (
+    HANG,
+    InterruptOnce,
+    hearing,
+    hold_claims,
+    in_thread,
+    interrupting_once,
+    run_python,
+)
 from jackpot import JackpotEngine, Settings
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
@@ -570,18 +578,12 @@ def test_an_interrupt_as_a_refusal_is_classified_counts_and_logs_it_as_a_refusal
 
     engine = JackpotEngine.open(db_path)
     try:
-        classify, armed = engine_module.outcome_of, [True]
-
-        def interrupted(error: BaseException) -> str:
-            if armed:
-                armed.pop()
-                raise KeyboardInterrupt
-            return classify(error)
-
+        interrupted, armed = interrupting_once(engine_module.outcome_of)
         monkeypatch.setattr(engine_module, "outcome_of", interrupted)
         with hearing() as said, pytest.raises(KeyboardInterrupt) as caught:
             engine.process_win("minor", op_id="win", amount="1000")
         monkeypatch.undo()
+        assert not armed  # (the interrupt landed)
         refusal = caught.value.__context__
         assert type(refusal).__name__ == "InsufficientFundsError"
         assert engine._inflight == 0
@@ -593,25 +595,11 @@ def test_an_interrupt_as_a_refusal_is_classified_counts_and_logs_it_as_a_refusal
         ("operations:win:rejected", 1)]
 
 
-class _InterruptOnce(logging.Filter):
-    """A `jackpot` logger filter: Ctrl-C lands as the first record of `op_id` is handled."""
-
-    def __init__(self, op_id: str) -> None:
-        super().__init__()
-        self.op_id, self.armed = op_id, True
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.armed and getattr(record, "op_id", None) == self.op_id:
-            self.armed = False
-            raise KeyboardInterrupt
-        return True
-
-
 def test_an_interrupt_as_a_paid_win_is_logged_still_logs_it_as_paid(db_path: Path) -> None:
     """Ctrl-C lands in logging as the "paid" line is written (before any handler has it).
     Before: counted ok, but the operator's record of the money paid was never written."""
     engine = JackpotEngine.open(db_path)
-    interrupting = _InterruptOnce("win")
+    interrupting = InterruptOnce("win")
     log = logging.getLogger("jackpot")
     try:
         engine.contribute("100", groups="minor", op_id="bet")
@@ -683,7 +671,7 @@ def test_an_interrupt_as_a_refusal_of_bad_arguments_is_logged_still_logs_and_cou
     """Ctrl-C lands in logging as a call refused for its arguments is told (before any
     handler has it). Before: neither logged nor counted (the count came after the log)."""
     engine = JackpotEngine.open(db_path)
-    interrupting = _InterruptOnce("bad")
+    interrupting = InterruptOnce("bad")
     log = logging.getLogger("jackpot")
     try:
         log.addFilter(interrupting)
@@ -747,7 +735,7 @@ def test_a_second_interrupt_as_a_withdrawn_request_is_told_does_not_count_it_an_
     in logging as the withdrawal is told. Nothing ran: nothing to count. Before: the
     count retried in the `finally` counted it an error (health's error rate)."""
     engine = JackpotEngine.open(db_path)
-    interrupting = _InterruptOnce("interrupted")
+    interrupting = InterruptOnce("interrupted")
     log = logging.getLogger("jackpot")
     try:
         interrupt_put(monkeypatch, "interrupted")
