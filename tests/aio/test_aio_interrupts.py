@@ -569,6 +569,22 @@ class _Told(logging.Handler):
             self.told.set()
 
 
+def _restart_held_until_told(engine: AsyncJackpotEngine, told: _Told,
+                             monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Stop minor's actor; hold the restart of the next call resent to it until that call
+    is told (`told`). Returns the event set as the restart starts."""
+    engine.sync._pools["minor"].actor_ref.stop()
+    restart, restarting = engine.sync._restart_before_resending, threading.Event()
+
+    def held_restart(op: Operation) -> None:  # (in the restart task's worker thread)
+        restarting.set()
+        assert told.told.wait(HANG)  # until the cut-off call is told
+        restart(op)
+
+    monkeypatch.setattr(engine.sync, "_restart_before_resending", held_restart)
+    return restarting
+
+
 def test_a_resend_cut_off_by_asyncio_runs_shutdown_is_withdrawn_and_not_counted(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The level's actor had stopped: the request, withdrawn from it, waits in the restart
@@ -583,15 +599,7 @@ def test_a_resend_cut_off_by_asyncio_runs_shutdown_is_withdrawn_and_not_counted(
     async def main() -> None:
         engine = await AsyncJackpotEngine.open(db_path)
         opened.append(engine)
-        engine.sync._pools["minor"].actor_ref.stop()
-        restart, restarting = engine.sync._restart_before_resending, threading.Event()
-
-        def held_restart(op: Operation) -> None:  # (in the restart task's worker thread)
-            restarting.set()
-            assert told.told.wait(HANG)  # until the cut-off call is told
-            restart(op)
-
-        monkeypatch.setattr(engine.sync, "_restart_before_resending", held_restart)
+        restarting = _restart_held_until_told(engine, told, monkeypatch)
         held.append(asyncio.ensure_future(engine.contribute("10", groups="minor",
                                                             op_id="interrupted")))
         assert await asyncio.to_thread(restarting.wait, HANG)
@@ -628,15 +636,7 @@ def test_a_resend_whose_loop_closed_under_it_is_withdrawn_and_not_counted(
     log = logging.getLogger("jackpot")
     log.addHandler(told)
     try:
-        engine.sync._pools["minor"].actor_ref.stop()
-        restart, restarting = engine.sync._restart_before_resending, threading.Event()
-
-        def held_restart(op: Operation) -> None:  # (in the restart task's worker thread)
-            restarting.set()
-            assert told.told.wait(HANG)  # until the cut-off call is told
-            restart(op)
-
-        monkeypatch.setattr(engine.sync, "_restart_before_resending", held_restart)
+        restarting = _restart_held_until_told(engine, told, monkeypatch)
         held: list[asyncio.Task[Any]] = []  # (asyncio holds tasks weakly)
 
         async def interrupted() -> None:
