@@ -555,6 +555,27 @@ def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str,
 
 _COLUMNS_NAMED = 3
 
+_TEXT_COLUMNS = {"levels": frozenset({"name", "status", "pending", "lock_holder", "overflow_to"}),
+                 "ledger": frozenset({"op_id", "kind", "level", "who", "detail"}),
+                 "operations": frozenset({"op_id", "kind", "fingerprint", "result"})}
+"""The engine's text columns; its every other column holds an integer (PostgreSQL: `bigint`)."""
+
+
+def type_problems(columns: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Name each of the engine's columns whose type was changed (PostgreSQL).
+
+    `columns`: (table, column, type as `format_type` gives it) of the three
+    tables. The engine made each `text` or `bigint`. An `ALTER COLUMN ...
+    TYPE numeric` (or text) keeps every value the engine wrote, but then
+    takes fractions (or words) it never writes, which the audit's sums read
+    as they are, or cut short. A column an operator added is not the
+    engine's (see `constraint_problems`).
+    """
+    return [f"table {table}: column {column} is {kind}, not {want} as the engine made it"
+            for table, column, kind in columns
+            if column in TABLE_COLUMNS.get(table, ())
+            and kind != (want := "text" if column in _TEXT_COLUMNS[table] else "bigint")]
+
 
 class UnreadableRowError(StorageError, ValueError):
     """A row holds JSON the engine never writes (a damaged or tampered file).

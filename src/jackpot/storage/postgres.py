@@ -118,6 +118,7 @@ from jackpot.storage.base import (
     level_from_row,
     level_values,
     stored_result,
+    type_problems,
 )
 from jackpot.storage.schema import NULLABLE, POSTGRES_MIGRATIONS, POSTGRES_TRIGGERS
 
@@ -918,6 +919,12 @@ class PostgresStore(Store):
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull "
             "ORDER BY c.relname, a.attnum", (list(NULLABLE),)))))
+        problems.extend(type_problems((r[0], r[1], r[2]) for r in self._exec(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
+            "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.relname, a.attnum",
+            (list(NULLABLE),))))
         return "; ".join(problems) or "ok"
 
 
