@@ -508,8 +508,6 @@ def test_a_column_whose_type_was_changed_is_told(pg_target: str, table: str, col
     # The values the engine wrote survive an ALTER COLUMN ... TYPE numeric, and
     # the audit found nothing, though the column then takes fractions the
     # engine never writes (and the audit's int() of a sum cut them short).
-    # (A column changed to text stops the audit with StorageError: SUM(text)
-    # does not exist.)
     with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
         engine.contribute(Decimal(10), groups="minor", op_id="b1")
         with psycopg.connect(pg_target, autocommit=True) as conn:
@@ -519,6 +517,23 @@ def test_a_column_whose_type_was_changed_is_told(pg_target: str, table: str, col
         # (A levels column of numeric(30,6) reads as Decimal('0.000000'): each level's
         # meter is also told as no number.)
         assert f"integrity_check: {told}" in engine.verify().problems
+
+
+@pytest.mark.parametrize(("table", "column"), [("ledger", "delta"), ("levels", "m_won")])
+def test_a_number_column_changed_to_text_is_told_not_a_crash(pg_target: str, table: str,
+                                                             column: str) -> None:
+    # Every sum of the audit failed on it: verify() raised StorageError
+    # ("function sum(text) does not exist") instead of telling it.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE text")
+        report = engine.verify()
+    told = f"table {table}: column {column} is text, not bigint as the engine made it"
+    assert (report.ok, report.problems) == (False, [
+        f"integrity_check: {told}",
+        (f"the ledger and levels cannot be summed: {table}.{column} is text (a column "
+         "changed to a type that is no number); nothing else was checked")])
 
 
 @pytest.mark.parametrize(("value", "told"), [(None, "its at_ms is None, not an integer"),

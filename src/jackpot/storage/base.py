@@ -561,6 +561,11 @@ _TEXT_COLUMNS = {"levels": frozenset({"name", "status", "pending", "lock_holder"
 """The engine's text columns; its every other column holds an integer (PostgreSQL: `bigint`)."""
 
 
+def number_column(table: str, column: str) -> bool:
+    """Say whether the engine's `column` of `table` holds a number (else text)."""
+    return column in TABLE_COLUMNS.get(table, ()) and column not in _TEXT_COLUMNS[table]
+
+
 def type_problems(columns: Iterable[tuple[str, str, str]]) -> list[str]:
     """Name each of the engine's columns whose type was changed (PostgreSQL).
 
@@ -1184,4 +1189,14 @@ class Store(ABC):
     @abstractmethod
     def integrity_check(self) -> str:
         """Return the database's own consistency verdict ('ok' when sound)."""
+
+    def unsummable_columns(self) -> list[str]:
+        """Return the engine's number columns the database cannot sum ("table.column is type").
+
+        None on SQLite, whose SUM reads anything (text as 0; each such cell is
+        told against its row). On PostgreSQL a column whose type was changed
+        to text (or another that is no number) makes every sum of the audit
+        an error: it is told instead of them.
+        """
+        return []
 

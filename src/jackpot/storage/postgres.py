@@ -117,6 +117,7 @@ from jackpot.storage.base import (
     ledger_row,
     level_from_row,
     level_values,
+    number_column,
     stored_result,
     type_problems,
 )
@@ -919,13 +920,27 @@ class PostgresStore(Store):
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull "
             "ORDER BY c.relname, a.attnum", (list(NULLABLE),)))))
-        problems.extend(type_problems((r[0], r[1], r[2]) for r in self._exec(
+        problems.extend(type_problems(self._column_types()))
+        return "; ".join(problems) or "ok"
+
+    def unsummable_columns(self) -> list[str]:
+        """Return the engine's number columns whose type is no number (see `Store`)."""
+        return [f"{table}.{column} is {kind}" for table, column, kind in self._column_types()
+                if number_column(table, column) and not kind.startswith(_NUMBER_TYPES)]
+
+    def _column_types(self) -> list[tuple[str, str, str]]:
+        """Return (table, column, type) of the engine's tables' columns, in table order."""
+        return [(r[0], r[1], r[2]) for r in self._exec(
             "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
             "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY c.relname, a.attnum",
-            (list(NULLABLE),))))
-        return "; ".join(problems) or "ok"
+            (list(NULLABLE),))]
+
+
+_NUMBER_TYPES = ("bigint", "integer", "smallint", "numeric", "real", "double precision")
+"""What `format_type` names the types SUM takes (a column changed from bigint to one of them
+is told by `type_problems`, its figures still summed)."""
 
 
 def _refuse_newer(version: int, where: str) -> None:
