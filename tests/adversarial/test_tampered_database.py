@@ -1397,16 +1397,20 @@ def test_fractions_of_a_unit_forged_into_a_non_strict_ledger_are_not_lost_per_ra
             f"integrity_check: {not_strict('ledger')}"]
 
 
-def without_strict(e: JackpotEngine, table: str) -> None:
-    """Rebuild `table` without STRICT and NOT NULL: it then holds any value of any type."""
+def rewrite_schema(e: JackpotEngine, table: str, new_sql: str) -> None:
+    """Set `table`'s declaration to `new_sql` (SQL of its old one, `sql`), as a hand edit would."""
     conn = apsw.Connection(e._path)
     try:
         conn.execute("PRAGMA writable_schema = ON")
-        conn.execute("UPDATE sqlite_schema SET sql = replace(replace(sql, ') STRICT', ')'), "
-                     "' NOT NULL', '') WHERE name = ?", (table,))
+        conn.execute(f"UPDATE sqlite_schema SET sql = {new_sql} WHERE name = ?", (table,))
         conn.execute("PRAGMA writable_schema = OFF")
     finally:
         conn.close()
+
+
+def without_strict(e: JackpotEngine, table: str) -> None:
+    """Rebuild `table` without STRICT and NOT NULL: it then holds any value of any type."""
+    rewrite_schema(e, table, "replace(replace(sql, ') STRICT', ')'), ' NOT NULL', '')")
 
 
 def not_strict(table: str) -> str:
@@ -1525,14 +1529,7 @@ def test_a_null_in_a_strict_ledger_that_lost_only_its_not_null_is_told_against_i
         engine: JackpotEngine) -> None:
     # STRICT keeps every cell an integer or a NULL: only the columns that
     # lost their NOT NULL are tested cell by cell (on a sound ledger none is).
-    conn = apsw.Connection(engine._path)
-    try:
-        conn.execute("PRAGMA writable_schema = ON")
-        conn.execute("UPDATE sqlite_schema SET sql = replace(sql, 'adjusted INTEGER NOT NULL', "
-                     "'adjusted INTEGER') WHERE name = 'ledger'")
-        conn.execute("PRAGMA writable_schema = OFF")
-    finally:
-        conn.close()
+    rewrite_schema(engine, "ledger", "replace(sql, 'adjusted INTEGER NOT NULL', 'adjusted INTEGER')")
     past_trigger(engine, "ledger_no_update", "UPDATE ledger SET adjusted = NULL "
                  "WHERE op_id = 'b1' AND level = 'major'", ())
     assert problems(engine) == [
@@ -1548,14 +1545,7 @@ def test_text_in_a_strict_ledger_whose_integer_column_was_made_any_is_told_again
     # reads as the 0 the engine wrote, and SQLite's integrity check finds
     # nothing (of a TEXT column it tells the integers). Its cells were taken
     # as kept integer, never tested: verify() passed.
-    conn = apsw.Connection(engine._path)
-    try:
-        conn.execute("PRAGMA writable_schema = ON")
-        conn.execute("UPDATE sqlite_schema SET sql = replace(sql, 'adjusted INTEGER NOT NULL', "
-                     "'adjusted ANY NOT NULL') WHERE name = 'ledger'")
-        conn.execute("PRAGMA writable_schema = OFF")
-    finally:
-        conn.close()
+    rewrite_schema(engine, "ledger", "replace(sql, 'adjusted INTEGER NOT NULL', 'adjusted ANY NOT NULL')")
     past_trigger(engine, "ledger_no_update", "UPDATE ledger SET adjusted = 'forged' "
                  "WHERE op_id = 'b1' AND level = 'major'", ())
     assert problems(engine) == [holds("major", 3, 2, "adjusted", "forged")]

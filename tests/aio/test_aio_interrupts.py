@@ -972,14 +972,7 @@ def test_an_interrupt_as_a_paid_win_is_counted_on_the_loop_still_counts_it(
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
         loop.run_until_complete(engine.contribute("100", groups="minor", op_id="bet"))
-        count, armed = engine.stats.operation, [True]
-
-        def interrupted(*args: Any, **kwargs: Any) -> None:
-            if armed:
-                armed.pop()
-                raise KeyboardInterrupt
-            count(*args, **kwargs)
-
+        interrupted, armed = interrupting_once(engine.stats.operation)
         engine.stats.operation = interrupted  # type: ignore[method-assign]
         with hearing() as said:
             caller = loop.create_task(engine.process_win("minor", op_id="win", winner="p1"))

@@ -273,14 +273,11 @@ def test_a_request_taken_but_not_yet_claimed_when_its_caller_is_interrupted_goes
     assert (stats["operations:contribute:ok"], stats["operations:contribute:replayed"]) == (1, 1)
 
 
-def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, *,
-                           started: bool, call: Callable[[], object] | None = None,
-                           first: Callable[[Ticket], object] = lambda _ticket: None) -> None:
-    """Interrupt a call (a contribute) as it waits, and again as its reporting thread starts.
+def _interrupt_the_callers_wait(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch,
+                                first: Callable[[Ticket], object]) -> None:
+    """Interrupt the calling thread as it waits for its answer, after `first(ticket)`.
 
-    `started`: the second interrupt lands once that thread has run to its
-    end (in `Thread.start`'s wait for it), else before the thread starts.
-    `first(ticket)` runs just before the first interrupt.
+    The reporting thread's own wait (for the outcome it reports) is left as it is.
     """
     wait, caller = engine._wait, threading.get_ident()
 
@@ -290,6 +287,19 @@ def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatc
         first(ticket)
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(engine, "_wait", interrupted_wait)
+
+
+def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, *,
+                           started: bool, call: Callable[[], object] | None = None,
+                           first: Callable[[Ticket], object] = lambda _ticket: None) -> None:
+    """Interrupt a call (a contribute) as it waits, and again as its reporting thread starts.
+
+    `started`: the second interrupt lands once that thread has run to its
+    end (in `Thread.start`'s wait for it), else before the thread starts.
+    `first(ticket)` runs just before the first interrupt.
+    """
+    _interrupt_the_callers_wait(engine, monkeypatch, first)
     start = threading.Thread.start
 
     def interrupted_start(self: threading.Thread) -> None:
@@ -300,7 +310,6 @@ def _interrupted_hand_over(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatc
             raise KeyboardInterrupt
         start(self)
 
-    monkeypatch.setattr(engine, "_wait", interrupted_wait)
     monkeypatch.setattr(threading.Thread, "start", interrupted_start)
     if call is None:
         def call() -> object:
@@ -699,14 +708,7 @@ def test_an_interrupt_as_a_call_is_counted_still_counts_it(db_path: Path, call: 
     engine = JackpotEngine.open(db_path)
     try:
         engine.contribute("100", groups="minor", op_id="bet")
-        count, armed = engine.stats.operation, [True]
-
-        def interrupted(*args: Any, **kwargs: Any) -> None:
-            if armed:
-                armed.pop()
-                raise KeyboardInterrupt
-            count(*args, **kwargs)
-
+        interrupted, armed = interrupting_once(engine.stats.operation)
         engine.stats.operation = interrupted  # type: ignore[method-assign]
         sent: Callable[[], object] = (
             (lambda: engine.process_win("minor", op_id="win", winner="p1"))
@@ -783,15 +785,7 @@ def test_an_interrupt_as_the_caller_claims_its_interrupted_call_leaves_nothing_b
 
         try:
             if claimed_by == "reporter":
-                wait, caller = engine._wait, threading.get_ident()
-
-                def interrupted_wait(op: Operation, ticket: Ticket) -> Any:
-                    if threading.get_ident() != caller:  # the report of its outcome
-                        return wait(op, ticket)
-                    first(ticket)
-                    raise KeyboardInterrupt
-
-                monkeypatch.setattr(engine, "_wait", interrupted_wait)
+                _interrupt_the_callers_wait(engine, monkeypatch, first)
                 with pytest.raises(KeyboardInterrupt):
                     engine.process_win("minor", op_id="win", winner="p1")
             else:
