@@ -1245,8 +1245,9 @@ class JackpotEngine:
                 if reporter is None or reporter[0] is _CALLER:
                     counted: list[bool] = []
                     try:  # the outcome is final: reporting it must not change it
-                        outcome = self._tell_left(op, queued, outcome, untold,
-                                                  interrupted=interrupted)
+                        outcome = (outcome if not interrupted and untold is None  # told
+                                   else self._tell_left(op, queued, untold, started, counted,
+                                                        interrupted=interrupted))
                         count_once(self.stats, op.kind, outcome, started, counted)
                     finally:
                         try:  # (again if an interrupt cut the count short; else nothing)
@@ -1259,23 +1260,24 @@ class JackpotEngine:
                 else:
                     own.n = before
 
-    def _tell_left(self, op: Operation, queued: list[Ticket], outcome: str,
-                   untold: tuple[object, Exception | None] | None, *,
-                   interrupted: bool) -> str:
+    def _tell_left(self, op: Operation, queued: list[Ticket],
+                   untold: tuple[object, Exception | None] | None, started: float,
+                   counted: list[bool], *, interrupted: bool) -> str:
         """Tell what is left untold of a call its caller counts; return what to count.
 
-        Interrupted while its request was out, no reporting thread follows
-        it (`_tell_interrupted`). Else its outcome is `outcome`, told already
-        unless an interrupt cut that short (`untold`): told now.
+        Called only then (a call told already costs no call here). Interrupted
+        while its request was out, no reporting thread follows it
+        (`_tell_interrupted`, which counts it too: `counted`). Else an
+        interrupt cut the telling of its answer (`untold`) short: told now.
         """
         if interrupted:
-            return self._tell_interrupted(op, queued)
-        if untold is not None:
-            return tell_outcome(op, *untold)
-        return outcome
+            return self._tell_interrupted(op, queued, started, counted)
+        assert untold is not None  # (see `_submit`)
+        return tell_outcome(op, *untold)
 
-    def _tell_interrupted(self, op: Operation, queued: list[Ticket]) -> str:
-        """Log an interrupted call's outcome as far as it is known now; return what to count.
+    def _tell_interrupted(self, op: Operation, queued: list[Ticket], started: float,
+                          counted: list[bool]) -> str:
+        """Log and count an interrupted call's outcome as far as it is known now; return it.
 
         For a call its caller counts itself: withdrawn unsent (or never
         sent), nothing runs: told once, not counted (""). Else the request
@@ -1283,16 +1285,36 @@ class JackpotEngine:
         hand-over): answered already, it is what it was (a win paid is
         paid); not yet, it may still be applied, and "unknown" says so,
         rather than an error that did not happen. Never blocks.
+
+        Its outcome is decided before anything is told: another interrupt
+        that cuts the line short (in a log filter or handler) has it said
+        again, as `_submit` does, and the call counted all the same (here:
+        the caller's `finally` never learns the outcome then); `counted`,
+        the caller's receipt, keeps it from being counted twice.
         """
+        ticket = queued[-1] if queued else None
+        say: Callable[..., object]
+        args: tuple[object, ...]  # its arguments
         # (Withdrawn again here: a second interrupt may have cut the first try short.)
-        if not queued or queued[-1].withdraw_unsent():
-            after_the_fact(log_withdrawn, op)
-            return ""
-        ticket = queued[-1]
-        if not ticket.wait(0):
-            after_the_fact(log_unfollowed, op)
-            return "unknown"
-        return tell_outcome(op, *ticket.answer)
+        if ticket is None or ticket.withdraw_unsent():
+            outcome, say, args = "", log_withdrawn, (op,)
+        elif not ticket.wait(0):
+            outcome, say, args = "unknown", log_unfollowed, (op,)
+        else:
+            answer = ticket.answer
+            outcome, say, args = answer_outcome(*answer), tell_outcome, (op, *answer)
+        said = False
+        try:
+            after_the_fact(say, *args)
+            said = True
+            count_once(self.stats, op.kind, outcome, started, counted)
+        finally:
+            try:
+                if not said:  # cut short: said again (at least once, rarely twice)
+                    after_the_fact(say, *args)
+            finally:
+                count_once(self.stats, op.kind, outcome, started, counted)
+        return outcome
 
     def _report_when_answered(self, op: Operation, ticket: Ticket, started: float,
                               reporter: list[str]) -> None:

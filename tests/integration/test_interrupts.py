@@ -377,6 +377,57 @@ def test_a_second_interrupt_before_the_report_starts_counts_the_call_as_what_it_
         ("operations:win:replayed", 1)]
 
 
+@pytest.mark.parametrize("answered", [True, False], ids=["answered", "unanswered"])
+def test_a_third_interrupt_as_its_caller_tells_the_call_still_logs_and_counts_it(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, answered: bool) -> None:
+    """As above, and Ctrl-C lands once more in logging as its caller tells the call (before
+    any handler has the line). Before: neither logged nor counted: a win paid left no
+    "paid" line (the README promises one at least once), nor one still on its way its
+    "may still be applied" warning."""
+    engine = JackpotEngine.open(db_path)
+    interrupting = InterruptOnce("win")
+    log = logging.getLogger("jackpot")
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        if answered:
+            def first(ticket: Ticket) -> None:  # its outcome is there as Ctrl-C lands
+                assert ticket.wait(HANG)
+                log.addFilter(interrupting)
+        else:
+            taken, go = hold_claims(monkeypatch)
+
+            def first(ticket: Ticket) -> None:  # taken, still to be applied
+                assert taken.wait(HANG)
+                log.addFilter(interrupting)
+        with hearing() as said:
+            _interrupted_hand_over(engine, monkeypatch, started=False, first=first, call=lambda:
+                                   engine.process_win("minor", op_id="win", winner="p1"))
+        log.removeFilter(interrupting)
+        assert not interrupting.armed  # (the third interrupt landed)
+        assert engine._inflight == 0
+        if not answered:
+            go.set()
+        resent = engine.process_win("minor", op_id="win", winner="p1")
+        assert resent.replayed  # applied once, either way
+    finally:
+        log.removeFilter(interrupting)
+        if not answered:
+            go.set()
+        engine.close()
+    if answered:
+        assert said == [("INFO", f"win on minor: paid {resent.amount} to p1 (op win, ok)",
+                         "win", "ok")]
+    else:
+        assert said == [("WARNING", (
+            "win 'win' on minor: its caller was interrupted while the request was queued or "
+            "running, and nothing could follow it to its end: it may still be applied; "
+            "resend it with the same op_id to learn its outcome"), "win", "unknown")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+        (f"operations:win:{'ok' if answered else 'unknown'}", 1),
+        ("operations:win:replayed", 1)]
+
+
 def test_an_interrupt_as_a_request_is_withdrawn_counts_nothing_and_says_so_once(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second Ctrl-C as the withdrawal of a request never queued returns. Before: counted
