@@ -673,15 +673,19 @@ class _Call:
         of a loop that stopped or closed does).
 
         `resending`: interrupted in `_restart`, whose task is not the
-        caller's: the caller still awaits, and is told (as when that task is
-        cancelled) that the request was not resent.
+        caller's: the caller still awaits, and is told that the request was
+        not resent; the call is withdrawn (told once, not counted) as when
+        that task is cancelled, and as the sync engine's caller interrupted
+        while the actor is replaced: nothing ran and the engine refused
+        nothing, so it is no `rejected` call. (Only this caller gets an
+        error, not the interrupt: that went up the loop from another task.)
         """
         ticket = self._ticket
         if ticket is None or ticket.withdraw_unsent():
             if resending:
                 msg = (f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop was "
                        "interrupted as it resent it; nothing was changed")
-                self._finish(None, EngineClosedError(msg))
+                self._finish(None, EngineClosedError(msg), withdrawn=True)
                 return
             self._finished = True
             self._close_books(None, None, withdrawn=True)

@@ -42,6 +42,9 @@ from jackpot.service import Operation
 _CLOSE_TIMED_OUT = ("WARNING", ("close() timed out with 1 call still in flight: the actors "
                                 "were asked to stop after their work, with no time left to "
                                 "wait for that"), None, "close_timeout")
+_INTERRUPTED_WITHDRAWN = ("INFO", ("contribute interrupted withdrawn: its caller was "
+                                   "interrupted before the request was queued; nothing was "
+                                   "changed"), "interrupted", "interrupted")
 _WIN_LEFT_UNKNOWN = ("WARNING", ("close() left 1 interrupted call whose outcome was not known "
                                  "yet: win 'win' on minor. Its outcome is logged when it comes, "
                                  "unless the process ends first: resend it with the same op_id "
@@ -270,23 +273,27 @@ def _assert_a_cut_short_resend_is_told_and_leaves_nothing_in_flight(
         interrupt: Callable[[AsyncJackpotEngine], None]) -> None:
     """Stop minor's actor, let `interrupt(engine)` patch where a KeyboardInterrupt lands in
     the restart task, and send contribute "interrupted": the interrupt reaches the loop, the
-    caller is then told its call was not resent, nothing stays in flight, it is counted once
-    as rejected, and a resend with the same op_id is applied afresh."""
+    caller is then told its call was not resent, nothing stays in flight, it is told
+    withdrawn once and counted nowhere (as when `asyncio.run`'s shutdown cancels that task;
+    before: counted as rejected, a refusal that never happened), and a resend with the same
+    op_id is applied afresh."""
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
         engine.sync._pools["minor"].actor_ref.stop()
         interrupt(engine)
         caller = loop.create_task(engine.contribute("10", groups="minor", op_id="interrupted"))
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(caller)
-        monkeypatch.undo()
-        with pytest.raises(EngineClosedError) as told:
-            loop.run_until_complete(asyncio.wait_for(caller, HANG))  # (only a hang waits)
+        with hearing() as said:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(caller)
+            monkeypatch.undo()
+            with pytest.raises(EngineClosedError) as told:
+                loop.run_until_complete(asyncio.wait_for(caller, HANG))  # (only a hang waits)
         assert str(told.value) == ("contribute 'interrupted' was not resent: the event loop "
                                    "was interrupted as it resent it; nothing was changed")
         assert engine.sync._inflight == 0
-        assert _counted(engine, "contribute") == {"operations:contribute:rejected": 1}
+        assert [s for s in said if s[2] == "interrupted"] == [_INTERRUPTED_WITHDRAWN]
+        assert _counted(engine, "contribute") == {}
         after = loop.run_until_complete(engine.contribute("10", groups="minor",
                                                           op_id="interrupted"))
         assert not after.replayed  # the first attempt changed nothing
@@ -825,7 +832,8 @@ def test_an_interrupt_as_a_restart_task_is_started_leaves_no_call_hanging(
     """The liveness check finds the actor of a queued request stopped, withdraws it and
     drops its ticket to start the task that restarts the actor and resends it; a
     KeyboardInterrupt on the loop lands in between. Its caller, awaiting in another task,
-    is told it was not resent (as when the interrupt lands in that task). Before: no
+    is told it was not resent (as when the interrupt lands in that task), and the call is
+    told withdrawn and counted nowhere (before this, counted as rejected). Before that: no
     ticket, no timer, no task: the call stayed in flight for good and its caller, when
     the loop ran again, waited for ever."""
     from jackpot.aio import _Call  # noqa: PLC0415 - private, this test only
@@ -844,18 +852,21 @@ def test_an_interrupt_as_a_restart_task_is_started_leaves_no_call_hanging(
 
         monkeypatch.setattr(_Call, "_cancel_timer", interrupted)
         gate.release()
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(queued)
-        monkeypatch.undo()
-        assert not armed  # (the interrupt landed)
-        with pytest.raises(EngineClosedError) as told:
-            loop.run_until_complete(asyncio.wait_for(queued, HANG))  # (only a hang waits)
+        with hearing() as said:
+            with pytest.raises(KeyboardInterrupt):
+                loop.run_until_complete(queued)
+            monkeypatch.undo()
+            assert not armed  # (the interrupt landed)
+            with pytest.raises(EngineClosedError) as told:
+                loop.run_until_complete(asyncio.wait_for(queued, HANG))  # (only a hang waits)
         assert str(told.value) == ("contribute 'b' was not resent: the event loop was "
                                    "interrupted as it resent it; nothing was changed")
         assert loop.run_until_complete(first).contributions == {"minor": Decimal("0.05")}
         assert engine.sync._inflight == 0
-        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1,
-                                                  "operations:contribute:rejected": 1}
+        assert [s for s in said if s[2] == "b"] == [(
+            "INFO", ("contribute b withdrawn: its caller was interrupted before the request "
+                     "was queued; nothing was changed"), "b", "interrupted")]
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1}
     finally:
         engine.sync.close()
         loop.close()
