@@ -47,7 +47,7 @@ from jackpot.engine import (
     stopped_midway,
     tell_outcome,
 )
-from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError
+from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError, shown
 from jackpot.health import HealthReport
 from jackpot.logs import log_withdrawn
 from jackpot.results import (
@@ -659,7 +659,8 @@ class _Call:
         self._deadline = self._loop.time() + self._engine._queue_timeout  # noqa: SLF001
         self._schedule(min(_LIVENESS_POLL_S, self._engine._queue_timeout))  # noqa: SLF001
 
-    def _send_interrupted(self, *, resending: bool = False) -> None:
+    def _send_interrupted(self, *, resending: bool = False,
+                          cause: BaseException | None = None) -> None:
         """Follow or withdraw a request whose sending a KeyboardInterrupt (SystemExit) cut short.
 
         Raised on the loop (a second Ctrl-C under `asyncio.run`, or any in a
@@ -672,20 +673,14 @@ class _Call:
         its actor stopping, settles it when the loop runs again, or the sweep
         of a loop that stopped or closed does).
 
-        `resending`: interrupted in `_restart`, whose task is not the
-        caller's: the caller still awaits, and is told that the request was
-        not resent; the call is withdrawn (told once, not counted) as when
-        that task is cancelled, and as the sync engine's caller interrupted
-        while the actor is replaced: nothing ran and the engine refused
-        nothing, so it is no `rejected` call. (Only this caller gets an
-        error, not the interrupt: that went up the loop from another task.)
+        `resending`: cut short by `cause` in `_restart` (or on its way
+        there), whose task is not the caller's: the caller still awaits, and
+        is told that the request was not resent (`_not_resent`).
         """
         ticket = self._ticket
         if ticket is None or ticket.withdraw_unsent():
             if resending:
-                msg = (f"{self.op.kind} {self.op.op_id!r} was not resent: the event loop was "
-                       "interrupted as it resent it; nothing was changed")
-                self._finish(None, EngineClosedError(msg), withdrawn=True)
+                self._not_resent(cause)
                 return
             self._finished = True
             self._close_books(None, None, withdrawn=True)
@@ -693,6 +688,30 @@ class _Call:
             self._phase = "queue"
             self._deadline = self._loop.time() + self._engine._queue_timeout  # noqa: SLF001
             self._schedule(min(_LIVENESS_POLL_S, self._engine._queue_timeout))  # noqa: SLF001
+
+    def _not_resent(self, cause: BaseException | None) -> None:
+        """Tell the caller its request, withdrawn (nothing changed), was not resent, and why.
+
+        An interrupt: the call is withdrawn (told once, not counted) as when
+        the restart task is cancelled, and as the sync engine's caller
+        interrupted while the actor is replaced: nothing ran and the engine
+        refused nothing, so it is no `rejected` call. (Only this caller gets
+        an error, not the interrupt: that went up the loop from another
+        task.) An ordinary exception (a task factory whose `create_task`
+        raises, say) is no interrupt: the caller is told which it was, and
+        the call is told and counted as the error its caller got.
+        """
+        op = self.op
+        if isinstance(cause, Exception):
+            msg = (f"{op.kind} {op.op_id!r} was not resent: {shown(cause)} was raised as the "
+                   "event loop resent it; nothing was changed")
+            failed = EngineClosedError(msg)
+            failed.__cause__ = cause
+            self._finish(None, failed)
+        else:
+            msg = (f"{op.kind} {op.op_id!r} was not resent: the event loop was interrupted "
+                   "as it resent it; nothing was changed")
+            self._finish(None, EngineClosedError(msg), withdrawn=True)
 
     def _notified(self, ticket: Ticket, result: Any, error: BaseException | None) -> None:
         """Hand the actor's answer to the loop (runs in the actor's thread, never blocks)."""
@@ -764,12 +783,12 @@ class _Call:
         if ticket is self._ticket and not self._finished:
             try:
                 self._settle(result, error)
-            except BaseException:
-                self._stranded()
+            except BaseException as e:
+                self._stranded(e)
                 raise
 
-    def _stranded(self) -> None:
-        """Finish a call an interrupt left between attempts with no task to resend it.
+    def _stranded(self, cause: BaseException) -> None:
+        """Finish a call `cause` (an interrupt or an error) left between attempts, unresent.
 
         `_actor_stopped` drops the ticket, then starts the restart task: cut
         short in between, nothing would ever check on the call again (no
@@ -778,7 +797,7 @@ class _Call:
         not stored yet, sees the call finished and sends nothing.
         """
         if not self._finished and self._ticket is None and self._restarting is None:
-            self._send_interrupted(resending=True)
+            self._send_interrupted(resending=True, cause=cause)
 
     def _schedule(self, delay: float) -> None:
         self._timer = self._loop.call_later(delay, self._tick)
@@ -805,7 +824,7 @@ class _Call:
                 with contextlib.suppress(RuntimeError):  # (the loop has closed)
                     self._schedule(_LIVENESS_POLL_S if isinstance(e, Exception) else 0)
             else:
-                self._stranded()
+                self._stranded(e)
             raise
 
     def _check(self) -> None:
@@ -906,11 +925,11 @@ class _Call:
             # under it. No interrupt: the sweep of closed loops tells the call
             # (`loop_gone`), from a thread that may take locks (not a finalizer's).
             raise
-        except BaseException:
+        except BaseException as e:
             # An interrupt in this task's step before the resend (as it hands
             # the restart to a thread, or takes its result): nothing was
             # sent, no timer watches the call, and its caller still awaits.
-            self._send_interrupted(resending=True)
+            self._send_interrupted(resending=True, cause=e)
             raise
         if self._finished:
             # Its books were closed meanwhile: an interrupt right after this
@@ -919,8 +938,8 @@ class _Call:
             return
         try:
             self._send()
-        except BaseException:
-            self._send_interrupted(resending=True)
+        except BaseException as e:
+            self._send_interrupted(resending=True, cause=e)
             raise
 
     # -- finishing ---------------------------------------------------------------

@@ -873,6 +873,44 @@ def test_an_interrupt_as_a_restart_task_is_started_leaves_no_call_hanging(
     assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a"]
 
 
+def test_a_restart_task_the_loop_cannot_create_tells_its_caller_what_happened(
+        db_path: Path) -> None:
+    """As above, but no interrupt: the loop's task factory raises as the restart task is
+    created. The caller is told what was raised. Before: told "the event loop was
+    interrupted as it resent it", which it was not."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    refused = RuntimeError("no task for that")
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        if getattr(coro, "__qualname__", "") == "_Call._restart":
+            coro.close()  # (never to run)
+            raise refused
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        gate, first, queued = _queued_behind_a_stopping_actor(loop, engine)
+        loop.set_task_factory(factory)
+        gate.release()
+        with hearing() as said, pytest.raises(EngineClosedError) as told:
+            loop.run_until_complete(asyncio.wait_for(queued, HANG))  # (only a hang waits)
+        assert str(told.value) == ("contribute 'b' was not resent: RuntimeError('no task for "
+                                   "that') was raised as the event loop resent it; nothing was "
+                                   "changed")
+        assert told.value.__cause__ is refused
+        assert loop.run_until_complete(first).contributions == {"minor": Decimal("0.05")}
+        assert engine.sync._inflight == 0
+        assert [s for s in said if s[2] == "b"] == [
+            ("INFO", f"contribute b failed (rejected): {told.value}", "b", "rejected")]
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1,
+                                                  "operations:contribute:rejected": 1}
+    finally:
+        loop.set_task_factory(None)
+        engine.sync.close()
+        loop.close()
+    assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a"]
+
+
 @pytest.mark.parametrize("where", ["as it is counted in flight", "as it is tracked"])
 def test_an_interrupt_as_a_call_starts_on_the_loop_does_not_leave_it_in_flight(
         db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
