@@ -629,8 +629,8 @@ class _Call:
         try:  # (tracked inside: an interrupt as it is tracked leaves nothing in flight)
             self._answers.track(self)  # until its books are closed (see `_Answers.orphan`)
             self._send()
-        except BaseException:
-            self._send_interrupted()
+        except BaseException as e:
+            self._send_interrupted(cause=e)
             raise
 
     def _enter_span(self) -> None:
@@ -673,9 +673,12 @@ class _Call:
         its actor stopping, settles it when the loop runs again, or the sweep
         of a loop that stopped or closed does).
 
-        `resending`: cut short by `cause` in `_restart` (or on its way
-        there), whose task is not the caller's: the caller still awaits, and
-        is told that the request was not resent (`_not_resent`).
+        `cause`: what cut it short. An ordinary exception there (a task
+        factory whose `create_task` raises, say) is no interrupt: its caller
+        gets it, and a call withdrawn is told and counted as that error, not
+        as a caller interrupted. `resending`: cut short in `_restart` (or on
+        its way there), whose task is not the caller's: the caller still
+        awaits, and is told that the request was not resent (`_not_resent`).
         """
         ticket = self._ticket
         if ticket is None or ticket.withdraw_unsent():
@@ -683,7 +686,10 @@ class _Call:
                 self._not_resent(cause)
                 return
             self._finished = True
-            self._close_books(None, None, withdrawn=True)
+            if isinstance(cause, Exception):
+                self._close_books(None, cause)
+            else:
+                self._close_books(None, None, withdrawn=True)
         elif self._timer is None:
             self._phase = "queue"
             self._deadline = self._loop.time() + self._engine._queue_timeout  # noqa: SLF001

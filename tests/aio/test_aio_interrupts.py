@@ -911,6 +911,39 @@ def test_a_restart_task_the_loop_cannot_create_tells_its_caller_what_happened(
     assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a"]
 
 
+def test_a_restart_task_the_loop_cannot_create_as_a_call_starts_is_told_as_its_error(
+        db_path: Path) -> None:
+    """As above, but the call finds its level's actor stopped as it is first sent: the
+    exception reaches its caller as it starts, and the call is told and counted as that
+    error. Before: told withdrawn because "its caller was interrupted" (it was not), and
+    counted nowhere."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    refused = RuntimeError("no task for that")
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        if getattr(coro, "__qualname__", "") == "_Call._restart":
+            coro.close()  # (never to run)
+            raise refused
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        engine.sync._pools["minor"].actor_ref.stop()
+        loop.set_task_factory(factory)
+        with hearing() as said, pytest.raises(RuntimeError) as raised:
+            loop.run_until_complete(engine.contribute("10", groups="minor", op_id="b"))
+        assert raised.value is refused
+        assert engine.sync._inflight == 0
+        assert [s for s in said if s[2] == "b"] == [
+            ("ERROR", "contribute b failed (error): no task for that", "b", "error")]
+        assert _counted(engine, "contribute") == {"operations:contribute:error": 1}
+    finally:
+        loop.set_task_factory(None)
+        engine.sync.close()
+        loop.close()
+    assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == []
+
+
 @pytest.mark.parametrize("where", ["as it is counted in flight", "as it is tracked"])
 def test_an_interrupt_as_a_call_starts_on_the_loop_does_not_leave_it_in_flight(
         db_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
