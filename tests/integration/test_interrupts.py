@@ -786,14 +786,15 @@ def test_a_second_interrupt_as_a_withdrawn_request_is_told_does_not_count_it_an_
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C lands on the caller as it queues its request (withdrawn unsent), then again
     in logging as the withdrawal is told. Nothing ran: nothing to count. Before: the
-    count retried in the `finally` counted it an error (health's error rate)."""
+    count retried in the `finally` counted it an error (health's error rate); then, the
+    withdrawal cut short was told nowhere."""
     engine = JackpotEngine.open(db_path)
     interrupting = InterruptOnce("interrupted")
     log = logging.getLogger("jackpot")
     try:
         interrupt_put(monkeypatch, "interrupted")
         log.addFilter(interrupting)
-        with pytest.raises(KeyboardInterrupt):
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
             engine.contribute("10", groups="minor", op_id="interrupted")
         log.removeFilter(interrupting)
         monkeypatch.undo()
@@ -803,6 +804,9 @@ def test_a_second_interrupt_as_a_withdrawn_request_is_told_does_not_count_it_an_
     finally:
         log.removeFilter(interrupting)
         engine.close()
+    assert said == [("INFO", ("contribute interrupted withdrawn: its caller was interrupted "
+                              "before the request was queued; nothing was changed"),
+                     "interrupted", "interrupted")]
     stats = engine.stats.snapshot()
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:contribute:")] == [
         ("operations:contribute:ok", 1)]
