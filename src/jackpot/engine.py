@@ -1245,7 +1245,7 @@ class JackpotEngine:
                 if reporter is None or reporter[0] is _CALLER:
                     counted: list[bool] = []
                     try:  # the outcome is final: reporting it must not change it
-                        outcome = (outcome if not interrupted and untold is None  # told
+                        outcome = (outcome if not interrupted and untold is None  # told already
                                    else self._tell_left(op, queued, untold, started, counted,
                                                         interrupted=interrupted))
                         count_once(self.stats, op.kind, outcome, started, counted)
