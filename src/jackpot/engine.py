@@ -40,7 +40,7 @@ from jackpot.actors import (
     PoolActor,
     Ticket,
     in_actor_thread,
-    proxy_of,
+    start_actor,
     wait_ready,
     wait_stopped,
 )
@@ -1426,12 +1426,12 @@ class JackpotEngine:
         return False
 
     def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
-        return proxy_of(PoolActor.start(self._guards[name], self._open_store, self._settings,
-                                        self.stats, self._mailboxes[name]))
+        return start_actor(PoolActor, self._guards[name], self._open_store, self._settings,
+                           self.stats, self._mailboxes[name])
 
     def _start_coordinator(self) -> pykka.ActorProxy[Coordinator]:
-        return proxy_of(Coordinator.start(self._open_store, self._guards, self._settings,
-                                          self.stats, self._mailboxes[None]))
+        return start_actor(Coordinator, self._open_store, self._guards, self._settings,
+                           self.stats, self._mailboxes[None])
 
     def _restart_before_resending(self, op: Operation) -> None:
         """Replace stopped actors before `op` (which changed nothing) is sent again."""

@@ -119,6 +119,27 @@ def test_an_actor_that_cannot_start_is_told_though_logging_on_pykka_raises(
     assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
 
 
+@pytest.mark.parametrize("line", ["Registered {} (", "Starting {} ("])
+@pytest.mark.parametrize("actor", ["PoolActor", "Coordinator", "_CheckpointActor"])
+def test_an_actor_whose_start_raises_on_pykkas_log_line_is_left_registered_by_none(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str, line: str) -> None:
+    """Pykka logs these (DEBUG) after it registered the actor, before it starts its thread.
+
+    A filter raising there left an actor registered that no thread ran:
+    `ActorRegistry.stop_all()` (as every Pykka program's teardown calls it)
+    then waited for it for ever.
+    """
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+    opened, closed = track_stores(monkeypatch)
+    with pykka_debug_raising_on(line.format(actor)), pytest.raises(
+            RuntimeError, match=r"^log filter failed$"):
+        JackpotEngine.open(db_path)
+    assert set(pykka.ActorRegistry.get_all()) == before  # stop_all() has nothing to wait for
+    assert opened  # (the reader at least)
+    assert [s for s in opened if s not in closed] == []
+
+
 class _StillRegistered(logging.Handler):
     """Note each "could not start" record, and whether its actor was still registered then."""
 

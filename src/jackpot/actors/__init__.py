@@ -11,7 +11,7 @@ from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._start import (
     in_actor_thread,
     mark_actor_thread,
-    proxy_of,
+    start_actor,
     wait_ready,
     wait_stopped,
 )
@@ -30,7 +30,7 @@ __all__ = [
     "Ticket",
     "in_actor_thread",
     "mark_actor_thread",
-    "proxy_of",
+    "start_actor",
     "wait_ready",
     "wait_stopped",
 ]

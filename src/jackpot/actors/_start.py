@@ -10,11 +10,12 @@ import time
 from typing import Any, TypeVar
 
 import pykka
+from pykka.messages import ProxyCall
 
 from jackpot.stats import after_the_fact
 
-__all__ = ["in_actor_thread", "mark_actor_thread", "proxy_of", "start_failed",
-           "stop_and_close", "wait_ready", "wait_stopped"]
+__all__ = ["in_actor_thread", "mark_actor_thread", "note_built", "proxy_of", "start_actor",
+           "start_failed", "stop_and_close", "wait_ready", "wait_stopped"]
 
 _POLL = 0.05  # seconds between checks that the actor still lives
 _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
@@ -26,6 +27,7 @@ _START_ERRORS: dict[str, str] = {}
 """Why an actor's `on_start` failed, by actor URN, until `wait_ready` reports it."""
 _KEPT = 64  # the most remembered (restarts nobody waited for are forgotten first)
 _errors_lock = threading.Lock()
+_BUILT = threading.local()  # .actor: the actor this thread's `start_actor` is starting
 
 
 def _after_fork_in_child() -> None:
@@ -43,6 +45,56 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def note_built(actor: pykka.Actor) -> None:
+    """Note `actor` as the one the calling thread starts (called from each actor's `__init__`).
+
+    Pykka's `start` builds the actor in the caller's thread, then registers
+    it and starts its thread: `start_actor` learns it here, to undo that
+    when the start raises.
+    """
+    _BUILT.actor = actor
+
+
+def start_actor(actor_class: type[A], *args: Any) -> pykka.ActorProxy[A]:
+    """Start an actor of `actor_class` (built with `args`); return its proxy (see `proxy_of`).
+
+    Pykka's `start` registers the actor, logs "Registered" and "Starting"
+    (DEBUG, `pykka` logger), then starts its thread, without a `finally`:
+    a log filter or handler that raised there (or a thread that could not
+    start) left registered an actor no thread runs, and nobody held its ref
+    to stop it: `ActorRegistry.stop_all()` then waited for it for ever.
+    Its error is raised on, the actor left behind by no one (`_abandon`).
+    """
+    _BUILT.actor = None
+    try:
+        ref = actor_class.start(*args)
+    except BaseException:
+        built: pykka.Actor | None = getattr(_BUILT, "actor", None)
+        _BUILT.actor = None
+        if built is not None:
+            _abandon(built)
+        raise
+    _BUILT.actor = None
+    return proxy_of(ref)
+
+
+def _abandon(actor: pykka.Actor) -> None:
+    """Unregister `actor`, whose start raised, and ask it to stop, should its thread run.
+
+    Its thread never started when Pykka's log lines raised; it does run
+    after an interrupt that came once it started: then it closes what its
+    `on_start` opened, in a request of its own (a thread that never started
+    never reads it). Not marked stopped here: a running thread would then
+    end without running that request (nor `on_stop`).
+    """
+    ref = actor.actor_ref
+    try:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped already: its on_start failed
+            ref.tell(ProxyCall(attr_path=("close_and_stop",), args=(), kwargs={}))
+    finally:
+        _unregister(actor)
 
 
 def start_failed(actor: pykka.Actor, error: BaseException) -> None:
@@ -103,13 +155,19 @@ def _mark_stopped(actor: pykka.Actor) -> None:
     it is (not as an operation's report: no operation is involved).
     """
     try:
+        _unregister(actor)
+    finally:
+        actor.actor_stopped.set()
+
+
+def _unregister(actor: pykka.Actor) -> None:
+    """Unregister `actor`; a failure of Pykka's log line on it is only reported."""
+    try:
         pykka.ActorRegistry.unregister(actor.actor_ref)
     except Exception:  # reported (its traceback too); the actor is unregistered already
         with contextlib.suppress(Exception):  # (whatever our own logging raises too)
             logger.exception("Pykka's log line on unregistering %s failed; the actor is "
                              "stopped all the same", actor, extra={"outcome": "report_failed"})
-    finally:
-        actor.actor_stopped.set()
 
 
 def _why(ref: pykka.ActorRef[Any]) -> str:

@@ -27,7 +27,8 @@ import pykka
 
 from jackpot.actors._start import (
     mark_actor_thread,
-    proxy_of,
+    note_built,
+    start_actor,
     start_failed,
     stop_and_close,
     wait_ready,
@@ -53,6 +54,7 @@ class _CheckpointActor(pykka.ThreadingActor):
     def __init__(self, open_store: Callable[[], SQLiteStore], done: Callable[[str], None],
                  owner: object) -> None:
         super().__init__()
+        note_built(self)
         self._open_store = open_store
         self._done = done
         self._owner = owner
@@ -124,7 +126,7 @@ class Checkpointer:
         self._next = EVERY_PAGES
         self.runs = 0
         self._open_store = open_store
-        self._actor = proxy_of(_CheckpointActor.start(open_store, self._finished, owner))
+        self._actor = start_actor(_CheckpointActor, open_store, self._finished, owner)
 
     def alive(self) -> bool:
         """Say whether the checkpoint actor runs."""
@@ -134,8 +136,8 @@ class Checkpointer:
         """Start a new checkpoint actor (after the old one stopped)."""
         with self._lock:
             self._busy = None  # the stopped actor runs no request it may still hold
-        self._actor = proxy_of(_CheckpointActor.start(self._open_store, self._finished,
-                                                      self._owner))
+        self._actor = start_actor(_CheckpointActor, self._open_store, self._finished,
+                                  self._owner)
 
     def note(self, pages: int) -> None:
         """Hear a writer's WAL size after its commit (called in the writer's thread)."""

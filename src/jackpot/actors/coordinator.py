@@ -27,7 +27,7 @@ import pykka
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors._start import mark_actor_thread, start_failed, stop_and_close
+from jackpot.actors._start import mark_actor_thread, note_built, start_failed, stop_and_close
 from jackpot.actors.pool import DRAIN, cache_suspect
 from jackpot.errors import LockTimeoutError
 from jackpot.service import Operation, count_lock_timeouts, execute_batch
@@ -55,6 +55,7 @@ class Coordinator(pykka.ThreadingActor):
     ) -> None:
         """Prepare the coordinator for the levels of `guards`."""
         super().__init__()
+        note_built(self)
         self._open_store = open_store
         self._guards = guards
         self._settings = settings

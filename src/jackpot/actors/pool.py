@@ -17,7 +17,7 @@ import pykka
 
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
-from jackpot.actors._start import mark_actor_thread, start_failed, stop_and_close
+from jackpot.actors._start import mark_actor_thread, note_built, start_failed, stop_and_close
 from jackpot.errors import ConcurrencyViolationError, JackpotError, LockTimeoutError, StorageError
 from jackpot.service import Operation, Outcome, count_lock_timeouts, execute_batch
 from jackpot.settings import Settings
@@ -59,6 +59,7 @@ class PoolActor(pykka.ThreadingActor):
     ) -> None:
         """Prepare the actor; the connection is opened in the actor's thread."""
         super().__init__()
+        note_built(self)
         self.name = guard.name
         self._mailbox = mailbox
         self._open_store = open_store
