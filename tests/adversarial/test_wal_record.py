@@ -24,7 +24,7 @@ from typing import Any
 import apsw
 import pytest
 
-from _helpers import HANG, read_ledger, read_line
+from _helpers import HANG, interrupting_once, read_ledger, read_line
 from jackpot import JackpotEngine, StorageError
 from jackpot.storage import SQLiteStore, _files, sqlite
 
@@ -140,6 +140,30 @@ def test_an_open_interrupted_after_its_first_read_lets_go_before_its_close(
         _write(other)  # was: StorageError, the -wal "removed or replaced"
     finally:
         other.close()
+    assert _recorded(path) == (False, False, False)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_open_interrupted_as_it_notes_its_files_closes_its_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
+    # Ctrl-C just after SQLite opened the connection, as it noted the files it opened: the
+    # connection was left open, to the garbage collector (the error's traceback held it).
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    keeper = SQLiteStore(str(path), create=False)  # (its -wal and -shm: a reader reads through)
+    try:
+        keeper.load_levels()
+        before = set(apsw.connections())
+        noting = "ReaderMark" if read_only else "FileGuard"
+        interrupted, armed = interrupting_once(getattr(sqlite, noting))
+        monkeypatch.setattr(sqlite, noting, interrupted)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            SQLiteStore(str(path), create=False, read_only=read_only)
+        assert not armed
+        assert isinstance(caught.value, KeyboardInterrupt)  # (its traceback still alive)
+        assert set(apsw.connections()) == before
+    finally:
+        keeper.close()
     assert _recorded(path) == (False, False, False)
 
 

@@ -245,20 +245,30 @@ class SQLiteStore(Store):
                 held.close()
 
     def _connect(self, path: str, *, create: bool) -> apsw.Connection:
+        """Open the connection (`__init__` sets it up).
+
+        What fails once it is open (an interrupt too: Ctrl-C) closes it: it
+        was left to the garbage collector, held meanwhile by the error's
+        traceback, which a caller may keep.
+        """
         if not self._read_only:
             refuse_inherited(path)  # before SQLite opens it: see there
             flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
             conn = apsw.Connection(path, flags=flags)
             try:
                 self._guard = FileGuard(path)  # the files every write checks it still has
-            except StorageError:  # (a forked child's: not its own to open)
+            except BaseException:  # (StorageError: a forked child's, not its own to open)
                 conn.close()
                 raise
             return conn
         if any(Path(path + suffix).exists() for suffix in _SIDE_FILES):
             # Someone has (or had) it open: read through its -shm, as a reader.
             conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-            self._mark = ReaderMark(path)
+            try:
+                self._mark = ReaderMark(path)
+            except BaseException:
+                conn.close()
+                raise
             return conn
         # Nobody has it open: read the file as it stands, creating nothing
         # beside it (a read-only -shm cannot be created in a directory we may
