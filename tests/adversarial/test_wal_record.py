@@ -11,11 +11,13 @@ its inode number.
 
 from __future__ import annotations
 
+import gc
 import linecache
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -141,6 +143,37 @@ def test_an_open_interrupted_after_its_first_read_lets_go_before_its_close(
     finally:
         other.close()
     assert _recorded(path) == (False, False, False)
+
+
+def test_a_store_never_closed_collected_under_the_record_lock_does_not_hang_its_thread(
+        tmp_path: Path) -> None:
+    # A store dropped unclosed in a reference cycle is freed by the garbage collector, which
+    # runs at any allocation: also inside the record's own sections, in a thread holding its
+    # lock. The store's finalizer (`_release`) then waited for that lock in the same thread:
+    # that thread, and every later open or write in the process, hung for ever.
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    gc.disable()  # (until the collection below: run inside the section, as it may)
+    try:
+        store = SQLiteStore(str(path), create=False)
+        store.load_levels()  # it holds the -wal and -shm
+        cycle: list[Any] = [store]
+        cycle.append(cycle)
+        del store, cycle
+
+        def collected_in_a_section() -> None:
+            with _files._lock:
+                gc.collect()
+
+        thread = threading.Thread(target=collected_in_a_section, daemon=True)
+        thread.start()
+        thread.join(HANG)
+        assert not thread.is_alive()
+    finally:
+        gc.enable()
+    assert _recorded(path) == (False, False, False)  # its finalizer let go of the files
+    with JackpotEngine.open(path, create=False) as engine:
+        engine.contribute("10", groups="minor", op_id="after")
 
 
 @pytest.mark.parametrize("read_only", [False, True])
