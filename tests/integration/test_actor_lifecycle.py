@@ -140,6 +140,38 @@ def test_an_actor_whose_start_raises_on_pykkas_log_line_is_left_registered_by_no
     assert [s for s in opened if s not in closed] == []
 
 
+@pytest.mark.parametrize("actor", ["PoolActor", "Coordinator", "_CheckpointActor"])
+def test_an_actor_whose_start_is_interrupted_once_its_thread_runs_stops_and_closes(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str) -> None:
+    """Ctrl-C in Pykka's `start`, just after it started the actor's thread.
+
+    Nobody held the actor's ref: it ran on, registered, its connection
+    open, until the process ended.
+    """
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+    opened, closed = track_stores(monkeypatch)
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def start_then_interrupted(thread: threading.Thread) -> None:
+        real_start(thread)
+        if thread.name.startswith(f"{actor}-") and not started:  # (Pykka's thread names)
+            started.append(thread)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        JackpotEngine.open(db_path)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert set(pykka.ActorRegistry.get_all()) == before
+    (thread,) = started
+    thread.join(HANG)  # it stops once its on_start has run
+    assert not thread.is_alive()
+    assert opened  # (the reader, and that actor's at least)
+    assert [s for s in opened if s not in closed] == []
+
+
 class _StillRegistered(logging.Handler):
     """Note each "could not start" record, and whether its actor was still registered then."""
 
