@@ -140,10 +140,11 @@ def test_an_actor_whose_start_raises_on_pykkas_log_line_is_left_registered_by_no
     assert [s for s in opened if s not in closed] == []
 
 
+@pytest.mark.parametrize("at_its_proxy", [False, True], ids=["thread started", "proxy"])
 @pytest.mark.parametrize("actor", ["PoolActor", "Coordinator", "_CheckpointActor"])
 def test_an_actor_whose_start_is_interrupted_once_its_thread_runs_stops_and_closes(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str) -> None:
-    """Ctrl-C in Pykka's `start`, just after it started the actor's thread.
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, actor: str, at_its_proxy: bool) -> None:
+    """Ctrl-C in Pykka's `start` just after it started the actor's thread, or as its proxy is built.
 
     Nobody held the actor's ref: it ran on, registered, its connection
     open, until the process ended.
@@ -152,18 +153,27 @@ def test_an_actor_whose_start_is_interrupted_once_its_thread_runs_stops_and_clos
     before = set(pykka.ActorRegistry.get_all())
     opened, closed = track_stores(monkeypatch)
     started: list[threading.Thread] = []
-    real_start = threading.Thread.start
+    real_start, real_proxy = threading.Thread.start, pykka.ActorRef.proxy
 
     def start_then_interrupted(thread: threading.Thread) -> None:
         real_start(thread)
         if thread.name.startswith(f"{actor}-") and not started:  # (Pykka's thread names)
             started.append(thread)
+            if not at_its_proxy:
+                raise KeyboardInterrupt
+
+    def interrupted_proxy(ref: pykka.ActorRef[Any]) -> Any:
+        if ref.actor_class.__name__ == actor:
             raise KeyboardInterrupt
+        return real_proxy(ref)
 
     monkeypatch.setattr(threading.Thread, "start", start_then_interrupted)
+    if at_its_proxy:
+        monkeypatch.setattr(pykka.ActorRef, "proxy", interrupted_proxy)
     with pytest.raises(KeyboardInterrupt):
         JackpotEngine.open(db_path)
     monkeypatch.setattr(threading.Thread, "start", real_start)
+    monkeypatch.setattr(pykka.ActorRef, "proxy", real_proxy)
     assert set(pykka.ActorRegistry.get_all()) == before
     (thread,) = started
     thread.join(HANG)  # it stops once its on_start has run

@@ -65,19 +65,22 @@ def start_actor(actor_class: type[A], *args: Any) -> pykka.ActorProxy[A]:
     a log filter or handler that raised there (or a thread that could not
     start) left registered an actor no thread runs, and nobody held its ref
     to stop it: `ActorRegistry.stop_all()` then waited for it for ever.
-    Its error is raised on, the actor left behind by no one (`_abandon`).
+    Its error is raised on, the actor left behind by no one (`_abandon`);
+    so is an interrupt (Ctrl-C) once its thread started, or as its proxy
+    is built.
     """
     _BUILT.actor = None
     try:
-        ref = actor_class.start(*args)
+        return proxy_of(actor_class.start(*args))
+    except pykka.ActorDeadError:  # it stopped by itself (its on_start failed): told by proxy_of
+        raise
     except BaseException:
         built: pykka.Actor | None = getattr(_BUILT, "actor", None)
-        _BUILT.actor = None
         if built is not None:
             _abandon(built)
         raise
-    _BUILT.actor = None
-    return proxy_of(ref)
+    finally:
+        _BUILT.actor = None
 
 
 def _abandon(actor: pykka.Actor) -> None:
