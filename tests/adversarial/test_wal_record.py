@@ -177,6 +177,33 @@ def test_a_store_never_closed_collected_under_the_record_lock_does_not_hang_its_
 
 
 @pytest.mark.parametrize("read_only", [False, True])
+def test_an_open_interrupted_once_its_connection_is_counted_is_counted_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
+    # Ctrl-C after the connection was counted, before the finalizer that counts it out
+    # was made: the count stayed for good (an I/O error of the database never forgotten,
+    # and after a fork the child took the database for one its parent had open).
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    keeper = SQLiteStore(str(path), create=False)  # (its -wal and -shm: a reader reads through)
+    try:
+        keeper.load_levels()
+        counts = _files._reading if read_only else _files._open
+        st = path.stat()
+        before = counts[(st.st_dev, st.st_ino)]
+        interrupted, armed = interrupting_once(_files.weakref.finalize)
+        monkeypatch.setattr(_files.weakref, "finalize", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            SQLiteStore(str(path), create=False, read_only=read_only)
+        assert not armed
+        monkeypatch.undo()
+        gc.collect()  # (the interrupted store's guard is garbage once its error is)
+        assert counts[(st.st_dev, st.st_ino)] == before
+    finally:
+        keeper.close()
+    assert _recorded(path) == (False, False, False)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
 def test_an_open_interrupted_as_it_notes_its_files_closes_its_connection(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
     # Ctrl-C just after SQLite opened the connection, as it noted the files it opened: the

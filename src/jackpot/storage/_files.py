@@ -219,11 +219,16 @@ class FileGuard(_Holder):
         # tell it by should the path name a file again (another one, maybe).
         self.unidentified = self.file is None
         _refuse_inherited(path, self.file)  # (the file opened, if replaced since the check)
+        # Released by close(), or when the guard is collected (a store never closed).
+        # Made before the connection is counted (told by `counted`): made after, an
+        # interrupt (Ctrl-C) in between left it counted for good.
+        counted = [False]
+        self._release = weakref.finalize(self, _release, self.file, self._token, self._pid,
+                                         counted)
         if self.file is not None:
             with _lock:
                 _open[self.file] += 1
-        # Released by close(), or when the guard is collected (a store never closed).
-        self._release = weakref.finalize(self, _release, self.file, self._token, self._pid)
+                counted[0] = True
 
     def refusal(self) -> str | None:
         """Say why this connection may not write now (None: it may)."""
@@ -290,10 +295,13 @@ class ReaderMark(_Holder):
     def __init__(self, path: str) -> None:
         """Count the file `path` names now (just opened by the connection) until `close()`."""
         super().__init__(path, _identity(path))
+        counted = [False]  # (the finalizer first: see `FileGuard`)
+        self._release = weakref.finalize(self, _forget_reader, self.file, self._token, self._pid,
+                                         counted)
         if self.file is not None:
             with _lock:
                 _reading[self.file] += 1
-        self._release = weakref.finalize(self, _forget_reader, self.file, self._token, self._pid)
+                counted[0] = True
 
     def close(self) -> None:
         """Forget this connection (idempotent)."""
@@ -311,10 +319,11 @@ def _count_down(counts: Counter[Identity], file: Identity | None, pid: int) -> b
     return True
 
 
-def _forget_reader(file: Identity | None, token: object, pid: int) -> None:
+def _forget_reader(file: Identity | None, token: object, pid: int, counted: list[bool]) -> None:
     with _lock:
         _let_go(file, token, pid)
-        _count_down(_reading, file, pid)
+        if counted[0]:
+            _count_down(_reading, file, pid)
 
 
 def _let_go(file: Identity | None, token: object, pid: int) -> dict[str, Identity] | None:
@@ -338,9 +347,9 @@ def _let_go(file: Identity | None, token: object, pid: int) -> dict[str, Identit
     return (gave_up or nothing) if held else None
 
 
-def _release(file: Identity | None, token: object, pid: int) -> None:
+def _release(file: Identity | None, token: object, pid: int, counted: list[bool]) -> None:
     with _lock:
         _let_go(file, token, pid)
-        if _count_down(_open, file, pid):
+        if counted[0] and _count_down(_open, file, pid):
             assert file is not None
             _failed.pop(file, None)
