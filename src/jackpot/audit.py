@@ -49,7 +49,7 @@ from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.requests import RESERVED_OP_ID_PREFIXES
 from jackpot.results import VerifyReport
-from jackpot.storage import LedgerRow, LedgerTotals, RecordedResult, Store
+from jackpot.storage import LedgerRow, LedgerTotals, RecordedResult, Shown, Store
 
 __all__ = ["audit"]
 
@@ -82,8 +82,8 @@ def _audit(store: Store) -> VerifyReport:
     with store.read():
         read_levels = _unreadable(problems, "levels", None, store.load_levels)
         levels = read_levels or {}
-        totals, bad_rows, periods, unread_bets, untyped = store.ledger_pass(limit=20)
-        split = store.split_hit_winners(limit=20)
+        totals, bad_rows, periods, unread_bets, untyped = store.ledger_pass(limit=_SHOWN)
+        split = store.split_hit_winners(limit=_SHOWN)
         reserved = sorted(op for op in store.operation_ids_starting(RESERVED_OP_ID_PREFIXES)
                           if _GENERATED.fullmatch(op) or (
                               op.startswith("create:") and op[len("create:"):] in levels))
@@ -126,13 +126,17 @@ def _audit(store: Store) -> VerifyReport:
     problems.extend(f"{name}: no such level, yet {totals[name].rows} ledger rows"
                     for name in sorted(totals.keys() - levels.keys(), key=_order)
                     if read_levels is not None)
-    problems.extend(f"{lvl}: ledger row {seq} (version {v}) does not add up"
-                    for lvl, v, seq in bad_rows)
-    problems.extend(f"{lvl}: ledger row {seq} (version {v}) holds what the engine never "
-                    f"writes: {_untyped(cells)}" for lvl, v, seq, cells in untyped)
-    problems.extend(f"{lvl}: ledger row {seq} (version {v}) cannot be read as the engine "
-                    f"writes it: its detail {_shown(detail)!r} is no bet's (a damaged or "
-                    "tampered database; read as no bet)" for lvl, v, seq, detail in unread_bets)
+    problems.extend([*(f"{lvl}: ledger row {seq} (version {v}) does not add up"
+                       for lvl, v, seq in bad_rows),
+                     *_more(bad_rows, "ledger rows that do not add up")])
+    problems.extend([*(f"{lvl}: ledger row {seq} (version {v}) holds what the engine never "
+                       f"writes: {_untyped(cells)}" for lvl, v, seq, cells in untyped),
+                     *_more(untyped, "ledger rows holding what the engine never writes")])
+    problems.extend([*(f"{lvl}: ledger row {seq} (version {v}) cannot be read as the engine "
+                       f"writes it: its detail {_shown(detail)!r} is no bet's (a damaged or "
+                       "tampered database; read as no bet)"
+                       for lvl, v, seq, detail in unread_bets),
+                     *_more(unread_bets, "bet rows whose detail is no bet's")])
     if fractions is not None:
         problems.extend(fractions.problems)
     problems.extend(_unreadable(problems, "retirement rows", list[str](),
@@ -152,12 +156,18 @@ def _audit(store: Store) -> VerifyReport:
     if len(reserved) > _SHOWN:
         problems.append(f"... and {len(reserved) - _SHOWN} more operations recorded under the "
                         "engine's own op_ids")
-    problems.extend(f"operation {op!r}: its hit rows name different winners: a bet has one "
-                    "player" for op in split)
+    problems.extend([*(f"operation {op!r}: its hit rows name different winners: a bet has "
+                       "one player" for op in split),
+                     *_more(split, "operations whose hit rows name different winners")])
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     return VerifyReport(ok=not problems, problems=problems, levels=len(levels),
                         ledger_rows=rows)
+
+
+def _more(shown: Shown[Any], what: str) -> list[str]:
+    """Say how many more of a capped list there are (`Store`'s `Shown`), if any."""
+    return [f"... and {shown.more} more {what}"] if shown.more else []
 
 
 def _order(name: object) -> tuple[bool, str]:

@@ -2004,3 +2004,81 @@ def test_a_real_meter_in_the_levels_table_is_shown_with_its_own_digits(
     found = problems(engine)
     assert "minor: meter contributed is about 0.0000015, ledger says 5.500000" in found
     assert weakened("levels") in found
+
+
+# -- past twenty of a sort: the rest counted ----------------------------------------------------
+
+def many_bets(tmp_path: Path, n: int) -> JackpotEngine:
+    """An engine on one level 'a' (a bet of 0.00003 hits it 3 times) after `n` such bets."""
+    levels = [GroupConfig("a", Decimal(10), Decimal("0.1"), must_hit_by=Decimal("10.000001"))]
+    e = JackpotEngine.open(tmp_path / "pools.db", levels,
+                           settings=Settings(enable_metrics=False, log_level="error"))
+    for i in range(n):
+        e.contribute(Decimal("0.00003"), op_id=f"b{i:02}", player="p-1")
+    assert e.verify().ok
+    return e
+
+
+def test_past_twenty_ledger_rows_that_do_not_add_up_the_rest_are_counted(
+        engine: JackpotEngine) -> None:
+    # Capped at 20 and nothing said of the rest: an operator with 5,000 bad
+    # rows read 20 and thought that was all.
+    for version in range(4, 27):
+        sql, params = ledger_row(version_after=version, delta=5, balance_after=999)
+        tamper(engine, sql, params)
+    told = [p for p in problems(engine) if "ledger row" in p or p.startswith("... and")]
+    assert told == [*(f"minor: ledger row {v + 2} (version {v}) does not add up"
+                      for v in range(4, 24)),
+                    "... and 3 more ledger rows that do not add up"]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_past_twenty_ledger_rows_holding_what_the_engine_never_writes_the_rest_are_counted(
+        tmp_path: Path, broken: bool) -> None:
+    # Counted by the audit's one pass (`broken`: by the queries apart, which
+    # a row that does not add up makes the audit run instead).
+    with many_bets(tmp_path, 8) as e:
+        rows = len(e._reader.ledger())  # (one level: each row's seq is its version)
+        assert rows > 21
+        without_strict(e, "ledger")
+        past_trigger(e, "ledger_no_update", "UPDATE ledger SET at_ms = 'x'", ())
+        if broken:
+            past_trigger(e, "ledger_no_update", "UPDATE ledger SET adjusted = 1 "
+                         "WHERE version_after = ?", (rows,))
+        found = problems(e)
+    told = [p for p in found if "holds what" in p or p.startswith("... and")]
+    assert told == [
+        *(f"a: ledger row {seq} (version {seq}) holds what the engine never writes: its "
+          "at_ms is 'x', not an integer" for seq in range(1, 21)),
+        f"... and {rows - 20} more ledger rows holding what the engine never writes"]
+    assert (f"a: ledger row {rows} (version {rows}) does not add up" in found) is broken
+    assert found[-1] == weakened("ledger")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_past_twenty_bet_rows_whose_detail_is_no_bet_s_the_rest_are_counted(
+        tmp_path: Path, broken: bool) -> None:
+    with many_bets(tmp_path, 23) as e:
+        rows = [(r.seq, r.version_after) for r in e._reader.ledger(kinds=("contribute",))]
+        past_trigger(e, "ledger_no_update", "UPDATE ledger SET detail = '{\"bet\": 01}' "
+                     "WHERE kind = 'contribute'", ())
+        if broken:
+            past_trigger(e, "ledger_no_update", "UPDATE ledger SET adjusted = 1 "
+                         "WHERE version_after = 2", ())
+        found = problems(e)
+    told = [p for p in found if "no bet's" in p]
+    assert told == [*(bet_unread(f"a: ledger row {seq} (version {v})", '{"bet": 01}')
+                      for seq, v in rows[:20]),
+                    f"... and {len(rows) - 20} more bet rows whose detail is no bet's"]
+
+
+def test_past_twenty_bets_whose_hits_name_different_winners_the_rest_are_counted(
+        tmp_path: Path) -> None:
+    with many_bets(tmp_path, 23) as e:
+        past_trigger(e, "ledger_no_update", "UPDATE ledger SET who = 'mallory' WHERE seq IN "
+                     "(SELECT MIN(seq) FROM ledger WHERE kind = 'hit' GROUP BY op_id)", ())
+        found = problems(e)
+    assert [p for p in found if "winners" in p] == [
+        *(f"operation 'b{i:02}': its hit rows name different winners: a bet has one player"
+          for i in range(20)),
+        "... and 3 more operations whose hit rows name different winners"]

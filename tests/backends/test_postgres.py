@@ -37,6 +37,7 @@ from _helpers import pykka_debug_raising_on, run_together
 from jackpot import (
     ConcurrencyViolationError,
     Contribution,
+    GroupConfig,
     IdempotencyConflictError,
     JackpotEngine,
     LockTimeoutError,
@@ -549,6 +550,36 @@ def test_a_forged_time_of_a_ledger_row_is_told_against_its_row(
         assert engine.verify().problems == [
             f"minor: ledger row 4 (version 2) holds what the engine never writes: {told}",
             "integrity_check: table ledger takes a NULL in column at_ms (its NOT NULL is gone)"]
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_past_twenty_rows_of_a_sort_the_rest_are_counted(pg_target: str, broken: bool) -> None:
+    # (As on SQLite: the lists were capped at 20, nothing said of the rest.)
+    # `broken`: a row that does not add up makes the audit run its queries
+    # apart instead of its one pass; each counts its own.
+    levels = [GroupConfig("a", Decimal(10), Decimal("0.1"), must_hit_by=Decimal("10.000001"))]
+    with JackpotEngine.open(pg_target, levels,
+                            settings=Settings(enable_metrics=False)) as engine:
+        for i in range(23):  # (each hits 'a' 3 times)
+            engine.contribute(Decimal("0.00003"), op_id=f"b{i:02}", player="p-1")
+        rows = engine._reader.ledger()
+        bets = sum(r.kind == "contribute" for r in rows)
+        _tamper(pg_target, "ledger", "ALTER TABLE ledger ALTER COLUMN at_ms DROP NOT NULL")
+        _tamper(pg_target, "ledger", "UPDATE ledger SET at_ms = NULL")
+        _tamper(pg_target, "ledger",
+                "UPDATE ledger SET detail = '{\"bet\": 01}' WHERE kind = 'contribute'")
+        _tamper(pg_target, "ledger", "UPDATE ledger SET who = 'mallory' WHERE seq IN "
+                "(SELECT MIN(seq) FROM ledger WHERE kind = 'hit' GROUP BY op_id)")
+        if broken:
+            _tamper(pg_target, "ledger", "UPDATE ledger SET adjusted = 1 "
+                    "WHERE kind = 'contribute'")
+        found = engine.verify().problems
+    assert [p for p in found if p.startswith("... and")] == [
+        *([f"... and {bets - 20} more ledger rows that do not add up"] if broken else []),
+        f"... and {len(rows) - 20} more ledger rows holding what the engine never writes",
+        f"... and {bets - 20} more bet rows whose detail is no bet's",
+        "... and 3 more stored results the ledger contradicts",  # (their winners)
+        "... and 3 more operations whose hit rows name different winners"]
 
 
 def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(

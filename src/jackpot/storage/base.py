@@ -28,12 +28,12 @@ import json
 import math
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import StorageError
@@ -51,6 +51,7 @@ __all__ = [
     "RecordedDetail",
     "RecordedResult",
     "SerializationFailureError",
+    "Shown",
     "Store",
     "StoredOperation",
     "UnreadDetail",
@@ -171,18 +172,37 @@ class RecordedResult(NamedTuple):
         return frozenset().union(*self.level_kinds.values())
 
 
+_R = TypeVar("_R")
+
+
+class Shown(list[_R]):
+    """The first rows a capped query found (at most its `limit`), and how many more (`more`).
+
+    The audit tells each row, then "... and N more": an operator with 5,000
+    bad rows must not read 20 and think that is all. Counted by the query
+    that found them (a window's COUNT, or the audit's one pass), never by a
+    second scan of the ledger. A list, equal to one of the same rows.
+    """
+
+    __slots__ = ("more",)
+
+    def __init__(self, rows: Iterable[_R] = (), more: int = 0) -> None:
+        super().__init__(rows)
+        self.more = more
+
+
 class LedgerPass(NamedTuple):
     """What the audit reads of every ledger row (see `Store.ledger_pass`)."""
 
     totals: dict[str, LedgerTotals]
     """As `Store.ledger_totals`."""
-    broken: list[tuple[str, int, int]]
+    broken: Shown[tuple[str, int, int]]
     """As `Store.broken_ledger_rows`."""
     periods: dict[str, dict[int, tuple[int, int]]]
     """As `Store.contributions_by_period`."""
-    unread_bets: list[tuple[str, int, int, object]]
+    unread_bets: Shown[tuple[str, int, int, object]]
     """As `Store.unreadable_bets`."""
-    untyped: list[tuple[str, int, int, dict[str, object]]]
+    untyped: Shown[tuple[str, int, int, dict[str, object]]]
     """As `Store.untyped_ledger_rows`."""
 
 
@@ -294,7 +314,7 @@ ROW_FIGURES = ("delta", "reserve_delta", "balance_after", "reserve_after", *LEDG
 # their figures and the previous row's balance and reserve.
 _BROKEN_ROWS = f"""
 SELECT level, version_after, seq, {{unsure}}, {", ".join(ROW_FIGURES)},
-       prev_balance, prev_reserve FROM (
+       prev_balance, prev_reserve{{count}} FROM (
     SELECT level, version_after, seq, {", ".join(f"{c}{{n}} AS {c}" for c in ROW_FIGURES)},
         LAG(balance_after{{n}}, 1, 0) OVER w AS prev_balance,
         LAG(reserve_after{{n}}, 1, 0) OVER w AS prev_reserve
@@ -481,7 +501,7 @@ _BALANCES_CHUNK = 500  # (level, version) pairs per query of `balances_at`
 # player, one winner. (Not limited to op_ids without a record: a record
 # inserted for an op_id, of whatever kind, must not hide its rows from this.)
 _SPLIT_HIT_WINNERS = f"""{_EACH_LEVEL}
-SELECT l.op_id FROM {_OF_KINDS}
+SELECT l.op_id{{count}} FROM {_OF_KINDS}
 WHERE {_AT_EACH_LEVEL}l.kind = 'hit'
 GROUP BY l.op_id
 HAVING COUNT(DISTINCT l.who) + MAX(CASE WHEN l.who IS NULL THEN 1 ELSE 0 END) > 1
@@ -1004,9 +1024,10 @@ class Store(ABC):
                 a[i] += totals[i]
         return LedgerPass({level: LedgerTotals(a[0], a[1], a[2], a[3], a[4], a[5], a[6],
                                                dict(zip(AUDIT_METER_SUMS, a[7:], strict=True)))
-                           for level, a in sums.items()}, [], periods,
-                          self.unreadable_bets(limit) if unread_bets else [],
-                          self.untyped_ledger_rows(limit) if untyped else [])
+                           for level, a in sums.items()}, Shown(), periods,
+                          self.unreadable_bets(limit, found=unread_bets) if unread_bets
+                          else Shown(),
+                          self.untyped_ledger_rows(limit, found=untyped) if untyped else Shown())
 
     def _ledger_apart(self, limit: int) -> LedgerPass:
         """Return what `ledger_pass` does from its three queries, each run as it is."""
@@ -1014,20 +1035,36 @@ class Store(ABC):
                           self.contributions_by_period(), self.unreadable_bets(limit),
                           self.untyped_ledger_rows(limit))
 
-    def untyped_ledger_rows(self, limit: int = 20,
-                            ) -> list[tuple[str, int, int, dict[str, object]]]:
+    def untyped_ledger_rows(self, limit: int = 20, *, found: int | None = None,
+                            ) -> Shown[tuple[str, int, int, dict[str, object]]]:
         """Return (level, version_after, seq, cells) of rows holding what the engine never writes.
 
-        At most `limit`, in (level, version) order; `cells`: each integer
-        column of the row that holds no integer the engine writes, and what
-        it holds (see `untyped_sql`).
+        At most `limit`, in (level, version) order, and how many more there
+        are (`found`: how many in all, where the caller counted them already;
+        else the query counts them, `_capped`); `cells`: each integer column
+        of the row that holds no integer the engine writes, and what it holds
+        (see `untyped_sql`).
         """
-        sql = (f"SELECT level, version_after, seq, {', '.join(LEDGER_INTEGERS)} FROM ledger "
-               f"WHERE {self._untyped()} ORDER BY level, version_after, seq "
+        sql = (f"SELECT level, version_after, seq, {', '.join(LEDGER_INTEGERS)}{{count}} "
+               f"FROM ledger WHERE {self._untyped()} ORDER BY level, version_after, seq "
                f"LIMIT {int(limit)}")
-        return [(r[0], _whole(r[1]), int(r[2]),
-                 untyped_cells(dict(zip(LEDGER_INTEGERS, r[3:], strict=True))))
-                for r in self._exec(sql)]
+        return self._capped(sql, found, lambda r: (
+            r[0], _whole(r[1]), int(r[2]),
+            untyped_cells(dict(zip(LEDGER_INTEGERS, r[3:], strict=True)))))
+
+    def _capped(self, sql: str, found: int | None,
+                row: Callable[[tuple[Any, ...]], _R]) -> Shown[_R]:
+        """Run `sql` (LIMITed; `{count}`: where a column may count every row it found).
+
+        `found`: how many rows there are in all, counted already; None: the
+        query counts them itself, in the same scan (a window's COUNT, taken
+        before the LIMIT), as its last column.
+        """
+        if found is not None:
+            rows = self._exec(sql.replace("{count}", ""))
+            return Shown(map(row, rows), found - len(rows))
+        rows = self._exec(sql.replace("{count}", ", COUNT(*) OVER ()"))
+        return Shown((row(r[:-1]) for r in rows), int(rows[0][-1]) - len(rows) if rows else 0)
 
     def _untyped(self) -> str:
         """Return `untyped_sql` for this database (see `_unkept_integers`)."""
@@ -1041,40 +1078,42 @@ class Store(ABC):
         """
         return LEDGER_INTEGERS
 
-    def unreadable_bets(self, limit: int = 20) -> list[tuple[str, int, int, object]]:
+    def unreadable_bets(self, limit: int = 20, *, found: int | None = None,
+                        ) -> Shown[tuple[str, int, int, object]]:
         """Return (level, version_after, seq, detail) of bet rows whose detail is no bet's.
 
-        At most `limit`, in (level, version) order (see `UNREAD_BET`).
+        At most `limit`, in (level, version) order (see `UNREAD_BET`), and
+        how many more (`found`: as `untyped_ledger_rows`').
         """
-        sql = (f"SELECT level, version_after, seq, detail FROM ledger WHERE {UNREAD_BET} "
-               f"ORDER BY level, version_after LIMIT {int(limit)}")
-        return [(r[0], _whole(r[1]), int(r[2]), r[3]) for r in self._exec(sql)]
+        sql = (f"SELECT level, version_after, seq, detail{{count}} FROM ledger "
+               f"WHERE {UNREAD_BET} ORDER BY level, version_after LIMIT {int(limit)}")
+        return self._capped(sql, found, lambda r: (r[0], _whole(r[1]), int(r[2]), r[3]))
 
-    def broken_ledger_rows(self, limit: int = 20) -> list[tuple[str, int, int]]:
-        """Return (level, version_after, seq) of rows that do not add up, at most `limit`.
+    def broken_ledger_rows(self, limit: int = 20) -> Shown[tuple[str, int, int]]:
+        """Return (level, version_after, seq) of rows that do not add up: `limit`, the rest counted.
 
         A row whose arithmetic in SQL was not exact (SQLite turns an integer
         sum past 2**63 into a REAL: only forged amounts make one) is checked
         again exactly here, and told only if it does not add up then: in
         floating point a forged row could seem to add up, or a sound one not.
+        So there the rows past `limit` are counted as they stream by (only a
+        damaged ledger has any); where the arithmetic is exact, by the query.
         """
         wrong, unsure = row_checks(self._AMOUNT_CAST, self._INEXACT, "prev_balance",
                                    "prev_reserve")
-        sql = _BROKEN_ROWS.format(n=self._AMOUNT_CAST, wrong=wrong, unsure=unsure)
-        if self._INEXACT is None:  # (every row found is one to tell)
-            sql += f" LIMIT {int(limit)}"
-        out: list[tuple[str, int, int]] = []
-        rows = self._stream(sql)
-        try:
-            for level, version, seq, inexact, *figures in rows:
-                if len(out) >= limit:
-                    break
-                if not inexact or not _adds_up_exactly(figures):
+        sql = _BROKEN_ROWS.format(n=self._AMOUNT_CAST, wrong=wrong, unsure=unsure,
+                                  count="{count}")
+        if self._INEXACT is None:  # (every row found is one to tell: SQL counts them)
+            return self._capped(f"{sql} LIMIT {int(limit)}", None,
+                                lambda r: (r[0], _whole(r[1]), int(r[2])))
+        sql = sql.replace("{count}", "")
+        out: Shown[tuple[str, int, int]] = Shown()
+        for level, version, seq, inexact, *figures in self._stream(sql):
+            if not inexact or not _adds_up_exactly(figures):
+                if len(out) < limit:
                     out.append((level, _whole(version), int(seq)))
-        finally:
-            close = getattr(rows, "close", None)
-            if close is not None:  # (a row past `limit`: end the query)
-                close()
+                else:
+                    out.more += 1
         return out
 
     def contributions_by_period(self) -> dict[str, dict[int, tuple[int, int]]]:
@@ -1158,10 +1197,13 @@ class Store(ABC):
                        for level, v, b in self._exec(sql, params))
         return out
 
-    def split_hit_winners(self, limit: int = 20) -> list[str]:
-        """Return op_ids whose hit rows name several winners (a bet has one player)."""
+    def split_hit_winners(self, limit: int = 20) -> Shown[str]:
+        """Return op_ids whose hit rows name several winners (a bet has one player).
+
+        At most `limit`, in op_id order, and how many more (counted by the same query).
+        """
         sql = f"{self._of_kinds(_SPLIT_HIT_WINNERS)} LIMIT {int(limit)}"
-        return [r[0] for r in self._exec(sql)]
+        return self._capped(sql, None, operator.itemgetter(0))
 
     def operation_ids_starting(self, prefixes: Iterable[str]) -> Iterator[str]:
         """Yield the recorded op_ids that start with one of `prefixes`, in no order.
