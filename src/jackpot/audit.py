@@ -352,11 +352,13 @@ def _is_empty_bet(kind: str, result: dict[str, Any] | None) -> bool:
 
 
 def _not_numbers(s: LevelState) -> list[str]:
-    """List the figures of a level's row that are not numbers (NULL only where it may be).
+    """List the figures of a level's row that are not integers (NULL only where it may be).
 
-    A levels table rebuilt without STRICT can hold text, a BLOB or a NULL
-    where the engine writes an integer; the checks of the level would fail on
-    it (comparing it, or showing it as an amount), so it is told instead.
+    A levels table rebuilt without STRICT can hold text, a BLOB, a REAL or a
+    NULL where the engine writes an integer; the checks of the level would
+    fail on it (comparing it, or showing it as an amount), or compare a REAL
+    (`UPDATE levels SET amount = 1.5e6`) with the ledger as if the engine
+    could have written it, so it is told instead, as a ledger cell is.
     """
     c = s.config
     figures: dict[str, tuple[object, bool]] = {
@@ -368,9 +370,10 @@ def _not_numbers(s: LevelState) -> list[str]:
         "setting max_contribution": (c.max_contribution, True),
         "setting must_hit_by": (c.must_hit_by, True),
         **{f"meter {meter}": (value, False) for meter, value in s.meters._asdict().items()}}
-    return [f"{s.name}: its {what} in the levels table is {value!r}, not a number"
+    return [f"{s.name}: its {what} in the levels table is {value!r}, not "
+            f"{'an integer' if isinstance(value, float) else 'a number'}"
             for what, (value, nullable) in figures.items()
-            if not (isinstance(value, (int, float)) or (nullable and value is None))]
+            if not (type(value) is int or (nullable and value is None))]
 
 
 def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:

@@ -1993,17 +1993,26 @@ def test_a_lock_holder_left_on_a_committed_level_is_reported(
          "the transaction that sets it, so a committed row holds none"), weakened("levels")]
 
 
-def test_a_real_meter_in_the_levels_table_is_shown_with_its_own_digits(
-        engine: JackpotEngine) -> None:
-    # A REAL of 1.5 units where the engine wrote an integer: its digits as
-    # they are (about 0.0000015), beside the exact figures, not in exponent
-    # form (about 1.5e-06, as a first version of the short REAL display said).
-    engine.contribute(Decimal(5), op_id="b2")
+@pytest.mark.parametrize(("column", "what", "value"), [
+    ("m_contributed", "meter contributed", 1.5), ("amount", "amount", 1.5e6),
+    ("amount", "amount", 10_000_000.0), ("version", "version", 3.0),
+    ("seed", "setting seed", 1e300), ("carry", "carry", math.inf)])
+def test_a_real_figure_in_the_levels_table_is_told_as_one_the_engine_never_writes(
+        engine: JackpotEngine, column: str, what: str, value: float) -> None:
+    # A REAL where the engine wrote an integer was compared with the ledger
+    # as if the engine could have written it ("meter contributed is about
+    # 0.0000015, ledger says ..."), or passed where it equals the ledger's
+    # figure (10000000.0): told as what it is instead, as a ledger cell is.
+    # (An INTEGER column, STRICT or not, stores a whole REAL as an integer:
+    # declared without a type, as a hand edit can leave it, it keeps it.)
     without_strict(engine, "levels")
-    tamper(engine, "UPDATE levels SET m_contributed = 1.5 WHERE name = 'minor'")
-    found = problems(engine)
-    assert "minor: meter contributed is about 0.0000015, ledger says 5.500000" in found
-    assert weakened("levels") in found
+    rewrite_schema(engine, "levels", f"replace(sql, ' {column} INTEGER', ' {column}')")
+    tamper(engine, f"PRAGMA ignore_check_constraints = ON; "
+                   f"UPDATE levels SET {column} = ? WHERE name = 'minor'", (value,))
+    checked = ["CHECK constraint failed in levels"] * (column == "carry")
+    assert problems(engine) == [
+        f"minor: its {what} in the levels table is {value!r}, not an integer",
+        weakened("levels", *checked)]
 
 
 # -- past twenty of a sort: the rest counted ----------------------------------------------------
