@@ -50,6 +50,7 @@ from jackpot.money import RATE_SCALE, from_units
 from jackpot.requests import RESERVED_OP_ID_PREFIXES
 from jackpot.results import VerifyReport
 from jackpot.storage import LedgerRow, LedgerTotals, RecordedResult, Shown, Store
+from jackpot.storage.base import LEDGER_TEXTS
 
 __all__ = ["audit"]
 
@@ -150,6 +151,7 @@ def _audit(store: Store) -> VerifyReport:
                         "ledger rows")
     problems.extend(results)
     problems.extend(recorded.fingerprints.problems())
+    problems.extend(recorded.times.problems())
     own = ", ".join(f"{prefix}..." for prefix in RESERVED_OP_ID_PREFIXES)
     problems.extend(f"operation {op!r} recorded under an op_id the engine keeps for its own "
                     f"({own}): it never records one" for op in reserved[:_SHOWN])
@@ -223,8 +225,9 @@ _SHOWN_IN_FULL = 1e21
 
 
 def _untyped(cells: dict[str, object]) -> str:
-    """Say what a ledger row holds in its integer cells instead (`Store.untyped_ledger_rows`)."""
-    return "; ".join(f"its {column} is {value}, a time before 1970" if type(value) is int
+    """Say what a ledger row holds in its cells instead (`Store.untyped_ledger_rows`)."""
+    return "; ".join(f"its {column} is {_shown(value)!r}, not text" if column in LEDGER_TEXTS
+                     else f"its {column} is {value}, a time before 1970" if type(value) is int
                      else f"its {column} is {_shown(value)!r}, not an integer"
                      for column, value in cells.items())
 
@@ -264,6 +267,34 @@ class _Fingerprints:
         return [*self.shown, f"... and {more} more request fingerprints the engine never writes"]
 
 
+class _Times:
+    """The recorded operations' times the engine never writes: the first `_SHOWN` told.
+
+    The engine writes the host's clock, ms since 1970 (an integer); an
+    operations table rebuilt without STRICT takes anything, and a STRICT one
+    a time before 1970. Nothing else reads it: only this tells it.
+    """
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.wrong = 0
+
+    def check(self, op_id: str, at_ms: object) -> None:
+        if type(at_ms) is int and at_ms >= 0:
+            return
+        self.wrong += 1
+        if self.wrong <= _SHOWN:
+            what = ("a time before 1970" if type(at_ms) is int else "not an integer")
+            self.shown.append(f"operation {op_id!r}: its time in the operations table is "
+                              f"{_shown(at_ms)!r}, {what}")
+
+    def problems(self) -> list[str]:
+        more = self.wrong - _SHOWN
+        if more <= 0:
+            return self.shown
+        return [*self.shown, f"... and {more} more operations whose time the engine never writes"]
+
+
 class _Recorded:
     """The recorded operations with ledger rows, then those without (`_without_ledger`).
 
@@ -279,6 +310,7 @@ class _Recorded:
         self.done = False
         self.without: tuple[list[tuple[str, bool]], list[RecordedResult]] | None = None
         self.fingerprints = _Fingerprints()
+        self.times = _Times()
 
     def __iter__(self) -> Iterator[RecordedResult]:
         last = None
@@ -287,6 +319,7 @@ class _Recorded:
                 self.seen += 1
                 last = record.op_id
                 self.fingerprints.check(record.op_id, record.fingerprint)
+                self.times.check(record.op_id, record.at_ms)
             yield record
         self.done = True
 
@@ -303,11 +336,11 @@ class _Recorded:
             if self.done and self.seen == self.store.operation_count():
                 self.without = [], []
             else:
-                self.without = _without_ledger(self.store, self.fingerprints)
+                self.without = _without_ledger(self.store, self.fingerprints, self.times)
         return self.without
 
 
-def _without_ledger(store: Store, fingerprints: _Fingerprints,
+def _without_ledger(store: Store, fingerprints: _Fingerprints, times: _Times,
                     ) -> tuple[list[tuple[str, bool]], list[RecordedResult]]:
     """Split the recorded operations without ledger rows: problems, and empty bets.
 
@@ -317,16 +350,18 @@ def _without_ledger(store: Store, fingerprints: _Fingerprints,
     result still shows each level's balance and version as it stood:
     returned as a record without ledger rows, for `check_results` to hold
     them to the ledger like any skipped level's. Each found record's
-    fingerprint goes to `fingerprints`.
+    fingerprint goes to `fingerprints`, and its time to `times`.
     """
     orphans: list[tuple[str, bool]] = []
     empty_bets: list[RecordedResult] = []
     op_ids = store.operation_ids_without_ledger()
     found = store.find_operations(op_ids)
+    at_ms = store.operation_times(op_ids)
     for op in sorted(op_ids, key=_order):
         record = found.get(op)  # None: a NULL op_id (forged), which no lookup finds
         if record is not None:
             fingerprints.check(op, record.fingerprint)
+            times.check(op, at_ms.get(op))
         if (record is None or record.result is None
                 or unreadable(record.kind, op, record.result) is not None):
             orphans.append((op, True))

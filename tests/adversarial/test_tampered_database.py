@@ -1724,9 +1724,12 @@ def test_a_forged_level_of_another_type_than_text_next_to_a_text_one_is_reported
     # (The rows that do not add up come in the order of their (level, version) key.)
     broken = [f"{shown}: ledger row 7 (version 1) does not add up",
               "ghost: ledger row 6 (version 1) does not add up"]
+    # (A BLOB is also told against its row, as text is not: a NULL is told by the above.)
+    blob = [(f"{shown}: ledger row 7 (version 1) holds what the engine never writes: its level "
+            f"is {shown}, not text")] * isinstance(level, bytes)
     assert problems(engine) == [
         "ghost: no such level, yet 1 ledger rows", f"{shown}: no such level, yet 1 ledger rows",
-        *(broken if level is None else broken[::-1]), weakened("ledger")]
+        *(broken if level is None else broken[::-1]), *blob, weakened("ledger")]
 
 
 def test_a_version_forged_as_a_real_that_is_no_whole_number_is_shown_as_it_is(
@@ -2091,3 +2094,65 @@ def test_past_twenty_bets_whose_hits_name_different_winners_the_rest_are_counted
         *(f"operation 'b{i:02}': its hit rows name different winners: a bet has one player"
           for i in range(20)),
         "... and 3 more operations whose hit rows name different winners"]
+
+
+@pytest.mark.parametrize("column", ["op_id", "kind", "level", "who", "detail"])
+def test_a_blob_in_a_text_column_of_the_ledger_is_told_against_its_row(
+        engine: JackpotEngine, column: str) -> None:
+    # A table rebuilt without STRICT takes it; no check read it as what it is.
+    without_strict(engine, "ledger")
+    past_trigger(engine, "ledger_no_update", f"UPDATE ledger SET {column} = x'00' "
+                 "WHERE op_id = 'b1' AND level = 'major'", ())
+    level = "b'\\x00'" if column == "level" else "major"
+    found = problems(engine)
+    assert [p for p in found if "holds what" in p] == [
+        (f"{level}: ledger row 3 (version 2) holds what the engine never writes: its {column} "
+        "is b'\\x00', not text")]
+    assert found[-1] == weakened("ledger")
+
+
+@pytest.mark.parametrize(("kind", "value"), [("ANY", 5), ("ANY", b"p"), ("INTEGER", 7)])
+def test_a_strict_ledger_whose_text_column_was_retyped_is_told_against_its_row(
+        engine: JackpotEngine, kind: str, value: object) -> None:
+    # STRICT keeps a cell of its column's declared type: a text column
+    # redeclared ANY (or INTEGER) takes a number or a BLOB, and only its
+    # cells are tested (those of a column still TEXT cost nothing).
+    rewrite_schema(engine, "ledger", f"replace(sql, 'who TEXT', 'who {kind}')")
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET who = ? "
+                 "WHERE op_id = 'w1'", (value,))
+    found = problems(engine)
+    assert [p for p in found if "holds what" in p] == [
+        (f"minor: ledger row 5 (version 3) holds what the engine never writes: its who is "
+        f"{value!r}, not text")]
+
+
+@pytest.mark.parametrize(("value", "told"), [
+    (None, "None, not an integer"), ("abc", "'abc', not an integer"),
+    (1.5, "1.5, not an integer"), (b"\x00", "b'\\x00', not an integer"),
+    (-1, "-1, a time before 1970")])
+def test_a_forged_time_of_a_recorded_operation_is_told(
+        engine: JackpotEngine, value: object, told: str) -> None:
+    # Nothing read it: any time at all passed the audit.
+    strict = value == -1  # (a negative time fits the STRICT table)
+    if not strict:
+        without_strict(engine, "operations")
+    past_trigger(engine, "operations_no_update", "UPDATE operations SET at_ms = ? "
+                 "WHERE op_id = 'b1'", (value,))
+    tamper(engine, "INSERT INTO operations (op_id, kind, fingerprint, result, at_ms) "
+                   "VALUES ('ghost', 'win', hex(zeroblob(32)), ?, ?)", (ghost_win("ghost"), value))
+    assert problems(engine) == [
+        "operation 'ghost' recorded without ledger rows",
+        f"operation 'b1': its time in the operations table is {told}",
+        f"operation 'ghost': its time in the operations table is {told}",
+        *([] if strict else [weakened("operations")])]
+
+
+def test_past_twenty_forged_times_of_recorded_operations_the_rest_are_counted(
+        engine: JackpotEngine) -> None:
+    for i in range(23):
+        engine.contribute(Decimal(1), op_id=f"c{i:02}")
+    past_trigger(engine, "operations_no_update", "UPDATE operations SET at_ms = -5", ())
+    assert problems(engine) == [
+        *(f"operation '{op}': its time in the operations table is -5, a time before 1970"
+          for op in ["b1", *(f"c{i:02}" for i in range(19))]),
+        "... and 5 more operations whose time the engine never writes"]

@@ -582,6 +582,22 @@ def test_past_twenty_rows_of_a_sort_the_rest_are_counted(pg_target: str, broken:
         "... and 3 more operations whose hit rows name different winners"]
 
 
+@pytest.mark.parametrize(("value", "told"), [(None, "None, not an integer"),
+                                             (-1, "-1, a time before 1970")])
+def test_a_forged_time_of_a_recorded_operation_is_told(
+        pg_target: str, value: int | None, told: str) -> None:
+    # (As on SQLite: nothing read it, and any time passed.)
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        _tamper(pg_target, "operations",
+                "ALTER TABLE operations ALTER COLUMN at_ms DROP NOT NULL")
+        _tamper(pg_target, "operations", "UPDATE operations SET at_ms = %s", (value,))
+        assert engine.verify().problems == [
+            f"operation 'b1': its time in the operations table is {told}",
+            ("integrity_check: table operations takes a NULL in column at_ms (its NOT NULL "
+             "is gone)")]
+
+
 def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
         pg_target: str) -> None:
     # The audit looks hits up level by level: a row whose level is NULL (its

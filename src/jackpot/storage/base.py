@@ -165,6 +165,8 @@ class RecordedResult(NamedTuple):
     """Per level, the kinds of its ledger rows there."""
     fingerprint: str
     """Its request's fingerprint, raw (what a retry's must equal)."""
+    at_ms: object = 0
+    """Its record's time, raw (the engine writes ms since 1970, an integer)."""
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -351,7 +353,15 @@ Text there reads as 0 in SQL's arithmetic (`'abc'` where the engine wrote a
 stored as one by the INTEGER column of a table rebuilt without STRICT.)"""
 
 
-def untyped_sql(not_integer: str, columns: Iterable[str]) -> str:
+LEDGER_TEXTS = ("op_id", "kind", "level", "who", "detail")
+"""The ledger's text columns, whose cells the audit holds to being text (or NULL, told elsewhere).
+
+A table rebuilt without STRICT takes a BLOB or a number there, which no
+other check reads as what it is (a level of 5, an op_id of x'00')."""
+
+
+def untyped_sql(not_integer: str, columns: Iterable[str], not_text: str = "",
+                texts: Iterable[str] = ()) -> str:
     """Return SQL true where a ledger row holds what the engine never writes in an integer column.
 
     `not_integer` is the backend's test of one cell (`Store._NOT_INTEGER`),
@@ -363,15 +373,26 @@ def untyped_sql(not_integer: str, columns: Iterable[str]) -> str:
     the host's clock, in ms since 1970) ever negative. Such a cell may
     change no figure the other checks sum (a time, or text that SQL's
     arithmetic reads as 0): told against its row (`Store.untyped_ledger_rows`).
+    So is a cell of `texts` (those of `LEDGER_TEXTS` whose type the database
+    no longer keeps) that `not_text` finds holding neither text nor NULL.
     """
-    tests = [not_integer.format(c) for c in columns]
+    tests = [*(not_integer.format(c) for c in columns), *(not_text.format(c) for c in texts)]
     return f"({' OR '.join([*tests, 'at_ms < 0'])})"
 
 
 def untyped_cells(cells: dict[str, object]) -> dict[str, object]:
-    """Return those of a ledger row's integer cells that are not what the engine writes."""
+    """Return those of a ledger row's cells (`LEDGER_CELLS`) that are not what the engine writes.
+
+    (A NULL text cell is not one: NULL is the engine's in `who` and `detail`,
+    and elsewhere told by the checks that read it.)
+    """
     return {c: v for c, v in cells.items()
-            if type(v) is not int or (c == "at_ms" and v < 0)}
+            if ((v is not None and not isinstance(v, str)) if c in LEDGER_TEXTS
+                else (type(v) is not int or (c == "at_ms" and v < 0)))}
+
+
+LEDGER_CELLS = (*LEDGER_INTEGERS, *LEDGER_TEXTS)
+"""The ledger's cells `untyped_cells` holds to the engine's types."""
 
 
 # `_LEDGER_TOTALS`, `_BROKEN_ROWS` (counted) and `_CONTRIBUTIONS_BY_PERIOD` in
@@ -407,14 +428,14 @@ GROUP BY level, period
 # what it credited, what it paid) and the kinds of its rows (for the audit to
 # hold them to what an operation of the recorded kind writes; a forged kind
 # with a comma in it keeps its own name, with a ';'), and the request's
-# fingerprint (read with the record anyway). `{n}` casts amounts as in
+# fingerprint and the record's time (read with the record anyway). `{n}` casts amounts as in
 # _ROW_SUMS; the backend completes the rest (`RecordedSQL`). What a bet
 # credited (contributed - overflow) is subtracted in Python: SQLite turns a
 # subtraction that overflows (forged amounts) into an inexact REAL, where an
 # overflowing SUM raises and is summed again exactly (`SQLiteStore`).
 _RECORDED_RESULTS = """
 SELECT g.op_id, o.kind, o.result, o.fingerprint, g.level, g.kinds, g.version, {balance},
-       g.contributed, g.overflow, g.paid
+       g.contributed, g.overflow, g.paid, o.at_ms
 FROM (SELECT l.op_id, l.level, MAX(l.version_after) AS version,{last_balance}
              SUM(l.contributed{n}) AS contributed, SUM(l.overflow{n}) AS overflow,
              SUM(l.paid) AS paid,
@@ -798,6 +819,9 @@ class Store(ABC):
     _NOT_INTEGER: ClassVar[str] = "{} IS NULL"
     """SQL that is true where a ledger cell (`{}`) of an integer column holds no integer
     (see `untyped_sql`): of a BIGINT column, only a NULL (its NOT NULL dropped)."""
+    _NOT_TEXT: ClassVar[str] = ""
+    """SQL that is true where a ledger cell (`{}`) of a text column holds neither text nor
+    NULL; used only on `_unkept_texts` (none here)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -1045,12 +1069,12 @@ class Store(ABC):
         of the row that holds no integer the engine writes, and what it holds
         (see `untyped_sql`).
         """
-        sql = (f"SELECT level, version_after, seq, {', '.join(LEDGER_INTEGERS)}{{count}} "
+        sql = (f"SELECT level, version_after, seq, {', '.join(LEDGER_CELLS)}{{count}} "
                f"FROM ledger WHERE {self._untyped()} ORDER BY level, version_after, seq "
                f"LIMIT {int(limit)}")
         return self._capped(sql, found, lambda r: (
             r[0], _whole(r[1]), int(r[2]),
-            untyped_cells(dict(zip(LEDGER_INTEGERS, r[3:], strict=True)))))
+            untyped_cells(dict(zip(LEDGER_CELLS, r[3:], strict=True)))))
 
     def _capped(self, sql: str, found: int | None,
                 row: Callable[[tuple[Any, ...]], _R]) -> Shown[_R]:
@@ -1067,8 +1091,17 @@ class Store(ABC):
         return Shown((row(r[:-1]) for r in rows), int(rows[0][-1]) - len(rows) if rows else 0)
 
     def _untyped(self) -> str:
-        """Return `untyped_sql` for this database (see `_unkept_integers`)."""
-        return untyped_sql(self._NOT_INTEGER, self._unkept_integers())
+        """Return `untyped_sql` for this database (see `_unkept_integers`, `_unkept_texts`)."""
+        return untyped_sql(self._NOT_INTEGER, self._unkept_integers(), self._NOT_TEXT,
+                           self._unkept_texts())
+
+    def _unkept_texts(self) -> tuple[str, ...]:
+        """Return the columns of `LEDGER_TEXTS` the database no longer holds to text.
+
+        This default: none (a backend whose columns keep their type: PostgreSQL's
+        `text`, and a changed type is told by `type_problems`).
+        """
+        return ()
 
     def _unkept_integers(self) -> tuple[str, ...]:
         """Return the columns of `LEDGER_INTEGERS` the database no longer holds to integers.
@@ -1149,14 +1182,14 @@ class Store(ABC):
             levels: dict[str, LedgerFigures] = {}
             kinds: dict[str, frozenset[str]] = {}
             for r in group:
-                version, balance, contributed, overflow, paid = map(_figure, r[6:])
+                version, balance, contributed, overflow, paid = map(_figure, r[6:11])
                 credited = None if contributed is None or overflow is None else (
                     contributed - overflow)
                 levels[r[4]] = LedgerFigures(version, balance, credited, paid)
                 # NULL: every row of the group has a NULL kind (a ledger rebuilt
                 # without NOT NULL), told as such by the audit.
                 kinds[r[4]] = frozenset(("NULL",) if r[5] is None else r[5].split(","))
-            yield RecordedResult(op_id, r[1], r[2], levels, kinds, r[3])
+            yield RecordedResult(op_id, r[1], r[2], levels, kinds, r[3], r[11])
 
     def recorded_hits(self,
                       ) -> dict[str, list[tuple[str, int | None, int | None, int | None,
@@ -1219,6 +1252,16 @@ class Store(ABC):
         for (op_id,) in self._stream(f"SELECT op_id FROM operations WHERE {where}",
                                      tuple(prefixes)):
             yield op_id
+
+    def operation_times(self, op_ids: list[str]) -> dict[str, object]:
+        """Return the recorded time of those `op_ids` that have a record, raw (for the audit)."""
+        out: dict[str, object] = {}
+        p = self._PARAM
+        for start in range(0, len(op_ids), _BALANCES_CHUNK):
+            chunk = op_ids[start:start + _BALANCES_CHUNK]
+            out.update(self._exec(f"SELECT op_id, at_ms FROM operations WHERE op_id IN "
+                                  f"({', '.join([p] * len(chunk))})", tuple(chunk)))
+        return out
 
     def operation_count(self) -> int:
         """Return how many operations are recorded (rows of the operations table)."""

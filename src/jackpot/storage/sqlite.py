@@ -49,6 +49,7 @@ from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEDGER_INTEGERS,
+    LEDGER_TEXTS,
     LEVEL_COLUMNS,
     TABLE_COLUMNS,
     BusyIncidentError,
@@ -148,6 +149,7 @@ class SQLiteStore(Store):
     _INEXACT = "typeof({}) = 'real'"
     # A table rebuilt without STRICT takes any type in any column.
     _NOT_INTEGER = "typeof({}) != 'integer'"
+    _NOT_TEXT = "typeof({}) NOT IN ('text', 'null')"
     _RECORDED = RecordedSQL("g.balance", " l.balance_after AS balance,",
                             "group_concat(DISTINCT replace(l.kind, ',', ';'))", "", "")
 
@@ -879,14 +881,30 @@ class SQLiteStore(Store):
         gone, or that are declared another type than an integer: STRICT keeps
         a cell of its column's declared type, and ANY or TEXT takes text.
         """
-        strict = self._exec("SELECT strict FROM pragma_table_list "
-                            "WHERE schema = 'main' AND name = 'ledger'")
-        if not (strict and strict[0][0]):
+        if not self._ledger_strict():
             return LEDGER_INTEGERS
         unkept = {r[0] for r in self._exec(
             "SELECT name FROM pragma_table_info(?) "
             """WHERE NOT "notnull" OR upper(type) NOT IN ('INTEGER', 'INT')""", ("ledger",))}
         return tuple(c for c in LEDGER_INTEGERS if c in unkept)
+
+    def _unkept_texts(self) -> tuple[str, ...]:
+        """Return the ledger's text columns SQLite no longer holds to text (see `Store`).
+
+        All of them once the table is not STRICT; else those declared another
+        type than TEXT (ANY keeps a BLOB or an integer as it is). A lost NOT
+        NULL lets in only a NULL, told by the checks that read the column.
+        """
+        if not self._ledger_strict():
+            return LEDGER_TEXTS
+        unkept = {r[0] for r in self._exec(
+            "SELECT name FROM pragma_table_info(?) WHERE upper(type) != 'TEXT'", ("ledger",))}
+        return tuple(c for c in LEDGER_TEXTS if c in unkept)
+
+    def _ledger_strict(self) -> bool:
+        strict = self._exec("SELECT strict FROM pragma_table_list "
+                            "WHERE schema = 'main' AND name = 'ledger'")
+        return bool(strict and strict[0][0])
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
         return {name: IndexShape(bool(unique), tuple(
