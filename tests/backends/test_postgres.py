@@ -1325,6 +1325,34 @@ def test_a_dropped_index_is_reported(pg_target: str, sql: str, problem: str) -> 
     _index_problems(pg_target, sql, [problem])
 
 
+LOST = "it takes values the engine never writes"
+
+
+@pytest.mark.parametrize(("sql", "problems"), [
+    ("ALTER TABLE levels DROP CONSTRAINT levels_amount_check",
+     [f"integrity_check: table levels has lost its CHECK levels_amount_check: {LOST}"]),
+    (("ALTER TABLE levels DROP CONSTRAINT levels_check1; "  # (must_hit_by > seed)
+     "ALTER TABLE levels DROP CONSTRAINT levels_status_check"),
+     [("integrity_check: table levels has lost its CHECK levels_status_check, levels_check1: "
+       f"{LOST}")]),
+    ("ALTER TABLE ledger DROP CONSTRAINT ledger_balance_after_check",
+     [f"integrity_check: table ledger has lost its CHECK ledger_balance_after_check: {LOST}"]),
+    # Put back NOT VALID: the rows already there were never held to it.
+    (("ALTER TABLE ledger DROP CONSTRAINT ledger_reserve_after_check; "
+     "ALTER TABLE ledger ADD CONSTRAINT ledger_reserve_after_check "
+     "CHECK (reserve_after >= 0) NOT VALID"),
+     [("integrity_check: table ledger: CHECK ledger_reserve_after_check is NOT VALID: rows "
+       "from before it were never checked")]),
+    # One the operator added is not the engine's business.
+    ("ALTER TABLE levels ADD CONSTRAINT house_rule CHECK (amount < 10000000000000)", []),
+])
+def test_a_dropped_check_constraint_is_reported(pg_target: str, sql: str,
+                                                problems: list[str]) -> None:
+    # (SQLite tells a table that lost its STRICT or a NOT NULL; a CHECK the
+    # table's owner dropped on PostgreSQL was not told at all.)
+    _index_problems(pg_target, sql, problems)
+
+
 @pytest.mark.parametrize("sql", [
     # Still what the schema's index is for: its keys, every row, unique where it must be.
     "CREATE UNIQUE INDEX ledger_level_version ON ledger (level, version_after) INCLUDE (who)",

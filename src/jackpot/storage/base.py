@@ -38,7 +38,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import StorageError
 from jackpot.money import MAX_UNITS
-from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS, NULLABLE
+from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS, NULLABLE, POSTGRES_CHECKS
 
 __all__ = [
     "BusyIncidentError",
@@ -595,6 +595,31 @@ def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str,
 
 
 _COLUMNS_NAMED = 3
+
+
+def check_problems(found: Iterable[tuple[str, str, bool]]) -> list[str]:
+    """Name each CHECK of `POSTGRES_CHECKS` that is gone, or no longer holds for every row.
+
+    `found`: (table, name, validated) of the CHECK constraints of the three
+    tables (PostgreSQL). The table's owner can `ALTER TABLE ... DROP
+    CONSTRAINT`, or add one back `NOT VALID` (rows already there unchecked):
+    the engine still writes what it always did, but the table then takes a
+    value it never writes (a negative balance, a status of its own), as
+    a SQLite table rebuilt without STRICT or NOT NULL does (`constraint_problems`).
+    A CHECK an operator added is none of the engine's, and not told.
+    """
+    kept = {(table, name): valid for table, name, valid in found}
+    problems = []
+    for table, names in POSTGRES_CHECKS.items():
+        gone = [n for n in names if (table, n) not in kept]
+        unchecked = [n for n in names if kept.get((table, n)) is False]
+        if gone:
+            problems.append(f"table {table} has lost its CHECK {', '.join(gone)}: it takes "
+                            "values the engine never writes")
+        if unchecked:
+            problems.append(f"table {table}: CHECK {', '.join(unchecked)} is NOT VALID: rows "
+                            "from before it were never checked")
+    return problems
 
 _TEXT_COLUMNS = {"levels": frozenset({"name", "status", "pending", "lock_holder", "overflow_to"}),
                  "ledger": frozenset({"op_id", "kind", "level", "who", "detail"}),

@@ -111,6 +111,7 @@ from jackpot.storage.base import (
     SerializationFailureError,
     Store,
     StoredOperation,
+    check_problems,
     constraint_problems,
     entry_values,
     index_problems,
@@ -121,7 +122,12 @@ from jackpot.storage.base import (
     stored_result,
     type_problems,
 )
-from jackpot.storage.schema import NULLABLE, POSTGRES_MIGRATIONS, POSTGRES_TRIGGERS
+from jackpot.storage.schema import (
+    NULLABLE,
+    POSTGRES_CHECKS,
+    POSTGRES_MIGRATIONS,
+    POSTGRES_TRIGGERS,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -921,6 +927,11 @@ class PostgresStore(Store):
             "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull "
             "ORDER BY c.relname, a.attnum", (list(NULLABLE),)))))
         problems.extend(type_problems(self._column_types()))
+        problems.extend(check_problems((r[0], r[1], r[2]) for r in self._exec(
+            "SELECT c.relname, k.conname, k.convalidated FROM pg_constraint k "
+            "JOIN pg_class c ON c.oid = k.conrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
+            "AND k.contype = 'c'", (list(POSTGRES_CHECKS),))))
         return "; ".join(problems) or "ok"
 
     def unsummable_columns(self) -> list[str]:

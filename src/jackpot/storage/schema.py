@@ -12,8 +12,8 @@ breakdown per meter so the audit can rebuild every level from the ledger alone.
 
 from __future__ import annotations
 
-__all__ = ["INDEXES", "LEDGER_PARTS", "METERS", "MIGRATIONS", "NULLABLE", "POSTGRES_MIGRATIONS",
-           "POSTGRES_TRIGGERS", "SQLITE_TRIGGERS", "STRICT_TABLES"]
+__all__ = ["INDEXES", "LEDGER_PARTS", "METERS", "MIGRATIONS", "NULLABLE", "POSTGRES_CHECKS",
+           "POSTGRES_MIGRATIONS", "POSTGRES_TRIGGERS", "SQLITE_TRIGGERS", "STRICT_TABLES"]
 
 METERS = ("bets", "wagered", "contributed", "overflow", "reserve_in", "house_funded",
           "reserve_funded", "won", "wins", "hits", "adjusted", "transferred",
@@ -201,6 +201,17 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2)
 
 POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")
 """The triggers that make history append-only (checked by the integrity check)."""
+
+POSTGRES_CHECKS = {
+    "levels": ("levels_status_check", "levels_amount_check", "levels_reserve_check",
+               "levels_carry_check", "levels_reserve_carry_check", "levels_version_check",
+               "levels_seed_check", "levels_rate_check", "levels_check",
+               "levels_reserve_rate_check", "levels_check1", "levels_overflow_to_check"),
+    "ledger": ("ledger_balance_after_check", "ledger_reserve_after_check"),
+}
+"""The CHECK constraints of `_PG_V1`, per table, as PostgreSQL names them (checked by the
+integrity check): `<table>_<column>_check`, and `<table>_check`, `<table>_check1` for the two
+on two columns (cap, must_hit_by against seed)."""
 
 SQLITE_TRIGGERS = ("ledger_no_update", "ledger_no_delete", "operations_no_update",
                    "operations_no_delete")
