@@ -21,8 +21,11 @@ request's fingerprint has the shape the engine writes (see `_Fingerprints`),
 and no level's row holds a lock holder (set and cleared inside one transaction,
 it is never committed); every ledger row holds an integer in each integer
 column the audit checks (`LEDGER_INTEGERS`: a table rebuilt without STRICT
-takes anything) and no time before 1970 (see `untyped_sql`). The database's
-own integrity check is ok. The queries
+takes anything), text or NULL in each text column (`LEDGER_TEXTS`) and no
+time before 1970 (see `untyped_sql`), and every recorded operation a time the
+engine writes (`_Times`). The database's own integrity check is ok. Of each
+sort of problem the first `_SHOWN` are told one by one and the rest counted
+("... and N more"), by the query that found them. The queries
 live in the store (`Store.ledger_totals`, `Store.contributions_by_period`,
 `Store.recorded_results`...), so the audit runs unchanged on every backend,
 inside one read snapshot; the per-row sums, the balance chain and the bets per
