@@ -430,6 +430,8 @@ class BackendContract:
             passed, three = store.ledger_pass(limit=1), apart()
         assert tuple(passed) == three
         assert passed.broken == [("minor", last + 1, store.ledger()[-2].seq)]
+        # (And how many more of each there are: the second bad row.)
+        assert [passed.broken.more, passed.unread_bets.more, passed.untyped.more] == [1, 0, 0]
 
     def test_the_audit_s_rows_of_a_few_kinds_are_every_level_s(self, store: Store) -> None:
         # `ledger_of_kinds` finds them level by level through the index: the
