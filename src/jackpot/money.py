@@ -1,7 +1,7 @@
 """Exact money: parse and validate amounts, convert Decimal <-> integer units.
 
-Storage holds integers of `UNIT` (one millionth of a currency unit). Rates are
-integers of `RATE_UNIT` (one billionth). A contribution is computed in
+Storage holds integers of 1/`SCALE` (one millionth of a currency unit). Rates
+are integers of 1/`RATE_SCALE` (one billionth). A contribution is computed in
 "sub-units" (units x RATE_SCALE) so nothing is rounded: the part finer than one
 unit is carried forward per level (see `split_contribution`).
 
