@@ -10,11 +10,12 @@ current span) with attributes jackpot.op_id, jackpot.operation, jackpot.level
 and, at its end, jackpot.outcome; failed operations record their exception, and
 outcomes error, timeout and conflict set the span's status to ERROR.
 
-Lock waits, retries, version conflicts, busy incidents and lock timeouts are
-span events. They are reported from the actor threads, where the operation's
-span is not current (and `Stats` events carry no op_id), so each is attached
-to the oldest open span of the same operation that shares a level with the
-event (a group-committed batch reports its kinds and levels comma-joined).
+Lock waits, retries, version conflicts, cache reloads, busy incidents and
+lock timeouts are span events. They are reported from the actor threads,
+where the operation's span is not current (and `Stats` events carry no op_id),
+so each is attached to the oldest open span of the same operation that shares
+a level with the event (a group-committed batch reports its kinds and levels
+comma-joined).
 That is exact while one such operation is in flight; when several run at once
 an event may land on a sibling span of the same operation and level.
 """
@@ -137,7 +138,7 @@ class TracingObserver:
     # -- Observer -------------------------------------------------------------
 
     def on_event(self, event: str, operation: str, level: str, n: int) -> None:
-        """Add a retry, conflict, busy incident or lock timeout to the operation's span."""
+        """Add a retry, conflict, reload, busy incident or lock timeout to the operation's span."""
         name = _EVENT_NAMES.get(event)
         span = None if name is None else self._find(operation, level)
         if span is not None and name is not None:
