@@ -4,10 +4,10 @@ SQLite's (`MIGRATIONS`) are applied under `PRAGMA user_version`, PostgreSQL's
 (`POSTGRES_MIGRATIONS`) under the one-row table `jackpot_schema`; both
 describe the same tables, columns and constraints. Amounts are integer units
 of 1e-6 (SQLite INTEGER, PostgreSQL BIGINT: both 64-bit), rates integer parts
-of 1e-9. Ledger and
-operations tables are append-only: triggers refuse UPDATE and DELETE, so not
-even a bug in this package can rewrite history. Each ledger row carries its
-breakdown per meter so the audit can rebuild every level from the ledger alone.
+of 1e-9. Ledger and operations tables are append-only: triggers refuse UPDATE
+and DELETE (and, on PostgreSQL, TRUNCATE), so not even a bug in this package
+can rewrite history. Each ledger row carries its breakdown per meter so the
+audit can rebuild every level from the ledger alone.
 """
 
 from __future__ import annotations
