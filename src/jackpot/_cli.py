@@ -618,7 +618,10 @@ def resume(*, level: str, reason: str | None, who: str | None, op_id: str | None
 @_shared
 def adjust(*, level: str, delta: str, reason: str, who: str | None, op_id: str | None,
            db: str | None, as_json: bool | None) -> None:
-    """Change a pool by a signed DELTA (+25.00, -5), audited; never below 0 or above its cap."""
+    """Change a pool by a signed DELTA (+25.00, -5), audited.
+
+    Never below 0, nor above the level's cap or must-hit-by.
+    """
     opts = _options(db, as_json)
     with _engine(opts) as engine:
         result = engine.adjust(level, delta, reason=reason, who=who, op_id=op_id)
