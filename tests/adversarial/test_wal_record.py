@@ -11,6 +11,7 @@ its inode number.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import linecache
 import re
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,17 +178,27 @@ def test_a_store_never_closed_collected_under_the_record_lock_does_not_hang_its_
         engine.contribute("10", groups="minor", op_id="after")
 
 
+@contextlib.contextmanager
+def _another_connection_open(tmp_path: Path) -> Iterator[Path]:
+    """Yield a database's path while another store has it open (its -wal and -shm there:
+    a reader opened meanwhile reads through them)."""
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    keeper = SQLiteStore(str(path), create=False)
+    try:
+        keeper.load_levels()
+        yield path
+    finally:
+        keeper.close()
+
+
 @pytest.mark.parametrize("read_only", [False, True])
 def test_an_open_interrupted_once_its_connection_is_counted_is_counted_out(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
     # Ctrl-C after the connection was counted, before the finalizer that counts it out
     # was made: the count stayed for good (an I/O error of the database never forgotten,
     # and after a fork the child took the database for one its parent had open).
-    path = tmp_path / "pools.db"
-    JackpotEngine.open(path).close()
-    keeper = SQLiteStore(str(path), create=False)  # (its -wal and -shm: a reader reads through)
-    try:
-        keeper.load_levels()
+    with _another_connection_open(tmp_path) as path:
         counts = _files._reading if read_only else _files._open
         st = path.stat()
         before = counts[(st.st_dev, st.st_ino)]
@@ -198,8 +210,6 @@ def test_an_open_interrupted_once_its_connection_is_counted_is_counted_out(
         monkeypatch.undo()
         gc.collect()  # (the interrupted store's guard is garbage once its error is)
         assert counts[(st.st_dev, st.st_ino)] == before
-    finally:
-        keeper.close()
     assert _recorded(path) == (False, False, False)
 
 
@@ -208,11 +218,7 @@ def test_an_open_interrupted_as_it_notes_its_files_closes_its_connection(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
     # Ctrl-C just after SQLite opened the connection, as it noted the files it opened: the
     # connection was left open, to the garbage collector (the error's traceback held it).
-    path = tmp_path / "pools.db"
-    JackpotEngine.open(path).close()
-    keeper = SQLiteStore(str(path), create=False)  # (its -wal and -shm: a reader reads through)
-    try:
-        keeper.load_levels()
+    with _another_connection_open(tmp_path) as path:
         before = set(apsw.connections())
         noting = "ReaderMark" if read_only else "FileGuard"
         interrupted, armed = interrupting_once(getattr(sqlite, noting))
@@ -222,8 +228,6 @@ def test_an_open_interrupted_as_it_notes_its_files_closes_its_connection(
         assert not armed
         assert isinstance(caught.value, KeyboardInterrupt)  # (its traceback still alive)
         assert set(apsw.connections()) == before
-    finally:
-        keeper.close()
     assert _recorded(path) == (False, False, False)
 
 

@@ -873,6 +873,16 @@ def test_an_interrupt_as_a_restart_task_is_started_leaves_no_call_hanging(
     assert [r["op_id"] for r in read_ledger(db_path, "minor")][1:] == ["a"]
 
 
+def _refusing_restart_tasks(refused: Exception) -> Callable[..., asyncio.Task[Any]]:
+    """A task factory that raises `refused` for a call's restart task (and makes the rest)."""
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        if getattr(coro, "__qualname__", "") == "_Call._restart":
+            coro.close()  # (never to run)
+            raise refused
+        return asyncio.Task(coro, loop=loop, **kwargs)
+    return factory
+
+
 def test_a_restart_task_the_loop_cannot_create_tells_its_caller_what_happened(
         db_path: Path) -> None:
     """As above, but no interrupt: the loop's task factory raises as the restart task is
@@ -881,12 +891,7 @@ def test_a_restart_task_the_loop_cannot_create_tells_its_caller_what_happened(
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     refused = RuntimeError("no task for that")
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        if getattr(coro, "__qualname__", "") == "_Call._restart":
-            coro.close()  # (never to run)
-            raise refused
-        return asyncio.Task(coro, loop=loop, **kwargs)
+    factory = _refusing_restart_tasks(refused)
 
     try:
         gate, first, queued = _queued_behind_a_stopping_actor(loop, engine)
@@ -920,12 +925,7 @@ def test_a_restart_task_the_loop_cannot_create_as_a_call_starts_is_told_as_its_e
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     refused = RuntimeError("no task for that")
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        if getattr(coro, "__qualname__", "") == "_Call._restart":
-            coro.close()  # (never to run)
-            raise refused
-        return asyncio.Task(coro, loop=loop, **kwargs)
+    factory = _refusing_restart_tasks(refused)
 
     try:
         engine.sync._pools["minor"].actor_ref.stop()
