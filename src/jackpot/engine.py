@@ -1437,7 +1437,11 @@ class JackpotEngine:
         """Replace stopped actors before `op` (which changed nothing) is sent again."""
         try:
             self._restart_dead_actors()
-        except pykka.ActorDeadError as failed:  # the replacement's on_start failed
+        except pykka.ActorDeadError as failed:  # the replacement's on_start failed (logged)
+            raise StorageError(not_restarted_message(op)) from failed
+        except Exception as failed:  # Pykka's start raised (a raising filter on its logger)
+            after_the_fact(logger.error, "a stopped actor's replacement could not start",
+                           exc_info=failed, extra={"outcome": "actor_restart_failed"})
             raise StorageError(not_restarted_message(op)) from failed
 
     def _restart_dead_actors(self) -> None:
@@ -1445,7 +1449,8 @@ class JackpotEngine:
 
         Raises `pykka.ActorDeadError` when a level's or the coordinator's
         replacement fails to start (its error is logged; the next call tries
-        again). A checkpointer that cannot restart is only logged: the
+        again), or what Pykka's `start` raised (nothing is left registered:
+        `start_actor`). A checkpointer that cannot restart is only logged: the
         writers bound the WAL themselves meanwhile. What happened is logged
         and counted after the restart lock is released: a log handler or
         observer may do anything, close the engine included.
@@ -1489,7 +1494,7 @@ class JackpotEngine:
         if self._checkpointer is not None and not self._checkpointer.alive():
             try:
                 self._checkpointer.restart()
-            except pykka.ActorDeadError as e:
+            except Exception as e:  # noqa: BLE001 - logged below (on_start failed, or Pykka raised)
                 failed.append(e)
             else:
                 restarted.append("checkpointer")

@@ -26,8 +26,10 @@ from _helpers import (
     HANG,
     crash_after_claiming,
     crash_once_claimed,
+    hearing,
     in_thread,
     pykka_debug_raising_on,
+    read_ledger,
     run_python,
     track_stores,
 )
@@ -537,6 +539,52 @@ def test_a_replacement_that_fails_at_any_moment_of_its_start_is_a_storage_error(
     assert engine.contribute(Decimal(10), groups="minor", op_id="after").versions == {
         "minor": 2}
     assert engine.verify().ok
+
+
+@pytest.mark.parametrize("actor", ["PoolActor", "Coordinator"])
+def test_a_replacement_whose_pykka_start_raises_is_a_storage_error(
+        db_path: Path, actor: str) -> None:
+    """A filter on Pykka's logger raising on its "Starting" line (as a replacement starts).
+
+    Before: the filter's RuntimeError reached the caller, who was promised a
+    JackpotError; now StorageError ("could not be restarted", nothing changed),
+    the error logged, nothing left registered, and the next call restarts it.
+    """
+    with JackpotEngine.open(db_path) as engine:
+        old = (engine._pools["minor"] if actor == "PoolActor" else engine._coordinator)
+        old.actor_ref.stop(block=True, timeout=HANG)
+        before = set(pykka.ActorRegistry.get_all())
+        groups = "minor" if actor == "PoolActor" else ["minor", "major"]
+        with hearing() as said, pykka_debug_raising_on(f"Starting {actor} ("), pytest.raises(
+                StorageError, match="could not be restarted") as raised:
+            engine.contribute("10", groups=groups, op_id="during")
+        assert isinstance(raised.value.__cause__, RuntimeError)
+        assert ("ERROR", "a stopped actor's replacement could not start", None,
+                "actor_restart_failed") in said
+        assert set(pykka.ActorRegistry.get_all()) == before
+        assert engine.contribute("10", groups=groups, op_id="after").replayed is False
+        assert "during" not in [r["op_id"] for r in read_ledger(db_path, "minor")]
+        assert engine.verify().ok
+
+
+def test_a_checkpointer_whose_pykka_start_raises_fails_no_operation(db_path: Path) -> None:
+    """The checkpointer's replacement failing is only logged (the writers bound the WAL):
+    before, a raising filter on Pykka's "Starting" line failed the operation that asked for
+    the restart with its RuntimeError."""
+    with JackpotEngine.open(db_path) as engine:
+        assert engine._checkpointer is not None
+        engine._checkpointer._actor.actor_ref.stop(block=True, timeout=HANG)
+        engine._pools["minor"].actor_ref.stop(block=True, timeout=HANG)  # (so a restart runs)
+        with hearing() as said, pykka_debug_raising_on("Starting _CheckpointActor ("):
+            result = engine.contribute("10", groups="minor", op_id="during")
+        assert result.versions == {"minor": 2}
+        assert [s[3] for s in said if s[0] == "ERROR"] == [
+            "actor_restart_failed", "actor_restart"]
+        assert not engine._checkpointer.alive()
+        engine._pools["minor"].actor_ref.stop(block=True, timeout=HANG)
+        engine.contribute("10", groups="minor", op_id="after")  # the next restart starts it
+        assert engine._checkpointer.alive()
+        assert engine.verify().ok
 
 
 class _Silent:
