@@ -178,6 +178,44 @@ def test_a_store_never_closed_collected_under_the_record_lock_does_not_hang_its_
         engine.contribute("10", groups="minor", op_id="after")
 
 
+def test_a_store_collected_as_another_lets_go_of_the_same_files_leaves_its_close_whole(
+        tmp_path: Path) -> None:
+    # Under a Python tracer (a debugger, a profiler, coverage's Python tracer) every line of
+    # a section is an allocation point, so the collector, and the finalizer of a store never
+    # closed, may run between any two of its lines. The last other holder of the files,
+    # collected just as a closing store had taken itself out of `_holding` and found the set
+    # empty, deleted the entry first: the close's own `del` raised KeyError, its connection
+    # was left open and its count kept for good (an I/O error never forgotten).
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    closing = SQLiteStore(str(path), create=False)  # both have read: both hold the files
+    dropped = SQLiteStore(str(path), create=False)
+    cycle: list[Any] = [dropped]
+    cycle.append(cycle)
+    del dropped, cycle
+    code = _files._let_go.__code__
+    collected: list[int] = []
+
+    def collect_once(frame: Any, event: str, _arg: object) -> Any:
+        if event == "line" and not collected and \
+                linecache.getline(code.co_filename, frame.f_lineno).strip() == "if holders:":
+            collected.append(gc.collect())
+        return collect_once
+
+    tracer = sys.gettrace()  # (put back after: coverage's, say)
+    gc.disable()  # (until the collection in the traced line)
+    sys.settrace(lambda frame, _event, _arg: collect_once if frame.f_code is code else None)
+    try:
+        closing.close()
+    finally:
+        sys.settrace(tracer)
+        gc.enable()
+    assert collected[0] > 0  # the dropped store was collected there
+    assert _recorded(path) == (False, False, False)
+    with JackpotEngine.open(path, create=False) as engine:
+        engine.contribute("10", groups="minor", op_id="after")
+
+
 @contextlib.contextmanager
 def _another_connection_open(tmp_path: Path) -> Iterator[Path]:
     """Yield a database's path while another store has it open (its -wal and -shm there:

@@ -58,7 +58,9 @@ inside a section under this lock in the same thread: a plain lock hung that thre
 every later open and write of the process, for ever. A finalizer run at any allocation
 of a section finds the record consistent: what a section allocates, it allocates before
 it reads what it changes, or once its change is whole (a holder is counted first, then
-what it holds is noted; `_let_go` makes what it returns first).
+what it holds is noted; `_let_go` makes what it returns first). Under a Python tracer (a
+debugger, a profiler) every line allocates: a finalizer may run between any two lines of a
+section, and `_let_go` pops what such a finalizer may have taken out already.
 
 Always taken with `with _lock:`: the C lock's own `__exit__` releases it, with no point
 between the block's end and the release where CPython runs a signal's handler (Ctrl-C).
@@ -342,7 +344,9 @@ def _let_go(file: Identity | None, token: object, pid: int) -> dict[str, Identit
     holders.discard(token)
     if holders:
         return nothing if held else None
-    del _holding[file]  # (also an empty set an interrupted `holding()` left)
+    # Popped, not deleted: the finalizer of the last other holder, run between two lines
+    # (under a tracer every line allocates), may have taken the entry and its files out.
+    _holding.pop(file, None)  # (also an empty set an interrupted `holding()` left)
     gave_up = _sides.pop(file, None)
     return (gave_up or nothing) if held else None
 
