@@ -142,6 +142,48 @@ def test_an_actor_whose_start_raises_on_pykkas_log_line_is_left_registered_by_no
     assert [s for s in opened if s not in closed] == []
 
 
+class _StartsAnotherThenRaises(logging.Filter):
+    """On the first "Starting PoolActor" line, open and close an engine on `other`, then raise."""
+
+    def __init__(self, other: Path) -> None:
+        super().__init__()
+        self.other = other
+        self.done = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.done and record.getMessage().startswith("Starting PoolActor ("):
+            self.done = True
+            JackpotEngine.open(self.other).close()  # starts (and stops) actors of its own
+            msg = "log filter failed"
+            raise RuntimeError(msg)
+        return True
+
+
+def test_an_actor_whose_start_raises_after_another_start_in_its_thread_is_left_by_none(
+        db_path: Path, tmp_path: Path) -> None:
+    """A start nested in another (from a log filter) must not make the outer forget its actor.
+
+    The inner `start_actor` cleared the thread's note of the actor being
+    built as it returned: the outer start, raising then, left its actor
+    registered with no thread to run it, and `ActorRegistry.stop_all()`
+    waited for it for ever.
+    """
+    JackpotEngine.open(db_path).close()
+    before = set(pykka.ActorRegistry.get_all())
+    log = logging.getLogger("pykka")
+    level, nested = log.level, _StartsAnotherThenRaises(tmp_path / "other.db")
+    log.setLevel(logging.DEBUG)
+    log.addFilter(nested)
+    try:
+        with pytest.raises(RuntimeError, match=r"^log filter failed$"):
+            JackpotEngine.open(db_path)
+    finally:
+        log.removeFilter(nested)
+        log.setLevel(level)
+    assert nested.done
+    assert set(pykka.ActorRegistry.get_all()) == before  # stop_all() has nothing to wait for
+
+
 @pytest.mark.parametrize("at_its_proxy", [False, True], ids=["thread started", "proxy"])
 @pytest.mark.parametrize("actor", ["PoolActor", "Coordinator", "_CheckpointActor"])
 def test_an_actor_whose_start_is_interrupted_once_its_thread_runs_stops_and_closes(

@@ -67,8 +67,11 @@ def start_actor(actor_class: type[A], *args: Any) -> pykka.ActorProxy[A]:
     to stop it: `ActorRegistry.stop_all()` then waited for it for ever.
     Its error is raised on, the actor left behind by no one (`_abandon`);
     so is an interrupt (Ctrl-C) once its thread started, or as its proxy
-    is built.
+    is built. The note of the actor being built is put back as it returns:
+    a start nested in this one (a log filter on Pykka's lines that opens an
+    engine, say) must not make this one forget its actor.
     """
+    outer: pykka.Actor | None = getattr(_BUILT, "actor", None)
     _BUILT.actor = None
     try:
         return proxy_of(actor_class.start(*args))
@@ -80,7 +83,7 @@ def start_actor(actor_class: type[A], *args: Any) -> pykka.ActorProxy[A]:
             _abandon(built)
         raise
     finally:
-        _BUILT.actor = None
+        _BUILT.actor = outer
 
 
 def _abandon(actor: pykka.Actor) -> None:
