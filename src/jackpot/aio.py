@@ -1005,8 +1005,14 @@ class _Call:
         finally:
             if self._tracking is not None:
                 self._tracking.__exit__(*exc)
-        if withdrawn:
-            after_the_fact(log_withdrawn, self.op)
+        if withdrawn:  # said again if an interrupt cuts it short (as `_tell_interrupted`)
+            said = False
+            try:
+                after_the_fact(log_withdrawn, self.op)
+                said = True
+            finally:
+                if not said:
+                    after_the_fact(log_withdrawn, self.op)
             return
         told = ""
         counted: list[bool] = []

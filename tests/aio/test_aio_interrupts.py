@@ -125,6 +125,34 @@ def test_a_call_interrupted_before_its_request_is_queued_is_told_once_and_not_co
     assert [r["op_id"] for r in read_ledger(db_path) if r["kind"] == "contribute"] == ["after"]
 
 
+def test_a_withdrawal_whose_line_a_second_interrupt_cuts_short_is_still_told_once(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, and Ctrl-C lands again in logging as the withdrawal is told (before any
+    handler has the line). Before: the line was told nowhere (the sync engine says it
+    again, `_tell_interrupted`); a resend cut short by an interrupt, withdrawn the same
+    way since, lost its line too where it was said again before."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    interrupting = InterruptOnce("interrupted")
+    log = logging.getLogger("jackpot")
+    try:
+        _interrupt_put(monkeypatch, queued=False)
+        log.addFilter(interrupting)
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                      op_id="interrupted"))
+        log.removeFilter(interrupting)
+        monkeypatch.undo()
+        assert not interrupting.armed  # (the second interrupt landed)
+        assert engine.sync._inflight == 0
+        assert said == [_INTERRUPTED_WITHDRAWN]
+        assert _counted(engine, "contribute") == {}
+    finally:
+        log.removeFilter(interrupting)
+        engine.sync.close()
+        loop.close()
+
+
 def test_a_call_interrupted_once_its_request_is_queued_is_counted_as_what_it_was(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The request goes on; run again, the loop settles it: counted once, as applied.
