@@ -1268,12 +1268,15 @@ class JackpotEngine:
         Called only then (a call told already costs no call here). Interrupted
         while its request was out, no reporting thread follows it
         (`_tell_interrupted`, which counts it too: `counted`). Else an
-        interrupt cut the telling of its answer (`untold`) short: told now.
+        interrupt cut the telling of its answer (`untold`) short: told now,
+        its outcome decided first (`_say_and_count`): a refusal whose retelling
+        another interrupt cut short was counted an error (`_submit`'s default).
         """
         if interrupted:
             return self._tell_interrupted(op, queued, started, counted)
         assert untold is not None  # (see `_submit`)
-        return tell_outcome(op, *untold)
+        return self._say_and_count(op, answer_outcome(*untold), tell_outcome, (op, *untold),
+                                   started=started, counted=counted)
 
     def _tell_interrupted(self, op: Operation, queued: list[Ticket], started: float,
                           counted: list[bool]) -> str:
@@ -1303,6 +1306,17 @@ class JackpotEngine:
         else:
             answer = ticket.answer
             outcome, say, args = answer_outcome(*answer), tell_outcome, (op, *answer)
+        return self._say_and_count(op, outcome, say, args, started=started, counted=counted)
+
+    def _say_and_count(self, op: Operation, outcome: str, say: Callable[..., object],
+                       args: tuple[object, ...], *, started: float, counted: list[bool]
+                       ) -> str:
+        """Say `say(*args)` and count `outcome` (decided already); return `outcome`.
+
+        An interrupt that cuts the line short has it said again (at least
+        once, rarely twice), and the call counted all the same; `counted`,
+        the caller's receipt, keeps it from being counted twice.
+        """
         said = False
         try:
             after_the_fact(say, *args)

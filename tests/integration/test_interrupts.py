@@ -778,6 +778,47 @@ def test_an_interrupt_as_a_call_is_counted_still_counts_it(db_path: Path, call: 
         assert stats["operations:contribute:rejected"] == 1
 
 
+class _InterruptTwice(logging.Filter):
+    """A `jackpot` logger filter: Ctrl-C lands as each of the first two records of `op_id`
+    is handled (the line, then its retelling)."""
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__()
+        self.op_id, self.left = op_id, 2
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.left and getattr(record, "op_id", None) == self.op_id:
+            self.left -= 1
+            raise KeyboardInterrupt
+        return True
+
+
+def test_a_refusal_whose_line_and_retelling_are_interrupted_is_counted_as_what_it_was(
+        db_path: Path) -> None:
+    """Ctrl-C lands as a refused win's line is written (before any handler has it), then
+    again as the `finally` tells it again. Before: counted an error (health's error rate),
+    not rejected, and told nowhere: the retelling decided the outcome only by telling it."""
+    engine = JackpotEngine.open(db_path)
+    interrupting = _InterruptTwice("big")
+    log = logging.getLogger("jackpot")
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        log.addFilter(interrupting)
+        with hearing() as said, pytest.raises(KeyboardInterrupt):
+            engine.process_win("minor", op_id="big", amount="1000000", winner="p1")
+        log.removeFilter(interrupting)
+        assert interrupting.left == 0  # (both interrupts landed)
+        assert engine._inflight == 0
+    finally:
+        log.removeFilter(interrupting)
+        engine.close()
+    assert [(s[0], s[1].startswith("win big failed (rejected): "), s[2], s[3])
+            for s in said] == [("INFO", True, "big", "rejected")]
+    stats = engine.stats.snapshot()
+    assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
+        ("operations:win:rejected", 1)]
+
+
 def test_a_second_interrupt_as_a_withdrawn_request_is_told_does_not_count_it_an_error(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C lands on the caller as it queues its request (withdrawn unsent), then again
