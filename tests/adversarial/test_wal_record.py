@@ -178,6 +178,38 @@ def test_a_store_never_closed_collected_under_the_record_lock_does_not_hang_its_
         engine.contribute("10", groups="minor", op_id="after")
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_close_interrupted_as_it_counts_its_connection_out_still_counts_it_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
+    # Ctrl-C as the close's finalizer starts letting go of the files (CPython runs a pending
+    # signal's handler as a Python function starts), after the connection closed. The
+    # finalizer, run once only, never counted the connection out: the count stayed for good
+    # (an I/O error of the database never forgotten, a forked child refusing it), the twin
+    # of an open interrupted before its finalizer was made.
+    path = tmp_path / "pools.db"
+    JackpotEngine.open(path).close()
+    keep = SQLiteStore(str(path), create=False) if read_only else None  # (a -wal to read)
+    store = SQLiteStore(str(path), create=False, read_only=read_only)
+    let_go, calls = _files._let_go, []
+
+    def interrupted(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 2:  # the first lets go before the close; the second, the finalizer's
+            raise KeyboardInterrupt
+        return let_go(*args)
+
+    monkeypatch.setattr(_files, "_let_go", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.close()
+    monkeypatch.undo()
+    assert len(calls) >= 2  # (the interrupt landed)
+    if keep is not None:
+        keep.close()
+    st = path.stat()
+    file = (st.st_dev, st.st_ino)
+    assert (file in _files._reading, _recorded(path)) == (False, (False, False, False))
+
+
 def test_a_store_collected_as_another_lets_go_of_the_same_files_leaves_its_close_whole(
         tmp_path: Path) -> None:
     # Under a Python tracer (a debugger, a profiler, coverage's Python tracer) every line of

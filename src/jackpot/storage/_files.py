@@ -224,7 +224,7 @@ class FileGuard(_Holder):
         # Released by close(), or when the guard is collected (a store never closed).
         # Made before the connection is counted (told by `counted`): made after, an
         # interrupt (Ctrl-C) in between left it counted for good.
-        counted = [False]
+        self._counted = counted = [False]
         self._release = weakref.finalize(self, _release, self.file, self._token, self._pid,
                                          counted)
         if self.file is not None:
@@ -281,8 +281,15 @@ class FileGuard(_Holder):
             return self.file is not None and self.file in _failed
 
     def close(self) -> None:
-        """Forget this connection (closed); the last one of a database forgets its failure too."""
-        self._release()
+        """Forget this connection (closed); the last one of a database forgets its failure too.
+
+        Released again if an interrupt cut the finalizer short (it runs once
+        only): what it did is not done twice (`counted`, `_let_go`).
+        """
+        try:
+            self._release()
+        finally:
+            _release(self.file, self._token, self._pid, self._counted)
         self.file = None
 
 
@@ -297,7 +304,7 @@ class ReaderMark(_Holder):
     def __init__(self, path: str) -> None:
         """Count the file `path` names now (just opened by the connection) until `close()`."""
         super().__init__(path, _identity(path))
-        counted = [False]  # (the finalizer first: see `FileGuard`)
+        self._counted = counted = [False]  # (the finalizer first: see `FileGuard`)
         self._release = weakref.finalize(self, _forget_reader, self.file, self._token, self._pid,
                                          counted)
         if self.file is not None:
@@ -306,26 +313,37 @@ class ReaderMark(_Holder):
                 counted[0] = True
 
     def close(self) -> None:
-        """Forget this connection (idempotent)."""
-        self._release()
+        """Forget this connection (idempotent; again if interrupted: see `FileGuard`)."""
+        try:
+            self._release()
+        finally:
+            _forget_reader(self.file, self._token, self._pid, self._counted)
 
 
-def _count_down(counts: Counter[Identity], file: Identity | None, pid: int) -> bool:
-    """Count one connection of `file` fewer (under `_lock`); True when it was the last."""
-    if file is None or pid != os.getpid():  # (a forked child's registry never counted it)
+def _count_down(counts: Counter[Identity], file: Identity | None, pid: int,
+                counted: list[bool]) -> bool:
+    """Count a connection of `file` out, unless `counted` says it is (under `_lock`).
+
+    True when it was the last. Its count and `counted` change with no call
+    in between, where an interrupt could land: counted out once, whoever
+    runs this again after an interrupt (`close()`).
+    """
+    if not counted[0] or file is None or pid != os.getpid():  # (a forked child's: not counted)
         return False
     counts[file] -= 1
+    counted[0] = False
     if counts[file] > 0:
         return False
-    del counts[file]
+    counts.pop(file, None)
     return True
 
 
 def _forget_reader(file: Identity | None, token: object, pid: int, counted: list[bool]) -> None:
     with _lock:
-        _let_go(file, token, pid)
-        if counted[0]:
-            _count_down(_reading, file, pid)
+        try:  # (counted out even if an interrupt cuts the letting go short)
+            _let_go(file, token, pid)
+        finally:
+            _count_down(_reading, file, pid, counted)
 
 
 def _let_go(file: Identity | None, token: object, pid: int) -> dict[str, Identity] | None:
@@ -353,7 +371,9 @@ def _let_go(file: Identity | None, token: object, pid: int) -> dict[str, Identit
 
 def _release(file: Identity | None, token: object, pid: int, counted: list[bool]) -> None:
     with _lock:
-        _let_go(file, token, pid)
-        if counted[0] and _count_down(_open, file, pid):
-            assert file is not None
-            _failed.pop(file, None)
+        try:  # (counted out even if an interrupt cuts the letting go short)
+            _let_go(file, token, pid)
+        finally:
+            if _count_down(_open, file, pid, counted):
+                assert file is not None
+                _failed.pop(file, None)
