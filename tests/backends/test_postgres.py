@@ -1353,6 +1353,27 @@ def test_a_dropped_check_constraint_is_reported(pg_target: str, sql: str,
     _index_problems(pg_target, sql, problems)
 
 
+@pytest.mark.parametrize(("sql", "problems"), [
+    ("SELECT 1", []),
+    # The must_hit_by CHECK, named levels_check2 here: still told by the name
+    # it has on a schema of its own.
+    ("ALTER TABLE levels DROP CONSTRAINT levels_check2",
+     [f"integrity_check: table levels has lost its CHECK levels_check1: {LOST}"]),
+])
+def test_the_engine_s_checks_numbered_past_a_name_the_schema_holds_are_still_found(
+        pg_target: str, sql: str, problems: list[str]) -> None:
+    # PostgreSQL names a CHECK for the first of `<table>_<column>_check` (or
+    # `<table>_check`, on two columns), then `..._check1`, `..._check2`, that
+    # no constraint of the schema has, on whatever table (here an archived
+    # copy of the levels): a sound database was told it had lost two CHECKs,
+    # and one dropped afterwards (must_hit_by's) would not have been told.
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        conn.execute("CREATE TABLE levels_2025 (amount BIGINT CONSTRAINT levels_amount_check "
+                     "CHECK (amount >= 0), cap BIGINT, seed BIGINT, "
+                     "CONSTRAINT levels_check CHECK (cap >= seed))")
+    _index_problems(pg_target, sql, problems)
+
+
 @pytest.mark.parametrize("sql", [
     # Still what the schema's index is for: its keys, every row, unique where it must be.
     "CREATE UNIQUE INDEX ledger_level_version ON ledger (level, version_after) INCLUDE (who)",

@@ -597,22 +597,32 @@ def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str,
 _COLUMNS_NAMED = 3
 
 
-def check_problems(found: Iterable[tuple[str, str, bool]]) -> list[str]:
+def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str]]]) -> list[str]:
     """Name each CHECK of `POSTGRES_CHECKS` that is gone, or no longer holds for every row.
 
-    `found`: (table, name, validated) of the CHECK constraints of the three
-    tables (PostgreSQL). The table's owner can `ALTER TABLE ... DROP
-    CONSTRAINT`, or add one back `NOT VALID` (rows already there unchecked):
-    the engine still writes what it always did, but the table then takes a
-    value it never writes (a negative balance, a status of its own), as
-    a SQLite table rebuilt without STRICT or NOT NULL does (`constraint_problems`).
-    A CHECK an operator added is none of the engine's, and not told.
+    `found`: (table, name, validated, columns) of the CHECK constraints of
+    the three tables (PostgreSQL). The table's owner can `ALTER TABLE ...
+    DROP CONSTRAINT`, or add one back `NOT VALID` (rows already there
+    unchecked): the engine still writes what it always did, but the table
+    then takes a value it never writes (a negative balance, a status of its
+    own), as a SQLite table rebuilt without STRICT or NOT NULL does
+    (`constraint_problems`). A CHECK is the engine's by its name, or that
+    name numbered on (PostgreSQL's, where the schema held the name already),
+    and its columns: not by its name alone, which another of the schema may
+    have pushed to the next number (`levels_check1`, the cap's, is then no
+    must_hit_by's). A CHECK an operator added is none of the engine's, and
+    not told.
     """
-    kept = {(table, name): valid for table, name, valid in found}
+    kept: dict[tuple[str, str, frozenset[str]], bool] = {}
+    for table, name, valid, columns in found:
+        key = (table, name.rstrip("0123456789"), frozenset(columns))
+        kept[key] = kept.get(key, False) or valid
     problems = []
-    for table, names in POSTGRES_CHECKS.items():
-        gone = [n for n in names if (table, n) not in kept]
-        unchecked = [n for n in names if kept.get((table, n)) is False]
+    for table, checks in POSTGRES_CHECKS.items():
+        state = {n: kept.get((table, n.rstrip("0123456789"), frozenset(columns)))
+                 for n, columns in checks.items()}
+        gone = [n for n, valid in state.items() if valid is None]
+        unchecked = [n for n, valid in state.items() if valid is False]
         if gone:
             problems.append(f"table {table} has lost its CHECK {', '.join(gone)}: it takes "
                             "values the engine never writes")

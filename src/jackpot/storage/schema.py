@@ -202,16 +202,24 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2)
 POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")
 """The triggers that make history append-only (checked by the integrity check)."""
 
-POSTGRES_CHECKS = {
-    "levels": ("levels_status_check", "levels_amount_check", "levels_reserve_check",
-               "levels_carry_check", "levels_reserve_carry_check", "levels_version_check",
-               "levels_seed_check", "levels_rate_check", "levels_check",
-               "levels_reserve_rate_check", "levels_check1", "levels_overflow_to_check"),
-    "ledger": ("ledger_balance_after_check", "ledger_reserve_after_check"),
+POSTGRES_CHECKS: dict[str, dict[str, tuple[str, ...]]] = {
+    "levels": {"levels_status_check": ("status",), "levels_amount_check": ("amount",),
+               "levels_reserve_check": ("reserve",), "levels_carry_check": ("carry",),
+               "levels_reserve_carry_check": ("reserve_carry",),
+               "levels_version_check": ("version",), "levels_seed_check": ("seed",),
+               "levels_rate_check": ("rate",), "levels_check": ("cap", "seed"),
+               "levels_reserve_rate_check": ("reserve_rate",),
+               "levels_check1": ("must_hit_by", "seed"),
+               "levels_overflow_to_check": ("overflow_to",)},
+    "ledger": {"ledger_balance_after_check": ("balance_after",),
+               "ledger_reserve_after_check": ("reserve_after",)},
 }
-"""The CHECK constraints of `_PG_V1`, per table, as PostgreSQL names them (checked by the
-integrity check): `<table>_<column>_check`, and `<table>_check`, `<table>_check1` for the two
-on two columns (cap, must_hit_by against seed)."""
+"""The CHECK constraints of `_PG_V1`, per table: the name PostgreSQL gives each in a schema of
+its own, and the columns it reads (checked by the integrity check): `<table>_<column>_check`,
+and `<table>_check`, `<table>_check1` for the two on two columns (cap, must_hit_by against
+seed). Where the schema holds a constraint of that name already (on any table), PostgreSQL
+numbers it on (`levels_amount_check1`, `levels_check2`): a CHECK is found by that name, or
+one numbered past it, on its columns."""
 
 SQLITE_TRIGGERS = ("ledger_no_update", "ledger_no_delete", "operations_no_update",
                    "operations_no_delete")
