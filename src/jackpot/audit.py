@@ -71,11 +71,13 @@ the prefixes, and those were recorded: only the engine's own shapes are reported
 def audit(store: Store) -> VerifyReport:
     """Recompute every level from the ledger and list every difference."""
     with store.read():
-        # (PostgreSQL: a number column changed to text fails every sum with an error.)
+        # (PostgreSQL: a number column changed to text fails every sum with an error,
+        # and a text column changed to bytea every query that reads it as text.)
         unsummable = store.unsummable_columns()
         if unsummable:
             cannot = (f"the ledger and levels cannot be summed: {'; '.join(unsummable)} (a "
-                      "column changed to a type that is no number); nothing else was checked")
+                      "number column changed to a type that is no number, or a text column "
+                      "to one that is no text); nothing else was checked")
             return VerifyReport(ok=False, problems=[
                 f"integrity_check: {store.integrity_check()}", cannot], levels=0, ledger_rows=0)
     return _audit(store)

@@ -1311,12 +1311,13 @@ class Store(ABC):
         """Return the database's own consistency verdict ('ok' when sound)."""
 
     def unsummable_columns(self) -> list[str]:
-        """Return the engine's number columns the database cannot sum ("table.column is type").
+        """Return the engine's columns the database cannot read as the audit does ("t.c is type").
 
         None on SQLite, whose SUM reads anything (text as 0; each such cell is
-        told against its row). On PostgreSQL a column whose type was changed
-        to text (or another that is no number) makes every sum of the audit
-        an error: it is told instead of them.
+        told against its row). On PostgreSQL a number column whose type was
+        changed to text (or another that is no number) makes every sum of the
+        audit an error, and a text column changed to bytea (or another that is
+        no text) every query that reads it as text: it is told instead of them.
         """
         return []
 

@@ -105,6 +105,7 @@ from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEDGER_INTEGERS,
     LEVEL_COLUMNS,
+    TABLE_COLUMNS,
     ConnectionUnavailableError,
     IndexShape,
     LedgerRow,
@@ -936,9 +937,16 @@ class PostgresStore(Store):
         return "; ".join(problems) or "ok"
 
     def unsummable_columns(self) -> list[str]:
-        """Return the engine's number columns whose type is no number (see `Store`)."""
+        """Return the engine's columns whose type the audit's SQL cannot read (see `Store`).
+
+        A number column whose type is no number (no SUM takes it), and a text
+        column whose type is no text (bytea, a number: the audit cuts and
+        CASTs a bet's detail, compares kinds and joins on op_id and level as
+        text, and each of those fails as the sums do).
+        """
         return [f"{table}.{column} is {kind}" for table, column, kind in self._column_types()
-                if number_column(table, column) and not kind.startswith(_NUMBER_TYPES)]
+                if column in TABLE_COLUMNS.get(table, ()) and not kind.startswith(
+                    _NUMBER_TYPES if number_column(table, column) else _TEXT_TYPES)]
 
     def _column_types(self) -> list[tuple[str, str, str]]:
         """Return (table, column, type) of the engine's tables' columns, in table order."""
@@ -953,6 +961,10 @@ class PostgresStore(Store):
 _NUMBER_TYPES = ("bigint", "integer", "smallint", "numeric", "real", "double precision")
 """What `format_type` names the types SUM takes (a column changed from bigint to one of them
 is told by `type_problems`, its figures still summed)."""
+
+_TEXT_TYPES = ("text", "character")
+"""What `format_type` names the types the audit reads as text (`character varying(n)` too: a
+column changed from text to one of them is told by `type_problems`, and still read)."""
 
 
 def _refuse_newer(version: int, where: str) -> None:
