@@ -114,6 +114,7 @@ def _audit(store: Store) -> VerifyReport:
     rows = 0
     for name, s in levels.items():
         problems.extend(forged[name])
+        problems.extend(_level_time(s))
         if s.lock_holder is not None:  # (a committed win or config change left it NULL)
             problems.append(f"{name}: its lock holder in the levels table is "
                             f"{_shown(s.lock_holder)!r}; the engine clears it in the "
@@ -416,6 +417,21 @@ def _not_numbers(s: LevelState) -> list[str]:
             f"{'an integer' if isinstance(value, float) else 'a number'}"
             for what, (value, nullable) in figures.items()
             if not (type(value) is int or (nullable and value is None))]
+
+
+def _level_time(s: LevelState) -> list[str]:
+    """Tell a level's last-modified time if the engine never writes it (see `_Times`).
+
+    The engine writes the host's clock, ms since 1970 (an integer), with each
+    change; nothing compares it with the ledger, so only this tells one that
+    is not (a levels table rebuilt without STRICT takes anything, and a
+    STRICT one a time before 1970). The level's figures are still checked.
+    """
+    at = s.last_modified_at
+    if type(at) is int and at >= 0:
+        return []
+    what = "a time before 1970" if type(at) is int else "not an integer"
+    return [f"{s.name}: its last-modified time in the levels table is {_shown(at)!r}, {what}"]
 
 
 def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:

@@ -2156,3 +2156,25 @@ def test_past_twenty_forged_times_of_recorded_operations_the_rest_are_counted(
         *(f"operation '{op}': its time in the operations table is -5, a time before 1970"
           for op in ["b1", *(f"c{i:02}" for i in range(19))]),
         "... and 5 more operations whose time the engine never writes"]
+
+
+# -- a level's last-modified time ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "strict", "told"), [
+    (-1, True, "-1, a time before 1970"),
+    ("x", False, "'x', not an integer"),
+    (1.5, False, "1.5, not an integer"),
+    (None, False, "None, not an integer"),
+])
+def test_a_level_s_last_modified_time_the_engine_never_writes_is_told(
+        engine: JackpotEngine, value: object, strict: bool, told: str) -> None:
+    # The time of a recorded operation and of a ledger row are told when
+    # they are no time the engine writes; the level's own was read by
+    # nothing, and any passed (the levels table is no append-only one: a
+    # STRICT one takes -1).
+    if not strict:
+        without_strict(engine, "levels")
+    tamper(engine, "UPDATE levels SET last_modified_at = ? WHERE name = 'minor'", (value,))
+    assert problems(engine) == [
+        f"minor: its last-modified time in the levels table is {told}",
+        *([] if strict else [weakened("levels")])]
