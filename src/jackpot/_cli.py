@@ -280,12 +280,20 @@ def _time(ms: int) -> str:
         return f"at_ms {ms}"
 
 
+_MORE = re.compile(r"\.\.\. and (\d+) more [^:]*")
+"""The audit's line for the problems of a sort past those it lists one by one."""
+
+
 def _verify_out(report: VerifyReport) -> None:
     if report.ok:
         console.print(f"audit OK: {report.levels} levels, {report.ledger_rows} ledger rows "
                       "reconciled to the smallest unit")
     else:
-        console.print(f"[bold red]audit FAILED[/]: {len(report.problems)} problems")
+        # ("... and 4980 more ..." is 4980 problems, not one: an operator with
+        # 5,000 bad rows must not read "21 problems".)
+        count = sum(int(more[1]) if (more := _MORE.fullmatch(p)) else 1
+                    for p in report.problems)
+        console.print(f"[bold red]audit FAILED[/]: {count} problems")
         for problem in report.problems:
             console.print(f"  {problem}", markup=False)
 

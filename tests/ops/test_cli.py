@@ -980,3 +980,30 @@ def test_the_command_run_in_process_leaves_the_root_loggers_handlers_as_they_wer
     capsys.readouterr()
     assert statuses == [0, 0, 2, 0, 0, 0]
     assert root.handlers == before
+
+
+def test_verify_counts_the_problems_past_those_it_lists(db: str) -> None:
+    # The audit lists 20 of a sort and counts the rest ("... and 3 more");
+    # the header counted that line as one problem, and not the 3: an
+    # operator with 5,000 bad rows read "audit FAILED: 21 problems".
+    conn = apsw.Connection(db)
+    (version,) = conn.execute("SELECT version FROM levels WHERE name = 'mega'").fetchone()
+    for v in range(version + 1, version + 24):
+        conn.execute("INSERT INTO ledger (op_id, kind, level, delta, balance_after, "
+                     "reserve_delta, reserve_after, version_after, at_ms) "
+                     "VALUES ('forged', 'adjust', 'mega', 5, 999, 0, 0, ?, 0)", (v,))
+    conn.close()
+    problems = ok_json_failed("verify", "--db", db)
+    assert problems[-1] == "... and 3 more ledger rows that do not add up"
+    done = jackpot("verify", "--db", db)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == f"audit FAILED: {len(problems) - 1 + 3} problems"
+
+
+def ok_json_failed(*args: str) -> list[str]:
+    """The problems of a `verify --json` that failed (status 1)."""
+    done = jackpot(*args, "--json")
+    assert (done.returncode, done.stderr) == (1, "")
+    report = json.loads(done.stdout)
+    assert report["ok"] is False
+    return list(report["problems"])
