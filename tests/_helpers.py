@@ -159,8 +159,16 @@ def read_only(path: Path | str) -> apsw.Connection:
     APSW, never the stdlib sqlite3: two SQLite libraries in one process do not
     see each other's POSIX locks, and one closing the file can unmap the WAL
     index under the other (SIGBUS) or checkpoint under its feet.
+
+    It waits (up to `HANG`) for a lock another connection holds for a moment:
+    after a `close(timeout=...)` that gave the actors no time to stop, their
+    connections close on their own, and the last one checkpoints the WAL
+    under an exclusive lock, which made a read there fail with "database is
+    locked" now and then.
     """
-    return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.set_busy_timeout(HANG * 1000)
+    return conn
 
 
 def read_ledger(path: Path | str, level: str | None = None) -> list[dict[str, Any]]:
