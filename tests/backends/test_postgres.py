@@ -1368,6 +1368,19 @@ LOST = "it takes values the engine never writes"
        "from before it were never checked")]),
     # One the operator added is not the engine's business.
     ("ALTER TABLE levels ADD CONSTRAINT house_rule CHECK (amount < 10000000000000)", []),
+    # The ledger's foreign key on its level.
+    ("ALTER TABLE ledger DROP CONSTRAINT ledger_level_fkey",
+     [("integrity_check: table ledger has lost its FOREIGN KEY (level) REFERENCES levels: it "
+       "takes rows of levels that do not exist")]),
+    (("ALTER TABLE ledger DROP CONSTRAINT ledger_level_fkey; "
+      "ALTER TABLE ledger ADD CONSTRAINT ledger_level_fkey FOREIGN KEY (level) "
+      "REFERENCES levels (name) NOT VALID"),
+     [("integrity_check: table ledger: its FOREIGN KEY (level) REFERENCES levels is NOT VALID: "
+       "rows from before it were never checked")]),
+    # Put back under another name: it is the same key.
+    (("ALTER TABLE ledger DROP CONSTRAINT ledger_level_fkey; "
+      "ALTER TABLE ledger ADD CONSTRAINT level_exists FOREIGN KEY (level) "
+      "REFERENCES levels (name)"), []),
 ])
 def test_a_dropped_check_constraint_is_reported(pg_target: str, sql: str,
                                                 problems: list[str]) -> None:

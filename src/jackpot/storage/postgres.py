@@ -934,6 +934,20 @@ class PostgresStore(Store):
             "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND k.contype = 'c'", (list(POSTGRES_CHECKS),))))
+        # The ledger's level REFERENCES levels (name): dropped, the ledger takes rows of a
+        # level that does not exist (the audit tells such rows; this, the table that takes them).
+        keys = [bool(r[0]) for r in self._exec(
+            "SELECT k.convalidated FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = 'ledger' "
+            "AND k.contype = 'f' AND k.confrelid = (SELECT oid FROM pg_class WHERE relname = "
+            f"'levels' AND relnamespace = {_CURRENT_SCHEMA}) AND k.conkey = ARRAY(SELECT "
+            "attnum FROM pg_attribute WHERE attrelid = k.conrelid AND attname = 'level')")]
+        if not keys:
+            problems.append("table ledger has lost its FOREIGN KEY (level) REFERENCES levels: "
+                            "it takes rows of levels that do not exist")
+        elif not any(keys):
+            problems.append("table ledger: its FOREIGN KEY (level) REFERENCES levels is NOT "
+                            "VALID: rows from before it were never checked")
         return "; ".join(problems) or "ok"
 
     def unsummable_columns(self) -> list[str]:
