@@ -2178,3 +2178,18 @@ def test_a_level_s_last_modified_time_the_engine_never_writes_is_told(
     assert problems(engine) == [
         f"minor: its last-modified time in the levels table is {told}",
         *([] if strict else [weakened("levels")])]
+
+
+@pytest.mark.parametrize(("references", "told"), [
+    ("", True),  # the key gone
+    (" REFERENCES levels", False),  # put back on the levels' primary key: the same key
+])
+def test_a_ledger_that_lost_its_foreign_key_on_its_level_is_told(
+        engine: JackpotEngine, references: str, told: bool) -> None:
+    # The ledger then takes rows of a level that does not exist: the audit tells such
+    # rows, but the table that takes them went untold.
+    rewrite_schema(engine, "ledger",
+                   f"replace(sql, ' REFERENCES levels (name)', '{references}')")
+    assert problems(engine) == (
+        ["integrity_check: table ledger has lost its FOREIGN KEY (level) REFERENCES levels: "
+         "it takes rows of levels that do not exist"] if told else [])

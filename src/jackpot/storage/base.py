@@ -594,6 +594,11 @@ def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str,
     return problems
 
 
+LOST_FOREIGN_KEY = ("table ledger has lost its FOREIGN KEY (level) REFERENCES levels: it takes "
+                    "rows of levels that do not exist")
+"""What the integrity check says of a ledger whose foreign key on its level is gone (the
+audit tells such rows; this, the table that takes them)."""
+
 _COLUMNS_NAMED = 3
 
 

@@ -105,6 +105,7 @@ from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEDGER_INTEGERS,
     LEVEL_COLUMNS,
+    LOST_FOREIGN_KEY,
     TABLE_COLUMNS,
     ConnectionUnavailableError,
     IndexShape,
@@ -943,8 +944,7 @@ class PostgresStore(Store):
             f"'levels' AND relnamespace = {_CURRENT_SCHEMA}) AND k.conkey = ARRAY(SELECT "
             "attnum FROM pg_attribute WHERE attrelid = k.conrelid AND attname = 'level')")]
         if not keys:
-            problems.append("table ledger has lost its FOREIGN KEY (level) REFERENCES levels: "
-                            "it takes rows of levels that do not exist")
+            problems.append(LOST_FOREIGN_KEY)
         elif not any(keys):
             problems.append("table ledger: its FOREIGN KEY (level) REFERENCES levels is NOT "
                             "VALID: rows from before it were never checked")

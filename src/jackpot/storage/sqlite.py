@@ -51,6 +51,7 @@ from jackpot.storage.base import (
     LEDGER_INTEGERS,
     LEDGER_TEXTS,
     LEVEL_COLUMNS,
+    LOST_FOREIGN_KEY,
     TABLE_COLUMNS,
     BusyIncidentError,
     IndexShape,
@@ -872,6 +873,11 @@ class SQLiteStore(Store):
             ((t, r[0]) for t in STRICT_TABLES for r in self._exec(
                 'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull" AND pk = 0',
                 (t,)))))
+        # The ledger's level REFERENCES levels (name) (its primary key: `to` may be NULL).
+        if not any(r[0] == "levels" and r[1] == "level" and r[2] in (None, "name")
+                   for r in self._exec('SELECT "table", "from", "to" FROM '
+                                       "pragma_foreign_key_list('ledger')")):
+            problems.append(LOST_FOREIGN_KEY)
         return "; ".join(problems) or "ok"
 
     def _unkept_integers(self) -> tuple[str, ...]:
