@@ -2191,5 +2191,5 @@ def test_a_ledger_that_lost_its_foreign_key_on_its_level_is_told(
     rewrite_schema(engine, "ledger",
                    f"replace(sql, ' REFERENCES levels (name)', '{references}')")
     assert problems(engine) == (
-        ["integrity_check: table ledger has lost its FOREIGN KEY (level) REFERENCES levels: "
-         "it takes rows of levels that do not exist"] if told else [])
+        [("integrity_check: table ledger has lost its FOREIGN KEY (level) REFERENCES levels: "
+          "it takes rows of levels that do not exist")] if told else [])
