@@ -342,15 +342,20 @@ def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threa
 
 
 class InterruptOnce(logging.Filter):
-    """A `jackpot` logger filter: Ctrl-C lands as the first record of `op_id` is handled."""
+    """A `jackpot` logger filter: Ctrl-C lands as the first record of `op_id` is handled
+    (or each of the first `times`: a line, then its retelling)."""
 
-    def __init__(self, op_id: str) -> None:
+    def __init__(self, op_id: str, times: int = 1) -> None:
         super().__init__()
-        self.op_id, self.armed = op_id, True
+        self.op_id, self.left = op_id, times
+
+    @property
+    def armed(self) -> bool:
+        return self.left > 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.armed and getattr(record, "op_id", None) == self.op_id:
-            self.armed = False
+        if self.left and getattr(record, "op_id", None) == self.op_id:
+            self.left -= 1
             raise KeyboardInterrupt
         return True
 

@@ -778,28 +778,13 @@ def test_an_interrupt_as_a_call_is_counted_still_counts_it(db_path: Path, call: 
         assert stats["operations:contribute:rejected"] == 1
 
 
-class _InterruptTwice(logging.Filter):
-    """A `jackpot` logger filter: Ctrl-C lands as each of the first two records of `op_id`
-    is handled (the line, then its retelling)."""
-
-    def __init__(self, op_id: str) -> None:
-        super().__init__()
-        self.op_id, self.left = op_id, 2
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.left and getattr(record, "op_id", None) == self.op_id:
-            self.left -= 1
-            raise KeyboardInterrupt
-        return True
-
-
 def test_a_refusal_whose_line_and_retelling_are_interrupted_is_counted_as_what_it_was(
         db_path: Path) -> None:
     """Ctrl-C lands as a refused win's line is written (before any handler has it), then
     again as the `finally` tells it again. Before: counted an error (health's error rate),
     not rejected, and told nowhere: the retelling decided the outcome only by telling it."""
     engine = JackpotEngine.open(db_path)
-    interrupting = _InterruptTwice("big")
+    interrupting = InterruptOnce("big", times=2)
     log = logging.getLogger("jackpot")
     try:
         engine.contribute("100", groups="minor", op_id="bet")
