@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -275,6 +276,20 @@ def run_python(script: str, *args: str, timeout: float) -> subprocess.CompletedP
     """
     return subprocess.run([sys.executable, "-c", script, *args],
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def fork_with_threads() -> int:
+    """Fork this process while it has other threads (an engine's actors); return os.fork()'s pid.
+
+    For a test whose subject is such a fork (a pre-fork server's worker): Python
+    3.12 and later warn at it (DeprecationWarning "This process ... is
+    multi-threaded", gh-100228), which is what the test means to do; only that
+    warning is ignored, only here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded, use of "
+                                r"fork\(\) may lead to deadlocks in the child\.", DeprecationWarning)
+        return os.fork()
 
 
 class _RaisingOn(logging.Filter):

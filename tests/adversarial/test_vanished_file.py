@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import run_python
+from _helpers import fork_with_threads, run_python
 from jackpot import AsyncJackpotEngine, JackpotEngine, Settings, StorageError, ValidationError
 from jackpot.storage import open_store
 
@@ -340,7 +340,7 @@ def test_a_forked_child_starts_with_no_registered_files(tmp_path: Path) -> None:
     with JackpotEngine.open(path) as engine:
         engine.contribute("10", groups="minor", op_id="parent")
         assert _registered(path)
-        pid = os.fork()
+        pid = fork_with_threads()  # (the engine's actors are running)
         if pid == 0:  # the child: the parent's connections are not its own
             os._exit(3 if _registered(path) else 0)
         _, status = os.waitpid(pid, 0)
