@@ -48,16 +48,16 @@ sys.stdin.read()  # until the test closes our stdin (or kills us)
 @contextmanager
 def held_by_another_process(database: Path) -> Iterator[subprocess.Popen[str]]:
     """Hold the writers' lock of `database` in a child process until the block ends."""
-    child = subprocess.Popen([sys.executable, "-c", _HOLDER, f"{database}{LOCK_SUFFIX}"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "held\n"
-        yield child
-    finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        child.wait(30)
+    with subprocess.Popen([sys.executable, "-c", _HOLDER, f"{database}{LOCK_SUFFIX}"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "held\n"
+            yield child
+        finally:
+            if child.stdin is not None:
+                child.stdin.close()
+            child.wait(30)
 
 
 Turns = Callable[[int], list[WriterTurns]]
@@ -135,18 +135,18 @@ def test_a_killed_holder_frees_the_turn_though_it_forked(tmp_path: Path) -> None
     it must not keep the turn of a parent that died holding it."""
     db = tmp_path / "pools.db"
     JackpotEngine.open(db).close()
-    holder = subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(db)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None
-    child = int(holder.stdout.readline())
-    try:
-        assert holder.stdout.readline() == "held\n"
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(30)
-        with JackpotEngine.open(db, settings=Settings(lock_timeout_ms=2000)) as engine:
-            assert engine.contribute(Decimal(1), groups="minor").versions == {"minor": 2}
-    finally:
-        os.kill(child, signal.SIGKILL)  # its stdin is the dead holder's pipe: it would wait on
+    with subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(db)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None
+        child = int(holder.stdout.readline())
+        try:
+            assert holder.stdout.readline() == "held\n"
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(30)
+            with JackpotEngine.open(db, settings=Settings(lock_timeout_ms=2000)) as engine:
+                assert engine.contribute(Decimal(1), groups="minor").versions == {"minor": 2}
+        finally:
+            os.kill(child, signal.SIGKILL)  # its stdin is the dead holder's pipe: it would wait
 
 
 def test_a_turn_given_up_on_is_released_when_it_comes(writer_turns: Turns) -> None:

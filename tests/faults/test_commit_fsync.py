@@ -26,14 +26,14 @@ def test_a_failed_fsync_at_commit_is_reported_as_outcome_unknown(tmp_path: Path)
     db = tmp_path / "pools.db"
     with JackpotEngine.open(db):
         pass
-    worker = subprocess.Popen([sys.executable, str(WORKER), str(db)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert worker.stdout is not None
-        told = json.loads(worker.stdout.readline())
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(30)
+    with subprocess.Popen([sys.executable, str(WORKER), str(db)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as worker:  # (closes its pipes)
+        try:
+            assert worker.stdout is not None
+            told = json.loads(worker.stdout.readline())
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(30)
 
     assert told["error"] == "StorageError", told
     assert told["outcome_unknown"] is True, told
