@@ -23,6 +23,7 @@ import pytest
 from backends.contract import WEAKENED_INDEXES
 from jackpot import GroupConfig, JackpotEngine, Settings, ValidationError
 from jackpot.storage import LedgerRow, Store
+from jackpot.storage._sql_checks import ENGINE_CHECKS
 
 DEEP = "[" * 100_000 + "]" * 100_000
 """JSON nested deeper than Python's parser (or SQLite's) goes: a RecursionError, not a ValueError."""
@@ -1560,6 +1561,84 @@ def test_a_table_copied_by_a_tool_is_reported_with_all_it_lost(engine: JackpotEn
         "integrity_check: trigger operations_no_update is missing: history is not append-only; "
         "trigger operations_no_delete is missing: history is not append-only; operations has "
         f"no unique index on (op_id): an op_id could be applied twice; {WEAKENED['operations']}")]
+
+
+def rebuild(e: JackpotEngine, table: str, edit: Callable[[str], str]) -> None:
+    """Rebuild `table` from its SQL as `edit` changes it: created anew, filled, renamed.
+
+    How SQLite changes a table's constraints; its indexes and triggers are made again.
+    """
+    conn = apsw.Connection(e._path)
+    try:
+        (sql,), *_ = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,))
+        others = [r[0] for r in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger') "
+            "AND sql IS NOT NULL", (table,))]
+        with conn:
+            conn.execute(edit(sql).replace(f"CREATE TABLE {table} ", "CREATE TABLE rebuilt ", 1))
+            conn.execute(f"INSERT INTO rebuilt SELECT * FROM {table}; DROP TABLE {table}; "
+                         f"ALTER TABLE rebuilt RENAME TO {table}")
+            for create in others:
+                conn.execute(create)
+    finally:
+        conn.close()
+
+
+def without_checks(sql: str) -> str:
+    """`sql` without the CHECK constraints the engine's schema declares in it."""
+    for checks in ENGINE_CHECKS.values():
+        for check in checks:
+            sql = sql.replace(f" CHECK {check.shown}", "")
+    return sql
+
+
+LOST_CHECKS = ("integrity_check: table levels has lost its CHECK (status IN ('active', "
+               "'suspended', 'retired')), (amount >= 0), (reserve >= 0), (carry >= 0 AND carry < "
+               "1000000000), (reserve_carry >= 0 AND reserve_carry < 1000000000), (version >= "
+               "1), (seed >= 0), (rate > 0 AND rate < 1000000000), (cap IS NULL OR cap >= "
+               "seed), (reserve_rate >= 0 AND reserve_rate < 1000000000), (must_hit_by IS NULL "
+               "OR must_hit_by > seed), (overflow_to IN ('meter', 'reserve')): it takes values "
+               "the engine never writes")
+
+
+@pytest.mark.parametrize(("table", "edit", "found"), [
+    # STRICT and every NOT NULL kept, every CHECK gone.
+    ("levels", without_checks, [LOST_CHECKS]),
+    ("ledger", lambda sql: sql.replace(" CHECK (balance_after >= 0)", ""), [
+        ("integrity_check: table ledger has lost its CHECK (balance_after >= 0): it takes values "
+        "the engine never writes")]),
+    # Weakened: a CHECK still, not the engine's.
+    ("levels", lambda sql: sql.replace("CHECK (amount >= 0)", "CHECK (amount >= -1000)"), [
+        ("integrity_check: table levels has lost its CHECK (amount >= 0): it takes values the "
+        "engine never writes")]),
+    ("levels", lambda sql: sql.replace("'retired'", "'RETIRED'"), [
+        ("integrity_check: table levels has lost its CHECK (status IN ('active', 'suspended', "
+        "'retired')): it takes values the engine never writes")]),
+    # Left in a comment, or in a string, is no CHECK.
+    ("ledger", lambda sql: sql.replace("CHECK (reserve_after >= 0)",
+                                       "-- CHECK (reserve_after >= 0)\n"), [
+        ("integrity_check: table ledger has lost its CHECK (reserve_after >= 0): it takes values "
+        "the engine never writes")]),
+    ("ledger", lambda sql: sql.replace("CHECK (reserve_after >= 0)",
+                                       "DEFAULT 'CHECK (reserve_after >= 0)'"), [
+        ("integrity_check: table ledger has lost its CHECK (reserve_after >= 0): it takes values "
+        "the engine never writes")]),
+    # The same expressions in other spacing, case, quoting and parentheses, or as table
+    # constraints under a name of the operator's, are the same CHECKs.
+    ("levels", lambda sql: sql.replace("CHECK (amount >= 0)", 'check((  "AMOUNT">=0\n))')
+     .replace("CHECK (cap IS NULL OR cap >= seed)", "CHECK ([cap] is null Or `cap`>=Seed)"), []),
+    ("ledger", lambda sql: without_checks(sql).replace(
+        ") STRICT", ", CONSTRAINT kept CHECK (balance_after >= 0), /* the other */ "
+                    "CHECK (reserve_after >= 0)) STRICT"), []),
+])
+def test_a_table_rebuilt_without_its_checks_is_reported(
+        engine: JackpotEngine, table: str, edit: Callable[[str], str], found: list[str]) -> None:
+    # SQLite has no catalog of CHECKs: a table rebuilt without them (its
+    # STRICT and NOT NULL kept) took a negative balance or a status of its
+    # own, and the integrity check, which reads the catalog, said nothing.
+    rebuild(engine, table, edit)
+    engine.contribute(Decimal(50), op_id="b2")  # (the engine writes on in it)
+    assert problems(engine) == found
 
 
 @pytest.mark.parametrize(("level", "column", "found"), [

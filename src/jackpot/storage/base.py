@@ -602,6 +602,12 @@ audit tells such rows; this, the table that takes them)."""
 _COLUMNS_NAMED = 3
 
 
+def lost_checks(table: str, checks: Iterable[str]) -> str:
+    """Say that `table` has lost its CHECK `checks` (PostgreSQL's names, SQLite's expressions)."""
+    return (f"table {table} has lost its CHECK {', '.join(checks)}: it takes values the engine "
+            "never writes")
+
+
 def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str]]]) -> list[str]:
     """Name each CHECK of `POSTGRES_CHECKS` that is gone, or no longer holds for every row.
 
@@ -610,13 +616,13 @@ def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str]]]) -> lis
     DROP CONSTRAINT`, or add one back `NOT VALID` (rows already there
     unchecked): the engine still writes what it always did, but the table
     then takes a value it never writes (a negative balance, a status of its
-    own), as a SQLite table rebuilt without STRICT or NOT NULL does
-    (`constraint_problems`). A CHECK is the engine's by its name, or that
-    name numbered on (PostgreSQL's, where the schema held the name already),
-    and its columns: not by its name alone, which another of the schema may
-    have pushed to the next number (`levels_check1`, the cap's, is then no
-    must_hit_by's). A CHECK an operator added is none of the engine's, and
-    not told.
+    own), as a SQLite table rebuilt without STRICT, NOT NULL or a CHECK
+    does (`constraint_problems`, `SQLiteStore._lost_checks`). A CHECK is the
+    engine's by its name, or that name numbered on (PostgreSQL's, where the
+    schema held the name already), and its columns: not by its name alone,
+    which another of the schema may have pushed to the next number
+    (`levels_check1`, the cap's, is then no must_hit_by's). A CHECK an
+    operator added is none of the engine's, and not told.
     """
     kept: dict[tuple[str, str, frozenset[str]], bool] = {}
     for table, name, valid, columns in found:
@@ -629,8 +635,7 @@ def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str]]]) -> lis
         gone = [n for n, valid in state.items() if valid is None]
         unchecked = [n for n, valid in state.items() if valid is False]
         if gone:
-            problems.append(f"table {table} has lost its CHECK {', '.join(gone)}: it takes "
-                            "values the engine never writes")
+            problems.append(lost_checks(table, gone))
         if unchecked:
             problems.append(f"table {table}: CHECK {', '.join(unchecked)} is NOT VALID: rows "
                             "from before it were never checked")

@@ -45,6 +45,7 @@ import apsw.bestpractice
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage._files import FileGuard, ReaderMark, refuse_inherited
+from jackpot.storage._sql_checks import ENGINE_CHECKS, table_checks
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
@@ -68,6 +69,7 @@ from jackpot.storage.base import (
     ledger_row,
     level_from_row,
     level_values,
+    lost_checks,
     stored_result,
     to_json,
 )
@@ -851,7 +853,8 @@ class SQLiteStore(Store):
     def integrity_check(self) -> str:
         """Return 'ok' when SQLite's integrity_check passes and nothing of the schema is missing.
 
-        Not a trigger, an index, nor a table's STRICT or NOT NULL (`constraint_problems`).
+        Not a trigger, an index, a table's STRICT or NOT NULL (`constraint_problems`), nor
+        one of its CHECKs (`_lost_checks`).
         """
         problems = [str(r[0]) for r in self._exec("PRAGMA integrity_check")]
         if problems == ["ok"]:
@@ -873,12 +876,34 @@ class SQLiteStore(Store):
             ((t, r[0]) for t in STRICT_TABLES for r in self._exec(
                 'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull" AND pk = 0',
                 (t,)))))
+        problems.extend(self._lost_checks())
         # The ledger's level REFERENCES levels (name) (its primary key: `to` may be NULL).
         if not any(r[0] == "levels" and r[1] == "level" and r[2] in (None, "name")
                    for r in self._exec('SELECT "table", "from", "to" FROM '
                                        "pragma_foreign_key_list('ledger')")):
             problems.append(LOST_FOREIGN_KEY)
         return "; ".join(problems) or "ok"
+
+    def _lost_checks(self) -> list[str]:
+        """Name, per table, each CHECK of the engine's schema that the table's SQL no longer has.
+
+        A table rebuilt without them (created anew, filled, renamed: how SQLite
+        changes a constraint) takes values the engine never writes, as one
+        rebuilt without STRICT or NOT NULL does; it is told by the expression,
+        SQLite's CHECKs having no name.
+        """
+        tables = ", ".join("?" * len(ENGINE_CHECKS))
+        declared = {r[0]: str(r[1]) for r in self._exec(
+            f"SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name IN ({tables})",
+            tuple(ENGINE_CHECKS))}
+        problems = []
+        for table, engine_s in ENGINE_CHECKS.items():
+            kept = {c.key for checks in table_checks(declared.get(table, "")).values()
+                    for c in checks}
+            gone = [c.shown for c in engine_s if c.key not in kept]
+            if gone:
+                problems.append(lost_checks(table, gone))
+        return problems
 
     def _unkept_integers(self) -> tuple[str, ...]:
         """Return the ledger's integer columns SQLite no longer holds to integers (see `Store`).

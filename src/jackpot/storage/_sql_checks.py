@@ -1,0 +1,112 @@
+"""The CHECK constraints written in a SQLite table's SQL, as the integrity check compares them.
+
+SQLite has no catalog of CHECK constraints: what a table enforces is the
+SQL it was created with (its `sql` in `sqlite_schema`), and a table rebuilt
+without them (created anew, filled, renamed: the only way SQLite changes a
+constraint) shows it only there. So the expressions are read out of the
+SQL, the engine's from the schema's own (`schema.MIGRATIONS`), the table's
+from its `sql`, and compared in a form that a rebuild with other spacing,
+letter case, quoted names or redundant parentheses does not change:
+tokens lower-cased and unquoted (names and keywords), string literals kept
+as they are, comments dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from jackpot.storage.schema import MIGRATIONS, STRICT_TABLES
+
+__all__ = ["ENGINE_CHECKS", "Check", "table_checks"]
+
+_TOKENS = re.compile(r"""
+    (?P<space>\s+|--[^\n]*|/\*.*?(?:\*/|\Z))
+  | (?P<string>'(?:[^']|'')*'?)
+  | (?P<quoted>"(?:[^"]|"")*"?|`(?:[^`]|``)*`?|\[[^\]]*\]?)
+  | (?P<word>[\w$]+)
+  | (?P<other>\|\||<<|>>|<=|>=|==|!=|<>|.)
+""", re.VERBOSE | re.DOTALL)
+
+
+class Check(NamedTuple):
+    """One CHECK constraint's expression."""
+
+    key: str
+    """Its tokens, normalised (what is compared)."""
+    shown: str
+    """Its text as written, whitespace made single spaces, in its parentheses."""
+
+
+def _tokens(sql: str) -> list[tuple[str, int, int]]:
+    """Return (normalised token, start, end) of `sql`'s tokens, without spaces and comments."""
+    found = []
+    for m in _TOKENS.finditer(sql):
+        kind, text = m.lastgroup, m.group()
+        if kind == "space":
+            continue
+        if kind == "quoted":  # a name: "Amount", `amount` and [amount] are amount
+            text = text[1:-1].replace(text[0] * 2, text[0]) if text[0] != "[" else text[1:-1]
+        found.append((text if kind == "string" else text.lower(), m.start(), m.end()))
+    return found
+
+
+def _closing(tokens: list[tuple[str, int, int]], at: int) -> int:
+    """Return the index of the ")" that closes the "(" at `at` (the last token if none does)."""
+    depth = 0
+    for i in range(at, len(tokens)):
+        depth += {"(": 1, ")": -1}.get(tokens[i][0], 0)
+        if depth == 0:
+            return i
+    return len(tokens) - 1
+
+
+def table_checks(sql: str) -> dict[str, list[Check]]:
+    """Return, per table a CREATE TABLE of `sql` creates, the CHECK expressions it declares.
+
+    `sql`: a script (the schema's) or one table's `sql` from `sqlite_schema`.
+    Column and table constraints alike (SQLite enforces both the same way),
+    named (`CONSTRAINT x CHECK (...)`) or not.
+    """
+    tokens = _tokens(sql)
+    checks: dict[str, list[Check]] = {}
+    table: str | None = None
+    for i, (word, _, _) in enumerate(tokens):
+        if word == ";":
+            table = None
+        elif word == "table" and i and tokens[i - 1][0] in ("create", "temp", "temporary"):
+            names = [t for t, _, _ in tokens[i + 1:i + 8]]
+            name_at = 3 if names[:3] == ["if", "not", "exists"] else 0
+            name_at += 2 if names[name_at + 1:name_at + 2] == ["."] else 0  # main.levels
+            table = names[name_at] if name_at < len(names) else None
+            if table is not None:
+                checks[table] = []
+        elif word == "check" and table is not None and tokens[i + 1:i + 2] \
+                and tokens[i + 1][0] == "(":
+            start, end = i + 1, _closing(tokens, i + 1)
+            while start < end and tokens[start][0] == "(" and _closing(tokens, start) == end:
+                start, end = start + 1, end - 1  # ((x)) is (x)
+            if start > end:
+                continue  # CHECK (): no expression (SQLite refuses it)
+            key = " ".join(t for t, _, _ in tokens[start:end + 1])
+            shown = " ".join(sql[tokens[start][1]:tokens[end][2]].split())
+            checks[table].append(Check(key, f"({shown})"))
+    return checks
+
+
+def _engine_checks() -> dict[str, tuple[Check, ...]]:
+    """Return the CHECKs of each table as the migrations leave it.
+
+    A table rebuilt and renamed in one (as V3 rebuilt operations) has the rebuild's.
+    """
+    tables: dict[str, list[Check]] = {}
+    for step in MIGRATIONS:
+        tables.update(table_checks(step))
+        for old, new in re.findall(r"ALTER TABLE (\w+) RENAME TO (\w+)", step):
+            tables[new] = tables.pop(old)
+    return {t: tuple(tables[t]) for t in STRICT_TABLES}
+
+
+ENGINE_CHECKS = _engine_checks()
+"""Per table, the CHECKs the engine's schema gives it (the same at every schema version: the
+migrations since the first rebuilt only operations, which has none)."""
