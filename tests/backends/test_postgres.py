@@ -48,7 +48,7 @@ from jackpot.audit import audit
 from jackpot.storage import SerializationFailureError, Store, _pg_pool, open_store, postgres
 from jackpot.storage.base import ConnectionUnavailableError
 from jackpot.storage.postgres import PostgresStore, _misread
-from jackpot.storage.schema import POSTGRES_MIGRATIONS
+from jackpot.storage.schema import POSTGRES_CHECKS, POSTGRES_MIGRATIONS
 
 from .contract import MINOR_SEED, WEAKENED_INDEXES, BackendContract, new_level, snapshot
 from .pg import fresh_schema, fresh_schema_named, require_pg_url, with_search_path
@@ -1381,6 +1381,25 @@ LOST = "it takes values the engine never writes"
     (("ALTER TABLE ledger DROP CONSTRAINT ledger_level_fkey; "
       "ALTER TABLE ledger ADD CONSTRAINT level_exists FOREIGN KEY (level) "
       "REFERENCES levels (name)"), []),
+    # Redefined under the engine's name: weaker, it passed as the engine's.
+    (("ALTER TABLE levels DROP CONSTRAINT levels_amount_check, ADD CONSTRAINT "
+     "levels_amount_check CHECK (amount >= -1000)"),
+     [("integrity_check: table levels: CHECK levels_amount_check is not the engine's: CHECK "
+       "((amount >= '-1000'::integer)) (the engine's: CHECK ((amount >= 0)))")]),
+    (("ALTER TABLE levels DROP CONSTRAINT levels_check1, ADD CONSTRAINT levels_check1 CHECK "
+     "(must_hit_by IS NULL OR must_hit_by >= seed) NOT VALID"),
+     [("integrity_check: table levels: CHECK levels_check1 is not the engine's: CHECK "
+       "(((must_hit_by IS NULL) OR (must_hit_by >= seed))) NOT VALID (the engine's: CHECK "
+       "(((must_hit_by IS NULL) OR (must_hit_by > seed))))")]),
+    (("ALTER TABLE levels DROP CONSTRAINT levels_status_check, ADD CONSTRAINT "
+     "levels_status_check CHECK (status IN ('active', 'suspended', 'retired', 'gone'))"),
+     [("integrity_check: table levels: CHECK levels_status_check is not the engine's: CHECK "
+       "((status = ANY (ARRAY['active'::text, 'suspended'::text, 'retired'::text, "
+       "'gone'::text]))) (the engine's: CHECK ((status = ANY (ARRAY['active'::text, "
+       "'suspended'::text, 'retired'::text]))))")]),
+    # Written otherwise, or under another name: the same CHECK.
+    (("ALTER TABLE ledger DROP CONSTRAINT ledger_balance_after_check, ADD CONSTRAINT "
+     'balance_kept CHECK ((("balance_after")>=0))'), []),
 ])
 def test_a_dropped_check_constraint_is_reported(pg_target: str, sql: str,
                                                 problems: list[str]) -> None:
@@ -1395,6 +1414,12 @@ def test_a_dropped_check_constraint_is_reported(pg_target: str, sql: str,
     # it has on a schema of its own.
     ("ALTER TABLE levels DROP CONSTRAINT levels_check2",
      [f"integrity_check: table levels has lost its CHECK levels_check1: {LOST}"]),
+    # Redefined under its name numbered on: told under that name.
+    (("ALTER TABLE levels DROP CONSTRAINT levels_check2, ADD CONSTRAINT levels_check2 CHECK "
+     "(must_hit_by IS NULL OR must_hit_by >= seed)"),
+     [("integrity_check: table levels: CHECK levels_check2 is not the engine's: CHECK "
+       "(((must_hit_by IS NULL) OR (must_hit_by >= seed))) (the engine's: CHECK "
+       "(((must_hit_by IS NULL) OR (must_hit_by > seed))))")]),
 ])
 def test_the_engine_s_checks_numbered_past_a_name_the_schema_holds_are_still_found(
         pg_target: str, sql: str, problems: list[str]) -> None:
@@ -1408,6 +1433,22 @@ def test_the_engine_s_checks_numbered_past_a_name_the_schema_holds_are_still_fou
                      "CHECK (amount >= 0), cap BIGINT, seed BIGINT, "
                      "CONSTRAINT levels_check CHECK (cap >= seed))")
     _index_problems(pg_target, sql, problems)
+
+
+def test_the_engine_s_check_definitions_are_what_postgresql_prints_for_its_schema(
+        pg_target: str) -> None:
+    # The integrity check compares each CHECK's pg_get_constraintdef with the
+    # text POSTGRES_CHECKS holds: on a server that printed the schema's
+    # otherwise, a sound database would be told it has none of them.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        assert engine.verify().ok
+    with psycopg.connect(pg_target) as conn:
+        printed = {(r[0], r[1]): r[2] for r in conn.execute(
+            "SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) FROM pg_constraint k "
+            "JOIN pg_class c ON c.oid = k.conrelid WHERE k.contype = 'c' "
+            "AND c.relnamespace = current_schema()::regnamespace")}
+    assert printed == {(table, name): definition for table, checks in POSTGRES_CHECKS.items()
+                       for name, (_, definition) in checks.items()}
 
 
 @pytest.mark.parametrize("sql", [

@@ -608,37 +608,51 @@ def lost_checks(table: str, checks: Iterable[str]) -> str:
             "never writes")
 
 
-def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str]]]) -> list[str]:
-    """Name each CHECK of `POSTGRES_CHECKS` that is gone, or no longer holds for every row.
+def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str], str]]) -> list[str]:
+    """Name each CHECK of `POSTGRES_CHECKS` that is gone, redefined, or not held for every row.
 
-    `found`: (table, name, validated, columns) of the CHECK constraints of
-    the three tables (PostgreSQL). The table's owner can `ALTER TABLE ...
-    DROP CONSTRAINT`, or add one back `NOT VALID` (rows already there
-    unchecked): the engine still writes what it always did, but the table
-    then takes a value it never writes (a negative balance, a status of its
-    own), as a SQLite table rebuilt without STRICT, NOT NULL or a CHECK
-    does (`constraint_problems`, `SQLiteStore._lost_checks`). A CHECK is the
-    engine's by its name, or that name numbered on (PostgreSQL's, where the
-    schema held the name already), and its columns: not by its name alone,
-    which another of the schema may have pushed to the next number
-    (`levels_check1`, the cap's, is then no must_hit_by's). A CHECK an
-    operator added is none of the engine's, and not told.
+    `found`: (table, name, validated, columns, definition as `pg_get_constraintdef`
+    prints it) of the CHECK constraints of the three tables (PostgreSQL). The
+    table's owner can `ALTER TABLE ... DROP CONSTRAINT`, add one back `NOT
+    VALID` (rows already there unchecked), or under the engine's name with
+    another expression (`amount >= -1000`): the engine still writes what it
+    always did, but the table then takes a value it never writes (a negative
+    balance, a status of its own), as a SQLite table rebuilt without STRICT,
+    NOT NULL or a CHECK does (`constraint_problems`,
+    `SQLiteStore._lost_checks`). A CHECK is the engine's
+    by its definition, under whatever name; one redefined is found by its
+    name, or that name numbered on (PostgreSQL's, where the schema held the
+    name already), and its columns: not by its name alone, which another of
+    the schema may have pushed to the next number (`levels_check1`, the
+    cap's, is then no must_hit_by's). A CHECK an operator added is none of
+    the engine's, and not told.
     """
-    kept: dict[tuple[str, str, frozenset[str]], bool] = {}
-    for table, name, valid, columns in found:
-        key = (table, name.rstrip("0123456789"), frozenset(columns))
-        kept[key] = kept.get(key, False) or valid
+    checks = [(table, name, valid, frozenset(columns), definition,
+               definition if valid else definition.removesuffix(" NOT VALID"))
+              for table, name, valid, columns, definition in found]
+    engine_s = {(table, d) for table, named in POSTGRES_CHECKS.items() for _, d in named.values()}
     problems = []
-    for table, checks in POSTGRES_CHECKS.items():
-        state = {n: kept.get((table, n.rstrip("0123456789"), frozenset(columns)))
-                 for n, columns in checks.items()}
-        gone = [n for n, valid in state.items() if valid is None]
-        unchecked = [n for n, valid in state.items() if valid is False]
+    for table, named in POSTGRES_CHECKS.items():
+        gone, unchecked, redefined = [], [], []
+        for name, (columns, definition) in named.items():
+            kept = [v for t, _, v, _, _, d in checks if t == table and d == definition]
+            if kept:
+                if not any(kept):
+                    unchecked.append(name)
+                continue
+            others = [f"CHECK {n} is not the engine's: {shown} (the engine's: {definition})"
+                      for t, n, _, c, shown, d in checks
+                      if t == table and n.rstrip("0123456789") == name.rstrip("0123456789")
+                      and c == frozenset(columns) and (t, d) not in engine_s]
+            redefined.extend(others)
+            if not others:
+                gone.append(name)
         if gone:
             problems.append(lost_checks(table, gone))
         if unchecked:
             problems.append(f"table {table}: CHECK {', '.join(unchecked)} is NOT VALID: rows "
                             "from before it were never checked")
+        problems.extend(f"table {table}: {r}" for r in redefined)
     return problems
 
 _TEXT_COLUMNS = {"levels": frozenset({"name", "status", "pending", "lock_holder", "overflow_to"}),

@@ -929,9 +929,10 @@ class PostgresStore(Store):
             "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull "
             "ORDER BY c.relname, a.attnum", (list(NULLABLE),)))))
         problems.extend(type_problems(self._column_types()))
-        problems.extend(check_problems((r[0], r[1], r[2], r[3]) for r in self._exec(
+        problems.extend(check_problems((r[0], r[1], r[2], r[3], r[4]) for r in self._exec(
             "SELECT c.relname, k.conname, k.convalidated, ARRAY(SELECT a.attname::text "
-            "FROM pg_attribute a WHERE a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey)) "
+            "FROM pg_attribute a WHERE a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey)), "
+            "pg_get_constraintdef(k.oid) "
             "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND k.contype = 'c'", (list(POSTGRES_CHECKS),))))

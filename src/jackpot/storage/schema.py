@@ -202,24 +202,45 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (_PG_V1, _V2)
 POSTGRES_TRIGGERS = ("ledger_append_only", "operations_append_only")
 """The triggers that make history append-only (checked by the integrity check)."""
 
-POSTGRES_CHECKS: dict[str, dict[str, tuple[str, ...]]] = {
-    "levels": {"levels_status_check": ("status",), "levels_amount_check": ("amount",),
-               "levels_reserve_check": ("reserve",), "levels_carry_check": ("carry",),
-               "levels_reserve_carry_check": ("reserve_carry",),
-               "levels_version_check": ("version",), "levels_seed_check": ("seed",),
-               "levels_rate_check": ("rate",), "levels_check": ("cap", "seed"),
-               "levels_reserve_rate_check": ("reserve_rate",),
-               "levels_check1": ("must_hit_by", "seed"),
-               "levels_overflow_to_check": ("overflow_to",)},
-    "ledger": {"ledger_balance_after_check": ("balance_after",),
-               "ledger_reserve_after_check": ("reserve_after",)},
+_BOUND = "1000000000"  # (a rate's and a carry's, in billionths)
+_IN_STATUSES = "ARRAY['active'::text, 'suspended'::text, 'retired'::text]"
+_IN_OVERFLOWS = "ARRAY['meter'::text, 'reserve'::text]"
+
+POSTGRES_CHECKS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
+    "levels": {
+        "levels_status_check": (("status",), f"CHECK ((status = ANY ({_IN_STATUSES})))"),
+        "levels_amount_check": (("amount",), "CHECK ((amount >= 0))"),
+        "levels_reserve_check": (("reserve",), "CHECK ((reserve >= 0))"),
+        "levels_carry_check": (("carry",), f"CHECK (((carry >= 0) AND (carry < {_BOUND})))"),
+        "levels_reserve_carry_check": (
+            ("reserve_carry",), f"CHECK (((reserve_carry >= 0) AND (reserve_carry < {_BOUND})))"),
+        "levels_version_check": (("version",), "CHECK ((version >= 1))"),
+        "levels_seed_check": (("seed",), "CHECK ((seed >= 0))"),
+        "levels_rate_check": (("rate",), f"CHECK (((rate > 0) AND (rate < {_BOUND})))"),
+        "levels_check": (("cap", "seed"), "CHECK (((cap IS NULL) OR (cap >= seed)))"),
+        "levels_reserve_rate_check": (
+            ("reserve_rate",), f"CHECK (((reserve_rate >= 0) AND (reserve_rate < {_BOUND})))"),
+        "levels_check1": (("must_hit_by", "seed"),
+                          "CHECK (((must_hit_by IS NULL) OR (must_hit_by > seed)))"),
+        "levels_overflow_to_check": (
+            ("overflow_to",), f"CHECK ((overflow_to = ANY ({_IN_OVERFLOWS})))"),
+    },
+    "ledger": {
+        "ledger_balance_after_check": (("balance_after",), "CHECK ((balance_after >= 0))"),
+        "ledger_reserve_after_check": (("reserve_after",), "CHECK ((reserve_after >= 0))"),
+    },
 }
 """The CHECK constraints of `_PG_V1`, per table: the name PostgreSQL gives each in a schema of
-its own, and the columns it reads (checked by the integrity check): `<table>_<column>_check`,
-and `<table>_check`, `<table>_check1` for the two on two columns (cap, must_hit_by against
-seed). Where the schema holds a constraint of that name already (on any table), PostgreSQL
-numbers it on (`levels_amount_check1`, `levels_check2`): a CHECK is found by that name, or
-one numbered past it, on its columns."""
+its own, the columns it reads, and its definition as `pg_get_constraintdef` prints it
+(PostgreSQL's own form of `_PG_V1`'s expression; a test compares it with a fresh schema's).
+
+A CHECK is the engine's by its definition, under any name. Its name serves to tell one
+redefined (`... DROP CONSTRAINT levels_amount_check, ADD CONSTRAINT levels_amount_check CHECK
+(amount >= -1000)`): `<table>_<column>_check`, and `<table>_check`, `<table>_check1` for the two
+on two columns (cap, must_hit_by against seed). Where the schema holds a constraint of that
+name already (on any table), PostgreSQL numbers it on (`levels_amount_check1`,
+`levels_check2`): a redefined CHECK is found by that name, or one numbered past it, on its
+columns."""
 
 SQLITE_TRIGGERS = ("ledger_no_update", "ledger_no_delete", "operations_no_update",
                    "operations_no_delete")
