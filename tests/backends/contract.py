@@ -444,6 +444,35 @@ class BackendContract:
         # (And how many more of each there are: the second bad row.)
         assert [passed.broken.more, passed.unread_bets.more, passed.untyped.more] == [1, 0, 0]
 
+    def test_a_limit_of_0_shows_none_of_the_audit_s_rows_and_counts_them_all(
+            self, store: Store) -> None:
+        # A capped query counted what it found in a column of its rows: with
+        # LIMIT 0 no row came back to carry it, and rows that do not add up, a
+        # bet's unreadable detail, a bet of several winners were 0 more: none.
+        config = GroupConfig("minor", Decimal(100), Decimal("0.01"))
+        minor, created = domain.create(config, 1_000, draw)
+        minor, bet, _ = domain.contribute(minor, 10_000_000, 2_000, draw)
+        last = minor.version
+        bad = replace(bet[0], balance_after=bet[0].balance_after + 1, version_after=last + 1)
+        with store.write():
+            store.insert_level(minor)
+            store.append("create:minor", [created])
+            store.append("bet", bet)
+            store.append("bad", [bad, replace(bad, version_after=last + 2)])
+            store.append("unread", [replace(bad, version_after=last + 3, detail={})])
+            store.append("split", [replace(bad, kind="hit", who=who, version_after=last + v)
+                                   for v, who in ((4, "ann"), (5, "bob"))])
+        cappeds = (store.broken_ledger_rows, store.unreadable_bets, store.untyped_ledger_rows,
+                   store.split_hit_winners)
+        with store.read():
+            every = [len(capped(limit=100)) for capped in cappeds]
+            shown = [(list(rows), rows.more) for rows in (capped(limit=0) for capped in cappeds)]
+            passed = store.ledger_pass(limit=0)
+        assert every == [5, 1, 0, 1]
+        assert shown == [([], n) for n in every]
+        assert [(list(rows), rows.more) for rows in (
+            passed.broken, passed.unread_bets, passed.untyped)] == [([], n) for n in every[:3]]
+
     def test_the_audit_s_rows_of_a_few_kinds_are_every_level_s(self, store: Store) -> None:
         # `ledger_of_kinds` finds them level by level through the index: the
         # same rows, in the same order, as `ledger(kinds=...)` reading them all.

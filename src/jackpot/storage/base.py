@@ -1129,25 +1129,28 @@ class Store(ABC):
         (see `untyped_sql`).
         """
         sql = (f"SELECT level, version_after, seq, {', '.join(LEDGER_CELLS)}{{count}} "
-               f"FROM ledger WHERE {self._untyped()} ORDER BY level, version_after, seq "
-               f"LIMIT {int(limit)}")
-        return self._capped(sql, found, lambda r: (
+               f"FROM ledger WHERE {self._untyped()} ORDER BY level, version_after, seq")
+        return self._capped(sql, limit, found, lambda r: (
             r[0], _whole(r[1]), int(r[2]),
             untyped_cells(dict(zip(LEDGER_CELLS, r[3:], strict=True)))))
 
-    def _capped(self, sql: str, found: int | None,
+    def _capped(self, sql: str, limit: int, found: int | None,
                 row: Callable[[tuple[Any, ...]], _R]) -> Shown[_R]:
-        """Run `sql` (LIMITed; `{count}`: where a column may count every row it found).
+        """Run `sql` for its first `limit` rows (`{count}`: where a column may count them all).
 
         `found`: how many rows there are in all, counted already; None: the
         query counts them itself, in the same scan (a window's COUNT, taken
-        before the LIMIT), as its last column.
+        before the LIMIT), as its last column. With a `limit` of 0 that
+        column comes in one row, read and not shown: `LIMIT 0` returns none
+        to carry it, and every row was once counted as none.
         """
+        limit = int(limit)
         if found is not None:
-            rows = self._exec(sql.replace("{count}", ""))
+            rows = self._exec(f"{sql.replace('{count}', '')} LIMIT {limit}")
             return Shown(map(row, rows), found - len(rows))
-        rows = self._exec(sql.replace("{count}", ", COUNT(*) OVER ()"))
-        return Shown((row(r[:-1]) for r in rows), int(rows[0][-1]) - len(rows) if rows else 0)
+        rows = self._exec(f"{sql.replace('{count}', ', COUNT(*) OVER ()')} LIMIT {max(limit, 1)}")
+        shown = rows[:limit]
+        return Shown((row(r[:-1]) for r in shown), int(rows[0][-1]) - len(shown) if rows else 0)
 
     def _untyped(self) -> str:
         """Return `untyped_sql` for this database (see `_unkept_integers`, `_unkept_texts`)."""
@@ -1178,8 +1181,8 @@ class Store(ABC):
         how many more (`found`: as `untyped_ledger_rows`').
         """
         sql = (f"SELECT level, version_after, seq, detail{{count}} FROM ledger "
-               f"WHERE {UNREAD_BET} ORDER BY level, version_after LIMIT {int(limit)}")
-        return self._capped(sql, found, lambda r: (r[0], _whole(r[1]), int(r[2]), r[3]))
+               f"WHERE {UNREAD_BET} ORDER BY level, version_after")
+        return self._capped(sql, limit, found, lambda r: (r[0], _whole(r[1]), int(r[2]), r[3]))
 
     def broken_ledger_rows(self, limit: int = 20) -> Shown[tuple[str, int, int]]:
         """Return (level, version_after, seq) of rows that do not add up: `limit`, the rest counted.
@@ -1196,7 +1199,7 @@ class Store(ABC):
         sql = _BROKEN_ROWS.format(n=self._AMOUNT_CAST, wrong=wrong, unsure=unsure,
                                   count="{count}")
         if self._INEXACT is None:  # (every row found is one to tell: SQL counts them)
-            return self._capped(f"{sql} LIMIT {int(limit)}", None,
+            return self._capped(sql, limit, None,
                                 lambda r: (r[0], _whole(r[1]), int(r[2])))
         sql = sql.replace("{count}", "")
         out: Shown[tuple[str, int, int]] = Shown()
@@ -1294,8 +1297,8 @@ class Store(ABC):
 
         At most `limit`, in op_id order, and how many more (counted by the same query).
         """
-        sql = f"{self._of_kinds(_SPLIT_HIT_WINNERS)} LIMIT {int(limit)}"
-        return self._capped(sql, None, operator.itemgetter(0))
+        return self._capped(self._of_kinds(_SPLIT_HIT_WINNERS), limit, None,
+                            operator.itemgetter(0))
 
     def operation_ids_starting(self, prefixes: Iterable[str]) -> Iterator[str]:
         """Yield the recorded op_ids that start with one of `prefixes`, in no order.
