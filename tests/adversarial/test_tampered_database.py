@@ -1539,6 +1539,26 @@ def test_a_null_in_a_strict_ledger_that_lost_only_its_not_null_is_told_against_i
         "integrity_check: table ledger takes a NULL in column adjusted (its NOT NULL is gone)"]
 
 
+@pytest.mark.parametrize(("seq", "told"), [
+    (7, []),  # a bet without a caller's op_id (auto-...): nothing else reads it
+    (5, ["operation 'w1' recorded without ledger rows"]),  # a caller's, with a stored result
+    (1, [])])  # a level's create row (create:minor)
+def test_a_null_op_id_is_told_against_its_row(engine: JackpotEngine, seq: int,
+                                              told: list[str]) -> None:
+    # The engine writes an op_id on every row (the caller's, or its own): a
+    # NULL one in a ledger that lost the NOT NULL was told only as the lost
+    # NOT NULL, the row nowhere (no check reads a row's op_id alone).
+    engine.contribute(Decimal(50))
+    rewrite_schema(engine, "ledger", "replace(sql, 'op_id TEXT NOT NULL', 'op_id TEXT')")
+    past_trigger(engine, "ledger_no_update", "UPDATE ledger SET op_id = NULL WHERE seq = ?",
+                 (seq,))
+    level, version = {7: ("minor", 4), 5: ("minor", 3), 1: ("minor", 1)}[seq]
+    assert problems(engine) == [
+        (f"{level}: ledger row {seq} (version {version}) holds what the engine never writes: "
+         "its op_id is None, not text"), *told,
+        "integrity_check: table ledger takes a NULL in column op_id (its NOT NULL is gone)"]
+
+
 def test_text_in_a_strict_ledger_whose_integer_column_was_made_any_is_told_against_its_row(
         engine: JackpotEngine) -> None:
     # STRICT keeps a column's cells of its declared type only: a column

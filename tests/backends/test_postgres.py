@@ -490,6 +490,19 @@ def test_a_forged_null_amount_is_a_row_that_does_not_add_up(pg_target: str,
             f"integrity_check: table ledger takes a NULL in column {column} (its NOT NULL is gone)"]
 
 
+def test_a_null_op_id_is_told_against_its_row(pg_target: str) -> None:
+    # (Told only as the dropped NOT NULL once, the row nowhere: as on SQLite.)
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        engine.contribute(Decimal(10), groups="minor")  # (an op_id of the engine's own)
+        _tamper(pg_target, "ledger", "ALTER TABLE ledger ALTER COLUMN op_id DROP NOT NULL")
+        _tamper(pg_target, "ledger", "UPDATE ledger SET op_id = NULL WHERE starts_with(op_id, 'auto-')")
+        assert engine.verify().problems == [
+            ("minor: ledger row 5 (version 3) holds what the engine never writes: its op_id is "
+             "None, not text"),
+            "integrity_check: table ledger takes a NULL in column op_id (its NOT NULL is gone)"]
+
+
 @pytest.mark.parametrize("table", ["ledger", "levels", "operations"])
 def test_a_column_an_operator_added_is_not_told_as_a_lost_not_null(pg_target: str, table: str) -> None:
     # (Once told as "takes a NULL in column note (its NOT NULL is gone)": the

@@ -360,8 +360,14 @@ A table rebuilt without STRICT takes a BLOB or a number there, which no
 other check reads as what it is (a level of 5, an op_id of x'00')."""
 
 
+ROW_TOLD_NULLS = ("op_id",)
+"""The ledger's text columns where a NULL (the engine writes none) is told against its row:
+nothing else reads a row's op_id alone (a NULL level or kind changes what the checks of its
+level find, and is told there)."""
+
+
 def untyped_sql(not_integer: str, columns: Iterable[str], not_text: str = "",
-                texts: Iterable[str] = ()) -> str:
+                texts: Iterable[str] = (), nulls: Iterable[str] = ()) -> str:
     """Return SQL true where a ledger row holds what the engine never writes in an integer column.
 
     `not_integer` is the backend's test of one cell (`Store._NOT_INTEGER`),
@@ -374,20 +380,23 @@ def untyped_sql(not_integer: str, columns: Iterable[str], not_text: str = "",
     change no figure the other checks sum (a time, or text that SQL's
     arithmetic reads as 0): told against its row (`Store.untyped_ledger_rows`).
     So is a cell of `texts` (those of `LEDGER_TEXTS` whose type the database
-    no longer keeps) that `not_text` finds holding neither text nor NULL.
+    no longer keeps) that `not_text` finds holding neither text nor NULL, and
+    a NULL in `nulls` (those of `ROW_TOLD_NULLS` whose NOT NULL is gone).
     """
-    tests = [*(not_integer.format(c) for c in columns), *(not_text.format(c) for c in texts)]
+    tests = [*(not_integer.format(c) for c in columns), *(not_text.format(c) for c in texts),
+             *(f"{c} IS NULL" for c in nulls)]
     return f"({' OR '.join([*tests, 'at_ms < 0'])})"
 
 
 def untyped_cells(cells: dict[str, object]) -> dict[str, object]:
     """Return those of a ledger row's cells (`LEDGER_CELLS`) that are not what the engine writes.
 
-    (A NULL text cell is not one: NULL is the engine's in `who` and `detail`,
-    and elsewhere told by the checks that read it.)
+    (A NULL text cell is one in `ROW_TOLD_NULLS` only: NULL is the engine's
+    in `who` and `detail`, and elsewhere told by the checks that read it.)
     """
     return {c: v for c, v in cells.items()
-            if ((v is not None and not isinstance(v, str)) if c in LEDGER_TEXTS
+            if ((not isinstance(v, str) and (v is not None or c in ROW_TOLD_NULLS))
+                if c in LEDGER_TEXTS
                 else (type(v) is not int or (c == "at_ms" and v < 0)))}
 
 
@@ -1155,7 +1164,7 @@ class Store(ABC):
     def _untyped(self) -> str:
         """Return `untyped_sql` for this database (see `_unkept_integers`, `_unkept_texts`)."""
         return untyped_sql(self._NOT_INTEGER, self._unkept_integers(), self._NOT_TEXT,
-                           self._unkept_texts())
+                           self._unkept_texts(), self._unkept_not_nulls())
 
     def _unkept_texts(self) -> tuple[str, ...]:
         """Return the columns of `LEDGER_TEXTS` the database no longer holds to text.
@@ -1164,6 +1173,13 @@ class Store(ABC):
         `text`, and a changed type is told by `type_problems`).
         """
         return ()
+
+    def _unkept_not_nulls(self) -> tuple[str, ...]:
+        """Return the columns of `ROW_TOLD_NULLS` whose NOT NULL the database no longer keeps.
+
+        This default: all of them (each cell tested, as a backend that cannot tell must).
+        """
+        return ROW_TOLD_NULLS
 
     def _unkept_integers(self) -> tuple[str, ...]:
         """Return the columns of `LEDGER_INTEGERS` the database no longer holds to integers.

@@ -106,6 +106,7 @@ from jackpot.storage.base import (
     LEDGER_INTEGERS,
     LEVEL_COLUMNS,
     LOST_FOREIGN_KEY,
+    ROW_TOLD_NULLS,
     TABLE_COLUMNS,
     ConnectionUnavailableError,
     IndexShape,
@@ -893,11 +894,19 @@ class PostgresStore(Store):
 
         (Each is a BIGINT: only a NULL there is no integer.)
         """
-        nullable = {r[0] for r in self._exec(
+        nullable = self._nullable_ledger_columns()
+        return tuple(c for c in LEDGER_INTEGERS if c in nullable)
+
+    def _unkept_not_nulls(self) -> tuple[str, ...]:
+        """Return the columns of `ROW_TOLD_NULLS` whose NOT NULL is gone (see `Store`)."""
+        nullable = self._nullable_ledger_columns()
+        return tuple(c for c in ROW_TOLD_NULLS if c in nullable)
+
+    def _nullable_ledger_columns(self) -> set[str]:
+        return {r[0] for r in self._exec(
             "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = 'ledger' "
             "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull")}
-        return tuple(c for c in LEDGER_INTEGERS if c in nullable)
 
     def integrity_check(self) -> str:
         """Return 'ok' when the schema is one this library reads, history append-only, indexes ok.

@@ -53,6 +53,7 @@ from jackpot.storage.base import (
     LEDGER_TEXTS,
     LEVEL_COLUMNS,
     LOST_FOREIGN_KEY,
+    ROW_TOLD_NULLS,
     TABLE_COLUMNS,
     BusyIncidentError,
     IndexShape,
@@ -918,6 +919,12 @@ class SQLiteStore(Store):
             "SELECT name FROM pragma_table_info(?) "
             """WHERE NOT "notnull" OR upper(type) NOT IN ('INTEGER', 'INT')""", ("ledger",))}
         return tuple(c for c in LEDGER_INTEGERS if c in unkept)
+
+    def _unkept_not_nulls(self) -> tuple[str, ...]:
+        """Return the columns of `ROW_TOLD_NULLS` whose NOT NULL is gone (see `Store`)."""
+        nullable = {r[0] for r in self._exec(
+            'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull"', ("ledger",))}
+        return tuple(c for c in ROW_TOLD_NULLS if c in nullable)
 
     def _unkept_texts(self) -> tuple[str, ...]:
         """Return the ledger's text columns SQLite no longer holds to text (see `Store`).
