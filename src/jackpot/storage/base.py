@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import operator
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -617,6 +618,24 @@ def lost_checks(table: str, checks: Iterable[str]) -> str:
             "never writes")
 
 
+_PG_LITERAL = re.compile(r"('(?:[^']|'')*')")
+_PG_SPELLING = re.compile(r"::[a-z_ ]+(?:\[\])?|[()\s]")
+
+
+def check_key(definition: str) -> str:
+    """Return a CHECK's definition (`pg_get_constraintdef`'s) as `check_problems` compares it.
+
+    Without its NOT VALID, and outside string literals without the casts,
+    parentheses and spaces that another PostgreSQL version may print
+    otherwise (`(amount >= 0)` and `amount >= (0)::bigint` are one
+    expression): a sound schema on a server that prints its CHECKs a little
+    differently is no problem, while another bound (`-1000`), another list
+    or another operator still is.
+    """
+    parts = _PG_LITERAL.split(definition.removesuffix(" NOT VALID"))
+    return "".join(p if i % 2 else _PG_SPELLING.sub("", p) for i, p in enumerate(parts))
+
+
 def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str], str]]) -> list[str]:
     """Name each CHECK of `POSTGRES_CHECKS` that is gone, redefined, or not held for every row.
 
@@ -636,15 +655,16 @@ def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str], str]]) -
     cap's, is then no must_hit_by's). A CHECK an operator added is none of
     the engine's, and not told.
     """
-    checks = [(table, name, valid, frozenset(columns), definition,
-               definition if valid else definition.removesuffix(" NOT VALID"))
+    checks = [(table, name, valid, frozenset(columns), definition, check_key(definition))
               for table, name, valid, columns, definition in found]
-    engine_s = {(table, d) for table, named in POSTGRES_CHECKS.items() for _, d in named.values()}
+    engine_s = {(table, check_key(d)) for table, named in POSTGRES_CHECKS.items()
+                for _, d in named.values()}
     problems = []
     for table, named in POSTGRES_CHECKS.items():
         gone, unchecked, redefined = [], [], []
         for name, (columns, definition) in named.items():
-            kept = [v for t, _, v, _, _, d in checks if t == table and d == definition]
+            key = check_key(definition)
+            kept = [v for t, _, v, _, _, d in checks if t == table and d == key]
             if kept:
                 if not any(kept):
                     unchecked.append(name)

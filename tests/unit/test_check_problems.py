@@ -1,0 +1,68 @@
+"""The PostgreSQL audit's comparison of CHECK definitions (`check_problems`), without a server.
+
+A CHECK is the engine's by its definition as `pg_get_constraintdef` prints
+it. Another PostgreSQL version may print the same expression with other
+casts, parentheses or spaces: no problem then. Another bound, list or
+operator is one, however it is spelled.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from jackpot.storage.base import check_problems
+from jackpot.storage.schema import POSTGRES_CHECKS
+
+
+def _found(respell: dict[str, str] | None = None) -> list[tuple[str, str, bool, tuple[str, ...],
+                                                                 str]]:
+    """The engine's CHECKs as a server reports them, `respell` giving some another definition."""
+    respell = respell or {}
+    return [(table, name, True, columns, respell.get(name, definition))
+            for table, named in POSTGRES_CHECKS.items()
+            for name, (columns, definition) in named.items()]
+
+
+def test_the_engine_s_checks_as_stored_are_no_problem() -> None:
+    assert check_problems(_found()) == []
+
+
+@pytest.mark.parametrize(("name", "printed"), [
+    ("levels_amount_check", "CHECK (amount >= 0)"),
+    ("levels_amount_check", "CHECK ((amount >= (0)::bigint))"),
+    ("levels_carry_check", "CHECK ((carry >= 0) AND (carry < 1000000000))"),
+    ("levels_status_check",
+     "CHECK ((status)::text = ANY ((ARRAY['active', 'suspended', 'retired'])::text[]))"),
+    ("levels_overflow_to_check",
+     ("CHECK ((overflow_to = ANY (ARRAY['meter'::character varying, 'reserve'::character "
+     "varying])))")),
+])
+def test_the_same_check_printed_otherwise_is_no_problem(name: str, printed: str) -> None:
+    assert check_problems(_found({name: printed})) == []
+
+
+@pytest.mark.parametrize(("name", "printed"), [
+    ("levels_amount_check", "CHECK ((amount >= '-1000'::integer))"),
+    ("levels_amount_check", "CHECK ((amount > 0))"),
+    ("levels_rate_check", "CHECK (((rate >= 0) AND (rate < 1000000000)))"),
+    # Spaces inside a literal are part of it: ' active' is not 'active'.
+    ("levels_status_check",
+     "CHECK ((status = ANY (ARRAY[' active'::text, 'suspended'::text, 'retired'::text])))"),
+    ("levels_status_check",
+     ("CHECK ((status = ANY (ARRAY['active'::text, 'suspended'::text, 'retired'::text, "
+     "'gone'::text])))")),
+])
+def test_another_expression_under_the_engine_s_name_is_told(name: str, printed: str) -> None:
+    table = next(t for t, named in POSTGRES_CHECKS.items() if name in named)
+    engine_s = POSTGRES_CHECKS[table][name][1]
+    assert check_problems(_found({name: printed})) == [
+        f"table {table}: CHECK {name} is not the engine's: {printed} (the engine's: {engine_s})"]
+
+
+def test_a_check_made_not_valid_is_told_however_it_is_printed() -> None:
+    printed = "CHECK (reserve_after >= 0) NOT VALID"
+    found = [(t, n, n != "ledger_reserve_after_check", c, printed if n ==
+              "ledger_reserve_after_check" else d) for t, n, _, c, d in _found()]
+    assert check_problems(found) == [
+        ("table ledger: CHECK ledger_reserve_after_check is NOT VALID: rows from before it "
+        "were never checked")]
