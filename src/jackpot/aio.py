@@ -147,8 +147,11 @@ class AsyncJackpotEngine:
     async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - as sync
         """Let in-flight operations finish, stop every actor; later calls fail.
 
-        Idempotent. `timeout` bounds the whole close, as in `JackpotEngine.close`.
-        Runs in a thread of its own, as `health()` does.
+        Idempotent. `timeout` bounds the whole close, as in `JackpotEngine.close`;
+        a close after one that gave up (`timeout=0`, say) waits, as there, for
+        the actors and the read that one left running, so that once it returns
+        no connection of the engine holds the file. Runs in a thread of its
+        own, as `health()` does.
         """
         self._orphan_closed_loops()
         await _in_own_thread("jackpot-close", self._engine.close, timeout)

@@ -234,7 +234,7 @@ def _close_lost(item: _Lost) -> None:
     done = "closing it failed"
     try:
         _log_late(_shut_down(actors, checkpointer, lambda _deadline: reader.close(),
-                             time.monotonic() + _EXIT_SECONDS))
+                             time.monotonic() + _EXIT_SECONDS)[0])
         done = "it is closed now"
     except Exception:  # noqa: BLE001 - reported; the reaper goes on with the next
         _say(logger.exception, "closing a dropped engine on %s failed", where,
@@ -261,16 +261,20 @@ def _say(log: Callable[..., None], msg: str, where: str, *, outcome: str) -> Non
 
 _Late = list[tuple[str, str | None]]
 """Actors still running after close()'s wait: what each is ("coordinator"), and its level."""
+_Stopping = tuple[tuple[str, str | None], pykka.ActorRef[Any], pykka.Future[None]]
+"""An actor asked to stop: what it is (as `_Late` names it), its ref, the answer to the stop."""
 
 
 def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
-               close_reader: Callable[[float], None], deadline: float) -> _Late:
+               close_reader: Callable[[float], object], deadline: float
+               ) -> tuple[_Late, list[_Stopping]]:
     """Stop the actors (coordinator, levels, checkpointer), then close the reader.
 
     Every stop is requested at once, then awaited against one deadline, so
     no actor waits behind a stuck one and none is left unasked. Returns the
     actors that did not stop in time, for the caller to log once it holds
-    no lock (a log handler may do anything, call close() included). Asked
+    no lock (a log handler may do anything, call close() included), and
+    every actor not seen to stop, for a later close() to wait for. Asked
     once `deadline` has passed (calls in flight used up close()'s timeout),
     none was given any time, idle ones included: none is called late then.
     """
@@ -278,7 +282,7 @@ def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
     # in Pykka's stop, which may never reach `on_stop` (see `stop_and_close`).
     # Each is named as an operator knows it (an urn tells nothing to act on):
     # (what, level) as `_log_late` tells it.
-    stopping: list[tuple[tuple[str, str | None], pykka.ActorRef[Any], pykka.Future[None]]] = []
+    stopping: list[_Stopping] = []
     if actors.coordinator is not None:
         stopping.append((("coordinator", None), actors.coordinator.actor_ref,
                          actors.coordinator.close_and_stop()))
@@ -286,10 +290,13 @@ def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
                  for name, p in actors.pools.items()]
     if checkpointer is not None:
         stopping.append((("checkpointer", None), *checkpointer.stop_soon()))
-    late = [] if time.monotonic() >= deadline else [
-        named for named, ref, stopped in stopping if not wait_stopped(ref, stopped, deadline)]
+    if time.monotonic() >= deadline:
+        left, late = stopping, []
+    else:
+        left = [s for s in stopping if not wait_stopped(s[1], s[2], deadline)]
+        late = [named for named, _, _ in left]
     close_reader(deadline)
-    return late
+    return late, left
 
 
 def _log_late(late: _Late) -> None:
@@ -298,6 +305,14 @@ def _log_late(late: _Late) -> None:
             logger.error("%s did not stop in time: it is still running a request, and stops "
                          "when that ends", what,
                          extra={"outcome": "stop_timeout", **({"level": level} if level else {})})
+
+
+def _log_reads_left(reads: list[str]) -> None:
+    for what in reads:
+        with contextlib.suppress(Exception):  # a failing log must not fail the close
+            logger.error("%s did not end in time: it still holds a connection to the "
+                         "database, and closes it when it ends", what,
+                         extra={"outcome": "stop_timeout"})
 
 
 def _log_left_in_flight(calls: int, bound: float | None, unreported: list[Operation]) -> None:
@@ -469,7 +484,7 @@ class JackpotEngine:
             if self._checkpointer is not None:
                 self._checkpointer.ready(self._run_timeout)
         except BaseException as e:
-            _log_late(self._stop_everything())  # no actor thread may outlive a failed open()
+            _log_late(self._stop_everything()[0])  # no actor thread may outlive a failed open()
             if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged: `start_failed`)
                 msg = f"the engine's actors could not start (their error is logged): {e}"
                 raise StorageError(msg) from e
@@ -493,14 +508,18 @@ class JackpotEngine:
         self._closed = False  # new calls refused (set first by close())
         self._shut = False  # actors stopped and reader closed (set last by close())
         self._stopping = False  # a close() is stopping the actors (guarded by _cond)
-        self._stopper: int | None = None  # the thread of that close()
+        # The actors a close() gave up on (or gave no time), not yet seen to stop:
+        # a later close() waits for them (guarded by _lock_state).
+        self._left_running: list[_Stopping] = []
         self._inflight = 0
         # Interrupted calls whose reporting thread has not told their outcome
         # yet, by id of their `reporter` (guarded by _lock_state): a close()
         # that stops waiting names them, as an exit right after it ends those
         # (daemon) threads before they tell it.
         self._unreported: dict[int, Operation] = {}
-        self._own = threading.local()  # .n: sync calls in flight in this thread; .reading
+        # .n: sync calls in flight in this thread; .reading, .verifying; .closing
+        # (a close() here stops the actors, or waits for those left running)
+        self._own = threading.local()
         # Taken with `with self._lock_state`, never `with self._cond`: the C lock's
         # own __exit__ releases it, where Condition.__exit__ is Python, at whose
         # start CPython may run a pending signal's handler (Ctrl-C): its
@@ -648,14 +667,26 @@ class JackpotEngine:
         """Let in-flight operations finish, stop every actor; later calls fail.
 
         Idempotent. `timeout` (seconds, or None) bounds the whole close: the
-        wait for in-flight operations, then for the actors to stop (None: the
-        engine's longest operation time for each). An actor still busy then
-        is left to stop by itself (logged); a read still running closes the
-        reader when it ends. Calls still in flight when the wait for them
+        wait for in-flight operations, then for the actors to stop and the
+        reads to end (None: the engine's longest operation time for each). An actor still busy then
+        is left to stop by itself (logged); a read still running (on the
+        reader, or a `verify()` on its own connection) closes its connection
+        when it ends (logged too). Calls still in flight when the wait for them
         ends go on to their outcome (one WARNING says how many); the actors
         stop after them. If that wait used up the whole `timeout`, the actors
         are asked to stop with no time left to wait: none is logged as late
         then, since none, idle or busy, was given any time.
+
+        A close() after one that left actors or a read running (its timeout
+        ran out, `timeout=0` say) finishes that close, within its own
+        `timeout` (None: as the first one's): it waits for calls still in
+        flight, then for those actors to stop and close their connections and
+        for that read to end and close its connection, so that once it
+        returns nothing of the engine holds the file open. What is still running
+        when its time is up is logged as the first close() logs it. Until
+        then, the exit hook counts the engine as open and finishes it too.
+        A close() called while another one stops the actors waits for that
+        one (within its own limit), then likewise for what it left.
 
         Called from a thread with calls of its own in flight (a log handler
         or stats observer running in a caller's thread, a signal handler that
@@ -685,22 +716,22 @@ class JackpotEngine:
             threading.Thread(target=self.close, args=(timeout,), name="jackpot-close",
                              daemon=True).start()
             return
-        if self._stopper == threading.get_ident():
+        if getattr(self._own, "closing", False):
             return  # called back (by a log handler) from this thread's own close(): it is closing
+        try:
+            self._close(deadline)
+        finally:
+            self._own.closing = False
+
+    def _close(self, deadline: float | None) -> None:
+        """Do close()'s work in the calling thread, the one it may wait in (see `close`)."""
         wait_limit = time.monotonic() + self._run_timeout if deadline is None else deadline
         mine = False
         late: _Late = []
-        left_in_flight = 0
-        unreported: list[Operation] = []
+        reads: list[str] = []
+        left_in_flight, unreported = self._await_calls(wait_limit)
         try:
             with self._lock_state:
-                self._closed = True  # from now on, new calls are refused
-            left_in_flight = self._await_inflight(wait_limit)
-            # (Asked before taking the state lock: the asyncio engine takes its own.)
-            gone = self._asyncio_callers_gone() if left_in_flight else []
-            with self._lock_state:
-                if left_in_flight:
-                    unreported = [*self._unreported.values(), *gone]
                 # A close interrupted before this point (Ctrl-C while waiting) left
                 # everything running: a later close(), or the exit hook, finishes
                 # it. While another close() is stopping the actors, wait for it,
@@ -710,23 +741,80 @@ class JackpotEngine:
                     wait_limit = time.monotonic() + self._run_timeout
                 while self._stopping and (left := _left(wait_limit)) > 0:
                     self._cond.wait(min(_SWEEP_INTERVAL_S, left))
-                if self._stopping or self._shut:
-                    return  # (the close() that stopped them tells what it left)
-                mine = True
-                self._stopping, self._stopper = True, threading.get_ident()
-            late = self._stop_everything(deadline)
-            self._lost.detach()
-            _closing(self)
-            self._shut = True
+                if self._stopping:
+                    return  # (the close() stopping them tells what it left)
+                self._own.closing = True  # from here on, it closes for this thread too
+                mine = self._stopping = not self._shut
+            given = _left(wait_limit) > 0  # (else none is called late: see `_shut_down`)
+            if mine:
+                late, left_running = self._stop_everything(wait_limit)
+                self._lost.detach()
+                with self._lock_state:
+                    self._left_running = left_running
+                    self._shut = True
+            elif given:  # stopped by an earlier close(), which may have left some running
+                late = self._finish(wait_limit)
+            reads = self._reads_left(wait_limit)
+            if not (self._left_running or reads):
+                _closing(self)  # (else the exit hook finishes it, as a later close() would)
         finally:
             if mine:
                 with self._lock_state:
-                    self._stopping, self._stopper = False, None
+                    self._stopping = False
                     self._cond.notify_all()
-        if mine:
-            _log_left_in_flight(left_in_flight, self._run_timeout if deadline is None else None,
-                                unreported)
+        _log_left_in_flight(left_in_flight, self._run_timeout if deadline is None else None,
+                            unreported)
         _log_late(late)
+        if given:
+            _log_reads_left(reads)
+
+    def _await_calls(self, wait_limit: float) -> tuple[int, list[Operation]]:
+        """Refuse new calls; wait until `wait_limit` for those in flight (see `_await_inflight`).
+
+        Returns how many are still in flight then, and those of them whose
+        callers were interrupted or are gone (to be named).
+        """
+        with self._lock_state:
+            self._closed = True  # from now on, new calls are refused
+        left_in_flight = self._await_inflight(wait_limit)
+        if not left_in_flight:
+            return 0, []
+        # (Asked before taking the state lock: the asyncio engine takes its own.)
+        gone = self._asyncio_callers_gone()
+        with self._lock_state:
+            return left_in_flight, [*self._unreported.values(), *gone]
+
+    def _finish(self, deadline: float) -> _Late:
+        """Wait until `deadline` for the actors an earlier close() left running.
+
+        Those it gave up on, or gave no time: each has stopped and closed its
+        connection once it answers its stop. Returns those still running.
+        """
+        with self._lock_state:
+            running = list(self._left_running)
+        left = [s for s in running if not wait_stopped(s[1], s[2], deadline)]
+        with self._lock_state:  # (a concurrent close() may have seen some stop first)
+            self._left_running = [s for s in self._left_running if s in left]
+        return [named for named, _, _ in left]
+
+    def _reads_left(self, deadline: float) -> list[str]:
+        """Wait until `deadline` for the reads of other threads that hold a connection.
+
+        A read holding the reader closes it as it ends (`_reading`), and
+        `verify()` its own connection. Returns those still running: "a read",
+        "verify()". Those of the calling thread are not waited for: they
+        cannot end while it waits.
+        """
+        left = []
+        if (self._reader_close_pending and not getattr(self._own, "reading", False)
+                and not self._close_reader(deadline)):
+            left.append("a read")
+        if not getattr(self._own, "verifying", False):
+            if not self._verify_lock.acquire(timeout=_left(deadline)):
+                left.append("verify()")
+            else:  # none runs, and none starts now: each checks the engine is open first
+                self._verify_lock.release()
+        return left
 
     def _asyncio_callers_gone(self) -> list[Operation]:
         """Return the asyncio calls in flight whose callers are gone (see `_attach`)."""
@@ -770,35 +858,40 @@ class JackpotEngine:
             if _left(deadline) <= 0:
                 return left
 
-    def _stop_everything(self, deadline: float | None = None) -> _Late:
+    def _stop_everything(self, deadline: float | None = None) -> tuple[_Late, list[_Stopping]]:
         """Stop every actor, then close the reader (default deadline: the longest operation).
 
         Under the restart lock: an actor restart that raced the close either
         finished first (and its replacement is stopped here) or sees the
         engine closed and starts nothing. Returns the actors that did not
-        stop in time.
+        stop in time, and those not seen to stop (see `_shut_down`).
         """
         with self._restart_lock:
             return _shut_down(self._actors, self._checkpointer, self._close_reader,
                               time.monotonic() + self._run_timeout if deadline is None
                               else deadline)
 
-    def _close_reader(self, deadline: float) -> None:
-        """Close the reader now, or, if a read holds it past `deadline`, when that read ends."""
+    def _close_reader(self, deadline: float) -> bool:
+        """Close the reader now, or, if a read holds it past `deadline`, when that read ends.
+
+        Returns whether it is closed now.
+        """
         if getattr(self._own, "reading", False):
             # close() called inside this thread's own read (a signal handler
             # that ran in the middle of it): that read cannot end while this
             # waits, so it closes the reader when it ends.
             self._reader_close_pending = True
-            return
+            return False
         if not self._reader_lock.acquire(timeout=_left(deadline)):
             self._reader_close_pending = True  # the read in progress closes it (`_reading`)
             if not self._reader_lock.acquire(blocking=False):
-                return
+                return False
         try:  # the read ended (or there was none): close it here
             self._reader.close()
+            self._reader_close_pending = False
         finally:
             self._reader_lock.release()
+        return True
 
     @contextmanager
     def _reading(self) -> Iterator[Store]:
@@ -825,6 +918,7 @@ class JackpotEngine:
                 self._own.reading = False
                 if self._reader_close_pending:  # close() gave up waiting for this read
                     self._reader.close()
+                    self._reader_close_pending = False
             finally:
                 self._reader_lock.release()
 
@@ -1027,13 +1121,17 @@ class JackpotEngine:
         """
         self._check_open()
         with self._verify_lock:
-            self._check_open()  # closed while waiting for another audit
-            store = _store(self._path, self._settings)
+            self._own.verifying = True  # a close() in this thread must not wait for it
             try:
-                self._check_open()  # a close() that raced the connect: refused like any read
-                return audit(store)
+                self._check_open()  # closed while waiting for another audit
+                store = _store(self._path, self._settings)
+                try:
+                    self._check_open()  # a close() that raced the connect: refused like any read
+                    return audit(store)
+                finally:
+                    store.close()
             finally:
-                store.close()
+                self._own.verifying = False
 
     # -- internals -----------------------------------------------------------------
 

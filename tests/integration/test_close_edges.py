@@ -266,7 +266,7 @@ def test_a_verify_racing_close_is_refused_and_closes_its_connection(
     monkeypatch.setattr(engine_module, "_store", store)
     thread, out = in_thread(engine.verify)
     assert connected.wait(HANG)
-    engine.close()
+    engine.close(timeout=0)  # (without one, it would wait for the verify, held here)
     go_on.set()
     thread.join(HANG)
     (outcome,) = out
