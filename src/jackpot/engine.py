@@ -307,6 +307,26 @@ def _log_late(late: _Late) -> None:
                          extra={"outcome": "stop_timeout", **({"level": level} if level else {})})
 
 
+def _report_restarts(stats: Stats, restarted: list[str], failed: list[BaseException]) -> None:
+    """Log and count the actors `restarted`; log the checkpointer's restarts that `failed`."""
+    for error in failed:
+        after_the_fact(logger.error, "the checkpointer had stopped and its "
+                       "replacement could not start; writers keep the WAL bounded "
+                       "until the next attempt", exc_info=error,
+                       extra={"outcome": "actor_restart_failed"})
+    for name in restarted:
+        level = {} if name in ("coordinator", "checkpointer") else {"level": name}
+        after_the_fact(logger.error, "%s had stopped; a replacement was started",
+                       f"actor of level {name}" if level else name,
+                       extra={"outcome": "actor_restart", **level})
+        after_the_fact(stats.add, "actor_restarts", "actor", name)
+
+
+def _checkpointer_replaced(stats: Stats, error: BaseException | None) -> None:
+    """Report a checkpointer replaced as a checkpoint fell due (see `Checkpointer.note`)."""
+    _report_restarts(stats, [] if error else ["checkpointer"], [error] if error else [])
+
+
 def _log_reads_left(reads: list[str]) -> None:
     for what in reads:
         with contextlib.suppress(Exception):  # a failing log must not fail the close
@@ -465,7 +485,9 @@ class JackpotEngine:
             self._observe(settings)  # (inside: what it imports can fail, too)
             if not is_database_url(path):
                 # SQLite: WAL checkpoints run in their own thread, not after a commit.
-                self._checkpointer = Checkpointer(lambda: _sqlite(path, settings), self.stats)
+                self._checkpointer = Checkpointer(
+                    lambda: _sqlite(path, settings), self.stats,
+                    functools.partial(_checkpointer_replaced, self.stats))
             # How an actor opens its writing connection (its commits report to
             # the checkpointer). Not a bound method: actors must not keep the
             # engine alive, or a lost engine could never be collected.
@@ -1574,17 +1596,7 @@ class JackpotEngine:
                 self._check_open()  # closed meanwhile: start nothing close() cannot stop
                 self._replace_dead(restarted, failed)
         finally:  # done: reporting it must not fail the operation that asked for it
-            for error in failed:
-                after_the_fact(logger.error, "the checkpointer had stopped and its "
-                               "replacement could not start; writers keep the WAL bounded "
-                               "until the next attempt", exc_info=error,
-                               extra={"outcome": "actor_restart_failed"})
-            for name in restarted:
-                level = {} if name in ("coordinator", "checkpointer") else {"level": name}
-                after_the_fact(logger.error, "%s had stopped; a replacement was started",
-                               f"actor of level {name}" if level else name,
-                               extra={"outcome": "actor_restart", **level})
-                after_the_fact(self.stats.add, "actor_restarts", "actor", name)
+            _report_restarts(self.stats, restarted, failed)
 
     def _replace_dead(self, restarted: list[str], failed: list[BaseException]) -> None:
         """Start a replacement for each stopped actor (under the restart lock); note it.

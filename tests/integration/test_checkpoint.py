@@ -14,6 +14,7 @@ import pytest
 
 import jackpot.actors.checkpoint as checkpoint_module
 import jackpot.storage.sqlite as sqlite_module
+from _helpers import hearing
 from jackpot import JackpotEngine, Settings, StorageError
 from jackpot.storage import SQLiteStore
 
@@ -292,3 +293,69 @@ def test_a_checkpointer_that_does_not_stop_in_time_is_named_as_close_names_it(
                                "a request, and stops when that ends")
     checkpointer.stop(timeout=10)
     assert not checkpointer.alive()
+
+
+def test_a_checkpointer_that_stopped_alone_is_replaced_when_a_checkpoint_falls_due(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: only a level's or the coordinator's restart replaced it, so it stayed dead.
+
+    The writers then did all the copying themselves, after their commits,
+    every `CATCH_UP_PAGES` (the WAL stayed bounded), and nothing said so.
+    """
+    monkeypatch.setattr(checkpoint_module, "EVERY_PAGES", 5)
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    dead = checkpointer._actor.actor_ref
+    dead.stop()  # its thread ended; every other actor lives on
+    with hearing() as said:
+        for i in range(60):
+            engine.contribute(Decimal("2.50"), op_id=f"bet-{i}")
+    assert checkpointer.alive()
+    assert checkpointer._actor.actor_ref != dead
+    assert checkpointer.runs >= 1  # requested by the writers' commits again
+    assert [(severity, line) for severity, line, _, outcome in said
+            if outcome == "actor_restart"] == [
+        ("ERROR", "checkpointer had stopped; a replacement was started")]
+    assert engine.stats.snapshot()["actor_restarts:actor:checkpointer"] == 1
+    size, copied = checkpointer.flush(timeout=10)
+    assert copied == size > 0
+    assert engine.verify().ok
+
+
+def test_a_checkpointer_replacement_that_cannot_start_is_tried_again_when_next_due(
+        filler_db: str) -> None:
+    """Not at every commit: at most once every EVERY_PAGES, as a checkpoint falls due."""
+    opened: list[int] = []
+
+    def open_store() -> SQLiteStore:
+        opened.append(len(opened))
+        if len(opened) == 2:
+            msg = "the file is out of reach for a moment"
+            raise StorageError(msg)
+        return SQLiteStore(filler_db)
+
+    replaced: list[BaseException | None] = []
+    every = checkpoint_module.EVERY_PAGES
+    checkpointer = checkpoint_module.Checkpointer(open_store, replaced=replaced.append)
+    try:
+        checkpointer.ready(timeout=10)
+        checkpointer._actor.actor_ref.stop()  # its thread ended by itself
+        checkpointer.note(every - 1)  # no checkpoint due: nothing is started
+        assert (opened, replaced) == ([0], [])
+        checkpointer.note(every)  # due: a replacement starts, and cannot open its connection
+        [first] = replaced  # None: started, then stopped (its error logged); or seen stopped
+        assert first is None or (
+            isinstance(first, pykka.ActorDeadError)
+            and str(first).endswith("stopped while starting: StorageError: the file is out "
+                                    "of reach for a moment")), repr(first)
+        assert checkpointer._actor.actor_ref.actor_stopped.wait(10)
+        assert opened == [0, 1]
+        checkpointer.note(2 * every - 1)  # not due yet: not tried again at every commit
+        assert opened == [0, 1]
+        checkpointer.note(2 * every)
+        checkpointer.ready(timeout=10)
+        assert (opened, replaced) == ([0, 1, 2], [first, None])
+        assert checkpointer.flush(timeout=10) == (0, 0)  # it runs checkpoints again
+    finally:
+        checkpointer.stop(timeout=10)

@@ -111,13 +111,19 @@ class _CheckpointActor(pykka.ThreadingActor):
 class Checkpointer:
     """Decides when the WAL needs a checkpoint and has the actor run it."""
 
-    def __init__(self, open_store: Callable[[], SQLiteStore], owner: object = None) -> None:
+    def __init__(self, open_store: Callable[[], SQLiteStore], owner: object = None,
+                 replaced: Callable[[BaseException | None], None] | None = None) -> None:
         """Start the checkpoint actor (its connection opens in its own thread).
 
-        `owner` marks its thread (see `mark_actor_thread`).
+        `owner` marks its thread (see `mark_actor_thread`). `replaced` hears
+        of each replacement `note` starts for an actor that stopped by itself:
+        None, or the error that kept it from starting.
         """
         self._owner = owner
-        self._lock = threading.Lock()
+        self._replaced = replaced
+        # Reentrant: Pykka's start, under it, logs; a log handler may do anything.
+        self._lock = threading.RLock()
+        self._stopped = False  # asked to stop (close()): `note` starts no replacement
         # The urn of the actor asked for the checkpoint now due, or None. Only
         # that actor clears it: Pykka counts an actor stopped before its
         # on_stop runs, so a replaced one may end late, while its replacement
@@ -133,26 +139,55 @@ class Checkpointer:
         return self._actor.actor_ref.is_alive()
 
     def restart(self) -> None:
-        """Start a new checkpoint actor (after the old one stopped)."""
+        """Start a new checkpoint actor (after the old one stopped, or was stopped)."""
         with self._lock:
-            self._busy = None  # the stopped actor runs no request it may still hold
+            self._stopped = False
+            self._replace()
+
+    def _replace(self) -> None:
+        """Start a new checkpoint actor in place of the stopped one (under the lock).
+
+        Under the lock, so that no replacement starts after `stop_soon` took
+        the actor to stop.
+        """
+        self._busy = None  # the stopped actor runs no request it may still hold
         self._actor = start_actor(_CheckpointActor, self._open_store, self._finished,
                                   self._owner)
 
     def note(self, pages: int) -> None:
-        """Hear a writer's WAL size after its commit (called in the writer's thread)."""
+        """Hear a writer's WAL size after its commit (called in the writer's thread).
+
+        An actor that stopped by itself (its thread ended, or its replacement
+        could not start) is replaced when a checkpoint is due, so at most once
+        every `EVERY_PAGES`: it was replaced only when a level's actor was,
+        and the writers did all the copying meanwhile, after their commits.
+        """
+        revived, failed, ask = False, None, False
         with self._lock:
             if pages < self._next - EVERY_PAGES:  # the WAL was restarted from its start
                 self._next = EVERY_PAGES
+            if pages < self._next or self._stopped:
+                return
+            if not self.alive():
+                revived = True
+                self._next = pages + EVERY_PAGES  # (the next attempt, should this one fail)
+                try:
+                    self._replace()
+                except Exception as e:  # noqa: BLE001 - told below; tried again when due
+                    failed = e
             actor = self._actor
-            if self._busy is not None or pages < self._next or not self.alive():
-                return  # a stopped actor: the writers' own catch-up bounds the WAL
-            self._busy = actor.actor_ref.actor_urn
-            self._next = pages + EVERY_PAGES
-            self.runs += 1
-        # A tell in effect: nobody waits for the answer. Should the actor stop
-        # before running it, its on_stop (or on_failure) clears `_busy`.
-        actor.checkpoint(requested=True)
+            if failed is None and self._busy is None:
+                ask = True
+                self._busy = actor.actor_ref.actor_urn
+                self._next = pages + EVERY_PAGES
+                self.runs += 1
+        if revived and self._replaced is not None:
+            self._replaced(failed)
+        if ask:
+            # A tell in effect: nobody waits for the answer. Should the actor stop
+            # before running it, its on_stop (or on_failure) clears `_busy`; one
+            # whose start fails is replaced when the next checkpoint is due.
+            actor.checkpoint(requested=True)
 
     def _finished(self, urn: str) -> None:
         with self._lock:
@@ -183,5 +218,11 @@ class Checkpointer:
             raise pykka.Timeout(msg)
 
     def stop_soon(self) -> tuple[pykka.ActorRef[Any], pykka.Future[None]]:
-        """Ask the actor to stop after the checkpoint it may be running (see `wait_stopped`)."""
-        return self._actor.actor_ref, self._actor.close_and_stop()
+        """Ask the actor to stop after the checkpoint it may be running (see `wait_stopped`).
+
+        No replacement starts after it, unless `restart` is called.
+        """
+        with self._lock:
+            self._stopped = True
+            actor = self._actor
+        return actor.actor_ref, actor.close_and_stop()
