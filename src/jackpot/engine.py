@@ -528,7 +528,7 @@ class JackpotEngine:
     def _init_lifecycle(self) -> None:
         """Set up what close() and the in-flight count share."""
         self._closed = False  # new calls refused (set first by close())
-        self._shut = False  # actors stopped and reader closed (set last by close())
+        self._shut = False  # actors asked to stop, reader closed or left to its read (by close())
         self._stopping = False  # a close() is stopping the actors (guarded by _cond)
         # The actors a close() gave up on (or gave no time), not yet seen to stop:
         # a later close() waits for them (guarded by _lock_state).
@@ -690,23 +690,25 @@ class JackpotEngine:
 
         Idempotent. `timeout` (seconds, or None) bounds the whole close: the
         wait for in-flight operations, then for the actors to stop and the
-        reads to end (None: the engine's longest operation time for each). An actor still busy then
-        is left to stop by itself (logged); a read still running (on the
-        reader, or a `verify()` on its own connection) closes its connection
-        when it ends (logged too). Calls still in flight when the wait for them
-        ends go on to their outcome (one WARNING says how many); the actors
-        stop after them. If that wait used up the whole `timeout`, the actors
-        are asked to stop with no time left to wait: none is logged as late
-        then, since none, idle or busy, was given any time.
+        reads to end (None: the engine's longest operation time for each).
+        An actor still busy then is left to stop by itself (logged); a read
+        still running (on the reader, or a `verify()` on its own connection)
+        closes its connection when it ends (logged too). Calls still in
+        flight when the wait for them ends go on to their outcome (one
+        WARNING says how many); the actors stop after them. If that wait used
+        up the whole `timeout`, the actors are asked to stop with no time left
+        to wait: none is logged as late then, since none, idle or busy, was
+        given any time.
 
         A close() after one that left actors or a read running (its timeout
         ran out, `timeout=0` say) finishes that close, within its own
         `timeout` (None: as the first one's): it waits for calls still in
         flight, then for those actors to stop and close their connections and
         for that read to end and close its connection, so that once it
-        returns nothing of the engine holds the file open. What is still running
-        when its time is up is logged as the first close() logs it. Until
-        then, the exit hook counts the engine as open and finishes it too.
+        returns nothing of the engine holds the file open. What is still
+        running when its time is up is logged as the first close() logs it.
+        Until then, the exit hook counts the engine as open and finishes it
+        too.
         A close() called while another one stops the actors waits for that
         one (within its own limit), then likewise for what it left.
 

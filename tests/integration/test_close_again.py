@@ -251,3 +251,25 @@ def test_the_exit_hook_still_finishes_a_close_that_gave_up(
     release.set()
     engine.close()
     assert engine not in engine_module._OPEN_ENGINES
+
+
+def test_a_close_waits_for_a_verify_in_progress_within_its_bound(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: close() returned at once, the audit's own connection still open."""
+    finish = threading.Event()
+    engine = JackpotEngine.open(db_path)
+    verifies = _WatchedLock()
+    engine._verify_lock = verifies  # type: ignore[assignment]
+    try:
+        auditor, report = _held_read(engine, "verify", monkeypatch, finish)
+        closer, closed = _closing_in_thread(engine.close, verifies.waited, finish)
+        assert verifies.waited.wait(HANG)  # it waits for the verify (or returned: closed says)
+        finish.set()
+        closer.join(HANG)
+        auditor.join(HANG)
+        assert closed == [True], "close() returned before the verify was let go"
+        assert report[0].ok  # the verify begun before close() ended normally
+        assert _exclusive_at_once(db_path) == (0, 0, 0)
+    finally:
+        finish.set()
+        engine.close()
