@@ -1619,11 +1619,12 @@ class JackpotEngine:
                 self._coordinator.actor_ref.tell(DRAIN)
         if self._checkpointer is not None and not self._checkpointer.alive():
             try:
-                self._checkpointer.restart()
+                replaced = self._checkpointer.restart()  # (unless a commit did: `note`)
             except Exception as e:  # noqa: BLE001 - logged below (on_start failed, or Pykka raised)
                 failed.append(e)
             else:
-                restarted.append("checkpointer")
+                if replaced:
+                    restarted.append("checkpointer")
 
     # -- operations view -----------------------------------------------------------
 

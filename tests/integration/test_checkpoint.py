@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pykka
@@ -14,7 +15,7 @@ import pytest
 
 import jackpot.actors.checkpoint as checkpoint_module
 import jackpot.storage.sqlite as sqlite_module
-from _helpers import hearing
+from _helpers import HANG, hearing, in_thread
 from jackpot import JackpotEngine, Settings, StorageError
 from jackpot.storage import SQLiteStore
 
@@ -359,3 +360,47 @@ def test_a_checkpointer_replacement_that_cannot_start_is_tried_again_when_next_d
         assert checkpointer.flush(timeout=10) == (0, 0)  # it runs checkpoints again
     finally:
         checkpointer.stop(timeout=10)
+
+
+def test_a_revival_and_a_restart_that_race_leave_one_checkpointer_stopped_by_close(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the restart path saw the dead actor, then replaced the one a commit revived.
+
+    A writer's commit revives it (`note`, in the writer's thread) while a
+    call about to be resent replaces the stopped actors (`_replace_dead`):
+    both saw it stopped, so both started one, and the first was dropped,
+    running: close() never stopped it (an actor of the engine registered,
+    its connection open, after close()), and two restarts were told.
+    """
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    checkpointer._actor.actor_ref.stop()  # its thread ended by itself
+    restarting, reviver = threading.Event(), threading.get_ident()
+    restarter: list[tuple[threading.Thread, list[Any]]] = []
+    real_start, real_restart = checkpoint_module.start_actor, checkpointer.restart
+
+    def start_actor(*args: Any) -> Any:
+        if threading.get_ident() == reviver and not restarter:
+            # The revival holds the lock: the restart starts now, sees the
+            # actor stopped, and is let in once it asks to replace it.
+            restarter.append(in_thread(engine._restart_dead_actors))
+            assert restarting.wait(HANG)
+        return real_start(*args)
+
+    def restart() -> Any:
+        restarting.set()
+        return real_restart()
+
+    monkeypatch.setattr(checkpoint_module, "start_actor", start_actor)
+    monkeypatch.setattr(checkpointer, "restart", restart)
+    with hearing() as said:
+        checkpointer.note(checkpoint_module.EVERY_PAGES)  # a checkpoint falls due: revived
+        [(thread, out)] = restarter
+        thread.join(HANG)
+    assert out == [None]
+    engine.close()
+    assert pykka.ActorRegistry.get_by_class(checkpoint_module._CheckpointActor) == []
+    assert [line for _, line, _, outcome in said if outcome == "actor_restart"] == [
+        "checkpointer had stopped; a replacement was started"]
+    assert engine.stats.snapshot()["actor_restarts:actor:checkpointer"] == 1

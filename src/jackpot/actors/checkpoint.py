@@ -138,11 +138,19 @@ class Checkpointer:
         """Say whether the checkpoint actor runs."""
         return self._actor.actor_ref.is_alive()
 
-    def restart(self) -> None:
-        """Start a new checkpoint actor (after the old one stopped, or was stopped)."""
+    def restart(self) -> bool:
+        """Start a new checkpoint actor if the old one stopped (or was stopped); say if it did.
+
+        Seen stopped under the lock: a writer's commit may have replaced it
+        (`note`) since the caller saw it stopped, and a second replacement
+        would leave that one running, never stopped by close().
+        """
         with self._lock:
             self._stopped = False
+            if self.alive():
+                return False
             self._replace()
+            return True
 
     def _replace(self) -> None:
         """Start a new checkpoint actor in place of the stopped one (under the lock).
