@@ -540,7 +540,8 @@ class JackpotEngine:
         # (daemon) threads before they tell it.
         self._unreported: dict[int, Operation] = {}
         # .n: sync calls in flight in this thread; .reading, .verifying; .closing
-        # (a close() here stops the actors, or waits for those left running)
+        # (a close() here stops the actors, or waits for those left running);
+        # .restarting (it replaces stopped actors: `_restart_dead_actors`)
         self._own = threading.local()
         # Taken with `with self._lock_state`, never `with self._cond`: the C lock's
         # own __exit__ releases it, where Condition.__exit__ is Python, at whose
@@ -721,8 +722,11 @@ class JackpotEngine:
         Called from one of the engine's own threads (a log handler or stats
         observer running in an actor), it refuses new calls at once and
         leaves the rest to a thread of its own, since an actor cannot wait
-        for itself to stop. In a forked child it only refuses new calls: the
-        actors and connections are the parent's.
+        for itself to stop; likewise from a log handler on Pykka's lines
+        while this thread replaces a stopped actor (the close waits for that
+        restart, which its thread cannot end while it waits). In a forked
+        child it only refuses new calls: the actors and connections are the
+        parent's.
 
         Raises:
             ValidationError: `timeout` is not a number of seconds (or is NaN).
@@ -734,7 +738,7 @@ class JackpotEngine:
             # refused before they would take it (`_check_process`).
             self._closed = True
             return
-        if in_actor_thread(self.stats):
+        if in_actor_thread(self.stats) or getattr(self._own, "restarting", False):
             with self._lock_state:
                 self._closed = True  # from now on, new calls are refused
             threading.Thread(target=self.close, args=(timeout,), name="jackpot-close",
@@ -1595,8 +1599,14 @@ class JackpotEngine:
         failed: list[BaseException] = []
         try:
             with self._restart_lock:
-                self._check_open()  # closed meanwhile: start nothing close() cannot stop
-                self._replace_dead(restarted, failed)
+                # Pykka logs as it starts an actor, here: a log handler's close()
+                # must not wait for this lock (see `close`).
+                self._own.restarting = True
+                try:
+                    self._check_open()  # closed meanwhile: start nothing close() cannot stop
+                    self._replace_dead(restarted, failed)
+                finally:
+                    self._own.restarting = False
         finally:  # done: reporting it must not fail the operation that asked for it
             _report_restarts(self.stats, restarted, failed)
 

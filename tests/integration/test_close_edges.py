@@ -87,6 +87,50 @@ def test_a_log_handler_closing_the_engine_during_an_actor_restart_does_not_deadl
         assert again.pool("minor").version == 1
 
 
+class _ClosingAtStart(logging.Handler):
+    """A handler on Pykka's logger that closes the engine at its first "Starting" line."""
+
+    def __init__(self, engine: JackpotEngine) -> None:
+        super().__init__()
+        self.engine: JackpotEngine | None = engine
+        self.closed = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Starting") and self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.close()
+            self.closed.set()
+
+
+def test_a_log_handler_on_pykka_closing_the_engine_as_a_restart_starts_an_actor(
+        db_path: Path) -> None:
+    """Before: the close() waited for ever for the restart lock its own thread held.
+
+    Pykka logs "Starting" (DEBUG) in the thread that starts an actor, here
+    the caller's, replacing a stopped one under the engine's restart lock.
+    """
+    engine = JackpotEngine.open(db_path)
+    engine._pools["minor"].actor_ref.stop()  # the level's actor crashed
+    closer = _ClosingAtStart(engine)
+    log = logging.getLogger("pykka")
+    level = log.level
+    log.setLevel(logging.DEBUG)
+    log.addHandler(closer)
+    try:
+        thread, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="b1"))
+        thread.join(HANG)
+    finally:
+        log.removeHandler(closer)
+        log.setLevel(level)
+    assert not thread.is_alive()
+    assert closer.closed.is_set()
+    (outcome,) = out
+    assert outcome.versions == {"minor": 2}  # in flight as close() began: it went on
+    assert _actors_stopped(engine)
+    with JackpotEngine.open(db_path) as again:
+        assert again.pool("minor").version == 2
+
+
 def test_a_log_handler_closing_the_engine_on_its_own_calls_line_does_not_wait_for_it(
         db_path: Path) -> None:
     """The call is out of flight before it is logged; close() keeps no one waiting."""
