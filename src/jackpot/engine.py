@@ -99,6 +99,13 @@ _NAMED = 10  # interrupted calls a close() names, at most, of those it left unre
 
 _OPEN_ENGINES: weakref.WeakKeyDictionary[JackpotEngine, int] = weakref.WeakKeyDictionary()
 """Engines not closed yet, with the process that opened them (guarded by `_OPEN_LOCK`)."""
+_UNFINISHED: dict[JackpotEngine, int] = {}
+"""Engines whose close() left actors or a read running, as `_OPEN_ENGINES` (same lock).
+
+Held, not weakly: close() detached the dropped-engine finalizer, so one the
+program drops after such a close would be finished by nobody, its actors
+cut off at exit with their connections open.
+"""
 _OPEN_LOCK = threading.Lock()
 _EXIT_SECONDS = 5.0
 """Longest the exit hook spends closing one engine: its in-flight operations, then its actors."""
@@ -159,13 +166,20 @@ def _opened(engine: JackpotEngine) -> None:
         _OPEN_ENGINES[engine] = os.getpid()
 
 
-def _closing(engine: JackpotEngine) -> None:
+def _closing(engine: JackpotEngine, *, finished: bool = True) -> None:
+    """Forget a closed engine, or (not `finished`) hold it for the exit hook to finish."""
     with _OPEN_LOCK:
-        _OPEN_ENGINES.pop(engine, None)
+        if finished:
+            _OPEN_ENGINES.pop(engine, None)
+            _UNFINISHED.pop(engine, None)
+        elif (pid := _OPEN_ENGINES.get(engine)) is not None:
+            _UNFINISHED[engine] = pid
 
 
 def _close_open_engines() -> None:
     """At interpreter exit, close every engine the program left open, then those it dropped.
+
+    Left open counts an engine whose close() gave up (`_UNFINISHED`), dropped or not.
 
     Actor threads are daemon threads, so a program that ends (or crashes)
     without `close()` still exits; this lets their in-flight batches commit
@@ -175,7 +189,7 @@ def _close_open_engines() -> None:
     `close()` that the reaper has not closed yet are closed too.
     """
     with _OPEN_LOCK:
-        engines = [e for e, pid in _OPEN_ENGINES.items()
+        engines = [e for e, pid in {**_OPEN_ENGINES, **_UNFINISHED}.items()
                    if pid == os.getpid()]  # a forked child's: their threads are not here
         reaper = _REAPER
     for engine in engines:
@@ -783,8 +797,8 @@ class JackpotEngine:
             elif given:  # stopped by an earlier close(), which may have left some running
                 late = self._finish(wait_limit)
             reads = self._reads_left(wait_limit)
-            if not (self._left_running or reads):
-                _closing(self)  # (else the exit hook finishes it, as a later close() would)
+            # (Unfinished, the exit hook finishes it, as a later close() would.)
+            _closing(self, finished=not (self._left_running or reads))
         finally:
             if mine:
                 with self._lock_state:

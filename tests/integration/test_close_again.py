@@ -18,7 +18,7 @@ from typing import Any
 import apsw
 import pytest
 
-from _helpers import HANG, hearing, in_thread
+from _helpers import HANG, hearing, in_thread, run_python
 from jackpot import AsyncJackpotEngine, JackpotEngine, reads
 from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
@@ -251,6 +251,49 @@ def test_the_exit_hook_still_finishes_a_close_that_gave_up(
     release.set()
     engine.close()
     assert engine not in engine_module._OPEN_ENGINES
+
+
+_DROPPED_AFTER_GIVING_UP = """
+import atexit, gc, sys, threading, weakref
+from jackpot import JackpotEngine
+from jackpot import engine as engine_module
+from jackpot.actors import PoolActor
+
+busy, release = threading.Event(), threading.Event()
+real_wait = engine_module.wait_stopped
+
+def wait_stopped(*args):
+    release.set()  # a close() waits for the busy actor: it ends now
+    return real_wait(*args)
+
+def hang(_actor):
+    busy.set()
+    assert release.wait(30)
+
+PoolActor.hang = hang
+engine_module.wait_stopped = wait_stopped
+atexit.register(lambda: print("stopped at exit", ref.actor_stopped.is_set()))  # after the hook
+engine = JackpotEngine.open(sys.argv[1])
+engine.contribute("10", op_id="bet")
+ref = engine._pools["minor"].actor_ref
+engine._pools["minor"].hang()
+assert busy.wait(30)
+engine.close(timeout=0)
+del engine
+gc.collect()
+"""
+
+
+def test_the_exit_hook_finishes_a_close_that_gave_up_on_an_engine_then_dropped(
+        db_path: Path) -> None:
+    """Before: dropped, it was finished by nobody, its busy actor cut off at exit.
+
+    Only a weak reference kept it on the exit hook's list, and close() had
+    taken it off the reaper's (the finalizer of an engine dropped open).
+    """
+    done = run_python(_DROPPED_AFTER_GIVING_UP, str(db_path), timeout=HANG * 2)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["stopped at exit True"], done.stderr
 
 
 def test_a_close_waits_for_a_verify_in_progress_within_its_bound(
