@@ -1643,6 +1643,20 @@ LOST_CHECKS = ("integrity_check: table levels has lost its CHECK (status IN ('ac
                                        "DEFAULT 'CHECK (reserve_after >= 0)'"), [
         ("integrity_check: table ledger has lost its CHECK (reserve_after >= 0): it takes values "
         "the engine never writes")]),
+    # A quoted name is a column's, whatever it spells: one of the table's own (always 1, a
+    # bound of -1000, cap again) makes the CHECK that reads it pass, as SQLite reads it.
+    ("levels", lambda sql: sql.replace("CHECK (amount >= 0)", 'CHECK ("AMOUNT >= 0")')
+     .replace(") STRICT", ', "amount >= 0" INTEGER AS (1)) STRICT'), [
+        ("integrity_check: table levels has lost its CHECK (amount >= 0): it takes values the "
+        "engine never writes")]),
+    ("ledger", lambda sql: sql.replace("CHECK (balance_after >= 0)", "CHECK (balance_after >= [0])")
+     .replace(") STRICT", ", `0` INTEGER AS (-1000)) STRICT"), [
+        ("integrity_check: table ledger has lost its CHECK (balance_after >= 0): it takes values "
+        "the engine never writes")]),
+    ("levels", lambda sql: sql.replace("cap IS NULL", 'cap IS "NULL"')
+     .replace(") STRICT", ', "null" INTEGER AS (cap)) STRICT'), [
+        ("integrity_check: table levels has lost its CHECK (cap IS NULL OR cap >= seed): it "
+        "takes values the engine never writes")]),
     # The same expressions in other spacing, case, quoting and parentheses, or as table
     # constraints under a name of the operator's, are the same CHECKs.
     ("levels", lambda sql: sql.replace("CHECK (amount >= 0)", 'check((  "AMOUNT">=0\n))')

@@ -7,14 +7,16 @@ constraint) shows it only there. So the expressions are read out of the
 SQL, the engine's from the schema's own (`schema.MIGRATIONS`), the table's
 from its `sql`, and compared in a form that a rebuild with other spacing,
 letter case, quoted names or redundant parentheses does not change:
-tokens lower-cased and unquoted (names and keywords), string literals kept
-as they are, comments dropped.
+tokens lower-cased, names quoted alike (`_name`), string literals kept as
+they are, comments dropped.
 """
 
 from __future__ import annotations
 
 import re
 from typing import NamedTuple
+
+import apsw
 
 from jackpot.storage.schema import MIGRATIONS, STRICT_TABLES
 
@@ -45,10 +47,29 @@ def _tokens(sql: str) -> list[tuple[str, int, int]]:
         kind, text = m.lastgroup, m.group()
         if kind == "space":
             continue
-        if kind == "quoted":  # a name: "Amount", `amount` and [amount] are amount
-            text = text[1:-1].replace(text[0] * 2, text[0]) if text[0] != "[" else text[1:-1]
-        found.append((text if kind == "string" else text.lower(), m.start(), m.end()))
+        if kind == "quoted":  # a name: "Amount", `amount` and [amount] are "amount"
+            text = _name(text[1:-1].replace(text[0] * 2, text[0]) if text[0] != "[" else
+                         text[1:-1])
+        elif kind == "word" and not text[0].isdigit() and text.upper() not in apsw.keywords:
+            text = _name(text)
+        found.append((text if kind in ("string", "quoted") else text.lower(), m.start(),
+                      m.end()))
     return found
+
+
+def _name(name: str) -> str:
+    """Return a name as `_tokens` has it: lower-cased, in double quotes.
+
+    Quoted alike, bare or not: `"0"`, `"null"` and `"amount >= 0"` are
+    columns to SQLite (where the table has them), and must not pass for the
+    number, keyword or expression they spell.
+    """
+    return '"{}"'.format(name.lower().replace('"', '""'))
+
+
+def _unquoted(token: str) -> str:
+    """Return the name a `_name` token holds (a keyword or number as it is)."""
+    return token[1:-1].replace('""', '"') if token.startswith('"') else token
 
 
 def _closing(tokens: list[tuple[str, int, int]], at: int) -> int:
@@ -78,7 +99,7 @@ def table_checks(sql: str) -> dict[str, list[Check]]:
             names = [t for t, _, _ in tokens[i + 1:i + 8]]
             name_at = 3 if names[:3] == ["if", "not", "exists"] else 0
             name_at += 2 if names[name_at + 1:name_at + 2] == ["."] else 0  # main.levels
-            table = names[name_at] if name_at < len(names) else None
+            table = _unquoted(names[name_at]) if name_at < len(names) else None
             if table is not None:
                 checks[table] = []
         elif word == "check" and table is not None and tokens[i + 1:i + 2] \
