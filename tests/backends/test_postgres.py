@@ -1410,6 +1410,13 @@ LOST = "it takes values the engine never writes"
        "((status = ANY (ARRAY['active'::text, 'suspended'::text, 'retired'::text, "
        "'gone'::text]))) (the engine's: CHECK ((status = ANY (ARRAY['active'::text, "
        "'suspended'::text, 'retired'::text]))))")]),
+    # The column cast: 'active   ' passes as 'active' (bpchar ignores trailing spaces).
+    (("ALTER TABLE levels DROP CONSTRAINT levels_status_check, ADD CONSTRAINT "
+     "levels_status_check CHECK (status::bpchar IN ('active', 'suspended', 'retired'))"),
+     [("integrity_check: table levels: CHECK levels_status_check is not the engine's: CHECK "
+       "(((status)::bpchar = ANY (ARRAY['active'::bpchar, 'suspended'::bpchar, "
+       "'retired'::bpchar]))) (the engine's: CHECK ((status = ANY (ARRAY['active'::text, "
+       "'suspended'::text, 'retired'::text]))))")]),
     # Written otherwise, or under another name: the same CHECK.
     (("ALTER TABLE ledger DROP CONSTRAINT ledger_balance_after_check, ADD CONSTRAINT "
      'balance_kept CHECK ((("balance_after")>=0))'), []),

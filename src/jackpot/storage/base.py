@@ -619,21 +619,30 @@ def lost_checks(table: str, checks: Iterable[str]) -> str:
 
 
 _PG_LITERAL = re.compile(r"('(?:[^']|'')*')")
-_PG_SPELLING = re.compile(r"::[a-z_ ]+(?:\[\])?|[()\s]")
+_PG_SPELLING = re.compile(
+    r"""(?P<column>\(?(?:[a-z_][\w$]*|"(?:[^"]|"")+")\)?)?(?P<cast>::[a-z_ ]+(?:\[\])?)|[()\s]""")
+
+
+def _respelled(m: re.Match[str]) -> str:
+    """Return what `check_key` keeps of a `_PG_SPELLING` match: a column's cast only."""
+    column = m.group("column")
+    return "" if column is None else column.strip("()") + "".join(m.group("cast").split())
 
 
 def check_key(definition: str) -> str:
     """Return a CHECK's definition (`pg_get_constraintdef`'s) as `check_problems` compares it.
 
-    Without its NOT VALID, and outside string literals without the casts,
-    parentheses and spaces that another PostgreSQL version may print
-    otherwise (`(amount >= 0)` and `amount >= (0)::bigint` are one
+    Without its NOT VALID, and outside string literals without the casts of
+    constants, parentheses and spaces that another PostgreSQL version may
+    print otherwise (`(amount >= 0)` and `amount >= (0)::bigint` are one
     expression): a sound schema on a server that prints its CHECKs a little
     differently is no problem, while another bound (`-1000`), another list
-    or another operator still is.
+    or another operator still is. A column's cast is kept: PostgreSQL
+    prints none of a column of the engine's type, and one can change what
+    passes (`(status)::bpchar` takes 'active   ' for 'active').
     """
     parts = _PG_LITERAL.split(definition.removesuffix(" NOT VALID"))
-    return "".join(p if i % 2 else _PG_SPELLING.sub("", p) for i, p in enumerate(parts))
+    return "".join(p if i % 2 else _PG_SPELLING.sub(_respelled, p) for i, p in enumerate(parts))
 
 
 def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str], str]]) -> list[str]:
