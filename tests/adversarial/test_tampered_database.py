@@ -1675,6 +1675,30 @@ def test_a_table_rebuilt_without_its_checks_is_reported(
     assert problems(engine) == found
 
 
+@pytest.mark.parametrize(("table", "edit", "found"), [
+    # Its CHECK kept, made to take 'active   ' (RTRIM) or 'METER' (NOCASE) for the engine's.
+    ("levels", lambda sql: sql.replace("status TEXT", "status TEXT COLLATE RTRIM")
+     .replace("overflow_to TEXT", "overflow_to TEXT COLLATE NOCASE"), [
+        ("integrity_check: table levels: column status has COLLATE RTRIM, not BINARY as the "
+         "engine made it: it takes for equal text the engine tells apart; table levels: column "
+         "overflow_to has COLLATE NOCASE, not BINARY as the engine made it: it takes for equal "
+         "text the engine tells apart")]),
+    # Its unique index kept, made to refuse op_id B1 after b1 (another operation).
+    ("operations", lambda sql: sql.replace('"operations"', "operations ")
+     .replace("op_id TEXT", "op_id TEXT COLLATE NOCASE"), [
+        ("integrity_check: table operations: column op_id has COLLATE NOCASE, not BINARY as "
+         "the engine made it: it takes for equal text the engine tells apart")]),
+])
+def test_a_column_given_a_collation_is_reported(
+        engine: JackpotEngine, table: str, edit: Callable[[str], str], found: list[str]) -> None:
+    # The engine compares text byte for byte (BINARY, SQLite's default): a
+    # table rebuilt with a column of another collation kept its CHECK and its
+    # unique index, which then passed values the engine never writes as its
+    # own, and verify() said nothing.
+    rebuild(engine, table, edit)
+    assert problems(engine) == found
+
+
 @pytest.mark.parametrize(("level", "column", "found"), [
     *(("major", column, ["major: ledger row 3 (version 2) does not add up"])
       for column in ("adjusted", "reserve_transferred", "reserve_after", "balance_after",

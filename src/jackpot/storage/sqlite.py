@@ -854,8 +854,8 @@ class SQLiteStore(Store):
     def integrity_check(self) -> str:
         """Return 'ok' when SQLite's integrity_check passes and nothing of the schema is missing.
 
-        Not a trigger, an index, a table's STRICT or NOT NULL (`constraint_problems`), nor
-        one of its CHECKs (`_lost_checks`).
+        Not a trigger, an index, a table's STRICT or NOT NULL (`constraint_problems`), one
+        of its CHECKs (`_lost_checks`), nor a column's BINARY collation (`_collations`).
         """
         problems = [str(r[0]) for r in self._exec("PRAGMA integrity_check")]
         if problems == ["ok"]:
@@ -878,12 +878,29 @@ class SQLiteStore(Store):
                 'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull" AND pk = 0',
                 (t,)))))
         problems.extend(self._lost_checks())
+        problems.extend(self._collations())
         # The ledger's level REFERENCES levels (name) (its primary key: `to` may be NULL).
         if not any(r[0] == "levels" and r[1] == "level" and r[2] in (None, "name")
                    for r in self._exec('SELECT "table", "from", "to" FROM '
                                        "pragma_foreign_key_list('ledger')")):
             problems.append(LOST_FOREIGN_KEY)
         return "; ".join(problems) or "ok"
+
+    def _collations(self) -> list[str]:
+        """Name each of the engine's columns that compares with another collation than BINARY.
+
+        The engine tells text apart byte for byte (SQLite's default): a
+        table rebuilt with `status TEXT COLLATE RTRIM` keeps its CHECK,
+        which then takes 'active   ' for 'active', and `op_id TEXT COLLATE
+        NOCASE` keeps its unique index, which then takes op_id B1 for b1.
+        """
+        return [f"table {table}: column {column} has COLLATE {collation}, not BINARY as the "
+                "engine made it: it takes for equal text the engine tells apart"
+                for table in STRICT_TABLES for (column,) in self._exec(
+                    "SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,))
+                if column in TABLE_COLUMNS[table]
+                and (collation := self.conn.column_metadata("main", table, column)[1]).upper()
+                != "BINARY"]
 
     def _lost_checks(self) -> list[str]:
         """Name, per table, each CHECK of the engine's schema that the table's SQL no longer has.
