@@ -533,6 +533,24 @@ def test_a_column_whose_type_was_changed_is_told(pg_target: str, table: str, col
         assert f"integrity_check: {told}" in engine.verify().problems
 
 
+def test_a_text_column_given_a_nondeterministic_collation_is_told(pg_target: str) -> None:
+    # Its CHECK kept (the same definition), it took 'ACTIVE' for 'active';
+    # the operations' primary key took op_id B1 for b1 (the bet refused as
+    # lost to a concurrent one), and verify() said nothing.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            conn.execute("CREATE COLLATION anycase (provider = icu, "
+                         "locale = 'und-u-ks-level2', deterministic = false)")
+            conn.execute("ALTER TABLE levels ALTER COLUMN status TYPE text COLLATE anycase")
+            conn.execute("ALTER TABLE operations ALTER COLUMN op_id TYPE text COLLATE anycase")
+        told = "not a deterministic one as the engine made it: it takes for equal text the "
+        assert engine.verify().problems == [
+            (f"integrity_check: table levels: column status has COLLATE anycase, {told}engine "
+             f"tells apart; table operations: column op_id has COLLATE anycase, {told}engine "
+             "tells apart")]
+
+
 @pytest.mark.parametrize(("table", "column"), [("ledger", "delta"), ("levels", "m_won")])
 def test_a_number_column_changed_to_text_is_told_not_a_crash(pg_target: str, table: str,
                                                              column: str) -> None:

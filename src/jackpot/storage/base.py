@@ -720,6 +720,21 @@ def type_problems(columns: Iterable[tuple[str, str, str]]) -> list[str]:
             and kind != (want := "text" if column in _TEXT_COLUMNS[table] else "bigint")]
 
 
+def collation_problems(columns: Iterable[tuple[str, str, str]], engine_s: str) -> list[str]:
+    """Name each of the engine's columns that compares text otherwise than byte for byte.
+
+    `columns`: (table, column, collation) of the three tables' columns whose
+    collation can take two texts the engine tells apart for equal (SQLite:
+    any but BINARY; PostgreSQL: a nondeterministic one), `engine_s` what the
+    engine gave them. The column keeps its CHECK and unique index, which
+    then take 'ACTIVE' or 'active   ' for 'active', op_id B1 for b1 (the
+    next operation refused). A column an operator added is not the engine's.
+    """
+    return [f"table {table}: column {column} has COLLATE {collation}, not {engine_s} as the "
+            "engine made it: it takes for equal text the engine tells apart"
+            for table, column, collation in columns if column in TABLE_COLUMNS.get(table, ())]
+
+
 class UnreadableRowError(StorageError, ValueError):
     """A row holds JSON the engine never writes (a damaged or tampered file).
 

@@ -115,6 +115,7 @@ from jackpot.storage.base import (
     Store,
     StoredOperation,
     check_problems,
+    collation_problems,
     constraint_problems,
     entry_values,
     index_problems,
@@ -938,6 +939,13 @@ class PostgresStore(Store):
             "AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull "
             "ORDER BY c.relname, a.attnum", (list(NULLABLE),)))))
         problems.extend(type_problems(self._column_types()))
+        # (One of a nondeterministic collation only: another compares text byte for byte.)
+        problems.extend(collation_problems(((r[0], r[1], r[2]) for r in self._exec(
+            "SELECT c.relname, a.attname, k.collname FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_collation k ON k.oid = a.attcollation "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND NOT k.collisdeterministic "
+            "ORDER BY c.relname, a.attnum", (list(NULLABLE),))), "a deterministic one"))
         problems.extend(check_problems((r[0], r[1], r[2], r[3], r[4]) for r in self._exec(
             "SELECT c.relname, k.conname, k.convalidated, ARRAY(SELECT a.attname::text "
             "FROM pg_attribute a WHERE a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey)), "

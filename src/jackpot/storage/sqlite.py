@@ -64,6 +64,7 @@ from jackpot.storage.base import (
     RecordedSQL,
     Store,
     StoredOperation,
+    collation_problems,
     constraint_problems,
     entry_values,
     index_problems,
@@ -889,18 +890,13 @@ class SQLiteStore(Store):
     def _collations(self) -> list[str]:
         """Name each of the engine's columns that compares with another collation than BINARY.
 
-        The engine tells text apart byte for byte (SQLite's default): a
-        table rebuilt with `status TEXT COLLATE RTRIM` keeps its CHECK,
-        which then takes 'active   ' for 'active', and `op_id TEXT COLLATE
-        NOCASE` keeps its unique index, which then takes op_id B1 for b1.
+        (`collation_problems`: a table rebuilt with `status TEXT COLLATE RTRIM`
+        keeps its CHECK, which then takes 'active   ' for 'active'.)
         """
-        return [f"table {table}: column {column} has COLLATE {collation}, not BINARY as the "
-                "engine made it: it takes for equal text the engine tells apart"
-                for table in STRICT_TABLES for (column,) in self._exec(
-                    "SELECT name FROM pragma_table_info(?) ORDER BY cid", (table,))
-                if column in TABLE_COLUMNS[table]
-                and (collation := self.conn.column_metadata("main", table, column)[1]).upper()
-                != "BINARY"]
+        return collation_problems(((t, c, collation) for t in STRICT_TABLES for (c,) in self._exec(
+            "SELECT name FROM pragma_table_info(?) ORDER BY cid", (t,))
+            if (collation := self.conn.column_metadata("main", t, c)[1]).upper() != "BINARY"),
+            "BINARY")
 
     def _lost_checks(self) -> list[str]:
         """Name, per table, each CHECK of the engine's schema that the table's SQL no longer has.
