@@ -1565,11 +1565,14 @@ def test_text_in_a_strict_ledger_whose_integer_column_was_made_any_is_told_again
     # redeclared ANY (its NOT NULL kept) takes text, which SQL's arithmetic
     # reads as the 0 the engine wrote, and SQLite's integrity check finds
     # nothing (of a TEXT column it tells the integers). Its cells were taken
-    # as kept integer, never tested: verify() passed.
+    # as kept integer, never tested: verify() passed. (The column's type is
+    # told too: it takes what the engine never writes, forged or not.)
     rewrite_schema(engine, "ledger", "replace(sql, 'adjusted INTEGER NOT NULL', 'adjusted ANY NOT NULL')")
     past_trigger(engine, "ledger_no_update", "UPDATE ledger SET adjusted = 'forged' "
                  "WHERE op_id = 'b1' AND level = 'major'", ())
-    assert problems(engine) == [holds("major", 3, 2, "adjusted", "forged")]
+    assert problems(engine) == [
+        holds("major", 3, 2, "adjusted", "forged"),
+        "integrity_check: table ledger: column adjusted is ANY, not INTEGER as the engine made it"]
 
 
 def test_a_table_copied_by_a_tool_is_reported_with_all_it_lost(engine: JackpotEngine) -> None:
@@ -1696,6 +1699,31 @@ def test_a_column_given_a_collation_is_reported(
     # unique index, which then passed values the engine never writes as its
     # own, and verify() said nothing.
     rebuild(engine, table, edit)
+    assert problems(engine) == found
+
+
+@pytest.mark.parametrize(("table", "edit", "found"), [
+    # STRICT kept, a column of ANY: it takes text, and text passes amount >= 0.
+    ("levels", lambda sql: sql.replace("amount INTEGER", "amount ANY"), [
+        "integrity_check: table levels: column amount is ANY, not INTEGER as the engine made it"]),
+    ("ledger", lambda sql: sql.replace("balance_after INTEGER", "balance_after ANY")
+     .replace("op_id TEXT", "op_id ANY"), [
+        ("integrity_check: table ledger: column op_id is ANY, not TEXT as the engine made it; "
+         "table ledger: column balance_after is ANY, not INTEGER as the engine made it")]),
+    ("operations", lambda sql: sql.replace('"operations"', "operations ")
+     .replace("fingerprint TEXT", "fingerprint ANY"), [
+        ("integrity_check: table operations: column fingerprint is ANY, not TEXT as the engine "
+        "made it")]),
+    # INT is INTEGER to a STRICT table, and the case of a type is no matter.
+    ("levels", lambda sql: sql.replace("amount INTEGER", "amount INT")
+     .replace("seed INTEGER", "seed integer").replace("name TEXT", "name text"), []),
+])
+def test_a_column_of_another_type_is_reported(
+        engine: JackpotEngine, table: str, edit: Callable[[str], str], found: list[str]) -> None:
+    # PostgreSQL told a column whose type was changed; SQLite said nothing of
+    # a table rebuilt STRICT with a column of another type.
+    rebuild(engine, table, edit)
+    engine.contribute(Decimal(50), op_id="b2")  # (the engine writes on in it)
     assert problems(engine) == found
 
 

@@ -704,20 +704,24 @@ def number_column(table: str, column: str) -> bool:
     return column in TABLE_COLUMNS.get(table, ()) and column not in _TEXT_COLUMNS[table]
 
 
-def type_problems(columns: Iterable[tuple[str, str, str]]) -> list[str]:
-    """Name each of the engine's columns whose type was changed (PostgreSQL).
+def type_problems(columns: Iterable[tuple[str, str, str]], *, text: str = "text",
+                  integer: str = "bigint") -> list[str]:
+    """Name each of the engine's columns whose type was changed.
 
-    `columns`: (table, column, type as `format_type` gives it) of the three
-    tables. The engine made each `text` or `bigint`. An `ALTER COLUMN ...
+    `columns`: (table, column, type) of the three tables, the type as the
+    backend names it (PostgreSQL: as `format_type` gives it; SQLite: as a
+    STRICT table declares it, upper-cased). The engine made each `text`, or
+    `integer` (PostgreSQL `bigint`, SQLite `INTEGER`). An `ALTER COLUMN ...
     TYPE numeric` (or text) keeps every value the engine wrote, but then
     takes fractions (or words) it never writes, which the audit's sums read
-    as they are, or cut short. A column an operator added is not the
-    engine's (see `constraint_problems`).
+    as they are, or cut short; a SQLite table rebuilt STRICT with a column of
+    `ANY` takes text, and text passes `amount >= 0`. A column an operator
+    added is not the engine's (see `constraint_problems`).
     """
     return [f"table {table}: column {column} is {kind}, not {want} as the engine made it"
             for table, column, kind in columns
             if column in TABLE_COLUMNS.get(table, ())
-            and kind != (want := "text" if column in _TEXT_COLUMNS[table] else "bigint")]
+            and kind != (want := text if column in _TEXT_COLUMNS[table] else integer)]
 
 
 def collation_problems(columns: Iterable[tuple[str, str, str]], engine_s: str) -> list[str]:

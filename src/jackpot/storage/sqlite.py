@@ -74,6 +74,7 @@ from jackpot.storage.base import (
     lost_checks,
     stored_result,
     to_json,
+    type_problems,
 )
 from jackpot.storage.schema import MIGRATIONS, SQLITE_TRIGGERS, STRICT_TABLES
 
@@ -856,7 +857,8 @@ class SQLiteStore(Store):
         """Return 'ok' when SQLite's integrity_check passes and nothing of the schema is missing.
 
         Not a trigger, an index, a table's STRICT or NOT NULL (`constraint_problems`), one
-        of its CHECKs (`_lost_checks`), nor a column's BINARY collation (`_collations`).
+        of its CHECKs (`_lost_checks`), a column's type (`_retyped`), nor its BINARY
+        collation (`_collations`).
         """
         problems = [str(r[0]) for r in self._exec("PRAGMA integrity_check")]
         if problems == ["ok"]:
@@ -880,12 +882,28 @@ class SQLiteStore(Store):
                 (t,)))))
         problems.extend(self._lost_checks())
         problems.extend(self._collations())
+        problems.extend(self._retyped())
         # The ledger's level REFERENCES levels (name) (its primary key: `to` may be NULL).
         if not any(r[0] == "levels" and r[1] == "level" and r[2] in (None, "name")
                    for r in self._exec('SELECT "table", "from", "to" FROM '
                                        "pragma_foreign_key_list('ledger')")):
             problems.append(LOST_FOREIGN_KEY)
         return "; ".join(problems) or "ok"
+
+    def _retyped(self) -> list[str]:
+        """Name each of the engine's columns that a STRICT table declares of another type.
+
+        (`type_problems`.)
+
+        The engine declares each INTEGER or TEXT (INT is INTEGER to SQLite). A
+        table that lost its STRICT is told as such: its types hold nothing.
+        """
+        strict = [t for (t,) in self._exec(
+            "SELECT name FROM pragma_table_list WHERE schema = 'main' AND strict "
+            f"AND name IN ({', '.join('?' * len(STRICT_TABLES))})", STRICT_TABLES)]
+        return type_problems(((t, c, kind) for t in strict for c, kind in self._exec(
+            "SELECT name, CASE upper(type) WHEN 'INT' THEN 'INTEGER' ELSE upper(type) END "
+            "FROM pragma_table_info(?) ORDER BY cid", (t,))), text="TEXT", integer="INTEGER")
 
     def _collations(self) -> list[str]:
         """Name each of the engine's columns that compares with another collation than BINARY.
