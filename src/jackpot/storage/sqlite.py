@@ -873,16 +873,16 @@ class SQLiteStore(Store):
             problems.append("operations has no unique index on (op_id): an op_id could be "
                             "applied twice")
         tables = ", ".join("?" * len(STRICT_TABLES))
+        strict = dict(self._exec("SELECT name, strict FROM pragma_table_list "
+                                 f"WHERE schema = 'main' AND name IN ({tables})", STRICT_TABLES))
         problems.extend(constraint_problems(
-            (r[0] for r in self._exec("SELECT name FROM pragma_table_list "
-                                      f"WHERE schema = 'main' AND name IN ({tables}) "
-                                      "AND NOT strict", STRICT_TABLES)),
+            (t for t, kept in strict.items() if not kept),
             ((t, r[0]) for t in STRICT_TABLES for r in self._exec(
                 'SELECT name FROM pragma_table_info(?) WHERE NOT "notnull" AND pk = 0',
                 (t,)))))
         problems.extend(self._lost_checks())
         problems.extend(self._collations())
-        problems.extend(self._retyped())
+        problems.extend(self._retyped([t for t, kept in strict.items() if kept]))
         # The ledger's level REFERENCES levels (name) (its primary key: `to` may be NULL).
         if not any(r[0] == "levels" and r[1] == "level" and r[2] in (None, "name")
                    for r in self._exec('SELECT "table", "from", "to" FROM '
@@ -890,17 +890,13 @@ class SQLiteStore(Store):
             problems.append(LOST_FOREIGN_KEY)
         return "; ".join(problems) or "ok"
 
-    def _retyped(self) -> list[str]:
-        """Name each of the engine's columns that a STRICT table declares of another type.
+    def _retyped(self, strict: list[str]) -> list[str]:
+        """Name each of the engine's columns that a `strict` table declares of another type.
 
-        (`type_problems`.)
-
-        The engine declares each INTEGER or TEXT (INT is INTEGER to SQLite). A
-        table that lost its STRICT is told as such: its types hold nothing.
+        (`type_problems`.) The engine declares each INTEGER or TEXT (INT is
+        INTEGER to SQLite). A table that lost its STRICT is told as such: its
+        types hold nothing.
         """
-        strict = [t for (t,) in self._exec(
-            "SELECT name FROM pragma_table_list WHERE schema = 'main' AND strict "
-            f"AND name IN ({', '.join('?' * len(STRICT_TABLES))})", STRICT_TABLES)]
         return type_problems(((t, c, kind) for t in strict for c, kind in self._exec(
             "SELECT name, CASE upper(type) WHEN 'INT' THEN 'INTEGER' ELSE upper(type) END "
             "FROM pragma_table_info(?) ORDER BY cid", (t,))), text="TEXT", integer="INTEGER")
