@@ -45,7 +45,7 @@ import apsw.bestpractice
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage._files import FileGuard, ReaderMark, refuse_inherited
-from jackpot.storage._sql_checks import ENGINE_CHECKS, table_checks
+from jackpot.storage._sql_checks import ENGINE_CHECKS, check_keys
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
@@ -926,8 +926,7 @@ class SQLiteStore(Store):
             tuple(ENGINE_CHECKS))}
         problems = []
         for table, engine_s in ENGINE_CHECKS.items():
-            kept = {c.key for checks in table_checks(declared.get(table, "")).values()
-                    for c in checks}
+            kept = check_keys(declared.get(table, ""))
             gone = [c.shown for c in engine_s if c.key not in kept]
             if gone:
                 problems.append(lost_checks(table, gone))
