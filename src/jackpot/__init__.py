@@ -4,9 +4,8 @@ Only the names in `__all__` are public; every other module may change.
 """
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from jackpot.aio import AsyncJackpotEngine
 from jackpot.domain import ConfigChanges, GroupConfig
 from jackpot.engine import JackpotEngine
 from jackpot.errors import (
@@ -73,9 +72,38 @@ __all__ = [
     "serve_metrics",
 ]
 
-try:
-    __version__ = version("jackpot")
-except PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from jackpot.aio import AsyncJackpotEngine
+
+    __version__: str
+
+
+def __getattr__(name: str) -> Any:
+    """Import the asyncio engine and read the version only when asked for (PEP 562).
+
+    They cost a third of `import jackpot` (asyncio, importlib.metadata),
+    which every process pays: the `jackpot` command, a worker that never
+    awaits. Each is then kept as a plain attribute.
+    """
+    if name == "AsyncJackpotEngine":
+        from jackpot.aio import AsyncJackpotEngine  # noqa: PLC0415 - the point
+
+        value: Any = AsyncJackpotEngine
+    elif name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            value = version("jackpot")
+        except PackageNotFoundError:  # pragma: no cover - a source tree not installed
+            value = "0+unknown"
+    else:
+        msg = f"module 'jackpot' has no attribute {name!r}"
+        raise AttributeError(msg)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 logging.getLogger("jackpot").addHandler(logging.NullHandler())

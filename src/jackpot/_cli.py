@@ -45,7 +45,8 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from jackpot import __version__, money, reads
+import jackpot
+from jackpot import money, reads
 from jackpot.audit import audit
 from jackpot.domain import CONFIG_FIELDS, GroupConfig
 from jackpot.engine import JackpotEngine, check_path
@@ -301,9 +302,16 @@ def _verify_out(report: VerifyReport) -> None:
 # -- the command group ---------------------------------------------------------------
 
 
+def _print_version(ctx: click.Context) -> None:
+    """`--version`: read only when asked for (see `jackpot.__getattr__`)."""
+    click.echo(f"jackpot {jackpot.__version__}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="jackpot",
-                      message="%(prog)s %(version)s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _param, on: _print_version(ctx) if on else None,
+              help="Show the version and exit.")
 @click.option("--db", type=click.Path(), envvar="JACKPOT_DB", default=None,  # checked by _path
               help="Database file (or set JACKPOT_DB).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

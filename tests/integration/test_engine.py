@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 import threading
 import time
 import typing
@@ -65,6 +67,23 @@ def test_public_names_are_exported() -> None:
                  "EngineClosedError", "StorageError"):
         assert issubclass(getattr(jackpot, name), JackpotError)
     assert issubclass(ValidationError, ValueError)
+
+
+def test_import_jackpot_leaves_asyncio_and_the_version_until_asked_for() -> None:
+    """They were a third of `import jackpot`, paid by the `jackpot` command and every worker."""
+    code = ("import sys, jackpot, jackpot.cli; "
+            "print(sorted({'asyncio', 'importlib.metadata'} & set(sys.modules))); "
+            "import jackpot.aio, importlib.metadata; "
+            "print(jackpot.AsyncJackpotEngine is jackpot.aio.AsyncJackpotEngine, "
+            "jackpot.__version__ == importlib.metadata.version('jackpot'), "
+            "sorted(set(jackpot.__all__) - set(dir(jackpot))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout == "[]\nTrue True []\n"
+    for name in jackpot.__all__:  # every public name resolves (also the lazy ones)
+        assert getattr(jackpot, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = jackpot.nope  # type: ignore[attr-defined]
 
 
 def test_pool_meters_type_names_every_meter_with_its_kind(
