@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from _readme import names_in, table
 from jackpot import JackpotEngine
 
 from .conftest import samples
@@ -83,6 +84,18 @@ def test_the_exporter_exposes_the_documented_series(exported: dict[str, set[str]
         "jackpot_health_status": {"status"},
     }
     assert {k: v for k, v in exported.items() if not k.endswith("_created")} == expected
+
+
+def test_the_readmes_metrics_table_is_what_the_engine_exports(
+        exported: dict[str, set[str]]) -> None:
+    series = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+    documented: dict[str, set[str]] = {}
+    for names, kind, labels, _ in table("metric", "type", "labels", "meaning"):
+        for name in names_in(names):
+            for suffix in series[kind]:
+                documented[name.removesuffix("_total") + suffix] = {
+                    *labels.split(", "), *({"le"} if suffix == "_bucket" else ())}
+    assert {k: v for k, v in exported.items() if not k.endswith("_created")} == documented
 
 
 def test_the_rules_are_well_formed() -> None:
