@@ -236,6 +236,14 @@ def test_the_setup_commands_name_what_the_repository_has() -> None:
     named = set(re.findall(r"(?:jackpot|\.)\[(\w+)\]", text))
     assert named >= {"cli", "test"}
     assert named <= set(extras)
+    # The README: the test extra "includes the packages of" cli, postgres and otel, not charts.
+    said = re.search(r"`\.\[test\]` includes the packages of the (.*?) extras \(not (.*?)\)",
+                     " ".join(text.split()))
+    assert said is not None
+    for extra in names_in(said[1]):
+        assert set(extras[extra]) <= set(extras["test"]), extra
+    for extra in names_in(said[2]):
+        assert not set(extras[extra]) & set(extras["test"]), extra
     for block in blocks("sh")[:2]:
         assert "pip install -q -e" in block.text
     assert "python examples/quickstart.py" in blocks("sh")[0].text
