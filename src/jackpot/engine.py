@@ -356,17 +356,17 @@ def _log_left_in_flight(calls: int, bound: float | None, unreported: list[Operat
     got a wait of their own); None: its timeout ran out, leaving them none.
     `unreported`: those of them whose callers were interrupted, named: no
     caller will learn their outcomes, and an exit right after close() ends
-    the threads that would log them.
+    the threads that would log them. Each is told once (see `_await_calls`):
+    `calls` is 0 once a close() told them, and `unreported` holds only those
+    not named yet.
     """
-    if not calls:
-        return
     held = f"{calls} call{'' if calls == 1 else 's'} still in flight"
     with contextlib.suppress(Exception):  # a failing log must not fail the close
-        if bound is None:
+        if calls and bound is None:
             logger.warning("close() timed out with %s: the actors were asked to stop after "
                            "their work, with no time left to wait for that", held,
                            extra={"outcome": "close_timeout"})
-        else:
+        elif calls:
             logger.warning("close() stopped waiting after %.1f s with %s: the actors were "
                            "asked to stop after their work", bound, held,
                            extra={"outcome": "close_timeout"})
@@ -553,6 +553,12 @@ class JackpotEngine:
         # that stops waiting names them, as an exit right after it ends those
         # (daemon) threads before they tell it.
         self._unreported: dict[int, Operation] = {}
+        # What a close() told of the calls it left in flight (guarded by _lock_state):
+        # whether their count was told, and the interrupted calls it named (by id,
+        # held so that no id is reused). Concurrent and later closes left with the
+        # same calls (none starts once the engine is closed) tell them no more.
+        self._told_in_flight = False
+        self._named: dict[int, Operation] = {}
         # .n: sync calls in flight in this thread; .reading, .verifying; .closing
         # (a close() here stops the actors, or waits for those left running);
         # .restarting (it replaces stopped actors: `_restart_dead_actors`)
@@ -710,7 +716,8 @@ class JackpotEngine:
         still running (on the reader, or a `verify()` on its own connection)
         closes its connection when it ends (logged too). Calls still in
         flight when the wait for them ends go on to their outcome (one
-        WARNING says how many); the actors stop after them. If that wait used
+        WARNING says how many, once: closes at the same time or later, left
+        with those calls, say nothing more); the actors stop after them. If that wait used
         up the whole `timeout`, the actors are asked to stop with no time left
         to wait: none is logged as late then, since none, idle or busy, was
         given any time.
@@ -813,8 +820,9 @@ class JackpotEngine:
     def _await_calls(self, wait_limit: float) -> tuple[int, list[Operation]]:
         """Refuse new calls; wait until `wait_limit` for those in flight (see `_await_inflight`).
 
-        Returns how many are still in flight then, and those of them whose
-        callers were interrupted or are gone (to be named).
+        Returns what is left to tell of the calls still in flight then: how
+        many (0 once a close() told them), and those of them whose callers were
+        interrupted or are gone that no close() has named yet.
         """
         with self._lock_state:
             self._closed = True  # from now on, new calls are refused
@@ -823,8 +831,14 @@ class JackpotEngine:
             return 0, []
         # (Asked before taking the state lock: the asyncio engine takes its own.)
         gone = self._asyncio_callers_gone()
-        with self._lock_state:
-            return left_in_flight, [*self._unreported.values(), *gone]
+        with self._lock_state:  # (decided at once: closes may run together)
+            # Told once: a close() that gave up first told these calls (or all but
+            # those of its own thread, which their callers tell), and no call starts since.
+            told, self._told_in_flight = self._told_in_flight, True
+            unnamed = [op for op in [*self._unreported.values(), *gone]
+                       if id(op) not in self._named]
+            self._named.update((id(op), op) for op in unnamed)
+            return 0 if told else left_in_flight, unnamed
 
     def _finish(self, deadline: float) -> _Late:
         """Wait until `deadline` for the actors an earlier close() left running.

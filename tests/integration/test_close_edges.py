@@ -22,7 +22,13 @@ import apsw
 import pykka
 import pytest
 
-from _helpers import in_thread, pykka_debug_raising_on, run_python, track_stores
+from _helpers import (
+    in_thread,
+    pykka_debug_raising_on,
+    run_python,
+    run_together,
+    track_stores,
+)
 from jackpot import (
     AsyncJackpotEngine,
     EngineClosedError,
@@ -858,17 +864,10 @@ class _Records(logging.Handler):
                 if getattr(r, "outcome", None) == outcome]
 
 
-def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: every actor, idle ones too, was logged "did not stop in time" (ERROR).
-
-    The wait for the call in flight took the whole timeout, so each was asked to
-    stop with the deadline already past and given no time at all.
-    """
+def _held_batches(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Hold every level's batch as it starts: (entered, go), set `go` to let them on."""
     from jackpot.actors import pool  # noqa: PLC0415 - its batch, held busy
 
-    engine = JackpotEngine.open(db_path)
-    engine.contribute("10", groups="minor", op_id="warm-up")
     entered, go = threading.Event(), threading.Event()
     run = pool.execute_batch
 
@@ -878,6 +877,23 @@ def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
         return run(*args, **kwargs)
 
     monkeypatch.setattr(pool, "execute_batch", held)
+    return entered, go
+
+
+_ONE_LEFT = ("WARNING", ("close() timed out with 1 call still in flight: the actors were asked "
+                         "to stop after their work, with no time left to wait for that"))
+
+
+def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: every actor, idle ones too, was logged "did not stop in time" (ERROR).
+
+    The wait for the call in flight took the whole timeout, so each was asked to
+    stop with the deadline already past and given no time at all.
+    """
+    engine = JackpotEngine.open(db_path)
+    engine.contribute("10", groups="minor", op_id="warm-up")
+    entered, go = _held_batches(monkeypatch)
     heard = _Records()
     try:
         caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
@@ -889,9 +905,46 @@ def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
     caller.join(HANG)
     assert out[0].versions == {"minor": 3}  # it ran on to its outcome
     assert heard.said("stop_timeout") == []
-    assert heard.said("close_timeout") == [
-        ("WARNING", ("close() timed out with 1 call still in flight: the actors were asked "
-                     "to stop after their work, with no time left to wait for that"))]
+    assert heard.said("close_timeout") == [_ONE_LEFT]
+    assert _actors_stopped(engine)
+
+
+def test_closes_that_give_up_together_on_a_call_in_flight_tell_it_once(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: each of three close(timeout=0) at once logged the same WARNING, and a later one again.
+
+    Each stops waiting with the call still in flight (a barrier holds them
+    all there until every one has); no call starts once the engine is
+    closed, so the calls each is left with are those the first one told.
+    """
+    engine = JackpotEngine.open(db_path)
+    engine.contribute("10", groups="minor", op_id="warm-up")
+    entered, go = _held_batches(monkeypatch)
+    all_left = threading.Barrier(3)
+    await_inflight = engine._await_inflight
+
+    def left_together(deadline: float) -> int:
+        left = await_inflight(deadline)
+        all_left.wait(HANG)  # none tells anything before all three stopped waiting
+        return left
+
+    heard = _Records()
+    try:
+        caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
+        assert entered.wait(HANG)
+        monkeypatch.setattr(engine, "_await_inflight", left_together)
+        with _handler(heard):
+            closed = run_together(*[lambda: engine.close(timeout=0)] * 3)
+            monkeypatch.setattr(engine, "_await_inflight", await_inflight)
+            engine.close(timeout=0)  # later, the call still in flight
+    finally:
+        go.set()
+    caller.join(HANG)
+    assert closed == [None] * 3
+    assert out[0].versions == {"minor": 3}  # it ran on to its outcome
+    assert heard.said("close_timeout") == [_ONE_LEFT]
+    engine.close()
+    assert heard.said("close_timeout") == [_ONE_LEFT]
     assert _actors_stopped(engine)
 
 

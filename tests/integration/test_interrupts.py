@@ -580,6 +580,7 @@ def test_a_close_that_stops_waiting_names_the_interrupted_calls_it_leaves_unknow
         [reporting] = [t for t in threading.enumerate() if t.name == "jackpot-interrupted"]
         with hearing() as said:
             engine.close(timeout=0)  # the win is held: its outcome is not known yet
+            engine.close(timeout=0)  # again: it was named (before: named twice)
         go.set()
         reporting.join(HANG)
         assert not reporting.is_alive()
