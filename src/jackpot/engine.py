@@ -61,7 +61,7 @@ from jackpot.errors import (
     exact_int,
     shown,
 )
-from jackpot.health import HealthReport, assess, redact
+from jackpot.health import HealthReport, assess, redact, tracked
 from jackpot.logs import (
     log_failure,
     log_refusal,
@@ -559,7 +559,10 @@ class JackpotEngine:
         # same calls (none starts once the engine is closed) tell them no more.
         self._told_in_flight = False
         self._named: dict[int, Operation] = {}
-        # .n: sync calls in flight in this thread; .reading, .verifying; .closing
+        # health()'s probe connections opening or open (guarded by _lock_state):
+        # close() waits for them, as for a verify() (see `_probe_opening`).
+        self._probes = 0
+        # .n: sync calls in flight in this thread; .reading, .verifying, .probing; .closing
         # (a close() here stops the actors, or waits for those left running);
         # .restarting (it replaces stopped actors: `_restart_dead_actors`)
         self._own = threading.local()
@@ -713,8 +716,9 @@ class JackpotEngine:
         wait for in-flight operations, then for the actors to stop and the
         reads to end (None: the engine's longest operation time for each).
         An actor still busy then is left to stop by itself (logged); a read
-        still running (on the reader, or a `verify()` on its own connection)
-        closes its connection when it ends (logged too). Calls still in
+        still running (on the reader, or a `verify()` or `health()`'s probe
+        on a connection of its own) closes its connection when it ends
+        (logged too). Calls still in
         flight when the wait for them ends go on to their outcome (one
         WARNING says how many, once: closes at the same time or later, left
         with those calls, say nothing more); the actors stop after them. If that wait used
@@ -870,7 +874,36 @@ class JackpotEngine:
                 left.append("verify()")
             else:  # none runs, and none starts now: each checks the engine is open first
                 self._verify_lock.release()
+        if not getattr(self._own, "probing", False) and not self._await_probes(deadline):
+            left.append("health()'s probe")
         return left
+
+    def _await_probes(self, deadline: float) -> bool:
+        """Wait until `deadline` for health()'s probe connections to close; say if they did.
+
+        None opens once the engine is closed (`_probe_opening`).
+        """
+        with self._lock_state:
+            return self._cond.wait_for(lambda: not self._probes, _left(deadline))
+
+    def _probe_opening(self) -> None:
+        """Count a health() probe's connection as it opens; refused once the engine is closed.
+
+        Runs in the probe's thread, which may outlast its health() caller (a
+        storage that does not answer): checked here, not as health() starts,
+        a close() that did not wait for it never has it open after.
+        """
+        with self._lock_state:
+            self._check_not_closed()  # (the probe says so: "cannot open the database")
+            self._probes += 1
+        self._own.probing = True  # a close() in this thread must not wait for it
+
+    def _probe_closed(self) -> None:
+        """Count a health() probe's connection closed (or failed to open)."""
+        self._own.probing = False
+        with self._lock_state:
+            self._probes -= 1
+            self._cond.notify_all()
 
     def _asyncio_callers_gone(self) -> list[Operation]:
         """Return the asyncio calls in flight whose callers are gone (see `_attach`)."""
@@ -1674,16 +1707,22 @@ class JackpotEngine:
     def health(self) -> HealthReport:
         """Check the database (a probe), the actors and the recent lock, conflict, error rates.
 
+        A closed engine is failing ("actors: the engine is closed"); it opens
+        no connection to probe the database (its `database` and `disk` checks
+        say they were not run). `close()` waits for a probe in progress.
+
         Raises:
             EngineClosedError: called in a forked child (the actors are the parent's).
 
         """
         self._check_process()
-        return assess(path=self._path, settings=self._settings, open_store=_store,
+        closed = self._closed
+        return assess(path=self._path, settings=self._settings,
+                      open_store=tracked(_store, self._probe_opening, self._probe_closed),
                       recent=self.stats.recent(),
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
                       coordinator_alive=self._coordinator.actor_ref.is_alive(),
-                      closed=self._closed, refused=self._reader.write_refusal())
+                      closed=closed, refused=None if closed else self._reader.write_refusal())
 
 
 _MAX_SECONDS = 10**18

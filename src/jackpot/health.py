@@ -27,7 +27,7 @@ from jackpot.errors import JackpotError, LockTimeoutError
 from jackpot.settings import Settings
 
 __all__ = ["DEGRADED", "FAILING", "OK", "HealthCheck", "HealthReport", "OpenStore", "ProbeStore",
-           "assess", "bounded_checks", "probe_database"]
+           "assess", "bounded_checks", "probe_database", "tracked"]
 
 OK, DEGRADED, FAILING = "ok", "degraded", "failing"
 STATUSES = (OK, DEGRADED, FAILING)
@@ -55,6 +55,48 @@ class ProbeStore(Protocol):
 
 OpenStore = Callable[[str, Settings], ProbeStore]
 """How the engine opens a store on a target with given settings."""
+
+
+class _TrackedStore:
+    """A probe's store that tells its closing (see `tracked`)."""
+
+    def __init__(self, store: ProbeStore, closed: Callable[[], None]) -> None:
+        self._store = store
+        self._closed = closed
+
+    def write(self) -> AbstractContextManager[None]:
+        return self._store.write()
+
+    def load_levels(self) -> Mapping[str, Any]:
+        return self._store.load_levels()
+
+    def probe_writable(self) -> None:
+        self._store.probe_writable()
+
+    def close(self) -> None:
+        try:
+            self._store.close()
+        finally:
+            self._closed()
+
+
+def tracked(open_store: OpenStore, opening: Callable[[], None],
+            closed: Callable[[], None]) -> OpenStore:
+    """Return `open_store` telling each probe connection's life: for an engine's close() to wait.
+
+    `opening` runs first, in the probe's thread, and may refuse the
+    connection by raising (a `JackpotError`: the probe says so); `closed`
+    runs once the connection is closed, or failed to open.
+    """
+    def open_tracked(path: str, settings: Settings) -> ProbeStore:
+        opening()
+        try:
+            return _TrackedStore(open_store(path, settings), closed)
+        except BaseException:
+            closed()
+            raise
+
+    return open_tracked
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +167,21 @@ def assess(
         recent: `Stats.recent()`: (outcome or "conflict", is_conflict_event).
         levels_alive: per level, whether its actor is running.
         coordinator_alive: whether the coordinator actor is running.
-        closed: whether the engine was closed.
+        closed: whether the engine was closed: the database is then not probed
+            (a closed engine opens no connection to it) nor its disk checked.
         refused: why the engine's connections refuse every write (a moved file, a failed disk).
 
     """
     operations = [outcome for outcome, is_conflict in recent if not is_conflict]
     conflicts = sum(1 for _, is_conflict in recent if is_conflict)
-    if refused is not None and Path(path).exists():  # (a missing file: the probe says so)
+    if closed:  # (the actors check says it is: failing)
+        database = HealthCheck("database", OK, "not probed: the engine is closed")
+        disk = HealthCheck("disk", OK, "not checked: the engine is closed")
+    elif refused is not None and Path(path).exists():  # (a missing file: the probe says so)
         database = HealthCheck("database", FAILING, f"writes are refused: {refused}")
         disk = HealthCheck("disk", OK, "not checked: the database refuses writes")
     else:
-        database, disk = bounded_checks(path, settings, open_store, serving=not closed)
+        database, disk = bounded_checks(path, settings, open_store, serving=True)
     return report_of((
         database,
         disk,

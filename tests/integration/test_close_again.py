@@ -19,7 +19,7 @@ import apsw
 import pytest
 
 from _helpers import HANG, hearing, in_thread, run_python
-from jackpot import AsyncJackpotEngine, JackpotEngine, reads
+from jackpot import AsyncJackpotEngine, JackpotEngine, Settings, health, reads
 from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
 
@@ -161,14 +161,19 @@ class _WatchedLock:
         self._lock.release()
 
 
+_READ_BY = {"pools": (reads, "pools"), "verify": (engine_module, "audit"),
+            "health": (health, "_take_lock_and_roll_back")}
+"""What each read calls once it holds its connection (health(): its probe's)."""
+
+
 def _held_read(engine: JackpotEngine, read: str, monkeypatch: pytest.MonkeyPatch,
                finish: threading.Event) -> tuple[threading.Thread, list[Any]]:
-    """Start `read` ("pools" or "verify") in a thread; return once it holds its connection.
+    """Start `read` ("pools", "verify" or "health") in a thread; return once it holds its connection.
 
     It reads on once `finish` is set.
     """
     reading = threading.Event()
-    module, name = (reads, "pools") if read == "pools" else (engine_module, "audit")
+    module, name = _READ_BY[read]
     real = getattr(module, name)
 
     def slow(store: Any) -> Any:
@@ -182,30 +187,43 @@ def _held_read(engine: JackpotEngine, read: str, monkeypatch: pytest.MonkeyPatch
     return thread, out
 
 
-def _watch_close_reader(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch
-                        ) -> threading.Event:
-    """Return an event set once a close() waits for the reader, from now on."""
+def _watch_wait(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, name: str
+                ) -> threading.Event:
+    """Return an event set once a close() waits (its method `name`: "_close_reader"), from now on.
+
+    (Set on the engine even if it has no such method: a close() of code
+    that never waits so never sets it.)
+    """
     waiting = threading.Event()
-    real_close_reader = engine._close_reader
+    real = getattr(engine, name, None)
 
-    def close_reader(deadline: float) -> bool:
+    def wait(deadline: float) -> bool:
         waiting.set()
-        return real_close_reader(deadline)
+        assert real is not None
+        return bool(real(deadline))
 
-    monkeypatch.setattr(engine, "_close_reader", close_reader)
+    monkeypatch.setattr(engine, name, wait, raising=False)
     return waiting
 
 
-@pytest.mark.parametrize("read", ["pools", "verify"])
+_LEFT = {"pools": "a read", "verify": "verify()", "health": "health()'s probe"}
+"""How close() names each read it leaves running."""
+
+_CALM = Settings(health_probe_timeout_ms=HANG * 1000)
+"""A health() caller waiting for its probe as long as the test holds it."""
+
+
+@pytest.mark.parametrize("read", ["pools", "verify", "health"])
 def test_a_close_after_a_close_that_gave_up_waits_for_the_read_holding_a_connection(
         db_path: Path, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
     """Before: the second close() returned while the read still held its connection open.
 
-    A read on the reader (`pools()`) closes the reader as it ends; `verify()`
-    reads through a connection of its own, which close() did not wait for at all.
+    A read on the reader (`pools()`) closes the reader as it ends; `verify()`,
+    and `health()`'s probe, read through a connection of their own, which
+    close() did not wait for at all.
     """
     finish = threading.Event()
-    engine = JackpotEngine.open(db_path)
+    engine = JackpotEngine.open(db_path, settings=_CALM)
     verifies = _WatchedLock()
     engine._verify_lock = verifies  # type: ignore[assignment]
     try:
@@ -215,11 +233,12 @@ def test_a_close_after_a_close_that_gave_up_waits_for_the_read_holding_a_connect
         with hearing() as said:
             engine.close(timeout=0.3)
         assert [line for _, line, _, _ in said if "end in time" in line] == [
-            (f"{'a read' if read == 'pools' else 'verify()'} did not end in time: it still "
-             "holds a connection to the database, and closes it when it ends")]
+            (f"{_LEFT[read]} did not end in time: it still holds a connection to the "
+             "database, and closes it when it ends")]
         verifies.waited.clear()
-        waiting = (_watch_close_reader(engine, monkeypatch) if read == "pools"
-                   else verifies.waited)
+        waiting = {"pools": lambda: _watch_wait(engine, monkeypatch, "_close_reader"),
+                   "verify": lambda: verifies.waited,
+                   "health": lambda: _watch_wait(engine, monkeypatch, "_await_probes")}[read]()
         closer, closed = _closing_in_thread(engine.close, waiting, finish)
         assert waiting.wait(HANG)
         finish.set()
@@ -231,7 +250,7 @@ def test_a_close_after_a_close_that_gave_up_waits_for_the_read_holding_a_connect
             with pytest.raises(apsw.ConnectionClosedError):
                 engine._reader.load_levels()
         else:
-            assert out[0].ok
+            assert out[0].ok, out[0]
         assert _exclusive_at_once(db_path) == (0, 0, 0)
     finally:
         finish.set()
@@ -296,22 +315,25 @@ def test_the_exit_hook_finishes_a_close_that_gave_up_on_an_engine_then_dropped(
     assert done.stdout.splitlines() == ["stopped at exit True"], done.stderr
 
 
-def test_a_close_waits_for_a_verify_in_progress_within_its_bound(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: close() returned at once, the audit's own connection still open."""
+@pytest.mark.parametrize("read", ["verify", "health"])
+def test_a_close_waits_for_a_verify_or_health_in_progress_within_its_bound(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
+    """Before: close() returned at once, the audit's (or the probe's) own connection still open."""
     finish = threading.Event()
-    engine = JackpotEngine.open(db_path)
+    engine = JackpotEngine.open(db_path, settings=_CALM)
     verifies = _WatchedLock()
     engine._verify_lock = verifies  # type: ignore[assignment]
     try:
-        auditor, report = _held_read(engine, "verify", monkeypatch, finish)
-        closer, closed = _closing_in_thread(engine.close, verifies.waited, finish)
-        assert verifies.waited.wait(HANG)  # it waits for the verify (or returned: closed says)
+        waited = (verifies.waited if read == "verify"
+                  else _watch_wait(engine, monkeypatch, "_await_probes"))
+        auditor, report = _held_read(engine, read, monkeypatch, finish)
+        closer, closed = _closing_in_thread(engine.close, waited, finish)
+        assert waited.wait(HANG)  # it waits for the read (or returned: closed says)
         finish.set()
         closer.join(HANG)
         auditor.join(HANG)
-        assert closed == [True], "close() returned before the verify was let go"
-        assert report[0].ok  # the verify begun before close() ended normally
+        assert closed == [True], f"close() returned before the {read} was let go"
+        assert report[0].ok, report[0]  # the read begun before close() ended normally
         assert _exclusive_at_once(db_path) == (0, 0, 0)
     finally:
         finish.set()

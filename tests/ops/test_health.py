@@ -22,7 +22,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from _helpers import run_python
+from _helpers import HANG, in_thread, run_python, track_stores
 from jackpot import (
     HealthCheck,
     HealthReport,
@@ -114,11 +114,49 @@ def test_a_dead_coordinator_is_degraded(engine: JackpotEngine) -> None:
         "actors: stopped: the coordinator (restarted on their next operation)",)
 
 
-def test_a_closed_engine_is_failing(engine: JackpotEngine) -> None:
+def test_a_closed_engine_is_failing_and_opens_no_probe(
+        engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: its health() opened a connection to the file to probe it, the engine closed."""
     engine.close()
+    opened, _ = track_stores(monkeypatch)
     report = engine.health()
     assert report.status == "failing"
     assert report.reasons == ("actors: the engine is closed",)
+    assert report.checks[:2] == (
+        HealthCheck("database", "ok", "not probed: the engine is closed"),
+        HealthCheck("disk", "ok", "not checked: the engine is closed"))
+    assert opened == []
+
+
+def test_a_probe_begun_before_a_close_opens_no_connection_after_it(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a health() begun before close() opened its probe's connection once close() had
+    returned, a connection of the engine's on the file after its close.
+    """
+    from jackpot import health  # noqa: PLC0415 - its probe, held before it connects
+
+    engine = open_engine(settings=Settings(health_probe_timeout_ms=HANG * 1000))
+    started, go = threading.Event(), threading.Event()
+    probe = health.probe_database
+
+    def late(*args: Any, **kwargs: Any) -> HealthCheck:  # a storage slow to answer a stat
+        started.set()
+        assert go.wait(HANG)
+        return probe(*args, **kwargs)
+
+    monkeypatch.setattr(health, "probe_database", late)
+    checker, out = in_thread(engine.health)
+    try:
+        assert started.wait(HANG)
+        engine.close()
+        opened, _ = track_stores(monkeypatch)
+    finally:
+        go.set()
+    checker.join(HANG)
+    assert out[0].check("database") == HealthCheck(
+        "database", "failing",
+        "cannot open the database: the engine is closed; open a new one to go on")
+    assert opened == []
 
 
 @pytest.mark.usefixtures("blind_to_other_writers")  # a conflict, not a reload
