@@ -1722,7 +1722,9 @@ class JackpotEngine:
                       recent=self.stats.recent(),
                       levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
                       coordinator_alive=self._coordinator.actor_ref.is_alive(),
-                      closed=closed, refused=None if closed else self._reader.write_refusal())
+                      closed=closed, refused=None if closed else self._reader.write_refusal(),
+                      checkpointer_alive=(None if self._checkpointer is None
+                                          else self._checkpointer.alive()))
 
 
 _MAX_SECONDS = 10**18

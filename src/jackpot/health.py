@@ -157,6 +157,7 @@ def assess(
     coordinator_alive: bool,
     closed: bool,
     refused: str | None = None,
+    checkpointer_alive: bool | None = None,
 ) -> HealthReport:
     """Run every check and return the report.
 
@@ -170,6 +171,8 @@ def assess(
         closed: whether the engine was closed: the database is then not probed
             (a closed engine opens no connection to it) nor its disk checked.
         refused: why the engine's connections refuse every write (a moved file, a failed disk).
+        checkpointer_alive: whether the checkpoint actor runs (None: there is
+            none, PostgreSQL checkpoints by itself).
 
     """
     operations = [outcome for outcome, is_conflict in recent if not is_conflict]
@@ -185,7 +188,8 @@ def assess(
     return report_of((
         database,
         disk,
-        _actors(levels_alive, coordinator_alive=coordinator_alive, closed=closed),
+        _actors(levels_alive, coordinator_alive=coordinator_alive,
+                checkpointer_alive=checkpointer_alive, closed=closed),
         _lock_success(operations, settings),
         _conflicts(len(operations), conflicts, settings),
         _errors(operations, settings),
@@ -469,17 +473,28 @@ def probe_database(path: str, settings: Settings, open_store: OpenStore, *,
     raise AssertionError  # pragma: no cover - the probe always raises
 
 
-def _actors(alive: Mapping[str, bool], *, coordinator_alive: bool, closed: bool
-            ) -> HealthCheck:
+def _actors(alive: Mapping[str, bool], *, coordinator_alive: bool,
+            checkpointer_alive: bool | None, closed: bool) -> HealthCheck:
+    """Judge the actors: degraded while one is stopped, until it is replaced.
+
+    A level's or the coordinator's is replaced by the next operation that
+    needs it; the checkpointer, by the next commit that makes a checkpoint
+    due (the writers copy the WAL into the database themselves meanwhile).
+    """
     if closed:
         return HealthCheck("actors", FAILING, "the engine is closed")
     dead = sorted(name for name, up in alive.items() if not up)
     if not coordinator_alive:
         dead.append("the coordinator")
-    if dead:
-        return HealthCheck("actors", DEGRADED,
-                           f"stopped: {', '.join(dead)} (restarted on their next operation)")
-    return HealthCheck("actors", OK, f"{len(alive)} level actors and the coordinator running")
+    stopped = [f"{', '.join(dead)} (restarted on their next operation)"] if dead else []
+    if checkpointer_alive is False:
+        stopped.append("the checkpointer (replaced when the next checkpoint falls due; the "
+                       "writers copy the WAL into the database meanwhile)")
+    if stopped:
+        return HealthCheck("actors", DEGRADED, f"stopped: {'; '.join(stopped)}")
+    others = " and the coordinator" if checkpointer_alive is None else (
+        ", the coordinator and the checkpointer")
+    return HealthCheck("actors", OK, f"{len(alive)} level actors{others} running")
 
 
 def _lock_success(operations: list[str], settings: Settings) -> HealthCheck:

@@ -31,6 +31,7 @@ from jackpot import (
     Settings,
     StorageError,
 )
+from jackpot.actors import checkpoint
 from jackpot.engine import _store
 from jackpot.health import assess, redact
 from jackpot.storage import SQLiteStore
@@ -57,7 +58,7 @@ def test_a_fresh_engine_is_ok(engine: JackpotEngine) -> None:
     assert report == HealthReport("ok", (
         HealthCheck("database", "ok", f"reachable and writable ({engine._path})"),
         disk_ok(report),
-        HealthCheck("actors", "ok", "3 level actors and the coordinator running"),
+        HealthCheck("actors", "ok", "3 level actors, the coordinator and the checkpointer running"),
         HealthCheck("lock_success", "ok", RATES_OK),
         HealthCheck("conflicts", "ok", RATES_OK),
         HealthCheck("errors", "ok", RATES_OK),
@@ -112,6 +113,32 @@ def test_a_dead_coordinator_is_degraded(engine: JackpotEngine) -> None:
     engine._coordinator.actor_ref.stop()
     assert engine.health().reasons == (
         "actors: stopped: the coordinator (restarted on their next operation)",)
+
+
+_CHECKPOINTER_STOPPED = ("the checkpointer (replaced when the next checkpoint falls due; the "
+                        "writers copy the WAL into the database meanwhile)")
+
+
+def test_a_stopped_checkpointer_is_degraded_until_a_checkpoint_falls_due(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: ok while it was down, the writers doing all the copying after their commits."""
+    monkeypatch.setattr(checkpoint, "EVERY_PAGES", 5)
+    engine = open_engine()
+    checkpointer = engine._checkpointer
+    assert checkpointer is not None
+    checkpointer._actor.actor_ref.stop()  # its thread ended by itself
+    report = engine.health()
+    assert report.status == "degraded"
+    assert report.reasons == (f"actors: stopped: {_CHECKPOINTER_STOPPED}",)
+    for i in range(60):  # commits that make a checkpoint due: it is replaced
+        engine.contribute("2.50", op_id=f"bet-{i}")
+    assert checkpointer.alive()
+    assert engine.health().check("actors") == HealthCheck(
+        "actors", "ok", "3 level actors, the coordinator and the checkpointer running")
+    checkpointer._actor.actor_ref.stop()
+    engine._pools["minor"].actor_ref.stop()
+    assert engine.health().reasons == (
+        f"actors: stopped: minor (restarted on their next operation); {_CHECKPOINTER_STOPPED}",)
 
 
 def test_a_closed_engine_is_failing_and_opens_no_probe(
