@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-from jackpot.errors import JackpotError, LockTimeoutError
+from jackpot.errors import EngineClosedError, JackpotError, LockTimeoutError
 from jackpot.settings import Settings
 
 __all__ = ["DEGRADED", "FAILING", "OK", "HealthCheck", "HealthReport", "OpenStore", "ProbeStore",
@@ -85,8 +85,9 @@ def tracked(open_store: OpenStore, opening: Callable[[], None],
     """Return `open_store` telling each probe connection's life: for an engine's close() to wait.
 
     `opening` runs first, in the probe's thread, and may refuse the
-    connection by raising (a `JackpotError`: the probe says so); `closed`
-    runs once the connection is closed, or failed to open.
+    connection by raising (`EngineClosedError`: the probe says so, to that
+    engine's callers alone); `closed` runs once the connection is closed, or
+    failed to open.
     """
     def open_tracked(path: str, settings: Settings) -> ProbeStore:
         opening()
@@ -272,6 +273,9 @@ class _Probe(threading.Thread):
         self.serving = serving
         self.found: list[tuple[HealthCheck, HealthCheck]] = []
         self.ended_by: BaseException | None = None  # what ended it without an answer
+        # Its engine closed before it connected (see `tracked`): its answer says
+        # so, for that engine's callers alone (another engine on the file is open).
+        self.engine_closed = False
 
 
 _stuck: dict[str, _Probe] = {}
@@ -325,7 +329,8 @@ def bounded_checks(path: str, settings: Settings, open_store: OpenStore, *,
                                f"storage of {redact(path)} is not answering"), unchecked
         # Shared only if it judged as this caller would: other settings (a
         # higher health_min_free_mb) could pass what this caller's would fail.
-        if running.found and running.serving == serving and running.settings == settings:
+        if (running.found and running.serving == serving and running.settings == settings
+                and not running.engine_closed):
             return running.found[0]
         # (It asked for another kind of check, or with other settings: this
         # caller runs its own, unless other callers' probes used up its bound.)
@@ -369,10 +374,17 @@ def _start_probe(path: str, settings: Settings, open_store: OpenStore, *, servin
                  limit: float) -> _Probe:
     """Start a probe of `path` in a thread of its own, noted in `_stuck` (hold `_stuck_lock`)."""
 
+    def opened(path: str, settings: Settings) -> ProbeStore:
+        try:
+            return open_store(path, settings)
+        except EngineClosedError:
+            probe.engine_closed = True
+            raise
+
     def run() -> None:
         try:
             try:
-                database = probe_database(path, settings, open_store, serving=serving)
+                database = probe_database(path, settings, opened, serving=serving)
             except Exception as e:  # noqa: BLE001 - whatever stopped it is the verdict
                 database = HealthCheck("database", FAILING,
                                        f"the probe failed: {type(e).__name__}: {e}")

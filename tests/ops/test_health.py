@@ -586,6 +586,48 @@ def _two_checks_at_once(db_path: Path, monkeypatch: pytest.MonkeyPatch, first: S
     return found, opened
 
 
+def test_a_probe_its_engine_closed_refused_is_not_shared_with_another_engine(
+        open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two engines on one file: the second's check joins the first's probe, refused as the first closes.
+
+    Its answer ("the engine is closed") is the first engine's alone: the
+    second, open, runs a probe of its own.
+    """
+    from jackpot import health  # noqa: PLC0415 - its probe, held before it connects
+
+    calm = Settings(health_probe_timeout_ms=HANG * 1000)
+    first, second = open_engine(settings=calm), open_engine(settings=calm)
+    started, go = threading.Event(), threading.Event()
+    probe, held = health.probe_database, [True]  # the first probe, the first engine's
+
+    def late(*args: Any, **kwargs: Any) -> HealthCheck:
+        if held and held.pop():
+            started.set()
+            assert go.wait(HANG)
+        return probe(*args, **kwargs)
+
+    monkeypatch.setattr(health, "probe_database", late)
+    decided = _second_caller_watched(monkeypatch)
+    found: dict[str, HealthReport] = {}
+    checks = [threading.Thread(target=lambda e=e, n=n: found.update({n: e.health()}), name=n)
+              for e, n in ((first, "first"), (second, "second"))]
+    try:
+        checks[0].start()
+        assert started.wait(HANG)
+        checks[1].start()
+        assert decided.wait(HANG)  # it saw the first's probe running, and joins it
+        first.close()
+    finally:
+        go.set()
+    for t in checks:
+        t.join(HANG)
+    assert found["first"].check("database") == HealthCheck(
+        "database", "failing",
+        "cannot open the database: the engine is closed; open a new one to go on")
+    assert found["second"].check("database") == HealthCheck(
+        "database", "ok", f"reachable and writable ({second._path})")
+
+
 def test_a_check_waiting_on_another_callers_probe_keeps_its_own_bound(
         db_path: Path, engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller with a short timeout is not held for another engine's longer one.
