@@ -6,6 +6,7 @@ there), so any test file imports it as `_helpers`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -345,18 +346,29 @@ def hearing() -> Iterator[list[tuple[str, str, object, object]]]:
         log.setLevel(level)
 
 
+def hold(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, *, times: int | None = None
+         ) -> tuple[threading.Event, threading.Event]:
+    """Hold each call of `owner.name` (the first `times` only, if given) as it starts.
+
+    Returns (entered, go): `entered` is set as a call is held; set `go` to let them on.
+    """
+    entered, go = threading.Event(), threading.Event()
+    real = getattr(owner, name)
+    calls = itertools.count()  # (next() on it is atomic across threads)
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if times is None or next(calls) < times:
+            entered.set()
+            assert go.wait(HANG)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, held)
+    return entered, go
+
+
 def hold_claims(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
     """Hold every actor as it claims a request it took: (taken, go), set `go` to let it on."""
-    taken, go = threading.Event(), threading.Event()
-    claim = Ticket.claim
-
-    def held_claim(self: Ticket, owner: Any) -> bool:
-        taken.set()
-        assert go.wait(HANG)
-        return claim(self, owner)
-
-    monkeypatch.setattr(Ticket, "claim", held_claim)
-    return taken, go
+    return hold(monkeypatch, Ticket, "claim")
 
 
 class InterruptOnce(logging.Filter):

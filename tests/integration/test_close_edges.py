@@ -23,6 +23,7 @@ import pykka
 import pytest
 
 from _helpers import (
+    hold,
     in_thread,
     pykka_debug_raising_on,
     run_python,
@@ -865,19 +866,10 @@ class _Records(logging.Handler):
 
 
 def _held_batches(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Hold every level's batch as it starts: (entered, go), set `go` to let them on."""
+    """Hold every level's batch as it starts (as a write lock another connection holds)."""
     from jackpot.actors import pool  # noqa: PLC0415 - its batch, held busy
 
-    entered, go = threading.Event(), threading.Event()
-    run = pool.execute_batch
-
-    def held(*args: Any, **kwargs: Any) -> Any:  # as a write lock another connection holds
-        entered.set()
-        assert go.wait(HANG)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(pool, "execute_batch", held)
-    return entered, go
+    return hold(monkeypatch, pool, "execute_batch")
 
 
 _ONE_LEFT = ("WARNING", ("close() timed out with 1 call still in flight: the actors were asked "

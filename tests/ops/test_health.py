@@ -22,7 +22,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from _helpers import HANG, in_thread, run_python, track_stores
+from _helpers import HANG, hold, in_thread, run_python, track_stores
 from jackpot import (
     HealthCheck,
     HealthReport,
@@ -163,15 +163,7 @@ def test_a_probe_begun_before_a_close_opens_no_connection_after_it(
     from jackpot import health  # noqa: PLC0415 - its probe, held before it connects
 
     engine = open_engine(settings=Settings(health_probe_timeout_ms=HANG * 1000))
-    started, go = threading.Event(), threading.Event()
-    probe = health.probe_database
-
-    def late(*args: Any, **kwargs: Any) -> HealthCheck:  # a storage slow to answer a stat
-        started.set()
-        assert go.wait(HANG)
-        return probe(*args, **kwargs)
-
-    monkeypatch.setattr(health, "probe_database", late)
+    started, go = hold(monkeypatch, health, "probe_database")  # a storage slow to answer a stat
     checker, out = in_thread(engine.health)
     try:
         assert started.wait(HANG)
@@ -597,16 +589,7 @@ def test_a_probe_its_engine_closed_refused_is_not_shared_with_another_engine(
 
     calm = Settings(health_probe_timeout_ms=HANG * 1000)
     first, second = open_engine(settings=calm), open_engine(settings=calm)
-    started, go = threading.Event(), threading.Event()
-    probe, held = health.probe_database, [True]  # the first probe, the first engine's
-
-    def late(*args: Any, **kwargs: Any) -> HealthCheck:
-        if held and held.pop():
-            started.set()
-            assert go.wait(HANG)
-        return probe(*args, **kwargs)
-
-    monkeypatch.setattr(health, "probe_database", late)
+    started, go = hold(monkeypatch, health, "probe_database", times=1)  # the first engine's
     decided = _second_caller_watched(monkeypatch)
     found: dict[str, HealthReport] = {}
     checks = [threading.Thread(target=lambda e=e, n=n: found.update({n: e.health()}), name=n)
