@@ -718,13 +718,12 @@ class JackpotEngine:
         An actor still busy then is left to stop by itself (logged); a read
         still running (on the reader, or a `verify()` or `health()`'s probe
         on a connection of its own) closes its connection when it ends
-        (logged too). Calls still in
-        flight when the wait for them ends go on to their outcome (one
-        WARNING says how many, once: closes at the same time or later, left
-        with those calls, say nothing more); the actors stop after them. If that wait used
-        up the whole `timeout`, the actors are asked to stop with no time left
-        to wait: none is logged as late then, since none, idle or busy, was
-        given any time.
+        (logged too). Calls still in flight when the wait for them ends go on
+        to their outcome (one WARNING says how many, once: closes at the same
+        time or later, left with those calls, say nothing more); the actors
+        stop after them. If that wait used up the whole `timeout`, the actors
+        are asked to stop with no time left to wait: none is logged as late
+        then, since none, idle or busy, was given any time.
 
         A close() after one that left actors or a read running (its timeout
         ran out, `timeout=0` say) finishes that close, within its own
@@ -890,8 +889,9 @@ class JackpotEngine:
         """Count a health() probe's connection as it opens; refused once the engine is closed.
 
         Runs in the probe's thread, which may outlast its health() caller (a
-        storage that does not answer): checked here, not as health() starts,
-        a close() that did not wait for it never has it open after.
+        storage that does not answer): checked here rather than as health()
+        starts, so that no probe connection opens after a close() that did
+        not wait for it.
         """
         with self._lock_state:
             self._check_not_closed()  # (the probe says so: "cannot open the database")
