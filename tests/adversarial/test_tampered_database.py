@@ -1702,6 +1702,50 @@ def test_a_column_given_a_collation_is_reported(
     assert problems(engine) == found
 
 
+INDEX_COLLATION = ("not BINARY as the engine made it: it takes for equal text the engine "
+                   "tells apart")
+
+
+@pytest.mark.parametrize(("sql", "found"), [
+    # The engine's unique index on op_id made again to take op_id B1 for b1 (the next
+    # bet refused), its column still BINARY.
+    (("DROP INDEX operations_op_id; "
+      "CREATE UNIQUE INDEX operations_op_id ON operations (op_id COLLATE NOCASE)"),
+     [("integrity_check: table operations: index operations_op_id has COLLATE NOCASE on "
+       f"column op_id, {INDEX_COLLATION}")]),
+    # Under another name beside it (it refuses as much), and a level's versions made
+    # one for Minor and minor, 'minor ' and 'minor'.
+    (("CREATE UNIQUE INDEX op_ids ON operations (op_id COLLATE RTRIM); "
+      "DROP INDEX ledger_level_version; CREATE UNIQUE INDEX ledger_level_version "
+      "ON ledger (level COLLATE NOCASE, version_after)"),
+     [("integrity_check: table ledger: index ledger_level_version has COLLATE NOCASE on "
+       f"column level, {INDEX_COLLATION}; table operations: index op_ids has COLLATE RTRIM "
+       f"on column op_id, {INDEX_COLLATION}")]),
+    # An index that is not unique refuses nothing, and SQLite reads through it only
+    # for a comparison of its collation: none of the engine's.
+    ("CREATE INDEX ledger_who ON ledger (who COLLATE NOCASE, level COLLATE RTRIM)", []),
+    # A unique index of the operator's on the engine's columns, each BINARY.
+    ("CREATE UNIQUE INDEX ledger_seq_op_id ON ledger (seq, op_id COLLATE BINARY)", []),
+])
+def test_a_unique_index_given_a_collation_is_reported(engine: JackpotEngine, sql: str,
+                                                      found: list[str]) -> None:
+    # The column kept BINARY (so `_collations` passed it), the index compared
+    # with NOCASE: it refused op_id B1 after b1 (StorageError), or a level's
+    # version 2 of Minor after minor's; verify() said nothing.
+    tamper(engine, sql)
+    assert problems(engine) == found
+
+
+def test_a_primary_key_given_a_collation_is_reported(engine: JackpotEngine) -> None:
+    # A levels table rebuilt with PRIMARY KEY (name COLLATE NOCASE): its name
+    # column BINARY, its key refused a level Minor beside minor.
+    rebuild(engine, "levels", lambda sql: sql.replace("name TEXT PRIMARY KEY", "name TEXT")
+            .replace(") STRICT", ", PRIMARY KEY (name COLLATE NOCASE)) STRICT"))
+    assert problems(engine) == [
+        ("integrity_check: table levels: index sqlite_autoindex_levels_1 has COLLATE NOCASE "
+         f"on column name, {INDEX_COLLATION}")]
+
+
 @pytest.mark.parametrize(("table", "edit", "found"), [
     # STRICT kept, a column of ANY: it takes text, and text passes amount >= 0.
     ("levels", lambda sql: sql.replace("amount INTEGER", "amount ANY"), [

@@ -551,6 +551,35 @@ def test_a_text_column_given_a_nondeterministic_collation_is_told(pg_target: str
              "tells apart")]
 
 
+@pytest.mark.parametrize(("sql", "found"), [
+    # The operations' key made again to take op_id B1 for b1 (the next bet refused as
+    # lost to a concurrent one), its column deterministic.
+    (("ALTER TABLE operations DROP CONSTRAINT operations_pkey; "
+      "CREATE UNIQUE INDEX operations_pkey ON operations (op_id COLLATE anycase)"),
+     ["table operations: index operations_pkey has COLLATE anycase on column op_id"]),
+    # Beside the engine's, under another name, and a level's versions one for Minor and minor.
+    (("CREATE UNIQUE INDEX op_ids ON operations (op_id COLLATE anycase); "
+      "DROP INDEX ledger_level_version; CREATE UNIQUE INDEX ledger_level_version "
+      "ON ledger (level COLLATE anycase, version_after)"),
+     ["table ledger: index ledger_level_version has COLLATE anycase on column level",
+      "table operations: index op_ids has COLLATE anycase on column op_id"]),
+    # One that is not unique refuses nothing; a deterministic collation compares bytes.
+    (("CREATE INDEX ledger_who ON ledger (who COLLATE anycase); "
+      'CREATE UNIQUE INDEX op_ids ON operations (op_id COLLATE "C")'), []),
+])
+def test_a_unique_index_given_a_nondeterministic_collation_is_told(
+        pg_target: str, sql: str, found: list[str]) -> None:
+    # The column kept its collation (so the column's check passed it), the
+    # index took B1 and b1 for one op_id; verify() said nothing.
+    told = (", not a deterministic one as the engine made it: it takes for equal text the "
+            "engine tells apart")
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        conn.execute("CREATE COLLATION anycase (provider = icu, "
+                     "locale = 'und-u-ks-level2', deterministic = false)")
+    _index_problems(pg_target, sql, [
+        f"integrity_check: {'; '.join(f + told for f in found)}"] if found else [])
+
+
 @pytest.mark.parametrize(("table", "column"), [("ledger", "delta"), ("levels", "m_won")])
 def test_a_number_column_changed_to_text_is_told_not_a_crash(pg_target: str, table: str,
                                                              column: str) -> None:

@@ -739,6 +739,27 @@ def collation_problems(columns: Iterable[tuple[str, str, str]], engine_s: str) -
             for table, column, collation in columns if column in TABLE_COLUMNS.get(table, ())]
 
 
+def index_collation_problems(keys: Iterable[tuple[str, str, str, str]], engine_s: str,
+                             ) -> list[str]:
+    """Name each unique index that compares one of the engine's columns otherwise than its column.
+
+    `keys`: (table, index, column, collation) of the key columns of the three
+    tables' unique indexes, primary keys' included, whose collation can take
+    two texts the engine tells apart for equal (as `collation_problems`'),
+    where it is not the column's own (that one told as the column's).
+    `CREATE UNIQUE INDEX ... (op_id COLLATE NOCASE)` in place of the
+    engine's (or beside it) leaves the column BINARY, and refuses op_id B1
+    after b1 as a duplicate; on a level's (level, version) a version of
+    Minor after minor's. An index that is not unique refuses nothing, and
+    neither backend reads through one for a comparison of another
+    collation than its own (the engine's are all the column's): not told.
+    """
+    return [f"table {table}: index {index} has COLLATE {collation} on column {column}, not "
+            f"{engine_s} as the engine made it: it takes for equal text the engine tells apart"
+            for table, index, column, collation in keys
+            if column in TABLE_COLUMNS.get(table, ())]
+
+
 class UnreadableRowError(StorageError, ValueError):
     """A row holds JSON the engine never writes (a damaged or tampered file).
 

@@ -118,6 +118,7 @@ from jackpot.storage.base import (
     collation_problems,
     constraint_problems,
     entry_values,
+    index_collation_problems,
     index_problems,
     ledger_row,
     level_from_row,
@@ -174,6 +175,20 @@ _LEDGER_INDEXES = (
     "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
     f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
     f"pg_class WHERE relname = 'ledger' AND relnamespace = {_CURRENT_SCHEMA})")
+# The key columns of the three tables' unique indexes (primary keys' included)
+# whose collation is nondeterministic and not their column's: table, index,
+# column, collation (`index_collation_problems`). indcollation has one per key
+# column (0 where none applies: not text), in indkey's order.
+_UNIQUE_KEY_COLLATIONS = (
+    "SELECT t.relname, c.relname, a.attname, k.collname FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+    "CROSS JOIN LATERAL unnest((i.indkey::int2[])[0:i.indnkeyatts - 1], "
+    "i.indcollation::oid[]) WITH ORDINALITY AS x(attnum, coll, n) "
+    "JOIN pg_collation k ON k.oid = x.coll "
+    "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = x.attnum "
+    f"WHERE t.relnamespace = {_CURRENT_SCHEMA} AND t.relname = ANY(%s) AND i.indisunique "
+    "AND NOT k.collisdeterministic AND x.coll <> a.attcollation "
+    "ORDER BY t.relname, c.relname, x.n")
 _HAS_SCHEMA_TABLE = ("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema() "
                      "AND tablename = 'jackpot_schema')")
 # A row a write transaction inserted, by its key, with the id of the transaction
@@ -946,6 +961,8 @@ class PostgresStore(Store):
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND a.attnum > 0 AND NOT a.attisdropped AND NOT k.collisdeterministic "
             "ORDER BY c.relname, a.attnum", (list(NULLABLE),))), "a deterministic one"))
+        problems.extend(index_collation_problems(((r[0], r[1], r[2], r[3]) for r in self._exec(
+            _UNIQUE_KEY_COLLATIONS, (list(NULLABLE),))), "a deterministic one"))
         problems.extend(check_problems((r[0], r[1], r[2], r[3], r[4]) for r in self._exec(
             "SELECT c.relname, k.conname, k.convalidated, ARRAY(SELECT a.attname::text "
             "FROM pg_attribute a WHERE a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey)), "

@@ -67,6 +67,7 @@ from jackpot.storage.base import (
     collation_problems,
     constraint_problems,
     entry_values,
+    index_collation_problems,
     index_problems,
     ledger_row,
     level_from_row,
@@ -902,15 +903,28 @@ class SQLiteStore(Store):
             "FROM pragma_table_info(?) ORDER BY cid", (t,))), text="TEXT", integer="INTEGER")
 
     def _collations(self) -> list[str]:
-        """Name each of the engine's columns that compares with another collation than BINARY.
+        """Name each of the engine's columns, and unique index keys, not compared BINARY.
 
         (`collation_problems`: a table rebuilt with `status TEXT COLLATE RTRIM`
-        keeps its CHECK, which then takes 'active   ' for 'active'.)
+        keeps its CHECK, which then takes 'active   ' for 'active';
+        `index_collation_problems`: a unique index on `op_id COLLATE NOCASE`
+        refuses op_id B1 after b1.)
         """
-        return collation_problems(((t, c, collation) for t in STRICT_TABLES for (c,) in self._exec(
+        columns = {(t, c): collation for t in STRICT_TABLES for (c,) in self._exec(
             "SELECT name FROM pragma_table_info(?) ORDER BY cid", (t,))
-            if (collation := self.conn.column_metadata("main", t, c)[1]).upper() != "BINARY"),
-            "BINARY")
+            if (collation := self.conn.column_metadata("main", t, c)[1]).upper() != "BINARY"}
+        tables = ", ".join("?" * len(STRICT_TABLES))
+        # Each unique index's key columns (an expression's aside: no column's) of another.
+        keys = self._exec(
+            "SELECT m.name, l.name, x.name, x.coll FROM sqlite_master AS m, "
+            "pragma_index_list(m.name) AS l, pragma_index_xinfo(l.name) AS x "
+            f"WHERE m.type = 'table' AND m.name IN ({tables}) AND l.\"unique\" AND x.key "
+            "AND x.name IS NOT NULL AND upper(x.coll) != 'BINARY' ORDER BY m.name, l.name, x.seqno",
+            STRICT_TABLES)
+        return [*collation_problems(((t, c, k) for (t, c), k in columns.items()), "BINARY"),
+                *index_collation_problems(((t, i, c, k) for t, i, c, k in keys
+                                           if str(k).upper() != columns.get((t, c), "").upper()),
+                                          "BINARY")]
 
     def _lost_checks(self) -> list[str]:
         """Name, per table, each CHECK of the engine's schema that the table's SQL no longer has.
