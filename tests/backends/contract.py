@@ -32,6 +32,7 @@ from jackpot import (
     LockTimeoutError,
     Settings,
     StorageError,
+    ValidationError,
     domain,
 )
 from jackpot.domain import LevelState, Meters
@@ -472,6 +473,26 @@ class BackendContract:
         assert shown == [([], n) for n in every]
         assert [(list(rows), rows.more) for rows in (
             passed.broken, passed.unread_bets, passed.untyped)] == [([], n) for n in every[:3]]
+
+    @pytest.mark.parametrize("limit", [-1, 1.5, True])
+    def test_a_limit_that_is_no_count_of_rows_is_refused(self, store: Store,
+                                                         limit: object) -> None:
+        # SQLite read LIMIT -1 as none (every row), PostgreSQL refused it (a
+        # StorageError), a capped query counted its rows and showed rows[:-1]
+        # of the one it read; 1.5 was cut to 1, True read as 1.
+        minor, created = domain.create(GroupConfig("minor", Decimal(100), Decimal("0.01")),
+                                       1_000, draw)
+        with store.write():
+            store.insert_level(minor)
+            store.append("create:minor", [created])
+        reads: tuple[Callable[..., object], ...] = (
+            store.ledger, store.ledger_pass, store.broken_ledger_rows, store.unreadable_bets,
+            store.untyped_ledger_rows, store.split_hit_winners)
+        with store.read():
+            for read in reads:
+                with pytest.raises(ValidationError) as info:
+                    read(limit=limit)
+                assert str(info.value) == f"limit must be an int of 0 or more, got {limit!r}"
 
     def test_the_audit_s_rows_of_a_few_kinds_are_every_level_s(self, store: Store) -> None:
         # `ledger_of_kinds` finds them level by level through the index: the

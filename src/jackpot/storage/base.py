@@ -37,7 +37,7 @@ from fractions import Fraction
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
-from jackpot.errors import StorageError
+from jackpot.errors import StorageError, ValidationError, exact_int, shown
 from jackpot.money import MAX_UNITS
 from jackpot.storage.schema import INDEXES, LEDGER_PARTS, METERS, NULLABLE, POSTGRES_CHECKS
 
@@ -541,6 +541,23 @@ ORDER BY l.op_id
 
 OPERATIONS_WITHOUT_LEDGER = (
     "SELECT op_id FROM operations EXCEPT SELECT op_id FROM ledger ORDER BY op_id")
+
+
+def row_limit(limit: object) -> int:
+    """Return `limit`, how many rows a read returns at most, as an int.
+
+    Raises:
+        ValidationError: `limit` is not an int of 0 or more. In a `LIMIT`
+            SQLite reads a negative one as none at all (every row), and
+            PostgreSQL refuses it; a capped read (`Shown`) would show
+            `rows[:limit]` of the rows it read. 1.5 or True is no count.
+
+    """
+    count = exact_int(limit)
+    if count is None or count < 0:
+        msg = f"limit must be an int of 0 or more, got {shown(limit)}"
+        raise ValidationError(msg)
+    return count
 
 
 to_json = json.JSONEncoder(sort_keys=True).encode
@@ -1083,7 +1100,12 @@ class Store(ABC):
     def ledger(self, *, level: str | None = None, limit: int | None = None,
                kinds: tuple[str, ...] | None = None, newest_first: bool = False
                ) -> list[LedgerRow]:
-        """Return ledger rows, optionally of one level and kinds, oldest first."""
+        """Return ledger rows, optionally of one level and kinds, oldest first.
+
+        Raises:
+            ValidationError: `limit` is not None nor an int of 0 or more (`row_limit`).
+
+        """
 
     # -- audit -------------------------------------------------------------------
 
@@ -1150,6 +1172,7 @@ class Store(ABC):
         queries run as they are instead, so what the audit reports of a
         damaged ledger is theirs.
         """
+        limit = row_limit(limit)
         wrong, unsure = row_checks(self._AMOUNT_CAST, self._INEXACT,
                                    f"LAG(balance_after{self._AMOUNT_CAST}, 1, 0) OVER w",
                                    f"LAG(reserve_after{self._AMOUNT_CAST}, 1, 0) OVER w")
@@ -1222,7 +1245,7 @@ class Store(ABC):
         column comes in one row, read and not shown: `LIMIT 0` returns none
         to carry it, and every row was once counted as none.
         """
-        limit = int(limit)
+        limit = row_limit(limit)
         if found is not None:
             rows = self._exec(f"{sql.replace('{count}', '')} LIMIT {limit}")
             return Shown(map(row, rows), found - len(rows))
@@ -1279,6 +1302,7 @@ class Store(ABC):
         So there the rows past `limit` are counted as they stream by (only a
         damaged ledger has any); where the arithmetic is exact, by the query.
         """
+        limit = row_limit(limit)
         wrong, unsure = row_checks(self._AMOUNT_CAST, self._INEXACT, "prev_balance",
                                    "prev_reserve")
         sql = _BROKEN_ROWS.format(n=self._AMOUNT_CAST, wrong=wrong, unsure=unsure,

@@ -124,6 +124,7 @@ from jackpot.storage.base import (
     level_from_row,
     level_values,
     number_column,
+    row_limit,
     stored_result,
     type_problems,
 )
@@ -902,7 +903,7 @@ class PostgresStore(Store):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+            sql += f" LIMIT {row_limit(limit)}"
         return [ledger_row(row) for row in self._exec(sql, tuple(params))]
 
     def _unkept_integers(self) -> tuple[str, ...]:

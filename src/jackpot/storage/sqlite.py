@@ -73,6 +73,7 @@ from jackpot.storage.base import (
     level_from_row,
     level_values,
     lost_checks,
+    row_limit,
     stored_result,
     to_json,
     type_problems,
@@ -782,7 +783,7 @@ class SQLiteStore(Store):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+            sql += f" LIMIT {row_limit(limit)}"
         return [ledger_row(row) for row in self._exec(sql, tuple(params))]
 
     def ledger_totals(self) -> dict[str, LedgerTotals]:
