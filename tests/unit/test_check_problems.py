@@ -36,6 +36,8 @@ def test_the_engine_s_checks_as_stored_are_no_problem() -> None:
     ("levels_overflow_to_check",
      ("CHECK ((overflow_to = ANY (ARRAY['meter'::character varying, 'reserve'::character "
      "varying])))")),
+    # NO INHERIT: the same on the table (a table inheriting from it is told on its own).
+    ("levels_amount_check", "CHECK ((amount >= 0)) NO INHERIT"),
 ])
 def test_the_same_check_printed_otherwise_is_no_problem(name: str, printed: str) -> None:
     assert check_problems(_found({name: printed})) == []
@@ -58,6 +60,7 @@ def test_the_same_check_printed_otherwise_is_no_problem(name: str, printed: str)
      "'retired'::text])))")),
     ("levels_overflow_to_check",
      "CHECK (((overflow_to)::citext = ANY (ARRAY['meter'::citext, 'reserve'::citext])))"),
+    ("levels_amount_check", "CHECK ((amount >= '-1'::integer)) NO INHERIT"),
 ])
 def test_another_expression_under_the_engine_s_name_is_told(name: str, printed: str) -> None:
     table = next(t for t, named in POSTGRES_CHECKS.items() if name in named)
@@ -66,10 +69,12 @@ def test_another_expression_under_the_engine_s_name_is_told(name: str, printed: 
         f"table {table}: CHECK {name} is not the engine's: {printed} (the engine's: {engine_s})"]
 
 
-def test_a_check_made_not_valid_is_told_however_it_is_printed() -> None:
-    printed = "CHECK (reserve_after >= 0) NOT VALID"
+@pytest.mark.parametrize("printed", ["CHECK (reserve_after >= 0) NOT VALID",
+                                     "CHECK ((reserve_after >= 0)) NO INHERIT NOT VALID"])
+def test_a_check_made_not_valid_is_told_however_it_is_printed(printed: str) -> None:
     found = [(t, n, n != "ledger_reserve_after_check", c, printed if n ==
               "ledger_reserve_after_check" else d) for t, n, _, c, d in _found()]
     assert check_problems(found) == [
         ("table ledger: CHECK ledger_reserve_after_check is NOT VALID: rows from before it "
         "were never checked")]
+

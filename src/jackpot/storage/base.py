@@ -649,7 +649,9 @@ def _respelled(m: re.Match[str]) -> str:
 def check_key(definition: str) -> str:
     """Return a CHECK's definition (`pg_get_constraintdef`'s) as `check_problems` compares it.
 
-    Without its NOT VALID, and outside string literals without the casts of
+    Without its NOT VALID (told apart: `convalidated`) and its NO INHERIT
+    (the same on the table itself; a table that inherits from the engine's
+    is told on its own), and outside string literals without the casts of
     constants, parentheses and spaces that another PostgreSQL version may
     print otherwise (`(amount >= 0)` and `amount >= (0)::bigint` are one
     expression): a sound schema on a server that prints its CHECKs a little
@@ -658,7 +660,7 @@ def check_key(definition: str) -> str:
     prints none of a column of the engine's type, and one can change what
     passes (`(status)::bpchar` takes 'active   ' for 'active').
     """
-    parts = _PG_LITERAL.split(definition.removesuffix(" NOT VALID"))
+    parts = _PG_LITERAL.split(definition.removesuffix(" NOT VALID").removesuffix(" NO INHERIT"))
     return "".join(p if i % 2 else _PG_SPELLING.sub(_respelled, p) for i, p in enumerate(parts))
 
 

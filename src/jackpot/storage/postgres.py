@@ -971,6 +971,16 @@ class PostgresStore(Store):
             "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND k.contype = 'c'", (list(POSTGRES_CHECKS),))))
+        # A table that inherits from one of the engine's: its rows are read (and updated)
+        # as the engine's, held to none of its keys, unique indexes, foreign key, triggers
+        # or NO INHERIT CHECKs (none of which PostgreSQL passes on to a child).
+        problems.extend(
+            f"table {r[0]} inherits from {r[1]}: its rows are read as rows of {r[1]}, held to "
+            f"none of the keys, unique indexes or triggers of {r[1]}" for r in self._exec(
+                "SELECT i.inhrelid::regclass::text, p.relname FROM pg_inherits i "
+                "JOIN pg_class p ON p.oid = i.inhparent "
+                f"WHERE p.relnamespace = {_CURRENT_SCHEMA} AND p.relname = ANY(%s) "
+                "ORDER BY p.relname, 1", (list(NULLABLE),)))
         # The ledger's level REFERENCES levels (name): dropped, the ledger takes rows of a
         # level that does not exist (the audit tells such rows; this, the table that takes them).
         keys = [bool(r[0]) for r in self._exec(
