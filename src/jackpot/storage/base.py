@@ -659,6 +659,11 @@ def check_key(definition: str) -> str:
     or another operator still is. A column's cast is kept: PostgreSQL
     prints none of a column of the engine's type, and one can change what
     passes (`(status)::bpchar` takes 'active   ' for 'active').
+
+    Dropping parentheses loses the grouping of AND and OR (`(a OR b) AND c`
+    is `a OR (b AND c)` here): safe only while each of the engine's CHECKs
+    joins at most two terms, none boolean, with one AND or OR, as a test
+    pins (another grouping of those tokens is no expression PostgreSQL takes).
     """
     parts = _PG_LITERAL.split(definition.removesuffix(" NOT VALID").removesuffix(" NO INHERIT"))
     return "".join(p if i % 2 else _PG_SPELLING.sub(_respelled, p) for i, p in enumerate(parts))
