@@ -1736,6 +1736,16 @@ def test_a_unique_index_given_a_collation_is_reported(engine: JackpotEngine, sql
     assert problems(engine) == found
 
 
+def test_a_levels_table_rebuilt_without_its_primary_key_is_reported(
+        engine: JackpotEngine) -> None:
+    # Only the operations' key was looked at: levels rebuilt with name TEXT
+    # NOT NULL (no PRIMARY KEY) took a second row of a level's name.
+    rebuild(engine, "levels", lambda sql: sql.replace("name TEXT PRIMARY KEY",
+                                                      "name TEXT NOT NULL"))
+    assert problems(engine) == [
+        "integrity_check: levels has no unique index on (name): two rows could hold one level"]
+
+
 def test_a_primary_key_given_a_collation_is_reported(engine: JackpotEngine) -> None:
     # A levels table rebuilt with PRIMARY KEY (name COLLATE NOCASE): its name
     # column BINARY, its key refused a level Minor beside minor.

@@ -1488,6 +1488,34 @@ def test_a_dropped_check_constraint_is_reported(pg_target: str, sql: str,
     _index_problems(pg_target, sql, problems)
 
 
+NO_OP_ID_KEY = ("integrity_check: operations has no unique index on (op_id): an op_id could be "
+                "applied twice")
+
+
+@pytest.mark.parametrize(("sql", "problems"), [
+    # The operations' key gone: two hosts could apply one op_id each (SQLite told it).
+    ("ALTER TABLE operations DROP CONSTRAINT operations_pkey",
+     [NO_OP_ID_KEY]),
+    # Made again on more than op_id, or not for every row: it no longer keeps op_ids apart.
+    (("ALTER TABLE operations DROP CONSTRAINT operations_pkey; "
+      "CREATE UNIQUE INDEX operations_pkey ON operations (op_id, kind)"),
+     [NO_OP_ID_KEY]),
+    # The levels' key (the ledger's foreign key with it): two rows could be one level.
+    ("ALTER TABLE levels DROP CONSTRAINT levels_pkey CASCADE",
+     [("integrity_check: levels has no unique index on (name): two rows could hold one "
+       "level; table ledger has lost its FOREIGN KEY (level) REFERENCES levels: it takes rows "
+       "of levels that do not exist")]),
+    # A unique index on the column in its place is the same key.
+    (("ALTER TABLE operations DROP CONSTRAINT operations_pkey; "
+      "CREATE UNIQUE INDEX op_ids ON operations (op_id)"), []),
+])
+def test_a_dropped_key_is_reported(pg_target: str, sql: str, problems: list[str]) -> None:
+    # Only the ledger's indexes were looked at: a database without the
+    # operations' primary key verified ok, while nothing kept an op_id from
+    # being applied twice by two hosts.
+    _index_problems(pg_target, sql, problems)
+
+
 def test_a_table_that_inherits_from_the_engine_s_is_reported(pg_target: str) -> None:
     # Its rows are read (and updated) as the levels', but PostgreSQL passes
     # on no key, unique index, trigger or NO INHERIT CHECK to a child: a row

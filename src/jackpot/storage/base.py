@@ -588,6 +588,25 @@ def index_problems(found: dict[str, IndexShape]) -> list[str]:
     return problems
 
 
+_KEYS = {"levels": ("name", "two rows could hold one level"),
+         "operations": ("op_id", "an op_id could be applied twice")}
+"""The key of each table beside the ledger (whose are `INDEXES`), and what is lost without it."""
+
+
+def key_problems(indexes: Callable[[str], Iterable[IndexShape]]) -> list[str]:
+    """Name each of the levels' and operations' keys that no unique index keeps.
+
+    `indexes(table)`: the shapes of the table's indexes (a primary key's
+    included). A unique index on that one column, for every row, under any
+    name: one on more columns (op_id, kind) or with a WHERE keeps no two
+    rows of the column apart.
+    """
+    return [f"{table} has no unique index on ({column}): {lost}"
+            for table, (column, lost) in _KEYS.items()
+            if IndexShape(unique=True, columns=(column,), partial=False)
+            not in set(indexes(table))]
+
+
 def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str, str]],
                         ) -> list[str]:
     """Name each table rebuilt without STRICT, and its columns that lost their NOT NULL.

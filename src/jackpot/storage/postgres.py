@@ -120,6 +120,7 @@ from jackpot.storage.base import (
     entry_values,
     index_collation_problems,
     index_problems,
+    key_problems,
     ledger_row,
     level_from_row,
     level_values,
@@ -165,17 +166,17 @@ _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledge
 # that cast parses the name as SQL, so a schema whose name needs quoting
 # ("Jackpot", "two words") would be read as another name, or not at all.
 _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
-# The ledger's indexes: name, unique, key columns in order (NULL for an
+# A table's indexes: name, unique, key columns in order (NULL for an
 # expression; a covering index's INCLUDE columns are not keys), partial (has a
 # WHERE).
-_LEDGER_INDEXES = (
+_INDEXES = (
     "SELECT c.relname, i.indisunique, ARRAY(SELECT a.attname FROM "
     "unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
     "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL "
     "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
     f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
-    f"pg_class WHERE relname = 'ledger' AND relnamespace = {_CURRENT_SCHEMA})")
+    f"pg_class WHERE relname = %s AND relnamespace = {_CURRENT_SCHEMA})")
 # The key columns of the three tables' unique indexes (primary keys' included)
 # whose collation is nondeterministic and not their column's: table, index,
 # column, collation (`index_collation_problems`). indcollation has one per key
@@ -942,8 +943,8 @@ class PostgresStore(Store):
             "AND t.tgenabled <> 'D' AND t.tgname = ANY(%s)", (list(POSTGRES_TRIGGERS),))}
         problems.extend(f"trigger {t} is missing or disabled: history is not append-only"
                         for t in POSTGRES_TRIGGERS if t not in enabled)
-        problems.extend(index_problems({r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]))
-                                        for r in self._exec(_LEDGER_INDEXES)}))
+        problems.extend(index_problems(self._indexes("ledger")))
+        problems.extend(key_problems(lambda table: self._indexes(table).values()))
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "
@@ -1007,6 +1008,10 @@ class PostgresStore(Store):
         return [f"{table}.{column} is {kind}" for table, column, kind in self._column_types()
                 if column in TABLE_COLUMNS.get(table, ()) and not kind.startswith(
                     _NUMBER_TYPES if number_column(table, column) else _TEXT_TYPES)]
+
+    def _indexes(self, table: str) -> dict[str, IndexShape]:
+        return {r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]))
+                for r in self._exec(_INDEXES, (table,))}
 
     def _column_types(self) -> list[tuple[str, str, str]]:
         """Return (table, column, type) of the engine's tables' columns, in table order."""

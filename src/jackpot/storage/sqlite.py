@@ -69,6 +69,7 @@ from jackpot.storage.base import (
     entry_values,
     index_collation_problems,
     index_problems,
+    key_problems,
     ledger_row,
     level_from_row,
     level_values,
@@ -870,10 +871,7 @@ class SQLiteStore(Store):
         problems.extend(f"trigger {t} is missing: history is not append-only"
                         for t in SQLITE_TRIGGERS if t not in triggers)
         problems.extend(index_problems(self._indexes("ledger")))
-        unique_op_id = IndexShape(unique=True, columns=("op_id",), partial=False)
-        if unique_op_id not in self._indexes("operations").values():
-            problems.append("operations has no unique index on (op_id): an op_id could be "
-                            "applied twice")
+        problems.extend(key_problems(lambda table: self._indexes(table).values()))
         tables = ", ".join("?" * len(STRICT_TABLES))
         strict = dict(self._exec("SELECT name, strict FROM pragma_table_list "
                                  f"WHERE schema = 'main' AND name IN ({tables})", STRICT_TABLES))
