@@ -565,7 +565,7 @@ to_json = json.JSONEncoder(sort_keys=True).encode
 
 
 class IndexShape(NamedTuple):
-    """What an index of the ledger is, as the integrity check compares it."""
+    """What an index is (the ledger's, or a table's key), as the integrity check compares it."""
 
     unique: bool
     columns: tuple[str | None, ...]
