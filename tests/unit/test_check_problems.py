@@ -12,7 +12,8 @@ import re
 
 import pytest
 
-from jackpot.storage.base import TABLE_COLUMNS, check_problems
+from jackpot.storage._schema_problems import check_problems
+from jackpot.storage.base import TABLE_COLUMNS
 from jackpot.storage.schema import POSTGRES_CHECKS
 
 

@@ -101,33 +101,35 @@ from psycopg_pool import PoolTimeout
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage._pg_pool import JackpotPool, install_log_filter
+from jackpot.storage._schema_problems import (
+    LOST_FOREIGN_KEY,
+    IndexShape,
+    check_problems,
+    collation_problems,
+    constraint_problems,
+    index_collation_problems,
+    index_problems,
+    key_problems,
+    number_column,
+    type_problems,
+)
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEDGER_INTEGERS,
     LEVEL_COLUMNS,
-    LOST_FOREIGN_KEY,
     ROW_TOLD_NULLS,
     TABLE_COLUMNS,
     ConnectionUnavailableError,
-    IndexShape,
     LedgerRow,
     SerializationFailureError,
     Store,
     StoredOperation,
-    check_problems,
-    collation_problems,
-    constraint_problems,
     entry_values,
-    index_collation_problems,
-    index_problems,
-    key_problems,
     ledger_row,
     level_from_row,
     level_values,
-    number_column,
     row_limit,
     stored_result,
-    type_problems,
 )
 from jackpot.storage.schema import (
     NULLABLE,

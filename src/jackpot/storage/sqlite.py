@@ -45,6 +45,17 @@ import apsw.bestpractice
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage._files import FileGuard, ReaderMark, refuse_inherited
+from jackpot.storage._schema_problems import (
+    LOST_FOREIGN_KEY,
+    IndexShape,
+    collation_problems,
+    constraint_problems,
+    index_collation_problems,
+    index_problems,
+    key_problems,
+    lost_checks,
+    type_problems,
+)
 from jackpot.storage._sql_checks import ENGINE_CHECKS, check_keys
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
@@ -52,11 +63,9 @@ from jackpot.storage.base import (
     LEDGER_INTEGERS,
     LEDGER_TEXTS,
     LEVEL_COLUMNS,
-    LOST_FOREIGN_KEY,
     ROW_TOLD_NULLS,
     TABLE_COLUMNS,
     BusyIncidentError,
-    IndexShape,
     LedgerPass,
     LedgerRow,
     LedgerTotals,
@@ -64,20 +73,13 @@ from jackpot.storage.base import (
     RecordedSQL,
     Store,
     StoredOperation,
-    collation_problems,
-    constraint_problems,
     entry_values,
-    index_collation_problems,
-    index_problems,
-    key_problems,
     ledger_row,
     level_from_row,
     level_values,
-    lost_checks,
     row_limit,
     stored_result,
     to_json,
-    type_problems,
 )
 from jackpot.storage.schema import MIGRATIONS, SQLITE_TRIGGERS, STRICT_TABLES
 
