@@ -150,8 +150,8 @@ def test_an_open_interrupted_after_its_first_read_lets_go_before_its_close(
 def test_a_store_never_closed_collected_under_the_record_lock_does_not_hang_its_thread(
         tmp_path: Path) -> None:
     # A store dropped unclosed in a reference cycle is freed by the garbage collector, which
-    # runs at any allocation: also inside the record's own sections, in a thread holding its
-    # lock. The store's finalizer (`_release`) then waited for that lock in the same thread:
+    # may run inside the record's own sections, in a thread holding its lock (at an
+    # allocation up to Python 3.11; at the next evaluation-loop check from 3.12, gh-97922). The store's finalizer (`_release`) then waited for that lock in the same thread:
     # that thread, and every later open or write in the process, hung for ever.
     path = tmp_path / "pools.db"
     JackpotEngine.open(path).close()
@@ -212,9 +212,9 @@ def test_a_close_interrupted_as_it_counts_its_connection_out_still_counts_it_out
 
 def test_a_store_collected_as_another_lets_go_of_the_same_files_leaves_its_close_whole(
         tmp_path: Path) -> None:
-    # Under a Python tracer (a debugger, a profiler, coverage's Python tracer) every line of
-    # a section is an allocation point, so the collector, and the finalizer of a store never
-    # closed, may run between any two of its lines. The last other holder of the files,
+    # Under a Python tracer (a debugger, a profiler, coverage's Python tracer) the collector,
+    # and the finalizer of a store never closed, may run between any two lines of a section
+    # (the tracer's own calls allocate, and from 3.12 each line is a check of the eval loop). The last other holder of the files,
     # collected just as a closing store had taken itself out of `_holding` and found the set
     # empty, deleted the entry first: the close's own `del` raised KeyError, its connection
     # was left open and its count kept for good (an I/O error never forgotten).
