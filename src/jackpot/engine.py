@@ -356,7 +356,7 @@ def _log_left_in_flight(calls: int, bound: float | None, unreported: list[Operat
     got a wait of their own); None: its timeout ran out, leaving them none.
     `unreported`: those of them whose callers were interrupted, named: no
     caller will learn their outcomes, and an exit right after close() ends
-    the threads that would log them. Each is told once (see `_await_calls`):
+    the threads that would log them. Each is told once (see `_tell_left_in_flight`):
     `calls` is 0 once a close() told them, and `unreported` holds only those
     not named yet.
     """
@@ -814,8 +814,8 @@ class JackpotEngine:
                 with self._lock_state:
                     self._stopping = False
                     self._cond.notify_all()
-        _log_left_in_flight(left_in_flight, self._run_timeout if deadline is None else None,
-                            unreported)
+        self._tell_left_in_flight(left_in_flight, self._run_timeout if deadline is None
+                                  else None, unreported)
         _log_late(late)
         if given:
             _log_reads_left(reads)
@@ -823,9 +823,8 @@ class JackpotEngine:
     def _await_calls(self, wait_limit: float) -> tuple[int, list[Operation]]:
         """Refuse new calls; wait until `wait_limit` for those in flight (see `_await_inflight`).
 
-        Returns what is left to tell of the calls still in flight then: how
-        many (0 once a close() told them), and those of them whose callers were
-        interrupted or are gone that no close() has named yet.
+        Returns how many are still in flight then, and those of them whose
+        callers were interrupted or are gone (to be told: `_tell_left_in_flight`).
         """
         with self._lock_state:
             self._closed = True  # from now on, new calls are refused
@@ -834,14 +833,26 @@ class JackpotEngine:
             return 0, []
         # (Asked before taking the state lock: the asyncio engine takes its own.)
         gone = self._asyncio_callers_gone()
+        with self._lock_state:
+            return left_in_flight, [*self._unreported.values(), *gone]
+
+    def _tell_left_in_flight(self, calls: int, bound: float | None,
+                             unreported: list[Operation]) -> None:
+        """Log the calls a close() left in flight (see `_log_left_in_flight`), unless told.
+
+        Told once: the first close() to tell these calls (or all but those
+        of its own thread, which their callers tell) told them, and no call
+        starts since. Taken as told only here, as it is said: a close() that
+        gave up first may return before (to the close() stopping the actors)
+        or be interrupted, and the one that says it then is another.
+        """
+        if not calls:
+            return
         with self._lock_state:  # (decided at once: closes may run together)
-            # Told once: a close() that gave up first told these calls (or all but
-            # those of its own thread, which their callers tell), and no call starts since.
             told, self._told_in_flight = self._told_in_flight, True
-            unnamed = [op for op in [*self._unreported.values(), *gone]
-                       if id(op) not in self._named]
+            unnamed = [op for op in unreported if id(op) not in self._named]
             self._named.update((id(op), op) for op in unnamed)
-            return 0 if told else left_in_flight, unnamed
+        _log_left_in_flight(0 if told else calls, bound, unnamed)
 
     def _finish(self, deadline: float) -> _Late:
         """Wait until `deadline` for the actors an earlier close() left running.

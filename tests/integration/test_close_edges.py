@@ -25,6 +25,7 @@ import pytest
 from _helpers import (
     hold,
     in_thread,
+    interrupting_once,
     pykka_debug_raising_on,
     run_python,
     run_together,
@@ -937,6 +938,93 @@ def test_closes_that_give_up_together_on_a_call_in_flight_tell_it_once(
     assert heard.said("close_timeout") == [_ONE_LEFT]
     engine.close()
     assert heard.said("close_timeout") == [_ONE_LEFT]
+    assert _actors_stopped(engine)
+
+
+def test_a_close_that_gives_up_first_but_returns_to_the_one_stopping_leaves_it_told(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: neither close() said the call it left in flight.
+
+    B gave up on the call first (and took the telling of it), then found A
+    stopping the actors and, its time up, returned to leave A to tell what
+    it left; A, having given up second, took it as told.
+    """
+    engine = JackpotEngine.open(db_path)
+    engine.contribute("10", groups="minor", op_id="warm-up")
+    entered, go = _held_batches(monkeypatch)
+    await_calls = engine._await_calls
+    b_gave_up, b_go = threading.Event(), threading.Event()
+
+    def b_pauses(wait_limit: float) -> Any:  # B's, the first
+        left = await_calls(wait_limit)
+        if not b_gave_up.is_set():
+            b_gave_up.set()
+            assert b_go.wait(HANG)
+        return left
+
+    monkeypatch.setattr(engine, "_await_calls", b_pauses)
+    a_stopping, a_go = threading.Event(), threading.Event()
+    stop_everything = engine._stop_everything
+
+    def a_holds(deadline: float | None = None) -> Any:
+        a_stopping.set()
+        assert a_go.wait(HANG)
+        return stop_everything(deadline)
+
+    monkeypatch.setattr(engine, "_stop_everything", a_holds)
+    heard = _Records()
+    try:
+        caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
+        assert entered.wait(HANG)
+        with _handler(heard):
+            b, b_out = in_thread(lambda: engine.close(timeout=0))
+            assert b_gave_up.wait(HANG)
+            a, a_out = in_thread(lambda: engine.close(timeout=0))
+            assert a_stopping.wait(HANG)
+            b_go.set()
+            b.join(HANG)
+            a_go.set()
+            a.join(HANG)
+    finally:
+        b_go.set()
+        a_go.set()
+        go.set()
+    caller.join(HANG)
+    assert (a_out, b_out) == ([None], [None])
+    assert out[0].versions == {"minor": 3}  # it ran on to its outcome
+    assert heard.said("close_timeout") == [_ONE_LEFT]
+    engine.close()
+    assert _actors_stopped(engine)
+
+
+def test_a_close_interrupted_before_it_tells_the_calls_it_left_leaves_them_to_the_next(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: Ctrl-C while the first close() stopped the actors, and no close() said the call.
+
+    The first had taken the telling of it as it gave up, and the next took
+    it as told.
+    """
+    engine = JackpotEngine.open(db_path)
+    engine.contribute("10", groups="minor", op_id="warm-up")
+    entered, go = _held_batches(monkeypatch)
+    stop_everything, armed = interrupting_once(engine._stop_everything)
+    monkeypatch.setattr(engine, "_stop_everything", stop_everything)
+    heard = _Records()
+    try:
+        caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
+        assert entered.wait(HANG)
+        with _handler(heard):
+            with pytest.raises(KeyboardInterrupt):
+                engine.close(timeout=0)
+            assert not armed
+            assert heard.said("close_timeout") == []
+            engine.close(timeout=0)  # the call still in flight
+    finally:
+        go.set()
+    caller.join(HANG)
+    assert out[0].versions == {"minor": 3}  # it ran on to its outcome
+    assert heard.said("close_timeout") == [_ONE_LEFT]
+    engine.close()
     assert _actors_stopped(engine)
 
 
