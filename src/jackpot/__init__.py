@@ -78,12 +78,15 @@ if TYPE_CHECKING:
     __version__: str
 
 
-def __getattr__(name: str) -> Any:
+def _lazy(name: str) -> Any:
     """Import the asyncio engine and read the version only when asked for (PEP 562).
 
     They cost a third of `import jackpot` (asyncio, importlib.metadata),
     which every process pays: the `jackpot` command, a worker that never
-    awaits. Each is then kept as a plain attribute.
+    awaits. Each is then kept as a plain attribute. The module's
+    `__getattr__` at run time only: a type checker that saw it would take
+    any name imported from jackpot (a typo) as Any; it sees the two
+    declared above instead.
     """
     if name == "AsyncJackpotEngine":
         from jackpot.aio import AsyncJackpotEngine  # noqa: PLC0415 - the point
@@ -101,6 +104,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(msg)
     globals()[name] = value
     return value
+
+
+if not TYPE_CHECKING:
+    __getattr__ = _lazy
 
 
 def __dir__() -> list[str]:

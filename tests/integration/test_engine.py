@@ -86,6 +86,34 @@ def test_import_jackpot_leaves_asyncio_and_the_version_until_asked_for() -> None
         _ = jackpot.nope  # type: ignore[attr-defined]
 
 
+def test_a_type_checker_refuses_a_name_jackpot_does_not_export(tmp_path: Path) -> None:
+    """Before: mypy took any name from jackpot (a typo too) as Any, seeing its `__getattr__`.
+
+    The lazy names (PEP 562) are declared to type checkers as what they are.
+    """
+    from mypy import api  # noqa: PLC0415 - a test dependency, only here
+
+    code = ("import jackpot\n"
+            "from jackpot import AsyncJackpotEngine, JackpotEngin\n"
+            "version: int = jackpot.__version__\n"  # (str, and Any took it too)
+            "engine: int = AsyncJackpotEngine\n"
+            "jackpot.no_such_name\n")
+    config = tmp_path / "mypy.ini"  # (not the project's, which names files to check)
+    config.write_text(f"[mypy]\nmypy_path = {Path(jackpot.__file__).parents[1]}\n")
+    out, err, status = api.run(["--config-file", str(config), "--strict", "--no-error-summary",
+                                "--cache-dir", str(tmp_path / "cache"), "--python-version",
+                                "3.11", "-c", code])
+    assert (out.splitlines(), err, status) == ([
+        ('<string>:2: error: Module "jackpot" has no attribute "JackpotEngin"; maybe '
+        '"JackpotEngine" or "AsyncJackpotEngine"?  [attr-defined]'),
+        ('<string>:3: error: Incompatible types in assignment (expression has type "str", '
+        'variable has type "int")  [assignment]'),
+        ('<string>:4: error: Incompatible types in assignment (expression has type '
+        '"type[AsyncJackpotEngine]", variable has type "int")  [assignment]'),
+        '<string>:5: error: Module has no attribute "no_such_name"  [attr-defined]',
+    ], "", 1)
+
+
 def test_pool_meters_type_names_every_meter_with_its_kind(
         open_engine: Callable[..., JackpotEngine]) -> None:
     from jackpot.domain import METER_FIELDS  # noqa: PLC0415 - the domain's own list
