@@ -302,15 +302,20 @@ def _verify_out(report: VerifyReport) -> None:
 # -- the command group ---------------------------------------------------------------
 
 
-def _print_version(ctx: click.Context) -> None:
-    """`--version`: read only when asked for (see `jackpot.__getattr__`)."""
-    click.echo(f"jackpot {jackpot.__version__}")
-    ctx.exit()
+def _print_version(ctx: click.Context, _param: click.Parameter, on: bool) -> None:
+    """`--version`: read only when asked for (see `jackpot._lazy`).
+
+    Not while the shell asks for completions (click parses the line then,
+    resiliently): the version would be printed among them.
+    """
+    if on and not ctx.resilient_parsing:
+        click.echo(f"jackpot {jackpot.__version__}")
+        ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=lambda ctx, _param, on: _print_version(ctx) if on else None,
+              callback=_print_version,
               help="Show the version and exit.")
 @click.option("--db", type=click.Path(), envvar="JACKPOT_DB", default=None,  # checked by _path
               help="Database file (or set JACKPOT_DB).")

@@ -105,6 +105,17 @@ def test_the_command_alone_prints_its_help_as_written_and_version_says_which() -
     assert jackpot_module.__version__ == importlib.metadata.version("jackpot")
 
 
+def test_shell_completion_after_version_completes_and_prints_no_version() -> None:
+    """Before: completing `jackpot --version --d` printed the version among the completions.
+
+    The eager --version ran as the shell asked for completions (click parses
+    the line then, and an option's callback is to do nothing).
+    """
+    done = jackpot(env={"_JACKPOT_COMPLETE": "bash_complete",
+                        "COMP_WORDS": "jackpot --version --d", "COMP_CWORD": "2"})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "plain,--db\n", "")
+
+
 def test_a_config_change_sent_again_says_replayed(db: str) -> None:
     args = ("config", "minor", "cap=500", "--op-id", "c1", "--db", db)
     first = jackpot(*args, env={"COLUMNS": "200"})
