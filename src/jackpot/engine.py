@@ -1727,15 +1727,19 @@ class JackpotEngine:
 
         """
         self._check_process()
+        recent = self.stats.recent()
+        levels_alive = {n: p.actor_ref.is_alive() for n, p in self._pools.items()}
+        coordinator_alive = self._coordinator.actor_ref.is_alive()
+        checkpointer_alive = None if self._checkpointer is None else self._checkpointer.alive()
+        # Asked after the actors: a close() that stopped them before is seen (none
+        # restarts), not told as actors "restarted on their next operation".
         closed = self._closed
         return assess(path=self._path, settings=self._settings,
                       open_store=tracked(_store, self._probe_opening, self._probe_closed),
-                      recent=self.stats.recent(),
-                      levels_alive={n: p.actor_ref.is_alive() for n, p in self._pools.items()},
-                      coordinator_alive=self._coordinator.actor_ref.is_alive(),
-                      closed=closed, refused=None if closed else self._reader.write_refusal(),
-                      checkpointer_alive=(None if self._checkpointer is None
-                                          else self._checkpointer.alive()))
+                      recent=recent, levels_alive=levels_alive,
+                      coordinator_alive=coordinator_alive, closed=closed,
+                      refused=None if closed else self._reader.write_refusal(),
+                      checkpointer_alive=checkpointer_alive)
 
 
 _MAX_SECONDS = 10**18

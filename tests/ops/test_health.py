@@ -155,6 +155,30 @@ def test_a_closed_engine_is_failing_and_opens_no_probe(
     assert opened == []
 
 
+def test_a_health_check_that_a_close_overtakes_says_the_engine_is_closed(
+        engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: "stopped: major, mega, minor, the coordinator (restarted on their next operation)".
+
+    health() took the engine for open, then read its actors, which a close()
+    that ran meanwhile had stopped for good: none restarts.
+    """
+    reading, closed = threading.Event(), threading.Event()
+    recent = engine.stats.recent
+
+    def overtaken() -> list[tuple[str, bool]]:  # a close() runs as health() reads the rates
+        reading.set()
+        assert closed.wait(HANG)
+        return recent()
+
+    monkeypatch.setattr(engine.stats, "recent", overtaken)
+    checker, out = in_thread(engine.health)
+    assert reading.wait(HANG)
+    engine.close()
+    closed.set()
+    checker.join(HANG)
+    assert out[0].reasons == ("actors: the engine is closed",)
+
+
 def test_a_probe_begun_before_a_close_opens_no_connection_after_it(
         open_engine: Callable[..., JackpotEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: a health() begun before close() opened its probe's connection once close() had
