@@ -877,12 +877,13 @@ _ONE_LEFT = ("WARNING", ("close() timed out with 1 call still in flight: the act
                          "to stop after their work, with no time left to wait for that"))
 
 
-def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before: every actor, idle ones too, was logged "did not stop in time" (ERROR).
+@contextmanager
+def _one_call_held(db_path: Path, monkeypatch: pytest.MonkeyPatch
+                   ) -> Iterator[tuple[JackpotEngine, _Records]]:
+    """An engine with one call held in flight, and what its log says meanwhile.
 
-    The wait for the call in flight took the whole timeout, so each was asked to
-    stop with the deadline already past and given no time at all.
+    On leaving, the call is let on: it runs on to its outcome, and the
+    engine is closed.
     """
     engine = JackpotEngine.open(db_path)
     engine.contribute("10", groups="minor", op_id="warm-up")
@@ -892,14 +893,26 @@ def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
         caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
         assert entered.wait(HANG)
         with _handler(heard):
-            engine.close(timeout=0.3)
+            yield engine, heard
     finally:
         go.set()
     caller.join(HANG)
     assert out[0].versions == {"minor": 3}  # it ran on to its outcome
-    assert heard.said("stop_timeout") == []
-    assert heard.said("close_timeout") == [_ONE_LEFT]
+    engine.close()
     assert _actors_stopped(engine)
+
+
+def test_close_whose_timeout_calls_in_flight_used_up_calls_no_actor_late(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: every actor, idle ones too, was logged "did not stop in time" (ERROR).
+
+    The wait for the call in flight took the whole timeout, so each was asked to
+    stop with the deadline already past and given no time at all.
+    """
+    with _one_call_held(db_path, monkeypatch) as (engine, heard):
+        engine.close(timeout=0.3)
+        assert heard.said("stop_timeout") == []
+        assert heard.said("close_timeout") == [_ONE_LEFT]
 
 
 def test_closes_that_give_up_together_on_a_call_in_flight_tell_it_once(
@@ -910,35 +923,22 @@ def test_closes_that_give_up_together_on_a_call_in_flight_tell_it_once(
     all there until every one has); no call starts once the engine is
     closed, so the calls each is left with are those the first one told.
     """
-    engine = JackpotEngine.open(db_path)
-    engine.contribute("10", groups="minor", op_id="warm-up")
-    entered, go = _held_batches(monkeypatch)
     all_left = threading.Barrier(3)
-    await_inflight = engine._await_inflight
+    with _one_call_held(db_path, monkeypatch) as (engine, heard):
+        await_inflight = engine._await_inflight
 
-    def left_together(deadline: float) -> int:
-        left = await_inflight(deadline)
-        all_left.wait(HANG)  # none tells anything before all three stopped waiting
-        return left
+        def left_together(deadline: float) -> int:
+            left = await_inflight(deadline)
+            all_left.wait(HANG)  # none tells anything before all three stopped waiting
+            return left
 
-    heard = _Records()
-    try:
-        caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
-        assert entered.wait(HANG)
         monkeypatch.setattr(engine, "_await_inflight", left_together)
-        with _handler(heard):
-            closed = run_together(*[lambda: engine.close(timeout=0)] * 3)
-            monkeypatch.setattr(engine, "_await_inflight", await_inflight)
-            engine.close(timeout=0)  # later, the call still in flight
-    finally:
-        go.set()
-    caller.join(HANG)
-    assert closed == [None] * 3
-    assert out[0].versions == {"minor": 3}  # it ran on to its outcome
-    assert heard.said("close_timeout") == [_ONE_LEFT]
-    engine.close()
-    assert heard.said("close_timeout") == [_ONE_LEFT]
-    assert _actors_stopped(engine)
+        closed = run_together(*[lambda: engine.close(timeout=0)] * 3)
+        monkeypatch.setattr(engine, "_await_inflight", await_inflight)
+        engine.close(timeout=0)  # later, the call still in flight
+        assert closed == [None] * 3
+        assert heard.said("close_timeout") == [_ONE_LEFT]
+    assert heard.said("close_timeout") == [_ONE_LEFT]  # (and the close after the call ended)
 
 
 def test_a_close_that_gives_up_first_but_returns_to_the_one_stopping_leaves_it_told(
@@ -949,34 +949,26 @@ def test_a_close_that_gives_up_first_but_returns_to_the_one_stopping_leaves_it_t
     stopping the actors and, its time up, returned to leave A to tell what
     it left; A, having given up second, took it as told.
     """
-    engine = JackpotEngine.open(db_path)
-    engine.contribute("10", groups="minor", op_id="warm-up")
-    entered, go = _held_batches(monkeypatch)
-    await_calls = engine._await_calls
     b_gave_up, b_go = threading.Event(), threading.Event()
-
-    def b_pauses(wait_limit: float) -> Any:  # B's, the first
-        left = await_calls(wait_limit)
-        if not b_gave_up.is_set():
-            b_gave_up.set()
-            assert b_go.wait(HANG)
-        return left
-
-    monkeypatch.setattr(engine, "_await_calls", b_pauses)
     a_stopping, a_go = threading.Event(), threading.Event()
-    stop_everything = engine._stop_everything
+    with _one_call_held(db_path, monkeypatch) as (engine, heard):
+        await_calls, stop_everything = engine._await_calls, engine._stop_everything
 
-    def a_holds(deadline: float | None = None) -> Any:
-        a_stopping.set()
-        assert a_go.wait(HANG)
-        return stop_everything(deadline)
+        def b_pauses(wait_limit: float) -> Any:  # B's, the first
+            left = await_calls(wait_limit)
+            if not b_gave_up.is_set():
+                b_gave_up.set()
+                assert b_go.wait(HANG)
+            return left
 
-    monkeypatch.setattr(engine, "_stop_everything", a_holds)
-    heard = _Records()
-    try:
-        caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
-        assert entered.wait(HANG)
-        with _handler(heard):
+        def a_holds(deadline: float | None = None) -> Any:
+            a_stopping.set()
+            assert a_go.wait(HANG)
+            return stop_everything(deadline)
+
+        monkeypatch.setattr(engine, "_await_calls", b_pauses)
+        monkeypatch.setattr(engine, "_stop_everything", a_holds)
+        try:
             b, b_out = in_thread(lambda: engine.close(timeout=0))
             assert b_gave_up.wait(HANG)
             a, a_out = in_thread(lambda: engine.close(timeout=0))
@@ -985,16 +977,11 @@ def test_a_close_that_gives_up_first_but_returns_to_the_one_stopping_leaves_it_t
             b.join(HANG)
             a_go.set()
             a.join(HANG)
-    finally:
-        b_go.set()
-        a_go.set()
-        go.set()
-    caller.join(HANG)
-    assert (a_out, b_out) == ([None], [None])
-    assert out[0].versions == {"minor": 3}  # it ran on to its outcome
-    assert heard.said("close_timeout") == [_ONE_LEFT]
-    engine.close()
-    assert _actors_stopped(engine)
+        finally:
+            b_go.set()
+            a_go.set()
+        assert (a_out, b_out) == ([None], [None])
+        assert heard.said("close_timeout") == [_ONE_LEFT]
 
 
 def test_a_close_interrupted_before_it_tells_the_calls_it_left_leaves_them_to_the_next(
@@ -1004,28 +991,15 @@ def test_a_close_interrupted_before_it_tells_the_calls_it_left_leaves_them_to_th
     The first had taken the telling of it as it gave up, and the next took
     it as told.
     """
-    engine = JackpotEngine.open(db_path)
-    engine.contribute("10", groups="minor", op_id="warm-up")
-    entered, go = _held_batches(monkeypatch)
-    stop_everything, armed = interrupting_once(engine._stop_everything)
-    monkeypatch.setattr(engine, "_stop_everything", stop_everything)
-    heard = _Records()
-    try:
-        caller, out = in_thread(lambda: engine.contribute("10", groups="minor", op_id="busy"))
-        assert entered.wait(HANG)
-        with _handler(heard):
-            with pytest.raises(KeyboardInterrupt):
-                engine.close(timeout=0)
-            assert not armed
-            assert heard.said("close_timeout") == []
-            engine.close(timeout=0)  # the call still in flight
-    finally:
-        go.set()
-    caller.join(HANG)
-    assert out[0].versions == {"minor": 3}  # it ran on to its outcome
-    assert heard.said("close_timeout") == [_ONE_LEFT]
-    engine.close()
-    assert _actors_stopped(engine)
+    with _one_call_held(db_path, monkeypatch) as (engine, heard):
+        stop_everything, armed = interrupting_once(engine._stop_everything)
+        monkeypatch.setattr(engine, "_stop_everything", stop_everything)
+        with pytest.raises(KeyboardInterrupt):
+            engine.close(timeout=0)
+        assert not armed
+        assert heard.said("close_timeout") == []
+        engine.close(timeout=0)  # the call still in flight
+        assert heard.said("close_timeout") == [_ONE_LEFT]
 
 
 def test_an_actor_that_does_not_stop_in_time_is_named_by_what_it_serves(
