@@ -103,15 +103,12 @@ def test_a_type_checker_refuses_a_name_jackpot_does_not_export(tmp_path: Path) -
     out, err, status = api.run(["--config-file", str(config), "--strict", "--no-error-summary",
                                 "--cache-dir", str(tmp_path / "cache"), "--python-version",
                                 "3.11", "-c", code])
-    assert (out.splitlines(), err, status) == ([
-        ('<string>:2: error: Module "jackpot" has no attribute "JackpotEngin"; maybe '
-        '"JackpotEngine" or "AsyncJackpotEngine"?  [attr-defined]'),
-        ('<string>:3: error: Incompatible types in assignment (expression has type "str", '
-        'variable has type "int")  [assignment]'),
-        ('<string>:4: error: Incompatible types in assignment (expression has type '
-        '"type[AsyncJackpotEngine]", variable has type "int")  [assignment]'),
-        '<string>:5: error: Module has no attribute "no_such_name"  [attr-defined]',
-    ], "", 1)
+    # (line, error code): the wording is mypy's, and changes from one release to the next
+    said = [(int(m[1]), m[2]) for m in re.finditer(r"^<string>:(\d+): error: .*\[([\w-]+)\]$",
+                                                    out, re.MULTILINE)]
+    assert (said, len(out.splitlines()), err, status) == (
+        [(2, "attr-defined"), (3, "assignment"), (4, "assignment"), (5, "attr-defined")], 4, "",
+        1), out
 
 
 def test_pool_meters_type_names_every_meter_with_its_kind(
