@@ -7,22 +7,18 @@ coordinator when it spans several) and waits, with a timeout, for the result.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import logging
 import math
 import os
-import queue
 import re
-import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +27,17 @@ from typing import Any, Self, Unpack
 import pykka
 
 from jackpot import domain, reads, tracing
+from jackpot._lifecycle import (
+    Actors,
+    Late,
+    Stopping,
+    closing,
+    log_late,
+    lost,
+    opened,
+    prepare_process,
+    shut_down,
+)
 from jackpot.actors import (
     DRAIN,
     Checkpointer,
@@ -95,230 +102,6 @@ _SWEEP_INTERVAL_S = 0.1  # seconds between sweeps while close() waits for calls 
 _CALLER, _REPORTER = "caller", "reporter"  # who counts an interrupted call (`_submit`)
 _NAMED = 10  # interrupted calls a close() names, at most, of those it left unreported
 
-
-
-_OPEN_ENGINES: weakref.WeakKeyDictionary[JackpotEngine, int] = weakref.WeakKeyDictionary()
-"""Engines not closed yet, with the process that opened them (guarded by `_OPEN_LOCK`)."""
-_UNFINISHED: dict[JackpotEngine, int] = {}
-"""Engines whose close() left actors or a read running, as `_OPEN_ENGINES` (same lock).
-
-Held, not weakly: close() detached the dropped-engine finalizer, so one the
-program drops after such a close would be finished by nobody, its actors
-cut off at exit with their connections open.
-"""
-_OPEN_LOCK = threading.Lock()
-_EXIT_SECONDS = 5.0
-"""Longest the exit hook spends closing one engine: its in-flight operations, then its actors."""
-
-
-@dataclass(eq=False)
-class _Actors:
-    """An engine's current actors (replacements included), held apart from the engine.
-
-    Closing an engine the program dropped needs them after the engine is
-    gone, so the engine keeps them here rather than in its own attributes.
-    """
-
-    pools: dict[str, pykka.ActorProxy[PoolActor]] = field(default_factory=dict)
-    coordinator: pykka.ActorProxy[Coordinator] | None = None
-
-
-_Lost = tuple[int, str, _Actors, Checkpointer | None, Store]
-_LOST: queue.SimpleQueue[_Lost | None] = queue.SimpleQueue()
-"""Engines dropped without `close()`, for the reaper thread (None: the exit's stop sign)."""
-_REAPER: threading.Thread | None = None  # this process's reaper (guarded by _OPEN_LOCK)
-_REAPED = 0  # engines the reaper has begun to close (the exit hook watches it progress)
-
-
-def _prepare_process() -> None:
-    """Before an engine starts anything: register the exit hook, have a live reaper thread.
-
-    The hook is registered at the first open rather than at import, so that
-    hooks the program registers earlier (a tracer's or a log listener's
-    shutdown) run after the engines are closed.
-    """
-    global _REAPER  # noqa: PLW0603 - one reaper per process
-    _register_exit_hook()
-    with _OPEN_LOCK:
-        if _REAPER is None or not _REAPER.is_alive():
-            reaper = threading.Thread(target=_reap, name="jackpot-reaper", daemon=True)
-            reaper.start()
-            _REAPER = reaper
-
-
-def _after_fork_in_child() -> None:
-    """Reset a forked child: none of its parent's threads (the reaper) came with it."""
-    global _REAPER, _LOST, _OPEN_LOCK
-    _REAPER, _LOST, _OPEN_LOCK = None, queue.SimpleQueue(), threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@functools.cache
-def _register_exit_hook() -> None:
-    atexit.register(_close_open_engines)
-
-
-def _opened(engine: JackpotEngine) -> None:
-    """Remember an open engine, for the exit hook."""
-    with _OPEN_LOCK:
-        _OPEN_ENGINES[engine] = os.getpid()
-
-
-def _closing(engine: JackpotEngine, *, finished: bool = True) -> None:
-    """Forget a closed engine, or (not `finished`) hold it for the exit hook to finish."""
-    with _OPEN_LOCK:
-        if finished:
-            _OPEN_ENGINES.pop(engine, None)
-            _UNFINISHED.pop(engine, None)
-        elif (pid := _OPEN_ENGINES.get(engine)) is not None:
-            _UNFINISHED[engine] = pid
-
-
-def _close_open_engines() -> None:
-    """At interpreter exit, close every engine the program left open, then those it dropped.
-
-    Left open counts an engine whose close() gave up (`_UNFINISHED`), dropped or not.
-
-    Actor threads are daemon threads, so a program that ends (or crashes)
-    without `close()` still exits; this lets their in-flight batches commit
-    or roll back and closes their connections first, spending at most
-    `_EXIT_SECONDS` per engine (a stuck actor is abandoned: an unfinished
-    transaction rolls back, as after a crash). Engines dropped without
-    `close()` that the reaper has not closed yet are closed too.
-    """
-    with _OPEN_LOCK:
-        engines = [e for e, pid in {**_OPEN_ENGINES, **_UNFINISHED}.items()
-                   if pid == os.getpid()]  # a forked child's: their threads are not here
-        reaper = _REAPER
-    for engine in engines:
-        try:
-            engine.close(timeout=_EXIT_SECONDS)
-        except Exception:  # exiting: report it, then close the others
-            with contextlib.suppress(Exception):  # (whatever a log filter does)
-                logger.exception("closing an engine left open at exit failed",
-                                 extra={"outcome": "close_failed"})
-    if reaper is not None and reaper.is_alive():
-        _LOST.put(None)  # after the dropped engines queued so far
-        seen = -1
-        while reaper.is_alive() and seen != _REAPED:  # a budget per engine, not in all
-            seen = _REAPED
-            reaper.join(_EXIT_SECONDS + 1)
-    while True:  # what a slow or dead reaper left
-        try:
-            item = _LOST.get_nowait()
-        except queue.Empty:
-            return
-        if item is not None:
-            _close_lost(item)
-
-
-def _lost(pid: int, where: str, actors: _Actors, checkpointer: Checkpointer | None,
-          reader: Store) -> None:
-    """Hand an engine dropped without `close()` to the reaper (its finalizer).
-
-    This runs inside garbage collection, in whichever thread happened to
-    allocate, which may hold any lock at that moment (a connection pool's, a
-    log handler's, an actor inbox's). So it takes none: `SimpleQueue.put` is
-    safe there (documented for weakref callbacks), and the reaper thread
-    does the rest.
-    """
-    _LOST.put((pid, where, actors, checkpointer, reader))
-
-
-def _reap() -> None:
-    """Close the engines the program dropped, one by one, until the exit's stop sign."""
-    global _REAPED  # noqa: PLW0603 - only this thread writes it
-    while (item := _LOST.get()) is not None:
-        _REAPED += 1
-        _close_lost(item)
-        del item  # hold nothing of it while waiting for the next
-
-
-def _close_lost(item: _Lost) -> None:
-    """Stop a dropped engine's actors, close its reader, say so; never raises.
-
-    Engines a forked child inherited are left alone: their threads and
-    connections belong to the parent.
-    """
-    pid, where, actors, checkpointer, reader = item
-    if pid != os.getpid():
-        return
-    done = "closing it failed"
-    try:
-        _log_late(_shut_down(actors, checkpointer, lambda _deadline: reader.close(),
-                             time.monotonic() + _EXIT_SECONDS)[0])
-        done = "it is closed now"
-    except Exception:  # noqa: BLE001 - reported; the reaper goes on with the next
-        _say(logger.exception, "closing a dropped engine on %s failed", where,
-             outcome="close_failed")
-    finally:
-        # -W error raises it, and a hook may raise anything (a log filter under
-        # logging.captureWarnings): the log line below says it all the same.
-        with contextlib.suppress(Exception):
-            warnings.warn(f"JackpotEngine({where!r}) was never closed; {done} "
-                          "(call close(), or open it in a with block)", ResourceWarning,
-                          stacklevel=1)
-        _say(logger.warning, f"an engine on %s was dropped without close(); {done}",
-             where, outcome="engine_lost")
-
-
-def _say(log: Callable[..., None], msg: str, where: str, *, outcome: str) -> None:
-    """Log from the reaper; a failing log filter or handler falls back to stderr."""
-    try:
-        log(msg, where, extra={"outcome": outcome})
-    except Exception:  # noqa: BLE001 - the reaper must live on
-        with contextlib.suppress(Exception):
-            sys.stderr.write(f"jackpot: {msg % where} (and logging it failed)\n")
-
-
-_Late = list[tuple[str, str | None]]
-"""Actors still running after close()'s wait: what each is ("coordinator"), and its level."""
-_Stopping = tuple[tuple[str, str | None], pykka.ActorRef[Any], pykka.Future[None]]
-"""An actor asked to stop: what it is (as `_Late` names it), its ref, the answer to the stop."""
-
-
-def _shut_down(actors: _Actors, checkpointer: Checkpointer | None,
-               close_reader: Callable[[float], object], deadline: float
-               ) -> tuple[_Late, list[_Stopping]]:
-    """Stop the actors (coordinator, levels, checkpointer), then close the reader.
-
-    Every stop is requested at once, then awaited against one deadline, so
-    no actor waits behind a stuck one and none is left unasked. Returns the
-    actors that did not stop in time, for the caller to log once it holds
-    no lock (a log handler may do anything, call close() included), and
-    every actor not seen to stop, for a later close() to wait for. Asked
-    once `deadline` has passed (calls in flight used up close()'s timeout),
-    none was given any time, idle ones included: none is called late then.
-    """
-    # Each closes its connection in a request of its own (`close_and_stop`), not
-    # in Pykka's stop, which may never reach `on_stop` (see `stop_and_close`).
-    # Each is named as an operator knows it (an urn tells nothing to act on):
-    # (what, level) as `_log_late` tells it.
-    stopping: list[_Stopping] = []
-    if actors.coordinator is not None:
-        stopping.append((("coordinator", None), actors.coordinator.actor_ref,
-                         actors.coordinator.close_and_stop()))
-    stopping += [((f"actor of level {name}", name), p.actor_ref, p.close_and_stop())
-                 for name, p in actors.pools.items()]
-    if checkpointer is not None:
-        stopping.append((("checkpointer", None), *checkpointer.stop_soon()))
-    if time.monotonic() >= deadline:
-        left, late = stopping, []
-    else:
-        left = [s for s in stopping if not wait_stopped(s[1], s[2], deadline)]
-        late = [named for named, _, _ in left]
-    close_reader(deadline)
-    return late, left
-
-
-def _log_late(late: _Late) -> None:
-    for what, level in late:
-        with contextlib.suppress(Exception):  # a failing log must not fail the close
-            logger.error("%s did not stop in time: it is still running a request, and stops "
-                         "when that ends", what,
-                         extra={"outcome": "stop_timeout", **({"level": level} if level else {})})
 
 
 def _report_restarts(stats: Stats, restarted: list[str], failed: list[BaseException]) -> None:
@@ -473,7 +256,7 @@ class JackpotEngine:
 
     def __init__(self, path: str, settings: Settings, names: Iterable[str]) -> None:
         """Start actors for `names`; use `JackpotEngine.open` instead."""
-        _prepare_process()  # before anything starts: nothing to undo if it fails
+        prepare_process()  # before anything starts: nothing to undo if it fails
         self._path = path
         self._settings = settings
         self.stats = Stats()
@@ -493,7 +276,7 @@ class JackpotEngine:
         self._queue_timeout = settings.lock_timeout_ms / 1000
         self._run_timeout = (settings.lock_timeout_ms * (retries + 2)
                              + settings.retry_delay_ms * 2**retries * 2) / 1000
-        self._actors = _Actors()
+        self._actors = Actors()
         self._pools = self._actors.pools
         try:
             self._observe(settings)  # (inside: what it imports can fail, too)
@@ -520,7 +303,7 @@ class JackpotEngine:
             if self._checkpointer is not None:
                 self._checkpointer.ready(self._run_timeout)
         except BaseException as e:
-            _log_late(self._stop_everything()[0])  # no actor thread may outlive a failed open()
+            log_late(self._stop_everything()[0])  # no actor thread may outlive a failed open()
             if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged: `start_failed`)
                 msg = f"the engine's actors could not start (their error is logged): {e}"
                 raise StorageError(msg) from e
@@ -532,10 +315,10 @@ class JackpotEngine:
                 msg = f"the engine could not start: {type(e).__name__}: {e}"
                 raise StorageError(msg) from e
             raise
-        _opened(self)
+        opened(self)
         # Run if the program drops the engine without closing it (never at exit:
         # the exit hook closes what is still open, waiting for in-flight batches).
-        self._lost = weakref.finalize(self, _lost, os.getpid(), redact(path), self._actors,
+        self._lost = weakref.finalize(self, lost, os.getpid(), redact(path), self._actors,
                                       self._checkpointer, self._reader)
         self._lost.atexit = False
 
@@ -546,7 +329,7 @@ class JackpotEngine:
         self._stopping = False  # a close() is stopping the actors (guarded by _cond)
         # The actors a close() gave up on (or gave no time), not yet seen to stop:
         # a later close() waits for them (guarded by _lock_state).
-        self._left_running: list[_Stopping] = []
+        self._left_running: list[Stopping] = []
         self._inflight = 0
         # Interrupted calls whose reporting thread has not told their outcome
         # yet, by id of their `reporter` (guarded by _lock_state): a close()
@@ -779,7 +562,7 @@ class JackpotEngine:
         """Do close()'s work in the calling thread, the one it may wait in (see `close`)."""
         wait_limit = time.monotonic() + self._run_timeout if deadline is None else deadline
         mine = False
-        late: _Late = []
+        late: Late = []
         reads: list[str] = []
         left_in_flight, unreported = self._await_calls(wait_limit)
         try:
@@ -797,7 +580,7 @@ class JackpotEngine:
                     return  # (the close() stopping them tells what it left)
                 self._own.closing = True  # from here on, it closes for this thread too
                 mine = self._stopping = not self._shut
-            given = _left(wait_limit) > 0  # (else none is called late: see `_shut_down`)
+            given = _left(wait_limit) > 0  # (else none is called late: see `shut_down`)
             if mine:
                 late, left_running = self._stop_everything(wait_limit)
                 self._lost.detach()
@@ -808,7 +591,7 @@ class JackpotEngine:
                 late = self._finish(wait_limit)
             reads = self._reads_left(wait_limit)
             # (Unfinished, the exit hook finishes it, as a later close() would.)
-            _closing(self, finished=not (self._left_running or reads))
+            closing(self, finished=not (self._left_running or reads))
         finally:
             if mine:
                 with self._lock_state:
@@ -816,7 +599,7 @@ class JackpotEngine:
                     self._cond.notify_all()
         self._tell_left_in_flight(left_in_flight, self._run_timeout if deadline is None
                                   else None, unreported)
-        _log_late(late)
+        log_late(late)
         if given:
             _log_reads_left(reads)
 
@@ -854,7 +637,7 @@ class JackpotEngine:
             self._named.update((id(op), op) for op in unnamed)
         _log_left_in_flight(0 if told else calls, bound, unnamed)
 
-    def _finish(self, deadline: float) -> _Late:
+    def _finish(self, deadline: float) -> Late:
         """Wait until `deadline` for the actors an earlier close() left running.
 
         Those it gave up on, or gave no time: each has stopped and closed its
@@ -958,16 +741,16 @@ class JackpotEngine:
             if _left(deadline) <= 0:
                 return left
 
-    def _stop_everything(self, deadline: float | None = None) -> tuple[_Late, list[_Stopping]]:
+    def _stop_everything(self, deadline: float | None = None) -> tuple[Late, list[Stopping]]:
         """Stop every actor, then close the reader (default deadline: the longest operation).
 
         Under the restart lock: an actor restart that raced the close either
         finished first (and its replacement is stopped here) or sees the
         engine closed and starts nothing. Returns the actors that did not
-        stop in time, and those not seen to stop (see `_shut_down`).
+        stop in time, and those not seen to stop (see `shut_down`).
         """
         with self._restart_lock:
-            return _shut_down(self._actors, self._checkpointer, self._close_reader,
+            return shut_down(self._actors, self._checkpointer, self._close_reader,
                               time.monotonic() + self._run_timeout if deadline is None
                               else deadline)
 

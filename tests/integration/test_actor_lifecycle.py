@@ -1163,7 +1163,7 @@ def test_the_reaper_outlives_a_log_filter_that_raises(tmp_path: Path) -> None:
 
 def test_an_open_that_cannot_start_the_reaper_starts_nothing(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import jackpot.engine  # noqa: PLC0415 - its reaper is replaced for this test
+    import jackpot._lifecycle  # noqa: PLC0415 - its reaper is replaced for this test
 
     JackpotEngine.open(db_path).close()
     start = threading.Thread.start
@@ -1174,7 +1174,7 @@ def test_an_open_that_cannot_start_the_reaper_starts_nothing(
             raise RuntimeError(msg)
         start(thread)
 
-    monkeypatch.setattr(jackpot.engine, "_REAPER", None)  # as if it had died
+    monkeypatch.setattr(jackpot._lifecycle, "_REAPER", None)  # as if it had died
     monkeypatch.setattr(threading.Thread, "start", refuse_the_reaper)
     before = set(pykka.ActorRegistry.get_all())
     with pytest.raises(RuntimeError, match="can't start new thread"):
@@ -1227,9 +1227,9 @@ _STUCK_AT_EXIT = """
 import logging, sys, threading
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 import jackpot.actors.pool as pool
-import jackpot.engine
+import jackpot._lifecycle
 from jackpot import JackpotEngine
-jackpot.engine._EXIT_SECONDS = 1.0  # the budget per engine, shortened for the test
+jackpot._lifecycle.EXIT_SECONDS = 1.0  # the budget per engine, shortened for the test
 never = threading.Event()
 pool.PoolActor.hang = lambda self: never.wait()  # a level's actor that never finishes
 first_done = threading.Event()

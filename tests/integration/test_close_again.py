@@ -19,7 +19,7 @@ import apsw
 import pytest
 
 from _helpers import HANG, hearing, in_thread, run_python
-from jackpot import AsyncJackpotEngine, JackpotEngine, Settings, health, reads
+from jackpot import AsyncJackpotEngine, JackpotEngine, Settings, _lifecycle, health, reads
 from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
 
@@ -266,10 +266,10 @@ def test_the_exit_hook_still_finishes_a_close_that_gave_up(
     """
     engine, release = held_minor
     engine.close(timeout=0)
-    assert engine in engine_module._OPEN_ENGINES  # the exit hook would close it
+    assert engine in _lifecycle.OPEN_ENGINES  # the exit hook would close it
     release.set()
     engine.close()
-    assert engine not in engine_module._OPEN_ENGINES
+    assert engine not in _lifecycle.OPEN_ENGINES
 
 
 _DROPPED_AFTER_GIVING_UP = """

@@ -37,6 +37,7 @@ from jackpot import (
     JackpotEngine,
     Settings,
     ValidationError,
+    _lifecycle,
 )
 from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
@@ -495,7 +496,7 @@ def test_a_close_interrupted_at_the_end_is_finished_by_the_next_one(db_path: Pat
     engine.close()
     assert engine._shut
     assert not finalizer.real.alive  # dropping it now reports nothing
-    assert engine not in engine_module._OPEN_ENGINES
+    assert engine not in _lifecycle.OPEN_ENGINES
 
 
 _FORK_CLOSE = """
