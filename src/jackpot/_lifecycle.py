@@ -24,9 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pykka
-
-from jackpot.actors import Checkpointer, Coordinator, PoolActor, wait_stopped
+from jackpot.actors import (
+    ActorProxy,
+    ActorRef,
+    Checkpointer,
+    Coordinator,
+    Future,
+    PoolActor,
+    wait_stopped,
+)
 from jackpot.storage import Store
 
 if TYPE_CHECKING:
@@ -60,8 +66,8 @@ class Actors:
     gone, so the engine keeps them here rather than in its own attributes.
     """
 
-    pools: dict[str, pykka.ActorProxy[PoolActor]] = field(default_factory=dict)
-    coordinator: pykka.ActorProxy[Coordinator] | None = None
+    pools: dict[str, ActorProxy[PoolActor]] = field(default_factory=dict)
+    coordinator: ActorProxy[Coordinator] | None = None
 
 
 _Lost = tuple[int, str, Actors, Checkpointer | None, Store]
@@ -216,7 +222,7 @@ def _say(log: Callable[..., None], msg: str, where: str, *, outcome: str) -> Non
 
 Late = list[tuple[str, str | None]]
 """Actors still running after close()'s wait: what each is ("coordinator"), and its level."""
-Stopping = tuple[tuple[str, str | None], pykka.ActorRef[Any], pykka.Future[None]]
+Stopping = tuple[tuple[str, str | None], ActorRef[Any], Future[None]]
 """An actor asked to stop: what it is (as `Late` names it), its ref, the answer to the stop."""
 
 

@@ -36,9 +36,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
-import pykka
-
-from jackpot.actors import Ticket
+from jackpot.actors import ActorDeadError, Ticket
 from jackpot.domain import ConfigChanges, GroupConfig
 from jackpot.engine import (
     JackpotEngine,
@@ -652,7 +650,7 @@ class _Call:
         self._ticket = ticket
         try:
             self._engine._send(self.op, ticket)  # noqa: SLF001
-        except pykka.ActorDeadError as e:
+        except ActorDeadError as e:
             self._actor_stopped(e)
             return
         except Exception as e:  # noqa: BLE001 - reported to the caller, books closed
@@ -845,7 +843,7 @@ class _Call:
             if self._peeked(ticket):  # answered before it stopped: that is the outcome
                 return
             msg = f"the actor serving {', '.join(self.op.names)} has stopped"
-            self._actor_stopped(pykka.ActorDeadError(msg))
+            self._actor_stopped(ActorDeadError(msg))
         elif now < self._deadline:
             self._schedule(min(_LIVENESS_POLL_S, self._deadline - now))
         elif self._phase == "run":
@@ -881,7 +879,7 @@ class _Call:
             self._finish(result, None)
         elif not isinstance(error, Exception):
             self._actor_stopped(_stopped_on(error))
-        elif isinstance(error, pykka.ActorDeadError):
+        elif isinstance(error, ActorDeadError):
             self._actor_stopped(error)
         else:
             self._finish(None, error)
@@ -1074,9 +1072,9 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _stopped_on(error: BaseException) -> pykka.ActorDeadError:
+def _stopped_on(error: BaseException) -> ActorDeadError:
     """Report a KeyboardInterrupt or SystemExit that stopped the actor mid-operation."""
     msg = f"the actor stopped on {type(error).__name__} while serving the request"
-    dead = pykka.ActorDeadError(msg)
+    dead = ActorDeadError(msg)
     dead.__cause__ = error
     return dead

@@ -24,8 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, Unpack
 
-import pykka
-
 from jackpot import domain, reads, tracing
 from jackpot._lifecycle import (
     Actors,
@@ -40,6 +38,9 @@ from jackpot._lifecycle import (
 )
 from jackpot.actors import (
     DRAIN,
+    ActorDeadError,
+    ActorProxy,
+    ActorTimeoutError,
     Checkpointer,
     Coordinator,
     LevelGuard,
@@ -304,10 +305,10 @@ class JackpotEngine:
                 self._checkpointer.ready(self._run_timeout)
         except BaseException as e:
             log_late(self._stop_everything()[0])  # no actor thread may outlive a failed open()
-            if isinstance(e, pykka.ActorDeadError):  # its on_start failed (logged: `start_failed`)
+            if isinstance(e, ActorDeadError):  # its on_start failed (logged: `start_failed`)
                 msg = f"the engine's actors could not start (their error is logged): {e}"
                 raise StorageError(msg) from e
-            if isinstance(e, pykka.Timeout):
+            if isinstance(e, ActorTimeoutError):
                 msg = (f"the engine's actors did not open their connections within "
                        f"{self._run_timeout:.1f} s")
                 raise StorageError(msg) from e
@@ -820,7 +821,7 @@ class JackpotEngine:
         return self._settings
 
     @property
-    def _coordinator(self) -> pykka.ActorProxy[Coordinator]:
+    def _coordinator(self) -> ActorProxy[Coordinator]:
         coordinator = self._actors.coordinator
         assert coordinator is not None  # started in __init__, or open() failed
         return coordinator
@@ -1102,7 +1103,7 @@ class JackpotEngine:
             # Interrupted between marking the mailbox awake and waking the
             # actor, nothing would ever wake it again: every later request on
             # the level would time out unstarted. A spare wake-up is harmless.
-            with contextlib.suppress(pykka.ActorDeadError):
+            with contextlib.suppress(ActorDeadError):
                 target.actor_ref.tell(DRAIN)
             raise
 
@@ -1343,7 +1344,7 @@ class JackpotEngine:
         try:
             try:
                 result = self._wait(op, ticket)
-            except pykka.ActorDeadError as e:
+            except ActorDeadError as e:
                 if not ticket.abandon():
                     raise stopped_midway(op, closed=self._closed) from e
                 msg = (f"the actor serving {', '.join(op.names)} stopped before it took "
@@ -1374,7 +1375,7 @@ class JackpotEngine:
                 queued.append(ticket)  # (before: an interrupt may come as it is queued)
                 self._send(op, ticket)
                 return self._wait(op, ticket)
-            except pykka.ActorDeadError as e:
+            except ActorDeadError as e:
                 if not ticket.abandon():  # claimed: it may have been applied
                     raise stopped_midway(op, closed=self._closed) from e
                 self._check_open()  # withdrawn, so nothing changed: "closed" is the whole story
@@ -1406,7 +1407,7 @@ class JackpotEngine:
     def _answered(self, op: Operation, ticket: Ticket, seconds: float) -> bool:
         """Wait up to `seconds` for `ticket`'s outcome; True once it is there.
 
-        Raises `pykka.ActorDeadError` once the actor serving `op` has stopped
+        Raises `ActorDeadError` once the actor serving `op` has stopped
         without answering.
         """
         deadline = time.monotonic() + seconds
@@ -1417,14 +1418,14 @@ class JackpotEngine:
                 if ticket.wait(0):  # answered before it stopped: that is the outcome
                     return True
                 msg = f"the actor serving {', '.join(op.names)} has stopped"
-                raise pykka.ActorDeadError(msg) from None
+                raise ActorDeadError(msg) from None
         return False
 
-    def _start_pool(self, name: str) -> pykka.ActorProxy[PoolActor]:
+    def _start_pool(self, name: str) -> ActorProxy[PoolActor]:
         return start_actor(PoolActor, self._guards[name], self._open_store, self._settings,
                            self.stats, self._mailboxes[name])
 
-    def _start_coordinator(self) -> pykka.ActorProxy[Coordinator]:
+    def _start_coordinator(self) -> ActorProxy[Coordinator]:
         return start_actor(Coordinator, self._open_store, self._guards, self._settings,
                            self.stats, self._mailboxes[None])
 
@@ -1432,7 +1433,7 @@ class JackpotEngine:
         """Replace stopped actors before `op` (which changed nothing) is sent again."""
         try:
             self._restart_dead_actors()
-        except pykka.ActorDeadError as failed:  # the replacement's on_start failed (logged)
+        except ActorDeadError as failed:  # the replacement's on_start failed (logged)
             raise StorageError(not_restarted_message(op)) from failed
         except Exception as failed:  # Pykka's start raised (a raising filter on its logger)
             after_the_fact(logger.error, "a stopped actor's replacement could not start",
@@ -1442,7 +1443,7 @@ class JackpotEngine:
     def _restart_dead_actors(self) -> None:
         """Replace every stopped actor; each replacement reloads from the database.
 
-        Raises `pykka.ActorDeadError` when a level's or the coordinator's
+        Raises `ActorDeadError` when a level's or the coordinator's
         replacement fails to start (its error is logged; the next call tries
         again), or what Pykka's `start` raised (nothing is left registered:
         `start_actor`). A checkpointer that cannot restart is only logged: the
