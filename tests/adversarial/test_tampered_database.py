@@ -1756,6 +1756,42 @@ def test_a_primary_key_given_a_collation_is_reported(engine: JackpotEngine) -> N
          f"on column name, {INDEX_COLLATION}")]
 
 
+def dropped_unseen(*triggers: tuple[str, str]) -> list[str]:
+    """What verify() says of these (table, trigger) that run before the engine's INSERTs."""
+    return ["integrity_check: " + "; ".join(
+        f"table {table}: trigger {trigger} runs before each row the engine inserts: it can "
+        "drop the row unseen (an operation's record dropped, its op_id applies again)"
+        for table, trigger in triggers)]
+
+
+@pytest.mark.parametrize(("sql", "found"), [
+    # The operation's record dropped, its INSERT told nothing: the same op_id applied again.
+    ("CREATE TRIGGER drop_ops BEFORE INSERT ON operations BEGIN SELECT RAISE(IGNORE); END",
+     dropped_unseen(("operations", "drop_ops"))),
+    # Under the name of one of the engine's (so none is missing), of no stated time (BEFORE),
+    # the table named in other letters; and a ledger's win rows, by a name that is a keyword.
+    (("DROP TRIGGER operations_no_update; CREATE TRIGGER operations_no_update INSERT ON "
+      "main.Operations BEGIN SELECT RAISE(IGNORE); END; CREATE TRIGGER IF NOT EXISTS "
+      "\"after\" BEFORE INSERT ON ledger WHEN NEW.kind = 'win' BEGIN SELECT RAISE(IGNORE); END"),
+     dropped_unseen(("ledger", "after"), ("operations", "operations_no_update"))),
+    # Run after the INSERT (a copy kept of each row), or on a table of the operator's: the
+    # engine's row is in.
+    (('CREATE TABLE ledger_archive (op_id TEXT); CREATE TRIGGER "before insert" AFTER INSERT '
+      "ON ledger BEGIN INSERT INTO ledger_archive VALUES (NEW.op_id); END; CREATE TRIGGER "
+      "archive_only BEFORE INSERT ON ledger_archive BEGIN SELECT RAISE(IGNORE); END"), []),
+])
+def test_a_trigger_that_can_drop_the_engines_rows_is_reported(
+        engine: JackpotEngine, sql: str, found: list[str]) -> None:
+    # RAISE(IGNORE) before an INSERT skips the row with no error: the engine
+    # stored no record of op_id b2, then applied b2 a second time as new; verify()
+    # said nothing, before or after.
+    tamper(engine, sql)
+    assert problems(engine) == found
+    if found == dropped_unseen(("operations", "drop_ops")):
+        first, second = (engine.contribute(Decimal(10), op_id="b2") for _ in range(2))
+        assert (first.replayed, second.replayed) == (False, False)
+
+
 @pytest.mark.parametrize(("table", "edit", "found"), [
     # STRICT kept, a column of ANY: it takes text, and text passes amount >= 0.
     ("levels", lambda sql: sql.replace("amount INTEGER", "amount ANY"), [

@@ -580,6 +580,36 @@ def test_a_unique_index_given_a_nondeterministic_collation_is_told(
         f"integrity_check: {'; '.join(f + told for f in found)}"] if found else [])
 
 
+@pytest.mark.parametrize(("sql", "found"), [
+    # A row trigger that returns NULL, or a rule DO INSTEAD NOTHING: the INSERT of the
+    # operation's record succeeds and stores nothing, and its op_id applies again.
+    (("CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL;\nEND $$; "
+      "CREATE TRIGGER skip_ops BEFORE INSERT OR UPDATE ON operations FOR EACH ROW "
+      "EXECUTE FUNCTION skip(); "
+      "CREATE RULE keep_wins AS ON INSERT TO ledger WHERE NEW.kind = 'win' DO INSTEAD NOTHING"),
+     ["table ledger: rule keep_wins runs instead of what",
+      "table operations: trigger skip_ops runs before each row"]),
+    # One that runs after the INSERT, once per statement, disabled, or on a table of the
+    # operator's; a rule that runs also: the engine's row is in.
+    (("CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL;\nEND $$; "
+      "CREATE TABLE ledger_archive (LIKE ledger INCLUDING ALL); "
+      "CREATE TRIGGER a AFTER INSERT ON ledger FOR EACH ROW EXECUTE FUNCTION skip(); "
+      "CREATE TRIGGER b BEFORE INSERT ON ledger FOR EACH STATEMENT EXECUTE FUNCTION skip(); "
+      "CREATE TRIGGER c BEFORE INSERT ON levels FOR EACH ROW EXECUTE FUNCTION skip(); "
+      "ALTER TABLE levels DISABLE TRIGGER c; "
+      "CREATE TRIGGER d BEFORE INSERT ON ledger_archive FOR EACH ROW EXECUTE FUNCTION skip(); "
+      "CREATE RULE e AS ON INSERT TO operations DO ALSO NOTIFY jackpot"), []),
+])
+def test_a_trigger_or_rule_that_can_drop_the_engines_rows_is_told(
+        pg_target: str, sql: str, found: list[str]) -> None:
+    # The engine stored no record of the op_id and applied it again as new; verify()
+    # said nothing.
+    told = " the engine inserts: it can drop the row unseen (an operation's record dropped, "
+    _index_problems(pg_target, sql, [
+        f"integrity_check: {'; '.join(f + told + 'its op_id applies again)' for f in found)}"]
+        if found else [])
+
+
 @pytest.mark.parametrize(("table", "column"), [("ledger", "delta"), ("levels", "m_won")])
 def test_a_number_column_changed_to_text_is_told_not_a_crash(pg_target: str, table: str,
                                                              column: str) -> None:

@@ -13,6 +13,7 @@ import re
 import pytest
 
 from jackpot.storage._schema_problems import check_problems
+from jackpot.storage._sql_checks import runs_before_insert
 from jackpot.storage.base import TABLE_COLUMNS
 from jackpot.storage.schema import POSTGRES_CHECKS
 
@@ -97,3 +98,18 @@ def test_no_check_of_the_engine_s_could_be_regrouped_and_keep_its_key() -> None:
             assert re.findall(r"\b(?:AND|OR|NOT)\b", outside_literals) in (
                 [], ["AND"], ["OR"]), name
             assert all(column in TABLE_COLUMNS[table] for column in columns), name
+
+
+@pytest.mark.parametrize(("sql", "before"), [
+    ("CREATE TRIGGER t BEFORE INSERT ON ledger BEGIN SELECT 1; END", True),
+    ("create trigger if not exists main.t insert on ledger begin select 1; end", True),
+    ("CREATE TRIGGER t INSTEAD OF INSERT ON v BEGIN SELECT 1; END", True),
+    ('CREATE TRIGGER "after" /* x */ BEFORE INSERT ON ledger BEGIN SELECT 1; END', True),
+    # A name that spells a time or an event is a name.
+    ("CREATE TRIGGER [before insert] AFTER INSERT ON ledger BEGIN SELECT 1; END", False),
+    ('CREATE TRIGGER "insert" BEFORE UPDATE ON ledger BEGIN SELECT 1; END', False),
+    ("CREATE TRIGGER t BEFORE DELETE ON ledger BEGIN INSERT INTO x VALUES (1); END", False),
+    ("CREATE TRIGGER t BEFORE UPDATE OF op_id ON ledger BEGIN SELECT 1; END", False),
+])
+def test_runs_before_insert_reads_the_time_and_event_by_position(sql: str, before: bool) -> None:
+    assert runs_before_insert(sql) is before

@@ -24,6 +24,7 @@ __all__ = [
     "constraint_problems",
     "index_collation_problems",
     "index_problems",
+    "insert_hook_problems",
     "key_problems",
     "lost_checks",
     "number_column",
@@ -268,3 +269,21 @@ def index_collation_problems(keys: Iterable[tuple[str, str, str, str]], engine_s
             f"{engine_s} as the engine made it: it takes for equal text the engine tells apart"
             for table, index, column, collation in keys
             if column in TABLE_COLUMNS.get(table, ())]
+
+
+def insert_hook_problems(hooks: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Name each trigger that runs before a row is inserted in one of the engine's tables.
+
+    `hooks`: (table, "trigger" or "rule", name); a rule is one that runs
+    instead of a write (PostgreSQL's `DO INSTEAD`). The engine makes none of
+    either (its triggers run before an UPDATE or DELETE only), and each can
+    drop the row unseen: SQLite's `RAISE(IGNORE)`, a PostgreSQL row trigger
+    that returns NULL, `DO INSTEAD NOTHING`. The INSERT reports no error, so
+    an operation whose record was dropped applies again under its op_id,
+    and a dropped ledger row leaves a change without its history. (A
+    trigger that runs after the INSERT cannot take the row back: not told.)
+    """
+    return [f"table {table}: {kind} {name} runs "
+            f"{'before each row' if kind == 'trigger' else 'instead of what'} the engine "
+            "inserts: it can drop the row unseen (an operation's record dropped, its op_id "
+            "applies again)" for table, kind, name in hooks]

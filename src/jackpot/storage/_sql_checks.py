@@ -21,7 +21,7 @@ import apsw
 
 from jackpot.storage.schema import MIGRATIONS, STRICT_TABLES
 
-__all__ = ["ENGINE_CHECKS", "Check", "check_keys", "table_checks"]
+__all__ = ["ENGINE_CHECKS", "Check", "check_keys", "runs_before_insert", "table_checks"]
 
 _TOKENS = re.compile(r"""
     (?P<space>\s+|--[^\n]*|/\*.*?(?:\*/|\Z))
@@ -124,6 +124,27 @@ def check_keys(sql: str) -> frozenset[str]:
     time, and reading it out costs about a millisecond per audit.
     """
     return frozenset(c.key for checks in table_checks(sql).values() for c in checks)
+
+
+@functools.lru_cache(maxsize=32)
+def runs_before_insert(sql: str) -> bool:
+    """Say if the trigger that `sql` creates runs before (or instead of) an INSERT.
+
+    `sql`: a trigger's `sql` in `sqlite_schema`. `CREATE TRIGGER [IF NOT
+    EXISTS] [schema.]name [BEFORE | AFTER | INSTEAD OF] event`, BEFORE when no
+    time is given; read by position, so a name that spells a keyword is a name.
+    Cached by the text, as `check_keys`: verify() asks of the same few triggers.
+    """
+    words = [t for t, _, _ in _tokens(sql)]
+    at = words.index("trigger") + 1 if "trigger" in words else len(words)
+    at += 3 if words[at:at + 3] == ["if", "not", "exists"] else 0
+    at += 3 if words[at + 1:at + 2] == ["."] else 1  # main.name
+    when = words[at:at + 1]
+    if when in (["before"], ["after"]):
+        at += 1
+    elif words[at:at + 2] == ["instead", "of"]:
+        at += 2
+    return when != ["after"] and words[at:at + 1] == ["insert"]
 
 
 def _engine_checks() -> dict[str, tuple[Check, ...]]:

@@ -109,6 +109,7 @@ from jackpot.storage._schema_problems import (
     constraint_problems,
     index_collation_problems,
     index_problems,
+    insert_hook_problems,
     key_problems,
     number_column,
     type_problems,
@@ -945,6 +946,18 @@ class PostgresStore(Store):
             "AND t.tgenabled <> 'D' AND t.tgname = ANY(%s)", (list(POSTGRES_TRIGGERS),))}
         problems.extend(f"trigger {t} is missing or disabled: history is not append-only"
                         for t in POSTGRES_TRIGGERS if t not in enabled)
+        # tgtype's bits 1, 2, 4: FOR EACH ROW, BEFORE, INSERT (a foreign key's are internal);
+        # a rule's ev_type '3': INSERT.
+        problems.extend(insert_hook_problems((r[0], r[1], r[2]) for r in self._exec(
+            "SELECT c.relname, 'trigger', t.tgname FROM pg_trigger t "
+            "JOIN pg_class c ON c.oid = t.tgrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
+            "AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgtype::int & 7 = 7 "
+            "UNION ALL SELECT c.relname, 'rule', r.rulename FROM pg_rewrite r "
+            "JOIN pg_class c ON c.oid = r.ev_class "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
+            "AND r.is_instead AND r.ev_type = '3' AND r.ev_enabled <> 'D' ORDER BY 1, 2, 3",
+            (list(NULLABLE), list(NULLABLE)))))
         problems.extend(index_problems(self._indexes("ledger")))
         problems.extend(key_problems(lambda table: self._indexes(table).values()))
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(

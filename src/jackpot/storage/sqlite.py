@@ -52,11 +52,12 @@ from jackpot.storage._schema_problems import (
     constraint_problems,
     index_collation_problems,
     index_problems,
+    insert_hook_problems,
     key_problems,
     lost_checks,
     type_problems,
 )
-from jackpot.storage._sql_checks import ENGINE_CHECKS, check_keys
+from jackpot.storage._sql_checks import ENGINE_CHECKS, check_keys, runs_before_insert
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
@@ -872,9 +873,14 @@ class SQLiteStore(Store):
             "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         problems.extend(f"trigger {t} is missing: history is not append-only"
                         for t in SQLITE_TRIGGERS if t not in triggers)
+        tables = ", ".join("?" * len(STRICT_TABLES))
+        problems.extend(insert_hook_problems(
+            (table.lower(), "trigger", name) for name, table, sql in self._exec(
+                "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' "
+                f"AND lower(tbl_name) IN ({tables}) ORDER BY lower(tbl_name), name",
+                STRICT_TABLES) if runs_before_insert(sql)))
         problems.extend(index_problems(self._indexes("ledger")))
         problems.extend(key_problems(lambda table: self._indexes(table).values()))
-        tables = ", ".join("?" * len(STRICT_TABLES))
         strict = dict(self._exec("SELECT name, strict FROM pragma_table_list "
                                  f"WHERE schema = 'main' AND name IN ({tables})", STRICT_TABLES))
         problems.extend(constraint_problems(
