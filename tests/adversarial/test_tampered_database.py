@@ -1756,12 +1756,37 @@ def test_a_primary_key_given_a_collation_is_reported(engine: JackpotEngine) -> N
          f"on column name, {INDEX_COLLATION}")]
 
 
-def dropped_unseen(*triggers: tuple[str, str]) -> list[str]:
-    """What verify() says of these (table, trigger) that run before the engine's INSERTs."""
-    return ["integrity_check: " + "; ".join(
+@pytest.mark.parametrize(("sql", "found"), [
+    # Of the engine's name, made to refuse nothing (WHEN 0), or moved to another table: the
+    # operations' rows could be deleted, and an op_id applied again.
+    (("DROP TRIGGER operations_no_delete; CREATE TRIGGER operations_no_delete BEFORE DELETE "
+      "ON operations WHEN 0 BEGIN SELECT RAISE(ABORT, 'operations are append-only'); END; "
+      "DROP TRIGGER ledger_no_update; CREATE TRIGGER ledger_no_update BEFORE UPDATE ON levels "
+      "BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END"),
+     [("integrity_check: trigger ledger_no_update is not the engine's: history is not "
+       "append-only; trigger operations_no_delete is not the engine's: history is not "
+       "append-only")]),
+    # Made again in other spacing, letter case, quoting and words: the engine's.
+    (('DROP TRIGGER ledger_no_update; CREATE TRIGGER "ledger_no_update" before update '
+      "ON [ledger] /* kept */ BEGIN select raise(abort, 'no edits'); end"), []),
+])
+def test_a_trigger_of_the_engines_name_that_is_not_the_engines_is_reported(
+        engine: JackpotEngine, sql: str, found: list[str]) -> None:
+    # Only the names were checked: a trigger of the engine's name that refused
+    # nothing passed, and the record of op_id b1 could be deleted unseen.
+    tamper(engine, sql)
+    assert problems(engine) == found
+
+
+def dropped_unseen(*triggers: tuple[str, str], told: tuple[str, ...] = ()) -> list[str]:
+    """What verify() says of these (table, trigger) that run before the engine's INSERTs.
+
+    `told`: what its integrity check says before them.
+    """
+    return ["integrity_check: " + "; ".join([*told, *(
         f"table {table}: trigger {trigger} runs before each row the engine inserts: it can "
         "drop the row unseen (an operation's record dropped, its op_id applies again)"
-        for table, trigger in triggers)]
+        for table, trigger in triggers)])]
 
 
 @pytest.mark.parametrize(("sql", "found"), [
@@ -1773,7 +1798,8 @@ def dropped_unseen(*triggers: tuple[str, str]) -> list[str]:
     (("DROP TRIGGER operations_no_update; CREATE TRIGGER operations_no_update INSERT ON "
       "main.Operations BEGIN SELECT RAISE(IGNORE); END; CREATE TRIGGER IF NOT EXISTS "
       "\"after\" BEFORE INSERT ON ledger WHEN NEW.kind = 'win' BEGIN SELECT RAISE(IGNORE); END"),
-     dropped_unseen(("ledger", "after"), ("operations", "operations_no_update"))),
+     dropped_unseen(("ledger", "after"), ("operations", "operations_no_update"), told=(
+         "trigger operations_no_update is not the engine's: history is not append-only",))),
     # Run after the INSERT (a copy kept of each row), or on a table of the operator's: the
     # engine's row is in.
     (('CREATE TABLE ledger_archive (op_id TEXT); CREATE TRIGGER "before insert" AFTER INSERT '

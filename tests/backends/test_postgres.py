@@ -581,6 +581,44 @@ def test_a_unique_index_given_a_nondeterministic_collation_is_told(
 
 
 @pytest.mark.parametrize(("sql", "found"), [
+    # The function made to return: each trigger runs it and refuses nothing.
+    (("CREATE OR REPLACE FUNCTION jackpot_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+      "$$ BEGIN RETURN NULL;\nEND $$"),
+     ["trigger ledger_append_only is not the engine's: history is not append-only",
+      "trigger operations_append_only is not the engine's: history is not append-only"]),
+    # Made again for an UPDATE OF one column, with WHEN (false), or on another table (one of
+    # the engine's kept beside it under that name); enabled for replication only.
+    (("DROP TRIGGER operations_append_only ON operations; CREATE TRIGGER "
+      "operations_append_only BEFORE UPDATE OF kind OR DELETE OR TRUNCATE ON operations "
+      "FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only()"),
+     ["trigger operations_append_only is not the engine's: history is not append-only"]),
+    (("DROP TRIGGER operations_append_only ON operations; CREATE TRIGGER "
+      "operations_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON operations "
+      "FOR EACH STATEMENT WHEN (false) EXECUTE FUNCTION jackpot_append_only()"),
+     ["trigger operations_append_only is not the engine's: history is not append-only"]),
+    (("DROP TRIGGER ledger_append_only ON ledger; CREATE TRIGGER ledger_append_only BEFORE "
+      "UPDATE OR DELETE OR TRUNCATE ON levels FOR EACH STATEMENT EXECUTE FUNCTION "
+      "jackpot_append_only(); CREATE TRIGGER operations_append_only BEFORE UPDATE OR DELETE "
+      "OR TRUNCATE ON levels FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only()"),
+     ["trigger ledger_append_only is not the engine's: history is not append-only"]),
+    ("ALTER TABLE operations ENABLE REPLICA TRIGGER operations_append_only",
+     ["trigger operations_append_only is missing or disabled: history is not append-only"]),
+    # Made again with its events in another order, and the function in other spacing.
+    (("DROP TRIGGER operations_append_only ON operations; CREATE TRIGGER "
+      "operations_append_only BEFORE TRUNCATE OR DELETE OR UPDATE ON operations "
+      "FOR EACH STATEMENT EXECUTE FUNCTION jackpot_append_only(); "
+      "CREATE OR REPLACE FUNCTION jackpot_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+      "$$BEGIN\n  RAISE EXCEPTION '% is append-only', TG_TABLE_NAME\n"
+      "    USING ERRCODE = 'restrict_violation';\nEND$$"), []),
+])
+def test_a_trigger_of_the_engines_name_that_is_not_the_engines_is_told(
+        pg_target: str, sql: str, found: list[str]) -> None:
+    # Only the names (and enabled) were checked: each of these passed while the
+    # operations' rows could be deleted, and an op_id applied again.
+    _index_problems(pg_target, sql, [f"integrity_check: {'; '.join(found)}"] if found else [])
+
+
+@pytest.mark.parametrize(("sql", "found"), [
     # A row trigger that returns NULL, or a rule DO INSTEAD NOTHING: the INSERT of the
     # operation's record succeeds and stores nothing, and its op_id applies again.
     (("CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL;\nEND $$; "

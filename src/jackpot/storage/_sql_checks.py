@@ -21,7 +21,8 @@ import apsw
 
 from jackpot.storage.schema import MIGRATIONS, STRICT_TABLES
 
-__all__ = ["ENGINE_CHECKS", "Check", "check_keys", "runs_before_insert", "table_checks"]
+__all__ = ["ENGINE_CHECKS", "ENGINE_TRIGGERS", "Check", "check_keys", "runs_before_insert",
+           "table_checks", "trigger_key"]
 
 _TOKENS = re.compile(r"""
     (?P<space>\s+|--[^\n]*|/\*.*?(?:\*/|\Z))
@@ -163,3 +164,30 @@ def _engine_checks() -> dict[str, tuple[Check, ...]]:
 ENGINE_CHECKS = _engine_checks()
 """Per table, the CHECKs the engine's schema gives it (the same at every schema version: the
 migrations since the first rebuilt only operations, which has none)."""
+
+
+@functools.lru_cache(maxsize=32)
+def trigger_key(sql: str) -> str:
+    """Return a trigger's SQL as the integrity check compares it: its tokens, normalised.
+
+    (Spacing, comments, letter case and the quoting of names aside; and the
+    text of its string literals: the engine's hold only the message of their
+    RAISE, which refuses the same in other words.) Cached by the text, as
+    `check_keys`.
+    """
+    return " ".join("''" if t.startswith("'") else t for t, _, _ in _tokens(sql))
+
+
+def _engine_triggers() -> dict[str, frozenset[str]]:
+    """Return the keys of each trigger of the engine's, as any schema version made it."""
+    found: dict[str, set[str]] = {}
+    for step in MIGRATIONS:
+        for m in re.finditer(r"CREATE TRIGGER (\w+)\b.*?\bEND\b", step, re.DOTALL):
+            found.setdefault(m.group(1), set()).add(trigger_key(m.group()))
+    return {name: frozenset(keys) for name, keys in found.items()}
+
+
+ENGINE_TRIGGERS = _engine_triggers()
+"""Per trigger of the engine's (`schema.SQLITE_TRIGGERS`), the keys of its SQL as the schema
+versions made it: one of the same name that runs on another event, table or condition (`WHEN
+0`), or does nothing, keeps no history append-only."""

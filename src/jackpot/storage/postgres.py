@@ -194,6 +194,8 @@ _UNIQUE_KEY_COLLATIONS = (
     f"WHERE t.relnamespace = {_CURRENT_SCHEMA} AND t.relname = ANY(%s) AND i.indisunique "
     "AND NOT k.collisdeterministic AND x.coll <> a.attcollation "
     "ORDER BY t.relname, c.relname, x.n")
+# The body of the engine's append-only function, its runs of white space made one space.
+_APPEND_ONLY_SOURCE = " ".join(re.split(r"\$\$", POSTGRES_MIGRATIONS[0])[1].split())
 _HAS_SCHEMA_TABLE = ("SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema() "
                      "AND tablename = 'jackpot_schema')")
 # A row a write transaction inserted, by its key, with the id of the transaction
@@ -940,12 +942,27 @@ class PostgresStore(Store):
         latest = len(POSTGRES_MIGRATIONS)
         if len(version) != 1 or not 1 <= version[0][0] <= latest:
             problems.append(f"schema version {version}, expected one of 1..{latest}")
-        enabled = {r[0] for r in self._exec(
-            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        # Each trigger of the engine's name: whether it is the engine's (on its table, before
+        # each UPDATE, DELETE or TRUNCATE of any column, without a WHEN, running the
+        # engine's function as the engine wrote it); an UPDATE OF who, a WHEN (false) or a
+        # function made to return refuses nothing. ENABLE REPLICA: fires in no session of
+        # the engine's.
+        found: dict[str, bool] = {}
+        for name, engine_s in self._exec(
+            "SELECT t.tgname, c.relname || '_append_only' = t.tgname AND t.tgtype = 58 "
+            "AND t.tgqual IS NULL AND cardinality(t.tgattr::int2[]) = 0 "
+            "AND p.proname = 'jackpot_append_only' "
+            "AND btrim(regexp_replace(p.prosrc, '\\s+', ' ', 'g')) = %s "
+            "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_proc p ON p.oid = t.tgfoid "
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "
-            "AND t.tgenabled <> 'D' AND t.tgname = ANY(%s)", (list(POSTGRES_TRIGGERS),))}
+            "AND t.tgenabled IN ('O', 'A') AND t.tgname = ANY(%s)",
+            (_APPEND_ONLY_SOURCE, list(POSTGRES_TRIGGERS))):
+            found[name] = found.get(name, False) or bool(engine_s)
         problems.extend(f"trigger {t} is missing or disabled: history is not append-only"
-                        for t in POSTGRES_TRIGGERS if t not in enabled)
+                        for t in POSTGRES_TRIGGERS if t not in found)
+        problems.extend(f"trigger {t} is not the engine's: history is not append-only"
+                        for t in POSTGRES_TRIGGERS if found.get(t) is False)
         # tgtype's bits 1, 2, 4: FOR EACH ROW, BEFORE, INSERT (a foreign key's are internal);
         # a rule's ev_type '3': INSERT.
         problems.extend(insert_hook_problems((r[0], r[1], r[2]) for r in self._exec(

@@ -57,7 +57,13 @@ from jackpot.storage._schema_problems import (
     lost_checks,
     type_problems,
 )
-from jackpot.storage._sql_checks import ENGINE_CHECKS, check_keys, runs_before_insert
+from jackpot.storage._sql_checks import (
+    ENGINE_CHECKS,
+    ENGINE_TRIGGERS,
+    check_keys,
+    runs_before_insert,
+    trigger_key,
+)
 from jackpot.storage._turns import WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
@@ -869,10 +875,12 @@ class SQLiteStore(Store):
         problems = [str(r[0]) for r in self._exec("PRAGMA integrity_check")]
         if problems == ["ok"]:
             problems = []
-        triggers = {r[0] for r in self._exec(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        triggers = dict(self._exec("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
         problems.extend(f"trigger {t} is missing: history is not append-only"
                         for t in SQLITE_TRIGGERS if t not in triggers)
+        problems.extend(f"trigger {t} is not the engine's: history is not append-only"
+                        for t in SQLITE_TRIGGERS
+                        if t in triggers and trigger_key(triggers[t]) not in ENGINE_TRIGGERS[t])
         tables = ", ".join("?" * len(STRICT_TABLES))
         problems.extend(insert_hook_problems(
             (table.lower(), "trigger", name) for name, table, sql in self._exec(
