@@ -580,6 +580,21 @@ def test_a_unique_index_given_a_nondeterministic_collation_is_told(
         f"integrity_check: {'; '.join(f + told for f in found)}"] if found else [])
 
 
+def test_an_invalid_index_is_told_on_the_engines_tables_only(pg_target: str) -> None:
+    # A CREATE UNIQUE INDEX CONCURRENTLY that failed leaves its index invalid: on an
+    # archive copy of the operator's it was told as the engine's.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            conn.execute("CREATE TABLE ledger_archive (LIKE ledger INCLUDING ALL)")
+            conn.execute("INSERT INTO ledger_archive OVERRIDING SYSTEM VALUE SELECT * FROM ledger")
+            for table in ("ledger_archive", "ledger"):  # (two rows of level minor in each)
+                with pytest.raises(psycopg.errors.UniqueViolation):
+                    conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {table}_levels ON {table} "
+                                 "(level)")
+        assert engine.verify().problems == ["integrity_check: index ledger_levels is invalid"]
+
+
 @pytest.mark.parametrize(("sql", "found"), [
     # The function made to return: each trigger runs it and refuses nothing.
     (("CREATE OR REPLACE FUNCTION jackpot_append_only() RETURNS trigger LANGUAGE plpgsql AS "

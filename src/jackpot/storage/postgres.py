@@ -977,10 +977,13 @@ class PostgresStore(Store):
             (list(NULLABLE), list(NULLABLE)))))
         problems.extend(index_problems(self._indexes("ledger")))
         problems.extend(key_problems(lambda table: self._indexes(table).values()))
+        # Of the engine's tables only: one of a table of the operator's (a CREATE INDEX
+        # CONCURRENTLY that failed on an archive copy) holds nothing of the engine's.
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} "
-            "AND NOT (i.indisvalid AND i.indisready)"))
+            "JOIN pg_class t ON t.oid = i.indrelid "
+            f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND t.relname = ANY(%s) "
+            "AND NOT (i.indisvalid AND i.indisready) ORDER BY c.relname", (list(NULLABLE),)))
         problems.extend(constraint_problems((), ((r[0], r[1]) for r in self._exec(
             "SELECT c.relname, a.attname FROM pg_attribute a "
             "JOIN pg_class c ON c.oid = a.attrelid "
