@@ -188,6 +188,7 @@ def test_the_command_block_lists_every_command_and_runs_as_written(
     assert export.startswith("export JACKPOT_DB=")  # (or --db PATH): a temporary file here
     monkeypatch.setenv("JACKPOT_DB", str(tmp_path / "pools.db"))
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)  # (`backup pools-copy.db` writes there)
     run = [line for line in lines if line not in CLI_NOT_RUN]
     assert sorted(set(lines) - set(run)) == sorted(CLI_NOT_RUN)
     for line in run:

@@ -477,6 +477,40 @@ def verify(*, db: str | None, as_json: bool | None) -> int:
     return 0 if report.ok else 1
 
 
+@app.command(short_help="Copy the database into a new file while it serves; audit the copy.")
+@click.argument("target", type=click.Path(dir_okay=False))
+@_shared
+def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
+    """Copy the database into the new file TARGET, then audit the copy (exit status 1 if bad).
+
+    A consistent copy of one moment, taken while game servers write (SQLite's
+    online backup under a read lock: no write waits for it), synced to disk.
+    Copying the file itself is not a backup: its -wal holds the latest
+    commits. A PostgreSQL database is backed up with pg_dump.
+    """
+    opts = _options(db, as_json)
+    path = _path(opts)
+    if is_database_url(path):
+        msg = ("a PostgreSQL database is backed up with pg_dump (or the server's own "
+               "backups), not by jackpot")
+        raise CommandError(msg)
+    _read(opts, lambda _: None)  # a jackpot database of a known schema: refused otherwise
+    source = _reader(path, Settings.from_env())
+    try:
+        source.backup_to(target)
+    finally:
+        source.close()
+    report = _read(Options(target, opts.json), audit)
+    size = Path(target).stat().st_size
+    if opts.json:
+        _print_json({"backup": target, "bytes": size, "audit": dataclasses.asdict(report)})
+    else:
+        console.print(f"copied {redact(path)} to {target} ({size:,} bytes)", markup=False,
+                      soft_wrap=True)  # (paths whole: an operator copies them)
+        _verify_out(report)
+    return 0 if report.ok else 1
+
+
 @app.command(short_help="Change a level's settings (KEY=VALUE...), audited.")
 @click.argument("level")
 @click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE...")

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from unittest import mock
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -1808,3 +1809,15 @@ def test_session_defaults_the_server_refuses_cost_no_connection_though_warning_r
         finally:
             log.removeFilter(raising)
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_postgresql_store_makes_no_copy_of_itself(pg_target: str, tmp_path: Path) -> None:
+    """`jackpot backup` refuses a URL first; the store says the same, and creates nothing."""
+    JackpotEngine.open(pg_target).close()
+    store = PostgresStore(pg_target)
+    try:
+        with pytest.raises(StorageError, match=r"back it up with pg_dump"):
+            store.backup_to(str(tmp_path / "copy.db"))
+    finally:
+        store.close()
+    assert list(tmp_path.iterdir()) == []

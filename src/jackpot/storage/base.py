@@ -784,6 +784,17 @@ class Store(ABC):
     def read(self) -> AbstractContextManager[None]:
         """Run the block in one read-only, consistent snapshot."""
 
+    def backup_to(self, target: str) -> None:
+        """Copy the database, one consistent snapshot of it, into the new file `target`.
+
+        Raises:
+            StorageError: this backend makes no such copy (PostgreSQL: its
+                own tools do), `target` exists, or the copy failed.
+
+        """
+        msg = f"{type(self).__name__} makes no copy of itself (to {target!r})"
+        raise StorageError(msg)
+
     @abstractmethod
     def schema_version(self) -> int:
         """Return the database's schema version (0: no jackpot schema yet).

@@ -447,6 +447,13 @@ class PostgresStore(Store):
             msg = f"database {self._where} holds no jackpot schema; nothing was created"
             raise StorageError(msg)
 
+
+    def backup_to(self, target: str) -> None:
+        """Refuse: a PostgreSQL database is copied by the server's tools (see `Store`)."""
+        msg = (f"a PostgreSQL database is not copied to {target!r} by jackpot: back it up "
+               "with pg_dump (or the server's own backups)")
+        raise StorageError(msg)
+
     def close(self) -> None:
         """Give this store's share of the connection pool back (idempotent)."""
         if not self._closed:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -372,6 +373,48 @@ class SQLiteStore(Store):
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, self._poll)
+
+    def backup_to(self, target: str) -> None:
+        """Copy the database, one consistent snapshot of it, into the new file `target`.
+
+        SQLite's online backup, in one step: the copy reads under one read
+        lock, so writers go on (WAL) and it holds one moment of the database.
+        It is written with synchronous=FULL, its directory synced: durable
+        once this returns. A copy that fails leaves nothing at `target`.
+
+        Raises:
+            StorageError: `target` exists or cannot be created, or the copy failed.
+
+        """
+        try:  # created here, exclusively: another file at that path is never overwritten
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            msg = f"{target!r} exists: a backup goes to a new file"
+            raise StorageError(msg) from None
+        except OSError as e:
+            msg = f"cannot create {target!r}: {e.strerror}"
+            raise StorageError(msg) from e
+        try:
+            dest = apsw.Connection(target)
+            try:
+                dest.execute("PRAGMA synchronous = FULL")
+                with dest.backup("main", self.conn, "main") as copy:
+                    copy.step(-1)
+            finally:
+                dest.close()  # (its -wal folded into the file, synced)
+            directory = os.open(Path(target).resolve().parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the new file's name, durable too
+            finally:
+                os.close(directory)
+        except BaseException as e:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(OSError):
+                    Path(target + suffix).unlink()
+            if isinstance(e, (apsw.Error, OSError)):
+                msg = f"the copy to {target!r} failed: {e}"
+                raise StorageError(msg) from e
+            raise
 
     def close(self) -> None:
         """Close the connection (idempotent).

@@ -1,0 +1,143 @@
+"""`jackpot backup TARGET`: a consistent copy of a database that is serving, audited."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import apsw
+import pytest
+
+from jackpot import JackpotEngine, _cli
+from jackpot.storage import sqlite as sqlite_module
+
+
+def _rows(path: Path | str, table: str) -> int:
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        [[count]] = conn.execute(f"SELECT COUNT(*) FROM {table}")
+        return int(count)
+    finally:
+        conn.close()
+
+
+def _backup(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = _cli.run(["backup", *argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_backup_taken_while_a_game_server_bets_is_one_moment_and_audits_ok(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    stop, going = threading.Event(), threading.Event()
+    acked: list[str] = []
+    errors: list[BaseException] = []
+    with JackpotEngine.open(source) as engine:
+        made = _rows(source, "operations")  # (those of opening it, if any)
+
+        def bets() -> None:
+            try:
+                n = 0
+                while not stop.is_set():
+                    engine.contribute(Decimal(1), op_id=f"bet-{n}")
+                    acked.append(f"bet-{n}")
+                    n += 1
+                    if n == 50:
+                        going.set()
+            except BaseException as e:
+                errors.append(e)
+                going.set()
+
+        writer = threading.Thread(target=bets)
+        writer.start()
+        try:
+            assert going.wait(60)
+            before = len(acked)
+            status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
+            at_copy = len(acked)
+        finally:
+            stop.set()
+            writer.join(60)
+    assert errors == []
+    assert (status, err) == (0, ""), out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("copy")) == [
+        "copy.db"]  # no -wal or -shm left beside it
+    report = json.loads(out)
+    assert (report["backup"], report["bytes"]) == (str(target), target.stat().st_size)
+    assert (report["audit"]["ok"], report["audit"]["problems"]) == (True, [])
+    # One moment: every bet acknowledged before the copy began is in it, and its ledger
+    # holds whole operations only (the audit above reconciles every level to it).
+    copied = _rows(target, "operations") - made
+    assert before <= copied <= at_copy + 1  # (+1: one committed, not yet counted here)
+    with JackpotEngine.open(target) as copy:  # a database the engine serves on
+        assert copy.contribute(Decimal(1), op_id="bet-0").replayed
+        assert copy.verify().ok
+
+
+def test_a_backup_prints_what_it_copied_and_the_copys_audit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # (a long temporary path, on one line)
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, err) == (0, "")
+    assert out.splitlines() == [
+        f"copied {source} to {target} ({target.stat().st_size:,} bytes)",
+        "audit OK: 3 levels, 6 ledger rows reconciled to the smallest unit"]
+    assert _rows(target, "ledger") == _rows(source, "ledger") == 6
+
+
+def test_a_backup_never_overwrites_a_file(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    JackpotEngine.open(source).close()
+    target.write_bytes(b"yesterday's backup")
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == f"jackpot: error: {str(target)!r} exists: a backup goes to a new file\n"
+    assert target.read_bytes() == b"yesterday's backup"
+
+
+@pytest.mark.parametrize("where", ["no directory", "copy fails"])
+def test_a_backup_that_fails_leaves_nothing_at_its_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        where: str) -> None:
+    source = tmp_path / "pools.db"
+    JackpotEngine.open(source).close()
+    if where == "no directory":
+        target = tmp_path / "missing" / "copy.db"
+        said = f"cannot create {str(target)!r}: No such file or directory"
+    else:
+        target = tmp_path / "copy.db"
+        said = f"the copy to {str(target)!r} failed: [Errno 5] disk gone"
+
+        def failing_fsync(fd: int) -> None:
+            raise OSError(5, "disk gone")
+
+        monkeypatch.setattr(sqlite_module.os, "fsync", failing_fsync)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    monkeypatch.undo()
+    assert (status, out, err) == (2, "", f"jackpot: error: {said}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left at target
+    assert not os.path.lexists(target)
+
+
+def test_a_backup_of_what_is_no_jackpot_database_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, target = tmp_path / "other.db", tmp_path / "copy.db"
+    source.write_bytes(b"")
+    status, _, err = _backup(capsys, str(target), "--db", str(source))
+    assert status == 2
+    assert "holds no jackpot database" in err
+    assert not target.exists()
+    status, _, err = _backup(capsys, str(target), "--db", "postgresql://u@localhost/jackpots")
+    assert (status, err) == (2, ("jackpot: error: a PostgreSQL database is backed up with "
+                                "pg_dump (or the server's own backups), not by jackpot\n"))
+    assert not target.exists()
