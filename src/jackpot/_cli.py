@@ -495,11 +495,17 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
                "backups), not by jackpot")
         raise CommandError(msg)
     _read(opts, lambda _: None)  # a jackpot database of a known schema: refused otherwise
-    source = _reader(path, Settings.from_env())
-    try:
-        source.backup_to(target)
-    finally:
-        source.close()
+    settings = Settings.from_env()
+    for attempt in range(1, _READ_ATTEMPTS + 1):  # (as `_read`: a writer may start meanwhile)
+        source = _reader(path, settings)
+        try:
+            source.backup_to(target)
+            break
+        except StaleReadError:  # (the torn copy is gone: copied again)
+            if attempt == _READ_ATTEMPTS:
+                raise
+        finally:
+            source.close()
     report = _read(Options(target, opts.json), audit)
     size = Path(target).stat().st_size
     if opts.json:

@@ -141,3 +141,29 @@ def test_a_backup_of_what_is_no_jackpot_database_is_refused(
     assert (status, err) == (2, ("jackpot: error: a PostgreSQL database is backed up with "
                                 "pg_dump (or the server's own backups), not by jackpot\n"))
     assert not target.exists()
+
+
+def test_a_backup_of_a_closed_file_that_a_writer_opens_meanwhile_is_taken_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody has the file open: it is read immutable, and a writer starting meanwhile may
+    tear the copy; it is thrown away and taken again (as `verify` reads again)."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    real = sqlite_module.SQLiteStore._copy_into
+    copies: list[bool] = []
+
+    def a_writer_starts_first(store: sqlite_module.SQLiteStore, into: str) -> None:
+        if not copies:  # the game server opens the file as the first copy begins
+            with JackpotEngine.open(source) as engine:
+                engine.contribute(Decimal(10), op_id="b")
+        copies.append(Path(into).exists())
+        real(store, into)
+
+    monkeypatch.setattr(sqlite_module.SQLiteStore, "_copy_into", a_writer_starts_first)
+    status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
+    assert (status, err) == (0, ""), out
+    assert copies == [True, True]  # the first copy was thrown away, then taken again
+    assert json.loads(out)["audit"]["ok"]
+    assert _rows(target, "operations") == _rows(source, "operations")  # "b" too

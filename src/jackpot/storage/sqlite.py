@@ -383,6 +383,8 @@ class SQLiteStore(Store):
         once this returns. A copy that fails leaves nothing at `target`.
 
         Raises:
+            StaleReadError: (read-only store reading an immutable file) a
+                writer opened the file during the copy: copy it again.
             StorageError: `target` exists or cannot be created, or the copy failed.
 
         """
@@ -395,26 +397,34 @@ class SQLiteStore(Store):
             msg = f"cannot create {target!r}: {e.strerror}"
             raise StorageError(msg) from e
         try:
-            dest = apsw.Connection(target)
-            try:
-                dest.execute("PRAGMA synchronous = FULL")
-                with dest.backup("main", self.conn, "main") as copy:
-                    copy.step(-1)
-            finally:
-                dest.close()  # (its -wal folded into the file, synced)
-            directory = os.open(Path(target).resolve().parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the new file's name, durable too
-            finally:
-                os.close(directory)
+            self._copy_into(target)
         except BaseException as e:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(OSError):
                     Path(target + suffix).unlink()
             if isinstance(e, (apsw.Error, OSError)):
+                if self._changed():  # ("malformed": torn pages of a file a writer opened)
+                    raise self._stale() from e
                 msg = f"the copy to {target!r} failed: {e}"
                 raise StorageError(msg) from e
             raise
+
+    def _copy_into(self, target: str) -> None:
+        """Copy the database into the empty file `target`, synced (see `backup_to`)."""
+        dest = apsw.Connection(target)
+        try:
+            dest.execute("PRAGMA synchronous = FULL")
+            with dest.backup("main", self.conn, "main") as copy:
+                copy.step(-1)
+        finally:
+            dest.close()  # (its -wal folded into the file, synced)
+        if self._changed():  # an immutable read that a writer overtook: maybe torn
+            raise self._stale()
+        directory = os.open(Path(target).resolve().parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the new file's name, durable too
+        finally:
+            os.close(directory)
 
     def close(self) -> None:
         """Close the connection (idempotent).
