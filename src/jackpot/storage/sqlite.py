@@ -65,7 +65,7 @@ from jackpot.storage._sql_checks import (
     runs_before_insert,
     trigger_key,
 )
-from jackpot.storage._turns import WriterTurns
+from jackpot.storage._turns import LOCK_SUFFIX, WriterTurns
 from jackpot.storage.base import (
     ENTRY_COLUMNS,
     LEDGER_INTEGERS,
@@ -385,9 +385,16 @@ class SQLiteStore(Store):
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
                 writer opened the file during the copy: copy it again.
-            StorageError: `target` exists or cannot be created, or the copy failed.
+            StorageError: `target` exists, is one of the database's own files
+                (`-wal`, `-shm`, ...), or cannot be created, or the copy failed.
 
         """
+        mine = Path(target).resolve()
+        for suffix in (*_SIDE_FILES, LOCK_SUFFIX):  # (absent while nobody has it open)
+            if mine == Path(self._path + suffix).resolve():
+                msg = (f"{target!r} is the database's own {suffix} file: SQLite resets or "
+                       "deletes it as the database opens; a backup goes to a file of its own")
+                raise StorageError(msg)
         try:  # created here, exclusively: another file at that path is never overwritten
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
