@@ -506,7 +506,11 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
                 raise
         finally:
             source.close()
-    report = _read(Options(target, opts.json), audit)
+    try:  # (read immutable: it makes no file beside the copy)
+        report = _read(Options(target, opts.json), audit)
+    except BaseException:  # Ctrl-C as it audits (most of the time taken): no copy left
+        Path(target).unlink(missing_ok=True)
+        raise
     size = Path(target).stat().st_size
     if opts.json:
         _print_json({"backup": target, "bytes": size, "audit": dataclasses.asdict(report)})

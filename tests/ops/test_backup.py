@@ -11,7 +11,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from jackpot import JackpotEngine, _cli
+from jackpot import JackpotEngine, VerifyReport, _cli
+from jackpot.errors import StorageError
+from jackpot.storage import Store
 from jackpot.storage import sqlite as sqlite_module
 
 
@@ -186,4 +188,28 @@ def test_a_backup_into_one_of_the_databases_own_files_is_refused(
     assert err == (f"jackpot: error: 'pools.db{suffix}' is the database's own {suffix} "
                    "file: SQLite resets or deletes it as the database opens; a backup goes "
                    "to a file of its own\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("stop", ["interrupted", "unreadable"])
+def test_a_backup_stopped_as_it_audits_the_copy_leaves_nothing_at_its_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        stop: str) -> None:
+    """The audit takes most of the time (~10 s of 200k ledger rows, the copy ~0.5 s):
+    Ctrl-C then must not leave an unaudited copy that a second try is refused for."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    JackpotEngine.open(source).close()
+
+    def audit(store: Store) -> VerifyReport:  # (only the copy is audited)
+        assert target.stat().st_size > 0  # the copy is whole, its audit begun
+        if stop == "interrupted":
+            raise KeyboardInterrupt
+        raise StorageError("disk gone")
+
+    monkeypatch.setattr(_cli, "audit", audit)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out, err) == ((130, "", "\njackpot: error: interrupted\n")
+                                  if stop == "interrupted" else
+                                  (2, "", "jackpot: error: disk gone\n"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
