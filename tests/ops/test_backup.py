@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import apsw
 import pytest
 
+from _helpers import HANG, read_line
 from jackpot import JackpotEngine, VerifyReport, _cli
 from jackpot.errors import StorageError
 from jackpot.storage import Store
@@ -213,3 +217,70 @@ def test_a_backup_stopped_as_it_audits_the_copy_leaves_nothing_at_its_target(
                                   if stop == "interrupted" else
                                   (2, "", "jackpot: error: disk gone\n"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+BETTING = """
+import select, sys
+from decimal import Decimal
+from jackpot import JackpotEngine
+
+with JackpotEngine.open(sys.argv[1], create=False) as engine:
+    n = 0
+    while not select.select([sys.stdin], [], [], 0)[0]:  # bets until a word on stdin
+        engine.contribute(Decimal("2.50"), op_id=f"p-{n}")
+        print(f"acked {n}", flush=True)
+        n += 1
+print("closed", flush=True)
+"""
+
+
+def test_a_backup_taken_while_another_process_bets_holds_one_moment_of_whole_bets(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, target, err = tmp_path / "pools.db", tmp_path / "copy.db", tmp_path / "bets.err"
+    JackpotEngine.open(source).close()
+    made = _rows(source, "operations")
+    acked: list[int] = []
+    going, closed = threading.Event(), threading.Event()
+    with err.open("wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-c", BETTING, str(source)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file,
+                                bufsize=0)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    out_pipe, deadline = proc.stdout, HANG * 4
+
+    def acks() -> None:  # (read as they come: a full pipe would stop the bets)
+        while (line := read_line(out_pipe, time.monotonic() + deadline, "ack")) != b"closed":
+            assert line.startswith(b"acked "), f"{line!r}: {err.read_text()[-3000:]}"
+            acked.append(int(line.removeprefix(b"acked ")))
+            if len(acked) == 50:
+                going.set()
+        closed.set()
+
+    reader = threading.Thread(target=acks)
+    reader.start()
+    try:
+        assert going.wait(HANG), err.read_text()[-3000:]
+        before = len(acked)
+        status, out, cli_err = _backup(capsys, str(target), "--db", str(source), "--json")
+        at_copy = len(acked)
+    finally:
+        proc.stdin.write(b"stop\n")
+        proc.stdin.close()
+        reader.join(HANG)
+        assert proc.wait(HANG) == 0, err.read_text()[-3000:]
+    assert closed.is_set()
+    assert (status, cli_err) == (0, ""), out
+    assert json.loads(out)["audit"] == {"ok": True, "problems": [], "levels": 3,
+                                        "ledger_rows": _rows(target, "ledger")}
+    conn = apsw.Connection(str(target), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        copied = sorted(int(op[2:]) for (op,) in conn.execute(
+            "SELECT op_id FROM operations WHERE op_id LIKE 'p-%'"))
+    finally:
+        conn.close()
+    # One moment: the first bets in order, every one acknowledged before the copy began,
+    # none after it ended (+1: committed, its ack not read yet); whole (the audit).
+    assert copied == list(range(len(copied)))
+    assert before <= len(copied) <= at_copy + 1
+    assert _rows(target, "operations") == made + len(copied)
