@@ -284,3 +284,18 @@ def test_a_backup_taken_while_another_process_bets_holds_one_moment_of_whole_bet
     assert copied == list(range(len(copied)))
     assert before <= len(copied) <= at_copy + 1
     assert _rows(target, "operations") == made + len(copied)
+
+
+def test_a_backup_is_readable_by_whom_the_database_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A database only its owner may read is not copied into a file everybody may read."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    JackpotEngine.open(source).close()
+    source.chmod(0o600)
+    umask = os.umask(0o022)
+    try:
+        status, _, err = _backup(capsys, str(target), "--db", str(source))
+    finally:
+        os.umask(umask)
+    assert (status, err) == (0, "")
+    assert target.stat().st_mode & 0o777 == 0o600

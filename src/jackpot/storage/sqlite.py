@@ -380,7 +380,9 @@ class SQLiteStore(Store):
         SQLite's online backup, in one step: the copy reads under one read
         lock, so writers go on (WAL) and it holds one moment of the database.
         It is written with synchronous=FULL, its directory synced: durable
-        once this returns. A copy that fails leaves nothing at `target`.
+        once this returns. Who may read it is who may read the database (its
+        permission bits, less the umask). A copy that fails leaves nothing at
+        `target`.
 
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
@@ -395,8 +397,13 @@ class SQLiteStore(Store):
                 msg = (f"{target!r} is the database's own {suffix} file: SQLite resets or "
                        "deletes it as the database opens; a backup goes to a file of its own")
                 raise StorageError(msg)
+        try:
+            mode = Path(self._path).stat().st_mode & 0o666  # who may read it: as the database
+        except OSError as e:
+            msg = f"cannot read who may read {self._path!r}: {e.strerror}"
+            raise StorageError(msg) from e
         try:  # created here, exclusively: another file at that path is never overwritten
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
         except FileExistsError:
             msg = f"{target!r} exists: a backup goes to a new file"
             raise StorageError(msg) from None
