@@ -447,7 +447,6 @@ class PostgresStore(Store):
             msg = f"database {self._where} holds no jackpot schema; nothing was created"
             raise StorageError(msg)
 
-
     def backup_to(self, target: str) -> None:
         """Refuse: a PostgreSQL database is copied by the server's tools (see `Store`)."""
         msg = (f"a PostgreSQL database is not copied to {target!r} by jackpot: back it up "
