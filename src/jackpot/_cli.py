@@ -484,7 +484,7 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
     """Copy the database into the new file TARGET, then audit the copy (exit status 1 if bad).
 
     A consistent copy of one moment, taken while game servers write (SQLite's
-    online backup under a read lock: no write waits for it), synced to disk.
+    online backup under a read lock: no write waits for a lock), synced to disk.
     Copying the file itself is not a backup: its -wal holds the latest
     commits. A PostgreSQL database is backed up with pg_dump.
     """
@@ -494,18 +494,9 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
         msg = ("a PostgreSQL database is backed up with pg_dump (or the server's own "
                "backups), not by jackpot")
         raise CommandError(msg)
-    _read(opts, lambda _: None)  # a jackpot database of a known schema: refused otherwise
-    settings = Settings.from_env()
-    for attempt in range(1, _READ_ATTEMPTS + 1):  # (as `_read`: a writer may start meanwhile)
-        source = _reader(path, settings)
-        try:
-            source.backup_to(target)
-            break
-        except StaleReadError:  # (the torn copy is gone: copied again)
-            if attempt == _READ_ATTEMPTS:
-                raise
-        finally:
-            source.close()
+    # A jackpot database of a known schema only; copied again, as any read is read again,
+    # should a writer open a closed file meanwhile (backup_to removes the torn copy).
+    _read(opts, lambda source: source.backup_to(target))
     try:  # (read immutable: it makes no file beside the copy)
         report = _read(Options(target, opts.json), audit)
     except BaseException:  # Ctrl-C as it audits (most of the time taken): no copy left
