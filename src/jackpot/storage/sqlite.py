@@ -413,7 +413,7 @@ class SQLiteStore(Store):
         try:
             self._copy_into(target)
         except BaseException as e:
-            for suffix in ("", "-wal", "-shm", "-journal"):
+            for suffix in ("", *_SIDE_FILES):
                 with contextlib.suppress(OSError):
                     Path(target + suffix).unlink()
             if isinstance(e, (apsw.Error, OSError)):
