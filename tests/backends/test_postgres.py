@@ -52,7 +52,13 @@ from jackpot.storage.postgres import PostgresStore, _misread
 from jackpot.storage.schema import POSTGRES_CHECKS, POSTGRES_MIGRATIONS
 
 from .contract import MINOR_SEED, WEAKENED_INDEXES, BackendContract, new_level, snapshot
-from .pg import fresh_schema, fresh_schema_named, require_pg_url, with_search_path
+from .pg import (
+    create_anycase_collation,
+    fresh_schema,
+    fresh_schema_named,
+    require_pg_url,
+    with_search_path,
+)
 
 PG_URL = require_pg_url()
 
@@ -541,8 +547,7 @@ def test_a_text_column_given_a_nondeterministic_collation_is_told(pg_target: str
     with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
         engine.contribute(Decimal(10), groups="minor", op_id="b1")
         with psycopg.connect(pg_target, autocommit=True) as conn:
-            conn.execute("CREATE COLLATION anycase (provider = icu, "
-                         "locale = 'und-u-ks-level2', deterministic = false)")
+            create_anycase_collation(conn)
             conn.execute("ALTER TABLE levels ALTER COLUMN status TYPE text COLLATE anycase")
             conn.execute("ALTER TABLE operations ALTER COLUMN op_id TYPE text COLLATE anycase")
         told = "not a deterministic one as the engine made it: it takes for equal text the "
@@ -575,8 +580,7 @@ def test_a_unique_index_given_a_nondeterministic_collation_is_told(
     told = (", not a deterministic one as the engine made it: it takes for equal text the "
             "engine tells apart")
     with psycopg.connect(pg_target, autocommit=True) as conn:
-        conn.execute("CREATE COLLATION anycase (provider = icu, "
-                     "locale = 'und-u-ks-level2', deterministic = false)")
+        create_anycase_collation(conn)
     _index_problems(pg_target, sql, [
         f"integrity_check: {'; '.join(f + told for f in found)}"] if found else [])
 
