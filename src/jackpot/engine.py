@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import re
 import threading
@@ -25,17 +24,8 @@ from types import TracebackType
 from typing import Any, Self, Unpack
 
 from jackpot import domain, reads, tracing
-from jackpot._lifecycle import (
-    Actors,
-    Late,
-    Stopping,
-    closing,
-    log_late,
-    lost,
-    opened,
-    prepare_process,
-    shut_down,
-)
+from jackpot._closing import close_engine, probe_closed, probe_opening, stop_everything
+from jackpot._lifecycle import Actors, Stopping, log_late, lost, opened, prepare_process
 from jackpot.actors import (
     DRAIN,
     ActorDeadError,
@@ -47,10 +37,8 @@ from jackpot.actors import (
     Mailbox,
     PoolActor,
     Ticket,
-    in_actor_thread,
     start_actor,
     wait_ready,
-    wait_stopped,
 )
 from jackpot.audit import audit
 from jackpot.domain import ConfigChanges, GroupConfig
@@ -99,9 +87,7 @@ logger = logging.getLogger("jackpot")
 
 _MAX_HISTORY = 10_000
 _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor lives
-_SWEEP_INTERVAL_S = 0.1  # seconds between sweeps while close() waits for calls in flight
 _CALLER, _REPORTER = "caller", "reporter"  # who counts an interrupted call (`_submit`)
-_NAMED = 10  # interrupted calls a close() names, at most, of those it left unreported
 
 
 
@@ -123,52 +109,6 @@ def _report_restarts(stats: Stats, restarted: list[str], failed: list[BaseExcept
 def _checkpointer_replaced(stats: Stats, error: BaseException | None) -> None:
     """Report a checkpointer replaced as a checkpoint fell due (see `Checkpointer.note`)."""
     _report_restarts(stats, [] if error else ["checkpointer"], [error] if error else [])
-
-
-def _log_reads_left(reads: list[str]) -> None:
-    for what in reads:
-        with contextlib.suppress(Exception):  # a failing log must not fail the close
-            logger.error("%s did not end in time: it still holds a connection to the "
-                         "database, and closes it when it ends", what,
-                         extra={"outcome": "stop_timeout"})
-
-
-def _log_left_in_flight(calls: int, bound: float | None, unreported: list[Operation]) -> None:
-    """Say that close() stopped waiting for `calls` still in flight.
-
-    `bound`: the default wait of a close() given no timeout (its actors then
-    got a wait of their own); None: its timeout ran out, leaving them none.
-    `unreported`: those of them whose callers were interrupted, named: no
-    caller will learn their outcomes, and an exit right after close() ends
-    the threads that would log them. Each is told once (see `_tell_left_in_flight`):
-    `calls` is 0 once a close() told them, and `unreported` holds only those
-    not named yet.
-    """
-    held = f"{calls} call{'' if calls == 1 else 's'} still in flight"
-    with contextlib.suppress(Exception):  # a failing log must not fail the close
-        if calls and bound is None:
-            logger.warning("close() timed out with %s: the actors were asked to stop after "
-                           "their work, with no time left to wait for that", held,
-                           extra={"outcome": "close_timeout"})
-        elif calls:
-            logger.warning("close() stopped waiting after %.1f s with %s: the actors were "
-                           "asked to stop after their work", bound, held,
-                           extra={"outcome": "close_timeout"})
-    if not unreported:
-        return
-    named = "; ".join(f"{op.kind} {op.op_id!r} on {', '.join(op.names)}"
-                      for op in unreported[:_NAMED])
-    more = len(unreported) - _NAMED
-    one = len(unreported) == 1
-    with contextlib.suppress(Exception):  # (as above)
-        logger.warning(
-            "close() left %d interrupted call%s whose outcome%s not known yet: %s%s. %s "
-            "logged when %s, unless the process ends first: resend %s with the same op_id "
-            "to learn it", len(unreported), "" if one else "s", " was" if one else "s were",
-            named, f"; and {more} more" if more > 0 else "",
-            "Its outcome is" if one else "Their outcomes are", "it comes" if one else "they come",
-            "it" if one else "each", extra={"outcome": "close_timeout",
-                                            "op_ids": [op.op_id for op in unreported]})
 
 
 class _WeakView:
@@ -304,7 +244,7 @@ class JackpotEngine:
             if self._checkpointer is not None:
                 self._checkpointer.ready(self._run_timeout)
         except BaseException as e:
-            log_late(self._stop_everything()[0])  # no actor thread may outlive a failed open()
+            log_late(stop_everything(self)[0])  # no actor thread may outlive a failed open()
             if isinstance(e, ActorDeadError):  # its on_start failed (logged: `start_failed`)
                 msg = f"the engine's actors could not start (their error is logged): {e}"
                 raise StorageError(msg) from e
@@ -344,7 +284,7 @@ class JackpotEngine:
         self._told_in_flight = False
         self._named: dict[int, Operation] = {}
         # health()'s probe connections opening or open (guarded by _lock_state):
-        # close() waits for them, as for a verify() (see `_probe_opening`).
+        # close() waits for them, as for a verify() (see `_closing.probe_opening`).
         self._probes = 0
         # .n: sync calls in flight in this thread; .reading, .verifying, .probing; .closing
         # (a close() here stops the actors, or waits for those left running);
@@ -540,242 +480,7 @@ class JackpotEngine:
             ValidationError: `timeout` is not a number of seconds (or is NaN).
 
         """
-        deadline = _deadline(timeout)
-        if self._pid != os.getpid():
-            # Without the lock: a fork may have copied it held. Calls here are
-            # refused before they would take it (`_check_process`).
-            self._closed = True
-            return
-        if in_actor_thread(self.stats) or getattr(self._own, "restarting", False):
-            with self._lock_state:
-                self._closed = True  # from now on, new calls are refused
-            threading.Thread(target=self.close, args=(timeout,), name="jackpot-close",
-                             daemon=True).start()
-            return
-        if getattr(self._own, "closing", False):
-            return  # called back (by a log handler) from this thread's own close(): it is closing
-        try:
-            self._close(deadline)
-        finally:
-            self._own.closing = False
-
-    def _close(self, deadline: float | None) -> None:
-        """Do close()'s work in the calling thread, the one it may wait in (see `close`)."""
-        wait_limit = time.monotonic() + self._run_timeout if deadline is None else deadline
-        mine = False
-        late: Late = []
-        reads: list[str] = []
-        left_in_flight, unreported = self._await_calls(wait_limit)
-        try:
-            with self._lock_state:
-                # A close interrupted before this point (Ctrl-C while waiting) left
-                # everything running: a later close(), or the exit hook, finishes
-                # it. While another close() is stopping the actors, wait for it,
-                # within this one's own limit; in slices, so a lost wake-up (a
-                # Ctrl-C in the other's notify) cannot strand this one.
-                if deadline is None:
-                    wait_limit = time.monotonic() + self._run_timeout
-                while self._stopping and (left := _left(wait_limit)) > 0:
-                    self._cond.wait(min(_SWEEP_INTERVAL_S, left))
-                if self._stopping:
-                    return  # (the close() stopping them tells what it left)
-                self._own.closing = True  # from here on, it closes for this thread too
-                mine = self._stopping = not self._shut
-            given = _left(wait_limit) > 0  # (else none is called late: see `shut_down`)
-            if mine:
-                late, left_running = self._stop_everything(wait_limit)
-                self._lost.detach()
-                with self._lock_state:
-                    self._left_running = left_running
-                    self._shut = True
-            elif given:  # stopped by an earlier close(), which may have left some running
-                late = self._finish(wait_limit)
-            reads = self._reads_left(wait_limit)
-            # (Unfinished, the exit hook finishes it, as a later close() would.)
-            closing(self, finished=not (self._left_running or reads))
-        finally:
-            if mine:
-                with self._lock_state:
-                    self._stopping = False
-                    self._cond.notify_all()
-        self._tell_left_in_flight(left_in_flight, self._run_timeout if deadline is None
-                                  else None, unreported)
-        log_late(late)
-        if given:
-            _log_reads_left(reads)
-
-    def _await_calls(self, wait_limit: float) -> tuple[int, list[Operation]]:
-        """Refuse new calls; wait until `wait_limit` for those in flight (see `_await_inflight`).
-
-        Returns how many are still in flight then, and those of them whose
-        callers were interrupted or are gone (to be told: `_tell_left_in_flight`).
-        """
-        with self._lock_state:
-            self._closed = True  # from now on, new calls are refused
-        left_in_flight = self._await_inflight(wait_limit)
-        if not left_in_flight:
-            return 0, []
-        # (Asked before taking the state lock: the asyncio engine takes its own.)
-        gone = self._asyncio_callers_gone()
-        with self._lock_state:
-            return left_in_flight, [*self._unreported.values(), *gone]
-
-    def _tell_left_in_flight(self, calls: int, bound: float | None,
-                             unreported: list[Operation]) -> None:
-        """Log the calls a close() left in flight (see `_log_left_in_flight`), unless told.
-
-        Told once: the first close() to tell these calls (or all but those
-        of its own thread, which their callers tell) told them, and no call
-        starts since. Taken as told only here, as it is said: a close() that
-        gave up first may return before (to the close() stopping the actors)
-        or be interrupted, and the one that says it then is another.
-        """
-        if not calls:
-            return
-        with self._lock_state:  # (decided at once: closes may run together)
-            told, self._told_in_flight = self._told_in_flight, True
-            unnamed = [op for op in unreported if id(op) not in self._named]
-            self._named.update((id(op), op) for op in unnamed)
-        _log_left_in_flight(0 if told else calls, bound, unnamed)
-
-    def _finish(self, deadline: float) -> Late:
-        """Wait until `deadline` for the actors an earlier close() left running.
-
-        Those it gave up on, or gave no time: each has stopped and closed its
-        connection once it answers its stop. Returns those still running.
-        """
-        with self._lock_state:
-            running = list(self._left_running)
-        left = [s for s in running if not wait_stopped(s[1], s[2], deadline)]
-        with self._lock_state:  # (a concurrent close() may have seen some stop first)
-            self._left_running = [s for s in self._left_running if s in left]
-        return [named for named, _, _ in left]
-
-    def _reads_left(self, deadline: float) -> list[str]:
-        """Wait until `deadline` for the reads of other threads that hold a connection.
-
-        A read holding the reader closes it as it ends (`_reading`), and
-        `verify()` its own connection. Returns those still running: "a read",
-        "verify()". Those of the calling thread are not waited for: they
-        cannot end while it waits.
-        """
-        left = []
-        if (self._reader_close_pending and not getattr(self._own, "reading", False)
-                and not self._close_reader(deadline)):
-            left.append("a read")
-        if not getattr(self._own, "verifying", False):
-            if not self._verify_lock.acquire(timeout=_left(deadline)):
-                left.append("verify()")
-            else:  # none runs, and none starts now: each checks the engine is open first
-                self._verify_lock.release()
-        if not getattr(self._own, "probing", False) and not self._await_probes(deadline):
-            left.append("health()'s probe")
-        return left
-
-    def _await_probes(self, deadline: float) -> bool:
-        """Wait until `deadline` for health()'s probe connections to close; say if they did.
-
-        None opens once the engine is closed (`_probe_opening`).
-        """
-        with self._lock_state:
-            return self._cond.wait_for(lambda: not self._probes, _left(deadline))
-
-    def _probe_opening(self) -> None:
-        """Count a health() probe's connection as it opens; refused once the engine is closed.
-
-        Runs in the probe's thread, which may outlast its health() caller (a
-        storage that does not answer): checked here rather than as health()
-        starts, so that no probe connection opens after a close() that did
-        not wait for it.
-        """
-        with self._lock_state:
-            self._check_not_closed()  # (the probe says so: "cannot open the database")
-            self._probes += 1
-        self._own.probing = True  # a close() in this thread must not wait for it
-
-    def _probe_closed(self) -> None:
-        """Count a health() probe's connection closed (or failed to open)."""
-        self._own.probing = False
-        with self._lock_state:
-            self._probes -= 1
-            self._cond.notify_all()
-
-    def _asyncio_callers_gone(self) -> list[Operation]:
-        """Return the asyncio calls in flight whose callers are gone (see `_attach`)."""
-        gone: list[Operation] = []
-        for ref in list(self._callers_gone):
-            callers_gone = ref()
-            if callers_gone is not None:
-                gone += callers_gone()
-        return gone
-
-    def _await_inflight(self, deadline: float) -> int:
-        """Wait until no call is in flight or `deadline` passes, sweeping now and then.
-
-        Calls that only the current thread can finish are not waited for: its
-        own sync calls, and the asyncio calls of the event loop it runs.
-        Returns how many calls were still in flight at `deadline` (0: none
-        but those): the loop's calls among them, once there are others (they
-        were never waited for, so are still in flight, and a close() names
-        those whose callers are gone), but not the thread's own sync calls,
-        which its caller is in the middle of reporting.
-        """
-        own = getattr(self._own, "n", 0)
-        loops = 0
-        for counter in list(self._loop_calls):
-            count = counter()
-            if count is not None:
-                loops += count()
-        mine = own + loops
-        while True:
-            for ref in list(self._sweeps):
-                sweep = ref()
-                if sweep is not None:
-                    sweep()
-            with self._lock_state:
-                # Not for calls in flight in this very thread (a log handler
-                # closing the engine): they cannot end while this one waits.
-                if self._cond.wait_for(lambda: self._inflight <= mine,
-                                       min(_SWEEP_INTERVAL_S, _left(deadline))):
-                    return 0
-                left = self._inflight - own
-            if _left(deadline) <= 0:
-                return left
-
-    def _stop_everything(self, deadline: float | None = None) -> tuple[Late, list[Stopping]]:
-        """Stop every actor, then close the reader (default deadline: the longest operation).
-
-        Under the restart lock: an actor restart that raced the close either
-        finished first (and its replacement is stopped here) or sees the
-        engine closed and starts nothing. Returns the actors that did not
-        stop in time, and those not seen to stop (see `shut_down`).
-        """
-        with self._restart_lock:
-            return shut_down(self._actors, self._checkpointer, self._close_reader,
-                              time.monotonic() + self._run_timeout if deadline is None
-                              else deadline)
-
-    def _close_reader(self, deadline: float) -> bool:
-        """Close the reader now, or, if a read holds it past `deadline`, when that read ends.
-
-        Returns whether it is closed now.
-        """
-        if getattr(self._own, "reading", False):
-            # close() called inside this thread's own read (a signal handler
-            # that ran in the middle of it): that read cannot end while this
-            # waits, so it closes the reader when it ends.
-            self._reader_close_pending = True
-            return False
-        if not self._reader_lock.acquire(timeout=_left(deadline)):
-            self._reader_close_pending = True  # the read in progress closes it (`_reading`)
-            if not self._reader_lock.acquire(blocking=False):
-                return False
-        try:  # the read ended (or there was none): close it here
-            self._reader.close()
-            self._reader_close_pending = False
-        finally:
-            self._reader_lock.release()
-        return True
+        close_engine(self, timeout)
 
     @contextmanager
     def _reading(self) -> Iterator[Store]:
@@ -1519,34 +1224,12 @@ class JackpotEngine:
         # restarts), not told as actors "restarted on their next operation".
         closed = self._closed
         return assess(path=self._path, settings=self._settings,
-                      open_store=tracked(_store, self._probe_opening, self._probe_closed),
+                      open_store=tracked(_store, functools.partial(probe_opening, self),
+                                         functools.partial(probe_closed, self)),
                       recent=recent, levels_alive=levels_alive,
                       coordinator_alive=coordinator_alive, closed=closed,
                       refused=None if closed else self._reader.write_refusal(),
                       checkpointer_alive=checkpointer_alive)
-
-
-_MAX_SECONDS = 10**18
-"""Longer than any wait means (about 3e10 years); an int timeout beyond it is clamped."""
-
-
-def _deadline(timeout: object) -> float | None:
-    """Return the monotonic deadline `timeout` seconds from now (None: no timeout given)."""
-    if timeout is None:
-        return None
-    whole = exact_int(timeout)  # an int, or an exact integer of another kind (numpy.int64)
-    if whole is not None:
-        # Beyond any float (10**400 s) is still a number of seconds: clamp it.
-        timeout = float(max(-_MAX_SECONDS, min(whole, _MAX_SECONDS)))
-    if not isinstance(timeout, float) or math.isnan(timeout):
-        msg = f"timeout must be a number of seconds or None, not {shown(timeout)}"
-        raise ValidationError(msg)
-    return time.monotonic() + timeout
-
-
-def _left(deadline: float) -> float:
-    """Return the seconds until `deadline`, within what a lock wait accepts."""
-    return min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
 
 
 def _warn_if_kept_differs(path: str, config: GroupConfig, state: domain.LevelState) -> None:

@@ -19,7 +19,15 @@ import apsw
 import pytest
 
 from _helpers import HANG, hearing, in_thread, run_python
-from jackpot import AsyncJackpotEngine, JackpotEngine, Settings, _lifecycle, health, reads
+from jackpot import (
+    AsyncJackpotEngine,
+    JackpotEngine,
+    Settings,
+    _closing,
+    _lifecycle,
+    health,
+    reads,
+)
 from jackpot import engine as engine_module
 from jackpot.actors import PoolActor
 
@@ -91,16 +99,16 @@ def _async_close(engine: JackpotEngine, timeout: float | None = None) -> None:
 
 def _watch(monkeypatch: pytest.MonkeyPatch, name: str, when: Callable[..., bool]
            ) -> threading.Event:
-    """Wrap the engine module's `name`: the event is set at a call whose arguments `when` takes."""
+    """Wrap close()'s module's `name`: the event is set at a call whose arguments `when` takes."""
     called = threading.Event()
-    real = getattr(engine_module, name)
+    real = getattr(_closing, name)
 
     def watched(*args: Any) -> Any:
         if when(*args):
             called.set()
         return real(*args)
 
-    monkeypatch.setattr(engine_module, name, watched)
+    monkeypatch.setattr(_closing, name, watched)
     return called
 
 
@@ -187,22 +195,21 @@ def _held_read(engine: JackpotEngine, read: str, monkeypatch: pytest.MonkeyPatch
     return thread, out
 
 
-def _watch_wait(engine: JackpotEngine, monkeypatch: pytest.MonkeyPatch, name: str
-                ) -> threading.Event:
-    """Return an event set once a close() waits (its method `name`: "_close_reader"), from now on.
+def _watch_wait(monkeypatch: pytest.MonkeyPatch, name: str) -> threading.Event:
+    """Return an event set once a close() waits (its function `name`: "_close_reader"), from now on.
 
-    (Set on the engine even if it has no such method: a close() of code
-    that never waits so never sets it.)
+    The function must exist (`setattr` raises otherwise): a wrapper set on
+    a name that close() no longer calls would never be set, and the test
+    would wait its whole bound for nothing.
     """
     waiting = threading.Event()
-    real = getattr(engine, name, None)
+    real = getattr(_closing, name)
 
-    def wait(deadline: float) -> bool:
+    def wait(engine: JackpotEngine, deadline: float) -> bool:
         waiting.set()
-        assert real is not None
-        return bool(real(deadline))
+        return bool(real(engine, deadline))
 
-    monkeypatch.setattr(engine, name, wait, raising=False)
+    monkeypatch.setattr(_closing, name, wait)
     return waiting
 
 
@@ -236,9 +243,9 @@ def test_a_close_after_a_close_that_gave_up_waits_for_the_read_holding_a_connect
             (f"{_LEFT[read]} did not end in time: it still holds a connection to the "
              "database, and closes it when it ends")]
         verifies.waited.clear()
-        waiting = {"pools": lambda: _watch_wait(engine, monkeypatch, "_close_reader"),
+        waiting = {"pools": lambda: _watch_wait(monkeypatch, "_close_reader"),
                    "verify": lambda: verifies.waited,
-                   "health": lambda: _watch_wait(engine, monkeypatch, "_await_probes")}[read]()
+                   "health": lambda: _watch_wait(monkeypatch, "_await_probes")}[read]()
         closer, closed = _closing_in_thread(engine.close, waiting, finish)
         assert waiting.wait(HANG)
         finish.set()
@@ -275,11 +282,11 @@ def test_the_exit_hook_still_finishes_a_close_that_gave_up(
 _DROPPED_AFTER_GIVING_UP = """
 import atexit, gc, sys, threading, weakref
 from jackpot import JackpotEngine
-from jackpot import engine as engine_module
+from jackpot import _closing
 from jackpot.actors import PoolActor
 
 busy, release = threading.Event(), threading.Event()
-real_wait = engine_module.wait_stopped
+real_wait = _closing.wait_stopped
 
 def wait_stopped(*args):
     release.set()  # a close() waits for the busy actor: it ends now
@@ -290,7 +297,7 @@ def hang(_actor):
     assert release.wait(30)
 
 PoolActor.hang = hang
-engine_module.wait_stopped = wait_stopped
+_closing.wait_stopped = wait_stopped
 atexit.register(lambda: print("stopped at exit", ref.actor_stopped.is_set()))  # after the hook
 engine = JackpotEngine.open(sys.argv[1])
 engine.contribute("10", op_id="bet")
@@ -325,7 +332,7 @@ def test_a_close_waits_for_a_verify_or_health_in_progress_within_its_bound(
     engine._verify_lock = verifies  # type: ignore[assignment]
     try:
         waited = (verifies.waited if read == "verify"
-                  else _watch_wait(engine, monkeypatch, "_await_probes"))
+                  else _watch_wait(monkeypatch, "_await_probes"))
         auditor, report = _held_read(engine, read, monkeypatch, finish)
         closer, closed = _closing_in_thread(engine.close, waited, finish)
         assert waited.wait(HANG)  # it waits for the read (or returned: closed says)

@@ -37,6 +37,7 @@ from jackpot import (
     JackpotEngine,
     Settings,
     ValidationError,
+    _closing,
     _lifecycle,
 )
 from jackpot import engine as engine_module
@@ -444,13 +445,13 @@ def test_a_second_close_without_timeout_is_not_stranded_by_a_lost_wake_up(
     hold.acquire()
     engine._restart_lock = hold  # type: ignore[assignment]
     first_stopping = threading.Event()
-    real_stop = engine._stop_everything
+    real_stop = _closing.stop_everything
 
-    def stop(deadline: float | None = None) -> list[str]:
+    def stop(engine: JackpotEngine, deadline: float | None = None) -> Any:
         first_stopping.set()
-        return real_stop(deadline)
+        return real_stop(engine, deadline)
 
-    monkeypatch.setattr(engine, "_stop_everything", stop)
+    monkeypatch.setattr(_closing, "stop_everything", stop)
     notify = engine._cond.notify_all
     interrupted: list[bool] = []
 
@@ -718,15 +719,15 @@ def test_close_waits_for_a_calls_log_line_and_counts(db_path: Path,
                 logging_started.set()
                 assert go_on.wait(HANG)
 
-    real_wait = engine._await_inflight
+    real_wait = _closing._await_inflight
     in_flight_when_close_began: list[int] = []
 
-    def await_inflight(deadline: float) -> int:
+    def await_inflight(engine: JackpotEngine, deadline: float) -> int:
         in_flight_when_close_began.append(engine._inflight)
         close_waits.set()
-        return real_wait(deadline)
+        return real_wait(engine, deadline)
 
-    monkeypatch.setattr(engine, "_await_inflight", await_inflight)
+    monkeypatch.setattr(_closing, "_await_inflight", await_inflight)
     with _handler(SlowHandler()):
         caller, _ = in_thread(lambda: engine.process_win("minor", op_id="w1"))
         assert logging_started.wait(HANG)
@@ -926,16 +927,16 @@ def test_closes_that_give_up_together_on_a_call_in_flight_tell_it_once(
     """
     all_left = threading.Barrier(3)
     with _one_call_held(db_path, monkeypatch) as (engine, heard):
-        await_inflight = engine._await_inflight
+        await_inflight = _closing._await_inflight
 
-        def left_together(deadline: float) -> int:
-            left = await_inflight(deadline)
+        def left_together(engine: JackpotEngine, deadline: float) -> int:
+            left = await_inflight(engine, deadline)
             all_left.wait(HANG)  # none tells anything before all three stopped waiting
             return left
 
-        monkeypatch.setattr(engine, "_await_inflight", left_together)
+        monkeypatch.setattr(_closing, "_await_inflight", left_together)
         closed = run_together(*[lambda: engine.close(timeout=0)] * 3)
-        monkeypatch.setattr(engine, "_await_inflight", await_inflight)
+        monkeypatch.setattr(_closing, "_await_inflight", await_inflight)
         engine.close(timeout=0)  # later, the call still in flight
         assert closed == [None] * 3
         assert heard.said("close_timeout") == [_ONE_LEFT]
@@ -953,22 +954,22 @@ def test_a_close_that_gives_up_first_but_returns_to_the_one_stopping_leaves_it_t
     b_gave_up, b_go = threading.Event(), threading.Event()
     a_stopping, a_go = threading.Event(), threading.Event()
     with _one_call_held(db_path, monkeypatch) as (engine, heard):
-        await_calls, stop_everything = engine._await_calls, engine._stop_everything
+        await_calls, stop_everything = _closing._await_calls, _closing.stop_everything
 
-        def b_pauses(wait_limit: float) -> Any:  # B's, the first
-            left = await_calls(wait_limit)
+        def b_pauses(engine: JackpotEngine, wait_limit: float) -> Any:  # B's, the first
+            left = await_calls(engine, wait_limit)
             if not b_gave_up.is_set():
                 b_gave_up.set()
                 assert b_go.wait(HANG)
             return left
 
-        def a_holds(deadline: float | None = None) -> Any:
+        def a_holds(engine: JackpotEngine, deadline: float | None = None) -> Any:
             a_stopping.set()
             assert a_go.wait(HANG)
-            return stop_everything(deadline)
+            return stop_everything(engine, deadline)
 
-        monkeypatch.setattr(engine, "_await_calls", b_pauses)
-        monkeypatch.setattr(engine, "_stop_everything", a_holds)
+        monkeypatch.setattr(_closing, "_await_calls", b_pauses)
+        monkeypatch.setattr(_closing, "stop_everything", a_holds)
         try:
             b, b_out = in_thread(lambda: engine.close(timeout=0))
             assert b_gave_up.wait(HANG)
@@ -993,8 +994,8 @@ def test_a_close_interrupted_before_it_tells_the_calls_it_left_leaves_them_to_th
     it as told.
     """
     with _one_call_held(db_path, monkeypatch) as (engine, heard):
-        stop_everything, armed = interrupting_once(engine._stop_everything)
-        monkeypatch.setattr(engine, "_stop_everything", stop_everything)
+        stop_everything, armed = interrupting_once(_closing.stop_everything)
+        monkeypatch.setattr(_closing, "stop_everything", stop_everything)
         with pytest.raises(KeyboardInterrupt):
             engine.close(timeout=0)
         assert not armed

@@ -600,7 +600,7 @@ def test_a_close_that_stops_waiting_names_the_interrupted_calls_it_leaves_unknow
 
 def test_a_close_names_at_most_ten_interrupted_calls_and_all_their_op_ids() -> None:
     """One line, however many: the first ten named, the rest counted; every op_id a field."""
-    from jackpot.engine import _log_left_in_flight  # noqa: PLC0415 - private, this test only
+    from jackpot._closing import _log_left_in_flight  # noqa: PLC0415 - private, this test only
 
     ops = [Operation(kind="contribute", op_id=f"bet-{i}", explicit=True, fingerprint="",
                      names=("major", "mega"), apply=None, rebuild=dict)  # type: ignore[arg-type]
