@@ -26,6 +26,7 @@ from typing import Any, Self, Unpack
 from jackpot import domain, reads, tracing
 from jackpot._closing import close_engine, probe_closed, probe_opening, stop_everything
 from jackpot._lifecycle import Actors, Stopping, log_late, lost, opened, prepare_process
+from jackpot._restarts import checkpointer_replaced, restart_dead_actors
 from jackpot.actors import (
     DRAIN,
     ActorDeadError,
@@ -88,27 +89,6 @@ logger = logging.getLogger("jackpot")
 _MAX_HISTORY = 10_000
 _LIVENESS_POLL = 0.25  # seconds between checks that a slow request's actor lives
 _CALLER, _REPORTER = "caller", "reporter"  # who counts an interrupted call (`_submit`)
-
-
-
-def _report_restarts(stats: Stats, restarted: list[str], failed: list[BaseException]) -> None:
-    """Log and count the actors `restarted`; log the checkpointer's restarts that `failed`."""
-    for error in failed:
-        after_the_fact(logger.error, "the checkpointer had stopped and its "
-                       "replacement could not start; writers keep the WAL bounded "
-                       "until the next attempt", exc_info=error,
-                       extra={"outcome": "actor_restart_failed"})
-    for name in restarted:
-        level = {} if name in ("coordinator", "checkpointer") else {"level": name}
-        after_the_fact(logger.error, "%s had stopped; a replacement was started",
-                       f"actor of level {name}" if level else name,
-                       extra={"outcome": "actor_restart", **level})
-        after_the_fact(stats.add, "actor_restarts", "actor", name)
-
-
-def _checkpointer_replaced(stats: Stats, error: BaseException | None) -> None:
-    """Report a checkpointer replaced as a checkpoint fell due (see `Checkpointer.note`)."""
-    _report_restarts(stats, [] if error else ["checkpointer"], [error] if error else [])
 
 
 class _WeakView:
@@ -225,7 +205,7 @@ class JackpotEngine:
                 # SQLite: WAL checkpoints run in their own thread, not after a commit.
                 self._checkpointer = Checkpointer(
                     lambda: _sqlite(path, settings), self.stats,
-                    functools.partial(_checkpointer_replaced, self.stats))
+                    functools.partial(checkpointer_replaced, self.stats))
             # How an actor opens its writing connection (its commits report to
             # the checkpointer). Not a bound method: actors must not keep the
             # engine alive, or a lost engine could never be collected.
@@ -288,7 +268,7 @@ class JackpotEngine:
         self._probes = 0
         # .n: sync calls in flight in this thread; .reading, .verifying, .probing; .closing
         # (a close() here stops the actors, or waits for those left running);
-        # .restarting (it replaces stopped actors: `_restart_dead_actors`)
+        # .restarting (it replaces stopped actors: `_restarts.restart_dead_actors`)
         self._own = threading.local()
         # Taken with `with self._lock_state`, never `with self._cond`: the C lock's
         # own __exit__ releases it, where Condition.__exit__ is Python, at whose
@@ -1137,65 +1117,13 @@ class JackpotEngine:
     def _restart_before_resending(self, op: Operation) -> None:
         """Replace stopped actors before `op` (which changed nothing) is sent again."""
         try:
-            self._restart_dead_actors()
+            restart_dead_actors(self)
         except ActorDeadError as failed:  # the replacement's on_start failed (logged)
             raise StorageError(not_restarted_message(op)) from failed
         except Exception as failed:  # Pykka's start raised (a raising filter on its logger)
             after_the_fact(logger.error, "a stopped actor's replacement could not start",
                            exc_info=failed, extra={"outcome": "actor_restart_failed"})
             raise StorageError(not_restarted_message(op)) from failed
-
-    def _restart_dead_actors(self) -> None:
-        """Replace every stopped actor; each replacement reloads from the database.
-
-        Raises `ActorDeadError` when a level's or the coordinator's
-        replacement fails to start (its error is logged; the next call tries
-        again), or what Pykka's `start` raised (nothing is left registered:
-        `start_actor`). A checkpointer that cannot restart is only logged: the
-        writers bound the WAL themselves meanwhile. What happened is logged
-        and counted after the restart lock is released: a log handler or
-        observer may do anything, close the engine included.
-        """
-        restarted: list[str] = []
-        failed: list[BaseException] = []
-        try:
-            with self._restart_lock:
-                # Pykka logs as it starts an actor, here: a log handler's close()
-                # must not wait for this lock (see `close`).
-                self._own.restarting = True
-                try:
-                    self._check_open()  # closed meanwhile: start nothing close() cannot stop
-                    self._replace_dead(restarted, failed)
-                finally:
-                    self._own.restarting = False
-        finally:  # done: reporting it must not fail the operation that asked for it
-            _report_restarts(self.stats, restarted, failed)
-
-    def _replace_dead(self, restarted: list[str], failed: list[BaseException]) -> None:
-        """Start a replacement for each stopped actor (under the restart lock); note it.
-
-        A level's or the coordinator's replacement that fails to start
-        raises; the checkpointer's failure is only noted in `failed`.
-        """
-        for name, proxy in list(self._pools.items()):
-            if not proxy.actor_ref.is_alive():
-                self._pools[name] = self._start_pool(name)
-                restarted.append(name)
-                if self._mailboxes[name].rewake():
-                    self._pools[name].actor_ref.tell(DRAIN)
-        if not self._coordinator.actor_ref.is_alive():
-            self._actors.coordinator = self._start_coordinator()
-            restarted.append("coordinator")
-            if self._mailboxes[None].rewake():
-                self._coordinator.actor_ref.tell(DRAIN)
-        if self._checkpointer is not None and not self._checkpointer.alive():
-            try:
-                replaced = self._checkpointer.restart()  # (unless a commit did: `note`)
-            except Exception as e:  # noqa: BLE001 - logged below (on_start failed, or Pykka raised)
-                failed.append(e)
-            else:
-                if replaced:
-                    restarted.append("checkpointer")
 
     # -- operations view -----------------------------------------------------------
 

@@ -42,6 +42,7 @@ from jackpot import (
     Settings,
     StorageError,
 )
+from jackpot._restarts import restart_dead_actors
 from jackpot.actors import (
     Coordinator,
     LevelGuard,
@@ -372,7 +373,7 @@ def test_a_checkpointer_that_cannot_restart_stops_though_logging_on_pykka_raises
 
     checkpointer._open_store = failing
     with _pykka_logging_raises():
-        engine._restart_dead_actors()
+        restart_dead_actors(engine)
         assert checkpointer._actor.actor_ref.actor_stopped.wait(10)
     assert not checkpointer.alive()  # the next call tries again
 
@@ -408,7 +409,7 @@ def test_a_stopped_checkpointer_is_restarted_and_takes_requests_again(
     checkpointer.note(5_000)  # ignored while it is stopped: nothing gets stuck
     assert not checkpointer.alive()
     assert checkpointer.runs == 0
-    engine._restart_dead_actors()
+    restart_dead_actors(engine)
     assert checkpointer.alive()
     assert engine.stats.snapshot()["actor_restarts:actor:checkpointer"] == 1
     engine.contribute(Decimal(10), groups="minor", op_id="after")
@@ -458,7 +459,7 @@ def test_a_replaced_checkpointer_stopping_late_leaves_its_successors_request_bus
     try:
         assert stopping.wait(60)  # stopped for Pykka; its on_stop has not run yet
         assert not checkpointer.alive()
-        engine._restart_dead_actors()
+        restart_dead_actors(engine)
         assert checkpointer.alive()
         checkpointer.note(50_000)
         assert running.wait(60)  # the replacement runs the checkpoint asked for
@@ -558,7 +559,7 @@ def test_a_checkpointer_that_cannot_restart_never_fails_an_operation(
         assert engine.contribute(Decimal(10), groups="minor", op_id="x").versions == {
             "minor": 2}
         assert not checkpointer.alive()
-    engine._restart_dead_actors()
+    restart_dead_actors(engine)
     assert checkpointer.alive()
     assert engine.verify().ok
 

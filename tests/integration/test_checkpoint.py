@@ -17,6 +17,7 @@ import jackpot.actors.checkpoint as checkpoint_module
 import jackpot.storage.sqlite as sqlite_module
 from _helpers import HANG, hearing, in_thread
 from jackpot import JackpotEngine, Settings, StorageError
+from jackpot._restarts import restart_dead_actors
 from jackpot.storage import SQLiteStore
 
 
@@ -367,7 +368,7 @@ def test_a_revival_and_a_restart_that_race_leave_one_checkpointer_stopped_by_clo
     """Before: the restart path saw the dead actor, then replaced the one a commit revived.
 
     A writer's commit revives it (`note`, in the writer's thread) while a
-    call about to be resent replaces the stopped actors (`_replace_dead`):
+    call about to be resent replaces the stopped actors (`_restarts._replace_dead`):
     both saw it stopped, so both started one, and the first was dropped,
     running: close() never stopped it (an actor of the engine registered,
     its connection open, after close()), and two restarts were told.
@@ -384,7 +385,7 @@ def test_a_revival_and_a_restart_that_race_leave_one_checkpointer_stopped_by_clo
         if threading.get_ident() == reviver and not restarter:
             # The revival holds the lock: the restart starts now, sees the
             # actor stopped, and is let in once it asks to replace it.
-            restarter.append(in_thread(engine._restart_dead_actors))
+            restarter.append(in_thread(lambda: restart_dead_actors(engine)))
             assert restarting.wait(HANG)
         return real_start(*args)
 
