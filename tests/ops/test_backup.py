@@ -299,3 +299,25 @@ def test_a_backup_is_readable_by_whom_the_database_is(
         os.umask(umask)
     assert (status, err) == (0, "")
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_a_backup_beside_a_side_file_it_did_not_make_is_refused_and_leaves_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str) -> None:
+    """`copy.db-wal` left by a database once at `copy.db` (or one still open, deleted):
+    SQLite takes it for the copy's own, deleting or rewriting it as the copy opens, and a
+    failed copy's cleanup would delete it too. It is not the command's to touch."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    JackpotEngine.open(source).close()
+    side = Path(f"{target}{suffix}")
+    side.write_bytes(b"another database's " * 300)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: {str(side)!r} exists beside {str(target)!r}: SQLite "
+                   f"would take it for the copy's own {suffix} file and delete or rewrite "
+                   "it; move it away (it may belong to a database still open) or back up "
+                   "to another name\n")
+    assert side.read_bytes() == b"another database's " * 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+

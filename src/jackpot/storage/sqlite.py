@@ -387,16 +387,13 @@ class SQLiteStore(Store):
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
                 writer opened the file during the copy: copy it again.
-            StorageError: `target` exists, is one of the database's own files
-                (`-wal`, `-shm`, ...), or cannot be created, or the copy failed.
+            StorageError: `target` exists, or a `-wal`,
+                `-shm` or `-journal` beside it does, or it is one of the
+                database's own files (`-wal`, `-shm`, ...), or it cannot be
+                created, or the copy failed.
 
         """
-        mine = Path(target).resolve()
-        for suffix in (*_SIDE_FILES, LOCK_SUFFIX):  # (absent while nobody has it open)
-            if mine == Path(self._path + suffix).resolve():
-                msg = (f"{target!r} is the database's own {suffix} file: SQLite resets or "
-                       "deletes it as the database opens; a backup goes to a file of its own")
-                raise StorageError(msg)
+        self._refuse_target(target)
         try:
             mode = Path(self._path).stat().st_mode & 0o666  # who may read it: as the database
         except OSError as e:
@@ -422,6 +419,28 @@ class SQLiteStore(Store):
                 msg = f"the copy to {target!r} failed: {e}"
                 raise StorageError(msg) from e
             raise
+
+    def _refuse_target(self, target: str) -> None:
+        """Refuse a `target` the copy would not be the only file of (see `backup_to`)."""
+        mine = Path(target).resolve()
+        for suffix in (*_SIDE_FILES, LOCK_SUFFIX):  # (absent while nobody has it open)
+            if mine == Path(self._path + suffix).resolve():
+                msg = (f"{target!r} is the database's own {suffix} file: SQLite resets or "
+                       "deletes it as the database opens; a backup goes to a file of its own")
+                raise StorageError(msg)
+        if os.path.lexists(target):
+            msg = f"{target!r} exists: a backup goes to a new file"
+            raise StorageError(msg)
+        for suffix in _SIDE_FILES:
+            # Another database's (one once at `target`, or one deleted while still open):
+            # SQLite deletes a -wal or -journal beside an empty file as it opens it and
+            # rewrites a -shm, and a failed copy's cleanup would delete it. Refused, not
+            # worked around: only the operator knows whose it is.
+            if os.path.lexists(side := target + suffix):
+                msg = (f"{side!r} exists beside {target!r}: SQLite would take it for the "
+                       f"copy's own {suffix} file and delete or rewrite it; move it away (it "
+                       "may belong to a database still open) or back up to another name")
+                raise StorageError(msg)
 
     def _copy_into(self, target: str) -> None:
         """Copy the database into the empty file `target`, synced (see `backup_to`)."""
