@@ -321,3 +321,21 @@ def test_a_backup_beside_a_side_file_it_did_not_make_is_refused_and_leaves_it(
     assert side.read_bytes() == b"another database's " * 300
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
+
+@pytest.mark.parametrize("points_to", ["nothing", "a file"])
+def test_a_backup_to_a_symbolic_link_is_refused_naming_the_link(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], points_to: str) -> None:
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    JackpotEngine.open(source).close()
+    to = tmp_path / "elsewhere" / "old.db"
+    if points_to == "a file":
+        to.parent.mkdir()
+        to.write_bytes(b"yesterday's backup")
+    target.symlink_to(to)
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out) == (2, "")
+    gone = ", which does not exist" if points_to == "nothing" else ""
+    assert err == (f"jackpot: error: {str(target)!r} is a symbolic link (to {str(to)!r}"
+                   f"{gone}): a backup goes to a new file, never through a link\n")
+    assert target.readlink() == to
+    assert not to.exists() if points_to == "nothing" else to.read_bytes() == b"yesterday's backup"

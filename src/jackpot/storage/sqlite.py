@@ -387,10 +387,10 @@ class SQLiteStore(Store):
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
                 writer opened the file during the copy: copy it again.
-            StorageError: `target` exists, or a `-wal`,
-                `-shm` or `-journal` beside it does, or it is one of the
-                database's own files (`-wal`, `-shm`, ...), or it cannot be
-                created, or the copy failed.
+            StorageError: `target` exists (a symbolic link too), or a
+                `-wal`, `-shm` or `-journal` beside it does, or it is one of
+                the database's own files (`-wal`, `-shm`, ...), or it cannot
+                be created, or the copy failed.
 
         """
         self._refuse_target(target)
@@ -428,6 +428,12 @@ class SQLiteStore(Store):
                 msg = (f"{target!r} is the database's own {suffix} file: SQLite resets or "
                        "deletes it as the database opens; a backup goes to a file of its own")
                 raise StorageError(msg)
+        if (link := Path(target)).is_symlink():  # (O_EXCL refuses it too: told what it is)
+            to = str(link.readlink())
+            gone = "" if link.exists() else ", which does not exist"
+            msg = (f"{target!r} is a symbolic link (to {to!r}{gone}): a backup goes to a "
+                   "new file, never through a link")
+            raise StorageError(msg)
         if os.path.lexists(target):
             msg = f"{target!r} exists: a backup goes to a new file"
             raise StorageError(msg)
