@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from decimal import Decimal
@@ -118,7 +120,8 @@ def test_a_backup_that_fails_leaves_nothing_at_its_target(
     JackpotEngine.open(source).close()
     if where == "no directory":
         target = tmp_path / "missing" / "copy.db"
-        said = f"cannot create {str(target)!r}: No such file or directory"
+        said = (f"cannot create {str(target)!r} in the directory {str(target.parent)!r}: "
+                "No such file or directory")
     else:
         target = tmp_path / "copy.db"
         said = f"the copy to {str(target)!r} failed: [Errno 5] disk gone"
@@ -339,3 +342,34 @@ def test_a_backup_to_a_symbolic_link_is_refused_naming_the_link(
                    f"{gone}): a backup goes to a new file, never through a link\n")
     assert target.readlink() == to
     assert not to.exists() if points_to == "nothing" else to.read_bytes() == b"yesterday's backup"
+
+
+def test_a_backup_into_a_directory_it_may_not_write_is_refused_naming_it(
+        tmp_path: Path) -> None:
+    """An operator's user, a directory of another's: a real refusal by the system (root is
+    not stopped by permission bits: the command runs as nobody, as test_cli's readers do)."""
+    source = tmp_path / "pools.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    shared = Path(tempfile.mkdtemp(prefix="jackpot-backup-"))  # reachable by another user
+    try:
+        db = shared / "pools.db"
+        shutil.copy(source, db)
+        db.chmod(0o444)
+        (shared / "backups").mkdir(mode=0o555)
+        (shared / "backups").chmod(0o555)
+        shared.chmod(0o755)
+        target = shared / "backups" / "copy.db"
+        as_other = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                    if os.geteuid() == 0 else [])
+        done = subprocess.run([*as_other, sys.executable, "-m", "jackpot", "backup",
+                               str(target), "--db", str(db)],
+                              capture_output=True, text=True, timeout=60, check=False, cwd="/")
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == (f"jackpot: error: cannot create {str(target)!r} in the "
+                               f"directory {str(target.parent)!r}: Permission denied\n")
+        assert list((shared / "backups").iterdir()) == []
+        assert sorted(p.name for p in shared.iterdir()) == ["backups", "pools.db"]
+    finally:
+        (shared / "backups").chmod(0o755)
+        shutil.rmtree(shared)

@@ -404,8 +404,9 @@ class SQLiteStore(Store):
         except FileExistsError:
             msg = f"{target!r} exists: a backup goes to a new file"
             raise StorageError(msg) from None
-        except OSError as e:
-            msg = f"cannot create {target!r}: {e.strerror}"
+        except OSError as e:  # (mostly the directory's: missing, not ours to write, read-only)
+            msg = (f"cannot create {target!r} in the directory "
+                   f"{str(Path(target).absolute().parent)!r}: {e.strerror}")
             raise StorageError(msg) from e
         try:
             self._copy_into(target)
