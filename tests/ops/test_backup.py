@@ -112,7 +112,7 @@ def test_a_backup_never_overwrites_a_file(tmp_path: Path,
     assert target.read_bytes() == b"yesterday's backup"
 
 
-@pytest.mark.parametrize("where", ["no directory", "copy fails"])
+@pytest.mark.parametrize("where", ["no directory", "copy fails", "a step's sync fails"])
 def test_a_backup_that_fails_leaves_nothing_at_its_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         where: str) -> None:
@@ -125,6 +125,8 @@ def test_a_backup_that_fails_leaves_nothing_at_its_target(
     else:
         target = tmp_path / "copy.db"
         said = f"the copy to {str(target)!r} failed: [Errno 5] disk gone"
+        if where == "a step's sync fails":  # (the first step's, its copy half done)
+            monkeypatch.setattr(sqlite_module, "_COPY_STEP_BYTES", 1)
 
         def failing_fsync(fd: int) -> None:
             raise OSError(5, "disk gone")
@@ -237,8 +239,12 @@ print("closed", flush=True)
 """
 
 
+@pytest.mark.parametrize("steps", ["as configured", "a page per step"])
 def test_a_backup_taken_while_another_process_bets_holds_one_moment_of_whole_bets(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        steps: str) -> None:
+    if steps == "a page per step":  # (the bets commit between the copy's steps)
+        monkeypatch.setattr(sqlite_module, "_COPY_STEP_BYTES", 1)
     source, target, err = tmp_path / "pools.db", tmp_path / "copy.db", tmp_path / "bets.err"
     JackpotEngine.open(source).close()
     made = _rows(source, "operations")
@@ -373,3 +379,38 @@ def test_a_backup_into_a_directory_it_may_not_write_is_refused_naming_it(
     finally:
         (shared / "backups").chmod(0o755)
         shutil.rmtree(shared)
+
+
+def test_a_backup_copied_in_steps_holds_the_moment_of_its_first_step(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copied (and synced) a page at a time, a bet committed between two steps is not in
+    the copy: one moment, the first step's (SQLite restarts a copy whose source changed
+    between steps unless the copy holds its read transaction from first step to last)."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    monkeypatch.setattr(sqlite_module, "_COPY_STEP_BYTES", 1)  # (a page per step)
+    real_fsync = os.fsync
+    between: list[int] = []
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="before")
+
+        def a_bet_between_steps(fd: int) -> None:
+            if not between:  # (after the copy's first step)
+                engine.contribute(Decimal(10), op_id="between")
+                between.append(fd)
+            real_fsync(fd)
+
+        monkeypatch.setattr(sqlite_module.os, "fsync", a_bet_between_steps)
+        status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
+        monkeypatch.setattr(sqlite_module.os, "fsync", real_fsync)
+        assert len(between) == 1
+        assert (status, err) == (0, ""), out
+        assert json.loads(out)["audit"]["ok"]
+        conn = apsw.Connection(str(target), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            copied = [op for (op,) in conn.execute(
+                "SELECT op_id FROM operations WHERE op_id IN ('before', 'between')")]
+        finally:
+            conn.close()
+        assert copied == ["before"]
+        assert engine.contribute(Decimal(10), op_id="between").replayed  # (it was committed)

@@ -135,6 +135,15 @@ _LOST_WRITES = frozenset({apsw.SQLITE_IOERR_WRITE, apsw.SQLITE_IOERR_FSYNC,
 """Extended I/O error codes of a write the storage may have lost (see `_files`); any I/O
 error of a COMMIT or a checkpoint counts too."""
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+_COPY_STEP_BYTES = 2 * 2**20
+"""A backup copies (and syncs) this much at a time: see `SQLiteStore._copy_into`."""
+# Measured (18 runs each, alternating, a fresh copy of one 67 MB database each run, on a
+# machine shared with other work): a game server betting on the same disk, its worst bet
+# during the copy 34-69 ms copied in one step, 6-29 ms in 2 MB steps (1 MB: 4-26 ms, 10
+# runs), against 1-27 ms in as long a time before the copy; on a database the bets grew
+# from 66 to ~245 MB over 26 runs, 61-204 ms in one step, 3-38 ms in steps. The copy
+# takes up to ~1.5x as long (67 MB: 0.11-0.31 s in one step, 0.16-0.41 s in steps), a
+# small part of the command (the audit after it).
 _T = TypeVar("_T")
 
 
@@ -377,12 +386,12 @@ class SQLiteStore(Store):
     def backup_to(self, target: str) -> None:
         """Copy the database, one consistent snapshot of it, into the new file `target`.
 
-        SQLite's online backup, in one step: the copy reads under one read
-        lock, so writers go on (WAL) and it holds one moment of the database.
-        It is written with synchronous=FULL, its directory synced: durable
-        once this returns. Who may read it is who may read the database (its
-        permission bits, less the umask). A copy that fails leaves nothing at
-        `target`.
+        SQLite's online backup, in steps that all read under one read
+        transaction, so writers go on (WAL) and it holds one moment of the
+        database. Each step is synced before the next, the last with
+        synchronous=FULL, its directory synced: durable once this returns.
+        Who may read it is who may read the database (its permission bits,
+        less the umask). A copy that fails leaves nothing at `target`.
 
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
@@ -450,12 +459,27 @@ class SQLiteStore(Store):
                 raise StorageError(msg)
 
     def _copy_into(self, target: str) -> None:
-        """Copy the database into the empty file `target`, synced (see `backup_to`)."""
+        """Copy the database into the empty file `target`, synced (see `backup_to`).
+
+        In steps of `_COPY_STEP_BYTES`, each synced before the next: copied in
+        one step, the whole copy was synced at its end, and the writers'
+        commits on the same disk waited behind it (a bet's worst 34-69 ms
+        while a 67 MB copy was made, up to 0.2 s on larger ones, against
+        6-29 ms in steps: see `_COPY_STEP_BYTES`). The steps read one
+        snapshot (`_one_snapshot`).
+        """
+        [[page_size]] = self.conn.execute("PRAGMA page_size")
+        pages = max(1, _COPY_STEP_BYTES // page_size)
         dest = apsw.Connection(target)
         try:
             dest.execute("PRAGMA synchronous = FULL")
-            with dest.backup("main", self.conn, "main") as copy:
-                copy.step(-1)
+            synced = os.open(target, os.O_RDONLY)
+            try:
+                with self._one_snapshot(), dest.backup("main", self.conn, "main") as copy:
+                    while not copy.step(pages):
+                        os.fsync(synced)  # the pages so far, on disk before the next step's
+            finally:
+                os.close(synced)
         finally:
             dest.close()  # (its -wal folded into the file, synced)
         if self._changed():  # an immutable read that a writer overtook: maybe torn
@@ -465,6 +489,23 @@ class SQLiteStore(Store):
             os.fsync(directory)  # the new file's name, durable too
         finally:
             os.close(directory)
+
+    @contextmanager
+    def _one_snapshot(self) -> Iterator[None]:
+        """Hold one read transaction over the block: the backup's steps read one moment.
+
+        A step opens a read transaction only if none is open, and ends the one
+        it opened; a writer's commit between two steps then restarts the copy
+        from its first page (the copy of a later moment, or never done while
+        writers commit faster). Held open here, each step reads the snapshot
+        of the first; writers go on (WAL), as under the one step's read lock.
+        """
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()  # (begins it)
+            yield
+        finally:
+            self._rollback()
 
     def close(self) -> None:
         """Close the connection (idempotent).
