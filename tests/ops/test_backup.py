@@ -350,6 +350,15 @@ def test_a_backup_to_a_symbolic_link_is_refused_naming_the_link(
     assert not to.exists() if points_to == "nothing" else to.read_bytes() == b"yesterday's backup"
 
 
+def _backup_as_another_user(target: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    """Run `jackpot backup` as nobody when root (permission bits do not stop root)."""
+    as_other = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                if os.geteuid() == 0 else [])
+    return subprocess.run([*as_other, sys.executable, "-m", "jackpot", "backup", str(target),
+                           "--db", str(db)],
+                          capture_output=True, text=True, timeout=60, check=False, cwd="/")
+
+
 def test_a_backup_into_a_directory_it_may_not_write_is_refused_naming_it(
         tmp_path: Path) -> None:
     """An operator's user, a directory of another's: a real refusal by the system (root is
@@ -366,11 +375,7 @@ def test_a_backup_into_a_directory_it_may_not_write_is_refused_naming_it(
         (shared / "backups").chmod(0o555)
         shared.chmod(0o755)
         target = shared / "backups" / "copy.db"
-        as_other = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-                    if os.geteuid() == 0 else [])
-        done = subprocess.run([*as_other, sys.executable, "-m", "jackpot", "backup",
-                               str(target), "--db", str(db)],
-                              capture_output=True, text=True, timeout=60, check=False, cwd="/")
+        done = _backup_as_another_user(target, db)
         assert (done.returncode, done.stdout) == (2, "")
         assert done.stderr == (f"jackpot: error: cannot create {str(target)!r} in the "
                                f"directory {str(target.parent)!r}: Permission denied\n")
@@ -414,3 +419,31 @@ def test_a_backup_copied_in_steps_holds_the_moment_of_its_first_step(
             conn.close()
         assert copied == ["before"]
         assert engine.contribute(Decimal(10), op_id="between").replayed  # (it was committed)
+
+
+def test_a_backup_of_a_database_nobody_may_write_is_taken_and_its_owner_may_write_it(
+        tmp_path: Path) -> None:
+    """A database made read-only (0444): the copy took its bits, so SQLite could not write
+    the copy it had just made ("the copy ... failed: not an error"). The copy's owner may
+    write and read it; who else may read it is as the database says."""
+    source = tmp_path / "pools.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    Path(f"{source}-lock").unlink(missing_ok=True)
+    shared = Path(tempfile.mkdtemp(prefix="jackpot-backup-"))  # reachable by another user
+    try:
+        db, target = shared / "pools.db", shared / "copy.db"
+        shutil.copy(source, db)
+        db.chmod(0o444)
+        shared.chmod(0o777)
+        umask = os.umask(0o022)
+        try:
+            done = _backup_as_another_user(target, db)
+        finally:
+            os.umask(umask)
+        assert (done.returncode, done.stderr) == (0, ""), done.stdout
+        assert target.stat().st_mode & 0o777 == 0o644
+        assert sorted(p.name for p in shared.iterdir()) == ["copy.db", "pools.db"]
+        assert _rows(target, "operations") == _rows(db, "operations")
+    finally:
+        shutil.rmtree(shared)

@@ -391,7 +391,8 @@ class SQLiteStore(Store):
         database. Each step is synced before the next, the last with
         synchronous=FULL, its directory synced: durable once this returns.
         Who may read it is who may read the database (its permission bits,
-        less the umask). A copy that fails leaves nothing at `target`.
+        less the umask; its owner may read and write it). A copy that fails
+        leaves nothing at `target`.
 
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
@@ -404,7 +405,10 @@ class SQLiteStore(Store):
         """
         self._refuse_target(target)
         try:
-            mode = Path(self._path).stat().st_mode & 0o666  # who may read it: as the database
+            # Who may read it: as the database; its owner (who makes it) writes it and reads
+            # it (the audit), should the database be read-only (0444: SQLite opened the
+            # copy read-only, and the copy failed).
+            mode = (Path(self._path).stat().st_mode & 0o666) | 0o600
         except OSError as e:
             msg = f"cannot read who may read {self._path!r}: {e.strerror}"
             raise StorageError(msg) from e
