@@ -447,3 +447,30 @@ def test_a_backup_of_a_database_nobody_may_write_is_taken_and_its_owner_may_writ
         assert _rows(target, "operations") == _rows(db, "operations")
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_backup_stopped_between_its_steps_leaves_nothing_at_its_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as a step's pages are synced: the half-made copy, its -journal too, removed,
+    and a second try is not refused."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    monkeypatch.setattr(sqlite_module, "_COPY_STEP_BYTES", 1)  # (a page per step)
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+        steps: list[int] = []
+
+        def interrupted(fd: int) -> None:
+            steps.append(fd)
+            assert Path(f"{target}-journal").exists()  # (the copy half made)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(sqlite_module.os, "fsync", interrupted)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        status, out, err = _backup(capsys, str(target), "--db", str(source))
+        monkeypatch.undo()
+        assert len(steps) == 1
+        assert (status, out, err) == (130, "", "\njackpot: error: interrupted\n")
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        engine.contribute(Decimal(10), op_id="b")
+        assert _backup(capsys, str(target), "--db", str(source))[0] == 0  # tried again
