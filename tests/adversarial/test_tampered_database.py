@@ -21,7 +21,7 @@ import apsw
 import pytest
 
 from backends.contract import WEAKENED_INDEXES
-from jackpot import GroupConfig, JackpotEngine, Settings, ValidationError
+from jackpot import GroupConfig, JackpotEngine, Settings, StorageError, ValidationError
 from jackpot.storage import LedgerRow, Store
 from jackpot.storage._sql_checks import ENGINE_CHECKS
 
@@ -1734,6 +1734,56 @@ def test_a_unique_index_given_a_collation_is_reported(engine: JackpotEngine, sql
     # version 2 of Minor after minor's; verify() said nothing.
     tamper(engine, sql)
     assert problems(engine) == found
+
+
+def refusing(*indexes: tuple[str, str, str]) -> list[str]:
+    """What verify() says of these (table, unique index, its columns) that refuse the engine's rows."""
+    refused = {"levels": "a new level", "operations": "a new op_id",
+               "ledger": "a level's next version"}
+    return ["integrity_check: " + "; ".join(
+        f"table {table}: unique index {index} on ({columns}) refuses rows the engine writes: "
+        f"{refused[table]} refused as a duplicate" for table, index, columns in indexes)]
+
+
+@pytest.mark.parametrize(("sql", "found"), [
+    # On an expression of a key's column: op_id B1 refused after b1, level Minor after minor.
+    ("CREATE UNIQUE INDEX ops_lower ON operations (lower(op_id))",
+     refusing(("operations", "ops_lower", "an expression"))),
+    (("CREATE UNIQUE INDEX levels_lower ON levels (lower(name)); "
+      "CREATE UNIQUE INDEX ledger_lower ON ledger (lower(level), version_after)"),
+     refusing(("levels", "levels_lower", "an expression"),
+              ("ledger", "ledger_lower", "an expression, version_after"))),
+    # On other columns than a whole key: a level's second win, a bet that hits (its
+    # contribution and its win: two rows of one op_id and level). A WHERE only narrows which.
+    (("CREATE UNIQUE INDEX one_win ON operations (kind) WHERE kind = 'win'; "
+      "CREATE UNIQUE INDEX ledger_op_level ON ledger (op_id, level)"),
+     refusing(("ledger", "ledger_op_level", "op_id, level"),
+              ("operations", "one_win", "kind"))),
+    # On a whole key and more, or an expression beside it, with a WHERE or not: it refuses
+    # nothing the key lets in.
+    (("CREATE UNIQUE INDEX ops_kind ON operations (op_id, kind); "
+      "CREATE UNIQUE INDEX ops_lower ON operations (lower(op_id), op_id) WHERE kind = 'win'; "
+      "CREATE UNIQUE INDEX levels_status ON levels (status, name); "
+      "CREATE UNIQUE INDEX ledger_kind ON ledger (kind, version_after, level); "
+      "CREATE UNIQUE INDEX ledger_seq ON ledger (op_id, seq)"), []),
+])
+def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
+        engine: JackpotEngine, sql: str, found: list[str]) -> None:
+    # Only the keys' own unique indexes were looked at: one of the operator's on
+    # lower(op_id) refused op_id B1 after b1 (StorageError, the bet not taken),
+    # and verify() said ok.
+    tamper(engine, sql)
+    assert problems(engine) == found
+
+
+def test_a_unique_index_on_an_expression_refuses_a_good_op_id(engine: JackpotEngine) -> None:
+    # What the index above does to a caller: the bet is refused as an error of the
+    # database's (neither a replay nor a conflict), and nothing of it is kept.
+    tamper(engine, "CREATE UNIQUE INDEX ops_lower ON operations (lower(op_id))")
+    with pytest.raises(StorageError, match="UNIQUE constraint failed: index 'ops_lower'"):
+        engine.contribute(Decimal(50), op_id="B1")
+    assert engine.pool("minor").version == 3
+    assert problems(engine) == refusing(("operations", "ops_lower", "an expression"))
 
 
 def test_a_levels_table_rebuilt_without_its_primary_key_is_reported(

@@ -597,6 +597,9 @@ def test_an_invalid_index_is_told_on_the_engines_tables_only(pg_target: str) -> 
                 with pytest.raises(psycopg.errors.UniqueViolation):
                     conn.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {table}_levels ON {table} "
                                  "(level)")
+        # Never ready, it is not kept up to date and refuses nothing: not told as a
+        # unique index that refuses the engine's rows.
+        engine.contribute(Decimal(10), groups="minor", op_id="b2")
         assert engine.verify().problems == ["integrity_check: index ledger_levels is invalid"]
 
 
@@ -1602,6 +1605,53 @@ def test_a_dropped_key_is_reported(pg_target: str, sql: str, problems: list[str]
     # operations' primary key verified ok, while nothing kept an op_id from
     # being applied twice by two hosts.
     _index_problems(pg_target, sql, problems)
+
+
+def _refusing(*indexes: tuple[str, str, str]) -> list[str]:
+    refused = {"levels": "a new level", "operations": "a new op_id",
+               "ledger": "a level's next version"}
+    return ["integrity_check: " + "; ".join(
+        f"table {table}: unique index {index} on ({columns}) refuses rows the engine writes: "
+        f"{refused[table]} refused as a duplicate" for table, index, columns in indexes)]
+
+
+@pytest.mark.parametrize(("sql", "problems"), [
+    # On an expression of a key's column: op_id B1 refused after b1 (StorageError:
+    # UniqueViolation), level Minor after minor; as a UNIQUE constraint on other columns.
+    (("CREATE UNIQUE INDEX ops_lower ON operations (lower(op_id)); "
+      "CREATE UNIQUE INDEX levels_lower ON levels (lower(name)); "
+      "CREATE UNIQUE INDEX ledger_lower ON ledger (lower(level), version_after)"),
+     _refusing(("levels", "levels_lower", "an expression"),
+               ("ledger", "ledger_lower", "an expression, version_after"),
+               ("operations", "ops_lower", "an expression"))),
+    (("ALTER TABLE ledger ADD CONSTRAINT ledger_op_level UNIQUE (op_id, level); "
+      "CREATE UNIQUE INDEX one_win ON operations (kind) WHERE kind = 'win'"),
+     _refusing(("ledger", "ledger_op_level", "op_id, level"),
+               ("operations", "one_win", "kind"))),
+    # On a whole key and more, or an expression beside it, with a WHERE or not.
+    (("CREATE UNIQUE INDEX ops_kind ON operations (op_id, kind); "
+      "CREATE UNIQUE INDEX ops_lower ON operations (lower(op_id), op_id) WHERE kind = 'win'; "
+      "ALTER TABLE levels ADD CONSTRAINT levels_status UNIQUE (status, name); "
+      "CREATE UNIQUE INDEX ledger_kind ON ledger (kind, version_after, level) INCLUDE (who); "
+      "CREATE UNIQUE INDEX ledger_seq ON ledger (op_id, seq)"), []),
+])
+def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
+        pg_target: str, sql: str, problems: list[str]) -> None:
+    # Only the keys' own unique indexes were looked at: one of the operator's on
+    # lower(op_id) refused op_id B1 after b1 (StorageError, not a replay or a
+    # conflict), and verify() said ok.
+    _index_problems(pg_target, sql, problems)
+
+
+def test_a_unique_index_on_an_expression_refuses_a_good_op_id(pg_target: str) -> None:
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            conn.execute("CREATE UNIQUE INDEX ops_lower ON operations (lower(op_id))")
+        with pytest.raises(StorageError, match='unique constraint "ops_lower"'):
+            engine.contribute(Decimal(10), groups="minor", op_id="B1")
+        assert engine.pool("minor").version == 2
+        assert engine.verify().problems == _refusing(("operations", "ops_lower", "an expression"))
 
 
 def test_a_table_that_inherits_from_the_engine_s_is_reported(pg_target: str) -> None:

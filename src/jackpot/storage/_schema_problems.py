@@ -28,6 +28,7 @@ __all__ = [
     "key_problems",
     "lost_checks",
     "number_column",
+    "refusing_index_problems",
     "type_problems",
 ]
 
@@ -73,6 +74,36 @@ def key_problems(indexes: Callable[[str], Iterable[IndexShape]]) -> list[str]:
             for table, (column, lost) in _KEYS.items()
             if IndexShape(unique=True, columns=(column,), partial=False)
             not in set(indexes(table))]
+
+
+_UNIQUE_KEYS = {"levels": (("name",),), "operations": (("op_id",),),
+                "ledger": (("seq",), ("level", "version_after"))}
+"""The columns of each unique key of the engine's tables: any two rows the engine writes differ
+in at least one column of each key, and it promises no other column apart (a bet that hits
+writes two ledger rows of one op_id and level)."""
+
+_REFUSED = {"levels": "a new level", "operations": "a new op_id",
+            "ledger": "a level's next version"}
+
+
+def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[str]:
+    """Name each unique index that refuses rows the engine's keys allow.
+
+    `indexes`: per table of the three, its indexes' shapes by name. A unique
+    index refuses only rows equal on all its columns (and its WHERE's): on
+    every column of one of the table's keys (`_UNIQUE_KEYS`), and any more
+    (`(op_id, kind)`), it refuses none the key lets in. On fewer, or on an
+    expression of them (`lower(op_id)`: op_id B1 after b1), it refuses rows
+    the engine writes, as a duplicate (an error the caller gets, not a
+    replay or a conflict). A WHERE only narrows which. (A key column given
+    another collation is `index_collation_problems`'.)
+    """
+    return [f"table {table}: unique index {name} on ({shown}) refuses rows the engine writes: "
+            f"{_REFUSED[table]} refused as a duplicate"
+            for table, found in indexes.items() for name, shape in sorted(found.items())
+            if table in _UNIQUE_KEYS and shape.unique
+            and not any(set(key) <= set(shape.columns) for key in _UNIQUE_KEYS[table])
+            for shown in [", ".join(c or "an expression" for c in shape.columns)]]
 
 
 def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str, str]],

@@ -112,6 +112,7 @@ from jackpot.storage._schema_problems import (
     insert_hook_problems,
     key_problems,
     number_column,
+    refusing_index_problems,
     type_problems,
 )
 from jackpot.storage.base import (
@@ -171,9 +172,10 @@ _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledge
 _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
 # A table's indexes: name, unique, key columns in order (NULL for an
 # expression; a covering index's INCLUDE columns are not keys), partial (has a
-# WHERE).
+# WHERE). An index not ready (a CREATE INDEX CONCURRENTLY that failed before its
+# first pass ended) is not kept up to date, and refuses nothing: not unique.
 _INDEXES = (
-    "SELECT c.relname, i.indisunique, ARRAY(SELECT a.attname FROM "
+    "SELECT c.relname, i.indisunique AND i.indisready, ARRAY(SELECT a.attname FROM "
     "unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
     "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL "
@@ -981,8 +983,10 @@ class PostgresStore(Store):
             f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
             "AND r.is_instead AND r.ev_type = '3' AND r.ev_enabled <> 'D' ORDER BY 1, 2, 3",
             (list(NULLABLE), list(NULLABLE)))))
-        problems.extend(index_problems(self._indexes("ledger")))
-        problems.extend(key_problems(lambda table: self._indexes(table).values()))
+        indexes = {table: self._indexes(table) for table in NULLABLE}
+        problems.extend(index_problems(indexes["ledger"]))
+        problems.extend(key_problems(lambda table: indexes[table].values()))
+        problems.extend(refusing_index_problems(indexes))
         # Of the engine's tables only: one of a table of the operator's (a CREATE INDEX
         # CONCURRENTLY that failed on an archive copy) holds nothing of the engine's.
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(

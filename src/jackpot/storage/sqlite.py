@@ -56,6 +56,7 @@ from jackpot.storage._schema_problems import (
     insert_hook_problems,
     key_problems,
     lost_checks,
+    refusing_index_problems,
     type_problems,
 )
 from jackpot.storage._sql_checks import (
@@ -1025,8 +1026,10 @@ class SQLiteStore(Store):
                 "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' "
                 f"AND lower(tbl_name) IN ({tables}) ORDER BY lower(tbl_name), name",
                 STRICT_TABLES) if runs_before_insert(sql)))
-        problems.extend(index_problems(self._indexes("ledger")))
-        problems.extend(key_problems(lambda table: self._indexes(table).values()))
+        indexes = {table: self._indexes(table) for table in STRICT_TABLES}
+        problems.extend(index_problems(indexes["ledger"]))
+        problems.extend(key_problems(lambda table: indexes[table].values()))
+        problems.extend(refusing_index_problems(indexes))
         strict = dict(self._exec("SELECT name, strict FROM pragma_table_list "
                                  f"WHERE schema = 'main' AND name IN ({tables})", STRICT_TABLES))
         problems.extend(constraint_problems(
