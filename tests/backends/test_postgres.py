@@ -1555,6 +1555,13 @@ LOST = "it takes values the engine never writes"
        "(((status)::bpchar = ANY (ARRAY['active'::bpchar, 'suspended'::bpchar, "
        "'retired'::bpchar]))) (the engine's: CHECK ((status = ANY (ARRAY['active'::text, "
        "'suspended'::text, 'retired'::text]))))")]),
+    # Of a function whose name and argument, glued, spell the engine's column: reserve_ of
+    # carry (always 0) is not reserve_carry, which then took any value (it reads another
+    # column: the engine's is lost).
+    (("CREATE FUNCTION reserve_(bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT 0'; "
+      "ALTER TABLE levels DROP CONSTRAINT levels_reserve_carry_check, ADD CONSTRAINT "
+      "levels_reserve_carry_check CHECK (reserve_(carry) >= 0 AND reserve_(carry) < 1000000000)"),
+     [f"integrity_check: table levels has lost its CHECK levels_reserve_carry_check: {LOST}"]),
     # Written otherwise, or under another name: the same CHECK.
     (("ALTER TABLE ledger DROP CONSTRAINT ledger_balance_after_check, ADD CONSTRAINT "
      'balance_kept CHECK ((("balance_after")>=0))'), []),

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from jackpot.storage._schema_problems import check_problems
-from jackpot.storage._sql_checks import runs_before_insert
+from jackpot.storage._sql_checks import check_keys, runs_before_insert
 from jackpot.storage.base import TABLE_COLUMNS
 from jackpot.storage.schema import POSTGRES_CHECKS
 
@@ -65,6 +65,13 @@ def test_the_same_check_printed_otherwise_is_no_problem(name: str, printed: str)
     ("levels_overflow_to_check",
      "CHECK (((overflow_to)::citext = ANY (ARRAY['meter'::citext, 'reserve'::citext])))"),
     ("levels_amount_check", "CHECK ((amount >= '-1'::integer)) NO INHERIT"),
+    # What a dropped space or parenthesis separated stays apart: a function reserve_ (that
+    # returns 0) of the column carry is not the column reserve_carry (PostgreSQL 15 printed it so).
+    ("levels_reserve_carry_check",
+     "CHECK (((reserve_(carry) >= 0) AND (reserve_(carry) < 1000000000)))"),
+    ("levels_reserve_rate_check",
+     "CHECK (((reserve_ (rate) >= 0) AND (reserve_ (rate) < 1000000000)))"),
+    ("levels_check1", "CHECK (((must_hit_by IS NULL) OR (must_(hit_by) > seed)))"),
 ])
 def test_another_expression_under_the_engine_s_name_is_told(name: str, printed: str) -> None:
     table = next(t for t, named in POSTGRES_CHECKS.items() if name in named)
@@ -98,6 +105,24 @@ def test_no_check_of_the_engine_s_could_be_regrouped_and_keep_its_key() -> None:
             assert re.findall(r"\b(?:AND|OR|NOT)\b", outside_literals) in (
                 [], ["AND"], ["OR"]), name
             assert all(column in TABLE_COLUMNS[table] for column in columns), name
+
+
+@pytest.mark.parametrize(("engine_s", "other"), [
+    ("(reserve_carry >= 0)", "(reserve_(carry) >= 0)"),
+    ("(reserve_carry >= 0)", "(reserve_ carry >= 0)"),
+    ("(amount >= 0)", "(amount > = 0)"),
+    ("(status IN ('active', 'retired'))", "(status IN ('act ive', 'retired'))"),
+    ("(status IN ('active', 'retired'))", "(status IN ('active,', 'retired'))"),
+    ("(status IN ('active', 'retired'))", '(status IN ("active", "retired"))'),
+])
+def test_sqlite_s_check_key_keeps_apart_what_spaces_separate(engine_s: str, other: str) -> None:
+    # SQLite's key joins the tokens with one space, and keeps the parentheses
+    # inside the expression and each literal as it is: the spaces it drops
+    # separated tokens, which stay apart; a literal or a quoted name holds its own.
+    def key(check: str) -> frozenset[str]:
+        return check_keys(f"CREATE TABLE t (x INTEGER CHECK {check}) STRICT")
+    assert key(engine_s) != key(other)
+    assert key(engine_s) == key(engine_s.replace(" ", "  ").replace("(", "( "))
 
 
 @pytest.mark.parametrize(("sql", "before"), [

@@ -153,38 +153,55 @@ def lost_checks(table: str, checks: Iterable[str]) -> str:
             "never writes")
 
 
-_PG_LITERAL = re.compile(r"('(?:[^']|'')*')")
-_PG_SPELLING = re.compile(
-    r"""(?P<column>\(?(?:[a-z_][\w$]*|"(?:[^"]|"")+")\)?)?(?P<cast>::[a-z_ ]+(?:\[\])?)|[()\s]""")
+_PG_TOKENS = re.compile(r"""
+    (?P<string>'(?:[^']|'')*')
+  | (?P<column>\(?(?:[a-z_][\w$]*|"(?:[^"]|"")+")\)?)(?P<cast>::[a-z_ ]+(?:\[\])?)
+  | (?P<dropped>::[a-z_ ]+(?:\[\])?|[()\s]+)
+  | (?P<quoted>"(?:[^"]|"")*")
+  | (?P<word>[\w$]+)
+  | (?P<operator>[-+*/<>=~!@\#%^&|`?]+)
+  | (?P<other>.)
+""", re.VERBOSE | re.DOTALL)
+"""`pg_get_constraintdef`'s tokens: a literal, a column's cast (kept), a constant's cast,
+parentheses and spaces (dropped), a quoted name, a word (keyword, name or number), an
+operator, anything else."""
 
 
-def _respelled(m: re.Match[str]) -> str:
-    """Return what `check_key` keeps of a `_PG_SPELLING` match: a column's cast only."""
-    column = m.group("column")
-    return "" if column is None else column.strip("()") + "".join(m.group("cast").split())
+def _token(m: re.Match[str]) -> str:
+    """Return what `check_key` keeps of a `_PG_TOKENS` match ("" for what it drops)."""
+    if m.lastgroup == "dropped":
+        return ""
+    if m.group("column") is not None:
+        return m.group("column").strip("()") + "".join(m.group("cast").split())
+    return m.group()
 
 
 def check_key(definition: str) -> str:
     """Return a CHECK's definition (`pg_get_constraintdef`'s) as `check_problems` compares it.
 
-    Without its NOT VALID (told apart: `convalidated`) and its NO INHERIT
-    (the same on the table itself; a table that inherits from the engine's
-    is told on its own), and outside string literals without the casts of
-    constants, parentheses and spaces that another PostgreSQL version may
-    print otherwise (`(amount >= 0)` and `amount >= (0)::bigint` are one
-    expression): a sound schema on a server that prints its CHECKs a little
-    differently is no problem, while another bound (`-1000`), another list
-    or another operator still is. A column's cast is kept: PostgreSQL
-    prints none of a column of the engine's type, and one can change what
-    passes (`(status)::bpchar` takes 'active   ' for 'active').
+    Its tokens, one space between each, without its NOT VALID (told apart:
+    `convalidated`) and its NO INHERIT (the same on the table itself; a
+    table that inherits from the engine's is told on its own), and without
+    the casts of constants, parentheses and spaces that another PostgreSQL
+    version may print otherwise (`(amount >= 0)` and `amount >= (0)::bigint`
+    are one expression): a sound schema on a server that prints its CHECKs a
+    little differently is no problem, while another bound (`-1000`), another
+    list or another operator still is. String literals are kept as they
+    are. A column's cast is kept: PostgreSQL prints none of a column of the
+    engine's type, and one can change what passes (`(status)::bpchar` takes
+    'active   ' for 'active').
 
-    Dropping parentheses loses the grouping of AND and OR (`(a OR b) AND c`
-    is `a OR (b AND c)` here): safe only while each of the engine's CHECKs
-    joins at most two terms, none boolean, with one AND or OR, as a test
-    pins (another grouping of those tokens is no expression PostgreSQL takes).
+    What the dropped spaces and parentheses separated stays apart: glued,
+    a function's name and its argument were one name, and `reserve_(carry)
+    >= 0`, of a function `reserve_` that returns 0, passed for
+    `reserve_carry >= 0`. Dropping parentheses loses the grouping of AND and
+    OR (`(a OR b) AND c` is `a OR (b AND c)` here): safe only while each of
+    the engine's CHECKs joins at most two terms, none boolean, with one AND
+    or OR, as a test pins (another grouping of those tokens is no expression
+    PostgreSQL takes).
     """
-    parts = _PG_LITERAL.split(definition.removesuffix(" NOT VALID").removesuffix(" NO INHERIT"))
-    return "".join(p if i % 2 else _PG_SPELLING.sub(_respelled, p) for i, p in enumerate(parts))
+    text = definition.removesuffix(" NOT VALID").removesuffix(" NO INHERIT")
+    return " ".join(t for m in _PG_TOKENS.finditer(text) if (t := _token(m)))
 
 
 def check_problems(found: Iterable[tuple[str, str, bool, Iterable[str], str]]) -> list[str]:
