@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -337,6 +338,9 @@ class SQLiteStore(Store):
             objects = self._exec("SELECT type, name FROM sqlite_master")
             columns = {table: {r[0] for r in self._exec(
                 "SELECT name FROM pragma_table_info(?)", (table,))} for table in TABLE_COLUMNS}
+            without_rowid = version == 0 and bool(self._exec(
+                "SELECT 1 FROM pragma_table_list WHERE schema = 'main' "
+                "AND name = 'operations' AND wr"))
         finally:
             self._rollback()
         tables = {name for kind, name in objects if kind == "table"}
@@ -354,6 +358,10 @@ class SQLiteStore(Store):
             msg = (f"database {self._path!r} has schema version {version}, newer than this "
                    f"library's {latest}: upgrade jackpot (nothing was changed)")
             raise StorageError(msg)
+        if tables >= _TABLES and version == 0 and not missing:
+            raise StorageError(self._reloaded(_dumped_version(
+                without_rowid=without_rowid,
+                indexes={name for kind, name in objects if kind == "index"})))
         lacking = ""
         if tables >= _TABLES and 1 <= version <= latest:
             more = len(missing) - _COLUMNS_NAMED
@@ -363,6 +371,25 @@ class SQLiteStore(Store):
                f"{', '.join(sorted(tables)) or 'none'}{lacking}): refusing to use it; nothing "
                "was changed")
         raise StorageError(msg)
+
+    def _reloaded(self, version: int) -> str:
+        """Say what to do with the engine's tables found at user_version 0 (a reloaded dump).
+
+        The engine sets the user_version in the transaction that creates its
+        tables: never are they at 0. A file reloaded from a SQL dump is (the
+        sqlite3 shell's `.dump` leaves the user_version out), and so is
+        another application's file that copied the engine's tables: which
+        one it is only its operator knows. The file is not touched: the
+        operator sets the version the tables' shape says, and verify() then
+        checks all of it.
+        """
+        path = shlex.quote(self._path)
+        return (f"{self._path!r} holds the jackpot tables with their columns at user_version 0, "
+                "where the engine never leaves them: a file reloaded from a SQL dump looks so "
+                "(the sqlite3 shell's .dump leaves the user_version out). If it is a jackpot "
+                f"database, its tables are schema {version}'s: set it (sqlite3 {path} "
+                f"'PRAGMA user_version = {version}') and check it (jackpot --db {path} verify). "
+                "Refusing to use it until then; nothing was changed")
 
     def _retry_busy(self, step: Callable[[], _T]) -> _T:
         """Run a step of opening, retrying while other connections hold the file.
@@ -1183,6 +1210,20 @@ def _sum_overflowed(e: BaseException) -> bool:
     """Whether `e` (or the error it translates) is SQLite's SUM overflowing past 2**63."""
     cause = e if isinstance(e, apsw.SQLError) else e.__cause__
     return isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)
+
+
+def _dumped_version(*, without_rowid: bool, indexes: set[str]) -> int:
+    """Return the schema version whose shape the engine's tables have (found at user_version 0).
+
+    Schema 1 made the operations table WITHOUT ROWID and the ledger an index
+    on op_id, 2 dropped that index, 3 rebuilt operations with a rowid. (A
+    schema 2 given that index back reads as 1, a schema 1 without it as 2:
+    either migrates from there as it would have. A schema 4 must be told
+    here.)
+    """
+    if without_rowid:
+        return 1 if "ledger_op_id" in indexes else 2
+    return len(MIGRATIONS)
 
 
 def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool) -> str:
