@@ -1019,14 +1019,24 @@ class PostgresStore(Store):
             "AND k.contype = 'c'", (list(POSTGRES_CHECKS),))))
         # A table that inherits from one of the engine's: its rows are read (and updated)
         # as the engine's, held to none of its keys, unique indexes, foreign key, triggers
-        # or NO INHERIT CHECKs (none of which PostgreSQL passes on to a child).
+        # or NO INHERIT CHECKs (none of which PostgreSQL passes on to a child). A partition
+        # is held to them, but for the statement triggers that keep history append-only.
         problems.extend(
             f"table {r[0]} inherits from {r[1]}: its rows are read as rows of {r[1]}, held to "
             f"none of the keys, unique indexes or triggers of {r[1]}" for r in self._exec(
                 "SELECT i.inhrelid::regclass::text, p.relname FROM pg_inherits i "
-                "JOIN pg_class p ON p.oid = i.inhparent "
+                "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_class c ON c.oid = i.inhrelid "
                 f"WHERE p.relnamespace = {_CURRENT_SCHEMA} AND p.relname = ANY(%s) "
-                "ORDER BY p.relname, 1", (list(NULLABLE),)))
+                "AND NOT c.relispartition ORDER BY p.relname, 1", (list(NULLABLE),)))
+        problems.extend(
+            f"table {r[0]} is a partition of {r[1]}: the rows of {r[1]} it holds can be "
+            f"updated, deleted or truncated through it, or taken out with it (DETACH "
+            f"PARTITION, DROP TABLE), past the append-only trigger of {r[1]}"
+            for r in self._exec(
+                "SELECT c.oid::regclass::text, r.relname FROM pg_class c "
+                "JOIN pg_class r ON r.oid = pg_partition_root(c.oid) "
+                f"WHERE c.relispartition AND r.relnamespace = {_CURRENT_SCHEMA} "
+                "AND r.relname = ANY(%s) ORDER BY r.relname, 1", (["ledger", "operations"],)))
         # The ledger's level REFERENCES levels (name): dropped, the ledger takes rows of a
         # level that does not exist (the audit tells such rows; this, the table that takes them).
         keys = [bool(r[0]) for r in self._exec(
