@@ -1650,6 +1650,31 @@ def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
     _index_problems(pg_target, sql, problems)
 
 
+@pytest.mark.parametrize(("sql", "problems"), [
+    # Refuses rows as a unique index does (ExclusionViolation: StorageError), on an
+    # expression, on another column than a key, or comparing a key's column otherwise
+    # than byte for byte.
+    (("ALTER TABLE operations ADD CONSTRAINT ops_lower EXCLUDE (lower(op_id) WITH =); "
+      "ALTER TABLE operations ADD CONSTRAINT ops_kind EXCLUDE USING hash (kind WITH =); "
+      "CREATE COLLATION anycase (provider = icu, locale = 'und-u-ks-level2', "
+      "deterministic = false); "
+      "ALTER TABLE levels ADD CONSTRAINT levels_anycase EXCLUDE (name COLLATE anycase WITH =)"),
+     ["integrity_check: " + "; ".join(
+         f"table {t}: exclusion constraint {n} on ({on}) refuses rows the engine writes: "
+         f"{what} refused as a duplicate" for t, n, on, what in (
+             ("levels", "levels_anycase", "something not compared by =", "a new level"),
+             ("operations", "ops_kind", "kind", "a new op_id"),
+             ("operations", "ops_lower", "something not compared by =", "a new op_id")))]),
+    # By = on a whole key and more: it refuses nothing the key lets in.
+    ("ALTER TABLE operations ADD CONSTRAINT ops_same EXCLUDE (op_id WITH =, kind WITH =)", []),
+])
+def test_an_exclusion_constraint_that_refuses_the_engine_s_rows_is_reported(
+        pg_target: str, sql: str, problems: list[str]) -> None:
+    # CHECK's sibling: EXCLUDE (lower(op_id) WITH =) refused op_id B1 after b1
+    # (ExclusionViolation), and verify() said ok.
+    _index_problems(pg_target, sql, problems)
+
+
 def test_a_unique_index_on_an_expression_refuses_a_good_op_id(pg_target: str) -> None:
     with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
         engine.contribute(Decimal(10), groups="minor", op_id="b1")

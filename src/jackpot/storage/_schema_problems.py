@@ -41,6 +41,10 @@ class IndexShape(NamedTuple):
     """Its columns in order (None for an expression)."""
     partial: bool
     """It has a WHERE: it leaves rows out."""
+    excludes: bool = False
+    """It is an exclusion constraint's (PostgreSQL): not unique, it refuses rows as one does
+    (those whose every key column its operator finds alike; a column of `=` as a unique
+    index's, any other None)."""
 
 
 def index_problems(found: dict[str, IndexShape]) -> list[str]:
@@ -95,15 +99,20 @@ def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[s
     (`(op_id, kind)`), it refuses none the key lets in. On fewer, or on an
     expression of them (`lower(op_id)`: op_id B1 after b1), it refuses rows
     the engine writes, as a duplicate (an error the caller gets, not a
-    replay or a conflict). A WHERE only narrows which. (A key column given
-    another collation is `index_collation_problems`'.)
+    replay or a conflict). A WHERE only narrows which. So does an exclusion
+    constraint (PostgreSQL), whose columns compared otherwise than by `=`
+    are as an expression (`EXCLUDE (lower(op_id) WITH =)`, `op_id WITH <>`).
+    (A unique index's key column given another collation is
+    `index_collation_problems`'.)
     """
-    return [f"table {table}: unique index {name} on ({shown}) refuses rows the engine writes: "
-            f"{_REFUSED[table]} refused as a duplicate"
+    return [f"table {table}: {'exclusion constraint' if shape.excludes else 'unique index'} "
+            f"{name} on ({shown}) refuses rows the engine writes: {_REFUSED[table]} refused "
+            "as a duplicate"
             for table, found in indexes.items() for name, shape in sorted(found.items())
-            if table in _UNIQUE_KEYS and shape.unique
+            if table in _UNIQUE_KEYS and (shape.unique or shape.excludes)
             and not any(set(key) <= set(shape.columns) for key in _UNIQUE_KEYS[table])
-            for shown in [", ".join(c or "an expression" for c in shape.columns)]]
+            for shown in [", ".join(c or ("something not compared by =" if shape.excludes
+                                          else "an expression") for c in shape.columns)]]
 
 
 def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str, str]],

@@ -172,14 +172,23 @@ _LEDGER_SELECT = f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledge
 _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
 # A table's indexes: name, unique, key columns in order (NULL for an
 # expression; a covering index's INCLUDE columns are not keys), partial (has a
-# WHERE). An index not ready (a CREATE INDEX CONCURRENTLY that failed before its
-# first pass ended) is not kept up to date, and refuses nothing: not unique.
+# WHERE), an exclusion constraint's (whose key column is NULL too where it is
+# compared otherwise than by PostgreSQL's own `=` under a deterministic
+# collation: `lower(op_id)`, `op_id WITH <>`, a `=` of the operator's). An index
+# not ready (a CREATE INDEX CONCURRENTLY that failed before its first pass ended)
+# is not kept up to date, and refuses nothing: neither unique nor an exclusion's.
 _INDEXES = (
-    "SELECT c.relname, i.indisunique AND i.indisready, ARRAY(SELECT a.attname FROM "
-    "unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
+    "SELECT c.relname, i.indisunique AND i.indisready, ARRAY(SELECT CASE WHEN NOT "
+    "i.indisexclusion OR ("
+    "(SELECT o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace "
+    "FROM pg_operator o WHERE o.oid = x.conexclop[k.n]) AND coalesce((SELECT "
+    "l.collisdeterministic FROM pg_collation l WHERE l.oid = (i.indcollation::oid[])[k.n - 1]), "
+    "true)) THEN a.attname END FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
     "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid "
-    "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL "
+    "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL, "
+    "i.indisexclusion AND i.indisready "
     "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "LEFT JOIN pg_constraint x ON x.conindid = i.indexrelid AND x.contype = 'x' "
     f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
     f"pg_class WHERE relname = %s AND relnamespace = {_CURRENT_SCHEMA})")
 # The key columns of the three tables' unique indexes (primary keys' included)
@@ -1065,7 +1074,7 @@ class PostgresStore(Store):
                     _NUMBER_TYPES if number_column(table, column) else _TEXT_TYPES)]
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
-        return {r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]))
+        return {r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]), excludes=bool(r[4]))
                 for r in self._exec(_INDEXES, (table,))}
 
     def _column_types(self) -> list[tuple[str, str, str]]:
