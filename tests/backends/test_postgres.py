@@ -1562,6 +1562,15 @@ LOST = "it takes values the engine never writes"
       "ALTER TABLE levels DROP CONSTRAINT levels_reserve_carry_check, ADD CONSTRAINT "
       "levels_reserve_carry_check CHECK (reserve_(carry) >= 0 AND reserve_(carry) < 1000000000)"),
      [f"integrity_check: table levels has lost its CHECK levels_reserve_carry_check: {LOST}"]),
+    # Against a constant cast to a domain of the operator's, whose >= is always true: it
+    # took a negative amount, and passed as the engine's.
+    (("CREATE DOMAIN floor AS bigint; CREATE FUNCTION always(bigint, floor) RETURNS boolean "
+      "LANGUAGE sql IMMUTABLE AS 'SELECT true'; "
+      "CREATE OPERATOR >= (LEFTARG = bigint, RIGHTARG = floor, FUNCTION = always); "
+      "ALTER TABLE levels DROP CONSTRAINT levels_amount_check, ADD CONSTRAINT "
+      "levels_amount_check CHECK (amount >= 0::floor)"),
+     [("integrity_check: table levels: CHECK levels_amount_check is not the engine's: CHECK "
+       "((amount >= (0)::floor)) (the engine's: CHECK ((amount >= 0)))")]),
     # Written otherwise, or under another name: the same CHECK.
     (("ALTER TABLE ledger DROP CONSTRAINT ledger_balance_after_check, ADD CONSTRAINT "
      'balance_kept CHECK ((("balance_after")>=0))'), []),

@@ -72,6 +72,11 @@ def test_the_same_check_printed_otherwise_is_no_problem(name: str, printed: str)
     ("levels_reserve_rate_check",
      "CHECK (((reserve_ (rate) >= 0) AND (reserve_ (rate) < 1000000000)))"),
     ("levels_check1", "CHECK (((must_hit_by IS NULL) OR (must_(hit_by) > seed)))"),
+    # A constant cast to a type of the operator's: its >= may be anything.
+    ("levels_amount_check", "CHECK ((amount >= (0)::floor))"),
+    ("levels_amount_check", "CHECK ((amount >= (0)::bigints))"),
+    ("levels_status_check", ("CHECK ((status = ANY ((ARRAY['active'::text, 'suspended'::text, "
+                             "'retired'::text])::texts[])))")),
 ])
 def test_another_expression_under_the_engine_s_name_is_told(name: str, printed: str) -> None:
     table = next(t for t, named in POSTGRES_CHECKS.items() if name in named)

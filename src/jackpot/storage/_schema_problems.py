@@ -165,15 +165,16 @@ def lost_checks(table: str, checks: Iterable[str]) -> str:
 _PG_TOKENS = re.compile(r"""
     (?P<string>'(?:[^']|'')*')
   | (?P<column>\(?(?:[a-z_][\w$]*|"(?:[^"]|"")+")\)?)(?P<cast>::[a-z_ ]+(?:\[\])?)
-  | (?P<dropped>::[a-z_ ]+(?:\[\])?|[()\s]+)
+  | (?P<dropped>::(?:bigint|integer|smallint|numeric|text|character\ varying|character)
+                 (?:\[\])?(?![\w$])|[()\s]+)
   | (?P<quoted>"(?:[^"]|"")*")
   | (?P<word>[\w$]+)
   | (?P<operator>[-+*/<>=~!@\#%^&|`?]+)
   | (?P<other>.)
 """, re.VERBOSE | re.DOTALL)
-"""`pg_get_constraintdef`'s tokens: a literal, a column's cast (kept), a constant's cast,
-parentheses and spaces (dropped), a quoted name, a word (keyword, name or number), an
-operator, anything else."""
+"""`pg_get_constraintdef`'s tokens: a literal, a column's cast (kept), a constant's cast to
+one of PostgreSQL's number or text types, parentheses and spaces (dropped), a quoted name, a
+word (keyword, name or number), an operator, anything else (a constant's other cast, kept)."""
 
 
 def _token(m: re.Match[str]) -> str:
@@ -198,7 +199,9 @@ def check_key(definition: str) -> str:
     list or another operator still is. String literals are kept as they
     are. A column's cast is kept: PostgreSQL prints none of a column of the
     engine's type, and one can change what passes (`(status)::bpchar` takes
-    'active   ' for 'active').
+    'active   ' for 'active'). So is a constant's cast to a type of the
+    operator's: it picks the operator's own operator (`amount >= (0)::floor`,
+    of a domain `floor` over bigint and a `>=` for it that is always true).
 
     What the dropped spaces and parentheses separated stays apart: glued,
     a function's name and its argument were one name, and `reserve_(carry)
