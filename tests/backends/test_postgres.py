@@ -307,6 +307,24 @@ def test_a_bad_url_fails_at_open_without_showing_the_password() -> None:
     assert time.monotonic() - started < 5
 
 
+def test_a_server_older_than_the_engine_needs_is_refused_before_anything_is_made(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # verify() reads catalog columns PostgreSQL 12 added: on an older server it
+    # failed with an UndefinedColumn, after open() had made the tables. (No such
+    # server here: the oldest version is raised above this one's instead.)
+    with psycopg.connect(pg_target) as conn:
+        version, shown = conn.info.server_version, conn.info.parameter_status("server_version")
+    monkeypatch.setattr(postgres, "OLDEST_SERVER", (version // 10000 + 1) * 10000)
+    with pytest.raises(StorageError) as refused:
+        JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False))
+    assert str(refused.value).endswith(
+        f" is on PostgreSQL {shown}; jackpot needs PostgreSQL {version // 10000 + 1} or later "
+        "(nothing was changed)")
+    with psycopg.connect(pg_target) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = "
+                            "current_schema()").fetchone() == (0,)
+
+
 def test_history_refuses_truncate(pg_target: str) -> None:
     store: Store = open_store(pg_target)
     try:

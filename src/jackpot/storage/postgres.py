@@ -786,6 +786,8 @@ class PostgresStore(Store):
     def schema_version(self) -> int:
         """Return the schema version in `jackpot_schema` (0: none yet); refuse a newer one."""
         with self.read():
+            assert self._conn is not None  # (set by read())
+            _refuse_old_server(self._conn, self._where)
             # In the schema the tables are created in (the first existing one of
             # the search_path), not anywhere on the path: a jackpot schema
             # further down it is another database, and taking its version for
@@ -1094,6 +1096,20 @@ is told by `type_problems`, its figures still summed)."""
 _TEXT_TYPES = ("text", "character")
 """What `format_type` names the types the audit reads as text (`character varying(n)` too: a
 column changed from text to one of them is told by `type_problems`, and still read)."""
+
+
+OLDEST_SERVER = 120000
+"""The oldest PostgreSQL server the engine works with (`server_version_num`): verify() reads
+catalog columns that 12 added (`pg_collation.collisdeterministic`, `pg_partition_root`)."""
+
+
+def _refuse_old_server(conn: Connection, where: str) -> None:
+    """Refuse a server older than `OLDEST_SERVER`, before anything is created or read on it."""
+    if conn.info.server_version < OLDEST_SERVER:
+        shown = conn.info.parameter_status("server_version") or conn.info.server_version
+        msg = (f"database {where} is on PostgreSQL {shown}; jackpot needs PostgreSQL "
+               f"{OLDEST_SERVER // 10000} or later (nothing was changed)")
+        raise StorageError(msg)
 
 
 def _refuse_newer(version: int, where: str) -> None:
