@@ -1682,16 +1682,15 @@ def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
     # expression, on another column than a key, or comparing a key's column otherwise
     # than byte for byte.
     (("ALTER TABLE operations ADD CONSTRAINT ops_lower EXCLUDE (lower(op_id) WITH =); "
-      "ALTER TABLE operations ADD CONSTRAINT ops_kind EXCLUDE USING hash (kind WITH =); "
-      "CREATE COLLATION anycase (provider = icu, locale = 'und-u-ks-level2', "
-      "deterministic = false); "
-      "ALTER TABLE levels ADD CONSTRAINT levels_anycase EXCLUDE (name COLLATE anycase WITH =)"),
+      "ALTER TABLE operations ADD CONSTRAINT ops_kind EXCLUDE USING hash (kind WITH =)"),
      ["integrity_check: " + "; ".join(
-         f"table {t}: exclusion constraint {n} on ({on}) refuses rows the engine writes: "
-         f"{what} refused as a duplicate" for t, n, on, what in (
-             ("levels", "levels_anycase", "something not compared by =", "a new level"),
-             ("operations", "ops_kind", "kind", "a new op_id"),
-             ("operations", "ops_lower", "something not compared by =", "a new op_id")))]),
+         f"table operations: exclusion constraint {n} on ({on}) refuses rows the engine "
+         "writes: a new op_id refused as a duplicate" for n, on in (
+             ("ops_kind", "kind"), ("ops_lower", "something not compared by =")))]),
+    # (A nondeterministic collation needs ICU: skipped on a server without it.)
+    ("ALTER TABLE levels ADD CONSTRAINT levels_anycase EXCLUDE (name COLLATE anycase WITH =)",
+     [("integrity_check: table levels: exclusion constraint levels_anycase on (something not "
+      "compared by =) refuses rows the engine writes: a new level refused as a duplicate")]),
     # By = on a whole key and more: it refuses nothing the key lets in.
     ("ALTER TABLE operations ADD CONSTRAINT ops_same EXCLUDE (op_id WITH =, kind WITH =)", []),
 ])
@@ -1699,6 +1698,9 @@ def test_an_exclusion_constraint_that_refuses_the_engine_s_rows_is_reported(
         pg_target: str, sql: str, problems: list[str]) -> None:
     # CHECK's sibling: EXCLUDE (lower(op_id) WITH =) refused op_id B1 after b1
     # (ExclusionViolation), and verify() said ok.
+    if "anycase" in sql:
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            create_anycase_collation(conn)
     _index_problems(pg_target, sql, problems)
 
 
