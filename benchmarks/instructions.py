@@ -32,8 +32,12 @@ from pathlib import Path
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-def load(ops: int, threads: int, levels: int) -> None:
-    """Run `ops` contributions from `threads` callers (the measured part, in the child)."""
+def load(ops: int, threads: int, levels: int) -> int:
+    """Run `ops` contributions from `threads` callers (the measured part, in the child).
+
+    Returns how many were applied, each a new one: `ops` rounded down to a
+    multiple of `threads`.
+    """
     import logging  # noqa: PLC0415 - only the child needs the engine
 
     from jackpot import JackpotEngine  # noqa: PLC0415
@@ -58,6 +62,7 @@ def load(ops: int, threads: int, levels: int) -> None:
             w.start()
         for w in workers:
             w.join()
+        return engine.pool("minor").version - 201
 
 
 def count(src: str | None, ops: int, threads: int, levels: int) -> int:

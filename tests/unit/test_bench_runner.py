@@ -201,3 +201,11 @@ def test_the_handoff_model_answers_every_request_and_stops() -> None:
     assert f.ops_per_s > 0
     assert f.per_batch >= 1
     assert threading.active_count() == before  # none left waiting on an answer
+
+
+@pytest.mark.parametrize(("threads", "levels"), [(1, 1), (4, 3)])
+def test_the_instruction_counts_load_applies_every_contribution(threads: int, levels: int) -> None:
+    """benchmarks/instructions.py's measured part (run under valgrind by the script)."""
+    import instructions  # noqa: PLC0415 - only here
+
+    assert instructions.load(22, threads, levels) == 22 // threads * threads
