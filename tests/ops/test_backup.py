@@ -474,3 +474,32 @@ def test_a_backup_stopped_between_its_steps_leaves_nothing_at_its_target(
         assert sorted(p.name for p in tmp_path.iterdir()) == before
         engine.contribute(Decimal(10), op_id="b")
         assert _backup(capsys, str(target), "--db", str(source))[0] == 0  # tried again
+
+
+LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit fails: EFBIG)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from jackpot import _cli
+sys.exit(_cli.run(sys.argv[2:]))
+"""
+
+
+def test_a_backup_whose_copy_cannot_be_written_says_why(tmp_path: Path) -> None:
+    """A step that fails to write the copy (a full disk; here a file size limit) said only
+    "failed: not an error": a step's error has no text until the copy is finished."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        for n in range(300):
+            engine.contribute(Decimal(1), op_id=f"bet-{n}")
+    Path(f"{source}-lock").unlink(missing_ok=True)
+    limit = 64 * 1024
+    assert source.stat().st_size > 2 * limit
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = subprocess.run([sys.executable, "-c", LIMITED, str(limit), "backup", str(target),
+                           "--db", str(source)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"jackpot: error: the copy to {str(target)!r} failed: disk I/O "
+                           "error\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

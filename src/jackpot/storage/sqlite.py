@@ -508,8 +508,15 @@ class SQLiteStore(Store):
             synced = os.open(target, os.O_RDONLY)
             try:
                 with self._one_snapshot(), dest.backup("main", self.conn, "main") as copy:
-                    while not copy.step(pages):
-                        os.fsync(synced)  # the pages so far, on disk before the next step's
+                    try:
+                        while not copy.step(pages):
+                            os.fsync(synced)  # the pages so far, on disk before the next's
+                    except apsw.Error:
+                        # A failed step's error has no text ("not an error": a full disk
+                        # told so); SQLite gives it to the copy's connection as the copy
+                        # finishes, and finish() raises it, with its text.
+                        copy.finish()
+                        raise
             finally:
                 os.close(synced)
         finally:
