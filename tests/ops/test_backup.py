@@ -503,3 +503,18 @@ def test_a_backup_whose_copy_cannot_be_written_says_why(tmp_path: Path) -> None:
     assert done.stderr == (f"jackpot: error: the copy to {str(target)!r} failed: disk I/O "
                            "error\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_backup_to_a_name_that_is_not_utf8_is_refused_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`jackpot backup $'\\xff.db'`: SQLite takes UTF-8 names only; the copy failed with a
+    traceback (UnicodeEncodeError) and exit status 1, which says "the audit failed"."""
+    source = tmp_path / "pools.db"
+    JackpotEngine.open(source).close()
+    target = str(tmp_path / os.fsdecode(b"\xff.db"))  # (as the shell gives it: undecodable)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, target, "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: {target!r} is not a file name SQLite can open (it is "
+                   "not UTF-8): back up to another name\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

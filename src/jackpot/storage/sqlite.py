@@ -427,8 +427,9 @@ class SQLiteStore(Store):
                 writer opened the file during the copy: copy it again.
             StorageError: `target` exists (a symbolic link too), or a
                 `-wal`, `-shm` or `-journal` beside it does, or it is one of
-                the database's own files (`-wal`, `-shm`, ...), or it cannot
-                be created, or the copy failed.
+                the database's own files (`-wal`, `-shm`, ...), or its name
+                is not UTF-8 (SQLite's names are), or it cannot be created,
+                or the copy failed.
 
         """
         self._refuse_target(target)
@@ -464,6 +465,12 @@ class SQLiteStore(Store):
 
     def _refuse_target(self, target: str) -> None:
         """Refuse a `target` the copy would not be the only file of (see `backup_to`)."""
+        try:
+            target.encode()  # (a name of bytes that are not UTF-8, as the shell gives it)
+        except UnicodeEncodeError:
+            msg = (f"{target!r} is not a file name SQLite can open (it is not UTF-8): "
+                   "back up to another name")
+            raise StorageError(msg) from None
         mine = Path(target).resolve()
         for suffix in (*_SIDE_FILES, LOCK_SUFFIX):  # (absent while nobody has it open)
             if mine == Path(self._path + suffix).resolve():
