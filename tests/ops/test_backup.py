@@ -518,3 +518,41 @@ def test_a_backup_to_a_name_that_is_not_utf8_is_refused_naming_it(
     assert err == (f"jackpot: error: {target!r} is not a file name SQLite can open (it is "
                    "not UTF-8): back up to another name\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("maker", ["of the database's group", "of another group"])
+def test_a_backups_group_may_read_it_only_if_the_databases_group_may_read_that(
+        tmp_path: Path, maker: str) -> None:
+    """A new file takes its maker's group: a database only its group may read (0640, of
+    group 65533) was copied into a 0640 file of the maker's group (65534), whose members
+    may not read the database. The copy is the database's group's, or its group's bits are
+    its others' (the maker not of the database's group: 0600 here)."""
+    source = tmp_path / "pools.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    Path(f"{source}-lock").unlink(missing_ok=True)
+    shared = Path(tempfile.mkdtemp(prefix="jackpot-backup-"))  # reachable by another user
+    try:
+        db, target = shared / "pools.db", shared / "copy.db"
+        shutil.copy(source, db)
+        shared.chmod(0o777)
+        # nobody (65534, group 65534) reads it through its group 65533, or as its owner.
+        os.chown(db, 0 if maker == "of the database's group" else 65534, 65533)
+        db.chmod(0o640)
+        groups = ("--groups=65533" if maker == "of the database's group"
+                  else "--clear-groups")
+        umask = os.umask(0o022)
+        try:
+            done = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", groups, sys.executable, "-m",
+                 "jackpot", "backup", str(target), "--db", str(db)],
+                capture_output=True, text=True, timeout=60, check=False, cwd="/")
+        finally:
+            os.umask(umask)
+        assert (done.returncode, done.stderr) == (0, ""), done.stdout
+        made = target.stat()
+        assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (
+            (65534, 65533, 0o640) if maker == "of the database's group" else
+            (65534, 65534, 0o600))
+    finally:
+        shutil.rmtree(shared)

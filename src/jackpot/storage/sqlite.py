@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import shlex
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -419,8 +420,9 @@ class SQLiteStore(Store):
         database. Each step is synced before the next, the last with
         synchronous=FULL, its directory synced: durable once this returns.
         Who may read it is who may read the database (its permission bits,
-        less the umask; its owner may read and write it). A copy that fails
-        leaves nothing at `target`.
+        less the umask; its owner may read and write it; its group the
+        database's, or one that may do no more than anyone: see
+        `_readers_of_the_group`). A copy that fails leaves nothing at `target`.
 
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
@@ -434,15 +436,16 @@ class SQLiteStore(Store):
         """
         self._refuse_target(target)
         try:
-            # Who may read it: as the database; its owner (who makes it) writes it and reads
-            # it (the audit), should the database be read-only (0444: SQLite opened the
-            # copy read-only, and the copy failed).
-            mode = (Path(self._path).stat().st_mode & 0o666) | 0o600
+            database = Path(self._path).stat()
         except OSError as e:
             msg = f"cannot read who may read {self._path!r}: {e.strerror}"
             raise StorageError(msg) from e
+        # Who may read it: as the database; its owner (who makes it) writes it and reads it
+        # (the audit), should the database be read-only (0444: SQLite opened the copy
+        # read-only, and the copy failed).
+        mode = (database.st_mode & 0o666) | 0o600
         try:  # created here, exclusively: another file at that path is never overwritten
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+            made = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
             msg = f"{target!r} exists: a backup goes to a new file"
             raise StorageError(msg) from None
@@ -451,6 +454,10 @@ class SQLiteStore(Store):
                    f"{str(Path(target).absolute().parent)!r}: {e.strerror}")
             raise StorageError(msg) from e
         try:
+            try:
+                _readers_of_the_group(made, database.st_gid)
+            finally:
+                os.close(made)
             self._copy_into(target)
         except BaseException as e:
             for suffix in ("", *_SIDE_FILES):
@@ -1224,6 +1231,24 @@ def _sum_overflowed(e: BaseException) -> bool:
     """Whether `e` (or the error it translates) is SQLite's SUM overflowing past 2**63."""
     cause = e if isinstance(e, apsw.SQLError) else e.__cause__
     return isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)
+
+
+def _readers_of_the_group(made: int, group: int) -> None:
+    """Give the file `made` the database's `group`, or group bits no wider than its others'.
+
+    A new file takes its maker's group (or its directory's): a database only
+    its group may read (0640) was copied into a 0640 file of another group,
+    whose members may not read the database. Its maker may give it a group
+    of its own only: else its group may read it only as anyone may.
+    """
+    st = os.fstat(made)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_gid == group or not (mode >> 3) & 0o7 & ~mode:  # (nothing more than others)
+        return
+    try:
+        os.fchown(made, -1, group)
+    except PermissionError:  # (its maker is not of the database's group)
+        os.fchmod(made, (mode & ~0o070) | (mode & 0o007) << 3)
 
 
 def _dumped_version(*, without_rowid: bool, indexes: set[str]) -> int:
