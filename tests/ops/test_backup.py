@@ -556,3 +556,20 @@ def test_a_backups_group_may_read_it_only_if_the_databases_group_may_read_that(
             (65534, 65534, 0o600))
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_backup_to_a_name_too_long_for_its_journal_is_refused_saying_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A name of 250 bytes may be created, but not the -journal SQLite copies under: the
+    copy failed, saying "failed: not an error" (then "unable to open database file")."""
+    source = tmp_path / "pools.db"
+    JackpotEngine.open(source).close()
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    target = tmp_path / ("c" * (longest - len(".db") - 1) + ".db")  # (it may be created)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: {str(target)!r} is too long a name for a backup: SQLite "
+                   f"copies under a -journal beside it, and {longest} bytes is the longest "
+                   "name there\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

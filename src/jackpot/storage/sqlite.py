@@ -430,8 +430,8 @@ class SQLiteStore(Store):
             StorageError: `target` exists (a symbolic link too), or a
                 `-wal`, `-shm` or `-journal` beside it does, or it is one of
                 the database's own files (`-wal`, `-shm`, ...), or its name
-                is not UTF-8 (SQLite's names are), or it cannot be created,
-                or the copy failed.
+                is not UTF-8 (SQLite's names are) or too long for its
+                `-journal`, or it cannot be created, or the copy failed.
 
         """
         self._refuse_target(target)
@@ -492,6 +492,14 @@ class SQLiteStore(Store):
             raise StorageError(msg)
         if os.path.lexists(target):
             msg = f"{target!r} exists: a backup goes to a new file"
+            raise StorageError(msg)
+        try:  # (SQLite copies under a -journal beside the copy, its name 8 bytes longer)
+            longest = os.pathconf(Path(target).parent, "PC_NAME_MAX")
+        except OSError:  # (no such directory: its creation says so)
+            longest = None
+        if longest is not None and len(os.fsencode(f"{Path(target).name}-journal")) > longest:
+            msg = (f"{target!r} is too long a name for a backup: SQLite copies under a "
+                   f"-journal beside it, and {longest} bytes is the longest name there")
             raise StorageError(msg)
         for suffix in _SIDE_FILES:
             # Another database's (one once at `target`, or one deleted while still open):
