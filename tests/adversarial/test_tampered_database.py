@@ -1766,6 +1766,14 @@ def refusing(*indexes: tuple[str, str, str]) -> list[str]:
       "CREATE UNIQUE INDEX levels_status ON levels (status, name); "
       "CREATE UNIQUE INDEX ledger_kind ON ledger (kind, version_after, level); "
       "CREATE UNIQUE INDEX ledger_seq ON ledger (op_id, seq)"), []),
+    # On a column of the operator's (the engine writes none of it: NULL, or what the
+    # operator's default or tool puts there): it keeps apart what the operator's values do.
+    # A generated column is an expression of the engine's: told as one.
+    (("ALTER TABLE ledger ADD COLUMN ext_ref TEXT; "
+      "CREATE UNIQUE INDEX ledger_ext_ref ON ledger (ext_ref)"), []),
+    (("ALTER TABLE operations ADD COLUMN lop TEXT AS (lower(op_id)); "
+      "CREATE UNIQUE INDEX ops_lop ON operations (lop, kind)"),
+     refusing(("operations", "ops_lop", "an expression, kind"))),
 ])
 def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
         engine: JackpotEngine, sql: str, found: list[str]) -> None:

@@ -1668,6 +1668,16 @@ def _refusing(*indexes: tuple[str, str, str]) -> list[str]:
       "ALTER TABLE levels ADD CONSTRAINT levels_status UNIQUE (status, name); "
       "CREATE UNIQUE INDEX ledger_kind ON ledger (kind, version_after, level) INCLUDE (who); "
       "CREATE UNIQUE INDEX ledger_seq ON ledger (op_id, seq)"), []),
+    # On a column of the operator's (the engine writes none of it: its default's values),
+    # as an identity or a uuid: it keeps apart what they do, and the engine's rows go in
+    # (test_an_operator_s_own_unique_column_takes_the_engine_s_rows). A generated
+    # column is an expression of the engine's: told as one.
+    (("ALTER TABLE ledger ADD COLUMN audit_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE; "
+      "ALTER TABLE operations ADD COLUMN uid uuid NOT NULL DEFAULT gen_random_uuid(); "
+      "ALTER TABLE operations ADD CONSTRAINT ops_uid EXCLUDE (uid WITH =)"), []),
+    (("ALTER TABLE operations ADD COLUMN lop text GENERATED ALWAYS AS (lower(op_id)) STORED; "
+      "CREATE UNIQUE INDEX ops_lop ON operations (lop)"),
+     _refusing(("operations", "ops_lop", "an expression"))),
 ])
 def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
         pg_target: str, sql: str, problems: list[str]) -> None:
@@ -1702,6 +1712,18 @@ def test_an_exclusion_constraint_that_refuses_the_engine_s_rows_is_reported(
         with psycopg.connect(pg_target, autocommit=True) as conn:
             create_anycase_collation(conn)
     _index_problems(pg_target, sql, problems)
+
+
+def test_an_operator_s_own_unique_column_takes_the_engine_s_rows(pg_target: str) -> None:
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            conn.execute("ALTER TABLE ledger ADD COLUMN audit_id bigint "
+                         "GENERATED ALWAYS AS IDENTITY UNIQUE")
+        engine.contribute(Decimal(10), groups="minor", op_id="b2")
+        engine.process_win("minor", op_id="w1")
+        assert engine.pool("minor").version == 4
+        assert engine.verify().problems == []
 
 
 def test_a_unique_index_on_an_expression_refuses_a_good_op_id(pg_target: str) -> None:

@@ -103,7 +103,12 @@ def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[s
     constraint (PostgreSQL), whose columns compared otherwise than by `=`
     are as an expression (`EXCLUDE (lower(op_id) WITH =)`, `op_id WITH <>`).
     (A unique index's key column given another collation is
-    `index_collation_problems`'.)
+    `index_collation_problems`'.) One on a column of the operator's (not in
+    `TABLE_COLUMNS`: an identity, a `uuid DEFAULT gen_random_uuid()`, a
+    reference the operator's tool fills), which the engine never writes,
+    keeps apart what the operator's values do: not told (an `ADD COLUMN
+    ... UNIQUE` of a sound schema was). A generated column is an
+    expression of the engine's columns: each backend reads it as one.
     """
     return [f"table {table}: {'exclusion constraint' if shape.excludes else 'unique index'} "
             f"{name} on ({shown}) refuses rows the engine writes: {_REFUSED[table]} refused "
@@ -111,6 +116,7 @@ def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[s
             for table, found in indexes.items() for name, shape in sorted(found.items())
             if table in _UNIQUE_KEYS and (shape.unique or shape.excludes)
             and not any(set(key) <= set(shape.columns) for key in _UNIQUE_KEYS[table])
+            and all(c is None or c in TABLE_COLUMNS[table] for c in shape.columns)
             for shown in [", ".join(c or ("something not compared by =" if shape.excludes
                                           else "an expression") for c in shape.columns)]]
 

@@ -174,16 +174,18 @@ _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema(
 # expression; a covering index's INCLUDE columns are not keys), partial (has a
 # WHERE), an exclusion constraint's (whose key column is NULL too where it is
 # compared otherwise than by PostgreSQL's own `=` under a deterministic
-# collation: `lower(op_id)`, `op_id WITH <>`, a `=` of the operator's). An index
+# collation: `lower(op_id)`, `op_id WITH <>`, a `=` of the operator's), and a
+# generated column's (an expression of others, stored or not). An index
 # not ready (a CREATE INDEX CONCURRENTLY that failed before its first pass ended)
 # is not kept up to date, and refuses nothing: neither unique nor an exclusion's.
 _INDEXES = (
-    "SELECT c.relname, i.indisunique AND i.indisready, ARRAY(SELECT CASE WHEN NOT "
+    "SELECT c.relname, i.indisunique AND i.indisready, ARRAY(SELECT CASE WHEN (NOT "
     "i.indisexclusion OR ("
     "(SELECT o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace "
     "FROM pg_operator o WHERE o.oid = x.conexclop[k.n]) AND coalesce((SELECT "
     "l.collisdeterministic FROM pg_collation l WHERE l.oid = (i.indcollation::oid[])[k.n - 1]), "
-    "true)) THEN a.attname END FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
+    "true))) AND a.attgenerated = '' THEN a.attname END "
+    "FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
     "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL, "
     "i.indisexclusion AND i.indisready "

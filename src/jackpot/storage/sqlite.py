@@ -1197,9 +1197,12 @@ class SQLiteStore(Store):
         return bool(strict and strict[0][0])
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
+        # A generated column (hidden 2, 3) is an expression of others: None, as one.
+        generated = {r[0] for r in self._exec(
+            "SELECT name FROM pragma_table_xinfo(?) WHERE hidden IN (2, 3)", (table,))}
         return {name: IndexShape(bool(unique), tuple(
-            c[0] for c in self._exec("SELECT name FROM pragma_index_info(?) ORDER BY seqno",
-                                     (name,))), bool(partial))
+            None if c[0] in generated else c[0] for c in self._exec(
+                "SELECT name FROM pragma_index_info(?) ORDER BY seqno", (name,))), bool(partial))
             for name, unique, partial in self._exec(
                 'SELECT name, "unique", partial FROM pragma_index_list(?)', (table,))}
 
