@@ -175,12 +175,16 @@ _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema(
 # WHERE), an exclusion constraint's (whose key column is NULL too where it is
 # compared otherwise than by PostgreSQL's own `=` under a deterministic
 # collation: `lower(op_id)`, `op_id WITH <>`, a `=` of the operator's), and a
-# generated column's (an expression of others, stored or not). An index
-# not ready (a CREATE INDEX CONCURRENTLY that failed before its first pass ended)
-# is not kept up to date, and refuses nothing: neither unique nor an exclusion's.
+# generated column's (an expression of others, stored or not), and a unique
+# index's under an operator class of the operator's (whose equality it is, not
+# the type's `=`: one that takes B1 and b1 for equal; PostgreSQL's own, such as
+# text_pattern_ops, compare by `=`). An index not ready (a CREATE INDEX
+# CONCURRENTLY that failed before its first pass ended) is not kept up to date,
+# and refuses nothing: neither unique nor an exclusion's.
 _INDEXES = (
     "SELECT c.relname, i.indisunique AND i.indisready, ARRAY(SELECT CASE WHEN (NOT "
-    "i.indisexclusion OR ("
+    "i.indisexclusion AND (SELECT p.opcnamespace = 'pg_catalog'::regnamespace "
+    "FROM pg_opclass p WHERE p.oid = (i.indclass::oid[])[k.n - 1]) OR ("
     "(SELECT o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace "
     "FROM pg_operator o WHERE o.oid = x.conexclop[k.n]) AND coalesce((SELECT "
     "l.collisdeterministic FROM pg_collation l WHERE l.oid = (i.indcollation::oid[])[k.n - 1]), "
