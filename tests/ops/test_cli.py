@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -1018,3 +1019,33 @@ def ok_json_failed(*args: str) -> list[str]:
     report = json.loads(done.stdout)
     assert report["ok"] is False
     return list(report["problems"])
+
+
+@pytest.mark.parametrize("name", ["-pools.db", "pools of 'the' \"floor\".db"])
+def test_a_reloaded_dump_is_refused_with_commands_that_work_as_given(tmp_path: Path,
+                                                                    name: str) -> None:
+    # The refusal of the engine's tables at user_version 0 (a reloaded .dump) gives
+    # the commands to run: as a shell splits them, each does what it says. A name
+    # that starts with '-' was given as is, and sqlite3 took it for an option
+    # ("sqlite3: Error: unknown option: -pools.db"), the version never set.
+    reloaded = apsw.Connection(str(tmp_path / name))  # the engine's tables, user_version 0
+    try:
+        reloaded.execute("".join(MIGRATIONS))
+    finally:
+        reloaded.close()
+    done = jackpot("--db", name, "verify", cwd=tmp_path)
+    assert done.returncode == 2
+    commands = re.search(r"set it \((sqlite3 .*)\) and check it \((jackpot .*verify)\)\.",
+                         done.stderr)
+    assert commands is not None, done.stderr
+    _sqlite3, path, pragma = shlex.split(commands[1])
+    assert not path.startswith("-"), f"sqlite3 takes {path} for an option"
+    conn = apsw.Connection(str(tmp_path / path))
+    try:
+        conn.execute(pragma)
+    finally:
+        conn.close()
+    program, *args = shlex.split(commands[2])
+    assert program == "jackpot"
+    done = jackpot(*args, cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr

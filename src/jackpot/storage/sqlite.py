@@ -384,7 +384,9 @@ class SQLiteStore(Store):
         operator sets the version the tables' shape says, and verify() then
         checks all of it.
         """
-        path = shlex.quote(self._path)
+        # (A name that starts with '-' is given as ./-name: sqlite3 takes it for an option.)
+        path = shlex.quote(f"./{self._path}" if self._path.startswith("-")
+                           else self._path)
         return (f"{self._path!r} holds the jackpot tables with their columns at user_version 0, "
                 "where the engine never leaves them: a file reloaded from a SQL dump looks so "
                 "(the sqlite3 shell's .dump leaves the user_version out). If it is a jackpot "
