@@ -80,11 +80,12 @@ def key_problems(indexes: Callable[[str], Iterable[IndexShape]]) -> list[str]:
             not in set(indexes(table))]
 
 
-_UNIQUE_KEYS = {"levels": (("name",),), "operations": (("op_id",),),
-                "ledger": (("seq",), ("level", "version_after"))}
-"""The columns of each unique key of the engine's tables: any two rows the engine writes differ
-in at least one column of each key, and it promises no other column apart (a bet that hits
-writes two ledger rows of one op_id and level)."""
+_UNIQUE_KEYS = {**{table: ((column,),) for table, (column, _) in _KEYS.items()},
+                "ledger": (("seq",), *(columns for unique, columns in INDEXES.values() if unique))}
+"""The columns of each unique key of the engine's tables (`_KEYS`, the ledger's seq and unique
+`INDEXES`): any two rows the engine writes differ in at least one column of each key, and it
+promises no other column apart (a bet that hits writes two ledger rows of one op_id and
+level)."""
 
 _REFUSED = {"levels": "a new level", "operations": "a new op_id",
             "ledger": "a level's next version"}
