@@ -30,7 +30,6 @@ checks still catch: the safety net.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import time
@@ -40,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from jackpot._json import sorted_encoder
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import (
     ConcurrencyViolationError,
@@ -99,7 +99,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_canonical = sorted_encoder(separators=(",", ":"))
 
 
 def fingerprint(request: dict[str, Any]) -> str:

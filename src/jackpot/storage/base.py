@@ -35,6 +35,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+from jackpot._json import sorted_encoder
 from jackpot.domain import Entry, LevelConfig, LevelState, Meters
 from jackpot.errors import StorageError, ValidationError, exact_int, shown
 from jackpot.money import MAX_UNITS
@@ -558,7 +559,7 @@ def row_limit(limit: object) -> int:
     return count
 
 
-to_json = json.JSONEncoder(sort_keys=True).encode
+to_json = sorted_encoder()
 """`json.dumps(value, sort_keys=True)`, without building an encoder per call."""
 
 
