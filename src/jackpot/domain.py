@@ -14,6 +14,7 @@ at once. Pending changes are kept on the state and shown in snapshots.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -292,6 +293,10 @@ class LevelState:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(LevelState))
+_STATE_INDEX = {name: i for i, name in enumerate(_STATE_FIELDS)}
+_VERSION, _MODIFIED = _STATE_INDEX["version"], _STATE_INDEX["last_modified_at"]
+_state_values = operator.attrgetter(*_STATE_FIELDS)
+_STATE_SETTERS = tuple(LevelState.__dict__[name].__set__ for name in _STATE_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,15 +369,18 @@ def _step(state: LevelState, now: int, **changes: Any) -> LevelState:
     and calls `__init__`; LevelState has no `__post_init__` to run): this runs
     once per level of every bet, the engine's hottest line.
     """
-    changes["version"] = state.version + 1
-    changes["last_modified_at"] = now
+    values = list(_state_values(state))  # (one C call for all fields)
+    try:
+        for name, value in changes.items():
+            values[_STATE_INDEX[name]] = value
+    except KeyError:
+        msg = f"LevelState has no field(s) {', '.join(sorted(set(changes) - set(_STATE_INDEX)))}"
+        raise TypeError(msg) from None
+    values[_VERSION] = state.version + 1
+    values[_MODIFIED] = now
     nxt = object.__new__(LevelState)
-    for name in _STATE_FIELDS:
-        object.__setattr__(nxt, name, changes.pop(name) if name in changes
-                           else getattr(state, name))
-    if changes:
-        msg = f"LevelState has no field(s) {', '.join(sorted(changes))}"
-        raise TypeError(msg)
+    for put, value in zip(_STATE_SETTERS, values, strict=True):
+        put(nxt, value)  # (the slot's own setter: no frozen __setattr__ to get past)
     return nxt
 
 

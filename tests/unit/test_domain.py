@@ -18,6 +18,7 @@ from jackpot.domain import (
     CONFIG_FIELDS,
     DEFAULT_GROUPS,
     LevelState,
+    _step,
     contribute,
     create,
     parse_changes,
@@ -352,3 +353,19 @@ def test_any_sequence_keeps_the_books_balanced(steps: list[tuple[str, int | None
         assert 0 <= state.carry < RATE_SCALE
         assert state.amount == ledger_sum
         assert books_balance(state)
+
+
+# -- the next state (domain._step) ----------------------------------------------
+
+def test_a_step_is_replace_with_the_changes_one_version_on() -> None:
+    before = replace(level(), trigger=150 * U, pending={"seed": 5 * U}, lock_holder="w1")
+    after = _step(before, T0 + 5, amount=3, reserve=4, carry=5, reserve_carry=6,
+                  status="suspended")
+    assert after == replace(before, amount=3, reserve=4, carry=5, reserve_carry=6,
+                            status="suspended", version=8, last_modified_at=T0 + 5)
+    assert before.version == 7  # (left as it was)
+
+
+def test_a_step_refuses_a_field_a_level_does_not_have() -> None:
+    with pytest.raises(TypeError, match="LevelState has no field\\(s\\) nosuch"):
+        _step(level(), T0, amount=1, nosuch=2)
