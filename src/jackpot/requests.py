@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from jackpot import domain, money
@@ -140,27 +141,28 @@ class Requests:
             new: dict[str, LevelState] = {}
             entries: list[Entry] = []
             hits: list[Win] = []
-            added: dict[str, int] = {}
+            added: dict[str, Decimal] = {}
+            balances: dict[str, Decimal] = {}
+            versions: dict[str, int] = {}
             for name in names:
                 state = states[name]
                 if every and state.status != domain.ACTIVE:
                     continue  # "every level" means every level that takes bets
                 after, rows, level_hits = domain.contribute(state, units, now, draw, player=who)
-                added[name] = sum(e.contributed - e.overflow for e in rows)
                 if rows:
                     new[name] = after
                     entries.extend(rows)
-                hits.extend(Win(oid, h.level, money.from_units(h.paid),
-                                money.from_units(h.balance_after), h.version_after,
-                                winner=who, reset=True, hit=True) for h in level_hits)
+                # (`after` is `state` itself when the bet does not qualify: no rows)
+                added[name] = money.from_units(sum(e.contributed - e.overflow for e in rows))
+                balances[name] = money.from_units(after.amount)
+                versions[name] = after.version
+                if level_hits:
+                    hits.extend(Win(oid, h.level, money.from_units(h.paid),
+                                    money.from_units(h.balance_after), h.version_after,
+                                    winner=who, reset=True, hit=True) for h in level_hits)
             if every and not added:
                 _refuse_every_level_closed(states)
-            after_all = {n: new.get(n, states[n]) for n in added}
-            result = Contribution(
-                oid, {n: money.from_units(v) for n, v in added.items()},
-                {n: money.from_units(s.amount) for n, s in after_all.items()},
-                {n: s.version for n, s in after_all.items()}, hits=tuple(hits))
-            return new, entries, result
+            return new, entries, Contribution(oid, added, balances, versions, hits=tuple(hits))
 
         return Operation("contribute", oid, explicit, fingerprint(request), names, apply,
                          lambda r: Contribution.from_record(r, replayed=True))
