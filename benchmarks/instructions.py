@@ -19,6 +19,7 @@ it the engine runs some 50x slower, so keep `--ops` small.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import shutil
@@ -38,11 +39,17 @@ def load(ops: int, threads: int, levels: int) -> int:
     Returns how many were applied, each a new one: `ops` rounded down to a
     multiple of `threads`.
     """
-    import logging  # noqa: PLC0415 - only the child needs the engine
+    before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # (the log is not the measured work; given back after)
+    try:
+        return _contribute(ops, threads, levels)
+    finally:
+        logging.disable(before)
 
-    from jackpot import JackpotEngine  # noqa: PLC0415
 
-    logging.disable(logging.CRITICAL)
+def _contribute(ops: int, threads: int, levels: int) -> int:
+    from jackpot import JackpotEngine  # noqa: PLC0415 - only the child needs the engine
+
     groups = None if levels == 3 else ["minor"]
     bet = Decimal("1.00")
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None
