@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -350,26 +352,45 @@ def test_a_backup_to_a_symbolic_link_is_refused_naming_the_link(
     assert not to.exists() if points_to == "nothing" else to.read_bytes() == b"yesterday's backup"
 
 
-def _backup_as_another_user(target: Path, db: Path) -> subprocess.CompletedProcess[str]:
-    """Run `jackpot backup` as nobody when root (permission bits do not stop root)."""
-    as_other = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+def _backup_as_another_user(target: Path, db: Path, groups: str = "--clear-groups"
+                            ) -> subprocess.CompletedProcess[str]:
+    """Run `jackpot backup` as nobody when root (permission bits do not stop root).
+
+    `groups`: setpriv's option for nobody's groups (`--groups=N`, or none).
+    """
+    as_other = (["setpriv", "--reuid=65534", "--regid=65534", groups]
                 if os.geteuid() == 0 else [])
     return subprocess.run([*as_other, sys.executable, "-m", "jackpot", "backup", str(target),
                            "--db", str(db)],
                           capture_output=True, text=True, timeout=60, check=False, cwd="/")
 
 
+@contextlib.contextmanager
+def _shared_database(tmp_path: Path) -> Iterator[Path]:
+    """Yield a database (one bet, "a") in a new directory another user can reach.
+
+    (tmp_path is under /tmp/pytest-of-root, 0700.) The directory and all in it
+    are removed afterwards, the directories made writable first.
+    """
+    source = tmp_path / "pools.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    shared = Path(tempfile.mkdtemp(prefix="jackpot-backup-"))
+    try:
+        shutil.copy(source, shared / "pools.db")
+        yield shared / "pools.db"
+    finally:
+        for directory in (shared, *(p for p in shared.iterdir() if p.is_dir())):
+            directory.chmod(0o755)
+        shutil.rmtree(shared)
+
+
 def test_a_backup_into_a_directory_it_may_not_write_is_refused_naming_it(
         tmp_path: Path) -> None:
     """An operator's user, a directory of another's: a real refusal by the system (root is
     not stopped by permission bits: the command runs as nobody, as test_cli's readers do)."""
-    source = tmp_path / "pools.db"
-    with JackpotEngine.open(source) as engine:
-        engine.contribute(Decimal(10), op_id="a")
-    shared = Path(tempfile.mkdtemp(prefix="jackpot-backup-"))  # reachable by another user
-    try:
-        db = shared / "pools.db"
-        shutil.copy(source, db)
+    with _shared_database(tmp_path) as db:
+        shared = db.parent
         db.chmod(0o444)
         (shared / "backups").mkdir(mode=0o555)
         (shared / "backups").chmod(0o555)
@@ -381,9 +402,6 @@ def test_a_backup_into_a_directory_it_may_not_write_is_refused_naming_it(
                                f"directory {str(target.parent)!r}: Permission denied\n")
         assert list((shared / "backups").iterdir()) == []
         assert sorted(p.name for p in shared.iterdir()) == ["backups", "pools.db"]
-    finally:
-        (shared / "backups").chmod(0o755)
-        shutil.rmtree(shared)
 
 
 def test_a_backup_copied_in_steps_holds_the_moment_of_its_first_step(
@@ -426,14 +444,8 @@ def test_a_backup_of_a_database_nobody_may_write_is_taken_and_its_owner_may_writ
     """A database made read-only (0444): the copy took its bits, so SQLite could not write
     the copy it had just made ("the copy ... failed: not an error"). The copy's owner may
     write and read it; who else may read it is as the database says."""
-    source = tmp_path / "pools.db"
-    with JackpotEngine.open(source) as engine:
-        engine.contribute(Decimal(10), op_id="a")
-    Path(f"{source}-lock").unlink(missing_ok=True)
-    shared = Path(tempfile.mkdtemp(prefix="jackpot-backup-"))  # reachable by another user
-    try:
-        db, target = shared / "pools.db", shared / "copy.db"
-        shutil.copy(source, db)
+    with _shared_database(tmp_path) as db:
+        shared, target = db.parent, db.parent / "copy.db"
         db.chmod(0o444)
         shared.chmod(0o777)
         umask = os.umask(0o022)
@@ -445,8 +457,6 @@ def test_a_backup_of_a_database_nobody_may_write_is_taken_and_its_owner_may_writ
         assert target.stat().st_mode & 0o777 == 0o644
         assert sorted(p.name for p in shared.iterdir()) == ["copy.db", "pools.db"]
         assert _rows(target, "operations") == _rows(db, "operations")
-    finally:
-        shutil.rmtree(shared)
 
 
 def test_a_backup_stopped_between_its_steps_leaves_nothing_at_its_target(
@@ -528,14 +538,8 @@ def test_a_backups_group_may_read_it_only_if_the_databases_group_may_read_that(
     may not read the database. The copy is the database's group's, or its group's bits are
     its others' (the maker not of the database's group: 0600 here)."""
     assert os.geteuid() == 0, "run as root (as CI does): it gives files to other users"
-    source = tmp_path / "pools.db"
-    with JackpotEngine.open(source) as engine:
-        engine.contribute(Decimal(10), op_id="a")
-    Path(f"{source}-lock").unlink(missing_ok=True)
-    shared = Path(tempfile.mkdtemp(prefix="jackpot-backup-"))  # reachable by another user
-    try:
-        db, target = shared / "pools.db", shared / "copy.db"
-        shutil.copy(source, db)
+    with _shared_database(tmp_path) as db:
+        shared, target = db.parent, db.parent / "copy.db"
         shared.chmod(0o777)
         # nobody (65534, group 65534) reads it through its group 65533, or as its owner.
         os.chown(db, 0 if maker == "of the database's group" else 65534, 65533)
@@ -544,10 +548,7 @@ def test_a_backups_group_may_read_it_only_if_the_databases_group_may_read_that(
                   else "--clear-groups")
         umask = os.umask(0o022)
         try:
-            done = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", groups, sys.executable, "-m",
-                 "jackpot", "backup", str(target), "--db", str(db)],
-                capture_output=True, text=True, timeout=60, check=False, cwd="/")
+            done = _backup_as_another_user(target, db, groups)
         finally:
             os.umask(umask)
         assert (done.returncode, done.stderr) == (0, ""), done.stdout
@@ -555,8 +556,6 @@ def test_a_backups_group_may_read_it_only_if_the_databases_group_may_read_that(
         assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (
             (65534, 65533, 0o640) if maker == "of the database's group" else
             (65534, 65534, 0o600))
-    finally:
-        shutil.rmtree(shared)
 
 
 def test_a_backup_to_a_name_too_long_for_its_journal_is_refused_saying_so(
