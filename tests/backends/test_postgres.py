@@ -44,10 +44,11 @@ from jackpot import (
     LockTimeoutError,
     Settings,
     StorageError,
+    domain,
 )
 from jackpot.audit import audit
 from jackpot.storage import SerializationFailureError, Store, _pg_pool, open_store, postgres
-from jackpot.storage.base import ConnectionUnavailableError
+from jackpot.storage.base import ENTRY_COLUMNS, ConnectionUnavailableError
 from jackpot.storage.postgres import PostgresStore, _misread
 from jackpot.storage.schema import POSTGRES_CHECKS, POSTGRES_MIGRATIONS
 
@@ -222,6 +223,84 @@ def test_an_op_id_reused_at_the_same_time_on_another_level_is_refused(
     assert (stats["busy_incidents"], stats["retries"]) == (1, 1)
     assert one.verify().ok
 
+
+def _named_by(target: str, index: str, reindexed: str, clash: str) -> str:
+    """Create the operator's `index`, build the engine's `reindexed` again; name what `clash` violates.
+
+    REINDEX CONCURRENTLY gives the rebuilt index a newer oid than the
+    operator's, and PostgreSQL checks a table's unique indexes in oid order:
+    a duplicate is then reported as the operator's index's, not the engine's.
+    """
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(index)
+        conn.execute(f"REINDEX INDEX CONCURRENTLY {reindexed}")
+        with pytest.raises(pg_errors.UniqueViolation) as raised, conn.transaction():
+            conn.execute(clash)
+    return str(raised.value.diag.constraint_name)
+
+
+@pytest.mark.parametrize("index", [
+    "CREATE UNIQUE INDEX ops_op ON operations (op_id)",
+    "CREATE UNIQUE INDEX ops_op ON operations (op_id, kind)",
+    "CREATE UNIQUE INDEX ops_op ON operations (kind, op_id) INCLUDE (at_ms)",
+])
+def test_an_op_id_clash_named_by_an_operators_unique_index_is_still_a_lost_race(
+        engines: Callable[..., JackpotEngine], pg_target: str,
+        monkeypatch: pytest.MonkeyPatch, index: str) -> None:
+    # The race was known by the name of the operations' primary key: when
+    # PostgreSQL named the operator's index instead (one verify() accepts:
+    # on the whole key), the loser got a StorageError ("database error:
+    # UniqueViolation ... ops_op"), neither retried nor refused as a conflict.
+    one, two = engines(), engines()
+    one.contribute(Decimal(10), groups="minor", op_id="first")
+    assert _named_by(pg_target, index, "operations_pkey",
+                     "INSERT INTO operations SELECT * FROM operations WHERE op_id = 'first'"
+                     ) == "ops_op"
+    # In one's transaction (its levels locked, its op_id looked up), two commits it.
+    seen = intercept_once(monkeypatch, "update_level",
+                          lambda: two.contribute(Decimal(20), groups="major", op_id="reused"))
+    with pytest.raises(IdempotencyConflictError):  # the retry found two's record
+        one.contribute(Decimal(20), groups="minor", op_id="reused")
+    assert seen[0].versions == {"major": 2}
+    assert (one.pool("minor").version, one.pool("major").version) == (2, 2)
+    stats = one.stats.snapshot()
+    assert (stats["busy_incidents"], stats["retries"]) == (1, 1)
+    assert one.verify().ok
+
+
+@pytest.mark.parametrize("prefix", ["t_", "Jackpot schema "])  # (the index is read by name)
+def test_a_ledger_version_clash_named_by_an_operators_unique_index_is_a_lost_race(
+        prefix: str) -> None:
+    # The engine itself never gets there (a level's next version is inserted
+    # only by the transaction that moved the level's locked row to it); a
+    # writer that appends without the row does, and is told so by either index.
+    with fresh_schema_named(PG_URL, prefix) as name:
+        target = with_search_path(PG_URL, '"' + name.replace(" ", "\\ ") + '"')
+        JackpotEngine.open(target, settings=Settings(enable_metrics=False)).close()
+        columns = ", ".join(("op_id", *ENTRY_COLUMNS))
+        assert _named_by(target, "CREATE UNIQUE INDEX ledger_lv ON ledger (version_after, level)",
+                         "ledger_level_version",
+                         f"INSERT INTO ledger ({columns}) SELECT {columns} FROM ledger LIMIT 1"
+                         ) == "ledger_lv"
+        first, second = open_store(target), open_store(target)
+        state = first.load_level("minor")
+        assert state is not None
+        new, entries, _ = domain.contribute(state, 10_000_000, 2_000, lambda low, _high: low)
+
+        def append_under_first() -> None:
+            with second.write():
+                second.append("second", entries)  # (inserted as it commits)
+                with first.write():  # another transaction commits that version first
+                    assert first.update_level(new, expected_version=state.version)
+                    first.append("first", entries)
+
+        with pytest.raises(SerializationFailureError, match="committed the same level version"):
+            append_under_first()
+        assert [(r.op_id, r.version_after) for r in first.ledger(level="minor")] == [
+            ("create:minor", 1), ("first", 2)]
+        assert audit(first).ok
+        for store in (first, second):
+            store.close()
 
 def test_a_deadlock_is_broken_and_reported_as_a_lost_race(pg_target: str) -> None:
     """Two transactions lock two rows in opposite orders: PostgreSQL aborts one."""
@@ -1745,6 +1824,33 @@ def test_a_unique_index_under_an_operator_class_of_the_operator_s_is_reported(
             engine.contribute(Decimal(10), groups="minor", op_id="B1")
         assert engine.verify().problems == _refusing(
             ("operations", "ops_anycase", "an expression"))
+
+
+@pytest.mark.parametrize("index", [
+    "CREATE UNIQUE INDEX ops_lower ON operations (lower(op_id))",
+    "CREATE UNIQUE INDEX ops_anycase ON operations (op_id COLLATE anycase)",
+    "CREATE UNIQUE INDEX ops_anycase ON operations (op_id anycase_ops)",
+])
+def test_a_clash_on_an_operators_index_not_on_the_key_as_such_is_no_lost_race(
+        pg_target: str, index: str) -> None:
+    # op_id B1 after b1 is no twin committed first: taken for one, it would be
+    # retried until retries ran out (ConcurrencyViolationError), each retry
+    # finding no record of B1. It is the StorageError the duplicate is.
+    settings = Settings(enable_metrics=False, retry_delay_ms=1)
+    with JackpotEngine.open(pg_target, settings=settings) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            if "anycase_ops" in index:
+                for statement in _ANYCASE_OPCLASS:
+                    conn.execute(statement)
+            elif "anycase" in index:
+                create_anycase_collation(conn)
+            conn.execute(index)
+        with pytest.raises(StorageError, match="UniqueViolation: duplicate key value violates "
+                                               'unique constraint "ops_'):
+            engine.contribute(Decimal(10), groups="minor", op_id="B1")
+        assert engine.stats.snapshot()["busy_incidents"] == 0
+        assert engine.pool("minor").version == 2
 
 
 def test_an_operator_s_own_unique_column_takes_the_engine_s_rows(pg_target: str) -> None:
