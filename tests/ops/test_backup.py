@@ -573,3 +573,23 @@ def test_a_backup_to_a_name_too_long_for_its_journal_is_refused_saying_so(
                    f"copies under a -journal beside it, and {longest} bytes is the longest "
                    "name there\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_backup_under_a_umask_that_takes_its_owners_write_bit_is_taken(
+        tmp_path: Path) -> None:
+    """`umask 0277` (files for their owner to read only): the copy was made 0400, so
+    SQLite opened it read-only and the copy failed ("attempt to write a readonly
+    database", exit status 2; as root the copy was left 0400). Its owner reads and writes it."""
+    with _shared_database(tmp_path) as db:
+        shared, target = db.parent, db.parent / "copy.db"
+        db.chmod(0o644)
+        shared.chmod(0o777)
+        umask = os.umask(0o277)
+        try:
+            done = _backup_as_another_user(target, db)
+        finally:
+            os.umask(umask)
+        assert (done.returncode, done.stderr) == (0, ""), done.stdout
+        assert target.stat().st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in shared.iterdir()) == ["copy.db", "pools.db"]
+        assert _rows(target, "operations") == _rows(db, "operations")

@@ -444,7 +444,7 @@ class SQLiteStore(Store):
             raise StorageError(msg) from e
         # Who may read it: as the database; its owner (who makes it) writes it and reads it
         # (the audit), should the database be read-only (0444: SQLite opened the copy
-        # read-only, and the copy failed).
+        # read-only, and the copy failed), or the umask take those bits (see below).
         mode = (database.st_mode & 0o666) | 0o600
         try:  # created here, exclusively: another file at that path is never overwritten
             made = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -457,6 +457,7 @@ class SQLiteStore(Store):
             raise StorageError(msg) from e
         try:
             try:
+                _owner_reads_and_writes(made)
                 _readers_of_the_group(made, database.st_gid)
             finally:
                 os.close(made)
@@ -1244,6 +1245,18 @@ def _sum_overflowed(e: BaseException) -> bool:
     """Whether `e` (or the error it translates) is SQLite's SUM overflowing past 2**63."""
     cause = e if isinstance(e, apsw.SQLError) else e.__cause__
     return isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)
+
+
+def _owner_reads_and_writes(made: int) -> None:
+    """Let the owner of the new file `made` read and write it, whatever the umask took.
+
+    Under a umask without the owner's write bit (0277) the file was made 0400:
+    SQLite opened the copy read-only and the copy failed ("attempt to write a
+    readonly database"). Its owner makes it, then audits it.
+    """
+    mode = stat.S_IMODE(os.fstat(made).st_mode)
+    if ~mode & 0o600:  # (only then: a file system may refuse chmod)
+        os.fchmod(made, mode | 0o600)
 
 
 def _readers_of_the_group(made: int, group: int) -> None:
