@@ -485,8 +485,9 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
 
     A consistent copy of one moment, taken while game servers write (SQLite's
     online backup under a read lock: no write waits for a lock), synced to disk.
-    Copying the file itself is not a backup: its -wal holds the latest
-    commits. A PostgreSQL database is backed up with pg_dump.
+    It is made as TARGET.partial and named TARGET once whole. Copying the file
+    itself is not a backup: its -wal holds the latest commits. A PostgreSQL
+    database is backed up with pg_dump.
     """
     opts = _options(db, as_json)
     path = _path(opts)

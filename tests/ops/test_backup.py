@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -312,23 +314,25 @@ def test_a_backup_is_readable_by_whom_the_database_is(
     assert target.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.parametrize("beside", ["copy.db", "copy.db.partial"])
 @pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
 def test_a_backup_beside_a_side_file_it_did_not_make_is_refused_and_leaves_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str, beside: str) -> None:
     """`copy.db-wal` left by a database once at `copy.db` (or one still open, deleted):
-    SQLite takes it for the copy's own, deleting or rewriting it as the copy opens, and a
-    failed copy's cleanup would delete it too. It is not the command's to touch."""
+    SQLite takes it for the copy's own, deleting or rewriting it as the copy opens (the
+    copy is made as `copy.db.partial`, then opened as `copy.db`), and a failed copy's
+    cleanup would delete it too. It is not the command's to touch."""
     source, target = tmp_path / "pools.db", tmp_path / "copy.db"
     JackpotEngine.open(source).close()
-    side = Path(f"{target}{suffix}")
+    side = tmp_path / f"{beside}{suffix}"
     side.write_bytes(b"another database's " * 300)
     before = sorted(p.name for p in tmp_path.iterdir())
     status, out, err = _backup(capsys, str(target), "--db", str(source))
     assert (status, out) == (2, "")
-    assert err == (f"jackpot: error: {str(side)!r} exists beside {str(target)!r}: SQLite "
-                   f"would take it for the copy's own {suffix} file and delete or rewrite "
-                   "it; move it away (it may belong to a database still open) or back up "
-                   "to another name\n")
+    assert err == (f"jackpot: error: {str(side)!r} exists beside {str(tmp_path / beside)!r}: "
+                   f"SQLite would take it for the copy's own {suffix} file and delete or "
+                   "rewrite it; move it away (it may belong to a database still open) or back "
+                   "up to another name\n")
     assert side.read_bytes() == b"another database's " * 300
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -472,7 +476,7 @@ def test_a_backup_stopped_between_its_steps_leaves_nothing_at_its_target(
 
         def interrupted(fd: int) -> None:
             steps.append(fd)
-            assert Path(f"{target}-journal").exists()  # (the copy half made)
+            assert Path(f"{target}.partial-journal").exists()  # (the copy half made)
             raise KeyboardInterrupt
 
         monkeypatch.setattr(sqlite_module.os, "fsync", interrupted)
@@ -484,6 +488,137 @@ def test_a_backup_stopped_between_its_steps_leaves_nothing_at_its_target(
         assert sorted(p.name for p in tmp_path.iterdir()) == before
         engine.contribute(Decimal(10), op_id="b")
         assert _backup(capsys, str(target), "--db", str(source))[0] == 0  # tried again
+
+
+STOPPED_TWICE = """
+import os, pathlib, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (Ctrl-C, in a background job too)
+from jackpot import _cli
+from jackpot.storage import sqlite
+
+told = []
+
+def stopped_at(what, call):
+    def stop(*args, **kwargs):  # the first call: say so, then wait for the test's Ctrl-C
+        if what not in told:
+            told.append(what)
+            print(what, flush=True)
+            sys.stdin.readline()  # (the test gone: stdin ends, and it goes on)
+        return call(*args, **kwargs)
+    return stop
+
+sqlite._COPY_STEP_BYTES = 1  # (a page per step: the copy half made as its first is synced)
+os.fsync = stopped_at("copying", os.fsync)
+os.unlink = stopped_at("cleaning up", os.unlink)
+pathlib.Path.unlink = stopped_at("cleaning up", pathlib.Path.unlink)
+sys.exit(_cli.run(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("stop", ["Ctrl-C twice", "killed"])
+def test_a_backup_stopped_again_as_it_cleans_up_leaves_no_partial_copy_at_its_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], stop: str) -> None:
+    """Ctrl-C as the copy is half made starts its cleanup; a second Ctrl-C during it stopped
+    the cleanup and left the half-made copy at TARGET (an empty file), which a user could
+    take for a backup (an engine opening it makes a new, empty database there); so did a
+    crash (SIGKILL) as it copied. The copy is made under another name, and named TARGET only
+    once whole and synced; the next backup to TARGET tells what is left."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    Path(f"{source}-lock").unlink(missing_ok=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.Popen([sys.executable, "-c", STOPPED_TWICE, "backup", str(target),
+                             "--db", str(source)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout is not None
+    try:
+        deadline = time.monotonic() + HANG
+        assert read_line(proc.stdout, deadline, "a step synced") == b"copying"
+        if stop == "killed":
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGINT)
+            assert read_line(proc.stdout, deadline, "its cleanup") == b"cleaning up"
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        proc.kill()
+    if stop == "killed":
+        assert proc.returncode == -signal.SIGKILL
+        left = ["copy.db.partial", "copy.db.partial-journal"]  # (the copy half made)
+    else:
+        assert (proc.returncode, out) == (130, b""), err
+        assert err.endswith(b"jackpot: error: interrupted\n"), err
+        left = ["copy.db.partial"]
+    assert not os.path.lexists(target)
+    partial = Path(f"{target}.partial")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, *left])
+    status, out, err = _backup(capsys, str(target), "--db", str(source))  # (told, not taken)
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: {str(partial)!r} exists: a backup to {str(target)!r} "
+                   "is being made, or one that was stopped (Ctrl-C, a crash) left it "
+                   "unfinished; remove it (and any -journal beside it) once no backup to "
+                   f"{str(target)!r} is running\n")
+    assert not os.path.lexists(target)
+    for name in left:
+        (tmp_path / name).unlink()
+    assert _backup(capsys, str(target), "--db", str(source))[0] == 0  # tried again
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, target.name])
+
+
+@pytest.mark.parametrize("made", ["a file", "a symbolic link"])
+def test_a_backup_never_replaces_a_file_made_at_its_target_during_the_copy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        made: str) -> None:
+    """The copy is named TARGET once whole: a file made there meanwhile (another backup
+    to it, say) is kept, and the copy removed, as a file found there first is."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    JackpotEngine.open(source).close()
+    real = sqlite_module.SQLiteStore._copy_into
+
+    def another_file_meanwhile(store: sqlite_module.SQLiteStore, into: str) -> None:
+        real(store, into)
+        if made == "a file":
+            target.write_bytes(b"another backup")
+        else:
+            target.symlink_to(tmp_path / "nowhere.db")
+
+    monkeypatch.setattr(sqlite_module.SQLiteStore, "_copy_into", another_file_meanwhile)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: {str(target)!r} exists (it was made during the copy): "
+                   "a backup goes to a new file\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "copy.db"])
+    if made == "a file":
+        assert target.read_bytes() == b"another backup"
+    else:
+        assert target.readlink() == tmp_path / "nowhere.db"
+
+
+@pytest.mark.parametrize("refused", [errno.EPERM, errno.EOPNOTSUPP])
+def test_a_backup_on_a_file_system_without_hard_links_is_named_by_a_rename(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        refused: int) -> None:
+    """(FAT or exFAT, a USB disk: link() fails with EPERM.) The whole copy is renamed."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    Path(f"{source}-lock").unlink(missing_ok=True)
+
+    def no_hard_links(*args: object, **kwargs: object) -> None:
+        raise OSError(refused, os.strerror(refused))
+
+    monkeypatch.setattr(sqlite_module.os, "link", no_hard_links)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
+    monkeypatch.undo()
+    assert (status, err) == (0, ""), out
+    assert json.loads(out)["audit"]["ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "copy.db"])
+    assert _rows(target, "operations") == _rows(source, "operations")
 
 
 LIMITED = """
@@ -561,18 +696,23 @@ def test_a_backups_group_may_read_it_only_if_the_databases_group_may_read_that(
 def test_a_backup_to_a_name_too_long_for_its_journal_is_refused_saying_so(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A name of 250 bytes may be created, but not the -journal SQLite copies under: the
-    copy failed, saying "failed: not an error" (then "unable to open database file")."""
+    copy failed, saying "failed: not an error" (then "unable to open database file").
+    The copy is made as NAME.partial, under NAME.partial-journal: 16 bytes longer."""
     source = tmp_path / "pools.db"
     JackpotEngine.open(source).close()
     longest = os.pathconf(tmp_path, "PC_NAME_MAX")
-    target = tmp_path / ("c" * (longest - len(".db") - 1) + ".db")  # (it may be created)
+    room = longest - len(".partial-journal")
+    target = tmp_path / ("c" * (room + 1 - len(".db")) + ".db")  # (one byte too many)
     before = sorted(p.name for p in tmp_path.iterdir())
     status, out, err = _backup(capsys, str(target), "--db", str(source))
     assert (status, out) == (2, "")
-    assert err == (f"jackpot: error: {str(target)!r} is too long a name for a backup: SQLite "
-                   f"copies under a -journal beside it, and {longest} bytes is the longest "
-                   "name there\n")
+    assert err == (f"jackpot: error: {str(target)!r} is too long a name for a backup: the "
+                   "copy is made under it and '.partial', with a '.partial-journal' beside "
+                   f"it (SQLite's), and {longest} bytes is the longest name there\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    target = tmp_path / ("c" * (room - len(".db")) + ".db")  # (the longest taken)
+    assert _backup(capsys, str(target), "--db", str(source))[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, target.name])
 
 
 def test_a_backup_under_a_umask_that_takes_its_owners_write_bit_is_taken(

@@ -31,6 +31,7 @@ be read: a `-wal` without its `-shm` in a directory the reader may not write
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shlex
@@ -147,6 +148,10 @@ _COPY_STEP_BYTES = 2 * 2**20
 # from 66 to ~245 MB over 26 runs, 61-204 ms in one step, 3-38 ms in steps. The copy
 # takes up to ~1.5x as long (67 MB: 0.11-0.31 s in one step, 0.16-0.41 s in steps), a
 # small part of the command (the audit after it).
+PARTIAL_SUFFIX = ".partial"
+"""A backup is made under its name and this, beside it, until it is whole: see `backup_to`."""
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+"""What `link` fails with on a file system without hard links (FAT, exFAT: EPERM)."""
 _T = TypeVar("_T")
 
 
@@ -420,23 +425,30 @@ class SQLiteStore(Store):
         SQLite's online backup, in steps that all read under one read
         transaction, so writers go on (WAL) and it holds one moment of the
         database. Each step is synced before the next, the last with
-        synchronous=FULL, its directory synced: durable once this returns.
-        Who may read it is who may read the database (its permission bits,
-        less the umask; its owner may read and write it; its group the
-        database's, or one that may do no more than anyone: see
-        `_readers_of_the_group`). A copy that fails leaves nothing at `target`.
+        synchronous=FULL. It is made as `target` + `PARTIAL_SUFFIX` beside
+        `target` and named `target` only once whole and synced (its directory
+        synced after): a copy stopped at any point (a crash, Ctrl-C during
+        its cleanup too) is never at `target`, and `target` is never
+        overwritten (a file made there meanwhile is refused). Who may read it
+        is who may read the database (its permission bits, less the umask;
+        its owner may read and write it; its group the database's, or one
+        that may do no more than anyone: see `_readers_of_the_group`). A copy
+        that fails leaves nothing at `target` nor at its partial name.
 
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
                 writer opened the file during the copy: copy it again.
-            StorageError: `target` exists (a symbolic link too), or a
-                `-wal`, `-shm` or `-journal` beside it does, or it is one of
-                the database's own files (`-wal`, `-shm`, ...), or its name
-                is not UTF-8 (SQLite's names are) or too long for its
-                `-journal`, or it cannot be created, or the copy failed.
+            StorageError: `target` exists (a symbolic link too), or its
+                partial name does (another backup to it, or one stopped), or
+                a `-wal`, `-shm` or `-journal` beside either does, or it is
+                one of the database's own files (`-wal`, `-shm`, ...), or its
+                name is not UTF-8 (SQLite's names are) or too long for the
+                partial name's `-journal`, or it cannot be created, or the
+                copy failed.
 
         """
-        self._refuse_target(target)
+        partial = target + PARTIAL_SUFFIX
+        self._refuse_target(target, partial)
         try:
             database = Path(self._path).stat()
         except OSError as e:
@@ -447,25 +459,33 @@ class SQLiteStore(Store):
         # read-only, and the copy failed), or the umask take those bits (see below).
         mode = (database.st_mode & 0o666) | 0o600
         try:  # created here, exclusively: another file at that path is never overwritten
-            made = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            made = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
-            msg = f"{target!r} exists: a backup goes to a new file"
-            raise StorageError(msg) from None
+            raise StorageError(_partial_exists(target, partial)) from None
         except OSError as e:  # (mostly the directory's: missing, not ours to write, read-only)
             msg = (f"cannot create {target!r} in the directory "
                    f"{str(Path(target).absolute().parent)!r}: {e.strerror}")
             raise StorageError(msg) from e
+        mine: os.stat_result | None = None
         try:
             try:
+                mine = os.fstat(made)
                 _owner_reads_and_writes(made)
                 _readers_of_the_group(made, database.st_gid)
             finally:
                 os.close(made)
-            self._copy_into(target)
+            self._copy_into(partial)
+            _name_it(partial, target)
         except BaseException as e:
+            # Named `target` (a Ctrl-C as it was named): whole, but not returned. A second
+            # Ctrl-C here leaves the partial name (told as such by the next backup), or
+            # the whole copy at `target`.
+            with contextlib.suppress(OSError):
+                if mine is not None and os.path.samestat(os.lstat(target), mine):
+                    Path(target).unlink()
             for suffix in ("", *_SIDE_FILES):
                 with contextlib.suppress(OSError):
-                    Path(target + suffix).unlink()
+                    Path(partial + suffix).unlink()
             if isinstance(e, (apsw.Error, OSError)):
                 if self._changed():  # ("malformed": torn pages of a file a writer opened)
                     raise self._stale() from e
@@ -473,8 +493,11 @@ class SQLiteStore(Store):
                 raise StorageError(msg) from e
             raise
 
-    def _refuse_target(self, target: str) -> None:
-        """Refuse a `target` the copy would not be the only file of (see `backup_to`)."""
+    def _refuse_target(self, target: str, partial: str) -> None:
+        """Refuse a `target` the copy would not be the only file of (see `backup_to`).
+
+        `partial` is the name it is made under, beside `target`.
+        """
         try:
             target.encode()  # (a name of bytes that are not UTF-8, as the shell gives it)
         except UnicodeEncodeError:
@@ -496,24 +519,38 @@ class SQLiteStore(Store):
         if os.path.lexists(target):
             msg = f"{target!r} exists: a backup goes to a new file"
             raise StorageError(msg)
+        self._refuse_partial(target, partial)
+
+    def _refuse_partial(self, target: str, partial: str) -> None:
+        """Refuse the name `partial` a copy to `target` is made under (see `_refuse_target`)."""
+        if Path(partial).resolve() == Path(self._path).resolve():
+            msg = (f"{partial!r}, the name a copy to {target!r} is made under, is the "
+                   "database itself: back up to another name")
+            raise StorageError(msg)
+        if os.path.lexists(partial):  # (O_EXCL refuses it too, should it be made meanwhile)
+            raise StorageError(_partial_exists(target, partial))
         try:  # (SQLite copies under a -journal beside the copy, its name 8 bytes longer)
             longest = os.pathconf(Path(target).parent, "PC_NAME_MAX")
         except OSError:  # (no such directory: its creation says so)
             longest = None
-        if longest is not None and len(os.fsencode(f"{Path(target).name}-journal")) > longest:
-            msg = (f"{target!r} is too long a name for a backup: SQLite copies under a "
-                   f"-journal beside it, and {longest} bytes is the longest name there")
+        if longest is not None and len(os.fsencode(f"{Path(partial).name}-journal")) > longest:
+            msg = (f"{target!r} is too long a name for a backup: the copy is made under it "
+                   f"and '{PARTIAL_SUFFIX}', with a '{PARTIAL_SUFFIX}-journal' beside it "
+                   f"(SQLite's), and {longest} bytes is the longest name there")
             raise StorageError(msg)
-        for suffix in _SIDE_FILES:
-            # Another database's (one once at `target`, or one deleted while still open):
-            # SQLite deletes a -wal or -journal beside an empty file as it opens it and
-            # rewrites a -shm, and a failed copy's cleanup would delete it. Refused, not
-            # worked around: only the operator knows whose it is.
-            if os.path.lexists(side := target + suffix):
-                msg = (f"{side!r} exists beside {target!r}: SQLite would take it for the "
-                       f"copy's own {suffix} file and delete or rewrite it; move it away (it "
-                       "may belong to a database still open) or back up to another name")
-                raise StorageError(msg)
+        for name in (target, partial):
+            for suffix in _SIDE_FILES:
+                # Another database's (one once at that name, or one deleted while still
+                # open): SQLite deletes a -wal or -journal beside an empty file as it opens
+                # it and rewrites a -shm, an engine opening the copy would do so beside
+                # `target`, and a failed copy's cleanup would delete it. Refused, not
+                # worked around: only the operator knows whose it is.
+                if os.path.lexists(side := name + suffix):
+                    msg = (f"{side!r} exists beside {name!r}: SQLite would take it for the "
+                           f"copy's own {suffix} file and delete or rewrite it; move it away "
+                           "(it may belong to a database still open) or back up to another "
+                           "name")
+                    raise StorageError(msg)
 
     def _copy_into(self, target: str) -> None:
         """Copy the database into the empty file `target`, synced (see `backup_to`).
@@ -548,11 +585,6 @@ class SQLiteStore(Store):
             dest.close()  # (its -wal folded into the file, synced)
         if self._changed():  # an immutable read that a writer overtook: maybe torn
             raise self._stale()
-        directory = os.open(Path(target).resolve().parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the new file's name, durable too
-        finally:
-            os.close(directory)
 
     @contextmanager
     def _one_snapshot(self) -> Iterator[None]:
@@ -1245,6 +1277,42 @@ def _sum_overflowed(e: BaseException) -> bool:
     """Whether `e` (or the error it translates) is SQLite's SUM overflowing past 2**63."""
     cause = e if isinstance(e, apsw.SQLError) else e.__cause__
     return isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)
+
+
+def _partial_exists(target: str, partial: str) -> str:
+    return (f"{partial!r} exists: a backup to {target!r} is being made, or one that was "
+            "stopped (Ctrl-C, a crash) left it unfinished; remove it (and any -journal "
+            f"beside it) once no backup to {target!r} is running")
+
+
+def _name_it(partial: str, target: str) -> None:
+    """Give the whole, synced copy at `partial` the name `target`, never over another file.
+
+    A hard link refuses a `target` made meanwhile, where a rename would replace
+    it. A file system without hard links has it renamed, `target` found absent
+    just before (a file made there in between is lost: on such a file system
+    only). The directory is synced after it: `target` durable, as the copy is.
+    """
+    try:
+        os.link(partial, target, follow_symlinks=False)
+    except FileExistsError:
+        msg = f"{target!r} exists (it was made during the copy): a backup goes to a new file"
+        raise StorageError(msg) from None
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(target):
+            msg = (f"{target!r} exists (it was made during the copy): a backup goes to a "
+                   "new file")
+            raise StorageError(msg) from None
+        Path(partial).rename(target)
+    else:
+        Path(partial).unlink()
+    directory = os.open(Path(target).resolve().parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # its name, durable too
+    finally:
+        os.close(directory)
 
 
 def _owner_reads_and_writes(made: int) -> None:
