@@ -733,3 +733,39 @@ def test_a_backup_under_a_umask_that_takes_its_owners_write_bit_is_taken(
         assert target.stat().st_mode & 0o777 == 0o600
         assert sorted(p.name for p in shared.iterdir()) == ["copy.db", "pools.db"]
         assert _rows(target, "operations") == _rows(db, "operations")
+
+
+@pytest.mark.parametrize("refused", ["the group's chown and chmod", "the owner's chmod"])
+def test_a_backup_on_a_file_system_that_refuses_its_permissions_fails_and_leaves_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        refused: str) -> None:
+    """(FAT, some network mounts: chown and chmod refused, EPERM.) The copy's readers cannot
+    be made the database's, nor (umask 0277) its owner let write it: no copy is made,
+    rather than one more readers may read, and nothing is left."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    JackpotEngine.open(source).close()
+    Path(f"{source}-lock").unlink(missing_ok=True)
+    if refused == "the group's chown and chmod":
+        assert os.geteuid() == 0, "run as root (as CI does): it gives the database a group"
+        os.chown(source, -1, 65533)  # (only its group and owner may read it)
+        source.chmod(0o640)
+        umask = 0o022
+    else:
+        umask = 0o277  # (the copy made 0400: its owner must be let write it)
+
+    def refusing(*args: object) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(sqlite_module.os, "fchown", refusing)
+    monkeypatch.setattr(sqlite_module.os, "fchmod", refusing)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    umask = os.umask(umask)
+    try:
+        status, out, err = _backup(capsys, str(target), "--db", str(source))
+    finally:
+        os.umask(umask)
+        monkeypatch.undo()
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: the copy to {str(target)!r} failed: [Errno 1] Operation "
+                   "not permitted\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
