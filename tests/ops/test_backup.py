@@ -766,6 +766,11 @@ def test_a_backup_on_a_file_system_that_refuses_its_permissions_fails_and_leaves
         os.umask(umask)
         monkeypatch.undo()
     assert (status, out) == (2, "")
-    assert err == (f"jackpot: error: the copy to {str(target)!r} failed: [Errno 1] Operation "
-                   "not permitted\n")
+    why = ("it may be given neither the database's group 65533 (chown: Operation not "
+           "permitted) nor a group that may do no more than anyone (chmod: Operation not "
+           "permitted)" if refused == "the group's chown and chmod" else
+           "the umask left it 0400 and its owner may not be let read and write it (chmod: "
+           "Operation not permitted)")
+    assert err == (f"jackpot: error: cannot give {str(target)!r} who may read the database: "
+                   f"{why}; back up to a file system that keeps owners and permissions\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == before

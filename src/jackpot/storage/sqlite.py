@@ -472,6 +472,10 @@ class SQLiteStore(Store):
                 mine = os.fstat(made)
                 _owner_reads_and_writes(made)
                 _readers_of_the_group(made, database.st_gid)
+            except _PermissionsRefusedError as e:  # (FAT, some mounts: no owners, no modes)
+                msg = (f"cannot give {target!r} who may read the database: {e}; back up to "
+                       "a file system that keeps owners and permissions")
+                raise StorageError(msg) from e
             finally:
                 os.close(made)
             self._copy_into(partial)
@@ -1279,6 +1283,10 @@ def _sum_overflowed(e: BaseException) -> bool:
     return isinstance(cause, apsw.SQLError) and "integer overflow" in str(cause)
 
 
+class _PermissionsRefusedError(Exception):
+    """A backup's file may not be given who may read the database (chown, chmod refused)."""
+
+
 def _partial_exists(target: str, partial: str) -> str:
     return (f"{partial!r} exists: a backup to {target!r} is being made, or one that was "
             "stopped (Ctrl-C, a crash) left it unfinished; remove it (and any -journal "
@@ -1324,7 +1332,12 @@ def _owner_reads_and_writes(made: int) -> None:
     """
     mode = stat.S_IMODE(os.fstat(made).st_mode)
     if ~mode & 0o600:  # (only then: a file system may refuse chmod)
-        os.fchmod(made, mode | 0o600)
+        try:
+            os.fchmod(made, mode | 0o600)
+        except OSError as e:
+            msg = (f"the umask left it {mode:04o} and its owner may not be let read and "
+                   f"write it (chmod: {e.strerror})")
+            raise _PermissionsRefusedError(msg) from e
 
 
 def _readers_of_the_group(made: int, group: int) -> None:
@@ -1341,8 +1354,14 @@ def _readers_of_the_group(made: int, group: int) -> None:
         return
     try:
         os.fchown(made, -1, group)
-    except PermissionError:  # (its maker is not of the database's group)
-        os.fchmod(made, (mode & ~0o070) | (mode & 0o007) << 3)
+    except PermissionError as e:  # (its maker is not of the database's group)
+        try:
+            os.fchmod(made, (mode & ~0o070) | (mode & 0o007) << 3)
+        except OSError as again:
+            msg = (f"it may be given neither the database's group {group} (chown: "
+                   f"{e.strerror}) nor a group that may do no more than anyone (chmod: "
+                   f"{again.strerror})")
+            raise _PermissionsRefusedError(msg) from again
 
 
 def _dumped_version(*, without_rowid: bool, indexes: set[str]) -> int:
