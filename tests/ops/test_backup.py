@@ -774,3 +774,62 @@ def test_a_backup_on_a_file_system_that_refuses_its_permissions_fails_and_leaves
     assert err == (f"jackpot: error: cannot give {str(target)!r} who may read the database: "
                    f"{why}; back up to a file system that keeps owners and permissions\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_backup_of_a_closed_file_changed_within_one_tick_of_its_clock_is_taken_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody has the file open: it is read immutable, and a change during the copy was
+    told by the file's size and mtime only. A clock of coarse ticks (1 s on ext4 of
+    128-byte inodes, 2 s on FAT; a jiffy elsewhere) gives a change within the tick of the
+    last one the same mtime, and a change into free pages the same size: a writer that
+    opened, bet and closed between two steps of the copy went unseen, and the copy was
+    torn (the levels' page from before the bet, the ledger's from after): "audit FAILED",
+    exit status 1, about a database that is whole, the torn copy left at TARGET (the bet
+    between other steps: "database disk image is malformed", exit status 2). Simulated: the
+    mtime set back, as such a clock would leave it."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    conn = apsw.Connection(str(source))  # free pages, for the bet to change no size
+    conn.execute("CREATE TABLE scratch (b BLOB); INSERT INTO scratch VALUES (zeroblob(200000));"
+                 "DROP TABLE scratch")
+    conn.close()
+    Path(f"{source}-lock").unlink(missing_ok=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pools.db"]  # (closed)
+    monkeypatch.setattr(sqlite_module, "_COPY_STEP_BYTES", 1)  # (a page per step)
+    real_fsync, real_copy = os.fsync, sqlite_module.SQLiteStore._copy_into
+    copies: list[str] = []
+    steps: list[int] = []
+
+    def a_writer_between_steps(fd: int) -> None:
+        steps.append(fd)
+        if len(copies) == 1 and len(steps) == 2:  # (the first copy's pages 1-2 copied)
+            copies.append("bet between its steps")
+            was = source.stat()
+            with JackpotEngine.open(source) as engine:
+                engine.contribute(Decimal(10), op_id="b")
+            assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(
+                "pools")) == ["pools.db", "pools.db-lock"]  # (it closed: no -wal, no -shm)
+            assert source.stat().st_size == was.st_size
+            os.utime(source, ns=(was.st_atime_ns, was.st_mtime_ns))  # (the same tick)
+        real_fsync(fd)
+
+    def copying(store: sqlite_module.SQLiteStore, into: str) -> None:
+        copies.append(into)
+        real_copy(store, into)
+
+    monkeypatch.setattr(sqlite_module.os, "fsync", a_writer_between_steps)
+    monkeypatch.setattr(sqlite_module.SQLiteStore, "_copy_into", copying)
+    status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
+    monkeypatch.undo()
+    assert (status, err) == (0, ""), out
+    assert json.loads(out)["audit"]["ok"]
+    assert copies == [f"{target}.partial", "bet between its steps", f"{target}.partial"]
+    conn = apsw.Connection(str(target), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT op_id FROM operations WHERE op_id IN ('a', 'b') "
+                            "ORDER BY op_id").fetchall() == [("a",), ("b",)]
+    finally:
+        conn.close()
