@@ -12,10 +12,11 @@ tmpfs (the tests' SQLite fsyncs stay off the disk), two children at most.
 Results, triage and the latest score: tests/model/MUTATION.md.
 
     mkdir -p /tmp/mut /dev/shm/mut && git archive HEAD src tests pyproject.toml \
-        | tar -x -C /tmp/mut && cd /tmp/mut
+        benchmarks examples scripts ops README.md | tar -x -C /tmp/mut && cd /tmp/mut
     cat >> pyproject.toml <<'TOML'
     [tool.mutmut]
     source_paths = ["src/jackpot"]
+    also_copy = ["benchmarks", "examples", "scripts", "ops", "README.md"]
     only_mutate = ["src/jackpot/domain.py", "src/jackpot/money.py",
                    "src/jackpot/storage/sqlite.py", "src/jackpot/storage/base.py"]
     pytest_add_cli_args_test_selection = ["tests/unit", "tests/integration",
