@@ -45,6 +45,10 @@ class IndexShape(NamedTuple):
     """It is an exclusion constraint's (PostgreSQL): not unique, it refuses rows as one does
     (those whose every key column its operator finds alike; a column of `=` as a unique
     index's, any other None)."""
+    own_classes: tuple[tuple[str, str] | None, ...] = ()
+    """Per key column (PostgreSQL; empty if none), (column, operator class) where a column is
+    compared under an operator class of the operator's (None in `columns`: its equality is
+    the class's, as an expression's is its own), else None."""
 
 
 def index_problems(found: dict[str, IndexShape]) -> list[str]:
@@ -76,8 +80,8 @@ def key_problems(indexes: Callable[[str], Iterable[IndexShape]]) -> list[str]:
     """
     return [f"{table} has no unique index on ({column}): {lost}"
             for table, (column, lost) in _KEYS.items()
-            if IndexShape(unique=True, columns=(column,), partial=False)
-            not in set(indexes(table))]
+            if not any(s.unique and s.columns == (column,) and not s.partial
+                       for s in indexes(table))]
 
 
 _UNIQUE_KEYS = {**{table: ((column,),) for table, (column, _) in _KEYS.items()},
@@ -102,7 +106,9 @@ def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[s
     the engine writes, as a duplicate (an error the caller gets, not a
     replay or a conflict). A WHERE only narrows which. So does an exclusion
     constraint (PostgreSQL), whose columns compared otherwise than by `=`
-    are as an expression (`EXCLUDE (lower(op_id) WITH =)`, `op_id WITH <>`).
+    are as an expression (`EXCLUDE (lower(op_id) WITH =)`, `op_id WITH <>`),
+    and a unique index's column under an operator class of the operator's
+    (`own_classes`: its equality is the class's, named with its column).
     (A unique index's key column given another collation is
     `index_collation_problems`'.) One on a column of the operator's (not in
     `TABLE_COLUMNS`: an identity, a `uuid DEFAULT gen_random_uuid()`, a
@@ -118,8 +124,18 @@ def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[s
             if table in _UNIQUE_KEYS and (shape.unique or shape.excludes)
             and not any(set(key) <= set(shape.columns) for key in _UNIQUE_KEYS[table])
             and all(c is None or c in TABLE_COLUMNS[table] for c in shape.columns)
-            for shown in [", ".join(c or ("something not compared by =" if shape.excludes
-                                          else "an expression") for c in shape.columns)]]
+            for shown in [", ".join(_shown(shape, n) for n in range(len(shape.columns)))]]
+
+
+def _shown(shape: IndexShape, n: int) -> str:
+    """Show `shape`'s `n`th key column as refusing_index_problems names it."""
+    column = shape.columns[n]
+    if column is not None:
+        return column
+    own = shape.own_classes[n] if n < len(shape.own_classes) else None
+    if own is not None:
+        return f"{own[0]} under operator class {own[1]}"
+    return "something not compared by =" if shape.excludes else "an expression"
 
 
 def constraint_problems(not_strict: Iterable[str], nullable: Iterable[tuple[str, str]],

@@ -180,9 +180,12 @@ _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema(
 # generated column's (an expression of others, stored or not), and a unique
 # index's under an operator class of the operator's (whose equality it is, not
 # the type's `=`: one that takes B1 and b1 for equal; PostgreSQL's own, such as
-# text_pattern_ops, compare by `=`). An index not ready (a CREATE INDEX
-# CONCURRENTLY that failed before its first pass ended) is not kept up to date,
-# and refuses nothing: neither unique nor an exclusion's.
+# text_pattern_ops, compare by `=`; that class is named, with its column). An index not
+# ready (a CREATE INDEX CONCURRENTLY that failed before its first pass ended) is not kept
+# up to date, and refuses nothing: neither unique nor an exclusion's.
+_KEY_COLUMNS = ("FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
+                "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a "
+                "ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n")
 _INDEXES = (
     "SELECT c.relname, i.indisunique AND i.indisready, ARRAY(SELECT CASE WHEN (NOT "
     "i.indisexclusion AND (SELECT p.opcnamespace = 'pg_catalog'::regnamespace "
@@ -190,11 +193,12 @@ _INDEXES = (
     "(SELECT o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace "
     "FROM pg_operator o WHERE o.oid = x.conexclop[k.n]) AND coalesce((SELECT "
     "l.collisdeterministic FROM pg_collation l WHERE l.oid = (i.indcollation::oid[])[k.n - 1]), "
-    "true))) AND a.attgenerated = '' THEN a.attname END "
-    "FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
-    "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid "
-    "AND a.attnum = k.attnum ORDER BY k.n), i.indpred IS NOT NULL, "
-    "i.indisexclusion AND i.indisready "
+    f"true))) AND a.attgenerated = '' THEN a.attname END {_KEY_COLUMNS}), "
+    "i.indpred IS NOT NULL, i.indisexclusion AND i.indisready, "
+    "ARRAY(SELECT CASE WHEN NOT i.indisexclusion AND a.attgenerated = '' THEN a.attname END "
+    f"{_KEY_COLUMNS}), ARRAY(SELECT CASE WHEN NOT i.indisexclusion THEN (SELECT p.opcname "
+    "FROM pg_opclass p WHERE p.oid = (i.indclass::oid[])[k.n - 1] "
+    f"AND p.opcnamespace <> 'pg_catalog'::regnamespace) END {_KEY_COLUMNS}) "
     "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
     "LEFT JOIN pg_constraint x ON x.conindid = i.indexrelid AND x.contype = 'x' "
     f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
@@ -1139,7 +1143,10 @@ class PostgresStore(Store):
                     _NUMBER_TYPES if number_column(table, column) else _TEXT_TYPES)]
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
-        return {r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]), excludes=bool(r[4]))
+        return {r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]), excludes=bool(r[4]),
+                                 own_classes=tuple(
+                                     (column, own) if column is not None and own is not None
+                                     else None for column, own in zip(r[5], r[6], strict=True)))
                 for r in self._exec(_INDEXES, (table,))}
 
     def _column_types(self) -> list[tuple[str, str, str]]:
