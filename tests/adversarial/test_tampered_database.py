@@ -1736,13 +1736,23 @@ def test_a_unique_index_given_a_collation_is_reported(engine: JackpotEngine, sql
     assert problems(engine) == found
 
 
-def refusing(*indexes: tuple[str, str, str]) -> list[str]:
-    """What verify() says of these (table, unique index, its columns) that refuse the engine's rows."""
+def refusing(*indexes: tuple[str, ...]) -> list[str]:
+    """What verify() says of these (table, unique index, its columns) that refuse the engine's rows.
+
+    A fourth element: what it says of a column of the operator's (`one_value`).
+    """
     refused = {"levels": "a new level", "operations": "a new op_id",
                "ledger": "a level's next version"}
     return ["integrity_check: " + "; ".join(
         f"table {table}: unique index {index} on ({columns}) refuses rows the engine writes: "
-        f"{refused[table]} refused as a duplicate" for table, index, columns in indexes)]
+        f"{refused[table]} refused as a duplicate{''.join(f' ({why})' for why in whys)}"
+        for table, index, columns, *whys in indexes)]
+
+
+def one_value(column: str, default: str) -> str:
+    """What verify() says of a column of the operator's whose `default` every engine row takes."""
+    return (f"{column} is {default}, its default, in every row the engine writes: with no "
+            "default (NULL), or one that gives each row another value, they are apart")
 
 
 @pytest.mark.parametrize(("sql", "found"), [
@@ -1774,6 +1784,19 @@ def refusing(*indexes: tuple[str, str, str]) -> list[str]:
     (("ALTER TABLE operations ADD COLUMN lop TEXT AS (lower(op_id)); "
       "CREATE UNIQUE INDEX ops_lop ON operations (lop, kind)"),
      refusing(("operations", "ops_lop", "an expression, kind"))),
+    # On a column of the operator's whose default is a literal: every row the engine
+    # writes takes it, as one of the engine's columns (a WHERE that may leave it out
+    # is not read: told). One without default, beside it, is NULL: the rows are apart.
+    (("ALTER TABLE operations ADD COLUMN tag TEXT NOT NULL DEFAULT ''; "
+      "CREATE UNIQUE INDEX ops_tag ON operations (tag, kind); "
+      "CREATE UNIQUE INDEX ops_tag_set ON operations (tag) WHERE tag <> ''; "
+      "ALTER TABLE ledger ADD COLUMN n INTEGER DEFAULT 0; "
+      "CREATE UNIQUE INDEX ledger_n ON ledger (n, kind, level); "
+      "ALTER TABLE ledger ADD COLUMN ext_ref TEXT DEFAULT NULL; "
+      "CREATE UNIQUE INDEX ledger_n_ext_ref ON ledger (n, kind, ext_ref)"),
+     refusing(("ledger", "ledger_n", "n, kind, level", one_value("n", "0")),
+              ("operations", "ops_tag", "tag, kind", one_value("tag", "''")),
+              ("operations", "ops_tag_set", "tag", one_value("tag", "''")))),
 ])
 def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
         engine: JackpotEngine, sql: str, found: list[str]) -> None:
@@ -1782,6 +1805,33 @@ def test_a_unique_index_that_refuses_the_engine_s_rows_is_reported(
     # and verify() said ok.
     tamper(engine, sql)
     assert problems(engine) == found
+
+
+def test_a_unique_index_on_a_column_of_a_literal_default_refuses_the_engine_s_rows(
+        engine: JackpotEngine) -> None:
+    # The engine writes none of the operator's column, so each of its rows takes the
+    # default: the second contribution was refused (StorageError) while verify() said ok.
+    tamper(engine, "ALTER TABLE operations ADD COLUMN tag TEXT NOT NULL DEFAULT 'x'; "
+                   "CREATE UNIQUE INDEX ops_tag ON operations (tag, kind)")
+    with pytest.raises(StorageError, match=r"UNIQUE constraint failed: operations\.tag"):
+        engine.contribute(Decimal(50), op_id="b2")
+    assert engine.pool("minor").version == 3
+    assert problems(engine) == refusing(
+        ("operations", "ops_tag", "tag, kind", one_value("tag", "'x'")))
+
+
+def test_a_unique_index_on_a_column_of_a_random_default_takes_the_engine_s_rows(
+        engine: JackpotEngine) -> None:
+    # A default that calls randomblob() gives each row another value (ADD COLUMN takes
+    # no such default: a rebuilt table's): not told, and the engine's rows go in.
+    tamper(engine, "ALTER TABLE ledger ADD COLUMN uid TEXT")
+    rebuild(engine, "ledger", lambda sql: sql.replace(
+        "uid TEXT", "uid TEXT DEFAULT (lower(hex(RandomBlob (16))))"))
+    tamper(engine, "CREATE UNIQUE INDEX ledger_uid ON ledger (uid)")
+    engine.contribute(Decimal(50), op_id="b2")
+    engine.process_win("minor", op_id="w2")
+    assert engine.pool("minor").version == 5
+    assert problems(engine) == []
 
 
 def test_a_unique_index_on_an_expression_refuses_a_good_op_id(engine: JackpotEngine) -> None:

@@ -1720,12 +1720,24 @@ def test_a_dropped_key_is_reported(pg_target: str, sql: str, problems: list[str]
     _index_problems(pg_target, sql, problems)
 
 
-def _refusing(*indexes: tuple[str, str, str]) -> list[str]:
+def _refusing(*indexes: tuple[str, ...], kind: str = "unique index") -> list[str]:
+    """What verify() says of these (table, index, its columns[, why for an operator's column])."""
     refused = {"levels": "a new level", "operations": "a new op_id",
                "ledger": "a level's next version"}
     return ["integrity_check: " + "; ".join(
-        f"table {table}: unique index {index} on ({columns}) refuses rows the engine writes: "
-        f"{refused[table]} refused as a duplicate" for table, index, columns in indexes)]
+        f"table {table}: {kind} {index} on ({columns}) refuses rows the engine writes: "
+        f"{refused[table]} refused as a duplicate{''.join(f' ({why})' for why in whys)}"
+        for table, index, columns, *whys in indexes)]
+
+
+def _one_value(column: str, default: str) -> str:
+    return (f"{column} is {default}, its default, in every row the engine writes: with no "
+            "default (NULL), or one that gives each row another value, they are apart")
+
+
+def _nulls_equal(column: str) -> str:
+    return (f"{column} is NULL in every row the engine writes, and the index takes NULLs for "
+            "equal (NULLS NOT DISTINCT): without it they are apart")
 
 
 @pytest.mark.parametrize(("sql", "problems"), [
@@ -1749,11 +1761,37 @@ def _refusing(*indexes: tuple[str, str, str]) -> list[str]:
       "CREATE UNIQUE INDEX ledger_seq ON ledger (op_id, seq)"), []),
     # On a column of the operator's (the engine writes none of it: its default's values),
     # as an identity or a uuid: it keeps apart what they do, and the engine's rows go in
-    # (test_an_operator_s_own_unique_column_takes_the_engine_s_rows). A generated
-    # column is an expression of the engine's: told as one.
+    # (test_an_operator_s_own_unique_column_takes_the_engine_s_rows); a serial's nextval()
+    # too, and a column with no default (NULL: apart in a unique index), even a domain's
+    # NULL over its type's default.
     (("ALTER TABLE ledger ADD COLUMN audit_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE; "
       "ALTER TABLE operations ADD COLUMN uid uuid NOT NULL DEFAULT gen_random_uuid(); "
-      "ALTER TABLE operations ADD CONSTRAINT ops_uid EXCLUDE (uid WITH =)"), []),
+      "ALTER TABLE operations ADD CONSTRAINT ops_uid EXCLUDE (uid WITH =); "
+      "ALTER TABLE ledger ADD COLUMN n bigserial UNIQUE; "
+      "CREATE UNIQUE INDEX ledger_n_kind ON ledger (n, kind); "
+      "ALTER TABLE operations ADD COLUMN ext_ref text UNIQUE; "
+      "CREATE DOMAIN tagged AS text DEFAULT 'x'; "
+      "ALTER TABLE operations ADD COLUMN tag tagged DEFAULT NULL UNIQUE"), []),
+    # One whose default gives every row one value (a literal, a domain's, now() in one
+    # transaction) is filled by the engine's rows as its own columns are (a WHERE that
+    # may leave it out is not read: told); so is one with no default under NULLS NOT
+    # DISTINCT.
+    (("ALTER TABLE operations ADD COLUMN tag text NOT NULL DEFAULT 'x' UNIQUE; "
+      "CREATE UNIQUE INDEX ops_tag_set ON operations (tag) WHERE tag <> 'x'; "
+      "CREATE DOMAIN tagged AS text DEFAULT 'd'; "
+      "ALTER TABLE operations ADD COLUMN dtag tagged; "
+      "CREATE UNIQUE INDEX ops_dtag ON operations (dtag, kind); "
+      "ALTER TABLE ledger ADD COLUMN at timestamptz DEFAULT now(); "
+      "CREATE UNIQUE INDEX ledger_at ON ledger (at, kind, level); "
+      "ALTER TABLE ledger ADD COLUMN ext_ref text; "
+      "ALTER TABLE ledger ADD CONSTRAINT ledger_ext_ref UNIQUE NULLS NOT DISTINCT "
+      "(ext_ref, kind, level)"),
+     _refusing(("ledger", "ledger_at", "at, kind, level", _one_value("at", "now()")),
+               ("ledger", "ledger_ext_ref", "ext_ref, kind, level", _nulls_equal("ext_ref")),
+               ("operations", "operations_tag_key", "tag", _one_value("tag", "'x'::text")),
+               ("operations", "ops_dtag", "dtag, kind", _one_value("dtag", "'d'::text")),
+               ("operations", "ops_tag_set", "tag", _one_value("tag", "'x'::text")))),
+    # A generated column is an expression of the engine's: told as one.
     (("ALTER TABLE operations ADD COLUMN lop text GENERATED ALWAYS AS (lower(op_id)) STORED; "
       "CREATE UNIQUE INDEX ops_lop ON operations (lop)"),
      _refusing(("operations", "ops_lop", "an expression"))),
@@ -1853,12 +1891,43 @@ def test_a_clash_on_an_operators_index_not_on_the_key_as_such_is_no_lost_race(
         assert engine.pool("minor").version == 2
 
 
+@pytest.mark.parametrize(("sql", "index", "problems"), [
+    ("ALTER TABLE operations ADD COLUMN tag text NOT NULL DEFAULT 'x' UNIQUE",
+     "operations_tag_key", _refusing(
+         ("operations", "operations_tag_key", "tag", _one_value("tag", "'x'::text")))),
+    (("ALTER TABLE operations ADD COLUMN ext_ref text; "
+      "ALTER TABLE operations ADD CONSTRAINT ops_ext_ref UNIQUE NULLS NOT DISTINCT (ext_ref)"),
+     "ops_ext_ref", _refusing(("operations", "ops_ext_ref", "ext_ref", _nulls_equal("ext_ref")))),
+    (("ALTER TABLE operations ADD COLUMN tag text NOT NULL DEFAULT 'x'; "
+      "ALTER TABLE operations ADD CONSTRAINT ops_tag EXCLUDE (tag WITH =)"),
+     "ops_tag", _refusing(("operations", "ops_tag", "tag", _one_value("tag", "'x'::text")),
+                          kind="exclusion constraint")),
+])
+def test_an_operator_s_unique_column_of_one_value_refuses_the_engine_s_rows(
+        pg_target: str, sql: str, index: str, problems: list[str]) -> None:
+    # The engine writes none of the column: each of its rows takes the default, or NULL,
+    # which NULLS NOT DISTINCT takes for equal; the second operation was refused
+    # (UniqueViolation, ExclusionViolation: a StorageError) while verify() said ok.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
+        engine.contribute(Decimal(10), groups="minor", op_id="b1")
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            for statement in sql.split("; "):
+                conn.execute(statement)
+        with pytest.raises(StorageError, match=f'constraint "{index}"'):
+            engine.contribute(Decimal(10), groups="minor", op_id="b2")
+        assert engine.pool("minor").version == 2
+        assert engine.verify().problems == problems
+
+
 def test_an_operator_s_own_unique_column_takes_the_engine_s_rows(pg_target: str) -> None:
     with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)) as engine:
         engine.contribute(Decimal(10), groups="minor", op_id="b1")
         with psycopg.connect(pg_target, autocommit=True) as conn:
             conn.execute("ALTER TABLE ledger ADD COLUMN audit_id bigint "
                          "GENERATED ALWAYS AS IDENTITY UNIQUE")
+            conn.execute("ALTER TABLE operations ADD COLUMN n bigserial UNIQUE, "
+                         "ADD COLUMN uid uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE, "
+                         "ADD COLUMN ext_ref text UNIQUE")
         engine.contribute(Decimal(10), groups="minor", op_id="b2")
         engine.process_win("minor", op_id="w1")
         assert engine.pool("minor").version == 4

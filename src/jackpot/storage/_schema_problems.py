@@ -8,8 +8,9 @@ them, in the same words on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from jackpot.storage.base import TABLE_COLUMNS
@@ -45,6 +46,9 @@ class IndexShape(NamedTuple):
     """It is an exclusion constraint's (PostgreSQL): not unique, it refuses rows as one does
     (those whose every key column its operator finds alike; a column of `=` as a unique
     index's, any other None)."""
+    nulls_equal: bool = False
+    """It takes NULLs for equal (PostgreSQL 15's NULLS NOT DISTINCT): a column NULL in every
+    row the engine writes is then one value in all of them."""
     own_classes: tuple[tuple[str, str] | None, ...] = ()
     """Per key column (PostgreSQL; empty if none), (column, operator class) where a column is
     compared under an operator class of the operator's (None in `columns`: its equality is
@@ -95,7 +99,9 @@ _REFUSED = {"levels": "a new level", "operations": "a new op_id",
             "ledger": "a level's next version"}
 
 
-def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[str]:
+def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]],
+                            defaults: Callable[[], Mapping[str, Mapping[str, str | None]]],
+                            ) -> list[str]:
     """Name each unique index that refuses rows the engine's keys allow.
 
     `indexes`: per table of the three, its indexes' shapes by name. A unique
@@ -110,21 +116,63 @@ def refusing_index_problems(indexes: dict[str, dict[str, IndexShape]]) -> list[s
     and a unique index's column under an operator class of the operator's
     (`own_classes`: its equality is the class's, named with its column).
     (A unique index's key column given another collation is
-    `index_collation_problems`'.) One on a column of the operator's (not in
-    `TABLE_COLUMNS`: an identity, a `uuid DEFAULT gen_random_uuid()`, a
-    reference the operator's tool fills), which the engine never writes,
-    keeps apart what the operator's values do: not told (an `ADD COLUMN
-    ... UNIQUE` of a sound schema was). A generated column is an
-    expression of the engine's columns: each backend reads it as one.
+    `index_collation_problems`'.)
+
+    A column of the operator's (not in `TABLE_COLUMNS`) the engine never
+    writes: each of its rows holds what the column's default gives.
+    `defaults()` (read once, and only for such an index): per table, the
+    operator's columns whose default gives every row one value (a literal,
+    `now()`: the engine's rows then differ in its columns only), that
+    default as the backend prints it, None where it has none (NULL). One
+    absent gives each row another value (an identity, a `uuid DEFAULT
+    gen_random_uuid()`): an index on it keeps apart what those values do,
+    and is not told (an `ADD COLUMN ... UNIQUE` of a sound schema was); nor
+    one on a column NULL in every row (NULLs are apart in a unique index,
+    and never alike to an exclusion's operator), unless the index takes
+    NULLs for equal (`nulls_equal`). One of a default that gives one value
+    is as the engine's own columns: `ADD COLUMN tag text NOT NULL DEFAULT
+    'x' UNIQUE` refused the second operation, verify() saying ok. Then its
+    WHERE is not read (it may leave the default out, `WHERE tag <> 'x'`, or
+    not): told, rather than a WHERE read wrong passing an index that
+    refuses. A generated column is an expression of the engine's columns:
+    each backend reads it as one.
     """
-    return [f"table {table}: {'exclusion constraint' if shape.excludes else 'unique index'} "
-            f"{name} on ({shown}) refuses rows the engine writes: {_REFUSED[table]} refused "
-            "as a duplicate"
-            for table, found in indexes.items() for name, shape in sorted(found.items())
-            if table in _UNIQUE_KEYS and (shape.unique or shape.excludes)
-            and not any(set(key) <= set(shape.columns) for key in _UNIQUE_KEYS[table])
-            and all(c is None or c in TABLE_COLUMNS[table] for c in shape.columns)
-            for shown in [", ".join(_shown(shape, n) for n in range(len(shape.columns)))]]
+    problems = []
+    read = functools.cache(defaults)
+    for table, found in indexes.items():
+        for name, shape in sorted(found.items()):
+            if (table not in _UNIQUE_KEYS or not (shape.unique or shape.excludes)
+                    or any(set(key) <= set(shape.columns) for key in _UNIQUE_KEYS[table])):
+                continue
+            notes = [_one_value(c, read().get(table, {}), shape)
+                     for c in shape.columns if c is not None and c not in TABLE_COLUMNS[table]]
+            if None in notes:
+                continue
+            kind = "exclusion constraint" if shape.excludes else "unique index"
+            shown = ", ".join(_shown(shape, n) for n in range(len(shape.columns)))
+            why = f" ({', and '.join(n for n in notes if n)})" if notes else ""
+            problems.append(f"table {table}: {kind} {name} on ({shown}) refuses rows the engine "
+                            f"writes: {_REFUSED[table]} refused as a duplicate{why}")
+    return problems
+
+
+def _one_value(column: str, defaults: Mapping[str, str | None], shape: IndexShape,
+               ) -> str | None:
+    """Say how the operator's `column` holds one value in every row the engine writes.
+
+    None where it does not (the index keeps those rows apart): a default that gives each row
+    another value (not in `defaults`), or NULL under an index that keeps NULLs apart.
+    """
+    if column not in defaults:
+        return None
+    default = defaults[column]
+    if default is not None:
+        return (f"{column} is {default}, its default, in every row the engine writes: with no "
+                "default (NULL), or one that gives each row another value, they are apart")
+    if shape.nulls_equal:
+        return (f"{column} is NULL in every row the engine writes, and the index takes NULLs "
+                "for equal (NULLS NOT DISTINCT): without it they are apart")
+    return None
 
 
 def _shown(shape: IndexShape, n: int) -> str:

@@ -182,7 +182,8 @@ _CURRENT_SCHEMA = "(SELECT oid FROM pg_namespace WHERE nspname = current_schema(
 # the type's `=`: one that takes B1 and b1 for equal; PostgreSQL's own, such as
 # text_pattern_ops, compare by `=`; that class is named, with its column). An index not
 # ready (a CREATE INDEX CONCURRENTLY that failed before its first pass ended) is not kept
-# up to date, and refuses nothing: neither unique nor an exclusion's.
+# up to date, and refuses nothing: neither unique nor an exclusion's. Whether it takes
+# NULLs for equal (NULLS NOT DISTINCT) is read by name: 15 added the column.
 _KEY_COLUMNS = ("FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
                 "WITH ORDINALITY AS k(attnum, n) LEFT JOIN pg_attribute a "
                 "ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n")
@@ -195,6 +196,7 @@ _INDEXES = (
     "l.collisdeterministic FROM pg_collation l WHERE l.oid = (i.indcollation::oid[])[k.n - 1]), "
     f"true))) AND a.attgenerated = '' THEN a.attname END {_KEY_COLUMNS}), "
     "i.indpred IS NOT NULL, i.indisexclusion AND i.indisready, "
+    "coalesce((to_jsonb(i) -> 'indnullsnotdistinct')::bool, false), "
     "ARRAY(SELECT CASE WHEN NOT i.indisexclusion AND a.attgenerated = '' THEN a.attname END "
     f"{_KEY_COLUMNS}), ARRAY(SELECT CASE WHEN NOT i.indisexclusion THEN (SELECT p.opcname "
     "FROM pg_opclass p WHERE p.oid = (i.indclass::oid[])[k.n - 1] "
@@ -203,6 +205,20 @@ _INDEXES = (
     "LEFT JOIN pg_constraint x ON x.conindid = i.indexrelid AND x.contype = 'x' "
     f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND i.indrelid = (SELECT oid FROM "
     f"pg_class WHERE relname = %s AND relnamespace = {_CURRENT_SCHEMA})")
+# The operator's columns of the three tables (the engine's, `table.column`, left out: the
+# engine writes them) whose default (or their domain's) gives every row one value: table,
+# column, default as PostgreSQL prints it (NULL where none). A generated column is an
+# expression of others (see _INDEXES), an identity's values differ.
+_DEFAULTS = (
+    "SELECT c.relname, a.attname, pg_get_expr(e.bin, c.oid) FROM pg_attribute a "
+    "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid "
+    "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+    "CROSS JOIN LATERAL (SELECT coalesce(d.adbin, t.typdefaultbin) AS bin) AS e "
+    f"WHERE c.relnamespace = {_CURRENT_SCHEMA} AND c.relname = ANY(%s) "
+    "AND NOT (c.relname || '.' || a.attname) = ANY(%s) "
+    "AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = '' AND a.attgenerated = '' "
+    "AND NOT EXISTS (SELECT FROM regexp_matches(e.bin::text, ':(?:op)?funcid (\\d+)', 'g') "
+    "AS f(m) JOIN pg_proc p ON p.oid = f.m[1]::oid WHERE p.provolatile = 'v')")
 # The key columns of the three tables' unique indexes (primary keys' included)
 # whose collation is nondeterministic and not their column's: table, index,
 # column, collation (`index_collation_problems`). indcollation has one per key
@@ -1064,7 +1080,7 @@ class PostgresStore(Store):
         indexes = {table: self._indexes(table) for table in NULLABLE}
         problems.extend(index_problems(indexes["ledger"]))
         problems.extend(key_problems(lambda table: indexes[table].values()))
-        problems.extend(refusing_index_problems(indexes))
+        problems.extend(refusing_index_problems(indexes, self._defaults))
         # Of the engine's tables only: one of a table of the operator's (a CREATE INDEX
         # CONCURRENTLY that failed on an archive copy) holds nothing of the engine's.
         problems.extend(f"index {r[0]} is invalid" for r in self._exec(
@@ -1144,10 +1160,28 @@ class PostgresStore(Store):
 
     def _indexes(self, table: str) -> dict[str, IndexShape]:
         return {r[0]: IndexShape(bool(r[1]), tuple(r[2]), bool(r[3]), excludes=bool(r[4]),
-                                 own_classes=tuple(
+                                 nulls_equal=bool(r[5]), own_classes=tuple(
                                      (column, own) if column is not None and own is not None
-                                     else None for column, own in zip(r[5], r[6], strict=True)))
+                                     else None for column, own in zip(r[6], r[7], strict=True)))
                 for r in self._exec(_INDEXES, (table,))}
+
+    def _defaults(self) -> dict[str, dict[str, str | None]]:
+        """Return, per table, the default of each column that gives every row one value.
+
+        (`refusing_index_problems`: None where it has none, or NULL; a
+        domain's own where the column has none.) Not an identity's, nor a
+        default that calls a volatile function (`nextval`, `gen_random_uuid()`,
+        `random()`), which gives each row another value: its calls are read
+        from the stored expression, where each names its function's oid
+        (`:funcid`, an operator's `:opfuncid`). A stable one, `now()`, gives
+        the rows of one transaction one value.
+        """
+        found: dict[str, dict[str, str | None]] = {table: {} for table in NULLABLE}
+        engine_s = [f"{t}.{c}" for t in NULLABLE for c in TABLE_COLUMNS[t]]
+        for table, column, default in self._exec(_DEFAULTS, (list(NULLABLE), engine_s)):
+            found[table][column] = (None if default is None or default == "NULL"
+                                    or default.startswith("NULL::") else default)
+        return found
 
     def _column_types(self) -> list[tuple[str, str, str]]:
         """Return (table, column, type) of the engine's tables' columns, in table order."""

@@ -34,6 +34,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shlex
 import stat
 import time
@@ -1163,7 +1164,8 @@ class SQLiteStore(Store):
         indexes = {table: self._indexes(table) for table in STRICT_TABLES}
         problems.extend(index_problems(indexes["ledger"]))
         problems.extend(key_problems(lambda table: indexes[table].values()))
-        problems.extend(refusing_index_problems(indexes))
+        problems.extend(refusing_index_problems(
+            indexes, lambda: {t: self._defaults(t) for t in indexes}))
         strict = dict(self._exec("SELECT name, strict FROM pragma_table_list "
                                  f"WHERE schema = 'main' AND name IN ({tables})", STRICT_TABLES))
         problems.extend(constraint_problems(
@@ -1274,6 +1276,20 @@ class SQLiteStore(Store):
                             "WHERE schema = 'main' AND name = 'ledger'")
         return bool(strict and strict[0][0])
 
+    def _defaults(self, table: str) -> dict[str, str | None]:
+        """Return the default of each of `table`'s columns that gives every row one value.
+
+        (`refusing_index_problems`: None where it has none, or NULL.) A literal
+        (`''`, `0`, `CURRENT_TIMESTAMP`, of one second) gives one, and so does an
+        expression, unless it calls random() or randomblob(), which give each
+        row another value (`(lower(hex(randomblob(16))))`, a rebuilt table's:
+        ADD COLUMN takes no expression).
+        """
+        return {name: None if default is None or default.upper() == "NULL" else default
+                for name, default in self._exec(
+                    "SELECT name, dflt_value FROM pragma_table_info(?)", (table,))
+                if default is None or not _RANDOM.search(_LITERALS.sub("''", default))}
+
     def _indexes(self, table: str) -> dict[str, IndexShape]:
         # A generated column (hidden 2, 3) is an expression of others: None, as one.
         generated = {r[0] for r in self._exec(
@@ -1283,6 +1299,12 @@ class SQLiteStore(Store):
                 "SELECT name FROM pragma_index_info(?) ORDER BY seqno", (name,))), bool(partial))
             for name, unique, partial in self._exec(
                 'SELECT name, "unique", partial FROM pragma_index_list(?)', (table,))}
+
+
+_LITERALS = re.compile(r"'(?:[^']|'')*'")
+"""A string literal of SQL (its quote doubled within)."""
+_RANDOM = re.compile(r"\brandom(?:blob)?\s*\(", re.IGNORECASE)
+"""A call of SQLite's functions that give each call another value."""
 
 
 class _ExactSum:
