@@ -7,6 +7,7 @@ APSW (or any other driver) exception.
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any, SupportsIndex
 
@@ -117,6 +118,18 @@ class ConcurrencyViolationError(JackpotError):
         self.operation = operation
         self.group = group
         self.conflict_details = dict(conflict_details or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuild with the keyword-only arguments, which `cls(*args)` would lack.
+
+        pickle (an error a multiprocessing or concurrent.futures worker
+        raises travels so) and copy rebuild an exception as `cls(*self.args)`:
+        without its keywords that raised TypeError in the parent, whose
+        ProcessPoolExecutor then broke ("terminated abruptly") and whose
+        multiprocessing.Pool result thread died, leaving `get()` waiting.
+        """
+        rebuild = functools.partial(type(self), operation=self.operation, group=self.group)
+        return (rebuild, self.args, self.__dict__)
 
 
 class LockTimeoutError(JackpotError):
