@@ -45,7 +45,13 @@ from jackpot.engine import (
     stopped_midway,
     tell_outcome,
 )
-from jackpot.errors import EngineClosedError, LockTimeoutError, StorageError, shown
+from jackpot.errors import (
+    EngineClosedError,
+    LockTimeoutError,
+    StorageError,
+    ValidationError,
+    shown,
+)
 from jackpot.health import HealthReport
 from jackpot.logs import log_withdrawn
 from jackpot.results import (
@@ -102,7 +108,16 @@ class AsyncJackpotEngine:
     """
 
     def __init__(self, engine: JackpotEngine) -> None:
-        """Wrap an open `JackpotEngine`; use `await AsyncJackpotEngine.open()` instead."""
+        """Wrap an open `JackpotEngine`; use `await AsyncJackpotEngine.open()` instead.
+
+        Raises:
+            ValidationError: `engine` is no `JackpotEngine` (a path, say).
+
+        """
+        if not isinstance(engine, JackpotEngine):  # a path: it failed at `_attach`, unexplained
+            msg = (f"engine must be a JackpotEngine, not {type(engine).__name__}: open a "
+                   "database with `await AsyncJackpotEngine.open(path)`")
+            raise ValidationError(msg)
         self._engine = engine
         # asyncio keeps only weak references to tasks: hold the running ones.
         self._tasks: set[asyncio.Task[Any]] = set()

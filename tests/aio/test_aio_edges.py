@@ -608,6 +608,19 @@ def test_open_refuses_bad_arguments_alike_in_both_apis(
     assert not list(tmp_path.iterdir())  # nothing was created
 
 
+@pytest.mark.parametrize("engine", ["pools.db", Path("pools.db"), None])
+def test_wrapping_something_else_than_an_engine_says_how_to_open_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: Any) -> None:
+    # AsyncJackpotEngine("pools.db"), `.open` forgotten, raised AttributeError:
+    # 'str' object has no attribute '_attach'.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=(
+            r"engine must be a JackpotEngine, not \w+: open a database with "
+            r"`await AsyncJackpotEngine.open\(path\)`")):
+        AsyncJackpotEngine(engine)
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
 def test_a_cancelled_open_leaves_no_engine_running(db_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The open goes on in its thread; the engine it opens is closed, not handed to nobody."""
