@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -57,7 +58,9 @@ class JSONFormatter(logging.Formatter):
 
     `severity` is the logging level name (`level` is the jackpot level). The
     five FIELDS are always present (null when a record lacks one); any other
-    `extra` value is added under its own key (non-JSON values as strings).
+    `extra` value is added under its own key (non-JSON values as strings; a
+    float NaN or infinity as "NaN", "Infinity" or "-Infinity", which bare are
+    no JSON and fail a strict reader's whole line).
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -75,7 +78,21 @@ class JSONFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        try:
+            return json.dumps(out, default=str, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # a NaN or an infinity somewhere (rare: the walk only then)
+            return json.dumps(_finite(out), default=str, separators=(",", ":"))
+
+
+def _finite(value: object) -> object:
+    """Return `value` with every float NaN or infinity, in dicts, lists and tuples, as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class OperationFields(logging.Filter):

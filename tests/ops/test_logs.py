@@ -321,6 +321,24 @@ def test_json_formatter_keeps_exceptions_and_odd_values() -> None:
     assert out["exception"].splitlines()[-1] == "ValueError: boom"
 
 
+def _strict(constant: str) -> object:
+    msg = f"{constant} is no JSON"
+    raise ValueError(msg)
+
+
+def test_json_formatter_writes_nan_and_infinities_as_text_a_strict_reader_takes() -> None:
+    # json.dumps writes a float NaN bare, as NaN: no JSON (RFC 8259), and a
+    # strict reader (jq, Go's encoding/json, a log shipper) drops the line.
+    record = logging.LogRecord("game", logging.INFO, __file__, 1, "rtp", (), None)
+    record.rtp = float("nan")
+    record.limits = {"high": float("inf"), "low": [float("-inf"), 1.5]}
+    line = JSONFormatter().format(record)
+    out = json.loads(line, parse_constant=_strict)
+    assert out["rtp"] == "NaN"
+    assert out["limits"] == {"high": "Infinity", "low": ["-Infinity", 1.5]}
+    assert out["message"] == "rtp"
+
+
 def test_text_format_shows_the_fields() -> None:
     stream = io.StringIO()
     handler = configure_logging(stream=stream, json_lines=False)
