@@ -60,7 +60,8 @@ class JSONFormatter(logging.Formatter):
     five FIELDS are always present (null when a record lacks one); any other
     `extra` value is added under its own key (non-JSON values as strings; a
     float NaN or infinity as "NaN", "Infinity" or "-Infinity", which bare are
-    no JSON and fail a strict reader's whole line).
+    no JSON and fail a strict reader's whole line). A traceback is under
+    `exception`, a stack asked for (`stack_info=True`) under `stack`.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -78,6 +79,8 @@ class JSONFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:  # asked for (stack_info=True): a text format shows it too
+            out["stack"] = self.formatStack(record.stack_info)
         try:
             return json.dumps(out, default=str, separators=(",", ":"), allow_nan=False)
         except ValueError:  # a NaN or an infinity somewhere (rare: the walk only then)

@@ -321,6 +321,22 @@ def test_json_formatter_keeps_exceptions_and_odd_values() -> None:
     assert out["exception"].splitlines()[-1] == "ValueError: boom"
 
 
+def test_json_formatter_keeps_a_stack_asked_for() -> None:
+    # logger.info(..., stack_info=True): logging.Formatter writes the stack
+    # after the message; the JSON lines left it out.
+    stream = io.StringIO()
+    handler = configure_logging(level="info", stream=stream)
+    try:
+        logging.getLogger("jackpot").info("where from", stack_info=True)
+    finally:
+        logging.getLogger("jackpot").removeHandler(handler)
+    out = json.loads(stream.getvalue())
+    assert out["stack"].startswith("Stack (most recent call last):")
+    assert "test_json_formatter_keeps_a_stack_asked_for" in out["stack"]
+    assert "stack" not in json.loads(JSONFormatter().format(
+        logging.LogRecord("jackpot", logging.INFO, __file__, 1, "plain", (), None)))
+
+
 def _strict(constant: str) -> object:
     msg = f"{constant} is no JSON"
     raise ValueError(msg)
