@@ -34,11 +34,12 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, NoReturn, Self, TypeVar, Unpack
 
 from jackpot.actors import ActorDeadError, Ticket
 from jackpot.domain import ConfigChanges, GroupConfig
 from jackpot.engine import (
+    NOT_PICKLED,
     JackpotEngine,
     answer_outcome,
     not_restarted_message,
@@ -172,6 +173,10 @@ class AsyncJackpotEngine:
     async def __aenter__(self) -> Self:
         """Return the engine; `await close()` on exit."""
         return self
+
+    def __reduce__(self) -> NoReturn:
+        """Refuse to be pickled (sent to another process), saying what to do instead."""
+        raise TypeError(NOT_PICKLED.format(type(self).__name__))
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, Unpack
+from typing import Any, NoReturn, Self, Unpack
 
 from jackpot import domain, reads, tracing
 from jackpot._closing import close_engine, probe_closed, probe_opening, stop_everything
@@ -170,6 +170,13 @@ def not_restarted_message(op: Operation) -> str:
     return (f"the actor serving {', '.join(op.names)} stopped and could not be restarted "
             f"(its error is logged); {op.kind} {op.op_id!r} changed nothing: retry with "
             "the same op_id")
+
+
+NOT_PICKLED = (
+    "cannot pickle an engine ({}): its actors and connections run in this process; open an "
+    "engine in each worker process, after it starts, and send it op_ids and amounts")
+"""Why an engine cannot go to another process (a pool's argument): pickle said only
+"cannot pickle '_thread.lock' object"."""
 
 
 class JackpotEngine:
@@ -494,6 +501,10 @@ class JackpotEngine:
     def __enter__(self) -> Self:
         """Return the engine; `close()` on exit."""
         return self
+
+    def __reduce__(self) -> NoReturn:
+        """Refuse to be pickled (sent to another process), saying what to do instead."""
+        raise TypeError(NOT_PICKLED.format(type(self).__name__))
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
