@@ -179,6 +179,21 @@ NOT_PICKLED = (
 "cannot pickle '_thread.lock' object"."""
 
 
+def _raised_while_out(error: Exception, queued: list[Ticket]) -> bool:
+    """Say whether `error` came from the caller's thread while its request was out.
+
+    A signal handler's exception (a request deadline on SIGALRM) lands where
+    the caller waits; the request was queued and goes on, as after Ctrl-C.
+    Counted as the operation's error it was logged "failed (error)", even
+    when applied, and a paid win never logged as paid. The engine's own
+    errors are JackpotErrors; an actor's unexpected one is its ticket's answer.
+    """
+    if isinstance(error, JackpotError) or not queued or not queued[-1].queued:
+        return False
+    ticket = queued[-1]
+    return not ticket.wait(0) or ticket.answer[1] is not error
+
+
 class JackpotEngine:
     """A running jackpot engine over one database. Safe to share between threads."""
 
@@ -888,14 +903,16 @@ class JackpotEngine:
             # Here, not in `else`: an interrupt as the answer is read is then
             # one like any other (its answer is there: told and counted as it is).
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
-        except Exception as e:
-            untold = (None, e)  # (plain stores, no call: no interrupt lands before them)
-            outcome = tell_outcome(op, None, e)
-            untold = None
-            raise
-        except BaseException:
-            # Interrupted (Ctrl-C, SystemExit from a signal handler) while the
-            # request was queued or running: it goes on without its caller.
+        except BaseException as e:
+            if isinstance(e, Exception):
+                untold = (None, e)  # (plain stores, no call: no interrupt lands before them)
+                if not _raised_while_out(e, queued):
+                    outcome = tell_outcome(op, None, e)
+                    untold = None
+                    raise
+            # Interrupted (Ctrl-C, SystemExit or another exception from a signal
+            # handler, such as a request deadline's) while the request was
+            # queued or running: it goes on without its caller.
             # Its real outcome is reported when it comes, not as an error now.
             # Set first, before any call: whatever a second interrupt cuts
             # short below, the `finally` tells from the ticket what is left.

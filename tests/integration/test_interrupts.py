@@ -1,4 +1,4 @@
-"""A caller interrupted while it waits (Ctrl-C, SystemExit from a signal handler).
+"""A caller interrupted while it waits (Ctrl-C, SystemExit or another exception from a signal handler).
 
 The interrupt reaches the caller; the request it had queued goes on and its
 real outcome is logged and counted once known, as the asyncio engine does for
@@ -47,6 +47,10 @@ log.addHandler(Said())
 log.setLevel(logging.INFO)
 if sys.argv[2] == "SIGTERM":  # a server whose SIGTERM handler exits
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+elif sys.argv[2] == "SIGALRM":  # a request deadline (signal.setitimer), an Exception
+    def deadline(*_):
+        raise TimeoutError("the round took too long")
+    signal.signal(signal.SIGALRM, deadline)
 else:  # Ctrl-C as Python takes it, even if this test runs with SIGINT ignored (a background job)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 engine = JackpotEngine.open(sys.argv[1])
@@ -64,7 +68,7 @@ def interrupt():
 threading.Thread(target=interrupt).start()
 try:
     engine.process_win("minor", op_id="win", winner="p1")
-except (KeyboardInterrupt, SystemExit) as e:
+except (KeyboardInterrupt, SystemExit, TimeoutError) as e:
     print("interrupted", type(e).__name__)
 go.set()
 engine.close()
@@ -75,10 +79,15 @@ print([m for m in said if m.startswith("win on minor")])
 
 
 @pytest.mark.parametrize(("sig", "raised"), [("SIGINT", "KeyboardInterrupt"),
-                                             ("SIGTERM", "SystemExit")])
+                                             ("SIGTERM", "SystemExit"),
+                                             ("SIGALRM", "TimeoutError")])
 def test_a_win_whose_caller_is_interrupted_is_logged_and_counted_as_paid(
         db_path: Path, sig: str, raised: str) -> None:
-    """Before: counted as an error (health's error rate) and never logged as paid."""
+    """Before: counted as an error (health's error rate) and never logged as paid.
+
+    A handler's own exception (TimeoutError from a request deadline) was
+    logged "win win failed (error): the round took too long" although paid.
+    """
     JackpotEngine.open(db_path).close()
     done = run_python(_INTERRUPTED_WIN, str(db_path), sig, timeout=120)
     assert done.returncode == 0, done.stderr
