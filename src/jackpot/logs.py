@@ -205,13 +205,13 @@ def log_success(op: Operation, outcome: str, result: object) -> None:
     """
     if isinstance(result, Contribution):
         for hit in result.hits:
-            logger.info("mystery jackpot hit on %s: paid %s to %s (op %s)", hit.group,
-                        hit.amount, hit.winner, op.op_id,
+            logger.info("mystery jackpot hit on %s: paid %s%s (op %s)", hit.group,
+                        hit.amount, _to(hit.winner), op.op_id,
                         extra={**_fields(op, outcome, hit.group), "amount": str(hit.amount),
                                "version": hit.version, "winner": hit.winner})
     elif isinstance(result, Win):
-        logger.info("win on %s: paid %s to %s (op %s, %s)", result.group, result.amount,
-                    result.winner, op.op_id, outcome,
+        logger.info("win on %s: paid %s%s (op %s, %s)", result.group, result.amount,
+                    _to(result.winner), op.op_id, outcome,
                     extra={**_fields(op, outcome), "amount": str(result.amount),
                            "balance": str(result.balance), "version": result.version,
                            "winner": result.winner, "reset": result.reset})
@@ -229,6 +229,11 @@ def log_success(op: Operation, outcome: str, result: object) -> None:
     else:
         logger.info("%s done (op %s, %s)", op.kind, op.op_id, outcome,
                     extra=_fields(op, outcome))
+
+
+def _to(winner: str | None) -> str:
+    """Say who was paid; " to None" read as a player of that name."""
+    return f" to {winner}" if winner is not None else ", no winner named"
 
 
 def log_failure(op: Operation, outcome: str, error: BaseException) -> None:
@@ -302,7 +307,7 @@ def log_refusal(kind: str, op_id: object, error: BaseException, named: object = 
         op_id = str.__str__(op_id)  # the text itself, as an accepted op_id is (a str subclass)
         ok = len(op_id) <= _MAX_OP_ID and op_id.isprintable()
         shown = op_id if ok else f"{op_id[:_SHOWN]!r}... ({len(op_id)} chars)"
-    logger.info("%s %s refused: %s", kind, shown, error,
+    logger.info("%s %s refused: %s", kind, shown if shown is not None else "(no op_id)", error,
                 extra={"op_id": shown, "operation": kind, "level": _named_levels(named),
                        "attempt": None,
                        "outcome": "rejected", "error": type(error).__name__})

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from _helpers import run_python
 from jackpot import (
     AsyncJackpotEngine,
+    GroupConfig,
     InsufficientFundsError,
     JackpotEngine,
     JackpotError,
@@ -54,6 +56,26 @@ def test_a_win_is_logged_with_its_fields(engine: JackpotEngine,
         "100.050000", "100.000000", 3, "p9")
     assert first.getMessage() == "win on minor: paid 100.050000 to p9 (op win-1, ok)"
     assert _fields(replay)["outcome"] == "replayed"
+
+
+def test_a_win_or_hit_with_no_winner_and_a_refusal_with_no_op_id_say_so_not_none(
+        open_engine: Callable[..., JackpotEngine], caplog: pytest.LogCaptureFixture) -> None:
+    # "paid 100.050000 to None" read as a player named None; "win None refused" too.
+    engine = open_engine(groups=[GroupConfig("minor", seed=Decimal(100),
+                                             contribution_rate=Decimal("0.005")),
+                                 GroupConfig("myst", seed=Decimal(1),
+                                             contribution_rate=Decimal("0.5"),
+                                             must_hit_by=Decimal("1.000001"))])
+    engine.contribute("10", groups="minor")
+    with caplog.at_level(logging.INFO, logger="jackpot"):
+        engine.process_win("minor", op_id="win-2")
+        engine.contribute("0.000002", groups="myst", op_id="bet-2")
+        with pytest.raises(UnknownGroupError):
+            engine.process_win("nope")
+    win, hit, refused = (r.getMessage() for r in _records(caplog))
+    assert win == "win on minor: paid 100.050000, no winner named (op win-2, ok)"
+    assert hit.startswith("mystery jackpot hit on myst: paid 1.000001, no winner named (op bet-2)")
+    assert refused.startswith("win (no op_id) refused: unknown level 'nope'")
 
 
 def test_a_config_change_is_logged(engine: JackpotEngine,
