@@ -54,7 +54,7 @@ from jackpot.errors import JackpotError, StorageError, ValidationError
 from jackpot.health import bounded_checks, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
 from jackpot.results import AdminResult, ConfigResult, PoolSnapshot, VerifyReport
-from jackpot.settings import Settings
+from jackpot.settings import Settings, near_misses
 from jackpot.storage import StaleReadError, Store, is_database_url, open_store
 from jackpot.storage.schema import LEDGER_PARTS
 
@@ -324,6 +324,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, on: bool) -> Non
 def app(ctx: click.Context, db: str | None, as_json: bool) -> None:
     """Operate a jackpot database: pools, ledger, audit, health, metrics."""
     ctx.obj = Options(db, as_json)
+    for warning in near_misses(os.environ):  # ignored, as open() logs: and this shows no log
+        click.echo(f"jackpot: warning: {warning}", err=True)
 
 
 @app.command()

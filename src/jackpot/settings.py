@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from jackpot.errors import ValidationError, exact_int, shown
 
-__all__ = ["LOG_LEVELS", "Settings"]
+__all__ = ["LOG_LEVELS", "Settings", "near_misses"]
 
 logger = logging.getLogger("jackpot")
 
@@ -158,18 +158,36 @@ def _check_environ(env: object) -> None:
             raise ValidationError(msg)
 
 
-def _warn_of_near_misses(env: Mapping[str, str], cls: type[Settings]) -> None:
-    """Log a JACKPOT_* variable that is no setting but nearly spells one (a typo is ignored)."""
+_NEAR_MISS = ("environment variable %s is not a jackpot setting and is ignored: "
+              "did you mean %s?")
+
+
+def near_misses(env: Mapping[str, str]) -> list[str]:
+    """Say of each JACKPOT_* variable that is no setting but nearly spells one that it is ignored.
+
+    The `jackpot` command prints these: it shows no log, where `open()` warns.
+    """
+    return [_NEAR_MISS % pair for pair in _near_misses(env, Settings)]
+
+
+def _near_misses(env: Mapping[str, str], cls: type[Settings]) -> list[tuple[str, str]]:
+    """Return (variable, the setting it nearly spells) for each JACKPOT_* variable that is none."""
     known = [f"JACKPOT_{f.name.upper()}" for f in fields(cls)]
+    found = []
     for var in env:
         if var.startswith("JACKPOT_") and var not in known:
             near = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
             if near:
-                # Ignored it is: a raising log filter must not fail the settings (or open()).
-                with contextlib.suppress(Exception):
-                    logger.warning("environment variable %s is not a jackpot setting and is "
-                                   "ignored: did you mean %s?", var, near[0],
-                                   extra={"outcome": "unknown_setting"})
+                found.append((var, near[0]))
+    return found
+
+
+def _warn_of_near_misses(env: Mapping[str, str], cls: type[Settings]) -> None:
+    """Log a JACKPOT_* variable that is no setting but nearly spells one (a typo is ignored)."""
+    for var, near in _near_misses(env, cls):
+        # Ignored it is: a raising log filter must not fail the settings (or open()).
+        with contextlib.suppress(Exception):
+            logger.warning(_NEAR_MISS, var, near, extra={"outcome": "unknown_setting"})
 
 
 def _parse(name: str, raw: str) -> object:

@@ -52,6 +52,18 @@ def db(tmp_path: Path) -> str:
     return path
 
 
+def test_a_mistyped_setting_is_warned_of_on_stderr(db: str) -> None:
+    # open() logs it, and the command shows no log: JACKPOT_LOCK_TIMEOUT=60000
+    # (for JACKPOT_LOCK_TIMEOUT_MS) was ignored without a word.
+    done = jackpot("verify", "--db", db, env={"JACKPOT_LOCK_TIMEOUT": "60000"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        "jackpot: warning: environment variable JACKPOT_LOCK_TIMEOUT is not a jackpot "
+        "setting and is ignored: did you mean JACKPOT_LOCK_TIMEOUT_MS?\n")
+    assert done.stdout.startswith("audit OK")
+    assert jackpot("verify", "--db", db, env={"JACKPOT_LOCK_TIMEOUT_MS": "60000"}).stderr == ""
+
+
 def test_init_creates_the_levels_and_keeps_existing_ones(tmp_path: Path) -> None:
     path = str(tmp_path / "new.db")
     done = jackpot("init", "--db", path)
