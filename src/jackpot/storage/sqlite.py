@@ -44,6 +44,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+try:
+    import resource as _resource
+except ImportError:  # pragma: no cover - Windows: no limit to name
+    _resource = None  # type: ignore[assignment]
+
 import apsw
 import apsw.bestpractice
 
@@ -1439,6 +1444,30 @@ def _dumped_version(*, without_rowid: bool, indexes: set[str]) -> int:
     return len(MIGRATIONS)
 
 
+def _out_of_descriptors() -> bool:
+    """Say whether this process may open no more files (EMFILE, or the system's ENFILE)."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as e:
+        return e.errno in (errno.EMFILE, errno.ENFILE)
+    return False
+
+
+def _descriptor_limit() -> str:
+    """Name this process's limit on open files, as `ulimit -n` shows it.
+
+    (`resource` is imported with the module: out of descriptors, an import
+    of a module not yet loaded fails, as it must open its file.)
+    """
+    if _resource is None:  # pragma: no cover - Windows
+        return "no more"
+    try:
+        soft = _resource.getrlimit(_resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return "no more"
+    return "no more" if soft == _resource.RLIM_INFINITY else f"{soft:,} (`ulimit -n`)"
+
+
 def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool) -> str:
     """Say why SQLite could not open `path`, where its own message does not.
 
@@ -1454,6 +1483,9 @@ def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool) 
         elif not Path(path).parent.is_dir():
             msg = (f"cannot open database {path!r}: there is no directory "
                    f"{str(Path(path).parent)!r} to create it in")
+        elif _out_of_descriptors():  # SQLite says only "unable to open database file"
+            msg += (f" (too many files open: this process may have {_descriptor_limit()}; "
+                    "an engine holds about two per level: raise the limit or serve fewer levels)")
         if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
             msg += (" (reading a WAL database needs its -shm file, which is missing and "
                     "cannot be created here: read it as the user that writes it)")

@@ -1,0 +1,29 @@
+"""An engine that runs out of file descriptors as it opens says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from _helpers import run_python
+
+_OUT_OF_FILES = """
+import resource, sys
+from jackpot import GroupConfig, JackpotEngine, StorageError
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+levels = [GroupConfig(f"g{i}", seed=10, contribution_rate="0.01") for i in range(100)]
+try:
+    JackpotEngine.open(sys.argv[1], levels)
+except StorageError as e:
+    print(e)
+"""
+
+
+def test_an_open_out_of_file_descriptors_names_the_limit(tmp_path: Path) -> None:
+    # SQLite says only "unable to open database file": 100 levels (two files
+    # each) under a limit of 64 read as a file that could not be found.
+    done = run_python(_OUT_OF_FILES, str(tmp_path / "many.db"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith(
+        "unable to open database file (too many files open: this process may have 64 "
+        "(`ulimit -n`); an engine holds about two per level: raise the limit or serve "
+        "fewer levels)"), done.stdout
