@@ -107,7 +107,9 @@ class LevelConfig:
     def check(self, *, amount: int) -> None:
         """Raise ValidationError if the settings contradict each other or `amount`."""
         if self.rate + self.reserve_rate >= money.RATE_SCALE:
-            msg = "contribution_rate + reserve_rate must stay below 1"
+            msg = (f"contribution_rate + reserve_rate must stay below 1, got "
+                   f"{money.rate_to_decimal(self.rate)} + "
+                   f"{money.rate_to_decimal(self.reserve_rate)}")
             raise ValidationError(msg)
         if self.overflow_to not in _OVERFLOW_TARGETS:
             msg = f"overflow_to must be 'meter' or 'reserve', got {self.overflow_to!r}"

@@ -23,6 +23,7 @@ from jackpot import (
     GroupRetiredError,
     GroupSuspendedError,
     InsufficientFundsError,
+    JackpotEngine,
     ValidationError,
 )
 from jackpot.domain import (
@@ -121,7 +122,8 @@ def row(*, delta: int = 0, reserve_delta: int = 0, contributed: int = 0, overflo
 # -- GroupConfig: the controller fields are validated --------------------------------
 
 @pytest.mark.parametrize(("kwargs", "pattern"), [
-    ({"reserve_rate": "0.9"}, r"^contribution_rate \+ reserve_rate must stay below 1"),
+    ({"reserve_rate": "0.9"},
+     r"^contribution_rate \+ reserve_rate must stay below 1, got 0\.1 \+ 0\.9$"),
     ({"reserve_rate": 1}, r"^reserve_rate must be a rate in \[0, 1\)"),
     ({"reserve_rate": "-0.1"}, r"^reserve_rate must be a rate in \[0, 1\)"),
     ({"overflow_to": "pool"}, r"^overflow_to must be 'meter' or 'reserve', got 'pool'"),
@@ -846,3 +848,14 @@ def test_retired_and_suspended_refusals_come_before_input_checks() -> None:
         contribute(held, -1, T0, no_draw)
     with pytest.raises(GroupSuspendedError):  # not InsufficientFundsError
         win(held, None, T0, no_draw)
+
+
+def test_a_config_change_past_a_rate_of_1_names_both_rates(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    # It said only "contribution_rate + reserve_rate must stay below 1": the
+    # operator changing one of them was not told what the other one is.
+    engine = open_engine(groups=[GroupConfig("minor", 10, "0.015")])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=(
+            r"^contribution_rate \+ reserve_rate must stay below 1, got 0\.015 \+ 0\.99$")):
+        engine.update_config("minor", reserve_rate="0.99")
+    assert engine.pool("minor").version == 1  # nothing changed
