@@ -154,9 +154,10 @@ _COPY_STEP_BYTES = 2 * 2**20
 # from 66 to ~245 MB over 26 runs, 61-204 ms in one step, 3-38 ms in steps. The copy
 # takes up to ~1.5x as long (67 MB: 0.11-0.31 s in one step, 0.16-0.41 s in steps), a
 # small part of the command (the audit after it).
-_SET_BY_A_BACKUP = ((24, 28), (40, 44), (92, 96))
+_SET_BY_A_BACKUP = ((24, 28), (40, 44), (92, 100))
 """The database header's bytes a backup sets in its copy: the file change counter, the schema
-cookie, the version-valid-for number (SQLite's file format, 1.3)."""
+cookie, the version-valid-for number and the version of the SQLite that wrote it (SQLite's file
+format, 1.3: a file last written by another SQLite, or before apsw was upgraded, has another)."""
 _COMPARED_BYTES = 2**20
 PARTIAL_SUFFIX = ".partial"
 """A backup is made under its name and this, beside it, until it is whole: see `backup_to`."""
