@@ -16,6 +16,7 @@ engine on an existing jackpot database.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -497,13 +498,27 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
         msg = ("a PostgreSQL database is backed up with pg_dump (or the server's own "
                "backups), not by jackpot")
         raise CommandError(msg)
-    # A jackpot database of a known schema only; copied again, as any read is read again,
-    # should a writer open a closed file meanwhile (backup_to removes the torn copy).
-    _read(opts, lambda source: source.backup_to(target))
-    try:  # (read immutable: it makes no file beside the copy)
+    copying: list[Store] = []
+
+    def copy(source: Store) -> None:
+        copying.append(source)
+        source.backup_to(target)
+
+    try:
+        # A jackpot database of a known schema only; copied again, as any read is read
+        # again, should a writer open a closed file meanwhile (backup_to removes the torn
+        # copy).
+        _read(opts, copy)
+        # (Read immutable: it makes no file beside the copy.)
         report = _read(Options(target, opts.json), audit)
-    except BaseException:  # Ctrl-C as it audits (most of the time taken): no copy left
-        Path(target).unlink(missing_ok=True)
+    except BaseException:
+        # Ctrl-C as it audits (most of the time taken), or once the copy was named, before
+        # the audit began (the database's store closing): no copy left. Only this backup's:
+        # a file another made at TARGET (refused by backup_to) is never removed.
+        made = copying[-1].backup_made if copying else None
+        with contextlib.suppress(OSError):
+            if made is not None and os.path.samestat(os.lstat(target), made):
+                Path(target).unlink()
         raise
     size = Path(target).stat().st_size
     if opts.json:

@@ -908,3 +908,32 @@ def test_a_backup_of_a_closed_file_nobody_changes_is_taken_at_the_first_copy(
     assert json.loads(out)["audit"]["ok"]
     assert copies == [f"{target}.partial"]
     assert _rows(target, "ledger") == _rows(source, "ledger")
+
+
+def test_a_backup_stopped_once_named_before_its_audit_begins_leaves_nothing_at_its_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the copy was named TARGET, before its audit began (as the database's
+    store closed): the copy was left at TARGET, whole but not audited (exit status 130),
+    where the README says that a copy Ctrl-C stops before its audit ends leaves nothing, and
+    the next backup to TARGET was refused ('exists')."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    real = sqlite_module.SQLiteStore.close
+    stopped: list[str] = []
+
+    def close(store: sqlite_module.SQLiteStore) -> None:
+        real(store)
+        if target.exists() and not stopped:  # (the database's store, the copy named)
+            stopped.append("as the database closed")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sqlite_module.SQLiteStore, "close", close)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    monkeypatch.undo()
+    assert stopped == ["as the database closed"]
+    assert (status, out, err) == (130, "", "\njackpot: error: interrupted\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert _backup(capsys, str(target), "--db", str(source))[0] == 0  # tried again

@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import operator
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -746,6 +747,11 @@ class Store(ABC):
     or from a level this connection's last batch did not check, so "nobody
     else committed since my last write" alone cannot say that a cached level
     is current."""
+
+    backup_made: os.stat_result | None = None
+    """The file a `backup_to` of this store made (its `os.stat` as made), from before it
+    was named its target: a file at that target is this backup's only if it is that one
+    (a caller stopped after `backup_to` returned removes it so, and never another's)."""
 
     _PARAM = "?"
     """The backend's parameter placeholder (for the few queries written here)."""

@@ -480,7 +480,7 @@ class SQLiteStore(Store):
         mine: os.stat_result | None = None
         try:
             try:
-                mine = os.fstat(made)
+                mine = self.backup_made = os.fstat(made)
                 _owner_reads_and_writes(made)
                 _readers_of_the_group(made, database.st_gid)
             except _PermissionsRefusedError as e:  # (FAT, some mounts: no owners, no modes)
