@@ -937,3 +937,35 @@ def test_a_backup_stopped_once_named_before_its_audit_begins_leaves_nothing_at_i
     assert (status, out, err) == (130, "", "\njackpot: error: interrupted\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert _backup(capsys, str(target), "--db", str(source))[0] == 0  # tried again
+
+
+def test_a_second_backup_to_the_same_target_during_the_first_is_refused_and_leaves_its_copy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two backups to one TARGET at once: the second finds the first's partial copy (and its
+    -journal), is refused saying so, and removes neither; the first goes on to TARGET."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    Path(f"{source}-lock").unlink(missing_ok=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    first = subprocess.Popen([sys.executable, "-c", STOPPED_TWICE, "backup", str(target),
+                              "--db", str(source)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, bufsize=0)
+    assert first.stdout is not None
+    try:
+        assert read_line(first.stdout, time.monotonic() + HANG, "a step") == b"copying"
+        copying = sorted(p.name for p in tmp_path.iterdir())
+        assert copying == sorted([*before, "copy.db.partial", "copy.db.partial-journal"])
+        status, out, err = _backup(capsys, str(target), "--db", str(source))
+        assert (status, out) == (2, "")
+        assert err.startswith(f"jackpot: error: {f'{target}.partial'!r} exists: a backup to "
+                              f"{str(target)!r} is being made")
+        assert sorted(p.name for p in tmp_path.iterdir()) == copying  # (the first's, kept)
+        out_first, err_first = first.communicate(b"\n", timeout=HANG)  # (it goes on)
+    finally:
+        first.kill()
+    assert (first.returncode, err_first) == (0, b""), out_first
+    assert b"audit OK" in out_first
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "copy.db"])
+    assert _rows(target, "ledger") == _rows(source, "ledger")
