@@ -969,3 +969,29 @@ def test_a_second_backup_to_the_same_target_during_the_first_is_refused_and_leav
     assert b"audit OK" in out_first
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "copy.db"])
     assert _rows(target, "ledger") == _rows(source, "ledger")
+
+
+def test_a_backup_through_a_symbolic_link_to_a_database_being_served_holds_its_latest_bets(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--db` a symbolic link to the file a game server serves on: SQLite names the -wal and
+    -shm by the file the link resolves to, and the backup looked for them beside the link,
+    found none, and read the file as if nobody had it open (immutable), without its -wal:
+    the copy lacked every bet not yet checkpointed (0 operations of 5) and its audit said OK
+    (exit status 0)."""
+    source, link, target = tmp_path / "pools.db", tmp_path / "link.db", tmp_path / "copy.db"
+    link.symlink_to(source.name)
+    with JackpotEngine.open(source) as engine:
+        for n in range(5):
+            engine.contribute(Decimal(10), op_id=f"bet-{n}")
+        served = _rows(source, "operations")  # (through the -wal)
+        file_alone = apsw.Connection(f"file:{source}?mode=ro&immutable=1",
+                                     flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            [[in_the_file]] = file_alone.execute("SELECT COUNT(*) FROM operations")
+        finally:
+            file_alone.close()
+        assert in_the_file < served  # (bets in the -wal only, as the test needs)
+        status, out, err = _backup(capsys, str(target), "--db", str(link), "--json")
+        assert (status, err) == (0, ""), out
+        assert json.loads(out)["audit"]["ok"]
+        assert _rows(target, "operations") == served

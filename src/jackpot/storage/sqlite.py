@@ -236,6 +236,7 @@ class SQLiteStore(Store):
 
         """
         self._path = path
+        self._sides = _named_by_sqlite(path)
         self._timeout = lock_timeout_ms / 1000
         self._poll = poll_interval_ms / 1000
         self._busy_since = 0.0
@@ -310,11 +311,11 @@ class SQLiteStore(Store):
                 conn.close()
                 raise
             return conn
-        if any(Path(path + suffix).exists() for suffix in _SIDE_FILES):
+        if any(Path(self._sides + suffix).exists() for suffix in _SIDE_FILES):
             # Someone has (or had) it open: read through its -shm, as a reader.
             conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
             try:
-                self._mark = ReaderMark(path)
+                self._mark = ReaderMark(self._sides)
             except BaseException:
                 conn.close()
                 raise
@@ -521,7 +522,7 @@ class SQLiteStore(Store):
             raise StorageError(msg) from None
         mine = Path(target).resolve()
         for suffix in (*_SIDE_FILES, LOCK_SUFFIX):  # (absent while nobody has it open)
-            if mine == Path(self._path + suffix).resolve():
+            if mine == Path(self._sides + suffix).resolve():
                 msg = (f"{target!r} is the database's own {suffix} file: SQLite resets or "
                        "deletes it as the database opens; a backup goes to a file of its own")
                 raise StorageError(msg)
@@ -622,7 +623,7 @@ class SQLiteStore(Store):
         """
         if self._stamp is None:
             return True
-        if any(os.path.lexists(self._path + suffix) for suffix in _SIDE_FILES):
+        if any(os.path.lexists(self._sides + suffix) for suffix in _SIDE_FILES):
             return False  # a writer has it open: it may be writing it
         with Path(self._path).open("rb") as now, Path(copy).open("rb") as made:
             first = bytearray(now.read(_COMPARED_BYTES))
@@ -1333,6 +1334,20 @@ class _ExactSum:
     def final(self) -> str | float | None:
         """Return the sum; an int as text (past 2**63 it is no SQLite integer; int() reads it)."""
         return str(self.total) if isinstance(self.total, int) else self.total
+
+
+def _named_by_sqlite(path: str) -> str:
+    """Return the name SQLite gives the file `path`: its -wal, -shm and -journal are beside it.
+
+    SQLite resolves symbolic links as it opens a file, and names its side files
+    after the file a link points to: beside a link to a database that is
+    served there is no -wal, and a reader that looked there read the file as
+    if nobody had it open (immutable), without the commits in its -wal.
+    """
+    try:
+        return os.path.realpath(path)
+    except OSError:  # (a working directory deleted: SQLite cannot open it either)
+        return path
 
 
 def _closed(conn: apsw.Connection) -> bool:
