@@ -184,19 +184,25 @@ def test_a_backup_of_a_closed_file_that_a_writer_opens_meanwhile_is_taken_again(
     assert _rows(target, "operations") == _rows(source, "operations")  # "b" too
 
 
+@pytest.mark.parametrize("given", ["its name", "a symbolic link to it"])
 @pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal", "-lock"])
 def test_a_backup_into_one_of_the_databases_own_files_is_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        suffix: str) -> None:
+        suffix: str, given: str) -> None:
     """Absent while nobody has the database open, `pools.db-wal` is no free name: the
-    engine that opens the database next resets it (the copy lost, after exit status 0)."""
+    engine that opens the database next resets it (the copy lost, after exit status 0).
+    The database given as a link (`--db link.db`), its files are still beside the file
+    (SQLite's, the engine's): `pools.db-wal` was taken for a free name."""
     source = tmp_path / "pools.db"
     with JackpotEngine.open(source) as engine:
         engine.contribute(Decimal(10), op_id="a")
     Path(f"{source}-lock").unlink(missing_ok=True)
+    if given == "a symbolic link to it":
+        (tmp_path / "link.db").symlink_to(source.name)
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)  # (given relative, the database's name absolute)
-    status, out, err = _backup(capsys, f"pools.db{suffix}", "--db", str(source))
+    db = str(source) if given == "its name" else str(tmp_path / "link.db")
+    status, out, err = _backup(capsys, f"pools.db{suffix}", "--db", db)
     assert (status, out) == (2, "")
     assert err == (f"jackpot: error: 'pools.db{suffix}' is the database's own {suffix} "
                    "file: SQLite resets or deletes it as the database opens; a backup goes "
