@@ -1001,3 +1001,37 @@ def test_a_backup_through_a_symbolic_link_to_a_database_being_served_holds_its_l
         assert (status, err) == (0, ""), out
         assert json.loads(out)["audit"]["ok"]
         assert _rows(target, "operations") == served
+
+
+def test_a_backup_stopped_as_its_name_is_synced_removes_no_partial_copy_made_since(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as the directory is synced after the copy was named TARGET (its partial name
+    gone): another backup to TARGET may have begun meanwhile, its TARGET.partial (and its
+    -journal) made since. The cleanup removed them by name, the other backup's copy under
+    it; it removes only the file it made."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    partial = Path(f"{target}.partial")
+    real_fsync = os.fsync
+    stopped: list[str] = []
+
+    def another_backup_begun(fd: int) -> None:
+        real_fsync(fd)
+        if target.exists() and not partial.exists() and not stopped:  # (the directory's)
+            stopped.append("as the directory is synced")
+            partial.write_bytes(b"another backup's copy")
+            Path(f"{partial}-journal").write_bytes(b"its journal")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sqlite_module.os, "fsync", another_backup_begun)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    monkeypatch.undo()
+    assert stopped == ["as the directory is synced"]
+    assert (status, out, err) == (130, "", "\njackpot: error: interrupted\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*before, "copy.db.partial", "copy.db.partial-journal"])
+    assert partial.read_bytes() == b"another backup's copy"
+    assert Path(f"{partial}-journal").read_bytes() == b"its journal"

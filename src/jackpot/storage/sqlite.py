@@ -493,15 +493,7 @@ class SQLiteStore(Store):
             self._copy_into(partial)
             _name_it(partial, target)
         except BaseException as e:
-            # Named `target` (a Ctrl-C as it was named): whole, but not returned. A second
-            # Ctrl-C here leaves the partial name (told as such by the next backup), or
-            # the whole copy at `target`.
-            with contextlib.suppress(OSError):
-                if mine is not None and os.path.samestat(os.lstat(target), mine):
-                    Path(target).unlink()
-            for suffix in ("", *_SIDE_FILES):
-                with contextlib.suppress(OSError):
-                    Path(partial + suffix).unlink()
+            _remove_the_copy(target, partial, mine)
             if isinstance(e, (apsw.Error, OSError)):
                 if self._changed():  # ("malformed": torn pages of a file a writer opened)
                     raise self._stale() from e
@@ -1373,6 +1365,26 @@ def _partial_exists(target: str, partial: str) -> str:
     return (f"{partial!r} exists: a backup to {target!r} is being made, or one that was "
             "stopped (Ctrl-C, a crash) left it unfinished; remove it (and any -journal "
             f"beside it) once no backup to {target!r} is running")
+
+
+def _remove_the_copy(target: str, partial: str, mine: os.stat_result | None) -> None:
+    """Remove the copy a failed backup made at `partial` (`mine`: it, made), or at `target`.
+
+    Named `target` (a Ctrl-C as it was named): whole, but not returned. A second
+    Ctrl-C here leaves the partial name (told as such by the next backup), or
+    the whole copy at `target`. Each is removed only if it is the file made
+    (`mine`; None: not looked at, the partial name is still its own): once it
+    was named `target`, its partial name is free, and another backup to
+    `target` may have made its own copy there since.
+    """
+    with contextlib.suppress(OSError):
+        if mine is not None and os.path.samestat(os.lstat(target), mine):
+            Path(target).unlink()
+    with contextlib.suppress(OSError):
+        if mine is None or os.path.samestat(os.lstat(partial), mine):
+            for suffix in ("", *_SIDE_FILES):
+                with contextlib.suppress(OSError):
+                    Path(partial + suffix).unlink()
 
 
 def _name_it(partial: str, target: str) -> None:
