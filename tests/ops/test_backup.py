@@ -1035,3 +1035,18 @@ def test_a_backup_stopped_as_its_name_is_synced_removes_no_partial_copy_made_sin
         [*before, "copy.db.partial", "copy.db.partial-journal"])
     assert partial.read_bytes() == b"another backup's copy"
     assert Path(f"{partial}-journal").read_bytes() == b"its journal"
+
+
+def test_a_copys_snapshot_ended_after_its_store_closed_raises_nothing(tmp_path: Path) -> None:
+    """A second Ctrl-C can leave the copy's read transaction (`_one_snapshot`) to the garbage
+    collector, after the store closed: ending it then printed "Exception ignored in:
+    <generator object SQLiteStore._one_snapshot ...> ... ConnectionClosedError" after the
+    command's own "interrupted". A closed connection has no transaction left to end."""
+    source = tmp_path / "pools.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    store = sqlite_module.SQLiteStore(str(source), create=False, read_only=True)
+    snapshot = store._one_snapshot()
+    snapshot.__enter__()
+    store.close()
+    assert not snapshot.__exit__(None, None, None)  # (and raises nothing)

@@ -849,7 +849,9 @@ class SQLiteStore(Store):
         return StorageError(msg, outcome_unknown=True)
 
     def _rollback(self) -> None:
-        if self.conn.in_transaction:
+        # A closed connection has no transaction to end (a copy's snapshot left to the
+        # garbage collector by a second Ctrl-C ends after the store closed).
+        if not _closed(self.conn) and self.conn.in_transaction:
             # A failed ROLLBACK means SQLite already rolled back (e.g. after an
             # I/O error); the original error is what the caller needs.
             with contextlib.suppress(apsw.Error):
