@@ -8,11 +8,11 @@ against the table in MUTATION.md.
 from __future__ import annotations
 
 from dataclasses import replace
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 
-from jackpot import GroupConfig, ValidationError
+from jackpot import GroupConfig, ValidationError, money
 from jackpot.domain import MAX_METER, LevelState, Meters, adjust, contribute, create
 
 T0 = 1_700_000_000_000  # a millisecond timestamp
@@ -68,3 +68,12 @@ def test_a_negative_meter_may_not_pass_the_storage_minimum() -> None:
     assert str(info.value) == (f"level 'minor': its adjusted meter would pass the storage "
                                f"range ({-MAX_METER} to {MAX_METER}); retire the level and open a new "
                                "one")
+
+
+def test_bet_times_rate_is_exact_whatever_the_threads_decimal_context() -> None:
+    """The refusal of a share above max_contribution names it exactly, in whatever thread
+    it is made: a caller's own decimal context (fewer digits) must not round it."""
+    with localcontext() as ctx:
+        ctx.prec = 5
+        told = money.contribution_to_decimal(123_456_789, 123_456_789)
+    assert str(told) == "15.241578750190521"  # 123456789**2 = 15241578750190521, / 10**15
