@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -682,24 +683,28 @@ def resume(*, level: str, reason: str | None, who: str | None, op_id: str | None
     _admin_out(opts, result)
 
 
+_WHO_BY_DEFAULT = "Who does it (audited); default: your login name (else your uid)."
+
+
 # ignore_unknown_options: a negative DELTA such as -5 is the argument, not an option.
 @app.command(context_settings={"ignore_unknown_options": True})
 @click.argument("level")
 @click.argument("delta", metavar="DELTA")
 @click.option("--reason", required=True, help="Why (audited).")
-@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--who", default=None, help=_WHO_BY_DEFAULT)
 @_op_id_option
 @_shared
 def adjust(*, level: str, delta: str, reason: str, who: str | None, op_id: str | None,
            db: str | None, as_json: bool | None) -> None:
-    """Change a pool by a signed DELTA (+25.00, -5), audited.
+    """Change a pool by a signed DELTA (+25.00, -5), audited with who and why.
 
     Never below 0, nor above the level's cap or must-hit-by.
     """
     opts = _options(db, as_json)
+    by = _login_name() if who is None else who
     with _engine(opts) as engine:
-        result = engine.adjust(level, delta, reason=reason, who=who, op_id=op_id)
-    _admin_out(opts, result)
+        result = engine.adjust(level, delta, reason=reason, who=by, op_id=op_id)
+    _admin_out(opts, result, who=by)
 
 
 @app.command()
@@ -707,26 +712,47 @@ def adjust(*, level: str, delta: str, reason: str, who: str | None, op_id: str |
 @click.option("--transfer-to", required=True, metavar="LEVEL",
               help="The level that receives the pool and the reserve.")
 @click.option("--reason", required=True, help="Why (audited).")
-@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--who", default=None, help=_WHO_BY_DEFAULT)
 @_op_id_option
 @_shared
 def retire(*, level: str, transfer_to: str, reason: str, who: str | None, op_id: str | None,
            db: str | None, as_json: bool | None) -> None:
     """Retire a level for good, moving its pool and reserve to --transfer-to atomically."""
     opts = _options(db, as_json)
+    by = _login_name() if who is None else who
     with _engine(opts) as engine:
-        result = engine.retire(level, transfer_to=transfer_to, reason=reason, who=who,
+        result = engine.retire(level, transfer_to=transfer_to, reason=reason, who=by,
                                op_id=op_id)
-    _admin_out(opts, result)
+    _admin_out(opts, result, who=by)
 
 
-def _admin_out(opts: Options, result: AdminResult) -> None:
+def _login_name() -> str:
+    """Return who runs the command, for the `who` an adjustment or retirement records.
+
+    getpass.getuser(): LOGNAME, USER, LNAME or USERNAME, else the password
+    database's name for the uid; where none names it (a container's uid
+    with no passwd entry), the uid as text, so the record still tells who.
+    """
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):  # (3.13: OSError; before: KeyError, ImportError)
+        getuid = getattr(os, "getuid", None)
+        if getuid is None:  # pragma: no cover - Windows with no USERNAME
+            msg = "cannot tell who runs this command: pass --who"
+            raise click.UsageError(msg) from None
+        return str(getuid())
+
+
+def _admin_out(opts: Options, result: AdminResult, *, who: str | None = None) -> None:
+    # `who` (adjust, retire): what the record holds, shown since the command may have
+    # filled it in (the login name) rather than the operator.
     if opts.json:
-        _print_json(dataclasses.asdict(result))
+        _print_json(dataclasses.asdict(result) | ({} if who is None else {"who": who}))
         return
     levels = ", ".join(f"{name} {_money(balance)} at version {result.versions[name]}"
                        for name, balance in result.balances.items())
-    console.print(f"{result.action} {result.group}: {levels} (op {result.op_id}"
+    by = "" if who is None else f" by {who}"
+    console.print(f"{result.action} {result.group}{by}: {levels} (op {result.op_id}"
                   f"{', replayed' if result.replayed else ''})", markup=False)
 
 

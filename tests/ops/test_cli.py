@@ -262,11 +262,14 @@ def test_operator_actions_suspend_resume_adjust_retire(db: str) -> None:
 
     up = ok_json("adjust", "major", "+25.00", "--reason", "top-up", *who, "--op-id", "o2",
                  "--db", db)
-    assert (up["balances"], up["replayed"]) == ({"major": "1025.000000"}, False)
+    assert (up["balances"], up["replayed"], up["who"]) == (
+        {"major": "1025.000000"}, False, "ops:alice")
     assert ok_json("adjust", "major", "+25.00", "--reason", "top-up", *who, "--op-id", "o2",
                    "--db", db)["replayed"] is True
-    down = ok_json("adjust", "major", "-5", "--reason", "typo fixed", "--db", db)
-    assert down["balances"] == {"major": "1020.000000"}
+    # without --who, the login name of whoever runs it (getpass reads LOGNAME first)
+    down = ok_json("adjust", "major", "-5", "--reason", "typo fixed", "--db", db,
+                   env={"LOGNAME": "ops-bob"})
+    assert (down["balances"], down["who"]) == ({"major": "1020.000000"}, "ops-bob")
     nothing = jackpot("adjust", "major", "0", "--reason", "typo", "--db", db)
     assert (nothing.returncode, nothing.stderr) == (
         2, "jackpot: error: delta must not be zero, got 0\n")
@@ -284,10 +287,57 @@ def test_operator_actions_suspend_resume_adjust_retire(db: str) -> None:
     rows = ok_json("ledger", "--tail", "7", "--db", db)
     assert [(r["kind"], r["level"], r["who"]) for r in rows] == [
         ("suspend", "major", "ops:alice"), ("resume", "major", "ops:alice"),
-        ("adjust", "major", "ops:alice"), ("adjust", "major", None),
+        ("adjust", "major", "ops:alice"), ("adjust", "major", "ops-bob"),
         ("retire", "mega", "ops:alice"), ("transfer_in", "major", "ops:alice"),
         ("suspend", "major", None)]
     assert ok_json("verify", "--db", db)["ok"] is True
+
+
+def test_adjust_and_retire_record_the_login_name_without_who(db: str) -> None:
+    env = {"LOGNAME": "ops-carol"}
+    text = jackpot("adjust", "major", "+2", "--reason", "goodwill", "--op-id", "a1",
+                   "--db", db, env=env)
+    assert (text.returncode, text.stderr, text.stdout) == (
+        0, "", "adjust major by ops-carol: major 1,002.00 at version 2 (op a1)\n")
+    moved = jackpot("retire", "mega", "--transfer-to", "major", "--reason", "ended",
+                    "--op-id", "r1", "--db", db, env=env)
+    assert (moved.returncode, moved.stderr, moved.stdout) == (0, "", (
+        "retire mega by ops-carol: mega 0.00 at version 2, major 11,002.00 at version 3 "
+        "(op r1)\n"))
+    # a --who given is recorded instead; an empty one is refused, not replaced
+    given = ok_json("adjust", "major", "-1", "--reason", "fix", "--who", "ops:dan",
+                    "--db", db, env=env)
+    assert given["who"] == "ops:dan"
+    empty = jackpot("adjust", "major", "-1", "--reason", "fix", "--who", "", "--db", db,
+                    env=env)
+    assert (empty.returncode, empty.stderr) == (2, (
+        "jackpot: error: who must be 1-256 printable characters, not blank, got '' "
+        "(0 chars)\n"))
+    rows = ok_json("ledger", "--tail", "4", "--db", db)
+    assert [(r["kind"], r["level"], r["who"]) for r in rows] == [
+        ("adjust", "major", "ops-carol"), ("retire", "mega", "ops-carol"),
+        ("transfer_in", "major", "ops-carol"), ("adjust", "major", "ops:dan")]
+    assert ok_json("verify", "--db", db)["ok"] is True
+
+
+def test_without_a_login_name_the_uid_is_recorded(
+        db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import getpass  # noqa: PLC0415 - only here
+
+    from jackpot import _cli  # noqa: PLC0415 - the command, in-process
+
+    def nobody() -> str:  # as getpass.getuser() in a container whose uid has no name
+        msg = "No username set in the environment"
+        raise OSError(msg)
+
+    monkeypatch.setattr(getpass, "getuser", nobody)
+    status = _cli.run(["adjust", "minor", "+1", "--reason", "fix", "--op-id", "a1",
+                       "--json", "--db", db])
+    out = capsys.readouterr().out
+    assert (status, json.loads(out)["who"]) == (0, str(os.getuid()))
+    with JackpotEngine.open(db) as engine:
+        assert engine.adjust("minor", "+1", reason="fix", op_id="a1",
+                             who=str(os.getuid())).replayed is True
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -324,7 +374,7 @@ def test_the_amounts_in_ledger_details_are_decimal_strings(db: str) -> None:
     with JackpotEngine.open(db) as engine:
         engine.contribute("2.50", groups="minor", op_id="b1")
         engine.contribute("0.000003", groups="mega", op_id="b2")  # x 0.001: 3e-9 carried
-        engine.retire("mega", transfer_to="major", reason="ended", op_id="r1")
+        engine.retire("mega", transfer_to="major", who="ops", reason="ended", op_id="r1")
     rows = ok_json("ledger", "--tail", "4", "--db", db)
     retirement = {"reason": "ended", "from": "mega", "to": "major",
                   "carried": {"carry": "0.000000003000000",
