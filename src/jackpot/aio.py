@@ -277,14 +277,22 @@ class AsyncJackpotEngine:
 
     async def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
                      op_id: str | None = None, who: str | None = None) -> AdminResult:
-        """Change a pool by a signed `delta`, audited with who and why."""
+        """Change a pool by a signed `delta`, audited with who and why.
+
+        `who` is required (see `JackpotEngine.adjust`): without it, a
+        `ValidationError` naming `who`, and nothing is queued.
+        """
         result: AdminResult = await self._submit(self._build(
             "adjust", op_id, group, "adjust", group, delta, op_id=op_id, who=who, reason=reason))
         return result
 
     async def retire(self, group: str, *, transfer_to: str, reason: str,
                      op_id: str | None = None, who: str | None = None) -> AdminResult:
-        """Retire a level, moving its pool and reserve to `transfer_to` atomically."""
+        """Retire a level, moving its pool and reserve to `transfer_to` atomically.
+
+        `who` is required (see `JackpotEngine.retire`): without it, a
+        `ValidationError` naming `who`, and nothing is queued.
+        """
         result: AdminResult = await self._submit(self._build(
             "retire", op_id, (group, transfer_to), "retire", group, transfer_to=transfer_to,
             op_id=op_id, who=who, reason=reason))

@@ -639,7 +639,11 @@ class JackpotEngine:
         """Change a pool by a signed `delta`, audited with who and why.
 
         The only way besides a win that a pool goes down; never below zero,
-        never above its cap or must-hit-by.
+        never above its cap or must-hit-by. `who` (the person or system making
+        it) is required, as `reason` is: it is typed optional only so that a
+        call without it is refused as a `ValidationError` naming `who` (a
+        JackpotError, not a TypeError), before anything is queued. Both are
+        1-256 printable characters, not blank.
         """
         result: AdminResult = self._submit(
             self._build("adjust", op_id, group, self._requests.adjust, group, delta,
@@ -652,7 +656,8 @@ class JackpotEngine:
 
         The pool goes into the target's pool up to the target's cap (and
         must-hit-by); the rest goes into the target's reserve. A retired level
-        refuses every later operation.
+        refuses every later operation. `who` is required, as for `adjust`: a
+        call without it is a `ValidationError` naming `who`, and changes nothing.
         """
         result: AdminResult = self._submit(self._build(
             "retire", op_id, (group, transfer_to), self._requests.retire, group,

@@ -51,6 +51,23 @@ def check_text(value: object, name: str, *, optional: bool = True) -> str | None
     return value
 
 
+def _check_who(value: object, action: str) -> str:
+    """Return the `who` an action that can lower a pool must record, or raise naming it.
+
+    Such an action is audited with who and why (DESIGN: a pool goes down only
+    through a win or an adjustment that records both), so None is refused
+    here, before anything is queued, as a ValidationError rather than stored
+    as NULL.
+    """
+    if value is None:
+        msg = (f"who is required for {action}: name the person or system making it "
+               f"(1-{_MAX_TEXT} printable characters, not blank)")
+        raise ValidationError(msg)
+    checked = check_text(value, "who", optional=False)
+    assert checked is not None  # (optional=False)
+    return checked
+
+
 RESERVED_OP_ID_PREFIXES = ("auto-", "create:")
 """The engine's own op_ids: generated ones (`auto-...`) and each level's creation
 (`create:<level>`). A caller's op_id may not look like one: its ledger rows would
@@ -242,7 +259,7 @@ class Requests:
         """Build an audited adjustment of a pool by a signed `delta`."""
         name = self.name(group)
         units = money.parse_signed_amount(delta, name="delta")
-        by = check_text(who, "who")
+        by = _check_who(who, "an adjustment")
         why = check_text(reason, "reason", optional=False)
 
         def change(states: Mapping[str, LevelState], now: int
@@ -261,7 +278,7 @@ class Requests:
         if target == name:
             msg = f"transfer_to must name another level than {name!r}"
             raise ValidationError(msg)
-        by = check_text(who, "who")
+        by = _check_who(who, "a retirement")
         why = check_text(reason, "reason", optional=False)
 
         def change(states: Mapping[str, LevelState], now: int

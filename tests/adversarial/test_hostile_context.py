@@ -122,9 +122,9 @@ def test_results_replays_pools_history_and_audit_are_exact(hostile: None,
         [past] = engine.history("minor")
         assert exact(past.amount, SEED + minor_in)
 
-        down = engine.adjust("major", dec(-12_345_678_901), reason="correction", op_id="a1")
+        down = engine.adjust("major", dec(-12_345_678_901), who="ops", reason="correction", op_id="a1")
         assert exact(down.balances["major"], major_in - 12_345_678_901)
-        assert exact(engine.adjust("major", "-1.000001", reason="r").balances["major"],
+        assert exact(engine.adjust("major", "-1.000001", who="ops", reason="r").balances["major"],
                      major_in - 12_345_678_901 - 1_000_001)
 
         changed = engine.update_config("minor", contribution_rate=Decimal("0.000012345"),

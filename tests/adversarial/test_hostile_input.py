@@ -119,7 +119,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[JackpotEn
     engine.process_win("minor", op_id="used-win", amount=Decimal(1))
     engine.update_config("minor", op_id="used-config", contribution_rate=Decimal("0.05"))
     engine.suspend("paused", reason="maintenance", op_id="used-suspend")
-    engine.retire("gone", transfer_to="minor", reason="promotion over", op_id="used-retire")
+    engine.retire("gone", transfer_to="minor", who="ops", reason="promotion over", op_id="used-retire")
     yield engine, path
     engine.close()
 
@@ -250,7 +250,7 @@ AMOUNT_CASES = [
                    lambda v: lambda e: e.process_win("minor", expected_amount=v),
                    valid=("none",)),
     *_amount_cases("adjust-delta", "delta",
-                   lambda v: lambda e: e.adjust("minor", v, reason="r", op_id="a1"),
+                   lambda v: lambda e: e.adjust("minor", v, who="ops", reason="r", op_id="a1"),
                    # negative deltas are the point of adjust
                    valid=("negative", "negative-str")),
     *[case
@@ -283,8 +283,8 @@ OP_ID_CALLS: dict[str, Callable[[object], Call]] = {
     "update_config": lambda v: lambda e: e.update_config("minor", seed=Decimal(3), op_id=v),
     "suspend": lambda v: lambda e: e.suspend("minor", reason="r", op_id=v),
     "resume": lambda v: lambda e: e.resume("paused", op_id=v),
-    "adjust": lambda v: lambda e: e.adjust("minor", Decimal(1), reason="r", op_id=v),
-    "retire": lambda v: lambda e: e.retire("mega", transfer_to="minor", reason="r", op_id=v),
+    "adjust": lambda v: lambda e: e.adjust("minor", Decimal(1), who="ops", reason="r", op_id=v),
+    "retire": lambda v: lambda e: e.retire("mega", transfer_to="minor", who="ops", reason="r", op_id=v),
 }
 
 TEXT_CASES = [
@@ -302,13 +302,13 @@ TEXT_CASES = [
                                                              reason=v),
         "suspend": lambda v: lambda e: e.suspend("minor", reason=v),
         "resume": lambda v: lambda e: e.resume("paused", reason=v),
-        "adjust": lambda v: lambda e: e.adjust("minor", Decimal(1), reason=v),
-        "retire": lambda v: lambda e: e.retire("mega", transfer_to="minor", reason=v),
+        "adjust": lambda v: lambda e: e.adjust("minor", Decimal(1), who="ops", reason=v),
+        "retire": lambda v: lambda e: e.retire("mega", transfer_to="minor", who="ops", reason=v),
     }),
     # A reason is required for these.
     Case("suspend-reason-none", lambda e: e.suspend("minor", reason=None), V, "reason"),
-    Case("adjust-reason-none", lambda e: e.adjust("minor", 1, reason=None), V, "reason"),
-    Case("retire-reason-none", lambda e: e.retire("mega", transfer_to="minor", reason=None),
+    Case("adjust-reason-none", lambda e: e.adjust("minor", 1, who="ops", reason=None), V, "reason"),
+    Case("retire-reason-none", lambda e: e.retire("mega", transfer_to="minor", who="ops", reason=None),
          V, "reason"),
 ]
 
@@ -318,8 +318,8 @@ NAME_CALLS: dict[str, Callable[[object], Call]] = {
     "update_config": lambda v: lambda e: e.update_config(v, seed=Decimal(3)),
     "suspend": lambda v: lambda e: e.suspend(v, reason="r"),
     "resume": lambda v: lambda e: e.resume(v),
-    "adjust": lambda v: lambda e: e.adjust(v, Decimal(1), reason="r"),
-    "retire": lambda v: lambda e: e.retire(v, transfer_to="minor", reason="r"),
+    "adjust": lambda v: lambda e: e.adjust(v, Decimal(1), who="ops", reason="r"),
+    "retire": lambda v: lambda e: e.retire(v, transfer_to="minor", who="ops", reason="r"),
     "pool": lambda v: lambda e: e.pool(v),
     "history": lambda v: lambda e: e.history(v),
 }
@@ -412,24 +412,24 @@ STATE_CASES = [
          ConcurrencyViolationError, "expected"),
     Case("win-moved-amount", lambda e: e.process_win("minor", expected_amount=Decimal(1)),
          ConcurrencyViolationError, "expected"),
-    Case("adjust-below-zero", lambda e: e.adjust("minor", Decimal(-10**6), reason="r"),
+    Case("adjust-below-zero", lambda e: e.adjust("minor", Decimal(-10**6), who="ops", reason="r"),
          InsufficientFundsError, "below zero"),
-    Case("adjust-above-cap", lambda e: e.adjust("minor", Decimal(10**4), reason="r"),
+    Case("adjust-above-cap", lambda e: e.adjust("minor", Decimal(10**4), who="ops", reason="r"),
          V, "above"),
-    Case("adjust-past-must_hit_by", lambda e: e.adjust("major", Decimal(101), reason="r"),
+    Case("adjust-past-must_hit_by", lambda e: e.adjust("major", Decimal(101), who="ops", reason="r"),
          V, "above"),
-    Case("adjust-retired", lambda e: e.adjust("gone", Decimal(1), reason="r"),
+    Case("adjust-retired", lambda e: e.adjust("gone", Decimal(1), who="ops", reason="r"),
          GroupRetiredError, "retired"),
     Case("suspend-suspended", lambda e: e.suspend("paused", reason="r"), V, "already"),
     Case("resume-active", lambda e: e.resume("minor"), V, "already"),
     Case("resume-retired", lambda e: e.resume("gone"), GroupRetiredError, "retired"),
-    Case("retire-into-itself", lambda e: e.retire("minor", transfer_to="minor", reason="r"),
+    Case("retire-into-itself", lambda e: e.retire("minor", transfer_to="minor", who="ops", reason="r"),
          V, "transfer_to"),
-    Case("retire-into-retired", lambda e: e.retire("minor", transfer_to="gone", reason="r"),
+    Case("retire-into-retired", lambda e: e.retire("minor", transfer_to="gone", who="ops", reason="r"),
          GroupRetiredError, "retired"),
-    Case("retire-retired", lambda e: e.retire("gone", transfer_to="minor", reason="r"),
+    Case("retire-retired", lambda e: e.retire("gone", transfer_to="minor", who="ops", reason="r"),
          GroupRetiredError, "retired"),
-    Case("retire-into-unknown", lambda e: e.retire("minor", transfer_to="jumbo", reason="r"),
+    Case("retire-into-unknown", lambda e: e.retire("minor", transfer_to="jumbo", who="ops", reason="r"),
          U, "unknown level 'jumbo'"),
     Case("contribute-above-max_contribution", lambda e: e.contribute(Decimal(10**4)), V,
          "max_contribution"),
@@ -587,7 +587,7 @@ def test_every_valid_spelling_of_an_amount_is_accepted_exactly(
         assert bet.contributions == {"minor": half}
         assert e.contribute(exact, groups="minor", op_id="bet").replayed is True
         assert e.pool("minor").meters["wagered"] == exact
-        e.adjust("spare", value, reason="r")  # type: ignore[arg-type]
+        e.adjust("spare", value, who="ops", reason="r")  # type: ignore[arg-type]
         assert e.pool("spare").amount == exact
         win = e.process_win("spare", amount=value)  # type: ignore[arg-type]
         assert (win.amount, win.balance) == (exact, 0)
@@ -639,8 +639,8 @@ def test_unknown_keyword_arguments_are_a_type_error_and_change_nothing(
         lambda e: e.process_win("minor", amount_=1),  # type: ignore[call-arg]
         lambda e: e.suspend("minor", reason="r", until="never"),  # type: ignore[call-arg]
         lambda e: e.resume("paused", force=True),  # type: ignore[call-arg]
-        lambda e: e.adjust("minor", 1, reason="r", force=True),  # type: ignore[call-arg]
-        lambda e: e.retire("mega", transfer_to="minor", reason="r", x=1),  # type: ignore[call-arg]
+        lambda e: e.adjust("minor", 1, who="ops", reason="r", force=True),  # type: ignore[call-arg]
+        lambda e: e.retire("mega", transfer_to="minor", who="ops", reason="r", x=1),  # type: ignore[call-arg]
         lambda e: e.history("minor", 3, newest=True),  # type: ignore[call-arg]
         lambda e: e.contribute(1, "minor"),  # groups is keyword-only
         lambda e: GroupConfig("x", 1, Decimal("0.1"), colour="red"),  # type: ignore[call-arg]

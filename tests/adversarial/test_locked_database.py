@@ -45,8 +45,8 @@ CALLS: dict[str, Callable[[JackpotEngine], object]] = {
     "win-part": lambda e: e.process_win("minor", amount=Decimal(1), op_id="locked"),
     "config": lambda e: e.update_config("minor", seed=Decimal(5), op_id="locked"),
     "suspend": lambda e: e.suspend("minor", reason="r", op_id="locked"),
-    "adjust": lambda e: e.adjust("minor", Decimal(1), reason="r", op_id="locked"),
-    "retire": lambda e: e.retire("minor", transfer_to="major", reason="r", op_id="locked"),
+    "adjust": lambda e: e.adjust("minor", Decimal(1), who="ops", reason="r", op_id="locked"),
+    "retire": lambda e: e.retire("minor", transfer_to="major", who="ops", reason="r", op_id="locked"),
 }
 
 

@@ -302,7 +302,7 @@ def retired(tmp_path: Path) -> Iterator[JackpotEngine]:
                            settings=Settings(enable_metrics=False, log_level="error"))
     e.contribute(Decimal("0.000003"), groups="old", op_id="b1")  # 0.999999999 carried, twice
     e.contribute(Decimal("0.000001"), groups="new", op_id="b2")  # 0.5 carried
-    e.retire("old", transfer_to="new", reason="merge", op_id="r1")
+    e.retire("old", transfer_to="new", who="ops", reason="merge", op_id="r1")
     yield e
     e.close()
 
@@ -506,7 +506,7 @@ def test_a_record_under_an_op_id_the_engine_keeps_for_its_own_is_found(
 
 
 def test_a_rewritten_admin_and_config_result_is_found(engine: JackpotEngine) -> None:
-    engine.adjust("major", "-0.5", reason="fix", op_id="a1")
+    engine.adjust("major", "-0.5", who="ops", reason="fix", op_id="a1")
     engine.update_config("major", cap=Decimal(500), op_id="c1")
     assert problems(engine) == []
     rewrite_result(engine, "a1", lambda r: r["balances"].update(major="100.500000"))
@@ -532,7 +532,7 @@ def test_an_admin_result_naming_another_action_or_level_is_found(
         problem: str) -> None:
     engine.suspend("major", reason="check", op_id="s1")
     engine.resume("major", op_id="p1")
-    engine.adjust("major", "-0.5", reason="fix", op_id="a1")
+    engine.adjust("major", "-0.5", who="ops", reason="fix", op_id="a1")
     assert problems(engine) == []
     rewrite_result(engine, op_id, change)
     assert problems(engine) == [f"operation {op_id!r}: its stored result {problem}"]
@@ -1153,7 +1153,7 @@ def test_settings_replayed_through_changes_resets_and_status_verify(tmp_path: Pa
         hits = sum(len(e.contribute(Decimal(10), groups="minor", op_id=f"b{i}").hits)
                    for i in range(40))  # 2.00 a bet: past the trigger again and again
         assert hits >= 2  # each a reset
-        e.retire("major", transfer_to="minor", reason="ended")
+        e.retire("major", transfer_to="minor", who="ops", reason="ended")
         assert e.verify().problems == []
         tamper(e, "UPDATE levels SET seed = 10000000 WHERE name = 'minor'")
         assert problems(e) == ["minor: setting seed is 10.000000, the ledger says 12.000000"]
@@ -1367,9 +1367,9 @@ def test_fractions_of_a_unit_forged_into_a_non_strict_ledger_are_not_lost_per_ra
     # ledger's totals, summed per period, once dropped each half on the way.
     with JackpotEngine.open(tmp_path / "pools.db", [GroupConfig("a", Decimal(10), Decimal("0.1"))],
                             settings=Settings(enable_metrics=False, log_level="error")) as e:
-        e.adjust("a", Decimal(1), reason="r", op_id="a1")
+        e.adjust("a", Decimal(1), who="ops", reason="r", op_id="a1")
         e.update_config("a", contribution_rate=Decimal("0.2"), op_id="c1")
-        e.adjust("a", Decimal(1), reason="r", op_id="a2")
+        e.adjust("a", Decimal(1), who="ops", reason="r", op_id="a2")
         conn = apsw.Connection(e._path)
         try:
             conn.execute("PRAGMA writable_schema = ON")
@@ -2137,7 +2137,7 @@ def retired_major(engine: JackpotEngine) -> None:
     """Change major's rate, bet, and retire major into minor (rows: config, bet, retire)."""
     engine.update_config("major", contribution_rate=Decimal("0.02"), op_id="c1")
     engine.contribute(Decimal(50), op_id="b2")
-    engine.retire("major", transfer_to="minor", reason="r", op_id="r1")
+    engine.retire("major", transfer_to="minor", who="ops", reason="r", op_id="r1")
 
 
 @pytest.mark.parametrize(("version", "shown"), [("x", "x"), (b"\x00", "b'\\x00'")])

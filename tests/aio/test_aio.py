@@ -75,7 +75,8 @@ SCRIPT: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("resume", ("major",), {"op_id": "r1"}),
     ("adjust", ("mega", "-0.5"), {"reason": "correction", "op_id": "a1", "who": "ops"}),
     ("contribute", ("3",), {"op_id": "b7"}),
-    ("retire", ("major",), {"transfer_to": "mega", "reason": "redesign", "op_id": "t1"}),
+    ("retire", ("major",), {"transfer_to": "mega", "reason": "redesign", "op_id": "t1",
+                          "who": "ops"}),
     ("contribute", ("1",), {"groups": "major", "op_id": "b8"}),
     ("process_win", ("minor",), {"op_id": "w4"}),
     ("history", ("minor",), {"limit": 5}),
@@ -168,6 +169,31 @@ def test_errors_are_raised_before_anything_is_sent(db_path: Path) -> None:
         with pytest.raises(EngineClosedError):
             await engine.pools()
         await engine.close()  # idempotent
+
+    asyncio.run(run())
+
+
+def test_an_adjustment_or_retirement_without_who_is_refused_before_it_is_sent(
+        db_path: Path, dump_db: Callable[..., Any]) -> None:
+    """As the threaded engine: who is required, so the ledger always says who lowered a pool."""
+    async def run() -> None:
+        async with await AsyncJackpotEngine.open(db_path, groups=GROUPS) as engine:
+            await engine.contribute(Decimal(100), op_id="b1")
+            before = dump_db()
+            with pytest.raises(ValidationError, match=r"^who is required for an adjustment"):
+                await engine.adjust("minor", "-0.5", reason="meter fix", op_id="a1")
+            with pytest.raises(ValidationError, match=r"^who must be 1-256 printable"):
+                await engine.adjust("minor", "-0.5", reason="meter fix", op_id="a1", who=" ")
+            with pytest.raises(ValidationError, match=r"^who is required for a retirement"):
+                await engine.retire("mega", transfer_to="major", reason="over", op_id="r1")
+            assert dump_db() == before  # nothing queued, nothing written
+            assert engine.stats.snapshot()["operations:adjust:rejected"] == 2
+            # the op_ids are still free, and a who given is recorded
+            done = await engine.adjust("minor", "-0.5", reason="meter fix", op_id="a1",
+                                       who="ops:alice")
+            assert done.replayed is False
+            assert [r["who"] for r in read_ledger(db_path) if r["op_id"] == "a1"] == [
+                "ops:alice"]
 
     asyncio.run(run())
 

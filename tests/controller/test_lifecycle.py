@@ -30,6 +30,8 @@ from jackpot import (
     UnknownGroupError,
     ValidationError,
     Win,
+    _cli,
+    requests,
 )
 
 from .test_must_hit_by import read_level
@@ -204,7 +206,7 @@ def test_a_bet_on_every_level_when_none_takes_bets_is_refused_not_an_empty_succe
     engine = open_engine(groups=[GroupConfig("minor", Decimal(10), Decimal("0.1")),
                                  GroupConfig("major", Decimal(50), Decimal("0.2")),
                                  GroupConfig("old", Decimal(5), Decimal("0.1"))])
-    engine.retire("old", transfer_to="major", reason="merged")
+    engine.retire("old", transfer_to="major", who="ops", reason="merged")
     engine.suspend("minor", reason="fault")
     engine.suspend("major", reason="fault")
     digest = db_checksum()
@@ -223,7 +225,7 @@ def test_a_bet_on_every_level_when_all_are_retired_does_not_say_resume(
     # Only possible when the pool went to a level another engine added.
     engine = open_engine(groups=[GroupConfig("minor", Decimal(10), Decimal("0.1"))])
     with JackpotEngine.open(db_path, [GroupConfig("bonus", Decimal(1), Decimal("0.1"))]) as other:
-        other.retire("minor", transfer_to="bonus", reason="merged")
+        other.retire("minor", transfer_to="bonus", who="ops", reason="merged")
     with pytest.raises(GroupSuspendedError, match=(
             r"^a bet on every level, but no level takes bets: retired minor \(a retired level "
             r"never takes bets again: open the engine with a new level\)$")):
@@ -242,27 +244,28 @@ def test_adjustments_are_audited_and_bounded(open_engine: Callable[..., JackpotE
     assert rows(ledger, "a1") == [row("adjust", "minor", delta=2_500_000, balance=12_500_000,
                                       version=2, adjusted=2_500_000, who="ops",
                                       detail={"reason": "goodwill"})]
-    down = engine.adjust("minor", Decimal("-12.5"), reason="correction", op_id="a2")
+    down = engine.adjust("minor", Decimal("-12.5"), reason="correction", who="ops",
+                         op_id="a2")
     assert down.balances == {"minor": 0}
     assert rows(ledger, "a2") == [row("adjust", "minor", delta=-12_500_000, balance=0,
-                                      version=3, adjusted=-12_500_000,
+                                      version=3, adjusted=-12_500_000, who="ops",
                                       detail={"reason": "correction"})]
     assert engine.pool("minor").meters == meters(house_funded=10, adjusted=-10)
     verified(engine)
 
     digest = db_checksum()
     with pytest.raises(InsufficientFundsError, match=r"would take its pool 0\.000000 below zero"):
-        engine.adjust("minor", "-0.000001", reason="x")
+        engine.adjust("minor", "-0.000001", who="ops", reason="x")
     with pytest.raises(ValidationError, match=r"would lift its pool above 20\.000000"):
-        engine.adjust("minor", "20.000001", reason="x")
+        engine.adjust("minor", "20.000001", who="ops", reason="x")
     with pytest.raises(ValidationError, match=r"^delta must not be zero, got 0$"):
-        engine.adjust("minor", 0, reason="x")
+        engine.adjust("minor", 0, who="ops", reason="x")
     with pytest.raises(InsufficientFundsError, match=r"has an empty pool"):
         engine.process_win("minor")
     again = engine.adjust("minor", "2.5", reason="goodwill", who="ops", op_id="a1")
     assert (again.replayed, again.balances) == (True, {"minor": Decimal("12.5")})
     assert db_checksum() == digest  # refusals and the replay changed nothing
-    top = engine.adjust("minor", 20, reason="top up", op_id="a3")  # exactly to the cap
+    top = engine.adjust("minor", 20, who="ops", reason="top up", op_id="a3")  # exactly to the cap
     assert top.balances == {"minor": 20}
     verified(engine)
 
@@ -306,9 +309,9 @@ def test_retire_moves_pool_and_reserve_in_one_transaction(
         lambda: engine.update_config("old", contribution_rate="0.2"),
         lambda: engine.suspend("old", reason="x"),
         lambda: engine.resume("old"),
-        lambda: engine.adjust("old", "1", reason="x"),
-        lambda: engine.retire("old", transfer_to="new", reason="again"),
-        lambda: engine.retire("new", transfer_to="old", reason="back"),
+        lambda: engine.adjust("old", "1", who="ops", reason="x"),
+        lambda: engine.retire("old", transfer_to="new", who="ops", reason="again"),
+        lambda: engine.retire("new", transfer_to="old", who="ops", reason="back"),
     ]
     for call in refusals:
         with pytest.raises(GroupRetiredError, match=r"^level 'old' is retired: it refuses"):
@@ -328,6 +331,36 @@ def test_retire_moves_pool_and_reserve_in_one_transaction(
         reopened.close()
 
 
+def test_adjustments_recorded_without_who_before_it_was_required_still_read_and_verify(
+        open_engine: Callable[..., JackpotEngine], ledger: Ledger, db_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A database an engine wrote when `who` was optional holds NULL there: still sound."""
+    groups = [GroupConfig("old", Decimal(10), Decimal("0.1")),
+              GroupConfig("new", Decimal(20), Decimal("0.1"))]
+    engine = open_engine(groups=groups)
+    with monkeypatch.context() as older:  # the check as it was: None taken, stored NULL
+        older.setattr(requests, "_check_who", lambda who, _action: who)
+        engine.adjust("old", "-2.5", reason="meter fix", op_id="a1")
+        engine.retire("old", transfer_to="new", reason="merge", op_id="r1")
+    engine.process_win("new", op_id="w1", winner="p-1")
+    engine.close()
+
+    engine = open_engine()  # reopened by an engine that requires who
+    assert [(r["kind"], r["who"]) for r in ledger() if r["op_id"] in ("a1", "r1")] == [
+        ("adjust", None), ("retire", None), ("transfer_in", None)]
+    verified(engine)
+    assert [(h.op_id, h.amount, h.winner) for h in engine.history("new")] == [
+        ("w1", Decimal("27.5"), "p-1")]
+    assert engine.pool("new").meters["transferred"] == Decimal("7.5")
+    capsys.readouterr()
+    assert _cli.run(["ledger", "--level", "old", "--tail", "2", "--json",
+                     "--db", str(db_path)]) == 0
+    assert [(r["op_id"], r["who"]) for r in json.loads(capsys.readouterr().out)] == [
+        ("a1", None), ("r1", None)]
+    assert _cli.run(["ledger", "--level", "old", "--tail", "2", "--db", str(db_path)]) == 0
+    assert capsys.readouterr().out.count(" - ") >= 2  # (who shown as "-")
+
+
 def test_retire_moves_the_carried_fractions_and_records_them(
         open_engine: Callable[..., JackpotEngine], ledger: Ledger, db_path: Path) -> None:
     engine = open_engine(groups=[
@@ -337,13 +370,13 @@ def test_retire_moves_the_carried_fractions_and_records_them(
     # 0.000003 x 0.333333333: 0.999999999 of a unit owed to the pool and to the reserve
     engine.contribute(Decimal("0.000003"), groups="old", op_id="b1")
     engine.contribute(Decimal("0.000001"), groups="new", op_id="b2")  # half a unit carried
-    engine.retire("old", transfer_to="new", reason="merge", op_id="r1")
+    engine.retire("old", transfer_to="new", who="ops", reason="merge", op_id="r1")
     carried = {"carry": 999_999_999, "reserve_carry": 999_999_999, "units": 1,
                "reserve_units": 0}
     detail = {"reason": "merge", "from": "old", "to": "new", "carried": carried}
     assert rows(ledger, "r1") == [
-        row("retire", "old", delta=0, balance=0, version=3, detail=detail),
-        row("transfer_in", "new", delta=1, balance=1, version=3, transferred=1,
+        row("retire", "old", delta=0, balance=0, version=3, who="ops", detail=detail),
+        row("transfer_in", "new", delta=1, balance=1, version=3, transferred=1, who="ops",
             detail=detail),
     ]
     conn = apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READONLY)
@@ -370,7 +403,7 @@ def test_a_reserve_past_the_engine_range_is_refused_and_nothing_changes(
         engine.contribute(top, groups=("x", "y"), op_id="b2")
     with pytest.raises(ValidationError, match=r"^retiring level 'x' into it would lift the "
                                               r"reserve of level 'y' to 199999999600\.000000"):
-        engine.retire("x", transfer_to="y", reason="merge", op_id="r1")
+        engine.retire("x", transfer_to="y", who="ops", reason="merge", op_id="r1")
     assert db_checksum() == digest
     verified(engine)
 

@@ -335,7 +335,7 @@ def test_the_trigger_is_never_shown(open_engine: Callable[..., JackpotEngine], d
              engine.update_config("mystery", op_id="c1", reserve_rate="0.02",
                                   must_hit_by=900, reason="promo"),
              engine.suspend("mystery", reason="check", op_id="s1"),
-             engine.adjust("mystery", "-1", reason="fix", op_id="a1"),
+             engine.adjust("mystery", "-1", who="ops", reason="fix", op_id="a1"),
              engine.resume("mystery", op_id="r1"))
     with pytest.raises(ValidationError):
         engine.update_config("mystery", cap=1, op_id="c2")  # a refusal is logged too

@@ -326,7 +326,7 @@ def test_engine_books_balance_and_no_fraction_is_lost(
                 elif kind == "config":
                     engine.update_config(target, op_id=op_id, **value)
                 else:
-                    engine.adjust(target, from_units(value), reason="prop", op_id=op_id)
+                    engine.adjust(target, from_units(value), who="ops", reason="prop", op_id=op_id)
             except (ValidationError, InsufficientFundsError):
                 assert engine.pools() == pools  # a refusal changes nothing
         report = engine.verify()

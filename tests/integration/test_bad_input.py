@@ -50,6 +50,16 @@ def config(**changes: Any) -> Callable[[JackpotEngine], object]:
     return lambda e: e.update_config("minor", op_id="bad-config", **changes)
 
 
+def adjust_by(who: object) -> Callable[[JackpotEngine], object]:
+    return lambda e: e.adjust("minor", "-0.5", reason="meter fix", op_id="bad-adjust",
+                              who=who)  # type: ignore[arg-type]
+
+
+def retire_by(who: object) -> Callable[[JackpotEngine], object]:
+    return lambda e: e.retire("mega", transfer_to="major", reason="promo over",
+                              op_id="bad-retire", who=who)  # type: ignore[arg-type]
+
+
 def win_amount(value: object) -> Callable[[JackpotEngine], object]:
     return lambda e: e.process_win("minor", amount=value, op_id="bad-win")  # type: ignore[arg-type]
 
@@ -190,6 +200,39 @@ CASES = [
                       r"^who must be a str"), id="config-who-int"),
     pytest.param(Case(lambda e: e.update_config("minor", reason=" ", seed=1), V,
                       r"^reason must be 1-256 printable"), id="config-reason-blank"),
+    # -- who: an adjustment or a retirement (both can lower a pool) records who ------
+    pytest.param(Case(lambda e: e.adjust("minor", "-0.5", reason="meter fix",
+                                         op_id="bad-adjust"), V,
+                      r"^who is required for an adjustment: name the person or system "
+                      r"making it \(1-256 printable characters, not blank\)$"),
+                 id="adjust-who-missing"),
+    pytest.param(Case(adjust_by(None), V, r"^who is required for an adjustment"),
+                 id="adjust-who-none"),
+    pytest.param(Case(adjust_by(""), V,
+                      r"^who must be 1-256 printable characters, not blank, got '' \(0 chars\)$"),
+                 id="adjust-who-empty"),
+    pytest.param(Case(adjust_by(" \t "), V, r"^who must be 1-256 printable .*not blank"),
+                 id="adjust-who-blank"),
+    pytest.param(Case(adjust_by(7), V, r"^who must be a str, not int$"), id="adjust-who-int"),
+    pytest.param(Case(adjust_by(b"ops"), V, r"^who must be a str, not bytes$"),
+                 id="adjust-who-bytes"),
+    pytest.param(Case(adjust_by("ops\nalice"), V, r"^who must be 1-256 printable"),
+                 id="adjust-who-unprintable"),
+    pytest.param(Case(adjust_by("o" * 257), V, r"^who must be 1-256 printable .*\(257 chars\)$"),
+                 id="adjust-who-too-long"),
+    pytest.param(Case(lambda e: e.retire("mega", transfer_to="major", reason="promo over",
+                                         op_id="bad-retire"), V,
+                      r"^who is required for a retirement: name the person or system "),
+                 id="retire-who-missing"),
+    pytest.param(Case(retire_by(""), V, r"^who must be 1-256 printable"), id="retire-who-empty"),
+    pytest.param(Case(retire_by("   "), V, r"^who must be 1-256 printable"),
+                 id="retire-who-blank"),
+    pytest.param(Case(retire_by(["ops"]), V, r"^who must be a str, not list$"),
+                 id="retire-who-list"),
+    pytest.param(Case(retire_by("ops\x00"), V, r"^who must be 1-256 printable"),
+                 id="retire-who-unprintable"),
+    pytest.param(Case(retire_by("o" * 257), V, r"^who must be 1-256 printable"),
+                 id="retire-who-too-long"),
     # -- wins ------------------------------------------------------------------------
     pytest.param(Case(win_amount(Decimal("100.500001")), F,
                       r"^amount 100\.500001 exceeds the pool of level 'minor' \(100\.500000\)"),
@@ -265,7 +308,8 @@ def test_bad_input_does_not_consume_the_op_id(case: Case, prepared: JackpotEngin
         case.setup(engine)
     with pytest.raises(case.error):
         case.call(engine)
-    for oid in ("bad-bet", "bad-groups", "bad-config", "bad-win", "w"):
+    for oid in ("bad-bet", "bad-groups", "bad-config", "bad-win", "w", "bad-adjust",
+                "bad-retire"):
         c = engine.contribute(Decimal(1), groups="minor", op_id=oid)
         assert c.replayed is False
 

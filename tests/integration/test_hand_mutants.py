@@ -212,7 +212,7 @@ def test_a_retirement_whose_reserve_fractions_make_a_unit_verifies(
     engine = open_engine(groups=levels, settings=QUIET)
     engine.contribute(Decimal("0.000003"), groups="old", op_id="b1")  # 0.999999999 carried, twice
     engine.contribute(Decimal("0.000001"), groups="new", op_id="b2")  # 0.25 and 0.5 carried
-    engine.retire("old", transfer_to="new", reason="merge", op_id="r1")
+    engine.retire("old", transfer_to="new", who="ops", reason="merge", op_id="r1")
     new = engine.pool("new")
     assert (new.amount, new.reserve) == (Decimal("0.000001"), Decimal("0.000001"))
     report = engine.verify()

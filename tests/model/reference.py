@@ -625,7 +625,7 @@ class Model:
                auto_op_id: str | None = None) -> AdminResult:
         name = self._name(group)
         units = signed_units_of(delta, "delta")
-        by = text_of(who, "who")
+        by = text_of(who, "who", optional=False)  # who lowered a pool: always recorded
         why = text_of(reason, "reason", optional=False)
         oid, explicit = self._op_id(op_id, auto_op_id)
 
@@ -650,7 +650,7 @@ class Model:
         target = self._name(transfer_to, "group")
         if target == name:
             raise Refused(ValidationError, "transfer_to")
-        by = text_of(who, "who")
+        by = text_of(who, "who", optional=False)  # who lowered a pool: always recorded
         why = text_of(reason, "reason", optional=False)
         oid, explicit = self._op_id(op_id, auto_op_id)
 

@@ -131,7 +131,7 @@ def programs(draw: Callable[..., Any]) -> tuple[list[GroupConfig], int, list[Op]
         else:
             units = draw(st.integers(-20 * UNIT, 20 * UNIT).filter(bool))
             op = Op(i, thread, "adjust", (draw(st.sampled_from(names)), dec(units)),
-                    {"reason": "correction"})
+                    {"reason": "correction", "who": "ops"})
         if draw(st.integers(0, 9)) == 0:
             op_id = None
         elif ops and draw(st.integers(0, 3)) == 0:  # reuse another op's op_id
@@ -346,7 +346,7 @@ CALLS_ONCE: dict[str, Callable[[JackpotEngine, str], Any]] = {
     "bet-two-levels": lambda e, op_id: e.contribute(Decimal(3), groups=["minor", "major"],
                                                     op_id=op_id),
     "win-part": lambda e, op_id: e.process_win("minor", amount=Decimal(1), op_id=op_id),
-    "adjust": lambda e, op_id: e.adjust("major", Decimal(-1), reason="r", op_id=op_id),
+    "adjust": lambda e, op_id: e.adjust("major", Decimal(-1), who="ops", reason="r", op_id=op_id),
 }
 
 

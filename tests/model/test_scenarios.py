@@ -61,23 +61,23 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
     "retire-into-a-full-level-goes-to-its-reserve": (
         [level("a", 10, "0.1"), level("b", 20, "0.5", cap=25)],
         [s("contribute", D(20), op_id="b1"),  # b: 20 + 10 -> cap 25, 5 overflow
-         s("retire", "a", transfer_to="b", reason="r", op_id="r1"),
+         s("retire", "a", transfer_to="b", who="ops", reason="r", op_id="r1"),
          s("process_win", "b", op_id="w1"),  # reset from the reserve
          s("process_win", "b", op_id="w2")]),
     "retire-into-a-level-with-some-room": (
         [level("a", 10, "0.1"), level("b", 20, "0.1", cap=23, overflow_to="reserve")],
         [s("contribute", D(10), op_id="b1"),
-         s("retire", "a", transfer_to="b", reason="r", op_id="r1"),
-         s("retire", "b", transfer_to="a", reason="r", op_id="r2"),
-         s("retire", "a", transfer_to="a", reason="r", op_id="r3")]),
+         s("retire", "a", transfer_to="b", who="ops", reason="r", op_id="r1"),
+         s("retire", "b", transfer_to="a", who="ops", reason="r", op_id="r2"),
+         s("retire", "a", transfer_to="a", who="ops", reason="r", op_id="r3")]),
     "retire-into-a-mystery-level-then-it-hits-at-once": (
         [level("a", 50, "0.1"), level("m", 10, "0.1", must_hit_by=30)],
-        [s("retire", "a", transfer_to="m", reason="r", op_id="r1"),
+        [s("retire", "a", transfer_to="m", who="ops", reason="r", op_id="r1"),
          s("contribute", D("0.000001"), groups="m", op_id="b1"),
          s("contribute", D(400), groups="m", op_id="b2")]),
     "retire-into-a-level-already-past-its-cap": (
         [level("a", 10, "0.1"), level("b", 20, "0.1", cap=20)],
-        [s("retire", "a", transfer_to="b", reason="r", op_id="r1")]),
+        [s("retire", "a", transfer_to="b", who="ops", reason="r", op_id="r1")]),
     "cap-overflow-to-the-meter-and-to-the-reserve": (
         [level("m", 10, "0.5", cap=12), level("r", 10, "0.5", cap=12, overflow_to="reserve")],
         [s("contribute", D(3), op_id="b1"),
@@ -126,8 +126,8 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
          s("contribute", D(5), op_id="b2"),
          s("contribute", D(5), op_id="b3"),
          s("contribute", D(20), op_id="b4"),
-         s("adjust", "a", D(1), reason="r", op_id="a1"),
-         s("adjust", "a", D("0.000001"), reason="r", op_id="a2")]),
+         s("adjust", "a", D(1), who="ops", reason="r", op_id="a1"),
+         s("adjust", "a", D("0.000001"), who="ops", reason="r", op_id="a2")]),
     "min-bet-and-max-contribution-boundaries": (
         [level("a", 10, "0.1", min_bet=2, max_contribution=1), level("b", 10, "0.1")],
         [s("contribute", D("1.999999"), op_id="b1"),   # a: below min_bet, b: takes it
@@ -144,15 +144,15 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
          *[s("contribute", D("0.000003"), op_id=f"d{i}") for i in range(3)]]),
     "adjust-to-the-limits": (
         [level("a", 10, "0.1", cap=20), level("m", 10, "0.1", must_hit_by=15)],
-        [s("adjust", "a", D(10), reason="r", op_id="a1"),          # exactly the cap
-         s("adjust", "a", D("0.000001"), reason="r", op_id="a2"),  # past it: refused
-         s("adjust", "a", D(-20), reason="r", op_id="a3"),         # exactly zero
-         s("adjust", "a", "-0.000001", reason="r", op_id="a4"),    # below zero: refused
+        [s("adjust", "a", D(10), who="ops", reason="r", op_id="a1"),          # exactly the cap
+         s("adjust", "a", D("0.000001"), who="ops", reason="r", op_id="a2"),  # past it: refused
+         s("adjust", "a", D(-20), who="ops", reason="r", op_id="a3"),         # exactly zero
+         s("adjust", "a", "-0.000001", who="ops", reason="r", op_id="a4"),    # below zero: refused
          s("process_win", "a", op_id="w1"),                        # empty: refused
-         s("adjust", "m", D(5), reason="r", op_id="a5"),           # exactly must_hit_by
-         s("adjust", "m", D("0.000001"), reason="r", op_id="a6"),
+         s("adjust", "m", D(5), who="ops", reason="r", op_id="a5"),           # exactly must_hit_by
+         s("adjust", "m", D("0.000001"), who="ops", reason="r", op_id="a6"),
          s("suspend", "a", reason="r", op_id="s1"),
-         s("adjust", "a", "5", reason="r", op_id="a7")]),          # allowed when suspended
+         s("adjust", "a", "5", who="ops", reason="r", op_id="a7")]),          # allowed when suspended
     "wins-of-exactly-the-pool-and-expected-values": (
         [level("a", 10, "0.1")],
         [s("process_win", "a", amount=D(10), op_id="w1", expected_amount=D(10)),
@@ -173,14 +173,14 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
          s("adjust", "a", D(1), reason="r", who="ops", op_id="a0"),  # allowed
          s("update_config", "a", contribution_rate=D("0.2"), op_id="c1"),  # allowed
          s("suspend", "a", reason="r", op_id="s2"),
-         s("retire", "b", transfer_to="c", reason="r", op_id="r1"),
+         s("retire", "b", transfer_to="c", who="ops", reason="r", op_id="r1"),
          s("contribute", D(10), op_id="b3"),                  # a and b skipped
          s("resume", "a", op_id="x1"),
          s("contribute", D(10), op_id="b4"),
          s("resume", "a", op_id="x2"),
          s("resume", "b", op_id="x3"),
          s("process_win", "b", op_id="w2"),
-         s("adjust", "b", D(1), reason="r", op_id="a1"),
+         s("adjust", "b", D(1), who="ops", reason="r", op_id="a1"),
          s("update_config", "b", seed=D(1), op_id="c2")]),
     "replays-and-conflicts-across-a-restart": (
         [level("a", 10, "0.1"), level("b", 10, "0.1", must_hit_by=11)],
@@ -188,7 +188,7 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
          s("process_win", "a", amount=D(1), op_id="w1"),
          s("update_config", "a", seed=D(5), op_id="c1"),
          s("suspend", "a", reason="r", op_id="s1"),
-         s("adjust", "b", D("0.5"), reason="r", op_id="a1"),
+         s("adjust", "b", D("0.5"), who="ops", reason="r", op_id="a1"),
          REOPEN,
          s("contribute", "15", op_id="b1"),
          s("contribute", D(15), groups=["a", "b"], op_id="b1"),
@@ -207,13 +207,13 @@ SCENARIOS: dict[str, tuple[list[GroupConfig], list[Step]]] = {
          s("suspend", "a", reason="r", op_id="s1"),
          s("suspend", "a", reason="other", op_id="s1"),
          s("resume", "a", op_id="s1"),
-         s("adjust", "b", "0.50", reason="r", op_id="a1"),
-         s("adjust", "b", D("-0.5"), reason="r", op_id="a1"),
-         s("retire", "a", transfer_to="b", reason="r", op_id="a1"),
-         s("retire", "a", transfer_to="b", reason="r", op_id="r1"),
+         s("adjust", "b", "0.50", who="ops", reason="r", op_id="a1"),
+         s("adjust", "b", D("-0.5"), who="ops", reason="r", op_id="a1"),
+         s("retire", "a", transfer_to="b", who="ops", reason="r", op_id="a1"),
+         s("retire", "a", transfer_to="b", who="ops", reason="r", op_id="r1"),
          REOPEN,
-         s("retire", "a", transfer_to="b", reason="r", op_id="r1"),
-         s("retire", "a", transfer_to="b", reason="other", op_id="r1")]),
+         s("retire", "a", transfer_to="b", who="ops", reason="r", op_id="r1"),
+         s("retire", "a", transfer_to="b", who="ops", reason="other", op_id="r1")]),
     "history-keeps-the-newest-wins": (
         [level("a", 1, "0.5")],
         [*[s("process_win", "a", amount=D("0.1"), winner=f"p{i}", op_id=f"w{i}")

@@ -118,11 +118,11 @@ def test_a_refusal_is_logged_at_info(engine: JackpotEngine,
     (lambda e: e.update_config("minor", bogus="1", op_id="cfg"), "config", ("ValidationError",
      "minor")),
     (lambda e: e.suspend("minor", reason="", op_id="s"), "suspend", ("ValidationError", "minor")),
-    (lambda e: e.adjust("minor", "x", reason="r", op_id="a"), "adjust", ("ValidationError",
+    (lambda e: e.adjust("minor", "x", who="ops", reason="r", op_id="a"), "adjust", ("ValidationError",
      "minor")),
-    (lambda e: e.retire("minor", transfer_to="minor", reason="r", op_id="t"), "retire",
+    (lambda e: e.retire("minor", transfer_to="minor", who="ops", reason="r", op_id="t"), "retire",
      ("ValidationError", "minor")),
-    (lambda e: e.retire("minor", transfer_to="major", reason="", op_id="t2"), "retire",
+    (lambda e: e.retire("minor", transfer_to="major", who="ops", reason="", op_id="t2"), "retire",
      ("ValidationError", "major,minor")),
 ])
 def test_a_refusal_of_bad_arguments_is_logged_and_counted(
@@ -205,7 +205,7 @@ def test_the_async_engine_logs_the_level_a_refused_call_named(
             with pytest.raises(ValidationError):
                 await engine.process_win("mega", amount="NaN", op_id="w")
             with pytest.raises(ValidationError):
-                await engine.retire("minor", transfer_to="major", reason="", op_id="r")
+                await engine.retire("minor", transfer_to="major", who="ops", reason="", op_id="r")
         finally:
             await engine.close()
 
