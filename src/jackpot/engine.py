@@ -815,10 +815,12 @@ class JackpotEngine:
         try:
             if self._mailboxes[level].put(ticket, op):
                 target.actor_ref.tell(DRAIN)
-        except (KeyboardInterrupt, SystemExit):
+        except BaseException:
             # Interrupted between marking the mailbox awake and waking the
-            # actor, nothing would ever wake it again: every later request on
-            # the level would time out unstarted. A spare wake-up is harmless.
+            # actor (Ctrl-C, or any exception a signal handler raises, such as
+            # a request deadline's), nothing would ever wake it again: every
+            # later request on the level would time out unstarted. A spare
+            # wake-up is harmless.
             with contextlib.suppress(ActorDeadError):
                 target.actor_ref.tell(DRAIN)
             raise

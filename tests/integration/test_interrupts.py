@@ -10,6 +10,7 @@ before the fix.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -893,3 +894,39 @@ def test_an_interrupt_as_the_caller_claims_its_interrupted_call_leaves_nothing_b
     stats = engine.stats.snapshot()
     assert [(k, v) for k, v in stats.items() if k.startswith("operations:win:")] == [
         ("operations:win:ok", 1)]
+
+
+def test_a_signal_handlers_exception_between_queueing_and_waking_wedges_no_level(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a request deadline's TimeoutError (SIGALRM), raised as put returned,
+    left the mailbox marked awake with no wake-up sent, as Ctrl-C did before
+    (`_send` sent the spare wake-up only for KeyboardInterrupt and SystemExit):
+    the interrupted request, and every later one on the level, timed out "not
+    started"."""
+    def deadline(*_: object) -> None:
+        msg = "the round took too long"
+        raise TimeoutError(msg)
+
+    engine = JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=2000))
+    before = signal.signal(signal.SIGALRM, deadline)
+    try:
+        put = Mailbox.put
+
+        def put_then_alarm(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+            wake = put(self, ticket, op)
+            if op.op_id == "interrupted":  # the deadline lands as put returns
+                signal.raise_signal(signal.SIGALRM)  # (its handler runs here, in this thread)
+            return wake
+
+        monkeypatch.setattr(Mailbox, "put", put_then_alarm)
+        with pytest.raises(TimeoutError, match="the round took too long"):
+            engine.contribute("10", groups="minor", op_id="interrupted")
+        monkeypatch.undo()
+        after = engine.contribute("10", groups="minor", op_id="after")
+        assert not after.replayed
+        resent = engine.contribute("10", groups="minor", op_id="interrupted")
+        assert resent.replayed  # applied once, by the wake-up the exception did not lose
+        assert engine.verify().ok
+    finally:
+        signal.signal(signal.SIGALRM, before)
+        engine.close()
