@@ -681,7 +681,14 @@ class _Call:
         except ActorDeadError as e:
             self._actor_stopped(e)
             return
-        except Exception as e:  # noqa: BLE001 - reported to the caller, books closed
+        except Exception as e:
+            if ticket.queued:
+                # Queued, so it goes on: an exception a signal handler raised
+                # in the loop's thread as it was sent (a request deadline's),
+                # as `JackpotEngine._submit` takes it: an interrupt, its
+                # caller's to handle (`_send_interrupted`), the request's real
+                # outcome told when it comes, not as this error.
+                raise
             self._finish(None, e)
             return
         self._phase = "queue"

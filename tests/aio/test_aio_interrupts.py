@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,6 +173,52 @@ def test_a_call_interrupted_once_its_request_is_queued_is_counted_as_what_it_was
         assert _counted(engine, "contribute") == {"operations:contribute:ok": 1,
                                                   "operations:contribute:replayed": 1}
     finally:
+        engine.sync.close()
+        loop.close()
+
+
+def test_a_signal_handlers_exception_once_a_win_is_queued_tells_the_win_as_paid(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request deadline's TimeoutError (a SIGALRM handler) lands in the loop's thread
+    as the win is queued: the caller gets it, the win goes on and is logged and counted
+    as paid, as the sync engine tells it. Before: logged "win interrupted failed
+    (error): the round took too long" at ERROR and counted an error, the win paid all
+    the same (a resend replayed it) and never logged as paid."""
+    def deadline(*_: object) -> None:
+        msg = "the round took too long"
+        raise TimeoutError(msg)
+
+    put = Mailbox.put
+
+    def put_then_alarm(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+        wake = put(self, ticket, op)
+        if op.op_id == "interrupted":  # the deadline lands as put returns
+            signal.raise_signal(signal.SIGALRM)  # (its handler runs here, on the loop)
+        return wake
+
+    before = signal.signal(signal.SIGALRM, deadline)
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        win = WinTold()
+        engine.stats.observers.append(win)
+        with hearing() as said:
+            monkeypatch.setattr(Mailbox, "put", put_then_alarm)
+            with pytest.raises(TimeoutError, match="the round took too long"):
+                loop.run_until_complete(engine.process_win("minor", op_id="interrupted",
+                                                           winner="p1"))
+            monkeypatch.undo()
+            # Told on the loop, as its answer comes: the loop runs while this waits.
+            assert loop.run_until_complete(asyncio.to_thread(win.told.wait, HANG))
+        paid = [m for _, m, op_id, _ in said if op_id == "interrupted"]
+        assert paid == ["win on minor: paid 100.000000 to p1 (op interrupted, ok)"], said
+        resent = loop.run_until_complete(engine.process_win("minor", op_id="interrupted",
+                                                            winner="p1"))
+        assert resent.replayed
+        assert _counted(engine, "win") == {"operations:win:ok": 1,
+                                           "operations:win:replayed": 1}
+    finally:
+        signal.signal(signal.SIGALRM, before)
         engine.sync.close()
         loop.close()
 
