@@ -55,6 +55,7 @@ from jackpot.engine import JackpotEngine, check_path
 from jackpot.errors import JackpotError, StorageError, ValidationError
 from jackpot.health import bounded_checks, redact, report_of
 from jackpot.metrics import database_registry, serve_registry
+from jackpot.requests import check_text
 from jackpot.results import AdminResult, ConfigResult, PoolSnapshot, VerifyReport
 from jackpot.settings import Settings, near_misses
 from jackpot.storage import StaleReadError, Store, is_database_url, open_store
@@ -732,15 +733,26 @@ def _login_name() -> str:
     getpass.getuser(): LOGNAME, USER, LNAME or USERNAME, else the password
     database's name for the uid; where none names it (a container's uid
     with no passwd entry), the uid as text, so the record still tells who.
+
+    A name the ledger cannot hold (LOGNAME or USER set blank, or to text
+    with a tab) is refused saying where it came from: the engine's refusal
+    named `who`, which the operator never gave.
     """
     try:
-        return getpass.getuser()
+        name = getpass.getuser()
     except (OSError, KeyError, ImportError):  # (3.13: OSError; before: KeyError, ImportError)
         getuid = getattr(os, "getuid", None)
         if getuid is None:  # pragma: no cover - Windows with no USERNAME
             msg = "cannot tell who runs this command: pass --who"
             raise click.UsageError(msg) from None
         return str(getuid())
+    try:
+        check_text(name, "who", optional=False)
+    except ValidationError as e:
+        msg = (f"your login name (LOGNAME, USER, LNAME or USERNAME, else the password "
+               f"database) cannot be recorded as who: {e}; pass --who")
+        raise CommandError(msg) from None
+    return name
 
 
 def _admin_out(opts: Options, result: AdminResult, *, who: str | None = None) -> None:
