@@ -1110,4 +1110,12 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def _error(message: str) -> None:
-    click.echo(f"jackpot: error: {' '.join(message.split())}", err=True)
+    # One line: a message's line breaks (and the indentation around them) become
+    # one space. Spaces within a line stay as they are: they may be a path's, in
+    # quotes ('my  pools.db' was shown as 'my pools.db', a file that is not there).
+    one_line = _LINE_BREAK.sub(" ", message.strip())
+    click.echo(f"jackpot: error: {one_line}", err=True)
+
+
+_LINE_BREAK = re.compile(r"[ \t]*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]\s*")
+"""A line break as `str.splitlines` knows them, with the blanks either side of it."""

@@ -727,6 +727,10 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
     (("status", "--db", "{tmp}/my pools.db"),
      ("database '{tmp}/my pools.db' does not exist: create it with "
       "`jackpot init --db '{tmp}/my pools.db'`")),
+    # two spaces in a name were shown as one (the message's whitespace collapsed)
+    (("status", "--db", "{tmp}/my  pools.db"),
+     ("database '{tmp}/my  pools.db' does not exist: create it with "
+      "`jackpot init --db '{tmp}/my  pools.db'`")),
     (("frobnicate", "--db", "{db}"), "No such command 'frobnicate'."),
     (("status", "--db", "{db}", "--colour"), "No such option '--colour'."),
     (("history", "--db", "{db}"), "Missing argument 'LEVEL'."),
