@@ -532,12 +532,15 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
     return 0 if report.ok else 1
 
 
+_WHO_BY_DEFAULT = "Who does it (audited); default: your login name (else your uid)."
+
+
 @app.command(short_help="Change a level's settings (KEY=VALUE...), audited.")
 @click.argument("level")
 @click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.option("--expected-version", type=_Integer(1), default=None,
               help="Refuse the change if the level moved past this version.")
-@click.option("--who", default=None, help="Who makes the change (audited).")
+@click.option("--who", default=None, help=_WHO_BY_DEFAULT)
 @click.option("--reason", default=None, help="Why (audited).")
 @_op_id_option
 @_shared
@@ -563,19 +566,21 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
             msg = f"unknown config field(s) {key!r}: allowed are {', '.join(CONFIG_FIELDS)}"
             raise CommandError(msg)
         parsed[key] = None if value.lower() == "none" else value
+    by = _login_name() if who is None else who
     with _engine(opts) as engine:
         result = engine.update_config(level, op_id=op_id, expected_version=expected_version,
-                                      who=who, reason=reason, **parsed)
+                                      who=by, reason=reason, **parsed)
     if opts.json:
-        _print_json(dataclasses.asdict(result))
+        _print_json(dataclasses.asdict(result) | {"who": by})
         return
-    _print_config_change(result, given=list(parsed))
+    _print_config_change(result, given=list(parsed), who=by)
 
 
-def _print_config_change(result: ConfigResult, *, given: list[str]) -> None:
+def _print_config_change(result: ConfigResult, *, given: list[str], who: str) -> None:
     # The op_id always (a change whose outcome is in doubt is resent with it), on a
     # line of its own: a title is wrapped to the table's width, which can cut the op_id.
-    done = (f"config of {result.group}, now version {result.version} (op {result.op_id}"
+    # `who` as for adjust: the command may have filled it in (the login name).
+    done = (f"config of {result.group} by {who}, now version {result.version} (op {result.op_id}"
             f"{', replayed' if result.replayed else ''})")
     table = Table()
     for name in ("field", "before", "after"):
@@ -657,34 +662,33 @@ def win(*, level: str, amount: str | None, winner: str | None, op_id: str | None
 @app.command()
 @click.argument("level")
 @click.option("--reason", required=True, help="Why (audited).")
-@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--who", default=None, help=_WHO_BY_DEFAULT)
 @_op_id_option
 @_shared
 def suspend(*, level: str, reason: str, who: str | None, op_id: str | None,
             db: str | None, as_json: bool | None) -> None:
     """Stop a level taking bets and wins; its amount is kept exactly."""
     opts = _options(db, as_json)
+    by = _login_name() if who is None else who
     with _engine(opts) as engine:
-        result = engine.suspend(level, reason=reason, who=who, op_id=op_id)
-    _admin_out(opts, result)
+        result = engine.suspend(level, reason=reason, who=by, op_id=op_id)
+    _admin_out(opts, result, who=by)
 
 
 @app.command()
 @click.argument("level")
 @click.option("--reason", default=None, help="Why (audited).")
-@click.option("--who", default=None, help="Who does it (audited).")
+@click.option("--who", default=None, help=_WHO_BY_DEFAULT)
 @_op_id_option
 @_shared
 def resume(*, level: str, reason: str | None, who: str | None, op_id: str | None,
            db: str | None, as_json: bool | None) -> None:
     """Let a suspended level take bets and wins again."""
     opts = _options(db, as_json)
+    by = _login_name() if who is None else who
     with _engine(opts) as engine:
-        result = engine.resume(level, reason=reason, who=who, op_id=op_id)
-    _admin_out(opts, result)
-
-
-_WHO_BY_DEFAULT = "Who does it (audited); default: your login name (else your uid)."
+        result = engine.resume(level, reason=reason, who=by, op_id=op_id)
+    _admin_out(opts, result, who=by)
 
 
 # ignore_unknown_options: a negative DELTA such as -5 is the argument, not an option.
@@ -755,16 +759,15 @@ def _login_name() -> str:
     return name
 
 
-def _admin_out(opts: Options, result: AdminResult, *, who: str | None = None) -> None:
-    # `who` (adjust, retire): what the record holds, shown since the command may have
-    # filled it in (the login name) rather than the operator.
+def _admin_out(opts: Options, result: AdminResult, *, who: str) -> None:
+    # `who`: what the record holds, shown since the command may have filled it in
+    # (the login name) rather than the operator.
     if opts.json:
-        _print_json(dataclasses.asdict(result) | ({} if who is None else {"who": who}))
+        _print_json(dataclasses.asdict(result) | {"who": who})
         return
     levels = ", ".join(f"{name} {_money(balance)} at version {result.versions[name]}"
                        for name, balance in result.balances.items())
-    by = "" if who is None else f" by {who}"
-    console.print(f"{result.action} {result.group}{by}: {levels} (op {result.op_id}"
+    console.print(f"{result.action} {result.group} by {who}: {levels} (op {result.op_id}"
                   f"{', replayed' if result.replayed else ''})", markup=False)
 
 

@@ -130,35 +130,37 @@ def test_shell_completion_after_version_completes_and_prints_no_version() -> Non
 
 
 def test_a_config_change_sent_again_says_replayed(db: str) -> None:
-    args = ("config", "minor", "cap=500", "--op-id", "c1", "--db", db)
+    args = ("config", "minor", "cap=500", "--op-id", "c1", "--who", "ops", "--db", db)
     first = jackpot(*args, env={"COLUMNS": "200"})
     again = jackpot(*args, env={"COLUMNS": "200"})
     assert (first.returncode, again.returncode) == (0, 0)
-    assert "config of minor, now version 2" in first.stdout
+    assert "config of minor by ops, now version 2" in first.stdout
     assert "replayed" not in first.stdout
-    assert "config of minor, now version 2 (op c1, replayed)" in " ".join(again.stdout.split())
+    assert ("config of minor by ops, now version 2 (op c1, replayed)"
+            in " ".join(again.stdout.split()))
 
 
 def test_a_config_change_by_hand_names_the_op_id_it_can_be_sent_again_with(db: str) -> None:
     # The title named the op_id only on a replay: a change by hand whose
     # outcome was in doubt had no op_id to resend (every other write names its own).
-    done = jackpot("config", "minor", "cap=500", "--db", db, env={"COLUMNS": "200"})
+    env = {"COLUMNS": "200", "LOGNAME": "ops"}
+    done = jackpot("config", "minor", "cap=500", "--db", db, env=env)
     assert (done.returncode, done.stderr) == (0, "")
     heading = done.stdout.splitlines()[0]
-    assert heading.startswith("config of minor, now version 2 (op cli-"), heading
-    op_id = heading.removeprefix("config of minor, now version 2 (op ").removesuffix(")")
+    assert heading.startswith("config of minor by ops, now version 2 (op cli-"), heading
+    op_id = heading.removeprefix("config of minor by ops, now version 2 (op ").removesuffix(")")
     again = jackpot("config", "minor", "cap=500", "--op-id", op_id, "--db", db,
-                    env={"COLUMNS": "40"})  # narrower than the heading: not cut
+                    env={**env, "COLUMNS": "40"})  # narrower than the heading: not cut
     assert again.stdout.splitlines()[0] == (
-        f"config of minor, now version 2 (op {op_id}, replayed)")
+        f"config of minor by ops, now version 2 (op {op_id}, replayed)")
 
 
 def test_a_config_change_that_changes_nothing_says_so(db: str) -> None:
     jackpot("config", "minor", "cap=500", "--db", db)
     done = jackpot("config", "minor", "cap=500", "--op-id", "c2", "--db", db,
-                   env={"COLUMNS": "200"})
+                   env={"COLUMNS": "200", "LOGNAME": "ops"})
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == ("config of minor, now version 3 (op c2): no field changed "
+    assert done.stdout == ("config of minor by ops, now version 3 (op c2): no field changed "
                            "(cap=500.000000 already)\n")  # was: an empty table
     done = jackpot("config", "minor", "cap=none", "--db", db, env={"COLUMNS": "200"})
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
@@ -281,16 +283,41 @@ def test_operator_actions_suspend_resume_adjust_retire(db: str) -> None:
     moved = ok_json("retire", "mega", "--transfer-to", "major", "--reason", "ended", *who,
                     "--db", db)
     assert moved["balances"] == {"mega": "0.000000", "major": "11020.000000"}
-    text = jackpot("suspend", "major", "--reason", "again", "--op-id", "o3", "--db", db)
-    assert text.stdout == "suspend major: major 11,020.00 at version 7 (op o3)\n"
+    text = jackpot("suspend", "major", "--reason", "again", "--op-id", "o3", "--db", db,
+                   env={"LOGNAME": "ops-bob"})
+    assert text.stdout == "suspend major by ops-bob: major 11,020.00 at version 7 (op o3)\n"
 
     rows = ok_json("ledger", "--tail", "7", "--db", db)
     assert [(r["kind"], r["level"], r["who"]) for r in rows] == [
         ("suspend", "major", "ops:alice"), ("resume", "major", "ops:alice"),
         ("adjust", "major", "ops:alice"), ("adjust", "major", "ops-bob"),
         ("retire", "mega", "ops:alice"), ("transfer_in", "major", "ops:alice"),
-        ("suspend", "major", None)]
+        ("suspend", "major", "ops-bob")]
     assert ok_json("verify", "--db", db)["ok"] is True
+
+
+def test_config_suspend_and_resume_record_the_login_name_without_who(db: str) -> None:
+    # They recorded who only when given --who: a change of a level's rates, or a
+    # level stopped, by an operator the audit could not name.
+    env = {"LOGNAME": "ops-erin", "COLUMNS": "200"}
+    changed = jackpot("config", "minor", "cap=500", "--reason", "promo", "--op-id", "c1",
+                      "--db", db, env=env)
+    assert (changed.returncode, changed.stderr) == (0, "")
+    assert changed.stdout.startswith("config of minor by ops-erin, now version 2 (op c1)\n")
+    stopped = jackpot("suspend", "major", "--reason", "inspection", "--op-id", "s1",
+                      "--db", db, env=env)
+    assert (stopped.returncode, stopped.stderr, stopped.stdout) == (
+        0, "", "suspend major by ops-erin: major 1,000.00 at version 2 (op s1)\n")
+    again = ok_json("resume", "major", "--op-id", "r1", "--db", db, env=env)
+    assert (again["versions"], again["who"]) == ({"major": 3}, "ops-erin")
+    # the same command again, by the same operator: a replay, not a conflict
+    replay = ok_json("config", "minor", "cap=500", "--reason", "promo", "--op-id", "c1",
+                     "--db", db, env=env)
+    assert (replay["replayed"], replay["version"], replay["who"]) == (True, 2, "ops-erin")
+    rows = ok_json("ledger", "--tail", "3", "--db", db)
+    assert [(r["kind"], r["level"], r["who"]) for r in rows] == [
+        ("config", "minor", "ops-erin"), ("suspend", "major", "ops-erin"),
+        ("resume", "major", "ops-erin")]
 
 
 def test_adjust_and_retire_record_the_login_name_without_who(db: str) -> None:
