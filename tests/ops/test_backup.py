@@ -1050,3 +1050,41 @@ def test_a_copys_snapshot_ended_after_its_store_closed_raises_nothing(tmp_path: 
     snapshot.__enter__()
     store.close()
     assert not snapshot.__exit__(None, None, None)  # (and raises nothing)
+
+
+def test_a_backup_by_another_name_of_a_database_being_served_is_refused_naming_the_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--db` a hard link (another name of one file) to the file a game server serves on:
+    SQLite names the -wal and -shm after the name a file was opened by, so none was beside
+    this one, and the backup read the file as if nobody had it open (immutable), without
+    the server's -wal: the copy lacked every bet not yet checkpointed (0 operations of 5)
+    and its audit said OK (exit status 0); `status` showed the pools as of the last
+    checkpoint. Which name the server uses cannot be told from the file: refused."""
+    source, other, target = tmp_path / "pools.db", tmp_path / "other.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        for n in range(5):
+            engine.contribute(Decimal(10), op_id=f"bet-{n}")
+        other.hardlink_to(source)
+        served = _rows(source, "operations")  # (through the -wal)
+        file_alone = apsw.Connection(f"file:{source}?mode=ro&immutable=1",
+                                     flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            [[in_the_file]] = file_alone.execute("SELECT COUNT(*) FROM operations")
+        finally:
+            file_alone.close()
+        assert in_the_file < served  # (bets in the -wal only, as the test needs)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        refusal = (f"jackpot: error: {str(other)!r} is one of 2 names (hard links) of one "
+                   "file ('pools.db' beside it): SQLite names a database's -wal after the "
+                   "name it was opened by, and the latest commits of a game server serving "
+                   "it by another name are not found from this one; read it by the name the "
+                   "server opens it by, and give the file one name to read it while nobody "
+                   "has it open\n")
+        for command in (["backup", str(target)], ["status"]):
+            status = _cli.run([*command, "--db", str(other)])
+            out, err = capsys.readouterr()
+            assert (status, out, err) == (2, "", refusal), command
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # (nothing made)
+        status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
+        assert (status, err) == (0, ""), out
+        assert _rows(target, "operations") == served

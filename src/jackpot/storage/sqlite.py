@@ -25,7 +25,9 @@ open) it is used, read-only if need be. When neither `-wal`, `-shm` nor
 which creates no file beside it; should the file change during such a read
 (a writer started), the read raises `StaleReadError`: read again. What cannot
 be read: a `-wal` without its `-shm` in a directory the reader may not write
-(SQLite would have to create the `-shm`); the error says so.
+(SQLite would have to create the `-shm`); the error says so. Nor, with none of
+them beside the name given, a file of more than one name (hard links): a
+server may have it open by another name, its `-wal` beside that one.
 """
 
 from __future__ import annotations
@@ -323,9 +325,32 @@ class SQLiteStore(Store):
         # Nobody has it open: read the file as it stands, creating nothing
         # beside it (a read-only -shm cannot be created in a directory we may
         # not write); `read()` then checks that it did not change meanwhile.
+        self._refuse_other_names()
         self._stamp = self._file_stamp()
         uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro&immutable=1"
         return apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+
+    def _refuse_other_names(self) -> None:
+        """Refuse to read as closed a file that has other names (hard links).
+
+        SQLite names a database's -wal and -shm after the name it was opened
+        by (a symbolic link resolved: `_named_by_sqlite`). A game server serving
+        the file by another name has them beside that name, none beside this
+        one: the file read as it stands lacked every commit in that -wal, and
+        the file does not change until a checkpoint, so nothing told it stale.
+        Which name the server uses, the file does not say; those beside it are
+        named. (SQLite itself opened by this name would read the file without
+        that -wal too, through -wal and -shm files of its own.)
+        """
+        links = Path(self._path).stat().st_nlink
+        if links <= 1:
+            return
+        msg = (f"{self._path!r} is one of {links} names (hard links) of one file"
+               f"{_names_beside(self._sides)}: SQLite names a database's -wal after the name "
+               "it was opened by, and the latest commits of a game server serving it by "
+               "another name are not found from this one; read it by the name the server "
+               "opens it by, and give the file one name to read it while nobody has it open")
+        raise StorageError(msg)
 
     def write_refusal(self) -> str | None:
         """Say why this connection's writes are refused (a moved file, a failed disk), or None."""
@@ -1342,6 +1367,20 @@ def _named_by_sqlite(path: str) -> str:
         return os.path.realpath(path)
     except OSError:  # (a working directory deleted: SQLite cannot open it either)
         return path
+
+
+def _names_beside(path: str) -> str:
+    """Say which other names the file `path` has in its directory (hard links): ' (...)'."""
+    file = Path(path)
+    try:
+        mine = file.stat()
+        with os.scandir(file.parent) as entries:  # (inode(): no stat of each entry)
+            names = sorted(repr(entry.name) for entry in entries
+                           if entry.inode() == mine.st_ino and entry.name != file.name
+                           and os.path.samestat(entry.stat(follow_symlinks=False), mine))
+    except OSError:  # (a directory we may not list: the names go untold)
+        return ""
+    return f" ({', '.join(names)} beside it)" if names else ""
 
 
 def _closed(conn: apsw.Connection) -> bool:
