@@ -1088,3 +1088,40 @@ def test_a_backup_by_another_name_of_a_database_being_served_is_refused_naming_t
         status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
         assert (status, err) == (0, ""), out
         assert _rows(target, "operations") == served
+
+
+@pytest.mark.parametrize("returns", range(1, 9))
+def test_a_backup_stopped_as_its_partial_copy_is_made_leaves_nothing(
+        tmp_path: Path, returns: int) -> None:
+    """Ctrl-C handled as os.open returned TARGET.partial's descriptor, before the name
+    `made` was bound to it (Python runs a signal's handler between bytecodes: first as a
+    call returns), left TARGET.partial behind, an empty file the cleanup did not know it
+    had made, and the next backup to TARGET was refused ('... exists: ... remove it').
+    Here Ctrl-C lands at each of the first calls of C code to return once the file exists
+    (a profile function sees them return; raising there is what a signal's handler does
+    at that point)."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    with JackpotEngine.open(source) as engine:
+        engine.contribute(Decimal(10), op_id="a")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    partial = f"{target}.partial"
+    seen = 0
+
+    def stop(_frame: object, event: str, _arg: object) -> None:
+        nonlocal seen
+        if event == "c_return" and os.path.lexists(partial):
+            seen += 1
+            if seen == returns:
+                raise KeyboardInterrupt
+
+    store = sqlite_module.SQLiteStore(str(source), create=False, read_only=True)
+    try:
+        sys.setprofile(stop)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                store.backup_to(str(target))
+        finally:
+            sys.setprofile(None)
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

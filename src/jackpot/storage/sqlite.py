@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
@@ -163,6 +164,8 @@ format, 1.3: a file last written by another SQLite, or before apsw was upgraded,
 _COMPARED_BYTES = 2**20
 PARTIAL_SUFFIX = ".partial"
 """A backup is made under its name and this, beside it, until it is whole: see `backup_to`."""
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+"""How a backup's file is made: by this backup alone, never over another (see `_create`)."""
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 """What `link` fails with on a file system without hard links (FAT, exFAT: EPERM)."""
 _T = TypeVar("_T")
@@ -495,30 +498,32 @@ class SQLiteStore(Store):
         # (the audit), should the database be read-only (0444: SQLite opened the copy
         # read-only, and the copy failed), or the umask take those bits (see below).
         mode = (database.st_mode & 0o666) | 0o600
-        try:  # created here, exclusively: another file at that path is never overwritten
-            made = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        except FileExistsError:
-            raise StorageError(_partial_exists(target, partial)) from None
-        except OSError as e:  # (mostly the directory's: missing, not ours to write, read-only)
-            msg = (f"cannot create {target!r} in the directory "
-                   f"{str(Path(target).absolute().parent)!r}: {e.strerror}")
-            raise StorageError(msg) from e
+        made: list[int] = []  # (its descriptor, put there as it is made: see _create)
         mine: os.stat_result | None = None
         try:
+            _create(partial, mode, made, target=target)
+            mine = self.backup_made = os.fstat(made[0])
             try:
-                mine = self.backup_made = os.fstat(made)
-                _owner_reads_and_writes(made)
-                _readers_of_the_group(made, database.st_gid)
+                _owner_reads_and_writes(made[0])
+                _readers_of_the_group(made[0], database.st_gid)
             except _PermissionsRefusedError as e:  # (FAT, some mounts: no owners, no modes)
                 msg = (f"cannot give {target!r} who may read the database: {e}; back up to "
                        "a file system that keeps owners and permissions")
                 raise StorageError(msg) from e
             finally:
-                os.close(made)
+                os.close(made.pop())  # (Ctrl-C between pop and close: left open, not closed twice)
             self._copy_into(partial)
             _name_it(partial, target)
         except BaseException as e:
-            _remove_the_copy(target, partial, mine)
+            if made:  # (stopped as it was made, or as it was looked at: looked at here, closed)
+                try:
+                    if mine is None:
+                        with contextlib.suppress(OSError):
+                            mine = os.fstat(made[0])
+                finally:
+                    os.close(made.pop())
+            if mine is not None:  # (None: nothing made; the partial name may be another's)
+                _remove_the_copy(target, partial, mine)
             if isinstance(e, (apsw.Error, OSError)):
                 if self._changed():  # ("malformed": torn pages of a file a writer opened)
                     raise self._stale() from e
@@ -1408,24 +1413,44 @@ def _partial_exists(target: str, partial: str) -> str:
             f"beside it) once no backup to {target!r} is running")
 
 
-def _remove_the_copy(target: str, partial: str, mine: os.stat_result | None) -> None:
+def _remove_the_copy(target: str, partial: str, mine: os.stat_result) -> None:
     """Remove the copy a failed backup made at `partial` (`mine`: it, made), or at `target`.
 
     Named `target` (a Ctrl-C as it was named): whole, but not returned. A second
     Ctrl-C here leaves the partial name (told as such by the next backup), or
     the whole copy at `target`. Each is removed only if it is the file made
-    (`mine`; None: not looked at, the partial name is still its own): once it
-    was named `target`, its partial name is free, and another backup to
-    `target` may have made its own copy there since.
+    (`mine`): once it was named `target`, its partial name is free, and another
+    backup to `target` may have made its own copy there since.
     """
     with contextlib.suppress(OSError):
-        if mine is not None and os.path.samestat(os.lstat(target), mine):
+        if os.path.samestat(os.lstat(target), mine):
             Path(target).unlink()
     with contextlib.suppress(OSError):
-        if mine is None or os.path.samestat(os.lstat(partial), mine):
+        if os.path.samestat(os.lstat(partial), mine):
             for suffix in ("", *_SIDE_FILES):
                 with contextlib.suppress(OSError):
                     Path(partial + suffix).unlink()
+
+
+def _create(partial: str, mode: int, made: list[int], *, target: str) -> None:
+    """Create the file `partial` (for a backup to `target`), its descriptor put in `made`.
+
+    Created exclusively: another file at that path is never overwritten. The
+    descriptor is put in `made` by C code as the file is made: bound by
+    `made = os.open(...)`, it was lost to a Ctrl-C handled as os.open returned,
+    before the name was bound (Python runs a signal's handler between
+    bytecodes, first as a call returns), and the partial name was left behind,
+    an empty file the backup did not know it had made. A list's extend() takes
+    it from os.open with no bytecode between them.
+    """
+    try:
+        made.extend(itertools.starmap(os.open, [(partial, _CREATE, mode)]))
+    except FileExistsError:
+        raise StorageError(_partial_exists(target, partial)) from None
+    except OSError as e:  # (mostly the directory's: missing, not ours to write, read-only)
+        msg = (f"cannot create {target!r} in the directory "
+               f"{str(Path(target).absolute().parent)!r}: {e.strerror}")
+        raise StorageError(msg) from e
 
 
 def _name_it(partial: str, target: str) -> None:
