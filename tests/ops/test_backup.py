@@ -1125,3 +1125,42 @@ def test_a_backup_stopped_as_its_partial_copy_is_made_leaves_nothing(
     finally:
         store.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("extra", [100, 4096])
+def test_a_backup_of_a_closed_file_with_bytes_past_its_last_page_is_refused_saying_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        extra: int) -> None:
+    """Bytes past the last page the header counts (SQLite leaves none: something else
+    appended them) are never read by SQLite, so its copy leaves them out, and the compare
+    with the file failed at every copy: the backup was taken three times and refused as
+    'changed while it was read (a writer opened it): read it again', which no reading again
+    could mend. It is refused at the first copy saying what is wrong and how to mend it."""
+    source, target = tmp_path / "pools.db", tmp_path / "copy.db"
+    _shaped(source, "as the engine leaves it")
+    pages = source.stat().st_size
+    with source.open("ab") as file:
+        file.write(b"\x00" * extra)
+    real = sqlite_module.SQLiteStore._copy_into
+    copies: list[str] = []
+
+    def copying(store: sqlite_module.SQLiteStore, into: str) -> None:
+        copies.append(into)
+        real(store, into)
+
+    monkeypatch.setattr(sqlite_module.SQLiteStore, "_copy_into", copying)
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: database {str(source)!r} has {extra:,} bytes past its "
+                   f"last page (the {pages // 4096:,} pages of 4,096 bytes its header counts "
+                   f"end at byte {pages:,}): SQLite leaves none and never reads them, so its "
+                   "copy leaves them out and cannot be checked against the file; something "
+                   "else wrote them. Once you know they are nothing of yours, remove them "
+                   f"(truncate -s {pages} {source}) and back up again\n")
+    assert copies == [f"{target}.partial"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pools.db"]  # (nothing left)
+    assert source.stat().st_size == pages + extra  # (not changed)
+    os.truncate(source, pages)  # as told
+    status, out, err = _backup(capsys, str(target), "--db", str(source), "--json")
+    assert (status, err) == (0, ""), out
+    assert _rows(target, "ledger") == _rows(source, "ledger")

@@ -429,9 +429,7 @@ class SQLiteStore(Store):
         operator sets the version the tables' shape says, and verify() then
         checks all of it.
         """
-        # (A name that starts with '-' is given as ./-name: sqlite3 takes it for an option.)
-        path = shlex.quote(f"./{self._path}" if self._path.startswith("-")
-                           else self._path)
+        path = _for_a_shell(self._path)
         return (f"{self._path!r} holds the jackpot tables with their columns at user_version 0, "
                 "where the engine never leaves them: a file reloaded from a SQL dump looks so "
                 "(the sqlite3 shell's .dump leaves the user_version out). If it is a jackpot "
@@ -484,7 +482,8 @@ class SQLiteStore(Store):
                 one of the database's own files (`-wal`, `-shm`, ...), or its
                 name is not UTF-8 (SQLite's names are) or too long for the
                 partial name's `-journal`, or it cannot be created, or the
-                copy failed.
+                copy failed, or (a closed file) the file has bytes past the
+                last page its header counts (see `_copied_as_it_is`).
 
         """
         partial = target + PARTIAL_SUFFIX
@@ -642,6 +641,15 @@ class SQLiteStore(Store):
         -shm is under SQLite's locks: nothing to check. (Both files read
         again, from the page cache: 0.12-0.18 s of a 0.65-0.97 s copy of
         200 MB, 5 runs; nobody is serving on the file meanwhile.)
+
+        Raises:
+            StorageError: the copy is the file's beginning, and the file goes
+                on past the last page its header counts (equal in both): bytes
+                SQLite leaves in no file (its last checkpoint or commit
+                truncates the file to its pages) and never reads, so the copy
+                leaves them out; another tool added them, and no copy could be
+                compared equal (told so, not taken for a writer's change).
+
         """
         if self._stamp is None:
             return True
@@ -657,7 +665,21 @@ class SQLiteStore(Store):
                 if not is_:
                     return True
                 was, is_ = now.read(_COMPARED_BYTES), made.read(_COMPARED_BYTES)
+            if len(is_) < len(was) and was.startswith(is_):  # (the copy ends, the file not)
+                page_size = int.from_bytes(first[16:18], "big")
+                raise StorageError(self._past_the_last_page(
+                    made.tell(), os.fstat(now.fileno()).st_size,
+                    65536 if page_size == 1 else page_size))  # (1: 65536, SQLite's format)
         return False
+
+    def _past_the_last_page(self, ends: int, size: int, page_size: int) -> str:
+        """Say that the file goes on past byte `ends`, its pages' end (see `_copied_as_it_is`)."""
+        return (f"database {self._path!r} has {size - ends:,} bytes past its last page (the "
+                f"{ends // page_size:,} pages of {page_size:,} bytes its header counts end at "
+                f"byte {ends:,}): SQLite leaves none and never reads them, so its copy leaves "
+                "them out and cannot be checked against the file; something else wrote them. "
+                "Once you know they are nothing of yours, remove them (truncate -s "
+                f"{ends} {_for_a_shell(self._path)}) and back up again")
 
     @contextmanager
     def _one_snapshot(self) -> Iterator[None]:
@@ -1372,6 +1394,11 @@ def _named_by_sqlite(path: str) -> str:
         return os.path.realpath(path)
     except OSError:  # (a working directory deleted: SQLite cannot open it either)
         return path
+
+
+def _for_a_shell(path: str) -> str:
+    """Quote `path` for a shell command; a name that starts with - as ./-name (not an option)."""
+    return shlex.quote(f"./{path}" if path.startswith("-") else path)
 
 
 def _names_beside(path: str) -> str:
