@@ -378,8 +378,8 @@ class SQLiteStore(Store):
 
     def _recognise(self, *, allow_empty: bool) -> int:
         """`schema_version`, letting SQLite's own errors through (for `__init__`)."""
-        self._exec("BEGIN")  # one snapshot of both
-        try:
+        try:  # (BEGIN inside: see `read`)
+            self._exec("BEGIN")  # one snapshot of both
             (version,) = self._exec("PRAGMA user_version")[0]
             objects = self._exec("SELECT type, name FROM sqlite_master")
             columns = {table: {r[0] for r in self._exec(
@@ -691,8 +691,8 @@ class SQLiteStore(Store):
         writers commit faster). Held open here, each step reads the snapshot
         of the first; writers go on (WAL), as under the one step's read lock.
         """
-        self.conn.execute("BEGIN")
-        try:
+        try:  # (BEGIN inside: see `read`)
+            self.conn.execute("BEGIN")
             self.conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()  # (begins it)
             yield
         finally:
@@ -830,8 +830,8 @@ class SQLiteStore(Store):
             if not self._turns.acquire(self._timeout):
                 self._gave_up = True
                 raise self._lock_timeout()
-            self._begin(started)
-            try:
+            try:  # (BEGIN inside: see `read`; a failed one has rolled back, nothing to end)
+                self._begin(started)
                 yield
             except BaseException as exc:
                 self._rollback()
@@ -919,8 +919,13 @@ class SQLiteStore(Store):
 
         """
         try:
-            self._exec("BEGIN")
+            # BEGIN inside the `try` that ends it: a signal's exception (Ctrl-C, a
+            # request deadline's TimeoutError) is raised as the call returns, and
+            # raised before the `try` it left the transaction open for good: the
+            # engine's reader then refused every read ("cannot start a transaction
+            # within a transaction") and pinned the WAL (no checkpoint past it).
             try:
+                self._exec("BEGIN")
                 yield
             finally:
                 self._rollback()
