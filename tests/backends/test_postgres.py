@@ -2221,3 +2221,39 @@ def test_a_postgresql_store_makes_no_copy_of_itself(pg_target: str, tmp_path: Pa
     finally:
         store.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), TimeoutError("the round took too long")])
+def test_a_read_interrupted_as_it_begins_gives_its_connection_back(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """A signal's exception (Ctrl-C, a request deadline) raised as a read's BEGIN returned
+    kept the pooled connection out for good, in its transaction ('idle in transaction',
+    holding its snapshot): each such read took one of the pool's connections, and once
+    none was left every read waited out the lock timeout and failed."""
+    JackpotEngine.open(pg_target).close()  # the schema and levels
+    store = PostgresStore(pg_target, lock_timeout_ms=2000, pool_max_size=2, existing=True)
+    real = psycopg.Connection.execute
+    begun = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+    def interrupted(conn: psycopg.Connection[Any], query: Any, *args: Any,
+                    **kwargs: Any) -> Any:
+        cursor = real(conn, query, *args, **kwargs)
+        if isinstance(query, str) and query.startswith(begun):
+            raise error  # as a signal's handler would, as the call returns
+        return cursor
+
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(psycopg.Connection, "execute", interrupted)
+            for _ in range(3):  # more than the pool holds
+                with pytest.raises(type(error)), store.read():
+                    pytest.fail("the read went on")
+        with store.read():  # was: "no connection ... became free within 2000 ms (every ...)"
+            assert sorted(store.load_levels()) == ["major", "mega", "minor"]
+        with psycopg.connect(pg_target, autocommit=True) as conn:
+            idle = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state LIKE 'idle in transaction%'").fetchone()
+        assert idle == (0,)
+    finally:
+        store.close()

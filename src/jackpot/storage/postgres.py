@@ -696,6 +696,17 @@ class PostgresStore(Store):
                     raise self._translate(e) from e
                 lost = e
                 continue
+            except BaseException:
+                # A signal's exception (Ctrl-C, a request deadline's TimeoutError)
+                # raised within the BEGIN, or as it returned: the connection
+                # was kept out of the pool for good, in its transaction (an
+                # "idle in transaction" session holding its snapshot), and
+                # each such read took one of the pool's connections until
+                # none was left. Where the statement stands is unknown: closed
+                # (the server rolls back), then given back (the pool replaces it).
+                conn.close()
+                self._pool.putconn(conn)
+                raise
             return conn, rows
         assert lost is not None
         raise self._translate(lost) from lost
