@@ -52,6 +52,13 @@ LEVELS = [
 WIN_ODDS = {"minor": 250, "major": 2500}  # 1 in N spins pays that level
 STAKES = ["0.20", "0.50", "1.00", "2.00", "5.00"]
 _SHOWN_WINS = 12
+# Players who may be connecting at once: the listening socket's backlog. The
+# kernel queues only that many connections the server has not accepted yet and
+# drops the rest; a dropped player's spin then waits on TCP's retries (a minute
+# or more) and fails with ConnectionResetError: with `--players 3000` the run
+# stalled for 100 s, then ended in that traceback. So players come in as the
+# server takes them, as players on a real floor arrive over time.
+ARRIVING = 100
 
 
 class GameServer:
@@ -158,10 +165,20 @@ def _bad_spin(request: dict[str, Any]) -> str:
     return ""
 
 
-async def play(port: int, player: str, spins: int, seed: int) -> Decimal:
-    """One simulated player: connect, spin `spins` times, return the jackpots won."""
+async def play(port: int, player: str, spins: int, seed: int,
+               door: asyncio.Semaphore) -> Decimal:
+    """One simulated player: connect, spin `spins` times, return the jackpots won.
+
+    The player holds a place at the `door` (see ARRIVING) from connecting
+    until its first spin is answered, which proves the server took it.
+    """
     rng = random.Random(seed)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await door.acquire()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except BaseException:
+        door.release()
+        raise
     won = Decimal(0)
 
     async def send(request: dict[str, Any]) -> dict[str, Any]:
@@ -179,13 +196,17 @@ async def play(port: int, player: str, spins: int, seed: int) -> Decimal:
             request = {"op": "spin", "player": player, "round": f"r{n}",
                        "stake": rng.choice(STAKES)}
             reply = await send(request)
-            first = first or {"request": request, "reply": reply}
+            if not first:
+                door.release()  # in: the next player may come
+                first = {"request": request, "reply": reply}
             won += sum((Decimal(j["amount"]) for j in reply["jackpots"]), Decimal(0))
             await asyncio.sleep(rng.uniform(0, 0.01))  # the reels spin
         # Say the first reply was lost: the player resends that spin as it was.
         again = await send(first["request"])
         assert again == {**first["reply"], "replayed": True}, "a resent spin must replay"
     finally:
+        if not first:  # never answered: leave the door to the others
+            door.release()
         writer.close()
         await writer.wait_closed()
     return won
@@ -208,14 +229,15 @@ async def main_async(path: Path, players: int, spins: int) -> bool:
     """Serve the players' spins, print the meters and the audit; return whether it passed."""
     async with await AsyncJackpotEngine.open(path, LEVELS) as engine:
         server = GameServer(engine)
-        tcp = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        tcp = await asyncio.start_server(server.handle, "127.0.0.1", 0, backlog=ARRIVING)
         port = tcp.sockets[0].getsockname()[1]
         print(f"game server on 127.0.0.1:{port}; {players} players x {spins} spins")
         started = time.perf_counter()
         stop = asyncio.Event()
         meters = asyncio.create_task(show_pools(engine, server, started, 0.5, stop))
+        door = asyncio.Semaphore(ARRIVING)
         async with tcp:
-            won = await asyncio.gather(*(play(port, f"player-{i}", spins, seed=100 + i)
+            won = await asyncio.gather(*(play(port, f"player-{i}", spins, seed=100 + i, door=door)
                                          for i in range(players)))
         stop.set()
         await meters

@@ -56,6 +56,45 @@ def test_asyncio_game_server(tmp_path: Path) -> None:
     assert "audit: OK - 3 levels, " in out
 
 
+def test_the_game_servers_players_never_overflow_its_listening_socket(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every player connected at once: past the backlog the kernel dropped connections.
+
+    A dropped player's spin waited on TCP's retries: `--players 3000` stalled
+    for 100 s, then ended in a ConnectionResetError traceback. Connections
+    opened and not yet taken by the server's handler (an upper bound of those
+    the kernel holds unaccepted) must stay within the backlog the server
+    listens with.
+    """
+    game = _load("asyncio_game_server.py", monkeypatch)
+    counts = {"opened": 0, "handled": 0, "most_waiting": 0}
+    backlogs: list[int] = []
+    open_connection, start_server = asyncio.open_connection, asyncio.start_server
+    handle = game.GameServer.handle
+
+    async def opened(*args: Any, **kwargs: Any) -> Any:
+        streams = await open_connection(*args, **kwargs)
+        counts["opened"] += 1
+        counts["most_waiting"] = max(counts["most_waiting"], counts["opened"] - counts["handled"])
+        return streams
+
+    async def handled(self: Any, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        counts["handled"] += 1
+        await handle(self, reader, writer)
+
+    async def listening(*args: Any, backlog: int = 100, **kwargs: Any) -> Any:
+        backlogs.append(backlog)  # asyncio's default: 100
+        return await start_server(*args, backlog=backlog, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", opened)
+    monkeypatch.setattr(asyncio, "start_server", listening)
+    monkeypatch.setattr(game.GameServer, "handle", handled)
+    assert asyncio.run(game.main_async(tmp_path / "s.db", 1000, 1))
+    assert counts["opened"] == counts["handled"] == 1000
+    assert counts["most_waiting"] <= backlogs[0]  # 215-383 when all 1,000 came at once
+
+
 def _rounds_an_unkeyed_draw_would_pay(player: str, odds: int, count: int) -> list[str]:
     """Round ids whose op_id alone, as a seed, wins the first level: what a player could compute."""
     rounds = (f"r{n}" for n in range(1_000_000))
