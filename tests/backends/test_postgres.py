@@ -486,6 +486,22 @@ def test_a_malformed_url_is_refused_without_quoting_any_of_it(url: str) -> None:
     assert info.value.__cause__ is None  # the driver's message (which quotes it) is not chained
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql://jackpot:s3cret@127.0.0.1:1/db?connect_timeot=5",  # a misspelt keyword
+    "postgresql://jackpot:s3cret@127.0.0.1:1/db?sslmode",  # no "="
+    "postgresql://jackpot@127.0.0.1:1/db?password=s3&cret",  # an unencoded & in a value
+])
+def test_a_url_malformed_after_its_question_mark_is_told_so(url: str) -> None:
+    """It was told to percent-encode the password, which the operator had not touched."""
+    with pytest.raises(StorageError) as info:
+        JackpotEngine.open(url)
+    assert ("the PostgreSQL URL is malformed after its '?': its parameters must be libpq "
+            "connection keywords") in str(info.value)
+    assert "cret" not in str(info.value)
+    assert "timeot" not in str(info.value)  # nothing of the URL is quoted
+    assert info.value.__cause__ is None
+
+
 def test_the_cli_never_prints_the_password(pg_target: str) -> None:
     parts = urlsplit(pg_target)  # the test server trusts any password
     url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:s3cret@"

@@ -297,6 +297,23 @@ def _misread(url: str) -> bool:
 _PORTS = re.compile(r"[0-9,]*")
 
 
+def _malformed(url: str) -> str:
+    """Say where a URL that `_misread` refuses went wrong, quoting none of it.
+
+    Past the "?" when the URL without its query reads well: a misspelt
+    keyword (`?connect_timeot=5`) was told to percent-encode the password,
+    which the operator had not touched.
+    """
+    base, query, _ = url.partition("?")
+    if query and not _misread(base):
+        return ("cannot open database: the PostgreSQL URL is malformed after its '?': "
+                "its parameters must be libpq connection keywords, as keyword=value "
+                "joined by & (check each keyword's spelling; percent-encode %, & or = "
+                "in a value such as a password)")
+    return ("cannot open database: the PostgreSQL URL is malformed (percent-encode "
+            "characters such as %, &, @ or / in the password)")
+
+
 def describe(url: str) -> str:
     """Return `url` without its password, for messages and logs."""
     try:
@@ -460,9 +477,7 @@ class PostgresStore(Store):
 
         """
         if _misread(url):  # libpq's message would quote a fragment of it: maybe the password
-            msg = ("cannot open database: the PostgreSQL URL is malformed (percent-encode "
-                   "characters such as %, &, @ or / in the password)")
-            raise StorageError(msg) from None
+            raise StorageError(_malformed(url)) from None
         self._url = url
         self._where = describe(url)
         self._timeout_ms = lock_timeout_ms
