@@ -343,6 +343,35 @@ def test_a_backup_beside_a_side_file_it_did_not_make_is_refused_and_leaves_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("target", ["", "new/", "new//"])
+def test_a_backup_to_a_name_that_is_no_files_is_refused_before_it_copies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        target: str) -> None:
+    """'' was copied whole into '.partial' here, then failed: "'.partial' -> ''".
+
+    And 'new/' (no such directory yet) said "cannot create 'new/' in the directory"
+    of the working directory, which exists: the copy went inside 'new/'.
+    """
+    source = tmp_path / "pools.db"
+    JackpotEngine.open(source).close()
+    monkeypatch.chdir(tmp_path)
+    copies: list[str] = []
+    copy_into = sqlite_module.SQLiteStore._copy_into
+
+    def copying(self: sqlite_module.SQLiteStore, partial: str) -> None:
+        copies.append(partial)
+        copy_into(self, partial)
+
+    monkeypatch.setattr(sqlite_module.SQLiteStore, "_copy_into", copying)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, target, "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: {target!r} names no file: give the path of the new file "
+                   "the backup goes to\n")
+    assert copies == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize("points_to", ["nothing", "a file"])
 def test_a_backup_to_a_symbolic_link_is_refused_naming_the_link(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], points_to: str) -> None:

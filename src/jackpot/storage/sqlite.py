@@ -476,7 +476,8 @@ class SQLiteStore(Store):
         Raises:
             StaleReadError: (read-only store reading an immutable file) a
                 writer opened the file during the copy: copy it again.
-            StorageError: `target` exists (a symbolic link too), or its
+            StorageError: `target` names no file ('' or a path ending in
+                '/'), or exists (a symbolic link too), or its
                 partial name does (another backup to it, or one stopped), or
                 a `-wal`, `-shm` or `-journal` beside either does, or it is
                 one of the database's own files (`-wal`, `-shm`, ...), or its
@@ -541,6 +542,13 @@ class SQLiteStore(Store):
             msg = (f"{target!r} is not a file name SQLite can open (it is not UTF-8): "
                    "back up to another name")
             raise StorageError(msg) from None
+        if Path(target).name in ("", ".", "..") or target.endswith(("/", os.sep)):
+            # A directory's name, not a file's: '' was copied whole into '.partial' in
+            # the working directory, then failed to be named ''; 'new/' was "cannot
+            # create 'new/' in the directory '.'" (the copy goes inside it: 'new/.partial').
+            msg = (f"{target!r} names no file: give the path of the new file the backup "
+                   "goes to")
+            raise StorageError(msg)
         mine = Path(target).resolve()
         for suffix in (*_SIDE_FILES, LOCK_SUFFIX):  # (absent while nobody has it open)
             if mine == Path(self._sides + suffix).resolve():
