@@ -823,6 +823,12 @@ def metrics(*, serve: bool, port: int, db: str | None, as_json: bool | None) -> 
     if not Settings.from_env().enable_metrics:
         msg = "metrics are disabled (JACKPOT_ENABLE_METRICS=false)"
         raise CommandError(msg)
+    if not serve and (click.get_current_context().get_parameter_source("port")
+                      is not click.core.ParameterSource.DEFAULT):
+        # `jackpot metrics --port 9100` printed the gauges once and exited 0: an
+        # operator who meant to serve them learnt it only from the scrape failing.
+        msg = "--port is where --serve serves the gauges: add --serve (or leave --port out)"
+        raise CommandError(msg)
     if not serve:  # read once: a database that cannot be read is an error, not "no sample"
         pools = _read(opts, reads.pools)
         click.echo(generate_latest(database_registry(lambda: pools)).decode(), nl=False)

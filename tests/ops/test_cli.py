@@ -478,6 +478,14 @@ def test_metrics_once(db: str) -> None:
     assert done.stderr == "jackpot: error: metrics are disabled (JACKPOT_ENABLE_METRICS=false)\n"
 
 
+def test_metrics_with_a_port_but_not_serve_is_refused(db: str) -> None:
+    """It printed the gauges once and exited 0: the operator meant to serve them."""
+    done = jackpot("metrics", "--port", "9100", "--db", db)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("jackpot: error: --port is where --serve serves the gauges: "
+                           "add --serve (or leave --port out)\n")
+
+
 def test_metrics_are_only_what_the_database_holds(db: str) -> None:
     """No per-process counter of the command's own idle engine: they would always be 0."""
     with JackpotEngine.open(db) as engine:
