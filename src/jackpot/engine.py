@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import re
@@ -192,6 +193,21 @@ def _raised_while_out(error: Exception, queued: list[Ticket]) -> bool:
         return False
     ticket = queued[-1]
     return not ticket.wait(0) or ticket.answer[1] is not error
+
+
+def _taken(lock: threading.Lock, timeout: float, held: list[bool]) -> bool:
+    """Acquire `lock` within `timeout`; say whether it was taken, as `held` does too.
+
+    `held` gets the answer from C code, as the lock is taken: bound by
+    `got = lock.acquire(...)`, a signal's exception (Ctrl-C, a request
+    deadline's TimeoutError) raised as acquire returned, before any `try`
+    could see it taken, left it held for good (Python runs a signal's
+    handler between bytecodes, first as a call of C code returns). A
+    list's extend() takes it from acquire with no bytecode between them;
+    the caller's `try` encloses this call and releases what `held` says.
+    """
+    held.extend(itertools.starmap(lock.acquire, [(True, timeout)]))
+    return held[0]
 
 
 class JackpotEngine:
@@ -495,23 +511,26 @@ class JackpotEngine:
         not hang every caller that reads after it.
         """
         self._check_process()  # before the lock: a fork may have copied it held
-        if not self._reader_lock.acquire(timeout=self._settings.lock_timeout_ms / 1000):
-            self._check_open()  # closed meanwhile: that is the whole story
-            msg = (f"a read waited {self._settings.lock_timeout_ms} ms for the read before it "
-                   "to end (the storage answers slowly, or not at all); nothing was read")
-            raise LockTimeoutError(msg)
+        held: list[bool] = []  # (whether the lock was taken: see `_taken`)
         try:
+            if not _taken(self._reader_lock, self._settings.lock_timeout_ms / 1000, held):
+                self._check_open()  # closed meanwhile: that is the whole story
+                msg = (f"a read waited {self._settings.lock_timeout_ms} ms for the read "
+                       "before it to end (the storage answers slowly, or not at all); "
+                       "nothing was read")
+                raise LockTimeoutError(msg)
             self._own.reading = True  # a close() in this thread must not wait for this read
             self._check_open()
             yield self._reader
         finally:  # also when refused: close() may have left the closing to it
-            try:
-                self._own.reading = False
-                if self._reader_close_pending:  # close() gave up waiting for this read
-                    self._reader.close()
-                    self._reader_close_pending = False
-            finally:
-                self._reader_lock.release()
+            if held and held[0]:
+                try:
+                    self._own.reading = False
+                    if self._reader_close_pending:  # close() gave up waiting for this read
+                        self._reader.close()
+                        self._reader_close_pending = False
+                finally:
+                    self._reader_lock.release()
 
     def __enter__(self) -> Self:
         """Return the engine; `close()` on exit."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from jackpot import JackpotEngine
+from jackpot import JackpotEngine, Settings
 from jackpot.storage.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -113,3 +113,31 @@ def test_a_store_interrupted_as_its_transaction_begins_ends_it(
     finally:
         store.close()
         other.close()
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), TimeoutError("the round took too long")])
+def test_an_engine_read_interrupted_as_it_takes_the_readers_lock_gives_it_back(
+        db: str, error: BaseException) -> None:
+    """Reads take turns on the engine's one reader, under a lock taken with a timeout
+    (`acquire`, not `with`): a signal's exception raised as the acquire returned left the
+    lock held for good, and every later read waited out the lock timeout and failed ("a
+    read waited ... for the read before it to end")."""
+    with JackpotEngine.open(db, settings=Settings(lock_timeout_ms=500)) as engine:
+        before = engine.pools()
+        lock = engine._reader_lock
+        raised: list[int] = []
+
+        def stop(_frame: object, event: str, _arg: object) -> None:
+            if not raised and event == "c_return" and lock.locked():
+                raised.append(1)
+                raise error
+
+        sys.setprofile(stop)
+        try:
+            with pytest.raises(type(error)):
+                engine.pools()
+        finally:
+            sys.setprofile(None)
+        assert raised == [1]
+        assert not lock.locked()
+        assert engine.pools() == before
