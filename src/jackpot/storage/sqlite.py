@@ -308,6 +308,7 @@ class SQLiteStore(Store):
         """
         if not self._read_only:
             refuse_inherited(path)  # before SQLite opens it: see there
+            _refuse_other_names_to_write(path)
             flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
             conn = apsw.Connection(path, flags=flags)
             try:
@@ -1407,6 +1408,31 @@ def _named_by_sqlite(path: str) -> str:
         return os.path.realpath(path)
     except OSError:  # (a working directory deleted: SQLite cannot open it either)
         return path
+
+
+def _refuse_other_names_to_write(path: str) -> None:
+    """Refuse to write a database file that has other names (hard links).
+
+    A write through one name is the file of every name: a hard-linked
+    "copy" (a snapshot tree made with `cp -al`, rsnapshot) is no copy, and
+    an engine on it changed the others too. And SQLite keeps a database's
+    -wal beside the name it was opened by: engines on two names of one
+    file wrote to one file through two -wal files, neither seeing the
+    other's commits (the second's writes failed, told as a -wal "removed
+    or replaced").
+    """
+    try:
+        links = Path(path).stat().st_nlink
+    except OSError:  # (not there yet: created, with one name; or SQLite says why not)
+        return
+    if links > 1:
+        msg = (f"{path!r} is one of {links} names (hard links) of one file"
+               f"{_names_beside(_named_by_sqlite(path))}: what an engine writes through one "
+               "name, every name shows (a hard-linked copy is no copy), and SQLite keeps the "
+               "-wal beside the name it opens, so engines on two names would not see each "
+               "other's commits; give the file one name before an engine writes it (copy "
+               "it with `jackpot backup`, then remove the other names)")
+        raise StorageError(msg)
 
 
 def _for_a_shell(path: str) -> str:
