@@ -50,7 +50,7 @@ from rich.text import Text
 import jackpot
 from jackpot import money, reads
 from jackpot.audit import audit
-from jackpot.domain import CONFIG_FIELDS, GroupConfig
+from jackpot.domain import CONFIG_FIELDS, GroupConfig, validate_name
 from jackpot.engine import JackpotEngine, check_path
 from jackpot.errors import JackpotError, StorageError, ValidationError
 from jackpot.health import bounded_checks, redact, report_of
@@ -203,6 +203,21 @@ def _engine(opts: Options, groups: list[GroupConfig] | None = None, *,
     with JackpotEngine.open(path, groups, settings=Settings.from_env(),
                             create=not must_exist) as engine:
         yield engine
+
+
+def _served(engine: JackpotEngine, *levels: str) -> None:
+    """Refuse a level the database does not have as the read commands do.
+
+    The engine's own refusal adds that a level added to the database after
+    it opened needs it opened again: advice for a game server's long-lived
+    engine, noise from a command that opened its engine a moment ago. So a
+    write command checks its levels first and says "this database has ...",
+    as status, history and ledger do (exit 2 all the same). A name that is
+    no level name at all is refused as the engine refuses it.
+    """
+    for level in levels:
+        if validate_name(level) not in engine.groups:
+            raise reads.unknown_level(level, engine.groups)
 
 
 def _reader(path: str, settings: Settings) -> Store:
@@ -568,6 +583,7 @@ def config(*, level: str, changes: tuple[str, ...], expected_version: int | None
         parsed[key] = None if value.lower() == "none" else value
     by = _login_name() if who is None else who
     with _engine(opts) as engine:
+        _served(engine, level)
         result = engine.update_config(level, op_id=op_id, expected_version=expected_version,
                                       who=by, reason=reason, **parsed)
     if opts.json:
@@ -616,6 +632,7 @@ def contribute(*, bet: str, levels: tuple[str, ...], op_id: str | None, player: 
     """Contribute one bet to the levels, by hand."""
     opts = _options(db, as_json)
     with _engine(opts) as engine:
+        _served(engine, *levels)
         result = engine.contribute(bet, groups=list(levels) or None, op_id=op_id, player=player)
     if opts.json:
         _print_json(dataclasses.asdict(result))
@@ -649,6 +666,7 @@ def win(*, level: str, amount: str | None, winner: str | None, op_id: str | None
     """Pay a level by hand: the whole pool (then reset to seed) or --amount."""
     opts = _options(db, as_json)
     with _engine(opts) as engine:
+        _served(engine, level)
         result = engine.process_win(level, op_id=op_id, amount=amount, winner=winner)
     if opts.json:
         _print_json(dataclasses.asdict(result))
@@ -671,6 +689,7 @@ def suspend(*, level: str, reason: str, who: str | None, op_id: str | None,
     opts = _options(db, as_json)
     by = _login_name() if who is None else who
     with _engine(opts) as engine:
+        _served(engine, level)
         result = engine.suspend(level, reason=reason, who=by, op_id=op_id)
     _admin_out(opts, result, who=by)
 
@@ -687,6 +706,7 @@ def resume(*, level: str, reason: str | None, who: str | None, op_id: str | None
     opts = _options(db, as_json)
     by = _login_name() if who is None else who
     with _engine(opts) as engine:
+        _served(engine, level)
         result = engine.resume(level, reason=reason, who=by, op_id=op_id)
     _admin_out(opts, result, who=by)
 
@@ -708,6 +728,7 @@ def adjust(*, level: str, delta: str, reason: str, who: str | None, op_id: str |
     opts = _options(db, as_json)
     by = _login_name() if who is None else who
     with _engine(opts) as engine:
+        _served(engine, level)
         result = engine.adjust(level, delta, reason=reason, who=by, op_id=op_id)
     _admin_out(opts, result, who=by)
 
@@ -726,6 +747,7 @@ def retire(*, level: str, transfer_to: str, reason: str, who: str | None, op_id:
     opts = _options(db, as_json)
     by = _login_name() if who is None else who
     with _engine(opts) as engine:
+        _served(engine, level, transfer_to)
         result = engine.retire(level, transfer_to=transfer_to, reason=reason, who=by,
                                op_id=op_id)
     _admin_out(opts, result, who=by)

@@ -16,7 +16,7 @@ from jackpot.errors import UnknownGroupError
 from jackpot.results import HistoryEntry, PoolSnapshot
 from jackpot.storage import LedgerRow, Store
 
-__all__ = ["history", "ledger", "pool", "pools"]
+__all__ = ["history", "ledger", "pool", "pools", "unknown_level"]
 
 
 def pools(store: Store) -> dict[str, PoolSnapshot]:
@@ -36,7 +36,7 @@ def pool(store: Store, level: str) -> PoolSnapshot:
     with store.read():
         state = store.load_level(level)
         if state is None:
-            raise _unknown(level, store.load_levels())
+            raise unknown_level(level, store.load_levels())
     return PoolSnapshot.of(state)
 
 
@@ -72,8 +72,13 @@ def ledger(store: Store, *, level: str | None, limit: int) -> list[LedgerRow]:
 def _known(store: Store, level: str) -> None:
     names = store.load_levels()
     if level not in names:
-        raise _unknown(level, names)
+        raise unknown_level(level, names)
 
 
-def _unknown(level: str, names: Iterable[str]) -> UnknownGroupError:
+def unknown_level(level: str, names: Iterable[str]) -> UnknownGroupError:
+    """Return the refusal of a level the database does not have, naming those it has.
+
+    Unlike the engine's own refusal, it says nothing of opening again: it is
+    for a caller that has just read the database (or opened its engine).
+    """
     return UnknownGroupError(f"unknown level {level!r}: this database has {', '.join(names)}")

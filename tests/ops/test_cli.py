@@ -833,6 +833,24 @@ def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: 
     assert done.stderr == f"jackpot: error: {message.format(**fill)}\n"
 
 
+@pytest.mark.parametrize("args", [
+    ("win", "nope"), ("contribute", "5", "--level", "minor", "--level", "nope"),
+    ("config", "nope", "cap=500"), ("suspend", "nope", "--reason", "r"),
+    ("resume", "nope"), ("adjust", "nope", "5", "--reason", "r", "--who", "ops"),
+    ("retire", "nope", "--transfer-to", "minor", "--reason", "r", "--who", "ops"),
+    ("retire", "minor", "--transfer-to", "nope", "--reason", "r", "--who", "ops"),
+])
+def test_a_write_command_names_an_unknown_level_as_the_read_commands_do(
+        db: str, args: tuple[str, ...]) -> None:
+    """It added "(a level added to the database after this engine opened needs it opened
+    again)", the engine's hint for a long-lived game server: noise from a command whose
+    engine opened a moment before."""
+    done = jackpot(*args, "--db", db)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("jackpot: error: unknown level 'nope': this database has major, "
+                           "mega, minor\n")
+
+
 def test_leading_zeros_do_not_count_towards_an_integer_options_digits(db: str) -> None:
     """As in the JACKPOT_* variables: '0...02' is 2, however many zeros (they were counted)."""
     rows = ok_json("ledger", "--tail", "0" * 5000 + "2", "--db", db)
