@@ -287,9 +287,13 @@ def _count(text: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--players", type=_count, default=200, help="simulated players")
-    parser.add_argument("--spins", type=_count, default=50, help="spins per player")
-    parser.add_argument("--quick", action="store_true", help="20 players x 10 spins")
+    parser.add_argument("--players", type=_count, default=None,
+                        help="simulated players (default: 200, or 20 with --quick)")
+    parser.add_argument("--spins", type=_count, default=None,
+                        help="spins per player (default: 50, or 10 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run: 20 players x 10 spins, unless --players or "
+                             "--spins is given")
     parser.add_argument("--db", type=Path, default=None,
                         help="a new database file to keep (default: a temporary one)")
     args = parser.parse_args()
@@ -297,7 +301,10 @@ def main() -> None:
         parser.error(f"--db {args.db}: the file exists; give a new path")
     if args.db is not None and not args.db.parent.is_dir():
         parser.error(f"--db {args.db}: no directory {args.db.parent}; create it first")
-    players, spins = (20, 10) if args.quick else (args.players, args.spins)
+    # --quick gives short defaults; a count given as well is played as given
+    # (--quick replaced it: `--quick --players 300` had 20 players).
+    players = args.players if args.players is not None else 20 if args.quick else 200
+    spins = args.spins if args.spins is not None else 10 if args.quick else 50
     with tempfile.TemporaryDirectory() as tmp:
         ok = asyncio.run(main_async(args.db or Path(tmp) / "server.db", players, spins))
     raise SystemExit(0 if ok else 1)  # a script that runs it learns the audit's verdict

@@ -207,9 +207,13 @@ def _count(text: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--machines", type=_count, default=6, help="machines (threads) per bank")
-    parser.add_argument("--spins", type=_count, default=300, help="spins per machine")
-    parser.add_argument("--quick", action="store_true", help="2 machines x 40 spins per bank")
+    parser.add_argument("--machines", type=_count, default=None,
+                        help="machines (threads) per bank (default: 6, or 2 with --quick)")
+    parser.add_argument("--spins", type=_count, default=None,
+                        help="spins per machine (default: 300, or 40 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run: 2 machines x 40 spins per bank, unless --machines "
+                             "or --spins is given")
     parser.add_argument("--chart", type=Path, default=Path("casino_floor.png"),
                         help="where to write the PNG chart (default: ./casino_floor.png)")
     parser.add_argument("--db", type=Path, default=None,
@@ -221,7 +225,10 @@ def main() -> None:
         parser.error(f"--db {args.db}: no directory {args.db.parent}; create it first")
     if not args.chart.parent.is_dir():  # found now, not when the floor has played
         parser.error(f"--chart {args.chart}: no directory {args.chart.parent}; create it first")
-    machines, spins = (2, 40) if args.quick else (args.machines, args.spins)
+    # --quick gives short defaults; a count given as well is played as given
+    # (--quick replaced it: `--quick --spins 500` played 40).
+    machines = args.machines if args.machines is not None else 2 if args.quick else 6
+    spins = args.spins if args.spins is not None else 40 if args.quick else 300
     with tempfile.TemporaryDirectory() as tmp:
         ok = run(args.db or Path(tmp) / "floor.db", machines, spins, args.chart,
                  kept=args.db is not None)

@@ -392,6 +392,60 @@ def test_an_example_whose_audit_fails_exits_1(tmp_path: Path, monkeypatch: pytes
                         "  problem: level 'minor': forged\n")
 
 
+def _counts_played(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, ...]:
+    """Run the example's main() with `args`, its play replaced by one noting the counts."""
+    example = _load(name, monkeypatch)
+    played: list[tuple[int, ...]] = []
+
+    def note(*counts: int) -> bool:
+        played.append(tuple(c for c in counts if isinstance(c, int)))
+        return True
+
+    async def note_async(_path: Path, *counts: int) -> bool:
+        return note(*counts)
+
+    if name == "asyncio_game_server.py":
+        monkeypatch.setattr(example, "main_async", note_async)
+    elif name == "operator_console.py":
+        monkeypatch.setattr(example, "session", lambda _engine, bets: note(bets))
+    else:
+        monkeypatch.setattr(example, "run", lambda _path, *counts, **_kw: note(*counts))
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    with pytest.raises(SystemExit) as exited:
+        example.main()
+    assert exited.value.code == 0
+    assert len(played) == 1
+    return played[0]
+
+
+@pytest.mark.parametrize(("name", "args", "counts"), [
+    ("quickstart.py", [], (500,)),
+    ("quickstart.py", ["--quick"], (50,)),
+    ("quickstart.py", ["--quick", "--bets", "1000"], (1000,)),  # played 50
+    ("asyncio_game_server.py", ["--quick"], (20, 10)),
+    ("asyncio_game_server.py", ["--quick", "--players", "3"], (3, 10)),  # had 20 players
+    ("asyncio_game_server.py", ["--spins", "4"], (200, 4)),
+    ("casino_floor.py", ["--quick", "--spins", "7"], (2, 7)),  # played 40 spins
+    ("casino_floor.py", ["--machines", "1"], (1, 300)),
+    ("operator_console.py", ["--quick"], (40,)),
+    ("operator_console.py", ["--bets", "12", "--quick"], (12,)),  # placed 40
+])
+def test_a_count_given_with_quick_is_played_as_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, args: list[str],
+        counts: tuple[int, ...]) -> None:
+    """--quick replaced counts given with it, without a word: `--quick --bets 1000` played 50."""
+    monkeypatch.chdir(tmp_path)
+    assert _counts_played(name, args, monkeypatch) == counts
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py", "casino_floor.py",
+                                  "operator_console.py"])
+def test_an_examples_help_says_a_count_wins_over_quick(tmp_path: Path, name: str) -> None:
+    out = " ".join(run_example(name, "--help", cwd=tmp_path).split())
+    assert re.search(r"--quick a short run: .*, unless --\w+ (or --\w+ )?is given", out), out
+    assert "with --quick)" in out
+
+
 @pytest.mark.parametrize(("name", "option"), [
     ("quickstart.py", "--db"), ("asyncio_game_server.py", "--db"), ("casino_floor.py", "--db"),
     ("operator_console.py", "--db"), ("casino_floor.py", "--chart")])
