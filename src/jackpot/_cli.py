@@ -285,7 +285,7 @@ def _pools_table(pools: dict[str, PoolSnapshot], title: str = "levels") -> Table
                       _rate(p.contribution_rate), _money(p.cap), str(p.version),
                       str(p.meters.get("bets", 0)), str(p.meters.get("wins", 0)),
                       _money(Decimal(p.meters.get("won", 0))),
-                      Text(", ".join(f"{k}={v}" for k, v in p.pending_changes.items())))
+                      Text(", ".join(f"{k}={_cell(v)}" for k, v in p.pending_changes.items())))
     return table
 
 
@@ -605,7 +605,8 @@ def _print_config_change(result: ConfigResult, *, given: list[str], who: str) ->
         if result.before.get(key) != result.after[key]:
             table.add_row(key, _cell(result.before.get(key)), _cell(result.after[key]))
     for key, waiting in result.pending.items():
-        table.add_row(key, _cell(result.before.get(key)), f"{waiting} (from the next reset)")
+        table.add_row(key, _cell(result.before.get(key)),
+                      f"{_cell(waiting)} (from the next reset)")
     if table.row_count:
         console.print(done, markup=False, soft_wrap=True)
         console.print(table)
@@ -616,6 +617,7 @@ def _print_config_change(result: ConfigResult, *, given: list[str], who: str) ->
 
 
 def _cell(value: str | None) -> str:
+    # None (a cleared cap, must_hit_by...) is "-" wherever a value is shown, as in status.
     return "-" if value is None else value
 
 

@@ -851,6 +851,24 @@ def test_a_write_command_names_an_unknown_level_as_the_read_commands_do(
                            "mega, minor\n")
 
 
+def test_a_must_hit_by_cleared_from_the_next_reset_is_shown_as_a_dash(tmp_path: Path) -> None:
+    """Pending, it was "None (from the next reset)" and "must_hit_by=None" in status,
+    where every other empty value is "-"."""
+    path = str(tmp_path / "mystery.db")
+    JackpotEngine.open(path, [GroupConfig("mystery", Decimal(100), Decimal("0.01"),
+                                          must_hit_by=Decimal(500))]).close()
+    done = jackpot("config", "mystery", "must_hit_by=none", "--db", path,
+                   env={"COLUMNS": "200"})
+    assert (done.returncode, done.stderr) == (0, "")
+    row = next(line for line in done.stdout.splitlines() if "must_hit_by" in line)
+    assert row.split("\u2502")[1:4] == [" must_hit_by ", " 500.000000 ",
+                                        " - (from the next reset) "]
+    status = jackpot("status", "--db", path, env={"COLUMNS": "200"})
+    assert status.returncode == 0, status.stderr
+    assert " must_hit_by=- " in status.stdout
+    assert "None" not in done.stdout + status.stdout
+
+
 def test_leading_zeros_do_not_count_towards_an_integer_options_digits(db: str) -> None:
     """As in the JACKPOT_* variables: '0...02' is 2, however many zeros (they were counted)."""
     rows = ok_json("ledger", "--tail", "0" * 5000 + "2", "--db", db)
