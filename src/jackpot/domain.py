@@ -581,7 +581,12 @@ def reconfigure(
     """Apply parsed changes (see `parse_changes`): deferred ones wait for the reset."""
     check_open(state, "config changes", allow_suspended=True)
     fields_ = {("rate" if k == "contribution_rate" else k): v for k, v in changes.items()}
-    pending = {**state.pending, **{k: v for k, v in fields_.items() if k in _DEFERRED}}
+    # A deferred value the level already has changes nothing at the reset: it is not
+    # queued, and it takes the place of one queued before (seed=100 after seed=200,
+    # on a level at 100, leaves it at 100). Queued, `must_hit_by=None` on a level with
+    # none showed as a pending change in status and pools() until the next reset.
+    asked = {**state.pending, **{k: v for k, v in fields_.items() if k in _DEFERRED}}
+    pending = {k: v for k, v in asked.items() if v != getattr(state.config, k)}
     now_fields = {k: v for k, v in fields_.items() if k not in _DEFERRED}
     config = replace(state.config, **now_fields)
     config.check(amount=state.amount)

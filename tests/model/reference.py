@@ -575,7 +575,8 @@ class Model:
             self._open(lv, "config changes", suspended_ok=True)
             before = lv.config
             after = replace(before, **{k: v for k, v in parsed.items() if k not in DEFERRED})
-            pending = {**lv.pending, **{k: v for k, v in parsed.items() if k in DEFERRED}}
+            asked = {**lv.pending, **{k: v for k, v in parsed.items() if k in DEFERRED}}
+            pending = {k: v for k, v in asked.items() if v != getattr(before, k)}  # no no-ops
             for candidate in (after, replace(after, **pending)):
                 problem = candidate.problem(lv.amount)
                 if problem is not None:

@@ -290,6 +290,30 @@ def test_a_new_seed_is_what_the_next_reset_refills() -> None:
     assert again.amount == 40 * U
 
 
+@pytest.mark.parametrize(("queued", "changes"), [
+    ({}, {"must_hit_by": None}),  # showed "must_hit_by=None" pending until the next reset
+    ({}, {"seed": 100}),
+    ({"seed": 40 * U}, {"seed": 100}),  # back to what it has: the queued 40 is dropped
+    ({"must_hit_by": 500 * U}, {"must_hit_by": None, "seed": 100}),
+])
+def test_a_deferred_change_to_the_value_the_level_has_is_not_queued(
+        queued: dict[str, int], changes: dict[str, object]) -> None:
+    state = replace(level(), pending=queued)
+    nxt, entry = reconfigure(state, parse_changes(changes), T0)
+    assert nxt.pending == {}
+    assert entry.detail is not None
+    assert entry.detail["pending"] == {}
+    assert nxt.version == 8  # still a recorded (audited) config change, as for any other field
+    reset, _ = win(nxt, None, T0, draw)
+    assert (reset.config.seed, reset.config.must_hit_by) == (100 * U, None)
+
+
+def test_a_deferred_change_keeps_the_others_queued() -> None:
+    state = replace(level(), pending={"must_hit_by": 500 * U})
+    nxt, _ = reconfigure(state, parse_changes({"seed": 100}), T0)
+    assert nxt.pending == {"must_hit_by": 500 * U}
+
+
 def test_reconfigure_can_remove_the_cap() -> None:
     nxt, _ = reconfigure(level(cap=500), {"cap": None}, T0)
     at_range, [e], _ = contribute(replace(nxt, amount=600 * U), 100 * U, T0, draw)
