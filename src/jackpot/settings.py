@@ -197,7 +197,7 @@ def _parse(name: str, raw: str) -> object:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        msg = "expected true or false"
+        msg = "expected true or false (or 1/0, yes/no, on/off)"
         raise ValidationError(msg)
     if name == "log_level":
         if raw.lower() not in LOG_LEVELS:  # (None is for code: unset, the variable is absent)
@@ -206,12 +206,15 @@ def _parse(name: str, raw: str) -> object:
         return raw.lower()
     if name == "synchronous":
         return raw.upper()
+    # The range the setting takes, as _check_int says it: "a non-negative integer"
+    # was said of -5 for a setting that takes 1-3600000 (and of 0 it said the range).
+    low, high = _INT_RANGES[name]
     if not raw.isascii() or not raw.isdigit():
-        msg = "expected a non-negative integer"
+        msg = f"expected an integer in [{low}, {high}] (ASCII digits only)"
         raise ValidationError(msg)
     digits = raw.lstrip("0") or "0"  # int() refuses more than 4300 digits, zeros included
-    if len(digits) > _MAX_DIGITS:
-        msg = f"expected a non-negative integer of at most {_MAX_DIGITS} digits"
+    if len(digits) > _MAX_DIGITS:  # (beyond every range)
+        msg = f"expected an integer in [{low}, {high}], got one of {len(digits)} digits"
         raise ValidationError(msg)
     return int(digits)
 

@@ -892,7 +892,8 @@ def test_a_bad_setting_is_one_line_and_status_2(db: str) -> None:
     done = jackpot("status", "--db", db, env={"JACKPOT_LOCK_TIMEOUT_MS": "soon"})
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == ("jackpot: error: environment variable JACKPOT_LOCK_TIMEOUT_MS='soon' "
-                           "is invalid: expected a non-negative integer\n")
+                           "is invalid: expected an integer in [1, 3600000] (ASCII digits "
+                           "only)\n")
 
 
 def test_without_the_cli_extra_the_command_says_what_to_install(

@@ -73,6 +73,22 @@ def test_health_min_free_mb_from_the_environment() -> None:
         Settings.from_env({"JACKPOT_HEALTH_MIN_FREE_MB": "-1"})
 
 
+@pytest.mark.parametrize(("var", "raw", "expected"), [
+    ("JACKPOT_LOCK_TIMEOUT_MS", "-5", "an integer in [1, 3600000] (ASCII digits only)"),
+    ("JACKPOT_LOCK_TIMEOUT_MS", "soon", "an integer in [1, 3600000] (ASCII digits only)"),
+    ("JACKPOT_CONCURRENCY_CHECK_INTERVAL_MS", "-1", "an integer in [1, 60000] (ASCII digits only)"),
+    ("JACKPOT_MAX_RETRY_ATTEMPTS", "+3", "an integer in [0, 100] (ASCII digits only)"),
+    ("JACKPOT_HEALTH_MIN_FREE_MB", "-1", "an integer in [0, 1073741824] (ASCII digits only)"),
+    ("JACKPOT_PAGE_CACHE_MB", "9" * 19, "an integer in [1, 65536], got one of 19 digits"),
+    ("JACKPOT_ENABLE_METRICS", "2", "true or false (or 1/0, yes/no, on/off)"),
+])
+def test_a_bad_variable_is_told_the_values_it_takes(var: str, raw: str, expected: str) -> None:
+    """'-5' was told "expected a non-negative integer" by a setting that takes 1-3600000."""
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env({var: raw})
+    assert str(info.value) == f"environment variable {var}={raw!r} is invalid: expected {expected}"
+
+
 @pytest.mark.parametrize(("var", "raw"), [
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "three"),
     ("JACKPOT_MAX_RETRY_ATTEMPTS", "-1"),
@@ -173,8 +189,8 @@ def test_a_variable_too_long_for_an_int_is_named_in_the_error() -> None:
     with pytest.raises(ValidationError) as info:
         Settings.from_env({"JACKPOT_LOCK_TIMEOUT_MS": raw})
     assert str(info.value).startswith("environment variable JACKPOT_LOCK_TIMEOUT_MS=")
-    assert str(info.value).endswith("is invalid: expected a non-negative integer of at "
-                                    "most 18 digits")
+    assert str(info.value).endswith("is invalid: expected an integer in [1, 3600000], got "
+                                    "one of 5000 digits")
     # leading zeros are only notation
     assert Settings.from_env({"JACKPOT_LOCK_TIMEOUT_MS": "0" * 5000 + "7"}).lock_timeout_ms == 7
 
