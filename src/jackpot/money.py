@@ -106,7 +106,8 @@ def _coerce(value: object, name: str) -> Decimal:
     raise ValidationError(msg)
 
 
-def _scaled_integer(d: Decimal, exp: int, name: str, what: str, max_digits: int) -> int:
+def _scaled_integer(d: Decimal, exp: int, name: str, what: str, max_digits: int, *,
+                    given: Decimal | None = None) -> int:
     """Return d x 10**exp as an int, refusing anything finer than 10**-exp.
 
     The caller has checked that `d` is finite and within its range, so an
@@ -114,6 +115,7 @@ def _scaled_integer(d: Decimal, exp: int, name: str, what: str, max_digits: int)
     trailing zeros, which are only notation) means a fraction finer than one
     step. Only those few digits are turned into an int, so Python's limit of
     4300 digits on int-from-string is never reached, however long `d` is.
+    A message names `given` (the value as the caller wrote it) if set, else `d`.
     """
     _, digits, exponent = d.as_tuple()
     assert isinstance(exponent, int)  # finite, checked by the caller
@@ -122,7 +124,8 @@ def _scaled_integer(d: Decimal, exp: int, name: str, what: str, max_digits: int)
         return 0
     shift = exponent + len(digits) - len(significant) + exp
     if shift < 0 or len(significant) > max_digits:  # no trailing zero left to absorb it
-        msg = f"{name} {_shown(d)} is finer than the smallest {what} 1E-{exp}"
+        shown = _shown(d if given is None else given)
+        msg = f"{name} {shown} is finer than the smallest {what} 1E-{exp}"
         raise ValidationError(msg)
     value: int = int(significant.translate(_DIGIT_CHARS)) * 10**shift
     return value
@@ -150,8 +153,10 @@ def parse_amount(
         max_units: the largest accepted amount, in units.
 
     Raises:
-        ValidationError: float, bool, NaN, infinity, negative (including -0),
-            zero unless allowed, finer than one unit, or beyond the range.
+        ValidationError: float, bool, NaN, infinity, negative (including -0,
+            which is no negative number but is refused as one: it is what a
+            tiny negative amount rounds to), zero unless allowed, finer than
+            one unit, or beyond the range.
 
     """
     d = _coerce(value, name)
@@ -159,15 +164,30 @@ def parse_amount(
         msg = f"{name} must be a finite amount, got {_shown(d)}"
         raise ValidationError(msg)
     if d.is_signed():
-        msg = f"{name} must not be negative, got {_shown(d)}"
+        # -0 was told "must not be negative": true of no zero. Where zero is refused
+        # it is refused as zero is; where zero is allowed, the minus sign is named.
+        if not d.is_zero():
+            msg = f"{name} must not be negative, got {_shown(d)}"
+        elif not allow_zero:
+            msg = f"{name} must be positive, got {_shown(d)}"
+        else:
+            msg = f"{name} must be 0 or positive, without a minus sign, got {_shown(d)}"
         raise ValidationError(msg)
+    return _units(d, name, allow_zero=allow_zero, max_units=max_units)
+
+
+def _units(d: Decimal, name: str, *, allow_zero: bool, max_units: int,
+           given: Decimal | None = None) -> int:
+    """Return a finite, unsigned `d` in units, or raise naming `given` (default `d`)."""
+    shown = _shown(d if given is None else given)
     if d > from_units(max_units):  # a comparison is exact in any context
-        msg = (f"{name} {_shown(d)} is beyond the engine's range "
-               f"(at most {from_units(max_units)})")
+        either_way = "" if given is None else " either way"
+        msg = (f"{name} {shown} is beyond the engine's range "
+               f"(at most {from_units(max_units)}{either_way})")
         raise ValidationError(msg)
-    units = _scaled_integer(d, _UNIT_EXP, name, "unit", len(str(max_units)))
+    units = _scaled_integer(d, _UNIT_EXP, name, "unit", len(str(max_units)), given=given)
     if units == 0 and not allow_zero:
-        msg = f"{name} must be positive, got {_shown(d)}"
+        msg = f"{name} must be positive, got {shown}"
         raise ValidationError(msg)
     return units
 
@@ -186,14 +206,18 @@ def parse_signed_amount(value: object, *, name: str, max_units: int = MAX_UNITS)
     if d.is_zero():  # "must be positive" would misstate a signed amount
         msg = f"{name} must not be zero, got {_shown(d)}"
         raise ValidationError(msg)
-    # copy_abs, not unary minus: exact whatever the caller's decimal context
-    units = parse_amount(d.copy_abs(), name=name, max_units=max_units)
+    # copy_abs, not unary minus: exact whatever the caller's decimal context. Its
+    # messages name `d` as given: '-0.0000001' was told "delta 1E-7 is finer...".
+    units = _units(d.copy_abs(), name, allow_zero=False, max_units=max_units, given=d)
     return -units if d.is_signed() else units
 
 
 def parse_rate(value: object, *, name: str, allow_zero: bool = False) -> int:
     """Validate a rate in (0, 1) (or [0, 1) with allow_zero); return parts of 1e9."""
     d = _coerce(value, name)
+    if allow_zero and d.is_zero() and d.is_signed():  # (-0 is in [0, 1): name the sign)
+        msg = f"{name} must be a rate in [0, 1), without a minus sign, got {_shown(d)}"
+        raise ValidationError(msg)
     if not d.is_finite() or d.is_signed() or d >= 1 or (d == 0 and not allow_zero):
         bounds = "[0, 1)" if allow_zero else "(0, 1)"
         msg = f"{name} must be a rate in {bounds}, got {_shown(d)}"

@@ -778,6 +778,9 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
     (("contribute", "1.5.5", "--db", "{db}"),
      ("bet must be a plain decimal string such as '2.50' (ASCII digits, no spaces or exponent), "
      "got '1.5.5'")),
+    (("contribute", "--db", "{db}", "--", "-0"), "bet must be positive, got -0"),  # "not negative"
+    (("adjust", "minor", "-0.0000001", "--reason", "r", "--who", "ops", "--db", "{db}"),
+     "delta -1E-7 is finer than the smallest unit 1E-6"),  # was "delta 1E-7"
     (("win", "minor", "--amount", "5000", "--db", "{db}"),
      "amount 5000.000000 exceeds the pool of level 'minor' (100.000000)"),
     (("config", "minor", "cap", "--db", "{db}"), "'cap' is not KEY=VALUE"),

@@ -86,9 +86,11 @@ REFUSED = [
     pytest.param("NaN", r"^bet must be a plain decimal string", id="str-nan"),
     pytest.param("Infinity", r"^bet must be a plain decimal string", id="str-inf"),
     pytest.param("inf", r"^bet must be a plain decimal string", id="str-inf-short"),
-    pytest.param(Decimal("-0"), r"^bet must not be negative, got -0", id="minus-zero"),
-    pytest.param("-0", r"^bet must not be negative", id="str-minus-zero"),
-    pytest.param("-0.000000", r"^bet must not be negative", id="str-minus-zero-scaled"),
+    # -0 was "must not be negative", which no zero is: it is refused as zero is
+    pytest.param(Decimal("-0"), r"^bet must be positive, got -0$", id="minus-zero"),
+    pytest.param("-0", r"^bet must be positive, got -0$", id="str-minus-zero"),
+    pytest.param("-0.000000", r"^bet must be positive, got -0\.000000$",
+                 id="str-minus-zero-scaled"),
     pytest.param(Decimal(-1), r"^bet must not be negative, got -1", id="negative"),
     pytest.param(-1, r"^bet must not be negative", id="negative-int"),
     pytest.param("-2.50", r"^bet must not be negative", id="negative-str"),
@@ -139,6 +141,16 @@ def test_parse_amount_refuses(value: object, pattern: str) -> None:
     assert isinstance(info.value, ValueError)  # ValidationError is also a ValueError
 
 
+@pytest.mark.parametrize("value", [Decimal("-0"), "-0", "-0.00"])
+def test_a_zero_with_a_minus_sign_where_zero_is_allowed_is_refused_for_its_sign(
+        value: object) -> None:
+    """It was "seed must not be negative, got -0": -0 is no negative number."""
+    with pytest.raises(ValidationError) as info:
+        parse_amount(value, name="seed", allow_zero=True)
+    assert str(info.value) == (
+        f"seed must be 0 or positive, without a minus sign, got {Decimal(value)}")
+
+
 def test_refusal_uses_the_given_argument_name() -> None:
     with pytest.raises(ValidationError, match=r"^seed must not be negative"):
         parse_amount("-1", name="seed", allow_zero=True)
@@ -173,8 +185,11 @@ def test_parse_signed_amount_accepts(value: object, units: int) -> None:
     ("-0", r"^delta must not be zero, got -0$"),
     ("0", r"^delta must not be zero, got 0$"),
     (Decimal("0E+5"), r"^delta must not be zero, got 0E\+5$"),
-    (Decimal("-0.0000001"), r"^delta 1E-7 is finer than the smallest unit"),
-    (-(10**11) - 1, r"^delta .*beyond the engine's range"),
+    # named without its sign ("delta 1E-7", "delta 100000000001"): not what was given
+    (Decimal("-0.0000001"), r"^delta -1E-7 is finer than the smallest unit 1E-6$"),
+    ("-2.0000001", r"^delta -2\.0000001 is finer than the smallest unit"),
+    (-(10**11) - 1, (r"^delta -100000000001 is beyond the engine's range \(at most "
+                     r"100000000000\.000000 either way\)$")),
     (-1.5, r"^delta .*not float"),
     (True, r"^delta .*not bool"),
 ])
@@ -224,6 +239,13 @@ def test_parse_rate_zero_only_when_allowed() -> None:
     assert parse_rate("0", name="reserve_rate", allow_zero=True) == 0
     with pytest.raises(ValidationError, match=r"in \[0, 1\)"):
         parse_rate("1", name="reserve_rate", allow_zero=True)
+    # -0 is in [0, 1): "must be a rate in [0, 1), got -0" named no reason
+    with pytest.raises(ValidationError, match=(r"^reserve_rate must be a rate in \[0, 1\), "
+                                               r"without a minus sign, got -0$")):
+        parse_rate("-0", name="reserve_rate", allow_zero=True)
+    with pytest.raises(ValidationError, match=r"^contribution_rate must be a rate in \(0, 1\), "
+                                              r"got -0$"):
+        parse_rate("-0", name="contribution_rate")
 
 
 # -- conversions ------------------------------------------------------------------
