@@ -231,7 +231,7 @@ async def main_async(path: Path, players: int, spins: int) -> bool:
         server = GameServer(engine)
         tcp = await asyncio.start_server(server.handle, "127.0.0.1", 0, backlog=ARRIVING)
         port = tcp.sockets[0].getsockname()[1]
-        print(f"game server on 127.0.0.1:{port}; {players} players x {spins} spins")
+        print(f"game server on 127.0.0.1:{port}; {_n(players, 'player')} x {_n(spins, 'spin')}")
         started = time.perf_counter()
         stop = asyncio.Event()
         meters = asyncio.create_task(show_pools(engine, server, started, 0.5, stop))
@@ -247,9 +247,10 @@ async def main_async(path: Path, players: int, spins: int) -> bool:
         health = await engine.health()
 
         print()
-        print(f"{server.spins} spins in {seconds:.1f} s ({server.spins / seconds:.0f}/s); "
-              f"{len(server.paid)} jackpots paid, "
-              f"{sum(w.hit for w in server.paid)} of them mystery hits")
+        hits = sum(w.hit for w in server.paid)
+        print(f"{_n(server.spins, 'spin')} in {seconds:.1f} s ({server.spins / seconds:.0f}/s); "
+              f"{_n(len(server.paid), 'jackpot')} paid, "
+              f"{hits} of them {'a mystery hit' if hits == 1 else 'mystery hits'}")
         print(f"{'level':<9}{'amount':>12}{'bets':>8}{'wagered':>12}{'hits':>6}{'wins':>6}"
               f"{'won':>12}{'reserve':>10}")
         for p in pools.values():
@@ -269,6 +270,11 @@ async def main_async(path: Path, players: int, spins: int) -> bool:
         for problem in report.problems:
             print(f"  problem: {problem}")
         return report.ok
+
+
+def _n(count: int, noun: str) -> str:
+    """Return the count and its noun, plural unless one: '1 bet', '2 bets' (not '1 bets')."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _count(text: str) -> int:

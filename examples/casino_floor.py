@@ -191,6 +191,11 @@ def chart(timeline: list[tuple[float, dict[str, Decimal]]], limits: dict[str, De
     return f"chart: pool amounts over time written to {out}"
 
 
+def _n(count: int, noun: str) -> str:
+    """Return the count and its noun, plural unless one: '1 bet', '2 bets' (not '1 bets')."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _count(text: str) -> int:
     """Argparse type: a whole number of at least 1 (with none there is nothing to show)."""
     try:
@@ -238,8 +243,8 @@ def main() -> None:
 def run(path: Path, machines: int, spins: int, chart_path: Path, *, kept: bool) -> bool:
     """Play the floor, print the meters, the chart and the audit; return whether it passed."""
     where = str(path) if kept else "a temporary file (--db PATH keeps one)"
-    print(f"casino floor: {len(BANKS)} banks (one process each) x {machines} machines "
-          f"x {spins} spins, on {where}")
+    print(f"casino floor: {len(BANKS)} banks (one process each) x {_n(machines, 'machine')} "
+          f"x {_n(spins, 'spin')}, on {where}")
     with JackpotEngine.open(path, LEVELS) as engine:  # creates the levels once
         timeline: list[tuple[float, dict[str, Decimal]]] = []
         stop = threading.Event()
@@ -283,7 +288,7 @@ def run(path: Path, machines: int, spins: int, chart_path: Path, *, kept: bool) 
     highest = max(amounts["mystery"] for _, amounts in timeline)
     assert mystery.must_hit_by is not None
     assert highest <= mystery.must_hit_by, "a must-hit-by pool passed its limit"
-    print(f"mystery: {mystery.meters['hits']} hits; highest pool seen {highest:.2f}, "
+    print(f"mystery: {_n(mystery.meters['hits'], 'hit')}; highest pool seen {highest:.2f}, "
           f"never past its must-hit-by {mystery.must_hit_by:.2f}")
     limits = {n: limit for n, p in pools.items()
               if (limit := p.must_hit_by if p.must_hit_by is not None else p.cap) is not None}

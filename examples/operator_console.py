@@ -67,7 +67,7 @@ def play(engine: JackpotEngine, bets: int, first: int, groups: tuple[str, ...]) 
     rng = random.Random(first)
     for n in range(first, first + bets):
         engine.contribute(rng.choice(["0.50", "1", "2", "5"]), groups=groups, op_id=f"spin-{n}")
-    print(f"\n[floor] players placed {bets} bets on {', '.join(groups)}")
+    print(f"\n[floor] players placed {_n(bets, 'bet')} on {', '.join(groups)}")
 
 
 def session(engine: JackpotEngine, bets: int) -> bool:
@@ -160,6 +160,11 @@ def session(engine: JackpotEngine, bets: int) -> bool:
     for problem in report.problems:
         print(f"  problem: {problem}")
     return bool(report.ok)
+
+
+def _n(count: int, noun: str) -> str:
+    """Return the count and its noun, plural unless one: '1 bet', '2 bets' (not '1 bets')."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _count(text: str) -> int:

@@ -17,6 +17,11 @@ from pathlib import Path
 from jackpot import JackpotEngine
 
 
+def _n(count: int, noun: str) -> str:
+    """Return the count and its noun, plural unless one: '1 bet', '2 bets' (not '1 bets')."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _count(text: str) -> int:
     """Argparse type: a whole number of at least 1 (with none there is nothing to show)."""
     try:
@@ -63,7 +68,7 @@ def run(path: Path, bets: int) -> bool:
             engine.contribute(stake, op_id=f"spin-{spin}")  # every level
         replay = engine.contribute(played[0], op_id="spin-0")  # same op_id: no double count
         win = engine.process_win("minor", op_id="win-1", winner="player-9")
-        print(f"played {bets} bets; replaying spin-0 changed nothing: {replay.replayed}")
+        print(f"played {_n(bets, 'bet')}; replaying spin-0 changed nothing: {replay.replayed}")
         print(f"player-9 won the minor jackpot: {win.amount} (pool reset to {win.balance})")
         print()
         print(f"{'level':<8}{'amount':>18}{'seed':>14}{'version':>9}{'bets':>7}{'won':>14}")

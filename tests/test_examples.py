@@ -446,6 +446,18 @@ def test_an_examples_help_says_a_count_wins_over_quick(tmp_path: Path, name: str
     assert "with --quick)" in out
 
 
+@pytest.mark.parametrize(("name", "args", "said"), [
+    ("quickstart.py", ["--bets", "1"], "played 1 bet; replaying spin-0"),
+    ("operator_console.py", ["--bets", "1"], "players placed 1 bet on "),
+    ("asyncio_game_server.py", ["--players", "1", "--spins", "1"], "; 1 player x 1 spin\n"),
+    ("asyncio_game_server.py", ["--players", "1", "--spins", "1"], "\n1 spin in "),
+])
+def test_one_of_a_thing_is_not_said_in_the_plural(tmp_path: Path, name: str, args: list[str],
+                                                  said: str) -> None:
+    """'played 1 bets', '1 players x 1 spins'."""
+    assert said in run_example(name, *args, cwd=tmp_path)
+
+
 @pytest.mark.parametrize(("name", "option"), [
     ("quickstart.py", "--db"), ("asyncio_game_server.py", "--db"), ("casino_floor.py", "--db"),
     ("operator_console.py", "--db"), ("casino_floor.py", "--chart")])

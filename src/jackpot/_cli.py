@@ -303,16 +303,21 @@ _MORE = re.compile(r"\.\.\. and (\d+) more [^:]*")
 """The audit's line for the problems of a sort past those it lists one by one."""
 
 
+def _n(count: int, noun: str) -> str:
+    """Return the count and its noun, plural unless one: '1 row', '2 rows' (not '1 rows')."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _verify_out(report: VerifyReport) -> None:
     if report.ok:
-        console.print(f"audit OK: {report.levels} levels, {report.ledger_rows} ledger rows "
-                      "reconciled to the smallest unit")
+        console.print(f"audit OK: {_n(report.levels, 'level')}, "
+                      f"{_n(report.ledger_rows, 'ledger row')} reconciled to the smallest unit")
     else:
         # ("... and 4980 more ..." is 4980 problems, not one: an operator with
         # 5,000 bad rows must not read "21 problems".)
         count = sum(int(more[1]) if (more := _MORE.fullmatch(p)) else 1
                     for p in report.problems)
-        console.print(f"[bold red]audit FAILED[/]: {count} problems")
+        console.print(f"[bold red]audit FAILED[/]: {_n(count, 'problem')}")
         for problem in report.problems:
             console.print(f"  {problem}", markup=False)
 
@@ -448,7 +453,7 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
                       "detail": _detail_json(r.detail)}
                      for r in rows])
         return
-    table = Table(title=f"ledger (last {len(rows)} rows)")
+    table = Table(title=f"ledger (last {_n(len(rows), 'row')})")
     # `paid` beside `delta`: a whole-pool win's delta is the pool's net change
     # (paid out, then the seed funded), so without it the payout shows nowhere.
     for name in ("seq", "time (UTC)", "kind", "level", "delta", "paid", "balance", "version",
@@ -938,8 +943,9 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
     if opts.json:
         _print_json(summary)
         return 0 if report.ok else 1
-    console.print(f"played {tally.bets} bets and {tally.win_count()} wins with {threads} threads "
-                  f"in {elapsed:.2f} s ({summary['operations_per_second']} operations/s)")
+    console.print(f"played {_n(tally.bets, 'bet')} and {_n(tally.win_count(), 'win')} with "
+                  f"{_n(threads, 'thread')} in {elapsed:.2f} s "
+                  f"({summary['operations_per_second']} operations/s)")
     console.print(_pools_table(pools, title="pools after the simulation"))
     table = Table(title="wins")
     for name in ("level", "count", "paid"):
@@ -961,9 +967,10 @@ def _interrupted(opts: Options, tally: _Tally, planned: int) -> int:
                      "wagered": str(tally.wagered), "wins": tally.win_count(),
                      "refused": dict(tally.refused)})
     else:
-        click.echo(f"interrupted: played {tally.bets} of {planned} bets and {tally.win_count()} "
-                   f"wins ({sum(tally.refused.values())} refused); each one sent was committed "
-                   "or refused whole: `jackpot verify` audits the books", err=True)
+        click.echo(f"interrupted: played {tally.bets} of {_n(planned, 'bet')} and "
+                   f"{_n(tally.win_count(), 'win')} ({sum(tally.refused.values())} refused); "
+                   "each one sent was committed or refused whole: `jackpot verify` audits "
+                   "the books", err=True)
     return 130
 
 

@@ -872,6 +872,21 @@ def test_a_must_hit_by_cleared_from_the_next_reset_is_shown_as_a_dash(tmp_path: 
     assert "None" not in done.stdout + status.stdout
 
 
+def test_one_of_a_thing_is_not_said_in_the_plural(tmp_path: Path) -> None:
+    """'ledger (last 1 rows)', 'played 1 bets ... with 1 threads', 'audit OK: 1 levels'."""
+    path = str(tmp_path / "one.db")
+    JackpotEngine.open(path, [GroupConfig("solo", Decimal(10), Decimal("0.01"))]).close()
+    ledger = jackpot("ledger", "--tail", "1", "--db", path)
+    assert ledger.returncode == 0, ledger.stderr
+    assert ledger.stdout.split("\n", 1)[0].strip() == "ledger (last 1 row)"
+    audit = jackpot("verify", "--db", path)
+    assert audit.stdout == "audit OK: 1 level, 1 ledger row reconciled to the smallest unit\n"
+    played = jackpot("simulate", "--bets", "1", "--win-every", "0", "--threads", "1",
+                     "--db", path)
+    assert played.returncode == 0, played.stderr
+    assert played.stdout.startswith("played 1 bet and 0 wins with 1 thread in ")
+
+
 def test_leading_zeros_do_not_count_towards_an_integer_options_digits(db: str) -> None:
     """As in the JACKPOT_* variables: '0...02' is 2, however many zeros (they were counted)."""
     rows = ok_json("ledger", "--tail", "0" * 5000 + "2", "--db", db)
