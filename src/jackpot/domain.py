@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
 
 from jackpot import money
+from jackpot._frozen import builder
 from jackpot.errors import (
     GroupRetiredError,
     GroupSuspendedError,
@@ -298,7 +299,7 @@ _STATE_FIELDS = tuple(f.name for f in fields(LevelState))
 _STATE_INDEX = {name: i for i, name in enumerate(_STATE_FIELDS)}
 _VERSION, _MODIFIED = _STATE_INDEX["version"], _STATE_INDEX["last_modified_at"]
 _state_values = operator.attrgetter(*_STATE_FIELDS)
-_STATE_SETTERS = tuple(LevelState.__dict__[name].__set__ for name in _STATE_FIELDS)
+_STATE = builder(LevelState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,11 +331,16 @@ class Entry:
     detail: dict[str, Any] | None = None
 
 
+_ENTRY = builder(Entry)
+
+
 def _record(before: LevelState, after: LevelState, kind: str, **parts: Any) -> Entry:
     """Return the ledger entry that takes `before` to `after`."""
-    return Entry(kind, after.name, after.amount - before.amount, after.amount,
-                 after.reserve - before.reserve, after.reserve, after.version,
-                 after.last_modified_at, **parts)
+    entry = _ENTRY(kind, after.name, after.amount - before.amount, after.amount,
+                   after.reserve - before.reserve, after.reserve, after.version,
+                   after.last_modified_at, **parts)
+    entry.__class__ = Entry  # (built without the frozen __init__: see `jackpot._frozen`)
+    return entry  # type: ignore[no-any-return]
 
 
 def _meter(state: LevelState, **deltas: int) -> Meters:
@@ -368,8 +374,8 @@ def _step(state: LevelState, now: int, **changes: Any) -> LevelState:
     """Return `state` one version on, with `changes`.
 
     `dataclasses.replace` without its overhead (it rebuilds keyword arguments
-    and calls `__init__`; LevelState has no `__post_init__` to run): this runs
-    once per level of every bet, the engine's hottest line.
+    and calls the frozen `__init__`: see `jackpot._frozen`): this runs once
+    per level of every bet, the engine's hottest line.
     """
     values = list(_state_values(state))  # (one C call for all fields)
     try:
@@ -380,10 +386,9 @@ def _step(state: LevelState, now: int, **changes: Any) -> LevelState:
         raise TypeError(msg) from None
     values[_VERSION] = state.version + 1
     values[_MODIFIED] = now
-    nxt = object.__new__(LevelState)
-    for put, value in zip(_STATE_SETTERS, values, strict=True):
-        put(nxt, value)  # (the slot's own setter: no frozen __setattr__ to get past)
-    return nxt
+    nxt = _STATE(*values)
+    nxt.__class__ = LevelState
+    return nxt  # type: ignore[no-any-return]
 
 
 def check_open(state: LevelState, operation: str, *, allow_suspended: bool = False) -> None:

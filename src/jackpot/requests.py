@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from jackpot import domain, money
+from jackpot._frozen import builder
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import (
     ConcurrencyViolationError,
@@ -27,6 +28,11 @@ from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation, fingerprint
 
 __all__ = ["Requests", "check_text", "draw"]
+
+# Bets are built without the frozen __init__'s cost (see `jackpot._frozen`);
+# the rarer operations are built as usual.
+_OPERATION = builder(Operation)
+_CONTRIBUTION = builder(Contribution)
 
 _MAX_TEXT = 256
 _SHOWN = 40
@@ -179,10 +185,14 @@ class Requests:
                                     winner=who, reset=True, hit=True) for h in level_hits)
             if every and not added:
                 _refuse_every_level_closed(states)
-            return new, entries, Contribution(oid, added, balances, versions, hits=tuple(hits))
+            result = _CONTRIBUTION(oid, added, balances, versions, hits=tuple(hits))
+            result.__class__ = Contribution
+            return new, entries, result
 
-        return Operation("contribute", oid, explicit, fingerprint(request), names, apply,
-                         lambda r: Contribution.from_record(r, replayed=True))
+        op = _OPERATION("contribute", oid, explicit, fingerprint(request), names, apply,
+                        lambda r: Contribution.from_record(r, replayed=True))
+        op.__class__ = Operation
+        return op  # type: ignore[no-any-return]
 
     def win(self, group: object, *, op_id: object, amount: object, winner: object,
             expected_version: object = None, expected_amount: object = None) -> Operation:

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from jackpot._frozen import builder
 from jackpot._json import sorted_encoder
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import (
@@ -433,6 +434,9 @@ def _reloaded(ops: list[Operation], name: str, cached: int, stored: int | None,
     stats.add("reloads", kinds, name)
 
 
+_STORED = builder(StoredOperation)
+
+
 class _Batch:
     """The writes of one transaction, gathered so each kind is one statement."""
 
@@ -472,7 +476,8 @@ class _Batch:
         # is still recorded: a retry must replay it, not apply it later.
         self.entries.extend((op.op_id, e) for e in entries)
         if op.explicit:
-            record = StoredOperation(op.op_id, op.kind, op.fingerprint, result.to_record())
+            record = _STORED(op.op_id, op.kind, op.fingerprint, result.to_record())
+            record.__class__ = StoredOperation  # (see `jackpot._frozen`)
             self.records.append(record)
             self.known[op.op_id] = record
         for n, s in new_states.items():
