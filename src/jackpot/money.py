@@ -61,7 +61,6 @@ _MAX_STR = 64
 _UNIT_EXP = 6
 _RATE_EXP = 9
 _SIX_PLACES = Decimal(1).scaleb(-_UNIT_EXP)
-_DIGIT_CHARS = bytes.maketrans(bytes(range(10)), b"0123456789")
 _EXACT = Context(prec=MAX_PREC, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX,
                  capitals=1, clamp=0,
                  traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
@@ -106,28 +105,24 @@ def _coerce(value: object, name: str) -> Decimal:
     raise ValidationError(msg)
 
 
-def _scaled_integer(d: Decimal, exp: int, name: str, what: str, max_digits: int, *,
+def _scaled_integer(d: Decimal, exp: int, name: str, what: str, *,
                     given: Decimal | None = None) -> int:
     """Return d x 10**exp as an int, refusing anything finer than 10**-exp.
 
-    The caller has checked that `d` is finite and within its range, so an
-    exact value has at most `max_digits` significant digits: more (after
-    trailing zeros, which are only notation) means a fraction finer than one
-    step. Only those few digits are turned into an int, so Python's limit of
-    4300 digits on int-from-string is never reached, however long `d` is.
-    A message names `given` (the value as the caller wrote it) if set, else `d`.
+    The caller has checked that `d` is finite and within its range, so the
+    int is small however many digits `d` has. Only the exponent moves (exact:
+    `_EXACT` traps Inexact), and the int, truncated, is the scaled value
+    exactly when nothing finer was there. Three C calls: no digits go through
+    text, so Python's limit of 4300 digits on int-from-string is never
+    reached, however long `d` is. A message names `given` (the value as the
+    caller wrote it) if set, else `d`.
     """
-    _, digits, exponent = d.as_tuple()
-    assert isinstance(exponent, int)  # finite, checked by the caller
-    significant = bytes(digits).rstrip(b"\0")
-    if not significant:
-        return 0
-    shift = exponent + len(digits) - len(significant) + exp
-    if shift < 0 or len(significant) > max_digits:  # no trailing zero left to absorb it
+    scaled = d.scaleb(exp, _EXACT)
+    value = int(scaled)
+    if value != scaled:
         shown = _shown(d if given is None else given)
         msg = f"{name} {shown} is finer than the smallest {what} 1E-{exp}"
         raise ValidationError(msg)
-    value: int = int(significant.translate(_DIGIT_CHARS)) * 10**shift
     return value
 
 
@@ -179,15 +174,15 @@ def parse_amount(
 def _units(d: Decimal, name: str, *, allow_zero: bool, max_units: int,
            given: Decimal | None = None) -> int:
     """Return a finite, unsigned `d` in units, or raise naming `given` (default `d`)."""
-    shown = _shown(d if given is None else given)
-    if d > from_units(max_units):  # a comparison is exact in any context
+    most = _MOST if max_units == MAX_UNITS else from_units(max_units)
+    if d > most:  # a comparison is exact in any context
         either_way = "" if given is None else " either way"
-        msg = (f"{name} {shown} is beyond the engine's range "
-               f"(at most {from_units(max_units)}{either_way})")
+        msg = (f"{name} {_shown(d if given is None else given)} is beyond the engine's "
+               f"range (at most {most}{either_way})")
         raise ValidationError(msg)
-    units = _scaled_integer(d, _UNIT_EXP, name, "unit", len(str(max_units)), given=given)
+    units = _scaled_integer(d, _UNIT_EXP, name, "unit", given=given)
     if units == 0 and not allow_zero:
-        msg = f"{name} must be positive, got {shown}"
+        msg = f"{name} must be positive, got {_shown(d if given is None else given)}"
         raise ValidationError(msg)
     return units
 
@@ -222,12 +217,16 @@ def parse_rate(value: object, *, name: str, allow_zero: bool = False) -> int:
         bounds = "[0, 1)" if allow_zero else "(0, 1)"
         msg = f"{name} must be a rate in {bounds}, got {_shown(d)}"
         raise ValidationError(msg)
-    return _scaled_integer(d, _RATE_EXP, name, "rate step", _RATE_EXP)
+    return _scaled_integer(d, _RATE_EXP, name, "rate step")
 
 
 def from_units(units: int) -> Decimal:
     """Return integer units as an exact Decimal with six decimal places."""
     return Decimal(units).scaleb(-_UNIT_EXP, _EXACT)
+
+
+_MOST = from_units(MAX_UNITS)
+"""The largest amount `parse_amount` takes by default (made once: it runs on every bet)."""
 
 
 def rate_to_decimal(parts: int) -> Decimal:

@@ -7,11 +7,13 @@ raises here and nothing is sent to an actor.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Any
+from json.encoder import encode_basestring_ascii
+from typing import Any, cast
 
 from jackpot import domain, money
 from jackpot._frozen import builder
@@ -27,7 +29,7 @@ from jackpot.errors import (
 from jackpot.results import AdminResult, ConfigResult, Contribution, Win
 from jackpot.service import Operation, fingerprint
 
-__all__ = ["Requests", "check_text", "draw"]
+__all__ = ["Requests", "bet_fingerprint", "check_text", "draw"]
 
 # Bets are built without the frozen __init__'s cost (see `jackpot._frozen`);
 # the rarer operations are built as usual.
@@ -103,6 +105,7 @@ class Requests:
     def __init__(self, names: Iterable[str]) -> None:
         """Bind the builder to the engine's levels."""
         self.names = tuple(sorted(names))
+        self._known = frozenset(self.names)
 
     def name(self, group: object) -> str:
         """Return a known level name or raise ValidationError/UnknownGroupError."""
@@ -119,10 +122,13 @@ class Requests:
             return self.names
         if isinstance(groups, str):
             groups = (groups,)
-        if isinstance(groups, (bytes, Mapping)) or not isinstance(groups, Iterable):
+        if type(groups) not in (list, tuple) and (  # (those two: no ABC checks to run)
+                isinstance(groups, (bytes, Mapping)) or not isinstance(groups, Iterable)):
             msg = f"groups must be an iterable of level names, not {type(groups).__name__}"
             raise ValidationError(msg)
-        names = [self.name(g) for g in groups]
+        # A plain str naming a level is one already: no pattern to match it against.
+        names = [g if type(g) is str and g in self._known else self.name(g)
+                 for g in cast("Iterable[object]", groups)]
         if not names:
             msg = "groups is empty: name at least one level, or pass None for every level"
             raise ValidationError(msg)
@@ -154,10 +160,6 @@ class Requests:
         every = groups is None
         who = check_text(player, "player")
         oid, explicit = self.op_id(op_id)
-        request: dict[str, Any] = {"kind": "contribute", "bet": units,
-                                   "groups": "*" if every else list(names)}
-        if who is not None:  # (absent otherwise: bets recorded before it keep their fingerprint)
-            request["player"] = who
 
         def apply(states: Mapping[str, LevelState], now: int
                   ) -> tuple[dict[str, LevelState], list[Entry], Contribution]:
@@ -189,7 +191,8 @@ class Requests:
             result.__class__ = Contribution
             return new, entries, result
 
-        op = _OPERATION("contribute", oid, explicit, fingerprint(request), names, apply,
+        op = _OPERATION("contribute", oid, explicit,
+                        bet_fingerprint(units, None if every else names, who), names, apply,
                         lambda r: Contribution.from_record(r, replayed=True))
         op.__class__ = Operation
         return op  # type: ignore[no-any-return]
@@ -319,6 +322,24 @@ class Requests:
         return Operation(action, oid, explicit, fingerprint(request), names, apply,
                          lambda r: AdminResult.from_record(r, replayed=True),
                          pessimistic=True)
+
+
+def bet_fingerprint(units: int, names: tuple[str, ...] | None, player: str | None) -> str:
+    """Return the `fingerprint` of a bet's request, its JSON text written directly.
+
+    The request is {"kind": "contribute", "bet": units, "groups": "*" (None:
+    every level) or the list of names, "player": player (absent when None:
+    bets recorded before it keep their fingerprint)}. Its canonical text (keys
+    sorted, no spaces) is written here as the encoder writes it, for a fifth
+    of its instructions: level names need no escaping (letters, digits, '_',
+    '.' and '-' only), the player is escaped by the encoder's own function.
+    `tests/unit/test_requests.py` holds it to `fingerprint` of the dict.
+    """
+    groups = '"*"' if names is None else '["' + '","'.join(names) + '"]'
+    text = f'{{"bet":{units:d},"groups":{groups},"kind":"contribute"'
+    if player is not None:
+        text += ',"player":' + encode_basestring_ascii(player)
+    return hashlib.sha256((text + "}").encode()).hexdigest()
 
 
 def draw(low: int, high: int) -> int:

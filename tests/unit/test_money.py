@@ -390,3 +390,39 @@ def test_a_decimal_subclass_is_read_as_the_number_it_holds() -> None:
         parse_amount(Money("1.0000001"), name="bet")
     with pytest.raises(ValidationError, match=r"^bet must be a finite amount, got NaN$"):
         parse_amount(Money("NaN"), name="bet")
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, min_value=0),
+       st.sampled_from([MAX_UNITS, 10**6, 123_456_789]))
+def test_parse_amount_is_the_exact_value_in_units_or_a_refusal(d: Decimal, max_units: int
+                                                               ) -> None:
+    """Accepted exactly when the value is a whole number of units within the range.
+
+    Held against exact rational arithmetic, for any digits and exponent
+    (`parse_amount` scales the Decimal itself: no text, no float).
+    """
+    units = Fraction(d) * 10**6
+    if d.is_signed() or units == 0 or units > max_units or units.denominator != 1:
+        with pytest.raises(ValidationError):
+            parse_amount(d, name="bet", max_units=max_units)
+    else:
+        assert parse_amount(d, name="bet", max_units=max_units) == units
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, min_value=0, max_value=1))
+def test_parse_rate_is_the_exact_value_in_parts_or_a_refusal(d: Decimal) -> None:
+    parts = Fraction(d) * 10**9
+    if d.is_signed() or parts == 0 or d >= 1 or parts.denominator != 1:
+        with pytest.raises(ValidationError):
+            parse_rate(d, name="rate")
+    else:
+        assert parse_rate(d, name="rate") == parts
+
+
+def test_a_long_exact_amount_is_read_without_text() -> None:
+    """Thousands of digits (trailing zeros): read exactly, past int-from-text's 4300-digit limit."""
+    assert parse_amount(Decimal("7." + "0" * 10_000), name="bet") == 7_000_000
+    with pytest.raises(ValidationError, match="finer than the smallest unit"):
+        parse_amount(Decimal("7." + "0" * 10_000 + "1"), name="bet")
+    assert parse_amount(Decimal((0, (1,) * 5 + (0,) * 6000, -6000)), name="bet") == \
+        11_111_000_000
