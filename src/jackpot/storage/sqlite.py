@@ -1422,10 +1422,11 @@ def _refuse_other_names_to_write(path: str) -> None:
     or replaced").
     """
     try:
-        links = Path(path).stat().st_nlink
+        found = Path(path).stat()
     except OSError:  # (not there yet: created, with one name; or SQLite says why not)
         return
-    if links > 1:
+    links = found.st_nlink
+    if links > 1 and stat.S_ISREG(found.st_mode):  # (a directory's count is its entries')
         msg = (f"{path!r} is one of {links} names (hard links) of one file"
                f"{_names_beside(_named_by_sqlite(path))}: what an engine writes through one "
                "name, every name shows (a hard-linked copy is no copy), and SQLite keeps the "
