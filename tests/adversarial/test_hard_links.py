@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jackpot import JackpotEngine, StorageError
+from jackpot.storage.sqlite import SQLiteStore
 
 
 def test_an_engine_refuses_a_file_of_several_names(tmp_path: Path) -> None:
@@ -34,3 +35,12 @@ def test_an_engine_refuses_a_file_of_several_names(tmp_path: Path) -> None:
     other.unlink()
     with JackpotEngine.open(first) as engine:
         assert engine.pool("minor").version == 2
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_directory_is_told_as_one_not_as_a_file_of_several_names(
+        tmp_path: Path, read_only: bool) -> None:
+    """A directory's link count is its entries' (2 and up): the hard-link checks took a
+    directory for a file of several names."""
+    with pytest.raises(StorageError, match=r"it is a directory, not a file$"):
+        SQLiteStore(str(tmp_path), create=False, read_only=read_only)

@@ -346,8 +346,9 @@ class SQLiteStore(Store):
         named. (SQLite itself opened by this name would read the file without
         that -wal too, through -wal and -shm files of its own.)
         """
-        links = Path(self._path).stat().st_nlink
-        if links <= 1:
+        found = Path(self._path).stat()
+        links = found.st_nlink
+        if links <= 1 or not stat.S_ISREG(found.st_mode):  # (a directory's: its entries')
             return
         msg = (f"{self._path!r} is one of {links} names (hard links) of one file"
                f"{_names_beside(self._sides)}: SQLite names a database's -wal after the name "
