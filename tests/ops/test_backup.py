@@ -27,6 +27,17 @@ from jackpot.storage import Store
 from jackpot.storage import sqlite as sqlite_module
 
 
+def _in_the_file_alone(path: Path) -> int:
+    """Count the operations in the database file itself, without its -wal."""
+    file_alone = apsw.Connection(f"file:{path}?mode=ro&immutable=1",
+                                 flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    try:
+        [[count]] = file_alone.execute("SELECT COUNT(*) FROM operations")
+    finally:
+        file_alone.close()
+    return int(count)
+
+
 def _rows(path: Path | str, table: str) -> int:
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
     try:
@@ -1019,13 +1030,7 @@ def test_a_backup_through_a_symbolic_link_to_a_database_being_served_holds_its_l
         for n in range(5):
             engine.contribute(Decimal(10), op_id=f"bet-{n}")
         served = _rows(source, "operations")  # (through the -wal)
-        file_alone = apsw.Connection(f"file:{source}?mode=ro&immutable=1",
-                                     flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-        try:
-            [[in_the_file]] = file_alone.execute("SELECT COUNT(*) FROM operations")
-        finally:
-            file_alone.close()
-        assert in_the_file < served  # (bets in the -wal only, as the test needs)
+        assert _in_the_file_alone(source) < served  # (bets in the -wal only, as needed)
         status, out, err = _backup(capsys, str(target), "--db", str(link), "--json")
         assert (status, err) == (0, ""), out
         assert json.loads(out)["audit"]["ok"]
@@ -1095,13 +1100,7 @@ def test_a_backup_by_another_name_of_a_database_being_served_is_refused_naming_t
             engine.contribute(Decimal(10), op_id=f"bet-{n}")
         other.hardlink_to(source)
         served = _rows(source, "operations")  # (through the -wal)
-        file_alone = apsw.Connection(f"file:{source}?mode=ro&immutable=1",
-                                     flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-        try:
-            [[in_the_file]] = file_alone.execute("SELECT COUNT(*) FROM operations")
-        finally:
-            file_alone.close()
-        assert in_the_file < served  # (bets in the -wal only, as the test needs)
+        assert _in_the_file_alone(source) < served  # (bets in the -wal only, as needed)
         before = sorted(p.name for p in tmp_path.iterdir())
         refusal = (f"jackpot: error: {str(other)!r} is one of 2 names (hard links) of one "
                    "file ('pools.db' beside it): SQLite names a database's -wal after the "

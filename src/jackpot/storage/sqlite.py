@@ -346,9 +346,8 @@ class SQLiteStore(Store):
         named. (SQLite itself opened by this name would read the file without
         that -wal too, through -wal and -shm files of its own.)
         """
-        found = Path(self._path).stat()
-        links = found.st_nlink
-        if links <= 1 or not stat.S_ISREG(found.st_mode):  # (a directory's: its entries')
+        links = _names_of(self._path)
+        if links <= 1:
             return
         msg = (f"{self._path!r} is one of {links} names (hard links) of one file"
                f"{_names_beside(self._sides)}: SQLite names a database's -wal after the name "
@@ -1411,6 +1410,15 @@ def _named_by_sqlite(path: str) -> str:
         return path
 
 
+def _names_of(path: str) -> int:
+    """Return how many names (hard links) the file at `path` has; 1 for a non-file.
+
+    A directory's link count is its entries', not names of one file.
+    """
+    found = Path(path).stat()
+    return found.st_nlink if stat.S_ISREG(found.st_mode) else 1
+
+
 def _refuse_other_names_to_write(path: str) -> None:
     """Refuse to write a database file that has other names (hard links).
 
@@ -1423,11 +1431,10 @@ def _refuse_other_names_to_write(path: str) -> None:
     or replaced").
     """
     try:
-        found = Path(path).stat()
+        links = _names_of(path)
     except OSError:  # (not there yet: created, with one name; or SQLite says why not)
         return
-    links = found.st_nlink
-    if links > 1 and stat.S_ISREG(found.st_mode):  # (a directory's count is its entries')
+    if links > 1:
         msg = (f"{path!r} is one of {links} names (hard links) of one file"
                f"{_names_beside(_named_by_sqlite(path))}: what an engine writes through one "
                "name, every name shows (a hard-linked copy is no copy), and SQLite keeps the "
