@@ -5,7 +5,9 @@ hand the request to one server thread and wait for its answer on a lock,
 as the engine's callers wait on their ticket. The server takes everything
 queued as one batch, spends `--server-us` of Python per request (the rules,
 the rows, the result), then `--commit-us` with the GIL released (the fsync
-of a commit) and answers each request.
+of a commit) and answers each request. With `--releases N` the server gives
+the GIL up N times while its Python runs, as the engine's actor does for each
+SQLite statement, `stat()` and `flock()` of a batch (about a dozen).
 
 No SQLite, no engine code: the figures bound what the engine can do on the
 machine for a given amount of Python per operation, and say how far that
@@ -13,6 +15,7 @@ Python must shrink for a target (see RESULTS.md, "Where the time goes"):
 
     python benchmarks/handoff_model.py                       # a grid of settings
     python benchmarks/handoff_model.py --caller-us 30 --server-us 60
+    python benchmarks/handoff_model.py --caller-us 30 --server-us 60 --releases 12
 
 The "work" is a loop reading the thread's CPU clock, so it holds the GIL as
 Python code does and is measured in CPU time, not wall time.
@@ -49,8 +52,13 @@ class Figures:
 
 
 def run(callers: int, *, caller_us: float, server_us: float, commit_us: float,
-        seconds: float, warmup: float = 1.0) -> Figures:
-    """Run the model for `warmup` + `seconds`; return the window's figures."""
+        seconds: float, releases: int = 0, warmup: float = 1.0) -> Figures:
+    """Run the model for `warmup` + `seconds`; return the window's figures.
+
+    With `releases`, the server's Python of a batch runs in that many parts,
+    the GIL given up after each (`time.sleep(0)`: back at once unless another
+    thread took it); with 0, in one part, as before the option.
+    """
     queued: collections.deque[threading.Lock] = collections.deque()
     ready = threading.Condition()
     done = threading.Event()
@@ -66,7 +74,10 @@ def run(callers: int, *, caller_us: float, server_us: float, commit_us: float,
                     return
                 batch = list(queued)
                 queued.clear()
-            burn(server_us * len(batch))
+            for _ in range(max(1, releases)):
+                burn(server_us * len(batch) / max(1, releases))
+                if releases:
+                    time.sleep(0)
             if commit_us:
                 time.sleep(commit_us / 1e6)
             batches[0] += 1
@@ -112,17 +123,22 @@ def main() -> None:
     p.add_argument("--server-us", type=float, help="Python per request in the server")
     p.add_argument("--commit-us", type=float, default=500.0,
                    help="GIL released per batch, as an fsync (default 500)")
+    p.add_argument("--releases", type=int, default=0,
+                   help="times the server gives the GIL up during a batch's Python (default 0)")
     p.add_argument("--seconds", type=float, default=4.0)
     a = p.parse_args()
     if (a.caller_us is None) != (a.server_us is None):
         p.error("give both --caller-us and --server-us, or neither (the grid)")
     grid = GRID if a.caller_us is None else ((a.caller_us, a.server_us),)
-    print(f"{a.callers} callers, {a.commit_us:g} us commit per batch")
+    if a.releases < 0:
+        p.error("--releases must be 0 or more")
+    print(f"{a.callers} callers, {a.commit_us:g} us commit per batch, "
+          f"the GIL given up {a.releases} time(s) per batch besides")
     print("| caller us | server us | ops/s | per batch | CPU us/op | cores |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for caller_us, server_us in grid:
         f = run(a.callers, caller_us=caller_us, server_us=server_us, commit_us=a.commit_us,
-                seconds=a.seconds)
+                seconds=a.seconds, releases=a.releases)
         print(f"| {caller_us:g} | {server_us:g} | {f.ops_per_s:,.0f} | {f.per_batch:.1f} | "
               f"{f.cpu_us_per_op:.0f} | {f.cores:.2f} |", flush=True)
 

@@ -192,12 +192,14 @@ def test_the_big_ledger_ratio_is_the_median_of_the_rounds_ratios() -> None:
     assert (row.engine, row.baseline) == (3445 / 4512, 2000 / 2500)
 
 
-def test_the_handoff_model_answers_every_request_and_stops() -> None:
+@pytest.mark.parametrize("releases", [0, 12])
+def test_the_handoff_model_answers_every_request_and_stops(releases: int) -> None:
     """benchmarks/handoff_model.py: every caller's request is answered; all threads end."""
     import handoff_model  # noqa: PLC0415 - only here
 
     before = threading.active_count()
-    f = handoff_model.run(8, caller_us=5, server_us=5, commit_us=100, seconds=0.2, warmup=0.05)
+    f = handoff_model.run(8, caller_us=5, server_us=5, commit_us=100, seconds=0.2, warmup=0.05,
+                          releases=releases)
     assert f.ops_per_s > 0
     assert f.per_batch >= 1
     assert threading.active_count() == before  # none left waiting on an answer
