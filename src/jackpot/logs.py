@@ -122,8 +122,11 @@ def configure_logging(
     `Settings.log_level` is given, or to info when no level is set). With
     `json_lines=False` records are text with the fields in brackets. Called
     again, it replaces the handler it added before (records are never
-    written twice); handlers of your own are left alone. Returns the
-    handler, so the caller can remove it.
+    written twice); handlers of your own are left alone. Records still
+    propagate to the root logger, so an application with a handler there
+    (`logging.basicConfig`) gets each twice unless it sets the `jackpot`
+    logger's `propagate` to False. Returns the handler, so the caller can
+    remove it.
 
     Raises:
         ValidationError: `level` is not a level name, `stream` is no text
