@@ -211,7 +211,16 @@ def _taken(lock: threading.Lock, timeout: float, held: list[bool]) -> bool:
 
 
 class JackpotEngine:
-    """A running jackpot engine over one database. Safe to share between threads."""
+    """A running jackpot engine over one database. Safe to share between threads.
+
+    Open it with `JackpotEngine.open()`; close it with `close()` (or a `with` block).
+
+    Attributes:
+        stats: the engine's counters (`Stats`: `stats.snapshot()`), and its
+            `observers` list, where an object with the methods of `Observer`
+            receives every event as it happens.
+
+    """
 
     def __init__(self, path: str, settings: Settings, names: Iterable[str]) -> None:
         """Start actors for `names`; use `JackpotEngine.open` instead."""
