@@ -60,7 +60,10 @@ class JSONFormatter(logging.Formatter):
     five FIELDS are always present (null when a record lacks one); any other
     `extra` value is added under its own key (non-JSON values as strings; a
     float NaN or infinity as "NaN", "Infinity" or "-Infinity", which bare are
-    no JSON and fail a strict reader's whole line). A traceback is under
+    no JSON and fail a strict reader's whole line; a dict key JSON has no
+    type for, a tuple, as its string; a structure that holds itself as
+    "<circular reference>" where it does): a record is never lost to its
+    extras. A traceback is under
     `exception`, a stack asked for (`stack_info=True`) under `stack`.
     """
 
@@ -82,20 +85,51 @@ class JSONFormatter(logging.Formatter):
         if record.stack_info:  # asked for (stack_info=True): a text format shows it too
             out["stack"] = self.formatStack(record.stack_info)
         try:
-            return json.dumps(out, default=str, separators=(",", ":"), allow_nan=False)
-        except ValueError:  # a NaN or an infinity somewhere (rare: the walk only then)
-            return json.dumps(_finite(out), default=str, separators=(",", ":"))
+            return json.dumps(out, default=_text, separators=(",", ":"), allow_nan=False)
+        except (ValueError, TypeError):
+            # A NaN or an infinity, a dict key json takes no key of (a tuple), or
+            # a structure that holds itself: rare, so the walk runs only then.
+            # Raising here would lose the record ("--- Logging error ---").
+            return json.dumps(_jsonable(out, set()), default=_text, separators=(",", ":"))
 
 
-def _finite(value: object) -> object:
-    """Return `value` with every float NaN or infinity, in dicts, lists and tuples, as text."""
+def _text(value: object) -> str:
+    """Return `str(value)` for a value JSON has no type for; never raises (it is the caller's)."""
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - the value's own __str__: whatever it raises, say so
+        return f"<a {type(value).__name__} whose str() failed>"
+
+
+def _jsonable(value: object, path: set[int]) -> object:
+    """Return `value` as strict JSON takes it: NaN and infinities, odd keys, cycles as text.
+
+    A float NaN or infinity becomes "NaN", "Infinity" or "-Infinity"; a dict
+    key that is no str, int, float, bool or None its `str()`; a dict, list or
+    tuple already on `path` (the containers above it) "<circular reference>".
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if id(value) in path:
+        return "<circular reference>"
+    path.add(id(value))
+    try:
+        if isinstance(value, dict):
+            return {_key(k): _jsonable(v, path) for k, v in value.items()}
+        return [_jsonable(v, path) for v in value]
+    finally:
+        path.discard(id(value))
+
+
+def _key(key: object) -> object:
+    """Return a dict key as json.dumps takes one (a float NaN key as text too)."""
+    if key is None or isinstance(key, (str, int, bool)):
+        return key
+    if isinstance(key, float):
+        return _jsonable(key, set())
+    return _text(key)
 
 
 class OperationFields(logging.Filter):

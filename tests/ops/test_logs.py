@@ -377,6 +377,34 @@ def test_json_formatter_writes_nan_and_infinities_as_text_a_strict_reader_takes(
     assert out["message"] == "rtp"
 
 
+class _NoText:
+    def __str__(self) -> str:
+        msg = "no text"
+        raise RuntimeError(msg)
+
+    __repr__ = __str__
+
+
+def test_json_formatter_writes_a_record_whose_extra_json_cannot_encode() -> None:
+    # The README has a game server attach JSONFormatter to a handler of its
+    # own, where its own records carry their own extras. A dict keyed by
+    # tuples (a Counter of (level, outcome)), a structure that holds itself,
+    # or a value whose str() raises made format() raise (TypeError, a
+    # RecursionError in the NaN fallback, the value's own error): logging
+    # printed "--- Logging error ---" and the record was lost.
+    record = logging.LogRecord("game", logging.INFO, __file__, 1, "tally", (), None)
+    looped: dict[str, object] = {"rtp": float("nan")}
+    looped["self"] = looped
+    record.by_outcome = {("minor", "ok"): 3, None: [float("inf")]}
+    record.looped = looped
+    record.odd = _NoText()
+    out = json.loads(JSONFormatter().format(record), parse_constant=_strict)
+    assert out["message"] == "tally"
+    assert out["by_outcome"] == {"('minor', 'ok')": 3, "null": ["Infinity"]}
+    assert out["looped"] == {"rtp": "NaN", "self": "<circular reference>"}
+    assert out["odd"] == "<a _NoText whose str() failed>"
+
+
 def test_text_format_shows_the_fields() -> None:
     stream = io.StringIO()
     handler = configure_logging(stream=stream, json_lines=False)
