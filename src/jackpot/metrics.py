@@ -227,7 +227,7 @@ def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
 
     Raises:
         ValidationError: the engine runs with metrics disabled, or `port` is
-            not a port number (0-65535) or `addr` not a string.
+            not a port number (0-65535) or `addr` not a host name (or empty).
         EngineClosedError: the engine is closed (no port is bound), or called
             in a forked child on an engine the parent opened (its metrics are
             the parent's).
@@ -253,7 +253,7 @@ def serve_registry(registry: CollectorRegistry, port: int, *, addr: str = "127.0
     """Serve `registry` at http://addr:port/metrics from a daemon thread (see `serve_metrics`).
 
     Raises:
-        ValidationError: `port` is not a port number (0-65535) or `addr` not a string.
+        ValidationError: `port` is not a port number (0-65535) or `addr` not a host name (or empty).
         OSError: the port cannot be bound; the message names the address and port.
 
     """
@@ -273,6 +273,10 @@ def _check_port(port: object, addr: object) -> int:
         raise ValidationError(msg)
     if not isinstance(addr, str):
         msg = f"addr must be a host name or IP address string, not {type(addr).__name__}"
+        raise ValidationError(msg)
+    if not addr.strip():  # a socket's "" (every interface): the resolver finds no such host
+        msg = ("addr is empty: name the address to listen on ('127.0.0.1' for this host "
+               "only, '0.0.0.0' or '::' for every interface)")
         raise ValidationError(msg)
     if "\x00" in addr or not _encodes_as_host(addr):
         msg = f"addr must be a host name or IP address, not {shown(addr)}"

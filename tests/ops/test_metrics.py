@@ -309,6 +309,10 @@ def test_disabled_by_environment_registers_no_observer(
     (None, 0, f"host{chr(0xD800)}", "addr must be a host name"),
     (None, 0, "h" * 300, "addr must be a host name"),
     (None, 0, "127.0.0.1\x00evil", "addr must be a host name"),  # was served on 127.0.0.1
+    # were an OSError "cannot serve metrics on :0: Name or service not known" (as a
+    # socket's "", "every interface" was meant; the resolver takes no empty name)
+    (None, 0, "", r"addr is empty: .*'0\.0\.0\.0' or '::' for every interface"),
+    (None, 0, "  ", "addr is empty"),
     (object(), 0, "127.0.0.1", "engine must be a JackpotEngine"),  # was an AttributeError
 ])
 def test_serve_metrics_refuses_bad_arguments_with_a_validation_error(
