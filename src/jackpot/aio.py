@@ -165,7 +165,8 @@ class AsyncJackpotEngine:
         a close after one that gave up (`timeout=0`, say) waits, as there, for
         the actors and the read that one left running, so that once it returns
         no connection of the engine holds the file. Runs in a thread of its
-        own, as `health()` does.
+        own, as `health()` does; cancelling the awaiting task does not stop
+        it: the engine closes all the same.
         """
         self._orphan_closed_loops()
         await _in_own_thread("jackpot-close", self._engine.close, timeout)
