@@ -8,17 +8,19 @@ the same events when metrics are enabled, and cost nothing when there are none.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
+import signal
 import threading
 import time
+import types
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from jackpot._throttle import Throttle
 
-__all__ = ["Observer", "Stats", "after_the_fact", "count_once"]
+__all__ = ["Observer", "Stats", "after_the_fact", "count_once", "raised_by_signal_handler"]
 
 logger = logging.getLogger("jackpot")
 
@@ -31,7 +33,9 @@ class Observer(Protocol):
 
     Called in the engine's threads as events happen, some of them while an
     operation holds a lock: keep each call quick. An observer that raises is
-    logged and changes no operation's outcome.
+    logged and changes no operation's outcome (an exception a signal's
+    handler raises as it runs, a request deadline's, is not the observer's:
+    it reaches the interrupted caller, as Ctrl-C does).
     """
 
     def on_event(self, event: str, operation: str, level: str, n: int) -> None:
@@ -76,7 +80,9 @@ class Stats:
         for o in self.observers:
             try:
                 o.on_event(event, operation, level, n)
-            except Exception as e:  # noqa: BLE001 - logged; an observer never fails an operation
+            except Exception as e:  # logged; an observer never fails an operation
+                if raised_by_signal_handler(e):
+                    raise  # not the observer's failure: its caller's interrupt (a deadline)
                 _observer_failed(o, e)
 
     def operation(self, operation: str, outcome: str, seconds: float, *,
@@ -98,7 +104,9 @@ class Stats:
         for o in self.observers:
             try:
                 o.on_operation(operation, outcome, seconds)
-            except Exception as e:  # noqa: BLE001 - as above
+            except Exception as e:  # (as above)
+                if raised_by_signal_handler(e):
+                    raise  # (as above)
                 _observer_failed(o, e)
 
     def lock_wait(self, lock: str, operation: str, seconds: float) -> None:
@@ -106,7 +114,9 @@ class Stats:
         for o in self.observers:
             try:
                 o.on_lock_wait(lock, operation, seconds)
-            except Exception as e:  # noqa: BLE001 - as above
+            except Exception as e:  # (as above)
+                if raised_by_signal_handler(e):
+                    raise  # (as above)
                 _observer_failed(o, e)
 
     def recent(self) -> list[tuple[str, bool]]:
@@ -142,7 +152,7 @@ def _observer_failed(observer: Observer, error: Exception) -> None:
     shown = _shown(error)
     kind = (type(observer).__qualname__, type(error).__name__, shown[:300])
     traced = _OBSERVER_FAILURES.admit(kind) is not None
-    with contextlib.suppress(Exception):  # a failing log handler changes nothing either
+    with _CONTAINED:  # a failing log handler changes nothing either
         logger.error("stats observer %s failed: %s: %s%s", kind[0], kind[1], shown,
                      "" if traced else " (traceback logged once a minute for this error)",
                      exc_info=error if traced else None,
@@ -154,7 +164,9 @@ def _named(report: object) -> str:
     try:
         name = getattr(report, "__qualname__", None)
         return name if isinstance(name, str) else type(report).__qualname__
-    except Exception:  # noqa: BLE001 - a caller's callable: its failure is not the one told
+    except Exception as e:  # a caller's callable: its failure is not the one told
+        if raised_by_signal_handler(e):
+            raise
         return type(report).__qualname__
 
 
@@ -162,7 +174,9 @@ def _shown(error: Exception) -> str:
     """Return `str(error)`, or a stand-in if even that raises (it is the observer's code)."""
     try:
         return str(error)
-    except Exception as e:  # noqa: BLE001 - the failure being contained must not escape here
+    except Exception as e:  # the failure being contained must not escape here
+        if raised_by_signal_handler(e):
+            raise
         return f"<str() failed: {type(e).__name__}>"
 
 
@@ -191,10 +205,81 @@ def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
     instead, if logging works, in words that fit every caller (an actor's
     start, stop or restart, a level `open()` kept, a hold that expired:
     no operation there), naming the report that failed.
+
+    An exception a signal's handler raised as the report ran (a request
+    deadline's TimeoutError on SIGALRM) is no failure of the report: it is
+    the caller's interrupt, and goes on up to the caller as Ctrl-C does
+    (`raised_by_signal_handler`). Contained, the deadline never fired, and
+    the log blamed the report.
     """
     try:
         report(*args, **kwargs)
-    except Exception:  # what happened stands; its report failing is logged below
-        with contextlib.suppress(Exception):
+    except Exception as e:  # what happened stands; its report failing is logged below
+        if raised_by_signal_handler(e):
+            raise
+        with _CONTAINED:
             logger.exception("a report failed (%s); what it was reporting stands all the same",
                              _named(report), extra={"outcome": "report_failed"})
+
+
+def raised_by_signal_handler(error: BaseException) -> bool:
+    """Say whether `error` came out of a signal's handler, not the code it landed in.
+
+    Python runs a signal's handler in the main thread, between two bytecodes
+    of whatever runs there (first as a call of C code returns): a request
+    deadline's TimeoutError (SIGALRM) comes out of a log filter or an
+    observer as if it were theirs. Its traceback tells them apart: it runs
+    through the handler's frame, the code of a function set with
+    `signal.signal` (a function, a method, a `functools.partial` of one, or
+    an object's `__call__`). Not its type: a metrics backend's socket
+    timeout is a TimeoutError too, and a failure to contain.
+
+    What this cannot see is taken for the code's own failure, as before: a
+    handler written in C, or one that puts another handler in its place
+    before it raises (the handler it was is no longer set by the time its
+    exception is looked at).
+    """
+    if threading.current_thread() is not threading.main_thread():  # (handlers run there only)
+        return False
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    handlers = {code for signum in signal.valid_signals()
+                if (code := _code_of(signal.getsignal(signum))) is not None}
+    while tb is not None:
+        if tb.tb_frame.f_code in handlers:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _code_of(handler: object) -> types.CodeType | None:
+    """Return the code a Python signal handler runs (None for SIG_DFL, SIG_IGN, C code)."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if isinstance(handler, types.MethodType):
+        handler = handler.__func__
+    if not isinstance(handler, types.FunctionType):
+        handler = getattr(type(handler), "__call__", None)  # noqa: B004 - its code, if Python
+        handler = getattr(handler, "__func__", handler)
+    return handler.__code__ if isinstance(handler, types.FunctionType) else None
+
+
+class _Contained:
+    """`contextlib.suppress(Exception)`, but for a signal handler's exception (see above).
+
+    Around the log line of a report that failed: a deadline that lands as
+    it is written is the caller's, as in the report itself.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: types.TracebackType | None) -> bool:
+        return isinstance(error, Exception) and not raised_by_signal_handler(error)
+
+
+_CONTAINED = _Contained()

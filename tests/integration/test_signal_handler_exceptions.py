@@ -1,0 +1,190 @@
+"""A signal handler's own exception (a request deadline's TimeoutError) is its caller's interrupt.
+
+A server that bounds a request with `signal.setitimer` and a SIGALRM handler
+raising TimeoutError asks to be interrupted wherever the main thread is when
+the time is up, as Ctrl-C does. Python runs the handler between two bytecodes,
+first as a call of C code returns: in a log filter, an observer, the engine's
+own bookkeeping. There the TimeoutError is an Exception like a report's own
+failure, and it was taken for one:
+
+- as a committed operation was reported (its log line, its count's
+  observer), it was contained as "a report failed": the caller got its result
+  and the deadline never fired; a win's "paid" line was never written.
+
+Each test raises a real SIGALRM (`signal.raise_signal`, its handler runs there,
+in this thread) from a profile function at the first return of C code in the
+function named, and fails on the code before the fix. A report's real failure,
+even a TimeoutError (a metrics backend's socket timeout), is still contained.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _helpers import HANG, hearing
+from jackpot import JackpotEngine
+from jackpot.stats import raised_by_signal_handler
+
+DEADLINE = "the round took too long"
+
+
+def _deadline(*_: object) -> None:
+    raise TimeoutError(DEADLINE)
+
+
+@contextmanager
+def deadline_in(where: str, handler: Callable[..., Any] = _deadline) -> Iterator[list[bool]]:
+    """SIGALRM's `handler` runs as the first call of C code in a function named `where` returns.
+
+    Yields `armed`, emptied once the signal was raised (only this thread is profiled).
+    """
+    armed = [True]
+
+    def alarm(frame: Any, event: str, _arg: object) -> None:
+        if armed and event == "c_return" and frame.f_code.co_name == where:
+            armed.pop()
+            signal.raise_signal(signal.SIGALRM)  # (its handler runs here, in this thread)
+
+    before = signal.signal(signal.SIGALRM, handler)
+    sys.setprofile(alarm)
+    try:
+        yield armed
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGALRM, before)
+
+
+def _operations(engine: JackpotEngine, kind: str) -> list[tuple[str, int]]:
+    return [(k, v) for k, v in engine.stats.snapshot().items()
+            if k.startswith(f"operations:{kind}:")]
+
+
+# -- (a) as a committed operation is reported --------------------------------
+
+
+@pytest.mark.parametrize("where", ["log_success", "on_operation"],
+                         ids=["its log line", "its metrics observer"])
+def test_a_deadline_as_a_paid_win_is_reported_reaches_its_caller(db_path: Path,
+                                                                   where: str) -> None:
+    """Before: contained as "a report failed (log_success)" or "stats observer
+    PrometheusObserver failed: TimeoutError": the caller got the win and its deadline
+    never fired; in its log line, the "paid" line was never written either."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        with hearing() as said:
+            with deadline_in(where) as armed, pytest.raises(TimeoutError, match=DEADLINE):
+                engine.process_win("minor", op_id="win", winner="p1")
+            assert not armed  # (the deadline landed)
+            assert engine._inflight == 0
+            resent = engine.process_win("minor", op_id="win", winner="p1")
+        assert resent.replayed  # committed once: the caller learns it with the same op_id
+    finally:
+        engine.close()
+    assert [(s[0], s[1]) for s in said] == [
+        ("INFO", f"win on minor: paid {resent.amount} to p1 (op win, {outcome})")
+        for outcome in ("ok", "replayed")]
+    assert _operations(engine, "win") == [("operations:win:ok", 1),
+                                          ("operations:win:replayed", 1)]
+
+
+def test_a_deadline_as_a_refusal_is_reported_reaches_its_caller(db_path: Path) -> None:
+    """Before: contained as "a report failed (log_refusal)", the refusal's line lost, and
+    the caller got the ValidationError as if its deadline had not fired."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        with hearing() as said, deadline_in("log_refusal") as armed, \
+                pytest.raises(TimeoutError, match=DEADLINE) as caught:
+            engine.contribute("-1", groups="minor", op_id="bad")
+        assert not armed
+        refusal = caught.value.__context__
+        assert type(refusal).__name__ == "ValidationError"
+    finally:
+        engine.close()
+    assert said == [("INFO", f"contribute bad refused: {refusal}", "bad", "rejected")]
+    assert _operations(engine, "contribute") == [("operations:contribute:rejected", 1)]
+
+
+class _TimingOut:
+    """An observer whose backend times out: a TimeoutError of its own, no signal."""
+
+    def on_event(self, event: str, operation: str, level: str, n: int) -> None:
+        pass
+
+    def on_operation(self, operation: str, outcome: str, seconds: float) -> None:
+        msg = "push gateway timed out"
+        raise TimeoutError(msg)
+
+    def on_lock_wait(self, lock: str, operation: str, seconds: float) -> None:
+        pass
+
+
+def test_an_observers_own_timeout_still_fails_no_committed_win(db_path: Path) -> None:
+    """A report's own TimeoutError (a socket timeout) is a report's failure, deadline or
+    not: contained and logged; the caller gets its win (no op_id: a resend pays twice)."""
+    engine = JackpotEngine.open(db_path)
+    before = signal.signal(signal.SIGALRM, _deadline)  # a deadline is set, and does not fire
+    try:
+        engine.contribute("100", groups="minor", op_id="bet")
+        engine.stats.observers.append(_TimingOut())
+        with hearing() as said:
+            win = engine.process_win("minor", winner="p1")
+        assert not win.replayed
+    finally:
+        signal.signal(signal.SIGALRM, before)
+        engine.close()
+    assert [s[1] for s in said if s[0] == "ERROR"] == [
+        "stats observer _TimingOut failed: TimeoutError: push gateway timed out"]
+
+
+# -- telling them apart ------------------------------------------------------------
+
+
+class _Handler:
+    def __call__(self, *_: object) -> None:
+        _deadline()
+
+    def method(self, *_: object) -> None:
+        _deadline()
+
+
+def _raised(where: Callable[[], None]) -> BaseException:
+    try:
+        where()
+    except Exception as e:  # (the exception is what is looked at)
+        return e
+    raise AssertionError
+
+
+@pytest.mark.parametrize("handler", [
+    _deadline, _Handler(), _Handler().method, functools.partial(_deadline, 0),
+    lambda *_: _deadline()], ids=["function", "callable object", "method", "partial", "lambda"])
+def test_a_handlers_exception_is_told_apart_from_the_codes_own(
+        handler: Callable[..., None]) -> None:
+    before = signal.signal(signal.SIGALRM, handler)
+    try:
+        assert raised_by_signal_handler(_raised(lambda: signal.raise_signal(signal.SIGALRM)))
+        assert not raised_by_signal_handler(_raised(lambda: _raise(TimeoutError(DEADLINE))))
+        assert not raised_by_signal_handler(TimeoutError(DEADLINE))  # (never raised)
+        # Handlers run in the main thread only: elsewhere, none is one's.
+        told: list[bool] = []
+        error = _raised(lambda: signal.raise_signal(signal.SIGALRM))
+        thread = threading.Thread(target=lambda: told.append(raised_by_signal_handler(error)))
+        thread.start()
+        thread.join(HANG)
+        assert told == [False]
+    finally:
+        signal.signal(signal.SIGALRM, before)
+
+
+def _raise(error: BaseException) -> None:
+    raise error
