@@ -80,7 +80,7 @@ from jackpot.results import (
 )
 from jackpot.service import Operation, now_ms
 from jackpot.settings import Settings
-from jackpot.stats import Stats, after_the_fact, count_once
+from jackpot.stats import Stats, after_the_fact, count_once, raised_by_signal_handler
 from jackpot.storage import SQLiteStore, Store, is_database_url, open_store
 
 __all__ = ["JackpotEngine", "check_path"]
@@ -180,17 +180,27 @@ NOT_PICKLED = (
 "cannot pickle '_thread.lock' object"."""
 
 
-def _raised_while_out(error: Exception, queued: list[Ticket]) -> bool:
-    """Say whether `error` came from the caller's thread while its request was out.
+def _interrupts_caller(error: Exception, queued: list[Ticket]) -> bool:
+    """Say whether `error` is the caller's interrupt, not the operation's error.
 
     A signal handler's exception (a request deadline on SIGALRM) lands where
     the caller waits; the request was queued and goes on, as after Ctrl-C.
     Counted as the operation's error it was logged "failed (error)", even
     when applied, and a paid win never logged as paid. The engine's own
     errors are JackpotErrors; an actor's unexpected one is its ticket's answer.
+
+    Before the request is queued, the engine's own code runs (a trace span,
+    the mailbox): its unexpected error is the operation's, one a signal's
+    handler raised (`raised_by_signal_handler`) the caller's interrupt, to
+    be withdrawn as after Ctrl-C. Taken for the operation's, it was logged
+    "failed (error)" and counted an error (health's error rate) though
+    nothing had run; raised as the mailbox had it but before it was marked
+    queued, never withdrawn, it was applied all the same.
     """
-    if isinstance(error, JackpotError) or not queued or not queued[-1].queued:
+    if isinstance(error, JackpotError):
         return False
+    if not queued or not queued[-1].queued:
+        return raised_by_signal_handler(error)
     ticket = queued[-1]
     return not ticket.wait(0) or ticket.answer[1] is not error
 
@@ -941,13 +951,14 @@ class JackpotEngine:
         except BaseException as e:
             if isinstance(e, Exception):
                 untold = (None, e)  # (plain stores, no call: no interrupt lands before them)
-                if not _raised_while_out(e, queued):
+                if not _interrupts_caller(e, queued):
                     outcome = tell_outcome(op, None, e)
                     untold = None
                     raise
             # Interrupted (Ctrl-C, SystemExit or another exception from a signal
             # handler, such as a request deadline's) while the request was
-            # queued or running: it goes on without its caller.
+            # queued or running: it goes on without its caller (not queued yet:
+            # withdrawn below, as if never sent).
             # Its real outcome is reported when it comes, not as an error now.
             # Set first, before any call: whatever a second interrupt cuts
             # short below, the `finally` tells from the ticket what is left.
@@ -1184,6 +1195,11 @@ class JackpotEngine:
         except ActorDeadError as failed:  # the replacement's on_start failed (logged)
             raise StorageError(not_restarted_message(op)) from failed
         except Exception as failed:  # Pykka's start raised (a raising filter on its logger)
+            if raised_by_signal_handler(failed):
+                # The caller's interrupt (a request deadline's TimeoutError) as the
+                # replacement started: as Ctrl-C there, nothing is resent. Taken for
+                # a failed start, it was an ERROR and a StorageError in its place.
+                raise
             after_the_fact(logger.error, "a stopped actor's replacement could not start",
                            exc_info=failed, extra={"outcome": "actor_restart_failed"})
             raise StorageError(not_restarted_message(op)) from failed

@@ -9,7 +9,13 @@ failure, and it was taken for one:
 
 - as a committed operation was reported (its log line, its count's
   observer), it was contained as "a report failed": the caller got its result
-  and the deadline never fired; a win's "paid" line was never written.
+  and the deadline never fired; a win's "paid" line was never written;
+- before the request was queued, it was the operation's error: logged
+  "failed (error)" and counted an error, though nothing had run (and raised as
+  the mailbox took the request, before it was marked queued, it was applied
+  all the same);
+- as a stopped actor was replaced, it was a failed start: an ERROR, and a
+  StorageError in place of the deadline.
 
 Each test raises a real SIGALRM (`signal.raise_signal`, its handler runs there,
 in this thread) from a profile function at the first return of C code in the
@@ -144,6 +150,86 @@ def test_an_observers_own_timeout_still_fails_no_committed_win(db_path: Path) ->
         engine.close()
     assert [s[1] for s in said if s[0] == "ERROR"] == [
         "stats observer _TimingOut failed: TimeoutError: push gateway timed out"]
+
+
+# -- (b) before the request is queued ------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["_submit_with_restart", "put"],
+                         ids=["before it is sent", "as the mailbox takes it"])
+def test_a_deadline_before_the_request_is_queued_withdraws_it_uncounted(
+        db_path: Path, where: str) -> None:
+    """As after Ctrl-C there (README): nothing runs, nothing is counted, one INFO line.
+    Before: logged "contribute bet failed (error): the round took too long" and counted
+    an error (health's error rate); as the mailbox took it, applied all the same."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        with hearing() as said, deadline_in(where) as armed, \
+                pytest.raises(TimeoutError, match=DEADLINE):
+            engine.contribute("10", groups="minor", op_id="bet")
+        assert not armed
+        assert engine._inflight == 0
+        assert not engine.contribute("10", groups="minor", op_id="bet").replayed  # not applied
+        assert engine.verify().ok
+    finally:
+        engine.close()
+    assert said == [("INFO", ("contribute bet withdrawn: its caller was interrupted before "
+                              "the request was queued; nothing was changed"), "bet",
+                     "interrupted")]
+    assert _operations(engine, "contribute") == [("operations:contribute:ok", 1)]
+
+
+class _FailingSpan:
+    """A tracer's span that fails as it opens: the engine's own code, before anything is sent."""
+
+    def __enter__(self) -> None:
+        msg = "tracer down"
+        raise RuntimeError(msg)
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_an_error_of_its_own_before_the_request_is_queued_is_still_the_operations(
+        db_path: Path) -> None:
+    """Only a signal handler's exception is withdrawn as an interrupt: the engine's own
+    unexpected error before the send is the call's failure, logged and counted."""
+    engine = JackpotEngine.open(db_path)
+    before = signal.signal(signal.SIGALRM, _deadline)  # a deadline is set, and does not fire
+    try:
+        engine._trace = lambda _op: _FailingSpan()  # type: ignore[method-assign]
+        with hearing() as said, pytest.raises(RuntimeError, match="tracer down"):
+            engine.contribute("10", groups="minor", op_id="bet")
+        del engine._trace
+        assert engine._inflight == 0
+    finally:
+        signal.signal(signal.SIGALRM, before)
+        engine.close()
+    assert [s[1:] for s in said] == [("contribute bet failed (error): tracer down", "bet",
+                                      "error")]
+    assert _operations(engine, "contribute") == [("operations:contribute:error", 1)]
+
+
+def test_a_deadline_as_a_stopped_actor_is_replaced_withdraws_the_request(
+        db_path: Path) -> None:
+    """As Ctrl-C there: nothing is resent. Before: "a stopped actor's replacement could not
+    start" (ERROR), and a StorageError ("could not be restarted") in place of the deadline,
+    counted an error."""
+    engine = JackpotEngine.open(db_path)
+    try:
+        engine._pools["minor"].actor_ref.stop()
+        with hearing() as said, deadline_in("_replace_dead") as armed, \
+                pytest.raises(TimeoutError, match=DEADLINE):
+            engine.contribute("10", groups="minor", op_id="bet")
+        assert not armed
+        assert engine._inflight == 0
+        assert not engine.contribute("10", groups="minor", op_id="bet").replayed
+    finally:
+        engine.close()
+    assert said == [("INFO", ("contribute bet withdrawn: its caller was interrupted before "
+                              "the request was queued; nothing was changed"), "bet",
+                     "interrupted")]  # (the replacement started with the resend, unheard)
+    assert _operations(engine, "contribute") == [("operations:contribute:ok", 1)]
 
 
 # -- telling them apart ------------------------------------------------------------
