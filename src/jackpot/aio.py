@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, NoReturn, Self, TypeVar, Unpack
+from typing import Any, NoReturn, Self, TypeGuard, TypeVar, Unpack
 
 from jackpot.actors import ActorDeadError, Ticket
 from jackpot.domain import ConfigChanges, GroupConfig
@@ -66,7 +66,7 @@ from jackpot.results import (
 )
 from jackpot.service import Operation
 from jackpot.settings import Settings
-from jackpot.stats import Stats, after_the_fact, count_once
+from jackpot.stats import Stats, after_the_fact, count_once, raised_by_signal_handler
 
 __all__ = ["AsyncJackpotEngine"]
 
@@ -646,11 +646,11 @@ class _Call:
         self._tracking = tracking
         try:
             self._ctx.run(self._enter_span)
-        except Exception as e:
-            self._books = True
-            self._ctx.run(self._report, None, e)
-            raise
-        except BaseException:
+        except BaseException as e:
+            if _failure(e):
+                self._books = True
+                self._ctx.run(self._report, None, e)
+                raise
             # Interrupted as the span opens, before anything is sent: withdrawn,
             # told once and not counted, as `JackpotEngine._submit` tells it;
             # the span, if it opened, ends with it.
@@ -683,12 +683,16 @@ class _Call:
             self._actor_stopped(e)
             return
         except Exception as e:
-            if ticket.queued:
+            if ticket.queued or not _failure(e):
                 # Queued, so it goes on: an exception a signal handler raised
                 # in the loop's thread as it was sent (a request deadline's),
                 # as `JackpotEngine._submit` takes it: an interrupt, its
                 # caller's to handle (`_send_interrupted`), the request's real
-                # outcome told when it comes, not as this error.
+                # outcome told when it comes, not as this error. Not queued,
+                # a signal handler's (`_failure`) is withdrawn there, as
+                # Ctrl-C is: taken for the call's error, it was counted one
+                # though nothing ran (and, raised as the mailbox took it before
+                # it was marked queued, applied all the same).
                 raise
             self._finish(None, e)
             return
@@ -723,7 +727,7 @@ class _Call:
                 self._not_resent(cause)
                 return
             self._finished = True
-            if isinstance(cause, Exception):
+            if _failure(cause):
                 self._close_books(None, cause)
             else:
                 self._close_books(None, None, withdrawn=True)
@@ -745,7 +749,7 @@ class _Call:
         the call is told and counted as the error its caller got.
         """
         op = self.op
-        if isinstance(cause, Exception):
+        if _failure(cause):
             msg = (f"{op.kind} {op.op_id!r} was not resent: {shown(cause)} was raised as the "
                    "event loop resent it; nothing was changed")
             failed = EngineClosedError(msg)
@@ -1068,6 +1072,16 @@ class _Call:
             finally:
                 count_once(self._engine.stats, self.op.kind,
                            told or answer_outcome(result, error), self._started, counted)
+
+
+def _failure(cause: BaseException | None) -> TypeGuard[Exception]:
+    """Say whether `cause`, which cut a call's sending short, is an error, not an interrupt.
+
+    An Exception, unless a signal's handler raised it (a request deadline's
+    TimeoutError: `raised_by_signal_handler`): that one is an interrupt, as
+    KeyboardInterrupt is, and its call is withdrawn if it was not queued.
+    """
+    return isinstance(cause, Exception) and not raised_by_signal_handler(cause)
 
 
 async def _in_own_thread(name: str, call: Callable[..., _T], *args: Any) -> _T:

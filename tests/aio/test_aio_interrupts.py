@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -217,6 +218,50 @@ def test_a_signal_handlers_exception_once_a_win_is_queued_tells_the_win_as_paid(
         assert resent.replayed
         assert _counted(engine, "win") == {"operations:win:ok": 1,
                                            "operations:win:replayed": 1}
+    finally:
+        signal.signal(signal.SIGALRM, before)
+        engine.sync.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("where", ["_send", "put"],
+                         ids=["before it is sent", "as the mailbox takes it"])
+def test_a_signal_handlers_exception_before_a_request_is_queued_withdraws_it_uncounted(
+        db_path: Path, where: str) -> None:
+    """A request deadline's TimeoutError (a SIGALRM handler) lands in the loop's thread as
+    a C call returns before the request is marked queued: withdrawn, told once and not
+    counted, as after Ctrl-C there and as the sync engine tells it. Before: logged
+    "contribute interrupted failed (error): the round took too long" at ERROR and counted
+    an error, though nothing had run; as the mailbox took it, applied all the same."""
+    def deadline(*_: object) -> None:
+        msg = "the round took too long"
+        raise TimeoutError(msg)
+
+    armed = [True]
+
+    def alarm(frame: Any, event: str, _arg: object) -> None:
+        if armed and event == "c_return" and frame.f_code.co_name == where:
+            armed.pop()
+            signal.raise_signal(signal.SIGALRM)  # (its handler runs here, on the loop)
+
+    before = signal.signal(signal.SIGALRM, deadline)
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        call = engine.contribute("10", groups="minor", op_id="interrupted")
+        sys.setprofile(alarm)
+        try:
+            with hearing() as said, pytest.raises(TimeoutError, match="the round took too long"):
+                loop.run_until_complete(call)
+        finally:
+            sys.setprofile(None)
+        assert not armed  # (the deadline landed)
+        assert engine.sync._inflight == 0
+        assert said == [_INTERRUPTED_WITHDRAWN]
+        resent = loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                           op_id="interrupted"))
+        assert not resent.replayed  # it had not run
+        assert _counted(engine, "contribute") == {"operations:contribute:ok": 1}
     finally:
         signal.signal(signal.SIGALRM, before)
         engine.sync.close()
