@@ -1120,13 +1120,20 @@ def test_an_interrupt_as_a_call_starts_on_the_loop_does_not_leave_it_in_flight(
         loop.close()
 
 
+@pytest.mark.parametrize("interrupt", ["Ctrl-C", "deadline"])
 def test_an_interrupt_as_a_calls_trace_span_opens_tells_it_withdrawn_and_ends_the_span(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        db_path: Path, monkeypatch: pytest.MonkeyPatch, interrupt: str) -> None:
     """A KeyboardInterrupt on the loop right after the call's trace span opened (after the
     builtin `Context.run`), before anything was sent. As the sync engine does for its
     caller interrupted there: told withdrawn once, not counted, its span ended. Before:
-    told nowhere, and the span left open for good."""
+    told nowhere, and the span left open for good. A request deadline's TimeoutError (a
+    SIGALRM handler's) there is told so too; before, it was logged "failed (error)" and
+    counted an error, though nothing had run."""
     from jackpot.aio import _Call  # noqa: PLC0415 - private, this test only
+
+    def deadline(*_: object) -> None:
+        msg = "the round took too long"
+        raise TimeoutError(msg)
 
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
@@ -1146,12 +1153,16 @@ def test_an_interrupt_as_a_calls_trace_span_opens_tells_it_withdrawn_and_ends_th
         enter_span(self)
         if armed:
             armed.pop()
+            if interrupt == "deadline":
+                signal.raise_signal(signal.SIGALRM)  # (its handler runs here, on the loop)
             raise KeyboardInterrupt
 
+    before = signal.signal(signal.SIGALRM, deadline)
     try:
         engine.sync._trace = recorded  # type: ignore[method-assign]
         monkeypatch.setattr(_Call, "_enter_span", interrupted)
-        with hearing() as said, pytest.raises(KeyboardInterrupt):
+        with hearing() as said, pytest.raises(
+                KeyboardInterrupt if interrupt == "Ctrl-C" else TimeoutError):
             loop.run_until_complete(engine.contribute("10", groups="minor",
                                                       op_id="interrupted"))
         assert not armed  # (the interrupt landed)
@@ -1162,6 +1173,7 @@ def test_an_interrupt_as_a_calls_trace_span_opens_tells_it_withdrawn_and_ends_th
                          "interrupted", "interrupted")]
         assert _counted(engine, "contribute") == {}
     finally:
+        signal.signal(signal.SIGALRM, before)
         engine.sync.close()
         loop.close()
 
