@@ -702,7 +702,10 @@ class _Call:
 
     def _send_interrupted(self, *, resending: bool = False,
                           cause: BaseException | None = None) -> None:
-        """Follow or withdraw a request whose sending a KeyboardInterrupt (SystemExit) cut short.
+        """Follow or withdraw a request whose sending an interrupt cut short.
+
+        KeyboardInterrupt, SystemExit, or a signal handler's own exception (a
+        request deadline's TimeoutError: see `_failure`).
 
         Raised on the loop (a second Ctrl-C under `asyncio.run`, or any in a
         plain `run_until_complete`), it ends the caller's task, and the loop
@@ -755,6 +758,11 @@ class _Call:
             failed = EngineClosedError(msg)
             failed.__cause__ = cause
             self._finish(None, failed)
+        elif isinstance(cause, Exception):
+            # A signal handler's (a request deadline's TimeoutError): the caller
+            # gets it, as it did when it was taken for the call's error, but the
+            # call is withdrawn, not counted (nothing ran), as after Ctrl-C.
+            self._finish(None, cause, withdrawn=True)
         else:
             msg = (f"{op.kind} {op.op_id!r} was not resent: the event loop was interrupted "
                    "as it resent it; nothing was changed")

@@ -442,6 +442,48 @@ def test_a_resend_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_
                                                                     interrupt)
 
 
+def test_a_resend_cut_short_by_a_deadline_hands_it_its_caller_withdrawn_and_uncounted(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, but a request deadline's TimeoutError (a SIGALRM handler's) lands as the
+    restart task resends the request, before it is queued: its caller, awaiting in another
+    task, gets the TimeoutError; the call is told withdrawn once and counted nowhere.
+    Before: logged "contribute interrupted failed (error): the round took too long" at
+    ERROR and counted an error, though nothing had run."""
+    def deadline(*_: object) -> None:
+        msg = "the round took too long"
+        raise TimeoutError(msg)
+
+    put, puts = Mailbox.put, []
+
+    def alarmed_resend(self: Mailbox, ticket: Ticket, op: Operation) -> bool:
+        puts.append(op.op_id)
+        if puts == ["interrupted", "interrupted"]:  # the resend, before it is queued
+            signal.raise_signal(signal.SIGALRM)  # (its handler runs here, on the loop)
+        return put(self, ticket, op)
+
+    before = signal.signal(signal.SIGALRM, deadline)
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        engine.sync._pools["minor"].actor_ref.stop()
+        monkeypatch.setattr(Mailbox, "put", alarmed_resend)
+        with hearing() as said, pytest.raises(TimeoutError, match="the round took too long"):
+            loop.run_until_complete(asyncio.wait_for(  # (only a hang waits)
+                engine.contribute("10", groups="minor", op_id="interrupted"), HANG))
+        monkeypatch.undo()
+        assert puts == ["interrupted", "interrupted"]
+        assert engine.sync._inflight == 0
+        assert [s for s in said if s[2] == "interrupted"] == [_INTERRUPTED_WITHDRAWN]
+        assert _counted(engine, "contribute") == {}
+        after = loop.run_until_complete(engine.contribute("10", groups="minor",
+                                                          op_id="interrupted"))
+        assert not after.replayed  # neither attempt changed anything
+    finally:
+        signal.signal(signal.SIGALRM, before)
+        engine.sync.close()
+        loop.close()
+
+
 def test_a_restart_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing_in_flight(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As above, but the KeyboardInterrupt lands as the restart task hands the actor's
