@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from jackpot._plural import counted
 from jackpot.domain import validate_name
 from jackpot.errors import ValidationError
 from jackpot.money import SCALE, from_units, parse_amount
@@ -111,8 +112,8 @@ class _Found:
 
     def problems(self) -> list[str]:
         if self.wrong > _SHOWN:
-            return [*self.shown, (f"... and {self.wrong - _SHOWN} more stored results the "
-                    "ledger contradicts")]
+            more = counted(self.wrong - _SHOWN, "more stored result", "more stored results")
+            return [*self.shown, f"... and {more} the ledger contradicts"]
         return self.shown
 
 

@@ -49,6 +49,7 @@ from rich.text import Text
 
 import jackpot
 from jackpot import money, reads
+from jackpot._plural import counted
 from jackpot.audit import audit
 from jackpot.domain import CONFIG_FIELDS, GroupConfig, validate_name
 from jackpot.engine import JackpotEngine, check_path
@@ -303,21 +304,17 @@ _MORE = re.compile(r"\.\.\. and (\d+) more [^:]*")
 """The audit's line for the problems of a sort past those it lists one by one."""
 
 
-def _n(count: int, noun: str) -> str:
-    """Return the count and its noun, plural unless one: '1 row', '2 rows' (not '1 rows')."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _verify_out(report: VerifyReport) -> None:
     if report.ok:
-        console.print(f"audit OK: {_n(report.levels, 'level')}, "
-                      f"{_n(report.ledger_rows, 'ledger row')} reconciled to the smallest unit")
+        console.print(f"audit OK: {counted(report.levels, 'level')}, "
+                      f"{counted(report.ledger_rows, 'ledger row')} reconciled to the smallest "
+                      "unit")
     else:
         # ("... and 4980 more ..." is 4980 problems, not one: an operator with
         # 5,000 bad rows must not read "21 problems".)
         count = sum(int(more[1]) if (more := _MORE.fullmatch(p)) else 1
                     for p in report.problems)
-        console.print(f"[bold red]audit FAILED[/]: {_n(count, 'problem')}")
+        console.print(f"[bold red]audit FAILED[/]: {counted(count, 'problem')}")
         for problem in report.problems:
             console.print(f"  {problem}", markup=False)
 
@@ -453,7 +450,7 @@ def ledger(*, tail: int, level: str | None, db: str | None, as_json: bool | None
                       "detail": _detail_json(r.detail)}
                      for r in rows])
         return
-    table = Table(title=f"ledger (last {_n(len(rows), 'row')})")
+    table = Table(title=f"ledger (last {counted(len(rows), 'row')})")
     # `paid` beside `delta`: a whole-pool win's delta is the pool's net change
     # (paid out, then the seed funded), so without it the payout shows nowhere.
     for name in ("seq", "time (UTC)", "kind", "level", "delta", "paid", "balance", "version",
@@ -943,8 +940,9 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
     if opts.json:
         _print_json(summary)
         return 0 if report.ok else 1
-    console.print(f"played {_n(tally.bets, 'bet')} and {_n(tally.win_count(), 'win')} with "
-                  f"{_n(threads, 'thread')} in {elapsed:.2f} s "
+    console.print(f"played {counted(tally.bets, 'bet')} and "
+                  f"{counted(tally.win_count(), 'win')} with {counted(threads, 'thread')} "
+                  f"in {elapsed:.2f} s "
                   f"({summary['operations_per_second']} operations/s)")
     console.print(_pools_table(pools, title="pools after the simulation"))
     table = Table(title="wins")
@@ -967,8 +965,8 @@ def _interrupted(opts: Options, tally: _Tally, planned: int) -> int:
                      "wagered": str(tally.wagered), "wins": tally.win_count(),
                      "refused": dict(tally.refused)})
     else:
-        click.echo(f"interrupted: played {tally.bets} of {_n(planned, 'bet')} and "
-                   f"{_n(tally.win_count(), 'win')} ({sum(tally.refused.values())} refused); "
+        click.echo(f"interrupted: played {tally.bets} of {counted(planned, 'bet')} and "
+                   f"{counted(tally.win_count(), 'win')} ({sum(tally.refused.values())} refused); "
                    "each one sent was committed or refused whole: `jackpot verify` audits "
                    "the books", err=True)
     return 130

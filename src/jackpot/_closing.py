@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from jackpot._lifecycle import Late, Stopping, closing, log_late, shut_down
+from jackpot._plural import counted
 from jackpot.actors import in_actor_thread, wait_stopped
 from jackpot.errors import ValidationError, exact_int, shown
 from jackpot.service import Operation
@@ -312,7 +313,7 @@ def _log_left_in_flight(calls: int, bound: float | None, unreported: list[Operat
     `calls` is 0 once a close() told them, and `unreported` holds only those
     not named yet.
     """
-    held = f"{calls} call{'' if calls == 1 else 's'} still in flight"
+    held = f"{counted(calls, 'call')} still in flight"
     with contextlib.suppress(Exception):  # a failing log must not fail the close
         if calls and bound is None:
             logger.warning("close() timed out with %s: the actors were asked to stop after "

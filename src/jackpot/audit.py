@@ -48,11 +48,12 @@ from typing import Any, TypeVar
 from jackpot._audit_config import CONFIG_KINDS, check_config
 from jackpot._audit_fractions import Fractions, check_retirements
 from jackpot._audit_results import check_results, units_of, unreadable
+from jackpot._plural import counted
 from jackpot.domain import LevelState
 from jackpot.money import RATE_SCALE, from_units
 from jackpot.requests import RESERVED_OP_ID_PREFIXES
 from jackpot.results import VerifyReport
-from jackpot.storage import LedgerRow, LedgerTotals, RecordedResult, Shown, Store
+from jackpot.storage import LedgerRow, LedgerTotals, RecordedResult, Store
 from jackpot.storage.base import LEDGER_TEXTS
 
 __all__ = ["audit"]
@@ -130,20 +131,23 @@ def _audit(store: Store) -> VerifyReport:
         if fractions is not None:
             problems.extend(_unreadable(problems, f"{name}: carried fractions", list[str](),
                                         functools.partial(fractions.check, s, totals[name])))
-    problems.extend(f"{name}: no such level, yet {totals[name].rows} ledger rows"
+    problems.extend(f"{name}: no such level, yet {counted(totals[name].rows, 'ledger row')}"
                     for name in sorted(totals.keys() - levels.keys(), key=_order)
                     if read_levels is not None)
     problems.extend([*(f"{lvl}: ledger row {seq} (version {v}) does not add up"
                        for lvl, v, seq in bad_rows),
-                     *_more(bad_rows, "ledger rows that do not add up")])
+                     *_more(bad_rows.more, "ledger row that does not add up",
+                            "ledger rows that do not add up")])
     problems.extend([*(f"{lvl}: ledger row {seq} (version {v}) holds what the engine never "
                        f"writes: {_untyped(cells)}" for lvl, v, seq, cells in untyped),
-                     *_more(untyped, "ledger rows holding what the engine never writes")])
+                     *_more(untyped.more, "ledger row holding what the engine never writes",
+                            "ledger rows holding what the engine never writes")])
     problems.extend([*(f"{lvl}: ledger row {seq} (version {v}) cannot be read as the engine "
                        f"writes it: its detail {_shown(detail)!r} is no bet's (a damaged or "
                        "tampered database; read as no bet)"
                        for lvl, v, seq, detail in unread_bets),
-                     *_more(unread_bets, "bet rows whose detail is no bet's")])
+                     *_more(unread_bets.more, "bet row whose detail is no bet's",
+                            "bet rows whose detail is no bet's")])
     if fractions is not None:
         problems.extend(fractions.problems)
     problems.extend(_unreadable(problems, "retirement rows", list[str](),
@@ -152,30 +156,34 @@ def _audit(store: Store) -> VerifyReport:
     problems.extend(f"operation {op!r} recorded without ledger rows"
                     + (" (its stored result cannot be read)" if unreadable else "")
                     for op, unreadable in orphans[:_SHOWN])
-    if len(orphans) > _SHOWN:
-        problems.append(f"... and {len(orphans) - _SHOWN} more operations recorded without "
-                        "ledger rows")
+    problems.extend(_more(len(orphans) - _SHOWN, "operation recorded without ledger rows",
+                          "operations recorded without ledger rows"))
     problems.extend(results)
     problems.extend(recorded.fingerprints.problems())
     problems.extend(recorded.times.problems())
     own = ", ".join(f"{prefix}..." for prefix in RESERVED_OP_ID_PREFIXES)
     problems.extend(f"operation {op!r} recorded under an op_id the engine keeps for its own "
                     f"({own}): it never records one" for op in reserved[:_SHOWN])
-    if len(reserved) > _SHOWN:
-        problems.append(f"... and {len(reserved) - _SHOWN} more operations recorded under the "
-                        "engine's own op_ids")
+    problems.extend(_more(len(reserved) - _SHOWN, "operation recorded under the engine's own "
+                          "op_ids", "operations recorded under the engine's own op_ids"))
     problems.extend([*(f"operation {op!r}: its hit rows name different winners: a bet has "
                        "one player" for op in split),
-                     *_more(split, "operations whose hit rows name different winners")])
+                     *_more(split.more, "operation whose hit rows name different winners",
+                            "operations whose hit rows name different winners")])
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     return VerifyReport(ok=not problems, problems=problems, levels=len(levels),
                         ledger_rows=rows)
 
 
-def _more(shown: Shown[Any], what: str) -> list[str]:
-    """Say how many more of a capped list there are (`Store`'s `Shown`), if any."""
-    return [f"... and {shown.more} more {what}"] if shown.more else []
+def _more(count: int, one: str, many: str) -> list[str]:
+    """Say how many more problems of a sort there are past those told, if any.
+
+    `one` words one of them, `many` several: their noun comes first
+    ('operation recorded without ledger rows'), so one more is told as one
+    ('... and 1 more operation ...', not '1 more operations').
+    """
+    return [f"... and {counted(count, f'more {one}', f'more {many}')}"] if count > 0 else []
 
 
 def _order(name: object) -> tuple[bool, str]:
@@ -267,10 +275,9 @@ class _Fingerprints:
                               "as a conflict")
 
     def problems(self) -> list[str]:
-        more = self.wrong - _SHOWN
-        if more <= 0:
-            return self.shown
-        return [*self.shown, f"... and {more} more request fingerprints the engine never writes"]
+        return [*self.shown, *_more(self.wrong - _SHOWN,
+                                    "request fingerprint the engine never writes",
+                                    "request fingerprints the engine never writes")]
 
 
 class _Times:
@@ -295,10 +302,9 @@ class _Times:
                               f"{_shown(at_ms)!r}, {what}")
 
     def problems(self) -> list[str]:
-        more = self.wrong - _SHOWN
-        if more <= 0:
-            return self.shown
-        return [*self.shown, f"... and {more} more operations whose time the engine never writes"]
+        return [*self.shown, *_more(self.wrong - _SHOWN,
+                                    "operation whose time the engine never writes",
+                                    "operations whose time the engine never writes")]
 
 
 class _Recorded:
@@ -445,7 +451,7 @@ def _check_level(s: LevelState, t: LedgerTotals) -> list[str]:
     problems = []
     if (t.min_version, t.max_version, t.rows) != (1, s.version, s.version):
         problems.append(f"{name}: ledger versions {t.min_version}..{t.max_version} in "
-                        f"{t.rows} rows, "
+                        f"{counted(t.rows, 'row')}, "
                         f"level is at version {s.version} (expected 1..{s.version})")
     if t.delta is not None and t.delta != s.amount:
         problems.append(f"{name}: ledger sums to {_amount(t.delta)}, "

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+from jackpot._plural import counted
 from jackpot.errors import EngineClosedError, JackpotError, LockTimeoutError
 from jackpot.settings import Settings
 
@@ -506,12 +507,12 @@ def _actors(alive: Mapping[str, bool], *, coordinator_alive: bool,
         return HealthCheck("actors", DEGRADED, f"stopped: {'; '.join(stopped)}")
     others = " and the coordinator" if checkpointer_alive is None else (
         ", the coordinator and the checkpointer")
-    return HealthCheck("actors", OK, f"{len(alive)} level actors{others} running")
+    return HealthCheck("actors", OK, f"{counted(len(alive), 'level actor')}{others} running")
 
 
 def _lock_success(operations: list[str], settings: Settings) -> HealthCheck:
     return _share("lock_success", operations, "timeout", settings, lambda bad, pct: (
-        f"{pct:.1f}% of the last {_n(len(operations), 'operation')} got their locks "
+        f"{pct:.1f}% of the last {counted(len(operations), 'operation')} got their locks "
         f"in time ({bad} timed out)"))
 
 
@@ -541,8 +542,8 @@ def _conflicts(operations: int, conflicts: int, settings: Settings) -> HealthChe
     if operations < settings.health_min_operations:
         return HealthCheck("conflicts", OK, _too_few(operations, settings))
     per_100 = 100 * conflicts / operations
-    detail = (f"{_n(conflicts, 'version conflict')} in the last "
-              f"{_n(operations, 'operation')} ({per_100:.1f} per 100)")
+    detail = (f"{counted(conflicts, 'version conflict')} in the last "
+              f"{counted(operations, 'operation')} ({per_100:.1f} per 100)")
     if per_100 > settings.health_max_conflict_pct:
         return HealthCheck("conflicts", DEGRADED,
                            f"{detail}; degraded above {settings.health_max_conflict_pct} per 100")
@@ -557,14 +558,10 @@ def _errors(operations: list[str], settings: Settings) -> HealthCheck:
     too, against the lock_success thresholds.
     """
     return _share("errors", operations, "error", settings, lambda bad, pct: (
-        f"{bad} of the last {_n(len(operations), 'operation')} failed with an "
+        f"{bad} of the last {counted(len(operations), 'operation')} failed with an "
         f"unexpected error ({pct:.1f}% did not)"))
 
 
 def _too_few(n: int, settings: Settings) -> str:
-    return (f"{_n(n, 'recent operation')}; rates are judged from "
+    return (f"{counted(n, 'recent operation')}; rates are judged from "
             f"{settings.health_min_operations} on")
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"

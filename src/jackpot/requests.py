@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from jackpot import domain, money
 from jackpot._frozen import builder
+from jackpot._plural import counted
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import (
     ConcurrencyViolationError,
@@ -54,7 +55,7 @@ def check_text(value: object, name: str, *, optional: bool = True) -> str | None
     value = str.__str__(value)  # checked as the text it is, whatever a subclass overrides
     if not value.strip() or len(value) > _MAX_TEXT or not value.isprintable():
         msg = (f"{name} must be 1-{_MAX_TEXT} printable characters, not blank, "
-               f"got {value[:_SHOWN]!r} ({len(value)} chars)")
+               f"got {value[:_SHOWN]!r} ({counted(len(value), 'char')})")
         raise ValidationError(msg)
     return value
 

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from jackpot._frozen import builder
 from jackpot._json import sorted_encoder
+from jackpot._plural import counted
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import (
     ConcurrencyViolationError,
@@ -258,7 +259,8 @@ class _Retries:
                                         "outcome": "conflict"})
         if self.attempt >= self._settings.max_retry_attempts:
             msg = (f"{self._kinds} {self._op_id!r}: level {level!r} moved past version "
-                   f"{expected} and {self.attempt} retries did not settle it; nothing changed")
+                   f"{expected} and {counted(self.attempt, 'retry', 'retries')} did not settle it; "
+                   "nothing changed")
             details = {"level": level, "expected_version": expected,
                        "attempts": self.attempt + 1}
             raise ConcurrencyViolationError(
@@ -285,11 +287,11 @@ def _busy_exhausted(e: BusyIncidentError, kinds: str, levels: str, op_id: str, a
                     ) -> JackpotError:
     """Return the error once busy retries run out; a lost race is a concurrency violation."""
     if isinstance(e, SerializationFailureError):  # PostgreSQL: deadlock, 40001, twin op_id
-        msg = (f"{kinds} {op_id!r}: lost to concurrent transactions {attempt + 1} times "
+        msg = (f"{kinds} {op_id!r}: lost to concurrent transactions {counted(attempt + 1, 'time')} "
                f"({e}); nothing changed")
         return ConcurrencyViolationError(msg, operation=kinds, group=levels,
                                          conflict_details={"attempts": attempt + 1})
-    msg = f"{kinds} {op_id!r}: database stayed busy after {attempt} retries"
+    msg = f"{kinds} {op_id!r}: database stayed busy after {counted(attempt, 'retry', 'retries')}"
     return StorageError(msg)
 
 

@@ -905,7 +905,7 @@ def test_a_forged_row_without_a_level_is_still_held_to_the_one_winner_check(
             "minor: ledger versions 1..9 in 3 rows, level is at version 2 (expected 1..2)",
             "minor: meter wins is 0, ledger says 1",
             "minor: meter hits is 0, ledger says 1",
-            "None: no such level, yet 1 ledger rows",
+            "None: no such level, yet 1 ledger row",
             "minor: ledger row 5 (version 9) does not add up",
             "operation 'x': its hit rows name different winners: a bet has one player",
             "integrity_check: table ledger takes a NULL in column level (its NOT NULL is gone)"]

@@ -159,6 +159,22 @@ class _TimedOutGuard:
         raise AssertionError("never held")
 
 
+def test_a_batch_that_cannot_hold_its_levels_after_one_retry_says_one_retry(
+        db_path: Path) -> None:
+    # Before: "... within 5000 ms after 1 retries; nothing was changed".
+    settings = Settings(max_retry_attempts=1, retry_delay_ms=1, enable_metrics=False)
+    with JackpotEngine.open(db_path, settings=settings) as engine:
+        guards = engine._guards
+        real = guards["minor"].lock
+        guards["minor"].lock = _TimedOutGuard()  # type: ignore[assignment]
+        try:
+            with pytest.raises(LockTimeoutError) as info:
+                engine.contribute(Decimal(10), groups=("major", "minor"), op_id="both")
+        finally:
+            guards["minor"].lock = real
+    assert str(info.value).endswith(" ms after 1 retry; nothing was changed")
+
+
 def test_a_batch_that_cannot_hold_every_level_releases_those_it_held(db_path: Path) -> None:
     """The coordinator holds major, then cannot hold minor: it lets major go.
 

@@ -350,14 +350,14 @@ def test_adjust_and_retire_record_the_login_name_without_who(db: str) -> None:
 def test_a_login_name_the_ledger_cannot_hold_is_refused_naming_where_it_came_from(
         db: str) -> None:
     # Before: "jackpot: error: who must be 1-256 printable characters, not blank, got
-    # ' ' (1 chars)", of a --who the operator never gave.
-    for name in (" ", "ops\tcarol"):
+    # ' ' (1 chars)", of a --who the operator never gave (and "1 chars": now "1 char").
+    for name, size in ((" ", "1 char"), ("ops\tcarol", "9 chars")):
         done = jackpot("adjust", "major", "-1", "--reason", "fix", "--db", db,
                        env={"LOGNAME": name})
         assert (done.returncode, done.stdout, done.stderr) == (2, "", (
             "jackpot: error: your login name (LOGNAME, USER, LNAME or USERNAME, else the "
             "password database) cannot be recorded as who: who must be 1-256 printable "
-            f"characters, not blank, got {name!r} ({len(name)} chars); pass --who\n"))
+            f"characters, not blank, got {name!r} ({size}); pass --who\n"))
     rows = ok_json("ledger", "--tail", "5", "--db", db)
     assert [r for r in rows if r["kind"] == "adjust"] == []  # nothing written
 

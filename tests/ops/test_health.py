@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from _helpers import HANG, hold, in_thread, run_python, track_stores
 from jackpot import (
+    GroupConfig,
     HealthCheck,
     HealthReport,
     JackpotEngine,
@@ -117,6 +118,14 @@ def test_a_dead_coordinator_is_degraded(engine: JackpotEngine) -> None:
 
 _CHECKPOINTER_STOPPED = ("the checkpointer (replaced when the next checkpoint falls due; the "
                         "writers copy the WAL into the database meanwhile)")
+
+
+def test_one_level_actor_is_said_in_the_singular(
+        open_engine: Callable[..., JackpotEngine]) -> None:
+    # Before: "1 level actors, the coordinator and the checkpointer running".
+    engine = open_engine(groups=[GroupConfig("minor", 10, "0.01")])
+    assert engine.health().check("actors") == HealthCheck(
+        "actors", "ok", "1 level actor, the coordinator and the checkpointer running")
 
 
 def test_a_stopped_checkpointer_is_degraded_until_a_checkpoint_falls_due(

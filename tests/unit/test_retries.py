@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from jackpot import ConcurrencyViolationError, Settings
+from jackpot import ConcurrencyViolationError, Settings, StorageError
 from jackpot.service import Operation, _Retries
 from jackpot.stats import Stats
+from jackpot.storage import BusyIncidentError, SerializationFailureError
 
 
 def op(kind: str, op_id: str, *names: str) -> Operation:
@@ -33,6 +34,26 @@ def test_requests_that_joined_the_batch_are_in_its_labels() -> None:
     assert info.value.operation == "adjust,contribute"
     assert info.value.conflict_details == {"level": "minor", "expected_version": 4,
                                            "attempts": 2}
+
+
+def test_one_retry_is_said_in_the_singular() -> None:
+    # Before: "... and 1 retries did not settle it", "busy after 1 retries",
+    # "lost to concurrent transactions 1 times" (JACKPOT_MAX_RETRY_ATTEMPTS=1, or 0).
+    budget = _Retries([op("contribute", "bet-1", "minor")], Settings(max_retry_attempts=1),
+                      Stats())
+    budget.retried()
+    with pytest.raises(ConcurrencyViolationError) as conflict:
+        budget.conflict("minor", 4)
+    assert str(conflict.value) == ("contribute 'bet-1': level 'minor' moved past version 4 "
+                                   "and 1 retry did not settle it; nothing changed")
+    with pytest.raises(StorageError) as busy:
+        budget.busy(BusyIncidentError("database is locked"))
+    assert str(busy.value) == "contribute 'bet-1': database stayed busy after 1 retry"
+    lost = _Retries([op("win", "win-1", "minor")], Settings(max_retry_attempts=0), Stats())
+    with pytest.raises(ConcurrencyViolationError) as race:
+        lost.busy(SerializationFailureError("deadlock detected"))
+    assert str(race.value) == ("win 'win-1': lost to concurrent transactions 1 time "
+                               "(deadlock detected); nothing changed")
 
 
 def test_the_health_window_forgets_outcomes_older_than_its_horizon() -> None:

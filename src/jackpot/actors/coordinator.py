@@ -25,6 +25,7 @@ from typing import Any
 
 import pykka
 
+from jackpot._plural import counted
 from jackpot.actors._guard import LevelGuard
 from jackpot.actors._mailbox import Mailbox
 from jackpot.actors._start import mark_actor_thread, note_built, start_failed, stop_and_close
@@ -182,8 +183,8 @@ class Coordinator(pykka.ThreadingActor):
             if attempt >= self._settings.max_retry_attempts:
                 count_lock_timeouts(self._stats, ops)  # one per operation, as the outcomes
                 msg = (f"{what}: could not hold levels {', '.join(names)} "
-                       f"within {self._settings.lock_timeout_ms} ms after {attempt} "
-                       "retries; nothing was changed")
+                       f"within {self._settings.lock_timeout_ms} ms after "
+                       f"{counted(attempt, 'retry', 'retries')}; nothing was changed")
                 raise LockTimeoutError(msg)
             delay = self._settings.retry_delay_ms / 1000 * 2**attempt
             time.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
