@@ -31,8 +31,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import random
 import secrets
+import sys
 import tempfile
 import time
 from decimal import Decimal
@@ -140,14 +142,10 @@ class GameServer:
             if outcome.randrange(odds) == 0:
                 wins.append(await self.engine.process_win(level, op_id=f"{op_id}:{level}",
                                                           winner=player))
-        for w in wins:
-            if not w.replayed:
-                self.paid.append(w)
-                if len(self.paid) <= _SHOWN_WINS:
-                    kind = "mystery hit" if w.hit else "jackpot win"
-                    print(f"  {kind}: {w.group} paid {w.amount:.2f} to {player} (op {w.op_id})")
-                elif len(self.paid) == _SHOWN_WINS + 1:
-                    print("  ... (more jackpots: see the meters below)")
+        # Recorded, and told by `show_pools`: a print here, in the request's path,
+        # failed the spin it answers once stdout was gone (`| head`), and was taken
+        # for the player hanging up (BrokenPipeError is a ConnectionError).
+        self.paid.extend(w for w in wins if not w.replayed)
         return {"ok": True, "replayed": bet.replayed,
                 "added": {n: str(v) for n, v in bet.contributions.items()},
                 "jackpots": [{"level": w.group, "amount": str(w.amount)} for w in wins]}
@@ -214,8 +212,10 @@ async def play(port: int, player: str, spins: int, seed: int,
 
 async def show_pools(engine: AsyncJackpotEngine, server: GameServer, started: float,
                      every: float, stop: asyncio.Event) -> None:
-    """Print the live meters until told to stop."""
+    """Print the jackpots paid since the last look and the live meters, until told to stop."""
+    told = 0
     while True:
+        told = tell_wins(server.paid, told)
         pools = await engine.pools()
         line = " | ".join(f"{n} {p.amount:>9.2f}" for n, p in pools.items())
         print(f"[{time.perf_counter() - started:5.1f}s] spins {server.spins:>6} | {line}")
@@ -223,6 +223,16 @@ async def show_pools(engine: AsyncJackpotEngine, server: GameServer, started: fl
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
+
+
+def tell_wins(paid: list[Win], told: int) -> int:
+    """Print the first `_SHOWN_WINS` jackpots of `paid[told:]`; return how many are told."""
+    for w in paid[told:_SHOWN_WINS]:
+        kind = "mystery hit" if w.hit else "jackpot win"
+        print(f"  {kind}: {w.group} paid {w.amount:.2f} to {w.winner} (op {w.op_id})")
+    if told <= _SHOWN_WINS < len(paid):
+        print("  ... (more jackpots: see the meters below)")
+    return len(paid)
 
 
 async def main_async(path: Path, players: int, spins: int) -> bool:
@@ -317,4 +327,16 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        try:
+            main()
+        except SystemExit:  # (main's end: the audit's verdict)
+            if sys.stdout is not None:  # (None: started without one, `>&-`)
+                sys.stdout.flush()  # what is still buffered: a closed pipe found here, not at exit
+            raise
+    except BrokenPipeError:
+        # The reader left early (`... | head`): stop quietly, as a program the
+        # pipe's SIGPIPE ends does (141 = 128 + SIGPIPE), not with a traceback;
+        # 1 would say the audit failed. Python's docs, signal: "Note on SIGPIPE".
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (exit flushes again)
+        sys.exit(141)

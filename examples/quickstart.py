@@ -9,7 +9,9 @@ op_ids are the same on every run, so a second run would only replay them).
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -85,4 +87,16 @@ def run(path: Path, bets: int) -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        try:
+            main()
+        except SystemExit:  # (main's end: the audit's verdict)
+            if sys.stdout is not None:  # (None: started without one, `>&-`)
+                sys.stdout.flush()  # what is still buffered: a closed pipe found here, not at exit
+            raise
+    except BrokenPipeError:
+        # The reader left early (`... | head`): stop quietly, as a program the
+        # pipe's SIGPIPE ends does (141 = 128 + SIGPIPE), not with a traceback;
+        # 1 would say the audit failed. Python's docs, signal: "Note on SIGPIPE".
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (exit flushes again)
+        sys.exit(141)

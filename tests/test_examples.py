@@ -509,3 +509,70 @@ def test_a_count_below_one_is_a_usage_error(tmp_path: Path, name: str,
     assert "must be at least 1" in done.stderr
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []  # refused before anything was opened
+
+
+_HELD_AFTER_ITS_FIRST_LINE = r"""
+import os, runpy, sys
+
+class Held:
+    # stdout as it is, but held once its first line is out until the test has
+    # read that line and closed its end of the pipe: the script writes the rest
+    # to a pipe with no reader, as one piped into `head -1` does.
+    def __init__(self, out, gate):
+        self._out, self._gate, self._held = out, gate, False
+
+    def write(self, text):
+        n = self._out.write(text)
+        if not self._held and "\n" in text:
+            self._held = True
+            self._out.flush()
+            os.read(self._gate, 1)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._out, name)
+
+sys.stdout = Held(sys.stdout, int(sys.argv[1]))
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py",
+                                  "operator_console.py", "casino_floor.py"])
+def test_an_example_whose_reader_leaves_early_stops_quietly(tmp_path: Path, name: str,
+                                                            buffered: bool) -> None:
+    """`python examples/NAME.py | head -1`: exit status 141 (SIGPIPE's), no traceback.
+
+    Before: a BrokenPipeError traceback (status 1), or, with stdout buffered,
+    "Exception ignored ... BrokenPipeError" at exit (status 120); the game
+    server's print of a jackpot in its request handler was taken for the
+    player hanging up, and the run ended in that player's JSONDecodeError.
+    The script runs as it is, in its short mode; only its stdout is held
+    after the first line until the test has closed the pipe (no sleeps, no
+    race): the script writes the rest to a pipe no one reads.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    gate, release = os.pipe()
+    try:
+        with subprocess.Popen([sys.executable, "-c", _HELD_AFTER_ITS_FIRST_LINE, str(gate),
+                               str(EXAMPLES / name), "--quick"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              pass_fds=(gate,)) as script:
+            assert script.stdout is not None
+            try:
+                first = script.stdout.readline()
+                script.stdout.close()
+                os.write(release, b"x")
+                _, err = script.communicate(timeout=120)
+            finally:
+                if script.poll() is None:  # (failed or timed out: do not wait on it at exit)
+                    script.kill()
+    finally:
+        os.close(gate)
+        os.close(release)
+    assert first.strip()  # it printed, and the reader left
+    assert (script.returncode, err) == (141, "")
