@@ -109,8 +109,8 @@ class LevelConfig:
         """Raise ValidationError if the settings contradict each other or `amount`."""
         if self.rate + self.reserve_rate >= money.RATE_SCALE:
             msg = (f"contribution_rate + reserve_rate must stay below 1, got "
-                   f"{money.rate_to_decimal(self.rate)} + "
-                   f"{money.rate_to_decimal(self.reserve_rate)}")
+                   f"{money.rate_to_decimal(self.rate):f} + "
+                   f"{money.rate_to_decimal(self.reserve_rate):f}")
             raise ValidationError(msg)
         if self.overflow_to not in _OVERFLOW_TARGETS:
             msg = f"overflow_to must be 'meter' or 'reserve', got {self.overflow_to!r}"

@@ -40,6 +40,7 @@ __all__ = [
     "parse_amount",
     "parse_rate",
     "parse_signed_amount",
+    "plain",
     "rate_to_decimal",
     "split_contribution",
 ]
@@ -121,15 +122,35 @@ def _scaled_integer(d: Decimal, exp: int, name: str, what: str, *,
     value = int(scaled)
     if value != scaled:
         shown = _shown(d if given is None else given)
-        msg = f"{name} {shown} is finer than the smallest {what} 1E-{exp}"
+        smallest = plain(Decimal(1).scaleb(-exp, _EXACT))  # (not in the caller's context)
+        msg = f"{name} {shown} is finer than the smallest {what} {smallest}"
         raise ValidationError(msg)
     return value
 
 
 def _shown(d: Decimal) -> str:
-    """Return `d` for an error message, shortened if it is very long."""
-    text = str(d)
+    """Return `d` for an error message (see `plain`), shortened if it is very long."""
+    text = plain(d)
     return text if len(text) <= _MAX_STR else f"{text[:_MAX_STR]}... ({len(text)} chars)"
+
+
+def plain(d: Decimal) -> str:
+    """Return `d` as people write numbers: positional, every digit as it is ('0.0000001').
+
+    `str()` of a Decimal turns to exponent notation below 0.000001 and for a
+    number with a positive exponent: '1E-7', '1E+3'. `format(d, "f")` writes
+    the same digits (no rounding, no digit added or dropped) without an
+    exponent. Where that would take more than `_MAX_STR` characters
+    (Decimal('1E-999999999'): a billion zeros, and no message can show them)
+    the exponent is kept: it is what tells that number.
+    """
+    if d.is_finite():
+        sign, digits, exp = d.as_tuple()
+        exponent = int(exp)  # (an int: the number is finite)
+        # At most so long: the sign, '0.', zeros before the digits, the digits, zeros after.
+        if sign + 2 + max(len(digits), -exponent) + max(exponent, 0) <= _MAX_STR:
+            return f"{d:f}"
+    return str(d)
 
 
 def parse_amount(

@@ -138,6 +138,14 @@ def test_group_config_refuses_contradictory_controller_settings(
         GroupConfig("minor", 10, "0.1", **kwargs)  # type: ignore[arg-type]
 
 
+def test_rates_that_add_up_to_one_are_named_as_written() -> None:
+    # Before: "... must stay below 1, got 0.9999999 + 1E-7" (str() of a small Decimal).
+    with pytest.raises(ValidationError, match=(
+            r"^contribution_rate \+ reserve_rate must stay below 1, got 0\.9999999 \+ "
+            r"0\.0000001$")):
+        GroupConfig("minor", 10, "0.9999999", reserve_rate="0.0000001")
+
+
 def test_group_config_keeps_the_controller_fields_as_exact_decimals() -> None:
     g = GroupConfig("minor", 10, "0.1", cap="30", reserve_rate="0.050",  # type: ignore[arg-type]
                     min_bet="0.5", max_contribution=2, must_hit_by="20.0",

@@ -780,7 +780,12 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
      "got '1.5.5'")),
     (("contribute", "--db", "{db}", "--", "-0"), "bet must be positive, got -0"),  # "not negative"
     (("adjust", "minor", "-0.0000001", "--reason", "r", "--who", "ops", "--db", "{db}"),
-     "delta -1E-7 is finer than the smallest unit 1E-6"),  # was "delta 1E-7"
+     # was "delta 1E-7", then "delta -1E-7 ... unit 1E-6": amounts as people write them
+     "delta -0.0000001 is finer than the smallest unit 0.000001"),
+    (("win", "minor", "--amount", "0.0000001", "--db", "{db}"),
+     "amount 0.0000001 is finer than the smallest unit 0.000001"),  # was "amount 1E-7"
+    (("config", "minor", "contribution_rate=0.0000000001", "--db", "{db}"),
+     "contribution_rate 0.0000000001 is finer than the smallest rate step 0.000000001"),
     (("win", "minor", "--amount", "5000", "--db", "{db}"),
      "amount 5000.000000 exceeds the pool of level 'minor' (100.000000)"),
     (("config", "minor", "cap", "--db", "{db}"), "'cap' is not KEY=VALUE"),

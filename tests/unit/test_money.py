@@ -19,6 +19,7 @@ from jackpot.money import (
     parse_amount,
     parse_rate,
     parse_signed_amount,
+    plain,
     rate_to_decimal,
     split_contribution,
 )
@@ -114,14 +115,20 @@ REFUSED = [
                  r"\('1{64}'\.\.\.\)$", id="too-long-string"),
     pytest.param("0" * 5000 + "1", r"^bet must be a decimal string of at most 64 characters, "
                  r"got 5001", id="long-plain-string"),
-    pytest.param("0.0000001", r"^bet 1E-7 is finer than the smallest unit 1E-6", id="too-fine"),
+    # (was "bet 1E-7 ... unit 1E-6": str() of a Decimal turns to exponents below 0.000001)
+    pytest.param("0.0000001", r"^bet 0\.0000001 is finer than the smallest unit 0\.000001$",
+                 id="too-fine"),
+    pytest.param(Decimal("1E+12"), r"^bet 1000000000000 is beyond the engine's range",
+                 id="positive-exponent-beyond-range"),  # (was "bet 1E+12")
     pytest.param(Decimal("2.5000005"), r"^bet 2\.5000005 is finer than", id="too-fine-decimal"),
-    pytest.param(Decimal("1E-1000000"), r"^bet .*is finer than", id="far-too-fine"),
+    # Written out it would be a million zeros: told with its exponent, in full.
+    pytest.param(Decimal("1E-1000000"), r"^bet 1E-1000000 is finer than", id="far-too-fine"),
     pytest.param(Decimal("100000000000.000001"), r"^bet .*beyond the engine's range",
                  id="just-beyond-range"),
     pytest.param(10**11 + 1, r"^bet .*beyond the engine's range", id="int-beyond-range"),
     pytest.param(10**40, r"^bet .*beyond the engine's range", id="huge-int"),
-    pytest.param(Decimal("1E+1000000"), r"^bet .*beyond the engine's range", id="huge-exponent"),
+    pytest.param(Decimal("1E+1000000"), r"^bet 1E\+1000000 is beyond the engine's range",
+                 id="huge-exponent"),
     pytest.param(str(2**63), r"^bet .*beyond the engine's range", id="beyond-int64"),
     pytest.param(Decimal("1." + "0" * 5000 + "1"),
                  r"^bet 1\.0{62}\.\.\. \(5003 chars\) is finer than the smallest unit",
@@ -184,9 +191,9 @@ def test_parse_signed_amount_accepts(value: object, units: int) -> None:
     (Decimal("-Infinity"), r"^delta must be a finite amount"),
     ("-0", r"^delta must not be zero, got -0$"),
     ("0", r"^delta must not be zero, got 0$"),
-    (Decimal("0E+5"), r"^delta must not be zero, got 0E\+5$"),
+    (Decimal("0E+5"), r"^delta must not be zero, got 0$"),  # (was "0E+5")
     # named without its sign ("delta 1E-7", "delta 100000000001"): not what was given
-    (Decimal("-0.0000001"), r"^delta -1E-7 is finer than the smallest unit 1E-6$"),
+    (Decimal("-0.0000001"), r"^delta -0\.0000001 is finer than the smallest unit 0\.000001$"),
     ("-2.0000001", r"^delta -2\.0000001 is finer than the smallest unit"),
     (-(10**11) - 1, (r"^delta -100000000001 is beyond the engine's range \(at most "
                      r"100000000000\.000000 either way\)$")),
@@ -226,7 +233,8 @@ def test_parse_rate_accepts(value: object, parts: int) -> None:
     (True, r"^contribution_rate .*not bool"),
     (None, r"^contribution_rate .*not NoneType"),
     ("half", r"^contribution_rate must be a plain decimal string"),
-    ("0.0000000001", r"^contribution_rate 1E-10 is finer than the smallest rate step 1E-9"),
+    ("0.0000000001",  # (was "contribution_rate 1E-10 ... rate step 1E-9")
+     r"^contribution_rate 0\.0000000001 is finer than the smallest rate step 0\.000000001$"),
     (Decimal("0." + "1" * 5000), r"^contribution_rate 0\.1{62}\.\.\. \(5002 chars\) is finer"),
     (Decimal("1" * 5000), r"^contribution_rate must be a rate in \(0, 1\), got 1{64}\.\.\."),
 ])
@@ -273,6 +281,24 @@ def test_units_round_trip(units: int) -> None:
 @given(st.integers(min_value=1, max_value=RATE_SCALE - 1))
 def test_rate_round_trip(parts: int) -> None:
     assert parse_rate(rate_to_decimal(parts), name="r") == parts
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("1E-7", "0.0000001"), ("-1E-7", "-0.0000001"), ("1.50E+2", "150"), ("1E+3", "1000"),
+    ("0E-7", "0.0000000"), ("-0", "-0"), ("2.5000005", "2.5000005"), ("0E+5", "0"),
+    ("1E-61", "0." + "0" * 60 + "1"), ("-1E-61", "-0." + "0" * 60 + "1"),
+    ("1E+61", "1" + "0" * 61),
+    # Past 64 characters written out, the exponent stays: it is what tells the number
+    # (written out, 1E-999999999 is a billion zeros, and a message shows 64 characters).
+    ("-1E-62", "-1E-62"), ("1E+62", "1E+62"), ("1E-999999999", "1E-999999999"),
+    ("NaN", "NaN"), ("-Infinity", "-Infinity"),
+])
+def test_plain_writes_a_decimal_without_an_exponent_and_every_digit(value: str,
+                                                                    shown: str) -> None:
+    # str() of a Decimal below 0.000001 is '1E-7': messages named amounts so.
+    assert plain(Decimal(value)) == shown
+    if "E" not in shown and Decimal(value).is_finite():
+        assert Decimal(shown) == Decimal(value)
 
 
 # -- independent of the caller's decimal context ----------------------------------------
