@@ -340,3 +340,11 @@ if __name__ == "__main__":
         # 1 would say the audit failed. Python's docs, signal: "Note on SIGPIPE".
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (exit flushes again)
         sys.exit(141)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, not a traceback, and the status a shell gives a
+        # program SIGINT ended (130 = 128 + SIGINT). Each bet or win the engine
+        # was sent is committed whole or not at all; `jackpot --db PATH verify`
+        # audits a database kept with --db.
+        print("interrupted (Ctrl-C): each operation sent was committed whole or not at all",
+              file=sys.stderr)
+        sys.exit(130)

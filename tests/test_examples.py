@@ -15,6 +15,7 @@ import random
 import re
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -576,3 +577,37 @@ def test_an_example_whose_reader_leaves_early_stops_quietly(tmp_path: Path, name
         os.close(release)
     assert first.strip()  # it printed, and the reader left
     assert (script.returncode, err) == (141, "")
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py",
+                                  "operator_console.py", "casino_floor.py"])
+def test_an_example_interrupted_by_ctrl_c_says_so_in_one_line(tmp_path: Path, name: str) -> None:
+    """Ctrl-C during a run: status 130 (SIGINT's) and one line on stderr, no traceback.
+
+    Before: a KeyboardInterrupt traceback through the engine's or asyncio's
+    frames. The script is held in its first line's write (the harness of the
+    test above) until SIGINT is sent, so the interrupt lands mid-run every time
+    (under asyncio.run, its handler cancels the main task, which then ends).
+    """
+    held = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            + _HELD_AFTER_ITS_FIRST_LINE)  # (Ctrl-C's handler even if this run ignores SIGINT)
+    gate, release = os.pipe()
+    try:
+        with subprocess.Popen([sys.executable, "-c", held, str(gate), str(EXAMPLES / name),
+                               "--quick"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, pass_fds=(gate,)) as script:
+            assert script.stdout is not None
+            try:
+                first = script.stdout.readline()
+                script.send_signal(signal.SIGINT)
+                os.write(release, b"x")  # (asyncio.run's handler only cancels: let the loop go on)
+                _, err = script.communicate(timeout=120)
+            finally:
+                if script.poll() is None:  # (failed or timed out: do not wait on it at exit)
+                    script.kill()
+    finally:
+        os.close(gate)
+        os.close(release)
+    assert first.strip()
+    assert (script.returncode, err) == (
+        130, "interrupted (Ctrl-C): each operation sent was committed whole or not at all\n")
