@@ -31,10 +31,8 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import random
 import secrets
-import sys
 import tempfile
 import time
 from decimal import Decimal
@@ -246,11 +244,18 @@ async def main_async(path: Path, players: int, spins: int) -> bool:
         stop = asyncio.Event()
         meters = asyncio.create_task(show_pools(engine, server, started, 0.5, stop))
         door = asyncio.Semaphore(ARRIVING)
-        async with tcp:
-            won = await asyncio.gather(*(play(port, f"player-{i}", spins, seed=100 + i, door=door)
-                                         for i in range(players)))
-        stop.set()
-        await meters
+        try:
+            async with tcp:
+                won = await asyncio.gather(*(play(port, f"player-{i}", spins, seed=100 + i,
+                                                  door=door) for i in range(players)))
+            stop.set()
+            await meters
+        finally:
+            # Cut short (Ctrl-C cancels this task), the meters stop before the
+            # engine closes: left running they asked a closed engine for the
+            # pools ("Task exception was never retrieved ... EngineClosedError").
+            meters.cancel()  # (nothing once it has ended)
+            await asyncio.wait([meters])
         seconds = time.perf_counter() - started
         pools = await engine.pools()
         report = await engine.verify()
@@ -327,24 +332,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        try:
-            main()
-        except SystemExit:  # (main's end: the audit's verdict)
-            if sys.stdout is not None:  # (None: started without one, `>&-`)
-                sys.stdout.flush()  # what is still buffered: a closed pipe found here, not at exit
-            raise
-    except BrokenPipeError:
-        # The reader left early (`... | head`): stop quietly, as a program the
-        # pipe's SIGPIPE ends does (141 = 128 + SIGPIPE), not with a traceback;
-        # 1 would say the audit failed. Python's docs, signal: "Note on SIGPIPE".
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (exit flushes again)
-        sys.exit(141)
-    except KeyboardInterrupt:
-        # Ctrl-C: one line, not a traceback, and the status a shell gives a
-        # program SIGINT ended (130 = 128 + SIGINT). Each bet or win the engine
-        # was sent is committed whole or not at all; `jackpot --db PATH verify`
-        # audits a database kept with --db.
-        print("interrupted (Ctrl-C): each operation sent was committed whole or not at all",
-              file=sys.stderr)
-        sys.exit(130)
+    from _script import run_script  # (examples/_script.py: how every example ends)
+
+    run_script(main)

@@ -535,8 +535,38 @@ class Held:
 
 sys.stdout = Held(sys.stdout, int(sys.argv[1]))
 sys.argv = sys.argv[2:]
+sys.path[0] = os.path.dirname(sys.argv[0])  # (as `python examples/NAME.py` sets it)
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+def _held_run(name: str, tmp_path: Path, env: dict[str, str],
+              after_first_line: Callable[[subprocess.Popen[str]], None]) -> tuple[str, int, str]:
+    """Run `examples/NAME --quick` held after its first line; return (first line, status, stderr).
+
+    `after_first_line` acts on the script while it is held in that line's
+    write (closes the pipe, sends a signal); the script then goes on.
+    """
+    held = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            + _HELD_AFTER_ITS_FIRST_LINE)  # (Ctrl-C's handler even if this run ignores SIGINT)
+    gate, release = os.pipe()
+    try:
+        with subprocess.Popen([sys.executable, "-c", held, str(gate), str(EXAMPLES / name),
+                               "--quick"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, pass_fds=(gate,)) as script:
+            assert script.stdout is not None
+            try:
+                first = script.stdout.readline()
+                after_first_line(script)
+                os.write(release, b"x")  # (asyncio.run's Ctrl-C only cancels: let it go on)
+                _, err = script.communicate(timeout=120)
+            finally:
+                if script.poll() is None:  # (failed or timed out: do not wait on it at exit)
+                    script.kill()
+    finally:
+        os.close(gate)
+        os.close(release)
+    return first, script.returncode, err
 
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
@@ -557,26 +587,14 @@ def test_an_example_whose_reader_leaves_early_stops_quietly(tmp_path: Path, name
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if not buffered:
         env["PYTHONUNBUFFERED"] = "1"
-    gate, release = os.pipe()
-    try:
-        with subprocess.Popen([sys.executable, "-c", _HELD_AFTER_ITS_FIRST_LINE, str(gate),
-                               str(EXAMPLES / name), "--quick"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              pass_fds=(gate,)) as script:
-            assert script.stdout is not None
-            try:
-                first = script.stdout.readline()
-                script.stdout.close()
-                os.write(release, b"x")
-                _, err = script.communicate(timeout=120)
-            finally:
-                if script.poll() is None:  # (failed or timed out: do not wait on it at exit)
-                    script.kill()
-    finally:
-        os.close(gate)
-        os.close(release)
+
+    def leave(script: subprocess.Popen[str]) -> None:
+        assert script.stdout is not None
+        script.stdout.close()
+
+    first, status, err = _held_run(name, tmp_path, env, leave)
     assert first.strip()  # it printed, and the reader left
-    assert (script.returncode, err) == (141, "")
+    assert (status, err) == (141, "")
 
 
 @pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py",
@@ -589,25 +607,8 @@ def test_an_example_interrupted_by_ctrl_c_says_so_in_one_line(tmp_path: Path, na
     test above) until SIGINT is sent, so the interrupt lands mid-run every time
     (under asyncio.run, its handler cancels the main task, which then ends).
     """
-    held = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            + _HELD_AFTER_ITS_FIRST_LINE)  # (Ctrl-C's handler even if this run ignores SIGINT)
-    gate, release = os.pipe()
-    try:
-        with subprocess.Popen([sys.executable, "-c", held, str(gate), str(EXAMPLES / name),
-                               "--quick"], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, pass_fds=(gate,)) as script:
-            assert script.stdout is not None
-            try:
-                first = script.stdout.readline()
-                script.send_signal(signal.SIGINT)
-                os.write(release, b"x")  # (asyncio.run's handler only cancels: let the loop go on)
-                _, err = script.communicate(timeout=120)
-            finally:
-                if script.poll() is None:  # (failed or timed out: do not wait on it at exit)
-                    script.kill()
-    finally:
-        os.close(gate)
-        os.close(release)
+    first, status, err = _held_run(name, tmp_path, dict(os.environ),
+                                   lambda script: script.send_signal(signal.SIGINT))
     assert first.strip()
-    assert (script.returncode, err) == (
+    assert (status, err) == (
         130, "interrupted (Ctrl-C): each operation sent was committed whole or not at all\n")
