@@ -613,10 +613,20 @@ def pending_view(state: LevelState) -> dict[str, str | None]:
 
 def set_status(state: LevelState, status: str, now: int, *, who: str | None = None,
                reason: str | None = None) -> tuple[LevelState, Entry]:
-    """Suspend or resume a level (retire has its own transition)."""
-    check_open(state, f"being {status}", allow_suspended=True)
+    """Suspend or resume a level (retire has its own transition).
+
+    A refusal names the transition asked for ("cannot be resumed"), not the
+    status it would lead to: the caller said `resume`, and "refuses being
+    active" made them translate it back.
+    """
+    asked = "suspended" if status == SUSPENDED else "resumed"
+    if state.status == RETIRED:
+        msg = f"level {state.name!r} is retired: it cannot be {asked} (retirement is final)"
+        raise GroupRetiredError(msg)
     if state.status == status:
-        msg = f"level {state.name!r} is already {status}"
+        why = ("it cannot be suspended again" if status == SUSPENDED
+               else "it cannot be resumed (only a suspended level can be)")
+        msg = f"level {state.name!r} is already {status}: {why}"
         raise ValidationError(msg)
     nxt = _step(state, now, status=status)
     return nxt, _record(state, nxt, "suspend" if status == SUSPENDED else "resume",
@@ -659,8 +669,15 @@ def retire(source: LevelState, target: LevelState, now: int, *, who: str | None 
     made under `detail["carried"]` (only when there were any), so the audit
     can account for every fraction.
     """
-    check_open(source, "retirement", allow_suspended=True)
-    check_open(target, "transfers", allow_suspended=True)
+    if source.status == RETIRED:
+        msg = (f"level {source.name!r} is retired: it cannot be retired again "
+               "(retirement is final)")
+        raise GroupRetiredError(msg)
+    if target.status == RETIRED:
+        msg = (f"level {target.name!r} is retired: it cannot take the pool of level "
+               f"{source.name!r} (retirement is final); name a level that is not retired "
+               "as transfer_to")
+        raise GroupRetiredError(msg)
     if source.name == target.name:
         msg = "transfer_to must name another level"
         raise ValidationError(msg)

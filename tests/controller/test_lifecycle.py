@@ -184,7 +184,8 @@ def test_suspend_keeps_the_amount_and_refuses_bets_and_wins_until_resumed(
                  lambda: engine.process_win("minor", amount="1")):
         with pytest.raises(GroupSuspendedError, match=r"^level 'minor' is suspended"):
             call()
-    with pytest.raises(ValidationError, match=r"^level 'minor' is already suspended"):
+    with pytest.raises(ValidationError,
+                       match=r"^level 'minor' is already suspended: it cannot be suspended"):
         engine.suspend("minor", reason="again")
     assert db_checksum() == digest
 
@@ -302,19 +303,22 @@ def test_retire_moves_pool_and_reserve_in_one_transaction(
     verified(engine)
 
     digest = db_checksum()
-    refusals: list[Callable[[], object]] = [
-        lambda: engine.contribute("1", groups="old"),
-        lambda: engine.contribute("1", groups=["new", "old"]),
-        lambda: engine.process_win("old"),
-        lambda: engine.update_config("old", contribution_rate="0.2"),
-        lambda: engine.suspend("old", reason="x"),
-        lambda: engine.resume("old"),
-        lambda: engine.adjust("old", "1", who="ops", reason="x"),
-        lambda: engine.retire("old", transfer_to="new", who="ops", reason="again"),
-        lambda: engine.retire("new", transfer_to="old", who="ops", reason="back"),
+    refusals: list[tuple[Callable[[], object], str]] = [
+        (lambda: engine.contribute("1", groups="old"), "it refuses contributions"),
+        (lambda: engine.contribute("1", groups=["new", "old"]), "it refuses contributions"),
+        (lambda: engine.process_win("old"), "it refuses wins"),
+        (lambda: engine.update_config("old", contribution_rate="0.2"),
+         "it refuses config changes"),
+        (lambda: engine.suspend("old", reason="x"), "it cannot be suspended"),
+        (lambda: engine.resume("old"), "it cannot be resumed"),
+        (lambda: engine.adjust("old", "1", who="ops", reason="x"), "it refuses adjustments"),
+        (lambda: engine.retire("old", transfer_to="new", who="ops", reason="again"),
+         "it cannot be retired again"),
+        (lambda: engine.retire("new", transfer_to="old", who="ops", reason="back"),
+         "it cannot take the pool of level 'new'"),
     ]
-    for call in refusals:
-        with pytest.raises(GroupRetiredError, match=r"^level 'old' is retired: it refuses"):
+    for call, says in refusals:
+        with pytest.raises(GroupRetiredError, match=rf"^level 'old' is retired: {says}"):
             call()
     assert db_checksum() == digest
     assert engine.contribute("10").contributions == {"new": 0}  # at its cap; old skipped

@@ -616,8 +616,9 @@ def test_a_suspended_level_still_takes_config_changes_and_adjustments() -> None:
 
 
 @pytest.mark.parametrize(("status", "pattern"), [
-    ("suspended", r"^level 'minor' is already suspended"),
-    ("active", r"^level 'minor' is already active"),
+    ("suspended", r"^level 'minor' is already suspended: it cannot be suspended again$"),
+    ("active", (r"^level 'minor' is already active: it cannot be resumed \(only a suspended "
+                r"level can be\)$")),
 ])
 def test_setting_the_status_it_has_is_refused(status: str, pattern: str) -> None:
     s = new() if status == "active" else set_status(new(), "suspended", T0)[0]
@@ -826,24 +827,33 @@ def _retired() -> tuple[LevelState, LevelState]:
     return src, tgt
 
 
-RETIRED_REFUSES = {
-    "contribute": lambda s, t: contribute(s, U, T0, no_draw),
-    "win": lambda s, t: win(s, None, T0, no_draw),
-    "fixed win": lambda s, t: win(s, 1, T0, no_draw),
-    "reconfigure": lambda s, t: reconfigure(s, {"cap": 100 * U}, T0),
-    "suspend": lambda s, t: set_status(s, "suspended", T0),
-    "resume": lambda s, t: set_status(s, "active", T0),
-    "adjust": lambda s, t: adjust(s, U, T0),
-    "retire again": lambda s, t: retire(s, t, T0),
-    "receive a transfer": lambda s, t: retire(t, s, T0),
+# Each refusal says what was refused: an operation it "refuses", a transition it
+# "cannot" make, and why (retirement is final), in the words of the call made.
+RETIRED_REFUSES: dict[str, tuple[Callable[[LevelState, LevelState], object], str]] = {
+    "contribute": (lambda s, t: contribute(s, U, T0, no_draw), "it refuses contributions$"),
+    "win": (lambda s, t: win(s, None, T0, no_draw), "it refuses wins$"),
+    "fixed win": (lambda s, t: win(s, 1, T0, no_draw), "it refuses wins$"),
+    "reconfigure": (lambda s, t: reconfigure(s, {"cap": 100 * U}, T0),
+                    "it refuses config changes$"),
+    "suspend": (lambda s, t: set_status(s, "suspended", T0),
+                r"it cannot be suspended \(retirement is final\)$"),
+    "resume": (lambda s, t: set_status(s, "active", T0),
+               r"it cannot be resumed \(retirement is final\)$"),
+    "adjust": (lambda s, t: adjust(s, U, T0), "it refuses adjustments$"),
+    "retire again": (lambda s, t: retire(s, t, T0),
+                     r"it cannot be retired again \(retirement is final\)$"),
+    "receive a transfer": (lambda s, t: retire(t, s, T0),
+                           (r"it cannot take the pool of level 'major' \(retirement is "
+                            r"final\); name a level that is not retired as transfer_to$")),
 }
 
 
 @pytest.mark.parametrize("action", RETIRED_REFUSES)
 def test_a_retired_level_refuses_everything(action: str) -> None:
     src, tgt = _retired()
-    with pytest.raises(GroupRetiredError, match=r"^level 'minor' is retired: it refuses"):
-        RETIRED_REFUSES[action](src, tgt)
+    call, says = RETIRED_REFUSES[action]
+    with pytest.raises(GroupRetiredError, match=rf"^level 'minor' is retired: {says}"):
+        call(src, tgt)
 
 
 def test_retired_and_suspended_refusals_come_before_input_checks() -> None:

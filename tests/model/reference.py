@@ -612,9 +612,11 @@ class Model:
 
         def apply(levels: dict[str, Level]) -> AdminResult:
             lv = levels[name]
-            self._open(lv, f"being {status}", suspended_ok=True)
+            asked = "suspended" if action == "suspend" else "resumed"
+            if lv.status == "retired":
+                raise Refused(GroupRetiredError, f"retired: it cannot be {asked}")
             if lv.status == status:
-                raise Refused(ValidationError, "already")
+                raise Refused(ValidationError, f"already {status}: it cannot be {asked}")
             lv.status = status
             self._step(oid, action, lv, who=by, detail={"reason": why})
             return admin(oid, action, name, [lv])
@@ -657,8 +659,11 @@ class Model:
 
         def apply(levels: dict[str, Level]) -> AdminResult:
             src, tgt = levels[name], levels[target]
-            self._open(src, "retirement", suspended_ok=True)
-            self._open(tgt, "transfers", suspended_ok=True)
+            if src.status == "retired":
+                raise Refused(GroupRetiredError, "retired: it cannot be retired again")
+            if tgt.status == "retired":
+                raise Refused(GroupRetiredError, f"retired: it cannot take the pool of level "
+                                                 f"{name!r}")
             pool, reserve = src.amount, src.reserve
             # the source's fractions of a unit join the target's; whole units move on
             carry = src.accrued - src.credited * RATE
