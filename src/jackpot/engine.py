@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from decimal import Decimal
@@ -1352,6 +1352,13 @@ def _configs(path: str | os.PathLike[str],
         return None
     if not isinstance(groups, Iterable):
         msg = f"groups must be an iterable of GroupConfig objects, not {type(groups).__name__}"
+        raise ValidationError(msg)
+    if isinstance(groups, Mapping):
+        # {"minor": GroupConfig("minor", ...)} iterates as its keys, which the loop below
+        # would refuse as "not str", hiding that the whole argument was the wrong shape.
+        msg = (f"groups must be an iterable of GroupConfig objects, not a mapping "
+               f"({type(groups).__name__}): pass its .values() (each GroupConfig "
+               "carries its own name)")
         raise ValidationError(msg)
     configs = list(groups)
     for g in configs:

@@ -382,6 +382,19 @@ def test_open_refuses_what_is_not_a_group_config(open_engine: Callable[..., Jack
     assert not db_path.exists()
 
 
+def test_open_refuses_a_mapping_of_group_configs_saying_to_pass_its_values(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    # Iterated, a dict gives its keys: the error was "must hold GroupConfig objects, not
+    # str", which does not say that the argument itself was a mapping.
+    configs = {"minor": GroupConfig("minor", 1, "0.1")}
+    with pytest.raises(ValidationError, match=(
+            r"^groups must be an iterable of GroupConfig objects, not a mapping \(dict\): "
+            r"pass its \.values\(\) \(each GroupConfig carries its own name\)$")):
+        open_engine(groups=configs)
+    assert not db_path.exists()
+    assert open_engine(groups=configs.values()).groups == ("minor",)
+
+
 def test_open_names_a_bad_environment_variable(monkeypatch: pytest.MonkeyPatch,
                                                db_path: Path) -> None:
     monkeypatch.setenv("JACKPOT_LOCK_TIMEOUT_MS", "soon")
