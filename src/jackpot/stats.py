@@ -83,7 +83,7 @@ class Stats:
             except Exception as e:  # logged; an observer never fails an operation
                 if raised_by_signal_handler(e):
                     raise  # not the observer's failure: its caller's interrupt (a deadline)
-                _observer_failed(o, e)
+                _observer_failed(o, e, operation, level)
 
     def operation(self, operation: str, outcome: str, seconds: float, *,
                   judged: bool = True, receipt: list[bool] | None = None) -> None:
@@ -107,7 +107,7 @@ class Stats:
             except Exception as e:  # (as above)
                 if raised_by_signal_handler(e):
                     raise  # (as above)
-                _observer_failed(o, e)
+                _observer_failed(o, e, operation)
 
     def lock_wait(self, lock: str, operation: str, seconds: float) -> None:
         """Record a lock wait."""
@@ -117,7 +117,7 @@ class Stats:
             except Exception as e:  # (as above)
                 if raised_by_signal_handler(e):
                     raise  # (as above)
-                _observer_failed(o, e)
+                _observer_failed(o, e, operation)
 
     def recent(self) -> list[tuple[str, bool]]:
         """Return the latest (outcome or "conflict", is_conflict_event) pairs, oldest first.
@@ -142,12 +142,15 @@ class Stats:
 _OBSERVER_FAILURES = Throttle(60.0, kept=64)
 
 
-def _observer_failed(observer: Observer, error: Exception) -> None:
+def _observer_failed(observer: Observer, error: Exception, operation: str = "",
+                     level: str = "") -> None:
     """Log an observer's failure (with its traceback once a minute per observer and error).
 
     Observers are told of events in the middle of an operation too (lock
     waits, conflicts, retries, before the commit): one that raises must not
-    fail a bet, nor leave a transaction half done.
+    fail a bet, nor leave a transaction half done. The operation and level
+    the event was about go in the record's `operation` and `level` fields
+    (`logs.FIELDS`), null where there is none, as in every other record.
     """
     shown = _shown(error)
     kind = (type(observer).__qualname__, type(error).__name__, shown[:300])
@@ -156,7 +159,8 @@ def _observer_failed(observer: Observer, error: Exception) -> None:
         logger.error("stats observer %s failed: %s: %s%s", kind[0], kind[1], shown,
                      "" if traced else " (traceback logged once a minute for this error)",
                      exc_info=error if traced else None,
-                     extra={"outcome": "report_failed"})
+                     extra={"outcome": "report_failed", "operation": operation or None,
+                            "level": level or None})
 
 
 def _named(report: object) -> str:

@@ -224,6 +224,13 @@ def test_an_observer_failing_in_the_middle_of_operations_fails_none_of_them(
         assert len(failed) == observer.calls
         assert failed[0].getMessage() == (
             "stats observer _AlwaysRaising failed: ConnectionError: metrics backend down")
+        # each failure's record names the operation (and the level, where the event had
+        # one) in the structured fields: they were null, though the call had them
+        assert [(getattr(r, "operation", None), getattr(r, "level", None))
+                for r in failed] == [
+            ("contribute", None), ("contribute", "minor"), ("contribute", None),
+            ("contribute", None), ("contribute", None), ("contribute", None),
+            ("win", None), ("win", None)]
         assert failed[0].exc_info is not None
         assert all(r.exc_info is None for r in failed[1:])  # one traceback a minute
         assert engine.verify().ok
