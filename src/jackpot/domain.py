@@ -14,9 +14,10 @@ at once. Pending changes are kept on the state and shown in snapshots.
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
@@ -44,6 +45,7 @@ __all__ = [
     "adjust",
     "contribute",
     "create",
+    "did_you_mean",
     "parse_changes",
     "reconfigure",
     "retire",
@@ -90,6 +92,21 @@ def validate_name(value: object, *, name: str = "group") -> str:
         )
         raise ValidationError(msg)
     return value
+
+
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """Return " (did you mean 'minor'?)" if `name` likely mistypes one of `names`, else "".
+
+    For the refusals of an unknown level (the engine's, the read commands').
+    Names are case-sensitive, so one that differs only in case ('MINOR') is
+    the likeliest slip, though difflib sees nothing alike in it; otherwise
+    difflib's nearest, if close: level names are short, and at its default
+    cutoff (0.6) 'minor' would pass for a slip of 'major'.
+    """
+    names = list(names)
+    near = [known for known in names if known.casefold() == name.casefold()]
+    near = near or difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from jackpot import money
+from jackpot import domain, money
 from jackpot.errors import UnknownGroupError
 from jackpot.results import HistoryEntry, PoolSnapshot
 from jackpot.storage import LedgerRow, Store
@@ -81,4 +81,6 @@ def unknown_level(level: str, names: Iterable[str]) -> UnknownGroupError:
     Unlike the engine's own refusal, it says nothing of opening again: it is
     for a caller that has just read the database (or opened its engine).
     """
-    return UnknownGroupError(f"unknown level {level!r}: this database has {', '.join(names)}")
+    names = list(names)
+    return UnknownGroupError(f"unknown level {level!r}{domain.did_you_mean(level, names)}: "
+                             f"this database has {', '.join(names)}")

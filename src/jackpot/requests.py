@@ -112,8 +112,12 @@ class Requests:
         """Return a known level name or raise ValidationError/UnknownGroupError."""
         name = domain.validate_name(group)
         if name not in self.names:
-            msg = (f"unknown level {name!r}: this engine has {', '.join(self.names)} (a level "
-                   "added to the database after this engine opened needs it opened again)")
+            # "did you mean" first, for the common case, a typo; the hint stays, as a
+            # name near a known one may be a level added since ('minor2' after 'minor')
+            maybe = domain.did_you_mean(name, self.names)
+            msg = (f"unknown level {name!r}{maybe}: this engine has {', '.join(self.names)} "
+                   "(a level added to the database after this engine opened needs it opened "
+                   "again)")
             raise UnknownGroupError(msg)
         return name
 

@@ -126,7 +126,17 @@ CASES = [
     pytest.param(Case(groups(("minor", "nope")), U, r"^unknown level 'nope'"),
                  id="unknown-level-among-known"),
     pytest.param(Case(groups("nope"), U, r"^unknown level 'nope'"), id="unknown-level-str"),
-    pytest.param(Case(groups(("MINOR",)), U, r"^unknown level 'MINOR'"), id="level-wrong-case"),
+    pytest.param(Case(groups(("MINOR",)), U, r"^unknown level 'MINOR' \(did you mean 'minor'\?\): "
+                                            r"this engine has empty, major, mega, minor"),
+                 id="level-wrong-case"),
+    # a likely typo is named first; the hint stays, as 'minor2' may be a level added since
+    pytest.param(Case(groups(("minr",)), U, r"^unknown level 'minr' \(did you mean 'minor'\?\): "
+                                           r"this engine has empty, major, mega, minor \(a level "
+                                           r"added to the database after this engine opened "
+                                           r"needs it opened again\)$"),
+                 id="level-typo"),
+    pytest.param(Case(lambda e: e.process_win("mgea"), U,
+                      r"^unknown level 'mgea' \(did you mean 'mega'\?\)"), id="win-level-typo"),
     pytest.param(Case(groups(("",)), V, r"^group '' is not a valid level name"),
                  id="level-empty-name"),
     pytest.param(Case(groups((None,)), V, r"^group must be a level name \(str\), not NoneType"),

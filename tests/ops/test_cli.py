@@ -773,6 +773,10 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
      "unknown level 'jumbo': this database has major, mega, minor"),
     (("ledger", "--level", "nosuch", "--db", "{db}"),
      "unknown level 'nosuch': this database has major, mega, minor"),
+    (("history", "minr", "--db", "{db}"),  # a likely typo: the name it likely mistypes
+     "unknown level 'minr' (did you mean 'minor'?): this database has major, mega, minor"),
+    (("win", "MAJOR", "--db", "{db}"),  # names are case-sensitive: the likeliest slip
+     "unknown level 'MAJOR' (did you mean 'major'?): this database has major, mega, minor"),
     (("ledger", "--tail", "0", "--db", "{db}"),
      "Invalid value for '--tail': 0 is not in the range 1<=x<=100000."),
     (("contribute", "1.5.5", "--db", "{db}"),
