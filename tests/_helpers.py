@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import threading
@@ -417,3 +418,33 @@ class Gate:
 
     def release(self) -> None:
         self.real.release()
+
+
+DEADLINE = "the round took too long"
+
+
+def raise_deadline(*_: object) -> None:
+    """A request deadline's SIGALRM handler: raise TimeoutError(DEADLINE)."""
+    raise TimeoutError(DEADLINE)
+
+
+@contextmanager
+def deadline_in(where: str, handler: Callable[..., Any] = raise_deadline) -> Iterator[list[bool]]:
+    """SIGALRM's `handler` runs as the first call of C code in a function named `where` returns.
+
+    Yields `armed`, emptied once the signal was raised (only this thread is profiled).
+    """
+    armed = [True]
+
+    def alarm(frame: Any, event: str, _arg: object) -> None:
+        if armed and event == "c_return" and frame.f_code.co_name == where:
+            armed.pop()
+            signal.raise_signal(signal.SIGALRM)  # (its handler runs here, in this thread)
+
+    before = signal.signal(signal.SIGALRM, handler)
+    sys.setprofile(alarm)
+    try:
+        yield armed
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGALRM, before)

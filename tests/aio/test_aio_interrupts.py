@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,9 +21,11 @@ from typing import Any
 import pytest
 
 from _helpers import (
+    DEADLINE,
     HANG,
     Gate,
     InterruptOnce,
+    deadline_in,
     hearing,
     hold_claims,
     in_thread,
@@ -233,28 +234,13 @@ def test_a_signal_handlers_exception_before_a_request_is_queued_withdraws_it_unc
     counted, as after Ctrl-C there and as the sync engine tells it. Before: logged
     "contribute interrupted failed (error): the round took too long" at ERROR and counted
     an error, though nothing had run; as the mailbox took it, applied all the same."""
-    def deadline(*_: object) -> None:
-        msg = "the round took too long"
-        raise TimeoutError(msg)
-
-    armed = [True]
-
-    def alarm(frame: Any, event: str, _arg: object) -> None:
-        if armed and event == "c_return" and frame.f_code.co_name == where:
-            armed.pop()
-            signal.raise_signal(signal.SIGALRM)  # (its handler runs here, on the loop)
-
-    before = signal.signal(signal.SIGALRM, deadline)
     loop = asyncio.new_event_loop()
     engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
     try:
         call = engine.contribute("10", groups="minor", op_id="interrupted")
-        sys.setprofile(alarm)
-        try:
-            with hearing() as said, pytest.raises(TimeoutError, match="the round took too long"):
-                loop.run_until_complete(call)
-        finally:
-            sys.setprofile(None)
+        with deadline_in(where) as armed, hearing() as said, \
+                pytest.raises(TimeoutError, match=DEADLINE):
+            loop.run_until_complete(call)  # (the handler runs on the loop's thread)
         assert not armed  # (the deadline landed)
         assert engine.sync._inflight == 0
         assert said == [_INTERRUPTED_WITHDRAWN]
@@ -263,7 +249,6 @@ def test_a_signal_handlers_exception_before_a_request_is_queued_withdraws_it_unc
         assert not resent.replayed  # it had not run
         assert _counted(engine, "contribute") == {"operations:contribute:ok": 1}
     finally:
-        signal.signal(signal.SIGALRM, before)
         engine.sync.close()
         loop.close()
 

@@ -27,46 +27,15 @@ from __future__ import annotations
 
 import functools
 import signal
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from _helpers import HANG, hearing
+from _helpers import DEADLINE, HANG, deadline_in, hearing, raise_deadline
 from jackpot import JackpotEngine
 from jackpot.stats import raised_by_signal_handler
-
-DEADLINE = "the round took too long"
-
-
-def _deadline(*_: object) -> None:
-    raise TimeoutError(DEADLINE)
-
-
-@contextmanager
-def deadline_in(where: str, handler: Callable[..., Any] = _deadline) -> Iterator[list[bool]]:
-    """SIGALRM's `handler` runs as the first call of C code in a function named `where` returns.
-
-    Yields `armed`, emptied once the signal was raised (only this thread is profiled).
-    """
-    armed = [True]
-
-    def alarm(frame: Any, event: str, _arg: object) -> None:
-        if armed and event == "c_return" and frame.f_code.co_name == where:
-            armed.pop()
-            signal.raise_signal(signal.SIGALRM)  # (its handler runs here, in this thread)
-
-    before = signal.signal(signal.SIGALRM, handler)
-    sys.setprofile(alarm)
-    try:
-        yield armed
-    finally:
-        sys.setprofile(None)
-        signal.signal(signal.SIGALRM, before)
 
 
 def _operations(engine: JackpotEngine, kind: str) -> list[tuple[str, int]]:
@@ -138,7 +107,7 @@ def test_an_observers_own_timeout_still_fails_no_committed_win(db_path: Path) ->
     """A report's own TimeoutError (a socket timeout) is a report's failure, deadline or
     not: contained and logged; the caller gets its win (no op_id: a resend pays twice)."""
     engine = JackpotEngine.open(db_path)
-    before = signal.signal(signal.SIGALRM, _deadline)  # a deadline is set, and does not fire
+    before = signal.signal(signal.SIGALRM, raise_deadline)  # a deadline is set, and does not fire
     try:
         engine.contribute("100", groups="minor", op_id="bet")
         engine.stats.observers.append(_TimingOut())
@@ -195,7 +164,7 @@ def test_an_error_of_its_own_before_the_request_is_queued_is_still_the_operation
     """Only a signal handler's exception is withdrawn as an interrupt: the engine's own
     unexpected error before the send is the call's failure, logged and counted."""
     engine = JackpotEngine.open(db_path)
-    before = signal.signal(signal.SIGALRM, _deadline)  # a deadline is set, and does not fire
+    before = signal.signal(signal.SIGALRM, raise_deadline)  # a deadline is set, and does not fire
     try:
         engine._trace = lambda _op: _FailingSpan()  # type: ignore[method-assign]
         with hearing() as said, pytest.raises(RuntimeError, match="tracer down"):
@@ -237,10 +206,10 @@ def test_a_deadline_as_a_stopped_actor_is_replaced_withdraws_the_request(
 
 class _Handler:
     def __call__(self, *_: object) -> None:
-        _deadline()
+        raise_deadline()
 
     def method(self, *_: object) -> None:
-        _deadline()
+        raise_deadline()
 
 
 def _raised(where: Callable[[], None]) -> BaseException:
@@ -252,8 +221,8 @@ def _raised(where: Callable[[], None]) -> BaseException:
 
 
 @pytest.mark.parametrize("handler", [
-    _deadline, _Handler(), _Handler().method, functools.partial(_deadline, 0),
-    lambda *_: _deadline()], ids=["function", "callable object", "method", "partial", "lambda"])
+    raise_deadline, _Handler(), _Handler().method, functools.partial(raise_deadline, 0),
+    lambda *_: raise_deadline()], ids=["function", "callable object", "method", "partial", "lambda"])
 def test_a_handlers_exception_is_told_apart_from_the_codes_own(
         handler: Callable[..., None]) -> None:
     before = signal.signal(signal.SIGALRM, handler)
