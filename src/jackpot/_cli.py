@@ -4,7 +4,8 @@ Every command takes `--db PATH` (or JACKPOT_DB) and `--json`, before or after
 the command name. Settings come from the JACKPOT_* variables, as for
 `JackpotEngine.open`. Exit status: 0 done, 1 the audit (or the health check)
 failed or the system refused (port in use...), 2 a bad argument or an error
-the engine raised; errors are one line on stderr, never a traceback.
+the engine raised, 130 Ctrl-C, 141 stdout's reader left early (`| head`);
+errors are one line on stderr, never a traceback.
 
 The commands that only look (status, history, ledger, verify, metrics) run no
 engine: they read through a read-only store (`open_store(read_only=True)`),
@@ -18,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import getpass
 import json
 import logging
 import os
 import random
 import re
+import select
 import shlex
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -73,9 +77,23 @@ _T = TypeVar("_T")
 _NOT_SETTINGS = frozenset({"group", "op_id", "expected_version", "who", "reason"})
 """Keywords of `update_config` that `config KEY=VALUE` must not pass as settings."""
 
-console = Console()
+
+class _Console(Console):
+    """rich's Console, leaving a reader that left early to the command's end (`run`)."""
+
+    def on_broken_pipe(self) -> None:
+        """Raise BrokenPipeError: `run` tells a reader that left (141) from a failure.
+
+        rich's own exits with status 1 (the audit's "failed") and puts
+        /dev/null on stdout, for a console on stderr too.
+        """
+        del self._buffer[:]  # (not written again by the next print, in-process)
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+console = _Console()
 if not console.is_terminal and "COLUMNS" not in os.environ:
-    console = Console(width=160)  # a pipe or a log file: do not squeeze tables to 80
+    console = _Console(width=160)  # a pipe or a log file: do not squeeze tables to 80
 
 
 class _Integer(click.IntRange):
@@ -333,7 +351,26 @@ def _print_version(ctx: click.Context, _param: click.Parameter, on: bool) -> Non
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _PipeBroken(Exception):  # noqa: N818 - it carries the BrokenPipeError, it is not one
+    """A BrokenPipeError of a command, carried past click to `run` as it was.
+
+    click's own handling of one (even with standalone_mode=False) exits with
+    status 1, nothing said, and wraps sys.stdout and sys.stderr for good.
+    """
+
+
+class _Commands(click.Group):
+    """The command group: a broken pipe goes past click, to be told by `run`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a BrokenPipeError comes out as `_PipeBroken`."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _PipeBroken from e
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
               callback=_print_version,
               help="Show the version and exit.")
@@ -1035,8 +1072,9 @@ def _play(engine: JackpotEngine, plan: Iterator[tuple[str, Any]], threads: int, 
     pending: set[Future[None]] = set()
     stop = _StopOnCtrlC()
     try:
-        with stop, Progress(console=Console(stderr=True), transient=True,
-                            disable=not progress) as bar:
+        bar_to = _Console(stderr=True)  # (not a terminal: no bar, rich's ends in a blank line)
+        with stop, Progress(console=bar_to, transient=True,
+                            disable=not (progress and bar_to.is_terminal)) as bar:
             task = bar.add_task("simulating", total=total)
             for kind, arg in plan:
                 while len(pending) >= threads * _WINDOW and not stop.asked:
@@ -1141,10 +1179,46 @@ def _run(argv: Sequence[str] | None) -> int:
         else:
             _error(str(e))
         return 2
-    except OSError as e:
-        _error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
-        return 1
+    except (_PipeBroken, OSError) as e:
+        return _system_refused(e)
     return status_code if isinstance(status_code, int) else 0
+
+
+def _system_refused(e: Exception) -> int:
+    """Say what the system refused (one line); return the exit status: 1, or 141.
+
+    A broken pipe is stdout's reader leaving early (`jackpot history |
+    head`): no error of the command, nothing said. Any other pipe's (a
+    socket's) is an error.
+    """
+    if isinstance(e, _PipeBroken):
+        if reader_left():
+            return READER_LEFT
+        e = e.__cause__ if isinstance(e.__cause__, OSError) else e
+    if isinstance(e, OSError):
+        _error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+    else:
+        _error(str(e))
+    return 1
+
+
+READER_LEFT = 141
+"""The exit status when stdout's reader left early (128 + SIGPIPE, as a shell shows it)."""
+
+
+def reader_left() -> bool:
+    """Say whether stdout is a pipe whose reader has gone (`... | head` read enough).
+
+    Asked of the pipe itself (poll's POLLERR on its writing end), so that a
+    broken pipe of anything else (a socket) is still reported as an error.
+    """
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout, closed, or not a file
+        return False
 
 
 def _error(message: str) -> None:

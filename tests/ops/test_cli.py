@@ -469,6 +469,74 @@ def test_verify_fails_with_status_1_when_the_books_do_not_balance(db: str) -> No
     assert "mega" in done.stdout
 
 
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("args", [("verify",), ("status",), ("ledger", "--tail", "5"),
+                                  ("contribute", "2.50", "--level", "minor", "--op-id", "piped")],
+                         ids=["verify", "status", "ledger", "contribute"])
+def test_a_reader_that_left_early_ends_the_command_quietly_with_141(
+        db: str, args: tuple[str, ...], buffered: bool) -> None:
+    """`jackpot verify | head`: status 141 (as SIGPIPE's), nothing on stderr; a change stands.
+
+    Before: "jackpot: error: Broken pipe" and status 1 (the audit's "failed"),
+    or with stdout buffered "Exception ignored ... BrokenPipeError" at exit
+    (status 120). The pipe's reader is closed before the command starts: its
+    first write finds it gone (no timing involved).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([*CLI, "--db", db, *args], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env=env, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+    if args[0] == "contribute":  # committed before its output: it stands
+        minor = next(row for row in ok_json("status", "--db", db) if row["name"] == "minor")
+        assert minor["version"] == 2
+
+
+def test_only_a_pipe_whose_reader_left_counts_as_the_reader_leaving(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken pipe elsewhere (a socket) stays an error: only stdout's own pipe is asked."""
+    from jackpot import _cli  # noqa: PLC0415 - needs the cli extra, as this module does
+
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as out:
+        monkeypatch.setattr(sys, "stdout", out)
+        assert not _cli.reader_left()  # its reader is there
+        os.close(read)
+        assert _cli.reader_left()
+        monkeypatch.setattr(sys, "stdout", None)
+        assert not _cli.reader_left()
+        monkeypatch.setattr(sys, "stdout", open(os.devnull, "w"))  # noqa: SIM115, PTH123
+        try:
+            assert not _cli.reader_left()
+        finally:
+            sys.stdout.close()
+
+
+def test_a_broken_pipe_other_than_stdout_is_an_error_and_click_wraps_nothing(
+        db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A socket's broken pipe (stdout's reader is there) is one error line and status 1.
+
+    click's own handling of a broken pipe, which the command's goes past,
+    said nothing, exited 1 and put wrappers around sys.stdout and sys.stderr.
+    """
+    from jackpot import _cli  # noqa: PLC0415 - needs the cli extra, as this module does
+
+    def broken(*_: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(_cli.reads, "pools", broken)
+    out, err = sys.stdout, sys.stderr
+    assert _cli.run(["--db", db, "status"]) == 1
+    assert (sys.stdout, sys.stderr) == (out, err)
+    assert capsys.readouterr().err == "jackpot: error: Broken pipe\n"
+
+
 def test_metrics_once(db: str) -> None:
     done = jackpot("metrics", "--db", db)
     assert done.returncode == 0
@@ -570,7 +638,7 @@ def test_simulate(db: str) -> None:
     assert summary["audit"]["ok"] is True
     assert sum(p["meters"]["bets"] for p in summary["pools"]) == 120  # 40 bets x 3 levels
     done = jackpot("simulate", "--bets", "20", "--win-every", "5", "--db", db)
-    assert done.returncode == 0
+    assert (done.returncode, done.stderr) == (0, "")  # (was a blank line: rich's bar, not shown)
     assert "played 20 bets and 4 wins with 4 threads" in done.stdout
     assert "audit OK" in done.stdout
 
