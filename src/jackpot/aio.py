@@ -904,7 +904,7 @@ class _Call:
                    f"{self._engine.settings.lock_timeout_ms} ms; nothing was changed")
             try:
                 after_the_fact(self._engine.stats.add, "lock_timeouts", self.op.kind,
-                               ",".join(self.op.names))
+                               ",".join(self.op.names), about=self.op)
             finally:  # withdrawn: an interrupt in an observer must not leave it unfinished
                 self._finish(None, LockTimeoutError(msg))
         else:
@@ -1057,11 +1057,11 @@ class _Call:
         if withdrawn:  # said again if an interrupt cuts it short (as `_tell_interrupted`)
             said = False
             try:
-                after_the_fact(log_withdrawn, self.op)
+                after_the_fact(log_withdrawn, self.op, about=self.op)
                 said = True
             finally:
                 if not said:
-                    after_the_fact(log_withdrawn, self.op)
+                    after_the_fact(log_withdrawn, self.op, about=self.op)
             return
         told = ""
         counted: list[bool] = []

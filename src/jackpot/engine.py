@@ -152,9 +152,9 @@ def tell_outcome(op: Operation, result: object, error: BaseException | None) -> 
     """Log `op`'s outcome as its caller got it (`result`, or `error`); return what to count."""
     outcome = answer_outcome(result, error)
     if error is not None:
-        after_the_fact(log_failure, op, outcome, error)
+        after_the_fact(log_failure, op, outcome, error, about=op)
     else:
-        after_the_fact(log_success, op, outcome, result)
+        after_the_fact(log_success, op, outcome, result, about=op)
     return outcome
 
 
@@ -970,7 +970,7 @@ class JackpotEngine:
                 self._report_when_answered(op, queued[-1], started, reporter)
             raise
         else:
-            after_the_fact(log_success, op, outcome, result)
+            after_the_fact(log_success, op, outcome, result, about=op)
             untold = None
             return result
         finally:
@@ -1060,13 +1060,13 @@ class JackpotEngine:
         """
         said = False
         try:
-            after_the_fact(say, *args)
+            after_the_fact(say, *args, about=op)
             said = True
             count_once(self.stats, op.kind, outcome, started, counted)
         finally:
             try:
                 if not said:  # cut short: said again (at least once, rarely twice)
-                    after_the_fact(say, *args)
+                    after_the_fact(say, *args, about=op)
             finally:
                 count_once(self.stats, op.kind, outcome, started, counted)
         return outcome
@@ -1112,10 +1112,10 @@ class JackpotEngine:
                 raise EngineClosedError(msg) from e
         except Exception as e:  # noqa: BLE001 - reported: its caller is gone
             outcome = outcome_of(e)
-            after_the_fact(log_failure, op, outcome, e)
+            after_the_fact(log_failure, op, outcome, e, about=op)
         else:
             outcome = "replayed" if getattr(result, "replayed", False) else "ok"
-            after_the_fact(log_success, op, outcome, result)
+            after_the_fact(log_success, op, outcome, result, about=op)
         finally:
             try:
                 after_the_fact(self.stats.operation, op.kind, outcome,
@@ -1350,6 +1350,16 @@ def _configs(path: str | os.PathLike[str],
     """Check `open()`'s `groups`: GroupConfig objects, each level named once."""
     if groups is None:
         return None
+    if isinstance(groups, GroupConfig):
+        msg = ("groups must be an iterable of GroupConfig objects, not one GroupConfig: "
+               "pass a list of it ([GroupConfig(...)])")
+        raise ValidationError(msg)
+    if isinstance(groups, str | bytes):
+        # Iterated, a name gave "groups must hold GroupConfig objects, not str".
+        msg = (f"groups must be an iterable of GroupConfig objects, not a {type(groups).__name__} "
+               f"({shown(groups)}): each level is a GroupConfig(name, seed, "
+               "contribution_rate); pass None for the default levels")
+        raise ValidationError(msg)
     if not isinstance(groups, Iterable):
         msg = f"groups must be an iterable of GroupConfig objects, not {type(groups).__name__}"
         raise ValidationError(msg)

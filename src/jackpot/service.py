@@ -225,7 +225,7 @@ def _with_retries(
             for op, outcome in zip(ops, outcomes, strict=True):
                 if outcome.error is None and getattr(outcome.result, "replayed", False):
                     # Committed already: a failing observer must not fail the batch.
-                    after_the_fact(stats.add, "replays", op.kind, ",".join(op.names))
+                    after_the_fact(stats.add, "replays", op.kind, ",".join(op.names), about=op)
             return outcomes, states
         budget.retried()
         fresh = True

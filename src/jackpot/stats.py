@@ -199,7 +199,19 @@ def count_once(stats: Stats, operation: str, outcome: str, started: float,
                        judged=judged, receipt=receipt)
 
 
-def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+class About(Protocol):
+    """What an operation's report is about (a `service.Operation`), for its failure's log line."""
+
+    @property
+    def op_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+
+def after_the_fact(report: Callable[..., Any], *args: Any, about: About | None = None,
+                   **kwargs: Any) -> None:
     """Run `report(*args)` (a log line, an observer event) about what has already happened.
 
     An operation's outcome, mostly: the operation has committed (or failed)
@@ -208,7 +220,9 @@ def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
     an op_id), nor replace the error of a failed one. Its failure is logged
     instead, if logging works, in words that fit every caller (an actor's
     start, stop or restart, a level `open()` kept, a hold that expired:
-    no operation there), naming the report that failed.
+    no operation there), naming the report that failed; `about`, the
+    operation it reported on, fills that line's op_id, operation and level
+    fields (null without it), so that a failed "paid" line can be told whose.
 
     An exception a signal's handler raised as the report ran (a request
     deadline's TimeoutError on SIGALRM) is no failure of the report: it is
@@ -223,7 +237,15 @@ def after_the_fact(report: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
             raise
         with _CONTAINED:
             logger.exception("a report failed (%s); what it was reporting stands all the same",
-                             _named(report), extra={"outcome": "report_failed"})
+                             _named(report), extra=_failed_report(about))
+
+
+def _failed_report(about: About | None) -> dict[str, Any]:
+    """Return the fields of the line that says a report about `about` failed."""
+    fields: dict[str, Any] = {"outcome": "report_failed"}
+    if about is not None:
+        fields.update(op_id=about.op_id, operation=about.kind, level=",".join(about.names))
+    return fields
 
 
 def raised_by_signal_handler(error: BaseException) -> bool:

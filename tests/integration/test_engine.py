@@ -395,6 +395,22 @@ def test_open_refuses_a_mapping_of_group_configs_saying_to_pass_its_values(
     assert open_engine(groups=configs.values()).groups == ("minor",)
 
 
+def test_open_refuses_a_name_or_a_lone_group_config_saying_what_to_pass(
+        open_engine: Callable[..., JackpotEngine], db_path: Path) -> None:
+    # Iterated, "minor" gave "groups must hold GroupConfig objects, not str", and one
+    # GroupConfig "... not GroupConfig": neither said what the argument should be.
+    with pytest.raises(ValidationError, match=(
+            r"^groups must be an iterable of GroupConfig objects, not a str \('minor'\): "
+            r"each level is a GroupConfig\(name, seed, contribution_rate\); "
+            r"pass None for the default levels$")):
+        open_engine(groups="minor")
+    with pytest.raises(ValidationError, match=(
+            r"^groups must be an iterable of GroupConfig objects, not one GroupConfig: "
+            r"pass a list of it \(\[GroupConfig\(\.\.\.\)\]\)$")):
+        open_engine(groups=GroupConfig("minor", 1, "0.1"))
+    assert not db_path.exists()
+
+
 def test_open_names_a_bad_environment_variable(monkeypatch: pytest.MonkeyPatch,
                                                db_path: Path) -> None:
     monkeypatch.setenv("JACKPOT_LOCK_TIMEOUT_MS", "soon")
@@ -666,6 +682,34 @@ def test_a_failed_report_that_involves_no_operation_is_not_told_as_an_operations
         "report_failed")
     assert record.exc_info is not None
     assert str(record.exc_info[1]) == "log filter failed"
+
+
+class _RaisingOnPaid(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("win on "):
+            msg = "log filter failed"
+            raise RuntimeError(msg)
+        return True
+
+
+def test_a_failed_report_of_an_operation_names_the_operation_it_was_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Was op_id, operation and level null: a lost "paid" line could not be
+    # told whose win it was from the line that said it was lost.
+    with JackpotEngine.open(tmp_path / "paid.db") as engine:
+        log, raising = logging.getLogger("jackpot"), _RaisingOnPaid()
+        log.addFilter(raising)
+        try:
+            with caplog.at_level("INFO", logger="jackpot"):
+                won = engine.process_win("minor", winner="p-1", op_id="win-1")
+        finally:
+            log.removeFilter(raising)
+    assert won.group == "minor"  # committed, and answered as such
+    [record] = [r for r in caplog.records if getattr(r, "outcome", None) == "report_failed"]
+    assert record.getMessage() == ("a report failed (log_success); what it was reporting "
+                                   "stands all the same")
+    assert (record.op_id, record.operation, record.level) == (  # type: ignore[attr-defined]
+        "win-1", "win", "minor")
 
 
 def test_a_read_waits_for_the_one_before_it_at_most_the_lock_timeout(
