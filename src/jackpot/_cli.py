@@ -362,6 +362,19 @@ class _PipeBroken(Exception):  # noqa: N818 - it carries the BrokenPipeError, it
 class _Commands(click.Group):
     """The command group: a broken pipe goes past click, to be told by `run`."""
 
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        """Parse the line; a BrokenPipeError (`--help`, `--version`) comes out as `_PipeBroken`.
+
+        The eager options print as the line is parsed, before `invoke`: `jackpot
+        --help | true` exited 1 and, in-process, left click's wrappers on
+        sys.stdout and sys.stderr and raised SystemExit out of `run`.
+        """
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError as e:
+            raise _PipeBroken from e
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; a BrokenPipeError comes out as `_PipeBroken`."""
         try:
@@ -1166,12 +1179,7 @@ def _run(argv: Sequence[str] | None) -> int:
         _error("interrupted")
         return 130
     except click.ClickException as e:
-        no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click 8.2+
-        if isinstance(e, no_args) and e.ctx is not None:
-            click.echo(e.ctx.get_help())  # `jackpot` alone: the help, as written
-        else:
-            _error(e.format_message())
-        return 2
+        return _refused(e)
     except (JackpotError, ValidationError) as e:
         if getattr(e, "outcome_unknown", False) and _sent_op_id:
             _error(f"{e} (this command's op_id: {_sent_op_id[0]}; to learn the outcome, run it "
@@ -1184,6 +1192,22 @@ def _run(argv: Sequence[str] | None) -> int:
     return status_code if isinstance(status_code, int) else 0
 
 
+def _refused(e: click.ClickException) -> int:
+    """Say why click refused the line (`jackpot` alone: the help, as written); return 2.
+
+    Or 141 when the help's reader left (`jackpot | true` was a traceback, status 120).
+    """
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click 8.2+
+    if not (isinstance(e, no_args) and e.ctx is not None):
+        _error(e.format_message())
+        return 2
+    try:
+        click.echo(e.ctx.get_help())
+    except BrokenPipeError as broken:
+        return _system_refused(broken)
+    return 2
+
+
 def _system_refused(e: Exception) -> int:
     """Say what the system refused (one line); return the exit status: 1, or 141.
 
@@ -1191,10 +1215,10 @@ def _system_refused(e: Exception) -> int:
     head`): no error of the command, nothing said. Any other pipe's (a
     socket's) is an error.
     """
-    if isinstance(e, _PipeBroken):
+    if isinstance(e, _PipeBroken | BrokenPipeError):
         if reader_left():
             return READER_LEFT
-        e = e.__cause__ if isinstance(e.__cause__, OSError) else e
+        e = e.__cause__ if isinstance(e, _PipeBroken) and isinstance(e.__cause__, OSError) else e
     if isinstance(e, OSError):
         _error(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -496,6 +497,52 @@ def test_a_reader_that_left_early_ends_the_command_quietly_with_141(
     if args[0] == "contribute":  # committed before its output: it stands
         minor = next(row for row in ok_json("status", "--db", db) if row["name"] == "minor")
         assert minor["version"] == 2
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ()],
+                         ids=["help", "version", "nothing"])
+def test_a_reader_that_left_before_the_help_or_the_version_ends_it_with_141(
+        args: tuple[str, ...]) -> None:
+    """`jackpot --help | true`: 141, quietly, as for a command's output.
+
+    Was 1 for `--help` and `--version` (printed as the line is parsed, before
+    the command runs, where click's own handling took them), and for
+    `jackpot` alone (its help) a traceback and status 120.
+    """
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([*CLI, *args], stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], []], ids=["help", "version",
+                                                                      "nothing"])
+def test_in_process_a_reader_that_left_before_the_help_leaves_the_streams_as_they_were(
+        args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run(["--help"])` into a pipe whose reader left returns 141 and replaces nothing.
+
+    It raised SystemExit(1) out of `run` and left click's wrappers on
+    sys.stdout and sys.stderr for the rest of the process (`jackpot` alone:
+    the BrokenPipeError itself).
+    """
+    from jackpot import _cli  # noqa: PLC0415 - needs the cli extra, as this module does
+
+    read, write = os.pipe()
+    os.close(read)
+    out = os.fdopen(write, "w")
+    monkeypatch.setattr(sys, "stdout", out)
+    err = sys.stderr
+    try:
+        assert _cli.run(args) == 141
+        assert (sys.stdout, sys.stderr) == (out, err)
+    finally:
+        monkeypatch.undo()  # (the streams restored, whatever the assertions found)
+        with contextlib.suppress(BrokenPipeError):  # (closed all the same: what it held, lost)
+            out.close()
 
 
 def test_only_a_pipe_whose_reader_left_counts_as_the_reader_leaving(
