@@ -7,6 +7,7 @@ the library does not carry them. Without them, `jackpot` says so in one line.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     from jackpot._cli import READER_LEFT, reader_left, run  # noqa: PLC0415 - only once its dependencies are known present
 
+    _whole_writes()
     status = run(argv)
     try:
         if sys.stdout is not None:  # (None: started without one, `>&-`)
@@ -40,6 +42,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         # SIGPIPE".
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(status)
+
+
+
+def _whole_writes() -> None:
+    """Put a buffered writer under an unbuffered stdout (PYTHONUNBUFFERED=1, `python -u`).
+
+    Python's unbuffered stdout is a text layer straight on the file, which
+    ignores how much of a write the file took: a reader that left in the
+    middle of one (`jackpot ledger --tail 1000 | head`, its table written at
+    once) cut the output short unsaid, and the command ended with status 0,
+    not 141. A buffered writer writes the rest or raises BrokenPipeError.
+    Still nothing waits in it: a line is written as soon as it is whole, and
+    the commands flush what they print.
+    """
+    out = sys.stdout
+    if not isinstance(out, io.TextIOWrapper) or not isinstance(out.buffer, io.RawIOBase):
+        return  # (buffered already, or not a file: a test's capture, None with `>&-`)
+    raw = io.FileIO(out.fileno(), "w", closefd=False)  # (fd 1 stays open, as the original's)
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=out.encoding,
+                                  errors=out.errors, newline="\n", line_buffering=True,
+                                  write_through=True)
 
 
 if __name__ == "__main__":

@@ -499,6 +499,29 @@ def test_a_reader_that_left_early_ends_the_command_quietly_with_141(
         assert minor["version"] == 2
 
 
+def test_a_reader_that_left_in_the_middle_of_a_write_ends_it_with_141_unbuffered_too(
+        db: str) -> None:
+    """PYTHONUNBUFFERED=1 (as many containers set it): `| head` in mid-table is 141, not 0.
+
+    Python's unbuffered stdout ignores how much of a write the pipe took:
+    the rest of the output was dropped unsaid, and the status was 0. Its one
+    write here (the JSON at once, several times what the pipe holds) is
+    still going on when the reader leaves: the reader has its first byte,
+    and the pipe cannot take the rest before it is read.
+    """
+    with JackpotEngine.open(db) as engine:
+        for _ in range(150):  # 450 ledger rows: about 300 KB of JSON
+            engine.contribute("1.00", groups=["minor", "major", "mega"])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen([*CLI, "--db", db, "--json", "ledger", "--tail", "1000"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.read(1) == b"["
+        proc.stdout.close()
+        assert (proc.stderr.read(), proc.wait(timeout=60)) == (b"", 141)
+
+
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ()],
                          ids=["help", "version", "nothing"])
 def test_a_reader_that_left_before_the_help_or_the_version_ends_it_with_141(
