@@ -4,8 +4,8 @@ Every command takes `--db PATH` (or JACKPOT_DB) and `--json`, before or after
 the command name. Settings come from the JACKPOT_* variables, as for
 `JackpotEngine.open`. Exit status: 0 done, 1 the audit (or the health check)
 failed or the system refused (port in use...), 2 a bad argument or an error
-the engine raised, 130 Ctrl-C, 141 stdout's reader left early (`| head`);
-errors are one line on stderr, never a traceback.
+the engine raised, 130 Ctrl-C, 141 stdout's (or stderr's) reader left early
+(`| head`); errors are one line on stderr, never a traceback.
 
 The commands that only look (status, history, ledger, verify, metrics) run no
 engine: they read through a read-only store (`open_store(read_only=True)`),
@@ -1212,11 +1212,11 @@ def _system_refused(e: Exception) -> int:
     """Say what the system refused (one line); return the exit status: 1, or 141.
 
     A broken pipe is stdout's reader leaving early (`jackpot history |
-    head`): no error of the command, nothing said. Any other pipe's (a
-    socket's) is an error.
+    head`), or stderr's (a warning's, `2> >(true)`): no error of the
+    command, nothing said. Any other pipe's (a socket's) is an error.
     """
     if isinstance(e, _PipeBroken | BrokenPipeError):
-        if reader_left():
+        if reader_left() or reader_left(stderr=True):
             return READER_LEFT
         e = e.__cause__ if isinstance(e, _PipeBroken) and isinstance(e.__cause__, OSError) else e
     if isinstance(e, OSError):
@@ -1230,14 +1230,14 @@ READER_LEFT = 141
 """The exit status when stdout's reader left early (128 + SIGPIPE, as a shell shows it)."""
 
 
-def reader_left() -> bool:
-    """Say whether stdout is a pipe whose reader has gone (`... | head` read enough).
+def reader_left(*, stderr: bool = False) -> bool:
+    """Say whether stdout (or stderr) is a pipe whose reader has gone (`... | head` read enough).
 
     Asked of the pipe itself (poll's POLLERR on its writing end), so that a
     broken pipe of anything else (a socket) is still reported as an error.
     """
     try:
-        fd = sys.stdout.fileno()
+        fd = (sys.stderr if stderr else sys.stdout).fileno()
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         return any(events & select.POLLERR for _, events in poller.poll(0))
@@ -1250,7 +1250,11 @@ def _error(message: str) -> None:
     # one space. Spaces within a line stay as they are: they may be a path's, in
     # quotes ('my  pools.db' was shown as 'my pools.db', a file that is not there).
     one_line = _LINE_BREAK.sub(" ", message.strip())
-    click.echo(f"jackpot: error: {one_line}", err=True)
+    # stderr's reader left (`jackpot ... 2>&1 | true`): the line can be said
+    # nowhere, and the exit status still says the command failed. (It was a
+    # traceback to that same pipe, and status 120.)
+    with contextlib.suppress(BrokenPipeError):
+        click.echo(f"jackpot: error: {one_line}", err=True)
 
 
 _LINE_BREAK = re.compile(r"[ \t]*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]\s*")

@@ -34,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not reader_left():
             raise
         status = READER_LEFT
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except BrokenPipeError:  # its reader left: what it holds, no one reads (not status 120)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     if status == READER_LEFT:
         # The reader left early (`jackpot history | head`): end quietly, as a
         # program the pipe's SIGPIPE ends does, not with "Exception ignored ...

@@ -568,6 +568,33 @@ def test_in_process_a_reader_that_left_before_the_help_leaves_the_streams_as_the
             out.close()
 
 
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("error", [True, False], ids=["error", "warning"])
+def test_a_stderr_whose_reader_left_ends_the_command_quietly(
+        db: str, error: bool, buffered: bool) -> None:
+    """`jackpot ... 2>&1 | true`: an error keeps its status (2), a warning ends it (141).
+
+    Both were a traceback to the broken pipe and status 1, or 120 with stderr
+    buffered (the line that could not be written failed again as the
+    interpreter flushed stderr at exit). Nothing is written to stdout.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    if error:
+        db = str(Path(db).with_name("missing.db"))
+    else:
+        env["JACKPOT_LOCK_TIMEOUT"] = "60000"  # (for JACKPOT_LOCK_TIMEOUT_MS: a warning)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([*CLI, "--db", db, "status"], stdout=subprocess.PIPE,
+                              stderr=write, text=True, timeout=60, env=env, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stdout) == (2 if error else 141, "")
+
+
 def test_only_a_pipe_whose_reader_left_counts_as_the_reader_leaving(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A broken pipe elsewhere (a socket) stays an error: only stdout's own pipe is asked."""
