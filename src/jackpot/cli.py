@@ -49,7 +49,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(status)
 
 
-
 def _whole_writes() -> None:
     """Put a buffered writer under an unbuffered stdout (PYTHONUNBUFFERED=1, `python -u`).
 
@@ -62,8 +61,8 @@ def _whole_writes() -> None:
     the commands flush what they print.
     """
     out = sys.stdout
-    if not isinstance(out, io.TextIOWrapper) or not isinstance(out.buffer, io.RawIOBase):
-        return  # (buffered already, or not a file: a test's capture, None with `>&-`)
+    if not isinstance(out, io.TextIOWrapper) or not isinstance(out.buffer, io.FileIO):
+        return  # (buffered already, or no file: a capture, None with `>&-`, Windows' console)
     raw = io.FileIO(out.fileno(), "w", closefd=False)  # (fd 1 stays open, as the original's)
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=out.encoding,
                                   errors=out.errors, newline="\n", line_buffering=True,
