@@ -1233,14 +1233,15 @@ READER_LEFT = 141
 def reader_left(*, stderr: bool = False) -> bool:
     """Say whether stdout (or stderr) is a pipe whose reader has gone (`... | head` read enough).
 
-    Asked of the pipe itself (poll's POLLERR on its writing end), so that a
-    broken pipe of anything else (a socket) is still reported as an error.
+    Asked of the pipe itself (poll on its writing end), so that a broken pipe
+    of anything else (a socket) is still reported as an error. Linux answers
+    POLLERR; the BSDs and macOS answer POLLHUP.
     """
     try:
         fd = (sys.stderr if stderr else sys.stdout).fileno()
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no stdout, closed, or not a file
         return False
 

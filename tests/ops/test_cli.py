@@ -615,6 +615,33 @@ def test_only_a_pipe_whose_reader_left_counts_as_the_reader_leaving(
             sys.stdout.close()
 
 
+def test_a_pipe_whose_reader_left_is_known_by_pollhup_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The BSDs and macOS answer POLLHUP, not Linux's POLLERR, for a pipe whose reader left.
+
+    Asking for POLLERR alone, `jackpot ledger | head` there said "jackpot:
+    error: Broken pipe" and exited 1. (Their answer, given by a stand-in poll.)
+    """
+    from jackpot import _cli  # noqa: PLC0415 - needs the cli extra, as this module does
+
+    class _AsBSDAnswers:
+        def __init__(self) -> None:
+            self.fds: list[int] = []
+
+        def register(self, fd: int, _events: int) -> None:
+            self.fds.append(fd)
+
+        def poll(self, _timeout: int) -> list[tuple[int, int]]:
+            return [(fd, select.POLLOUT | select.POLLHUP) for fd in self.fds]
+
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "w") as out:
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(_cli.select, "poll", _AsBSDAnswers)
+        assert _cli.reader_left()
+
+
 def test_a_broken_pipe_other_than_stdout_is_an_error_and_click_wraps_nothing(
         db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A socket's broken pipe (stdout's reader is there) is one error line and status 1.
