@@ -1227,7 +1227,7 @@ def _system_refused(e: Exception) -> int:
 
 
 READER_LEFT = 141
-"""The exit status when stdout's reader left early (128 + SIGPIPE, as a shell shows it)."""
+"""The exit status when stdout's (or stderr's) reader left early (128 + SIGPIPE)."""
 
 
 def reader_left(*, stderr: bool = False) -> bool:
