@@ -1352,7 +1352,7 @@ def _configs(path: str | os.PathLike[str],
         return None
     if isinstance(groups, GroupConfig):
         msg = ("groups must be an iterable of GroupConfig objects, not one GroupConfig: "
-               "pass a list of it ([GroupConfig(...)])")
+               "put it in a list ([GroupConfig(...)])")
         raise ValidationError(msg)
     if isinstance(groups, str | bytes):
         # Iterated, a name gave "groups must hold GroupConfig objects, not str".

@@ -406,7 +406,7 @@ def test_open_refuses_a_name_or_a_lone_group_config_saying_what_to_pass(
         open_engine(groups="minor")
     with pytest.raises(ValidationError, match=(
             r"^groups must be an iterable of GroupConfig objects, not one GroupConfig: "
-            r"pass a list of it \(\[GroupConfig\(\.\.\.\)\]\)$")):
+            r"put it in a list \(\[GroupConfig\(\.\.\.\)\]\)$")):
         open_engine(groups=GroupConfig("minor", 1, "0.1"))
     assert not db_path.exists()
 
