@@ -289,7 +289,9 @@ def test_a_running_engine_refuses_to_write_once_its_wal_or_shm_is_gone(
         report = engine.health()
         refused = (f"database: writes are refused: the {side} file of {str(path)!r} was "
                    "removed or replaced since this engine opened it (what was committed to it "
-                   "is still in the engine's hands: close the engine to keep it)")
+                   "is still in the engine's hands: close the engine to keep it; a connection "
+                   "of another SQLite library in this process, such as Python's sqlite3 module, "
+                   "deletes it as it closes: read the database through the engine)")
         assert (report.status, report.reasons) == ("failing", (refused,))
     with JackpotEngine.open(path, create=False) as again:  # closed cleanly: nothing lost
         assert again.pool("minor").version == 3

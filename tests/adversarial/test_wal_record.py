@@ -485,3 +485,40 @@ def test_an_engine_opening_as_another_process_writes_and_closes_loses_nothing(
     with JackpotEngine.open(path, create=False) as again:
         assert again.pool("minor").version == 1 + 1 + writes + 2
         assert again.verify().ok
+
+
+SQLITE3_READER = """
+import sqlite3, sys
+from jackpot import JackpotEngine, StorageError
+path = sys.argv[1]
+with JackpotEngine.open(path) as engine:
+    engine.contribute("1", groups="minor", op_id="before")
+    conn = sqlite3.connect(path)  # the stdlib's SQLite: another copy than apsw's
+    conn.execute("SELECT count(*) FROM levels").fetchall()
+    conn.close()
+    try:
+        engine.contribute("1", groups="minor", op_id="after")
+    except StorageError as e:
+        print(e)
+"""
+
+
+def test_a_write_refused_after_a_stdlib_sqlite3_connection_closed_names_that_cause(
+        tmp_path: Path) -> None:
+    # A game server that read its own database with Python's sqlite3 module (a report, a
+    # debug endpoint) had every later write refused, saying only that the -wal "was removed
+    # or replaced": nobody had touched it, and nothing pointed at the sqlite3 connection,
+    # whose close, blind to apsw's locks, folded and deleted it. (In a process of its own:
+    # two copies of SQLite in one process can bring it down with SIGBUS.)
+    path = tmp_path / "pools.db"
+    done = subprocess.run([sys.executable, "-c", SQLITE3_READER, str(path)],
+                          capture_output=True, text=True, timeout=HANG, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout.strip()
+    assert re.match(REPLACED, said), said
+    assert "Python's sqlite3 module" in said, said
+    assert said.endswith("read the database through the engine): nothing was changed"), said
+    with JackpotEngine.open(path, create=False) as engine:
+        assert list(engine.pools()) == ["major", "mega", "minor"]
+        assert engine.pool("minor").version == 2  # "before" kept, "after" never applied
+        assert engine.verify().ok

@@ -258,9 +258,16 @@ class FileGuard(_Holder):
                 known = _sides.setdefault(self.file, {}).setdefault(suffix, now) \
                     if now is not None and self.holds() else _sides.get(self.file, {}).get(suffix)
             if known is not None and now != known:
+                # The likeliest cause in a game server is no person at all: a
+                # connection of another copy of SQLite in this process (Python's
+                # sqlite3 module; apsw brings its own) does not see the engine's
+                # POSIX locks, takes itself for the last one and, closing, folds and
+                # deletes the -wal. Named, so that the operator looks for it.
                 return (f"the {suffix} file of {self.path!r} was removed or replaced since "
                         "this engine opened it (what was committed to it is still in the "
-                        "engine's hands: close the engine to keep it)")
+                        "engine's hands: close the engine to keep it; a connection of another "
+                        "SQLite library in this process, such as Python's sqlite3 module, "
+                        "deletes it as it closes: read the database through the engine)")
         return None
 
     def check(self) -> None:
