@@ -20,7 +20,7 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, SupportsIndex
 
 from jackpot._lifecycle import Late, Stopping, closing, log_late, shut_down
 from jackpot._plural import counted
@@ -39,7 +39,7 @@ _SWEEP_INTERVAL_S = 0.1  # seconds between sweeps while close() waits for calls 
 _NAMED = 10  # interrupted calls a close() names, at most, of those it left unreported
 
 
-def close_engine(engine: JackpotEngine, timeout: float | None) -> None:
+def close_engine(engine: JackpotEngine, timeout: float | SupportsIndex | None) -> None:
     """Close `engine` within `timeout` seconds (`JackpotEngine.close`, which says how)."""
     deadline = _deadline(timeout)
     if engine._pid != os.getpid():

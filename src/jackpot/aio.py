@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, NoReturn, Self, TypeGuard, TypeVar, Unpack
+from typing import Any, NoReturn, Self, SupportsIndex, TypeGuard, TypeVar, Unpack
 
 from jackpot.actors import ActorDeadError, Ticket
 from jackpot.domain import ConfigChanges, GroupConfig
@@ -158,7 +158,7 @@ class AsyncJackpotEngine:
             raise
         return cls(engine)
 
-    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - as sync
+    async def close(self, timeout: float | SupportsIndex | None = None) -> None:  # noqa: ASYNC109 - as sync
         """Let in-flight operations finish, stop every actor; later calls fail.
 
         Idempotent. `timeout` bounds the whole close, as in `JackpotEngine.close`;
@@ -208,7 +208,7 @@ class AsyncJackpotEngine:
 
     async def contribute(
         self,
-        bet: Decimal | int | str,
+        bet: Decimal | int | str | SupportsIndex,
         *,
         groups: Iterable[str] | str | None = None,
         op_id: str | None = None,
@@ -228,10 +228,10 @@ class AsyncJackpotEngine:
         group: str,
         *,
         op_id: str | None = None,
-        amount: Decimal | int | str | None = None,
+        amount: Decimal | int | str | SupportsIndex | None = None,
         winner: str | None = None,
-        expected_version: int | None = None,
-        expected_amount: Decimal | int | str | None = None,
+        expected_version: SupportsIndex | None = None,
+        expected_amount: Decimal | int | str | SupportsIndex | None = None,
     ) -> Win:
         """Pay a level: the whole pool (then reset to seed), or a fixed `amount`.
 
@@ -247,7 +247,7 @@ class AsyncJackpotEngine:
         group: str,
         *,
         op_id: str | None = None,
-        expected_version: int | None = None,
+        expected_version: SupportsIndex | None = None,
         who: str | None = None,
         reason: str | None = None,
         **changes: Unpack[ConfigChanges],
@@ -276,7 +276,7 @@ class AsyncJackpotEngine:
             "resume", op_id, group, "status", "resume", group, op_id=op_id, who=who, reason=reason))
         return result
 
-    async def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
+    async def adjust(self, group: str, delta: Decimal | int | str | SupportsIndex, *, reason: str,
                      op_id: str | None = None, who: str | None = None) -> AdminResult:
         """Change a pool by a signed `delta`, audited with who and why.
 
@@ -309,7 +309,7 @@ class AsyncJackpotEngine:
         """Return every level's committed state, read in one consistent snapshot."""
         return await asyncio.to_thread(self._engine.pools)
 
-    async def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
+    async def history(self, group: str, limit: SupportsIndex = 10) -> list[HistoryEntry]:
         """Return the level's last `limit` wins and hits, newest first."""
         return await asyncio.to_thread(self._engine.history, group, limit)
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, SupportsIndex, TypedDict
 
 from jackpot import money
 from jackpot._frozen import builder
@@ -157,17 +157,18 @@ def _maybe_units(value: object, name: str) -> int | None:
 class ConfigChanges(TypedDict, total=False):
     """The settings `update_config` may change (as keyword arguments).
 
-    Amounts and rates as Decimal, int or decimal string; None clears an
-    optional one. Type checkers then catch a misspelt setting.
+    Amounts and rates as Decimal, int (or an exact integer of another kind,
+    numpy.int64) or decimal string; None clears an optional one. Type checkers
+    then catch a misspelt setting.
     """
 
-    seed: Decimal | int | str
-    contribution_rate: Decimal | int | str
-    cap: Decimal | int | str | None
-    reserve_rate: Decimal | int | str
-    min_bet: Decimal | int | str | None
-    max_contribution: Decimal | int | str | None
-    must_hit_by: Decimal | int | str | None
+    seed: Decimal | int | str | SupportsIndex
+    contribution_rate: Decimal | int | str | SupportsIndex
+    cap: Decimal | int | str | SupportsIndex | None
+    reserve_rate: Decimal | int | str | SupportsIndex
+    min_bet: Decimal | int | str | SupportsIndex | None
+    max_contribution: Decimal | int | str | SupportsIndex | None
+    must_hit_by: Decimal | int | str | SupportsIndex | None
     overflow_to: Literal["meter", "reserve"]
 
 
@@ -203,12 +204,16 @@ class GroupConfig:
     overflow_to: str = "meter"
 
     if TYPE_CHECKING:  # what the constructor takes: amounts and rates as Decimal, int or str
+        # (an exact integer of another kind too, numpy.int64: anything with __index__)
         def __init__(  # noqa: PLR0917 - positional as the dataclass fields are
-            self, name: str, seed: Decimal | int | str,
-            contribution_rate: Decimal | int | str, cap: Decimal | int | str | None = None,
-            reserve_rate: Decimal | int | str = ..., min_bet: Decimal | int | str | None = None,
-            max_contribution: Decimal | int | str | None = None,
-            must_hit_by: Decimal | int | str | None = None, overflow_to: str = "meter",
+            self, name: str, seed: Decimal | int | str | SupportsIndex,
+            contribution_rate: Decimal | int | str | SupportsIndex,
+            cap: Decimal | int | str | SupportsIndex | None = None,
+            reserve_rate: Decimal | int | str | SupportsIndex = ...,
+            min_bet: Decimal | int | str | SupportsIndex | None = None,
+            max_contribution: Decimal | int | str | SupportsIndex | None = None,
+            must_hit_by: Decimal | int | str | SupportsIndex | None = None,
+            overflow_to: str = "meter",
         ) -> None: ...
 
     def __post_init__(self) -> None:

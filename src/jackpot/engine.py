@@ -22,7 +22,7 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, Self, Unpack
+from typing import Any, NoReturn, Self, SupportsIndex, Unpack
 
 from jackpot import domain, reads, tracing
 from jackpot._closing import close_engine, probe_closed, probe_opening, stop_everything
@@ -470,7 +470,7 @@ class JackpotEngine:
             raise ValidationError(msg)
         return cls(path, settings, existing)
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | SupportsIndex | None = None) -> None:
         """Let in-flight operations finish, stop every actor; later calls fail.
 
         Idempotent. `timeout` (seconds, or None) bounds the whole close: the
@@ -584,7 +584,7 @@ class JackpotEngine:
 
     def contribute(
         self,
-        bet: Decimal | int | str,
+        bet: Decimal | int | str | SupportsIndex,
         *,
         groups: Iterable[str] | str | None = None,
         op_id: str | None = None,
@@ -607,10 +607,10 @@ class JackpotEngine:
         group: str,
         *,
         op_id: str | None = None,
-        amount: Decimal | int | str | None = None,
+        amount: Decimal | int | str | SupportsIndex | None = None,
         winner: str | None = None,
-        expected_version: int | None = None,
-        expected_amount: Decimal | int | str | None = None,
+        expected_version: SupportsIndex | None = None,
+        expected_amount: Decimal | int | str | SupportsIndex | None = None,
     ) -> Win:
         """Pay a level: the whole pool (then reset to seed), or a fixed `amount`.
 
@@ -635,7 +635,7 @@ class JackpotEngine:
         group: str,
         *,
         op_id: str | None = None,
-        expected_version: int | None = None,
+        expected_version: SupportsIndex | None = None,
         who: str | None = None,
         reason: str | None = None,
         **changes: Unpack[ConfigChanges],
@@ -672,7 +672,7 @@ class JackpotEngine:
                         op_id=op_id, who=who, reason=reason))
         return result
 
-    def adjust(self, group: str, delta: Decimal | int | str, *, reason: str,
+    def adjust(self, group: str, delta: Decimal | int | str | SupportsIndex, *, reason: str,
                op_id: str | None = None, who: str | None = None) -> AdminResult:
         """Change a pool by a signed `delta`, audited with who and why.
 
@@ -729,7 +729,7 @@ class JackpotEngine:
         with self._reading() as reader:
             return reads.pools(reader)
 
-    def history(self, group: str, limit: int = 10) -> list[HistoryEntry]:
+    def history(self, group: str, limit: SupportsIndex = 10) -> list[HistoryEntry]:
         """Return the last `limit` wins and hits of a level of the database, newest first.
 
         Raises:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, SupportsIndex
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -210,7 +210,7 @@ class _Engine(Protocol):
     def stats(self) -> Stats: ...
 
 
-def serve_metrics(engine: _Engine, port: int, *, addr: str = "127.0.0.1"
+def serve_metrics(engine: _Engine, port: SupportsIndex, *, addr: str = "127.0.0.1"
                   ) -> tuple[WSGIServer, threading.Thread]:
     """Serve the engine's metrics at http://addr:port/metrics from a daemon thread.
 

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, SupportsIndex
 
 from jackpot.errors import ValidationError, exact_int, shown
 
@@ -93,6 +94,20 @@ class Settings:
     health_failing_lock_success_pct: int = 90
     health_max_conflict_pct: int = 10
     health_min_free_mb: int = 100
+
+    if TYPE_CHECKING:  # what the constructor takes: each int as an exact integer of any kind
+        # (numpy.int64: anything with __index__), kept as the int it is
+        def __init__(
+            self, *, max_retry_attempts: SupportsIndex = ..., retry_delay_ms: SupportsIndex = ...,
+            lock_timeout_ms: SupportsIndex = ...,
+            concurrency_check_interval_ms: SupportsIndex = ..., enable_metrics: bool = ...,
+            log_level: str | None = ..., synchronous: str = ...,
+            page_cache_mb: SupportsIndex = ..., health_probe_timeout_ms: SupportsIndex = ...,
+            health_min_operations: SupportsIndex = ...,
+            health_min_lock_success_pct: SupportsIndex = ...,
+            health_failing_lock_success_pct: SupportsIndex = ...,
+            health_max_conflict_pct: SupportsIndex = ..., health_min_free_mb: SupportsIndex = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         # In any case, as JACKPOT_LOG_LEVEL, JACKPOT_SYNCHRONOUS and configure_logging take them.

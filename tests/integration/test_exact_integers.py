@@ -9,9 +9,11 @@ refused; so does bool, and a type whose `__index__` refuses (numpy.bool_).
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+import jackpot
 from jackpot import GroupConfig, JackpotEngine, Settings, ValidationError, serve_metrics
 from jackpot.money import parse_amount, parse_rate, parse_signed_amount
 
@@ -41,7 +43,7 @@ def test_money_takes_an_exact_integer_of_another_kind() -> None:
     assert parse_amount(Index(7), name="bet") == 7_000_000
     assert parse_signed_amount(Index(-5), name="delta") == -5_000_000
     assert parse_rate(Index(0), name="reserve_rate", allow_zero=True) == 0
-    assert GroupConfig("minor", seed=Index(10), contribution_rate="0.01").seed == Decimal(10)  # type: ignore[arg-type]
+    assert GroupConfig("minor", seed=Index(10), contribution_rate="0.01").seed == Decimal(10)
     with pytest.raises(ValidationError, match=r"^bet must be a Decimal, int or decimal "
                                               r"string, not NotAnIndex$"):
         parse_amount(NotAnIndex(), name="bet")
@@ -57,36 +59,36 @@ def test_money_refuses_what_it_would_refuse_as_an_int(value: object, pattern: st
 
 
 def test_settings_keep_an_exact_integer_as_a_plain_int() -> None:
-    s = Settings(lock_timeout_ms=Index(100), max_retry_attempts=Index(0))  # type: ignore[arg-type]
+    s = Settings(lock_timeout_ms=Index(100), max_retry_attempts=Index(0))
     assert type(s.lock_timeout_ms) is int
     assert s == Settings(lock_timeout_ms=100, max_retry_attempts=0)
     with pytest.raises(ValidationError, match=r"^lock_timeout_ms must be an integer in "
                                               r"\[1, 3600000\], got Index\(0\)$"):
-        Settings(lock_timeout_ms=Index(0))  # type: ignore[arg-type]
+        Settings(lock_timeout_ms=Index(0))
     with pytest.raises(ValidationError, match=r"^page_cache_mb must be an integer"):
-        Settings(page_cache_mb=NotAnIndex())  # type: ignore[arg-type]
+        Settings(page_cache_mb=NotAnIndex())
 
 
 def test_the_engine_takes_exact_integers_of_another_kind(engine: JackpotEngine) -> None:
-    first = engine.contribute(Index(2), groups="minor", op_id="bet-1")  # type: ignore[arg-type]
+    first = engine.contribute(Index(2), groups="minor", op_id="bet-1")
     # The same request as the int 2: a replay, not an IdempotencyConflictError.
     assert engine.contribute(2, groups="minor", op_id="bet-1").replayed
-    win = engine.process_win("minor", amount=Index(1), op_id="win-1",  # type: ignore[arg-type]
-                             expected_version=Index(first.versions["minor"]))  # type: ignore[arg-type]
+    win = engine.process_win("minor", amount=Index(1), op_id="win-1",
+                             expected_version=Index(first.versions["minor"]))
     assert (win.amount, win.version) == (Decimal(1), first.versions["minor"] + 1)
-    assert [h.op_id for h in engine.history("minor", limit=Index(1))] == ["win-1"]  # type: ignore[arg-type]
+    assert [h.op_id for h in engine.history("minor", limit=Index(1))] == ["win-1"]
     with pytest.raises(ValidationError, match=r"^limit must be an int in \[1, 10000\], "
                                               r"got Index\(0\)$"):
-        engine.history("minor", limit=Index(0))  # type: ignore[arg-type]
+        engine.history("minor", limit=Index(0))
     with pytest.raises(ValidationError, match=r"^expected_version must be a positive int"):
-        engine.update_config("minor", expected_version=NotAnIndex(), seed=1)  # type: ignore[arg-type]
+        engine.update_config("minor", expected_version=NotAnIndex(), seed=1)
     with pytest.raises(ValidationError, match="timeout must be a number of seconds"):
-        engine.close(timeout=NotAnIndex())  # type: ignore[arg-type]
-    engine.close(timeout=Index(30))  # type: ignore[arg-type]
+        engine.close(timeout=NotAnIndex())
+    engine.close(timeout=Index(30))
 
 
 def test_serve_metrics_takes_a_port_of_another_integer_kind(engine: JackpotEngine) -> None:
-    server, thread = serve_metrics(engine, Index(0))  # type: ignore[arg-type]
+    server, thread = serve_metrics(engine, Index(0))
     try:
         assert server.server_port > 0
     finally:
@@ -136,3 +138,54 @@ def test_an_object_that_cannot_say_it_is_an_integer_is_refused_as_before(
     with pytest.raises(ValidationError, match=r"^timeout must be a number of seconds"):
         engine.close(timeout=value)  # type: ignore[arg-type]
     assert engine.pools()["minor"].version == 1  # nothing changed
+
+
+TYPED_USE = """
+from jackpot import (AsyncJackpotEngine, GroupConfig, JackpotEngine, Settings,
+                     serve_metrics)
+
+
+class Int64:
+    def __index__(self) -> int:
+        return 2
+
+
+def use(engine: JackpotEngine) -> None:
+    n = Int64()
+    GroupConfig("g", seed=n, contribution_rate="0.01", cap=n, reserve_rate="0",
+                min_bet=n, max_contribution=n, must_hit_by=n)
+    Settings(lock_timeout_ms=n, max_retry_attempts=n, page_cache_mb=n)
+    engine.contribute(n, groups="minor")
+    engine.process_win("minor", amount=n, expected_version=n, expected_amount=n)
+    engine.update_config("minor", expected_version=n, seed=n, cap=n)
+    engine.adjust("minor", n, reason="r", who="w")
+    engine.history("minor", limit=n)
+    serve_metrics(engine, n)
+    engine.close(timeout=n)
+
+
+async def use_async(engine: AsyncJackpotEngine) -> None:
+    n = Int64()
+    await engine.contribute(n, groups="minor")
+    await engine.process_win("minor", amount=n, expected_version=n, expected_amount=n)
+    await engine.update_config("minor", expected_version=n, must_hit_by=n)
+    await engine.adjust("minor", n, reason="r", who="w")
+    await engine.history("minor", limit=n)
+    await engine.close(timeout=n)
+"""
+
+
+def test_a_type_checker_takes_an_exact_integer_of_another_kind_where_the_engine_does(
+        tmp_path: Path) -> None:
+    """Before: README promised numpy.int64 wherever an int goes, but the type hints said
+    `int` (or `Decimal | int | str`): `mypy --strict` refused every such call the engine
+    takes (the tests above needed `# type: ignore[arg-type]` on each), so a typed game
+    server had to silence its checker for what README told it to do."""
+    from mypy import api  # noqa: PLC0415 - a test dependency, only here
+
+    config = tmp_path / "mypy.ini"  # (not the project's, which names files to check)
+    config.write_text(f"[mypy]\nmypy_path = {Path(jackpot.__file__).parents[1]}\n")
+    out, err, status = api.run(["--config-file", str(config), "--strict", "--no-error-summary",
+                                "--cache-dir", str(tmp_path / "cache"), "--python-version",
+                                "3.11", "-c", TYPED_USE])
+    assert (out, err, status) == ("", "", 0)
