@@ -733,7 +733,7 @@ class JackpotEngine:
         """Return the last `limit` wins and hits of a level of the database, newest first.
 
         Raises:
-            ValidationError: `group` is not a level name, or `limit` is out of range.
+            ValidationError: `group` is not a level name, or `limit` is not in 1-10,000.
             UnknownGroupError: the database has no such level.
             LockTimeoutError: the read before it (reads take turns) did not end
                 within the lock timeout; nothing was read.
