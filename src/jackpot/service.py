@@ -457,8 +457,10 @@ class _Batch:
         try:
             if op.explicit and (stored := self.known.get(op.op_id)) is not None:
                 if stored.kind != op.kind or stored.fingerprint != op.fingerprint:
+                    this = op.kind if stored.kind != op.kind else f"{op.kind} with other arguments"
                     msg = (f"op_id {op.op_id!r} was already used for a different "
-                           f"{stored.kind} request; use a new op_id for a new request")
+                           f"{stored.kind} request (this one: {this}); use a new op_id for a "
+                           "new request")
                     raise IdempotencyConflictError(msg)
                 return Outcome(_rebuild(op, stored))
             self.consulted.update(op.names)

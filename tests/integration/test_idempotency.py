@@ -180,12 +180,19 @@ def test_same_op_id_different_request_conflicts(
 
 
 def test_the_first_kind_is_named_in_the_conflict(engine: JackpotEngine) -> None:
+    # Both kinds named: was "already used for a different contribute request" alone,
+    # which a caller sending a win could read as its own request's kind.
     engine.contribute(Decimal(1), op_id="x")
-    with pytest.raises(IdempotencyConflictError, match=r"different contribute request"):
+    with pytest.raises(IdempotencyConflictError, match=(
+            r"^op_id 'x' was already used for a different contribute request "
+            r"\(this one: win\); use a new op_id for a new request$")):
         engine.process_win("minor", op_id="x")
     engine.process_win("minor", op_id="y", amount=Decimal(1))
-    with pytest.raises(IdempotencyConflictError, match=r"different win request"):
+    with pytest.raises(IdempotencyConflictError, match=r"different win request \(this one: contribute\)"):
         engine.contribute(Decimal(1), op_id="y")
+    with pytest.raises(IdempotencyConflictError, match=(
+            r"different win request \(this one: win with other arguments\)")):
+        engine.process_win("minor", op_id="y", amount=Decimal(2))
 
 
 def test_operations_without_op_id_are_never_replayed(engine: JackpotEngine) -> None:
