@@ -176,6 +176,10 @@ class ConfigChanges(TypedDict, total=False):
 class GroupConfig:
     """How a jackpot level is set up. Validated on construction.
 
+    Amounts and rates are given as Decimal, int (or an exact integer of
+    another kind, numpy.int64) or decimal string, never float, and kept as
+    the exact Decimal they name.
+
     Attributes:
         name: the level's name ("minor", "major", ...).
         seed: the amount the pool starts from and resets to after a whole-pool win.

@@ -41,6 +41,9 @@ _INT_RANGES = {
 class Settings:
     """Tunables of one engine. Every field has a safe default.
 
+    The whole numbers may be given as any exact integer (numpy.int64: anything
+    with `__index__`), and are kept as int; a bool or a float is refused.
+
     Attributes:
         max_retry_attempts: retries after a version conflict or busy database
             (with `retry_delay_ms`, the last backoff may not pass one hour).
