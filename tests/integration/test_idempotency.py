@@ -138,6 +138,8 @@ CONFLICTS = [
     pytest.param(contribute(), contribute(groups=("minor",)), id="fewer-levels"),
     pytest.param(contribute(), contribute(groups=("minor", "mega")), id="other-levels"),
     pytest.param(contribute(), contribute(groups=None), id="every-level"),
+    pytest.param(contribute(groups=("major", "mega", "minor")), contribute(groups=None),
+                 id="the-same-levels-named-then-none"),  # (as README says)
     pytest.param(win(), win(amount=Decimal(1)), id="win-fixed-vs-whole"),
     pytest.param(win(amount=Decimal(1)), win(amount=Decimal(2)), id="win-other-amount"),
     pytest.param(win(winner="p1"), win(winner="p2"), id="win-other-winner"),
