@@ -386,6 +386,31 @@ def test_a_bad_url_fails_at_open_without_showing_the_password() -> None:
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("value", ["abc", "5s", "5.5", "%20s3cret"])
+def test_a_bad_connect_timeout_in_the_url_fails_at_open_naming_it(value: str) -> None:
+    # The first, direct connection of a URL overrode its connect_timeout, so a
+    # bad one passed it; every connection the pool then made failed on it, and
+    # open() raised, after the lock timeout, that the pool could not make one
+    # "though a direct connection just worked", never naming connect_timeout.
+    # Told without the value: psycopg's and libpq's own messages quote it.
+    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}connect_timeout={value}"
+    with pytest.raises(StorageError) as info:
+        JackpotEngine.open(url, settings=Settings(enable_metrics=False))
+    assert str(info.value) == (
+        f"cannot open database {postgres.describe(PG_URL)}: its connect_timeout is not a "
+        "whole number of seconds (?connect_timeout=10, say); nothing was changed")
+
+
+@pytest.mark.parametrize("value", ["7", " 7 ", "-1", "0"])
+def test_a_connect_timeout_libpq_reads_is_taken(value: str) -> None:
+    url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}connect_timeout={quote(value)}"
+    store = PostgresStore(url)
+    try:
+        assert store.schema_version() >= 0
+    finally:
+        store.close()
+
+
 def test_a_server_older_than_the_engine_needs_is_refused_before_anything_is_made(
         pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # verify() reads catalog columns PostgreSQL 12 added: on an older server it

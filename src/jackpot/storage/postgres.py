@@ -295,6 +295,7 @@ def _misread(url: str) -> bool:
 
 
 _PORTS = re.compile(r"[0-9,]*")
+_SECONDS = re.compile(r"\s*[+-]?[0-9]+\s*")  # a connect_timeout libpq reads (psycopg too)
 
 
 def _malformed(url: str) -> str:
@@ -405,7 +406,13 @@ class _Pools:
             if key not in self._pools:
                 # Connect once directly: a bad URL, password or server fails here,
                 # at once and with the server's own words, not as a pool timeout.
-                psycopg.connect(url, connect_timeout=max(2, round(timeout))).close()
+                # As the pool's connections will: the URL's own connect_timeout,
+                # if it sets one, is kept (given here in its place, a misspelt
+                # value passed this check and then failed every connection the
+                # pool made: a "no connection" after the lock timeout that never
+                # said why, while a direct one "just worked").
+                psycopg.connect(url, connect_timeout=conninfo_to_dict(url).get(
+                    "connect_timeout", max(2, round(timeout)))).close()
                 install_log_filter()
                 pool = JackpotPool(
                     url, where=describe(url), min_size=1, max_size=max_size,
@@ -478,6 +485,12 @@ class PostgresStore(Store):
         """
         if _misread(url):  # libpq's message would quote a fragment of it: maybe the password
             raise StorageError(_malformed(url)) from None
+        if not _SECONDS.fullmatch(str(conninfo_to_dict(url).get("connect_timeout", "0"))):
+            # psycopg's and libpq's messages quote the value (a password pasted in the wrong
+            # place, say): told here without it, before anything connects.
+            msg = (f"cannot open database {describe(url)}: its connect_timeout is not a whole "
+                   "number of seconds (?connect_timeout=10, say); nothing was changed")
+            raise StorageError(msg)
         self._url = url
         self._where = describe(url)
         self._timeout_ms = lock_timeout_ms
