@@ -1632,6 +1632,57 @@ def test_a_read_waits_for_a_table_lock_no_longer_than_the_lock_timeout(
         assert engine.verify().ok
 
 
+def test_a_statement_outside_a_transaction_replaces_a_connection_the_server_closed(
+        pg_target: str) -> None:
+    # A level's actor loads its level as it starts, outside a transaction: the
+    # statement ran alone on a pooled connection, and one the server had closed
+    # (a restart, a terminated session) failed it with "the connection ... was
+    # lost" where every other statement's connection is replaced unseen.
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)):
+        pass
+    app = f"jackpot-stale-{uuid.uuid4().hex[:12]}"
+    store = PostgresStore(f"{pg_target}&application_name={app}")
+    try:
+        assert store.load_level("minor") is not None  # its pooled connection, now idle
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            pids = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,))]
+            assert pids
+            for pid in pids:  # (waits for the session to end: `wait_for` 5 s, then False)
+                assert conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,)).fetchone() \
+                    == (True,)
+        state = store.load_level("minor")
+        assert state is not None
+        assert state.version == 1
+    finally:
+        store.close()
+
+
+def test_a_statement_outside_a_transaction_waits_for_a_table_lock_no_longer_than_the_timeout(
+        pg_target: str) -> None:
+    # It had no lock_timeout either: a VACUUM FULL or ALTER TABLE of levels held
+    # an actor's start for as long as it ran. (Here the server's statement_timeout
+    # ends that wait instead, with another message: the old code's.)
+    with JackpotEngine.open(pg_target, settings=Settings(enable_metrics=False)):
+        pass
+    options = f"{conninfo_to_dict(pg_target)['options']} -cstatement_timeout=20000"
+    store = PostgresStore(f"{PG_URL}?options={quote(options)}", lock_timeout_ms=300)
+    try:
+        with psycopg.connect(pg_target) as holder:
+            holder.execute("LOCK TABLE levels IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(LockTimeoutError) as info:
+                store.load_level("minor")
+            holder.rollback()
+        assert str(info.value).startswith("lock not acquired within 300 ms (another "
+                                          "transaction holds a row or the table: "), info.value
+        assert str(info.value).endswith("; nothing was read")
+        state = store.load_level("minor")
+        assert state is not None
+        assert state.version == 1
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(("sql", "problem"), WEAKENED_INDEXES)
 def test_a_dropped_index_is_reported(pg_target: str, sql: str, problem: str) -> None:
     _index_problems(pg_target, sql, [problem])

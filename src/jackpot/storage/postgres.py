@@ -554,16 +554,20 @@ class PostgresStore(Store):
         """Run one statement; every statement of the engine passes here.
 
         Inside a transaction, driver errors propagate to the transaction
-        boundary (`write`/`read`), which translates them once; outside, the
-        statement runs alone on a pooled connection and is translated here.
+        boundary (`write`/`read`), which translates them once; outside (a
+        level's actor loading its level as it starts), the statement runs in
+        a `read()` of its own. Not alone on a pooled connection, as it did: a
+        connection the server had closed (a restart, a terminated session)
+        failed it ("the connection ... was lost"), where `_checkout` replaces
+        one unseen, and nothing bounded its wait for a table lock (VACUUM
+        FULL, ALTER TABLE), for which every other read has the lock timeout.
+        (A read-only transaction: a statement that writes runs in `write()`.)
         """
         if self._conn is not None:
             return self._run(self._conn, sql, params)
-        try:
-            with self._pool.connection(timeout=self._timeout_ms / 1000) as conn:
-                return self._run(conn, sql, params)
-        except (psycopg.Error, PoolTimeout) as e:
-            raise self._translate(e) from e
+        with self.read():
+            assert self._conn is not None  # (set by read())
+            return self._run(self._conn, sql, params)
 
     def _stream(self, sql: str, params: tuple[Any, ...] = ()) -> Iterable[tuple[Any, ...]]:
         """Yield the rows of one query; inside a transaction, through a server-side cursor.
