@@ -411,6 +411,23 @@ def test_a_connect_timeout_libpq_reads_is_taken(value: str) -> None:
         store.close()
 
 
+def test_a_search_path_naming_no_schema_that_exists_is_told_so_at_open() -> None:
+    # The README's ?options=-csearch_path%3Djackpot with the schema's name
+    # misspelt (or not made yet): open() raised "database error:
+    # InvalidSchemaName: no schema has been selected to create in", naming
+    # neither the database nor its search_path.
+    missing = f"t_{uuid.uuid4().hex[:16]}"
+    with pytest.raises(StorageError) as info:
+        JackpotEngine.open(with_search_path(PG_URL, missing),
+                           settings=Settings(enable_metrics=False))
+    message = str(info.value)
+    assert message.startswith(f"database {postgres.describe(PG_URL)} has no schema to create "
+                              "the tables in (no schema has been selected to create in): "
+                              f"none of its search_path (search_path = {missing}) exists; "
+                              "create the schema, or correct its name "), message
+    assert message.endswith("; nothing was changed")
+
+
 def test_a_server_older_than_the_engine_needs_is_refused_before_anything_is_made(
         pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # verify() reads catalog columns PostgreSQL 12 added: on an older server it

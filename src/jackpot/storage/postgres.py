@@ -626,7 +626,27 @@ class PostgresStore(Store):
             return StorageError(
                 f"the connection to {self._where} was lost before the transaction committed "
                 f"({_first_line(e)}{why}); nothing was changed: retry")
-        return StorageError(f"database error: {type(e).__name__}: {_first_line(e)}")
+        return self._other_error(e, conn)
+
+    def _other_error(self, e: BaseException, conn: Connection | None) -> StorageError:
+        """Return the StorageError for a driver error `_translate` has no case of its own for.
+
+        One has a message of its own: a search_path that names no schema that
+        exists (InvalidSchemaName). The first open() of a database creates the
+        tables in the first schema of the search_path that exists: a name
+        misspelt in the URL's options (the README's
+        ?options=-csearch_path%3Djackpot), or a schema not made yet, leaves
+        none, which PostgreSQL words as "no schema has been selected to create
+        in", naming neither.
+        """
+        if not isinstance(e, pg_errors.InvalidSchemaName):
+            return StorageError(f"database error: {type(e).__name__}: {_first_line(e)}")
+        return StorageError(
+            f"database {self._where} has no schema to create the tables in "
+            f"({_first_line(e)}): none of its search_path ({_search_path(conn)}) "
+            "exists; create the schema, or correct its name (the URL's "
+            "options=-csearch_path=..., or the role's or database's search_path); "
+            "nothing was changed")
 
     def _lost_race(self, e: pg_errors.UniqueViolation, conn: Connection | None) -> str | None:
         """Return the key another transaction committed first that `e` clashed with, if any.
@@ -1278,6 +1298,20 @@ def _connection_lost(e: psycopg.Error, conn: Connection | None = None) -> bool:
     states = [e.sqlstate, cause.sqlstate if isinstance(cause, psycopg.Error) else None]
     return (conn is not None and conn.broken) or e.sqlstate is None or any(
         s.startswith(("08", "57P0")) for s in states if s is not None)
+
+
+def _search_path(conn: Connection | None) -> str:
+    """Return the session's search_path as the server shows it, for a message ("unknown": unread).
+
+    Read on `conn`, its failed transaction rolled back (`write`); None (a read's
+    error, translated after its connection went back to the pool): not read.
+    """
+    if conn is not None:
+        with contextlib.suppress(psycopg.Error):
+            if conn.info.transaction_status == TransactionStatus.IDLE:
+                for (path,) in conn.execute("SHOW search_path"):
+                    return f"search_path = {path}"
+    return "search_path unknown"
 
 
 def _timed_out(e: BaseException, ms: int, *, writing: bool) -> LockTimeoutError:
