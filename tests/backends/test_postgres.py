@@ -57,6 +57,7 @@ from .pg import (
     create_anycase_collation,
     fresh_schema,
     fresh_schema_named,
+    read_books,
     require_pg_url,
     with_search_path,
 )
@@ -409,6 +410,39 @@ def test_a_connect_timeout_libpq_reads_is_taken(value: str) -> None:
         assert store.schema_version() >= 0
     finally:
         store.close()
+
+
+def test_settings_changed_by_hosts_whose_sessions_cache_ledger_seqs_still_verify(
+        pg_target: str) -> None:
+    # With the ledger's identity caching values per session (SET CACHE 50, a
+    # tuning for tables many sessions insert into), each host's connection draws
+    # seqs from a block of its own: a level's later version can get the smaller
+    # seq. The audit replayed a level's settings rows by seq, so this correct
+    # database failed verify() ("minor: setting seed is ..., the ledger says ...",
+    # and its changes waiting for a reset). Two engines of their own connection stand in for two
+    # hosts (a pool of one connection per URL: the first store of a URL sizes it).
+    off = Settings(enable_metrics=False)
+    with JackpotEngine.open(pg_target, settings=off):
+        pass
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ledger ALTER COLUMN seq SET CACHE 50")
+    urls = [f"{pg_target}&application_name=host-{host}" for host in "ab"]
+    sizing = [PostgresStore(url, pool_max_size=1) for url in urls]
+    try:
+        with JackpotEngine.open(urls[0], settings=off) as a, \
+                JackpotEngine.open(urls[1], settings=off) as b:
+            a.update_config("minor", op_id="a-1", seed=Decimal(101))  # a's block: n..n+49
+            b.update_config("minor", op_id="b-1", seed=Decimal(102))  # b's: n+50..
+            a.update_config("minor", op_id="a-2", seed=Decimal(103))  # version 4, seq n+1
+            _, ledger, _ = read_books(pg_target)
+            rows = [r for r in ledger if r.level == "minor" and r.kind == "config"]
+            assert [(r.op_id, r.version_after) for r in sorted(rows, key=lambda r: r.seq)] == [
+                ("a-1", 2), ("a-2", 4), ("b-1", 3)]
+            report = a.verify()
+            assert (report.ok, report.problems) == (True, [])
+    finally:
+        for store in sizing:
+            store.close()
 
 
 def test_a_search_path_naming_no_schema_that_exists_is_told_so_at_open() -> None:

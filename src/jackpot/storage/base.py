@@ -757,6 +757,9 @@ class Store(ABC):
     """The backend's parameter placeholder (for the few queries written here)."""
     _AMOUNT_CAST = ""
     """Appended to each amount in the audit's arithmetic (see `_BROKEN_ROWS`)."""
+    _LEVEL_ORDER = "seq"
+    """How `ledger_stream` orders one level's rows, oldest first. SQLite: by seq, which
+    one writer at a time hands out in the order of commits (see `PostgresStore`'s)."""
     _INEXACT: ClassVar[str | None] = None
     """SQL that is true where a sum (`{}`) of the audit's arithmetic was not exact; None:
     the backend's arithmetic is (see `broken_ledger_rows`)."""
@@ -921,7 +924,8 @@ class Store(ABC):
         """
         p = self._PARAM
         sql = (f"SELECT {', '.join(LedgerRow.__dataclass_fields__)} FROM ledger "
-               f"WHERE level = {p} AND kind IN ({', '.join([p] * len(kinds))}) ORDER BY seq")
+               f"WHERE level = {p} AND kind IN ({', '.join([p] * len(kinds))}) "
+               f"ORDER BY {self._LEVEL_ORDER}")
         for row in self._stream(sql, (level, *kinds)):
             yield ledger_row(row, keep_unread=keep_unread)
 

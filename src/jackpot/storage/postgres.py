@@ -457,6 +457,15 @@ class PostgresStore(Store):
 
     _PARAM = "%s"
     _AMOUNT_CAST = "::numeric"  # a forged amount near 2**63 must not overflow the audit
+    # A level's rows in the order of its versions, not of seq: an identity sequence
+    # that caches values per session (ALTER TABLE ledger ALTER COLUMN seq SET CACHE
+    # 50, a common tuning for tables many sessions insert into) hands each session
+    # a block of its own, so a later version of a level, written through another
+    # host's connection, can get the smaller seq. Read by seq, the audit replayed a
+    # level's settings rows out of order and told a correct database as wrong
+    # ("setting seed is 102, the ledger says 105"). (seq breaks ties: a forged
+    # ledger's rows of one version stay in the order they were written.)
+    _LEVEL_ORDER = "version_after, seq"
 
     def __init__(
         self,
