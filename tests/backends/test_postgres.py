@@ -1332,6 +1332,10 @@ def locked_out_store(pg_target: str, *, pool_max_size: int = 16
         JackpotEngine.open(user_url).close()
         store = PostgresStore(user_url, lock_timeout_ms=300, pool_max_size=pool_max_size)
         try:
+            # The pool makes its first connection in a thread of its own: one still
+            # logging in as the role was locked out could be missed by the ending of
+            # its sessions, and live on (a test then found its store still served).
+            store._pool.wait(timeout=30)
             lock_out(pg_target, role)
             yield role, store
         finally:
