@@ -457,8 +457,36 @@ def test_a_search_path_naming_no_schema_that_exists_is_told_so_at_open() -> None
     message = str(info.value)
     assert message.startswith(f"database {postgres.describe(PG_URL)} has no schema to create "
                               "the tables in (no schema has been selected to create in): "
-                              f"none of its search_path (search_path = {missing}) exists; "
-                              "create the schema, or correct its name "), message
+                              f"none of its search_path (search_path = {missing}) exists, "
+                              "or none that exists may be used by this role; create the "
+                              "schema or grant the role USAGE on it, or correct its name "
+                              ), message
+    assert message.endswith("; nothing was changed")
+
+
+def test_a_search_path_schema_the_role_may_not_use_is_not_told_as_missing() -> None:
+    # A schema that exists, on which the role has CREATE but not USAGE (a grant
+    # forgotten): PostgreSQL leaves it out of the path and words it as the
+    # missing schema above. The message said only "none of its search_path
+    # exists; create the schema": an operator was sent to make one that was there.
+    role = f"app_{uuid.uuid4().hex[:12]}"
+    with fresh_schema_named(PG_URL) as schema, \
+            psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE {role} LOGIN; GRANT CREATE ON SCHEMA "{schema}" TO {role}')
+        try:
+            parts = urlsplit(PG_URL)
+            url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+            with pytest.raises(StorageError) as info:
+                JackpotEngine.open(with_search_path(url, schema),
+                                   settings=Settings(enable_metrics=False))
+        finally:
+            admin.execute(f'REVOKE ALL ON SCHEMA "{schema}" FROM {role}; DROP ROLE {role}')
+    message = str(info.value)
+    assert message.startswith(f"database {postgres.describe(url)} has no schema to create "
+                              "the tables in (no schema has been selected to create in): "
+                              f"none of its search_path (search_path = {schema}) exists, "
+                              "or none that exists may be used by this role; create the "
+                              "schema or grant the role USAGE on it, "), message
     assert message.endswith("; nothing was changed")
 
 

@@ -646,14 +646,18 @@ class PostgresStore(Store):
         misspelt in the URL's options (the README's
         ?options=-csearch_path%3Djackpot), or a schema not made yet, leaves
         none, which PostgreSQL words as "no schema has been selected to create
-        in", naming neither.
+        in", naming neither. So does a schema that exists but that the role
+        has no USAGE on (PostgreSQL leaves such a schema out of the path): the
+        message names both causes, as "create the schema" alone sent an
+        operator to make one that was already there.
         """
         if not isinstance(e, pg_errors.InvalidSchemaName):
             return StorageError(f"database error: {type(e).__name__}: {_first_line(e)}")
         return StorageError(
             f"database {self._where} has no schema to create the tables in "
             f"({_first_line(e)}): none of its search_path ({_search_path(conn)}) "
-            "exists; create the schema, or correct its name (the URL's "
+            "exists, or none that exists may be used by this role; create the schema "
+            "or grant the role USAGE on it, or correct its name (the URL's "
             "options=-csearch_path=..., or the role's or database's search_path); "
             "nothing was changed")
 
