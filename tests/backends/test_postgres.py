@@ -45,6 +45,7 @@ from jackpot import (
     Settings,
     StorageError,
     domain,
+    reads,
 )
 from jackpot.audit import audit
 from jackpot.storage import SerializationFailureError, Store, _pg_pool, open_store, postgres
@@ -440,6 +441,39 @@ def test_settings_changed_by_hosts_whose_sessions_cache_ledger_seqs_still_verify
                 ("a-1", 2), ("a-2", 4), ("b-1", 3)]
             report = a.verify()
             assert (report.ok, report.problems) == (True, [])
+    finally:
+        for store in sizing:
+            store.close()
+
+
+def test_history_of_hosts_whose_sessions_cache_ledger_seqs_is_the_newest_wins(
+        pg_target: str) -> None:
+    # As above: a level's later win can get the smaller seq. history() took "the
+    # last `limit`" by seq, so the newest win (a-2, version 4) was left out for
+    # an older one (b-1, version 3), and the level's ledger listed them out of order.
+    off = Settings(enable_metrics=False)
+    with JackpotEngine.open(pg_target, settings=off):
+        pass
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ledger ALTER COLUMN seq SET CACHE 50")
+    urls = [f"{pg_target}&application_name=host-{host}" for host in "ab"]
+    sizing = [PostgresStore(url, pool_max_size=1) for url in urls]
+    try:
+        with JackpotEngine.open(urls[0], settings=off) as a, \
+                JackpotEngine.open(urls[1], settings=off) as b:
+            a.process_win("minor", op_id="a-1", amount=Decimal(1))  # a's block: n..n+49
+            b.process_win("minor", op_id="b-1", amount=Decimal(1))  # b's: n+50..
+            a.process_win("minor", op_id="a-2", amount=Decimal(1))  # version 4, seq n+1
+            _, ledger, _ = read_books(pg_target)
+            wins = sorted((r for r in ledger if r.level == "minor" and r.kind == "win"),
+                          key=lambda r: r.seq)
+            assert [(r.op_id, r.version_after) for r in wins] == [
+                ("a-1", 2), ("a-2", 4), ("b-1", 3)]
+            assert [(h.op_id, h.version) for h in a.history("minor", limit=1)] == [("a-2", 4)]
+            assert [(h.op_id, h.version) for h in b.history("minor")] == [
+                ("a-2", 4), ("b-1", 3), ("a-1", 2)]
+            shown = reads.ledger(sizing[0], level="minor", limit=3)  # (jackpot ledger minor)
+            assert [r.op_id for r in shown] == ["a-1", "b-1", "a-2"]
     finally:
         for store in sizing:
             store.close()

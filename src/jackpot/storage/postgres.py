@@ -1085,7 +1085,12 @@ class PostgresStore(Store):
         sql = _LEDGER_SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
+        # One level's rows in the order of its versions (see `_LEVEL_ORDER`): with
+        # seqs cached per session, "the last `limit`" by seq left out a level's
+        # newest win (history()) when another host's session had drawn higher
+        # seqs for older ones. Rows of every level: by seq, the only order they share.
+        order = self._LEVEL_ORDER.split(", ") if level is not None else ["seq"]
+        sql += " ORDER BY " + ", ".join(f"{c} DESC" if newest_first else c for c in order)
         if limit is not None:
             sql += f" LIMIT {row_limit(limit)}"
         return [ledger_row(row) for row in self._exec(sql, tuple(params))]
