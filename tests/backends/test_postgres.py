@@ -413,6 +413,33 @@ def test_a_connect_timeout_libpq_reads_is_taken(value: str) -> None:
         store.close()
 
 
+@contextmanager
+def _two_hosts_caching_ledger_seqs(
+        pg_target: str) -> Iterator[tuple[JackpotEngine, JackpotEngine, PostgresStore]]:
+    """Yield two engines standing in for two hosts whose sessions cache ledger seqs.
+
+    The ledger's identity caches 50 values per session (SET CACHE 50, a tuning
+    for tables many sessions insert into): each engine's one connection (a pool
+    of one per URL: the first store of a URL sizes it, the third item) draws
+    seqs from a block of its own, so a level's later version can get the
+    smaller seq.
+    """
+    off = Settings(enable_metrics=False)
+    with JackpotEngine.open(pg_target, settings=off):
+        pass
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        conn.execute("ALTER TABLE ledger ALTER COLUMN seq SET CACHE 50")
+    urls = [f"{pg_target}&application_name=host-{host}" for host in "ab"]
+    sizing = [PostgresStore(url, pool_max_size=1) for url in urls]
+    try:
+        with JackpotEngine.open(urls[0], settings=off) as a, \
+                JackpotEngine.open(urls[1], settings=off) as b:
+            yield a, b, sizing[0]
+    finally:
+        for store in sizing:
+            store.close()
+
+
 def test_settings_changed_by_hosts_whose_sessions_cache_ledger_seqs_still_verify(
         pg_target: str) -> None:
     # With the ledger's identity caching values per session (SET CACHE 50, a
@@ -420,30 +447,17 @@ def test_settings_changed_by_hosts_whose_sessions_cache_ledger_seqs_still_verify
     # seqs from a block of its own: a level's later version can get the smaller
     # seq. The audit replayed a level's settings rows by seq, so this correct
     # database failed verify() ("minor: setting seed is ..., the ledger says ...",
-    # and its changes waiting for a reset). Two engines of their own connection stand in for two
-    # hosts (a pool of one connection per URL: the first store of a URL sizes it).
-    off = Settings(enable_metrics=False)
-    with JackpotEngine.open(pg_target, settings=off):
-        pass
-    with psycopg.connect(pg_target, autocommit=True) as conn:
-        conn.execute("ALTER TABLE ledger ALTER COLUMN seq SET CACHE 50")
-    urls = [f"{pg_target}&application_name=host-{host}" for host in "ab"]
-    sizing = [PostgresStore(url, pool_max_size=1) for url in urls]
-    try:
-        with JackpotEngine.open(urls[0], settings=off) as a, \
-                JackpotEngine.open(urls[1], settings=off) as b:
-            a.update_config("minor", op_id="a-1", seed=Decimal(101))  # a's block: n..n+49
-            b.update_config("minor", op_id="b-1", seed=Decimal(102))  # b's: n+50..
-            a.update_config("minor", op_id="a-2", seed=Decimal(103))  # version 4, seq n+1
-            _, ledger, _ = read_books(pg_target)
-            rows = [r for r in ledger if r.level == "minor" and r.kind == "config"]
-            assert [(r.op_id, r.version_after) for r in sorted(rows, key=lambda r: r.seq)] == [
-                ("a-1", 2), ("a-2", 4), ("b-1", 3)]
-            report = a.verify()
-            assert (report.ok, report.problems) == (True, [])
-    finally:
-        for store in sizing:
-            store.close()
+    # and its changes waiting for a reset).
+    with _two_hosts_caching_ledger_seqs(pg_target) as (a, b, _):
+        a.update_config("minor", op_id="a-1", seed=Decimal(101))  # a's block: n..n+49
+        b.update_config("minor", op_id="b-1", seed=Decimal(102))  # b's: n+50..
+        a.update_config("minor", op_id="a-2", seed=Decimal(103))  # version 4, seq n+1
+        _, ledger, _ = read_books(pg_target)
+        rows = [r for r in ledger if r.level == "minor" and r.kind == "config"]
+        assert [(r.op_id, r.version_after) for r in sorted(rows, key=lambda r: r.seq)] == [
+            ("a-1", 2), ("a-2", 4), ("b-1", 3)]
+        report = a.verify()
+        assert (report.ok, report.problems) == (True, [])
 
 
 def test_history_of_hosts_whose_sessions_cache_ledger_seqs_is_the_newest_wins(
@@ -451,32 +465,20 @@ def test_history_of_hosts_whose_sessions_cache_ledger_seqs_is_the_newest_wins(
     # As above: a level's later win can get the smaller seq. history() took "the
     # last `limit`" by seq, so the newest win (a-2, version 4) was left out for
     # an older one (b-1, version 3), and the level's ledger listed them out of order.
-    off = Settings(enable_metrics=False)
-    with JackpotEngine.open(pg_target, settings=off):
-        pass
-    with psycopg.connect(pg_target, autocommit=True) as conn:
-        conn.execute("ALTER TABLE ledger ALTER COLUMN seq SET CACHE 50")
-    urls = [f"{pg_target}&application_name=host-{host}" for host in "ab"]
-    sizing = [PostgresStore(url, pool_max_size=1) for url in urls]
-    try:
-        with JackpotEngine.open(urls[0], settings=off) as a, \
-                JackpotEngine.open(urls[1], settings=off) as b:
-            a.process_win("minor", op_id="a-1", amount=Decimal(1))  # a's block: n..n+49
-            b.process_win("minor", op_id="b-1", amount=Decimal(1))  # b's: n+50..
-            a.process_win("minor", op_id="a-2", amount=Decimal(1))  # version 4, seq n+1
-            _, ledger, _ = read_books(pg_target)
-            wins = sorted((r for r in ledger if r.level == "minor" and r.kind == "win"),
-                          key=lambda r: r.seq)
-            assert [(r.op_id, r.version_after) for r in wins] == [
-                ("a-1", 2), ("a-2", 4), ("b-1", 3)]
-            assert [(h.op_id, h.version) for h in a.history("minor", limit=1)] == [("a-2", 4)]
-            assert [(h.op_id, h.version) for h in b.history("minor")] == [
-                ("a-2", 4), ("b-1", 3), ("a-1", 2)]
-            shown = reads.ledger(sizing[0], level="minor", limit=3)  # (jackpot ledger minor)
-            assert [r.op_id for r in shown] == ["a-1", "b-1", "a-2"]
-    finally:
-        for store in sizing:
-            store.close()
+    with _two_hosts_caching_ledger_seqs(pg_target) as (a, b, first):
+        a.process_win("minor", op_id="a-1", amount=Decimal(1))  # a's block: n..n+49
+        b.process_win("minor", op_id="b-1", amount=Decimal(1))  # b's: n+50..
+        a.process_win("minor", op_id="a-2", amount=Decimal(1))  # version 4, seq n+1
+        _, ledger, _ = read_books(pg_target)
+        wins = sorted((r for r in ledger if r.level == "minor" and r.kind == "win"),
+                      key=lambda r: r.seq)
+        assert [(r.op_id, r.version_after) for r in wins] == [
+            ("a-1", 2), ("a-2", 4), ("b-1", 3)]
+        assert [(h.op_id, h.version) for h in a.history("minor", limit=1)] == [("a-2", 4)]
+        assert [(h.op_id, h.version) for h in b.history("minor")] == [
+            ("a-2", 4), ("b-1", 3), ("a-1", 2)]
+        shown = reads.ledger(first, level="minor", limit=3)  # (jackpot ledger minor)
+        assert [r.op_id for r in shown] == ["a-1", "b-1", "a-2"]
 
 
 def test_a_search_path_naming_no_schema_that_exists_is_told_so_at_open() -> None:
