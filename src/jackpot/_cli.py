@@ -241,7 +241,8 @@ def _served(engine: JackpotEngine, *levels: str) -> None:
 
 def _reader(path: str, settings: Settings) -> Store:
     return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
-                      poll_interval_ms=settings.concurrency_check_interval_ms, read_only=True)
+                      poll_interval_ms=settings.concurrency_check_interval_ms, read_only=True,
+                      pool_size=settings.pg_pool_size)
 
 
 def _read(opts: Options, reading: Callable[[Store], _T]) -> _T:
@@ -880,7 +881,8 @@ def _existing_store(path: str, settings: Settings) -> Store:
     """
     return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
                       poll_interval_ms=settings.concurrency_check_interval_ms,
-                      synchronous=settings.synchronous, create=False, make_lock_file=False)
+                      synchronous=settings.synchronous, create=False, make_lock_file=False,
+                      pool_size=settings.pg_pool_size)
 
 
 @app.command()

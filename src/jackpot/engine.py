@@ -1404,7 +1404,7 @@ def _store(path: str, settings: Settings, on_wal: Callable[[int], None] | None =
     return open_store(path, lock_timeout_ms=settings.lock_timeout_ms,
                       poll_interval_ms=settings.concurrency_check_interval_ms,
                       synchronous=settings.synchronous, on_wal=on_wal, cache_mb=cache_mb,
-                      create=create)
+                      create=create, pool_size=settings.pg_pool_size)
 
 
 def outcome_of(error: BaseException) -> str:

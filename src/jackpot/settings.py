@@ -28,6 +28,7 @@ _INT_RANGES = {
     "lock_timeout_ms": (1, 3_600_000),
     "concurrency_check_interval_ms": (1, 60_000),
     "page_cache_mb": (1, 65_536),
+    "pg_pool_size": (1, 10_000),
     "health_probe_timeout_ms": (1, 60_000),
     "health_min_operations": (1, 1000),
     "health_min_lock_success_pct": (0, 100),
@@ -67,6 +68,14 @@ class Settings:
             (the 5-million-row benchmark: 0.69 -> 0.80 of an empty file's
             throughput at 32 MiB). Memory, not a leak: each cache stops
             growing at this size. SQLite's own default is 2 MiB.
+        pg_pool_size: PostgreSQL only: most connections this process keeps
+            to one database URL (one pool per URL, shared by every engine,
+            reader and health probe of the process on it; an engine in the
+            process that asks for more grows it). Each of an engine's actors
+            holds one only for the length of a transaction; with more actors
+            busy at once than this, a transaction waits for a connection, up
+            to `lock_timeout_ms`. Size it against the server's
+            `max_connections` divided among the processes of every host.
         health_probe_timeout_ms: longest wait of the health check's database
             probe for the write lock (it takes the lock and rolls back).
         health_min_operations: fewest recent operations before the health
@@ -91,6 +100,7 @@ class Settings:
     log_level: str | None = None
     synchronous: str = "FULL"
     page_cache_mb: int = 32
+    pg_pool_size: int = 16
     health_probe_timeout_ms: int = 250
     health_min_operations: int = 20
     health_min_lock_success_pct: int = 99
@@ -105,7 +115,8 @@ class Settings:
             lock_timeout_ms: SupportsIndex = ...,
             concurrency_check_interval_ms: SupportsIndex = ..., enable_metrics: bool = ...,
             log_level: str | None = ..., synchronous: str = ...,
-            page_cache_mb: SupportsIndex = ..., health_probe_timeout_ms: SupportsIndex = ...,
+            page_cache_mb: SupportsIndex = ..., pg_pool_size: SupportsIndex = ...,
+            health_probe_timeout_ms: SupportsIndex = ...,
             health_min_operations: SupportsIndex = ...,
             health_min_lock_success_pct: SupportsIndex = ...,
             health_failing_lock_success_pct: SupportsIndex = ...,

@@ -10,6 +10,7 @@ counted, and end as ConcurrencyViolationError when retries run out.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -420,11 +421,10 @@ def _two_hosts_caching_ledger_seqs(
 
     The ledger's identity caches 50 values per session (SET CACHE 50, a tuning
     for tables many sessions insert into): each engine's one connection (a pool
-    of one per URL: the first store of a URL sizes it, the third item) draws
-    seqs from a block of its own, so a level's later version can get the
-    smaller seq.
+    of one per URL, pg_pool_size=1, shared with the third item) draws seqs
+    from a block of its own, so a level's later version can get the smaller seq.
     """
-    off = Settings(enable_metrics=False)
+    off = Settings(enable_metrics=False, pg_pool_size=1)
     with JackpotEngine.open(pg_target, settings=off):
         pass
     with psycopg.connect(pg_target, autocommit=True) as conn:
@@ -1535,13 +1535,66 @@ def saturated_pool(pg_target: str, connect: mock.Mock) -> Iterator[PostgresStore
     """Yield a store whose pool's only connection another holds, `psycopg.connect` mocked."""
     JackpotEngine.open(pg_target).close()
     holder = PostgresStore(pg_target, lock_timeout_ms=300, pool_max_size=1)
-    waiter = PostgresStore(pg_target, lock_timeout_ms=300)
+    waiter = PostgresStore(pg_target, lock_timeout_ms=300, pool_max_size=1)
     try:
         with holder.write(), mock.patch.object(psycopg, "connect", connect):
             yield waiter
     finally:
         waiter.close()
         holder.close()
+
+
+def _sessions_of(pg_target: str, app: str) -> int:
+    """Count the server's sessions whose application_name is `app`."""
+    with psycopg.connect(pg_target, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                           "WHERE application_name = %s", (app,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_pg_pool_size_bounds_the_connections_a_process_keeps(pg_target: str) -> None:
+    # The pool of a URL was fixed at 16 connections a process: hosts' processes
+    # could not be sized to fit a server's max_connections (100 by default).
+    # Two connections for three levels' actors and the coordinator: transactions
+    # wait their turn for a connection, none fails, the books balance.
+    app = f"pool-{uuid.uuid4().hex[:12]}"
+    url = f"{pg_target}&application_name={app}"
+    levels = ("major", "mega", "minor")
+
+    def bets(worker: int) -> list[Contribution]:
+        return [engine.contribute(Decimal(10), op_id=f"w{worker}-{n}",
+                                  groups=levels if n % 4 == 0 else levels[n % 3])
+                for n in range(30)]
+
+    with JackpotEngine.open(url, settings=Settings(enable_metrics=False,
+                                                  pg_pool_size=2)) as engine:
+        before = {name: p.amount for name, p in engine.pools().items()}
+        results = run_together(*(functools.partial(bets, w) for w in range(6)))
+        assert not [r for r in results if isinstance(r, Exception)]
+        assert 1 <= _sessions_of(pg_target, app) <= 2
+        added = Counter[str]()
+        for contribution in itertools.chain.from_iterable(results):
+            added.update(contribution.contributions)
+        assert {name: p.amount - before[name] for name, p in engine.pools().items()} == added
+        assert engine.verify().ok
+
+
+def test_a_bigger_pg_pool_size_grows_the_pool_a_process_shares(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One pool per URL and process: an engine asking for more connections than
+    # the one that opened it gets them; one asking for fewer leaves it as it is.
+    monkeypatch.setenv("JACKPOT_PG_POOL_SIZE", "3")
+    url = f"{pg_target}&application_name=pool-{uuid.uuid4().hex[:12]}"
+    with JackpotEngine.open(url, settings=Settings.from_env(enable_metrics=False)):
+        [pool] = [p for (_, u), (p, _) in postgres._POOLS._pools.items() if u == url]
+        assert pool.max_size == 3
+        with JackpotEngine.open(url, settings=Settings(enable_metrics=False,
+                                                       pg_pool_size=5)):
+            assert pool.max_size == 5
+            with JackpotEngine.open(url, settings=Settings(enable_metrics=False,
+                                                           pg_pool_size=1)):
+                assert pool.max_size == 5
 
 
 def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:

@@ -33,12 +33,13 @@ def test_from_env_reads_every_variable() -> None:
         "JACKPOT_LOG_LEVEL": "DEBUG",
         "JACKPOT_SYNCHRONOUS": "normal",
         "JACKPOT_PAGE_CACHE_MB": "64",
+        "JACKPOT_PG_POOL_SIZE": "4",
         "UNRELATED": "x",
     }
     assert Settings.from_env(env) == Settings(
         max_retry_attempts=7, retry_delay_ms=20, lock_timeout_ms=1500,
         concurrency_check_interval_ms=5, enable_metrics=False, log_level="debug",
-        synchronous="NORMAL", page_cache_mb=64)
+        synchronous="NORMAL", page_cache_mb=64, pg_pool_size=4)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -104,6 +105,7 @@ def test_a_bad_variable_is_told_the_values_it_takes(var: str, raw: str, expected
     ("JACKPOT_SYNCHRONOUS", "OFF"),
     ("JACKPOT_PAGE_CACHE_MB", "0"),
     ("JACKPOT_PAGE_CACHE_MB", "32MB"),
+    ("JACKPOT_PG_POOL_SIZE", "0"),
 ])
 def test_a_bad_variable_is_named_in_the_error(var: str, raw: str) -> None:
     env = {"JACKPOT_LOG_LEVEL": "warning", var: raw}  # one good neighbour
@@ -125,6 +127,7 @@ def test_a_bad_variable_is_named_in_the_error(var: str, raw: str) -> None:
     ({"log_level": "LOUD"}, r"^log_level must be one of debug, info.*got 'loud'"),
     ({"synchronous": "OFF"}, r"^synchronous must be one of FULL, EXTRA, NORMAL"),
     ({"page_cache_mb": 0}, r"^page_cache_mb must be an integer in \[1, 65536\], got 0"),
+    ({"pg_pool_size": 10_001}, r"^pg_pool_size must be an integer in \[1, 10000\], got 10001"),
 ])
 def test_settings_refuse_invalid_values(kwargs: dict[str, object], pattern: str) -> None:
     with pytest.raises(ValidationError, match=pattern):

@@ -71,6 +71,7 @@ def open_store(
     create: bool = True,
     read_only: bool = False,
     make_lock_file: bool = True,
+    pool_size: int = 16,
 ) -> Store:
     """Open the store for `target`: a postgresql:// URL, or a SQLite file path.
 
@@ -79,7 +80,9 @@ def open_store(
     database of a schema this library knows (SQLite: the file must exist).
     `read_only`: a store that never writes (for inspecting a database); see
     `SQLiteStore` and `PostgresStore`. `make_lock_file=False` (SQLite only):
-    never create the writers' lock file (see `SQLiteStore`).
+    never create the writers' lock file (see `SQLiteStore`). `pool_size`
+    (PostgreSQL only): most connections the process keeps to `target` (see
+    `PostgresStore`).
 
     Raises:
         StorageError: the database cannot be opened, is not a jackpot
@@ -100,4 +103,4 @@ def open_store(
                "pip install 'jackpot[postgres]'")
         raise StorageError(msg) from e
     return PostgresStore(target, lock_timeout_ms=lock_timeout_ms, synchronous=synchronous,
-                         read_only=read_only, existing=not create)
+                         pool_max_size=pool_size, read_only=read_only, existing=not create)

@@ -400,7 +400,12 @@ class _Pools:
         self._pools: dict[tuple[int, str], tuple[JackpotPool, int]] = {}
 
     def acquire(self, url: str, *, max_size: int, timeout: float) -> JackpotPool:
-        """Return the pool for `url`, creating it (after one test connection) if needed."""
+        """Return the pool for `url`, creating it (after one test connection) if needed.
+
+        The pool holds up to the largest `max_size` a store of the process asked
+        for: an engine opened with a bigger `pg_pool_size` than another one's on
+        the same URL grows the pool they share (it never shrinks while open).
+        """
         key = (os.getpid(), url)  # a forked child never uses its parent's pool
         with self._lock:
             if key not in self._pools:
@@ -421,6 +426,8 @@ class _Pools:
                 pool.open()
                 self._pools[key] = (pool, 0)
             pool, users = self._pools[key]
+            if pool.max_size < max_size:
+                pool.resize(pool.min_size, max_size)
             self._pools[key] = (pool, users + 1)
             return pool
 
@@ -480,7 +487,8 @@ class PostgresStore(Store):
         """Connect to the database at `url` (postgresql://user@host:port/dbname).
 
         `pool_max_size` bounds the connections this process opens to that
-        database (the first store of a URL sets it for the process). With
+        database (`Settings.pg_pool_size`; the pool of a URL is shared by the
+        process's stores and holds the largest size one asked for). With
         `read_only`, `write()` is refused. With `read_only` or `existing`
         (every connection an engine opens after `open()`: its actors, the
         health probe), a newer schema is refused at once; otherwise
