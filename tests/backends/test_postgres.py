@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -1595,6 +1596,38 @@ def test_a_bigger_pg_pool_size_grows_the_pool_a_process_shares(
             with JackpotEngine.open(url, settings=Settings(enable_metrics=False,
                                                            pg_pool_size=1)):
                 assert pool.max_size == 5
+
+
+def test_a_server_that_does_not_answer_holds_up_no_other_database_s_stores(
+        pg_target: str) -> None:
+    # A store's first connection to a URL was made under a lock of the whole
+    # process: one to a server that accepts connections and then says nothing
+    # (hung, or a stalled proxy) held up every store opened meanwhile, on any
+    # database (an engine's, a health probe's, an actor's restarting), for as
+    # long as its connect_timeout.
+    order: list[str] = []
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        hung_url = f"postgresql://jackpot@127.0.0.1:{port}/nowhere?connect_timeout=20"
+
+        def open_hung() -> None:
+            with pytest.raises(StorageError):
+                PostgresStore(hung_url)
+            order.append("hung")
+
+        opening = threading.Thread(target=open_hung)
+        opening.start()
+        conn, _ = silent.accept()  # its first connection is under way, unanswered
+        try:
+            store = PostgresStore(f"{pg_target}&application_name=p-{uuid.uuid4().hex[:12]}")
+            order.append("other")
+            assert store.schema_version() >= 0
+            store.close()
+        finally:
+            conn.close()  # the hung one fails now
+            opening.join(60)
+    assert not opening.is_alive()
+    assert order == ["other", "hung"]
 
 
 def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:

@@ -397,7 +397,10 @@ class _Pools:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        """Guards the dicts, never held over the network."""
         self._pools: dict[tuple[int, str], tuple[JackpotPool, int]] = {}
+        self._opening: dict[tuple[int, str], threading.Lock] = {}
+        """Per URL: held while its pool is made (its first connection, over the network)."""
 
     def acquire(self, url: str, *, max_size: int, timeout: float) -> JackpotPool:
         """Return the pool for `url`, creating it (after one test connection) if needed.
@@ -405,31 +408,54 @@ class _Pools:
         The pool holds up to the largest `max_size` a store of the process asked
         for: an engine opened with a bigger `pg_pool_size` than another one's on
         the same URL grows the pool they share (it never shrinks while open).
+        Only stores of the same URL wait for its first connection: one to a
+        server that does not answer held up, for as long as its connect_timeout,
+        every store of the process opened meanwhile (another database's, a
+        health probe's, an actor's restarting).
         """
         key = (os.getpid(), url)  # a forked child never uses its parent's pool
         with self._lock:
-            if key not in self._pools:
-                # Connect once directly: a bad URL, password or server fails here,
-                # at once and with the server's own words, not as a pool timeout.
-                # As the pool's connections will: the URL's own connect_timeout,
-                # if it sets one, is kept (given here in its place, a misspelt
-                # value passed this check and then failed every connection the
-                # pool made: a "no connection" after the lock timeout that never
-                # said why, while a direct one "just worked").
-                psycopg.connect(url, connect_timeout=conninfo_to_dict(url).get(
-                    "connect_timeout", max(2, round(timeout)))).close()
-                install_log_filter()
-                pool = JackpotPool(
-                    url, where=describe(url), min_size=1, max_size=max_size,
-                    kwargs={"autocommit": True, **network_defaults(url)},
-                    configure=_configure_session, open=False, timeout=timeout)
-                pool.open()
-                self._pools[key] = (pool, 0)
-            pool, users = self._pools[key]
-            if pool.max_size < max_size:
-                pool.resize(pool.min_size, max_size)
-            self._pools[key] = (pool, users + 1)
-            return pool
+            if key in self._pools:
+                return self._use(key, max_size)
+            opening = self._opening.setdefault(key, threading.Lock())
+        with opening:
+            with self._lock:
+                if key in self._pools:  # made by the store this one waited for
+                    return self._use(key, max_size)
+            # Connect once directly: a bad URL, password or server fails here,
+            # at once and with the server's own words, not as a pool timeout.
+            # As the pool's connections will: the URL's own connect_timeout,
+            # if it sets one, is kept (given here in its place, a misspelt
+            # value passed this check and then failed every connection the
+            # pool made: a "no connection" after the lock timeout that never
+            # said why, while a direct one "just worked").
+            psycopg.connect(url, connect_timeout=conninfo_to_dict(url).get(
+                "connect_timeout", max(2, round(timeout)))).close()
+            install_log_filter()
+            pool = JackpotPool(
+                url, where=describe(url), min_size=1, max_size=max_size,
+                kwargs={"autocommit": True, **network_defaults(url)},
+                configure=_configure_session, open=False, timeout=timeout)
+            pool.open()
+            with self._lock:
+                if self._opening.get(key) is opening:
+                    del self._opening[key]
+                if key not in self._pools:
+                    self._pools[key] = (pool, 1)
+                    return pool
+                # Made meanwhile under a newer lock (this one's pool was made and
+                # closed again while this store waited): one pool per URL stays.
+                theirs = self._use(key, max_size)
+        pool.close()
+        return theirs
+
+    def _use(self, key: tuple[int, str], max_size: int) -> JackpotPool:
+        """Count one more user of an open pool, growing it to `max_size` (under the lock)."""
+        pool, users = self._pools[key]
+        if pool.max_size < max_size:
+            pool.resize(pool.min_size, max_size)
+        self._pools[key] = (pool, users + 1)
+        return pool
 
     def release(self, url: str) -> None:
         """Drop one user of the pool for `url`; close the pool after its last user."""
@@ -447,12 +473,13 @@ _POOLS = _Pools()
 
 
 def _after_fork_in_child() -> None:
-    """Renew the pools' lock: another thread of the parent may have held it at the fork.
+    """Renew the pools' locks: another thread of the parent may have held one at the fork.
 
-    It is held while a pool opens, through a first connection over the
+    A URL's is held while its pool opens, through a first connection over the
     network. The parent's pools stay listed: keyed by process, none is used here.
     """
     _POOLS._lock = threading.Lock()  # noqa: SLF001
+    _POOLS._opening = {}  # noqa: SLF001
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
