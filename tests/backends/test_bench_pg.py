@@ -26,7 +26,7 @@ TINY = compare.Sizes(
     warmup_s=0.05, duration_s=0.2, rest_calls=10, open_loop_s=0.2, mix_ops=60,
     mp_duration_s=0.2, big_rows=500, rss_ops=200, rss_warmup=20, threads=(1, 4),
     open_loop_workers=4, mix_callers=4, mp_procs=2, mp_callers=4, big_callers=4,
-    rss_callers=2, fsync_probe_s=0.05)
+    rss_callers=2, fsync_probe_s=0.05, latency_rounds=2)
 
 
 def bench_schemas() -> set[str]:
@@ -54,6 +54,11 @@ def test_every_workload_fills_the_postgresql_column(tmp_path: Path) -> None:
     filled = bench.results["ledger"]["templates"][compare.PG]
     assert (filled["ledger_rows"], filled["verify"]["ok"]) == (TINY.big_rows, True)
 
+    for key in ("1-level", "3-level"):  # in rounds, the figures from one of them
+        latency = bench.results["latency"][f"{key}/{compare.PG}"]
+        assert len(latency["rounds_p99_ms"]) == TINY.latency_rounds
+        assert latency["p99_ms"] == latency["rounds_p99_ms"][latency["chosen_round"] - 1]
+
     rows = compare.build_rows(bench.results, TINY)
     assert {r.section for r in rows} == {
         "at rest", "throughput", "latency", "mix", "processes", "ledger", "rss"}
@@ -66,3 +71,4 @@ def test_every_workload_fills_the_postgresql_column(tmp_path: Path) -> None:
     text = compare.markdown(report, rows, compare.build_targets(bench.results, TINY))
     assert "| postgresql | postgresql/engine |" in text
     assert "500-row ledger filled server-side" in text
+

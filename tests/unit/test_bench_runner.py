@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -211,3 +213,126 @@ def test_the_instruction_counts_load_applies_every_contribution(threads: int, le
     import instructions  # noqa: PLC0415 - only here
 
     assert instructions.load(22, threads, levels) == 22 // threads * threads
+
+
+# -- the latency section's rounds ----------------------------------------------------
+
+
+def test_the_median_index_is_the_middle_value_s_and_the_worse_of_two_middles() -> None:
+    # One stall of the machine (196 ms) must not be the figure: the median is 8.1.
+    assert compare.median_index([7.7, 196.0, 8.1], lower_is_better=True) == 2
+    assert compare.median_index([196.0, 7.7, 8.1], lower_is_better=True) == 2
+    assert compare.median_index([7.7], lower_is_better=True) == 0
+    # Of an even number, the worse middle one: the higher latency, the lower throughput.
+    assert compare.median_index([8.1, 196.0], lower_is_better=True) == 1
+    assert compare.median_index([3000.0, 4000.0]) == 0
+    assert compare.median_index([4100.0, 3000.0, 4000.0]) == 2
+    # A round without a successful call has no p99 (NaN): the worst, never the median's
+    # neighbour by accident of NaN comparisons.
+    assert compare.median_index([float("nan"), 5.0, 6.0], lower_is_better=True) == 2
+    assert compare.median_index([5.0, float("nan"), 6.0, 7.0], lower_is_better=True) == 3
+
+
+def _latency_round(p99: float, lag: float, errors: dict[str, int] | None = None,
+                   ) -> dict[str, Any]:
+    by_type = errors or {}
+    return {"offered_per_s": 1000.0, "achieved_per_s": 999.0, "max_dispatch_lag_ms": lag,
+            "workers": 64, "other_cores_busy": 0.1, "steal_cores": 0.0,
+            "p50_ms": p99 / 4, "p99_ms": p99, "p999_ms": p99 * 2, "max_ms": p99 * 3,
+            "samples": 15_000,
+            "errors": {"total": sum(by_type.values()), "by_type": by_type,
+                       "first": {name: f"{name} here" for name in by_type}},
+            "counters": dict.fromkeys(compare.COUNTERS, 1),
+            "verify": {"ok": True, "problems": []}}
+
+
+def _latency_results() -> dict[str, Any]:
+    stalled = [_latency_round(7.7, 1.0), _latency_round(196.0, 44.9, {"StorageError": 2}),
+               _latency_round(8.1, 0.9)]
+    base = [_latency_round(12.0, 2.0), _latency_round(11.0, 1.5), _latency_round(13.0, 3.0)]
+    return {
+        "rest": {f"{lv}-level/engine": {"p50_ms": 1.0, "p99_ms": 2.0,
+                                        "errors": {"total": 0, "by_type": {}, "first": {}}}
+                 for lv in (1, 3)},
+        "latency": {
+            "3-level/engine": compare.median_round(stalled, "p99_ms", lower_is_better=True,
+                                                   detail=compare.LATENCY_DETAIL),
+            "3-level/baseline": compare.median_round(base, "p99_ms", lower_is_better=True,
+                                                     detail=compare.LATENCY_DETAIL),
+            "1-level/engine": compare.median_round([_latency_round(5.0, 0.5)], "p99_ms",
+                                                   lower_is_better=True,
+                                                   detail=compare.LATENCY_DETAIL)}}
+
+
+def test_the_latency_figures_are_one_round_s_the_round_of_median_p99() -> None:
+    kept = _latency_results()["latency"]["3-level/engine"]
+    # p50, p99 and p999 all from round 3, not quantiles picked from several rounds
+    assert (kept["p50_ms"], kept["p99_ms"], kept["p999_ms"]) == (8.1 / 4, 8.1, 8.1 * 2)
+    assert kept["chosen_round"] == 3
+    assert kept["max_dispatch_lag_ms"] == 0.9
+    assert kept["rounds_p99_ms"] == [7.7, 196.0, 8.1]
+    # what every round looked like, to tell a stall
+    assert [r["max_dispatch_lag_ms"] for r in kept["rounds"].values()] == [1.0, 44.9, 0.9]
+    # the stalled round's failed calls and counters are not dropped with it, and
+    # counted once (not again from the rounds' details)
+    assert kept["errors"]["by_type"] == {"StorageError": 2}
+    assert kept["counters"]["conflicts"] == 3
+    audits, errors = compare.collect_audits({"latency": {"3-level/engine": kept}})
+    assert [a["where"] for a in audits] == [f"latency/3-level/engine/rounds/round {i}"
+                                            for i in (1, 2, 3)]
+    assert list(errors) == ["latency/3-level/engine StorageError (x2)"]
+
+
+def test_the_p99_target_and_the_table_use_the_median_round_and_show_every_round() -> None:
+    results = _latency_results()
+    (target,) = [t for t in compare.build_targets(results, compare.FULL)
+                 if t.name.startswith("3-level p99")]
+    assert target.value == 8.1
+    assert target.detail == ("p99 8.10 ms (round 3, the median of the rounds' 7.70, 196.00, "
+                             "8.10) vs 1.000 ms at rest")
+    (one,) = [t for t in compare.build_targets(results, compare.FULL)
+              if t.name.startswith("1-level p99")]
+    assert one.detail == "p99 5.00 ms vs 1.000 ms at rest"
+    (row,) = [r for r in compare.build_rows(results, compare.FULL)
+              if r.figure == "3-level at half capacity: p99"]
+    assert (row.engine, row.baseline) == (8.1, 12.0)
+    note = compare.latency_rounds_note(results["latency"]).splitlines()
+    assert note[1:] == [
+        ("- 3-level/engine: p99 8.100 ms, round 3 of 3 (rounds: 7.700, 196.00, 8.100 ms; "
+         "dispatch lag 1.0, 44.9, 0.9 ms)"),
+        ("- 3-level/baseline: p99 12.00 ms, round 1 of 3 (rounds: 12.00, 11.00, 13.00 ms; "
+         "dispatch lag 2.0, 1.5, 3.0 ms)"),
+        "- 1-level/engine: p99 5.000 ms, one round (dispatch lag 0.5 ms)"]
+
+
+def test_latency_rounds_default_to_three_one_with_quick_and_follow_the_option(
+        tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path)]
+    assert compare.options(out).sizes.latency_rounds == 3
+    assert compare.options([*out, "--quick"]).sizes.latency_rounds == 1
+    opts = compare.options([*out, "--quick", "--latency-rounds", "5", "--only", "latency"])
+    assert opts.sizes == compare.replace(compare.QUICK, latency_rounds=5)
+    assert opts.sections == ["latency"]
+
+
+def _run_compare(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCHMARKS / "compare.py"), *args],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=cwd,
+                          env={**os.environ, "JACKPOT_BENCH_PG_URL": ""})
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--latency-rounds", "0"], "argument --latency-rounds: must be at least 1, got 0"),
+    (["--latency-rounds", "two"],
+     "argument --latency-rounds: must be a whole number, got 'two'"),
+    (["--latency-rounds", "3", "--only", "rest"],
+     "--latency-rounds is for the latency section, which --only leaves out"),
+])
+def test_a_bad_latency_rounds_is_one_line_and_exit_2_before_any_workload(
+        tmp_path: Path, args: list[str], error: str) -> None:
+    out = tmp_path / "out"
+    done = _run_compare(["--out", str(out), *args], tmp_path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.splitlines()[-1] == f"compare.py: error: {error}"
+    assert done.stdout == ""
+    assert not out.exists()
