@@ -71,6 +71,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -1296,6 +1297,15 @@ def big_pg(target: str, rows: int) -> dict[str, Any]:
     return meta
 
 
+class SetupError(Exception):
+    """A run that cannot start, with why on one line (said before anything runs)."""
+
+
+def pg_error(e: Exception) -> str:
+    """A psycopg error's message on one line (libpq words some on several)."""
+    return " ".join(str(e).split())
+
+
 def pg_info(url: str) -> dict[str, Any]:
     """The PostgreSQL server the column ran on (no password)."""
     from jackpot.storage.postgres import describe  # noqa: PLC0415 - needs psycopg
@@ -1305,6 +1315,16 @@ def pg_info(url: str) -> dict[str, Any]:
             "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
             (["server_version", "fsync", "synchronous_commit", "wal_sync_method",
               "shared_buffers", "max_connections"],)).fetchall())
+        # Every workload runs in a schema of its own: a role that may not make
+        # one would fail the PostgreSQL pass, after all the SQLite workloads.
+        probe = pgsql.Identifier(f"bench_{os.getpid()}_probe")
+        try:
+            conn.execute(pgsql.SQL("CREATE SCHEMA {}").format(probe))
+        except psycopg.errors.InsufficientPrivilege as e:
+            msg = ("the role may not create schemas there (every workload runs in a fresh "
+                   f"one; GRANT CREATE ON DATABASE to it): {pg_error(e)}")
+            raise SetupError(msg) from e
+        conn.execute(pgsql.SQL("DROP SCHEMA {}").format(probe))
     return {"where": describe(url), **settings}
 
 
@@ -1711,7 +1731,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help="directory for results.md, results.json and cached files")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
-    parser.add_argument("--pg", metavar="URL", default=os.environ.get("JACKPOT_BENCH_PG_URL"),
+    parser.add_argument("--pg", metavar="URL", default=None,
                         help="also run every workload with the engine on this PostgreSQL "
                              "database (a fresh schema each; default: $JACKPOT_BENCH_PG_URL)")
     parser.add_argument("--latency-rounds", metavar="N", type=at_least_one, default=None,
@@ -1719,6 +1739,23 @@ def make_parser() -> argparse.ArgumentParser:
                              f"system's figures are from its round of median p99 (default "
                              f"{FULL.latency_rounds}, with --quick {QUICK.latency_rounds})")
     return parser
+
+
+def writable_dir(path: Path) -> str | None:
+    """Make `path` a directory if need be and check that a file can be written there.
+
+    Return why not (one line), or None. The results are written there at the
+    end, the cache and the probes before.
+    """
+    if path.exists() and not path.is_dir():
+        return "not a directory"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 @dataclass(frozen=True)
@@ -1730,39 +1767,61 @@ class Options:
     sizes: Sizes
     out: Path
     pg_url: str | None
+    pg: dict[str, Any] | None  # the server (pg_info), with --pg
 
 
 def options(argv: list[str] | None = None) -> Options:
-    """Parse and check the command line; a bad one exits 2 with a one-line reason."""
+    """Parse and check the command line; a bad one exits 2 with a one-line reason.
+
+    Everything a run will need is checked here, before the first workload: a
+    mistake found later (an unwritable --out at the end, a PostgreSQL server
+    refusing after the SQLite workloads) cost the run and its results.
+    """
     parser = make_parser()
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    if not sections:
+        # It ran nothing and wrote an empty table over the last results.
+        parser.error(f"--only names no section; choose from {SECTIONS}")
     sizes = QUICK if args.quick else FULL
     if args.latency_rounds is not None:
         if "latency" not in sections:
             parser.error("--latency-rounds is for the latency section, which --only leaves out")
         sizes = replace(sizes, latency_rounds=args.latency_rounds)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    pg_url = args.pg or None
+    why = writable_dir(out)
+    if why:
+        parser.error(f"--out {out}: cannot write there: {why}")
+    pg_url, pg_from = ((args.pg, "--pg") if args.pg is not None else
+                       (os.environ.get("JACKPOT_BENCH_PG_URL"), "JACKPOT_BENCH_PG_URL"))
+    pg_url = pg_url or None
     if pg_url and psycopg is None:
-        parser.error("--pg needs psycopg: pip install 'jackpot[postgres]'")
-    return Options(quick=args.quick, sections=sections, sizes=sizes, out=out, pg_url=pg_url)
+        parser.error(f"{pg_from} needs psycopg: pip install 'jackpot[postgres]'")
+    pg = None
+    if pg_url:
+        from jackpot.storage.postgres import describe  # noqa: PLC0415 - needs psycopg
+
+        try:
+            pg = pg_info(pg_url)
+        except (psycopg.Error, SetupError) as e:
+            parser.error(f"{pg_from} {describe(pg_url)}: {pg_error(e)}")
+    return Options(quick=args.quick, sections=sections, sizes=sizes, out=out, pg_url=pg_url,
+                   pg=pg)
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = options(argv)
     quiet_logging()
-    sections, sizes, out, pg_url = opts.sections, opts.sizes, opts.out, opts.pg_url
+    sections, sizes, out, pg_url, pg = (opts.sections, opts.sizes, opts.out, opts.pg_url,
+                                        opts.pg)
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     t0 = time.perf_counter()
     bench = Bench(sizes, out, quick=opts.quick, pg_url=pg_url)
     info = machine(out, sizes)
     log(f"machine: {info}")
-    pg = pg_info(pg_url) if pg_url else None
     if pg:
         log(f"postgresql: {pg}")
     # SQLite first, then PostgreSQL: the SQLite figures are measured as without it.

@@ -10,10 +10,15 @@ dropped afterwards, and that the big ledger was filled to the row.
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+
+from jackpot.storage.postgres import describe
 
 from .pg import require_pg_url
 
@@ -72,3 +77,27 @@ def test_every_workload_fills_the_postgresql_column(tmp_path: Path) -> None:
     assert "| postgresql | postgresql/engine |" in text
     assert "500-row ledger filled server-side" in text
 
+
+def test_a_role_that_may_not_create_schemas_is_refused_before_any_workload(
+        tmp_path: Path) -> None:
+    """It failed with a traceback once every SQLite workload had run, their results lost."""
+    role = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")  # CONNECT, as PUBLIC; no CREATE
+        database = admin.info.dbname
+        try:
+            parts = urlsplit(PG_URL)
+            url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+            done = subprocess.run(
+                [sys.executable, str(BENCHMARKS / "compare.py"), "--quick", "--only", "rest",
+                 "--out", str(tmp_path / "out"), "--pg", url],
+                capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+        finally:
+            admin.execute(f"DROP ROLE {role}")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.splitlines()[-1] == (
+        f"compare.py: error: --pg {describe(url)}: the role may not create schemas there "
+        "(every workload runs in a fresh one; GRANT CREATE ON DATABASE to it): permission "
+        f"denied for database {database}")
+    assert "Traceback" not in done.stderr
+    assert list((tmp_path / "out").iterdir()) == []  # no workload ran

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -315,24 +316,62 @@ def test_latency_rounds_default_to_three_one_with_quick_and_follow_the_option(
     assert opts.sections == ["latency"]
 
 
-def _run_compare(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run_compare(args: list[str], cwd: Path,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(BENCHMARKS / "compare.py"), *args],
                           capture_output=True, text=True, timeout=120, check=False, cwd=cwd,
-                          env={**os.environ, "JACKPOT_BENCH_PG_URL": ""})
+                          env={**os.environ, "JACKPOT_BENCH_PG_URL": "", **(env or {})})
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    (["--latency-rounds", "0"], "argument --latency-rounds: must be at least 1, got 0"),
-    (["--latency-rounds", "two"],
+REFUSED = ('connection failed: connection to server at "127.0.0.1", port {port} failed: '
+           "Connection refused Is the server running on that host and accepting TCP/IP "
+           "connections?")
+
+
+def _closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (the OS's pick, released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("args", "env", "error"), [
+    (["--latency-rounds", "0"], {}, "argument --latency-rounds: must be at least 1, got 0"),
+    (["--latency-rounds", "two"], {},
      "argument --latency-rounds: must be a whole number, got 'two'"),
-    (["--latency-rounds", "3", "--only", "rest"],
+    (["--latency-rounds", "3", "--only", "rest"], {},
      "--latency-rounds is for the latency section, which --only leaves out"),
+    (["--only", "rest,bogus"], {},
+     f"unknown sections ['bogus']; choose from {compare.SECTIONS}"),
+    (["--only", ","], {}, f"--only names no section; choose from {compare.SECTIONS}"),
+    (["--out", "{tmp}/a-file"], {}, "--out {tmp}/a-file: cannot write there: not a directory"),
+    (["--out", "{tmp}/a-file/sub"], {},
+     "--out {tmp}/a-file/sub: cannot write there: Not a directory"),
+    (["--pg", "notaurl"], {},
+     '--pg <unparsable PostgreSQL URL>: missing "=" after "notaurl" in connection info string'),
+    (["--pg", "postgresql://bench:secret@127.0.0.1:{port}/nodb"], {},
+     "--pg postgresql://bench@127.0.0.1:{port}/nodb: " + REFUSED),
+    ([], {"JACKPOT_BENCH_PG_URL": "postgresql://bench@127.0.0.1:{port}/nodb"},
+     "JACKPOT_BENCH_PG_URL postgresql://bench@127.0.0.1:{port}/nodb: " + REFUSED),
 ])
-def test_a_bad_latency_rounds_is_one_line_and_exit_2_before_any_workload(
-        tmp_path: Path, args: list[str], error: str) -> None:
+def test_a_bad_argument_is_one_line_and_exit_2_before_any_workload(
+        tmp_path: Path, args: list[str], env: dict[str, str], error: str) -> None:
+    """--only "" ran nothing and wrote an empty table; a bad --out or --pg was a traceback.
+
+    (A role that may not create schemas is refused before any workload too:
+    tests/backends/test_bench_pg.py, which has a server.)
+    """
+    (tmp_path / "a-file").write_text("")
+    fill = {"tmp": str(tmp_path), "port": str(_closed_port())}
+    args = [a.format(**fill) for a in args]
+    env = {k: v.format(**fill) for k, v in env.items()}
     out = tmp_path / "out"
-    done = _run_compare(["--out", str(out), *args], tmp_path)
+    done = _run_compare([*(["--out", str(out)] if "--out" not in args else []), *args],
+                        tmp_path, env)
     assert done.returncode == 2, (done.stdout, done.stderr)
-    assert done.stderr.splitlines()[-1] == f"compare.py: error: {error}"
+    assert done.stderr.startswith("usage: compare.py "), done.stderr
+    assert done.stderr.splitlines()[-1] == f"compare.py: error: {error.format(**fill)}"
+    assert "Traceback" not in done.stderr
+    assert "secret" not in done.stderr
     assert done.stdout == ""
-    assert not out.exists()
+    assert not out.exists() or list(out.iterdir()) == []  # nothing measured, nothing written
