@@ -1526,9 +1526,11 @@ def test_calls_are_served_again_soon_after_a_long_outage(
         assert engine.verify().ok
     # psycopg_pool warned of every failed attempt, every connection it found
     # closed and every attempt it gave up; now the first of each kind a minute.
-    said = Counter(r.msg for r in caplog.records if r.name.startswith("psycopg"))
-    assert said == {"error connecting in %r: %s": 1, "discarding closed connection: %s": 1,
-                    "reconnection attempt in pool %r failed after %s sec": 1}
+    # (By its first three words: psycopg_pool before 3.2.8 logs f-strings.)
+    said = Counter(" ".join(str(r.msg).split()[:3])
+                   for r in caplog.records if r.name.startswith("psycopg"))
+    assert said == {"error connecting in": 1, "discarding closed connection:": 1,
+                    "reconnection attempt in": 1}
 
 
 @contextmanager

@@ -70,6 +70,21 @@ def test_the_first_of_a_kind_passes_the_rest_of_the_minute_are_counted(
     assert not quiet.filter(record())  # a new minute has begun
 
 
+def test_a_message_the_pool_formatted_itself_is_counted_too(
+        quiet: PoolLogFilter, clock: Clock) -> None:
+    # psycopg_pool before 3.2.8 logs f-strings: no args, the server's words (a
+    # % sign among them) in the message. Its count of the held back was lost.
+    text = f"error connecting in '{NAME}': FATAL:  100% of connection slots are taken"
+    assert quiet.filter(record(text, ()))
+    for _ in range(3):
+        clock.now += 1
+        assert not quiet.filter(record(text, ()))
+    clock.now += 57  # 60 s after the first
+    said = record(text, ())
+    assert quiet.filter(said)
+    assert said.getMessage() == f"{text} (3 more like it in the last 60 s were not logged)"
+
+
 def test_kinds_are_told_apart_by_message_and_the_text_of_its_arguments(
         quiet: PoolLogFilter) -> None:
     assert quiet.filter(record())

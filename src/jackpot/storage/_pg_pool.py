@@ -192,8 +192,11 @@ class PoolLogFilter(logging.Filter):
             *(str(a) for a in args if isinstance(a, (str, int, float, BaseException)))))
         if passed is None:
             return False
-        if passed.held_back and args:
-            record.msg = f"{record.msg} (%d more like it in the last %.0f s were not logged)"
+        if passed.held_back:
+            # psycopg_pool before 3.2.8 formats its messages itself (no args): its
+            # own % signs (in a server's error, say) are kept as text.
+            msg = str(record.msg) if args else str(record.msg).replace("%", "%%")
+            record.msg = f"{msg} (%d more like it in the last %.0f s were not logged)"
             record.args = (*args, passed.held_back, passed.seconds)
         return True
 

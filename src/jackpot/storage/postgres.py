@@ -662,7 +662,12 @@ class PostgresStore(Store):
             return SerializationFailureError(
                 f"a concurrent transaction committed the same {what} first "
                 f"({_first_line(e)}); nothing was changed: retry")
-        idle = isinstance(e, pg_errors.IdleInTransactionSessionTimeout)  # (ended before COMMIT)
+        # (Ended before COMMIT.) With a libpq older than 17 the server's FATAL comes as
+        # "consuming input failed: terminating connection due to idle-in-transaction
+        # timeout", an OperationalError with no SQLSTATE: told by its words (in English).
+        idle = (isinstance(e, pg_errors.IdleInTransactionSessionTimeout)
+                or (isinstance(e, psycopg.OperationalError)
+                    and "due to idle-in-transaction timeout" in str(e)))
         if idle or (isinstance(e, psycopg.OperationalError) and _connection_lost(e)):
             # Lost at COMMIT is settled in _flush: this is before any COMMIT.
             why = (": the transaction sat idle longer than idle_in_transaction_session_timeout "
