@@ -4,8 +4,9 @@ Every command takes `--db PATH` (or JACKPOT_DB) and `--json`, before or after
 the command name. Settings come from the JACKPOT_* variables, as for
 `JackpotEngine.open`. Exit status: 0 done, 1 the audit (or the health check)
 failed or the system refused (port in use...), 2 a bad argument or an error
-the engine raised, 130 Ctrl-C, 141 stdout's (or stderr's) reader left early
-(`| head`); errors are one line on stderr, never a traceback.
+the engine raised, 130 Ctrl-C (`metrics --serve`, which serves until it is
+stopped, ends with 0 at Ctrl-C or SIGTERM), 141 stdout's (or stderr's) reader
+left early (`| head`); errors are one line on stderr, never a traceback.
 
 The commands that only look (status, history, ledger, verify, metrics) run no
 engine: they read through a read-only store (`open_store(read_only=True)`),

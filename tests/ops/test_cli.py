@@ -698,7 +698,9 @@ def test_metrics_once_on_a_database_it_cannot_read_is_an_error(db: str) -> None:
     assert done.stderr.startswith("jackpot: error: level 'minor': its pending changes ")
 
 
-def test_metrics_serve_on_a_local_port(db: str) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_metrics_serve_on_a_local_port(db: str, stop: signal.Signals) -> None:
+    """Served until stopped: Ctrl-C, as SIGTERM, ends it with status 0 (README), not 130."""
     proc = subprocess.Popen([*CLI, "metrics", "--serve", "--port", "0", "--db", db],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -710,7 +712,7 @@ def test_metrics_serve_on_a_local_port(db: str) -> None:
             body = response.read().decode()
         assert 'jackpot_level_version{level="mega"} 1.0' in body
     finally:
-        proc.terminate()
+        proc.send_signal(stop)
         _, err = proc.communicate(timeout=30)
     assert (proc.returncode, err) == (0, "")
 
