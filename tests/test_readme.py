@@ -8,8 +8,10 @@ database), or listed in NOT_RUN with the reason and what is checked instead.
 A block added to the README without either fails
 `test_every_block_is_run_or_said_why_not`.
 
-The tables (settings, errors, health checks) are compared with the code; the
-metrics table with what an engine exports, in tests/ops/test_alerts.py.
+The tables (settings, errors, health checks), and the lists of values written
+out in prose (outcomes, operation kinds, config keys, settings' values), are
+compared with the code; the metrics table with what an engine exports, in
+tests/ops/test_alerts.py.
 """
 
 from __future__ import annotations
@@ -310,3 +312,45 @@ def test_the_names_the_readme_gives_the_api_exist() -> None:
             cls = getattr(jackpot, owner)
             assert hasattr(cls, attribute) or attribute in {
                 f.name for f in dataclasses.fields(cls)}, f"{owner}.{attribute}"
+
+
+def _said(pattern: str) -> str:
+    """The one place the README (its lines joined) matches `pattern`: its first group."""
+    found = re.findall(pattern, " ".join(README.read_text(encoding="utf-8").split()))
+    assert len(found) == 1, (pattern, found)
+    return str(found[0])
+
+
+def _listed(words: str) -> list[str]:
+    """`a, b or c` / `a, b, or c` / "`a`, `b` or `c`" -> [a, b, c]."""
+    return [w.strip("` ") for w in re.split(r",\s*(?:or\s+)?|\s+or\s+", words) if w.strip("` ")]
+
+
+def test_the_lists_the_readme_gives_are_the_codes() -> None:
+    """The value lists written out in prose: outcomes, operation kinds, config keys, settings.
+
+    The tables are compared above; these lists sit in sentences and table
+    cells, and drift unseen when the code gains a value (a new outcome, a
+    config key, a log level).
+    """
+    from jackpot import ConfigChanges, metrics, settings, stats  # noqa: PLC0415
+
+    assert _listed(_said(r"finished operations; outcome is ([a-z, ]+?) \(")) == list(stats.OUTCOMES)
+    assert _listed(_said(r"Operations are the engine's kinds: ([a-z, ]+);")) == list(
+        metrics.OPERATIONS)
+    keys = list(ConfigChanges.__annotations__)
+    assert sorted(_listed(_said(r"`update_config\(group, .*?\)` changes (.*?) \(typed as"))) == (
+        sorted(keys))
+    help_text = " ".join((_cli.app.commands["config"].help or "").split())  # `config --help`
+    said = re.search(r"Keys: ([a-z_, ]+); `none` clears", help_text)
+    assert said is not None
+    assert sorted(_listed(said[1])) == sorted(keys)
+    rows = {names_in(variable)[0]: meaning
+            for variable, _, meaning in table("variable", "default", "meaning")}
+    assert _listed(re.split(r"[:;]", rows["JACKPOT_LOG_LEVEL"])[1]) == list(settings.LOG_LEVELS)
+    assert names_in(rows["JACKPOT_SYNCHRONOUS"])[1:] == list(settings._SYNC_MODES)
+    words = names_in(rows["JACKPOT_ENABLE_METRICS"])  # `true`/`false`, `1`/`0`, ...
+    assert len(words) == 8
+    for yes, no in zip(words[::2], words[1::2], strict=True):
+        assert Settings.from_env({"JACKPOT_ENABLE_METRICS": yes}).enable_metrics is True
+        assert Settings.from_env({"JACKPOT_ENABLE_METRICS": no}).enable_metrics is False
