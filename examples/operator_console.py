@@ -184,9 +184,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bets", type=_count, default=None,
-                        help="bets the players place (default: 400, or 40 with --quick)")
+                        help="bets the players place before the operator's session, and "
+                             "as many again after it (default: 400, or 40 with --quick)")
     parser.add_argument("--quick", action="store_true",
-                        help="a short run: 40 bets, unless --bets is given")
+                        help="a short run: 40 bets each time, unless --bets is given")
     parser.add_argument("--db", type=Path, default=None,
                         help="a new database file to keep (default: a temporary one)")
     args = parser.parse_args()

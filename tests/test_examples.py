@@ -459,6 +459,19 @@ def test_one_of_a_thing_is_not_said_in_the_plural(tmp_path: Path, name: str, arg
     assert said in run_example(name, *args, cwd=tmp_path)
 
 
+def test_the_operator_consoles_help_says_its_bets_are_placed_twice(tmp_path: Path) -> None:
+    """`--bets 400` placed 800 bets: 400 before the operator's session and 400 after it,
+    where the help said "bets the players place (default: 400 ...)"."""
+    out = run_example("operator_console.py", "--bets", "2", cwd=tmp_path)
+    assert [line for line in out.splitlines() if "players placed" in line] == [
+        "[floor] players placed 2 bets on minor, major, summer-promo",
+        "[floor] players placed 2 bets on minor, major"]
+    help_text = " ".join(run_example("operator_console.py", "--help", cwd=tmp_path).split())
+    assert ("--bets BETS bets the players place before the operator's session, and as many "
+            "again after it (default: 400, or 40 with --quick)") in help_text
+    assert "--quick a short run: 40 bets each time, unless --bets is given" in help_text
+
+
 @pytest.mark.parametrize(("name", "option"), [
     ("quickstart.py", "--db"), ("asyncio_game_server.py", "--db"), ("casino_floor.py", "--db"),
     ("operator_console.py", "--db"), ("casino_floor.py", "--chart")])
