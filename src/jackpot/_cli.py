@@ -117,7 +117,7 @@ class _Integer(click.IntRange):
         """Refuse a string that is not plain digits, then check the range as IntRange does."""
         if isinstance(value, str):
             if not self._PLAIN.fullmatch(value):
-                self.fail(f"{value[:40]!r} is not a whole number of at most 19 ASCII digits.",
+                self.fail(f"{_quoted(value)} is not a whole number of at most 19 ASCII digits.",
                           param, ctx)
             digits = value.lstrip("-").lstrip("0") or "0"  # (int() counts zeros to its limit)
             value = -int(digits) if value.startswith("-") else int(digits)
@@ -142,9 +142,25 @@ class _Seed(click.types.IntParamType):
         if isinstance(value, int) and not isinstance(value, bool):
             return value  # the default
         if not isinstance(value, str) or not self._PLAIN.fullmatch(value):
-            self.fail(f"{str(value)[:40]!r} is not a whole number of at most 64 ASCII digits "
-                      "(with an optional sign).", param, ctx)
+            self.fail(f"{_quoted(str(value))} is not a whole number of at most 64 ASCII "
+                      "digits (with an optional sign).", param, ctx)
         return int(value)
+
+
+_QUOTED = 40
+"""The longest option value a refusal shows whole."""
+
+
+def _quoted(value: str) -> str:
+    """Return an option's value for its refusal: quoted, and said to be cut when it is long.
+
+    Cut to 40 characters unsaid, 65 digits given to --seed read "'99...9' (40
+    nines) is not a whole number of at most 64 ASCII digits": the refusal
+    showed a value it would have taken.
+    """
+    if len(value) <= _QUOTED:
+        return repr(value)
+    return f"{value[:_QUOTED]!r}... ({len(value)} characters)"
 
 
 class CommandError(click.ClickException):

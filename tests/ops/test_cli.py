@@ -785,11 +785,14 @@ def test_simulate_takes_any_whole_seed(db: str, tmp_path: Path, seed: str) -> No
     assert first["audit"]["ok"] is True
 
 
-@pytest.mark.parametrize("seed", ["4_2", " 42", "\u0664\u0662", "4.2", "++42", "9" * 65])
-def test_simulate_refuses_a_seed_that_is_not_plain_digits(db: str, seed: str) -> None:
+@pytest.mark.parametrize(("seed", "said"), [
+    *[(seed, repr(seed)) for seed in ["4_2", " 42", "\u0664\u0662", "4.2", "++42"]],
+    # was shown as the 40 nines it was cut to, a seed it would have taken
+    ("9" * 65, f"{'9' * 40!r}... (65 characters)")])
+def test_simulate_refuses_a_seed_that_is_not_plain_digits(db: str, seed: str, said: str) -> None:
     done = jackpot("simulate", "--seed", seed, "--db", db)
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == (f"jackpot: error: Invalid value for '--seed': {seed[:40]!r} is not "
+    assert done.stderr == (f"jackpot: error: Invalid value for '--seed': {said} is not "
                            "a whole number of at most 64 ASCII digits (with an optional sign).\n")
 
 
@@ -1025,6 +1028,9 @@ def test_a_time_beyond_any_date_is_shown_raw(db: str, at_ms: int) -> None:
                    ("history", "minor", "--limit", " 5", "--db", "{db}"),
                    ("metrics", "--port", "\u0669\u0664\u0666\u0664", "--db", "{db}"),
                    ("ledger", "--tail", "9" * 20, "--db", "{db}")]],
+    (("ledger", "--tail", "1" * 41, "--db", "{db}"),  # cut, and said to be
+     (f"Invalid value for '--tail': {'1' * 40!r}... (41 characters) is not a whole number of "
+      "at most 19 ASCII digits.")),
     (("ledger", "--tail", "9" * 19, "--db", "{db}"),
      f"Invalid value for '--tail': {'9' * 19} is not in the range 1<=x<=100000."),
     # a version past 18 digits was refused as not a number; the library names its limit
