@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import errno
 import getpass
+import io
 import json
 import logging
 import os
@@ -1104,9 +1105,12 @@ def _play(engine: JackpotEngine, plan: Iterator[tuple[str, Any]], threads: int, 
     pending: set[Future[None]] = set()
     stop = _StopOnCtrlC()
     try:
-        bar_to = _Console(stderr=True)  # (not a terminal: no bar, rich's ends in a blank line)
-        with stop, Progress(console=bar_to, transient=True,
-                            disable=not (progress and bar_to.is_terminal)) as bar:
+        bar_to = _Console(stderr=True)
+        shown = progress and bar_to.is_terminal  # (not a terminal: no bar)
+        # Not shown, not a byte: rich before 14.1 ends even a disabled bar with a
+        # blank line on its console, so that one writes nowhere.
+        with stop, Progress(console=bar_to if shown else Console(file=io.StringIO()),
+                            transient=True, disable=not shown) as bar:
             task = bar.add_task("simulating", total=total)
             for kind, arg in plan:
                 while len(pending) >= threads * _WINDOW and not stop.asked:

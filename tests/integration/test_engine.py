@@ -70,9 +70,15 @@ def test_public_names_are_exported() -> None:
 
 
 def test_import_jackpot_leaves_asyncio_and_the_version_until_asked_for() -> None:
-    """They were a third of `import jackpot`, paid by the `jackpot` command and every worker."""
-    code = ("import sys, jackpot, jackpot.cli; "
-            "print(sorted({'asyncio', 'importlib.metadata'} & set(sys.modules))); "
+    """They were a third of `import jackpot`, paid by the `jackpot` command and every worker.
+
+    What its runtime dependencies import is theirs (pykka before 4.4 reads its own
+    version with importlib.metadata as it is imported): not counted.
+    """
+    code = ("import sys, apsw, prometheus_client, pykka; "
+            "deps = set(sys.modules); "
+            "import jackpot, jackpot.cli; "
+            "print(sorted({'asyncio', 'importlib.metadata'} & (set(sys.modules) - deps))); "
             "import jackpot.aio, importlib.metadata; "
             "print(jackpot.AsyncJackpotEngine is jackpot.aio.AsyncJackpotEngine, "
             "jackpot.__version__ == importlib.metadata.version('jackpot'), "
