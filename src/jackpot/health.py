@@ -467,10 +467,9 @@ def probe_database(path: str, settings: Settings, open_store: OpenStore, *,
         return _unwritable(path, serving=serving)
     probe = replace(settings, lock_timeout_ms=timeout_ms,
                     concurrency_check_interval_ms=min(10, timeout_ms))
-    try:
-        store = open_store(path, probe)
-    except JackpotError as e:
-        return HealthCheck("database", FAILING, f"cannot open the database: {e}")
+    store = _opened(path, probe, open_store)
+    if isinstance(store, HealthCheck):
+        return store
     try:
         _take_lock_and_roll_back(store)
     except _ProbeDoneError:
@@ -484,6 +483,22 @@ def probe_database(path: str, settings: Settings, open_store: OpenStore, *,
     finally:
         store.close()
     raise AssertionError  # pragma: no cover - the probe always raises
+
+
+def _opened(path: str, probe: Settings, open_store: OpenStore) -> ProbeStore | HealthCheck:
+    """Return the probe's store, or the verdict on a database it could not open."""
+    try:
+        return open_store(path, probe)
+    except LockTimeoutError as e:
+        # Opening waited its turn as long as the probe may and had none: on
+        # PostgreSQL, every connection of the process's pool was in use
+        # (pg_pool_size; the probe shares the pool). As busy as a held write
+        # lock, not broken: "failing" had a supervisor restart a process whose
+        # pool was merely all in use.
+        return HealthCheck("database", DEGRADED, f"not opened within "
+                           f"{probe.lock_timeout_ms} ms, writes are waiting: {e}")
+    except JackpotError as e:
+        return HealthCheck("database", FAILING, f"cannot open the database: {e}")
 
 
 def _actors(alive: Mapping[str, bool], *, coordinator_alive: bool,

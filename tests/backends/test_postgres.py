@@ -1644,6 +1644,26 @@ def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str
     assert direct.call_count == 1
 
 
+def test_health_of_an_engine_whose_pool_is_all_in_use_is_degraded_not_failing(
+        pg_target: str) -> None:
+    # The health probe's store shares the process's pool: with every connection
+    # in use (pg_pool_size=1 here; any size under load) it waited its 250 ms for
+    # one as it opened and reported the database "failing" ("cannot open the
+    # database"), which has a supervisor restart a process that is merely busy.
+    # A write lock held as long is "degraded"; so is this.
+    settings = Settings(enable_metrics=False, pg_pool_size=1)
+    with JackpotEngine.open(pg_target, settings=settings) as engine:
+        holder = PostgresStore(pg_target, pool_max_size=1)
+        try:
+            with holder.write():
+                check = engine.health().checks[0]
+        finally:
+            holder.close()
+        assert check.status == "degraded", check.detail
+        assert "every pooled connection is busy" in check.detail
+        assert engine.health().ok  # the connection free again
+
+
 def test_a_pool_whose_connections_are_all_stuck_on_a_silent_server_is_not_called_busy(
         pg_target: str) -> None:
     # Every pooled connection held while the server stops answering (a frozen
