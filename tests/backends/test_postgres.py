@@ -10,6 +10,7 @@ counted, and end as ConcurrencyViolationError when retries run out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -1630,6 +1631,35 @@ def test_a_server_that_does_not_answer_holds_up_no_other_database_s_stores(
             opening.join(60)
     assert not opening.is_alive()
     assert order == ["other", "hung"]
+
+
+def test_stores_opening_and_closing_at_once_leave_no_pool_nor_lock_behind(
+        pg_target: str) -> None:
+    # The lock a URL's first connection is made under was forgotten once its
+    # pool was made, not when that connection failed: a URL that failed (a
+    # wrong password, a role not created yet) stayed listed, password and
+    # all, for the life of the process, one more for each such URL.
+    JackpotEngine.open(pg_target).close()
+    wrong = pg_target.replace(urlsplit(pg_target).netloc,
+                              f"no_role_{uuid.uuid4().hex[:8]}:secret@"
+                              + urlsplit(pg_target).netloc.rpartition("@")[2], 1)
+    other = f"{pg_target}&application_name=p-{uuid.uuid4().hex[:12]}"
+
+    def opens(url: str, size: int) -> int:
+        for _ in range(3):
+            with contextlib.suppress(StorageError):
+                store = PostgresStore(url, pool_max_size=size, existing=True)
+                store.close()
+        return size
+
+    results = run_together(*(functools.partial(opens, url, size)
+                             for url in (pg_target, other, wrong) for size in (1, 3)))
+    assert results == [1, 3] * 3
+    urls = {pg_target, other, wrong}
+    assert not [key for key in postgres._POOLS._pools if key[1] in urls]
+    assert not [key for key in postgres._POOLS._opening if key[1] in urls]
+    with pytest.raises(StorageError, match="no_role_"):
+        PostgresStore(wrong)  # (it did fail)
 
 
 def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:

@@ -399,8 +399,9 @@ class _Pools:
         self._lock = threading.Lock()
         """Guards the dicts, never held over the network."""
         self._pools: dict[tuple[int, str], tuple[JackpotPool, int]] = {}
-        self._opening: dict[tuple[int, str], threading.Lock] = {}
-        """Per URL: held while its pool is made (its first connection, over the network)."""
+        self._opening: dict[tuple[int, str], tuple[threading.Lock, int]] = {}
+        """Per URL whose pool is being made: the lock held meanwhile (over its first
+        connection, over the network) and how many stores hold it or wait for it."""
 
     def acquire(self, url: str, *, max_size: int, timeout: float) -> JackpotPool:
         """Return the pool for `url`, creating it (after one test connection) if needed.
@@ -417,37 +418,47 @@ class _Pools:
         with self._lock:
             if key in self._pools:
                 return self._use(key, max_size)
-            opening = self._opening.setdefault(key, threading.Lock())
-        with opening:
-            with self._lock:
-                if key in self._pools:  # made by the store this one waited for
-                    return self._use(key, max_size)
-            # Connect once directly: a bad URL, password or server fails here,
-            # at once and with the server's own words, not as a pool timeout.
-            # As the pool's connections will: the URL's own connect_timeout,
-            # if it sets one, is kept (given here in its place, a misspelt
-            # value passed this check and then failed every connection the
-            # pool made: a "no connection" after the lock timeout that never
-            # said why, while a direct one "just worked").
-            psycopg.connect(url, connect_timeout=conninfo_to_dict(url).get(
-                "connect_timeout", max(2, round(timeout)))).close()
-            install_log_filter()
-            pool = JackpotPool(
-                url, where=describe(url), min_size=1, max_size=max_size,
-                kwargs={"autocommit": True, **network_defaults(url)},
-                configure=_configure_session, open=False, timeout=timeout)
-            pool.open()
-            with self._lock:
-                if self._opening.get(key) is opening:
-                    del self._opening[key]
-                if key not in self._pools:
+            # Kept while a store holds or waits for it, then forgotten: also when
+            # the first connection fails (a wrong password kept its URL listed,
+            # password and all, for the life of the process). So no two stores
+            # ever make a pool of one URL at once.
+            opening, stores = self._opening.get(key, (threading.Lock(), 0))
+            self._opening[key] = (opening, stores + 1)
+        try:
+            with opening:
+                with self._lock:
+                    if key in self._pools:  # made by the store this one waited for
+                        return self._use(key, max_size)
+                pool = self._make(url, max_size=max_size, timeout=timeout)
+                with self._lock:
                     self._pools[key] = (pool, 1)
-                    return pool
-                # Made meanwhile under a newer lock (this one's pool was made and
-                # closed again while this store waited): one pool per URL stays.
-                theirs = self._use(key, max_size)
-        pool.close()
-        return theirs
+                return pool
+        finally:
+            with self._lock:
+                if stores := self._opening[key][1] - 1:
+                    self._opening[key] = (opening, stores)
+                else:
+                    del self._opening[key]
+
+    @staticmethod
+    def _make(url: str, *, max_size: int, timeout: float) -> JackpotPool:
+        """Return a new open pool for `url`, after one direct connection."""
+        # Connect once directly: a bad URL, password or server fails here,
+        # at once and with the server's own words, not as a pool timeout.
+        # As the pool's connections will: the URL's own connect_timeout,
+        # if it sets one, is kept (given here in its place, a misspelt
+        # value passed this check and then failed every connection the
+        # pool made: a "no connection" after the lock timeout that never
+        # said why, while a direct one "just worked").
+        psycopg.connect(url, connect_timeout=conninfo_to_dict(url).get(
+            "connect_timeout", max(2, round(timeout)))).close()
+        install_log_filter()
+        pool = JackpotPool(
+            url, where=describe(url), min_size=1, max_size=max_size,
+            kwargs={"autocommit": True, **network_defaults(url)},
+            configure=_configure_session, open=False, timeout=timeout)
+        pool.open()
+        return pool
 
     def _use(self, key: tuple[int, str], max_size: int) -> JackpotPool:
         """Count one more user of an open pool, growing it to `max_size` (under the lock)."""
