@@ -1663,7 +1663,11 @@ def test_stores_opening_and_closing_at_once_leave_no_pool_nor_lock_behind(
 
 
 def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str) -> None:
-    busy = r"no connection to .* became free within 300 ms \(every pooled connection is busy\)"
+    # Saying how big the pool is and what sizes it: an operator sizing it had
+    # only "every pooled connection is busy".
+    busy = (r"no connection to .* became free within 300 ms \(every pooled connection is "
+            r"busy: the process keeps 1 to it, JACKPOT_PG_POOL_SIZE; raise it, within the "
+            r"server's max_connections, if this recurs\); nothing was changed")
     direct = mock.Mock(wraps=psycopg.connect)
     with saturated_pool(pg_target, direct) as waiter:
         for _ in range(3):

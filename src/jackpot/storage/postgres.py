@@ -770,9 +770,14 @@ class PostgresStore(Store):
                 "make another in time, though a direct connection just worked (after "
                 "an outage it tries about once a second; the psycopg.pool log has its "
                 "failed attempts); nothing was changed")
+        # Said with the pool's size and its setting: a pool sized too small for
+        # the process's load (pg_pool_size=1 with several levels) waits here.
+        size = self._pool.max_size
         return LockTimeoutError(
             f"no connection to {self._where} became free within {self._timeout_ms} ms "
-            "(every pooled connection is busy); nothing was changed")
+            f"(every pooled connection is busy: the process keeps {size} to it, "
+            "JACKPOT_PG_POOL_SIZE; raise it, within the server's max_connections, if "
+            "this recurs); nothing was changed")
 
     def _probe(self) -> ConnectionUnavailableError | None:
         """Connect once directly: the error if the server cannot be reached, else None."""
