@@ -1678,6 +1678,57 @@ def test_a_pool_whose_connections_are_all_in_use_is_reported_busy(pg_target: str
     assert direct.call_count == 1
 
 
+def test_a_busy_pool_whose_connection_comes_back_as_the_wait_ends_is_still_busy(
+        pg_target: str) -> None:
+    # Whether a pool was busy or could not make a connection was read after the
+    # direct attempt that tells an unreachable server, milliseconds after the
+    # wait ended: a holder giving its connection back meanwhile (or one passing
+    # it to the next caller) made a busy pool of one "could not make another
+    # in time ... after an outage", a ConnectionUnavailableError (about 1 % of
+    # the timeouts of 30 threads' bets on a pool of one).
+    JackpotEngine.open(pg_target).close()
+    waiter = PostgresStore(pg_target, lock_timeout_ms=300, pool_max_size=1)
+    pool = waiter._pool
+    held = [pool.getconn()]
+
+    def give_back_then_connect(*args: Any, **kwargs: Any) -> Any:
+        if held:
+            pool.putconn(held.pop())
+        return real_connect(*args, **kwargs)
+
+    real_connect = psycopg.connect
+    try:
+        with mock.patch.object(psycopg, "connect", side_effect=give_back_then_connect), \
+                pytest.raises(LockTimeoutError, match="every pooled connection is busy"):
+            waiter.load_levels()
+        assert not held  # (given back within the direct attempt)
+        assert len(waiter.load_levels()) == 3
+    finally:
+        for conn in held:
+            pool.putconn(conn)
+        waiter.close()
+
+
+def test_a_pool_was_busy_if_a_connection_passed_between_callers_while_one_waited(
+        pg_target: str) -> None:
+    store = PostgresStore(pg_target, pool_max_size=1)
+    pool = store._pool
+    try:
+        mark = pool.handled()
+        assert pool.busy_since(mark) == (False, 0)  # none out, none moved: none to be had
+        conn = pool.getconn()
+        assert pool.busy_since(mark) == (True, 1)
+        pool.putconn(conn)
+        assert pool.busy_since(mark) == (True, 0)  # it passed to another caller and back
+        mark = pool.handled()
+        pool.discard(pool.getconn())
+        assert pool.busy_since(mark) == (True, 0)  # given out, though given back closed
+        mark = pool.handled()
+        assert pool.busy_since(mark) == (False, 0)
+    finally:
+        store.close()
+
+
 def test_health_of_an_engine_whose_pool_is_all_in_use_is_degraded_not_failing(
         pg_target: str) -> None:
     # The health probe's store shares the process's pool: with every connection
@@ -2460,9 +2511,9 @@ def test_a_batch_with_no_connection_to_be_had_fails_at_once_not_op_by_op(
     asked: list[None] = []
     real = PostgresStore._no_connection
 
-    def no_connection(self: PostgresStore) -> Any:
+    def no_connection(self: PostgresStore, *args: Any) -> Any:
         asked.append(None)
-        return real(self)
+        return real(self, *args)
 
     monkeypatch.setattr(PostgresStore, "_no_connection", no_connection)
     with locked_out_store(pg_target) as (role, store):

@@ -3,8 +3,9 @@
 `JackpotPool` is the `psycopg_pool.ConnectionPool` that every `PostgresStore`
 of a process shares for one URL. Beyond psycopg_pool's, it:
 
-- counts the connections callers hold (`out`), so that a call that got none
-  in time can tell a busy pool from one that cannot connect;
+- counts the connections callers hold (`out`) and how often one passed to
+  or from a caller (`handled`), so that a call that got none in time can
+  tell a busy pool from one that cannot connect (`busy_since`);
 - reconnects at a bounded pace after an outage. psycopg_pool retries a lost
   connection with a delay that doubles from 1 s (its private
   `AttemptWithBackoff`, no setting) for `reconnect_timeout`, 5 minutes by
@@ -78,6 +79,8 @@ class JackpotPool(ConnectionPool[Connection]):
     def __init__(self, conninfo: str, *, where: str, **kwargs: Any) -> None:
         self._lock_out = threading.Lock()  # for out, _waiting_callers, _retry
         self.out = 0
+        self._handled = 0
+        """Connections given to callers, and given back open by them, ever (`busy_since`)."""
         self._waiting_callers = 0
         self._retry: threading.Timer | None = None
         super().__init__(conninfo, name=f"{NAME_PREFIX}{where}",
@@ -96,16 +99,38 @@ class JackpotPool(ConnectionPool[Connection]):
                 self._waiting_callers -= 1
         with self._lock_out:
             self.out += 1
+            self._handled += 1
         return conn
 
     def putconn(self, conn: Connection) -> None:
         """Give a connection back (see `ConnectionPool.putconn`)."""
+        usable = not conn.closed  # (one closed, by the engine or a lost server, is replaced)
         try:
             with _flagged("inside"):
                 super().putconn(conn)
         finally:
             with self._lock_out:
                 self.out -= 1
+                self._handled += usable
+
+    def handled(self) -> int:
+        """Return a mark to pass to `busy_since` once a wait for a connection has failed."""
+        with self._lock_out:
+            return self._handled
+
+    def busy_since(self, handled: int) -> tuple[bool, int]:
+        """Say if every connection was busy while a call waited in vain, and how many are out.
+
+        Busy: each is out now, or one passed to or from another caller since
+        `handled` (given to a caller queued before, or given back open, and
+        so to the next). Not busy: none moved while it waited and some are
+        not out, so the pool lacks connections it could not make. `out`
+        alone dips below the pool's size each time a connection passes
+        from one caller to the next, and a caller timing out tends to run
+        just then.
+        """
+        with self._lock_out:
+            return self.out >= self.max_size or self._handled != handled, self.out
 
     def discard(self, conn: Connection) -> None:
         """Close `conn` and give it back: the pool replaces it, and is not to warn about it.

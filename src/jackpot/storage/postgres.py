@@ -661,8 +661,8 @@ class PostgresStore(Store):
         (`write`), on which a unique violation's index may be looked up.
         """
         ms = self._timeout_ms
-        if isinstance(e, PoolTimeout):
-            return self._no_connection()
+        if isinstance(e, PoolTimeout):  # (`_checkout` tells its own, with its wait's mark)
+            return self._no_connection(self._pool.busy_since(self._pool.handled()))
         if isinstance(e, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
             return _timed_out(e, ms, writing=self._writing)
         if isinstance(e, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
@@ -741,7 +741,7 @@ class PostgresStore(Store):
             self._rollback(conn)
         return what if key <= {r[0] for r in rows} else None
 
-    def _no_connection(self) -> StorageError | LockTimeoutError:
+    def _no_connection(self, busy_out: tuple[bool, int]) -> StorageError | LockTimeoutError:
         """Return the error for a pool that gave no connection in time.
 
         The pool times out alike whether its connections are all in use or
@@ -753,9 +753,18 @@ class PostgresStore(Store):
         `_PROBE_EVERY` seconds and its verdict reused meanwhile: a busy
         server is offered no extra connection per timed-out call, and one
         that stopped answering (all connections stuck on it) is still told.
+
+        `busy_out`: `JackpotPool.busy_since` as the wait ended (not after the
+        direct attempt, whose milliseconds change it): whether the pool was
+        busy, and how many connections were out. (Told by `out` alone, read
+        after the attempt, a busy pool of one was said to be one that "could
+        not make another ... after an outage", a ConnectionUnavailableError,
+        in about 1 % of its timeouts under load.)
         """
+        busy, out = busy_out
+        size = self._pool.max_size
         probed = self._probed
-        if (self._pool.out >= self._pool.max_size and probed is not None
+        if (busy and probed is not None
                 and time.monotonic() - probed[0] < _PROBE_EVERY):
             unreachable = probed[1]
         else:
@@ -763,16 +772,15 @@ class PostgresStore(Store):
             self._probed = (time.monotonic(), unreachable)
         if unreachable is not None:
             return unreachable
-        if self._pool.out < self._pool.max_size:  # not all in use: some could not be made
+        if not busy:  # not all in use, none given to another: some could not be made
             return ConnectionUnavailableError(
                 f"no connection to {self._where} within {self._timeout_ms} ms: the pool "
-                f"has {self._pool.out} of its {self._pool.max_size} in use and could not "
+                f"has {out} of its {size} in use and could not "
                 "make another in time, though a direct connection just worked (after "
                 "an outage it tries about once a second; the psycopg.pool log has its "
                 "failed attempts); nothing was changed")
         # Said with the pool's size and its setting: a pool sized too small for
         # the process's load (pg_pool_size=1 with several levels) waits here.
-        size = self._pool.max_size
         return LockTimeoutError(
             f"no connection to {self._where} became free within {self._timeout_ms} ms "
             f"(every pooled connection is busy: the process keeps {size} to it, "
@@ -799,9 +807,12 @@ class PostgresStore(Store):
         """
         lost: psycopg.Error | None = None
         for _ in range(self._pool.max_size + 1):  # each stale one is dropped
+            handled = self._pool.handled()
             try:
                 conn = self._pool.getconn(timeout=self._timeout_ms / 1000)
-            except (psycopg.Error, PoolTimeout) as e:
+            except PoolTimeout as e:
+                raise self._no_connection(self._pool.busy_since(handled)) from e
+            except psycopg.Error as e:
                 raise self._translate(e) from e
             try:
                 cur = conn.execute(begin)
