@@ -644,7 +644,22 @@ def _queued_behind_a_stopping_actor(
     first = loop.create_task(engine.contribute("10", groups="minor", op_id="a"))
     assert loop.run_until_complete(asyncio.to_thread(gate.waiting.wait, HANG))
     engine.sync._pools["minor"].actor_ref.stop(block=False)  # it stops once its batch is done
-    return gate, first, loop.create_task(engine.contribute("20", groups="minor", op_id="b"))
+    # 'b' queued before the gate opens: left to the loop's next run, a busy machine
+    # had the actor stopped first, 'b' then sent to a restarted actor and never
+    # withdrawn (an interrupt meant for its withdrawal struck the test's close()).
+    mailbox = engine.sync._mailboxes["minor"]
+    put, queued = mailbox.put, threading.Event()
+
+    def put_and_tell(ticket: Any, op: Any) -> bool:
+        try:
+            return put(ticket, op)
+        finally:
+            queued.set()
+
+    mailbox.put = put_and_tell  # type: ignore[method-assign]
+    second = loop.create_task(engine.contribute("20", groups="minor", op_id="b"))
+    assert loop.run_until_complete(asyncio.to_thread(queued.wait, HANG))
+    return gate, first, second
 
 
 def test_an_interrupt_as_a_request_is_withdrawn_from_a_stopped_actor_leaves_nothing_hanging(
