@@ -57,6 +57,7 @@ server's CPU is not this process's: a local server shows as background.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import itertools
 import json
@@ -1825,13 +1826,23 @@ def main(argv: list[str] | None = None) -> int:
     if pg:
         log(f"postgresql: {pg}")
     # SQLite first, then PostgreSQL: the SQLite figures are measured as without it.
+    sqlite_only: dict[str, Any] | None = None  # the results as the SQLite pass left them
+    pg_failed: BaseException | None = None
     try:
         for systems in (SYSTEMS, *([(PG,)] if pg_url else [])):
             bench.systems = systems
+            if systems == (PG,):
+                sqlite_only = copy.deepcopy(bench.results)
             for name in SECTIONS:
                 if name in sections:
                     log(f"== {name} ({', '.join(systems)})")
                     getattr(bench, name)()
+    except BaseException as e:
+        # A PostgreSQL pass that fails (a server restarted, Ctrl-C) lost the SQLite
+        # results of the whole run with it: they are written, and then it is raised.
+        if sqlite_only is None:
+            raise
+        pg_failed, bench.results, pg = e, sqlite_only, None
     finally:
         if pg_url:
             bench.discard_all()
@@ -1845,10 +1856,17 @@ def main(argv: list[str] | None = None) -> int:
               "rows": [asdict(r) for r in rows], "audits": audits,
               "error_samples": error_samples, "results": bench.results}
     text = markdown(report, rows, targets)
+    if pg_failed is not None:
+        said = " ".join(str(pg_failed).split()) or type(pg_failed).__name__
+        report["postgresql_failed"] = said
+        text += (f"\nThe PostgreSQL pass failed ({said}): these are the SQLite "
+                 "workloads' results alone.\n")
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
     print(text)
     log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    if pg_failed is not None:
+        raise pg_failed
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -375,3 +376,31 @@ def test_a_bad_argument_is_one_line_and_exit_2_before_any_workload(
     assert "secret" not in done.stderr
     assert done.stdout == ""
     assert not out.exists() or list(out.iterdir()) == []  # nothing measured, nothing written
+
+
+def test_a_postgresql_pass_that_fails_leaves_the_sqlite_results_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The PostgreSQL pass runs after every SQLite workload and nothing was written
+    # until the end: a server that went away mid-pass (27 minutes into a full
+    # run) lost the SQLite results with it.
+    real_rest = compare.Bench.rest
+
+    def rest(bench: Any) -> None:
+        if bench.systems == (compare.PG,):
+            raise RuntimeError("the server\nwent away")
+        real_rest(bench)
+
+    monkeypatch.setattr(compare.Bench, "rest", rest)
+    monkeypatch.setattr(compare, "options", lambda argv=None: compare.Options(
+        quick=True, sections=["rest"], sizes=compare.QUICK, out=tmp_path,
+        pg_url="postgresql://bench@127.0.0.1:1/none", pg={"where": "127.0.0.1:1"}))
+    with pytest.raises(RuntimeError, match="went away"):
+        compare.main([])
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["postgresql_failed"] == "the server went away"
+    assert report["postgresql"] is None
+    assert sorted(report["results"]["rest"]) == [
+        "1-level/baseline", "1-level/engine", "3-level/baseline", "3-level/engine"]
+    assert (tmp_path / "results.md").read_text().endswith(
+        "The PostgreSQL pass failed (the server went away): these are the SQLite "
+        "workloads' results alone.\n")
