@@ -547,7 +547,7 @@ class Bench:
             return self.fresh_path(f"{label}-{kind}")
         assert self.pg_url is not None
         name = f"bench_{os.getpid()}_{next(self._serial):03d}_{label.replace('-', '_')}"
-        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+        with pg_connect(self.pg_url) as conn:
             conn.execute(pgsql.SQL("CREATE SCHEMA {}").format(pgsql.Identifier(name)))
         target = with_search_path(self.pg_url, name)
         self._schemas[target] = name
@@ -560,7 +560,7 @@ class Bench:
             return
         assert self.pg_url is not None
         name = self._schemas.pop(str(target))
-        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+        with pg_connect(self.pg_url) as conn:
             conn.execute(pgsql.SQL("DROP SCHEMA {} CASCADE").format(pgsql.Identifier(name)))
 
     def discard_all(self) -> None:
@@ -1240,7 +1240,7 @@ def big_pg(target: str, rows: int) -> dict[str, Any]:
     log(f"filling a PostgreSQL ledger to {rows:,} rows, server-side")
     t0 = time.perf_counter()
     system = open_system(PG, target, filler=True)
-    with psycopg.connect(target, autocommit=True) as conn:
+    with pg_connect(target) as conn:
         s, ledger = sample_filler(system, lambda sql: _pg_row(conn, sql))
         op2 = _pg_row(conn, "SELECT * FROM operations WHERE op_id = %s", (ledger[1]["op_id"],))
         have = _pg_row(conn, "SELECT count(*) AS n FROM ledger")["n"]
@@ -1307,11 +1307,23 @@ def pg_error(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
+def pg_connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection of the runner's own, bounded as the engine's are.
+
+    Without the engine's connect_timeout and keepalives a server that
+    accepts and then says nothing (hung, a stalled proxy) held the runner
+    at its first connection for as long as libpq waits: without end.
+    """
+    from jackpot.storage.postgres import network_defaults  # noqa: PLC0415 - needs psycopg
+
+    return psycopg.connect(url, autocommit=True, **network_defaults(url))
+
+
 def pg_info(url: str) -> dict[str, Any]:
     """The PostgreSQL server the column ran on (no password)."""
     from jackpot.storage.postgres import describe  # noqa: PLC0415 - needs psycopg
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    with pg_connect(url) as conn:
         settings = dict(conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
             (["server_version", "fsync", "synchronous_commit", "wal_sync_method",

@@ -404,3 +404,37 @@ def test_a_postgresql_pass_that_fails_leaves_the_sqlite_results_written(
     assert (tmp_path / "results.md").read_text().endswith(
         "The PostgreSQL pass failed (the server went away): these are the SQLite "
         "workloads' results alone.\n")
+
+
+def test_a_postgresql_server_that_never_answers_is_refused_not_waited_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The runner's own connections had no connect_timeout: a server that
+    # accepts and then says nothing (hung, a stalled proxy) held --pg's first
+    # check for as long as libpq waits, which is without end. They are bounded
+    # as the engine's are (NETWORK_DEFAULTS, 10 s; 2 here to keep the test short).
+    from jackpot.storage import postgres  # noqa: PLC0415 - needs psycopg
+
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    monkeypatch.setitem(postgres.NETWORK_DEFAULTS, "connect_timeout", "2")
+    said: list[BaseException] = []
+
+    def check(url: str) -> None:
+        try:
+            compare.options(["--only", "rest", "--out", str(tmp_path), "--pg", url])
+        except BaseException as e:  # the SystemExit that argparse raises
+            said.append(e)
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"postgresql://bench@127.0.0.1:{silent.getsockname()[1]}/nodb"
+        checking = threading.Thread(target=check, args=(url,), daemon=True)
+        checking.start()
+        conn, _ = silent.accept()  # the runner's connection, never answered
+        with conn:
+            checking.join(60)  # 2 s; the old code waited until the socket closed
+            assert not checking.is_alive()
+    assert len(said) == 1
+    assert isinstance(said[0], SystemExit)
+    assert said[0].code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f" error: --pg {url}: connection timeout expired")
