@@ -1633,6 +1633,47 @@ def test_a_server_that_does_not_answer_holds_up_no_other_database_s_stores(
     assert order == ["other", "hung"]
 
 
+def test_stores_that_waited_for_a_first_connection_that_failed_fail_with_it() -> None:
+    # Each store opened meanwhile on a server that accepts and says nothing
+    # made its own first connection after the one before it had failed: the
+    # k-th waited k times the connect_timeout. The ones that waited share the
+    # failure, and the server sees one connection.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        url = f"postgresql://jackpot@127.0.0.1:{port}/nowhere?connect_timeout=30"
+        key = (os.getpid(), url)
+        said: dict[str, str] = {}
+
+        def open_store(name: str) -> None:
+            with pytest.raises(StorageError) as e:
+                PostgresStore(url)
+            said[name] = str(e.value)
+
+        first = threading.Thread(target=open_store, args=("first",))
+        first.start()
+        conn, _ = silent.accept()  # the first store's connection, unanswered
+        second = threading.Thread(target=open_store, args=("second",))
+        with conn:
+            second.start()
+            waited = threading.Event()
+            for _ in range(6000):  # until the second store waits for the first's lock
+                opening = postgres._POOLS._opening.get(key)
+                if opening is not None and opening.stores == 2:
+                    break
+                waited.wait(0.01)
+            assert postgres._POOLS._opening[key].stores == 2
+        # closed: the first connection fails at once
+        first.join(60)
+        second.join(60)
+        assert not first.is_alive() and not second.is_alive()
+        silent.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            silent.accept()  # the second store never connected (it waited 30 s more)
+    assert said["second"] == said["first"]
+    assert said["first"].startswith("cannot open database postgresql://jackpot@127.0.0.1:")
+    assert key not in postgres._POOLS._opening
+
+
 def test_stores_opening_and_closing_at_once_leave_no_pool_nor_lock_behind(
         pg_target: str) -> None:
     # The lock a URL's first connection is made under was forgotten once its
@@ -2547,6 +2588,23 @@ def test_pooled_connections_bound_a_wait_on_a_vanished_server(pg_target: str) ->
     assert postgres.network_defaults("postgresql://u@h/db?tcp_user_timeout=5000") == {
         "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
         "keepalives_count": "3", "connect_timeout": "10"}
+
+
+def test_pgconnect_timeout_in_the_environment_is_not_undone_by_the_default(
+        pg_target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # connect_timeout=10 was passed to every connection the URL did not give one,
+    # and a keyword wins over libpq's environment: an operator's PGCONNECT_TIMEOUT
+    # was silently replaced by 10 s.
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")
+    assert "connect_timeout" not in postgres.network_defaults("postgresql://u@h/db")
+    url = f"{pg_target}&application_name=t-{uuid.uuid4().hex[:12]}"  # a pool of its own
+    store = PostgresStore(url)
+    try:
+        with store._pool.connection() as conn:
+            given = conn.info.get_parameters()
+    finally:
+        store.close()
+    assert (given["connect_timeout"], given["keepalives_idle"]) == ("7", "30")
 
 
 def test_pooled_sessions_are_ended_by_the_server_when_their_client_is_gone(

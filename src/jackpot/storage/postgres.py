@@ -337,14 +337,25 @@ wait ends after about a minute of unanswered keepalives, and data the server
 does not acknowledge after 60 s. A new connection gives up after 10 s
 (the kernel's SYN retries take about two minutes), so that the pool's
 reconnection after an outage is not stuck in an attempt made during it.
-The URL's own values win.
+The URL's own values win, and so does libpq's `PGCONNECT_TIMEOUT`.
 """
 
 
+_ENV_VARS = {o.keyword.decode(): o.envvar.decode()
+             for o in psycopg.pq.Conninfo.get_defaults() if o.envvar}
+"""libpq's environment variable of each connection keyword that has one."""
+
+
 def network_defaults(url: str) -> dict[str, str]:
-    """Return the `NETWORK_DEFAULTS` that `url` does not set itself."""
+    """Return the `NETWORK_DEFAULTS` that neither `url` nor libpq's environment sets.
+
+    A keyword passed to `psycopg.connect` wins over its environment variable
+    (`PGCONNECT_TIMEOUT`), so a default given for one the environment sets
+    would silently undo the operator's choice.
+    """
     given = conninfo_to_dict(url)
-    return {k: v for k, v in NETWORK_DEFAULTS.items() if k not in given}
+    return {k: v for k, v in NETWORK_DEFAULTS.items()
+            if k not in given and not os.environ.get(_ENV_VARS.get(k, ""))}
 
 
 SESSION_DEFAULTS = {"idle_in_transaction_session_timeout": "60000", "tcp_keepalives_idle": "30",
@@ -392,6 +403,21 @@ def _configure_session(conn: Connection) -> None:
                                " ".join(str(e).split()))
 
 
+class _Opening:
+    """A URL whose pool is being made: the lock its first connection is made under."""
+
+    __slots__ = ("failed", "failures", "lock", "stores")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        """Held over the first connection, over the network."""
+        self.stores = 0
+        """How many stores hold the lock or wait for it."""
+        self.failures = 0
+        self.failed = ""
+        """What the last first connection that failed said (with `failures`, its count)."""
+
+
 class _Pools:
     """One connection pool per (process, URL), shared by every store that uses it."""
 
@@ -399,9 +425,8 @@ class _Pools:
         self._lock = threading.Lock()
         """Guards the dicts, never held over the network."""
         self._pools: dict[tuple[int, str], tuple[JackpotPool, int]] = {}
-        self._opening: dict[tuple[int, str], tuple[threading.Lock, int]] = {}
-        """Per URL whose pool is being made: the lock held meanwhile (over its first
-        connection, over the network) and how many stores hold it or wait for it."""
+        self._opening: dict[tuple[int, str], _Opening] = {}
+        """Per URL whose pool is being made; forgotten once no store holds or waits for it."""
 
     def acquire(self, url: str, *, max_size: int, timeout: float) -> JackpotPool:
         """Return the pool for `url`, creating it (after one test connection) if needed.
@@ -412,7 +437,10 @@ class _Pools:
         Only stores of the same URL wait for its first connection: one to a
         server that does not answer held up, for as long as its connect_timeout,
         every store of the process opened meanwhile (another database's, a
-        health probe's, an actor's restarting).
+        health probe's, an actor's restarting). A store that waited for a
+        first connection that failed fails with it, without trying again: the
+        k-th store opened at once on a server that does not answer waited k
+        times its connect_timeout.
         """
         key = (os.getpid(), url)  # a forked child never uses its parent's pool
         with self._lock:
@@ -422,22 +450,30 @@ class _Pools:
             # the first connection fails (a wrong password kept its URL listed,
             # password and all, for the life of the process). So no two stores
             # ever make a pool of one URL at once.
-            opening, stores = self._opening.get(key, (threading.Lock(), 0))
-            self._opening[key] = (opening, stores + 1)
+            opening = self._opening.setdefault(key, _Opening())
+            opening.stores += 1
+            failures = opening.failures
         try:
-            with opening:
+            with opening.lock:
                 with self._lock:
                     if key in self._pools:  # made by the store this one waited for
                         return self._use(key, max_size)
-                pool = self._make(url, max_size=max_size, timeout=timeout)
+                    if opening.failures != failures:  # failed while this one waited
+                        raise psycopg.OperationalError(opening.failed)
+                try:
+                    pool = self._make(url, max_size=max_size, timeout=timeout)
+                except (psycopg.Error, PoolTimeout) as e:
+                    with self._lock:
+                        opening.failures += 1
+                        opening.failed = str(e)
+                    raise
                 with self._lock:
                     self._pools[key] = (pool, 1)
                 return pool
         finally:
             with self._lock:
-                if stores := self._opening[key][1] - 1:
-                    self._opening[key] = (opening, stores)
-                else:
+                opening.stores -= 1
+                if not opening.stores:
                     del self._opening[key]
 
     @staticmethod
@@ -445,13 +481,14 @@ class _Pools:
         """Return a new open pool for `url`, after one direct connection."""
         # Connect once directly: a bad URL, password or server fails here,
         # at once and with the server's own words, not as a pool timeout.
-        # As the pool's connections will: the URL's own connect_timeout,
-        # if it sets one, is kept (given here in its place, a misspelt
-        # value passed this check and then failed every connection the
-        # pool made: a "no connection" after the lock timeout that never
-        # said why, while a direct one "just worked").
-        psycopg.connect(url, connect_timeout=conninfo_to_dict(url).get(
-            "connect_timeout", max(2, round(timeout)))).close()
+        # As the pool's connections will: the URL's own connect_timeout
+        # (or PGCONNECT_TIMEOUT), if it sets one, is kept (given here in
+        # its place, a misspelt value passed this check and then failed
+        # every connection the pool made: a "no connection" after the lock
+        # timeout that never said why, while a direct one "just worked").
+        bound = (make_conninfo(url, connect_timeout=max(2, round(timeout)))
+                 if "connect_timeout" in network_defaults(url) else url)
+        psycopg.connect(bound).close()
         install_log_filter()
         pool = JackpotPool(
             url, where=describe(url), min_size=1, max_size=max_size,
