@@ -1665,7 +1665,8 @@ def test_stores_that_waited_for_a_first_connection_that_failed_fail_with_it() ->
         # closed: the first connection fails at once
         first.join(60)
         second.join(60)
-        assert not first.is_alive() and not second.is_alive()
+        assert not first.is_alive()
+        assert not second.is_alive()
         silent.setblocking(False)
         with pytest.raises(BlockingIOError):
             silent.accept()  # the second store never connected (it waited 30 s more)
