@@ -173,3 +173,36 @@ def test_a_forked_childs_own_engine_opens_though_a_pool_was_opening(pg_target: s
     done = run_python(_FORKED_OPEN, pg_target, str(hang), timeout=hang * 3)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child {'minor': 2}", "parent {'minor': 3}"], done.stderr
+
+
+_FORKED_CLOSE = """
+import os, sys
+from jackpot.storage.postgres import PostgresStore
+
+store = PostgresStore(sys.argv[1])
+child = os.fork()
+if child == 0:  # a worker forked with a store open closes it, as a worker would
+    try:
+        store.close()
+    except BaseException as e:
+        print("child", type(e).__name__, e, flush=True)
+        os._exit(1)
+    print("child closed", flush=True)
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+print("parent", store.schema_version() > 0, flush=True)  # its pool is untouched
+store.close()
+print("parent closed", flush=True)
+"""
+
+
+def test_a_forked_child_closing_its_parents_store_leaves_the_parents_pool(
+        pg_target: str) -> None:
+    # A store closed in a forked child raised KeyError: it looked for its pool
+    # under the child's process id. The pool (and its connections) are the
+    # parent's: the child's close gives nothing back and closes nothing.
+    JackpotEngine.open(pg_target).close()
+    done = run_python(_FORKED_CLOSE, pg_target, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "child closed", "parent True", "parent closed"], done.stderr

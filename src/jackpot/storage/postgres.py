@@ -505,9 +505,15 @@ class _Pools:
         self._pools[key] = (pool, users + 1)
         return pool
 
-    def release(self, url: str) -> None:
-        """Drop one user of the pool for `url`; close the pool after its last user."""
-        key = (os.getpid(), url)
+    def release(self, url: str, pid: int) -> None:
+        """Drop one user of the pool for `url` that process `pid` opened; close it after its last.
+
+        Nothing in a forked child releasing a store its parent opened: the
+        pool is the parent's (and its connections too).
+        """
+        if pid != os.getpid():
+            return
+        key = (pid, url)
         with self._lock:
             pool, users = self._pools[key]
             if users > 1:
@@ -606,6 +612,7 @@ class PostgresStore(Store):
         self._closed = False
         self._read_only = read_only
         try:
+            self._pid = os.getpid()  # whose pool it is (see `_Pools.release`)
             self._pool = _POOLS.acquire(url, max_size=pool_max_size,
                                         timeout=lock_timeout_ms / 1000)
         except (psycopg.Error, PoolTimeout) as e:
@@ -638,7 +645,7 @@ class PostgresStore(Store):
         """Give this store's share of the connection pool back (idempotent)."""
         if not self._closed:
             self._closed = True
-            _POOLS.release(self._url)
+            _POOLS.release(self._url, self._pid)
 
     # -- low level -------------------------------------------------------
 
