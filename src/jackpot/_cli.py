@@ -6,7 +6,8 @@ the command name. Settings come from the JACKPOT_* variables, as for
 failed or the system refused (port in use...), 2 a bad argument or an error
 the engine raised, 130 Ctrl-C (`metrics --serve`, which serves until it is
 stopped, ends with 0 at Ctrl-C or SIGTERM), 141 stdout's (or stderr's) reader
-left early (`| head`); errors are one line on stderr, never a traceback.
+left early (`| head`) from a command that did not fail (a failure keeps its
+own status); errors are one line on stderr, never a traceback.
 
 The commands that only look (status, history, ledger, verify, metrics) run no
 engine: they read through a read-only store (`open_store(read_only=True)`),
@@ -356,6 +357,22 @@ def _verify_out(report: VerifyReport) -> None:
             console.print(f"  {problem}", markup=False)
 
 
+@contextlib.contextmanager
+def _failure_kept(status: int) -> Iterator[None]:
+    """Say a verdict (an audit's, a health check's): a failed one keeps its status.
+
+    A reader that left before the report was written (`jackpot verify |
+    head -1`) ends a command quietly with 141; a failed audit ended so too,
+    and a script that reads the first line and checks the status saw no
+    failure said. Status 1 then, as the whole report would have ended.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        if not (status and reader_left()):
+            raise
+
+
 # -- the command group ---------------------------------------------------------------
 
 
@@ -561,11 +578,13 @@ def verify(*, db: str | None, as_json: bool | None) -> int:
     """Recompute every level from the ledger; exit status 1 when the audit fails (read-only)."""
     opts = _options(db, as_json)
     report = _read(opts, audit)
-    if opts.json:
-        _print_json(dataclasses.asdict(report))
-    else:
-        _verify_out(report)
-    return 0 if report.ok else 1
+    status = 0 if report.ok else 1
+    with _failure_kept(status):
+        if opts.json:
+            _print_json(dataclasses.asdict(report))
+        else:
+            _verify_out(report)
+    return status
 
 
 @app.command(short_help="Copy the database into a new file while it serves; audit the copy.")
@@ -609,13 +628,15 @@ def backup(*, target: str, db: str | None, as_json: bool | None) -> int:
                 Path(target).unlink()
         raise
     size = Path(target).stat().st_size
-    if opts.json:
-        _print_json({"backup": target, "bytes": size, "audit": dataclasses.asdict(report)})
-    else:
-        console.print(f"copied {redact(path)} to {target} ({size:,} bytes)", markup=False,
-                      soft_wrap=True)  # (paths whole: an operator copies them)
-        _verify_out(report)
-    return 0 if report.ok else 1
+    status = 0 if report.ok else 1
+    with _failure_kept(status):
+        if opts.json:
+            _print_json({"backup": target, "bytes": size, "audit": dataclasses.asdict(report)})
+        else:
+            console.print(f"copied {redact(path)} to {target} ({size:,} bytes)", markup=False,
+                          soft_wrap=True)  # (paths whole: an operator copies them)
+            _verify_out(report)
+    return status
 
 
 _WHO_BY_DEFAULT = "Who does it (audited); default: your login name (else your uid)."
@@ -877,17 +898,19 @@ def health(*, db: str | None, as_json: bool | None) -> int:
     opts = _options(db, as_json)
     path = _path(opts, must_exist=False)  # a missing file is a failing check, not an error
     report = report_of(bounded_checks(path, Settings.from_env(), _existing_store))
-    if opts.json:
-        _print_json(report.to_dict())
-    else:
-        colour = {"ok": "green", "degraded": "yellow", "failing": "red"}[report.status]
-        table = Table(title=Text.assemble("health: ", (report.status, colour)))
-        for name in ("check", "status", "detail"):
-            table.add_column(name, overflow="fold")
-        for c in report.checks:
-            table.add_row(c.name, c.status, Text(c.detail))  # it names the path
-        console.print(table)
-    return 1 if report.status == "failing" else 0
+    status = 1 if report.status == "failing" else 0
+    with _failure_kept(status):
+        if opts.json:
+            _print_json(report.to_dict())
+        else:
+            colour = {"ok": "green", "degraded": "yellow", "failing": "red"}[report.status]
+            table = Table(title=Text.assemble("health: ", (report.status, colour)))
+            for name in ("check", "status", "detail"):
+                table.add_column(name, overflow="fold")
+            for c in report.checks:
+                table.add_row(c.name, c.status, Text(c.detail))  # it names the path
+            console.print(table)
+    return status
 
 
 def _existing_store(path: str, settings: Settings) -> Store:
@@ -1007,25 +1030,31 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
                "refused": dict(tally.refused),
                "pools": [_snapshot_dict(p) for p in pools.values()],
                "audit": dataclasses.asdict(report)}
-    if opts.json:
-        _print_json(summary)
-        return 0 if report.ok else 1
-    console.print(f"played {counted(tally.bets, 'bet')} and "
-                  f"{counted(tally.win_count(), 'win')} with {counted(threads, 'thread')} "
-                  f"in {elapsed:.2f} s "
-                  f"({summary['operations_per_second']} operations/s)")
-    console.print(_pools_table(pools, title="pools after the simulation"))
-    table = Table(title="wins")
-    for name in ("level", "count", "paid"):
-        table.add_column(name, justify="left" if name == "level" else "right",
-                         overflow="fold")
-    for lvl in sorted(paid):
-        table.add_row(lvl, str(summary["wins"][lvl]["count"]), _money(paid[lvl]))  # type: ignore[index]
-    console.print(table)
-    for error, count in sorted(tally.refused.items()):
-        console.print(f"refused: {count} x {error}", markup=False)
-    _verify_out(report)
-    return 0 if report.ok else 1
+
+    def say() -> None:
+        if opts.json:
+            _print_json(summary)
+            return
+        console.print(f"played {counted(tally.bets, 'bet')} and "
+                      f"{counted(tally.win_count(), 'win')} with {counted(threads, 'thread')} "
+                      f"in {elapsed:.2f} s "
+                      f"({summary['operations_per_second']} operations/s)")
+        console.print(_pools_table(pools, title="pools after the simulation"))
+        table = Table(title="wins")
+        for name in ("level", "count", "paid"):
+            table.add_column(name, justify="left" if name == "level" else "right",
+                             overflow="fold")
+        for lvl in sorted(paid):
+            table.add_row(lvl, str(summary["wins"][lvl]["count"]), _money(paid[lvl]))  # type: ignore[index]
+        console.print(table)
+        for error, count in sorted(tally.refused.items()):
+            console.print(f"refused: {count} x {error}", markup=False)
+        _verify_out(report)
+
+    status = 0 if report.ok else 1
+    with _failure_kept(status):
+        say()
+    return status
 
 
 def _interrupted(opts: Options, tally: _Tally, planned: int) -> int:

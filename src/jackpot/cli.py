@@ -27,19 +27,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     _whole_writes()
     status = run(argv)
+    stdout_gone = status == READER_LEFT
     try:
         if sys.stdout is not None:  # (None: started without one, `>&-`)
             sys.stdout.flush()  # what is still buffered: a reader that left is found here
     except BrokenPipeError:
         if not reader_left():
             raise
-        status = READER_LEFT
+        stdout_gone = True
+        # A failure (a failed audit, an error, Ctrl-C) keeps its status: 141
+        # says only that the output was cut, and would hide it.
+        status = status or READER_LEFT
     try:
         if sys.stderr is not None:
             sys.stderr.flush()
     except BrokenPipeError:  # its reader left: what it holds, no one reads (not status 120)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-    if status == READER_LEFT:
+    if stdout_gone:
         # The reader left early (`jackpot history | head`): end quietly, as a
         # program the pipe's SIGPIPE ends does, not with "Exception ignored ...
         # BrokenPipeError" as the interpreter flushes stdout at exit (status

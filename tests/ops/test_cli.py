@@ -500,6 +500,35 @@ def test_a_reader_that_left_early_ends_the_command_quietly_with_141(
         assert minor["version"] == 2
 
 
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+@pytest.mark.parametrize("args", [("verify",), ("--json", "verify"), ("health",)],
+                         ids=["verify", "verify-json", "health"])
+def test_a_failed_verdict_keeps_status_1_when_its_reader_left(
+        db: str, args: tuple[str, ...], buffered: bool, tmp_path: Path) -> None:
+    """`jackpot verify | head -1` on books that do not balance: status 1, not 141.
+
+    141 (the reader left) hid the failure from a script that reads a line
+    and checks the status (with `set -o pipefail`, say).
+    """
+    if args[-1] == "health":
+        db = str(tmp_path / "missing.db")  # a failing check, not an error
+    else:
+        conn = apsw.Connection(db)
+        conn.execute("UPDATE levels SET amount = amount + 1 WHERE name = 'mega'")
+        conn.close()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([*CLI, "--db", db, *args], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env=env, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
+
+
 def test_a_reader_that_left_in_the_middle_of_a_write_ends_it_with_141_unbuffered_too(
         db: str) -> None:
     """PYTHONUNBUFFERED=1 (as many containers set it): `| head` in mid-table is 141, not 0.
@@ -521,6 +550,26 @@ def test_a_reader_that_left_in_the_middle_of_a_write_ends_it_with_141_unbuffered
         assert proc.stdout.read(1) == b"["
         proc.stdout.close()
         assert (proc.stderr.read(), proc.wait(timeout=60)) == (b"", 141)
+
+
+def test_ctrl_c_on_a_paused_reader_ends_with_130_once_the_reader_leaves(db: str) -> None:
+    """`jackpot ledger | less`, Ctrl-C, then q: status 130, not 141.
+
+    Ctrl-C interrupts the write the paused reader holds up; what is still
+    buffered then finds the reader gone (141), which hid the interruption.
+    """
+    with JackpotEngine.open(db) as engine:
+        for _ in range(150):  # 450 ledger rows: about 300 KB of JSON, more than a pipe holds
+            engine.contribute("1.00", groups=["minor", "major", "mega"])
+    with subprocess.Popen([*CLI, "--db", db, "--json", "ledger", "--tail", "1000"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.read(1) == b"["  # its one write is under way, the pipe full
+        proc.send_signal(signal.SIGINT)
+        proc.stdout.close()  # the reader leaves
+        assert (proc.stderr.read(), proc.wait(timeout=60)) == (
+            b"\njackpot: error: interrupted\n", 130)
 
 
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ()],
