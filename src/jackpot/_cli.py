@@ -358,18 +358,19 @@ def _verify_out(report: VerifyReport) -> None:
 
 
 @contextlib.contextmanager
-def _failure_kept(status: int) -> Iterator[None]:
-    """Say a verdict (an audit's, a health check's): a failed one keeps its status.
+def _failure_kept(status: int, *, stderr: bool = False) -> Iterator[None]:
+    """Say a verdict (an audit's, a health check's, Ctrl-C's): a failing one keeps its status.
 
     A reader that left before the report was written (`jackpot verify |
     head -1`) ends a command quietly with 141; a failed audit ended so too,
     and a script that reads the first line and checks the status saw no
     failure said. Status 1 then, as the whole report would have ended.
+    With `stderr`, the report is said there (an interrupted simulation's).
     """
     try:
         yield
     except BrokenPipeError:
-        if not (status and reader_left()):
+        if not (status and reader_left(stderr=stderr)):
             raise
 
 
@@ -1058,16 +1059,23 @@ def simulate(*, bets: int, win_every: int, threads: int, seed: int,
 
 
 def _interrupted(opts: Options, tally: _Tally, planned: int) -> int:
-    """Say how much an interrupted simulation played; exit status 130 (as for SIGINT)."""
-    if opts.json:
-        _print_json({"interrupted": True, "planned_bets": planned, "bets": tally.bets,
-                     "wagered": str(tally.wagered), "wins": tally.win_count(),
-                     "refused": dict(tally.refused)})
-    else:
-        click.echo(f"interrupted: played {tally.bets} of {counted(planned, 'bet')} and "
-                   f"{counted(tally.win_count(), 'win')} ({sum(tally.refused.values())} refused); "
-                   "each one sent was committed or refused whole: `jackpot verify` audits "
-                   "the books", err=True)
+    """Say how much an interrupted simulation played; exit status 130 (as for SIGINT).
+
+    130 also when the reader of what it says has gone (Ctrl-C at a terminal
+    stops `jackpot simulate | jq` whole, jq first): it was 141, which says
+    only that the output was cut, as if the simulation had run to its end.
+    """
+    with _failure_kept(130, stderr=not opts.json):
+        if opts.json:
+            _print_json({"interrupted": True, "planned_bets": planned, "bets": tally.bets,
+                         "wagered": str(tally.wagered), "wins": tally.win_count(),
+                         "refused": dict(tally.refused)})
+        else:
+            click.echo(f"interrupted: played {tally.bets} of {counted(planned, 'bet')} and "
+                       f"{counted(tally.win_count(), 'win')} "
+                       f"({sum(tally.refused.values())} refused); each one sent was "
+                       "committed or refused whole: `jackpot verify` audits the books",
+                       err=True)
     return 130
 
 

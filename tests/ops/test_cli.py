@@ -908,6 +908,37 @@ def test_simulate_stops_at_ctrl_c_and_says_how_much_it_played(db: str) -> None:
     assert ok_json("verify", "--db", db)["ok"] is True
 
 
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_an_interrupted_simulation_ends_with_130_when_its_reader_left(
+        db: str, *, as_json: bool) -> None:
+    """Ctrl-C on `jackpot simulate | jq`: the terminal stops jq too; status 130, not 141.
+
+    What it played is said on stdout (--json) or stderr: with that reader
+    gone, the write's broken pipe ended it with 141, as a simulation that
+    ran to its end and was cut by `| head` does.
+    """
+    told, tell = os.pipe()
+    read, write = os.pipe()
+    os.close(read)  # the reader has left
+    said_on = ({"stdout": write, "stderr": subprocess.PIPE} if as_json
+               else {"stdout": subprocess.PIPE, "stderr": write})
+    proc = subprocess.Popen([sys.executable, "-c", _SIMULATE_TELLING, str(tell), "simulate",
+                             "--bets", "100000", "--win-every", "0", "--threads", "2",
+                             *(["--json"] if as_json else []), "--db", db],
+                            text=True, pass_fds=(tell,), **said_on)
+    os.close(tell)  # the child's copy only: it ending (a crash) ends the wait below
+    os.close(write)
+    try:
+        assert select.select([told], [], [], 60)[0], "100 bets not played in 60 s"
+        assert os.read(told, 1) == b"x"  # 100 bets committed (not the child ending early)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+        os.close(told)
+    assert (proc.returncode, out or "", err or "") == (130, "", "")
+
+
 def tamper(path: str, *statements: str) -> None:
     """Change the file behind the engine's back (the append-only triggers dropped first)."""
     conn = apsw.Connection(path)
