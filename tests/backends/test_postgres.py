@@ -406,6 +406,38 @@ def test_a_bad_connect_timeout_in_the_url_fails_at_open_naming_it(value: str) ->
         "whole number of seconds (?connect_timeout=10, say); nothing was changed")
 
 
+@pytest.mark.parametrize("value", ["abc", "5s", "5.5", " "])
+def test_a_bad_pgconnect_timeout_fails_at_open_naming_it(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kept since the URL's own default no longer overrides it (network_defaults),
+    # a bad PGCONNECT_TIMEOUT failed open() with psycopg's "bad value for
+    # connect_timeout: 'abc'", naming a keyword the URL does not set; "5.5",
+    # which libpq (psql, pg_dump) refuses, was taken. As the URL's own is told.
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", value)
+    with pytest.raises(StorageError) as info:
+        PostgresStore(PG_URL)
+    assert str(info.value) == (
+        f"cannot open database {postgres.describe(PG_URL)}: PGCONNECT_TIMEOUT in the "
+        "environment is not a whole number of seconds (PGCONNECT_TIMEOUT=10, say, or "
+        "unset it); nothing was changed")
+
+
+@pytest.mark.parametrize("value", ["7", " 7 ", "-1", "0", ""])
+def test_a_pgconnect_timeout_libpq_reads_is_taken(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ("": unset, as network_defaults takes it; the URL's own wins over a bad one.)
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", value)
+    for url in (PG_URL, f"{PG_URL}{'&' if '?' in PG_URL else '?'}connect_timeout=9"):
+        store = PostgresStore(url)
+        try:
+            assert store.schema_version() >= 0
+        finally:
+            store.close()
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "abc")
+    store = PostgresStore(f"{PG_URL}{'&' if '?' in PG_URL else '?'}connect_timeout=9")
+    store.close()
+
+
 @pytest.mark.parametrize("value", ["7", " 7 ", "-1", "0"])
 def test_a_connect_timeout_libpq_reads_is_taken(value: str) -> None:
     url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}connect_timeout={quote(value)}"

@@ -583,11 +583,20 @@ class PostgresStore(Store):
         """
         if _misread(url):  # libpq's message would quote a fragment of it: maybe the password
             raise StorageError(_malformed(url)) from None
-        if not _SECONDS.fullmatch(str(conninfo_to_dict(url).get("connect_timeout", "0"))):
+        given = conninfo_to_dict(url)
+        if not _SECONDS.fullmatch(str(given.get("connect_timeout", "0"))):
             # psycopg's and libpq's messages quote the value (a password pasted in the wrong
             # place, say): told here without it, before anything connects.
             msg = (f"cannot open database {describe(url)}: its connect_timeout is not a whole "
                    "number of seconds (?connect_timeout=10, say); nothing was changed")
+            raise StorageError(msg)
+        if "connect_timeout" not in given and not _SECONDS.fullmatch(
+                os.environ.get("PGCONNECT_TIMEOUT") or "0"):  # (empty: unset, network_defaults)
+            # Read in the URL's place (`network_defaults`): psycopg's message named
+            # connect_timeout, which the URL does not set, and not the variable.
+            msg = (f"cannot open database {describe(url)}: PGCONNECT_TIMEOUT in the "
+                   "environment is not a whole number of seconds (PGCONNECT_TIMEOUT=10, "
+                   "say, or unset it); nothing was changed")
             raise StorageError(msg)
         self._url = url
         self._where = describe(url)
