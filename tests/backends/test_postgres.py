@@ -1707,6 +1707,59 @@ def test_stores_that_waited_for_a_first_connection_that_failed_fail_with_it() ->
     assert key not in postgres._POOLS._opening
 
 
+def test_a_store_that_would_wait_longer_than_the_failed_first_connection_tries_itself(
+        ) -> None:
+    # A first connection the URL gives no connect_timeout is bounded by its
+    # store's lock timeout: one that gave up after 2 s failed a store that waited
+    # for it with "connection timeout expired", where its own 30 s would have
+    # reached a server slow to answer. It tries itself; one as patient as the
+    # failed attempt shares the failure still.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        url = f"postgresql://jackpot@127.0.0.1:{port}/nowhere"
+        key = (os.getpid(), url)
+        said: dict[str, str] = {}
+
+        def open_store(name: str, lock_timeout_ms: int) -> None:
+            with pytest.raises(StorageError) as e:
+                PostgresStore(url, lock_timeout_ms=lock_timeout_ms)
+            said[name] = str(e.value)
+
+        first = threading.Thread(target=open_store, args=("first", 1000))  # 2 s
+        first.start()
+        conn, _ = silent.accept()  # the first store's connection, unanswered
+        patient = threading.Thread(target=open_store, args=("patient", 30_000))  # 30 s
+        hasty = threading.Thread(target=open_store, args=("hasty", 1000))
+        with conn:
+            patient.start()
+            hasty.start()
+            waited = threading.Event()
+            for _ in range(6000):  # until both wait for the first's lock
+                opening = postgres._POOLS._opening.get(key)
+                if opening is not None and opening.stores == 3:
+                    break
+                waited.wait(0.01)
+            assert postgres._POOLS._opening[key].stores == 3
+        # closed: the first connection fails at once
+        first.join(60)
+        assert not first.is_alive()
+        for _ in range(6000):  # until the patient store connects, or gives up unconnected
+            if select.select([silent], [], [], 0.01)[0] or not patient.is_alive():
+                break
+        silent.setblocking(False)
+        again, _ = silent.accept()  # the patient store's own first connection
+        again.close()  # it fails at once
+        patient.join(60)
+        hasty.join(60)
+        assert not patient.is_alive()
+        assert not hasty.is_alive()
+        with pytest.raises(BlockingIOError):
+            silent.accept()  # the hasty store never connected
+    assert said["patient"].startswith("cannot open database postgresql://jackpot@127.0.0.1:")
+    assert said["hasty"] in (said["first"], said["patient"])
+    assert key not in postgres._POOLS._opening
+
+
 def test_stores_opening_and_closing_at_once_leave_no_pool_nor_lock_behind(
         pg_target: str) -> None:
     # The lock a URL's first connection is made under was forgotten once its

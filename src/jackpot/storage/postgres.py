@@ -406,7 +406,7 @@ def _configure_session(conn: Connection) -> None:
 class _Opening:
     """A URL whose pool is being made: the lock its first connection is made under."""
 
-    __slots__ = ("failed", "failures", "lock", "stores")
+    __slots__ = ("bound", "failed", "failures", "lock", "stores")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -416,6 +416,8 @@ class _Opening:
         self.failures = 0
         self.failed = ""
         """What the last first connection that failed said (with `failures`, its count)."""
+        self.bound: int | None = None
+        """How long that one waited for the server at most (`_first_bound`)."""
 
 
 class _Pools:
@@ -440,9 +442,11 @@ class _Pools:
         health probe's, an actor's restarting). A store that waited for a
         first connection that failed fails with it, without trying again: the
         k-th store opened at once on a server that does not answer waited k
-        times its connect_timeout.
+        times its connect_timeout. Unless its own would have waited longer
+        for the server (a longer lock timeout, `_first_bound`).
         """
         key = (os.getpid(), url)  # a forked child never uses its parent's pool
+        bound = _first_bound(url, timeout)  # (before `stores` counts this one: it parses the URL)
         with self._lock:
             if key in self._pools:
                 return self._use(key, max_size)
@@ -458,7 +462,9 @@ class _Pools:
                 with self._lock:
                     if key in self._pools:  # made by the store this one waited for
                         return self._use(key, max_size)
-                    if opening.failures != failures:  # failed while this one waited
+                    if opening.failures != failures and (  # failed while this one waited,
+                            bound is None or opening.bound is None  # as patiently as it would
+                            or bound <= opening.bound):
                         raise psycopg.OperationalError(opening.failed)
                 try:
                     pool = self._make(url, max_size=max_size, timeout=timeout)
@@ -466,6 +472,7 @@ class _Pools:
                     with self._lock:
                         opening.failures += 1
                         opening.failed = str(e)
+                        opening.bound = bound
                     raise
                 with self._lock:
                     self._pools[key] = (pool, 1)
@@ -486,9 +493,9 @@ class _Pools:
         # its place, a misspelt value passed this check and then failed
         # every connection the pool made: a "no connection" after the lock
         # timeout that never said why, while a direct one "just worked").
-        bound = (make_conninfo(url, connect_timeout=max(2, round(timeout)))
-                 if "connect_timeout" in network_defaults(url) else url)
-        psycopg.connect(bound).close()
+        bound = _first_bound(url, timeout)
+        psycopg.connect(url if bound is None else make_conninfo(url, connect_timeout=bound)
+                        ).close()
         install_log_filter()
         pool = JackpotPool(
             url, where=describe(url), min_size=1, max_size=max_size,
@@ -521,6 +528,19 @@ class _Pools:
                 return
             del self._pools[key]
         pool.close()
+
+
+def _first_bound(url: str, timeout: float) -> int | None:
+    """Return the connect_timeout of a store's first connection to `url` (`_Pools._make`).
+
+    The store's lock timeout `timeout`, unless the URL or PGCONNECT_TIMEOUT
+    sets one (None: theirs, the same for every store of the URL). A store
+    that waited for a first connection that failed fails with it only if it
+    would not have waited longer (`_Pools.acquire`): one that gave up after
+    2 s (a lock timeout of 1 s) failed a store of 30 s with "connection
+    timeout expired", on a server that answers in 5 s.
+    """
+    return max(2, round(timeout)) if "connect_timeout" in network_defaults(url) else None
 
 
 _POOLS = _Pools()
