@@ -1312,7 +1312,8 @@ def pg_connect(url: str) -> psycopg.Connection[Any]:
 
     Without the engine's connect_timeout and keepalives a server that
     accepts and then says nothing (hung, a stalled proxy) held the runner
-    at its first connection for as long as libpq waits: without end.
+    at its first connection for psycopg's own default bound (130 s with
+    psycopg 3.3).
     """
     from jackpot.storage.postgres import network_defaults  # noqa: PLC0415 - needs psycopg
 
