@@ -1665,6 +1665,17 @@ def test_a_server_that_does_not_answer_holds_up_no_other_database_s_stores(
     assert order == ["other", "hung"]
 
 
+def _until_stores_wait(key: tuple[int, str], stores: int) -> None:
+    """Return once `stores` stores hold or wait for the lock of `key`'s first connection."""
+    waited = threading.Event()
+    for _ in range(6000):  # a minute at most
+        opening = postgres._POOLS._opening.get(key)
+        if opening is not None and opening.stores == stores:
+            return
+        waited.wait(0.01)
+    raise AssertionError(f"{stores} stores never waited for {key}")
+
+
 def test_stores_that_waited_for_a_first_connection_that_failed_fail_with_it() -> None:
     # Each store opened meanwhile on a server that accepts and says nothing
     # made its own first connection after the one before it had failed: the
@@ -1687,13 +1698,7 @@ def test_stores_that_waited_for_a_first_connection_that_failed_fail_with_it() ->
         second = threading.Thread(target=open_store, args=("second",))
         with conn:
             second.start()
-            waited = threading.Event()
-            for _ in range(6000):  # until the second store waits for the first's lock
-                opening = postgres._POOLS._opening.get(key)
-                if opening is not None and opening.stores == 2:
-                    break
-                waited.wait(0.01)
-            assert postgres._POOLS._opening[key].stores == 2
+            _until_stores_wait(key, 2)  # the second store waits for the first's lock
         # closed: the first connection fails at once
         first.join(60)
         second.join(60)
@@ -1733,13 +1738,7 @@ def test_a_store_that_would_wait_longer_than_the_failed_first_connection_tries_i
         with conn:
             patient.start()
             hasty.start()
-            waited = threading.Event()
-            for _ in range(6000):  # until both wait for the first's lock
-                opening = postgres._POOLS._opening.get(key)
-                if opening is not None and opening.stores == 3:
-                    break
-                waited.wait(0.01)
-            assert postgres._POOLS._opening[key].stores == 3
+            _until_stores_wait(key, 3)  # both wait for the first's lock
         # closed: the first connection fails at once
         first.join(60)
         assert not first.is_alive()
@@ -2657,17 +2656,22 @@ def test_a_batch_with_no_connection_to_be_had_fails_at_once_not_op_by_op(
         assert len(asked) == 1  # was 6: the shared attempt, then one per op
 
 
+def _pooled_parameters(url: str) -> dict[str, str]:
+    """The libpq parameters a pooled connection of a new store of `url` was made with."""
+    store = PostgresStore(url)
+    try:
+        with store._pool.connection() as conn:
+            return conn.info.get_parameters()
+    finally:
+        store.close()
+
+
 def test_pooled_connections_bound_a_wait_on_a_vanished_server(pg_target: str) -> None:
     # keepalives and tcp_user_timeout: a server host that drops off the network (no FIN)
     # ends a wait within about a minute instead of the kernel's many; the URL's own win.
     JackpotEngine.open(pg_target).close()
     for url, idle in ((pg_target, "30"), (f"{pg_target}&keepalives_idle=5", "5")):
-        store = PostgresStore(url)
-        try:
-            with store._pool.connection() as conn:
-                given = conn.info.get_parameters()
-        finally:
-            store.close()
+        given = _pooled_parameters(url)
         assert (given["keepalives"], given["keepalives_idle"], given["keepalives_interval"],
                 given["keepalives_count"], given["tcp_user_timeout"],
                 given["connect_timeout"]) == ("1", idle, "10", "3", "60000", "10")
@@ -2683,13 +2687,7 @@ def test_pgconnect_timeout_in_the_environment_is_not_undone_by_the_default(
     # was silently replaced by 10 s.
     monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")
     assert "connect_timeout" not in postgres.network_defaults("postgresql://u@h/db")
-    url = f"{pg_target}&application_name=t-{uuid.uuid4().hex[:12]}"  # a pool of its own
-    store = PostgresStore(url)
-    try:
-        with store._pool.connection() as conn:
-            given = conn.info.get_parameters()
-    finally:
-        store.close()
+    given = _pooled_parameters(f"{pg_target}&application_name=t-{uuid.uuid4().hex[:12]}")
     assert (given["connect_timeout"], given["keepalives_idle"]) == ("7", "30")
 
 

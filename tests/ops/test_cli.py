@@ -471,6 +471,20 @@ def test_verify_fails_with_status_1_when_the_books_do_not_balance(db: str) -> No
     assert "mega" in done.stdout
 
 
+def _to_a_reader_gone(args: list[str], *, buffered: bool) -> subprocess.CompletedProcess[str]:
+    """Run `jackpot ARGS` with stdout a pipe whose reader has already left."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([*CLI, *args], stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=60, env=env, check=False)
+    finally:
+        os.close(write)
+
+
 @pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
 @pytest.mark.parametrize("args", [("verify",), ("status",), ("ledger", "--tail", "5"),
                                   ("contribute", "2.50", "--level", "minor", "--op-id", "piped")],
@@ -484,16 +498,7 @@ def test_a_reader_that_left_early_ends_the_command_quietly_with_141(
     (status 120). The pipe's reader is closed before the command starts: its
     first write finds it gone (no timing involved).
     """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    if not buffered:
-        env["PYTHONUNBUFFERED"] = "1"
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        done = subprocess.run([*CLI, "--db", db, *args], stdout=write, stderr=subprocess.PIPE,
-                              text=True, timeout=60, env=env, check=False)
-    finally:
-        os.close(write)
+    done = _to_a_reader_gone(["--db", db, *args], buffered=buffered)
     assert (done.returncode, done.stderr) == (141, "")
     if args[0] == "contribute":  # committed before its output: it stands
         minor = next(row for row in ok_json("status", "--db", db) if row["name"] == "minor")
@@ -516,16 +521,7 @@ def test_a_failed_verdict_keeps_status_1_when_its_reader_left(
         conn = apsw.Connection(db)
         conn.execute("UPDATE levels SET amount = amount + 1 WHERE name = 'mega'")
         conn.close()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    if not buffered:
-        env["PYTHONUNBUFFERED"] = "1"
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        done = subprocess.run([*CLI, "--db", db, *args], stdout=write, stderr=subprocess.PIPE,
-                              text=True, timeout=60, env=env, check=False)
-    finally:
-        os.close(write)
+    done = _to_a_reader_gone(["--db", db, *args], buffered=buffered)
     assert (done.returncode, done.stderr) == (1, "")
 
 
