@@ -1712,6 +1712,43 @@ def test_stores_that_waited_for_a_first_connection_that_failed_fail_with_it() ->
     assert key not in postgres._POOLS._opening
 
 
+def test_a_store_that_waited_through_a_failure_and_a_success_tries_itself(
+        pg_target: str) -> None:
+    # A store that waited while one first connection failed and then another
+    # store made the pool (closed again before this one's turn) shared the
+    # old failure, though the server had answered since. The lock's holder
+    # here stands for those two: it records a failure, then a success.
+    url = f"{pg_target}&application_name=w-{uuid.uuid4().hex[:12]}"
+    key = (os.getpid(), url)
+    opening = postgres._Opening()
+    opening.stores = 1  # the stand-in's own
+    with postgres._POOLS._lock:
+        postgres._POOLS._opening[key] = opening
+    opened: list[PostgresStore | BaseException] = []
+
+    def open_store() -> None:
+        try:
+            opened.append(PostgresStore(url))
+        except BaseException as e:  # reported below
+            opened.append(e)
+
+    with opening.lock:
+        waiting = threading.Thread(target=open_store)
+        waiting.start()
+        _until_stores_wait(key, 2)
+        opening.failures, opening.failed = 1, "server closed the connection unexpectedly"
+        opening.failed = None  # then another store made a pool (and closed it since)
+        with postgres._POOLS._lock:
+            opening.stores -= 1  # (the waiting store's leaving forgets the URL)
+    waiting.join(60)
+    assert not waiting.is_alive()
+    [store] = opened
+    assert isinstance(store, PostgresStore), store
+    assert store.schema_version() >= 0
+    store.close()
+    assert key not in postgres._POOLS._opening
+
+
 def test_a_store_that_would_wait_longer_than_the_failed_first_connection_tries_itself(
         ) -> None:
     # A first connection the URL gives no connect_timeout is bounded by its

@@ -414,8 +414,9 @@ class _Opening:
         self.stores = 0
         """How many stores hold the lock or wait for it."""
         self.failures = 0
-        self.failed = ""
-        """What the last first connection that failed said (with `failures`, its count)."""
+        """How many first connections failed."""
+        self.failed: str | None = None
+        """What the last first connection said if it failed; None if it succeeded."""
         self.bound: int | None = None
         """How long that one waited for the server at most (`_first_bound`)."""
 
@@ -462,9 +463,11 @@ class _Pools:
                 with self._lock:
                     if key in self._pools:  # made by the store this one waited for
                         return self._use(key, max_size)
-                    if opening.failures != failures and (  # failed while this one waited,
-                            bound is None or opening.bound is None  # as patiently as it would
-                            or bound <= opening.bound):
+                    # The last attempt failed while this one waited, as patiently as it
+                    # would. (Not one that failed before another made a pool, since
+                    # closed: the server answered meanwhile.)
+                    if opening.failures != failures and opening.failed is not None and (
+                            bound is None or opening.bound is None or bound <= opening.bound):
                         raise psycopg.OperationalError(opening.failed)
                 try:
                     pool = self._make(url, max_size=max_size, timeout=timeout)
@@ -476,6 +479,7 @@ class _Pools:
                     raise
                 with self._lock:
                     self._pools[key] = (pool, 1)
+                    opening.failed = None
                 return pool
         finally:
             with self._lock:
