@@ -93,15 +93,30 @@ def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         load(*map(int, sys.argv[2:5]))
         return
+    from compare import at_least_one  # noqa: PLC0415 - not in the child, which valgrind runs
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, choices=(1, 3), default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ops", type=int, default=200, help="the first run's contributions")
+    parser.add_argument("--threads", type=at_least_one, default=1,
+                        help="callers (default 1)")
+    parser.add_argument("--ops", type=at_least_one, default=200,
+                        help="the first run's contributions, at least --threads (default 200)")
     parser.add_argument("src", nargs="*", help="source trees (clones) to compare")
     args = parser.parse_args()
+    if args.ops < args.threads:
+        # Each caller makes ops // threads: with none the first run measured
+        # nothing and the figure was the second run's start-up, divided.
+        parser.error(f"--ops must be at least --threads ({args.threads}): every caller needs "
+                     f"a contribution, got {args.ops}")
+    for tree in args.src:
+        if not Path(tree, "src", "jackpot", "__init__.py").is_file():
+            # (its src went first on the path, found nothing, and the installed
+            # jackpot was counted under the mistyped name)
+            parser.error(f"{tree}: not a clone of jackpot (no src/jackpot/__init__.py)")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
-    small, big = args.ops, args.ops * 6
+    # The callers make ops // threads each: what was applied, not what was asked.
+    small, big = (n // args.threads * args.threads for n in (args.ops, args.ops * 6))
     for tree in args.src or [None]:
         src = None if tree is None else str(Path(tree, "src").resolve())
         low, high = (count(src, n, args.threads, args.levels) for n in (small, big))

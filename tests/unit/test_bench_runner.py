@@ -438,3 +438,40 @@ def test_a_postgresql_server_that_never_answers_is_refused_not_waited_on(
     assert said[0].code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         f" error: --pg {url}: connection timeout expired")
+
+
+def _refuse_to_measure(*_args: object, **_kwargs: object) -> None:
+    msg = "measured despite a bad argument"
+    raise AssertionError(msg)
+
+
+# (script, its arguments, what it measures (replaced: a test that reached it fails
+# at once), the error's line)
+SCRIPT_REFUSALS = [
+    ("instructions", ["--ops", "5", "{tmp}/no-such-clone"], "count",
+     "{tmp}/no-such-clone: not a clone of jackpot (no src/jackpot/__init__.py)"),
+    ("instructions", ["--ops", "3", "--threads", "4"], "count",
+     "--ops must be at least --threads (4): every caller needs a contribution, got 3"),
+    ("instructions", ["--ops", "0"], "count", "argument --ops: must be at least 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("case", SCRIPT_REFUSALS, ids=lambda case: f"{case[0]} {case[1][-2:]}")
+def test_a_bad_argument_to_a_script_is_one_line_and_exit_2_before_it_measures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        case: tuple[str, list[str], str, str]) -> None:
+    """instructions.py counted the installed jackpot under a mistyped SRC, and divided by zero with --ops 0."""
+    import importlib  # noqa: PLC0415 - only here
+
+    script, args, measures, error = case
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, measures, _refuse_to_measure)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *(a.format(tmp=tmp_path) for a in args)])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"{script}.py: error: {error.format(tmp=tmp_path)}"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing built
