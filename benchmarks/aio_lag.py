@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pykka
-from compare import at_least_one
+from compare import at_least_one, writable_dir
 
 from jackpot import AsyncJackpotEngine
 from jackpot.actors import Ticket
@@ -179,6 +179,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.json is not None and not args.one:
+        # Checked before the workloads: it was a traceback once they had all run.
+        why = "a directory" if args.json.is_dir() else writable_dir(args.json.resolve().parent)
+        if why:
+            parser.error(f"--json {args.json}: cannot write there: {why}")
     players, bets = (200, 2) if args.quick else (args.players, args.bets)
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], players, bets)))

@@ -118,20 +118,31 @@ def run(callers: int, *, caller_us: float, server_us: float, commit_us: float,
 def main() -> None:
     """Print one line per setting (the grid unless one is given)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--callers", type=int, default=64)
+    p.add_argument("--callers", type=int, default=64, help="caller threads (default 64)")
     p.add_argument("--caller-us", type=float, help="Python per request in each caller")
     p.add_argument("--server-us", type=float, help="Python per request in the server")
     p.add_argument("--commit-us", type=float, default=500.0,
                    help="GIL released per batch, as an fsync (default 500)")
     p.add_argument("--releases", type=int, default=0,
                    help="times the server gives the GIL up during a batch's Python (default 0)")
-    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="measured seconds per setting, after 1 of warm-up (default 4)")
     a = p.parse_args()
     if (a.caller_us is None) != (a.server_us is None):
         p.error("give both --caller-us and --server-us, or neither (the grid)")
     grid = GRID if a.caller_us is None else ((a.caller_us, a.server_us),)
     if a.releases < 0:
         p.error("--releases must be 0 or more")
+    if a.callers < 1:
+        p.error(f"--callers must be at least 1, got {a.callers}")
+    for flag, us in (("--caller-us", a.caller_us), ("--server-us", a.server_us),
+                     ("--commit-us", a.commit_us)):
+        # (a negative --commit-us killed the server thread, and the callers
+        # waited for their answers for ever; nan and inf measured nothing)
+        if us is not None and not 0 <= us <= 1e6:
+            p.error(f"{flag} must be 0 or more and at most 1000000 (a second), got {us}")
+    if not 0 < a.seconds <= 3600:  # (0 measured no window; inf never ended)
+        p.error(f"--seconds must be above 0 and at most 3600, got {a.seconds}")
     print(f"{a.callers} callers, {a.commit_us:g} us commit per batch, "
           f"the GIL given up {a.releases} time(s) per batch besides")
     print("| caller us | server us | ops/s | per batch | CPU us/op | cores |")

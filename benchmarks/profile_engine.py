@@ -21,7 +21,16 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from compare import LEVELS1, LEVELS3, closed_loop, contribute_op, open_system, quiet_logging
+from compare import (
+    HERE,
+    LEVELS1,
+    LEVELS3,
+    at_least_one,
+    closed_loop,
+    contribute_op,
+    open_system,
+    quiet_logging,
+)
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -54,7 +63,10 @@ def count_batches() -> Counter[int]:
 def run(seconds: float, callers: int, levels: int, kind: str) -> None:
     quiet_logging()
     batches = count_batches() if kind == "engine" else Counter()
-    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+    # On this disk, as compare.py's files (not /tmp, which may be memory), and
+    # under out/, which git ignores: a run cut short leaves nothing git shows.
+    (HERE / "out").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=HERE / "out") as tmp:
         system = open_system(kind, Path(tmp) / "profile.db")
         try:
             r = closed_loop(contribute_op(system, LEVELS3 if levels == 3 else LEVELS1),
@@ -132,14 +144,21 @@ def summarize(path: Path, top: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--callers", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="measured seconds, after 1 of warm-up (default 20)")
+    parser.add_argument("--callers", type=at_least_one, default=64,
+                        help="caller threads (default 64)")
     parser.add_argument("--levels", type=int, choices=(1, 3), default=3)
     parser.add_argument("--system", choices=("engine", "baseline"), default="engine")
     parser.add_argument("--summarize", type=Path, help="summarize a py-spy raw profile")
-    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--top", type=at_least_one, default=15,
+                        help="lines per list in the summary (default 15)")
     args = parser.parse_args()
+    if not 0 < args.seconds <= 3600:  # (0 divided by zero at the end; inf never ended)
+        parser.error(f"--seconds must be above 0 and at most 3600, got {args.seconds}")
     if args.summarize:
+        if not args.summarize.is_file():
+            parser.error(f"--summarize {args.summarize}: no such file (py-spy's -o file)")
         summarize(args.summarize, args.top)
     else:
         run(args.seconds, args.callers, args.levels, args.system)

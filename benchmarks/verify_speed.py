@@ -30,7 +30,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import apsw
-from compare import at_least_one, big_template, new_op_id, quiet_logging, remove_db
+from compare import (
+    at_least_one,
+    big_template,
+    new_op_id,
+    quiet_logging,
+    remove_db,
+    writable_dir,
+)
 
 from jackpot import ConcurrencyViolationError, GroupConfig, JackpotEngine, Settings
 
@@ -158,7 +165,9 @@ def main() -> None:
     for tree in args.trees:
         if not (tree / "src" / "jackpot" / "__init__.py").is_file():
             parser.error(f"{tree}: not a clone of jackpot (no src/jackpot/__init__.py)")
-    args.cache.mkdir(parents=True, exist_ok=True)
+    why = writable_dir(args.cache)  # (makes it; a traceback when it could not)
+    if why:
+        parser.error(f"--cache {args.cache}: cannot write there: {why}")
     if args.extrapolated:
         template, _ = big_template("engine", args.rows, args.cache)
     else:

@@ -453,6 +453,23 @@ SCRIPT_REFUSALS = [
     ("instructions", ["--ops", "3", "--threads", "4"], "count",
      "--ops must be at least --threads (4): every caller needs a contribution, got 3"),
     ("instructions", ["--ops", "0"], "count", "argument --ops: must be at least 1, got 0"),
+    ("profile_engine", ["--seconds", "0"], "closed_loop",
+     "--seconds must be above 0 and at most 3600, got 0.0"),
+    ("profile_engine", ["--callers", "0"], "closed_loop",
+     "argument --callers: must be at least 1, got 0"),
+    ("profile_engine", ["--summarize", "{tmp}/no-profile.txt"], "summarize",
+     "--summarize {tmp}/no-profile.txt: no such file (py-spy's -o file)"),
+    ("handoff_model", ["--commit-us", "-1"], "run",
+     "--commit-us must be 0 or more and at most 1000000 (a second), got -1.0"),
+    ("handoff_model", ["--caller-us", "nan", "--server-us", "1"], "run",
+     "--caller-us must be 0 or more and at most 1000000 (a second), got nan"),
+    ("handoff_model", ["--callers", "0"], "run", "--callers must be at least 1, got 0"),
+    ("handoff_model", ["--seconds", "inf"], "run",
+     "--seconds must be above 0 and at most 3600, got inf"),
+    ("aio_lag", ["--quick", "--json", "{tmp}/a-file/rows.json"], "in_subprocess",
+     "--json {tmp}/a-file/rows.json: cannot write there: not a directory"),
+    ("verify_speed", ["--rows", "100", "--cache", "{tmp}/a-file"], "build_real",
+     "--cache {tmp}/a-file: cannot write there: not a directory"),
 ]
 
 
@@ -460,7 +477,14 @@ SCRIPT_REFUSALS = [
 def test_a_bad_argument_to_a_script_is_one_line_and_exit_2_before_it_measures(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         case: tuple[str, list[str], str, str]) -> None:
-    """instructions.py counted the installed jackpot under a mistyped SRC, and divided by zero with --ops 0."""
+    """Each was a traceback, a run that never ended, or a figure under the wrong name.
+
+    instructions.py counted the installed jackpot under a mistyped SRC and
+    divided by zero with --ops 0; profile_engine.py divided by zero at the end
+    of --seconds 0; handoff_model.py with --commit-us -1 lost its server
+    thread and waited for ever; aio_lag.py's and verify_speed.py's unwritable
+    --json and --cache were tracebacks (aio_lag's after every workload had run).
+    """
     import importlib  # noqa: PLC0415 - only here
 
     script, args, measures, error = case
