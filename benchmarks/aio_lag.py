@@ -209,4 +209,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from _script import run_script  # (benchmarks/_script.py: how every script ends)
+
+    run_script(main)

@@ -90,6 +90,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     sys.exit("benchmarks/compare.py needs psutil (to measure RSS): "
              "pip install -e '.[test]' installs it with the rest of what the benchmarks use")
+from _script import deaf_to_ctrl_c, stop_children
 from baseline import DEFAULT_LEVELS, NaiveJackpot
 
 import jackpot
@@ -845,16 +846,20 @@ def run_processes(kind: str, path: Path | str, *, procs: int, callers: int,
     children = [ctx.Process(target=_mp_child, args=(kind, str(path), callers, levels, warmup,
                                                     duration, ready, go, out))
                 for _ in range(procs)]
-    for c in children:
-        c.start()
-    for _ in children:
-        ready.get(timeout=120)
-    meter = LoadMeter()
-    go.set()
-    results = [out.get(timeout=duration + warmup + 300) for _ in children]
-    for c in children:
-        c.join(60)
-    load = meter.stop()  # the window includes the children's warm-up and shutdown
+    try:
+        with deaf_to_ctrl_c():  # (Ctrl-C is the parent's: it stops them, below)
+            for c in children:
+                c.start()
+        for _ in children:
+            ready.get(timeout=120)
+        meter = LoadMeter()
+        go.set()
+        results = [out.get(timeout=duration + warmup + 300) for _ in children]
+        for c in children:
+            c.join(60)
+        load = meter.stop()  # the window includes the children's warm-up and shutdown
+    finally:
+        stop_children(children)
     crashes = [r["crash"] for r in results if "crash" in r]
     if crashes:
         msg = f"{kind} child process failed: {crashes[0]}"
@@ -888,11 +893,16 @@ def in_children(jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, 
     queues = {key: ctx.Queue() for key in jobs}
     children = {key: ctx.Process(target=_child_entry, args=(fn, queues[key], *args))
                 for key, (fn, args) in jobs.items()}
-    for child in children.values():
-        child.start()
-    results: dict[str, dict[str, Any]] = {key: q.get(timeout=3600) for key, q in queues.items()}
-    for child in children.values():
-        child.join(60)
+    try:
+        with deaf_to_ctrl_c():  # (Ctrl-C is the parent's: it stops them, below)
+            for child in children.values():
+                child.start()
+        results: dict[str, dict[str, Any]] = {key: q.get(timeout=3600)
+                                              for key, q in queues.items()}
+        for child in children.values():
+            child.join(60)
+    finally:
+        stop_children(children.values())
     for key, result in results.items():
         if "crash" in result:
             msg = f"child process {key} failed: {result['crash']}"
@@ -1859,7 +1869,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pg_url:
             bench.discard_all()
-    shutil.rmtree(bench.work, ignore_errors=True)
+        # However the run ends: a Ctrl-C in the ledger section of a full run
+        # left its copy of the big file (gigabytes) here until the next run.
+        shutil.rmtree(bench.work, ignore_errors=True)
     rows = build_rows(bench.results, sizes)
     targets = build_targets(bench.results, sizes)
     audits, error_samples = collect_audits(bench.results)
@@ -1884,4 +1896,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _script import run_script  # (benchmarks/_script.py: how every script ends)
+
+    run_script(main)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -166,4 +165,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _script import run_script  # (benchmarks/_script.py: how every script ends)
+
+    run_script(main)

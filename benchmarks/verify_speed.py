@@ -175,28 +175,33 @@ def main() -> None:
     print(f"template {template} ({template.stat().st_size / 2**20:.0f} MB)")
     work = args.cache / "verify-work.db"
     remove_db(work)
-    shutil.copyfile(template, work)
-    trees = args.trees or [None]
-    label = {t: "the imported jackpot" if t is None else str(t) for t in trees}
-    times: dict[str, list[tuple[float, float]]] = {label[t]: [] for t in trees}
-    for run in range(args.runs):
-        for tree in trees:
-            if tree is None:
-                took, cpu = time_verify(work)
-            else:
-                env = {**os.environ, "PYTHONPATH": f"{tree.resolve() / 'src'}"}
-                out = subprocess.run([sys.executable, __file__, "--time", str(work)], env=env,
-                                     capture_output=True, text=True, check=True)
-                took, cpu = map(float, out.stdout.split()[-2:])
-            times[label[tree]].append((took, cpu))
-            print(f"run {run + 1}: {label[tree]}: {took:.1f} s ({cpu:.1f} s CPU)", flush=True)
+    try:
+        shutil.copyfile(template, work)
+        trees = args.trees or [None]
+        label = {t: "the imported jackpot" if t is None else str(t) for t in trees}
+        times: dict[str, list[tuple[float, float]]] = {label[t]: [] for t in trees}
+        for run in range(args.runs):
+            for tree in trees:
+                if tree is None:
+                    took, cpu = time_verify(work)
+                else:
+                    env = {**os.environ, "PYTHONPATH": f"{tree.resolve() / 'src'}"}
+                    out = subprocess.run([sys.executable, __file__, "--time", str(work)],
+                                         env=env, capture_output=True, text=True, check=True)
+                    took, cpu = map(float, out.stdout.split()[-2:])
+                times[label[tree]].append((took, cpu))
+                print(f"run {run + 1}: {label[tree]}: {took:.1f} s ({cpu:.1f} s CPU)",
+                      flush=True)
+    finally:
+        remove_db(work)  # (a copy of the big file: a run cut short kept it until the next)
     for tree, values in times.items():
         walls, cpus = [v[0] for v in values], [v[1] for v in values]
         print(f"median {tree}: {statistics.median(walls):.1f} s "
               f"({', '.join(f'{v:.1f}' for v in walls)}), CPU {statistics.median(cpus):.1f} s "
               f"({', '.join(f'{v:.1f}' for v in cpus)})")
-    remove_db(work)
 
 
 if __name__ == "__main__":
-    main()
+    from _script import run_script  # (benchmarks/_script.py: how every script ends)
+
+    run_script(main)

@@ -499,3 +499,59 @@ def test_a_bad_argument_to_a_script_is_one_line_and_exit_2_before_it_measures(
     assert err.splitlines()[-1] == f"{script}.py: error: {error.format(tmp=tmp_path)}"
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing built
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------
+
+
+def test_ctrl_c_ends_a_script_with_one_line_and_status_130(tmp_path: Path) -> None:
+    """Ctrl-C was a traceback (one per process, interleaved, with child processes)."""
+    import signal  # noqa: PLC0415 - only here
+
+    script = subprocess.Popen(  # its own group: the signal goes where a terminal's would
+        [sys.executable, str(BENCHMARKS / "handoff_model.py"), "--caller-us", "1",
+         "--server-us", "1", "--seconds", "600"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    try:
+        assert script.stdout is not None
+        assert script.stdout.readline().startswith("64 callers")  # running: its header is out
+        os.killpg(script.pid, signal.SIGINT)
+        _, err = script.communicate(timeout=60)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert script.returncode == 130, err
+    assert err == "interrupted (Ctrl-C): the run was cut short; no figures from it\n"
+
+
+def test_child_processes_leave_ctrl_c_to_the_script_that_started_them() -> None:
+    """Each spawned child took the terminal's Ctrl-C and printed a traceback of its own."""
+    import signal  # noqa: PLC0415 - only here
+
+    from _script import deaf_to_ctrl_c  # noqa: PLC0415 - only here
+
+    ask = [sys.executable, "-c",
+           "import signal; print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"]
+    with deaf_to_ctrl_c():
+        inside = subprocess.run(ask, capture_output=True, text=True, check=True).stdout
+    outside = subprocess.run(ask, capture_output=True, text=True, check=True).stdout
+    assert inside == "True\n"  # started inside: deaf to it for life
+    assert outside == "False\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the parent's is back
+
+
+def test_an_interrupted_run_removes_its_scratch_files(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut short in the ledger section, a full run left a copy of the big file in out/work."""
+
+    def rest(bench: compare.Bench) -> None:
+        bench.fresh_path("big-copy").write_bytes(b"\0" * 4096)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare.Bench, "rest", rest)
+    monkeypatch.setattr(compare, "machine", lambda *_: {})
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(["--quick", "--only", "rest", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == []  # no work/, and no results written

@@ -1,0 +1,64 @@
+"""How every benchmark script ends on Ctrl-C, and how its child processes take it.
+
+Not a benchmark itself: each script's `if __name__ == "__main__":` block calls
+`run_script(main)`. It imports nothing heavy, so instructions.py's child
+(which valgrind counts) and handoff_model.py (no engine code) may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+INTERRUPTED = 130  # the status a shell gives a program SIGINT ended (128 + SIGINT)
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run `main` and exit with its status; Ctrl-C ends it with one line and status 130.
+
+    A traceback said nothing the line does not (the run was cut short, its
+    figures not printed), and a script with child processes printed one per
+    process, interleaved. Scratch files are each script's own to remove, in
+    `finally` blocks, before this is reached.
+    """
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the run was cut short; no figures from it",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    sys.exit(status)
+
+
+@contextlib.contextmanager
+def deaf_to_ctrl_c() -> Iterator[None]:
+    """Start child processes inside this: they ignore SIGINT for their whole life.
+
+    Ctrl-C at a terminal reaches every process of the foreground group; a
+    spawned child took it as its own and printed a traceback of wherever it
+    was (often importing). A child started while SIGINT is ignored inherits
+    that through exec, and Python then installs no handler of its own. The
+    parent, which still takes Ctrl-C, must stop its children itself (see
+    `stop_children`).
+    """
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def stop_children(children: Any) -> None:
+    """Terminate (SIGTERM) the `multiprocessing` children still running and wait for them.
+
+    Call it in a `finally`: after a normal run each has ended already, and
+    this does nothing.
+    """
+    alive = [c for c in children if c.is_alive()]
+    for child in alive:
+        child.terminate()
+    for child in alive:
+        child.join(60)
