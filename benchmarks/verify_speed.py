@@ -1,6 +1,6 @@
 """How long `JackpotEngine.verify()` takes on a big ledger (a script, not a test).
 
-    python benchmarks/verify_speed.py [--rows N] [--cache DIR] [--runs 3] [SRC ...]
+    python benchmarks/verify_speed.py [--rows N] [--cache DIR] [--runs 3] [--extrapolated] [SRC ...]
 
 Builds (once, cached in DIR) a SQLite file whose ledger holds about N rows
 through the engine's own API, as a game server fills it: 32 caller threads,
