@@ -19,16 +19,17 @@ INTERRUPTED = 130  # the status a shell gives a program SIGINT ended (128 + SIGI
 def run_script(main: Callable[[], Any]) -> None:
     """Run `main` and exit with its status; Ctrl-C ends it with one line and status 130.
 
-    A traceback said nothing the line does not (the run was cut short, its
-    figures not printed), and a script with child processes printed one per
-    process, interleaved. Scratch files are each script's own to remove, in
-    `finally` blocks, before this is reached.
+    A traceback said nothing the line does not (the run was cut short), and a
+    script with child processes printed one per process, interleaved. Scratch
+    files are each script's own to remove, in `finally` blocks, before this
+    is reached.
     """
     try:
         status = main()
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): the run was cut short; no figures from it",
-              file=sys.stderr)
+        # (no more than that: compare.py cut short in its PostgreSQL pass has
+        # written what the SQLite pass measured, and said so above)
+        print("interrupted (Ctrl-C): the run was cut short", file=sys.stderr)
         sys.exit(INTERRUPTED)
     sys.exit(status)
 

@@ -522,7 +522,7 @@ def test_ctrl_c_ends_a_script_with_one_line_and_status_130(tmp_path: Path) -> No
             script.kill()
             script.wait()
     assert script.returncode == 130, err
-    assert err == "interrupted (Ctrl-C): the run was cut short; no figures from it\n"
+    assert err == "interrupted (Ctrl-C): the run was cut short\n"
 
 
 def test_child_processes_leave_ctrl_c_to_the_script_that_started_them() -> None:
