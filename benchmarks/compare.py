@@ -1752,7 +1752,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="shrink every size (about a minute; a smoke test, not evidence)")
     parser.add_argument("--out", type=Path, default=HERE / "out",
-                        help="directory for results.md, results.json and cached files")
+                        help="directory for results.md, results.json and cached files "
+                             "(default: benchmarks/out, which git ignores)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     parser.add_argument("--pg", metavar="URL", default=None,
