@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +46,9 @@ def deaf_to_ctrl_c() -> Iterator[None]:
     parent, which still takes Ctrl-C, must stop its children itself (see
     `stop_children`).
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (only the main thread may set a handler; nor does Ctrl-C reach another)
+        return
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield

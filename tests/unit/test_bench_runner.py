@@ -541,6 +541,25 @@ def test_child_processes_leave_ctrl_c_to_the_script_that_started_them() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the parent's is back
 
 
+def test_children_may_be_started_from_another_thread_than_the_main_one() -> None:
+    """signal.signal raises ValueError outside the main thread: starting them there must not."""
+    from _script import deaf_to_ctrl_c  # noqa: PLC0415 - only here
+
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with deaf_to_ctrl_c():
+                pass
+        except BaseException as e:  # (collected: a thread's exception would not fail the test)
+            failed.append(e)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    starter.join()
+    assert failed == []
+
+
 def test_an_interrupted_run_removes_its_scratch_files(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Cut short in the ledger section, a full run left a copy of the big file in out/work."""
