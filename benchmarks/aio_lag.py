@@ -171,10 +171,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="200 players, 2 bets each")
-    parser.add_argument("--players", type=at_least_one, default=1000,
+    parser.add_argument("--quick", action="store_true",
+                        help="200 players, 2 bets each (a count given as well is kept)")
+    parser.add_argument("--players", type=at_least_one, default=None,
                         help="player tasks (default: 1000)")
-    parser.add_argument("--bets", type=at_least_one, default=3,
+    parser.add_argument("--bets", type=at_least_one, default=None,
                         help="bets per player (default: 3)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "WORKLOAD"), help=argparse.SUPPRESS)
@@ -184,7 +185,10 @@ def main() -> None:
         why = "a directory" if args.json.is_dir() else writable_dir(args.json.resolve().parent)
         if why:
             parser.error(f"--json {args.json}: cannot write there: {why}")
-    players, bets = (200, 2) if args.quick else (args.players, args.bets)
+    # A count given is played as given, --quick or not (as the examples do):
+    # `--quick --players 50` ran 200 players.
+    players = args.players or (200 if args.quick else 1000)
+    bets = args.bets or (2 if args.quick else 3)
     if args.one:
         print(json.dumps(one(args.one[0], args.one[1], players, bets)))
         return

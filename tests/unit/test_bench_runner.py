@@ -574,3 +574,27 @@ def test_an_interrupted_run_removes_its_scratch_files(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         compare.main(["--quick", "--only", "rest", "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == []  # no work/, and no results written
+
+
+@pytest.mark.parametrize(("args", "played"), [
+    (["--quick", "--players", "7"], (7, 2)), (["--quick", "--bets", "5"], (200, 5)),
+    (["--quick"], (200, 2)), ([], (1000, 3)), (["--bets", "1"], (1000, 1))])
+def test_aio_lag_plays_a_count_given_with_quick_as_given(
+        monkeypatch: pytest.MonkeyPatch, args: list[str], played: tuple[int, int]) -> None:
+    """`--quick --players 7` played 200 players: --quick replaced both counts."""
+    import aio_lag  # noqa: PLC0415 - only here
+
+    asked: list[tuple[int, int]] = []
+
+    class StopError(Exception):
+        pass
+
+    def in_subprocess(_mode: str, _workload: str, players: int, bets: int) -> None:
+        asked.append((players, bets))
+        raise StopError
+
+    monkeypatch.setattr(aio_lag, "in_subprocess", in_subprocess)
+    monkeypatch.setattr(sys, "argv", ["aio_lag.py", *args])
+    with pytest.raises(StopError):
+        aio_lag.main()
+    assert asked == [played]
