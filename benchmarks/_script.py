@@ -1,4 +1,4 @@
-"""How every benchmark script ends on Ctrl-C, and how its child processes take it.
+"""How every benchmark script ends on Ctrl-C or a reader that left, and how its children take Ctrl-C.
 
 Not a benchmark itself: each script's `if __name__ == "__main__":` block calls
 `run_script(main)`. It imports nothing heavy, so instructions.py's child
@@ -8,6 +8,7 @@ Not a benchmark itself: each script's `if __name__ == "__main__":` block calls
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ INTERRUPTED = 130  # the status a shell gives a program SIGINT ended (128 + SIGI
 
 
 def run_script(main: Callable[[], Any]) -> None:
-    """Run `main` and exit with its status; Ctrl-C ends it with one line and status 130.
+    """Run `main` and exit with its status; Ctrl-C is one line and status 130, `| head` 141.
 
     A traceback said nothing the line does not (the run was cut short), and a
     script with child processes printed one per process, interleaved. Scratch
@@ -27,6 +28,14 @@ def run_script(main: Callable[[], Any]) -> None:
     """
     try:
         status = main()
+        if sys.stdout is not None:  # (None: started without one, `>&-`)
+            sys.stdout.flush()  # what is still buffered: a closed pipe found here, not at exit
+    except BrokenPipeError:
+        # The reader left early (`... | head`): stop quietly, as a program the
+        # pipe's SIGPIPE ends does (141 = 128 + SIGPIPE), not with a traceback.
+        # Python's docs, signal: "Note on SIGPIPE".
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (exit flushes again)
+        sys.exit(141)
     except KeyboardInterrupt:
         # (no more than that: compare.py cut short in its PostgreSQL pass has
         # written what the SQLite pass measured, and said so above)

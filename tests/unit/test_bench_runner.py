@@ -598,3 +598,19 @@ def test_aio_lag_plays_a_count_given_with_quick_as_given(
     with pytest.raises(StopError):
         aio_lag.main()
     assert asked == [played]
+
+
+def test_a_reader_that_leaves_early_ends_a_script_quietly_with_status_141(
+        tmp_path: Path) -> None:
+    """`fairness.py | head -1` ended in a BrokenPipeError traceback."""
+    profile = tmp_path / "profile.txt"
+    profile.write_text("thread (0x1);run (compare.py:1);worker (compare.py:2) 7\n")
+    script = subprocess.Popen(
+        [sys.executable, str(BENCHMARKS / "profile_engine.py"), "--summarize", str(profile)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert script.stdout is not None
+    script.stdout.close()  # the reader has gone before the first line is written
+    assert script.stderr is not None
+    err = script.stderr.read()
+    assert script.wait(timeout=60) == 141, err
+    assert err == ""
