@@ -382,6 +382,18 @@ def test_serialization_failures_are_retried_counted_then_a_concurrency_violation
     assert engine.verify().ok
 
 
+@pytest.mark.parametrize(("url", "said"), [
+    ("postgresql://jackpot:s3cret@db.example:6432/pools", "postgresql://jackpot@db.example:6432/pools"),
+    ("postgresql://db.example/pools", "postgresql://db.example/pools"),
+    ("postgresql:///pools?host=/run/postgresql", "postgresql:///run/postgresql/pools"),
+    ("postgresql://app@/pools", "postgresql://app@/pools"),
+])
+def test_a_url_is_described_by_the_parts_it_gives_without_its_password(
+        url: str, said: str) -> None:
+    # A URL without a user was shown as postgresql://@db.example:/pools.
+    assert postgres.describe(url) == said
+
+
 def test_a_bad_url_fails_at_open_without_showing_the_password() -> None:
     url = "postgresql://jackpot:s3cret@127.0.0.1:1/nowhere"
     started = time.monotonic()

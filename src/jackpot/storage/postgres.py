@@ -321,7 +321,9 @@ def describe(url: str) -> str:
         d = conninfo_to_dict(url)
     except psycopg.Error:
         return "<unparsable PostgreSQL URL>"
-    return (f"postgresql://{d.get('user') or ''}@{d.get('host') or ''}:{d.get('port') or ''}"
+    # (Only the parts the URL gives: one without a user was `postgresql://@host:5432/db`.)
+    user, host, port = d.get("user") or "", d.get("host") or "", d.get("port") or ""
+    return (f"postgresql://{user + '@' if user else ''}{host}{':' + port if port else ''}"
             f"/{d.get('dbname') or ''}")
 
 
