@@ -322,7 +322,7 @@ def describe(url: str) -> str:
     except psycopg.Error:
         return "<unparsable PostgreSQL URL>"
     # (Only the parts the URL gives: one without a user was `postgresql://@host:5432/db`.)
-    user, host, port = d.get("user") or "", d.get("host") or "", d.get("port") or ""
+    user, host, port = (str(d.get(part) or "") for part in ("user", "host", "port"))
     return (f"postgresql://{user + '@' if user else ''}{host}{':' + port if port else ''}"
             f"/{d.get('dbname') or ''}")
 
