@@ -65,6 +65,22 @@ def deaf_to_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
+@contextlib.contextmanager
+def children_started(children: Any) -> Iterator[None]:
+    """Start the `multiprocessing` `children` deaf to Ctrl-C; stop those still running after.
+
+    The block waits for them as it likes; however it ends (Ctrl-C, a
+    timeout), `stop_children` ends what is left.
+    """
+    try:
+        with deaf_to_ctrl_c():  # (Ctrl-C is the parent's: it stops them, below)
+            for child in children:
+                child.start()
+        yield
+    finally:
+        stop_children(children)
+
+
 def stop_children(children: Any) -> None:
     """Terminate (SIGTERM) the `multiprocessing` children still running and wait for them.
 

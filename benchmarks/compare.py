@@ -90,7 +90,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     sys.exit("benchmarks/compare.py needs psutil (to measure RSS): "
              "pip install -e '.[test]' installs it with the rest of what the benchmarks use")
-from _script import deaf_to_ctrl_c, stop_children
+from _script import children_started
 from baseline import DEFAULT_LEVELS, NaiveJackpot
 
 import jackpot
@@ -846,10 +846,7 @@ def run_processes(kind: str, path: Path | str, *, procs: int, callers: int,
     children = [ctx.Process(target=_mp_child, args=(kind, str(path), callers, levels, warmup,
                                                     duration, ready, go, out))
                 for _ in range(procs)]
-    try:
-        with deaf_to_ctrl_c():  # (Ctrl-C is the parent's: it stops them, below)
-            for c in children:
-                c.start()
+    with children_started(children):
         for _ in children:
             ready.get(timeout=120)
         meter = LoadMeter()
@@ -858,8 +855,6 @@ def run_processes(kind: str, path: Path | str, *, procs: int, callers: int,
         for c in children:
             c.join(60)
         load = meter.stop()  # the window includes the children's warm-up and shutdown
-    finally:
-        stop_children(children)
     crashes = [r["crash"] for r in results if "crash" in r]
     if crashes:
         msg = f"{kind} child process failed: {crashes[0]}"
@@ -893,16 +888,11 @@ def in_children(jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, 
     queues = {key: ctx.Queue() for key in jobs}
     children = {key: ctx.Process(target=_child_entry, args=(fn, queues[key], *args))
                 for key, (fn, args) in jobs.items()}
-    try:
-        with deaf_to_ctrl_c():  # (Ctrl-C is the parent's: it stops them, below)
-            for child in children.values():
-                child.start()
+    with children_started(list(children.values())):
         results: dict[str, dict[str, Any]] = {key: q.get(timeout=3600)
                                               for key, q in queues.items()}
         for child in children.values():
             child.join(60)
-    finally:
-        stop_children(children.values())
     for key, result in results.items():
         if "crash" in result:
             msg = f"child process {key} failed: {result['crash']}"

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare  # the runner's helpers, beside this file
-from _script import deaf_to_ctrl_c, stop_children
+from _script import children_started
 
 
 def _child(kind: str, path: str, callers: int, seconds: float, ready: Any, go: Any,  # noqa: PLR0917
@@ -81,18 +81,13 @@ def main() -> None:
         children = [ctx.Process(target=_child, args=(kind, path, args.callers // args.procs,
                                                      args.seconds, ready, go, out))
                     for _ in range(args.procs)]
-        try:
-            with deaf_to_ctrl_c():  # (Ctrl-C is the parent's: it stops them, below)
-                for child in children:
-                    child.start()
+        with children_started(children):
             for _ in children:
                 ready.get(timeout=120)
             go.set()
             results = [out.get(timeout=args.seconds + 300) for _ in children]
             for child in children:
                 child.join(60)
-        finally:
-            stop_children(children)
     print(f"{kind}: {args.procs} processes x {args.callers // args.procs} callers, "
           f"3-level, {sum(r[0] for r in results):,.0f} ops/s in all")
     print("| process | ops/s | p50 ms | p99 ms | p999 ms | worst ms | errors |")
