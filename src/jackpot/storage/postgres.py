@@ -472,7 +472,7 @@ class _Pools:
                             bound is None or opening.bound is None or bound <= opening.bound):
                         raise psycopg.OperationalError(opening.failed)
                 try:
-                    pool = self._make(url, max_size=max_size, timeout=timeout)
+                    pool = self._make(url, max_size=max_size, timeout=timeout, bound=bound)
                 except (psycopg.Error, PoolTimeout) as e:
                     with self._lock:
                         opening.failures += 1
@@ -490,8 +490,8 @@ class _Pools:
                     del self._opening[key]
 
     @staticmethod
-    def _make(url: str, *, max_size: int, timeout: float) -> JackpotPool:
-        """Return a new open pool for `url`, after one direct connection."""
+    def _make(url: str, *, max_size: int, timeout: float, bound: int | None) -> JackpotPool:
+        """Return a new open pool for `url`, after one direct connection (`_first_bound`)."""
         # Connect once directly: a bad URL, password or server fails here,
         # at once and with the server's own words, not as a pool timeout.
         # As the pool's connections will: the URL's own connect_timeout
@@ -499,7 +499,6 @@ class _Pools:
         # its place, a misspelt value passed this check and then failed
         # every connection the pool made: a "no connection" after the lock
         # timeout that never said why, while a direct one "just worked").
-        bound = _first_bound(url, timeout)
         psycopg.connect(url if bound is None else make_conninfo(url, connect_timeout=bound)
                         ).close()
         install_log_filter()
