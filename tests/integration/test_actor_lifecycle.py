@@ -35,6 +35,7 @@ from _helpers import (
 )
 from jackpot import (
     EngineClosedError,
+    GroupConfig,
     InsufficientFundsError,
     JackpotEngine,
     JackpotError,
@@ -315,6 +316,66 @@ def test_open_refused_as_an_actor_could_not_start_says_why_though_its_log_line_i
     for ref in set(pykka.ActorRegistry.get_all()) - before:  # it stops once its line is out
         assert ref.actor_stopped.wait(HANG)
     assert set(pykka.ActorRegistry.get_all()) == before
+
+
+def test_open_says_why_its_first_actor_failed_though_many_more_failed_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every level's actor fails to start, the first (the one open() waits for) first.
+
+    Seen in CI as 100 levels ran out of file descriptors: the reasons were
+    kept for the last 64 failures only, so open() said the first actor
+    "stopped while starting" and not why.
+    """
+    path = tmp_path / "many.db"
+    count = 80
+    levels = [GroupConfig(f"l{i:02d}", seed=10, contribution_rate="0.01") for i in range(count)]
+    JackpotEngine.open(path, levels).close()
+    entered, lock, go = [0], threading.Lock(), threading.Event()
+    first_told, others_told = threading.Event(), threading.Event()
+    told: list[str] = []
+
+    def broken(self: SQLiteStore, name: str) -> None:
+        with lock:  # none fails before every actor has started (else open() stops starting)
+            entered[0] += 1
+            if entered[0] == count:
+                go.set()
+        go.wait(HANG)
+        if name != "l00":  # the first one fails first
+            first_told.wait(HANG)
+        msg = f"cannot load {name}"
+        raise StorageError(msg)
+
+    class HoldingTheFirst(logging.Handler):
+        def handle(self, record: logging.LogRecord) -> bool:  # (not under the handler's lock)
+            if getattr(record, "outcome", None) != "actor_start_failed":
+                return True
+            actor = record.args[0] if isinstance(record.args, tuple) else None
+            if not isinstance(actor, PoolActor):
+                return True
+            if actor.name == "l00":  # stopped only once every other one has failed
+                first_told.set()
+                others_told.wait(HANG)
+                return True
+            with lock:
+                told.append(actor.name)
+                if len(told) == count - 1:
+                    others_told.set()
+            return True
+
+    monkeypatch.setattr(SQLiteStore, "load_level", broken)
+    log = logging.getLogger("jackpot")
+    handler = HoldingTheFirst()
+    log.addHandler(handler)
+    try:
+        with pytest.raises(StorageError) as raised:
+            JackpotEngine.open(path, levels)
+    finally:
+        go.set()
+        first_told.set()
+        others_told.set()
+        log.removeHandler(handler)
+    assert str(raised.value).endswith(": StorageError: cannot load l00"), raised.value
+    assert len(told) == count - 1
 
 
 # Re-raised on purpose once the actor is stopped: it ends the thread, as Pykka lets it.

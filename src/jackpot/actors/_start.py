@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, TypeVar
 
 import pykka
@@ -23,9 +24,13 @@ _GRACE = 1.0  # how long a stopped actor's on_stop may take to answer
 logger = logging.getLogger("jackpot")
 _THREAD = threading.local()
 A = TypeVar("A", bound=pykka.Actor)
-_START_ERRORS: dict[str, str] = {}
-"""Why an actor's `on_start` failed, by actor URN, until `wait_ready` reports it."""
-_KEPT = 64  # the most remembered (restarts nobody waited for are forgotten first)
+_START_ERRORS: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+"""Why an actor's `on_start` failed, by its ref, until `wait_ready` reports it.
+
+Kept as long as its ref lives (whoever waits holds it), however many fail:
+a count bound (64) forgot the reason of the first level an open() waited
+for when more actors failed after it, all out of file descriptors at once.
+"""
 _errors_lock = threading.Lock()
 _BUILT = threading.local()  # .actor: the actor this thread's `start_actor` is starting
 
@@ -122,9 +127,7 @@ def start_failed(actor: pykka.Actor, error: BaseException) -> None:
     level's actor "alive" and never replaced it.
     """
     with _errors_lock:
-        _START_ERRORS[actor.actor_urn] = f"{type(error).__name__}: {error}"
-        while len(_START_ERRORS) > _KEPT:
-            del _START_ERRORS[next(iter(_START_ERRORS))]
+        _START_ERRORS[actor.actor_ref] = f"{type(error).__name__}: {error}"
     try:  # logged first: whoever sees it stopped ("their error is logged") finds the line
         after_the_fact(logger.error, "%s could not start", actor, exc_info=error,
                        extra={"outcome": "actor_start_failed"})
@@ -178,14 +181,14 @@ def _unregister(actor: pykka.Actor) -> None:
 
 def _why(ref: pykka.ActorRef[Any]) -> str:
     with _errors_lock:
-        error = _START_ERRORS.pop(getattr(ref, "actor_urn", ""), None)
+        error = _START_ERRORS.pop(ref, None)
     return "" if error is None else f": {error}"
 
 
 def _start_failed_yet(ref: pykka.ActorRef[Any]) -> bool:
     """Whether `ref`'s `on_start` has failed (`start_failed` keeps why before it logs it)."""
     with _errors_lock:
-        return getattr(ref, "actor_urn", "") in _START_ERRORS
+        return ref in _START_ERRORS
 
 
 class _StillTellingError(pykka.ActorDeadError):
