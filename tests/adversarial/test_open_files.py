@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from _helpers import run_python
+from jackpot import JackpotEngine
 
 _OUT_OF_FILES = """
 import resource, sys
@@ -27,3 +30,39 @@ def test_an_open_out_of_file_descriptors_names_the_limit(tmp_path: Path) -> None
         "unable to open database file (too many files open: this process may have 64 "
         "(`ulimit -n`); an engine holds about two per level: raise the limit or serve "
         "fewer levels)"), done.stdout
+
+
+_LAST_DESCRIPTORS = """
+import os, resource, sys
+from jackpot import StorageError
+from jackpot.storage import SQLiteStore
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+taken = []
+try:
+    while True:
+        taken.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+for _ in range(int(sys.argv[2])):
+    os.close(taken.pop())
+try:
+    SQLiteStore(sys.argv[1]).close()
+except StorageError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize("free", [1, 2])
+def test_a_store_whose_wal_cannot_be_opened_for_descriptors_names_the_limit(
+        tmp_path: Path, free: int) -> None:
+    # The file opens with the last descriptor (or two) and its -wal or -shm
+    # cannot: the look at the process came after the connection closed,
+    # which freed one, and the message gave no hint.
+    path = tmp_path / "last.db"
+    JackpotEngine.open(path).close()
+    done = run_python(_LAST_DESCRIPTORS, str(path), str(free), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip() == (
+        f"cannot open database {str(path)!r}: unable to open database file (too many files "
+        "open: this process may have 64 (`ulimit -n`); an engine holds about two per level: "
+        "raise the limit or serve fewer levels)"), done.stdout

@@ -280,11 +280,29 @@ class SQLiteStore(Store):
             elif self._mark is not None:
                 self._mark.holding()  # (read through the -shm: it holds them as a writer does)
         except BaseException as e:
+            # Asked before the connection closes: closing frees its own
+            # descriptor (and other threads' closes free theirs), so a
+            # look afterwards found one free and gave no hint.
+            out = isinstance(e, apsw.Error) and self._out_of_descriptors()
             self._abandon()
             if not isinstance(e, apsw.Error):
                 raise
-            msg = _why_not_opened(path, e, create=create, read_only=read_only)
+            msg = _why_not_opened(path, e, create=create, read_only=read_only,
+                                  out_of_descriptors=out)
             raise StorageError(msg) from e
+
+    def _out_of_descriptors(self) -> bool:
+        """Say whether a failed open ran out of file descriptors (see `_why_not_opened`).
+
+        SQLite keeps the errno of the open that failed once the connection
+        exists (its -wal or -shm could not be opened); a connection that
+        could not be made at all leaves only a look at this process now.
+        """
+        conn: apsw.Connection | None = getattr(self, "conn", None)
+        if conn is not None:
+            with contextlib.suppress(apsw.Error):
+                return conn.system_errno in (errno.EMFILE, errno.ENFILE)
+        return _out_of_descriptors()
 
     def _abandon(self) -> None:
         """Undo a connection that opened, then failed to set up: leave nothing behind.
@@ -1637,7 +1655,8 @@ def _descriptor_limit() -> str:
     return "no more" if soft == _resource.RLIM_INFINITY else f"{soft:,} (`ulimit -n`)"
 
 
-def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool) -> str:
+def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool,
+                    out_of_descriptors: bool) -> str:
     """Say why SQLite could not open `path`, where its own message does not.
 
     Looking may fail as the open did (a name too long, a folder this user may
@@ -1652,7 +1671,7 @@ def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool) 
         elif not Path(path).parent.is_dir():
             msg = (f"cannot open database {path!r}: there is no directory "
                    f"{str(Path(path).parent)!r} to create it in")
-        elif _out_of_descriptors():  # SQLite says only "unable to open database file"
+        elif out_of_descriptors:  # SQLite says only "unable to open database file"
             msg += (f" (too many files open: this process may have {_descriptor_limit()}; "
                     "an engine holds about two per level: raise the limit or serve fewer levels)")
         if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
