@@ -396,11 +396,9 @@ def test_a_url_is_described_by_the_parts_it_gives_without_its_password(
 
 def test_a_bad_url_fails_at_open_without_showing_the_password() -> None:
     url = "postgresql://jackpot:s3cret@127.0.0.1:1/nowhere"
-    started = time.monotonic()
     with pytest.raises(StorageError, match="cannot open database") as info:
         JackpotEngine.open(url)
     assert "s3cret" not in str(info.value)
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("value", ["abc", "5s", "5.5", "%20s3cret"])
