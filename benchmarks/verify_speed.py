@@ -2,8 +2,9 @@
 
     python benchmarks/verify_speed.py [--rows N] [--cache DIR] [--runs 3] [--extrapolated] [SRC ...]
 
-Builds (once, cached in DIR) a SQLite file whose ledger holds about N rows
-through the engine's own API, as a game server fills it: 32 caller threads,
+Builds (once, cached in DIR) a SQLite file whose ledger holds N rows (or up
+to 159 more: the calls under way when they are there still end) through the
+engine's own API, as a game server fills it: 32 caller threads,
 bets on three or four levels (one with a minimum bet, one a must-hit-by
 mystery level), most with a caller's op_id (a stored result), some
 without; a win every 2,000th call, a config change every 50,000th. With
@@ -39,7 +40,15 @@ from compare import (
     writable_dir,
 )
 
-from jackpot import ConcurrencyViolationError, GroupConfig, JackpotEngine, Settings
+from jackpot import (
+    ConcurrencyViolationError,
+    ConfigResult,
+    Contribution,
+    GroupConfig,
+    JackpotEngine,
+    Settings,
+    Win,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,71 +58,119 @@ LEVELS = (GroupConfig("minor", Decimal(10), Decimal("0.01")),
           GroupConfig("mega", Decimal(1000), Decimal("0.002"), min_bet=Decimal(2)),
           GroupConfig("mystery", Decimal(50), Decimal("0.003"), must_hit_by=Decimal(80)))
 CALLERS = 32
+# A fill stops at the rows asked or at most this many more: each caller's call
+# under way then still ends, and one call writes at most 5 rows (a bet on all
+# four levels, and the mystery level's hit it may trigger).
+OVERSHOOT = CALLERS * 5
 
 
-def change_rate(engine: JackpotEngine, rate: Decimal) -> None:
+def change_rate(engine: JackpotEngine, rate: Decimal) -> ConfigResult:
     """Change minor's rate, again while bets move its version on."""
     while True:
         try:
-            engine.update_config("minor", op_id=new_op_id(),
-                                 expected_version=engine.pool("minor").version,
-                                 contribution_rate=rate)
+            return engine.update_config("minor", op_id=new_op_id(),
+                                        expected_version=engine.pool("minor").version,
+                                        contribution_rate=rate)
         except ConcurrencyViolationError:
             continue
-        return
+
+
+class RowCount:
+    """The ledger rows the callers know are written, from the versions their calls returned.
+
+    A level's ledger rows carry its versions 1..N with no gap, so the rows
+    are the sum of the levels' highest versions seen: no query, one lock and
+    four numbers per call (the fill checked the file every 5 s, and a small
+    `--rows` came out several times too big).
+    """
+
+    def __init__(self, engine: JackpotEngine, rows: int, reached: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._versions = {g.name: engine.pool(g.name).version for g in LEVELS}
+        self._rows = rows
+        self._reached = reached
+        if sum(self._versions.values()) >= rows:  # (each level's creation is a row)
+            reached.set()
+
+    def add(self, result: Contribution | Win | ConfigResult) -> None:
+        """Count what one call wrote; set `reached` once the rows are there."""
+        if isinstance(result, Contribution):
+            versions = [*result.versions.items(), *((h.group, h.version) for h in result.hits)]
+        else:
+            versions = [(result.group, result.version)]
+        with self._lock:
+            for level, version in versions:
+                self._versions[level] = max(self._versions[level], version)
+            if sum(self._versions.values()) >= self._rows:
+                self._reached.set()
 
 
 def build_real(rows: int, cache: Path) -> Path:
-    """Return a file (cached) whose ledger holds about `rows` rows, made through the API."""
+    """Return a file (cached) whose ledger holds `rows` rows, made through the API.
+
+    Or fewer than OVERSHOOT more: each caller's call under way when the
+    count is reached still ends.
+    """
     final = cache / f"real-ledger-{rows}.db"
     if final.exists():
         return final
     tmp = cache / f"{final.name}.building"
     remove_db(tmp)
-    engine = JackpotEngine.open(tmp, LEVELS, settings=Settings(synchronous="NORMAL"))
+    _fill(tmp, rows)
+    tmp.replace(final)
+    remove_db(tmp)
+    return final
+
+
+def _fill(path: Path, rows: int) -> None:
+    """Fill a new file at `path` with CALLERS threads until its ledger holds `rows` rows."""
+    engine = JackpotEngine.open(path, LEVELS, settings=Settings(synchronous="NORMAL"))
     calls = itertools.count()
     errors: list[BaseException] = []
-    done = threading.Event()
+    done = threading.Event()  # the rows are there, or a call failed
+    threads: list[threading.Thread] = []
+    conn = None
 
-    def caller() -> None:
+    def caller(written: RowCount) -> None:
         try:
             while not done.is_set():
                 i = next(calls)
                 if i % 50_000 == 49_999:
-                    change_rate(engine, Decimal("0.01") + Decimal(i % 7) / 1000)
+                    result: Contribution | Win | ConfigResult = change_rate(
+                        engine, Decimal("0.01") + Decimal(i % 7) / 1000)
                 elif i % 2_000 == 1_999:
-                    engine.process_win(("minor", "major")[i % 2], op_id=new_op_id(),
-                                       winner=f"p{i % 97}")
+                    result = engine.process_win(("minor", "major")[i % 2], op_id=new_op_id(),
+                                                winner=f"p{i % 97}")
                 else:
                     bet = Decimal(1 + i % 5) / 2
                     groups = ("minor", "major", "mega", "mystery")[:3 + i % 2]
-                    engine.contribute(bet, groups=groups, player=f"p{i % 97}",
-                                      op_id=None if i % 10 == 0 else new_op_id())
+                    result = engine.contribute(bet, groups=groups, player=f"p{i % 97}",
+                                               op_id=None if i % 10 == 0 else new_op_id())
+                written.add(result)
         except BaseException as e:
             errors.append(e)
             done.set()
 
-    threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
-    for t in threads:
-        t.start()
-    conn = apsw.Connection(str(tmp), flags=apsw.SQLITE_OPEN_READONLY)
     try:
+        written = RowCount(engine, rows, done)
+        for _ in range(CALLERS):
+            thread = threading.Thread(target=caller, args=(written,))
+            thread.start()
+            threads.append(thread)  # (after: a thread never started cannot be joined)
+        print(f"filling {path.name}: {rows:,} ledger rows, {CALLERS} callers", flush=True)
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
         while not done.wait(5):
             (have,) = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger").fetchone()
             print(f"{have:,} ledger rows", flush=True)
-            if have >= rows:
-                done.set()
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
         done.set()
         for t in threads:
             t.join()
         engine.close()
     if errors:
         raise errors[0]
-    tmp.replace(final)
-    remove_db(tmp)
-    return final
 
 
 def time_verify(path: Path) -> tuple[float, float]:
@@ -139,7 +196,8 @@ def make_parser() -> argparse.ArgumentParser:
     """Return the command line's parser (the cache sits under benchmarks/out, which git ignores)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=at_least_one, default=1_000_000,
-                        help="about how many ledger rows the file holds (default: 1000000)")
+                        help="how many ledger rows the file holds, or up to 159 more "
+                             "(default: 1000000)")
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "verify-cache",
                         help="where the built file is kept for later runs "
                              "(default: benchmarks/out/verify-cache)")

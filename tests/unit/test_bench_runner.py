@@ -139,6 +139,24 @@ def test_verify_speed_refuses_a_tree_that_is_not_a_clone(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing built
 
 
+def test_verify_speed_fills_the_rows_asked_not_what_5_s_more_make(tmp_path: Path) -> None:
+    """The fill looked at its count every 5 s: 20,000 rows asked gave 54,553.
+
+    It stops once the rows are there; each caller's call under way still ends,
+    a call writing at most 5 rows (a bet on all four levels and a hit).
+    """
+    import apsw  # noqa: PLC0415 - only here
+    import verify_speed  # noqa: PLC0415 - only here
+
+    built = verify_speed.build_real(1000, tmp_path)
+    conn = apsw.Connection(str(built), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        (rows,) = conn.execute("SELECT COUNT(*) FROM ledger").fetchone()
+    finally:
+        conn.close()
+    assert 1000 <= rows < 1000 + verify_speed.CALLERS * 5
+
+
 def test_aio_lag_refuses_no_players_before_it_starts_a_workload(tmp_path: Path) -> None:
     """--players 0 was a workload process failing, then the runner's traceback."""
     import subprocess  # noqa: PLC0415 - only here
