@@ -962,7 +962,8 @@ def fsync_file(path: Path) -> None:
 
 
 def remove_db(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    """Remove a SQLite file and the files beside it (the engine's `-lock` too: it stays)."""
+    for suffix in ("", "-wal", "-shm", "-journal", "-lock"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
@@ -1106,6 +1107,22 @@ def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any
     t0 = time.perf_counter()
     tmp = cache / f"{final.name}.building"
     remove_db(tmp)
+    try:
+        meta = _build_big(kind, tmp, rows, t0)
+        remove_db(final)
+        tmp.replace(final)
+    finally:
+        remove_db(tmp)  # (a build cut short, Ctrl-C or a failure: not kept half-built)
+    meta_path.write_text(json.dumps(meta))
+    for stale in cache.glob(f"{kind}-ledger-{rows}-*"):  # built for an older schema
+        if stale.name not in (final.name, meta_path.name):
+            stale.unlink()
+    log(f"built {final.name}: {meta}")
+    return final, {**meta, "cached": False}
+
+
+def _build_big(kind: str, tmp: Path, rows: int, t0: float) -> dict[str, Any]:
+    """Fill a new file at `tmp` up to `rows` ledger rows, verify it; return how it was made."""
     system = open_system(kind, tmp, filler=True)
     conn = apsw.Connection(str(tmp))
     s, ledger = sample_filler(system, lambda sql: _row(conn, sql))
@@ -1158,15 +1175,7 @@ def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any
     meta = verified_meta(kind, tmp, f"the built {kind} file", rows=total, filler=k + 2,
                          built=time.perf_counter() - t0, size=tmp.stat().st_size)
     fsync_file(tmp)
-    remove_db(final)
-    tmp.replace(final)
-    remove_db(tmp)
-    meta_path.write_text(json.dumps(meta))
-    for stale in cache.glob(f"{kind}-ledger-{rows}-*"):  # built for an older schema
-        if stale.name not in (final.name, meta_path.name):
-            stale.unlink()
-    log(f"built {final.name}: {meta}")
-    return final, {**meta, "cached": False}
+    return meta
 
 
 # -- PostgreSQL ----------------------------------------------------------------------

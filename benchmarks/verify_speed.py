@@ -116,9 +116,11 @@ def build_real(rows: int, cache: Path) -> Path:
         return final
     tmp = cache / f"{final.name}.building"
     remove_db(tmp)
-    _fill(tmp, rows)
-    tmp.replace(final)
-    remove_db(tmp)
+    try:
+        _fill(tmp, rows)
+        tmp.replace(final)
+    finally:
+        remove_db(tmp)  # (a fill cut short, Ctrl-C or a failed call: not cached, and not kept)
     return final
 
 

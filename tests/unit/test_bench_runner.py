@@ -594,6 +594,71 @@ def test_an_interrupted_run_removes_its_scratch_files(tmp_path: Path,
     assert sorted(p.name for p in out.iterdir()) == []  # no work/, and no results written
 
 
+class _CutShortError(Exception):
+    pass
+
+
+def _cut_short(*_args: object, **_kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("ends", ["completed", "interrupted"])
+def test_a_big_ledger_built_leaves_only_itself_in_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ends: str) -> None:
+    """Ctrl-C while compare.py built its big file (verifying it: minutes) left the .building file.
+
+    And every build left the engine's lock files (`*.building-lock`,
+    `schema-engine.db-lock`) beside it.
+    """
+    if ends == "interrupted":
+        monkeypatch.setattr(compare, "verified_meta", _cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            compare.big_template("engine", 50, tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+    else:
+        final, meta = compare.big_template("engine", 50, tmp_path)
+        assert meta["ledger_rows"] == 50
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            final.name, final.with_suffix(".json").name]
+
+
+def test_verify_speed_removes_a_fill_whose_call_failed(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fill that failed left its half-built file (and its lock file) in the cache."""
+    import verify_speed  # noqa: PLC0415 - only here
+
+    def new_op_id() -> str:
+        raise _CutShortError
+
+    monkeypatch.setattr(verify_speed, "new_op_id", new_op_id)
+    with pytest.raises(_CutShortError):
+        verify_speed.build_real(1000, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_verify_speed_fills_its_file_removes_it(tmp_path: Path) -> None:
+    """Ctrl-C while the big file filled (an hour for 5M rows) left the .building file."""
+    import signal  # noqa: PLC0415 - only here
+
+    cache = tmp_path / "cache"
+    script = subprocess.Popen(  # its own group: the signal goes where a terminal's would
+        [sys.executable, str(BENCHMARKS / "verify_speed.py"), "--rows", "100000000",
+         "--cache", str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, start_new_session=True)
+    try:
+        assert script.stdout is not None
+        assert script.stdout.readline() != ""  # filling: its callers have started
+        os.killpg(script.pid, signal.SIGINT)
+        _, err = script.communicate(timeout=120)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert script.returncode == 130, err
+    assert err == "interrupted (Ctrl-C): the run was cut short\n"
+    assert sorted(p.name for p in cache.iterdir()) == []
+
+
 @pytest.mark.parametrize(("args", "played"), [
     (["--quick", "--players", "7"], (7, 2)), (["--quick", "--bets", "5"], (200, 5)),
     (["--quick"], (200, 2)), ([], (1000, 3)), (["--bets", "1"], (1000, 1))])
