@@ -8,13 +8,16 @@
 The load is compare.py's headline workload: 64 caller threads, 3-level
 contributions, fresh op_ids, WAL + synchronous=FULL. `--summarize` reads
 py-spy's raw (collapsed) output and says where each kind of thread spends its
-samples, and which engine functions hold the time.
+samples, and which engine functions hold the time; a file that is not one
+(a line that is not a stack and its count, or no samples at all: py-spy's
+other formats, an empty profile) is refused in one line, status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -101,18 +104,51 @@ def _where(frame: str) -> str:
     return f"{m['func']} ({file})"
 
 
-def summarize(path: Path, top: int) -> None:
+class NotAProfileError(Exception):
+    """The file given to --summarize is no py-spy raw profile, or holds no samples."""
+
+
+_SAMPLE = re.compile(r"^(?P<stack>.*) (?P<count>[0-9]+)$")
+_RAW = "not a py-spy raw profile (py-spy record --format raw)"
+
+
+def read_profile(path: Path) -> list[tuple[list[str], int]]:
+    """Return the stacks of a py-spy raw (collapsed) profile, each with its samples.
+
+    Raises NotAProfileError, saying why, for a file with a line that is not
+    "STACK COUNT" or with no samples at all (empty): it was summarized as
+    "0 samples" and exit status 0.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        msg = f"not text: {_RAW}"
+        raise NotAProfileError(msg) from None
+    except OSError as e:
+        msg = f"cannot read it: {e.strerror or e}"
+        raise NotAProfileError(msg) from None
+    stacks = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            msg = f"line {number} is not a stack and its sample count: {_RAW}"
+            raise NotAProfileError(msg)
+        stacks.append(([f for f in m["stack"].split(";") if f], int(m["count"])))
+    if sum(n for _, n in stacks) == 0:
+        msg = f"no samples in it (an empty profile, or {_RAW})"
+        raise NotAProfileError(msg)
+    return stacks
+
+
+def summarize(stacks: list[tuple[list[str], int]], top: int) -> None:
     """Print, per thread kind, the share of samples and the heaviest leaves and frames."""
     by_kind: Counter[str] = Counter()
     leaves: dict[str, Counter[str]] = defaultdict(Counter)
     inclusive: dict[str, Counter[str]] = defaultdict(Counter)
     total = 0
-    for line in path.read_text().splitlines():
-        stack_text, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        n = int(count_text)
-        frames = [f for f in stack_text.split(";") if f]
+    for frames, n in stacks:
         # py-spy puts "process ..." and "thread ..." first with --threads
         body = [f for f in frames if not f.startswith(("process ", "thread "))]
         kind = _thread_kind(body)
@@ -158,7 +194,12 @@ def main() -> int:
     if args.summarize:
         if not args.summarize.is_file():
             parser.error(f"--summarize {args.summarize}: no such file (py-spy's -o file)")
-        summarize(args.summarize, args.top)
+        try:
+            stacks = read_profile(args.summarize)
+        except NotAProfileError as e:  # (one line: the file, not the command line, is wrong)
+            print(f"{parser.prog}: error: --summarize {args.summarize}: {e}", file=sys.stderr)
+            return 2
+        summarize(stacks, args.top)
     else:
         run(args.seconds, args.callers, args.levels, args.system)
     return 0

@@ -519,6 +519,51 @@ def test_a_bad_argument_to_a_script_is_one_line_and_exit_2_before_it_measures(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing built
 
 
+_RAW = "not a py-spy raw profile (py-spy record --format raw)"
+_BAD_LINE = "is not a stack and its sample count: " + _RAW
+_NO_SAMPLES = f"no samples in it (an empty profile, or {_RAW})"
+NOT_PROFILES = [
+    (b"hello world\n", f"line 1 {_BAD_LINE}"),
+    (b"run (compare.py:1);worker (compare.py:2) 3\n<svg>\n", f"line 2 {_BAD_LINE}"),
+    (b"\x89PNG\r\n\x1a\n\xff\x00", f"not text: {_RAW}"),
+    (b"", _NO_SAMPLES),
+    (b"\n\nrun (compare.py:1) 0\n", _NO_SAMPLES),
+]
+
+
+@pytest.mark.parametrize(("content", "error"), NOT_PROFILES, ids=["text", "a bad line",
+                                                                 "binary", "empty", "0 samples"])
+def test_profile_engine_refuses_to_summarize_what_is_not_a_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        content: bytes, error: str) -> None:
+    """It printed "0 samples" and exit status 0 (a binary file: a traceback; 0 samples: 1/0)."""
+    import profile_engine  # noqa: PLC0415 - only here
+
+    profile = tmp_path / "profile.svg"
+    profile.write_bytes(content)
+    monkeypatch.setattr(sys, "argv", ["profile_engine.py", "--summarize", str(profile)])
+    assert profile_engine.main() == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"profile_engine.py: error: --summarize {profile}: {error}\n")
+
+
+def test_profile_engine_summarizes_a_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import profile_engine  # noqa: PLC0415 - only here
+
+    profile = tmp_path / "profile.txt"
+    profile.write_text('process 7:"python x";thread (0x1);run (compare.py:1);'
+                       "worker (compare.py:2);contribute (engine.py:3) 3\n\n"
+                       "thread (0x2);run (pool.py:9) 1\n")
+    monkeypatch.setattr(sys, "argv", ["profile_engine.py", "--summarize", str(profile)])
+    assert profile_engine.main() == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4 samples\n\n== callers: 3 samples (75.0%)\n")
+    assert "== pool actors: 1 samples (25.0%)" in out
+    assert "    100.0%  contribute (engine.py)\n" in out
+
+
 # -- Ctrl-C ----------------------------------------------------------------------------
 
 
