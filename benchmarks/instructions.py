@@ -12,7 +12,8 @@ checkpoints included, the start and the close left out. Two runs of one
 tree agree within about 0.5% with one caller; with several callers the
 batches differ from run to run, so more. With source trees SRC (clones of
 the repository), each tree is measured with its `src` first on the path, to
-compare commits. Needs valgrind (Debian: `apt-get install valgrind`); under
+compare commits; without, the jackpot that `python` imports, named by where
+it was imported from (with PYTHONPATH=src in a clone: that clone's). Needs valgrind (Debian: `apt-get install valgrind`); under
 it the engine runs some 50x slower, so keep `--ops` small.
 """
 
@@ -72,8 +73,11 @@ def _contribute(ops: int, threads: int, levels: int) -> int:
         return engine.pool("minor").version - 201
 
 
-def count(src: str | None, ops: int, threads: int, levels: int) -> int:
-    """Return the instructions valgrind counts for one run of `load` (start and close too)."""
+def count(src: str | None, ops: int, threads: int, levels: int) -> tuple[int, str]:
+    """Return the instructions valgrind counts for one run of `load` (start and close too).
+
+    And where the run imported jackpot from (the directory of its package).
+    """
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
@@ -83,15 +87,19 @@ def count(src: str | None, ops: int, threads: int, levels: int) -> int:
              sys.executable, __file__, "--child", str(ops), str(threads), str(levels)],
             env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(done.stderr)
-    if done.returncode or found is None:
+    printed = done.stdout.splitlines()
+    if done.returncode or found is None or not printed:
         sys.exit(f"valgrind failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return int(found.group(1))
+    return int(found.group(1)), printed[-1]
 
 
 def main() -> None:
     """Parse the arguments; print instructions per contribution for each tree."""
     if sys.argv[1:2] == ["--child"]:
         load(*map(int, sys.argv[2:5]))
+        import jackpot  # noqa: PLC0415 - loaded already, by load
+
+        print(Path(jackpot.__file__).resolve().parent)  # (what the count is of)
         return
     from compare import at_least_one  # noqa: PLC0415 - not in the child, which valgrind runs
 
@@ -119,8 +127,10 @@ def main() -> None:
     small, big = (n // args.threads * args.threads for n in (args.ops, args.ops * 6))
     for tree in args.src or [None]:
         src = None if tree is None else str(Path(tree, "src").resolve())
-        low, high = (count(src, n, args.threads, args.levels) for n in (small, big))
-        print(f"{tree or 'installed jackpot'}: {args.levels} level(s), {args.threads} "
+        (low, where), (high, _) = (count(src, n, args.threads, args.levels)
+                                   for n in (small, big))
+        # (without SRC, not "installed jackpot": PYTHONPATH may name a clone's src)
+        print(f"{tree or f'jackpot from {where}'}: {args.levels} level(s), {args.threads} "
               f"caller(s): {(high - low) // (big - small):,} instructions per contribution")
 
 

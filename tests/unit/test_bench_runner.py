@@ -235,6 +235,28 @@ def test_the_instruction_counts_load_applies_every_contribution(threads: int, le
     assert instructions.load(22, threads, levels) == 22 // threads * threads
 
 
+def test_the_instruction_counts_name_the_jackpot_they_counted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without SRC the count was of "installed jackpot", even with PYTHONPATH at a clone's src.
+
+    valgrind is played by a script that runs the child as it is and says
+    1,000 instructions per contribution.
+    """
+    import instructions  # noqa: PLC0415 - only here
+
+    fake = tmp_path / "valgrind"
+    fake.write_text('#!/bin/sh\nshift 2\n"$@" || exit\necho "==1== Collected : $(($4 * 1000))" >&2\n')
+    fake.chmod(0o755)
+    src = BENCHMARKS.parent / "src"
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(src))
+    monkeypatch.setattr(sys, "argv", ["instructions.py", "--ops", "4"])
+    instructions.main()
+    assert capsys.readouterr().out == (f"jackpot from {src / 'jackpot'}: 1 level(s), 1 caller(s): "
+                                       "1,000 instructions per contribution\n")
+
+
 # -- the latency section's rounds ----------------------------------------------------
 
 
