@@ -2738,6 +2738,20 @@ def test_pgconnect_timeout_in_the_environment_is_not_undone_by_the_default(
     assert (given["connect_timeout"], given["keepalives_idle"]) == ("7", "30")
 
 
+def test_a_service_s_own_settings_are_not_undone_by_the_defaults(
+        pg_target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A keyword wins over libpq's service file too: a pg_service.conf's
+    # connect_timeout=5 and keepalives_idle=7 were replaced by 10 s and 30 s.
+    service = tmp_path / "pg_service.conf"
+    service.write_text("[jp]\nconnect_timeout=5\nkeepalives_idle=7\n", encoding="utf-8")
+    monkeypatch.setenv("PGSERVICEFILE", str(service))
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    given = _pooled_parameters(
+        f"{pg_target}&service=jp&application_name=s-{uuid.uuid4().hex[:12]}")
+    assert (given["connect_timeout"], given["keepalives_idle"],
+            given["keepalives_interval"]) == ("5", "7", "10")
+
+
 def test_pooled_sessions_are_ended_by_the_server_when_their_client_is_gone(
         pg_target: str) -> None:
     # A host whose network dies mid-transaction left the transaction open on

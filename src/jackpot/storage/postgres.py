@@ -103,6 +103,7 @@ from psycopg_pool import PoolTimeout
 from jackpot.domain import Entry, LevelState
 from jackpot.errors import LockTimeoutError, StorageError
 from jackpot.storage._pg_pool import JackpotPool, install_log_filter
+from jackpot.storage._pg_service import Service, read_service
 from jackpot.storage._schema_problems import (
     LOST_FOREIGN_KEY,
     IndexShape,
@@ -339,9 +340,13 @@ wait ends after about a minute of unanswered keepalives, and data the server
 does not acknowledge after 60 s. A new connection gives up after 10 s
 (the kernel's SYN retries take about two minutes), so that the pool's
 reconnection after an outage is not stuck in an attempt made during it.
-The URL's own values win, and so does libpq's `PGCONNECT_TIMEOUT`.
+The URL's own values win, and so do those of its libpq service
+(pg_service.conf) and libpq's `PGCONNECT_TIMEOUT` (`network_defaults`).
 """
 
+
+_KEYWORDS = frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults())
+"""Every connection keyword libpq knows."""
 
 _ENV_VARS = {o.keyword.decode(): o.envvar.decode()
              for o in psycopg.pq.Conninfo.get_defaults() if o.envvar}
@@ -349,15 +354,34 @@ _ENV_VARS = {o.keyword.decode(): o.envvar.decode()
 
 
 def network_defaults(url: str) -> dict[str, str]:
-    """Return the `NETWORK_DEFAULTS` that neither `url` nor libpq's environment sets.
+    """Return the keywords every connection to `url` is made with (`NETWORK_DEFAULTS`).
 
-    A keyword passed to `psycopg.connect` wins over its environment variable
-    (`PGCONNECT_TIMEOUT`), so a default given for one the environment sets
-    would silently undo the operator's choice.
+    Each of `NETWORK_DEFAULTS` that nobody else sets: a keyword passed to
+    `psycopg.connect` wins over the URL's libpq service (pg_service.conf)
+    and over its environment variable (`PGCONNECT_TIMEOUT`), so a default
+    given for one they set would silently undo the operator's choice. A
+    service's own connect_timeout is passed on instead: psycopg, which
+    bounds a connection's wait itself, reads it from the URL and the
+    environment only (and waits 130 s otherwise).
     """
+    defaults, service = _network_keywords(url)
+    return {**defaults, **service}
+
+
+def _network_keywords(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Return `network_defaults(url)` in two: the defaults, and the service's connect_timeout."""
     given = conninfo_to_dict(url)
-    return {k: v for k, v in NETWORK_DEFAULTS.items()
-            if k not in given and not os.environ.get(_ENV_VARS.get(k, ""))}
+    service = _service(given)
+    own = {} if service is None else service.settings
+    defaults = {k: v for k, v in NETWORK_DEFAULTS.items()
+                if k not in given and k not in own and not os.environ.get(_ENV_VARS.get(k, ""))}
+    passed_on = {k: own[k] for k in ("connect_timeout",) if k in own and k not in given}
+    return defaults, passed_on
+
+
+def _service(given: dict[str, Any]) -> Service | None:
+    """Return the libpq service that the connection keywords `given` use, if it can be read."""
+    return read_service(given, _KEYWORDS)
 
 
 SESSION_DEFAULTS = {"idle_in_transaction_session_timeout": "60000", "tcp_keepalives_idle": "30",
@@ -495,11 +519,13 @@ class _Pools:
         # Connect once directly: a bad URL, password or server fails here,
         # at once and with the server's own words, not as a pool timeout.
         # As the pool's connections will: the URL's own connect_timeout
-        # (or PGCONNECT_TIMEOUT), if it sets one, is kept (given here in
-        # its place, a misspelt value passed this check and then failed
-        # every connection the pool made: a "no connection" after the lock
-        # timeout that never said why, while a direct one "just worked").
-        psycopg.connect(url if bound is None else make_conninfo(url, connect_timeout=bound)
+        # (or its service's, or PGCONNECT_TIMEOUT), if it sets one, is kept
+        # (given here in its place, a misspelt value passed this check and
+        # then failed every connection the pool made: a "no connection"
+        # after the lock timeout that never said why, while a direct one
+        # "just worked"). A service's is passed on (`network_defaults`).
+        psycopg.connect(make_conninfo(url, **(
+            _network_keywords(url)[1] if bound is None else {"connect_timeout": bound}))
                         ).close()
         install_log_filter()
         pool = JackpotPool(
@@ -538,14 +564,14 @@ class _Pools:
 def _first_bound(url: str, timeout: float) -> int | None:
     """Return the connect_timeout of a store's first connection to `url` (`_Pools._make`).
 
-    The store's lock timeout `timeout`, unless the URL or PGCONNECT_TIMEOUT
-    sets one (None: theirs, the same for every store of the URL). A store
-    that waited for a first connection that failed fails with it only if it
-    would not have waited longer (`_Pools.acquire`): one that gave up after
-    2 s (a lock timeout of 1 s) failed a store of 30 s with "connection
-    timeout expired", on a server that answers in 5 s.
+    The store's lock timeout `timeout`, unless the URL, its service or
+    PGCONNECT_TIMEOUT sets one (None: theirs, the same for every store of
+    the URL). A store that waited for a first connection that failed fails
+    with it only if it would not have waited longer (`_Pools.acquire`): one
+    that gave up after 2 s (a lock timeout of 1 s) failed a store of 30 s
+    with "connection timeout expired", on a server that answers in 5 s.
     """
-    return max(2, round(timeout)) if "connect_timeout" in network_defaults(url) else None
+    return max(2, round(timeout)) if "connect_timeout" in _network_keywords(url)[0] else None
 
 
 _POOLS = _Pools()
@@ -615,8 +641,19 @@ class PostgresStore(Store):
             msg = (f"cannot open database {describe(url)}: its connect_timeout is not a whole "
                    "number of seconds (?connect_timeout=10, say); nothing was changed")
             raise StorageError(msg)
-        if "connect_timeout" not in given and not _SECONDS.fullmatch(
-                os.environ.get("PGCONNECT_TIMEOUT") or "0"):  # (empty: unset, network_defaults)
+        service = None if "connect_timeout" in given else _service(given)
+        if service is not None and not _SECONDS.fullmatch(
+                service.settings.get("connect_timeout", "0")):
+            # Told as the URL's is. Passed on (`network_defaults`), it would fail with
+            # psycopg's message, which quotes it and names neither service nor file.
+            msg = (f"cannot open database {describe(url)}: the connect_timeout of "
+                   f"{service.where} is not a whole number of seconds (connect_timeout=10, "
+                   "say); nothing was changed")
+            raise StorageError(msg)
+        if ("connect_timeout" not in given
+                and (service is None or "connect_timeout" not in service.settings)
+                and not _SECONDS.fullmatch(os.environ.get("PGCONNECT_TIMEOUT") or "0")):
+            # (Empty: unset, as `network_defaults` takes it; a service's wins over it.)
             # Read in the URL's place (`network_defaults`): psycopg's message named
             # connect_timeout, which the URL does not set, and not the variable.
             msg = (f"cannot open database {describe(url)}: PGCONNECT_TIMEOUT in the "

@@ -1,0 +1,164 @@
+"""A libpq service's own connection settings are not undone by the engine's defaults.
+
+The engine passes `NETWORK_DEFAULTS` (connect_timeout=10, keepalives, ...) as
+keywords to every connection whose URL does not set them; a keyword beats
+what the URL's pg_service.conf service gives, so an operator's
+`connect_timeout=5` there was silently replaced by 10 s. No server needed:
+the service files are written here, and libpq's own reading of them
+(`PQconndefaults`, which follows PGSERVICE) is the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from jackpot import StorageError  # noqa: E402 - after the skip
+from jackpot.storage import _pg_service, postgres  # noqa: E402
+
+URL = "postgresql://app@db.invalid/jackpots"
+
+WriteService = Callable[[str], Path]
+
+
+@pytest.fixture
+def write_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WriteService:
+    """Return a writer of the per-user service file, the only one libpq then reads."""
+    for name in ("PGSERVICE", "PGSERVICEFILE", "PGCONNECT_TIMEOUT", "PGHOST", "PGPORT"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "sysconf").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.pg_service.conf
+    monkeypatch.setenv("PGSYSCONFDIR", str(tmp_path / "sysconf"))  # an empty one
+    path = tmp_path / "pg_service.conf"
+
+    def write(text: str) -> Path:
+        path.write_text(text, encoding="utf-8")
+        monkeypatch.setenv("PGSERVICEFILE", str(path))
+        return path
+
+    return write
+
+
+def test_a_service_s_connect_timeout_and_keepalives_are_not_overridden(
+        write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both ways of naming the service: in the URL, and PGSERVICE.
+    write_service("[jp]\nconnect_timeout=5\nkeepalives_idle=7\n")
+    expected = {"keepalives": "1", "keepalives_interval": "10", "keepalives_count": "3",
+                "tcp_user_timeout": "60000", "connect_timeout": "5"}
+    assert postgres.network_defaults(f"{URL}?service=jp") == expected
+    monkeypatch.setenv("PGSERVICE", "jp")
+    assert postgres.network_defaults(URL) == expected
+    # The first connection of a store is bounded by the service's, as by the URL's own.
+    assert postgres._first_bound(URL, 30.0) is None
+
+
+def test_the_url_wins_over_its_service_and_the_service_over_the_environment(
+        write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As libpq takes them: the connection string, the service, then PGCONNECT_TIMEOUT.
+    write_service("[jp]\nconnect_timeout=5\n")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "3")
+    assert "connect_timeout" not in postgres.network_defaults(
+        f"{URL}?service=jp&connect_timeout=9")
+    assert postgres.network_defaults(f"{URL}?service=jp")["connect_timeout"] == "5"
+    assert "connect_timeout" not in postgres.network_defaults(f"{URL}?service=other")
+
+
+def test_without_a_service_the_defaults_are_as_before(write_service: WriteService) -> None:
+    write_service("[jp]\nconnect_timeout=5\n")  # not named by the URL nor by PGSERVICE
+    assert postgres.network_defaults(URL) == postgres.NETWORK_DEFAULTS
+    assert postgres._first_bound(URL, 30.0) == 30
+
+
+def test_the_service_is_found_where_libpq_looks(
+        tmp_path: Path, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_service("[other]\nconnect_timeout=1\n")  # the per-user file, without it
+    (tmp_path / "sysconf" / "pg_service.conf").write_text("[jp]\nconnect_timeout=4\n")
+    assert postgres.network_defaults(f"{URL}?service=jp")["connect_timeout"] == "4"
+    # ~/.pg_service.conf without PGSERVICEFILE, first; the system-wide file is not read then.
+    monkeypatch.delenv("PGSERVICEFILE")
+    (tmp_path / "home" / ".pg_service.conf").write_text("[jp]\nconnect_timeout=6\n")
+    service = _pg_service.read_service({"service": "jp"}, postgres._KEYWORDS)
+    assert service == _pg_service.Service(
+        f'service "jp" (in {tmp_path}/home/.pg_service.conf)', {"connect_timeout": "6"})
+
+
+SERVICE_FILES = {
+    "plain": "[jp]\nconnect_timeout=5\nkeepalives_idle=7\n",
+    "comments and blanks": "# about it\n\n  [jp]\n\t# none\n  connect_timeout=5  \n",
+    "the first value wins": "[jp]\nconnect_timeout=5\nconnect_timeout=6\n",
+    "the first group only": "[jp]\nkeepalives=0\n[jp]\nconnect_timeout=6\n",
+    "after another group": "[jpx]\nconnect_timeout=1\n[jp] trailing\ntcp_user_timeout=5\n",
+    "a value's own spaces": "[jp]\nconnect_timeout= 6\n",
+    "an empty value": "[jp]\nconnect_timeout=\n",
+    "a long line that fits": f"[jp]\nconnect_timeout=5\napplication_name={'x' * 1000}\n",
+}
+"""Service files libpq reads (`PQconndefaults` says what it takes of them)."""
+
+REFUSED = {
+    "spaces around =": ("[jp]\nconnect_timeout = 5\n", "syntax error"),
+    "an unknown keyword": ("[jp]\nconnect_timeout=5\nconect_timeout=5\n", "syntax error"),
+    "a line without =": ("[jp]\nconnect_timeout=5\nkeepalives\n", "syntax error"),
+    "a nested service": ("[jp]\nconnect_timeout=5\nservice=jq\n", "nested service"),
+    "a line too long": (f"[jp]\nconnect_timeout=5\napplication_name={'x' * 1100}\n",
+                        "too long"),
+    "not defined": ("[other]\nconnect_timeout=5\n", 'definition of service "jp" not found'),
+}
+"""Service files libpq refuses (`PQconndefaults` ignores that, keeping what it read before)."""
+
+
+@pytest.mark.parametrize("text", SERVICE_FILES.values(), ids=SERVICE_FILES.keys())
+def test_a_service_file_is_read_as_libpq_reads_it(
+        text: str, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_service(text)
+    monkeypatch.setenv("PGSERVICE", "jp")
+    libpq = {o.keyword.decode(): o.val.decode() for o in psycopg.pq.Conninfo.get_defaults()
+             if o.val is not None and o.keyword.decode() in postgres.NETWORK_DEFAULTS}
+    service = _pg_service.read_service({}, postgres._KEYWORDS)
+    ours = {} if service is None else {
+        k: v for k, v in service.settings.items() if k in postgres.NETWORK_DEFAULTS}
+    assert ours == libpq
+
+
+@pytest.mark.parametrize(("text", "error"), REFUSED.values(), ids=REFUSED.keys())
+def test_a_service_file_libpq_refuses_is_left_to_libpq(
+        text: str, error: str, write_service: WriteService) -> None:
+    # libpq fails the connection and says why, naming the file and the line
+    # (before any network: host=/nonexistent is never tried).
+    write_service(text)
+    assert _pg_service.read_service({"service": "jp"}, postgres._KEYWORDS) is None
+    with pytest.raises(psycopg.OperationalError, match=error):
+        psycopg.connect("service=jp host=/nonexistent")
+
+
+@pytest.mark.parametrize("value", ["abc", "5s", "5.5", ""])
+def test_a_bad_connect_timeout_in_the_service_fails_at_open_naming_it(
+        value: str, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was overridden by the engine's 10 s; passed on, psycopg's message would
+    # quote the value and name neither the service nor its file. Refused before
+    # anything connects (db.invalid is never looked up).
+    path = write_service(f"[jp]\nconnect_timeout={value}\n")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")  # not read by libpq: the service sets one
+    with pytest.raises(StorageError) as info:
+        postgres.PostgresStore(f"{URL}?service=jp")
+    assert str(info.value) == (
+        f'cannot open database postgresql://app@db.invalid/jackpots: the connect_timeout of '
+        f'service "jp" (in {path}) is not a whole number of seconds (connect_timeout=10, '
+        "say); nothing was changed")
+
+
+def test_a_bad_pgconnect_timeout_is_not_refused_where_the_service_sets_one(
+        write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpq takes the service's and never reads the variable.
+    write_service("[jp]\nconnect_timeout=5\n")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "abc")
+    with pytest.raises(StorageError) as info:
+        postgres.PostgresStore("postgresql://app@127.0.0.1:1/jackpots?service=jp")
+    # (Port 1: refused at once. It was refused for PGCONNECT_TIMEOUT before connecting.)
+    assert str(info.value).startswith(
+        "cannot open database postgresql://app@127.0.0.1:1/jackpots: connection failed: "
+        'connection to server at "127.0.0.1", port 1 failed: Connection refused')
