@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
-psycopg = pytest.importorskip("psycopg")
-
-from jackpot import StorageError  # noqa: E402 - after the skip
-from jackpot.storage import _pg_service, postgres  # noqa: E402
+from jackpot import StorageError
+from jackpot.storage import _pg_service, postgres
 
 URL = "postgresql://app@db.invalid/jackpots"
 

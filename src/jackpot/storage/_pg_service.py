@@ -67,10 +67,13 @@ def read_service(given: Mapping[str, object], keywords: Collection[str]) -> Serv
     # does not exist is not passed over: libpq refuses it.)
     user_file = os.environ.get("PGSERVICEFILE")
     if user_file is None:
-        home = (f"{os.environ.get('APPDATA', '')}/postgresql" if os.name == "nt"
-                else str(Path("~").expanduser()))
-        user_file = f"{home}/.pg_service.conf"
-        if not Path(user_file).exists():
+        try:
+            home = (f"{os.environ.get('APPDATA', '')}/postgresql" if os.name == "nt"
+                    else str(Path("~").expanduser()))
+        except RuntimeError:  # no HOME and no password entry: libpq finds none either
+            home = None
+        user_file = None if home is None else f"{home}/.pg_service.conf"
+        if user_file is not None and not Path(user_file).exists():
             user_file = None
     sys_dir = os.environ.get("PGSYSCONFDIR", None if os.name == "nt" else SYSCONFDIR)
     sys_file = None if sys_dir is None else f"{sys_dir}/pg_service.conf"
