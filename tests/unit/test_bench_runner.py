@@ -589,25 +589,35 @@ def test_profile_engine_summarizes_a_profile(
 # -- Ctrl-C ----------------------------------------------------------------------------
 
 
-def test_ctrl_c_ends_a_script_with_one_line_and_status_130(tmp_path: Path) -> None:
-    """Ctrl-C was a traceback (one per process, interleaved, with child processes)."""
+def _ctrl_c_once_running(script: str, *args: str, cwd: Path) -> str:
+    """Run a benchmark script, Ctrl-C it once its first line is out; return that line.
+
+    It must end with status 130 and one line on stderr.
+    """
     import signal  # noqa: PLC0415 - only here
 
-    script = subprocess.Popen(  # its own group: the signal goes where a terminal's would
-        [sys.executable, str(BENCHMARKS / "handoff_model.py"), "--caller-us", "1",
-         "--server-us", "1", "--seconds", "600"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    process = subprocess.Popen(  # its own group: the signal goes where a terminal's would
+        [sys.executable, str(BENCHMARKS / script), *args], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True)
     try:
-        assert script.stdout is not None
-        assert script.stdout.readline().startswith("64 callers")  # running: its header is out
-        os.killpg(script.pid, signal.SIGINT)
-        _, err = script.communicate(timeout=60)
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
     finally:
-        if script.poll() is None:
-            script.kill()
-            script.wait()
-    assert script.returncode == 130, err
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
     assert err == "interrupted (Ctrl-C): the run was cut short\n"
+    return first
+
+
+def test_ctrl_c_ends_a_script_with_one_line_and_status_130(tmp_path: Path) -> None:
+    """Ctrl-C was a traceback (one per process, interleaved, with child processes)."""
+    first = _ctrl_c_once_running("handoff_model.py", "--caller-us", "1", "--server-us", "1",
+                                 "--seconds", "600", cwd=tmp_path)
+    assert first.startswith("64 callers")  # it was running: its header was out
 
 
 def test_child_processes_leave_ctrl_c_to_the_script_that_started_them() -> None:
@@ -705,24 +715,10 @@ def test_verify_speed_removes_a_fill_whose_call_failed(tmp_path: Path,
 
 def test_ctrl_c_while_verify_speed_fills_its_file_removes_it(tmp_path: Path) -> None:
     """Ctrl-C while the big file filled (an hour for 5M rows) left the .building file."""
-    import signal  # noqa: PLC0415 - only here
-
     cache = tmp_path / "cache"
-    script = subprocess.Popen(  # its own group: the signal goes where a terminal's would
-        [sys.executable, str(BENCHMARKS / "verify_speed.py"), "--rows", "100000000",
-         "--cache", str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=tmp_path, start_new_session=True)
-    try:
-        assert script.stdout is not None
-        assert script.stdout.readline() != ""  # filling: its callers have started
-        os.killpg(script.pid, signal.SIGINT)
-        _, err = script.communicate(timeout=120)
-    finally:
-        if script.poll() is None:
-            script.kill()
-            script.wait()
-    assert script.returncode == 130, err
-    assert err == "interrupted (Ctrl-C): the run was cut short\n"
+    first = _ctrl_c_once_running("verify_speed.py", "--rows", "100000000", "--cache", str(cache),
+                                 cwd=tmp_path)
+    assert first.startswith("filling ")  # its callers had started
     assert sorted(p.name for p in cache.iterdir()) == []
 
 
