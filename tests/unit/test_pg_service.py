@@ -145,7 +145,8 @@ def test_a_bad_connect_timeout_in_the_service_fails_at_open_naming_it(
     with pytest.raises(StorageError) as info:
         postgres.PostgresStore(f"{URL}?service=jp")
     assert str(info.value) == (
-        f'cannot open database postgresql://app@db.invalid/jackpots: the connect_timeout of '
+        f'cannot open database postgresql://app@db.invalid/jackpots?service=jp: the '
+        f'connect_timeout of '
         f'service "jp" (in {path}) is not a whole number of seconds (connect_timeout=10, '
         "say); nothing was changed")
 
@@ -159,5 +160,16 @@ def test_a_bad_pgconnect_timeout_is_not_refused_where_the_service_sets_one(
         postgres.PostgresStore("postgresql://app@127.0.0.1:1/jackpots?service=jp")
     # (Port 1: refused at once. It was refused for PGCONNECT_TIMEOUT before connecting.)
     assert str(info.value).startswith(
-        "cannot open database postgresql://app@127.0.0.1:1/jackpots: connection failed: "
+        "cannot open database postgresql://app@127.0.0.1:1/jackpots?service=jp: connection "
+        "failed: "
         'connection to server at "127.0.0.1", port 1 failed: Connection refused')
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("postgresql://?service=jp", "postgresql:///?service=jp"),
+    ("postgresql://app:s3cret@/pools?service=jp", "postgresql://app@/pools?service=jp"),
+    ("service=jp password=s3cret", "postgresql:///?service=jp"),
+])
+def test_a_url_that_names_a_service_is_described_with_it(url: str, said: str) -> None:
+    # A URL whose service gives the host and database was shown as postgresql:///.
+    assert postgres.describe(url) == said

@@ -324,8 +324,10 @@ def describe(url: str) -> str:
         return "<unparsable PostgreSQL URL>"
     # (Only the parts the URL gives: one without a user was `postgresql://@host:5432/db`.)
     user, host, port = (str(d.get(part) or "") for part in ("user", "host", "port"))
+    # (And its libpq service, which may give the rest: one alone was `postgresql:///`.)
+    service = f"?service={d['service']}" if d.get("service") else ""
     return (f"postgresql://{user + '@' if user else ''}{host}{':' + port if port else ''}"
-            f"/{d.get('dbname') or ''}")
+            f"/{d.get('dbname') or ''}{service}")
 
 
 NETWORK_DEFAULTS = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
