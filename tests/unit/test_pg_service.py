@@ -10,8 +10,11 @@ the service files are written here, and libpq's own reading of them
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -84,6 +87,38 @@ def test_the_service_is_found_where_libpq_looks(
     service = _pg_service.read_service({"service": "jp"}, postgres._KEYWORDS)
     assert service == _pg_service.Service(
         f'service "jp" (in {tmp_path}/home/.pg_service.conf)', {"connect_timeout": "6"})
+
+
+def test_an_empty_home_is_passed_over_for_the_password_entry_as_libpq_does(
+        tmp_path: Path, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpq (pqGetHomeDirectory) takes HOME only when it is not empty, else the
+    # effective user's password entry; expanduser("~") took it as "/", and the
+    # service in the user's own ~/.pg_service.conf was not found: 10 s, not 6.
+    home = tmp_path / "from-passwd"
+    home.mkdir()
+    (home / ".pg_service.conf").write_text("[jp]\nconnect_timeout=6\n", encoding="utf-8")
+    real = pwd.getpwuid
+
+    def getpwuid(uid: int) -> object:
+        return SimpleNamespace(pw_dir=str(home)) if uid == os.geteuid() else real(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.setenv("HOME", "")
+    assert postgres.network_defaults(f"{URL}?service=jp")["connect_timeout"] == "6"
+
+
+def test_a_per_user_file_that_cannot_be_looked_at_is_passed_over_as_libpq_does(
+        tmp_path: Path, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpq's stat fails, and it reads the system-wide file; Path.exists raised
+    # (a HOME this user may not search, as after `su` without `-`, or a name
+    # too long, as here, which root cannot bypass): open() failed with OSError.
+    (tmp_path / "sysconf" / "pg_service.conf").write_text(
+        "[jp]\nconnect_timeout=4\n", encoding="utf-8")
+    monkeypatch.setenv("HOME", str(tmp_path / ("x" * 300)))
+    monkeypatch.setenv("PGSERVICE", "jp")
+    libpq = {o.keyword.decode(): o.val for o in psycopg.pq.Conninfo.get_defaults()}
+    assert libpq["connect_timeout"] == b"4"
+    assert postgres.network_defaults(URL)["connect_timeout"] == "4"
 
 
 SERVICE_FILES = {

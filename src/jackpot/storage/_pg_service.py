@@ -3,7 +3,8 @@
 A PostgreSQL URL (or conninfo) may name a service (`service=name`, or
 `PGSERVICE` in the environment) whose connection keywords live in a
 pg_service.conf: the per-user file (`PGSERVICEFILE`, else
-~/.pg_service.conf), then the system-wide one (`PGSYSCONFDIR`/pg_service.conf).
+~/.pg_service.conf, ~ being HOME unless empty, else the password entry's),
+then the system-wide one (`PGSYSCONFDIR`/pg_service.conf).
 libpq takes a keyword from the service only where the connection string
 does not give it, so a default the engine passes as a keyword
 (`postgres.NETWORK_DEFAULTS`) would undo the service's own. The engine reads
@@ -34,6 +35,11 @@ import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import NamedTuple
+
+try:
+    import pwd as _pwd
+except ImportError:  # pragma: no cover - Windows
+    _pwd = None  # type: ignore[assignment]
 
 SYSCONFDIR = "/etc/postgresql-common"
 """The system-wide directory assumed without `PGSYSCONFDIR` (see the module's docstring)."""
@@ -67,17 +73,13 @@ def read_service(given: Mapping[str, object], keywords: Collection[str]) -> Serv
     # does not exist is not passed over: libpq refuses it.)
     user_file = os.environ.get("PGSERVICEFILE")
     if user_file is None:
-        try:
-            home = (f"{os.environ.get('APPDATA', '')}/postgresql" if os.name == "nt"
-                    else str(Path("~").expanduser()))
-        except RuntimeError:  # no HOME and no password entry: libpq finds none either
-            home = None
+        home = _home()
         user_file = None if home is None else f"{home}/.pg_service.conf"
-        if user_file is not None and not Path(user_file).exists():
+        if user_file is not None and not _stats(user_file):
             user_file = None
     sys_dir = os.environ.get("PGSYSCONFDIR", None if os.name == "nt" else SYSCONFDIR)
     sys_file = None if sys_dir is None else f"{sys_dir}/pg_service.conf"
-    if sys_file is not None and not Path(sys_file).exists():
+    if sys_file is not None and not _stats(sys_file):
         sys_file = None
     try:
         for path in (user_file, sys_file):
@@ -87,6 +89,41 @@ def read_service(given: Mapping[str, object], keywords: Collection[str]) -> Serv
     except _RefusedError:
         return None
     return None  # defined nowhere: libpq says so
+
+
+def _home() -> str | None:
+    """Return the directory libpq finds ~/.pg_service.conf in (`pqGetHomeDirectory`); None: none.
+
+    HOME unless it is empty, else the password entry of the effective user.
+    Not Python's `expanduser`: it takes an empty HOME as "/" (libpq read the
+    user's own file, the engine /.pg_service.conf), and it asks for the real
+    user's entry.
+    """
+    if os.name == "nt":
+        return f"{os.environ.get('APPDATA', '')}/postgresql"
+    home = os.environ.get("HOME")
+    if home:
+        return home
+    if _pwd is None:  # pragma: no cover - every POSIX system has it
+        return None
+    try:
+        return str(_pwd.getpwuid(os.geteuid()).pw_dir)
+    except KeyError:  # no password entry either: libpq reads no per-user file
+        return None
+
+
+def _stats(path: str) -> bool:
+    """Whether libpq's `stat` of `path` succeeds: a file it goes on to read.
+
+    Any failure passes the file over, as libpq does: `Path.exists` raised
+    all but a few (a HOME this user may not search, after `su` without
+    `-`; a name too long), out of every open of a URL naming a service.
+    """
+    try:
+        Path(path).stat()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 class _RefusedError(Exception):
