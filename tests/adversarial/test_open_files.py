@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import apsw
 import pytest
 
-from _helpers import run_python
+from _helpers import interrupting_once, run_python
 from jackpot import JackpotEngine
+from jackpot.storage import SQLiteStore
 
 _OUT_OF_FILES = """
 import resource, sys
@@ -66,3 +68,22 @@ def test_a_store_whose_wal_cannot_be_opened_for_descriptors_names_the_limit(
         f"cannot open database {str(path)!r}: unable to open database file (too many files "
         "open: this process may have 64 (`ulimit -n`); an engine holds about two per level: "
         "raise the limit or serve fewer levels)"), done.stdout
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_open_interrupted_as_it_looks_for_descriptors_closes_its_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
+    # SQLite refused the file once the connection existed; Ctrl-C landed as the
+    # failed open asked whether it ran out of descriptors, before it closed the
+    # connection: that was left open, to the garbage collector (the error's
+    # traceback held it), with the files it had noted.
+    path = tmp_path / "not-a-database.db"
+    path.write_bytes(b"not a database, " * 512)
+    before = set(apsw.connections())
+    interrupted, armed = interrupting_once(SQLiteStore._out_of_descriptors)
+    monkeypatch.setattr(SQLiteStore, "_out_of_descriptors", interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        SQLiteStore(str(path), create=False, read_only=read_only)
+    assert not armed
+    assert isinstance(caught.value.__context__, apsw.NotADBError)
+    assert set(apsw.connections()) == before

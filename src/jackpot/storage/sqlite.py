@@ -282,9 +282,12 @@ class SQLiteStore(Store):
         except BaseException as e:
             # Asked before the connection closes: closing frees its own
             # descriptor (and other threads' closes free theirs), so a
-            # look afterwards found one free and gave no hint.
-            out = isinstance(e, apsw.Error) and self._out_of_descriptors()
-            self._abandon()
+            # look afterwards found one free and gave no hint. Closed
+            # whatever the look raises (Ctrl-C landing there left it open).
+            try:
+                out = isinstance(e, apsw.Error) and self._out_of_descriptors()
+            finally:
+                self._abandon()
             if not isinstance(e, apsw.Error):
                 raise
             msg = _why_not_opened(path, e, create=create, read_only=read_only,
