@@ -107,6 +107,22 @@ def test_an_empty_home_is_passed_over_for_the_password_entry_as_libpq_does(
     assert postgres.network_defaults(f"{URL}?service=jp")["connect_timeout"] == "6"
 
 
+def test_no_home_nor_password_entry_reads_the_system_wide_file_only(
+        tmp_path: Path, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (A bare container: libpq finds no home directory and goes on to the system's file.)
+    (tmp_path / "sysconf" / "pg_service.conf").write_text(
+        "[jp]\nconnect_timeout=4\n", encoding="utf-8")
+
+    def getpwuid(uid: int) -> object:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.delenv("HOME")
+    assert _pg_service.read_service({"service": "jp"}, postgres._KEYWORDS) == (
+        _pg_service.Service(f'service "jp" (in {tmp_path}/sysconf/pg_service.conf)',
+                            {"connect_timeout": "4"}))
+
+
 def test_a_per_user_file_that_cannot_be_looked_at_is_passed_over_as_libpq_does(
         tmp_path: Path, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
     # libpq's stat fails, and it reads the system-wide file; Path.exists raised
