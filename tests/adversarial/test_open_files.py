@@ -73,17 +73,19 @@ def test_a_store_whose_wal_cannot_be_opened_for_descriptors_names_the_limit(
 @pytest.mark.parametrize("read_only", [False, True])
 def test_an_open_interrupted_as_it_looks_for_descriptors_closes_its_connection(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool) -> None:
-    # SQLite refused the file once the connection existed; Ctrl-C landed as the
-    # failed open asked whether it ran out of descriptors, before it closed the
-    # connection: that was left open, to the garbage collector (the error's
-    # traceback held it), with the files it had noted.
-    path = tmp_path / "not-a-database.db"
-    path.write_bytes(b"not a database, " * 512)
+    # SQLite could not open the file's -wal once the connection existed (a
+    # directory in its place); Ctrl-C landed as the failed open asked whether
+    # it ran out of descriptors, before it closed the connection: that was
+    # left open, to the garbage collector (the error's traceback held it),
+    # with the files it had noted.
+    path = tmp_path / "no-wal.db"
+    JackpotEngine.open(path).close()
+    Path(f"{path}-wal").mkdir()
     before = set(apsw.connections())
     interrupted, armed = interrupting_once(SQLiteStore._out_of_descriptors)
     monkeypatch.setattr(SQLiteStore, "_out_of_descriptors", interrupted)
     with pytest.raises(KeyboardInterrupt) as caught:
         SQLiteStore(str(path), create=False, read_only=read_only)
     assert not armed
-    assert isinstance(caught.value.__context__, apsw.NotADBError)
+    assert isinstance(caught.value.__context__, apsw.CantOpenError)
     assert set(apsw.connections()) == before

@@ -285,7 +285,8 @@ class SQLiteStore(Store):
             # look afterwards found one free and gave no hint. Closed
             # whatever the look raises (Ctrl-C landing there left it open).
             try:
-                out = isinstance(e, apsw.Error) and self._out_of_descriptors()
+                out = (isinstance(e, (apsw.CantOpenError, apsw.IOError))
+                       and self._out_of_descriptors())
             finally:
                 self._abandon()
             if not isinstance(e, apsw.Error):
