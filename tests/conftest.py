@@ -21,7 +21,7 @@ import apsw
 import pytest
 
 from _helpers import read_ledger
-from jackpot import GroupConfig, JackpotEngine, Settings
+from jackpot import GroupConfig, JackpotEngine, Settings, _throttle
 from jackpot.results import Contribution
 from jackpot.storage import SQLiteStore
 
@@ -49,6 +49,22 @@ def _fresh_jackpot_logger_level() -> Iterator[None]:
         yield
     finally:
         log.setLevel(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_traceback_held_back() -> None:
+    """Start every test with no error's traceback held back, as a new process has.
+
+    A failure's traceback is logged once a minute per error (`Throttle`): a
+    test that logged the same error less than a minute before made this
+    one's record say "(traceback logged once a minute for this error)", so
+    whether it passed hung on how fast the tests in between ran (the failing
+    tracer of tests/aio/test_aio_edges.py, then of
+    tests/integration/test_signal_handler_exceptions.py, run together).
+    """
+    for throttle in list(_throttle._ALL):  # every throttle of the process
+        with throttle._lock:
+            throttle._seen.clear()
 
 
 @contextmanager
