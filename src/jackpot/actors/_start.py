@@ -32,6 +32,8 @@ a count bound (64) forgot the reason of the first level an open() waited
 for when more actors failed after it, all out of file descriptors at once.
 """
 _errors_lock = threading.Lock()
+_CLOSING: weakref.WeakSet[pykka.ActorRef[Any]] = weakref.WeakSet()
+"""Actors running their close request (`stop_and_close`): stopped, and answering once done."""
 _BUILT = threading.local()  # .actor: the actor this thread's `start_actor` is starting
 
 
@@ -43,6 +45,7 @@ def _after_fork_in_child() -> None:
     global _errors_lock  # noqa: PLW0603 - a lock the parent may have held at the fork
     _errors_lock = threading.Lock()
     _START_ERRORS.clear()
+    _CLOSING.clear()
     # Every actor start and stop takes Pykka's registry lock: an actor of the
     # parent starting or stopping as it forked left it held for ever here.
     pykka.ActorRegistry._actor_refs_lock = threading.RLock()  # noqa: SLF001
@@ -147,13 +150,20 @@ def stop_and_close(actor: pykka.Actor) -> None:
     answered the stop with its error (raised out of close()), before
     `on_stop` ran: close() waited out its timeout or failed, and the
     connections were left open for ever.
+
+    Noted as closing meanwhile: stopped, it will still answer (`wait_stopped`).
     """
-    _mark_stopped(actor)
+    ref = actor.actor_ref
+    _CLOSING.add(ref)  # before it is seen stopped
     try:
-        actor.on_stop()
-    except Exception as e:  # noqa: BLE001 - reported, as Pykka does; it is stopped all the same
-        after_the_fact(logger.error, "%s could not close its connection", actor, exc_info=e,
-                       extra={"outcome": "close_failed"})
+        _mark_stopped(actor)
+        try:
+            actor.on_stop()
+        except Exception as e:  # noqa: BLE001 - reported, as Pykka does; stopped all the same
+            after_the_fact(logger.error, "%s could not close its connection", actor, exc_info=e,
+                           extra={"outcome": "close_failed"})
+    finally:
+        _CLOSING.discard(ref)
 
 
 def _mark_stopped(actor: pykka.Actor) -> None:
@@ -293,14 +303,22 @@ def wait_stopped(ref: pykka.ActorRef[Any], stopped: pykka.Future[Any], deadline:
     it took the request answers `ActorDeadError`: stopped. One that stopped
     just as the request was sent never answers it: once its thread says it
     has stopped, its `on_stop` gets `_GRACE` seconds, then it counts as
-    stopped.
+    stopped. Not one that took the request and is closing its connection
+    (marked stopped first, as Pykka does): it answers once closed, and is
+    waited for until `deadline` (and not counted stopped if still closing
+    then). It was counted stopped after the grace, and close() returned
+    with a connection still closing if that close took longer (the last
+    one folds the WAL into the file and syncs it, under an exclusive lock:
+    on a stalled disk or a starved machine, a second is not much).
     """
     try:
         while not _answered(stopped, deadline):
-            if ref.actor_stopped.is_set():
+            # Stopped, then no longer closing (in that order: it is noted
+            # closing before it is marked stopped): its answer is due now.
+            if ref.actor_stopped.is_set() and ref not in _CLOSING:
                 deadline = min(deadline, time.monotonic() + _GRACE)
             if time.monotonic() >= deadline:
-                return ref.actor_stopped.is_set()
+                return ref.actor_stopped.is_set() and ref not in _CLOSING
     except pykka.ActorDeadError:
         return True
     return True
