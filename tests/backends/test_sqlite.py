@@ -280,6 +280,37 @@ def test_an_immutable_read_torn_by_a_writer_is_stale_not_corrupt(closed_db: str)
         store.close()
 
 
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "writer"])
+@pytest.mark.parametrize("suffix", ["-wal", "-journal"])
+def test_an_open_beside_a_directory_named_as_its_wal_or_journal_says_so(
+        closed_db: str, suffix: str, read_only: bool) -> None:
+    # Was: "unable to open database file" or "disk I/O error", and a read-only
+    # open beside a -wal directory said its -shm was missing.
+    Path(closed_db + suffix).mkdir()
+    with pytest.raises(StorageError) as info:
+        open_store(closed_db, read_only=read_only, create=False)
+    assert str(info.value) == (
+        f"cannot open database {closed_db!r}: its {suffix} {closed_db + suffix!r} is a "
+        "directory, not a file; SQLite needs that name for a file of its own, and this "
+        "holds nothing of SQLite's: move it out of the way")
+
+
+def test_a_read_only_open_by_a_link_looks_for_the_wal_where_sqlite_does(
+        closed_db: str, tmp_path: Path) -> None:
+    # SQLite names the -wal after the file the link points to: the message
+    # looked beside the link, found nothing there, and gave no reason.
+    link = tmp_path / "elsewhere" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(closed_db)
+    Path(closed_db + "-wal").mkdir()
+    with pytest.raises(StorageError) as info:
+        open_store(str(link), read_only=True, create=False)
+    assert str(info.value) == (
+        f"cannot open database {str(link)!r}: its -wal {closed_db + '-wal'!r} is a "
+        "directory, not a file; SQLite needs that name for a file of its own, and this "
+        "holds nothing of SQLite's: move it out of the way")
+
+
 def test_a_read_only_store_of_an_empty_file_says_version_0(tmp_path: Path) -> None:
     empty = tmp_path / "empty.db"
     empty.touch()

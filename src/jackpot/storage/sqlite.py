@@ -25,9 +25,11 @@ open) it is used, read-only if need be. When neither `-wal`, `-shm` nor
 which creates no file beside it; should the file change during such a read
 (a writer started), the read raises `StaleReadError`: read again. What cannot
 be read: a `-wal` without its `-shm` in a directory the reader may not write
-(SQLite would have to create the `-shm`); the error says so. Nor, with none of
-them beside the name given, a file of more than one name (hard links): a
-server may have it open by another name, its `-wal` beside that one.
+(SQLite would have to create the `-shm`); the error says so, as it names a
+directory (or anything but a file) by the name of the `-wal` or `-journal`.
+Nor, with none of them beside the name given, a file of more than one name
+(hard links): a server may have it open by another name, its `-wal` beside
+that one.
 """
 
 from __future__ import annotations
@@ -291,8 +293,8 @@ class SQLiteStore(Store):
                 self._abandon()
             if not isinstance(e, apsw.Error):
                 raise
-            msg = _why_not_opened(path, e, create=create, read_only=read_only,
-                                  out_of_descriptors=out)
+            msg = _why_not_opened(path, e, sides=self._sides, create=create,
+                                  read_only=read_only, out_of_descriptors=out)
             raise StorageError(msg) from e
 
     def _out_of_descriptors(self) -> bool:
@@ -1418,6 +1420,25 @@ class _ExactSum:
         return str(self.total) if isinstance(self.total, int) else self.total
 
 
+def _odd_side_file(sides: str) -> str | None:
+    """Name the first of a database's -wal, -shm, -journal that is there but no file, or None.
+
+    SQLite cannot use a directory (or a FIFO, a socket, a device) by such a
+    name, and says only that the database could not be opened, or that a
+    disk failed. (`sides`: see `_named_by_sqlite`.)
+    """
+    for suffix in _SIDE_FILES:
+        side = sides + suffix
+        try:
+            mode = Path(side).stat().st_mode
+        except OSError:  # (none, or none to be seen: nothing to say of it)
+            continue
+        if not stat.S_ISREG(mode):
+            what = "a directory, not a file" if stat.S_ISDIR(mode) else "not a regular file"
+            return f"its {suffix} {side!r} is {what}"
+    return None
+
+
 def _named_by_sqlite(path: str) -> str:
     """Return the name SQLite gives the file `path`: its -wal, -shm and -journal are beside it.
 
@@ -1659,15 +1680,18 @@ def _descriptor_limit() -> str:
     return "no more" if soft == _resource.RLIM_INFINITY else f"{soft:,} (`ulimit -n`)"
 
 
-def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool,
+def _why_not_opened(path: str, e: apsw.Error, *, sides: str, create: bool, read_only: bool,
                     out_of_descriptors: bool) -> str:
     """Say why SQLite could not open `path`, where its own message does not.
 
-    Looking may fail as the open did (a name too long, a folder this user may
-    not search: an OSError from `stat`); SQLite's message then stands alone.
+    `sides`: the name SQLite gives the file (`_named_by_sqlite`), its -wal,
+    -shm and -journal beside it. Looking may fail as the open did (a name too
+    long, a folder this user may not search: an OSError from `stat`);
+    SQLite's message then stands alone.
     """
     msg = f"cannot open database {path!r}: {e}"
     try:
+        odd = _odd_side_file(sides)
         if not create and not Path(path).exists():
             msg = f"cannot open database {path!r}: it does not exist"
         elif Path(path).is_dir():  # SQLite says only "unable to open database file"
@@ -1675,10 +1699,14 @@ def _why_not_opened(path: str, e: apsw.Error, *, create: bool, read_only: bool,
         elif not Path(path).parent.is_dir():
             msg = (f"cannot open database {path!r}: there is no directory "
                    f"{str(Path(path).parent)!r} to create it in")
+        elif odd is not None:  # SQLite says "unable to open database file" or "disk I/O error"
+            msg = (f"cannot open database {path!r}: {odd}; SQLite needs that name for a "
+                   "file of its own, and this holds nothing of SQLite's: move it out of the way")
         elif out_of_descriptors:  # SQLite says only "unable to open database file"
             msg += (f" (too many files open: this process may have {_descriptor_limit()}; "
                     "an engine holds about two per level: raise the limit or serve fewer levels)")
-        if read_only and Path(path + "-wal").exists() and not Path(path + "-shm").exists():
+        if (read_only and odd is None and Path(sides + "-wal").is_file()
+                and not Path(sides + "-shm").exists()):
             msg += (" (reading a WAL database needs its -shm file, which is missing and "
                     "cannot be created here: read it as the user that writes it)")
     except OSError:
