@@ -450,16 +450,21 @@ def counted_loop(op: Callable[[int], None], threads: int, total: int,
             "callers": threads, **load, "errors": errors.as_dict()}
 
 
+def whole_number(text: str) -> int:
+    """Argparse type for a count whose least value the script checks itself (it depends)."""
+    try:
+        return int(text)
+    except ValueError:  # argparse would say "invalid whole_number value", naming this function
+        msg = f"must be a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def at_least_one(text: str) -> int:
     """Argparse type for the benchmark scripts' counts: a whole number, at least 1.
 
     With no player, bet or row a workload has nothing to measure.
     """
-    try:
-        value = int(text)
-    except ValueError:  # argparse would say "invalid at_least_one value", naming this function
-        msg = f"must be a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+    value = whole_number(text)
     if value < 1:
         msg = f"must be at least 1, got {value}"
         raise argparse.ArgumentTypeError(msg)
@@ -1092,6 +1097,11 @@ def verified_meta(kind: str, target: Any, what: str, *, rows: int, filler: int,
     return {"ledger_rows": rows, "filler_rows": filler, "build_s": round(built, 1),
             "verify_s": round(time.perf_counter() - t1, 1), "verify": report,
             "size_mb": round(size / MB, 1)}
+
+
+BIG_MIN_ROWS = len(DEFAULT_LEVELS) + 1 + 2
+"""The fewest ledger rows a big template holds: a row for each level's creation (the
+filler's too) and for each of the filler's two real contributions (see `sample_filler`)."""
 
 
 def big_template(kind: str, rows: int, cache: Path) -> tuple[Path, dict[str, Any]]:

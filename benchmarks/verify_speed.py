@@ -10,7 +10,8 @@ mystery level), most with a caller's op_id (a stored result), some
 without; a win every 2,000th call, a config change every 50,000th. With
 `--extrapolated`, the file is compare.py's big ledger instead (two real
 contributions to one filler level, the rest extrapolated: quicker to build,
-one level, one row per operation). Then times verify() on a copy of it. With one or more source trees SRC (a clone of the
+one level, one row per operation). N is at least 4 (6 with `--extrapolated`):
+making the file writes that many. Then times verify() on a copy of it. With one or more source trees SRC (a clone of the
 repository), each run times every tree's verify() in a fresh process with
 that tree's `src` first on the path, the trees alternating run by run: the
 machine's noise falls on all of them alike. Prints each run and the medians.
@@ -32,11 +33,13 @@ from pathlib import Path
 
 import apsw
 from compare import (
+    BIG_MIN_ROWS,
     at_least_one,
     big_template,
     new_op_id,
     quiet_logging,
     remove_db,
+    whole_number,
     writable_dir,
 )
 
@@ -58,6 +61,8 @@ LEVELS = (GroupConfig("minor", Decimal(10), Decimal("0.01")),
           GroupConfig("mega", Decimal(1000), Decimal("0.002"), min_bet=Decimal(2)),
           GroupConfig("mystery", Decimal(50), Decimal("0.003"), must_hit_by=Decimal(80)))
 CALLERS = 32
+MIN_ROWS = len(LEVELS)
+"""The fewest ledger rows a built file holds: creating each level writes one."""
 # A fill stops at the rows asked or at most this many more: each caller's call
 # under way then still ends, and one call writes at most 5 rows (a bet on all
 # four levels, and the mystery level's hit it may trigger).
@@ -197,8 +202,9 @@ def time_verify(path: Path) -> tuple[float, float]:
 def make_parser() -> argparse.ArgumentParser:
     """Return the command line's parser (the cache sits under benchmarks/out, which git ignores)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=at_least_one, default=1_000_000,
-                        help="how many ledger rows the file holds, or up to 159 more "
+    parser.add_argument("--rows", type=whole_number, default=1_000_000,
+                        help="how many ledger rows the file holds, or up to 159 more; at "
+                             f"least {MIN_ROWS}, {BIG_MIN_ROWS} with --extrapolated "
                              "(default: 1000000)")
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "verify-cache",
                         help="where the built file is kept for later runs "
@@ -217,6 +223,15 @@ def make_parser() -> argparse.ArgumentParser:
 def main() -> None:
     parser = make_parser()
     args = parser.parse_args()
+    # Fewer rows than the file's making writes were a bigger file timed under the name of
+    # the rows asked for (silently 4): refused, as the file cannot be made that small.
+    if args.extrapolated and args.rows < BIG_MIN_ROWS:
+        parser.error(f"--rows must be at least {BIG_MIN_ROWS} with --extrapolated: creating "
+                     "its levels and its two real contributions write a row each, "
+                     f"got {args.rows}")
+    if args.rows < MIN_ROWS:
+        parser.error(f"--rows must be at least {MIN_ROWS}: creating the file's {len(LEVELS)} "
+                     f"levels writes a row each, got {args.rows}")
     quiet_logging()
     if args.time is not None:
         print("{:.3f} {:.3f}".format(*time_verify(args.time)))

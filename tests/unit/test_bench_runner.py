@@ -510,6 +510,14 @@ SCRIPT_REFUSALS = [
      "--json {tmp}/a-file/rows.json: cannot write there: not a directory"),
     ("verify_speed", ["--rows", "100", "--cache", "{tmp}/a-file"], "build_real",
      "--cache {tmp}/a-file: cannot write there: not a directory"),
+    # (a file of 4 rows was built and timed as the 1 or 3 asked for)
+    ("verify_speed", ["--cache", "{tmp}/cache", "--rows", "3"], "build_real",
+     "--rows must be at least 4: creating the file's 4 levels writes a row each, got 3"),
+    ("verify_speed", ["--cache", "{tmp}/cache", "--rows", "0"], "build_real",
+     "--rows must be at least 4: creating the file's 4 levels writes a row each, got 0"),
+    ("verify_speed", ["--cache", "{tmp}/cache", "--rows", "5", "--extrapolated"],
+     "big_template", ("--rows must be at least 6 with --extrapolated: creating its levels "
+                      "and its two real contributions write a row each, got 5")),
 ]
 
 
