@@ -105,7 +105,7 @@ def _where(frame: str) -> str:
 
 
 class NotAProfileError(Exception):
-    """The file given to --summarize is no py-spy raw profile, or holds no samples."""
+    """The file given to --summarize is missing, no py-spy raw profile, or holds no samples."""
 
 
 _SAMPLE = re.compile(r"^(?P<stack>.*) (?P<count>[0-9]+)$")
@@ -117,12 +117,15 @@ def read_profile(path: Path) -> list[tuple[list[str], int]]:
 
     Raises NotAProfileError, saying why, for a file with a line that is not
     "STACK COUNT" or with no samples at all (empty): it was summarized as
-    "0 samples" and exit status 0.
+    "0 samples" and exit status 0. And for a file missing, or not to be read.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         msg = f"not text: {_RAW}"
+        raise NotAProfileError(msg) from None
+    except FileNotFoundError:
+        msg = "no such file (py-spy's -o file)"
         raise NotAProfileError(msg) from None
     except OSError as e:
         msg = f"cannot read it: {e.strerror or e}"
@@ -192,11 +195,10 @@ def main() -> int:
     if not 0 < args.seconds <= 3600:  # (0 divided by zero at the end; inf never ended)
         parser.error(f"--seconds must be above 0 and at most 3600, got {args.seconds}")
     if args.summarize:
-        if not args.summarize.is_file():
-            parser.error(f"--summarize {args.summarize}: no such file (py-spy's -o file)")
         try:
             stacks = read_profile(args.summarize)
-        except NotAProfileError as e:  # (one line: the file, not the command line, is wrong)
+        except NotAProfileError as e:  # (one line, no usage: the file, not the command line,
+            # is wrong; a missing one too, as the other scripts say of a file they cannot use)
             print(f"{parser.prog}: error: --summarize {args.summarize}: {e}", file=sys.stderr)
             return 2
         summarize(stacks, args.top)

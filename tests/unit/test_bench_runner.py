@@ -497,8 +497,6 @@ SCRIPT_REFUSALS = [
      "--seconds must be above 0 and at most 3600, got 0.0"),
     ("profile_engine", ["--callers", "0"], "closed_loop",
      "argument --callers: must be at least 1, got 0"),
-    ("profile_engine", ["--summarize", "{tmp}/no-profile.txt"], "summarize",
-     "--summarize {tmp}/no-profile.txt: no such file (py-spy's -o file)"),
     ("handoff_model", ["--commit-us", "-1"], "run",
      "--commit-us must be 0 or more and at most 1000000 (a second), got -1.0"),
     ("handoff_model", ["--caller-us", "nan", "--server-us", "1"], "run",
@@ -571,6 +569,24 @@ def test_profile_engine_refuses_to_summarize_what_is_not_a_profile(
 
     profile = tmp_path / "profile.svg"
     profile.write_bytes(content)
+    monkeypatch.setattr(sys, "argv", ["profile_engine.py", "--summarize", str(profile)])
+    assert profile_engine.main() == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"profile_engine.py: error: --summarize {profile}: {error}\n")
+
+
+@pytest.mark.parametrize(("name", "error"), [
+    ("no-profile.txt", "no such file (py-spy's -o file)"),
+    ("a-directory", "cannot read it: Is a directory"),
+])
+def test_profile_engine_says_in_one_line_that_the_file_to_summarize_cannot_be_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        name: str, error: str) -> None:
+    """Was argparse's usage line too, for a file as for a bad argument (a directory: "no such file")."""
+    import profile_engine  # noqa: PLC0415 - only here
+
+    (tmp_path / "a-directory").mkdir()
+    profile = tmp_path / name
     monkeypatch.setattr(sys, "argv", ["profile_engine.py", "--summarize", str(profile)])
     assert profile_engine.main() == 2
     out, err = capsys.readouterr()
