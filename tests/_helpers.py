@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import apsw
+import pykka
 
 from jackpot.actors import Mailbox, Ticket
 
@@ -30,6 +31,16 @@ if TYPE_CHECKING:
     import pytest
 
 HANG = 30  # seconds: only a hang waits this long
+
+
+def left_running(before: set[pykka.ActorRef[Any]]) -> set[pykka.ActorRef[Any]]:
+    """Return the actors registered now but not in `before` (a snapshot) and still alive.
+
+    What a test asserts empty: it left nothing running. Not the registry equal
+    to the snapshot: an actor of another test, in the snapshot, may stop
+    meanwhile, and that says nothing of this one.
+    """
+    return {ref for ref in pykka.ActorRegistry.get_all() if ref not in before and ref.is_alive()}
 
 
 def track_stores(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:

@@ -28,6 +28,7 @@ from _helpers import (
     crash_once_claimed,
     hearing,
     in_thread,
+    left_running,
     pykka_debug_raising_on,
     read_ledger,
     run_python,
@@ -58,6 +59,23 @@ from jackpot.stats import Stats
 from jackpot.storage import SQLiteStore
 
 
+def test_left_running_names_an_actor_left_running_not_one_that_stopped_meanwhile() -> None:
+    """The check these tests end with: an actor started since the snapshot and alive.
+
+    (It was the registry equal to the snapshot: another test's actor
+    stopping meanwhile failed it.)
+    """
+    earlier = pykka.ThreadingActor.start()  # (another test's, still running)
+    before = set(pykka.ActorRegistry.get_all())
+    leaked = pykka.ThreadingActor.start()
+    try:
+        earlier.stop()
+        assert left_running(before) == {leaked}
+    finally:
+        leaked.stop()
+    assert left_running(before) == set()
+
+
 def test_a_failed_open_stops_every_actor_it_started(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     JackpotEngine.open(db_path).close()  # the file and its levels exist
@@ -70,7 +88,7 @@ def test_a_failed_open_stops_every_actor_it_started(
     monkeypatch.setattr(PoolActor, "on_start", broken)
     with pytest.raises(StorageError):
         JackpotEngine.open(db_path)
-    assert set(pykka.ActorRegistry.get_all()) == before  # no thread left behind
+    assert left_running(before) == set()  # no thread left behind
 
 
 class _RaisingPykkaFilter(logging.Filter):
@@ -120,7 +138,7 @@ def test_an_actor_that_cannot_start_is_told_though_logging_on_pykka_raises(
                                 r"StorageError: cannot load the level$"):
         JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
                                                       retry_delay_ms=1))
-    assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
+    assert left_running(before) == set()  # no actor left registered
 
 
 @pytest.mark.parametrize("line", ["Registered {} (", "Starting {} ("])
@@ -139,7 +157,7 @@ def test_an_actor_whose_start_raises_on_pykkas_log_line_is_left_registered_by_no
     with pykka_debug_raising_on(line.format(actor)), pytest.raises(
             RuntimeError, match=r"^log filter failed$"):
         JackpotEngine.open(db_path)
-    assert set(pykka.ActorRegistry.get_all()) == before  # stop_all() has nothing to wait for
+    assert left_running(before) == set()  # stop_all() has nothing to wait for
     assert opened  # (the reader at least)
     assert [s for s in opened if s not in closed] == []
 
@@ -183,7 +201,7 @@ def test_an_actor_whose_start_raises_after_another_start_in_its_thread_is_left_b
         log.removeFilter(nested)
         log.setLevel(level)
     assert nested.done
-    assert set(pykka.ActorRegistry.get_all()) == before  # stop_all() has nothing to wait for
+    assert left_running(before) == set()  # stop_all() has nothing to wait for
 
 
 @pytest.mark.parametrize("at_its_proxy", [False, True], ids=["thread started", "proxy"])
@@ -220,7 +238,7 @@ def test_an_actor_whose_start_is_interrupted_once_its_thread_runs_stops_and_clos
         JackpotEngine.open(db_path)
     monkeypatch.setattr(threading.Thread, "start", real_start)
     monkeypatch.setattr(pykka.ActorRef, "proxy", real_proxy)
-    assert set(pykka.ActorRegistry.get_all()) == before
+    assert left_running(before) == set()
     (thread,) = started
     thread.join(HANG)  # it stops once its on_start has run
     assert not thread.is_alive()
@@ -315,7 +333,7 @@ def test_open_refused_as_an_actor_could_not_start_says_why_though_its_log_line_i
         log.removeHandler(handler)
     for ref in set(pykka.ActorRegistry.get_all()) - before:  # it stops once its line is out
         assert ref.actor_stopped.wait(HANG)
-    assert set(pykka.ActorRegistry.get_all()) == before
+    assert left_running(before) == set()
 
 
 def test_open_says_why_its_first_actor_failed_though_many_more_failed_after_it(
@@ -410,7 +428,7 @@ def test_an_actor_whose_start_raises_a_base_exception_is_stopped_and_told(
                        rf"{error.__name__}: $"):
         JackpotEngine.open(db_path, settings=Settings(lock_timeout_ms=100, max_retry_attempts=0,
                                                       retry_delay_ms=1))
-    assert set(pykka.ActorRegistry.get_all()) == before  # no actor left registered
+    assert left_running(before) == set()  # no actor left registered
     # open() gives up once the error is told; the thread then ends with it
     # (the warning filtered above). Waited for here: ended later, it was
     # reported as the next test's unhandled thread exception.
@@ -588,7 +606,7 @@ def test_a_checkpointer_that_dies_while_the_engine_opens_is_a_storage_error(
     finally:
         gc.enable()
     assert leaked == []
-    assert set(pykka.ActorRegistry.get_all()) == before  # no thread left behind
+    assert left_running(before) == set()  # no thread left behind
 
 
 def test_a_replacement_actor_that_cannot_start_is_a_storage_error_then_recovers(
@@ -665,7 +683,7 @@ def test_a_replacement_whose_pykka_start_raises_is_a_storage_error(
         assert isinstance(raised.value.__cause__, RuntimeError)
         assert ("ERROR", "a stopped actor's replacement could not start", None,
                 "actor_restart_failed") in said
-        assert set(pykka.ActorRegistry.get_all()) == before
+        assert left_running(before) == set()
         assert engine.contribute("10", groups=groups, op_id="after").replayed is False
         assert "during" not in [r["op_id"] for r in read_ledger(db_path, "minor")]
         assert engine.verify().ok
@@ -1241,7 +1259,7 @@ def test_an_open_that_cannot_start_the_reaper_starts_nothing(
     before = set(pykka.ActorRegistry.get_all())
     with pytest.raises(RuntimeError, match="can't start new thread"):
         JackpotEngine.open(db_path)
-    assert set(pykka.ActorRegistry.get_all()) == before
+    assert left_running(before) == set()
 
 
 _DROPPED_AT_EXIT = """
@@ -1386,7 +1404,7 @@ def test_an_actor_restart_racing_close_leaves_no_actor_running(db_path: Path) ->
     # (was: under load, the registry still held them here, 1 run in 30).
     left = set(pykka.ActorRegistry.get_all()) - before
     assert all(ref.actor_stopped.wait(30) for ref in left)  # (unregistered before it is set)
-    assert set(pykka.ActorRegistry.get_all()) == before  # the replacement was stopped too
+    assert left_running(before) == set()  # the replacement was stopped too
     [result] = outcome  # applied, or refused with a JackpotError: nothing else
     assert not isinstance(result, BaseException) or isinstance(result, JackpotError), result
     with JackpotEngine.open(db_path) as again:
@@ -1537,7 +1555,7 @@ def test_an_os_error_while_the_engine_starts_is_a_storage_error_and_leaves_nothi
     with pytest.raises(StorageError, match=r"^the engine could not start: OSError: \[Errno 24\] "
                                            r"Too many open files$"):
         JackpotEngine.open(db_path)
-    assert set(pykka.ActorRegistry.get_all()) == before
+    assert left_running(before) == set()
 
 
 @pytest.mark.parametrize("groups", ["minor", ("major", "minor")], ids=["level", "coordinator"])
