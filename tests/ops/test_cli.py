@@ -1287,6 +1287,48 @@ def test_looking_does_not_wait_for_the_game_servers_write_lock(db: str) -> None:
             assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS)
+def test_looking_beside_a_directory_named_as_the_wal_says_so(
+        db: str, command: tuple[str, ...]) -> None:
+    """Was "unable to open database file (... needs its -shm file, which is missing ...)"."""
+    Path(f"{db}-wal").mkdir()
+    done = jackpot(*command, "--db", db)
+    wal = os.path.realpath(db) + "-wal"
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", (
+        f"jackpot: error: cannot open database {db!r}: its -wal {wal!r} is a directory, not a "
+        "file; SQLite needs that name for a file of its own, and this holds nothing of "
+        "SQLite's: move it out of the way\n"))
+
+
+def test_looking_by_a_link_at_a_wal_without_its_shm_in_a_closed_directory_says_why(
+        db: str, tmp_path: Path) -> None:
+    """The hint looked for the -wal beside the link, not beside the file SQLite opens."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run as another user")
+    shared = Path(tempfile.mkdtemp(prefix="jackpot-ro-"))  # reachable by another user
+    link = Path(f"{shared}-link.db")  # elsewhere: SQLite opens (and names) the file it names
+    try:
+        path = shared / "pools.db"
+        shutil.copy(db, path)
+        Path(f"{path}-wal").touch()  # a server has it open, and its -shm is gone
+        shared.chmod(0o555)  # (the reader cannot make one)
+        link.symlink_to(path)
+        as_reader = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                     if os.geteuid() == 0 else [])
+        src = str(Path(jackpot_module.__file__).parents[1])  # (this jackpot, from any directory)
+        done = subprocess.run([*as_reader, *CLI, "status", "--db", str(link)],
+                              capture_output=True, text=True, timeout=60, check=False,
+                              cwd="/", env={**os.environ, "PYTHONPATH": src})
+        assert (done.returncode, done.stderr) == (2, (
+            f"jackpot: error: cannot open database {str(link)!r}: unable to open database "
+            "file (reading a WAL database needs its -shm file, which is missing and cannot "
+            "be created here: read it as the user that writes it)\n"))
+    finally:
+        shared.chmod(0o755)
+        shutil.rmtree(shared)
+        link.unlink(missing_ok=True)
+
+
 def test_looking_needs_no_write_access(db: str) -> None:
     """A reader who may not write the file nor its directory still sees the pools."""
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
