@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -146,6 +147,10 @@ SERVICE_FILES = {
     "a value's own spaces": "[jp]\nconnect_timeout= 6\n",
     "an empty value": "[jp]\nconnect_timeout=\n",
     "a long line that fits": f"[jp]\nconnect_timeout=5\napplication_name={'x' * 1000}\n",
+    # libpq's lines are C strings: a NUL ends one (it was read on: "5\0..." refused
+    # as not a whole number, a line "\0..." as a syntax error, the service then undone).
+    "a NUL ends a line": "[jp]\nconnect_timeout=5\0 is what it says\n",
+    "a line that starts with a NUL is empty": "[jp]\n\0ignored\nconnect_timeout=5\n",
 }
 """Service files libpq reads (`PQconndefaults` says what it takes of them)."""
 
@@ -224,3 +229,37 @@ def test_a_bad_pgconnect_timeout_is_not_refused_where_the_service_sets_one(
 def test_a_url_that_names_a_service_is_described_with_it(url: str, said: str) -> None:
     # A URL whose service gives the host and database was shown as postgresql:///.
     assert postgres.describe(url) == said
+
+
+def test_a_line_is_read_in_libpq_s_pieces_not_whole(
+        tmp_path: Path, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpq reads a line 1023 bytes at a time and refuses one that fills them;
+    # it was read whole first (a PGSERVICEFILE naming a large file without
+    # newlines was read into memory whole). A pipe whose writer holds it open,
+    # after more than a line, shows that the reading stops where libpq's does.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("PGSERVICEFILE", str(fifo))
+    read, gave_up = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with fifo.open("wb") as f:
+            f.write(b"[jp]\nconnect_timeout=5\napplication_name=" + b"x" * 4096)
+            f.flush()
+            if not read.wait(timeout=30):  # (the old reading waited for the end of the line)
+                gave_up.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        service = _pg_service.read_service({"service": "jp"}, postgres._KEYWORDS)
+    finally:
+        read.set()
+        unblock = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # (a writer still opening it)
+        try:
+            writer.join()
+        finally:
+            os.close(unblock)
+    assert not gave_up.is_set()
+    assert service is None  # (refused, as REFUSED's "a line too long")
+

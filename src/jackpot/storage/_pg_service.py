@@ -15,10 +15,11 @@ file that defines the service is the only one read; within it, the first
 `[name]` group (a line starting `[name]`) up to the next group; the first
 value of a keyword wins; `key=value` exactly as written, but for the
 whitespace around the line (so "connect_timeout = 5" is a syntax error,
-which libpq refuses). A file libpq refuses (a syntax error, a nested service,
-an unknown keyword, a line too long, a `PGSERVICEFILE` that does not exist)
-or a service no file defines gives None: libpq then fails the connection and
-says why, naming the file and line.
+which libpq refuses), and up to the line's first NUL (a C string).
+A file libpq refuses (a syntax error, a nested service, an unknown keyword,
+a line too long, a `PGSERVICEFILE` that does not exist) or a service no
+file defines gives None: libpq then fails the connection and says why,
+naming the file and line.
 
 Where libpq's reading cannot be followed from here:
 - The system-wide directory without `PGSYSCONFDIR` is compiled into libpq,
@@ -32,9 +33,9 @@ Where libpq's reading cannot be followed from here:
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 try:
     import pwd as _pwd
@@ -140,10 +141,7 @@ def _read_group(path: str, group: bytes, keywords: Collection[str]) -> dict[str,
     settings: dict[str, str] | None = None  # (a dict once the group is found)
     try:
         with Path(path).open("rb") as f:
-            for raw in f:
-                if len(raw) >= _LINE_MAX:
-                    raise _RefusedError
-                line = raw.strip(_SPACE)
+            for line in _lines(f):
                 if not line or line.startswith(b"#"):
                     continue
                 if line.startswith(b"["):
@@ -161,6 +159,23 @@ def _read_group(path: str, group: bytes, keywords: Collection[str]) -> dict[str,
     except OSError:  # libpq: "service file not found"
         raise _RefusedError from None
     return settings
+
+
+def _lines(f: BinaryIO) -> Iterator[bytes]:
+    """Yield the lines of `f` as libpq reads them (`fgets` into 1024 bytes), stripped.
+
+    A line in pieces of at most 1023 bytes, each a C string (up to its first
+    NUL): nothing longer is read (a file without newlines was read whole).
+
+    Raises:
+        _RefusedError: a piece fills the 1023 bytes: libpq says "line too long".
+
+    """
+    while piece := f.readline(_LINE_MAX):
+        line = piece.partition(b"\0")[0]
+        if len(line) >= _LINE_MAX:
+            raise _RefusedError
+        yield line.strip(_SPACE)
 
 
 def _setting(line: bytes, keywords: Collection[str]) -> tuple[str, str]:
