@@ -231,6 +231,25 @@ def test_a_url_that_names_a_service_is_described_with_it(url: str, said: str) ->
     assert postgres.describe(url) == said
 
 
+@pytest.mark.parametrize("where", ["PGSERVICEFILE", "~/.pg_service.conf"])
+def test_a_per_user_file_that_is_a_directory_is_read_as_empty_as_libpq_does(
+        where: str, tmp_path: Path, write_service: WriteService,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpq's fopen of a directory succeeds and its first read ends it: no
+    # service there, and it goes on to the system-wide file. It was taken as
+    # refused, and the engine's 10 s undid the service's 4.
+    (tmp_path / "sysconf" / "pg_service.conf").write_text(
+        "[jp]\nconnect_timeout=4\n", encoding="utf-8")
+    if where == "PGSERVICEFILE":
+        monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "home"))
+    else:
+        (tmp_path / "home" / ".pg_service.conf").mkdir()
+    monkeypatch.setenv("PGSERVICE", "jp")
+    libpq = {o.keyword.decode(): o.val for o in psycopg.pq.Conninfo.get_defaults()}
+    assert libpq["connect_timeout"] == b"4"
+    assert postgres.network_defaults(URL)["connect_timeout"] == "4"
+
+
 def test_a_line_is_read_in_libpq_s_pieces_not_whole(
         tmp_path: Path, write_service: WriteService, monkeypatch: pytest.MonkeyPatch) -> None:
     # libpq reads a line 1023 bytes at a time and refuses one that fills them;

@@ -15,7 +15,8 @@ file that defines the service is the only one read; within it, the first
 `[name]` group (a line starting `[name]`) up to the next group; the first
 value of a keyword wins; `key=value` exactly as written, but for the
 whitespace around the line (so "connect_timeout = 5" is a syntax error,
-which libpq refuses), and up to the line's first NUL (a C string).
+which libpq refuses), and up to the line's first NUL (a C string); a
+per-user file that is a directory reads as empty (libpq's fopen takes it).
 A file libpq refuses (a syntax error, a nested service, an unknown keyword,
 a line too long, a `PGSERVICEFILE` that does not exist) or a service no
 file defines gives None: libpq then fails the connection and says why,
@@ -156,6 +157,8 @@ def _read_group(path: str, group: bytes, keywords: Collection[str]) -> dict[str,
                     break  # libpq asks an LDAP server (see the module's docstring)
                 keyword, value = _setting(line, keywords)
                 settings.setdefault(keyword, value)  # (the first one wins)
+    except IsADirectoryError:  # libpq opens it, and its first read ends it: read as empty
+        return None
     except OSError:  # libpq: "service file not found"
         raise _RefusedError from None
     return settings
