@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -282,3 +284,25 @@ def test_a_line_is_read_in_libpq_s_pieces_not_whole(
     assert not gave_up.is_set()
     assert service is None  # (refused, as REFUSED's "a line too long")
 
+
+def test_a_url_s_service_name_is_matched_as_libpq_gets_it_whatever_the_locale(
+        tmp_path: Path) -> None:
+    # psycopg passes the URL to libpq in UTF-8, and libpq matches [name] byte
+    # for byte; the name was encoded as a file name: in a process whose file
+    # names are ASCII (a C locale, UTF-8 mode off) "café" raised
+    # UnicodeEncodeError out of open(), and a Latin-1 one matched no group.
+    (tmp_path / "pg_service.conf").write_text(
+        "[café]\nconnect_timeout=4\n", encoding="utf-8")
+    script = (
+        "import sys\n"
+        "from jackpot.storage import postgres\n"
+        "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding()\n"
+        "print(postgres.network_defaults("
+        "'postgresql://app@db.invalid/jackpots?service=caf%C3%A9')['connect_timeout'])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LC_", "LANG"))}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0",
+               PGSERVICEFILE=str(tmp_path / "pg_service.conf"),
+               PGSYSCONFDIR=str(tmp_path), PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "4\n", "")

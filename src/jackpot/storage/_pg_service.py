@@ -67,10 +67,12 @@ def read_service(given: Mapping[str, object], keywords: Collection[str]) -> Serv
     syntax error to libpq). None: no service is named, or libpq will
     refuse it (see the module's docstring).
     """
-    name = given["service"] if "service" in given else os.environ.get("PGSERVICE")
+    name = str(given["service"]) if "service" in given else os.environ.get("PGSERVICE")
     if name is None:
         return None
-    group = os.fsencode(str(name))
+    # Matched byte for byte as libpq gets it: the URL's in UTF-8 (psycopg passes it
+    # so), PGSERVICE's as the environment holds it (whatever the locale's encoding).
+    group = name.encode() if "service" in given else os.fsencode(name)
     # (Joined and tested as libpq does: "%s/%s", then stat. A PGSERVICEFILE that
     # does not exist is not passed over: libpq refuses it.)
     user_file = os.environ.get("PGSERVICEFILE")
