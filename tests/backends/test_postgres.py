@@ -401,7 +401,7 @@ def test_a_bad_url_fails_at_open_without_showing_the_password() -> None:
     assert "s3cret" not in str(info.value)
 
 
-@pytest.mark.parametrize("value", ["abc", "5s", "5.5", "%20s3cret"])
+@pytest.mark.parametrize("value", ["abc", "5s", "5.5", "%20s3cret", "5%1C"])
 def test_a_bad_connect_timeout_in_the_url_fails_at_open_naming_it(value: str) -> None:
     # The first, direct connection of a URL overrode its connect_timeout, so a
     # bad one passed it; every connection the pool then made failed on it, and

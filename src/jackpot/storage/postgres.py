@@ -296,7 +296,10 @@ def _misread(url: str) -> bool:
 
 
 _PORTS = re.compile(r"[0-9,]*")
-_SECONDS = re.compile(r"\s*[+-]?[0-9]+\s*")  # a connect_timeout libpq reads (psycopg too)
+_SECONDS = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*")
+"""A connect_timeout libpq reads (psycopg too): spaces as C's isspace, which libpq
+skips around it. (Python's \\s takes \\x1c to \\x1f too, which psycopg refuses with
+its own message, quoting the value.)"""
 
 
 def _malformed(url: str) -> str:
