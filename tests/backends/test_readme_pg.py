@@ -1,9 +1,8 @@
 """The README's PostgreSQL block runs against the test server (tests/test_readme.py runs the rest).
 
-The block is a fragment of the README: it uses `Decimal` and `JackpotEngine`
-from the quickstart's imports, and a server URL, here the test server's, in a
-schema of its own picked the way the README says
-(`?options=-csearch_path%3D...`).
+The block imports what it uses, as a reader who pastes it alone needs; its
+server URL is replaced by the test server's, in a schema of its own picked the
+way the README says (`?options=-csearch_path%3D...`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ def test_the_postgresql_block_runs_on_a_server() -> None:
     assert WRITTEN in block.text
     with fresh_schema_named(PG_URL) as schema:
         url = with_search_path(PG_URL, schema)  # ?options=-csearch_path%3D<schema>
-        namespace = {"Decimal": Decimal, "JackpotEngine": JackpotEngine}
+        namespace: dict[str, object] = {}  # (nothing lent: the block imports its names)
         exec(block.code(block.text.replace(WRITTEN, url)), namespace)
         with JackpotEngine.open(url) as engine:
             report = engine.verify()
