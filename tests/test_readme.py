@@ -351,3 +351,26 @@ def test_the_lists_the_readme_gives_are_the_codes() -> None:
     for yes, no in zip(words[::2], words[1::2], strict=True):
         assert Settings.from_env({"JACKPOT_ENABLE_METRICS": yes}).enable_metrics is True
         assert Settings.from_env({"JACKPOT_ENABLE_METRICS": no}).enable_metrics is False
+
+
+def test_the_oldest_versions_the_readme_names_are_the_floors_pyproject_allows() -> None:
+    """"The oldest versions `pyproject.toml` allows (...)": each one named is its floor.
+
+    The list once named psycopg 3.1.20, the oldest tried, where pyproject
+    allows 3.1 on: a reader took the versions in between for tested.
+    """
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for spec in [*project["dependencies"],
+                 *(s for extra in project["optional-dependencies"].values() for s in extra)]:
+        found = re.fullmatch(r"([\w-]+)(?:\[\w+\])?>=([\d.]+)(?:,.*)?", spec.replace(" ", ""))
+        assert found is not None, spec
+        floors[found[1].lower()] = tuple(int(n) for n in found[2].split("."))
+    named = _said(r"passes with the oldest versions `pyproject.toml` allows \((.*?);")
+    versions = [item.split() for item in named.split(", ")]
+    assert len(versions) >= 6
+    for name, version in versions:
+        floor = floors[name.lower()]
+        numbers = tuple(int(n) for n in version.split("."))
+        assert numbers[len(floor):] == (0,) * (len(numbers) - len(floor)), version
+        assert numbers[:len(floor)] == floor, (name, version, floor)
