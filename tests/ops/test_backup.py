@@ -761,6 +761,24 @@ def test_a_backup_to_a_name_too_long_for_its_journal_is_refused_saying_so(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, target.name])
 
 
+def test_a_backup_to_a_name_too_long_for_its_directory_is_refused_saying_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A name longer than the directory takes at all (260 bytes of 255): looking for a
+    link there raised ENAMETOOLONG, and the command ended with "File name too long"
+    and exit status 1 (the system refused), where the README has it refused with 2."""
+    source = tmp_path / "pools.db"
+    JackpotEngine.open(source).close()
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    target = tmp_path / ("c" * (longest + 5 - len(".db")) + ".db")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, out, err = _backup(capsys, str(target), "--db", str(source))
+    assert (status, out) == (2, "")
+    assert err == (f"jackpot: error: {str(target)!r} is too long a name for a backup: the "
+                   "copy is made under it and '.partial', with a '.partial-journal' beside "
+                   f"it (SQLite's), and {longest} bytes is the longest name there\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_a_backup_under_a_umask_that_takes_its_owners_write_bit_is_taken(
         tmp_path: Path) -> None:
     """`umask 0277` (files for their owner to read only): the copy was made 0400, so
