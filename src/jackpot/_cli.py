@@ -220,10 +220,14 @@ def _path(opts: Options, *, must_exist: bool = True) -> str:
         msg = "no database given: pass --db PATH or set JACKPOT_DB"
         raise CommandError(msg)
     check_path(opts.db)  # (":memory:" would otherwise be told to `jackpot init` itself)
-    if "://" not in opts.db and Path(opts.db).is_dir():  # click's own check named --db alone
+    # os.path's isdir and isfile, not Path's: those raise on a name longer than the directory
+    # takes (ENAMETOOLONG, Python < 3.13), which ended the command as "File name too long"
+    # with status 1 (the system refused) for what is a bad argument: a file that does not
+    # exist. (Not click's own check either: it named --db alone.)
+    if "://" not in opts.db and os.path.isdir(opts.db):  # noqa: PTH112 - see above
         msg = f"{opts.db!r} is a directory: --db (or JACKPOT_DB) names the database file"
         raise CommandError(msg)
-    if must_exist and "://" not in opts.db and not Path(opts.db).is_file():
+    if must_exist and "://" not in opts.db and not os.path.isfile(opts.db):  # noqa: PTH113
         # Quoted for a shell; a name with control characters is not printed raw.
         shown = shlex.quote(opts.db) if opts.db.isprintable() else "PATH"
         msg = f"database {opts.db!r} does not exist: create it with `jackpot init --db {shown}`"
@@ -444,7 +448,8 @@ def init(*, levels: tuple[str, ...], db: str | None, as_json: bool | None) -> No
     opts = _options(db, as_json)
     groups = [_parse_level(spec) for spec in levels] or None
     path = _path(opts, must_exist=False)
-    if not is_database_url(path) and not Path(path).parent.is_dir():  # SQLite: "unable to open"
+    # (SQLite would say "unable to open"; os.path.isdir: see _path.)
+    if not is_database_url(path) and not os.path.isdir(Path(path).parent):  # noqa: PTH112
         msg = f"cannot create database {path!r}: no directory {str(Path(path).parent)!r}"
         raise CommandError(msg)
     before = _existing_levels(path)
@@ -465,7 +470,7 @@ def init(*, levels: tuple[str, ...], db: str | None, as_json: bool | None) -> No
 
 def _existing_levels(path: str) -> set[str]:
     """Return the levels the database already has (none when it is new or empty)."""
-    if not is_database_url(path) and not Path(path).is_file():
+    if not is_database_url(path) and not os.path.isfile(path):  # noqa: PTH113 - see _path
         return set()
     store = _reader(path, Settings.from_env())  # refuses a file that is not ours
     try:

@@ -1124,6 +1124,31 @@ def test_bad_arguments_get_one_line_and_status_2(db: str, tmp_path: Path, args: 
     assert done.stderr == f"jackpot: error: {message.format(**fill)}\n"
 
 
+@pytest.mark.parametrize("args", [("status",), ("verify",), ("win", "minor"), ("metrics",),
+                                  ("init",), ("health", "--json")])
+def test_a_database_name_longer_than_its_directory_takes_is_a_file_that_does_not_exist(
+        tmp_path: Path, args: tuple[str, ...]) -> None:
+    """--db with a name of 300 bytes (the directory takes 255): Path.is_dir raised
+    ENAMETOOLONG, and every command ended with "File name too long" and status 1 (the
+    system refused), where the README has a missing file refused with 2 (health: a
+    report, failing, 1)."""
+    assert os.pathconf(tmp_path, "PC_NAME_MAX") < 300
+    path = str(tmp_path / ("n" * 297 + ".db"))
+    done = jackpot(*args, "--db", path)
+    assert "File name too long" not in done.stderr
+    if args[0] == "health":
+        assert (done.returncode, done.stderr) == (1, "")
+        assert json.loads(done.stdout)["checks"]["database"] == {
+            "status": "failing", "detail": f"database file {path!r} does not exist"}
+        return
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("jackpot: error: " + (
+        f"cannot open database {path!r}: unable to open database file" if args == ("init",)
+        else f"database {path!r} does not exist: create it with `jackpot init --db {path}`")
+        + "\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [
     ("win", "nope"), ("contribute", "5", "--level", "minor", "--level", "nope"),
     ("config", "nope", "cap=500"), ("suspend", "nope", "--reason", "r"),
