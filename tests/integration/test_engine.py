@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -479,10 +480,27 @@ def test_open_of_a_name_the_file_system_cannot_look_up_is_a_storage_error(
     """Asking the file system why SQLite failed may fail too (a name too long, a folder
     the user may not search): that was an OSError instead of the StorageError."""
     path = tmp_path / f"{'x' * 300}.db"  # past any file system's 255-byte name
-    with pytest.raises(StorageError, match=r"^cannot open database '.+\.db': unable to open "
-                                           r"database file$"):
+    with pytest.raises(StorageError, match=r"^cannot open database '.+\.db': its name is too "
+                                           r"long \(SQLite makes its -journal file beside "
+                                           r"it\): \d+ bytes is the longest name there"):
         JackpotEngine.open(path, settings=Settings())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("over", [0, 7])  # (the name alone fits; its -journal is 8 bytes longer)
+def test_open_of_a_name_too_long_for_its_journal_makes_nothing_and_says_so(
+        tmp_path: Path, over: int) -> None:
+    """A name of 248-255 bytes (of 255): SQLite made the file, empty, then failed at its
+    -journal with only "unable to open database file", leaving the empty file behind."""
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    path = tmp_path / ("y" * (longest - len("-journal") + 1 + over - len(".db")) + ".db")
+    with pytest.raises(StorageError, match=(
+            f"its name is too long \\(SQLite makes its -journal file beside it\\): {longest} "
+            "bytes is the longest name there; give the database a shorter name$")):
+        JackpotEngine.open(path, settings=Settings())
+    assert list(tmp_path.iterdir()) == []
+    shorter = tmp_path / ("y" * (longest - len("-journal") - len(".db")) + ".db")
+    JackpotEngine.open(shorter, settings=Settings()).close()  # (the longest that opens)
 
 # -- closing ----------------------------------------------------------------------------
 

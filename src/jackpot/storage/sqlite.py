@@ -260,6 +260,11 @@ class SQLiteStore(Store):
         self._stamp: tuple[int, int, int] | None = None  # the file as an immutable read found it
         self._guard: FileGuard | None = None  # a writing connection's files (see _files)
         self._mark: ReaderMark | None = None  # a reader's, through the -shm (see _files)
+        # A new file is made in a transaction with a -journal beside it (an existing
+        # one is in WAL mode: its -wal and -shm are shorter names).
+        if (not read_only and not os.path.exists(self._sides)
+                and (too_long := _name_too_long(path, "-journal", sides=self._sides))):
+            raise StorageError(too_long)  # (before SQLite makes the file)
         try:
             self.conn = self._connect(path, create=create and not read_only)
             self.conn.set_busy_handler(self._on_busy)
@@ -1684,6 +1689,27 @@ def _descriptor_limit() -> str:
     return "no more" if soft == _resource.RLIM_INFINITY else f"{soft:,} (`ulimit -n`)"
 
 
+def _name_too_long(path: str, suffix: str, *, sides: str | None = None) -> str | None:
+    """Say why `path` (with `suffix`, SQLite's file beside it) is too long a name, if it is.
+
+    SQLite says only "unable to open database file"; and a writer's name
+    within 8 bytes of the limit opened (the file made, empty) and then
+    failed at its `-journal`. `sides`: the name SQLite gives the file
+    (`_named_by_sqlite`: a link's target), whose side files are measured;
+    `path` by default.
+    """
+    named = path if sides is None else sides
+    try:
+        longest = os.pathconf(Path(named).parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # (no such directory: said otherwise; no such limit)
+        return None
+    if len(os.fsencode(Path(named).name + suffix)) <= longest:
+        return None
+    beside = f" (SQLite makes its {suffix} file beside it)" if suffix else ""
+    return (f"cannot open database {path!r}: its name is too long{beside}: {longest} bytes "
+            "is the longest name there; give the database a shorter name")
+
+
 def _why_not_opened(path: str, e: apsw.Error, *, sides: str, create: bool, read_only: bool,
                     out_of_descriptors: bool) -> str:
     """Say why SQLite could not open `path`, where its own message does not.
@@ -1695,6 +1721,8 @@ def _why_not_opened(path: str, e: apsw.Error, *, sides: str, create: bool, read_
     """
     msg = f"cannot open database {path!r}: {e}"
     try:
+        if (too_long := _name_too_long(path, "")) is not None:  # (cannot be looked up)
+            return too_long
         odd = _odd_side_file(sides)
         if not create and not Path(path).exists():
             msg = f"cannot open database {path!r}: it does not exist"
