@@ -502,6 +502,25 @@ def test_open_of_a_name_too_long_for_its_journal_makes_nothing_and_says_so(
     shorter = tmp_path / ("y" * (longest - len("-journal") - len(".db")) + ".db")
     JackpotEngine.open(shorter, settings=Settings()).close()  # (the longest that opens)
 
+def test_an_existing_database_of_such_a_name_opens(tmp_path: Path) -> None:
+    """Only a new file needs a -journal: an existing one is in WAL mode, whose -wal and
+    -shm names fit; and a link is measured by its target's name, which SQLite uses."""
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    made = tmp_path / "made.db"
+    with JackpotEngine.open(made, settings=Settings()) as engine:
+        engine.contribute("10", groups="minor", op_id="bet-1")
+    long_name = tmp_path / ("y" * (longest - len("-shm") - len(".db")) + ".db")
+    made.rename(long_name)
+    with JackpotEngine.open(long_name, settings=Settings()) as engine:
+        assert engine.contribute("10", groups="minor", op_id="bet-2").versions == {"minor": 3}
+    link = tmp_path / ("l" * (longest - len(".db")) + ".db")  # (no room for a -journal)
+    short = tmp_path / "short.db"
+    link.symlink_to(short)
+    with JackpotEngine.open(link, settings=Settings()) as engine:  # (made as short.db)
+        assert engine.contribute("10", groups="minor", op_id="bet-1").versions == {"minor": 2}
+    assert short.is_file()
+
+
 # -- closing ----------------------------------------------------------------------------
 
 def test_calls_after_close_raise_engine_closed(engine: JackpotEngine) -> None:

@@ -261,8 +261,9 @@ class SQLiteStore(Store):
         self._guard: FileGuard | None = None  # a writing connection's files (see _files)
         self._mark: ReaderMark | None = None  # a reader's, through the -shm (see _files)
         # A new file is made in a transaction with a -journal beside it (an existing
-        # one is in WAL mode: its -wal and -shm are shorter names).
-        if (not read_only and not os.path.exists(self._sides)
+        # one is in WAL mode: its -wal and -shm are shorter names). os.path.exists:
+        # Path's raises on a name too long (Python < 3.13).
+        if (not read_only and not os.path.exists(self._sides)  # noqa: PTH110 - see above
                 and (too_long := _name_too_long(path, "-journal", sides=self._sides))):
             raise StorageError(too_long)  # (before SQLite makes the file)
         try:
