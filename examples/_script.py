@@ -1,14 +1,43 @@
-"""How every example script ends: its verdict, a reader that left, or Ctrl-C.
+"""How every example script ends: its verdict, a reader that left, Ctrl-C, or a --db refused.
 
 Not an example itself: each script's `if __name__ == "__main__":` block calls
-`run_script(main)`, where `main` raises SystemExit with the audit's verdict.
+`run_script(main)`, where `main` raises SystemExit with the audit's verdict,
+and each opens the engine on its --db inside `opening_db`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from jackpot import StorageError
+
+
+class DatabaseRefusedError(Exception):
+    """The engine refused to open the database named with --db: a bad argument."""
+
+
+@contextmanager
+def opening_db(path: Path, *, given: bool) -> Iterator[None]:
+    """Around the engine's open of `path`: refused, a --db given is a bad argument.
+
+    The scripts check --db before they start (an existing file, a missing
+    directory); what the engine then refuses to open (a name too long for the
+    directory, a directory it may not write) was a traceback with status 1.
+    `run_script` ends it as argparse ends a bad argument: one line, status 2.
+    Only the open: a failure later in the run is not the argument's fault and
+    stays what it is; nor is a temporary file's (`given` False) the user's.
+    """
+    try:
+        yield
+    except StorageError as e:
+        if not given:
+            raise
+        msg = f"--db {path}: {e}"
+        raise DatabaseRefusedError(msg) from e
 
 
 def run_script(main: Callable[[], None]) -> None:
@@ -20,6 +49,11 @@ def run_script(main: Callable[[], None]) -> None:
             if sys.stdout is not None:  # (None: started without one, `>&-`)
                 sys.stdout.flush()  # what is still buffered: a closed pipe found here, not at exit
             raise
+    except DatabaseRefusedError as e:
+        # As argparse's parser.error ends a bad argument, less its usage lines:
+        # `<prog>: error: <message>` and status 2 (opening_db above).
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
     except BrokenPipeError:
         # The reader left early (`... | head`): stop quietly, as a program the
         # pipe's SIGPIPE ends does (141 = 128 + SIGPIPE), not with a traceback;

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from jackpot import AsyncJackpotEngine, JackpotEngine, VerifyReport
+from jackpot import AsyncJackpotEngine, JackpotEngine, StorageError, VerifyReport
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -91,7 +91,7 @@ def test_the_game_servers_players_never_overflow_its_listening_socket(
     monkeypatch.setattr(asyncio, "open_connection", opened)
     monkeypatch.setattr(asyncio, "start_server", listening)
     monkeypatch.setattr(game.GameServer, "handle", handled)
-    assert asyncio.run(game.main_async(tmp_path / "s.db", 1000, 1))
+    assert asyncio.run(game.main_async(tmp_path / "s.db", 1000, 1, kept=False))
     assert counts["opened"] == counts["handled"] == 1000
     assert counts["most_waiting"] <= backlogs[0]  # 215-383 when all 1,000 came at once
 
@@ -283,6 +283,9 @@ def test_casino_floor(tmp_path: Path) -> None:
 
 
 def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    if name != "_script.py":  # each example imports examples/_script.py as `_script`
+        # (by its file, not sys.path: benchmarks/ has a _script module of its own)
+        monkeypatch.setitem(sys.modules, "_script", _load("_script.py", monkeypatch))
     spec = importlib.util.spec_from_file_location(f"example_{name.removesuffix('.py')}",
                                                   EXAMPLES / name)
     assert spec is not None
@@ -402,7 +405,7 @@ def _counts_played(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch) 
         played.append(tuple(c for c in counts if isinstance(c, int)))
         return True
 
-    async def note_async(_path: Path, *counts: int) -> bool:
+    async def note_async(_path: Path, *counts: int, **_kw: bool) -> bool:
         return note(*counts)
 
     if name == "asyncio_game_server.py":
@@ -625,3 +628,73 @@ def test_an_example_interrupted_by_ctrl_c_says_so_in_one_line(tmp_path: Path, na
     assert first.strip()
     assert (status, err) == (
         130, "interrupted (Ctrl-C): each operation sent was committed whole or not at all\n")
+
+
+def _refused_db(case: str, tmp_path: Path) -> Path:
+    """A --db path that passes the scripts' own checks and that the engine refuses, even as root."""
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")  # 255 on the usual file systems
+    if case == "name too long":  # (Path.exists raised ENAMETOOLONG on it before Python 3.13)
+        return tmp_path / ("n" * (name_max + 42) + ".db")
+    if case == "no room for -journal":  # fits, but SQLite's name-journal beside it would not
+        return tmp_path / ("n" * (name_max - 8) + ".db")
+    return Path("/proc/x.db")  # a directory no one may create files in, root neither
+
+
+@pytest.mark.parametrize("case", ["name too long", "no room for -journal", "unwritable directory"])
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py", "casino_floor.py",
+                                  "operator_console.py"])
+def test_a_db_the_engine_refuses_to_open_is_one_line_and_status_2(tmp_path: Path, name: str,
+                                                                 case: str) -> None:
+    """The scripts check --db for an existing file and a missing directory, but what
+    the engine itself then refused to open ended in a StorageError traceback with
+    status 1 (a 300-byte name: an OSError traceback from the existence check itself).
+    A bad argument: one line, `<prog>: error: --db PATH: <the engine's message>`, and 2."""
+    db = _refused_db(case, tmp_path)
+    with pytest.raises(StorageError) as refused:  # the engine's own refusal, and its words
+        JackpotEngine.open(db)
+    assert list(tmp_path.iterdir()) == []
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick", "--db", str(db)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in done.stderr
+    assert (done.returncode, done.stderr) == (2, f"{name}: error: --db {db}: {refused.value}\n")
+    assert "audit" not in done.stdout
+    assert list(tmp_path.iterdir()) == []  # no file, no chart, no -journal left behind
+
+
+@pytest.mark.parametrize("when", ["open without --db", "after the open of --db"])
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py", "casino_floor.py",
+                                  "operator_console.py"])
+def test_only_the_open_of_a_given_db_is_a_usage_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, when: str) -> None:
+    """A temporary file the engine refuses, or a failure once the engine is open, is not
+    a bad --db: the StorageError goes on as it is (a traceback, status 1), not as status 2."""
+    example = _load(name, monkeypatch)
+    failed = StorageError("disk I/O error")
+
+    def refuse(*_args: object, **_kwargs: object) -> JackpotEngine:
+        raise failed
+
+    async def refuse_async(*_args: object, **_kwargs: object) -> AsyncJackpotEngine:
+        raise failed
+
+    def fail_on_enter(engine: JackpotEngine) -> JackpotEngine:
+        engine.close()
+        raise failed
+
+    async def fail_on_aenter(engine: AsyncJackpotEngine) -> AsyncJackpotEngine:
+        await engine.close()
+        raise failed
+
+    args = [name, "--quick"]
+    if when == "open without --db":
+        monkeypatch.setattr(JackpotEngine, "open", refuse)
+        monkeypatch.setattr(AsyncJackpotEngine, "open", refuse_async)
+    else:
+        args += ["--db", str(tmp_path / "kept.db")]
+        monkeypatch.setattr(JackpotEngine, "__enter__", fail_on_enter)
+        monkeypatch.setattr(AsyncJackpotEngine, "__aenter__", fail_on_aenter)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(StorageError) as raised:
+        example.main()
+    assert raised.value is failed
