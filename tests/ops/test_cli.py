@@ -26,6 +26,7 @@ import click
 import pytest
 
 import jackpot as jackpot_module
+from _helpers import skip_outside_ci
 from jackpot import GroupConfig, JackpotEngine, cli
 from jackpot.storage.schema import MIGRATIONS
 
@@ -1331,7 +1332,7 @@ def test_looking_by_a_link_at_a_wal_without_its_shm_in_a_closed_directory_says_w
         db: str, tmp_path: Path) -> None:
     """The hint looked for the -wal beside the link, not beside the file SQLite opens."""
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv to run as another user")
+        skip_outside_ci("needs setpriv to run as another user")
     shared = Path(tempfile.mkdtemp(prefix="jackpot-ro-"))  # reachable by another user
     link = Path(f"{shared}-link.db")  # elsewhere: SQLite opens (and names) the file it names
     try:
@@ -1359,7 +1360,7 @@ def test_looking_by_a_link_at_a_wal_without_its_shm_in_a_closed_directory_says_w
 def test_looking_needs_no_write_access(db: str) -> None:
     """A reader who may not write the file nor its directory still sees the pools."""
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv to run as another user")
+        skip_outside_ci("needs setpriv to run as another user")
     shared = Path(tempfile.mkdtemp(prefix="jackpot-ro-"))  # reachable by another user
     try:
         path = shared / "pools.db"
@@ -1435,7 +1436,7 @@ def test_looking_at_a_database_no_writer_has_opened_leaves_no_file_beside_it(
 
 def test_health_of_a_file_this_user_may_not_write_is_failing(db: str) -> None:
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv to run as another user")
+        skip_outside_ci("needs setpriv to run as another user")
     shared = Path(tempfile.mkdtemp(prefix="jackpot-ro-"))
     try:
         path = shared / "pools.db"

@@ -22,7 +22,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from _helpers import HANG, hold, in_thread, run_python, track_stores
+from _helpers import HANG, hold, in_thread, run_python, skip_outside_ci, track_stores
 from jackpot import (
     GroupConfig,
     HealthCheck,
@@ -767,7 +767,7 @@ with JackpotEngine.open(path, settings=quiet) as engine:
 def test_a_file_made_unwritable_under_a_serving_engine_is_degraded_not_failing() -> None:
     """Failing would have a supervisor restart a process that serves into one that cannot."""
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("needs setpriv to run as another user")  # root may write any file
+        skip_outside_ci("needs setpriv to run as another user")  # root may write any file
     shared = Path(tempfile.mkdtemp(prefix="jackpot-ro-"))
     try:
         shared.chmod(0o777)
