@@ -1,18 +1,17 @@
-"""PENDING (bug): a storage error while a level's actor reloads for a coordinator is swallowed.
+"""A storage error while a level is read afresh for a multi-level write is a prompt StorageError.
 
-Belongs in tests/faults/test_fault_injection.py once fixed. Fails on bec6f22:
-after a single-level StorageError drops the level's cache, PoolActor.hold()
-reloads it with store.load_level() outside any error handling; the raw APSW
-error ends in the (unread) future of the proxy call, the coordinator waits its
-whole lock_timeout_ms for a grant that never comes, counts a busy incident and
-retries. One failing read costs lock_timeout_ms (5 s by default); a failing
-disk ends, after (retries + 1) x lock_timeout_ms, in LockTimeoutError ("could
-not hold levels") instead of StorageError.
+The bug (fixed in d6687ec): after a single-level StorageError dropped the
+level's cache, the pool actor reloaded it for the coordinator's hold outside
+any error handling; the raw APSW error ended in an unread future, the
+coordinator waited its whole lock_timeout_ms for a grant that never came,
+counted a busy incident and retried. A failing disk ended, after
+(retries + 1) x lock_timeout_ms, in LockTimeoutError instead of StorageError.
+Now the coordinator reads such a level in its own transaction. What shows
+it here is the outcome and the counters, not the time taken.
 """
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -57,16 +56,17 @@ def test_a_failing_reload_for_a_multi_level_write_is_a_prompt_storage_error(
         with pytest.raises(StorageError):  # drops minor's cached state
             engine.contribute(Decimal(10), groups="minor", op_id="op-1")
         failing["prefix"], failing["once"] = "SELECT name", not persistent  # the reloads
-        started = time.monotonic()
         try:
-            engine.contribute(Decimal(10), groups=("major", "minor"), op_id="op-2")
-        except StorageError:
-            pass  # reported as what it is: fine (a LockTimeoutError is not)
+            with pytest.raises(StorageError, match="injected: SELECT name"):
+                engine.contribute(Decimal(10), groups=("major", "minor"), op_id="op-2")
         finally:
             failing["prefix"] = None
-        elapsed = time.monotonic() - started
         # Nothing held a lock: an I/O error is not lock contention, and it is
-        # reported (or recovered from) at once, not after lock_timeout_ms.
-        assert engine.stats.snapshot()["busy_incidents"] == 0
-        assert elapsed < LOCK_TIMEOUT_MS / 1000 / 2, f"stalled {elapsed:.2f} s"
+        # reported at once, not after lock_timeout_ms and retries.
+        snapshot = engine.stats.snapshot()
+        assert (snapshot["busy_incidents"], snapshot["lock_timeouts"]) == (0, 0)
+        before = engine.pools()
+        again = engine.contribute(Decimal(10), groups=("major", "minor"), op_id="op-2")
+        assert not again.replayed  # it changed nothing the first time: applied now, once
+        assert again.versions == {n: before[n].version + 1 for n in ("major", "minor")}
         assert engine.verify().ok
