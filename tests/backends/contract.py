@@ -549,7 +549,7 @@ class BackendContract:
                 other.update_level(replace(level, version=2), expected_version=1)
             waited = time.monotonic() - started
             assert store.update_level(replace(level, version=2, amount=7), expected_version=1)
-        assert 0.29 <= waited < 2.0
+        assert waited >= 0.29  # it waited (from below only: a loaded machine only adds)
         assert store.load_level("minor") == replace(level, version=2, amount=7)
 
     # -- the engine on this backend -------------------------------------------
@@ -686,12 +686,16 @@ class BackendContract:
         engine = make_engine(lock_timeout_ms=400)
         engine.contribute(Decimal(10), groups="minor", op_id="before")
         before = snapshot(make_store())
+        counts = engine.stats.snapshot()
         with self.hold_level_lock(target, "minor"):
             started = time.monotonic()
             with pytest.raises(LockTimeoutError):
                 engine.process_win("minor", op_id="blocked")
             waited = time.monotonic() - started
-        assert 0.39 <= waited < 3.0
+        assert waited >= 0.39  # it waited (from below only: a loaded machine only adds)
+        after = engine.stats.snapshot()  # one wait of the lock timeout, not retried
+        assert {k: after[k] - counts[k] for k in ("lock_timeouts", "retries")
+                } == {"lock_timeouts": 1, "retries": 0}
         assert snapshot(make_store()) == before
         assert engine.process_win("minor", op_id="blocked").amount == Decimal("100.05")
 
