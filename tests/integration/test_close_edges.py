@@ -372,6 +372,42 @@ def test_reads_do_not_wait_for_a_long_verify(
         engine.close()
 
 
+class _QueueingLock:
+    """The engine's verify lock, counting the threads that found it held and wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self.waiting = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        with self._cond:
+            self.waiting += 1
+            self._cond.notify_all()
+        try:
+            return self._lock.acquire(timeout=timeout)
+        finally:
+            with self._cond:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+    def wait_for_waiters(self, n: int) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.waiting == n, HANG)
+
+
 def test_overlapping_verifies_hold_one_connection_not_one_each(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each verify() opened a connection of its own and held it for the whole audit.
@@ -396,11 +432,14 @@ def test_overlapping_verifies_hold_one_connection_not_one_each(
     engine = JackpotEngine.open(db_path)
     monkeypatch.setattr(engine_module, "_store", store)
     monkeypatch.setattr(engine_module, "audit", slow_audit)
+    queue = _QueueingLock()
+    monkeypatch.setattr(engine, "_verify_lock", queue)
     try:
         started = [in_thread(engine.verify) for _ in range(3)]
         assert inside.wait(HANG)
-        for thread, _ in started:
-            thread.join(0.3)  # time for the others to connect, were they going to
+        # The other two wait for the running audit (not a pause that hopes
+        # they would have connected by now, were they going to).
+        assert queue.wait_for_waiters(2), "the other audits did not wait for the running one"
         assert len(opened) == 1
         finish.set()
         for thread, _ in started:
