@@ -595,11 +595,22 @@ def test_close_waits_for_an_operation_in_flight(engine: JackpotEngine,
     worker, results = in_thread(
         lambda: engine.contribute(Decimal(2), groups="minor", op_id="in-flight"))
     assert entered.wait(10)
+    waiting = threading.Event()
+    wait_for = engine._cond.wait_for
+
+    def noting_wait(predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        if not predicate():
+            waiting.set()  # close() waits for the call in flight
+        return wait_for(predicate, timeout)
+
+    monkeypatch.setattr(engine._cond, "wait_for", noting_wait)
     closer = threading.Thread(target=engine.close)
     closer.start()
-    closer.join(0.2)  # close() must still be waiting for the operation
-    closed_early = not closer.is_alive()
-    release.set()
+    try:
+        assert waiting.wait(10), "close() did not wait for the operation in flight"
+        closed_early = not closer.is_alive()  # (it cannot end before `release`)
+    finally:
+        release.set()
     worker.join(10)
     closer.join(10)
     assert not closed_early
