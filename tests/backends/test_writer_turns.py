@@ -92,8 +92,17 @@ def test_a_writer_waits_for_its_turn_no_longer_than_the_lock_timeout(tmp_path: P
         assert engine.verify().ok
 
 
-def test_a_killed_holder_frees_the_turn(tmp_path: Path) -> None:
+def test_a_killed_holder_frees_the_turn(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "pools.db"
+    wants = threading.Event()
+    start_helper = WriterTurns._start_helper
+
+    def noting_start(self: WriterTurns) -> None:
+        wants.set()  # the turn was taken: this writer waits for it
+        start_helper(self)
+
+    monkeypatch.setattr(WriterTurns, "_start_helper", noting_start)
     with JackpotEngine.open(db) as engine:  # lock timeout 5 s: the kill comes first
         with held_by_another_process(db) as holder:
             done = threading.Event()
@@ -105,7 +114,8 @@ def test_a_killed_holder_frees_the_turn(tmp_path: Path) -> None:
 
             waiter = threading.Thread(target=bet)
             waiter.start()
-            assert not done.wait(0.2)  # it waits for the turn the child holds
+            assert wants.wait(30), "the bet did not wait for the turn the child holds"
+            assert not done.is_set()  # (nor can it end before the kill)
             holder.send_signal(signal.SIGKILL)
             waiter.join(30)
             assert done.is_set()
