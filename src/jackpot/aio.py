@@ -319,9 +319,19 @@ class AsyncJackpotEngine:
         Runs in a thread of its own, not the default thread pool: audits run
         one at a time (`JackpotEngine.verify`), and calls waiting their turn
         there would hold the pool's threads that every other read of the
-        loop needs.
+        loop needs. Cancelled while it waits its turn, it runs no audit (as
+        a call still queued in the pool would not run); once its audit has
+        started, that audit runs to its end.
         """
-        return await _in_own_thread("jackpot-verify", self._engine.verify)
+        gone = threading.Event()
+        try:
+            report = await _in_own_thread("jackpot-verify", self._engine._verify,  # noqa: SLF001
+                                          lambda: not gone.is_set())
+        except asyncio.CancelledError:
+            gone.set()
+            raise
+        assert report is not None  # (None only once this caller is gone)
+        return report
 
     async def health(self) -> HealthReport:
         """Check the database, the actors and the recent lock, conflict and error rates.

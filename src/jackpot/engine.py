@@ -757,11 +757,24 @@ class JackpotEngine:
         the pool the actors draw from) for its whole run, so calls that
         overlap wait for the one running rather than take one each.
         """
+        report = self._verify(lambda: True)
+        assert report is not None  # (None only when `wanted` says no)
+        return report
+
+    def _verify(self, wanted: Callable[[], bool]) -> VerifyReport | None:
+        """`verify`, unless its caller no longer wants it when its turn comes (then None).
+
+        For the asyncio engine: a caller cancelled while another audit runs
+        is gone, and an audit run for nobody would hold a connection and
+        delay every audit asked for after it.
+        """
         self._check_open()
         with self._verify_lock:
             self._own.verifying = True  # a close() in this thread must not wait for it
             try:
                 self._check_open()  # closed while waiting for another audit
+                if not wanted():
+                    return None
                 store = _store(self._path, self._settings)
                 try:
                     self._check_open()  # a close() that raced the connect: refused like any read

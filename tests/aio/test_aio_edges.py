@@ -871,6 +871,56 @@ def test_verify_calls_waiting_their_turn_hold_no_thread_of_the_default_pool(
     asyncio.run(main())
 
 
+
+def test_a_verify_cancelled_while_waiting_its_turn_runs_no_audit(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Audits run one at a time, each async one in a thread of its own (not the
+    # default pool, where a queued call is dropped once its caller is
+    # cancelled). A verify() cancelled while it waited its turn (an admin
+    # endpoint's timeout, say) still ran a whole audit afterwards, for nobody:
+    # callers that time out and try again piled up audits, each with its own
+    # connection and thread, back to back.
+    real_audit = jackpot.engine.audit
+    audits: list[int] = []
+    auditing, release = threading.Event(), threading.Event()
+
+    def held_audit(store: Any) -> Any:  # a ledger that takes a while to audit
+        audits.append(1)
+        auditing.set()
+        assert release.wait(60)
+        return real_audit(store)
+
+    monkeypatch.setattr(jackpot.engine, "audit", held_audit)
+
+    def audit_threads_ended() -> None:
+        for thread in threading.enumerate():
+            if thread.name == "jackpot-verify":
+                thread.join(30)
+                assert not thread.is_alive()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with await AsyncJackpotEngine.open(db_path) as engine:
+            try:
+                running = asyncio.create_task(engine.verify())
+                assert await loop.run_in_executor(None, auditing.wait, 30)
+                waiting = await _sent(*(engine.verify() for _ in range(3)))
+                for task in waiting:
+                    task.cancel()
+                for task in waiting:
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+            finally:
+                release.set()
+            assert (await running).ok
+            await loop.run_in_executor(None, audit_threads_ended)
+            assert len(audits) == 1  # the cancelled ones never started theirs
+            assert (await engine.verify()).ok  # a verify asked again runs one
+            assert len(audits) == 2
+
+    asyncio.run(main())
+
+
 _FORK_CALLS = """
 import asyncio, os, signal, sys
 from decimal import Decimal
