@@ -592,3 +592,55 @@ def test_an_async_engine_dropped_after_a_failed_restart_is_closed(
     gc.collect()
     for ref in refs:  # they ran until the engine was lost
         assert ref.actor_stopped.wait(30), ref
+
+
+def test_no_call_blocks_the_event_loop_while_the_locks_it_needs_are_held(
+        db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every call waits for its locks off the loop: the loop lets them go meanwhile.
+
+    The loop's own thread holds the database write lock, the reader and the
+    audit lock while every call is started, and lets them go only once each
+    has had its turn on the loop. A call that waited for one of them on the
+    loop's thread would wait out its whole lock timeout there (nobody else
+    can let go) and fail with `LockTimeoutError`; in debug mode asyncio also
+    logs any step that held the loop that long, and refuses a loop method
+    called from another thread (an actor's answer must come through
+    `call_soon_threadsafe`).
+    """
+    settings = Settings(lock_timeout_ms=3000, max_retry_attempts=0, retry_delay_ms=0)
+
+    async def run() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = settings.lock_timeout_ms / 1000
+        async with await AsyncJackpotEngine.open(db_path, GROUPS, settings=settings) as engine:
+            await engine.contribute("10", op_id="before")
+            sync = engine.sync
+            with write_lock(db_path):
+                assert sync._reader_lock.acquire(blocking=False)
+                assert sync._verify_lock.acquire(blocking=False)
+                try:
+                    tasks = await _sent(
+                        engine.contribute("10", groups="minor", op_id="b1"),
+                        engine.contribute("10", groups=("major", "mega"), op_id="b2"),
+                        engine.process_win("mega", op_id="w1", amount="1"),
+                        engine.update_config("major", op_id="c1", cap=5000),
+                        engine.suspend("major", reason="maintenance", op_id="s1", who="ops"),
+                        engine.pool("minor"), engine.pools(), engine.history("minor"),
+                        engine.verify(), engine.metrics_text())
+                    await asyncio.sleep(0)  # (the reads' threads are started by now)
+                finally:
+                    sync._verify_lock.release()
+                    sync._reader_lock.release()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            outcomes.append(await engine.health())
+            return outcomes
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        outcomes = asyncio.run(run())
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert errors == []
+    assert [o.op_id for o in outcomes[:5]] == ["b1", "b2", "w1", "c1", "s1"]
+    assert not any(o.replayed for o in outcomes[:5])
+    assert outcomes[-3].ok  # the audit, once its lock was let go
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
