@@ -517,9 +517,13 @@ def test_a_call_told_withdrawn_as_its_restart_task_starts_is_not_resent_by_that_
         loop.run_until_complete(asyncio.wait_for(
             asyncio.gather(*started, return_exceptions=True), HANG))
         assert engine.sync._inflight == 0
-        assert said == [("INFO", ("contribute interrupted withdrawn: its caller was interrupted "
-                                  "before the request was queued; nothing was changed"),
-                         "interrupted", "interrupted")]
+        # (The restart itself may be logged inside the block: uvloop, unlike asyncio,
+        # runs the rest of a turn's callbacks, the restart task's first step among
+        # them, before the interrupt leaves run_until_complete.)
+        assert [s for s in said if s[3] != "actor_restart"] == [
+            ("INFO", ("contribute interrupted withdrawn: its caller was interrupted "
+                      "before the request was queued; nothing was changed"),
+             "interrupted", "interrupted")]
         assert _counted(engine, "contribute") == {}
     finally:
         engine.sync.close()
