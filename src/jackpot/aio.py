@@ -7,7 +7,8 @@ asyncio future through `loop.call_soon_threadsafe`: no thread is parked per
 call, and the loop keeps running while the actor works. Reads are short
 database reads and run in the default thread pool (`asyncio.to_thread`);
 `health()`, `verify()` and `close()`, which must not wait behind them, run
-in threads of their own.
+in threads of their own, as does the restart of a stopped actor before a
+write is resent (`_Restarter`).
 
 The async engine wraps a `JackpotEngine` and shares its actors, validation
 (`jackpot.requests`), timeouts, restart policy and stats, so both APIs give
@@ -122,6 +123,7 @@ class AsyncJackpotEngine:
         self._engine = engine
         # asyncio keeps only weak references to tasks: hold the running ones.
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._restarter = _Restarter(engine)
         self._answers: dict[asyncio.AbstractEventLoop, _Answers] = {}
         self._answers_lock = threading.Lock()
         self._gone: list[_Answers] = []  # closed loops' answers with calls not yet settled
@@ -466,6 +468,65 @@ class _Handover:
         if engine is not None:
             threading.Thread(target=engine.close, name="jackpot-close-unwanted",
                              daemon=True).start()
+
+
+class _Restarter:
+    """Restarts of stopped actors before a resend, in a thread of the engine's own.
+
+    Not in the loop's default pool: there a restart queues behind every read,
+    and behind one the storage does not answer each read after it holds a
+    thread for its lock timeout, while the write being resent (which no timer
+    watches meanwhile) waits for all of them. One thread, started when needed
+    and gone when idle, takes the restarts in turn: when an actor stops with
+    many requests queued, each of them asks for one, and all but the first
+    find nothing left to restart (the sync engine's callers, each in its own
+    thread, take turns at the same lock). A restart whose caller was
+    cancelled before its turn (the loop's shutdown) is skipped, as a call
+    queued in a pool is.
+    """
+
+    __slots__ = ("_engine", "_lock", "_queue", "_running")
+
+    def __init__(self, engine: JackpotEngine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None],
+                                 contextvars.Context, Operation]] = deque()
+        self._running = False
+
+    def restart(self, op: Operation) -> asyncio.Future[None]:
+        """Queue the restart before `op` is resent; the future has its outcome (on the loop)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._queue.append((loop, done, contextvars.copy_context(), op))
+            start, self._running = not self._running, True
+        if start:
+            try:
+                threading.Thread(target=self._run, name="jackpot-restart", daemon=True).start()
+            except BaseException:
+                with self._lock:
+                    self._queue.pop()
+                    self._running = False
+                raise
+        return done
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                loop, done, context, op = self._queue.popleft()
+            if done.cancelled():  # (a flag read: the caller's loop sets it)
+                continue
+            error: BaseException | None = None
+            try:
+                context.run(self._engine._restart_before_resending, op)  # noqa: SLF001
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting restart task
+                error = e
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, done, None, error)
 
 
 class _Answers:
@@ -971,8 +1032,7 @@ class _Call:
 
     async def _restart(self) -> None:
         try:
-            await asyncio.to_thread(self._engine._restart_before_resending,  # noqa: SLF001
-                                    self.op)
+            await self._owner._restarter.restart(self.op)  # noqa: SLF001
         except asyncio.CancelledError:
             # Only the loop's shutdown cancels this task (asyncio.run cancels every
             # task, the caller's too): the caller is gone, as the sync engine's
@@ -1112,14 +1172,6 @@ async def _in_own_thread(name: str, call: Callable[..., _T], *args: Any) -> _T:
     done: asyncio.Future[_T] = loop.create_future()
     context = contextvars.copy_context()
 
-    def settle(result: Any, error: BaseException | None) -> None:
-        if done.done():  # the caller was cancelled
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)
-
     def run() -> None:
         result: Any = None
         error: BaseException | None = None
@@ -1128,10 +1180,20 @@ async def _in_own_thread(name: str, call: Callable[..., _T], *args: Any) -> _T:
         except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
             error = e
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
+            loop.call_soon_threadsafe(_settle, done, result, error)
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return await done
+
+
+def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """Give `done` its outcome (on its loop), unless its awaiting caller was cancelled."""
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -1026,6 +1026,48 @@ def test_health_and_close_never_wait_behind_reads_the_storage_does_not_answer(
     asyncio.run(main())
 
 
+
+def test_a_resend_to_a_replaced_actor_never_waits_behind_reads_the_storage_does_not_answer(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A write whose actor had stopped is resent once the actor is replaced.
+    # That restart ran in the loop's default pool, queued behind every read
+    # there: behind one the storage does not answer, each read after it holds
+    # a thread for its whole lock timeout, and the write (which no timer
+    # watches while its actor is replaced) waited for all of them, for as long
+    # as reads kept coming. The sync engine's caller restarts it at once.
+    real_pools = jackpot.engine.reads.pools
+    hung, release = threading.Event(), threading.Event()
+
+    def stuck_pools(reader: Any) -> Any:
+        if not hung.is_set():  # the first read: the storage stops answering
+            hung.set()
+            assert release.wait(60)
+        return real_pools(reader)
+
+    monkeypatch.setattr(jackpot.engine.reads, "pools", stuck_pools)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        engine = await AsyncJackpotEngine.open(db_path)
+        reads = [asyncio.create_task(engine.pools()) for _ in range(2)]
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as waiter:
+                assert await loop.run_in_executor(waiter, hung.wait, 30)
+            engine.sync._pools["minor"].actor_ref.stop()  # the level's actor crashed
+            bet = await asyncio.wait_for(
+                engine.contribute("10", groups="minor", op_id="resent"), 30)
+            assert (bet.replayed, bet.balances) == (False, {"minor": Decimal("100.05")})
+            assert not release.is_set()  # the read was stuck all along
+        finally:
+            release.set()
+            outcomes = await asyncio.gather(*reads, return_exceptions=True)
+            await engine.close()
+        assert all(isinstance(o, (dict, LockTimeoutError)) for o in outcomes), outcomes
+
+    asyncio.run(main())
+
+
 def test_an_async_caller_whose_claimed_request_dies_with_its_actor_is_told_at_once(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As `JackpotEngine._wait`: past the queue timeout, the run phase still watches the actor."""

@@ -475,15 +475,11 @@ def test_a_restart_cut_short_by_an_interrupt_tells_its_caller_and_leaves_nothing
     restart to a thread, before any resend. Before: only an interrupt in the resend
     itself was caught; this one left the call in flight for good (no ticket, no timer),
     its caller waiting for ever once the loop ran again."""
-    to_thread = asyncio.to_thread
-
     def interrupt(engine: AsyncJackpotEngine) -> None:
-        def interrupted_restart(func: Any, /, *args: Any, **kwargs: Any) -> Any:
-            if func == engine.sync._restart_before_resending:
-                raise KeyboardInterrupt  # (in the restart task's step, on the loop)
-            return to_thread(func, *args, **kwargs)
+        def interrupted_restart(restarter: Any, op: Any) -> Any:
+            raise KeyboardInterrupt  # (in the restart task's step, on the loop)
 
-        monkeypatch.setattr(asyncio, "to_thread", interrupted_restart)
+        monkeypatch.setattr(type(engine._restarter), "restart", interrupted_restart)
 
     _assert_a_cut_short_resend_is_told_and_leaves_nothing_in_flight(db_path, monkeypatch,
                                                                     interrupt)
