@@ -643,4 +643,6 @@ def test_no_call_blocks_the_event_loop_while_the_locks_it_needs_are_held(
     assert [o.op_id for o in outcomes[:5]] == ["b1", "b2", "w1", "c1", "s1"]
     assert not any(o.replayed for o in outcomes[:5])
     assert outcomes[-3].ok  # the audit, once its lock was let go
-    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    # (Only its steps: a task an earlier test left pending may be collected meanwhile.)
+    assert [r.getMessage() for r in caplog.records
+            if r.name == "asyncio" and r.getMessage().startswith("Executing")] == []
