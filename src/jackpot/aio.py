@@ -498,16 +498,23 @@ class _Restarter:
         """Queue the restart before `op` is resent; the future has its outcome (on the loop)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        entry = (loop, done, contextvars.copy_context(), op)
         with self._lock:
-            self._queue.append((loop, done, contextvars.copy_context(), op))
+            self._queue.append(entry)
             start, self._running = not self._running, True
         if start:
             try:
                 threading.Thread(target=self._run, name="jackpot-restart", daemon=True).start()
-            except BaseException:
+            except BaseException as e:
+                # No thread: this caller gets the error, and so does each restart that
+                # another loop queued meanwhile (it saw one running, and started none).
                 with self._lock:
-                    self._queue.pop()
+                    left = [queued for queued in self._queue if queued is not entry]
+                    self._queue.clear()
                     self._running = False
+                for other, waiting, _, _ in left:
+                    with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                        other.call_soon_threadsafe(_settle, waiting, None, e)
                 raise
         return done
 

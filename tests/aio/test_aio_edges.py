@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -1097,3 +1098,56 @@ def test_an_async_caller_whose_claimed_request_dies_with_its_actor_is_told_at_on
     assert isinstance(error, EngineClosedError), error  # was: LockTimeoutError, much later
     assert error.outcome_unknown
     assert "stopped while running" in str(error)
+
+
+def test_a_restart_thread_that_cannot_start_fails_each_restart_queued_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two loops ask for restarts at once; the first one's thread cannot start.
+
+    The second saw a restart thread coming and started none: it must get the
+    error too, not wait for ever (it was the one taken off the queue, and the
+    first's own restart left queued with no thread).
+    """
+    from types import SimpleNamespace  # noqa: PLC0415 - this test's alone
+
+    from jackpot import aio  # noqa: PLC0415 - its private restarter, as the engine uses it
+
+    restarter = aio._Restarter(SimpleNamespace())  # type: ignore[arg-type]  # (never restarts)
+    first_queued, second_queued = threading.Event(), threading.Event()
+
+    class NoThread:
+        def __init__(self, **_kwargs: Any) -> None:
+            first_queued.set()  # (made after the first restart was queued)
+
+        def start(self) -> None:
+            assert second_queued.wait(30)
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(aio, "threading", SimpleNamespace(Thread=NoThread))
+    errors: list[BaseException] = []
+
+    async def ask() -> None:
+        done = restarter.restart("op")  # type: ignore[arg-type]  # (not looked at)
+        second_queued.set()
+        try:
+            await asyncio.wait_for(done, 30)
+        except BaseException as e:
+            errors.append(e)
+
+    def second() -> None:
+        assert first_queued.wait(30)
+        asyncio.run(ask())
+
+    other = threading.Thread(target=second)
+    other.start()
+
+    async def first() -> None:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            restarter.restart("op")  # type: ignore[arg-type]
+
+    asyncio.run(first())
+    other.join(60)
+    assert not other.is_alive()
+    assert [type(e) for e in errors] == [RuntimeError]
+    assert restarter._queue == deque()
+    assert restarter._running is False
