@@ -975,12 +975,13 @@ def test_async_calls_on_an_engine_inherited_across_fork_are_refused_at_once(
         "parent {'minor': 3} True"], done.stderr
 
 
-def test_health_and_close_never_wait_behind_reads_the_storage_does_not_answer(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Reads queue for the reader (one at a time) in the loop's default pool.
-    # Behind one the storage does not answer (a frozen mount), they held every
-    # thread of that pool, and health() (which is to say "failing" within its
-    # probe's bound) and close(timeout) waited there for ever.
+def _first_read_stuck(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event,
+                                                                  threading.Event]:
+    """Make the next read of the pools hang (the storage stops answering) until released.
+
+    Returns (hung, release): `hung` is set as that read starts; setting
+    `release` lets it go on.
+    """
     real_pools = jackpot.engine.reads.pools
     hung, release = threading.Event(), threading.Event()
 
@@ -991,6 +992,16 @@ def test_health_and_close_never_wait_behind_reads_the_storage_does_not_answer(
         return real_pools(reader)
 
     monkeypatch.setattr(jackpot.engine.reads, "pools", stuck_pools)
+    return hung, release
+
+
+def test_health_and_close_never_wait_behind_reads_the_storage_does_not_answer(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reads queue for the reader (one at a time) in the loop's default pool.
+    # Behind one the storage does not answer (a frozen mount), they held every
+    # thread of that pool, and health() (which is to say "failing" within its
+    # probe's bound) and close(timeout) waited there for ever.
+    _, release = _first_read_stuck(monkeypatch)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -1027,7 +1038,6 @@ def test_health_and_close_never_wait_behind_reads_the_storage_does_not_answer(
     asyncio.run(main())
 
 
-
 def test_a_resend_to_a_replaced_actor_never_waits_behind_reads_the_storage_does_not_answer(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A write whose actor had stopped is resent once the actor is replaced.
@@ -1036,16 +1046,7 @@ def test_a_resend_to_a_replaced_actor_never_waits_behind_reads_the_storage_does_
     # a thread for its whole lock timeout, and the write (which no timer
     # watches while its actor is replaced) waited for all of them, for as long
     # as reads kept coming. The sync engine's caller restarts it at once.
-    real_pools = jackpot.engine.reads.pools
-    hung, release = threading.Event(), threading.Event()
-
-    def stuck_pools(reader: Any) -> Any:
-        if not hung.is_set():  # the first read: the storage stops answering
-            hung.set()
-            assert release.wait(60)
-        return real_pools(reader)
-
-    monkeypatch.setattr(jackpot.engine.reads, "pools", stuck_pools)
+    hung, release = _first_read_stuck(monkeypatch)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
