@@ -1207,6 +1207,11 @@ class JackpotEngine:
             restart_dead_actors(self)
         except ActorDeadError as failed:  # the replacement's on_start failed (logged)
             raise StorageError(not_restarted_message(op)) from failed
+        except EngineClosedError:
+            # A close() began since the caller's check (the asyncio engine's restart
+            # waits its turn in a thread): nothing started, nothing was resent, and
+            # "closed" is the whole story, not a replacement that could not start.
+            raise
         except Exception as failed:  # Pykka's start raised (a raising filter on its logger)
             if raised_by_signal_handler(failed):
                 # The caller's interrupt (a request deadline's TimeoutError) as the

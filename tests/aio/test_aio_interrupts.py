@@ -38,6 +38,7 @@ from jackpot import (
     InsufficientFundsError,
     LockTimeoutError,
     Settings,
+    _closing,
 )
 from jackpot.actors import Mailbox, Ticket
 from jackpot.service import Operation
@@ -1243,3 +1244,51 @@ def test_an_interrupt_as_a_paid_win_is_counted_on_the_loop_still_counts_it(
     finally:
         engine.sync.close()
         loop.close()
+
+
+def test_a_resend_whose_engine_closes_while_its_restart_waits_is_told_closed(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The level's actor had stopped; the withdrawn request waits for its restart when a
+    close() begins (a restart queued behind others, or not yet run). The restart then
+    starts nothing (the engine is closed) and the call is told so: EngineClosedError,
+    nothing changed. Before: the closed engine's refusal was taken for a replacement that
+    could not start, an ERROR ("could not start") and a StorageError in its place."""
+    closing = threading.Event()
+    await_inflight = _closing._await_inflight
+
+    def seen_closed(engine: Any, wait_limit: float) -> int:  # (after `_closed` is set)
+        closing.set()
+        return await_inflight(engine, wait_limit)
+
+    monkeypatch.setattr(_closing, "_await_inflight", seen_closed)
+
+    async def main() -> BaseException | None:
+        engine = await AsyncJackpotEngine.open(db_path)
+        engine.sync._pools["minor"].actor_ref.stop()
+        restart, restarting = engine.sync._restart_before_resending, threading.Event()
+
+        def held_restart(op: Operation) -> None:  # (in the restart thread)
+            restarting.set()
+            assert closing.wait(HANG)  # the close() has begun: calls are refused
+            restart(op)
+
+        monkeypatch.setattr(engine.sync, "_restart_before_resending", held_restart)
+        call = asyncio.ensure_future(engine.contribute("10", groups="minor", op_id="late"))
+        assert await asyncio.to_thread(restarting.wait, HANG)
+        closer = asyncio.ensure_future(engine.close())
+        try:
+            await call
+        except BaseException as e:  # (the outcome examined below)
+            outcome: BaseException | None = e
+        else:
+            outcome = None
+        await closer
+        return outcome
+
+    with hearing() as said:
+        outcome = asyncio.run(main())
+    assert isinstance(outcome, EngineClosedError), repr(outcome)
+    assert [s for s in said if s[0] == "ERROR"] == []
+    assert [s for s in said if s[2] == "late"] == [
+        ("INFO", "contribute late failed (rejected): the engine is closed; open a new one to go on",
+         "late", "rejected")]
