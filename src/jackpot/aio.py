@@ -499,24 +499,38 @@ class _Restarter:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         entry = (loop, done, contextvars.copy_context(), op)
-        with self._lock:
-            self._queue.append(entry)
-            start, self._running = not self._running, True
-        if start:
-            try:
+        start = False
+        try:
+            with self._lock:
+                self._queue.append(entry)
+                start, self._running = not self._running, True
+            if start:
                 threading.Thread(target=self._run, name="jackpot-restart", daemon=True).start()
-            except BaseException as e:
-                # No thread: this caller gets the error, and so does each restart that
-                # another loop queued meanwhile (it saw one running, and started none).
-                with self._lock:
-                    left = [queued for queued in self._queue if queued is not entry]
-                    self._queue.clear()
-                    self._running = False
-                for other, waiting, _, _ in left:
-                    with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
-                        other.call_soon_threadsafe(_settle, waiting, None, e)
-                raise
+        except BaseException as e:
+            # Cut short (no thread, or a Ctrl-C before one was started, as the lock was
+            # released): left marked running with none, every later restart would wait
+            # in the queue for ever. This caller gets the error; if it was to start the
+            # thread, so does each restart that another loop queued meanwhile (it saw
+            # one running, and started none).
+            self._abandon(entry, e, others=start)
+            raise
         return done
+
+    def _abandon(self, entry: tuple[asyncio.AbstractEventLoop, asyncio.Future[None],
+                                    contextvars.Context, Operation],
+                 error: BaseException, *, others: bool) -> None:
+        """Take `entry` off the queue; with `others`, fail the rest and mark none running."""
+        with self._lock:
+            with contextlib.suppress(ValueError):  # (not queued yet, or taken already)
+                self._queue.remove(entry)
+            if not others:
+                return
+            left = list(self._queue)
+            self._queue.clear()
+            self._running = False
+        for other, waiting, _, _ in left:
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                other.call_soon_threadsafe(_settle, waiting, None, error)
 
     def _run(self) -> None:
         while True:

@@ -1292,3 +1292,48 @@ def test_a_resend_whose_engine_closes_while_its_restart_waits_is_told_closed(
     assert [s for s in said if s[2] == "late"] == [
         ("INFO", "contribute late failed (rejected): the engine is closed; open a new one to go on",
          "late", "rejected")]
+
+
+class _InterruptedOnRelease:
+    """A lock whose first release is followed by a KeyboardInterrupt (Ctrl-C landing as it
+    is released: the signal handler runs between two bytecodes)."""
+
+    def __init__(self) -> None:
+        self._lock, self.armed = threading.Lock(), True
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._lock.release()
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+def test_a_restart_queued_as_an_interrupt_lands_does_not_strand_the_restarts_after_it(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restart of a stopped actor is queued for the engine's restart thread, and a
+    KeyboardInterrupt lands before that thread is started. The caller is told withdrawn;
+    a later call that finds the actor stopped still gets it restarted and is applied.
+    Before: the restarter was left marked running with no thread: each later restart
+    waited in its queue for ever, and so did every write resent after one."""
+    loop = asyncio.new_event_loop()
+    engine = loop.run_until_complete(AsyncJackpotEngine.open(db_path))
+    try:
+        engine.sync._pools["minor"].actor_ref.stop()
+        monkeypatch.setattr(engine._restarter, "_lock", _InterruptedOnRelease())
+        caller = loop.create_task(engine.contribute("10", groups="minor", op_id="interrupted"))
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(caller)
+        with pytest.raises(EngineClosedError, match="was not resent"):
+            loop.run_until_complete(asyncio.wait_for(caller, HANG))  # (only a hang waits)
+        assert engine.sync._inflight == 0
+        after = loop.run_until_complete(asyncio.wait_for(  # (only a hang waits)
+            engine.contribute("10", groups="minor", op_id="after"), HANG))
+        assert not after.replayed
+        assert engine.sync._pools["minor"].actor_ref.is_alive()
+        assert not engine._restarter._queue
+    finally:
+        engine.sync.close()
+        loop.close()
