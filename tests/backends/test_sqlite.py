@@ -9,6 +9,7 @@ and never waits for the write lock.
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -358,3 +359,35 @@ def test_the_audit_looks_its_few_rows_up_without_reading_the_whole_ledger(
     finally:
         conn.close()
         store.close()
+
+
+def _no_name_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that sets no limit to a name's length: pathconf says -1 (as Python's
+    os.pathconf does when the system's answer is "indeterminate")."""
+    real = os.pathconf
+
+    def pathconf(path: object, name: str | int) -> int:
+        return -1 if name == "PC_NAME_MAX" else real(path, name)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "pathconf", pathconf)
+
+
+def test_a_new_database_opens_where_names_have_no_length_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: "-1 bytes is the longest name there": every new database refused."""
+    _no_name_limit(monkeypatch)
+    with JackpotEngine.open(tmp_path / "pools.db") as engine:
+        assert engine.verify().ok
+
+
+def test_a_backup_is_made_where_names_have_no_length_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: every backup target refused as "too long a name"."""
+    JackpotEngine.open(tmp_path / "pools.db").close()
+    _no_name_limit(monkeypatch)
+    store = open_store(str(tmp_path / "pools.db"))
+    try:
+        store.backup_to(str(tmp_path / "copy.db"))
+    finally:
+        store.close()
+    assert (tmp_path / "copy.db").is_file()

@@ -609,10 +609,8 @@ class SQLiteStore(Store):
             raise StorageError(msg)
         if os.path.lexists(partial):  # (O_EXCL refuses it too, should it be made meanwhile)
             raise StorageError(_partial_exists(target, partial))
-        try:  # (SQLite copies under a -journal beside the copy, its name 8 bytes longer)
-            longest = os.pathconf(Path(target).parent, "PC_NAME_MAX")
-        except OSError:  # (no such directory: its creation says so)
-            longest = None
+        # (SQLite copies under a -journal beside the copy, its name 8 bytes longer.)
+        longest = _longest_name(Path(target).parent)  # (None: its creation says why not)
         if longest is not None and len(os.fsencode(f"{Path(partial).name}-journal")) > longest:
             msg = (f"{target!r} is too long a name for a backup: the copy is made under it "
                    f"and '{PARTIAL_SUFFIX}', with a '{PARTIAL_SUFFIX}-journal' beside it "
@@ -1690,6 +1688,19 @@ def _descriptor_limit() -> str:
     return "no more" if soft == _resource.RLIM_INFINITY else f"{soft:,} (`ulimit -n`)"
 
 
+def _longest_name(directory: Path) -> int | None:
+    """Return the longest name (in bytes) a file in `directory` may have; None if unknown.
+
+    None too where the system sets no limit: `os.pathconf` then says -1 (and
+    a file system may say 0), which taken as the limit refused every name.
+    """
+    try:
+        longest = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):  # (no such directory: said otherwise; no such limit)
+        return None
+    return longest if longest > 0 else None
+
+
 def _name_too_long(path: str, suffix: str, *, sides: str | None = None) -> str | None:
     """Say why `path` (with `suffix`, SQLite's file beside it) is too long a name, if it is.
 
@@ -1700,9 +1711,7 @@ def _name_too_long(path: str, suffix: str, *, sides: str | None = None) -> str |
     `path` by default.
     """
     named = path if sides is None else sides
-    try:
-        longest = os.pathconf(Path(named).parent, "PC_NAME_MAX")
-    except (OSError, ValueError):  # (no such directory: said otherwise; no such limit)
+    if (longest := _longest_name(Path(named).parent)) is None:
         return None
     if len(os.fsencode(Path(named).name + suffix)) <= longest:
         return None
