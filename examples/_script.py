@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jackpot import StorageError
+from jackpot import StorageError, ValidationError
 
 
 class DatabaseRefusedError(Exception):
@@ -26,14 +26,15 @@ def opening_db(path: Path, *, given: bool) -> Iterator[None]:
 
     The scripts check --db before they start (an existing file, a missing
     directory); what the engine then refuses to open (a name too long for the
-    directory, a directory it may not write) was a traceback with status 1.
+    directory, a directory it may not write; a name it does not take, such as
+    `:memory:` or one not in UTF-8) was a traceback with status 1.
     `run_script` ends it as argparse ends a bad argument: one line, status 2.
     Only the open: a failure later in the run is not the argument's fault and
     stays what it is; nor is a temporary file's (`given` False) the user's.
     """
     try:
         yield
-    except StorageError as e:
+    except (StorageError, ValidationError) as e:  # (a name it refuses: ValidationError)
         if not given:
             raise
         msg = f"--db {path}: {e}"

@@ -25,7 +25,13 @@ from typing import Any
 
 import pytest
 
-from jackpot import AsyncJackpotEngine, JackpotEngine, StorageError, VerifyReport
+from jackpot import (
+    AsyncJackpotEngine,
+    JackpotEngine,
+    StorageError,
+    ValidationError,
+    VerifyReport,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -659,6 +665,29 @@ def test_a_db_the_engine_refuses_to_open_is_one_line_and_status_2(tmp_path: Path
     assert (done.returncode, done.stderr) == (2, f"{name}: error: --db {db}: {refused.value}\n")
     assert "audit" not in done.stdout
     assert list(tmp_path.iterdir()) == []  # no file, no chart, no -journal left behind
+
+
+@pytest.mark.parametrize("db", [":memory:", "file:kept.db", os.fsdecode(b"caf\xe9.db")],
+                         ids=["memory", "uri", "not-utf-8"])
+@pytest.mark.parametrize("name", ["quickstart.py", "asyncio_game_server.py", "casino_floor.py",
+                                  "operator_console.py"])
+def test_a_db_name_the_engine_refuses_is_one_line_and_status_2(tmp_path: Path, name: str,
+                                                              db: str) -> None:
+    """A --db the engine refuses by its name (SQLite's in-memory or URI syntax, a name
+    SQLite cannot take in UTF-8) is refused with a ValidationError, not a StorageError:
+    the same bad argument. Before: a ValidationError traceback and status 1."""
+    with pytest.raises(ValidationError) as refused:  # the engine's own refusal, and its words
+        JackpotEngine.open(tmp_path / db if db.startswith("caf") else db)
+    assert list(tmp_path.iterdir()) == []
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), "--quick", "--db", db],
+                          cwd=tmp_path, capture_output=True, timeout=120, check=False)
+    err = done.stderr.decode("utf-8", "backslashreplace")
+    assert "Traceback" not in err
+    assert done.returncode == 2, err
+    shown = db.encode("utf-8", "backslashreplace").decode()  # (how stderr writes it)
+    said = str(refused.value).replace(repr(str(tmp_path / db)), repr(db))
+    assert err == f"{name}: error: --db {shown}: {said}\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("when", ["open without --db", "after the open of --db"])
