@@ -21,6 +21,7 @@ import pykka
 import pytest
 from prometheus_client import generate_latest
 
+import jackpot._closing
 import jackpot.engine
 from _helpers import (
     HANG,
@@ -1721,3 +1722,37 @@ def test_a_held_level_times_out_with_nothing_changed_though_logging_it_raises(
     assert engine.stats.snapshot()["actor_restarts"] == 0  # no actor crashed
     assert not engine.contribute(Decimal(10), groups=groups, op_id="stuck").replayed
     assert engine.verify().ok
+
+
+def test_a_resend_whose_engine_closes_before_its_restart_is_told_closed(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The level's actor had stopped; the withdrawn request's restart begins just as a
+    close() does (after the call's own check that the engine is open). The restart starts
+    nothing, and the call is told the engine closed. Before: the refusal was taken for a
+    replacement that could not start: an ERROR and a StorageError."""
+    engine = JackpotEngine.open(db_path)
+    closing, restarting = threading.Event(), threading.Event()
+    await_inflight = jackpot._closing._await_inflight
+
+    def seen_closed(engine: JackpotEngine, wait_limit: float) -> int:  # (after `_closed` is set)
+        closing.set()
+        return await_inflight(engine, wait_limit)
+
+    def held_restart(engine: JackpotEngine) -> None:
+        restarting.set()
+        assert closing.wait(HANG)
+        restart_dead_actors(engine)
+
+    monkeypatch.setattr(jackpot._closing, "_await_inflight", seen_closed)
+    monkeypatch.setattr(jackpot.engine, "restart_dead_actors", held_restart)
+    engine._pools["minor"].actor_ref.stop()
+    with hearing() as said:
+        caller, outcome = in_thread(
+            lambda: engine.contribute(Decimal(10), groups="minor", op_id="late"))
+        assert restarting.wait(HANG)
+        engine.close()
+        caller.join(HANG)
+    assert not caller.is_alive()
+    [result] = outcome
+    assert isinstance(result, EngineClosedError), repr(result)
+    assert [s for s in said if s[0] == "ERROR"] == []
