@@ -393,6 +393,8 @@ def test_an_example_whose_audit_fails_exits_1(tmp_path: Path, monkeypatch: pytes
     example = _load(name, monkeypatch)
     failed = VerifyReport(ok=False, problems=["level 'minor': forged"], levels=3, ledger_rows=0)
     monkeypatch.setattr(JackpotEngine, "verify", lambda _self: failed)
+    # (The asyncio engine's verify() runs `_verify`, which a cancelled caller's turn skips.)
+    monkeypatch.setattr(JackpotEngine, "_verify", lambda _self, _wanted: failed)
     monkeypatch.setattr(sys, "argv", [name, "--quick", "--db", str(tmp_path / "x.db")])
     with pytest.raises(SystemExit) as exited:
         example.main()
