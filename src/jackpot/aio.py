@@ -528,9 +528,17 @@ class _Restarter:
             left = list(self._queue)
             self._queue.clear()
             self._running = False
-        for other, waiting, _, _ in left:
+        for other, waiting, _, op in left:
+            # Not `error` itself: a Ctrl-C or SystemExit of this caller's thread set on
+            # another loop's future ends that loop (asyncio re-raises them), in a thread
+            # the signal was never meant for; and each caller is told its own call.
+            told = StorageError(
+                f"the actor serving {', '.join(op.names)} stopped, and its restart was "
+                f"cut short in another caller ({type(error).__name__}) before it began; "
+                f"{op.kind} {op.op_id!r} changed nothing: retry with the same op_id")
+            told.__cause__ = error
             with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
-                other.call_soon_threadsafe(_settle, waiting, None, error)
+                other.call_soon_threadsafe(_settle, waiting, None, told)
 
     def _run(self) -> None:
         while True:

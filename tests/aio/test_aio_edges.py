@@ -36,6 +36,7 @@ from jackpot import (
     JackpotEngine,
     LockTimeoutError,
     Settings,
+    StorageError,
     ValidationError,
     serve_metrics,
 )
@@ -1101,13 +1102,17 @@ def test_an_async_caller_whose_claimed_request_dies_with_its_actor_is_told_at_on
     assert "stopped while running" in str(error)
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("can't start new thread"),
+                                     KeyboardInterrupt()])
 def test_a_restart_thread_that_cannot_start_fails_each_restart_queued_meanwhile(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, failure: BaseException) -> None:
     """Two loops ask for restarts at once; the first one's thread cannot start.
 
-    The second saw a restart thread coming and started none: it must get the
-    error too, not wait for ever (it was the one taken off the queue, and the
-    first's own restart left queued with no thread).
+    The second saw a restart thread coming and started none: it must be told,
+    not wait for ever (it was the one taken off the queue, and the first's own
+    restart left queued with no thread); and told as a failed restart of its
+    own call, not with the first's exception, whose Ctrl-C set on its future
+    ended its loop, in a thread the signal was never meant for.
     """
     from types import SimpleNamespace  # noqa: PLC0415 - this test's alone
 
@@ -1122,13 +1127,16 @@ def test_a_restart_thread_that_cannot_start_fails_each_restart_queued_meanwhile(
 
         def start(self) -> None:
             assert second_queued.wait(30)
-            raise RuntimeError("can't start new thread")
+            raise failure
 
     monkeypatch.setattr(aio, "threading", SimpleNamespace(Thread=NoThread))
     errors: list[BaseException] = []
 
+    def op(op_id: str) -> Any:
+        return SimpleNamespace(kind="contribute", op_id=op_id, names=("major", "mega"))
+
     async def ask() -> None:
-        done = restarter.restart("op")  # type: ignore[arg-type]  # (not looked at)
+        done = restarter.restart(op("b2"))
         second_queued.set()
         try:
             await asyncio.wait_for(done, 30)
@@ -1143,12 +1151,17 @@ def test_a_restart_thread_that_cannot_start_fails_each_restart_queued_meanwhile(
     other.start()
 
     async def first() -> None:
-        with pytest.raises(RuntimeError, match="can't start new thread"):
-            restarter.restart("op")  # type: ignore[arg-type]
+        with pytest.raises(type(failure)):
+            restarter.restart(op("b1"))
 
     asyncio.run(first())
     other.join(60)
     assert not other.is_alive()
-    assert [type(e) for e in errors] == [RuntimeError]
+    assert [str(e) for e in errors] == [
+        ("the actor serving major, mega stopped, and its restart was cut short in another "
+        f"caller ({type(failure).__name__}) before it began; contribute 'b2' changed "
+        "nothing: retry with the same op_id")]
+    assert isinstance(errors[0], StorageError)
+    assert errors[0].__cause__ is failure
     assert restarter._queue == deque()
     assert restarter._running is False
