@@ -158,7 +158,7 @@ def engine_observer(engine: JackpotEngine) -> TracingObserver:
 
 def test_with_no_tracer_provider_set_no_span_is_opened(engine: JackpotEngine) -> None:
     # OpenTelemetry's API alone (no SDK, no provider): its spans never record,
-    # and opening one cost a contribution some 3% of its instructions.
+    # and opening one cost a contribution some 2% of its instructions.
     observer = engine_observer(engine)
     counted = observer._tracer = CountingTracer(observer._tracer)
     engine.contribute("1", groups="minor", op_id="bet-1")
